@@ -1,0 +1,141 @@
+# Makefile -- build, test, demo and benchmark Ferry (plain GNU make)
+#
+# Each module lists its own sources in a fragment included below (gateway/gateway.mk,
+# rules/rules.mk, auth/auth.mk, tests/tests.mk), so parallel work touches different files.
+# Outputs go to build/ (git-ignored): build/ferry is the daemon and CLI.
+#
+#   make                  build everything that exists
+#   make check            install what is missing, build, run every test
+#   make demo             install what is missing, build, start a throwaway Postgres and ferry
+#   make demo-stop        stop exactly what the demo started
+#   make deps             install the Debian packages (idempotent)
+#   make bench            run the benchmarks under tests/load/
+#   make fuzz             run each libFuzzer target for FUZZ_SECONDS (default 30)
+#   make format           clang-format every C file
+#   SANITIZE=address,undefined   build (and test) with those sanitizers
+
+BUILD    := build
+OBJ      := $(BUILD)/obj
+SANITIZE ?=
+OPT      ?= -O2
+FUZZ_SECONDS ?= 30
+
+PKGS := libh2o-evloop libpq yaml-0.1 libjwt jansson sqlite3 libcurl openssl
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
+
+CFLAGS  := -std=gnu11 -Wall -Wextra -Werror $(OPT) -g -D_GNU_SOURCE -DH2O_USE_LIBUV=0 \
+           -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS := $(EXTRA_LDFLAGS)
+LIBS    := $(PKG_LIBS) -lpthread -lm
+ifneq ($(SANITIZE),)
+CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+FERRY_VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+GIT_REV := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+CFLAGS  += -DFERRY_VERSION='"$(FERRY_VERSION)"' -DFERRY_GIT_REV='"$(GIT_REV)"'
+
+# Filled by the module fragments.
+GATEWAY_SRCS :=
+RULES_SRCS   :=
+AUTH_SRCS    :=
+CLI_SRCS     :=
+UNIT_TESTS   :=
+FUZZ_TARGETS :=
+PROGRAMS     :=
+
+include gateway/gateway.mk
+include rules/rules.mk
+include auth/auth.mk
+include tests/tests.mk
+
+.PHONY: all check check-build demo demo-stop deps deps-if-missing bench fuzz format clean
+
+all: $(BUILD)/ferry $(PROGRAMS)
+
+# Rebuild everything when the flags change (e.g. SANITIZE on/off).
+FLAGS_STAMP := $(BUILD)/.flags
+$(FLAGS_STAMP): FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CC) $(CFLAGS) $(LDFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(LDFLAGS)' > $@
+FORCE:
+
+$(OBJ)/%.o: %.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+lib_objs = $(patsubst %.c,$(OBJ)/%.o,$(1))
+
+$(BUILD)/libgw.a: $(call lib_objs,$(GATEWAY_SRCS))
+$(BUILD)/librules.a: $(call lib_objs,$(RULES_SRCS))
+$(BUILD)/libauth.a: $(call lib_objs,$(AUTH_SRCS))
+$(BUILD)/libgw.a $(BUILD)/librules.a $(BUILD)/libauth.a: $(OBJ)/empty.o
+	@mkdir -p $(BUILD)
+	rm -f $@
+	ar rcs $@ $(filter %.o,$^)
+
+$(OBJ)/empty.o: $(FLAGS_STAMP)
+	@mkdir -p $(OBJ)
+	echo 'typedef int ferry_empty_unit;' | $(CC) $(CFLAGS) -x c -c - -o $@
+
+SERVER_LIBS := $(BUILD)/libgw.a $(BUILD)/librules.a $(BUILD)/libauth.a
+
+$(BUILD)/ferry: $(call lib_objs,gateway/main.c $(CLI_SRCS)) $(SERVER_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(SERVER_LIBS) $(LIBS)
+
+# Unit tests: tests/unit/test_NAME.c -> build/test_NAME, linked with every server library.
+UNIT_BINS := $(patsubst %,$(BUILD)/test_%,$(UNIT_TESTS))
+$(BUILD)/test_%: $(OBJ)/tests/unit/test_%.o $(SERVER_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(SERVER_LIBS) $(CHECK_LIBS) $(LIBS)
+$(OBJ)/tests/unit/%.o: CFLAGS += $(CHECK_CFLAGS)
+
+deps:
+	@deploy/deps.sh
+
+deps-if-missing:
+	@deploy/deps.sh --check >/dev/null 2>&1 || deploy/deps.sh
+
+check:
+	@$(MAKE) --no-print-directory deps-if-missing
+	@$(MAKE) --no-print-directory check-build
+	@tests/run.sh
+
+check-build: all $(UNIT_BINS)
+
+demo:
+	@$(MAKE) --no-print-directory deps-if-missing
+	@$(MAKE) --no-print-directory all
+	@deploy/demo.sh start
+
+demo-stop:
+	@deploy/demo.sh stop
+
+bench:
+	@$(MAKE) --no-print-directory deps-if-missing
+	@$(MAKE) --no-print-directory all
+	@tests/load/bench.sh
+
+# libFuzzer targets: tests/fuzz/fuzz_NAME.c built with clang against every library source.
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -DH2O_USE_LIBUV=0 -I. $(PKG_CFLAGS) \
+               -DFERRY_VERSION='"$(FERRY_VERSION)"' -DFERRY_GIT_REV='"$(GIT_REV)"' \
+               -fsanitize=fuzzer,address,undefined
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(GATEWAY_SRCS) $(RULES_SRCS) $(AUTH_SRCS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ $^ $(LIBS)
+
+fuzz:
+	@$(MAKE) --no-print-directory deps-if-missing
+	@$(MAKE) --no-print-directory $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZ_TARGETS))
+	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(OBJ) -name '*.d' 2>/dev/null)

@@ -1,0 +1,20 @@
+# gateway/gateway.mk -- sources of the ferry daemon and CLI (libgw.a + main)
+GATEWAY_SRCS += \
+	gateway/gw_err.c \
+	gateway/gw_log.c \
+	gateway/gw_arena.c \
+	gateway/gw_config.c \
+	gateway/gw_metrics.c \
+	gateway/gw_http.c \
+	gateway/gw_serve.c
+
+# Subcommands that belong to other issues live in their own files (see gateway/README.md).
+CLI_SRCS += \
+	gateway/gw_cli_rules.c \
+	gateway/gw_cli_token.c
+
+UNIT_TESTS += gateway
+FUZZ_TARGETS += config
+
+# Gateway glue for the leaf libraries, added by the rules and auth work when it exists.
+GATEWAY_SRCS += $(wildcard gateway/gw_auth.c gateway/gw_rules.c)

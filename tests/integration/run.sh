@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# run.sh -- run every integration test (tests/integration/NN_*.sh) against a real Postgres
+#
+# Starts one throwaway Postgres for the run (tests create their own databases in it), runs each
+# script in order, counts the pass/fail lines they record, and ends with "N passed, N failed".
+# A script that exits non-zero without recording a failure counts as one failure.
+# Usage: tests/integration/run.sh [PATTERN]   (PATTERN filters script names, e.g. 0)
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+pattern=${1:-}
+
+results=$(mktemp /tmp/ferry-it-results.XXXXXX)
+pgenv=$("$root/tests/lib/pg.sh" start it) || { echo "could not start postgres"; echo "0 passed, 1 failed"; exit 1; }
+eval "$pgenv"
+export FERRY_PG_URI PGTMP
+cleanup() { "$root/tests/lib/pg.sh" stop "$PGTMP"; rm -f "$results"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for t in "$here"/[0-9][0-9]_*.sh; do
+  name=$(basename "$t" .sh)
+  [ -n "$pattern" ] && [[ "$name" != $pattern* ]] && continue
+  echo "== $name"
+  before=$(grep -c '^fail' "$results" || true)
+  T_RESULTS=$results bash "$t"
+  rc=$?
+  after=$(grep -c '^fail' "$results" || true)
+  if [ $rc -ne 0 ] && [ "$after" = "$before" ]; then
+    echo "fail $name: script exited $rc" >>"$results"
+    echo "  FAIL $name exited $rc"
+  fi
+done
+
+passed=$(grep -c '^pass' "$results" || true)
+failed=$(grep -c '^fail' "$results" || true)
+if [ "$failed" -gt 0 ]; then echo "failures:"; grep '^fail' "$results" | sed 's/^/  /'; fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -1,0 +1,115 @@
+# testlib.sh -- helpers for integration tests (source it; bash only)
+#
+# Each test script records one result line per check in $T_RESULTS ("pass NAME" / "fail NAME"),
+# which tests/integration/run.sh counts. Processes started with start_ferry are stopped by PID
+# when the script exits, whatever the outcome; temporary files live under $T_TMP, removed too.
+#
+#   pass NAME | fail NAME WHY      record a result
+#   expect_eq NAME WANT GOT        pass when equal, else fail showing both
+#   expect_match NAME REGEX TEXT   pass when TEXT matches the extended REGEX
+#   free_port                      print a loopback TCP port nobody listens on
+#   start_ferry CONFIG [ARGS]      start build/ferry serve in the background; sets FERRY_PID,
+#                                  FERRY_LOG; waits until /probes/liveness answers
+#   stop_pid PID [SECONDS]         SIGTERM, then SIGKILL after SECONDS (default 5); sets STOP_RC
+#   new_db NAME                    create database NAME in the run's Postgres; prints its URI
+
+T_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+FERRY_BIN=${FERRY_BIN:-$T_ROOT/build/ferry}
+T_RESULTS=${T_RESULTS:-/dev/null}
+T_NAME=$(basename "$0" .sh)
+T_TMP=$(mktemp -d "/tmp/ferry-test-$T_NAME.XXXXXX")
+T_PIDS=()
+
+t_cleanup() {
+  local p
+  for p in "${T_PIDS[@]}"; do
+    if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+  done
+  rm -rf "$T_TMP"
+}
+trap t_cleanup EXIT
+
+pass() { echo "pass $T_NAME: $1" >>"$T_RESULTS"; echo "  ok   $1"; }
+fail() { echo "fail $T_NAME: $1" >>"$T_RESULTS"; echo "  FAIL $1: $2"; }
+
+expect_eq() {
+  if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "want [$2] got [$3]"; fi
+}
+
+expect_match() {
+  if [[ "$3" =~ $2 ]]; then pass "$1"; else fail "$1" "[$3] does not match /$2/"; fi
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+  local p
+  while :; do
+    p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 30000 ))
+    port_in_use "$p" || { echo "$p"; return; }
+  done
+}
+
+# wait_http URL [SECONDS]: wait until URL answers any HTTP status
+wait_http() {
+  local url=$1 secs=${2:-10} i
+  for ((i = 0; i < secs * 20; i++)); do
+    curl -s -o /dev/null "$url" && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+start_ferry() {
+  local cfg=$1; shift
+  FERRY_LOG=$T_TMP/ferry.$RANDOM.log
+  "$FERRY_BIN" serve --config "$cfg" "$@" >"$FERRY_LOG" 2>&1 &
+  FERRY_PID=$!
+  T_PIDS+=("$FERRY_PID")
+  local listen
+  listen=$(sed -n 's/^ *listen: *"\{0,1\}\([^"]*\)"\{0,1\}.*/\1/p' "$cfg" | head -1)
+  if ! wait_http "http://$listen/probes/liveness" 10; then
+    echo "  ferry did not come up; log:"; sed 's/^/    /' "$FERRY_LOG"
+    return 1
+  fi
+}
+
+stop_pid() {
+  local pid=$1 secs=${2:-5} i
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < secs * 20; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null
+    STOP_RC=timeout
+    return 1
+  fi
+  wait "$pid" 2>/dev/null
+  STOP_RC=$?
+}
+
+new_db() {
+  psql -q "$FERRY_PG_URI" -c "CREATE DATABASE \"$1\"" >/dev/null
+  echo "${FERRY_PG_URI%/*}/$1"
+}
+
+# write_config FILE PORT [EXTRA YAML]: a minimal valid ferry.yaml
+write_config() {
+  cat >"$1" <<YAML
+log_level: debug
+http:
+  listen: "127.0.0.1:$2"
+  threads: 2
+  max_request_body: 65536
+postgres:
+  uri: "${FERRY_PG_URI:-postgresql://postgres@127.0.0.1:1/none}"
+auth:
+  audience: [ferry]
+  keys:
+    - { kid: test, alg: HS256, secret: "test-secret-test-secret-test-secret" }
+${3:-}
+YAML
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# run.sh -- run every test suite: Check unit tests, integration tests, conformance tests
+#
+# Called by `make check` after the build. Each suite prints its own summary (Check's
+# "100%: Checks: N, Failures: 0, Errors: 0", the runners' "N passed, N failed"); this script
+# exits non-zero when any suite failed.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-120}
+start=$(date +%s)
+failed=()
+
+for t in build/test_*; do
+  [ -x "$t" ] || continue
+  echo "== unit: $(basename "$t")"
+  "$t" || failed+=("$(basename "$t")")
+done
+
+echo "== integration"
+tests/integration/run.sh || failed+=(integration)
+
+if [ -x tests/conformance/run.sh ]; then
+  echo "== conformance"
+  tests/conformance/run.sh || failed+=(conformance)
+fi
+
+echo "make check took $(( $(date +%s) - start )) s"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "all test suites passed"

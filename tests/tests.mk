@@ -1,0 +1,1 @@
+# tests/tests.mk -- test programs that are not unit tests of one module
