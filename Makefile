@@ -14,9 +14,14 @@
 #   make format           clang-format every C file
 #   SANITIZE=address,undefined   build (and test) with those sanitizers
 
-BUILD    := build
-OBJ      := $(BUILD)/obj
 SANITIZE ?=
+# Sanitizer builds live beside the plain one, so switching does not rebuild everything.
+ifeq ($(SANITIZE),)
+BUILD    := build
+else
+BUILD    := build/san
+endif
+OBJ      := $(BUILD)/obj
 OPT      ?= -O2
 FUZZ_SECONDS ?= 30
 
@@ -27,7 +32,7 @@ CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
 
 CFLAGS  := -std=gnu11 -Wall -Wextra -Werror $(OPT) -g -D_GNU_SOURCE -DH2O_USE_LIBUV=0 \
-           -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+           -I. $(PKG_CFLAGS) $(CHECK_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS := $(EXTRA_LDFLAGS)
 LIBS    := $(PKG_LIBS) -lpthread -lm
 ifneq ($(SANITIZE),)
@@ -37,7 +42,6 @@ endif
 
 FERRY_VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 GIT_REV := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-CFLAGS  += -DFERRY_VERSION='"$(FERRY_VERSION)"' -DFERRY_GIT_REV='"$(GIT_REV)"'
 
 # Filled by the module fragments.
 GATEWAY_SRCS :=
@@ -57,12 +61,19 @@ include tests/tests.mk
 
 all: $(BUILD)/ferry $(PROGRAMS)
 
+# Programs under build/ are built as $(BUILD)/... so they follow SANITIZE too.
+
 # Rebuild everything when the flags change (e.g. SANITIZE on/off).
 FLAGS_STAMP := $(BUILD)/.flags
 $(FLAGS_STAMP): FORCE
 	@mkdir -p $(BUILD)
 	@echo '$(CC) $(CFLAGS) $(LDFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(LDFLAGS)' > $@
 FORCE:
+
+# Only gw_version.c sees the version and revision, and it is compiled on every build.
+$(OBJ)/gateway/gw_version.o: gateway/gw_version.c FORCE
+	@mkdir -p $(dir $@)
+	@$(CC) $(CFLAGS) -DFERRY_VERSION='"$(FERRY_VERSION)"' -DFERRY_GIT_REV='"$(GIT_REV)"' -c $< -o $@
 
 $(OBJ)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
@@ -91,7 +102,6 @@ $(BUILD)/ferry: $(call lib_objs,gateway/main.c $(CLI_SRCS)) $(SERVER_LIBS)
 UNIT_BINS := $(patsubst %,$(BUILD)/test_%,$(UNIT_TESTS))
 $(BUILD)/test_%: $(OBJ)/tests/unit/test_%.o $(SERVER_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $< $(SERVER_LIBS) $(CHECK_LIBS) $(LIBS)
-$(OBJ)/tests/unit/%.o: CFLAGS += $(CHECK_CFLAGS)
 
 deps:
 	@deploy/deps.sh
@@ -102,7 +112,7 @@ deps-if-missing:
 check:
 	@$(MAKE) --no-print-directory deps-if-missing
 	@$(MAKE) --no-print-directory check-build
-	@tests/run.sh
+	@FERRY_BUILD=$(BUILD) tests/run.sh
 
 check-build: all $(UNIT_BINS)
 
@@ -121,7 +131,7 @@ bench:
 
 # libFuzzer targets: tests/fuzz/fuzz_NAME.c built with clang against every library source.
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -DH2O_USE_LIBUV=0 -I. $(PKG_CFLAGS) \
-               -DFERRY_VERSION='"$(FERRY_VERSION)"' -DFERRY_GIT_REV='"$(GIT_REV)"' \
+               -DFERRY_VERSION='"$(FERRY_VERSION)"' -DFERRY_GIT_REV='"fuzz"' \
                -fsanitize=fuzzer,address,undefined
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(GATEWAY_SRCS) $(RULES_SRCS) $(AUTH_SRCS)
 	@mkdir -p $(dir $@)

@@ -1,8 +1,10 @@
 # gateway/gateway.mk -- sources of the ferry daemon and CLI (libgw.a + main)
 GATEWAY_SRCS += \
 	gateway/gw_err.c \
+	gateway/gw_version.c \
 	gateway/gw_log.c \
 	gateway/gw_arena.c \
+	gateway/gw_buf.c \
 	gateway/gw_config.c \
 	gateway/gw_metrics.c \
 	gateway/gw_http.c \

@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -46,17 +47,19 @@ static const char *check_listen(const char *v)
     return gw_config_parse_listen(v, host, sizeof(host), &port) == 0 ? NULL : "\"host:port\"";
 }
 
-#define F_STR(n, member) {n, CT_STR, offsetof(gw_config_t, member), 0, NULL, 0, 0, 0}
-#define F_STR_REQ(n, member) {n, CT_STR, offsetof(gw_config_t, member), 0, NULL, 1, 0, 0}
-#define F_PATH(n, member) {n, CT_PATH, offsetof(gw_config_t, member), 0, NULL, 0, 0, 0}
-#define F_INT(n, member, lo, hi) {n, CT_INT, offsetof(gw_config_t, member), 0, NULL, 0, lo, hi}
-#define F_MAP(n, kids) {n, CT_MAP, 0, 0, kids, 0, 0, 0}
-#define F_END {NULL, CT_STR, 0, 0, NULL, 0, 0, 0}
-#define K_STR(n, member) {n, CT_STR, offsetof(gw_auth_key_cfg_t, member), 0, NULL, 0, 0, 0}
-#define K_PATH(n, member) {n, CT_PATH, offsetof(gw_auth_key_cfg_t, member), 0, NULL, 0, 0, 0}
+#define F_STR(n, m) {.name = n, .type = CT_STR, .offset = offsetof(gw_config_t, m)}
+#define F_STR_REQ(n, m) {.name = n, .type = CT_STR, .offset = offsetof(gw_config_t, m), .required = 1}
+#define F_PATH(n, m) {.name = n, .type = CT_PATH, .offset = offsetof(gw_config_t, m)}
+#define F_INT(n, m, lo, hi)                                                                        \
+    {.name = n, .type = CT_INT, .offset = offsetof(gw_config_t, m), .min = lo, .max = hi}
+#define F_MAP(n, kids) {.name = n, .type = CT_MAP, .children = kids}
+#define F_END {.name = NULL}
+#define K_STR(n, m) {.name = n, .type = CT_STR, .offset = offsetof(gw_auth_key_cfg_t, m)}
+#define K_PATH(n, m) {.name = n, .type = CT_PATH, .offset = offsetof(gw_auth_key_cfg_t, m)}
 
 static const cfg_field_t http_fields[] = {
-    {"listen", CT_STR, offsetof(gw_config_t, http.listen), 0, NULL, 0, 0, 0, check_listen},
+    {.name = "listen", .type = CT_STR, .offset = offsetof(gw_config_t, http.listen),
+     .check = check_listen},
     F_INT("threads", http.threads, 0, 256),
     F_INT("max_request_body", http.max_request_body, 1024, 1L << 30),
     F_END,
@@ -87,16 +90,16 @@ static const cfg_field_t key_fields[] = {
     F_END,
 };
 static const cfg_field_t auth_fields[] = {
-    {"audience", CT_STRLIST, offsetof(gw_config_t, auth.audience),
-     offsetof(gw_config_t, auth.n_audience), NULL, 0, 0, 0},
+    {.name = "audience", .type = CT_STRLIST, .offset = offsetof(gw_config_t, auth.audience),
+     .offset2 = offsetof(gw_config_t, auth.n_audience)},
     F_STR("issuer", auth.issuer),
     F_INT("max_lifetime", auth.max_lifetime, 1, 366L * 86400),
     F_INT("leeway", auth.leeway, 0, 3600),
     F_INT("jwks_refresh_interval", auth.jwks_refresh_interval, 1, 86400),
     F_INT("max_token_bytes", auth.max_token_bytes, 256, 1L << 20),
     F_INT("cache_entries", auth.cache_entries, 0, 10000000),
-    {"keys", CT_KEYLIST, offsetof(gw_config_t, auth.keys), offsetof(gw_config_t, auth.n_keys),
-     key_fields, 0, 0, 0},
+    {.name = "keys", .type = CT_KEYLIST, .offset = offsetof(gw_config_t, auth.keys),
+     .offset2 = offsetof(gw_config_t, auth.n_keys), .children = key_fields},
     F_END,
 };
 static const cfg_field_t sync_rules_fields[] = {
@@ -109,9 +112,9 @@ static const cfg_field_t limits_fields[] = {
     F_END,
 };
 static const cfg_field_t root_fields[] = {
-    {"log_level", CT_LEVEL, offsetof(gw_config_t, log_level), 0, NULL, 0, 0, 0},
+    {.name = "log_level", .type = CT_LEVEL, .offset = offsetof(gw_config_t, log_level)},
     F_MAP("http", http_fields),
-    {"postgres", CT_MAP, 0, 0, postgres_fields, 1, 0, 0},
+    {.name = "postgres", .type = CT_MAP, .children = postgres_fields, .required = 1},
     F_MAP("replication", replication_fields),
     F_MAP("storage", storage_fields),
     F_MAP("auth", auth_fields),
@@ -410,7 +413,7 @@ static int set_field(ctx_t *c, const cfg_field_t *f, const yaml_node_t *v, void 
             return fail_at(c, v->start_mark, "\"%s\" must be a list", dotted);
         size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
         *list = gw_xcalloc(n, sizeof(gw_auth_key_cfg_t));
-        char item_name[128];
+        char item_name[300];
         snprintf(item_name, sizeof(item_name), "%s[]", dotted);
         for (size_t i = 0; i < n; i++) {
             yaml_node_t *item = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);

@@ -36,7 +36,6 @@ typedef struct gw_config {
         char *listen; /* "host:port"; "[::1]:port" for IPv6 */
         long threads; /* 0: number of CPUs */
         long max_request_body;
-        long max_connections_per_thread; /* unused until streams; documented */
     } http;
     struct {
         char *uri;

@@ -8,10 +8,16 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-120}
+export FERRY_BUILD=${FERRY_BUILD:-build}
+export FERRY_BIN=$root/$FERRY_BUILD/ferry
+export FERRY_SRC=$root
+# LeakSanitizer: leaks inside libraries we do not own, reviewed (see the file)
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$root/tests/lib/lsan.supp:print_suppressions=0}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}
 start=$(date +%s)
 failed=()
 
-for t in build/test_*; do
+for t in "$FERRY_BUILD"/test_*; do
   [ -x "$t" ] || continue
   echo "== unit: $(basename "$t")"
   "$t" || failed+=("$(basename "$t")")

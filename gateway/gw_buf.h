@@ -1,0 +1,36 @@
+/* gw_buf.h -- growable byte buffer for building responses, metrics text and JSON
+ *
+ * A gw_buf_t owns its bytes; data is always NUL-terminated. Aborts on OOM like the gateway.
+ */
+#ifndef GW_BUF_H
+#define GW_BUF_H
+
+#include <stddef.h>
+
+typedef struct gw_buf {
+    char *data; /* NUL-terminated; NULL until the first append */
+    size_t len;
+    size_t cap;
+} gw_buf_t;
+
+#define GW_BUF_INIT {NULL, 0, 0}
+
+/** Append len bytes. */
+void gw_buf_append(gw_buf_t *b, const void *p, size_t len);
+
+/** Append a NUL-terminated string. */
+void gw_buf_puts(gw_buf_t *b, const char *s);
+
+/** Append printf-style formatted text. */
+void gw_buf_printf(gw_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/** Append s as a JSON string literal, quotes included, escaped per RFC 8259. */
+void gw_buf_json_str(gw_buf_t *b, const char *s);
+
+/** Forget the contents, keep the memory. */
+void gw_buf_reset(gw_buf_t *b);
+
+/** Release the memory; the buffer may be reused. */
+void gw_buf_free(gw_buf_t *b);
+
+#endif

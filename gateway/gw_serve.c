@@ -1,0 +1,168 @@
+/* gw_serve.c -- `ferry serve`: load the config, start the HTTP server, run until a signal
+ *
+ * Start-up order: config -> logging -> open-files limit -> metrics -> HTTP (bind first, so a port
+ * conflict fails fast and clearly) -> routes -> loop threads. The main thread then waits in
+ * sigwait() for SIGTERM/SIGINT (blocked in every thread), and shutdown runs in reverse: stop
+ * accepting, finish or close streams, join the loops, release everything, exit 0 within 5 s.
+ */
+#include "gw_buf.h"
+#include "gw_cli.h"
+#include "gw_config.h"
+#include "gw_http.h"
+#include "gw_log.h"
+#include "gw_metrics.h"
+#include "gw_version.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static int on_liveness(h2o_req_t *req, void *ud)
+{
+    (void)ud;
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_printf(&b, "{\"alive\":true,\"uptime_seconds\":%.3f}", gw_metrics_uptime());
+    gw_http_send_json(req, 200, b.data, b.len);
+    gw_buf_free(&b);
+    return 0;
+}
+
+static int on_readiness(h2o_req_t *req, void *ud)
+{
+    (void)ud;
+    gw_buf_t b = GW_BUF_INIT;
+    int ready = gw_ready_render(&b);
+    gw_http_send_json(req, ready ? 200 : 503, b.data, b.len);
+    gw_buf_free(&b);
+    return 0;
+}
+
+static int on_metrics(h2o_req_t *req, void *ud)
+{
+    (void)ud;
+    gw_buf_t b = GW_BUF_INIT;
+    gw_metrics_render(&b);
+    req->res.status = 200;
+    req->res.reason = "OK";
+    req->res.content_length = b.len;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("text/plain; version=0.0.4"));
+    h2o_send_inline(req, b.data, b.len);
+    gw_buf_free(&b);
+    return 0;
+}
+
+/* Raise the open-files soft limit to the hard limit; many streams need many descriptors. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t before = rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = before;
+    }
+    gw_info("main", "open-files limit", "soft_before=%llu soft=%llu hard=%llu",
+            (unsigned long long)before, (unsigned long long)rl.rlim_cur,
+            (unsigned long long)rl.rlim_max);
+}
+
+static void serve_usage(FILE *out)
+{
+    fprintf(out, "usage: ferry serve --config FILE\n"
+                 "  --config FILE   the configuration (default: $FERRY_CONFIG)\n");
+}
+
+int gw_cli_serve(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'}, {0}};
+    const char *config_flag = NULL;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            config_flag = optarg;
+            break;
+        case 'h':
+            serve_usage(stdout);
+            return 0;
+        default:
+            serve_usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "ferry serve: unexpected argument \"%s\"\n", argv[optind]);
+        serve_usage(stderr);
+        return 2;
+    }
+    const char *path = gw_cli_config_path(config_flag);
+    if (path == NULL) {
+        fprintf(stderr, "ferry serve: no configuration given (use --config FILE or set "
+                        "FERRY_CONFIG)\n");
+        serve_usage(stderr);
+        return 2;
+    }
+
+    gw_config_t cfg;
+    gw_err_t err;
+    char msg[1024];
+    if (gw_config_load(&cfg, path, &err) != 0) {
+        fprintf(stderr, "ferry: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        return 1;
+    }
+    gw_log_set_level(cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+
+    gw_info("main", "starting ferry", "version=%s revision=%s config=%s", gw_version(),
+            gw_revision(), path);
+    raise_nofile();
+    gw_metrics_init();
+
+    gw_http_t *http = NULL;
+    if (gw_http_create(&http, &cfg, &err) != 0) {
+        gw_error("main", gw_err_format(&err, msg, sizeof(msg)), NULL);
+        if (err.detail[0] != '\0')
+            fprintf(stderr, "ferry: %s\n       %s\n", msg, err.detail);
+        else
+            fprintf(stderr, "ferry: %s\n", msg);
+        gw_config_free(&cfg);
+        return 1;
+    }
+    gw_http_route(http, "/probes/liveness", "liveness", GW_HTTP_GET | GW_HTTP_HEAD, on_liveness,
+                  NULL);
+    gw_http_route(http, "/probes/readiness", "readiness", GW_HTTP_GET | GW_HTTP_HEAD,
+                  on_readiness, NULL);
+    gw_http_route(http, "/metrics", "metrics", GW_HTTP_GET | GW_HTTP_HEAD, on_metrics, NULL);
+
+    if (gw_http_start(http, &err) != 0) {
+        gw_error("main", gw_err_format(&err, msg, sizeof(msg)), NULL);
+        gw_http_shutdown(http, 0);
+        gw_http_destroy(http);
+        gw_config_free(&cfg);
+        return 1;
+    }
+    gw_info("main", "listening", "addr=%s threads=%zu", gw_http_address(http),
+            gw_http_threads(http));
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    gw_info("main", "shutting down", "signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    gw_http_shutdown(http, 3000);
+    gw_http_destroy(http);
+    gw_config_free(&cfg);
+    gw_info("main", "stopped", NULL);
+    return 0;
+}

@@ -1,0 +1,275 @@
+/* test_gateway.c -- unit tests of the gateway base: config, errors, arena, buffers, logging
+ *
+ * The config cases assert the exact "file:line:col: message" text for every kind of bad input.
+ */
+#include "gateway/gw_arena.h"
+#include "gateway/gw_buf.h"
+#include "gateway/gw_config.h"
+#include "gateway/gw_err.h"
+#include "gateway/gw_log.h"
+
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *example_path(void)
+{
+    const char *root = getenv("FERRY_SRC");
+    static char path[1024];
+    snprintf(path, sizeof(path), "%s/deploy/ferry.example.yaml", root != NULL ? root : ".");
+    return path;
+}
+
+/* Load text as "f.yaml" from folder "/cfg"; return the formatted error ("" on success). */
+static const char *load_err(const char *text)
+{
+    static char msg[1200];
+    gw_config_t cfg;
+    gw_err_t err;
+    gw_err_clear(&err);
+    if (gw_config_load_string(&cfg, text, strlen(text), "f.yaml", "/cfg", &err) == 0) {
+        gw_config_free(&cfg);
+        return "";
+    }
+    ck_assert_int_eq(err.code, GW_ECONFIG);
+    return gw_err_format(&err, msg, sizeof(msg));
+}
+
+#define MINIMAL "postgres:\n  uri: \"postgresql://x@127.0.0.1/app\"\n"
+
+START_TEST(test_gateway_config_load_full_example)
+{
+    gw_config_t cfg;
+    gw_err_t err;
+    setenv("FERRY_DEV_SECRET", "s3cret-from-env", 1);
+    int rc = gw_config_load(&cfg, example_path(), &err);
+    char msg[1200];
+    ck_assert_msg(rc == 0, "example failed: %s", gw_err_format(&err, msg, sizeof(msg)));
+    ck_assert_int_eq(cfg.log_level, GW_LOG_INFO);
+    ck_assert_str_eq(cfg.http.listen, "127.0.0.1:8080");
+    ck_assert_int_eq(cfg.http.threads, 2);
+    ck_assert_int_eq(cfg.http.max_request_body, 1048576);
+    ck_assert_str_eq(cfg.postgres.uri, "postgresql://ferry@127.0.0.1:5432/app");
+    ck_assert_str_eq(cfg.replication.publication, "ferry");
+    ck_assert_int_eq(cfg.replication.snapshot_chunk_rows, 10000);
+    ck_assert_int_eq(cfg.auth.n_audience, 1);
+    ck_assert_str_eq(cfg.auth.audience[0], "ferry");
+    ck_assert_str_eq(cfg.auth.issuer, "https://auth.example.com/");
+    ck_assert_int_eq(cfg.auth.n_keys, 6);
+    ck_assert_str_eq(cfg.auth.keys[0].kid, "dev");
+    ck_assert_str_eq(cfg.auth.keys[0].alg, "HS256");
+    ck_assert_str_eq(cfg.auth.keys[0].secret, "s3cret-from-env");
+    ck_assert_str_eq(cfg.auth.keys[1].secret_base64url, "c2VjcmV0LXNlY3JldC1zZWNyZXQ");
+    /* relative paths resolve against the config file's folder */
+    ck_assert_ptr_nonnull(strstr(cfg.auth.keys[2].pem_file, "deploy/keys/rsa-1.pub.pem"));
+    ck_assert_ptr_nonnull(strstr(cfg.storage.path, "deploy/./var/ferry-storage.db"));
+    ck_assert_str_eq(cfg.auth.keys[5].jwks_uri, "https://auth.example.com/.well-known/jwks.json");
+    ck_assert_int_eq(cfg.auth.keys[0].line, 59);
+    ck_assert_int_eq(cfg.auth.keys[0].col, 7);
+    ck_assert_int_eq(cfg.limits.max_connections, 10000);
+    gw_config_free(&cfg);
+    unsetenv("FERRY_DEV_SECRET");
+}
+END_TEST
+
+START_TEST(test_gateway_config_defaults_and_env_default)
+{
+    gw_config_t cfg;
+    gw_err_t err;
+    unsetenv("FERRY_TEST_UNSET");
+    const char *text = "postgres:\n  uri: \"${FERRY_TEST_UNSET:-postgresql://d@127.0.0.1/x}\"\n"
+                       "storage:\n  path: data/s.db\n";
+    ck_assert_int_eq(gw_config_load_string(&cfg, text, strlen(text), "f.yaml", "/cfg", &err), 0);
+    ck_assert_str_eq(cfg.postgres.uri, "postgresql://d@127.0.0.1/x");
+    ck_assert_str_eq(cfg.storage.path, "/cfg/data/s.db");
+    ck_assert_str_eq(cfg.sync_rules.path, "/cfg/sync-rules.yaml");
+    ck_assert_str_eq(cfg.http.listen, "127.0.0.1:8080");
+    ck_assert_int_eq(cfg.auth.leeway, 60);
+    ck_assert_int_eq(cfg.auth.max_token_bytes, 16384);
+    ck_assert_int_eq(cfg.limits.max_buckets_per_connection, 1000);
+    gw_config_free(&cfg);
+}
+END_TEST
+
+START_TEST(test_gateway_config_rejects_syntax_error)
+{
+    ck_assert_str_eq(load_err(MINIMAL "http:\n  listen: [1, 2\n"),
+                     "f.yaml:5:1: syntax error: did not find expected ',' or ']' while parsing "
+                     "a flow sequence");
+}
+END_TEST
+
+START_TEST(test_gateway_config_rejects_unknown_key_with_suggestion)
+{
+    ck_assert_str_eq(load_err(MINIMAL "http:\n  listn: \"127.0.0.1:1\"\n"),
+                     "f.yaml:4:3: unknown key \"listn\" (did you mean \"listen\"?)");
+    ck_assert_str_eq(load_err(MINIMAL "zzzqqq: 1\n"), "f.yaml:3:1: unknown key \"zzzqqq\"");
+    ck_assert_str_eq(load_err(MINIMAL "auth:\n  keys:\n    - { kid: a, algo: HS256 }\n"),
+                     "f.yaml:5:17: unknown key \"algo\" (did you mean \"alg\"?)");
+}
+END_TEST
+
+START_TEST(test_gateway_config_rejects_wrong_type)
+{
+    ck_assert_str_eq(load_err(MINIMAL "http:\n  threads: two\n"),
+                     "f.yaml:4:12: \"http.threads\" must be an integer (got \"two\")");
+    ck_assert_str_eq(load_err(MINIMAL "http:\n  threads: 100000\n"),
+                     "f.yaml:4:12: \"http.threads\" must be between 0 and 256 (got 100000)");
+    ck_assert_str_eq(load_err(MINIMAL "http: 5\n"), "f.yaml:3:7: \"http\" must be a mapping");
+    ck_assert_str_eq(load_err(MINIMAL "http:\n  listen: [a]\n"),
+                     "f.yaml:4:11: \"http.listen\" must be a string");
+    ck_assert_str_eq(load_err(MINIMAL "http:\n  listen: \"localhost\"\n"),
+                     "f.yaml:4:11: \"http.listen\" must be \"host:port\" (got \"localhost\")");
+    ck_assert_str_eq(load_err(MINIMAL "log_level: loud\n"),
+                     "f.yaml:3:12: \"log_level\" must be one of debug, info, warn, error (got "
+                     "\"loud\")");
+    ck_assert_str_eq(load_err(MINIMAL "auth:\n  keys: {kid: a}\n"),
+                     "f.yaml:4:9: \"auth.keys\" must be a list");
+}
+END_TEST
+
+START_TEST(test_gateway_config_rejects_missing_required_key)
+{
+    ck_assert_str_eq(load_err("http:\n  threads: 1\n"),
+                     "f.yaml:1:1: missing required key \"postgres.uri\"");
+    ck_assert_str_eq(load_err("postgres:\n  other: 1\n"),
+                     "f.yaml:2:3: unknown key \"other\"");
+    ck_assert_str_eq(load_err("http:\n  threads: 1\npostgres:\n  uri:\n"),
+                     "f.yaml:4:7: \"postgres.uri\" must not be empty");
+    ck_assert_str_eq(load_err(""), "f.yaml:1:1: the configuration is empty (see "
+                                   "deploy/ferry.example.yaml)");
+}
+END_TEST
+
+START_TEST(test_gateway_config_rejects_unset_variable)
+{
+    unsetenv("FERRY_TEST_UNSET");
+    ck_assert_str_eq(load_err("postgres:\n  uri: \"${FERRY_TEST_UNSET}\"\n"),
+                     "f.yaml:2:8: environment variable \"FERRY_TEST_UNSET\" is not set (write "
+                     "${FERRY_TEST_UNSET:-default} to give a default)");
+    ck_assert_str_eq(load_err("postgres:\n  uri: \"${1BAD}\"\n"),
+                     "f.yaml:2:8: malformed variable reference \"${1BAD}\" in \"postgres.uri\"");
+}
+END_TEST
+
+START_TEST(test_gateway_config_rejects_duplicate_key)
+{
+    ck_assert_str_eq(load_err(MINIMAL "http:\n  threads: 1\n  threads: 2\n"),
+                     "f.yaml:5:3: duplicate key \"threads\"");
+}
+END_TEST
+
+START_TEST(test_gateway_config_substitutes_and_escapes)
+{
+    gw_config_t cfg;
+    gw_err_t err;
+    setenv("FERRY_TEST_HOST", "127.0.0.9", 1);
+    const char *text = "postgres:\n  uri: \"postgresql://u@${FERRY_TEST_HOST}/$${lit}\"\n";
+    ck_assert_int_eq(gw_config_load_string(&cfg, text, strlen(text), "f.yaml", "/cfg", &err), 0);
+    ck_assert_str_eq(cfg.postgres.uri, "postgresql://u@127.0.0.9/${lit}");
+    gw_config_free(&cfg);
+    unsetenv("FERRY_TEST_HOST");
+}
+END_TEST
+
+START_TEST(test_gateway_config_parse_listen)
+{
+    char host[64];
+    int port;
+    ck_assert_int_eq(gw_config_parse_listen("127.0.0.1:8080", host, sizeof(host), &port), 0);
+    ck_assert_str_eq(host, "127.0.0.1");
+    ck_assert_int_eq(port, 8080);
+    ck_assert_int_eq(gw_config_parse_listen("[::1]:9", host, sizeof(host), &port), 0);
+    ck_assert_str_eq(host, "::1");
+    ck_assert_int_eq(port, 9);
+    ck_assert_int_eq(gw_config_parse_listen("host:0", host, sizeof(host), &port), GW_EINVAL);
+    ck_assert_int_eq(gw_config_parse_listen("host:70000", host, sizeof(host), &port), GW_EINVAL);
+    ck_assert_int_eq(gw_config_parse_listen(":80", host, sizeof(host), &port), GW_EINVAL);
+    ck_assert_int_eq(gw_config_parse_listen("::1:80", host, sizeof(host), &port), GW_EINVAL);
+}
+END_TEST
+
+START_TEST(test_gateway_err_set_and_format)
+{
+    gw_err_t err;
+    char buf[256];
+    ck_assert_int_eq(gw_err_set(&err, GW_ECONFIG, "f.yaml:1:2", "bad %s", "thing"), GW_ECONFIG);
+    ck_assert_str_eq(gw_err_format(&err, buf, sizeof(buf)), "f.yaml:1:2: bad thing");
+    ck_assert_str_eq(gw_err_name(GW_EADDRINUSE), "GW_EADDRINUSE");
+    ck_assert_str_eq(gw_err_name(-999), "GW_EUNKNOWN");
+    ck_assert_int_eq(gw_err_set(NULL, GW_EIO, NULL, "x"), GW_EIO);
+}
+END_TEST
+
+START_TEST(test_gateway_arena_alloc_reset)
+{
+    gw_arena_t a;
+    gw_arena_init(&a, 256);
+    char *p = gw_arena_strndup(&a, "hello world", 5);
+    ck_assert_str_eq(p, "hello");
+    ck_assert_uint_eq((uintptr_t)p % 16, 0);
+    void *big = gw_arena_alloc(&a, 10000); /* larger than a chunk: its own chunk */
+    memset(big, 1, 10000);
+    for (int i = 0; i < 100; i++)
+        ck_assert_ptr_nonnull(gw_arena_alloc(&a, 24));
+    gw_arena_reset(&a);
+    ck_assert_uint_eq(a.used_total, 0);
+    ck_assert_str_eq(gw_arena_strndup(&a, "again", 5), "again");
+    gw_arena_free(&a);
+    ck_assert_ptr_null(a.head);
+}
+END_TEST
+
+START_TEST(test_gateway_buf_json_escapes)
+{
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_json_str(&b, "a\"b\\c\n\x01");
+    ck_assert_str_eq(b.data, "\"a\\\"b\\\\c\\n\\u0001\"");
+    gw_buf_reset(&b);
+    gw_buf_printf(&b, "%d-%s", 42, "x");
+    ck_assert_str_eq(b.data, "42-x");
+    gw_buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_gateway_log_parse_level_and_quote)
+{
+    gw_log_level_t l;
+    ck_assert_int_eq(gw_log_parse_level("warn", &l), 0);
+    ck_assert_int_eq(l, GW_LOG_WARN);
+    ck_assert_int_eq(gw_log_parse_level("verbose", &l), -1);
+    char q[64];
+    ck_assert_str_eq(gw_log_qs("a \"b\"\n", q, sizeof(q)), "\"a \\\"b\\\"\\n\"");
+}
+END_TEST
+
+static Suite *gateway_suite(void)
+{
+    Suite *s = suite_create("gateway");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, test_gateway_config_load_full_example);
+    tcase_add_test(tc, test_gateway_config_defaults_and_env_default);
+    tcase_add_test(tc, test_gateway_config_rejects_syntax_error);
+    tcase_add_test(tc, test_gateway_config_rejects_unknown_key_with_suggestion);
+    tcase_add_test(tc, test_gateway_config_rejects_wrong_type);
+    tcase_add_test(tc, test_gateway_config_rejects_missing_required_key);
+    tcase_add_test(tc, test_gateway_config_rejects_unset_variable);
+    tcase_add_test(tc, test_gateway_config_rejects_duplicate_key);
+    tcase_add_test(tc, test_gateway_config_substitutes_and_escapes);
+    tcase_add_test(tc, test_gateway_config_parse_listen);
+    tcase_add_test(tc, test_gateway_err_set_and_format);
+    tcase_add_test(tc, test_gateway_arena_alloc_reset);
+    tcase_add_test(tc, test_gateway_buf_json_escapes);
+    tcase_add_test(tc, test_gateway_log_parse_level_and_quote);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(gateway_suite());
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
