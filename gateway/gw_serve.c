@@ -20,6 +20,14 @@
 #include <string.h>
 #include <sys/resource.h>
 
+const char *gw_cli_config_path(const char *flag_value)
+{
+    if (flag_value != NULL && flag_value[0] != '\0')
+        return flag_value;
+    const char *env = getenv("FERRY_CONFIG");
+    return env != NULL && env[0] != '\0' ? env : NULL;
+}
+
 static int on_liveness(h2o_req_t *req, void *ud)
 {
     (void)ud;

@@ -37,14 +37,6 @@ static void usage(FILE *out)
             "  help                         print this text\n");
 }
 
-const char *gw_cli_config_path(const char *flag_value)
-{
-    if (flag_value != NULL && flag_value[0] != '\0')
-        return flag_value;
-    const char *env = getenv("FERRY_CONFIG");
-    return env != NULL && env[0] != '\0' ? env : NULL;
-}
-
 int gw_cli_config(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[1], "keys") == 0) {
