@@ -1,0 +1,332 @@
+/* rules.h -- sync rules and write rules: compile a YAML file, evaluate rows and requests
+ *
+ * librules is a leaf library (libyaml, SQLite, jansson, libcrypto; no h2o, no libpq, no
+ * logging). It compiles a PowerSync-compatible sync-rules file (`bucket_definitions`, editions
+ * 1 and 2) plus Ferry's `write_rules` and `constraints` into an immutable, reference-counted
+ * rule set, and answers three pure questions about it:
+ *
+ *   rules_eval_row()      row of table T       -> [(bucket id, object_type, object_id, data)]
+ *   rules_eval_lookups()  row of table T       -> parameter-lookup entries (key -> params)
+ *   rules_eval_request()  claims + parameters  -> [(bucket id, priority, definition)]
+ *
+ * Expressions are evaluated by SQLite itself (prepared statements in private in-memory
+ * databases, every value bound as a parameter), so functions, operators, NULL rules, casts,
+ * `->`/`->>` and json_each behave exactly as on the client. Plain column references skip SQLite.
+ *
+ * Thread safety: a compiled rule set is immutable. Any number of threads may evaluate one set
+ * concurrently; each call borrows a private evaluation context (SQLite connection and its
+ * prepared statements) from a pool inside the set and returns it before it returns.
+ *
+ * Row text contract. Values are the text form pgoutput (or a plain text-mode query) sends,
+ * produced on a connection with these session settings pinned, which the gateway sets on every
+ * Postgres connection:
+ *     TimeZone=UTC  DateStyle=ISO  IntervalStyle=postgres  extra_float_digits=3
+ *     bytea_output=hex
+ * Conversion follows the PowerSync service (see rules/README.md, "Value conversion"): int2/4/8
+ * and oid become INTEGER (int8 exact), float4/8 REAL, numeric TEXT, bool 1/0, json/jsonb raw
+ * TEXT, bytea a BLOB (dropped from row data), arrays JSON text, timestamps in the legacy or
+ * ISO 8601 format chosen by the file's config, everything else TEXT as printed.
+ *
+ * Errors: functions return 0 or a negative RULES_E* code. Compile problems are returned as a
+ * list of diagnostics, each "file:line:col: message" pointing at the offending token in the
+ * YAML file; evaluation problems fill an optional rules_error_t.
+ */
+#ifndef RULES_H
+#define RULES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Error codes (negative; 0 is success). Values are stable. */
+#define RULES_OK 0
+#define RULES_ENOMEM (-1)   /* out of memory */
+#define RULES_EINVAL (-2)   /* invalid argument (e.g. malformed claims JSON) */
+#define RULES_ECOMPILE (-3) /* the rules file has errors; see the diagnostics */
+#define RULES_EIO (-4)      /* could not read the rules file */
+#define RULES_EEVAL (-5)    /* SQLite could not evaluate an expression */
+#define RULES_ELOOKUP (-6)  /* the lookup callback failed */
+#define RULES_ELIMIT (-7)   /* too many buckets or parameter rows for one request */
+
+/** Static one-line description of a RULES_E* code ("out of memory"). */
+const char *rules_strerror(int code);
+
+/** Detail of a failed evaluation call: the code and a message in PostgreSQL style. */
+typedef struct rules_error {
+    int code;
+    char message[256];
+} rules_error_t;
+
+/* ---- compiling ------------------------------------------------------------------------ */
+
+/** One compile error or warning; `file` is the name given to the compiler. */
+typedef struct rules_diag {
+    int is_warning;
+    int line, col;   /* 1-based; 0 when the problem has no position (e.g. unreadable file) */
+    char *message;   /* e.g. unknown function "uper" (did you mean "upper"?) */
+} rules_diag_t;
+
+/** The diagnostics of one compile; owned by the caller, release with rules_diags_free(). */
+typedef struct rules_diags {
+    char *file;
+    rules_diag_t *items;
+    size_t n;
+    size_t nerrors, nwarnings;
+} rules_diags_t;
+
+/** Release the memory of *d (not d itself) and zero it; NULL is fine. */
+void rules_diags_free(rules_diags_t *d);
+
+/** Format item i as "file:line:col: message" (with "warning: " before warnings) into buf. */
+const char *rules_diag_format(const rules_diags_t *d, size_t i, char *buf, size_t len);
+
+typedef struct rules_set rules_set_t;
+
+/**
+ * Compile the rules in text[0..len) (`file` names it in diagnostics). On success *out is a new
+ * set with one reference (release with rules_unref) and returns 0; warnings may still be in
+ * *diags. On RULES_ECOMPILE *out is NULL and *diags holds at least one error. diags may be
+ * NULL when the caller does not want them; it must be released with rules_diags_free() otherwise.
+ */
+int rules_compile(const char *text, size_t len, const char *file, rules_set_t **out,
+                  rules_diags_t *diags);
+
+/** Read the file at path and rules_compile() it; RULES_EIO (with a diagnostic) if unreadable. */
+int rules_compile_file(const char *path, rules_set_t **out, rules_diags_t *diags);
+
+/** Take one more reference to set; returns set. */
+rules_set_t *rules_ref(rules_set_t *set);
+
+/** Drop one reference; the last one frees the set and its evaluation contexts. NULL is fine. */
+void rules_unref(rules_set_t *set);
+
+/** Edition of the file (1 or 2) after applying config: defaults. */
+int rules_edition(const rules_set_t *set);
+
+/* ---- referenced tables ------------------------------------------------------------------ */
+
+#define RULES_USE_DATA 1   /* read by a data query */
+#define RULES_USE_LOOKUP 2 /* read by a table-lookup parameter query */
+#define RULES_USE_WRITE 4  /* has write rules */
+
+/** One table the rules reference; `name` ends in '%' for a prefix pattern. Owned by the set. */
+typedef struct rules_table {
+    const char *schema;
+    const char *name;
+    int uses; /* RULES_USE_* bits */
+} rules_table_t;
+
+/** Number of distinct tables the set references (for the publication check, the snapshot). */
+size_t rules_table_count(const rules_set_t *set);
+
+/** Table i (0 <= i < rules_table_count()); the pointer lives as long as the set. */
+const rules_table_t *rules_table_at(const rules_set_t *set, size_t i);
+
+/* ---- evaluating rows -------------------------------------------------------------------- */
+
+/**
+ * One replicated row in pgoutput text form. names/types/values have ncols entries; values[i]
+ * is NULL for SQL NULL; lens may be NULL (values are then NUL-terminated). types are Postgres
+ * type OIDs (0 = unknown, treated as text). Nothing is retained after the call.
+ */
+typedef struct rules_row {
+    const char *schema; /* NULL means "public" */
+    const char *table;
+    size_t ncols;
+    const char *const *names;
+    const uint32_t *types;
+    const char *const *values;
+    const size_t *lens;
+} rules_row_t;
+
+/** One output of a data query for one bucket. Strings are NUL-terminated, owned by the list. */
+typedef struct rules_op {
+    char *bucket;       /* "<version>#name[params]" (no prefix when version is NULL) */
+    char *object_type;  /* output table name */
+    char *object_id;    /* text of the output "id" ("" when absent) */
+    char *data;         /* row JSON object in output-column order, as sent to clients */
+    size_t data_len;
+    uint32_t checksum;  /* rules_checksum_put(object_type, object_id, data) */
+    const char *definition; /* bucket definition name; owned by the set */
+} rules_op_t;
+
+/** A growable list of ops; zero-initialise, release with rules_ops_free(). */
+typedef struct rules_ops {
+    rules_op_t *items;
+    size_t n, cap;
+} rules_ops_t;
+
+/** Release all items of *ops and zero it; NULL is fine. */
+void rules_ops_free(rules_ops_t *ops);
+
+/**
+ * Evaluate every data query of set that reads row->table and append one op per (bucket, output
+ * row) to *out (duplicates within one call are merged: the same bucket, type and id appear
+ * once, the last query wins). version is the rule version put before '#' in bucket ids (NULL:
+ * no prefix). Returns 0, RULES_ENOMEM or RULES_EEVAL (err says why); *out keeps what was
+ * appended before a failure, so free it either way.
+ */
+int rules_eval_row(rules_set_t *set, const char *version, const rules_row_t *row,
+                   rules_ops_t *out, rules_error_t *err);
+
+/** One parameter-lookup entry: key (see rules_eval_request) -> one output parameter row. */
+typedef struct rules_lookup {
+    char *key;    /* e.g. org_data/0["u1"]: definition, query index, JSON array of values */
+    char *params; /* JSON object of the row-derived output columns, e.g. {"org_id":"o1"} */
+    const char *definition; /* owned by the set */
+} rules_lookup_t;
+
+/** A growable list of lookup entries; zero-initialise, release with rules_lookups_free(). */
+typedef struct rules_lookups {
+    rules_lookup_t *items;
+    size_t n, cap;
+} rules_lookups_t;
+
+/** Release all items of *l and zero it; NULL is fine. */
+void rules_lookups_free(rules_lookups_t *l);
+
+/**
+ * Evaluate every table-lookup parameter query that reads row->table and append its entries to
+ * *out. The storage keeps, per source row, the latest list and answers rules_eval_request()'s
+ * lookups from the union over rows. Returns 0, RULES_ENOMEM or RULES_EEVAL.
+ */
+int rules_eval_lookups(rules_set_t *set, const rules_row_t *row, rules_lookups_t *out,
+                       rules_error_t *err);
+
+/* ---- evaluating requests ---------------------------------------------------------------- */
+
+/** Answers of one lookup: the callback appends each stored params JSON with rules_answer_add. */
+typedef struct rules_answer rules_answer_t;
+
+/** Append a copy of params_json (a JSON object from rules_lookup_t.params); 0 or RULES_ENOMEM. */
+int rules_answer_add(rules_answer_t *ans, const char *params_json);
+
+/**
+ * Lookup callback: append to ans every params JSON stored under key (exact string match) and
+ * return 0; return a negative value to fail the request (RULES_ELOOKUP is reported).
+ */
+typedef int (*rules_lookup_fn)(void *arg, const char *key, rules_answer_t *ans);
+
+/** A request: JWT claims (JSON object text), client parameters (JSON object text or NULL). */
+typedef struct rules_request {
+    const char *claims_json;
+    const char *params_json;
+    rules_lookup_fn lookup; /* NULL: table-lookup queries are reported as unresolved */
+    void *lookup_arg;
+    size_t max_buckets;     /* 0 means 1000 */
+} rules_request_t;
+
+/** One bucket of a request. Strings owned by the list except definition/query (by the set). */
+typedef struct rules_bucket {
+    char *bucket;            /* "<version>#name[params]" */
+    int priority;            /* 0..3, highest priority (lowest number) of its producers */
+    const char *definition;  /* bucket definition name */
+    int query_index;         /* which parameter query produced it (first one wins on ties) */
+    const char *query;       /* that query's SQL text as written */
+} rules_bucket_t;
+
+/** One table-lookup query that could not be answered because no callback was given. */
+typedef struct rules_unresolved {
+    const char *definition, *query; /* owned by the set */
+    int query_index;
+    char *key; /* the lookup key that would have been asked for */
+} rules_unresolved_t;
+
+/** The result of rules_eval_request(); zero-initialise, release with rules_buckets_free(). */
+typedef struct rules_buckets {
+    rules_bucket_t *items;
+    size_t n, cap;
+    rules_unresolved_t *unresolved;
+    size_t nunresolved, capunresolved;
+} rules_buckets_t;
+
+/** Release *b's items and zero it; NULL is fine. */
+void rules_buckets_free(rules_buckets_t *b);
+
+/**
+ * Compute the buckets of one request: run every parameter query (static, json_each, table
+ * lookup through req->lookup), form bucket ids with version as prefix, deduplicate (highest
+ * priority wins) and append to *out in definition order. Returns 0; RULES_EINVAL when the claims
+ * or parameters are not JSON objects; RULES_ELOOKUP when the callback failed; RULES_ELIMIT when
+ * more than max_buckets result (err names the definition); RULES_EEVAL; RULES_ENOMEM.
+ */
+int rules_eval_request(rules_set_t *set, const char *version, const rules_request_t *req,
+                       rules_buckets_t *out, rules_error_t *err);
+
+/* ---- checksums, ids ------------------------------------------------------------------- */
+
+/** Op checksum of a PUT: first 4 bytes of SHA-256("put.<type>.<id>.<data>"), little-endian. */
+uint32_t rules_checksum_put(const char *object_type, const char *object_id, const char *data,
+                            size_t data_len);
+
+/** Op checksum of a REMOVE: first 4 bytes of SHA-256("delete.<subkey>"), little-endian. */
+uint32_t rules_checksum_delete(const char *subkey);
+
+/* ---- write rules ------------------------------------------------------------------------ */
+
+/** What a positional parameter of a compiled write statement must be bound to. */
+typedef enum rules_bind_kind {
+    RULES_BIND_NEW_ROW_JSONB = 1, /* the new row as jsonb (keys = column names) */
+    RULES_BIND_OLD_ROW_JSONB,     /* the stored row as jsonb */
+    RULES_BIND_USER_ID,           /* text: the token's sub */
+    RULES_BIND_JWT_JSONB,         /* jsonb: the token's claims */
+    RULES_BIND_PARAMS_JSONB,      /* jsonb: the client parameters ({} when none) */
+} rules_bind_kind_t;
+
+/**
+ * A compiled Postgres statement: sql uses $1..$nbinds, and binds[i] says what $i+1 is. The
+ * statement returns one row with one boolean column (NULL counts as false). file/line/col
+ * point at the source in the rules file, for errors Postgres reports when it is prepared.
+ */
+typedef struct rules_pg_stmt {
+    const char *sql;
+    const rules_bind_kind_t *binds;
+    int nbinds;
+    int line, col;
+} rules_pg_stmt_t;
+
+#define RULES_OP_INSERT 1
+#define RULES_OP_UPDATE 2
+#define RULES_OP_DELETE 4
+
+/** The write rules of one table; owned by the set. check/check_old have sql NULL if absent. */
+typedef struct rules_write_rule {
+    const char *schema, *table;
+    int operations;             /* RULES_OP_* bits */
+    const char *const *columns; /* writable columns (always includes "id") */
+    size_t ncolumns;
+    const char *lww_column;     /* NULL when absent */
+    rules_pg_stmt_t check;      /* "allowed?" over the new row: insert and update */
+    rules_pg_stmt_t check_old;  /* "allowed?" over the stored row: update and delete */
+} rules_write_rule_t;
+
+/** A named constraint: stmt returns true when the new row violates it. Owned by the set. */
+typedef struct rules_constraint {
+    const char *name, *schema, *table, *message;
+    rules_pg_stmt_t stmt;
+} rules_constraint_t;
+
+/** Number of tables with write rules; a table without write rules accepts no writes. */
+size_t rules_write_count(const rules_set_t *set);
+
+/** Write rule i, in file order. */
+const rules_write_rule_t *rules_write_at(const rules_set_t *set, size_t i);
+
+/** The write rule of schema.table (schema NULL = "public"), NULL when writes are not allowed. */
+const rules_write_rule_t *rules_write_find(const rules_set_t *set, const char *schema,
+                                           const char *table);
+
+/** Number of constraints. */
+size_t rules_constraint_count(const rules_set_t *set);
+
+/** Constraint i, in file order. */
+const rules_constraint_t *rules_constraint_at(const rules_set_t *set, size_t i);
+
+/* ---- introspection (for `ferry rules explain`) ---------------------------------------------- */
+
+/** Number of bucket definitions. */
+size_t rules_definition_count(const rules_set_t *set);
+
+/** Name of definition i (file order). */
+const char *rules_definition_name(const rules_set_t *set, size_t i);
+
+#endif
