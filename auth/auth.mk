@@ -12,3 +12,8 @@ AUTH_SRCS += \
 
 UNIT_TESTS += auth
 FUZZ_TARGETS += auth
+
+# Benchmark (make bench runs tests/load/bench_auth.sh): links libauth.a only, it is a leaf.
+PROGRAMS += $(BUILD)/bench_auth
+$(BUILD)/bench_auth: $(OBJ)/tests/load/bench_auth.o $(BUILD)/libauth.a
+	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/libauth.a $(LIBS)

@@ -46,9 +46,7 @@ typedef struct auth_key {
     auth_kty_t kty;
     unsigned char *secret;  /* AUTH_KTY_OCT: the HMAC secret */
     size_t secret_len;
-    char *pem;              /* public keys: SubjectPublicKeyInfo PEM, for libjwt */
-    size_t pem_len;
-    EVP_PKEY *pkey;         /* public keys: parsed once (EdDSA verification, type checks) */
+    EVP_PKEY *pkey;         /* public keys: parsed once, verified with EVP (auth_sig.c) */
 } auth_key_t;
 
 typedef struct auth_keyset {

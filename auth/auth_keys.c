@@ -77,7 +77,6 @@ void auth__key_clear(auth_key_t *k)
         OPENSSL_cleanse(k->secret, k->secret_len);
         free(k->secret);
     }
-    free(k->pem);
     EVP_PKEY_free(k->pkey);
     memset(k, 0, sizeof(*k));
 }
@@ -94,11 +93,6 @@ int auth__key_copy(const auth_key_t *src, auth_key_t *dst)
             goto oom;
         memcpy(dst->secret, src->secret, src->secret_len);
         dst->secret_len = src->secret_len;
-    }
-    if (src->pem != NULL) {
-        if ((dst->pem = strdup(src->pem)) == NULL)
-            goto oom;
-        dst->pem_len = src->pem_len;
     }
     if (src->pkey != NULL) {
         if (EVP_PKEY_up_ref(src->pkey) != 1)
@@ -126,25 +120,10 @@ int auth__key_from_pkey(EVP_PKEY *pkey, const char *kid, unsigned algs, auth_key
         return auth__fail(err, AUTH_EINVAL, "RSA key has %d bits, at least 2048 are required",
                           bits);
     }
-    BIO *bio = BIO_new(BIO_s_mem());
-    if (bio == NULL || PEM_write_bio_PUBKEY(bio, pkey) != 1) {
-        BIO_free(bio);
+    if (kid != NULL && (out->kid = strdup(kid)) == NULL) {
         EVP_PKEY_free(pkey);
-        return auth__fail(err, AUTH_EINVAL, "could not encode public key as PEM");
-    }
-    char *data;
-    long n = BIO_get_mem_data(bio, &data);
-    out->pem = malloc((size_t)n + 1);
-    if (out->pem == NULL || (kid != NULL && (out->kid = strdup(kid)) == NULL)) {
-        BIO_free(bio);
-        EVP_PKEY_free(pkey);
-        auth__key_clear(out);
         return auth__fail(err, AUTH_ENOMEM, "out of memory");
     }
-    memcpy(out->pem, data, (size_t)n);
-    out->pem[n] = '\0';
-    out->pem_len = (size_t)n;
-    BIO_free(bio);
     out->pkey = pkey;
     out->kty = kty_of(pkey);
     out->algs = algs;

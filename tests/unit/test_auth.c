@@ -572,6 +572,12 @@ START_TEST(test_auth_ctx_create_rejects_bad_keys)
     auth_token_t *t;
     ck_assert_int_eq(auth_verify(ctx, tok, strlen(tok), &t, &err), AUTH_EEXPIRED);
     free(tok);
+    /* ES384 (96-byte r||s) from a PEM file */
+    tok = mint("ES384", "ec384.pem", "{\"alg\":\"ES384\",\"kid\":\"c\"}", good_claims());
+    expect_code(ctx, tok, 0);
+    tok[strlen(tok) - 3] = tok[strlen(tok) - 3] == 'A' ? 'B' : 'A';
+    expect_code(ctx, tok, AUTH_EBADSIG);
+    free(tok);
     auth_ctx_destroy(ctx);
 }
 END_TEST
