@@ -138,7 +138,11 @@ typedef struct rules_row {
     const size_t *lens;
 } rules_row_t;
 
-/** One output of a data query for one bucket. Strings are NUL-terminated, owned by the list. */
+/** Most bucket parameters one definition may have. */
+#define RULES_MAX_PARAMS 8
+
+/** One output of a data query for one bucket. Strings are NUL-terminated, owned by the list
+ * (one allocation per op: never free them individually, use rules_ops_free). */
 typedef struct rules_op {
     char *bucket;       /* "<version>#name[params]" (no prefix when version is NULL) */
     char *object_type;  /* output table name */

@@ -741,7 +741,7 @@ static int lookup_input(qc_t *q, rnode_t *n, int expand)
         }
         q->expand_input = q->ninputs;
     }
-    if (q->ninputs >= 31) {
+    if (q->ninputs >= RULES_MAX_PARAMS) {
         q_err(q, 0, n->off, "too many request values in one query");
         rb_free(&b);
         return -1;
@@ -1553,6 +1553,13 @@ static void compile_def(cc_t *c, const char *name, yaml_node_t *kn, yaml_node_t 
         }
         pq->index = i;
         /* parameter names: from the first query; later ones must match */
+        if (def->npq == 0 && params_ok && pq->nnames - (pq->prio_out >= 0) > RULES_MAX_PARAMS) {
+            node_err(c, 0, qn[i], "bucket definition \"%s\" has more than %d bucket parameters",
+                     name, RULES_MAX_PARAMS);
+            free_pq(pq);
+            params_ok = 0;
+            continue;
+        }
         if (def->npq == 0 && params_ok) {
             def->params = rx_calloc((size_t)pq->nnames + 1, sizeof(char *));
             for (int k = 0; k < pq->nnames; k++)

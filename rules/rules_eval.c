@@ -12,12 +12,13 @@
 #include "rules_int.h"
 
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MAX_BINDINGS 1000
-#define MAX_PARAMS 32
+#define MAX_PARAMS RULES_MAX_PARAMS
 
 struct rctx {
     rctx_t *next;
@@ -31,6 +32,7 @@ struct rctx {
     json_t **hold;    /* parsed JSON kept alive while its strings are in use */
     size_t nhold, caphold;
     char **strs;      /* malloc'd strings kept alive likewise */
+    EVP_MD_CTX *md;   /* reused for op checksums */
     size_t nstrs, capstrs;
 };
 
@@ -64,6 +66,9 @@ static rctx_t *ctx_get(rules_set_t *set)
         return NULL;
     }
     rfunc_register(c->db);
+    c->md = EVP_MD_CTX_new();
+    if (!c->md)
+        abort();
     c->nst = set->nstmts;
     c->st = rx_calloc((size_t)c->nst + 1, sizeof(sqlite3_stmt *));
     return c;
@@ -97,6 +102,7 @@ static void ctx_free(rctx_t *c)
         sqlite3_finalize(c->st[i]);
     free(c->st);
     sqlite3_close(c->db);
+    EVP_MD_CTX_free(c->md);
     free(c->vals);
     rb_free(&c->scratch);
     rb_free(&c->json);
@@ -428,9 +434,9 @@ typedef struct pair {
     const rval_t *v;
 } pair_t;
 
-static int add_pair(pair_t *ps, int n, int max, const char *name, const rval_t *v)
+static int add_pair(pair_t *ps, int n, int max, const char *name, const rval_t *v, int dedup)
 {
-    for (int i = 0; i < n; i++)
+    for (int i = 0; dedup && i < n; i++)
         if (strcmp(ps[i].name, name) == 0) {
             ps[i].v = v;
             return n;
@@ -443,7 +449,7 @@ static int add_pair(pair_t *ps, int n, int max, const char *name, const rval_t *
 static void text_of(rbuf_t *b, const rval_t *v)
 {
     switch (v->t) {
-    case SQLITE_INTEGER: rb_printf(b, "%lld", (long long)v->i); break;
+    case SQLITE_INTEGER: rb_int(b, v->i); break;
     case SQLITE_FLOAT: rj_double(b, v->d, 1); break;
     case SQLITE_TEXT: rb_put(b, v->s, v->n); break;
     default: break;
@@ -457,9 +463,6 @@ static void ops_push(rules_ops_t *ops, rules_op_t *op)
         if (strcmp(o->bucket, op->bucket) == 0 && strcmp(o->object_type, op->object_type) == 0 &&
             strcmp(o->object_id, op->object_id) == 0) {
             free(o->bucket);
-            free(o->object_type);
-            free(o->object_id);
-            free(o->data);
             *o = *op;
             return;
         }
@@ -475,12 +478,8 @@ void rules_ops_free(rules_ops_t *ops)
 {
     if (!ops)
         return;
-    for (size_t i = 0; i < ops->n; i++) {
-        free(ops->items[i].bucket);
-        free(ops->items[i].object_type);
-        free(ops->items[i].object_id);
-        free(ops->items[i].data);
-    }
+    for (size_t i = 0; i < ops->n; i++)
+        free(ops->items[i].bucket); /* one block with the other strings */
     free(ops->items);
     memset(ops, 0, sizeof *ops);
 }
@@ -520,6 +519,11 @@ static void eval_data(rules_set_t *set, rowctx_t *rc, const char *version, const
     pair_t ps[512];
     int np = 0;
     const rval_t *idv = NULL;
+    /* names can only repeat when "*" is combined with other outputs (or a second "*") */
+    int dedup = 0, nstar = 0;
+    for (int i = 0; i < r->nouts; i++)
+        nstar += r->outs[i].star;
+    dedup = nstar > 0 && r->nouts > 1;
     for (int i = 0; i < r->nouts; i++) {
         const rout_t *o = &r->outs[i];
         if (o->star) {
@@ -527,10 +531,10 @@ static void eval_data(rules_set_t *set, rowctx_t *rc, const char *version, const
                 const char *nm = rc->row->names[k];
                 if (nm[0] == '_')
                     continue;
-                np = add_pair(ps, np, 512, nm, &c->vals[k]);
+                np = add_pair(ps, np, 512, nm, &c->vals[k], dedup);
             }
         } else {
-            np = add_pair(ps, np, 512, o->name, slot_val(rc, o->v));
+            np = add_pair(ps, np, 512, o->name, slot_val(rc, o->v), dedup);
         }
     }
     c->json.n = 0;
@@ -554,12 +558,22 @@ static void eval_data(rules_set_t *set, rowctx_t *rc, const char *version, const
         text_of(&c->tmp, idv);
     char *object_id = rb_strdup(&c->tmp);
     const char *otype = dq->out_table ? dq->out_table : rc->row->table;
-    uint32_t sum = rules_checksum_put(otype, object_id, c->json.p, c->json.n);
+    const char *parts[6] = {"put.", otype, ".", object_id, ".", c->json.p};
+    size_t lens[6] = {4, strlen(otype), 1, strlen(object_id), 1, c->json.n};
+    uint32_t sum = rchecksum_parts(c->md, parts, lens, 6);
     /* one op per distinct bucket */
     for (size_t i = 0; i < bl.n; i++) {
         bucket_id(&c->key, version, dq->def, &bl.b[i]);
-        rules_op_t op = {rb_strdup(&c->key), rx_strdup(otype), rx_strdup(object_id),
-                         rb_strdup(&c->json), c->json.n, sum, dq->def->name};
+        /* one allocation per op: bucket, type, id and data live in one block owned by
+         * .bucket (rules_ops_free frees only that) */
+        size_t lb = c->key.n + 1, lt = strlen(otype) + 1, li = strlen(object_id) + 1;
+        char *blk = rx_malloc(lb + lt + li + c->json.n + 1);
+        memcpy(blk, c->key.p, lb);
+        memcpy(blk + lb, otype, lt);
+        memcpy(blk + lb + lt, object_id, li);
+        memcpy(blk + lb + lt + li, c->json.p, c->json.n + 1);
+        rules_op_t op = {blk, blk + lb, blk + lb + lt, blk + lb + lt + li, c->json.n, sum,
+                         dq->def->name};
         ops_push(out, &op);
     }
     free(object_id);
@@ -612,7 +626,10 @@ void rules_lookups_free(rules_lookups_t *l)
 static void lookup_key(rbuf_t *b, const rparamq_t *pq, const rval_t *vals, int n)
 {
     b->n = 0;
-    rb_printf(b, "%s/%d[", pq->def->name, pq->index);
+    rb_puts(b, pq->def->name);
+    rb_putc(b, '/');
+    rb_int(b, pq->index);
+    rb_putc(b, '[');
     for (int i = 0; i < n; i++) {
         if (i)
             rb_putc(b, ',');

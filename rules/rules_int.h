@@ -26,9 +26,17 @@ typedef struct rbuf {
 void rb_reserve(rbuf_t *b, size_t extra);
 void rb_put(rbuf_t *b, const char *s, size_t n);
 void rb_puts(rbuf_t *b, const char *s);
-void rb_putc(rbuf_t *b, char c);
+static inline void rb_putc(rbuf_t *b, char c)
+{
+    if (b->n + 2 > b->cap)
+        rb_reserve(b, 1);
+    b->p[b->n++] = c;
+    b->p[b->n] = 0;
+}
 void rb_printf(rbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void rb_free(rbuf_t *b);
+/** Append the decimal digits of v. */
+void rb_int(rbuf_t *b, int64_t v);
 /** NUL-terminated copy of the buffer (malloc'd). */
 char *rb_strdup(const rbuf_t *b);
 
@@ -294,8 +302,8 @@ void rdiag_add(rules_diags_t *d, int warning, int line, int col, const char *fmt
 /** Register Ferry's extra SQL functions (base64, uuid_blob, json_keys, st_*) on db. */
 int rfunc_register(sqlite3 *db);
 
-/** SHA-256 helpers (rules_util.c). */
-uint32_t rchecksum_parts(const char *const *parts, const size_t *lens, int n);
+/** Op checksum over the concatenated parts; evp_ctx is a reusable EVP_MD_CTX or NULL. */
+uint32_t rchecksum_parts(void *evp_ctx, const char *const *parts, const size_t *lens, int n);
 
 /* ---- write rules (rules_write.c) ------------------------------------------------------ */
 

@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,13 +76,6 @@ void rb_puts(rbuf_t *b, const char *s)
     rb_put(b, s, strlen(s));
 }
 
-void rb_putc(rbuf_t *b, char c)
-{
-    rb_reserve(b, 1);
-    b->p[b->n++] = c;
-    b->p[b->n] = 0;
-}
-
 void rb_printf(rbuf_t *b, const char *fmt, ...)
 {
     va_list ap;
@@ -114,34 +108,45 @@ char *rb_strdup(const rbuf_t *b)
     return rx_strndup(b->p ? b->p : "", b->n);
 }
 
+/* 1 for bytes JSON.stringify escapes: control characters, '"' and '\\' */
+static const unsigned char json_esc[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+};
+
 void rj_string(rbuf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    rb_reserve(b, n + 2);
-    rb_putc(b, '"');
-    size_t run = 0;
+    rb_reserve(b, n * 6 + 2);
+    char *o = b->p + b->n;
+    *o++ = '"';
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
+        if (!json_esc[c]) {
+            *o++ = (char)c;
             continue;
-        rb_put(b, s + run, i - run);
-        run = i + 1;
-        switch (c) {
-        case '"': rb_put(b, "\\\"", 2); break;
-        case '\\': rb_put(b, "\\\\", 2); break;
-        case '\b': rb_put(b, "\\b", 2); break;
-        case '\f': rb_put(b, "\\f", 2); break;
-        case '\n': rb_put(b, "\\n", 2); break;
-        case '\r': rb_put(b, "\\r", 2); break;
-        case '\t': rb_put(b, "\\t", 2); break;
-        default: {
-            char u[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            rb_put(b, u, 6);
         }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
         }
     }
-    rb_put(b, s + run, n - run);
-    rb_putc(b, '"');
+    *o++ = '"';
+    *o = 0;
+    b->n = (size_t)(o - b->p);
 }
 
 /* Shortest digits that round-trip: fills digits (no dot) and returns the decimal exponent k
@@ -210,10 +215,24 @@ void rj_double(rbuf_t *b, double d, int dot_zero)
     }
 }
 
+void rb_int(rbuf_t *b, int64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[sizeof tmp - 1 - n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        tmp[sizeof tmp - 1 - n++] = '-';
+    rb_put(b, tmp + sizeof tmp - n, (size_t)n);
+}
+
 void rj_value(rbuf_t *b, const rval_t *v)
 {
     switch (v->t) {
-    case SQLITE_INTEGER: rb_printf(b, "%lld", (long long)v->i); break;
+    case SQLITE_INTEGER: rb_int(b, v->i); break;
     case SQLITE_FLOAT: rj_double(b, v->d, 1); break;
     case SQLITE_TEXT: rj_string(b, v->s, v->n); break;
     default: rb_puts(b, "null"); break;
@@ -275,18 +294,32 @@ int rv_truthy(const rval_t *v)
     }
 }
 
-uint32_t rchecksum_parts(const char *const *parts, const size_t *lens, int n)
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (!sha256_md)
+        abort();
+}
+
+uint32_t rchecksum_parts(void *evp_ctx, const char *const *parts, const size_t *lens, int n)
+{
+    /* the digest is fetched once and the context reused: an implicit fetch per op costs
+     * three times as much (OpenSSL 3 name lookup under a lock) */
+    pthread_once(&sha256_once, sha256_fetch);
+    EVP_MD_CTX *ctx = evp_ctx ? evp_ctx : EVP_MD_CTX_new();
     if (!ctx)
         abort();
-    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_DigestInit_ex2(ctx, sha256_md, NULL);
     for (int i = 0; i < n; i++)
         EVP_DigestUpdate(ctx, parts[i], lens[i]);
     EVP_DigestFinal_ex(ctx, md, &mdlen);
-    EVP_MD_CTX_free(ctx);
+    if (!evp_ctx)
+        EVP_MD_CTX_free(ctx);
     return (uint32_t)md[0] | (uint32_t)md[1] << 8 | (uint32_t)md[2] << 16 | (uint32_t)md[3] << 24;
 }
 
@@ -295,14 +328,14 @@ uint32_t rules_checksum_put(const char *object_type, const char *object_id, cons
 {
     const char *parts[6] = {"put.", object_type, ".", object_id, ".", data};
     size_t lens[6] = {4, strlen(object_type), 1, strlen(object_id), 1, data_len};
-    return rchecksum_parts(parts, lens, 6);
+    return rchecksum_parts(NULL, parts, lens, 6);
 }
 
 uint32_t rules_checksum_delete(const char *subkey)
 {
     const char *parts[2] = {"delete.", subkey};
     size_t lens[2] = {7, strlen(subkey)};
-    return rchecksum_parts(parts, lens, 2);
+    return rchecksum_parts(NULL, parts, lens, 2);
 }
 
 const char *rules_strerror(int code)

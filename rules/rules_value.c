@@ -235,8 +235,19 @@ static int conv_timestamp(const rconv_t *cv, int tz, const char *s, size_t len, 
         rb_put(b, s, len);
         return 0;
     }
-    rb_printf(b, "%04lld-%02d-%02d%c%02d:%02d:%02d", (long long)t.year, t.mon, t.day,
-              cv->iso ? 'T' : ' ', t.hh, t.mm, t.ss);
+    if (t.year < 10000) {
+        char f[19] = {(char)('0' + t.year / 1000), (char)('0' + t.year / 100 % 10),
+                      (char)('0' + t.year / 10 % 10), (char)('0' + t.year % 10), '-',
+                      (char)('0' + t.mon / 10), (char)('0' + t.mon % 10), '-',
+                      (char)('0' + t.day / 10), (char)('0' + t.day % 10), cv->iso ? 'T' : ' ',
+                      (char)('0' + t.hh / 10), (char)('0' + t.hh % 10), ':',
+                      (char)('0' + t.mm / 10), (char)('0' + t.mm % 10), ':',
+                      (char)('0' + t.ss / 10), (char)('0' + t.ss % 10)};
+        rb_put(b, f, sizeof f);
+    } else {
+        rb_printf(b, "%lld-%02d-%02d%c%02d:%02d:%02d", (long long)t.year, t.mon, t.day,
+                  cv->iso ? 'T' : ' ', t.hh, t.mm, t.ss);
+    }
     if (cv->iso)
         put_frac(b, t.frac, cv->precision);
     else if (t.frac[0])
@@ -321,7 +332,7 @@ static void array_elem_json(const rconv_t *cv, uint32_t elem, const char *s, siz
     case OID_INT2:
     case OID_INT4:
     case OID_INT8:
-    case OID_OID: rb_printf(b, "%lld", (long long)parse_int(s, len)); return;
+    case OID_OID: rb_int(b, parse_int(s, len)); return;
     case OID_FLOAT4:
     case OID_FLOAT8: rj_double(b, parse_double(s, len), 1); return;
     case OID_JSON:

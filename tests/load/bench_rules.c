@@ -64,13 +64,19 @@ int main(int argc, char **argv)
     uint32_t tt[] = {2950, 2950, 25, 16, 25, 23};
     const char *cn[] = {"id", "team_id", "body", "author", "score"};
     uint32_t ct[] = {2950, 25, 25, 25, 701};
-    char id[64], owner[32], team[32];
+    /* inputs are prepared before the clock starts: 4096 distinct rows, cycled */
+    enum { DISTINCT = 4096 };
+    static char ids[DISTINCT][64], owners[DISTINCT][32], teams[DISTINCT][32];
+    for (int i = 0; i < DISTINCT; i++) {
+        snprintf(ids[i], sizeof ids[i], "0e4f6c1a-9b7d-4c3e-8f21-%012d", i);
+        snprintf(owners[i], sizeof owners[i], "user%d", i % 1000);
+        snprintf(teams[i], sizeof teams[i], "team%d", i % 50);
+    }
     long ops = 0;
     double t0 = now();
     for (long i = 0; i < n; i++) {
-        snprintf(id, sizeof id, "0e4f6c1a-9b7d-4c3e-8f21-%012ld", i);
-        snprintf(owner, sizeof owner, "user%ld", i % 1000);
-        snprintf(team, sizeof team, "team%ld", i % 50);
+        const char *id = ids[i % DISTINCT], *owner = owners[i % DISTINCT];
+        const char *team = teams[i % DISTINCT];
         rules_ops_t out = {0};
         rules_row_t row;
         int which = (int)(i % 3);
