@@ -563,14 +563,19 @@ START_TEST(test_auth_ctx_create_rejects_bad_keys)
          .secret_base64url = "dW5pdC10ZXN0LXNlY3JldC11bml0LXRlc3Qtc2VjcmV0LTAxMjM"},
         {.kid = "c", .alg = "ES384", .pem_file = path_of("ec384.pub.pem", p3, sizeof(p3))},
         {.jwks_uri = "http://127.0.0.1:1/jwks"}, /* unreachable now: not fatal */
+        {.kid = "p1", .alg = "RS256", .pem_file = path_of("rsa.pkcs1.pem", p2, sizeof(p2))},
     };
-    ck_assert_int_eq(auth_ctx_create(good, 3, NULL, &ctx, &err), 0);
-    ck_assert_int_eq((int)auth_key_count(ctx), 2);
+    ck_assert_int_eq(auth_ctx_create(good, 4, NULL, &ctx, &err), 0);
+    ck_assert_int_eq((int)auth_key_count(ctx), 3);
     /* the base64url secret is the same bytes as SECRET */
     char *tok = mint("HS256", "text:" SECRET, "{\"alg\":\"HS256\",\"kid\":\"b\"}",
                      "{\"sub\":\"u\",\"iat\":1,\"exp\":2}");
     auth_token_t *t;
     ck_assert_int_eq(auth_verify(ctx, tok, strlen(tok), &t, &err), AUTH_EEXPIRED);
+    free(tok);
+    /* PKCS#1 RSA public key */
+    tok = mint("RS256", "rsa.pem", "{\"alg\":\"RS256\",\"kid\":\"p1\"}", good_claims());
+    expect_code(ctx, tok, 0);
     free(tok);
     /* ES384 (96-byte r||s) from a PEM file */
     tok = mint("ES384", "ec384.pem", "{\"alg\":\"ES384\",\"kid\":\"c\"}", good_claims());
