@@ -830,6 +830,14 @@ static rfilt_t *lfilt(qc_t *q, rnode_t *n)
               "values");
         return NULL;
     }
+    if ((n->kind == N_BINARY && strcmp(n->op, "=") == 0) || (n->kind == N_IN && !n->neg)) {
+        rnode_t *mixed = (n->a->deps & (DEP_ROW | DEP_REQ)) == (DEP_ROW | DEP_REQ) ? n->a : n->b;
+        q_err(q, 0, mixed->off,
+              "expression mixes row values and request values; \"%s\" needs row values on "
+              "one side and request values on the other",
+              op_name(n));
+        return NULL;
+    }
     if (n->kind == N_BINARY || n->kind == N_IN || n->kind == N_INLIST || n->kind == N_ISNULL) {
         q_err(q, 0, n->off,
               "cannot compare a row value and a request value with \"%s\"; only \"=\" and "
