@@ -10,6 +10,8 @@
  * Run from the repository root (the helpers are found at tests/unit/auth/).
  */
 #include "auth/auth.h"
+#include "gateway/gw_auth.h"
+#include "gateway/gw_config.h"
 
 #include <arpa/inet.h>
 #include <check.h>
@@ -937,6 +939,128 @@ START_TEST(test_auth_err_code_strings_stable)
 }
 END_TEST
 
+
+/* ---- gateway glue (gateway/gw_auth.c) ---- */
+
+START_TEST(test_auth_gw_create_and_verify_header)
+{
+    char yaml[1024];
+    snprintf(yaml, sizeof(yaml),
+             "postgres:\n  uri: \"postgresql://x@127.0.0.1:1/x\"\n"
+             "auth:\n  audience: [ferry]\n  issuer: \"" ISSUER "\"\n  leeway: 0\n  keys:\n"
+             "    - { kid: hs, alg: HS256, secret: \"" SECRET "\" }\n"
+             "    - { kid: rs, alg: RS256, pem_file: rsa.pub.pem }\n");
+    gw_config_t cfg;
+    gw_err_t gerr;
+    ck_assert_msg(gw_config_load_string(&cfg, yaml, strlen(yaml), "ferry.yaml", g_dir, &gerr) == 0,
+                  "%s", gerr.message);
+    auth_ctx_t *ctx;
+    ck_assert_msg(gw_auth_create(&cfg, &ctx, &gerr) == 0, "%s", gerr.message);
+    char *tok = mint("RS256", "rsa.pem", "{\"alg\":\"RS256\",\"kid\":\"rs\"}", good_claims());
+    char hdr[4096];
+    snprintf(hdr, sizeof(hdr), "Token %s", tok);
+    auth_token_t *t;
+    const char *code = "x";
+    ck_assert_int_eq(gw_auth_verify_header(ctx, hdr, strlen(hdr), &t, &code, &gerr, NULL), 0);
+    ck_assert_str_eq(t->sub, "user-1");
+    auth_token_release(t);
+    /* the leeway comes from the config: 0 here */
+    char *old = mint("RS256", "rsa.pem", "{\"alg\":\"RS256\",\"kid\":\"rs\"}",
+                     claims(now_s() - 100, now_s() - 5, NULL));
+    snprintf(hdr, sizeof(hdr), "Bearer %s", old);
+    ck_assert_int_eq(gw_auth_verify_header(ctx, hdr, strlen(hdr), &t, &code, &gerr, "conn=t1"),
+                     GW_EAUTH);
+    ck_assert_str_eq(code, "expired");
+    ck_assert_ptr_null(t);
+    ck_assert_msg(strstr(gerr.message, "expired") != NULL, "%s", gerr.message);
+    ck_assert_int_eq(gw_auth_verify_header(ctx, NULL, 0, &t, &code, &gerr, NULL), GW_EAUTH);
+    ck_assert_str_eq(code, "malformed");
+    snprintf(hdr, sizeof(hdr), "Basic %s", tok);
+    ck_assert_int_eq(gw_auth_verify_header(ctx, hdr, strlen(hdr), &t, &code, &gerr, NULL),
+                     GW_EAUTH);
+    ck_assert_str_eq(code, "malformed");
+    gw_auth_destroy(ctx);
+    gw_config_free(&cfg);
+    free(tok);
+    free(old);
+
+    /* a bad key points at its entry */
+    snprintf(yaml, sizeof(yaml),
+             "postgres:\n  uri: \"postgresql://x@127.0.0.1:1/x\"\n"
+             "auth:\n  keys:\n    - { kid: hs, alg: HS256, secret: \"" SECRET "\" }\n"
+             "    - { kid: x, alg: ES256, pem_file: rsa.pub.pem }\n");
+    ck_assert_int_eq(gw_config_load_string(&cfg, yaml, strlen(yaml), "ferry.yaml", g_dir, &gerr),
+                     0);
+    ck_assert_int_eq(gw_auth_create(&cfg, &ctx, &gerr), GW_ECONFIG);
+    ck_assert_msg(strncmp(gerr.message, "ferry.yaml:6:7: alg \"ES256\" does not fit", 40) == 0,
+                  "%s", gerr.message);
+    gw_config_free(&cfg);
+}
+END_TEST
+
+/* ---- concurrency: verifiers while the key set is swapped ---- */
+
+typedef struct race {
+    auth_ctx_t *ctx;
+    char *tok;
+    int stop; /* atomic */
+    int bad;  /* atomic: unexpected codes */
+} race_t;
+
+static void *race_verify(void *arg)
+{
+    race_t *r = arg;
+    while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+        auth_token_t *t;
+        auth_err_t err;
+        int rc = auth_verify(r->ctx, r->tok, strlen(r->tok), &t, &err);
+        if (rc == 0) {
+            if (strcmp(t->sub, "user-1") != 0)
+                __atomic_add_fetch(&r->bad, 1, __ATOMIC_RELAXED);
+            auth_token_release(t);
+        } else if (rc != AUTH_EUNKNOWNKID) {
+            __atomic_add_fetch(&r->bad, 1, __ATOMIC_RELAXED);
+        }
+    }
+    return NULL;
+}
+
+START_TEST(test_auth_refresh_concurrent_with_verify)
+{
+    write_jwks("race-a.json", "k1=ec.pub.pem", NULL);
+    write_jwks("race-b.json", "k2=ed.pub.pem", NULL);
+    char src[300], dst[300];
+    write_jwks("race.json", "k1=ec.pub.pem", NULL);
+    auth_ctx_t *ctx = jwks_ctx("race.json", 0, 3600);
+    race_t r = {.ctx = ctx};
+    r.tok = mint("ES256", "ec.pem", "{\"alg\":\"ES256\",\"kid\":\"k1\"}", good_claims());
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++)
+        pthread_create(&th[i], NULL, race_verify, &r);
+    for (int i = 0; i < 40; i++) {
+        path_of(i % 2 ? "race-a.json" : "race-b.json", src, sizeof(src));
+        path_of("race.json", dst, sizeof(dst));
+        FILE *in = fopen(src, "r"), *out = fopen(dst, "w");
+        char buf[8192];
+        size_t n = fread(buf, 1, sizeof(buf), in);
+        fwrite(buf, 1, n, out);
+        fclose(in);
+        fclose(out);
+        auth_err_t err;
+        ck_assert_int_eq(auth_refresh(ctx, &err), 0);
+        usleep(2000);
+    }
+    __atomic_store_n(&r.stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 3; i++)
+        pthread_join(th[i], NULL);
+    ck_assert_int_eq(r.bad, 0);
+    /* the last document written was race-a (k1): the token verifies */
+    expect_code(ctx, r.tok, 0);
+    free(r.tok);
+    auth_ctx_destroy(ctx);
+}
+END_TEST
+
 static Suite *auth_suite(void)
 {
     Suite *s = suite_create("auth");
@@ -961,6 +1085,8 @@ static Suite *auth_suite(void)
     tcase_add_test(tc, test_auth_cache_hits_expire_and_bound);
     tcase_add_test(tc, test_auth_sign_hmac_roundtrip);
     tcase_add_test(tc, test_auth_err_code_strings_stable);
+    tcase_add_test(tc, test_auth_gw_create_and_verify_header);
+    tcase_add_test(tc, test_auth_refresh_concurrent_with_verify);
     suite_add_tcase(s, tc);
     return s;
 }
