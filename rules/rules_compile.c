@@ -975,7 +975,7 @@ static void compile_data(cc_t *c, rdef_t *def, yaml_node_t *node, int params_kno
     q->sel = sel;
     rdataq_t *dq = rx_calloc(1, sizeof *dq);
     dq->def = def;
-    dq->src = (const char *)node->data.scalar.value;
+    dq->src = rset_own(c->set, rx_strdup((const char *)node->data.scalar.value));
     dq->id_out = -1;
     q->r = &dq->r;
     if (!sel->has_from) {
@@ -1153,7 +1153,7 @@ static rparamq_t *compile_param(cc_t *c, rdef_t *def, yaml_node_t *node)
     q->sel = sel;
     rparamq_t *pq = rx_calloc(1, sizeof *pq);
     pq->def = def;
-    pq->src = (const char *)node->data.scalar.value;
+    pq->src = rset_own(c->set, rx_strdup((const char *)node->data.scalar.value));
     pq->prio_out = -1;
     pq->expand_input = -1;
     pq->req_pred_col = -1;
