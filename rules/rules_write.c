@@ -109,8 +109,12 @@ char *rwrite_rewrite(const char *sql, const char *const *cols, size_t ncols, int
     while (i < n) {
         unsigned char c = (unsigned char)sql[i];
         if (c == '-' && i + 1 < n && sql[i + 1] == '-') {
+            /* comments are dropped so the fragment can be wrapped on one line */
+            rb_put(&out, sql + run, i - run);
+            rb_putc(&out, ' ');
             while (i < n && sql[i] != '\n')
                 i++;
+            run = i;
             continue;
         }
         if (c == '/' && i + 1 < n && sql[i + 1] == '*') {
@@ -129,6 +133,9 @@ char *rwrite_rewrite(const char *sql, const char *const *cols, size_t ncols, int
             }
             if (depth)
                 FAIL(start, "unterminated comment");
+            rb_put(&out, sql + run, start - run);
+            rb_putc(&out, ' ');
+            run = i;
             continue;
         }
         if (c == '\'') {
