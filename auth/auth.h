@@ -90,20 +90,20 @@ typedef struct auth_opts {
                                     refreshed inline by auth_verify() when due */
     auth_refresh_cb on_refresh;  /* optional */
     void *on_refresh_arg;
-    long long (*now)(void);      /* optional clock (Unix seconds) for tests; NULL: time() */
+    long long (*now)(void); /* optional clock (Unix seconds) for tests; NULL: time() */
 } auth_opts_t;
 
 typedef struct auth_ctx auth_ctx_t;
 
 /** A verified token: immutable, reference-counted, shareable between threads. */
 typedef struct auth_token {
-    json_t *claims;       /* the whole payload object; read-only (it may be shared) */
-    const char *sub;      /* the "sub" claim, owned by claims */
-    json_t *parameters;   /* the "parameters" claim (an object) or NULL; owned by claims */
-    long long exp;        /* expiry, Unix seconds */
-    long long iat;        /* issued at, Unix seconds */
-    const char *kid;      /* id of the key that verified it; "" when the key has none */
-    const char *alg;      /* the algorithm, e.g. "RS256" */
+    json_t *claims;     /* the whole payload object; read-only (it may be shared) */
+    const char *sub;    /* the "sub" claim, owned by claims */
+    json_t *parameters; /* the "parameters" claim (an object) or NULL; owned by claims */
+    long long exp;      /* expiry, Unix seconds */
+    long long iat;      /* issued at, Unix seconds */
+    const char *kid;    /* id of the key that verified it; "" when the key has none */
+    const char *alg;    /* the algorithm, e.g. "RS256" */
 } auth_token_t;
 
 /**

@@ -29,14 +29,12 @@ size_t auth__b64url_declen(size_t len)
 long auth__b64url_decode(const char *in, size_t len, unsigned char *out)
 {
     pthread_once(&dec_once, dec_init);
-    if (len % 4 == 1)
-        return -1;
+    if (len % 4 == 1) return -1;
     size_t o = 0, i = 0;
     for (; i + 4 <= len; i += 4) {
         unsigned a = dec_table[(unsigned char)in[i]], b = dec_table[(unsigned char)in[i + 1]],
                  c = dec_table[(unsigned char)in[i + 2]], d = dec_table[(unsigned char)in[i + 3]];
-        if ((a | b | c | d) & 64)
-            return -1;
+        if ((a | b | c | d) & 64) return -1;
         unsigned v = a << 18 | b << 12 | c << 6 | d;
         out[o++] = (unsigned char)(v >> 16);
         out[o++] = (unsigned char)(v >> 8);
@@ -45,14 +43,12 @@ long auth__b64url_decode(const char *in, size_t len, unsigned char *out)
     size_t rest = len - i;
     if (rest == 2) {
         unsigned a = dec_table[(unsigned char)in[i]], b = dec_table[(unsigned char)in[i + 1]];
-        if ((a | b) & 64 || (b & 0x0f) != 0)
-            return -1;
+        if ((a | b) & 64 || (b & 0x0f) != 0) return -1;
         out[o++] = (unsigned char)(a << 2 | b >> 4);
     } else if (rest == 3) {
         unsigned a = dec_table[(unsigned char)in[i]], b = dec_table[(unsigned char)in[i + 1]],
                  c = dec_table[(unsigned char)in[i + 2]];
-        if ((a | b | c) & 64 || (c & 0x03) != 0)
-            return -1;
+        if ((a | b | c) & 64 || (c & 0x03) != 0) return -1;
         out[o++] = (unsigned char)(a << 2 | b >> 4);
         out[o++] = (unsigned char)((b & 0x0f) << 4 | c >> 2);
     }

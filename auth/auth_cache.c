@@ -3,16 +3,17 @@
  * A bounded, set-associative table keyed by the SHA-256 of the token's bytes (the token itself is
  * not stored). Each set holds up to 8 entries under a striped mutex; a new entry replaces, in
  * order, an entry for the same hash, an empty one, one verified under an older key set
- * (generation), and otherwise the one that expires first (so expired entries go first). An entry is only returned for the
- * current key-set generation, so a key removed from a JWKS stops admitting cached tokens at the
- * refresh that removes it, and only while the token is unexpired (exp + leeway).
+ * (generation), and otherwise the one that expires first (so expired entries go first). An entry is
+ * only returned for the current key-set generation, so a key removed from a JWKS stops admitting
+ * cached tokens at the refresh that removes it, and only while the token is unexpired (exp +
+ * leeway).
  */
 #include "auth_int.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define WAYS 8
+#define WAYS      8
 #define MAX_LOCKS 256
 
 typedef struct slot {
@@ -32,11 +33,9 @@ struct auth_cache {
 
 auth_cache_t *auth__cache_new(size_t entries)
 {
-    if (entries == 0)
-        return NULL;
+    if (entries == 0) return NULL;
     auth_cache_t *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return NULL;
+    if (c == NULL) return NULL;
     c->ways = entries < WAYS ? entries : WAYS;
     c->nsets = entries / c->ways;
     c->nlocks = c->nsets < MAX_LOCKS ? c->nsets : MAX_LOCKS;
@@ -55,8 +54,7 @@ auth_cache_t *auth__cache_new(size_t entries)
 
 void auth__cache_free(auth_cache_t *c)
 {
-    if (c == NULL)
-        return;
+    if (c == NULL) return;
     for (size_t i = 0; i < c->nsets * c->ways; i++)
         auth_token_release(c->slots[i].tok);
     for (size_t i = 0; i < c->nlocks; i++)
@@ -87,8 +85,7 @@ void auth__hash_token(const char *token, size_t len, unsigned char out[32])
 {
     pthread_once(&md_once, md_init);
     EVP_MD_CTX *md = pthread_getspecific(md_key);
-    if (md == NULL && (md = EVP_MD_CTX_new()) != NULL)
-        pthread_setspecific(md_key, md);
+    if (md == NULL && (md = EVP_MD_CTX_new()) != NULL) pthread_setspecific(md_key, md);
     unsigned int n = 32;
     if (md == NULL || sha256_md == NULL || EVP_DigestInit_ex2(md, sha256_md, NULL) != 1 ||
         EVP_DigestUpdate(md, token, len) != 1 || EVP_DigestFinal_ex(md, out, &n) != 1)
@@ -111,16 +108,14 @@ static size_t set_of(const auth_cache_t *c, const unsigned char h[32])
 auth_token_t *auth__cache_get(auth_cache_t *c, const unsigned char h[32], unsigned long long gen,
                               long long now, long leeway)
 {
-    if (c == NULL || zero_hash(h))
-        return NULL;
+    if (c == NULL || zero_hash(h)) return NULL;
     size_t set = set_of(c, h);
     slot_t *s = &c->slots[set * c->ways];
     pthread_mutex_t *lock = &c->locks[set % c->nlocks];
     auth_token_t *found = NULL, *drop = NULL;
     pthread_mutex_lock(lock);
     for (size_t i = 0; i < c->ways; i++) {
-        if (s[i].tok == NULL || memcmp(s[i].h, h, 32) != 0)
-            continue;
+        if (s[i].tok == NULL || memcmp(s[i].h, h, 32) != 0) continue;
         if (s[i].gen == gen && now <= s[i].exp + leeway) {
             found = auth_token_ref(s[i].tok);
         } else {
@@ -139,8 +134,7 @@ auth_token_t *auth__cache_get(auth_cache_t *c, const unsigned char h[32], unsign
 void auth__cache_put(auth_cache_t *c, const unsigned char h[32], unsigned long long gen,
                      auth_token_t *tok)
 {
-    if (c == NULL || zero_hash(h))
-        return;
+    if (c == NULL || zero_hash(h)) return;
     size_t set = set_of(c, h);
     slot_t *s = &c->slots[set * c->ways];
     pthread_mutex_t *lock = &c->locks[set % c->nlocks];
@@ -148,22 +142,17 @@ void auth__cache_put(auth_cache_t *c, const unsigned char h[32], unsigned long l
     pthread_mutex_lock(lock);
     slot_t *victim = NULL;
     for (size_t i = 0; i < c->ways && victim == NULL; i++)
-        if (s[i].tok != NULL && memcmp(s[i].h, h, 32) == 0)
-            victim = &s[i];
+        if (s[i].tok != NULL && memcmp(s[i].h, h, 32) == 0) victim = &s[i];
     for (size_t i = 0; i < c->ways && victim == NULL; i++)
-        if (s[i].tok == NULL)
-            victim = &s[i];
+        if (s[i].tok == NULL) victim = &s[i];
     for (size_t i = 0; i < c->ways && victim == NULL; i++)
-        if (s[i].gen != gen)
-            victim = &s[i];
+        if (s[i].gen != gen) victim = &s[i];
     if (victim == NULL) {
         victim = &s[0];
         for (size_t i = 1; i < c->ways; i++)
-            if (s[i].exp < victim->exp)
-                victim = &s[i];
+            if (s[i].exp < victim->exp) victim = &s[i];
     }
-    if (victim->tok == NULL)
-        __atomic_add_fetch(&c->entries, 1, __ATOMIC_RELAXED);
+    if (victim->tok == NULL) __atomic_add_fetch(&c->entries, 1, __ATOMIC_RELAXED);
     drop = victim->tok;
     memcpy(victim->h, h, 32);
     victim->gen = gen;
@@ -176,10 +165,7 @@ void auth__cache_put(auth_cache_t *c, const unsigned char h[32], unsigned long l
 void auth__cache_stats(auth_cache_t *c, unsigned long long *hits, unsigned long long *misses,
                        size_t *entries)
 {
-    if (hits)
-        *hits = c ? __atomic_load_n(&c->hits, __ATOMIC_RELAXED) : 0;
-    if (misses)
-        *misses = c ? __atomic_load_n(&c->misses, __ATOMIC_RELAXED) : 0;
-    if (entries)
-        *entries = c ? __atomic_load_n(&c->entries, __ATOMIC_RELAXED) : 0;
+    if (hits) *hits = c ? __atomic_load_n(&c->hits, __ATOMIC_RELAXED) : 0;
+    if (misses) *misses = c ? __atomic_load_n(&c->misses, __ATOMIC_RELAXED) : 0;
+    if (entries) *entries = c ? __atomic_load_n(&c->entries, __ATOMIC_RELAXED) : 0;
 }

@@ -28,8 +28,7 @@ long long auth__now(const auth_ctx_t *ctx)
 
 static void keyset_free(auth_keyset_t *ks)
 {
-    if (ks == NULL)
-        return;
+    if (ks == NULL) return;
     for (size_t i = 0; i < ks->n; i++)
         auth__key_clear(&ks->keys[i]);
     free(ks->keys);
@@ -47,8 +46,7 @@ auth_keyset_t *auth__keyset_get(auth_ctx_t *ctx)
 
 void auth__keyset_put(auth_keyset_t *ks)
 {
-    if (ks != NULL && __atomic_sub_fetch(&ks->refs, 1, __ATOMIC_ACQ_REL) == 0)
-        keyset_free(ks);
+    if (ks != NULL && __atomic_sub_fetch(&ks->refs, 1, __ATOMIC_ACQ_REL) == 0) keyset_free(ks);
 }
 
 /* Build a set from the static keys and every source's keys; caller holds refresh_lock. */
@@ -64,12 +62,10 @@ static auth_keyset_t *keyset_build(auth_ctx_t *ctx)
     }
     ks->refs = 1;
     for (size_t i = 0; i < ctx->n_static; i++)
-        if (auth__key_copy(&ctx->static_keys[i], &ks->keys[ks->n++]) != 0)
-            goto oom;
+        if (auth__key_copy(&ctx->static_keys[i], &ks->keys[ks->n++]) != 0) goto oom;
     for (size_t s = 0; s < ctx->n_sources; s++)
         for (size_t i = 0; i < ctx->sources[s].n; i++)
-            if (auth__key_copy(&ctx->sources[s].keys[i], &ks->keys[ks->n++]) != 0)
-                goto oom;
+            if (auth__key_copy(&ctx->sources[s].keys[i], &ks->keys[ks->n++]) != 0) goto oom;
     return ks;
 oom:
     keyset_free(ks);
@@ -91,8 +87,7 @@ static int source_refresh(auth_source_t *src, int *changed, size_t *nkeys, auth_
     int rc = src->uri ? auth__jwks_fetch(src->uri, &body, &len, err)
                       : auth__read_file(src->path, &body, &len, 1 << 20, err);
     *nkeys = src->n;
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     unsigned char digest[32];
     auth__hash_token(body, len, digest);
     if (src->loaded && memcmp(digest, src->digest, 32) == 0) {
@@ -103,8 +98,7 @@ static int source_refresh(auth_source_t *src, int *changed, size_t *nkeys, auth_
     size_t n;
     rc = auth__jwks_parse(body, len, src->restrict_algs, &keys, &n, err);
     free(body);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     keys_free(src->keys, src->n);
     src->keys = keys;
     src->n = n;
@@ -124,12 +118,10 @@ int auth_refresh(auth_ctx_t *ctx, auth_err_t *err)
         auth_err_t e = {0};
         size_t nkeys = 0;
         int rc = source_refresh(src, &changed, &nkeys, &e);
-        if (rc != 0)
-            fail_where(&e, src->where, rc);
+        if (rc != 0) fail_where(&e, src->where, rc);
         if (rc != 0 && first_rc == 0) {
             first_rc = rc;
-            if (err != NULL)
-                *err = e;
+            if (err != NULL) *err = e;
         }
         if (ctx->on_refresh != NULL)
             ctx->on_refresh(ctx->on_refresh_arg, src->uri ? src->uri : src->path, rc,
@@ -138,8 +130,7 @@ int auth_refresh(auth_ctx_t *ctx, auth_err_t *err)
     if (changed) {
         auth_keyset_t *ks = keyset_build(ctx);
         if (ks == NULL) {
-            if (first_rc == 0)
-                first_rc = auth__fail(err, AUTH_ENOMEM, "out of memory");
+            if (first_rc == 0) first_rc = auth__fail(err, AUTH_ENOMEM, "out of memory");
         } else {
             pthread_mutex_lock(&ctx->lock);
             auth_keyset_t *old = ctx->current;
@@ -158,22 +149,18 @@ int auth_refresh(auth_ctx_t *ctx, auth_err_t *err)
 
 void auth__maybe_refresh(auth_ctx_t *ctx)
 {
-    if (ctx->bg || ctx->n_sources == 0)
-        return;
+    if (ctx->bg || ctx->n_sources == 0) return;
     long long now = auth__now(ctx);
     pthread_mutex_lock(&ctx->lock);
     int due = now >= ctx->next_refresh;
-    if (due)
-        ctx->next_refresh = now + ctx->refresh_interval; /* claim it: one thread refreshes */
+    if (due) ctx->next_refresh = now + ctx->refresh_interval; /* claim it: one thread refreshes */
     pthread_mutex_unlock(&ctx->lock);
-    if (due)
-        auth_refresh(ctx, NULL);
+    if (due) auth_refresh(ctx, NULL);
 }
 
 int auth__kid_miss(auth_ctx_t *ctx)
 {
-    if (ctx->n_sources == 0)
-        return 0;
+    if (ctx->n_sources == 0) return 0;
     long long now = auth__now(ctx);
     pthread_mutex_lock(&ctx->lock);
     if (ctx->min_kid_gap > 0 && ctx->last_kid_refresh != 0 &&
@@ -204,8 +191,7 @@ static void *refresh_thread(void *arg)
         int rc = 0;
         while (!ctx->stopping && !ctx->kicked && rc != ETIMEDOUT)
             rc = pthread_cond_timedwait(&ctx->cond, &ctx->lock, &ts);
-        if (ctx->stopping)
-            break;
+        if (ctx->stopping) break;
         ctx->kicked = 0;
         pthread_mutex_unlock(&ctx->lock);
         auth_refresh(ctx, NULL);
@@ -219,8 +205,7 @@ static char *prefixed(const char *where, const char *msg)
 {
     size_t n = (where ? strlen(where) + 2 : 0) + strlen(msg) + 1;
     char *s = malloc(n);
-    if (s != NULL)
-        snprintf(s, n, "%s%s%s", where ? where : "", where ? ": " : "", msg);
+    if (s != NULL) snprintf(s, n, "%s%s%s", where ? where : "", where ? ": " : "", msg);
     return s;
 }
 
@@ -253,8 +238,7 @@ static int add_spec(auth_ctx_t *ctx, const auth_key_spec_t *spec, auth_err_t *er
     if (spec->jwks_file == NULL && spec->jwks_uri == NULL) {
         auth_key_t k;
         int rc = auth__key_from_spec(spec, &k, err);
-        if (rc != 0)
-            return fail_where(err, spec->where, rc);
+        if (rc != 0) return fail_where(err, spec->where, rc);
         for (size_t i = 0; i < ctx->n_static; i++) {
             if (k.kid != NULL && ctx->static_keys[i].kid != NULL &&
                 strcmp(k.kid, ctx->static_keys[i].kid) == 0) {
@@ -301,16 +285,14 @@ int auth_ctx_create(const auth_key_spec_t *keys, size_t n_keys, const auth_opts_
 {
     *out = NULL;
     static const auth_opts_t defaults = {.leeway = -1, .min_kid_refresh_gap = -1};
-    if (opts == NULL)
-        opts = &defaults;
+    if (opts == NULL) opts = &defaults;
     if (n_keys == 0) {
         auth__fail(err, AUTH_EINVAL, "no keys configured");
         auth__detail(err, "Add at least one entry to auth.keys.");
         return AUTH_EINVAL;
     }
     auth_ctx_t *ctx = calloc(1, sizeof(*ctx));
-    if (ctx == NULL)
-        return auth__fail(err, AUTH_ENOMEM, "out of memory");
+    if (ctx == NULL) return auth__fail(err, AUTH_ENOMEM, "out of memory");
     pthread_mutex_init(&ctx->lock, NULL);
     pthread_mutex_init(&ctx->refresh_lock, NULL);
     pthread_cond_init(&ctx->cond, NULL);
@@ -325,21 +307,17 @@ int auth_ctx_create(const auth_key_spec_t *keys, size_t n_keys, const auth_opts_
     int rc = AUTH_ENOMEM;
     if (opts->n_audience > 0) {
         ctx->audience = calloc(opts->n_audience, sizeof(char *));
-        if (ctx->audience == NULL)
-            goto fail_oom;
+        if (ctx->audience == NULL) goto fail_oom;
         for (; ctx->n_audience < opts->n_audience; ctx->n_audience++)
             if ((ctx->audience[ctx->n_audience] = strdup(opts->audience[ctx->n_audience])) == NULL)
                 goto fail_oom;
     }
-    if (opts->issuer != NULL && (ctx->issuer = strdup(opts->issuer)) == NULL)
-        goto fail_oom;
+    if (opts->issuer != NULL && (ctx->issuer = strdup(opts->issuer)) == NULL) goto fail_oom;
     ctx->static_keys = calloc(n_keys, sizeof(auth_key_t));
     ctx->sources = calloc(n_keys, sizeof(auth_source_t));
-    if (ctx->static_keys == NULL || ctx->sources == NULL)
-        goto fail_oom;
+    if (ctx->static_keys == NULL || ctx->sources == NULL) goto fail_oom;
     for (size_t i = 0; i < n_keys; i++)
-        if ((rc = add_spec(ctx, &keys[i], err)) != 0)
-            goto fail;
+        if ((rc = add_spec(ctx, &keys[i], err)) != 0) goto fail;
     /* Initial load: a JWKS file must load; a URL may be down now and come back later. */
     for (size_t i = 0; i < ctx->n_sources; i++) {
         auth_source_t *src = &ctx->sources[i];
@@ -348,8 +326,7 @@ int auth_ctx_create(const auth_key_spec_t *keys, size_t n_keys, const auth_opts_
         size_t nkeys = 0;
         rc = source_refresh(src, &changed, &nkeys, &e);
         if (rc != 0 && src->uri == NULL) {
-            if (err != NULL)
-                *err = e;
+            if (err != NULL) *err = e;
             rc = fail_where(err, src->where, rc);
             goto fail;
         }
@@ -358,8 +335,7 @@ int auth_ctx_create(const auth_key_spec_t *keys, size_t n_keys, const auth_opts_
                             rc ? &e : NULL, nkeys);
     }
     rc = AUTH_ENOMEM;
-    if ((ctx->current = keyset_build(ctx)) == NULL)
-        goto fail_oom;
+    if ((ctx->current = keyset_build(ctx)) == NULL) goto fail_oom;
     ctx->next_refresh = auth__now(ctx) + ctx->refresh_interval;
     if (opts->cache_entries > 0 &&
         (ctx->cache = auth__cache_new((size_t)opts->cache_entries)) == NULL)
@@ -382,8 +358,7 @@ fail:
 
 void auth_ctx_destroy(auth_ctx_t *ctx)
 {
-    if (ctx == NULL)
-        return;
+    if (ctx == NULL) return;
     if (ctx->bg) {
         pthread_mutex_lock(&ctx->lock);
         ctx->stopping = 1;
@@ -427,12 +402,10 @@ const char *auth_known_kids(auth_ctx_t *ctx, char *buf, size_t len)
     for (size_t i = 0; i < ks->n && o < len; i++) {
         int w = snprintf(buf + o, len - o, "%s%s", i ? ", " : "",
                          ks->keys[i].kid ? ks->keys[i].kid : "(no kid)");
-        if (w < 0)
-            break;
+        if (w < 0) break;
         o += (size_t)w;
     }
-    if (ks->n == 0)
-        snprintf(buf, len, "(none)");
+    if (ks->n == 0) snprintf(buf, len, "(none)");
     auth__keyset_put(ks);
     return buf;
 }

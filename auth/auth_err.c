@@ -37,8 +37,7 @@ int auth__fail(auth_err_t *err, int code, const char *fmt, ...)
 
 void auth__detail(auth_err_t *err, const char *fmt, ...)
 {
-    if (err == NULL)
-        return;
+    if (err == NULL) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err->detail, sizeof(err->detail), fmt, ap);

@@ -36,17 +36,18 @@ enum auth_alg {
     AUTH_ALG_COUNT
 };
 #define AUTH_ALG_BIT(a) (1u << (a))
-#define AUTH_ALGS_HMAC (AUTH_ALG_BIT(AUTH_ALG_HS256) | AUTH_ALG_BIT(AUTH_ALG_HS384) | AUTH_ALG_BIT(AUTH_ALG_HS512))
+#define AUTH_ALGS_HMAC                                                                             \
+    (AUTH_ALG_BIT(AUTH_ALG_HS256) | AUTH_ALG_BIT(AUTH_ALG_HS384) | AUTH_ALG_BIT(AUTH_ALG_HS512))
 
 typedef enum auth_kty { AUTH_KTY_OCT, AUTH_KTY_RSA, AUTH_KTY_EC, AUTH_KTY_OKP } auth_kty_t;
 
 typedef struct auth_key {
-    char *kid;              /* NULL when the key has no id */
-    unsigned algs;          /* AUTH_ALG_BIT set of admitted algorithms */
+    char *kid;     /* NULL when the key has no id */
+    unsigned algs; /* AUTH_ALG_BIT set of admitted algorithms */
     auth_kty_t kty;
-    unsigned char *secret;  /* AUTH_KTY_OCT: the HMAC secret */
+    unsigned char *secret; /* AUTH_KTY_OCT: the HMAC secret */
     size_t secret_len;
-    EVP_PKEY *pkey;         /* public keys: parsed once, verified with EVP (auth_sig.c) */
+    EVP_PKEY *pkey; /* public keys: parsed once, verified with EVP (auth_sig.c) */
 } auth_key_t;
 
 typedef struct auth_keyset {
@@ -87,11 +88,11 @@ struct auth_ctx {
     unsigned long long generation; /* bumped when the key set changes (atomic reads) */
     auth_source_t *sources;
     size_t n_sources;
-    long long next_refresh;     /* when the periodic refresh is due */
-    long long last_kid_refresh; /* when an unknown kid last caused a refresh */
+    long long next_refresh;       /* when the periodic refresh is due */
+    long long last_kid_refresh;   /* when an unknown kid last caused a refresh */
     pthread_mutex_t refresh_lock; /* one refresh at a time */
 
-    int bg;                 /* background thread running */
+    int bg; /* background thread running */
     int stopping;
     int kicked;
     pthread_t thread;
@@ -101,7 +102,8 @@ struct auth_ctx {
 };
 
 /* auth_err.c */
-int auth__fail(auth_err_t *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int auth__fail(auth_err_t *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 void auth__detail(auth_err_t *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* auth_b64.c: base64url without padding; returns decoded length or -1 on bad input.

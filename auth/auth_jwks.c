@@ -24,12 +24,10 @@
 static unsigned char *jwk_b64(json_t *jwk, const char *name, size_t *len)
 {
     const char *s = json_string_value(json_object_get(jwk, name));
-    if (s == NULL)
-        return NULL;
+    if (s == NULL) return NULL;
     size_t l = strlen(s);
     unsigned char *buf = malloc(auth__b64url_declen(l));
-    if (buf == NULL)
-        return NULL;
+    if (buf == NULL) return NULL;
     long n = auth__b64url_decode(s, l, buf);
     if (n <= 0) {
         free(buf);
@@ -45,8 +43,7 @@ static EVP_PKEY *pkey_fromdata(const char *type, OSSL_PARAM_BLD *bld)
     OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
     EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new_from_name(NULL, type, NULL);
     if (params != NULL && pctx != NULL && EVP_PKEY_fromdata_init(pctx) == 1)
-        if (EVP_PKEY_fromdata(pctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1)
-            pkey = NULL;
+        if (EVP_PKEY_fromdata(pctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1) pkey = NULL;
     EVP_PKEY_CTX_free(pctx);
     OSSL_PARAM_free(params);
     return pkey;
@@ -59,8 +56,7 @@ static EVP_PKEY *jwk_rsa(json_t *jwk)
     EVP_PKEY *pkey = NULL;
     BIGNUM *bn = NULL, *be = NULL;
     OSSL_PARAM_BLD *bld = NULL;
-    if (n == NULL || e == NULL || el > 8)
-        goto out;
+    if (n == NULL || e == NULL || el > 8) goto out;
     bn = BN_bin2bn(n, (int)nl, NULL);
     be = BN_bin2bn(e, (int)el, NULL);
     bld = OSSL_PARAM_BLD_new();
@@ -83,8 +79,7 @@ static EVP_PKEY *jwk_ec(json_t *jwk)
     const char *crv = json_string_value(json_object_get(jwk, "crv"));
     const char *group;
     size_t clen;
-    if (crv == NULL)
-        return NULL;
+    if (crv == NULL) return NULL;
     if (strcmp(crv, "P-256") == 0)
         group = "prime256v1", clen = 32;
     else if (strcmp(crv, "P-384") == 0)
@@ -98,13 +93,13 @@ static EVP_PKEY *jwk_ec(json_t *jwk)
     EVP_PKEY *pkey = NULL;
     OSSL_PARAM_BLD *bld = NULL;
     unsigned char pub[1 + 2 * 66];
-    if (x == NULL || y == NULL || xl != clen || yl != clen)
-        goto out;
+    if (x == NULL || y == NULL || xl != clen || yl != clen) goto out;
     pub[0] = 0x04;
     memcpy(pub + 1, x, clen);
     memcpy(pub + 1 + clen, y, clen);
     bld = OSSL_PARAM_BLD_new();
-    if (bld == NULL || OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
+    if (bld == NULL ||
+        OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
         OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pub, 1 + 2 * clen) != 1)
         goto out;
     pkey = pkey_fromdata("EC", bld);
@@ -126,13 +121,11 @@ out:
 static EVP_PKEY *jwk_okp(json_t *jwk)
 {
     const char *crv = json_string_value(json_object_get(jwk, "crv"));
-    if (crv == NULL || strcmp(crv, "Ed25519") != 0)
-        return NULL;
+    if (crv == NULL || strcmp(crv, "Ed25519") != 0) return NULL;
     size_t xl = 0;
     unsigned char *x = jwk_b64(jwk, "x", &xl);
     EVP_PKEY *pkey = NULL;
-    if (x != NULL && xl == 32)
-        pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, x, xl);
+    if (x != NULL && xl == 32) pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, x, xl);
     free(x);
     return pkey;
 }
@@ -166,12 +159,9 @@ int auth__jwks_parse(const char *text, size_t len, unsigned restrict_algs, auth_
         const char *use = json_string_value(json_object_get(jwk, "use"));
         json_t *kidv = json_object_get(jwk, "kid");
         json_t *algv = json_object_get(jwk, "alg");
-        if (kty == NULL || (use != NULL && strcmp(use, "sig") != 0))
-            continue;
-        if (kidv != NULL && !json_is_string(kidv))
-            continue;
-        if (algv != NULL && !json_is_string(algv))
-            continue;
+        if (kty == NULL || (use != NULL && strcmp(use, "sig") != 0)) continue;
+        if (kidv != NULL && !json_is_string(kidv)) continue;
+        if (algv != NULL && !json_is_string(algv)) continue;
         EVP_PKEY *pkey = NULL;
         if (strcmp(kty, "RSA") == 0)
             pkey = jwk_rsa(jwk);
@@ -179,15 +169,13 @@ int auth__jwks_parse(const char *text, size_t len, unsigned restrict_algs, auth_
             pkey = jwk_ec(jwk);
         else if (strcmp(kty, "OKP") == 0)
             pkey = jwk_okp(jwk);
-        if (pkey == NULL)
-            continue; /* "oct", unknown types and broken keys are skipped */
+        if (pkey == NULL) continue; /* "oct", unknown types and broken keys are skipped */
         unsigned algs = auth__algs_for_pkey(pkey);
         if (algv != NULL) {
             int a = auth__alg_from_name(json_string_value(algv), json_string_length(algv));
             algs = a < 0 ? 0 : algs & AUTH_ALG_BIT(a);
         }
-        if (restrict_algs != 0)
-            algs &= restrict_algs;
+        if (restrict_algs != 0) algs &= restrict_algs;
         if (algs == 0) {
             EVP_PKEY_free(pkey);
             continue;
@@ -238,11 +226,9 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *arg)
 {
     fetch_buf_t *b = arg;
     size_t n = size * nmemb;
-    if (b->len + n > JWKS_MAX_BYTES)
-        return 0; /* abort: too large */
+    if (b->len + n > JWKS_MAX_BYTES) return 0; /* abort: too large */
     char *p = realloc(b->data, b->len + n + 1);
-    if (p == NULL)
-        return 0;
+    if (p == NULL) return 0;
     memcpy(p + b->len, ptr, n);
     b->data = p;
     b->len += n;
@@ -260,8 +246,7 @@ int auth__jwks_fetch(const char *uri, char **body, size_t *len, auth_err_t *err)
 {
     pthread_once(&curl_once, curl_init);
     CURL *c = curl_easy_init();
-    if (c == NULL)
-        return auth__fail(err, AUTH_ENOMEM, "could not create a libcurl handle");
+    if (c == NULL) return auth__fail(err, AUTH_ENOMEM, "could not create a libcurl handle");
     fetch_buf_t b = {0};
     char ebuf[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(c, CURLOPT_URL, uri);

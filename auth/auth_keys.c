@@ -21,8 +21,7 @@ static const char *const alg_names[AUTH_ALG_COUNT] = {
 int auth__alg_from_name(const char *name, size_t len)
 {
     for (int i = 0; i < AUTH_ALG_COUNT; i++)
-        if (strlen(alg_names[i]) == len && memcmp(alg_names[i], name, len) == 0)
-            return i;
+        if (strlen(alg_names[i]) == len && memcmp(alg_names[i], name, len) == 0) return i;
     return -1;
 }
 
@@ -40,8 +39,7 @@ unsigned auth__algs_for_pkey(EVP_PKEY *pkey)
     case EVP_PKEY_EC: {
         char group[64];
         size_t glen = 0;
-        if (EVP_PKEY_get_group_name(pkey, group, sizeof(group), &glen) != 1)
-            return 0;
+        if (EVP_PKEY_get_group_name(pkey, group, sizeof(group), &glen) != 1) return 0;
         if (strcmp(group, "prime256v1") == 0 || strcmp(group, "P-256") == 0)
             return AUTH_ALG_BIT(AUTH_ALG_ES256);
         if (strcmp(group, "secp384r1") == 0 || strcmp(group, "P-384") == 0)
@@ -70,8 +68,7 @@ static auth_kty_t kty_of(EVP_PKEY *pkey)
 
 void auth__key_clear(auth_key_t *k)
 {
-    if (k == NULL)
-        return;
+    if (k == NULL) return;
     free(k->kid);
     if (k->secret != NULL) {
         OPENSSL_cleanse(k->secret, k->secret_len);
@@ -86,17 +83,14 @@ int auth__key_copy(const auth_key_t *src, auth_key_t *dst)
     memset(dst, 0, sizeof(*dst));
     dst->algs = src->algs;
     dst->kty = src->kty;
-    if (src->kid != NULL && (dst->kid = strdup(src->kid)) == NULL)
-        goto oom;
+    if (src->kid != NULL && (dst->kid = strdup(src->kid)) == NULL) goto oom;
     if (src->secret != NULL) {
-        if ((dst->secret = malloc(src->secret_len)) == NULL)
-            goto oom;
+        if ((dst->secret = malloc(src->secret_len)) == NULL) goto oom;
         memcpy(dst->secret, src->secret, src->secret_len);
         dst->secret_len = src->secret_len;
     }
     if (src->pkey != NULL) {
-        if (EVP_PKEY_up_ref(src->pkey) != 1)
-            goto oom;
+        if (EVP_PKEY_up_ref(src->pkey) != 1) goto oom;
         dst->pkey = src->pkey;
     }
     return 0;
@@ -133,12 +127,10 @@ int auth__key_from_pkey(EVP_PKEY *pkey, const char *kid, unsigned algs, auth_key
 static int parse_pem(const char *text, size_t len, EVP_PKEY **out, auth_err_t *err)
 {
     BIO *bio = BIO_new_mem_buf(text, (int)len);
-    if (bio == NULL)
-        return auth__fail(err, AUTH_ENOMEM, "out of memory");
+    if (bio == NULL) return auth__fail(err, AUTH_ENOMEM, "out of memory");
     *out = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
     BIO_free(bio);
-    if (*out != NULL)
-        return 0;
+    if (*out != NULL) return 0;
     if (strstr(text, "PRIVATE KEY") != NULL) {
         auth__fail(err, AUTH_EINVAL, "key is a private key");
         auth__detail(err, "Configure the public key; the gateway only verifies signatures.");
@@ -155,8 +147,7 @@ static size_t hmac_min_len(int alg)
 int auth__key_from_spec(const auth_key_spec_t *spec, auth_key_t *out, auth_err_t *err)
 {
     memset(out, 0, sizeof(*out));
-    if (spec->alg == NULL)
-        return auth__fail(err, AUTH_EINVAL, "key has no \"alg\"");
+    if (spec->alg == NULL) return auth__fail(err, AUTH_EINVAL, "key has no \"alg\"");
     int alg = auth__alg_from_name(spec->alg, strlen(spec->alg));
     if (alg < 0) {
         auth__fail(err, AUTH_EINVAL, "unsupported alg \"%s\"", spec->alg);
@@ -174,16 +165,14 @@ int auth__key_from_spec(const auth_key_spec_t *spec, auth_key_t *out, auth_err_t
         if (spec->secret != NULL) {
             n = strlen(spec->secret);
             buf = malloc(n + 1);
-            if (buf == NULL)
-                return auth__fail(err, AUTH_ENOMEM, "out of memory");
+            if (buf == NULL) return auth__fail(err, AUTH_ENOMEM, "out of memory");
             memcpy(buf, spec->secret, n);
         } else {
             size_t l = strlen(spec->secret_base64url);
             while (l > 0 && spec->secret_base64url[l - 1] == '=')
                 l--;
             buf = malloc(auth__b64url_declen(l));
-            if (buf == NULL)
-                return auth__fail(err, AUTH_ENOMEM, "out of memory");
+            if (buf == NULL) return auth__fail(err, AUTH_ENOMEM, "out of memory");
             long r = auth__b64url_decode(spec->secret_base64url, l, buf);
             if (r < 0) {
                 free(buf);
@@ -217,25 +206,21 @@ int auth__key_from_spec(const auth_key_spec_t *spec, auth_key_t *out, auth_err_t
     int rc;
     if (spec->pem != NULL) {
         text = strdup(spec->pem);
-        if (text == NULL)
-            return auth__fail(err, AUTH_ENOMEM, "out of memory");
+        if (text == NULL) return auth__fail(err, AUTH_ENOMEM, "out of memory");
         len = strlen(text);
     } else if (spec->pem_file != NULL) {
-        if ((rc = auth__read_file(spec->pem_file, &text, &len, 1 << 16, err)) != 0)
-            return rc;
+        if ((rc = auth__read_file(spec->pem_file, &text, &len, 1 << 16, err)) != 0) return rc;
     } else {
         return auth__fail(err, AUTH_EINVAL, "key has no key material");
     }
     EVP_PKEY *pkey = NULL;
     rc = parse_pem(text, len, &pkey, err);
     free(text);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     unsigned fit = auth__algs_for_pkey(pkey);
     if ((fit & AUTH_ALG_BIT(alg)) == 0) {
         EVP_PKEY_free(pkey);
-        if (fit == 0)
-            return auth__fail(err, AUTH_EINVAL, "unsupported public key type");
+        if (fit == 0) return auth__fail(err, AUTH_EINVAL, "unsupported public key type");
         return auth__fail(err, AUTH_EINVAL, "alg \"%s\" does not fit the key, which admits %s",
                           spec->alg, auth__alg_name(__builtin_ctz(fit)));
     }

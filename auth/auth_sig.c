@@ -60,21 +60,17 @@ static int verify_evp(const auth_key_t *key, int alg, const char *si, size_t si_
                       const unsigned char *sig, size_t sig_len)
 {
     unsigned char der[160];
-    if (key->pkey == NULL)
-        return AUTH_EBADSIG;
-    if (alg == AUTH_ALG_EDDSA && sig_len != 64)
-        return AUTH_EBADSIG;
+    if (key->pkey == NULL) return AUTH_EBADSIG;
+    if (alg == AUTH_ALG_EDDSA && sig_len != 64) return AUTH_EBADSIG;
     if (alg >= AUTH_ALG_ES256 && alg <= AUTH_ALG_ES512) {
         size_t n = alg == AUTH_ALG_ES256 ? 32 : alg == AUTH_ALG_ES384 ? 48 : 66;
         size_t der_len = sizeof(der);
-        if (sig_len != 2 * n || ecdsa_to_der(sig, n, der, &der_len) != 0)
-            return AUTH_EBADSIG;
+        if (sig_len != 2 * n || ecdsa_to_der(sig, n, der, &der_len) != 0) return AUTH_EBADSIG;
         sig = der;
         sig_len = der_len;
     }
     EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (md == NULL)
-        return AUTH_ENOMEM;
+    if (md == NULL) return AUTH_ENOMEM;
     int ok = EVP_DigestVerifyInit(md, NULL, md_for(alg), NULL, key->pkey) == 1 &&
              EVP_DigestVerify(md, sig, sig_len, (const unsigned char *)si, si_len) == 1;
     EVP_MD_CTX_free(md);
@@ -90,11 +86,9 @@ int auth__verify_sig(const auth_key_t *key, int alg, const char *token, size_t l
         return auth__fail(err, AUTH_EALG, "key does not admit alg \"%s\"", auth__alg_name(alg));
     if ((AUTH_ALG_BIT(alg) & AUTH_ALGS_HMAC) == 0) {
         if (key->kty == AUTH_KTY_OCT)
-            return auth__fail(err, AUTH_EALG, "HMAC key used for alg \"%s\"",
-                              auth__alg_name(alg));
+            return auth__fail(err, AUTH_EALG, "HMAC key used for alg \"%s\"", auth__alg_name(alg));
         int rc = verify_evp(key, alg, signing_input, si_len, sig, sig_len);
-        if (rc == AUTH_ENOMEM)
-            return auth__fail(err, rc, "out of memory");
+        if (rc == AUTH_ENOMEM) return auth__fail(err, rc, "out of memory");
         return rc == 0 ? 0 : auth__fail(err, AUTH_EBADSIG, "signature does not verify");
     }
     if (key->kty != AUTH_KTY_OCT) /* never an HMAC keyed with public-key material */

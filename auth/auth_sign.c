@@ -33,24 +33,20 @@ int auth_sign_hmac(auth_ctx_t *ctx, const char *kid, const json_t *claims, char 
     char *payload = json_dumps(claims, JSON_COMPACT);
     jwt_t *jwt = NULL;
     int rc = AUTH_ENOMEM;
-    if (payload == NULL || jwt_new(&jwt) != 0)
-        goto out;
+    if (payload == NULL || jwt_new(&jwt) != 0) goto out;
     rc = AUTH_EINVAL;
     if (jwt_add_grants_json(jwt, payload) != 0 ||
         (key->kid != NULL && jwt_add_header(jwt, "kid", key->kid) != 0) ||
         jwt_set_alg(jwt, (jwt_alg_t)(alg + 1), key->secret, (int)key->secret_len) != 0)
         goto out;
     char *tok = jwt_encode_str(jwt);
-    if (tok == NULL)
-        goto out;
+    if (tok == NULL) goto out;
     *out = tok; /* malloc'd by libjwt 1.10 */
     rc = 0;
 out:
     jwt_free(jwt);
     free(payload);
-    if (rc == AUTH_ENOMEM)
-        return auth__fail(err, rc, "out of memory");
-    if (rc != 0)
-        return auth__fail(err, rc, "could not encode the token");
+    if (rc == AUTH_ENOMEM) return auth__fail(err, rc, "out of memory");
+    if (rc != 0) return auth__fail(err, rc, "could not encode the token");
     return 0;
 }

@@ -31,15 +31,13 @@ typedef struct token_impl {
 
 auth_token_t *auth_token_ref(auth_token_t *tok)
 {
-    if (tok != NULL)
-        __atomic_add_fetch(&((token_impl_t *)tok)->refs, 1, __ATOMIC_RELAXED);
+    if (tok != NULL) __atomic_add_fetch(&((token_impl_t *)tok)->refs, 1, __ATOMIC_RELAXED);
     return tok;
 }
 
 void auth_token_release(auth_token_t *tok)
 {
-    if (tok == NULL)
-        return;
+    if (tok == NULL) return;
     token_impl_t *t = (token_impl_t *)tok;
     if (__atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) == 0) {
         json_decref(t->pub.claims);
@@ -51,11 +49,9 @@ auth_token_t *auth__token_new(json_t *claims, const char *kid, const char *alg)
 {
     size_t kl = kid ? strlen(kid) : 0;
     token_impl_t *t = calloc(1, sizeof(*t) + kl + 1);
-    if (t == NULL)
-        return NULL;
+    if (t == NULL) return NULL;
     t->refs = 1;
-    if (kid)
-        memcpy(t->kid, kid, kl);
+    if (kid) memcpy(t->kid, kid, kl);
     snprintf(t->alg, sizeof(t->alg), "%s", alg);
     t->pub.claims = claims;
     t->pub.kid = t->kid;
@@ -83,8 +79,7 @@ int auth_header_token(const char *value, size_t len, const char **tok, size_t *t
     size_t end = len;
     while (end > skip && (value[end - 1] == ' ' || value[end - 1] == '\t'))
         end--;
-    if (end == skip)
-        return auth__fail(err, AUTH_EMALFORMED, "authorization header has no token");
+    if (end == skip) return auth__fail(err, AUTH_EMALFORMED, "authorization header has no token");
     *tok = value + skip;
     *tok_len = end - skip;
     return 0;
@@ -96,8 +91,7 @@ static json_t *segment_json(const char *seg, size_t len)
     unsigned char stackbuf[2048];
     size_t need = auth__b64url_declen(len);
     unsigned char *buf = need <= sizeof(stackbuf) ? stackbuf : malloc(need);
-    if (buf == NULL)
-        return NULL;
+    if (buf == NULL) return NULL;
     long n = auth__b64url_decode(seg, len, buf);
     json_t *j = NULL;
     if (n > 0) {
@@ -108,8 +102,7 @@ static json_t *segment_json(const char *seg, size_t len)
             j = NULL;
         }
     }
-    if (buf != stackbuf)
-        free(buf);
+    if (buf != stackbuf) free(buf);
     return j;
 }
 
@@ -117,16 +110,14 @@ static json_t *segment_json(const char *seg, size_t len)
 static int numeric_date(json_t *claims, const char *name, long long *out)
 {
     json_t *v = json_object_get(claims, name);
-    if (v == NULL)
-        return 0;
+    if (v == NULL) return 0;
     if (json_is_integer(v)) {
         *out = (long long)json_integer_value(v);
         return 1;
     }
     if (json_is_real(v)) {
         double d = json_real_value(v);
-        if (!isfinite(d) || d > 9e15 || d < -9e15)
-            return -1;
+        if (!isfinite(d) || d > 9e15 || d < -9e15) return -1;
         *out = (long long)floor(d);
         return 1;
     }
@@ -137,23 +128,19 @@ static int check_claims(auth_ctx_t *ctx, json_t *claims, long long now, auth_tok
                         auth_err_t *err)
 {
     json_t *sub = json_object_get(claims, "sub");
-    if (sub == NULL)
-        return auth__fail(err, AUTH_EMISSING, "token has no \"sub\" claim");
+    if (sub == NULL) return auth__fail(err, AUTH_EMISSING, "token has no \"sub\" claim");
     if (!json_is_string(sub) || json_string_length(sub) == 0)
         return auth__fail(err, AUTH_EMALFORMED, "\"sub\" claim must be a non-empty string");
     long long exp = 0, iat = 0, nbf = 0;
     int r;
     if ((r = numeric_date(claims, "exp", &exp)) == 0)
         return auth__fail(err, AUTH_EMISSING, "token has no \"exp\" claim");
-    if (r < 0)
-        return auth__fail(err, AUTH_EMALFORMED, "\"exp\" claim must be a number");
+    if (r < 0) return auth__fail(err, AUTH_EMALFORMED, "\"exp\" claim must be a number");
     if ((r = numeric_date(claims, "iat", &iat)) == 0)
         return auth__fail(err, AUTH_EMISSING, "token has no \"iat\" claim");
-    if (r < 0)
-        return auth__fail(err, AUTH_EMALFORMED, "\"iat\" claim must be a number");
+    if (r < 0) return auth__fail(err, AUTH_EMALFORMED, "\"iat\" claim must be a number");
     int has_nbf = numeric_date(claims, "nbf", &nbf);
-    if (has_nbf < 0)
-        return auth__fail(err, AUTH_EMALFORMED, "\"nbf\" claim must be a number");
+    if (has_nbf < 0) return auth__fail(err, AUTH_EMALFORMED, "\"nbf\" claim must be a number");
     if (now > exp + ctx->leeway) {
         auth__fail(err, AUTH_EEXPIRED, "token expired %lld seconds ago", now - exp);
         return AUTH_EEXPIRED;
@@ -164,8 +151,7 @@ static int check_claims(auth_ctx_t *ctx, json_t *claims, long long now, auth_tok
     if (iat > now + ctx->leeway)
         return auth__fail(err, AUTH_ENOTYET, "token is issued %lld seconds in the future",
                           iat - now);
-    if (exp < iat)
-        return auth__fail(err, AUTH_EMALFORMED, "\"exp\" claim is before \"iat\"");
+    if (exp < iat) return auth__fail(err, AUTH_EMALFORMED, "\"exp\" claim is before \"iat\"");
     if (exp - iat > ctx->max_lifetime)
         return auth__fail(err, AUTH_ELIFETIME,
                           "token lifetime of %lld seconds exceeds the maximum of %ld", exp - iat,
@@ -173,8 +159,7 @@ static int check_claims(auth_ctx_t *ctx, json_t *claims, long long now, auth_tok
     if (ctx->n_audience > 0) {
         json_t *aud = json_object_get(claims, "aud");
         int match = 0;
-        if (aud == NULL)
-            return auth__fail(err, AUTH_EMISSING, "token has no \"aud\" claim");
+        if (aud == NULL) return auth__fail(err, AUTH_EMISSING, "token has no \"aud\" claim");
         if (json_is_string(aud)) {
             for (size_t i = 0; i < ctx->n_audience && !match; i++)
                 match = strcmp(json_string_value(aud), ctx->audience[i]) == 0;
@@ -201,8 +186,7 @@ static int check_claims(auth_ctx_t *ctx, json_t *claims, long long now, auth_tok
     }
     if (ctx->issuer != NULL) {
         json_t *iss = json_object_get(claims, "iss");
-        if (iss == NULL)
-            return auth__fail(err, AUTH_EMISSING, "token has no \"iss\" claim");
+        if (iss == NULL) return auth__fail(err, AUTH_EMISSING, "token has no \"iss\" claim");
         if (!json_is_string(iss))
             return auth__fail(err, AUTH_EMALFORMED, "\"iss\" claim must be a string");
         if (strcmp(json_string_value(iss), ctx->issuer) != 0)
@@ -252,7 +236,8 @@ static int verify_uncached(auth_ctx_t *ctx, const char *token, size_t len, long 
         rc = auth__fail(err, AUTH_EMALFORMED, "token header needs a string \"alg\" and \"kid\"");
         goto out_hdr;
     }
-    if (typv != NULL && (!json_is_string(typv) || strcasecmp(json_string_value(typv), "JWT") != 0)) {
+    if (typv != NULL &&
+        (!json_is_string(typv) || strcasecmp(json_string_value(typv), "JWT") != 0)) {
         rc = auth__fail(err, AUTH_EMALFORMED, "token header \"typ\" must be \"JWT\"");
         goto out_hdr;
     }
@@ -287,8 +272,7 @@ static int verify_uncached(auth_ctx_t *ctx, const char *token, size_t len, long 
     for (int attempt = 0; kid != NULL && attempt < 2; attempt++) {
         for (size_t i = 0; i < ks->n; i++)
             n_kid += kid_is(&ks->keys[i], kid);
-        if (n_kid > 0 || attempt == 1 || !auth__kid_miss(ctx))
-            break;
+        if (n_kid > 0 || attempt == 1 || !auth__kid_miss(ctx)) break;
         auth__keyset_put(ks); /* a refresh happened: look again in the new set */
         ks = auth__keyset_get(ctx);
     }
@@ -305,8 +289,7 @@ static int verify_uncached(auth_ctx_t *ctx, const char *token, size_t len, long 
         const auth_key_t *k = &ks->keys[i];
         if (kid != NULL && !kid_is(k, kid))
             continue; /* without a kid, every key admitting the alg is tried */
-        if ((k->algs & AUTH_ALG_BIT(alg)) == 0)
-            continue;
+        if ((k->algs & AUTH_ALG_BIT(alg)) == 0) continue;
         n_cand++;
         if (auth__verify_sig(k, alg, token, len, token, (size_t)(d2 - token), sigbuf,
                              (size_t)sig_len, err) == 0)
@@ -351,16 +334,14 @@ out_hdr:
     return rc;
 }
 
-int auth_verify(auth_ctx_t *ctx, const char *token, size_t len, auth_token_t **out,
-                auth_err_t *err)
+int auth_verify(auth_ctx_t *ctx, const char *token, size_t len, auth_token_t **out, auth_err_t *err)
 {
     *out = NULL;
     if (err != NULL) {
         err->code = 0;
         err->message[0] = err->detail[0] = '\0';
     }
-    if (token == NULL || len == 0)
-        return auth__fail(err, AUTH_EMALFORMED, "token is empty");
+    if (token == NULL || len == 0) return auth__fail(err, AUTH_EMALFORMED, "token is empty");
     if (len > (size_t)ctx->max_token_bytes)
         return auth__fail(err, AUTH_EMALFORMED, "token is larger than %ld bytes",
                           ctx->max_token_bytes);
@@ -380,13 +361,11 @@ int auth_verify(auth_ctx_t *ctx, const char *token, size_t len, auth_token_t **o
     auth__maybe_refresh(ctx);
     char stackbuf[4096];
     char *copy = len < sizeof(stackbuf) ? stackbuf : malloc(len + 1);
-    if (copy == NULL)
-        return auth__fail(err, AUTH_ENOMEM, "out of memory");
+    if (copy == NULL) return auth__fail(err, AUTH_ENOMEM, "out of memory");
     memcpy(copy, token, len);
     copy[len] = '\0';
     int rc = verify_uncached(ctx, copy, len, now, out, err);
-    if (copy != stackbuf)
-        free(copy);
+    if (copy != stackbuf) free(copy);
     if (rc == 0 && ctx->cache != NULL) {
         /* cache under the generation read before the keys were taken: when a refresh ran in
          * between, the entry is stale at once, never wrongly fresh */

@@ -53,8 +53,7 @@ int gw_auth_create_opts(const gw_config_t *cfg, int hmac_only, int background, a
     size_t used = 0;
     for (size_t i = 0; i < n; i++) {
         const gw_auth_key_cfg_t *k = &cfg->auth.keys[i];
-        if (hmac_only && k->secret == NULL && k->secret_base64url == NULL)
-            continue;
+        if (hmac_only && k->secret == NULL && k->secret_base64url == NULL) continue;
         auth_key_spec_t *s = &specs[used];
         snprintf(where[used], sizeof(where[used]), "%s:%d:%d", cfg->path ? cfg->path : "config",
                  k->line, k->col);
@@ -90,8 +89,7 @@ int gw_auth_create_opts(const gw_config_t *cfg, int hmac_only, int background, a
         if (code == GW_EIO || code == GW_EAUTH)
             code = GW_ECONFIG; /* a JWKS file that cannot be read is a configuration problem */
         gw_err_set(err, code, NULL, "%s", aerr.message);
-        if (aerr.detail[0] != '\0')
-            gw_err_detail(err, "%s", aerr.detail);
+        if (aerr.detail[0] != '\0') gw_err_detail(err, "%s", aerr.detail);
         return code;
     }
     return 0;
@@ -115,8 +113,7 @@ int gw_auth_verify_header(auth_ctx_t *ctx, const char *value, size_t len, auth_t
     size_t jwt_len;
     auth_err_t aerr;
     int rc = auth_header_token(value, value ? len : 0, &jwt, &jwt_len, &aerr);
-    if (rc == 0)
-        rc = auth_verify(ctx, jwt, jwt_len, tok, &aerr);
+    if (rc == 0) rc = auth_verify(ctx, jwt, jwt_len, tok, &aerr);
     if (rc == 0) {
         *code = NULL;
         gw_err_clear(err);
@@ -125,8 +122,7 @@ int gw_auth_verify_header(auth_ctx_t *ctx, const char *value, size_t len, auth_t
     *code = rc == AUTH_ENOMEM ? "internal" : auth_err_code_str(rc);
     int gw = rc == AUTH_ENOMEM ? GW_ENOMEM : GW_EAUTH;
     gw_err_set(err, gw, NULL, "%s", aerr.message);
-    if (aerr.detail[0] != '\0')
-        gw_err_detail(err, "%s", aerr.detail);
+    if (aerr.detail[0] != '\0') gw_err_detail(err, "%s", aerr.detail);
     char qm[400], qd[600];
     gw_log_qs(aerr.message, qm, sizeof(qm));
     gw_log_qs(aerr.detail, qd, sizeof(qd));

@@ -67,12 +67,11 @@ int gw_cli_token(int argc, char **argv)
             }
             char *key = strndup(v, (size_t)(eq - v));
             json_t *val = json_loads(eq + 1, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
-            if (val == NULL)
-                val = json_string(eq + 1);
+            if (val == NULL) val = json_string(eq + 1);
             if (key == NULL || val == NULL || json_object_set_new(extra, key, val) != 0) {
                 free(key);
-                fprintf(stderr, "ferry token: claim \"%.*s\" is not valid UTF-8\n",
-                        (int)(eq - v), v);
+                fprintf(stderr, "ferry token: claim \"%.*s\" is not valid UTF-8\n", (int)(eq - v),
+                        v);
                 goto out_usage;
             }
             free(key);
@@ -120,15 +119,13 @@ int gw_cli_token(int argc, char **argv)
     json_object_set_new(claims, "exp", json_integer(now + ttl));
     if (cfg.auth.n_audience > 0)
         json_object_set_new(claims, "aud", json_string(cfg.auth.audience[0]));
-    if (cfg.auth.issuer != NULL)
-        json_object_set_new(claims, "iss", json_string(cfg.auth.issuer));
+    if (cfg.auth.issuer != NULL) json_object_set_new(claims, "iss", json_string(cfg.auth.issuer));
     json_object_update(claims, extra);
     char *tok = NULL;
     auth_err_t aerr;
     if (auth_sign_hmac(ctx, kid, claims, &tok, &aerr) != 0) {
         fprintf(stderr, "ferry token: %s\n", aerr.message);
-        if (aerr.detail[0])
-            fprintf(stderr, "DETAIL: %s\n", aerr.detail);
+        if (aerr.detail[0]) fprintf(stderr, "DETAIL: %s\n", aerr.detail);
     } else {
         printf("%s\n", tok);
         rc = fflush(stdout) == 0 ? 0 : 1;

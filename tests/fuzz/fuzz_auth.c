@@ -33,15 +33,13 @@ static void init(void)
     o.min_kid_refresh_gap = -1;
     o.cache_entries = 64;
     auth_err_t err;
-    if (auth_ctx_create(keys, 2, &o, &g_ctx, &err) != 0)
-        abort();
+    if (auth_ctx_create(keys, 2, &o, &g_ctx, &err) != 0) abort();
 }
 
 static void check(int rc, auth_token_t *t)
 {
     if (rc == 0) {
-        if (t == NULL || t->sub == NULL || t->claims == NULL)
-            __builtin_trap();
+        if (t == NULL || t->sub == NULL || t->claims == NULL) __builtin_trap();
         auth_token_release(t);
     } else if (t != NULL || rc > 0) {
         __builtin_trap();
@@ -50,8 +48,7 @@ static void check(int rc, auth_token_t *t)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (g_ctx == NULL)
-        init();
+    if (g_ctx == NULL) init();
     auth_token_t *t = NULL;
     auth_err_t err;
 

@@ -58,8 +58,7 @@ static char *sign_libjwt(jwt_alg_t alg, const char *kid, const unsigned char *ke
     jwt_t *j;
     jwt_new(&j);
     jwt_add_grants_json(j, payload());
-    if (extra)
-        jwt_add_grant(j, "n", extra);
+    if (extra) jwt_add_grant(j, "n", extra);
     jwt_add_header(j, "kid", kid);
     if (jwt_set_alg(j, alg, key, (int)klen) != 0) {
         fprintf(stderr, "bench_auth: libjwt could not sign\n");
@@ -79,10 +78,8 @@ static size_t b64url(const unsigned char *in, size_t len, char *out)
                      (i + 2 < len ? in[i + 2] : 0);
         out[o++] = t[v >> 18 & 63];
         out[o++] = t[v >> 12 & 63];
-        if (i + 1 < len)
-            out[o++] = t[v >> 6 & 63];
-        if (i + 2 < len)
-            out[o++] = t[v & 63];
+        if (i + 1 < len) out[o++] = t[v >> 6 & 63];
+        if (i + 2 < len) out[o++] = t[v & 63];
     }
     out[o] = '\0';
     return o;
@@ -189,10 +186,10 @@ int main(int argc, char **argv)
         return 1;
     }
     o.cache_entries = 10000;
-    if (auth_ctx_create(keys, 4, &o, &cache, &err) != 0)
-        return 1;
+    if (auth_ctx_create(keys, 4, &o, &cache, &err) != 0) return 1;
 
-    char *hs = sign_libjwt(JWT_ALG_HS256, "hs", (const unsigned char *)SECRET, strlen(SECRET), NULL);
+    char *hs =
+        sign_libjwt(JWT_ALG_HS256, "hs", (const unsigned char *)SECRET, strlen(SECRET), NULL);
     char *rs = sign_libjwt(JWT_ALG_RS256, "rs", (unsigned char *)rsa_priv, strlen(rsa_priv), NULL);
     char *es = sign_libjwt(JWT_ALG_ES256, "es", (unsigned char *)ec_priv, strlen(ec_priv), NULL);
     char *eds = sign_eddsa(ed);
@@ -209,22 +206,27 @@ int main(int argc, char **argv)
     for (int i = 0; i < 1000; i++) {
         char n[16];
         snprintf(n, sizeof(n), "%d", i);
-        many[i] = sign_libjwt(JWT_ALG_HS256, "hs", (const unsigned char *)SECRET, strlen(SECRET), n);
+        many[i] =
+            sign_libjwt(JWT_ALG_HS256, "hs", (const unsigned char *)SECRET, strlen(SECRET), n);
     }
     run_verify(cache, many, 1000, 0.05); /* fill */
     double c_many = run_verify(cache, many, 1000, secs);
     unsigned long long hits, misses;
     auth_cache_stats(cache, &hits, &misses, NULL);
 
-    printf("BENCH auth_verify_rs256 %.0f verifies/s (1 core, cache off; %.2f of OpenSSL EVP alone, %.0f/s)\n",
+    printf("BENCH auth_verify_rs256 %.0f verifies/s (1 core, cache off; %.2f of OpenSSL EVP alone, "
+           "%.0f/s)\n",
            v_rs, v_rs / l_rs, l_rs);
-    printf("BENCH auth_verify_es256 %.0f verifies/s (1 core, cache off; %.2f of OpenSSL EVP alone, %.0f/s)\n",
+    printf("BENCH auth_verify_es256 %.0f verifies/s (1 core, cache off; %.2f of OpenSSL EVP alone, "
+           "%.0f/s)\n",
            v_es, v_es / l_es, l_es);
-    printf("BENCH auth_verify_eddsa %.0f verifies/s (1 core, cache off; %.2f of OpenSSL EVP alone, %.0f/s)\n",
+    printf("BENCH auth_verify_eddsa %.0f verifies/s (1 core, cache off; %.2f of OpenSSL EVP alone, "
+           "%.0f/s)\n",
            v_ed, v_ed / l_ed, l_ed);
     printf("BENCH auth_verify_hs256 %.0f verifies/s (1 core, cache off)\n", v_hs);
     printf("BENCH auth_cache_hit_one %.0f hits/s (1 core, the same RS256 token)\n", c_one);
-    printf("BENCH auth_cache_hit_1000 %.0f hits/s (1 core, 1000 distinct tokens; %llu hits %llu misses)\n",
+    printf("BENCH auth_cache_hit_1000 %.0f hits/s (1 core, 1000 distinct tokens; %llu hits %llu "
+           "misses)\n",
            c_many, hits, misses);
 
     for (int i = 0; i < 1000; i++)

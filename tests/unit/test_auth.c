@@ -27,8 +27,8 @@
 #include <unistd.h>
 
 #define HELPERS "tests/unit/auth"
-#define SECRET "unit-test-secret-unit-test-secret-0123"
-#define ISSUER "https://issuer.test"
+#define SECRET  "unit-test-secret-unit-test-secret-0123"
+#define ISSUER  "https://issuer.test"
 
 static char g_dir[256]; /* temporary folder with keys and JWKS files */
 
@@ -38,8 +38,7 @@ static char g_dir[256]; /* temporary folder with keys and JWKS files */
 static char *run_capture(char *const argv[])
 {
     int fd[2];
-    if (pipe(fd) != 0)
-        return NULL;
+    if (pipe(fd) != 0) return NULL;
     pid_t pid = fork();
     if (pid == 0) {
         dup2(fd[1], 1);
@@ -54,8 +53,7 @@ static char *run_capture(char *const argv[])
     ssize_t n;
     while ((n = read(fd[0], out + len, cap - len - 1)) > 0) {
         len += (size_t)n;
-        if (cap - len < 2)
-            out = realloc(out, cap *= 2);
+        if (cap - len < 2) out = realloc(out, cap *= 2);
     }
     close(fd[0]);
     int status;
@@ -87,8 +85,8 @@ static char *mint(const char *alg, const char *key, const char *header, const ch
         snprintf(keyarg, sizeof(keyarg), "file:%s/%s", g_dir, key + 5);
     else
         snprintf(keyarg, sizeof(keyarg), "%s/%s", g_dir, key);
-    char *argv[] = {"node", HELPERS "/sign.js", (char *)alg, keyarg, (char *)header,
-                    (char *)payload, NULL};
+    char *argv[] = {"node",         HELPERS "/sign.js", (char *)alg, keyarg,
+                    (char *)header, (char *)payload,    NULL};
     char *tok = run_capture(argv);
     ck_assert_msg(tok != NULL, "sign.js failed for %s", alg);
     return tok;
@@ -291,8 +289,8 @@ START_TEST(test_auth_verify_hmac_with_public_key_rejected)
 {
     auth_ctx_t *ctx = std_ctx(0);
     /* HS256 keyed with the RSA public key's PEM text, naming the RSA key */
-    char *t1 = mint("HS256", "file:rsa.pub.pem", "{\"alg\":\"HS256\",\"kid\":\"rs\"}",
-                    good_claims());
+    char *t1 =
+        mint("HS256", "file:rsa.pub.pem", "{\"alg\":\"HS256\",\"kid\":\"rs\"}", good_claims());
     expect_code(ctx, t1, AUTH_EALG);
     /* no kid: only the HMAC key is tried, and the signature is not its */
     char *t2 = mint("HS256", "file:rsa.pub.pem", "{\"alg\":\"HS256\"}", good_claims());
@@ -396,8 +394,8 @@ START_TEST(test_auth_verify_claims)
              "{\"sub\":\"u\",\"iat\":%lld,\"exp\":%lld,\"aud\":\"ferry\",\"iss\":\"" ISSUER "\"}",
              n, n + 60);
     for (size_t i = 0; cases[i].payload != NULL; i++) {
-        char *tok = mint("HS256", "text:" SECRET, "{\"alg\":\"HS256\",\"kid\":\"hs\"}",
-                         cases[i].payload);
+        char *tok =
+            mint("HS256", "text:" SECRET, "{\"alg\":\"HS256\",\"kid\":\"hs\"}", cases[i].payload);
         expect_code_at(ctx, tok, strlen(tok), cases[i].want, (int)(1000 + i));
         free(tok);
     }
@@ -468,8 +466,8 @@ START_TEST(test_auth_verify_malformed)
     expect_code(ctx, "e30.e30.abc", AUTH_EMALFORMED);                   /* no alg */
     char *t1 = mint("HS256", "text:" SECRET, "{\"alg\":\"HS256\",\"kid\":7}", good_claims());
     expect_code(ctx, t1, AUTH_EMALFORMED);
-    char *t2 = mint("HS256", "text:" SECRET, "{\"alg\":\"HS256\",\"typ\":\"at+jwt\"}",
-                    good_claims());
+    char *t2 =
+        mint("HS256", "text:" SECRET, "{\"alg\":\"HS256\",\"typ\":\"at+jwt\"}", good_claims());
     expect_code(ctx, t2, AUTH_EMALFORMED);
     char *t3 = mint("HS256", "text:" SECRET, "{\"alg\":\"HS256\",\"alg\":\"none\"}", good_claims());
     expect_code(ctx, t3, AUTH_EMALFORMED); /* duplicate member */
@@ -506,8 +504,8 @@ START_TEST(test_auth_header_token_schemes)
     ck_assert_int_eq(memcmp(tok, "abc.def.ghi", 11), 0);
     ck_assert_int_eq(auth_header_token("bearer  x.y.z ", 14, &tok, &len, &err), 0);
     ck_assert_int_eq((int)len, 5);
-    const char *bad[] = {"", "Basic dXNlcjpwYXNz", "Token", "Token ", "Bearer   ", "x.y.z",
-                         "Tokenx.y.z"};
+    const char *bad[] = {"",      "Basic dXNlcjpwYXNz", "Token", "Token ", "Bearer   ",
+                         "x.y.z", "Tokenx.y.z"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         ck_assert_int_eq(auth_header_token(bad[i], strlen(bad[i]), &tok, &len, &err),
                          AUTH_EMALFORMED);
@@ -561,7 +559,8 @@ START_TEST(test_auth_ctx_create_rejects_bad_keys)
     ck_assert_int_eq(auth_ctx_create(dup, 2, NULL, &ctx, &err), AUTH_EINVAL);
     /* the good forms: base64url secret, PEM text, PKCS#1 PEM */
     auth_key_spec_t good[] = {
-        {.kid = "b", .alg = "HS256",
+        {.kid = "b",
+         .alg = "HS256",
          .secret_base64url = "dW5pdC10ZXN0LXNlY3JldC11bml0LXRlc3Qtc2VjcmV0LTAxMjM"},
         {.kid = "c", .alg = "ES384", .pem_file = path_of("ec384.pub.pem", p3, sizeof(p3))},
         {.jwks_uri = "http://127.0.0.1:1/jwks"}, /* unreachable now: not fatal */
@@ -648,8 +647,8 @@ START_TEST(test_auth_jwks_key_types_and_algs)
     write_jwks("types.json", "r=rsa.pub.pem", "e=ec.pub.pem:ES256");
     auth_ctx_t *ctx = jwks_ctx("types.json", 0, 0);
     char *ok1 = mint("RS512", "rsa.pem", "{\"alg\":\"RS512\",\"kid\":\"r\"}", good_claims());
-    char *bad1 = mint("HS256", "file:rsa.pub.pem", "{\"alg\":\"HS256\",\"kid\":\"r\"}",
-                      good_claims());
+    char *bad1 =
+        mint("HS256", "file:rsa.pub.pem", "{\"alg\":\"HS256\",\"kid\":\"r\"}", good_claims());
     char *bad2 = mint("HS256", "file:rsa.pub.pem", "{\"alg\":\"HS256\"}", good_claims());
     char *bad3 = mint("ES384", "ec384.pem", "{\"alg\":\"ES384\",\"kid\":\"e\"}", good_claims());
     expect_code(ctx, ok1, 0);
@@ -658,10 +657,11 @@ START_TEST(test_auth_jwks_key_types_and_algs)
     expect_code(ctx, bad3, AUTH_EALG);
     auth_ctx_destroy(ctx);
     /* oct keys, encryption keys and keys with an alg that does not fit are skipped */
-    write_file("skip.json",
-               "{\"keys\":[{\"kty\":\"oct\",\"kid\":\"o\",\"k\":\"c2VjcmV0\",\"alg\":\"HS256\"},"
-               "{\"kty\":\"RSA\",\"kid\":\"x\",\"use\":\"enc\",\"n\":\"AQAB\",\"e\":\"AQAB\"},"
-               "{\"kty\":\"EC\",\"kid\":\"bad\",\"crv\":\"P-256\",\"x\":\"AAAA\",\"y\":\"AAAA\"}]}");
+    write_file(
+        "skip.json",
+        "{\"keys\":[{\"kty\":\"oct\",\"kid\":\"o\",\"k\":\"c2VjcmV0\",\"alg\":\"HS256\"},"
+        "{\"kty\":\"RSA\",\"kid\":\"x\",\"use\":\"enc\",\"n\":\"AQAB\",\"e\":\"AQAB\"},"
+        "{\"kty\":\"EC\",\"kid\":\"bad\",\"crv\":\"P-256\",\"x\":\"AAAA\",\"y\":\"AAAA\"}]}");
     ctx = jwks_ctx("skip.json", 0, 0);
     ck_assert_int_eq((int)auth_key_count(ctx), 0);
     char *hs = mint("HS256", "text:secret", "{\"alg\":\"HS256\",\"kid\":\"o\"}", good_claims());
@@ -689,8 +689,7 @@ static void *serve(void *arg)
     jwks_server_t *s = arg;
     for (;;) {
         int c = accept(s->fd, NULL, NULL);
-        if (c < 0)
-            return NULL;
+        if (c < 0) return NULL;
         char req[4096];
         ssize_t n = read(c, req, sizeof(req)); /* one small GET; the body is not needed */
         (void)n;
@@ -698,15 +697,13 @@ static void *serve(void *arg)
         FILE *f = fopen(s->file, "r");
         char body[16384];
         size_t len = f ? fread(body, 1, sizeof(body), f) : 0;
-        if (f)
-            fclose(f);
+        if (f) fclose(f);
         char head[256];
         int hl = snprintf(head, sizeof(head),
                           "HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: "
                           "%zu\r\nConnection: close\r\n\r\n",
                           f ? "200 OK" : "404 Not Found", len);
-        if (write(c, head, (size_t)hl) < 0 || write(c, body, len) < 0)
-            (void)0;
+        if (write(c, head, (size_t)hl) < 0 || write(c, body, len) < 0) (void)0;
         close(c);
     }
 }
@@ -779,8 +776,7 @@ START_TEST(test_auth_jwks_url_kid_flood_rate_limited)
         char *t = mint("RS256", "rsa.pem", hdr, good_claims());
         expect_code(ctx, t, AUTH_EUNKNOWNKID);
         free(t);
-        if (i == 2)
-            break; /* node is slow; a few distinct tokens, then reuse the last one below */
+        if (i == 2) break; /* node is slow; a few distinct tokens, then reuse the last one below */
     }
     char *t = mint("RS256", "rsa.pem", "{\"alg\":\"RS256\",\"kid\":\"bogus\"}", good_claims());
     for (int i = 0; i < 200; i++)
@@ -799,8 +795,7 @@ static void on_refresh(void *arg, const char *source, int rc, const auth_err_t *
     (void)source;
     (void)err;
     (void)n;
-    if (rc == 0)
-        __atomic_add_fetch(&g_refreshes, 1, __ATOMIC_SEQ_CST);
+    if (rc == 0) __atomic_add_fetch(&g_refreshes, 1, __ATOMIC_SEQ_CST);
 }
 
 START_TEST(test_auth_jwks_background_refresh)
@@ -826,8 +821,7 @@ START_TEST(test_auth_jwks_background_refresh)
         auth_token_t *t;
         ok = auth_verify(ctx, t2, strlen(t2), &t, &err) == 0;
         auth_token_release(t);
-        if (!ok)
-            usleep(100 * 1000);
+        if (!ok) usleep(100 * 1000);
     }
     ck_assert_msg(ok, "new key not picked up by the refresh thread");
     ck_assert_int_ge(g_refreshes, 2);
@@ -877,9 +871,9 @@ START_TEST(test_auth_cache_hits_expire_and_bound)
     /* bounded: 40 distinct tokens never make more than 16 entries (tokens from our signer;
      * the signer's independence is covered above, here only the cache is under test) */
     for (int i = 0; i < 40; i++) {
-        json_t *c = json_pack("{s:s, s:I, s:I, s:s, s:s}", "sub", "u", "iat",
-                              (json_int_t)g_fake_now, "exp", (json_int_t)(g_fake_now + 1000 + i),
-                              "aud", "ferry", "iss", ISSUER);
+        json_t *c =
+            json_pack("{s:s, s:I, s:I, s:s, s:s}", "sub", "u", "iat", (json_int_t)g_fake_now, "exp",
+                      (json_int_t)(g_fake_now + 1000 + i), "aud", "ferry", "iss", ISSUER);
         char *t;
         ck_assert_int_eq(auth_sign_hmac(ctx, "hs", c, &t, &err), 0);
         expect_code(ctx, t, 0);
@@ -898,9 +892,9 @@ END_TEST
 
 START_TEST(test_auth_sign_hmac_roundtrip)
 {
-    auth_key_spec_t keys[] = {{.kid = "rs", .alg = "RS256", .pem_file = p_rs},
-                              {.kid = "dev", .alg = "HS384",
-                               .secret = SECRET "-longer-for-hs384-0123"}};
+    auth_key_spec_t keys[] = {
+        {.kid = "rs", .alg = "RS256", .pem_file = p_rs},
+        {.kid = "dev", .alg = "HS384", .secret = SECRET "-longer-for-hs384-0123"}};
     auth_opts_t o = std_opts();
     auth_ctx_t *ctx;
     auth_err_t err;
@@ -938,7 +932,6 @@ START_TEST(test_auth_err_code_strings_stable)
     ck_assert_str_eq(auth_err_code_str(12345), "unknown_error");
 }
 END_TEST
-
 
 /* ---- gateway glue (gateway/gw_auth.c) ---- */
 
@@ -1015,8 +1008,7 @@ static void *race_verify(void *arg)
         auth_err_t err;
         int rc = auth_verify(r->ctx, r->tok, strlen(r->tok), &t, &err);
         if (rc == 0) {
-            if (strcmp(t->sub, "user-1") != 0)
-                __atomic_add_fetch(&r->bad, 1, __ATOMIC_RELAXED);
+            if (strcmp(t->sub, "user-1") != 0) __atomic_add_fetch(&r->bad, 1, __ATOMIC_RELAXED);
             auth_token_release(t);
         } else if (rc != AUTH_EUNKNOWNKID) {
             __atomic_add_fetch(&r->bad, 1, __ATOMIC_RELAXED);
@@ -1117,7 +1109,6 @@ int main(void)
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", g_dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "test_auth: could not remove %s\n", g_dir);
+    if (system(cmd) != 0) fprintf(stderr, "test_auth: could not remove %s\n", g_dir);
     return failed == 0 ? 0 : 1;
 }
