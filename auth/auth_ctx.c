@@ -7,7 +7,8 @@
  * change (same SHA-256) or could not be loaded keeps its keys. When a source's keys change, the
  * new set is published and ctx->generation is bumped, which invalidates the token cache.
  *
- * Refreshes happen: periodically (every jwks_refresh_interval), either in a background thread
+ * Refreshes happen: periodically (every jwks_refresh_interval, every 10 s while a source has
+ * never loaded), either in a background thread
  * (opts.background_refresh) or inline in auth_verify() when due; and when a token names an
  * unknown kid, at most once per min_kid_refresh_gap seconds (auth__kid_miss): inline without a
  * thread, else by waking the thread (that token fails with unknown_kid; a retry succeeds).
@@ -109,6 +110,17 @@ static int source_refresh(auth_source_t *src, int *changed, size_t *nkeys, auth_
     return 0;
 }
 
+/* Seconds until the next periodic refresh: the interval, or at most NOT_LOADED_RETRY while a
+ * source has never loaded (a JWKS URL that was down at start is retried soon). */
+#define NOT_LOADED_RETRY 10
+static long next_gap(const auth_ctx_t *ctx)
+{
+    for (size_t i = 0; i < ctx->n_sources; i++)
+        if (!ctx->sources[i].loaded && ctx->refresh_interval > NOT_LOADED_RETRY)
+            return NOT_LOADED_RETRY;
+    return ctx->refresh_interval;
+}
+
 int auth_refresh(auth_ctx_t *ctx, auth_err_t *err)
 {
     int first_rc = 0, changed = 0;
@@ -141,7 +153,7 @@ int auth_refresh(auth_ctx_t *ctx, auth_err_t *err)
         }
     }
     pthread_mutex_lock(&ctx->lock);
-    ctx->next_refresh = auth__now(ctx) + ctx->refresh_interval;
+    ctx->next_refresh = auth__now(ctx) + next_gap(ctx);
     pthread_mutex_unlock(&ctx->lock);
     pthread_mutex_unlock(&ctx->refresh_lock);
     return first_rc;
@@ -187,7 +199,8 @@ static void *refresh_thread(void *arg)
     while (!ctx->stopping) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += ctx->refresh_interval;
+        long long wait = ctx->next_refresh - auth__now(ctx);
+        ts.tv_sec += wait < 1 ? 1 : wait > ctx->refresh_interval ? ctx->refresh_interval : wait;
         int rc = 0;
         while (!ctx->stopping && !ctx->kicked && rc != ETIMEDOUT)
             rc = pthread_cond_timedwait(&ctx->cond, &ctx->lock, &ts);
@@ -336,7 +349,7 @@ int auth_ctx_create(const auth_key_spec_t *keys, size_t n_keys, const auth_opts_
     }
     rc = AUTH_ENOMEM;
     if ((ctx->current = keyset_build(ctx)) == NULL) goto fail_oom;
-    ctx->next_refresh = auth__now(ctx) + ctx->refresh_interval;
+    ctx->next_refresh = auth__now(ctx) + next_gap(ctx);
     if (opts->cache_entries > 0 &&
         (ctx->cache = auth__cache_new((size_t)opts->cache_entries)) == NULL)
         goto fail_oom;

@@ -146,6 +146,12 @@ static void write_file(const char *name, const char *text)
     fclose(f);
 }
 
+static long long g_fake_now;
+static long long fake_now(void)
+{
+    return g_fake_now;
+}
+
 /* ---- the standard context ---- */
 
 static const char *const g_aud[] = {"ferry", "other-app"};
@@ -788,6 +794,34 @@ START_TEST(test_auth_jwks_url_kid_flood_rate_limited)
 }
 END_TEST
 
+START_TEST(test_auth_jwks_url_down_at_start_retried_soon)
+{
+    jwks_server_t srv;
+    server_start(&srv, "late.json"); /* not written yet: 404 */
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/jwks", srv.port);
+    g_fake_now = now_s();
+    auth_key_spec_t k = {.jwks_uri = url};
+    auth_opts_t o = std_opts();
+    o.now = fake_now;
+    o.jwks_refresh_interval = 300;
+    auth_ctx_t *ctx;
+    auth_err_t err;
+    ck_assert_int_eq(auth_ctx_create(&k, 1, &o, &ctx, &err), 0);
+    ck_assert_int_eq((int)auth_key_count(ctx), 0);
+    write_jwks("late.json", "k1=ec.pub.pem", NULL);
+    char *tok = mint("ES256", "ec.pem", "{\"alg\":\"ES256\"}", good_claims());
+    g_fake_now += 5;
+    expect_code(ctx, tok, AUTH_EALG); /* no key yet, and no kid to trigger a refresh */
+    g_fake_now += 6;                  /* 11 s after start: the never-loaded source is retried */
+    expect_code(ctx, tok, 0);
+    ck_assert_int_eq(srv.requests, 2);
+    free(tok);
+    auth_ctx_destroy(ctx);
+    server_stop(&srv);
+}
+END_TEST
+
 static int g_refreshes; /* atomic */
 static void on_refresh(void *arg, const char *source, int rc, const auth_err_t *err, size_t n)
 {
@@ -832,12 +866,6 @@ START_TEST(test_auth_jwks_background_refresh)
 END_TEST
 
 /* ---- cache ---- */
-
-static long long g_fake_now;
-static long long fake_now(void)
-{
-    return g_fake_now;
-}
 
 START_TEST(test_auth_cache_hits_expire_and_bound)
 {
@@ -1074,6 +1102,7 @@ static Suite *auth_suite(void)
     tcase_add_test(tc, test_auth_jwks_url_rotation);
     tcase_add_test(tc, test_auth_jwks_url_kid_flood_rate_limited);
     tcase_add_test(tc, test_auth_jwks_background_refresh);
+    tcase_add_test(tc, test_auth_jwks_url_down_at_start_retried_soon);
     tcase_add_test(tc, test_auth_cache_hits_expire_and_bound);
     tcase_add_test(tc, test_auth_sign_hmac_roundtrip);
     tcase_add_test(tc, test_auth_err_code_strings_stable);
