@@ -166,8 +166,9 @@ void rules_ops_free(rules_ops_t *ops);
  * Evaluate every data query of set that reads row->table and append one op per (bucket, output
  * row) to *out (duplicates within one call are merged: the same bucket, type and id appear
  * once, the last query wins). version is the rule version put before '#' in bucket ids (NULL:
- * no prefix). Returns 0, RULES_ENOMEM or RULES_EEVAL (err says why); *out keeps what was
- * appended before a failure, so free it either way.
+ * no prefix). Returns 0, RULES_ENOMEM, or RULES_EEVAL when SQLite failed on some query (err
+ * names the table and SQLite's message; the other queries were still evaluated and their ops
+ * are in *out). Free *out with rules_ops_free() in every case.
  */
 int rules_eval_row(rules_set_t *set, const char *version, const rules_row_t *row,
                    rules_ops_t *out, rules_error_t *err);

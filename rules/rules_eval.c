@@ -255,8 +255,7 @@ static void convert_row(rules_set_t *set, rctx_t *c, const rules_row_t *row)
         const char *s = row->values[i];
         size_t len = s ? (row->lens ? row->lens[i] : strlen(s)) : 0;
         c->vals[i].s = "";
-        rv_from_pg(&set->conv, row->types ? row->types[i] : 0, s, len, &c->vals[i], &c->scratch,
-                   NULL);
+        rv_from_pg(&set->conv, row->types ? row->types[i] : 0, s, len, &c->vals[i], &c->scratch);
     }
     for (size_t i = 0; i < row->ncols; i++) {
         rval_t *v = &c->vals[i];

@@ -80,11 +80,12 @@ typedef struct rconv {
 } rconv_t;
 
 /**
- * Convert a Postgres text value of type oid to *out; converted text is appended to scratch
- * (out->s then points into scratch->p, which may move: call rv_fix() after all conversions).
+ * Convert a Postgres text value of type oid to *out. Unconverted text points into `text`;
+ * converted text or blobs are appended to scratch, and then out->s is NULL and out->i is the
+ * offset in scratch (scratch->p may move while a row is converted; resolve afterwards).
  */
 void rv_from_pg(const rconv_t *cv, uint32_t oid, const char *text, size_t len, rval_t *out,
-                rbuf_t *scratch, size_t *scratch_off);
+                rbuf_t *scratch);
 
 /* ---- SQL subset: tokens, AST (rules_sql.c) -------------------------------------------- */
 

@@ -433,9 +433,8 @@ static int conv_array(const rconv_t *cv, uint32_t elem, const char **p, const ch
 }
 
 void rv_from_pg(const rconv_t *cv, uint32_t oid, const char *s, size_t len, rval_t *out,
-                rbuf_t *scratch, size_t *unused)
+                rbuf_t *scratch)
 {
-    (void)unused;
     if (!s) {
         out->t = SQLITE_NULL;
         return;
