@@ -106,18 +106,23 @@ static json_t *segment_json(const char *seg, size_t len)
     return j;
 }
 
+#define DATE_MAX 9000000000000000LL /* far beyond any real date, far from overflow */
+
 /* A NumericDate claim: 1 with *out set, 0 when absent, -1 when not a finite number. */
 static int numeric_date(json_t *claims, const char *name, long long *out)
 {
     json_t *v = json_object_get(claims, name);
     if (v == NULL) return 0;
     if (json_is_integer(v)) {
-        *out = (long long)json_integer_value(v);
+        json_int_t i = json_integer_value(v);
+        if (i > DATE_MAX || i < -DATE_MAX) /* keeps exp + leeway, exp - iat from overflowing */
+            return -1;
+        *out = (long long)i;
         return 1;
     }
     if (json_is_real(v)) {
         double d = json_real_value(v);
-        if (!isfinite(d) || d > 9e15 || d < -9e15) return -1;
+        if (!isfinite(d) || d > (double)DATE_MAX || d < -(double)DATE_MAX) return -1;
         *out = (long long)floor(d);
         return 1;
     }

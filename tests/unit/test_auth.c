@@ -388,6 +388,11 @@ START_TEST(test_auth_verify_claims)
         {claims(n, n + 3600, ",\"parameters\":[1]"), AUTH_EMALFORMED},
         {claims(n, n + 3600, ",\"parameters\":\"x\""), AUTH_EMALFORMED},
         {claims(n, n + 3600, ",\"parameters\":{}"), 0},
+        {"{\"sub\":\"u\",\"iat\":-9223372036854775807,\"exp\":9223372036854775807}",
+         AUTH_EMALFORMED},
+        {"{\"sub\":\"u\",\"iat\":0,\"exp\":1e300}", AUTH_EMALFORMED},
+        {"{\"sub\":\"u\",\"iat\":0,\"exp\":\"2030\"}", AUTH_EMALFORMED},
+        {"{\"sub\":7,\"iat\":0,\"exp\":1}", AUTH_EMALFORMED},
         {"{\"iat\":1,\"exp\":2,\"aud\":\"ferry\",\"iss\":\"" ISSUER "\"}", AUTH_EMISSING},
         {NULL, 0},
     };
