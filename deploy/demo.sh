@@ -57,7 +57,10 @@ start() {
   eval "$pgenv"
   psql -q "$FERRY_PG_URI" -c "CREATE DATABASE app" >/dev/null
   local app_uri=${FERRY_PG_URI%/*}/app
+  psql -q -v ON_ERROR_STOP=1 "$app_uri" -f "$root/deploy/demo/schema.sql" >/dev/null
+  cp "$root/deploy/demo/sync-rules.yaml" "$var/sync-rules.yaml"
   echo "   postgres is at $app_uri (data in $PGTMP)"
+  echo "   demo schema: orgs, members, lists, todos, announcements (deploy/demo/schema.sql)"
 
   local port=${DEMO_PORT:-8080}
   if port_in_use "$port"; then
@@ -97,6 +100,7 @@ YAML
     echo "demo: ferry did not start; its log:" >&2; cat "$var/ferry.log" >&2; stop; exit 1
   fi
   echo "   ferry $("$ferry" version | cut -d' ' -f2-) runs as pid $(cat "$var/ferry.pid")"
+  echo "   sync rules: $var/sync-rules.yaml (deploy/demo/sync-rules.yaml)"
   pause
 
   say "Liveness and readiness probes"
@@ -104,6 +108,32 @@ YAML
   echo "   $(curl -s "$base/probes/liveness")"
   echo "   \$ curl $base/probes/readiness"
   echo "   $(curl -s "$base/probes/readiness")"
+  pause
+
+  say "Replication: Postgres rows in bucket storage"
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/probes/readiness")" = 200 ] && break
+    sleep 0.1
+  done
+  echo "   \$ ferry debug dump   (each bucket's rows, as clients will receive them)"
+  "$ferry" debug dump --config "$var/ferry.yaml" | sed 's/^/   /' | head -20
+  pause
+
+  say "A change made with psql arrives in storage"
+  echo "   \$ psql -c \"UPDATE todos SET completed = true WHERE id = 't1'\""
+  psql -q "$app_uri" -c "UPDATE todos SET completed = true WHERE id = 't1'"
+  for _ in $(seq 1 50); do
+    "$ferry" debug dump --config "$var/ferry.yaml" | grep -q '"id":"t1","data":{[^}]*"completed":1' && break
+    sleep 0.1
+  done
+  "$ferry" debug dump --config "$var/ferry.yaml" | grep '"id":"t1"' | sed 's/^/   /'
+  pause
+
+  say "Which buckets a user gets"
+  local token
+  token=$("$ferry" token --config "$var/ferry.yaml" --sub alice)
+  echo "   \$ ferry rules explain sync-rules.yaml --token \$(ferry token --sub alice) --db …"
+  "$ferry" rules explain "$var/sync-rules.yaml" --token "$token" --db "$app_uri" --rule-version 1 2>&1 | sed 's/^/   /'
   pause
 
   say "Errors always have one JSON shape"
@@ -118,6 +148,7 @@ YAML
   say "The demo is running"
   cat <<TXT
    endpoint:  $base
+   token:     $token   (user alice, 1 hour; more: build/ferry token --config $var/ferry.yaml --sub bob)
    config:    $var/ferry.yaml
    ferry log: $var/ferry.log
    postgres:  psql $app_uri

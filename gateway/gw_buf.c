@@ -96,3 +96,19 @@ void gw_buf_free(gw_buf_t *b)
     b->data = NULL;
     b->len = b->cap = 0;
 }
+
+int gw_buf_read_file(gw_buf_t *b, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return -1;
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        gw_buf_append(b, chunk, n);
+    int bad = ferror(f);
+    fclose(f);
+    if (b->data == NULL)
+        gw_buf_append(b, "", 0);
+    return bad ? -1 : 0;
+}

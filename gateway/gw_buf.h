@@ -33,4 +33,7 @@ void gw_buf_reset(gw_buf_t *b);
 /** Release the memory; the buffer may be reused. */
 void gw_buf_free(gw_buf_t *b);
 
+/** Append the whole file at path to b; 0, or -1 with errno set (b keeps what was read). */
+int gw_buf_read_file(gw_buf_t *b, const char *path);
+
 #endif

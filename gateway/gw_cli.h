@@ -16,6 +16,9 @@ int gw_cli_rules(int argc, char **argv);
 /** `ferry token --config FILE --sub USER ...`: mint a development token (gw_cli_token.c). */
 int gw_cli_token(int argc, char **argv);
 
+/** `ferry debug dump|oracle --config FILE`: storage contents vs. the rules over SQL. */
+int gw_cli_debug(int argc, char **argv);
+
 /** `ferry config keys|check --config FILE`: list accepted keys, or validate a file (main.c). */
 int gw_cli_config(int argc, char **argv);
 

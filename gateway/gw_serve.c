@@ -1,9 +1,11 @@
 /* gw_serve.c -- `ferry serve`: load the config, start the HTTP server, run until a signal
  *
- * Start-up order: config -> logging -> open-files limit -> metrics -> HTTP (bind first, so a port
- * conflict fails fast and clearly) -> routes -> loop threads. The main thread then waits in
- * sigwait() for SIGTERM/SIGINT (blocked in every thread), and shutdown runs in reverse: stop
- * accepting, finish or close streams, join the loops, release everything, exit 0 within 5 s.
+ * Start-up order: config -> logging -> open-files limit -> metrics -> sync rules (a bad file stops
+ * here with its diagnostics) -> storage -> HTTP (bind first, so a port conflict fails fast and
+ * clearly) -> routes -> replicator thread -> loop threads. The main thread then waits in sigwait()
+ * for SIGTERM/SIGINT (blocked in every thread), and shutdown runs in reverse: stop accepting,
+ * finish or close streams, join the loops, stop the replicator (it commits nothing half-done),
+ * release everything, exit 0 within 5 s.
  */
 #include "gw_buf.h"
 #include "gw_cli.h"
@@ -11,6 +13,9 @@
 #include "gw_http.h"
 #include "gw_log.h"
 #include "gw_metrics.h"
+#include "gw_repl.h"
+#include "gw_rules.h"
+#include "gw_storage.h"
 #include "gw_version.h"
 
 #include <getopt.h>
@@ -18,7 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 const char *gw_cli_config_path(const char *flag_value)
 {
@@ -80,6 +87,20 @@ static void raise_nofile(void)
             (unsigned long long)rl.rlim_max);
 }
 
+/* Create the folder that will hold path when it is missing (one level, like the demo's var/). */
+static void ensure_parent_dir(const char *path)
+{
+    char dir[1024];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL || slash == dir)
+        return;
+    *slash = '\0';
+    if (mkdir(dir, 0750) != 0 && errno != EEXIST)
+        gw_warn("main", "could not create the storage folder", "dir=%s error=\"%s\"", dir,
+                strerror(errno));
+}
+
 static void serve_usage(FILE *out)
 {
     fprintf(out, "usage: ferry serve --config FILE\n"
@@ -139,6 +160,29 @@ int gw_cli_serve(int argc, char **argv)
     raise_nofile();
     gw_metrics_init();
 
+    rules_set_t *rules = NULL;
+    char rules_hash[32];
+    if (gw_rules_load(cfg.sync_rules.path, &rules, rules_hash, sizeof(rules_hash), stderr,
+                      &err) != 0) {
+        fprintf(stderr, "ferry: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        gw_config_free(&cfg);
+        return 1;
+    }
+    ensure_parent_dir(cfg.storage.path);
+    gw_storage_t *storage = NULL;
+    gw_repl_t *repl = NULL;
+    if (gw_storage_open(cfg.storage.path, &storage, &err) != 0 ||
+        gw_repl_create(&cfg, rules, rules_hash, storage, &repl, &err) != 0) {
+        fprintf(stderr, "ferry: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        if (repl == NULL)
+            gw_storage_close(storage);
+        rules_unref(rules);
+        gw_config_free(&cfg);
+        return 1;
+    }
+    gw_info("main", "sync rules loaded", "file=%s version=%s", cfg.sync_rules.path,
+            gw_repl_version(repl));
+
     gw_http_t *http = NULL;
     if (gw_http_create(&http, &cfg, &err) != 0) {
         gw_error("main", gw_err_format(&err, msg, sizeof(msg)), NULL);
@@ -146,6 +190,8 @@ int gw_cli_serve(int argc, char **argv)
             fprintf(stderr, "ferry: %s\n       %s\n", msg, err.detail);
         else
             fprintf(stderr, "ferry: %s\n", msg);
+        gw_repl_destroy(repl);
+        rules_unref(rules);
         gw_config_free(&cfg);
         return 1;
     }
@@ -155,10 +201,14 @@ int gw_cli_serve(int argc, char **argv)
                   on_readiness, NULL);
     gw_http_route(http, "/metrics", "metrics", GW_HTTP_GET | GW_HTTP_HEAD, on_metrics, NULL);
 
-    if (gw_http_start(http, &err) != 0) {
+    gw_metrics_add_collector(gw_repl_metrics, repl);
+
+    if (gw_repl_start(repl, &err) != 0 || gw_http_start(http, &err) != 0) {
         gw_error("main", gw_err_format(&err, msg, sizeof(msg)), NULL);
         gw_http_shutdown(http, 0);
         gw_http_destroy(http);
+        gw_repl_destroy(repl);
+        rules_unref(rules);
         gw_config_free(&cfg);
         return 1;
     }
@@ -170,6 +220,8 @@ int gw_cli_serve(int argc, char **argv)
     gw_info("main", "shutting down", "signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     gw_http_shutdown(http, 3000);
     gw_http_destroy(http);
+    gw_repl_destroy(repl);
+    rules_unref(rules);
     gw_config_free(&cfg);
     gw_info("main", "stopped", NULL);
     return 0;

@@ -4,6 +4,7 @@
  *   ferry rules check FILE           compile sync rules, print errors and warnings
  *   ferry rules explain FILE ...     which buckets a token gets, and why
  *   ferry token --config FILE ...    mint a development token
+ *   ferry debug dump|oracle ...      inspect bucket storage / what the rules select now
  *   ferry config keys                list every accepted configuration key
  *   ferry config check --config FILE validate a configuration file
  *   ferry version | help
@@ -31,6 +32,9 @@ static void usage(FILE *out)
             "                               show which buckets a token gets, and why\n"
             "  token --config FILE --sub USER [--claim k=v]... [--ttl S] [--kid KID]\n"
             "                               print a development token\n"
+            "  debug dump --config FILE [--bucket B] [--checksums]\n"
+            "                               print the rows stored in each bucket\n"
+            "  debug oracle --config FILE   print what the rules select from postgres now\n"
             "  config keys                  list every configuration key\n"
             "  config check --config FILE   validate a configuration file\n"
             "  version                      print the version\n"
@@ -85,6 +89,8 @@ int main(int argc, char **argv)
         return gw_cli_rules(argc - 1, argv + 1);
     if (strcmp(cmd, "token") == 0)
         return gw_cli_token(argc - 1, argv + 1);
+    if (strcmp(cmd, "debug") == 0)
+        return gw_cli_debug(argc - 1, argv + 1);
     if (strcmp(cmd, "config") == 0)
         return gw_cli_config(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

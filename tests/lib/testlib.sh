@@ -96,8 +96,16 @@ new_db() {
   echo "${FERRY_PG_URI%/*}/$1"
 }
 
-# write_config FILE PORT [EXTRA YAML]: a minimal valid ferry.yaml
+# write_config FILE PORT [EXTRA YAML]: a minimal valid ferry.yaml, with a sync-rules.yaml beside
+# it (unless one exists) and storage in the same folder
 write_config() {
+  local dir; dir=$(dirname "$1")
+  [ -f "$dir/sync-rules.yaml" ] || cat >"$dir/sync-rules.yaml" <<'YAML'
+bucket_definitions:
+  global:
+    data:
+      - SELECT id, name FROM lists
+YAML
   cat >"$1" <<YAML
 log_level: debug
 http:
@@ -112,4 +120,69 @@ auth:
     - { kid: test, alg: HS256, secret: "test-secret-test-secret-test-secret" }
 ${3:-}
 YAML
+}
+
+# converged CONFIG [SECONDS]: wait until `ferry debug dump` equals `ferry debug oracle` (storage
+# holds exactly what the rules select from Postgres now); 0 when it does, 1 after SECONDS
+# (default 20) with the difference in $T_TMP/converge.diff
+converged() {
+  local cfg=$1 secs=${2:-20} i
+  for ((i = 0; i < secs * 5; i++)); do
+    "$FERRY_BIN" debug dump --config "$cfg" >"$T_TMP/dump.txt" 2>"$T_TMP/dump.err"
+    "$FERRY_BIN" debug oracle --config "$cfg" >"$T_TMP/oracle.txt" 2>"$T_TMP/oracle.err"
+    if [ -s "$T_TMP/oracle.txt" ] && cmp -s "$T_TMP/dump.txt" "$T_TMP/oracle.txt"; then return 0; fi
+    sleep 0.2
+  done
+  diff "$T_TMP/dump.txt" "$T_TMP/oracle.txt" >"$T_TMP/converge.diff"
+  return 1
+}
+
+# checksums_ok CONFIG: every bucket's stored checksum/count equals the sum/number of its ops
+checksums_ok() {
+  "$FERRY_BIN" debug dump --config "$1" --checksums |
+    sed -E 's/.*"checksum":([0-9]+),"count":([0-9]+),"ops_checksum":([0-9]+),"ops":([0-9]+)\}$/\1 \2 \3 \4/' |
+    awk 'NF != 4 || $1 != $3 || $2 != $4 { bad++ } END { exit bad > 0 }'
+}
+
+# replication_config FILE PORT DB_URI: a ferry.yaml for replication tests (rules written separately)
+replication_config() {
+  cat >"$1" <<YAML
+log_level: info
+http:
+  listen: "127.0.0.1:$2"
+  threads: 2
+postgres:
+  uri: "$3"
+replication:
+  snapshot_chunk_rows: ${SNAPSHOT_CHUNK_ROWS:-1000}
+  slot_prefix: ${SLOT_PREFIX:-ferry}
+storage:
+  path: storage.db
+auth:
+  audience: [ferry]
+  keys:
+    - { kid: test, alg: HS256, secret: "test-secret-test-secret-test-secret" }
+YAML
+}
+
+# wait_ready PORT [SECONDS]: wait until /probes/readiness answers 200
+wait_ready() {
+  local i
+  for ((i = 0; i < ${2:-20} * 20; i++)); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/probes/readiness")" = 200 ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+# wait_match URL REGEX [SECONDS]: poll URL until its body matches REGEX; prints the last body
+wait_match() {
+  local i body
+  for ((i = 0; i < ${3:-10} * 10; i++)); do
+    body=$(curl -s "$1")
+    [[ "$body" =~ $2 ]] && { echo "$body"; return 0; }
+    sleep 0.1
+  done
+  echo "$body"
+  return 1
 }

@@ -1,0 +1,45 @@
+/* gw_map.h -- a string-keyed hash map (open addressing, linear probing)
+ *
+ * Keys are copied and owned by the map; values are opaque pointers owned by the caller. Not
+ * thread-safe. Used for caches on hot paths (bucket name -> bucket state, relid -> relation).
+ */
+#ifndef GW_MAP_H
+#define GW_MAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct gw_map_entry {
+    char *key; /* NULL: empty slot */
+    uint64_t hash;
+    void *value;
+} gw_map_entry_t;
+
+typedef struct gw_map {
+    gw_map_entry_t *slots;
+    size_t cap; /* power of two */
+    size_t n;
+} gw_map_t;
+
+/** FNV-1a of len bytes. */
+uint64_t gw_hash(const void *p, size_t len);
+
+/** Initialise an empty map. */
+void gw_map_init(gw_map_t *m);
+
+/** The value stored under key, or NULL. */
+void *gw_map_get(const gw_map_t *m, const char *key);
+
+/** Store value under key (replacing); returns the previous value or NULL. */
+void *gw_map_put(gw_map_t *m, const char *key, void *value);
+
+/** Remove key; returns its value or NULL. */
+void *gw_map_del(gw_map_t *m, const char *key);
+
+/** Call fn for every entry (order unspecified); fn must not change the map. */
+void gw_map_each(const gw_map_t *m, void (*fn)(const char *key, void *value, void *ud), void *ud);
+
+/** Release the keys and slots (values are the caller's). */
+void gw_map_free(gw_map_t *m);
+
+#endif

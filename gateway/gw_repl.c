@@ -1,0 +1,1366 @@
+/* gw_repl.c -- the replicator thread: source check, slot, snapshot, streaming (see gw_repl.h)
+ *
+ * State machine (one pass of run_once(); any failure returns to BACKOFF):
+ *
+ *   CHECK ----------> SLOT ------------> SNAPSHOT -----------> STREAM
+ *   check_source()    ensure_slot()      snapshot_table()       stream()
+ *     | fails           creates the        per table, chunked     START_REPLICATION from the
+ *     v                 permanent slot     in key order;          stored LSN; commits become
+ *   BACKOFF (0.5 s,     before any table   progress stored per    storage commits, then the
+ *   doubling to 5 s)    is read              chunk; marks "no       LSN is acknowledged
+ *                                          checkpoint before"
+ *
+ * Invariants:
+ *   1. A storage commit holds every change of the source transactions it covers plus their end
+ *      LSN; the LSN is acknowledged to Postgres only after that commit (flush_batch()).
+ *   2. A transaction whose commit LSN is below the stored LSN was already applied and is skipped
+ *      (exactly once across restarts).
+ *   3. Storage becomes consistent at the first commit at or past the highest "no checkpoint
+ *      before" mark of the snapshot; until then readiness is 503.
+ *   4. A row with an unchanged-TOAST value is completed from the stored copy (or re-read by key)
+ *      before it is evaluated; a row with holes is never evaluated.
+ */
+#include "gw_repl.h"
+#include "gw_log.h"
+#include "gw_map.h"
+#include "gw_metrics.h"
+#include "gw_pg.h"
+#include "gw_pgoutput.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BATCH_MAX_CHANGES 20000
+#define BATCH_MAX_MS 100
+#define STATUS_INTERVAL_MS 10000
+
+typedef struct rel {
+    uint32_t relid;
+    char *schema, *name, *qname; /* qname: "schema.name" */
+    int tracked;
+    char replident;
+    size_t ncols;
+    char **names;
+    uint32_t *types;
+    int *is_key;
+} rel_t;
+
+typedef struct snap_table {
+    char *schema, *name, *qname;
+    char *sql_ident; /* "schema"."name", quoted */
+} snap_table_t;
+
+struct gw_repl {
+    char *uri, *publication, *slot_prefix;
+    long chunk_rows;
+    rules_set_t *rules;
+    char version[32];
+    char slot[160];
+    gw_storage_t *st;
+    pthread_t tid;
+    int running;
+    _Atomic int stop;
+    int ready_id;
+
+    PGconn *q;  /* queries (source check, snapshot, TOAST re-reads) */
+    PGconn *rc; /* replication */
+    gw_map_t rels; /* "relid" -> rel_t* */
+    snap_table_t *tables;
+    size_t ntables;
+    uint64_t nocp_lsn; /* highest "no checkpoint before" mark */
+
+    gw_arena_t arena;
+    rules_ops_t ops;
+    rules_lookups_t lookups;
+    gw_buf_t copy, key;
+
+    /* streaming batch */
+    int in_pg_txn, skip_txn;
+    int batch_open;
+    uint64_t batch_lsn;
+    size_t batch_changes;
+    struct timespec batch_started;
+    uint64_t acked_lsn;
+    struct timespec last_status;
+
+    /* observability (read from other threads) */
+    _Atomic uint64_t m_snapshot_rows, m_snapshot_estimate, m_changes, m_txns, m_commits;
+    _Atomic uint64_t m_lsn, m_server_wal_end;
+    _Atomic int m_phase; /* 0 check, 1 slot, 2 snapshot, 3 streaming, 4 backoff */
+};
+
+static const char *const phase_names[] = {"checking source", "creating slot", "snapshot",
+                                          "streaming", "retrying"};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t elapsed_ms(const struct timespec *since)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)(now.tv_sec - since->tv_sec) * 1000 +
+           (uint64_t)((now.tv_nsec - since->tv_nsec) / 1000000);
+}
+
+static void set_phase(gw_repl_t *r, int phase, const char *reason)
+{
+    atomic_store(&r->m_phase, phase);
+    if (!gw_storage_consistent(r->st))
+        gw_ready_set(r->ready_id, 0, reason != NULL ? reason : phase_names[phase]);
+}
+
+static int valid_name(const char *s)
+{
+    if (s == NULL || s[0] == '\0' || strlen(s) > 63)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return 0;
+    return 1;
+}
+
+/* ---- version ---- */
+
+static int resolve_version(gw_repl_t *r, const char *hash, gw_err_t *err)
+{
+    char stored_hash[128] = "", stored_version[32] = "", slot[160] = "";
+    gw_storage_state_get(r->st, "rules_hash", stored_hash, sizeof(stored_hash));
+    gw_storage_state_get(r->st, "rules_version", stored_version, sizeof(stored_version));
+    gw_storage_state_get(r->st, "slot", slot, sizeof(slot));
+    if (stored_version[0] != '\0' && strcmp(stored_hash, hash) == 0) {
+        snprintf(r->version, sizeof(r->version), "%s", stored_version);
+        snprintf(r->slot, sizeof(r->slot), "%s", slot);
+        return 0;
+    }
+    long v = stored_version[0] != '\0' ? strtol(stored_version, NULL, 10) + 1 : 1;
+    snprintf(r->version, sizeof(r->version), "%ld", v);
+    snprintf(r->slot, sizeof(r->slot), "%s_%ld", r->slot_prefix, v);
+    if (stored_version[0] != '\0')
+        gw_info("repl", "the sync rules changed: building a new rule version",
+                "old_version=%s version=%s", stored_version, r->version);
+    int rc = gw_storage_begin(r->st, err);
+    if (rc == 0)
+        rc = gw_storage_state_set(r->st, "rules_hash", hash, err);
+    if (rc == 0)
+        rc = gw_storage_state_set(r->st, "rules_version", r->version, err);
+    if (rc == 0)
+        rc = gw_storage_state_set(r->st, "slot", r->slot, err);
+    if (rc == 0 && slot[0] != '\0')
+        rc = gw_storage_state_set(r->st, "old_slot", slot, err);
+    if (rc == 0)
+        rc = gw_storage_set_consistent(r->st, 0, err);
+    if (rc == 0)
+        rc = gw_storage_state_set(r->st, "slot_created", "0", err);
+    if (rc == 0)
+        rc = gw_storage_commit(r->st, 0, err);
+    return rc;
+}
+
+const char *gw_repl_version(const gw_repl_t *r)
+{
+    return r->version;
+}
+
+/* ---- lifecycle ---- */
+
+int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules_hash,
+                   gw_storage_t *storage, gw_repl_t **out, gw_err_t *err)
+{
+    if (!valid_name(cfg->replication.publication))
+        return gw_err_set(err, GW_ECONFIG, "replication.publication",
+                          "\"%s\" must be a lowercase name of letters, digits and _",
+                          cfg->replication.publication);
+    if (!valid_name(cfg->replication.slot_prefix) || strlen(cfg->replication.slot_prefix) > 40)
+        return gw_err_set(err, GW_ECONFIG, "replication.slot_prefix",
+                          "\"%s\" must be a lowercase name of letters, digits and _ (at most 40)",
+                          cfg->replication.slot_prefix);
+    gw_repl_t *r = gw_xcalloc(1, sizeof(*r));
+    r->uri = gw_xstrdup(cfg->postgres.uri);
+    r->publication = gw_xstrdup(cfg->replication.publication);
+    r->slot_prefix = gw_xstrdup(cfg->replication.slot_prefix);
+    r->chunk_rows = cfg->replication.snapshot_chunk_rows;
+    r->rules = rules_ref(rules);
+    r->st = storage;
+    gw_map_init(&r->rels);
+    gw_arena_init(&r->arena, 65536);
+    r->ready_id = gw_ready_register("replication", "starting");
+    int rc = resolve_version(r, rules_hash, err);
+    if (rc != 0) {
+        r->st = NULL;
+        gw_repl_destroy(r);
+        return rc;
+    }
+    if (gw_storage_consistent(storage))
+        gw_ready_set(r->ready_id, 1, NULL);
+    *out = r;
+    return 0;
+}
+
+static void free_rel(const char *key, void *value, void *ud)
+{
+    (void)key;
+    (void)ud;
+    rel_t *rel = value;
+    free(rel->schema);
+    free(rel->name);
+    free(rel->qname);
+    for (size_t i = 0; i < rel->ncols; i++)
+        free(rel->names[i]);
+    free(rel->names);
+    free(rel->types);
+    free(rel->is_key);
+    free(rel);
+}
+
+static void free_tables(gw_repl_t *r)
+{
+    for (size_t i = 0; i < r->ntables; i++) {
+        free(r->tables[i].schema);
+        free(r->tables[i].name);
+        free(r->tables[i].qname);
+        free(r->tables[i].sql_ident);
+    }
+    free(r->tables);
+    r->tables = NULL;
+    r->ntables = 0;
+}
+
+static void disconnect(gw_repl_t *r)
+{
+    if (r->q != NULL)
+        PQfinish(r->q);
+    if (r->rc != NULL)
+        PQfinish(r->rc);
+    r->q = r->rc = NULL;
+    gw_map_each(&r->rels, free_rel, NULL);
+    gw_map_free(&r->rels);
+    gw_map_init(&r->rels);
+    if (gw_storage_in_txn(r->st))
+        gw_storage_rollback(r->st);
+    r->batch_open = 0;
+    r->in_pg_txn = 0;
+}
+
+void gw_repl_stop(gw_repl_t *r)
+{
+    if (r == NULL || !r->running)
+        return;
+    atomic_store(&r->stop, 1);
+    pthread_join(r->tid, NULL);
+    r->running = 0;
+}
+
+void gw_repl_destroy(gw_repl_t *r)
+{
+    if (r == NULL)
+        return;
+    gw_repl_stop(r);
+    disconnect(r);
+    gw_map_free(&r->rels);
+    free_tables(r);
+    gw_storage_close(r->st);
+    rules_unref(r->rules);
+    rules_ops_free(&r->ops);
+    rules_lookups_free(&r->lookups);
+    gw_buf_free(&r->copy);
+    gw_buf_free(&r->key);
+    gw_arena_free(&r->arena);
+    free(r->uri);
+    free(r->publication);
+    free(r->slot_prefix);
+    free(r);
+}
+
+/* ---- source check ---- */
+
+static int table_matches(const rules_table_t *t, const char *schema, const char *name)
+{
+    const char *ts = t->schema != NULL ? t->schema : "public";
+    if (strcmp(ts, schema) != 0)
+        return 0;
+    size_t n = strlen(t->name);
+    if (n > 0 && t->name[n - 1] == '%')
+        return strncmp(t->name, name, n - 1) == 0;
+    return strcmp(t->name, name) == 0;
+}
+
+static int is_tracked(gw_repl_t *r, const char *schema, const char *name)
+{
+    size_t n = rules_table_count(r->rules);
+    for (size_t i = 0; i < n; i++) {
+        const rules_table_t *t = rules_table_at(r->rules, i);
+        if ((t->uses & (RULES_USE_DATA | RULES_USE_LOOKUP)) && table_matches(t, schema, name))
+            return 1;
+    }
+    return 0;
+}
+
+static void source_problem(gw_repl_t *r, const char *what, const char *fix)
+{
+    gw_error("repl", what, "fix=\"%s\"", fix);
+    char reason[512];
+    snprintf(reason, sizeof(reason), "%s; fix: %s", what, fix);
+    gw_ready_set(r->ready_id, gw_storage_consistent(r->st), reason);
+}
+
+static int check_source(gw_repl_t *r, gw_err_t *err)
+{
+    char msg[512], fix[512];
+    PGresult *res = gw_pg_query(r->q, "SHOW wal_level", err);
+    if (res == NULL)
+        return GW_EPG;
+    int ok = strcmp(PQgetvalue(res, 0, 0), "logical") == 0;
+    snprintf(msg, sizeof(msg), "wal_level is \"%s\", logical replication needs \"logical\"",
+             PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (!ok) {
+        source_problem(r, msg, "ALTER SYSTEM SET wal_level = logical; then restart postgres");
+        return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+    }
+    res = gw_pg_query(r->q,
+                      "SELECT rolreplication OR rolsuper, current_user FROM pg_roles WHERE "
+                      "rolname = current_user",
+                      err);
+    if (res == NULL)
+        return GW_EPG;
+    ok = PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+    char *role = gw_xstrdup(PQntuples(res) == 1 ? PQgetvalue(res, 0, 1) : "?");
+    PQclear(res);
+    if (!ok) {
+        snprintf(msg, sizeof(msg), "role \"%s\" may not replicate", role);
+        snprintf(fix, sizeof(fix), "ALTER ROLE \"%s\" REPLICATION;", role);
+        free(role);
+        source_problem(r, msg, fix);
+        return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+    }
+    free(role);
+    const char *pv[1] = {r->publication};
+    res = gw_pg_query_params(r->q,
+                             "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM "
+                             "pg_publication WHERE pubname = $1",
+                             1, pv, err);
+    if (res == NULL)
+        return GW_EPG;
+    int exists = PQntuples(res) == 1;
+    ok = exists && PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    if (!exists) {
+        snprintf(msg, sizeof(msg), "publication \"%s\" does not exist", r->publication);
+        snprintf(fix, sizeof(fix), "CREATE PUBLICATION %s FOR ALL TABLES;", r->publication);
+        source_problem(r, msg, fix);
+        return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+    }
+    if (!ok) {
+        snprintf(msg, sizeof(msg),
+                 "publication \"%s\" must publish insert, update, delete and truncate",
+                 r->publication);
+        snprintf(fix, sizeof(fix),
+                 "ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');",
+                 r->publication);
+        source_problem(r, msg, fix);
+        return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+    }
+    /* every table the rules read must exist in the publication and have a usable identity */
+    size_t nrt = rules_table_count(r->rules);
+    for (size_t i = 0; i < nrt; i++) {
+        const rules_table_t *t = rules_table_at(r->rules, i);
+        if (!(t->uses & (RULES_USE_DATA | RULES_USE_LOOKUP)))
+            continue;
+        const char *schema = t->schema != NULL ? t->schema : "public";
+        size_t n = strlen(t->name);
+        if (n > 0 && t->name[n - 1] == '%')
+            continue; /* patterns match whatever the publication has */
+        const char *p2[3] = {r->publication, schema, t->name};
+        res = gw_pg_query_params(
+            r->q,
+            "SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid "
+            "AND i.indisprimary), EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname "
+            "= $1 AND p.schemaname = $2 AND p.tablename = $3) FROM pg_class c JOIN "
+            "pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $2 AND c.relname = $3",
+            3, p2, err);
+        if (res == NULL)
+            return GW_EPG;
+        if (PQntuples(res) == 0) {
+            PQclear(res);
+            gw_warn("repl", "a table the sync rules read does not exist; its rules match nothing",
+                    "table=%s.%s", schema, t->name);
+            continue;
+        }
+        char ident = PQgetvalue(res, 0, 0)[0];
+        int has_pk = PQgetvalue(res, 0, 1)[0] == 't';
+        int published = PQgetvalue(res, 0, 2)[0] == 't';
+        PQclear(res);
+        if (!published) {
+            snprintf(msg, sizeof(msg), "table \"%s.%s\" is not in publication \"%s\"", schema,
+                     t->name, r->publication);
+            snprintf(fix, sizeof(fix), "ALTER PUBLICATION %s ADD TABLE \"%s\".\"%s\";",
+                     r->publication, schema, t->name);
+            source_problem(r, msg, fix);
+            return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+        }
+        if (ident == 'n' || (ident == 'd' && !has_pk)) {
+            snprintf(msg, sizeof(msg),
+                     "table \"%s.%s\" has no primary key or replica identity, so its updates "
+                     "and deletes cannot be replicated",
+                     schema, t->name);
+            snprintf(fix, sizeof(fix),
+                     "ALTER TABLE \"%s\".\"%s\" ADD PRIMARY KEY (id); or ALTER TABLE "
+                     "\"%s\".\"%s\" REPLICA IDENTITY FULL;",
+                     schema, t->name, schema, t->name);
+            source_problem(r, msg, fix);
+            return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+        }
+    }
+    /* the tables to snapshot: published tables the rules read, in name order */
+    free_tables(r);
+    res = gw_pg_query_params(r->q,
+                             "SELECT schemaname, tablename FROM pg_publication_tables WHERE "
+                             "pubname = $1 ORDER BY 1, 2",
+                             1, pv, err);
+    if (res == NULL)
+        return GW_EPG;
+    r->tables = gw_xcalloc((size_t)PQntuples(res) + 1, sizeof(snap_table_t));
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *s = PQgetvalue(res, i, 0), *n = PQgetvalue(res, i, 1);
+        if (!is_tracked(r, s, n))
+            continue;
+        snap_table_t *t = &r->tables[r->ntables++];
+        t->schema = gw_xstrdup(s);
+        t->name = gw_xstrdup(n);
+        size_t ql = strlen(s) + strlen(n) + 2;
+        t->qname = gw_xmalloc(ql);
+        snprintf(t->qname, ql, "%s.%s", s, n);
+        char *qs = gw_pg_ident(r->q, s), *qn = gw_pg_ident(r->q, n);
+        size_t il = strlen(qs) + strlen(qn) + 2;
+        t->sql_ident = gw_xmalloc(il);
+        snprintf(t->sql_ident, il, "%s.%s", qs, qn);
+        free(qs);
+        free(qn);
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* ---- slot ---- */
+
+static int ensure_slot(gw_repl_t *r, gw_err_t *err)
+{
+    char created[8] = "";
+    gw_storage_state_get(r->st, "slot_created", created, sizeof(created));
+    const char *pv[1] = {r->slot};
+    PGresult *res = gw_pg_query_params(r->q,
+                                       "SELECT wal_status, database = current_database(), active "
+                                       "FROM pg_replication_slots WHERE slot_name = $1",
+                                       1, pv, err);
+    if (res == NULL)
+        return GW_EPG;
+    int exists = PQntuples(res) == 1;
+    int lost = exists && strcmp(PQgetvalue(res, 0, 0), "lost") == 0;
+    int same_db = exists && PQgetvalue(res, 0, 1)[0] == 't';
+    int active = exists && PQgetvalue(res, 0, 2)[0] == 't';
+    PQclear(res);
+    if (exists && !same_db) {
+        char msg[512], fix[256];
+        snprintf(msg, sizeof(msg),
+                 "replication slot \"%s\" belongs to another database (another ferry?)", r->slot);
+        snprintf(fix, sizeof(fix), "set replication.slot_prefix to a name no other ferry uses");
+        source_problem(r, msg, fix);
+        return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+    }
+    if (exists && !lost && created[0] == '1')
+        return 0;
+    if (created[0] == '1') {
+        /* our slot vanished (dropped, or its WAL was removed): the stream cannot resume */
+        char msg[512], fix[256];
+        snprintf(msg, sizeof(msg), "replication slot \"%s\" %s", r->slot,
+                 exists ? "lost WAL it needed (wal_status = lost)" : "was dropped");
+        snprintf(fix, sizeof(fix),
+                 "delete the storage file %s so ferry rebuilds it from a new snapshot",
+                 "(storage.path)");
+        source_problem(r, msg, fix);
+        return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+    }
+    if (exists) {
+        /* our leftover from a crash between creating the slot and storing that fact */
+        if (active) {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "replication slot \"%s\" is in use by another process",
+                     r->slot);
+            source_problem(r, msg, "stop the other ferry or set replication.slot_prefix");
+            return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+        }
+        char sql[256];
+        snprintf(sql, sizeof(sql), "SELECT pg_drop_replication_slot('%s')", r->slot);
+        if (gw_pg_exec(r->q, sql, err) != 0)
+            return GW_EPG;
+    }
+    char sql[256];
+    snprintf(sql, sizeof(sql), "CREATE_REPLICATION_SLOT %s LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+             r->slot);
+    res = gw_pg_query(r->rc, sql, err);
+    if (res == NULL)
+        return GW_EPG;
+    char lsntext[64];
+    snprintf(lsntext, sizeof(lsntext), "%s", PQgetvalue(res, 0, 1));
+    PQclear(res);
+    int rc = gw_storage_begin(r->st, err);
+    if (rc == 0)
+        rc = gw_storage_state_set(r->st, "slot_created", "1", err);
+    if (rc == 0)
+        rc = gw_storage_commit(r->st, 0, err);
+    if (rc == 0)
+        gw_info("repl", "created the replication slot", "slot=%s consistent_point=%s", r->slot,
+                lsntext);
+    return rc;
+}
+
+/* ---- applying one row ---- */
+
+/* Key text of a row: a single key column's value, else a JSON array of the key values. */
+static void row_key(gw_buf_t *out, size_t ncols, const int *is_key, const char *const *values,
+                    const size_t *lens)
+{
+    gw_buf_reset(out);
+    size_t nkeys = 0;
+    for (size_t i = 0; i < ncols; i++)
+        nkeys += is_key[i] != 0;
+    if (nkeys == 1) {
+        for (size_t i = 0; i < ncols; i++)
+            if (is_key[i]) {
+                if (values[i] != NULL)
+                    gw_buf_append(out, values[i], lens[i]);
+                else
+                    gw_buf_puts(out, "");
+            }
+        if (out->data == NULL)
+            gw_buf_puts(out, "");
+        return;
+    }
+    gw_buf_puts(out, "[");
+    int first = 1;
+    for (size_t i = 0; i < ncols; i++) {
+        if (!is_key[i])
+            continue;
+        if (!first)
+            gw_buf_puts(out, ",");
+        first = 0;
+        if (values[i] == NULL) {
+            gw_buf_puts(out, "null");
+        } else {
+            char *v = gw_xmalloc(lens[i] + 1);
+            memcpy(v, values[i], lens[i]);
+            v[lens[i]] = '\0';
+            gw_buf_json_str(out, v);
+            free(v);
+        }
+    }
+    gw_buf_puts(out, "]");
+}
+
+static int apply_row(gw_repl_t *r, const char *schema, const char *table, const char *qname,
+                     size_t ncols, const char *const *names, const uint32_t *types,
+                     const char *const *values, const size_t *lens, const char *key,
+                     gw_err_t *err)
+{
+    rules_row_t row = {.schema = schema,
+                       .table = table,
+                       .ncols = ncols,
+                       .names = names,
+                       .types = types,
+                       .values = values,
+                       .lens = lens};
+    rules_error_t rerr = {0};
+    rules_ops_free(&r->ops);
+    rules_lookups_free(&r->lookups);
+    int rc = rules_eval_row(r->rules, r->version, &row, &r->ops, &rerr);
+    if (rc == 0)
+        rc = rules_eval_lookups(r->rules, &row, &r->lookups, &rerr);
+    if (rc != 0) {
+        /* a row the rules cannot evaluate is skipped, loudly, rather than stopping replication */
+        gw_error("repl", "could not evaluate the sync rules for a row; skipping it",
+                 "table=%s error=\"%s\"", qname, rerr.message);
+        return 0;
+    }
+    gw_buf_reset(&r->copy);
+    gw_storage_row_encode(&r->copy, ncols, names, values, lens);
+    gw_row_ref_t ref = {.table = qname, .key = key};
+    return gw_storage_put_row(r->st, &ref, &r->ops, &r->lookups, r->copy.data, r->copy.len, err);
+}
+
+/* ---- snapshot ---- */
+
+typedef struct keycols {
+    size_t n;
+    char **names; /* quoted identifiers */
+    char **raw;   /* plain names */
+    char **types; /* format_type() */
+} keycols_t;
+
+static void keycols_free(keycols_t *k)
+{
+    for (size_t i = 0; i < k->n; i++) {
+        free(k->names[i]);
+        free(k->raw[i]);
+        free(k->types[i]);
+    }
+    free(k->names);
+    free(k->raw);
+    free(k->types);
+    memset(k, 0, sizeof(*k));
+}
+
+static int load_keycols(gw_repl_t *r, const snap_table_t *t, keycols_t *k, gw_err_t *err)
+{
+    const char *pv[1] = {t->sql_ident};
+    PGresult *res = gw_pg_query_params(
+        r->q,
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i JOIN "
+        "pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) WHERE "
+        "i.indrelid = $1::regclass AND (i.indisprimary OR i.indisreplident) ORDER BY "
+        "i.indisprimary DESC, array_position(i.indkey::int2[], a.attnum)",
+        1, pv, err);
+    if (res == NULL)
+        return GW_EPG;
+    memset(k, 0, sizeof(*k));
+    int n = PQntuples(res);
+    k->names = gw_xcalloc((size_t)n + 1, sizeof(char *));
+    k->raw = gw_xcalloc((size_t)n + 1, sizeof(char *));
+    k->types = gw_xcalloc((size_t)n + 1, sizeof(char *));
+    for (int i = 0; i < n; i++) {
+        /* the primary key's columns come first; stop at the first duplicate (replident index) */
+        int dup = 0;
+        for (size_t j = 0; j < k->n; j++)
+            dup |= strcmp(k->raw[j], PQgetvalue(res, i, 0)) == 0;
+        if (dup)
+            break;
+        k->raw[k->n] = gw_xstrdup(PQgetvalue(res, i, 0));
+        k->names[k->n] = gw_pg_ident(r->q, PQgetvalue(res, i, 0));
+        k->types[k->n] = gw_xstrdup(PQgetvalue(res, i, 1));
+        k->n++;
+    }
+    PQclear(res);
+    return 0;
+}
+
+static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
+{
+    char statekey[512], progress[4096] = "";
+    snprintf(statekey, sizeof(statekey), "snap:%s:%s", r->version, t->qname);
+    gw_storage_state_get(r->st, statekey, progress, sizeof(progress));
+    if (strcmp(progress, "done") == 0)
+        return 0;
+    keycols_t k;
+    if (load_keycols(r, t, &k, err) != 0)
+        return GW_EPG;
+    const char *pv[1] = {t->sql_ident};
+    PGresult *res = gw_pg_query_params(
+        r->q, "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::regclass", 1,
+        pv, err);
+    uint64_t estimate = res != NULL && PQntuples(res) == 1 ? strtoull(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+    PQclear(res);
+    atomic_fetch_add(&r->m_snapshot_estimate, estimate);
+    gw_info("repl", "snapshotting a table", "table=%s estimated_rows=%llu resume=%s", t->qname,
+            (unsigned long long)estimate, progress[0] != '\0' ? "yes" : "no");
+
+    /* keyset pagination over the key columns; without keys, one pass (not resumable) */
+    gw_buf_t sql = GW_BUF_INIT, order = GW_BUF_INIT, cmp = GW_BUF_INIT;
+    for (size_t i = 0; i < k.n; i++) {
+        gw_buf_printf(&order, "%s%s", i ? ", " : "", k.names[i]);
+        gw_buf_printf(&cmp, "%s$%zu::%s", i ? ", " : "", i + 1, k.types[i]);
+    }
+    uint64_t done = 0;
+    int rc = 0;
+    char **last = gw_xcalloc(k.n + 1, sizeof(char *));
+    /* resume: progress is a JSON-ish list of key texts separated by \x1f */
+    if (progress[0] != '\0' && k.n > 0) {
+        char *save = NULL, *copy = gw_xstrdup(progress);
+        size_t i = 0;
+        for (char *tok = strtok_r(copy, "\x1f", &save); tok != NULL && i < k.n;
+             tok = strtok_r(NULL, "\x1f", &save))
+            last[i++] = gw_xstrdup(tok);
+        free(copy);
+        if (i != k.n) {
+            for (size_t j = 0; j < k.n; j++) {
+                free(last[j]);
+                last[j] = NULL;
+            }
+        }
+    }
+    int *is_key = NULL;
+    const char **names = NULL, **values = NULL;
+    size_t *lens = NULL;
+    uint32_t *types = NULL;
+    while (rc == 0 && !atomic_load(&r->stop)) {
+        gw_buf_reset(&sql);
+        if (k.n == 0)
+            gw_buf_printf(&sql, "SELECT * FROM %s", t->sql_ident);
+        else if (last[0] == NULL)
+            gw_buf_printf(&sql, "SELECT * FROM %s ORDER BY %s LIMIT %ld", t->sql_ident,
+                          order.data, r->chunk_rows);
+        else
+            gw_buf_printf(&sql, "SELECT * FROM %s WHERE (%s) > (%s) ORDER BY %s LIMIT %ld",
+                          t->sql_ident, order.data, cmp.data, order.data, r->chunk_rows);
+        res = gw_pg_query_params(r->q, sql.data, last[0] != NULL ? (int)k.n : 0,
+                                 (const char *const *)last, err);
+        if (res == NULL) {
+            rc = GW_EPG;
+            break;
+        }
+        int nrows = PQntuples(res), ncols = PQnfields(res);
+        free(is_key);
+        free(names);
+        free(values);
+        free(lens);
+        free(types);
+        is_key = gw_xcalloc((size_t)ncols + 1, sizeof(int));
+        names = gw_xcalloc((size_t)ncols + 1, sizeof(char *));
+        values = gw_xcalloc((size_t)ncols + 1, sizeof(char *));
+        lens = gw_xcalloc((size_t)ncols + 1, sizeof(size_t));
+        types = gw_xcalloc((size_t)ncols + 1, sizeof(uint32_t));
+        int keyidx[64];
+        for (int c = 0; c < ncols; c++) {
+            names[c] = PQfname(res, c);
+            types[c] = PQftype(res, c);
+            for (size_t j = 0; j < k.n && j < 64; j++)
+                if (strcmp(k.raw[j], names[c]) == 0) {
+                    is_key[c] = 1;
+                    keyidx[j] = c;
+                }
+        }
+        if (k.n == 0)
+            for (int c = 0; c < ncols; c++)
+                is_key[c] = 1; /* no key: the whole row identifies it (REPLICA IDENTITY FULL) */
+        if (nrows > 0)
+            rc = gw_storage_begin(r->st, err);
+        for (int i = 0; i < nrows && rc == 0; i++) {
+            for (int c = 0; c < ncols; c++) {
+                values[c] = PQgetisnull(res, i, c) ? NULL : PQgetvalue(res, i, c);
+                lens[c] = (size_t)PQgetlength(res, i, c);
+            }
+            row_key(&r->key, (size_t)ncols, is_key, values, lens);
+            rc = apply_row(r, t->schema, t->name, t->qname, (size_t)ncols, names, types, values,
+                           lens, r->key.data, err);
+        }
+        if (rc == 0 && nrows > 0 && k.n > 0) {
+            gw_buf_t prog = GW_BUF_INIT;
+            for (size_t j = 0; j < k.n; j++) {
+                free(last[j]);
+                last[j] = gw_xstrdup(PQgetvalue(res, nrows - 1, keyidx[j]));
+                gw_buf_printf(&prog, "%s%s", j ? "\x1f" : "", last[j]);
+            }
+            rc = gw_storage_state_set(r->st, statekey, prog.data, err);
+            gw_buf_free(&prog);
+        }
+        PQclear(res);
+        if (rc == 0 && nrows > 0)
+            rc = gw_storage_commit(r->st, 0, err);
+        done += (uint64_t)nrows;
+        atomic_fetch_add(&r->m_snapshot_rows, (uint64_t)nrows);
+        if (nrows > 0) {
+            char reason[256];
+            snprintf(reason, sizeof(reason), "snapshot in progress: %llu of about %llu rows",
+                     (unsigned long long)atomic_load(&r->m_snapshot_rows),
+                     (unsigned long long)atomic_load(&r->m_snapshot_estimate));
+            set_phase(r, 2, reason);
+        }
+        if (k.n == 0 || nrows < r->chunk_rows)
+            break;
+    }
+    free(is_key);
+    free(names);
+    free(values);
+    free(lens);
+    free(types);
+    for (size_t j = 0; j < k.n; j++)
+        free(last[j]);
+    free(last);
+    gw_buf_free(&sql);
+    gw_buf_free(&order);
+    gw_buf_free(&cmp);
+    keycols_free(&k);
+    if (rc != 0 || atomic_load(&r->stop))
+        return rc != 0 ? rc : GW_EUNAVAIL;
+    /* the table's "no checkpoint before" mark */
+    res = gw_pg_query(r->q, "SELECT pg_current_wal_lsn()::text", err);
+    if (res == NULL)
+        return GW_EPG;
+    uint64_t mark = 0;
+    gw_lsn_parse(PQgetvalue(res, 0, 0), &mark);
+    PQclear(res);
+    if (mark > r->nocp_lsn)
+        r->nocp_lsn = mark;
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%llu", (unsigned long long)r->nocp_lsn);
+    char nocpkey[64];
+    snprintf(nocpkey, sizeof(nocpkey), "nocp:%s", r->version);
+    rc = gw_storage_begin(r->st, err);
+    if (rc == 0)
+        rc = gw_storage_state_set(r->st, statekey, "done", err);
+    if (rc == 0)
+        rc = gw_storage_state_set(r->st, nocpkey, buf, err);
+    if (rc == 0)
+        rc = gw_storage_commit(r->st, 0, err);
+    char lsntext[32];
+    gw_info("repl", "snapshotted a table", "table=%s rows=%llu no_checkpoint_before=%s", t->qname,
+            (unsigned long long)done, gw_lsn_format(mark, lsntext, sizeof(lsntext)));
+    return rc;
+}
+
+static int snapshot(gw_repl_t *r, gw_err_t *err)
+{
+    char buf[64], nocpkey[64];
+    snprintf(nocpkey, sizeof(nocpkey), "nocp:%s", r->version);
+    if (gw_storage_state_get(r->st, nocpkey, buf, sizeof(buf)))
+        r->nocp_lsn = strtoull(buf, NULL, 10);
+    for (size_t i = 0; i < r->ntables && !atomic_load(&r->stop); i++) {
+        int rc = snapshot_table(r, &r->tables[i], err);
+        if (rc != 0)
+            return rc;
+    }
+    return atomic_load(&r->stop) ? GW_EUNAVAIL : 0;
+}
+
+/* ---- streaming ---- */
+
+static int send_status(gw_repl_t *r, uint64_t lsn, int reply, gw_err_t *err)
+{
+    char msg[34];
+    gw_pgo_status_update(msg, lsn, lsn, lsn, gw_pgo_now(), reply);
+    if (PQputCopyData(r->rc, msg, sizeof(msg)) != 1 || PQflush(r->rc) != 0) {
+        char m[256];
+        return gw_err_set(err, GW_EPG, "repl", "could not send a status update: %s",
+                          gw_pg_error(r->rc, m, sizeof(m)));
+    }
+    clock_gettime(CLOCK_MONOTONIC, &r->last_status);
+    return 0;
+}
+
+static int batch_begin(gw_repl_t *r, gw_err_t *err)
+{
+    if (r->batch_open)
+        return 0;
+    int rc = gw_storage_begin(r->st, err);
+    if (rc == 0) {
+        r->batch_open = 1;
+        r->batch_changes = 0;
+        clock_gettime(CLOCK_MONOTONIC, &r->batch_started);
+    }
+    return rc;
+}
+
+/* Commit the open batch at batch_lsn and acknowledge it (invariant 1). */
+static int flush_batch(gw_repl_t *r, gw_err_t *err)
+{
+    if (!r->batch_open)
+        return 0;
+    uint64_t lsn = r->batch_lsn;
+    if (!gw_storage_consistent(r->st) && lsn >= r->nocp_lsn && lsn > 0) {
+        if (gw_storage_set_consistent(r->st, 1, err) != 0)
+            return GW_EIO;
+        char t[32];
+        gw_info("repl", "storage has a consistent checkpoint; ready to serve", "lsn=%s",
+                gw_lsn_format(lsn, t, sizeof(t)));
+    }
+    int rc = gw_storage_commit(r->st, lsn, err);
+    r->batch_open = 0;
+    if (rc != 0)
+        return rc;
+    atomic_fetch_add(&r->m_commits, 1);
+    atomic_store(&r->m_lsn, lsn);
+    if (gw_storage_consistent(r->st))
+        gw_ready_set(r->ready_id, 1, NULL);
+    if (lsn > r->acked_lsn) {
+        r->acked_lsn = lsn;
+        return send_status(r, lsn, 0, err);
+    }
+    return 0;
+}
+
+static rel_t *find_rel(gw_repl_t *r, uint32_t relid)
+{
+    char k[16];
+    snprintf(k, sizeof(k), "%u", relid);
+    return gw_map_get(&r->rels, k);
+}
+
+static void on_relation(gw_repl_t *r, const gw_pgo_msg_t *m)
+{
+    char k[16];
+    snprintf(k, sizeof(k), "%u", m->u.relation.relid);
+    rel_t *old = gw_map_del(&r->rels, k);
+    if (old != NULL)
+        free_rel(NULL, old, NULL);
+    rel_t *rel = gw_xcalloc(1, sizeof(*rel));
+    rel->relid = m->u.relation.relid;
+    rel->schema = gw_xstrdup(m->u.relation.nspname);
+    rel->name = gw_xstrdup(m->u.relation.relname);
+    size_t ql = strlen(rel->schema) + strlen(rel->name) + 2;
+    rel->qname = gw_xmalloc(ql);
+    snprintf(rel->qname, ql, "%s.%s", rel->schema, rel->name);
+    rel->tracked = is_tracked(r, rel->schema, rel->name);
+    rel->replident = m->u.relation.replident;
+    rel->ncols = m->u.relation.ncols;
+    rel->names = gw_xcalloc(rel->ncols + 1, sizeof(char *));
+    rel->types = gw_xcalloc(rel->ncols + 1, sizeof(uint32_t));
+    rel->is_key = gw_xcalloc(rel->ncols + 1, sizeof(int));
+    for (size_t i = 0; i < rel->ncols; i++) {
+        rel->names[i] = gw_xstrdup(m->u.relation.cols[i].name);
+        rel->types[i] = m->u.relation.cols[i].type_oid;
+        rel->is_key[i] = (m->u.relation.cols[i].flags & 1) != 0;
+    }
+    gw_map_put(&r->rels, k, rel);
+}
+
+/* Resolve a tuple into values/lens; 'u' values from old tuple or stored copy. 0 when complete. */
+static int resolve_tuple(gw_repl_t *r, rel_t *rel, const gw_pgo_tuple_t *tup,
+                         const gw_pgo_tuple_t *old, const char *key, const char **values,
+                         size_t *lens, void **copy_out)
+{
+    void *copy = NULL;
+    size_t copy_len = 0;
+    int have_copy = -1;
+    for (size_t i = 0; i < rel->ncols; i++) {
+        const gw_pgo_value_t *v = i < tup->ncols ? &tup->cols[i] : NULL;
+        if (v == NULL || v->kind == 'n') {
+            values[i] = NULL;
+            lens[i] = 0;
+        } else if (v->kind == 't' || v->kind == 'b') {
+            values[i] = v->data;
+            lens[i] = v->len;
+        } else { /* 'u': unchanged TOAST */
+            if (old != NULL && i < old->ncols && (old->cols[i].kind == 't')) {
+                values[i] = old->cols[i].data;
+                lens[i] = old->cols[i].len;
+                continue;
+            }
+            if (have_copy < 0) {
+                gw_row_ref_t ref = {.table = rel->qname, .key = key};
+                have_copy = gw_storage_row_copy(r->st, &ref, &copy, &copy_len);
+            }
+            const char *val;
+            size_t len;
+            if (have_copy > 0 && gw_storage_row_find(copy, copy_len, rel->names[i], &val, &len)) {
+                values[i] = val;
+                lens[i] = len;
+            } else {
+                free(copy);
+                *copy_out = NULL;
+                return -1;
+            }
+        }
+    }
+    *copy_out = copy;
+    return 0;
+}
+
+/* Re-read a row by key when its TOAST values cannot be merged (invariant 4). */
+static int reread_row(gw_repl_t *r, rel_t *rel, const char *key, gw_err_t *err)
+{
+    gw_buf_t sql = GW_BUF_INIT;
+    size_t nk = 0;
+    const char *params[64];
+    char *qs = gw_pg_ident(r->q, rel->schema), *qn = gw_pg_ident(r->q, rel->name);
+    gw_buf_printf(&sql, "SELECT * FROM %s.%s WHERE ", qs, qn);
+    free(qs);
+    free(qn);
+    /* the key text: one value, or a JSON array of values */
+    char *keycopy = gw_xstrdup(key);
+    size_t nkeys = 0;
+    for (size_t i = 0; i < rel->ncols; i++)
+        nkeys += rel->is_key[i] != 0;
+    if (nkeys != 1) {
+        free(keycopy);
+        gw_buf_free(&sql);
+        gw_warn("repl", "a row with unchanged TOAST values has a composite key; skipping",
+                "table=%s", rel->qname);
+        return 0;
+    }
+    for (size_t i = 0; i < rel->ncols; i++) {
+        if (!rel->is_key[i])
+            continue;
+        char *qc = gw_pg_ident(r->q, rel->names[i]);
+        gw_buf_printf(&sql, "%s::text = $1", qc);
+        free(qc);
+        params[nk++] = keycopy;
+    }
+    PGresult *res = gw_pg_query_params(r->q, sql.data, (int)nk, params, err);
+    gw_buf_free(&sql);
+    free(keycopy);
+    if (res == NULL)
+        return GW_EPG;
+    int rc = 0;
+    if (PQntuples(res) == 1) {
+        int ncols = PQnfields(res);
+        const char **names = gw_xcalloc((size_t)ncols + 1, sizeof(char *));
+        const char **values = gw_xcalloc((size_t)ncols + 1, sizeof(char *));
+        size_t *lens = gw_xcalloc((size_t)ncols + 1, sizeof(size_t));
+        uint32_t *types = gw_xcalloc((size_t)ncols + 1, sizeof(uint32_t));
+        for (int c = 0; c < ncols; c++) {
+            names[c] = PQfname(res, c);
+            types[c] = PQftype(res, c);
+            values[c] = PQgetisnull(res, 0, c) ? NULL : PQgetvalue(res, 0, c);
+            lens[c] = (size_t)PQgetlength(res, 0, c);
+        }
+        rc = apply_row(r, rel->schema, rel->name, rel->qname, (size_t)ncols, names, types,
+                       values, lens, key, err);
+        free(names);
+        free(values);
+        free(lens);
+        free(types);
+    }
+    PQclear(res);
+    return rc;
+}
+
+static int on_change(gw_repl_t *r, const gw_pgo_msg_t *m, gw_err_t *err)
+{
+    uint32_t relid = m->kind == GW_PGO_INSERT   ? m->u.insert.relid
+                     : m->kind == GW_PGO_UPDATE ? m->u.update.relid
+                                                : m->u.del.relid;
+    rel_t *rel = find_rel(r, relid);
+    if (rel == NULL)
+        return gw_err_set(err, GW_EINVAL, "repl", "change for unknown relation %u", relid);
+    if (!rel->tracked)
+        return 0;
+    int rc = batch_begin(r, err);
+    if (rc != 0)
+        return rc;
+    r->batch_changes++;
+    atomic_fetch_add(&r->m_changes, 1);
+    const char **values = gw_arena_alloc(&r->arena, sizeof(char *) * (rel->ncols + 1));
+    size_t *lens = gw_arena_alloc(&r->arena, sizeof(size_t) * (rel->ncols + 1));
+    const gw_pgo_tuple_t *keytup = NULL;
+    if (m->kind == GW_PGO_DELETE)
+        keytup = &m->u.del.oldtup;
+    else if (m->kind == GW_PGO_UPDATE && m->u.update.oldkind != 0)
+        keytup = &m->u.update.oldtup;
+    char *oldkey = NULL;
+    if (keytup != NULL) {
+        for (size_t i = 0; i < rel->ncols; i++) {
+            const gw_pgo_value_t *v = i < keytup->ncols ? &keytup->cols[i] : NULL;
+            values[i] = v != NULL && v->kind == 't' ? v->data : NULL;
+            lens[i] = v != NULL && v->kind == 't' ? v->len : 0;
+        }
+        /* with REPLICA IDENTITY FULL every column is flagged key in the Relation message */
+        row_key(&r->key, rel->ncols, rel->is_key, values, lens);
+        oldkey = gw_arena_strndup(&r->arena, r->key.data, r->key.len);
+    }
+    if (m->kind == GW_PGO_DELETE) {
+        gw_row_ref_t ref = {.table = rel->qname, .key = oldkey};
+        return gw_storage_delete_row(r->st, &ref, err);
+    }
+    const gw_pgo_tuple_t *tup = m->kind == GW_PGO_INSERT ? &m->u.insert.newtup : &m->u.update.newtup;
+    /* key of the new row (key columns are never unchanged-TOAST) */
+    for (size_t i = 0; i < rel->ncols; i++) {
+        const gw_pgo_value_t *v = i < tup->ncols ? &tup->cols[i] : NULL;
+        values[i] = v != NULL && v->kind == 't' ? v->data : NULL;
+        lens[i] = v != NULL && v->kind == 't' ? v->len : 0;
+    }
+    row_key(&r->key, rel->ncols, rel->is_key, values, lens);
+    char *newkey = gw_arena_strndup(&r->arena, r->key.data, r->key.len);
+    if (oldkey != NULL && strcmp(oldkey, newkey) != 0) {
+        /* the key changed: delete the old row, insert the new one */
+        gw_row_ref_t ref = {.table = rel->qname, .key = oldkey};
+        rc = gw_storage_delete_row(r->st, &ref, err);
+        if (rc != 0)
+            return rc;
+    }
+    const gw_pgo_tuple_t *old = m->kind == GW_PGO_UPDATE && m->u.update.oldkind == 'O'
+                                    ? &m->u.update.oldtup
+                                    : NULL;
+    void *copy = NULL;
+    if (resolve_tuple(r, rel, tup, old, newkey, values, lens, &copy) != 0)
+        return reread_row(r, rel, newkey, err);
+    rc = apply_row(r, rel->schema, rel->name, rel->qname, rel->ncols,
+                   (const char *const *)rel->names, rel->types, values, lens, newkey, err);
+    free(copy);
+    return rc;
+}
+
+static int on_truncate(gw_repl_t *r, const gw_pgo_msg_t *m, gw_err_t *err)
+{
+    for (uint32_t i = 0; i < m->u.truncate.nrels; i++) {
+        rel_t *rel = find_rel(r, m->u.truncate.relids[i]);
+        if (rel == NULL || !rel->tracked)
+            continue;
+        int rc = batch_begin(r, err);
+        if (rc == 0)
+            rc = gw_storage_truncate(r->st, rel->qname, err);
+        if (rc != 0)
+            return rc;
+        gw_info("repl", "table truncated; removed its rows", "table=%s", rel->qname);
+    }
+    return 0;
+}
+
+static int on_xlogdata(gw_repl_t *r, const gw_pgo_frame_t *f, gw_err_t *err)
+{
+    gw_pgo_msg_t m;
+    gw_arena_reset(&r->arena);
+    int rc = gw_pgo_decode(f->payload, f->payload_len, &r->arena, &m, err);
+    if (rc != 0)
+        return rc;
+    uint64_t stored_last, stored_lsn;
+    gw_storage_checkpoint(r->st, &stored_last, &stored_lsn);
+    switch (m.kind) {
+    case GW_PGO_BEGIN:
+        r->in_pg_txn = 1;
+        r->skip_txn = m.u.begin.final_lsn < stored_lsn;
+        return 0;
+    case GW_PGO_COMMIT:
+        r->in_pg_txn = 0;
+        atomic_fetch_add(&r->m_txns, 1);
+        if (!r->skip_txn && r->batch_open && m.u.commit.end_lsn > r->batch_lsn)
+            r->batch_lsn = m.u.commit.end_lsn;
+        r->skip_txn = 0;
+        return 0;
+    case GW_PGO_RELATION:
+        on_relation(r, &m);
+        return 0;
+    case GW_PGO_INSERT:
+    case GW_PGO_UPDATE:
+    case GW_PGO_DELETE:
+        return r->skip_txn ? 0 : on_change(r, &m, err);
+    case GW_PGO_TRUNCATE:
+        return r->skip_txn ? 0 : on_truncate(r, &m, err);
+    case GW_PGO_MESSAGE:
+        if (!r->in_pg_txn && m.u.message.lsn > stored_lsn) {
+            /* a non-transactional message (write checkpoint marker): an LSN-only checkpoint */
+            rc = batch_begin(r, err);
+            if (rc == 0 && m.u.message.lsn > r->batch_lsn)
+                r->batch_lsn = m.u.message.lsn;
+            return rc;
+        }
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static int stream(gw_repl_t *r, gw_err_t *err)
+{
+    uint64_t last_op, lsn;
+    gw_storage_checkpoint(r->st, &last_op, &lsn);
+    char lsntext[32], sql[512];
+    snprintf(sql, sizeof(sql),
+             "START_REPLICATION SLOT %s LOGICAL %s (proto_version '1', publication_names '%s', "
+             "messages 'true')",
+             r->slot, gw_lsn_format(lsn, lsntext, sizeof(lsntext)), r->publication);
+    PGresult *res = PQexec(r->rc, sql);
+    if (PQresultStatus(res) != PGRES_COPY_BOTH) {
+        char m[512];
+        gw_err_set(err, GW_EPG, "repl", "could not start replication: %s",
+                   PQresultErrorMessage(res)[0] ? PQresultErrorMessage(res)
+                                                : gw_pg_error(r->rc, m, sizeof(m)));
+        PQclear(res);
+        return GW_EPG;
+    }
+    PQclear(res);
+    r->acked_lsn = lsn;
+    r->batch_lsn = lsn;
+    gw_info("repl", "streaming changes", "slot=%s from=%s", r->slot, lsntext);
+    set_phase(r, 3, gw_storage_consistent(r->st) ? NULL : "waiting for the stream to pass the snapshot");
+    clock_gettime(CLOCK_MONOTONIC, &r->last_status);
+    int rc = 0;
+    uint64_t last_lsn_only = 0;
+    while (rc == 0 && !atomic_load(&r->stop)) {
+        char *buf = NULL;
+        int len = PQgetCopyData(r->rc, &buf, 1);
+        if (len > 0) {
+            gw_pgo_frame_t f;
+            rc = gw_pgo_frame(buf, (size_t)len, &f, err);
+            if (rc == 0 && f.kind == GW_PGO_XLOGDATA) {
+                atomic_store(&r->m_server_wal_end, f.wal_end);
+                rc = on_xlogdata(r, &f, err);
+            } else if (rc == 0 && f.kind == GW_PGO_KEEPALIVE) {
+                atomic_store(&r->m_server_wal_end, f.wal_end);
+                uint64_t sl, slsn;
+                gw_storage_checkpoint(r->st, &sl, &slsn);
+                if (!r->in_pg_txn && !r->batch_open && f.wal_end > slsn &&
+                    (f.reply_requested || now_ms() - last_lsn_only >= 1000)) {
+                    /* nothing pending: an LSN-only checkpoint at the server's position */
+                    rc = batch_begin(r, err);
+                    r->batch_lsn = f.wal_end;
+                    if (rc == 0)
+                        rc = flush_batch(r, err);
+                    last_lsn_only = now_ms();
+                }
+                if (rc == 0 && f.reply_requested)
+                    rc = send_status(r, r->acked_lsn, 0, err);
+            }
+            PQfreemem(buf);
+            if (rc == 0 && r->batch_open && !r->in_pg_txn &&
+                (r->batch_changes >= BATCH_MAX_CHANGES ||
+                 elapsed_ms(&r->batch_started) >= BATCH_MAX_MS))
+                rc = flush_batch(r, err);
+            continue;
+        }
+        if (len == 0) {
+            /* nothing more is waiting: never hold a finished transaction back */
+            if (r->batch_open && !r->in_pg_txn) {
+                rc = flush_batch(r, err);
+                if (rc != 0)
+                    break;
+            }
+            if (elapsed_ms(&r->last_status) >= STATUS_INTERVAL_MS) {
+                rc = send_status(r, r->acked_lsn, 0, err);
+                if (rc != 0)
+                    break;
+            }
+            int fd = PQsocket(r->rc);
+            fd_set rfds;
+            FD_ZERO(&rfds);
+            FD_SET(fd, &rfds);
+            struct timeval tv = {0, 100000};
+            if (select(fd + 1, &rfds, NULL, NULL, &tv) < 0 && errno != EINTR) {
+                rc = gw_err_set(err, GW_ESYS, "repl", "select failed: %s", strerror(errno));
+                break;
+            }
+            if (PQconsumeInput(r->rc) == 0) {
+                char m[256];
+                rc = gw_err_set(err, GW_EPG, "repl", "lost the replication connection: %s",
+                                gw_pg_error(r->rc, m, sizeof(m)));
+            }
+            continue;
+        }
+        char m[256];
+        if (len == -1) {
+            res = PQgetResult(r->rc);
+            rc = gw_err_set(err, GW_EPG, "repl", "replication ended: %s",
+                            res != NULL && PQresultErrorMessage(res)[0]
+                                ? PQresultErrorMessage(res)
+                                : "the server closed the stream");
+            PQclear(res);
+        } else {
+            rc = gw_err_set(err, GW_EPG, "repl", "replication failed: %s",
+                            gw_pg_error(r->rc, m, sizeof(m)));
+        }
+    }
+    if (rc == 0 && r->batch_open && !r->in_pg_txn)
+        rc = flush_batch(r, err);
+    return rc;
+}
+
+/* ---- the thread ---- */
+
+static void drop_old_slot(gw_repl_t *r)
+{
+    char old[160] = "";
+    if (!gw_storage_consistent(r->st) ||
+        !gw_storage_state_get(r->st, "old_slot", old, sizeof(old)) || old[0] == '\0')
+        return;
+    const char *pv[1] = {old};
+    gw_err_t err;
+    PGresult *res = gw_pg_query_params(
+        r->q,
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = "
+        "$1 AND NOT active",
+        1, pv, &err);
+    if (res != NULL) {
+        gw_info("repl", "dropped the replication slot of the previous rule version", "slot=%s",
+                old);
+        PQclear(res);
+        if (gw_storage_begin(r->st, &err) == 0) {
+            gw_storage_state_set(r->st, "old_slot", "", &err);
+            gw_storage_commit(r->st, 0, &err);
+        }
+    }
+}
+
+static int run_once(gw_repl_t *r, gw_err_t *err)
+{
+    set_phase(r, 0, NULL);
+    r->q = gw_pg_connect(r->uri, 0, "ferry", err);
+    if (r->q == NULL)
+        return GW_EPG;
+    int rc = check_source(r, err);
+    if (rc != 0)
+        return rc;
+    r->rc = gw_pg_connect(r->uri, 1, "ferry replication", err);
+    if (r->rc == NULL)
+        return GW_EPG;
+    set_phase(r, 1, NULL);
+    rc = ensure_slot(r, err);
+    if (rc != 0)
+        return rc;
+    set_phase(r, 2, NULL);
+    rc = snapshot(r, err);
+    if (rc != 0)
+        return rc;
+    drop_old_slot(r);
+    return stream(r, err);
+}
+
+static void *repl_main(void *arg)
+{
+    gw_repl_t *r = arg;
+    unsigned backoff = 500;
+    while (!atomic_load(&r->stop)) {
+        gw_err_t err;
+        gw_err_clear(&err);
+        int rc = run_once(r, &err);
+        disconnect(r);
+        if (atomic_load(&r->stop))
+            break;
+        char msg[1024];
+        if (rc != 0) {
+            gw_error("repl", "replication stopped; retrying", "error=\"%s\" retry_ms=%u",
+                     gw_err_format(&err, msg, sizeof(msg)), backoff);
+            if (!gw_storage_consistent(r->st) && err.code != GW_EUNAVAIL)
+                gw_ready_set(r->ready_id, 0, msg);
+        }
+        atomic_store(&r->m_phase, 4);
+        for (unsigned waited = 0; waited < backoff && !atomic_load(&r->stop); waited += 100)
+            usleep(100000);
+        backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+    }
+    return NULL;
+}
+
+int gw_repl_start(gw_repl_t *r, gw_err_t *err)
+{
+    if (pthread_create(&r->tid, NULL, repl_main, r) != 0)
+        return gw_err_set(err, GW_ESYS, "repl", "could not start the replication thread");
+    r->running = 1;
+    return 0;
+}
+
+void gw_repl_metrics(gw_buf_t *out, void *arg)
+{
+    gw_repl_t *r = arg;
+    uint64_t lsn = atomic_load(&r->m_lsn), end = atomic_load(&r->m_server_wal_end);
+    gw_buf_puts(out, "# HELP ferry_replication_phase Replicator phase (0 check, 1 slot, 2 snapshot, "
+                     "3 streaming, 4 retrying).\n# TYPE ferry_replication_phase gauge\n");
+    gw_buf_printf(out, "ferry_replication_phase %d\n", atomic_load(&r->m_phase));
+    gw_buf_puts(out, "# TYPE ferry_snapshot_rows_total counter\n");
+    gw_buf_printf(out, "ferry_snapshot_rows_total %llu\n",
+                  (unsigned long long)atomic_load(&r->m_snapshot_rows));
+    gw_buf_puts(out, "# TYPE ferry_snapshot_rows_estimated gauge\n");
+    gw_buf_printf(out, "ferry_snapshot_rows_estimated %llu\n",
+                  (unsigned long long)atomic_load(&r->m_snapshot_estimate));
+    gw_buf_puts(out, "# TYPE ferry_replication_changes_total counter\n");
+    gw_buf_printf(out, "ferry_replication_changes_total %llu\n",
+                  (unsigned long long)atomic_load(&r->m_changes));
+    gw_buf_puts(out, "# TYPE ferry_replication_transactions_total counter\n");
+    gw_buf_printf(out, "ferry_replication_transactions_total %llu\n",
+                  (unsigned long long)atomic_load(&r->m_txns));
+    gw_buf_puts(out, "# TYPE ferry_storage_commits_total counter\n");
+    gw_buf_printf(out, "ferry_storage_commits_total %llu\n",
+                  (unsigned long long)atomic_load(&r->m_commits));
+    gw_buf_puts(out, "# HELP ferry_replication_lag_bytes WAL the server has sent past our last "
+                     "commit.\n# TYPE ferry_replication_lag_bytes gauge\n");
+    gw_buf_printf(out, "ferry_replication_lag_bytes %llu\n",
+                  (unsigned long long)(end > lsn ? end - lsn : 0));
+}

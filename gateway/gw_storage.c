@@ -1,0 +1,1054 @@
+/* gw_storage.c -- the embedded SQLite bucket storage (see gw_storage.h)
+ *
+ * Schema (one file, WAL mode, synchronous=FULL so an acknowledged LSN is on disk):
+ *   state(k, v)                                replication state: next_op, last_op, lsn, …
+ *   buckets(id, name, checksum, count, last_op) running totals at the latest checkpoint
+ *   ops(bucket_id, op_id, op, object_type, object_id, subkey, checksum, line)
+ *                                               clustered by (bucket_id, op_id); line = wire JSON
+ *   rows(tbl, key, members, lookups, copy)      per source row: memberships, lookup text, copy
+ *   lookups(key, tbl, rkey, params, from_op, to_op)
+ *                                               parameter-lookup entries valid in [from_op, to_op)
+ *
+ * The writer keeps every bucket's totals in memory (a map by name and an array by id), updates
+ * them as ops are written and flushes the dirty ones at commit. A bucket's checksum as of an
+ * older checkpoint C is its running total minus the ops after C, which are few and recent.
+ *
+ * Invariants:
+ *   1. op ids come from next_op, strictly increasing; next_op is persisted in the same SQLite
+ *      transaction as the ops, so a crash never reuses an id.
+ *   2. state.last_op is the highest op id of any committed op; state.lsn the position committed
+ *      with it. Both change only in gw_storage_commit().
+ *   3. rows.members lists exactly the (bucket, object_type, object_id) with a live PUT.
+ */
+#include "gw_storage.h"
+#include "gw_log.h"
+#include "gw_map.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct bucket {
+    int64_t id;
+    char *name;
+    uint32_t checksum;
+    uint64_t count;
+    uint64_t last_op;
+    int dirty;
+    uint64_t touched_gen; /* == s->gen when it got ops in the open transaction */
+} bucket_t;
+
+enum {
+    ST_STATE_GET,
+    ST_STATE_SET,
+    ST_BUCKET_INSERT,
+    ST_BUCKET_UPDATE,
+    ST_OP_INSERT,
+    ST_ROW_GET,
+    ST_ROW_PUT,
+    ST_ROW_DEL,
+    ST_ROWS_OF_TABLE,
+    ST_LOOKUP_CLOSE,
+    ST_LOOKUP_INSERT,
+    ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_STATE_GET] = "SELECT v FROM state WHERE k = ?1",
+    [ST_STATE_SET] = "INSERT INTO state(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = "
+                     "excluded.v",
+    [ST_BUCKET_INSERT] = "INSERT INTO buckets(name, checksum, count, last_op) VALUES (?1, 0, 0, 0)",
+    [ST_BUCKET_UPDATE] = "UPDATE buckets SET checksum = ?2, count = ?3, last_op = ?4 WHERE id = ?1",
+    [ST_OP_INSERT] = "INSERT INTO ops(bucket_id, op_id, op, object_type, object_id, subkey, "
+                     "checksum, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [ST_ROW_GET] = "SELECT members, lookups, copy FROM rows WHERE tbl = ?1 AND key = ?2",
+    [ST_ROW_PUT] = "INSERT INTO rows(tbl, key, members, lookups, copy) VALUES (?1, ?2, ?3, ?4, ?5) "
+                   "ON CONFLICT(tbl, key) DO UPDATE SET members = excluded.members, lookups = "
+                   "excluded.lookups, copy = excluded.copy",
+    [ST_ROW_DEL] = "DELETE FROM rows WHERE tbl = ?1 AND key = ?2",
+    [ST_ROWS_OF_TABLE] = "SELECT key FROM rows WHERE tbl = ?1 LIMIT 2000",
+    [ST_LOOKUP_CLOSE] = "UPDATE lookups SET to_op = ?3 WHERE tbl = ?1 AND rkey = ?2 AND to_op IS "
+                        "NULL",
+    [ST_LOOKUP_INSERT] = "INSERT INTO lookups(key, tbl, rkey, params, from_op) VALUES (?1, ?2, ?3, "
+                         "?4, ?5)",
+};
+
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS state(k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS buckets(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+    "  checksum INTEGER NOT NULL, count INTEGER NOT NULL, last_op INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS ops(bucket_id INTEGER NOT NULL, op_id INTEGER NOT NULL,"
+    "  op INTEGER NOT NULL, object_type TEXT, object_id TEXT, subkey TEXT,"
+    "  checksum INTEGER NOT NULL, line TEXT NOT NULL, PRIMARY KEY(bucket_id, op_id)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS rows(tbl TEXT NOT NULL, key TEXT NOT NULL, members BLOB,"
+    "  lookups TEXT, copy BLOB, PRIMARY KEY(tbl, key)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS lookups(key TEXT NOT NULL, tbl TEXT NOT NULL, rkey TEXT NOT NULL,"
+    "  params TEXT NOT NULL, from_op INTEGER NOT NULL, to_op INTEGER);"
+    "CREATE INDEX IF NOT EXISTS lookups_by_key ON lookups(key, from_op);"
+    "CREATE INDEX IF NOT EXISTS lookups_by_row ON lookups(tbl, rkey) WHERE to_op IS NULL;";
+
+enum { OP_PUT = 1, OP_REMOVE = 2, OP_MOVE = 3, OP_CLEAR = 4 };
+
+struct gw_storage {
+    sqlite3 *db;
+    char *path;
+    sqlite3_stmt *st[ST_COUNT];
+    gw_map_t by_name;  /* name -> bucket_t* */
+    bucket_t **by_id;  /* index = id */
+    size_t by_id_cap;
+    int in_txn;
+    uint64_t next_op;  /* next op id to hand out */
+    uint64_t last_op;  /* committed checkpoint */
+    uint64_t lsn;
+    uint64_t txn_last_op; /* highest op written in the open transaction */
+    int consistent;
+    uint64_t gen;
+    /* per transaction: touched buckets and lookup keys, for the hook */
+    const char **touched;
+    size_t ntouched, cap_touched;
+    char **lookup_keys;
+    size_t nlookup_keys, cap_lookup_keys;
+    gw_buf_t line; /* scratch for op JSON */
+    gw_buf_t members;
+    gw_storage_hook_fn hook;
+    void *hook_ud;
+};
+
+static int sql_err(sqlite3 *db, gw_err_t *err, const char *what)
+{
+    return gw_err_set(err, GW_EIO, "storage", "could not %s: %s", what, sqlite3_errmsg(db));
+}
+
+static int exec(sqlite3 *db, const char *sql, gw_err_t *err, const char *what)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        gw_err_set(err, GW_EIO, "storage", "could not %s: %s", what, msg ? msg : "unknown");
+        sqlite3_free(msg);
+        return GW_EIO;
+    }
+    return 0;
+}
+
+/* ---- bucket cache ---- */
+
+static void index_bucket(gw_storage_t *s, bucket_t *b)
+{
+    if ((size_t)b->id >= s->by_id_cap) {
+        size_t cap = s->by_id_cap ? s->by_id_cap : 1024;
+        while (cap <= (size_t)b->id)
+            cap *= 2;
+        s->by_id = gw_xrealloc(s->by_id, cap * sizeof(bucket_t *));
+        memset(s->by_id + s->by_id_cap, 0, (cap - s->by_id_cap) * sizeof(bucket_t *));
+        s->by_id_cap = cap;
+    }
+    s->by_id[b->id] = b;
+    gw_map_put(&s->by_name, b->name, b);
+}
+
+static void free_bucket(const char *key, void *value, void *ud)
+{
+    (void)key;
+    (void)ud;
+    bucket_t *b = value;
+    free(b->name);
+    free(b);
+}
+
+static void drop_cache(gw_storage_t *s)
+{
+    gw_map_each(&s->by_name, free_bucket, NULL);
+    gw_map_free(&s->by_name);
+    free(s->by_id);
+    s->by_id = NULL;
+    s->by_id_cap = 0;
+}
+
+static int load_cache(gw_storage_t *s, gw_err_t *err)
+{
+    drop_cache(s);
+    gw_map_init(&s->by_name);
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(s->db, "SELECT id, name, checksum, count, last_op FROM buckets", -1, &q,
+                           NULL) != SQLITE_OK)
+        return sql_err(s->db, err, "read buckets");
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        bucket_t *b = gw_xcalloc(1, sizeof(*b));
+        b->id = sqlite3_column_int64(q, 0);
+        b->name = gw_xstrdup((const char *)sqlite3_column_text(q, 1));
+        b->checksum = (uint32_t)sqlite3_column_int64(q, 2);
+        b->count = (uint64_t)sqlite3_column_int64(q, 3);
+        b->last_op = (uint64_t)sqlite3_column_int64(q, 4);
+        index_bucket(s, b);
+    }
+    sqlite3_finalize(q);
+    char buf[64];
+    s->next_op = gw_storage_state_get(s, "next_op", buf, sizeof(buf)) ? strtoull(buf, NULL, 10) : 1;
+    s->last_op = gw_storage_state_get(s, "last_op", buf, sizeof(buf)) ? strtoull(buf, NULL, 10) : 0;
+    s->lsn = gw_storage_state_get(s, "lsn", buf, sizeof(buf)) ? strtoull(buf, NULL, 10) : 0;
+    s->consistent = gw_storage_state_get(s, "consistent", buf, sizeof(buf)) && buf[0] == '1';
+    if (s->next_op <= s->last_op)
+        s->next_op = s->last_op + 1;
+    return 0;
+}
+
+static bucket_t *bucket_get(gw_storage_t *s, const char *name, gw_err_t *err)
+{
+    bucket_t *b = gw_map_get(&s->by_name, name);
+    if (b != NULL)
+        return b;
+    sqlite3_stmt *q = s->st[ST_BUCKET_INSERT];
+    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(q);
+    sqlite3_reset(q);
+    if (rc != SQLITE_DONE) {
+        sql_err(s->db, err, "create a bucket");
+        return NULL;
+    }
+    b = gw_xcalloc(1, sizeof(*b));
+    b->id = sqlite3_last_insert_rowid(s->db);
+    b->name = gw_xstrdup(name);
+    index_bucket(s, b);
+    return b;
+}
+
+static void touch(gw_storage_t *s, bucket_t *b)
+{
+    b->dirty = 1;
+    if (b->touched_gen == s->gen)
+        return;
+    b->touched_gen = s->gen;
+    if (s->ntouched == s->cap_touched) {
+        s->cap_touched = s->cap_touched ? s->cap_touched * 2 : 64;
+        s->touched = gw_xrealloc(s->touched, s->cap_touched * sizeof(char *));
+    }
+    s->touched[s->ntouched++] = b->name;
+}
+
+/* ---- open / close ---- */
+
+int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
+{
+    gw_storage_t *s = gw_xcalloc(1, sizeof(*s));
+    gw_map_init(&s->by_name);
+    s->path = gw_xstrdup(path);
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                          SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        gw_err_set(err, GW_EIO, "storage", "could not open \"%s\": %s", path,
+                   s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        gw_storage_close(s);
+        return GW_EIO;
+    }
+    sqlite3_busy_timeout(s->db, 5000);
+    if (exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;",
+             err, "set up the storage file") != 0 ||
+        exec(s->db, schema_sql, err, "create the storage schema") != 0) {
+        gw_storage_close(s);
+        return GW_EIO;
+    }
+    for (int i = 0; i < ST_COUNT; i++) {
+        if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
+                               NULL) != SQLITE_OK) {
+            sql_err(s->db, err, "prepare storage statements");
+            gw_storage_close(s);
+            return GW_EIO;
+        }
+    }
+    if (load_cache(s, err) != 0) {
+        gw_storage_close(s);
+        return GW_EIO;
+    }
+    *out = s;
+    return 0;
+}
+
+void gw_storage_close(gw_storage_t *s)
+{
+    if (s == NULL)
+        return;
+    if (s->in_txn)
+        gw_storage_rollback(s);
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(s->st[i]);
+    if (s->db != NULL)
+        sqlite3_close(s->db);
+    drop_cache(s);
+    free(s->touched);
+    for (size_t i = 0; i < s->nlookup_keys; i++)
+        free(s->lookup_keys[i]);
+    free(s->lookup_keys);
+    gw_buf_free(&s->line);
+    gw_buf_free(&s->members);
+    free(s->path);
+    free(s);
+}
+
+void gw_storage_set_hook(gw_storage_t *s, gw_storage_hook_fn fn, void *ud)
+{
+    s->hook = fn;
+    s->hook_ud = ud;
+}
+
+/* ---- transactions ---- */
+
+int gw_storage_begin(gw_storage_t *s, gw_err_t *err)
+{
+    if (s->in_txn)
+        return 0;
+    if (exec(s->db, "BEGIN IMMEDIATE", err, "begin a storage transaction") != 0)
+        return GW_EIO;
+    s->in_txn = 1;
+    s->gen++;
+    s->ntouched = 0;
+    for (size_t i = 0; i < s->nlookup_keys; i++)
+        free(s->lookup_keys[i]);
+    s->nlookup_keys = 0;
+    s->txn_last_op = s->last_op;
+    return 0;
+}
+
+int gw_storage_in_txn(const gw_storage_t *s)
+{
+    return s->in_txn;
+}
+
+static int state_set_u64(gw_storage_t *s, const char *key, uint64_t v, gw_err_t *err)
+{
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%llu", (unsigned long long)v);
+    return gw_storage_state_set(s, key, buf, err);
+}
+
+static void flush_bucket(const char *key, void *value, void *ud)
+{
+    (void)key;
+    gw_storage_t *s = ud;
+    bucket_t *b = value;
+    if (!b->dirty)
+        return;
+    sqlite3_stmt *q = s->st[ST_BUCKET_UPDATE];
+    sqlite3_bind_int64(q, 1, b->id);
+    sqlite3_bind_int64(q, 2, b->checksum);
+    sqlite3_bind_int64(q, 3, (sqlite3_int64)b->count);
+    sqlite3_bind_int64(q, 4, (sqlite3_int64)b->last_op);
+    sqlite3_step(q);
+    sqlite3_reset(q);
+    b->dirty = 0;
+}
+
+int gw_storage_commit(gw_storage_t *s, uint64_t lsn, gw_err_t *err)
+{
+    if (!s->in_txn)
+        return gw_err_set(err, GW_EINVAL, "storage", "commit without a transaction");
+    for (size_t i = 0; i < s->ntouched; i++) {
+        bucket_t *b = gw_map_get(&s->by_name, s->touched[i]);
+        flush_bucket(NULL, b, s);
+    }
+    uint64_t last_op = s->txn_last_op;
+    if (lsn < s->lsn)
+        lsn = s->lsn;
+    if (state_set_u64(s, "next_op", s->next_op, err) != 0 ||
+        state_set_u64(s, "last_op", last_op, err) != 0 || state_set_u64(s, "lsn", lsn, err) != 0)
+        return GW_EIO;
+    if (exec(s->db, "COMMIT", err, "commit to storage") != 0) {
+        gw_storage_rollback(s);
+        return GW_EIO;
+    }
+    s->in_txn = 0;
+    s->last_op = last_op;
+    s->lsn = lsn;
+    if (s->hook != NULL) {
+        gw_storage_changes_t ch = {
+            .last_op = last_op,
+            .lsn = lsn,
+            .buckets = (const char *const *)s->touched,
+            .nbuckets = s->ntouched,
+            .lookups = (const char *const *)s->lookup_keys,
+            .nlookups = s->nlookup_keys,
+            .consistent = s->consistent,
+        };
+        s->hook(&ch, s->hook_ud);
+    }
+    return 0;
+}
+
+void gw_storage_rollback(gw_storage_t *s)
+{
+    if (!s->in_txn)
+        return;
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    s->in_txn = 0;
+    gw_err_t err;
+    if (load_cache(s, &err) != 0)
+        gw_error("storage", "could not reload the storage cache after a rollback", NULL);
+}
+
+int gw_storage_state_get(gw_storage_t *s, const char *key, char *buf, size_t len)
+{
+    sqlite3_stmt *q = s->st[ST_STATE_GET];
+    if (q == NULL)
+        return 0;
+    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
+    int found = 0;
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        const char *v = (const char *)sqlite3_column_text(q, 0);
+        snprintf(buf, len, "%s", v != NULL ? v : "");
+        found = 1;
+    }
+    sqlite3_reset(q);
+    return found;
+}
+
+int gw_storage_state_set(gw_storage_t *s, const char *key, const char *value, gw_err_t *err)
+{
+    sqlite3_stmt *q = s->st[ST_STATE_SET];
+    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, value, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(q);
+    sqlite3_reset(q);
+    return rc == SQLITE_DONE ? 0 : sql_err(s->db, err, "store replication state");
+}
+
+void gw_storage_checkpoint(const gw_storage_t *s, uint64_t *last_op, uint64_t *lsn)
+{
+    *last_op = s->last_op;
+    *lsn = s->lsn;
+}
+
+int gw_storage_set_consistent(gw_storage_t *s, int consistent, gw_err_t *err)
+{
+    if (gw_storage_state_set(s, "consistent", consistent ? "1" : "0", err) != 0)
+        return GW_EIO;
+    s->consistent = consistent != 0;
+    return 0;
+}
+
+int gw_storage_consistent(const gw_storage_t *s)
+{
+    return s->consistent;
+}
+
+/* ---- ops ---- */
+
+static int write_op(gw_storage_t *s, bucket_t *b, int op, const char *type, const char *id,
+                    const char *subkey, const char *data, size_t data_len, uint32_t checksum,
+                    gw_err_t *err)
+{
+    uint64_t op_id = s->next_op++;
+    gw_buf_t *l = &s->line;
+    gw_buf_reset(l);
+    gw_buf_printf(l, "{\"op_id\":\"%llu\",\"op\":\"%s\",\"object_type\":", (unsigned long long)op_id,
+                  op == OP_PUT ? "PUT" : "REMOVE");
+    gw_buf_json_str(l, type);
+    gw_buf_puts(l, ",\"object_id\":");
+    gw_buf_json_str(l, id);
+    gw_buf_printf(l, ",\"checksum\":%u,\"subkey\":", checksum);
+    gw_buf_json_str(l, subkey);
+    if (op == OP_PUT) {
+        gw_buf_puts(l, ",\"data\":");
+        /* data is NUL-free JSON text; escape it as a JSON string */
+        (void)data_len;
+        gw_buf_json_str(l, data);
+    }
+    gw_buf_puts(l, "}");
+    sqlite3_stmt *q = s->st[ST_OP_INSERT];
+    sqlite3_bind_int64(q, 1, b->id);
+    sqlite3_bind_int64(q, 2, (sqlite3_int64)op_id);
+    sqlite3_bind_int(q, 3, op);
+    sqlite3_bind_text(q, 4, type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 5, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 6, subkey, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 7, checksum);
+    sqlite3_bind_text(q, 8, l->data, (int)l->len, SQLITE_STATIC);
+    int rc = sqlite3_step(q);
+    sqlite3_reset(q);
+    if (rc != SQLITE_DONE)
+        return sql_err(s->db, err, "write an op");
+    b->checksum += checksum;
+    b->count++;
+    b->last_op = op_id;
+    s->txn_last_op = op_id;
+    touch(s, b);
+    return 0;
+}
+
+/* Memberships: [u32 bucket id][u16 type len][type][u16 id len][id] repeated. */
+typedef struct member {
+    int64_t bucket_id;
+    const char *type;
+    size_t tlen;
+    const char *id;
+    size_t ilen;
+} member_t;
+
+static int next_member(const unsigned char **p, const unsigned char *end, member_t *m)
+{
+    if (end - *p < 8)
+        return 0;
+    uint32_t bid;
+    uint16_t tl, il;
+    memcpy(&bid, *p, 4);
+    memcpy(&tl, *p + 4, 2);
+    if (end - *p < 6 + tl + 2)
+        return 0;
+    m->bucket_id = bid;
+    m->type = (const char *)*p + 6;
+    m->tlen = tl;
+    memcpy(&il, *p + 6 + tl, 2);
+    if (end - *p < 8 + tl + il)
+        return 0;
+    m->id = (const char *)*p + 8 + tl;
+    m->ilen = il;
+    *p += 8 + tl + il;
+    return 1;
+}
+
+static void add_member(gw_buf_t *out, int64_t bucket_id, const char *type, const char *id)
+{
+    uint32_t bid = (uint32_t)bucket_id;
+    uint16_t tl = (uint16_t)strnlen(type, 65535), il = (uint16_t)strnlen(id, 65535);
+    gw_buf_append(out, &bid, 4);
+    gw_buf_append(out, &tl, 2);
+    gw_buf_append(out, type, tl);
+    gw_buf_append(out, &il, 2);
+    gw_buf_append(out, id, il);
+}
+
+static void subkey_of(const gw_row_ref_t *ref, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/%s", ref->table, ref->key);
+}
+
+static void note_lookup_key(gw_storage_t *s, const char *key)
+{
+    for (size_t i = 0; i < s->nlookup_keys; i++)
+        if (strcmp(s->lookup_keys[i], key) == 0)
+            return;
+    if (s->nlookup_keys == s->cap_lookup_keys) {
+        s->cap_lookup_keys = s->cap_lookup_keys ? s->cap_lookup_keys * 2 : 16;
+        s->lookup_keys = gw_xrealloc(s->lookup_keys, s->cap_lookup_keys * sizeof(char *));
+    }
+    s->lookup_keys[s->nlookup_keys++] = gw_xstrdup(key);
+}
+
+/* Lookups text of a row: "key\tparams\n" per entry, in the rules' order. */
+static void lookups_text(const rules_lookups_t *l, gw_buf_t *out)
+{
+    for (size_t i = 0; l != NULL && i < l->n; i++) {
+        gw_buf_puts(out, l->items[i].key);
+        gw_buf_puts(out, "\t");
+        gw_buf_puts(out, l->items[i].params);
+        gw_buf_puts(out, "\n");
+    }
+}
+
+/* Close the row's current lookup entries and open new ones; remember changed keys. */
+static int replace_lookups(gw_storage_t *s, const gw_row_ref_t *ref, const char *old_text,
+                           const rules_lookups_t *l, gw_err_t *err)
+{
+    uint64_t op_id = s->next_op++; /* lookups share the op-id sequence */
+    s->txn_last_op = op_id;
+    sqlite3_stmt *q = s->st[ST_LOOKUP_CLOSE];
+    sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 3, (sqlite3_int64)op_id);
+    int rc = sqlite3_step(q);
+    sqlite3_reset(q);
+    if (rc != SQLITE_DONE)
+        return sql_err(s->db, err, "update parameter lookups");
+    /* keys of the old entries changed too */
+    for (const char *p = old_text; p != NULL && *p != '\0';) {
+        const char *tab = strchr(p, '\t');
+        const char *nl = strchr(p, '\n');
+        if (tab == NULL || nl == NULL)
+            break;
+        char key[1024];
+        snprintf(key, sizeof(key), "%.*s", (int)(tab - p), p);
+        note_lookup_key(s, key);
+        p = nl + 1;
+    }
+    for (size_t i = 0; l != NULL && i < l->n; i++) {
+        q = s->st[ST_LOOKUP_INSERT];
+        sqlite3_bind_text(q, 1, l->items[i].key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, ref->table, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 3, ref->key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 4, l->items[i].params, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 5, (sqlite3_int64)op_id);
+        rc = sqlite3_step(q);
+        sqlite3_reset(q);
+        if (rc != SQLITE_DONE)
+            return sql_err(s->db, err, "write parameter lookups");
+        note_lookup_key(s, l->items[i].key);
+    }
+    return 0;
+}
+
+/* Load a row's stored members and lookups (copies into the given buffers). 1 found, 0 not. */
+static int row_load(gw_storage_t *s, const gw_row_ref_t *ref, gw_buf_t *members,
+                    gw_buf_t *lookups)
+{
+    sqlite3_stmt *q = s->st[ST_ROW_GET];
+    sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
+    int found = 0;
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        found = 1;
+        const void *m = sqlite3_column_blob(q, 0);
+        int ml = sqlite3_column_bytes(q, 0);
+        if (m != NULL && ml > 0)
+            gw_buf_append(members, m, (size_t)ml);
+        const char *lk = (const char *)sqlite3_column_text(q, 1);
+        if (lk != NULL)
+            gw_buf_puts(lookups, lk);
+    }
+    sqlite3_reset(q);
+    return found;
+}
+
+int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops_t *ops,
+                       const rules_lookups_t *lookups, const void *copy, size_t copy_len,
+                       gw_err_t *err)
+{
+    char subkey[2048];
+    subkey_of(ref, subkey, sizeof(subkey));
+    gw_buf_t old_members = GW_BUF_INIT, old_lookups = GW_BUF_INIT, new_lookups = GW_BUF_INIT;
+    int rc = 0;
+    row_load(s, ref, &old_members, &old_lookups);
+    gw_buf_reset(&s->members);
+    /* PUT every current membership */
+    for (size_t i = 0; ops != NULL && i < ops->n && rc == 0; i++) {
+        const rules_op_t *o = &ops->items[i];
+        bucket_t *b = bucket_get(s, o->bucket, err);
+        if (b == NULL) {
+            rc = GW_EIO;
+            break;
+        }
+        rc = write_op(s, b, OP_PUT, o->object_type, o->object_id, subkey, o->data, o->data_len,
+                      o->checksum, err);
+        add_member(&s->members, b->id, o->object_type, o->object_id);
+    }
+    /* REMOVE memberships the row lost */
+    const unsigned char *p = (const unsigned char *)old_members.data;
+    const unsigned char *end = p + old_members.len;
+    member_t m;
+    uint32_t rm_checksum = rules_checksum_delete(subkey);
+    while (rc == 0 && p != NULL && next_member(&p, end, &m)) {
+        int kept = 0;
+        for (size_t i = 0; ops != NULL && i < ops->n && !kept; i++) {
+            const rules_op_t *o = &ops->items[i];
+            bucket_t *b = gw_map_get(&s->by_name, o->bucket);
+            kept = b != NULL && b->id == m.bucket_id && strlen(o->object_type) == m.tlen &&
+                   memcmp(o->object_type, m.type, m.tlen) == 0 && strlen(o->object_id) == m.ilen &&
+                   memcmp(o->object_id, m.id, m.ilen) == 0;
+        }
+        if (kept || (size_t)m.bucket_id >= s->by_id_cap || s->by_id[m.bucket_id] == NULL)
+            continue;
+        char type[512], id[1024];
+        snprintf(type, sizeof(type), "%.*s", (int)m.tlen, m.type);
+        snprintf(id, sizeof(id), "%.*s", (int)m.ilen, m.id);
+        rc = write_op(s, s->by_id[m.bucket_id], OP_REMOVE, type, id, subkey, NULL, 0, rm_checksum,
+                      err);
+    }
+    if (rc == 0) {
+        lookups_text(lookups, &new_lookups);
+        const char *oldl = old_lookups.data != NULL ? old_lookups.data : "";
+        const char *newl = new_lookups.data != NULL ? new_lookups.data : "";
+        if (strcmp(oldl, newl) != 0)
+            rc = replace_lookups(s, ref, oldl, lookups, err);
+    }
+    if (rc == 0) {
+        sqlite3_stmt *q = s->st[ST_ROW_PUT];
+        sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(q, 3, s->members.data, (int)s->members.len, SQLITE_STATIC);
+        sqlite3_bind_text(q, 4, new_lookups.data != NULL ? new_lookups.data : "", -1,
+                          SQLITE_STATIC);
+        if (copy != NULL)
+            sqlite3_bind_blob(q, 5, copy, (int)copy_len, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(q, 5);
+        if (sqlite3_step(q) != SQLITE_DONE)
+            rc = sql_err(s->db, err, "store a row");
+        sqlite3_reset(q);
+    }
+    gw_buf_free(&old_members);
+    gw_buf_free(&old_lookups);
+    gw_buf_free(&new_lookups);
+    return rc;
+}
+
+int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *err)
+{
+    gw_buf_t old_members = GW_BUF_INIT, old_lookups = GW_BUF_INIT;
+    if (!row_load(s, ref, &old_members, &old_lookups))
+        return 0; /* never stored: nothing to remove */
+    int rc = 0;
+    char subkey[2048];
+    subkey_of(ref, subkey, sizeof(subkey));
+    uint32_t rm_checksum = rules_checksum_delete(subkey);
+    const unsigned char *p = (const unsigned char *)old_members.data;
+    const unsigned char *end = p + old_members.len;
+    member_t m;
+    while (rc == 0 && p != NULL && next_member(&p, end, &m)) {
+        if ((size_t)m.bucket_id >= s->by_id_cap || s->by_id[m.bucket_id] == NULL)
+            continue;
+        char type[512], id[1024];
+        snprintf(type, sizeof(type), "%.*s", (int)m.tlen, m.type);
+        snprintf(id, sizeof(id), "%.*s", (int)m.ilen, m.id);
+        rc = write_op(s, s->by_id[m.bucket_id], OP_REMOVE, type, id, subkey, NULL, 0, rm_checksum,
+                      err);
+    }
+    if (rc == 0 && old_lookups.len > 0)
+        rc = replace_lookups(s, ref, old_lookups.data, NULL, err);
+    if (rc == 0) {
+        sqlite3_stmt *q = s->st[ST_ROW_DEL];
+        sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
+        if (sqlite3_step(q) != SQLITE_DONE)
+            rc = sql_err(s->db, err, "delete a row");
+        sqlite3_reset(q);
+    }
+    gw_buf_free(&old_members);
+    gw_buf_free(&old_lookups);
+    return rc;
+}
+
+int gw_storage_truncate(gw_storage_t *s, const char *table, gw_err_t *err)
+{
+    for (;;) {
+        /* collect a batch of keys first: deleting while stepping the same table is unsafe */
+        char **keys = NULL;
+        size_t n = 0, cap = 0;
+        sqlite3_stmt *q = s->st[ST_ROWS_OF_TABLE];
+        sqlite3_bind_text(q, 1, table, -1, SQLITE_STATIC);
+        while (sqlite3_step(q) == SQLITE_ROW) {
+            if (n == cap) {
+                cap = cap ? cap * 2 : 256;
+                keys = gw_xrealloc(keys, cap * sizeof(char *));
+            }
+            keys[n++] = gw_xstrdup((const char *)sqlite3_column_text(q, 0));
+        }
+        sqlite3_reset(q);
+        int rc = 0;
+        for (size_t i = 0; i < n; i++) {
+            gw_row_ref_t ref = {.table = table, .key = keys[i]};
+            if (rc == 0)
+                rc = gw_storage_delete_row(s, &ref, err);
+            free(keys[i]);
+        }
+        free(keys);
+        if (rc != 0)
+            return rc;
+        if (n == 0)
+            return 0;
+    }
+}
+
+int gw_storage_row_copy(gw_storage_t *s, const gw_row_ref_t *ref, void **out, size_t *len)
+{
+    sqlite3_stmt *q = s->st[ST_ROW_GET];
+    sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
+    int found = 0;
+    if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_type(q, 2) == SQLITE_BLOB) {
+        int n = sqlite3_column_bytes(q, 2);
+        *out = gw_xmalloc((size_t)n);
+        memcpy(*out, sqlite3_column_blob(q, 2), (size_t)n);
+        *len = (size_t)n;
+        found = 1;
+    }
+    sqlite3_reset(q);
+    return found;
+}
+
+/* Copy encoding: [u16 ncols] then per column [u16 name len][name][u8 kind][u32 len][bytes]. */
+void gw_storage_row_encode(gw_buf_t *out, size_t ncols, const char *const *names,
+                           const char *const *values, const size_t *lens)
+{
+    uint16_t n = (uint16_t)ncols;
+    gw_buf_append(out, &n, 2);
+    for (size_t i = 0; i < ncols; i++) {
+        uint16_t nl = (uint16_t)strlen(names[i]);
+        gw_buf_append(out, &nl, 2);
+        gw_buf_append(out, names[i], nl);
+        char kind = values[i] != NULL ? 't' : 'n';
+        gw_buf_append(out, &kind, 1);
+        uint32_t vl = values[i] == NULL ? 0 : (uint32_t)(lens ? lens[i] : strlen(values[i]));
+        gw_buf_append(out, &vl, 4);
+        if (values[i] != NULL)
+            gw_buf_append(out, values[i], vl);
+    }
+}
+
+int gw_storage_row_find(const void *copy, size_t copy_len, const char *name, const char **value,
+                        size_t *len)
+{
+    const char *p = copy, *end = p + copy_len;
+    if (copy_len < 2)
+        return 0;
+    uint16_t n;
+    memcpy(&n, p, 2);
+    p += 2;
+    size_t want = strlen(name);
+    for (uint16_t i = 0; i < n; i++) {
+        uint16_t nl;
+        uint32_t vl;
+        if (end - p < 2)
+            return 0;
+        memcpy(&nl, p, 2);
+        if (end - p < 2 + nl + 5)
+            return 0;
+        const char *nm = p + 2;
+        char kind = p[2 + nl];
+        memcpy(&vl, p + 3 + nl, 4);
+        const char *v = p + 7 + nl;
+        if (end - v < (ptrdiff_t)vl)
+            return 0;
+        if (nl == want && memcmp(nm, name, nl) == 0) {
+            *value = kind == 't' ? v : NULL;
+            *len = vl;
+            return 1;
+        }
+        p = v + vl;
+    }
+    return 0;
+}
+
+/* ---- readers ---- */
+
+enum {
+    RD_STATE,
+    RD_BUCKET,
+    RD_OPS_AFTER,
+    RD_OPS,
+    RD_LOOKUP,
+    RD_BUCKETS,
+    RD_STATE_ONE,
+    RD_COUNT
+};
+
+static const char *const rd_sql[RD_COUNT] = {
+    [RD_STATE] = "SELECT k, v FROM state WHERE k IN ('last_op', 'lsn', 'consistent')",
+    [RD_BUCKET] = "SELECT id, checksum, count, last_op FROM buckets WHERE name = ?1",
+    [RD_OPS_AFTER] = "SELECT coalesce(sum(checksum), 0), count(*) FROM ops WHERE bucket_id = ?1 AND op_id > ?2",
+    [RD_OPS] = "SELECT op_id, line FROM ops WHERE bucket_id = ?1 AND op_id > ?2 AND op_id <= ?3 "
+               "ORDER BY op_id LIMIT ?4",
+    [RD_LOOKUP] = "SELECT params FROM lookups WHERE key = ?1 AND from_op <= ?2 AND (to_op IS NULL "
+                  "OR to_op > ?2)",
+    [RD_BUCKETS] = "SELECT name FROM buckets ORDER BY name",
+    [RD_STATE_ONE] = "SELECT v FROM state WHERE k = ?1",
+};
+
+struct gw_storage_reader {
+    sqlite3 *db;
+    sqlite3_stmt *st[RD_COUNT];
+};
+
+int gw_storage_reader_open(const char *path, gw_storage_reader_t **out, gw_err_t *err)
+{
+    gw_storage_reader_t *r = gw_xcalloc(1, sizeof(*r));
+    if (sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        gw_err_set(err, GW_EIO, "storage", "could not open \"%s\" for reading: %s", path,
+                   r->db ? sqlite3_errmsg(r->db) : "out of memory");
+        gw_storage_reader_close(r);
+        return GW_EIO;
+    }
+    sqlite3_busy_timeout(r->db, 5000);
+    for (int i = 0; i < RD_COUNT; i++) {
+        if (sqlite3_prepare_v3(r->db, rd_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &r->st[i], NULL) !=
+            SQLITE_OK) {
+            sql_err(r->db, err, "prepare storage reads");
+            gw_storage_reader_close(r);
+            return GW_EIO;
+        }
+    }
+    *out = r;
+    return 0;
+}
+
+void gw_storage_reader_close(gw_storage_reader_t *r)
+{
+    if (r == NULL)
+        return;
+    for (int i = 0; i < RD_COUNT; i++)
+        sqlite3_finalize(r->st[i]);
+    if (r->db != NULL)
+        sqlite3_close(r->db);
+    free(r);
+}
+
+int gw_storage_read_checkpoint(gw_storage_reader_t *r, uint64_t *last_op, uint64_t *lsn,
+                               int *consistent)
+{
+    *last_op = *lsn = 0;
+    *consistent = 0;
+    sqlite3_stmt *q = r->st[RD_STATE];
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(q, 0);
+        const char *v = (const char *)sqlite3_column_text(q, 1);
+        if (k == NULL || v == NULL)
+            continue;
+        if (strcmp(k, "last_op") == 0)
+            *last_op = strtoull(v, NULL, 10);
+        else if (strcmp(k, "lsn") == 0)
+            *lsn = strtoull(v, NULL, 10);
+        else if (strcmp(k, "consistent") == 0)
+            *consistent = v[0] == '1';
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_DONE ? 0 : GW_EIO;
+}
+
+int gw_storage_read_state(gw_storage_reader_t *r, const char *key, char *buf, size_t len)
+{
+    sqlite3_stmt *q = r->st[RD_STATE_ONE];
+    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
+    int found = 0;
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        const char *v = (const char *)sqlite3_column_text(q, 0);
+        snprintf(buf, len, "%s", v != NULL ? v : "");
+        found = 1;
+    }
+    sqlite3_reset(q);
+    return found;
+}
+
+int gw_storage_bucket_checksum(gw_storage_reader_t *r, const char *bucket, uint64_t as_of,
+                               uint32_t *checksum, uint64_t *count)
+{
+    *checksum = 0;
+    *count = 0;
+    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return GW_EIO;
+    int rc = 0;
+    sqlite3_stmt *q = r->st[RD_BUCKET];
+    sqlite3_bind_text(q, 1, bucket, -1, SQLITE_STATIC);
+    int64_t id = -1;
+    uint64_t last = 0;
+    int step = sqlite3_step(q);
+    if (step == SQLITE_ROW) {
+        id = sqlite3_column_int64(q, 0);
+        *checksum = (uint32_t)sqlite3_column_int64(q, 1);
+        *count = (uint64_t)sqlite3_column_int64(q, 2);
+        last = (uint64_t)sqlite3_column_int64(q, 3);
+    } else if (step != SQLITE_DONE) {
+        rc = GW_EIO;
+    }
+    sqlite3_reset(q);
+    if (rc == 0 && id >= 0 && last > as_of) {
+        /* subtract the ops written after the checkpoint */
+        q = r->st[RD_OPS_AFTER];
+        sqlite3_bind_int64(q, 1, id);
+        sqlite3_bind_int64(q, 2, (sqlite3_int64)as_of);
+        if (sqlite3_step(q) == SQLITE_ROW) {
+            uint64_t sum = (uint64_t)sqlite3_column_int64(q, 0);
+            uint64_t n = (uint64_t)sqlite3_column_int64(q, 1);
+            *checksum -= (uint32_t)sum;
+            *count -= n;
+        } else {
+            rc = GW_EIO;
+        }
+        sqlite3_reset(q);
+    }
+    sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+    return rc;
+}
+
+int gw_storage_read_ops(gw_storage_reader_t *r, const char *bucket, uint64_t after, uint64_t upto,
+                        size_t max_ops, size_t max_bytes, gw_buf_t *out, uint64_t *last,
+                        int *has_more, size_t *nops)
+{
+    *last = after;
+    *has_more = 0;
+    *nops = 0;
+    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return GW_EIO;
+    int rc = 0;
+    sqlite3_stmt *q = r->st[RD_BUCKET];
+    sqlite3_bind_text(q, 1, bucket, -1, SQLITE_STATIC);
+    int64_t id = -1;
+    if (sqlite3_step(q) == SQLITE_ROW)
+        id = sqlite3_column_int64(q, 0);
+    sqlite3_reset(q);
+    if (id >= 0) {
+        q = r->st[RD_OPS];
+        sqlite3_bind_int64(q, 1, id);
+        sqlite3_bind_int64(q, 2, (sqlite3_int64)after);
+        sqlite3_bind_int64(q, 3, (sqlite3_int64)upto);
+        sqlite3_bind_int64(q, 4, (sqlite3_int64)max_ops + 1);
+        size_t bytes = 0;
+        int step;
+        while ((step = sqlite3_step(q)) == SQLITE_ROW) {
+            if (*nops == max_ops || (bytes >= max_bytes && *nops > 0)) {
+                *has_more = 1;
+                break;
+            }
+            const char *line = (const char *)sqlite3_column_text(q, 1);
+            int len = sqlite3_column_bytes(q, 1);
+            if (*nops > 0)
+                gw_buf_append(out, ",", 1);
+            gw_buf_append(out, line, (size_t)len);
+            bytes += (size_t)len;
+            *last = (uint64_t)sqlite3_column_int64(q, 0);
+            (*nops)++;
+        }
+        if (step != SQLITE_ROW && step != SQLITE_DONE)
+            rc = GW_EIO;
+        sqlite3_reset(q);
+    }
+    sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+    return rc;
+}
+
+int gw_storage_lookup(gw_storage_reader_t *r, const char *key, uint64_t as_of,
+                      int (*fn)(void *ud, const char *params), void *ud)
+{
+    sqlite3_stmt *q = r->st[RD_LOOKUP];
+    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, (sqlite3_int64)as_of);
+    int rc = 0, step;
+    while ((step = sqlite3_step(q)) == SQLITE_ROW) {
+        rc = fn(ud, (const char *)sqlite3_column_text(q, 0));
+        if (rc != 0)
+            break;
+    }
+    if (rc == 0 && step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = GW_EIO;
+    sqlite3_reset(q);
+    return rc;
+}
+
+int gw_storage_each_bucket(gw_storage_reader_t *r, uint64_t as_of,
+                           int (*fn)(void *ud, const char *bucket, uint32_t checksum,
+                                     uint64_t count),
+                           void *ud)
+{
+    /* collect names first so the callback can use the reader */
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    sqlite3_stmt *q = r->st[RD_BUCKETS];
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            names = gw_xrealloc(names, cap * sizeof(char *));
+        }
+        names[n++] = gw_xstrdup((const char *)sqlite3_column_text(q, 0));
+    }
+    sqlite3_reset(q);
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t cs;
+        uint64_t count;
+        if (rc == 0)
+            rc = gw_storage_bucket_checksum(r, names[i], as_of, &cs, &count);
+        if (rc == 0)
+            rc = fn(ud, names[i], cs, count);
+        free(names[i]);
+    }
+    free(names);
+    return rc;
+}

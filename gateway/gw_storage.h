@@ -1,0 +1,168 @@
+/* gw_storage.h -- bucket storage: ops, checksums, row state, lookups, replication state
+ *
+ * The embedded backend is one SQLite file in WAL mode. There is exactly one writer, the
+ * replicator thread, holding a gw_storage_t; every other thread reads through its own
+ * gw_storage_reader_t. Writes happen inside gw_storage_begin()/gw_storage_commit(); a commit is
+ * one SQLite transaction that holds every op of the replicated transactions it covers and the
+ * replication state (LSN), so storage and the acknowledged LSN can never disagree.
+ *
+ * Checkpoints. After each commit the storage is at checkpoint (last_op, lsn): last_op is the
+ * highest op id written so far (one global, strictly increasing sequence, never reused), lsn the
+ * source position it reflects. An LSN-only commit advances lsn without new ops. Readers ask
+ * questions "as of checkpoint C" (an op id): ops in (after, C], a bucket's checksum and count
+ * counting only ops <= C, parameter lookups valid at C. Each read call is its own short read
+ * transaction, so no reader pins the WAL while a client is slow.
+ *
+ * Ops. Per source row the storage keeps its bucket memberships, its parameter-lookup entries and
+ * a copy of the row (for unchanged-TOAST merges). gw_storage_put_row() turns the rules' output
+ * for the new row into a PUT per bucket and a REMOVE per bucket the row left; delete and truncate
+ * REMOVE everything. Each op's wire JSON ({"op_id":…,"op":…,…}) is encoded once, here, and
+ * stored ready to send. subkey = "<schema>.<table>/<row key>", identical on every op of a row.
+ */
+#ifndef GW_STORAGE_H
+#define GW_STORAGE_H
+
+#include "gw_buf.h"
+#include "gw_err.h"
+#include "rules/rules.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct gw_storage gw_storage_t;
+typedef struct gw_storage_reader gw_storage_reader_t;
+
+/** What a commit changed; handed to the notification hook. Owned by the storage. */
+typedef struct gw_storage_changes {
+    uint64_t last_op;         /* the new checkpoint */
+    uint64_t lsn;             /* its source position */
+    const char *const *buckets; /* names of buckets that got ops */
+    size_t nbuckets;
+    const char *const *lookups; /* lookup keys whose entries changed */
+    size_t nlookups;
+    int consistent;           /* storage has a consistent checkpoint */
+} gw_storage_changes_t;
+
+/** Called on the writer's thread after every commit (must not block). */
+typedef void (*gw_storage_hook_fn)(const gw_storage_changes_t *changes, void *ud);
+
+/* ---- writer ---- */
+
+/**
+ * Open (creating if needed) the storage file at path for writing. Returns 0 and *out (release
+ * with gw_storage_close), or GW_EIO with err naming the file and SQLite's message.
+ */
+int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err);
+
+/** Close the writer and free everything. NULL is fine. */
+void gw_storage_close(gw_storage_t *s);
+
+/** Install the hook called after each commit (one hook; NULL removes it). */
+void gw_storage_set_hook(gw_storage_t *s, gw_storage_hook_fn fn, void *ud);
+
+/** Start a write transaction. 0 or GW_EIO. */
+int gw_storage_begin(gw_storage_t *s, gw_err_t *err);
+
+/** Commit with the checkpoint's source position lsn; runs the hook. 0 or GW_EIO. */
+int gw_storage_commit(gw_storage_t *s, uint64_t lsn, gw_err_t *err);
+
+/** Abandon the transaction; in-memory caches are reloaded from the file. */
+void gw_storage_rollback(gw_storage_t *s);
+
+/** Whether a write transaction is open. */
+int gw_storage_in_txn(const gw_storage_t *s);
+
+/** Read a state value (copied into buf); 1 found, 0 absent. Works inside or outside a txn. */
+int gw_storage_state_get(gw_storage_t *s, const char *key, char *buf, size_t len);
+
+/** Set a state value inside the current transaction; 0 or GW_EIO. */
+int gw_storage_state_set(gw_storage_t *s, const char *key, const char *value, gw_err_t *err);
+
+/** The current checkpoint (highest committed op id and its LSN). */
+void gw_storage_checkpoint(const gw_storage_t *s, uint64_t *last_op, uint64_t *lsn);
+
+/** Mark storage consistent (a servable checkpoint exists) or not, inside the current txn. */
+int gw_storage_set_consistent(gw_storage_t *s, int consistent, gw_err_t *err);
+
+/** Whether a consistent checkpoint exists. */
+int gw_storage_consistent(const gw_storage_t *s);
+
+/** One source row: its table's qualified name ("public.todos") and its key text. */
+typedef struct gw_row_ref {
+    const char *table; /* "<schema>.<table>" */
+    const char *key;   /* replica-identity values: the text of a single column, else JSON */
+} gw_row_ref_t;
+
+/**
+ * Store the new state of a row: ops (from rules_eval_row, the row's new bucket memberships),
+ * lookups (from rules_eval_lookups) and copy (the encoded row, see gw_storage_row_encode; may be
+ * NULL). Writes PUTs for every op and REMOVEs for memberships the row lost. Inside a txn.
+ */
+int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops_t *ops,
+                       const rules_lookups_t *lookups, const void *copy, size_t copy_len,
+                       gw_err_t *err);
+
+/** Remove a row: REMOVE ops for all its memberships, drop its lookups and copy. Inside a txn. */
+int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *err);
+
+/** Remove every stored row of table ("public.todos"), as for a TRUNCATE. Inside a txn. */
+int gw_storage_truncate(gw_storage_t *s, const char *table, gw_err_t *err);
+
+/**
+ * The stored copy of a row (for unchanged-TOAST merges): 1 and a malloc'd copy in *out (caller
+ * frees), 0 when there is none.
+ */
+int gw_storage_row_copy(gw_storage_t *s, const gw_row_ref_t *ref, void **out, size_t *len);
+
+/* Row copies: a compact encoding of (name, kind, value) triples, kind 'n' (NULL) or 't'. */
+
+/** Encode ncols columns into out (appended). values[i] NULL means SQL NULL. */
+void gw_storage_row_encode(gw_buf_t *out, size_t ncols, const char *const *names,
+                           const char *const *values, const size_t *lens);
+
+/**
+ * Find column name in an encoded copy: 1 and *value and *len (pointing into copy; *value NULL for
+ * SQL NULL), 0 when absent or the copy is malformed.
+ */
+int gw_storage_row_find(const void *copy, size_t copy_len, const char *name, const char **value,
+                        size_t *len);
+
+/* ---- readers (any thread; one reader per thread) ---- */
+
+/** Open a read-only handle on the storage file. 0 or GW_EIO. Release with ..._close. */
+int gw_storage_reader_open(const char *path, gw_storage_reader_t **out, gw_err_t *err);
+
+/** Close a reader. NULL is fine. */
+void gw_storage_reader_close(gw_storage_reader_t *r);
+
+/** The latest committed checkpoint and whether it is consistent. 0 or GW_EIO. */
+int gw_storage_read_checkpoint(gw_storage_reader_t *r, uint64_t *last_op, uint64_t *lsn,
+                               int *consistent);
+
+/** Read a replication state value (copied into buf); 1 found, 0 absent. */
+int gw_storage_read_state(gw_storage_reader_t *r, const char *key, char *buf, size_t len);
+
+/** Checksum (wrapping u32 sum) and count of bucket's ops with op_id <= as_of. 0 or GW_EIO. */
+int gw_storage_bucket_checksum(gw_storage_reader_t *r, const char *bucket, uint64_t as_of,
+                               uint32_t *checksum, uint64_t *count);
+
+/**
+ * Append the stored JSON of bucket's ops with after < op_id <= upto, in op-id order, comma
+ * separated, to out: at most max_ops ops and about max_bytes bytes. *last is the op id of the
+ * last op appended (after when none), *has_more whether ops remain up to upto. 0 or GW_EIO.
+ */
+int gw_storage_read_ops(gw_storage_reader_t *r, const char *bucket, uint64_t after, uint64_t upto,
+                        size_t max_ops, size_t max_bytes, gw_buf_t *out, uint64_t *last,
+                        int *has_more, size_t *nops);
+
+/** Call fn for each params JSON stored under lookup key and valid at checkpoint as_of. */
+int gw_storage_lookup(gw_storage_reader_t *r, const char *key, uint64_t as_of,
+                      int (*fn)(void *ud, const char *params), void *ud);
+
+/** Every bucket name with ops, with its checksum/count as of as_of (for `ferry debug dump`). */
+int gw_storage_each_bucket(gw_storage_reader_t *r, uint64_t as_of,
+                           int (*fn)(void *ud, const char *bucket, uint32_t checksum,
+                                     uint64_t count),
+                           void *ud);
+
+#endif
