@@ -59,7 +59,8 @@ START_TEST(test_gateway_config_load_full_example)
     ck_assert_str_eq(cfg.auth.keys[0].kid, "dev");
     ck_assert_str_eq(cfg.auth.keys[0].alg, "HS256");
     ck_assert_str_eq(cfg.auth.keys[0].secret, "s3cret-from-env");
-    ck_assert_str_eq(cfg.auth.keys[1].secret_base64url, "c2VjcmV0LXNlY3JldC1zZWNyZXQ");
+    ck_assert_str_eq(cfg.auth.keys[1].secret_base64url,
+                     "YW4tZXhhbXBsZS1oczUxMi1zZWNyZXQtb2YtYXQtbGVhc3Qtc2l4dHktZm91ci1ieXRlcy0wMTIzNDU2Nzg5YWI");
     /* relative paths resolve against the config file's folder */
     ck_assert_ptr_nonnull(strstr(cfg.auth.keys[2].pem_file, "deploy/keys/rsa-1.pub.pem"));
     ck_assert_ptr_nonnull(strstr(cfg.storage.path, "deploy/./var/ferry-storage.db"));
