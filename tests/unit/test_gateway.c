@@ -65,7 +65,7 @@ START_TEST(test_gateway_config_load_full_example)
     ck_assert_ptr_nonnull(strstr(cfg.auth.keys[2].pem_file, "deploy/keys/rsa-1.pub.pem"));
     ck_assert_ptr_nonnull(strstr(cfg.storage.path, "deploy/./var/ferry-storage.db"));
     ck_assert_str_eq(cfg.auth.keys[5].jwks_uri, "https://auth.example.com/.well-known/jwks.json");
-    ck_assert_int_eq(cfg.auth.keys[0].line, 59);
+    ck_assert_int_eq(cfg.auth.keys[0].line, 60);
     ck_assert_int_eq(cfg.auth.keys[0].col, 7);
     ck_assert_int_eq(cfg.limits.max_connections, 10000);
     gw_config_free(&cfg);
