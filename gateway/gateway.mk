@@ -13,7 +13,12 @@ GATEWAY_SRCS += \
 	gateway/gw_pgoutput.c \
 	gateway/gw_map.c \
 	gateway/gw_storage.c \
-	gateway/gw_repl.c
+	gateway/gw_repl.c \
+	gateway/gw_worker.c \
+	gateway/gw_wcp.c \
+	gateway/gw_stream.c \
+	gateway/gw_write.c \
+	gateway/gw_admin.c
 
 # Subcommands that belong to other issues live in their own files (see gateway/README.md).
 CLI_SRCS += \

@@ -66,6 +66,7 @@ static const cfg_field_t http_fields[] = {
 };
 static const cfg_field_t postgres_fields[] = {
     F_STR_REQ("uri", postgres.uri),
+    F_INT("pool_size", postgres.pool_size, 1, 64),
     F_END,
 };
 static const cfg_field_t replication_fields[] = {
@@ -511,6 +512,7 @@ void gw_config_defaults(gw_config_t *cfg)
     cfg->http.listen = gw_xstrdup("127.0.0.1:8080");
     cfg->http.threads = 0;
     cfg->http.max_request_body = 1048576;
+    cfg->postgres.pool_size = 4;
     cfg->replication.publication = gw_xstrdup("ferry");
     cfg->replication.slot_prefix = gw_xstrdup("ferry");
     cfg->replication.snapshot_chunk_rows = 10000;

@@ -39,6 +39,7 @@ typedef struct gw_config {
     } http;
     struct {
         char *uri;
+        long pool_size; /* worker threads with their own connections (write-back, checkpoints) */
     } postgres;
     struct {
         char *publication;

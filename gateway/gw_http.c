@@ -89,6 +89,11 @@ struct gw_http {
         void *ud;
     } hooks[MAX_HOOKS];
     size_t nhooks;
+    struct {
+        gw_http_thread_fn fn;
+        void *ud;
+    } start_hooks[MAX_HOOKS];
+    size_t nstart_hooks;
     unsigned grace_ms;
     int metric_not_found;
     int metric_other;
@@ -370,6 +375,8 @@ static void on_stop_message(h2o_multithread_receiver_t *rx, h2o_linklist_t *mess
 static void *loop_main(void *arg)
 {
     loop_thread_t *th = arg;
+    for (size_t i = 0; i < th->srv->nstart_hooks; i++)
+        th->srv->start_hooks[i].fn(&th->ctx, th->index, th->srv->start_hooks[i].ud);
     while (h2o_evloop_run(th->ctx.loop, 50) == 0) {
         if (!th->draining)
             continue;
@@ -508,6 +515,23 @@ void gw_http_on_shutdown(gw_http_t *h, gw_http_shutdown_fn fn, void *ud)
         h->hooks[h->nhooks].ud = ud;
         h->nhooks++;
     }
+}
+
+void gw_http_on_thread_start(gw_http_t *h, gw_http_thread_fn fn, void *ud)
+{
+    if (h->nstart_hooks < MAX_HOOKS) {
+        h->start_hooks[h->nstart_hooks].fn = fn;
+        h->start_hooks[h->nstart_hooks].ud = ud;
+        h->nstart_hooks++;
+    }
+}
+
+size_t gw_http_thread_index(gw_http_t *h, h2o_context_t *ctx)
+{
+    for (size_t i = 0; i < h->nthreads; i++)
+        if (&h->threads[i].ctx == ctx)
+            return i;
+    return 0;
 }
 
 int gw_http_start(gw_http_t *h, gw_err_t *err)

@@ -41,6 +41,15 @@ int gw_http_create(gw_http_t **out, const gw_config_t *cfg, gw_err_t *err);
 void gw_http_route(gw_http_t *h, const char *path, const char *metric, unsigned methods,
                    gw_http_handler_fn fn, void *ud);
 
+/** Called on each loop thread before its loop runs (register h2o receivers there). */
+typedef void (*gw_http_thread_fn)(h2o_context_t *ctx, size_t thread_index, void *ud);
+
+/** Register a hook run on every loop thread when it starts. Call before gw_http_start. */
+void gw_http_on_thread_start(gw_http_t *h, gw_http_thread_fn fn, void *ud);
+
+/** The loop thread index of ctx (a context of this server), or 0. */
+size_t gw_http_thread_index(gw_http_t *h, h2o_context_t *ctx);
+
 /** Register a hook run on every loop thread when shutdown begins. Call before gw_http_start. */
 void gw_http_on_shutdown(gw_http_t *h, gw_http_shutdown_fn fn, void *ud);
 

@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/select.h>
 #include <time.h>
 #include <unistd.h>
@@ -89,6 +90,12 @@ struct gw_repl {
     struct timespec batch_started;
     uint64_t acked_lsn;
     struct timespec last_status;
+
+    /* tasks from other threads (gw_repl_submit) */
+    pthread_mutex_t task_lock;
+    gw_repl_task_t *task_head, *task_tail;
+    int task_fd; /* eventfd that wakes the stream loop */
+    _Atomic int ready;
 
     /* observability (read from other threads) */
     _Atomic uint64_t m_snapshot_rows, m_snapshot_estimate, m_changes, m_txns, m_commits;
@@ -196,14 +203,18 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     gw_map_init(&r->rels);
     gw_arena_init(&r->arena, 65536);
     r->ready_id = gw_ready_register("replication", "starting");
+    pthread_mutex_init(&r->task_lock, NULL);
+    r->task_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     int rc = resolve_version(r, rules_hash, err);
     if (rc != 0) {
         r->st = NULL;
         gw_repl_destroy(r);
         return rc;
     }
-    if (gw_storage_consistent(storage))
+    if (gw_storage_consistent(storage)) {
         gw_ready_set(r->ready_id, 1, NULL);
+        atomic_store(&r->ready, 1);
+    }
     *out = r;
     return 0;
 }
@@ -268,6 +279,13 @@ void gw_repl_destroy(gw_repl_t *r)
         return;
     gw_repl_stop(r);
     disconnect(r);
+    for (gw_repl_task_t *t = r->task_head, *next; t != NULL; t = next) {
+        next = t->next;
+        t->done(t->ud, GW_EUNAVAIL);
+    }
+    if (r->task_fd >= 0)
+        close(r->task_fd);
+    pthread_mutex_destroy(&r->task_lock);
     gw_map_free(&r->rels);
     free_tables(r);
     gw_storage_close(r->st);
@@ -879,13 +897,59 @@ static int flush_batch(gw_repl_t *r, gw_err_t *err)
         return rc;
     atomic_fetch_add(&r->m_commits, 1);
     atomic_store(&r->m_lsn, lsn);
-    if (gw_storage_consistent(r->st))
+    if (gw_storage_consistent(r->st)) {
         gw_ready_set(r->ready_id, 1, NULL);
+        atomic_store(&r->ready, 1);
+    }
     if (lsn > r->acked_lsn) {
         r->acked_lsn = lsn;
         return send_status(r, lsn, 0, err);
     }
     return 0;
+}
+
+void gw_repl_submit(gw_repl_t *r, gw_repl_task_t *task)
+{
+    task->next = NULL;
+    pthread_mutex_lock(&r->task_lock);
+    if (r->task_tail != NULL)
+        r->task_tail->next = task;
+    else
+        r->task_head = task;
+    r->task_tail = task;
+    pthread_mutex_unlock(&r->task_lock);
+    uint64_t one = 1;
+    ssize_t w = write(r->task_fd, &one, sizeof(one));
+    (void)w;
+}
+
+int gw_repl_ready(gw_repl_t *r)
+{
+    return atomic_load(&r->ready);
+}
+
+/* Run queued tasks in the open batch, commit it, then report each result. */
+static int run_tasks(gw_repl_t *r, gw_err_t *err)
+{
+    uint64_t drain;
+    ssize_t n = read(r->task_fd, &drain, sizeof(drain));
+    (void)n;
+    pthread_mutex_lock(&r->task_lock);
+    gw_repl_task_t *list = r->task_head;
+    r->task_head = r->task_tail = NULL;
+    pthread_mutex_unlock(&r->task_lock);
+    if (list == NULL)
+        return 0;
+    int rc = batch_begin(r, err);
+    for (gw_repl_task_t *t = list; t != NULL; t = t->next)
+        t->rc = rc == 0 ? t->run(r->st, t->ud, err) : rc;
+    if (rc == 0)
+        rc = flush_batch(r, err);
+    for (gw_repl_task_t *t = list, *next; t != NULL; t = next) {
+        next = t->next;
+        t->done(t->ud, rc != 0 ? rc : t->rc);
+    }
+    return rc;
 }
 
 static rel_t *find_rel(gw_repl_t *r, uint32_t relid)
@@ -1214,6 +1278,11 @@ static int stream(gw_repl_t *r, gw_err_t *err)
                 if (rc != 0)
                     break;
             }
+            if (!r->in_pg_txn) {
+                rc = run_tasks(r, err);
+                if (rc != 0)
+                    break;
+            }
             if (elapsed_ms(&r->last_status) >= STATUS_INTERVAL_MS) {
                 rc = send_status(r, r->acked_lsn, 0, err);
                 if (rc != 0)
@@ -1223,8 +1292,10 @@ static int stream(gw_repl_t *r, gw_err_t *err)
             fd_set rfds;
             FD_ZERO(&rfds);
             FD_SET(fd, &rfds);
+            FD_SET(r->task_fd, &rfds);
             struct timeval tv = {0, 100000};
-            if (select(fd + 1, &rfds, NULL, NULL, &tv) < 0 && errno != EINTR) {
+            int maxfd = fd > r->task_fd ? fd : r->task_fd;
+            if (select(maxfd + 1, &rfds, NULL, NULL, &tv) < 0 && errno != EINTR) {
                 rc = gw_err_set(err, GW_ESYS, "repl", "select failed: %s", strerror(errno));
                 break;
             }

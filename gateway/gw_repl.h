@@ -39,6 +39,27 @@ void gw_repl_stop(gw_repl_t *r);
 /** Release everything (stops first when running). NULL is fine. */
 void gw_repl_destroy(gw_repl_t *r);
 
+/**
+ * Work for the storage writer from another thread. run() executes on the replicator thread
+ * inside a storage transaction; after that transaction committed (or failed) done() runs there
+ * too with run's result (GW_EUNAVAIL when the replicator stopped first). Neither may block.
+ * The submitter keeps the task alive until done() ran.
+ */
+typedef struct gw_repl_task gw_repl_task_t;
+struct gw_repl_task {
+    gw_repl_task_t *next; /* internal */
+    int (*run)(gw_storage_t *st, void *ud, gw_err_t *err);
+    void (*done)(void *ud, int rc);
+    void *ud;
+    int rc; /* internal */
+};
+
+/** Queue a task for the replicator (any thread); it runs while replication streams. */
+void gw_repl_submit(gw_repl_t *r, gw_repl_task_t *task);
+
+/** Whether storage has a consistent checkpoint (streams and write checkpoints may be served). */
+int gw_repl_ready(gw_repl_t *r);
+
 /** Append Prometheus lines about replication to out (a gw_metrics collector). */
 void gw_repl_metrics(gw_buf_t *out, void *r);
 

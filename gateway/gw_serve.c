@@ -12,6 +12,8 @@
 #include "gw_config.h"
 #include "gw_http.h"
 #include "gw_log.h"
+#include "gw_app.h"
+#include "gw_auth.h"
 #include "gw_metrics.h"
 #include "gw_repl.h"
 #include "gw_rules.h"
@@ -183,6 +185,15 @@ int gw_cli_serve(int argc, char **argv)
     gw_info("main", "sync rules loaded", "file=%s version=%s", cfg.sync_rules.path,
             gw_repl_version(repl));
 
+    auth_ctx_t *auth = NULL;
+    if (gw_auth_create(&cfg, &auth, &err) != 0) {
+        fprintf(stderr, "ferry: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        gw_repl_destroy(repl);
+        rules_unref(rules);
+        gw_config_free(&cfg);
+        return 1;
+    }
+
     gw_http_t *http = NULL;
     if (gw_http_create(&http, &cfg, &err) != 0) {
         gw_error("main", gw_err_format(&err, msg, sizeof(msg)), NULL);
@@ -190,23 +201,48 @@ int gw_cli_serve(int argc, char **argv)
             fprintf(stderr, "ferry: %s\n       %s\n", msg, err.detail);
         else
             fprintf(stderr, "ferry: %s\n", msg);
+        gw_auth_destroy(auth);
         gw_repl_destroy(repl);
         rules_unref(rules);
         gw_config_free(&cfg);
         return 1;
     }
+    gw_workers_t *workers = NULL;
+    if (gw_workers_create(cfg.postgres.uri, (size_t)cfg.postgres.pool_size, http, &workers,
+                          &err) != 0) {
+        fprintf(stderr, "ferry: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        gw_http_destroy(http);
+        gw_auth_destroy(auth);
+        gw_repl_destroy(repl);
+        rules_unref(rules);
+        gw_config_free(&cfg);
+        return 1;
+    }
+    gw_app_t app = {.cfg = &cfg,
+                    .http = http,
+                    .auth = auth,
+                    .rules = rules,
+                    .version = gw_repl_version(repl),
+                    .repl = repl,
+                    .workers = workers};
     gw_http_route(http, "/probes/liveness", "liveness", GW_HTTP_GET | GW_HTTP_HEAD, on_liveness,
                   NULL);
     gw_http_route(http, "/probes/readiness", "readiness", GW_HTTP_GET | GW_HTTP_HEAD,
                   on_readiness, NULL);
     gw_http_route(http, "/metrics", "metrics", GW_HTTP_GET | GW_HTTP_HEAD, on_metrics, NULL);
 
+    gw_wcp_register(&app);
+    gw_stream_register(&app);
+    gw_write_register(&app);
+    gw_admin_register(&app);
     gw_metrics_add_collector(gw_repl_metrics, repl);
 
     if (gw_repl_start(repl, &err) != 0 || gw_http_start(http, &err) != 0) {
         gw_error("main", gw_err_format(&err, msg, sizeof(msg)), NULL);
         gw_http_shutdown(http, 0);
+        gw_workers_destroy(workers);
         gw_http_destroy(http);
+        gw_auth_destroy(auth);
         gw_repl_destroy(repl);
         rules_unref(rules);
         gw_config_free(&cfg);
@@ -219,7 +255,9 @@ int gw_cli_serve(int argc, char **argv)
     sigwait(&sigs, &sig);
     gw_info("main", "shutting down", "signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     gw_http_shutdown(http, 3000);
+    gw_workers_destroy(workers);
     gw_http_destroy(http);
+    gw_auth_destroy(auth);
     gw_repl_destroy(repl);
     rules_unref(rules);
     gw_config_free(&cfg);

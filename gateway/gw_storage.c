@@ -8,6 +8,7 @@
  *   rows(tbl, key, members, lookups, copy)      per source row: memberships, lookup text, copy
  *   lookups(key, tbl, rkey, params, from_op, to_op)
  *                                               parameter-lookup entries valid in [from_op, to_op)
+ *   write_checkpoints(user_key, counter, lsn)   the latest write checkpoint per "<sub>/<client>"
  *
  * The writer keeps every bucket's totals in memory (a map by name and an array by id), updates
  * them as ops are written and flushes the dirty ones at commit. A bucket's checksum as of an
@@ -51,6 +52,7 @@ enum {
     ST_ROWS_OF_TABLE,
     ST_LOOKUP_CLOSE,
     ST_LOOKUP_INSERT,
+    ST_WCP_UPSERT,
     ST_COUNT
 };
 
@@ -72,6 +74,9 @@ static const char *const stmt_sql[ST_COUNT] = {
                         "NULL",
     [ST_LOOKUP_INSERT] = "INSERT INTO lookups(key, tbl, rkey, params, from_op) VALUES (?1, ?2, ?3, "
                          "?4, ?5)",
+    [ST_WCP_UPSERT] = "INSERT INTO write_checkpoints(user_key, counter, lsn) VALUES (?1, 1, ?2) "
+                      "ON CONFLICT(user_key) DO UPDATE SET counter = counter + 1, lsn = excluded.lsn "
+                      "RETURNING counter",
 };
 
 static const char schema_sql[] =
@@ -86,7 +91,9 @@ static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS lookups(key TEXT NOT NULL, tbl TEXT NOT NULL, rkey TEXT NOT NULL,"
     "  params TEXT NOT NULL, from_op INTEGER NOT NULL, to_op INTEGER);"
     "CREATE INDEX IF NOT EXISTS lookups_by_key ON lookups(key, from_op);"
-    "CREATE INDEX IF NOT EXISTS lookups_by_row ON lookups(tbl, rkey) WHERE to_op IS NULL;";
+    "CREATE INDEX IF NOT EXISTS lookups_by_row ON lookups(tbl, rkey) WHERE to_op IS NULL;"
+    "CREATE TABLE IF NOT EXISTS write_checkpoints(user_key TEXT PRIMARY KEY,"
+    "  counter INTEGER NOT NULL, lsn INTEGER NOT NULL) WITHOUT ROWID;";
 
 enum { OP_PUT = 1, OP_REMOVE = 2, OP_MOVE = 3, OP_CLEAR = 4 };
 
@@ -109,6 +116,14 @@ struct gw_storage {
     size_t ntouched, cap_touched;
     char **lookup_keys;
     size_t nlookup_keys, cap_lookup_keys;
+    /* write checkpoints not yet covered by a commit's LSN */
+    struct pending_wcp {
+        char *key;
+        uint64_t lsn;
+    } *wcp;
+    size_t nwcp, cap_wcp;
+    char **wcp_done; /* resolved by the commit being reported */
+    size_t nwcp_done;
     gw_buf_t line; /* scratch for op JSON */
     gw_buf_t members;
     gw_storage_hook_fn hook;
@@ -279,6 +294,12 @@ void gw_storage_close(gw_storage_t *s)
     for (size_t i = 0; i < s->nlookup_keys; i++)
         free(s->lookup_keys[i]);
     free(s->lookup_keys);
+    for (size_t i = 0; i < s->nwcp; i++)
+        free(s->wcp[i].key);
+    free(s->wcp);
+    for (size_t i = 0; i < s->nwcp_done; i++)
+        free(s->wcp_done[i]);
+    free(s->wcp_done);
     gw_buf_free(&s->line);
     gw_buf_free(&s->members);
     free(s->path);
@@ -359,6 +380,19 @@ int gw_storage_commit(gw_storage_t *s, uint64_t lsn, gw_err_t *err)
     s->in_txn = 0;
     s->last_op = last_op;
     s->lsn = lsn;
+    for (size_t i = 0; i < s->nwcp_done; i++)
+        free(s->wcp_done[i]);
+    s->nwcp_done = 0;
+    size_t keep = 0;
+    for (size_t i = 0; i < s->nwcp; i++) {
+        if (s->wcp[i].lsn <= lsn) {
+            s->wcp_done = gw_xrealloc(s->wcp_done, (s->nwcp_done + 1) * sizeof(char *));
+            s->wcp_done[s->nwcp_done++] = s->wcp[i].key;
+        } else {
+            s->wcp[keep++] = s->wcp[i];
+        }
+    }
+    s->nwcp = keep;
     if (s->hook != NULL) {
         gw_storage_changes_t ch = {
             .last_op = last_op,
@@ -367,6 +401,8 @@ int gw_storage_commit(gw_storage_t *s, uint64_t lsn, gw_err_t *err)
             .nbuckets = s->ntouched,
             .lookups = (const char *const *)s->lookup_keys,
             .nlookups = s->nlookup_keys,
+            .write_checkpoints = (const char *const *)s->wcp_done,
+            .nwrite_checkpoints = s->nwcp_done,
             .consistent = s->consistent,
         };
         s->hook(&ch, s->hook_ud);
@@ -679,6 +715,28 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
     return rc;
 }
 
+int gw_storage_write_checkpoint(gw_storage_t *s, const char *user_key, uint64_t lsn,
+                                uint64_t *counter, gw_err_t *err)
+{
+    sqlite3_stmt *q = s->st[ST_WCP_UPSERT];
+    sqlite3_bind_text(q, 1, user_key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, (sqlite3_int64)lsn);
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW)
+        *counter = (uint64_t)sqlite3_column_int64(q, 0);
+    sqlite3_reset(q);
+    if (rc != SQLITE_ROW)
+        return sql_err(s->db, err, "store a write checkpoint");
+    if (s->nwcp == s->cap_wcp) {
+        s->cap_wcp = s->cap_wcp ? s->cap_wcp * 2 : 16;
+        s->wcp = gw_xrealloc(s->wcp, s->cap_wcp * sizeof(*s->wcp));
+    }
+    s->wcp[s->nwcp].key = gw_xstrdup(user_key);
+    s->wcp[s->nwcp].lsn = lsn;
+    s->nwcp++;
+    return 0;
+}
+
 int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *err)
 {
     gw_buf_t old_members = GW_BUF_INIT, old_lookups = GW_BUF_INIT;
@@ -826,6 +884,7 @@ enum {
     RD_LOOKUP,
     RD_BUCKETS,
     RD_STATE_ONE,
+    RD_WCP,
     RD_COUNT
 };
 
@@ -839,6 +898,7 @@ static const char *const rd_sql[RD_COUNT] = {
                   "OR to_op > ?2)",
     [RD_BUCKETS] = "SELECT name FROM buckets ORDER BY name",
     [RD_STATE_ONE] = "SELECT v FROM state WHERE k = ?1",
+    [RD_WCP] = "SELECT counter, lsn FROM write_checkpoints WHERE user_key = ?1",
 };
 
 struct gw_storage_reader {
@@ -901,6 +961,20 @@ int gw_storage_read_checkpoint(gw_storage_reader_t *r, uint64_t *last_op, uint64
     }
     sqlite3_reset(q);
     return rc == SQLITE_DONE ? 0 : GW_EIO;
+}
+
+int gw_storage_read_write_checkpoint(gw_storage_reader_t *r, const char *user_key,
+                                     uint64_t as_of_lsn, uint64_t *counter)
+{
+    sqlite3_stmt *q = r->st[RD_WCP];
+    sqlite3_bind_text(q, 1, user_key, -1, SQLITE_STATIC);
+    int found = 0;
+    if (sqlite3_step(q) == SQLITE_ROW && (uint64_t)sqlite3_column_int64(q, 1) <= as_of_lsn) {
+        *counter = (uint64_t)sqlite3_column_int64(q, 0);
+        found = 1;
+    }
+    sqlite3_reset(q);
+    return found;
 }
 
 int gw_storage_read_state(gw_storage_reader_t *r, const char *key, char *buf, size_t len)

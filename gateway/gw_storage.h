@@ -40,6 +40,8 @@ typedef struct gw_storage_changes {
     size_t nbuckets;
     const char *const *lookups; /* lookup keys whose entries changed */
     size_t nlookups;
+    const char *const *write_checkpoints; /* user keys whose write checkpoint became visible */
+    size_t nwrite_checkpoints;
     int consistent;           /* storage has a consistent checkpoint */
 } gw_storage_changes_t;
 
@@ -102,6 +104,14 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
                        const rules_lookups_t *lookups, const void *copy, size_t copy_len,
                        gw_err_t *err);
 
+/**
+ * Create the next write checkpoint of user_key ("<sub>/<client_id>") for source position lsn,
+ * inside a txn: *counter is the new value (1, 2, …). It becomes visible to readers, and is listed
+ * in the hook's changes, with the first commit whose LSN is at least lsn. 0 or GW_EIO.
+ */
+int gw_storage_write_checkpoint(gw_storage_t *s, const char *user_key, uint64_t lsn,
+                                uint64_t *counter, gw_err_t *err);
+
 /** Remove a row: REMOVE ops for all its memberships, drop its lookups and copy. Inside a txn. */
 int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *err);
 
@@ -154,6 +164,10 @@ int gw_storage_bucket_checksum(gw_storage_reader_t *r, const char *bucket, uint6
 int gw_storage_read_ops(gw_storage_reader_t *r, const char *bucket, uint64_t after, uint64_t upto,
                         size_t max_ops, size_t max_bytes, gw_buf_t *out, uint64_t *last,
                         int *has_more, size_t *nops);
+
+/** The write checkpoint of user_key visible at source position as_of_lsn: 1 and *counter, or 0. */
+int gw_storage_read_write_checkpoint(gw_storage_reader_t *r, const char *user_key,
+                                     uint64_t as_of_lsn, uint64_t *counter);
 
 /** Call fn for each params JSON stored under lookup key and valid at checkpoint as_of. */
 int gw_storage_lookup(gw_storage_reader_t *r, const char *key, uint64_t as_of,

@@ -1,0 +1,57 @@
+/* gw_app.h -- what request handlers share: config, auth, rules, replicator, workers
+ *
+ * `ferry serve` builds one gw_app_t and passes it as the user data of every route. Everything in
+ * it is created before the loops start and destroyed after they stopped, so handlers may use it
+ * without locks (each member is thread-safe where it says so).
+ */
+#ifndef GW_APP_H
+#define GW_APP_H
+
+#include "auth/auth.h"
+#include "gw_config.h"
+#include "gw_http.h"
+#include "gw_repl.h"
+#include "gw_worker.h"
+#include "rules/rules.h"
+
+typedef struct gw_app {
+    const gw_config_t *cfg;
+    gw_http_t *http;
+    auth_ctx_t *auth;     /* thread-safe */
+    rules_set_t *rules;   /* immutable, thread-safe */
+    const char *version;  /* rule version: bucket-id prefix */
+    gw_repl_t *repl;      /* gw_repl_submit / gw_repl_ready are thread-safe */
+    gw_workers_t *workers;
+} gw_app_t;
+
+/**
+ * Verify the request's Authorization header. Returns 0 and *tok (release with
+ * auth_token_release), or sends 401 {"error":{"code":…,"description":…}} and returns -1.
+ * conn names the connection in the one log line a rejection may write.
+ */
+int gw_app_authenticate(gw_app_t *app, h2o_req_t *req, auth_token_t **tok);
+
+/** "<sub>/<client_id>": the write-checkpoint key of a user's client, into buf; returns buf. */
+const char *gw_app_user_key(const char *sub, const char *client_id, char *buf, size_t len);
+
+/** Register the write-checkpoint route (GET /write-checkpoint2.json). */
+void gw_wcp_register(gw_app_t *app);
+
+/**
+ * Create a write checkpoint for user_key on a worker thread (conn from the worker): reads
+ * pg_current_wal_lsn(), emits the replication marker, stores the counter through the replicator
+ * and waits for it (at most 5 s). Returns 0 and *counter, GW_EUNAVAIL, or GW_EPG.
+ */
+int gw_wcp_create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, uint64_t *counter,
+                           gw_err_t *err);
+
+/** Register the admin API routes (gw_admin.c). */
+void gw_admin_register(gw_app_t *app);
+
+/** Register the write-back route POST /api/write (gw_write.c). */
+void gw_write_register(gw_app_t *app);
+
+/** Register the sync stream route POST /sync/stream (gw_stream.c). */
+void gw_stream_register(gw_app_t *app);
+
+#endif
