@@ -19,6 +19,9 @@ int gw_cli_token(int argc, char **argv);
 /** `ferry debug dump|oracle --config FILE`: storage contents vs. the rules over SQL. */
 int gw_cli_debug(int argc, char **argv);
 
+/** `ferry compact --config FILE`: ask the running server to compact storage (gw_admin.c). */
+int gw_cli_compact(int argc, char **argv);
+
 /** `ferry config keys|check --config FILE`: list accepted keys, or validate a file (main.c). */
 int gw_cli_config(int argc, char **argv);
 

@@ -32,6 +32,7 @@ static void usage(FILE *out)
             "                               show which buckets a token gets, and why\n"
             "  token --config FILE --sub USER [--claim k=v]... [--ttl S] [--kid KID]\n"
             "                               print a development token\n"
+            "  compact --config FILE        compact bucket storage in the running server\n"
             "  debug dump --config FILE [--bucket B] [--checksums]\n"
             "                               print the rows stored in each bucket\n"
             "  debug oracle --config FILE   print what the rules select from postgres now\n"
@@ -89,6 +90,8 @@ int main(int argc, char **argv)
         return gw_cli_rules(argc - 1, argv + 1);
     if (strcmp(cmd, "token") == 0)
         return gw_cli_token(argc - 1, argv + 1);
+    if (strcmp(cmd, "compact") == 0)
+        return gw_cli_compact(argc - 1, argv + 1);
     if (strcmp(cmd, "debug") == 0)
         return gw_cli_debug(argc - 1, argv + 1);
     if (strcmp(cmd, "config") == 0)
