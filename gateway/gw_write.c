@@ -1,10 +1,1331 @@
-/* gw_write.c -- write-back: POST /api/write (issue #7 fills this in)
+/* gw_write.c -- write-back: POST /api/write applies a client's queued writes to Postgres
  *
- * gw_write_register() is called by `ferry serve` with the shared gw_app_t.
+ * The body is the PowerSync CRUD batch: {"client_id":…,"batch":[{"op_id","op","type","id",
+ * "data"},…]}. The loop thread authenticates, parses and checks the shape (400 when it is not a
+ * batch), then hands the batch to a worker (gw_worker.h); the worker applies it in one Postgres
+ * transaction and builds the per-op results; done() answers on the loop thread.
+ *
+ * Per batch (worker, run_batch):
+ *   BEGIN; lock the client's row of ferry_write_log (created on first use) and read last_op_id;
+ *   for each op: op_id <= the highest id seen -> "duplicate"; otherwise
+ *     table with write rules?  operation allowed?  only listed columns?     -> else "rejected"
+ *     SELECT the stored row FOR UPDATE, the sent data merged over it, and lww "older?"
+ *     check_old over the stored row (update, delete), check over the new row (insert, update)
+ *     lww_column older than the stored value                               -> "stale"
+ *     apply: INSERT of the given columns | UPDATE of the given columns | DELETE by id
+ *     each constraint of the table over the stored result; rows found -> ferry_violations
+ *   UPDATE ferry_write_log SET last_op_id; COMMIT.
+ *
+ * Invariants:
+ *   1. SQL text comes only from the compiled rules and from names in them (quoted with
+ *      PQescapeIdentifier); client values travel only as bound parameters.
+ *   2. Nothing is half-applied: a lost connection, a deadlock or a shutdown mid-batch rolls the
+ *      whole transaction back and answers 503; the client retries and ferry_write_log makes the
+ *      retry apply each op once.
+ *   3. A failing statement never aborts the batch. The first attempt runs without savepoints (the
+ *      common case: no statement fails); if one does, the transaction is rolled back and the
+ *      batch runs again with a SAVEPOINT around every op, so the failing op alone is rejected.
+ *
+ * Statements are prepared once per worker connection (prepare_conn; per-thread state, since a
+ * worker owns its connection). A start-up job does the same on the first worker connection,
+ * creates ferry's own tables when missing, and holds the readiness condition "write rules" until
+ * every write-rule statement was accepted by Postgres; a rejected one is reported with its
+ * position in the rules file.
  */
 #include "gw_app.h"
+#include "gw_buf.h"
+#include "gw_log.h"
+#include "gw_metrics.h"
+#include "gw_pg.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- ferry's own tables ---------------------------------------------------------------- */
+
+/* Keep in step with deploy/postgres/setup.sql. */
+static const char SETUP_SQL[] =
+    "CREATE TABLE IF NOT EXISTS ferry_write_log ("
+    " user_id text NOT NULL,"
+    " client_id text NOT NULL,"
+    " last_op_id bigint NOT NULL DEFAULT 0,"
+    " updated_at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (user_id, client_id));"
+    "CREATE TABLE IF NOT EXISTS ferry_violations ("
+    " id text PRIMARY KEY DEFAULT gen_random_uuid()::text,"
+    " constraint_name text NOT NULL,"
+    " table_name text NOT NULL,"
+    " row_id text NOT NULL,"
+    " user_id text NOT NULL,"
+    " conflicting_ids jsonb NOT NULL DEFAULT '[]',"
+    " message text NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id)";
+
+static const char LOG_GET_SQL[] =
+    "INSERT INTO ferry_write_log AS w (user_id, client_id, last_op_id) VALUES ($1, $2, 0) "
+    "ON CONFLICT (user_id, client_id) DO UPDATE SET last_op_id = w.last_op_id "
+    "RETURNING last_op_id";
+static const char LOG_SET_SQL[] =
+    "UPDATE ferry_write_log SET last_op_id = $3, updated_at = now() "
+    "WHERE user_id = $1 AND client_id = $2";
+static const char VIOLATION_SQL[] =
+    "INSERT INTO ferry_violations (constraint_name, table_name, row_id, user_id, "
+    "conflicting_ids, message) VALUES ($1, $2, $3, $4, $5::jsonb, $6)";
+
+/* ---- module state ---------------------------------------------------------------------- */
+
+#define HIST_N 13
+static const double HIST_LE[HIST_N] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                       0.25,  0.5,    1,     2.5,  5,    10};
+
+enum { ST_APPLIED, ST_DUPLICATE, ST_REJECTED, ST_STALE, ST_N };
+static const char *const ST_NAME[ST_N] = {"applied", "duplicate", "rejected", "stale"};
+
+typedef struct write_mod {
+    gw_app_t *app;
+    int ready_id; /* -1: no write rules, no condition */
+    size_t max_inflight;
+    atomic_size_t inflight;
+    /* start-up job and its interruptible wait */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stopping;
+    int tables_done; /* ferry's tables exist (created or found) */
+    char last_problem[1024];
+    /* metrics */
+    atomic_uint_fast64_t ops[ST_N];
+    atomic_uint_fast64_t batches_ok, batches_bad, batches_unavail, violations;
+    atomic_uint_fast64_t hist[HIST_N + 1];
+    atomic_uint_fast64_t hist_sum_us;
+} write_mod_t;
+
+static write_mod_t g_mod = {.ready_id = -1,
+                            .lock = PTHREAD_MUTEX_INITIALIZER,
+                            .cond = PTHREAD_COND_INITIALIZER};
+
+/* ---- per-connection statements (worker threads) ----------------------------------------- */
+
+#define INS_CACHE 64
+
+/* What this thread's current connection has prepared. A worker owns one connection at a time;
+ * a new one (another PGconn or backend pid) starts from nothing. */
+typedef struct conn_state {
+    PGconn *conn;
+    int pid;
+    int prepared;
+    int con_ids[256]; /* constraint i prepared in the "conflicting ids" form */
+    size_t nins;
+    struct {
+        size_t table;
+        uint64_t mask;
+    } ins[INS_CACHE];
+} conn_state_t;
+
+static __thread conn_state_t tl_conn;
+
+static const char *rule_file(void)
+{
+    return g_mod.app->cfg->sync_rules.path;
+}
+
+/* "schema.table", or "table" in schema public, into buf. */
+static const char *table_label(const rules_write_rule_t *r, char *buf, size_t len)
+{
+    if (strcmp(r->schema, "public") == 0)
+        snprintf(buf, len, "%s", r->table);
+    else
+        snprintf(buf, len, "%s.%s", r->schema, r->table);
+    return buf;
+}
+
+/* Quoted "schema"."table" of r, malloc'd (the caller frees). */
+static char *qualified(PGconn *conn, const rules_write_rule_t *r)
+{
+    char *s = gw_pg_ident(conn, r->schema), *t = gw_pg_ident(conn, r->table);
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_printf(&b, "%s.%s", s, t);
+    free(s);
+    free(t);
+    gw_buf_append(&b, "", 1);
+    return b.data;
+}
+
+static int prepare(PGconn *conn, const char *name, const char *sql, char *msg, size_t len)
+{
+    PGresult *res = PQprepare(conn, name, sql, 0, NULL);
+    int ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok) {
+        const char *m = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+        char buf[512];
+        if (m == NULL || m[0] == '\0')
+            m = gw_pg_error(conn, buf, sizeof(buf));
+        snprintf(msg, len, "%s", m);
+        size_t n = strlen(msg);
+        while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+            msg[--n] = '\0';
+    }
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/*
+ * The constraint query in a form that returns the conflicting ids as a JSON array (NULL when
+ * none): the rules library compiles `SELECT EXISTS (<query>)[ FROM jsonb_populate_record(…) AS
+ * "new"]`; the first column of <query>'s rows is the conflicting id. NULL when the text does not
+ * have that shape (then only the boolean form is used). Malloc'd; the caller frees.
+ */
+static char *constraint_ids_sql(const char *sql)
+{
+    static const char head[] = "SELECT EXISTS (";
+    static const char from[] = ") FROM jsonb_populate_record(NULL::";
+    size_t n = strlen(sql);
+    if (strncmp(sql, head, sizeof(head) - 1) != 0)
+        return NULL;
+    const char *body = sql + sizeof(head) - 1, *end = NULL;
+    static const char tail[] = "AS \"new\"";
+    if (n > sizeof(tail) && strcmp(sql + n - (sizeof(tail) - 1), tail) == 0) {
+        for (const char *p = strstr(body, from); p != NULL; p = strstr(p + 1, from))
+            end = p;
+    } else if (n > 0 && sql[n - 1] == ')') {
+        end = sql + n - 1;
+    }
+    if (end == NULL || end < body)
+        return NULL;
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_printf(&b,
+                  "SELECT (SELECT json_agg((SELECT e.value FROM json_each(row_to_json(q)) e "
+                  "LIMIT 1))::text FROM (%.*s) AS q)%s",
+                  (int)(end - body), body, end + 1);
+    gw_buf_append(&b, "", 1);
+    return b.data;
+}
+
+/* The position of a write rule in the rules file, for messages: its check, else its check_old. */
+static void rule_pos(const rules_write_rule_t *r, int *line, int *col)
+{
+    const rules_pg_stmt_t *s = r->check.sql != NULL ? &r->check : &r->check_old;
+    *line = s->sql != NULL ? s->line : 0;
+    *col = s->sql != NULL ? s->col : 0;
+}
+
+static void set_rule_err(gw_err_t *err, int line, int col, const char *fmt, const char *what,
+                         const char *pgmsg)
+{
+    char where[300];
+    if (line > 0)
+        snprintf(where, sizeof(where), "%s:%d:%d", rule_file(), line, col);
+    else
+        snprintf(where, sizeof(where), "%s", rule_file());
+    gw_err_set(err, GW_ERULES, where, fmt, what, pgmsg);
+}
+
+/* Create ferry's tables when missing (once per process; serialized). */
+static int ensure_tables(PGconn *conn, gw_err_t *err)
+{
+    pthread_mutex_lock(&g_mod.lock);
+    int done = g_mod.tables_done;
+    pthread_mutex_unlock(&g_mod.lock);
+    if (done)
+        return 0;
+    gw_err_t e;
+    if (gw_pg_exec(conn, SETUP_SQL, &e) != 0) {
+        /* two first-time creators can race on the catalog; the loser retries once */
+        if (gw_pg_exec(conn, SETUP_SQL, &e) != 0) {
+            gw_err_set(err, GW_EPG, "postgres",
+                       "could not create ferry's tables (ferry_write_log, ferry_violations): %s",
+                       e.message);
+            gw_err_detail(err, "Run deploy/postgres/setup.sql as an owner of the database.");
+            return GW_EPG;
+        }
+    }
+    pthread_mutex_lock(&g_mod.lock);
+    g_mod.tables_done = 1;
+    pthread_mutex_unlock(&g_mod.lock);
+    return 0;
+}
+
+/*
+ * Make sure conn has every write statement prepared (per-thread state). Returns 0; GW_EPG when
+ * Postgres failed (connection, ferry's tables); GW_ERULES when Postgres rejected a statement
+ * built from the rules (err->where is the rules file position).
+ */
+static int prepare_conn(PGconn *conn, gw_err_t *err)
+{
+    conn_state_t *cs = &tl_conn;
+    if (cs->conn == conn && cs->pid == PQbackendPID(conn) && cs->prepared)
+        return 0;
+    memset(cs, 0, sizeof(*cs));
+    int rc = ensure_tables(conn, err);
+    if (rc != 0)
+        return rc;
+    gw_err_t e;
+    if (gw_pg_exec(conn, "DEALLOCATE ALL", &e) != 0)
+        return gw_err_set(err, GW_EPG, "postgres", "%s", e.message);
+    char msg[512], name[64];
+    if (prepare(conn, "fw_log_get", LOG_GET_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_log_set", LOG_SET_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0)
+        return gw_err_set(err, GW_EPG, "postgres", "could not prepare ferry's statements: %s",
+                          msg);
+    const rules_set_t *set = g_mod.app->rules;
+    for (size_t i = 0; i < rules_write_count(set); i++) {
+        const rules_write_rule_t *r = rules_write_at(set, i);
+        char *qt = qualified(conn, r);
+        char label[256];
+        table_label(r, label, sizeof(label));
+        int line, col;
+        rule_pos(r, &line, &col);
+        gw_buf_t b = GW_BUF_INIT;
+        char *lww = r->lww_column != NULL ? gw_pg_ident(conn, r->lww_column) : NULL;
+        if (lww != NULL)
+            gw_buf_printf(&b,
+                          "SELECT to_jsonb(t)::text, to_jsonb(r)::text, COALESCE(r.%s < t.%s, "
+                          "false) FROM %s AS t, LATERAL jsonb_populate_record(t, $2::jsonb) AS "
+                          "r WHERE t.\"id\" = $1 FOR UPDATE OF t",
+                          lww, lww, qt);
+        else
+            gw_buf_printf(&b,
+                          "SELECT to_jsonb(t)::text, to_jsonb(r)::text, false FROM %s AS t, "
+                          "LATERAL jsonb_populate_record(t, $2::jsonb) AS r WHERE t.\"id\" = $1 "
+                          "FOR UPDATE OF t",
+                          qt);
+        free(lww);
+        gw_buf_append(&b, "", 1);
+        snprintf(name, sizeof(name), "fw_sel_%zu", i);
+        rc = prepare(conn, name, b.data, msg, sizeof(msg));
+        gw_buf_reset(&b);
+        if (rc == 0) {
+            /* UPDATE of every writable column, each from the sent data or else itself */
+            gw_buf_printf(&b, "UPDATE %s AS t SET (", qt);
+            size_t n = 0;
+            for (size_t c = 0; c < r->ncolumns; c++) {
+                if (strcmp(r->columns[c], "id") == 0)
+                    continue;
+                char *qc = gw_pg_ident(conn, r->columns[c]);
+                gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", qc);
+                free(qc);
+            }
+            gw_buf_puts(&b, ") = (SELECT ");
+            n = 0;
+            for (size_t c = 0; c < r->ncolumns; c++) {
+                if (strcmp(r->columns[c], "id") == 0)
+                    continue;
+                char *qc = gw_pg_ident(conn, r->columns[c]);
+                gw_buf_printf(&b, "%sr.%s", n++ > 0 ? ", " : "", qc);
+                free(qc);
+            }
+            gw_buf_puts(&b, " FROM jsonb_populate_record(t, $2::jsonb) AS r) WHERE t.\"id\" = $1 "
+                            "RETURNING to_jsonb(t)::text");
+            gw_buf_append(&b, "", 1);
+            snprintf(name, sizeof(name), "fw_upd_%zu", i);
+            if (n == 0) { /* only "id" is writable: an update changes nothing */
+                gw_buf_reset(&b);
+                gw_buf_printf(&b, "SELECT to_jsonb(t)::text FROM %s AS t WHERE t.\"id\" = $1 "
+                                  "AND $2::jsonb IS NOT NULL",
+                              qt);
+                gw_buf_append(&b, "", 1);
+            }
+            rc = prepare(conn, name, b.data, msg, sizeof(msg));
+            gw_buf_reset(&b);
+        }
+        if (rc == 0) {
+            gw_buf_printf(&b, "DELETE FROM %s WHERE \"id\" = $1", qt);
+            gw_buf_append(&b, "", 1);
+            snprintf(name, sizeof(name), "fw_del_%zu", i);
+            rc = prepare(conn, name, b.data, msg, sizeof(msg));
+        }
+        gw_buf_free(&b);
+        free(qt);
+        if (rc != 0) {
+            set_rule_err(err, line, col, "write rules of table \"%s\" rejected by postgres: %s",
+                         label, msg);
+            return GW_ERULES;
+        }
+        if (r->check.sql != NULL) {
+            snprintf(name, sizeof(name), "fw_chk_%zu", i);
+            if (prepare(conn, name, r->check.sql, msg, sizeof(msg)) != 0) {
+                set_rule_err(err, r->check.line, r->check.col,
+                             "\"check\" of table \"%s\" rejected by postgres: %s", label, msg);
+                return GW_ERULES;
+            }
+        }
+        if (r->check_old.sql != NULL) {
+            snprintf(name, sizeof(name), "fw_cko_%zu", i);
+            if (prepare(conn, name, r->check_old.sql, msg, sizeof(msg)) != 0) {
+                set_rule_err(err, r->check_old.line, r->check_old.col,
+                             "\"check_old\" of table \"%s\" rejected by postgres: %s", label,
+                             msg);
+                return GW_ERULES;
+            }
+        }
+    }
+    for (size_t k = 0; k < rules_constraint_count(set); k++) {
+        const rules_constraint_t *c = rules_constraint_at(set, k);
+        snprintf(name, sizeof(name), "fw_con_%zu", k);
+        if (prepare(conn, name, c->stmt.sql, msg, sizeof(msg)) != 0) {
+            set_rule_err(err, c->stmt.line, c->stmt.col,
+                         "constraint \"%s\" rejected by postgres: %s", c->name, msg);
+            return GW_ERULES;
+        }
+        char *ids = constraint_ids_sql(c->stmt.sql);
+        if (ids != NULL && k < sizeof(cs->con_ids) / sizeof(cs->con_ids[0])) {
+            snprintf(name, sizeof(name), "fw_coi_%zu", k);
+            cs->con_ids[k] = prepare(conn, name, ids, msg, sizeof(msg)) == 0;
+        }
+        free(ids);
+    }
+    cs->conn = conn;
+    cs->pid = PQbackendPID(conn);
+    cs->prepared = 1;
+    return 0;
+}
+
+/* ---- a batch ---------------------------------------------------------------------------- */
+
+enum { OP_PUT = 1, OP_PATCH, OP_DELETE };
+
+typedef struct wop {
+    long long op_id;
+    int kind;                      /* OP_*; 0 when the op is malformed (code/message say why) */
+    const rules_write_rule_t *rule; /* NULL: no write rules for the type */
+    size_t rule_index;
+    const char *type;
+    char id[256];
+    json_t *data; /* borrowed from the body; NULL for DELETE */
+    /* result */
+    int status;
+    const char *code;
+    char message[256];
+} wop_t;
+
+typedef struct wbatch {
+    gw_job_t job;
+    h2o_req_t *req;
+    json_t *body;
+    char *user;   /* sub */
+    char *jwt;    /* claims as JSON text */
+    char *params; /* request parameters as JSON text */
+    char client_id[256];
+    wop_t *ops;
+    size_t nops;
+    struct timespec started;
+    /* outcome */
+    int http_status;
+    gw_buf_t out; /* the response body */
+    int counts[ST_N];
+    int attempts;
+} wbatch_t;
+
+/* What a statement's failure means for the batch. */
+enum { SQL_OK = 0, SQL_OP = 1, SQL_FATAL = 2 };
+
+/* Classify a failed result: FATAL when the batch cannot go on (connection lost, the transaction
+ * must be retried as a whole, the server is shutting down), else a failure of this op. */
+static int classify(PGconn *conn, PGresult *res)
+{
+    if (PQstatus(conn) != CONNECTION_OK)
+        return SQL_FATAL;
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state == NULL)
+        return SQL_FATAL;
+    if (strncmp(state, "08", 2) == 0 || strncmp(state, "40", 2) == 0 ||
+        strncmp(state, "53", 2) == 0 || strncmp(state, "57", 2) == 0 ||
+        strncmp(state, "58", 2) == 0 || strncmp(state, "XX", 2) == 0 ||
+        strncmp(state, "26", 2) == 0 /* prepared statement vanished */)
+        return SQL_FATAL;
+    return SQL_OP;
+}
+
+static void op_reject(wop_t *op, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void op_reject(wop_t *op, const char *code, const char *fmt, ...)
+{
+    op->status = ST_REJECTED;
+    op->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(op->message, sizeof(op->message), fmt, ap);
+    va_end(ap);
+}
+
+/* Map a Postgres failure of an op to its rejection code and message. */
+static void op_reject_pg(wop_t *op, PGresult *res)
+{
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *primary = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *code = "database_error";
+    if (state != NULL && strncmp(state, "22", 2) == 0)
+        code = "invalid_value";
+    else if (state != NULL && strncmp(state, "23", 2) == 0)
+        code = "integrity_violation";
+    op_reject(op, code, "%s", primary != NULL ? primary : "the statement failed");
+}
+
+typedef struct wctx {
+    wbatch_t *b;
+    PGconn *conn;
+    gw_app_t *app;
+    int savepoints;
+    PGresult *failed; /* the result of the statement that failed (SQL_OP), owned here */
+} wctx_t;
+
+/* Run a prepared statement; returns its result (caller PQclears) or NULL with *how set. */
+static PGresult *exec_prepared(wctx_t *c, const char *name, int n, const char *const *values,
+                               int *how)
+{
+    PGresult *res = PQexecPrepared(c->conn, name, n, values, NULL, NULL, 0);
+    ExecStatusType st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        *how = SQL_OK;
+        return res;
+    }
+    *how = classify(c->conn, res);
+    PQclear(c->failed);
+    c->failed = res;
+    return NULL;
+}
+
+/* Run compiled rule statement stmt (prepared as name) with its binds; *verdict = its boolean. */
+static PGresult *exec_rule(wctx_t *c, const char *name, const rules_pg_stmt_t *stmt,
+                           const char *new_row, const char *old_row, int *how)
+{
+    const char *values[16];
+    int n = stmt->nbinds < 16 ? stmt->nbinds : 16;
+    for (int i = 0; i < n; i++) {
+        switch (stmt->binds[i]) {
+        case RULES_BIND_NEW_ROW_JSONB:
+            values[i] = new_row;
+            break;
+        case RULES_BIND_OLD_ROW_JSONB:
+            values[i] = old_row;
+            break;
+        case RULES_BIND_USER_ID:
+            values[i] = c->b->user;
+            break;
+        case RULES_BIND_JWT_JSONB:
+            values[i] = c->b->jwt;
+            break;
+        case RULES_BIND_PARAMS_JSONB:
+            values[i] = c->b->params;
+            break;
+        default:
+            values[i] = NULL;
+        }
+    }
+    return exec_prepared(c, name, n, values, how);
+}
+
+static int rule_says_true(PGresult *res)
+{
+    return PQntuples(res) > 0 && !PQgetisnull(res, 0, 0) && PQgetvalue(res, 0, 0)[0] == 't';
+}
+
+/* The prepared INSERT of the columns in mask for table i (cached per connection); writes its
+ * name into name, or "" when the cache is full (then sql is the text to run unnamed). */
+static void insert_stmt(wctx_t *c, size_t ti, const rules_write_rule_t *r, uint64_t mask,
+                        int wide, char *name, size_t nlen, gw_buf_t *sql)
+{
+    conn_state_t *cs = &tl_conn;
+    if (!wide) {
+        for (size_t k = 0; k < cs->nins; k++)
+            if (cs->ins[k].table == ti && cs->ins[k].mask == mask) {
+                snprintf(name, nlen, "fw_ins_%zu_%llx", ti, (unsigned long long)mask);
+                return;
+            }
+    }
+    char *qt = qualified(c->conn, r);
+    gw_buf_printf(sql, "INSERT INTO %s AS t (", qt);
+    gw_buf_t sel = GW_BUF_INIT;
+    size_t n = 0;
+    for (size_t col = 0; col < r->ncolumns; col++) {
+        if (!wide && col < 64 && !(mask & (UINT64_C(1) << col)))
+            continue;
+        char *qc = gw_pg_ident(c->conn, r->columns[col]);
+        gw_buf_printf(sql, "%s%s", n > 0 ? ", " : "", qc);
+        gw_buf_printf(&sel, "%sr.%s", n > 0 ? ", " : "", qc);
+        n++;
+        free(qc);
+    }
+    gw_buf_printf(sql, ") SELECT %.*s FROM jsonb_populate_record(NULL::%s, $1::jsonb) AS r "
+                       "RETURNING to_jsonb(t)::text",
+                  (int)sel.len, sel.data, qt);
+    gw_buf_append(sql, "", 1);
+    gw_buf_free(&sel);
+    free(qt);
+    name[0] = '\0';
+    if (wide || cs->nins >= INS_CACHE)
+        return;
+    char nm[64];
+    snprintf(nm, sizeof(nm), "fw_ins_%zu_%llx", ti, (unsigned long long)mask);
+    PGresult *res = PQprepare(c->conn, nm, sql->data, 0, NULL);
+    if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
+        cs->ins[cs->nins].table = ti;
+        cs->ins[cs->nins].mask = mask;
+        cs->nins++;
+        snprintf(name, nlen, "%s", nm);
+    }
+    PQclear(res); /* a failed prepare falls back to the unnamed statement, which reports it */
+}
+
+/* Record violations of the constraints of op's table over the stored row new_row. */
+static int run_constraints(wctx_t *c, wop_t *op, const char *new_row)
+{
+    const rules_set_t *set = c->app->rules;
+    for (size_t k = 0; k < rules_constraint_count(set); k++) {
+        const rules_constraint_t *con = rules_constraint_at(set, k);
+        if (strcmp(con->schema, op->rule->schema) != 0 || strcmp(con->table, op->rule->table) != 0)
+            continue;
+        char name[64];
+        int ids = k < sizeof(tl_conn.con_ids) / sizeof(tl_conn.con_ids[0]) && tl_conn.con_ids[k];
+        snprintf(name, sizeof(name), ids ? "fw_coi_%zu" : "fw_con_%zu", k);
+        int how;
+        PGresult *res = exec_rule(c, name, &con->stmt, new_row, NULL, &how);
+        if (res == NULL)
+            return how;
+        const char *conflicting = NULL;
+        int violated;
+        if (ids) {
+            violated = PQntuples(res) > 0 && !PQgetisnull(res, 0, 0);
+            conflicting = violated ? PQgetvalue(res, 0, 0) : NULL;
+        } else {
+            violated = rule_says_true(res);
+        }
+        if (violated) {
+            char label[256];
+            table_label(op->rule, label, sizeof(label));
+            const char *v[6] = {con->name, label, op->id, c->b->user,
+                                conflicting != NULL ? conflicting : "[]", con->message};
+            PGresult *ins = exec_prepared(c, "fw_vio", 6, v, &how);
+            if (ins == NULL) {
+                PQclear(res);
+                return how;
+            }
+            PQclear(ins);
+            atomic_fetch_add(&g_mod.violations, 1);
+        }
+        PQclear(res);
+    }
+    return SQL_OK;
+}
+
+/* The op's data as JSON text with "id" set (only listed columns; checked by check_columns). */
+static char *data_json(const wop_t *op)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(op->id));
+    if (op->data != NULL) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(op->data, k, v)
+        {
+            if (strcmp(k, "id") != 0)
+                json_object_set(o, k, v);
+        }
+    }
+    char *s = json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(o);
+    if (s == NULL)
+        abort(); /* out of memory: the gateway's policy */
+    return s;
+}
+
+/* Every key of the op's data must be a listed column; returns 0 and the column mask, or -1 with
+ * the op rejected. wide = 1 when a listed column is past the 64 a mask can name. */
+static int check_columns(wop_t *op, uint64_t *mask, int *wide)
+{
+    const rules_write_rule_t *r = op->rule;
+    *mask = 0;
+    *wide = r->ncolumns > 64;
+    for (size_t c = 0; c < r->ncolumns && c < 64; c++)
+        if (strcmp(r->columns[c], "id") == 0)
+            *mask |= UINT64_C(1) << c;
+    if (op->data == NULL)
+        return 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(op->data, k, v)
+    {
+        if (strcmp(k, "id") == 0) {
+            const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+            char num[32];
+            if (json_is_integer(v))
+                snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v)), s = num;
+            if (s == NULL || strcmp(s, op->id) != 0) {
+                op_reject(op, "invalid_op", "\"data.id\" differs from the op's \"id\"");
+                return -1;
+            }
+            continue;
+        }
+        size_t c = 0;
+        while (c < r->ncolumns && strcmp(r->columns[c], k) != 0)
+            c++;
+        if (c == r->ncolumns) {
+            char label[256];
+            op_reject(op, "column_not_allowed", "column \"%.64s\" of table \"%s\" is not writable",
+                      k, table_label(r, label, sizeof(label)));
+            return -1;
+        }
+        if (c < 64)
+            *mask |= UINT64_C(1) << c;
+    }
+    return 0;
+}
+
+/* Apply one op (its rule and shape were checked). Returns SQL_OK with op->status set, SQL_OP
+ * when a statement failed (c->failed), SQL_FATAL. */
+static int apply_op(wctx_t *c, wop_t *op)
+{
+    const rules_write_rule_t *r = op->rule;
+    size_t ti = op->rule_index;
+    char label[256];
+    table_label(r, label, sizeof(label));
+    if (op->kind == OP_DELETE && !(r->operations & RULES_OP_DELETE)) {
+        op_reject(op, "operation_not_allowed", "delete is not allowed on table \"%s\"", label);
+        return SQL_OK;
+    }
+    if (op->kind == OP_PATCH && !(r->operations & RULES_OP_UPDATE)) {
+        op_reject(op, "operation_not_allowed", "update is not allowed on table \"%s\"", label);
+        return SQL_OK;
+    }
+    uint64_t mask;
+    int wide;
+    if (check_columns(op, &mask, &wide) != 0)
+        return SQL_OK;
+    char *data = data_json(op);
+    int how = SQL_OK;
+    char name[64];
+    PGresult *sel = NULL, *res = NULL;
+    snprintf(name, sizeof(name), "fw_sel_%zu", ti);
+    const char *sv[2] = {op->id, data};
+    sel = exec_prepared(c, name, 2, sv, &how);
+    if (sel == NULL)
+        goto out;
+    int exists = PQntuples(sel) > 0;
+    const char *old_row = exists ? PQgetvalue(sel, 0, 0) : NULL;
+    const char *merged = exists ? PQgetvalue(sel, 0, 1) : NULL;
+    int stale = exists && PQgetvalue(sel, 0, 2)[0] == 't';
+    int action = op->kind == OP_DELETE ? OP_DELETE : exists ? OP_PATCH : OP_PUT;
+    if (op->kind == OP_PATCH && !exists) {
+        op_reject(op, "not_found", "no row with this id in table \"%s\"", label);
+        goto out;
+    }
+    if (op->kind == OP_DELETE && !exists) {
+        op->status = ST_APPLIED; /* already gone */
+        goto out;
+    }
+    if (action == OP_PUT && !(r->operations & RULES_OP_INSERT)) {
+        op_reject(op, "operation_not_allowed", "insert is not allowed on table \"%s\"", label);
+        goto out;
+    }
+    if (action == OP_PATCH && !(r->operations & RULES_OP_UPDATE)) {
+        op_reject(op, "operation_not_allowed", "update is not allowed on table \"%s\"", label);
+        goto out;
+    }
+    if (action != OP_PUT && r->check_old.sql != NULL) {
+        snprintf(name, sizeof(name), "fw_cko_%zu", ti);
+        res = exec_rule(c, name, &r->check_old, NULL, old_row, &how);
+        if (res == NULL)
+            goto out;
+        int ok = rule_says_true(res);
+        PQclear(res);
+        res = NULL;
+        if (!ok) {
+            op_reject(op, "check_old_failed",
+                      "the stored row does not pass \"check_old\" of table \"%s\"", label);
+            goto out;
+        }
+    }
+    if (action != OP_DELETE && r->check.sql != NULL) {
+        snprintf(name, sizeof(name), "fw_chk_%zu", ti);
+        res = exec_rule(c, name, &r->check, action == OP_PUT ? data : merged, NULL, &how);
+        if (res == NULL)
+            goto out;
+        int ok = rule_says_true(res);
+        PQclear(res);
+        res = NULL;
+        if (!ok) {
+            op_reject(op, "check_failed", "the new row does not pass \"check\" of table \"%s\"",
+                      label);
+            goto out;
+        }
+    }
+    if (action == OP_PATCH && stale) {
+        op->status = ST_STALE;
+        op->code = "stale";
+        snprintf(op->message, sizeof(op->message),
+                 "\"%s\" is older than the stored value; the stored row is kept", r->lww_column);
+        goto out;
+    }
+    if (action == OP_DELETE) {
+        snprintf(name, sizeof(name), "fw_del_%zu", ti);
+        res = exec_prepared(c, name, 1, sv, &how);
+    } else if (action == OP_PATCH) {
+        snprintf(name, sizeof(name), "fw_upd_%zu", ti);
+        res = exec_prepared(c, name, 2, sv, &how);
+    } else {
+        gw_buf_t sql = GW_BUF_INIT;
+        insert_stmt(c, ti, r, mask, wide, name, sizeof(name), &sql);
+        const char *iv[1] = {data};
+        if (name[0] != '\0') {
+            res = exec_prepared(c, name, 1, iv, &how);
+        } else {
+            res = PQexecParams(c->conn, sql.data, 1, NULL, iv, NULL, NULL, 0);
+            if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+                how = classify(c->conn, res);
+                PQclear(c->failed);
+                c->failed = res;
+                res = NULL;
+            }
+        }
+        gw_buf_free(&sql);
+    }
+    if (res == NULL)
+        goto out;
+    if (action != OP_DELETE && PQntuples(res) > 0)
+        how = run_constraints(c, op, PQgetvalue(res, 0, 0));
+    if (how == SQL_OK)
+        op->status = ST_APPLIED;
+out:
+    PQclear(res);
+    PQclear(sel);
+    free(data);
+    return how;
+}
+
+/* Run sql without results; SQL_OK or SQL_FATAL. */
+static int exec_simple(PGconn *conn, const char *sql)
+{
+    PGresult *res = PQexec(conn, sql);
+    int ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    return ok ? SQL_OK : SQL_FATAL;
+}
+
+/* One attempt at the whole batch in one transaction. Returns SQL_OK (committed), SQL_OP (a
+ * statement failed without savepoints: rolled back, run again with them) or SQL_FATAL. */
+static int run_attempt(wctx_t *c)
+{
+    wbatch_t *b = c->b;
+    if (exec_simple(c->conn, "BEGIN") != SQL_OK)
+        return SQL_FATAL;
+    int how;
+    const char *lv[3] = {b->user, b->client_id, NULL};
+    PGresult *res = exec_prepared(c, "fw_log_get", 2, lv, &how);
+    if (res == NULL) {
+        exec_simple(c->conn, "ROLLBACK");
+        return SQL_FATAL;
+    }
+    long long last = atoll(PQgetvalue(res, 0, 0)), high = last;
+    PQclear(res);
+    for (size_t i = 0; i < b->nops; i++) {
+        wop_t *op = &b->ops[i];
+        op->status = ST_REJECTED;
+        if (op->op_id <= high) {
+            op->status = ST_DUPLICATE;
+            continue;
+        }
+        high = op->op_id;
+        if (op->kind == 0 || op->rule == NULL) {
+            op->status = ST_REJECTED; /* code and message were set when parsing */
+            continue;
+        }
+        op->code = NULL;
+        op->message[0] = '\0';
+        if (c->savepoints && exec_simple(c->conn, "SAVEPOINT w") != SQL_OK)
+            return SQL_FATAL;
+        how = apply_op(c, op);
+        if (how == SQL_FATAL)
+            return SQL_FATAL;
+        if (how == SQL_OP && !c->savepoints) {
+            exec_simple(c->conn, "ROLLBACK");
+            return SQL_OP;
+        }
+        if (how == SQL_OP) {
+            op_reject_pg(op, c->failed);
+            if (exec_simple(c->conn, "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w") != SQL_OK)
+                return SQL_FATAL;
+        } else if (c->savepoints && exec_simple(c->conn, "RELEASE SAVEPOINT w") != SQL_OK) {
+            return SQL_FATAL;
+        }
+    }
+    if (high > last) {
+        char hs[32];
+        snprintf(hs, sizeof(hs), "%lld", high);
+        lv[2] = hs;
+        res = exec_prepared(c, "fw_log_set", 3, lv, &how);
+        if (res == NULL) {
+            exec_simple(c->conn, "ROLLBACK");
+            return SQL_FATAL;
+        }
+        PQclear(res);
+    }
+    res = PQexec(c->conn, "COMMIT");
+    int ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    return ok ? SQL_OK : SQL_FATAL;
+}
+
+static void batch_fail(wbatch_t *b, int status, const char *code, const char *msg)
+{
+    b->http_status = status;
+    gw_buf_reset(&b->out);
+    gw_buf_puts(&b->out, "{\"error\":{\"code\":");
+    gw_buf_json_str(&b->out, code);
+    gw_buf_puts(&b->out, ",\"description\":");
+    gw_buf_json_str(&b->out, msg);
+    gw_buf_puts(&b->out, "}}");
+}
+
+static void batch_results(wbatch_t *b)
+{
+    b->http_status = 200;
+    gw_buf_reset(&b->out);
+    gw_buf_puts(&b->out, "{\"results\":[");
+    for (size_t i = 0; i < b->nops; i++) {
+        wop_t *op = &b->ops[i];
+        b->counts[op->status]++;
+        gw_buf_printf(&b->out, "%s{\"op_id\":%lld,\"status\":\"%s\"", i > 0 ? "," : "",
+                      op->op_id, ST_NAME[op->status]);
+        if (op->status == ST_REJECTED || op->status == ST_STALE) {
+            gw_buf_puts(&b->out, ",\"code\":");
+            gw_buf_json_str(&b->out, op->code != NULL ? op->code : "rejected");
+            gw_buf_puts(&b->out, ",\"message\":");
+            gw_buf_json_str(&b->out, op->message);
+        }
+        gw_buf_puts(&b->out, "}");
+    }
+    gw_buf_puts(&b->out, "]}");
+}
+
+static void batch_run(gw_job_t *job, PGconn *conn)
+{
+    wbatch_t *b = (wbatch_t *)job;
+    if (conn == NULL) {
+        batch_fail(b, 503, "unavailable", "postgres is not reachable; nothing was applied");
+        return;
+    }
+    gw_err_t err;
+    gw_err_clear(&err);
+    int rc = prepare_conn(conn, &err);
+    if (rc != 0) {
+        char msg[1024];
+        gw_err_format(&err, msg, sizeof(msg));
+        if (rc == GW_ERULES)
+            gw_error("write", "write rules rejected by postgres", "error=%s",
+                     gw_log_qs(msg, (char[1100]){0}, 1100));
+        batch_fail(b, 503, rc == GW_ERULES ? "not_ready" : "unavailable", msg);
+        return;
+    }
+    wctx_t c = {.b = b, .conn = conn, .app = g_mod.app};
+    int how = SQL_OP;
+    for (int attempt = 0; attempt < 2 && how == SQL_OP; attempt++) {
+        c.savepoints = attempt > 0;
+        b->attempts = attempt + 1;
+        how = run_attempt(&c);
+    }
+    PQclear(c.failed);
+    if (how != SQL_OK) {
+        tl_conn.prepared = 0; /* prepare again on the next batch (statements may be gone) */
+        if (PQtransactionStatus(conn) != PQTRANS_IDLE && PQstatus(conn) == CONNECTION_OK)
+            exec_simple(conn, "ROLLBACK");
+        char pg[512];
+        batch_fail(b, 503, "unavailable", "could not apply the batch; nothing was applied");
+        gw_warn("write", "batch rolled back", "error=%s",
+                gw_log_qs(gw_pg_error(conn, pg, sizeof(pg)), (char[600]){0}, 600));
+        return;
+    }
+    batch_results(b);
+}
+
+static double elapsed_s(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+static void observe(double s)
+{
+    size_t i = 0;
+    while (i < HIST_N && s > HIST_LE[i])
+        i++;
+    atomic_fetch_add(&g_mod.hist[i], 1);
+    atomic_fetch_add(&g_mod.hist_sum_us, (uint_fast64_t)(s * 1e6));
+}
+
+static void batch_free(wbatch_t *b)
+{
+    json_decref(b->body);
+    free(b->user);
+    free(b->jwt);
+    free(b->params);
+    gw_buf_free(&b->out);
+}
+
+static void batch_done(gw_job_t *job)
+{
+    wbatch_t *b = (wbatch_t *)job;
+    atomic_fetch_sub(&g_mod.inflight, 1);
+    double s = elapsed_s(&b->started);
+    observe(s);
+    if (b->http_status == 200) {
+        atomic_fetch_add(&g_mod.batches_ok, 1);
+        for (int i = 0; i < ST_N; i++)
+            atomic_fetch_add(&g_mod.ops[i], (uint_fast64_t)b->counts[i]);
+    } else {
+        atomic_fetch_add(&g_mod.batches_unavail, 1);
+        h2o_add_header(&b->req->pool, &b->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
+                       H2O_STRLIT("2"));
+    }
+    char user[300], client[300];
+    gw_info("write", "batch", "user=%s client=%s status=%d ops=%zu applied=%d duplicate=%d "
+            "rejected=%d stale=%d attempts=%d duration_ms=%.2f",
+            gw_log_qs(b->user, user, sizeof(user)), gw_log_qs(b->client_id, client, sizeof(client)),
+            b->http_status, b->nops, b->counts[ST_APPLIED], b->counts[ST_DUPLICATE],
+            b->counts[ST_REJECTED], b->counts[ST_STALE], b->attempts, s * 1e3);
+    if (gw_log_get_level() <= GW_LOG_DEBUG)
+        for (size_t i = 0; b->http_status == 200 && i < b->nops; i++)
+            if (b->ops[i].status == ST_REJECTED || b->ops[i].status == ST_STALE) {
+                char m[600];
+                gw_debug("write", "op not applied", "client=%s op_id=%lld status=%s code=%s "
+                         "message=%s",
+                         client, b->ops[i].op_id, ST_NAME[b->ops[i].status],
+                         b->ops[i].code != NULL ? b->ops[i].code : "-",
+                         gw_log_qs(b->ops[i].message, m, sizeof(m)));
+            }
+    gw_http_send_json(b->req, b->http_status, b->out.data, b->out.len);
+    batch_free(b);
+}
+
+/* ---- parsing (loop thread) -------------------------------------------------------------- */
+
+/* op_id: a positive integer, as a JSON number or a decimal string. */
+static int parse_op_id(json_t *v, long long *out)
+{
+    if (json_is_integer(v)) {
+        *out = (long long)json_integer_value(v);
+        return *out > 0 ? 0 : -1;
+    }
+    if (!json_is_string(v))
+        return -1;
+    const char *s = json_string_value(v);
+    if (s[0] == '\0' || strlen(s) > 19)
+        return -1;
+    for (const char *p = s; *p; p++)
+        if (*p < '0' || *p > '9')
+            return -1;
+    char *end;
+    errno = 0;
+    unsigned long long u = strtoull(s, &end, 10);
+    if (errno != 0 || u == 0 || u > (unsigned long long)INT64_MAX)
+        return -1;
+    *out = (long long)u;
+    return 0;
+}
+
+/* Fill op from the batch entry e; a shape problem of an op with a valid op_id rejects only that
+ * op (code/message set, kind 0). Returns -1 (with msg) when even op_id is unusable. */
+static int parse_op(gw_app_t *app, json_t *e, size_t i, wop_t *op, char *msg, size_t len)
+{
+    memset(op, 0, sizeof(*op));
+    if (!json_is_object(e)) {
+        snprintf(msg, len, "batch[%zu] is not an object", i);
+        return -1;
+    }
+    if (parse_op_id(json_object_get(e, "op_id"), &op->op_id) != 0) {
+        snprintf(msg, len, "batch[%zu].op_id must be a positive integer or a decimal string", i);
+        return -1;
+    }
+    const char *kind = json_string_value(json_object_get(e, "op"));
+    json_t *type = json_object_get(e, "type"), *id = json_object_get(e, "id");
+    json_t *data = json_object_get(e, "data");
+    if (kind != NULL && strcmp(kind, "PUT") == 0)
+        op->kind = OP_PUT;
+    else if (kind != NULL && strcmp(kind, "PATCH") == 0)
+        op->kind = OP_PATCH;
+    else if (kind != NULL && strcmp(kind, "DELETE") == 0)
+        op->kind = OP_DELETE;
+    else {
+        op_reject(op, "invalid_op", "\"op\" must be \"PUT\", \"PATCH\" or \"DELETE\"");
+        return 0;
+    }
+    if (!json_is_string(type) || json_string_length(type) == 0) {
+        op->kind = 0;
+        op_reject(op, "invalid_op", "\"type\" must be a table name");
+        return 0;
+    }
+    op->type = json_string_value(type);
+    if (json_is_string(id) && json_string_length(id) > 0 &&
+        json_string_length(id) < sizeof(op->id))
+        snprintf(op->id, sizeof(op->id), "%s", json_string_value(id));
+    else if (json_is_integer(id))
+        snprintf(op->id, sizeof(op->id), "%lld", (long long)json_integer_value(id));
+    else {
+        op->kind = 0;
+        op_reject(op, "invalid_op", "\"id\" must be a non-empty string of at most %zu bytes",
+                  sizeof(op->id) - 1);
+        return 0;
+    }
+    if (data != NULL && !json_is_null(data) && !json_is_object(data)) {
+        op->kind = 0;
+        op_reject(op, "invalid_op", "\"data\" must be an object");
+        return 0;
+    }
+    if (op->kind != OP_DELETE && json_is_object(data))
+        op->data = data;
+    /* the table: exact match against the compiled rules only ("schema.table" or "table") */
+    const char *dot = strchr(op->type, '.');
+    if (dot != NULL) {
+        char schema[128];
+        snprintf(schema, sizeof(schema), "%.*s", (int)(dot - op->type), op->type);
+        op->rule = rules_write_find(app->rules, schema, dot + 1);
+    } else {
+        op->rule = rules_write_find(app->rules, NULL, op->type);
+    }
+    if (op->rule == NULL) {
+        op_reject(op, "table_not_writable", "table \"%.64s\" has no write rules", op->type);
+        return 0;
+    }
+    for (size_t k = 0; k < rules_write_count(app->rules); k++)
+        if (rules_write_at(app->rules, k) == op->rule)
+            op->rule_index = k;
+    return 0;
+}
+
+static void bad_request(h2o_req_t *req, const char *msg)
+{
+    atomic_fetch_add(&g_mod.batches_bad, 1);
+    gw_http_send_error(req, 400, "bad_request", "%s", msg);
+}
+
+static int on_write(h2o_req_t *req, void *ud)
+{
+    gw_app_t *app = ud;
+    struct timespec started;
+    clock_gettime(CLOCK_MONOTONIC, &started);
+    auth_token_t *tok;
+    if (gw_app_authenticate(app, req, &tok) != 0)
+        return 0;
+    json_error_t jerr;
+    json_t *body = json_loadb(req->entity.base, req->entity.len, 0, &jerr);
+    char msg[512];
+    if (body == NULL || !json_is_object(body)) {
+        if (body == NULL)
+            snprintf(msg, sizeof(msg), "the body is not valid JSON: %s (line %d, column %d)",
+                     jerr.text, jerr.line, jerr.column);
+        else
+            snprintf(msg, sizeof(msg), "the body must be a JSON object");
+        json_decref(body);
+        auth_token_release(tok);
+        bad_request(req, msg);
+        return 0;
+    }
+    json_t *client = json_object_get(body, "client_id"), *batch = json_object_get(body, "batch");
+    json_t *params = json_object_get(body, "parameters");
+    const char *problem = NULL;
+    if (!json_is_string(client) || json_string_length(client) == 0)
+        problem = "\"client_id\" must be a non-empty string";
+    else if (json_string_length(client) > 200)
+        problem = "\"client_id\" is longer than 200 bytes";
+    else if (!json_is_array(batch))
+        problem = "\"batch\" must be an array of operations";
+    else if (params != NULL && !json_is_null(params) && !json_is_object(params))
+        problem = "\"parameters\" must be an object";
+    if (problem != NULL) {
+        json_decref(body);
+        auth_token_release(tok);
+        bad_request(req, problem);
+        return 0;
+    }
+    size_t n = json_array_size(batch);
+    wbatch_t *b = h2o_mem_alloc_pool(&req->pool, sizeof(*b));
+    memset(b, 0, sizeof(*b));
+    b->ops = n > 0 ? h2o_mem_alloc_pool(&req->pool, n * sizeof(wop_t)) : NULL;
+    b->nops = n;
+    for (size_t i = 0; i < n; i++) {
+        if (parse_op(app, json_array_get(batch, i), i, &b->ops[i], msg, sizeof(msg)) != 0) {
+            json_decref(body);
+            auth_token_release(tok);
+            bad_request(req, msg);
+            return 0;
+        }
+    }
+    b->req = req;
+    b->body = body;
+    b->started = started;
+    b->user = gw_xstrdup(tok->sub != NULL ? tok->sub : "");
+    b->jwt = json_dumps(tok->claims, JSON_COMPACT);
+    b->params = json_is_object(params) ? json_dumps(params, JSON_COMPACT) : gw_xstrdup("{}");
+    if (b->jwt == NULL || b->params == NULL)
+        abort();
+    snprintf(b->client_id, sizeof(b->client_id), "%s", json_string_value(client));
+    auth_token_release(tok);
+    if (rules_write_count(app->rules) == 0) { /* nothing is writable: no need for Postgres */
+        for (size_t i = 0; i < n; i++)
+            b->ops[i].status = ST_REJECTED;
+        batch_results(b);
+        for (int i = 0; i < ST_N; i++)
+            atomic_fetch_add(&g_mod.ops[i], (uint_fast64_t)b->counts[i]);
+        atomic_fetch_add(&g_mod.batches_ok, 1);
+        gw_http_send_json(req, 200, b->out.data, b->out.len);
+        batch_free(b);
+        return 0;
+    }
+    if (atomic_fetch_add(&g_mod.inflight, 1) >= g_mod.max_inflight) {
+        atomic_fetch_sub(&g_mod.inflight, 1);
+        atomic_fetch_add(&g_mod.batches_unavail, 1);
+        batch_free(b);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
+                       H2O_STRLIT("1"));
+        gw_http_send_error(req, 503, "unavailable",
+                           "too many write batches in progress; nothing was applied");
+        return 0;
+    }
+    b->job.run = batch_run;
+    b->job.done = batch_done;
+    gw_workers_submit(app->workers, req->conn->ctx, &b->job);
+    return 0;
+}
+
+/* ---- start-up: ferry's tables, statements, readiness ------------------------------------ */
+
+static gw_job_t g_startup;
+
+/* Wait up to secs unless shutdown begins; returns 1 when stopping. */
+static int wait_or_stop(int secs)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += secs;
+    pthread_mutex_lock(&g_mod.lock);
+    while (!g_mod.stopping)
+        if (pthread_cond_timedwait(&g_mod.cond, &g_mod.lock, &until) != 0)
+            break;
+    int stop = g_mod.stopping;
+    pthread_mutex_unlock(&g_mod.lock);
+    return stop;
+}
+
+static void startup_run(gw_job_t *job, PGconn *conn)
+{
+    gw_err_t err;
+    gw_err_clear(&err);
+    int rc = conn == NULL ? gw_err_set(&err, GW_EUNAVAIL, NULL, "postgres is not reachable")
+                          : prepare_conn(conn, &err);
+    if (rc == 0) {
+        gw_ready_set(g_mod.ready_id, 1, NULL);
+        gw_info("write", "write rules prepared", "tables=%zu constraints=%zu",
+                rules_write_count(g_mod.app->rules), rules_constraint_count(g_mod.app->rules));
+        job->ud = NULL;
+        return;
+    }
+    char msg[1024], q[1100];
+    gw_err_format(&err, msg, sizeof(msg));
+    gw_ready_set(g_mod.ready_id, 0, msg);
+    if (strcmp(msg, g_mod.last_problem) != 0) { /* log a problem once, not every retry */
+        snprintf(g_mod.last_problem, sizeof(g_mod.last_problem), "%s", msg);
+        if (rc == GW_EUNAVAIL)
+            gw_warn("write", "write rules not prepared yet", "error=%s",
+                    gw_log_qs(msg, q, sizeof(q)));
+        else
+            gw_error("write", "write rules not prepared", "error=%s detail=%s",
+                     gw_log_qs(msg, q, sizeof(q)),
+                     gw_log_qs(err.detail[0] != '\0' ? err.detail : "retrying every 5 s",
+                               (char[600]){0}, 600));
+    }
+    job->ud = wait_or_stop(rc == GW_EUNAVAIL ? 1 : 5) ? NULL : job;
+}
+
+static void startup_done(gw_job_t *job)
+{
+    if (job->ud == NULL)
+        return;
+    pthread_mutex_lock(&g_mod.lock);
+    int stop = g_mod.stopping;
+    pthread_mutex_unlock(&g_mod.lock);
+    if (!stop)
+        gw_workers_submit(g_mod.app->workers, gw_http_context(g_mod.app->http, 0), job);
+}
+
+static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
+{
+    (void)ud;
+    if (index != 0)
+        return;
+    memset(&g_startup, 0, sizeof(g_startup));
+    g_startup.run = startup_run;
+    g_startup.done = startup_done;
+    gw_workers_submit(g_mod.app->workers, ctx, &g_startup);
+}
+
+static void on_shutdown(h2o_context_t *ctx, size_t index, void *ud)
+{
+    (void)ctx;
+    (void)index;
+    (void)ud;
+    pthread_mutex_lock(&g_mod.lock);
+    g_mod.stopping = 1;
+    pthread_cond_broadcast(&g_mod.cond);
+    pthread_mutex_unlock(&g_mod.lock);
+}
+
+/* ---- metrics ---------------------------------------------------------------------------- */
+
+static void collect(gw_buf_t *out, void *ud)
+{
+    (void)ud;
+    gw_buf_puts(out, "# HELP ferry_write_batches_total Write-back batches by HTTP status.\n"
+                     "# TYPE ferry_write_batches_total counter\n");
+    gw_buf_printf(out, "ferry_write_batches_total{status=\"200\"} %llu\n",
+                  (unsigned long long)atomic_load(&g_mod.batches_ok));
+    gw_buf_printf(out, "ferry_write_batches_total{status=\"400\"} %llu\n",
+                  (unsigned long long)atomic_load(&g_mod.batches_bad));
+    gw_buf_printf(out, "ferry_write_batches_total{status=\"503\"} %llu\n",
+                  (unsigned long long)atomic_load(&g_mod.batches_unavail));
+    gw_buf_puts(out, "# HELP ferry_write_ops_total Write-back ops by result.\n"
+                     "# TYPE ferry_write_ops_total counter\n");
+    for (int i = 0; i < ST_N; i++)
+        gw_buf_printf(out, "ferry_write_ops_total{status=\"%s\"} %llu\n", ST_NAME[i],
+                      (unsigned long long)atomic_load(&g_mod.ops[i]));
+    gw_buf_puts(out, "# HELP ferry_write_violations_total Constraint violations recorded.\n"
+                     "# TYPE ferry_write_violations_total counter\n");
+    gw_buf_printf(out, "ferry_write_violations_total %llu\n",
+                  (unsigned long long)atomic_load(&g_mod.violations));
+    gw_buf_puts(out, "# HELP ferry_write_batch_duration_seconds Time from request to response "
+                     "of a write-back batch.\n"
+                     "# TYPE ferry_write_batch_duration_seconds histogram\n");
+    unsigned long long cum = 0;
+    for (int i = 0; i <= HIST_N; i++) {
+        cum += (unsigned long long)atomic_load(&g_mod.hist[i]);
+        if (i < HIST_N)
+            gw_buf_printf(out, "ferry_write_batch_duration_seconds_bucket{le=\"%g\"} %llu\n",
+                          HIST_LE[i], cum);
+        else
+            gw_buf_printf(out, "ferry_write_batch_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+                          cum);
+    }
+    gw_buf_printf(out, "ferry_write_batch_duration_seconds_sum %.6f\n",
+                  (double)atomic_load(&g_mod.hist_sum_us) / 1e6);
+    gw_buf_printf(out, "ferry_write_batch_duration_seconds_count %llu\n", cum);
+}
 
 void gw_write_register(gw_app_t *app)
 {
-    (void)app;
+    g_mod.app = app;
+    size_t pool = app->cfg->postgres.pool_size > 0 ? (size_t)app->cfg->postgres.pool_size : 1;
+    g_mod.max_inflight = pool * 16 > 64 ? pool * 16 : 64;
+    gw_http_route(app->http, "/api/write", "write", GW_HTTP_POST, on_write, app);
+    gw_metrics_add_collector(collect, NULL);
+    if (rules_write_count(app->rules) > 0) {
+        g_mod.ready_id = gw_ready_register("write rules", "write rules not yet prepared in postgres");
+        gw_http_on_thread_start(app->http, on_thread_start, NULL);
+        gw_http_on_shutdown(app->http, on_shutdown, NULL);
+    }
 }
