@@ -73,6 +73,9 @@ static const cfg_field_t replication_fields[] = {
     F_STR("publication", replication.publication),
     F_STR("slot_prefix", replication.slot_prefix),
     F_INT("snapshot_chunk_rows", replication.snapshot_chunk_rows, 1, 10000000),
+    F_INT("lag_warn_seconds", replication.lag_warn_seconds, 1, 30L * 86400),
+    F_INT("wal_warn_bytes", replication.wal_warn_bytes, 1048576, 1L << 50),
+    F_INT("compact_interval", replication.compact_interval, 0, 30L * 86400),
     F_END,
 };
 static const cfg_field_t storage_fields[] = {
@@ -112,6 +115,10 @@ static const cfg_field_t limits_fields[] = {
     F_INT("max_buckets_per_connection", limits.max_buckets_per_connection, 1, 1000000),
     F_END,
 };
+static const cfg_field_t admin_fields[] = {
+    F_STR("token", admin.token),
+    F_END,
+};
 static const cfg_field_t root_fields[] = {
     {.name = "log_level", .type = CT_LEVEL, .offset = offsetof(gw_config_t, log_level)},
     F_MAP("http", http_fields),
@@ -121,6 +128,7 @@ static const cfg_field_t root_fields[] = {
     F_MAP("auth", auth_fields),
     F_MAP("sync_rules", sync_rules_fields),
     F_MAP("limits", limits_fields),
+    F_MAP("admin", admin_fields),
     F_END,
 };
 
@@ -516,6 +524,9 @@ void gw_config_defaults(gw_config_t *cfg)
     cfg->replication.publication = gw_xstrdup("ferry");
     cfg->replication.slot_prefix = gw_xstrdup("ferry");
     cfg->replication.snapshot_chunk_rows = 10000;
+    cfg->replication.lag_warn_seconds = 300;
+    cfg->replication.wal_warn_bytes = 1L << 30;
+    cfg->replication.compact_interval = 3600;
     cfg->storage.path = gw_xstrdup("ferry-storage.db");
     cfg->auth.max_lifetime = 86400;
     cfg->auth.leeway = 60;

@@ -45,6 +45,9 @@ typedef struct gw_config {
         char *publication;
         char *slot_prefix;
         long snapshot_chunk_rows;
+        long lag_warn_seconds;   /* warn when replication lags more than this */
+        long wal_warn_bytes;     /* warn when the slot retains more WAL than this */
+        long compact_interval;   /* seconds between compaction runs; 0 disables */
     } replication;
     struct {
         char *path;
@@ -64,6 +67,9 @@ typedef struct gw_config {
     struct {
         char *path;
     } sync_rules;
+    struct {
+        char *token; /* bearer token of /api/admin/; unset disables the admin API */
+    } admin;
     struct {
         long max_connections;
         long max_buckets_per_connection;

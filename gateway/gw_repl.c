@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/select.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,6 +103,25 @@ struct gw_repl {
     _Atomic uint64_t m_snapshot_rows, m_snapshot_estimate, m_changes, m_txns, m_commits;
     _Atomic uint64_t m_lsn, m_server_wal_end;
     _Atomic int m_phase; /* 0 check, 1 slot, 2 snapshot, 3 streaming, 4 backoff */
+    _Atomic int64_t m_recv_commit_us; /* commit time of the last transaction received */
+    _Atomic uint64_t m_last_op;
+
+    /* slot health, polled by the replicator (poll_slot), read by the admin API and /metrics */
+    long lag_warn_seconds, wal_warn_bytes, compact_interval;
+    char *storage_path;
+    pthread_mutex_t diag_lock;
+    struct {
+        int known;              /* the slot was found at the last poll */
+        char wal_status[16];    /* reserved, extended, unreserved, lost */
+        int64_t safe_wal_size;  /* -1: unlimited (max_slot_wal_keep_size = -1) */
+        uint64_t retained;      /* bytes of WAL the slot keeps (current LSN - restart_lsn) */
+        uint64_t confirmed;     /* confirmed_flush_lsn */
+        uint64_t server_lsn;    /* pg_current_wal_lsn() at the poll */
+        double ops_per_s;       /* op ids handed out per second since the previous poll */
+        uint64_t rows, buckets, ops;
+        char last_error[256];
+    } diag;
+    uint64_t poll_ms, poll_last_op, warn_lag_ms, warn_wal_ms, compact_ms;
 };
 
 static const char *const phase_names[] = {"checking source", "creating slot", "snapshot",
@@ -199,6 +219,12 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     r->publication = gw_xstrdup(cfg->replication.publication);
     r->slot_prefix = gw_xstrdup(cfg->replication.slot_prefix);
     r->chunk_rows = cfg->replication.snapshot_chunk_rows;
+    r->lag_warn_seconds = cfg->replication.lag_warn_seconds;
+    r->wal_warn_bytes = cfg->replication.wal_warn_bytes;
+    r->compact_interval = cfg->replication.compact_interval;
+    r->storage_path = gw_xstrdup(cfg->storage.path);
+    pthread_mutex_init(&r->diag_lock, NULL);
+    snprintf(r->diag.wal_status, sizeof(r->diag.wal_status), "unknown");
     r->rules = rules_ref(rules);
     r->st = storage;
     gw_map_init(&r->rels);
@@ -304,6 +330,8 @@ void gw_repl_destroy(gw_repl_t *r)
     free(r->uri);
     free(r->publication);
     free(r->slot_prefix);
+    free(r->storage_path);
+    pthread_mutex_destroy(&r->diag_lock);
     free(r);
 }
 
@@ -856,6 +884,139 @@ static int snapshot(gw_repl_t *r, gw_err_t *err)
     return atomic_load(&r->stop) ? GW_EUNAVAIL : 0;
 }
 
+/* ---- slot health ---- */
+
+#define POLL_INTERVAL_MS 5000
+#define WARN_INTERVAL_MS 60000
+
+static double lag_seconds(gw_repl_t *r, uint64_t lag_bytes)
+{
+    int64_t commit = atomic_load(&r->m_recv_commit_us);
+    if (lag_bytes == 0 || commit == 0)
+        return 0;
+    int64_t d = gw_pgo_now() - commit;
+    return d > 0 ? (double)d / 1e6 : 0;
+}
+
+static uint64_t lag_bytes(gw_repl_t *r)
+{
+    uint64_t lsn = atomic_load(&r->m_lsn), end = atomic_load(&r->m_server_wal_end);
+    return end > lsn ? end - lsn : 0;
+}
+
+/* Read the slot's state from Postgres and storage totals; warn above the configured limits. */
+static void poll_slot(gw_repl_t *r)
+{
+    uint64_t now = now_ms();
+    if (r->poll_ms != 0 && now - r->poll_ms < POLL_INTERVAL_MS)
+        return;
+    double dt = r->poll_ms != 0 ? (double)(now - r->poll_ms) / 1000.0 : 0;
+    r->poll_ms = now;
+    gw_err_t err;
+    const char *pv[1] = {r->slot};
+    PGresult *res = r->q == NULL ? NULL
+                                 : gw_pg_query_params(
+                                       r->q,
+                                       "SELECT coalesce(wal_status, ''), coalesce(safe_wal_size, "
+                                       "-1), coalesce(pg_current_wal_lsn() - restart_lsn, 0), "
+                                       "coalesce(confirmed_flush_lsn::text, '0/0'), "
+                                       "pg_current_wal_lsn()::text FROM pg_replication_slots "
+                                       "WHERE slot_name = $1",
+                                       1, pv, &err);
+    uint64_t last_op, lsn;
+    gw_storage_checkpoint(r->st, &last_op, &lsn);
+    gw_storage_stats_t stats;
+    int have_stats = gw_storage_stats(r->st, &stats) == 0;
+    pthread_mutex_lock(&r->diag_lock);
+    if (res != NULL && PQntuples(res) == 1) {
+        r->diag.known = 1;
+        snprintf(r->diag.wal_status, sizeof(r->diag.wal_status), "%s", PQgetvalue(res, 0, 0));
+        r->diag.safe_wal_size = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+        r->diag.retained = strtoull(PQgetvalue(res, 0, 2), NULL, 10);
+        gw_lsn_parse(PQgetvalue(res, 0, 3), &r->diag.confirmed);
+        gw_lsn_parse(PQgetvalue(res, 0, 4), &r->diag.server_lsn);
+    } else if (res != NULL) {
+        r->diag.known = 0;
+        snprintf(r->diag.wal_status, sizeof(r->diag.wal_status), "missing");
+    }
+    if (dt > 0 && last_op >= r->poll_last_op)
+        r->diag.ops_per_s = (double)(last_op - r->poll_last_op) / dt;
+    r->poll_last_op = last_op;
+    if (have_stats) {
+        r->diag.rows = stats.rows;
+        r->diag.buckets = stats.buckets;
+        r->diag.ops = stats.ops;
+    }
+    uint64_t retained = r->diag.retained;
+    int known = r->diag.known;
+    pthread_mutex_unlock(&r->diag_lock);
+    PQclear(res);
+    uint64_t lb = lag_bytes(r);
+    double ls = lag_seconds(r, lb);
+    if (ls > (double)r->lag_warn_seconds && now - r->warn_lag_ms >= WARN_INTERVAL_MS) {
+        r->warn_lag_ms = now;
+        gw_warn("repl", "replication lags behind Postgres", "slot=%s lag_seconds=%.0f "
+                "lag_bytes=%llu limit_seconds=%ld", r->slot, ls, (unsigned long long)lb,
+                r->lag_warn_seconds);
+    }
+    if (known && retained > (uint64_t)r->wal_warn_bytes &&
+        now - r->warn_wal_ms >= WARN_INTERVAL_MS) {
+        r->warn_wal_ms = now;
+        gw_warn("repl", "the replication slot retains much WAL on the Postgres server",
+                "slot=%s retained_bytes=%llu limit_bytes=%ld", r->slot,
+                (unsigned long long)retained, r->wal_warn_bytes);
+    }
+}
+
+void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
+{
+    uint64_t lsn = atomic_load(&r->m_lsn), lb = lag_bytes(r);
+    char t1[32], t2[32], t3[32];
+    pthread_mutex_lock(&r->diag_lock);
+    gw_buf_puts(out, "{\"slot\":");
+    gw_buf_json_str(out, r->slot);
+    gw_buf_puts(out, ",\"rules_version\":");
+    gw_buf_json_str(out, r->version);
+    gw_buf_puts(out, ",\"phase\":");
+    gw_buf_json_str(out, phase_names[atomic_load(&r->m_phase)]);
+    gw_buf_printf(out,
+                  ",\"ready\":%s,\"stored_lsn\":\"%s\",\"confirmed_lsn\":\"%s\","
+                  "\"server_lsn\":\"%s\",\"lag_bytes\":%llu,\"lag_seconds\":%.3f,",
+                  atomic_load(&r->ready) ? "true" : "false", gw_lsn_format(lsn, t1, sizeof(t1)),
+                  gw_lsn_format(r->diag.confirmed, t2, sizeof(t2)),
+                  gw_lsn_format(r->diag.server_lsn, t3, sizeof(t3)), (unsigned long long)lb,
+                  lag_seconds(r, lb));
+    gw_buf_puts(out, "\"wal_status\":");
+    gw_buf_json_str(out, r->diag.wal_status);
+    if (r->diag.safe_wal_size >= 0)
+        gw_buf_printf(out, ",\"safe_wal_size\":%lld", (long long)r->diag.safe_wal_size);
+    else
+        gw_buf_puts(out, ",\"safe_wal_size\":null");
+    struct stat sb;
+    uint64_t size = 0;
+    char wal[1100];
+    if (stat(r->storage_path, &sb) == 0)
+        size += (uint64_t)sb.st_size;
+    snprintf(wal, sizeof(wal), "%s-wal", r->storage_path);
+    if (stat(wal, &sb) == 0)
+        size += (uint64_t)sb.st_size;
+    gw_buf_printf(out,
+                  ",\"retained_wal_bytes\":%llu,\"ops_per_second\":%.1f,\"last_op\":\"%llu\","
+                  "\"storage_bytes\":%llu,\"buckets\":%llu,\"rows\":%llu,\"ops\":%llu,"
+                  "\"changes\":%llu,\"transactions\":%llu,\"last_error\":",
+                  (unsigned long long)r->diag.retained, r->diag.ops_per_s,
+                  (unsigned long long)atomic_load(&r->m_last_op), (unsigned long long)size,
+                  (unsigned long long)r->diag.buckets, (unsigned long long)r->diag.rows,
+                  (unsigned long long)r->diag.ops, (unsigned long long)atomic_load(&r->m_changes),
+                  (unsigned long long)atomic_load(&r->m_txns));
+    if (r->diag.last_error[0] != '\0')
+        gw_buf_json_str(out, r->diag.last_error);
+    else
+        gw_buf_puts(out, "null");
+    gw_buf_puts(out, "}");
+    pthread_mutex_unlock(&r->diag_lock);
+}
+
 /* ---- streaming ---- */
 
 static int send_status(gw_repl_t *r, uint64_t lsn, int reply, gw_err_t *err)
@@ -903,6 +1064,11 @@ static int flush_batch(gw_repl_t *r, gw_err_t *err)
         return rc;
     atomic_fetch_add(&r->m_commits, 1);
     atomic_store(&r->m_lsn, lsn);
+    {
+        uint64_t lo, l2;
+        gw_storage_checkpoint(r->st, &lo, &l2);
+        atomic_store(&r->m_last_op, lo);
+    }
     if (gw_storage_consistent(r->st)) {
         gw_ready_set(r->ready_id, 1, NULL);
         atomic_store(&r->ready, 1);
@@ -1188,6 +1354,7 @@ static int on_xlogdata(gw_repl_t *r, const gw_pgo_frame_t *f, gw_err_t *err)
     case GW_PGO_BEGIN:
         r->in_pg_txn = 1;
         r->skip_txn = m.u.begin.final_lsn < stored_lsn;
+        atomic_store(&r->m_recv_commit_us, m.u.begin.commit_time);
         return 0;
     case GW_PGO_COMMIT:
         r->in_pg_txn = 0;
@@ -1242,6 +1409,8 @@ static int stream(gw_repl_t *r, gw_err_t *err)
     r->acked_lsn = lsn;
     r->batch_lsn = lsn;
     gw_info("repl", "streaming changes", "slot=%s from=%s", r->slot, lsntext);
+    r->poll_ms = 0;
+    poll_slot(r);
     set_phase(r, 3, gw_storage_consistent(r->st) ? NULL : "waiting for the stream to pass the snapshot");
     clock_gettime(CLOCK_MONOTONIC, &r->last_status);
     int rc = 0;
@@ -1274,8 +1443,11 @@ static int stream(gw_repl_t *r, gw_err_t *err)
             PQfreemem(buf);
             if (rc == 0 && r->batch_open && !r->in_pg_txn &&
                 (r->batch_changes >= BATCH_MAX_CHANGES ||
-                 elapsed_ms(&r->batch_started) >= BATCH_MAX_MS))
+                 elapsed_ms(&r->batch_started) >= BATCH_MAX_MS)) {
                 rc = flush_batch(r, err);
+                if (rc == 0)
+                    poll_slot(r);
+            }
             continue;
         }
         if (len == 0) {
@@ -1290,6 +1462,7 @@ static int stream(gw_repl_t *r, gw_err_t *err)
                 if (rc != 0)
                     break;
             }
+            poll_slot(r);
             if (elapsed_ms(&r->last_status) >= STATUS_INTERVAL_MS) {
                 rc = send_status(r, r->acked_lsn, 0, err);
                 if (rc != 0)
@@ -1396,6 +1569,9 @@ static void *repl_main(void *arg)
         if (rc != 0) {
             gw_error("repl", "replication stopped; retrying", "error=\"%s\" retry_ms=%u",
                      gw_err_format(&err, msg, sizeof(msg)), backoff);
+            pthread_mutex_lock(&r->diag_lock);
+            snprintf(r->diag.last_error, sizeof(r->diag.last_error), "%.200s", msg);
+            pthread_mutex_unlock(&r->diag_lock);
             if (!gw_storage_consistent(r->st) && err.code != GW_EUNAVAIL)
                 gw_ready_set(r->ready_id, 0, msg);
         }
@@ -1441,4 +1617,37 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
                      "commit.\n# TYPE ferry_replication_lag_bytes gauge\n");
     gw_buf_printf(out, "ferry_replication_lag_bytes %llu\n",
                   (unsigned long long)(end > lsn ? end - lsn : 0));
+    gw_buf_puts(out, "# HELP ferry_replication_lag_seconds Age of the transaction being applied "
+                     "while behind.\n# TYPE ferry_replication_lag_seconds gauge\n");
+    gw_buf_printf(out, "ferry_replication_lag_seconds %.3f\n",
+                  lag_seconds(r, end > lsn ? end - lsn : 0));
+    gw_buf_puts(out, "# TYPE ferry_replication_last_op gauge\n");
+    gw_buf_printf(out, "ferry_replication_last_op %llu\n",
+                  (unsigned long long)atomic_load(&r->m_last_op));
+    pthread_mutex_lock(&r->diag_lock);
+    gw_buf_puts(out, "# HELP ferry_replication_slot_info The replication slot and its wal_status."
+                     "\n# TYPE ferry_replication_slot_info gauge\n");
+    gw_buf_printf(out, "ferry_replication_slot_info{slot=\"%s\",wal_status=\"%s\"} 1\n", r->slot,
+                  r->diag.wal_status);
+    gw_buf_puts(out, "# HELP ferry_replication_slot_retained_bytes WAL the slot keeps on the "
+                     "server.\n# TYPE ferry_replication_slot_retained_bytes gauge\n");
+    gw_buf_printf(out, "ferry_replication_slot_retained_bytes %llu\n",
+                  (unsigned long long)r->diag.retained);
+    gw_buf_puts(out, "# HELP ferry_replication_slot_safe_wal_size_bytes WAL that may still be "
+                     "written before the slot is lost (-1: unlimited).\n"
+                     "# TYPE ferry_replication_slot_safe_wal_size_bytes gauge\n");
+    gw_buf_printf(out, "ferry_replication_slot_safe_wal_size_bytes %lld\n",
+                  (long long)r->diag.safe_wal_size);
+    gw_buf_puts(out, "# TYPE ferry_replication_confirmed_lsn gauge\n");
+    gw_buf_printf(out, "ferry_replication_confirmed_lsn %llu\n",
+                  (unsigned long long)r->diag.confirmed);
+    gw_buf_puts(out, "# TYPE ferry_storage_ops_per_second gauge\n");
+    gw_buf_printf(out, "ferry_storage_ops_per_second %.1f\n", r->diag.ops_per_s);
+    gw_buf_puts(out, "# TYPE ferry_storage_buckets gauge\n");
+    gw_buf_printf(out, "ferry_storage_buckets %llu\n", (unsigned long long)r->diag.buckets);
+    gw_buf_puts(out, "# TYPE ferry_storage_rows gauge\n");
+    gw_buf_printf(out, "ferry_storage_rows %llu\n", (unsigned long long)r->diag.rows);
+    gw_buf_puts(out, "# TYPE ferry_storage_ops gauge\n");
+    gw_buf_printf(out, "ferry_storage_ops %llu\n", (unsigned long long)r->diag.ops);
+    pthread_mutex_unlock(&r->diag_lock);
 }

@@ -60,6 +60,13 @@ void gw_repl_submit(gw_repl_t *r, gw_repl_task_t *task);
 /** Whether storage has a consistent checkpoint (streams and write checkpoints may be served). */
 int gw_repl_ready(gw_repl_t *r);
 
+/**
+ * Append one JSON object describing replication health to out (any thread): slot, phase, stored
+ * and confirmed LSN, lag in bytes and seconds, wal_status, safe_wal_size, retained WAL, ops/s,
+ * storage size, buckets, rows, ops, the last error. Slot figures are polled every 5 s.
+ */
+void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out);
+
 /** Append Prometheus lines about replication to out (a gw_metrics collector). */
 void gw_repl_metrics(gw_buf_t *out, void *r);
 

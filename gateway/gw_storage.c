@@ -466,6 +466,29 @@ int gw_storage_consistent(const gw_storage_t *s)
     return s->consistent;
 }
 
+static void sum_bucket(const char *key, void *value, void *ud)
+{
+    (void)key;
+    gw_storage_stats_t *out = ud;
+    const bucket_t *b = value;
+    out->buckets++;
+    out->ops += b->count;
+}
+
+int gw_storage_stats(gw_storage_t *s, gw_storage_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    gw_map_each(&s->by_name, sum_bucket, out);
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM rows", -1, &q, NULL) != SQLITE_OK)
+        return GW_EIO;
+    int rc = sqlite3_step(q) == SQLITE_ROW ? 0 : GW_EIO;
+    if (rc == 0)
+        out->rows = (uint64_t)sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    return rc;
+}
+
 /* ---- ops ---- */
 
 static int write_op(gw_storage_t *s, bucket_t *b, int op, const char *type, const char *id,

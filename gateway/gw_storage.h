@@ -89,6 +89,16 @@ int gw_storage_set_consistent(gw_storage_t *s, int consistent, gw_err_t *err);
 /** Whether a consistent checkpoint exists. */
 int gw_storage_consistent(const gw_storage_t *s);
 
+/** Totals of the storage (writer side). */
+typedef struct gw_storage_stats {
+    uint64_t buckets; /* buckets with ops */
+    uint64_t rows;    /* source rows stored */
+    uint64_t ops;     /* ops stored (after compaction) */
+} gw_storage_stats_t;
+
+/** Fill *out (counts rows with one query; call it every few seconds at most). 0 or GW_EIO. */
+int gw_storage_stats(gw_storage_t *s, gw_storage_stats_t *out);
+
 /** One source row: its table's qualified name ("public.todos") and its key text. */
 typedef struct gw_row_ref {
     const char *table; /* "<schema>.<table>" */
