@@ -14,6 +14,8 @@
 #include "gw_worker.h"
 #include "rules/rules.h"
 
+typedef struct gw_streams gw_streams_t;
+
 typedef struct gw_app {
     const gw_config_t *cfg;
     gw_http_t *http;
@@ -22,6 +24,7 @@ typedef struct gw_app {
     const char *version;  /* rule version: bucket-id prefix */
     gw_repl_t *repl;      /* gw_repl_submit / gw_repl_ready are thread-safe */
     gw_workers_t *workers;
+    gw_streams_t *streams; /* gw_stream.c's state */
 } gw_app_t;
 
 /**
@@ -51,7 +54,26 @@ void gw_admin_register(gw_app_t *app);
 /** Register the write-back route POST /api/write (gw_write.c). */
 void gw_write_register(gw_app_t *app);
 
-/** Register the sync stream route POST /sync/stream (gw_stream.c). */
+/**
+ * Create the streams' shared state before storage is handed to the replicator, and install the
+ * storage hook that wakes streams after every commit (gw_stream.c). Caller frees with
+ * gw_streams_free() after gw_stream_detach().
+ */
+gw_streams_t *gw_streams_new(gw_storage_t *storage);
+
+/** Register POST /sync/stream and the per-thread machinery (before gw_http_start). */
 void gw_stream_register(gw_app_t *app);
+
+/**
+ * After gw_http_shutdown(): stop notifications, drop per-thread state (readers, receivers).
+ * Must run before gw_http_destroy().
+ */
+void gw_stream_detach(gw_app_t *app);
+
+/** Free what gw_streams_new() made (after the replicator stopped). NULL is fine. */
+void gw_streams_free(gw_streams_t *s);
+
+/** Append the streams' Prometheus lines (a gw_metrics collector; ud is the gw_streams_t). */
+void gw_stream_metrics(gw_buf_t *out, void *ud);
 
 #endif

@@ -173,11 +173,14 @@ int gw_cli_serve(int argc, char **argv)
     ensure_parent_dir(cfg.storage.path);
     gw_storage_t *storage = NULL;
     gw_repl_t *repl = NULL;
-    if (gw_storage_open(cfg.storage.path, &storage, &err) != 0 ||
-        gw_repl_create(&cfg, rules, rules_hash, storage, &repl, &err) != 0) {
+    gw_streams_t *streams = NULL;
+    if (gw_storage_open(cfg.storage.path, &storage, &err) == 0)
+        streams = gw_streams_new(storage);
+    if (streams == NULL || gw_repl_create(&cfg, rules, rules_hash, storage, &repl, &err) != 0) {
         fprintf(stderr, "ferry: %s\n", gw_err_format(&err, msg, sizeof(msg)));
         if (repl == NULL)
             gw_storage_close(storage);
+        gw_streams_free(streams);
         rules_unref(rules);
         gw_config_free(&cfg);
         return 1;
@@ -224,7 +227,8 @@ int gw_cli_serve(int argc, char **argv)
                     .rules = rules,
                     .version = gw_repl_version(repl),
                     .repl = repl,
-                    .workers = workers};
+                    .workers = workers,
+                    .streams = streams};
     gw_http_route(http, "/probes/liveness", "liveness", GW_HTTP_GET | GW_HTTP_HEAD, on_liveness,
                   NULL);
     gw_http_route(http, "/probes/readiness", "readiness", GW_HTTP_GET | GW_HTTP_HEAD,
@@ -240,10 +244,12 @@ int gw_cli_serve(int argc, char **argv)
     if (gw_repl_start(repl, &err) != 0 || gw_http_start(http, &err) != 0) {
         gw_error("main", gw_err_format(&err, msg, sizeof(msg)), NULL);
         gw_http_shutdown(http, 0);
+        gw_stream_detach(&app);
         gw_workers_destroy(workers);
         gw_http_destroy(http);
         gw_auth_destroy(auth);
         gw_repl_destroy(repl);
+        gw_streams_free(streams);
         rules_unref(rules);
         gw_config_free(&cfg);
         return 1;
@@ -255,10 +261,12 @@ int gw_cli_serve(int argc, char **argv)
     sigwait(&sigs, &sig);
     gw_info("main", "shutting down", "signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     gw_http_shutdown(http, 3000);
+    gw_stream_detach(&app);
     gw_workers_destroy(workers);
     gw_http_destroy(http);
     gw_auth_destroy(auth);
     gw_repl_destroy(repl);
+    gw_streams_free(streams);
     rules_unref(rules);
     gw_config_free(&cfg);
     gw_info("main", "stopped", NULL);
