@@ -56,6 +56,9 @@ include gateway/gateway.mk
 include rules/rules.mk
 include auth/auth.mk
 include tests/tests.mk
+# The client SDK and the load harness bring their own fragments (optional until they exist).
+-include clientsdk/clientsdk.mk
+-include tests/load/load.mk
 
 .PHONY: all check check-build demo demo-stop deps deps-if-missing bench fuzz format clean
 

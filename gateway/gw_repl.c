@@ -39,7 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BATCH_MAX_CHANGES 20000
+#define BATCH_MAX_CHANGES 100000
 #define BATCH_MAX_MS 100
 #define STATUS_INTERVAL_MS 10000
 
@@ -1621,6 +1621,9 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
                      "while behind.\n# TYPE ferry_replication_lag_seconds gauge\n");
     gw_buf_printf(out, "ferry_replication_lag_seconds %.3f\n",
                   lag_seconds(r, end > lsn ? end - lsn : 0));
+    gw_buf_puts(out, "# HELP ferry_replication_stored_lsn Source position of the last storage "
+                     "commit.\n# TYPE ferry_replication_stored_lsn gauge\n");
+    gw_buf_printf(out, "ferry_replication_stored_lsn %llu\n", (unsigned long long)lsn);
     gw_buf_puts(out, "# TYPE ferry_replication_last_op gauge\n");
     gw_buf_printf(out, "ferry_replication_last_op %llu\n",
                   (unsigned long long)atomic_load(&r->m_last_op));
