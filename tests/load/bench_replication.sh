@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# bench_replication.sh -- replication throughput into bucket storage (make bench)
+#
+# On its own Postgres cluster: two slots exist (ferry's and one for pg_recvlogical), then
+# 1,000,000 row changes are committed (1,000 transactions of 1,000 rows: 500,000 inserts over
+# two tables, then 500,000 updates) into tables covered by a 5-definition rule set, while
+# neither consumer runs. Then pg_recvlogical drains its slot to the final LSN alone (the limit of
+# decoding and sending on this machine), and then ferry catches up alone (decode, rules, ops,
+# storage commits) until its stored LSN reaches the same position. Prints "BENCH name value unit
+# note" lines: both rates, their ratio, and ferry's peak RSS (VmHWM).
+# CHANGES: $1 (default 1000000, a multiple of 2000).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+changes=${1:-1000000}
+bin=${FERRY_BIN:-$root/build/ferry}
+[ -x "$bin" ] || make -C "$root" --no-print-directory build/ferry >/dev/null
+tmp=$(mktemp -d /tmp/ferry-bench-repl.XXXXXX)
+pgenv=$("$root/tests/lib/pg.sh" start benchrepl)
+eval "$pgenv"
+fpid=""
+cleanup() {
+  [ -n "$fpid" ] && kill "$fpid" 2>/dev/null && wait "$fpid" 2>/dev/null
+  "$root/tests/lib/pg.sh" stop "$PGTMP"
+  [ -n "${KEEP:-}" ] || rm -rf "$tmp"
+}
+trap cleanup EXIT
+psql -q "$FERRY_PG_URI" -c "CREATE DATABASE bench"
+db=${FERRY_PG_URI%/*}/bench
+psql -q "$db" <<'SQL'
+CREATE TABLE lists (id int PRIMARY KEY, owner_id text, name text, n int);
+CREATE TABLE todos (id int PRIMARY KEY, list_id int, description text, done boolean);
+CREATE PUBLICATION ferry FOR ALL TABLES;
+SQL
+cat >"$tmp/sync-rules.yaml" <<'YAML'
+bucket_definitions:
+  global_lists:
+    data:
+      - SELECT id, name FROM lists
+  by_owner:
+    parameters: SELECT request.user_id() AS owner_id
+    data:
+      - SELECT id, name, n FROM lists WHERE owner_id = bucket.owner_id
+  by_list:
+    parameters: SELECT request.parameters() ->> 'list_id' AS list_id
+    data:
+      - SELECT id, description, done FROM todos WHERE list_id = bucket.list_id
+  open_todos:
+    data:
+      - SELECT id, description FROM todos WHERE done = false
+  done_todos:
+    data:
+      - SELECT id FROM todos WHERE done = true
+YAML
+port=$(( 20000 + RANDOM % 30000 ))
+cat >"$tmp/ferry.yaml" <<YAML
+log_level: info
+http:
+  listen: "127.0.0.1:$port"
+  threads: 1
+postgres:
+  uri: "$db"
+replication:
+  slot_prefix: bench
+storage:
+  path: storage.db
+auth:
+  audience: [ferry]
+  keys:
+    - { kid: b, alg: HS256, secret: "bench-secret-bench-secret-bench-secret" }
+YAML
+metric() { { curl -s "http://127.0.0.1:$port/metrics" || true; } | awk -v m="$1" '$1 == m { print $2 }'; }
+start_ferry() { # PROFILE=DIR records the catch-up with perf into DIR/perf.data
+  if [ "${1:-}" = profile ] && [ -n "${PROFILE:-}" ]; then
+    perf record -g -o "$PROFILE/perf.data" -- "$bin" serve --config "$tmp/ferry.yaml" >>"$tmp/ferry.log" 2>&1 &
+  else
+    "$bin" serve --config "$tmp/ferry.yaml" >>"$tmp/ferry.log" 2>&1 &
+  fi
+  fpid=$!
+}
+# first start: slot and (empty) snapshot, then stop; the changes come while nobody consumes
+start_ferry
+for ((i = 0; i < 200; i++)); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/probes/readiness")" = 200 ] && break
+  sleep 0.1
+done
+kill "$fpid"; wait "$fpid" || true; fpid=""
+pg_recvlogical -d "$db" --slot bench_recv --create-slot -P pgoutput >/dev/null
+
+half=$((changes / 2))
+txns=$((half / 1000))
+{
+  echo "\\set ON_ERROR_STOP 1"
+  for ((t = 0; t < txns; t++)); do
+    a=$((t * 1000 + 1)); b=$((a + 999))
+    if ((t % 2 == 0)); then
+      echo "INSERT INTO lists SELECT i, 'u' || (i % 100), 'list ' || i, i FROM generate_series($a, $b) i;"
+    else
+      echo "INSERT INTO todos SELECT i, i % 5000, 'todo ' || i, false FROM generate_series($a, $b) i;"
+    fi
+  done
+  for ((t = 0; t < txns; t++)); do
+    a=$((t * 1000 + 1)); b=$((a + 999))
+    if ((t % 2 == 0)); then
+      echo "UPDATE lists SET n = n + 1, name = name || '+' WHERE id BETWEEN $a AND $b;"
+    else
+      echo "UPDATE todos SET done = NOT done WHERE id BETWEEN $a AND $b;"
+    fi
+  done
+} >"$tmp/load.sql"
+t0=$(date +%s.%N)
+psql -q "$db" -f "$tmp/load.sql"
+t1=$(date +%s.%N)
+target=$(psql -tAq "$db" -c "SELECT pg_current_wal_lsn()")
+target_num=$(psql -tAq "$db" -c "SELECT pg_current_wal_lsn() - '0/0'")
+echo "generated $changes changes in $(echo "$t1 - $t0" | bc) s; target LSN $target"
+
+# the limit: pg_recvlogical decodes and receives the same changes
+t0=$(date +%s.%N)
+pg_recvlogical -d "$db" --slot bench_recv --start -E "$target" -f /dev/null -F 0 -s 1 \
+  -o proto_version=1 -o publication_names=ferry
+t1=$(date +%s.%N)
+recv_s=$(echo "$t1 - $t0" | bc -l)
+
+# ferry catches up
+t0=$(date +%s.%N)
+start_ferry profile
+for ((i = 0; i < 12000; i++)); do
+  l=$(metric ferry_replication_stored_lsn)
+  [ -n "$l" ] && [ "$l" -ge "$target_num" ] && break
+  sleep 0.02
+done
+t1=$(date +%s.%N)
+ferry_s=$(echo "$t1 - $t0" | bc -l)
+fproc=$fpid
+[ -n "${PROFILE:-}" ] && fproc=$(pgrep -P "$fpid" -x ferry || echo "$fpid")
+hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$fproc/status")
+got=$(metric ferry_replication_changes_total)
+kill -INT "$fpid"; wait "$fpid" || true; fpid=""
+[ "${got:-0}" -ge "$changes" ] || { echo "ferry saw only ${got:-0} changes"; tail -5 "$tmp/ferry.log"; exit 1; }
+ferry_rate=$(echo "$changes / $ferry_s" | bc)
+recv_rate=$(echo "$changes / $recv_s" | bc)
+ratio=$(echo "scale=1; 100 * $recv_s / $ferry_s" | bc)
+echo "BENCH replication_changes_per_s $ferry_rate changes/s ferry, $changes changes (1000 per txn, 5 bucket definitions), goal >= 100000"
+echo "BENCH replication_pg_recvlogical_per_s $recv_rate changes/s pg_recvlogical draining the same changes (the limit)"
+echo "BENCH replication_ratio_to_pg_recvlogical $ratio % goal >= 50"
+echo "BENCH replication_peak_rss $((hwm / 1024)) MB ferry VmHWM, goal < 100"
