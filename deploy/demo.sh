@@ -51,6 +51,9 @@ start() {
     stop
   fi
 
+  # the storage of an earlier demo belongs to its (now gone) database
+  rm -f "$var"/ferry-storage.db "$var"/ferry-storage.db-wal "$var"/ferry-storage.db-shm
+
   say "Starting a throwaway PostgreSQL 15 (wal_level=logical)"
   local pgenv; pgenv=$("$root/tests/lib/pg.sh" start demo)
   echo "$pgenv" >"$var/demo.env"
@@ -119,19 +122,33 @@ YAML
   "$ferry" debug dump --config "$var/ferry.yaml" | sed 's/^/   /' | head -20
   pause
 
-  say "A change made with psql arrives in storage"
+  say "A client syncs: alice opens the sync stream (the PowerSync protocol, NDJSON)"
+  local token
+  token=$("$ferry" token --config "$var/ferry.yaml" --sub alice)
+  echo "   \$ curl -N -X POST $base/sync/stream -H 'Authorization: Token …' -d '{\"client_id\":\"demo\"}'"
+  local stream_out=$var/demo-stream.ndjson
+  timeout 4 curl -sN -X POST "$base/sync/stream" -H "Authorization: Token $token" \
+    -H 'content-type: application/json' -d '{"buckets":[],"client_id":"demo"}' >"$stream_out" &
+  local curl_pid=$!
+  sleep 1
+  summarize() { # one short line per NDJSON line
+    sed -E 's/("data":\[).*(\],"next_after")/\1…\2/; s/"checksum":[0-9]+,//g' "$1" | cut -c1-150 | sed 's/^/   /'
+  }
+  summarize "$stream_out"
+  pause
+
+  say "A change made with psql arrives live on the open stream"
   echo "   \$ psql -c \"UPDATE todos SET completed = true WHERE id = 't1'\""
+  local before
+  before=$(wc -l <"$stream_out")
   psql -q "$app_uri" -c "UPDATE todos SET completed = true WHERE id = 't1'"
-  for _ in $(seq 1 50); do
-    "$ferry" debug dump --config "$var/ferry.yaml" | grep -q '"id":"t1","data":{[^}]*"completed":1' && break
-    sleep 0.1
-  done
-  "$ferry" debug dump --config "$var/ferry.yaml" | grep '"id":"t1"' | sed 's/^/   /'
+  wait "$curl_pid" 2>/dev/null || true
+  tail -n +"$((before + 1))" "$stream_out" >"$stream_out.new"
+  summarize "$stream_out.new"
+  rm -f "$stream_out" "$stream_out.new"
   pause
 
   say "Which buckets a user gets"
-  local token
-  token=$("$ferry" token --config "$var/ferry.yaml" --sub alice)
   echo "   \$ ferry rules explain sync-rules.yaml --token \$(ferry token --sub alice) --db …"
   "$ferry" rules explain "$var/sync-rules.yaml" --token "$token" --db "$app_uri" --rule-version 1 2>&1 | sed 's/^/   /'
   pause
