@@ -904,13 +904,9 @@ static void batch_results(wbatch_t *b)
     gw_buf_puts(&b->out, "]}");
 }
 
-static void batch_run(gw_job_t *job, PGconn *conn)
+/* Prepare and run the batch on conn: SQL_OK (committed), or -1 with the response set. */
+static int batch_try(wbatch_t *b, PGconn *conn)
 {
-    wbatch_t *b = (wbatch_t *)job;
-    if (conn == NULL) {
-        batch_fail(b, 503, "unavailable", "postgres is not reachable; nothing was applied");
-        return;
-    }
     gw_err_t err;
     gw_err_clear(&err);
     int rc = prepare_conn(conn, &err);
@@ -921,7 +917,7 @@ static void batch_run(gw_job_t *job, PGconn *conn)
             gw_error("write", "write rules rejected by postgres", "error=%s",
                      gw_log_qs(msg, (char[1100]){0}, 1100));
         batch_fail(b, 503, rc == GW_ERULES ? "not_ready" : "unavailable", msg);
-        return;
+        return -1;
     }
     wctx_t c = {.b = b, .conn = conn, .app = g_mod.app};
     int how = SQL_OP;
@@ -931,17 +927,37 @@ static void batch_run(gw_job_t *job, PGconn *conn)
         how = run_attempt(&c);
     }
     PQclear(c.failed);
-    if (how != SQL_OK) {
-        tl_conn.prepared = 0; /* prepare again on the next batch (statements may be gone) */
-        if (PQtransactionStatus(conn) != PQTRANS_IDLE && PQstatus(conn) == CONNECTION_OK)
-            exec_simple(conn, "ROLLBACK");
-        char pg[512];
-        batch_fail(b, 503, "unavailable", "could not apply the batch; nothing was applied");
-        gw_warn("write", "batch rolled back", "error=%s",
-                gw_log_qs(gw_pg_error(conn, pg, sizeof(pg)), (char[600]){0}, 600));
+    if (how == SQL_OK)
+        return SQL_OK;
+    tl_conn.prepared = 0; /* prepare again on the next batch (statements may be gone) */
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE && PQstatus(conn) == CONNECTION_OK)
+        exec_simple(conn, "ROLLBACK");
+    char pg[512];
+    batch_fail(b, 503, "unavailable", "could not apply the batch; nothing was applied");
+    gw_warn("write", "batch rolled back", "error=%s",
+            gw_log_qs(gw_pg_error(conn, pg, sizeof(pg)), (char[600]){0}, 600));
+    return -1;
+}
+
+static void batch_run(gw_job_t *job, PGconn *conn)
+{
+    wbatch_t *b = (wbatch_t *)job;
+    if (conn == NULL) {
+        batch_fail(b, 503, "unavailable", "postgres is not reachable; nothing was applied");
         return;
     }
-    batch_results(b);
+    if (batch_try(b, conn) == SQL_OK) {
+        batch_results(b);
+        return;
+    }
+    /* A connection that died while idle (Postgres restarted) is only noticed on first use: try
+     * once more on a fresh one. Safe: nothing of the batch committed, or, if the COMMIT itself
+     * was lost, ferry_write_log answers the ops as duplicates. */
+    if (PQstatus(conn) == CONNECTION_BAD) {
+        PQreset(conn);
+        if (PQstatus(conn) == CONNECTION_OK && batch_try(b, conn) == SQL_OK)
+            batch_results(b);
+    }
 }
 
 static double elapsed_s(const struct timespec *t0)
