@@ -2,7 +2,8 @@
  *
  *   ferry debug dump --config FILE [--bucket B] [--checksums]
  *       each bucket's reconstructed rows (ops applied in op-id order: PUT sets the row of
- *       (object_type, object_id, subkey), REMOVE deletes it), one JSON line per row:
+ *       (object_type, object_id, subkey), REMOVE deletes it, CLEAR empties the bucket, MOVE
+ *       changes nothing but counts in the checksum), one JSON line per row:
  *       {"bucket":…,"type":…,"id":…,"data":{…}}; with --checksums one line per bucket instead:
  *       {"bucket":…,"checksum":…,"count":…,"ops_checksum":…,"ops":…} where ops_checksum/ops are
  *       recomputed from the stored ops (they must equal checksum/count)
@@ -119,6 +120,8 @@ static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t
                 json_object_set(rows, key, json_object_get(op, "data"));
             else if (kind != NULL && strcmp(kind, "REMOVE") == 0)
                 json_object_del(rows, key);
+            else if (kind != NULL && strcmp(kind, "CLEAR") == 0)
+                json_object_clear(rows); /* the bucket is reset; MOVE changes no row */
         }
         json_decref(arr);
         after = last;

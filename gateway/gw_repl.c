@@ -1017,6 +1017,33 @@ void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
     pthread_mutex_unlock(&r->diag_lock);
 }
 
+/* ---- compaction ---- */
+
+/* Compact storage in its own transaction every replication.compact_interval seconds. */
+static int maybe_compact(gw_repl_t *r, gw_err_t *err)
+{
+    uint64_t now = now_ms();
+    if (r->compact_interval <= 0 || r->compact_ms == 0 ||
+        now - r->compact_ms < (uint64_t)r->compact_interval * 1000)
+        return 0;
+    r->compact_ms = now;
+    gw_storage_compact_stats_t st;
+    int rc = gw_storage_begin(r->st, err);
+    if (rc == 0)
+        rc = gw_storage_compact(r->st, &st, err);
+    if (rc == 0)
+        rc = gw_storage_commit(r->st, 0, err);
+    else
+        gw_storage_rollback(r->st);
+    if (rc == 0)
+        gw_info("repl", "compacted bucket storage",
+                "buckets=%llu moved=%llu cleared=%llu ops_before=%llu ops_after=%llu ms=%llu",
+                (unsigned long long)st.buckets, (unsigned long long)st.moved,
+                (unsigned long long)st.cleared, (unsigned long long)st.ops_before,
+                (unsigned long long)st.ops_after, (unsigned long long)(now_ms() - now));
+    return rc;
+}
+
 /* ---- streaming ---- */
 
 static int send_status(gw_repl_t *r, uint64_t lsn, int reply, gw_err_t *err)
@@ -1459,6 +1486,8 @@ static int stream(gw_repl_t *r, gw_err_t *err)
             }
             if (!r->in_pg_txn) {
                 rc = run_tasks(r, err);
+                if (rc == 0 && !r->batch_open)
+                    rc = maybe_compact(r, err);
                 if (rc != 0)
                     break;
             }
@@ -1558,6 +1587,7 @@ static void *repl_main(void *arg)
 {
     gw_repl_t *r = arg;
     unsigned backoff = 500;
+    r->compact_ms = now_ms(); /* the first periodic compaction comes one interval after start */
     while (!atomic_load(&r->stop)) {
         gw_err_t err;
         gw_err_clear(&err);

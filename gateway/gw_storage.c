@@ -44,6 +44,7 @@ typedef struct bucket {
     uint64_t count;
     uint64_t last_op;
     int dirty;
+    uint64_t compacted;   /* ops up to here were compacted (this process; 0 after a start) */
     uint64_t touched_gen; /* == s->gen when it got ops in the open transaction */
 } bucket_t;
 
@@ -788,6 +789,176 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
     gw_buf_free(&old_members);
     gw_buf_free(&old_lookups);
     gw_buf_free(&new_lookups);
+    return rc;
+}
+
+/* ---- compaction (powersync-protocol §3.4) ---- */
+
+typedef struct op_ref {
+    int64_t op_id;
+    uint32_t checksum;
+} op_ref_t;
+
+static void compact_line(gw_buf_t *l, const char *op, uint64_t op_id, uint32_t checksum)
+{
+    gw_buf_reset(l);
+    gw_buf_puts(l, "{\"op_id\":\"");
+    append_u64(l, op_id);
+    gw_buf_puts(l, "\",\"op\":\"");
+    gw_buf_puts(l, op);
+    gw_buf_puts(l, "\",\"checksum\":");
+    append_u64(l, checksum);
+    gw_buf_puts(l, "}");
+}
+
+/* MOVE: every PUT/REMOVE <= upto with a later PUT/REMOVE of the same row in the bucket. */
+static int compact_moves(gw_storage_t *s, bucket_t *b, uint64_t upto, sqlite3_stmt *scan,
+                         sqlite3_stmt *upd, uint64_t *moved, gw_err_t *err)
+{
+    gw_map_t seen;
+    gw_map_init(&seen);
+    op_ref_t *list = NULL;
+    size_t n = 0, cap = 0;
+    gw_buf_t key = GW_BUF_INIT;
+    sqlite3_bind_int64(scan, 1, b->id);
+    sqlite3_bind_int64(scan, 2, (sqlite3_int64)upto);
+    int step;
+    while ((step = sqlite3_step(scan)) == SQLITE_ROW) {
+        int op = sqlite3_column_int(scan, 1);
+        if (op != OP_PUT && op != OP_REMOVE)
+            continue;
+        const char *t = (const char *)sqlite3_column_text(scan, 2);
+        const char *i = (const char *)sqlite3_column_text(scan, 3);
+        const char *k = (const char *)sqlite3_column_text(scan, 4);
+        gw_buf_reset(&key);
+        gw_buf_puts(&key, t != NULL ? t : "");
+        gw_buf_append(&key, "\x1f", 1);
+        gw_buf_puts(&key, i != NULL ? i : "");
+        gw_buf_append(&key, "\x1f", 1);
+        gw_buf_puts(&key, k != NULL ? k : "");
+        if (gw_map_get(&seen, key.data) == NULL) {
+            gw_map_put(&seen, key.data, (void *)1);
+            continue;
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 256;
+            list = gw_xrealloc(list, cap * sizeof(*list));
+        }
+        list[n].op_id = sqlite3_column_int64(scan, 0);
+        list[n].checksum = (uint32_t)sqlite3_column_int64(scan, 5);
+        n++;
+    }
+    sqlite3_reset(scan);
+    gw_map_free(&seen);
+    gw_buf_free(&key);
+    int rc = step == SQLITE_DONE ? 0 : sql_err(s->db, err, "read ops to compact");
+    for (size_t j = 0; j < n && rc == 0; j++) {
+        compact_line(&s->line, "MOVE", (uint64_t)list[j].op_id, list[j].checksum);
+        sqlite3_bind_int64(upd, 1, list[j].op_id);
+        sqlite3_bind_text(upd, 2, s->line.data, (int)s->line.len, SQLITE_STATIC);
+        if (sqlite3_step(upd) != SQLITE_DONE)
+            rc = sql_err(s->db, err, "write a MOVE op");
+        sqlite3_reset(upd);
+    }
+    *moved += n;
+    free(list);
+    return rc;
+}
+
+/* CLEAR: the longest prefix of REMOVE/MOVE/CLEAR ops (all <= upto) becomes one CLEAR. */
+static int compact_clear(gw_storage_t *s, bucket_t *b, uint64_t upto, sqlite3_stmt *prefix,
+                         sqlite3_stmt *del, sqlite3_stmt *ins, uint64_t *cleared, gw_err_t *err)
+{
+    sqlite3_bind_int64(prefix, 1, b->id);
+    sqlite3_bind_int64(prefix, 2, (sqlite3_int64)upto);
+    uint64_t n = 0, last = 0;
+    uint32_t sum = 0;
+    int only_clear = 1, step;
+    while ((step = sqlite3_step(prefix)) == SQLITE_ROW) {
+        int op = sqlite3_column_int(prefix, 1);
+        if (op == OP_PUT)
+            break;
+        last = (uint64_t)sqlite3_column_int64(prefix, 0);
+        sum += (uint32_t)sqlite3_column_int64(prefix, 2);
+        only_clear &= op == OP_CLEAR;
+        n++;
+    }
+    sqlite3_reset(prefix);
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        return sql_err(s->db, err, "read ops to compact");
+    if (n == 0 || (n == 1 && only_clear))
+        return 0;
+    sqlite3_bind_int64(del, 1, b->id);
+    sqlite3_bind_int64(del, 2, (sqlite3_int64)last);
+    int rc = sqlite3_step(del) == SQLITE_DONE ? 0 : sql_err(s->db, err, "delete cleared ops");
+    sqlite3_reset(del);
+    if (rc != 0)
+        return rc;
+    compact_line(&s->line, "CLEAR", last, sum);
+    sqlite3_bind_int64(ins, 1, (sqlite3_int64)last);
+    sqlite3_bind_int64(ins, 2, b->id);
+    sqlite3_bind_int(ins, 3, OP_CLEAR);
+    sqlite3_bind_int64(ins, 4, sum);
+    sqlite3_bind_text(ins, 5, s->line.data, (int)s->line.len, SQLITE_STATIC);
+    rc = sqlite3_step(ins) == SQLITE_DONE ? 0 : sql_err(s->db, err, "write a CLEAR op");
+    sqlite3_reset(ins);
+    if (rc == 0) {
+        b->count -= n - 1;
+        *cleared += n;
+    }
+    return rc;
+}
+
+int gw_storage_compact(gw_storage_t *s, gw_storage_compact_stats_t *out, gw_err_t *err)
+{
+    gw_storage_compact_stats_t st = {0};
+    if (!s->in_txn)
+        return gw_err_set(err, GW_EINVAL, "storage", "compaction outside a transaction");
+    uint64_t upto = s->last_op;
+    st.target = upto;
+    static const char *const sql[5] = {
+        "SELECT op_id, op, object_type, object_id, subkey, checksum FROM ops WHERE bucket_id = ?1 "
+        "AND op_id <= ?2 ORDER BY op_id DESC",
+        "UPDATE ops SET op = 3, object_type = NULL, object_id = NULL, subkey = NULL, line = ?2 "
+        "WHERE op_id = ?1",
+        "SELECT op_id, op, checksum FROM ops WHERE bucket_id = ?1 AND op_id <= ?2 ORDER BY op_id",
+        "DELETE FROM ops WHERE bucket_id = ?1 AND op_id <= ?2",
+        "INSERT INTO ops(op_id, bucket_id, op, checksum, line) VALUES (?1, ?2, ?3, ?4, ?5)",
+    };
+    sqlite3_stmt *q[5] = {0};
+    int rc = 0;
+    for (int i = 0; i < 5 && rc == 0; i++)
+        if (sqlite3_prepare_v2(s->db, sql[i], -1, &q[i], NULL) != SQLITE_OK)
+            rc = sql_err(s->db, err, "prepare compaction");
+    for (size_t id = 0; id < s->by_id_cap && rc == 0; id++) {
+        bucket_t *b = s->by_id[id];
+        if (b == NULL)
+            continue;
+        st.ops_before += b->count;
+        if (b->last_op <= b->compacted || b->count < 2) {
+            st.ops_after += b->count;
+            continue;
+        }
+        st.buckets++;
+        uint64_t before = b->count;
+        rc = compact_moves(s, b, upto, q[0], q[1], &st.moved, err);
+        if (rc == 0)
+            rc = compact_clear(s, b, upto, q[2], q[3], q[4], &st.cleared, err);
+        if (rc == 0) {
+            b->compacted = upto;
+            if (b->count != before) {
+                b->dirty = 1;
+                flush_bucket(NULL, b, s);
+            }
+        }
+        st.ops_after += b->count;
+    }
+    for (int i = 0; i < 5; i++)
+        sqlite3_finalize(q[i]);
+    if (rc == 0 && (st.moved > 0 || st.cleared > 0))
+        rc = state_set_u64(s, "compact_target", upto, err);
+    if (out != NULL)
+        *out = st;
     return rc;
 }
 

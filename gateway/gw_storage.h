@@ -99,6 +99,27 @@ typedef struct gw_storage_stats {
 /** Fill *out (counts rows with one query; call it every few seconds at most). 0 or GW_EIO. */
 int gw_storage_stats(gw_storage_t *s, gw_storage_stats_t *out);
 
+/** What one compaction did. */
+typedef struct gw_storage_compact_stats {
+    uint64_t buckets;    /* buckets looked at */
+    uint64_t moved;      /* PUT/REMOVE ops turned into MOVE */
+    uint64_t cleared;    /* ops folded into CLEAR ops */
+    uint64_t ops_before; /* ops stored before and after */
+    uint64_t ops_after;
+    uint64_t target;     /* the checkpoint (op id) compacted up to */
+} gw_storage_compact_stats_t;
+
+/**
+ * Compact every bucket's ops up to the committed checkpoint, inside a txn (powersync-protocol
+ * §3.4): a PUT/REMOVE followed later by a PUT/REMOVE of the same (object_type, object_id, subkey)
+ * becomes {"op_id":"N","op":"MOVE","checksum":C}; the longest prefix of REMOVE/MOVE/CLEAR ops
+ * becomes one {"op_id":"N","op":"CLEAR","checksum":SUM} at the prefix's last op id. Checksums
+ * are unchanged, counts shrink. State "compact_target" is set to that checkpoint: a client
+ * downloading an older checkpoint may see compacted ops and must be moved to a newer checkpoint
+ * before checkpoint_complete (§3.4). *out may be NULL. 0 or GW_EIO.
+ */
+int gw_storage_compact(gw_storage_t *s, gw_storage_compact_stats_t *out, gw_err_t *err);
+
 /** One source row: its table's qualified name ("public.todos") and its key text. */
 typedef struct gw_row_ref {
     const char *table; /* "<schema>.<table>" */
