@@ -123,7 +123,7 @@ metrics=$(curl -s "$W_URL/metrics")
 expect_match "metrics: ops by status" 'ferry_write_ops_total\{status="applied"\} [1-9]' "$metrics"
 expect_match "metrics: latency histogram" 'ferry_write_batch_duration_seconds_count [1-9]' "$metrics"
 expect_match "metrics: 400s counted" 'ferry_write_batches_total\{status="400"\} [1-9]' "$metrics"
-stop_pid "$FERRY_PID"
+write_finish
 
 # a write rule that Postgres rejects keeps ferry from becoming ready, with its position
 mkdir -p "$T_TMP/bad"
@@ -146,4 +146,4 @@ expect_match "readiness names the rejected rule with file:line:col" \
   '"write rules":\{"ready":false,"reason":"[^"]*sync-rules.yaml:9:13: \\"check\\" of table \\"logs\\" rejected by postgres: function no_such_function' "$ready"
 expect_eq "readiness stays 503" "503" "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port2/probes/readiness")"
 expect_match "the log says so" 'level=error mod=write msg="write rules not prepared"' "$(cat "$FERRY_LOG")"
-stop_pid "$FERRY_PID"
+write_finish

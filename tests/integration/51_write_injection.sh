@@ -69,3 +69,4 @@ done
 expect_eq "id with SQL stored verbatim" "id with sql" "$(sql "SELECT lower(body) FROM notes WHERE id = 'x''); DROP TABLE sentinel; --'")"
 expect_eq "no other rows" "6" "$(sql "SELECT count(*) FROM notes")"
 expect_eq "v1 not patched" "x'); DROP TABLE sentinel; --" "$(sql "SELECT body FROM notes WHERE id = 'v1'")"
+write_finish

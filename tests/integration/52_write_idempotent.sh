@@ -67,3 +67,4 @@ wait "${pids[@]}"
 applied=$(cat "$T_TMP"/par.* | grep -o '"status":"applied"' | wc -l)
 expect_eq "concurrent copies: 21 applied in all" "21" "$applied"
 expect_eq "concurrent copies: 21 applications" "$((before + 21))" "$(sql "SELECT n FROM applied")"
+write_finish

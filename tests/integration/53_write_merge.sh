@@ -62,3 +62,4 @@ r=$(write_post "$b" '{"client_id":"cb","batch":[{"op_id":24,"op":"PUT","type":"c
 expect_match "an insert is never stale" '"op_id":24,"status":"applied"' "$r"
 metrics=$(curl -s "$W_URL/metrics")
 expect_match "metrics count stale ops" 'ferry_write_ops_total\{status="stale"\} 2' "$metrics"
+write_finish

@@ -71,3 +71,4 @@ expect_match "ben's violation is in ben's bucket" '"bucket":"[^"]*my_violations\
 ann_line=$(grep '"row_id":"b1"' <<<"$dump" || true)
 expect_match "ann's violation is in ann's bucket" '"bucket":"[^"]*my_violations\[\\?"?ann\\?"?\]"' "$ann_line"
 converged "$W_CFG" 20 && pass "storage equals the rules over Postgres" || fail "storage equals the rules over Postgres" "$(head -5 "$T_TMP/converge.diff")"
+write_finish

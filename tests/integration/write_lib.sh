@@ -38,3 +38,10 @@ write_post() {
 }
 
 sql() { psql -At -v ON_ERROR_STOP=1 "$W_DB" -c "$1"; }
+
+# write_finish: stop ferry; it must exit 0 with no sanitizer report in its log
+write_finish() {
+  stop_pid "$FERRY_PID"
+  expect_eq "ferry exits 0 on SIGTERM" "0" "$STOP_RC"
+  expect_eq "no sanitizer report" "" "$(grep -E 'Sanitizer|runtime error' "$FERRY_LOG" | head -3)"
+}
