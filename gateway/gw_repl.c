@@ -121,6 +121,7 @@ struct gw_repl {
         uint64_t rows, buckets, ops;
         char last_error[256];
     } diag;
+    uint64_t old_check_ms;
     uint64_t poll_ms, poll_last_op, warn_lag_ms, warn_wal_ms, compact_ms;
 };
 
@@ -238,6 +239,8 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     const char *replay = getenv("FERRY_TEST_REPLAY");
     r->test_replay = replay != NULL && strcmp(replay, "1") == 0;
     int rc = resolve_version(r, rules_hash, err);
+    if (rc == 0)
+        gw_storage_set_version(storage, r->version);
     if (rc != 0) {
         r->st = NULL;
         gw_repl_destroy(r);
@@ -1017,6 +1020,8 @@ void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
     pthread_mutex_unlock(&r->diag_lock);
 }
 
+static void drop_old_version(gw_repl_t *r);
+
 /* ---- compaction ---- */
 
 /* Compact storage in its own transaction every replication.compact_interval seconds. */
@@ -1488,6 +1493,10 @@ static int stream(gw_repl_t *r, gw_err_t *err)
                 rc = run_tasks(r, err);
                 if (rc == 0 && !r->batch_open)
                     rc = maybe_compact(r, err);
+                if (rc == 0 && !r->batch_open && now_ms() - r->old_check_ms >= 1000) {
+                    r->old_check_ms = now_ms();
+                    drop_old_version(r);
+                }
                 if (rc != 0)
                     break;
             }
@@ -1535,7 +1544,10 @@ static int stream(gw_repl_t *r, gw_err_t *err)
 
 /* ---- the thread ---- */
 
-static void drop_old_slot(gw_repl_t *r)
+/* Once the new rule version is consistent: drop the previous version's slot, then its buckets
+ * and ops. Retried from the stream loop until both are gone (the slot may still be active for a
+ * moment after the old ferry stopped). */
+static void drop_old_version(gw_repl_t *r)
 {
     char old[160] = "";
     if (!gw_storage_consistent(r->st) ||
@@ -1548,15 +1560,28 @@ static void drop_old_slot(gw_repl_t *r)
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = "
         "$1 AND NOT active",
         1, pv, &err);
-    if (res != NULL) {
-        gw_info("repl", "dropped the replication slot of the previous rule version", "slot=%s",
-                old);
-        PQclear(res);
-        if (gw_storage_begin(r->st, &err) == 0) {
-            gw_storage_state_set(r->st, "old_slot", "", &err);
-            gw_storage_commit(r->st, 0, &err);
-        }
-    }
+    if (res == NULL)
+        return;
+    PQclear(res);
+    res = gw_pg_query_params(r->q, "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", 1,
+                             pv, &err);
+    int gone = res != NULL && PQntuples(res) == 0;
+    PQclear(res);
+    if (!gone)
+        return;
+    uint64_t dropped = 0;
+    int rc = gw_storage_begin(r->st, &err);
+    if (rc == 0)
+        rc = gw_storage_drop_other_versions(r->st, &dropped, &err);
+    if (rc == 0)
+        rc = gw_storage_state_set(r->st, "old_slot", "", &err);
+    if (rc == 0)
+        rc = gw_storage_commit(r->st, 0, &err);
+    else
+        gw_storage_rollback(r->st);
+    if (rc == 0)
+        gw_info("repl", "dropped the previous rule version's slot and buckets", "slot=%s buckets=%llu",
+                old, (unsigned long long)dropped);
 }
 
 static int run_once(gw_repl_t *r, gw_err_t *err)
@@ -1579,7 +1604,7 @@ static int run_once(gw_repl_t *r, gw_err_t *err)
     rc = snapshot(r, err);
     if (rc != 0)
         return rc;
-    drop_old_slot(r);
+    drop_old_version(r);
     return stream(r, err);
 }
 

@@ -109,6 +109,7 @@ enum { OP_PUT = 1, OP_REMOVE = 2, OP_MOVE = 3, OP_CLEAR = 4 };
 struct gw_storage {
     sqlite3 *db;
     char *path;
+    char version[40]; /* "<rule version>#": REMOVEs go only to buckets of this version */
     sqlite3_stmt *st[ST_COUNT];
     gw_map_t by_name;  /* name -> bucket_t* */
     bucket_t **by_id;  /* index = id */
@@ -587,6 +588,16 @@ static int write_op(gw_storage_t *s, bucket_t *b, int op, const char *type, cons
     return 0;
 }
 
+/* Whether bucket id exists and belongs to the current rule version (older versions' buckets
+ * get no REMOVEs while the new version re-snapshots; they are dropped whole afterwards). */
+static int live_bucket(const gw_storage_t *s, int64_t id)
+{
+    if ((size_t)id >= s->by_id_cap || s->by_id[id] == NULL)
+        return 0;
+    size_t n = strlen(s->version);
+    return n == 0 || strncmp(s->by_id[id]->name, s->version, n) == 0;
+}
+
 /* Memberships: [u32 bucket id][u16 type len][type][u16 id len][id] repeated. */
 typedef struct member {
     int64_t bucket_id;
@@ -756,7 +767,7 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
                    memcmp(o->object_type, m.type, m.tlen) == 0 && strlen(o->object_id) == m.ilen &&
                    memcmp(o->object_id, m.id, m.ilen) == 0;
         }
-        if (kept || (size_t)m.bucket_id >= s->by_id_cap || s->by_id[m.bucket_id] == NULL)
+        if (kept || !live_bucket(s, m.bucket_id))
             continue;
         char type[512], id[1024];
         snprintf(type, sizeof(type), "%.*s", (int)m.tlen, m.type);
@@ -909,6 +920,42 @@ static int compact_clear(gw_storage_t *s, bucket_t *b, uint64_t upto, sqlite3_st
     return rc;
 }
 
+void gw_storage_set_version(gw_storage_t *s, const char *version)
+{
+    snprintf(s->version, sizeof(s->version), "%s#", version);
+}
+
+int gw_storage_drop_other_versions(gw_storage_t *s, uint64_t *dropped, gw_err_t *err)
+{
+    *dropped = 0;
+    if (s->version[0] == '\0')
+        return 0;
+    for (size_t id = 0; id < s->by_id_cap; id++) {
+        bucket_t *b = s->by_id[id];
+        if (b == NULL || strncmp(b->name, s->version, strlen(s->version)) == 0)
+            continue;
+        sqlite3_stmt *q;
+        int rc = 0;
+        const char *sql[2] = {"DELETE FROM ops WHERE bucket_id = ?1",
+                              "DELETE FROM buckets WHERE id = ?1"};
+        for (int i = 0; i < 2 && rc == 0; i++) {
+            if (sqlite3_prepare_v2(s->db, sql[i], -1, &q, NULL) != SQLITE_OK)
+                return sql_err(s->db, err, "drop an old bucket");
+            sqlite3_bind_int64(q, 1, b->id);
+            rc = sqlite3_step(q) == SQLITE_DONE ? 0 : sql_err(s->db, err, "drop an old bucket");
+            sqlite3_finalize(q);
+        }
+        if (rc != 0)
+            return rc;
+        gw_map_del(&s->by_name, b->name);
+        s->by_id[id] = NULL;
+        free(b->name);
+        free(b);
+        (*dropped)++;
+    }
+    return 0;
+}
+
 int gw_storage_compact(gw_storage_t *s, gw_storage_compact_stats_t *out, gw_err_t *err)
 {
     gw_storage_compact_stats_t st = {0};
@@ -997,7 +1044,7 @@ int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *er
     const unsigned char *end = p + old_members.len;
     member_t m;
     while (rc == 0 && p != NULL && next_member(&p, end, &m)) {
-        if ((size_t)m.bucket_id >= s->by_id_cap || s->by_id[m.bucket_id] == NULL)
+        if (!live_bucket(s, m.bucket_id))
             continue;
         char type[512], id[1024];
         snprintf(type, sizeof(type), "%.*s", (int)m.tlen, m.type);

@@ -99,6 +99,15 @@ typedef struct gw_storage_stats {
 /** Fill *out (counts rows with one query; call it every few seconds at most). 0 or GW_EIO. */
 int gw_storage_stats(gw_storage_t *s, gw_storage_stats_t *out);
 
+/** Set the current rule version ("2"): REMOVEs go only to buckets named "2#…" from now on. */
+void gw_storage_set_version(gw_storage_t *s, const char *version);
+
+/**
+ * Delete the buckets (and their ops) of every other rule version, inside a txn, once the current
+ * version is consistent and serves. *dropped is the number of buckets removed. 0 or GW_EIO.
+ */
+int gw_storage_drop_other_versions(gw_storage_t *s, uint64_t *dropped, gw_err_t *err);
+
 /** What one compaction did. */
 typedef struct gw_storage_compact_stats {
     uint64_t buckets;    /* buckets looked at */
