@@ -552,7 +552,11 @@ static void fanout_commits(void)
     char sql[512];
     snprintf(sql, sizeof sql, "INSERT INTO %s (id, %s, %s) VALUES ($1, $2, $3::bigint)", O.table,
              O.owner_col, O.stamp_col);
-    PGresult *r = PQprepare(pg, "tick", sql, 3, NULL);
+    /* the walsender sends only flushed WAL: with synchronous_commit off (as in throwaway test
+     * clusters) a commit waits for the WAL writer (up to wal_writer_delay, 200 ms) */
+    PGresult *r = PQexec(pg, "SET synchronous_commit = on");
+    PQclear(r);
+    r = PQprepare(pg, "tick", sql, 3, NULL);
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
         die("could not prepare the insert: %s", PQerrorMessage(pg));
     PQclear(r);

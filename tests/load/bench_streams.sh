@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# bench_streams.sh -- sync-stream figures of issue #6 with build/ferry-load (make bench)
+#
+# On its own Postgres cluster and one ferry (http.threads 2), prints "BENCH name value unit note":
+#  (a) initial sync of one ROWS-op bucket (default 1,000,000) to one raw client: ops/s and ferry's
+#      peak RSS; in the same run the limit: the same response bytes (saved by the client) served
+#      from a loopback socket by ferry-load --cat and read by the same reader, and the ratio;
+#  (b) IDLE idle streams (default 10,000, over 2 client processes and source addresses):
+#      ferry's RSS growth per stream;
+#  (c) FANOUT streams (default 1,000), RATE single-row commits/s (default 100) for SECONDS
+#      (default 10), each row to one user's bucket: commit-to-client latency p50/p99/max.
+# Env overrides: BENCH_STREAM_ROWS, BENCH_IDLE_STREAMS, BENCH_FANOUT_STREAMS, BENCH_FANOUT_RATE,
+# BENCH_FANOUT_SECONDS, BENCH_LOAD_PROCS. JSON and plots go to build/bench/streams_*.
+set -euo pipefail
+source "$(dirname "$0")/../lib/testlib.sh"
+rows=${BENCH_STREAM_ROWS:-1000000}
+idle_n=${BENCH_IDLE_STREAMS:-10000}
+fan_n=${BENCH_FANOUT_STREAMS:-1000}
+fan_rate=${BENCH_FANOUT_RATE:-100}
+fan_secs=${BENCH_FANOUT_SECONDS:-10}
+procs=${BENCH_LOAD_PROCS:-2}
+load=${LOAD_BIN:-$(dirname "$FERRY_BIN")/ferry-load}
+out=$T_ROOT/build/bench
+mkdir -p "$out"
+[ -x "$load" ] && [ -x "$FERRY_BIN" ] || { echo "build first: make all"; exit 1; }
+
+pgenv=$("$T_ROOT/tests/lib/pg.sh" start benchstreams)
+eval "$pgenv"
+trap 't_cleanup; "$T_ROOT/tests/lib/pg.sh" stop "$PGTMP"' EXIT
+export FERRY_PG_URI
+db=$(new_db bench)
+t0=$(date +%s.%N)
+psql -q "$db" <<SQL
+CREATE TABLE items (id int PRIMARY KEY, owner text, body text);
+CREATE TABLE ferry_load_ticks (id text PRIMARY KEY, owner text, ts bigint);
+CREATE PUBLICATION ferry FOR ALL TABLES;
+INSERT INTO items SELECT i, 'bulk0', 'row ' || i || ' ' || md5(i::text) FROM generate_series(1, $rows) i;
+SQL
+# one bucket per user: the bulk user owns every item, the others get only their ticks
+cat >"$T_TMP/sync-rules.yaml" <<'YAML'
+bucket_definitions:
+  mine:
+    parameters: SELECT request.user_id() AS owner
+    data:
+      - SELECT id, body FROM items WHERE owner = bucket.owner
+      - SELECT id, owner, ts FROM ferry_load_ticks WHERE owner = bucket.owner
+YAML
+port=$(free_port)
+SNAPSHOT_CHUNK_ROWS=10000 replication_config "$T_TMP/ferry.yaml" "$port" "$db"
+sed -i 's/^log_level: info/log_level: warn/' "$T_TMP/ferry.yaml"
+cat >>"$T_TMP/ferry.yaml" <<YAML
+limits:
+  max_connections: $((idle_n + fan_n + 100))
+YAML
+start_ferry "$T_TMP/ferry.yaml"
+wait_ready "$port" 600 || { echo "ferry did not finish the snapshot"; tail "$FERRY_LOG"; exit 1; }
+t1=$(date +%s.%N)
+echo "setup: $rows rows inserted and snapshotted in $(printf '%.1f' "$(echo "$t1 - $t0" | bc)") s"
+# restart, so the figures below do not carry the snapshot's memory
+stop_pid "$FERRY_PID" 10
+start_ferry "$T_TMP/ferry.yaml"
+wait_ready "$port" 60 || { echo "ferry did not come back"; tail "$FERRY_LOG"; exit 1; }
+url=http://127.0.0.1:$port
+common=(--url "$url" --secret test-secret-test-secret-test-secret --kid test --aud ferry)
+jget() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
+
+# (a) initial sync to one client: a warm-up run, then the measured one (saving its bytes)
+"$load" initial "${common[@]}" --user-prefix bulk --timeout 300 --quiet >/dev/null
+"$load" initial "${common[@]}" --user-prefix bulk --timeout 300 --ferry-pid "$FERRY_PID" \
+  --save "$T_TMP/stream.raw" --json "$out/streams_initial.json" --plot "$out/streams_initial"
+"$load" initial "${common[@]}" --cat "$T_TMP/stream.raw" --timeout 300 \
+  --json "$out/streams_initial_cat.json" >"$T_TMP/cat.txt"
+sed 's/^/  cat: /' "$T_TMP/cat.txt"
+ops=$(jget "$out/streams_initial.json" 'j["received"]["ops"]')
+[ "$ops" = "$rows" ] || echo "WARNING: the client received $ops ops, not $rows"
+fops=$(jget "$out/streams_initial.json" 'round(j["initial"]["ops_per_s"])')
+cops=$(jget "$out/streams_initial_cat.json" 'round(j["initial"]["ops_per_s"])')
+rss=$(jget "$out/streams_initial.json" 'round(j["ferry_rss_kb"]["peak_sampled"] / 1024, 1)')
+cks=$(jget "$out/streams_initial.json" 'j["checksums"]["failures"]')
+mb=$(jget "$out/streams_initial.json" 'round(j["received"]["bytes"] / 1e6, 1)')
+
+# (b) idle streams
+"$load" idle "${common[@]}" --clients "$idle_n" --procs "$procs" --hold 2 --timeout 300 \
+  --ferry-pid "$FERRY_PID" --json "$out/streams_idle.json"
+per=$(jget "$out/streams_idle.json" 'round(j["ferry_rss_kb"]["per_idle_stream"], 1)')
+up=$(jget "$out/streams_idle.json" 'j["streams"]["established"]')
+
+# (c) fan-out latency
+"$load" fanout "${common[@]}" --clients "$fan_n" --procs "$procs" --pg "$db" --rate "$fan_rate" \
+  --seconds "$fan_secs" --timeout 300 --ferry-pid "$FERRY_PID" --json "$out/streams_fanout.json" \
+  --plot "$out/streams_fanout"
+lat() { jget "$out/streams_fanout.json" "round(j[\"latency_ms\"][\"$1\"], 2)"; }
+deliv=$(jget "$out/streams_fanout.json" 'str(j["fanout"]["deliveries"]) + "/" + str(j["fanout"]["expected_deliveries"])')
+stop_pid "$FERRY_PID" 10
+
+echo "BENCH stream_initial_ops_per_second $fops ops/s $rows-op bucket to 1 raw client ($mb MB, $cks checksum failures); goal >= 500000"
+echo "BENCH stream_initial_cat_limit_ops_per_second $cops ops/s the same bytes from a loopback socket, same reader"
+echo "BENCH stream_initial_ratio_to_cat $(python3 -c "print(round($fops / $cops, 3))") x ferry / cat limit"
+echo "BENCH stream_initial_ferry_rss_peak $rss MiB sampled every 10 ms during the sync; goal < 64"
+echo "BENCH stream_idle_rss_per_stream $per KB $up idle streams over $procs client processes; goal < 30"
+echo "BENCH stream_fanout_latency_p50 $(lat p50) ms $fan_n streams, $fan_rate commits/s for ${fan_secs}s, $deliv delivered; goal <= 5"
+echo "BENCH stream_fanout_latency_p99 $(lat p99) ms goal <= 20"
+echo "BENCH stream_fanout_latency_max $(lat max) ms"
