@@ -144,7 +144,8 @@ checksums_ok() {
     awk 'NF != 4 || $1 != $3 || $2 != $4 { bad++ } END { exit bad > 0 }'
 }
 
-# replication_config FILE PORT DB_URI: a ferry.yaml for replication tests (rules written separately)
+# replication_config FILE PORT DB_URI: a ferry.yaml for replication tests (rules written separately);
+# the slot prefix is unique per test script (slots are cluster-wide), or $SLOT_PREFIX
 replication_config() {
   cat >"$1" <<YAML
 log_level: info
@@ -155,7 +156,7 @@ postgres:
   uri: "$3"
 replication:
   snapshot_chunk_rows: ${SNAPSHOT_CHUNK_ROWS:-1000}
-  slot_prefix: ${SLOT_PREFIX:-ferry}
+  slot_prefix: ${SLOT_PREFIX:-t$(echo "$T_NAME" | tr -c 'a-z0-9\n' '_')}
 storage:
   path: storage.db
 auth:
