@@ -405,9 +405,19 @@ typedef struct wop {
     char message[256];
 } wop_t;
 
-typedef struct wbatch {
+typedef struct wbatch wbatch_t;
+
+/* Lives in req->pool: when h2o frees the request (the client went away while the batch ran),
+ * its dispose callback tells the batch not to answer. */
+typedef struct req_guard {
+    wbatch_t *b;
+} req_guard_t;
+
+/* A batch in flight; malloc'd (not in req->pool, which may go away while a worker runs it). */
+struct wbatch {
     gw_job_t job;
-    h2o_req_t *req;
+    h2o_req_t *req; /* NULL once the request was freed */
+    req_guard_t *guard;
     json_t *body;
     char *user;   /* sub */
     char *jwt;    /* claims as JSON text */
@@ -421,7 +431,7 @@ typedef struct wbatch {
     gw_buf_t out; /* the response body */
     int counts[ST_N];
     int attempts;
-} wbatch_t;
+};
 
 /* What a statement's failure means for the batch. */
 enum { SQL_OK = 0, SQL_OP = 1, SQL_FATAL = 2 };
@@ -976,6 +986,7 @@ static void observe(double s)
     atomic_fetch_add(&g_mod.hist_sum_us, (uint_fast64_t)(s * 1e6));
 }
 
+/* Free b and everything it owns. */
 static void batch_free(wbatch_t *b)
 {
     json_decref(b->body);
@@ -983,6 +994,15 @@ static void batch_free(wbatch_t *b)
     free(b->jwt);
     free(b->params);
     gw_buf_free(&b->out);
+    free(b->ops);
+    free(b);
+}
+
+static void guard_dispose(void *p)
+{
+    req_guard_t *g = p;
+    if (g->b != NULL)
+        g->b->req = NULL;
 }
 
 static void batch_done(gw_job_t *job)
@@ -997,8 +1017,6 @@ static void batch_done(gw_job_t *job)
             atomic_fetch_add(&g_mod.ops[i], (uint_fast64_t)b->counts[i]);
     } else {
         atomic_fetch_add(&g_mod.batches_unavail, 1);
-        h2o_add_header(&b->req->pool, &b->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
-                       H2O_STRLIT("2"));
     }
     char user[300], client[300];
     gw_info("write", "batch", "user=%s client=%s status=%d ops=%zu applied=%d duplicate=%d "
@@ -1016,7 +1034,16 @@ static void batch_done(gw_job_t *job)
                          b->ops[i].code != NULL ? b->ops[i].code : "-",
                          gw_log_qs(b->ops[i].message, m, sizeof(m)));
             }
-    gw_http_send_json(b->req, b->http_status, b->out.data, b->out.len);
+    if (b->req != NULL) {
+        b->guard->b = NULL;
+        if (b->http_status != 200)
+            h2o_add_header(&b->req->pool, &b->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
+                           H2O_STRLIT("2"));
+        gw_http_send_json(b->req, b->http_status, b->out.data, b->out.len);
+    } else {
+        gw_info("write", "client went away before the answer", "user=%s client=%s status=%d",
+                user, client, b->http_status);
+    }
     batch_free(b);
 }
 
@@ -1161,20 +1188,19 @@ static int on_write(h2o_req_t *req, void *ud)
         return 0;
     }
     size_t n = json_array_size(batch);
-    wbatch_t *b = h2o_mem_alloc_pool(&req->pool, sizeof(*b));
-    memset(b, 0, sizeof(*b));
-    b->ops = n > 0 ? h2o_mem_alloc_pool(&req->pool, n * sizeof(wop_t)) : NULL;
+    wbatch_t *b = gw_xcalloc(1, sizeof(*b));
+    b->body = body;
+    b->ops = gw_xcalloc(n > 0 ? n : 1, sizeof(wop_t));
     b->nops = n;
     for (size_t i = 0; i < n; i++) {
         if (parse_op(app, json_array_get(batch, i), i, &b->ops[i], msg, sizeof(msg)) != 0) {
-            json_decref(body);
+            batch_free(b);
             auth_token_release(tok);
             bad_request(req, msg);
             return 0;
         }
     }
     b->req = req;
-    b->body = body;
     b->started = started;
     b->user = gw_xstrdup(tok->sub != NULL ? tok->sub : "");
     b->jwt = json_dumps(tok->claims, JSON_COMPACT);
@@ -1204,6 +1230,8 @@ static int on_write(h2o_req_t *req, void *ud)
                            "too many write batches in progress; nothing was applied");
         return 0;
     }
+    b->guard = h2o_mem_alloc_shared(&req->pool, sizeof(req_guard_t), guard_dispose);
+    b->guard->b = b;
     b->job.run = batch_run;
     b->job.done = batch_done;
     gw_workers_submit(app->workers, req->conn->ctx, &b->job);

@@ -84,6 +84,16 @@ expect_eq "retry applies every op" \
 r=$(write_post "$t" "$batch")
 expect_match "a second retry is all duplicates" '^200 .*"op_id":4,"status":"duplicate"' "$r"
 expect_eq "each row once" "i1|one;i2|two;i3|three;i4|four" "$(sql "SELECT string_agg(id || '|' || label, ';' ORDER BY id) FROM items")"
+# the client goes away while its batch runs: ferry keeps going, the batch commits, and the
+# client's retry is answered "duplicate"
+sql "INSERT INTO slow VALUES (2, 'i9')" >/dev/null
+b9='{"client_id":"d1","batch":[{"op_id":9,"op":"PUT","type":"items","id":"i9","data":{"label":"nine"}}]}'
+curl -s -o /dev/null --max-time 1 -X POST -H "Authorization: Bearer $t" --data-binary "$b9" "$W_URL/api/write" || true
+for ((i = 0; i < 100; i++)); do grep -q 'client="d1" status=200 ops=1 applied=1' "$FERRY_LOG" && break; sleep 0.1; done
+expect_eq "ferry still alive" "200" "$(curl -s -o /dev/null -w '%{http_code}' "$W_URL/probes/liveness")"
+expect_eq "its batch committed" "nine" "$(sql "SELECT label FROM items WHERE id = 'i9'")"
+r=$(write_post "$t" "$b9")
+expect_match "the retry is a duplicate" '"op_id":9,"status":"duplicate"' "$r"
 metrics=$(curl -s "$W_URL/metrics")
 expect_match "503s counted" 'ferry_write_batches_total\{status="503"\} [2-9]' "$metrics"
 wait_ready "$W_PORT" 30 && pass "ferry is ready again after the restart" || fail "ready again" "$(curl -s "$W_URL/probes/readiness")"

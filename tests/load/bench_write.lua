@@ -1,0 +1,50 @@
+-- bench_write.lua -- wrk script for bench_write.sh: POST /api/write batches
+--
+-- One connection per wrk thread (run with -t N -c N), each thread its own client_id and rising
+-- op ids, so every op is new. Environment: BW_TOKEN (bearer token), BW_OPS (ops per batch),
+-- BW_MODE ("insert": PUT of new rows; "patch": PATCH of rows p<thread>-<k> made by setup).
+local counter = 0
+local threads = {}
+
+function setup(thread)
+  counter = counter + 1
+  thread:set("tid", counter)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  ops = tonumber(os.getenv("BW_OPS") or "100")
+  mode = os.getenv("BW_MODE") or "insert"
+  run = os.getenv("BW_RUN") or "r"
+  token = os.getenv("BW_TOKEN")
+  next_op = 1
+  wrk.method = "POST"
+  wrk.headers["Authorization"] = "Bearer " .. token
+  wrk.headers["Content-Type"] = "application/json"
+  applied = 0
+end
+
+function request()
+  local parts = {}
+  for i = 1, ops do
+    local op = next_op
+    next_op = next_op + 1
+    if mode == "patch" then
+      parts[i] = string.format(
+        '{"op_id":%d,"op":"PATCH","type":"bench","id":"p%d-%d","data":{"label":"v%d","n":%d}}',
+        op, tid, op % 1000, op, op)
+    else
+      parts[i] = string.format(
+        '{"op_id":%d,"op":"PUT","type":"bench","id":"%s-%d-%d","data":{"label":"item %d","owner":"bench","n":%d}}',
+        op, run, tid, op, op, op)
+    end
+  end
+  local body = '{"client_id":"' .. run .. '-' .. tid .. '","batch":[' .. table.concat(parts, ",") .. ']}'
+  return wrk.format(nil, "/api/write", nil, body)
+end
+
+function response(status, headers, body)
+  if status ~= 200 then
+    io.stderr:write("status " .. status .. ": " .. string.sub(body, 1, 200) .. "\n")
+  end
+end

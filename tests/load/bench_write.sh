@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# bench_write.sh -- write-back throughput and latency (make bench)
+#
+# On its own Postgres cluster (tests/lib/pg.sh: fsync=off, synchronous_commit=off) and a ferry
+# with write rules that have a check (owner = user): 
+#   - throughput: 8 concurrent clients (wrk -t8 -c8, one connection and client_id per thread,
+#     tests/load/bench_write.lua) posting batches of 100 ops for BENCH_SECONDS (default 10):
+#     PUTs of new rows, then PATCHes of existing rows; applied ops/s from ferry's /metrics
+#     (ferry_write_ops_total{status="applied"}), checked to be every op sent (issue goal:
+#     >= 20,000 ops/s);
+#   - single-op round trip (POST to 200, one client, one op per batch): p50 and p99 from wrk;
+#   - write to own checkpoint: POST one op, GET /write-checkpoint2.json, then poll `ferry debug
+#     dump` until the row is in bucket storage (what a stream sends with that checkpoint); p50 of
+#     BENCH_CHECKPOINTS (default 20) rounds.
+# The limit in the same run: the same inserts as one psql transaction per 100 rows with
+# pgbench-style prepared INSERTs (no rules, no HTTP) give the Postgres-only rate on this machine.
+# POOL: postgres.pool_size (default 8).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+source "$root/tests/lib/testlib.sh"
+secs=${BENCH_SECONDS:-10}
+pool=${POOL:-8}
+command -v wrk >/dev/null || { echo "wrk is missing (make deps)"; exit 1; }
+pgenv=$("$root/tests/lib/pg.sh" start benchwrite)
+eval "$pgenv"
+trap '"$root/tests/lib/pg.sh" stop "$PGTMP"; t_cleanup' EXIT
+psql -q "$FERRY_PG_URI" -c "CREATE DATABASE bench"
+db=${FERRY_PG_URI%/*}/bench
+psql -q -v ON_ERROR_STOP=1 "$db" -f "$root/deploy/postgres/setup.sql"
+psql -q -v ON_ERROR_STOP=1 "$db" <<'SQL'
+CREATE TABLE bench (id text PRIMARY KEY, label text, owner text NOT NULL, n int,
+                    updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE plain (id text PRIMARY KEY, label text, owner text NOT NULL, n int);
+INSERT INTO bench (id, label, owner, n) SELECT 'p' || t || '-' || k, 'seed', 'bench', 0
+  FROM generate_series(1, 8) t, generate_series(0, 999) k;
+CREATE PUBLICATION ferry FOR ALL TABLES;
+SQL
+cat >"$T_TMP/sync-rules.yaml" <<'YAML'
+bucket_definitions:
+  mine:
+    parameters: SELECT request.user_id() AS owner
+    data:
+      - SELECT id, label, n FROM bench WHERE owner = bucket.owner
+write_rules:
+  bench:
+    operations: [insert, update, delete]
+    columns: [id, label, owner, n]
+    check: "new.owner = request.user_id()"
+    check_old: "old.owner = request.user_id()"
+YAML
+port=$(free_port)
+replication_config "$T_TMP/ferry.yaml" "$port" "$db"
+sed -i 's/^log_level: info/log_level: warn/' "$T_TMP/ferry.yaml"
+sed -i "s|^  uri: .*|&\n  pool_size: $pool|" "$T_TMP/ferry.yaml"
+start_ferry "$T_TMP/ferry.yaml"
+wait_ready "$port" 60 || { echo "ferry not ready: $(curl -s "http://127.0.0.1:$port/probes/readiness")"; exit 1; }
+url=http://127.0.0.1:$port
+export BW_TOKEN
+BW_TOKEN=$("$FERRY_BIN" token --config "$T_TMP/ferry.yaml" --sub bench --ttl 3600)
+applied() { curl -s "$url/metrics" | awk '/^ferry_write_ops_total\{status="applied"\}/ {print $2}'; }
+notapplied() { curl -s "$url/metrics" | awk '/^ferry_write_ops_total\{status="(rejected|stale|duplicate)"\}/ {s += $2} END {print s + 0}'; }
+
+throughput() { # throughput MODE NAME
+  local a0 a1 t0 t1 rate
+  a0=$(applied); t0=$(date +%s.%N)
+  BW_MODE=$1 BW_OPS=100 BW_RUN=$1$RANDOM wrk -t8 -c8 -d"${secs}s" -s "$root/tests/load/bench_write.lua" "$url" >"$T_TMP/wrk.$1" 2>"$T_TMP/wrk.$1.err"
+  t1=$(date +%s.%N); a1=$(applied)
+  rate=$(awk -v a="$((a1 - a0))" -v t0="$t0" -v t1="$t1" 'BEGIN {printf "%.0f", a / (t1 - t0)}')
+  local p50; p50=$(awk '$1=="50%" {print $2}' "$T_TMP/wrk.$1")
+  echo "BENCH $2 $rate ops/s 8 clients x 100-op batches, pool_size $pool, $((a1 - a0)) ops in ${secs}s, batch p50 ${p50:-?}, goal >= 20000"
+}
+# write to own checkpoint
+rounds=${BENCH_CHECKPOINTS:-20}
+cp_token=$("$FERRY_BIN" token --config "$T_TMP/ferry.yaml" --sub cp --ttl 3600)
+: >"$T_TMP/cp.txt"
+for ((i = 1; i <= rounds; i++)); do
+  t0=$(date +%s%N)
+  curl -s -o /dev/null -X POST -H "Authorization: Bearer $cp_token" -H 'Content-Type: application/json' \
+    --data-binary "{\"client_id\":\"cp\",\"batch\":[{\"op_id\":$i,\"op\":\"PUT\",\"type\":\"bench\",\"id\":\"cp-$i\",\"data\":{\"label\":\"cp\",\"owner\":\"cp\"}}]}" "$url/api/write"
+  t1=$(date +%s%N)
+  curl -s -o /dev/null -H "Authorization: Bearer $cp_token" "$url/write-checkpoint2.json?client_id=cp"
+  t2=$(date +%s%N)
+  seen=0
+  for ((k = 0; k < 3000; k++)); do # at most about a minute
+    if "$FERRY_BIN" debug dump --config "$T_TMP/ferry.yaml" --bucket '1#mine["cp"]' 2>>"$T_TMP/dump.err" |
+         grep -q "\"id\":\"cp-$i\""; then seen=1; break; fi
+  done
+  [ $seen = 1 ] || { echo "row cp-$i never reached storage: $(tail -2 "$T_TMP/dump.err")" >&2; break; }
+  t3=$(date +%s%N)
+  echo "$(( (t1 - t0) / 1000 )) $(( (t2 - t1) / 1000 )) $(( (t3 - t0) / 1000 ))" >>"$T_TMP/cp.txt"
+done
+p50() { sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] / 1000 }'; }
+echo "BENCH write_checkpoint_request_p50 $(awk '{print $2}' "$T_TMP/cp.txt" | p50) ms GET /write-checkpoint2.json after the write, $rounds rounds"
+echo "BENCH write_to_own_checkpoint_p50 $(awk '{print $3}' "$T_TMP/cp.txt" | p50) ms POST of 1 op until the row is in bucket storage (debug dump polled; includes its ~process start), $rounds rounds"
+
+throughput insert write_insert_ops_per_second
+throughput patch write_patch_ops_per_second
+bad=$(notapplied)
+[ "$bad" = 0 ] || echo "warning: $bad ops were not applied (see $T_TMP)" >&2
+head -3 "$T_TMP/wrk.insert.err" >&2 || true
+
+# single-op round trip
+cat >"$T_TMP/one.lua" <<'LUA'
+local n = 0
+function init(args) token = os.getenv("BW_TOKEN") end
+function request()
+  n = n + 1
+  local body = string.format('{"client_id":"one-%d","batch":[{"op_id":%d,"op":"PUT","type":"bench","id":"one-%d-%d","data":{"label":"x","owner":"bench","n":1}}]}', 0, n, 0, n)
+  return wrk.format("POST", "/api/write", {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
+end
+LUA
+wrk -t1 -c1 -d5s --latency -s "$T_TMP/one.lua" "$url" >"$T_TMP/wrk.one"
+echo "BENCH write_single_op_round_trip_p50 $(awk '$1=="50%" {print $2}' "$T_TMP/wrk.one") - POST to 200, 1 client, p99 $(awk '$1=="99%" {print $2}' "$T_TMP/wrk.one")"
+
+# the limit in the same run: Postgres alone, the same rows inserted 100 per transaction
+cat >"$T_TMP/pg.sql" <<'SQL'
+\set k random(1, 1000000000)
+BEGIN;
+INSERT INTO plain SELECT 'x' || :k || '-' || g, 'item', 'bench', g FROM generate_series(1, 100) g ON CONFLICT DO NOTHING;
+COMMIT;
+SQL
+if command -v pgbench >/dev/null || [ -x /usr/lib/postgresql/15/bin/pgbench ]; then
+  pgb=$(command -v pgbench || echo /usr/lib/postgresql/15/bin/pgbench)
+  tps=$("$pgb" -n -c 8 -j 8 -T "$secs" -M prepared -f "$T_TMP/pg.sql" "$db" 2>/dev/null | awk '/^tps/ {print $3; exit}')
+  echo "BENCH write_postgres_only_rows_per_second $(awk -v t="$tps" 'BEGIN {printf "%.0f", t * 100}') rows/s limit: pgbench, 8 clients, one INSERT ... SELECT of 100 rows per transaction (no rules, no HTTP)"
+fi
+stop_pid "$FERRY_PID" 5
