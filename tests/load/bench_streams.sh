@@ -64,11 +64,23 @@ url=http://127.0.0.1:$port
 common=(--url "$url" --secret test-secret-test-secret-test-secret --kid test --aud ferry)
 jget() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
 
+status=0
+# run LABEL ARGS...: ferry-load; an inconsistent run (exit 3) or a ferry that died is reported and
+# makes the script fail at the end, after the figures
+run() {
+  local label=$1 rc=0; shift
+  "$load" "$@" || rc=$?
+  if [ $rc -ne 0 ]; then echo "WARNING: $label: ferry-load exited $rc (see above)"; status=1; fi
+  if ! kill -0 "$FERRY_PID" 2>/dev/null; then
+    echo "ERROR: ferry died during $label; its log ends:"; tail -5 "$FERRY_LOG"
+    exit 1
+  fi
+}
 # (a) initial sync to one client: a warm-up run, then the measured one (saving its bytes)
-"$load" initial "${common[@]}" --user-prefix bulk --timeout 300 --quiet >/dev/null
-"$load" initial "${common[@]}" --user-prefix bulk --timeout 300 --ferry-pid "$FERRY_PID" \
+run warm-up initial "${common[@]}" --user-prefix bulk --timeout 300 --quiet >/dev/null
+run initial initial "${common[@]}" --user-prefix bulk --timeout 300 --ferry-pid "$FERRY_PID" \
   --save "$T_TMP/stream.raw" --json "$out/streams_initial.json" --plot "$out/streams_initial"
-"$load" initial "${common[@]}" --cat "$T_TMP/stream.raw" --timeout 300 \
+run cat initial "${common[@]}" --cat "$T_TMP/stream.raw" --timeout 300 \
   --json "$out/streams_initial_cat.json" >"$T_TMP/cat.txt"
 sed 's/^/  cat: /' "$T_TMP/cat.txt"
 ops=$(jget "$out/streams_initial.json" 'j["received"]["ops"]')
@@ -80,13 +92,13 @@ cks=$(jget "$out/streams_initial.json" 'j["checksums"]["failures"]')
 mb=$(jget "$out/streams_initial.json" 'round(j["received"]["bytes"] / 1e6, 1)')
 
 # (b) idle streams
-"$load" idle "${common[@]}" --clients "$idle_n" --procs "$procs" --hold 2 --timeout 300 \
+run idle idle "${common[@]}" --clients "$idle_n" --procs "$procs" --hold 2 --timeout 300 \
   --ferry-pid "$FERRY_PID" --json "$out/streams_idle.json"
 per=$(jget "$out/streams_idle.json" 'round(j["ferry_rss_kb"]["per_idle_stream"], 1)')
 up=$(jget "$out/streams_idle.json" 'j["streams"]["established"]')
 
 # (c) fan-out latency
-"$load" fanout "${common[@]}" --clients "$fan_n" --procs "$procs" --pg "$db" --rate "$fan_rate" \
+run fanout fanout "${common[@]}" --clients "$fan_n" --procs "$procs" --pg "$db" --rate "$fan_rate" \
   --seconds "$fan_secs" --timeout 300 --ferry-pid "$FERRY_PID" --json "$out/streams_fanout.json" \
   --plot "$out/streams_fanout"
 lat() { jget "$out/streams_fanout.json" "round(j[\"latency_ms\"][\"$1\"], 2)"; }
@@ -101,3 +113,4 @@ echo "BENCH stream_idle_rss_per_stream $per KB $up idle streams over $procs clie
 echo "BENCH stream_fanout_latency_p50 $(lat p50) ms $fan_n streams, $fan_rate commits/s for ${fan_secs}s, $deliv delivered; goal <= 5"
 echo "BENCH stream_fanout_latency_p99 $(lat p99) ms goal <= 20"
 echo "BENCH stream_fanout_latency_max $(lat max) ms"
+exit $status
