@@ -502,13 +502,11 @@ static PGresult *exec_prepared(wctx_t *c, const char *name, int n, const char *c
     return NULL;
 }
 
-/* Run compiled rule statement stmt (prepared as name) with its binds; *verdict = its boolean. */
-static PGresult *exec_rule(wctx_t *c, const char *name, const rules_pg_stmt_t *stmt,
-                           const char *new_row, const char *old_row, int *how)
+static void rule_values(wctx_t *c, const rules_pg_stmt_t *stmt, const char *new_row,
+                        const char *old_row, const char **values, int *n)
 {
-    const char *values[16];
-    int n = stmt->nbinds < 16 ? stmt->nbinds : 16;
-    for (int i = 0; i < n; i++) {
+    *n = stmt->nbinds < 16 ? stmt->nbinds : 16;
+    for (int i = 0; i < *n; i++) {
         switch (stmt->binds[i]) {
         case RULES_BIND_NEW_ROW_JSONB:
             values[i] = new_row;
@@ -529,6 +527,15 @@ static PGresult *exec_rule(wctx_t *c, const char *name, const rules_pg_stmt_t *s
             values[i] = NULL;
         }
     }
+}
+
+/* Run compiled rule statement stmt (prepared as name) with its binds. */
+static PGresult *exec_rule(wctx_t *c, const char *name, const rules_pg_stmt_t *stmt,
+                           const char *new_row, const char *old_row, int *how)
+{
+    const char *values[16];
+    int n;
+    rule_values(c, stmt, new_row, old_row, values, &n);
     return exec_prepared(c, name, n, values, how);
 }
 
@@ -818,6 +825,302 @@ static int exec_simple(PGconn *conn, const char *sql)
     return ok ? SQL_OK : SQL_FATAL;
 }
 
+/* ---- the pipelined fast path ----------------------------------------------------------------
+ *
+ * Most batches are all "normal": PUTs of new rows, PATCHes and DELETEs of existing rows, every
+ * check passing. run_pipelined() sends such a batch with libpq's pipeline mode, so a run of PUTs
+ * costs one round trip in all instead of three per op: [SELECT FOR UPDATE, check, INSERT] per op
+ * are queued without waiting. PATCH and DELETE need the stored row before their checks, so the
+ * pipeline is synced there (one round trip per such op). The first result that is not the
+ * normal one (an error, a check saying no, a PUT finding a row, a stale write, a violation to
+ * record) makes it give up: roll back, and the caller runs the batch again the careful way
+ * (run_attempt with savepoints), which decides every op from scratch. So the fast path never
+ * decides a rejection; it only applies batches in which nothing is rejected.
+ */
+
+enum { PQ_BEGIN, PQ_LOG_GET, PQ_SEL_NEW, PQ_SEL_OLD, PQ_CHECK, PQ_APPLY, PQ_APPLY_ROW, PQ_CON,
+       PQ_LOG_SET, PQ_COMMIT };
+
+typedef struct pq_item {
+    int kind;
+    size_t op;
+} pq_item_t;
+
+typedef struct pq_state {
+    pq_item_t *items;
+    size_t n, cap;
+    long long last;   /* from PQ_LOG_GET */
+    char *old_row;    /* from PQ_SEL_OLD (one op at a time) */
+    char *merged;
+    char *new_row;    /* from PQ_APPLY_ROW */
+    int deviated;     /* a result that is not the normal one */
+    int fatal;
+} pq_state_t;
+
+static void pq_push(pq_state_t *q, int kind, size_t op)
+{
+    if (q->n == q->cap) {
+        q->cap = q->cap ? q->cap * 2 : 64;
+        q->items = gw_xrealloc(q->items, q->cap * sizeof(pq_item_t));
+    }
+    q->items[q->n].kind = kind;
+    q->items[q->n].op = op;
+    q->n++;
+}
+
+static int pq_send(wctx_t *c, pq_state_t *q, int kind, size_t op, const char *name, int n,
+                   const char *const *values)
+{
+    if (!PQsendQueryPrepared(c->conn, name, n, values, NULL, NULL, 0))
+        return -1;
+    pq_push(q, kind, op);
+    return 0;
+}
+
+static int pq_send_rule(wctx_t *c, pq_state_t *q, int kind, size_t op, const char *name,
+                        const rules_pg_stmt_t *stmt, const char *new_row, const char *old_row)
+{
+    const char *values[16];
+    int n;
+    rule_values(c, stmt, new_row, old_row, values, &n);
+    return pq_send(c, q, kind, op, name, n, values);
+}
+
+/* Sync and read every queued result; sets q->deviated / q->fatal. 0 when all were normal. */
+static int pq_sync(wctx_t *c, pq_state_t *q)
+{
+    if (!PQpipelineSync(c->conn)) {
+        q->fatal = 1;
+        return -1;
+    }
+    for (size_t i = 0; i < q->n; i++) {
+        PGresult *res = PQgetResult(c->conn);
+        if (res == NULL) { /* the connection broke */
+            q->fatal = 1;
+            break;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+            if (st != PGRES_PIPELINE_ABORTED && classify(c->conn, res) == SQL_FATAL)
+                q->fatal = 1;
+            q->deviated = 1;
+        } else if (!q->deviated) {
+            pq_item_t *it = &q->items[i];
+            int rows = PQntuples(res);
+            switch (it->kind) {
+            case PQ_LOG_GET:
+                q->last = rows > 0 ? atoll(PQgetvalue(res, 0, 0)) : 0;
+                break;
+            case PQ_SEL_NEW: /* a PUT must find no row */
+                q->deviated = rows != 0;
+                break;
+            case PQ_SEL_OLD: /* a PATCH/DELETE must find its row, not stale */
+                if (rows != 1 || PQgetvalue(res, 0, 2)[0] == 't') {
+                    q->deviated = 1;
+                } else {
+                    free(q->old_row);
+                    free(q->merged);
+                    q->old_row = gw_xstrdup(PQgetvalue(res, 0, 0));
+                    q->merged = gw_xstrdup(PQgetvalue(res, 0, 1));
+                }
+                break;
+            case PQ_CHECK:
+                q->deviated = !rule_says_true(res);
+                break;
+            case PQ_APPLY_ROW:
+                if (rows != 1) {
+                    q->deviated = 1;
+                } else {
+                    free(q->new_row);
+                    q->new_row = gw_xstrdup(PQgetvalue(res, 0, 0));
+                }
+                break;
+            case PQ_CON: /* a violation is recorded by the careful path */
+                if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0) &&
+                    strcmp(PQgetvalue(res, 0, 0), "f") != 0)
+                    q->deviated = 1;
+                break;
+            default:
+                break;
+            }
+        }
+        PQclear(res);
+        if (q->fatal)
+            break;
+        /* each query's results end with NULL */
+        while (!q->fatal && (res = PQgetResult(c->conn)) != NULL) {
+            if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) { /* should not happen here */
+                PQclear(res);
+                q->fatal = 1;
+                break;
+            }
+            PQclear(res);
+        }
+    }
+    if (!q->fatal) {
+        PGresult *res = PQgetResult(c->conn);
+        if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC)
+            q->fatal = 1;
+        PQclear(res);
+    }
+    if (PQstatus(c->conn) != CONNECTION_OK)
+        q->fatal = 1;
+    q->n = 0;
+    return q->fatal || q->deviated ? -1 : 0;
+}
+
+static int table_has_constraints(const rules_set_t *set, const rules_write_rule_t *r)
+{
+    for (size_t k = 0; k < rules_constraint_count(set); k++) {
+        const rules_constraint_t *con = rules_constraint_at(set, k);
+        if (strcmp(con->schema, r->schema) == 0 && strcmp(con->table, r->table) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Whether this connection has the INSERT of these columns of table ti prepared. */
+static int insert_cached(size_t ti, uint64_t mask)
+{
+    for (size_t k = 0; k < tl_conn.nins; k++)
+        if (tl_conn.ins[k].table == ti && tl_conn.ins[k].mask == mask)
+            return 1;
+    return 0;
+}
+
+/* Queue the constraint queries of op's table over q->new_row (after a sync). */
+static int pq_send_constraints(wctx_t *c, pq_state_t *q, size_t i)
+{
+    const rules_set_t *set = c->app->rules;
+    wop_t *op = &c->b->ops[i];
+    for (size_t k = 0; k < rules_constraint_count(set); k++) {
+        const rules_constraint_t *con = rules_constraint_at(set, k);
+        if (strcmp(con->schema, op->rule->schema) != 0 || strcmp(con->table, op->rule->table) != 0)
+            continue;
+        char name[64];
+        snprintf(name, sizeof(name), "fw_con_%zu", k);
+        if (pq_send_rule(c, q, PQ_CON, i, name, &con->stmt, q->new_row, NULL) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The whole batch through the pipeline. SQL_OK (committed), SQL_OP (not a normal batch: rolled
+ * back, run it the careful way) or SQL_FATAL. */
+static int run_pipelined(wctx_t *c)
+{
+    wbatch_t *b = c->b;
+    pq_state_t q = {0};
+    char **datas = gw_xcalloc(b->nops > 0 ? b->nops : 1, sizeof(char *));
+    int rc = SQL_OP;
+    if (!PQenterPipelineMode(c->conn)) {
+        free(datas);
+        return SQL_OP;
+    }
+    const char *lv[3] = {b->user, b->client_id, NULL};
+    if (!PQsendQueryParams(c->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0))
+        goto fail;
+    pq_push(&q, PQ_BEGIN, 0);
+    if (pq_send(c, &q, PQ_LOG_GET, 0, "fw_log_get", 2, lv) != 0 || pq_sync(c, &q) != 0)
+        goto fail;
+    long long high = q.last;
+    char name[64];
+    for (size_t i = 0; i < b->nops; i++) {
+        wop_t *op = &b->ops[i];
+        op->status = ST_REJECTED;
+        if (op->op_id <= high) {
+            op->status = ST_DUPLICATE;
+            continue;
+        }
+        high = op->op_id;
+        if (op->kind == 0 || op->rule == NULL)
+            continue; /* rejected when parsed */
+        const rules_write_rule_t *r = op->rule;
+        size_t ti = op->rule_index;
+        op->code = NULL;
+        op->message[0] = '\0';
+        uint64_t mask;
+        int wide;
+        int need = op->kind == OP_PUT      ? RULES_OP_INSERT
+                   : op->kind == OP_PATCH ? RULES_OP_UPDATE
+                                          : RULES_OP_DELETE;
+        if (!(r->operations & need) || check_columns(op, &mask, &wide) != 0)
+            goto fail; /* a rejection: the careful path words it */
+        datas[i] = data_json(op);
+        const char *sv[2] = {op->id, datas[i]};
+        snprintf(name, sizeof(name), "fw_sel_%zu", ti);
+        int constraints = op->kind != OP_DELETE && table_has_constraints(c->app->rules, r);
+        if (op->kind == OP_PUT) {
+            if (pq_send(c, &q, PQ_SEL_NEW, i, name, 2, sv) != 0)
+                goto fail;
+            if (r->check.sql != NULL) {
+                snprintf(name, sizeof(name), "fw_chk_%zu", ti);
+                if (pq_send_rule(c, &q, PQ_CHECK, i, name, &r->check, datas[i], NULL) != 0)
+                    goto fail;
+            }
+            if (wide || !insert_cached(ti, mask))
+                goto fail; /* no prepared insert for these columns yet: the careful path */
+            snprintf(name, sizeof(name), "fw_ins_%zu_%llx", ti, (unsigned long long)mask);
+            const char *iv[1] = {datas[i]};
+            if (pq_send(c, &q, constraints ? PQ_APPLY_ROW : PQ_APPLY, i, name, 1, iv) != 0)
+                goto fail;
+        } else {
+            if (pq_send(c, &q, PQ_SEL_OLD, i, name, 2, sv) != 0 || pq_sync(c, &q) != 0)
+                goto fail;
+            if (r->check_old.sql != NULL) {
+                snprintf(name, sizeof(name), "fw_cko_%zu", ti);
+                if (pq_send_rule(c, &q, PQ_CHECK, i, name, &r->check_old, NULL, q.old_row) != 0)
+                    goto fail;
+            }
+            if (op->kind == OP_PATCH && r->check.sql != NULL) {
+                snprintf(name, sizeof(name), "fw_chk_%zu", ti);
+                if (pq_send_rule(c, &q, PQ_CHECK, i, name, &r->check, q.merged, NULL) != 0)
+                    goto fail;
+            }
+            snprintf(name, sizeof(name), op->kind == OP_PATCH ? "fw_upd_%zu" : "fw_del_%zu", ti);
+            if (pq_send(c, &q, constraints ? PQ_APPLY_ROW : PQ_APPLY, i, name,
+                        op->kind == OP_PATCH ? 2 : 1, sv) != 0)
+                goto fail;
+        }
+        if (constraints) {
+            if (pq_sync(c, &q) != 0 || pq_send_constraints(c, &q, i) != 0)
+                goto fail;
+        }
+        op->status = ST_APPLIED; /* provisional: any deviation later reruns the batch */
+    }
+    if (high > q.last) {
+        char hs[32];
+        snprintf(hs, sizeof(hs), "%lld", high);
+        lv[2] = hs;
+        if (pq_send(c, &q, PQ_LOG_SET, 0, "fw_log_set", 3, lv) != 0)
+            goto fail;
+    }
+    if (pq_sync(c, &q) != 0) /* every result checked before COMMIT is even sent */
+        goto fail;
+    if (!PQsendQueryParams(c->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0))
+        goto fail;
+    pq_push(&q, PQ_COMMIT, 0);
+    if (pq_sync(c, &q) == 0)
+        rc = SQL_OK;
+fail:
+    if (rc != SQL_OK && !q.fatal && q.n > 0)
+        pq_sync(c, &q); /* drain what was queued */
+    if (q.fatal || PQstatus(c->conn) != CONNECTION_OK)
+        rc = SQL_FATAL;
+    if (rc != SQL_FATAL && !PQexitPipelineMode(c->conn))
+        rc = SQL_FATAL;
+    if (rc == SQL_OP && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
+        exec_simple(c->conn, "ROLLBACK");
+    for (size_t i = 0; i < b->nops; i++)
+        free(datas[i]);
+    free(datas);
+    free(q.items);
+    free(q.old_row);
+    free(q.merged);
+    free(q.new_row);
+    return rc;
+}
+
 /* One attempt at the whole batch in one transaction. Returns SQL_OK (committed), SQL_OP (a
  * statement failed without savepoints: rolled back, run again with them) or SQL_FATAL. */
 static int run_attempt(wctx_t *c)
@@ -930,10 +1233,11 @@ static int batch_try(wbatch_t *b, PGconn *conn)
         return -1;
     }
     wctx_t c = {.b = b, .conn = conn, .app = g_mod.app};
-    int how = SQL_OP;
-    for (int attempt = 0; attempt < 2 && how == SQL_OP; attempt++) {
-        c.savepoints = attempt > 0;
-        b->attempts = attempt + 1;
+    b->attempts = 1;
+    int how = run_pipelined(&c);
+    if (how == SQL_OP) { /* not a normal batch: every op decided one by one, with savepoints */
+        c.savepoints = 1;
+        b->attempts = 2;
         how = run_attempt(&c);
     }
     PQclear(c.failed);
