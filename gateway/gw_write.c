@@ -430,7 +430,7 @@ struct wbatch {
     int http_status;
     gw_buf_t out; /* the response body */
     int counts[ST_N];
-    int attempts;
+    int attempts; /* 1: the pipelined path applied it; 2: the careful path ran */
 };
 
 /* What a statement's failure means for the batch. */
@@ -544,6 +544,9 @@ static int rule_says_true(PGresult *res)
     return PQntuples(res) > 0 && !PQgetisnull(res, 0, 0) && PQgetvalue(res, 0, 0)[0] == 't';
 }
 
+static void insert_sql(wctx_t *c, const rules_write_rule_t *r, uint64_t mask, int wide,
+                       gw_buf_t *sql);
+
 /* The prepared INSERT of the columns in mask for table i (cached per connection); writes its
  * name into name, or "" when the cache is full (then sql is the text to run unnamed). */
 static void insert_stmt(wctx_t *c, size_t ti, const rules_write_rule_t *r, uint64_t mask,
@@ -557,6 +560,26 @@ static void insert_stmt(wctx_t *c, size_t ti, const rules_write_rule_t *r, uint6
                 return;
             }
     }
+    insert_sql(c, r, mask, wide, sql);
+    name[0] = '\0';
+    if (wide || cs->nins >= INS_CACHE)
+        return;
+    char nm[64];
+    snprintf(nm, sizeof(nm), "fw_ins_%zu_%llx", ti, (unsigned long long)mask);
+    PGresult *res = PQprepare(c->conn, nm, sql->data, 0, NULL);
+    if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
+        cs->ins[cs->nins].table = ti;
+        cs->ins[cs->nins].mask = mask;
+        cs->nins++;
+        snprintf(name, nlen, "%s", nm);
+    }
+    PQclear(res); /* a failed prepare falls back to the unnamed statement, which reports it */
+}
+
+/* The INSERT of the columns in mask (all listed columns when wide) of r into sql. */
+static void insert_sql(wctx_t *c, const rules_write_rule_t *r, uint64_t mask, int wide,
+                       gw_buf_t *sql)
+{
     char *qt = qualified(c->conn, r);
     gw_buf_printf(sql, "INSERT INTO %s AS t (", qt);
     gw_buf_t sel = GW_BUF_INIT;
@@ -576,19 +599,6 @@ static void insert_stmt(wctx_t *c, size_t ti, const rules_write_rule_t *r, uint6
     gw_buf_append(sql, "", 1);
     gw_buf_free(&sel);
     free(qt);
-    name[0] = '\0';
-    if (wide || cs->nins >= INS_CACHE)
-        return;
-    char nm[64];
-    snprintf(nm, sizeof(nm), "fw_ins_%zu_%llx", ti, (unsigned long long)mask);
-    PGresult *res = PQprepare(c->conn, nm, sql->data, 0, NULL);
-    if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
-        cs->ins[cs->nins].table = ti;
-        cs->ins[cs->nins].mask = mask;
-        cs->nins++;
-        snprintf(name, nlen, "%s", nm);
-    }
-    PQclear(res); /* a failed prepare falls back to the unnamed statement, which reports it */
 }
 
 /* Record violations of the constraints of op's table over the stored row new_row. */
@@ -838,7 +848,7 @@ static int exec_simple(PGconn *conn, const char *sql)
  * decides a rejection; it only applies batches in which nothing is rejected.
  */
 
-enum { PQ_BEGIN, PQ_LOG_GET, PQ_SEL_NEW, PQ_SEL_OLD, PQ_CHECK, PQ_APPLY, PQ_APPLY_ROW, PQ_CON,
+enum { PQ_PREPARE, PQ_BEGIN, PQ_LOG_GET, PQ_SEL_NEW, PQ_SEL_OLD, PQ_CHECK, PQ_APPLY, PQ_APPLY_ROW, PQ_CON,
        PQ_LOG_SET, PQ_COMMIT };
 
 typedef struct pq_item {
@@ -900,6 +910,10 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
             break;
         }
         ExecStatusType st = PQresultStatus(res);
+        if (q->items[i].kind == PQ_PREPARE && st != PGRES_COMMAND_OK) {
+            tl_conn.ins[q->items[i].op].table = SIZE_MAX; /* not prepared after all */
+            tl_conn.ins[q->items[i].op].mask = 0;
+        }
         if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
             if (st != PGRES_PIPELINE_ABORTED && classify(c->conn, res) == SQL_FATAL)
                 q->fatal = 1;
@@ -1058,9 +1072,22 @@ static int run_pipelined(wctx_t *c)
                 if (pq_send_rule(c, &q, PQ_CHECK, i, name, &r->check, datas[i], NULL) != 0)
                     goto fail;
             }
-            if (wide || !insert_cached(ti, mask))
-                goto fail; /* no prepared insert for these columns yet: the careful path */
+            if (wide)
+                goto fail; /* more columns than a mask names: the careful path */
             snprintf(name, sizeof(name), "fw_ins_%zu_%llx", ti, (unsigned long long)mask);
+            if (!insert_cached(ti, mask)) { /* prepare it in the pipeline, ahead of its use */
+                if (tl_conn.nins >= INS_CACHE)
+                    goto fail;
+                gw_buf_t sql = GW_BUF_INIT;
+                insert_sql(c, r, mask, 0, &sql);
+                int sent = PQsendPrepare(c->conn, name, sql.data, 0, NULL);
+                gw_buf_free(&sql);
+                if (!sent)
+                    goto fail;
+                tl_conn.ins[tl_conn.nins].table = ti;
+                tl_conn.ins[tl_conn.nins].mask = mask;
+                pq_push(&q, PQ_PREPARE, tl_conn.nins++);
+            }
             const char *iv[1] = {datas[i]};
             if (pq_send(c, &q, constraints ? PQ_APPLY_ROW : PQ_APPLY, i, name, 1, iv) != 0)
                 goto fail;
@@ -1324,10 +1351,11 @@ static void batch_done(gw_job_t *job)
     }
     char user[300], client[300];
     gw_info("write", "batch", "user=%s client=%s status=%d ops=%zu applied=%d duplicate=%d "
-            "rejected=%d stale=%d attempts=%d duration_ms=%.2f",
+            "rejected=%d stale=%d path=%s duration_ms=%.2f",
             gw_log_qs(b->user, user, sizeof(user)), gw_log_qs(b->client_id, client, sizeof(client)),
             b->http_status, b->nops, b->counts[ST_APPLIED], b->counts[ST_DUPLICATE],
-            b->counts[ST_REJECTED], b->counts[ST_STALE], b->attempts, s * 1e3);
+            b->counts[ST_REJECTED], b->counts[ST_STALE],
+            b->attempts == 1 ? "pipelined" : b->attempts == 2 ? "careful" : "none", s * 1e3);
     if (gw_log_get_level() <= GW_LOG_DEBUG)
         for (size_t i = 0; b->http_status == 200 && i < b->nops; i++)
             if (b->ops[i].status == ST_REJECTED || b->ops[i].status == ST_STALE) {

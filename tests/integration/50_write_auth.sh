@@ -15,6 +15,9 @@ CREATE TABLE todos (id text PRIMARY KEY, description text NOT NULL, owner text N
                     done boolean NOT NULL DEFAULT false, secret text DEFAULT 'none');
 CREATE TABLE audit (id text PRIMARY KEY, note text);
 CREATE TABLE logs (id text PRIMARY KEY, message text);
+CREATE TABLE lists (id text PRIMARY KEY, owner text NOT NULL);
+CREATE TABLE items (id text PRIMARY KEY, list_id text NOT NULL, label text);
+INSERT INTO lists VALUES ('bobs', 'bob');
 CREATE PUBLICATION ferry FOR ALL TABLES;
 INSERT INTO todos (id, description, owner) VALUES ('bob-1', 'bob''s', 'bob'), ('alice-0', 'mine', 'alice');
 INSERT INTO logs VALUES ('l0', 'first');
@@ -33,6 +36,16 @@ write_rules:
   logs:
     operations: [insert]
     columns: [id, message]
+  lists:
+    operations: [insert, update, delete]
+    columns: [id, owner]
+    check: \"new.owner = request.user_id()\"
+    check_old: \"old.owner = request.user_id()\"
+  items:
+    operations: [insert, update, delete]
+    columns: [id, list_id, label]
+    check: \"new.list_id IN (SELECT id FROM lists WHERE owner = request.user_id())\"
+    check_old: \"old.list_id IN (SELECT id FROM lists WHERE owner = request.user_id())\"
 "
 alice=$(write_token alice)
 
@@ -93,6 +106,27 @@ expect_match "bad boolean: invalid_value" '"op_id":2,"status":"rejected","code":
 expect_match "missing NOT NULL column: integrity_violation" '"op_id":3,"status":"rejected","code":"integrity_violation"' "$r"
 expect_match "ops around them applied" '"op_id":1,"status":"applied".*"op_id":4,"status":"applied"' "$r"
 expect_eq "v1 and v3 stored, v2 not" "v1|false;v3|true" "$(sql "SELECT string_agg(id || '|' || done, ';' ORDER BY id) FROM todos WHERE id LIKE 'v%'")"
+
+# a check that reads another table sees the earlier ops of the same batch (a list and its
+# items in one batch: the pipelined path keeps op order), and still rejects other users' lists
+r=$(write_post "$alice" '{"client_id":"c4","batch":[
+ {"op_id":1,"op":"PUT","type":"lists","id":"L1","data":{"owner":"alice"}},
+ {"op_id":2,"op":"PUT","type":"items","id":"I1","data":{"list_id":"L1","label":"first"}},
+ {"op_id":3,"op":"PUT","type":"items","id":"I2","data":{"list_id":"L1","label":"second"}},
+ {"op_id":4,"op":"PATCH","type":"items","id":"I1","data":{"label":"first!"}},
+ {"op_id":5,"op":"DELETE","type":"items","id":"I2"}]}')
+expect_eq "list and items in one batch all applied" \
+  '200 {"results":[{"op_id":1,"status":"applied"},{"op_id":2,"status":"applied"},{"op_id":3,"status":"applied"},{"op_id":4,"status":"applied"},{"op_id":5,"status":"applied"}]}' "$r"
+expect_eq "their rows" "I1|L1|first!" "$(sql "SELECT string_agg(concat_ws('|', id, list_id, label), ';') FROM items")"
+r=$(write_post "$alice" '{"client_id":"c4","batch":[
+ {"op_id":6,"op":"PUT","type":"items","id":"I3","data":{"list_id":"L1","label":"ok"}},
+ {"op_id":7,"op":"PUT","type":"items","id":"I4","data":{"list_id":"bobs","label":"into bob'"'"'s list"}},
+ {"op_id":8,"op":"PATCH","type":"items","id":"I1","data":{"list_id":"bobs"}}]}')
+expect_match "item into someone else's list rejected, moving one there too" \
+  '"op_id":6,"status":"applied"\},\{"op_id":7,"status":"rejected","code":"check_failed".*"op_id":8,"status":"rejected","code":"check_failed"' "$r"
+expect_eq "only the allowed item added" "I1|L1;I3|L1" "$(sql "SELECT string_agg(id || '|' || list_id, ';' ORDER BY id) FROM items")"
+expect_match "a normal batch takes the pipelined path, one with rejections the careful one" \
+  'client="?c4"? status=200 ops=5 applied=5 .*path=pipelined.*client="?c4"? status=200 ops=3 applied=1 .*path=careful' "$(grep 'msg="batch"' "$FERRY_LOG" | tr '\n' ' ')"
 
 # malformed requests: 400 with a message, nothing applied
 r=$(write_post "$alice" 'not json')
