@@ -91,18 +91,19 @@ rss=$(jget "$out/streams_initial.json" 'round(j["ferry_rss_kb"]["peak_sampled"] 
 cks=$(jget "$out/streams_initial.json" 'j["checksums"]["failures"]')
 mb=$(jget "$out/streams_initial.json" 'round(j["received"]["bytes"] / 1e6, 1)')
 
+# (c) fan-out latency (before the idle streams: ferry notices closed streams only at their next
+# keepalive, so 10,000 just-closed streams would still be held during the commits)
+run fanout fanout "${common[@]}" --clients "$fan_n" --procs "$procs" --pg "$db" --rate "$fan_rate" \
+  --seconds "$fan_secs" --timeout 300 --ferry-pid "$FERRY_PID" --json "$out/streams_fanout.json" \
+  --plot "$out/streams_fanout"
+lat() { jget "$out/streams_fanout.json" "round(j[\"latency_ms\"][\"$1\"], 2)"; }
+deliv=$(jget "$out/streams_fanout.json" 'str(j["fanout"]["deliveries"]) + "/" + str(j["fanout"]["expected_deliveries"])')
 # (b) idle streams
 run idle idle "${common[@]}" --clients "$idle_n" --procs "$procs" --hold 2 --timeout 300 \
   --ferry-pid "$FERRY_PID" --json "$out/streams_idle.json"
 per=$(jget "$out/streams_idle.json" 'round(j["ferry_rss_kb"]["per_idle_stream"], 1)')
 up=$(jget "$out/streams_idle.json" 'j["streams"]["established"]')
 
-# (c) fan-out latency
-run fanout fanout "${common[@]}" --clients "$fan_n" --procs "$procs" --pg "$db" --rate "$fan_rate" \
-  --seconds "$fan_secs" --timeout 300 --ferry-pid "$FERRY_PID" --json "$out/streams_fanout.json" \
-  --plot "$out/streams_fanout"
-lat() { jget "$out/streams_fanout.json" "round(j[\"latency_ms\"][\"$1\"], 2)"; }
-deliv=$(jget "$out/streams_fanout.json" 'str(j["fanout"]["deliveries"]) + "/" + str(j["fanout"]["expected_deliveries"])')
 stop_pid "$FERRY_PID" 10
 
 echo "BENCH stream_initial_ops_per_second $fops ops/s $rows-op bucket to 1 raw client ($mb MB, $cks checksum failures); goal >= 500000"
