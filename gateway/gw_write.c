@@ -266,7 +266,10 @@ static int prepare_conn(PGconn *conn, gw_err_t *err)
     if (rc != 0)
         return rc;
     gw_err_t e;
-    if (gw_pg_exec(conn, "DEALLOCATE ALL", &e) != 0)
+    /* a 200 lets the client drop its queue: the commit must be durable before we answer, even
+     * where the server's default is synchronous_commit=off */
+    if (gw_pg_exec(conn, "DEALLOCATE ALL", &e) != 0 ||
+        gw_pg_exec(conn, "SET synchronous_commit = on", &e) != 0)
         return gw_err_set(err, GW_EPG, "postgres", "%s", e.message);
     char msg[512], name[64];
     if (prepare(conn, "fw_log_get", LOG_GET_SQL, msg, sizeof(msg)) != 0 ||

@@ -60,10 +60,12 @@ BW_TOKEN=$("$FERRY_BIN" token --config "$T_TMP/ferry.yaml" --sub bench --ttl 360
 applied() { curl -s "$url/metrics" | awk '/^ferry_write_ops_total\{status="applied"\}/ {print $2}'; }
 notapplied() { curl -s "$url/metrics" | awk '/^ferry_write_ops_total\{status="(rejected|stale|duplicate)"\}/ {s += $2} END {print s + 0}'; }
 
+alive() { kill -0 "$FERRY_PID" 2>/dev/null || { echo "ferry died; its log ends:" >&2; grep -B2 -A40 "ERROR: AddressSanitizer" "$FERRY_LOG" | head -80 >&2 || tail -20 "$FERRY_LOG" >&2; exit 1; }; }
 throughput() { # throughput MODE NAME
   local a0 a1 t0 t1 rate
   a0=$(applied); t0=$(date +%s.%N)
-  BW_MODE=$1 BW_OPS=100 BW_RUN=$1$RANDOM wrk -t8 -c8 -d"${secs}s" -s "$root/tests/load/bench_write.lua" "$url" >"$T_TMP/wrk.$1" 2>"$T_TMP/wrk.$1.err"
+  BW_MODE=$1 BW_OPS=100 BW_RUN=$1$RANDOM wrk -t8 -c8 -d"${secs}s" --latency -s "$root/tests/load/bench_write.lua" "$url" >"$T_TMP/wrk.$1" 2>"$T_TMP/wrk.$1.err"
+  alive
   t1=$(date +%s.%N); a1=$(applied)
   rate=$(awk -v a="$((a1 - a0))" -v t0="$t0" -v t1="$t1" 'BEGIN {printf "%.0f", a / (t1 - t0)}')
   local p50; p50=$(awk '$1=="50%" {print $2}' "$T_TMP/wrk.$1")
@@ -89,9 +91,12 @@ for ((i = 1; i <= rounds; i++)); do
   t3=$(date +%s%N)
   echo "$(( (t1 - t0) / 1000 )) $(( (t2 - t1) / 1000 )) $(( (t3 - t0) / 1000 ))" >>"$T_TMP/cp.txt"
 done
+d0=$(date +%s%N)
+for ((k = 0; k < 10; k++)); do "$FERRY_BIN" debug dump --config "$T_TMP/ferry.yaml" --bucket '1#mine["cp"]' >/dev/null 2>&1; done
+dump_ms=$(( ($(date +%s%N) - d0) / 10000000 ))
 p50() { sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] / 1000 }'; }
 echo "BENCH write_checkpoint_request_p50 $(awk '{print $2}' "$T_TMP/cp.txt" | p50) ms GET /write-checkpoint2.json after the write, $rounds rounds"
-echo "BENCH write_to_own_checkpoint_p50 $(awk '{print $3}' "$T_TMP/cp.txt" | p50) ms POST of 1 op until the row is in bucket storage (debug dump polled; includes its ~process start), $rounds rounds"
+echo "BENCH write_to_own_checkpoint_p50 $(awk '{print $3}' "$T_TMP/cp.txt" | p50) ms POST of 1 op until the row is in bucket storage (debug dump polled, one dump takes ${dump_ms} ms), $rounds rounds"
 
 throughput insert write_insert_ops_per_second
 throughput patch write_patch_ops_per_second
@@ -110,6 +115,8 @@ function request()
 end
 LUA
 wrk -t1 -c1 -d5s --latency -s "$T_TMP/one.lua" "$url" >"$T_TMP/wrk.one"
+sleep 0.2
+alive
 echo "BENCH write_single_op_round_trip_p50 $(awk '$1=="50%" {print $2}' "$T_TMP/wrk.one") - POST to 200, 1 client, p99 $(awk '$1=="99%" {print $2}' "$T_TMP/wrk.one")"
 
 # the limit in the same run: Postgres alone, the same rows inserted 100 per transaction
