@@ -121,6 +121,7 @@ typedef struct conn_state {
     int pid;
     int prepared;
     int con_ids[256]; /* constraint i prepared in the "conflicting ids" form */
+    unsigned char self_cko[256], self_chk[256]; /* table i has the self-reading forms */
     size_t nins;
     struct {
         size_t table;
@@ -205,6 +206,49 @@ static char *constraint_ids_sql(const char *sql)
                   (int)(end - body), body, end + 1);
     gw_buf_append(&b, "", 1);
     return b.data;
+}
+
+/*
+ * check / check_old in a form that reads the row itself instead of taking it as a bound value,
+ * for the pipelined path (no wait for the SELECT before sending the check). The rules library
+ * compiles `… FROM jsonb_populate_record(NULL::<table>, $p::jsonb) AS "old"` (or "new"); the
+ * bound row becomes COALESCE($p::jsonb, <the stored row, or the data merged over it>) with $p
+ * sent as NULL, the id as $(nbinds+1) and, for "new", the data as $(nbinds+2). The expression
+ * is evaluated over exactly the row that would have been bound. NULL when the text does not end
+ * that way. Malloc'd; the caller frees.
+ */
+static char *self_reading_sql(const char *sql, const char *alias, const char *qt, int nbinds)
+{
+    char tail[32];
+    snprintf(tail, sizeof(tail), "::jsonb) AS \"%s\"", alias);
+    size_t n = strlen(sql), tl = strlen(tail);
+    if (n < tl + 4 || strcmp(sql + n - tl, tail) != 0)
+        return NULL;
+    const char *p = sql + n - tl; /* just past the digits of $p */
+    const char *d = p;
+    while (d > sql && d[-1] >= '0' && d[-1] <= '9')
+        d--;
+    if (d == p || d - sql < 3 || d[-1] != '$' || d[-2] != ' ' || d[-3] != ',')
+        return NULL;
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_printf(&b, "%.*sCOALESCE(%.*s::jsonb, (SELECT to_jsonb(%s) FROM %s AS x%s WHERE "
+                      "x.\"id\" = $%d))) AS \"%s\"",
+                  (int)(d - 1 - sql), sql, (int)(p - d + 1), d - 1, alias[0] == 'o' ? "x" : "r",
+                  qt, alias[0] == 'o' ? "" : ", LATERAL jsonb_populate_record(x, $DATA::jsonb) AS r",
+                  nbinds + 1, alias);
+    gw_buf_append(&b, "", 1);
+    char *out = b.data;
+    char *m = strstr(out, "$DATA");
+    if (m != NULL) { /* the data parameter's number, in place of the marker */
+        char num[16];
+        int k = snprintf(num, sizeof(num), "$%d", nbinds + 2);
+        gw_buf_t o = GW_BUF_INIT;
+        gw_buf_printf(&o, "%.*s%.*s%s", (int)(m - out), out, k, num, m + 5);
+        gw_buf_append(&o, "", 1);
+        free(out);
+        out = o.data;
+    }
+    return out;
 }
 
 /* The position of a write rule in the rules file, for messages: its check, else its check_old. */
@@ -368,6 +412,22 @@ static int prepare_conn(PGconn *conn, gw_err_t *err)
                 return GW_ERULES;
             }
         }
+    }
+    for (size_t i = 0; i < rules_write_count(set) && i < 256; i++) {
+        const rules_write_rule_t *r = rules_write_at(set, i);
+        char *qt = qualified(conn, r);
+        char *so = r->check_old.sql != NULL
+                       ? self_reading_sql(r->check_old.sql, "old", qt, r->check_old.nbinds)
+                       : NULL;
+        char *sn = r->check.sql != NULL ? self_reading_sql(r->check.sql, "new", qt, r->check.nbinds)
+                                        : NULL;
+        snprintf(name, sizeof(name), "fw_ckos_%zu", i);
+        cs->self_cko[i] = so != NULL && prepare(conn, name, so, msg, sizeof(msg)) == 0;
+        snprintf(name, sizeof(name), "fw_chks_%zu", i);
+        cs->self_chk[i] = sn != NULL && prepare(conn, name, sn, msg, sizeof(msg)) == 0;
+        free(so);
+        free(sn);
+        free(qt);
     }
     for (size_t k = 0; k < rules_constraint_count(set); k++) {
         const rules_constraint_t *c = rules_constraint_at(set, k);
@@ -851,7 +911,7 @@ static int exec_simple(PGconn *conn, const char *sql)
  * decides a rejection; it only applies batches in which nothing is rejected.
  */
 
-enum { PQ_PREPARE, PQ_BEGIN, PQ_LOG_GET, PQ_SEL_NEW, PQ_SEL_OLD, PQ_CHECK, PQ_APPLY, PQ_APPLY_ROW, PQ_CON,
+enum { PQ_PREPARE, PQ_BEGIN, PQ_LOG_GET, PQ_SEL_NEW, PQ_SEL_OLD, PQ_SEL_LOCK, PQ_CHECK, PQ_APPLY, PQ_APPLY_ROW, PQ_CON,
        PQ_LOG_SET, PQ_COMMIT };
 
 typedef struct pq_item {
@@ -940,6 +1000,9 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
                     q->old_row = gw_xstrdup(PQgetvalue(res, 0, 0));
                     q->merged = gw_xstrdup(PQgetvalue(res, 0, 1));
                 }
+                break;
+            case PQ_SEL_LOCK: /* a PATCH/DELETE must find its row, not stale */
+                q->deviated = rows != 1 || PQgetvalue(res, 0, 2)[0] == 't';
                 break;
             case PQ_CHECK:
                 q->deviated = !rule_says_true(res);
@@ -1093,6 +1156,32 @@ static int run_pipelined(wctx_t *c)
             }
             const char *iv[1] = {datas[i]};
             if (pq_send(c, &q, constraints ? PQ_APPLY_ROW : PQ_APPLY, i, name, 1, iv) != 0)
+                goto fail;
+        } else if (ti < 256 && (r->check_old.sql == NULL || tl_conn.self_cko[ti]) &&
+                   (op->kind == OP_DELETE || r->check.sql == NULL || tl_conn.self_chk[ti])) {
+            /* the checks read the row themselves: no wait for the SELECT */
+            if (pq_send(c, &q, PQ_SEL_LOCK, i, name, 2, sv) != 0)
+                goto fail;
+            const char *values[18];
+            int n;
+            if (r->check_old.sql != NULL) {
+                rule_values(c, &r->check_old, NULL, NULL, values, &n);
+                values[n++] = op->id;
+                snprintf(name, sizeof(name), "fw_ckos_%zu", ti);
+                if (pq_send(c, &q, PQ_CHECK, i, name, n, values) != 0)
+                    goto fail;
+            }
+            if (op->kind == OP_PATCH && r->check.sql != NULL) {
+                rule_values(c, &r->check, NULL, NULL, values, &n);
+                values[n++] = op->id;
+                values[n++] = datas[i];
+                snprintf(name, sizeof(name), "fw_chks_%zu", ti);
+                if (pq_send(c, &q, PQ_CHECK, i, name, n, values) != 0)
+                    goto fail;
+            }
+            snprintf(name, sizeof(name), op->kind == OP_PATCH ? "fw_upd_%zu" : "fw_del_%zu", ti);
+            if (pq_send(c, &q, constraints ? PQ_APPLY_ROW : PQ_APPLY, i, name,
+                        op->kind == OP_PATCH ? 2 : 1, sv) != 0)
                 goto fail;
         } else {
             if (pq_send(c, &q, PQ_SEL_OLD, i, name, 2, sv) != 0 || pq_sync(c, &q) != 0)
@@ -1600,8 +1689,12 @@ static void startup_run(gw_job_t *job, PGconn *conn)
                           : prepare_conn(conn, &err);
     if (rc == 0) {
         gw_ready_set(g_mod.ready_id, 1, NULL);
-        gw_info("write", "write rules prepared", "tables=%zu constraints=%zu",
-                rules_write_count(g_mod.app->rules), rules_constraint_count(g_mod.app->rules));
+        int self = 0;
+        for (size_t i = 0; i < 256; i++)
+            self += tl_conn.self_cko[i] + tl_conn.self_chk[i];
+        gw_info("write", "write rules prepared", "tables=%zu constraints=%zu self_reading_checks=%d",
+                rules_write_count(g_mod.app->rules), rules_constraint_count(g_mod.app->rules),
+                self);
         job->ud = NULL;
         return;
     }

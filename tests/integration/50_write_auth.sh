@@ -128,6 +128,24 @@ expect_eq "only the allowed item added" "I1|L1;I3|L1" "$(sql "SELECT string_agg(
 expect_match "a normal batch takes the pipelined path, one with rejections the careful one" \
   'client="?c4"? status=200 ops=5 applied=5 .*path=pipelined.*client="?c4"? status=200 ops=3 applied=1 .*path=careful' "$(grep 'msg="batch"' "$FERRY_LOG" | tr '\n' ' ')"
 
+# forbidden writes alone in their batch (nothing else would send the batch the careful way):
+# the pipelined path must notice them itself
+n=20
+for op in '"op":"PATCH","type":"todos","id":"bob-1","data":{"description":"alone"}' \
+          '"op":"DELETE","type":"todos","id":"bob-1"' \
+          '"op":"PATCH","type":"todos","id":"alice-0","data":{"owner":"bob"}' \
+          '"op":"PUT","type":"todos","id":"bob-1","data":{"description":"put over"}' \
+          '"op":"PUT","type":"todos","id":"new-for-bob","data":{"description":"x","owner":"bob"}' \
+          '"op":"PATCH","type":"items","id":"I1","data":{"list_id":"bobs"}'; do
+  n=$((n + 1))
+  r=$(write_post "$alice" "{\"client_id\":\"c5\",\"batch\":[{\"op_id\":$n,$op}]}")
+  expect_match "forbidden single op $n rejected" "\"op_id\":$n,\"status\":\"rejected\",\"code\":\"check(_old)?_failed\"" "$r"
+done
+expect_eq "bob's row and alice's owner unchanged" "alice-0|alice;bob-1|bob's|bob" \
+  "$(sql "SELECT string_agg(concat_ws('|', id, CASE WHEN id = 'bob-1' THEN description END, owner), ';' ORDER BY id) FROM todos WHERE id IN ('alice-0', 'bob-1', 'new-for-bob')")"
+expect_eq "I1 still in L1" "L1" "$(sql "SELECT list_id FROM items WHERE id = 'I1'")"
+expect_match "every check also prepared in its self-reading form" 'msg="write rules prepared" tables=4 constraints=0 self_reading_checks=6' "$(cat "$FERRY_LOG")"
+
 # malformed requests: 400 with a message, nothing applied
 r=$(write_post "$alice" 'not json')
 expect_match "400 for a body that is not JSON" '^400 \{"error":\{"code":"bad_request","description":"the body is not valid JSON' "$r"
