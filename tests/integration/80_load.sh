@@ -76,6 +76,14 @@ expect_eq "idle: 20 streams up, none closed, consistent" "0 20 0 True" \
 expect_eq "idle: ferry RSS before and after are measured" True \
   "$(json_get "$T_TMP/idle.json" 'j["ferry_rss_kb"]["before"] > 0 and j["ferry_rss_kb"]["after"] > 0')"
 
+# churn: 10 streams sync, close and all reconnect at once, 3 times
+"$LOAD_BIN" churn "${common[@]}" --clients 10 --procs 2 --cycles 3 --ferry-pid "$FERRY_PID" \
+  --json "$T_TMP/churn.json" >"$T_TMP/churn.txt" 2>&1
+expect_eq "churn: exits 0; 30 syncs in 3 cycles, each with every op (3,000 items + the 40 fanout rows of users u0-u7), no checksum failure" "0 30 3 90120 0" \
+  "$? $(json_get "$T_TMP/churn.json" '" ".join(str(x) for x in (j["streams"]["established"], len(j["churn"]), j["received"]["ops"], j["checksums"]["failures"]))')"
+expect_eq "churn: every cycle has a positive duration and an RSS sample" True \
+  "$(json_get "$T_TMP/churn.json" 'all(c["seconds"] > 0 and c["ferry_rss_kb"] > 0 for c in j["churn"])')"
+
 # a wrong secret: every stream fails with 401 and the run says inconsistent (exit 3)
 "$LOAD_BIN" initial --url "$url" --secret wrong-secret-wrong-secret-wrong --kid test --aud ferry \
   --clients 3 --timeout 10 --quiet --json "$T_TMP/bad.json" >"$T_TMP/bad.txt" 2>&1

@@ -8,9 +8,13 @@
 #  (b) IDLE idle streams (default 10,000, over 2 client processes and source addresses):
 #      ferry's RSS growth per stream;
 #  (c) FANOUT streams (default 1,000), RATE single-row commits/s (default 100) for SECONDS
-#      (default 10), each row to one user's bucket: commit-to-client latency p50/p99/max.
+#      (default 10), each row to one user's bucket: commit-to-client latency p50/p99/max;
+#  (d) CHURN clients (default 1,000) reconnecting all at once CYCLES times (default 3): the
+#      slowest cycle and ferry's RSS growth per reconnect.
+# Order: a, c, d, then b on a restarted ferry (ferry holds closed streams until their next
+# keepalive, up to 20 s, and their freed memory would hide the cost of new streams).
 # Env overrides: BENCH_STREAM_ROWS, BENCH_IDLE_STREAMS, BENCH_FANOUT_STREAMS, BENCH_FANOUT_RATE,
-# BENCH_FANOUT_SECONDS, BENCH_LOAD_PROCS. JSON and plots go to build/bench/streams_*.
+# BENCH_FANOUT_SECONDS, BENCH_CHURN_STREAMS, BENCH_CHURN_CYCLES, BENCH_LOAD_PROCS. JSON and plots go to build/bench/streams_*.
 set -euo pipefail
 source "$(dirname "$0")/../lib/testlib.sh"
 rows=${BENCH_STREAM_ROWS:-1000000}
@@ -18,6 +22,8 @@ idle_n=${BENCH_IDLE_STREAMS:-10000}
 fan_n=${BENCH_FANOUT_STREAMS:-1000}
 fan_rate=${BENCH_FANOUT_RATE:-100}
 fan_secs=${BENCH_FANOUT_SECONDS:-10}
+churn_n=${BENCH_CHURN_STREAMS:-1000}
+churn_k=${BENCH_CHURN_CYCLES:-3}
 procs=${BENCH_LOAD_PROCS:-2}
 load=${LOAD_BIN:-$(dirname "$FERRY_BIN")/ferry-load}
 out=$T_ROOT/build/bench
@@ -50,7 +56,7 @@ SNAPSHOT_CHUNK_ROWS=10000 replication_config "$T_TMP/ferry.yaml" "$port" "$db"
 sed -i 's/^log_level: info/log_level: warn/' "$T_TMP/ferry.yaml"
 cat >>"$T_TMP/ferry.yaml" <<YAML
 limits:
-  max_connections: $((idle_n + fan_n + 100))
+  max_connections: $((idle_n + fan_n + churn_n * churn_k + 100))
 YAML
 start_ferry "$T_TMP/ferry.yaml"
 wait_ready "$port" 600 || { echo "ferry did not finish the snapshot"; tail "$FERRY_LOG"; exit 1; }
@@ -98,7 +104,16 @@ run fanout fanout "${common[@]}" --clients "$fan_n" --procs "$procs" --pg "$db" 
   --plot "$out/streams_fanout"
 lat() { jget "$out/streams_fanout.json" "round(j[\"latency_ms\"][\"$1\"], 2)"; }
 deliv=$(jget "$out/streams_fanout.json" 'str(j["fanout"]["deliveries"]) + "/" + str(j["fanout"]["expected_deliveries"])')
-# (b) idle streams
+# (d) churn
+run churn churn "${common[@]}" --clients "$churn_n" --procs "$procs" --cycles "$churn_k" \
+  --ramp 100000 --timeout 300 --ferry-pid "$FERRY_PID" --json "$out/streams_churn.json"
+churn_max=$(jget "$out/streams_churn.json" 'round(max(c["seconds"] for c in j["churn"][1:] or j["churn"]), 3)')
+churn_kb=$(jget "$out/streams_churn.json" 'round((j["churn"][-1]["ferry_rss_kb"] - j["churn"][0]["ferry_rss_kb"]) / max(1, (len(j["churn"]) - 1) * j["clients"]), 1)')
+# (b) idle streams, on a restarted ferry: memory freed by the closed streams above would
+# otherwise be reused and hide the cost of new ones
+stop_pid "$FERRY_PID" 10
+start_ferry "$T_TMP/ferry.yaml"
+wait_ready "$port" 60 || { echo "ferry did not come back"; tail "$FERRY_LOG"; exit 1; }
 run idle idle "${common[@]}" --clients "$idle_n" --procs "$procs" --hold 2 --timeout 300 \
   --ferry-pid "$FERRY_PID" --json "$out/streams_idle.json"
 per=$(jget "$out/streams_idle.json" 'round(j["ferry_rss_kb"]["per_idle_stream"], 1)')
@@ -114,4 +129,6 @@ echo "BENCH stream_idle_rss_per_stream $per KB $up idle streams over $procs clie
 echo "BENCH stream_fanout_latency_p50 $(lat p50) ms $fan_n streams, $fan_rate commits/s for ${fan_secs}s, $deliv delivered; goal <= 5"
 echo "BENCH stream_fanout_latency_p99 $(lat p99) ms goal <= 20"
 echo "BENCH stream_fanout_latency_max $(lat max) ms"
+echo "BENCH stream_churn_reconnect_all_seconds $churn_max s slowest of $((churn_k - 1)) storms of $churn_n clients reconnecting at once"
+echo "BENCH stream_churn_rss_per_reconnect $churn_kb KB closed streams are held until their next keepalive (20 s)"
 exit $status

@@ -22,7 +22,8 @@
  * Scenarios: `initial` (time to first checkpoint_complete, ops/s, bytes/s, checksum failures;
  * --save keeps the first stream's bytes, --cat FILE replays such a file from a loopback socket
  * served by a forked child: the limit), `fanout` (rows stamped with the epoch µs at commit,
- * receive time minus stamp per delivery), `idle` (ferry's RSS per held stream).
+ * receive time minus stamp per delivery), `idle` (ferry's RSS per held stream), `churn` (every
+ * stream syncs and closes, then all reconnect at once when the parent bumps shared->cycle).
  * Output: a table on stdout, --json FILE with every figure, --plot PREFIX (gnuplot SVG+PNG).
  * Exit status: 0 consistent, 3 inconsistent (failures, missing deliveries, timeout), 1 usage.
  */
@@ -58,8 +59,9 @@
 #define MAX_PROCS 64
 #define READ_BUF (256 * 1024)
 
-enum { SC_INITIAL, SC_FANOUT, SC_IDLE };
-static const char *const scenario_names[] = {"initial", "fanout", "idle"};
+enum { SC_INITIAL, SC_FANOUT, SC_IDLE, SC_CHURN, SC_COUNT };
+static const char *const scenario_names[] = {"initial", "fanout", "idle", "churn"};
+#define MAX_CYCLES 64
 
 /* ---- options ---- */
 
@@ -67,7 +69,7 @@ typedef struct opts {
     int scenario;
     const char *url, *token, *secret, *kid, *aud, *iss, *user_prefix, *params;
     const char *json, *plot, *save, *cat, *pg, *table, *stamp_col, *owner_col;
-    long clients, procs, users, ramp, ttl;
+    long clients, procs, users, ramp, ttl, cycles;
     double timeout, seconds, rate, hold, drain;
     long ferry_pid;
     int allow_remote, quiet;
@@ -87,6 +89,7 @@ static opts_t O = {
     .procs = 1,
     .ramp = 256,
     .ttl = 3600,
+    .cycles = 3,
     .timeout = 120,
     .seconds = 5,
     .rate = 10,
@@ -108,6 +111,7 @@ typedef struct pstat {
 
 typedef struct shared {
     volatile int stop;
+    volatile int cycle; /* churn: the parent bumps it to make every worker reconnect all streams */
     uint64_t t0_us; /* CLOCK_MONOTONIC µs when the workers were forked */
     pstat_t p[];
 } shared_t;
@@ -192,7 +196,7 @@ static int on_complete(void *ctx, load_proto_t *p, int ok)
             close(w->save_fd);
             w->save_fd = -1;
         }
-        if (O.scenario == SC_INITIAL)
+        if (O.scenario == SC_INITIAL || O.scenario == SC_CHURN)
             return 1;
     }
     return 0;
@@ -378,11 +382,22 @@ static void worker_run(int id, long first, long n)
         w.conns[i].fd = -1;
         w.conns[i].idx = (uint32_t)(first + i);
     }
-    if (O.save != NULL && first == 0)
-        w.save_fd = open(O.save, O.scenario == SC_INITIAL ? O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC : 0,
-                         0644);
+    if (O.save != NULL && first == 0 && O.scenario == SC_INITIAL)
+        w.save_fd = open(O.save, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     struct epoll_event evs[256];
+    int cycle = 0;
     while (!SH->stop) {
+        if (SH->cycle != cycle) { /* churn: every stream of this worker connects again */
+            cycle = SH->cycle;
+            for (long i = 0; i < n; i++) {
+                if (w.conns[i].state != C_DONE && w.conns[i].state != C_IDLE)
+                    conn_close(&w, &w.conns[i]);
+                w.conns[i].state = C_IDLE;
+                w.conns[i].established = 0;
+            }
+            w.next = 0;
+            w.inflight = 0;
+        }
         while (w.next < w.n && w.inflight < O.ramp)
             conn_start(&w, &w.conns[w.next++]);
         int k = epoll_wait(w.ep, evs, 256, 20);
@@ -487,6 +502,9 @@ typedef struct run {
     uint64_t commits, commit_errors, expected;
     int timed_out;
     double elapsed;
+    int ncycles;
+    double cycle_s[MAX_CYCLES];
+    long cycle_rss[MAX_CYCLES];
 } run_t;
 
 static run_t R;
@@ -531,13 +549,13 @@ static void sleep_us(uint64_t us)
     nanosleep(&ts, NULL);
 }
 
-/* wait until every stream is established or failed (or the deadline) */
-static void wait_established(void)
+/* wait until `want` streams (over all cycles) are established or failed (or the deadline) */
+static void wait_established(long want)
 {
     totals_t t;
     for (;;) {
         sum_up(&t);
-        if ((long)(t.established + t.failed) >= O.clients || deadline_passed())
+        if ((long)(t.established + t.failed) >= want || deadline_passed())
             return;
         tick();
         sleep_us(10000);
@@ -603,7 +621,7 @@ static void fanout_commits(void)
 static void usage(void)
 {
     fputs(
-        "usage: ferry-load initial|fanout|idle [options]\n"
+        "usage: ferry-load initial|fanout|idle|churn [options]\n"
         "  --url http://HOST:PORT[/prefix]  ferry (default http://127.0.0.1:8080; loopback only\n"
         "                                 unless --allow-remote)\n"
         "  --clients N  --procs N  --ramp N (connects in flight per process, default 256)\n"
@@ -616,7 +634,9 @@ static void usage(void)
         "initial: --save FILE (the first stream's bytes)  --cat FILE (replay FILE from loopback)\n"
         "fanout:  --pg URI --rate R (commits/s) --seconds S --table T (default ferry_load_ticks)\n"
         "         --owner-column C (default owner) --stamp-column C (default ts) --drain S\n"
-        "idle:    --hold S (seconds to hold the streams after they are up)\n",
+        "idle:    --hold S (seconds to hold the streams after they are up)\n"
+        "churn:   --cycles K (default 3): all clients sync, close, and reconnect at once, K times\n"
+        "         (--ramp bounds the storm per process)\n",
         stderr);
     exit(1);
 }
@@ -626,7 +646,7 @@ static void parse_args(int argc, char **argv)
     if (argc < 2)
         usage();
     int found = 0;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < SC_COUNT; i++)
         if (strcmp(argv[1], scenario_names[i]) == 0) {
             O.scenario = i;
             found = 1;
@@ -666,7 +686,7 @@ static void parse_args(int argc, char **argv)
         S("--plot", plot) S("--save", save) S("--cat", cat) S("--pg", pg) S("--table", table)
         S("--stamp-column", stamp_col) S("--owner-column", owner_col)
         L("--clients", clients) L("--procs", procs) L("--users", users) L("--ramp", ramp)
-        L("--ttl", ttl) L("--ferry-pid", ferry_pid)
+        L("--ttl", ttl) L("--ferry-pid", ferry_pid) L("--cycles", cycles)
         D("--timeout", timeout) D("--seconds", seconds) D("--rate", rate) D("--hold", hold)
         D("--drain", drain)
 #undef S
@@ -677,6 +697,8 @@ static void parse_args(int argc, char **argv)
     }
     if (O.clients < 1 || O.procs < 1 || O.procs > MAX_PROCS || O.ramp < 1)
         die("--clients and --ramp must be at least 1, --procs between 1 and %d", MAX_PROCS);
+    if (O.cycles < 1 || O.cycles > MAX_CYCLES)
+        die("--cycles must be between 1 and %d", MAX_CYCLES);
     if (O.procs > O.clients)
         O.procs = O.clients;
     if (O.users <= 0)
@@ -822,8 +844,23 @@ int main(int argc, char **argv)
             worker_run((int)i, first, last - first);
         R.pids[i] = pid;
     }
-    wait_established();
     totals_t t;
+    uint64_t c0 = mono_us();
+    wait_established(O.clients);
+    if (O.scenario == SC_CHURN) {
+        /* cycle k: all streams closed after their checkpoint_complete; now all reconnect at once */
+        R.cycle_s[0] = (mono_us() - c0) / 1e6;
+        R.cycle_rss[0] = O.ferry_pid > 0 ? rss_kb(O.ferry_pid) : 0;
+        R.ncycles = 1;
+        for (int k = 1; k < O.cycles && !R.timed_out; k++) {
+            c0 = mono_us();
+            SH->cycle = k;
+            wait_established(O.clients * (k + 1));
+            R.cycle_s[k] = (mono_us() - c0) / 1e6;
+            R.cycle_rss[k] = O.ferry_pid > 0 ? rss_kb(O.ferry_pid) : 0;
+            R.ncycles = k + 1;
+        }
+    }
     if (O.scenario == SC_IDLE) {
         uint64_t settle = mono_us() + 1000000;
         while (mono_us() < settle)
@@ -884,7 +921,8 @@ int main(int argc, char **argv)
     double per_stream_kb = 0;
     if (O.scenario == SC_IDLE && O.ferry_pid > 0 && t.established > 0)
         per_stream_kb = (double)(R.rss_after - R.rss_before) / (double)t.established;
-    int consistent = !R.timed_out && t.failed == 0 && (long)t.established == O.clients &&
+    long want_up = O.scenario == SC_CHURN ? O.clients * O.cycles : O.clients;
+    int consistent = !R.timed_out && t.failed == 0 && (long)t.established == want_up &&
                      t.st.checksum_fail == 0 && t.st.protocol_errors == 0;
     if (O.scenario == SC_FANOUT)
         consistent = consistent && R.commit_errors == 0 && t.deliveries == R.expected &&
@@ -930,6 +968,10 @@ int main(int argc, char **argv)
                R.rss_before / 1024.0, R.rss_after / 1024.0, R.rss_peak / 1024.0);
     if (O.scenario == SC_IDLE && O.ferry_pid > 0)
         printf("  %-34s %.1f KB\n", "ferry RSS per idle stream", per_stream_kb);
+    for (int k = 0; k < R.ncycles; k++)
+        printf("  %-34s all %ld synced in %.3f s, ferry RSS %.1f MB\n",
+               k == 0 ? "churn cycles (0 = first connect)" : "", O.clients, R.cycle_s[k],
+               R.cycle_rss[k] / 1024.0);
     printf("  %-34s %s\n", "consistent", consistent ? "yes" : "NO");
 
     if (O.json != NULL) {
@@ -971,6 +1013,11 @@ int main(int argc, char **argv)
                 "  \"ferry_rss_kb\": {\"before\": %ld, \"after\": %ld, \"peak_sampled\": %ld, "
                 "\"per_idle_stream\": %.3f},\n",
                 R.rss_before, R.rss_after, R.rss_peak, per_stream_kb);
+        fprintf(f, "  \"churn\": [");
+        for (int k = 0; k < R.ncycles; k++)
+            fprintf(f, "%s{\"cycle\": %d, \"seconds\": %.6f, \"ferry_rss_kb\": %ld}", k ? ", " : "",
+                    k, R.cycle_s[k], R.cycle_rss[k]);
+        fprintf(f, "],\n");
         fprintf(f, "  \"series\": [");
         for (int s = 0; s < nsec; s++)
             fprintf(f,
