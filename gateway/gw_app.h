@@ -64,10 +64,8 @@ gw_streams_t *gw_streams_new(gw_storage_t *storage);
 /** Register POST /sync/stream and the per-thread machinery (before gw_http_start). */
 void gw_stream_register(gw_app_t *app);
 
-/**
- * After gw_http_shutdown(): stop notifications, drop per-thread state (readers, receivers).
- * Must run before gw_http_destroy().
- */
+/** After gw_http_shutdown(): make sure no notification is sent any more (each loop thread
+ *  already released its receiver and reader when it stopped). */
 void gw_stream_detach(gw_app_t *app);
 
 /** Free what gw_streams_new() made (after the replicator stopped). NULL is fine. */

@@ -72,6 +72,8 @@ typedef struct loop_thread {
     int draining;
     uint64_t drain_deadline; /* h2o_now() ms */
     int forced;
+    int init_rc; /* set by the thread once its context exists: 0, or a GW_E code */
+    int disposed;
 } loop_thread_t;
 
 struct gw_http {
@@ -92,8 +94,11 @@ struct gw_http {
     struct {
         gw_http_thread_fn fn;
         void *ud;
-    } start_hooks[MAX_HOOKS];
-    size_t nstart_hooks;
+    } start_hooks[MAX_HOOKS], stop_hooks[MAX_HOOKS];
+    size_t nstart_hooks, nstop_hooks;
+    pthread_mutex_t init_lock;
+    pthread_cond_t init_cond;
+    size_t ninit;
     unsigned grace_ms;
     int metric_not_found;
     int metric_other;
@@ -372,11 +377,70 @@ static void on_stop_message(h2o_multithread_receiver_t *rx, h2o_linklist_t *mess
     shutdown_all(th, SHUT_RD);
 }
 
+/*
+ * Everything of h2o a loop uses is created and destroyed on that loop's own thread: h2o keeps
+ * per-thread (TLS) recycle allocators for socket buffers and memory pools, and a context made on
+ * another thread would share that thread's allocators between loops.
+ */
+static int loop_init(loop_thread_t *th)
+{
+    gw_http_t *h = th->srv;
+    h2o_context_init(&th->ctx, h2o_evloop_create(), &h->config);
+    th->accept_ctx.ctx = &th->ctx;
+    th->accept_ctx.hosts = h->config.hosts;
+    h2o_multithread_register_receiver(th->ctx.queue, &th->rx, on_stop_message);
+    int fd = dup(h->listen_fd);
+    if (fd < 0)
+        return GW_ESYS;
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    th->listener = h2o_evloop_socket_create(th->ctx.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+    th->listener->data = th;
+    h2o_socket_read_start(th->listener, on_accept);
+    for (size_t i = 0; i < h->nstart_hooks; i++)
+        h->start_hooks[i].fn(&th->ctx, th->index, h->start_hooks[i].ud);
+    return 0;
+}
+
+static void loop_dispose(loop_thread_t *th)
+{
+    gw_http_t *h = th->srv;
+    for (size_t i = 0; i < h->nstop_hooks; i++)
+        h->stop_hooks[i].fn(&th->ctx, th->index, h->stop_hooks[i].ud);
+    if (th->listener != NULL) {
+        h2o_socket_close(th->listener);
+        th->listener = NULL;
+    }
+    /* let the loop run the close callbacks of sockets closed above */
+    h2o_evloop_run(th->ctx.loop, 0);
+    /* h2o_context_request_shutdown() arms HTTP/2's graceful-shutdown timer even with no HTTP/2
+     * connection; disarm it or h2o_context_dispose() asserts */
+    if (h2o_timeout_is_linked(&th->ctx.http2._graceful_shutdown_timeout))
+        h2o_timeout_unlink(&th->ctx.http2._graceful_shutdown_timeout);
+    h2o_multithread_unregister_receiver(th->ctx.queue, &th->rx);
+    if (th->nsocks > 0) {
+        /* connections we had to abandon still hold timers: disposing would assert */
+        gw_warn("http", "leaving an event loop with connections open", "thread=%zu connections=%zu",
+                th->index, th->nsocks);
+        return;
+    }
+    h2o_evloop_t *loop = th->ctx.loop;
+    h2o_context_dispose(&th->ctx);
+    h2o_evloop_destroy(loop);
+    th->disposed = 1;
+}
+
 static void *loop_main(void *arg)
 {
     loop_thread_t *th = arg;
-    for (size_t i = 0; i < th->srv->nstart_hooks; i++)
-        th->srv->start_hooks[i].fn(&th->ctx, th->index, th->srv->start_hooks[i].ud);
+    gw_http_t *h = th->srv;
+    int rc = loop_init(th);
+    pthread_mutex_lock(&h->init_lock);
+    th->init_rc = rc != 0 ? rc : 1;
+    h->ninit++;
+    pthread_cond_broadcast(&h->init_cond);
+    pthread_mutex_unlock(&h->init_lock);
+    if (rc != 0)
+        return NULL;
     while (h2o_evloop_run(th->ctx.loop, 50) == 0) {
         if (!th->draining)
             continue;
@@ -394,6 +458,7 @@ static void *loop_main(void *arg)
             break;
         }
     }
+    loop_dispose(th);
     return NULL;
 }
 
@@ -526,6 +591,15 @@ void gw_http_on_thread_start(gw_http_t *h, gw_http_thread_fn fn, void *ud)
     }
 }
 
+void gw_http_on_thread_stop(gw_http_t *h, gw_http_thread_fn fn, void *ud)
+{
+    if (h->nstop_hooks < MAX_HOOKS) {
+        h->stop_hooks[h->nstop_hooks].fn = fn;
+        h->stop_hooks[h->nstop_hooks].ud = ud;
+        h->nstop_hooks++;
+    }
+}
+
 size_t gw_http_thread_index(gw_http_t *h, h2o_context_t *ctx)
 {
     for (size_t i = 0; i < h->nthreads; i++)
@@ -541,30 +615,27 @@ int gw_http_start(gw_http_t *h, gw_err_t *err)
     register_path(h, "/", NULL); /* everything else: JSON 404 */
 
     h->threads = gw_xcalloc(h->nthreads, sizeof(loop_thread_t));
+    pthread_mutex_init(&h->init_lock, NULL);
+    pthread_cond_init(&h->init_cond, NULL);
+    size_t started = 0;
     for (size_t i = 0; i < h->nthreads; i++) {
         loop_thread_t *th = &h->threads[i];
         th->srv = h;
         th->index = i;
         h2o_linklist_init_anchor(&th->socks);
-        h2o_context_init(&th->ctx, h2o_evloop_create(), &h->config);
-        th->accept_ctx.ctx = &th->ctx;
-        th->accept_ctx.hosts = h->config.hosts;
-        h2o_multithread_register_receiver(th->ctx.queue, &th->rx, on_stop_message);
-        int fd = dup(h->listen_fd);
-        if (fd < 0)
-            return gw_err_set(err, GW_ESYS, "http", "could not duplicate the listening socket: %s",
-                              strerror(errno));
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
-        th->listener = h2o_evloop_socket_create(th->ctx.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
-        th->listener->data = th;
-        h2o_socket_read_start(th->listener, on_accept);
-    }
-    for (size_t i = 0; i < h->nthreads; i++) {
-        loop_thread_t *th = &h->threads[i];
         if (pthread_create(&th->tid, NULL, loop_main, th) != 0)
-            return gw_err_set(err, GW_ESYS, "http", "could not start loop thread %zu", i);
+            break;
         th->started = 1;
+        started++;
     }
+    /* wait until every loop has its context and receivers, so messages have somewhere to go */
+    pthread_mutex_lock(&h->init_lock);
+    while (h->ninit < started)
+        pthread_cond_wait(&h->init_cond, &h->init_lock);
+    pthread_mutex_unlock(&h->init_lock);
+    for (size_t i = 0; i < h->nthreads; i++)
+        if (!h->threads[i].started || h->threads[i].init_rc != 1)
+            return gw_err_set(err, GW_ESYS, "http", "could not start event loop %zu", i);
     return 0;
 }
 
@@ -607,23 +678,8 @@ void gw_http_destroy(gw_http_t *h)
     if (h == NULL)
         return;
     if (h->threads != NULL) {
-        for (size_t i = 0; i < h->nthreads; i++) {
-            loop_thread_t *th = &h->threads[i];
-            if (th->listener != NULL) {
-                h2o_socket_close(th->listener);
-                th->listener = NULL;
-            }
-            /* let the loop run the close callbacks of sockets closed above */
-            h2o_evloop_run(th->ctx.loop, 0);
-            /* h2o_context_request_shutdown() arms HTTP/2's graceful-shutdown timer even with no
-             * HTTP/2 connection; disarm it or h2o_context_dispose() asserts */
-            if (h2o_timeout_is_linked(&th->ctx.http2._graceful_shutdown_timeout))
-                h2o_timeout_unlink(&th->ctx.http2._graceful_shutdown_timeout);
-            h2o_multithread_unregister_receiver(th->ctx.queue, &th->rx);
-            h2o_evloop_t *loop = th->ctx.loop;
-            h2o_context_dispose(&th->ctx);
-            h2o_evloop_destroy(loop);
-        }
+        pthread_mutex_destroy(&h->init_lock);
+        pthread_cond_destroy(&h->init_cond);
         free(h->threads);
     }
     h2o_config_dispose(&h->config);

@@ -7,7 +7,9 @@
  * 413 that h2o itself emits for oversized bodies (rewritten by a filter).
  *
  * Thread model: handlers run on the loop thread that accepted the connection and must not block
- * (Postgres work goes to worker threads). gw_http_shutdown() is called from the main thread.
+ * (Postgres work goes to worker threads). Each loop creates and disposes its own h2o context on
+ * its own thread (h2o's recycle allocators are thread-local). gw_http_shutdown() is called from
+ * the main thread.
  */
 #ifndef GW_HTTP_H
 #define GW_HTTP_H
@@ -47,6 +49,12 @@ typedef void (*gw_http_thread_fn)(h2o_context_t *ctx, size_t thread_index, void 
 /** Register a hook run on every loop thread when it starts. Call before gw_http_start. */
 void gw_http_on_thread_start(gw_http_t *h, gw_http_thread_fn fn, void *ud);
 
+/**
+ * Register a hook run on every loop thread after its loop ended and before its context is
+ * disposed (unregister receivers there). Call before gw_http_start.
+ */
+void gw_http_on_thread_stop(gw_http_t *h, gw_http_thread_fn fn, void *ud);
+
 /** The loop thread index of ctx (a context of this server), or 0. */
 size_t gw_http_thread_index(gw_http_t *h, h2o_context_t *ctx);
 
@@ -67,7 +75,8 @@ h2o_context_t *gw_http_context(gw_http_t *h, size_t i);
 
 /**
  * Stop accepting, let in-flight responses finish, close idle connections, and join the threads;
- * returns once every thread exited (at most about grace_ms + 1 s).
+ * each thread runs its stop hooks and disposes its own h2o context before it exits. Returns once
+ * every thread exited (at most about grace_ms + 1 s).
  */
 void gw_http_shutdown(gw_http_t *h, unsigned grace_ms);
 

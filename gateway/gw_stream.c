@@ -909,6 +909,34 @@ static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
     th->tick_on = 1;
 }
 
+/* The loop ended: stop events for every thread, drop this thread's receiver and reader. */
+static void on_thread_stop(h2o_context_t *ctx, size_t index, void *ud)
+{
+    gw_streams_t *g = ud;
+    sthread_t *th = &g->threads[index];
+    (void)ctx;
+    pthread_mutex_lock(&g->lock);
+    g->attached = 0;
+    if (th->rx_registered) {
+        while (!h2o_linklist_is_empty(&th->rx._messages)) {
+            cp_msg_t *m = H2O_STRUCT_FROM_MEMBER(cp_msg_t, super.link, th->rx._messages.next);
+            h2o_linklist_unlink(&m->super.link);
+            event_unref(m->ev);
+            free(m);
+        }
+        h2o_multithread_unregister_receiver(th->rx.queue, &th->rx);
+        th->rx_registered = 0;
+    }
+    pthread_mutex_unlock(&g->lock);
+    if (th->tick_on) {
+        h2o_timeout_unlink(&th->tick_entry);
+        h2o_timeout_dispose(th->ctx->loop, &th->tick);
+        th->tick_on = 0;
+    }
+    gw_storage_reader_close(th->reader);
+    th->reader = NULL;
+}
+
 static void on_shutdown(h2o_context_t *ctx, size_t index, void *ud)
 {
     gw_streams_t *g = ud;
@@ -950,38 +978,20 @@ void gw_stream_register(gw_app_t *app)
     }
     gw_http_on_thread_start(app->http, on_thread_start, g);
     gw_http_on_shutdown(app->http, on_shutdown, g);
+    gw_http_on_thread_stop(app->http, on_thread_stop, g);
     gw_http_route(app->http, "/sync/stream", "sync_stream", GW_HTTP_POST, on_sync_stream, app);
     gw_metrics_add_collector(gw_stream_metrics, g);
 }
 
 void gw_stream_detach(gw_app_t *app)
 {
+    /* each loop thread released its part in on_thread_stop(); make sure no event is sent now */
     gw_streams_t *g = app->streams;
-    if (g == NULL || g->threads == NULL)
+    if (g == NULL)
         return;
     pthread_mutex_lock(&g->lock);
     g->attached = 0;
     pthread_mutex_unlock(&g->lock);
-    for (size_t i = 0; i < g->nthreads; i++) {
-        sthread_t *th = &g->threads[i];
-        if (th->rx_registered) {
-            while (!h2o_linklist_is_empty(&th->rx._messages)) {
-                cp_msg_t *m = H2O_STRUCT_FROM_MEMBER(cp_msg_t, super.link, th->rx._messages.next);
-                h2o_linklist_unlink(&m->super.link);
-                event_unref(m->ev);
-                free(m);
-            }
-            h2o_multithread_unregister_receiver(th->rx.queue, &th->rx);
-            th->rx_registered = 0;
-        }
-        if (th->tick_on && th->ctx != NULL) {
-            h2o_timeout_unlink(&th->tick_entry);
-            h2o_timeout_dispose(th->ctx->loop, &th->tick);
-            th->tick_on = 0;
-        }
-        gw_storage_reader_close(th->reader);
-        th->reader = NULL;
-    }
 }
 
 void gw_streams_free(gw_streams_t *g)

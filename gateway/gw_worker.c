@@ -22,6 +22,7 @@ struct gw_workers {
     int stopping;
     size_t nrx;
     h2o_multithread_receiver_t *rx; /* one per loop thread */
+    int *rx_live;                   /* guarded by lock: the loop can still take replies */
 };
 
 static void on_reply(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages)
@@ -37,8 +38,30 @@ static void on_reply(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages)
 static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
 {
     gw_workers_t *w = ud;
-    if (index < w->nrx)
-        h2o_multithread_register_receiver(ctx->queue, &w->rx[index], on_reply);
+    if (index >= w->nrx)
+        return;
+    h2o_multithread_register_receiver(ctx->queue, &w->rx[index], on_reply);
+    pthread_mutex_lock(&w->lock);
+    w->rx_live[index] = 1;
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* The loop is about to dispose its context: no more replies to it (late ones are dropped). */
+static void on_thread_stop(h2o_context_t *ctx, size_t index, void *ud)
+{
+    gw_workers_t *w = ud;
+    (void)ctx;
+    if (index >= w->nrx)
+        return;
+    pthread_mutex_lock(&w->lock);
+    h2o_multithread_receiver_t *rx = &w->rx[index];
+    if (w->rx_live[index]) {
+        w->rx_live[index] = 0;
+        while (!h2o_linklist_is_empty(&rx->_messages))
+            h2o_linklist_unlink(rx->_messages.next);
+        h2o_multithread_unregister_receiver(rx->queue, rx);
+    }
+    pthread_mutex_unlock(&w->lock);
 }
 
 static void *worker_main(void *arg)
@@ -76,7 +99,12 @@ static void *worker_main(void *arg)
             PQfinish(conn);
             conn = NULL;
         }
-        h2o_multithread_send_message(job->reply_to, &job->super);
+        /* the reply goes back only while that loop still runs */
+        pthread_mutex_lock(&w->lock);
+        size_t idx = (size_t)(job->reply_to - w->rx);
+        if (idx < w->nrx && w->rx_live[idx])
+            h2o_multithread_send_message(job->reply_to, &job->super);
+        pthread_mutex_unlock(&w->lock);
     }
     if (conn != NULL)
         PQfinish(conn);
@@ -92,9 +120,11 @@ int gw_workers_create(const char *uri, size_t n, gw_http_t *http, gw_workers_t *
     w->n = n > 0 ? n : 1;
     w->nrx = gw_http_threads(http);
     w->rx = gw_xcalloc(w->nrx, sizeof(h2o_multithread_receiver_t));
+    w->rx_live = gw_xcalloc(w->nrx, sizeof(int));
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
     gw_http_on_thread_start(http, on_thread_start, w);
+    gw_http_on_thread_stop(http, on_thread_stop, w);
     w->tids = gw_xcalloc(w->n, sizeof(pthread_t));
     for (size_t i = 0; i < w->n; i++) {
         if (pthread_create(&w->tids[i], NULL, worker_main, w) != 0) {
@@ -133,19 +163,11 @@ void gw_workers_destroy(gw_workers_t *w)
     pthread_mutex_unlock(&w->lock);
     for (size_t i = 0; i < w->n; i++)
         pthread_join(w->tids[i], NULL);
-    /* the loops have stopped: drop undelivered replies and unregister, before the contexts go */
-    for (size_t i = 0; i < w->nrx; i++) {
-        h2o_multithread_receiver_t *rx = &w->rx[i];
-        if (rx->queue == NULL)
-            continue;
-        while (!h2o_linklist_is_empty(&rx->_messages))
-            h2o_linklist_unlink(rx->_messages.next);
-        h2o_multithread_unregister_receiver(rx->queue, rx);
-    }
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->cond);
     free(w->tids);
     free(w->rx);
+    free(w->rx_live);
     free(w->uri);
     free(w);
 }

@@ -42,8 +42,8 @@ int gw_workers_create(const char *uri, size_t n, gw_http_t *http, gw_workers_t *
 void gw_workers_submit(gw_workers_t *w, h2o_context_t *ctx, gw_job_t *job);
 
 /**
- * Stop and join the workers (queued jobs still run) and unregister the receivers. Call after
- * gw_http_shutdown() and before gw_http_destroy(). NULL is fine.
+ * Stop and join the workers (queued jobs still run; replies to loops that already ended are
+ * dropped). Call after gw_http_shutdown(). NULL is fine.
  */
 void gw_workers_destroy(gw_workers_t *w);
 

@@ -25,7 +25,7 @@ t_cleanup() {
   for p in "${T_PIDS[@]}"; do
     if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
   done
-  rm -rf "$T_TMP"
+  [ -n "${T_KEEP:-}" ] || rm -rf "$T_TMP"
 }
 trap t_cleanup EXIT
 
