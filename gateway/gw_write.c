@@ -5,16 +5,30 @@
  * batch), then hands the batch to a worker (gw_worker.h); the worker applies it in one Postgres
  * transaction and builds the per-op results; done() answers on the loop thread.
  *
- * Per batch (worker, run_batch):
+ * Per batch (worker, batch_run -> run_attempt, the careful path):
  *   BEGIN; lock the client's row of ferry_write_log (created on first use) and read last_op_id;
- *   for each op: op_id <= the highest id seen -> "duplicate"; otherwise
+ *   for each op, inside a SAVEPOINT: op_id <= the highest id seen -> "duplicate"; otherwise
  *     table with write rules?  operation allowed?  only listed columns?     -> else "rejected"
  *     SELECT the stored row FOR UPDATE, the sent data merged over it, and lww "older?"
  *     check_old over the stored row (update, delete), check over the new row (insert, update)
  *     lww_column older than the stored value                               -> "stale"
  *     apply: INSERT of the given columns | UPDATE of the given columns | DELETE by id
  *     each constraint of the table over the stored result; rows found -> ferry_violations
+ *     a statement that fails rolls back to the savepoint: that op alone is "rejected"
  *   UPDATE ferry_write_log SET last_op_id; COMMIT.
+ *
+ * Batches in which nothing is rejected, stale or flagged go the same way but pipelined first
+ * (run_pipelined): the statements of many ops are sent without waiting, in op order, and every
+ * result is checked before COMMIT is sent. The first result that is not the plain one rolls the
+ * whole attempt back and the batch runs again on the careful path, which decides every op.
+ *
+ *        batch ──▶ run_pipelined ──all plain──▶ COMMIT ──▶ 200 results
+ *                      │ something not plain: ROLLBACK
+ *                      ▼
+ *                  run_attempt (savepoint per op) ──▶ COMMIT ──▶ 200 results
+ *                      │ connection lost, deadlock, shutdown: ROLLBACK
+ *                      ▼
+ *                  503 + Retry-After (batch_try retries once on a fresh connection first)
  *
  * Invariants:
  *   1. SQL text comes only from the compiled rules and from names in them (quoted with
@@ -22,9 +36,10 @@
  *   2. Nothing is half-applied: a lost connection, a deadlock or a shutdown mid-batch rolls the
  *      whole transaction back and answers 503; the client retries and ferry_write_log makes the
  *      retry apply each op once.
- *   3. A failing statement never aborts the batch. The first attempt runs without savepoints (the
- *      common case: no statement fails); if one does, the transaction is rolled back and the
- *      batch runs again with a SAVEPOINT around every op, so the failing op alone is rejected.
+ *   3. A failing statement never aborts the batch, and the pipelined path never decides a
+ *      rejection: only the careful path does, op by op.
+ *   4. The worker connections run with synchronous_commit=on: a 200 lets the client drop its
+ *      queue, so the commit is durable before the answer.
  *
  * Statements are prepared once per worker connection (prepare_conn; per-thread state, since a
  * worker owns its connection). A start-up job does the same on the first worker connection,
