@@ -1,0 +1,136 @@
+/* ferry_int.h -- internals shared by libferry's source files (not installed) */
+#ifndef FERRY_INT_H
+#define FERRY_INT_H
+
+#include "ferry.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define FERRY_MAX_TABLES 64
+#define FERRY_TARGET_UNKNOWN INT64_MAX /* write checkpoint not known yet (local writes pending) */
+
+/* Checksums are u32 with wrapping addition (protocol §2.4). */
+static inline uint32_t ferry__ck_add(uint32_t a, uint32_t b) { return a + b; }
+
+/* Parses a JSON checksum (an integer in [-2^31, 2^32-1] or an integral real) into *out;
+ * returns 0, or -1 when it is out of range or not a number. */
+struct json_t;
+int ferry__ck_parse(const struct json_t *v, uint32_t *out);
+
+/* Parses a decimal op id string (i64, >= 0) into *out; returns 0 or -1. */
+int ferry__parse_id(const struct json_t *v, int64_t *out);
+
+typedef struct ferry_tdef {
+    char *name;
+    char **cols;
+    int *types;
+    int ncols;
+    int local_only;
+} ferry_tdef_t;
+
+/* One bucket of the checkpoint being downloaded. */
+typedef struct ferry_cbucket {
+    char *name;
+    uint32_t checksum;
+    int priority;
+    int64_t count;
+} ferry_cbucket_t;
+
+/* The sync state owned by the sync thread (and by unit tests that feed lines directly). */
+typedef struct ferry_sync {
+    sqlite3 *conn;              /* the sync connection (triggers suppressed) */
+    int have_cp;                /* a checkpoint line arrived on this connection */
+    int64_t cp_last_op;
+    int64_t cp_write_cp;        /* -1 when none */
+    ferry_cbucket_t *buckets;
+    size_t nbuckets, capbuckets;
+    int pending;                /* validated but blocked by uploads */
+    int64_t applied_cp;         /* last applied full checkpoint on this connection, -1 none */
+    int complete_seen;          /* the newest checkpoint was complete (validated or not) */
+    char errmsg[256];
+    sqlite3_stmt *st[24];
+} ferry_sync_t;
+
+/* Results of ferry__sync_line. */
+enum {
+    FERRY_LINE_OK = 0,
+    FERRY_LINE_RECONNECT = 1,   /* end this stream iteration and reconnect (checksums, token) */
+    FERRY_LINE_REFRESH = 2,     /* token expires soon / expired: new token, reconnect now */
+};
+
+struct ferry_watch;
+
+struct ferry_db {
+    char *path;
+    sqlite3 *app;
+    char client_id[37];
+    ferry_tdef_t tables[FERRY_MAX_TABLES];
+    int ntables;
+
+    /* per app-connection transaction bookkeeping (app thread, via hooks) */
+    int64_t next_tx, cur_tx;
+    int app_applying;         /* ferry_applying() on the app connection (1 while migrating) */
+    uint64_t tx_changed;      /* tables changed in the open transaction (bit = table index) */
+
+    /* watch thread */
+    pthread_t watch_thread;
+    pthread_mutex_t mu;       /* guards everything below and status */
+    pthread_cond_t cond;
+    int watch_running, watch_stop;
+    uint64_t changed;         /* committed, not yet delivered */
+    struct ferry_watch *watches;
+    int next_watch_id;
+    int in_watch_id;          /* the watch whose callback runs now (0 none) */
+
+    /* connection */
+    int connected;
+    _Atomic int stop;
+    _Atomic int upload_done;  /* the uploader emptied the queue: retry a pending checkpoint */
+    pthread_t sync_thread, upload_thread;
+    char *endpoint;
+    char *params_json;
+    ferry_token_cb token_cb;
+    void *token_ud;
+    ferry_options_t opt;
+    char *token;              /* guarded by mu */
+    int token_bad;
+    ferry_status_t status;
+    int synced_ever;
+    int caught_up;            /* the newest checkpoint of this connection is applied */
+    int64_t target;           /* kv "target" as the uploader saw it last; -2 not read yet */
+    int64_t rejected_total;
+    int64_t conn_applied_write_cp;
+    ferry_sync_t sync;
+};
+
+/* ferry_db.c */
+/* Opens a connection (WAL, busy timeout) whose ferry_applying() returns *applying, or 1 when
+ * applying is NULL (the sync connection). */
+int ferry__open_conn(const char *path, sqlite3 **out, int *applying, ferry_error_t *err);
+void ferry__seterr(ferry_error_t *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void ferry__notify(ferry_db_t *db, uint64_t tables);
+int ferry__table_index(ferry_db_t *db, const char *name);
+int64_t ferry__kv_get_int(sqlite3 *c, const char *key, int64_t dflt);
+int ferry__kv_set_int(sqlite3 *c, const char *key, int64_t v);
+void ferry__status_changed(ferry_db_t *db);
+
+/* ferry_oplog.c: the local side of the protocol (no network) */
+int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn);
+void ferry__sync_free(ferry_sync_t *s);
+void ferry__sync_reset_connection(ferry_sync_t *s);
+/* Handles one NDJSON line; returns FERRY_LINE_* (>= 0) or a negative FERRY_E* code (the
+ * iteration ends; message in s->errmsg). */
+int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t len);
+/* Applies a validated checkpoint that was blocked by uploads, if it can be now; returns 1 when
+ * applied, 0 when not, negative on error. */
+int ferry__sync_try_pending(ferry_db_t *db, ferry_sync_t *s);
+/* Re-evaluates the rows of table index ti from the oplog (after the schema gained it). */
+int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type);
+/* Builds the request body (buckets and positions); returns a malloc'd string or NULL. */
+char *ferry__request_body(ferry_db_t *db, ferry_sync_t *s);
+
+
+#endif

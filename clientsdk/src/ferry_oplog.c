@@ -1,0 +1,804 @@
+/* ferry_oplog.c -- the local side of the sync protocol: oplog, checksums, publishing
+ *
+ * Fed one NDJSON line at a time by the sync thread (ferry_sync.c) or directly by unit tests,
+ * this file keeps the per-bucket oplog and checksums and publishes validated checkpoints into the
+ * app's tables. No network here. Semantics follow protocol §2.3 (ops), §2.4 (validation) and
+ * §2.7 (write checkpoints):
+ *
+ *   PUT     delete the stored op with the same key (type/id/subkey) in the bucket, moving its
+ *           checksum from op_checksum to add_checksum; store the op; op_checksum += checksum
+ *   REMOVE  the same deletion; add_checksum += checksum; the row is re-evaluated
+ *   MOVE    add_checksum += checksum
+ *   CLEAR   every row of the bucket re-evaluated, all its ops deleted, add_checksum = checksum,
+ *           op_checksum = 0
+ *
+ * A bucket is valid when (add_checksum + op_checksum) mod 2^32 equals the checkpoint's checksum.
+ * Publishing re-evaluates every row in ferry_updated: the stored PUT with the highest op id
+ * across all buckets wins; no PUT left means the row is deleted. Invariants:
+ *
+ *   1. One data line is applied in one SQLite transaction; a publish is one transaction, so the
+ *      app never sees a half-applied checkpoint.
+ *   2. A full checkpoint (and a partial one of priority > 0) is published only when ferry_crud is
+ *      empty and the target write checkpoint (kv "target", absent = no gate) is <= the
+ *      checkpoint's write_checkpoint; the check and the publish share one write transaction, so
+ *      a local write cannot slip in between. Priority 0 is published regardless.
+ *   3. On a checksum mismatch the failing buckets are deleted (their rows marked) and the stream
+ *      iteration ends; the next request omits them, so the server sends them again from 0.
+ *   4. After a full checkpoint validates, every bucket's last_op becomes its last_op_id, the
+ *      resume position for the next connection (protocol §2.4).
+ *
+ * Line handling state (per stream iteration, in ferry_sync_t):
+ *
+ *   (no checkpoint) --checkpoint--> TRACKING --data--> (oplog grows)
+ *   TRACKING --checkpoint_diff--> TRACKING (buckets replaced/removed, write_checkpoint replaced)
+ *   TRACKING --partial_checkpoint_complete p--> validate prio <= p --> publish_rows(p)
+ *   TRACKING --checkpoint_complete--> validate all --ok--> try_publish()  (pending when blocked)
+ *                                                  --mismatch--> drop_bucket(), RECONNECT
+ *   pending --ferry__sync_try_pending (after an upload)--> publish
+ */
+#include "ferry_int.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum {
+    S_BUCKET_GET, S_BUCKET_INS, S_BUCKET_SET, S_OP_DEL_KEY, S_OP_INS, S_MARK, S_CLEAR_MARK,
+    S_CLEAR_DEL, S_BUCKET_DROP, S_BUCKET_PRIO, S_LAST_OP_ALL, S_CRUD_COUNT, S_LIST, S_NSTMT
+};
+
+static const char *SQL[S_NSTMT] = {
+    [S_BUCKET_GET] = "SELECT id, add_checksum, op_checksum, count FROM ferry_buckets WHERE name = ?",
+    [S_BUCKET_INS] = "INSERT INTO ferry_buckets(name, priority) VALUES (?, ?)",
+    [S_BUCKET_SET] = "UPDATE ferry_buckets SET add_checksum = ?, op_checksum = ?, count = ?, "
+                     "last_op = ? WHERE id = ?",
+    [S_OP_DEL_KEY] = "DELETE FROM ferry_oplog WHERE bucket = ? AND key = ? RETURNING hash",
+    [S_OP_INS] = "INSERT INTO ferry_oplog(bucket, key, op_id, row_type, row_id, data, hash) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    [S_MARK] = "INSERT OR IGNORE INTO ferry_updated(row_type, row_id, bucket) VALUES (?, ?, ?)",
+    [S_CLEAR_MARK] = "INSERT OR IGNORE INTO ferry_updated(row_type, row_id, bucket) "
+                     "SELECT row_type, row_id, ?2 FROM ferry_oplog WHERE bucket = ?1",
+    [S_CLEAR_DEL] = "DELETE FROM ferry_oplog WHERE bucket = ?",
+    [S_BUCKET_DROP] = "DELETE FROM ferry_buckets WHERE id = ?",
+    [S_BUCKET_PRIO] = "UPDATE ferry_buckets SET priority = ? WHERE name = ?",
+    [S_LAST_OP_ALL] = "UPDATE ferry_buckets SET last_op = ?",
+    [S_CRUD_COUNT] = "SELECT count(*) FROM ferry_crud",
+    [S_LIST] = "SELECT id, name, add_checksum, op_checksum, last_op FROM ferry_buckets ORDER BY name",
+};
+
+/* ---- small parsers (unit-tested) ------------------------------------------------------------ */
+
+int ferry__ck_parse(const json_t *v, uint32_t *out)
+{
+    if (json_is_integer(v)) {
+        json_int_t i = json_integer_value(v);
+        if (i < -2147483648LL || i > 4294967295LL) return -1;
+        *out = (uint32_t)(int64_t)i;
+        return 0;
+    }
+    if (json_is_real(v)) {
+        double d = json_real_value(v);
+        if (!(d >= -2147483648.0 && d <= 4294967295.0) || floor(d) != d) return -1;
+        *out = (uint32_t)(int64_t)d;
+        return 0;
+    }
+    return -1;
+}
+
+int ferry__parse_id(const json_t *v, int64_t *out)
+{
+    if (!json_is_string(v)) return -1;
+    const char *s = json_string_value(v);
+    if (!*s) return -1;
+    int64_t n = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9') return -1;
+        if (n > (INT64_MAX - (*s - '0')) / 10) return -1;
+        n = n * 10 + (*s - '0');
+    }
+    *out = n;
+    return 0;
+}
+
+/* ---- setup ---------------------------------------------------------------------------------- */
+
+int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
+{
+    (void)db;
+    memset(s, 0, sizeof *s);
+    s->conn = conn;
+    s->applied_cp = -1;
+    s->cp_write_cp = -1;
+    for (int i = 0; i < S_NSTMT; i++)
+        if (sqlite3_prepare_v3(conn, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
+            SQLITE_OK) {
+            snprintf(s->errmsg, sizeof s->errmsg, "could not prepare sync statements: %s",
+                     sqlite3_errmsg(conn));
+            ferry__sync_free(s);
+            return FERRY_ESQLITE;
+        }
+    return 0;
+}
+
+static void clear_buckets(ferry_sync_t *s)
+{
+    for (size_t i = 0; i < s->nbuckets; i++) free(s->buckets[i].name);
+    s->nbuckets = 0;
+}
+
+void ferry__sync_free(ferry_sync_t *s)
+{
+    for (int i = 0; i < S_NSTMT; i++) {
+        sqlite3_finalize(s->st[i]);
+        s->st[i] = NULL;
+    }
+    clear_buckets(s);
+    free(s->buckets);
+    s->buckets = NULL;
+    s->capbuckets = 0;
+}
+
+void ferry__sync_reset_connection(ferry_sync_t *s)
+{
+    clear_buckets(s);
+    s->have_cp = 0;
+    s->pending = 0;
+    s->complete_seen = 0;
+    s->cp_write_cp = -1;
+}
+
+static int sqlerr(ferry_sync_t *s, const char *what)
+{
+    snprintf(s->errmsg, sizeof s->errmsg, "could not %s: %s", what, sqlite3_errmsg(s->conn));
+    sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+    return FERRY_ESQLITE;
+}
+
+static int proto(ferry_sync_t *s, const char *fmt, const char *arg)
+{
+    snprintf(s->errmsg, sizeof s->errmsg, fmt, arg);
+    return FERRY_EPROTO;
+}
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -1;
+}
+
+/* ---- publishing ------------------------------------------------------------------------------ */
+
+typedef struct pub {
+    sqlite3 *conn;
+    sqlite3_stmt *highest;
+    sqlite3_stmt *put[FERRY_MAX_TABLES], *del[FERRY_MAX_TABLES];
+    uint64_t changed;
+    char err[200];
+} pub_t;
+
+static void pub_free(pub_t *p)
+{
+    sqlite3_finalize(p->highest);
+    for (int i = 0; i < FERRY_MAX_TABLES; i++) {
+        sqlite3_finalize(p->put[i]);
+        sqlite3_finalize(p->del[i]);
+    }
+}
+
+static int pub_init(ferry_db_t *db, pub_t *p, sqlite3 *conn)
+{
+    memset(p, 0, sizeof *p);
+    p->conn = conn;
+    if (sqlite3_prepare_v2(conn,
+                           "SELECT data FROM ferry_oplog WHERE row_type = ? AND row_id = ? "
+                           "ORDER BY op_id DESC LIMIT 1",
+                           -1, &p->highest, NULL) != SQLITE_OK)
+        return FERRY_ESQLITE;
+    (void)db;
+    return 0;
+}
+
+static int pub_stmts(ferry_db_t *db, pub_t *p, int ti)
+{
+    if (p->put[ti]) return 0;
+    ferry_tdef_t *t = &db->tables[ti];
+    size_t cap = 256 + strlen(t->name) * 2;
+    for (int i = 0; i < t->ncols; i++) cap += strlen(t->cols[i]) * 4 + 64;
+    char *sql = malloc(cap);
+    if (!sql) return FERRY_ENOMEM;
+    size_t n = (size_t)snprintf(sql, cap, "INSERT OR REPLACE INTO \"%s\"(id", t->name);
+    for (int i = 0; i < t->ncols; i++) n += (size_t)snprintf(sql + n, cap - n, ", \"%s\"", t->cols[i]);
+    n += (size_t)snprintf(sql + n, cap - n, ") VALUES (?1");
+    for (int i = 0; i < t->ncols; i++)
+        n += (size_t)snprintf(sql + n, cap - n, ", json_extract(?2, '$.\"%s\"')", t->cols[i]);
+    snprintf(sql + n, cap - n, ")");
+    int rc = sqlite3_prepare_v2(p->conn, sql, -1, &p->put[ti], NULL);
+    if (rc != SQLITE_OK) snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
+    if (rc == SQLITE_OK) {
+        snprintf(sql, cap, "DELETE FROM \"%s\" WHERE id = ?", t->name);
+        rc = sqlite3_prepare_v2(p->conn, sql, -1, &p->del[ti], NULL);
+    }
+    free(sql);
+    return rc == SQLITE_OK ? 0 : FERRY_ESQLITE;
+}
+
+/* Re-evaluates one row: the highest-op PUT across buckets, or a delete. Unknown types stay in the
+ * oplog only (published when the schema gains the table). */
+static int pub_row(ferry_db_t *db, pub_t *p, const char *type, const char *id)
+{
+    int ti = ferry__table_index(db, type);
+    if (ti < 0 || db->tables[ti].local_only) return 0;
+    int rc = pub_stmts(db, p, ti);
+    if (rc) return rc;
+    sqlite3_bind_text(p->highest, 1, type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(p->highest, 2, id, -1, SQLITE_STATIC);
+    int s = sqlite3_step(p->highest);
+    if (s == SQLITE_ROW) {
+        sqlite3_stmt *put = p->put[ti];
+        sqlite3_bind_text(put, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_value(put, 2, sqlite3_column_value(p->highest, 0));
+        s = sqlite3_step(put);
+        sqlite3_reset(put);
+        /* a data string that is not a JSON object makes json_extract fail: keep the id only */
+        if (s != SQLITE_DONE) {
+            sqlite3_bind_null(put, 2);
+            s = sqlite3_step(put);
+            if (s != SQLITE_DONE) snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
+            sqlite3_reset(put);
+        }
+    } else if (s == SQLITE_DONE) {
+        sqlite3_bind_text(p->del[ti], 1, id, -1, SQLITE_STATIC);
+        s = sqlite3_step(p->del[ti]);
+        if (s != SQLITE_DONE) snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
+        sqlite3_reset(p->del[ti]);
+    } else {
+        snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
+    }
+    sqlite3_reset(p->highest);
+    if (s != SQLITE_DONE) return FERRY_ESQLITE;
+    p->changed |= (uint64_t)1 << ti;
+    return 0;
+}
+
+int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type)
+{
+    pub_t p;
+    sqlite3_stmt *st = NULL;
+    int rc = pub_init(db, &p, conn);
+    if (!rc && sqlite3_prepare_v2(conn, "SELECT DISTINCT row_id FROM ferry_oplog WHERE row_type = ?",
+                                  -1, &st, NULL) != SQLITE_OK)
+        rc = FERRY_ESQLITE;
+    if (!rc) {
+        sqlite3_bind_text(st, 1, type, -1, SQLITE_STATIC);
+        while (!rc && sqlite3_step(st) == SQLITE_ROW)
+            rc = pub_row(db, &p, type, (const char *)sqlite3_column_text(st, 0));
+    }
+    sqlite3_finalize(st);
+    pub_free(&p);
+    return rc;
+}
+
+/* Can downloaded data be published now? Must run inside the publishing write transaction. */
+static int can_apply(ferry_sync_t *s, int *ok)
+{
+    sqlite3_stmt *st = s->st[S_CRUD_COUNT];
+    if (sqlite3_step(st) != SQLITE_ROW) { sqlite3_reset(st); return -1; }
+    int64_t n = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    int64_t target = ferry__kv_get_int(s->conn, "target", -1);
+    *ok = n == 0 && (target < 0 || (s->cp_write_cp >= 0 && target <= s->cp_write_cp));
+    return 0;
+}
+
+/* Publishes the marked rows of buckets with priority <= prio (prio < 0: all, a full
+ * checkpoint). Returns 1 when published, 0 when blocked by uploads, negative on error. */
+static int publish(ferry_db_t *db, ferry_sync_t *s, int prio)
+{
+    if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return sqlerr(s, "start the publish transaction");
+    int ok = 1;
+    if (prio != 0 && can_apply(s, &ok) != 0) return sqlerr(s, "read the upload queue");
+    if (!ok) {
+        sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+        return 0;
+    }
+    pub_t p;
+    int rc = pub_init(db, &p, s->conn);
+    sqlite3_stmt *sel = NULL;
+    char q[512];
+    if (prio < 0)
+        snprintf(q, sizeof q, "SELECT row_type, row_id FROM ferry_updated GROUP BY 1, 2");
+    else
+        snprintf(q, sizeof q, "SELECT row_type, row_id FROM ferry_updated WHERE bucket IN "
+                              "(SELECT id FROM ferry_buckets WHERE priority <= %d) GROUP BY 1, 2",
+                 prio);
+    if (!rc && sqlite3_prepare_v2(s->conn, q, -1, &sel, NULL) != SQLITE_OK) rc = FERRY_ESQLITE;
+    while (!rc) {
+        int st = sqlite3_step(sel);
+        if (st == SQLITE_DONE) break;
+        if (st != SQLITE_ROW) {
+            snprintf(p.err, sizeof p.err, "%s", sqlite3_errmsg(s->conn));
+            rc = FERRY_ESQLITE;
+            break;
+        }
+        rc = pub_row(db, &p, (const char *)sqlite3_column_text(sel, 0),
+                     (const char *)sqlite3_column_text(sel, 1));
+    }
+    sqlite3_finalize(sel);
+    uint64_t changed = p.changed;
+    pub_free(&p);
+    if (rc) {
+        sqlerr(s, "publish downloaded rows");
+        if (p.err[0]) snprintf(s->errmsg, sizeof s->errmsg, "could not publish rows: %s", p.err);
+        return rc;
+    }
+    if (prio < 0)
+        snprintf(q, sizeof q, "DELETE FROM ferry_updated");
+    else
+        snprintf(q, sizeof q, "DELETE FROM ferry_updated WHERE bucket IN "
+                              "(SELECT id FROM ferry_buckets WHERE priority <= %d)", prio);
+    if (sqlite3_exec(s->conn, q, NULL, NULL, NULL) != SQLITE_OK)
+        return sqlerr(s, "clear the rows to publish");
+    if (prio < 0) {
+        sqlite3_bind_int64(s->st[S_LAST_OP_ALL], 1, s->cp_last_op);
+        int64_t now = (int64_t)time(NULL);
+        /* the write checkpoint was reached: no gate until the next local write */
+        if (step_done(s->st[S_LAST_OP_ALL]) || ferry__kv_set_int(s->conn, "last_synced_at", now) ||
+            sqlite3_exec(s->conn, "DELETE FROM ferry_kv WHERE key = 'target'", NULL, NULL, NULL) ||
+            ferry__kv_set_int(s->conn, "applied_checkpoint", s->cp_last_op))
+            return sqlerr(s, "store the checkpoint");
+        pthread_mutex_lock(&db->mu);
+        db->status.last_synced_at = now;
+        db->status.applied_checkpoint = s->cp_last_op;
+        db->synced_ever = 1;
+        pthread_mutex_unlock(&db->mu);
+    }
+    if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        return sqlerr(s, "commit the checkpoint");
+    if (prio < 0) {
+        s->pending = 0;
+        s->applied_cp = s->cp_last_op;
+        pthread_mutex_lock(&db->mu);
+        db->conn_applied_write_cp = s->cp_write_cp;
+        pthread_mutex_unlock(&db->mu);
+    }
+    if (changed) ferry__notify(db, changed);
+    return 1;
+}
+
+int ferry__sync_try_pending(ferry_db_t *db, ferry_sync_t *s)
+{
+    if (!s->pending) return 0;
+    return publish(db, s, -1);
+}
+
+/* ---- buckets ------------------------------------------------------------------------------- */
+
+/* Deletes a local bucket: its rows are marked for re-evaluation, its ops and row removed.
+ * Runs inside a transaction. */
+static int drop_bucket(ferry_sync_t *s, int64_t id)
+{
+    sqlite3_bind_int64(s->st[S_CLEAR_MARK], 1, id);
+    sqlite3_bind_int64(s->st[S_CLEAR_MARK], 2, 0);
+    sqlite3_bind_int64(s->st[S_CLEAR_DEL], 1, id);
+    sqlite3_bind_int64(s->st[S_BUCKET_DROP], 1, id);
+    if (step_done(s->st[S_CLEAR_MARK]) || step_done(s->st[S_CLEAR_DEL]) ||
+        step_done(s->st[S_BUCKET_DROP]))
+        return -1;
+    return 0;
+}
+
+static ferry_cbucket_t *find_cbucket(ferry_sync_t *s, const char *name)
+{
+    for (size_t i = 0; i < s->nbuckets; i++)
+        if (strcmp(s->buckets[i].name, name) == 0) return &s->buckets[i];
+    return NULL;
+}
+
+/* Adds or replaces a bucket of the tracked checkpoint from a JSON entry. */
+static int track_bucket(ferry_sync_t *s, json_t *e)
+{
+    const char *name = json_string_value(json_object_get(e, "bucket"));
+    uint32_t ck;
+    if (!name) return proto(s, "checkpoint bucket without a name%s", "");
+    if (ferry__ck_parse(json_object_get(e, "checksum"), &ck))
+        return proto(s, "invalid checksum for bucket \"%s\"", name);
+    json_t *pr = json_object_get(e, "priority");
+    int prio = json_is_integer(pr) ? (int)json_integer_value(pr) : 3;
+    if (prio < 0 || prio > 3) prio = 3;
+    json_t *cn = json_object_get(e, "count");
+    ferry_cbucket_t *b = find_cbucket(s, name);
+    if (!b) {
+        if (s->nbuckets == s->capbuckets) {
+            size_t cap = s->capbuckets ? s->capbuckets * 2 : 16;
+            ferry_cbucket_t *nb = realloc(s->buckets, cap * sizeof *nb);
+            if (!nb) return FERRY_ENOMEM;
+            s->buckets = nb;
+            s->capbuckets = cap;
+        }
+        b = &s->buckets[s->nbuckets];
+        b->name = strdup(name);
+        if (!b->name) return FERRY_ENOMEM;
+        s->nbuckets++;
+    }
+    b->checksum = ck;
+    b->priority = prio;
+    b->count = json_is_integer(cn) ? json_integer_value(cn) : 0;
+    sqlite3_bind_int(s->st[S_BUCKET_PRIO], 1, prio);
+    sqlite3_bind_text(s->st[S_BUCKET_PRIO], 2, name, -1, SQLITE_STATIC);
+    if (step_done(s->st[S_BUCKET_PRIO])) return sqlerr(s, "store a bucket priority");
+    return 0;
+}
+
+static void untrack_bucket(ferry_sync_t *s, const char *name)
+{
+    ferry_cbucket_t *b = find_cbucket(s, name);
+    if (!b) return;
+    free(b->name);
+    *b = s->buckets[--s->nbuckets];
+}
+
+/* Progress: expected ops = per bucket, its count minus what is stored locally. */
+static void reset_progress(ferry_db_t *db, ferry_sync_t *s)
+{
+    int64_t tot[4] = {0};
+    for (size_t i = 0; i < s->nbuckets; i++) {
+        ferry_cbucket_t *b = &s->buckets[i];
+        int64_t have = 0;
+        sqlite3_stmt *st = s->st[S_BUCKET_GET];
+        sqlite3_bind_text(st, 1, b->name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) have = sqlite3_column_int64(st, 3);
+        sqlite3_reset(st);
+        if (b->count > have) tot[b->priority] += b->count - have;
+    }
+    pthread_mutex_lock(&db->mu);
+    db->status.ops_total = 0;
+    db->status.ops_downloaded = 0;
+    for (int p = 0; p < 4; p++) {
+        db->status.prio_total[p] = tot[p];
+        db->status.prio_downloaded[p] = 0;
+        db->status.ops_total += tot[p];
+    }
+    db->status.downloading = 1;
+    pthread_mutex_unlock(&db->mu);
+}
+
+static int line_checkpoint(ferry_db_t *db, ferry_sync_t *s, json_t *cp, int diff)
+{
+    int64_t last;
+    if (!json_is_object(cp) || ferry__parse_id(json_object_get(cp, "last_op_id"), &last))
+        return proto(s, "%s line without a valid last_op_id", diff ? "checkpoint_diff" : "checkpoint");
+    if (diff && !s->have_cp) return proto(s, "checkpoint_diff before any checkpoint%s", "");
+    json_t *wc = json_object_get(cp, "write_checkpoint");
+    int64_t wcp = -1;
+    if (wc && !json_is_null(wc) && ferry__parse_id(wc, &wcp)) return proto(s, "invalid write_checkpoint%s", "");
+    if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return sqlerr(s, "start a transaction");
+    int rc = 0;
+    size_t i;
+    json_t *e;
+    if (!diff) {
+        json_t *arr = json_object_get(cp, "buckets");
+        if (!json_is_array(arr)) { sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL); return proto(s, "checkpoint without buckets%s", ""); }
+        clear_buckets(s);
+        json_array_foreach(arr, i, e) if (!rc) rc = track_bucket(s, e);
+        /* local buckets absent from a full checkpoint are deleted */
+        if (!rc) {
+            sqlite3_stmt *st = s->st[S_LIST];
+            int64_t drop[256];
+            int ndrop;
+            do {
+                ndrop = 0;
+                while (ndrop < 256 && sqlite3_step(st) == SQLITE_ROW)
+                    if (!find_cbucket(s, (const char *)sqlite3_column_text(st, 1)))
+                        drop[ndrop++] = sqlite3_column_int64(st, 0);
+                sqlite3_reset(st);
+                for (int k = 0; k < ndrop && !rc; k++)
+                    if (drop_bucket(s, drop[k])) rc = sqlerr(s, "delete a bucket");
+            } while (!rc && ndrop == 256);
+        }
+    } else {
+        json_t *up = json_object_get(cp, "updated_buckets");
+        json_t *rm = json_object_get(cp, "removed_buckets");
+        if (!json_is_array(up) || !json_is_array(rm)) {
+            sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+            return proto(s, "checkpoint_diff without updated_buckets and removed_buckets%s", "");
+        }
+        json_array_foreach(up, i, e) if (!rc) rc = track_bucket(s, e);
+        json_array_foreach(rm, i, e)
+        {
+            const char *name = json_string_value(e);
+            if (!name || rc) continue;
+            untrack_bucket(s, name);
+            sqlite3_stmt *st = s->st[S_BUCKET_GET];
+            sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+            int64_t id = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+            sqlite3_reset(st);
+            if (id >= 0 && drop_bucket(s, id)) rc = sqlerr(s, "delete a bucket");
+        }
+    }
+    if (rc) {
+        sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+        return rc;
+    }
+    if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        return sqlerr(s, "commit a checkpoint");
+    s->have_cp = 1;
+    s->cp_last_op = last;
+    s->cp_write_cp = wcp;
+    s->pending = 0;
+    s->complete_seen = 0;
+    reset_progress(db, s);
+    ferry__status_changed(db);
+    return 0;
+}
+
+/* ---- data lines ---------------------------------------------------------------------------- */
+
+static int line_data(ferry_db_t *db, ferry_sync_t *s, json_t *d)
+{
+    const char *bname = json_string_value(json_object_get(d, "bucket"));
+    json_t *ops = json_object_get(d, "data");
+    if (!bname || !json_is_array(ops)) return proto(s, "data line without bucket or data%s", "");
+    if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return sqlerr(s, "start a transaction");
+    sqlite3_stmt *st = s->st[S_BUCKET_GET];
+    sqlite3_bind_text(st, 1, bname, -1, SQLITE_STATIC);
+    int64_t bid = -1, count = 0;
+    uint32_t addck = 0, opck = 0;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        bid = sqlite3_column_int64(st, 0);
+        addck = (uint32_t)sqlite3_column_int64(st, 1);
+        opck = (uint32_t)sqlite3_column_int64(st, 2);
+        count = sqlite3_column_int64(st, 3);
+    }
+    sqlite3_reset(st);
+    ferry_cbucket_t *cb = find_cbucket(s, bname);
+    int prio = cb ? cb->priority : 3;
+    if (bid < 0) {
+        sqlite3_bind_text(s->st[S_BUCKET_INS], 1, bname, -1, SQLITE_STATIC);
+        sqlite3_bind_int(s->st[S_BUCKET_INS], 2, prio);
+        if (step_done(s->st[S_BUCKET_INS])) return sqlerr(s, "create a bucket");
+        bid = sqlite3_last_insert_rowid(s->conn);
+    }
+    size_t i;
+    json_t *op;
+    int64_t last = -1;
+    char keybuf[512];
+    sqlite3_stmt *del = s->st[S_OP_DEL_KEY], *ins = s->st[S_OP_INS], *mark = s->st[S_MARK];
+    json_array_foreach(ops, i, op)
+    {
+        int64_t opid;
+        uint32_t ck;
+        const char *kind = json_string_value(json_object_get(op, "op"));
+        if (ferry__parse_id(json_object_get(op, "op_id"), &opid) || !kind ||
+            ferry__ck_parse(json_object_get(op, "checksum"), &ck)) {
+            sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+            return proto(s, "invalid op in bucket \"%s\"", bname);
+        }
+        last = opid;
+        count++;
+        int put = strcmp(kind, "PUT") == 0;
+        if (put || strcmp(kind, "REMOVE") == 0) {
+            const char *type = json_string_value(json_object_get(op, "object_type"));
+            const char *oid = json_string_value(json_object_get(op, "object_id"));
+            const char *sub = json_string_value(json_object_get(op, "subkey"));
+            if (!type || !oid) {
+                sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+                return proto(s, "PUT or REMOVE without object_type and object_id in \"%s\"", bname);
+            }
+            char *key = keybuf;
+            size_t need = strlen(type) + strlen(oid) + (sub ? strlen(sub) : 4) + 3;
+            if (need > sizeof keybuf && !(key = malloc(need))) {
+                sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+                return FERRY_ENOMEM;
+            }
+            snprintf(key, need, "%s/%s/%s", type, oid, sub ? sub : "null");
+            sqlite3_bind_int64(del, 1, bid);
+            sqlite3_bind_text(del, 2, key, -1, SQLITE_STATIC);
+            int r;
+            while ((r = sqlite3_step(del)) == SQLITE_ROW) {
+                uint32_t old = (uint32_t)sqlite3_column_int64(del, 0);
+                addck += old;
+                opck -= old;
+            }
+            sqlite3_reset(del);
+            int bad = r != SQLITE_DONE;
+            if (put) {
+                opck += ck;
+                const char *data = json_string_value(json_object_get(op, "data"));
+                sqlite3_bind_int64(ins, 1, bid);
+                sqlite3_bind_text(ins, 2, key, -1, SQLITE_STATIC);
+                sqlite3_bind_int64(ins, 3, opid);
+                sqlite3_bind_text(ins, 4, type, -1, SQLITE_STATIC);
+                sqlite3_bind_text(ins, 5, oid, -1, SQLITE_STATIC);
+                if (data)
+                    sqlite3_bind_text(ins, 6, data, -1, SQLITE_STATIC);
+                else
+                    sqlite3_bind_null(ins, 6);
+                sqlite3_bind_int64(ins, 7, ck);
+                bad |= step_done(ins);
+            } else {
+                addck += ck;
+            }
+            sqlite3_bind_text(mark, 1, type, -1, SQLITE_STATIC);
+            sqlite3_bind_text(mark, 2, oid, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(mark, 3, bid);
+            bad |= step_done(mark);
+            if (key != keybuf) free(key);
+            if (bad) return sqlerr(s, "store an op");
+        } else if (strcmp(kind, "MOVE") == 0) {
+            addck += ck;
+        } else if (strcmp(kind, "CLEAR") == 0) {
+            sqlite3_bind_int64(s->st[S_CLEAR_MARK], 1, bid);
+            sqlite3_bind_int64(s->st[S_CLEAR_MARK], 2, bid);
+            sqlite3_bind_int64(s->st[S_CLEAR_DEL], 1, bid);
+            if (step_done(s->st[S_CLEAR_MARK]) || step_done(s->st[S_CLEAR_DEL]))
+                return sqlerr(s, "clear a bucket");
+            addck = ck;
+            opck = 0;
+            count = 1;
+        } /* unknown op kinds count towards nothing: ignored */
+    }
+    if (last >= 0) {
+        sqlite3_stmt *set = s->st[S_BUCKET_SET];
+        sqlite3_bind_int64(set, 1, addck);
+        sqlite3_bind_int64(set, 2, opck);
+        sqlite3_bind_int64(set, 3, count);
+        sqlite3_bind_int64(set, 4, last);
+        sqlite3_bind_int64(set, 5, bid);
+        if (step_done(set)) return sqlerr(s, "update a bucket");
+    }
+    if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        return sqlerr(s, "commit a data line");
+    pthread_mutex_lock(&db->mu);
+    db->status.ops_downloaded += (int64_t)json_array_size(ops);
+    db->status.ops_received_total += (int64_t)json_array_size(ops);
+    db->status.prio_downloaded[prio] += (int64_t)json_array_size(ops);
+    pthread_mutex_unlock(&db->mu);
+    return 0;
+}
+
+/* ---- validation ------------------------------------------------------------------------------ */
+
+/* Validates the buckets with priority <= prio (prio < 0: all); drops failing ones. Returns 0
+ * when valid, FERRY_ECHECKSUM after dropping, or another negative code. */
+static int validate(ferry_db_t *db, ferry_sync_t *s, int prio)
+{
+    int failed = 0;
+    char first[160] = "";
+    if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return sqlerr(s, "start a transaction");
+    for (size_t i = 0; i < s->nbuckets; i++) {
+        ferry_cbucket_t *b = &s->buckets[i];
+        if (prio >= 0 && b->priority > prio) continue;
+        sqlite3_stmt *st = s->st[S_BUCKET_GET];
+        sqlite3_bind_text(st, 1, b->name, -1, SQLITE_STATIC);
+        uint32_t local = 0;
+        int64_t id = -1;
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            id = sqlite3_column_int64(st, 0);
+            local = (uint32_t)sqlite3_column_int64(st, 1) + (uint32_t)sqlite3_column_int64(st, 2);
+        }
+        sqlite3_reset(st);
+        if (local == b->checksum) continue;
+        if (!failed)
+            snprintf(first, sizeof first, "\"%s\" (local %u, server %u)", b->name, local,
+                     b->checksum);
+        failed++;
+        if (id >= 0 && drop_bucket(s, id)) return sqlerr(s, "delete a bucket");
+    }
+    if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        return sqlerr(s, "commit");
+    if (!failed) return 0;
+    snprintf(s->errmsg, sizeof s->errmsg,
+             "checksum mismatch in %d bucket(s), first %s; downloading again", failed, first);
+    pthread_mutex_lock(&db->mu);
+    db->status.checksum_failures += failed;
+    pthread_mutex_unlock(&db->mu);
+    return FERRY_ECHECKSUM;
+}
+
+static int line_complete(ferry_db_t *db, ferry_sync_t *s, int prio)
+{
+    if (!s->have_cp) return proto(s, "checkpoint complete before any checkpoint%s", "");
+    int rc = validate(db, s, prio);
+    if (rc == FERRY_ECHECKSUM) {
+        ferry__sync_reset_connection(s);
+        return FERRY_LINE_RECONNECT;
+    }
+    if (rc) return rc;
+    if (prio < 0) {
+        s->complete_seen = 1;
+        s->pending = 1;
+        pthread_mutex_lock(&db->mu);
+        db->status.downloading = 0;
+        pthread_mutex_unlock(&db->mu);
+    }
+    rc = publish(db, s, prio);
+    if (rc < 0) return rc;
+    ferry__status_changed(db);
+    return 0;
+}
+
+/* ---- lines --------------------------------------------------------------------------------- */
+
+int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t len)
+{
+    while (len && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t')) len--;
+    while (len && (*line == ' ' || *line == '\t' || *line == '\r')) { line++; len--; }
+    if (len == 0) return 0;
+    json_error_t jerr;
+    json_t *root = json_loadb(line, len, 0, &jerr);
+    if (!root) return proto(s, "could not parse a sync line: %s", jerr.text);
+    int rc = 0;
+    if (!json_is_object(root) || json_object_size(root) != 1) {
+        rc = proto(s, "a sync line must be an object with exactly one key%s", "");
+        goto out;
+    }
+    const char *key = json_object_iter_key(json_object_iter(root));
+    json_t *v = json_object_iter_value(json_object_iter(root));
+    if (strcmp(key, "data") == 0) {
+        rc = line_data(db, s, v);
+    } else if (strcmp(key, "checkpoint") == 0) {
+        rc = line_checkpoint(db, s, v, 0);
+    } else if (strcmp(key, "checkpoint_diff") == 0) {
+        rc = line_checkpoint(db, s, v, 1);
+    } else if (strcmp(key, "checkpoint_complete") == 0) {
+        rc = line_complete(db, s, -1);
+    } else if (strcmp(key, "partial_checkpoint_complete") == 0) {
+        json_t *p = json_object_get(v, "priority");
+        if (!json_is_integer(p)) {
+            rc = proto(s, "partial_checkpoint_complete without a priority%s", "");
+        } else {
+            int pr = (int)json_integer_value(p);
+            rc = line_complete(db, s, pr < 0 ? 0 : pr > 3 ? 3 : pr);
+        }
+    } else if (strcmp(key, "token_expires_in") == 0) {
+        json_int_t t = json_integer_value(v);
+        if (json_is_integer(v) && t <= 30) rc = FERRY_LINE_REFRESH;
+    } /* other line types are ignored (protocol §1.2) */
+out:
+    json_decref(root);
+    return rc;
+}
+
+char *ferry__request_body(ferry_db_t *db, ferry_sync_t *s)
+{
+    json_t *body = json_object(), *arr = json_array();
+    json_t *params = NULL;
+    if (db->params_json) params = json_loads(db->params_json, 0, NULL);
+    if (!json_is_object(params)) {
+        json_decref(params);
+        params = json_object();
+    }
+    int ok = body && arr && params;
+    sqlite3_stmt *st = s->st[S_LIST];
+    while (ok && sqlite3_step(st) == SQLITE_ROW) {
+        char after[24];
+        snprintf(after, sizeof after, "%lld", (long long)sqlite3_column_int64(st, 4));
+        json_t *b = json_pack("{s:s,s:s}", "name", (const char *)sqlite3_column_text(st, 1),
+                              "after", after);
+        ok = b && json_array_append_new(arr, b) == 0;
+    }
+    sqlite3_reset(st);
+    char *out = NULL;
+    if (ok && json_object_set_new(body, "buckets", arr) == 0) {
+        arr = NULL;
+        json_object_set_new(body, "include_checksum", json_true());
+        json_object_set_new(body, "raw_data", json_true());
+        json_object_set_new(body, "binary_data", json_true());
+        json_object_set_new(body, "client_id", json_string(db->client_id));
+        json_object_set_new(body, "parameters", params);
+        params = NULL;
+        out = json_dumps(body, JSON_COMPACT);
+    }
+    json_decref(arr);
+    json_decref(params);
+    json_decref(body);
+    return out;
+}

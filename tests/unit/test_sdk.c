@@ -1,0 +1,444 @@
+/* test_sdk.c -- unit tests of libferry: lines, checksums, oplog semantics, triggers, watches
+ *
+ * Lines are fed straight to the sync engine (ferry__sync_line) on a real SQLite file, so the
+ * tests cover the same code the sync thread runs, without a network.
+ */
+#include "clientsdk/src/ferry_int.h"
+
+#include <check.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const ferry_column_t T_COLS[] = {{"description", FERRY_TEXT}, {"done", FERRY_INTEGER},
+                                        {"score", FERRY_REAL}, {NULL, 0}};
+static const ferry_column_t L_COLS[] = {{"name", FERRY_TEXT}, {NULL, 0}};
+static const ferry_table_t TABLES[] = {{"todos", T_COLS, NULL, 0},
+                                       {"drafts", L_COLS, NULL, 1},
+                                       {NULL, NULL, NULL, 0}};
+static const ferry_schema_t SCHEMA = {TABLES};
+
+static char path[64];
+static ferry_db_t *db;
+static sqlite3 *sconn;
+
+static void setup(void)
+{
+    snprintf(path, sizeof path, "/tmp/ferry-test-sdk.%d.db", (int)getpid());
+    unlink(path);
+    ferry_error_t err;
+    ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
+    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+}
+
+static void teardown(void)
+{
+    ferry__sync_free(&db->sync);
+    sqlite3_close_v2(sconn);
+    db->sync.conn = NULL;
+    ferry_close(db);
+    char p[80];
+    unlink(path);
+    snprintf(p, sizeof p, "%s-wal", path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", path);
+    unlink(p);
+}
+
+static int line(const char *l)
+{
+    int rc = ferry__sync_line(db, &db->sync, l, strlen(l));
+    if (rc < 0) fprintf(stderr, "line failed: %s\n", db->sync.errmsg);
+    return rc;
+}
+
+/* One text value from the app connection ("" for no row, "NULL" for NULL). */
+static char result[4096];
+static const char *q(const char *sql)
+{
+    sqlite3_stmt *st;
+    result[0] = 0;
+    ck_assert_msg(sqlite3_prepare_v2(ferry_sqlite(db), sql, -1, &st, NULL) == SQLITE_OK, "%s: %s",
+                  sql, sqlite3_errmsg(ferry_sqlite(db)));
+    size_t n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const unsigned char *v = sqlite3_column_text(st, 0);
+        n += (size_t)snprintf(result + n, sizeof result - n, "%s%s", n ? "," : "",
+                              v ? (const char *)v : "NULL");
+    }
+    sqlite3_finalize(st);
+    return result;
+}
+
+static char buf[8192];
+static const char *op(const char *id, const char *kind, const char *obj, const char *sub,
+                      const char *data, long long ck)
+{
+    static char o[1024];
+    if (strcmp(kind, "PUT") == 0)
+        snprintf(o, sizeof o,
+                 "{\"op_id\":\"%s\",\"op\":\"PUT\",\"object_type\":\"todos\",\"object_id\":\"%s\","
+                 "\"subkey\":\"%s\",\"checksum\":%lld,\"data\":\"%s\"}",
+                 id, obj, sub, ck, data);
+    else if (strcmp(kind, "REMOVE") == 0)
+        snprintf(o, sizeof o,
+                 "{\"op_id\":\"%s\",\"op\":\"REMOVE\",\"object_type\":\"todos\",\"object_id\":\"%s\","
+                 "\"subkey\":\"%s\",\"checksum\":%lld}",
+                 id, obj, sub, ck);
+    else
+        snprintf(o, sizeof o, "{\"op_id\":\"%s\",\"op\":\"%s\",\"checksum\":%lld}", id, kind, ck);
+    return o;
+}
+
+static const char *data_line(const char *bucket, const char *ops)
+{
+    snprintf(buf, sizeof buf, "{\"data\":{\"bucket\":\"%s\",\"after\":\"0\",\"has_more\":false,\"data\":[%s]}}",
+             bucket, ops);
+    return buf;
+}
+
+/* ---- checksums and parsing ---------------------------------------------------------------- */
+
+START_TEST(test_sdk_ck_parse_signed_and_unsigned)
+{
+    uint32_t v;
+    json_t *j = json_integer(2582164875LL);
+    ck_assert_int_eq(ferry__ck_parse(j, &v), 0);
+    ck_assert_uint_eq(v, 2582164875u);
+    json_decref(j);
+    j = json_integer(-1712802421LL); /* the same value as signed int32 */
+    ck_assert_int_eq(ferry__ck_parse(j, &v), 0);
+    ck_assert_uint_eq(v, 2582164875u);
+    json_decref(j);
+    j = json_real(-721471609.0);
+    ck_assert_int_eq(ferry__ck_parse(j, &v), 0);
+    ck_assert_uint_eq(v, (uint32_t)-721471609);
+    json_decref(j);
+    j = json_integer(4294967296LL);
+    ck_assert_int_eq(ferry__ck_parse(j, &v), -1);
+    json_decref(j);
+    j = json_integer(-2147483649LL);
+    ck_assert_int_eq(ferry__ck_parse(j, &v), -1);
+    json_decref(j);
+    j = json_real(1.5);
+    ck_assert_int_eq(ferry__ck_parse(j, &v), -1);
+    json_decref(j);
+    j = json_string("5");
+    ck_assert_int_eq(ferry__ck_parse(j, &v), -1);
+    json_decref(j);
+}
+END_TEST
+
+START_TEST(test_sdk_ck_add_wraps)
+{
+    ck_assert_uint_eq(ferry__ck_add(4294967295u, 2), 1);
+    ck_assert_uint_eq(ferry__ck_add(2582164875u, 3003552978u), 1290750557u); /* protocol §2.2 */
+    ck_assert_uint_eq(ferry__ck_add((uint32_t)-5, 5), 0);
+}
+END_TEST
+
+START_TEST(test_sdk_parse_id_strings_only)
+{
+    int64_t v;
+    json_t *j = json_string("9223372036854775807");
+    ck_assert_int_eq(ferry__parse_id(j, &v), 0);
+    ck_assert(v == INT64_MAX);
+    json_decref(j);
+    j = json_string("9223372036854775808");
+    ck_assert_int_eq(ferry__parse_id(j, &v), -1);
+    json_decref(j);
+    j = json_integer(5); /* a JSON number is not an op id (protocol §8.1) */
+    ck_assert_int_eq(ferry__parse_id(j, &v), -1);
+    json_decref(j);
+    j = json_string("-1");
+    ck_assert_int_eq(ferry__parse_id(j, &v), -1);
+    json_decref(j);
+}
+END_TEST
+
+/* ---- lines ---------------------------------------------------------------------------------- */
+
+START_TEST(test_sdk_line_unknown_ignored_and_shape_checked)
+{
+    ck_assert_int_eq(line("{\"foo\":{\"x\":1}}"), 0);
+    ck_assert_int_eq(line("   "), 0);
+    ck_assert_int_eq(line("{\"a\":1,\"b\":2}"), FERRY_EPROTO);
+    ck_assert_int_eq(line("{\"checkpoint\":"), FERRY_EPROTO);
+    ck_assert_int_eq(line("[1]"), FERRY_EPROTO);
+    /* op ids as numbers are rejected */
+    ck_assert_int_eq(line("{\"checkpoint\":{\"last_op_id\":2,\"buckets\":[]}}"), FERRY_EPROTO);
+    ck_assert_int_eq(line("{\"checkpoint_diff\":{\"last_op_id\":\"2\",\"updated_buckets\":[],"
+                          "\"removed_buckets\":[]}}"), FERRY_EPROTO); /* diff before checkpoint */
+    ck_assert_int_eq(line("{\"token_expires_in\":3600}"), 0);
+    ck_assert_int_eq(line("{\"token_expires_in\":20}"), FERRY_LINE_REFRESH);
+    ck_assert_int_eq(line("{\"token_expires_in\":0}"), FERRY_LINE_REFRESH);
+}
+END_TEST
+
+/* The example session of protocol §2.2, with the real checksums. */
+START_TEST(test_sdk_line_session_applies)
+{
+    ck_assert_int_eq(line("{\"checkpoint\":{\"last_op_id\":\"2\",\"buckets\":[{\"bucket\":\"global[]\","
+                          "\"checksum\":1290750557,\"count\":2,\"priority\":3}]}}"), 0);
+    char ops[2048];
+    snprintf(ops, sizeof ops, "%s,", op("1", "PUT", "a", "s-a", "{\\\"id\\\":\\\"a\\\",\\\"description\\\":\\\"Test 1\\\"}", 2582164875LL));
+    strcat(ops, op("2", "PUT", "b", "s-b", "{\\\"id\\\":\\\"b\\\",\\\"description\\\":\\\"Test 2\\\"}", 3003552978LL));
+    ck_assert_int_eq(line(data_line("global[]", ops)), 0);
+    ck_assert_str_eq(q("SELECT count(*) FROM todos"), "0"); /* not before checkpoint_complete */
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), 0);
+    ck_assert_str_eq(q("SELECT id || ':' || description FROM todos ORDER BY id"), "a:Test 1,b:Test 2");
+    ck_assert_str_eq(q("SELECT last_op || ':' || ((add_checksum + op_checksum) % 4294967296) FROM ferry_buckets"),
+                     "2:1290750557");
+    ck_assert_str_eq(q("SELECT count(*) FROM ferry_crud"), "0"); /* server data is not queued */
+    char *body = ferry__request_body(db, &db->sync);
+    ck_assert_ptr_nonnull(strstr(body, "\"buckets\":[{\"name\":\"global[]\",\"after\":\"2\"}]"));
+    free(body);
+}
+END_TEST
+
+/* ---- oplog semantics --------------------------------------------------------------------------- */
+
+static void cp(const char *last, const char *buckets)
+{
+    char l[2048];
+    snprintf(l, sizeof l, "{\"checkpoint\":{\"last_op_id\":\"%s\",\"buckets\":[%s]}}", last, buckets);
+    ck_assert_int_eq(line(l), 0);
+}
+
+START_TEST(test_sdk_oplog_row_in_two_buckets_remove_from_one)
+{
+    /* row x is in buckets A and B; B's copy is newer (op 2) and wins; REMOVE from B makes A's
+     * copy visible; REMOVE from A too deletes the row */
+    cp("2", "{\"bucket\":\"A\",\"checksum\":10},{\"bucket\":\"B\",\"checksum\":20}");
+    ck_assert_int_eq(line(data_line("A", op("1", "PUT", "x", "k", "{\\\"description\\\":\\\"from A\\\"}", 10))), 0);
+    ck_assert_int_eq(line(data_line("B", op("2", "PUT", "x", "k", "{\\\"description\\\":\\\"from B\\\"}", 20))), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), 0);
+    ck_assert_str_eq(q("SELECT description FROM todos WHERE id = 'x'"), "from B");
+    ck_assert_int_eq(line("{\"checkpoint_diff\":{\"last_op_id\":\"3\",\"updated_buckets\":[{\"bucket\":\"B\",\"checksum\":25}],\"removed_buckets\":[]}}"), 0);
+    ck_assert_int_eq(line(data_line("B", op("3", "REMOVE", "x", "k", NULL, 5))), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"3\"}}"), 0);
+    ck_assert_str_eq(q("SELECT description FROM todos WHERE id = 'x'"), "from A");
+    ck_assert_int_eq(line("{\"checkpoint_diff\":{\"last_op_id\":\"4\",\"updated_buckets\":[{\"bucket\":\"A\",\"checksum\":17}],\"removed_buckets\":[]}}"), 0);
+    ck_assert_int_eq(line(data_line("A", op("4", "REMOVE", "x", "k", NULL, 7))), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"4\"}}"), 0);
+    ck_assert_str_eq(q("SELECT count(*) FROM todos"), "0");
+}
+END_TEST
+
+START_TEST(test_sdk_oplog_move_and_clear)
+{
+    /* ops 1 (a), 2 (b); then CLEAR at op 3 replaces them (checksum = their sum), PUT b at op 4;
+     * a MOVE adds its checksum only */
+    cp("2", "{\"bucket\":\"g\",\"checksum\":300}");
+    char ops[2048];
+    snprintf(ops, sizeof ops, "%s,", op("1", "PUT", "a", "a", "{\\\"description\\\":\\\"A\\\"}", 100));
+    strcat(ops, op("2", "PUT", "b", "b", "{\\\"description\\\":\\\"B\\\"}", 200));
+    ck_assert_int_eq(line(data_line("g", ops)), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), 0);
+    ck_assert_str_eq(q("SELECT group_concat(id) FROM todos"), "a,b");
+    /* CLEAR(3, 300) + PUT b(4, 50) + MOVE(5, 7): checksum 300 + 50 + 7 */
+    ck_assert_int_eq(line("{\"checkpoint_diff\":{\"last_op_id\":\"5\",\"updated_buckets\":[{\"bucket\":\"g\",\"checksum\":357}],\"removed_buckets\":[]}}"), 0);
+    snprintf(ops, sizeof ops, "%s,", op("3", "CLEAR", NULL, NULL, NULL, 300));
+    strcat(ops, op("4", "PUT", "b", "b", "{\\\"description\\\":\\\"B2\\\"}", 50));
+    strcat(ops, ",");
+    strcat(ops, op("5", "MOVE", NULL, NULL, NULL, 7));
+    ck_assert_int_eq(line(data_line("g", ops)), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"5\"}}"), 0);
+    ck_assert_str_eq(q("SELECT group_concat(id || ':' || description) FROM todos"), "b:B2");
+    ck_assert_int_eq(db->status.checksum_failures, 0);
+}
+END_TEST
+
+START_TEST(test_sdk_oplog_checksum_wraparound_and_mismatch)
+{
+    /* two ops whose sum wraps past 2^32; the bucket checksum sent signed */
+    cp("2", "{\"bucket\":\"w\",\"checksum\":-2}"); /* (4294967295 + 4294967295) mod 2^32 */
+    char ops[2048];
+    snprintf(ops, sizeof ops, "%s,", op("1", "PUT", "a", "a", "{}", 4294967295LL));
+    strcat(ops, op("2", "PUT", "b", "b", "{}", -1));
+    ck_assert_int_eq(line(data_line("w", ops)), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), 0);
+    ck_assert_str_eq(q("SELECT count(*) FROM todos"), "2");
+    /* a wrong checksum: the bucket is dropped (rows stay until a valid checkpoint) */
+    cp("3", "{\"bucket\":\"w\",\"checksum\":12}");
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"3\"}}"), FERRY_LINE_RECONNECT);
+    ck_assert_str_eq(q("SELECT count(*) FROM ferry_buckets"), "0");
+    ck_assert_str_eq(q("SELECT count(*) FROM todos"), "2");
+    ck_assert_int_eq(db->status.checksum_failures, 1);
+    char *body = ferry__request_body(db, &db->sync);
+    ck_assert_ptr_nonnull(strstr(body, "\"buckets\":[]"));
+    free(body);
+}
+END_TEST
+
+START_TEST(test_sdk_oplog_absent_bucket_deleted_and_priority_zero_first)
+{
+    cp("2", "{\"bucket\":\"hi\",\"checksum\":1,\"priority\":0},{\"bucket\":\"lo\",\"checksum\":2}");
+    ck_assert_int_eq(line(data_line("hi", op("1", "PUT", "h", "h", "{\\\"description\\\":\\\"urgent\\\"}", 1))), 0);
+    /* a pending local write blocks priority 3, not priority 0 */
+    ck_assert_str_eq(q("SELECT 1 FROM (SELECT 1)"), "1");
+    ck_assert_int_eq(sqlite3_exec(ferry_sqlite(db), "INSERT INTO todos(id, description) VALUES ('local', 'mine')", NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_int_eq(line("{\"partial_checkpoint_complete\":{\"last_op_id\":\"2\",\"priority\":0}}"), 0);
+    ck_assert_str_eq(q("SELECT group_concat(id) FROM (SELECT id FROM todos ORDER BY id)"), "h,local");
+    ck_assert_int_eq(line(data_line("lo", op("2", "PUT", "l", "l", "{\\\"description\\\":\\\"later\\\"}", 2))), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), 0);
+    ck_assert_str_eq(q("SELECT group_concat(id) FROM (SELECT id FROM todos ORDER BY id)"), "h,local");
+    ck_assert_int_eq(db->sync.pending, 1);
+    /* the upload finished and the server acknowledged write checkpoint 7 */
+    ck_assert_int_eq(sqlite3_exec(ferry_sqlite(db), "DELETE FROM ferry_crud; UPDATE ferry_kv SET value = 7 WHERE key = 'target'", NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_int_eq(ferry__sync_try_pending(db, &db->sync), 0); /* write checkpoint not seen yet */
+    ck_assert_int_eq(line("{\"checkpoint_diff\":{\"last_op_id\":\"2\",\"write_checkpoint\":\"7\",\"updated_buckets\":[],\"removed_buckets\":[]}}"), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), 0);
+    /* the local-only row the server never accepted disappears; server rows are shown */
+    ck_assert_str_eq(q("SELECT group_concat(id) FROM (SELECT id FROM todos ORDER BY id)"), "h,l");
+    /* a full checkpoint without "lo" deletes it and its row */
+    cp("3", "{\"bucket\":\"hi\",\"checksum\":1,\"priority\":0}");
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"3\"}}"), 0);
+    ck_assert_str_eq(q("SELECT group_concat(id) FROM todos"), "h");
+    ck_assert_str_eq(q("SELECT group_concat(name) FROM ferry_buckets"), "hi");
+}
+END_TEST
+
+/* ---- local writes ----------------------------------------------------------------------------- */
+
+START_TEST(test_sdk_triggers_record_put_patch_delete)
+{
+    sqlite3 *a = ferry_sqlite(db);
+    ck_assert_int_eq(ferry_begin(db, NULL), 0);
+    ck_assert_int_eq(sqlite3_exec(a, "INSERT INTO todos(id, description, done) VALUES ('t1', 'milk', 0);"
+                                     "INSERT INTO todos(id, description) VALUES ('t2', 'eggs')", NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_int_eq(ferry_commit(db, NULL), 0);
+    ck_assert_int_eq(sqlite3_exec(a, "UPDATE todos SET done = 1, score = 2.5 WHERE id = 't1';"
+                                     "UPDATE todos SET description = 'eggs' WHERE id = 't2';" /* no change */
+                                     "DELETE FROM todos WHERE id = 't2';"
+                                     "INSERT INTO drafts(id, name) VALUES ('d', 'local only')", NULL, NULL, NULL), SQLITE_OK);
+    ck_assert_str_eq(q("SELECT op || ' ' || row_id || ' ' || ifnull(data, '-') || ' ' || tx_id FROM ferry_crud ORDER BY id"),
+                     "PUT t1 {\"description\":\"milk\",\"done\":0} 1,"
+                     "PUT t2 {\"description\":\"eggs\"} 1,"
+                     "PATCH t1 {\"done\":1,\"score\":2.5} 2,"
+                     "DELETE t2 - 3");
+    ck_assert_int_eq(ferry_queue_length(db), 4);
+    ferry_crud_t *e;
+    size_t n;
+    ck_assert_int_eq(ferry_queue_peek(db, 2, &e, &n), 0);
+    ck_assert_int_eq((int)n, 2);
+    ck_assert_str_eq(e[1].op, "PUT");
+    ck_assert_str_eq(e[1].id, "t2");
+    ferry_crud_free(e, n);
+    ck_assert_str_eq(q("SELECT value FROM ferry_kv WHERE key = 'target'"), "9223372036854775807");
+    /* ids cannot change */
+    ck_assert_int_ne(sqlite3_exec(a, "UPDATE todos SET id = 'zz' WHERE id = 't1'", NULL, NULL, NULL), SQLITE_OK);
+}
+END_TEST
+
+static int watch_calls;
+static char watch_seen[256];
+static void on_watch(void *ud, const char *const *tables, size_t n)
+{
+    (void)ud;
+    for (size_t i = 0; i < n; i++) {
+        strcat(watch_seen, tables[i]);
+        strcat(watch_seen, ";");
+    }
+    __atomic_add_fetch(&watch_calls, 1, __ATOMIC_SEQ_CST);
+}
+
+START_TEST(test_sdk_watch_local_and_sync)
+{
+    const char *tabs[] = {"todos", NULL};
+    int id = ferry_watch(db, tabs, on_watch, NULL);
+    ck_assert_int_gt(id, 0);
+    const char *bad[] = {"nope", NULL};
+    ck_assert_int_eq(ferry_watch(db, bad, on_watch, NULL), FERRY_EINVAL);
+    sqlite3_exec(ferry_sqlite(db), "INSERT INTO drafts(id) VALUES ('x')", NULL, NULL, NULL);
+    sqlite3_exec(ferry_sqlite(db), "INSERT INTO todos(id) VALUES ('x')", NULL, NULL, NULL);
+    for (int i = 0; i < 200 && __atomic_load_n(&watch_calls, __ATOMIC_SEQ_CST) < 1; i++) usleep(10000);
+    ck_assert_int_eq(watch_calls, 1);
+    /* sync data for the table fires it too (the local write must be uploaded first) */
+    sqlite3_exec(ferry_sqlite(db), "DELETE FROM ferry_crud; DELETE FROM ferry_kv WHERE key = 'target'", NULL, NULL, NULL);
+    cp("1", "{\"bucket\":\"g\",\"checksum\":1}");
+    ck_assert_int_eq(line(data_line("g", op("1", "PUT", "y", "y", "{}", 1))), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"1\"}}"), 0);
+    for (int i = 0; i < 200 && __atomic_load_n(&watch_calls, __ATOMIC_SEQ_CST) < 2; i++) usleep(10000);
+    ck_assert_int_eq(watch_calls, 2);
+    ck_assert_str_eq(watch_seen, "todos;todos;");
+    ferry_unwatch(db, id);
+}
+END_TEST
+
+START_TEST(test_sdk_migration_adds_columns_and_fills_them)
+{
+    /* a synced row carries a column the schema does not know yet, and a table it does not know */
+    cp("2", "{\"bucket\":\"g\",\"checksum\":3}");
+    char ops[2048];
+    snprintf(ops, sizeof ops, "%s,", op("1", "PUT", "a", "a", "{\\\"description\\\":\\\"A\\\",\\\"color\\\":\\\"red\\\"}", 1));
+    strcat(ops, "{\"op_id\":\"2\",\"op\":\"PUT\",\"object_type\":\"tags\",\"object_id\":\"t\",\"subkey\":\"t\",\"checksum\":2,\"data\":\"{\\\"label\\\":\\\"x\\\"}\"}");
+    ck_assert_int_eq(line(data_line("g", ops)), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), 0);
+    ferry__sync_free(&db->sync);
+    sqlite3_close_v2(sconn);
+    ferry_close(db);
+    static const ferry_column_t T2[] = {{"description", FERRY_TEXT}, {"done", FERRY_INTEGER},
+                                        {"score", FERRY_REAL}, {"color", FERRY_TEXT}, {NULL, 0}};
+    static const ferry_column_t G2[] = {{"label", FERRY_TEXT}, {NULL, 0}};
+    static const ferry_index_t IX[] = {{"by_color", {"color", "description DESC", NULL}}, {NULL, {NULL}}};
+    static const ferry_table_t TB2[] = {{"todos", T2, IX, 0}, {"tags", G2, NULL, 0},
+                                        {"drafts", L_COLS, NULL, 1}, {NULL, NULL, NULL, 0}};
+    static const ferry_schema_t S2 = {TB2};
+    ferry_error_t err;
+    ck_assert_msg(ferry_open(path, &S2, &db, &err) == 0, "%s", err.message);
+    ck_assert_str_eq(q("SELECT color FROM todos WHERE id = 'a'"), "red");
+    ck_assert_str_eq(q("SELECT label FROM tags WHERE id = 't'"), "x");
+    ck_assert_str_eq(q("SELECT count(*) FROM ferry_crud"), "0");
+    ck_assert_str_eq(q("SELECT count(*) FROM sqlite_master WHERE name = 'todos_by_color'"), "1");
+    ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
+    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+}
+END_TEST
+
+START_TEST(test_sdk_open_errors)
+{
+    ferry_db_t *d2 = NULL;
+    ferry_error_t err;
+    static const ferry_column_t BAD[] = {{"id", FERRY_TEXT}, {NULL, 0}};
+    static const ferry_table_t TB[] = {{"x", BAD, NULL, 0}, {NULL, NULL, NULL, 0}};
+    static const ferry_schema_t S = {TB};
+    ck_assert_int_eq(ferry_open(path, &S, &d2, &err), FERRY_EINVAL);
+    ck_assert_str_eq(err.message, "invalid column \"id\" in table \"x\"");
+    ck_assert_ptr_null(d2);
+    ck_assert_int_eq(ferry_open("/nonexistent/dir/x.db", &SCHEMA, &d2, &err), FERRY_ESQLITE);
+    ck_assert_ptr_nonnull(strstr(err.message, "could not open database"));
+    ck_assert_int_eq(ferry_connect(db, "http://127.0.0.1:1/", NULL, NULL, NULL), FERRY_EINVAL);
+    ck_assert_int_eq(ferry_wait_synced(db, 10), FERRY_ESTATE);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("sdk");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_sdk_ck_parse_signed_and_unsigned);
+    tcase_add_test(tc, test_sdk_ck_add_wraps);
+    tcase_add_test(tc, test_sdk_parse_id_strings_only);
+    tcase_add_test(tc, test_sdk_line_unknown_ignored_and_shape_checked);
+    tcase_add_test(tc, test_sdk_line_session_applies);
+    tcase_add_test(tc, test_sdk_oplog_row_in_two_buckets_remove_from_one);
+    tcase_add_test(tc, test_sdk_oplog_move_and_clear);
+    tcase_add_test(tc, test_sdk_oplog_checksum_wraparound_and_mismatch);
+    tcase_add_test(tc, test_sdk_oplog_absent_bucket_deleted_and_priority_zero_first);
+    tcase_add_test(tc, test_sdk_triggers_record_put_patch_delete);
+    tcase_add_test(tc, test_sdk_watch_local_and_sync);
+    tcase_add_test(tc, test_sdk_migration_adds_columns_and_fills_them);
+    tcase_add_test(tc, test_sdk_open_errors);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
