@@ -137,6 +137,7 @@ typedef struct conn_state {
     int prepared;
     int con_ids[256]; /* constraint i prepared in the "conflicting ids" form */
     unsigned char self_cko[256], self_chk[256]; /* table i has the self-reading forms */
+    unsigned char id_unique[256]; /* table i has an immediate unique index on ("id") alone */
     size_t nins;
     struct {
         size_t table;
@@ -436,6 +437,16 @@ static int prepare_conn(PGconn *conn, gw_err_t *err)
                        : NULL;
         char *sn = r->check.sql != NULL ? self_reading_sql(r->check.sql, "new", qt, r->check.nbinds)
                                         : NULL;
+        const char *qv[1] = {qt};
+        PGresult *u = gw_pg_query_params(
+            conn,
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = "
+            "i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = $1::regclass AND "
+            "i.indisunique AND i.indimmediate AND i.indnatts = 1 AND i.indpred IS NULL AND "
+            "a.attname = 'id')",
+            1, qv, NULL);
+        cs->id_unique[i] = u != NULL && PQntuples(u) == 1 && PQgetvalue(u, 0, 0)[0] == 't';
+        PQclear(u);
         snprintf(name, sizeof(name), "fw_ckos_%zu", i);
         cs->self_cko[i] = so != NULL && prepare(conn, name, so, msg, sizeof(msg)) == 0;
         snprintf(name, sizeof(name), "fw_chks_%zu", i);
@@ -1146,7 +1157,11 @@ static int run_pipelined(wctx_t *c)
         snprintf(name, sizeof(name), "fw_sel_%zu", ti);
         int constraints = op->kind != OP_DELETE && table_has_constraints(c->app->rules, r);
         if (op->kind == OP_PUT) {
-            if (pq_send(c, &q, PQ_SEL_NEW, i, name, 2, sv) != 0)
+            /* taken as an insert; if the row exists after all, the INSERT fails on the unique
+             * index of "id" and the careful path makes it the update it is (without such an
+             * index, the SELECT must say the row is new) */
+            if ((ti >= 256 || !tl_conn.id_unique[ti]) &&
+                pq_send(c, &q, PQ_SEL_NEW, i, name, 2, sv) != 0)
                 goto fail;
             if (r->check.sql != NULL) {
                 snprintf(name, sizeof(name), "fw_chk_%zu", ti);

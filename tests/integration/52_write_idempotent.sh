@@ -15,6 +15,8 @@ INSERT INTO applied VALUES (1, 0);
 CREATE FUNCTION count_applied() RETURNS trigger LANGUAGE plpgsql AS
   \$\$BEGIN UPDATE applied SET n = n + 1; RETURN NEW; END\$\$;
 CREATE TRIGGER items_applied AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH ROW EXECUTE FUNCTION count_applied();
+CREATE TABLE loose (id text, label text, owner text);  -- no unique index on id
+ALTER TABLE loose REPLICA IDENTITY FULL;
 CREATE PUBLICATION ferry FOR ALL TABLES;
 " "
 bucket_definitions:
@@ -24,6 +26,10 @@ bucket_definitions:
 write_rules:
   items:
     operations: [insert, update, delete]
+    columns: [id, label, owner]
+    check: \"new.owner = request.user_id()\"
+  loose:
+    operations: [insert, update]
     columns: [id, label, owner]
     check: \"new.owner = request.user_id()\"
 "
@@ -67,4 +73,13 @@ wait "${pids[@]}"
 applied=$(cat "$T_TMP"/par.* | grep -o '"status":"applied"' | wc -l)
 expect_eq "concurrent copies: 21 applied in all" "21" "$applied"
 expect_eq "concurrent copies: 21 applications" "$((before + 21))" "$(sql "SELECT n FROM applied")"
+# a PUT of an existing id is an update, also on a table without a unique index on id
+for k in 1 2; do
+  r=$(write_post "$t" "{\"client_id\":\"dev4\",\"batch\":[{\"op_id\":$k,\"op\":\"PUT\",\"type\":\"loose\",\"id\":\"x1\",\"data\":{\"label\":\"v$k\",\"owner\":\"ann\"}}]}")
+  expect_match "PUT $k on the table without a unique id applied" "\"op_id\":$k,\"status\":\"applied\"" "$r"
+done
+r=$(write_post "$t" '{"client_id":"dev5","batch":[{"op_id":1,"op":"PUT","type":"items","id":"i1","data":{"label":"put again","owner":"ann"}}]}')
+expect_match "PUT of an existing id with a unique index applied" '"op_id":1,"status":"applied"' "$r"
+expect_eq "one row x1, updated" "1|v2" "$(sql "SELECT count(*) || '|' || max(label) FROM loose WHERE id = 'x1'")"
+expect_eq "one row i1, updated" "1|put again" "$(sql "SELECT count(*) || '|' || max(label) FROM items WHERE id = 'i1'")"
 write_finish
