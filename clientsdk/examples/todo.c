@@ -151,7 +151,7 @@ static int cmd_sync(ferry_db_t *db, const char *endpoint, int wait)
            rc == 0 ? "synced" : "not synced", (long long)st.ops_received_total,
            (long long)st.upload_queue_length, (long long)st.checksum_failures,
            (long long)st.applied_checkpoint,
-           st.last_error[0] && rc ? ", last error: " : "", rc ? st.last_error : "");
+           st.last_error[0] ? ", last error: " : "", st.last_error);
     return rc == 0 || !wait ? 0 : 1;
 }
 

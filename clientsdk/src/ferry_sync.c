@@ -128,6 +128,7 @@ static void update_caught_up(ferry_db_t *db)
     ferry_sync_t *s = &db->sync;
     pthread_mutex_lock(&db->mu);
     db->caught_up = s->have_cp && s->complete_seen && !s->pending && s->applied_cp == s->cp_last_op;
+    if (db->caught_up) db->status.last_error[0] = 0;
     pthread_cond_broadcast(&db->cond);
     pthread_mutex_unlock(&db->mu);
 }
@@ -138,10 +139,7 @@ static size_t on_stream_data(char *p, size_t size, size_t nmemb, void *ud)
     size_t n = size * nmemb;
     if (st->status == 0) {
         curl_easy_getinfo(st->h, CURLINFO_RESPONSE_CODE, &st->status);
-        if (st->status == 200) {
-            set_state(st->db, FERRY_CONNECTED);
-            set_error(st->db, NULL);
-        }
+        if (st->status == 200) set_state(st->db, FERRY_CONNECTED);
     }
     if (st->status != 200) {
         size_t k = n < sizeof st->errbody - 1 - st->errlen ? n : sizeof st->errbody - 1 - st->errlen;
