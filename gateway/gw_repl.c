@@ -246,10 +246,7 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
         gw_repl_destroy(r);
         return rc;
     }
-    if (gw_storage_consistent(storage)) {
-        gw_ready_set(r->ready_id, 1, NULL);
-        atomic_store(&r->ready, 1);
-    }
+    /* ready only once the source is known to be the one this storage was built from */
     *out = r;
     return 0;
 }
@@ -370,9 +367,54 @@ static void source_problem(gw_repl_t *r, const char *what, const char *fix)
     gw_ready_set(r->ready_id, gw_storage_consistent(r->st), reason);
 }
 
+/*
+ * The storage belongs to one database of one cluster: refuse to serve (or extend) it from another,
+ * e.g. after the database was re-created, since its slot, LSNs and rows would all be wrong.
+ */
+static int check_same_source(gw_repl_t *r, gw_err_t *err)
+{
+    PGresult *res = gw_pg_query(r->q,
+                                "SELECT (SELECT system_identifier FROM pg_control_system())::text"
+                                " || '/' || (SELECT oid FROM pg_database WHERE datname = "
+                                "current_database())::text",
+                                err);
+    if (res == NULL)
+        return GW_EPG;
+    char id[128], stored[128] = "";
+    snprintf(id, sizeof(id), "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (gw_storage_state_get(r->st, "source_id", stored, sizeof(stored)) && stored[0] != '\0') {
+        if (strcmp(stored, id) == 0)
+            return 0;
+        char msg[512];
+        snprintf(msg, sizeof(msg),
+                 "the storage file was built from another database (source %s, now %s)", stored,
+                 id);
+        /* nothing in this storage may be served any more */
+        atomic_store(&r->ready, 0);
+        gw_error("repl", msg, "fix=\"stop ferry, delete the storage file (storage.path) and start "
+                              "it again to rebuild from this database\"");
+        gw_ready_set(r->ready_id, 0, msg);
+        return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+    }
+    int rc = gw_storage_begin(r->st, err);
+    if (rc == 0)
+        rc = gw_storage_state_set(r->st, "source_id", id, err);
+    if (rc == 0)
+        rc = gw_storage_commit(r->st, 0, err);
+    return rc;
+}
+
 static int check_source(gw_repl_t *r, gw_err_t *err)
 {
     char msg[512], fix[512];
+    int rc0 = check_same_source(r, err);
+    if (rc0 != 0)
+        return rc0;
+    if (gw_storage_consistent(r->st) && !atomic_load(&r->ready)) {
+        gw_ready_set(r->ready_id, 1, NULL);
+        atomic_store(&r->ready, 1);
+    }
     PGresult *res = gw_pg_query(r->q, "SHOW wal_level", err);
     if (res == NULL)
         return GW_EPG;
