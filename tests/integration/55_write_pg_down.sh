@@ -28,7 +28,8 @@ CREATE TABLE items (id text PRIMARY KEY, label text);
 CREATE TABLE slow (id int PRIMARY KEY, on_id text);
 INSERT INTO slow VALUES (1, 'i3');
 CREATE FUNCTION maybe_sleep() RETURNS trigger LANGUAGE plpgsql AS
-  \$\$BEGIN IF EXISTS (SELECT 1 FROM slow WHERE on_id = NEW.id) THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END\$\$;
+  \$\$BEGIN IF EXISTS (SELECT 1 FROM slow WHERE on_id = NEW.id) THEN PERFORM pg_sleep(3); END IF;
+        IF NEW.id LIKE 'sat%' THEN PERFORM pg_sleep(0.3); END IF; RETURN NEW; END\$\$;
 CREATE TRIGGER items_slow BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION maybe_sleep();
 CREATE PUBLICATION ferry FOR ALL TABLES;
 " "
@@ -94,6 +95,24 @@ expect_eq "ferry still alive" "200" "$(curl -s -o /dev/null -w '%{http_code}' "$
 expect_eq "its batch committed" "nine" "$(sql "SELECT label FROM items WHERE id = 'i9'")"
 r=$(write_post "$t" "$b9")
 expect_match "the retry is a duplicate" '"op_id":9,"status":"duplicate"' "$r"
+# the pool saturated: with postgres.pool_size 4, at most 64 batches wait or run; more are
+# answered 503 at once, and those are not applied
+n=90
+for ((i = 1; i <= n; i++)); do
+  [ $i -gt 1 ] && echo "next"
+  echo "url = \"$W_URL/api/write\""
+  echo "header = \"Authorization: Bearer $t\""
+  echo "data = \"{\\\"client_id\\\":\\\"sat$i\\\",\\\"batch\\\":[{\\\"op_id\\\":1,\\\"op\\\":\\\"PUT\\\",\\\"type\\\":\\\"items\\\",\\\"id\\\":\\\"sat$i\\\",\\\"data\\\":{\\\"label\\\":\\\"s\\\"}}]}\""
+  echo "output = \"/dev/null\""
+  echo "write-out = \"%{http_code} sat$i\\n\""
+done >"$T_TMP/sat.curl"
+curl -s --parallel --parallel-immediate --parallel-max $n --config "$T_TMP/sat.curl" >"$T_TMP/sat.txt"
+ok=$(grep -c '^200 ' "$T_TMP/sat.txt" || true)
+busy=$(grep -c '^503 ' "$T_TMP/sat.txt" || true)
+expect_eq "every saturating request answered 200 or 503" "$n" "$((ok + busy))"
+[ "$busy" -gt 0 ] && [ "$ok" -ge 64 ] && pass "beyond 64 queued batches: 503 ($ok applied, $busy turned away)" || fail "saturation answers 503" "$ok 200s, $busy 503s"
+applied_ids=$(sql "SELECT string_agg(id, ' ' ORDER BY id) FROM items WHERE id LIKE 'sat%'")
+expect_eq "exactly the 200 batches are in Postgres" "$(grep '^200 ' "$T_TMP/sat.txt" | awk '{print $2}' | sort | tr '\n' ' ' | sed 's/ $//')" "$applied_ids"
 metrics=$(curl -s "$W_URL/metrics")
 expect_match "503s counted" 'ferry_write_batches_total\{status="503"\} [2-9]' "$metrics"
 wait_ready "$W_PORT" 30 && pass "ferry is ready again after the restart" || fail "ready again" "$(curl -s "$W_URL/probes/readiness")"
