@@ -134,15 +134,32 @@ int gw_wcp_create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, ui
 
 /* ---- the route ---- */
 
-typedef struct wcp_job {
+typedef struct wcp_job wcp_job_t;
+
+/* Lives in req->pool: if h2o frees the request while a worker runs the job, its dispose
+ * callback tells the job not to answer. */
+typedef struct wcp_guard {
+    wcp_job_t *j;
+} wcp_guard_t;
+
+/* malloc'd, not in req->pool, which may go away while the worker runs */
+struct wcp_job {
     gw_job_t job;
     gw_app_t *app;
-    h2o_req_t *req;
+    h2o_req_t *req; /* NULL once the request was freed */
+    wcp_guard_t *guard;
     char user_key[512];
     uint64_t counter;
     int rc;
     char message[sizeof(((gw_err_t *)0)->message)];
-} wcp_job_t;
+};
+
+static void wcp_guard_dispose(void *p)
+{
+    wcp_guard_t *g = p;
+    if (g->j != NULL)
+        g->j->req = NULL;
+}
 
 static void wcp_job_run(gw_job_t *job, PGconn *conn)
 {
@@ -156,16 +173,23 @@ static void wcp_job_run(gw_job_t *job, PGconn *conn)
 static void wcp_job_done(gw_job_t *job)
 {
     wcp_job_t *j = (wcp_job_t *)job;
+    if (j->req == NULL) {
+        free(j); /* the client went away */
+        return;
+    }
+    j->guard->j = NULL;
     if (j->rc != 0) {
         h2o_add_header(&j->req->pool, &j->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
                        H2O_STRLIT("2"));
         gw_http_send_error(j->req, 503, "unavailable", "%s", j->message);
+        free(j);
         return;
     }
     char body[128];
     int n = snprintf(body, sizeof(body), "{\"data\":{\"write_checkpoint\":\"%llu\"}}",
                      (unsigned long long)j->counter);
     gw_http_send_json(j->req, 200, body, (size_t)n);
+    free(j);
 }
 
 static int hex_digit(char c)
@@ -225,10 +249,11 @@ static int on_write_checkpoint(h2o_req_t *req, void *ud)
                            found < 0 ? "client_id is too long" : "client_id is required");
         return 0;
     }
-    wcp_job_t *j = h2o_mem_alloc_pool(&req->pool, sizeof(*j));
-    memset(j, 0, sizeof(*j));
+    wcp_job_t *j = gw_xcalloc(1, sizeof(*j));
     j->app = app;
     j->req = req;
+    j->guard = h2o_mem_alloc_shared(&req->pool, sizeof(wcp_guard_t), wcp_guard_dispose);
+    j->guard->j = j;
     gw_app_user_key(tok->sub, client_id, j->user_key, sizeof(j->user_key));
     auth_token_release(tok);
     j->job.run = wcp_job_run;
