@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 const char *gw_cli_config_path(const char *flag_value)
 {
@@ -101,6 +102,32 @@ static void ensure_parent_dir(const char *path)
     if (mkdir(dir, 0750) != 0 && errno != EEXIST)
         gw_warn("main", "could not create the storage folder", "dir=%s error=\"%s\"", dir,
                 strerror(errno));
+}
+
+/* One summary a person can read at a glance: a logfmt line, and a short block on a terminal. */
+static void print_summary(const gw_config_t *cfg, gw_http_t *http, rules_set_t *rules,
+                          gw_repl_t *repl)
+{
+    size_t ntables = rules_table_count(rules);
+    gw_info("main", "ferry is up",
+            "listen=%s rules=%s rule_version=%s bucket_definitions=%zu tables=%zu "
+            "write_rules=%zu constraints=%zu publication=%s storage=%s",
+            gw_http_address(http), cfg->sync_rules.path, gw_repl_version(repl),
+            rules_definition_count(rules), ntables, rules_write_count(rules),
+            rules_constraint_count(rules), cfg->replication.publication, cfg->storage.path);
+    if (!isatty(STDERR_FILENO))
+        return;
+    fprintf(stderr,
+            "\n  ferry %s is up\n"
+            "    endpoint     http://%s  (POST /sync/stream, POST /api/write)\n"
+            "    sync rules   %s: %zu bucket definitions over %zu tables, %zu write rules\n"
+            "    replication  publication \"%s\", rule version %s; readiness: "
+            "http://%s/probes/readiness\n"
+            "    metrics      http://%s/metrics\n\n",
+            gw_version(), gw_http_address(http), cfg->sync_rules.path,
+            rules_definition_count(rules), ntables, rules_write_count(rules),
+            cfg->replication.publication, gw_repl_version(repl), gw_http_address(http),
+            gw_http_address(http));
 }
 
 static void serve_usage(FILE *out)
@@ -256,6 +283,7 @@ int gw_cli_serve(int argc, char **argv)
     }
     gw_info("main", "listening", "addr=%s threads=%zu", gw_http_address(http),
             gw_http_threads(http));
+    print_summary(&cfg, http, rules, repl);
 
     int sig = 0;
     sigwait(&sigs, &sig);
