@@ -104,6 +104,10 @@ run fanout fanout "${common[@]}" --clients "$fan_n" --procs "$procs" --pg "$db" 
   --plot "$out/streams_fanout"
 lat() { jget "$out/streams_fanout.json" "round(j[\"latency_ms\"][\"$1\"], 2)"; }
 deliv=$(jget "$out/streams_fanout.json" 'str(j["fanout"]["deliveries"]) + "/" + str(j["fanout"]["expected_deliveries"])')
+# ferry's own view of the same deliveries (storage commit to send), to tell server from client time
+curl -s "$url/metrics" | grep '^ferry_stream_commit_to_send' | sed 's/^/  ferry: /'
+srv_p=$(curl -s "$url/metrics" | awk '/^ferry_stream_commit_to_send_seconds_count/ { n = $2 }
+  /^ferry_stream_commit_to_send_seconds_sum/ { s = $2 } END { if (n > 0) printf "%.2f", s / n * 1000; else print "n/a" }')
 # (d) churn
 run churn churn "${common[@]}" --clients "$churn_n" --procs "$procs" --cycles "$churn_k" \
   --ramp 100000 --timeout 300 --ferry-pid "$FERRY_PID" --json "$out/streams_churn.json"
@@ -129,6 +133,7 @@ echo "BENCH stream_idle_rss_per_stream $per KB $up idle streams over $procs clie
 echo "BENCH stream_fanout_latency_p50 $(lat p50) ms $fan_n streams, $fan_rate commits/s for ${fan_secs}s, $deliv delivered; goal <= 5"
 echo "BENCH stream_fanout_latency_p99 $(lat p99) ms goal <= 20"
 echo "BENCH stream_fanout_latency_max $(lat max) ms"
+echo "BENCH stream_fanout_ferry_commit_to_send_mean $srv_p ms ferry's histogram (storage commit to send), all streams since start"
 echo "BENCH stream_churn_reconnect_all_seconds $churn_max s slowest of $((churn_k - 1)) storms of $churn_n clients reconnecting at once"
 echo "BENCH stream_churn_rss_per_reconnect $churn_kb KB closed streams are held until their next keepalive (20 s)"
 exit $status
