@@ -1,5 +1,6 @@
--- schema.sql -- the demo's database: organisations, members, lists and todos
--- (loaded by deploy/demo.sh into a throwaway Postgres; see deploy/demo/sync-rules.yaml)
+-- schema.sql -- the demo's database: organisations, members, lists, todos, rooms and bookings
+-- (loaded by deploy/demo.sh into a throwaway Postgres; see deploy/demo/sync-rules.yaml).
+-- ferry creates its own tables (ferry_write_log, ferry_violations) at start.
 CREATE TABLE orgs (id text PRIMARY KEY, name text NOT NULL);
 CREATE TABLE members (id text PRIMARY KEY, org_id text NOT NULL REFERENCES orgs, user_id text NOT NULL);
 CREATE TABLE lists (id text PRIMARY KEY, org_id text REFERENCES orgs, owner_id text NOT NULL,
@@ -9,6 +10,11 @@ CREATE TABLE todos (id text PRIMARY KEY, list_id text NOT NULL REFERENCES lists 
                     description text NOT NULL, completed boolean NOT NULL DEFAULT false,
                     created_by text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE announcements (id text PRIMARY KEY, body text NOT NULL);
+CREATE TABLE rooms (id text PRIMARY KEY, org_id text NOT NULL REFERENCES orgs, name text NOT NULL);
+CREATE TABLE bookings (id text PRIMARY KEY, room_id text NOT NULL REFERENCES rooms,
+                       org_id text NOT NULL REFERENCES orgs, -- copied from the room, so org members sync it
+                       booked_by text NOT NULL, starts_at timestamptz NOT NULL,
+                       ends_at timestamptz NOT NULL, CHECK (ends_at > starts_at));
 CREATE PUBLICATION ferry FOR ALL TABLES;
 
 INSERT INTO orgs VALUES ('acme', 'Acme Corp'), ('globex', 'Globex');
@@ -26,3 +32,7 @@ INSERT INTO todos (id, list_id, org_id, description, created_by) VALUES
   ('t5', 'l-acme', 'acme', 'Write the press release', 'bob'),
   ('t6', 'l-globex', 'globex', 'Check the books', 'carol');
 INSERT INTO announcements VALUES ('a1', 'Welcome to the Ferry demo');
+INSERT INTO rooms VALUES ('r-board', 'acme', 'Boardroom'), ('r-lab', 'acme', 'Lab'),
+  ('r-globex', 'globex', 'Globex kitchen');
+INSERT INTO bookings VALUES
+  ('b1', 'r-lab', 'acme', 'alice', '2030-01-07 09:00+00', '2030-01-07 10:00+00');
