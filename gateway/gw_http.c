@@ -441,7 +441,15 @@ static void *loop_main(void *arg)
     pthread_mutex_unlock(&h->init_lock);
     if (rc != 0)
         return NULL;
-    while (h2o_evloop_run(th->ctx.loop, 50) == 0) {
+    for (;;) {
+        if (h2o_evloop_run(th->ctx.loop, 50) != 0) {
+            /* epoll_wait interrupted (SIGSTOP/SIGCONT, a debugger attaching): just go on */
+            if (errno == EINTR)
+                continue;
+            gw_error("http", "the event loop failed", "thread=%zu error=\"%s\"", th->index,
+                     strerror(errno));
+            break;
+        }
         if (!th->draining)
             continue;
         if (th->nsocks == 0)
