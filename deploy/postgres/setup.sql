@@ -1,9 +1,43 @@
--- setup.sql -- ferry's own tables in the application database
+-- setup.sql -- prepare an application database for ferry: publication, role, grants, ferry's tables
 --
--- `ferry serve` creates these itself at start when they are missing (and when its role may);
--- run this file as an owner of the database when ferry's role may not create tables:
---   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f deploy/postgres/setup.sql
--- Keep in step with SETUP_SQL in gateway/gw_write.c.
+-- Run once per database, as a superuser (a publication FOR ALL TABLES needs one), on the database
+-- ferry replicates; running it again changes nothing:
+--   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -v ferry_password="$FERRY_DB_PASSWORD" \
+--        -f deploy/postgres/setup.sql
+-- Without -v ferry_password the role gets no password (for certificate or peer authentication).
+-- The server also needs wal_level = logical (postgresql.conf; a restart), and enough
+-- max_replication_slots and max_wal_senders (one slot per ferry, two while rules change).
+-- ferry's role is "ferry"; its connection string then is postgres.uri in ferry.yaml, e.g.
+--   postgresql://ferry:PASSWORD@db.internal:5432/app?sslmode=verify-full
+-- Keep the ferry_* tables in step with SETUP_SQL in gateway/gw_write.c.
+
+-- the role: may log in and start logical replication, nothing more
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ferry') THEN
+    CREATE ROLE ferry LOGIN REPLICATION;
+  ELSE
+    ALTER ROLE ferry LOGIN REPLICATION;
+  END IF;
+END $$;
+\if :{?ferry_password}
+ALTER ROLE ferry PASSWORD :'ferry_password';
+\endif
+
+-- the publication ferry reads (replication.publication, default "ferry"): every table, so tables
+-- added later are replicated without another step. To publish fewer, list them instead:
+--   CREATE PUBLICATION ferry FOR TABLE lists, todos, ferry_violations;
+-- (then every table the sync rules read must be in it; ferry says which one is missing).
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'ferry') THEN
+    CREATE PUBLICATION ferry FOR ALL TABLES;
+  END IF;
+END $$;
+
+-- ferry's own tables. ferry creates them at start when its role may; created here, they are
+-- handed to the ferry role below (ferry re-runs CREATE ... IF NOT EXISTS for them at every start,
+-- which Postgres only allows the tables' owner).
 
 -- write-back idempotency: the highest op id applied (or answered) per user and client
 CREATE TABLE IF NOT EXISTS ferry_write_log (
@@ -27,3 +61,22 @@ CREATE TABLE IF NOT EXISTS ferry_violations (
   created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id);
+
+-- grants. Reading: the snapshot reads every table the sync rules use. Writing: write-back
+-- inserts, updates and deletes the tables that have write rules; narrow the second GRANT to
+-- those tables (GRANT INSERT, UPDATE, DELETE ON todos, bookings TO ferry) if you prefer.
+DO $$
+BEGIN
+  EXECUTE format('GRANT CONNECT ON DATABASE %I TO ferry', current_database());
+END $$;
+GRANT USAGE ON SCHEMA public TO ferry;
+-- CREATE on the schema: ferry runs CREATE TABLE IF NOT EXISTS for its tables at every start, and
+-- Postgres refuses that without this right even when the tables exist (a known limitation of
+-- gateway/gw_write.c; once it checks first, this line and the OWNER TO lines can go)
+GRANT CREATE ON SCHEMA public TO ferry;
+ALTER TABLE ferry_write_log OWNER TO ferry;
+ALTER TABLE ferry_violations OWNER TO ferry;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO ferry;
+GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ferry;
+-- tables created later by the same owner are readable (and writable) by ferry too
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO ferry;
