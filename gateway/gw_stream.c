@@ -33,7 +33,9 @@
 #include "gw_metrics.h"
 #include "gw_storage.h"
 
+#include <errno.h>
 #include <jansson.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -85,6 +87,7 @@ typedef struct sthread {
     h2o_timeout_t tick;
     h2o_timeout_entry_t tick_entry;
     int tick_on;
+    uint64_t ticks;
 } sthread_t;
 
 struct gw_streams {
@@ -124,6 +127,7 @@ struct stream {
     uint64_t id;
     char *sub, *client_id, *user_key, *claims_json, *params_json;
     long long exp;
+    int fd; /* the connection's socket, to notice a client that hung up (-1: unknown) */
     int pre_expiry_sent;
     struct timespec started;
     uint64_t last_keepalive_ms;
@@ -719,15 +723,35 @@ static void send_expires(stream_t *s, long long left)
     s->last_keepalive_ms = mono_ms();
 }
 
+/*
+ * HTTP/1 in h2o does not read while a response is in progress, so a client that hung up shows
+ * only when we write. Peek at the socket instead: 0 bytes means the peer closed.
+ */
+static int peer_closed(int fd)
+{
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 static void on_tick(h2o_timeout_entry_t *entry)
 {
     sthread_t *th = H2O_STRUCT_FROM_MEMBER(sthread_t, tick_entry, entry);
     long long now = (long long)time(NULL);
     uint64_t ms = mono_ms();
+    th->ticks++;
     for (h2o_linklist_t *n = th->streams.next; n != &th->streams; n = n->next) {
         stream_t *s = H2O_STRUCT_FROM_MEMBER(stream_t, link, n);
         if (s->closed || s->final_sent)
             continue;
+        /* each stream is looked at every second tick; a hung-up client gets a write now, which
+         * fails and ends the stream, instead of waiting for the next keepalive */
+        if (s->fd >= 0 && !s->busy && (s->id + th->ticks) % 2 == 0 && peer_closed(s->fd)) {
+            s->end_reason = "client closed";
+            send_expires(s, s->exp - now > 0 ? s->exp - now : 0);
+            flush(s);
+            continue;
+        }
         long long left = s->exp - now;
         if (left <= 0) {
             send_expires(s, 0);
@@ -810,6 +834,12 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     s->gen.proceed = on_proceed;
     s->gen.stop = on_stop;
     s->req = req;
+    s->fd = -1;
+    if (req->conn->callbacks->get_socket != NULL) {
+        h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+        if (sock != NULL)
+            s->fd = h2o_socket_get_fd(sock);
+    }
     s->id = atomic_fetch_add(&g->next_id, 1) + 1;
     clock_gettime(CLOCK_MONOTONIC, &s->started);
     s->last_keepalive_ms = mono_ms();

@@ -147,6 +147,10 @@ expect_eq "over the limit: 400 naming each definition and its bucket count" \
   '{"error":{"code":"too_many_buckets","description":"too many buckets for one connection: more than 6 (\"urgent\": 1, \"everything\": 1, \"mine\": 1, \"by_param\": 1, \"many\": 5); raise limits.max_buckets_per_connection or narrow the rules"}} 400' "$out"
 expect_match "the log says the same" 'msg="rejected a stream" user="u1" error="too many buckets for one connection: more than 6' "$(cat "$FERRY_LOG")"
 
+# clients that hung up are noticed within seconds, not at the next 20-second keepalive
+body=$(wait_match "$base/metrics" 'ferry_streams_open 0' 6) &&
+  pass "streams of clients that hung up are released within seconds" || fail "hung-up streams released" "$(echo "$body" | grep streams_open)"
+
 # the connection limit (8): open idle streams, then one more gets 503 with Retry-After
 pids=()
 for i in 1 2 3 4 5 6 7 8; do
