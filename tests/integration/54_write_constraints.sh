@@ -14,7 +14,6 @@ write_setup write54 "
 $(cat "$T_ROOT/deploy/postgres/setup.sql")
 CREATE TABLE bookings (id text PRIMARY KEY, room_id text NOT NULL, starts_at timestamptz NOT NULL,
                        ends_at timestamptz NOT NULL, booked_by text NOT NULL);
-CREATE PUBLICATION ferry FOR ALL TABLES;
 " "
 bucket_definitions:
   my_violations:
@@ -71,4 +70,8 @@ expect_match "ben's violation is in ben's bucket" '"bucket":"[^"]*my_violations\
 ann_line=$(grep '"row_id":"b1"' <<<"$dump" || true)
 expect_match "ann's violation is in ann's bucket" '"bucket":"[^"]*my_violations\[\\?"?ann\\?"?\]"' "$ann_line"
 converged "$W_CFG" 20 && pass "storage equals the rules over Postgres" || fail "storage equals the rules over Postgres" "$(head -5 "$T_TMP/converge.diff")"
+# and the sync stream delivers it to ben, and only ben's to ben
+stream=$(timeout 2 curl -sN -X POST "$W_URL/sync/stream" -H "Authorization: Token $ben" -d '{"client_id":"c"}' || true)
+expect_match "ben's sync stream delivers his violation" '"object_type":"ferry_violations".*no_double_booking.*\\"row_id\\":\\"b2\\"' "$stream"
+[[ "$stream" == *'\"row_id\":\"b1\"'* ]] && fail "ben does not receive ann's violation" "b1 in ben's stream" || pass "ben does not receive ann's violation"
 write_finish
