@@ -1211,8 +1211,6 @@ int gw_storage_reader_open(const char *path, gw_storage_reader_t **out, gw_err_t
         return GW_EIO;
     }
     sqlite3_busy_timeout(r->db, 5000);
-    /* map the file: reading ops then copies no pages through pread (initial syncs read a lot) */
-    sqlite3_exec(r->db, "PRAGMA mmap_size = 1073741824", NULL, NULL, NULL);
     for (int i = 0; i < RD_COUNT; i++) {
         if (sqlite3_prepare_v3(r->db, rd_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &r->st[i], NULL) !=
             SQLITE_OK) {

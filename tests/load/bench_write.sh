@@ -34,7 +34,6 @@ CREATE TABLE bench (id text PRIMARY KEY, label text, owner text NOT NULL, n int,
 CREATE TABLE plain (id text PRIMARY KEY, label text, owner text NOT NULL, n int);
 INSERT INTO bench (id, label, owner, n) SELECT 'p' || t || '-' || k, 'seed', 'bench', 0
   FROM generate_series(1, 8) t, generate_series(0, 999) k;
-CREATE PUBLICATION ferry FOR ALL TABLES;
 SQL
 cat >"$T_TMP/sync-rules.yaml" <<'YAML'
 bucket_definitions:
