@@ -189,98 +189,56 @@ int gw_cli_serve(int argc, char **argv)
     raise_nofile();
     gw_metrics_init();
 
+    /* everything below is released in one place, in reverse order (NULL is fine for each) */
     rules_set_t *rules = NULL;
-    char rules_hash[32];
-    if (gw_rules_load(cfg.sync_rules.path, &rules, rules_hash, sizeof(rules_hash), stderr,
-                      &err) != 0) {
-        fprintf(stderr, "ferry: %s\n", gw_err_format(&err, msg, sizeof(msg)));
-        gw_config_free(&cfg);
-        return 1;
-    }
-    ensure_parent_dir(cfg.storage.path);
     gw_storage_t *storage = NULL;
     gw_repl_t *repl = NULL;
     gw_streams_t *streams = NULL;
-    if (gw_storage_open(cfg.storage.path, &storage, &err) == 0)
-        streams = gw_streams_new(storage);
-    if (streams == NULL || gw_repl_create(&cfg, rules, rules_hash, storage, &repl, &err) != 0) {
-        fprintf(stderr, "ferry: %s\n", gw_err_format(&err, msg, sizeof(msg)));
-        if (repl == NULL)
-            gw_storage_close(storage);
-        gw_streams_free(streams);
-        rules_unref(rules);
-        gw_config_free(&cfg);
-        return 1;
-    }
+    auth_ctx_t *auth = NULL;
+    gw_http_t *http = NULL;
+    gw_workers_t *workers = NULL;
+    gw_app_t app = {.cfg = &cfg};
+    int status = 1, started = 0;
+    char rules_hash[32];
+
+    if (gw_rules_load(cfg.sync_rules.path, &rules, rules_hash, sizeof(rules_hash), stderr,
+                      &err) != 0)
+        goto fail;
+    ensure_parent_dir(cfg.storage.path);
+    if (gw_storage_open(cfg.storage.path, &storage, &err) != 0)
+        goto fail;
+    streams = gw_streams_new(storage);
+    if (gw_repl_create(&cfg, rules, rules_hash, storage, &repl, &err) != 0)
+        goto fail;
+    storage = NULL; /* the replicator owns it now */
     gw_info("main", "sync rules loaded", "file=%s version=%s", cfg.sync_rules.path,
             gw_repl_version(repl));
-
-    auth_ctx_t *auth = NULL;
-    if (gw_auth_create(&cfg, &auth, &err) != 0) {
-        fprintf(stderr, "ferry: %s\n", gw_err_format(&err, msg, sizeof(msg)));
-        gw_repl_destroy(repl);
-        rules_unref(rules);
-        gw_config_free(&cfg);
-        return 1;
-    }
-
-    gw_http_t *http = NULL;
-    if (gw_http_create(&http, &cfg, &err) != 0) {
-        gw_error("main", gw_err_format(&err, msg, sizeof(msg)), NULL);
-        if (err.detail[0] != '\0')
-            fprintf(stderr, "ferry: %s\n       %s\n", msg, err.detail);
-        else
-            fprintf(stderr, "ferry: %s\n", msg);
-        gw_auth_destroy(auth);
-        gw_repl_destroy(repl);
-        rules_unref(rules);
-        gw_config_free(&cfg);
-        return 1;
-    }
-    gw_workers_t *workers = NULL;
-    if (gw_workers_create(cfg.postgres.uri, (size_t)cfg.postgres.pool_size, http, &workers,
-                          &err) != 0) {
-        fprintf(stderr, "ferry: %s\n", gw_err_format(&err, msg, sizeof(msg)));
-        gw_http_destroy(http);
-        gw_auth_destroy(auth);
-        gw_repl_destroy(repl);
-        rules_unref(rules);
-        gw_config_free(&cfg);
-        return 1;
-    }
-    gw_app_t app = {.cfg = &cfg,
-                    .http = http,
-                    .auth = auth,
-                    .rules = rules,
-                    .version = gw_repl_version(repl),
-                    .repl = repl,
-                    .workers = workers,
-                    .streams = streams};
+    if (gw_auth_create(&cfg, &auth, &err) != 0 || gw_http_create(&http, &cfg, &err) != 0 ||
+        gw_workers_create(cfg.postgres.uri, (size_t)cfg.postgres.pool_size, http, &workers,
+                          &err) != 0)
+        goto fail;
+    app = (gw_app_t){.cfg = &cfg,
+                     .http = http,
+                     .auth = auth,
+                     .rules = rules,
+                     .version = gw_repl_version(repl),
+                     .repl = repl,
+                     .workers = workers,
+                     .streams = streams};
     gw_http_route(http, "/probes/liveness", "liveness", GW_HTTP_GET | GW_HTTP_HEAD, on_liveness,
                   NULL);
     gw_http_route(http, "/probes/readiness", "readiness", GW_HTTP_GET | GW_HTTP_HEAD,
                   on_readiness, NULL);
     gw_http_route(http, "/metrics", "metrics", GW_HTTP_GET | GW_HTTP_HEAD, on_metrics, NULL);
-
     gw_wcp_register(&app);
     gw_stream_register(&app);
     gw_write_register(&app);
     gw_admin_register(&app);
     gw_metrics_add_collector(gw_repl_metrics, repl);
 
-    if (gw_repl_start(repl, &err) != 0 || gw_http_start(http, &err) != 0) {
-        gw_error("main", gw_err_format(&err, msg, sizeof(msg)), NULL);
-        gw_http_shutdown(http, 0);
-        gw_stream_detach(&app);
-        gw_workers_destroy(workers);
-        gw_http_destroy(http);
-        gw_auth_destroy(auth);
-        gw_repl_destroy(repl);
-        gw_streams_free(streams);
-        rules_unref(rules);
-        gw_config_free(&cfg);
-        return 1;
-    }
+    started = 1;
+    if (gw_repl_start(repl, &err) != 0 || gw_http_start(http, &err) != 0)
+        goto fail;
     gw_info("main", "listening", "addr=%s threads=%zu", gw_http_address(http),
             gw_http_threads(http));
     print_summary(&cfg, http, rules, repl);
@@ -288,15 +246,31 @@ int gw_cli_serve(int argc, char **argv)
     int sig = 0;
     sigwait(&sigs, &sig);
     gw_info("main", "shutting down", "signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    gw_http_shutdown(http, 3000);
-    gw_stream_detach(&app);
+    status = 0;
+
+fail:
+    if (status != 0) {
+        gw_err_format(&err, msg, sizeof(msg));
+        gw_error("main", msg, NULL);
+        if (err.detail[0] != '\0')
+            fprintf(stderr, "ferry: %s\n       %s\n", msg, err.detail);
+        else
+            fprintf(stderr, "ferry: %s\n", msg);
+    }
+    if (started)
+        gw_http_shutdown(http, status == 0 ? 3000 : 0);
+    if (streams != NULL && app.streams != NULL)
+        gw_stream_detach(&app);
     gw_workers_destroy(workers);
     gw_http_destroy(http);
     gw_auth_destroy(auth);
     gw_repl_destroy(repl);
+    gw_storage_close(storage);
     gw_streams_free(streams);
     rules_unref(rules);
     gw_config_free(&cfg);
+    if (status != 0)
+        return 1;
     gw_info("main", "stopped", NULL);
     return 0;
 }
