@@ -5,6 +5,9 @@
  * Opens a fresh replica with the bench schema (items: owner, body, n), connects, waits for the
  * first full checkpoint and reports rows/s end to end (request to applied), the peak RSS, then
  * times 2000 single-row local inserts (row + upload-queue entry, autocommit) while disconnected.
+ * The limit in the same run: the same rows (read back into memory first) inserted with one
+ * prepared statement in one transaction into a plain table of a fresh SQLite file (DBFILE.raw,
+ * WAL, synchronous=NORMAL): what SQLite alone does on this machine, no network, no parsing.
  */
 #include <ferry.h>
 
@@ -12,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static const ferry_column_t COLS[] = {{"owner", FERRY_TEXT}, {"body", FERRY_TEXT},
                                       {"n", FERRY_INTEGER}, {NULL, 0}};
@@ -48,6 +52,59 @@ static int cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* the rows of items inserted into DBFILE.raw by SQLite alone: rows/s (0 when it could not) */
+static double sqlite_limit(ferry_db_t *db, const char *path)
+{
+    typedef struct { char *id, *owner, *body; long long n; } row_t;
+    size_t cap = 1024, len = 0;
+    row_t *rows = malloc(cap * sizeof *rows);
+    sqlite3_stmt *s;
+    if (rows == NULL ||
+        sqlite3_prepare_v2(ferry_sqlite(db), "SELECT id, owner, body, n FROM items", -1, &s, NULL))
+        return 0;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        if (len == cap && (rows = realloc(rows, (cap *= 2) * sizeof *rows)) == NULL)
+            return 0;
+        rows[len].id = strdup((const char *)sqlite3_column_text(s, 0));
+        rows[len].owner = strdup((const char *)sqlite3_column_text(s, 1));
+        rows[len].body = strdup((const char *)sqlite3_column_text(s, 2));
+        rows[len++].n = sqlite3_column_int64(s, 3);
+    }
+    sqlite3_finalize(s);
+    char raw[4096];
+    snprintf(raw, sizeof raw, "%s.raw", path);
+    unlink(raw);
+    sqlite3 *r;
+    double rate = 0;
+    if (sqlite3_open(raw, &r) == SQLITE_OK &&
+        sqlite3_exec(r, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                        "CREATE TABLE items (id TEXT PRIMARY KEY, owner TEXT, body TEXT, n INTEGER)",
+                     NULL, NULL, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(r, "INSERT INTO items VALUES (?, ?, ?, ?)", -1, &s, NULL) == SQLITE_OK) {
+        double t0 = now();
+        sqlite3_exec(r, "BEGIN", NULL, NULL, NULL);
+        for (size_t i = 0; i < len; i++) {
+            sqlite3_bind_text(s, 1, rows[i].id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(s, 2, rows[i].owner, -1, SQLITE_STATIC);
+            sqlite3_bind_text(s, 3, rows[i].body, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(s, 4, rows[i].n);
+            sqlite3_step(s);
+            sqlite3_reset(s);
+        }
+        sqlite3_finalize(s);
+        if (sqlite3_exec(r, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
+            rate = len / (now() - t0);
+    }
+    sqlite3_close(r);
+    for (size_t i = 0; i < len; i++) {
+        free(rows[i].id);
+        free(rows[i].owner);
+        free(rows[i].body);
+    }
+    free(rows);
+    return rate;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -78,6 +135,11 @@ int main(int argc, char **argv)
     printf("BENCH sdk_initial_sync_rows_per_s %.0f rows/s %ld rows in %.2f s, request to applied\n",
            rows / dt, rows, dt);
     printf("BENCH sdk_client_peak_rss %ld KiB VmHWM after the initial sync\n", rss_kb("VmHWM:"));
+    /* after the RSS figure: the limit holds the rows in memory */
+    double limit = sqlite_limit(db, argv[3]);
+    printf("BENCH sdk_sqlite_insert_limit_rows_per_s %.0f rows/s the same %ld rows, prepared INSERTs "
+           "in one transaction into a fresh plain table (the limit)\n",
+           limit, rows);
     enum { N = 2000 };
     static double lat[N];
     sqlite3_prepare_v2(ferry_sqlite(db), "INSERT INTO items(id, owner, body, n) VALUES (?, 'me', 'local write', ?)",
