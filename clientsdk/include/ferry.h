@@ -211,7 +211,10 @@ typedef struct ferry_options {
 
 /** Starts syncing with the gateway at endpoint (e.g. "http://127.0.0.1:8080", no trailing
  * slash): starts the sync and upload threads and returns at once. token_cb is called for every
- * attempt that has no valid token. Returns 0, FERRY_EINVAL, FERRY_ESTATE when already
+ * attempt that has no valid token. One stream per database file: the sync thread holds an
+ * exclusive lock on "<path>-sync.lock" (flock) while connected; a second connection to the same
+ * file (another process, or another ferry_db_t) waits with backoff until the first ends, and
+ * says so in last_error. Returns 0, FERRY_EINVAL, FERRY_ESTATE when already
  * connected, FERRY_ENOMEM. endpoint, options and their strings are copied. App thread. */
 int ferry_connect(ferry_db_t *db, const char *endpoint, ferry_token_cb token_cb, void *token_ud,
                   const ferry_options_t *options);

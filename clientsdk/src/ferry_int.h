@@ -102,6 +102,7 @@ struct ferry_db {
     int64_t target;           /* kv "target" as the uploader saw it last; -2 not read yet */
     int64_t rejected_total;
     int64_t conn_applied_write_cp;
+    int sync_lock_fd;         /* the held "<path>-sync.lock" (flock), -1 none; sync thread */
     ferry_sync_t sync;
 };
 
@@ -129,6 +130,14 @@ int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t l
 int ferry__sync_try_pending(ferry_db_t *db, ferry_sync_t *s);
 /* Re-evaluates the rows of table index ti from the oplog (after the schema gained it). */
 int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type);
+/* ferry_sync.c: one sync stream per database file. Two streams writing into one file (two
+ * processes, or two ferry_db_t of one file) interleave their data lines in the same buckets:
+ * ops already stored arrive again, their checksums are counted twice, and validation fails on
+ * every attempt. The sync thread therefore holds an exclusive flock on "<path>-sync.lock" while
+ * it streams. Returns the locked descriptor (>= 0), FERRY_ESTATE when another holder has it, or
+ * FERRY_EINVAL when the lock file cannot be opened (the caller then syncs unlocked). */
+int ferry__sync_lock(const char *path);
+void ferry__sync_unlock(int fd);
 /* Builds the request body (buckets and positions); returns a malloc'd string or NULL. */
 char *ferry__request_body(ferry_db_t *db, ferry_sync_t *s);
 

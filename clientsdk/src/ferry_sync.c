@@ -26,11 +26,15 @@
 #include "ferry_int.h"
 
 #include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
+#include <unistd.h>
 
 static pthread_mutex_t token_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -107,6 +111,32 @@ static struct curl_slist *headers(const char *token)
     struct curl_slist *h3 = h2 ? curl_slist_append(h2, "x-user-agent: libferry/" FERRY_VERSION_STRING) : NULL;
     if (!h3) curl_slist_free_all(h);
     return h3;
+}
+
+/* ---- one stream per database file --------------------------------------------------------- */
+
+int ferry__sync_lock(const char *path)
+{
+    size_t n = strlen(path) + sizeof "-sync.lock";
+    char *lp = malloc(n);
+    if (!lp) return FERRY_ENOMEM;
+    snprintf(lp, n, "%s-sync.lock", path);
+    int fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    free(lp);
+    if (fd < 0) return FERRY_EINVAL;
+    int rc;
+    while ((rc = flock(fd, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR) {}
+    if (rc != 0) {
+        int busy = errno == EWOULDBLOCK;
+        close(fd);
+        return busy ? FERRY_ESTATE : FERRY_EINVAL;
+    }
+    return fd;
+}
+
+void ferry__sync_unlock(int fd)
+{
+    if (fd >= 0) close(fd); /* closing the descriptor releases the flock */
 }
 
 /* ---- the stream --------------------------------------------------------------------------- */
@@ -211,6 +241,14 @@ static int stream_once(ferry_db_t *db, int *backoff)
 {
     char msg[512];
     set_state(db, FERRY_CONNECTING);
+    if (db->sync_lock_fd == -1) {
+        int fd = ferry__sync_lock(db->path);
+        if (fd == FERRY_ESTATE) {
+            set_error(db, "another connection is syncing this database file; waiting for it to end");
+            return *backoff;
+        }
+        db->sync_lock_fd = fd >= 0 ? fd : -2; /* -2: no lock file possible, sync unlocked */
+    }
     char *token = get_token(db);
     if (!token) {
         set_error(db, "no token: the token callback returned none");
@@ -306,6 +344,8 @@ static void *sync_main(void *arg)
             }
         }
     }
+    ferry__sync_unlock(db->sync_lock_fd);
+    db->sync_lock_fd = -1;
     set_state(db, FERRY_DISCONNECTED);
     return NULL;
 }
@@ -627,6 +667,7 @@ int ferry_connect(ferry_db_t *db, const char *endpoint, ferry_token_cb token_cb,
     pthread_mutex_lock(&db->mu);
     db->caught_up = 0;
     db->target = -2;
+    db->sync_lock_fd = -1;
     db->status.state = FERRY_CONNECTING;
     db->status.ops_received_total = 0;
     pthread_mutex_unlock(&db->mu);

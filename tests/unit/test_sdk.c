@@ -304,6 +304,93 @@ END_TEST
 
 /* ---- local writes ----------------------------------------------------------------------------- */
 
+/* ---- one stream per database file (the resume bug of 60_sdk.sh) ------------------------------ */
+
+/* Two sync connections streaming into one file -- what happened when the test's kill -9 hit the
+ * shell running ferry-todo instead of ferry-todo itself, so the "killed" client kept syncing
+ * next to the resumed one: each stores ops the other stored already, the stored op's checksum
+ * moves to add_checksum and the new one is added again, and the bucket never validates (the
+ * bucket dropped by one is refilled by the other). */
+START_TEST(test_sdk_two_streams_into_one_file_break_checksums)
+{
+    ferry_db_t *db2;
+    sqlite3 *c2;
+    ferry_error_t err;
+    ck_assert_msg(ferry_open(path, &SCHEMA, &db2, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(ferry__open_conn(path, &c2, NULL, &err), 0);
+    ck_assert_int_eq(ferry__sync_init(db2, &db2->sync, c2), 0);
+    const char *cpl = "{\"checkpoint\":{\"last_op_id\":\"2\",\"buckets\":[{\"bucket\":\"b\",\"checksum\":30}]}}";
+    ck_assert_int_eq(line(cpl), 0);
+    ck_assert_int_eq(ferry__sync_line(db2, &db2->sync, cpl, strlen(cpl)), 0);
+    char l1[8192];
+    snprintf(l1, sizeof l1, "%s", data_line("b", op("1", "PUT", "a", "a", "{}", 10)));
+    ck_assert_int_eq(line(l1), 0);                                          /* stream 1 */
+    ck_assert_int_eq(ferry__sync_line(db2, &db2->sync, l1, strlen(l1)), 0); /* stream 2: again */
+    ck_assert_int_eq(line(data_line("b", op("2", "PUT", "c", "c", "{}", 20))), 0);
+    ck_assert_str_eq(q("SELECT (add_checksum + op_checksum) % 4294967296 FROM ferry_buckets"), "40");
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), FERRY_LINE_RECONNECT);
+    ferry__sync_free(&db2->sync);
+    sqlite3_close_v2(c2);
+    db2->sync.conn = NULL;
+    ferry_close(db2);
+
+    /* hence one stream per file: the lock the sync thread takes */
+    int fd = ferry__sync_lock(path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(ferry__sync_lock(path), FERRY_ESTATE);
+    ferry__sync_unlock(fd);
+    fd = ferry__sync_lock(path);
+    ck_assert_int_ge(fd, 0);
+    ferry__sync_unlock(fd);
+    char lp[96];
+    snprintf(lp, sizeof lp, "%s-sync.lock", path);
+    unlink(lp);
+}
+END_TEST
+
+static char *tok_cb(void *ud, int expired)
+{
+    (void)ud;
+    (void)expired;
+    return strdup("t");
+}
+
+static int status_has(ferry_db_t *d, const char *needle)
+{
+    for (int i = 0; i < 300; i++) {
+        ferry_status_t st;
+        ferry_get_status(d, &st);
+        if (strstr(st.last_error, needle)) return 1;
+        usleep(10000);
+    }
+    return 0;
+}
+
+/* The sync threads of two ferry_db_t of one file: the second waits until the first is gone. */
+START_TEST(test_sdk_second_connection_waits_for_the_first)
+{
+    ferry_db_t *db2;
+    ferry_error_t err;
+    ck_assert_msg(ferry_open(path, &SCHEMA, &db2, &err) == 0, "%s", err.message);
+    ferry_options_t o = {.retry_delay_ms = 20};
+    /* nothing listens on port 1 of loopback: both keep retrying, offline */
+    ck_assert_int_eq(ferry_connect(db2, "http://127.0.0.1:1", tok_cb, NULL, &o), 0);
+    ck_assert(status_has(db2, "could not stream"));
+    ferry_db_t *db3;
+    ck_assert_msg(ferry_open(path, &SCHEMA, &db3, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(ferry_connect(db3, "http://127.0.0.1:1", tok_cb, NULL, &o), 0);
+    ck_assert(status_has(db3, "another connection is syncing this database file"));
+    ferry_disconnect(db2);
+    ck_assert(status_has(db3, "could not stream"));
+    ferry_disconnect(db3);
+    ferry_close(db3);
+    ferry_close(db2);
+    char lp[96];
+    snprintf(lp, sizeof lp, "%s-sync.lock", path);
+    unlink(lp);
+}
+END_TEST
+
 START_TEST(test_sdk_triggers_record_put_patch_delete)
 {
     sqlite3 *a = ferry_sqlite(db);
@@ -431,6 +518,8 @@ int main(void)
     tcase_add_test(tc, test_sdk_oplog_move_and_clear);
     tcase_add_test(tc, test_sdk_oplog_checksum_wraparound_and_mismatch);
     tcase_add_test(tc, test_sdk_oplog_absent_bucket_deleted_and_priority_zero_first);
+    tcase_add_test(tc, test_sdk_two_streams_into_one_file_break_checksums);
+    tcase_add_test(tc, test_sdk_second_connection_waits_for_the_first);
     tcase_add_test(tc, test_sdk_triggers_record_put_patch_delete);
     tcase_add_test(tc, test_sdk_watch_local_and_sync);
     tcase_add_test(tc, test_sdk_migration_adds_columns_and_fills_them);
