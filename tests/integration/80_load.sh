@@ -22,6 +22,11 @@ bucket_definitions:
     parameters: SELECT request.user_id() AS owner
     data:
       - SELECT id, owner, ts FROM ferry_load_ticks WHERE owner = bucket.owner
+write_rules:
+  ferry_load_ticks:
+    operations: [insert, update]
+    columns: [id, owner, ts]
+    check: "new.owner = request.user_id()"
 YAML
 port=$(free_port)
 replication_config "$T_TMP/ferry.yaml" "$port" "$db"
@@ -84,6 +89,41 @@ expect_eq "churn: exits 0; 30 syncs in 3 cycles, each with every op (3,000 items
 expect_eq "churn: every cycle has a positive duration and an RSS sample" True \
   "$(json_get "$T_TMP/churn.json" 'all(c["seconds"] > 0 and c["ferry_rss_kb"] > 0 for c in j["churn"])')"
 
+# write (users w0-w3, apart from the users above): 2 writers post 20-op batches for 1 s, then 5
+# write-to-own-checkpoint rounds; every op applied, every written row delivered to its user's
+# streams, every round's write checkpoint reached its stream
+"$LOAD_BIN" write "${common[@]}" --user-prefix w --clients 4 --procs 2 --writers 2 --batch 20 \
+  --seconds 1 --rounds 5 --ferry-pid "$FERRY_PID" --json "$T_TMP/write.json" --plot "$T_TMP/write" \
+  >"$T_TMP/write.txt" 2>&1
+rc=$?
+expect_eq "write: exits 0 (consistent)" 0 "$rc"
+expect_eq "write: the writers' ops were all applied (and some were sent), no HTTP error" True \
+  "$(json_get "$T_TMP/write.json" 'j["write"]["ops"] > 0 and j["write"]["applied"] == j["write"]["ops"] and j["write"]["http_errors"] == 0 and j["write"]["requests"] * 20 == j["write"]["ops"]')"
+expect_eq "write: every written row reached the streams of its user (writers' rows + 5 rounds)" True \
+  "$(json_get "$T_TMP/write.json" 'j["fanout"]["deliveries"] == j["fanout"]["expected_deliveries"] == j["write"]["applied"] + 5 and j["latency_ms"]["min"] > 0')"
+expect_eq "write: 5 of 5 rounds saw their write checkpoint on their stream, positive and ordered" True \
+  "$(json_get "$T_TMP/write.json" 'j["write"]["rounds_ok"] == 5 and j["write_to_own_checkpoint_ms"]["count"] == 5 and 0 < j["write_to_own_checkpoint_ms"]["min"] <= j["write_to_own_checkpoint_ms"]["p50"] <= j["write_to_own_checkpoint_ms"]["max"]')"
+expect_eq "write: the own-checkpoint time includes the POST and the GET" True \
+  "$(json_get "$T_TMP/write.json" 'j["write_to_own_checkpoint_ms"]["min"] >= j["write_single_post_ms"]["min"] > 0 and j["write_checkpoint_get_ms"]["count"] == 5')"
+expect_eq "write: zero checksum failures, no stream closed" "0 0" \
+  "$(json_get "$T_TMP/write.json" 'str(j["checksums"]["failures"]) + " " + str(j["streams"]["closed_by_server"])')"
+
+# soak (users s0-s3): 3 s of 10 commits/s and 5 writes/s with 4 streams up; RSS and errors
+# sampled every second, every row delivered
+"$LOAD_BIN" soak "${common[@]}" --user-prefix s --clients 4 --procs 2 --pg "$db" --rate 10 \
+  --write-rate 5 --seconds 3 --ferry-pid "$FERRY_PID" --json "$T_TMP/soak.json" --plot "$T_TMP/soak" \
+  >"$T_TMP/soak.txt" 2>&1
+rc=$?
+expect_eq "soak: exits 0 (consistent)" 0 "$rc"
+expect_eq "soak: commits and writes happened without errors, each delivered to its user's stream" True \
+  "$(json_get "$T_TMP/soak.json" 'j["soak"]["commits"] > 0 and j["soak"]["writes"] > 0 and j["soak"]["commit_errors"] == 0 and j["soak"]["write_errors"] == 0 and j["soak"]["deliveries"] == j["soak"]["expected_deliveries"] == j["soak"]["commits"] + j["soak"]["writes"]')"
+expect_eq "soak: an RSS sample and an error count for every second, zero errors and checksum failures" True \
+  "$(json_get "$T_TMP/soak.json" 'len(j["series"]) >= 3 and all(s["ferry_rss_kb"] > 0 and s["errors"] == 0 for s in j["series"]) and j["soak"]["errors"] == 0 and j["checksums"]["failures"] == 0')"
+if command -v gnuplot >/dev/null; then
+  [ -s "$T_TMP/soak.svg" ] && [ -s "$T_TMP/soak.png" ] && pass "soak: plots written (SVG and PNG)" ||
+    fail "soak: plots written" "$(ls "$T_TMP")"
+fi
+
 # a wrong secret: every stream fails with 401 and the run says inconsistent (exit 3)
 "$LOAD_BIN" initial --url "$url" --secret wrong-secret-wrong-secret-wrong --kid test --aud ferry \
   --clients 3 --timeout 10 --quiet --json "$T_TMP/bad.json" >"$T_TMP/bad.txt" 2>&1
@@ -92,5 +132,5 @@ expect_eq "a rejected token: exit 3, 3 HTTP errors, last status 401" "3 3 401" \
 # loopback only unless asked
 out=$("$LOAD_BIN" idle --url http://192.0.2.1:80 --secret x 2>&1)
 expect_match "a non-loopback URL needs --allow-remote" 'not a loopback address; pass --allow-remote' "$out"
-cat "$T_TMP/initial.txt" "$T_TMP/fanout.txt" "$T_TMP/idle.txt" | sed "s/^/    /"
+cat "$T_TMP/initial.txt" "$T_TMP/fanout.txt" "$T_TMP/idle.txt" "$T_TMP/write.txt" "$T_TMP/soak.txt" | sed "s/^/    /"
 stop_pid "$FERRY_PID" 5

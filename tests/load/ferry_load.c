@@ -59,8 +59,8 @@
 #define MAX_PROCS 64
 #define READ_BUF (256 * 1024)
 
-enum { SC_INITIAL, SC_FANOUT, SC_IDLE, SC_CHURN, SC_COUNT };
-static const char *const scenario_names[] = {"initial", "fanout", "idle", "churn"};
+enum { SC_INITIAL, SC_FANOUT, SC_IDLE, SC_CHURN, SC_WRITE, SC_SOAK, SC_COUNT };
+static const char *const scenario_names[] = {"initial", "fanout", "idle", "churn", "write", "soak"};
 #define MAX_CYCLES 64
 
 /* ---- options ---- */
@@ -69,8 +69,8 @@ typedef struct opts {
     int scenario;
     const char *url, *token, *secret, *kid, *aud, *iss, *user_prefix, *params;
     const char *json, *plot, *save, *cat, *pg, *table, *stamp_col, *owner_col;
-    long clients, procs, users, ramp, ttl, cycles;
-    double timeout, seconds, rate, hold, drain;
+    long clients, procs, users, ramp, ttl, cycles, writers, batch, rounds;
+    double timeout, seconds, rate, hold, drain, write_rate;
     long ferry_pid;
     int allow_remote, quiet;
     /* resolved */
@@ -94,6 +94,10 @@ static opts_t O = {
     .seconds = 5,
     .rate = 10,
     .drain = 5,
+    .writers = 2,
+    .batch = 100,
+    .rounds = 20,
+    .write_rate = 10,
 };
 
 /* ---- shared memory ---- */
@@ -117,6 +121,18 @@ typedef struct shared {
 } shared_t;
 
 static shared_t *SH;
+
+/* write: one slot per writer process (single writer each), and per client the latest
+ * write_checkpoint its stream received and when (CLOCK_MONOTONIC µs; stored before the value) */
+typedef struct wstat {
+    uint64_t requests, ops, applied, not_applied, http_errors, io_errors;
+    int last_status;
+    char last_error[120];
+    load_hist_t lat;
+} wstat_t;
+
+static wstat_t *WS;
+static uint64_t *WCP_VAL, *WCP_AT;
 
 static uint64_t mono_us(void)
 {
@@ -312,7 +328,8 @@ static void conn_writable(worker_t *w, conn_t *c)
 
 static void conn_readable(worker_t *w, conn_t *c)
 {
-    load_proto_cb_t cb = {w, on_complete, O.scenario == SC_FANOUT ? on_stamp : NULL};
+    int stamps = O.scenario == SC_FANOUT || O.scenario == SC_WRITE || O.scenario == SC_SOAK;
+    load_proto_cb_t cb = {w, on_complete, stamps ? on_stamp : NULL};
     for (int round = 0; round < 4; round++) {
         ssize_t n = read(c->fd, w->buf, READ_BUF);
         if (n < 0) {
@@ -337,6 +354,10 @@ static void conn_readable(worker_t *w, conn_t *c)
         }
         w->cur = c;
         int rc = load_proto_feed(&c->p, w->buf, (size_t)n, &w->ps->st, &cb);
+        if (WCP_VAL != NULL && c->p.write_checkpoint > WCP_VAL[c->idx]) {
+            __atomic_store_n(&WCP_AT[c->idx], mono_us(), __ATOMIC_RELAXED);
+            __atomic_store_n(&WCP_VAL[c->idx], c->p.write_checkpoint, __ATOMIC_RELEASE);
+        }
         w->ps->sec_ops[sec] += w->ps->st.ops - ops0;
         w->ps->sec_bytes[sec] += (uint64_t)n;
         if (rc == 1) {
@@ -505,7 +526,17 @@ typedef struct run {
     int ncycles;
     double cycle_s[MAX_CYCLES];
     long cycle_rss[MAX_CYCLES];
+    /* write and soak */
+    uint64_t writes, write_ops, write_errors, rounds_ok, round_errors;
+    double write_secs; /* the writers' phase, fork to the last exit */
+    /* per second since the start: ferry's RSS and errors so far (streams failed or closed by the
+     * server, commit and write errors, checksum failures, protocol errors) */
+    long sec_rss[MAX_SECS];
+    uint64_t sec_err[MAX_SECS];
+    int nsampled;
 } run_t;
+
+static load_hist_t H_post, H_get, H_wcp; /* write: 1-op POST, GET write checkpoint, own checkpoint */
 
 static run_t R;
 
@@ -518,14 +549,31 @@ static int deadline_passed(void)
     return 0;
 }
 
+static uint64_t errors_so_far(const totals_t *t)
+{
+    return t->failed + t->server_closed + t->st.checksum_fail + t->st.protocol_errors +
+           R.commit_errors + R.write_errors + R.round_errors;
+}
+
 static void tick(void)
 {
+    long kb = -1;
     if (O.ferry_pid > 0) {
-        long kb = rss_kb(O.ferry_pid);
+        kb = rss_kb(O.ferry_pid);
         if (kb > R.rss_peak)
             R.rss_peak = kb;
     }
     uint64_t now = mono_us();
+    int sec = (int)((now - SH->t0_us) / 1000000u);
+    if (sec < MAX_SECS && sec >= R.nsampled) { /* once a second: RSS and errors over time */
+        totals_t t;
+        sum_up(&t);
+        for (int k = R.nsampled; k <= sec; k++) {
+            R.sec_rss[k] = kb;
+            R.sec_err[k] = errors_so_far(&t);
+        }
+        R.nsampled = sec + 1;
+    }
     if (O.quiet || now - R.last_progress < 1000000)
         return;
     R.last_progress = now;
@@ -562,7 +610,13 @@ static void wait_established(long want)
     }
 }
 
-static void fanout_commits(void)
+/* streams of user u: clients c with c % users == u */
+static uint64_t streams_of(long u)
+{
+    return (uint64_t)(O.clients / O.users + (u < O.clients % O.users ? 1 : 0));
+}
+
+static PGconn *pg_ticks(void)
 {
     PGconn *pg = PQconnectdb(O.pg);
     if (PQstatus(pg) != CONNECTION_OK)
@@ -578,35 +632,31 @@ static void fanout_commits(void)
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
         die("could not prepare the insert: %s", PQerrorMessage(pg));
     PQclear(r);
-    uint64_t start = mono_us(), run_id = real_us();
-    uint64_t total = (uint64_t)(O.rate * O.seconds);
-    /* expected deliveries: each commit j goes to the streams of user j % users */
-    for (uint64_t j = 0; j < total; j++) {
-        uint64_t due = start + (uint64_t)(j * 1e6 / O.rate);
-        uint64_t now = mono_us();
-        if (due > now)
-            sleep_us(due - now);
-        if (deadline_passed())
-            break;
-        char id[64], owner[128], ts[32];
-        snprintf(id, sizeof id, "%llx-%llu", (unsigned long long)run_id, (unsigned long long)j);
-        long u = (long)(j % (uint64_t)O.users);
-        snprintf(owner, sizeof owner, "%s%ld", O.user_prefix, u);
-        snprintf(ts, sizeof ts, "%llu", (unsigned long long)real_us());
-        const char *vals[3] = {id, owner, ts};
-        r = PQexecPrepared(pg, "tick", 3, vals, NULL, NULL, 0);
-        if (PQresultStatus(r) == PGRES_COMMAND_OK) {
-            R.commits++;
-            /* clients c with c % users == u, c < clients */
-            R.expected += (uint64_t)(O.clients / O.users + (u < O.clients % O.users ? 1 : 0));
-        } else {
-            R.commit_errors++;
-        }
-        PQclear(r);
-        tick();
+    return pg;
+}
+
+/* commit row j (id RUN-j) for user j % users, stamped with the epoch µs just before sending */
+static void commit_tick(PGconn *pg, uint64_t run_id, uint64_t j)
+{
+    char id[64], owner[128], ts[32];
+    snprintf(id, sizeof id, "%llx-%llu", (unsigned long long)run_id, (unsigned long long)j);
+    long u = (long)(j % (uint64_t)O.users);
+    snprintf(owner, sizeof owner, "%s%ld", O.user_prefix, u);
+    snprintf(ts, sizeof ts, "%llu", (unsigned long long)real_us());
+    const char *vals[3] = {id, owner, ts};
+    PGresult *r = PQexecPrepared(pg, "tick", 3, vals, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_COMMAND_OK) {
+        R.commits++;
+        R.expected += streams_of(u);
+    } else {
+        R.commit_errors++;
     }
-    PQfinish(pg);
-    /* drain: wait for the deliveries to arrive */
+    PQclear(r);
+}
+
+/* after the load: wait up to --drain for the expected deliveries */
+static void drain(void)
+{
     uint64_t until = mono_us() + (uint64_t)(O.drain * 1e6);
     totals_t t;
     for (;;) {
@@ -618,10 +668,377 @@ static void fanout_commits(void)
     }
 }
 
+static void fanout_commits(void)
+{
+    PGconn *pg = pg_ticks();
+    uint64_t start = mono_us(), run_id = real_us();
+    uint64_t total = (uint64_t)(O.rate * O.seconds);
+    /* expected deliveries: each commit j goes to the streams of user j % users */
+    for (uint64_t j = 0; j < total; j++) {
+        uint64_t due = start + (uint64_t)(j * 1e6 / O.rate);
+        uint64_t now = mono_us();
+        if (due > now)
+            sleep_us(due - now);
+        if (deadline_passed())
+            break;
+        commit_tick(pg, run_id, j);
+        tick();
+    }
+    PQfinish(pg);
+    drain();
+}
+
+/* ---- write-back: a small blocking HTTP/1.1 client (keep-alive) ---- */
+
+static int http_open(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct timeval tv = {30, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&O.addr, sizeof O.addr) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int write_all(int fd, const char *d, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, d, n);
+        if (w <= 0) {
+            if (w < 0 && errno == EINTR)
+                continue;
+            return -1;
+        }
+        d += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* decode a chunked body in place; returns its length, -1 while incomplete, -2 when malformed */
+static long dechunk(char *b, size_t n)
+{
+    size_t in = 0, out = 0;
+    for (;;) {
+        char *nl = memmem(b + in, n - in, "\r\n", 2);
+        if (nl == NULL)
+            return -1;
+        char *e;
+        unsigned long sz = strtoul(b + in, &e, 16);
+        if (e == b + in)
+            return -2;
+        size_t data = (size_t)(nl - b) + 2;
+        if (sz == 0)
+            return n >= data + 2 ? (long)out : -1;
+        if (data + sz + 2 > n)
+            return -1;
+        memmove(b + out, b + data, sz);
+        out += sz;
+        in = data + sz + 2;
+    }
+}
+
+/* read one response: the status, its body into resp (NUL-terminated, cut to cap); -2 when the
+ * connection was closed before any byte (a keep-alive connection the server let go), -1 on
+ * other errors */
+static int http_read(int fd, char *resp, size_t cap)
+{
+    static char buf[1 << 20];
+    size_t n = 0, hlen = 0;
+    long clen = -1, blen = -1;
+    int chunked = 0, status = 0;
+    for (;;) {
+        if (n >= sizeof buf - 1)
+            return -1;
+        ssize_t r = read(fd, buf + n, sizeof buf - 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return n == 0 ? -2 : -1;
+        n += (size_t)r;
+        buf[n] = '\0';
+        if (hlen == 0) {
+            char *h = strstr(buf, "\r\n\r\n");
+            if (h == NULL)
+                continue;
+            hlen = (size_t)(h - buf) + 4;
+            status = n > 12 ? atoi(buf + 9) : 0;
+            for (char *l = strstr(buf, "\r\n"); l != NULL && l < h; l = strstr(l + 2, "\r\n")) {
+                if (strncasecmp(l + 2, "content-length:", 15) == 0)
+                    clen = atol(l + 17);
+                else if (strncasecmp(l + 2, "transfer-encoding:", 18) == 0)
+                    chunked = 1;
+            }
+            if (!chunked && clen < 0)
+                return -1;
+        }
+        if (chunked) {
+            blen = dechunk(buf + hlen, n - hlen);
+            if (blen == -2)
+                return -1;
+            if (blen >= 0)
+                break;
+        } else if (n - hlen >= (size_t)clen) {
+            blen = clen;
+            break;
+        }
+    }
+    size_t k = (size_t)blen < cap - 1 ? (size_t)blen : cap - 1;
+    memcpy(resp, buf + hlen, k);
+    resp[k] = '\0';
+    return status;
+}
+
+/* one request on the keep-alive connection *fd (opened again when the server let it go) */
+static int http_call(int *fd, const char *method, const char *target, const char *tok,
+                     const char *body, char *resp, size_t cap)
+{
+    char head[2048];
+    size_t bl = body ? strlen(body) : 0;
+    int hl = snprintf(head, sizeof head,
+                      "%s %s%s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n%s"
+                      "Content-Length: %zu\r\n\r\n",
+                      method, O.path, target, O.host, tok,
+                      body ? "Content-Type: application/json\r\n" : "", bl);
+    if (hl < 0 || (size_t)hl >= sizeof head)
+        return -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (*fd < 0 && (*fd = http_open()) < 0)
+            return -1;
+        int st = -1;
+        if (write_all(*fd, head, (size_t)hl) == 0 && (bl == 0 || write_all(*fd, body, bl) == 0))
+            st = http_read(*fd, resp, cap);
+        if (st > 0)
+            return st;
+        close(*fd);
+        *fd = -1;
+        if (st != -2) /* retry only a request the server never answered on a reused connection */
+            return -1;
+    }
+    return -1;
+}
+
+static int user_token(long u, char *tok, size_t cap)
+{
+    if (O.token != NULL)
+        return snprintf(tok, cap, "%s", O.token) < (int)cap ? 0 : -1;
+    char user[128];
+    snprintf(user, sizeof user, "%s%ld", O.user_prefix, u);
+    load_token_cfg_t tc = {O.secret, O.kid, O.aud, O.iss, O.ttl};
+    return load_token_sign(&tc, user, tok, cap) < 0 ? -1 : 0;
+}
+
+static uint64_t count_applied(const char *resp)
+{
+    uint64_t n = 0;
+    for (const char *p = resp; (p = strstr(p, "\"status\":\"applied\"")) != NULL; p++)
+        n++;
+    return n;
+}
+
+/* append op k of a batch to b: a PUT of row ID for user U stamped now (the stream measures
+ * write-to-stream latency from the stamp) */
+static int put_op(char *b, size_t cap, int first, uint64_t op_id, const char *id, long u)
+{
+    return snprintf(b, cap,
+                    "%s{\"op_id\":%llu,\"op\":\"PUT\",\"type\":\"%s\",\"id\":\"%s\",\"data\":"
+                    "{\"%s\":\"%s%ld\",\"%s\":%llu}}",
+                    first ? "" : ",", (unsigned long long)op_id, O.table, id, O.owner_col,
+                    O.user_prefix, u, O.stamp_col, (unsigned long long)real_us());
+}
+
+/* a forked writer: batches of --batch PUTs for --seconds as user w % users */
+static void writer_run(int w, uint64_t run_id)
+{
+    wstat_t *ws = &WS[w];
+    long u = w % O.users;
+    char tok[1024], id[96];
+    size_t cap = 256 + (size_t)O.batch * 400;
+    char *body = malloc(cap), *resp = malloc(1 << 20);
+    if (body == NULL || resp == NULL || user_token(u, tok, sizeof tok) != 0)
+        _exit(1);
+    int fd = -1;
+    uint64_t op_id = real_us(), until = mono_us() + (uint64_t)(O.seconds * 1e6), k = 0;
+    while (mono_us() < until && !SH->stop) {
+        size_t len = (size_t)snprintf(body, cap, "{\"client_id\":\"load-writer-%llx-%d\",\"batch\":[",
+                                      (unsigned long long)run_id, w);
+        for (long i = 0; i < O.batch; i++) {
+            snprintf(id, sizeof id, "%llx-w%d-%llu", (unsigned long long)run_id, w,
+                     (unsigned long long)k++);
+            len += (size_t)put_op(body + len, cap - len, i == 0, ++op_id, id, u);
+        }
+        snprintf(body + len, cap - len, "]}");
+        uint64_t t0 = mono_us();
+        int st = http_call(&fd, "POST", "/api/write", tok, body, resp, 1 << 20);
+        load_hist_add(&ws->lat, mono_us() - t0);
+        ws->requests++;
+        ws->ops += (uint64_t)O.batch;
+        if (st == 200) {
+            uint64_t a = count_applied(resp);
+            ws->applied += a;
+            ws->not_applied += (uint64_t)O.batch - a;
+        } else if (st < 0) {
+            ws->io_errors++;
+            snprintf(ws->last_error, sizeof ws->last_error, "no answer to POST /api/write");
+        } else {
+            ws->http_errors++;
+            ws->last_status = st;
+            snprintf(ws->last_error, sizeof ws->last_error, "POST /api/write: %d %.80s", st, resp);
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    _exit(0);
+}
+
+/* one PUT of 1 op as user u with client_id cid on *fd; 1 when applied */
+static int write_one(int *fd, long u, const char *cid, uint64_t op_id, const char *id)
+{
+    char tok[1024], body[1024], resp[4096];
+    if (user_token(u, tok, sizeof tok) != 0)
+        return 0;
+    int len = snprintf(body, sizeof body, "{\"client_id\":\"%s\",\"batch\":[", cid);
+    len += put_op(body + len, sizeof body - (size_t)len, 1, op_id, id, u);
+    snprintf(body + len, sizeof body - (size_t)len, "]}");
+    int st = http_call(fd, "POST", "/api/write", tok, body, resp, sizeof resp);
+    R.writes++;
+    R.write_ops++;
+    if (st == 200 && count_applied(resp) == 1) {
+        R.expected += streams_of(u);
+        return 1;
+    }
+    R.write_errors++;
+    if (!O.quiet)
+        fprintf(stderr, "ferry-load: POST /api/write answered %d: %.200s\n", st, st > 0 ? resp : "");
+    return 0;
+}
+
+/* write: the writers' throughput, then --rounds of write-to-own-checkpoint: POST 1 op with the
+ * client_id of stream c, GET /write-checkpoint2.json, wait until stream c receives a checkpoint
+ * whose write_checkpoint is at least the answer */
+static void write_scenario(void)
+{
+    uint64_t run_id = real_us(), w0 = mono_us();
+    pid_t wp[MAX_PROCS];
+    for (long w = 0; w < O.writers; w++) {
+        fflush(NULL);
+        wp[w] = fork();
+        if (wp[w] < 0)
+            die("could not fork: %s", strerror(errno));
+        if (wp[w] == 0)
+            writer_run((int)w, run_id);
+    }
+    for (long w = 0; w < O.writers; w++) {
+        int st;
+        while (waitpid(wp[w], &st, WNOHANG) == 0) {
+            if (deadline_passed()) {
+                kill(wp[w], SIGKILL);
+                waitpid(wp[w], &st, 0);
+                break;
+            }
+            tick();
+            sleep_us(20000);
+        }
+        R.expected += WS[w].applied * streams_of(w % O.users);
+    }
+    R.write_secs = (mono_us() - w0) / 1e6;
+    int fd = -1;
+    uint64_t op_id = real_us();
+    for (long r = 0; r < O.rounds && !deadline_passed(); r++) {
+        long c = r % O.clients, u = c % O.users;
+        char cid[64], id[96], tok[1024], resp[4096], target[128];
+        snprintf(cid, sizeof cid, "load-%ld", c);
+        snprintf(id, sizeof id, "%llx-cp-%ld", (unsigned long long)run_id, r);
+        uint64_t t0 = mono_us();
+        if (!write_one(&fd, u, cid, ++op_id, id)) {
+            R.round_errors++;
+            continue;
+        }
+        uint64_t t1 = mono_us();
+        snprintf(target, sizeof target, "/write-checkpoint2.json?client_id=%s", cid);
+        int st = user_token(u, tok, sizeof tok) == 0
+                     ? http_call(&fd, "GET", target, tok, NULL, resp, sizeof resp)
+                     : -1;
+        const char *v = st == 200 ? strstr(resp, "\"write_checkpoint\":\"") : NULL;
+        if (v == NULL) {
+            R.round_errors++;
+            if (!O.quiet)
+                fprintf(stderr, "ferry-load: GET %s answered %d: %.200s\n", target, st,
+                        st > 0 ? resp : "");
+            continue;
+        }
+        uint64_t want = strtoull(v + 20, NULL, 10);
+        load_hist_add(&H_post, t1 - t0);
+        load_hist_add(&H_get, mono_us() - t1);
+        uint64_t until = mono_us() + 10000000;
+        while (__atomic_load_n(&WCP_VAL[c], __ATOMIC_ACQUIRE) < want && mono_us() < until &&
+               !deadline_passed()) {
+            tick();
+            sleep_us(100);
+        }
+        if (__atomic_load_n(&WCP_VAL[c], __ATOMIC_ACQUIRE) >= want) {
+            R.rounds_ok++;
+            load_hist_add(&H_wcp, __atomic_load_n(&WCP_AT[c], __ATOMIC_RELAXED) - t0);
+        } else {
+            R.round_errors++;
+            if (!O.quiet)
+                fprintf(stderr, "ferry-load: stream %ld never got write_checkpoint %llu (has %llu)\n",
+                        c, (unsigned long long)want, (unsigned long long)WCP_VAL[c]);
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    drain();
+}
+
+/* soak: for --seconds, --rate commits/s through libpq and --write-rate 1-op writes/s through
+ * POST /api/write (users round-robin) while the streams stay up; ferry's RSS and the errors are
+ * sampled every second (tick) */
+static void soak_scenario(void)
+{
+    PGconn *pg = O.rate > 0 ? pg_ticks() : NULL;
+    uint64_t run_id = real_us(), start = mono_us(), end = start + (uint64_t)(O.seconds * 1e6);
+    uint64_t next_c = start, next_w = start, j = 0, k = 0, op_id = real_us();
+    char cid[64];
+    snprintf(cid, sizeof cid, "load-soak-%llx", (unsigned long long)run_id);
+    int fd = -1;
+    for (uint64_t now = start; now < end && !deadline_passed(); now = mono_us()) {
+        if (pg != NULL && now >= next_c) {
+            commit_tick(pg, run_id, j++);
+            next_c = start + (uint64_t)(j * 1e6 / O.rate);
+        }
+        if (O.write_rate > 0 && now >= next_w) {
+            char id[96];
+            snprintf(id, sizeof id, "%llx-s%llu", (unsigned long long)run_id, (unsigned long long)k);
+            write_one(&fd, (long)(k % (uint64_t)O.users), cid, ++op_id, id);
+            k++;
+            next_w = start + (uint64_t)(k * 1e6 / O.write_rate);
+        }
+        tick();
+        uint64_t next = pg != NULL ? next_c : end;
+        if (O.write_rate > 0 && next_w < next)
+            next = next_w;
+        now = mono_us();
+        if (next > now)
+            sleep_us(next - now < 20000 ? next - now : 20000);
+    }
+    if (pg != NULL)
+        PQfinish(pg);
+    if (fd >= 0)
+        close(fd);
+    drain();
+}
+
 static void usage(void)
 {
     fputs(
-        "usage: ferry-load initial|fanout|idle|churn [options]\n"
+        "usage: ferry-load initial|fanout|idle|churn|write|soak [options]\n"
         "  --url http://HOST:PORT[/prefix]  ferry (default http://127.0.0.1:8080; loopback only\n"
         "                                 unless --allow-remote)\n"
         "  --clients N  --procs N  --ramp N (connects in flight per process, default 256)\n"
@@ -636,7 +1053,12 @@ static void usage(void)
         "         --owner-column C (default owner) --stamp-column C (default ts) --drain S\n"
         "idle:    --hold S (seconds to hold the streams after they are up)\n"
         "churn:   --cycles K (default 3): all clients sync, close, and reconnect at once, K times\n"
-        "         (--ramp bounds the storm per process)\n",
+        "         (--ramp bounds the storm per process)\n"
+        "write:   --writers W (processes, default 2) --batch B (ops per POST, default 100)\n"
+        "         --seconds S (writers' time) --rounds K (write-to-own-checkpoint rounds, default\n"
+        "         20) --table T --owner-column C --stamp-column C (rows written, as in fanout)\n"
+        "soak:    --seconds S --pg URI --rate R (commits/s) --write-rate W (1-op writes/s,\n"
+        "         default 10): mixed load with the streams up; RSS and errors every second\n",
         stderr);
     exit(1);
 }
@@ -687,6 +1109,8 @@ static void parse_args(int argc, char **argv)
         S("--stamp-column", stamp_col) S("--owner-column", owner_col)
         L("--clients", clients) L("--procs", procs) L("--users", users) L("--ramp", ramp)
         L("--ttl", ttl) L("--ferry-pid", ferry_pid) L("--cycles", cycles)
+        L("--writers", writers) L("--batch", batch) L("--rounds", rounds)
+        D("--write-rate", write_rate)
         D("--timeout", timeout) D("--seconds", seconds) D("--rate", rate) D("--hold", hold)
         D("--drain", drain)
 #undef S
@@ -709,6 +1133,10 @@ static void parse_args(int argc, char **argv)
         die("fanout needs --pg URI to commit rows");
     if (O.scenario == SC_FANOUT && O.rate <= 0)
         die("--rate must be positive");
+    if (O.scenario == SC_SOAK && O.pg == NULL)
+        O.rate = 0; /* soak without --pg: writes only */
+    if (O.writers < 0 || O.writers > MAX_PROCS || O.batch < 1 || O.batch > 10000 || O.rounds < 0)
+        die("--writers must be between 0 and %d, --batch between 1 and 10000", MAX_PROCS);
     /* URL */
     const char *u = O.url;
     if (strncmp(u, "http://", 7) != 0)
@@ -770,12 +1198,13 @@ static void plots(int nsec, load_coarse_t *lat, uint64_t *ops, uint64_t *bytes)
             fclose(g);
         return;
     }
-    fprintf(d, "# second ops bytes p50_ms p90_ms p99_ms deliveries\n");
+    fprintf(d, "# second ops bytes p50_ms p90_ms p99_ms deliveries ferry_rss_mb errors\n");
     for (int s = 0; s < nsec; s++)
-        fprintf(d, "%d %llu %llu %.3f %.3f %.3f %u\n", s, (unsigned long long)ops[s],
+        fprintf(d, "%d %llu %llu %.3f %.3f %.3f %u %.1f %llu\n", s, (unsigned long long)ops[s],
                 (unsigned long long)bytes[s], ms(load_coarse_quantile(&lat[s], 0.5)),
                 ms(load_coarse_quantile(&lat[s], 0.9)), ms(load_coarse_quantile(&lat[s], 0.99)),
-                lat[s].count);
+                lat[s].count, s < R.nsampled && R.sec_rss[s] > 0 ? R.sec_rss[s] / 1024.0 : 0.0,
+                (unsigned long long)(s < R.nsampled ? R.sec_err[s] : 0));
     fclose(d);
     const char *title = scenario_names[O.scenario];
     for (int png = 0; png < 2; png++) {
@@ -783,13 +1212,23 @@ static void plots(int nsec, load_coarse_t *lat, uint64_t *ops, uint64_t *bytes)
                 png ? "pngcairo" : "svg", O.plot, png ? ".png" : ".svg");
         fprintf(g, "set title 'ferry-load %s (%ld clients)'\nset xlabel 'second'\nset grid\n", title,
                 O.clients);
-        if (O.scenario == SC_FANOUT)
+        if (O.scenario == SC_SOAK)
             fprintf(g,
-                    "set ylabel 'commit-to-client latency (ms)'\nset logscale y\n"
+                    "set ylabel 'latency to the stream (ms)'\nset y2label 'ferry RSS (MB), errors'\n"
+                    "set y2tics\nset logscale y\n"
+                    "plot '%s' using 1:($7>0?$4:1/0) with linespoints title 'p50', "
+                    "'' using 1:($7>0?$6:1/0) with linespoints title 'p99', "
+                    "'' using 1:($8>0?$8:1/0) axes x1y2 with lines title 'ferry RSS (MB)', "
+                    "'' using 1:9 axes x1y2 with steps title 'errors so far'\n"
+                    "unset logscale y\nunset y2tics\nunset y2label\n",
+                    dat);
+        else if (O.scenario == SC_FANOUT || O.scenario == SC_WRITE)
+            fprintf(g,
+                    "set ylabel '%s latency (ms)'\nset logscale y\n"
                     "plot '%s' using 1:($7>0?$4:1/0) with linespoints title 'p50', "
                     "'' using 1:($7>0?$5:1/0) with linespoints title 'p90', "
                     "'' using 1:($7>0?$6:1/0) with linespoints title 'p99'\nunset logscale y\n",
-                    dat);
+                    O.scenario == SC_WRITE ? "write-to-stream" : "commit-to-client", dat);
         else
             fprintf(g,
                     "set ylabel 'ops/s'\nset y2label 'MB/s'\nset y2tics\n"
@@ -827,6 +1266,15 @@ int main(int argc, char **argv)
     SH = mmap(NULL, shsize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (SH == MAP_FAILED)
         die("could not map %zu bytes of shared memory", shsize);
+    if (O.scenario == SC_WRITE) {
+        size_t wsz = (size_t)(O.writers + 1) * sizeof(wstat_t) + 2 * (size_t)O.clients * sizeof(uint64_t);
+        void *m = mmap(NULL, wsz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED)
+            die("could not map %zu bytes of shared memory", wsz);
+        WS = m;
+        WCP_VAL = (uint64_t *)(WS + O.writers + 1);
+        WCP_AT = WCP_VAL + O.clients;
+    }
     if (O.ferry_pid > 0) {
         R.rss_before = rss_kb(O.ferry_pid);
         if (R.rss_before < 0)
@@ -870,8 +1318,13 @@ int main(int argc, char **argv)
         uint64_t until = mono_us() + (uint64_t)(O.hold * 1e6);
         while (mono_us() < until && !deadline_passed())
             tick(), sleep_us(50000);
-    } else if (O.scenario == SC_FANOUT) {
-        fanout_commits();
+    } else if (O.scenario == SC_FANOUT || O.scenario == SC_WRITE || O.scenario == SC_SOAK) {
+        if (!R.timed_out && O.scenario == SC_FANOUT)
+            fanout_commits();
+        else if (!R.timed_out && O.scenario == SC_WRITE)
+            write_scenario();
+        else if (!R.timed_out)
+            soak_scenario();
         if (O.ferry_pid > 0)
             R.rss_after = rss_kb(O.ferry_pid);
     } else if (O.ferry_pid > 0) {
@@ -929,6 +1382,42 @@ int main(int argc, char **argv)
                      t.st.stamped_ops == t.deliveries;
     if (O.scenario != SC_INITIAL)
         consistent = consistent && t.server_closed == 0;
+    /* write: the writers' totals */
+    wstat_t wt = {0};
+    load_hist_t *wlat = calloc(1, sizeof *wlat);
+    if (wlat == NULL)
+        die("out of memory");
+    for (long w = 0; WS != NULL && w < O.writers; w++) {
+        wt.requests += WS[w].requests;
+        wt.ops += WS[w].ops;
+        wt.applied += WS[w].applied;
+        wt.not_applied += WS[w].not_applied;
+        wt.http_errors += WS[w].http_errors;
+        wt.io_errors += WS[w].io_errors;
+        if (WS[w].last_status)
+            wt.last_status = WS[w].last_status;
+        if (WS[w].last_error[0])
+            memcpy(wt.last_error, WS[w].last_error, sizeof wt.last_error);
+        load_hist_merge(wlat, &WS[w].lat);
+    }
+    double wsecs = R.write_secs > 0 ? R.write_secs : 1;
+    if (O.scenario == SC_WRITE || O.scenario == SC_SOAK)
+        consistent = consistent && R.commit_errors == 0 && R.write_errors == 0 &&
+                     R.round_errors == 0 && t.deliveries == R.expected &&
+                     t.st.stamped_ops == t.deliveries;
+    if (O.scenario == SC_WRITE)
+        consistent = consistent && wt.applied == wt.ops && wt.http_errors == 0 &&
+                     wt.io_errors == 0 && R.rounds_ok == (uint64_t)O.rounds;
+    /* soak: RSS over the run (first and last whole-second samples) */
+    long rss_first = -1, rss_last = -1, rss_max = -1;
+    for (int k = 0; k < R.nsampled && k < nsec; k++)
+        if (R.sec_rss[k] > 0) {
+            if (rss_first < 0)
+                rss_first = R.sec_rss[k];
+            rss_last = R.sec_rss[k];
+            if (R.sec_rss[k] > rss_max)
+                rss_max = R.sec_rss[k];
+        }
 
     /* table */
     printf("ferry-load %s: %ld clients over %ld process(es), %.2f s%s\n",
@@ -972,6 +1461,40 @@ int main(int argc, char **argv)
         printf("  %-34s all %ld synced in %.3f s, ferry RSS %.1f MB\n",
                k == 0 ? "churn cycles (0 = first connect)" : "", O.clients, R.cycle_s[k],
                R.cycle_rss[k] / 1024.0);
+    if (O.scenario == SC_WRITE) {
+        printf("  %-34s %llu of %llu ops applied in %llu POSTs of %ld (%llu HTTP errors%s%s, %llu "
+               "unanswered), %ld writers\n",
+               "write-back", (unsigned long long)wt.applied, (unsigned long long)wt.ops,
+               (unsigned long long)wt.requests, O.batch, (unsigned long long)wt.http_errors,
+               wt.last_error[0] ? ": " : "", wt.last_error, (unsigned long long)wt.io_errors,
+               O.writers);
+        printf("  %-34s %.0f ops/s over %.1f s\n", "write-back throughput", wt.applied / wsecs, wsecs);
+        printf("  %-34s p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms\n", "POST of a batch",
+               ms(load_hist_quantile(wlat, .5)), ms(load_hist_quantile(wlat, .9)),
+               ms(load_hist_quantile(wlat, .99)), ms(wlat->max));
+        printf("  %-34s %llu of %ld rounds; POST 1 op p50 %.2f, GET write checkpoint p50 %.2f ms\n",
+               "own checkpoint rounds", (unsigned long long)R.rounds_ok, O.rounds,
+               ms(load_hist_quantile(&H_post, .5)), ms(load_hist_quantile(&H_get, .5)));
+        printf("  %-34s p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms\n", "write to own checkpoint",
+               ms(load_hist_quantile(&H_wcp, .5)), ms(load_hist_quantile(&H_wcp, .9)),
+               ms(load_hist_quantile(&H_wcp, .99)), ms(H_wcp.max));
+    }
+    if (O.scenario == SC_SOAK)
+        printf("  %-34s %llu commits (%llu errors), %llu writes (%llu errors) over %.0f s\n", "soak",
+               (unsigned long long)R.commits, (unsigned long long)R.commit_errors,
+               (unsigned long long)R.writes, (unsigned long long)R.write_errors, O.seconds);
+    if (O.scenario == SC_WRITE || O.scenario == SC_SOAK) {
+        printf("  %-34s %llu of %llu deliveries\n", "rows delivered to their streams",
+               (unsigned long long)t.deliveries, (unsigned long long)R.expected);
+        printf("  %-34s p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms\n",
+               O.scenario == SC_WRITE ? "write-to-stream latency" : "commit/write-to-stream",
+               ms(load_hist_quantile(lat, .5)), ms(load_hist_quantile(lat, .9)),
+               ms(load_hist_quantile(lat, .99)), ms(lat->max));
+    }
+    if (O.scenario == SC_SOAK && rss_first > 0)
+        printf("  %-34s first second %.1f MB, last %.1f MB, max %.1f MB; errors %llu\n",
+               "ferry RSS over the soak", rss_first / 1024.0, rss_last / 1024.0, rss_max / 1024.0,
+               (unsigned long long)(R.nsampled ? R.sec_err[R.nsampled - 1] : 0));
     printf("  %-34s %s\n", "consistent", consistent ? "yes" : "NO");
 
     if (O.json != NULL) {
@@ -1013,6 +1536,32 @@ int main(int argc, char **argv)
                 "  \"ferry_rss_kb\": {\"before\": %ld, \"after\": %ld, \"peak_sampled\": %ld, "
                 "\"per_idle_stream\": %.3f},\n",
                 R.rss_before, R.rss_after, R.rss_peak, per_stream_kb);
+        fprintf(f,
+                "  \"write\": {\"writers\": %ld, \"batch\": %ld, \"seconds\": %.3f, \"requests\": %llu, "
+                "\"ops\": %llu, \"applied\": %llu, \"not_applied\": %llu, \"http_errors\": %llu, "
+                "\"unanswered\": %llu, \"ops_per_s\": %.1f, \"rounds\": %ld, \"rounds_ok\": %llu, "
+                "\"round_errors\": %llu, \"single_writes\": %llu, \"single_write_errors\": %llu},\n",
+                O.scenario == SC_WRITE ? O.writers : 0, O.batch, O.seconds,
+                (unsigned long long)wt.requests, (unsigned long long)wt.ops,
+                (unsigned long long)wt.applied, (unsigned long long)wt.not_applied,
+                (unsigned long long)wt.http_errors, (unsigned long long)wt.io_errors,
+                wt.applied / wsecs, O.scenario == SC_WRITE ? O.rounds : 0,
+                (unsigned long long)R.rounds_ok, (unsigned long long)R.round_errors,
+                (unsigned long long)R.writes, (unsigned long long)R.write_errors);
+        json_hist(f, "write_batch_ms", wlat, 0);
+        json_hist(f, "write_single_post_ms", &H_post, 0);
+        json_hist(f, "write_checkpoint_get_ms", &H_get, 0);
+        json_hist(f, "write_to_own_checkpoint_ms", &H_wcp, 0);
+        fprintf(f,
+                "  \"soak\": {\"seconds\": %.3f, \"commits\": %llu, \"commit_errors\": %llu, "
+                "\"writes\": %llu, \"write_errors\": %llu, \"deliveries\": %llu, "
+                "\"expected_deliveries\": %llu, \"rss_first_kb\": %ld, \"rss_last_kb\": %ld, "
+                "\"rss_max_kb\": %ld, \"errors\": %llu},\n",
+                O.scenario == SC_SOAK ? O.seconds : 0.0, (unsigned long long)R.commits,
+                (unsigned long long)R.commit_errors, (unsigned long long)R.writes,
+                (unsigned long long)R.write_errors, (unsigned long long)t.deliveries,
+                (unsigned long long)R.expected, rss_first, rss_last, rss_max,
+                (unsigned long long)(R.nsampled ? R.sec_err[R.nsampled - 1] : 0));
         fprintf(f, "  \"churn\": [");
         for (int k = 0; k < R.ncycles; k++)
             fprintf(f, "%s{\"cycle\": %d, \"seconds\": %.6f, \"ferry_rss_kb\": %ld}", k ? ", " : "",
@@ -1022,10 +1571,11 @@ int main(int argc, char **argv)
         for (int s = 0; s < nsec; s++)
             fprintf(f,
                     "%s\n    {\"second\": %d, \"ops\": %llu, \"bytes\": %llu, \"deliveries\": %u, "
-                    "\"p50_ms\": %.3f, \"p99_ms\": %.3f}",
+                    "\"p50_ms\": %.3f, \"p99_ms\": %.3f, \"ferry_rss_kb\": %ld, \"errors\": %llu}",
                     s ? "," : "", s, (unsigned long long)sops[s], (unsigned long long)sbytes[s],
                     slat[s].count, ms(load_coarse_quantile(&slat[s], .5)),
-                    ms(load_coarse_quantile(&slat[s], .99)));
+                    ms(load_coarse_quantile(&slat[s], .99)), s < R.nsampled ? R.sec_rss[s] : -1,
+                    (unsigned long long)(s < R.nsampled ? R.sec_err[s] : 0));
         fprintf(f, "\n  ]\n}\n");
         fclose(f);
     }
@@ -1036,5 +1586,6 @@ int main(int argc, char **argv)
     free(slat);
     free(sops);
     free(sbytes);
+    free(wlat);
     return consistent ? 0 : 3;
 }

@@ -208,12 +208,21 @@ static void validate(load_proto_t *p, int max_priority, load_stats_t *st, int *o
     }
 }
 
+/* a checkpoint or checkpoint_diff line may carry "write_checkpoint":"N" (the user's counter) */
+static void note_write_checkpoint(load_proto_t *p, const char *s, const char *end)
+{
+    const char *w = FIND(s, end, "\"write_checkpoint\":");
+    if (w != NULL)
+        p->write_checkpoint = (uint64_t)num_at(w + 19, end);
+}
+
 static int line_checkpoint(load_proto_t *p, const char *s, const char *end, load_stats_t *st)
 {
     const char *l = FIND(s, end, "\"last_op_id\":");
     if (l == NULL)
         return fail(p, "a checkpoint line has no last_op_id");
     p->last_op_id = (uint64_t)num_at(l + 13, end);
+    note_write_checkpoint(p, s, end);
     /* a full checkpoint replaces the tracked set: keep the local sums of buckets it still lists */
     enum { KEEP_MAX = 4096 };
     uint64_t kept_small[64], *kept = kept_small;
@@ -251,6 +260,7 @@ static int line_diff(load_proto_t *p, const char *s, const char *end, load_stats
     if (l == NULL || u == NULL || r == NULL)
         return fail(p, "a checkpoint_diff line lacks last_op_id, updated_buckets or removed_buckets");
     p->last_op_id = (uint64_t)num_at(l + 13, end);
+    note_write_checkpoint(p, s, end);
     const char *uend = r > u ? r : end;
     if (parse_bucket_list(p, u, uend, NULL, 0, NULL) != 0)
         return fail(p, "a checkpoint_diff line has a malformed bucket");

@@ -42,6 +42,7 @@ typedef struct load_proto {
     uint32_t nbk, capbk;
     uint64_t last_op_id;
     uint32_t completes; /* checkpoint_complete lines seen */
+    uint64_t write_checkpoint; /* the latest write_checkpoint a checkpoint(_diff) line carried */
     const char *err;    /* static text when phase == LOAD_P_ERROR */
 } load_proto_t;
 
