@@ -134,6 +134,13 @@ struct gw_storage {
     size_t nwcp, cap_wcp;
     char **wcp_done; /* resolved by the commit being reported */
     size_t nwcp_done;
+    /* Row filter: a Bloom filter over the (tbl, key) of every row ever stored by this process or
+     * present at open. A miss proves the row is not in `rows`, so put_row skips the lookup
+     * (false positives only cost that lookup). Deleted or rolled-back rows stay set (harmless).
+     * NULL when disabled (then every put_row looks the row up). */
+    uint64_t *filter;
+    size_t filter_bits; /* a power of two */
+    size_t filter_keys; /* keys added since the last rebuild */
     gw_buf_t line; /* scratch for op JSON */
     gw_buf_t members;
     gw_storage_hook_fn hook;
@@ -251,6 +258,95 @@ static void touch(gw_storage_t *s, bucket_t *b)
     s->touched[s->ntouched++] = b->name;
 }
 
+/* ---- row filter ---- */
+
+enum { FILTER_MIN_BITS = 1u << 23, FILTER_MAX_BITS = 1u << 26 }; /* 1 MB .. 8 MB */
+
+static uint64_t row_hash(const char *tbl, const char *key)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a, then a final mix */
+    for (const unsigned char *p = (const unsigned char *)tbl; *p != '\0'; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull; /* separator no table name contains */
+    for (const unsigned char *p = (const unsigned char *)key; *p != '\0'; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h;
+}
+
+/* Three probes by double hashing over the filter's bits. */
+static void filter_add_hash(gw_storage_t *s, uint64_t h)
+{
+    uint64_t a = h, b = (h >> 32) | 1, mask = s->filter_bits - 1;
+    for (int i = 0; i < 3; i++, a += b)
+        s->filter[(a & mask) >> 6] |= 1ull << (a & 63);
+}
+
+static int filter_maybe(const gw_storage_t *s, const gw_row_ref_t *ref)
+{
+    if (s->filter == NULL)
+        return 1;
+    uint64_t h = row_hash(ref->table, ref->key);
+    uint64_t a = h, b = (h >> 32) | 1, mask = s->filter_bits - 1;
+    for (int i = 0; i < 3; i++, a += b)
+        if ((s->filter[(a & mask) >> 6] & (1ull << (a & 63))) == 0)
+            return 0;
+    return 1;
+}
+
+/* (Re)build the filter from every stored row, sized for about 16 bits per row and room to grow.
+ * Runs inside or outside a transaction (the writer sees its own uncommitted rows). On any error
+ * the filter is disabled, which is always safe. */
+static void filter_build(gw_storage_t *s, uint64_t rows)
+{
+    free(s->filter);
+    s->filter = NULL;
+    size_t bits = FILTER_MIN_BITS;
+    while (bits < FILTER_MAX_BITS && bits < rows * 32)
+        bits *= 2;
+    if (rows * 16 > bits)
+        return; /* too many rows for a useful filter within the cap: always look rows up */
+    uint64_t *f = calloc(bits / 64, sizeof(uint64_t));
+    if (f == NULL)
+        return;
+    s->filter = f;
+    s->filter_bits = bits;
+    s->filter_keys = 0;
+    sqlite3_stmt *q;
+    int step = SQLITE_ERROR;
+    if (sqlite3_prepare_v2(s->db, "SELECT tbl, key FROM rows", -1, &q, NULL) == SQLITE_OK) {
+        while ((step = sqlite3_step(q)) == SQLITE_ROW) {
+            const char *t = (const char *)sqlite3_column_text(q, 0);
+            const char *k = (const char *)sqlite3_column_text(q, 1);
+            filter_add_hash(s, row_hash(t != NULL ? t : "", k != NULL ? k : ""));
+            s->filter_keys++;
+        }
+        sqlite3_finalize(q);
+    }
+    if (step != SQLITE_DONE) {
+        free(s->filter);
+        s->filter = NULL;
+    }
+}
+
+/* Note a stored row; rebuild larger when the filter gets too full for its false-positive rate. */
+static void filter_add(gw_storage_t *s, const gw_row_ref_t *ref)
+{
+    if (s->filter == NULL)
+        return;
+    filter_add_hash(s, row_hash(ref->table, ref->key));
+    if (++s->filter_keys * 12 <= s->filter_bits)
+        return;
+    if (s->filter_bits >= FILTER_MAX_BITS) {
+        free(s->filter); /* at the cap: stop filtering rather than rebuild again and again */
+        s->filter = NULL;
+        return;
+    }
+    filter_build(s, s->filter_keys);
+}
+
 /* ---- open / close ---- */
 
 /* Whether the file holds ops clustered by bucket (the first layout; see the file comment). */
@@ -271,6 +367,10 @@ static int old_layout(sqlite3 *db)
 
 int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
 {
+    /* no global allocation statistics: they take a mutex on every SQLite malloc. Only possible
+     * before SQLite initializes (this runs on the main thread before any other uses SQLite);
+     * afterwards the call fails harmlessly. */
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     gw_storage_t *s = gw_xcalloc(1, sizeof(*s));
     gw_map_init(&s->by_name);
     s->path = gw_xstrdup(path);
@@ -314,6 +414,9 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
         gw_storage_close(s);
         return GW_EIO;
     }
+    gw_storage_stats_t st;
+    if (gw_storage_stats(s, &st) == 0)
+        filter_build(s, st.rows);
     *out = s;
     return 0;
 }
@@ -341,6 +444,7 @@ void gw_storage_close(gw_storage_t *s)
     free(s->wcp_done);
     gw_buf_free(&s->line);
     gw_buf_free(&s->members);
+    free(s->filter);
     free(s->path);
     free(s);
 }
@@ -542,6 +646,48 @@ static void append_u64(gw_buf_t *b, uint64_t v)
     gw_buf_append(b, tmp + n, sizeof(tmp) - n);
 }
 
+/* Append s as a JSON string (as gw_buf_json_str does, but copying runs of plain bytes at once:
+ * this runs for every op's type, id, subkey and data). */
+static void append_json_str(gw_buf_t *b, const char *str)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)str, *run = p;
+    gw_buf_append(b, "\"", 1);
+    for (;; p++) {
+        unsigned char c = *p;
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        if (p > run)
+            gw_buf_append(b, run, (size_t)(p - run));
+        if (c == '\0')
+            break;
+        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+        size_t n = 2;
+        switch (c) {
+        case '"':
+        case '\\':
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            n = 6;
+        }
+        gw_buf_append(b, esc, n);
+        run = p + 1;
+    }
+    gw_buf_append(b, "\"", 1);
+}
+
 static int write_op(gw_storage_t *s, bucket_t *b, int op, const char *type, const char *id,
                     const char *subkey, const char *data, size_t data_len, uint32_t checksum,
                     gw_err_t *err)
@@ -553,18 +699,18 @@ static int write_op(gw_storage_t *s, bucket_t *b, int op, const char *type, cons
     append_u64(l, op_id);
     gw_buf_puts(l, op == OP_PUT ? "\",\"op\":\"PUT\",\"object_type\":"
                                 : "\",\"op\":\"REMOVE\",\"object_type\":");
-    gw_buf_json_str(l, type);
+    append_json_str(l, type);
     gw_buf_puts(l, ",\"object_id\":");
-    gw_buf_json_str(l, id);
+    append_json_str(l, id);
     gw_buf_puts(l, ",\"checksum\":");
     append_u64(l, checksum);
     gw_buf_puts(l, ",\"subkey\":");
-    gw_buf_json_str(l, subkey);
+    append_json_str(l, subkey);
     if (op == OP_PUT) {
         gw_buf_puts(l, ",\"data\":");
         /* data is NUL-free JSON text; escape it as a JSON string */
         (void)data_len;
-        gw_buf_json_str(l, data);
+        append_json_str(l, data);
     }
     gw_buf_puts(l, "}");
     sqlite3_stmt *q = s->st[ST_OP_INSERT];
@@ -739,7 +885,8 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
     subkey_of(ref, subkey, sizeof(subkey));
     gw_buf_t old_members = GW_BUF_INIT, old_lookups = GW_BUF_INIT, new_lookups = GW_BUF_INIT;
     int rc = 0;
-    row_load(s, ref, &old_members, &old_lookups);
+    if (filter_maybe(s, ref))
+        row_load(s, ref, &old_members, &old_lookups);
     gw_buf_reset(&s->members);
     /* PUT every current membership */
     for (size_t i = 0; ops != NULL && i < ops->n && rc == 0; i++) {
@@ -796,6 +943,8 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
         if (sqlite3_step(q) != SQLITE_DONE)
             rc = sql_err(s->db, err, "store a row");
         sqlite3_reset(q);
+        if (rc == 0)
+            filter_add(s, ref);
     }
     gw_buf_free(&old_members);
     gw_buf_free(&old_lookups);

@@ -71,7 +71,7 @@ YAML
 metric() { { curl -s "http://127.0.0.1:$port/metrics" || true; } | awk -v m="$1" '$1 == m { print $2 }'; }
 start_ferry() { # PROFILE=DIR records the catch-up with perf into DIR/perf.data
   if [ "${1:-}" = profile ] && [ -n "${PROFILE:-}" ]; then
-    perf record -g -o "$PROFILE/perf.data" -- "$bin" serve --config "$tmp/ferry.yaml" >>"$tmp/ferry.log" 2>&1 &
+    perf record ${PERF_OPTS:--g} -o "$PROFILE/perf.data" -- "$bin" serve --config "$tmp/ferry.yaml" >>"$tmp/ferry.log" 2>&1 &
   else
     "$bin" serve --config "$tmp/ferry.yaml" >>"$tmp/ferry.log" 2>&1 &
   fi
@@ -134,6 +134,9 @@ ferry_s=$(echo "$t1 - $t0" | bc -l)
 fproc=$fpid
 [ -n "${PROFILE:-}" ] && fproc=$(pgrep -P "$fpid" -x ferry || echo "$fpid")
 hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$fproc/status")
+# ferry's CPU time (user + system, all threads): steadier than the rate on a shared machine
+ticks=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$fproc/stat")
+cpu_s=$(echo "scale=3; $ticks / $(getconf CLK_TCK)" | bc)
 got=$(metric ferry_replication_changes_total)
 kill -INT "$fpid"; wait "$fpid" || true; fpid=""
 [ "${got:-0}" -ge "$changes" ] || { echo "ferry saw only ${got:-0} changes"; tail -5 "$tmp/ferry.log"; exit 1; }
@@ -143,4 +146,5 @@ ratio=$(echo "scale=1; 100 * $recv_s / $ferry_s" | bc)
 echo "BENCH replication_changes_per_s $ferry_rate changes/s ferry, $changes changes (1000 per txn, 5 bucket definitions), goal >= 100000"
 echo "BENCH replication_pg_recvlogical_per_s $recv_rate changes/s pg_recvlogical draining the same changes (the limit)"
 echo "BENCH replication_ratio_to_pg_recvlogical $ratio % goal >= 50"
+echo "BENCH replication_cpu_us_per_change $(echo "scale=2; 1000000 * $cpu_s / $changes" | bc) us ferry CPU (user+sys) per change, ${cpu_s} s in all"
 echo "BENCH replication_peak_rss $((hwm / 1024)) MB ferry VmHWM, goal < 100"
