@@ -51,6 +51,10 @@ typedef struct ferry_sync {
     int complete_seen;          /* the newest checkpoint was complete (validated or not) */
     char errmsg[256];
     sqlite3_stmt *st[24];
+    char *arena;                /* the data-line scanner's unescaped strings (reused) */
+    size_t arena_len, arena_cap;
+    void *ops;                  /* its ops (reused) */
+    size_t nops, ops_cap;
 } ferry_sync_t;
 
 /* Results of ferry__sync_line. */

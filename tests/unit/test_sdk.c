@@ -391,6 +391,43 @@ START_TEST(test_sdk_second_connection_waits_for_the_first)
 }
 END_TEST
 
+/* The data-line scanner (no jansson tree) must store exactly what jansson would: escapes,
+ * \u sequences with surrogate pairs, raw UTF-8, unknown keys skipped, null subkey; and hand
+ * anything else to jansson (which then reports the error). */
+START_TEST(test_sdk_data_line_scanner_matches_jansson)
+{
+    cp("3", "{\"bucket\":\"s\",\"checksum\":6}");
+    const char *l =
+        " { \"data\" : { \"after\":\"0\", \"x\":{\"a\":[1,2.5e3,true,null,{\"b\":\"\\u00e9\"}]},"
+        " \"bucket\" : \"s\", \"data\" : [ {\"op_id\":\"1\",\"op\":\"PUT\",\"object_type\":\"todos\","
+        "\"object_id\":\"a\",\"subkey\":null,\"checksum\":1,\"extra\":[[]],"
+        "\"data\":\"{\\\"description\\\":\\\"caf\\u00e9 \\ud83d\\ude00 \xc3\xa9 \\\\\\\" \\/ \\\\t\\\"}\"},"
+        "{\"op\":\"PUT\",\"op_id\":\"2\",\"object_type\":\"todos\",\"object_id\":\"b\",\"checksum\":-4294967296}"
+        " ] , \"has_more\" : false } } ";
+    /* the second op's checksum is out of range: the scanner gives up, jansson reports it */
+    ck_assert_int_eq(ferry__sync_line(db, &db->sync, l, strlen(l)), FERRY_EPROTO);
+    ck_assert_ptr_nonnull(strstr(db->sync.errmsg, "invalid op in bucket \"s\""));
+    char l2[2048];
+    snprintf(l2, sizeof l2, "%s", l);
+    char *bad = strstr(l2, "-4294967296");
+    memcpy(bad, "5          ", 11); /* a valid checksum, blanks keep the length */
+    ck_assert_int_eq(ferry__sync_line(db, &db->sync, l2, strlen(l2)), 0);
+    ck_assert_int_eq(line("{\"data\":{\"bucket\":\"s\",\"data\":[{\"op_id\":\"3\",\"op\":\"MOVE\",\"checksum\":0.0}]}}"), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"3\"}}"), 0);
+    ck_assert_str_eq(q("SELECT key FROM ferry_oplog WHERE row_id = 'a'"), "todos/a/null");
+    ck_assert_str_eq(q("SELECT description FROM todos WHERE id = 'a'"),
+                     "caf\xc3\xa9 \xf0\x9f\x98\x80 \xc3\xa9 \" / \t");
+    ck_assert_str_eq(q("SELECT data FROM ferry_oplog WHERE row_id = 'a'"),
+                     "{\"description\":\"caf\xc3\xa9 \xf0\x9f\x98\x80 \xc3\xa9 \\\" / \\t\"}");
+    ck_assert_str_eq(q("SELECT count(*) || ':' || ifnull(min(description), 'null') FROM todos WHERE id = 'b'"), "1:null");
+    /* shapes the scanner does not take, handled (or refused) the same as before */
+    ck_assert_int_eq(line("{\"data\":{\"bucket\":\"s\",\"data\":[{\"op_id\":4,\"op\":\"PUT\",\"checksum\":1}]}}"), FERRY_EPROTO);
+    ck_assert_int_eq(line("{\"data\":{\"bucket\":\"s\",\"data\":[]}} x"), FERRY_EPROTO);
+    ck_assert_int_eq(line("{\"data\":{\"bucket\":\"s\",\"data\":[{\"op_id\":\"4\",\"op\":\"PUT\",\"object_type\":\"todos\",\"checksum\":1}]}}"), FERRY_EPROTO);
+    ck_assert_int_eq(line("{\"data\":{\"bucket\":\"s\",\"data\":[{\"op_id\":\"4\",\"op\":\"PUT\",\"object_type\":\"todos\",\"object_id\":\"a\",\"checksum\":1,\"data\":\"\\ud800\"}]}}"), FERRY_EPROTO);
+}
+END_TEST
+
 START_TEST(test_sdk_triggers_record_put_patch_delete)
 {
     sqlite3 *a = ferry_sqlite(db);
@@ -520,6 +557,7 @@ int main(void)
     tcase_add_test(tc, test_sdk_oplog_absent_bucket_deleted_and_priority_zero_first);
     tcase_add_test(tc, test_sdk_two_streams_into_one_file_break_checksums);
     tcase_add_test(tc, test_sdk_second_connection_waits_for_the_first);
+    tcase_add_test(tc, test_sdk_data_line_scanner_matches_jansson);
     tcase_add_test(tc, test_sdk_triggers_record_put_patch_delete);
     tcase_add_test(tc, test_sdk_watch_local_and_sync);
     tcase_add_test(tc, test_sdk_migration_adds_columns_and_fills_them);
