@@ -1,6 +1,6 @@
 /* ferry_load.c -- load-test harness: many raw PowerSync streams against a running ferry
  *
- *   ferry-load initial|fanout|idle [options]     (ferry-load --help lists them)
+ *   ferry-load initial|fanout|idle|churn|write|soak [options]   (ferry-load --help lists them)
  *
  * Process model: the parent never holds a stream. It forks --procs workers, each running one
  * epoll loop over its share of the clients (non-blocking sockets bound to its own source
@@ -23,7 +23,12 @@
  * --save keeps the first stream's bytes, --cat FILE replays such a file from a loopback socket
  * served by a forked child: the limit), `fanout` (rows stamped with the epoch µs at commit,
  * receive time minus stamp per delivery), `idle` (ferry's RSS per held stream), `churn` (every
- * stream syncs and closes, then all reconnect at once when the parent bumps shared->cycle).
+ * stream syncs and closes, then all reconnect at once when the parent bumps shared->cycle),
+ * `write` (--writers forked processes post batches to /api/write over a blocking keep-alive
+ * client, http_call; then write-to-own-checkpoint rounds: the parent POSTs with a stream's
+ * client_id, GETs /write-checkpoint2.json and waits until that stream's worker publishes a
+ * write_checkpoint at least as large in WCP_VAL/WCP_AT, a shared per-client array), `soak`
+ * (commits and writes at fixed rates for --seconds; tick() records RSS and errors per second).
  * Output: a table on stdout, --json FILE with every figure, --plot PREFIX (gnuplot SVG+PNG).
  * Exit status: 0 consistent, 3 inconsistent (failures, missing deliveries, timeout), 1 usage.
  */
@@ -1331,6 +1336,7 @@ int main(int argc, char **argv)
         R.rss_after = rss_kb(O.ferry_pid);
     }
     R.elapsed = (mono_us() - SH->t0_us) / 1e6;
+    tick(); /* the last second's RSS and error sample (the series covers every second) */
     SH->stop = 1;
     for (long i = 0; i < O.procs; i++) {
         int st;
