@@ -51,6 +51,10 @@ typedef struct ferry_sync {
     int complete_seen;          /* the newest checkpoint was complete (validated or not) */
     char errmsg[256];
     sqlite3_stmt *st[24];
+    int batch_ops;              /* data lines share a transaction until this many ops or
+                                   250 ms (0: one transaction per line, as in unit tests) */
+    int in_tx;                  /* a data-line transaction is open */
+    int64_t tx_ops, tx_start;   /* its ops and start (monotonic ms) */
     char *arena;                /* the data-line scanner's unescaped strings (reused) */
     size_t arena_len, arena_cap;
     void *ops;                  /* its ops (reused) */
@@ -129,6 +133,10 @@ void ferry__sync_reset_connection(ferry_sync_t *s);
 /* Handles one NDJSON line; returns FERRY_LINE_* (>= 0) or a negative FERRY_E* code (the
  * iteration ends; message in s->errmsg). */
 int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t len);
+/* Commits the open data-line transaction, if any (complete lines only: positions and ops
+ * together). Returns 0 or FERRY_ESQLITE. _due: only when it is 250 ms old. */
+int ferry__sync_flush(ferry_sync_t *s);
+int ferry__sync_flush_due(ferry_sync_t *s);
 /* Applies a validated checkpoint that was blocked by uploads, if it can be now; returns 1 when
  * applied, 0 when not, negative on error. */
 int ferry__sync_try_pending(ferry_db_t *db, ferry_sync_t *s);

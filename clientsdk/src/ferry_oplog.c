@@ -14,9 +14,13 @@
  *
  * A bucket is valid when (add_checksum + op_checksum) mod 2^32 equals the checkpoint's checksum.
  * Publishing re-evaluates every row in ferry_updated: the stored PUT with the highest op id
- * across all buckets wins; no PUT left means the row is deleted. Invariants:
+ * across all buckets wins; no PUT left means the row is deleted. A bucket created since the
+ * last publish has one whole-bucket mark (row_type = row_id = '') instead of one mark per PUT,
+ * and is published set-based (publish_whole). Invariants:
  *
- *   1. One data line is applied in one SQLite transaction; a publish is one transaction, so the
+ *   1. Data lines are applied whole: one line, or several consecutive ones (the sync thread
+ *      batches up to batch_ops ops or 250 ms per transaction), never part of one, so a bucket's
+ *      stored position always matches its stored ops. A publish is one transaction, so the
  *      app never sees a half-applied checkpoint.
  *   2. A full checkpoint (and a partial one of priority > 0) is published only when ferry_crud is
  *      empty and the target write checkpoint (kv "target", absent = no gate) is <= the
@@ -140,6 +144,7 @@ static void clear_buckets(ferry_sync_t *s)
 
 void ferry__sync_free(ferry_sync_t *s)
 {
+    if (s->conn) ferry__sync_flush(s);
     for (int i = 0; i < S_NSTMT; i++) {
         sqlite3_finalize(s->st[i]);
         s->st[i] = NULL;
@@ -165,8 +170,34 @@ void ferry__sync_reset_connection(ferry_sync_t *s)
     s->cp_write_cp = -1;
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int ferry__sync_flush(ferry_sync_t *s)
+{
+    if (!s->in_tx) return 0;
+    s->in_tx = 0;
+    if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(s->errmsg, sizeof s->errmsg, "could not commit data lines: %s",
+                 sqlite3_errmsg(s->conn));
+        sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+        return FERRY_ESQLITE;
+    }
+    return 0;
+}
+
+int ferry__sync_flush_due(ferry_sync_t *s)
+{
+    return s->in_tx && mono_ms() - s->tx_start >= 250 ? ferry__sync_flush(s) : 0;
+}
+
 static int sqlerr(ferry_sync_t *s, const char *what)
 {
+    s->in_tx = 0;
     snprintf(s->errmsg, sizeof s->errmsg, "could not %s: %s", what, sqlite3_errmsg(s->conn));
     sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
     return FERRY_ESQLITE;
@@ -465,6 +496,8 @@ static int publish(ferry_db_t *db, ferry_sync_t *s, int prio)
 
 int ferry__sync_try_pending(ferry_db_t *db, ferry_sync_t *s)
 {
+    int rc = ferry__sync_flush(s);
+    if (rc) return rc;
     if (!s->pending) return 0;
     return publish(db, s, -1);
 }
@@ -1046,8 +1079,13 @@ static int line_data_scanned(ferry_db_t *db, ferry_sync_t *s, size_t bucket_off)
 static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const dop_t *ops,
                       size_t nops)
 {
-    if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-        return sqlerr(s, "start a transaction");
+    if (!s->in_tx) {
+        if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+            return sqlerr(s, "start a transaction");
+        s->in_tx = 1;
+        s->tx_ops = 0;
+        s->tx_start = mono_ms();
+    }
     sqlite3_stmt *st = s->st[S_BUCKET_GET];
     sqlite3_bind_text(st, 1, bname, -1, SQLITE_STATIC);
     int64_t bid = -1, count = 0;
@@ -1095,6 +1133,7 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
             size_t need = strlen(type) + strlen(oid) + (sub ? strlen(sub) : 4) + 3;
             if (need > sizeof keybuf && !(key = malloc(need))) {
                 sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+                s->in_tx = 0;
                 return FERRY_ENOMEM;
             }
             snprintf(key, need, "%s/%s/%s", type, oid, sub ? sub : "null");
@@ -1163,8 +1202,11 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
         sqlite3_bind_int64(set, 5, bid);
         if (step_done(set)) return sqlerr(s, "update a bucket");
     }
-    if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-        return sqlerr(s, "commit a data line");
+    s->tx_ops += (int64_t)nops;
+    if (s->batch_ops <= 0 || s->tx_ops >= s->batch_ops || mono_ms() - s->tx_start >= 250) {
+        int rc = ferry__sync_flush(s);
+        if (rc) return rc;
+    }
     pthread_mutex_lock(&db->mu);
     db->status.ops_downloaded += (int64_t)nops;
     db->status.ops_received_total += (int64_t)nops;
@@ -1245,6 +1287,11 @@ int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t l
     size_t boff;
     int sc = scan_data_line(s, line, len, &boff);
     if (sc == 0) return line_data_scanned(db, s, boff);
+    /* every other line starts with what the data lines before it stored committed */
+    if (sc == 1) {
+        int rc = ferry__sync_flush(s);
+        if (rc) return rc;
+    }
     json_error_t jerr;
     json_t *root = json_loadb(line, len, 0, &jerr);
     if (!root) return proto(s, "could not parse a sync line: %s", jerr.text);
@@ -1255,6 +1302,7 @@ int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t l
     }
     const char *key = json_object_iter_key(json_object_iter(root));
     json_t *v = json_object_iter_value(json_object_iter(root));
+    if (strcmp(key, "data") != 0 && (rc = ferry__sync_flush(s)) != 0) goto out;
     if (strcmp(key, "data") == 0) {
         rc = line_data(db, s, v);
     } else if (strcmp(key, "checkpoint") == 0) {

@@ -232,6 +232,11 @@ static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_
     (void)d;
     stream_t *st = ud;
     if (atomic_load(&st->db->stop)) return 1;
+    /* a stalled stream must not keep the write lock: commit the lines stored so far */
+    if (ferry__sync_flush_due(&st->db->sync) != 0) {
+        st->result = FERRY_ESQLITE;
+        return 1;
+    }
     if (st->status == 200) try_pending(st->db);
     return 0;
 }
@@ -283,6 +288,8 @@ static int stream_once(ferry_db_t *db, int *backoff)
     curl_easy_setopt(st.h, CURLOPT_LOW_SPEED_TIME, 60L);
     curl_easy_setopt(st.h, CURLOPT_ACCEPT_ENCODING, "");
     CURLcode cc = curl_easy_perform(st.h);
+    int frc = ferry__sync_flush(&db->sync);
+    if (frc && st.result >= 0) st.result = frc;
     if (st.status == 0) curl_easy_getinfo(st.h, CURLINFO_RESPONSE_CODE, &st.status);
     curl_easy_cleanup(st.h);
     curl_slist_free_all(hdr);
@@ -664,6 +671,7 @@ int ferry_connect(ferry_db_t *db, const char *endpoint, ferry_token_cb token_cb,
         sqlite3_close_v2(c);
         goto nomem;
     }
+    db->sync.batch_ops = 20000;
     pthread_mutex_lock(&db->mu);
     db->caught_up = 0;
     db->target = -2;

@@ -428,6 +428,34 @@ START_TEST(test_sdk_data_line_scanner_matches_jansson)
 }
 END_TEST
 
+/* The sync thread lets data lines share a transaction (batch_ops): nothing of them is visible
+ * before the commit, positions and ops commit together, and any other line commits first. */
+START_TEST(test_sdk_data_lines_share_a_transaction)
+{
+    db->sync.batch_ops = 3;
+    cp("4", "{\"bucket\":\"t\",\"checksum\":10}");
+    ck_assert_int_eq(line(data_line("t", op("1", "PUT", "a", "a", "{}", 1))), 0);
+    ck_assert_int_eq(db->sync.in_tx, 1);
+    ck_assert_str_eq(q("SELECT count(*) FROM ferry_oplog"), "0"); /* not committed yet */
+    ck_assert_str_eq(q("SELECT count(*) FROM ferry_buckets"), "0");
+    char ops[2048];
+    snprintf(ops, sizeof ops, "%s,", op("2", "PUT", "b", "b", "{}", 2));
+    strcat(ops, op("3", "PUT", "c", "c", "{}", 3));
+    ck_assert_int_eq(line(data_line("t", ops)), 0); /* 3 ops: committed */
+    ck_assert_int_eq(db->sync.in_tx, 0);
+    ck_assert_str_eq(q("SELECT count(*) || ':' || max(last_op) FROM ferry_oplog, ferry_buckets"), "3:3");
+    ck_assert_int_eq(line(data_line("t", op("4", "PUT", "d", "d", "{}", 4))), 0);
+    ck_assert_str_eq(q("SELECT count(*) FROM ferry_oplog"), "3");
+    ck_assert_int_eq(line("{\"token_expires_in\":600}"), 0); /* any other line commits */
+    ck_assert_str_eq(q("SELECT count(*) FROM ferry_oplog"), "4");
+    ck_assert_int_eq(line(data_line("t", op("5", "MOVE", "", "", "", 0))), 0);
+    ck_assert_int_eq(ferry__sync_flush(&db->sync), 0);
+    ck_assert_int_eq(ferry__sync_flush(&db->sync), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"4\"}}"), 0);
+    ck_assert_str_eq(q("SELECT group_concat(id) FROM (SELECT id FROM todos ORDER BY id)"), "a,b,c,d");
+}
+END_TEST
+
 START_TEST(test_sdk_triggers_record_put_patch_delete)
 {
     sqlite3 *a = ferry_sqlite(db);
@@ -558,6 +586,7 @@ int main(void)
     tcase_add_test(tc, test_sdk_two_streams_into_one_file_break_checksums);
     tcase_add_test(tc, test_sdk_second_connection_waits_for_the_first);
     tcase_add_test(tc, test_sdk_data_line_scanner_matches_jansson);
+    tcase_add_test(tc, test_sdk_data_lines_share_a_transaction);
     tcase_add_test(tc, test_sdk_triggers_record_put_patch_delete);
     tcase_add_test(tc, test_sdk_watch_local_and_sync);
     tcase_add_test(tc, test_sdk_migration_adds_columns_and_fills_them);
