@@ -10,6 +10,7 @@ db=$(new_db load80)
 psql -q "$db" <<'SQL'
 CREATE TABLE items (id text PRIMARY KEY, body text);
 CREATE TABLE ferry_load_ticks (id text PRIMARY KEY, owner text, ts bigint);
+CREATE TABLE sdk_notes (id text PRIMARY KEY, owner text, ts bigint);
 CREATE PUBLICATION ferry FOR ALL TABLES;
 INSERT INTO items SELECT 'i' || i, repeat('x', 40) || i FROM generate_series(1, 3000) i;
 SQL
@@ -22,9 +23,14 @@ bucket_definitions:
     parameters: SELECT request.user_id() AS owner
     data:
       - SELECT id, owner, ts FROM ferry_load_ticks WHERE owner = bucket.owner
+      - SELECT id, owner, ts FROM sdk_notes WHERE owner = bucket.owner
 write_rules:
   ferry_load_ticks:
     operations: [insert, update]
+    columns: [id, owner, ts]
+    check: "new.owner = request.user_id()"
+  sdk_notes:
+    operations: [insert]
     columns: [id, owner, ts]
     check: "new.owner = request.user_id()"
 YAML
@@ -124,6 +130,21 @@ if command -v gnuplot >/dev/null; then
     fail "soak: plots written" "$(ls "$T_TMP")"
 fi
 
+# sdk (ferry-load sdk = build/ferry-load-sdk): 6 libferry clients of 3 users (k0-k2), each its own
+# SQLite file: all synced with the 3,000 items (the k users own no ticks yet), no checksum
+# failure; then 2 local writes each (libferry reserves ferry_* names: its table is sdk_notes), uploaded and caught up (write checkpoint applied)
+"$LOAD_BIN" sdk --url "$url" --secret "$secret" --kid test --aud ferry --timeout 60 --quiet \
+  --user-prefix k --clients 6 --users 3 --schema 'items:body;sdk_notes:owner,ts:int' \
+  --expect-rows 3000 --writes 2 --write-table sdk_notes --json "$T_TMP/sdk.json" \
+  >"$T_TMP/sdk.txt" 2>&1
+rc=$?
+expect_eq "sdk: exits 0 (consistent)" 0 "$rc"
+expect_eq "sdk: 6 of 6 clients synced, 3,000 rows in each SQLite file, no checksum failure" "6 18000 3000 3000 0" \
+  "$(json_get "$T_TMP/sdk.json" '" ".join(str(x) for x in (j["synced"], j["rows"]["total"], j["rows"]["per_client_min"], j["rows"]["per_client_max"], j["checksum_failures"]))')"
+expect_eq "sdk: time to first sync positive for all 6; all 6 caught up after their writes, none rejected" True \
+  "$(json_get "$T_TMP/sdk.json" 'j["time_to_first_sync_ms"]["count"] == 6 and j["time_to_first_sync_ms"]["min"] > 0 and j["writes"]["clients_caught_up"] == 6 and j["writes"]["rejected"] == 0 and j["write_to_synced_ms"]["min"] > 0')"
+expect_eq "sdk: the 12 written rows reached Postgres" 12 "$(psql -tAq "$db" -c "SELECT count(*) FROM sdk_notes WHERE owner LIKE 'k%'")"
+
 # a wrong secret: every stream fails with 401 and the run says inconsistent (exit 3)
 "$LOAD_BIN" initial --url "$url" --secret wrong-secret-wrong-secret-wrong --kid test --aud ferry \
   --clients 3 --timeout 10 --quiet --json "$T_TMP/bad.json" >"$T_TMP/bad.txt" 2>&1
@@ -132,5 +153,5 @@ expect_eq "a rejected token: exit 3, 3 HTTP errors, last status 401" "3 3 401" \
 # loopback only unless asked
 out=$("$LOAD_BIN" idle --url http://192.0.2.1:80 --secret x 2>&1)
 expect_match "a non-loopback URL needs --allow-remote" 'not a loopback address; pass --allow-remote' "$out"
-cat "$T_TMP/initial.txt" "$T_TMP/fanout.txt" "$T_TMP/idle.txt" "$T_TMP/write.txt" "$T_TMP/soak.txt" | sed "s/^/    /"
+cat "$T_TMP/initial.txt" "$T_TMP/fanout.txt" "$T_TMP/idle.txt" "$T_TMP/write.txt" "$T_TMP/soak.txt" "$T_TMP/sdk.txt" | sed "s/^/    /"
 stop_pid "$FERRY_PID" 5

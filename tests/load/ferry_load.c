@@ -1044,6 +1044,7 @@ static void usage(void)
 {
     fputs(
         "usage: ferry-load initial|fanout|idle|churn|write|soak [options]\n"
+        "       ferry-load sdk [options]  (libferry clients: ferry-load-sdk --help)\n"
         "  --url http://HOST:PORT[/prefix]  ferry (default http://127.0.0.1:8080; loopback only\n"
         "                                 unless --allow-remote)\n"
         "  --clients N  --procs N  --ramp N (connects in flight per process, default 256)\n"
@@ -1250,6 +1251,17 @@ static void plots(int nsec, load_coarse_t *lat, uint64_t *ops, uint64_t *bytes)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "sdk") == 0) { /* the SDK mode is its own program */
+        char self[4096];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 32);
+        if (n > 0) {
+            self[n] = '\0';
+            strcpy(strrchr(self, '/') + 1, "ferry-load-sdk");
+            argv[1] = self;
+            execv(self, argv + 1);
+        }
+        die("could not run ferry-load-sdk next to ferry-load: %s", strerror(errno));
+    }
     parse_args(argc, argv);
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
