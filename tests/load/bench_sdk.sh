@@ -32,4 +32,10 @@ SNAPSHOT_CHUNK_ROWS=10000 replication_config "$T_TMP/ferry.yaml" "$port" "$FERRY
 start_ferry "$T_TMP/ferry.yaml" || exit 1
 wait_ready "$port" 600 || { echo "ferry not ready"; exit 1; }
 tok=$("$FERRY_BIN" token --config "$T_TMP/ferry.yaml" --sub u1)
-"$T_ROOT/$BUILD/bench_sdk" "http://127.0.0.1:$port" "$tok" "$T_TMP/bench.db"
+# BENCH_SDK_BINS="A B": run these bench_sdk binaries one after the other against the same
+# server (to compare two builds under the same conditions); default: this build's
+for bin in ${BENCH_SDK_BINS:-$T_ROOT/$BUILD/bench_sdk}; do
+  [ -n "${BENCH_SDK_BINS:-}" ] && echo "# $bin"
+  rm -f "$T_TMP"/bench.db*
+  "$bin" "http://127.0.0.1:$port" "$tok" "$T_TMP/bench.db"
+done
