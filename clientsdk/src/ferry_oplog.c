@@ -333,7 +333,10 @@ int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type)
  * bucket: every op of the bucket that is the highest op of its row across all buckets becomes
  * the row (REPLACE INTO with json_extract of its data). A row whose highest op is in another
  * bucket is left to that bucket's own mark (it has one: per row, or whole). When a data string
- * is not a JSON object the statement fails; that bucket's rows then go the row-by-row way. */
+ * is not a JSON object the statement fails; that bucket's rows then go the row-by-row way.
+ * When no other bucket holds any op (a first sync of one bucket), the statement walks the row
+ * index (row_type, row_id, op_id) instead: rows in id order, a row's ops in op order, so the
+ * last REPLACE of a row is its highest op, with no probe per row. */
 static int publish_whole(ferry_db_t *db, pub_t *p, const char *filt)
 {
     char q[256];
@@ -347,6 +350,15 @@ static int publish_whole(ferry_db_t *db, pub_t *p, const char *filt)
         if (r == SQLITE_DONE) break;
         if (r != SQLITE_ROW) goto sqlfail;
         int64_t bid = sqlite3_column_int64(sel, 0);
+        sqlite3_stmt *alone_st;
+        if (sqlite3_prepare_v2(p->conn,
+                               "SELECT EXISTS (SELECT 1 FROM ferry_oplog WHERE bucket < ?1) OR "
+                               "EXISTS (SELECT 1 FROM ferry_oplog WHERE bucket > ?1)",
+                               -1, &alone_st, NULL) != SQLITE_OK)
+            goto sqlfail;
+        sqlite3_bind_int64(alone_st, 1, bid);
+        int alone = sqlite3_step(alone_st) == SQLITE_ROW && sqlite3_column_int(alone_st, 0) == 0;
+        sqlite3_finalize(alone_st);
         for (int ti = 0; ti < db->ntables && !rc; ti++) {
             ferry_tdef_t *t = &db->tables[ti];
             if (t->local_only) continue;
@@ -361,10 +373,15 @@ static int publish_whole(ferry_db_t *db, pub_t *p, const char *filt)
             for (int i = 0; i < t->ncols; i++)
                 n += (size_t)snprintf(sql + n, cap - n, ", json_extract(o.data, '$.\"%s\"')",
                                       t->cols[i]);
-            snprintf(sql + n, cap - n,
-                     " FROM ferry_oplog o WHERE o.bucket = ?1 AND o.row_type = ?2 AND NOT EXISTS "
-                     "(SELECT 1 FROM ferry_oplog h WHERE h.row_type = o.row_type AND h.row_id = "
-                     "o.row_id AND h.op_id > o.op_id)");
+            if (alone)
+                snprintf(sql + n, cap - n,
+                         " FROM ferry_oplog o INDEXED BY ferry_oplog_row WHERE o.row_type = ?2 "
+                         "AND ?1 IS NOT NULL ORDER BY o.row_id, o.op_id");
+            else
+                snprintf(sql + n, cap - n,
+                         " FROM ferry_oplog o WHERE o.bucket = ?1 AND o.row_type = ?2 AND NOT "
+                         "EXISTS (SELECT 1 FROM ferry_oplog h WHERE h.row_type = o.row_type AND "
+                         "h.row_id = o.row_id AND h.op_id > o.op_id)");
             r = sqlite3_prepare_v2(p->conn, sql, -1, &st, NULL);
             free(sql);
             if (r != SQLITE_OK) goto sqlfail;

@@ -456,6 +456,31 @@ START_TEST(test_sdk_data_lines_share_a_transaction)
 }
 END_TEST
 
+/* A new bucket is published set-based; alone (no other bucket holds ops) it walks the row index,
+ * so of two ops of one row (two subkeys) the higher op id must still win, whatever the subkeys'
+ * order; with another bucket holding a higher op of the row, that op wins. */
+START_TEST(test_sdk_publish_new_bucket_highest_op_wins)
+{
+    cp("3", "{\"bucket\":\"n\",\"checksum\":6}");
+    char ops[2048];
+    snprintf(ops, sizeof ops, "%s,", op("1", "PUT", "a", "z", "{\\\"description\\\":\\\"old\\\"}", 1));
+    strcat(ops, op("2", "PUT", "a", "b", "{\\\"description\\\":\\\"new\\\"}", 2));
+    strcat(ops, ",");
+    strcat(ops, op("3", "PUT", "c", "c", "{\\\"description\\\":\\\"c\\\"}", 3));
+    ck_assert_int_eq(line(data_line("n", ops)), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"3\"}}"), 0);
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || description) FROM (SELECT * FROM todos ORDER BY id)"), "a=new,c=c");
+    /* a second new bucket, not alone: its higher op of a wins, bucket n's rows stay */
+    cp("5", "{\"bucket\":\"n\",\"checksum\":6},{\"bucket\":\"m\",\"checksum\":9}");
+    snprintf(ops, sizeof ops, "%s", op("4", "PUT", "d", "d", "{\\\"description\\\":\\\"d\\\"}", 4));
+    strcat(ops, ",");
+    strcat(ops, op("5", "PUT", "a", "a", "{\\\"description\\\":\\\"from m\\\"}", 5));
+    ck_assert_int_eq(line(data_line("m", ops)), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"5\"}}"), 0);
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || description) FROM (SELECT * FROM todos ORDER BY id)"), "a=from m,c=c,d=d");
+}
+END_TEST
+
 START_TEST(test_sdk_triggers_record_put_patch_delete)
 {
     sqlite3 *a = ferry_sqlite(db);
@@ -587,6 +612,7 @@ int main(void)
     tcase_add_test(tc, test_sdk_second_connection_waits_for_the_first);
     tcase_add_test(tc, test_sdk_data_line_scanner_matches_jansson);
     tcase_add_test(tc, test_sdk_data_lines_share_a_transaction);
+    tcase_add_test(tc, test_sdk_publish_new_bucket_highest_op_wins);
     tcase_add_test(tc, test_sdk_triggers_record_put_patch_delete);
     tcase_add_test(tc, test_sdk_watch_local_and_sync);
     tcase_add_test(tc, test_sdk_migration_adds_columns_and_fills_them);
