@@ -120,7 +120,12 @@ static int on_commit(void *ud)
     db->cur_tx = 0;
     uint64_t ch = db->tx_changed;
     db->tx_changed = 0;
-    if (ch) ferry__notify(db, ch);
+    /* the uploader must look at the queue again before anyone calls us synced */
+    pthread_mutex_lock(&db->mu);
+    db->app_commits++;
+    db->changed |= ch;
+    pthread_cond_broadcast(&db->cond);
+    pthread_mutex_unlock(&db->mu);
     return 0;
 }
 

@@ -108,6 +108,8 @@ struct ferry_db {
     int synced_ever;
     int caught_up;            /* the newest checkpoint of this connection is applied */
     int64_t target;           /* kv "target" as the uploader saw it last; -2 not read yet */
+    uint64_t app_commits;     /* commits on the app's connection (guarded by mu) */
+    uint64_t scanned_commits; /* app_commits as of the uploader's last queue scan (mu) */
     int64_t rejected_total;
     int64_t conn_applied_write_cp;
     int sync_lock_fd;         /* the held "<path>-sync.lock" (flock), -1 none; sync thread */

@@ -601,12 +601,16 @@ static void *upload_main(void *arg)
     int backoff = db->opt.retry_delay_ms;
     while (!atomic_load(&db->stop)) {
         msg[0] = 0;
+        pthread_mutex_lock(&db->mu);
+        uint64_t commits = db->app_commits; /* every commit before this scan is seen by it */
+        pthread_mutex_unlock(&db->mu);
         int64_t n = queue_len(c);
         int64_t target = ferry__kv_get_int(c, "target", -1);
         pthread_mutex_lock(&db->mu);
         int changed = db->status.upload_queue_length != n;
         db->status.upload_queue_length = n < 0 ? 0 : n;
         db->target = target;
+        db->scanned_commits = commits;
         pthread_cond_broadcast(&db->cond);
         pthread_mutex_unlock(&db->mu);
         if (changed) ferry__status_changed(db);
@@ -753,7 +757,8 @@ static int first_sync_done(ferry_db_t *db) { return db->synced_ever; }
 
 static int synced_done(ferry_db_t *db)
 {
-    return db->caught_up && db->status.upload_queue_length == 0 && db->target != -2 &&
+    return db->caught_up && db->scanned_commits >= db->app_commits &&
+           db->status.upload_queue_length == 0 && db->target != -2 &&
            db->target != FERRY_TARGET_UNKNOWN &&
            (db->target < 0 || db->conn_applied_write_cp >= db->target);
 }
