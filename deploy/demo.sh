@@ -111,7 +111,7 @@ start() {
 
   local port=${DEMO_PORT:-8080}
   if port_in_use "$port"; then
-    while port_in_use "$port"; do port=$(( 20000 + RANDOM % 30000 )); done
+    while port_in_use "$port"; do port=$(( 10000 + RANDOM % 22000 )); done
     echo "   port 8080 is taken; using $port"
   fi
   local secret
@@ -205,7 +205,7 @@ YAML
   pause
 
   say "3. Offline: alice writes without a connection; the write lands when she is back"
-  local dead; dead=$(( port + 1 )); while port_in_use "$dead"; do dead=$(( 20000 + RANDOM % 30000 )); done
+  local dead; dead=$(( port + 1 )); while port_in_use "$dead"; do dead=$(( 10000 + RANDOM % 22000 )); done
   cmd "ferry-todo --db alice.db add 'Buy stamps (written offline)'"
   local offline_id; offline_id=$(todo alice add 'Buy stamps (written offline)')
   echo "   $offline_id"

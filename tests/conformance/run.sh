@@ -42,7 +42,7 @@ for t in "$here"/node/[0-9][0-9]_*.test.mjs; do
   psql -q -v ON_ERROR_STOP=1 "$uri" -f "$here/schema.sql" >/dev/null
   dir=$tmp/$name; mkdir -p "$dir"
   cp "$here/sync-rules.yaml" "$dir/"
-  port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 30000 ))
+  port=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))  # below the ephemeral range (32768+)
   cat >"$dir/ferry.yaml" <<YAML
 log_level: info
 http:

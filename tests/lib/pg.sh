@@ -34,7 +34,7 @@ start() {
   fi
   local port tries=0
   while :; do
-    port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 30000 ))
+    port=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))  # below the ephemeral range (32768+)
     if ! port_in_use "$port" && as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
          -o "-c port=$port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir \
              -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 \

@@ -45,7 +45,8 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
   local p
   while :; do
-    p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 30000 ))
+    # below the ephemeral range (32768+), where outgoing connections could take it first
+    p=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))
     port_in_use "$p" || { echo "$p"; return; }
   done
 }

@@ -51,7 +51,7 @@ bucket_definitions:
     data:
       - SELECT id FROM todos WHERE done = true
 YAML
-port=$(( 20000 + RANDOM % 30000 ))
+port=$(( 10000 + RANDOM % 22000 ))
 cat >"$tmp/ferry.yaml" <<YAML
 log_level: info
 http:
