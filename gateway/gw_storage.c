@@ -152,6 +152,25 @@ static int sql_err(sqlite3 *db, gw_err_t *err, const char *what)
     return gw_err_set(err, GW_EIO, "storage", "could not %s: %s", what, sqlite3_errmsg(db));
 }
 
+/* Step q to the end, copying column 0 of each row; *n strings in a malloc'd array the caller
+ * frees (each string and the array). The statement is reset. */
+static char **collect_texts(sqlite3_stmt *q, size_t *n)
+{
+    char **v = NULL;
+    size_t cap = 0;
+    *n = 0;
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 64;
+            v = gw_xrealloc(v, cap * sizeof(char *));
+        }
+        const char *t = (const char *)sqlite3_column_text(q, 0);
+        v[(*n)++] = gw_xstrdup(t != NULL ? t : "");
+    }
+    sqlite3_reset(q);
+    return v;
+}
+
 static int exec(sqlite3 *db, const char *sql, gw_err_t *err, const char *what)
 {
     char *msg = NULL;
@@ -1220,18 +1239,10 @@ int gw_storage_truncate(gw_storage_t *s, const char *table, gw_err_t *err)
 {
     for (;;) {
         /* collect a batch of keys first: deleting while stepping the same table is unsafe */
-        char **keys = NULL;
-        size_t n = 0, cap = 0;
         sqlite3_stmt *q = s->st[ST_ROWS_OF_TABLE];
         sqlite3_bind_text(q, 1, table, -1, SQLITE_STATIC);
-        while (sqlite3_step(q) == SQLITE_ROW) {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 256;
-                keys = gw_xrealloc(keys, cap * sizeof(char *));
-            }
-            keys[n++] = gw_xstrdup((const char *)sqlite3_column_text(q, 0));
-        }
-        sqlite3_reset(q);
+        size_t n;
+        char **keys = collect_texts(q, &n);
         int rc = 0;
         for (size_t i = 0; i < n; i++) {
             gw_row_ref_t ref = {.table = table, .key = keys[i]};
@@ -1545,17 +1556,8 @@ int gw_storage_each_bucket(gw_storage_reader_t *r, uint64_t as_of,
                            void *ud)
 {
     /* collect names first so the callback can use the reader */
-    char **names = NULL;
-    size_t n = 0, cap = 0;
-    sqlite3_stmt *q = r->st[RD_BUCKETS];
-    while (sqlite3_step(q) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 64;
-            names = gw_xrealloc(names, cap * sizeof(char *));
-        }
-        names[n++] = gw_xstrdup((const char *)sqlite3_column_text(q, 0));
-    }
-    sqlite3_reset(q);
+    size_t n;
+    char **names = collect_texts(r->st[RD_BUCKETS], &n);
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         uint32_t cs;

@@ -34,6 +34,7 @@
  */
 
 #include "load_hist.h"
+#include "load_clock.h"
 #include "load_proto.h"
 #include "load_token.h"
 
@@ -138,20 +139,6 @@ typedef struct wstat {
 
 static wstat_t *WS;
 static uint64_t *WCP_VAL, *WCP_AT;
-
-static uint64_t mono_us(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
-}
-
-static uint64_t real_us(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
-}
 
 static void die(const char *fmt, ...)
 {

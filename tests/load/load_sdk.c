@@ -26,6 +26,7 @@
  * nothing rejected. Exit 3 when inconsistent, 1 on usage or setup errors.
  */
 #include "load_hist.h"
+#include "load_clock.h"
 #include "load_token.h"
 
 #include <ferry.h>
@@ -70,20 +71,6 @@ typedef struct client {
 static ferry_table_t TABLES[MAX_TABLES + 1];
 static ferry_column_t COLS[MAX_TABLES][MAX_COLS + 1];
 static int NTABLES;
-
-static uint64_t mono_us(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
-}
-
-static uint64_t real_us(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
-}
 
 static void die(const char *fmt, ...)
 {
