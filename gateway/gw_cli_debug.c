@@ -1,12 +1,13 @@
 /* gw_cli_debug.c -- `ferry debug dump|oracle`: inspect bucket storage and compare it with SQL
  *
- *   ferry debug dump --config FILE [--bucket B] [--checksums]
+ *   ferry debug dump --config FILE [--bucket B] [--checksums | --ops]
  *       each bucket's reconstructed rows (ops applied in op-id order: PUT sets the row of
  *       (object_type, object_id, subkey), REMOVE deletes it, CLEAR empties the bucket, MOVE
  *       changes nothing but counts in the checksum), one JSON line per row:
  *       {"bucket":…,"type":…,"id":…,"data":{…}}; with --checksums one line per bucket instead:
  *       {"bucket":…,"checksum":…,"count":…,"ops_checksum":…,"ops":…} where ops_checksum/ops are
- *       recomputed from the stored ops (they must equal checksum/count)
+ *       recomputed from the stored ops (they must equal checksum/count); with --ops every stored
+ *       op instead, in op-id order per bucket: {"bucket":…,"op":{"op_id":…,"op":…,…}}
  *   ferry debug oracle --config FILE
  *       the same row lines computed directly: every table the rules read is SELECTed from
  *       Postgres now and evaluated with the rules (the storage's rule version as prefix)
@@ -76,6 +77,7 @@ typedef struct dump_ctx {
     uint64_t as_of;
     const char *only;
     int checksums;
+    int ops; /* print every op, unsorted */
     lines_t out;
     int failed;
 } dump_ctx_t;
@@ -113,6 +115,16 @@ static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t
             const char *sub = json_string_value(json_object_get(op, "subkey"));
             sum += (uint32_t)json_integer_value(json_object_get(op, "checksum"));
             nops++;
+            if (d->ops) {
+                char *text = json_dumps(op, JSON_COMPACT);
+                gw_buf_t l = GW_BUF_INIT;
+                gw_buf_puts(&l, "{\"bucket\":");
+                gw_buf_json_str(&l, bucket);
+                gw_buf_printf(&l, ",\"op\":%s}", text != NULL ? text : "null");
+                puts(l.data);
+                gw_buf_free(&l);
+                free(text);
+            }
             char key[4096];
             snprintf(key, sizeof(key), "%s\x1f%s\x1f%s", type ? type : "", id ? id : "",
                      sub ? sub : "");
@@ -129,7 +141,9 @@ static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t
             break;
     }
     gw_buf_t line = GW_BUF_INIT;
-    if (d->checksums) {
+    if (d->ops) {
+        /* printed above */
+    } else if (d->checksums) {
         gw_buf_puts(&line, "{\"bucket\":");
         gw_buf_json_str(&line, bucket);
         gw_buf_printf(&line, ",\"checksum\":%u,\"count\":%llu,\"ops_checksum\":%u,\"ops\":%llu}",
@@ -157,7 +171,7 @@ static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t
     return 0;
 }
 
-static int cmd_dump(gw_config_t *cfg, const char *bucket, int checksums)
+static int cmd_dump(gw_config_t *cfg, const char *bucket, int checksums, int ops)
 {
     gw_storage_reader_t *r;
     gw_err_t err;
@@ -169,7 +183,7 @@ static int cmd_dump(gw_config_t *cfg, const char *bucket, int checksums)
     uint64_t last_op, lsn;
     int consistent;
     gw_storage_read_checkpoint(r, &last_op, &lsn, &consistent);
-    dump_ctx_t d = {.r = r, .as_of = last_op, .only = bucket, .checksums = checksums};
+    dump_ctx_t d = {.r = r, .as_of = last_op, .only = bucket, .checksums = checksums, .ops = ops};
     int rc = gw_storage_each_bucket(r, last_op, dump_bucket, &d);
     lines_print_free(&d.out);
     gw_storage_reader_close(r);
@@ -264,7 +278,7 @@ static int cmd_oracle(gw_config_t *cfg)
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: ferry debug dump --config FILE [--bucket B] [--checksums]\n"
+    fprintf(out, "usage: ferry debug dump --config FILE [--bucket B] [--checksums | --ops]\n"
                  "       ferry debug oracle --config FILE\n");
 }
 
@@ -278,11 +292,12 @@ int gw_cli_debug(int argc, char **argv)
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"bucket", required_argument, NULL, 'b'},
                                          {"checksums", no_argument, NULL, 's'},
+                                         {"ops", no_argument, NULL, 'o'},
                                          {0}};
     const char *config = NULL, *bucket = NULL;
-    int checksums = 0, c;
+    int checksums = 0, ops = 0, c;
     optind = 2;
-    while ((c = getopt_long(argc, argv, "c:b:s", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:b:so", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
             config = optarg;
@@ -293,13 +308,16 @@ int gw_cli_debug(int argc, char **argv)
         case 's':
             checksums = 1;
             break;
+        case 'o':
+            ops = 1;
+            break;
         default:
             usage(stderr);
             return 2;
         }
     }
     const char *path = gw_cli_config_path(config);
-    if (path == NULL || optind < argc) {
+    if (path == NULL || optind < argc || (checksums && ops)) {
         usage(stderr);
         return 2;
     }
@@ -310,7 +328,7 @@ int gw_cli_debug(int argc, char **argv)
         fprintf(stderr, "%s\n", gw_err_format(&err, msg, sizeof(msg)));
         return 1;
     }
-    int rc = strcmp(what, "dump") == 0 ? cmd_dump(&cfg, bucket, checksums) : cmd_oracle(&cfg);
+    int rc = strcmp(what, "dump") == 0 ? cmd_dump(&cfg, bucket, checksums, ops) : cmd_oracle(&cfg);
     gw_config_free(&cfg);
     return rc;
 }

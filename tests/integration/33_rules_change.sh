@@ -26,7 +26,8 @@ start_ferry "$T_TMP/ferry.yaml" || exit 1
 wait_ready "$port" 30 || fail "ready" "$(curl -s "http://127.0.0.1:$port/probes/readiness")"
 psql -q "$db" -c "UPDATE items SET v = 'x' WHERE id <= 10"
 converged "$T_TMP/ferry.yaml" 20 && pass "version 1 equals the oracle" || fail "version 1" "$(head -3 "$T_TMP/converge.diff")"
-v1_last=$(sqlite3 "$T_TMP/storage.db" 'SELECT max(op_id) FROM ops')
+ops_of() { "$FERRY_BIN" debug dump --config "$T_TMP/ferry.yaml" --ops | jq -r --arg v "$1" 'select(.bucket | startswith($v)) | .op.op_id | tonumber' | sort -n; }
+v1_last=$(ops_of 1# | tail -1)
 stop_pid "$FERRY_PID" 10
 
 cat >"$T_TMP/sync-rules.yaml" <<'YAML'
@@ -41,11 +42,11 @@ wait_ready "$port" 40 && pass "the new version becomes ready" || fail "ready wit
 expect_match "the log names the rule change" 'the sync rules changed: building a new rule version.*old_version=1 version=2' "$(cat "$FERRY_LOG")"
 converged "$T_TMP/ferry.yaml" 30 && pass "storage equals the oracle of the new rules" || fail "version 2 equals the oracle" "$(head -3 "$T_TMP/converge.diff")"
 expect_eq "every bucket carries the new version" "" "$(grep -v '"bucket":"2#' "$T_TMP/dump.txt" | head -2)"
-v2_first=$(sqlite3 "$T_TMP/storage.db" "SELECT min(o.op_id) FROM ops o JOIN buckets b ON b.id = o.bucket_id WHERE b.name LIKE '2#%'")
+v2_first=$(ops_of 2# | head -1)
 [ -n "$v2_first" ] && [ "$v2_first" -gt "$v1_last" ] && pass "op ids keep increasing ($v1_last -> $v2_first)" || fail "op ids increase" "$v1_last -> $v2_first"
 old=$(wait_match "http://127.0.0.1:$port/metrics" 'ferry_replication_slot_info\{slot="rules33_2"' 10 >/dev/null; psql -tAq "$db" -c "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'rules33%'")
 expect_eq "the old slot is dropped, the new one kept" "rules33_2" "$old"
-left=$(sqlite3 "$T_TMP/storage.db" "SELECT count(*) FROM ops o JOIN buckets b ON b.id = o.bucket_id WHERE b.name LIKE '1#%'")
+left=$(sqlite3 "$T_TMP/storage.db" "SELECT count(*) FROM op_chunks o JOIN buckets b ON b.id = o.bucket_id WHERE b.name LIKE '1#%'")
 expect_eq "the old version's ops are dropped" 0 "$left"
 psql -q "$db" -c "UPDATE items SET grp = 9 WHERE id = 1; INSERT INTO items VALUES (9001, 2, 'new')"
 converged "$T_TMP/ferry.yaml" 20 && pass "the new version streams changes" || fail "streams" "$(head -3 "$T_TMP/converge.diff")"
