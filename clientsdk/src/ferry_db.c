@@ -6,7 +6,9 @@
  *   ferry_kv       client_id, target write checkpoint ("target"), last_synced_at, ...
  *   ferry_crud     the upload queue: (id, tx_id, op, type, row_id, data), oldest first
  *   ferry_buckets  per bucket: last_op (resume position), add/op checksums, count, priority
- *   ferry_oplog    the stored PUT op of every (bucket, type/id/subkey) key
+ *   ferry_oplog    the stored PUT op of every (bucket, type/id/subkey) key: a rowid table in
+ *                  arrival order and one unique index (row_type, row_id, bucket, subkey), which
+ *                  serves both the key lookups of a bucket and a row's ops across buckets
  *   ferry_updated  rows to re-evaluate at the next publish (bucket 0 = a local write)
  *
  * Two SQLite connections: the app's (ferry_sqlite) and the sync thread's. Each registers the SQL
@@ -279,12 +281,48 @@ static const char OWN_TABLES[] =
     " last_op INTEGER NOT NULL DEFAULT 0, add_checksum INTEGER NOT NULL DEFAULT 0,"
     " op_checksum INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0,"
     " priority INTEGER NOT NULL DEFAULT 3);"
-    "CREATE TABLE IF NOT EXISTS ferry_oplog(bucket INTEGER NOT NULL, key TEXT NOT NULL,"
-    " op_id INTEGER NOT NULL, row_type TEXT NOT NULL, row_id TEXT NOT NULL, data TEXT,"
-    " hash INTEGER NOT NULL, UNIQUE(bucket, key));"
-    "CREATE INDEX IF NOT EXISTS ferry_oplog_row ON ferry_oplog(row_type, row_id, op_id);"
+    "CREATE TABLE IF NOT EXISTS ferry_oplog(bucket INTEGER NOT NULL, row_type TEXT NOT NULL,"
+    " row_id TEXT NOT NULL, subkey TEXT NOT NULL, op_id INTEGER NOT NULL, hash INTEGER NOT NULL,"
+    " data TEXT, key TEXT GENERATED ALWAYS AS (row_type || '/' || row_id || '/' || subkey));"
+    "CREATE UNIQUE INDEX IF NOT EXISTS ferry_oplog_key ON ferry_oplog(row_type, row_id, bucket,"
+    " subkey);"
     "CREATE TABLE IF NOT EXISTS ferry_updated(row_type TEXT NOT NULL, row_id TEXT NOT NULL,"
     " bucket INTEGER NOT NULL, PRIMARY KEY(row_type, row_id, bucket)) WITHOUT ROWID;";
+
+/* Files written before the oplog had its two-B-tree layout (a rowid table keyed by a "type/id/
+ * subkey" string, with a unique (bucket, key) index and a (row_type, row_id, op_id) index) are
+ * rewritten into it once: the subkey is what follows "type/id/" in the old key. */
+static int migrate_oplog(sqlite3 *c, ferry_error_t *err)
+{
+    sqlite3_stmt *st;
+    int old = 0;
+    if (sqlite3_prepare_v2(c, "SELECT count(*) FROM pragma_table_info('ferry_oplog') "
+                              "WHERE name = 'subkey'", -1, &st, NULL) != SQLITE_OK) {
+        ferry__seterr(err, FERRY_ESQLITE, "could not inspect the oplog: %s", sqlite3_errmsg(c));
+        return FERRY_ESQLITE;
+    }
+    int has_subkey = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) > 0;
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(c, "SELECT count(*) FROM sqlite_schema WHERE name = 'ferry_oplog'", -1,
+                           &st, NULL) == SQLITE_OK) {
+        old = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) > 0 && !has_subkey;
+        sqlite3_finalize(st);
+    }
+    if (!old) return 0;
+    return exec_sql(c,
+                    "ALTER TABLE ferry_oplog RENAME TO ferry_oplog_old;"
+                    "DROP INDEX IF EXISTS ferry_oplog_row;"
+                    "CREATE TABLE ferry_oplog(bucket INTEGER NOT NULL, row_type TEXT NOT NULL,"
+                    " row_id TEXT NOT NULL, subkey TEXT NOT NULL, op_id INTEGER NOT NULL,"
+                    " hash INTEGER NOT NULL, data TEXT, key TEXT GENERATED ALWAYS AS"
+                    " (row_type || '/' || row_id || '/' || subkey));"
+                    "INSERT INTO ferry_oplog(bucket, row_type, row_id, subkey, op_id, hash, data)"
+                    " SELECT bucket, row_type, row_id,"
+                    " substr(key, length(row_type) + length(row_id) + 3), op_id, hash, data"
+                    " FROM ferry_oplog_old ORDER BY rowid;"
+                    "DROP TABLE ferry_oplog_old;",
+                    err, "migrate the oplog");
+}
 
 /* Creates or migrates one table and its triggers; *added is set when rows must be filled from
  * the oplog (the table or a column is new). */
@@ -590,6 +628,7 @@ int ferry_open(const char *path, const ferry_schema_t *schema, ferry_db_t **out,
     }
     if ((rc = exec_sql(db->app, "BEGIN IMMEDIATE", err, "start the schema migration")) != 0)
         goto fail;
+    if ((rc = migrate_oplog(db->app, err)) != 0) goto rollback;
     if ((rc = exec_sql(db->app, OWN_TABLES, err, "create Ferry's tables")) != 0) goto rollback;
     /* client id */
     {

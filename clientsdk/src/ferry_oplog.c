@@ -60,8 +60,9 @@ static const char *SQL[S_NSTMT] = {
     [S_BUCKET_INS] = "INSERT INTO ferry_buckets(name, priority) VALUES (?, ?)",
     [S_BUCKET_SET] = "UPDATE ferry_buckets SET add_checksum = ?, op_checksum = ?, count = ?, "
                      "last_op = ? WHERE id = ?",
-    [S_OP_DEL_KEY] = "DELETE FROM ferry_oplog WHERE bucket = ? AND key = ? RETURNING hash",
-    [S_OP_INS] = "INSERT INTO ferry_oplog(bucket, key, op_id, row_type, row_id, data, hash) "
+    [S_OP_DEL_KEY] = "DELETE FROM ferry_oplog WHERE row_type = ?4 AND row_id = ?5 AND "
+                     "bucket = ?1 AND subkey = ?2 RETURNING hash",
+    [S_OP_INS] = "INSERT INTO ferry_oplog(bucket, subkey, op_id, row_type, row_id, data, hash) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
     [S_MARK] = "INSERT OR IGNORE INTO ferry_updated(row_type, row_id, bucket) VALUES (?, ?, ?)",
     [S_CLEAR_MARK] = "INSERT OR IGNORE INTO ferry_updated(row_type, row_id, bucket) "
@@ -117,8 +118,8 @@ int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
     (void)db;
     memset(s, 0, sizeof *s);
     s->conn = conn;
-    /* Downloads insert into three B-trees per op (the oplog, its key and row indexes) in op
-     * order, which is not key order: a larger page cache keeps their pages from being read
+    /* Downloads insert into two B-trees per op (the oplog and its key index) in op order,
+     * which is not key order: a larger page cache keeps their pages from being read
      * back again and again, and checkpointing the WAL less often writes a page that changed
      * many times once (16 MiB at most: 64 MiB was not measurably faster and cost 60 MiB of
      * RSS). */
@@ -334,9 +335,9 @@ int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type)
  * the row (REPLACE INTO with json_extract of its data). A row whose highest op is in another
  * bucket is left to that bucket's own mark (it has one: per row, or whole). When a data string
  * is not a JSON object the statement fails; that bucket's rows then go the row-by-row way.
- * When no other bucket holds any op (a first sync of one bucket), the statement walks the row
- * index (row_type, row_id, op_id) instead: rows in id order, a row's ops in op order, so the
- * last REPLACE of a row is its highest op, with no probe per row. */
+ * When no other bucket holds any op (a first sync of one bucket), the statement walks the key
+ * index (row_type, row_id, bucket, subkey) instead, a row's few ops sorted by op id: rows in id
+ * order, so the last REPLACE of a row is its highest op, with no probe per row. */
 static int publish_whole(ferry_db_t *db, pub_t *p, const char *filt)
 {
     char q[256];
@@ -352,8 +353,8 @@ static int publish_whole(ferry_db_t *db, pub_t *p, const char *filt)
         int64_t bid = sqlite3_column_int64(sel, 0);
         sqlite3_stmt *alone_st;
         if (sqlite3_prepare_v2(p->conn,
-                               "SELECT EXISTS (SELECT 1 FROM ferry_oplog WHERE bucket < ?1) OR "
-                               "EXISTS (SELECT 1 FROM ferry_oplog WHERE bucket > ?1)",
+                               "SELECT EXISTS (SELECT 1 FROM ferry_buckets WHERE id <> ?1 AND "
+                               "count > 0)",
                                -1, &alone_st, NULL) != SQLITE_OK)
             goto sqlfail;
         sqlite3_bind_int64(alone_st, 1, bid);
@@ -375,7 +376,7 @@ static int publish_whole(ferry_db_t *db, pub_t *p, const char *filt)
                                       t->cols[i]);
             if (alone)
                 snprintf(sql + n, cap - n,
-                         " FROM ferry_oplog o INDEXED BY ferry_oplog_row WHERE o.row_type = ?2 "
+                         " FROM ferry_oplog o INDEXED BY ferry_oplog_key WHERE o.row_type = ?2 "
                          "AND ?1 IS NOT NULL ORDER BY o.row_id, o.op_id");
             else
                 snprintf(sql + n, cap - n,
@@ -1136,7 +1137,6 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
         sqlite3_reset(s->st[S_WHOLE_GET]);
     }
     int64_t last = -1;
-    char keybuf[512];
     sqlite3_stmt *del = s->st[S_OP_DEL_KEY], *ins = s->st[S_OP_INS], *mark = s->st[S_MARK];
     for (size_t i = 0; i < nops; i++) {
         const dop_t *op = &ops[i];
@@ -1146,23 +1146,15 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
         count++;
         int put = op->kind == OP_PUT;
         if (put || op->kind == OP_REMOVE) {
-            const char *type = op->type, *oid = op->oid, *sub = op->sub;
-            char *key = keybuf;
-            size_t need = strlen(type) + strlen(oid) + (sub ? strlen(sub) : 4) + 3;
-            if (need > sizeof keybuf && !(key = malloc(need))) {
-                sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
-                s->in_tx = 0;
-                return FERRY_ENOMEM;
-            }
-            snprintf(key, need, "%s/%s/%s", type, oid, sub ? sub : "null");
+            const char *type = op->type, *oid = op->oid, *sub = op->sub ? op->sub : "null";
             /* a PUT is inserted first: a new key (nearly every op of an initial sync) costs
-             * one insert; only when the key is stored already (UNIQUE(bucket, key) fails) is
+             * one insert; only when the key is stored already (the unique key index fails) is
              * the old op deleted (its checksum moving to add_checksum) and the insert redone */
             int bad = 0, r = SQLITE_CONSTRAINT;
             if (put) {
                 const char *data = op->data;
                 sqlite3_bind_int64(ins, 1, bid);
-                sqlite3_bind_text(ins, 2, key, -1, SQLITE_STATIC);
+                sqlite3_bind_text(ins, 2, sub, -1, SQLITE_STATIC);
                 sqlite3_bind_int64(ins, 3, opid);
                 sqlite3_bind_text(ins, 4, type, -1, SQLITE_STATIC);
                 sqlite3_bind_text(ins, 5, oid, -1, SQLITE_STATIC);
@@ -1177,7 +1169,9 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
             }
             if (r == SQLITE_CONSTRAINT) {
                 sqlite3_bind_int64(del, 1, bid);
-                sqlite3_bind_text(del, 2, key, -1, SQLITE_STATIC);
+                sqlite3_bind_text(del, 2, sub, -1, SQLITE_STATIC);
+                sqlite3_bind_text(del, 4, type, -1, SQLITE_STATIC);
+                sqlite3_bind_text(del, 5, oid, -1, SQLITE_STATIC);
                 while ((r = sqlite3_step(del)) == SQLITE_ROW) {
                     uint32_t old = (uint32_t)sqlite3_column_int64(del, 0);
                     addck += old;
@@ -1196,7 +1190,6 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
                 sqlite3_bind_int64(mark, 3, bid);
                 bad |= step_done(mark);
             }
-            if (key != keybuf) free(key);
             if (bad) return sqlerr(s, "store an op");
         } else if (op->kind == OP_MOVE) {
             addck += ck;
