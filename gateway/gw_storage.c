@@ -1507,12 +1507,17 @@ int gw_storage_row_copy(gw_storage_t *s, const gw_row_ref_t *ref, void **out, si
 }
 
 /* Copy encoding: [u16 ncols] then per column [u16 name len][name][u8 kind][u32 len][bytes]. */
-void gw_storage_row_encode(gw_buf_t *out, size_t ncols, const char *const *names,
-                           const char *const *values, const size_t *lens)
+size_t gw_storage_row_encode(gw_buf_t *out, size_t ncols, const char *const *names,
+                             const char *const *values, const size_t *lens, size_t min_len)
 {
-    uint16_t n = (uint16_t)ncols;
+    size_t start = out->len;
+    uint16_t n = 0;
     gw_buf_append(out, &n, 2);
     for (size_t i = 0; i < ncols; i++) {
+        size_t len = values[i] == NULL ? 0 : lens ? lens[i] : strlen(values[i]);
+        if (min_len > 0 && (values[i] == NULL || len < min_len))
+            continue;
+        n++;
         uint16_t nl = (uint16_t)strlen(names[i]);
         gw_buf_append(out, &nl, 2);
         gw_buf_append(out, names[i], nl);
@@ -1523,6 +1528,8 @@ void gw_storage_row_encode(gw_buf_t *out, size_t ncols, const char *const *names
         if (values[i] != NULL)
             gw_buf_append(out, values[i], vl);
     }
+    memcpy(out->data + start, &n, 2);
+    return n;
 }
 
 int gw_storage_row_find(const void *copy, size_t copy_len, const char *name, const char **value,

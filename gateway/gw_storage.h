@@ -166,9 +166,12 @@ int gw_storage_row_copy(gw_storage_t *s, const gw_row_ref_t *ref, void **out, si
 
 /* Row copies: a compact encoding of (name, kind, value) triples, kind 'n' (NULL) or 't'. */
 
-/** Encode ncols columns into out (appended). values[i] NULL means SQL NULL. */
-void gw_storage_row_encode(gw_buf_t *out, size_t ncols, const char *const *names,
-                           const char *const *values, const size_t *lens);
+/**
+ * Encode the columns whose value is at least min_len bytes into out (appended); values[i] NULL
+ * means SQL NULL (kept only when min_len is 0). Returns the number of columns encoded.
+ */
+size_t gw_storage_row_encode(gw_buf_t *out, size_t ncols, const char *const *names,
+                             const char *const *values, const size_t *lens, size_t min_len);
 
 /**
  * Find column name in an encoded copy: 1 and *value and *len (pointing into copy; *value NULL for

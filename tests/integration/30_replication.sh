@@ -13,6 +13,10 @@ CREATE TABLE lists (id text PRIMARY KEY, name text, owner_id text);
 CREATE TABLE todos (id text PRIMARY KEY, list_id text, description text, done boolean,
                     n int, price numeric, created timestamptz, tags text[], meta jsonb, big text);
 CREATE TABLE notes (a int, b text, body text, PRIMARY KEY (a, b));
+-- every value longer than a toast pointer goes out of line: short ones too
+CREATE TABLE docs (a int, b text, short text, long text, n int, PRIMARY KEY (a, b));
+ALTER TABLE docs ALTER COLUMN short SET STORAGE EXTERNAL, ALTER COLUMN long SET STORAGE EXTERNAL;
+ALTER TABLE docs SET (toast_tuple_target = 128);
 CREATE PUBLICATION ferry FOR ALL TABLES;
 INSERT INTO lists SELECT 'l'||i, 'List '||i, 'u'||(i%7) FROM generate_series(1,500) i;
 INSERT INTO todos SELECT 't'||i, 'l'||(i%500+1), 'Todo '||i, i%2=0, i, i/3.0,
@@ -26,6 +30,7 @@ bucket_definitions:
     data:
       - SELECT * FROM lists
       - SELECT a || '-' || b AS id, body FROM notes
+      - SELECT a || '-' || b AS id, short, long, n FROM docs
   by_owner:
     parameters: SELECT request.user_id() AS owner_id
     data:
@@ -60,6 +65,11 @@ step "delete" "DELETE FROM todos WHERE id IN ('t8', 't9')"
 step "multi-table transaction" "BEGIN; INSERT INTO lists VALUES ('lx', 'X', 'u1'); INSERT INTO todos (id, list_id, description) VALUES ('tx', 'lx', 'in x'); UPDATE lists SET name = 'renamed' WHERE id = 'l1'; COMMIT"
 step "large TOASTed value stored" "UPDATE todos SET big = repeat('abcdefghij', 50000) WHERE id = 't10'"
 step "update leaving the TOASTed column unchanged" "UPDATE todos SET description = 'toast kept' WHERE id = 't10'"
+step "short and long values stored out of line" "INSERT INTO docs VALUES (1, 'x', repeat('s', 150), repeat('L', 5000), 0), (2, 'y', repeat('t', 150), 'plain', 0)"
+toast=$(psql -tAq "$db" -c "SELECT reltoastrelid::regclass FROM pg_class WHERE relname = 'docs'")
+external=$(psql -tAq "$db" -c "SELECT string_agg(n::text, ',' ORDER BY n) FROM (SELECT sum(length(chunk_data)) AS n FROM $toast GROUP BY chunk_id) t")
+expect_eq "row 1's short value is out of line as well as its long one" "150,5000" "$external"
+step "update leaving short and long out-of-line values unchanged (composite key)" "UPDATE docs SET n = n + 1"
 step "many rows in one statement" "UPDATE todos SET done = NOT done WHERE n % 10 = 0"
 step "truncate removes every row of the table" "TRUNCATE notes"
 step "rows come back after truncate" "INSERT INTO notes VALUES (1, 'a', 'again')"
