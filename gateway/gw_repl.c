@@ -109,6 +109,7 @@ struct gw_repl {
 
     /* observability (read from other threads) */
     _Atomic uint64_t m_snapshot_rows, m_snapshot_estimate, m_changes, m_txns, m_commits;
+    _Atomic uint64_t m_commit_us; /* wall time spent in storage commits */
     _Atomic uint64_t m_lsn, m_server_wal_end;
     _Atomic int m_phase; /* 0 check, 1 slot, 2 snapshot, 3 streaming, 4 backoff */
     _Atomic int64_t m_recv_commit_us; /* commit time of the last transaction received */
@@ -141,6 +142,14 @@ static uint64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t elapsed_us(const struct timespec *since)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)((now.tv_sec - since->tv_sec) * 1000000 +
+                      (now.tv_nsec - since->tv_nsec) / 1000);
 }
 
 static uint64_t elapsed_ms(const struct timespec *since)
@@ -1141,11 +1150,14 @@ static int flush_batch(gw_repl_t *r, gw_err_t *err)
         gw_info("repl", "storage has a consistent checkpoint; ready to serve", "lsn=%s",
                 gw_lsn_format(lsn, t, sizeof(t)));
     }
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc = gw_storage_commit(r->st, lsn, err);
     r->batch_open = 0;
     if (rc != 0)
         return rc;
     atomic_fetch_add(&r->m_commits, 1);
+    atomic_fetch_add(&r->m_commit_us, elapsed_us(&t0));
     atomic_store(&r->m_lsn, lsn);
     {
         uint64_t lo, l2;
@@ -1721,6 +1733,10 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
     gw_buf_puts(out, "# TYPE ferry_storage_commits_total counter\n");
     gw_buf_printf(out, "ferry_storage_commits_total %llu\n",
                   (unsigned long long)atomic_load(&r->m_commits));
+    gw_buf_puts(out, "# HELP ferry_storage_commit_seconds_total Time spent committing to storage "
+                     "(writing and syncing).\n# TYPE ferry_storage_commit_seconds_total counter\n");
+    gw_buf_printf(out, "ferry_storage_commit_seconds_total %.6f\n",
+                  (double)atomic_load(&r->m_commit_us) / 1e6);
     gw_buf_puts(out, "# HELP ferry_replication_lag_bytes WAL the server has sent past our last "
                      "commit.\n# TYPE ferry_replication_lag_bytes gauge\n");
     gw_buf_printf(out, "ferry_replication_lag_bytes %llu\n",

@@ -20,6 +20,10 @@
  * row at commit: one insert per bucket per commit, appended in id order. Readers seek the first
  * chunk whose last_op is above their position and skip the records before it.
  *
+ * Checkpoints (copying the WAL into the main file) run on a thread of their own with its own
+ * connection (PASSIVE: they never block the writer), started when the WAL has CKPT_FRAMES new
+ * frames; the writer's commits only append to the WAL and sync it.
+ *
  * The writer keeps every bucket's totals in memory (a map by name and an array by id), updates
  * them as ops are written and flushes the dirty ones at commit. A bucket's checksum as of an
  * older checkpoint C is its running total minus the ops after C, which are few and recent.
@@ -37,6 +41,7 @@
 #include "gw_log.h"
 #include "gw_map.h"
 
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,7 +167,16 @@ struct gw_storage {
     gw_buf_t members;
     gw_storage_hook_fn hook;
     void *hook_ud;
+    /* the checkpointer thread */
+    pthread_t ckpt_thread;
+    int ckpt_started;
+    pthread_mutex_t ckpt_lock;
+    pthread_cond_t ckpt_cond;
+    int ckpt_wanted, ckpt_stop;
 };
+
+/* WAL frames (pages) written since the last checkpoint that wake the checkpointer (16 MB) */
+enum { CKPT_FRAMES = 4096 };
 
 static int flush_pending(gw_storage_t *s, gw_err_t *err);
 
@@ -387,6 +401,54 @@ static void filter_add(gw_storage_t *s, const gw_row_ref_t *ref)
 
 /* ---- open / close ---- */
 
+/* ---- checkpointer ---- */
+
+static void *ckpt_main(void *arg)
+{
+    gw_storage_t *s = arg;
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        gw_warn("storage", "could not open the checkpointer's connection; the WAL grows until "
+                           "ferry stops", "error=\"%s\"", db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 1000);
+    pthread_mutex_lock(&s->ckpt_lock);
+    while (!s->ckpt_stop) {
+        if (!s->ckpt_wanted) {
+            pthread_cond_wait(&s->ckpt_cond, &s->ckpt_lock);
+            continue;
+        }
+        s->ckpt_wanted = 0;
+        pthread_mutex_unlock(&s->ckpt_lock);
+        int log = 0, done = 0;
+        int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+            gw_warn("storage", "checkpoint failed", "error=\"%s\"", sqlite3_errmsg(db));
+        pthread_mutex_lock(&s->ckpt_lock);
+    }
+    pthread_mutex_unlock(&s->ckpt_lock);
+    sqlite3_close(db);
+    return NULL;
+}
+
+/* The writer's WAL hook: after each commit, wake the checkpointer when the WAL is long. */
+static int on_wal(void *ud, sqlite3 *db, const char *name, int frames)
+{
+    (void)db;
+    (void)name;
+    gw_storage_t *s = ud;
+    if (frames >= CKPT_FRAMES && s->ckpt_started) {
+        pthread_mutex_lock(&s->ckpt_lock);
+        s->ckpt_wanted = 1;
+        pthread_cond_signal(&s->ckpt_cond);
+        pthread_mutex_unlock(&s->ckpt_lock);
+    }
+    return SQLITE_OK;
+}
+
 /* Whether the file holds an older ops layout (a table "ops" with one row per op). */
 static int old_layout(sqlite3 *db)
 {
@@ -408,6 +470,8 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     gw_storage_t *s = gw_xcalloc(1, sizeof(*s));
     gw_map_init(&s->by_name);
+    pthread_mutex_init(&s->ckpt_lock, NULL);
+    pthread_cond_init(&s->ckpt_cond, NULL);
     s->path = gw_xstrdup(path);
     if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                           SQLITE_OPEN_NOMUTEX,
@@ -418,11 +482,11 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
         return GW_EIO;
     }
     sqlite3_busy_timeout(s->db, 5000);
-    /* a 32 MB page cache keeps the hot b-tree pages (rows, the ops tails) out of pread(); WAL
-     * checkpoints every 40 MB instead of every 4 MB halve the copying into the main file */
+    /* a 32 MB page cache keeps the hot b-tree pages (rows, the ops tails) out of pread();
+     * checkpoints are the checkpointer thread's (see the file comment) */
     if (exec(s->db,
              "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; "
-             "PRAGMA cache_size=-32768; PRAGMA wal_autocheckpoint=10000; PRAGMA temp_store=MEMORY;",
+             "PRAGMA cache_size=-32768; PRAGMA wal_autocheckpoint=0; PRAGMA temp_store=MEMORY;",
              err, "set up the storage file") != 0 ||
         exec(s->db, schema_sql, err, "create the storage schema") != 0) {
         gw_storage_close(s);
@@ -452,6 +516,13 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
     gw_storage_stats_t st;
     if (gw_storage_stats(s, &st) == 0)
         filter_build(s, st.rows);
+    if (pthread_create(&s->ckpt_thread, NULL, ckpt_main, s) == 0) {
+        s->ckpt_started = 1;
+        sqlite3_wal_hook(s->db, on_wal, s);
+    } else {
+        /* without the thread the writer checkpoints itself, as SQLite does by default */
+        sqlite3_wal_autocheckpoint(s->db, CKPT_FRAMES);
+    }
     *out = s;
     return 0;
 }
@@ -462,6 +533,15 @@ void gw_storage_close(gw_storage_t *s)
         return;
     if (s->in_txn)
         gw_storage_rollback(s);
+    if (s->ckpt_started) {
+        pthread_mutex_lock(&s->ckpt_lock);
+        s->ckpt_stop = 1;
+        pthread_cond_signal(&s->ckpt_cond);
+        pthread_mutex_unlock(&s->ckpt_lock);
+        pthread_join(s->ckpt_thread, NULL);
+    }
+    pthread_mutex_destroy(&s->ckpt_lock);
+    pthread_cond_destroy(&s->ckpt_cond);
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
     if (s->db != NULL)

@@ -138,6 +138,8 @@ hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$fproc/status")
 ticks=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$fproc/stat")
 cpu_s=$(echo "scale=3; $ticks / $(getconf CLK_TCK)" | bc)
 got=$(metric ferry_replication_changes_total)
+commits=$(metric ferry_storage_commits_total)
+commit_s=$(metric ferry_storage_commit_seconds_total)
 kill -INT "$fpid"; wait "$fpid" || true; fpid=""
 [ "${got:-0}" -ge "$changes" ] || { echo "ferry saw only ${got:-0} changes"; tail -5 "$tmp/ferry.log"; exit 1; }
 ferry_rate=$(echo "$changes / $ferry_s" | bc)
@@ -147,4 +149,5 @@ echo "BENCH replication_changes_per_s $ferry_rate changes/s ferry, $changes chan
 echo "BENCH replication_pg_recvlogical_per_s $recv_rate changes/s pg_recvlogical draining the same changes (the limit)"
 echo "BENCH replication_ratio_to_pg_recvlogical $ratio % goal >= 50"
 echo "BENCH replication_cpu_us_per_change $(echo "scale=2; 1000000 * $cpu_s / $changes" | bc) us ferry CPU (user+sys) per change, ${cpu_s} s in all"
+echo "BENCH replication_storage_commits ${commits:-0} commits ferry's storage commits for the catch-up, ${commit_s:-0} s in them (writing and syncing)"
 echo "BENCH replication_peak_rss $((hwm / 1024)) MB ferry VmHWM, goal < 100"
