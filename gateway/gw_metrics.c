@@ -187,3 +187,44 @@ int gw_ready_render(gw_buf_t *out)
     pthread_mutex_unlock(&R.lock);
     return all;
 }
+
+/* ---- histograms ---- */
+
+static const double hist_bounds_ms[GW_HIST_BUCKETS - 1] = {1, 2, 5, 10, 20, 50, 100, 250};
+
+void gw_hist_observe(gw_hist_t *h, double ms)
+{
+    if (ms < 0)
+        ms = 0;
+    atomic_fetch_add(&h->count, 1);
+    atomic_fetch_add(&h->sum_us, (uint64_t)(ms * 1000));
+    int i = 0;
+    while (i < GW_HIST_BUCKETS - 1 && ms > hist_bounds_ms[i])
+        i++;
+    atomic_fetch_add(&h->buckets[i], 1);
+}
+
+void gw_hist_since(gw_hist_t *h, const struct timespec *since)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    gw_hist_observe(h, (double)(now.tv_sec - since->tv_sec) * 1e3 +
+                           (double)(now.tv_nsec - since->tv_nsec) / 1e6);
+}
+
+void gw_hist_render(gw_buf_t *out, const gw_hist_t *h, const char *name, const char *help)
+{
+    gw_buf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (int i = 0; i < GW_HIST_BUCKETS; i++) {
+        cum += atomic_load(&h->buckets[i]);
+        if (i < GW_HIST_BUCKETS - 1)
+            gw_buf_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, hist_bounds_ms[i] / 1000,
+                          (unsigned long long)cum);
+        else
+            gw_buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    }
+    gw_buf_printf(out, "%s_sum %.6f\n%s_count %llu\n", name,
+                  (double)atomic_load(&h->sum_us) / 1e6, name,
+                  (unsigned long long)atomic_load(&h->count));
+}

@@ -11,9 +11,28 @@
 
 #include "gw_buf.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 
 #define GW_METRICS_MAX_ROUTES 32
+
+/** A latency histogram with fixed bounds (1, 2, 5, 10, 20, 50, 100, 250 ms, +Inf); lock-free,
+ * safe from any thread; zero-initialized is empty. */
+#define GW_HIST_BUCKETS 9
+typedef struct gw_hist {
+    _Atomic uint64_t count, sum_us;
+    _Atomic uint64_t buckets[GW_HIST_BUCKETS];
+} gw_hist_t;
+
+/** Record one observation of ms milliseconds. */
+void gw_hist_observe(gw_hist_t *h, double ms);
+
+/** Record the time from since (CLOCK_MONOTONIC) to now. */
+void gw_hist_since(gw_hist_t *h, const struct timespec *since);
+
+/** Append h as Prometheus histogram `name` (in seconds) with its HELP text. */
+void gw_hist_render(gw_buf_t *out, const gw_hist_t *h, const char *name, const char *help);
 
 /** Reset all counters and record the start time (call once at start). */
 void gw_metrics_init(void);

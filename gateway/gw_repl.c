@@ -97,6 +97,7 @@ struct gw_repl {
     uint64_t batch_lsn;
     size_t batch_changes;
     struct timespec batch_started;
+    int64_t batch_source_us; /* Postgres commit time of the batch's first transaction (0: none) */
     uint64_t acked_lsn;
     int test_replay; /* FERRY_TEST_REPLAY=1: start from the slot, ack nothing new (tests only) */
     struct timespec last_status;
@@ -110,6 +111,8 @@ struct gw_repl {
     /* observability (read from other threads) */
     _Atomic uint64_t m_snapshot_rows, m_snapshot_estimate, m_changes, m_txns, m_commits;
     _Atomic uint64_t m_commit_us; /* wall time spent in storage commits */
+    gw_hist_t h_commit;           /* each storage commit's duration */
+    gw_hist_t h_source;           /* source commit to durable storage commit */
     _Atomic uint64_t m_lsn, m_server_wal_end;
     _Atomic int m_phase; /* 0 check, 1 slot, 2 snapshot, 3 streaming, 4 backoff */
     _Atomic int64_t m_recv_commit_us; /* commit time of the last transaction received */
@@ -1132,6 +1135,7 @@ static int batch_begin(gw_repl_t *r, gw_err_t *err)
     if (rc == 0) {
         r->batch_open = 1;
         r->batch_changes = 0;
+        r->batch_source_us = 0;
         clock_gettime(CLOCK_MONOTONIC, &r->batch_started);
     }
     return rc;
@@ -1158,6 +1162,14 @@ static int flush_batch(gw_repl_t *r, gw_err_t *err)
         return rc;
     atomic_fetch_add(&r->m_commits, 1);
     atomic_fetch_add(&r->m_commit_us, elapsed_us(&t0));
+    gw_hist_since(&r->h_commit, &t0);
+    if (r->batch_source_us != 0) {
+        /* Postgres commit times count microseconds from 2000-01-01 */
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        int64_t now_pg = ((int64_t)now.tv_sec - 946684800) * 1000000 + now.tv_nsec / 1000;
+        gw_hist_observe(&r->h_source, (double)(now_pg - r->batch_source_us) / 1e3);
+    }
     atomic_store(&r->m_lsn, lsn);
     {
         uint64_t lo, l2;
@@ -1458,6 +1470,8 @@ static int on_xlogdata(gw_repl_t *r, const gw_pgo_frame_t *f, gw_err_t *err)
         atomic_fetch_add(&r->m_txns, 1);
         if (!r->skip_txn && r->batch_open && m.u.commit.end_lsn > r->batch_lsn)
             r->batch_lsn = m.u.commit.end_lsn;
+        if (!r->skip_txn && r->batch_open && r->batch_source_us == 0)
+            r->batch_source_us = m.u.commit.commit_time;
         r->skip_txn = 0;
         return 0;
     case GW_PGO_RELATION:
@@ -1737,6 +1751,11 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
                      "(writing and syncing).\n# TYPE ferry_storage_commit_seconds_total counter\n");
     gw_buf_printf(out, "ferry_storage_commit_seconds_total %.6f\n",
                   (double)atomic_load(&r->m_commit_us) / 1e6);
+    gw_hist_render(out, &r->h_commit, "ferry_storage_commit_duration_seconds",
+                   "Duration of each storage commit (writing and syncing).");
+    gw_hist_render(out, &r->h_source, "ferry_replication_source_to_storage_seconds",
+                   "From a Postgres commit to the durable storage commit that holds it (the "
+                   "first transaction of each batch).");
     gw_buf_puts(out, "# HELP ferry_replication_lag_bytes WAL the server has sent past our last "
                      "commit.\n# TYPE ferry_replication_lag_bytes gauge\n");
     gw_buf_printf(out, "ferry_replication_lag_bytes %llu\n",

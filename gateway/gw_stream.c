@@ -101,11 +101,9 @@ struct gw_streams {
     /* metrics */
     _Atomic int64_t open;
     _Atomic uint64_t started, ops_sent, bytes_sent, checkpoints_sent, rejected;
-    _Atomic uint64_t latency_count, latency_sum_us;
-    _Atomic uint64_t latency_buckets[8];
+    gw_hist_t latency; /* storage commit to checkpoint_complete */
 };
 
-static const double latency_bounds_ms[8] = {1, 2, 5, 10, 20, 50, 100, 1e18};
 
 /* ---- one stream ---- */
 
@@ -165,17 +163,7 @@ static uint64_t mono_ms(void)
 
 static void record_latency(gw_streams_t *g, const struct timespec *since)
 {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double ms = (double)(now.tv_sec - since->tv_sec) * 1e3 +
-                (double)(now.tv_nsec - since->tv_nsec) / 1e6;
-    atomic_fetch_add(&g->latency_count, 1);
-    atomic_fetch_add(&g->latency_sum_us, (uint64_t)(ms * 1000));
-    for (int i = 0; i < 8; i++)
-        if (ms <= latency_bounds_ms[i]) {
-            atomic_fetch_add(&g->latency_buckets[i], 1);
-            break;
-        }
+    gw_hist_since(&g->latency, since);
 }
 
 static void flush(stream_t *s);
@@ -1071,21 +1059,6 @@ void gw_stream_metrics(gw_buf_t *out, void *ud)
     gw_buf_puts(out, "# TYPE ferry_stream_checkpoints_sent_total counter\n");
     gw_buf_printf(out, "ferry_stream_checkpoints_sent_total %llu\n",
                   (unsigned long long)atomic_load(&g->checkpoints_sent));
-    gw_buf_puts(out, "# HELP ferry_stream_commit_to_send_seconds From storage commit to the "
-                     "checkpoint_complete line of a woken stream.\n"
-                     "# TYPE ferry_stream_commit_to_send_seconds histogram\n");
-    uint64_t cum = 0;
-    for (int i = 0; i < 8; i++) {
-        cum += atomic_load(&g->latency_buckets[i]);
-        if (i < 7)
-            gw_buf_printf(out, "ferry_stream_commit_to_send_seconds_bucket{le=\"%g\"} %llu\n",
-                          latency_bounds_ms[i] / 1000, (unsigned long long)cum);
-        else
-            gw_buf_printf(out, "ferry_stream_commit_to_send_seconds_bucket{le=\"+Inf\"} %llu\n",
-                          (unsigned long long)cum);
-    }
-    gw_buf_printf(out, "ferry_stream_commit_to_send_seconds_sum %.6f\n",
-                  (double)atomic_load(&g->latency_sum_us) / 1e6);
-    gw_buf_printf(out, "ferry_stream_commit_to_send_seconds_count %llu\n",
-                  (unsigned long long)atomic_load(&g->latency_count));
+    gw_hist_render(out, &g->latency, "ferry_stream_commit_to_send_seconds",
+                   "From storage commit to the checkpoint_complete line of a woken stream.");
 }

@@ -105,7 +105,11 @@ run fanout fanout "${common[@]}" --clients "$fan_n" --procs "$procs" --pg "$db" 
 lat() { jget "$out/streams_fanout.json" "round(j[\"latency_ms\"][\"$1\"], 2)"; }
 deliv=$(jget "$out/streams_fanout.json" 'str(j["fanout"]["deliveries"]) + "/" + str(j["fanout"]["expected_deliveries"])')
 # ferry's own view of the same deliveries (storage commit to send), to tell server from client time
-curl -s "$url/metrics" | grep '^ferry_stream_commit_to_send' | sed 's/^/  ferry: /'
+curl -s "$url/metrics" | grep -E '^ferry_(stream_commit_to_send|storage_commit_duration|replication_source_to_storage)' | sed 's/^/  ferry: /'
+# the share of storage commits (and of source-to-storage delays) above 20 ms
+slow() { curl -s "$url/metrics" | awk -v m="$1" '$1 == m "_bucket{le=\"0.02\"}" { le = $2 } $1 == m "_count" { n = $2 } END { if (n > 0) printf "%.2f", 100 * (n - le) / n; else print "n/a" }'; }
+slow_commit=$(slow ferry_storage_commit_duration_seconds)
+slow_source=$(slow ferry_replication_source_to_storage_seconds)
 srv_p=$(curl -s "$url/metrics" | awk '/^ferry_stream_commit_to_send_seconds_count/ { n = $2 }
   /^ferry_stream_commit_to_send_seconds_sum/ { s = $2 } END { if (n > 0) printf "%.2f", s / n * 1000; else print "n/a" }')
 # (d) churn
@@ -134,6 +138,8 @@ echo "BENCH stream_fanout_latency_p50 $(lat p50) ms $fan_n streams, $fan_rate co
 echo "BENCH stream_fanout_latency_p99 $(lat p99) ms goal <= 20"
 echo "BENCH stream_fanout_latency_max $(lat max) ms"
 echo "BENCH stream_fanout_ferry_commit_to_send_mean $srv_p ms ferry's histogram (storage commit to send), all streams since start"
+echo "BENCH stream_fanout_storage_commits_over_20ms $slow_commit % of ferry's storage commits (write + fsync) slower than 20 ms"
+echo "BENCH stream_fanout_source_to_storage_over_20ms $slow_source % of batches durable in storage more than 20 ms after their Postgres commit"
 echo "BENCH stream_churn_reconnect_all_seconds $churn_max s slowest of $((churn_k - 1)) storms of $churn_n clients reconnecting at once"
 echo "BENCH stream_churn_rss_per_reconnect $churn_kb KB closed streams are held until their next keepalive (20 s)"
 exit $status
