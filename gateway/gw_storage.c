@@ -67,7 +67,8 @@ enum {
     ST_BUCKET_UPDATE,
     ST_CHUNK_INSERT,
     ST_ROW_GET,
-    ST_ROW_PUT,
+    ST_ROW_INSERT,
+    ST_ROW_UPDATE,
     ST_ROW_DEL,
     ST_ROWS_OF_TABLE,
     ST_LOOKUP_CLOSE,
@@ -85,9 +86,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_CHUNK_INSERT] = "INSERT INTO op_chunks(bucket_id, first_op, last_op, n, checksum, ops) "
                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     [ST_ROW_GET] = "SELECT members, lookups, copy FROM rows WHERE tbl = ?1 AND key = ?2",
-    [ST_ROW_PUT] = "INSERT INTO rows(tbl, key, members, lookups, copy) VALUES (?1, ?2, ?3, ?4, ?5) "
-                   "ON CONFLICT(tbl, key) DO UPDATE SET members = excluded.members, lookups = "
-                   "excluded.lookups, copy = excluded.copy",
+    [ST_ROW_INSERT] = "INSERT INTO rows(tbl, key, members, lookups, copy) VALUES (?1, ?2, ?3, ?4, "
+                      "?5)",
+    [ST_ROW_UPDATE] = "UPDATE rows SET members = ?3, lookups = ?4, copy = ?5 WHERE tbl = ?1 AND "
+                      "key = ?2",
     [ST_ROW_DEL] = "DELETE FROM rows WHERE tbl = ?1 AND key = ?2",
     [ST_ROWS_OF_TABLE] = "SELECT key FROM rows WHERE tbl = ?1 LIMIT 2000",
     [ST_LOOKUP_CLOSE] = "UPDATE lookups SET to_op = ?3 WHERE tbl = ?1 AND rkey = ?2 AND to_op IS "
@@ -1036,9 +1038,24 @@ static void add_member(gw_buf_t *out, int64_t bucket_id, const char *type, const
     gw_buf_append(out, id, il);
 }
 
+/* Copy n bytes of p into buf (len bytes) as a string, truncated to fit. */
+static void copy_span(char *buf, size_t len, const char *p, size_t n)
+{
+    if (n >= len)
+        n = len - 1;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+}
+
+/* "<table>/<key>", truncated to fit len (on the path of every row: no printf). */
 static void subkey_of(const gw_row_ref_t *ref, char *buf, size_t len)
 {
-    snprintf(buf, len, "%s/%s", ref->table, ref->key);
+    size_t tl = strlen(ref->table), kl = strlen(ref->key);
+    copy_span(buf, len, ref->table, tl);
+    if (tl + 1 < len) {
+        buf[tl] = '/';
+        copy_span(buf + tl + 1, len - tl - 1, ref->key, kl);
+    }
 }
 
 static void note_lookup_key(gw_storage_t *s, const char *key)
@@ -1105,14 +1122,16 @@ static int replace_lookups(gw_storage_t *s, const gw_row_ref_t *ref, const char 
     return 0;
 }
 
-/* Load a row's stored members and lookups (copies into the given buffers). 1 found, 0 not. */
+/* Load a row's stored members and lookups (copies into the given buffers). 1 found, 0 not.
+ * *copy_same: whether its stored copy equals copy/copy_len (NULL: none). */
 static int row_load(gw_storage_t *s, const gw_row_ref_t *ref, gw_buf_t *members,
-                    gw_buf_t *lookups)
+                    gw_buf_t *lookups, const void *copy, size_t copy_len, int *copy_same)
 {
     sqlite3_stmt *q = s->st[ST_ROW_GET];
     sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
     sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
     int found = 0;
+    *copy_same = 0;
     if (sqlite3_step(q) == SQLITE_ROW) {
         found = 1;
         const void *m = sqlite3_column_blob(q, 0);
@@ -1122,6 +1141,13 @@ static int row_load(gw_storage_t *s, const gw_row_ref_t *ref, gw_buf_t *members,
         const char *lk = (const char *)sqlite3_column_text(q, 1);
         if (lk != NULL)
             gw_buf_puts(lookups, lk);
+        if (sqlite3_column_type(q, 2) == SQLITE_NULL) {
+            *copy_same = copy == NULL;
+        } else {
+            const void *c = sqlite3_column_blob(q, 2);
+            size_t cl = (size_t)sqlite3_column_bytes(q, 2);
+            *copy_same = copy != NULL && cl == copy_len && memcmp(c, copy, cl) == 0;
+        }
     }
     sqlite3_reset(q);
     return found;
@@ -1134,9 +1160,9 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
     char subkey[2048];
     subkey_of(ref, subkey, sizeof(subkey));
     gw_buf_t old_members = GW_BUF_INIT, old_lookups = GW_BUF_INIT, new_lookups = GW_BUF_INIT;
-    int rc = 0;
+    int rc = 0, found = 0, copy_same = 0;
     if (filter_maybe(s, ref))
-        row_load(s, ref, &old_members, &old_lookups);
+        found = row_load(s, ref, &old_members, &old_lookups, copy, copy_len, &copy_same);
     gw_buf_reset(&s->members);
     /* PUT every current membership */
     for (size_t i = 0; ops != NULL && i < ops->n && rc == 0; i++) {
@@ -1154,7 +1180,8 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
     const unsigned char *p = (const unsigned char *)old_members.data;
     const unsigned char *end = p + old_members.len;
     member_t m;
-    uint32_t rm_checksum = rules_checksum_delete(subkey);
+    uint32_t rm_checksum = 0;
+    int have_rm_checksum = 0;
     while (rc == 0 && p != NULL && next_member(&p, end, &m)) {
         int kept = 0;
         for (size_t i = 0; ops != NULL && i < ops->n && !kept; i++) {
@@ -1166,21 +1193,31 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
         }
         if (kept || !live_bucket(s, m.bucket_id))
             continue;
+        if (!have_rm_checksum) {
+            rm_checksum = rules_checksum_delete(subkey);
+            have_rm_checksum = 1;
+        }
         char type[512], id[1024];
-        snprintf(type, sizeof(type), "%.*s", (int)m.tlen, m.type);
-        snprintf(id, sizeof(id), "%.*s", (int)m.ilen, m.id);
+        copy_span(type, sizeof(type), m.type, m.tlen);
+        copy_span(id, sizeof(id), m.id, m.ilen);
         rc = write_op(s, s->by_id[m.bucket_id], OP_REMOVE, type, id, subkey, NULL, 0, rm_checksum,
                       err);
     }
+    int lookups_same = 1;
     if (rc == 0) {
         lookups_text(lookups, &new_lookups);
         const char *oldl = old_lookups.data != NULL ? old_lookups.data : "";
         const char *newl = new_lookups.data != NULL ? new_lookups.data : "";
-        if (strcmp(oldl, newl) != 0)
+        lookups_same = strcmp(oldl, newl) == 0;
+        if (!lookups_same)
             rc = replace_lookups(s, ref, oldl, lookups, err);
     }
-    if (rc == 0) {
-        sqlite3_stmt *q = s->st[ST_ROW_PUT];
+    /* the stored row changes only when its memberships, lookups or copy do */
+    int same = found && lookups_same && copy_same && old_members.len == s->members.len &&
+               (s->members.len == 0 ||
+                memcmp(old_members.data, s->members.data, s->members.len) == 0);
+    if (rc == 0 && !same) {
+        sqlite3_stmt *q = s->st[found ? ST_ROW_UPDATE : ST_ROW_INSERT];
         sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
         sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
         sqlite3_bind_blob(q, 3, s->members.data, (int)s->members.len, SQLITE_STATIC);
@@ -1193,7 +1230,7 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
         if (sqlite3_step(q) != SQLITE_DONE)
             rc = sql_err(s->db, err, "store a row");
         sqlite3_reset(q);
-        if (rc == 0)
+        if (rc == 0 && !found)
             filter_add(s, ref);
     }
     gw_buf_free(&old_members);
@@ -1513,7 +1550,8 @@ int gw_storage_write_checkpoint(gw_storage_t *s, const char *user_key, uint64_t 
 int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *err)
 {
     gw_buf_t old_members = GW_BUF_INIT, old_lookups = GW_BUF_INIT;
-    if (!row_load(s, ref, &old_members, &old_lookups))
+    int copy_same;
+    if (!row_load(s, ref, &old_members, &old_lookups, NULL, 0, &copy_same))
         return 0; /* never stored: nothing to remove */
     int rc = 0;
     char subkey[2048];
@@ -1526,8 +1564,8 @@ int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *er
         if (!live_bucket(s, m.bucket_id))
             continue;
         char type[512], id[1024];
-        snprintf(type, sizeof(type), "%.*s", (int)m.tlen, m.type);
-        snprintf(id, sizeof(id), "%.*s", (int)m.ilen, m.id);
+        copy_span(type, sizeof(type), m.type, m.tlen);
+        copy_span(id, sizeof(id), m.id, m.ilen);
         rc = write_op(s, s->by_id[m.bucket_id], OP_REMOVE, type, id, subkey, NULL, 0, rm_checksum,
                       err);
     }
