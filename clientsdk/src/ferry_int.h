@@ -38,6 +38,16 @@ typedef struct ferry_cbucket {
     int64_t count;
 } ferry_cbucket_t;
 
+/* A data line scanned (ferry__sync_scan): unescaped strings in arena, ops (offsets into it),
+ * the bucket name at bucket_off. Buffers are reused from line to line. */
+typedef struct ferry_scan {
+    char *arena;
+    size_t arena_len, arena_cap;
+    void *ops;
+    size_t nops, ops_cap;
+    size_t bucket_off;
+} ferry_scan_t;
+
 /* The sync state owned by the sync thread (and by unit tests that feed lines directly). */
 typedef struct ferry_sync {
     sqlite3 *conn;              /* the sync connection (triggers suppressed) */
@@ -55,10 +65,7 @@ typedef struct ferry_sync {
                                    250 ms (0: one transaction per line, as in unit tests) */
     int in_tx;                  /* a data-line transaction is open */
     int64_t tx_ops, tx_start;   /* its ops and start (monotonic ms) */
-    char *arena;                /* the data-line scanner's unescaped strings (reused) */
-    size_t arena_len, arena_cap;
-    void *ops;                  /* its ops (reused) */
-    size_t nops, ops_cap;
+    ferry_scan_t scan;          /* the data-line scanner's buffers for ferry__sync_line */
 } ferry_sync_t;
 
 /* Results of ferry__sync_line. */
@@ -135,6 +142,13 @@ void ferry__sync_reset_connection(ferry_sync_t *s);
 /* Handles one NDJSON line; returns FERRY_LINE_* (>= 0) or a negative FERRY_E* code (the
  * iteration ends; message in s->errmsg). */
 int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t len);
+/* Scans a line into b without touching the database (any thread): 0 when it is a data line
+ * (apply it with ferry__sync_apply_scanned), 1 when it is another line or empty, -1 when the
+ * scanner gives up (ferry__sync_line handles both with jansson). */
+int ferry__sync_scan(ferry_scan_t *b, const char *line, size_t len);
+/* Applies a data line scanned into b, like ferry__sync_line; b's ops are converted in place. */
+int ferry__sync_apply_scanned(ferry_db_t *db, ferry_sync_t *s, ferry_scan_t *b);
+void ferry__scan_free(ferry_scan_t *b);
 /* Commits the open data-line transaction, if any (complete lines only: positions and ops
  * together). Returns 0 or FERRY_ESQLITE. _due: only when it is 250 ms old. */
 int ferry__sync_flush(ferry_sync_t *s);

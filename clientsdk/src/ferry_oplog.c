@@ -155,12 +155,7 @@ void ferry__sync_free(ferry_sync_t *s)
     free(s->buckets);
     s->buckets = NULL;
     s->capbuckets = 0;
-    free(s->arena);
-    s->arena = NULL;
-    s->arena_len = s->arena_cap = 0;
-    free(s->ops);
-    s->ops = NULL;
-    s->nops = s->ops_cap = 0;
+    ferry__scan_free(&s->scan);
 }
 
 void ferry__sync_reset_connection(ferry_sync_t *s)
@@ -224,6 +219,9 @@ typedef struct pub {
     sqlite3 *conn;
     sqlite3_stmt *highest;
     sqlite3_stmt *put[FERRY_MAX_TABLES], *del[FERRY_MAX_TABLES];
+    sqlite3_stmt *fast[FERRY_MAX_TABLES]; /* INSERT OR REPLACE with the columns bound from C */
+    char *buf;                            /* unescaped strings of the row being bound */
+    size_t buf_cap;
     uint64_t changed;
     char err[200];
 } pub_t;
@@ -234,7 +232,9 @@ static void pub_free(pub_t *p)
     for (int i = 0; i < FERRY_MAX_TABLES; i++) {
         sqlite3_finalize(p->put[i]);
         sqlite3_finalize(p->del[i]);
+        sqlite3_finalize(p->fast[i]);
     }
+    free(p->buf);
 }
 
 static int pub_init(ferry_db_t *db, pub_t *p, sqlite3 *conn)
@@ -260,18 +260,259 @@ static int pub_stmts(ferry_db_t *db, pub_t *p, int ti)
     if (!sql) return FERRY_ENOMEM;
     size_t n = (size_t)snprintf(sql, cap, "INSERT OR REPLACE INTO \"%s\"(id", t->name);
     for (int i = 0; i < t->ncols; i++) n += (size_t)snprintf(sql + n, cap - n, ", \"%s\"", t->cols[i]);
+    size_t head = n;
     n += (size_t)snprintf(sql + n, cap - n, ") VALUES (?1");
     for (int i = 0; i < t->ncols; i++)
         n += (size_t)snprintf(sql + n, cap - n, ", json_extract(?2, '$.\"%s\"')", t->cols[i]);
     snprintf(sql + n, cap - n, ")");
     int rc = sqlite3_prepare_v2(p->conn, sql, -1, &p->put[ti], NULL);
-    if (rc != SQLITE_OK) snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
+    if (rc == SQLITE_OK) {
+        n = head + (size_t)snprintf(sql + head, cap - head, ") VALUES (?1");
+        for (int i = 0; i < t->ncols; i++) n += (size_t)snprintf(sql + n, cap - n, ", ?%d", i + 2);
+        snprintf(sql + n, cap - n, ")");
+        rc = sqlite3_prepare_v2(p->conn, sql, -1, &p->fast[ti], NULL);
+    }
     if (rc == SQLITE_OK) {
         snprintf(sql, cap, "DELETE FROM \"%s\" WHERE id = ?", t->name);
         rc = sqlite3_prepare_v2(p->conn, sql, -1, &p->del[ti], NULL);
     }
+    if (rc != SQLITE_OK) snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
     free(sql);
     return rc == SQLITE_OK ? 0 : FERRY_ESQLITE;
+}
+
+/* ---- a row's columns read from its JSON in C -------------------------------------------------
+ *
+ * Publishing used json_extract once per column and row. The reader below takes the object
+ * apart once and binds each column the way json_extract would return it: strings unescaped,
+ * integers as integers (up to 18 digits), other numbers as reals, true and false as 1 and 0,
+ * null and absent keys as NULL, the first of duplicate keys. What it does not take (an
+ * object or array as a column's value, \u escapes, longer integers, malformed JSON) it leaves
+ * to the json_extract statement for that row. */
+typedef struct jr {
+    const char *p, *end;
+} jr_t;
+
+static void jr_ws(jr_t *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+}
+
+/* A string at j->p (after ws): *s and *n give its raw contents; *esc is set when it holds
+ * escapes. -1 when malformed or holding a \u escape or a control character. */
+static int jr_str(jr_t *j, const char **s, size_t *n, int *esc)
+{
+    if (j->p >= j->end || *j->p != '"') return -1;
+    const char *q = ++j->p;
+    *esc = 0;
+    while (q < j->end && *q != '"') {
+        if ((unsigned char)*q < 0x20) return -1;
+        if (*q == '\\') {
+            if (q + 1 >= j->end || !strchr("\"\\/bfnrt", q[1])) return -1;
+            *esc = 1;
+            q += 2;
+            continue;
+        }
+        q++;
+    }
+    if (q >= j->end) return -1;
+    *s = j->p;
+    *n = (size_t)(q - j->p);
+    j->p = q + 1;
+    return 0;
+}
+
+/* Skips a value (nested ones too); -1 when malformed. */
+static int jr_skip(jr_t *j, int depth)
+{
+    jr_ws(j);
+    if (j->p >= j->end || depth > 64) return -1;
+    const char *s;
+    size_t n;
+    int esc;
+    char ch = *j->p;
+    if (ch == '"') return jr_str(j, &s, &n, &esc);
+    if (ch == '{' || ch == '[') {
+        char close = ch == '{' ? '}' : ']';
+        j->p++;
+        jr_ws(j);
+        if (j->p < j->end && *j->p == close) { j->p++; return 0; }
+        for (;;) {
+            if (ch == '{') {
+                jr_ws(j);
+                if (jr_str(j, &s, &n, &esc)) return -1;
+                jr_ws(j);
+                if (j->p >= j->end || *j->p++ != ':') return -1;
+            }
+            if (jr_skip(j, depth + 1)) return -1;
+            jr_ws(j);
+            if (j->p >= j->end) return -1;
+            if (*j->p == close) { j->p++; return 0; }
+            if (*j->p++ != ',') return -1;
+        }
+    }
+    const char *q = j->p;
+    while (q < j->end && ((*q >= '0' && *q <= '9') || *q == '-' || *q == '+' || *q == '.' ||
+                          *q == 'e' || *q == 'E' || (*q >= 'a' && *q <= 'z')))
+        q++;
+    n = (size_t)(q - j->p);
+    if (!((n == 4 && !memcmp(j->p, "true", 4)) || (n == 5 && !memcmp(j->p, "false", 5)) ||
+          (n == 4 && !memcmp(j->p, "null", 4)))) {
+        /* a number: the JSON grammar */
+        const char *x = j->p;
+        if (x < q && *x == '-') x++;
+        if (x >= q || *x < '0' || *x > '9') return -1;
+        if (*x == '0') x++;
+        else while (x < q && *x >= '0' && *x <= '9') x++;
+        if (x < q && *x == '.') {
+            x++;
+            if (x >= q || *x < '0' || *x > '9') return -1;
+            while (x < q && *x >= '0' && *x <= '9') x++;
+        }
+        if (x < q && (*x == 'e' || *x == 'E')) {
+            x++;
+            if (x < q && (*x == '+' || *x == '-')) x++;
+            if (x >= q || *x < '0' || *x > '9') return -1;
+            while (x < q && *x >= '0' && *x <= '9') x++;
+        }
+        if (x != q) return -1;
+    }
+    j->p = q;
+    return 0;
+}
+
+/* Binds the columns of t from the JSON object d[0..n) to ins (?2 ... in column order; the
+ * caller binds ?1); 0 when bound, -1 to leave the row to json_extract, FERRY_ENOMEM. */
+static int bind_cols(pub_t *p, const ferry_tdef_t *t, sqlite3_stmt *ins, const char *d, size_t n)
+{
+    sqlite3_clear_bindings(ins);
+    jr_t j = {d, d + n};
+    uint64_t seen = 0; /* columns bound (the first of duplicate keys wins) */
+    if (t->ncols > 64) return -1;
+    /* unescaped strings go to p->buf, bound as SQLITE_TRANSIENT (copied at once) */
+    jr_ws(&j);
+    if (j.p >= j.end || *j.p++ != '{') return -1;
+    jr_ws(&j);
+    if (j.p < j.end && *j.p == '}') {
+        j.p++;
+    } else {
+        for (;;) {
+            const char *k, *vs;
+            size_t kn, vn;
+            int esc;
+            jr_ws(&j);
+            if (jr_str(&j, &k, &kn, &esc) || esc) return -1;
+            jr_ws(&j);
+            if (j.p >= j.end || *j.p++ != ':') return -1;
+            jr_ws(&j);
+            int col = -1;
+            for (int i = 0; i < t->ncols; i++)
+                if (!(seen >> i & 1) && strncmp(t->cols[i], k, kn) == 0 && t->cols[i][kn] == 0) {
+                    col = i;
+                    break;
+                }
+            if (col < 0) {
+                if (jr_skip(&j, 0)) return -1;
+            } else if (j.p < j.end && *j.p == '"') {
+                if (jr_str(&j, &vs, &vn, &esc)) return -1;
+                if (!esc) {
+                    sqlite3_bind_text(ins, col + 2, vs, (int)vn, SQLITE_STATIC);
+                } else {
+                    if (vn + 1 > p->buf_cap) {
+                        char *nb = realloc(p->buf, vn + 1);
+                        if (!nb) return FERRY_ENOMEM;
+                        p->buf = nb;
+                        p->buf_cap = vn + 1;
+                    }
+                    size_t o = 0;
+                    for (size_t i = 0; i < vn; i++) {
+                        char c = vs[i];
+                        if (c == '\\') {
+                            c = vs[++i];
+                            c = c == 'b' ? '\b' : c == 'f' ? '\f' : c == 'n' ? '\n'
+                              : c == 'r' ? '\r' : c == 't' ? '\t' : c;
+                        }
+                        p->buf[o++] = c;
+                    }
+                    sqlite3_bind_text(ins, col + 2, p->buf, (int)o, SQLITE_TRANSIENT);
+                }
+            } else {
+                const char *v = j.p;
+                if (j.p >= j.end || *j.p == '{' || *j.p == '[' || jr_skip(&j, 0)) return -1;
+                size_t len = (size_t)(j.p - v);
+                if (*v == 't') {
+                    sqlite3_bind_int(ins, col + 2, 1);
+                } else if (*v == 'f') {
+                    sqlite3_bind_int(ins, col + 2, 0);
+                } else if (*v != 'n') {
+                    int integral = !memchr(v, '.', len) && !memchr(v, 'e', len) &&
+                                   !memchr(v, 'E', len);
+                    if (integral) {
+                        size_t digits = len - (*v == '-');
+                        if (digits > 18) return -1;
+                        int64_t x = 0;
+                        for (const char *c = v + (*v == '-'); c < j.p; c++) x = x * 10 + (*c - '0');
+                        sqlite3_bind_int64(ins, col + 2, *v == '-' ? -x : x);
+                    } else {
+                        char num[64];
+                        if (len >= sizeof num) return -1;
+                        memcpy(num, v, len);
+                        num[len] = 0;
+                        sqlite3_bind_double(ins, col + 2, strtod(num, NULL));
+                    }
+                }
+            }
+            if (col >= 0) seen |= (uint64_t)1 << col;
+            jr_ws(&j);
+            if (j.p >= j.end) return -1;
+            if (*j.p == '}') { j.p++; break; }
+            if (*j.p++ != ',') return -1;
+        }
+    }
+    jr_ws(&j);
+    return j.p == j.end ? 0 : -1;
+}
+
+/* Writes one row of table ti from its data (a JSON object, or anything else: then the columns
+ * are what json_extract makes of it, or NULL when it fails). Returns 0 or FERRY_E*. */
+static int put_row(ferry_db_t *db, pub_t *p, int ti, const char *id, sqlite3_value *data)
+{
+    int rc = pub_stmts(db, p, ti);
+    if (rc) return rc;
+    int s = SQLITE_ERROR;
+    if (sqlite3_value_type(data) == SQLITE_TEXT) {
+        const char *d = (const char *)sqlite3_value_text(data);
+        int b = d ? bind_cols(p, &db->tables[ti], p->fast[ti], d, (size_t)sqlite3_value_bytes(data))
+                  : -1;
+        if (b == FERRY_ENOMEM) return b;
+        if (b == 0) {
+            sqlite3_bind_text(p->fast[ti], 1, id, -1, SQLITE_STATIC);
+            s = sqlite3_step(p->fast[ti]);
+            sqlite3_reset(p->fast[ti]);
+            if (s != SQLITE_DONE) {
+                snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
+                return FERRY_ESQLITE;
+            }
+        }
+    }
+    if (s != SQLITE_DONE) {
+        sqlite3_stmt *put = p->put[ti];
+        sqlite3_bind_text(put, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_value(put, 2, data);
+        s = sqlite3_step(put);
+        sqlite3_reset(put);
+        /* a data string that is not a JSON object makes json_extract fail: keep the id only */
+        if (s != SQLITE_DONE) {
+            sqlite3_bind_null(put, 2);
+            s = sqlite3_step(put);
+            if (s != SQLITE_DONE) snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
+            sqlite3_reset(put);
+        }
+        sqlite3_bind_null(put, 2);
+    }
+    if (s != SQLITE_DONE) return FERRY_ESQLITE;
+    p->changed |= (uint64_t)1 << ti;
+    return 0;
 }
 
 /* Re-evaluates one row: the highest-op PUT across buckets, or a delete. Unknown types stay in the
@@ -286,30 +527,20 @@ static int pub_row(ferry_db_t *db, pub_t *p, const char *type, const char *id)
     sqlite3_bind_text(p->highest, 2, id, -1, SQLITE_STATIC);
     int s = sqlite3_step(p->highest);
     if (s == SQLITE_ROW) {
-        sqlite3_stmt *put = p->put[ti];
-        sqlite3_bind_text(put, 1, id, -1, SQLITE_STATIC);
-        sqlite3_bind_value(put, 2, sqlite3_column_value(p->highest, 0));
-        s = sqlite3_step(put);
-        sqlite3_reset(put);
-        /* a data string that is not a JSON object makes json_extract fail: keep the id only */
-        if (s != SQLITE_DONE) {
-            sqlite3_bind_null(put, 2);
-            s = sqlite3_step(put);
-            if (s != SQLITE_DONE) snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
-            sqlite3_reset(put);
-        }
+        rc = put_row(db, p, ti, id, sqlite3_column_value(p->highest, 0));
     } else if (s == SQLITE_DONE) {
         sqlite3_bind_text(p->del[ti], 1, id, -1, SQLITE_STATIC);
         s = sqlite3_step(p->del[ti]);
         if (s != SQLITE_DONE) snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
         sqlite3_reset(p->del[ti]);
+        rc = s == SQLITE_DONE ? 0 : FERRY_ESQLITE;
+        if (!rc) p->changed |= (uint64_t)1 << ti;
     } else {
         snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
+        rc = FERRY_ESQLITE;
     }
     sqlite3_reset(p->highest);
-    if (s != SQLITE_DONE) return FERRY_ESQLITE;
-    p->changed |= (uint64_t)1 << ti;
-    return 0;
+    return rc;
 }
 
 int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type)
@@ -335,9 +566,28 @@ int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type)
  * the row (REPLACE INTO with json_extract of its data). A row whose highest op is in another
  * bucket is left to that bucket's own mark (it has one: per row, or whole). When a data string
  * is not a JSON object the statement fails; that bucket's rows then go the row-by-row way.
- * When no other bucket holds any op (a first sync of one bucket), the statement walks the key
- * index (row_type, row_id, bucket, subkey) instead, a row's few ops sorted by op id: rows in id
- * order, so the last REPLACE of a row is its highest op, with no probe per row. */
+ * When no other bucket holds any op (a first sync of one bucket), no row needs a probe: the
+ * bucket's ops were stored in op order (a replaced op is deleted and the new one appended), so
+ * the statement scans the table in rowid order and the last REPLACE of a row is its highest op.
+ * When the table's rows are a small part of the oplog, scanning all of it would cost more than
+ * walking the key index for the type, grouped by row, taking each row's highest op. (Sorting a
+ * row's ops inside the walk cost more than both: about 1 us per row.) */
+/* The share of the oplog's ops that are of one type (counted in the key index), 1 when the
+ * count fails. */
+static double type_share(sqlite3 *c, const char *type)
+{
+    sqlite3_stmt *st;
+    double share = 1;
+    if (sqlite3_prepare_v2(c, "SELECT (SELECT count(*) FROM ferry_oplog WHERE row_type = ?), "
+                              "(SELECT count(*) FROM ferry_oplog)", -1, &st, NULL) != SQLITE_OK)
+        return share;
+    sqlite3_bind_text(st, 1, type, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 1) > 0)
+        share = (double)sqlite3_column_int64(st, 0) / (double)sqlite3_column_int64(st, 1);
+    sqlite3_finalize(st);
+    return share;
+}
+
 static int publish_whole(ferry_db_t *db, pub_t *p, const char *filt)
 {
     char q[256];
@@ -374,10 +624,14 @@ static int publish_whole(ferry_db_t *db, pub_t *p, const char *filt)
             for (int i = 0; i < t->ncols; i++)
                 n += (size_t)snprintf(sql + n, cap - n, ", json_extract(o.data, '$.\"%s\"')",
                                       t->cols[i]);
-            if (alone)
+            if (alone && type_share(p->conn, t->name) >= 0.3)
                 snprintf(sql + n, cap - n,
-                         " FROM ferry_oplog o INDEXED BY ferry_oplog_key WHERE o.row_type = ?2 "
-                         "AND ?1 IS NOT NULL ORDER BY o.row_id, o.op_id");
+                         " FROM ferry_oplog o NOT INDEXED WHERE o.row_type = ?2 AND ?1 IS NOT "
+                         "NULL ORDER BY o.rowid");
+            else if (alone)
+                snprintf(sql + n, cap - n,
+                         " FROM (SELECT row_id, max(op_id), data FROM ferry_oplog WHERE "
+                         "row_type = ?2 AND ?1 IS NOT NULL GROUP BY row_id) o");
             else
                 snprintf(sql + n, cap - n,
                          " FROM ferry_oplog o WHERE o.bucket = ?1 AND o.row_type = ?2 AND NOT "
@@ -704,7 +958,7 @@ typedef struct dop {
  * the error or handles what the scanner did not. */
 typedef struct scan {
     const char *p, *end;
-    ferry_sync_t *s;
+    ferry_scan_t *s;
 } scan_t;
 
 static void sk_ws(scan_t *c)
@@ -719,7 +973,7 @@ static int sk_lit(scan_t *c, char ch)
     return 0;
 }
 
-static int arena_put(ferry_sync_t *s, const char *b, size_t n)
+static int arena_put(ferry_scan_t *s, const char *b, size_t n)
 {
     if (s->arena_len + n > s->arena_cap) {
         size_t cap = s->arena_cap ? s->arena_cap : 65536;
@@ -923,7 +1177,7 @@ typedef struct dop_off {
     size_t type, oid, sub, data;
 } dop_off_t;
 
-static int ops_reserve(ferry_sync_t *s, size_t n)
+static int ops_reserve(ferry_scan_t *s, size_t n)
 {
     if (n <= s->ops_cap) return 0;
     size_t cap = s->ops_cap ? s->ops_cap * 2 : 1024;
@@ -943,7 +1197,7 @@ static int kind_of(const char *k)
 
 /* Scans a whole line; on success *bucket_off and s->ops / s->nops describe it (strings in the
  * arena). Returns 0, 1 when the line is not a data line, -1 when jansson must take it. */
-static int scan_data_line(ferry_sync_t *s, const char *line, size_t len, size_t *bucket_off)
+static int scan_data_line(ferry_scan_t *s, const char *line, size_t len, size_t *bucket_off)
 {
     scan_t c = {line, line + len, s};
     s->arena_len = 0;
@@ -1075,14 +1329,14 @@ static int line_data(ferry_db_t *db, ferry_sync_t *s, json_t *d)
 }
 
 /* The scanner's result: offsets into the arena become pointers (ops converted in place). */
-static int line_data_scanned(ferry_db_t *db, ferry_sync_t *s, size_t bucket_off)
+int ferry__sync_apply_scanned(ferry_db_t *db, ferry_sync_t *s, ferry_scan_t *b)
 {
-    dop_off_t *in = s->ops;
-    const char *a = s->arena;
+    dop_off_t *in = b->ops;
+    const char *a = b->arena;
     /* dop_t and dop_off_t have the same size and layout of the first three fields */
     _Static_assert(sizeof(dop_t) == sizeof(dop_off_t), "dop layout");
-    dop_t *out = s->ops;
-    for (size_t i = 0; i < s->nops; i++) {
+    dop_t *out = b->ops;
+    for (size_t i = 0; i < b->nops; i++) {
         dop_off_t o = in[i];
         out[i].opid = o.opid;
         out[i].ck = o.ck;
@@ -1092,7 +1346,31 @@ static int line_data_scanned(ferry_db_t *db, ferry_sync_t *s, size_t bucket_off)
         out[i].sub = o.sub == NOFF ? NULL : a + o.sub;
         out[i].data = o.data == NOFF ? NULL : a + o.data;
     }
-    return apply_data(db, s, a + bucket_off, out, s->nops);
+    return apply_data(db, s, a + b->bucket_off, out, b->nops);
+}
+
+void ferry__scan_free(ferry_scan_t *b)
+{
+    free(b->arena);
+    free(b->ops);
+    memset(b, 0, sizeof *b);
+}
+
+static void trim(const char **line, size_t *len)
+{
+    const char *l = *line;
+    size_t n = *len;
+    while (n && (l[n - 1] == '\r' || l[n - 1] == ' ' || l[n - 1] == '\t')) n--;
+    while (n && (*l == ' ' || *l == '\t' || *l == '\r')) { l++; n--; }
+    *line = l;
+    *len = n;
+}
+
+int ferry__sync_scan(ferry_scan_t *b, const char *line, size_t len)
+{
+    trim(&line, &len);
+    if (len == 0) return 1;
+    return scan_data_line(b, line, len, &b->bucket_off);
 }
 
 static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const dop_t *ops,
@@ -1292,12 +1570,10 @@ static int line_complete(ferry_db_t *db, ferry_sync_t *s, int prio)
 
 int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t len)
 {
-    while (len && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t')) len--;
-    while (len && (*line == ' ' || *line == '\t' || *line == '\r')) { line++; len--; }
+    trim(&line, &len);
     if (len == 0) return 0;
-    size_t boff;
-    int sc = scan_data_line(s, line, len, &boff);
-    if (sc == 0) return line_data_scanned(db, s, boff);
+    int sc = scan_data_line(&s->scan, line, len, &s->scan.bucket_off);
+    if (sc == 0) return ferry__sync_apply_scanned(db, s, &s->scan);
     /* every other line starts with what the data lines before it stored committed */
     if (sc == 1) {
         int rc = ferry__sync_flush(s);

@@ -141,6 +141,33 @@ void ferry__sync_unlock(int fd)
 
 /* ---- the stream --------------------------------------------------------------------------- */
 
+/* The lines of one stream pass from the curl thread to the apply thread through a few slots:
+ * the curl thread splits the body into lines and scans data lines (ferry__sync_scan, no
+ * database) into the next free slot; the apply thread applies the filled slots in order with the
+ * sync connection. A bounded queue: the reader waits while every slot is full, so memory stays
+ * at PIPE_SLOTS lines however fast the server sends. */
+#define PIPE_SLOTS 4
+enum { SLOT_DATA, SLOT_RAW, SLOT_END };
+
+typedef struct slot {
+    int kind;
+    ferry_scan_t scan;  /* SLOT_DATA */
+    char *raw;          /* SLOT_RAW: a line for ferry__sync_line (not a data line, or one the
+                           scanner left to jansson) */
+    size_t rawlen, rawcap;
+} slot_t;
+
+typedef struct pipe {
+    pthread_mutex_t mu;
+    pthread_cond_t cond;  /* a slot was filled or freed, or the apply thread failed */
+    slot_t slots[PIPE_SLOTS];
+    size_t head, count;   /* filled slots: head .. head + count - 1 (mod PIPE_SLOTS) */
+    int failed;           /* a line ended the iteration: the reader stops, the rest is dropped */
+    int result;           /* that line's result (apply thread) */
+    int got_checkpoint;   /* apply thread */
+    pthread_t thread;
+} pipe_t;
+
 typedef struct stream {
     ferry_db_t *db;
     CURL *h;
@@ -151,6 +178,7 @@ typedef struct stream {
     int got_checkpoint;
     char errbody[512];
     size_t errlen;
+    pipe_t *pipe;      /* NULL: lines are applied on the curl thread (no second thread) */
 } stream_t;
 
 static void update_caught_up(ferry_db_t *db)
@@ -161,6 +189,158 @@ static void update_caught_up(ferry_db_t *db)
     if (db->caught_up) db->status.last_error[0] = 0;
     pthread_cond_broadcast(&db->cond);
     pthread_mutex_unlock(&db->mu);
+}
+
+static void try_pending(ferry_db_t *db);
+
+/* Curl thread: the next free slot, waiting while all are full; NULL once the apply thread
+ * failed. Returns with the slot owned by the caller until pipe_publish. */
+static slot_t *pipe_next(pipe_t *pp)
+{
+    pthread_mutex_lock(&pp->mu);
+    while (pp->count == PIPE_SLOTS && !pp->failed) pthread_cond_wait(&pp->cond, &pp->mu);
+    slot_t *sl = pp->failed ? NULL : &pp->slots[(pp->head + pp->count) % PIPE_SLOTS];
+    pthread_mutex_unlock(&pp->mu);
+    return sl;
+}
+
+static void pipe_publish(pipe_t *pp)
+{
+    pthread_mutex_lock(&pp->mu);
+    pp->count++;
+    pthread_cond_broadcast(&pp->cond);
+    pthread_mutex_unlock(&pp->mu);
+}
+
+/* Curl thread: one line into the queue; 0, FERRY_ENOMEM, or 1 when the apply thread failed
+ * (the transfer ends; the apply thread's result counts). */
+static int pipe_push(pipe_t *pp, const char *line, size_t len)
+{
+    slot_t *sl = pipe_next(pp);
+    if (!sl) return 1;
+    if (ferry__sync_scan(&sl->scan, line, len) == 0) {
+        sl->kind = SLOT_DATA;
+    } else {
+        if (len + 1 > sl->rawcap) {
+            char *nr = realloc(sl->raw, len + 1);
+            if (!nr) return FERRY_ENOMEM;
+            sl->raw = nr;
+            sl->rawcap = len + 1;
+        }
+        memcpy(sl->raw, line, len);
+        sl->rawlen = len;
+        sl->kind = SLOT_RAW;
+    }
+    pipe_publish(pp);
+    return 0;
+}
+
+/* The apply thread: applies filled slots in order. While no line arrives it commits a data-line
+ * transaction that is 250 ms old (a stalled stream must not keep the write lock) and retries a
+ * checkpoint that uploads held back, at least every 100 ms. */
+static void *apply_main(void *arg)
+{
+    stream_t *st = arg;
+    pipe_t *pp = st->pipe;
+    ferry_db_t *db = st->db;
+    for (;;) {
+        pthread_mutex_lock(&pp->mu);
+        while (pp->count == 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_nsec += 100000000L;
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            if (pthread_cond_timedwait(&pp->cond, &pp->mu, &ts) != 0 && pp->count == 0 &&
+                !pp->failed) {
+                pthread_mutex_unlock(&pp->mu);
+                if (ferry__sync_flush_due(&db->sync) != 0) {
+                    pthread_mutex_lock(&pp->mu);
+                    pp->failed = 1;
+                    pp->result = FERRY_ESQLITE;
+                    pthread_cond_broadcast(&pp->cond);
+                    continue;
+                }
+                try_pending(db);
+                pthread_mutex_lock(&pp->mu);
+            }
+        }
+        slot_t *sl = &pp->slots[pp->head];
+        int failed = pp->failed;
+        pthread_mutex_unlock(&pp->mu);
+        if (sl->kind == SLOT_END) break;
+        if (!failed) {
+            int rc = sl->kind == SLOT_DATA ? ferry__sync_apply_scanned(db, &db->sync, &sl->scan)
+                                           : ferry__sync_line(db, &db->sync, sl->raw, sl->rawlen);
+            if (db->sync.have_cp) pp->got_checkpoint = 1;
+            update_caught_up(db);
+            if (rc != 0) {
+                pthread_mutex_lock(&pp->mu);
+                pp->failed = 1;
+                pp->result = rc;
+                pthread_mutex_unlock(&pp->mu);
+            }
+        }
+        /* one large line must not keep its buffers large */
+        if (sl->scan.arena_cap > (1u << 22)) ferry__scan_free(&sl->scan);
+        if (sl->rawcap > (1u << 22)) {
+            free(sl->raw);
+            sl->raw = NULL;
+            sl->rawcap = 0;
+        }
+        pthread_mutex_lock(&pp->mu);
+        pp->head = (pp->head + 1) % PIPE_SLOTS;
+        pp->count--;
+        pthread_cond_broadcast(&pp->cond);
+        pthread_mutex_unlock(&pp->mu);
+    }
+    return NULL;
+}
+
+/* Starts the apply thread; NULL when it cannot (lines are then applied on the curl thread). */
+static pipe_t *pipe_start(stream_t *st)
+{
+    pipe_t *pp = calloc(1, sizeof *pp);
+    if (!pp) return NULL;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&pp->mu, NULL);
+    pthread_cond_init(&pp->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    st->pipe = pp;
+    if (pthread_create(&pp->thread, NULL, apply_main, st) != 0) {
+        pthread_cond_destroy(&pp->cond);
+        pthread_mutex_destroy(&pp->mu);
+        free(pp);
+        st->pipe = NULL;
+    }
+    return st->pipe;
+}
+
+/* After the transfer: the apply thread applies what is queued, then ends; its result and
+ * checkpoint flag become the stream's. */
+static void pipe_stop(stream_t *st)
+{
+    pipe_t *pp = st->pipe;
+    if (!pp) return;
+    slot_t *sl;
+    pthread_mutex_lock(&pp->mu);
+    while (pp->count == PIPE_SLOTS) pthread_cond_wait(&pp->cond, &pp->mu);
+    sl = &pp->slots[(pp->head + pp->count) % PIPE_SLOTS];
+    pthread_mutex_unlock(&pp->mu);
+    sl->kind = SLOT_END;
+    pipe_publish(pp);
+    pthread_join(pp->thread, NULL);
+    if (pp->result && st->result >= 0) st->result = pp->result;
+    if (pp->got_checkpoint) st->got_checkpoint = 1;
+    for (int i = 0; i < PIPE_SLOTS; i++) {
+        ferry__scan_free(&pp->slots[i].scan);
+        free(pp->slots[i].raw);
+    }
+    pthread_cond_destroy(&pp->cond);
+    pthread_mutex_destroy(&pp->mu);
+    free(pp);
+    st->pipe = NULL;
 }
 
 static size_t on_stream_data(char *p, size_t size, size_t nmemb, void *ud)
@@ -193,10 +373,15 @@ static size_t on_stream_data(char *p, size_t size, size_t nmemb, void *ud)
         char *nl = memchr(st->buf + start, '\n', st->len - start);
         if (!nl) break;
         size_t ll = (size_t)(nl - (st->buf + start));
-        int rc = ferry__sync_line(st->db, &st->db->sync, st->buf + start, ll);
+        int rc;
+        if (st->pipe) {
+            rc = pipe_push(st->pipe, st->buf + start, ll);
+        } else {
+            rc = ferry__sync_line(st->db, &st->db->sync, st->buf + start, ll);
+            if (st->db->sync.have_cp) st->got_checkpoint = 1;
+            update_caught_up(st->db);
+        }
         start += ll + 1;
-        if (st->db->sync.have_cp) st->got_checkpoint = 1;
-        update_caught_up(st->db);
         if (rc != 0) {
             st->result = rc;
             memmove(st->buf, st->buf + start, st->len - start);
@@ -232,6 +417,12 @@ static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_
     (void)d;
     stream_t *st = ud;
     if (atomic_load(&st->db->stop)) return 1;
+    if (st->pipe) { /* the apply thread flushes and retries; only end when it failed */
+        pthread_mutex_lock(&st->pipe->mu);
+        int failed = st->pipe->failed;
+        pthread_mutex_unlock(&st->pipe->mu);
+        return failed;
+    }
     /* a stalled stream must not keep the write lock: commit the lines stored so far */
     if (ferry__sync_flush_due(&st->db->sync) != 0) {
         st->result = FERRY_ESQLITE;
@@ -287,7 +478,9 @@ static int stream_once(ferry_db_t *db, int *backoff)
     curl_easy_setopt(st.h, CURLOPT_LOW_SPEED_LIMIT, 1L); /* keepalives come every ~20 s */
     curl_easy_setopt(st.h, CURLOPT_LOW_SPEED_TIME, 60L);
     curl_easy_setopt(st.h, CURLOPT_ACCEPT_ENCODING, "");
+    pipe_start(&st);
     CURLcode cc = curl_easy_perform(st.h);
+    pipe_stop(&st);
     int frc = ferry__sync_flush(&db->sync);
     if (frc && st.result >= 0) st.result = frc;
     if (st.status == 0) curl_easy_getinfo(st.h, CURLINFO_RESPONSE_CODE, &st.status);
