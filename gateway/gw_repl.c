@@ -99,6 +99,7 @@ struct gw_repl {
     struct timespec batch_started;
     int64_t batch_source_us; /* Postgres commit time of the batch's first transaction (0: none) */
     uint64_t acked_lsn;
+    _Atomic uint64_t durable_lsn; /* highest LSN whose storage commit is on disk */
     int test_replay; /* FERRY_TEST_REPLAY=1: start from the slot, ack nothing new (tests only) */
     struct timespec last_status;
 
@@ -224,6 +225,18 @@ const char *gw_repl_version(const gw_repl_t *r)
 
 /* ---- lifecycle ---- */
 
+/* The storage's durable callback (syncer thread): note the LSN, wake the replicator to ack it. */
+static void on_durable(uint64_t lsn, void *ud)
+{
+    gw_repl_t *r = ud;
+    uint64_t cur = atomic_load(&r->durable_lsn);
+    while (lsn > cur && !atomic_compare_exchange_weak(&r->durable_lsn, &cur, lsn)) {
+    }
+    uint64_t one = 1;
+    ssize_t w = write(r->task_fd, &one, sizeof(one));
+    (void)w;
+}
+
 int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules_hash,
                    gw_storage_t *storage, gw_repl_t **out, gw_err_t *err)
 {
@@ -253,6 +266,7 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     r->ready_id = gw_ready_register("replication", "starting");
     pthread_mutex_init(&r->task_lock, NULL);
     r->task_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    gw_storage_set_durable_fn(storage, on_durable, r);
     /* fault injection for tests: stream from the slot's confirmed position (not the stored LSN)
      * and never confirm more, so after a restart Postgres resends transactions storage already
      * holds and the exactly-once skip (invariant 2) is exercised on every restart */
@@ -1141,8 +1155,19 @@ static int batch_begin(gw_repl_t *r, gw_err_t *err)
     return rc;
 }
 
-/* Commit the open batch at batch_lsn and acknowledge it (invariant 1). */
-static int flush_batch(gw_repl_t *r, gw_err_t *err)
+/* Acknowledge the durable LSN to Postgres when it moved (invariant 1). */
+static int maybe_ack(gw_repl_t *r, gw_err_t *err)
+{
+    uint64_t d = atomic_load(&r->durable_lsn);
+    if (d <= r->acked_lsn || r->test_replay)
+        return 0;
+    r->acked_lsn = d;
+    return send_status(r, d, 0, err);
+}
+
+/* Commit the open batch at batch_lsn; with wait, only return once it is durable. It is
+ * acknowledged once durable (maybe_ack), never before. */
+static int flush_batch_mode(gw_repl_t *r, int wait, gw_err_t *err)
 {
     if (!r->batch_open)
         return 0;
@@ -1156,7 +1181,7 @@ static int flush_batch(gw_repl_t *r, gw_err_t *err)
     }
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int rc = gw_storage_commit(r->st, lsn, err);
+    int rc = wait ? gw_storage_commit(r->st, lsn, err) : gw_storage_commit_async(r->st, lsn, err);
     r->batch_open = 0;
     if (rc != 0)
         return rc;
@@ -1180,11 +1205,13 @@ static int flush_batch(gw_repl_t *r, gw_err_t *err)
         gw_ready_set(r->ready_id, 1, NULL);
         atomic_store(&r->ready, 1);
     }
-    if (lsn > r->acked_lsn && !r->test_replay) {
-        r->acked_lsn = lsn;
-        return send_status(r, lsn, 0, err);
-    }
-    return 0;
+    return maybe_ack(r, err);
+}
+
+/* The streaming path: the syncer makes the batch durable while the next one is built. */
+static int flush_batch(gw_repl_t *r, gw_err_t *err)
+{
+    return flush_batch_mode(r, 0, err);
 }
 
 void gw_repl_submit(gw_repl_t *r, gw_repl_task_t *task)
@@ -1223,7 +1250,7 @@ static int run_tasks(gw_repl_t *r, gw_err_t *err)
     for (gw_repl_task_t *t = list; t != NULL; t = t->next)
         t->rc = rc == 0 ? t->run(r->st, t->ud, err) : rc;
     if (rc == 0)
-        rc = flush_batch(r, err);
+        rc = flush_batch_mode(r, 1, err); /* results are reported once durable */
     for (gw_repl_task_t *t = list, *next; t != NULL; t = next) {
         next = t->next;
         t->done(t->ud, rc != 0 ? rc : t->rc);
@@ -1552,6 +1579,8 @@ static int stream(gw_repl_t *r, gw_err_t *err)
                     rc = send_status(r, r->acked_lsn, 0, err);
             }
             PQfreemem(buf);
+            if (rc == 0)
+                rc = maybe_ack(r, err);
             if (rc == 0 && r->batch_open && !r->in_pg_txn &&
                 (r->batch_changes >= BATCH_MAX_CHANGES ||
                  elapsed_ms(&r->batch_started) >= BATCH_MAX_MS)) {
@@ -1569,7 +1598,9 @@ static int stream(gw_repl_t *r, gw_err_t *err)
                     break;
             }
             if (!r->in_pg_txn) {
-                rc = run_tasks(r, err);
+                rc = maybe_ack(r, err);
+                if (rc == 0)
+                    rc = run_tasks(r, err);
                 if (rc == 0 && !r->batch_open)
                     rc = maybe_compact(r, err);
                 if (rc == 0 && !r->batch_open && now_ms() - r->old_check_ms >= 1000) {

@@ -1,6 +1,7 @@
 /* gw_storage.c -- the embedded SQLite bucket storage (see gw_storage.h)
  *
- * Schema (one file, WAL mode, synchronous=FULL so an acknowledged LSN is on disk):
+ * Schema (one file, WAL mode; commits are synced by the syncer thread before anything is served
+ * or acknowledged, see "syncer" below):
  *   state(k, v)                                replication state: next_op, last_op, lsn, …
  *   buckets(id, name, checksum, count, last_op) running totals at the latest checkpoint
  *   op_chunks(id, bucket_id, first_op, last_op, n, checksum, ops)
@@ -41,11 +42,15 @@
 #include "gw_log.h"
 #include "gw_map.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct bucket {
     int64_t id;
@@ -169,6 +174,16 @@ struct gw_storage {
     gw_buf_t members;
     gw_storage_hook_fn hook;
     void *hook_ud;
+    /* the syncer thread: makes commits durable (fdatasync of the WAL), then reports them */
+    pthread_t sync_thread;
+    int sync_started, sync_stop;
+    pthread_mutex_t sync_lock;
+    pthread_cond_t sync_cond;      /* jobs queued, or stop */
+    pthread_cond_t sync_done_cond; /* a job became durable */
+    struct durable_job *jobs_head, *jobs_tail;
+    int wal_fd;
+    void (*durable_fn)(uint64_t lsn, void *ud);
+    void *durable_ud;
     /* the checkpointer thread */
     pthread_t ckpt_thread;
     int ckpt_started;
@@ -403,6 +418,120 @@ static void filter_add(gw_storage_t *s, const gw_row_ref_t *ref)
 
 /* ---- open / close ---- */
 
+/* ---- syncer ----
+ *
+ * Commits run with synchronous=NORMAL: COMMIT appends to the WAL without syncing it. Each
+ * commit queues a durable job (its checkpoint and what it changed, copied); the syncer thread
+ * takes every queued job, syncs the WAL once for all of them (group commit), and only then
+ * publishes each job in order: the hook (streams see the checkpoint), the durable checkpoint that
+ * readers of this process serve, and the durable callback (the replicator acknowledges the LSN to
+ * Postgres). So nothing is served or acknowledged before it is on disk, and the writer never
+ * waits for the disk on the streaming path. */
+typedef struct durable_job {
+    struct durable_job *next;
+    uint64_t last_op, lsn;
+    int consistent;
+    char **names; /* buckets, then lookup keys, then write-checkpoint keys */
+    size_t nbuckets, nlookups, nwcps;
+    int waited; /* the committer waits for it and frees it */
+    int done;
+} durable_job_t;
+
+/* What this process's readers serve: the durable checkpoint, once a writer published one. */
+static _Atomic int durable_set;
+static _Atomic uint64_t durable_last_op, durable_lsn;
+static _Atomic int durable_consistent;
+static pthread_mutex_t durable_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void job_free(durable_job_t *j)
+{
+    size_t n = j->nbuckets + j->nlookups + j->nwcps;
+    for (size_t i = 0; i < n; i++)
+        free(j->names[i]);
+    free(j->names);
+    free(j);
+}
+
+static void job_publish(gw_storage_t *s, durable_job_t *j)
+{
+    if (s->hook != NULL) {
+        gw_storage_changes_t ch = {
+            .last_op = j->last_op,
+            .lsn = j->lsn,
+            .buckets = (const char *const *)j->names,
+            .nbuckets = j->nbuckets,
+            .lookups = (const char *const *)j->names + j->nbuckets,
+            .nlookups = j->nlookups,
+            .write_checkpoints = (const char *const *)j->names + j->nbuckets + j->nlookups,
+            .nwrite_checkpoints = j->nwcps,
+            .consistent = j->consistent,
+        };
+        s->hook(&ch, s->hook_ud);
+    }
+    pthread_mutex_lock(&durable_lock);
+    atomic_store(&durable_last_op, j->last_op);
+    atomic_store(&durable_lsn, j->lsn);
+    atomic_store(&durable_consistent, j->consistent);
+    atomic_store(&durable_set, 1);
+    pthread_mutex_unlock(&durable_lock);
+    if (s->durable_fn != NULL)
+        s->durable_fn(j->lsn, s->durable_ud);
+}
+
+/* Sync the WAL file. A failed sync cannot be retried safely (the kernel may have dropped the
+ * dirty pages): like Postgres, stop the process; a restart recovers from what is on disk. */
+static void wal_sync(gw_storage_t *s)
+{
+    if (s->wal_fd < 0) {
+        char *wal = gw_xmalloc(strlen(s->path) + 5);
+        sprintf(wal, "%s-wal", s->path);
+        s->wal_fd = open(wal, O_RDWR | O_CLOEXEC);
+        free(wal);
+    }
+    if (s->wal_fd < 0 || fdatasync(s->wal_fd) != 0) {
+        gw_error("storage", "could not sync the storage WAL; stopping so that a restart recovers",
+                 "path=\"%s\" error=\"%s\"", s->path, strerror(errno));
+        abort();
+    }
+}
+
+static void *sync_main(void *arg)
+{
+    gw_storage_t *s = arg;
+    pthread_mutex_lock(&s->sync_lock);
+    for (;;) {
+        if (s->jobs_head == NULL) {
+            if (s->sync_stop)
+                break;
+            pthread_cond_wait(&s->sync_cond, &s->sync_lock);
+            continue;
+        }
+        durable_job_t *list = s->jobs_head;
+        s->jobs_head = s->jobs_tail = NULL;
+        pthread_mutex_unlock(&s->sync_lock);
+        wal_sync(s);
+        for (durable_job_t *j = list; j != NULL; j = j->next)
+            job_publish(s, j);
+        pthread_mutex_lock(&s->sync_lock);
+        for (durable_job_t *j = list, *next; j != NULL; j = next) {
+            next = j->next;
+            if (j->waited)
+                j->done = 1;
+            else
+                job_free(j);
+        }
+        pthread_cond_broadcast(&s->sync_done_cond);
+    }
+    pthread_mutex_unlock(&s->sync_lock);
+    return NULL;
+}
+
+void gw_storage_set_durable_fn(gw_storage_t *s, void (*fn)(uint64_t lsn, void *ud), void *ud)
+{
+    s->durable_fn = fn;
+    s->durable_ud = ud;
+}
+
 /* ---- checkpointer ---- */
 
 static void *ckpt_main(void *arg)
@@ -474,6 +603,10 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
     gw_map_init(&s->by_name);
     pthread_mutex_init(&s->ckpt_lock, NULL);
     pthread_cond_init(&s->ckpt_cond, NULL);
+    pthread_mutex_init(&s->sync_lock, NULL);
+    pthread_cond_init(&s->sync_cond, NULL);
+    pthread_cond_init(&s->sync_done_cond, NULL);
+    s->wal_fd = -1;
     s->path = gw_xstrdup(path);
     if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                           SQLITE_OPEN_NOMUTEX,
@@ -487,7 +620,7 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
     /* a 32 MB page cache keeps the hot b-tree pages (rows, the ops tails) out of pread();
      * checkpoints are the checkpointer thread's (see the file comment) */
     if (exec(s->db,
-             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; "
+             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; "
              "PRAGMA cache_size=-32768; PRAGMA wal_autocheckpoint=0; PRAGMA temp_store=MEMORY;",
              err, "set up the storage file") != 0 ||
         exec(s->db, schema_sql, err, "create the storage schema") != 0) {
@@ -518,6 +651,8 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
     gw_storage_stats_t st;
     if (gw_storage_stats(s, &st) == 0)
         filter_build(s, st.rows);
+    if (pthread_create(&s->sync_thread, NULL, sync_main, s) == 0)
+        s->sync_started = 1;
     if (pthread_create(&s->ckpt_thread, NULL, ckpt_main, s) == 0) {
         s->ckpt_started = 1;
         sqlite3_wal_hook(s->db, on_wal, s);
@@ -535,6 +670,19 @@ void gw_storage_close(gw_storage_t *s)
         return;
     if (s->in_txn)
         gw_storage_rollback(s);
+    if (s->sync_started) {
+        /* the syncer publishes every queued commit before it ends */
+        pthread_mutex_lock(&s->sync_lock);
+        s->sync_stop = 1;
+        pthread_cond_signal(&s->sync_cond);
+        pthread_mutex_unlock(&s->sync_lock);
+        pthread_join(s->sync_thread, NULL);
+    }
+    pthread_mutex_destroy(&s->sync_lock);
+    pthread_cond_destroy(&s->sync_cond);
+    pthread_cond_destroy(&s->sync_done_cond);
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
     if (s->ckpt_started) {
         pthread_mutex_lock(&s->ckpt_lock);
         s->ckpt_stop = 1;
@@ -622,7 +770,16 @@ static void flush_bucket(const char *key, void *value, void *ud)
     b->dirty = 0;
 }
 
-int gw_storage_commit(gw_storage_t *s, uint64_t lsn, gw_err_t *err)
+static char **names_append(char **v, size_t at, const char *const *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        v[at + i] = gw_xstrdup(src[i]);
+    return v;
+}
+
+/* Commit; the job describing it is published by the syncer once durable. With wait, return only
+ * after that. */
+static int commit(gw_storage_t *s, uint64_t lsn, int wait, gw_err_t *err)
 {
     if (!s->in_txn)
         return gw_err_set(err, GW_EINVAL, "storage", "commit without a transaction");
@@ -658,21 +815,49 @@ int gw_storage_commit(gw_storage_t *s, uint64_t lsn, gw_err_t *err)
         }
     }
     s->nwcp = keep;
-    if (s->hook != NULL) {
-        gw_storage_changes_t ch = {
-            .last_op = last_op,
-            .lsn = lsn,
-            .buckets = (const char *const *)s->touched,
-            .nbuckets = s->ntouched,
-            .lookups = (const char *const *)s->lookup_keys,
-            .nlookups = s->nlookup_keys,
-            .write_checkpoints = (const char *const *)s->wcp_done,
-            .nwrite_checkpoints = s->nwcp_done,
-            .consistent = s->consistent,
-        };
-        s->hook(&ch, s->hook_ud);
+    durable_job_t *j = gw_xcalloc(1, sizeof(*j));
+    j->last_op = last_op;
+    j->lsn = lsn;
+    j->consistent = s->consistent;
+    j->nbuckets = s->ntouched;
+    j->nlookups = s->nlookup_keys;
+    j->nwcps = s->nwcp_done;
+    j->names = gw_xmalloc((j->nbuckets + j->nlookups + j->nwcps + 1) * sizeof(char *));
+    names_append(j->names, 0, (const char *const *)s->touched, j->nbuckets);
+    names_append(j->names, j->nbuckets, (const char *const *)s->lookup_keys, j->nlookups);
+    names_append(j->names, j->nbuckets + j->nlookups, (const char *const *)s->wcp_done,
+                 j->nwcps);
+    if (!s->sync_started) {
+        /* no syncer (it could not start): sync here */
+        wal_sync(s);
+        job_publish(s, j);
+        job_free(j);
+        return 0;
     }
+    j->waited = wait;
+    pthread_mutex_lock(&s->sync_lock);
+    if (s->jobs_tail != NULL)
+        s->jobs_tail->next = j;
+    else
+        s->jobs_head = j;
+    s->jobs_tail = j;
+    pthread_cond_signal(&s->sync_cond);
+    while (wait && !j->done)
+        pthread_cond_wait(&s->sync_done_cond, &s->sync_lock);
+    pthread_mutex_unlock(&s->sync_lock);
+    if (wait)
+        job_free(j);
     return 0;
+}
+
+int gw_storage_commit(gw_storage_t *s, uint64_t lsn, gw_err_t *err)
+{
+    return commit(s, lsn, 1, err);
+}
+
+int gw_storage_commit_async(gw_storage_t *s, uint64_t lsn, gw_err_t *err)
+{
+    return commit(s, lsn, 0, err);
 }
 
 void gw_storage_rollback(gw_storage_t *s)
@@ -1770,6 +1955,15 @@ int gw_storage_read_checkpoint(gw_storage_reader_t *r, uint64_t *last_op, uint64
             *consistent = v[0] == '1';
     }
     sqlite3_reset(q);
+    if (atomic_load(&durable_set)) {
+        /* this process writes: serve only what is on disk (a commit not yet synced may be
+         * lost with the machine, and its op ids reused) */
+        pthread_mutex_lock(&durable_lock);
+        *last_op = atomic_load(&durable_last_op);
+        *lsn = atomic_load(&durable_lsn);
+        *consistent = atomic_load(&durable_consistent);
+        pthread_mutex_unlock(&durable_lock);
+    }
     return rc == SQLITE_DONE ? 0 : GW_EIO;
 }
 

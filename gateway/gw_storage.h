@@ -45,7 +45,7 @@ typedef struct gw_storage_changes {
     int consistent;           /* storage has a consistent checkpoint */
 } gw_storage_changes_t;
 
-/** Called on the writer's thread after every commit (must not block). */
+/** Called after every commit once it is durable, on the syncer thread (must not block). */
 typedef void (*gw_storage_hook_fn)(const gw_storage_changes_t *changes, void *ud);
 
 /* ---- writer ---- */
@@ -65,8 +65,24 @@ void gw_storage_set_hook(gw_storage_t *s, gw_storage_hook_fn fn, void *ud);
 /** Start a write transaction. 0 or GW_EIO. */
 int gw_storage_begin(gw_storage_t *s, gw_err_t *err);
 
-/** Commit with the checkpoint's source position lsn; runs the hook. 0 or GW_EIO. */
+/**
+ * Commit with the checkpoint's source position lsn and wait until it is durable (synced); the
+ * hook and the durable callback have run for it when this returns. 0 or GW_EIO.
+ */
 int gw_storage_commit(gw_storage_t *s, uint64_t lsn, gw_err_t *err);
+
+/**
+ * Commit without waiting for the disk: the syncer thread syncs it (with any later commits),
+ * then runs the hook and the durable callback for it, in commit order, on its own thread.
+ * Readers of this process see the checkpoint only then. 0 or GW_EIO.
+ */
+int gw_storage_commit_async(gw_storage_t *s, uint64_t lsn, gw_err_t *err);
+
+/**
+ * Install fn, called on the syncer thread with the LSN of each commit once it is durable (the
+ * position that may be acknowledged to Postgres). Must not block. Set before the first commit.
+ */
+void gw_storage_set_durable_fn(gw_storage_t *s, void (*fn)(uint64_t lsn, void *ud), void *ud);
 
 /** Abandon the transaction; in-memory caches are reloaded from the file. */
 void gw_storage_rollback(gw_storage_t *s);
@@ -188,7 +204,10 @@ int gw_storage_reader_open(const char *path, gw_storage_reader_t **out, gw_err_t
 /** Close a reader. NULL is fine. */
 void gw_storage_reader_close(gw_storage_reader_t *r);
 
-/** The latest committed checkpoint and whether it is consistent. 0 or GW_EIO. */
+/**
+ * The latest committed checkpoint and whether it is consistent; in a process that writes the
+ * storage, the latest durable one. 0 or GW_EIO.
+ */
 int gw_storage_read_checkpoint(gw_storage_reader_t *r, uint64_t *last_op, uint64_t *lsn,
                                int *consistent);
 
