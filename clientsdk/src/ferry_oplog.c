@@ -52,8 +52,12 @@
 enum {
     S_BUCKET_GET, S_BUCKET_INS, S_BUCKET_SET, S_OP_DEL_KEY, S_OP_INS, S_MARK, S_CLEAR_MARK,
     S_CLEAR_DEL, S_BUCKET_DROP, S_BUCKET_PRIO, S_LAST_OP_ALL, S_CRUD_COUNT, S_LIST, S_WHOLE_GET,
-    S_WHOLE_SET, S_NSTMT
+    S_WHOLE_SET, S_OP_GET, S_OP_INS_MANY, S_NSTMT
 };
+
+/* PUTs are inserted PUT_BATCH at a time (one statement per batch: the per-statement cost was
+ * about a third of storing an op) */
+#define PUT_BATCH 32
 
 static const char *SQL[S_NSTMT] = {
     [S_BUCKET_GET] = "SELECT id, add_checksum, op_checksum, count FROM ferry_buckets WHERE name = ?",
@@ -75,6 +79,9 @@ static const char *SQL[S_NSTMT] = {
     [S_LIST] = "SELECT id, name, add_checksum, op_checksum, last_op FROM ferry_buckets ORDER BY name",
     [S_WHOLE_GET] = "SELECT 1 FROM ferry_updated WHERE row_type = '' AND row_id = '' AND bucket = ?",
     [S_WHOLE_SET] = "INSERT OR IGNORE INTO ferry_updated(row_type, row_id, bucket) VALUES ('', '', ?)",
+    [S_OP_GET] = "SELECT op_id FROM ferry_oplog WHERE row_type = ?4 AND row_id = ?5 AND "
+                 "bucket = ?1 AND subkey = ?2",
+    [S_OP_INS_MANY] = NULL, /* built by ferry__sync_init: S_OP_INS's columns, PUT_BATCH rows */
 };
 
 /* ---- small parsers (unit-tested) ------------------------------------------------------------ */
@@ -127,9 +134,14 @@ int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
                  NULL);
     s->applied_cp = -1;
     s->cp_write_cp = -1;
+    char many[80 + PUT_BATCH * 24];
+    size_t n = (size_t)snprintf(many, sizeof many, "INSERT OR IGNORE INTO ferry_oplog(bucket, "
+                                "subkey, op_id, row_type, row_id, data, hash) VALUES ");
+    for (int i = 0; i < PUT_BATCH; i++)
+        n += (size_t)snprintf(many + n, sizeof many - n, "%s(?, ?, ?, ?, ?, ?, ?)", i ? ", " : "");
     for (int i = 0; i < S_NSTMT; i++)
-        if (sqlite3_prepare_v3(conn, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
-            SQLITE_OK) {
+        if (sqlite3_prepare_v3(conn, i == S_OP_INS_MANY ? many : SQL[i], -1,
+                               SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) != SQLITE_OK) {
             snprintf(s->errmsg, sizeof s->errmsg, "could not prepare sync statements: %s",
                      sqlite3_errmsg(conn));
             ferry__sync_free(s);
@@ -1373,6 +1385,58 @@ int ferry__sync_scan(ferry_scan_t *b, const char *line, size_t len)
     return scan_data_line(b, line, len, &b->bucket_off);
 }
 
+/* Binds op's columns to st at parameter offset off (S_OP_INS's order). */
+static void bind_put(sqlite3_stmt *st, int off, int64_t bid, const dop_t *op)
+{
+    sqlite3_bind_int64(st, off + 1, bid);
+    sqlite3_bind_text(st, off + 2, op->sub ? op->sub : "null", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, off + 3, op->opid);
+    sqlite3_bind_text(st, off + 4, op->type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, off + 5, op->oid, -1, SQLITE_STATIC);
+    if (op->data)
+        sqlite3_bind_text(st, off + 6, op->data, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, off + 6);
+    sqlite3_bind_int64(st, off + 7, op->ck);
+}
+
+/* Stores up to PUT_BATCH PUTs (their checksums already added to *opck) with one INSERT OR
+ * IGNORE; unused rows repeat the last op and are ignored. When fewer rows went in than ops were
+ * given, a key was stored already (or twice in the batch): each op whose key does not hold it
+ * replaces the stored op the one-by-one way, in order (the old op's checksum moves to
+ * add_checksum). Returns 0 or -1 (SQLite error). */
+static int put_batch(ferry_sync_t *s, int64_t bid, const dop_t *const *b, size_t nb,
+                     uint32_t *addck, uint32_t *opck)
+{
+    sqlite3_stmt *many = s->st[S_OP_INS_MANY];
+    for (size_t k = 0; k < PUT_BATCH; k++) bind_put(many, (int)k * 7, bid, b[k < nb ? k : nb - 1]);
+    int r = sqlite3_step(many);
+    sqlite3_reset(many);
+    if (r != SQLITE_DONE) return -1;
+    if ((size_t)sqlite3_changes(s->conn) == nb) return 0;
+    sqlite3_stmt *get = s->st[S_OP_GET], *del = s->st[S_OP_DEL_KEY], *ins = s->st[S_OP_INS];
+    for (size_t k = 0; k < nb; k++) {
+        const dop_t *op = b[k];
+        bind_put(get, 0, bid, op); /* only ?1, ?2, ?4, ?5 are used */
+        r = sqlite3_step(get);
+        int stored = r == SQLITE_ROW && sqlite3_column_int64(get, 0) == op->opid;
+        sqlite3_reset(get);
+        if (r != SQLITE_ROW && r != SQLITE_DONE) return -1;
+        if (stored) continue;
+        bind_put(del, 0, bid, op);
+        while ((r = sqlite3_step(del)) == SQLITE_ROW) {
+            uint32_t old = (uint32_t)sqlite3_column_int64(del, 0);
+            *addck += old;
+            *opck -= old;
+        }
+        sqlite3_reset(del);
+        if (r != SQLITE_DONE) return -1;
+        bind_put(ins, 0, bid, op);
+        if (step_done(ins)) return -1;
+    }
+    return 0;
+}
+
 static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const dop_t *ops,
                       size_t nops)
 {
@@ -1415,60 +1479,47 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
         sqlite3_reset(s->st[S_WHOLE_GET]);
     }
     int64_t last = -1;
-    sqlite3_stmt *del = s->st[S_OP_DEL_KEY], *ins = s->st[S_OP_INS], *mark = s->st[S_MARK];
-    for (size_t i = 0; i < nops; i++) {
-        const dop_t *op = &ops[i];
+    sqlite3_stmt *del = s->st[S_OP_DEL_KEY], *mark = s->st[S_MARK];
+    const dop_t *batch[PUT_BATCH];
+    size_t nb = 0;
+    for (size_t i = 0; i <= nops; i++) {
+        const dop_t *op = i < nops ? &ops[i] : NULL;
+        /* PUTs go in batches; any other op (and the end) stores the batch first */
+        if (op && op->kind == OP_PUT) {
+            last = op->opid;
+            count++;
+            opck += op->ck;
+            if (!whole) {
+                sqlite3_bind_text(mark, 1, op->type, -1, SQLITE_STATIC);
+                sqlite3_bind_text(mark, 2, op->oid, -1, SQLITE_STATIC);
+                sqlite3_bind_int64(mark, 3, bid);
+                if (step_done(mark)) return sqlerr(s, "store an op");
+            }
+            batch[nb++] = op;
+            if (nb < PUT_BATCH) continue;
+        }
+        if (nb && put_batch(s, bid, batch, nb, &addck, &opck)) return sqlerr(s, "store an op");
+        nb = 0;
+        if (!op || op->kind == OP_PUT) continue;
         int64_t opid = op->opid;
         uint32_t ck = op->ck;
         last = opid;
         count++;
-        int put = op->kind == OP_PUT;
-        if (put || op->kind == OP_REMOVE) {
-            const char *type = op->type, *oid = op->oid, *sub = op->sub ? op->sub : "null";
-            /* a PUT is inserted first: a new key (nearly every op of an initial sync) costs
-             * one insert; only when the key is stored already (the unique key index fails) is
-             * the old op deleted (its checksum moving to add_checksum) and the insert redone */
-            int bad = 0, r = SQLITE_CONSTRAINT;
-            if (put) {
-                const char *data = op->data;
-                sqlite3_bind_int64(ins, 1, bid);
-                sqlite3_bind_text(ins, 2, sub, -1, SQLITE_STATIC);
-                sqlite3_bind_int64(ins, 3, opid);
-                sqlite3_bind_text(ins, 4, type, -1, SQLITE_STATIC);
-                sqlite3_bind_text(ins, 5, oid, -1, SQLITE_STATIC);
-                if (data)
-                    sqlite3_bind_text(ins, 6, data, -1, SQLITE_STATIC);
-                else
-                    sqlite3_bind_null(ins, 6);
-                sqlite3_bind_int64(ins, 7, ck);
-                r = sqlite3_step(ins);
-                sqlite3_reset(ins);
-                opck += ck;
+        if (op->kind == OP_REMOVE) {
+            /* the stored op of the key goes (its checksum moving to add_checksum) */
+            bind_put(del, 0, bid, op);
+            int r;
+            while ((r = sqlite3_step(del)) == SQLITE_ROW) {
+                uint32_t old = (uint32_t)sqlite3_column_int64(del, 0);
+                addck += old;
+                opck -= old;
             }
-            if (r == SQLITE_CONSTRAINT) {
-                sqlite3_bind_int64(del, 1, bid);
-                sqlite3_bind_text(del, 2, sub, -1, SQLITE_STATIC);
-                sqlite3_bind_text(del, 4, type, -1, SQLITE_STATIC);
-                sqlite3_bind_text(del, 5, oid, -1, SQLITE_STATIC);
-                while ((r = sqlite3_step(del)) == SQLITE_ROW) {
-                    uint32_t old = (uint32_t)sqlite3_column_int64(del, 0);
-                    addck += old;
-                    opck -= old;
-                }
-                sqlite3_reset(del);
-                bad = r != SQLITE_DONE;
-                if (put) bad |= step_done(ins); /* bindings are kept across reset */
-                else addck += ck;
-            } else if (r != SQLITE_DONE) {
-                bad = 1;
-            }
-            if (!put || !whole) {
-                sqlite3_bind_text(mark, 1, type, -1, SQLITE_STATIC);
-                sqlite3_bind_text(mark, 2, oid, -1, SQLITE_STATIC);
-                sqlite3_bind_int64(mark, 3, bid);
-                bad |= step_done(mark);
-            }
-            if (bad) return sqlerr(s, "store an op");
+            sqlite3_reset(del);
+            addck += ck;
+            sqlite3_bind_text(mark, 1, op->type, -1, SQLITE_STATIC);
+            sqlite3_bind_text(mark, 2, op->oid, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(mark, 3, bid);
+            if (r != SQLITE_DONE || step_done(mark)) return sqlerr(s, "store an op");
         } else if (op->kind == OP_MOVE) {
             addck += ck;
         } else if (op->kind == OP_CLEAR) {
