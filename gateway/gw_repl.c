@@ -17,6 +17,11 @@
  *      (exactly once across restarts).
  *   3. Storage becomes consistent at the first commit at or past the highest "no checkpoint
  *      before" mark of the snapshot; until then readiness is 503.
+ *
+ * While streaming, the replicator thread receives, decodes and evaluates the rules; an apply
+ * thread writes the results to storage in the same order (see "apply pipeline"). Anything that
+ * reads the writer's storage from the replicator thread first drains the pipeline.
+ *
  *   4. A row with an unchanged-TOAST value is completed from the stored copy (or re-read by key)
  *      before it is evaluated; a row with holes is never evaluated. The copy keeps only values
  *      of at least COPY_MIN_BYTES (shorter ones are almost never stored out of line, and a row
@@ -103,6 +108,18 @@ struct gw_repl {
     int test_replay; /* FERRY_TEST_REPLAY=1: start from the slot, ack nothing new (tests only) */
     struct timespec last_status;
 
+    /* the apply pipeline while streaming (see "apply pipeline") */
+    int pipe_on;
+    pthread_t apply_tid;
+    pthread_mutex_t plock;
+    pthread_cond_t pwork, pidle;
+    struct seg *phead, *ptail, *pcur;
+    size_t pqueued;
+    int pbusy, pstop, pfailed;
+    gw_err_t perr;
+    gw_map_t qnames;  /* interned table names the queued items point to */
+    uint64_t pos_lsn; /* LSN of everything handed to storage (committed or queued) */
+
     /* tasks from other threads (gw_repl_submit) */
     pthread_mutex_t task_lock;
     gw_repl_task_t *task_head, *task_tail;
@@ -137,6 +154,12 @@ struct gw_repl {
     uint64_t old_check_ms;
     uint64_t poll_ms, poll_last_op, warn_lag_ms, warn_wal_ms, compact_ms;
 };
+
+static int pipe_put(gw_repl_t *r, const char *table, const char *key, const void *copy,
+                    size_t copy_len, gw_err_t *err);
+static int pipe_drain(gw_repl_t *r, gw_err_t *err);
+static int store_delete(gw_repl_t *r, const char *table, const char *key, gw_err_t *err);
+static int storage_direct(gw_repl_t *r, gw_err_t *err);
 
 static const char *const phase_names[] = {"checking source", "creating slot", "snapshot",
                                           "streaming", "retrying"};
@@ -726,6 +749,8 @@ static int apply_row(gw_repl_t *r, const char *schema, const char *table, const 
     }
     gw_buf_reset(&r->copy);
     size_t kept = gw_storage_row_encode(&r->copy, ncols, names, values, lens, COPY_MIN_BYTES);
+    if (r->pipe_on)
+        return pipe_put(r, qname, key, kept ? r->copy.data : NULL, kept ? r->copy.len : 0, err);
     gw_row_ref_t ref = {.table = qname, .key = key};
     return gw_storage_put_row(r->st, &ref, &r->ops, &r->lookups, kept ? r->copy.data : NULL,
                               kept ? r->copy.len : 0, err);
@@ -1003,8 +1028,7 @@ static void poll_slot(gw_repl_t *r)
                                        "pg_current_wal_lsn()::text FROM pg_replication_slots "
                                        "WHERE slot_name = $1",
                                        1, pv, &err);
-    uint64_t last_op, lsn;
-    gw_storage_checkpoint(r->st, &last_op, &lsn);
+    uint64_t last_op = atomic_load(&r->m_last_op);
     gw_storage_stats_t stats;
     int have_stats = gw_storage_stats(r->st, &stats) == 0;
     pthread_mutex_lock(&r->diag_lock);
@@ -1110,7 +1134,9 @@ static int maybe_compact(gw_repl_t *r, gw_err_t *err)
         return 0;
     r->compact_ms = now;
     gw_storage_compact_stats_t st;
-    int rc = gw_storage_begin(r->st, err);
+    int rc = pipe_drain(r, err);
+    if (rc == 0)
+        rc = gw_storage_begin(r->st, err);
     if (rc == 0)
         rc = gw_storage_compact(r->st, &st, err);
     if (rc == 0)
@@ -1145,7 +1171,7 @@ static int batch_begin(gw_repl_t *r, gw_err_t *err)
 {
     if (r->batch_open)
         return 0;
-    int rc = gw_storage_begin(r->st, err);
+    int rc = r->pipe_on ? 0 : gw_storage_begin(r->st, err);
     if (rc == 0) {
         r->batch_open = 1;
         r->batch_changes = 0;
@@ -1165,13 +1191,13 @@ static int maybe_ack(gw_repl_t *r, gw_err_t *err)
     return send_status(r, d, 0, err);
 }
 
-/* Commit the open batch at batch_lsn; with wait, only return once it is durable. It is
- * acknowledged once durable (maybe_ack), never before. */
-static int flush_batch_mode(gw_repl_t *r, int wait, gw_err_t *err)
+/* Commit storage's open transaction (begun here when empty: an LSN-only checkpoint) at lsn;
+ * with wait, return once durable. Runs on the apply thread, or on the replicator when the
+ * pipeline is drained or off. source_us: Postgres commit time of the first transaction. */
+static int do_commit(gw_repl_t *r, uint64_t lsn, int wait, int64_t source_us, gw_err_t *err)
 {
-    if (!r->batch_open)
-        return 0;
-    uint64_t lsn = r->batch_lsn;
+    if (gw_storage_begin(r->st, err) != 0)
+        return GW_EIO;
     if (!gw_storage_consistent(r->st) && lsn >= r->nocp_lsn && lsn > 0) {
         if (gw_storage_set_consistent(r->st, 1, err) != 0)
             return GW_EIO;
@@ -1182,18 +1208,17 @@ static int flush_batch_mode(gw_repl_t *r, int wait, gw_err_t *err)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc = wait ? gw_storage_commit(r->st, lsn, err) : gw_storage_commit_async(r->st, lsn, err);
-    r->batch_open = 0;
     if (rc != 0)
         return rc;
     atomic_fetch_add(&r->m_commits, 1);
     atomic_fetch_add(&r->m_commit_us, elapsed_us(&t0));
     gw_hist_since(&r->h_commit, &t0);
-    if (r->batch_source_us != 0) {
+    if (source_us != 0) {
         /* Postgres commit times count microseconds from 2000-01-01 */
         struct timespec now;
         clock_gettime(CLOCK_REALTIME, &now);
         int64_t now_pg = ((int64_t)now.tv_sec - 946684800) * 1000000 + now.tv_nsec / 1000;
-        gw_hist_observe(&r->h_source, (double)(now_pg - r->batch_source_us) / 1e3);
+        gw_hist_observe(&r->h_source, (double)(now_pg - source_us) / 1e3);
     }
     atomic_store(&r->m_lsn, lsn);
     {
@@ -1205,7 +1230,298 @@ static int flush_batch_mode(gw_repl_t *r, int wait, gw_err_t *err)
         gw_ready_set(r->ready_id, 1, NULL);
         atomic_store(&r->ready, 1);
     }
-    return maybe_ack(r, err);
+    return 0;
+}
+
+/* ---- apply pipeline ----
+ *
+ * Items (a row's evaluated ops, a delete, a commit) are queued in segments of SEG_ITEMS; the
+ * apply thread takes whole segments and writes them to storage in order. At most PIPE_MAX_SEGS
+ * segments wait (the replicator blocks beyond: bounded memory). The first storage error stops
+ * the apply thread's writes; the replicator sees it at its next hand-over or drain and the
+ * stream ends with it (the open storage transaction is then rolled back). */
+enum { IT_PUT, IT_DELETE, IT_COMMIT, SEG_ITEMS = 256, PIPE_MAX_SEGS = 64 };
+
+typedef struct item {
+    int kind;
+    const char *table; /* interned in qnames */
+    char *key;
+    rules_ops_t ops;
+    rules_lookups_t lookups;
+    void *copy;
+    size_t copy_len;
+    uint64_t lsn;      /* IT_COMMIT */
+    int64_t source_us; /* IT_COMMIT */
+} item_t;
+
+typedef struct seg {
+    struct seg *next;
+    size_t n;
+    item_t it[SEG_ITEMS];
+} seg_t;
+
+static void item_free(item_t *it)
+{
+    free(it->key);
+    rules_ops_free(&it->ops);
+    rules_lookups_free(&it->lookups);
+    free(it->copy);
+}
+
+static int apply_item(gw_repl_t *r, item_t *it, gw_err_t *err)
+{
+    if (it->kind == IT_COMMIT)
+        return do_commit(r, it->lsn, 0, it->source_us, err);
+    if (gw_storage_begin(r->st, err) != 0)
+        return GW_EIO;
+    gw_row_ref_t ref = {.table = it->table, .key = it->key};
+    if (it->kind == IT_DELETE)
+        return gw_storage_delete_row(r->st, &ref, err);
+    return gw_storage_put_row(r->st, &ref, &it->ops, &it->lookups, it->copy, it->copy_len, err);
+}
+
+static void *apply_main(void *arg)
+{
+    gw_repl_t *r = arg;
+    pthread_mutex_lock(&r->plock);
+    for (;;) {
+        if (r->phead == NULL) {
+            if (r->pstop)
+                break;
+            pthread_cond_wait(&r->pwork, &r->plock);
+            continue;
+        }
+        seg_t *sg = r->phead;
+        r->phead = sg->next;
+        if (r->phead == NULL)
+            r->ptail = NULL;
+        r->pqueued--;
+        r->pbusy = 1;
+        int failed = r->pfailed;
+        pthread_mutex_unlock(&r->plock);
+        gw_err_t e = {0};
+        int rc = 0;
+        for (size_t i = 0; i < sg->n; i++) {
+            if (!failed && rc == 0)
+                rc = apply_item(r, &sg->it[i], &e);
+            item_free(&sg->it[i]);
+        }
+        free(sg);
+        pthread_mutex_lock(&r->plock);
+        if (rc != 0 && !r->pfailed) {
+            r->pfailed = 1;
+            r->perr = e;
+        }
+        r->pbusy = 0;
+        pthread_cond_broadcast(&r->pidle);
+    }
+    pthread_mutex_unlock(&r->plock);
+    return NULL;
+}
+
+/* Hand the segment being filled to the apply thread (waits while the queue is full). */
+static int pipe_hand(gw_repl_t *r, gw_err_t *err)
+{
+    seg_t *sg = r->pcur;
+    r->pcur = NULL;
+    pthread_mutex_lock(&r->plock);
+    while (sg != NULL && r->pqueued >= PIPE_MAX_SEGS && !r->pfailed)
+        pthread_cond_wait(&r->pidle, &r->plock);
+    if (sg != NULL) {
+        if (r->ptail != NULL)
+            r->ptail->next = sg;
+        else
+            r->phead = sg;
+        r->ptail = sg;
+        r->pqueued++;
+        pthread_cond_signal(&r->pwork);
+    }
+    int failed = r->pfailed;
+    if (failed && err != NULL)
+        *err = r->perr;
+    pthread_mutex_unlock(&r->plock);
+    return failed ? GW_EIO : 0;
+}
+
+/* Wait until the apply thread has written everything queued; then the replicator may use the
+ * storage writer itself until it queues again. 0, or the apply thread's error. */
+static int pipe_drain(gw_repl_t *r, gw_err_t *err)
+{
+    if (!r->pipe_on)
+        return 0;
+    int rc = pipe_hand(r, err);
+    pthread_mutex_lock(&r->plock);
+    while ((r->phead != NULL || r->pbusy) && !r->pfailed)
+        pthread_cond_wait(&r->pidle, &r->plock);
+    if (r->pfailed) {
+        if (err != NULL)
+            *err = r->perr;
+        rc = GW_EIO;
+    }
+    pthread_mutex_unlock(&r->plock);
+    return rc;
+}
+
+/* A free item slot (hands full segments over). The caller fills it completely. */
+static item_t *pipe_slot(gw_repl_t *r, gw_err_t *err, int *rc)
+{
+    *rc = 0;
+    if (r->pcur != NULL && r->pcur->n == SEG_ITEMS)
+        *rc = pipe_hand(r, err);
+    if (*rc != 0)
+        return NULL;
+    if (r->pcur == NULL) {
+        r->pcur = gw_xmalloc(sizeof(seg_t));
+        r->pcur->next = NULL;
+        r->pcur->n = 0;
+    }
+    item_t *it = &r->pcur->it[r->pcur->n++];
+    memset(it, 0, sizeof(*it));
+    return it;
+}
+
+static const char *intern(gw_repl_t *r, const char *name)
+{
+    char *v = gw_map_get(&r->qnames, name);
+    if (v == NULL) {
+        v = gw_xstrdup(name);
+        gw_map_put(&r->qnames, name, v);
+    }
+    return v;
+}
+
+/* Queue a row's new state; takes r->ops and r->lookups (left empty) and copies copy. */
+static int pipe_put(gw_repl_t *r, const char *table, const char *key, const void *copy,
+                    size_t copy_len, gw_err_t *err)
+{
+    int rc;
+    item_t *it = pipe_slot(r, err, &rc);
+    if (it == NULL)
+        return rc;
+    it->kind = IT_PUT;
+    it->table = intern(r, table);
+    it->key = gw_xstrdup(key);
+    it->ops = r->ops;
+    it->lookups = r->lookups;
+    memset(&r->ops, 0, sizeof(r->ops));
+    memset(&r->lookups, 0, sizeof(r->lookups));
+    if (copy != NULL) {
+        it->copy = gw_xmalloc(copy_len);
+        memcpy(it->copy, copy, copy_len);
+        it->copy_len = copy_len;
+    }
+    return 0;
+}
+
+/* Delete a row: queued while streaming, else directly. */
+static int store_delete(gw_repl_t *r, const char *table, const char *key, gw_err_t *err)
+{
+    if (!r->pipe_on) {
+        gw_row_ref_t ref = {.table = table, .key = key};
+        return gw_storage_delete_row(r->st, &ref, err);
+    }
+    int rc;
+    item_t *it = pipe_slot(r, err, &rc);
+    if (it == NULL)
+        return rc;
+    it->kind = IT_DELETE;
+    it->table = intern(r, table);
+    it->key = gw_xstrdup(key);
+    return 0;
+}
+
+/* For the replicator's own storage writes while streaming: drain, and open a transaction. */
+static int storage_direct(gw_repl_t *r, gw_err_t *err)
+{
+    if (!r->pipe_on)
+        return 0;
+    if (pipe_drain(r, err) != 0)
+        return GW_EIO;
+    return gw_storage_begin(r->st, err);
+}
+
+static void free_qname(const char *key, void *value, void *ud)
+{
+    (void)key;
+    (void)ud;
+    free(value);
+}
+
+static int pipe_start(gw_repl_t *r, gw_err_t *err)
+{
+    pthread_mutex_init(&r->plock, NULL);
+    pthread_cond_init(&r->pwork, NULL);
+    pthread_cond_init(&r->pidle, NULL);
+    r->phead = r->ptail = r->pcur = NULL;
+    r->pqueued = 0;
+    r->pbusy = r->pstop = r->pfailed = 0;
+    gw_map_init(&r->qnames);
+    if (pthread_create(&r->apply_tid, NULL, apply_main, r) != 0) {
+        pthread_mutex_destroy(&r->plock);
+        pthread_cond_destroy(&r->pwork);
+        pthread_cond_destroy(&r->pidle);
+        gw_map_free(&r->qnames);
+        return gw_err_set(err, GW_ESYS, "repl", "could not start the apply thread");
+    }
+    r->pipe_on = 1;
+    return 0;
+}
+
+/* Drain and stop the apply thread. 0, or its error. */
+static int pipe_stop(gw_repl_t *r, gw_err_t *err)
+{
+    if (!r->pipe_on)
+        return 0;
+    int rc = pipe_drain(r, err);
+    pthread_mutex_lock(&r->plock);
+    r->pstop = 1;
+    pthread_cond_signal(&r->pwork);
+    pthread_mutex_unlock(&r->plock);
+    pthread_join(r->apply_tid, NULL);
+    if (r->pcur != NULL) { /* left when the apply thread failed */
+        for (size_t i = 0; i < r->pcur->n; i++)
+            item_free(&r->pcur->it[i]);
+        free(r->pcur);
+        r->pcur = NULL;
+    }
+    pthread_mutex_destroy(&r->plock);
+    pthread_cond_destroy(&r->pwork);
+    pthread_cond_destroy(&r->pidle);
+    gw_map_each(&r->qnames, free_qname, NULL);
+    gw_map_free(&r->qnames);
+    r->pipe_on = 0;
+    return rc;
+}
+
+/* Commit the open batch at batch_lsn. While streaming the commit is queued (the syncer makes
+ * it durable while the next batch is built); with wait, it is made here and this returns once
+ * durable. Acknowledged to Postgres only once durable (maybe_ack), never before. */
+static int flush_batch_mode(gw_repl_t *r, int wait, gw_err_t *err)
+{
+    if (!r->batch_open)
+        return 0;
+    uint64_t lsn = r->batch_lsn;
+    int64_t source_us = r->batch_source_us;
+    r->batch_open = 0;
+    if (lsn > r->pos_lsn)
+        r->pos_lsn = lsn;
+    int rc = 0;
+    if (r->pipe_on && !wait) {
+        item_t *it = pipe_slot(r, err, &rc);
+        if (it != NULL) {
+            it->kind = IT_COMMIT;
+            it->lsn = lsn;
+            it->source_us = source_us;
+            rc = pipe_hand(r, err); /* never hold a commit back */
+        }
+    } else {
+        rc = pipe_drain(r, err);
+        if (rc == 0)
+            rc = do_commit(r, lsn, wait, source_us, err);
+    }
+    if (rc == 0)
+        rc = maybe_ack(r, err);
+    return rc;
 }
 
 /* The streaming path: the syncer makes the batch durable while the next one is built. */
@@ -1247,6 +1563,8 @@ static int run_tasks(gw_repl_t *r, gw_err_t *err)
     if (list == NULL)
         return 0;
     int rc = batch_begin(r, err);
+    if (rc == 0)
+        rc = storage_direct(r, err);
     for (gw_repl_task_t *t = list; t != NULL; t = t->next)
         t->rc = rc == 0 ? t->run(r->st, t->ud, err) : rc;
     if (rc == 0)
@@ -1429,10 +1747,8 @@ static int on_change(gw_repl_t *r, const gw_pgo_msg_t *m, gw_err_t *err)
         row_key(&r->key, rel->ncols, rel->is_key, values, lens);
         oldkey = gw_arena_strndup(&r->arena, r->key.data, r->key.len);
     }
-    if (m->kind == GW_PGO_DELETE) {
-        gw_row_ref_t ref = {.table = rel->qname, .key = oldkey};
-        return gw_storage_delete_row(r->st, &ref, err);
-    }
+    if (m->kind == GW_PGO_DELETE)
+        return store_delete(r, rel->qname, oldkey, err);
     const gw_pgo_tuple_t *tup = m->kind == GW_PGO_INSERT ? &m->u.insert.newtup : &m->u.update.newtup;
     /* key of the new row (key columns are never unchanged-TOAST) */
     for (size_t i = 0; i < rel->ncols; i++) {
@@ -1444,8 +1760,7 @@ static int on_change(gw_repl_t *r, const gw_pgo_msg_t *m, gw_err_t *err)
     char *newkey = gw_arena_strndup(&r->arena, r->key.data, r->key.len);
     if (oldkey != NULL && strcmp(oldkey, newkey) != 0) {
         /* the key changed: delete the old row, insert the new one */
-        gw_row_ref_t ref = {.table = rel->qname, .key = oldkey};
-        rc = gw_storage_delete_row(r->st, &ref, err);
+        rc = store_delete(r, rel->qname, oldkey, err);
         if (rc != 0)
             return rc;
     }
@@ -1453,6 +1768,13 @@ static int on_change(gw_repl_t *r, const gw_pgo_msg_t *m, gw_err_t *err)
                                     ? &m->u.update.oldtup
                                     : NULL;
     void *copy = NULL;
+    for (size_t i = 0; i < tup->ncols; i++)
+        if (tup->cols[i].kind == 'u') {
+            /* the stored copy is read from the writer: let the apply thread catch up */
+            if (pipe_drain(r, err) != 0)
+                return GW_EIO;
+            break;
+        }
     if (resolve_tuple(r, rel, tup, old, newkey, values, lens, &copy) != 0)
         return reread_row(r, rel, newkey, err);
     rc = apply_row(r, rel->schema, rel->name, rel->qname, rel->ncols,
@@ -1469,6 +1791,8 @@ static int on_truncate(gw_repl_t *r, const gw_pgo_msg_t *m, gw_err_t *err)
             continue;
         int rc = batch_begin(r, err);
         if (rc == 0)
+            rc = storage_direct(r, err);
+        if (rc == 0)
             rc = gw_storage_truncate(r->st, rel->qname, err);
         if (rc != 0)
             return rc;
@@ -1484,8 +1808,7 @@ static int on_xlogdata(gw_repl_t *r, const gw_pgo_frame_t *f, gw_err_t *err)
     int rc = gw_pgo_decode(f->payload, f->payload_len, &r->arena, &m, err);
     if (rc != 0)
         return rc;
-    uint64_t stored_last, stored_lsn;
-    gw_storage_checkpoint(r->st, &stored_last, &stored_lsn);
+    uint64_t stored_lsn = r->pos_lsn; /* everything below was applied (invariant 2) */
     switch (m.kind) {
     case GW_PGO_BEGIN:
         r->in_pg_txn = 1;
@@ -1546,6 +1869,10 @@ static int stream(gw_repl_t *r, gw_err_t *err)
     PQclear(res);
     r->acked_lsn = lsn;
     r->batch_lsn = lsn;
+    r->pos_lsn = lsn;
+    atomic_store(&r->m_last_op, last_op);
+    if (pipe_start(r, err) != 0)
+        return GW_ESYS;
     gw_info("repl", "streaming changes", "slot=%s from=%s", r->slot, lsntext);
     r->poll_ms = 0;
     poll_slot(r);
@@ -1564,9 +1891,7 @@ static int stream(gw_repl_t *r, gw_err_t *err)
                 rc = on_xlogdata(r, &f, err);
             } else if (rc == 0 && f.kind == GW_PGO_KEEPALIVE) {
                 atomic_store(&r->m_server_wal_end, f.wal_end);
-                uint64_t sl, slsn;
-                gw_storage_checkpoint(r->st, &sl, &slsn);
-                if (!r->in_pg_txn && !r->batch_open && f.wal_end > slsn &&
+                if (!r->in_pg_txn && !r->batch_open && f.wal_end > r->pos_lsn &&
                     (f.reply_requested || now_ms() - last_lsn_only >= 1000)) {
                     /* nothing pending: an LSN-only checkpoint at the server's position */
                     rc = batch_begin(r, err);
@@ -1649,6 +1974,12 @@ static int stream(gw_repl_t *r, gw_err_t *err)
     }
     if (rc == 0 && r->batch_open && !r->in_pg_txn)
         rc = flush_batch(r, err);
+    gw_err_t perr;
+    int prc = pipe_stop(r, &perr);
+    if (rc == 0 && prc != 0) {
+        *err = perr;
+        rc = prc;
+    }
     return rc;
 }
 
@@ -1659,6 +1990,11 @@ static int stream(gw_repl_t *r, gw_err_t *err)
  * moment after the old ferry stopped). */
 static void drop_old_version(gw_repl_t *r)
 {
+    if (r->pipe_on) {
+        gw_err_t derr;
+        if (pipe_drain(r, &derr) != 0)
+            return; /* the stream ends with the apply thread's error */
+    }
     char old[160] = "";
     if (!gw_storage_consistent(r->st) ||
         !gw_storage_state_get(r->st, "old_slot", old, sizeof(old)) || old[0] == '\0')

@@ -142,7 +142,9 @@ struct gw_storage {
     uint64_t last_op;  /* committed checkpoint */
     uint64_t lsn;
     uint64_t txn_last_op; /* highest op written in the open transaction */
-    int consistent;
+    _Atomic int consistent;
+    /* totals, kept by the writer, read by any thread (gw_storage_stats) */
+    _Atomic uint64_t n_rows, n_ops, n_buckets;
     uint64_t gen;
     /* per transaction: touched buckets and lookup keys, for the hook */
     const char **touched;
@@ -274,6 +276,7 @@ static int load_cache(gw_storage_t *s, gw_err_t *err)
     if (sqlite3_prepare_v2(s->db, "SELECT id, name, checksum, count, last_op FROM buckets", -1, &q,
                            NULL) != SQLITE_OK)
         return sql_err(s->db, err, "read buckets");
+    uint64_t nb = 0, nops = 0;
     while (sqlite3_step(q) == SQLITE_ROW) {
         bucket_t *b = gw_xcalloc(1, sizeof(*b));
         b->id = sqlite3_column_int64(q, 0);
@@ -282,7 +285,16 @@ static int load_cache(gw_storage_t *s, gw_err_t *err)
         b->count = (uint64_t)sqlite3_column_int64(q, 3);
         b->last_op = (uint64_t)sqlite3_column_int64(q, 4);
         index_bucket(s, b);
+        nb++;
+        nops += b->count;
     }
+    sqlite3_finalize(q);
+    atomic_store(&s->n_buckets, nb);
+    atomic_store(&s->n_ops, nops);
+    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM rows", -1, &q, NULL) != SQLITE_OK)
+        return sql_err(s->db, err, "count rows");
+    if (sqlite3_step(q) == SQLITE_ROW)
+        atomic_store(&s->n_rows, (uint64_t)sqlite3_column_int64(q, 0));
     sqlite3_finalize(q);
     char buf[64];
     s->next_op = gw_storage_state_get(s, "next_op", buf, sizeof(buf)) ? strtoull(buf, NULL, 10) : 1;
@@ -311,6 +323,7 @@ static bucket_t *bucket_get(gw_storage_t *s, const char *name, gw_err_t *err)
     b->id = sqlite3_last_insert_rowid(s->db);
     b->name = gw_xstrdup(name);
     index_bucket(s, b);
+    atomic_fetch_add(&s->n_buckets, 1);
     return b;
 }
 
@@ -918,27 +931,12 @@ int gw_storage_consistent(const gw_storage_t *s)
     return s->consistent;
 }
 
-static void sum_bucket(const char *key, void *value, void *ud)
-{
-    (void)key;
-    gw_storage_stats_t *out = ud;
-    const bucket_t *b = value;
-    out->buckets++;
-    out->ops += b->count;
-}
-
 int gw_storage_stats(gw_storage_t *s, gw_storage_stats_t *out)
 {
-    memset(out, 0, sizeof(*out));
-    gw_map_each(&s->by_name, sum_bucket, out);
-    sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM rows", -1, &q, NULL) != SQLITE_OK)
-        return GW_EIO;
-    int rc = sqlite3_step(q) == SQLITE_ROW ? 0 : GW_EIO;
-    if (rc == 0)
-        out->rows = (uint64_t)sqlite3_column_int64(q, 0);
-    sqlite3_finalize(q);
-    return rc;
+    out->rows = atomic_load(&s->n_rows);
+    out->buckets = atomic_load(&s->n_buckets);
+    out->ops = atomic_load(&s->n_ops);
+    return 0;
 }
 
 /* ---- ops ---- */
@@ -1165,6 +1163,7 @@ static int write_op(gw_storage_t *s, bucket_t *b, int op, const char *type, cons
     b->pend_tail = self;
     b->checksum += checksum;
     b->count++;
+    atomic_fetch_add(&s->n_ops, 1);
     b->last_op = op_id;
     s->txn_last_op = op_id;
     touch(s, b);
@@ -1415,8 +1414,10 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
         if (sqlite3_step(q) != SQLITE_DONE)
             rc = sql_err(s->db, err, "store a row");
         sqlite3_reset(q);
-        if (rc == 0 && !found)
+        if (rc == 0 && !found) {
             filter_add(s, ref);
+            atomic_fetch_add(&s->n_rows, 1);
+        }
     }
     gw_buf_free(&old_members);
     gw_buf_free(&old_lookups);
@@ -1607,6 +1608,7 @@ static int compact_clear(gw_storage_t *s, bucket_t *b, const int64_t *ids, size_
         }
         if (rc == 0) {
             b->count -= n - 1;
+            atomic_fetch_sub(&s->n_ops, n - 1);
             *cleared += n;
         }
     }
@@ -1646,6 +1648,8 @@ int gw_storage_drop_other_versions(gw_storage_t *s, uint64_t *dropped, gw_err_t 
             return rc;
         gw_map_del(&s->by_name, b->name);
         s->by_id[id] = NULL;
+        atomic_fetch_sub(&s->n_ops, b->count);
+        atomic_fetch_sub(&s->n_buckets, 1);
         free(b->name);
         free(b);
         (*dropped)++;
@@ -1762,6 +1766,8 @@ int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *er
         sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
         if (sqlite3_step(q) != SQLITE_DONE)
             rc = sql_err(s->db, err, "delete a row");
+        else
+            atomic_fetch_sub(&s->n_rows, 1);
         sqlite3_reset(q);
     }
     gw_buf_free(&old_members);

@@ -112,7 +112,7 @@ typedef struct gw_storage_stats {
     uint64_t ops;     /* ops stored (after compaction) */
 } gw_storage_stats_t;
 
-/** Fill *out (counts rows with one query; call it every few seconds at most). 0 or GW_EIO. */
+/** Fill *out from the totals the writer keeps (any thread; cheap). Returns 0. */
 int gw_storage_stats(gw_storage_t *s, gw_storage_stats_t *out);
 
 /** Set the current rule version ("2"): REMOVEs go only to buckets named "2#…" from now on. */
