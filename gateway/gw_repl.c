@@ -2121,7 +2121,7 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
     gw_hist_render(out, &r->h_commit, "ferry_storage_commit_duration_seconds",
                    "Duration of each storage commit (writing and syncing).");
     gw_hist_render(out, &r->h_source, "ferry_replication_source_to_storage_seconds",
-                   "From a Postgres commit to the durable storage commit that holds it (the "
+                   "From a Postgres commit to the storage commit that holds it (the "
                    "first transaction of each batch).");
     gw_buf_puts(out, "# HELP ferry_replication_lag_bytes WAL the server has sent past our last "
                      "commit.\n# TYPE ferry_replication_lag_bytes gauge\n");
