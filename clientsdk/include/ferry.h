@@ -195,7 +195,8 @@ typedef struct ferry_status {
     char last_error[256];         /* empty when the last attempt succeeded */
 } ferry_status_t;
 
-/** Called on every status change, on the sync or upload thread; st valid during the call. */
+/** Called on every status change, on the sync thread (while a stream is open: its apply
+ * thread) or the upload thread; st valid during the call. */
 typedef void (*ferry_status_cb)(void *ud, const ferry_status_t *st);
 
 /** Options of ferry_connect; zero means the default. */

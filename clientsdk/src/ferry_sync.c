@@ -243,6 +243,7 @@ static void *apply_main(void *arg)
     stream_t *st = arg;
     pipe_t *pp = st->pipe;
     ferry_db_t *db = st->db;
+    pthread_setname_np(pthread_self(), "ferry-apply");
     for (;;) {
         pthread_mutex_lock(&pp->mu);
         while (pp->count == 0) {
