@@ -752,7 +752,7 @@ static int apply_row(gw_repl_t *r, const char *schema, const char *table, const 
     if (r->pipe_on)
         return pipe_put(r, qname, key, kept ? r->copy.data : NULL, kept ? r->copy.len : 0, err);
     gw_row_ref_t ref = {.table = qname, .key = key};
-    return gw_storage_put_row(r->st, &ref, &r->ops, &r->lookups, kept ? r->copy.data : NULL,
+    return gw_storage_put_row(r->st, &ref, &r->ops, NULL, &r->lookups, kept ? r->copy.data : NULL,
                               kept ? r->copy.len : 0, err);
 }
 
@@ -1242,47 +1242,112 @@ static int do_commit(gw_repl_t *r, uint64_t lsn, int wait, int64_t source_us, gw
  * stream ends with it (the open storage transaction is then rolled back). */
 enum { IT_PUT, IT_DELETE, IT_COMMIT, SEG_ITEMS = 256, PIPE_MAX_SEGS = 64 };
 
+/* Everything an item points to lives in its segment's mem (offsets, resolved by the apply
+ * thread once the segment is handed over and no longer grows): one allocation per segment,
+ * freed by the apply thread, instead of several per row crossing threads. The PUT lines are
+ * encoded here, on the replicator thread (gw_storage_encode_put). */
+typedef struct op_rec {
+    size_t bucket, type, id, data, data_len, tail, tail_len, ident_off, ident_len;
+    uint32_t checksum;
+} op_rec_t;
+
 typedef struct item {
     int kind;
-    const char *table; /* interned in qnames */
-    char *key;
-    rules_ops_t ops;
-    rules_lookups_t lookups;
-    void *copy;
-    size_t copy_len;
-    uint64_t lsn;      /* IT_COMMIT */
-    int64_t source_us; /* IT_COMMIT */
+    const char *table;       /* interned in qnames */
+    size_t key;              /* offsets in the segment's mem */
+    size_t ops, nops;        /* nops op_rec_t in recs, from index ops */
+    size_t lookups, nlookups; /* pairs of (key, params) string offsets in mem, from index lookups */
+    size_t copy, copy_len;   /* copy_len 0: none */
+    uint64_t lsn;            /* IT_COMMIT */
+    int64_t source_us;       /* IT_COMMIT */
 } item_t;
 
 typedef struct seg {
     struct seg *next;
     size_t n;
+    gw_buf_t mem;  /* strings and copies */
+    gw_buf_t recs; /* op_rec_t array */
+    gw_buf_t lks;  /* size_t pairs: lookup key and params offsets */
     item_t it[SEG_ITEMS];
 } seg_t;
 
-static void item_free(item_t *it)
+static size_t mem_put(gw_buf_t *m, const void *p, size_t n)
 {
-    free(it->key);
-    rules_ops_free(&it->ops);
-    rules_lookups_free(&it->lookups);
-    free(it->copy);
+    size_t at = m->len;
+    gw_buf_append(m, p, n);
+    gw_buf_append(m, "", 1); /* NUL-terminated */
+    return at;
 }
 
-static int apply_item(gw_repl_t *r, item_t *it, gw_err_t *err)
+static void seg_free(seg_t *sg)
+{
+    gw_buf_free(&sg->mem);
+    gw_buf_free(&sg->recs);
+    gw_buf_free(&sg->lks);
+    free(sg);
+}
+
+/* The apply thread's views of an item (reused buffers). */
+typedef struct apply_scratch {
+    rules_ops_t ops;
+    rules_lookups_t lookups;
+    gw_op_tail_t *tails;
+    size_t cap_tails;
+} apply_scratch_t;
+
+static int apply_item(gw_repl_t *r, const seg_t *sg, const item_t *it, apply_scratch_t *x,
+                      gw_err_t *err)
 {
     if (it->kind == IT_COMMIT)
         return do_commit(r, it->lsn, 0, it->source_us, err);
     if (gw_storage_begin(r->st, err) != 0)
         return GW_EIO;
-    gw_row_ref_t ref = {.table = it->table, .key = it->key};
+    const char *mem = sg->mem.data;
+    gw_row_ref_t ref = {.table = it->table, .key = mem + it->key};
     if (it->kind == IT_DELETE)
         return gw_storage_delete_row(r->st, &ref, err);
-    return gw_storage_put_row(r->st, &ref, &it->ops, &it->lookups, it->copy, it->copy_len, err);
+    if (it->nops > x->ops.cap) {
+        x->ops.cap = it->nops;
+        x->ops.items = gw_xrealloc(x->ops.items, x->ops.cap * sizeof(rules_op_t));
+    }
+    if (it->nops > x->cap_tails) {
+        x->cap_tails = it->nops;
+        x->tails = gw_xrealloc(x->tails, x->cap_tails * sizeof(gw_op_tail_t));
+    }
+    for (size_t i = 0; i < it->nops; i++) {
+        op_rec_t o;
+        memcpy(&o, sg->recs.data + (it->ops + i) * sizeof(op_rec_t), sizeof(o));
+        x->ops.items[i] = (rules_op_t){.bucket = (char *)mem + o.bucket,
+                                       .object_type = (char *)mem + o.type,
+                                       .object_id = (char *)mem + o.id,
+                                       .data = (char *)mem + o.data,
+                                       .data_len = o.data_len,
+                                       .checksum = o.checksum};
+        x->tails[i] = (gw_op_tail_t){.text = mem + o.tail,
+                                     .len = o.tail_len,
+                                     .ident_off = o.ident_off,
+                                     .ident_len = o.ident_len};
+    }
+    x->ops.n = it->nops;
+    if (it->nlookups > x->lookups.cap) {
+        x->lookups.cap = it->nlookups;
+        x->lookups.items = gw_xrealloc(x->lookups.items, x->lookups.cap * sizeof(rules_lookup_t));
+    }
+    for (size_t i = 0; i < it->nlookups; i++) {
+        size_t kp[2];
+        memcpy(kp, sg->lks.data + (it->lookups + i) * sizeof(kp), sizeof(kp));
+        x->lookups.items[i] = (rules_lookup_t){.key = (char *)mem + kp[0],
+                                               .params = (char *)mem + kp[1]};
+    }
+    x->lookups.n = it->nlookups;
+    return gw_storage_put_row(r->st, &ref, &x->ops, x->tails, &x->lookups,
+                              it->copy_len ? mem + it->copy : NULL, it->copy_len, err);
 }
 
 static void *apply_main(void *arg)
 {
     gw_repl_t *r = arg;
+    apply_scratch_t x = {0};
     pthread_mutex_lock(&r->plock);
     for (;;) {
         if (r->phead == NULL) {
@@ -1301,12 +1366,9 @@ static void *apply_main(void *arg)
         pthread_mutex_unlock(&r->plock);
         gw_err_t e = {0};
         int rc = 0;
-        for (size_t i = 0; i < sg->n; i++) {
-            if (!failed && rc == 0)
-                rc = apply_item(r, &sg->it[i], &e);
-            item_free(&sg->it[i]);
-        }
-        free(sg);
+        for (size_t i = 0; i < sg->n && !failed && rc == 0; i++)
+            rc = apply_item(r, sg, &sg->it[i], &x, &e);
+        seg_free(sg);
         pthread_mutex_lock(&r->plock);
         if (rc != 0 && !r->pfailed) {
             r->pfailed = 1;
@@ -1316,6 +1378,9 @@ static void *apply_main(void *arg)
         pthread_cond_broadcast(&r->pidle);
     }
     pthread_mutex_unlock(&r->plock);
+    free(x.ops.items);
+    free(x.lookups.items);
+    free(x.tails);
     return NULL;
 }
 
@@ -1370,11 +1435,8 @@ static item_t *pipe_slot(gw_repl_t *r, gw_err_t *err, int *rc)
         *rc = pipe_hand(r, err);
     if (*rc != 0)
         return NULL;
-    if (r->pcur == NULL) {
-        r->pcur = gw_xmalloc(sizeof(seg_t));
-        r->pcur->next = NULL;
-        r->pcur->n = 0;
-    }
+    if (r->pcur == NULL)
+        r->pcur = gw_xcalloc(1, sizeof(seg_t));
     item_t *it = &r->pcur->it[r->pcur->n++];
     memset(it, 0, sizeof(*it));
     return it;
@@ -1390,7 +1452,8 @@ static const char *intern(gw_repl_t *r, const char *name)
     return v;
 }
 
-/* Queue a row's new state; takes r->ops and r->lookups (left empty) and copies copy. */
+/* Queue a row's new state: r->ops (with their lines encoded here), r->lookups and copy are
+ * copied into the segment. */
 static int pipe_put(gw_repl_t *r, const char *table, const char *key, const void *copy,
                     size_t copy_len, gw_err_t *err)
 {
@@ -1398,16 +1461,41 @@ static int pipe_put(gw_repl_t *r, const char *table, const char *key, const void
     item_t *it = pipe_slot(r, err, &rc);
     if (it == NULL)
         return rc;
+    seg_t *sg = r->pcur;
     it->kind = IT_PUT;
     it->table = intern(r, table);
-    it->key = gw_xstrdup(key);
-    it->ops = r->ops;
-    it->lookups = r->lookups;
-    memset(&r->ops, 0, sizeof(r->ops));
-    memset(&r->lookups, 0, sizeof(r->lookups));
-    if (copy != NULL) {
-        it->copy = gw_xmalloc(copy_len);
-        memcpy(it->copy, copy, copy_len);
+    it->key = mem_put(&sg->mem, key, strlen(key));
+    char subkey[2048];
+    gw_storage_subkey(table, key, subkey, sizeof(subkey));
+    it->ops = sg->recs.len / sizeof(op_rec_t);
+    it->nops = r->ops.n;
+    for (size_t i = 0; i < r->ops.n; i++) {
+        const rules_op_t *o = &r->ops.items[i];
+        op_rec_t rec = {0};
+        rec.bucket = mem_put(&sg->mem, o->bucket, strlen(o->bucket));
+        rec.type = mem_put(&sg->mem, o->object_type, strlen(o->object_type));
+        rec.id = mem_put(&sg->mem, o->object_id, strlen(o->object_id));
+        rec.data = mem_put(&sg->mem, o->data, o->data_len);
+        rec.data_len = o->data_len;
+        rec.checksum = o->checksum;
+        gw_op_tail_t t;
+        rec.tail = sg->mem.len;
+        gw_storage_encode_put(&sg->mem, o, subkey, &t);
+        rec.tail_len = t.len;
+        rec.ident_off = t.ident_off;
+        rec.ident_len = t.ident_len;
+        gw_buf_append(&sg->recs, &rec, sizeof(rec));
+    }
+    it->lookups = sg->lks.len / (2 * sizeof(size_t));
+    it->nlookups = r->lookups.n;
+    for (size_t i = 0; i < r->lookups.n; i++) {
+        size_t kp[2] = {mem_put(&sg->mem, r->lookups.items[i].key, strlen(r->lookups.items[i].key)),
+                        mem_put(&sg->mem, r->lookups.items[i].params,
+                                strlen(r->lookups.items[i].params))};
+        gw_buf_append(&sg->lks, kp, sizeof(kp));
+    }
+    if (copy != NULL && copy_len > 0) {
+        it->copy = mem_put(&sg->mem, copy, copy_len);
         it->copy_len = copy_len;
     }
     return 0;
@@ -1426,7 +1514,7 @@ static int store_delete(gw_repl_t *r, const char *table, const char *key, gw_err
         return rc;
     it->kind = IT_DELETE;
     it->table = intern(r, table);
-    it->key = gw_xstrdup(key);
+    it->key = mem_put(&r->pcur->mem, key, strlen(key));
     return 0;
 }
 
@@ -1479,9 +1567,7 @@ static int pipe_stop(gw_repl_t *r, gw_err_t *err)
     pthread_mutex_unlock(&r->plock);
     pthread_join(r->apply_tid, NULL);
     if (r->pcur != NULL) { /* left when the apply thread failed */
-        for (size_t i = 0; i < r->pcur->n; i++)
-            item_free(&r->pcur->it[i]);
-        free(r->pcur);
+        seg_free(r->pcur);
         r->pcur = NULL;
     }
     pthread_mutex_destroy(&r->plock);

@@ -1108,9 +1108,45 @@ static int flush_pending(gw_storage_t *s, gw_err_t *err)
 /* Queue an op of bucket b; its wire JSON is encoded here, once:
  * {"op_id":"N","op":"PUT","checksum":C,"object_type":…,"object_id":…,"subkey":…,"data":"…"}
  * (checksum before the identity, so the identity is one contiguous span of the line). */
+/* Append an op line's tail, everything after the op id:
+ * ","op":"PUT","checksum":C,"object_type":…,"object_id":…,"subkey":…,"data":"…"}
+ * ident_at, ident_end: where the identity span starts and ends in l. */
+static void encode_tail(gw_buf_t *l, int op, const char *type, const char *id, const char *subkey,
+                        const char *data, uint32_t checksum, size_t *ident_at, size_t *ident_end)
+{
+    gw_buf_puts(l, op == OP_PUT ? "\",\"op\":\"PUT\",\"checksum\":"
+                                : "\",\"op\":\"REMOVE\",\"checksum\":");
+    append_u64(l, checksum);
+    *ident_at = l->len + 1; /* after the comma */
+    gw_buf_puts(l, ",\"object_type\":");
+    append_json_str(l, type);
+    gw_buf_puts(l, ",\"object_id\":");
+    append_json_str(l, id);
+    gw_buf_puts(l, ",\"subkey\":");
+    append_json_str(l, subkey);
+    *ident_end = l->len;
+    if (op == OP_PUT) {
+        gw_buf_puts(l, ",\"data\":");
+        /* data is NUL-free JSON text; escape it as a JSON string */
+        append_json_str(l, data);
+    }
+    gw_buf_puts(l, "}");
+}
+
+void gw_storage_encode_put(gw_buf_t *out, const rules_op_t *op, const char *subkey,
+                           gw_op_tail_t *tail)
+{
+    size_t start = out->len, ia, ie;
+    encode_tail(out, OP_PUT, op->object_type, op->object_id, subkey, op->data, op->checksum, &ia,
+                &ie);
+    tail->len = out->len - start;
+    tail->ident_off = ia - start;
+    tail->ident_len = ie - ia;
+}
+
 static int write_op(gw_storage_t *s, bucket_t *b, int op, const char *type, const char *id,
-                    const char *subkey, const char *data, size_t data_len, uint32_t checksum,
-                    gw_err_t *err)
+                    const char *subkey, const char *data, uint32_t checksum,
+                    const gw_op_tail_t *tail, gw_err_t *err)
 {
     uint64_t op_id = s->next_op++;
     gw_buf_t *l = &s->pend;
@@ -1120,24 +1156,14 @@ static int write_op(gw_storage_t *s, bucket_t *b, int op, const char *type, cons
     size_t line_at = l->len;
     gw_buf_puts(l, "{\"op_id\":\"");
     append_u64(l, op_id);
-    gw_buf_puts(l, op == OP_PUT ? "\",\"op\":\"PUT\",\"checksum\":"
-                                : "\",\"op\":\"REMOVE\",\"checksum\":");
-    append_u64(l, checksum);
-    size_t ident_at = l->len + 1; /* after the comma */
-    gw_buf_puts(l, ",\"object_type\":");
-    append_json_str(l, type);
-    gw_buf_puts(l, ",\"object_id\":");
-    append_json_str(l, id);
-    gw_buf_puts(l, ",\"subkey\":");
-    append_json_str(l, subkey);
-    size_t ident_end = l->len;
-    if (op == OP_PUT) {
-        gw_buf_puts(l, ",\"data\":");
-        /* data is NUL-free JSON text; escape it as a JSON string */
-        (void)data_len;
-        append_json_str(l, data);
+    size_t ident_at, ident_end;
+    if (tail != NULL) {
+        ident_at = l->len + tail->ident_off;
+        ident_end = ident_at + tail->ident_len;
+        gw_buf_append(l, tail->text, tail->len);
+    } else {
+        encode_tail(l, op, type, id, subkey, data, checksum, &ident_at, &ident_end);
     }
-    gw_buf_puts(l, "}");
     /* fill in the record header and link it behind the bucket's last pending op */
     unsigned char *e = (unsigned char *)l->data + at;
     uint32_t io = (uint32_t)(ident_at - line_at), il = (uint32_t)(ident_end - ident_at);
@@ -1231,15 +1257,19 @@ static void copy_span(char *buf, size_t len, const char *p, size_t n)
     buf[n] = '\0';
 }
 
-/* "<table>/<key>", truncated to fit len (on the path of every row: no printf). */
-static void subkey_of(const gw_row_ref_t *ref, char *buf, size_t len)
+void gw_storage_subkey(const char *table, const char *key, char *buf, size_t len)
 {
-    size_t tl = strlen(ref->table), kl = strlen(ref->key);
-    copy_span(buf, len, ref->table, tl);
+    size_t tl = strlen(table), kl = strlen(key);
+    copy_span(buf, len, table, tl);
     if (tl + 1 < len) {
         buf[tl] = '/';
-        copy_span(buf + tl + 1, len - tl - 1, ref->key, kl);
+        copy_span(buf + tl + 1, len - tl - 1, key, kl);
     }
+}
+
+static void subkey_of(const gw_row_ref_t *ref, char *buf, size_t len)
+{
+    gw_storage_subkey(ref->table, ref->key, buf, len);
 }
 
 static void note_lookup_key(gw_storage_t *s, const char *key)
@@ -1338,8 +1368,8 @@ static int row_load(gw_storage_t *s, const gw_row_ref_t *ref, gw_buf_t *members,
 }
 
 int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops_t *ops,
-                       const rules_lookups_t *lookups, const void *copy, size_t copy_len,
-                       gw_err_t *err)
+                       const gw_op_tail_t *tails, const rules_lookups_t *lookups,
+                       const void *copy, size_t copy_len, gw_err_t *err)
 {
     char subkey[2048];
     subkey_of(ref, subkey, sizeof(subkey));
@@ -1356,8 +1386,8 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
             rc = GW_EIO;
             break;
         }
-        rc = write_op(s, b, OP_PUT, o->object_type, o->object_id, subkey, o->data, o->data_len,
-                      o->checksum, err);
+        rc = write_op(s, b, OP_PUT, o->object_type, o->object_id, subkey, o->data, o->checksum,
+                      tails != NULL && tails[i].text != NULL ? &tails[i] : NULL, err);
         add_member(&s->members, b->id, o->object_type, o->object_id);
     }
     /* REMOVE memberships the row lost */
@@ -1384,8 +1414,8 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
         char type[512], id[1024];
         copy_span(type, sizeof(type), m.type, m.tlen);
         copy_span(id, sizeof(id), m.id, m.ilen);
-        rc = write_op(s, s->by_id[m.bucket_id], OP_REMOVE, type, id, subkey, NULL, 0, rm_checksum,
-                      err);
+        rc = write_op(s, s->by_id[m.bucket_id], OP_REMOVE, type, id, subkey, NULL, rm_checksum,
+                      NULL, err);
     }
     int lookups_same = 1;
     if (rc == 0) {
@@ -1755,8 +1785,8 @@ int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *er
         char type[512], id[1024];
         copy_span(type, sizeof(type), m.type, m.tlen);
         copy_span(id, sizeof(id), m.id, m.ilen);
-        rc = write_op(s, s->by_id[m.bucket_id], OP_REMOVE, type, id, subkey, NULL, 0, rm_checksum,
-                      err);
+        rc = write_op(s, s->by_id[m.bucket_id], OP_REMOVE, type, id, subkey, NULL, rm_checksum,
+                      NULL, err);
     }
     if (rc == 0 && old_lookups.len > 0)
         rc = replace_lookups(s, ref, old_lookups.data, NULL, err);

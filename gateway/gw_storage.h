@@ -151,14 +151,32 @@ typedef struct gw_row_ref {
     const char *key;   /* replica-identity values: the text of a single column, else JSON */
 } gw_row_ref_t;
 
+/** A PUT op's wire JSON after its op id, encoded ahead of time (gw_storage_encode_put). */
+typedef struct gw_op_tail {
+    const char *text; /* NULL: storage encodes the op itself */
+    size_t len;
+    size_t ident_off, ident_len; /* the object_type/object_id/subkey span within text */
+} gw_op_tail_t;
+
+/** The subkey of a row's ops, "<table>/<key>", into buf (truncated to len). Any thread. */
+void gw_storage_subkey(const char *table, const char *key, char *buf, size_t len);
+
+/**
+ * Encode op's line tail for the row with subkey, appended to out (any thread): tail->len and the
+ * identity span are set; tail->text is left to the caller (out's bytes move as out grows).
+ */
+void gw_storage_encode_put(gw_buf_t *out, const rules_op_t *op, const char *subkey,
+                           gw_op_tail_t *tail);
+
 /**
  * Store the new state of a row: ops (from rules_eval_row, the row's new bucket memberships),
  * lookups (from rules_eval_lookups) and copy (the encoded row, see gw_storage_row_encode; may be
- * NULL). Writes PUTs for every op and REMOVEs for memberships the row lost. Inside a txn.
+ * NULL). Writes PUTs for every op and REMOVEs for memberships the row lost. tails (NULL, or one
+ * per op) carry the PUT lines' JSON encoded by another thread. Inside a txn.
  */
 int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops_t *ops,
-                       const rules_lookups_t *lookups, const void *copy, size_t copy_len,
-                       gw_err_t *err);
+                       const gw_op_tail_t *tails, const rules_lookups_t *lookups,
+                       const void *copy, size_t copy_len, gw_err_t *err);
 
 /**
  * Create the next write checkpoint of user_key ("<sub>/<client_id>") for source position lsn,
