@@ -66,6 +66,7 @@ typedef struct ferry_sync {
     int in_tx;                  /* a data-line transaction is open */
     int64_t tx_ops, tx_start;   /* its ops and start (monotonic ms) */
     ferry_scan_t scan;          /* the data-line scanner's buffers for ferry__sync_line */
+    struct jrow *jrow;          /* the row read by the SQL functions ferry_jok / ferry_col */
 } ferry_sync_t;
 
 /* Results of ferry__sync_line. */

@@ -120,6 +120,12 @@ int ferry__parse_id(const json_t *v, int64_t *out)
 
 /* ---- setup ---------------------------------------------------------------------------------- */
 
+struct jrow;
+static struct jrow *jrow_new(void);
+static void jrow_free(struct jrow *r);
+static void fn_jok(sqlite3_context *ctx, int argc, sqlite3_value **argv);
+static void fn_col(sqlite3_context *ctx, int argc, sqlite3_value **argv);
+
 int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
 {
     (void)db;
@@ -139,6 +145,14 @@ int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
                                 "subkey, op_id, row_type, row_id, data, hash) VALUES ");
     for (int i = 0; i < PUT_BATCH; i++)
         n += (size_t)snprintf(many + n, sizeof many - n, "%s(?, ?, ?, ?, ?, ?, ?)", i ? ", " : "");
+    s->jrow = jrow_new();
+    if (!s->jrow ||
+        sqlite3_create_function(conn, "ferry_jok", 1, SQLITE_UTF8, s->jrow, fn_jok, NULL, NULL) ||
+        sqlite3_create_function(conn, "ferry_col", 2, SQLITE_UTF8, s->jrow, fn_col, NULL, NULL)) {
+        snprintf(s->errmsg, sizeof s->errmsg, "could not register the publishing functions");
+        ferry__sync_free(s);
+        return FERRY_ENOMEM;
+    }
     for (int i = 0; i < S_NSTMT; i++)
         if (sqlite3_prepare_v3(conn, i == S_OP_INS_MANY ? many : SQL[i], -1,
                                SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) != SQLITE_OK) {
@@ -168,6 +182,8 @@ void ferry__sync_free(ferry_sync_t *s)
     s->buckets = NULL;
     s->capbuckets = 0;
     ferry__scan_free(&s->scan);
+    jrow_free(s->jrow);
+    s->jrow = NULL;
 }
 
 void ferry__sync_reset_connection(ferry_sync_t *s)
@@ -391,6 +407,188 @@ static int jr_skip(jr_t *j, int depth)
     }
     j->p = q;
     return 0;
+}
+
+/* The row cache behind two SQL functions on the sync connection, for publishing a whole bucket
+ * in one INSERT ... SELECT: ferry_jok(data) reads the object once per row and says whether
+ * every top-level value is one this reader returns exactly as json_extract would (strings with
+ * simple escapes, integers of up to 18 digits, true, false, null; keys without escapes; no
+ * trailing text); ferry_col(data, name) then returns the first value of that key, NULL when
+ * absent. Rows it does not take (reals, nested values, \u escapes, malformed JSON) go to
+ * json_extract: "CASE WHEN ferry_jok(d) THEN ferry_col(d, 'c') ELSE json_extract(d, '$."c"')
+ * END". json_extract parsed each row once but looked each column's path up and copied its
+ * result; this cost 0.4-0.7 s of the 2-2.5 s of publishing 1,000,000 rows. */
+typedef struct jcol {
+    const char *k, *s; /* key; text value (raw, escaped when esc) */
+    size_t kn, sn;
+    int type;          /* SQLITE_INTEGER, SQLITE_TEXT, SQLITE_NULL */
+    int esc;
+    int64_t i;
+} jcol_t;
+
+struct jrow {
+    char *text;        /* a copy of the row's data (the values point into it) */
+    size_t len, cap;
+    int loaded, ok;
+    jcol_t *v;
+    size_t nv, capv;
+    char *ubuf;        /* an unescaped string */
+    size_t ucap;
+};
+
+static struct jrow *jrow_new(void)
+{
+    return calloc(1, sizeof(struct jrow));
+}
+
+static void jrow_free(struct jrow *r)
+{
+    if (!r) return;
+    free(r->text);
+    free(r->v);
+    free(r->ubuf);
+    free(r);
+}
+
+/* Reads d into r unless it holds it already; returns r->ok, or -1 on out-of-memory. */
+static int jrow_load(struct jrow *r, const char *d, size_t n)
+{
+    if (r->loaded && n == r->len && memcmp(r->text, d, n) == 0) return r->ok;
+    r->loaded = 0;
+    if (n + 1 > r->cap) {
+        char *nt = realloc(r->text, n + 1);
+        if (!nt) return -1;
+        r->text = nt;
+        r->cap = n + 1;
+    }
+    memcpy(r->text, d, n);
+    r->text[n] = 0;
+    r->len = n;
+    r->nv = 0;
+    r->ok = 0;
+    r->loaded = 1;
+    jr_t j = {r->text, r->text + n};
+    jr_ws(&j);
+    if (j.p >= j.end || *j.p++ != '{') return 0;
+    jr_ws(&j);
+    if (j.p < j.end && *j.p == '}') {
+        j.p++;
+    } else {
+        for (;;) {
+            if (r->nv == r->capv) {
+                size_t cap = r->capv ? r->capv * 2 : 16;
+                jcol_t *nv = realloc(r->v, cap * sizeof *nv);
+                if (!nv) { r->loaded = 0; return -1; }
+                r->v = nv;
+                r->capv = cap;
+            }
+            jcol_t *c = &r->v[r->nv];
+            int esc;
+            jr_ws(&j);
+            if (jr_str(&j, &c->k, &c->kn, &esc) || esc) return 0;
+            jr_ws(&j);
+            if (j.p >= j.end || *j.p++ != ':') return 0;
+            jr_ws(&j);
+            if (j.p >= j.end || *j.p == '{' || *j.p == '[') return 0;
+            if (*j.p == '"') {
+                if (jr_str(&j, &c->s, &c->sn, &c->esc)) return 0;
+                c->type = SQLITE_TEXT;
+            } else {
+                const char *v = j.p;
+                if (jr_skip(&j, 0)) return 0;
+                size_t len = (size_t)(j.p - v);
+                if (*v == 't' || *v == 'f') {
+                    c->type = SQLITE_INTEGER;
+                    c->i = *v == 't';
+                } else if (*v == 'n') {
+                    c->type = SQLITE_NULL;
+                } else {
+                    size_t digits = len - (*v == '-');
+                    if (memchr(v, '.', len) || memchr(v, 'e', len) || memchr(v, 'E', len) ||
+                        digits > 18)
+                        return 0;
+                    int64_t x = 0;
+                    for (const char *q = v + (*v == '-'); q < j.p; q++) x = x * 10 + (*q - '0');
+                    c->type = SQLITE_INTEGER;
+                    c->i = *v == '-' ? -x : x;
+                }
+            }
+            r->nv++;
+            jr_ws(&j);
+            if (j.p >= j.end) return 0;
+            if (*j.p == '}') { j.p++; break; }
+            if (*j.p++ != ',') return 0;
+        }
+    }
+    jr_ws(&j);
+    r->ok = j.p == j.end;
+    return r->ok;
+}
+
+static void fn_jok(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    struct jrow *r = sqlite3_user_data(ctx);
+    int ok = 0;
+    if (sqlite3_value_type(argv[0]) == SQLITE_TEXT) {
+        const char *d = (const char *)sqlite3_value_text(argv[0]);
+        ok = d ? jrow_load(r, d, (size_t)sqlite3_value_bytes(argv[0])) : 0;
+        if (ok < 0) {
+            sqlite3_result_error_nomem(ctx);
+            return;
+        }
+    }
+    sqlite3_result_int(ctx, ok);
+}
+
+static void fn_col(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    struct jrow *r = sqlite3_user_data(ctx);
+    const char *d = (const char *)sqlite3_value_text(argv[0]);
+    const char *name = (const char *)sqlite3_value_text(argv[1]);
+    if (!d || !name) return; /* NULL */
+    int ok = jrow_load(r, d, (size_t)sqlite3_value_bytes(argv[0]));
+    if (ok < 0) {
+        sqlite3_result_error_nomem(ctx);
+        return;
+    }
+    if (!ok) {
+        sqlite3_result_error(ctx, "ferry_col: a row ferry_jok does not take", -1);
+        return;
+    }
+    size_t nn = strlen(name);
+    for (size_t i = 0; i < r->nv; i++) {
+        jcol_t *c = &r->v[i];
+        if (c->kn != nn || memcmp(c->k, name, nn) != 0) continue;
+        if (c->type == SQLITE_INTEGER) {
+            sqlite3_result_int64(ctx, c->i);
+        } else if (c->type == SQLITE_TEXT && !c->esc) {
+            sqlite3_result_text(ctx, c->s, (int)c->sn, SQLITE_TRANSIENT);
+        } else if (c->type == SQLITE_TEXT) {
+            if (c->sn + 1 > r->ucap) {
+                char *nb = realloc(r->ubuf, c->sn + 1);
+                if (!nb) {
+                    sqlite3_result_error_nomem(ctx);
+                    return;
+                }
+                r->ubuf = nb;
+                r->ucap = c->sn + 1;
+            }
+            size_t o = 0;
+            for (size_t k = 0; k < c->sn; k++) {
+                char ch = c->s[k];
+                if (ch == '\\') {
+                    ch = c->s[++k];
+                    ch = ch == 'b' ? '\b' : ch == 'f' ? '\f' : ch == 'n' ? '\n'
+                       : ch == 'r' ? '\r' : ch == 't' ? '\t' : ch;
+                }
+                r->ubuf[o++] = ch;
+            }
+            sqlite3_result_text(ctx, r->ubuf, (int)o, SQLITE_TRANSIENT);
+        }
+        return; /* the first of duplicate keys; SQLITE_NULL: NULL */
+    }
 }
 
 /* Binds the columns of t from the JSON object d[0..n) to ins (?2 ... in column order; the
@@ -626,7 +824,7 @@ static int publish_whole(ferry_db_t *db, pub_t *p, const char *filt)
             ferry_tdef_t *t = &db->tables[ti];
             if (t->local_only) continue;
             size_t cap = 512 + strlen(t->name) * 2;
-            for (int i = 0; i < t->ncols; i++) cap += strlen(t->cols[i]) * 4 + 64;
+            for (int i = 0; i < t->ncols; i++) cap += strlen(t->cols[i]) * 6 + 128;
             char *sql = malloc(cap);
             if (!sql) return sqlite3_finalize(sel), FERRY_ENOMEM;
             size_t n = (size_t)snprintf(sql, cap, "INSERT OR REPLACE INTO \"%s\"(id", t->name);
@@ -634,8 +832,10 @@ static int publish_whole(ferry_db_t *db, pub_t *p, const char *filt)
                 n += (size_t)snprintf(sql + n, cap - n, ", \"%s\"", t->cols[i]);
             n += (size_t)snprintf(sql + n, cap - n, ") SELECT o.row_id");
             for (int i = 0; i < t->ncols; i++)
-                n += (size_t)snprintf(sql + n, cap - n, ", json_extract(o.data, '$.\"%s\"')",
-                                      t->cols[i]);
+                n += (size_t)snprintf(sql + n, cap - n,
+                                      ", CASE WHEN ferry_jok(o.data) THEN ferry_col(o.data, '%s') "
+                                      "ELSE json_extract(o.data, '$.\"%s\"') END",
+                                      t->cols[i], t->cols[i]);
             if (alone && type_share(p->conn, t->name) >= 0.3)
                 snprintf(sql + n, cap - n,
                          " FROM ferry_oplog o NOT INDEXED WHERE o.row_type = ?2 AND ?1 IS NOT "
