@@ -248,8 +248,7 @@ typedef struct pub {
     sqlite3_stmt *highest;
     sqlite3_stmt *put[FERRY_MAX_TABLES], *del[FERRY_MAX_TABLES];
     sqlite3_stmt *fast[FERRY_MAX_TABLES]; /* INSERT OR REPLACE with the columns bound from C */
-    char *buf;                            /* unescaped strings of the row being bound */
-    size_t buf_cap;
+    struct jrow *jrow;                    /* the row being bound */
     uint64_t changed;
     char err[200];
 } pub_t;
@@ -262,13 +261,14 @@ static void pub_free(pub_t *p)
         sqlite3_finalize(p->del[i]);
         sqlite3_finalize(p->fast[i]);
     }
-    free(p->buf);
+    jrow_free(p->jrow);
 }
 
 static int pub_init(ferry_db_t *db, pub_t *p, sqlite3 *conn)
 {
     memset(p, 0, sizeof *p);
     p->conn = conn;
+    if (!(p->jrow = jrow_new())) return FERRY_ENOMEM;
     if (sqlite3_prepare_v2(conn,
                            "SELECT data FROM ferry_oplog WHERE row_type = ? AND row_id = ? "
                            "ORDER BY op_id DESC LIMIT 1",
@@ -311,12 +311,9 @@ static int pub_stmts(ferry_db_t *db, pub_t *p, int ti)
 
 /* ---- a row's columns read from its JSON in C -------------------------------------------------
  *
- * Publishing used json_extract once per column and row. The reader below takes the object
- * apart once and binds each column the way json_extract would return it: strings unescaped,
- * integers as integers (up to 18 digits), other numbers as reals, true and false as 1 and 0,
- * null and absent keys as NULL, the first of duplicate keys. What it does not take (an
- * object or array as a column's value, \u escapes, longer integers, malformed JSON) it leaves
- * to the json_extract statement for that row. */
+ * Publishing used json_extract once per column and row. The reader below (struct jrow) takes
+ * the object apart once; rows it does not take are left to json_extract, so the values and
+ * errors are always json_extract's. */
 typedef struct jr {
     const char *p, *end;
 } jr_t;
@@ -541,6 +538,43 @@ static void fn_jok(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     sqlite3_result_int(ctx, ok);
 }
 
+/* The first value of key name in r, NULL when absent. */
+static const jcol_t *jrow_get(struct jrow *r, const char *name)
+{
+    size_t nn = strlen(name);
+    for (size_t i = 0; i < r->nv; i++)
+        if (r->v[i].kn == nn && memcmp(r->v[i].k, name, nn) == 0) return &r->v[i];
+    return NULL;
+}
+
+/* A text value, unescaped (into r->ubuf when it holds escapes, valid until the next call);
+ * NULL on out-of-memory. */
+static const char *jcol_text(struct jrow *r, const jcol_t *c, size_t *n)
+{
+    if (!c->esc) {
+        *n = c->sn;
+        return c->s;
+    }
+    if (c->sn + 1 > r->ucap) {
+        char *nb = realloc(r->ubuf, c->sn + 1);
+        if (!nb) return NULL;
+        r->ubuf = nb;
+        r->ucap = c->sn + 1;
+    }
+    size_t o = 0;
+    for (size_t k = 0; k < c->sn; k++) {
+        char ch = c->s[k];
+        if (ch == '\\') {
+            ch = c->s[++k];
+            ch = ch == 'b' ? '\b' : ch == 'f' ? '\f' : ch == 'n' ? '\n'
+               : ch == 'r' ? '\r' : ch == 't' ? '\t' : ch;
+        }
+        r->ubuf[o++] = ch;
+    }
+    *n = o;
+    return r->ubuf;
+}
+
 static void fn_col(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     (void)argc;
@@ -557,130 +591,40 @@ static void fn_col(sqlite3_context *ctx, int argc, sqlite3_value **argv)
         sqlite3_result_error(ctx, "ferry_col: a row ferry_jok does not take", -1);
         return;
     }
-    size_t nn = strlen(name);
-    for (size_t i = 0; i < r->nv; i++) {
-        jcol_t *c = &r->v[i];
-        if (c->kn != nn || memcmp(c->k, name, nn) != 0) continue;
-        if (c->type == SQLITE_INTEGER) {
-            sqlite3_result_int64(ctx, c->i);
-        } else if (c->type == SQLITE_TEXT && !c->esc) {
-            sqlite3_result_text(ctx, c->s, (int)c->sn, SQLITE_TRANSIENT);
-        } else if (c->type == SQLITE_TEXT) {
-            if (c->sn + 1 > r->ucap) {
-                char *nb = realloc(r->ubuf, c->sn + 1);
-                if (!nb) {
-                    sqlite3_result_error_nomem(ctx);
-                    return;
-                }
-                r->ubuf = nb;
-                r->ucap = c->sn + 1;
-            }
-            size_t o = 0;
-            for (size_t k = 0; k < c->sn; k++) {
-                char ch = c->s[k];
-                if (ch == '\\') {
-                    ch = c->s[++k];
-                    ch = ch == 'b' ? '\b' : ch == 'f' ? '\f' : ch == 'n' ? '\n'
-                       : ch == 'r' ? '\r' : ch == 't' ? '\t' : ch;
-                }
-                r->ubuf[o++] = ch;
-            }
-            sqlite3_result_text(ctx, r->ubuf, (int)o, SQLITE_TRANSIENT);
-        }
-        return; /* the first of duplicate keys; SQLITE_NULL: NULL */
+    const jcol_t *c = jrow_get(r, name);
+    if (!c || c->type == SQLITE_NULL) return;
+    if (c->type == SQLITE_INTEGER) {
+        sqlite3_result_int64(ctx, c->i);
+        return;
     }
+    size_t n;
+    const char *v = jcol_text(r, c, &n);
+    if (!v)
+        sqlite3_result_error_nomem(ctx);
+    else
+        sqlite3_result_text(ctx, v, (int)n, SQLITE_TRANSIENT);
 }
 
 /* Binds the columns of t from the JSON object d[0..n) to ins (?2 ... in column order; the
  * caller binds ?1); 0 when bound, -1 to leave the row to json_extract, FERRY_ENOMEM. */
 static int bind_cols(pub_t *p, const ferry_tdef_t *t, sqlite3_stmt *ins, const char *d, size_t n)
 {
+    int ok = jrow_load(p->jrow, d, n);
+    if (ok <= 0) return ok < 0 ? FERRY_ENOMEM : -1;
     sqlite3_clear_bindings(ins);
-    jr_t j = {d, d + n};
-    uint64_t seen = 0; /* columns bound (the first of duplicate keys wins) */
-    if (t->ncols > 64) return -1;
-    /* unescaped strings go to p->buf, bound as SQLITE_TRANSIENT (copied at once) */
-    jr_ws(&j);
-    if (j.p >= j.end || *j.p++ != '{') return -1;
-    jr_ws(&j);
-    if (j.p < j.end && *j.p == '}') {
-        j.p++;
-    } else {
-        for (;;) {
-            const char *k, *vs;
-            size_t kn, vn;
-            int esc;
-            jr_ws(&j);
-            if (jr_str(&j, &k, &kn, &esc) || esc) return -1;
-            jr_ws(&j);
-            if (j.p >= j.end || *j.p++ != ':') return -1;
-            jr_ws(&j);
-            int col = -1;
-            for (int i = 0; i < t->ncols; i++)
-                if (!(seen >> i & 1) && strncmp(t->cols[i], k, kn) == 0 && t->cols[i][kn] == 0) {
-                    col = i;
-                    break;
-                }
-            if (col < 0) {
-                if (jr_skip(&j, 0)) return -1;
-            } else if (j.p < j.end && *j.p == '"') {
-                if (jr_str(&j, &vs, &vn, &esc)) return -1;
-                if (!esc) {
-                    sqlite3_bind_text(ins, col + 2, vs, (int)vn, SQLITE_STATIC);
-                } else {
-                    if (vn + 1 > p->buf_cap) {
-                        char *nb = realloc(p->buf, vn + 1);
-                        if (!nb) return FERRY_ENOMEM;
-                        p->buf = nb;
-                        p->buf_cap = vn + 1;
-                    }
-                    size_t o = 0;
-                    for (size_t i = 0; i < vn; i++) {
-                        char c = vs[i];
-                        if (c == '\\') {
-                            c = vs[++i];
-                            c = c == 'b' ? '\b' : c == 'f' ? '\f' : c == 'n' ? '\n'
-                              : c == 'r' ? '\r' : c == 't' ? '\t' : c;
-                        }
-                        p->buf[o++] = c;
-                    }
-                    sqlite3_bind_text(ins, col + 2, p->buf, (int)o, SQLITE_TRANSIENT);
-                }
-            } else {
-                const char *v = j.p;
-                if (j.p >= j.end || *j.p == '{' || *j.p == '[' || jr_skip(&j, 0)) return -1;
-                size_t len = (size_t)(j.p - v);
-                if (*v == 't') {
-                    sqlite3_bind_int(ins, col + 2, 1);
-                } else if (*v == 'f') {
-                    sqlite3_bind_int(ins, col + 2, 0);
-                } else if (*v != 'n') {
-                    int integral = !memchr(v, '.', len) && !memchr(v, 'e', len) &&
-                                   !memchr(v, 'E', len);
-                    if (integral) {
-                        size_t digits = len - (*v == '-');
-                        if (digits > 18) return -1;
-                        int64_t x = 0;
-                        for (const char *c = v + (*v == '-'); c < j.p; c++) x = x * 10 + (*c - '0');
-                        sqlite3_bind_int64(ins, col + 2, *v == '-' ? -x : x);
-                    } else {
-                        char num[64];
-                        if (len >= sizeof num) return -1;
-                        memcpy(num, v, len);
-                        num[len] = 0;
-                        sqlite3_bind_double(ins, col + 2, strtod(num, NULL));
-                    }
-                }
-            }
-            if (col >= 0) seen |= (uint64_t)1 << col;
-            jr_ws(&j);
-            if (j.p >= j.end) return -1;
-            if (*j.p == '}') { j.p++; break; }
-            if (*j.p++ != ',') return -1;
+    for (int i = 0; i < t->ncols; i++) {
+        const jcol_t *c = jrow_get(p->jrow, t->cols[i]);
+        if (!c || c->type == SQLITE_NULL) continue;
+        if (c->type == SQLITE_INTEGER) {
+            sqlite3_bind_int64(ins, i + 2, c->i);
+            continue;
         }
+        size_t len;
+        const char *v = jcol_text(p->jrow, c, &len);
+        if (!v) return FERRY_ENOMEM;
+        sqlite3_bind_text(ins, i + 2, v, (int)len, SQLITE_TRANSIENT);
     }
-    jr_ws(&j);
-    return j.p == j.end ? 0 : -1;
+    return 0;
 }
 
 /* Writes one row of table ti from its data (a JSON object, or anything else: then the columns
