@@ -1346,6 +1346,7 @@ static int apply_item(gw_repl_t *r, const seg_t *sg, const item_t *it, apply_scr
 
 static void *apply_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ferry-apply"); /* top -H, perf */
     gw_repl_t *r = arg;
     apply_scratch_t x = {0};
     pthread_mutex_lock(&r->plock);
@@ -2142,6 +2143,7 @@ static int run_once(gw_repl_t *r, gw_err_t *err)
 
 static void *repl_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ferry-repl"); /* top -H, perf */
     gw_repl_t *r = arg;
     unsigned backoff = 500;
     r->compact_ms = now_ms(); /* the first periodic compaction comes one interval after start */

@@ -145,6 +145,8 @@ struct gw_storage {
     _Atomic int consistent;
     /* totals, kept by the writer, read by any thread (gw_storage_stats) */
     _Atomic uint64_t n_rows, n_ops, n_buckets;
+    _Atomic uint64_t n_checkpoints; /* WAL checkpoints run by the checkpointer */
+    int wal_frames;                 /* frames in the WAL after the last commit (writer only) */
     uint64_t gen;
     /* per transaction: touched buckets and lookup keys, for the hook */
     const char **touched;
@@ -194,8 +196,11 @@ struct gw_storage {
     int ckpt_wanted, ckpt_stop;
 };
 
-/* WAL frames (pages) written since the last checkpoint that wake the checkpointer (16 MB) */
-enum { CKPT_FRAMES = 4096 };
+/* WAL frames (pages) that wake the checkpointer (16 MB), and past which the writer finishes the
+ * checkpoint itself right after a commit (32 MB): a background checkpoint always lags the
+ * writer a little, and SQLite restarts the WAL from its beginning only after a checkpoint that
+ * copied every frame, so without this the WAL would grow for as long as writes continue. */
+enum { CKPT_FRAMES = 4096, CKPT_RESTART_FRAMES = 8192 };
 
 static int flush_pending(gw_storage_t *s, gw_err_t *err);
 
@@ -510,6 +515,7 @@ static void wal_sync(gw_storage_t *s)
 
 static void *sync_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ferry-sync"); /* top -H, perf */
     gw_storage_t *s = arg;
     pthread_mutex_lock(&s->sync_lock);
     for (;;) {
@@ -549,6 +555,7 @@ void gw_storage_set_durable_fn(gw_storage_t *s, void (*fn)(uint64_t lsn, void *u
 
 static void *ckpt_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ferry-ckpt"); /* top -H, perf */
     gw_storage_t *s = arg;
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
@@ -559,6 +566,9 @@ static void *ckpt_main(void *arg)
         return NULL;
     }
     sqlite3_busy_timeout(db, 1000);
+    /* a connection that has not read the file yet does not know it is in WAL mode, and its
+     * checkpoints do nothing (log and done come back -1) */
+    sqlite3_exec(db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
     pthread_mutex_lock(&s->ckpt_lock);
     while (!s->ckpt_stop) {
         if (!s->ckpt_wanted) {
@@ -571,6 +581,10 @@ static void *ckpt_main(void *arg)
         int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
         if (rc != SQLITE_OK && rc != SQLITE_BUSY)
             gw_warn("storage", "checkpoint failed", "error=\"%s\"", sqlite3_errmsg(db));
+        else
+            atomic_fetch_add(&s->n_checkpoints, 1);
+        if (log < 0)
+            gw_warn("storage", "a checkpoint did not run", "rc=%d", rc);
         pthread_mutex_lock(&s->ckpt_lock);
     }
     pthread_mutex_unlock(&s->ckpt_lock);
@@ -584,6 +598,7 @@ static int on_wal(void *ud, sqlite3 *db, const char *name, int frames)
     (void)db;
     (void)name;
     gw_storage_t *s = ud;
+    s->wal_frames = frames;
     if (frames >= CKPT_FRAMES && s->ckpt_started) {
         pthread_mutex_lock(&s->ckpt_lock);
         s->ckpt_wanted = 1;
@@ -815,6 +830,14 @@ static int commit(gw_storage_t *s, uint64_t lsn, int wait, gw_err_t *err)
     s->in_txn = 0;
     s->last_op = last_op;
     s->lsn = lsn;
+    if (s->ckpt_started && s->wal_frames >= CKPT_RESTART_FRAMES) {
+        /* copies only what the checkpointer has not yet; BUSY while it runs (next time then) */
+        int log, done;
+        if (sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) ==
+                SQLITE_OK &&
+            log >= 0 && done == log)
+            s->wal_frames = 0;
+    }
     for (size_t i = 0; i < s->nwcp_done; i++)
         free(s->wcp_done[i]);
     s->nwcp_done = 0;

@@ -137,6 +137,8 @@ hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$fproc/status")
 # ferry's CPU time (user + system, all threads): steadier than the rate on a shared machine
 ticks=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$fproc/stat")
 cpu_s=$(echo "scale=3; $ticks / $(getconf CLK_TCK)" | bc)
+# CPU seconds per named thread (the replicator, the apply thread, the syncer, …)
+threads=$(for t in /proc/$fproc/task/*; do awk -v tck="$(getconf CLK_TCK)" '{ n = $2; sub(/.*\) /, ""); printf "%s=%.1fs ", n, ($12 + $13) / tck }' "$t/stat"; done | tr -d '()')
 got=$(metric ferry_replication_changes_total)
 commits=$(metric ferry_storage_commits_total)
 commit_s=$(metric ferry_storage_commit_seconds_total)
@@ -150,4 +152,5 @@ echo "BENCH replication_pg_recvlogical_per_s $recv_rate changes/s pg_recvlogical
 echo "BENCH replication_ratio_to_pg_recvlogical $ratio % goal >= 50"
 echo "BENCH replication_cpu_us_per_change $(echo "scale=2; 1000000 * $cpu_s / $changes" | bc) us ferry CPU (user+sys) per change, ${cpu_s} s in all"
 echo "BENCH replication_storage_commits ${commits:-0} commits ferry's storage commits for the catch-up, ${commit_s:-0} s in them (writing and syncing)"
+echo "BENCH replication_threads_cpu 0 - $threads"
 echo "BENCH replication_peak_rss $((hwm / 1024)) MB ferry VmHWM, goal < 100"
