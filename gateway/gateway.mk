@@ -26,7 +26,7 @@ CLI_SRCS += \
 	gateway/gw_cli_token.c \
 	gateway/gw_cli_debug.c
 
-UNIT_TESTS += gateway
+UNIT_TESTS += gateway storage
 FUZZ_TARGETS += config pgoutput
 
 # Gateway glue for the leaf libraries, added by the rules and auth work when it exists.

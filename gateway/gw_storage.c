@@ -583,8 +583,8 @@ static void *ckpt_main(void *arg)
             gw_warn("storage", "checkpoint failed", "error=\"%s\"", sqlite3_errmsg(db));
         else
             atomic_fetch_add(&s->n_checkpoints, 1);
-        if (log < 0)
-            gw_warn("storage", "a checkpoint did not run", "rc=%d", rc);
+        if (rc == SQLITE_OK && log < 0)
+            gw_warn("storage", "a checkpoint did not run (the file is not in WAL mode?)", NULL);
         pthread_mutex_lock(&s->ckpt_lock);
     }
     pthread_mutex_unlock(&s->ckpt_lock);
