@@ -344,6 +344,41 @@ static void pipe_stop(stream_t *st)
     st->pipe = NULL;
 }
 
+/* Appends to the partial line in st->buf; -1 (result FERRY_ENOMEM) when it cannot grow. */
+static int buf_append(stream_t *st, const char *p, size_t n)
+{
+    if (st->len + n > st->cap) {
+        size_t cap = st->cap ? st->cap : 65536;
+        while (cap < st->len + n) cap *= 2;
+        char *nb = realloc(st->buf, cap);
+        if (!nb) {
+            st->result = FERRY_ENOMEM;
+            return -1;
+        }
+        st->buf = nb;
+        st->cap = cap;
+    }
+    memcpy(st->buf + st->len, p, n);
+    st->len += n;
+    return 0;
+}
+
+/* One complete line: queued for the apply thread, or applied here without one; non-zero (in
+ * st->result) ends the iteration. */
+static int stream_line(stream_t *st, const char *line, size_t len)
+{
+    int rc;
+    if (st->pipe) {
+        rc = pipe_push(st->pipe, line, len);
+    } else {
+        rc = ferry__sync_line(st->db, &st->db->sync, line, len);
+        if (st->db->sync.have_cp) st->got_checkpoint = 1;
+        update_caught_up(st->db);
+    }
+    if (rc != 0) st->result = rc;
+    return rc;
+}
+
 static size_t on_stream_data(char *p, size_t size, size_t nmemb, void *ud)
 {
     stream_t *st = ud;
@@ -359,44 +394,33 @@ static size_t on_stream_data(char *p, size_t size, size_t nmemb, void *ud)
         st->errbody[st->errlen] = 0;
         return n;
     }
-    if (st->len + n > st->cap) {
-        size_t cap = st->cap ? st->cap : 65536;
-        while (cap < st->len + n) cap *= 2;
-        char *nb = realloc(st->buf, cap);
-        if (!nb) { st->result = FERRY_ENOMEM; return 0; }
-        st->buf = nb;
-        st->cap = cap;
+    /* complete lines are handled where curl put them; only a line split across chunks is
+     * assembled in st->buf (copying and searching the whole buffer on every chunk made the
+     * cost quadratic in the line length, and the lines of an initial sync are ~250 KB) */
+    const char *q = p, *end = p + n;
+    if (st->len) {
+        const char *nl = memchr(q, '\n', n);
+        size_t take = nl ? (size_t)(nl - q) : n;
+        if (buf_append(st, q, take)) return 0;
+        if (!nl) return n;
+        q = nl + 1;
+        size_t ll = st->len;
+        st->len = 0;
+        if (stream_line(st, st->buf, ll)) return 0; /* end this iteration */
     }
-    memcpy(st->buf + st->len, p, n);
-    st->len += n;
-    size_t start = 0;
     for (;;) {
-        char *nl = memchr(st->buf + start, '\n', st->len - start);
+        const char *nl = memchr(q, '\n', (size_t)(end - q));
         if (!nl) break;
-        size_t ll = (size_t)(nl - (st->buf + start));
-        int rc;
-        if (st->pipe) {
-            rc = pipe_push(st->pipe, st->buf + start, ll);
-        } else {
-            rc = ferry__sync_line(st->db, &st->db->sync, st->buf + start, ll);
-            if (st->db->sync.have_cp) st->got_checkpoint = 1;
-            update_caught_up(st->db);
-        }
-        start += ll + 1;
-        if (rc != 0) {
-            st->result = rc;
-            memmove(st->buf, st->buf + start, st->len - start);
-            st->len -= start;
-            return 0; /* end this iteration */
-        }
+        if (stream_line(st, q, (size_t)(nl - q))) return 0;
+        q = nl + 1;
     }
-    memmove(st->buf, st->buf + start, st->len - start);
-    st->len -= start;
     /* keep the buffer from staying huge after one big line */
-    if (st->cap > (1u << 22) && st->len < 65536) {
-        char *nb = realloc(st->buf, 65536);
-        if (nb) { st->buf = nb; st->cap = 65536; }
+    if (st->cap > (1u << 22)) {
+        free(st->buf);
+        st->buf = NULL;
+        st->cap = 0;
     }
+    if (q < end && buf_append(st, q, (size_t)(end - q))) return 0;
     return n;
 }
 
@@ -470,6 +494,7 @@ static int stream_once(ferry_db_t *db, int *backoff)
     curl_easy_setopt(st.h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(st.h, CURLOPT_HTTPHEADER, hdr);
     curl_easy_setopt(st.h, CURLOPT_WRITEFUNCTION, on_stream_data);
+    curl_easy_setopt(st.h, CURLOPT_BUFFERSIZE, 262144L); /* fewer, larger chunks of lines */
     curl_easy_setopt(st.h, CURLOPT_WRITEDATA, &st);
     curl_easy_setopt(st.h, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(st.h, CURLOPT_XFERINFOFUNCTION, on_progress);
