@@ -119,6 +119,7 @@ struct gw_repl {
     gw_err_t perr;
     gw_map_t qnames;  /* interned table names the queued items point to */
     uint64_t pos_lsn; /* LSN of everything handed to storage (committed or queued) */
+    int old_pending;  /* a previous rule version may still have a slot and data to drop */
 
     /* tasks from other threads (gw_repl_submit) */
     pthread_mutex_t task_lock;
@@ -289,6 +290,7 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     r->ready_id = gw_ready_register("replication", "starting");
     pthread_mutex_init(&r->task_lock, NULL);
     r->task_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    r->old_pending = 1;
     gw_storage_set_durable_fn(storage, on_durable, r);
     /* fault injection for tests: stream from the slot's confirmed position (not the stored LSN)
      * and never confirm more, so after a restart Postgres resends transactions storage already
@@ -2077,14 +2079,19 @@ static int stream(gw_repl_t *r, gw_err_t *err)
  * moment after the old ferry stopped). */
 static void drop_old_version(gw_repl_t *r)
 {
+    if (!r->old_pending)
+        return; /* nothing left to drop since this process started (the drain below is not free) */
     if (r->pipe_on) {
         gw_err_t derr;
         if (pipe_drain(r, &derr) != 0)
             return; /* the stream ends with the apply thread's error */
     }
     char old[160] = "";
-    if (!gw_storage_consistent(r->st) ||
-        !gw_storage_state_get(r->st, "old_slot", old, sizeof(old)) || old[0] == '\0')
+    if (!gw_storage_state_get(r->st, "old_slot", old, sizeof(old)) || old[0] == '\0') {
+        r->old_pending = 0;
+        return;
+    }
+    if (!gw_storage_consistent(r->st))
         return;
     const char *pv[1] = {old};
     gw_err_t err;
