@@ -608,7 +608,11 @@ static int on_wal(void *ud, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
-/* Whether the file holds an older ops layout (a table "ops" with one row per op). */
+/* The layout this code writes (state "layout"); files of another one are refused. */
+#define LAYOUT "3"
+
+/* Whether the file holds an older layout: a table "ops" with one row per op (layouts 1 and 2),
+ * or stored rows without the layout mark. A fresh file gets the mark. */
 static int old_layout(sqlite3 *db)
 {
     sqlite3_stmt *q;
@@ -618,6 +622,23 @@ static int old_layout(sqlite3 *db)
         old = sqlite3_step(q) == SQLITE_ROW;
         sqlite3_finalize(q);
     }
+    char *layout = NULL;
+    int has_rows = 0;
+    if (sqlite3_prepare_v2(db, "SELECT (SELECT v FROM state WHERE k = 'layout'), EXISTS (SELECT 1 "
+                               "FROM rows)", -1, &q, NULL) == SQLITE_OK) {
+        if (sqlite3_step(q) == SQLITE_ROW) {
+            const char *v = (const char *)sqlite3_column_text(q, 0);
+            layout = v != NULL ? gw_xstrdup(v) : NULL;
+            has_rows = sqlite3_column_int(q, 1);
+        }
+        sqlite3_finalize(q);
+    }
+    if (layout == NULL && !has_rows && !old)
+        sqlite3_exec(db, "INSERT INTO state(k, v) VALUES ('layout', '" LAYOUT "')", NULL, NULL,
+                     NULL);
+    else if (layout == NULL || strcmp(layout, LAYOUT) != 0)
+        old = 1;
+    free(layout);
     return old;
 }
 
@@ -1229,7 +1250,12 @@ static int live_bucket(const gw_storage_t *s, int64_t id)
     return n == 0 || strncmp(s->by_id[id]->name, s->version, n) == 0;
 }
 
-/* Memberships: [u32 bucket id][u16 type len][type][u16 id len][id] repeated. */
+/* Memberships: [u32 bucket id][u8 flags] then [u16 type len][type] unless flags & M_TYPE (the
+ * type is the row's table name without its schema) and [u16 id len][id] unless flags & M_ID (the
+ * id is the row's key), repeated: the usual membership takes 5 bytes, so the rows table stays
+ * small (every commit rewrites the pages of the rows it touched). */
+enum { M_TYPE = 1, M_ID = 2 };
+
 typedef struct member {
     int64_t bucket_id;
     const char *type;
@@ -1238,37 +1264,73 @@ typedef struct member {
     size_t ilen;
 } member_t;
 
-static int next_member(const unsigned char **p, const unsigned char *end, member_t *m)
+/* The table name without its schema: "public.todos" -> "todos". */
+static const char *bare_table(const char *table)
 {
-    if (end - *p < 8)
+    const char *dot = strchr(table, '.');
+    return dot != NULL ? dot + 1 : table;
+}
+
+static int next_member(const unsigned char **p, const unsigned char *end, const gw_row_ref_t *ref,
+                       member_t *m)
+{
+    if (end - *p < 5)
         return 0;
     uint32_t bid;
-    uint16_t tl, il;
     memcpy(&bid, *p, 4);
-    memcpy(&tl, *p + 4, 2);
-    if (end - *p < 6 + tl + 2)
-        return 0;
+    unsigned flags = (*p)[4];
+    const unsigned char *q = *p + 5;
     m->bucket_id = bid;
-    m->type = (const char *)*p + 6;
-    m->tlen = tl;
-    memcpy(&il, *p + 6 + tl, 2);
-    if (end - *p < 8 + tl + il)
-        return 0;
-    m->id = (const char *)*p + 8 + tl;
-    m->ilen = il;
-    *p += 8 + tl + il;
+    if (flags & M_TYPE) {
+        m->type = bare_table(ref->table);
+        m->tlen = strlen(m->type);
+    } else {
+        uint16_t tl;
+        if (end - q < 2)
+            return 0;
+        memcpy(&tl, q, 2);
+        if (end - q < 2 + tl)
+            return 0;
+        m->type = (const char *)q + 2;
+        m->tlen = tl;
+        q += 2 + tl;
+    }
+    if (flags & M_ID) {
+        m->id = ref->key;
+        m->ilen = strlen(ref->key);
+    } else {
+        uint16_t il;
+        if (end - q < 2)
+            return 0;
+        memcpy(&il, q, 2);
+        if (end - q < 2 + il)
+            return 0;
+        m->id = (const char *)q + 2;
+        m->ilen = il;
+        q += 2 + il;
+    }
+    *p = q;
     return 1;
 }
 
-static void add_member(gw_buf_t *out, int64_t bucket_id, const char *type, const char *id)
+static void add_member(gw_buf_t *out, const gw_row_ref_t *ref, int64_t bucket_id,
+                       const char *type, const char *id)
 {
     uint32_t bid = (uint32_t)bucket_id;
-    uint16_t tl = (uint16_t)strnlen(type, 65535), il = (uint16_t)strnlen(id, 65535);
+    unsigned char flags = (unsigned char)((strcmp(type, bare_table(ref->table)) == 0 ? M_TYPE : 0) |
+                                          (strcmp(id, ref->key) == 0 ? M_ID : 0));
     gw_buf_append(out, &bid, 4);
-    gw_buf_append(out, &tl, 2);
-    gw_buf_append(out, type, tl);
-    gw_buf_append(out, &il, 2);
-    gw_buf_append(out, id, il);
+    gw_buf_append(out, &flags, 1);
+    if (!(flags & M_TYPE)) {
+        uint16_t tl = (uint16_t)strnlen(type, 65535);
+        gw_buf_append(out, &tl, 2);
+        gw_buf_append(out, type, tl);
+    }
+    if (!(flags & M_ID)) {
+        uint16_t il = (uint16_t)strnlen(id, 65535);
+        gw_buf_append(out, &il, 2);
+        gw_buf_append(out, id, il);
+    }
 }
 
 /* Copy n bytes of p into buf (len bytes) as a string, truncated to fit. */
@@ -1411,7 +1473,7 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
         }
         rc = write_op(s, b, OP_PUT, o->object_type, o->object_id, subkey, o->data, o->checksum,
                       tails != NULL && tails[i].text != NULL ? &tails[i] : NULL, err);
-        add_member(&s->members, b->id, o->object_type, o->object_id);
+        add_member(&s->members, ref, b->id, o->object_type, o->object_id);
     }
     /* REMOVE memberships the row lost */
     const unsigned char *p = (const unsigned char *)old_members.data;
@@ -1419,7 +1481,7 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
     member_t m;
     uint32_t rm_checksum = 0;
     int have_rm_checksum = 0;
-    while (rc == 0 && p != NULL && next_member(&p, end, &m)) {
+    while (rc == 0 && p != NULL && next_member(&p, end, ref, &m)) {
         int kept = 0;
         for (size_t i = 0; ops != NULL && i < ops->n && !kept; i++) {
             const rules_op_t *o = &ops->items[i];
@@ -1802,7 +1864,7 @@ int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *er
     const unsigned char *p = (const unsigned char *)old_members.data;
     const unsigned char *end = p + old_members.len;
     member_t m;
-    while (rc == 0 && p != NULL && next_member(&p, end, &m)) {
+    while (rc == 0 && p != NULL && next_member(&p, end, ref, &m)) {
         if (!live_bucket(s, m.bucket_id))
             continue;
         char type[512], id[1024];

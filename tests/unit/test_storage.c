@@ -10,6 +10,7 @@
 
 #include <check.h>
 #include <ftw.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,6 +198,29 @@ START_TEST(test_storage_wal_stays_bounded)
 }
 END_TEST
 
+START_TEST(test_storage_refuses_other_layouts)
+{
+    gw_storage_t *s;
+    gw_err_t err;
+    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0);
+    gw_storage_close(s);
+    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0); /* its own layout: fine */
+    gw_storage_close(s);
+    /* rows without the layout mark: written by an older ferry */
+    sqlite3 *db;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db,
+                                  "DELETE FROM state WHERE k = 'layout'; INSERT INTO rows(tbl, key, "
+                                  "members, lookups) VALUES ('public.t', '1', x'', '')",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    ck_assert_int_eq(gw_storage_open(path, &s, &err), GW_EIO);
+    char msg[512];
+    ck_assert_ptr_nonnull(strstr(gw_err_format(&err, msg, sizeof(msg)), "older ferry"));
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("storage");
@@ -205,6 +229,7 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_storage_reads_across_chunks_and_checkpoints);
     tcase_add_test(tc, test_storage_wal_stays_bounded);
+    tcase_add_test(tc, test_storage_refuses_other_layouts);
     suite_add_tcase(s, tc);
     return s;
 }
