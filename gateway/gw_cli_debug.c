@@ -49,7 +49,8 @@ static int cmp_str(const void *a, const void *b)
 
 static void lines_print_free(lines_t *l)
 {
-    qsort(l->v, l->n, sizeof(char *), cmp_str);
+    if (l->n > 0) /* qsort with no array is undefined */
+        qsort(l->v, l->n, sizeof(char *), cmp_str);
     for (size_t i = 0; i < l->n; i++) {
         puts(l->v[i]);
         free(l->v[i]);

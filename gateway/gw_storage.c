@@ -193,6 +193,7 @@ struct gw_storage {
     int ckpt_started;
     pthread_mutex_t ckpt_lock;
     pthread_cond_t ckpt_cond;
+    pthread_mutex_t ckpt_run; /* held while either thread checkpoints */
     int ckpt_wanted, ckpt_stop;
 };
 
@@ -200,7 +201,7 @@ struct gw_storage {
  * checkpoint itself right after a commit (32 MB): a background checkpoint always lags the
  * writer a little, and SQLite restarts the WAL from its beginning only after a checkpoint that
  * copied every frame, so without this the WAL would grow for as long as writes continue. */
-enum { CKPT_FRAMES = 4096, CKPT_RESTART_FRAMES = 8192 };
+enum { CKPT_FRAMES = 4096, CKPT_RESTART_FRAMES = 8192, CKPT_WAIT_FRAMES = 12288 };
 
 static int flush_pending(gw_storage_t *s, gw_err_t *err);
 
@@ -578,7 +579,9 @@ static void *ckpt_main(void *arg)
         s->ckpt_wanted = 0;
         pthread_mutex_unlock(&s->ckpt_lock);
         int log = 0, done = 0;
+        pthread_mutex_lock(&s->ckpt_run);
         int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+        pthread_mutex_unlock(&s->ckpt_run);
         if (rc != SQLITE_OK && rc != SQLITE_BUSY)
             gw_warn("storage", "checkpoint failed", "error=\"%s\"", sqlite3_errmsg(db));
         else
@@ -652,6 +655,7 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
     gw_map_init(&s->by_name);
     pthread_mutex_init(&s->ckpt_lock, NULL);
     pthread_cond_init(&s->ckpt_cond, NULL);
+    pthread_mutex_init(&s->ckpt_run, NULL);
     pthread_mutex_init(&s->sync_lock, NULL);
     pthread_cond_init(&s->sync_cond, NULL);
     pthread_cond_init(&s->sync_done_cond, NULL);
@@ -741,6 +745,7 @@ void gw_storage_close(gw_storage_t *s)
     }
     pthread_mutex_destroy(&s->ckpt_lock);
     pthread_cond_destroy(&s->ckpt_cond);
+    pthread_mutex_destroy(&s->ckpt_run);
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
     if (s->db != NULL)
@@ -852,12 +857,18 @@ static int commit(gw_storage_t *s, uint64_t lsn, int wait, gw_err_t *err)
     s->last_op = last_op;
     s->lsn = lsn;
     if (s->ckpt_started && s->wal_frames >= CKPT_RESTART_FRAMES) {
-        /* copies only what the checkpointer has not yet; BUSY while it runs (next time then) */
+        /* copies only what the checkpointer has not yet. While it runs, try again after the
+         * next commit, unless the WAL is long enough to wait for it. */
+        int locked = s->wal_frames >= CKPT_WAIT_FRAMES ? pthread_mutex_lock(&s->ckpt_run) == 0
+                                                       : pthread_mutex_trylock(&s->ckpt_run) == 0;
         int log, done;
-        if (sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) ==
-                SQLITE_OK &&
-            log >= 0 && done == log)
-            s->wal_frames = 0;
+        if (locked) {
+            if (sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) ==
+                    SQLITE_OK &&
+                log >= 0 && done == log)
+                s->wal_frames = 0;
+            pthread_mutex_unlock(&s->ckpt_run);
+        }
     }
     for (size_t i = 0; i < s->nwcp_done; i++)
         free(s->wcp_done[i]);

@@ -139,6 +139,8 @@ ticks=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$fproc/stat")
 cpu_s=$(echo "scale=3; $ticks / $(getconf CLK_TCK)" | bc)
 # CPU seconds per named thread (the replicator, the apply thread, the syncer, …)
 threads=$(for t in /proc/$fproc/task/*; do awk -v tck="$(getconf CLK_TCK)" '{ n = $2; sub(/.*\) /, ""); printf "%s=%.1fs ", n, ($12 + $13) / tck }' "$t/stat"; done | tr -d '()')
+# bytes ferry wrote to storage (WAL, checkpoints into the main file)
+wbytes=$(awk '/^write_bytes/ { print $2 }' "/proc/$fproc/io" 2>/dev/null || echo 0)
 got=$(metric ferry_replication_changes_total)
 commits=$(metric ferry_storage_commits_total)
 commit_s=$(metric ferry_storage_commit_seconds_total)
@@ -153,4 +155,5 @@ echo "BENCH replication_ratio_to_pg_recvlogical $ratio % goal >= 50"
 echo "BENCH replication_cpu_us_per_change $(echo "scale=2; 1000000 * $cpu_s / $changes" | bc) us ferry CPU (user+sys) per change, ${cpu_s} s in all"
 echo "BENCH replication_storage_commits ${commits:-0} commits ferry's storage commits for the catch-up, ${commit_s:-0} s in them (writing and syncing)"
 echo "BENCH replication_apply_thread_cpu $(echo "$threads" | tr ' ' '\n' | sed -n 's/^ferry-apply=\(.*\)s$/\1/p') s CPU of the storage-writing thread; every thread: $threads"
+echo "BENCH replication_bytes_written_per_change $(( ${wbytes:-0} / changes )) B ferry's writes to disk per change (storage WAL and its checkpoints)"
 echo "BENCH replication_peak_rss $((hwm / 1024)) MB ferry VmHWM, goal < 100"
