@@ -18,10 +18,10 @@
  * last publish has one whole-bucket mark (row_type = row_id = '') instead of one mark per PUT,
  * and is published set-based (publish_whole). Invariants:
  *
- *   1. Data lines are applied whole: one line, or several consecutive ones (the sync thread
- *      batches up to batch_ops ops or 250 ms per transaction), never part of one, so a bucket's
- *      stored position always matches its stored ops. A publish is one transaction, so the
- *      app never sees a half-applied checkpoint.
+ *   1. Data lines are applied whole: one line, or several consecutive ones (the stream's apply
+ *      thread batches up to batch_ops ops or 250 ms per transaction), never part of one, so a
+ *      bucket's stored position always matches its stored ops. A publish is one transaction,
+ *      so the app never sees a half-applied checkpoint.
  *   2. A full checkpoint (and a partial one of priority > 0) is published only when ferry_crud is
  *      empty and the target write checkpoint (kv "target", absent = no gate) is <= the
  *      checkpoint's write_checkpoint; the check and the publish share one write transaction, so
@@ -320,7 +320,8 @@ typedef struct jr {
 
 static void jr_ws(jr_t *j)
 {
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
 }
 
 /* A string at j->p (after ws): *s and *n give its raw contents; *esc is set when it holds

@@ -2,8 +2,12 @@
  *
  * ferry_connect starts two threads, each with its own SQLite connection:
  *
- *   sync thread (sync_main): POST /sync/stream with libcurl, NDJSON split in on_stream_data and
- *   fed line by line to ferry__sync_line (ferry_oplog.c). The loop:
+ *   sync thread (sync_main): POST /sync/stream with libcurl. While a stream is open, the curl
+ *   callback (on_stream_data) splits the NDJSON into lines and scans data lines
+ *   (ferry__sync_scan, no database); an apply thread (apply_main, one per stream) takes them
+ *   from a 4-slot queue in order and applies them with the sync connection
+ *   (ferry__sync_apply_scanned, or ferry__sync_line for other lines). Only the apply thread
+ *   touches the sync state while it runs; the sync thread again after joining it. The loop:
  *
  *       CONNECTING --token_cb--> POST --200--> CONNECTED --lines--> ...
  *           ^                      |                        |
@@ -13,8 +17,9 @@
  *
  *   The backoff starts at retry_delay_ms, doubles up to 30 s, has ±20% jitter, and goes back to
  *   the start once a checkpoint arrived. The curl progress callback (at least once a second)
- *   aborts the transfer on disconnect and retries a checkpoint that was blocked by uploads
- *   (upload_done), so only this thread ever touches the sync state.
+ *   aborts the transfer on disconnect or when the apply thread failed; the apply thread, when
+ *   no line came for 100 ms, commits a 250 ms old data-line transaction and retries a
+ *   checkpoint that was blocked by uploads (upload_done).
  *
  *   upload thread (upload_main): while ferry_crud has entries, POST the oldest upload_batch of
  *   them to /api/write; on 200 delete every entry the server answered for (applied, duplicate,
