@@ -174,7 +174,6 @@ struct gw_storage {
     bucket_t **pend_buckets;
     size_t npend_buckets, cap_pend_buckets;
     gw_buf_t chunk; /* scratch for a chunk's records */
-    gw_buf_t line;  /* scratch for op JSON */
     gw_buf_t members;
     gw_storage_hook_fn hook;
     void *hook_ud;
@@ -761,7 +760,6 @@ void gw_storage_close(gw_storage_t *s)
     for (size_t i = 0; i < s->nwcp_done; i++)
         free(s->wcp_done[i]);
     free(s->wcp_done);
-    gw_buf_free(&s->line);
     gw_buf_free(&s->pend);
     gw_buf_free(&s->chunk);
     free(s->pend_buckets);
@@ -1008,13 +1006,12 @@ static void append_u64(gw_buf_t *b, uint64_t v)
     gw_buf_append(b, tmp + n, sizeof(tmp) - n);
 }
 
-/* Append s as a JSON string (as gw_buf_json_str does, but copying runs of plain bytes at once:
- * this runs for every op's type, id, subkey and data). */
-static void append_json_str(gw_buf_t *b, const char *str)
+/* Append s escaped for the inside of a JSON string (as gw_buf_json_str does, without the quotes,
+ * copying runs of plain bytes at once: this runs for every op's type, id, subkey and data). */
+static void append_json_chars(gw_buf_t *b, const char *str)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)str, *run = p;
-    gw_buf_append(b, "\"", 1);
     for (;; p++) {
         unsigned char c = *p;
         if (c >= 0x20 && c != '"' && c != '\\')
@@ -1047,15 +1044,17 @@ static void append_json_str(gw_buf_t *b, const char *str)
         gw_buf_append(b, esc, n);
         run = p + 1;
     }
-    gw_buf_append(b, "\"", 1);
 }
 
 /* ---- op chunks ----
  *
  * A record: [u64 op_id][u32 checksum][u8 op][u32 ident_off][u32 ident_len][u32 line_len][line].
- * ident = line[ident_off, +ident_len) is the raw JSON of object_type, object_id and subkey of a
- * PUT/REMOVE (the identity compaction compares; empty for MOVE/CLEAR). Multi-byte fields are
- * in host byte order: the file is private to one machine's ferry. */
+ * line is the op's body, not its JSON (the JSON is rendered on reading, by render_op: a third
+ * fewer bytes to write, and readers only copy): for PUT/REMOVE [u32 n][object_type][u32 n]
+ * [object_id][u32 n][subkey] then, for PUT, the data to the end, every string already escaped
+ * for the inside of a JSON string; empty for MOVE/CLEAR. ident = line[ident_off, +ident_len) is
+ * the identity compaction compares (type, id and subkey). Multi-byte fields are in host byte
+ * order: the file is private to one machine's ferry. */
 enum { REC_HDR = 25, PEND_LINK = 4 };
 
 typedef struct rec {
@@ -1163,37 +1162,70 @@ static int flush_pending(gw_storage_t *s, gw_err_t *err)
 /* Queue an op of bucket b; its wire JSON is encoded here, once:
  * {"op_id":"N","op":"PUT","checksum":C,"object_type":…,"object_id":…,"subkey":…,"data":"…"}
  * (checksum before the identity, so the identity is one contiguous span of the line). */
-/* Append an op line's tail, everything after the op id:
- * ","op":"PUT","checksum":C,"object_type":…,"object_id":…,"subkey":…,"data":"…"}
- * ident_at, ident_end: where the identity span starts and ends in l. */
-static void encode_tail(gw_buf_t *l, int op, const char *type, const char *id, const char *subkey,
-                        const char *data, uint32_t checksum, size_t *ident_at, size_t *ident_end)
+/* Append a length-prefixed escaped string (the u32 length patched in after escaping). */
+static void append_field(gw_buf_t *l, const char *str)
 {
-    gw_buf_puts(l, op == OP_PUT ? "\",\"op\":\"PUT\",\"checksum\":"
-                                : "\",\"op\":\"REMOVE\",\"checksum\":");
-    append_u64(l, checksum);
-    *ident_at = l->len + 1; /* after the comma */
-    gw_buf_puts(l, ",\"object_type\":");
-    append_json_str(l, type);
-    gw_buf_puts(l, ",\"object_id\":");
-    append_json_str(l, id);
-    gw_buf_puts(l, ",\"subkey\":");
-    append_json_str(l, subkey);
+    size_t at = l->len;
+    static const unsigned char zero[4];
+    gw_buf_append(l, zero, 4);
+    append_json_chars(l, str);
+    uint32_t n = (uint32_t)(l->len - at - 4);
+    memcpy(l->data + at, &n, 4);
+}
+
+/* Append an op's body (see "op chunks"); ident_at/ident_end: the identity span in l. */
+static void encode_body(gw_buf_t *l, int op, const char *type, const char *id, const char *subkey,
+                        const char *data, size_t *ident_at, size_t *ident_end)
+{
+    *ident_at = l->len;
+    append_field(l, type);
+    append_field(l, id);
+    append_field(l, subkey);
     *ident_end = l->len;
-    if (op == OP_PUT) {
-        gw_buf_puts(l, ",\"data\":");
-        /* data is NUL-free JSON text; escape it as a JSON string */
-        append_json_str(l, data);
+    if (op == OP_PUT)
+        append_json_chars(l, data); /* data is NUL-free JSON text */
+}
+
+/* Append op line's JSON, rendered from the record, to out. */
+static void render_op(gw_buf_t *out, const rec_t *r)
+{
+    static const char *const names[] = {"", "PUT", "REMOVE", "MOVE", "CLEAR"};
+    gw_buf_puts(out, "{\"op_id\":\"");
+    append_u64(out, r->op_id);
+    gw_buf_puts(out, "\",\"op\":\"");
+    gw_buf_puts(out, r->op >= OP_PUT && r->op <= OP_CLEAR ? names[r->op] : "");
+    gw_buf_puts(out, "\",\"checksum\":");
+    append_u64(out, r->checksum);
+    if (r->op == OP_PUT || r->op == OP_REMOVE) {
+        static const char *const keys[3] = {",\"object_type\":\"", "\",\"object_id\":\"",
+                                            "\",\"subkey\":\""};
+        const unsigned char *p = (const unsigned char *)r->line, *end = p + r->line_len;
+        for (int i = 0; i < 3; i++) {
+            uint32_t n = 0;
+            if (end - p >= 4)
+                memcpy(&n, p, 4);
+            p += 4;
+            if (n > (size_t)(end - p))
+                n = 0; /* malformed: render an empty field rather than read past the record */
+            gw_buf_puts(out, keys[i]);
+            gw_buf_append(out, p, n);
+            p += n;
+        }
+        gw_buf_puts(out, "\"");
+        if (r->op == OP_PUT && p <= end) {
+            gw_buf_puts(out, ",\"data\":\"");
+            gw_buf_append(out, p, (size_t)(end - p));
+            gw_buf_puts(out, "\"");
+        }
     }
-    gw_buf_puts(l, "}");
+    gw_buf_puts(out, "}");
 }
 
 void gw_storage_encode_put(gw_buf_t *out, const rules_op_t *op, const char *subkey,
                            gw_op_tail_t *tail)
 {
     size_t start = out->len, ia, ie;
-    encode_tail(out, OP_PUT, op->object_type, op->object_id, subkey, op->data, op->checksum, &ia,
-                &ie);
+    encode_body(out, OP_PUT, op->object_type, op->object_id, subkey, op->data, &ia, &ie);
     tail->len = out->len - start;
     tail->ident_off = ia - start;
     tail->ident_len = ie - ia;
@@ -1209,15 +1241,13 @@ static int write_op(gw_storage_t *s, bucket_t *b, int op, const char *type, cons
     static const unsigned char zero[PEND_LINK + REC_HDR];
     gw_buf_append(l, zero, sizeof(zero));
     size_t line_at = l->len;
-    gw_buf_puts(l, "{\"op_id\":\"");
-    append_u64(l, op_id);
     size_t ident_at, ident_end;
     if (tail != NULL) {
         ident_at = l->len + tail->ident_off;
         ident_end = ident_at + tail->ident_len;
         gw_buf_append(l, tail->text, tail->len);
     } else {
-        encode_tail(l, op, type, id, subkey, data, checksum, &ident_at, &ident_end);
+        encode_body(l, op, type, id, subkey, data, &ident_at, &ident_end);
     }
     /* fill in the record header and link it behind the bucket's last pending op */
     unsigned char *e = (unsigned char *)l->data + at;
@@ -1553,18 +1583,6 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
 
 /* ---- compaction (powersync-protocol §3.4) ---- */
 
-static void compact_line(gw_buf_t *l, const char *op, uint64_t op_id, uint32_t checksum)
-{
-    gw_buf_reset(l);
-    gw_buf_puts(l, "{\"op_id\":\"");
-    append_u64(l, op_id);
-    gw_buf_puts(l, "\",\"op\":\"");
-    gw_buf_puts(l, op);
-    gw_buf_puts(l, "\",\"checksum\":");
-    append_u64(l, checksum);
-    gw_buf_puts(l, "}");
-}
-
 /* Statements of one compaction. */
 enum { CQ_IDS, CQ_GET, CQ_SET, CQ_DEL, CQ_COUNT };
 
@@ -1653,8 +1671,23 @@ static int compact_moves(gw_storage_t *s, const int64_t *ids, size_t nids, sqlit
             rec_read((const unsigned char *)in.data + offs[i], in.len - offs[i], &r);
             if (r.op != OP_PUT && r.op != OP_REMOVE)
                 continue;
+            /* the identity's three strings joined by 0x1f (they are escaped: no control bytes;
+             * the body's length prefixes hold NULs, and map keys are C strings) */
             gw_buf_reset(&key);
-            gw_buf_append(&key, r.ident, r.ident_len);
+            const unsigned char *ip = (const unsigned char *)r.ident, *ie = ip + r.ident_len;
+            for (int f = 0; f < 3 && ie - ip >= 4; f++) {
+                uint32_t n;
+                memcpy(&n, ip, 4);
+                ip += 4;
+                if (n > (size_t)(ie - ip))
+                    n = (uint32_t)(ie - ip);
+                if (f > 0)
+                    gw_buf_append(&key, "\x1f", 1);
+                gw_buf_append(&key, ip, n);
+                ip += n;
+            }
+            if (key.data == NULL)
+                gw_buf_puts(&key, "");
             if (gw_map_get(&seen, key.data) == NULL) {
                 gw_map_put(&seen, key.data, (void *)1);
             } else {
@@ -1667,9 +1700,7 @@ static int compact_moves(gw_storage_t *s, const int64_t *ids, size_t nids, sqlit
             for (size_t i = 0; i < n; i++) {
                 rec_read((const unsigned char *)in.data + offs[i], in.len - offs[i], &r);
                 if (is_move[i]) {
-                    compact_line(&s->line, "MOVE", r.op_id, r.checksum);
-                    rec_append(&out, r.op_id, r.checksum, OP_MOVE, 0, 0, s->line.data,
-                               s->line.len);
+                    rec_append(&out, r.op_id, r.checksum, OP_MOVE, 0, 0, "", 0);
                 } else {
                     gw_buf_append(&out, in.data + offs[i], r.size);
                 }
@@ -1723,8 +1754,7 @@ static int compact_clear(gw_storage_t *s, bucket_t *b, const int64_t *ids, size_
                 rc = sql_err(s->db, err, "delete cleared ops");
             sqlite3_reset(q[CQ_DEL]);
         }
-        compact_line(&s->line, "CLEAR", last, sum);
-        rec_append(&out, last, sum, OP_CLEAR, 0, 0, s->line.data, s->line.len);
+        rec_append(&out, last, sum, OP_CLEAR, 0, 0, "", 0);
         if (rc == 0 && stopped) {
             /* the CLEAR replaces the prefix part of the chunk that holds the first PUT */
             gw_buf_append(&out, in.data + stop_off, in.len - stop_off);
@@ -2221,8 +2251,9 @@ int gw_storage_read_ops(gw_storage_reader_t *r, const char *bucket, uint64_t aft
                 }
                 if (*nops > 0)
                     gw_buf_append(out, ",", 1);
-                gw_buf_append(out, rec.line, rec.line_len);
-                bytes += rec.line_len;
+                size_t before = out->len;
+                render_op(out, &rec);
+                bytes += out->len - before;
                 *last = rec.op_id;
                 (*nops)++;
             }
