@@ -2210,11 +2210,13 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
     gw_buf_printf(out, "ferry_storage_commits_total %llu\n",
                   (unsigned long long)atomic_load(&r->m_commits));
     gw_buf_puts(out, "# HELP ferry_storage_commit_seconds_total Time spent committing to storage "
-                     "(writing and syncing).\n# TYPE ferry_storage_commit_seconds_total counter\n");
+                     "(writing the WAL; the syncer thread syncs it).\n"
+                     "# TYPE ferry_storage_commit_seconds_total counter\n");
     gw_buf_printf(out, "ferry_storage_commit_seconds_total %.6f\n",
                   (double)atomic_load(&r->m_commit_us) / 1e6);
     gw_hist_render(out, &r->h_commit, "ferry_storage_commit_duration_seconds",
-                   "Duration of each storage commit (writing and syncing).");
+                   "Duration of each storage commit (writing the WAL; the syncer thread "
+                   "syncs it).");
     gw_hist_render(out, &r->h_source, "ferry_replication_source_to_storage_seconds",
                    "From a Postgres commit to the storage commit that holds it (the "
                    "first transaction of each batch).");

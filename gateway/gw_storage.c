@@ -716,32 +716,32 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
     return 0;
 }
 
+/* Set *stop under lock, wake the thread waiting on cond, and join it. */
+static void stop_thread(pthread_t t, pthread_mutex_t *lock, pthread_cond_t *cond, int *stop)
+{
+    pthread_mutex_lock(lock);
+    *stop = 1;
+    pthread_cond_signal(cond);
+    pthread_mutex_unlock(lock);
+    pthread_join(t, NULL);
+}
+
 void gw_storage_close(gw_storage_t *s)
 {
     if (s == NULL)
         return;
     if (s->in_txn)
         gw_storage_rollback(s);
-    if (s->sync_started) {
-        /* the syncer publishes every queued commit before it ends */
-        pthread_mutex_lock(&s->sync_lock);
-        s->sync_stop = 1;
-        pthread_cond_signal(&s->sync_cond);
-        pthread_mutex_unlock(&s->sync_lock);
-        pthread_join(s->sync_thread, NULL);
-    }
+    /* the syncer publishes every queued commit before it ends */
+    if (s->sync_started)
+        stop_thread(s->sync_thread, &s->sync_lock, &s->sync_cond, &s->sync_stop);
     pthread_mutex_destroy(&s->sync_lock);
     pthread_cond_destroy(&s->sync_cond);
     pthread_cond_destroy(&s->sync_done_cond);
     if (s->wal_fd >= 0)
         close(s->wal_fd);
-    if (s->ckpt_started) {
-        pthread_mutex_lock(&s->ckpt_lock);
-        s->ckpt_stop = 1;
-        pthread_cond_signal(&s->ckpt_cond);
-        pthread_mutex_unlock(&s->ckpt_lock);
-        pthread_join(s->ckpt_thread, NULL);
-    }
+    if (s->ckpt_started)
+        stop_thread(s->ckpt_thread, &s->ckpt_lock, &s->ckpt_cond, &s->ckpt_stop);
     pthread_mutex_destroy(&s->ckpt_lock);
     pthread_cond_destroy(&s->ckpt_cond);
     pthread_mutex_destroy(&s->ckpt_run);

@@ -153,7 +153,7 @@ echo "BENCH replication_changes_per_s $ferry_rate changes/s ferry, $changes chan
 echo "BENCH replication_pg_recvlogical_per_s $recv_rate changes/s pg_recvlogical draining the same changes (the limit)"
 echo "BENCH replication_ratio_to_pg_recvlogical $ratio % goal >= 50"
 echo "BENCH replication_cpu_us_per_change $(echo "scale=2; 1000000 * $cpu_s / $changes" | bc) us ferry CPU (user+sys) per change, ${cpu_s} s in all"
-echo "BENCH replication_storage_commits ${commits:-0} commits ferry's storage commits for the catch-up, ${commit_s:-0} s in them (writing and syncing)"
+echo "BENCH replication_storage_commits ${commits:-0} commits ferry's storage commits for the catch-up, ${commit_s:-0} s in them (writing the WAL)"
 echo "BENCH replication_apply_thread_cpu $(echo "$threads" | tr ' ' '\n' | sed -n 's/^ferry-apply=\(.*\)s$/\1/p') s CPU of the storage-writing thread; every thread: $threads"
 echo "BENCH replication_bytes_written_per_change $(( ${wbytes:-0} / changes )) B ferry's writes to disk per change (storage WAL and its checkpoints)"
 echo "BENCH replication_peak_rss $((hwm / 1024)) MB ferry VmHWM, goal < 100"

@@ -138,7 +138,7 @@ echo "BENCH stream_fanout_latency_p50 $(lat p50) ms $fan_n streams, $fan_rate co
 echo "BENCH stream_fanout_latency_p99 $(lat p99) ms goal <= 20"
 echo "BENCH stream_fanout_latency_max $(lat max) ms"
 echo "BENCH stream_fanout_ferry_commit_to_send_mean $srv_p ms ferry's histogram (storage commit to send), all streams since start"
-echo "BENCH stream_fanout_storage_commits_over_20ms $slow_commit % of ferry's storage commits (write + fsync) slower than 20 ms"
+echo "BENCH stream_fanout_storage_commits_over_20ms $slow_commit % of ferry's storage commits (WAL writes) slower than 20 ms"
 echo "BENCH stream_fanout_source_to_storage_over_20ms $slow_source % of batches committed to storage more than 20 ms after their Postgres commit"
 echo "BENCH stream_churn_reconnect_all_seconds $churn_max s slowest of $((churn_k - 1)) storms of $churn_n clients reconnecting at once"
 echo "BENCH stream_churn_rss_per_reconnect $churn_kb KB closed streams are held until their next keepalive (20 s)"
