@@ -301,6 +301,7 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     if (rc == 0)
         gw_storage_set_version(storage, r->version);
     if (rc != 0) {
+        gw_storage_set_durable_fn(storage, NULL, NULL); /* the caller keeps the storage */
         r->st = NULL;
         gw_repl_destroy(r);
         return rc;
@@ -374,12 +375,13 @@ void gw_repl_destroy(gw_repl_t *r)
         next = t->next;
         t->done(t->ud, GW_EUNAVAIL);
     }
+    /* closing storage publishes its last commits, which write to task_fd: close it first */
+    gw_storage_close(r->st);
     if (r->task_fd >= 0)
         close(r->task_fd);
     pthread_mutex_destroy(&r->task_lock);
     gw_map_free(&r->rels);
     free_tables(r);
-    gw_storage_close(r->st);
     rules_unref(r->rules);
     rules_ops_free(&r->ops);
     rules_lookups_free(&r->lookups);

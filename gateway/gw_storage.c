@@ -547,8 +547,10 @@ static void *sync_main(void *arg)
 
 void gw_storage_set_durable_fn(gw_storage_t *s, void (*fn)(uint64_t lsn, void *ud), void *ud)
 {
+    pthread_mutex_lock(&s->sync_lock); /* the syncer takes this lock between jobs */
     s->durable_fn = fn;
     s->durable_ud = ud;
+    pthread_mutex_unlock(&s->sync_lock);
 }
 
 /* ---- checkpointer ---- */

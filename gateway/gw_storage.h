@@ -80,7 +80,8 @@ int gw_storage_commit_async(gw_storage_t *s, uint64_t lsn, gw_err_t *err);
 
 /**
  * Install fn, called on the syncer thread with the LSN of each commit once it is durable (the
- * position that may be acknowledged to Postgres). Must not block. Set before the first commit.
+ * position that may be acknowledged to Postgres). Must not block. Set or clear it while no
+ * commit awaits its sync.
  */
 void gw_storage_set_durable_fn(gw_storage_t *s, void (*fn)(uint64_t lsn, void *ud), void *ud);
 
