@@ -617,7 +617,7 @@ static int on_wal(void *ud, sqlite3 *db, const char *name, int frames)
 
 /* Whether the file holds an older layout: a table "ops" with one row per op (layouts 1 and 2),
  * or stored rows without the layout mark. A fresh file gets the mark. */
-static int old_layout(sqlite3 *db)
+static int other_layout(sqlite3 *db)
 {
     sqlite3_stmt *q;
     int old = 0;
@@ -681,7 +681,7 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
         gw_storage_close(s);
         return GW_EIO;
     }
-    if (old_layout(s->db)) {
+    if (other_layout(s->db)) {
         gw_err_set(err, GW_EIO, "storage",
                    "cannot use \"%s\": it was written by an older ferry with another ops layout",
                    path);
@@ -1188,6 +1188,22 @@ static void encode_body(gw_buf_t *l, int op, const char *type, const char *id, c
         append_json_chars(l, data); /* data is NUL-free JSON text */
 }
 
+/* Take the next length-prefixed field of an op body: 1 and *str, *n, or 0 when malformed. */
+static int body_field(const unsigned char **p, const unsigned char *end, const char **str,
+                      size_t *n)
+{
+    uint32_t len;
+    if (end - *p < 4)
+        return 0;
+    memcpy(&len, *p, 4);
+    if (len > (size_t)(end - *p - 4))
+        return 0;
+    *str = (const char *)*p + 4;
+    *n = len;
+    *p += 4 + len;
+    return 1;
+}
+
 /* Append op line's JSON, rendered from the record, to out. */
 static void render_op(gw_buf_t *out, const rec_t *r)
 {
@@ -1202,19 +1218,17 @@ static void render_op(gw_buf_t *out, const rec_t *r)
         static const char *const keys[3] = {",\"object_type\":\"", "\",\"object_id\":\"",
                                             "\",\"subkey\":\""};
         const unsigned char *p = (const unsigned char *)r->line, *end = p + r->line_len;
+        int ok = 1;
         for (int i = 0; i < 3; i++) {
-            uint32_t n = 0;
-            if (end - p >= 4)
-                memcpy(&n, p, 4);
-            p += 4;
-            if (n > (size_t)(end - p))
-                n = 0; /* malformed: render an empty field rather than read past the record */
+            const char *str = "";
+            size_t n = 0;
+            /* malformed: render empty fields rather than read past the record */
+            ok = ok && body_field(&p, end, &str, &n);
             gw_buf_puts(out, keys[i]);
-            gw_buf_append(out, p, n);
-            p += n;
+            gw_buf_append(out, str, ok ? n : 0);
         }
         gw_buf_puts(out, "\"");
-        if (r->op == OP_PUT && p <= end) {
+        if (r->op == OP_PUT && ok) {
             gw_buf_puts(out, ",\"data\":\"");
             gw_buf_append(out, p, (size_t)(end - p));
             gw_buf_puts(out, "\"");
@@ -1314,6 +1328,37 @@ static const char *bare_table(const char *table)
     return dot != NULL ? dot + 1 : table;
 }
 
+/* One string of a membership: implied (then it is `value`) or [u16 n][bytes] at *q. 0 when
+ * malformed. */
+static int member_str(const unsigned char **q, const unsigned char *end, int implied,
+                      const char *value, const char **str, size_t *n)
+{
+    if (implied) {
+        *str = value;
+        *n = strlen(value);
+        return 1;
+    }
+    uint16_t len;
+    if (end - *q < 2)
+        return 0;
+    memcpy(&len, *q, 2);
+    if (end - *q < 2 + len)
+        return 0;
+    *str = (const char *)*q + 2;
+    *n = len;
+    *q += 2 + len;
+    return 1;
+}
+
+static void put_member_str(gw_buf_t *out, int implied, const char *str)
+{
+    if (implied)
+        return;
+    uint16_t len = (uint16_t)strnlen(str, 65535);
+    gw_buf_append(out, &len, 2);
+    gw_buf_append(out, str, len);
+}
+
 static int next_member(const unsigned char **p, const unsigned char *end, const gw_row_ref_t *ref,
                        member_t *m)
 {
@@ -1324,34 +1369,9 @@ static int next_member(const unsigned char **p, const unsigned char *end, const 
     unsigned flags = (*p)[4];
     const unsigned char *q = *p + 5;
     m->bucket_id = bid;
-    if (flags & M_TYPE) {
-        m->type = bare_table(ref->table);
-        m->tlen = strlen(m->type);
-    } else {
-        uint16_t tl;
-        if (end - q < 2)
-            return 0;
-        memcpy(&tl, q, 2);
-        if (end - q < 2 + tl)
-            return 0;
-        m->type = (const char *)q + 2;
-        m->tlen = tl;
-        q += 2 + tl;
-    }
-    if (flags & M_ID) {
-        m->id = ref->key;
-        m->ilen = strlen(ref->key);
-    } else {
-        uint16_t il;
-        if (end - q < 2)
-            return 0;
-        memcpy(&il, q, 2);
-        if (end - q < 2 + il)
-            return 0;
-        m->id = (const char *)q + 2;
-        m->ilen = il;
-        q += 2 + il;
-    }
+    if (!member_str(&q, end, flags & M_TYPE, bare_table(ref->table), &m->type, &m->tlen) ||
+        !member_str(&q, end, flags & M_ID, ref->key, &m->id, &m->ilen))
+        return 0;
     *p = q;
     return 1;
 }
@@ -1364,16 +1384,8 @@ static void add_member(gw_buf_t *out, const gw_row_ref_t *ref, int64_t bucket_id
                                           (strcmp(id, ref->key) == 0 ? M_ID : 0));
     gw_buf_append(out, &bid, 4);
     gw_buf_append(out, &flags, 1);
-    if (!(flags & M_TYPE)) {
-        uint16_t tl = (uint16_t)strnlen(type, 65535);
-        gw_buf_append(out, &tl, 2);
-        gw_buf_append(out, type, tl);
-    }
-    if (!(flags & M_ID)) {
-        uint16_t il = (uint16_t)strnlen(id, 65535);
-        gw_buf_append(out, &il, 2);
-        gw_buf_append(out, id, il);
-    }
+    put_member_str(out, flags & M_TYPE, type);
+    put_member_str(out, flags & M_ID, id);
 }
 
 /* Copy n bytes of p into buf (len bytes) as a string, truncated to fit. */
@@ -1677,16 +1689,12 @@ static int compact_moves(gw_storage_t *s, const int64_t *ids, size_t nids, sqlit
              * the body's length prefixes hold NULs, and map keys are C strings) */
             gw_buf_reset(&key);
             const unsigned char *ip = (const unsigned char *)r.ident, *ie = ip + r.ident_len;
-            for (int f = 0; f < 3 && ie - ip >= 4; f++) {
-                uint32_t n;
-                memcpy(&n, ip, 4);
-                ip += 4;
-                if (n > (size_t)(ie - ip))
-                    n = (uint32_t)(ie - ip);
+            const char *str;
+            size_t n;
+            for (int f = 0; f < 3 && body_field(&ip, ie, &str, &n); f++) {
                 if (f > 0)
                     gw_buf_append(&key, "\x1f", 1);
-                gw_buf_append(&key, ip, n);
-                ip += n;
+                gw_buf_append(&key, str, n);
             }
             if (key.data == NULL)
                 gw_buf_puts(&key, "");
