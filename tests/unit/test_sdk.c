@@ -481,6 +481,274 @@ START_TEST(test_sdk_publish_new_bucket_highest_op_wins)
 }
 END_TEST
 
+/* ---- storing PUTs 32 per statement: the conflict path ------------------------------------------ */
+
+/* 40 PUTs in one line (a batch of 32, then 8): keys r5, r20 and r35 are stored already (and r35
+ * was published), r7 comes twice in the line. Only those ops are replaced one by one: the key
+ * keeps one op, the newest; the replaced op's checksum moves from op_checksum to add_checksum;
+ * the published row takes the new data. */
+static void put_ops(char *ops, size_t cap, const char *const *ids, const int *rows, int n,
+                    const char *tag, long long ck0)
+{
+    ops[0] = 0;
+    for (int i = 0; i < n; i++) {
+        char obj[16], data[64];
+        snprintf(obj, sizeof obj, "r%d", rows[i]);
+        snprintf(data, sizeof data, "{\\\"description\\\":\\\"%s %d\\\"}", tag, i);
+        size_t len = strlen(ops);
+        snprintf(ops + len, cap - len, "%s%s", i ? "," : "",
+                 op(ids[i], "PUT", obj, obj, data, ck0 + i));
+    }
+}
+
+START_TEST(test_sdk_put_batch_conflict_replaces_and_moves_checksum)
+{
+    static char ops[16384], l[20000];
+    /* line 1: r5 (op 1, ck 1000), r20 (op 2, ck 1001), r35 (op 3, ck 1002) */
+    const char *ids1[] = {"1", "2", "3"};
+    const int rows1[] = {5, 20, 35};
+    cp("3", "{\"bucket\":\"c\",\"checksum\":3003}");
+    put_ops(ops, sizeof ops, ids1, rows1, 3, "old", 1000);
+    snprintf(l, sizeof l, "{\"data\":{\"bucket\":\"c\",\"data\":[%s]}}", ops);
+    ck_assert_int_eq(line(l), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"3\"}}"), 0);
+    ck_assert_str_eq(q("SELECT description FROM todos WHERE id = 'r35'"), "old 2");
+    /* line 2: ops 10..49 for rows 0..39, except that position 8 is r7 again (op 18) */
+    char idbuf[40][8];
+    const char *ids2[40];
+    int rows2[40];
+    long long sum2 = 0;
+    for (int i = 0; i < 40; i++) {
+        snprintf(idbuf[i], sizeof idbuf[i], "%d", 10 + i);
+        ids2[i] = idbuf[i];
+        rows2[i] = i == 8 ? 7 : i;
+        sum2 += 2000 + i;
+    }
+    put_ops(ops, sizeof ops, ids2, rows2, 40, "new", 2000);
+    char cpl[256];
+    snprintf(cpl, sizeof cpl, "{\"bucket\":\"c\",\"checksum\":%lld}", 3003 + sum2);
+    cp("49", cpl);
+    snprintf(l, sizeof l, "{\"data\":{\"bucket\":\"c\",\"data\":[%s]}}", ops);
+    ck_assert_int_eq(line(l), 0);
+    /* one op per key: rows 0..39 (r8 never came), r5/r20/r35 replaced, r7 holds its second op */
+    ck_assert_str_eq(q("SELECT count(*) || ':' || count(DISTINCT row_id) FROM ferry_oplog"), "39:39");
+    ck_assert_str_eq(q("SELECT count(*) FROM ferry_oplog WHERE row_id = 'r8'"), "0");
+    ck_assert_str_eq(q("SELECT group_concat(row_id || '=' || op_id || '/' || hash, ' ') FROM "
+                       "(SELECT * FROM ferry_oplog WHERE row_id IN ('r5', 'r7', 'r20', 'r35') "
+                       "ORDER BY row_id)"),
+                     "r20=30/2020 r35=45/2035 r5=15/2005 r7=18/2008");
+    /* moved: the three stored ops (1000 + 1001 + 1002) and r7's first op of this line (2007) */
+    char want[64];
+    snprintf(want, sizeof want, "%lld:%lld", 1000LL + 1001 + 1002 + 2007, sum2 - 2007);
+    ck_assert_str_eq(q("SELECT add_checksum || ':' || op_checksum FROM ferry_buckets"), want);
+    ck_assert_str_eq(q("SELECT count FROM ferry_buckets"), "43");
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"49\"}}"), 0);
+    ck_assert_int_eq(db->status.checksum_failures, 0);
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || description, ' ') FROM (SELECT * FROM "
+                       "todos WHERE id IN ('r5', 'r7', 'r20', 'r35') ORDER BY id)"),
+                     "r20=new 20 r35=new 35 r5=new 5 r7=new 8");
+    ck_assert_str_eq(q("SELECT count(*) FROM todos"), "39");
+}
+END_TEST
+
+/* ---- the C JSON row reader (ferry_jok / ferry_col) against json_extract ------------------------ */
+
+/* Each case: a row's data, a key, whether the C reader takes the row (ferry_jok). When it does,
+ * ferry_col must return what json_extract returns, value and type; when it does not, publishing
+ * uses json_extract, so the reader must refuse every row where it could differ. */
+static const struct {
+    const char *data, *key;
+    int jok;
+} JROWS[] = {
+    {"{\"a\":\"plain\",\"b\":1}", "a", 1},
+    {"{\"a\":\"plain\",\"b\":1}", "b", 1},
+    {"{\"a\":\"plain\",\"b\":1}", "missing", 1},
+    {" { \"a\" :\t\"spaced\" ,\r\n \"b\" : -42 } ", "b", 1},
+    {" { \"a\" :\t\"spaced\" ,\r\n \"b\" : -42 } ", "a", 1},
+    {"{\"e\":\"q\\\"b\\\\s\\/n\\nt\\tr\\rb\\bf\\f\"}", "e", 1},
+    {"{\"u\":\"caf\xc3\xa9 \xf0\x9f\x98\x80\"}", "u", 1},
+    {"{\"x\":\"\\u00e9\"}", "x", 0},          /* \u escapes: json_extract's */
+    {"{\"x\":\"a\\ud83d\\ude00\"}", "x", 0},
+    {"{\"k\\\"ey\":1}", "k\"ey", 0},          /* an escaped key */
+    {"{\"t\":true,\"f\":false,\"n\":null}", "t", 1},
+    {"{\"t\":true,\"f\":false,\"n\":null}", "f", 1},
+    {"{\"t\":true,\"f\":false,\"n\":null}", "n", 1},
+    {"{\"i\":0}", "i", 1},
+    {"{\"i\":-0}", "i", 1},
+    {"{\"i\":999999999999999999}", "i", 1},   /* 18 digits */
+    {"{\"i\":-999999999999999999}", "i", 1},
+    {"{\"i\":9223372036854775807}", "i", 0},  /* 19 digits */
+    {"{\"i\":12345678901234567890123}", "i", 0},
+    {"{\"r\":1.5}", "r", 0},                  /* reals */
+    {"{\"r\":1e3}", "r", 0},
+    {"{\"r\":-2.5E-3}", "r", 0},
+    {"{\"o\":{\"a\":1},\"s\":\"x\"}", "s", 0},  /* nested values */
+    {"{\"o\":[1,2],\"s\":\"x\"}", "o", 0},
+    {"{\"d\":\"first\",\"d\":\"second\"}", "d", 1}, /* duplicate keys: the first */
+    {"{}", "a", 1},
+    {"{\"a\":\"x\"} trailing", "a", 0},      /* malformed */
+    {"{\"a\":\"unterminated}", "a", 0},
+    {"{\"a\":01}", "a", 0},
+    {"{\"a\":+1}", "a", 0},
+    {"{\"a\":tru}", "a", 0},
+    {"{\"a\":\"bad \\x escape\"}", "a", 0},
+    {"{\"a\":\"ctl \x01 char\"}", "a", 0},
+    {"{\"a\" \"b\"}", "a", 0},
+    {"{\"a\":1,}", "a", 0},
+    {"[1,2]", "a", 0},
+    {"\"text\"", "a", 0},
+    {"", "a", 0},
+};
+
+START_TEST(test_sdk_row_reader_matches_json_extract)
+{
+    sqlite3_stmt *st;
+    ck_assert_int_eq(sqlite3_prepare_v2(sconn,
+                                        "SELECT ferry_jok(?1), CASE WHEN ferry_jok(?1) THEN "
+                                        "ferry_col(?1, ?2) END, json_extract(?1, '$.\"' || ?2 || '\"')",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    for (size_t i = 0; i < sizeof JROWS / sizeof JROWS[0]; i++) {
+        sqlite3_bind_text(st, 1, JROWS[i].data, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, JROWS[i].key, -1, SQLITE_STATIC);
+        int r = sqlite3_step(st);
+        if (!JROWS[i].jok) {
+            /* refused; json_extract then answers (or fails on malformed JSON) */
+            ck_assert_msg(r == SQLITE_ERROR || (r == SQLITE_ROW && sqlite3_column_int(st, 0) == 0),
+                          "case %zu (%s): the reader took it", i, JROWS[i].data);
+            sqlite3_reset(st);
+            continue;
+        }
+        ck_assert_msg(r == SQLITE_ROW, "case %zu: %s", i, sqlite3_errmsg(sconn));
+        ck_assert_msg(sqlite3_column_int(st, 0) == 1, "case %zu (%s): refused", i, JROWS[i].data);
+        int tc = sqlite3_column_type(st, 1), tj = sqlite3_column_type(st, 2);
+        ck_assert_msg(tc == tj, "case %zu (%s): type %d, json_extract %d", i, JROWS[i].data, tc, tj);
+        if (tj == SQLITE_INTEGER)
+            ck_assert_msg(sqlite3_column_int64(st, 1) == sqlite3_column_int64(st, 2), "case %zu", i);
+        if (tj == SQLITE_TEXT) {
+            int n = sqlite3_column_bytes(st, 1);
+            ck_assert_msg(n == sqlite3_column_bytes(st, 2) &&
+                              memcmp(sqlite3_column_text(st, 1), sqlite3_column_text(st, 2),
+                                     (size_t)n) == 0,
+                          "case %zu: \"%s\" vs json_extract \"%s\"", i, sqlite3_column_text(st, 1),
+                          sqlite3_column_text(st, 2));
+        }
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    /* end to end: a new bucket published set-based; each row's description (a text column)
+     * equals what json_extract makes of its data, whichever of the two read it */
+    const char *rows[] = {"{\\\"description\\\":\\\"tab\\\\there\\\",\\\"done\\\":1}",
+                          "{\\\"description\\\":\\\"\\\\u00e9t\\\\u00e9\\\",\\\"done\\\":2}",
+                          "{\\\"description\\\":{\\\"nested\\\":[1]},\\\"done\\\":3}",
+                          "{\\\"description\\\":12,\\\"score\\\":2.5}",
+                          "{\\\"description\\\":\\\"dup\\\",\\\"description\\\":\\\"second\\\"}"};
+    char ops[4096] = "";
+    for (int i = 0; i < 5; i++) {
+        char id[8], obj[8];
+        snprintf(id, sizeof id, "%d", i + 1);
+        snprintf(obj, sizeof obj, "j%d", i);
+        if (i) strcat(ops, ",");
+        strcat(ops, op(id, "PUT", obj, obj, rows[i], 1));
+    }
+    cp("5", "{\"bucket\":\"j\",\"checksum\":5}");
+    ck_assert_int_eq(line(data_line("j", ops)), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"5\"}}"), 0);
+    ck_assert_str_eq(q("SELECT count(*) FROM todos t JOIN ferry_oplog o ON o.row_id = t.id WHERE "
+                       "t.description IS CAST(json_extract(o.data, '$.description') AS TEXT) AND "
+                       "t.done IS json_extract(o.data, '$.done') AND "
+                       "t.score IS json_extract(o.data, '$.score')"),
+                     "5");
+    ck_assert_str_eq(q("SELECT group_concat(description, '|') FROM (SELECT * FROM todos ORDER BY id)"),
+                     "tab\there|\xc3\xa9t\xc3\xa9|{\"nested\":[1]}|12|dup");
+}
+END_TEST
+
+/* ---- the oplog layout migration ----------------------------------------------------------------- */
+
+/* A file written by the first release: the oplog keyed by a "type/id/subkey" string, with a
+ * unique (bucket, key) index and a (row_type, row_id, op_id) index. Opening it rewrites the
+ * oplog once into one table and one index; every op keeps its bucket, ids, subkey (even one
+ * holding '/'), op id, checksum, data and arrival order (rowids renumbered in that order), and
+ * syncing goes on from there. */
+START_TEST(test_sdk_oplog_layout_migrated_once)
+{
+    teardown();
+    snprintf(path, sizeof path, "/tmp/ferry-test-sdk.%d.db", (int)getpid());
+    sqlite3 *c;
+    ck_assert_int_eq(sqlite3_open(path, &c), SQLITE_OK);
+    ck_assert_int_eq(
+        sqlite3_exec(c,
+                     "PRAGMA journal_mode=WAL;"
+                     "CREATE TABLE ferry_kv(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+                     "CREATE TABLE ferry_crud(id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                     " tx_id INTEGER NOT NULL, op TEXT NOT NULL, type TEXT NOT NULL,"
+                     " row_id TEXT NOT NULL, data TEXT);"
+                     "CREATE TABLE ferry_buckets(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+                     " last_op INTEGER NOT NULL DEFAULT 0, add_checksum INTEGER NOT NULL DEFAULT 0,"
+                     " op_checksum INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0,"
+                     " priority INTEGER NOT NULL DEFAULT 3);"
+                     "CREATE TABLE ferry_oplog(bucket INTEGER NOT NULL, key TEXT NOT NULL,"
+                     " op_id INTEGER NOT NULL, row_type TEXT NOT NULL, row_id TEXT NOT NULL,"
+                     " data TEXT, hash INTEGER NOT NULL, UNIQUE(bucket, key));"
+                     "CREATE INDEX ferry_oplog_row ON ferry_oplog(row_type, row_id, op_id);"
+                     "CREATE TABLE ferry_updated(row_type TEXT NOT NULL, row_id TEXT NOT NULL,"
+                     " bucket INTEGER NOT NULL, PRIMARY KEY(row_type, row_id, bucket)) WITHOUT ROWID;"
+                     "INSERT INTO ferry_kv VALUES ('client_id', '00000000-0000-4000-8000-000000000001');"
+                     "INSERT INTO ferry_buckets(id, name, last_op, add_checksum, op_checksum, count)"
+                     " VALUES (1, 'old', 7, 5, 60, 4);"
+                     /* arrival order is not key order; b's subkey holds slashes */
+                     "INSERT INTO ferry_oplog(rowid, bucket, key, op_id, row_type, row_id, data, hash)"
+                     " VALUES (10, 1, 'todos/z/z', 3, 'todos', 'z', '{\"description\":\"Z\"}', 10),"
+                     " (11, 1, 'todos/b/x/y/z', 5, 'todos', 'b', '{\"description\":\"B\",\"done\":1}', 20),"
+                     " (12, 1, 'todos/a/null', 7, 'todos', 'a', NULL, 30);",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(c);
+    ferry_error_t err;
+    ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
+    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    const char *ops_now =
+        "1:1/todos/z/z/3/10/{\"description\":\"Z\"}/todos/z/z "
+        "2:1/todos/b/x/y/z/5/20/{\"description\":\"B\",\"done\":1}/todos/b/x/y/z "
+        "3:1/todos/a/null/7/30/-/todos/a/null";
+    const char *dump = "SELECT group_concat(rowid || ':' || bucket || '/' || row_type || '/' || "
+                       "row_id || '/' || subkey || '/' || op_id || '/' || hash || '/' || "
+                       "ifnull(data, '-') || '/' || key, ' ') FROM (SELECT rowid, * FROM "
+                       "ferry_oplog ORDER BY rowid)";
+    ck_assert_str_eq(q(dump), ops_now);
+    ck_assert_str_eq(q("SELECT group_concat(name) FROM sqlite_schema WHERE tbl_name = 'ferry_oplog' "
+                       "AND type = 'index'"), "ferry_oplog_key");
+    ck_assert_str_eq(q("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'ferry_oplog_old%'"), "0");
+    /* the new table todos was filled from the migrated oplog (a's op has no data: id only) */
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || ifnull(description, '-'), ' ') FROM "
+                       "(SELECT * FROM todos ORDER BY id)"), "a=- b=B z=Z");
+    ck_assert_str_eq(q("SELECT client_id FROM (SELECT value AS client_id FROM ferry_kv WHERE "
+                       "key = 'client_id')"), "00000000-0000-4000-8000-000000000001");
+    char root[32];
+    snprintf(root, sizeof root, "%s", q("SELECT rootpage FROM sqlite_schema WHERE name = 'ferry_oplog'"));
+    /* opened again: already in the new layout, not rewritten */
+    ferry__sync_free(&db->sync);
+    sqlite3_close_v2(sconn);
+    ferry_close(db);
+    ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
+    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    ck_assert_str_eq(q("SELECT rootpage FROM sqlite_schema WHERE name = 'ferry_oplog'"), root);
+    ck_assert_str_eq(q(dump), ops_now);
+    /* and syncing goes on: a PUT of b's key (subkey with slashes) replaces the migrated op,
+     * its checksum moving to add_checksum; the bucket validates (5 + 60 + 40 - 20 + 20 = 105) */
+    cp("8", "{\"bucket\":\"old\",\"checksum\":105}");
+    ck_assert_int_eq(line(data_line("old", op("8", "PUT", "b", "x/y/z", "{\\\"description\\\":\\\"B2\\\"}", 40))), 0);
+    ck_assert_str_eq(q("SELECT add_checksum || ':' || op_checksum || ':' || count(*) FROM "
+                       "ferry_buckets, ferry_oplog WHERE row_id = 'b'"), "25:80:1");
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"8\"}}"), 0);
+    ck_assert_int_eq(db->status.checksum_failures, 0);
+    ck_assert_str_eq(q("SELECT description FROM todos WHERE id = 'b'"), "B2");
+}
+END_TEST
+
 START_TEST(test_sdk_triggers_record_put_patch_delete)
 {
     sqlite3 *a = ferry_sqlite(db);
@@ -613,6 +881,9 @@ int main(void)
     tcase_add_test(tc, test_sdk_data_line_scanner_matches_jansson);
     tcase_add_test(tc, test_sdk_data_lines_share_a_transaction);
     tcase_add_test(tc, test_sdk_publish_new_bucket_highest_op_wins);
+    tcase_add_test(tc, test_sdk_put_batch_conflict_replaces_and_moves_checksum);
+    tcase_add_test(tc, test_sdk_row_reader_matches_json_extract);
+    tcase_add_test(tc, test_sdk_oplog_layout_migrated_once);
     tcase_add_test(tc, test_sdk_triggers_record_put_patch_delete);
     tcase_add_test(tc, test_sdk_watch_local_and_sync);
     tcase_add_test(tc, test_sdk_migration_adds_columns_and_fills_them);
