@@ -20,12 +20,20 @@ typedef struct gw_app {
     const gw_config_t *cfg;
     gw_http_t *http;
     auth_ctx_t *auth;     /* thread-safe */
-    rules_set_t *rules;   /* immutable, thread-safe */
-    const char *version;  /* rule version: bucket-id prefix */
-    gw_repl_t *repl;      /* gw_repl_submit / gw_repl_ready are thread-safe */
+    gw_repl_t *repl;      /* gw_repl_submit / gw_repl_ready / gw_repl_active are thread-safe */
     gw_workers_t *workers;
     gw_streams_t *streams; /* gw_stream.c's state */
 } gw_app_t;
+
+/**
+ * The sync and write rules serving now, with their rule version (the bucket-id prefix). A
+ * handler takes it once per request (or batch) and uses that one throughout: a rules change
+ * swaps it while requests run, and the old one stays valid.
+ */
+static inline const gw_active_t *gw_app_active(gw_app_t *app)
+{
+    return gw_repl_active(app->repl);
+}
 
 /**
  * Verify the request's Authorization header. Returns 0 and *tok (release with
@@ -70,6 +78,13 @@ void gw_stream_detach(gw_app_t *app);
 
 /** Free what gw_streams_new() made (after the replicator stopped). NULL is fine. */
 void gw_streams_free(gw_streams_t *s);
+
+/**
+ * A new rule version took over (gw_repl_on_switch callback; ud is the gw_app_t): every stream
+ * re-evaluates its bucket list with the new rules at the new checkpoint, so clients move to the
+ * new buckets through an ordinary checkpoint_diff.
+ */
+void gw_stream_rules_changed(const gw_active_t *now, void *ud);
 
 /** Append the streams' Prometheus lines (a gw_metrics collector; ud is the gw_streams_t). */
 void gw_stream_metrics(gw_buf_t *out, void *ud);

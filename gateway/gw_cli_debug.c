@@ -1,7 +1,8 @@
 /* gw_cli_debug.c -- `ferry debug dump|oracle`: inspect bucket storage and compare it with SQL
  *
- *   ferry debug dump --config FILE [--bucket B] [--checksums | --ops]
- *       each bucket's reconstructed rows (ops applied in op-id order: PUT sets the row of
+ *   ferry debug dump --config FILE [--bucket B] [--all-versions] [--checksums | --ops]
+ *       each bucket of the rule version the storage serves (every version's with
+ *       --all-versions, e.g. while a new one is built beside it): its reconstructed rows (ops applied in op-id order: PUT sets the row of
  *       (object_type, object_id, subkey), REMOVE deletes it, CLEAR empties the bucket, MOVE
  *       changes nothing but counts in the checksum), one JSON line per row:
  *       {"bucket":…,"type":…,"id":…,"data":{…}}; with --checksums one line per bucket instead:
@@ -10,7 +11,8 @@
  *       op instead, in op-id order per bucket: {"bucket":…,"op":{"op_id":…,"op":…,…}}
  *   ferry debug oracle --config FILE
  *       the same row lines computed directly: every table the rules read is SELECTed from
- *       Postgres now and evaluated with the rules (the storage's rule version as prefix)
+ *       Postgres now and evaluated with the rules of the version the storage serves (the rules
+ *       it stored for that version; the rules file for a storage without them)
  *
  * Lines are sorted, so `diff <(ferry debug dump …) <(ferry debug oracle …)` compares storage with
  * what the rules select. Reads the storage file read-only; safe while ferry serve runs.
@@ -77,6 +79,7 @@ typedef struct dump_ctx {
     gw_storage_reader_t *r;
     uint64_t as_of;
     const char *only;
+    const char *ns; /* only buckets of this version ("2#"), NULL: all */
     int checksums;
     int ops; /* print every op, unsorted */
     lines_t out;
@@ -87,6 +90,8 @@ static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t
 {
     dump_ctx_t *d = ud;
     if (d->only != NULL && strcmp(d->only, bucket) != 0)
+        return 0;
+    if (d->only == NULL && d->ns != NULL && strncmp(bucket, d->ns, strlen(d->ns)) != 0)
         return 0;
     json_t *rows = json_object(); /* "type\x1fid\x1fsubkey" -> data string */
     uint64_t after = 0, nops = 0;
@@ -172,7 +177,7 @@ static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t
     return 0;
 }
 
-static int cmd_dump(gw_config_t *cfg, const char *bucket, int checksums, int ops)
+static int cmd_dump(gw_config_t *cfg, const char *bucket, int all, int checksums, int ops)
 {
     gw_storage_reader_t *r;
     gw_err_t err;
@@ -184,7 +189,12 @@ static int cmd_dump(gw_config_t *cfg, const char *bucket, int checksums, int ops
     uint64_t last_op, lsn;
     int consistent;
     gw_storage_read_checkpoint(r, &last_op, &lsn, &consistent);
-    dump_ctx_t d = {.r = r, .as_of = last_op, .only = bucket, .checksums = checksums, .ops = ops};
+    dump_ctx_t d = {.r = r,
+                    .as_of = last_op,
+                    .only = bucket,
+                    .ns = all ? NULL : gw_storage_reader_version(r),
+                    .checksums = checksums,
+                    .ops = ops};
     int rc = gw_storage_each_bucket(r, last_op, dump_bucket, &d);
     lines_print_free(&d.out);
     gw_storage_reader_close(r);
@@ -195,15 +205,26 @@ static int cmd_oracle(gw_config_t *cfg)
 {
     gw_err_t err;
     char msg[1024], hash[32], version[32] = "1";
-    rules_set_t *rules;
-    if (gw_rules_load(cfg->sync_rules.path, &rules, hash, sizeof(hash), stderr, &err) != 0) {
-        fprintf(stderr, "ferry debug oracle: %s\n", gw_err_format(&err, msg, sizeof(msg)));
-        return 1;
-    }
+    rules_set_t *rules = NULL;
     gw_storage_reader_t *r;
     if (gw_storage_reader_open(cfg->storage.path, &r, &err) == 0) {
+        uint64_t last_op, lsn;
+        int consistent;
+        gw_storage_read_checkpoint(r, &last_op, &lsn, &consistent);
         gw_storage_read_state(r, "rules_version", version, sizeof(version));
+        size_t cap = 1 << 20;
+        char *text = gw_xmalloc(cap);
+        if (gw_storage_read_state(r, "rules_text", text, cap) && strlen(text) + 1 < cap &&
+            gw_rules_compile_text(text, strlen(text), "stored sync rules", &rules, hash,
+                                  sizeof(hash), stderr, &err) != 0)
+            rules = NULL;
+        free(text);
         gw_storage_reader_close(r);
+    }
+    if (rules == NULL &&
+        gw_rules_load(cfg->sync_rules.path, &rules, hash, sizeof(hash), stderr, &err) != 0) {
+        fprintf(stderr, "ferry debug oracle: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        return 1;
     }
     PGconn *conn = gw_pg_connect(cfg->postgres.uri, 0, "ferry debug", &err);
     if (conn == NULL) {
@@ -279,7 +300,8 @@ static int cmd_oracle(gw_config_t *cfg)
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: ferry debug dump --config FILE [--bucket B] [--checksums | --ops]\n"
+    fprintf(out, "usage: ferry debug dump --config FILE [--bucket B] [--all-versions] "
+                 "[--checksums | --ops]\n"
                  "       ferry debug oracle --config FILE\n");
 }
 
@@ -294,9 +316,10 @@ int gw_cli_debug(int argc, char **argv)
                                          {"bucket", required_argument, NULL, 'b'},
                                          {"checksums", no_argument, NULL, 's'},
                                          {"ops", no_argument, NULL, 'o'},
+                                         {"all-versions", no_argument, NULL, 'a'},
                                          {0}};
     const char *config = NULL, *bucket = NULL;
-    int checksums = 0, ops = 0, c;
+    int checksums = 0, ops = 0, all = 0, c;
     optind = 2;
     while ((c = getopt_long(argc, argv, "c:b:so", opts, NULL)) != -1) {
         switch (c) {
@@ -311,6 +334,9 @@ int gw_cli_debug(int argc, char **argv)
             break;
         case 'o':
             ops = 1;
+            break;
+        case 'a':
+            all = 1;
             break;
         default:
             usage(stderr);
@@ -329,7 +355,7 @@ int gw_cli_debug(int argc, char **argv)
         fprintf(stderr, "%s\n", gw_err_format(&err, msg, sizeof(msg)));
         return 1;
     }
-    int rc = strcmp(what, "dump") == 0 ? cmd_dump(&cfg, bucket, checksums, ops) : cmd_oracle(&cfg);
+    int rc = strcmp(what, "dump") == 0 ? cmd_dump(&cfg, bucket, all, checksums, ops) : cmd_oracle(&cfg);
     gw_config_free(&cfg);
     return rc;
 }

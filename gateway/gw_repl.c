@@ -33,6 +33,7 @@
 #include "gw_metrics.h"
 #include "gw_pg.h"
 #include "gw_pgoutput.h"
+#include "gw_rules.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -75,9 +76,31 @@ typedef struct snap_table {
 struct gw_repl {
     char *uri, *publication, *slot_prefix;
     long chunk_rows;
+    const gw_config_t *cfg; /* outlives the replicator */
     rules_set_t *rules;
+    char rules_hash[32];
     char version[32];
     char slot[160];
+
+    /* rule versions (see "rule versions"). A builder is a second replicator, with its own
+     * thread, slot and storage writer (the same file, its own namespace), that builds a new
+     * version while this one serves; it has no readiness, tasks or compaction. */
+    int builder;
+    struct gw_repl *next;       /* serving: the builder, while one runs */
+    pthread_mutex_t next_lock;  /* guards next against other threads' reads (diagnostics) */
+    int switch_wanted;          /* serving: leave the stream loop and take the builder's version */
+    uint64_t switched_ms;       /* when this process last switched (the old version's data is
+                                   dropped a little later: streams move over first) */
+    uint64_t rules_poll_ms;     /* serving: when the rules file was last looked at */
+    struct timespec rules_mtime;
+    off_t rules_size;
+    ino_t rules_ino;
+    char rules_bad_hash[32];    /* a changed file that did not compile (logged once) */
+    _Atomic(gw_active_t *) active; /* what request handlers use now */
+    gw_active_t **actives;      /* every rules/version pair handed out; freed at destroy */
+    size_t nactives;
+    void (*on_switch)(const gw_active_t *now, void *ud);
+    void *switch_ud;
     gw_storage_t *st;
     pthread_t tid;
     int running;
@@ -205,46 +228,326 @@ static int valid_name(const char *s)
     return 1;
 }
 
-/* ---- version ---- */
+/* ---- rule versions ----
+ *
+ * The storage serves one rule version (state "serving"). Each version has its own slot
+ * ("<slot_prefix>_<version>"), rows, lookups, state and buckets ("<version>#…"), and keeps the
+ * hash and text of its rules. A new version (number "version_seq" + 1) is built beside the
+ * serving one by a builder (state "building"): a second replicator with its own thread, slot and
+ * storage writer. Once the builder is consistent and has reached the server's end of WAL, the
+ * serving replicator leaves its stream loop, stops the builder and takes its version over in one
+ * storage commit (serving = new, building = none, the old version retired; the checkpoint is
+ * advanced past every op id handed out), then streams the new slot from the new version's LSN.
+ * Retired versions ("retired": "<version>:<slot>,…") lose their slot and data in
+ * drop_retired(), a little after the switch (streams re-evaluate their buckets first).
+ * Every step is one storage commit, so a crash at any point restarts from a state that is
+ * either "building" (the builder resumes) or "switched".
+ */
 
-static int resolve_version(gw_repl_t *r, const char *hash, gw_err_t *err)
+static void on_durable(uint64_t lsn, void *ud);
+
+static void set_next(gw_repl_t *r, gw_repl_t *b)
 {
-    char stored_hash[128] = "", stored_version[32] = "", slot[160] = "";
-    gw_storage_state_get(r->st, "rules_hash", stored_hash, sizeof(stored_hash));
-    gw_storage_state_get(r->st, "rules_version", stored_version, sizeof(stored_version));
-    gw_storage_state_get(r->st, "slot", slot, sizeof(slot));
-    if (stored_version[0] != '\0' && strcmp(stored_hash, hash) == 0) {
-        snprintf(r->version, sizeof(r->version), "%s", stored_version);
-        snprintf(r->slot, sizeof(r->slot), "%s", slot);
-        return 0;
+    pthread_mutex_lock(&r->next_lock);
+    r->next = b;
+    pthread_mutex_unlock(&r->next_lock);
+}
+
+/* The version number for a new version: above every one the file has seen. */
+static long next_version(gw_storage_t *st)
+{
+    static const char *const keys[] = {"version_seq", "serving", "building"};
+    long v = 0;
+    for (size_t i = 0; i < 3; i++) {
+        char b[32] = "";
+        if (gw_storage_state_get(st, keys[i], b, sizeof(b)) && strtol(b, NULL, 10) > v)
+            v = strtol(b, NULL, 10);
     }
-    long v = stored_version[0] != '\0' ? strtol(stored_version, NULL, 10) + 1 : 1;
-    snprintf(r->version, sizeof(r->version), "%ld", v);
-    snprintf(r->slot, sizeof(r->slot), "%s_%ld", r->slot_prefix, v);
-    if (stored_version[0] != '\0')
-        gw_info("repl", "the sync rules changed: building a new rule version",
-                "old_version=%s version=%s", stored_version, r->version);
-    int rc = gw_storage_begin(r->st, err);
+    return v + 1;
+}
+
+/* Write a new version's own state through st (in that version's namespace), inside a txn. */
+static int init_version(gw_repl_t *r, gw_storage_t *st, const char *version, const char *hash,
+                        const char *text, gw_err_t *err)
+{
+    char slot[160];
+    snprintf(slot, sizeof(slot), "%s_%s", r->slot_prefix, version);
+    int rc = gw_storage_state_set(st, "version_seq", version, err);
     if (rc == 0)
-        rc = gw_storage_state_set(r->st, "rules_hash", hash, err);
+        rc = gw_storage_state_set(st, "rules_hash", hash, err);
     if (rc == 0)
-        rc = gw_storage_state_set(r->st, "rules_version", r->version, err);
+        rc = gw_storage_state_set(st, "rules_text", text, err);
     if (rc == 0)
-        rc = gw_storage_state_set(r->st, "slot", r->slot, err);
-    if (rc == 0 && slot[0] != '\0')
-        rc = gw_storage_state_set(r->st, "old_slot", slot, err);
+        rc = gw_storage_state_set(st, "rules_version", version, err);
     if (rc == 0)
-        rc = gw_storage_set_consistent(r->st, 0, err);
+        rc = gw_storage_state_set(st, "slot", slot, err);
     if (rc == 0)
-        rc = gw_storage_state_set(r->st, "slot_created", "0", err);
+        rc = gw_storage_state_set(st, "slot_created", "0", err);
     if (rc == 0)
-        rc = gw_storage_commit(r->st, 0, err);
+        rc = gw_storage_set_consistent(st, 0, err);
     return rc;
 }
 
-const char *gw_repl_version(const gw_repl_t *r)
+/* Add "<version>:<slot>" to the retired versions, inside a txn. */
+static int retire(gw_storage_t *st, const char *version, const char *slot, gw_err_t *err)
 {
-    return r->version;
+    char cur[2048] = "", buf[2300];
+    gw_storage_state_get(st, "retired", cur, sizeof(cur));
+    snprintf(buf, sizeof(buf), "%s%s%s:%s", cur, cur[0] ? "," : "", version, slot);
+    return gw_storage_state_set(st, "retired", buf, err);
+}
+
+/* A stored state text of any length: malloc'd (caller frees), or NULL when absent. */
+static char *state_text(gw_storage_t *st, const char *key)
+{
+    size_t len = 4096;
+    for (;;) {
+        char *buf = gw_xmalloc(len);
+        if (!gw_storage_state_get(st, key, buf, len)) {
+            free(buf);
+            return NULL;
+        }
+        if (strlen(buf) + 1 < len)
+            return buf;
+        free(buf);
+        if (len >= ((size_t)64 << 20))
+            return NULL;
+        len *= 4;
+    }
+}
+
+/* A replicator for rules of version on st (its namespace is version); not started. */
+static gw_repl_t *engine_new(const gw_config_t *cfg, rules_set_t *rules, const char *hash,
+                             const char *version, gw_storage_t *st)
+{
+    gw_repl_t *r = gw_xcalloc(1, sizeof(*r));
+    r->cfg = cfg;
+    r->uri = gw_xstrdup(cfg->postgres.uri);
+    r->publication = gw_xstrdup(cfg->replication.publication);
+    r->slot_prefix = gw_xstrdup(cfg->replication.slot_prefix);
+    r->chunk_rows = cfg->replication.snapshot_chunk_rows;
+    r->lag_warn_seconds = cfg->replication.lag_warn_seconds;
+    r->wal_warn_bytes = cfg->replication.wal_warn_bytes;
+    r->compact_interval = cfg->replication.compact_interval;
+    r->storage_path = gw_xstrdup(cfg->storage.path);
+    pthread_mutex_init(&r->diag_lock, NULL);
+    pthread_mutex_init(&r->next_lock, NULL);
+    snprintf(r->diag.wal_status, sizeof(r->diag.wal_status), "unknown");
+    r->rules = rules_ref(rules);
+    snprintf(r->rules_hash, sizeof(r->rules_hash), "%s", hash);
+    snprintf(r->version, sizeof(r->version), "%s", version);
+    snprintf(r->slot, sizeof(r->slot), "%s_%s", r->slot_prefix, version);
+    r->st = st;
+    gw_map_init(&r->rels);
+    gw_arena_init(&r->arena, 65536);
+    r->ready_id = -1;
+    pthread_mutex_init(&r->task_lock, NULL);
+    r->task_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    gw_storage_set_durable_fn(st, on_durable, r);
+    /* fault injection for tests: stream from the slot's confirmed position (not the stored LSN)
+     * and never confirm more, so after a restart Postgres resends transactions storage already
+     * holds and the exactly-once skip (invariant 2) is exercised on every restart */
+    const char *replay = getenv("FERRY_TEST_REPLAY");
+    r->test_replay = replay != NULL && strcmp(replay, "1") == 0;
+    return r;
+}
+
+/* Record a new rules/version pair for request handlers (owned by r until destroy). */
+static gw_active_t *add_active(gw_repl_t *r, rules_set_t *rules, const char *version,
+                               uint64_t since_op)
+{
+    gw_active_t *a = gw_xcalloc(1, sizeof(*a));
+    a->rules = rules_ref(rules);
+    snprintf(a->version, sizeof(a->version), "%s", version);
+    a->since_op = since_op;
+    r->actives = gw_xrealloc(r->actives, (r->nactives + 1) * sizeof(*r->actives));
+    r->actives[r->nactives++] = a;
+    atomic_store(&r->active, a);
+    return a;
+}
+
+/*
+ * Create the builder of a new version with rules (hash, text) beside r; resume is the number of
+ * a version being built already (its state is kept), NULL for a new one. Not started.
+ */
+static int builder_create(gw_repl_t *r, rules_set_t *rules, const char *hash, const char *text,
+                          const char *resume, gw_err_t *err)
+{
+    char v[32];
+    if (resume != NULL)
+        snprintf(v, sizeof(v), "%s", resume);
+    else
+        snprintf(v, sizeof(v), "%ld", next_version(r->st));
+    gw_storage_t *bst;
+    if (gw_storage_open_version(r->storage_path, v, &bst, err) != 0)
+        return GW_EIO;
+    gw_storage_set_serving(bst, 0);
+    int rc = 0;
+    if (resume == NULL) {
+        rc = gw_storage_begin(bst, err);
+        if (rc == 0)
+            rc = gw_storage_state_set(bst, "building", v, err);
+        if (rc == 0)
+            rc = init_version(r, bst, v, hash, text, err);
+        if (rc == 0)
+            rc = gw_storage_commit(bst, 0, err);
+        else
+            gw_storage_rollback(bst);
+    }
+    if (rc != 0) {
+        gw_storage_close(bst);
+        return rc;
+    }
+    gw_repl_t *b = engine_new(r->cfg, rules, hash, v, bst);
+    b->builder = 1;
+    b->compact_interval = 0;
+    set_next(r, b);
+    gw_info("repl", resume != NULL ? "resuming the build of a new rule version beside the serving one"
+                                   : "building a new rule version beside the serving one",
+            "version=%s serving=%s slot=%s", v, r->version, b->slot);
+    return 0;
+}
+
+/* Stop and forget the builder; its version is retired (slot and data dropped later). r's
+ * storage must have no open transaction. */
+static int builder_discard(gw_repl_t *r, const char *why, gw_err_t *err)
+{
+    gw_repl_t *b = r->next;
+    if (b == NULL)
+        return 0;
+    gw_repl_stop(b);
+    char version[32], slot[160];
+    snprintf(version, sizeof(version), "%s", b->version);
+    snprintf(slot, sizeof(slot), "%s", b->slot);
+    set_next(r, NULL);
+    gw_repl_destroy(b);
+    int rc = gw_storage_begin(r->st, err);
+    if (rc == 0)
+        rc = gw_storage_state_set(r->st, "building", "", err);
+    if (rc == 0)
+        rc = retire(r->st, version, slot, err);
+    if (rc == 0)
+        rc = gw_storage_commit(r->st, 0, err);
+    else
+        gw_storage_rollback(r->st);
+    r->old_pending = 1;
+    gw_info("repl", "stopped building a rule version", "version=%s reason=\"%s\"", version, why);
+    return rc;
+}
+
+static int resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash, const char *text,
+                           rules_set_t **serve_rules, gw_err_t *err)
+{
+    gw_storage_t *st = r->st;
+    char serving[32] = "", building[32] = "", stored_hash[64] = "";
+    gw_storage_state_get(st, "serving", serving, sizeof(serving));
+    gw_storage_state_get(st, "building", building, sizeof(building));
+    *serve_rules = rules_ref(rules);
+    if (serving[0] != '\0' && gw_storage_state_get(st, "rules_hash", stored_hash,
+                                                   sizeof(stored_hash)) &&
+        strcmp(stored_hash, hash) == 0) {
+        /* the version the storage serves: go on (a build of other rules is abandoned) */
+        snprintf(r->version, sizeof(r->version), "%s", serving);
+        if (building[0] != '\0') {
+            char key[64], bslot[160] = "";
+            snprintf(key, sizeof(key), "%s#slot", building);
+            gw_storage_state_get(st, key, bslot, sizeof(bslot));
+            int rc = gw_storage_begin(st, err);
+            if (rc == 0)
+                rc = gw_storage_state_set(st, "building", "", err);
+            if (rc == 0)
+                rc = retire(st, building, bslot, err);
+            if (rc == 0)
+                rc = gw_storage_commit(st, 0, err);
+            if (rc != 0)
+                return rc;
+            gw_info("repl", "the sync rules are the serving version's again: dropping the version "
+                            "that was being built", "version=%s", building);
+        }
+        return 0;
+    }
+    if (serving[0] != '\0') {
+        /* other rules: keep serving the stored version with its stored rules, if it has them */
+        char *old_text = state_text(st, "rules_text");
+        rules_set_t *old = NULL;
+        char old_hash[32], what[64];
+        gw_err_t cerr;
+        snprintf(what, sizeof(what), "stored sync rules of version %s", serving);
+        if (old_text != NULL &&
+            gw_rules_compile_text(old_text, strlen(old_text), what, &old, old_hash,
+                                  sizeof(old_hash), NULL, &cerr) == 0) {
+            free(old_text);
+            rules_unref(*serve_rules);
+            *serve_rules = old;
+            snprintf(r->version, sizeof(r->version), "%s", serving);
+            gw_info("repl", "the sync rules changed: the stored version serves while the new one "
+                            "is built", "serving=%s", serving);
+            char key[64], bhash[64] = "";
+            snprintf(key, sizeof(key), "%s#rules_hash", building);
+            int resume = building[0] != '\0' && gw_storage_state_get(st, key, bhash, sizeof(bhash)) &&
+                         strcmp(bhash, hash) == 0;
+            if (building[0] != '\0' && !resume) {
+                char bslot[160] = "";
+                snprintf(key, sizeof(key), "%s#slot", building);
+                gw_storage_state_get(st, key, bslot, sizeof(bslot));
+                int rc = gw_storage_begin(st, err);
+                if (rc == 0)
+                    rc = gw_storage_state_set(st, "building", "", err);
+                if (rc == 0)
+                    rc = retire(st, building, bslot, err);
+                if (rc == 0)
+                    rc = gw_storage_commit(st, 0, err);
+                if (rc != 0)
+                    return rc;
+            }
+            return builder_create(r, rules, hash, text, resume ? building : NULL, err);
+        }
+        free(old_text);
+        gw_warn("repl", "the sync rules changed and the storage does not hold the serving "
+                        "version's rules: building the new version in its place (not ready "
+                        "until it is consistent)", "serving=%s", serving);
+    }
+    /* a fresh storage, or no way to serve the old version: the new version serves from now on,
+     * 503 until consistent; an old version is retired */
+    long v = next_version(st);
+    char version[32], old_slot[160] = "";
+    snprintf(version, sizeof(version), "%ld", v);
+    gw_storage_state_get(st, "slot", old_slot, sizeof(old_slot));
+    /* one commit, in the new version's namespace */
+    int rc = gw_storage_set_version(st, version, err);
+    if (rc == 0)
+        rc = gw_storage_begin(st, err);
+    if (rc == 0 && serving[0] != '\0')
+        rc = retire(st, serving, old_slot, err);
+    if (rc == 0)
+        rc = gw_storage_state_set(st, "serving", version, err);
+    if (rc == 0)
+        rc = init_version(r, st, version, hash, text, err);
+    if (rc == 0)
+        rc = gw_storage_commit(st, 0, err);
+    if (rc != 0)
+        return rc;
+    snprintf(r->version, sizeof(r->version), "%s", version);
+    if (serving[0] != '\0')
+        gw_info("repl", "the sync rules changed: building a new rule version",
+                "old_version=%s version=%s", serving, version);
+    return 0;
+}
+
+const gw_active_t *gw_repl_active(gw_repl_t *r)
+{
+    return atomic_load(&r->active);
+}
+
+const char *gw_repl_version(gw_repl_t *r)
+{
+    return atomic_load(&r->active)->version;
+}
+
+void gw_repl_on_switch(gw_repl_t *r, void (*fn)(const gw_active_t *now, void *ud), void *ud)
+{
+    r->on_switch = fn;
+    r->switch_ud = ud;
 }
 
 /* ---- lifecycle ---- */
@@ -261,8 +564,19 @@ static void on_durable(uint64_t lsn, void *ud)
     (void)w;
 }
 
+/* Remember the rules file's identity, so that polling notices only a change. */
+static void note_rules_file(gw_repl_t *r)
+{
+    struct stat sb;
+    if (stat(r->cfg->sync_rules.path, &sb) == 0) {
+        r->rules_mtime = sb.st_mtim;
+        r->rules_size = sb.st_size;
+        r->rules_ino = sb.st_ino;
+    }
+}
+
 int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules_hash,
-                   gw_storage_t *storage, gw_repl_t **out, gw_err_t *err)
+                   const char *rules_text, gw_storage_t *storage, gw_repl_t **out, gw_err_t *err)
 {
     if (!valid_name(cfg->replication.publication))
         return gw_err_set(err, GW_ECONFIG, "replication.publication",
@@ -272,40 +586,31 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
         return gw_err_set(err, GW_ECONFIG, "replication.slot_prefix",
                           "\"%s\" must be a lowercase name of letters, digits and _ (at most 40)",
                           cfg->replication.slot_prefix);
-    gw_repl_t *r = gw_xcalloc(1, sizeof(*r));
-    r->uri = gw_xstrdup(cfg->postgres.uri);
-    r->publication = gw_xstrdup(cfg->replication.publication);
-    r->slot_prefix = gw_xstrdup(cfg->replication.slot_prefix);
-    r->chunk_rows = cfg->replication.snapshot_chunk_rows;
-    r->lag_warn_seconds = cfg->replication.lag_warn_seconds;
-    r->wal_warn_bytes = cfg->replication.wal_warn_bytes;
-    r->compact_interval = cfg->replication.compact_interval;
-    r->storage_path = gw_xstrdup(cfg->storage.path);
-    pthread_mutex_init(&r->diag_lock, NULL);
-    snprintf(r->diag.wal_status, sizeof(r->diag.wal_status), "unknown");
-    r->rules = rules_ref(rules);
-    r->st = storage;
-    gw_map_init(&r->rels);
-    gw_arena_init(&r->arena, 65536);
+    gw_repl_t *r = engine_new(cfg, rules, rules_hash, "", storage);
     r->ready_id = gw_ready_register("replication", "starting");
-    pthread_mutex_init(&r->task_lock, NULL);
-    r->task_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->old_pending = 1;
-    gw_storage_set_durable_fn(storage, on_durable, r);
-    /* fault injection for tests: stream from the slot's confirmed position (not the stored LSN)
-     * and never confirm more, so after a restart Postgres resends transactions storage already
-     * holds and the exactly-once skip (invariant 2) is exercised on every restart */
-    const char *replay = getenv("FERRY_TEST_REPLAY");
-    r->test_replay = replay != NULL && strcmp(replay, "1") == 0;
-    int rc = resolve_version(r, rules_hash, err);
+    rules_set_t *serve_rules = NULL;
+    int rc = resolve_version(r, rules, rules_hash, rules_text, &serve_rules, err);
     if (rc == 0)
-        gw_storage_set_version(storage, r->version);
+        rc = gw_storage_set_version(storage, r->version, err);
     if (rc != 0) {
+        rules_unref(serve_rules);
         gw_storage_set_durable_fn(storage, NULL, NULL); /* the caller keeps the storage */
         r->st = NULL;
         gw_repl_destroy(r);
         return rc;
     }
+    /* the serving version's rules and hash (the stored ones while a new version is built) */
+    rules_unref(r->rules);
+    r->rules = serve_rules;
+    char h[32];
+    if (gw_storage_state_get(storage, "rules_hash", h, sizeof(h)))
+        snprintf(r->rules_hash, sizeof(r->rules_hash), "%s", h);
+    snprintf(r->slot, sizeof(r->slot), "%s_%s", r->slot_prefix, r->version);
+    uint64_t last_op, lsn;
+    gw_storage_checkpoint(storage, &last_op, &lsn);
+    add_active(r, r->rules, r->version, 0);
+    note_rules_file(r);
     /* ready only once the source is known to be the one this storage was built from */
     *out = r;
     return 0;
@@ -350,7 +655,7 @@ static void disconnect(gw_repl_t *r)
     gw_map_each(&r->rels, free_rel, NULL);
     gw_map_free(&r->rels);
     gw_map_init(&r->rels);
-    if (gw_storage_in_txn(r->st))
+    if (r->st != NULL && gw_storage_in_txn(r->st))
         gw_storage_rollback(r->st);
     r->batch_open = 0;
     r->in_pg_txn = 0;
@@ -358,11 +663,14 @@ static void disconnect(gw_repl_t *r)
 
 void gw_repl_stop(gw_repl_t *r)
 {
-    if (r == NULL || !r->running)
+    if (r == NULL)
         return;
-    atomic_store(&r->stop, 1);
-    pthread_join(r->tid, NULL);
-    r->running = 0;
+    if (r->running) {
+        atomic_store(&r->stop, 1);
+        pthread_join(r->tid, NULL);
+        r->running = 0;
+    }
+    gw_repl_stop(r->next);
 }
 
 void gw_repl_destroy(gw_repl_t *r)
@@ -370,6 +678,9 @@ void gw_repl_destroy(gw_repl_t *r)
     if (r == NULL)
         return;
     gw_repl_stop(r);
+    gw_repl_t *b = r->next;
+    set_next(r, NULL);
+    gw_repl_destroy(b);
     disconnect(r);
     for (gw_repl_task_t *t = r->task_head, *next; t != NULL; t = next) {
         next = t->next;
@@ -383,6 +694,11 @@ void gw_repl_destroy(gw_repl_t *r)
     gw_map_free(&r->rels);
     free_tables(r);
     rules_unref(r->rules);
+    for (size_t i = 0; i < r->nactives; i++) {
+        rules_unref(r->actives[i]->rules);
+        free(r->actives[i]);
+    }
+    free(r->actives);
     rules_ops_free(&r->ops);
     rules_lookups_free(&r->lookups);
     gw_buf_free(&r->copy);
@@ -393,6 +709,7 @@ void gw_repl_destroy(gw_repl_t *r)
     free(r->slot_prefix);
     free(r->storage_path);
     pthread_mutex_destroy(&r->diag_lock);
+    pthread_mutex_destroy(&r->next_lock);
     free(r);
 }
 
@@ -1121,11 +1438,39 @@ void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
         gw_buf_json_str(out, r->diag.last_error);
     else
         gw_buf_puts(out, "null");
-    gw_buf_puts(out, "}");
     pthread_mutex_unlock(&r->diag_lock);
+    /* a new rule version being built beside this one (the replicator thread sets and clears
+     * next; a builder lives until that thread destroys it, after the switch or a discard) */
+    pthread_mutex_lock(&r->next_lock);
+    gw_repl_t *b = r->next;
+    if (b != NULL) {
+        pthread_mutex_lock(&b->diag_lock);
+        gw_buf_puts(out, ",\"building\":{\"rules_version\":");
+        gw_buf_json_str(out, b->version);
+        gw_buf_puts(out, ",\"slot\":");
+        gw_buf_json_str(out, b->slot);
+        gw_buf_puts(out, ",\"phase\":");
+        gw_buf_json_str(out, phase_names[atomic_load(&b->m_phase)]);
+        gw_buf_printf(out,
+                      ",\"consistent\":%s,\"snapshot_rows\":%llu,\"snapshot_rows_estimated\":%llu,"
+                      "\"stored_lsn\":\"%s\",\"last_error\":",
+                      gw_storage_consistent(b->st) ? "true" : "false",
+                      (unsigned long long)atomic_load(&b->m_snapshot_rows),
+                      (unsigned long long)atomic_load(&b->m_snapshot_estimate),
+                      gw_lsn_format(atomic_load(&b->m_lsn), t1, sizeof(t1)));
+        if (b->diag.last_error[0] != '\0')
+            gw_buf_json_str(out, b->diag.last_error);
+        else
+            gw_buf_puts(out, "null");
+        gw_buf_puts(out, "}");
+        pthread_mutex_unlock(&b->diag_lock);
+    }
+    pthread_mutex_unlock(&r->next_lock);
+    gw_buf_puts(out, "}");
 }
 
-static void drop_old_version(gw_repl_t *r);
+static void drop_retired(gw_repl_t *r);
+static int rule_versions(gw_repl_t *r, gw_err_t *err);
 
 /* ---- compaction ---- */
 
@@ -1206,8 +1551,12 @@ static int do_commit(gw_repl_t *r, uint64_t lsn, int wait, int64_t source_us, gw
         if (gw_storage_set_consistent(r->st, 1, err) != 0)
             return GW_EIO;
         char t[32];
-        gw_info("repl", "storage has a consistent checkpoint; ready to serve", "lsn=%s",
-                gw_lsn_format(lsn, t, sizeof(t)));
+        if (r->builder)
+            gw_info("repl", "the new rule version has a consistent checkpoint", "version=%s lsn=%s",
+                    r->version, gw_lsn_format(lsn, t, sizeof(t)));
+        else
+            gw_info("repl", "storage has a consistent checkpoint; ready to serve", "lsn=%s",
+                    gw_lsn_format(lsn, t, sizeof(t)));
     }
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1971,7 +2320,7 @@ static int stream(gw_repl_t *r, gw_err_t *err)
     clock_gettime(CLOCK_MONOTONIC, &r->last_status);
     int rc = 0;
     uint64_t last_lsn_only = 0;
-    while (rc == 0 && !atomic_load(&r->stop)) {
+    while (rc == 0 && !atomic_load(&r->stop) && !r->switch_wanted) {
         char *buf = NULL;
         int len = PQgetCopyData(r->rc, &buf, 1);
         if (len > 0) {
@@ -2021,8 +2370,10 @@ static int stream(gw_repl_t *r, gw_err_t *err)
                     rc = maybe_compact(r, err);
                 if (rc == 0 && !r->batch_open && now_ms() - r->old_check_ms >= 1000) {
                     r->old_check_ms = now_ms();
-                    drop_old_version(r);
+                    drop_retired(r);
                 }
+                if (rc == 0 && !r->batch_open && !r->builder)
+                    rc = rule_versions(r, err);
                 if (rc != 0)
                     break;
             }
@@ -2076,26 +2427,11 @@ static int stream(gw_repl_t *r, gw_err_t *err)
 
 /* ---- the thread ---- */
 
-/* Once the new rule version is consistent: drop the previous version's slot, then its buckets
- * and ops. Retried from the stream loop until both are gone (the slot may still be active for a
- * moment after the old ferry stopped). */
-static void drop_old_version(gw_repl_t *r)
+/* Drop the slot slot when it exists and is not in use: 1 when it is gone, 0 when it is still
+ * there (in use: try again later), -1 on an error. */
+static int drop_slot(gw_repl_t *r, const char *slot)
 {
-    if (!r->old_pending)
-        return; /* nothing left to drop since this process started (the drain below is not free) */
-    if (r->pipe_on) {
-        gw_err_t derr;
-        if (pipe_drain(r, &derr) != 0)
-            return; /* the stream ends with the apply thread's error */
-    }
-    char old[160] = "";
-    if (!gw_storage_state_get(r->st, "old_slot", old, sizeof(old)) || old[0] == '\0') {
-        r->old_pending = 0;
-        return;
-    }
-    if (!gw_storage_consistent(r->st))
-        return;
-    const char *pv[1] = {old};
+    const char *pv[1] = {slot};
     gw_err_t err;
     PGresult *res = gw_pg_query_params(
         r->q,
@@ -2103,27 +2439,236 @@ static void drop_old_version(gw_repl_t *r)
         "$1 AND NOT active",
         1, pv, &err);
     if (res == NULL)
-        return;
+        return -1;
     PQclear(res);
     res = gw_pg_query_params(r->q, "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", 1,
                              pv, &err);
     int gone = res != NULL && PQntuples(res) == 0;
+    if (res == NULL)
+        gone = -1;
     PQclear(res);
-    if (!gone)
+    return gone;
+}
+
+/* Streams re-evaluate their buckets at a switch; the old version's data waits this long. */
+#define DROP_GRACE_MS 10000
+
+/* Retired rule versions (state "retired", "<version>:<slot>,…"): drop each one's slot, then its
+ * buckets, ops, rows, lookups and state, one storage commit per version. Serving replicator
+ * only, while the serving version is consistent; retried from the stream loop until all are
+ * gone (a slot may stay active for a moment after its replicator stopped). */
+static void drop_retired(gw_repl_t *r)
+{
+    if (!r->old_pending || r->builder || r->q == NULL)
+        return; /* nothing to drop since the last look (the drain below is not free) */
+    if (!gw_storage_consistent(r->st) ||
+        (r->switched_ms != 0 && now_ms() - r->switched_ms < DROP_GRACE_MS))
+        return;
+    if (r->pipe_on) {
+        gw_err_t derr;
+        if (pipe_drain(r, &derr) != 0)
+            return; /* the stream ends with the apply thread's error */
+    }
+    char list[2048] = "", legacy[160] = "";
+    gw_storage_state_get(r->st, "retired", list, sizeof(list));
+    /* a storage of layout 3 named the version it replaced by its slot only */
+    gw_storage_state_get(r->st, "old_slot", legacy, sizeof(legacy));
+    if (list[0] == '\0' && legacy[0] == '\0') {
+        r->old_pending = 0;
+        return;
+    }
+    if (legacy[0] != '\0') {
+        const char *us = strrchr(legacy, '_');
+        gw_err_t err;
+        if (drop_slot(r, legacy) == 1 && gw_storage_begin(r->st, &err) == 0) {
+            int rc = retire(r->st, us != NULL ? us + 1 : "0", "", &err);
+            if (rc == 0)
+                rc = gw_storage_state_set(r->st, "old_slot", "", &err);
+            if (rc == 0)
+                gw_storage_commit(r->st, 0, &err);
+            else
+                gw_storage_rollback(r->st);
+        }
+        return;
+    }
+    /* the first entry */
+    char entry[256];
+    const char *comma = strchr(list, ',');
+    size_t n = comma != NULL ? (size_t)(comma - list) : strlen(list);
+    snprintf(entry, sizeof(entry), "%.*s", (int)n, list);
+    const char *rest = comma != NULL ? comma + 1 : "";
+    char *colon = strchr(entry, ':');
+    const char *slot = colon != NULL ? colon + 1 : "";
+    if (colon != NULL)
+        *colon = '\0';
+    if (slot[0] != '\0' && drop_slot(r, slot) != 1)
         return;
     uint64_t dropped = 0;
+    gw_err_t err;
     int rc = gw_storage_begin(r->st, &err);
+    if (rc == 0 && entry[0] != '\0' && strcmp(entry, r->version) != 0)
+        rc = gw_storage_drop_version(r->st, entry, &dropped, &err);
     if (rc == 0)
-        rc = gw_storage_drop_other_versions(r->st, &dropped, &err);
-    if (rc == 0)
-        rc = gw_storage_state_set(r->st, "old_slot", "", &err);
+        rc = gw_storage_state_set(r->st, "retired", rest, &err);
     if (rc == 0)
         rc = gw_storage_commit(r->st, 0, &err);
     else
         gw_storage_rollback(r->st);
+    char msg[512];
     if (rc == 0)
-        gw_info("repl", "dropped the previous rule version's slot and buckets", "slot=%s buckets=%llu",
-                old, (unsigned long long)dropped);
+        gw_info("repl", "dropped a previous rule version's slot and data",
+                "version=%s slot=%s buckets=%llu", entry, slot[0] ? slot : "none",
+                (unsigned long long)dropped);
+    else
+        gw_warn("repl", "could not drop a previous rule version; retrying",
+                "version=%s error=\"%s\"", entry, gw_err_format(&err, msg, sizeof(msg)));
+}
+
+#define RULES_POLL_MS 2000
+
+/* Serving replicator, idle, pipeline drained: look at the rules file; a changed one that compiles
+ * starts a builder (replacing one of other rules). */
+static int poll_rules(gw_repl_t *r, gw_err_t *err)
+{
+    const char *path = r->cfg->sync_rules.path;
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return 0; /* being replaced, or gone: the version serving goes on */
+    if (sb.st_mtim.tv_sec == r->rules_mtime.tv_sec && sb.st_mtim.tv_nsec == r->rules_mtime.tv_nsec &&
+        sb.st_size == r->rules_size && sb.st_ino == r->rules_ino)
+        return 0;
+    note_rules_file(r);
+    gw_buf_t text = GW_BUF_INIT;
+    rules_set_t *rules = NULL;
+    char hash[32];
+    gw_err_t lerr;
+    if (gw_rules_load_text(path, &rules, hash, sizeof(hash), &text, NULL, &lerr) != 0) {
+        char msg[512];
+        if (strcmp(hash, r->rules_bad_hash) != 0)
+            gw_error("repl", "the changed sync rules do not load; the serving version goes on",
+                     "version=%s error=\"%s\"", r->version, gw_err_format(&lerr, msg, sizeof(msg)));
+        snprintf(r->rules_bad_hash, sizeof(r->rules_bad_hash), "%s", hash);
+        gw_buf_free(&text);
+        return 0;
+    }
+    gw_buf_append(&text, "", 1); /* NUL-terminated for storage */
+    int rc = 0;
+    if (strcmp(hash, r->rules_hash) == 0) {
+        if (r->next != NULL)
+            rc = builder_discard(r, "the rules file is the serving version's again", err);
+    } else if (r->next == NULL || strcmp(hash, r->next->rules_hash) != 0) {
+        gw_info("repl", "the sync rules file changed", "file=%s serving=%s", path, r->version);
+        if (r->next != NULL)
+            rc = builder_discard(r, "the rules file changed again", err);
+        if (rc == 0)
+            rc = builder_create(r, rules, hash, text.data, NULL, err);
+        if (rc == 0)
+            rc = gw_repl_start(r->next, err);
+    }
+    rules_unref(rules);
+    gw_buf_free(&text);
+    return rc;
+}
+
+/* Serving replicator, idle: switch to the builder's version once it has everything this one
+ * serves; otherwise poll the rules file. */
+static int rule_versions(gw_repl_t *r, gw_err_t *err)
+{
+    gw_repl_t *b = r->next;
+    if (b != NULL && b->running && gw_storage_consistent(b->st) &&
+        atomic_load(&b->m_lsn) >= atomic_load(&r->m_lsn)) {
+        r->switch_wanted = 1; /* the stream loop ends; repl_main switches */
+        return 0;
+    }
+    if (now_ms() - r->rules_poll_ms < RULES_POLL_MS)
+        return 0;
+    r->rules_poll_ms = now_ms();
+    if (r->pipe_on && pipe_drain(r, err) != 0)
+        return GW_EIO;
+    return poll_rules(r, err);
+}
+
+/*
+ * Take the builder's version over (repl_main, with this replicator's stream stopped): stop the
+ * builder, make its version the serving one in one storage commit whose checkpoint is above
+ * every op id handed out, move serving (readers, hook, durable callback) to its storage writer,
+ * and swap the version's rules, slot and storage into r. Then tell the request handlers.
+ */
+static void do_switch(gw_repl_t *r)
+{
+    gw_repl_t *b = r->next;
+    r->switch_wanted = 0;
+    if (b == NULL)
+        return;
+    gw_repl_stop(b);
+    set_next(r, NULL); /* diagnostics stop looking at it; restored if the switch fails */
+    gw_storage_t *nst = b->st, *ost = r->st;
+    gw_storage_settle(ost);
+    gw_storage_settle(nst);
+    gw_err_t err;
+    int rc = gw_storage_consistent(nst) ? 0 : GW_EUNAVAIL;
+    if (rc == 0)
+        rc = gw_storage_begin(nst, &err);
+    if (rc == 0)
+        rc = gw_storage_advance_checkpoint(nst, &err);
+    if (rc == 0)
+        rc = gw_storage_state_set(nst, "serving", b->version, &err);
+    if (rc == 0)
+        rc = gw_storage_state_set(nst, "building", "", &err);
+    if (rc == 0)
+        rc = retire(nst, r->version, r->slot, &err);
+    if (rc == 0)
+        rc = gw_storage_commit(nst, 0, &err);
+    else if (gw_storage_in_txn(nst))
+        gw_storage_rollback(nst);
+    if (rc != 0) {
+        char msg[512];
+        gw_error("repl", "could not switch to the new rule version; it goes on building",
+                 "version=%s error=\"%s\"", b->version,
+                 rc == GW_EUNAVAIL ? "not consistent" : gw_err_format(&err, msg, sizeof(msg)));
+        set_next(r, b);
+        gw_repl_start(b, &err);
+        return;
+    }
+    /* from here on the new version is the serving one, on disk and for this process */
+    char old_version[32];
+    snprintf(old_version, sizeof(old_version), "%s", r->version);
+    gw_storage_set_durable_fn(ost, NULL, NULL);
+    gw_storage_set_durable_fn(nst, on_durable, r);
+    gw_storage_move_pending(ost, nst);
+    gw_storage_hook_fn hook;
+    void *hook_ud;
+    gw_storage_get_hook(ost, &hook, &hook_ud);
+    gw_storage_set_hook(nst, hook, hook_ud);
+    gw_storage_set_hook(ost, NULL, NULL);
+    gw_storage_set_serving(ost, 0);
+    gw_storage_set_serving(nst, 1);
+    r->st = nst;
+    b->st = ost;
+    rules_set_t *rs = r->rules;
+    r->rules = b->rules;
+    b->rules = rs;
+    snprintf(r->rules_hash, sizeof(r->rules_hash), "%s", b->rules_hash);
+    pthread_mutex_lock(&r->diag_lock);
+    snprintf(r->version, sizeof(r->version), "%s", b->version);
+    snprintf(r->slot, sizeof(r->slot), "%s", b->slot);
+    pthread_mutex_unlock(&r->diag_lock);
+    r->nocp_lsn = b->nocp_lsn;
+    atomic_store(&r->durable_lsn, 0);
+    r->acked_lsn = r->pos_lsn = 0;
+    r->old_pending = 1;
+    r->switched_ms = now_ms();
+    gw_repl_destroy(b); /* closes the old version's writer */
+    uint64_t last_op, lsn;
+    gw_storage_checkpoint(nst, &last_op, &lsn);
+    atomic_store(&r->m_last_op, last_op);
+    atomic_store(&r->m_lsn, lsn);
+    const gw_active_t *a = add_active(r, r->rules, r->version, last_op);
+    char t[32];
+    gw_info("repl", "switched to the new rule version", "version=%s old_version=%s checkpoint=%llu lsn=%s",
+            r->version, old_version, (unsigned long long)last_op, gw_lsn_format(lsn, t, sizeof(t)));
+    if (r->on_switch != NULL)
+        r->on_switch(a, r->switch_ud);
 }
 
 static int run_once(gw_repl_t *r, gw_err_t *err)
@@ -2146,14 +2691,14 @@ static int run_once(gw_repl_t *r, gw_err_t *err)
     rc = snapshot(r, err);
     if (rc != 0)
         return rc;
-    drop_old_version(r);
+    drop_retired(r);
     return stream(r, err);
 }
 
 static void *repl_main(void *arg)
 {
-    pthread_setname_np(pthread_self(), "ferry-repl"); /* top -H, perf */
     gw_repl_t *r = arg;
+    pthread_setname_np(pthread_self(), r->builder ? "ferry-build" : "ferry-repl"); /* top -H */
     unsigned backoff = 500;
     r->compact_ms = now_ms(); /* the first periodic compaction comes one interval after start */
     while (!atomic_load(&r->stop)) {
@@ -2163,6 +2708,11 @@ static void *repl_main(void *arg)
         disconnect(r);
         if (atomic_load(&r->stop))
             break;
+        if (rc == 0 && r->switch_wanted) {
+            do_switch(r);
+            backoff = 500;
+            continue;
+        }
         char msg[1024];
         if (rc != 0) {
             gw_error("repl", "replication stopped; retrying", "error=\"%s\" retry_ms=%u",
@@ -2183,9 +2733,12 @@ static void *repl_main(void *arg)
 
 int gw_repl_start(gw_repl_t *r, gw_err_t *err)
 {
+    atomic_store(&r->stop, 0);
     if (pthread_create(&r->tid, NULL, repl_main, r) != 0)
         return gw_err_set(err, GW_ESYS, "repl", "could not start the replication thread");
     r->running = 1;
+    if (r->next != NULL && !r->next->running)
+        return gw_repl_start(r->next, err);
     return 0;
 }
 

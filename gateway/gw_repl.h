@@ -4,9 +4,11 @@
  * creates the permanent slot, snapshots every table the rules read in key order and in chunks
  * (resumable), then streams pgoutput changes, turning each committed transaction into ops with
  * the rules and writing them to storage in one storage transaction with the commit LSN before
- * acknowledging that LSN. It is the only storage writer. Failures (Postgres down, source not
- * ready) are logged with the SQL that fixes them and retried with backoff; readiness stays 503
- * until storage holds a consistent checkpoint.
+ * acknowledging that LSN. It is the only writer of the serving rule version's storage. When the
+ * rules change it runs a second replicator (a builder) that builds the new version beside the
+ * serving one and then takes it over (see "rule versions" in gw_repl.c). Failures (Postgres
+ * down, source not ready) are logged with the SQL that fixes them and retried with backoff;
+ * readiness stays 503 until storage holds a consistent checkpoint.
  */
 #ifndef GW_REPL_H
 #define GW_REPL_H
@@ -18,17 +20,42 @@
 
 typedef struct gw_repl gw_repl_t;
 
+/** The rules that serve requests and their version ("3", the bucket-id prefix). Immutable;
+ *  valid until the replicator is destroyed, even after a newer one took over. */
+typedef struct gw_active {
+    rules_set_t *rules;
+    char version[32];
+    uint64_t since_op; /* the checkpoint it took over at: serve no older one with these rules */
+} gw_active_t;
+
 /**
- * Prepare a replicator for cfg using rules (a reference is taken) and storage (owned by the
- * replicator from now on; it closes it). rules_hash identifies the rules text: the storage keeps
- * the rule version of the last hash, and a different hash starts a new version (new bucket ids,
- * new slot, new snapshot; op ids continue). Returns 0 and *out, or GW_EIO with err set.
+ * Prepare a replicator for cfg and storage (owned by the replicator from now on; it closes it).
+ * rules (a reference is taken) were compiled from rules_text (NUL-terminated), whose hash is
+ * rules_hash. The storage keeps each rule version's hash and text:
+ *   - same hash as the version the storage serves: that version goes on;
+ *   - another hash: the stored version keeps serving with its stored rules while a new version
+ *     is built beside it (new slot, snapshot and buckets; op ids continue) and takes over once
+ *     it caught up; a storage without the old text (written by an older ferry) builds the new
+ *     version in its place instead (readiness 503 until it is consistent);
+ *   - a fresh storage starts version 1.
+ * While running, the rules file is looked at every 2 s; a changed file that compiles starts a
+ * new version the same way (a file that does not compile is logged and ignored).
+ * Returns 0 and *out, or GW_EIO / GW_ERULES with err set.
  */
 int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules_hash,
-                   gw_storage_t *storage, gw_repl_t **out, gw_err_t *err);
+                   const char *rules_text, gw_storage_t *storage, gw_repl_t **out, gw_err_t *err);
 
-/** The rule version in use ("3"): the prefix of bucket ids. Valid while r lives. */
-const char *gw_repl_version(const gw_repl_t *r);
+/** The rules and version serving now (any thread). */
+const gw_active_t *gw_repl_active(gw_repl_t *r);
+
+/** The rule version serving now ("3"): the prefix of bucket ids. Valid while r lives. */
+const char *gw_repl_version(gw_repl_t *r);
+
+/**
+ * Install fn, called on the replicator thread right after a new rule version took over (its
+ * checkpoint is served from then on), with the new rules and version. Set before gw_repl_start.
+ */
+void gw_repl_on_switch(gw_repl_t *r, void (*fn)(const gw_active_t *now, void *ud), void *ud);
 
 /** Start the replication thread. 0 or GW_ESYS. */
 int gw_repl_start(gw_repl_t *r, gw_err_t *err);

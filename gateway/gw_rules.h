@@ -6,6 +6,7 @@
 #ifndef GW_RULES_H
 #define GW_RULES_H
 
+#include "gw_buf.h"
 #include "gw_err.h"
 #include "rules/rules.h"
 
@@ -18,5 +19,20 @@
  */
 int gw_rules_load(const char *path, rules_set_t **out, char *hash, size_t hashlen, FILE *diag_out,
                   gw_err_t *err);
+
+/**
+ * Like gw_rules_load, and also append the file's text to text (so that exactly the text that was
+ * hashed and compiled can be stored).
+ */
+int gw_rules_load_text(const char *path, rules_set_t **out, char *hash, size_t hashlen,
+                       gw_buf_t *text, FILE *diag_out, gw_err_t *err);
+
+/**
+ * Compile rules text (len bytes) that came from name (a file name, or a description used in
+ * diagnostics such as "stored rules of version 3"), with the same hash and reporting as
+ * gw_rules_load. Returns 0 with *out (caller rules_unref()s it), or GW_ERULES.
+ */
+int gw_rules_compile_text(const char *text, size_t len, const char *name, rules_set_t **out,
+                          char *hash, size_t hashlen, FILE *diag_out, gw_err_t *err);
 
 #endif

@@ -200,15 +200,17 @@ int gw_cli_serve(int argc, char **argv)
     gw_app_t app = {.cfg = &cfg};
     int status = 1, started = 0;
     char rules_hash[32];
+    gw_buf_t rules_text = GW_BUF_INIT;
 
-    if (gw_rules_load(cfg.sync_rules.path, &rules, rules_hash, sizeof(rules_hash), stderr,
-                      &err) != 0)
+    if (gw_rules_load_text(cfg.sync_rules.path, &rules, rules_hash, sizeof(rules_hash),
+                           &rules_text, stderr, &err) != 0)
         goto fail;
+    gw_buf_append(&rules_text, "", 1); /* NUL-terminated: the storage keeps it */
     ensure_parent_dir(cfg.storage.path);
     if (gw_storage_open(cfg.storage.path, &storage, &err) != 0)
         goto fail;
     streams = gw_streams_new(storage);
-    if (gw_repl_create(&cfg, rules, rules_hash, storage, &repl, &err) != 0)
+    if (gw_repl_create(&cfg, rules, rules_hash, rules_text.data, storage, &repl, &err) != 0)
         goto fail;
     storage = NULL; /* the replicator owns it now */
     gw_info("main", "sync rules loaded", "file=%s version=%s", cfg.sync_rules.path,
@@ -220,8 +222,6 @@ int gw_cli_serve(int argc, char **argv)
     app = (gw_app_t){.cfg = &cfg,
                      .http = http,
                      .auth = auth,
-                     .rules = rules,
-                     .version = gw_repl_version(repl),
                      .repl = repl,
                      .workers = workers,
                      .streams = streams};
@@ -235,13 +235,14 @@ int gw_cli_serve(int argc, char **argv)
     gw_write_register(&app);
     gw_admin_register(&app);
     gw_metrics_add_collector(gw_repl_metrics, repl);
+    gw_repl_on_switch(repl, gw_stream_rules_changed, &app);
 
     started = 1;
     if (gw_repl_start(repl, &err) != 0 || gw_http_start(http, &err) != 0)
         goto fail;
     gw_info("main", "listening", "addr=%s threads=%zu", gw_http_address(http),
             gw_http_threads(http));
-    print_summary(&cfg, http, rules, repl);
+    print_summary(&cfg, http, gw_repl_active(repl)->rules, repl);
 
     int sig = 0;
     sigwait(&sigs, &sig);
@@ -268,6 +269,7 @@ fail:
     gw_storage_close(storage);
     gw_streams_free(streams);
     rules_unref(rules);
+    gw_buf_free(&rules_text);
     gw_config_free(&cfg);
     if (status != 0)
         return 1;

@@ -14,6 +14,15 @@
  *                                               parameter-lookup entries valid in [from_op, to_op)
  *   write_checkpoints(user_key, counter, lsn)   the latest write checkpoint per "<sub>/<client>"
  *
+ * Rule versions (layout 4). Everything but write_checkpoints and a few shared state keys
+ * (global_key) belongs to one rule version, named by a prefix: buckets "2#name", rows.tbl
+ * "2#public.todos", lookups.key "2#…", state "2#lsn". A writer works in one version's namespace
+ * (s->version; the statements take it as parameter ?9). Two writers may work on the file at
+ * once, the serving version's and one building a new version beside it: each transaction holds
+ * SQLite's write lock, takes the shared op-id sequence up where the last commit of either left
+ * it, and touches only its own namespace. Only the serving writer publishes its checkpoint to
+ * this process's readers (and runs the hook).
+ *
  * Why chunks: a commit's ops land in thousands of buckets. One SQLite row per op (the second
  * layout) cost an index entry and a b-tree insert per op, 40 % of replication; clustering rows
  * by (bucket, op) (the first layout) dirtied one page per bucket per commit. Now the writer
@@ -30,10 +39,11 @@
  * older checkpoint C is its running total minus the ops after C, which are few and recent.
  *
  * Invariants:
- *   1. op ids come from next_op, strictly increasing; next_op is persisted in the same SQLite
- *      transaction as the ops, so a crash never reuses an id.
- *   2. state.last_op is the highest op id of any committed op; state.lsn the position committed
- *      with it. Both change only in gw_storage_commit().
+ *   1. op ids come from next_op (shared by the versions), strictly increasing; next_op is
+ *      persisted in the same SQLite transaction as the ops, so a crash never reuses an id.
+ *   2. a version's last_op is the highest op id of its committed ops (or, after a switch, of
+ *      every version's: gw_storage_advance_checkpoint); its lsn the position committed with it.
+ *      Both change only in gw_storage_commit().
  *   3. rows.members lists exactly the (bucket, object_type, object_id) with a live PUT.
  *   4. a chunk's first_op/last_op/n/checksum describe exactly its records, which are in op-id
  *      order; ops queued but not yet written are always above every written op of their bucket.
@@ -90,17 +100,18 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_BUCKET_UPDATE] = "UPDATE buckets SET checksum = ?2, count = ?3, last_op = ?4 WHERE id = ?1",
     [ST_CHUNK_INSERT] = "INSERT INTO op_chunks(bucket_id, first_op, last_op, n, checksum, ops) "
                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    [ST_ROW_GET] = "SELECT members, lookups, copy FROM rows WHERE tbl = ?1 AND key = ?2",
-    [ST_ROW_INSERT] = "INSERT INTO rows(tbl, key, members, lookups, copy) VALUES (?1, ?2, ?3, ?4, "
-                      "?5)",
-    [ST_ROW_UPDATE] = "UPDATE rows SET members = ?3, lookups = ?4, copy = ?5 WHERE tbl = ?1 AND "
-                      "key = ?2",
-    [ST_ROW_DEL] = "DELETE FROM rows WHERE tbl = ?1 AND key = ?2",
-    [ST_ROWS_OF_TABLE] = "SELECT key FROM rows WHERE tbl = ?1 LIMIT 2000",
-    [ST_LOOKUP_CLOSE] = "UPDATE lookups SET to_op = ?3 WHERE tbl = ?1 AND rkey = ?2 AND to_op IS "
-                        "NULL",
-    [ST_LOOKUP_INSERT] = "INSERT INTO lookups(key, tbl, rkey, params, from_op) VALUES (?1, ?2, ?3, "
-                         "?4, ?5)",
+    /* ?9 is the rule version's namespace ("2#"), bound once (see bind_namespace) */
+    [ST_ROW_GET] = "SELECT members, lookups, copy FROM rows WHERE tbl = ?9 || ?1 AND key = ?2",
+    [ST_ROW_INSERT] = "INSERT INTO rows(tbl, key, members, lookups, copy) VALUES (?9 || ?1, ?2, "
+                      "?3, ?4, ?5)",
+    [ST_ROW_UPDATE] = "UPDATE rows SET members = ?3, lookups = ?4, copy = ?5 WHERE tbl = ?9 || ?1 "
+                      "AND key = ?2",
+    [ST_ROW_DEL] = "DELETE FROM rows WHERE tbl = ?9 || ?1 AND key = ?2",
+    [ST_ROWS_OF_TABLE] = "SELECT key FROM rows WHERE tbl = ?9 || ?1 LIMIT 2000",
+    [ST_LOOKUP_CLOSE] = "UPDATE lookups SET to_op = ?3 WHERE tbl = ?9 || ?1 AND rkey = ?2 AND "
+                        "to_op IS NULL",
+    [ST_LOOKUP_INSERT] = "INSERT INTO lookups(key, tbl, rkey, params, from_op) VALUES (?9 || ?1, "
+                         "?9 || ?2, ?3, ?4, ?5)",
     [ST_WCP_UPSERT] = "INSERT INTO write_checkpoints(user_key, counter, lsn) VALUES (?1, 1, ?2) "
                       "ON CONFLICT(user_key) DO UPDATE SET counter = counter + 1, lsn = excluded.lsn "
                       "RETURNING counter",
@@ -132,7 +143,9 @@ enum { CHUNK_MAX_OPS = 1000, CHUNK_MAX_BYTES = 128 * 1024, PEND_MAX_BYTES = 16 <
 struct gw_storage {
     sqlite3 *db;
     char *path;
-    char version[40]; /* "<rule version>#": REMOVEs go only to buckets of this version */
+    char version[40]; /* "<rule version>#": this instance's namespace (rows, lookups, state) and
+                       * the prefix of its buckets; "" for a file without versions */
+    _Atomic int serving; /* publishes the checkpoint this process's readers serve (and the hook) */
     sqlite3_stmt *st[ST_COUNT];
     gw_map_t by_name;  /* name -> bucket_t* */
     bucket_t **by_id;  /* index = id */
@@ -180,6 +193,7 @@ struct gw_storage {
     /* the syncer thread: makes commits durable (fdatasync of the WAL), then reports them */
     pthread_t sync_thread;
     int sync_started, sync_stop;
+    int sync_busy; /* the syncer is publishing jobs it took off the queue */
     pthread_mutex_t sync_lock;
     pthread_cond_t sync_cond;      /* jobs queued, or stop */
     pthread_cond_t sync_done_cond; /* a job became durable */
@@ -273,6 +287,34 @@ static void drop_cache(gw_storage_t *s)
     s->by_id_cap = 0;
 }
 
+/* Whether a bucket, row table or lookup key name belongs to this instance's version. */
+static int own_name(const gw_storage_t *s, const char *name)
+{
+    return strncmp(name, s->version, strlen(s->version)) == 0;
+}
+
+/* The text range [lo, hi) of names in namespace ns ("2#" -> ["2#", "2$")); every name for "". */
+static void ns_range(const char *ns, char *lo, char *hi, size_t len)
+{
+    snprintf(lo, len, "%s", ns);
+    if (ns[0] == '\0') {
+        snprintf(hi, len, "\xff");
+        return;
+    }
+    snprintf(hi, len, "%s", ns);
+    hi[strlen(hi) - 1] = '$'; /* '#' + 1 */
+}
+
+/* Bind the namespace parameter (?9) of every statement that has one. */
+static void bind_namespace(gw_storage_t *s)
+{
+    for (int i = 0; i < ST_COUNT; i++) {
+        int at = s->st[i] != NULL ? sqlite3_bind_parameter_index(s->st[i], "?9") : 0;
+        if (at > 0)
+            sqlite3_bind_text(s->st[i], at, s->version, -1, SQLITE_TRANSIENT);
+    }
+}
+
 static int load_cache(gw_storage_t *s, gw_err_t *err)
 {
     drop_cache(s);
@@ -290,14 +332,21 @@ static int load_cache(gw_storage_t *s, gw_err_t *err)
         b->count = (uint64_t)sqlite3_column_int64(q, 3);
         b->last_op = (uint64_t)sqlite3_column_int64(q, 4);
         index_bucket(s, b);
-        nb++;
-        nops += b->count;
+        if (own_name(s, b->name)) { /* totals count this version's buckets only */
+            nb++;
+            nops += b->count;
+        }
     }
     sqlite3_finalize(q);
     atomic_store(&s->n_buckets, nb);
     atomic_store(&s->n_ops, nops);
-    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM rows", -1, &q, NULL) != SQLITE_OK)
+    char lo[48], hi[48];
+    ns_range(s->version, lo, hi, sizeof(lo));
+    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM rows WHERE tbl >= ?1 AND tbl < ?2", -1,
+                           &q, NULL) != SQLITE_OK)
         return sql_err(s->db, err, "count rows");
+    sqlite3_bind_text(q, 1, lo, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, hi, -1, SQLITE_STATIC);
     if (sqlite3_step(q) == SQLITE_ROW)
         atomic_store(&s->n_rows, (uint64_t)sqlite3_column_int64(q, 0));
     sqlite3_finalize(q);
@@ -403,7 +452,13 @@ static void filter_build(gw_storage_t *s, uint64_t rows)
     s->filter_keys = 0;
     sqlite3_stmt *q;
     int step = SQLITE_ERROR;
-    if (sqlite3_prepare_v2(s->db, "SELECT tbl, key FROM rows", -1, &q, NULL) == SQLITE_OK) {
+    char lo[48], hi[48];
+    ns_range(s->version, lo, hi, sizeof(lo));
+    if (sqlite3_prepare_v2(s->db, "SELECT substr(tbl, ?3), key FROM rows WHERE tbl >= ?1 AND "
+                                  "tbl < ?2", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(q, 1, lo, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, hi, -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 3, (int)strlen(s->version) + 1);
         while ((step = sqlite3_step(q)) == SQLITE_ROW) {
             const char *t = (const char *)sqlite3_column_text(q, 0);
             const char *k = (const char *)sqlite3_column_text(q, 1);
@@ -455,11 +510,24 @@ typedef struct durable_job {
     int done;
 } durable_job_t;
 
-/* What this process's readers serve: the durable checkpoint, once a writer published one. */
+/* What this process's readers serve: the durable checkpoint of the serving writer (and its rule
+ * version's namespace), once one published. A writer that builds a new rule version beside the
+ * serving one does not publish until it takes over (gw_storage_set_serving). */
 static _Atomic int durable_set;
 static _Atomic uint64_t durable_last_op, durable_lsn;
 static _Atomic int durable_consistent;
+static char durable_ns[40]; /* under durable_lock */
 static pthread_mutex_t durable_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Make s's checkpoint the one this process's readers serve; durable_lock held. */
+static void publish_locked(gw_storage_t *s, uint64_t last_op, uint64_t lsn, int consistent)
+{
+    atomic_store(&durable_last_op, last_op);
+    atomic_store(&durable_lsn, lsn);
+    atomic_store(&durable_consistent, consistent);
+    snprintf(durable_ns, sizeof(durable_ns), "%s", s->version);
+    atomic_store(&durable_set, 1);
+}
 
 static void job_free(durable_job_t *j)
 {
@@ -472,7 +540,7 @@ static void job_free(durable_job_t *j)
 
 static void job_publish(gw_storage_t *s, durable_job_t *j)
 {
-    if (s->hook != NULL) {
+    if (s->hook != NULL && atomic_load(&s->serving)) {
         gw_storage_changes_t ch = {
             .last_op = j->last_op,
             .lsn = j->lsn,
@@ -487,10 +555,8 @@ static void job_publish(gw_storage_t *s, durable_job_t *j)
         s->hook(&ch, s->hook_ud);
     }
     pthread_mutex_lock(&durable_lock);
-    atomic_store(&durable_last_op, j->last_op);
-    atomic_store(&durable_lsn, j->lsn);
-    atomic_store(&durable_consistent, j->consistent);
-    atomic_store(&durable_set, 1);
+    if (atomic_load(&s->serving))
+        publish_locked(s, j->last_op, j->lsn, j->consistent);
     pthread_mutex_unlock(&durable_lock);
     if (s->durable_fn != NULL)
         s->durable_fn(j->lsn, s->durable_ud);
@@ -527,11 +593,13 @@ static void *sync_main(void *arg)
         }
         durable_job_t *list = s->jobs_head;
         s->jobs_head = s->jobs_tail = NULL;
+        s->sync_busy = 1;
         pthread_mutex_unlock(&s->sync_lock);
         wal_sync(s);
         for (durable_job_t *j = list; j != NULL; j = j->next)
             job_publish(s, j);
         pthread_mutex_lock(&s->sync_lock);
+        s->sync_busy = 0;
         for (durable_job_t *j = list, *next; j != NULL; j = next) {
             next = j->next;
             if (j->waited)
@@ -543,6 +611,26 @@ static void *sync_main(void *arg)
     }
     pthread_mutex_unlock(&s->sync_lock);
     return NULL;
+}
+
+void gw_storage_settle(gw_storage_t *s)
+{
+    pthread_mutex_lock(&s->sync_lock);
+    while (s->sync_started && (s->jobs_head != NULL || s->sync_busy))
+        pthread_cond_wait(&s->sync_done_cond, &s->sync_lock);
+    pthread_mutex_unlock(&s->sync_lock);
+}
+
+void gw_storage_move_pending(gw_storage_t *from, gw_storage_t *to)
+{
+    for (size_t i = 0; i < from->nwcp; i++) {
+        if (to->nwcp == to->cap_wcp) {
+            to->cap_wcp = to->cap_wcp ? to->cap_wcp * 2 : 16;
+            to->wcp = gw_xrealloc(to->wcp, to->cap_wcp * sizeof(*to->wcp));
+        }
+        to->wcp[to->nwcp++] = from->wcp[i];
+    }
+    from->nwcp = 0;
 }
 
 void gw_storage_set_durable_fn(gw_storage_t *s, void (*fn)(uint64_t lsn, void *ud), void *ud)
@@ -612,12 +700,47 @@ static int on_wal(void *ud, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
-/* The layout this code writes (state "layout"); files of another one are refused. */
-#define LAYOUT "3"
+/* The layout this code writes (state "layout"). Layout 3 (rows, lookups and state of a single
+ * rule version, unprefixed) is migrated in place; older layouts are refused. */
+#define LAYOUT "4"
 
-/* Whether the file holds an older layout: a table "ops" with one row per op (layouts 1 and 2),
- * or stored rows without the layout mark. A fresh file gets the mark. */
-static int other_layout(sqlite3 *db)
+/* Layout 3 -> 4: put the rows, lookups and per-version state of the file's one rule version into
+ * that version's namespace, in one transaction. */
+static int migrate_layout3(sqlite3 *db, gw_err_t *err)
+{
+    char v[32] = "1";
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(db, "SELECT v FROM state WHERE k = 'rules_version'", -1, &q, NULL) ==
+        SQLITE_OK) {
+        if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_text(q, 0) != NULL)
+            snprintf(v, sizeof(v), "%s", (const char *)sqlite3_column_text(q, 0));
+        sqlite3_finalize(q);
+    }
+    for (const char *p = v; *p; p++)
+        if (*p < '0' || *p > '9')
+            return gw_err_set(err, GW_EIO, "storage", "layout 3 file with rule version \"%s\"", v);
+    char sql[1024];
+    snprintf(sql, sizeof(sql),
+             "BEGIN IMMEDIATE;"
+             "UPDATE rows SET tbl = '%s#' || tbl;"
+             "UPDATE lookups SET key = '%s#' || key, tbl = '%s#' || tbl;"
+             "UPDATE state SET k = '%s#' || k WHERE k NOT IN ('layout', 'next_op', 'source_id');"
+             "INSERT OR REPLACE INTO state(k, v) VALUES ('serving', '%s'), ('version_seq', '%s'),"
+             " ('layout', '" LAYOUT "');"
+             "COMMIT;",
+             v, v, v, v, v, v);
+    if (exec(db, sql, err, "migrate the storage file to layout " LAYOUT) != 0) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return GW_EIO;
+    }
+    gw_info("storage", "migrated the storage file to layout " LAYOUT, "rule_version=%s", v);
+    return 0;
+}
+
+/* 0 when the file holds this layout (a fresh file gets the mark, a layout 3 file is migrated);
+ * GW_EIO for an older one: a table "ops" with one row per op (layouts 1 and 2), or stored rows
+ * without the layout mark. */
+static int check_layout(sqlite3 *db, gw_err_t *err)
 {
     sqlite3_stmt *q;
     int old = 0;
@@ -637,16 +760,28 @@ static int other_layout(sqlite3 *db)
         }
         sqlite3_finalize(q);
     }
+    int rc = 0;
     if (layout == NULL && !has_rows && !old)
         sqlite3_exec(db, "INSERT INTO state(k, v) VALUES ('layout', '" LAYOUT "')", NULL, NULL,
                      NULL);
+    else if (layout != NULL && strcmp(layout, "3") == 0 && !old)
+        rc = migrate_layout3(db, err);
     else if (layout == NULL || strcmp(layout, LAYOUT) != 0)
-        old = 1;
+        rc = -1;
     free(layout);
-    return old;
+    if (rc == -1)
+        rc = gw_err_set(err, GW_EIO, "storage",
+                        "it was written by an older ferry with another ops layout");
+    return rc;
 }
 
 int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
+{
+    return gw_storage_open_version(path, NULL, out, err);
+}
+
+int gw_storage_open_version(const char *path, const char *version, gw_storage_t **out,
+                            gw_err_t *err)
 {
     /* no global allocation statistics: they take a mutex on every SQLite malloc. Only possible
      * before SQLite initializes (this runs on the main thread before any other uses SQLite);
@@ -670,7 +805,9 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
         gw_storage_close(s);
         return GW_EIO;
     }
-    sqlite3_busy_timeout(s->db, 5000);
+    /* a second writer (a rule version built beside this one) may hold the write lock for a
+     * while: a snapshot chunk, or dropping a retired version */
+    sqlite3_busy_timeout(s->db, 60000);
     /* a 32 MB page cache keeps the hot b-tree pages (rows, the ops tails) out of pread();
      * checkpoints are the checkpointer thread's (see the file comment) */
     if (exec(s->db,
@@ -681,15 +818,29 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
         gw_storage_close(s);
         return GW_EIO;
     }
-    if (other_layout(s->db)) {
-        gw_err_set(err, GW_EIO, "storage",
-                   "cannot use \"%s\": it was written by an older ferry with another ops layout",
-                   path);
+    gw_err_t lerr;
+    if (check_layout(s->db, &lerr) != 0) {
+        gw_err_set(err, GW_EIO, "storage", "cannot use \"%s\": %s", path, lerr.message);
         gw_err_detail(err, "Delete the file (and its -wal and -shm files) and drop the "
                            "replication slot; ferry then rebuilds storage from a new snapshot.");
         gw_storage_close(s);
         return GW_EIO;
     }
+    /* the namespace: the version asked for, else the one the file serves (none when fresh) */
+    char serving[32] = "";
+    if (version == NULL) {
+        sqlite3_stmt *q;
+        if (sqlite3_prepare_v2(s->db, "SELECT v FROM state WHERE k = 'serving'", -1, &q, NULL) ==
+            SQLITE_OK) {
+            if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_text(q, 0) != NULL)
+                snprintf(serving, sizeof(serving), "%s", (const char *)sqlite3_column_text(q, 0));
+            sqlite3_finalize(q);
+        }
+        version = serving;
+    }
+    if (version[0] != '\0')
+        snprintf(s->version, sizeof(s->version), "%s#", version);
+    atomic_store(&s->serving, 1);
     for (int i = 0; i < ST_COUNT; i++) {
         if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
                                NULL) != SQLITE_OK) {
@@ -698,6 +849,7 @@ int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err)
             return GW_EIO;
         }
     }
+    bind_namespace(s);
     if (load_cache(s, err) != 0) {
         gw_storage_close(s);
         return GW_EIO;
@@ -777,6 +929,21 @@ void gw_storage_set_hook(gw_storage_t *s, gw_storage_hook_fn fn, void *ud)
     s->hook_ud = ud;
 }
 
+void gw_storage_get_hook(const gw_storage_t *s, gw_storage_hook_fn *fn, void **ud)
+{
+    *fn = s->hook;
+    *ud = s->hook_ud;
+}
+
+void gw_storage_set_serving(gw_storage_t *s, int on)
+{
+    pthread_mutex_lock(&durable_lock);
+    atomic_store(&s->serving, on != 0);
+    if (on)
+        publish_locked(s, s->last_op, s->lsn, s->consistent);
+    pthread_mutex_unlock(&durable_lock);
+}
+
 /* ---- transactions ---- */
 
 int gw_storage_begin(gw_storage_t *s, gw_err_t *err)
@@ -785,6 +952,14 @@ int gw_storage_begin(gw_storage_t *s, gw_err_t *err)
         return 0;
     if (exec(s->db, "BEGIN IMMEDIATE", err, "begin a storage transaction") != 0)
         return GW_EIO;
+    /* the op-id sequence is shared with a writer building another rule version beside this one:
+     * take it up where the last commit of either left it (this transaction holds the lock) */
+    char buf[32];
+    if (gw_storage_state_get(s, "next_op", buf, sizeof(buf))) {
+        uint64_t next = strtoull(buf, NULL, 10);
+        if (next > s->next_op)
+            s->next_op = next;
+    }
     s->in_txn = 1;
     s->gen++;
     s->ntouched = 0;
@@ -941,12 +1116,33 @@ void gw_storage_rollback(gw_storage_t *s)
         gw_error("storage", "could not reload the storage cache after a rollback", NULL);
 }
 
+/* State keys shared by every rule version; every other key belongs to one version and is
+ * stored as "<version>#key". */
+static int global_key(const char *k)
+{
+    static const char *const keys[] = {"layout", "next_op", "serving", "building", "source_id",
+                                       "version_seq", "retired"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        if (strcmp(k, keys[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* The stored form of key in namespace ns, into buf; returns buf. */
+static const char *state_key(const char *ns, const char *key, char *buf, size_t len)
+{
+    /* "3#slot" names another version's key itself */
+    snprintf(buf, len, "%s%s", global_key(key) || strchr(key, '#') != NULL ? "" : ns, key);
+    return buf;
+}
+
 int gw_storage_state_get(gw_storage_t *s, const char *key, char *buf, size_t len)
 {
     sqlite3_stmt *q = s->st[ST_STATE_GET];
     if (q == NULL)
         return 0;
-    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
+    char k[256];
+    sqlite3_bind_text(q, 1, state_key(s->version, key, k, sizeof(k)), -1, SQLITE_TRANSIENT);
     int found = 0;
     if (sqlite3_step(q) == SQLITE_ROW) {
         const char *v = (const char *)sqlite3_column_text(q, 0);
@@ -960,7 +1156,8 @@ int gw_storage_state_get(gw_storage_t *s, const char *key, char *buf, size_t len
 int gw_storage_state_set(gw_storage_t *s, const char *key, const char *value, gw_err_t *err)
 {
     sqlite3_stmt *q = s->st[ST_STATE_SET];
-    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
+    char k[256];
+    sqlite3_bind_text(q, 1, state_key(s->version, key, k, sizeof(k)), -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(q, 2, value, -1, SQLITE_STATIC);
     int rc = sqlite3_step(q);
     sqlite3_reset(q);
@@ -1783,42 +1980,93 @@ static int compact_clear(gw_storage_t *s, bucket_t *b, const int64_t *ids, size_
     return rc;
 }
 
-void gw_storage_set_version(gw_storage_t *s, const char *version)
+int gw_storage_set_version(gw_storage_t *s, const char *version, gw_err_t *err)
 {
-    snprintf(s->version, sizeof(s->version), "%s#", version);
+    char ns[40];
+    snprintf(ns, sizeof(ns), "%s#", version);
+    if (strcmp(ns, s->version) == 0)
+        return 0;
+    if (s->in_txn)
+        return gw_err_set(err, GW_EINVAL, "storage", "version change inside a transaction");
+    snprintf(s->version, sizeof(s->version), "%s", ns);
+    bind_namespace(s);
+    free(s->filter);
+    s->filter = NULL;
+    if (load_cache(s, err) != 0)
+        return GW_EIO;
+    gw_storage_stats_t st;
+    if (gw_storage_stats(s, &st) == 0)
+        filter_build(s, st.rows);
+    return 0;
 }
 
-int gw_storage_drop_other_versions(gw_storage_t *s, uint64_t *dropped, gw_err_t *err)
+const char *gw_storage_version(const gw_storage_t *s)
+{
+    return s->version;
+}
+
+int gw_storage_advance_checkpoint(gw_storage_t *s, gw_err_t *err)
+{
+    if (!s->in_txn)
+        return gw_err_set(err, GW_EINVAL, "storage", "checkpoint advance outside a transaction");
+    if (s->next_op - 1 > s->txn_last_op)
+        s->txn_last_op = s->next_op - 1;
+    return 0;
+}
+
+/* Run sql (binding ?1/?2 to the text range [lo, hi)) and add the rows it changed to *n. */
+static int exec_range(gw_storage_t *s, const char *sql, const char *lo, const char *hi,
+                      uint64_t *n, gw_err_t *err)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &q, NULL) != SQLITE_OK)
+        return sql_err(s->db, err, "drop a rule version");
+    sqlite3_bind_text(q, 1, lo, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, hi, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(q) == SQLITE_DONE ? 0 : sql_err(s->db, err, "drop a rule version");
+    sqlite3_finalize(q);
+    if (rc == 0 && n != NULL)
+        *n += (uint64_t)sqlite3_changes(s->db);
+    return rc;
+}
+
+int gw_storage_drop_version(gw_storage_t *s, const char *version, uint64_t *dropped,
+                            gw_err_t *err)
 {
     *dropped = 0;
-    if (s->version[0] == '\0')
-        return 0;
+    char ns[40], lo[48], hi[48];
+    snprintf(ns, sizeof(ns), "%s#", version);
+    if (strcmp(ns, s->version) == 0 || version[0] == '\0')
+        return gw_err_set(err, GW_EINVAL, "storage", "cannot drop the writer's own version");
+    if (!s->in_txn)
+        return gw_err_set(err, GW_EINVAL, "storage", "version drop outside a transaction");
     if (flush_pending(s, err) != 0)
         return GW_EIO;
+    ns_range(ns, lo, hi, sizeof(lo));
+    int rc = exec_range(s,
+                        "DELETE FROM op_chunks WHERE bucket_id IN (SELECT id FROM buckets WHERE "
+                        "name >= ?1 AND name < ?2)",
+                        lo, hi, NULL, err);
+    if (rc == 0)
+        rc = exec_range(s, "DELETE FROM buckets WHERE name >= ?1 AND name < ?2", lo, hi, dropped,
+                        err);
+    if (rc == 0)
+        rc = exec_range(s, "DELETE FROM rows WHERE tbl >= ?1 AND tbl < ?2", lo, hi, NULL, err);
+    if (rc == 0)
+        rc = exec_range(s, "DELETE FROM lookups WHERE key >= ?1 AND key < ?2", lo, hi, NULL, err);
+    if (rc == 0)
+        rc = exec_range(s, "DELETE FROM state WHERE k >= ?1 AND k < ?2", lo, hi, NULL, err);
+    if (rc != 0)
+        return rc;
+    /* forget the dropped buckets this writer had cached (totals count its own version only) */
     for (size_t id = 0; id < s->by_id_cap; id++) {
         bucket_t *b = s->by_id[id];
-        if (b == NULL || strncmp(b->name, s->version, strlen(s->version)) == 0)
+        if (b == NULL || strncmp(b->name, ns, strlen(ns)) != 0)
             continue;
-        sqlite3_stmt *q;
-        int rc = 0;
-        const char *sql[2] = {"DELETE FROM op_chunks WHERE bucket_id = ?1",
-                              "DELETE FROM buckets WHERE id = ?1"};
-        for (int i = 0; i < 2 && rc == 0; i++) {
-            if (sqlite3_prepare_v2(s->db, sql[i], -1, &q, NULL) != SQLITE_OK)
-                return sql_err(s->db, err, "drop an old bucket");
-            sqlite3_bind_int64(q, 1, b->id);
-            rc = sqlite3_step(q) == SQLITE_DONE ? 0 : sql_err(s->db, err, "drop an old bucket");
-            sqlite3_finalize(q);
-        }
-        if (rc != 0)
-            return rc;
         gw_map_del(&s->by_name, b->name);
         s->by_id[id] = NULL;
-        atomic_fetch_sub(&s->n_ops, b->count);
-        atomic_fetch_sub(&s->n_buckets, 1);
         free(b->name);
         free(b);
-        (*dropped)++;
     }
     return 0;
 }
@@ -1847,7 +2095,7 @@ int gw_storage_compact(gw_storage_t *s, gw_storage_compact_stats_t *out, gw_err_
             rc = sql_err(s->db, err, "prepare compaction");
     for (size_t id = 0; id < s->by_id_cap && rc == 0; id++) {
         bucket_t *b = s->by_id[id];
-        if (b == NULL)
+        if (b == NULL || !own_name(s, b->name)) /* another version's writer owns the others */
             continue;
         st.ops_before += b->count;
         if (b->last_op <= b->compacted || b->count < 2) {
@@ -2056,13 +2304,14 @@ enum {
 };
 
 static const char *const rd_sql[RD_COUNT] = {
-    [RD_STATE] = "SELECT k, v FROM state WHERE k IN ('last_op', 'lsn', 'consistent')",
+    [RD_STATE] = "SELECT substr(k, length(?1) + 1), v FROM state WHERE k IN (?1 || 'last_op', "
+                 "?1 || 'lsn', ?1 || 'consistent')",
     [RD_BUCKET] = "SELECT id, checksum, count, last_op FROM buckets WHERE name = ?1",
     [RD_OPS_AFTER] = "SELECT first_op, n, checksum, ops FROM op_chunks WHERE bucket_id = ?1 AND "
                      "last_op > ?2",
     [RD_OPS] = "SELECT ops FROM op_chunks WHERE bucket_id = ?1 AND last_op > ?2 ORDER BY last_op",
-    [RD_LOOKUP] = "SELECT params FROM lookups WHERE key = ?1 AND from_op <= ?2 AND (to_op IS NULL "
-                  "OR to_op > ?2)",
+    [RD_LOOKUP] = "SELECT params FROM lookups WHERE key = ?3 || ?1 AND from_op <= ?2 AND (to_op "
+                  "IS NULL OR to_op > ?2)",
     [RD_BUCKETS] = "SELECT name FROM buckets ORDER BY name",
     [RD_STATE_ONE] = "SELECT v FROM state WHERE k = ?1",
     [RD_WCP] = "SELECT counter, lsn FROM write_checkpoints WHERE user_key = ?1",
@@ -2071,7 +2320,19 @@ static const char *const rd_sql[RD_COUNT] = {
 struct gw_storage_reader {
     sqlite3 *db;
     sqlite3_stmt *st[RD_COUNT];
+    char ns[40]; /* the served rule version's namespace, as of the last checkpoint read */
 };
+
+/* The namespace of the version the file serves (another process may be writing it). */
+static void reader_file_ns(gw_storage_reader_t *r)
+{
+    sqlite3_stmt *q = r->st[RD_STATE_ONE];
+    sqlite3_bind_text(q, 1, "serving", -1, SQLITE_STATIC);
+    r->ns[0] = '\0';
+    if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_text(q, 0) != NULL)
+        snprintf(r->ns, sizeof(r->ns), "%s#", (const char *)sqlite3_column_text(q, 0));
+    sqlite3_reset(q);
+}
 
 int gw_storage_reader_open(const char *path, gw_storage_reader_t **out, gw_err_t *err)
 {
@@ -2092,8 +2353,14 @@ int gw_storage_reader_open(const char *path, gw_storage_reader_t **out, gw_err_t
             return GW_EIO;
         }
     }
+    reader_file_ns(r);
     *out = r;
     return 0;
+}
+
+const char *gw_storage_reader_version(const gw_storage_reader_t *r)
+{
+    return r->ns;
 }
 
 void gw_storage_reader_close(gw_storage_reader_t *r)
@@ -2112,7 +2379,22 @@ int gw_storage_read_checkpoint(gw_storage_reader_t *r, uint64_t *last_op, uint64
 {
     *last_op = *lsn = 0;
     *consistent = 0;
+    if (atomic_load(&durable_set)) {
+        /* this process writes: serve only what is on disk (a commit not yet synced may be
+         * lost with the machine, and its op ids reused) */
+        pthread_mutex_lock(&durable_lock);
+        *last_op = atomic_load(&durable_last_op);
+        *lsn = atomic_load(&durable_lsn);
+        *consistent = atomic_load(&durable_consistent);
+        snprintf(r->ns, sizeof(r->ns), "%s", durable_ns);
+        pthread_mutex_unlock(&durable_lock);
+        return 0;
+    }
+    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return GW_EIO;
+    reader_file_ns(r);
     sqlite3_stmt *q = r->st[RD_STATE];
+    sqlite3_bind_text(q, 1, r->ns, -1, SQLITE_TRANSIENT);
     int rc;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
         const char *k = (const char *)sqlite3_column_text(q, 0);
@@ -2127,15 +2409,7 @@ int gw_storage_read_checkpoint(gw_storage_reader_t *r, uint64_t *last_op, uint64
             *consistent = v[0] == '1';
     }
     sqlite3_reset(q);
-    if (atomic_load(&durable_set)) {
-        /* this process writes: serve only what is on disk (a commit not yet synced may be
-         * lost with the machine, and its op ids reused) */
-        pthread_mutex_lock(&durable_lock);
-        *last_op = atomic_load(&durable_last_op);
-        *lsn = atomic_load(&durable_lsn);
-        *consistent = atomic_load(&durable_consistent);
-        pthread_mutex_unlock(&durable_lock);
-    }
+    sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
     return rc == SQLITE_DONE ? 0 : GW_EIO;
 }
 
@@ -2156,7 +2430,8 @@ int gw_storage_read_write_checkpoint(gw_storage_reader_t *r, const char *user_ke
 int gw_storage_read_state(gw_storage_reader_t *r, const char *key, char *buf, size_t len)
 {
     sqlite3_stmt *q = r->st[RD_STATE_ONE];
-    sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
+    char k[256];
+    sqlite3_bind_text(q, 1, state_key(r->ns, key, k, sizeof(k)), -1, SQLITE_TRANSIENT);
     int found = 0;
     if (sqlite3_step(q) == SQLITE_ROW) {
         const char *v = (const char *)sqlite3_column_text(q, 0);
@@ -2276,12 +2551,18 @@ int gw_storage_read_ops(gw_storage_reader_t *r, const char *bucket, uint64_t aft
     return rc;
 }
 
-int gw_storage_lookup(gw_storage_reader_t *r, const char *key, uint64_t as_of,
-                      int (*fn)(void *ud, const char *params), void *ud)
+int gw_storage_lookup(gw_storage_reader_t *r, const char *version, const char *key,
+                      uint64_t as_of, int (*fn)(void *ud, const char *params), void *ud)
 {
     sqlite3_stmt *q = r->st[RD_LOOKUP];
+    char ns[40];
+    if (version != NULL)
+        snprintf(ns, sizeof(ns), "%s#", version);
+    else
+        snprintf(ns, sizeof(ns), "%s", r->ns);
     sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
     sqlite3_bind_int64(q, 2, (sqlite3_int64)as_of);
+    sqlite3_bind_text(q, 3, ns, -1, SQLITE_TRANSIENT);
     int rc = 0, step;
     while ((step = sqlite3_step(q)) == SQLITE_ROW) {
         rc = fn(ud, (const char *)sqlite3_column_text(q, 0));

@@ -51,16 +51,38 @@ typedef void (*gw_storage_hook_fn)(const gw_storage_changes_t *changes, void *ud
 /* ---- writer ---- */
 
 /**
- * Open (creating if needed) the storage file at path for writing. Returns 0 and *out (release
- * with gw_storage_close), or GW_EIO with err naming the file and SQLite's message.
+ * Open (creating if needed) the storage file at path for writing, in the namespace of the rule
+ * version the file serves (state "serving"; none for a fresh file). Returns 0 and *out (release
+ * with gw_storage_close), or GW_EIO with err naming the file and SQLite's message. A file of
+ * layout 3 is migrated in place; older layouts are refused.
  */
 int gw_storage_open(const char *path, gw_storage_t **out, gw_err_t *err);
+
+/**
+ * Like gw_storage_open, in the namespace of rule version (e.g. "3"): a second writer that builds
+ * a new rule version beside the serving one. The two writers share the file and the op-id
+ * sequence (each transaction takes SQLite's write lock); rows, lookups, per-version state and
+ * buckets ("3#…") are the version's own. Call gw_storage_set_serving(s, 0) before its first
+ * commit so that it publishes nothing until it takes over.
+ */
+int gw_storage_open_version(const char *path, const char *version, gw_storage_t **out,
+                            gw_err_t *err);
+
+/**
+ * Whether s's durable checkpoints are what this process's readers serve, and whether its hook
+ * runs. On: publishes s's current checkpoint and namespace right away (the switch to a new rule
+ * version). Writer thread, outside a transaction.
+ */
+void gw_storage_set_serving(gw_storage_t *s, int on);
 
 /** Close the writer and free everything. NULL is fine. */
 void gw_storage_close(gw_storage_t *s);
 
 /** Install the hook called after each commit (one hook; NULL removes it). */
 void gw_storage_set_hook(gw_storage_t *s, gw_storage_hook_fn fn, void *ud);
+
+/** The hook installed with gw_storage_set_hook (to move it to another writer). */
+void gw_storage_get_hook(const gw_storage_t *s, gw_storage_hook_fn *fn, void **ud);
 
 /** Start a write transaction. 0 or GW_EIO. */
 int gw_storage_begin(gw_storage_t *s, gw_err_t *err);
@@ -84,6 +106,15 @@ int gw_storage_commit_async(gw_storage_t *s, uint64_t lsn, gw_err_t *err);
  * commit awaits its sync.
  */
 void gw_storage_set_durable_fn(gw_storage_t *s, void (*fn)(uint64_t lsn, void *ud), void *ud);
+
+/** Wait until every commit queued for the syncer is durable and published. Writer thread. */
+void gw_storage_settle(gw_storage_t *s);
+
+/**
+ * Move the write checkpoints from waiting for a commit at their LSN (not yet visible) to another
+ * writer of the same file, which then reports them (a switch of rule versions). Both settled.
+ */
+void gw_storage_move_pending(gw_storage_t *from, gw_storage_t *to);
 
 /** Abandon the transaction; in-memory caches are reloaded from the file. */
 void gw_storage_rollback(gw_storage_t *s);
@@ -116,14 +147,30 @@ typedef struct gw_storage_stats {
 /** Fill *out from the totals the writer keeps (any thread; cheap). Returns 0. */
 int gw_storage_stats(gw_storage_t *s, gw_storage_stats_t *out);
 
-/** Set the current rule version ("2"): REMOVEs go only to buckets named "2#…" from now on. */
-void gw_storage_set_version(gw_storage_t *s, const char *version);
+/**
+ * Switch the writer to rule version's namespace ("2"): its rows, lookups and state keys (all but
+ * the shared ones: layout, next_op, serving, building, source_id, version_seq, retired), and
+ * REMOVEs only to buckets named "2#…". Reloads the per-version caches. Outside a txn; 0, or
+ * GW_EIO / GW_EINVAL.
+ */
+int gw_storage_set_version(gw_storage_t *s, const char *version, gw_err_t *err);
+
+/** The writer's namespace prefix ("2#"; "" for a file without versions). */
+const char *gw_storage_version(const gw_storage_t *s);
 
 /**
- * Delete the buckets (and their ops) of every other rule version, inside a txn, once the current
- * version is consistent and serves. *dropped is the number of buckets removed. 0 or GW_EIO.
+ * Inside a txn: make this commit's checkpoint the highest op id handed out by any writer of the
+ * file, so a version that takes over serves a checkpoint above every op id clients have seen.
  */
-int gw_storage_drop_other_versions(gw_storage_t *s, uint64_t *dropped, gw_err_t *err);
+int gw_storage_advance_checkpoint(gw_storage_t *s, gw_err_t *err);
+
+/**
+ * Delete everything of another rule version, inside a txn: its buckets and their ops, rows,
+ * lookups and state. *dropped is the number of buckets removed. 0, GW_EIO, or GW_EINVAL for the
+ * writer's own version.
+ */
+int gw_storage_drop_version(gw_storage_t *s, const char *version, uint64_t *dropped,
+                            gw_err_t *err);
 
 /** What one compaction did. */
 typedef struct gw_storage_compact_stats {
@@ -220,6 +267,9 @@ int gw_storage_row_find(const void *copy, size_t copy_len, const char *name, con
 /** Open a read-only handle on the storage file. 0 or GW_EIO. Release with ..._close. */
 int gw_storage_reader_open(const char *path, gw_storage_reader_t **out, gw_err_t *err);
 
+/** The namespace of the version served as of the last checkpoint read ("2#"; "" for none). */
+const char *gw_storage_reader_version(const gw_storage_reader_t *r);
+
 /** Close a reader. NULL is fine. */
 void gw_storage_reader_close(gw_storage_reader_t *r);
 
@@ -250,9 +300,12 @@ int gw_storage_read_ops(gw_storage_reader_t *r, const char *bucket, uint64_t aft
 int gw_storage_read_write_checkpoint(gw_storage_reader_t *r, const char *user_key,
                                      uint64_t as_of_lsn, uint64_t *counter);
 
-/** Call fn for each params JSON stored under lookup key and valid at checkpoint as_of. */
-int gw_storage_lookup(gw_storage_reader_t *r, const char *key, uint64_t as_of,
-                      int (*fn)(void *ud, const char *params), void *ud);
+/**
+ * Call fn for each params JSON stored under lookup key of rule version ("3"; NULL: the version
+ * served as of the last gw_storage_read_checkpoint) and valid at checkpoint as_of.
+ */
+int gw_storage_lookup(gw_storage_reader_t *r, const char *version, const char *key,
+                      uint64_t as_of, int (*fn)(void *ud, const char *params), void *ud);
 
 /** Every bucket name with ops, with its checksum/count as of as_of (for `ferry debug dump`). */
 int gw_storage_each_bucket(gw_storage_reader_t *r, uint64_t as_of,

@@ -50,6 +50,7 @@
 
 typedef struct cp_event {
     _Atomic int refs;
+    int rules_changed; /* a new rule version took over: every stream re-evaluates */
     uint64_t last_op, lsn;
     gw_map_t buckets, lookups, wcps; /* sets (values unused) */
     struct timespec at;
@@ -106,6 +107,18 @@ struct gw_streams {
 
 
 /* ---- one stream ---- */
+
+/* Take the newest checkpoint this process serves into th. */
+static void refresh_checkpoint(sthread_t *th)
+{
+    uint64_t last_op, lsn;
+    int consistent;
+    if (th->reader != NULL && gw_storage_read_checkpoint(th->reader, &last_op, &lsn, &consistent) == 0 &&
+        (last_op > th->last_op || (last_op == th->last_op && lsn > th->lsn))) {
+        th->last_op = last_op;
+        th->lsn = lsn;
+    }
+}
 
 typedef struct sbucket {
     char *name;
@@ -267,6 +280,9 @@ typedef struct lookup_arg {
     rules_answer_t *ans;
 } lookup_arg_t;
 
+/* The rules a bucket list is evaluated with (one per evaluation; see gw_app_active). */
+static __thread const gw_active_t *tl_active;
+
 static int add_answer(void *ud, const char *params)
 {
     return rules_answer_add(((lookup_arg_t *)ud)->ans, params) == 0 ? 0 : -1;
@@ -277,7 +293,10 @@ static int lookup_cb(void *arg, const char *key, rules_answer_t *ans)
     stream_t *s = arg;
     gw_map_put(&s->lookup_keys, key, (void *)1);
     lookup_arg_t la = {s, ans};
-    return gw_storage_lookup(s->th->reader, key, s->cp_op, add_answer, &la) == 0 ? 0 : -1;
+    return gw_storage_lookup(s->th->reader, tl_active->version, key, s->cp_op, add_answer,
+                             &la) == 0
+               ? 0
+               : -1;
 }
 
 /*
@@ -296,17 +315,19 @@ static int eval_buckets(stream_t *s, rules_buckets_t *out, char *msg, size_t msg
                           .lookup_arg = s,
                           .max_buckets = limit * 4 + 16};
     rules_error_t rerr = {0};
-    int rc = rules_eval_request(app->rules, app->version, &rq, out, &rerr);
+    const gw_active_t *a = gw_app_active(app);
+    tl_active = a;
+    int rc = rules_eval_request(a->rules, a->version, &rq, out, &rerr);
     if (rc == 0 && out->n > limit)
         rc = RULES_ELIMIT;
     if (rc == RULES_ELIMIT) {
         /* name each definition and how many buckets it produced */
         gw_buf_t b = GW_BUF_INIT;
         gw_buf_printf(&b, "too many buckets for one connection: more than %zu (", limit);
-        size_t ndefs = rules_definition_count(app->rules);
+        size_t ndefs = rules_definition_count(a->rules);
         int first = 1;
         for (size_t d = 0; d < ndefs; d++) {
-            const char *name = rules_definition_name(app->rules, d);
+            const char *name = rules_definition_name(a->rules, d);
             size_t n = 0;
             for (size_t i = 0; i < out->n; i++)
                 n += strcmp(out->items[i].definition, name) == 0;
@@ -357,6 +378,8 @@ static int start_round(stream_t *s)
     sthread_t *th = s->th;
     gw_storage_reader_t *r = th->reader;
     s->dirty = 0;
+    if (th->last_op < gw_app_active(th->owner->app)->since_op)
+        refresh_checkpoint(th); /* a new rule version took over and its event is on the way */
     uint64_t cp_op = th->last_op, cp_lsn = th->lsn;
     int first = !s->have_checkpoint;
     s->cp_op = cp_op;
@@ -651,9 +674,15 @@ static void on_events(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages)
             th->last_op = ev->last_op;
             th->lsn = ev->lsn;
         }
+        if (ev->rules_changed)
+            refresh_checkpoint(th);
         for (h2o_linklist_t *n = th->streams.next; n != &th->streams; n = n->next) {
             stream_t *s = H2O_STRUCT_FROM_MEMBER(stream_t, link, n);
-            if (s->closed || s->finishing || !s->have_checkpoint || !touches(s, ev))
+            if (s->closed || s->finishing)
+                continue;
+            if (ev->rules_changed)
+                s->reeval = 1; /* also a stream still in its first round */
+            else if (!s->have_checkpoint || !touches(s, ev))
                 continue;
             s->dirty = 1;
             if (!s->wake_timed) {
@@ -667,6 +696,24 @@ static void on_events(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages)
         }
         event_unref(ev);
     }
+}
+
+/* Send ev (refs 0, ownership passes) to every loop thread; freed at once when none listens. */
+static void broadcast(gw_streams_t *g, cp_event_t *ev)
+{
+    pthread_mutex_lock(&g->lock);
+    if (!g->attached || g->threads == NULL) {
+        pthread_mutex_unlock(&g->lock);
+        event_unref(ev); /* refs start at 0: free now */
+        return;
+    }
+    atomic_store(&ev->refs, (int)g->nthreads);
+    for (size_t i = 0; i < g->nthreads; i++) {
+        cp_msg_t *m = gw_xcalloc(1, sizeof(*m));
+        m->ev = ev;
+        h2o_multithread_send_message(&g->threads[i].rx, &m->super);
+    }
+    pthread_mutex_unlock(&g->lock);
 }
 
 static void storage_hook(const gw_storage_changes_t *ch, void *ud)
@@ -687,19 +734,21 @@ static void storage_hook(const gw_storage_changes_t *ch, void *ud)
         gw_map_put(&ev->lookups, ch->lookups[i], (void *)1);
     for (size_t i = 0; i < ch->nwrite_checkpoints; i++)
         gw_map_put(&ev->wcps, ch->write_checkpoints[i], (void *)1);
-    pthread_mutex_lock(&g->lock);
-    if (!g->attached || g->threads == NULL) {
-        pthread_mutex_unlock(&g->lock);
-        event_unref(ev); /* refs start at 0: free now */
-        return;
-    }
-    atomic_store(&ev->refs, (int)g->nthreads);
-    for (size_t i = 0; i < g->nthreads; i++) {
-        cp_msg_t *m = gw_xcalloc(1, sizeof(*m));
-        m->ev = ev;
-        h2o_multithread_send_message(&g->threads[i].rx, &m->super);
-    }
-    pthread_mutex_unlock(&g->lock);
+    broadcast(g, ev);
+}
+
+void gw_stream_rules_changed(const gw_active_t *now, void *ud)
+{
+    gw_app_t *app = ud;
+    gw_streams_t *g = app->streams;
+    (void)now;
+    cp_event_t *ev = gw_xcalloc(1, sizeof(*ev));
+    ev->rules_changed = 1;
+    clock_gettime(CLOCK_MONOTONIC, &ev->at);
+    gw_map_init(&ev->buckets);
+    gw_map_init(&ev->lookups);
+    gw_map_init(&ev->wcps);
+    broadcast(g, ev);
 }
 
 /* ---- keepalives and expiry ---- */

@@ -135,6 +135,7 @@ typedef struct conn_state {
     PGconn *conn;
     int pid;
     int prepared;
+    const rules_set_t *rules; /* the write rules prepared (they change with the rule version) */
     int con_ids[256]; /* constraint i prepared in the "conflicting ids" form */
     unsigned char self_cko[256], self_chk[256]; /* table i has the self-reading forms */
     unsigned char id_unique[256]; /* table i has an immediate unique index on ("id") alone */
@@ -316,10 +317,10 @@ static int ensure_tables(PGconn *conn, gw_err_t *err)
  * Postgres failed (connection, ferry's tables); GW_ERULES when Postgres rejected a statement
  * built from the rules (err->where is the rules file position).
  */
-static int prepare_conn(PGconn *conn, gw_err_t *err)
+static int prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
 {
     conn_state_t *cs = &tl_conn;
-    if (cs->conn == conn && cs->pid == PQbackendPID(conn) && cs->prepared)
+    if (cs->conn == conn && cs->pid == PQbackendPID(conn) && cs->prepared && cs->rules == set)
         return 0;
     memset(cs, 0, sizeof(*cs));
     int rc = ensure_tables(conn, err);
@@ -337,7 +338,6 @@ static int prepare_conn(PGconn *conn, gw_err_t *err)
         prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0)
         return gw_err_set(err, GW_EPG, "postgres", "could not prepare ferry's statements: %s",
                           msg);
-    const rules_set_t *set = g_mod.app->rules;
     for (size_t i = 0; i < rules_write_count(set); i++) {
         const rules_write_rule_t *r = rules_write_at(set, i);
         char *qt = qualified(conn, r);
@@ -473,6 +473,7 @@ static int prepare_conn(PGconn *conn, gw_err_t *err)
     cs->conn = conn;
     cs->pid = PQbackendPID(conn);
     cs->prepared = 1;
+    cs->rules = set;
     return 0;
 }
 
@@ -512,6 +513,7 @@ struct wbatch {
     char *jwt;    /* claims as JSON text */
     char *params; /* request parameters as JSON text */
     char client_id[256];
+    const rules_set_t *rules; /* the write rules serving when the request came (see gw_app_active) */
     wop_t *ops;
     size_t nops;
     struct timespec started;
@@ -693,7 +695,7 @@ static void insert_sql(wctx_t *c, const rules_write_rule_t *r, uint64_t mask, in
 /* Record violations of the constraints of op's table over the stored row new_row. */
 static int run_constraints(wctx_t *c, wop_t *op, const char *new_row)
 {
-    const rules_set_t *set = c->app->rules;
+    const rules_set_t *set = c->b->rules;
     for (size_t k = 0; k < rules_constraint_count(set); k++) {
         const rules_constraint_t *con = rules_constraint_at(set, k);
         if (strcmp(con->schema, op->rule->schema) != 0 || strcmp(con->table, op->rule->table) != 0)
@@ -1097,7 +1099,7 @@ static int insert_cached(size_t ti, uint64_t mask)
 /* Queue the constraint queries of op's table over q->new_row (after a sync). */
 static int pq_send_constraints(wctx_t *c, pq_state_t *q, size_t i)
 {
-    const rules_set_t *set = c->app->rules;
+    const rules_set_t *set = c->b->rules;
     wop_t *op = &c->b->ops[i];
     for (size_t k = 0; k < rules_constraint_count(set); k++) {
         const rules_constraint_t *con = rules_constraint_at(set, k);
@@ -1155,7 +1157,7 @@ static int run_pipelined(wctx_t *c)
         datas[i] = data_json(op);
         const char *sv[2] = {op->id, datas[i]};
         snprintf(name, sizeof(name), "fw_sel_%zu", ti);
-        int constraints = op->kind != OP_DELETE && table_has_constraints(c->app->rules, r);
+        int constraints = op->kind != OP_DELETE && table_has_constraints(c->b->rules, r);
         if (op->kind == OP_PUT) {
             /* taken as an insert; if the row exists after all, the INSERT fails on the unique
              * index of "id" and the careful path makes it the update it is (without such an
@@ -1371,7 +1373,7 @@ static int batch_try(wbatch_t *b, PGconn *conn)
 {
     gw_err_t err;
     gw_err_clear(&err);
-    int rc = prepare_conn(conn, &err);
+    int rc = prepare_conn(conn, b->rules, &err);
     if (rc != 0) {
         char msg[1024];
         gw_err_format(&err, msg, sizeof(msg));
@@ -1529,7 +1531,8 @@ static int parse_op_id(json_t *v, long long *out)
 
 /* Fill op from the batch entry e; a shape problem of an op with a valid op_id rejects only that
  * op (code/message set, kind 0). Returns -1 (with msg) when even op_id is unusable. */
-static int parse_op(gw_app_t *app, json_t *e, size_t i, wop_t *op, char *msg, size_t len)
+static int parse_op(const rules_set_t *rules, json_t *e, size_t i, wop_t *op, char *msg,
+                    size_t len)
 {
     memset(op, 0, sizeof(*op));
     if (!json_is_object(e)) {
@@ -1582,16 +1585,16 @@ static int parse_op(gw_app_t *app, json_t *e, size_t i, wop_t *op, char *msg, si
     if (dot != NULL) {
         char schema[128];
         snprintf(schema, sizeof(schema), "%.*s", (int)(dot - op->type), op->type);
-        op->rule = rules_write_find(app->rules, schema, dot + 1);
+        op->rule = rules_write_find(rules, schema, dot + 1);
     } else {
-        op->rule = rules_write_find(app->rules, NULL, op->type);
+        op->rule = rules_write_find(rules, NULL, op->type);
     }
     if (op->rule == NULL) {
         op_reject(op, "table_not_writable", "table \"%.64s\" has no write rules", op->type);
         return 0;
     }
-    for (size_t k = 0; k < rules_write_count(app->rules); k++)
-        if (rules_write_at(app->rules, k) == op->rule)
+    for (size_t k = 0; k < rules_write_count(rules); k++)
+        if (rules_write_at(rules, k) == op->rule)
             op->rule_index = k;
     return 0;
 }
@@ -1646,8 +1649,9 @@ static int on_write(h2o_req_t *req, void *ud)
     b->body = body;
     b->ops = gw_xcalloc(n > 0 ? n : 1, sizeof(wop_t));
     b->nops = n;
+    b->rules = gw_app_active(app)->rules;
     for (size_t i = 0; i < n; i++) {
-        if (parse_op(app, json_array_get(batch, i), i, &b->ops[i], msg, sizeof(msg)) != 0) {
+        if (parse_op(b->rules, json_array_get(batch, i), i, &b->ops[i], msg, sizeof(msg)) != 0) {
             batch_free(b);
             auth_token_release(tok);
             bad_request(req, msg);
@@ -1663,7 +1667,7 @@ static int on_write(h2o_req_t *req, void *ud)
         abort();
     snprintf(b->client_id, sizeof(b->client_id), "%s", json_string_value(client));
     auth_token_release(tok);
-    if (rules_write_count(app->rules) == 0) { /* nothing is writable: no need for Postgres */
+    if (rules_write_count(b->rules) == 0) { /* nothing is writable: no need for Postgres */
         for (size_t i = 0; i < n; i++)
             b->ops[i].status = ST_REJECTED;
         batch_results(b);
@@ -1716,14 +1720,15 @@ static void startup_run(gw_job_t *job, PGconn *conn)
     gw_err_t err;
     gw_err_clear(&err);
     int rc = conn == NULL ? gw_err_set(&err, GW_EUNAVAIL, NULL, "postgres is not reachable")
-                          : prepare_conn(conn, &err);
+                          : prepare_conn(conn, gw_app_active(g_mod.app)->rules, &err);
     if (rc == 0) {
         gw_ready_set(g_mod.ready_id, 1, NULL);
         int self = 0;
         for (size_t i = 0; i < 256; i++)
             self += tl_conn.self_cko[i] + tl_conn.self_chk[i];
         gw_info("write", "write rules prepared", "tables=%zu constraints=%zu self_reading_checks=%d",
-                rules_write_count(g_mod.app->rules), rules_constraint_count(g_mod.app->rules),
+                rules_write_count(gw_app_active(g_mod.app)->rules),
+                rules_constraint_count(gw_app_active(g_mod.app)->rules),
                 self);
         job->ud = NULL;
         return;
@@ -1825,7 +1830,7 @@ void gw_write_register(gw_app_t *app)
     g_mod.max_inflight = pool * 16 > 64 ? pool * 16 : 64;
     gw_http_route(app->http, "/api/write", "write", GW_HTTP_POST, on_write, app);
     gw_metrics_add_collector(collect, NULL);
-    if (rules_write_count(app->rules) > 0) {
+    if (rules_write_count(gw_app_active(app)->rules) > 0) {
         g_mod.ready_id = gw_ready_register("write rules", "write rules not yet prepared in postgres");
         gw_http_on_thread_start(app->http, on_thread_start, NULL);
         gw_http_on_shutdown(app->http, on_shutdown, NULL);

@@ -103,6 +103,8 @@ expect_eq "events got op ids in commit order" 0 "$order"
 lines=$(jq -r '"\(.bucket) \(.op.op_id)"' "$T_TMP/ops.jsonl" | awk '$1 == b && $2 + 0 <= prev { bad++ } { b = $1; prev = $2 + 0 } END { print bad + 0 }')
 expect_eq "op ids increase within every bucket" 0 "$lines"
 max_op=$(jq -r '.op.op_id | tonumber' "$T_TMP/ops.jsonl" | sort -n | tail -1)
-last=$(sqlite3 "$st" "SELECT $max_op <= (SELECT v FROM state WHERE k = 'last_op') AND (SELECT v FROM state WHERE k = 'last_op') < (SELECT v FROM state WHERE k = 'next_op')")
+# the serving rule version's checkpoint ("<version>#last_op"); next_op is shared by all versions
+cp="(SELECT v FROM state WHERE k = (SELECT v FROM state WHERE k = 'serving') || '#last_op')"
+last=$(sqlite3 "$st" "SELECT $max_op <= $cp AND $cp < (SELECT v FROM state WHERE k = 'next_op')")
 expect_eq "the checkpoint covers every op and the next op id is above it" 1 "$last"
 expect_eq "no errors in the logs" "" "$(cat "${logs[@]}" | grep 'level=error' | grep -v 'replication stopped' | head -3)"

@@ -1,5 +1,7 @@
 /* test_storage.c -- Check tests of gateway/gw_storage: chunked ops read back across chunk
- * boundaries, checksums as of older checkpoints, and a WAL that stays bounded under writes.
+ * boundaries, checksums as of older checkpoints, a WAL that stays bounded under writes, two
+ * rule versions written side by side in one file (one op-id sequence, separate namespaces, the
+ * switch and the drop), and the migration of a layout 3 file.
  *
  * Each test opens a storage file in its own temporary directory and removes it afterwards.
  */
@@ -222,6 +224,167 @@ START_TEST(test_storage_refuses_other_layouts)
 }
 END_TEST
 
+/* The op id in the first op line of bucket's ops after `after`. */
+static uint64_t first_op(gw_storage_reader_t *r, const char *bucket, uint64_t after)
+{
+    uint64_t first, last;
+    read_all(r, bucket, after, UINT64_MAX >> 1, 1000, &first, &last);
+    return first;
+}
+
+static int64_t count_sql(const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *q;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(q), SQLITE_ROW);
+    int64_t n = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return n;
+}
+
+START_TEST(test_storage_versions_side_by_side)
+{
+    gw_storage_t *s, *b;
+    gw_err_t err;
+    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0);
+    ck_assert_int_eq(gw_storage_set_version(s, "1", &err), 0);
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    ck_assert_int_eq(gw_storage_state_set(s, "serving", "1", &err), 0);
+    ck_assert_int_eq(gw_storage_state_set(s, "slot", "ferry_1", &err), 0);
+    put(s, "1#b", "k1", 10, 1);
+    put(s, "1#b", "k2", 10, 2);
+    put(s, "1#b", "k3", 10, 3);
+    ck_assert_int_eq(gw_storage_commit(s, 100, &err), 0);
+    /* a second writer of the same file builds version 2 beside it */
+    ck_assert_int_eq(gw_storage_open_version(path, "2", &b, &err), 0);
+    gw_storage_set_serving(b, 0);
+    ck_assert_str_eq(gw_storage_version(b), "2#");
+    uint64_t ids[6], lsn;
+    ck_assert_int_eq(gw_storage_begin(b, &err), 0);
+    put(b, "2#b", "k1", 20, 11); /* the same source row: version 2's own membership */
+    put(b, "2#b", "k2", 20, 12);
+    ck_assert_int_eq(gw_storage_commit(b, 90, &err), 0);
+    gw_storage_checkpoint(b, &ids[0], &lsn);
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    put(s, "1#b", "k4", 10, 4);
+    ck_assert_int_eq(gw_storage_commit(s, 110, &err), 0);
+    gw_storage_checkpoint(s, &ids[1], &lsn);
+    ck_assert_int_eq(gw_storage_begin(b, &err), 0);
+    gw_row_ref_t ref = {.table = "public.t", .key = "k1"};
+    ck_assert_int_eq(gw_storage_delete_row(b, &ref, &err), 0); /* REMOVE in 2#b only */
+    ck_assert_int_eq(gw_storage_commit(b, 120, &err), 0);
+    gw_storage_checkpoint(b, &ids[2], &lsn);
+    /* one op-id sequence: every commit's ids are above the other writer's earlier ones */
+    ck_assert_uint_gt(ids[1], ids[0]);
+    ck_assert_uint_gt(ids[2], ids[1]);
+    /* namespaces: rows, state and totals are each version's own */
+    gw_storage_stats_t st;
+    gw_storage_stats(s, &st);
+    ck_assert_uint_eq(st.rows, 4);
+    ck_assert_uint_eq(st.buckets, 1);
+    gw_storage_stats(b, &st);
+    ck_assert_uint_eq(st.rows, 1);
+    ck_assert_uint_eq(st.ops, 3);
+    char v[64];
+    ck_assert_int_eq(gw_storage_state_get(b, "slot", v, sizeof(v)), 0);
+    ck_assert_int_eq(gw_storage_state_get(b, "1#slot", v, sizeof(v)), 1);
+    ck_assert_str_eq(v, "ferry_1");
+    ck_assert_int_eq(count_sql("SELECT count(*) FROM rows WHERE tbl = '1#public.t'"), 4);
+    ck_assert_int_eq(count_sql("SELECT count(*) FROM rows WHERE tbl = '2#public.t'"), 1);
+    /* readers of this process serve the serving writer's checkpoint, in its namespace */
+    gw_storage_reader_t *r;
+    ck_assert_int_eq(gw_storage_reader_open(path, &r, &err), 0);
+    uint64_t cp, cplsn;
+    int consistent;
+    ck_assert_int_eq(gw_storage_read_checkpoint(r, &cp, &cplsn, &consistent), 0);
+    ck_assert_uint_eq(cp, ids[1]);
+    ck_assert_str_eq(gw_storage_reader_version(r), "1#");
+    uint32_t cs;
+    uint64_t n;
+    ck_assert_int_eq(gw_storage_bucket_checksum(r, "1#b", cp, &cs, &n), 0);
+    ck_assert_uint_eq(n, 4); /* the delete in version 2 did not touch version 1 */
+    ck_assert_uint_eq(cs, 1 + 2 + 3 + 4);
+    /* the switch: version 2's checkpoint goes above every id handed out, then it serves */
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    put(s, "1#b", "k5", 10, 5);
+    ck_assert_int_eq(gw_storage_commit(s, 130, &err), 0);
+    gw_storage_checkpoint(s, &ids[3], &lsn);
+    ck_assert_int_eq(gw_storage_begin(b, &err), 0);
+    ck_assert_int_eq(gw_storage_advance_checkpoint(b, &err), 0);
+    ck_assert_int_eq(gw_storage_state_set(b, "serving", "2", &err), 0);
+    ck_assert_int_eq(gw_storage_commit(b, 0, &err), 0);
+    gw_storage_checkpoint(b, &ids[4], &lsn);
+    ck_assert_uint_ge(ids[4], ids[3]);
+    gw_storage_set_serving(s, 0);
+    gw_storage_set_serving(b, 1);
+    ck_assert_int_eq(gw_storage_read_checkpoint(r, &cp, &cplsn, &consistent), 0);
+    ck_assert_uint_eq(cp, ids[4]);
+    ck_assert_str_eq(gw_storage_reader_version(r), "2#");
+    ck_assert_uint_gt(first_op(r, "2#b", 0), 0);
+    gw_storage_close(s);
+    /* dropping version 1 leaves nothing of it */
+    uint64_t dropped;
+    ck_assert_int_eq(gw_storage_begin(b, &err), 0);
+    ck_assert_int_eq(gw_storage_drop_version(b, "2", &dropped, &err), GW_EINVAL);
+    ck_assert_int_eq(gw_storage_drop_version(b, "1", &dropped, &err), 0);
+    ck_assert_int_eq(gw_storage_commit(b, 0, &err), 0);
+    ck_assert_uint_eq(dropped, 1);
+    ck_assert_int_eq(count_sql("SELECT count(*) FROM rows WHERE tbl LIKE '1#%'"), 0);
+    ck_assert_int_eq(count_sql("SELECT count(*) FROM state WHERE k LIKE '1#%'"), 0);
+    ck_assert_int_eq(count_sql("SELECT count(*) FROM buckets WHERE name LIKE '1#%'"), 0);
+    ck_assert_int_eq(count_sql("SELECT count(*) FROM rows WHERE tbl LIKE '2#%'"), 1);
+    gw_storage_reader_close(r);
+    gw_storage_close(b);
+}
+END_TEST
+
+START_TEST(test_storage_migrates_layout3)
+{
+    gw_storage_t *s;
+    gw_err_t err;
+    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0);
+    gw_storage_close(s);
+    /* what a layout 3 file of rule version 5 held: unprefixed rows, lookups and state */
+    sqlite3 *db;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    ck_assert_int_eq(
+        sqlite3_exec(db,
+                     "UPDATE state SET v = '3' WHERE k = 'layout';"
+                     "INSERT INTO state(k, v) VALUES ('rules_version', '5'), ('last_op', '42'),"
+                     " ('lsn', '7'), ('consistent', '1'), ('next_op', '43'), ('slot', 'f_5');"
+                     "INSERT INTO rows(tbl, key, members, lookups) VALUES ('public.t', '1', x'', '');"
+                     "INSERT INTO lookups(key, tbl, rkey, params, from_op) VALUES "
+                     " ('by[\"a\"]', 'public.t', '1', '{}', 3)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0);
+    ck_assert_str_eq(gw_storage_version(s), "5#");
+    uint64_t last_op, lsn;
+    gw_storage_checkpoint(s, &last_op, &lsn);
+    ck_assert_uint_eq(last_op, 42);
+    ck_assert_uint_eq(lsn, 7);
+    ck_assert_int_eq(gw_storage_consistent(s), 1);
+    char v[32];
+    ck_assert_int_eq(gw_storage_state_get(s, "serving", v, sizeof(v)), 1);
+    ck_assert_str_eq(v, "5");
+    ck_assert_int_eq(gw_storage_state_get(s, "slot", v, sizeof(v)), 1);
+    ck_assert_str_eq(v, "f_5");
+    gw_storage_stats_t st;
+    gw_storage_stats(s, &st);
+    ck_assert_uint_eq(st.rows, 1);
+    gw_storage_close(s);
+    ck_assert_int_eq(count_sql("SELECT count(*) FROM rows WHERE tbl = '5#public.t'"), 1);
+    ck_assert_int_eq(count_sql("SELECT count(*) FROM lookups WHERE key = '5#by[\"a\"]' AND "
+                               "tbl = '5#public.t'"),
+                     1);
+    ck_assert_int_eq(count_sql("SELECT count(*) FROM state WHERE k = 'layout' AND v = '4'"), 1);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("storage");
@@ -231,6 +394,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_storage_reads_across_chunks_and_checkpoints);
     tcase_add_test(tc, test_storage_wal_stays_bounded);
     tcase_add_test(tc, test_storage_refuses_other_layouts);
+    tcase_add_test(tc, test_storage_versions_side_by_side);
+    tcase_add_test(tc, test_storage_migrates_layout3);
     suite_add_tcase(s, tc);
     return s;
 }
