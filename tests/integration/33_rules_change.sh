@@ -11,13 +11,15 @@
 #    during the build is in the new version.
 # 3. A rules file that does not compile is logged and ignored; the serving version goes on.
 # 4. kill -9 during a build (held up by a table missing from the publication), restart: the build
-#    resumes where it was, and completes once the publication is fixed.
+#    resumes where it was, and completes once the publication is fixed. The new version's write
+#    rules apply to write-back from the switch on, not before.
 source "$(dirname "$0")/../lib/testlib.sh"
 
 db=$(new_db rules33)
 psql -q "$db" <<'SQL'
 CREATE TABLE items (id int PRIMARY KEY, grp int, v text);
 CREATE TABLE extra (id int PRIMARY KEY, note text);
+CREATE TABLE wnotes (id text PRIMARY KEY, note text);
 CREATE PUBLICATION ferry FOR TABLE items;
 INSERT INTO items SELECT i, i % 4, 'v' || i FROM generate_series(1, 5000) i;
 INSERT INTO extra VALUES (1, 'one'), (2, 'two');
@@ -139,6 +141,10 @@ bucket_definitions:
   notes:
     data:
       - SELECT id, note FROM extra
+write_rules:
+  wnotes:
+    operations: [insert, update]
+    columns: [id, note]
 YAML
 for ((i = 0; i < 100; i++)); do [ "$(diag | jq -r '.data.building.rules_version // empty')" = 4 ] && break; sleep 0.1; done
 for ((i = 0; i < 100; i++)); do grep -q 'public.extra.*publication' "$FERRY_LOG" && break; sleep 0.1; done
@@ -148,8 +154,13 @@ kill -KILL "$FERRY_PID"; wait "$FERRY_PID" 2>/dev/null
 start_ferry "$T_TMP/ferry.yaml" || exit 1
 wait_ready "$port" 20 && pass "after kill -9 the serving version is ready again" || fail "ready after kill" "$(curl -s "$base/probes/readiness")"
 expect_match "the build resumes" 'resuming the build of a new rule version.*version=4' "$(cat "$FERRY_LOG")"
+wtok=$("$FERRY_BIN" token --config "$T_TMP/ferry.yaml" --sub w)
+wpost() { curl -s -X POST -H "Authorization: Bearer $wtok" -H 'Content-Type: application/json' -d "{\"client_id\":\"c1\",\"batch\":[{\"op_id\":$1,\"op\":\"PUT\",\"type\":\"wnotes\",\"id\":\"n$1\",\"data\":{\"note\":\"hi\"}}]}" "$base/api/write"; }
+expect_match "before the switch the serving version's write rules apply" '"status":"rejected","code":"table_not_writable"' "$(wpost 1)"
 psql -q "$db" -c "ALTER PUBLICATION ferry ADD TABLE extra"
 wait_version 4 30 && pass "version 4 takes over once the publication has the table" || fail "version 4" "$(diag)"
+expect_match "after the switch the new write rules apply" '"op_id":2,"status":"applied"' "$(wpost 2)"
+expect_eq "and the write is in Postgres" "n2 hi" "$(psql -tAq -F ' ' "$db" -c "SELECT id, note FROM wnotes")"
 converged "$T_TMP/ferry.yaml" 30 && pass "version 4 equals the oracle" || fail "version 4 equals the oracle" "$(head -3 "$T_TMP/converge.diff")"
 for ((i = 0; i < 300; i++)); do [ "$(slots)" = rules33_4 ] && break; sleep 0.1; done
 expect_eq "only the serving version's slot is left" "rules33_4" "$(slots)"
