@@ -92,9 +92,12 @@ struct gw_repl {
     uint64_t switched_ms;       /* when this process last switched (the old version's data is
                                    dropped a little later: streams move over first) */
     uint64_t rules_poll_ms;     /* serving: when the rules file was last looked at */
-    struct timespec rules_mtime;
-    off_t rules_size;
-    ino_t rules_ino;
+    struct file_id {
+        struct timespec mtime;
+        off_t size;
+        ino_t ino;
+    } rules_file, rules_seen; /* the file acted on; a change seen at the last look */
+    int rules_seen_set;
     char rules_bad_hash[32];    /* a changed file that did not compile (logged once) */
     _Atomic(gw_active_t *) active; /* what request handlers use now */
     gw_active_t **actives;      /* every rules/version pair handed out; freed at destroy */
@@ -564,15 +567,20 @@ static void on_durable(uint64_t lsn, void *ud)
     (void)w;
 }
 
-/* Remember the rules file's identity, so that polling notices only a change. */
-static void note_rules_file(gw_repl_t *r)
+/* The rules file's identity (modification time, size, inode); 0, or -1 when it cannot be read. */
+static int rules_file_id(gw_repl_t *r, struct file_id *id)
 {
     struct stat sb;
-    if (stat(r->cfg->sync_rules.path, &sb) == 0) {
-        r->rules_mtime = sb.st_mtim;
-        r->rules_size = sb.st_size;
-        r->rules_ino = sb.st_ino;
-    }
+    if (stat(r->cfg->sync_rules.path, &sb) != 0)
+        return -1;
+    *id = (struct file_id){.mtime = sb.st_mtim, .size = sb.st_size, .ino = sb.st_ino};
+    return 0;
+}
+
+static int same_file_id(const struct file_id *a, const struct file_id *b)
+{
+    return a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec &&
+           a->size == b->size && a->ino == b->ino;
 }
 
 int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules_hash,
@@ -610,7 +618,7 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     uint64_t last_op, lsn;
     gw_storage_checkpoint(storage, &last_op, &lsn);
     add_active(r, r->rules, r->version, 0);
-    note_rules_file(r);
+    rules_file_id(r, &r->rules_file);
     /* ready only once the source is known to be the one this storage was built from */
     *out = r;
     return 0;
@@ -2531,13 +2539,22 @@ static void drop_retired(gw_repl_t *r)
 static int poll_rules(gw_repl_t *r, gw_err_t *err)
 {
     const char *path = r->cfg->sync_rules.path;
-    struct stat sb;
-    if (stat(path, &sb) != 0)
+    struct file_id id;
+    if (rules_file_id(r, &id) != 0)
         return 0; /* being replaced, or gone: the version serving goes on */
-    if (sb.st_mtim.tv_sec == r->rules_mtime.tv_sec && sb.st_mtim.tv_nsec == r->rules_mtime.tv_nsec &&
-        sb.st_size == r->rules_size && sb.st_ino == r->rules_ino)
+    if (same_file_id(&id, &r->rules_file)) {
+        r->rules_seen_set = 0;
         return 0;
-    note_rules_file(r);
+    }
+    /* act on a change only once the file stayed the same for one more look, so that a file
+     * being written in place is never read half-way */
+    if (!r->rules_seen_set || !same_file_id(&id, &r->rules_seen)) {
+        r->rules_seen = id;
+        r->rules_seen_set = 1;
+        return 0;
+    }
+    r->rules_file = id;
+    r->rules_seen_set = 0;
     gw_buf_t text = GW_BUF_INIT;
     rules_set_t *rules = NULL;
     char hash[32];

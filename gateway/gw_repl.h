@@ -38,7 +38,8 @@ typedef struct gw_active {
  *     it caught up; a storage without the old text (written by an older ferry) builds the new
  *     version in its place instead (readiness 503 until it is consistent);
  *   - a fresh storage starts version 1.
- * While running, the rules file is looked at every 2 s; a changed file that compiles starts a
+ * While running, the rules file is looked at every 2 s (a change is read once the file stayed
+ * the same for one more look); a changed file that compiles starts a
  * new version the same way (a file that does not compile is logged and ignored).
  * Returns 0 and *out, or GW_EIO / GW_ERULES with err set.
  */

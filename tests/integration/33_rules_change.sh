@@ -45,6 +45,8 @@ wait_version() {
     [ "$(diag | jq -r .data.rules_version)" = "$1" ] && return 0; sleep 0.1
   done; return 1; }
 storage_count() { sqlite3 "$T_TMP/storage.db" "$1"; }
+# put_rules < TEXT: replace the rules file at once, as deploy tools do
+put_rules() { cat >"$T_TMP/rules.new" && mv "$T_TMP/rules.new" "$T_TMP/sync-rules.yaml"; }
 
 start_ferry "$T_TMP/ferry.yaml" || exit 1
 wait_ready "$port" 30 || fail "ready" "$(curl -s "$base/probes/readiness")"
@@ -92,7 +94,7 @@ curl_pid=$!
 T_PIDS+=("$curl_pid")
 for ((i = 0; i < 100; i++)); do grep -q checkpoint_complete "$T_TMP/live.ndjson" && break; sleep 0.1; done
 expect_match "the stream syncs version 2's buckets" '"bucket":"2#grp2\[\]","checksum":-?[0-9]+,"count":1251' "$(head -1 "$T_TMP/live.ndjson")"
-cat >"$T_TMP/sync-rules.yaml" <<'YAML'
+put_rules <<'YAML'
 bucket_definitions:
   by_grp:
     parameters: SELECT request.user_id() AS grp
@@ -120,7 +122,7 @@ kill "$curl_pid" 2>/dev/null; wait "$curl_pid" 2>/dev/null
 
 # ---- 3. a rules file that does not compile ----
 cp "$T_TMP/sync-rules.yaml" "$T_TMP/good-rules.yaml"
-printf 'bucket_definitions:\n  broken:\n    data:\n      - SELECT id FROM items WHERE\n' >"$T_TMP/sync-rules.yaml"
+printf 'bucket_definitions:\n  broken:\n    data:\n      - SELECT id FROM items WHERE\n' | put_rules
 for ((i = 0; i < 100; i++)); do grep -q 'the changed sync rules do not load' "$FERRY_LOG" && break; sleep 0.1; done
 expect_match "a broken rules file is logged with where it is wrong" 'level=error mod=rules msg=".*sync-rules.yaml:4' "$(grep 'mod=rules' "$FERRY_LOG")"
 expect_match "and ignored: the serving version goes on" 'the changed sync rules do not load; the serving version goes on.*version=3' "$(cat "$FERRY_LOG")"
@@ -129,7 +131,7 @@ psql -q "$db" -c "UPDATE items SET v = 'after-broken' WHERE id = 2"
 converged "$T_TMP/ferry.yaml" 20 && pass "version 3 still streams" || fail "still streams" "$(head -3 "$T_TMP/converge.diff")"
 
 # ---- 4. kill -9 during a build, resume ----
-cat >"$T_TMP/sync-rules.yaml" <<'YAML'
+put_rules <<'YAML'
 bucket_definitions:
   by_grp:
     parameters: SELECT request.user_id() AS grp
