@@ -2832,4 +2832,12 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
     gw_buf_puts(out, "# TYPE ferry_storage_ops gauge\n");
     gw_buf_printf(out, "ferry_storage_ops %llu\n", (unsigned long long)r->diag.ops);
     pthread_mutex_unlock(&r->diag_lock);
+    gw_buf_puts(out, "# HELP ferry_rules_version_building A new rule version being built beside "
+                     "the serving one (1 with its version and phase; none while there is none).\n"
+                     "# TYPE ferry_rules_version_building gauge\n");
+    pthread_mutex_lock(&r->next_lock);
+    if (r->next != NULL)
+        gw_buf_printf(out, "ferry_rules_version_building{version=\"%s\",phase=\"%s\"} 1\n",
+                      r->next->version, phase_names[atomic_load(&r->next->m_phase)]);
+    pthread_mutex_unlock(&r->next_lock);
 }

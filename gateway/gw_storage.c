@@ -100,18 +100,19 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_BUCKET_UPDATE] = "UPDATE buckets SET checksum = ?2, count = ?3, last_op = ?4 WHERE id = ?1",
     [ST_CHUNK_INSERT] = "INSERT INTO op_chunks(bucket_id, first_op, last_op, n, checksum, ops) "
                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    /* ?9 is the rule version's namespace ("2#"), bound once (see bind_namespace) */
-    [ST_ROW_GET] = "SELECT members, lookups, copy FROM rows WHERE tbl = ?9 || ?1 AND key = ?2",
-    [ST_ROW_INSERT] = "INSERT INTO rows(tbl, key, members, lookups, copy) VALUES (?9 || ?1, ?2, "
-                      "?3, ?4, ?5)",
-    [ST_ROW_UPDATE] = "UPDATE rows SET members = ?3, lookups = ?4, copy = ?5 WHERE tbl = ?9 || ?1 "
-                      "AND key = ?2",
-    [ST_ROW_DEL] = "DELETE FROM rows WHERE tbl = ?9 || ?1 AND key = ?2",
-    [ST_ROWS_OF_TABLE] = "SELECT key FROM rows WHERE tbl = ?9 || ?1 LIMIT 2000",
-    [ST_LOOKUP_CLOSE] = "UPDATE lookups SET to_op = ?3 WHERE tbl = ?9 || ?1 AND rkey = ?2 AND "
-                        "to_op IS NULL",
-    [ST_LOOKUP_INSERT] = "INSERT INTO lookups(key, tbl, rkey, params, from_op) VALUES (?9 || ?1, "
-                         "?9 || ?2, ?3, ?4, ?5)",
+    /* tables (?1 of the row and lookup statements) and lookup keys are bound in the writer's
+     * namespace, "2#public.todos" (ns_table, ns_key) */
+    [ST_ROW_GET] = "SELECT members, lookups, copy FROM rows WHERE tbl = ?1 AND key = ?2",
+    [ST_ROW_INSERT] = "INSERT INTO rows(tbl, key, members, lookups, copy) VALUES (?1, ?2, ?3, ?4, "
+                      "?5)",
+    [ST_ROW_UPDATE] = "UPDATE rows SET members = ?3, lookups = ?4, copy = ?5 WHERE tbl = ?1 AND "
+                      "key = ?2",
+    [ST_ROW_DEL] = "DELETE FROM rows WHERE tbl = ?1 AND key = ?2",
+    [ST_ROWS_OF_TABLE] = "SELECT key FROM rows WHERE tbl = ?1 LIMIT 2000",
+    [ST_LOOKUP_CLOSE] = "UPDATE lookups SET to_op = ?3 WHERE tbl = ?1 AND rkey = ?2 AND to_op IS "
+                        "NULL",
+    [ST_LOOKUP_INSERT] = "INSERT INTO lookups(key, tbl, rkey, params, from_op) VALUES (?1, ?2, ?3, "
+                         "?4, ?5)",
     [ST_WCP_UPSERT] = "INSERT INTO write_checkpoints(user_key, counter, lsn) VALUES (?1, 1, ?2) "
                       "ON CONFLICT(user_key) DO UPDATE SET counter = counter + 1, lsn = excluded.lsn "
                       "RETURNING counter",
@@ -146,6 +147,7 @@ struct gw_storage {
     char version[40]; /* "<rule version>#": this instance's namespace (rows, lookups, state) and
                        * the prefix of its buckets; "" for a file without versions */
     _Atomic int serving; /* publishes the checkpoint this process's readers serve (and the hook) */
+    gw_buf_t ns_tbl, ns_lkey; /* scratch: names in the namespace (ns_table, ns_key) */
     sqlite3_stmt *st[ST_COUNT];
     gw_map_t by_name;  /* name -> bucket_t* */
     bucket_t **by_id;  /* index = id */
@@ -305,14 +307,28 @@ static void ns_range(const char *ns, char *lo, char *hi, size_t len)
     hi[strlen(hi) - 1] = '$'; /* '#' + 1 */
 }
 
-/* Bind the namespace parameter (?9) of every statement that has one. */
-static void bind_namespace(gw_storage_t *s)
+/* A table name in the writer's namespace ("2#public.todos"); the last one is kept, since a
+ * transaction's rows mostly come from a few tables. Valid until the next call. */
+static const char *ns_table(gw_storage_t *s, const char *table)
 {
-    for (int i = 0; i < ST_COUNT; i++) {
-        int at = s->st[i] != NULL ? sqlite3_bind_parameter_index(s->st[i], "?9") : 0;
-        if (at > 0)
-            sqlite3_bind_text(s->st[i], at, s->version, -1, SQLITE_TRANSIENT);
+    size_t vlen = strlen(s->version);
+    if (s->ns_tbl.data == NULL || s->ns_tbl.len < vlen ||
+        memcmp(s->ns_tbl.data, s->version, vlen) != 0 ||
+        strcmp(s->ns_tbl.data + vlen, table) != 0) {
+        gw_buf_reset(&s->ns_tbl);
+        gw_buf_puts(&s->ns_tbl, s->version);
+        gw_buf_puts(&s->ns_tbl, table);
     }
+    return s->ns_tbl.data;
+}
+
+/* A lookup key in the writer's namespace; valid until the next call. */
+static const char *ns_key(gw_storage_t *s, const char *key)
+{
+    gw_buf_reset(&s->ns_lkey);
+    gw_buf_puts(&s->ns_lkey, s->version);
+    gw_buf_puts(&s->ns_lkey, key);
+    return s->ns_lkey.data;
 }
 
 static int load_cache(gw_storage_t *s, gw_err_t *err)
@@ -849,7 +865,6 @@ int gw_storage_open_version(const char *path, const char *version, gw_storage_t 
             return GW_EIO;
         }
     }
-    bind_namespace(s);
     if (load_cache(s, err) != 0) {
         gw_storage_close(s);
         return GW_EIO;
@@ -918,6 +933,8 @@ void gw_storage_close(gw_storage_t *s)
     gw_buf_free(&s->chunk);
     free(s->pend_buckets);
     gw_buf_free(&s->members);
+    gw_buf_free(&s->ns_tbl);
+    gw_buf_free(&s->ns_lkey);
     free(s->filter);
     free(s->path);
     free(s);
@@ -1639,7 +1656,7 @@ static int replace_lookups(gw_storage_t *s, const gw_row_ref_t *ref, const char 
     uint64_t op_id = s->next_op++; /* lookups share the op-id sequence */
     s->txn_last_op = op_id;
     sqlite3_stmt *q = s->st[ST_LOOKUP_CLOSE];
-    sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 1, ns_table(s, ref->table), -1, SQLITE_STATIC);
     sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
     sqlite3_bind_int64(q, 3, (sqlite3_int64)op_id);
     int rc = sqlite3_step(q);
@@ -1659,8 +1676,8 @@ static int replace_lookups(gw_storage_t *s, const gw_row_ref_t *ref, const char 
     }
     for (size_t i = 0; l != NULL && i < l->n; i++) {
         q = s->st[ST_LOOKUP_INSERT];
-        sqlite3_bind_text(q, 1, l->items[i].key, -1, SQLITE_STATIC);
-        sqlite3_bind_text(q, 2, ref->table, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 1, ns_key(s, l->items[i].key), -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, ns_table(s, ref->table), -1, SQLITE_STATIC);
         sqlite3_bind_text(q, 3, ref->key, -1, SQLITE_STATIC);
         sqlite3_bind_text(q, 4, l->items[i].params, -1, SQLITE_STATIC);
         sqlite3_bind_int64(q, 5, (sqlite3_int64)op_id);
@@ -1679,7 +1696,7 @@ static int row_load(gw_storage_t *s, const gw_row_ref_t *ref, gw_buf_t *members,
                     gw_buf_t *lookups, const void *copy, size_t copy_len, int *copy_same)
 {
     sqlite3_stmt *q = s->st[ST_ROW_GET];
-    sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 1, ns_table(s, ref->table), -1, SQLITE_STATIC);
     sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
     int found = 0;
     *copy_same = 0;
@@ -1769,7 +1786,7 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
                 memcmp(old_members.data, s->members.data, s->members.len) == 0);
     if (rc == 0 && !same) {
         sqlite3_stmt *q = s->st[found ? ST_ROW_UPDATE : ST_ROW_INSERT];
-        sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 1, ns_table(s, ref->table), -1, SQLITE_STATIC);
         sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
         sqlite3_bind_blob(q, 3, s->members.data, (int)s->members.len, SQLITE_STATIC);
         sqlite3_bind_text(q, 4, new_lookups.data != NULL ? new_lookups.data : "", -1,
@@ -1989,7 +2006,7 @@ int gw_storage_set_version(gw_storage_t *s, const char *version, gw_err_t *err)
     if (s->in_txn)
         return gw_err_set(err, GW_EINVAL, "storage", "version change inside a transaction");
     snprintf(s->version, sizeof(s->version), "%s", ns);
-    bind_namespace(s);
+    gw_buf_reset(&s->ns_tbl);
     free(s->filter);
     s->filter = NULL;
     if (load_cache(s, err) != 0)
@@ -2176,7 +2193,7 @@ int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *er
         rc = replace_lookups(s, ref, old_lookups.data, NULL, err);
     if (rc == 0) {
         sqlite3_stmt *q = s->st[ST_ROW_DEL];
-        sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 1, ns_table(s, ref->table), -1, SQLITE_STATIC);
         sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
         if (sqlite3_step(q) != SQLITE_DONE)
             rc = sql_err(s->db, err, "delete a row");
@@ -2194,7 +2211,7 @@ int gw_storage_truncate(gw_storage_t *s, const char *table, gw_err_t *err)
     for (;;) {
         /* collect a batch of keys first: deleting while stepping the same table is unsafe */
         sqlite3_stmt *q = s->st[ST_ROWS_OF_TABLE];
-        sqlite3_bind_text(q, 1, table, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 1, ns_table(s, table), -1, SQLITE_STATIC);
         size_t n;
         char **keys = collect_texts(q, &n);
         int rc = 0;
@@ -2215,7 +2232,7 @@ int gw_storage_truncate(gw_storage_t *s, const char *table, gw_err_t *err)
 int gw_storage_row_copy(gw_storage_t *s, const gw_row_ref_t *ref, void **out, size_t *len)
 {
     sqlite3_stmt *q = s->st[ST_ROW_GET];
-    sqlite3_bind_text(q, 1, ref->table, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 1, ns_table(s, ref->table), -1, SQLITE_STATIC);
     sqlite3_bind_text(q, 2, ref->key, -1, SQLITE_STATIC);
     int found = 0;
     if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_type(q, 2) == SQLITE_BLOB) {

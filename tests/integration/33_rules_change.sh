@@ -151,6 +151,7 @@ YAML
 for ((i = 0; i < 100; i++)); do [ "$(diag | jq -r '.data.building.rules_version // empty')" = 4 ] && break; sleep 0.1; done
 for ((i = 0; i < 100; i++)); do grep -q 'public.extra.*publication' "$FERRY_LOG" && break; sleep 0.1; done
 expect_match "a build that needs a source change says what to run" 'ALTER PUBLICATION ferry ADD TABLE' "$(grep 'public.extra' "$FERRY_LOG" | head -1)"
+expect_match "the build shows in /metrics" 'ferry_rules_version_building\{version="4",phase="(checking source|retrying)"\} 1' "$(curl -s "$base/metrics")"
 expect_eq "the serving version stays ready meanwhile" 200 "$(curl -s -o /dev/null -w '%{http_code}' "$base/probes/readiness")"
 kill -KILL "$FERRY_PID"; wait "$FERRY_PID" 2>/dev/null
 start_ferry "$T_TMP/ferry.yaml" || exit 1
