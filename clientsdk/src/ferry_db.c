@@ -283,7 +283,7 @@ static const char OWN_TABLES[] =
     " priority INTEGER NOT NULL DEFAULT 3);"
     "CREATE TABLE IF NOT EXISTS ferry_oplog(bucket INTEGER NOT NULL, row_type TEXT NOT NULL,"
     " row_id TEXT NOT NULL, subkey TEXT NOT NULL, op_id INTEGER NOT NULL, hash INTEGER NOT NULL,"
-    " data TEXT, key TEXT GENERATED ALWAYS AS (row_type || '/' || row_id || '/' || subkey));"
+    " data TEXT);"
     "CREATE UNIQUE INDEX IF NOT EXISTS ferry_oplog_key ON ferry_oplog(row_type, row_id, bucket,"
     " subkey);"
     "CREATE TABLE IF NOT EXISTS ferry_updated(row_type TEXT NOT NULL, row_id TEXT NOT NULL,"
@@ -291,11 +291,23 @@ static const char OWN_TABLES[] =
 
 /* Files written before the oplog had its two-B-tree layout (a rowid table keyed by a "type/id/
  * subkey" string, with a unique (bucket, key) index and a (row_type, row_id, op_id) index) are
- * rewritten into it once: the subkey is what follows "type/id/" in the old key. */
+ * rewritten into it once: the subkey is what follows "type/id/" in the old key. Files of the
+ * two-B-tree layout's first version have a virtual column key (type/id/subkey): it is dropped
+ * (a schema change only, no row is rewritten), because SQLite computed it for every inserted
+ * op, which was a third of storing one. */
 static int migrate_oplog(sqlite3 *c, ferry_error_t *err)
 {
     sqlite3_stmt *st;
     int old = 0;
+    if (sqlite3_prepare_v2(c, "SELECT count(*) FROM pragma_table_xinfo('ferry_oplog') "
+                              "WHERE name = 'key' AND hidden = 2", -1, &st, NULL) != SQLITE_OK) {
+        ferry__seterr(err, FERRY_ESQLITE, "could not inspect the oplog: %s", sqlite3_errmsg(c));
+        return FERRY_ESQLITE;
+    }
+    int virtual_key = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) > 0;
+    sqlite3_finalize(st);
+    if (virtual_key)
+        return exec_sql(c, "ALTER TABLE ferry_oplog DROP COLUMN key", err, "migrate the oplog");
     if (sqlite3_prepare_v2(c, "SELECT count(*) FROM pragma_table_info('ferry_oplog') "
                               "WHERE name = 'subkey'", -1, &st, NULL) != SQLITE_OK) {
         ferry__seterr(err, FERRY_ESQLITE, "could not inspect the oplog: %s", sqlite3_errmsg(c));
@@ -314,8 +326,7 @@ static int migrate_oplog(sqlite3 *c, ferry_error_t *err)
                     "DROP INDEX IF EXISTS ferry_oplog_row;"
                     "CREATE TABLE ferry_oplog(bucket INTEGER NOT NULL, row_type TEXT NOT NULL,"
                     " row_id TEXT NOT NULL, subkey TEXT NOT NULL, op_id INTEGER NOT NULL,"
-                    " hash INTEGER NOT NULL, data TEXT, key TEXT GENERATED ALWAYS AS"
-                    " (row_type || '/' || row_id || '/' || subkey));"
+                    " hash INTEGER NOT NULL, data TEXT);"
                     "INSERT INTO ferry_oplog(bucket, row_type, row_id, subkey, op_id, hash, data)"
                     " SELECT bucket, row_type, row_id,"
                     " substr(key, length(row_type) + length(row_id) + 3), op_id, hash, data"

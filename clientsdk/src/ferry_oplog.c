@@ -55,9 +55,12 @@ enum {
     S_WHOLE_SET, S_OP_GET, S_OP_INS_MANY, S_NSTMT
 };
 
-/* PUTs are inserted PUT_BATCH at a time (one statement per batch: the per-statement cost was
- * about a third of storing an op) */
-#define PUT_BATCH 32
+/* PUTs are inserted up to PUT_BATCH at a time, with one INSERT ... SELECT from the ops in memory
+ * (the ferry_ops table below). One statement per op cost about a third of storing it; 32 ops per
+ * statement as VALUES rows bound 224 parameters and, at every reset, freed and allocated again
+ * the buffers of their records (a fifth of storing an op). The bound: a batch where a key was
+ * stored already is looked up op by op. */
+#define PUT_BATCH 256
 
 static const char *SQL[S_NSTMT] = {
     [S_BUCKET_GET] = "SELECT id, add_checksum, op_checksum, count FROM ferry_buckets WHERE name = ?",
@@ -81,7 +84,9 @@ static const char *SQL[S_NSTMT] = {
     [S_WHOLE_SET] = "INSERT OR IGNORE INTO ferry_updated(row_type, row_id, bucket) VALUES ('', '', ?)",
     [S_OP_GET] = "SELECT op_id FROM ferry_oplog WHERE row_type = ?4 AND row_id = ?5 AND "
                  "bucket = ?1 AND subkey = ?2",
-    [S_OP_INS_MANY] = NULL, /* built by ferry__sync_init: S_OP_INS's columns, PUT_BATCH rows */
+    [S_OP_INS_MANY] = "INSERT OR IGNORE INTO ferry_oplog(bucket, subkey, op_id, row_type, row_id, "
+                      "data, hash) SELECT ?1, subkey, op_id, row_type, row_id, data, hash FROM "
+                      "ferry_ops(?2)",
 };
 
 /* ---- small parsers (unit-tested) ------------------------------------------------------------ */
@@ -125,6 +130,7 @@ static struct jrow *jrow_new(void);
 static void jrow_free(struct jrow *r);
 static void fn_jok(sqlite3_context *ctx, int argc, sqlite3_value **argv);
 static void fn_col(sqlite3_context *ctx, int argc, sqlite3_value **argv);
+static const sqlite3_module OPS_MODULE;
 
 int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
 {
@@ -140,13 +146,8 @@ int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
                  NULL);
     s->applied_cp = -1;
     s->cp_write_cp = -1;
-    char many[80 + PUT_BATCH * 24];
-    size_t n = (size_t)snprintf(many, sizeof many, "INSERT OR IGNORE INTO ferry_oplog(bucket, "
-                                "subkey, op_id, row_type, row_id, data, hash) VALUES ");
-    for (int i = 0; i < PUT_BATCH; i++)
-        n += (size_t)snprintf(many + n, sizeof many - n, "%s(?, ?, ?, ?, ?, ?, ?)", i ? ", " : "");
     s->jrow = jrow_new();
-    if (!s->jrow ||
+    if (!s->jrow || sqlite3_create_module(conn, "ferry_ops", &OPS_MODULE, NULL) ||
         sqlite3_create_function(conn, "ferry_jok", 1, SQLITE_UTF8, s->jrow, fn_jok, NULL, NULL) ||
         sqlite3_create_function(conn, "ferry_col", 2, SQLITE_UTF8, s->jrow, fn_col, NULL, NULL)) {
         snprintf(s->errmsg, sizeof s->errmsg, "could not register the publishing functions");
@@ -154,7 +155,7 @@ int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
         return FERRY_ENOMEM;
     }
     for (int i = 0; i < S_NSTMT; i++)
-        if (sqlite3_prepare_v3(conn, i == S_OP_INS_MANY ? many : SQL[i], -1,
+        if (sqlite3_prepare_v3(conn, SQL[i], -1,
                                SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) != SQLITE_OK) {
             snprintf(s->errmsg, sizeof s->errmsg, "could not prepare sync statements: %s",
                      sqlite3_errmsg(conn));
@@ -411,11 +412,13 @@ static int jr_skip(jr_t *j, int depth)
  * in one INSERT ... SELECT: ferry_jok(data) reads the object once per row and says whether
  * every top-level value is one this reader returns exactly as json_extract would (strings with
  * simple escapes, integers of up to 18 digits, true, false, null; keys without escapes; no
- * trailing text); ferry_col(data, name) then returns the first value of that key, NULL when
- * absent. Rows it does not take (reals, nested values, \u escapes, malformed JSON) go to
- * json_extract: "CASE WHEN ferry_jok(d) THEN ferry_col(d, 'c') ELSE json_extract(d, '$."c"')
- * END". json_extract parsed each row once but looked each column's path up and copied its
- * result; this cost 0.4-0.7 s of the 2-2.5 s of publishing 1,000,000 rows. */
+ * trailing text). ferry_col(data, name) returns json_extract(data, '$."name"'): for a row the
+ * reader takes, the first value of that key (NULL when absent) read here; for any other row
+ * (reals, nested values, \u escapes, malformed JSON) it runs json_extract itself on the same
+ * connection, so values and errors are always json_extract's. json_extract parsed each row once
+ * but looked each column's path up and copied its result; this cost 0.4-0.7 s of the 2-2.5 s of
+ * publishing 1,000,000 rows. (The publish first called "CASE WHEN ferry_jok(d) THEN
+ * ferry_col(d, 'c') ELSE json_extract(...) END": two calls per column instead of one.) */
 typedef struct jcol {
     const char *k, *s; /* key; text value (raw, escaped when esc) */
     size_t kn, sn;
@@ -432,6 +435,9 @@ struct jrow {
     size_t nv, capv;
     char *ubuf;        /* an unescaped string */
     size_t ucap;
+    sqlite3_stmt *jx;  /* "SELECT json_extract(?1, ?2)": ferry_col's answer for rows not taken */
+    char *path;        /* its path argument, '$."name"' */
+    size_t pcap;
 };
 
 static struct jrow *jrow_new(void)
@@ -445,6 +451,8 @@ static void jrow_free(struct jrow *r)
     free(r->text);
     free(r->v);
     free(r->ubuf);
+    sqlite3_finalize(r->jx);
+    free(r->path);
     free(r);
 }
 
@@ -576,6 +584,37 @@ static const char *jcol_text(struct jrow *r, const jcol_t *c, size_t *n)
     return r->ubuf;
 }
 
+/* ferry_col for a row the reader does not take: json_extract(data, '$."name"') run on the
+ * connection of ctx, its value or its error as the result. */
+static void col_json_extract(sqlite3_context *ctx, struct jrow *r, sqlite3_value *data,
+                             const char *name)
+{
+    sqlite3 *c = sqlite3_context_db_handle(ctx);
+    size_t need = strlen(name) + 5;
+    if (need > r->pcap) {
+        char *np = realloc(r->path, need);
+        if (!np) {
+            sqlite3_result_error_nomem(ctx);
+            return;
+        }
+        r->path = np;
+        r->pcap = need;
+    }
+    snprintf(r->path, need, "$.\"%s\"", name);
+    if (!r->jx && sqlite3_prepare_v2(c, "SELECT json_extract(?1, ?2)", -1, &r->jx, NULL)) {
+        sqlite3_result_error(ctx, sqlite3_errmsg(c), -1);
+        return;
+    }
+    sqlite3_bind_value(r->jx, 1, data);
+    sqlite3_bind_text(r->jx, 2, r->path, -1, SQLITE_STATIC);
+    if (sqlite3_step(r->jx) == SQLITE_ROW)
+        sqlite3_result_value(ctx, sqlite3_column_value(r->jx, 0));
+    else
+        sqlite3_result_error(ctx, sqlite3_errmsg(c), -1);
+    sqlite3_reset(r->jx);
+    sqlite3_clear_bindings(r->jx);
+}
+
 static void fn_col(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     (void)argc;
@@ -589,7 +628,7 @@ static void fn_col(sqlite3_context *ctx, int argc, sqlite3_value **argv)
         return;
     }
     if (!ok) {
-        sqlite3_result_error(ctx, "ferry_col: a row ferry_jok does not take", -1);
+        col_json_extract(ctx, r, argv[0], name);
         return;
     }
     const jcol_t *c = jrow_get(r, name);
@@ -778,9 +817,7 @@ static int publish_whole(ferry_db_t *db, pub_t *p, const char *filt)
             n += (size_t)snprintf(sql + n, cap - n, ") SELECT o.row_id");
             for (int i = 0; i < t->ncols; i++)
                 n += (size_t)snprintf(sql + n, cap - n,
-                                      ", CASE WHEN ferry_jok(o.data) THEN ferry_col(o.data, '%s') "
-                                      "ELSE json_extract(o.data, '$.\"%s\"') END",
-                                      t->cols[i], t->cols[i]);
+                                      ", ferry_col(o.data, '%s')", t->cols[i]);
             if (alone && type_share(p->conn, t->name) >= 0.3)
                 snprintf(sql + n, cap - n,
                          " FROM ferry_oplog o NOT INDEXED WHERE o.row_type = ?2 AND ?1 IS NOT "
@@ -1577,18 +1614,147 @@ static void bind_put(sqlite3_stmt *st, int off, int64_t bid, const dop_t *op)
     sqlite3_bind_int64(st, off + 7, op->ck);
 }
 
+/* ---- the ops of a batch as a table ----------------------------------------------------------
+ *
+ * ferry_ops(?) is an eponymous table-valued function over a batch of PUTs in memory (an ops_t
+ * bound with sqlite3_bind_pointer, type "ferry_ops"): one row per op, in batch order, columns
+ * subkey ('null' when absent), op_id, row_type, row_id, data, hash. Its text values point into
+ * the scanned line (SQLITE_STATIC): they live until the statement is reset. */
+typedef struct ops {
+    const dop_t *const *op;
+    size_t n;
+} ops_t;
+
+typedef struct ops_cur {
+    sqlite3_vtab_cursor base;
+    const ops_t *ops;
+    size_t i;
+} ops_cur_t;
+
+static int ops_connect(sqlite3 *c, void *aux, int argc, const char *const *argv,
+                       sqlite3_vtab **out, char **err)
+{
+    (void)aux, (void)argc, (void)argv, (void)err;
+    int rc = sqlite3_declare_vtab(c, "CREATE TABLE x(subkey, op_id, row_type, row_id, data, "
+                                     "hash, batch HIDDEN)");
+    if (rc != SQLITE_OK) return rc;
+    if (!(*out = sqlite3_malloc(sizeof **out))) return SQLITE_NOMEM;
+    memset(*out, 0, sizeof **out);
+    return SQLITE_OK;
+}
+
+static int ops_disconnect(sqlite3_vtab *vt)
+{
+    sqlite3_free(vt);
+    return SQLITE_OK;
+}
+
+/* Only "batch = ?" (the function's argument) is a usable plan. */
+static int ops_best_index(sqlite3_vtab *vt, sqlite3_index_info *ix)
+{
+    (void)vt;
+    for (int i = 0; i < ix->nConstraint; i++)
+        if (ix->aConstraint[i].iColumn == 6 && ix->aConstraint[i].op == SQLITE_INDEX_CONSTRAINT_EQ) {
+            if (!ix->aConstraint[i].usable) return SQLITE_CONSTRAINT;
+            ix->aConstraintUsage[i].argvIndex = 1;
+            ix->aConstraintUsage[i].omit = 1;
+            ix->estimatedCost = 1;
+            ix->estimatedRows = PUT_BATCH;
+            return SQLITE_OK;
+        }
+    return SQLITE_CONSTRAINT;
+}
+
+static int ops_open(sqlite3_vtab *vt, sqlite3_vtab_cursor **out)
+{
+    (void)vt;
+    ops_cur_t *c = sqlite3_malloc(sizeof *c);
+    if (!c) return SQLITE_NOMEM;
+    memset(c, 0, sizeof *c);
+    *out = &c->base;
+    return SQLITE_OK;
+}
+
+static int ops_close(sqlite3_vtab_cursor *cur)
+{
+    sqlite3_free(cur);
+    return SQLITE_OK;
+}
+
+static int ops_filter(sqlite3_vtab_cursor *cur, int idx, const char *idxs, int argc,
+                      sqlite3_value **argv)
+{
+    (void)idx, (void)idxs;
+    ops_cur_t *c = (ops_cur_t *)cur;
+    c->ops = argc == 1 ? sqlite3_value_pointer(argv[0], "ferry_ops") : NULL;
+    c->i = 0;
+    return SQLITE_OK;
+}
+
+static int ops_next(sqlite3_vtab_cursor *cur)
+{
+    ((ops_cur_t *)cur)->i++;
+    return SQLITE_OK;
+}
+
+static int ops_eof(sqlite3_vtab_cursor *cur)
+{
+    ops_cur_t *c = (ops_cur_t *)cur;
+    return !c->ops || c->i >= c->ops->n;
+}
+
+static int ops_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col)
+{
+    ops_cur_t *c = (ops_cur_t *)cur;
+    const dop_t *op = c->ops->op[c->i];
+    const char *t = NULL;
+    switch (col) {
+    case 0: t = op->sub ? op->sub : "null"; break;
+    case 1: sqlite3_result_int64(ctx, op->opid); return SQLITE_OK;
+    case 2: t = op->type; break;
+    case 3: t = op->oid; break;
+    case 4: t = op->data; break;
+    case 5: sqlite3_result_int64(ctx, op->ck); return SQLITE_OK;
+    default: return SQLITE_OK; /* batch: NULL */
+    }
+    if (t) sqlite3_result_text(ctx, t, -1, SQLITE_STATIC);
+    return SQLITE_OK;
+}
+
+static int ops_rowid(sqlite3_vtab_cursor *cur, sqlite3_int64 *rowid)
+{
+    *rowid = (sqlite3_int64)((ops_cur_t *)cur)->i;
+    return SQLITE_OK;
+}
+
+static const sqlite3_module OPS_MODULE = {
+    .xConnect = ops_connect,
+    .xBestIndex = ops_best_index,
+    .xDisconnect = ops_disconnect,
+    .xOpen = ops_open,
+    .xClose = ops_close,
+    .xFilter = ops_filter,
+    .xNext = ops_next,
+    .xEof = ops_eof,
+    .xColumn = ops_column,
+    .xRowid = ops_rowid,
+};
+
 /* Stores up to PUT_BATCH PUTs (their checksums already added to *opck) with one INSERT OR
- * IGNORE; unused rows repeat the last op and are ignored. When fewer rows went in than ops were
- * given, a key was stored already (or twice in the batch): each op whose key does not hold it
- * replaces the stored op the one-by-one way, in order (the old op's checksum moves to
- * add_checksum). Returns 0 or -1 (SQLite error). */
+ * IGNORE ... SELECT from ferry_ops. When fewer rows went in than ops were given, a key was
+ * stored already (or twice in the batch): each op whose key does not hold it replaces the
+ * stored op the one-by-one way, in order (the old op's checksum moves to add_checksum).
+ * Returns 0 or -1 (SQLite error). */
 static int put_batch(ferry_sync_t *s, int64_t bid, const dop_t *const *b, size_t nb,
                      uint32_t *addck, uint32_t *opck)
 {
     sqlite3_stmt *many = s->st[S_OP_INS_MANY];
-    for (size_t k = 0; k < PUT_BATCH; k++) bind_put(many, (int)k * 7, bid, b[k < nb ? k : nb - 1]);
+    ops_t ops = {b, nb};
+    sqlite3_bind_int64(many, 1, bid);
+    sqlite3_bind_pointer(many, 2, &ops, "ferry_ops", NULL);
     int r = sqlite3_step(many);
     sqlite3_reset(many);
+    sqlite3_bind_null(many, 2); /* ops lives on this stack frame */
     if (r != SQLITE_DONE) return -1;
     if ((size_t)sqlite3_changes(s->conn) == nb) return 0;
     sqlite3_stmt *get = s->st[S_OP_GET], *del = s->st[S_OP_DEL_KEY], *ins = s->st[S_OP_INS];

@@ -71,7 +71,7 @@ expect_eq "server data is not queued for upload" "0" "$(sqlite3 "$T_TMP/c1.db" "
 # 3. a fresh client gets everything in one first sync (several buckets, no app trigger)
 todo c2 sync --wait >"$T_TMP/c2.sync" 2>&1 || fail "first sync of c2" "$(cat "$T_TMP/c2.sync")"
 same "c2 equals the oracle" "$(oracle)" "$(replica c2)"
-expect_eq "the oplog's key column reads type/id/subkey" "1" \
-  "$(sqlite3 "$T_TMP/c2.db" "SELECT count(*) FROM ferry_oplog WHERE row_id = 'e00001' AND key LIKE 'todos/e00001/%'")"
+expect_eq "the oplog keeps an op's type, id and subkey" "1" \
+  "$(sqlite3 "$T_TMP/c2.db" "SELECT count(*) FROM ferry_oplog WHERE row_id = 'e00001' AND row_type || '/' || row_id || '/' || subkey LIKE 'todos/e00001/%'")"
 
 write_finish

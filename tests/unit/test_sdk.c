@@ -414,7 +414,7 @@ START_TEST(test_sdk_data_line_scanner_matches_jansson)
     ck_assert_int_eq(ferry__sync_line(db, &db->sync, l2, strlen(l2)), 0);
     ck_assert_int_eq(line("{\"data\":{\"bucket\":\"s\",\"data\":[{\"op_id\":\"3\",\"op\":\"MOVE\",\"checksum\":0.0}]}}"), 0);
     ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"3\"}}"), 0);
-    ck_assert_str_eq(q("SELECT key FROM ferry_oplog WHERE row_id = 'a'"), "todos/a/null");
+    ck_assert_str_eq(q("SELECT row_type || '/' || row_id || '/' || subkey FROM ferry_oplog WHERE row_id = 'a'"), "todos/a/null");
     ck_assert_str_eq(q("SELECT description FROM todos WHERE id = 'a'"),
                      "caf\xc3\xa9 \xf0\x9f\x98\x80 \xc3\xa9 \" / \t");
     ck_assert_str_eq(q("SELECT data FROM ferry_oplog WHERE row_id = 'a'"),
@@ -553,9 +553,10 @@ END_TEST
 
 /* ---- the C JSON row reader (ferry_jok / ferry_col) against json_extract ------------------------ */
 
-/* Each case: a row's data, a key, whether the C reader takes the row (ferry_jok). When it does,
- * ferry_col must return what json_extract returns, value and type; when it does not, publishing
- * uses json_extract, so the reader must refuse every row where it could differ. */
+/* Each case: a row's data, a key, whether the C reader takes the row (ferry_jok). ferry_col
+ * must return what json_extract returns, value and type, or fail where it fails: read in C when
+ * the reader takes the row, by json_extract itself when it does not; so the reader must refuse
+ * every row where it could differ. */
 static const struct {
     const char *data, *key;
     int jok;
@@ -600,42 +601,44 @@ static const struct {
     {"", "a", 0},
 };
 
-START_TEST(test_sdk_row_reader_matches_json_extract)
+/* One value of a one-column statement on the sync connection for data d and key k: its
+ * SQLite type (0 when the statement failed) and text. */
+static int jvalue(const char *sql, const char *d, const char *k, char *text, size_t cap)
 {
     sqlite3_stmt *st;
-    ck_assert_int_eq(sqlite3_prepare_v2(sconn,
-                                        "SELECT ferry_jok(?1), CASE WHEN ferry_jok(?1) THEN "
-                                        "ferry_col(?1, ?2) END, json_extract(?1, '$.\"' || ?2 || '\"')",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    for (size_t i = 0; i < sizeof JROWS / sizeof JROWS[0]; i++) {
-        sqlite3_bind_text(st, 1, JROWS[i].data, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, JROWS[i].key, -1, SQLITE_STATIC);
-        int r = sqlite3_step(st);
-        if (!JROWS[i].jok) {
-            /* refused; json_extract then answers (or fails on malformed JSON) */
-            ck_assert_msg(r == SQLITE_ERROR || (r == SQLITE_ROW && sqlite3_column_int(st, 0) == 0),
-                          "case %zu (%s): the reader took it", i, JROWS[i].data);
-            sqlite3_reset(st);
-            continue;
-        }
-        ck_assert_msg(r == SQLITE_ROW, "case %zu: %s", i, sqlite3_errmsg(sconn));
-        ck_assert_msg(sqlite3_column_int(st, 0) == 1, "case %zu (%s): refused", i, JROWS[i].data);
-        int tc = sqlite3_column_type(st, 1), tj = sqlite3_column_type(st, 2);
-        ck_assert_msg(tc == tj, "case %zu (%s): type %d, json_extract %d", i, JROWS[i].data, tc, tj);
-        if (tj == SQLITE_INTEGER)
-            ck_assert_msg(sqlite3_column_int64(st, 1) == sqlite3_column_int64(st, 2), "case %zu", i);
-        if (tj == SQLITE_TEXT) {
-            int n = sqlite3_column_bytes(st, 1);
-            ck_assert_msg(n == sqlite3_column_bytes(st, 2) &&
-                              memcmp(sqlite3_column_text(st, 1), sqlite3_column_text(st, 2),
-                                     (size_t)n) == 0,
-                          "case %zu: \"%s\" vs json_extract \"%s\"", i, sqlite3_column_text(st, 1),
-                          sqlite3_column_text(st, 2));
-        }
-        sqlite3_reset(st);
+    ck_assert_int_eq(sqlite3_prepare_v2(sconn, sql, -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_text(st, 1, d, -1, SQLITE_STATIC);
+    if (k) sqlite3_bind_text(st, 2, k, -1, SQLITE_STATIC);
+    int type = 0;
+    text[0] = 0;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        type = sqlite3_column_type(st, 0);
+        const unsigned char *v = sqlite3_column_text(st, 0);
+        int n = sqlite3_column_bytes(st, 0);
+        ck_assert_int_lt(n, (int)cap);
+        if (v) memcpy(text, v, (size_t)n + 1);
     }
     sqlite3_finalize(st);
+    return type;
+}
+
+START_TEST(test_sdk_row_reader_matches_json_extract)
+{
+    for (size_t i = 0; i < sizeof JROWS / sizeof JROWS[0]; i++) {
+        char vc[256], vj[256], ok[8];
+        const char *d = JROWS[i].data, *k = JROWS[i].key;
+        ck_assert_msg(jvalue("SELECT ferry_jok(?1)", d, NULL, ok, sizeof ok) == SQLITE_INTEGER &&
+                          atoi(ok) == JROWS[i].jok,
+                      "case %zu (%s): ferry_jok %s", i, d, ok);
+        int tc = jvalue("SELECT ferry_col(?1, ?2)", d, k, vc, sizeof vc);
+        int tj = jvalue("SELECT json_extract(?1, '$.\"' || ?2 || '\"')", d, k, vj, sizeof vj);
+        ck_assert_msg(tc == tj, "case %zu (%s): type %d, json_extract %d", i, d, tc, tj);
+        ck_assert_msg(strcmp(vc, vj) == 0, "case %zu (%s): \"%s\", json_extract \"%s\"", i, d, vc, vj);
+    }
+    /* a key of a malformed row: both fail (publishing then takes the rows one by one) */
+    char v[64];
+    ck_assert_int_eq(jvalue("SELECT ferry_col(?1, 'a')", "{\"a\":1,}", NULL, v, sizeof v), 0);
+    ck_assert_int_eq(jvalue("SELECT ferry_col(?1, 'a')", "{\"a\":1.5}", NULL, v, sizeof v), SQLITE_FLOAT);
     /* end to end: a new bucket published set-based; each row's description (a text column)
      * equals what json_extract makes of its data, whichever of the two read it */
     const char *rows[] = {"{\\\"description\\\":\\\"tab\\\\there\\\",\\\"done\\\":1}",
@@ -715,7 +718,8 @@ START_TEST(test_sdk_oplog_layout_migrated_once)
         "3:1/todos/a/null/7/30/-/todos/a/null";
     const char *dump = "SELECT group_concat(rowid || ':' || bucket || '/' || row_type || '/' || "
                        "row_id || '/' || subkey || '/' || op_id || '/' || hash || '/' || "
-                       "ifnull(data, '-') || '/' || key, ' ') FROM (SELECT rowid, * FROM "
+                       "ifnull(data, '-') || '/' || row_type || '/' || row_id || '/' || subkey, ' ') "
+                       "FROM (SELECT rowid, * FROM "
                        "ferry_oplog ORDER BY rowid)";
     ck_assert_str_eq(q(dump), ops_now);
     ck_assert_str_eq(q("SELECT group_concat(name) FROM sqlite_schema WHERE tbl_name = 'ferry_oplog' "
@@ -746,6 +750,61 @@ START_TEST(test_sdk_oplog_layout_migrated_once)
     ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"8\"}}"), 0);
     ck_assert_int_eq(db->status.checksum_failures, 0);
     ck_assert_str_eq(q("SELECT description FROM todos WHERE id = 'b'"), "B2");
+}
+END_TEST
+
+/* A file of the two-B-tree layout's first version: the oplog had a virtual column key
+ * (type/id/subkey), which SQLite computed for every inserted op. Opening drops it and keeps
+ * every op (the table is not rewritten: the rowids stay). */
+START_TEST(test_sdk_oplog_virtual_key_dropped)
+{
+    teardown();
+    snprintf(path, sizeof path, "/tmp/ferry-test-sdk.%d.db", (int)getpid());
+    sqlite3 *c;
+    ck_assert_int_eq(sqlite3_open(path, &c), SQLITE_OK);
+    ck_assert_int_eq(
+        sqlite3_exec(c,
+                     "PRAGMA journal_mode=WAL;"
+                     "CREATE TABLE ferry_oplog(bucket INTEGER NOT NULL, row_type TEXT NOT NULL,"
+                     " row_id TEXT NOT NULL, subkey TEXT NOT NULL, op_id INTEGER NOT NULL,"
+                     " hash INTEGER NOT NULL, data TEXT, key TEXT GENERATED ALWAYS AS"
+                     " (row_type || '/' || row_id || '/' || subkey));"
+                     "CREATE UNIQUE INDEX ferry_oplog_key ON ferry_oplog(row_type, row_id, bucket,"
+                     " subkey);"
+                     "CREATE TABLE ferry_buckets(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+                     " last_op INTEGER NOT NULL DEFAULT 0, add_checksum INTEGER NOT NULL DEFAULT 0,"
+                     " op_checksum INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0,"
+                     " priority INTEGER NOT NULL DEFAULT 3);"
+                     "INSERT INTO ferry_buckets(id, name, last_op, op_checksum, count)"
+                     " VALUES (1, 'v', 2, 3, 2);"
+                     "INSERT INTO ferry_oplog(rowid, bucket, row_type, row_id, subkey, op_id, hash, data)"
+                     " VALUES (5, 1, 'todos', 'p', 'x/y', 1, 1, '{\"description\":\"P\"}'),"
+                     " (9, 1, 'todos', 'q', 'q', 2, 2, '{\"done\":1}');",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(c);
+    ferry_error_t err;
+    ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
+    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    ck_assert_str_eq(q("SELECT count(*) FROM pragma_table_xinfo('ferry_oplog') WHERE name = 'key'"), "0");
+    ck_assert_str_eq(q("SELECT group_concat(name) FROM sqlite_schema WHERE tbl_name = 'ferry_oplog' "
+                       "AND type = 'index'"), "ferry_oplog_key");
+    ck_assert_str_eq(q("SELECT group_concat(rowid || ':' || row_id || '/' || subkey || '/' || op_id || "
+                       "'/' || ifnull(data, '-'), ' ') FROM (SELECT rowid, * FROM ferry_oplog ORDER BY rowid)"),
+                     "5:p/x/y/1/{\"description\":\"P\"} 9:q/q/2/{\"done\":1}");
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || ifnull(description, '-') || '/' || ifnull(done, '-'), ' ') "
+                       "FROM (SELECT * FROM todos ORDER BY id)"), "p=P/- q=-/1");
+    /* storing goes on in the new layout: a PUT replacing p's op, one for a new row */
+    cp("4", "{\"bucket\":\"v\",\"checksum\":15}"); /* 3 - 1 + 4 + 8, and 1 moved */
+    char ops[2048];
+    snprintf(ops, sizeof ops, "%s,", op("3", "PUT", "p", "x/y", "{\\\"description\\\":\\\"P2\\\"}", 4));
+    strcat(ops, op("4", "PUT", "r", "r", "{}", 8));
+    ck_assert_int_eq(line(data_line("v", ops)), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"4\"}}"), 0);
+    ck_assert_int_eq(db->status.checksum_failures, 0);
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || ifnull(description, '-'), ' ') FROM "
+                       "(SELECT * FROM todos ORDER BY id)"), "p=P2 q=- r=-");
 }
 END_TEST
 
@@ -884,6 +943,7 @@ int main(void)
     tcase_add_test(tc, test_sdk_put_batch_conflict_replaces_and_moves_checksum);
     tcase_add_test(tc, test_sdk_row_reader_matches_json_extract);
     tcase_add_test(tc, test_sdk_oplog_layout_migrated_once);
+    tcase_add_test(tc, test_sdk_oplog_virtual_key_dropped);
     tcase_add_test(tc, test_sdk_triggers_record_put_patch_delete);
     tcase_add_test(tc, test_sdk_watch_local_and_sync);
     tcase_add_test(tc, test_sdk_migration_adds_columns_and_fills_them);
