@@ -319,6 +319,12 @@ typedef struct jr {
     const char *p, *end;
 } jr_t;
 
+/* Bytes that a JSON string holds as they are (ASCII, not a quote, a backslash or a control
+ * character): the readers below skip runs of them with one table look-up per byte. */
+static const unsigned char PLAIN[256] = {
+    [0x20 ... 0x21] = 1, [0x23 ... 0x5b] = 1, [0x5d ... 0x7f] = 1, /* not '"' (0x22), '\\' */
+};
+
 static void jr_ws(jr_t *j)
 {
     while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
@@ -333,6 +339,10 @@ static int jr_str(jr_t *j, const char **s, size_t *n, int *esc)
     const char *q = ++j->p;
     *esc = 0;
     while (q < j->end && *q != '"') {
+        if (PLAIN[(unsigned char)*q]) {
+            q++;
+            continue;
+        }
         if ((unsigned char)*q < 0x20) return -1;
         if (*q == '\\') {
             if (q + 1 >= j->end || !strchr("\"\\/bfnrt", q[1])) return -1;
@@ -1214,6 +1224,19 @@ static int arena_put(ferry_scan_t *s, const char *b, size_t n)
     return 0;
 }
 
+/* Makes room for n more bytes in the arena; -1 on out-of-memory. */
+static int arena_reserve(ferry_scan_t *s, size_t n)
+{
+    if (s->arena_len + n <= s->arena_cap) return 0;
+    size_t cap = s->arena_cap ? s->arena_cap : 65536;
+    while (cap < s->arena_len + n) cap *= 2;
+    char *na = realloc(s->arena, cap);
+    if (!na) return -1;
+    s->arena = na;
+    s->arena_cap = cap;
+    return 0;
+}
+
 static int hexv(char h)
 {
     return h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
@@ -1250,25 +1273,28 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end)
     return n;
 }
 
-/* A string value: unescaped, NUL-terminated, into the arena; *off = its offset there. */
+/* A string value: unescaped, NUL-terminated, into the arena; *off = its offset there. The
+ * unescaped string and its NUL are never longer than the rest of the line, so the room is made
+ * once and the bytes are copied as they are read. */
 static int sk_string(scan_t *c, size_t *off)
 {
     sk_ws(c);
     if (c->p >= c->end || *c->p != '"') return -1;
     c->p++;
     *off = c->s->arena_len;
+    if (arena_reserve(c->s, (size_t)(c->end - c->p) + 1)) return -1;
     for (;;) {
         const char *q = c->p;
-        while (q < c->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20 &&
-               (unsigned char)*q < 0x80)
-            q++;
-        if (q > c->p && arena_put(c->s, c->p, (size_t)(q - c->p))) return -1;
+        char *w = c->s->arena + c->s->arena_len;
+        while (q < c->end && PLAIN[(unsigned char)*q]) *w++ = *q++;
+        c->s->arena_len += (size_t)(q - c->p);
         c->p = q;
         if (q >= c->end) return -1;
         unsigned char ch = (unsigned char)*q;
         if (ch == '"') {
             c->p++;
-            return arena_put(c->s, "", 1);
+            c->s->arena[c->s->arena_len++] = 0;
+            return 0;
         }
         if (ch < 0x20) return -1;
         if (ch >= 0x80) {
