@@ -300,6 +300,30 @@ static int retire(gw_storage_t *st, const char *version, const char *slot, gw_er
     return gw_storage_state_set(st, "retired", buf, err);
 }
 
+/* No version is being built any more: version (slot slot) is retired, in one commit. */
+static int abandon_build(gw_storage_t *st, const char *version, const char *slot, gw_err_t *err)
+{
+    int rc = gw_storage_begin(st, err);
+    if (rc == 0)
+        rc = gw_storage_state_set(st, "building", "", err);
+    if (rc == 0)
+        rc = retire(st, version, slot, err);
+    if (rc == 0)
+        rc = gw_storage_commit(st, 0, err);
+    else
+        gw_storage_rollback(st);
+    return rc;
+}
+
+/* abandon_build for the stored build of version (at start, before any builder runs). */
+static int abandon_stored_build(gw_storage_t *st, const char *version, gw_err_t *err)
+{
+    char key[64], slot[160] = "";
+    snprintf(key, sizeof(key), "%s#slot", version);
+    gw_storage_state_get(st, key, slot, sizeof(slot));
+    return abandon_build(st, version, slot, err);
+}
+
 /* A stored state text of any length: malloc'd (caller frees), or NULL when absent. */
 static char *state_text(gw_storage_t *st, const char *key)
 {
@@ -424,15 +448,7 @@ static int builder_discard(gw_repl_t *r, const char *why, gw_err_t *err)
     snprintf(slot, sizeof(slot), "%s", b->slot);
     set_next(r, NULL);
     gw_repl_destroy(b);
-    int rc = gw_storage_begin(r->st, err);
-    if (rc == 0)
-        rc = gw_storage_state_set(r->st, "building", "", err);
-    if (rc == 0)
-        rc = retire(r->st, version, slot, err);
-    if (rc == 0)
-        rc = gw_storage_commit(r->st, 0, err);
-    else
-        gw_storage_rollback(r->st);
+    int rc = abandon_build(r->st, version, slot, err);
     r->old_pending = 1;
     gw_info("repl", "stopped building a rule version", "version=%s reason=\"%s\"", version, why);
     return rc;
@@ -452,16 +468,7 @@ static int resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash, c
         /* the version the storage serves: go on (a build of other rules is abandoned) */
         snprintf(r->version, sizeof(r->version), "%s", serving);
         if (building[0] != '\0') {
-            char key[64], bslot[160] = "";
-            snprintf(key, sizeof(key), "%s#slot", building);
-            gw_storage_state_get(st, key, bslot, sizeof(bslot));
-            int rc = gw_storage_begin(st, err);
-            if (rc == 0)
-                rc = gw_storage_state_set(st, "building", "", err);
-            if (rc == 0)
-                rc = retire(st, building, bslot, err);
-            if (rc == 0)
-                rc = gw_storage_commit(st, 0, err);
+            int rc = abandon_stored_build(st, building, err);
             if (rc != 0)
                 return rc;
             gw_info("repl", "the sync rules are the serving version's again: dropping the version "
@@ -490,16 +497,7 @@ static int resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash, c
             int resume = building[0] != '\0' && gw_storage_state_get(st, key, bhash, sizeof(bhash)) &&
                          strcmp(bhash, hash) == 0;
             if (building[0] != '\0' && !resume) {
-                char bslot[160] = "";
-                snprintf(key, sizeof(key), "%s#slot", building);
-                gw_storage_state_get(st, key, bslot, sizeof(bslot));
-                int rc = gw_storage_begin(st, err);
-                if (rc == 0)
-                    rc = gw_storage_state_set(st, "building", "", err);
-                if (rc == 0)
-                    rc = retire(st, building, bslot, err);
-                if (rc == 0)
-                    rc = gw_storage_commit(st, 0, err);
+                int rc = abandon_stored_build(st, building, err);
                 if (rc != 0)
                     return rc;
             }
