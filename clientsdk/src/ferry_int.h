@@ -67,6 +67,9 @@ typedef struct ferry_sync {
     int64_t tx_ops, tx_start;   /* its ops and start (monotonic ms) */
     ferry_scan_t scan;          /* the data-line scanner's buffers for ferry__sync_line */
     struct jrow *jrow;          /* the row read by the SQL functions ferry_jok / ferry_col */
+    int wal_frames;             /* the WAL's frames after the last commit (its hook) */
+    int defer_checkpoint;       /* a publish commits: its checkpoint waits (ferry__sync_checkpoint) */
+    int checkpoint_frames;      /* checkpoint at this WAL size (0: 8192 frames; tests set less) */
 } ferry_sync_t;
 
 /* Results of ferry__sync_line. */
@@ -154,6 +157,9 @@ void ferry__scan_free(ferry_scan_t *b);
  * together). Returns 0 or FERRY_ESQLITE. _due: only when it is 250 ms old. */
 int ferry__sync_flush(ferry_sync_t *s);
 int ferry__sync_flush_due(ferry_sync_t *s);
+/* Runs the WAL checkpoint a publish deferred (until the app was told), when the WAL is at the
+ * checkpoint size. */
+void ferry__sync_checkpoint(ferry_sync_t *s);
 /* Applies a validated checkpoint that was blocked by uploads, if it can be now; returns 1 when
  * applied, 0 when not, negative on error. */
 int ferry__sync_try_pending(ferry_db_t *db, ferry_sync_t *s);

@@ -436,6 +436,7 @@ static void try_pending(ferry_db_t *db)
         if (rc < 0) set_error(db, db->sync.errmsg);
         if (rc > 0) ferry__status_changed(db);
         update_caught_up(db);
+        ferry__sync_checkpoint(&db->sync);
     }
 }
 

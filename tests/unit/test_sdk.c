@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const ferry_column_t T_COLS[] = {{"description", FERRY_TEXT}, {"done", FERRY_INTEGER},
@@ -808,6 +809,58 @@ START_TEST(test_sdk_oplog_virtual_key_dropped)
 }
 END_TEST
 
+/* The WAL checkpoint after a publish waits until the app was told (on_status, and the waiters
+ * of ferry_wait_for_first_sync): then it runs, before line_complete returns. Seen from the
+ * database file, which a checkpoint grows (the published pages were only in the WAL before). */
+static off_t file_size(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0 ? sb.st_size : -1;
+}
+
+static off_t size_at_status;
+static int frames_at_status;
+static void status_cb(void *ud, const ferry_status_t *st)
+{
+    (void)ud;
+    if (st->applied_checkpoint == 200) {
+        size_at_status = file_size(path);
+        frames_at_status = db->sync.wal_frames;
+    }
+}
+
+START_TEST(test_sdk_publish_checkpoint_after_status)
+{
+    db->sync.checkpoint_frames = 3;
+    db->opt.on_status = status_cb;
+    static char ops[65536];
+    char l[70000];
+    size_t n = 0;
+    for (int i = 1; i <= 200; i++) {
+        char id[12], obj[16];
+        snprintf(id, sizeof id, "%d", i);
+        snprintf(obj, sizeof obj, "r%d", i);
+        n += (size_t)snprintf(ops + n, sizeof ops - n, "%s%s", i > 1 ? "," : "",
+                              op(id, "PUT", obj, "s", "{\\\"description\\\":\\\"a longer text "
+                                 "to fill some pages of the database\\\"}", 1));
+    }
+    cp("200", "{\"bucket\":\"w\",\"checksum\":200}");
+    snprintf(l, sizeof l, "{\"data\":{\"bucket\":\"w\",\"data\":[%s]}}", ops);
+    ck_assert_int_eq(line(l), 0);
+    ck_assert_int_eq(sqlite3_wal_checkpoint_v2(ferry_sqlite(db), NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL), SQLITE_OK);
+    off_t before = file_size(path);
+    db->sync.wal_frames = 0;
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"200\"}}"), 0);
+    ck_assert_str_eq(q("SELECT count(*) FROM todos"), "200");
+    ck_assert_int_gt(size_at_status, 0);
+    ck_assert_int_eq(size_at_status, before);      /* told before the checkpoint */
+    ck_assert_int_ge(frames_at_status, 3);
+    ck_assert_int_gt(file_size(path), before);     /* then checkpointed */
+    ck_assert_int_eq(db->sync.wal_frames, 0);
+    db->opt.on_status = NULL;
+}
+END_TEST
+
 START_TEST(test_sdk_triggers_record_put_patch_delete)
 {
     sqlite3 *a = ferry_sqlite(db);
@@ -944,6 +997,7 @@ int main(void)
     tcase_add_test(tc, test_sdk_row_reader_matches_json_extract);
     tcase_add_test(tc, test_sdk_oplog_layout_migrated_once);
     tcase_add_test(tc, test_sdk_oplog_virtual_key_dropped);
+    tcase_add_test(tc, test_sdk_publish_checkpoint_after_status);
     tcase_add_test(tc, test_sdk_triggers_record_put_patch_delete);
     tcase_add_test(tc, test_sdk_watch_local_and_sync);
     tcase_add_test(tc, test_sdk_migration_adds_columns_and_fills_them);
