@@ -2325,7 +2325,7 @@ static int stream(gw_repl_t *r, gw_err_t *err)
     set_phase(r, 3, gw_storage_consistent(r->st) ? NULL : "waiting for the stream to pass the snapshot");
     clock_gettime(CLOCK_MONOTONIC, &r->last_status);
     int rc = 0;
-    uint64_t last_lsn_only = 0;
+    uint64_t last_lsn_only = 0, ask_ms = 0;
     while (rc == 0 && !atomic_load(&r->stop) && !r->switch_wanted) {
         char *buf = NULL;
         int len = PQgetCopyData(r->rc, &buf, 1);
@@ -2338,7 +2338,8 @@ static int stream(gw_repl_t *r, gw_err_t *err)
             } else if (rc == 0 && f.kind == GW_PGO_KEEPALIVE) {
                 atomic_store(&r->m_server_wal_end, f.wal_end);
                 if (!r->in_pg_txn && !r->batch_open && f.wal_end > r->pos_lsn &&
-                    (f.reply_requested || now_ms() - last_lsn_only >= 1000)) {
+                    (f.reply_requested || !gw_storage_consistent(r->st) ||
+                     now_ms() - last_lsn_only >= 1000)) {
                     /* nothing pending: an LSN-only checkpoint at the server's position */
                     rc = batch_begin(r, err);
                     r->batch_lsn = f.wal_end;
@@ -2384,6 +2385,15 @@ static int stream(gw_repl_t *r, gw_err_t *err)
                     break;
             }
             poll_slot(r);
+            if (!gw_storage_consistent(r->st) && !r->in_pg_txn && now_ms() - ask_ms >= 250) {
+                /* not consistent yet and nothing arrives (an idle database): ask the server
+                 * for a keepalive, whose position makes an LSN-only checkpoint past the
+                 * snapshot's marks */
+                ask_ms = now_ms();
+                rc = send_status(r, r->acked_lsn, 1, err);
+                if (rc != 0)
+                    break;
+            }
             if (elapsed_ms(&r->last_status) >= STATUS_INTERVAL_MS) {
                 rc = send_status(r, r->acked_lsn, 0, err);
                 if (rc != 0)

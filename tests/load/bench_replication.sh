@@ -7,7 +7,9 @@
 # neither consumer runs. Then pg_recvlogical drains its slot to the final LSN alone (the limit of
 # decoding and sending on this machine), and then ferry catches up alone (decode, rules, ops,
 # storage commits) until its stored LSN reaches the same position. Prints "BENCH name value unit
-# note" lines: both rates, their ratio, and ferry's peak RSS (VmHWM).
+# note" lines: both rates, their ratio, and ferry's peak RSS (VmHWM). Then ferry serves again and
+# the rules file changes while it runs: the time until the new rule version (built beside the
+# old one from the same 500,000 rows) serves, whether readiness stayed 200, and the peak RSS.
 # CHANGES: $1 (default 1000000, a multiple of 2000).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -157,3 +159,26 @@ echo "BENCH replication_storage_commits ${commits:-0} commits ferry's storage co
 echo "BENCH replication_apply_thread_cpu $(echo "$threads" | tr ' ' '\n' | sed -n 's/^ferry-apply=\(.*\)s$/\1/p') s CPU of the storage-writing thread; every thread: $threads"
 echo "BENCH replication_bytes_written_per_change $(( ${wbytes:-0} / changes )) B ferry's writes to disk per change (storage WAL and its checkpoints)"
 echo "BENCH replication_peak_rss $((hwm / 1024)) MB ferry VmHWM, goal < 100"
+
+# a rules change while ferry serves: version 2 is built beside version 1, then takes over
+start_ferry
+for ((i = 0; i < 200; i++)); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/probes/readiness")" = 200 ] && break
+  sleep 0.1
+done
+{ cat "$tmp/sync-rules.yaml"; printf '  all_todos:\n    data:\n      - SELECT id, list_id, done FROM todos\n'; } >"$tmp/rules.new"
+t0=$(date +%s.%N)
+mv "$tmp/rules.new" "$tmp/sync-rules.yaml"
+not_ready=0
+for ((i = 0; i < 6000; i++)); do
+  curl -s "http://127.0.0.1:$port/metrics" | grep -q 'ferry_replication_slot_info{slot="bench_2"' && break
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/probes/readiness")" = 200 ] || not_ready=$((not_ready + 1))
+  sleep 0.05
+done
+t1=$(date +%s.%N)
+hwm2=$(awk '/VmHWM/ { print $2 }' "/proc/$fpid/status")
+rows2=$(metric ferry_storage_rows)
+kill -INT "$fpid"; wait "$fpid" || true; fpid=""
+grep -q 'switched to the new rule version' "$tmp/ferry.log" || { echo "the new rule version did not take over"; tail -5 "$tmp/ferry.log"; exit 1; }
+echo "BENCH replication_rules_switch_s $(echo "scale=1; ($t1 - $t0) / 1" | bc) s from a rules file change to the new version serving (${rows2:-?} rows snapshotted beside the serving version, 6 definitions; includes up to 4 s of noticing the change); readiness answered non-200 $not_ready times"
+echo "BENCH replication_rules_switch_peak_rss $((hwm2 / 1024)) MB ferry VmHWM while two rule versions were written"
