@@ -132,12 +132,11 @@ static void fn_jok(sqlite3_context *ctx, int argc, sqlite3_value **argv);
 static void fn_col(sqlite3_context *ctx, int argc, sqlite3_value **argv);
 static const sqlite3_module OPS_MODULE;
 
-/* The sync connection checkpoints the WAL itself (this hook replaces SQLite's automatic
- * checkpoint, with the same PASSIVE checkpoint at WAL_CHECKPOINT_FRAMES, or at
- * s->checkpoint_frames when set), except after a
- * publish: that checkpoint (a first sync's: 0.3 s for 1,000,000 rows) waits until the app was
- * told (ferry__sync_checkpoint). Durability is the same either way: a checkpoint only copies
- * committed pages from the WAL into the database file. */
+/* The sync connection checkpoints the WAL itself: this hook replaces SQLite's automatic
+ * checkpoint, with the same PASSIVE checkpoint at WAL_CHECKPOINT_FRAMES (s->checkpoint_frames
+ * when set), except after a publish: that checkpoint (a first sync's: 0.3 s for 1,000,000 rows)
+ * waits until the app was told (ferry__sync_checkpoint). Durability is the same either way: a
+ * checkpoint only copies committed pages from the WAL into the database file. */
 #define WAL_CHECKPOINT_FRAMES 8192
 
 static int checkpoint_frames(const ferry_sync_t *s)
@@ -1687,7 +1686,8 @@ static void bind_put(sqlite3_stmt *st, int off, int64_t bid, const dop_t *op)
  * ferry_ops(?) is an eponymous table-valued function over a batch of PUTs in memory (an ops_t
  * bound with sqlite3_bind_pointer, type "ferry_ops"): one row per op, in batch order, columns
  * subkey ('null' when absent), op_id, row_type, row_id, data, hash. Its text values point into
- * the scanned line (SQLITE_STATIC): they live until the statement is reset. */
+ * the scanned line (SQLITE_STATIC), which outlives the statement's step. Only statements may
+ * use it, not the schema (views, triggers). */
 typedef struct ops {
     const dop_t *const *op;
     size_t n;
@@ -1706,6 +1706,7 @@ static int ops_connect(sqlite3 *c, void *aux, int argc, const char *const *argv,
     int rc = sqlite3_declare_vtab(c, "CREATE TABLE x(subkey, op_id, row_type, row_id, data, "
                                      "hash, batch HIDDEN)");
     if (rc != SQLITE_OK) return rc;
+    sqlite3_vtab_config(c, SQLITE_VTAB_DIRECTONLY);
     if (!(*out = sqlite3_malloc(sizeof **out))) return SQLITE_NOMEM;
     memset(*out, 0, sizeof **out);
     return SQLITE_OK;
