@@ -110,6 +110,29 @@ PGresult *gw_pg_query_params(PGconn *conn, const char *sql, int n, const char *c
     return res;
 }
 
+int gw_pg_send_params(PGconn *conn, const char *sql, int n, const char *const *values,
+                      gw_err_t *err)
+{
+    if (PQsendQueryParams(conn, sql, n, NULL, values, NULL, NULL, 0) != 1) {
+        result_err(conn, NULL, sql, err);
+        return GW_EPG;
+    }
+    return 0;
+}
+
+PGresult *gw_pg_wait_result(PGconn *conn, const char *sql, gw_err_t *err)
+{
+    PGresult *res = PQgetResult(conn);
+    for (PGresult *more; (more = PQgetResult(conn)) != NULL;)
+        PQclear(more);
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        result_err(conn, res, sql, err);
+        PQclear(res);
+        return NULL;
+    }
+    return res;
+}
+
 char *gw_pg_literal(PGconn *conn, const char *s)
 {
     char *q = PQescapeLiteral(conn, s, strlen(s));

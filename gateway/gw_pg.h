@@ -38,6 +38,19 @@ PGresult *gw_pg_query(PGconn *conn, const char *sql, gw_err_t *err);
 PGresult *gw_pg_query_params(PGconn *conn, const char *sql, int n, const char *const *values,
                              gw_err_t *err);
 
+/**
+ * Send sql with n text parameters without waiting for its result (one query in flight on conn;
+ * fetch it with gw_pg_wait_result). 0, or GW_EPG with err set.
+ */
+int gw_pg_send_params(PGconn *conn, const char *sql, int n, const char *const *values,
+                      gw_err_t *err);
+
+/**
+ * The result of the query sent with gw_pg_send_params: rows (caller PQclears), or NULL with err
+ * set. Consumes every result of that query.
+ */
+PGresult *gw_pg_wait_result(PGconn *conn, const char *sql, gw_err_t *err);
+
 /** The connection's last error as one line (trailing newline removed) into buf; returns buf. */
 const char *gw_pg_error(PGconn *conn, char *buf, size_t len);
 

@@ -187,6 +187,10 @@ static int pipe_put(gw_repl_t *r, const char *table, const char *key, const void
 static int pipe_drain(gw_repl_t *r, gw_err_t *err);
 static int store_delete(gw_repl_t *r, const char *table, const char *key, gw_err_t *err);
 static int storage_direct(gw_repl_t *r, gw_err_t *err);
+static int pipe_start(gw_repl_t *r, gw_err_t *err);
+static int pipe_stop(gw_repl_t *r, gw_err_t *err);
+static int pipe_start(gw_repl_t *r, gw_err_t *err);
+static int pipe_stop(gw_repl_t *r, gw_err_t *err);
 
 static const char *const phase_names[] = {"checking source", "creating slot", "snapshot",
                                           "streaming", "retrying"};
@@ -1138,6 +1142,22 @@ static int load_keycols(gw_repl_t *r, const snap_table_t *t, keycols_t *k, gw_er
     return 0;
 }
 
+/* The query for one snapshot chunk of t into sql: in key order after the last key ($1…) when
+ * after, else from the start; the whole table in one pass when it has no key. */
+static void chunk_sql(gw_buf_t *sql, const snap_table_t *t, const keycols_t *k,
+                      const gw_buf_t *order, const gw_buf_t *cmp, int after, long rows)
+{
+    gw_buf_reset(sql);
+    if (k->n == 0)
+        gw_buf_printf(sql, "SELECT * FROM %s", t->sql_ident);
+    else if (!after)
+        gw_buf_printf(sql, "SELECT * FROM %s ORDER BY %s LIMIT %ld", t->sql_ident, order->data,
+                      rows);
+    else
+        gw_buf_printf(sql, "SELECT * FROM %s WHERE (%s) > (%s) ORDER BY %s LIMIT %ld",
+                      t->sql_ident, order->data, cmp->data, order->data, rows);
+}
+
 static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
 {
     char statekey[512], progress[4096] = "";
@@ -1186,22 +1206,14 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
     const char **names = NULL, **values = NULL;
     size_t *lens = NULL;
     uint32_t *types = NULL;
-    while (rc == 0 && !atomic_load(&r->stop)) {
-        gw_buf_reset(&sql);
-        if (k.n == 0)
-            gw_buf_printf(&sql, "SELECT * FROM %s", t->sql_ident);
-        else if (last[0] == NULL)
-            gw_buf_printf(&sql, "SELECT * FROM %s ORDER BY %s LIMIT %ld", t->sql_ident,
-                          order.data, r->chunk_rows);
-        else
-            gw_buf_printf(&sql, "SELECT * FROM %s WHERE (%s) > (%s) ORDER BY %s LIMIT %ld",
-                          t->sql_ident, order.data, cmp.data, order.data, r->chunk_rows);
-        res = gw_pg_query_params(r->q, sql.data, last[0] != NULL ? (int)k.n : 0,
-                                 (const char *const *)last, err);
-        if (res == NULL) {
-            rc = GW_EPG;
-            break;
-        }
+    /* the next chunk's query runs in Postgres while this chunk is evaluated and written */
+    chunk_sql(&sql, t, &k, &order, &cmp, last[0] != NULL, r->chunk_rows);
+    res = gw_pg_query_params(r->q, sql.data, last[0] != NULL ? (int)k.n : 0,
+                             (const char *const *)last, err);
+    int inflight = 0;
+    if (res == NULL)
+        rc = GW_EPG;
+    while (rc == 0 && res != NULL && !atomic_load(&r->stop)) {
         int nrows = PQntuples(res), ncols = PQnfields(res);
         free(is_key);
         free(names);
@@ -1226,7 +1238,21 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
         if (k.n == 0)
             for (int c = 0; c < ncols; c++)
                 is_key[c] = 1; /* no key: the whole row identifies it (REPLICA IDENTITY FULL) */
-        if (nrows > 0)
+        int more = k.n > 0 && nrows >= r->chunk_rows;
+        gw_buf_t prog = GW_BUF_INIT;
+        if (nrows > 0 && k.n > 0) {
+            for (size_t j = 0; j < k.n; j++) {
+                free(last[j]);
+                last[j] = gw_xstrdup(PQgetvalue(res, nrows - 1, keyidx[j]));
+                gw_buf_printf(&prog, "%s%s", j ? "\x1f" : "", last[j]);
+            }
+        }
+        if (more) {
+            chunk_sql(&sql, t, &k, &order, &cmp, 1, r->chunk_rows);
+            rc = gw_pg_send_params(r->q, sql.data, (int)k.n, (const char *const *)last, err);
+            inflight = rc == 0;
+        }
+        if (rc == 0 && nrows > 0 && !r->pipe_on)
             rc = gw_storage_begin(r->st, err);
         for (int i = 0; i < nrows && rc == 0; i++) {
             for (int c = 0; c < ncols; c++) {
@@ -1237,17 +1263,13 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
             rc = apply_row(r, t->schema, t->name, t->qname, (size_t)ncols, names, types, values,
                            lens, r->key.data, err);
         }
-        if (rc == 0 && nrows > 0 && k.n > 0) {
-            gw_buf_t prog = GW_BUF_INIT;
-            for (size_t j = 0; j < k.n; j++) {
-                free(last[j]);
-                last[j] = gw_xstrdup(PQgetvalue(res, nrows - 1, keyidx[j]));
-                gw_buf_printf(&prog, "%s%s", j ? "\x1f" : "", last[j]);
-            }
+        if (rc == 0 && nrows > 0)
+            rc = storage_direct(r, err); /* the chunk's rows are written; its txn is open */
+        if (rc == 0 && nrows > 0 && k.n > 0)
             rc = gw_storage_state_set(r->st, statekey, prog.data, err);
-            gw_buf_free(&prog);
-        }
+        gw_buf_free(&prog);
         PQclear(res);
+        res = NULL;
         if (rc == 0 && nrows > 0)
             rc = gw_storage_commit(r->st, 0, err);
         done += (uint64_t)nrows;
@@ -1259,8 +1281,17 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
                      (unsigned long long)atomic_load(&r->m_snapshot_estimate));
             set_phase(r, 2, reason);
         }
-        if (k.n == 0 || nrows < r->chunk_rows)
+        if (rc != 0 || !more)
             break;
+        inflight = 0;
+        res = gw_pg_wait_result(r->q, sql.data, err);
+        if (res == NULL)
+            rc = GW_EPG;
+    }
+    PQclear(res);
+    if (inflight) {
+        gw_err_t ignored;
+        PQclear(gw_pg_wait_result(r->q, sql.data, &ignored)); /* the connection stays usable */
     }
     free(is_key);
     free(names);
@@ -1308,11 +1339,27 @@ static int snapshot(gw_repl_t *r, gw_err_t *err)
     snprintf(nocpkey, sizeof(nocpkey), "nocp:%s", r->version);
     if (gw_storage_state_get(r->st, nocpkey, buf, sizeof(buf)))
         r->nocp_lsn = strtoull(buf, NULL, 10);
-    for (size_t i = 0; i < r->ntables && !atomic_load(&r->stop); i++) {
-        int rc = snapshot_table(r, &r->tables[i], err);
-        if (rc != 0)
-            return rc;
+    int pending = 0;
+    for (size_t i = 0; i < r->ntables; i++) {
+        snprintf(buf, sizeof(buf), "snap:%s:", r->version);
+        char key[512], v[8] = "";
+        snprintf(key, sizeof(key), "%s%s", buf, r->tables[i].qname);
+        pending |= !gw_storage_state_get(r->st, key, v, sizeof(v)) || strcmp(v, "done") != 0;
     }
+    /* rows are evaluated here and written by the apply thread, as while streaming */
+    int rc = pending ? pipe_start(r, err) : 0;
+    for (size_t i = 0; rc == 0 && i < r->ntables && !atomic_load(&r->stop); i++)
+        rc = snapshot_table(r, &r->tables[i], err);
+    if (r->pipe_on) {
+        gw_err_t perr;
+        int prc = pipe_stop(r, &perr);
+        if (rc == 0 && prc != 0) {
+            *err = perr;
+            rc = prc;
+        }
+    }
+    if (rc != 0)
+        return rc;
     return atomic_load(&r->stop) ? GW_EUNAVAIL : 0;
 }
 
