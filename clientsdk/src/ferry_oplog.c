@@ -1488,6 +1488,21 @@ static int kind_of(const char *k)
          : !strcmp(k, "MOVE") ? OP_MOVE : !strcmp(k, "CLEAR") ? OP_CLEAR : OP_OTHER;
 }
 
+/* The field of an op a key names: 1 op_id, 2 op, 3 checksum, 4 object_type, 5 object_id,
+ * 6 subkey, 7 data, 0 another (one comparison, chosen by the first letter). */
+static int op_field(const char *k)
+{
+    switch (k[0]) {
+    case 'o':
+        return !strcmp(k, "op_id") ? 1 : !strcmp(k, "op") ? 2 : !strcmp(k, "object_type") ? 4
+             : !strcmp(k, "object_id") ? 5 : 0;
+    case 'c': return !strcmp(k, "checksum") ? 3 : 0;
+    case 's': return !strcmp(k, "subkey") ? 6 : 0;
+    case 'd': return !strcmp(k, "data") ? 7 : 0;
+    default: return 0;
+    }
+}
+
 /* Scans a whole line; on success *bucket_off and s->ops / s->nops describe it (strings in the
  * arena). Returns 0, 1 when the line is not a data line, -1 when jansson must take it. */
 static int scan_data_line(ferry_scan_t *s, const char *line, size_t len, size_t *bucket_off)
@@ -1524,10 +1539,7 @@ static int scan_data_line(ferry_scan_t *s, const char *line, size_t len, size_t 
                                 size_t k2 = s->arena_len;
                                 if (sk_string(&c, &koff) || !sk_lit(&c, ':')) return -1;
                                 const char *k = s->arena + koff;
-                                int f = !strcmp(k, "op_id") ? 1 : !strcmp(k, "op") ? 2
-                                      : !strcmp(k, "checksum") ? 3 : !strcmp(k, "object_type") ? 4
-                                      : !strcmp(k, "object_id") ? 5 : !strcmp(k, "subkey") ? 6
-                                      : !strcmp(k, "data") ? 7 : 0;
+                                int f = op_field(k);
                                 s->arena_len = k2;
                                 size_t v;
                                 if (f == 1) {
