@@ -482,9 +482,9 @@ START_TEST(test_sdk_publish_new_bucket_highest_op_wins)
 }
 END_TEST
 
-/* ---- storing PUTs 32 per statement: the conflict path ------------------------------------------ */
+/* ---- storing PUTs in batches (ferry_ops): the conflict path -------------------------------------- */
 
-/* 40 PUTs in one line (a batch of 32, then 8): keys r5, r20 and r35 are stored already (and r35
+/* 40 PUTs in one line (one batch): keys r5, r20 and r35 are stored already (and r35
  * was published), r7 comes twice in the line. Only those ops are replaced one by one: the key
  * keeps one op, the newest; the replaced op's checksum moves from op_checksum to add_checksum;
  * the published row takes the new data. */
