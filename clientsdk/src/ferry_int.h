@@ -68,7 +68,7 @@ typedef struct ferry_sync {
     ferry_scan_t scan;          /* the data-line scanner's buffers for ferry__sync_line */
     struct jrow *jrow;          /* the row read by the SQL functions ferry_jok / ferry_col */
     int wal_frames;             /* the WAL's frames after the last commit (its hook) */
-    int defer_checkpoint;       /* a publish commits: its checkpoint waits (ferry__sync_checkpoint) */
+    int defer_checkpoint;       /* publishing: the checkpoint waits (ferry__sync_checkpoint) */
     int checkpoint_frames;      /* checkpoint at this WAL size (0: 8192 frames; tests set less) */
 } ferry_sync_t;
 

@@ -1735,7 +1735,8 @@ static int ops_best_index(sqlite3_vtab *vt, sqlite3_index_info *ix)
 {
     (void)vt;
     for (int i = 0; i < ix->nConstraint; i++)
-        if (ix->aConstraint[i].iColumn == 6 && ix->aConstraint[i].op == SQLITE_INDEX_CONSTRAINT_EQ) {
+        if (ix->aConstraint[i].iColumn == 6 &&
+            ix->aConstraint[i].op == SQLITE_INDEX_CONSTRAINT_EQ) {
             if (!ix->aConstraint[i].usable) return SQLITE_CONSTRAINT;
             ix->aConstraintUsage[i].argvIndex = 1;
             ix->aConstraintUsage[i].omit = 1;

@@ -415,7 +415,9 @@ START_TEST(test_sdk_data_line_scanner_matches_jansson)
     ck_assert_int_eq(ferry__sync_line(db, &db->sync, l2, strlen(l2)), 0);
     ck_assert_int_eq(line("{\"data\":{\"bucket\":\"s\",\"data\":[{\"op_id\":\"3\",\"op\":\"MOVE\",\"checksum\":0.0}]}}"), 0);
     ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"3\"}}"), 0);
-    ck_assert_str_eq(q("SELECT row_type || '/' || row_id || '/' || subkey FROM ferry_oplog WHERE row_id = 'a'"), "todos/a/null");
+    ck_assert_str_eq(
+        q("SELECT row_type || '/' || row_id || '/' || subkey FROM ferry_oplog WHERE row_id = 'a'"),
+        "todos/a/null");
     ck_assert_str_eq(q("SELECT description FROM todos WHERE id = 'a'"),
                      "caf\xc3\xa9 \xf0\x9f\x98\x80 \xc3\xa9 \" / \t");
     ck_assert_str_eq(q("SELECT data FROM ferry_oplog WHERE row_id = 'a'"),
@@ -482,7 +484,7 @@ START_TEST(test_sdk_publish_new_bucket_highest_op_wins)
 }
 END_TEST
 
-/* ---- storing PUTs in batches (ferry_ops): the conflict path -------------------------------------- */
+/* ---- storing PUTs in batches (ferry_ops): the conflict path ---------------------------------- */
 
 /* 40 PUTs in one line (one batch): keys r5, r20 and r35 are stored already (and r35
  * was published), r7 comes twice in the line. Only those ops are replaced one by one: the key
@@ -532,7 +534,8 @@ START_TEST(test_sdk_put_batch_conflict_replaces_and_moves_checksum)
     snprintf(l, sizeof l, "{\"data\":{\"bucket\":\"c\",\"data\":[%s]}}", ops);
     ck_assert_int_eq(line(l), 0);
     /* one op per key: rows 0..39 (r8 never came), r5/r20/r35 replaced, r7 holds its second op */
-    ck_assert_str_eq(q("SELECT count(*) || ':' || count(DISTINCT row_id) FROM ferry_oplog"), "39:39");
+    ck_assert_str_eq(q("SELECT count(*) || ':' || count(DISTINCT row_id) FROM ferry_oplog"),
+                     "39:39");
     ck_assert_str_eq(q("SELECT count(*) FROM ferry_oplog WHERE row_id = 'r8'"), "0");
     ck_assert_str_eq(q("SELECT group_concat(row_id || '=' || op_id || '/' || hash, ' ') FROM "
                        "(SELECT * FROM ferry_oplog WHERE row_id IN ('r5', 'r7', 'r20', 'r35') "
@@ -552,7 +555,7 @@ START_TEST(test_sdk_put_batch_conflict_replaces_and_moves_checksum)
 }
 END_TEST
 
-/* ---- the C JSON row reader (ferry_jok / ferry_col) against json_extract ------------------------ */
+/* ---- the C JSON row reader (ferry_jok / ferry_col) against json_extract ---------------------- */
 
 /* Each case: a row's data, a key, whether the C reader takes the row (ferry_jok). ferry_col
  * must return what json_extract returns, value and type, or fail where it fails: read in C when
@@ -569,26 +572,26 @@ static const struct {
     {" { \"a\" :\t\"spaced\" ,\r\n \"b\" : -42 } ", "a", 1},
     {"{\"e\":\"q\\\"b\\\\s\\/n\\nt\\tr\\rb\\bf\\f\"}", "e", 1},
     {"{\"u\":\"caf\xc3\xa9 \xf0\x9f\x98\x80\"}", "u", 1},
-    {"{\"x\":\"\\u00e9\"}", "x", 0},          /* \u escapes: json_extract's */
+    {"{\"x\":\"\\u00e9\"}", "x", 0}, /* \u escapes: json_extract's */
     {"{\"x\":\"a\\ud83d\\ude00\"}", "x", 0},
-    {"{\"k\\\"ey\":1}", "k\"ey", 0},          /* an escaped key */
+    {"{\"k\\\"ey\":1}", "k\"ey", 0}, /* an escaped key */
     {"{\"t\":true,\"f\":false,\"n\":null}", "t", 1},
     {"{\"t\":true,\"f\":false,\"n\":null}", "f", 1},
     {"{\"t\":true,\"f\":false,\"n\":null}", "n", 1},
     {"{\"i\":0}", "i", 1},
     {"{\"i\":-0}", "i", 1},
-    {"{\"i\":999999999999999999}", "i", 1},   /* 18 digits */
+    {"{\"i\":999999999999999999}", "i", 1}, /* 18 digits */
     {"{\"i\":-999999999999999999}", "i", 1},
-    {"{\"i\":9223372036854775807}", "i", 0},  /* 19 digits */
+    {"{\"i\":9223372036854775807}", "i", 0}, /* 19 digits */
     {"{\"i\":12345678901234567890123}", "i", 0},
-    {"{\"r\":1.5}", "r", 0},                  /* reals */
+    {"{\"r\":1.5}", "r", 0}, /* reals */
     {"{\"r\":1e3}", "r", 0},
     {"{\"r\":-2.5E-3}", "r", 0},
-    {"{\"o\":{\"a\":1},\"s\":\"x\"}", "s", 0},  /* nested values */
+    {"{\"o\":{\"a\":1},\"s\":\"x\"}", "s", 0}, /* nested values */
     {"{\"o\":[1,2],\"s\":\"x\"}", "o", 0},
     {"{\"d\":\"first\",\"d\":\"second\"}", "d", 1}, /* duplicate keys: the first */
     {"{}", "a", 1},
-    {"{\"a\":\"x\"} trailing", "a", 0},      /* malformed */
+    {"{\"a\":\"x\"} trailing", "a", 0}, /* malformed */
     {"{\"a\":\"unterminated}", "a", 0},
     {"{\"a\":01}", "a", 0},
     {"{\"a\":+1}", "a", 0},
@@ -634,12 +637,14 @@ START_TEST(test_sdk_row_reader_matches_json_extract)
         int tc = jvalue("SELECT ferry_col(?1, ?2)", d, k, vc, sizeof vc);
         int tj = jvalue("SELECT json_extract(?1, '$.\"' || ?2 || '\"')", d, k, vj, sizeof vj);
         ck_assert_msg(tc == tj, "case %zu (%s): type %d, json_extract %d", i, d, tc, tj);
-        ck_assert_msg(strcmp(vc, vj) == 0, "case %zu (%s): \"%s\", json_extract \"%s\"", i, d, vc, vj);
+        ck_assert_msg(strcmp(vc, vj) == 0, "case %zu (%s): \"%s\", json_extract \"%s\"", i, d, vc,
+                      vj);
     }
     /* a key of a malformed row: both fail (publishing then takes the rows one by one) */
     char v[64];
     ck_assert_int_eq(jvalue("SELECT ferry_col(?1, 'a')", "{\"a\":1,}", NULL, v, sizeof v), 0);
-    ck_assert_int_eq(jvalue("SELECT ferry_col(?1, 'a')", "{\"a\":1.5}", NULL, v, sizeof v), SQLITE_FLOAT);
+    ck_assert_int_eq(jvalue("SELECT ferry_col(?1, 'a')", "{\"a\":1.5}", NULL, v, sizeof v),
+                     SQLITE_FLOAT);
     /* end to end: a new bucket published set-based; each row's description (a text column)
      * equals what json_extract makes of its data, whichever of the two read it */
     const char *rows[] = {"{\\\"description\\\":\\\"tab\\\\there\\\",\\\"done\\\":1}",
@@ -663,12 +668,13 @@ START_TEST(test_sdk_row_reader_matches_json_extract)
                        "t.done IS json_extract(o.data, '$.done') AND "
                        "t.score IS json_extract(o.data, '$.score')"),
                      "5");
-    ck_assert_str_eq(q("SELECT group_concat(description, '|') FROM (SELECT * FROM todos ORDER BY id)"),
-                     "tab\there|\xc3\xa9t\xc3\xa9|{\"nested\":[1]}|12|dup");
+    ck_assert_str_eq(
+        q("SELECT group_concat(description, '|') FROM (SELECT * FROM todos ORDER BY id)"),
+        "tab\there|\xc3\xa9t\xc3\xa9|{\"nested\":[1]}|12|dup");
 }
 END_TEST
 
-/* ---- the oplog layout migration ----------------------------------------------------------------- */
+/* ---- the oplog layout migration -------------------------------------------------------------- */
 
 /* A file written by the first release: the oplog keyed by a "type/id/subkey" string, with a
  * unique (bucket, key) index and a (row_type, row_id, op_id) index. Opening it rewrites the
@@ -682,57 +688,64 @@ START_TEST(test_sdk_oplog_layout_migrated_once)
     sqlite3 *c;
     ck_assert_int_eq(sqlite3_open(path, &c), SQLITE_OK);
     ck_assert_int_eq(
-        sqlite3_exec(c,
-                     "PRAGMA journal_mode=WAL;"
-                     "CREATE TABLE ferry_kv(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
-                     "CREATE TABLE ferry_crud(id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                     " tx_id INTEGER NOT NULL, op TEXT NOT NULL, type TEXT NOT NULL,"
-                     " row_id TEXT NOT NULL, data TEXT);"
-                     "CREATE TABLE ferry_buckets(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
-                     " last_op INTEGER NOT NULL DEFAULT 0, add_checksum INTEGER NOT NULL DEFAULT 0,"
-                     " op_checksum INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0,"
-                     " priority INTEGER NOT NULL DEFAULT 3);"
-                     "CREATE TABLE ferry_oplog(bucket INTEGER NOT NULL, key TEXT NOT NULL,"
-                     " op_id INTEGER NOT NULL, row_type TEXT NOT NULL, row_id TEXT NOT NULL,"
-                     " data TEXT, hash INTEGER NOT NULL, UNIQUE(bucket, key));"
-                     "CREATE INDEX ferry_oplog_row ON ferry_oplog(row_type, row_id, op_id);"
-                     "CREATE TABLE ferry_updated(row_type TEXT NOT NULL, row_id TEXT NOT NULL,"
-                     " bucket INTEGER NOT NULL, PRIMARY KEY(row_type, row_id, bucket)) WITHOUT ROWID;"
-                     "INSERT INTO ferry_kv VALUES ('client_id', '00000000-0000-4000-8000-000000000001');"
-                     "INSERT INTO ferry_buckets(id, name, last_op, add_checksum, op_checksum, count)"
-                     " VALUES (1, 'old', 7, 5, 60, 4);"
-                     /* arrival order is not key order; b's subkey holds slashes */
-                     "INSERT INTO ferry_oplog(rowid, bucket, key, op_id, row_type, row_id, data, hash)"
-                     " VALUES (10, 1, 'todos/z/z', 3, 'todos', 'z', '{\"description\":\"Z\"}', 10),"
-                     " (11, 1, 'todos/b/x/y/z', 5, 'todos', 'b', '{\"description\":\"B\",\"done\":1}', 20),"
-                     " (12, 1, 'todos/a/null', 7, 'todos', 'a', NULL, 30);",
-                     NULL, NULL, NULL),
+        sqlite3_exec(
+            c,
+            "PRAGMA journal_mode=WAL;"
+            "CREATE TABLE ferry_kv(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+            "CREATE TABLE ferry_crud(id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " tx_id INTEGER NOT NULL, op TEXT NOT NULL, type TEXT NOT NULL,"
+            " row_id TEXT NOT NULL, data TEXT);"
+            "CREATE TABLE ferry_buckets(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+            " last_op INTEGER NOT NULL DEFAULT 0, add_checksum INTEGER NOT NULL DEFAULT 0,"
+            " op_checksum INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0,"
+            " priority INTEGER NOT NULL DEFAULT 3);"
+            "CREATE TABLE ferry_oplog(bucket INTEGER NOT NULL, key TEXT NOT NULL,"
+            " op_id INTEGER NOT NULL, row_type TEXT NOT NULL, row_id TEXT NOT NULL,"
+            " data TEXT, hash INTEGER NOT NULL, UNIQUE(bucket, key));"
+            "CREATE INDEX ferry_oplog_row ON ferry_oplog(row_type, row_id, op_id);"
+            "CREATE TABLE ferry_updated(row_type TEXT NOT NULL, row_id TEXT NOT NULL,"
+            " bucket INTEGER NOT NULL, PRIMARY KEY(row_type, row_id, bucket)) WITHOUT ROWID;"
+            "INSERT INTO ferry_kv VALUES ('client_id', '00000000-0000-4000-8000-000000000001');"
+            "INSERT INTO ferry_buckets(id, name, last_op, add_checksum, op_checksum, count)"
+            " VALUES (1, 'old', 7, 5, 60, 4);"
+            /* arrival order is not key order; b's subkey holds slashes */
+            "INSERT INTO ferry_oplog(rowid, bucket, key, op_id, row_type, row_id, data, hash)"
+            " VALUES (10, 1, 'todos/z/z', 3, 'todos', 'z', '{\"description\":\"Z\"}', 10),"
+            " (11, 1, 'todos/b/x/y/z', 5, 'todos', 'b', '{\"description\":\"B\",\"done\":1}', 20),"
+            " (12, 1, 'todos/a/null', 7, 'todos', 'a', NULL, 30);",
+            NULL, NULL, NULL),
         SQLITE_OK);
     sqlite3_close(c);
     ferry_error_t err;
     ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
     ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
     ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
-    const char *ops_now =
-        "1:1/todos/z/z/3/10/{\"description\":\"Z\"}/todos/z/z "
-        "2:1/todos/b/x/y/z/5/20/{\"description\":\"B\",\"done\":1}/todos/b/x/y/z "
-        "3:1/todos/a/null/7/30/-/todos/a/null";
-    const char *dump = "SELECT group_concat(rowid || ':' || bucket || '/' || row_type || '/' || "
-                       "row_id || '/' || subkey || '/' || op_id || '/' || hash || '/' || "
-                       "ifnull(data, '-') || '/' || row_type || '/' || row_id || '/' || subkey, ' ') "
-                       "FROM (SELECT rowid, * FROM "
-                       "ferry_oplog ORDER BY rowid)";
+    const char *ops_now = "1:1/todos/z/z/3/10/{\"description\":\"Z\"}/todos/z/z "
+                          "2:1/todos/b/x/y/z/5/20/{\"description\":\"B\",\"done\":1}/todos/b/x/y/z "
+                          "3:1/todos/a/null/7/30/-/todos/a/null";
+    const char *dump =
+        "SELECT group_concat(rowid || ':' || bucket || '/' || row_type || '/' || "
+        "row_id || '/' || subkey || '/' || op_id || '/' || hash || '/' || "
+        "ifnull(data, '-') || '/' || row_type || '/' || row_id || '/' || subkey, ' ') "
+        "FROM (SELECT rowid, * FROM "
+        "ferry_oplog ORDER BY rowid)";
     ck_assert_str_eq(q(dump), ops_now);
-    ck_assert_str_eq(q("SELECT group_concat(name) FROM sqlite_schema WHERE tbl_name = 'ferry_oplog' "
-                       "AND type = 'index'"), "ferry_oplog_key");
-    ck_assert_str_eq(q("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'ferry_oplog_old%'"), "0");
+    ck_assert_str_eq(
+        q("SELECT group_concat(name) FROM sqlite_schema WHERE tbl_name = 'ferry_oplog' "
+          "AND type = 'index'"),
+        "ferry_oplog_key");
+    ck_assert_str_eq(q("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'ferry_oplog_old%'"),
+                     "0");
     /* the new table todos was filled from the migrated oplog (a's op has no data: id only) */
     ck_assert_str_eq(q("SELECT group_concat(id || '=' || ifnull(description, '-'), ' ') FROM "
-                       "(SELECT * FROM todos ORDER BY id)"), "a=- b=B z=Z");
+                       "(SELECT * FROM todos ORDER BY id)"),
+                     "a=- b=B z=Z");
     ck_assert_str_eq(q("SELECT client_id FROM (SELECT value AS client_id FROM ferry_kv WHERE "
-                       "key = 'client_id')"), "00000000-0000-4000-8000-000000000001");
+                       "key = 'client_id')"),
+                     "00000000-0000-4000-8000-000000000001");
     char root[32];
-    snprintf(root, sizeof root, "%s", q("SELECT rootpage FROM sqlite_schema WHERE name = 'ferry_oplog'"));
+    snprintf(root, sizeof root, "%s",
+             q("SELECT rootpage FROM sqlite_schema WHERE name = 'ferry_oplog'"));
     /* opened again: already in the new layout, not rewritten */
     ferry__sync_free(&db->sync);
     sqlite3_close_v2(sconn);
@@ -745,9 +758,12 @@ START_TEST(test_sdk_oplog_layout_migrated_once)
     /* and syncing goes on: a PUT of b's key (subkey with slashes) replaces the migrated op,
      * its checksum moving to add_checksum; the bucket validates (5 + 60 + 40 - 20 + 20 = 105) */
     cp("8", "{\"bucket\":\"old\",\"checksum\":105}");
-    ck_assert_int_eq(line(data_line("old", op("8", "PUT", "b", "x/y/z", "{\\\"description\\\":\\\"B2\\\"}", 40))), 0);
+    ck_assert_int_eq(line(data_line("old", op("8", "PUT", "b", "x/y/z",
+                                              "{\\\"description\\\":\\\"B2\\\"}", 40))),
+                     0);
     ck_assert_str_eq(q("SELECT add_checksum || ':' || op_checksum || ':' || count(*) FROM "
-                       "ferry_buckets, ferry_oplog WHERE row_id = 'b'"), "25:80:1");
+                       "ferry_buckets, ferry_oplog WHERE row_id = 'b'"),
+                     "25:80:1");
     ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"8\"}}"), 0);
     ck_assert_int_eq(db->status.checksum_failures, 0);
     ck_assert_str_eq(q("SELECT description FROM todos WHERE id = 'b'"), "B2");
@@ -764,48 +780,57 @@ START_TEST(test_sdk_oplog_virtual_key_dropped)
     sqlite3 *c;
     ck_assert_int_eq(sqlite3_open(path, &c), SQLITE_OK);
     ck_assert_int_eq(
-        sqlite3_exec(c,
-                     "PRAGMA journal_mode=WAL;"
-                     "CREATE TABLE ferry_oplog(bucket INTEGER NOT NULL, row_type TEXT NOT NULL,"
-                     " row_id TEXT NOT NULL, subkey TEXT NOT NULL, op_id INTEGER NOT NULL,"
-                     " hash INTEGER NOT NULL, data TEXT, key TEXT GENERATED ALWAYS AS"
-                     " (row_type || '/' || row_id || '/' || subkey));"
-                     "CREATE UNIQUE INDEX ferry_oplog_key ON ferry_oplog(row_type, row_id, bucket,"
-                     " subkey);"
-                     "CREATE TABLE ferry_buckets(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
-                     " last_op INTEGER NOT NULL DEFAULT 0, add_checksum INTEGER NOT NULL DEFAULT 0,"
-                     " op_checksum INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0,"
-                     " priority INTEGER NOT NULL DEFAULT 3);"
-                     "INSERT INTO ferry_buckets(id, name, last_op, op_checksum, count)"
-                     " VALUES (1, 'v', 2, 3, 2);"
-                     "INSERT INTO ferry_oplog(rowid, bucket, row_type, row_id, subkey, op_id, hash, data)"
-                     " VALUES (5, 1, 'todos', 'p', 'x/y', 1, 1, '{\"description\":\"P\"}'),"
-                     " (9, 1, 'todos', 'q', 'q', 2, 2, '{\"done\":1}');",
-                     NULL, NULL, NULL),
+        sqlite3_exec(
+            c,
+            "PRAGMA journal_mode=WAL;"
+            "CREATE TABLE ferry_oplog(bucket INTEGER NOT NULL, row_type TEXT NOT NULL,"
+            " row_id TEXT NOT NULL, subkey TEXT NOT NULL, op_id INTEGER NOT NULL,"
+            " hash INTEGER NOT NULL, data TEXT, key TEXT GENERATED ALWAYS AS"
+            " (row_type || '/' || row_id || '/' || subkey));"
+            "CREATE UNIQUE INDEX ferry_oplog_key ON ferry_oplog(row_type, row_id, bucket,"
+            " subkey);"
+            "CREATE TABLE ferry_buckets(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+            " last_op INTEGER NOT NULL DEFAULT 0, add_checksum INTEGER NOT NULL DEFAULT 0,"
+            " op_checksum INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0,"
+            " priority INTEGER NOT NULL DEFAULT 3);"
+            "INSERT INTO ferry_buckets(id, name, last_op, op_checksum, count)"
+            " VALUES (1, 'v', 2, 3, 2);"
+            "INSERT INTO ferry_oplog(rowid, bucket, row_type, row_id, subkey, op_id, hash, data)"
+            " VALUES (5, 1, 'todos', 'p', 'x/y', 1, 1, '{\"description\":\"P\"}'),"
+            " (9, 1, 'todos', 'q', 'q', 2, 2, '{\"done\":1}');",
+            NULL, NULL, NULL),
         SQLITE_OK);
     sqlite3_close(c);
     ferry_error_t err;
     ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
     ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
     ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
-    ck_assert_str_eq(q("SELECT count(*) FROM pragma_table_xinfo('ferry_oplog') WHERE name = 'key'"), "0");
-    ck_assert_str_eq(q("SELECT group_concat(name) FROM sqlite_schema WHERE tbl_name = 'ferry_oplog' "
-                       "AND type = 'index'"), "ferry_oplog_key");
-    ck_assert_str_eq(q("SELECT group_concat(rowid || ':' || row_id || '/' || subkey || '/' || op_id || "
-                       "'/' || ifnull(data, '-'), ' ') FROM (SELECT rowid, * FROM ferry_oplog ORDER BY rowid)"),
-                     "5:p/x/y/1/{\"description\":\"P\"} 9:q/q/2/{\"done\":1}");
-    ck_assert_str_eq(q("SELECT group_concat(id || '=' || ifnull(description, '-') || '/' || ifnull(done, '-'), ' ') "
-                       "FROM (SELECT * FROM todos ORDER BY id)"), "p=P/- q=-/1");
+    ck_assert_str_eq(q("SELECT count(*) FROM pragma_table_xinfo('ferry_oplog') WHERE name = 'key'"),
+                     "0");
+    ck_assert_str_eq(
+        q("SELECT group_concat(name) FROM sqlite_schema WHERE tbl_name = 'ferry_oplog' "
+          "AND type = 'index'"),
+        "ferry_oplog_key");
+    ck_assert_str_eq(
+        q("SELECT group_concat(rowid || ':' || row_id || '/' || subkey || '/' || op_id || "
+          "'/' || ifnull(data, '-'), ' ') FROM (SELECT rowid, * FROM ferry_oplog ORDER BY rowid)"),
+        "5:p/x/y/1/{\"description\":\"P\"} 9:q/q/2/{\"done\":1}");
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || ifnull(description, '-') || '/' || "
+                       "ifnull(done, '-'), ' ') "
+                       "FROM (SELECT * FROM todos ORDER BY id)"),
+                     "p=P/- q=-/1");
     /* storing goes on in the new layout: a PUT replacing p's op, one for a new row */
     cp("4", "{\"bucket\":\"v\",\"checksum\":15}"); /* 3 - 1 + 4 + 8, and 1 moved */
     char ops[2048];
-    snprintf(ops, sizeof ops, "%s,", op("3", "PUT", "p", "x/y", "{\\\"description\\\":\\\"P2\\\"}", 4));
+    snprintf(ops, sizeof ops, "%s,",
+             op("3", "PUT", "p", "x/y", "{\\\"description\\\":\\\"P2\\\"}", 4));
     strcat(ops, op("4", "PUT", "r", "r", "{}", 8));
     ck_assert_int_eq(line(data_line("v", ops)), 0);
     ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"4\"}}"), 0);
     ck_assert_int_eq(db->status.checksum_failures, 0);
     ck_assert_str_eq(q("SELECT group_concat(id || '=' || ifnull(description, '-'), ' ') FROM "
-                       "(SELECT * FROM todos ORDER BY id)"), "p=P2 q=- r=-");
+                       "(SELECT * FROM todos ORDER BY id)"),
+                     "p=P2 q=- r=-");
 }
 END_TEST
 
@@ -841,21 +866,25 @@ START_TEST(test_sdk_publish_checkpoint_after_status)
         snprintf(id, sizeof id, "%d", i);
         snprintf(obj, sizeof obj, "r%d", i);
         n += (size_t)snprintf(ops + n, sizeof ops - n, "%s%s", i > 1 ? "," : "",
-                              op(id, "PUT", obj, "s", "{\\\"description\\\":\\\"a longer text "
-                                 "to fill some pages of the database\\\"}", 1));
+                              op(id, "PUT", obj, "s",
+                                 "{\\\"description\\\":\\\"a longer text "
+                                 "to fill some pages of the database\\\"}",
+                                 1));
     }
     cp("200", "{\"bucket\":\"w\",\"checksum\":200}");
     snprintf(l, sizeof l, "{\"data\":{\"bucket\":\"w\",\"data\":[%s]}}", ops);
     ck_assert_int_eq(line(l), 0);
-    ck_assert_int_eq(sqlite3_wal_checkpoint_v2(ferry_sqlite(db), NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL), SQLITE_OK);
+    ck_assert_int_eq(
+        sqlite3_wal_checkpoint_v2(ferry_sqlite(db), NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL),
+        SQLITE_OK);
     off_t before = file_size(path);
     db->sync.wal_frames = 0;
     ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"200\"}}"), 0);
     ck_assert_str_eq(q("SELECT count(*) FROM todos"), "200");
     ck_assert_int_gt(size_at_status, 0);
-    ck_assert_int_eq(size_at_status, before);      /* told before the checkpoint */
+    ck_assert_int_eq(size_at_status, before); /* told before the checkpoint */
     ck_assert_int_ge(frames_at_status, 3);
-    ck_assert_int_gt(file_size(path), before);     /* then checkpointed */
+    ck_assert_int_gt(file_size(path), before); /* then checkpointed */
     ck_assert_int_eq(db->sync.wal_frames, 0);
     db->opt.on_status = NULL;
 }
