@@ -28,7 +28,7 @@ $(BUILD)/ferry.pc: clientsdk/clientsdk.mk
 	@mkdir -p $(BUILD)
 	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' '' \
 	  'Name: ferry' 'Description: libferry, the C client SDK of the Ferry sync gateway' \
-	  'Version: $(SDK_VERSION)' 'Requires.private: $(SDK_PKGS)' \
+	  'Version: $(SDK_VERSION)' 'Requires.private: sqlite3 >= 3.35 libcurl jansson' \
 	  'Libs: -L$${libdir} -lferry' 'Libs.private: -lpthread -lm' \
 	  'Cflags: -I$${includedir}' >$@
 

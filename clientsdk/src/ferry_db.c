@@ -617,6 +617,12 @@ int ferry_open(const char *path, const ferry_schema_t *schema, ferry_db_t **out,
         ferry__seterr(err, FERRY_EINVAL, "a database path is required");
         return FERRY_EINVAL;
     }
+    /* DROP COLUMN (the oplog migration) and SQLITE_VTAB_DIRECTONLY (ferry_ops) */
+    if (sqlite3_libversion_number() < 3035000) {
+        ferry__seterr(err, FERRY_ESQLITE, "libferry needs SQLite 3.35 or newer (this is %s)",
+                      sqlite3_libversion());
+        return FERRY_ESQLITE;
+    }
     pthread_once(&curl_once, curl_init_once);
     ferry_db_t *db = calloc(1, sizeof *db);
     if (!db) { ferry__seterr(err, FERRY_ENOMEM, "out of memory"); return FERRY_ENOMEM; }
