@@ -11,8 +11,9 @@
 #    during the build is in the new version.
 # 3. A rules file that does not compile is logged and ignored; the serving version goes on.
 # 4. kill -9 during a build (held up by a table missing from the publication), restart: the build
-#    resumes where it was, and completes once the publication is fixed. The new version's write
-#    rules apply to write-back from the switch on, not before.
+#    resumes where it was. The file edited back to the serving rules abandons it (its slot and
+#    rows go); the new rules again start version 5, which completes once the publication is
+#    fixed. The new version's write rules apply to write-back from the switch on, not before.
 source "$(dirname "$0")/../lib/testlib.sh"
 
 db=$(new_db rules33)
@@ -130,8 +131,9 @@ expect_eq "no build started for it" null "$(diag | jq -c .data.building)"
 psql -q "$db" -c "UPDATE items SET v = 'after-broken' WHERE id = 2"
 converged "$T_TMP/ferry.yaml" 20 && pass "version 3 still streams" || fail "still streams" "$(head -3 "$T_TMP/converge.diff")"
 
-# ---- 4. kill -9 during a build, resume ----
-put_rules <<'YAML'
+# ---- 4. kill -9 during a build, resume; back to the serving rules; the build again ----
+cp "$T_TMP/good-rules.yaml" "$T_TMP/v3-rules.yaml"
+tee "$T_TMP/v4-rules.yaml" <<'YAML' | put_rules
 bucket_definitions:
   by_grp:
     parameters: SELECT request.user_id() AS grp
@@ -160,12 +162,21 @@ expect_match "the build resumes" 'resuming the build of a new rule version.*vers
 wtok=$("$FERRY_BIN" token --config "$T_TMP/ferry.yaml" --sub w)
 wpost() { curl -s -X POST -H "Authorization: Bearer $wtok" -H 'Content-Type: application/json' -d "{\"client_id\":\"c1\",\"batch\":[{\"op_id\":$1,\"op\":\"PUT\",\"type\":\"wnotes\",\"id\":\"n$1\",\"data\":{\"note\":\"hi\"}}]}" "$base/api/write"; }
 expect_match "before the switch the serving version's write rules apply" '"status":"rejected","code":"table_not_writable"' "$(wpost 1)"
+put_rules <"$T_TMP/v3-rules.yaml"
+for ((i = 0; i < 100; i++)); do [ "$(diag | jq -c .data.building)" = null ] && break; sleep 0.1; done
+expect_eq "the file back at the serving rules abandons the build" null "$(diag | jq -c .data.building)"
+for ((i = 0; i < 200; i++)); do [ "$(slots)" = rules33_3 ] && break; sleep 0.1; done
+expect_eq "and the abandoned version's slot is dropped" rules33_3 "$(slots)"
+expect_eq "and its rows" 0 "$(storage_count "SELECT count(*) FROM rows WHERE tbl LIKE '4#%'")"
+put_rules <"$T_TMP/v4-rules.yaml"
+for ((i = 0; i < 100; i++)); do [ "$(diag | jq -r '.data.building.rules_version // empty')" = 5 ] && break; sleep 0.1; done
+expect_eq "the rules again: a new build with the next version number" 5 "$(diag | jq -r '.data.building.rules_version // empty')"
 psql -q "$db" -c "ALTER PUBLICATION ferry ADD TABLE extra"
-wait_version 4 30 && pass "version 4 takes over once the publication has the table" || fail "version 4" "$(diag)"
+wait_version 5 30 && pass "version 5 takes over once the publication has the table" || fail "version 5" "$(diag)"
 expect_match "after the switch the new write rules apply" '"op_id":2,"status":"applied"' "$(wpost 2)"
 expect_eq "and the write is in Postgres" "n2 hi" "$(psql -tAq -F ' ' "$db" -c "SELECT id, note FROM wnotes")"
-converged "$T_TMP/ferry.yaml" 30 && pass "version 4 equals the oracle" || fail "version 4 equals the oracle" "$(head -3 "$T_TMP/converge.diff")"
-for ((i = 0; i < 300; i++)); do [ "$(slots)" = rules33_4 ] && break; sleep 0.1; done
-expect_eq "only the serving version's slot is left" "rules33_4" "$(slots)"
+converged "$T_TMP/ferry.yaml" 30 && pass "version 5 equals the oracle" || fail "version 5 equals the oracle" "$(head -3 "$T_TMP/converge.diff")"
+for ((i = 0; i < 300; i++)); do [ "$(slots)" = rules33_5 ] && break; sleep 0.1; done
+expect_eq "only the serving version's slot is left" "rules33_5" "$(slots)"
 checksums_ok "$T_TMP/ferry.yaml" && pass "checksums equal the sum of ops" || fail "checksums" mismatch
 expect_eq "no errors in the log but the broken file's" "" "$(grep 'level=error' "$FERRY_LOG" | grep -v 'mod=rules\|do not load\|publication\|replication stopped' | head -3)"
