@@ -307,6 +307,22 @@ START_TEST(test_storage_versions_side_by_side)
     ck_assert_int_eq(gw_storage_bucket_checksum(r, "1#b", cp, &cs, &n), 0);
     ck_assert_uint_eq(n, 4); /* the delete in version 2 did not touch version 1 */
     ck_assert_uint_eq(cs, 1 + 2 + 3 + 4);
+    /* compaction by version 1's writer leaves version 2's buckets alone (their writer owns them) */
+    ck_assert_int_eq(gw_storage_begin(b, &err), 0);
+    put(b, "2#b", "k2", 20, 13); /* k2 again: its first PUT could become a MOVE */
+    ck_assert_int_eq(gw_storage_commit(b, 125, &err), 0);
+    gw_storage_compact_stats_t cst;
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    gw_storage_rollback(s); /* reloads its bucket cache: it now knows version 2's buckets too */
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    ck_assert_int_eq(gw_storage_compact(s, &cst, &err), 0);
+    ck_assert_int_eq(gw_storage_commit(s, 125, &err), 0);
+    ck_assert_uint_eq(cst.moved, 0);
+    ck_assert_uint_eq(cst.ops_before, 4); /* version 1's ops only */
+    uint64_t b_last;
+    gw_storage_checkpoint(b, &b_last, &lsn);
+    ck_assert_int_eq(gw_storage_bucket_checksum(r, "2#b", b_last, &cs, &n), 0);
+    ck_assert_uint_eq(n, 4);
     /* the switch: version 2's checkpoint goes above every id handed out, then it serves */
     ck_assert_int_eq(gw_storage_begin(s, &err), 0);
     put(s, "1#b", "k5", 10, 5);
