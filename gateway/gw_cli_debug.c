@@ -2,9 +2,10 @@
  *
  *   ferry debug dump --config FILE [--bucket B] [--all-versions] [--checksums | --ops]
  *       each bucket of the rule version the storage serves (every version's with
- *       --all-versions, e.g. while a new one is built beside it): its reconstructed rows (ops applied in op-id order: PUT sets the row of
- *       (object_type, object_id, subkey), REMOVE deletes it, CLEAR empties the bucket, MOVE
- *       changes nothing but counts in the checksum), one JSON line per row:
+ *       --all-versions, e.g. while a new one is built beside it): its reconstructed rows (ops
+ *       applied in op-id order: PUT sets the row of (object_type, object_id, subkey), REMOVE
+ *       deletes it, CLEAR empties the bucket, MOVE changes nothing but counts in the
+ *       checksum), one JSON line per row:
  *       {"bucket":…,"type":…,"id":…,"data":{…}}; with --checksums one line per bucket instead:
  *       {"bucket":…,"checksum":…,"count":…,"ops_checksum":…,"ops":…} where ops_checksum/ops are
  *       recomputed from the stored ops (they must equal checksum/count); with --ops every stored
@@ -355,7 +356,8 @@ int gw_cli_debug(int argc, char **argv)
         fprintf(stderr, "%s\n", gw_err_format(&err, msg, sizeof(msg)));
         return 1;
     }
-    int rc = strcmp(what, "dump") == 0 ? cmd_dump(&cfg, bucket, all, checksums, ops) : cmd_oracle(&cfg);
+    int rc = strcmp(what, "dump") == 0 ? cmd_dump(&cfg, bucket, all, checksums, ops)
+                                       : cmd_oracle(&cfg);
     gw_config_free(&cfg);
     return rc;
 }

@@ -433,8 +433,9 @@ static int builder_create(gw_repl_t *r, rules_set_t *rules, const char *hash, co
     b->builder = 1;
     b->compact_interval = 0;
     set_next(r, b);
-    gw_info("repl", resume != NULL ? "resuming the build of a new rule version beside the serving one"
-                                   : "building a new rule version beside the serving one",
+    gw_info("repl",
+            resume != NULL ? "resuming the build of a new rule version beside the serving one"
+                           : "building a new rule version beside the serving one",
             "version=%s serving=%s slot=%s", v, r->version, b->slot);
     return 0;
 }
@@ -498,7 +499,8 @@ static int resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash, c
                             "is built", "serving=%s", serving);
             char key[64], bhash[64] = "";
             snprintf(key, sizeof(key), "%s#rules_hash", building);
-            int resume = building[0] != '\0' && gw_storage_state_get(st, key, bhash, sizeof(bhash)) &&
+            int resume = building[0] != '\0' &&
+                         gw_storage_state_get(st, key, bhash, sizeof(bhash)) &&
                          strcmp(bhash, hash) == 0;
             if (building[0] != '\0' && !resume) {
                 int rc = abandon_stored_build(st, building, err);
@@ -2737,8 +2739,9 @@ static void do_switch(gw_repl_t *r)
     atomic_store(&r->m_lsn, lsn);
     const gw_active_t *a = add_active(r, r->rules, r->version, last_op);
     char t[32];
-    gw_info("repl", "switched to the new rule version", "version=%s old_version=%s checkpoint=%llu lsn=%s",
-            r->version, old_version, (unsigned long long)last_op, gw_lsn_format(lsn, t, sizeof(t)));
+    gw_info("repl", "switched to the new rule version",
+            "version=%s old_version=%s checkpoint=%llu lsn=%s", r->version, old_version,
+            (unsigned long long)last_op, gw_lsn_format(lsn, t, sizeof(t)));
     if (r->on_switch != NULL)
         r->on_switch(a, r->switch_ud);
 }

@@ -113,7 +113,8 @@ static void refresh_checkpoint(sthread_t *th)
 {
     uint64_t last_op, lsn;
     int consistent;
-    if (th->reader != NULL && gw_storage_read_checkpoint(th->reader, &last_op, &lsn, &consistent) == 0 &&
+    if (th->reader != NULL &&
+        gw_storage_read_checkpoint(th->reader, &last_op, &lsn, &consistent) == 0 &&
         (last_op > th->last_op || (last_op == th->last_op && lsn > th->lsn))) {
         th->last_op = last_op;
         th->lsn = lsn;

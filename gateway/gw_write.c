@@ -513,7 +513,7 @@ struct wbatch {
     char *jwt;    /* claims as JSON text */
     char *params; /* request parameters as JSON text */
     char client_id[256];
-    const rules_set_t *rules; /* the write rules serving when the request came (see gw_app_active) */
+    const rules_set_t *rules; /* the write rules serving when it came (see gw_app_active) */
     wop_t *ops;
     size_t nops;
     struct timespec started;
