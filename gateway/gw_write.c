@@ -323,21 +323,27 @@ static int prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
     if (cs->conn == conn && cs->pid == PQbackendPID(conn) && cs->prepared && cs->rules == set)
         return 0;
     memset(cs, 0, sizeof(*cs));
-    int rc = ensure_tables(conn, err);
-    if (rc != 0)
-        return rc;
     gw_err_t e;
     /* a 200 lets the client drop its queue: the commit must be durable before we answer, even
-     * where the server's default is synchronous_commit=off */
+     * where the server's default is synchronous_commit=off; so must ferry's own tables be */
     if (gw_pg_exec(conn, "DEALLOCATE ALL", &e) != 0 ||
         gw_pg_exec(conn, "SET synchronous_commit = on", &e) != 0)
         return gw_err_set(err, GW_EPG, "postgres", "%s", e.message);
+    int rc = ensure_tables(conn, err);
+    if (rc != 0)
+        return rc;
     char msg[512], name[64];
     if (prepare(conn, "fw_log_get", LOG_GET_SQL, msg, sizeof(msg)) != 0 ||
         prepare(conn, "fw_log_set", LOG_SET_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0)
+        prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0) {
+        /* the tables may have gone since they were made (a restored database): make them
+         * again on the next try */
+        pthread_mutex_lock(&g_mod.lock);
+        g_mod.tables_done = 0;
+        pthread_mutex_unlock(&g_mod.lock);
         return gw_err_set(err, GW_EPG, "postgres", "could not prepare ferry's statements: %s",
                           msg);
+    }
     for (size_t i = 0; i < rules_write_count(set); i++) {
         const rules_write_rule_t *r = rules_write_at(set, i);
         char *qt = qualified(conn, r);
