@@ -189,8 +189,6 @@ static int store_delete(gw_repl_t *r, const char *table, const char *key, gw_err
 static int storage_direct(gw_repl_t *r, gw_err_t *err);
 static int pipe_start(gw_repl_t *r, gw_err_t *err);
 static int pipe_stop(gw_repl_t *r, gw_err_t *err);
-static int pipe_start(gw_repl_t *r, gw_err_t *err);
-static int pipe_stop(gw_repl_t *r, gw_err_t *err);
 
 static const char *const phase_names[] = {"checking source", "creating slot", "snapshot",
                                           "streaming", "retrying"};
@@ -241,8 +239,9 @@ static int valid_name(const char *s)
  * ("<slot_prefix>_<version>"), rows, lookups, state and buckets ("<version>#…"), and keeps the
  * hash and text of its rules. A new version (number "version_seq" + 1) is built beside the
  * serving one by a builder (state "building"): a second replicator with its own thread, slot and
- * storage writer. Once the builder is consistent and has reached the server's end of WAL, the
- * serving replicator leaves its stream loop, stops the builder and takes its version over in one
+ * storage writer. Once the builder is consistent and its stored LSN is at or past the serving
+ * one's (it has everything the old version serves), the serving replicator leaves its stream
+ * loop, stops the builder and takes its version over in one
  * storage commit (serving = new, building = none, the old version retired; the checkpoint is
  * advanced past every op id handed out), then streams the new slot from the new version's LSN.
  * Retired versions ("retired": "<version>:<slot>,…") lose their slot and data in
@@ -509,10 +508,19 @@ static int resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash, c
             }
             return builder_create(r, rules, hash, text, resume ? building : NULL, err);
         }
+        char m[512] = "none";
+        if (old_text != NULL)
+            gw_err_format(&cerr, m, sizeof(m));
         free(old_text);
-        gw_warn("repl", "the sync rules changed and the storage does not hold the serving "
-                        "version's rules: building the new version in its place (not ready "
-                        "until it is consistent)", "serving=%s", serving);
+        gw_warn("repl", "the sync rules changed and the storage cannot serve its version with "
+                        "the rules it stored: building the new version in its place (not "
+                        "ready until it is consistent)",
+                "serving=%s stored_rules=\"%s\"", serving, m);
+        if (building[0] != '\0') {
+            int rc = abandon_stored_build(st, building, err);
+            if (rc != 0)
+                return rc;
+        }
     }
     /* a fresh storage, or no way to serve the old version: the new version serves from now on,
      * 503 until consistent; an old version is retired */
@@ -619,8 +627,6 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     if (gw_storage_state_get(storage, "rules_hash", h, sizeof(h)))
         snprintf(r->rules_hash, sizeof(r->rules_hash), "%s", h);
     snprintf(r->slot, sizeof(r->slot), "%s_%s", r->slot_prefix, r->version);
-    uint64_t last_op, lsn;
-    gw_storage_checkpoint(storage, &last_op, &lsn);
     add_active(r, r->rules, r->version, 0);
     rules_file_id(r, &r->rules_file);
     /* ready only once the source is known to be the one this storage was built from */
@@ -2366,6 +2372,7 @@ static int stream(gw_repl_t *r, gw_err_t *err)
     r->batch_lsn = lsn;
     r->pos_lsn = lsn;
     atomic_store(&r->m_last_op, last_op);
+    atomic_store(&r->m_lsn, lsn); /* what storage holds, before this run's first commit */
     if (pipe_start(r, err) != 0)
         return GW_ESYS;
     gw_info("repl", "streaming changes", "slot=%s from=%s", r->slot, lsntext);
