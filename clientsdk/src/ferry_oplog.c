@@ -1250,21 +1250,6 @@ static int sk_lit(scan_t *c, char ch)
     return 0;
 }
 
-static int arena_put(ferry_scan_t *s, const char *b, size_t n)
-{
-    if (s->arena_len + n > s->arena_cap) {
-        size_t cap = s->arena_cap ? s->arena_cap : 65536;
-        while (cap < s->arena_len + n) cap *= 2;
-        char *na = realloc(s->arena, cap);
-        if (!na) return -1;
-        s->arena = na;
-        s->arena_cap = cap;
-    }
-    memcpy(s->arena + s->arena_len, b, n);
-    s->arena_len += n;
-    return 0;
-}
-
 /* Makes room for n more bytes in the arena; -1 on out-of-memory. */
 static int arena_reserve(ferry_scan_t *s, size_t n)
 {
@@ -1275,6 +1260,14 @@ static int arena_reserve(ferry_scan_t *s, size_t n)
     if (!na) return -1;
     s->arena = na;
     s->arena_cap = cap;
+    return 0;
+}
+
+static int arena_put(ferry_scan_t *s, const char *b, size_t n)
+{
+    if (arena_reserve(s, n) != 0) return -1;
+    memcpy(s->arena + s->arena_len, b, n);
+    s->arena_len += n;
     return 0;
 }
 
