@@ -188,7 +188,7 @@ static int pipe_drain(gw_repl_t *r, gw_err_t *err);
 static int store_delete(gw_repl_t *r, const char *table, const char *key, gw_err_t *err);
 static int storage_direct(gw_repl_t *r, gw_err_t *err);
 static int pipe_start(gw_repl_t *r, gw_err_t *err);
-static int pipe_stop(gw_repl_t *r, gw_err_t *err);
+static int pipe_stop(gw_repl_t *r, int rc, gw_err_t *err);
 
 static const char *const phase_names[] = {"checking source", "creating slot", "snapshot",
                                           "streaming", "retrying"};
@@ -1347,25 +1347,11 @@ static int snapshot(gw_repl_t *r, gw_err_t *err)
     snprintf(nocpkey, sizeof(nocpkey), "nocp:%s", r->version);
     if (gw_storage_state_get(r->st, nocpkey, buf, sizeof(buf)))
         r->nocp_lsn = strtoull(buf, NULL, 10);
-    int pending = 0;
-    for (size_t i = 0; i < r->ntables; i++) {
-        snprintf(buf, sizeof(buf), "snap:%s:", r->version);
-        char key[512], v[8] = "";
-        snprintf(key, sizeof(key), "%s%s", buf, r->tables[i].qname);
-        pending |= !gw_storage_state_get(r->st, key, v, sizeof(v)) || strcmp(v, "done") != 0;
-    }
     /* rows are evaluated here and written by the apply thread, as while streaming */
-    int rc = pending ? pipe_start(r, err) : 0;
+    int rc = pipe_start(r, err);
     for (size_t i = 0; rc == 0 && i < r->ntables && !atomic_load(&r->stop); i++)
         rc = snapshot_table(r, &r->tables[i], err);
-    if (r->pipe_on) {
-        gw_err_t perr;
-        int prc = pipe_stop(r, &perr);
-        if (rc == 0 && prc != 0) {
-            *err = perr;
-            rc = prc;
-        }
-    }
+    rc = pipe_stop(r, rc, err);
     if (rc != 0)
         return rc;
     return atomic_load(&r->stop) ? GW_EUNAVAIL : 0;
@@ -1970,12 +1956,18 @@ static int pipe_start(gw_repl_t *r, gw_err_t *err)
     return 0;
 }
 
-/* Drain and stop the apply thread. 0, or its error. */
-static int pipe_stop(gw_repl_t *r, gw_err_t *err)
+/* Drain and stop the apply thread. Returns rc (the caller's result so far, err already set) or,
+ * when rc is 0, the apply thread's error in err. */
+static int pipe_stop(gw_repl_t *r, int rc, gw_err_t *err)
 {
     if (!r->pipe_on)
-        return 0;
-    int rc = pipe_drain(r, err);
+        return rc;
+    gw_err_t perr;
+    int prc = pipe_drain(r, &perr);
+    if (rc == 0 && prc != 0) {
+        *err = perr;
+        rc = prc;
+    }
     pthread_mutex_lock(&r->plock);
     r->pstop = 1;
     pthread_cond_signal(&r->pwork);
@@ -2488,13 +2480,7 @@ static int stream(gw_repl_t *r, gw_err_t *err)
     }
     if (rc == 0 && r->batch_open && !r->in_pg_txn)
         rc = flush_batch(r, err);
-    gw_err_t perr;
-    int prc = pipe_stop(r, &perr);
-    if (rc == 0 && prc != 0) {
-        *err = perr;
-        rc = prc;
-    }
-    return rc;
+    return pipe_stop(r, rc, err);
 }
 
 /* ---- the thread ---- */
