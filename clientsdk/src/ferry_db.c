@@ -335,6 +335,34 @@ static int migrate_oplog(sqlite3 *c, ferry_error_t *err)
                     err, "migrate the oplog");
 }
 
+/* Subkeys of the form "<prefix>/<object_id>" (a Ferry server sends "<schema.table>/<key>") are
+ * stored in the oplog as the prefix's number in ferry_subkeys, as a short BLOB of its digits,
+ * instead of the whole text (ferry_oplog.c, "subkeys"): the oplog's key index then holds a few
+ * bytes per op instead of twenty and more. Only a file whose oplog is empty when it is opened
+ * starts numbering (ferry_subkeys is created then), so an op stored as text is never compared
+ * with a numbered one; other files keep text subkeys. */
+static int enable_subkey_prefixes(sqlite3 *c, ferry_error_t *err)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(c, "SELECT EXISTS (SELECT 1 FROM ferry_oplog)", -1, &st, NULL) !=
+        SQLITE_OK) {
+        ferry__seterr(err, FERRY_ESQLITE, "could not inspect the oplog: %s", sqlite3_errmsg(c));
+        return FERRY_ESQLITE;
+    }
+    int r = sqlite3_step(st);
+    int has_ops = r == SQLITE_ROW && sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (r != SQLITE_ROW) {
+        ferry__seterr(err, FERRY_ESQLITE, "could not inspect the oplog: %s", sqlite3_errmsg(c));
+        return FERRY_ESQLITE;
+    }
+    if (has_ops) return 0;
+    return exec_sql(c,
+                    "CREATE TABLE IF NOT EXISTS ferry_subkeys(id INTEGER PRIMARY KEY,"
+                    " prefix TEXT NOT NULL UNIQUE);",
+                    err, "create Ferry's tables");
+}
+
 /* Creates or migrates one table and its triggers; *added is set when rows must be filled from
  * the oplog (the table or a column is new). */
 static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_table_t *src,
@@ -647,6 +675,7 @@ int ferry_open(const char *path, const ferry_schema_t *schema, ferry_db_t **out,
         goto fail;
     if ((rc = migrate_oplog(db->app, err)) != 0) goto rollback;
     if ((rc = exec_sql(db->app, OWN_TABLES, err, "create Ferry's tables")) != 0) goto rollback;
+    if ((rc = enable_subkey_prefixes(db->app, err)) != 0) goto rollback;
     /* client id */
     {
         sqlite3_stmt *st;

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #define FERRY_MAX_TABLES 64
+#define FERRY_SUBKEY_PREFIXES 255 /* subkey prefixes numbered in ferry_subkeys, at most */
 #define FERRY_TARGET_UNKNOWN INT64_MAX /* write checkpoint not known yet (local writes pending) */
 
 /* Checksums are u32 with wrapping addition (protocol §2.4). */
@@ -70,6 +71,12 @@ typedef struct ferry_sync {
     int wal_frames;             /* the WAL's frames after the last commit (its hook) */
     int defer_checkpoint;       /* publishing: the checkpoint waits (ferry__sync_checkpoint) */
     int checkpoint_frames;      /* checkpoint at this WAL size (0: 8192 frames; tests set less) */
+    /* ferry_subkeys as read in the open data-line transaction (ferry_oplog.c, "subkeys") */
+    int sk_loaded;              /* 1 read, -1 the file has none (subkeys stay text), 0 not yet */
+    int sk_n, sk_last;          /* prefixes known; the one found last */
+    char *sk_prefix[FERRY_SUBKEY_PREFIXES]; /* owned (malloc) */
+    size_t sk_len[FERRY_SUBKEY_PREFIXES];
+    int sk_id[FERRY_SUBKEY_PREFIXES];
 } ferry_sync_t;
 
 /* Results of ferry__sync_line. */

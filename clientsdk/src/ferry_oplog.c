@@ -126,6 +126,7 @@ int ferry__parse_id(const json_t *v, int64_t *out)
 /* ---- setup ---------------------------------------------------------------------------------- */
 
 struct jrow;
+static void sk_forget(ferry_sync_t *s);
 static struct jrow *jrow_new(void);
 static void jrow_free(struct jrow *r);
 static void fn_jok(sqlite3_context *ctx, int argc, sqlite3_value **argv);
@@ -213,6 +214,7 @@ void ferry__sync_free(ferry_sync_t *s)
     s->buckets = NULL;
     s->capbuckets = 0;
     ferry__scan_free(&s->scan);
+    sk_forget(s);
     jrow_free(s->jrow);
     s->jrow = NULL;
 }
@@ -1671,11 +1673,126 @@ int ferry__sync_scan(ferry_scan_t *b, const char *line, size_t len)
     return scan_data_line(b, line, len, &b->bucket_off);
 }
 
-/* Binds op's columns to st at parameter offset off (S_OP_INS's order). */
-static void bind_put(sqlite3_stmt *st, int off, int64_t bid, const dop_t *op)
+/* ---- subkeys --------------------------------------------------------------------------------
+ *
+ * In a file that has ferry_subkeys (ferry_db.c: files whose oplog was empty when opened), a
+ * subkey "<prefix>/<object_id>" is stored as the prefix's number there, as a BLOB of its decimal
+ * digits ("3"), and any other subkey as its text: a BLOB never equals a TEXT, so the stored form
+ * is as unique as the subkey. A server sends one prefix per source table; its first op numbers
+ * it, in the op's transaction (at most FERRY_SUBKEY_PREFIXES; later prefixes stay text). The
+ * numbers are read again at the start of every data-line transaction, under its write lock, so
+ * a number of a rolled-back transaction is never used. Readable again in SQL as
+ *   CASE typeof(subkey) WHEN 'blob' THEN (SELECT prefix FROM ferry_subkeys
+ *        WHERE id = CAST(subkey AS TEXT)) || '/' || row_id ELSE subkey END
+ * The key index was most of the cost of storing an op, and half of each of its entries was the
+ * subkey (Ferry's "public.todos/<id>" repeats the type and id before it). */
+typedef struct skey {
+    char b[4]; /* the prefix's number in digits, not terminated */
+    int n;     /* its length; 0: the subkey is stored as text */
+} skey_t;
+
+static void sk_forget(ferry_sync_t *s)
+{
+    for (int i = 0; i < s->sk_n; i++) free(s->sk_prefix[i]);
+    s->sk_n = 0;
+    s->sk_last = 0;
+    s->sk_loaded = 0;
+}
+
+/* Reads ferry_subkeys into s (a file without it: sk_loaded = -1). Returns 0 or -1 (SQLite). */
+static int sk_load(ferry_sync_t *s)
+{
+    sk_forget(s);
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->conn, "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
+                           "name = 'ferry_subkeys'", -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    int r = sqlite3_step(st), have = r == SQLITE_ROW && sqlite3_column_int(st, 0) > 0;
+    sqlite3_finalize(st);
+    if (r != SQLITE_ROW) return -1;
+    if (!have) {
+        s->sk_loaded = -1;
+        return 0;
+    }
+    if (sqlite3_prepare_v2(s->conn, "SELECT id, prefix FROM ferry_subkeys ORDER BY id", -1, &st,
+                           NULL) != SQLITE_OK)
+        return -1;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW && s->sk_n < FERRY_SUBKEY_PREFIXES) {
+        int id = sqlite3_column_int(st, 0);
+        const char *p = (const char *)sqlite3_column_text(st, 1);
+        size_t len = (size_t)sqlite3_column_bytes(st, 1);
+        if (id < 1 || id > FERRY_SUBKEY_PREFIXES || !p) continue; /* not ours: never used */
+        if (!(s->sk_prefix[s->sk_n] = malloc(len + 1))) break;
+        memcpy(s->sk_prefix[s->sk_n], p, len + 1);
+        s->sk_len[s->sk_n] = len;
+        s->sk_id[s->sk_n++] = id;
+    }
+    sqlite3_finalize(st);
+    if (r != SQLITE_ROW && r != SQLITE_DONE) return sk_forget(s), -1;
+    if (r == SQLITE_ROW && s->sk_n < FERRY_SUBKEY_PREFIXES) return sk_forget(s), -1; /* ENOMEM */
+    s->sk_loaded = 1;
+    return 0;
+}
+
+/* The stored form of op's subkey into *k (numbering its prefix when it is new and there is room).
+ * Call inside the data-line transaction. Returns 0 or -1 (SQLite error). */
+static int sk_encode(ferry_sync_t *s, const dop_t *op, skey_t *k)
+{
+    k->n = 0;
+    if (!op->sub || !op->oid) return 0;
+    if (!s->sk_loaded && sk_load(s)) return -1;
+    if (s->sk_loaded < 0) return 0;
+    size_t sl = strlen(op->sub), ol = strlen(op->oid);
+    if (sl <= ol || op->sub[sl - ol - 1] != '/' || memcmp(op->sub + sl - ol, op->oid, ol) != 0)
+        return 0;
+    size_t pl = sl - ol - 1;
+    int i = s->sk_last;
+    if (i >= s->sk_n || s->sk_len[i] != pl || memcmp(s->sk_prefix[i], op->sub, pl) != 0)
+        for (i = 0; i < s->sk_n; i++)
+            if (s->sk_len[i] == pl && memcmp(s->sk_prefix[i], op->sub, pl) == 0) break;
+    if (i == s->sk_n) {
+        /* every number in use is in s (read under this transaction's write lock): a new one */
+        if (s->sk_n >= FERRY_SUBKEY_PREFIXES) return 0;
+        char *p = malloc(pl + 1);
+        if (!p) return -1;
+        memcpy(p, op->sub, pl);
+        p[pl] = 0;
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(s->conn, "INSERT INTO ferry_subkeys(prefix) VALUES (?)", -1, &st,
+                               NULL) != SQLITE_OK) {
+            free(p);
+            return -1;
+        }
+        sqlite3_bind_text(st, 1, p, (int)pl, SQLITE_STATIC);
+        int r = sqlite3_step(st);
+        sqlite3_finalize(st);
+        int64_t id = sqlite3_last_insert_rowid(s->conn);
+        if (r != SQLITE_DONE || id < 1 || id > FERRY_SUBKEY_PREFIXES) {
+            free(p);
+            return r == SQLITE_DONE ? 0 : -1; /* a number out of range: text from now on */
+        }
+        s->sk_prefix[i] = p;
+        s->sk_len[i] = pl;
+        s->sk_id[i] = (int)id;
+        s->sk_n++;
+    }
+    s->sk_last = i;
+    int id = s->sk_id[i]; /* 1 ... 255: up to three digits */
+    k->n = 0;
+    if (id >= 100) k->b[k->n++] = (char)('0' + id / 100);
+    if (id >= 10) k->b[k->n++] = (char)('0' + id / 10 % 10);
+    k->b[k->n++] = (char)('0' + id % 10);
+    return 0;
+}
+
+/* Binds op's columns to st at parameter offset off (S_OP_INS's order); k: its stored subkey. */
+static void bind_put(sqlite3_stmt *st, int off, int64_t bid, const dop_t *op, const skey_t *k)
 {
     sqlite3_bind_int64(st, off + 1, bid);
-    sqlite3_bind_text(st, off + 2, op->sub ? op->sub : "null", -1, SQLITE_STATIC);
+    if (k->n)
+        sqlite3_bind_blob(st, off + 2, k->b, k->n, SQLITE_STATIC);
+    else
+        sqlite3_bind_text(st, off + 2, op->sub ? op->sub : "null", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, off + 3, op->opid);
     sqlite3_bind_text(st, off + 4, op->type, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, off + 5, op->oid, -1, SQLITE_STATIC);
@@ -1690,11 +1807,12 @@ static void bind_put(sqlite3_stmt *st, int off, int64_t bid, const dop_t *op)
  *
  * ferry_ops(?) is an eponymous table-valued function over a batch of PUTs in memory (an ops_t
  * bound with sqlite3_bind_pointer, type "ferry_ops"): one row per op, in batch order, columns
- * subkey ('null' when absent), op_id, row_type, row_id, data, hash. Its text values point into
- * the scanned line (SQLITE_STATIC), which outlives the statement's step. Only statements may
- * use it, not the schema (views, triggers). */
+ * subkey (its stored form; 'null' when absent), op_id, row_type, row_id, data, hash. Its values
+ * point into the scanned line and the batch (SQLITE_STATIC), which outlive the statement's step.
+ * Only statements may use it, not the schema (views, triggers). */
 typedef struct ops {
     const dop_t *const *op;
+    const skey_t *sk; /* the stored subkeys, op[i]'s at sk[i] */
     size_t n;
 } ops_t;
 
@@ -1784,7 +1902,13 @@ static int ops_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col)
     const dop_t *op = c->ops->op[c->i];
     const char *t = NULL;
     switch (col) {
-    case 0: t = op->sub ? op->sub : "null"; break;
+    case 0:
+        if (c->ops->sk[c->i].n) {
+            sqlite3_result_blob(ctx, c->ops->sk[c->i].b, c->ops->sk[c->i].n, SQLITE_STATIC);
+            return SQLITE_OK;
+        }
+        t = op->sub ? op->sub : "null";
+        break;
     case 1: sqlite3_result_int64(ctx, op->opid); return SQLITE_OK;
     case 2: t = op->type; break;
     case 3: t = op->oid; break;
@@ -1820,11 +1944,11 @@ static const sqlite3_module OPS_MODULE = {
  * stored already (or twice in the batch): each op whose key does not hold it replaces the
  * stored op the one-by-one way, in order (the old op's checksum moves to add_checksum).
  * Returns 0 or -1 (SQLite error). */
-static int put_batch(ferry_sync_t *s, int64_t bid, const dop_t *const *b, size_t nb,
-                     uint32_t *addck, uint32_t *opck)
+static int put_batch(ferry_sync_t *s, int64_t bid, const dop_t *const *b, const skey_t *sk,
+                     size_t nb, uint32_t *addck, uint32_t *opck)
 {
     sqlite3_stmt *many = s->st[S_OP_INS_MANY];
-    ops_t ops = {b, nb};
+    ops_t ops = {b, sk, nb};
     sqlite3_bind_int64(many, 1, bid);
     sqlite3_bind_pointer(many, 2, &ops, "ferry_ops", NULL);
     int r = sqlite3_step(many);
@@ -1835,13 +1959,13 @@ static int put_batch(ferry_sync_t *s, int64_t bid, const dop_t *const *b, size_t
     sqlite3_stmt *get = s->st[S_OP_GET], *del = s->st[S_OP_DEL_KEY], *ins = s->st[S_OP_INS];
     for (size_t k = 0; k < nb; k++) {
         const dop_t *op = b[k];
-        bind_put(get, 0, bid, op); /* only ?1, ?2, ?4, ?5 are used */
+        bind_put(get, 0, bid, op, &sk[k]); /* only ?1, ?2, ?4, ?5 are used */
         r = sqlite3_step(get);
         int stored = r == SQLITE_ROW && sqlite3_column_int64(get, 0) == op->opid;
         sqlite3_reset(get);
         if (r != SQLITE_ROW && r != SQLITE_DONE) return -1;
         if (stored) continue;
-        bind_put(del, 0, bid, op);
+        bind_put(del, 0, bid, op, &sk[k]);
         while ((r = sqlite3_step(del)) == SQLITE_ROW) {
             uint32_t old = (uint32_t)sqlite3_column_int64(del, 0);
             *addck += old;
@@ -1849,7 +1973,7 @@ static int put_batch(ferry_sync_t *s, int64_t bid, const dop_t *const *b, size_t
         }
         sqlite3_reset(del);
         if (r != SQLITE_DONE) return -1;
-        bind_put(ins, 0, bid, op);
+        bind_put(ins, 0, bid, op, &sk[k]);
         if (step_done(ins)) return -1;
     }
     return 0;
@@ -1864,6 +1988,7 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
         s->in_tx = 1;
         s->tx_ops = 0;
         s->tx_start = mono_ms();
+        s->sk_loaded = 0; /* read ferry_subkeys again under this write lock */
     }
     sqlite3_stmt *st = s->st[S_BUCKET_GET];
     sqlite3_bind_text(st, 1, bname, -1, SQLITE_STATIC);
@@ -1899,6 +2024,7 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
     int64_t last = -1;
     sqlite3_stmt *del = s->st[S_OP_DEL_KEY], *mark = s->st[S_MARK];
     const dop_t *batch[PUT_BATCH];
+    skey_t bsk[PUT_BATCH];
     size_t nb = 0;
     for (size_t i = 0; i <= nops; i++) {
         const dop_t *op = i < nops ? &ops[i] : NULL;
@@ -1913,10 +2039,12 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
                 sqlite3_bind_int64(mark, 3, bid);
                 if (step_done(mark)) return sqlerr(s, "store an op");
             }
+            if (sk_encode(s, op, &bsk[nb])) return sqlerr(s, "store an op");
             batch[nb++] = op;
             if (nb < PUT_BATCH) continue;
         }
-        if (nb && put_batch(s, bid, batch, nb, &addck, &opck)) return sqlerr(s, "store an op");
+        if (nb && put_batch(s, bid, batch, bsk, nb, &addck, &opck))
+            return sqlerr(s, "store an op");
         nb = 0;
         if (!op || op->kind == OP_PUT) continue;
         int64_t opid = op->opid;
@@ -1925,7 +2053,9 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
         count++;
         if (op->kind == OP_REMOVE) {
             /* the stored op of the key goes (its checksum moving to add_checksum) */
-            bind_put(del, 0, bid, op);
+            skey_t k;
+            if (sk_encode(s, op, &k)) return sqlerr(s, "store an op");
+            bind_put(del, 0, bid, op, &k);
             int r;
             while ((r = sqlite3_step(del)) == SQLITE_ROW) {
                 uint32_t old = (uint32_t)sqlite3_column_int64(del, 0);

@@ -73,5 +73,9 @@ todo c2 sync --wait >"$T_TMP/c2.sync" 2>&1 || fail "first sync of c2" "$(cat "$T
 same "c2 equals the oracle" "$(oracle)" "$(replica c2)"
 expect_eq "the oplog keeps an op's type, id and subkey" "1" \
   "$(sqlite3 "$T_TMP/c2.db" "SELECT count(*) FROM ferry_oplog WHERE row_id = 'e00001' AND row_type || '/' || row_id || '/' || subkey LIKE 'todos/e00001/%'")"
+# Ferry's subkeys ("public.todos/<id>") are stored as their prefix's number, and read back whole
+expect_eq "the subkey is stored as its prefix's number and reads back whole" \
+  "blob public.todos/e00001" \
+  "$(sqlite3 "$T_TMP/c2.db" "SELECT typeof(subkey), (SELECT prefix FROM ferry_subkeys WHERE id = CAST(subkey AS TEXT)) || '/' || row_id FROM ferry_oplog WHERE row_id = 'e00001' AND row_type = 'todos'" | tr '|' ' ')"
 
 write_finish

@@ -555,6 +555,73 @@ START_TEST(test_sdk_put_batch_conflict_replaces_and_moves_checksum)
 }
 END_TEST
 
+/* A subkey "<prefix>/<object_id>" is stored as its prefix's number (a BLOB of digits), any other
+ * as text; both kinds still identify their op: a PUT of the same subkey replaces it, a REMOVE
+ * removes it, two prefixes of one row are two ops, and the text comes back in SQL. */
+#define DECODED "CASE typeof(subkey) WHEN 'blob' THEN (SELECT prefix FROM ferry_subkeys WHERE " \
+                "id = CAST(subkey AS TEXT)) || '/' || row_id ELSE subkey END"
+START_TEST(test_sdk_subkeys_numbered_by_prefix)
+{
+    cp("4", "{\"bucket\":\"c\",\"checksum\":10}");
+    char ops[4096];
+    snprintf(ops, sizeof ops, "%s,", op("1", "PUT", "a", "public.todos/a", "{\\\"description\\\":\\\"a1\\\"}", 1));
+    snprintf(ops + strlen(ops), sizeof ops - strlen(ops), "%s,", op("2", "PUT", "b", "public.todos/b", "{\\\"description\\\":\\\"b\\\"}", 2));
+    snprintf(ops + strlen(ops), sizeof ops - strlen(ops), "%s,", op("3", "PUT", "c", "other", "{\\\"description\\\":\\\"c\\\"}", 3));
+    strcat(ops, op("4", "PUT", "a", "public.lists/a", "{\\\"description\\\":\\\"a4\\\"}", 4));
+    ck_assert_int_eq(line(data_line("c", ops)), 0);
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || prefix, ' ') FROM ferry_subkeys"),
+                     "1=public.todos 2=public.lists");
+    ck_assert_str_eq(q("SELECT group_concat(op_id || ':' || typeof(subkey) || ':' || " DECODED
+                       ", ' ') FROM (SELECT * FROM ferry_oplog ORDER BY op_id)"),
+                     "1:blob:public.todos/a 2:blob:public.todos/b 3:text:other "
+                     "4:blob:public.lists/a");
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"4\"}}"), 0);
+    ck_assert_str_eq(q("SELECT description FROM todos WHERE id = 'a'"), "a4");
+    /* op 5 replaces op 1 (same subkey), op 6 removes b: 1 + ... + 6 = 21 */
+    ck_assert_int_eq(line("{\"checkpoint_diff\":{\"last_op_id\":\"6\",\"updated_buckets\":[{\"bucket\":"
+                          "\"c\",\"checksum\":21}],\"removed_buckets\":[]}}"), 0);
+    snprintf(ops, sizeof ops, "%s,", op("5", "PUT", "a", "public.todos/a", "{\\\"description\\\":\\\"a5\\\"}", 5));
+    strcat(ops, op("6", "REMOVE", "b", "public.todos/b", NULL, 6));
+    ck_assert_int_eq(line(data_line("c", ops)), 0);
+    ck_assert_str_eq(q("SELECT group_concat(op_id || ':' || " DECODED ", ' ') FROM (SELECT * FROM "
+                       "ferry_oplog ORDER BY op_id)"),
+                     "3:other 4:public.lists/a 5:public.todos/a");
+    ck_assert_str_eq(q("SELECT add_checksum || ':' || op_checksum FROM ferry_buckets"), "9:12");
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"6\"}}"), 0);
+    ck_assert_int_eq(db->status.checksum_failures, 0);
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || description, ' ') FROM (SELECT * FROM "
+                       "todos ORDER BY id)"),
+                     "a=a5 c=c");
+}
+END_TEST
+
+/* A file whose oplog held ops before subkeys were numbered keeps text subkeys: opening it does
+ * not start numbering, and a PUT of a stored key still replaces it. */
+START_TEST(test_sdk_subkeys_stay_text_in_older_files)
+{
+    ck_assert_int_eq(sqlite3_exec(sconn, "DROP TABLE ferry_subkeys", NULL, NULL, NULL), SQLITE_OK);
+    cp("1", "{\"bucket\":\"c\",\"checksum\":1}");
+    ck_assert_int_eq(line(data_line("c", op("1", "PUT", "x", "public.todos/x", "{\\\"description\\\":\\\"x1\\\"}", 1))), 0);
+    ck_assert_str_eq(q("SELECT typeof(subkey) || ':' || subkey FROM ferry_oplog"), "text:public.todos/x");
+    /* reopened: still no ferry_subkeys (the oplog is not empty) */
+    ferry__sync_free(&db->sync);
+    sqlite3_close_v2(sconn);
+    db->sync.conn = NULL;
+    ferry_close(db);
+    ferry_error_t err;
+    ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
+    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    ck_assert_str_eq(q("SELECT count(*) FROM sqlite_schema WHERE name = 'ferry_subkeys'"), "0");
+    cp("2", "{\"bucket\":\"c\",\"checksum\":3}");
+    ck_assert_int_eq(line(data_line("c", op("2", "PUT", "x", "public.todos/x", "{\\\"description\\\":\\\"x2\\\"}", 2))), 0);
+    ck_assert_str_eq(q("SELECT op_id || ':' || typeof(subkey) || ':' || subkey FROM ferry_oplog"),
+                     "2:text:public.todos/x");
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), 0);
+    ck_assert_str_eq(q("SELECT description FROM todos WHERE id = 'x'"), "x2");
+}
+END_TEST
+
 /* ---- the C JSON row reader (ferry_jok / ferry_col) against json_extract ---------------------- */
 
 /* Each case: a row's data, a key, whether the C reader takes the row (ferry_jok). ferry_col
@@ -1023,6 +1090,8 @@ int main(void)
     tcase_add_test(tc, test_sdk_data_lines_share_a_transaction);
     tcase_add_test(tc, test_sdk_publish_new_bucket_highest_op_wins);
     tcase_add_test(tc, test_sdk_put_batch_conflict_replaces_and_moves_checksum);
+    tcase_add_test(tc, test_sdk_subkeys_numbered_by_prefix);
+    tcase_add_test(tc, test_sdk_subkeys_stay_text_in_older_files);
     tcase_add_test(tc, test_sdk_row_reader_matches_json_extract);
     tcase_add_test(tc, test_sdk_oplog_layout_migrated_once);
     tcase_add_test(tc, test_sdk_oplog_virtual_key_dropped);
