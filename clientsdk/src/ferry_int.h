@@ -71,6 +71,9 @@ typedef struct ferry_sync {
     int wal_frames;             /* the WAL's frames after the last commit (its hook) */
     int defer_checkpoint;       /* publishing: the checkpoint waits (ferry__sync_checkpoint) */
     int checkpoint_frames;      /* checkpoint at this WAL size (0: 8192 frames; tests set less) */
+    int pub_reader_min;         /* a whole bucket of this many ops is published with a second
+                                   reader (0: 20,000; ferry_oplog.c) */
+    int pub_reader_used;        /* tables published so (counted for tests) */
     /* ferry_subkeys as read in the open data-line transaction (ferry_oplog.c, "subkeys") */
     int sk_loaded;              /* 1 read, -1 the file has none (subkeys stay text), 0 not yet */
     int sk_n, sk_last;          /* prefixes known; the one found last */

@@ -622,6 +622,94 @@ START_TEST(test_sdk_subkeys_stay_text_in_older_files)
 }
 END_TEST
 
+/* ---- publishing a whole bucket with a second reader ------------------------------------------ */
+
+/* One first sync of 3000 ops (6 of the reader's blocks) into a fresh file, the reader used from
+ * reader_min ops on; returns the app table as text. Row kinds by i % 8: plain, simple escapes,
+ * a \u escape, a real, a nested value, a missing column, every other time a PUT again of the
+ * row of i - 6 (the later op wins), an exponent and a null; and (bad) a data string that is not
+ * JSON at i == 1234. */
+static char table_dump[262144];
+static const char *first_sync_3000(int reader_min, int bad, int *used)
+{
+    teardown();
+    setup();
+    db->sync.pub_reader_min = reader_min;
+    cp("3000", "{\"bucket\":\"big\",\"checksum\":3000}");
+    static char l[65536];
+    for (int base = 0; base < 3000; base += 100) {
+        size_t n = (size_t)snprintf(l, sizeof l, "{\"data\":{\"bucket\":\"big\",\"data\":[");
+        for (int i = base; i < base + 100; i++) {
+            char obj[16], data[160], id[16];
+            int row = i % 16 == 6 ? i - 6 : i;
+            snprintf(obj, sizeof obj, "r%05d", row);
+            snprintf(id, sizeof id, "%d", i + 1);
+            switch (i % 8) {
+            case 0: snprintf(data, sizeof data, "{\\\"description\\\":\\\"d %d\\\",\\\"done\\\":%d}", i, i % 3); break;
+            case 1: snprintf(data, sizeof data, "{\\\"description\\\":\\\"a\\\\nb \\\\\\\"q\\\\\\\" %d\\\"}", i); break;
+            case 2: snprintf(data, sizeof data, "{\\\"description\\\":\\\"\\\\u00e9 %d\\\",\\\"done\\\":1}", i); break;
+            case 3: snprintf(data, sizeof data, "{\\\"description\\\":\\\"r\\\",\\\"score\\\":%d.25}", i); break;
+            case 4: snprintf(data, sizeof data, "{\\\"description\\\":{\\\"n\\\":%d},\\\"done\\\":-%d}", i, i); break;
+            case 5: snprintf(data, sizeof data, "{\\\"done\\\":%d}", i); break;
+            case 6: snprintf(data, sizeof data, "{\\\"description\\\":\\\"again %d\\\"}", i); break;
+            default: snprintf(data, sizeof data, "{\\\"score\\\":1e3,\\\"description\\\":null}"); break;
+            }
+            if (bad && i == 1234) snprintf(data, sizeof data, "not json");
+            n += (size_t)snprintf(l + n, sizeof l - n, "%s%s", i > base ? "," : "",
+                                  op(id, "PUT", obj, obj, data, 1));
+        }
+        snprintf(l + n, sizeof l - n, "]}}");
+        ck_assert_int_eq(line(l), 0);
+    }
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"3000\"}}"), 0);
+    ck_assert_int_eq(db->status.checksum_failures, 0);
+    *used = db->sync.pub_reader_used;
+    sqlite3_stmt *st;
+    ck_assert_int_eq(sqlite3_prepare_v2(ferry_sqlite(db), "SELECT id, typeof(description), "
+                                        "description, typeof(done), done, typeof(score), score "
+                                        "FROM todos ORDER BY id", -1, &st, NULL), SQLITE_OK);
+    size_t n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW && n < sizeof table_dump - 512)
+        for (int c = 0; c < 7; c++) {
+            const unsigned char *v = sqlite3_column_text(st, c);
+            n += (size_t)snprintf(table_dump + n, sizeof table_dump - n, "%s%c",
+                                  v ? (const char *)v : "NULL", c == 6 ? '\n' : '|');
+        }
+    sqlite3_finalize(st);
+    return table_dump;
+}
+
+START_TEST(test_sdk_publish_reader_matches_one_thread)
+{
+    for (int bad = 0; bad <= 1; bad++) {
+        int used = -1;
+        char *one = strdup(first_sync_3000(1000000, bad, &used));
+        ck_assert_int_eq(used, 0);
+        const char *two = first_sync_3000(1, bad, &used);
+        ck_assert_int_eq(used, 1); /* the reader published todos */
+        size_t k = 0;
+        while (one[k] && one[k] == two[k]) k++;
+        ck_assert_msg(one[k] == two[k], "bad=%d: the tables differ at byte %zu: \"%.80s\" vs "
+                      "\"%.80s\"", bad, k, one + k, two + k);
+        /* spot checks that the dump holds what the rows say */
+        ck_assert_ptr_nonnull(strstr(one, "r00003|text|r|null|NULL|real|3.25\n"));
+        ck_assert_ptr_nonnull(strstr(one, "r00004|text|{\"n\":4}|integer|-4|null|NULL\n"));
+        ck_assert_ptr_null(strstr(one, "r00006|")); /* i = 6 wrote r00000 again */
+        ck_assert_ptr_null(strstr(one, "r00022|"));
+        ck_assert_ptr_nonnull(strstr(one, "r00008|text|d 8|integer|2|"));
+        ck_assert_ptr_nonnull(strstr(one, "r00024|text|d 24|integer|0|"));
+        ck_assert_ptr_nonnull(strstr(one, "r00014|text|again 14|"));
+        ck_assert_ptr_nonnull(strstr(one, "r00007|null|NULL|null|NULL|real|1000.0\n"));
+        ck_assert_ptr_nonnull(strstr(one, "r00002|text|\xc3\xa9 2|integer|1|"));
+        /* r00000 was written by i = 0 and again by i = 6: the later op wins */
+        ck_assert_ptr_nonnull(strstr(one, "r00000|text|again 6|null|NULL|null|NULL\n"));
+        if (bad) /* the row that is not JSON: no values, the others all there */
+            ck_assert_ptr_nonnull(strstr(one, "r01234|null|NULL|null|NULL|null|NULL\n"));
+        free(one);
+    }
+}
+END_TEST
+
 /* ---- the C JSON row reader (ferry_jok / ferry_col) against json_extract ---------------------- */
 
 /* Each case: a row's data, a key, whether the C reader takes the row (ferry_jok). ferry_col
@@ -1092,6 +1180,7 @@ int main(void)
     tcase_add_test(tc, test_sdk_put_batch_conflict_replaces_and_moves_checksum);
     tcase_add_test(tc, test_sdk_subkeys_numbered_by_prefix);
     tcase_add_test(tc, test_sdk_subkeys_stay_text_in_older_files);
+    tcase_add_test(tc, test_sdk_publish_reader_matches_one_thread);
     tcase_add_test(tc, test_sdk_row_reader_matches_json_extract);
     tcase_add_test(tc, test_sdk_oplog_layout_migrated_once);
     tcase_add_test(tc, test_sdk_oplog_virtual_key_dropped);
