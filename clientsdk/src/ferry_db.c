@@ -8,7 +8,10 @@
  *   ferry_buckets  per bucket: last_op (resume position), add/op checksums, count, priority
  *   ferry_oplog    the stored PUT op of every (bucket, type/id/subkey) key: a rowid table in
  *                  arrival order and one unique index (row_type, row_id, bucket, subkey), which
- *                  serves both the key lookups of a bucket and a row's ops across buckets
+ *                  serves both the key lookups of a bucket and a row's ops across buckets; a
+ *                  first sync stores its ops without the index and builds it afterwards
+ *                  (ferry_oplog.c, "bulk"); subkeys "<prefix>/<id>" are stored as the prefix's
+ *                  number in ferry_subkeys
  *   ferry_updated  rows to re-evaluate at the next publish (bucket 0 = a local write)
  *
  * Two SQLite connections: the app's (ferry_sqlite) and the sync thread's. Each registers the SQL
@@ -284,8 +287,6 @@ static const char OWN_TABLES[] =
     "CREATE TABLE IF NOT EXISTS ferry_oplog(bucket INTEGER NOT NULL, row_type TEXT NOT NULL,"
     " row_id TEXT NOT NULL, subkey TEXT NOT NULL, op_id INTEGER NOT NULL, hash INTEGER NOT NULL,"
     " data TEXT);"
-    "CREATE UNIQUE INDEX IF NOT EXISTS ferry_oplog_key ON ferry_oplog(row_type, row_id, bucket,"
-    " subkey);"
     "CREATE TABLE IF NOT EXISTS ferry_updated(row_type TEXT NOT NULL, row_id TEXT NOT NULL,"
     " bucket INTEGER NOT NULL, PRIMARY KEY(row_type, row_id, bucket)) WITHOUT ROWID;";
 
@@ -676,6 +677,13 @@ int ferry_open(const char *path, const ferry_schema_t *schema, ferry_db_t **out,
     if ((rc = migrate_oplog(db->app, err)) != 0) goto rollback;
     if ((rc = exec_sql(db->app, OWN_TABLES, err, "create Ferry's tables")) != 0) goto rollback;
     if ((rc = enable_subkey_prefixes(db->app, err)) != 0) goto rollback;
+    /* the key index (made again here when a first sync without it was interrupted) */
+    if (ferry__oplog_index(db->app) != SQLITE_OK) {
+        ferry__seterr(err, FERRY_ESQLITE, "could not index the oplog: %s",
+                      sqlite3_errmsg(db->app));
+        rc = FERRY_ESQLITE;
+        goto rollback;
+    }
     /* client id */
     {
         sqlite3_stmt *st;

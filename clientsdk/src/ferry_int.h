@@ -71,6 +71,9 @@ typedef struct ferry_sync {
     int wal_frames;             /* the WAL's frames after the last commit (its hook) */
     int defer_checkpoint;       /* publishing: the checkpoint waits (ferry__sync_checkpoint) */
     int checkpoint_frames;      /* checkpoint at this WAL size (0: 8192 frames; tests set less) */
+    int bulk;                   /* the oplog has no key index (a first sync, ferry_oplog.c
+                                   "bulk"): 1, 0 indexed, -1 not known in this transaction */
+    int index_due;              /* build the key index after the app was told of a publish */
     int pub_reader_min;         /* a whole bucket of this many ops is published with a second
                                    reader (0: 20,000; ferry_oplog.c) */
     int pub_reader_used;        /* tables published so (counted for tests) */
@@ -156,6 +159,10 @@ void ferry__sync_reset_connection(ferry_sync_t *s);
 /* Handles one NDJSON line; returns FERRY_LINE_* (>= 0) or a negative FERRY_E* code (the
  * iteration ends; message in s->errmsg). */
 int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t len);
+/* Creates the oplog's key index when it is missing (ferry_oplog.c, "bulk"), first removing the
+ * older ops of keys stored twice (their checksums move to add_checksum). Runs inside the
+ * caller's write transaction; returns an SQLite result code. */
+int ferry__oplog_index(sqlite3 *c);
 /* Scans a line into b without touching the database (any thread): 0 when it is a data line
  * (apply it with ferry__sync_apply_scanned), 1 when it is another line or empty, -1 when the
  * scanner gives up (ferry__sync_line handles both with jansson). */

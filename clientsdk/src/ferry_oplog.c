@@ -132,6 +132,8 @@ static void jrow_free(struct jrow *r);
 static void fn_jok(sqlite3_context *ctx, int argc, sqlite3_value **argv);
 static void fn_col(sqlite3_context *ctx, int argc, sqlite3_value **argv);
 static const sqlite3_module OPS_MODULE, ROWS_MODULE;
+static int oplog_unindexed(sqlite3 *c);
+static int oplog_need_index(ferry_sync_t *s);
 static int ops_disconnect(sqlite3_vtab *vt);
 
 /* The sync connection checkpoints the WAL itself: this hook replaces SQLite's automatic
@@ -159,6 +161,17 @@ static int wal_hook(void *ud, sqlite3 *c, const char *dbname, int frames)
 
 void ferry__sync_checkpoint(ferry_sync_t *s)
 {
+    if (s->index_due && !s->in_tx) {
+        /* a first sync's publish is done and told: the key index now (on failure, whatever
+         * needs it next builds it) */
+        s->index_due = 0;
+        if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK) {
+            s->bulk = -1;
+            int rc = oplog_need_index(s);
+            sqlite3_exec(s->conn, rc ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL);
+            s->bulk = -1;
+        }
+    }
     if (s->wal_frames < checkpoint_frames(s)) return;
     sqlite3_wal_checkpoint_v2(s->conn, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     s->wal_frames = 0;
@@ -1230,15 +1243,27 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
 {
     char q[256];
     sqlite3_stmt *sel = NULL, *st = NULL;
+    int64_t *bids = NULL; /* the new buckets, read first: building the index (DDL) needs no
+                             statement running */
+    size_t nbids = 0, capbids = 0;
     snprintf(q, sizeof q, "SELECT bucket FROM ferry_updated WHERE row_type = '' AND row_id = ''%s",
              filt);
     if (sqlite3_prepare_v2(p->conn, q, -1, &sel, NULL) != SQLITE_OK) goto sqlfail;
-    int rc = 0;
-    while (!rc) {
-        int r = sqlite3_step(sel);
-        if (r == SQLITE_DONE) break;
-        if (r != SQLITE_ROW) goto sqlfail;
-        int64_t bid = sqlite3_column_int64(sel, 0);
+    int rc = 0, r;
+    while ((r = sqlite3_step(sel)) == SQLITE_ROW) {
+        if (nbids == capbids) {
+            capbids = capbids ? capbids * 2 : 16;
+            int64_t *nb = realloc(bids, capbids * sizeof *nb);
+            if (!nb) return sqlite3_finalize(sel), free(bids), FERRY_ENOMEM;
+            bids = nb;
+        }
+        bids[nbids++] = sqlite3_column_int64(sel, 0);
+    }
+    if (r != SQLITE_DONE) goto sqlfail;
+    sqlite3_finalize(sel);
+    sel = NULL;
+    for (size_t bi = 0; bi < nbids && !rc; bi++) {
+        int64_t bid = bids[bi];
         sqlite3_stmt *alone_st;
         if (sqlite3_prepare_v2(p->conn,
                                "SELECT EXISTS (SELECT 1 FROM ferry_buckets WHERE id <> ?1 AND "
@@ -1248,13 +1273,16 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
         sqlite3_bind_int64(alone_st, 1, bid);
         int alone = sqlite3_step(alone_st) == SQLITE_ROW && sqlite3_column_int(alone_st, 0) == 0;
         sqlite3_finalize(alone_st);
+        /* without the key index (bulk), only the scan of a bucket holding every op is cheap */
+        if (s->bulk == 1 && !alone && oplog_need_index(s)) goto sqlfail;
+        int scan = s->bulk == 1;
         for (int ti = 0; ti < db->ntables && !rc; ti++) {
             ferry_tdef_t *t = &db->tables[ti];
             if (t->local_only) continue;
             size_t cap = 512 + strlen(t->name) * 2;
             for (int i = 0; i < t->ncols; i++) cap += strlen(t->cols[i]) * 6 + 128;
             char *sql = malloc(cap);
-            if (!sql) return sqlite3_finalize(sel), FERRY_ENOMEM;
+            if (!sql) return free(bids), FERRY_ENOMEM;
             size_t n = (size_t)snprintf(sql, cap, "INSERT OR REPLACE INTO \"%s\"(id", t->name);
             for (int i = 0; i < t->ncols; i++)
                 n += (size_t)snprintf(sql + n, cap - n, ", \"%s\"", t->cols[i]);
@@ -1263,7 +1291,8 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
                 n += (size_t)snprintf(sql + n, cap - n,
                                       ", ferry_col(o.data, '%s')", t->cols[i]);
             pread_t *rd = NULL;
-            if (alone && type_share(p->conn, t->name) >= 0.3 &&
+            if (alone && !scan) scan = type_share(p->conn, t->name) >= 0.3;
+            if (alone && scan &&
                 bucket_count(p->conn, bid) >= (s->pub_reader_min > 0 ? s->pub_reader_min
                                                                      : PR_MIN_OPS) &&
                 (rd = pr_start(p->conn, t))) {
@@ -1276,7 +1305,7 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
                     n += (size_t)snprintf(sql + n, cap - n, ", c%d", i + 1);
                 snprintf(sql + n, cap - n, " FROM ferry_rows(?3) WHERE ?1 IS NOT NULL AND ?2 "
                                            "IS NOT NULL");
-            } else if (alone && type_share(p->conn, t->name) >= 0.3)
+            } else if (alone && scan)
                 snprintf(sql + n, cap - n,
                          " FROM ferry_oplog o NOT INDEXED WHERE o.row_type = ?2 AND ?1 IS NOT "
                          "NULL ORDER BY o.rowid");
@@ -1311,6 +1340,7 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
             }
             /* e.g. a data string that is not JSON: this table's rows of the bucket one by one */
             sqlite3_exec(p->conn, "ROLLBACK TO ferry_whole; RELEASE ferry_whole", NULL, NULL, NULL);
+            if (oplog_need_index(s)) goto sqlfail; /* pub_row looks rows up by the index */
             sqlite3_stmt *rows;
             if (sqlite3_prepare_v2(p->conn,
                                    "SELECT DISTINCT row_id FROM ferry_oplog WHERE bucket = ? AND "
@@ -1323,12 +1353,13 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
             sqlite3_finalize(rows);
         }
     }
-    sqlite3_finalize(sel);
+    free(bids);
     return rc;
 sqlfail:
     snprintf(p->err, sizeof p->err, "%s", sqlite3_errmsg(p->conn));
     sqlite3_finalize(st);
     sqlite3_finalize(sel);
+    free(bids);
     return FERRY_ESQLITE;
 }
 
@@ -1379,6 +1410,18 @@ static int publish(ferry_db_t *db, ferry_sync_t *s, int prio)
     return rc;
 }
 
+/* 1 when rows are marked one by one for the next publish (not only whole buckets). */
+static int rows_marked(sqlite3 *c)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(c, "SELECT EXISTS (SELECT 1 FROM ferry_updated WHERE row_type <> '' "
+                           "OR row_id <> '')", -1, &st, NULL) != SQLITE_OK)
+        return 1;
+    int marked = sqlite3_step(st) != SQLITE_ROW || sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return marked;
+}
+
 static int publish_tx(ferry_db_t *db, ferry_sync_t *s, int prio, int *trig_off)
 {
     if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
@@ -1390,6 +1433,11 @@ static int publish_tx(ferry_db_t *db, ferry_sync_t *s, int prio, int *trig_off)
         return 0;
     }
     *trig_off = triggers_off(s->conn);
+    /* without the key index (bulk): rows marked one by one need it */
+    s->bulk = oplog_unindexed(s->conn);
+    if (s->bulk < 0) return sqlerr(s, "inspect the oplog");
+    if (s->bulk && rows_marked(s->conn) && oplog_need_index(s))
+        return sqlerr(s, "index the oplog");
     pub_t p;
     int rc = pub_init(db, &p, s->conn);
     sqlite3_stmt *sel = NULL;
@@ -1447,6 +1495,7 @@ static int publish_tx(ferry_db_t *db, ferry_sync_t *s, int prio, int *trig_off)
     }
     if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         return sqlerr(s, "commit the checkpoint");
+    if (s->bulk == 1) s->index_due = 1; /* once the app was told */
     if (prio < 0) {
         s->pending = 0;
         s->applied_cp = s->cp_last_op;
@@ -1472,6 +1521,8 @@ int ferry__sync_try_pending(ferry_db_t *db, ferry_sync_t *s)
  * Runs inside a transaction. */
 static int drop_bucket(ferry_sync_t *s, int64_t id)
 {
+    s->bulk = -1;
+    if (oplog_need_index(s)) return -1;
     sqlite3_bind_int64(s->st[S_CLEAR_MARK], 1, id);
     sqlite3_bind_int64(s->st[S_CLEAR_MARK], 2, 0);
     sqlite3_bind_int64(s->st[S_CLEAR_DEL], 1, id);
@@ -2085,6 +2136,68 @@ int ferry__sync_scan(ferry_scan_t *b, const char *line, size_t len)
     return scan_data_line(b, line, len, &b->bucket_off);
 }
 
+/* ---- bulk: a first sync without the key index -------------------------------------------------
+ *
+ * The oplog's unique key index cost about half of storing an op. A first sync does not need it
+ * while it lasts: when a data line creates a bucket and the oplog is empty, the index is dropped
+ * (in the line's transaction), and the PUTs of new buckets (whole-bucket marks) go into the
+ * table alone. A key stored twice in that time (a row the server sent again) is kept twice:
+ * checksums stay right (a bucket's checksum is the sum of add_checksum and op_checksum, and a
+ * replaced op only moves its checksum from one to the other), and publishing a new bucket scans
+ * the oplog in rowid order, so the later op still wins. Anything that needs the index builds it
+ * first, in its own transaction: an op other than PUT or MOVE, a PUT into a bucket that is not
+ * new, dropping a bucket, publishing anything but new buckets that hold every op. After a
+ * publish, the index is built once the app was told (ferry__sync_checkpoint), and ferry_open
+ * builds it when a first sync without it was interrupted. Building it removes the older op of
+ * a key stored twice and moves its checksum to add_checksum, as a PUT would have. */
+
+/* 1 when the oplog has no key index, 0 when it has, -1 on an SQLite error. */
+static int oplog_unindexed(sqlite3 *c)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(c, "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND "
+                           "name = 'ferry_oplog_key'", -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    int r = sqlite3_step(st), n = r == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+    sqlite3_finalize(st);
+    return n < 0 ? -1 : n == 0;
+}
+
+int ferry__oplog_index(sqlite3 *c)
+{
+    int rc = sqlite3_exec(c, "CREATE UNIQUE INDEX IF NOT EXISTS ferry_oplog_key ON "
+                             "ferry_oplog(row_type, row_id, bucket, subkey)", NULL, NULL, NULL);
+    if (rc != SQLITE_CONSTRAINT) return rc;
+    /* keys stored twice: keep each key's highest op */
+    return sqlite3_exec(
+        c,
+        "CREATE INDEX ferry_oplog_dups ON ferry_oplog(row_type, row_id, bucket, subkey, op_id);"
+        "CREATE TEMP TABLE ferry_dups AS SELECT o.rowid AS r, o.bucket AS bucket, o.hash AS hash"
+        " FROM ferry_oplog o WHERE EXISTS (SELECT 1 FROM ferry_oplog h WHERE"
+        " h.row_type = o.row_type AND h.row_id = o.row_id AND h.bucket = o.bucket AND"
+        " h.subkey = o.subkey AND (h.op_id > o.op_id OR (h.op_id = o.op_id AND"
+        " h.rowid > o.rowid)));"
+        "UPDATE ferry_buckets SET add_checksum = (add_checksum + d.s) % 4294967296,"
+        " op_checksum = ((op_checksum - d.s) % 4294967296 + 4294967296) % 4294967296"
+        " FROM (SELECT bucket, sum(hash) AS s FROM temp.ferry_dups GROUP BY bucket) d"
+        " WHERE ferry_buckets.id = d.bucket;"
+        "DELETE FROM ferry_oplog WHERE rowid IN (SELECT r FROM temp.ferry_dups);"
+        "DROP TABLE temp.ferry_dups;"
+        "DROP INDEX ferry_oplog_dups;"
+        "CREATE UNIQUE INDEX ferry_oplog_key ON ferry_oplog(row_type, row_id, bucket, subkey);",
+        NULL, NULL, NULL);
+}
+
+/* Builds the key index when the oplog has none (inside a transaction); 0 or -1. */
+static int oplog_need_index(ferry_sync_t *s)
+{
+    int u = s->bulk >= 0 ? s->bulk : oplog_unindexed(s->conn);
+    if (u < 0) return -1;
+    if (u && ferry__oplog_index(s->conn) != SQLITE_OK) return -1;
+    s->bulk = 0;
+    return 0;
+}
+
 /* ---- subkeys --------------------------------------------------------------------------------
  *
  * In a file that has ferry_subkeys (ferry_db.c: files whose oplog was empty when opened), a
@@ -2391,6 +2504,18 @@ static int put_batch(ferry_sync_t *s, int64_t bid, const dop_t *const *b, const 
     return 0;
 }
 
+/* 1 when the oplog holds no op (0 also on an SQLite error: then the index stays). */
+static int oplog_empty(sqlite3 *c)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(c, "SELECT EXISTS (SELECT 1 FROM ferry_oplog)", -1, &st, NULL) !=
+        SQLITE_OK)
+        return 0;
+    int empty = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) == 0;
+    sqlite3_finalize(st);
+    return empty;
+}
+
 static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const dop_t *ops,
                       size_t nops)
 {
@@ -2401,6 +2526,7 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
         s->tx_ops = 0;
         s->tx_start = mono_ms();
         s->sk_loaded = 0; /* read ferry_subkeys again under this write lock */
+        s->bulk = -1;
     }
     sqlite3_stmt *st = s->st[S_BUCKET_GET];
     sqlite3_bind_text(st, 1, bname, -1, SQLITE_STATIC);
@@ -2428,10 +2554,25 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
         sqlite3_bind_int64(s->st[S_WHOLE_SET], 1, bid);
         if (step_done(s->st[S_WHOLE_SET])) return sqlerr(s, "mark a new bucket");
         whole = 1;
+        if (s->bulk < 0 && (s->bulk = oplog_unindexed(s->conn)) < 0)
+            return sqlerr(s, "inspect the oplog");
+        if (!s->bulk && oplog_empty(s->conn)) { /* a first sync: no key index for now */
+            if (sqlite3_exec(s->conn, "DROP INDEX ferry_oplog_key", NULL, NULL, NULL) != SQLITE_OK)
+                return sqlerr(s, "drop the oplog's key index");
+            s->bulk = 1;
+        }
     } else {
         sqlite3_bind_int64(s->st[S_WHOLE_GET], 1, bid);
         whole = sqlite3_step(s->st[S_WHOLE_GET]) == SQLITE_ROW;
         sqlite3_reset(s->st[S_WHOLE_GET]);
+    }
+    if (s->bulk < 0 && (s->bulk = oplog_unindexed(s->conn)) < 0)
+        return sqlerr(s, "inspect the oplog");
+    if (s->bulk) {
+        int puts_only = whole;
+        for (size_t i = 0; i < nops && puts_only; i++)
+            puts_only = ops[i].kind == OP_PUT || ops[i].kind == OP_MOVE;
+        if (!puts_only && oplog_need_index(s)) return sqlerr(s, "index the oplog");
     }
     int64_t last = -1;
     sqlite3_stmt *del = s->st[S_OP_DEL_KEY], *mark = s->st[S_MARK];

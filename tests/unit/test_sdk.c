@@ -622,6 +622,113 @@ START_TEST(test_sdk_subkeys_stay_text_in_older_files)
 }
 END_TEST
 
+/* ---- a first sync without the oplog's key index (bulk) ------------------------------------- */
+
+static const char *has_key_index(void)
+{
+    return q("SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name = 'ferry_oplog_key'");
+}
+
+/* A first sync stores its ops without the key index, even a key twice; publishing takes the
+ * later op; then the index is built, the older op removed and its checksum moved; later ops
+ * find their keys again. */
+START_TEST(test_sdk_bulk_first_sync_then_index)
+{
+    ck_assert_str_eq(has_key_index(), "1"); /* made at open */
+    cp("3", "{\"bucket\":\"A\",\"checksum\":6}");
+    char ops[2048];
+    snprintf(ops, sizeof ops, "%s,", op("1", "PUT", "x", "public.todos/x", "{\\\"description\\\":\\\"v1\\\"}", 1));
+    snprintf(ops + strlen(ops), sizeof ops - strlen(ops), "%s,", op("2", "PUT", "y", "public.todos/y", "{\\\"description\\\":\\\"y\\\"}", 2));
+    strcat(ops, op("3", "PUT", "x", "public.todos/x", "{\\\"description\\\":\\\"v3\\\"}", 3));
+    ck_assert_int_eq(line(data_line("A", ops)), 0);
+    ck_assert_str_eq(has_key_index(), "0");
+    ck_assert_str_eq(q("SELECT count(*) FROM ferry_oplog"), "3"); /* x twice, for now */
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"3\"}}"), 0);
+    ck_assert_int_eq(db->status.checksum_failures, 0);
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || description, ' ') FROM (SELECT * FROM "
+                       "todos ORDER BY id)"), "x=v3 y=y");
+    /* told, then indexed: x's older op is gone, its checksum moved to add_checksum */
+    ck_assert_str_eq(has_key_index(), "1");
+    ck_assert_str_eq(q("SELECT group_concat(row_id || ':' || op_id, ' ') FROM (SELECT * FROM "
+                       "ferry_oplog ORDER BY op_id)"), "y:2 x:3");
+    ck_assert_str_eq(q("SELECT add_checksum || ':' || op_checksum FROM ferry_buckets"), "1:5");
+    /* the next checkpoint: x replaced through the index, y removed */
+    ck_assert_int_eq(line("{\"checkpoint_diff\":{\"last_op_id\":\"5\",\"updated_buckets\":[{\"bucket\":"
+                          "\"A\",\"checksum\":15}],\"removed_buckets\":[]}}"), 0);
+    snprintf(ops, sizeof ops, "%s,", op("4", "PUT", "x", "public.todos/x", "{\\\"description\\\":\\\"v4\\\"}", 4));
+    strcat(ops, op("5", "REMOVE", "y", "public.todos/y", NULL, 5));
+    ck_assert_int_eq(line(data_line("A", ops)), 0);
+    ck_assert_str_eq(q("SELECT group_concat(row_id || ':' || op_id, ' ') FROM ferry_oplog"), "x:4");
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"5\"}}"), 0);
+    ck_assert_int_eq(db->status.checksum_failures, 0);
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || description, ' ') FROM todos"), "x=v4");
+}
+END_TEST
+
+/* What needs the index builds it first: a REMOVE during a first sync, and publishing two new
+ * buckets that share a row (the row's highest op across buckets is looked up by it). */
+START_TEST(test_sdk_bulk_left_when_the_index_is_needed)
+{
+    cp("4", "{\"bucket\":\"A\",\"checksum\":1},{\"bucket\":\"B\",\"checksum\":9}");
+    ck_assert_int_eq(line(data_line("A", op("1", "PUT", "r", "public.todos/r", "{\\\"description\\\":\\\"from A\\\"}", 1))), 0);
+    ck_assert_int_eq(line(data_line("B", op("2", "PUT", "r", "public.todos/r", "{\\\"description\\\":\\\"from B\\\"}", 2))), 0);
+    ck_assert_str_eq(has_key_index(), "0");
+    char ops[2048];
+    snprintf(ops, sizeof ops, "%s,", op("3", "PUT", "s", "public.todos/s", "{\\\"description\\\":\\\"s\\\"}", 3));
+    strcat(ops, op("4", "REMOVE", "s", "public.todos/s", NULL, 4));
+    ck_assert_int_eq(line(data_line("B", ops)), 0);
+    ck_assert_str_eq(has_key_index(), "1"); /* built for the REMOVE */
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"4\"}}"), 0);
+    ck_assert_int_eq(db->status.checksum_failures, 0);
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || description, ' ') FROM todos"), "r=from B");
+    teardown();
+    setup();
+    cp("2", "{\"bucket\":\"A\",\"checksum\":1},{\"bucket\":\"B\",\"checksum\":2}");
+    ck_assert_int_eq(line(data_line("A", op("1", "PUT", "r", "public.todos/r", "{\\\"description\\\":\\\"from A\\\"}", 1))), 0);
+    ck_assert_int_eq(line(data_line("B", op("2", "PUT", "r", "public.todos/r", "{\\\"description\\\":\\\"from B\\\"}", 2))), 0);
+    ck_assert_str_eq(has_key_index(), "0");
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), 0);
+    ck_assert_str_eq(has_key_index(), "1");
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || description, ' ') FROM todos"), "r=from B");
+}
+END_TEST
+
+/* A first sync interrupted before it was published: opening the file again builds the index
+ * (dropping the older op of a key stored twice), and the sync completes where it stopped. */
+START_TEST(test_sdk_bulk_interrupted_then_reopened)
+{
+    const char *cpl = "{\"bucket\":\"A\",\"checksum\":10}";
+    cp("4", cpl);
+    char ops[2048];
+    snprintf(ops, sizeof ops, "%s,", op("1", "PUT", "x", "public.todos/x", "{\\\"description\\\":\\\"v1\\\"}", 1));
+    strcat(ops, op("2", "PUT", "x", "public.todos/x", "{\\\"description\\\":\\\"v2\\\"}", 2));
+    ck_assert_int_eq(line(data_line("A", ops)), 0);
+    ck_assert_str_eq(has_key_index(), "0");
+    /* the app stops here */
+    ferry__sync_free(&db->sync);
+    sqlite3_close_v2(sconn);
+    db->sync.conn = NULL;
+    ferry_close(db);
+    ferry_error_t err;
+    ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
+    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    ck_assert_str_eq(has_key_index(), "1");
+    ck_assert_str_eq(q("SELECT group_concat(row_id || ':' || op_id, ' ') FROM ferry_oplog"), "x:2");
+    ck_assert_str_eq(q("SELECT last_op || ':' || add_checksum || ':' || op_checksum FROM "
+                       "ferry_buckets"), "2:1:2");
+    /* reconnected: the same checkpoint, the rest of the bucket */
+    cp("4", cpl);
+    snprintf(ops, sizeof ops, "%s,", op("3", "PUT", "y", "public.todos/y", "{\\\"description\\\":\\\"y\\\"}", 3));
+    strcat(ops, op("4", "PUT", "x", "public.todos/x", "{\\\"description\\\":\\\"v4\\\"}", 4));
+    ck_assert_int_eq(line(data_line("A", ops)), 0);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"4\"}}"), 0);
+    ck_assert_int_eq(db->status.checksum_failures, 0);
+    ck_assert_str_eq(q("SELECT group_concat(id || '=' || description, ' ') FROM (SELECT * FROM "
+                       "todos ORDER BY id)"), "x=v4 y=y");
+}
+END_TEST
+
 /* ---- publishing a whole bucket with a second reader ------------------------------------------ */
 
 /* One first sync of 3000 ops (6 of the reader's blocks) into a fresh file, the reader used from
@@ -1181,6 +1288,9 @@ int main(void)
     tcase_add_test(tc, test_sdk_subkeys_numbered_by_prefix);
     tcase_add_test(tc, test_sdk_subkeys_stay_text_in_older_files);
     tcase_add_test(tc, test_sdk_publish_reader_matches_one_thread);
+    tcase_add_test(tc, test_sdk_bulk_first_sync_then_index);
+    tcase_add_test(tc, test_sdk_bulk_left_when_the_index_is_needed);
+    tcase_add_test(tc, test_sdk_bulk_interrupted_then_reopened);
     tcase_add_test(tc, test_sdk_row_reader_matches_json_extract);
     tcase_add_test(tc, test_sdk_oplog_layout_migrated_once);
     tcase_add_test(tc, test_sdk_oplog_virtual_key_dropped);
