@@ -74,6 +74,9 @@ typedef struct ferry_sync {
     int bulk;                   /* the oplog has no key index (a first sync, ferry_oplog.c
                                    "bulk"): 1, 0 indexed, -1 not known in this transaction */
     int index_due;              /* build the key index after the app was told of a publish */
+    int bulk_counted;           /* this connection dropped the index: bulk_ops is complete */
+    int bulk_last;              /* the table of the last op counted */
+    int64_t bulk_ops[FERRY_MAX_TABLES + 1]; /* ops stored in bulk per table (last: others) */
     int pub_reader_min;         /* a whole bucket of this many ops is published with a second
                                    reader (0: 20,000; ferry_oplog.c) */
     int pub_reader_used;        /* tables published so (counted for tests) */

@@ -1274,11 +1274,20 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
         int alone = sqlite3_step(alone_st) == SQLITE_ROW && sqlite3_column_int(alone_st, 0) == 0;
         sqlite3_finalize(alone_st);
         /* without the key index (bulk), only the scan of a bucket holding every op is cheap */
-        if (s->bulk == 1 && !alone && oplog_need_index(s)) goto sqlfail;
-        int scan = s->bulk == 1;
+        if (s->bulk == 1 && (!alone || !s->bulk_counted) && oplog_need_index(s)) goto sqlfail;
+        int64_t total = 0;
+        for (int ti = 0; ti <= FERRY_MAX_TABLES; ti++) total += s->bulk_ops[ti];
         for (int ti = 0; ti < db->ntables && !rc; ti++) {
             ferry_tdef_t *t = &db->tables[ti];
             if (t->local_only) continue;
+            int scan = 0;
+            if (s->bulk == 1) {
+                /* bulk: the table's ops are counted; none, nothing to do; a small share is
+                 * cheaper found through the index */
+                if (s->bulk_ops[ti] == 0) continue;
+                scan = (double)s->bulk_ops[ti] >= 0.3 * (double)total;
+                if (!scan && oplog_need_index(s)) goto sqlfail;
+            }
             size_t cap = 512 + strlen(t->name) * 2;
             for (int i = 0; i < t->ncols; i++) cap += strlen(t->cols[i]) * 6 + 128;
             char *sql = malloc(cap);
@@ -2560,6 +2569,8 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
             if (sqlite3_exec(s->conn, "DROP INDEX ferry_oplog_key", NULL, NULL, NULL) != SQLITE_OK)
                 return sqlerr(s, "drop the oplog's key index");
             s->bulk = 1;
+            s->bulk_counted = 1;
+            memset(s->bulk_ops, 0, sizeof s->bulk_ops);
         }
     } else {
         sqlite3_bind_int64(s->st[S_WHOLE_GET], 1, bid);
@@ -2573,6 +2584,16 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
         for (size_t i = 0; i < nops && puts_only; i++)
             puts_only = ops[i].kind == OP_PUT || ops[i].kind == OP_MOVE;
         if (!puts_only && oplog_need_index(s)) return sqlerr(s, "index the oplog");
+        if (s->bulk) /* count the ops per table: publishing chooses by them */
+            for (size_t i = 0; i < nops; i++) {
+                if (ops[i].kind != OP_PUT) continue;
+                int ti = s->bulk_last;
+                if (ti >= db->ntables || strcmp(db->tables[ti].name, ops[i].type) != 0)
+                    for (ti = 0; ti < db->ntables; ti++)
+                        if (strcmp(db->tables[ti].name, ops[i].type) == 0) break;
+                s->bulk_ops[ti]++;
+                if (ti < db->ntables) s->bulk_last = ti;
+            }
     }
     int64_t last = -1;
     sqlite3_stmt *del = s->st[S_OP_DEL_KEY], *mark = s->st[S_MARK];
