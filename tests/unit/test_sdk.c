@@ -25,22 +25,40 @@ static char path[64];
 static ferry_db_t *db;
 static sqlite3 *sconn;
 
-static void setup(void)
+/* The replica at path: the app's ferry_db_t and the sync engine on its own connection. */
+static void open_replica(void)
 {
-    snprintf(path, sizeof path, "/tmp/ferry-test-sdk.%d.db", (int)getpid());
-    unlink(path);
     ferry_error_t err;
     ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
     ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
     ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
 }
 
-static void teardown(void)
+static void close_replica(void)
 {
     ferry__sync_free(&db->sync);
     sqlite3_close_v2(sconn);
     db->sync.conn = NULL;
     ferry_close(db);
+}
+
+/* Closes the replica and opens the same file again: an app that stopped and started. */
+static void reopen(void)
+{
+    close_replica();
+    open_replica();
+}
+
+static void setup(void)
+{
+    snprintf(path, sizeof path, "/tmp/ferry-test-sdk.%d.db", (int)getpid());
+    unlink(path);
+    open_replica();
+}
+
+static void teardown(void)
+{
+    close_replica();
     char p[80];
     unlink(path);
     snprintf(p, sizeof p, "%s-wal", path);
@@ -603,15 +621,7 @@ START_TEST(test_sdk_subkeys_stay_text_in_older_files)
     cp("1", "{\"bucket\":\"c\",\"checksum\":1}");
     ck_assert_int_eq(line(data_line("c", op("1", "PUT", "x", "public.todos/x", "{\\\"description\\\":\\\"x1\\\"}", 1))), 0);
     ck_assert_str_eq(q("SELECT typeof(subkey) || ':' || subkey FROM ferry_oplog"), "text:public.todos/x");
-    /* reopened: still no ferry_subkeys (the oplog is not empty) */
-    ferry__sync_free(&db->sync);
-    sqlite3_close_v2(sconn);
-    db->sync.conn = NULL;
-    ferry_close(db);
-    ferry_error_t err;
-    ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
-    ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
-    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    reopen(); /* still no ferry_subkeys: the oplog is not empty */
     ck_assert_str_eq(q("SELECT count(*) FROM sqlite_schema WHERE name = 'ferry_subkeys'"), "0");
     cp("2", "{\"bucket\":\"c\",\"checksum\":3}");
     ck_assert_int_eq(line(data_line("c", op("2", "PUT", "x", "public.todos/x", "{\\\"description\\\":\\\"x2\\\"}", 2))), 0);
@@ -731,15 +741,7 @@ START_TEST(test_sdk_bulk_interrupted_then_reopened)
     strcat(ops, op("2", "PUT", "x", "public.todos/x", "{\\\"description\\\":\\\"v2\\\"}", 2));
     ck_assert_int_eq(line(data_line("A", ops)), 0);
     ck_assert_str_eq(has_key_index(), "0");
-    /* the app stops here */
-    ferry__sync_free(&db->sync);
-    sqlite3_close_v2(sconn);
-    db->sync.conn = NULL;
-    ferry_close(db);
-    ferry_error_t err;
-    ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
-    ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
-    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    reopen(); /* the app stopped here */
     ck_assert_str_eq(has_key_index(), "1");
     ck_assert_str_eq(q("SELECT group_concat(row_id || ':' || op_id, ' ') FROM ferry_oplog"), "x:2");
     ck_assert_str_eq(q("SELECT last_op || ':' || add_checksum || ':' || op_checksum FROM "
@@ -1035,13 +1037,7 @@ START_TEST(test_sdk_oplog_layout_migrated_once)
     char root[32];
     snprintf(root, sizeof root, "%s",
              q("SELECT rootpage FROM sqlite_schema WHERE name = 'ferry_oplog'"));
-    /* opened again: already in the new layout, not rewritten */
-    ferry__sync_free(&db->sync);
-    sqlite3_close_v2(sconn);
-    ferry_close(db);
-    ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
-    ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
-    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    reopen(); /* opened again: already in the new layout, not rewritten */
     ck_assert_str_eq(q("SELECT rootpage FROM sqlite_schema WHERE name = 'ferry_oplog'"), root);
     ck_assert_str_eq(q(dump), ops_now);
     /* and syncing goes on: a PUT of b's key (subkey with slashes) replaces the migrated op,
