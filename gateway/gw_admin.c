@@ -60,8 +60,7 @@ static int admin_allowed(gw_app_t *app, h2o_req_t *req)
 static int on_diagnostics(h2o_req_t *req, void *ud)
 {
     gw_app_t *app = ud;
-    if (!admin_allowed(app, req))
-        return 0;
+    if (!admin_allowed(app, req)) return 0;
     gw_buf_t b = GW_BUF_INIT;
     gw_buf_puts(&b, "{\"data\":");
     gw_repl_diagnostics(app->repl, &b);
@@ -137,8 +136,7 @@ static void compact_job_run(gw_job_t *job, PGconn *conn)
     deadline.tv_sec += COMPACT_WAIT_S;
     pthread_mutex_lock(&w->lock);
     while (!w->finished)
-        if (pthread_cond_timedwait(&w->cond, &w->lock, &deadline) == ETIMEDOUT)
-            break;
+        if (pthread_cond_timedwait(&w->cond, &w->lock, &deadline) == ETIMEDOUT) break;
     int finished = w->finished, rc = w->rc;
     j->stats = w->stats;
     pthread_mutex_unlock(&w->lock);
@@ -172,8 +170,7 @@ static void compact_job_done(gw_job_t *job)
                      "\"ops_before\":%llu,\"ops_after\":%llu,\"target_op\":\"%llu\","
                      "\"ms\":%.1f}}",
                      (unsigned long long)j->stats.buckets, (unsigned long long)j->stats.moved,
-                     (unsigned long long)j->stats.cleared,
-                     (unsigned long long)j->stats.ops_before,
+                     (unsigned long long)j->stats.cleared, (unsigned long long)j->stats.ops_before,
                      (unsigned long long)j->stats.ops_after, (unsigned long long)j->stats.target,
                      j->ms);
     gw_http_send_json(j->req, 200, body, (size_t)n);
@@ -182,8 +179,7 @@ static void compact_job_done(gw_job_t *job)
 static int on_compact(h2o_req_t *req, void *ud)
 {
     gw_app_t *app = ud;
-    if (!admin_allowed(app, req))
-        return 0;
+    if (!admin_allowed(app, req)) return 0;
     compact_job_t *j = h2o_mem_alloc_pool(&req->pool, sizeof(*j));
     memset(j, 0, sizeof(*j));
     j->app = app;
@@ -198,8 +194,7 @@ void gw_admin_register(gw_app_t *app)
 {
     gw_http_route(app->http, "/api/admin/diagnostics", "admin_diagnostics", GW_HTTP_GET,
                   on_diagnostics, app);
-    gw_http_route(app->http, "/api/admin/compact", "admin_compact", GW_HTTP_POST, on_compact,
-                  app);
+    gw_http_route(app->http, "/api/admin/compact", "admin_compact", GW_HTTP_POST, on_compact, app);
 }
 
 /* ---- ferry compact ---- */
@@ -266,8 +261,9 @@ int gw_cli_compact(int argc, char **argv)
     const char *h = strcmp(host, "0.0.0.0") == 0 || host[0] == '\0' ? "127.0.0.1"
                     : strcmp(host, "::") == 0                       ? "::1"
                                                                     : host;
-    snprintf(url, sizeof(url), strchr(h, ':') != NULL ? "http://[%s]:%d/api/admin/compact"
-                                                      : "http://%s:%d/api/admin/compact",
+    snprintf(url, sizeof(url),
+             strchr(h, ':') != NULL ? "http://[%s]:%d/api/admin/compact"
+                                    : "http://%s:%d/api/admin/compact",
              h, port);
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", cfg.admin.token);
     gw_config_free(&cfg);

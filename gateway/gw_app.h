@@ -19,8 +19,8 @@ typedef struct gw_streams gw_streams_t;
 typedef struct gw_app {
     const gw_config_t *cfg;
     gw_http_t *http;
-    auth_ctx_t *auth;     /* thread-safe */
-    gw_repl_t *repl;      /* gw_repl_submit / gw_repl_ready / gw_repl_active are thread-safe */
+    auth_ctx_t *auth; /* thread-safe */
+    gw_repl_t *repl;  /* gw_repl_submit / gw_repl_ready / gw_repl_active are thread-safe */
     gw_workers_t *workers;
     gw_streams_t *streams; /* gw_stream.c's state */
 } gw_app_t;

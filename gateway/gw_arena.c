@@ -36,8 +36,7 @@ void gw_arena_init(gw_arena_t *a, size_t chunk_size)
 void *gw_arena_alloc(gw_arena_t *a, size_t n)
 {
     n = (n + 15) & ~(size_t)15;
-    if (n == 0)
-        n = 16;
+    if (n == 0) n = 16;
     a->used_total += n;
     if (n > a->chunk_size / 2) {
         gw_arena_chunk_t *big = chunk_new(n);

@@ -9,8 +9,7 @@
 
 static void reserve(gw_buf_t *b, size_t extra)
 {
-    if (b->len + extra + 1 <= b->cap)
-        return;
+    if (b->len + extra + 1 <= b->cap) return;
     size_t cap = b->cap != 0 ? b->cap : 256;
     while (cap < b->len + extra + 1)
         cap *= 2;
@@ -37,8 +36,7 @@ void gw_buf_printf(gw_buf_t *b, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
+    if (n < 0) return;
     reserve(b, (size_t)n);
     va_start(ap, fmt);
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
@@ -86,8 +84,7 @@ void gw_buf_json_str(gw_buf_t *b, const char *s)
 void gw_buf_reset(gw_buf_t *b)
 {
     b->len = 0;
-    if (b->data != NULL)
-        b->data[0] = '\0';
+    if (b->data != NULL) b->data[0] = '\0';
 }
 
 void gw_buf_free(gw_buf_t *b)
@@ -100,15 +97,13 @@ void gw_buf_free(gw_buf_t *b)
 int gw_buf_read_file(gw_buf_t *b, const char *path)
 {
     FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return -1;
+    if (f == NULL) return -1;
     char chunk[65536];
     size_t n;
     while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
         gw_buf_append(b, chunk, n);
     int bad = ferror(f);
     fclose(f);
-    if (b->data == NULL)
-        gw_buf_append(b, "", 0);
+    if (b->data == NULL) gw_buf_append(b, "", 0);
     return bad ? -1 : 0;
 }

@@ -13,7 +13,10 @@ typedef struct gw_buf {
     size_t cap;
 } gw_buf_t;
 
-#define GW_BUF_INIT {NULL, 0, 0}
+#define GW_BUF_INIT                                                                                \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 
 /** Append len bytes. */
 void gw_buf_append(gw_buf_t *b, const void *p, size_t len);

@@ -90,10 +90,8 @@ typedef struct dump_ctx {
 static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t count)
 {
     dump_ctx_t *d = ud;
-    if (d->only != NULL && strcmp(d->only, bucket) != 0)
-        return 0;
-    if (d->only == NULL && d->ns != NULL && strncmp(bucket, d->ns, strlen(d->ns)) != 0)
-        return 0;
+    if (d->only != NULL && strcmp(d->only, bucket) != 0) return 0;
+    if (d->only == NULL && d->ns != NULL && strncmp(bucket, d->ns, strlen(d->ns)) != 0) return 0;
     json_t *rows = json_object(); /* "type\x1fid\x1fsubkey" -> data string */
     uint64_t after = 0, nops = 0;
     uint32_t sum = 0;
@@ -144,8 +142,7 @@ static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t
         }
         json_decref(arr);
         after = last;
-        if (!more || n == 0)
-            break;
+        if (!more || n == 0) break;
     }
     gw_buf_t line = GW_BUF_INIT;
     if (d->ops) {
@@ -164,8 +161,7 @@ static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t
             char type[1024], id[2048];
             const char *s1 = strchr(key, '\x1f');
             const char *s2 = s1 ? strchr(s1 + 1, '\x1f') : NULL;
-            if (s1 == NULL || s2 == NULL)
-                continue;
+            if (s1 == NULL || s2 == NULL) continue;
             snprintf(type, sizeof(type), "%.*s", (int)(s1 - key), key);
             snprintf(id, sizeof(id), "%.*s", (int)(s2 - s1 - 1), s1 + 1);
             row_line(&line, bucket, type, id, json_string_value(data));
@@ -313,12 +309,10 @@ int gw_cli_debug(int argc, char **argv)
         return 2;
     }
     const char *what = argv[1];
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"bucket", required_argument, NULL, 'b'},
-                                         {"checksums", no_argument, NULL, 's'},
-                                         {"ops", no_argument, NULL, 'o'},
-                                         {"all-versions", no_argument, NULL, 'a'},
-                                         {0}};
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"bucket", required_argument, NULL, 'b'},
+        {"checksums", no_argument, NULL, 's'},    {"ops", no_argument, NULL, 'o'},
+        {"all-versions", no_argument, NULL, 'a'}, {0}};
     const char *config = NULL, *bucket = NULL;
     int checksums = 0, ops = 0, all = 0, c;
     optind = 2;
@@ -356,8 +350,8 @@ int gw_cli_debug(int argc, char **argv)
         fprintf(stderr, "%s\n", gw_err_format(&err, msg, sizeof(msg)));
         return 1;
     }
-    int rc = strcmp(what, "dump") == 0 ? cmd_dump(&cfg, bucket, all, checksums, ops)
-                                       : cmd_oracle(&cfg);
+    int rc =
+        strcmp(what, "dump") == 0 ? cmd_dump(&cfg, bucket, all, checksums, ops) : cmd_oracle(&cfg);
     gw_config_free(&cfg);
     return rc;
 }

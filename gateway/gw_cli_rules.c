@@ -38,8 +38,7 @@ static void print_diags(const rules_diags_t *d, FILE *out)
 
 static int cmd_check(int argc, char **argv)
 {
-    if (argc != 3)
-        return usage();
+    if (argc != 3) return usage();
     rules_set_t *set = NULL;
     rules_diags_t d;
     int rc = rules_compile_file(argv[2], &set, &d);
@@ -66,16 +65,11 @@ static int cmd_check(int argc, char **argv)
 
 static int b64url_val(int c)
 {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-' || c == '+')
-        return 62;
-    if (c == '_' || c == '/')
-        return 63;
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '-' || c == '+') return 62;
+    if (c == '_' || c == '/') return 63;
     return -1;
 }
 
@@ -84,18 +78,15 @@ static char *jwt_payload_unverified(const char *token)
 {
     const char *a = strchr(token, '.');
     const char *b = a ? strchr(a + 1, '.') : NULL;
-    if (!a || !b)
-        return NULL;
+    if (!a || !b) return NULL;
     size_t n = (size_t)(b - a - 1);
     char *out = malloc(n + 1);
-    if (!out)
-        return NULL;
+    if (!out) return NULL;
     size_t o = 0;
     unsigned acc = 0;
     int bits = 0;
     for (const char *p = a + 1; p < b; p++) {
-        if (*p == '=')
-            break;
+        if (*p == '=') break;
         int v = b64url_val((unsigned char)*p);
         if (v < 0) {
             free(out);
@@ -122,8 +113,7 @@ static int store_answer(void *arg, const char *key, rules_answer_t *ans)
 {
     store_t *s = arg;
     for (size_t i = 0; i < s->n; i++)
-        if (strcmp(s->keys[i], key) == 0 && rules_answer_add(ans, s->params[i]) != 0)
-            return -1;
+        if (strcmp(s->keys[i], key) == 0 && rules_answer_add(ans, s->params[i]) != 0) return -1;
     return 0;
 }
 
@@ -150,8 +140,7 @@ static int load_lookups(rules_set_t *set, const char *uri, store_t *s)
     int rc = 0;
     for (size_t t = 0; t < rules_table_count(set) && rc == 0; t++) {
         const rules_table_t *tb = rules_table_at(set, t);
-        if (!(tb->uses & RULES_USE_LOOKUP))
-            continue;
+        if (!(tb->uses & RULES_USE_LOOKUP)) continue;
         char *si = gw_pg_ident(conn, tb->schema), *ti = gw_pg_ident(conn, tb->name);
         char sql[1024];
         snprintf(sql, sizeof sql, "SELECT * FROM %s.%s", si ? si : "", ti ? ti : "");
@@ -159,8 +148,8 @@ static int load_lookups(rules_set_t *set, const char *uri, store_t *s)
         free(ti);
         PGresult *res = PQexec(conn, sql);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-            fprintf(stderr, "ferry rules explain: could not read table \"%s.%s\": %s",
-                    tb->schema, tb->name, PQerrorMessage(conn));
+            fprintf(stderr, "ferry rules explain: could not read table \"%s.%s\": %s", tb->schema,
+                    tb->name, PQerrorMessage(conn));
             PQclear(res);
             rc = -1;
             break;
@@ -170,8 +159,7 @@ static int load_lookups(rules_set_t *set, const char *uri, store_t *s)
         uint32_t *types = calloc((size_t)ncols + 1, sizeof(uint32_t));
         const char **vals = calloc((size_t)ncols + 1, sizeof(char *));
         size_t *lens = calloc((size_t)ncols + 1, sizeof(size_t));
-        if (!names || !types || !vals || !lens)
-            abort();
+        if (!names || !types || !vals || !lens) abort();
         for (int c = 0; c < ncols; c++) {
             names[c] = PQfname(res, c);
             types[c] = (uint32_t)PQftype(res, c);
@@ -192,8 +180,7 @@ static int load_lookups(rules_set_t *set, const char *uri, store_t *s)
                     s->cap = s->cap ? s->cap * 2 : 64;
                     s->keys = realloc(s->keys, sizeof(char *) * s->cap);
                     s->params = realloc(s->params, sizeof(char *) * s->cap);
-                    if (!s->keys || !s->params)
-                        abort();
+                    if (!s->keys || !s->params) abort();
                 }
                 s->keys[s->n] = strdup(lk.items[i].key);
                 s->params[s->n++] = strdup(lk.items[i].params);
@@ -228,8 +215,7 @@ static char *verified_claims(const char *config, const char *token)
     }
     size_t len = strlen(token) + 8;
     char *hdr = malloc(len);
-    if (!hdr)
-        abort();
+    if (!hdr) abort();
     snprintf(hdr, len, "Bearer %s", token);
     auth_token_t *tok = NULL;
     const char *code = NULL;
@@ -260,8 +246,7 @@ static int cmd_explain(int argc, char **argv)
                            : strcmp(a, "--rule-version") == 0 ? &version
                                                               : NULL;
         if (dst) {
-            if (i + 1 >= argc)
-                return usage();
+            if (i + 1 >= argc) return usage();
             *dst = argv[++i];
         } else if (a[0] == '-' || file) {
             return usage();
@@ -269,8 +254,7 @@ static int cmd_explain(int argc, char **argv)
             file = a;
         }
     }
-    if (!file || !token)
-        return usage();
+    if (!file || !token) return usage();
     rules_set_t *set = NULL;
     rules_diags_t d;
     int rc = rules_compile_file(file, &set, &d);
@@ -319,9 +303,9 @@ static int cmd_explain(int argc, char **argv)
     } else {
         printf("buckets: %zu\n", b.n);
         for (size_t i = 0; i < b.n; i++)
-            printf("  %s  priority %d  definition %s  parameter query %d: %s\n",
-                   b.items[i].bucket, b.items[i].priority, b.items[i].definition,
-                   b.items[i].query_index, b.items[i].query);
+            printf("  %s  priority %d  definition %s  parameter query %d: %s\n", b.items[i].bucket,
+                   b.items[i].priority, b.items[i].definition, b.items[i].query_index,
+                   b.items[i].query);
         if (b.nunresolved) {
             printf("unresolved (table lookups; pass --db to answer them): %zu\n", b.nunresolved);
             for (size_t i = 0; i < b.nunresolved; i++)
@@ -339,11 +323,8 @@ static int cmd_explain(int argc, char **argv)
 
 int gw_cli_rules(int argc, char **argv)
 {
-    if (argc < 2)
-        return usage();
-    if (strcmp(argv[1], "check") == 0)
-        return cmd_check(argc, argv);
-    if (strcmp(argv[1], "explain") == 0)
-        return cmd_explain(argc, argv);
+    if (argc < 2) return usage();
+    if (strcmp(argv[1], "check") == 0) return cmd_check(argc, argv);
+    if (strcmp(argv[1], "explain") == 0) return cmd_explain(argc, argv);
     return usage();
 }

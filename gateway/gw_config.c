@@ -47,18 +47,43 @@ static const char *check_listen(const char *v)
     return gw_config_parse_listen(v, host, sizeof(host), &port) == 0 ? NULL : "\"host:port\"";
 }
 
-#define F_STR(n, m) {.name = n, .type = CT_STR, .offset = offsetof(gw_config_t, m)}
-#define F_STR_REQ(n, m) {.name = n, .type = CT_STR, .offset = offsetof(gw_config_t, m), .required = 1}
-#define F_PATH(n, m) {.name = n, .type = CT_PATH, .offset = offsetof(gw_config_t, m)}
+#define F_STR(n, m)                                                                                \
+    {                                                                                              \
+        .name = n, .type = CT_STR, .offset = offsetof(gw_config_t, m)                              \
+    }
+#define F_STR_REQ(n, m)                                                                            \
+    {                                                                                              \
+        .name = n, .type = CT_STR, .offset = offsetof(gw_config_t, m), .required = 1               \
+    }
+#define F_PATH(n, m)                                                                               \
+    {                                                                                              \
+        .name = n, .type = CT_PATH, .offset = offsetof(gw_config_t, m)                             \
+    }
 #define F_INT(n, m, lo, hi)                                                                        \
-    {.name = n, .type = CT_INT, .offset = offsetof(gw_config_t, m), .min = lo, .max = hi}
-#define F_MAP(n, kids) {.name = n, .type = CT_MAP, .children = kids}
-#define F_END {.name = NULL}
-#define K_STR(n, m) {.name = n, .type = CT_STR, .offset = offsetof(gw_auth_key_cfg_t, m)}
-#define K_PATH(n, m) {.name = n, .type = CT_PATH, .offset = offsetof(gw_auth_key_cfg_t, m)}
+    {                                                                                              \
+        .name = n, .type = CT_INT, .offset = offsetof(gw_config_t, m), .min = lo, .max = hi        \
+    }
+#define F_MAP(n, kids)                                                                             \
+    {                                                                                              \
+        .name = n, .type = CT_MAP, .children = kids                                                \
+    }
+#define F_END                                                                                      \
+    {                                                                                              \
+        .name = NULL                                                                               \
+    }
+#define K_STR(n, m)                                                                                \
+    {                                                                                              \
+        .name = n, .type = CT_STR, .offset = offsetof(gw_auth_key_cfg_t, m)                        \
+    }
+#define K_PATH(n, m)                                                                               \
+    {                                                                                              \
+        .name = n, .type = CT_PATH, .offset = offsetof(gw_auth_key_cfg_t, m)                       \
+    }
 
 static const cfg_field_t http_fields[] = {
-    {.name = "listen", .type = CT_STR, .offset = offsetof(gw_config_t, http.listen),
+    {.name = "listen",
+     .type = CT_STR,
+     .offset = offsetof(gw_config_t, http.listen),
      .check = check_listen},
     F_INT("threads", http.threads, 0, 256),
     F_INT("max_request_body", http.max_request_body, 1024, 1L << 30),
@@ -94,7 +119,9 @@ static const cfg_field_t key_fields[] = {
     F_END,
 };
 static const cfg_field_t auth_fields[] = {
-    {.name = "audience", .type = CT_STRLIST, .offset = offsetof(gw_config_t, auth.audience),
+    {.name = "audience",
+     .type = CT_STRLIST,
+     .offset = offsetof(gw_config_t, auth.audience),
      .offset2 = offsetof(gw_config_t, auth.n_audience)},
     F_STR("issuer", auth.issuer),
     F_INT("max_lifetime", auth.max_lifetime, 1, 366L * 86400),
@@ -102,8 +129,11 @@ static const cfg_field_t auth_fields[] = {
     F_INT("jwks_refresh_interval", auth.jwks_refresh_interval, 1, 86400),
     F_INT("max_token_bytes", auth.max_token_bytes, 256, 1L << 20),
     F_INT("cache_entries", auth.cache_entries, 0, 10000000),
-    {.name = "keys", .type = CT_KEYLIST, .offset = offsetof(gw_config_t, auth.keys),
-     .offset2 = offsetof(gw_config_t, auth.n_keys), .children = key_fields},
+    {.name = "keys",
+     .type = CT_KEYLIST,
+     .offset = offsetof(gw_config_t, auth.keys),
+     .offset2 = offsetof(gw_config_t, auth.n_keys),
+     .children = key_fields},
     F_END,
 };
 static const cfg_field_t sync_rules_fields[] = {
@@ -146,8 +176,7 @@ static int fail_at(ctx_t *c, yaml_mark_t mark, const char *fmt, ...)
 
 static int fail_at(ctx_t *c, yaml_mark_t mark, const char *fmt, ...)
 {
-    if (c->err == NULL)
-        return GW_ECONFIG;
+    if (c->err == NULL) return GW_ECONFIG;
     char where[256];
     snprintf(where, sizeof(where), "%s:%zu:%zu", c->name, mark.line + 1, mark.column + 1);
     c->err->code = GW_ECONFIG;
@@ -163,8 +192,7 @@ static int fail_at(ctx_t *c, yaml_mark_t mark, const char *fmt, ...)
 static size_t edit_distance(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
-    if (la > 64 || lb > 64)
-        return SIZE_MAX;
+    if (la > 64 || lb > 64) return SIZE_MAX;
     size_t row[65];
     for (size_t j = 0; j <= lb; j++)
         row[j] = j;
@@ -174,10 +202,8 @@ static size_t edit_distance(const char *a, const char *b)
         for (size_t j = 1; j <= lb; j++) {
             size_t up = row[j];
             size_t best = diag + (a[i - 1] == b[j - 1] ? 0 : 1);
-            if (row[j] + 1 < best)
-                best = row[j] + 1;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
+            if (row[j] + 1 < best) best = row[j] + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
             row[j] = best;
             diag = up;
         }
@@ -198,8 +224,7 @@ static const char *suggest(const cfg_field_t *fields, const char *key)
         }
     }
     size_t limit = strlen(key) / 3 + 1;
-    if (limit < 2)
-        limit = 2;
+    if (limit < 2) limit = 2;
     return best_d <= limit ? best : NULL;
 }
 
@@ -227,8 +252,8 @@ static char *substitute(const char *in, char *bad, size_t badlen, int *malformed
             }
             const char *name = p + 2;
             const char *dflt = strstr(name, ":-");
-            size_t nlen = (dflt != NULL && dflt < close) ? (size_t)(dflt - name)
-                                                         : (size_t)(close - name);
+            size_t nlen =
+                (dflt != NULL && dflt < close) ? (size_t)(dflt - name) : (size_t)(close - name);
             char var[256];
             snprintf(var, sizeof(var), "%.*s", (int)(nlen < 255 ? nlen : 255), name);
             int valid = nlen > 0 && nlen < 255 && !isdigit((unsigned char)var[0]);
@@ -272,8 +297,7 @@ static char *substitute(const char *in, char *bad, size_t badlen, int *malformed
 
 static int is_null_scalar(const yaml_node_t *n)
 {
-    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
-        return 0;
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return 0;
     const char *v = (const char *)n->data.scalar.value;
     return v[0] == '\0' || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 ||
            strcmp(v, "Null") == 0 || strcmp(v, "NULL") == 0;
@@ -291,8 +315,7 @@ static char *scalar_text(ctx_t *c, const yaml_node_t *n, const char *dotted, con
     char *s = substitute((const char *)n->data.scalar.value, bad, sizeof(bad), &malformed);
     if (s == NULL) {
         if (malformed)
-            fail_at(c, n->start_mark, "malformed variable reference \"%s\" in \"%s\"", bad,
-                    dotted);
+            fail_at(c, n->start_mark, "malformed variable reference \"%s\" in \"%s\"", bad, dotted);
         else
             fail_at(c, n->start_mark,
                     "environment variable \"%s\" is not set (write ${%s:-default} to give a "
@@ -304,8 +327,7 @@ static char *scalar_text(ctx_t *c, const yaml_node_t *n, const char *dotted, con
 
 static char *resolve_path(const char *dir, const char *p)
 {
-    if (p[0] == '/' || dir == NULL || dir[0] == '\0' || p[0] == '\0')
-        return gw_xstrdup(p);
+    if (p[0] == '/' || dir == NULL || dir[0] == '\0' || p[0] == '\0') return gw_xstrdup(p);
     size_t n = strlen(dir) + strlen(p) + 2;
     char *out = gw_xmalloc(n);
     snprintf(out, n, "%s/%s", dir, p);
@@ -329,8 +351,7 @@ static int set_field(ctx_t *c, const cfg_field_t *f, const yaml_node_t *v, void 
         if (v->type != YAML_SCALAR_NODE)
             return fail_at(c, v->start_mark, "\"%s\" must be a string", dotted);
         char *s = scalar_text(c, v, dotted, "a string");
-        if (s == NULL)
-            return GW_ECONFIG;
+        if (s == NULL) return GW_ECONFIG;
         const char *bad = f->check != NULL ? f->check(s) : NULL;
         if (bad != NULL) {
             fail_at(c, v->start_mark, "\"%s\" must be %s (got \"%s\")", dotted, bad, s);
@@ -349,8 +370,7 @@ static int set_field(ctx_t *c, const cfg_field_t *f, const yaml_node_t *v, void 
     }
     case CT_INT: {
         char *s = scalar_text(c, v, dotted, "an integer");
-        if (s == NULL)
-            return GW_ECONFIG;
+        if (s == NULL) return GW_ECONFIG;
         char *end;
         errno = 0;
         long val = strtol(s, &end, 10);
@@ -362,19 +382,18 @@ static int set_field(ctx_t *c, const cfg_field_t *f, const yaml_node_t *v, void 
         }
         free(s);
         if (val < f->min || val > f->max)
-            return fail_at(c, v->start_mark, "\"%s\" must be between %ld and %ld (got %ld)",
-                           dotted, f->min, f->max, val);
+            return fail_at(c, v->start_mark, "\"%s\" must be between %ld and %ld (got %ld)", dotted,
+                           f->min, f->max, val);
         *(long *)dst = val;
         return 0;
     }
     case CT_LEVEL: {
         char *s = scalar_text(c, v, dotted, "one of debug, info, warn, error");
-        if (s == NULL)
-            return GW_ECONFIG;
+        if (s == NULL) return GW_ECONFIG;
         gw_log_level_t lvl;
         if (gw_log_parse_level(s, &lvl) != 0) {
-            fail_at(c, v->start_mark,
-                    "\"%s\" must be one of debug, info, warn, error (got \"%s\")", dotted, s);
+            fail_at(c, v->start_mark, "\"%s\" must be one of debug, info, warn, error (got \"%s\")",
+                    dotted, s);
             free(s);
             return GW_ECONFIG;
         }
@@ -392,8 +411,7 @@ static int set_field(ctx_t *c, const cfg_field_t *f, const yaml_node_t *v, void 
         *count = 0;
         if (v->type == YAML_SCALAR_NODE) {
             char *s = scalar_text(c, v, dotted, "a string or a list of strings");
-            if (s == NULL)
-                return GW_ECONFIG;
+            if (s == NULL) return GW_ECONFIG;
             *list = gw_xcalloc(1, sizeof(char *));
             (*list)[0] = s;
             *count = 1;
@@ -407,8 +425,7 @@ static int set_field(ctx_t *c, const cfg_field_t *f, const yaml_node_t *v, void 
         for (size_t i = 0; i < n; i++) {
             yaml_node_t *item = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
             char *s = scalar_text(c, item, dotted, "a list of strings");
-            if (s == NULL)
-                return GW_ECONFIG;
+            if (s == NULL) return GW_ECONFIG;
             (*list)[(*count)++] = s;
         }
         return 0;
@@ -416,8 +433,7 @@ static int set_field(ctx_t *c, const cfg_field_t *f, const yaml_node_t *v, void 
     case CT_KEYLIST: {
         gw_auth_key_cfg_t **list = (gw_auth_key_cfg_t **)dst;
         size_t *count = (size_t *)((char *)base + f->offset2);
-        if (*count != 0)
-            return fail_at(c, v->start_mark, "duplicate key \"%s\"", dotted);
+        if (*count != 0) return fail_at(c, v->start_mark, "duplicate key \"%s\"", dotted);
         if (v->type != YAML_SEQUENCE_NODE)
             return fail_at(c, v->start_mark, "\"%s\" must be a list", dotted);
         size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
@@ -434,8 +450,7 @@ static int set_field(ctx_t *c, const cfg_field_t *f, const yaml_node_t *v, void 
                 return fail_at(c, item->start_mark, "each entry of \"%s\" must be a mapping",
                                dotted);
             int rc = parse_fields(c, item, f->children, k, item_name);
-            if (rc != 0)
-                return rc;
+            if (rc != 0) return rc;
         }
         return 0;
     }
@@ -457,8 +472,7 @@ static int parse_fields(ctx_t *c, const yaml_node_t *map, const cfg_field_t *fie
         const char *key = (const char *)k->data.scalar.value;
         const cfg_field_t *f = NULL;
         for (const cfg_field_t *x = fields; x->name != NULL; x++)
-            if (strcmp(x->name, key) == 0)
-                f = x;
+            if (strcmp(x->name, key) == 0) f = x;
         if (f == NULL) {
             const char *hint = suggest(fields, key);
             if (hint != NULL)
@@ -467,18 +481,15 @@ static int parse_fields(ctx_t *c, const yaml_node_t *map, const cfg_field_t *fie
             return fail_at(c, k->start_mark, "unknown key \"%s\"", key);
         }
         for (size_t i = 0; i < nseen; i++)
-            if (seen[i] == f)
-                return fail_at(c, k->start_mark, "duplicate key \"%s\"", key);
-        if (nseen < 64)
-            seen[nseen++] = f;
+            if (seen[i] == f) return fail_at(c, k->start_mark, "duplicate key \"%s\"", key);
+        if (nseen < 64) seen[nseen++] = f;
         char dotted[256];
         if (prefix[0] != '\0')
             snprintf(dotted, sizeof(dotted), "%s.%s", prefix, key);
         else
             snprintf(dotted, sizeof(dotted), "%s", key);
         if (is_null_scalar(v) && f->type != CT_MAP) {
-            if (f->required)
-                return fail_at(c, v->start_mark, "\"%s\" must not be empty", dotted);
+            if (f->required) return fail_at(c, v->start_mark, "\"%s\" must not be empty", dotted);
             continue;
         }
         if (is_null_scalar(v) && f->type == CT_MAP) {
@@ -490,16 +501,14 @@ static int parse_fields(ctx_t *c, const yaml_node_t *map, const cfg_field_t *fie
             continue;
         }
         int rc = set_field(c, f, v, base, dotted);
-        if (rc != 0)
-            return rc;
+        if (rc != 0) return rc;
     }
     /* required keys of this level and of required sub-mappings that are absent */
     for (const cfg_field_t *x = fields; x->name != NULL; x++) {
         int present = 0;
         for (size_t i = 0; i < nseen; i++)
             present |= seen[i] == x;
-        if (present || !x->required)
-            continue;
+        if (present || !x->required) continue;
         char dotted[256];
         snprintf(dotted, sizeof(dotted), "%s%s%s", prefix, prefix[0] ? "." : "", x->name);
         if (x->type == CT_MAP) {
@@ -614,8 +623,9 @@ int gw_config_load_string(gw_config_t *cfg, const char *text, size_t len, const 
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     if (!yaml_parser_load(&parser, &doc)) {
         yaml_mark_t m = parser.problem_mark;
-        rc = fail_at(&c, m, "syntax error: %s%s%s", parser.problem ? parser.problem : "invalid YAML",
-                     parser.context ? " " : "", parser.context ? parser.context : "");
+        rc =
+            fail_at(&c, m, "syntax error: %s%s%s", parser.problem ? parser.problem : "invalid YAML",
+                    parser.context ? " " : "", parser.context ? parser.context : "");
         yaml_parser_delete(&parser);
         gw_config_free(cfg);
         return rc;
@@ -702,32 +712,26 @@ void gw_config_print_keys(FILE *out)
 
 int gw_config_parse_listen(const char *listen, char *host, size_t hostlen, int *port)
 {
-    if (listen == NULL)
-        return GW_EINVAL;
+    if (listen == NULL) return GW_EINVAL;
     const char *colon;
     const char *h = listen;
     size_t hl;
     if (listen[0] == '[') {
         const char *close = strchr(listen, ']');
-        if (close == NULL || close[1] != ':')
-            return GW_EINVAL;
+        if (close == NULL || close[1] != ':') return GW_EINVAL;
         h = listen + 1;
         hl = (size_t)(close - h);
         colon = close + 1;
     } else {
         colon = strrchr(listen, ':');
-        if (colon == NULL)
-            return GW_EINVAL;
+        if (colon == NULL) return GW_EINVAL;
         hl = (size_t)(colon - listen);
-        if (memchr(listen, ':', hl) != NULL)
-            return GW_EINVAL;
+        if (memchr(listen, ':', hl) != NULL) return GW_EINVAL;
     }
-    if (hl == 0 || hl >= hostlen)
-        return GW_EINVAL;
+    if (hl == 0 || hl >= hostlen) return GW_EINVAL;
     char *end;
     long p = strtol(colon + 1, &end, 10);
-    if (colon[1] == '\0' || *end != '\0' || p < 1 || p > 65535)
-        return GW_EINVAL;
+    if (colon[1] == '\0' || *end != '\0' || p < 1 || p > 65535) return GW_EINVAL;
     memcpy(host, h, hl);
     host[hl] = '\0';
     *port = (int)p;

@@ -45,9 +45,9 @@ typedef struct gw_config {
         char *publication;
         char *slot_prefix;
         long snapshot_chunk_rows;
-        long lag_warn_seconds;   /* warn when replication lags more than this */
-        long wal_warn_bytes;     /* warn when the slot retains more WAL than this */
-        long compact_interval;   /* seconds between compaction runs; 0 disables */
+        long lag_warn_seconds; /* warn when replication lags more than this */
+        long wal_warn_bytes;   /* warn when the slot retains more WAL than this */
+        long compact_interval; /* seconds between compaction runs; 0 disables */
     } replication;
     struct {
         char *path;
@@ -82,7 +82,8 @@ void gw_config_defaults(gw_config_t *cfg);
 /**
  * Load and validate the YAML file at path into *cfg (defaults first, then the file).
  * Returns 0, or GW_ECONFIG with err->where = "path:line:col" and err->message set; on failure
- * *cfg holds nothing to free. On success the caller owns *cfg and releases it with gw_config_free().
+ * *cfg holds nothing to free. On success the caller owns *cfg and releases it with
+ * gw_config_free().
  */
 int gw_config_load(gw_config_t *cfg, const char *path, gw_err_t *err);
 

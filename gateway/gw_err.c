@@ -11,8 +11,7 @@
 
 int gw_err_set(gw_err_t *err, int code, const char *where, const char *fmt, ...)
 {
-    if (err == NULL)
-        return code;
+    if (err == NULL) return code;
     err->code = code;
     err->detail[0] = '\0';
     snprintf(err->where, sizeof(err->where), "%s", where != NULL ? where : "");
@@ -25,8 +24,7 @@ int gw_err_set(gw_err_t *err, int code, const char *where, const char *fmt, ...)
 
 int gw_err_detail(gw_err_t *err, const char *fmt, ...)
 {
-    if (err == NULL)
-        return GW_EINVAL;
+    if (err == NULL) return GW_EINVAL;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err->detail, sizeof(err->detail), fmt, ap);
@@ -36,8 +34,7 @@ int gw_err_detail(gw_err_t *err, const char *fmt, ...)
 
 void gw_err_clear(gw_err_t *err)
 {
-    if (err == NULL)
-        return;
+    if (err == NULL) return;
     err->code = GW_OK;
     err->message[0] = err->detail[0] = err->where[0] = '\0';
 }
@@ -84,31 +81,27 @@ static void oom(size_t n)
 void *gw_xmalloc(size_t n)
 {
     void *p = malloc(n == 0 ? 1 : n);
-    if (p == NULL)
-        oom(n);
+    if (p == NULL) oom(n);
     return p;
 }
 
 void *gw_xcalloc(size_t n, size_t size)
 {
     void *p = calloc(n == 0 ? 1 : n, size == 0 ? 1 : size);
-    if (p == NULL)
-        oom(n * size);
+    if (p == NULL) oom(n * size);
     return p;
 }
 
 void *gw_xrealloc(void *p, size_t n)
 {
     void *q = realloc(p, n == 0 ? 1 : n);
-    if (q == NULL)
-        oom(n);
+    if (q == NULL) oom(n);
     return q;
 }
 
 char *gw_xstrdup(const char *s)
 {
-    if (s == NULL)
-        return NULL;
+    if (s == NULL) return NULL;
     size_t n = strlen(s) + 1;
     char *p = gw_xmalloc(n);
     memcpy(p, s, n);

@@ -34,10 +34,10 @@ enum gw_errcode {
 };
 
 typedef struct gw_err {
-    int code;           /* one of enum gw_errcode */
-    char message[512];  /* primary message, e.g. unknown key "listn" (did you mean "listen"?) */
-    char detail[512];   /* optional full sentence, "" when none */
-    char where[256];    /* optional location, e.g. "ferry.yaml:12:3", "" when none */
+    int code;          /* one of enum gw_errcode */
+    char message[512]; /* primary message, e.g. unknown key "listn" (did you mean "listen"?) */
+    char detail[512];  /* optional full sentence, "" when none */
+    char where[256];   /* optional location, e.g. "ferry.yaml:12:3", "" when none */
 } gw_err_t;
 
 /** Fill *err (when not NULL) with code, where and a printf-style message; returns code. */

@@ -27,7 +27,7 @@
 #include <unistd.h>
 
 #define MAX_ROUTES 32
-#define MAX_HOOKS 8
+#define MAX_HOOKS  8
 
 typedef struct route {
     char path[128];
@@ -220,8 +220,7 @@ static void json_error_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t *
                                                   : "the request could not be read";
         gw_buf_t b = GW_BUF_INIT;
         error_body(&b, gw_http_status_code(req->res.status), desc);
-        json_error_ostream_t *o =
-            (json_error_ostream_t *)h2o_add_ostream(req, sizeof(*o), slot);
+        json_error_ostream_t *o = (json_error_ostream_t *)h2o_add_ostream(req, sizeof(*o), slot);
         o->body = h2o_strdup(&req->pool, b.data, b.len);
         o->sent = 0;
         o->super.do_send = json_error_do_send;
@@ -239,12 +238,9 @@ static void json_error_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t *
 
 static int method_bit(h2o_req_t *req)
 {
-    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")))
-        return GW_HTTP_GET;
-    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD")))
-        return GW_HTTP_HEAD;
-    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST")))
-        return GW_HTTP_POST;
+    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"))) return GW_HTTP_GET;
+    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) return GW_HTTP_HEAD;
+    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) return GW_HTTP_POST;
     return 0;
 }
 
@@ -259,9 +255,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     route_t *r = ((route_handler_t *)self)->route;
     if (r == NULL || !exact_path(r, req)) {
         gw_http_send_error(req, 404, "not_found", "no route for %.*s %.*s", (int)req->method.len,
-                           req->method.base, (int)(req->path_normalized.len > 200
-                                                       ? 200
-                                                       : req->path_normalized.len),
+                           req->method.base,
+                           (int)(req->path_normalized.len > 200 ? 200 : req->path_normalized.len),
                            req->path_normalized.base);
         return 0;
     }
@@ -313,7 +308,8 @@ static void reject_busy(int fd)
     static const char resp[] =
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
         "Retry-After: 5\r\nConnection: close\r\nContent-Length: 86\r\n\r\n"
-        "{\"error\":{\"code\":\"unavailable\",\"description\":\"too many connections, retry later\"}}";
+        "{\"error\":{\"code\":\"unavailable\",\"description\":\"too many connections, retry "
+        "later\"}}";
     ssize_t w = write(fd, resp, sizeof(resp) - 1);
     (void)w;
 }
@@ -321,12 +317,10 @@ static void reject_busy(int fd)
 static void on_accept(h2o_socket_t *listener, const char *err)
 {
     loop_thread_t *th = listener->data;
-    if (err != NULL)
-        return;
+    if (err != NULL) return;
     for (int i = 0; i < 32; i++) {
         h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
-        if (sock == NULL)
-            return;
+        if (sock == NULL) return;
         if (gw_metrics_open_connections() >= th->srv->max_connections) {
             reject_busy(h2o_socket_get_fd(sock));
             h2o_socket_close(sock);
@@ -362,8 +356,7 @@ static void on_stop_message(h2o_multithread_receiver_t *rx, h2o_linklist_t *mess
             H2O_STRUCT_FROM_MEMBER(h2o_multithread_message_t, link, messages->next);
         h2o_linklist_unlink(&m->link);
     }
-    if (th->draining)
-        return;
+    if (th->draining) return;
     th->draining = 1;
     th->drain_deadline = h2o_now(th->ctx.loop) + th->srv->grace_ms;
     if (th->listener != NULL) {
@@ -390,8 +383,7 @@ static int loop_init(loop_thread_t *th)
     th->accept_ctx.hosts = h->config.hosts;
     h2o_multithread_register_receiver(th->ctx.queue, &th->rx, on_stop_message);
     int fd = dup(h->listen_fd);
-    if (fd < 0)
-        return GW_ESYS;
+    if (fd < 0) return GW_ESYS;
     fcntl(fd, F_SETFD, FD_CLOEXEC);
     th->listener = h2o_evloop_socket_create(th->ctx.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
     th->listener->data = th;
@@ -439,21 +431,17 @@ static void *loop_main(void *arg)
     h->ninit++;
     pthread_cond_broadcast(&h->init_cond);
     pthread_mutex_unlock(&h->init_lock);
-    if (rc != 0)
-        return NULL;
+    if (rc != 0) return NULL;
     for (;;) {
         if (h2o_evloop_run(th->ctx.loop, 50) != 0) {
             /* epoll_wait interrupted (SIGSTOP/SIGCONT, a debugger attaching): just go on */
-            if (errno == EINTR)
-                continue;
+            if (errno == EINTR) continue;
             gw_error("http", "the event loop failed", "thread=%zu error=\"%s\"", th->index,
                      strerror(errno));
             break;
         }
-        if (!th->draining)
-            continue;
-        if (th->nsocks == 0)
-            break;
+        if (!th->draining) continue;
+        if (th->nsocks == 0) break;
         uint64_t now = h2o_now(th->ctx.loop);
         if (!th->forced && now >= th->drain_deadline) {
             th->forced = 1;
@@ -461,8 +449,8 @@ static void *loop_main(void *arg)
                     "thread=%zu connections=%zu", th->index, th->nsocks);
             shutdown_all(th, SHUT_RDWR);
         } else if (th->forced && now >= th->drain_deadline + 1000) {
-            gw_warn("http", "abandoning connections that did not close", "thread=%zu connections=%zu",
-                    th->index, th->nsocks);
+            gw_warn("http", "abandoning connections that did not close",
+                    "thread=%zu connections=%zu", th->index, th->nsocks);
             break;
         }
     }
@@ -480,7 +468,8 @@ static int bind_listener(gw_http_t *h, const char *addr, gw_err_t *err)
         return gw_err_set(err, GW_ECONFIG, "http.listen", "\"%s\" is not \"host:port\"", addr);
     char portstr[16];
     snprintf(portstr, sizeof(portstr), "%d", port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(host, portstr, &hints, &res);
@@ -544,8 +533,7 @@ int gw_http_create(gw_http_t **out, const gw_config_t *cfg, gw_err_t *err)
     long n = cfg->http.threads;
     if (n <= 0) {
         n = sysconf(_SC_NPROCESSORS_ONLN);
-        if (n <= 0)
-            n = 1;
+        if (n <= 0) n = 1;
     }
     h->nthreads = (size_t)n;
     h->max_connections = cfg->limits.max_connections;
@@ -611,8 +599,7 @@ void gw_http_on_thread_stop(gw_http_t *h, gw_http_thread_fn fn, void *ud)
 size_t gw_http_thread_index(gw_http_t *h, h2o_context_t *ctx)
 {
     for (size_t i = 0; i < h->nthreads; i++)
-        if (&h->threads[i].ctx == ctx)
-            return i;
+        if (&h->threads[i].ctx == ctx) return i;
     return 0;
 }
 
@@ -631,8 +618,7 @@ int gw_http_start(gw_http_t *h, gw_err_t *err)
         th->srv = h;
         th->index = i;
         h2o_linklist_init_anchor(&th->socks);
-        if (pthread_create(&th->tid, NULL, loop_main, th) != 0)
-            break;
+        if (pthread_create(&th->tid, NULL, loop_main, th) != 0) break;
         th->started = 1;
         started++;
     }
@@ -664,13 +650,11 @@ h2o_context_t *gw_http_context(gw_http_t *h, size_t i)
 
 void gw_http_shutdown(gw_http_t *h, unsigned grace_ms)
 {
-    if (h->threads == NULL)
-        return;
+    if (h->threads == NULL) return;
     h->grace_ms = grace_ms;
     for (size_t i = 0; i < h->nthreads; i++) {
         loop_thread_t *th = &h->threads[i];
-        if (th->started)
-            h2o_multithread_send_message(&th->rx, &th->stop.super);
+        if (th->started) h2o_multithread_send_message(&th->rx, &th->stop.super);
     }
     for (size_t i = 0; i < h->nthreads; i++) {
         loop_thread_t *th = &h->threads[i];
@@ -683,15 +667,13 @@ void gw_http_shutdown(gw_http_t *h, unsigned grace_ms)
 
 void gw_http_destroy(gw_http_t *h)
 {
-    if (h == NULL)
-        return;
+    if (h == NULL) return;
     if (h->threads != NULL) {
         pthread_mutex_destroy(&h->init_lock);
         pthread_cond_destroy(&h->init_cond);
         free(h->threads);
     }
     h2o_config_dispose(&h->config);
-    if (h->listen_fd >= 0)
-        close(h->listen_fd);
+    if (h->listen_fd >= 0) close(h->listen_fd);
     free(h);
 }

@@ -37,8 +37,7 @@ const char *gw_log_qs(const char *s, char *buf, size_t len)
 {
     size_t o = 0;
     if (len < 3) {
-        if (len > 0)
-            buf[0] = '\0';
+        if (len > 0) buf[0] = '\0';
         return buf;
     }
     buf[o++] = '"';
@@ -63,32 +62,26 @@ const char *gw_log_qs(const char *s, char *buf, size_t len)
 
 void gw_log(gw_log_level_t level, const char *mod, const char *msg, const char *fields, ...)
 {
-    if ((int)level < atomic_load(&min_level))
-        return;
+    if ((int)level < atomic_load(&min_level)) return;
     char line[4096], qmsg[1024];
     struct timeval tv;
     struct tm tm;
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
-    int n = snprintf(line, sizeof(line),
-                     "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s mod=%s msg=%s",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (long)(tv.tv_usec / 1000), level_names[level], mod,
-                     gw_log_qs(msg, qmsg, sizeof(qmsg)));
-    if (n < 0)
-        return;
-    if ((size_t)n > sizeof(line) - 2)
-        n = sizeof(line) - 2;
+    int n = snprintf(
+        line, sizeof(line), "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s mod=%s msg=%s",
+        tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+        (long)(tv.tv_usec / 1000), level_names[level], mod, gw_log_qs(msg, qmsg, sizeof(qmsg)));
+    if (n < 0) return;
+    if ((size_t)n > sizeof(line) - 2) n = sizeof(line) - 2;
     if (fields != NULL && fields[0] != '\0' && (size_t)n < sizeof(line) - 3) {
         line[n++] = ' ';
         va_list ap;
         va_start(ap, fields);
         int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fields, ap);
         va_end(ap);
-        if (m > 0)
-            n += m;
-        if ((size_t)n > sizeof(line) - 2)
-            n = sizeof(line) - 2;
+        if (m > 0) n += m;
+        if ((size_t)n > sizeof(line) - 2) n = sizeof(line) - 2;
     }
     line[n++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, (size_t)n);

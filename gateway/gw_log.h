@@ -35,8 +35,8 @@ void gw_log(gw_log_level_t level, const char *mod, const char *msg, const char *
 const char *gw_log_qs(const char *s, char *buf, size_t len);
 
 #define gw_debug(mod, msg, ...) gw_log(GW_LOG_DEBUG, mod, msg, __VA_ARGS__)
-#define gw_info(mod, msg, ...) gw_log(GW_LOG_INFO, mod, msg, __VA_ARGS__)
-#define gw_warn(mod, msg, ...) gw_log(GW_LOG_WARN, mod, msg, __VA_ARGS__)
+#define gw_info(mod, msg, ...)  gw_log(GW_LOG_INFO, mod, msg, __VA_ARGS__)
+#define gw_warn(mod, msg, ...)  gw_log(GW_LOG_WARN, mod, msg, __VA_ARGS__)
 #define gw_error(mod, msg, ...) gw_log(GW_LOG_ERROR, mod, msg, __VA_ARGS__)
 
 #endif

@@ -28,8 +28,7 @@ static size_t find(const gw_map_t *m, const char *key, uint64_t h)
     size_t mask = m->cap - 1;
     for (size_t i = h & mask;; i = (i + 1) & mask) {
         const gw_map_entry_t *e = &m->slots[i];
-        if (e->key == NULL || (e->hash == h && strcmp(e->key, key) == 0))
-            return i;
+        if (e->key == NULL || (e->hash == h && strcmp(e->key, key) == 0)) return i;
     }
 }
 
@@ -50,16 +49,14 @@ static void grow(gw_map_t *m)
 
 void *gw_map_get(const gw_map_t *m, const char *key)
 {
-    if (m->n == 0)
-        return NULL;
+    if (m->n == 0) return NULL;
     size_t i = find(m, key, gw_hash(key, strlen(key)));
     return m->slots[i].key != NULL ? m->slots[i].value : NULL;
 }
 
 void *gw_map_put(gw_map_t *m, const char *key, void *value)
 {
-    if ((m->n + 1) * 4 > m->cap * 3)
-        grow(m);
+    if ((m->n + 1) * 4 > m->cap * 3) grow(m);
     uint64_t h = gw_hash(key, strlen(key));
     size_t i = find(m, key, h);
     gw_map_entry_t *e = &m->slots[i];
@@ -77,11 +74,9 @@ void *gw_map_put(gw_map_t *m, const char *key, void *value)
 
 void *gw_map_del(gw_map_t *m, const char *key)
 {
-    if (m->n == 0)
-        return NULL;
+    if (m->n == 0) return NULL;
     size_t i = find(m, key, gw_hash(key, strlen(key)));
-    if (m->slots[i].key == NULL)
-        return NULL;
+    if (m->slots[i].key == NULL) return NULL;
     void *value = m->slots[i].value;
     free(m->slots[i].key);
     m->slots[i].key = NULL;
@@ -100,8 +95,7 @@ void *gw_map_del(gw_map_t *m, const char *key)
 void gw_map_each(const gw_map_t *m, void (*fn)(const char *key, void *value, void *ud), void *ud)
 {
     for (size_t i = 0; i < m->cap; i++)
-        if (m->slots[i].key != NULL)
-            fn(m->slots[i].key, m->slots[i].value, ud);
+        if (m->slots[i].key != NULL) fn(m->slots[i].key, m->slots[i].value, ud);
 }
 
 void gw_map_free(gw_map_t *m)

@@ -13,9 +13,9 @@
 #include <string.h>
 #include <time.h>
 
-#define MAX_STATUS 600
+#define MAX_STATUS     600
 #define MAX_COLLECTORS 16
-#define MAX_READY 16
+#define MAX_READY      16
 
 static struct {
     char names[GW_METRICS_MAX_ROUTES][32];
@@ -56,10 +56,8 @@ int gw_metrics_route(const char *name)
 {
     int n = atomic_load(&M.nroutes);
     for (int i = 0; i < n; i++)
-        if (strcmp(M.names[i], name) == 0)
-            return i;
-    if (n >= GW_METRICS_MAX_ROUTES)
-        return 0;
+        if (strcmp(M.names[i], name) == 0) return i;
+    if (n >= GW_METRICS_MAX_ROUTES) return 0;
     snprintf(M.names[n], sizeof(M.names[n]), "%s", name);
     atomic_store(&M.nroutes, n + 1);
     return n;
@@ -67,18 +65,15 @@ int gw_metrics_route(const char *name)
 
 void gw_metrics_request(int route, int status)
 {
-    if (route < 0 || route >= GW_METRICS_MAX_ROUTES)
-        route = 0;
-    if (status < 0 || status >= MAX_STATUS)
-        status = 0;
+    if (route < 0 || route >= GW_METRICS_MAX_ROUTES) route = 0;
+    if (status < 0 || status >= MAX_STATUS) status = 0;
     atomic_fetch_add_explicit(&M.requests[route][status], 1, memory_order_relaxed);
 }
 
 void gw_metrics_connections(int delta)
 {
     atomic_fetch_add_explicit(&M.open_conns, delta, memory_order_relaxed);
-    if (delta > 0)
-        atomic_fetch_add_explicit(&M.conns_total, (uint64_t)delta, memory_order_relaxed);
+    if (delta > 0) atomic_fetch_add_explicit(&M.conns_total, (uint64_t)delta, memory_order_relaxed);
 }
 
 int64_t gw_metrics_open_connections(void)
@@ -114,8 +109,7 @@ void gw_metrics_render(gw_buf_t *out)
     gw_buf_printf(out, "ferry_uptime_seconds %.3f\n", gw_metrics_uptime());
     gw_buf_puts(out, "# HELP ferry_http_open_connections Open client connections.\n"
                      "# TYPE ferry_http_open_connections gauge\n");
-    gw_buf_printf(out, "ferry_http_open_connections %lld\n",
-                  (long long)atomic_load(&M.open_conns));
+    gw_buf_printf(out, "ferry_http_open_connections %lld\n", (long long)atomic_load(&M.open_conns));
     gw_buf_puts(out, "# HELP ferry_http_connections_total Client connections accepted.\n"
                      "# TYPE ferry_http_connections_total counter\n");
     gw_buf_printf(out, "ferry_http_connections_total %llu\n",
@@ -173,8 +167,7 @@ int gw_ready_render(gw_buf_t *out)
         all &= R.c[i].ready;
     gw_buf_printf(out, "{\"ready\":%s,\"checks\":{", all ? "true" : "false");
     for (int i = 0; i < R.n; i++) {
-        if (i > 0)
-            gw_buf_puts(out, ",");
+        if (i > 0) gw_buf_puts(out, ",");
         gw_buf_json_str(out, R.c[i].name);
         gw_buf_printf(out, ":{\"ready\":%s", R.c[i].ready ? "true" : "false");
         if (!R.c[i].ready) {
@@ -194,8 +187,7 @@ static const double hist_bounds_ms[GW_HIST_BUCKETS - 1] = {1, 2, 5, 10, 20, 50, 
 
 void gw_hist_observe(gw_hist_t *h, double ms)
 {
-    if (ms < 0)
-        ms = 0;
+    if (ms < 0) ms = 0;
     atomic_fetch_add(&h->count, 1);
     atomic_fetch_add(&h->sum_us, (uint64_t)(ms * 1000));
     int i = 0;
@@ -224,7 +216,6 @@ void gw_hist_render(gw_buf_t *out, const gw_hist_t *h, const char *name, const c
         else
             gw_buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
     }
-    gw_buf_printf(out, "%s_sum %.6f\n%s_count %llu\n", name,
-                  (double)atomic_load(&h->sum_us) / 1e6, name,
-                  (unsigned long long)atomic_load(&h->count));
+    gw_buf_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)atomic_load(&h->sum_us) / 1e6,
+                  name, (unsigned long long)atomic_load(&h->count));
 }

@@ -13,13 +13,11 @@ const char *gw_pg_error(PGconn *conn, char *buf, size_t len)
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
         buf[--n] = '\0';
     for (char *p = buf; *p != '\0'; p++)
-        if (*p == '\n')
-            *p = ' ';
+        if (*p == '\n') *p = ' ';
     return buf;
 }
 
-PGconn *gw_pg_connect(const char *uri, int replication, const char *application_name,
-                      gw_err_t *err)
+PGconn *gw_pg_connect(const char *uri, int replication, const char *application_name, gw_err_t *err)
 {
     const char *keys[6], *vals[6];
     int n = 0;
@@ -68,8 +66,7 @@ static int result_err(PGconn *conn, PGresult *res, const char *sql, gw_err_t *er
     char what[64];
     snprintf(what, sizeof(what), "%.40s", sql);
     for (char *p = what; *p; p++)
-        if (*p == '\n')
-            *p = ' ';
+        if (*p == '\n') *p = ' ';
     return gw_err_set(err, GW_EPG, "postgres", "%s (while running \"%s%s\")", m, what,
                       strlen(sql) > 40 ? "…" : "");
 }
@@ -136,8 +133,7 @@ PGresult *gw_pg_wait_result(PGconn *conn, const char *sql, gw_err_t *err)
 char *gw_pg_literal(PGconn *conn, const char *s)
 {
     char *q = PQescapeLiteral(conn, s, strlen(s));
-    if (q == NULL)
-        return NULL;
+    if (q == NULL) return NULL;
     char *out = gw_xstrdup(q);
     PQfreemem(q);
     return out;
@@ -146,8 +142,7 @@ char *gw_pg_literal(PGconn *conn, const char *s)
 char *gw_pg_ident(PGconn *conn, const char *s)
 {
     char *q = PQescapeIdentifier(conn, s, strlen(s));
-    if (q == NULL)
-        return NULL;
+    if (q == NULL) return NULL;
     char *out = gw_xstrdup(q);
     PQfreemem(q);
     return out;

@@ -30,8 +30,7 @@ static int need(rd_t *r, size_t n)
 
 static uint8_t u8(rd_t *r)
 {
-    if (!need(r, 1))
-        return 0;
+    if (!need(r, 1)) return 0;
     return (uint8_t)r->p[r->off++];
 }
 
@@ -68,8 +67,7 @@ static uint64_t u64(rd_t *r)
 /* A NUL-terminated string inside the buffer; "" when bad. */
 static const char *cstr(rd_t *r)
 {
-    if (r->bad)
-        return "";
+    if (r->bad) return "";
     const char *s = r->p + r->off;
     const char *nul = memchr(s, '\0', r->len - r->off);
     if (nul == NULL) {
@@ -82,8 +80,7 @@ static const char *cstr(rd_t *r)
 
 static const char *bytes(rd_t *r, uint32_t n)
 {
-    if (!need(r, n))
-        return NULL;
+    if (!need(r, n)) return NULL;
     const char *s = r->p + r->off;
     r->off += n;
     return s;
@@ -93,8 +90,7 @@ static void tuple(rd_t *r, gw_arena_t *a, gw_pgo_tuple_t *t)
 {
     t->ncols = u16(r);
     t->cols = NULL;
-    if (r->bad)
-        return;
+    if (r->bad) return;
     /* every column takes at least one byte: refuse counts the input cannot hold */
     if (t->ncols > r->len - r->off) {
         r->bad = 1;
@@ -138,8 +134,7 @@ int gw_pgo_frame(const char *buf, size_t len, gw_pgo_frame_t *out, gw_err_t *err
         out->wal_start = u64(&r);
         out->wal_end = u64(&r);
         out->send_time = (int64_t)u64(&r);
-        if (r.bad)
-            return fail(&r, err);
+        if (r.bad) return fail(&r, err);
         out->payload = buf + r.off;
         out->payload_len = len - r.off;
         return 0;
@@ -150,12 +145,10 @@ int gw_pgo_frame(const char *buf, size_t len, gw_pgo_frame_t *out, gw_err_t *err
         out->wal_end = u64(&r);
         out->send_time = (int64_t)u64(&r);
         out->reply_requested = u8(&r) != 0;
-        if (r.bad || r.off != len)
-            return fail(&r, err);
+        if (r.bad || r.off != len) return fail(&r, err);
         return 0;
     }
-    if (r.bad)
-        return gw_err_set(err, GW_EINVAL, "pgoutput", "empty replication message");
+    if (r.bad) return gw_err_set(err, GW_EINVAL, "pgoutput", "empty replication message");
     return gw_err_set(err, GW_EINVAL, "pgoutput", "unexpected replication message type 0x%02x",
                       (unsigned char)kind);
 }
@@ -185,14 +178,12 @@ int64_t gw_pgo_now(void)
     return ((int64_t)tv.tv_sec - 946684800LL) * 1000000LL + tv.tv_usec;
 }
 
-int gw_pgo_decode(const char *buf, size_t len, gw_arena_t *arena, gw_pgo_msg_t *out,
-                  gw_err_t *err)
+int gw_pgo_decode(const char *buf, size_t len, gw_arena_t *arena, gw_pgo_msg_t *out, gw_err_t *err)
 {
     rd_t r = {.p = buf, .len = len, .what = "pgoutput"};
     memset(out, 0, sizeof(*out));
     char kind = (char)u8(&r);
-    if (r.bad)
-        return gw_err_set(err, GW_EINVAL, "pgoutput", "empty pgoutput message");
+    if (r.bad) return gw_err_set(err, GW_EINVAL, "pgoutput", "empty pgoutput message");
     out->kind = (gw_pgo_kind_t)kind;
     switch (kind) {
     case 'B':
@@ -244,8 +235,7 @@ int gw_pgo_decode(const char *buf, size_t len, gw_arena_t *arena, gw_pgo_msg_t *
     case 'I':
         r.what = "Insert";
         out->u.insert.relid = u32(&r);
-        if (u8(&r) != 'N')
-            r.bad = 1;
+        if (u8(&r) != 'N') r.bad = 1;
         tuple(&r, arena, &out->u.insert.newtup);
         break;
     case 'U': {
@@ -257,8 +247,7 @@ int gw_pgo_decode(const char *buf, size_t len, gw_arena_t *arena, gw_pgo_msg_t *
             tuple(&r, arena, &out->u.update.oldtup);
             k = (char)u8(&r);
         }
-        if (k != 'N')
-            r.bad = 1;
+        if (k != 'N') r.bad = 1;
         tuple(&r, arena, &out->u.update.newtup);
         break;
     }
@@ -266,8 +255,7 @@ int gw_pgo_decode(const char *buf, size_t len, gw_arena_t *arena, gw_pgo_msg_t *
         r.what = "Delete";
         out->u.del.relid = u32(&r);
         char k = (char)u8(&r);
-        if (k != 'K' && k != 'O')
-            r.bad = 1;
+        if (k != 'K' && k != 'O') r.bad = 1;
         out->u.del.oldkind = k;
         tuple(&r, arena, &out->u.del.oldtup);
         break;
@@ -298,8 +286,7 @@ int gw_pgo_decode(const char *buf, size_t len, gw_arena_t *arena, gw_pgo_msg_t *
         return gw_err_set(err, GW_EINVAL, "pgoutput", "unexpected pgoutput message type 0x%02x",
                           (unsigned char)kind);
     }
-    if (r.bad)
-        return fail(&r, err);
+    if (r.bad) return fail(&r, err);
     if (r.off != len) {
         return gw_err_set(err, GW_EINVAL, "pgoutput",
                           "malformed %s message (%zu unexpected trailing bytes)", r.what,

@@ -27,11 +27,11 @@ typedef enum gw_pgo_frame_kind {
 
 typedef struct gw_pgo_frame {
     gw_pgo_frame_kind_t kind;
-    uint64_t wal_start;   /* XLogData: start of the data (0 for Relation messages) */
-    uint64_t wal_end;     /* XLogData: current end of WAL on the server; keepalive: same */
-    int64_t send_time;    /* µs since 2000-01-01 UTC */
-    int reply_requested;  /* keepalive: the server wants a status update now */
-    const char *payload;  /* XLogData: the pgoutput message */
+    uint64_t wal_start;  /* XLogData: start of the data (0 for Relation messages) */
+    uint64_t wal_end;    /* XLogData: current end of WAL on the server; keepalive: same */
+    int64_t send_time;   /* µs since 2000-01-01 UTC */
+    int reply_requested; /* keepalive: the server wants a status update now */
+    const char *payload; /* XLogData: the pgoutput message */
     size_t payload_len;
 } gw_pgo_frame_t;
 
@@ -141,8 +141,7 @@ typedef struct gw_pgo_msg {
 } gw_pgo_msg_t;
 
 /** Decode one pgoutput v1 message; arrays come from arena. 0 or GW_EINVAL (err says why). */
-int gw_pgo_decode(const char *buf, size_t len, gw_arena_t *arena, gw_pgo_msg_t *out,
-                  gw_err_t *err);
+int gw_pgo_decode(const char *buf, size_t len, gw_arena_t *arena, gw_pgo_msg_t *out, gw_err_t *err);
 
 /** Format an LSN as Postgres does ("16/B374D848") into buf (at least 20 bytes); returns buf. */
 const char *gw_lsn_format(uint64_t lsn, char *buf, size_t len);

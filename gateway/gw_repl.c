@@ -54,7 +54,7 @@
 /* A batch closes when no more data waits, so the time bound only applies while catching up
  * (a backlog): 500 ms rather than 100 ms halves the index and WAL pages written per change there
  * without delaying changes that arrive at a pace ferry keeps up with. */
-#define BATCH_MAX_MS 500
+#define BATCH_MAX_MS       500
 #define STATUS_INTERVAL_MS 10000
 
 typedef struct rel {
@@ -86,21 +86,21 @@ struct gw_repl {
      * thread, slot and storage writer (the same file, its own namespace), that builds a new
      * version while this one serves; it has no readiness, tasks or compaction. */
     int builder;
-    struct gw_repl *next;       /* serving: the builder, while one runs */
-    pthread_mutex_t next_lock;  /* guards next against other threads' reads (diagnostics) */
-    int switch_wanted;          /* serving: leave the stream loop and take the builder's version */
-    uint64_t switched_ms;       /* when this process last switched (the old version's data is
-                                   dropped a little later: streams move over first) */
-    uint64_t rules_poll_ms;     /* serving: when the rules file was last looked at */
+    struct gw_repl *next;      /* serving: the builder, while one runs */
+    pthread_mutex_t next_lock; /* guards next against other threads' reads (diagnostics) */
+    int switch_wanted;         /* serving: leave the stream loop and take the builder's version */
+    uint64_t switched_ms;      /* when this process last switched (the old version's data is
+                                  dropped a little later: streams move over first) */
+    uint64_t rules_poll_ms;    /* serving: when the rules file was last looked at */
     struct file_id {
         struct timespec mtime;
         off_t size;
         ino_t ino;
     } rules_file, rules_seen; /* the file acted on; a change seen at the last look */
     int rules_seen_set;
-    char rules_bad_hash[32];    /* a changed file that did not compile (logged once) */
+    char rules_bad_hash[32];       /* a changed file that did not compile (logged once) */
     _Atomic(gw_active_t *) active; /* what request handlers use now */
-    gw_active_t **actives;      /* every rules/version pair handed out; freed at destroy */
+    gw_active_t **actives;         /* every rules/version pair handed out; freed at destroy */
     size_t nactives;
     void (*on_switch)(const gw_active_t *now, void *ud);
     void *switch_ud;
@@ -110,8 +110,8 @@ struct gw_repl {
     _Atomic int stop;
     int ready_id;
 
-    PGconn *q;  /* queries (source check, snapshot, TOAST re-reads) */
-    PGconn *rc; /* replication */
+    PGconn *q;     /* queries (source check, snapshot, TOAST re-reads) */
+    PGconn *rc;    /* replication */
     gw_map_t rels; /* "relid" -> rel_t* */
     snap_table_t *tables;
     size_t ntables;
@@ -159,7 +159,7 @@ struct gw_repl {
     gw_hist_t h_commit;           /* each storage commit's duration */
     gw_hist_t h_source;           /* source commit to durable storage commit */
     _Atomic uint64_t m_lsn, m_server_wal_end;
-    _Atomic int m_phase; /* 0 check, 1 slot, 2 snapshot, 3 streaming, 4 backoff */
+    _Atomic int m_phase;              /* 0 check, 1 slot, 2 snapshot, 3 streaming, 4 backoff */
     _Atomic int64_t m_recv_commit_us; /* commit time of the last transaction received */
     _Atomic uint64_t m_last_op;
 
@@ -168,13 +168,13 @@ struct gw_repl {
     char *storage_path;
     pthread_mutex_t diag_lock;
     struct {
-        int known;              /* the slot was found at the last poll */
-        char wal_status[16];    /* reserved, extended, unreserved, lost */
-        int64_t safe_wal_size;  /* -1: unlimited (max_slot_wal_keep_size = -1) */
-        uint64_t retained;      /* bytes of WAL the slot keeps (current LSN - restart_lsn) */
-        uint64_t confirmed;     /* confirmed_flush_lsn */
-        uint64_t server_lsn;    /* pg_current_wal_lsn() at the poll */
-        double ops_per_s;       /* op ids handed out per second since the previous poll */
+        int known;             /* the slot was found at the last poll */
+        char wal_status[16];   /* reserved, extended, unreserved, lost */
+        int64_t safe_wal_size; /* -1: unlimited (max_slot_wal_keep_size = -1) */
+        uint64_t retained;     /* bytes of WAL the slot keeps (current LSN - restart_lsn) */
+        uint64_t confirmed;    /* confirmed_flush_lsn */
+        uint64_t server_lsn;   /* pg_current_wal_lsn() at the poll */
+        double ops_per_s;      /* op ids handed out per second since the previous poll */
         uint64_t rows, buckets, ops;
         char last_error[256];
     } diag;
@@ -225,11 +225,9 @@ static void set_phase(gw_repl_t *r, int phase, const char *reason)
 
 static int valid_name(const char *s)
 {
-    if (s == NULL || s[0] == '\0' || strlen(s) > 63)
-        return 0;
+    if (s == NULL || s[0] == '\0' || strlen(s) > 63) return 0;
     for (const char *p = s; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
-            return 0;
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')) return 0;
     return 1;
 }
 
@@ -279,18 +277,12 @@ static int init_version(gw_repl_t *r, gw_storage_t *st, const char *version, con
     char slot[160];
     snprintf(slot, sizeof(slot), "%s_%s", r->slot_prefix, version);
     int rc = gw_storage_state_set(st, "version_seq", version, err);
-    if (rc == 0)
-        rc = gw_storage_state_set(st, "rules_hash", hash, err);
-    if (rc == 0)
-        rc = gw_storage_state_set(st, "rules_text", text, err);
-    if (rc == 0)
-        rc = gw_storage_state_set(st, "rules_version", version, err);
-    if (rc == 0)
-        rc = gw_storage_state_set(st, "slot", slot, err);
-    if (rc == 0)
-        rc = gw_storage_state_set(st, "slot_created", "0", err);
-    if (rc == 0)
-        rc = gw_storage_set_consistent(st, 0, err);
+    if (rc == 0) rc = gw_storage_state_set(st, "rules_hash", hash, err);
+    if (rc == 0) rc = gw_storage_state_set(st, "rules_text", text, err);
+    if (rc == 0) rc = gw_storage_state_set(st, "rules_version", version, err);
+    if (rc == 0) rc = gw_storage_state_set(st, "slot", slot, err);
+    if (rc == 0) rc = gw_storage_state_set(st, "slot_created", "0", err);
+    if (rc == 0) rc = gw_storage_set_consistent(st, 0, err);
     return rc;
 }
 
@@ -307,10 +299,8 @@ static int retire(gw_storage_t *st, const char *version, const char *slot, gw_er
 static int abandon_build(gw_storage_t *st, const char *version, const char *slot, gw_err_t *err)
 {
     int rc = gw_storage_begin(st, err);
-    if (rc == 0)
-        rc = gw_storage_state_set(st, "building", "", err);
-    if (rc == 0)
-        rc = retire(st, version, slot, err);
+    if (rc == 0) rc = gw_storage_state_set(st, "building", "", err);
+    if (rc == 0) rc = retire(st, version, slot, err);
     if (rc == 0)
         rc = gw_storage_commit(st, 0, err);
     else
@@ -337,11 +327,9 @@ static char *state_text(gw_storage_t *st, const char *key)
             free(buf);
             return NULL;
         }
-        if (strlen(buf) + 1 < len)
-            return buf;
+        if (strlen(buf) + 1 < len) return buf;
         free(buf);
-        if (len >= ((size_t)64 << 20))
-            return NULL;
+        if (len >= ((size_t)64 << 20)) return NULL;
         len *= 4;
     }
 }
@@ -409,16 +397,13 @@ static int builder_create(gw_repl_t *r, rules_set_t *rules, const char *hash, co
     else
         snprintf(v, sizeof(v), "%ld", next_version(r->st));
     gw_storage_t *bst;
-    if (gw_storage_open_version(r->storage_path, v, &bst, err) != 0)
-        return GW_EIO;
+    if (gw_storage_open_version(r->storage_path, v, &bst, err) != 0) return GW_EIO;
     gw_storage_set_serving(bst, 0);
     int rc = 0;
     if (resume == NULL) {
         rc = gw_storage_begin(bst, err);
-        if (rc == 0)
-            rc = gw_storage_state_set(bst, "building", v, err);
-        if (rc == 0)
-            rc = init_version(r, bst, v, hash, text, err);
+        if (rc == 0) rc = gw_storage_state_set(bst, "building", v, err);
+        if (rc == 0) rc = init_version(r, bst, v, hash, text, err);
         if (rc == 0)
             rc = gw_storage_commit(bst, 0, err);
         else
@@ -444,8 +429,7 @@ static int builder_create(gw_repl_t *r, rules_set_t *rules, const char *hash, co
 static int builder_discard(gw_repl_t *r, const char *why, gw_err_t *err)
 {
     gw_repl_t *b = r->next;
-    if (b == NULL)
-        return 0;
+    if (b == NULL) return 0;
     gw_repl_stop(b);
     char version[32], slot[160];
     snprintf(version, sizeof(version), "%s", b->version);
@@ -466,17 +450,18 @@ static int resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash, c
     gw_storage_state_get(st, "serving", serving, sizeof(serving));
     gw_storage_state_get(st, "building", building, sizeof(building));
     *serve_rules = rules_ref(rules);
-    if (serving[0] != '\0' && gw_storage_state_get(st, "rules_hash", stored_hash,
-                                                   sizeof(stored_hash)) &&
+    if (serving[0] != '\0' &&
+        gw_storage_state_get(st, "rules_hash", stored_hash, sizeof(stored_hash)) &&
         strcmp(stored_hash, hash) == 0) {
         /* the version the storage serves: go on (a build of other rules is abandoned) */
         snprintf(r->version, sizeof(r->version), "%s", serving);
         if (building[0] != '\0') {
             int rc = abandon_stored_build(st, building, err);
-            if (rc != 0)
-                return rc;
-            gw_info("repl", "the sync rules are the serving version's again: dropping the version "
-                            "that was being built", "version=%s", building);
+            if (rc != 0) return rc;
+            gw_info("repl",
+                    "the sync rules are the serving version's again: dropping the version "
+                    "that was being built",
+                    "version=%s", building);
         }
         return 0;
     }
@@ -494,8 +479,10 @@ static int resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash, c
             rules_unref(*serve_rules);
             *serve_rules = old;
             snprintf(r->version, sizeof(r->version), "%s", serving);
-            gw_info("repl", "the sync rules changed: the stored version serves while the new one "
-                            "is built", "serving=%s", serving);
+            gw_info("repl",
+                    "the sync rules changed: the stored version serves while the new one "
+                    "is built",
+                    "serving=%s", serving);
             char key[64], bhash[64] = "";
             snprintf(key, sizeof(key), "%s#rules_hash", building);
             int resume = building[0] != '\0' &&
@@ -503,23 +490,21 @@ static int resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash, c
                          strcmp(bhash, hash) == 0;
             if (building[0] != '\0' && !resume) {
                 int rc = abandon_stored_build(st, building, err);
-                if (rc != 0)
-                    return rc;
+                if (rc != 0) return rc;
             }
             return builder_create(r, rules, hash, text, resume ? building : NULL, err);
         }
         char m[512] = "none";
-        if (old_text != NULL)
-            gw_err_format(&cerr, m, sizeof(m));
+        if (old_text != NULL) gw_err_format(&cerr, m, sizeof(m));
         free(old_text);
-        gw_warn("repl", "the sync rules changed and the storage cannot serve its version with "
-                        "the rules it stored: building the new version in its place (not "
-                        "ready until it is consistent)",
+        gw_warn("repl",
+                "the sync rules changed and the storage cannot serve its version with "
+                "the rules it stored: building the new version in its place (not "
+                "ready until it is consistent)",
                 "serving=%s stored_rules=\"%s\"", serving, m);
         if (building[0] != '\0') {
             int rc = abandon_stored_build(st, building, err);
-            if (rc != 0)
-                return rc;
+            if (rc != 0) return rc;
         }
     }
     /* a fresh storage, or no way to serve the old version: the new version serves from now on,
@@ -530,18 +515,12 @@ static int resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash, c
     gw_storage_state_get(st, "slot", old_slot, sizeof(old_slot));
     /* one commit, in the new version's namespace */
     int rc = gw_storage_set_version(st, version, err);
-    if (rc == 0)
-        rc = gw_storage_begin(st, err);
-    if (rc == 0 && serving[0] != '\0')
-        rc = retire(st, serving, old_slot, err);
-    if (rc == 0)
-        rc = gw_storage_state_set(st, "serving", version, err);
-    if (rc == 0)
-        rc = init_version(r, st, version, hash, text, err);
-    if (rc == 0)
-        rc = gw_storage_commit(st, 0, err);
-    if (rc != 0)
-        return rc;
+    if (rc == 0) rc = gw_storage_begin(st, err);
+    if (rc == 0 && serving[0] != '\0') rc = retire(st, serving, old_slot, err);
+    if (rc == 0) rc = gw_storage_state_set(st, "serving", version, err);
+    if (rc == 0) rc = init_version(r, st, version, hash, text, err);
+    if (rc == 0) rc = gw_storage_commit(st, 0, err);
+    if (rc != 0) return rc;
     snprintf(r->version, sizeof(r->version), "%s", version);
     if (serving[0] != '\0')
         gw_info("repl", "the sync rules changed: building a new rule version",
@@ -583,8 +562,7 @@ static void on_durable(uint64_t lsn, void *ud)
 static int rules_file_id(gw_repl_t *r, struct file_id *id)
 {
     struct stat sb;
-    if (stat(r->cfg->sync_rules.path, &sb) != 0)
-        return -1;
+    if (stat(r->cfg->sync_rules.path, &sb) != 0) return -1;
     *id = (struct file_id){.mtime = sb.st_mtim, .size = sb.st_size, .ino = sb.st_ino};
     return 0;
 }
@@ -611,8 +589,7 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     r->old_pending = 1;
     rules_set_t *serve_rules = NULL;
     int rc = resolve_version(r, rules, rules_hash, rules_text, &serve_rules, err);
-    if (rc == 0)
-        rc = gw_storage_set_version(storage, r->version, err);
+    if (rc == 0) rc = gw_storage_set_version(storage, r->version, err);
     if (rc != 0) {
         rules_unref(serve_rules);
         gw_storage_set_durable_fn(storage, NULL, NULL); /* the caller keeps the storage */
@@ -665,24 +642,20 @@ static void free_tables(gw_repl_t *r)
 
 static void disconnect(gw_repl_t *r)
 {
-    if (r->q != NULL)
-        PQfinish(r->q);
-    if (r->rc != NULL)
-        PQfinish(r->rc);
+    if (r->q != NULL) PQfinish(r->q);
+    if (r->rc != NULL) PQfinish(r->rc);
     r->q = r->rc = NULL;
     gw_map_each(&r->rels, free_rel, NULL);
     gw_map_free(&r->rels);
     gw_map_init(&r->rels);
-    if (r->st != NULL && gw_storage_in_txn(r->st))
-        gw_storage_rollback(r->st);
+    if (r->st != NULL && gw_storage_in_txn(r->st)) gw_storage_rollback(r->st);
     r->batch_open = 0;
     r->in_pg_txn = 0;
 }
 
 void gw_repl_stop(gw_repl_t *r)
 {
-    if (r == NULL)
-        return;
+    if (r == NULL) return;
     if (r->running) {
         atomic_store(&r->stop, 1);
         pthread_join(r->tid, NULL);
@@ -693,8 +666,7 @@ void gw_repl_stop(gw_repl_t *r)
 
 void gw_repl_destroy(gw_repl_t *r)
 {
-    if (r == NULL)
-        return;
+    if (r == NULL) return;
     gw_repl_stop(r);
     gw_repl_t *b = r->next;
     set_next(r, NULL);
@@ -706,8 +678,7 @@ void gw_repl_destroy(gw_repl_t *r)
     }
     /* closing storage publishes its last commits, which write to task_fd: close it first */
     gw_storage_close(r->st);
-    if (r->task_fd >= 0)
-        close(r->task_fd);
+    if (r->task_fd >= 0) close(r->task_fd);
     pthread_mutex_destroy(&r->task_lock);
     gw_map_free(&r->rels);
     free_tables(r);
@@ -736,11 +707,9 @@ void gw_repl_destroy(gw_repl_t *r)
 static int table_matches(const rules_table_t *t, const char *schema, const char *name)
 {
     const char *ts = t->schema != NULL ? t->schema : "public";
-    if (strcmp(ts, schema) != 0)
-        return 0;
+    if (strcmp(ts, schema) != 0) return 0;
     size_t n = strlen(t->name);
-    if (n > 0 && t->name[n - 1] == '%')
-        return strncmp(t->name, name, n - 1) == 0;
+    if (n > 0 && t->name[n - 1] == '%') return strncmp(t->name, name, n - 1) == 0;
     return strcmp(t->name, name) == 0;
 }
 
@@ -774,30 +743,27 @@ static int check_same_source(gw_repl_t *r, gw_err_t *err)
                                 " || '/' || (SELECT oid FROM pg_database WHERE datname = "
                                 "current_database())::text",
                                 err);
-    if (res == NULL)
-        return GW_EPG;
+    if (res == NULL) return GW_EPG;
     char id[128], stored[128] = "";
     snprintf(id, sizeof(id), "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
     if (gw_storage_state_get(r->st, "source_id", stored, sizeof(stored)) && stored[0] != '\0') {
-        if (strcmp(stored, id) == 0)
-            return 0;
+        if (strcmp(stored, id) == 0) return 0;
         char msg[512];
         snprintf(msg, sizeof(msg),
                  "the storage file was built from another database (source %s, now %s)", stored,
                  id);
         /* nothing in this storage may be served any more */
         atomic_store(&r->ready, 0);
-        gw_error("repl", msg, "fix=\"stop ferry, delete the storage file (storage.path) and start "
-                              "it again to rebuild from this database\"");
+        gw_error("repl", msg,
+                 "fix=\"stop ferry, delete the storage file (storage.path) and start "
+                 "it again to rebuild from this database\"");
         gw_ready_set(r->ready_id, 0, msg);
         return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
     }
     int rc = gw_storage_begin(r->st, err);
-    if (rc == 0)
-        rc = gw_storage_state_set(r->st, "source_id", id, err);
-    if (rc == 0)
-        rc = gw_storage_commit(r->st, 0, err);
+    if (rc == 0) rc = gw_storage_state_set(r->st, "source_id", id, err);
+    if (rc == 0) rc = gw_storage_commit(r->st, 0, err);
     return rc;
 }
 
@@ -805,15 +771,13 @@ static int check_source(gw_repl_t *r, gw_err_t *err)
 {
     char msg[512], fix[512];
     int rc0 = check_same_source(r, err);
-    if (rc0 != 0)
-        return rc0;
+    if (rc0 != 0) return rc0;
     if (gw_storage_consistent(r->st) && !atomic_load(&r->ready)) {
         gw_ready_set(r->ready_id, 1, NULL);
         atomic_store(&r->ready, 1);
     }
     PGresult *res = gw_pg_query(r->q, "SHOW wal_level", err);
-    if (res == NULL)
-        return GW_EPG;
+    if (res == NULL) return GW_EPG;
     int ok = strcmp(PQgetvalue(res, 0, 0), "logical") == 0;
     snprintf(msg, sizeof(msg), "wal_level is \"%s\", logical replication needs \"logical\"",
              PQgetvalue(res, 0, 0));
@@ -826,8 +790,7 @@ static int check_source(gw_repl_t *r, gw_err_t *err)
                       "SELECT rolreplication OR rolsuper, current_user FROM pg_roles WHERE "
                       "rolname = current_user",
                       err);
-    if (res == NULL)
-        return GW_EPG;
+    if (res == NULL) return GW_EPG;
     ok = PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
     char *role = gw_xstrdup(PQntuples(res) == 1 ? PQgetvalue(res, 0, 1) : "?");
     PQclear(res);
@@ -844,8 +807,7 @@ static int check_source(gw_repl_t *r, gw_err_t *err)
                              "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM "
                              "pg_publication WHERE pubname = $1",
                              1, pv, err);
-    if (res == NULL)
-        return GW_EPG;
+    if (res == NULL) return GW_EPG;
     int exists = PQntuples(res) == 1;
     ok = exists && PQgetvalue(res, 0, 0)[0] == 't';
     PQclear(res);
@@ -869,8 +831,7 @@ static int check_source(gw_repl_t *r, gw_err_t *err)
     size_t nrt = rules_table_count(r->rules);
     for (size_t i = 0; i < nrt; i++) {
         const rules_table_t *t = rules_table_at(r->rules, i);
-        if (!(t->uses & (RULES_USE_DATA | RULES_USE_LOOKUP)))
-            continue;
+        if (!(t->uses & (RULES_USE_DATA | RULES_USE_LOOKUP))) continue;
         const char *schema = t->schema != NULL ? t->schema : "public";
         size_t n = strlen(t->name);
         if (n > 0 && t->name[n - 1] == '%')
@@ -883,8 +844,7 @@ static int check_source(gw_repl_t *r, gw_err_t *err)
             "= $1 AND p.schemaname = $2 AND p.tablename = $3) FROM pg_class c JOIN "
             "pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $2 AND c.relname = $3",
             3, p2, err);
-        if (res == NULL)
-            return GW_EPG;
+        if (res == NULL) return GW_EPG;
         if (PQntuples(res) == 0) {
             PQclear(res);
             gw_warn("repl", "a table the sync rules read does not exist; its rules match nothing",
@@ -922,13 +882,11 @@ static int check_source(gw_repl_t *r, gw_err_t *err)
                              "SELECT schemaname, tablename FROM pg_publication_tables WHERE "
                              "pubname = $1 ORDER BY 1, 2",
                              1, pv, err);
-    if (res == NULL)
-        return GW_EPG;
+    if (res == NULL) return GW_EPG;
     r->tables = gw_xcalloc((size_t)PQntuples(res) + 1, sizeof(snap_table_t));
     for (int i = 0; i < PQntuples(res); i++) {
         const char *s = PQgetvalue(res, i, 0), *n = PQgetvalue(res, i, 1);
-        if (!is_tracked(r, s, n))
-            continue;
+        if (!is_tracked(r, s, n)) continue;
         snap_table_t *t = &r->tables[r->ntables++];
         t->schema = gw_xstrdup(s);
         t->name = gw_xstrdup(n);
@@ -957,8 +915,7 @@ static int ensure_slot(gw_repl_t *r, gw_err_t *err)
                                        "SELECT wal_status, database = current_database(), active "
                                        "FROM pg_replication_slots WHERE slot_name = $1",
                                        1, pv, err);
-    if (res == NULL)
-        return GW_EPG;
+    if (res == NULL) return GW_EPG;
     int exists = PQntuples(res) == 1;
     int lost = exists && strcmp(PQgetvalue(res, 0, 0), "lost") == 0;
     int same_db = exists && PQgetvalue(res, 0, 1)[0] == 't';
@@ -972,8 +929,7 @@ static int ensure_slot(gw_repl_t *r, gw_err_t *err)
         source_problem(r, msg, fix);
         return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
     }
-    if (exists && !lost && created[0] == '1')
-        return 0;
+    if (exists && !lost && created[0] == '1') return 0;
     if (created[0] == '1') {
         /* our slot vanished (dropped, or its WAL was removed): the stream cannot resume */
         char msg[512], fix[256];
@@ -996,23 +952,19 @@ static int ensure_slot(gw_repl_t *r, gw_err_t *err)
         }
         char sql[256];
         snprintf(sql, sizeof(sql), "SELECT pg_drop_replication_slot('%s')", r->slot);
-        if (gw_pg_exec(r->q, sql, err) != 0)
-            return GW_EPG;
+        if (gw_pg_exec(r->q, sql, err) != 0) return GW_EPG;
     }
     char sql[256];
     snprintf(sql, sizeof(sql), "CREATE_REPLICATION_SLOT %s LOGICAL pgoutput NOEXPORT_SNAPSHOT",
              r->slot);
     res = gw_pg_query(r->rc, sql, err);
-    if (res == NULL)
-        return GW_EPG;
+    if (res == NULL) return GW_EPG;
     char lsntext[64];
     snprintf(lsntext, sizeof(lsntext), "%s", PQgetvalue(res, 0, 1));
     PQclear(res);
     int rc = gw_storage_begin(r->st, err);
-    if (rc == 0)
-        rc = gw_storage_state_set(r->st, "slot_created", "1", err);
-    if (rc == 0)
-        rc = gw_storage_commit(r->st, 0, err);
+    if (rc == 0) rc = gw_storage_state_set(r->st, "slot_created", "1", err);
+    if (rc == 0) rc = gw_storage_commit(r->st, 0, err);
     if (rc == 0)
         gw_info("repl", "created the replication slot", "slot=%s consistent_point=%s", r->slot,
                 lsntext);
@@ -1037,17 +989,14 @@ static void row_key(gw_buf_t *out, size_t ncols, const int *is_key, const char *
                 else
                     gw_buf_puts(out, "");
             }
-        if (out->data == NULL)
-            gw_buf_puts(out, "");
+        if (out->data == NULL) gw_buf_puts(out, "");
         return;
     }
     gw_buf_puts(out, "[");
     int first = 1;
     for (size_t i = 0; i < ncols; i++) {
-        if (!is_key[i])
-            continue;
-        if (!first)
-            gw_buf_puts(out, ",");
+        if (!is_key[i]) continue;
+        if (!first) gw_buf_puts(out, ",");
         first = 0;
         if (values[i] == NULL) {
             gw_buf_puts(out, "null");
@@ -1064,8 +1013,7 @@ static void row_key(gw_buf_t *out, size_t ncols, const int *is_key, const char *
 
 static int apply_row(gw_repl_t *r, const char *schema, const char *table, const char *qname,
                      size_t ncols, const char *const *names, const uint32_t *types,
-                     const char *const *values, const size_t *lens, const char *key,
-                     gw_err_t *err)
+                     const char *const *values, const size_t *lens, const char *key, gw_err_t *err)
 {
     rules_row_t row = {.schema = schema,
                        .table = table,
@@ -1078,8 +1026,7 @@ static int apply_row(gw_repl_t *r, const char *schema, const char *table, const 
     rules_ops_free(&r->ops);
     rules_lookups_free(&r->lookups);
     int rc = rules_eval_row(r->rules, r->version, &row, &r->ops, &rerr);
-    if (rc == 0)
-        rc = rules_eval_lookups(r->rules, &row, &r->lookups, &rerr);
+    if (rc == 0) rc = rules_eval_lookups(r->rules, &row, &r->lookups, &rerr);
     if (rc != 0) {
         /* a row the rules cannot evaluate is skipped, loudly, rather than stopping replication */
         gw_error("repl", "could not evaluate the sync rules for a row; skipping it",
@@ -1127,8 +1074,7 @@ static int load_keycols(gw_repl_t *r, const snap_table_t *t, keycols_t *k, gw_er
         "i.indrelid = $1::regclass AND (i.indisprimary OR i.indisreplident) ORDER BY "
         "i.indisprimary DESC, array_position(i.indkey::int2[], a.attnum)",
         1, pv, err);
-    if (res == NULL)
-        return GW_EPG;
+    if (res == NULL) return GW_EPG;
     memset(k, 0, sizeof(*k));
     int n = PQntuples(res);
     k->names = gw_xcalloc((size_t)n + 1, sizeof(char *));
@@ -1139,8 +1085,7 @@ static int load_keycols(gw_repl_t *r, const snap_table_t *t, keycols_t *k, gw_er
         int dup = 0;
         for (size_t j = 0; j < k->n; j++)
             dup |= strcmp(k->raw[j], PQgetvalue(res, i, 0)) == 0;
-        if (dup)
-            break;
+        if (dup) break;
         k->raw[k->n] = gw_xstrdup(PQgetvalue(res, i, 0));
         k->names[k->n] = gw_pg_ident(r->q, PQgetvalue(res, i, 0));
         k->types[k->n] = gw_xstrdup(PQgetvalue(res, i, 1));
@@ -1162,8 +1107,8 @@ static void chunk_sql(gw_buf_t *sql, const snap_table_t *t, const keycols_t *k,
         gw_buf_printf(sql, "SELECT * FROM %s ORDER BY %s LIMIT %ld", t->sql_ident, order->data,
                       rows);
     else
-        gw_buf_printf(sql, "SELECT * FROM %s WHERE (%s) > (%s) ORDER BY %s LIMIT %ld",
-                      t->sql_ident, order->data, cmp->data, order->data, rows);
+        gw_buf_printf(sql, "SELECT * FROM %s WHERE (%s) > (%s) ORDER BY %s LIMIT %ld", t->sql_ident,
+                      order->data, cmp->data, order->data, rows);
 }
 
 static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
@@ -1171,16 +1116,15 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
     char statekey[512], progress[4096] = "";
     snprintf(statekey, sizeof(statekey), "snap:%s:%s", r->version, t->qname);
     gw_storage_state_get(r->st, statekey, progress, sizeof(progress));
-    if (strcmp(progress, "done") == 0)
-        return 0;
+    if (strcmp(progress, "done") == 0) return 0;
     keycols_t k;
-    if (load_keycols(r, t, &k, err) != 0)
-        return GW_EPG;
+    if (load_keycols(r, t, &k, err) != 0) return GW_EPG;
     const char *pv[1] = {t->sql_ident};
     PGresult *res = gw_pg_query_params(
-        r->q, "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::regclass", 1,
-        pv, err);
-    uint64_t estimate = res != NULL && PQntuples(res) == 1 ? strtoull(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+        r->q, "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::regclass", 1, pv,
+        err);
+    uint64_t estimate =
+        res != NULL && PQntuples(res) == 1 ? strtoull(PQgetvalue(res, 0, 0), NULL, 10) : 0;
     PQclear(res);
     atomic_fetch_add(&r->m_snapshot_estimate, estimate);
     gw_info("repl", "snapshotting a table", "table=%s estimated_rows=%llu resume=%s", t->qname,
@@ -1219,8 +1163,7 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
     res = gw_pg_query_params(r->q, sql.data, last[0] != NULL ? (int)k.n : 0,
                              (const char *const *)last, err);
     int inflight = 0;
-    if (res == NULL)
-        rc = GW_EPG;
+    if (res == NULL) rc = GW_EPG;
     while (rc == 0 && res != NULL && !atomic_load(&r->stop)) {
         int nrows = PQntuples(res), ncols = PQnfields(res);
         free(is_key);
@@ -1260,8 +1203,7 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
             rc = gw_pg_send_params(r->q, sql.data, (int)k.n, (const char *const *)last, err);
             inflight = rc == 0;
         }
-        if (rc == 0 && nrows > 0 && !r->pipe_on)
-            rc = gw_storage_begin(r->st, err);
+        if (rc == 0 && nrows > 0 && !r->pipe_on) rc = gw_storage_begin(r->st, err);
         for (int i = 0; i < nrows && rc == 0; i++) {
             for (int c = 0; c < ncols; c++) {
                 values[c] = PQgetisnull(res, i, c) ? NULL : PQgetvalue(res, i, c);
@@ -1278,8 +1220,7 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
         gw_buf_free(&prog);
         PQclear(res);
         res = NULL;
-        if (rc == 0 && nrows > 0)
-            rc = gw_storage_commit(r->st, 0, err);
+        if (rc == 0 && nrows > 0) rc = gw_storage_commit(r->st, 0, err);
         done += (uint64_t)nrows;
         atomic_fetch_add(&r->m_snapshot_rows, (uint64_t)nrows);
         if (nrows > 0) {
@@ -1289,12 +1230,10 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
                      (unsigned long long)atomic_load(&r->m_snapshot_estimate));
             set_phase(r, 2, reason);
         }
-        if (rc != 0 || !more)
-            break;
+        if (rc != 0 || !more) break;
         inflight = 0;
         res = gw_pg_wait_result(r->q, sql.data, err);
-        if (res == NULL)
-            rc = GW_EPG;
+        if (res == NULL) rc = GW_EPG;
     }
     PQclear(res);
     if (inflight) {
@@ -1313,28 +1252,22 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
     gw_buf_free(&order);
     gw_buf_free(&cmp);
     keycols_free(&k);
-    if (rc != 0 || atomic_load(&r->stop))
-        return rc != 0 ? rc : GW_EUNAVAIL;
+    if (rc != 0 || atomic_load(&r->stop)) return rc != 0 ? rc : GW_EUNAVAIL;
     /* the table's "no checkpoint before" mark */
     res = gw_pg_query(r->q, "SELECT pg_current_wal_lsn()::text", err);
-    if (res == NULL)
-        return GW_EPG;
+    if (res == NULL) return GW_EPG;
     uint64_t mark = 0;
     gw_lsn_parse(PQgetvalue(res, 0, 0), &mark);
     PQclear(res);
-    if (mark > r->nocp_lsn)
-        r->nocp_lsn = mark;
+    if (mark > r->nocp_lsn) r->nocp_lsn = mark;
     char buf[32];
     snprintf(buf, sizeof(buf), "%llu", (unsigned long long)r->nocp_lsn);
     char nocpkey[64];
     snprintf(nocpkey, sizeof(nocpkey), "nocp:%s", r->version);
     rc = gw_storage_begin(r->st, err);
-    if (rc == 0)
-        rc = gw_storage_state_set(r->st, statekey, "done", err);
-    if (rc == 0)
-        rc = gw_storage_state_set(r->st, nocpkey, buf, err);
-    if (rc == 0)
-        rc = gw_storage_commit(r->st, 0, err);
+    if (rc == 0) rc = gw_storage_state_set(r->st, statekey, "done", err);
+    if (rc == 0) rc = gw_storage_state_set(r->st, nocpkey, buf, err);
+    if (rc == 0) rc = gw_storage_commit(r->st, 0, err);
     char lsntext[32];
     gw_info("repl", "snapshotted a table", "table=%s rows=%llu no_checkpoint_before=%s", t->qname,
             (unsigned long long)done, gw_lsn_format(mark, lsntext, sizeof(lsntext)));
@@ -1352,8 +1285,7 @@ static int snapshot(gw_repl_t *r, gw_err_t *err)
     for (size_t i = 0; rc == 0 && i < r->ntables && !atomic_load(&r->stop); i++)
         rc = snapshot_table(r, &r->tables[i], err);
     rc = pipe_stop(r, rc, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     return atomic_load(&r->stop) ? GW_EUNAVAIL : 0;
 }
 
@@ -1365,8 +1297,7 @@ static int snapshot(gw_repl_t *r, gw_err_t *err)
 static double lag_seconds(gw_repl_t *r, uint64_t lag_bytes)
 {
     int64_t commit = atomic_load(&r->m_recv_commit_us);
-    if (lag_bytes == 0 || commit == 0)
-        return 0;
+    if (lag_bytes == 0 || commit == 0) return 0;
     int64_t d = gw_pgo_now() - commit;
     return d > 0 ? (double)d / 1e6 : 0;
 }
@@ -1381,21 +1312,21 @@ static uint64_t lag_bytes(gw_repl_t *r)
 static void poll_slot(gw_repl_t *r)
 {
     uint64_t now = now_ms();
-    if (r->poll_ms != 0 && now - r->poll_ms < POLL_INTERVAL_MS)
-        return;
+    if (r->poll_ms != 0 && now - r->poll_ms < POLL_INTERVAL_MS) return;
     double dt = r->poll_ms != 0 ? (double)(now - r->poll_ms) / 1000.0 : 0;
     r->poll_ms = now;
     gw_err_t err;
     const char *pv[1] = {r->slot};
-    PGresult *res = r->q == NULL ? NULL
-                                 : gw_pg_query_params(
-                                       r->q,
-                                       "SELECT coalesce(wal_status, ''), coalesce(safe_wal_size, "
-                                       "-1), coalesce(pg_current_wal_lsn() - restart_lsn, 0), "
-                                       "coalesce(confirmed_flush_lsn::text, '0/0'), "
-                                       "pg_current_wal_lsn()::text FROM pg_replication_slots "
-                                       "WHERE slot_name = $1",
-                                       1, pv, &err);
+    PGresult *res =
+        r->q == NULL
+            ? NULL
+            : gw_pg_query_params(r->q,
+                                 "SELECT coalesce(wal_status, ''), coalesce(safe_wal_size, "
+                                 "-1), coalesce(pg_current_wal_lsn() - restart_lsn, 0), "
+                                 "coalesce(confirmed_flush_lsn::text, '0/0'), "
+                                 "pg_current_wal_lsn()::text FROM pg_replication_slots "
+                                 "WHERE slot_name = $1",
+                                 1, pv, &err);
     uint64_t last_op = atomic_load(&r->m_last_op);
     gw_storage_stats_t stats;
     int have_stats = gw_storage_stats(r->st, &stats) == 0;
@@ -1427,9 +1358,10 @@ static void poll_slot(gw_repl_t *r)
     double ls = lag_seconds(r, lb);
     if (ls > (double)r->lag_warn_seconds && now - r->warn_lag_ms >= WARN_INTERVAL_MS) {
         r->warn_lag_ms = now;
-        gw_warn("repl", "replication lags behind Postgres", "slot=%s lag_seconds=%.0f "
-                "lag_bytes=%llu limit_seconds=%ld", r->slot, ls, (unsigned long long)lb,
-                r->lag_warn_seconds);
+        gw_warn("repl", "replication lags behind Postgres",
+                "slot=%s lag_seconds=%.0f "
+                "lag_bytes=%llu limit_seconds=%ld",
+                r->slot, ls, (unsigned long long)lb, r->lag_warn_seconds);
     }
     if (known && retained > (uint64_t)r->wal_warn_bytes &&
         now - r->warn_wal_ms >= WARN_INTERVAL_MS) {
@@ -1467,11 +1399,9 @@ void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
     struct stat sb;
     uint64_t size = 0;
     char wal[1100];
-    if (stat(r->storage_path, &sb) == 0)
-        size += (uint64_t)sb.st_size;
+    if (stat(r->storage_path, &sb) == 0) size += (uint64_t)sb.st_size;
     snprintf(wal, sizeof(wal), "%s-wal", r->storage_path);
-    if (stat(wal, &sb) == 0)
-        size += (uint64_t)sb.st_size;
+    if (stat(wal, &sb) == 0) size += (uint64_t)sb.st_size;
     gw_buf_printf(out,
                   ",\"retained_wal_bytes\":%llu,\"ops_per_second\":%.1f,\"last_op\":\"%llu\","
                   "\"storage_bytes\":%llu,\"buckets\":%llu,\"rows\":%llu,\"ops\":%llu,"
@@ -1531,10 +1461,8 @@ static int maybe_compact(gw_repl_t *r, gw_err_t *err)
     r->compact_ms = now;
     gw_storage_compact_stats_t st;
     int rc = pipe_drain(r, err);
-    if (rc == 0)
-        rc = gw_storage_begin(r->st, err);
-    if (rc == 0)
-        rc = gw_storage_compact(r->st, &st, err);
+    if (rc == 0) rc = gw_storage_begin(r->st, err);
+    if (rc == 0) rc = gw_storage_compact(r->st, &st, err);
     if (rc == 0)
         rc = gw_storage_commit(r->st, 0, err);
     else
@@ -1565,8 +1493,7 @@ static int send_status(gw_repl_t *r, uint64_t lsn, int reply, gw_err_t *err)
 
 static int batch_begin(gw_repl_t *r, gw_err_t *err)
 {
-    if (r->batch_open)
-        return 0;
+    if (r->batch_open) return 0;
     int rc = r->pipe_on ? 0 : gw_storage_begin(r->st, err);
     if (rc == 0) {
         r->batch_open = 1;
@@ -1581,8 +1508,7 @@ static int batch_begin(gw_repl_t *r, gw_err_t *err)
 static int maybe_ack(gw_repl_t *r, gw_err_t *err)
 {
     uint64_t d = atomic_load(&r->durable_lsn);
-    if (d <= r->acked_lsn || r->test_replay)
-        return 0;
+    if (d <= r->acked_lsn || r->test_replay) return 0;
     r->acked_lsn = d;
     return send_status(r, d, 0, err);
 }
@@ -1592,11 +1518,9 @@ static int maybe_ack(gw_repl_t *r, gw_err_t *err)
  * pipeline is drained or off. source_us: Postgres commit time of the first transaction. */
 static int do_commit(gw_repl_t *r, uint64_t lsn, int wait, int64_t source_us, gw_err_t *err)
 {
-    if (gw_storage_begin(r->st, err) != 0)
-        return GW_EIO;
+    if (gw_storage_begin(r->st, err) != 0) return GW_EIO;
     if (!gw_storage_consistent(r->st) && lsn >= r->nocp_lsn && lsn > 0) {
-        if (gw_storage_set_consistent(r->st, 1, err) != 0)
-            return GW_EIO;
+        if (gw_storage_set_consistent(r->st, 1, err) != 0) return GW_EIO;
         char t[32];
         if (r->builder)
             gw_info("repl", "the new rule version has a consistent checkpoint", "version=%s lsn=%s",
@@ -1608,8 +1532,7 @@ static int do_commit(gw_repl_t *r, uint64_t lsn, int wait, int64_t source_us, gw
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc = wait ? gw_storage_commit(r->st, lsn, err) : gw_storage_commit_async(r->st, lsn, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     atomic_fetch_add(&r->m_commits, 1);
     atomic_fetch_add(&r->m_commit_us, elapsed_us(&t0));
     gw_hist_since(&r->h_commit, &t0);
@@ -1653,13 +1576,13 @@ typedef struct op_rec {
 
 typedef struct item {
     int kind;
-    const char *table;       /* interned in qnames */
-    size_t key;              /* offsets in the segment's mem */
-    size_t ops, nops;        /* nops op_rec_t in recs, from index ops */
+    const char *table;        /* interned in qnames */
+    size_t key;               /* offsets in the segment's mem */
+    size_t ops, nops;         /* nops op_rec_t in recs, from index ops */
     size_t lookups, nlookups; /* pairs of (key, params) string offsets in mem, from index lookups */
-    size_t copy, copy_len;   /* copy_len 0: none */
-    uint64_t lsn;            /* IT_COMMIT */
-    int64_t source_us;       /* IT_COMMIT */
+    size_t copy, copy_len;    /* copy_len 0: none */
+    uint64_t lsn;             /* IT_COMMIT */
+    int64_t source_us;        /* IT_COMMIT */
 } item_t;
 
 typedef struct seg {
@@ -1698,14 +1621,11 @@ typedef struct apply_scratch {
 static int apply_item(gw_repl_t *r, const seg_t *sg, const item_t *it, apply_scratch_t *x,
                       gw_err_t *err)
 {
-    if (it->kind == IT_COMMIT)
-        return do_commit(r, it->lsn, 0, it->source_us, err);
-    if (gw_storage_begin(r->st, err) != 0)
-        return GW_EIO;
+    if (it->kind == IT_COMMIT) return do_commit(r, it->lsn, 0, it->source_us, err);
+    if (gw_storage_begin(r->st, err) != 0) return GW_EIO;
     const char *mem = sg->mem.data;
     gw_row_ref_t ref = {.table = it->table, .key = mem + it->key};
-    if (it->kind == IT_DELETE)
-        return gw_storage_delete_row(r->st, &ref, err);
+    if (it->kind == IT_DELETE) return gw_storage_delete_row(r->st, &ref, err);
     if (it->nops > x->ops.cap) {
         x->ops.cap = it->nops;
         x->ops.items = gw_xrealloc(x->ops.items, x->ops.cap * sizeof(rules_op_t));
@@ -1736,8 +1656,8 @@ static int apply_item(gw_repl_t *r, const seg_t *sg, const item_t *it, apply_scr
     for (size_t i = 0; i < it->nlookups; i++) {
         size_t kp[2];
         memcpy(kp, sg->lks.data + (it->lookups + i) * sizeof(kp), sizeof(kp));
-        x->lookups.items[i] = (rules_lookup_t){.key = (char *)mem + kp[0],
-                                               .params = (char *)mem + kp[1]};
+        x->lookups.items[i] =
+            (rules_lookup_t){.key = (char *)mem + kp[0], .params = (char *)mem + kp[1]};
     }
     x->lookups.n = it->nlookups;
     return gw_storage_put_row(r->st, &ref, &x->ops, x->tails, &x->lookups,
@@ -1752,15 +1672,13 @@ static void *apply_main(void *arg)
     pthread_mutex_lock(&r->plock);
     for (;;) {
         if (r->phead == NULL) {
-            if (r->pstop)
-                break;
+            if (r->pstop) break;
             pthread_cond_wait(&r->pwork, &r->plock);
             continue;
         }
         seg_t *sg = r->phead;
         r->phead = sg->next;
-        if (r->phead == NULL)
-            r->ptail = NULL;
+        if (r->phead == NULL) r->ptail = NULL;
         r->pqueued--;
         r->pbusy = 1;
         int failed = r->pfailed;
@@ -1803,8 +1721,7 @@ static int pipe_hand(gw_repl_t *r, gw_err_t *err)
         pthread_cond_signal(&r->pwork);
     }
     int failed = r->pfailed;
-    if (failed && err != NULL)
-        *err = r->perr;
+    if (failed && err != NULL) *err = r->perr;
     pthread_mutex_unlock(&r->plock);
     return failed ? GW_EIO : 0;
 }
@@ -1813,15 +1730,13 @@ static int pipe_hand(gw_repl_t *r, gw_err_t *err)
  * storage writer itself until it queues again. 0, or the apply thread's error. */
 static int pipe_drain(gw_repl_t *r, gw_err_t *err)
 {
-    if (!r->pipe_on)
-        return 0;
+    if (!r->pipe_on) return 0;
     int rc = pipe_hand(r, err);
     pthread_mutex_lock(&r->plock);
     while ((r->phead != NULL || r->pbusy) && !r->pfailed)
         pthread_cond_wait(&r->pidle, &r->plock);
     if (r->pfailed) {
-        if (err != NULL)
-            *err = r->perr;
+        if (err != NULL) *err = r->perr;
         rc = GW_EIO;
     }
     pthread_mutex_unlock(&r->plock);
@@ -1832,12 +1747,9 @@ static int pipe_drain(gw_repl_t *r, gw_err_t *err)
 static item_t *pipe_slot(gw_repl_t *r, gw_err_t *err, int *rc)
 {
     *rc = 0;
-    if (r->pcur != NULL && r->pcur->n == SEG_ITEMS)
-        *rc = pipe_hand(r, err);
-    if (*rc != 0)
-        return NULL;
-    if (r->pcur == NULL)
-        r->pcur = gw_xcalloc(1, sizeof(seg_t));
+    if (r->pcur != NULL && r->pcur->n == SEG_ITEMS) *rc = pipe_hand(r, err);
+    if (*rc != 0) return NULL;
+    if (r->pcur == NULL) r->pcur = gw_xcalloc(1, sizeof(seg_t));
     item_t *it = &r->pcur->it[r->pcur->n++];
     memset(it, 0, sizeof(*it));
     return it;
@@ -1860,8 +1772,7 @@ static int pipe_put(gw_repl_t *r, const char *table, const char *key, const void
 {
     int rc;
     item_t *it = pipe_slot(r, err, &rc);
-    if (it == NULL)
-        return rc;
+    if (it == NULL) return rc;
     seg_t *sg = r->pcur;
     it->kind = IT_PUT;
     it->table = intern(r, table);
@@ -1890,9 +1801,9 @@ static int pipe_put(gw_repl_t *r, const char *table, const char *key, const void
     it->lookups = sg->lks.len / (2 * sizeof(size_t));
     it->nlookups = r->lookups.n;
     for (size_t i = 0; i < r->lookups.n; i++) {
-        size_t kp[2] = {mem_put(&sg->mem, r->lookups.items[i].key, strlen(r->lookups.items[i].key)),
-                        mem_put(&sg->mem, r->lookups.items[i].params,
-                                strlen(r->lookups.items[i].params))};
+        size_t kp[2] = {
+            mem_put(&sg->mem, r->lookups.items[i].key, strlen(r->lookups.items[i].key)),
+            mem_put(&sg->mem, r->lookups.items[i].params, strlen(r->lookups.items[i].params))};
         gw_buf_append(&sg->lks, kp, sizeof(kp));
     }
     if (copy != NULL && copy_len > 0) {
@@ -1911,8 +1822,7 @@ static int store_delete(gw_repl_t *r, const char *table, const char *key, gw_err
     }
     int rc;
     item_t *it = pipe_slot(r, err, &rc);
-    if (it == NULL)
-        return rc;
+    if (it == NULL) return rc;
     it->kind = IT_DELETE;
     it->table = intern(r, table);
     it->key = mem_put(&r->pcur->mem, key, strlen(key));
@@ -1922,10 +1832,8 @@ static int store_delete(gw_repl_t *r, const char *table, const char *key, gw_err
 /* For the replicator's own storage writes while streaming: drain, and open a transaction. */
 static int storage_direct(gw_repl_t *r, gw_err_t *err)
 {
-    if (!r->pipe_on)
-        return 0;
-    if (pipe_drain(r, err) != 0)
-        return GW_EIO;
+    if (!r->pipe_on) return 0;
+    if (pipe_drain(r, err) != 0) return GW_EIO;
     return gw_storage_begin(r->st, err);
 }
 
@@ -1960,8 +1868,7 @@ static int pipe_start(gw_repl_t *r, gw_err_t *err)
  * when rc is 0, the apply thread's error in err. */
 static int pipe_stop(gw_repl_t *r, int rc, gw_err_t *err)
 {
-    if (!r->pipe_on)
-        return rc;
+    if (!r->pipe_on) return rc;
     gw_err_t perr;
     int prc = pipe_drain(r, &perr);
     if (rc == 0 && prc != 0) {
@@ -1991,13 +1898,11 @@ static int pipe_stop(gw_repl_t *r, int rc, gw_err_t *err)
  * durable. Acknowledged to Postgres only once durable (maybe_ack), never before. */
 static int flush_batch_mode(gw_repl_t *r, int wait, gw_err_t *err)
 {
-    if (!r->batch_open)
-        return 0;
+    if (!r->batch_open) return 0;
     uint64_t lsn = r->batch_lsn;
     int64_t source_us = r->batch_source_us;
     r->batch_open = 0;
-    if (lsn > r->pos_lsn)
-        r->pos_lsn = lsn;
+    if (lsn > r->pos_lsn) r->pos_lsn = lsn;
     int rc = 0;
     if (r->pipe_on && !wait) {
         item_t *it = pipe_slot(r, err, &rc);
@@ -2009,11 +1914,9 @@ static int flush_batch_mode(gw_repl_t *r, int wait, gw_err_t *err)
         }
     } else {
         rc = pipe_drain(r, err);
-        if (rc == 0)
-            rc = do_commit(r, lsn, wait, source_us, err);
+        if (rc == 0) rc = do_commit(r, lsn, wait, source_us, err);
     }
-    if (rc == 0)
-        rc = maybe_ack(r, err);
+    if (rc == 0) rc = maybe_ack(r, err);
     return rc;
 }
 
@@ -2053,15 +1956,12 @@ static int run_tasks(gw_repl_t *r, gw_err_t *err)
     gw_repl_task_t *list = r->task_head;
     r->task_head = r->task_tail = NULL;
     pthread_mutex_unlock(&r->task_lock);
-    if (list == NULL)
-        return 0;
+    if (list == NULL) return 0;
     int rc = batch_begin(r, err);
-    if (rc == 0)
-        rc = storage_direct(r, err);
+    if (rc == 0) rc = storage_direct(r, err);
     for (gw_repl_task_t *t = list; t != NULL; t = t->next)
         t->rc = rc == 0 ? t->run(r->st, t->ud, err) : rc;
-    if (rc == 0)
-        rc = flush_batch_mode(r, 1, err); /* results are reported once durable */
+    if (rc == 0) rc = flush_batch_mode(r, 1, err); /* results are reported once durable */
     for (gw_repl_task_t *t = list, *next; t != NULL; t = next) {
         next = t->next;
         t->done(t->ud, rc != 0 ? rc : t->rc);
@@ -2081,8 +1981,7 @@ static void on_relation(gw_repl_t *r, const gw_pgo_msg_t *m)
     char k[16];
     snprintf(k, sizeof(k), "%u", m->u.relation.relid);
     rel_t *old = gw_map_del(&r->rels, k);
-    if (old != NULL)
-        free_rel(NULL, old, NULL);
+    if (old != NULL) free_rel(NULL, old, NULL);
     rel_t *rel = gw_xcalloc(1, sizeof(*rel));
     rel->relid = m->u.relation.relid;
     rel->schema = gw_xstrdup(m->u.relation.nspname);
@@ -2169,8 +2068,7 @@ static int reread_row(gw_repl_t *r, rel_t *rel, const char *key, gw_err_t *err)
         return 0;
     }
     for (size_t i = 0; i < rel->ncols; i++) {
-        if (!rel->is_key[i])
-            continue;
+        if (!rel->is_key[i]) continue;
         char *qc = gw_pg_ident(r->q, rel->names[i]);
         gw_buf_printf(&sql, "%s%s::text IS NOT DISTINCT FROM $%zu", nk > 0 ? " AND " : "", qc,
                       nk + 1);
@@ -2181,8 +2079,7 @@ static int reread_row(gw_repl_t *r, rel_t *rel, const char *key, gw_err_t *err)
     PGresult *res = gw_pg_query_params(r->q, sql.data, (int)nk, params, err);
     gw_buf_free(&sql);
     json_decref(arr);
-    if (res == NULL)
-        return GW_EPG;
+    if (res == NULL) return GW_EPG;
     int rc = 0;
     if (PQntuples(res) == 1) {
         int ncols = PQnfields(res);
@@ -2196,8 +2093,8 @@ static int reread_row(gw_repl_t *r, rel_t *rel, const char *key, gw_err_t *err)
             values[c] = PQgetisnull(res, 0, c) ? NULL : PQgetvalue(res, 0, c);
             lens[c] = (size_t)PQgetlength(res, 0, c);
         }
-        rc = apply_row(r, rel->schema, rel->name, rel->qname, (size_t)ncols, names, types,
-                       values, lens, key, err);
+        rc = apply_row(r, rel->schema, rel->name, rel->qname, (size_t)ncols, names, types, values,
+                       lens, key, err);
         free(names);
         free(values);
         free(lens);
@@ -2215,11 +2112,9 @@ static int on_change(gw_repl_t *r, const gw_pgo_msg_t *m, gw_err_t *err)
     rel_t *rel = find_rel(r, relid);
     if (rel == NULL)
         return gw_err_set(err, GW_EINVAL, "repl", "change for unknown relation %u", relid);
-    if (!rel->tracked)
-        return 0;
+    if (!rel->tracked) return 0;
     int rc = batch_begin(r, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     r->batch_changes++;
     atomic_fetch_add(&r->m_changes, 1);
     const char **values = gw_arena_alloc(&r->arena, sizeof(char *) * (rel->ncols + 1));
@@ -2240,9 +2135,9 @@ static int on_change(gw_repl_t *r, const gw_pgo_msg_t *m, gw_err_t *err)
         row_key(&r->key, rel->ncols, rel->is_key, values, lens);
         oldkey = gw_arena_strndup(&r->arena, r->key.data, r->key.len);
     }
-    if (m->kind == GW_PGO_DELETE)
-        return store_delete(r, rel->qname, oldkey, err);
-    const gw_pgo_tuple_t *tup = m->kind == GW_PGO_INSERT ? &m->u.insert.newtup : &m->u.update.newtup;
+    if (m->kind == GW_PGO_DELETE) return store_delete(r, rel->qname, oldkey, err);
+    const gw_pgo_tuple_t *tup =
+        m->kind == GW_PGO_INSERT ? &m->u.insert.newtup : &m->u.update.newtup;
     /* key of the new row (key columns are never unchanged-TOAST) */
     for (size_t i = 0; i < rel->ncols; i++) {
         const gw_pgo_value_t *v = i < tup->ncols ? &tup->cols[i] : NULL;
@@ -2254,18 +2149,15 @@ static int on_change(gw_repl_t *r, const gw_pgo_msg_t *m, gw_err_t *err)
     if (oldkey != NULL && strcmp(oldkey, newkey) != 0) {
         /* the key changed: delete the old row, insert the new one */
         rc = store_delete(r, rel->qname, oldkey, err);
-        if (rc != 0)
-            return rc;
+        if (rc != 0) return rc;
     }
-    const gw_pgo_tuple_t *old = m->kind == GW_PGO_UPDATE && m->u.update.oldkind == 'O'
-                                    ? &m->u.update.oldtup
-                                    : NULL;
+    const gw_pgo_tuple_t *old =
+        m->kind == GW_PGO_UPDATE && m->u.update.oldkind == 'O' ? &m->u.update.oldtup : NULL;
     void *copy = NULL;
     for (size_t i = 0; i < tup->ncols; i++)
         if (tup->cols[i].kind == 'u') {
             /* the stored copy is read from the writer: let the apply thread catch up */
-            if (pipe_drain(r, err) != 0)
-                return GW_EIO;
+            if (pipe_drain(r, err) != 0) return GW_EIO;
             break;
         }
     if (resolve_tuple(r, rel, tup, old, newkey, values, lens, &copy) != 0)
@@ -2280,15 +2172,11 @@ static int on_truncate(gw_repl_t *r, const gw_pgo_msg_t *m, gw_err_t *err)
 {
     for (uint32_t i = 0; i < m->u.truncate.nrels; i++) {
         rel_t *rel = find_rel(r, m->u.truncate.relids[i]);
-        if (rel == NULL || !rel->tracked)
-            continue;
+        if (rel == NULL || !rel->tracked) continue;
         int rc = batch_begin(r, err);
-        if (rc == 0)
-            rc = storage_direct(r, err);
-        if (rc == 0)
-            rc = gw_storage_truncate(r->st, rel->qname, err);
-        if (rc != 0)
-            return rc;
+        if (rc == 0) rc = storage_direct(r, err);
+        if (rc == 0) rc = gw_storage_truncate(r->st, rel->qname, err);
+        if (rc != 0) return rc;
         gw_info("repl", "table truncated; removed its rows", "table=%s", rel->qname);
     }
     return 0;
@@ -2299,8 +2187,7 @@ static int on_xlogdata(gw_repl_t *r, const gw_pgo_frame_t *f, gw_err_t *err)
     gw_pgo_msg_t m;
     gw_arena_reset(&r->arena);
     int rc = gw_pgo_decode(f->payload, f->payload_len, &r->arena, &m, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     uint64_t stored_lsn = r->pos_lsn; /* everything below was applied (invariant 2) */
     switch (m.kind) {
     case GW_PGO_BEGIN:
@@ -2330,8 +2217,7 @@ static int on_xlogdata(gw_repl_t *r, const gw_pgo_frame_t *f, gw_err_t *err)
         if (!r->in_pg_txn && m.u.message.lsn > stored_lsn) {
             /* a non-transactional message (write checkpoint marker): an LSN-only checkpoint */
             rc = batch_begin(r, err);
-            if (rc == 0 && m.u.message.lsn > r->batch_lsn)
-                r->batch_lsn = m.u.message.lsn;
+            if (rc == 0 && m.u.message.lsn > r->batch_lsn) r->batch_lsn = m.u.message.lsn;
             return rc;
         }
         return 0;
@@ -2365,12 +2251,12 @@ static int stream(gw_repl_t *r, gw_err_t *err)
     r->pos_lsn = lsn;
     atomic_store(&r->m_last_op, last_op);
     atomic_store(&r->m_lsn, lsn); /* what storage holds, before this run's first commit */
-    if (pipe_start(r, err) != 0)
-        return GW_ESYS;
+    if (pipe_start(r, err) != 0) return GW_ESYS;
     gw_info("repl", "streaming changes", "slot=%s from=%s", r->slot, lsntext);
     r->poll_ms = 0;
     poll_slot(r);
-    set_phase(r, 3, gw_storage_consistent(r->st) ? NULL : "waiting for the stream to pass the snapshot");
+    set_phase(r, 3,
+              gw_storage_consistent(r->st) ? NULL : "waiting for the stream to pass the snapshot");
     clock_gettime(CLOCK_MONOTONIC, &r->last_status);
     int rc = 0;
     uint64_t last_lsn_only = 0, ask_ms = 0;
@@ -2391,22 +2277,18 @@ static int stream(gw_repl_t *r, gw_err_t *err)
                     /* nothing pending: an LSN-only checkpoint at the server's position */
                     rc = batch_begin(r, err);
                     r->batch_lsn = f.wal_end;
-                    if (rc == 0)
-                        rc = flush_batch(r, err);
+                    if (rc == 0) rc = flush_batch(r, err);
                     last_lsn_only = now_ms();
                 }
-                if (rc == 0 && f.reply_requested)
-                    rc = send_status(r, r->acked_lsn, 0, err);
+                if (rc == 0 && f.reply_requested) rc = send_status(r, r->acked_lsn, 0, err);
             }
             PQfreemem(buf);
-            if (rc == 0)
-                rc = maybe_ack(r, err);
+            if (rc == 0) rc = maybe_ack(r, err);
             if (rc == 0 && r->batch_open && !r->in_pg_txn &&
                 (r->batch_changes >= BATCH_MAX_CHANGES ||
                  elapsed_ms(&r->batch_started) >= BATCH_MAX_MS)) {
                 rc = flush_batch(r, err);
-                if (rc == 0)
-                    poll_slot(r);
+                if (rc == 0) poll_slot(r);
             }
             continue;
         }
@@ -2414,23 +2296,18 @@ static int stream(gw_repl_t *r, gw_err_t *err)
             /* nothing more is waiting: never hold a finished transaction back */
             if (r->batch_open && !r->in_pg_txn) {
                 rc = flush_batch(r, err);
-                if (rc != 0)
-                    break;
+                if (rc != 0) break;
             }
             if (!r->in_pg_txn) {
                 rc = maybe_ack(r, err);
-                if (rc == 0)
-                    rc = run_tasks(r, err);
-                if (rc == 0 && !r->batch_open)
-                    rc = maybe_compact(r, err);
+                if (rc == 0) rc = run_tasks(r, err);
+                if (rc == 0 && !r->batch_open) rc = maybe_compact(r, err);
                 if (rc == 0 && !r->batch_open && now_ms() - r->old_check_ms >= 1000) {
                     r->old_check_ms = now_ms();
                     drop_retired(r);
                 }
-                if (rc == 0 && !r->batch_open && !r->builder)
-                    rc = rule_versions(r, err);
-                if (rc != 0)
-                    break;
+                if (rc == 0 && !r->batch_open && !r->builder) rc = rule_versions(r, err);
+                if (rc != 0) break;
             }
             poll_slot(r);
             if (!gw_storage_consistent(r->st) && !r->in_pg_txn && now_ms() - ask_ms >= 250) {
@@ -2439,13 +2316,11 @@ static int stream(gw_repl_t *r, gw_err_t *err)
                  * snapshot's marks */
                 ask_ms = now_ms();
                 rc = send_status(r, r->acked_lsn, 1, err);
-                if (rc != 0)
-                    break;
+                if (rc != 0) break;
             }
             if (elapsed_ms(&r->last_status) >= STATUS_INTERVAL_MS) {
                 rc = send_status(r, r->acked_lsn, 0, err);
-                if (rc != 0)
-                    break;
+                if (rc != 0) break;
             }
             int fd = PQsocket(r->rc);
             fd_set rfds;
@@ -2478,8 +2353,7 @@ static int stream(gw_repl_t *r, gw_err_t *err)
                             gw_pg_error(r->rc, m, sizeof(m)));
         }
     }
-    if (rc == 0 && r->batch_open && !r->in_pg_txn)
-        rc = flush_batch(r, err);
+    if (rc == 0 && r->batch_open && !r->in_pg_txn) rc = flush_batch(r, err);
     return pipe_stop(r, rc, err);
 }
 
@@ -2496,14 +2370,12 @@ static int drop_slot(gw_repl_t *r, const char *slot)
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = "
         "$1 AND NOT active",
         1, pv, &err);
-    if (res == NULL)
-        return -1;
+    if (res == NULL) return -1;
     PQclear(res);
-    res = gw_pg_query_params(r->q, "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", 1,
-                             pv, &err);
+    res = gw_pg_query_params(r->q, "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", 1, pv,
+                             &err);
     int gone = res != NULL && PQntuples(res) == 0;
-    if (res == NULL)
-        gone = -1;
+    if (res == NULL) gone = -1;
     PQclear(res);
     return gone;
 }
@@ -2524,8 +2396,7 @@ static void drop_retired(gw_repl_t *r)
         return;
     if (r->pipe_on) {
         gw_err_t derr;
-        if (pipe_drain(r, &derr) != 0)
-            return; /* the stream ends with the apply thread's error */
+        if (pipe_drain(r, &derr) != 0) return; /* the stream ends with the apply thread's error */
     }
     char list[2048] = "", legacy[160] = "";
     gw_storage_state_get(r->st, "retired", list, sizeof(list));
@@ -2540,8 +2411,7 @@ static void drop_retired(gw_repl_t *r)
         gw_err_t err;
         if (drop_slot(r, legacy) == 1 && gw_storage_begin(r->st, &err) == 0) {
             int rc = retire(r->st, us != NULL ? us + 1 : "0", "", &err);
-            if (rc == 0)
-                rc = gw_storage_state_set(r->st, "old_slot", "", &err);
+            if (rc == 0) rc = gw_storage_state_set(r->st, "old_slot", "", &err);
             if (rc == 0)
                 gw_storage_commit(r->st, 0, &err);
             else
@@ -2557,17 +2427,14 @@ static void drop_retired(gw_repl_t *r)
     const char *rest = comma != NULL ? comma + 1 : "";
     char *colon = strchr(entry, ':');
     const char *slot = colon != NULL ? colon + 1 : "";
-    if (colon != NULL)
-        *colon = '\0';
-    if (slot[0] != '\0' && drop_slot(r, slot) != 1)
-        return;
+    if (colon != NULL) *colon = '\0';
+    if (slot[0] != '\0' && drop_slot(r, slot) != 1) return;
     uint64_t dropped = 0;
     gw_err_t err;
     int rc = gw_storage_begin(r->st, &err);
     if (rc == 0 && entry[0] != '\0' && strcmp(entry, r->version) != 0)
         rc = gw_storage_drop_version(r->st, entry, &dropped, &err);
-    if (rc == 0)
-        rc = gw_storage_state_set(r->st, "retired", rest, &err);
+    if (rc == 0) rc = gw_storage_state_set(r->st, "retired", rest, &err);
     if (rc == 0)
         rc = gw_storage_commit(r->st, 0, &err);
     else
@@ -2625,12 +2492,9 @@ static int poll_rules(gw_repl_t *r, gw_err_t *err)
             rc = builder_discard(r, "the rules file is the serving version's again", err);
     } else if (r->next == NULL || strcmp(hash, r->next->rules_hash) != 0) {
         gw_info("repl", "the sync rules file changed", "file=%s serving=%s", path, r->version);
-        if (r->next != NULL)
-            rc = builder_discard(r, "the rules file changed again", err);
-        if (rc == 0)
-            rc = builder_create(r, rules, hash, text.data, NULL, err);
-        if (rc == 0)
-            rc = gw_repl_start(r->next, err);
+        if (r->next != NULL) rc = builder_discard(r, "the rules file changed again", err);
+        if (rc == 0) rc = builder_create(r, rules, hash, text.data, NULL, err);
+        if (rc == 0) rc = gw_repl_start(r->next, err);
     }
     rules_unref(rules);
     gw_buf_free(&text);
@@ -2647,11 +2511,9 @@ static int rule_versions(gw_repl_t *r, gw_err_t *err)
         r->switch_wanted = 1; /* the stream loop ends; repl_main switches */
         return 0;
     }
-    if (now_ms() - r->rules_poll_ms < RULES_POLL_MS)
-        return 0;
+    if (now_ms() - r->rules_poll_ms < RULES_POLL_MS) return 0;
     r->rules_poll_ms = now_ms();
-    if (r->pipe_on && pipe_drain(r, err) != 0)
-        return GW_EIO;
+    if (r->pipe_on && pipe_drain(r, err) != 0) return GW_EIO;
     return poll_rules(r, err);
 }
 
@@ -2665,8 +2527,7 @@ static void do_switch(gw_repl_t *r)
 {
     gw_repl_t *b = r->next;
     r->switch_wanted = 0;
-    if (b == NULL)
-        return;
+    if (b == NULL) return;
     gw_repl_stop(b);
     set_next(r, NULL); /* diagnostics stop looking at it; restored if the switch fails */
     gw_storage_t *nst = b->st, *ost = r->st;
@@ -2674,16 +2535,11 @@ static void do_switch(gw_repl_t *r)
     gw_storage_settle(nst);
     gw_err_t err;
     int rc = gw_storage_consistent(nst) ? 0 : GW_EUNAVAIL;
-    if (rc == 0)
-        rc = gw_storage_begin(nst, &err);
-    if (rc == 0)
-        rc = gw_storage_advance_checkpoint(nst, &err);
-    if (rc == 0)
-        rc = gw_storage_state_set(nst, "serving", b->version, &err);
-    if (rc == 0)
-        rc = gw_storage_state_set(nst, "building", "", &err);
-    if (rc == 0)
-        rc = retire(nst, r->version, r->slot, &err);
+    if (rc == 0) rc = gw_storage_begin(nst, &err);
+    if (rc == 0) rc = gw_storage_advance_checkpoint(nst, &err);
+    if (rc == 0) rc = gw_storage_state_set(nst, "serving", b->version, &err);
+    if (rc == 0) rc = gw_storage_state_set(nst, "building", "", &err);
+    if (rc == 0) rc = retire(nst, r->version, r->slot, &err);
     if (rc == 0)
         rc = gw_storage_commit(nst, 0, &err);
     else if (gw_storage_in_txn(nst))
@@ -2735,30 +2591,24 @@ static void do_switch(gw_repl_t *r)
     gw_info("repl", "switched to the new rule version",
             "version=%s old_version=%s checkpoint=%llu lsn=%s", r->version, old_version,
             (unsigned long long)last_op, gw_lsn_format(lsn, t, sizeof(t)));
-    if (r->on_switch != NULL)
-        r->on_switch(a, r->switch_ud);
+    if (r->on_switch != NULL) r->on_switch(a, r->switch_ud);
 }
 
 static int run_once(gw_repl_t *r, gw_err_t *err)
 {
     set_phase(r, 0, NULL);
     r->q = gw_pg_connect(r->uri, 0, "ferry", err);
-    if (r->q == NULL)
-        return GW_EPG;
+    if (r->q == NULL) return GW_EPG;
     int rc = check_source(r, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     r->rc = gw_pg_connect(r->uri, 1, "ferry replication", err);
-    if (r->rc == NULL)
-        return GW_EPG;
+    if (r->rc == NULL) return GW_EPG;
     set_phase(r, 1, NULL);
     rc = ensure_slot(r, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     set_phase(r, 2, NULL);
     rc = snapshot(r, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     drop_retired(r);
     return stream(r, err);
 }
@@ -2774,8 +2624,7 @@ static void *repl_main(void *arg)
         gw_err_clear(&err);
         int rc = run_once(r, &err);
         disconnect(r);
-        if (atomic_load(&r->stop))
-            break;
+        if (atomic_load(&r->stop)) break;
         if (rc == 0 && r->switch_wanted) {
             do_switch(r);
             backoff = 500;
@@ -2805,8 +2654,7 @@ int gw_repl_start(gw_repl_t *r, gw_err_t *err)
     if (pthread_create(&r->tid, NULL, repl_main, r) != 0)
         return gw_err_set(err, GW_ESYS, "repl", "could not start the replication thread");
     r->running = 1;
-    if (r->next != NULL && !r->next->running)
-        return gw_repl_start(r->next, err);
+    if (r->next != NULL && !r->next->running) return gw_repl_start(r->next, err);
     return 0;
 }
 
@@ -2814,8 +2662,9 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
 {
     gw_repl_t *r = arg;
     uint64_t lsn = atomic_load(&r->m_lsn), end = atomic_load(&r->m_server_wal_end);
-    gw_buf_puts(out, "# HELP ferry_replication_phase Replicator phase (0 check, 1 slot, 2 snapshot, "
-                     "3 streaming, 4 retrying).\n# TYPE ferry_replication_phase gauge\n");
+    gw_buf_puts(out,
+                "# HELP ferry_replication_phase Replicator phase (0 check, 1 slot, 2 snapshot, "
+                "3 streaming, 4 retrying).\n# TYPE ferry_replication_phase gauge\n");
     gw_buf_printf(out, "ferry_replication_phase %d\n", atomic_load(&r->m_phase));
     gw_buf_puts(out, "# TYPE ferry_snapshot_rows_total counter\n");
     gw_buf_printf(out, "ferry_snapshot_rows_total %llu\n",

@@ -32,8 +32,7 @@
 
 const char *gw_cli_config_path(const char *flag_value)
 {
-    if (flag_value != NULL && flag_value[0] != '\0')
-        return flag_value;
+    if (flag_value != NULL && flag_value[0] != '\0') return flag_value;
     const char *env = getenv("FERRY_CONFIG");
     return env != NULL && env[0] != '\0' ? env : NULL;
 }
@@ -77,13 +76,11 @@ static int on_metrics(h2o_req_t *req, void *ud)
 static void raise_nofile(void)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
     rlim_t before = rl.rlim_cur;
     if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            rl.rlim_cur = before;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) rl.rlim_cur = before;
     }
     gw_info("main", "open-files limit", "soft_before=%llu soft=%llu hard=%llu",
             (unsigned long long)before, (unsigned long long)rl.rlim_cur,
@@ -96,8 +93,7 @@ static void ensure_parent_dir(const char *path)
     char dir[1024];
     snprintf(dir, sizeof(dir), "%s", path);
     char *slash = strrchr(dir, '/');
-    if (slash == NULL || slash == dir)
-        return;
+    if (slash == NULL || slash == dir) return;
     *slash = '\0';
     if (mkdir(dir, 0750) != 0 && errno != EEXIST)
         gw_warn("main", "could not create the storage folder", "dir=%s error=\"%s\"", dir,
@@ -115,8 +111,7 @@ static void print_summary(const gw_config_t *cfg, gw_http_t *http, rules_set_t *
             gw_http_address(http), cfg->sync_rules.path, gw_repl_version(repl),
             rules_definition_count(rules), ntables, rules_write_count(rules),
             rules_constraint_count(rules), cfg->replication.publication, cfg->storage.path);
-    if (!isatty(STDERR_FILENO))
-        return;
+    if (!isatty(STDERR_FILENO)) return;
     fprintf(stderr,
             "\n  ferry %s is up\n"
             "    endpoint     http://%s  (POST /sync/stream, POST /api/write)\n"
@@ -202,13 +197,12 @@ int gw_cli_serve(int argc, char **argv)
     char rules_hash[32];
     gw_buf_t rules_text = GW_BUF_INIT;
 
-    if (gw_rules_load_text(cfg.sync_rules.path, &rules, rules_hash, sizeof(rules_hash),
-                           &rules_text, stderr, &err) != 0)
+    if (gw_rules_load_text(cfg.sync_rules.path, &rules, rules_hash, sizeof(rules_hash), &rules_text,
+                           stderr, &err) != 0)
         goto fail;
     gw_buf_append(&rules_text, "", 1); /* NUL-terminated: the storage keeps it */
     ensure_parent_dir(cfg.storage.path);
-    if (gw_storage_open(cfg.storage.path, &storage, &err) != 0)
-        goto fail;
+    if (gw_storage_open(cfg.storage.path, &storage, &err) != 0) goto fail;
     streams = gw_streams_new(storage);
     if (gw_repl_create(&cfg, rules, rules_hash, rules_text.data, storage, &repl, &err) != 0)
         goto fail;
@@ -216,8 +210,8 @@ int gw_cli_serve(int argc, char **argv)
     gw_info("main", "sync rules loaded", "file=%s version=%s", cfg.sync_rules.path,
             gw_repl_version(repl));
     if (gw_auth_create(&cfg, &auth, &err) != 0 || gw_http_create(&http, &cfg, &err) != 0 ||
-        gw_workers_create(cfg.postgres.uri, (size_t)cfg.postgres.pool_size, http, &workers,
-                          &err) != 0)
+        gw_workers_create(cfg.postgres.uri, (size_t)cfg.postgres.pool_size, http, &workers, &err) !=
+            0)
         goto fail;
     app = (gw_app_t){.cfg = &cfg,
                      .http = http,
@@ -227,8 +221,8 @@ int gw_cli_serve(int argc, char **argv)
                      .streams = streams};
     gw_http_route(http, "/probes/liveness", "liveness", GW_HTTP_GET | GW_HTTP_HEAD, on_liveness,
                   NULL);
-    gw_http_route(http, "/probes/readiness", "readiness", GW_HTTP_GET | GW_HTTP_HEAD,
-                  on_readiness, NULL);
+    gw_http_route(http, "/probes/readiness", "readiness", GW_HTTP_GET | GW_HTTP_HEAD, on_readiness,
+                  NULL);
     gw_http_route(http, "/metrics", "metrics", GW_HTTP_GET | GW_HTTP_HEAD, on_metrics, NULL);
     gw_wcp_register(&app);
     gw_stream_register(&app);
@@ -238,8 +232,7 @@ int gw_cli_serve(int argc, char **argv)
     gw_repl_on_switch(repl, gw_stream_rules_changed, &app);
 
     started = 1;
-    if (gw_repl_start(repl, &err) != 0 || gw_http_start(http, &err) != 0)
-        goto fail;
+    if (gw_repl_start(repl, &err) != 0 || gw_http_start(http, &err) != 0) goto fail;
     gw_info("main", "listening", "addr=%s threads=%zu", gw_http_address(http),
             gw_http_threads(http));
     print_summary(&cfg, http, gw_repl_active(repl)->rules, repl);
@@ -258,10 +251,8 @@ fail:
         else
             fprintf(stderr, "ferry: %s\n", msg);
     }
-    if (started)
-        gw_http_shutdown(http, status == 0 ? 3000 : 0);
-    if (streams != NULL && app.streams != NULL)
-        gw_stream_detach(&app);
+    if (started) gw_http_shutdown(http, status == 0 ? 3000 : 0);
+    if (streams != NULL && app.streams != NULL) gw_stream_detach(&app);
     gw_workers_destroy(workers);
     gw_http_destroy(http);
     gw_auth_destroy(auth);
@@ -271,8 +262,7 @@ fail:
     rules_unref(rules);
     gw_buf_free(&rules_text);
     gw_config_free(&cfg);
-    if (status != 0)
-        return 1;
+    if (status != 0) return 1;
     gw_info("main", "stopped", NULL);
     return 0;
 }

@@ -113,9 +113,10 @@ static const char *const stmt_sql[ST_COUNT] = {
                         "NULL",
     [ST_LOOKUP_INSERT] = "INSERT INTO lookups(key, tbl, rkey, params, from_op) VALUES (?1, ?2, ?3, "
                          "?4, ?5)",
-    [ST_WCP_UPSERT] = "INSERT INTO write_checkpoints(user_key, counter, lsn) VALUES (?1, 1, ?2) "
-                      "ON CONFLICT(user_key) DO UPDATE SET counter = counter + 1, lsn = excluded.lsn "
-                      "RETURNING counter",
+    [ST_WCP_UPSERT] =
+        "INSERT INTO write_checkpoints(user_key, counter, lsn) VALUES (?1, 1, ?2) "
+        "ON CONFLICT(user_key) DO UPDATE SET counter = counter + 1, lsn = excluded.lsn "
+        "RETURNING counter",
 };
 
 static const char schema_sql[] =
@@ -144,17 +145,17 @@ enum { CHUNK_MAX_OPS = 1000, CHUNK_MAX_BYTES = 128 * 1024, PEND_MAX_BYTES = 16 <
 struct gw_storage {
     sqlite3 *db;
     char *path;
-    char version[40]; /* "<rule version>#": this instance's namespace (rows, lookups, state) and
-                       * the prefix of its buckets; "" for a file without versions */
+    char version[40];    /* "<rule version>#": this instance's namespace (rows, lookups, state) and
+                          * the prefix of its buckets; "" for a file without versions */
     _Atomic int serving; /* publishes the checkpoint this process's readers serve (and the hook) */
     gw_buf_t ns_tbl, ns_lkey; /* scratch: names in the namespace (ns_table, ns_key) */
     sqlite3_stmt *st[ST_COUNT];
-    gw_map_t by_name;  /* name -> bucket_t* */
-    bucket_t **by_id;  /* index = id */
+    gw_map_t by_name; /* name -> bucket_t* */
+    bucket_t **by_id; /* index = id */
     size_t by_id_cap;
     int in_txn;
-    uint64_t next_op;  /* next op id to hand out */
-    uint64_t last_op;  /* committed checkpoint */
+    uint64_t next_op; /* next op id to hand out */
+    uint64_t last_op; /* committed checkpoint */
     uint64_t lsn;
     uint64_t txn_last_op; /* highest op written in the open transaction */
     _Atomic int consistent;
@@ -172,7 +173,7 @@ struct gw_storage {
     struct pending_wcp {
         char *key;
         uint64_t lsn;
-    } *wcp;
+    } * wcp;
     size_t nwcp, cap_wcp;
     char **wcp_done; /* resolved by the commit being reported */
     size_t nwcp_done;
@@ -358,8 +359,8 @@ static int load_cache(gw_storage_t *s, gw_err_t *err)
     atomic_store(&s->n_ops, nops);
     char lo[48], hi[48];
     ns_range(s->version, lo, hi, sizeof(lo));
-    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM rows WHERE tbl >= ?1 AND tbl < ?2", -1,
-                           &q, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM rows WHERE tbl >= ?1 AND tbl < ?2", -1, &q,
+                           NULL) != SQLITE_OK)
         return sql_err(s->db, err, "count rows");
     sqlite3_bind_text(q, 1, lo, -1, SQLITE_STATIC);
     sqlite3_bind_text(q, 2, hi, -1, SQLITE_STATIC);
@@ -371,16 +372,14 @@ static int load_cache(gw_storage_t *s, gw_err_t *err)
     s->last_op = gw_storage_state_get(s, "last_op", buf, sizeof(buf)) ? strtoull(buf, NULL, 10) : 0;
     s->lsn = gw_storage_state_get(s, "lsn", buf, sizeof(buf)) ? strtoull(buf, NULL, 10) : 0;
     s->consistent = gw_storage_state_get(s, "consistent", buf, sizeof(buf)) && buf[0] == '1';
-    if (s->next_op <= s->last_op)
-        s->next_op = s->last_op + 1;
+    if (s->next_op <= s->last_op) s->next_op = s->last_op + 1;
     return 0;
 }
 
 static bucket_t *bucket_get(gw_storage_t *s, const char *name, gw_err_t *err)
 {
     bucket_t *b = gw_map_get(&s->by_name, name);
-    if (b != NULL)
-        return b;
+    if (b != NULL) return b;
     sqlite3_stmt *q = s->st[ST_BUCKET_INSERT];
     sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
     int rc = sqlite3_step(q);
@@ -400,8 +399,7 @@ static bucket_t *bucket_get(gw_storage_t *s, const char *name, gw_err_t *err)
 static void touch(gw_storage_t *s, bucket_t *b)
 {
     b->dirty = 1;
-    if (b->touched_gen == s->gen)
-        return;
+    if (b->touched_gen == s->gen) return;
     b->touched_gen = s->gen;
     if (s->ntouched == s->cap_touched) {
         s->cap_touched = s->cap_touched ? s->cap_touched * 2 : 64;
@@ -438,13 +436,11 @@ static void filter_add_hash(gw_storage_t *s, uint64_t h)
 
 static int filter_maybe(const gw_storage_t *s, const gw_row_ref_t *ref)
 {
-    if (s->filter == NULL)
-        return 1;
+    if (s->filter == NULL) return 1;
     uint64_t h = row_hash(ref->table, ref->key);
     uint64_t a = h, b = (h >> 32) | 1, mask = s->filter_bits - 1;
     for (int i = 0; i < 3; i++, a += b)
-        if ((s->filter[(a & mask) >> 6] & (1ull << (a & 63))) == 0)
-            return 0;
+        if ((s->filter[(a & mask) >> 6] & (1ull << (a & 63))) == 0) return 0;
     return 1;
 }
 
@@ -461,8 +457,7 @@ static void filter_build(gw_storage_t *s, uint64_t rows)
     if (rows * 16 > bits)
         return; /* too many rows for a useful filter within the cap: always look rows up */
     uint64_t *f = calloc(bits / 64, sizeof(uint64_t));
-    if (f == NULL)
-        return;
+    if (f == NULL) return;
     s->filter = f;
     s->filter_bits = bits;
     s->filter_keys = 0;
@@ -470,8 +465,10 @@ static void filter_build(gw_storage_t *s, uint64_t rows)
     int step = SQLITE_ERROR;
     char lo[48], hi[48];
     ns_range(s->version, lo, hi, sizeof(lo));
-    if (sqlite3_prepare_v2(s->db, "SELECT substr(tbl, ?3), key FROM rows WHERE tbl >= ?1 AND "
-                                  "tbl < ?2", -1, &q, NULL) == SQLITE_OK) {
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT substr(tbl, ?3), key FROM rows WHERE tbl >= ?1 AND "
+                           "tbl < ?2",
+                           -1, &q, NULL) == SQLITE_OK) {
         sqlite3_bind_text(q, 1, lo, -1, SQLITE_STATIC);
         sqlite3_bind_text(q, 2, hi, -1, SQLITE_STATIC);
         sqlite3_bind_int(q, 3, (int)strlen(s->version) + 1);
@@ -492,11 +489,9 @@ static void filter_build(gw_storage_t *s, uint64_t rows)
 /* Note a stored row; rebuild larger when the filter gets too full for its false-positive rate. */
 static void filter_add(gw_storage_t *s, const gw_row_ref_t *ref)
 {
-    if (s->filter == NULL)
-        return;
+    if (s->filter == NULL) return;
     filter_add_hash(s, row_hash(ref->table, ref->key));
-    if (++s->filter_keys * 12 <= s->filter_bits)
-        return;
+    if (++s->filter_keys * 12 <= s->filter_bits) return;
     if (s->filter_bits >= FILTER_MAX_BITS) {
         free(s->filter); /* at the cap: stop filtering rather than rebuild again and again */
         s->filter = NULL;
@@ -571,11 +566,9 @@ static void job_publish(gw_storage_t *s, durable_job_t *j)
         s->hook(&ch, s->hook_ud);
     }
     pthread_mutex_lock(&durable_lock);
-    if (atomic_load(&s->serving))
-        publish_locked(s, j->last_op, j->lsn, j->consistent);
+    if (atomic_load(&s->serving)) publish_locked(s, j->last_op, j->lsn, j->consistent);
     pthread_mutex_unlock(&durable_lock);
-    if (s->durable_fn != NULL)
-        s->durable_fn(j->lsn, s->durable_ud);
+    if (s->durable_fn != NULL) s->durable_fn(j->lsn, s->durable_ud);
 }
 
 /* Sync the WAL file. A failed sync cannot be retried safely (the kernel may have dropped the
@@ -602,8 +595,7 @@ static void *sync_main(void *arg)
     pthread_mutex_lock(&s->sync_lock);
     for (;;) {
         if (s->jobs_head == NULL) {
-            if (s->sync_stop)
-                break;
+            if (s->sync_stop) break;
             pthread_cond_wait(&s->sync_cond, &s->sync_lock);
             continue;
         }
@@ -666,8 +658,10 @@ static void *ckpt_main(void *arg)
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
-        gw_warn("storage", "could not open the checkpointer's connection; the WAL grows until "
-                           "ferry stops", "error=\"%s\"", db ? sqlite3_errmsg(db) : "out of memory");
+        gw_warn("storage",
+                "could not open the checkpointer's connection; the WAL grows until "
+                "ferry stops",
+                "error=\"%s\"", db ? sqlite3_errmsg(db) : "out of memory");
         sqlite3_close(db);
         return NULL;
     }
@@ -767,8 +761,10 @@ static int check_layout(sqlite3 *db, gw_err_t *err)
     }
     char *layout = NULL;
     int has_rows = 0;
-    if (sqlite3_prepare_v2(db, "SELECT (SELECT v FROM state WHERE k = 'layout'), EXISTS (SELECT 1 "
-                               "FROM rows)", -1, &q, NULL) == SQLITE_OK) {
+    if (sqlite3_prepare_v2(db,
+                           "SELECT (SELECT v FROM state WHERE k = 'layout'), EXISTS (SELECT 1 "
+                           "FROM rows)",
+                           -1, &q, NULL) == SQLITE_OK) {
         if (sqlite3_step(q) == SQLITE_ROW) {
             const char *v = (const char *)sqlite3_column_text(q, 0);
             layout = v != NULL ? gw_xstrdup(v) : NULL;
@@ -813,8 +809,8 @@ int gw_storage_open_version(const char *path, const char *version, gw_storage_t 
     pthread_cond_init(&s->sync_done_cond, NULL);
     s->wal_fd = -1;
     s->path = gw_xstrdup(path);
-    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                          SQLITE_OPEN_NOMUTEX,
+    if (sqlite3_open_v2(path, &s->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
         gw_err_set(err, GW_EIO, "storage", "could not open \"%s\": %s", path,
                    s->db ? sqlite3_errmsg(s->db) : "out of memory");
@@ -854,8 +850,7 @@ int gw_storage_open_version(const char *path, const char *version, gw_storage_t 
         }
         version = serving;
     }
-    if (version[0] != '\0')
-        snprintf(s->version, sizeof(s->version), "%s#", version);
+    if (version[0] != '\0') snprintf(s->version, sizeof(s->version), "%s#", version);
     atomic_store(&s->serving, 1);
     for (int i = 0; i < ST_COUNT; i++) {
         if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
@@ -870,10 +865,8 @@ int gw_storage_open_version(const char *path, const char *version, gw_storage_t 
         return GW_EIO;
     }
     gw_storage_stats_t st;
-    if (gw_storage_stats(s, &st) == 0)
-        filter_build(s, st.rows);
-    if (pthread_create(&s->sync_thread, NULL, sync_main, s) == 0)
-        s->sync_started = 1;
+    if (gw_storage_stats(s, &st) == 0) filter_build(s, st.rows);
+    if (pthread_create(&s->sync_thread, NULL, sync_main, s) == 0) s->sync_started = 1;
     if (pthread_create(&s->ckpt_thread, NULL, ckpt_main, s) == 0) {
         s->ckpt_started = 1;
         sqlite3_wal_hook(s->db, on_wal, s);
@@ -897,27 +890,21 @@ static void stop_thread(pthread_t t, pthread_mutex_t *lock, pthread_cond_t *cond
 
 void gw_storage_close(gw_storage_t *s)
 {
-    if (s == NULL)
-        return;
-    if (s->in_txn)
-        gw_storage_rollback(s);
+    if (s == NULL) return;
+    if (s->in_txn) gw_storage_rollback(s);
     /* the syncer publishes every queued commit before it ends */
-    if (s->sync_started)
-        stop_thread(s->sync_thread, &s->sync_lock, &s->sync_cond, &s->sync_stop);
+    if (s->sync_started) stop_thread(s->sync_thread, &s->sync_lock, &s->sync_cond, &s->sync_stop);
     pthread_mutex_destroy(&s->sync_lock);
     pthread_cond_destroy(&s->sync_cond);
     pthread_cond_destroy(&s->sync_done_cond);
-    if (s->wal_fd >= 0)
-        close(s->wal_fd);
-    if (s->ckpt_started)
-        stop_thread(s->ckpt_thread, &s->ckpt_lock, &s->ckpt_cond, &s->ckpt_stop);
+    if (s->wal_fd >= 0) close(s->wal_fd);
+    if (s->ckpt_started) stop_thread(s->ckpt_thread, &s->ckpt_lock, &s->ckpt_cond, &s->ckpt_stop);
     pthread_mutex_destroy(&s->ckpt_lock);
     pthread_cond_destroy(&s->ckpt_cond);
     pthread_mutex_destroy(&s->ckpt_run);
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
-    if (s->db != NULL)
-        sqlite3_close(s->db);
+    if (s->db != NULL) sqlite3_close(s->db);
     drop_cache(s);
     free(s->touched);
     for (size_t i = 0; i < s->nlookup_keys; i++)
@@ -956,8 +943,7 @@ void gw_storage_set_serving(gw_storage_t *s, int on)
 {
     pthread_mutex_lock(&durable_lock);
     atomic_store(&s->serving, on != 0);
-    if (on)
-        publish_locked(s, s->last_op, s->lsn, s->consistent);
+    if (on) publish_locked(s, s->last_op, s->lsn, s->consistent);
     pthread_mutex_unlock(&durable_lock);
 }
 
@@ -965,17 +951,14 @@ void gw_storage_set_serving(gw_storage_t *s, int on)
 
 int gw_storage_begin(gw_storage_t *s, gw_err_t *err)
 {
-    if (s->in_txn)
-        return 0;
-    if (exec(s->db, "BEGIN IMMEDIATE", err, "begin a storage transaction") != 0)
-        return GW_EIO;
+    if (s->in_txn) return 0;
+    if (exec(s->db, "BEGIN IMMEDIATE", err, "begin a storage transaction") != 0) return GW_EIO;
     /* the op-id sequence is shared with a writer building another rule version beside this one:
      * take it up where the last commit of either left it (this transaction holds the lock) */
     char buf[32];
     if (gw_storage_state_get(s, "next_op", buf, sizeof(buf))) {
         uint64_t next = strtoull(buf, NULL, 10);
-        if (next > s->next_op)
-            s->next_op = next;
+        if (next > s->next_op) s->next_op = next;
     }
     s->in_txn = 1;
     s->gen++;
@@ -1004,8 +987,7 @@ static void flush_bucket(const char *key, void *value, void *ud)
     (void)key;
     gw_storage_t *s = ud;
     bucket_t *b = value;
-    if (!b->dirty)
-        return;
+    if (!b->dirty) return;
     sqlite3_stmt *q = s->st[ST_BUCKET_UPDATE];
     sqlite3_bind_int64(q, 1, b->id);
     sqlite3_bind_int64(q, 2, b->checksum);
@@ -1027,17 +1009,14 @@ static char **names_append(char **v, size_t at, const char *const *src, size_t n
  * after that. */
 static int commit(gw_storage_t *s, uint64_t lsn, int wait, gw_err_t *err)
 {
-    if (!s->in_txn)
-        return gw_err_set(err, GW_EINVAL, "storage", "commit without a transaction");
-    if (flush_pending(s, err) != 0)
-        return GW_EIO;
+    if (!s->in_txn) return gw_err_set(err, GW_EINVAL, "storage", "commit without a transaction");
+    if (flush_pending(s, err) != 0) return GW_EIO;
     for (size_t i = 0; i < s->ntouched; i++) {
         bucket_t *b = gw_map_get(&s->by_name, s->touched[i]);
         flush_bucket(NULL, b, s);
     }
     uint64_t last_op = s->txn_last_op;
-    if (lsn < s->lsn)
-        lsn = s->lsn;
+    if (lsn < s->lsn) lsn = s->lsn;
     if (state_set_u64(s, "next_op", s->next_op, err) != 0 ||
         state_set_u64(s, "last_op", last_op, err) != 0 || state_set_u64(s, "lsn", lsn, err) != 0)
         return GW_EIO;
@@ -1085,8 +1064,7 @@ static int commit(gw_storage_t *s, uint64_t lsn, int wait, gw_err_t *err)
     j->names = gw_xmalloc((j->nbuckets + j->nlookups + j->nwcps + 1) * sizeof(char *));
     names_append(j->names, 0, (const char *const *)s->touched, j->nbuckets);
     names_append(j->names, j->nbuckets, (const char *const *)s->lookup_keys, j->nlookups);
-    names_append(j->names, j->nbuckets + j->nlookups, (const char *const *)s->wcp_done,
-                 j->nwcps);
+    names_append(j->names, j->nbuckets + j->nlookups, (const char *const *)s->wcp_done, j->nwcps);
     if (!s->sync_started) {
         /* no syncer (it could not start): sync here */
         wal_sync(s);
@@ -1105,8 +1083,7 @@ static int commit(gw_storage_t *s, uint64_t lsn, int wait, gw_err_t *err)
     while (wait && !j->done)
         pthread_cond_wait(&s->sync_done_cond, &s->sync_lock);
     pthread_mutex_unlock(&s->sync_lock);
-    if (wait)
-        job_free(j);
+    if (wait) job_free(j);
     return 0;
 }
 
@@ -1122,8 +1099,7 @@ int gw_storage_commit_async(gw_storage_t *s, uint64_t lsn, gw_err_t *err)
 
 void gw_storage_rollback(gw_storage_t *s)
 {
-    if (!s->in_txn)
-        return;
+    if (!s->in_txn) return;
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     s->in_txn = 0;
     gw_buf_reset(&s->pend);
@@ -1137,11 +1113,10 @@ void gw_storage_rollback(gw_storage_t *s)
  * stored as "<version>#key". */
 static int global_key(const char *k)
 {
-    static const char *const keys[] = {"layout", "next_op", "serving", "building", "source_id",
-                                       "version_seq", "retired"};
+    static const char *const keys[] = {"layout",    "next_op",     "serving", "building",
+                                       "source_id", "version_seq", "retired"};
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
-        if (strcmp(k, keys[i]) == 0)
-            return 1;
+        if (strcmp(k, keys[i]) == 0) return 1;
     return 0;
 }
 
@@ -1156,8 +1131,7 @@ static const char *state_key(const char *ns, const char *key, char *buf, size_t 
 int gw_storage_state_get(gw_storage_t *s, const char *key, char *buf, size_t len)
 {
     sqlite3_stmt *q = s->st[ST_STATE_GET];
-    if (q == NULL)
-        return 0;
+    if (q == NULL) return 0;
     char k[256];
     sqlite3_bind_text(q, 1, state_key(s->version, key, k, sizeof(k)), -1, SQLITE_TRANSIENT);
     int found = 0;
@@ -1189,8 +1163,7 @@ void gw_storage_checkpoint(const gw_storage_t *s, uint64_t *last_op, uint64_t *l
 
 int gw_storage_set_consistent(gw_storage_t *s, int consistent, gw_err_t *err)
 {
-    if (gw_storage_state_set(s, "consistent", consistent ? "1" : "0", err) != 0)
-        return GW_EIO;
+    if (gw_storage_state_set(s, "consistent", consistent ? "1" : "0", err) != 0) return GW_EIO;
     s->consistent = consistent != 0;
     return 0;
 }
@@ -1230,12 +1203,9 @@ static void append_json_chars(gw_buf_t *b, const char *str)
     const unsigned char *p = (const unsigned char *)str, *run = p;
     for (;; p++) {
         unsigned char c = *p;
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        if (p > run)
-            gw_buf_append(b, run, (size_t)(p - run));
-        if (c == '\0')
-            break;
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        if (p > run) gw_buf_append(b, run, (size_t)(p - run));
+        if (c == '\0') break;
         char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
         size_t n = 2;
         switch (c) {
@@ -1287,8 +1257,7 @@ typedef struct rec {
 /* Decode the record at p (avail bytes left): 1 and *r, or 0 when p is the end or malformed. */
 static int rec_read(const unsigned char *p, size_t avail, rec_t *r)
 {
-    if (avail < REC_HDR)
-        return 0;
+    if (avail < REC_HDR) return 0;
     uint32_t io, il, ll;
     memcpy(&r->op_id, p, 8);
     memcpy(&r->checksum, p + 8, 4);
@@ -1296,8 +1265,7 @@ static int rec_read(const unsigned char *p, size_t avail, rec_t *r)
     memcpy(&io, p + 13, 4);
     memcpy(&il, p + 17, 4);
     memcpy(&ll, p + 21, 4);
-    if (ll > avail - REC_HDR || io > ll || il > ll - io)
-        return 0;
+    if (ll > avail - REC_HDR || io > ll || il > ll - io) return 0;
     r->line = (const char *)p + REC_HDR;
     r->line_len = ll;
     r->ident = r->line + io;
@@ -1307,8 +1275,8 @@ static int rec_read(const unsigned char *p, size_t avail, rec_t *r)
 }
 
 /* Append a record to out. */
-static void rec_append(gw_buf_t *out, uint64_t op_id, uint32_t checksum, int op,
-                       size_t ident_off, size_t ident_len, const char *line, size_t line_len)
+static void rec_append(gw_buf_t *out, uint64_t op_id, uint32_t checksum, int op, size_t ident_off,
+                       size_t ident_len, const char *line, size_t line_len)
 {
     unsigned char h[REC_HDR];
     uint32_t io = (uint32_t)ident_off, il = (uint32_t)ident_len, ll = (uint32_t)line_len;
@@ -1358,8 +1326,7 @@ static int flush_pending(gw_storage_t *s, gw_err_t *err)
                 rec_t r;
                 rec_read(e + PEND_LINK, s->pend.len - (at - 1) - PEND_LINK, &r);
                 gw_buf_append(c, e + PEND_LINK, r.size);
-                if (n++ == 0)
-                    first = r.op_id;
+                if (n++ == 0) first = r.op_id;
                 last = r.op_id;
                 sum += r.checksum;
                 at = next;
@@ -1370,8 +1337,7 @@ static int flush_pending(gw_storage_t *s, gw_err_t *err)
     }
     s->npend_buckets = 0;
     gw_buf_reset(&s->pend);
-    if (c->cap > 4 * CHUNK_MAX_BYTES)
-        gw_buf_free(c);
+    if (c->cap > 4 * CHUNK_MAX_BYTES) gw_buf_free(c);
     return rc;
 }
 
@@ -1398,8 +1364,7 @@ static void encode_body(gw_buf_t *l, int op, const char *type, const char *id, c
     append_field(l, id);
     append_field(l, subkey);
     *ident_end = l->len;
-    if (op == OP_PUT)
-        append_json_chars(l, data); /* data is NUL-free JSON text */
+    if (op == OP_PUT) append_json_chars(l, data); /* data is NUL-free JSON text */
 }
 
 /* Take the next length-prefixed field of an op body: 1 and *str, *n, or 0 when malformed. */
@@ -1407,11 +1372,9 @@ static int body_field(const unsigned char **p, const unsigned char *end, const c
                       size_t *n)
 {
     uint32_t len;
-    if (end - *p < 4)
-        return 0;
+    if (end - *p < 4) return 0;
     memcpy(&len, *p, 4);
-    if (len > (size_t)(end - *p - 4))
-        return 0;
+    if (len > (size_t)(end - *p - 4)) return 0;
     *str = (const char *)*p + 4;
     *n = len;
     *p += 4 + len;
@@ -1515,8 +1478,7 @@ static int write_op(gw_storage_t *s, bucket_t *b, int op, const char *type, cons
  * get no REMOVEs while the new version re-snapshots; they are dropped whole afterwards). */
 static int live_bucket(const gw_storage_t *s, int64_t id)
 {
-    if ((size_t)id >= s->by_id_cap || s->by_id[id] == NULL)
-        return 0;
+    if ((size_t)id >= s->by_id_cap || s->by_id[id] == NULL) return 0;
     size_t n = strlen(s->version);
     return n == 0 || strncmp(s->by_id[id]->name, s->version, n) == 0;
 }
@@ -1553,11 +1515,9 @@ static int member_str(const unsigned char **q, const unsigned char *end, int imp
         return 1;
     }
     uint16_t len;
-    if (end - *q < 2)
-        return 0;
+    if (end - *q < 2) return 0;
     memcpy(&len, *q, 2);
-    if (end - *q < 2 + len)
-        return 0;
+    if (end - *q < 2 + len) return 0;
     *str = (const char *)*q + 2;
     *n = len;
     *q += 2 + len;
@@ -1566,8 +1526,7 @@ static int member_str(const unsigned char **q, const unsigned char *end, int imp
 
 static void put_member_str(gw_buf_t *out, int implied, const char *str)
 {
-    if (implied)
-        return;
+    if (implied) return;
     uint16_t len = (uint16_t)strnlen(str, 65535);
     gw_buf_append(out, &len, 2);
     gw_buf_append(out, str, len);
@@ -1576,8 +1535,7 @@ static void put_member_str(gw_buf_t *out, int implied, const char *str)
 static int next_member(const unsigned char **p, const unsigned char *end, const gw_row_ref_t *ref,
                        member_t *m)
 {
-    if (end - *p < 5)
-        return 0;
+    if (end - *p < 5) return 0;
     uint32_t bid;
     memcpy(&bid, *p, 4);
     unsigned flags = (*p)[4];
@@ -1590,8 +1548,8 @@ static int next_member(const unsigned char **p, const unsigned char *end, const 
     return 1;
 }
 
-static void add_member(gw_buf_t *out, const gw_row_ref_t *ref, int64_t bucket_id,
-                       const char *type, const char *id)
+static void add_member(gw_buf_t *out, const gw_row_ref_t *ref, int64_t bucket_id, const char *type,
+                       const char *id)
 {
     uint32_t bid = (uint32_t)bucket_id;
     unsigned char flags = (unsigned char)((strcmp(type, bare_table(ref->table)) == 0 ? M_TYPE : 0) |
@@ -1605,8 +1563,7 @@ static void add_member(gw_buf_t *out, const gw_row_ref_t *ref, int64_t bucket_id
 /* Copy n bytes of p into buf (len bytes) as a string, truncated to fit. */
 static void copy_span(char *buf, size_t len, const char *p, size_t n)
 {
-    if (n >= len)
-        n = len - 1;
+    if (n >= len) n = len - 1;
     memcpy(buf, p, n);
     buf[n] = '\0';
 }
@@ -1629,8 +1586,7 @@ static void subkey_of(const gw_row_ref_t *ref, char *buf, size_t len)
 static void note_lookup_key(gw_storage_t *s, const char *key)
 {
     for (size_t i = 0; i < s->nlookup_keys; i++)
-        if (strcmp(s->lookup_keys[i], key) == 0)
-            return;
+        if (strcmp(s->lookup_keys[i], key) == 0) return;
     if (s->nlookup_keys == s->cap_lookup_keys) {
         s->cap_lookup_keys = s->cap_lookup_keys ? s->cap_lookup_keys * 2 : 16;
         s->lookup_keys = gw_xrealloc(s->lookup_keys, s->cap_lookup_keys * sizeof(char *));
@@ -1661,14 +1617,12 @@ static int replace_lookups(gw_storage_t *s, const gw_row_ref_t *ref, const char 
     sqlite3_bind_int64(q, 3, (sqlite3_int64)op_id);
     int rc = sqlite3_step(q);
     sqlite3_reset(q);
-    if (rc != SQLITE_DONE)
-        return sql_err(s->db, err, "update parameter lookups");
+    if (rc != SQLITE_DONE) return sql_err(s->db, err, "update parameter lookups");
     /* keys of the old entries changed too */
     for (const char *p = old_text; p != NULL && *p != '\0';) {
         const char *tab = strchr(p, '\t');
         const char *nl = strchr(p, '\n');
-        if (tab == NULL || nl == NULL)
-            break;
+        if (tab == NULL || nl == NULL) break;
         char key[1024];
         snprintf(key, sizeof(key), "%.*s", (int)(tab - p), p);
         note_lookup_key(s, key);
@@ -1683,8 +1637,7 @@ static int replace_lookups(gw_storage_t *s, const gw_row_ref_t *ref, const char 
         sqlite3_bind_int64(q, 5, (sqlite3_int64)op_id);
         rc = sqlite3_step(q);
         sqlite3_reset(q);
-        if (rc != SQLITE_DONE)
-            return sql_err(s->db, err, "write parameter lookups");
+        if (rc != SQLITE_DONE) return sql_err(s->db, err, "write parameter lookups");
         note_lookup_key(s, l->items[i].key);
     }
     return 0;
@@ -1692,8 +1645,8 @@ static int replace_lookups(gw_storage_t *s, const gw_row_ref_t *ref, const char 
 
 /* Load a row's stored members and lookups (copies into the given buffers). 1 found, 0 not.
  * *copy_same: whether its stored copy equals copy/copy_len (NULL: none). */
-static int row_load(gw_storage_t *s, const gw_row_ref_t *ref, gw_buf_t *members,
-                    gw_buf_t *lookups, const void *copy, size_t copy_len, int *copy_same)
+static int row_load(gw_storage_t *s, const gw_row_ref_t *ref, gw_buf_t *members, gw_buf_t *lookups,
+                    const void *copy, size_t copy_len, int *copy_same)
 {
     sqlite3_stmt *q = s->st[ST_ROW_GET];
     sqlite3_bind_text(q, 1, ns_table(s, ref->table), -1, SQLITE_STATIC);
@@ -1704,11 +1657,9 @@ static int row_load(gw_storage_t *s, const gw_row_ref_t *ref, gw_buf_t *members,
         found = 1;
         const void *m = sqlite3_column_blob(q, 0);
         int ml = sqlite3_column_bytes(q, 0);
-        if (m != NULL && ml > 0)
-            gw_buf_append(members, m, (size_t)ml);
+        if (m != NULL && ml > 0) gw_buf_append(members, m, (size_t)ml);
         const char *lk = (const char *)sqlite3_column_text(q, 1);
-        if (lk != NULL)
-            gw_buf_puts(lookups, lk);
+        if (lk != NULL) gw_buf_puts(lookups, lk);
         if (sqlite3_column_type(q, 2) == SQLITE_NULL) {
             *copy_same = copy == NULL;
         } else {
@@ -1722,8 +1673,8 @@ static int row_load(gw_storage_t *s, const gw_row_ref_t *ref, gw_buf_t *members,
 }
 
 int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops_t *ops,
-                       const gw_op_tail_t *tails, const rules_lookups_t *lookups,
-                       const void *copy, size_t copy_len, gw_err_t *err)
+                       const gw_op_tail_t *tails, const rules_lookups_t *lookups, const void *copy,
+                       size_t copy_len, gw_err_t *err)
 {
     char subkey[2048];
     subkey_of(ref, subkey, sizeof(subkey));
@@ -1759,8 +1710,7 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
                    memcmp(o->object_type, m.type, m.tlen) == 0 && strlen(o->object_id) == m.ilen &&
                    memcmp(o->object_id, m.id, m.ilen) == 0;
         }
-        if (kept || !live_bucket(s, m.bucket_id))
-            continue;
+        if (kept || !live_bucket(s, m.bucket_id)) continue;
         if (!have_rm_checksum) {
             rm_checksum = rules_checksum_delete(subkey);
             have_rm_checksum = 1;
@@ -1777,13 +1727,12 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
         const char *oldl = old_lookups.data != NULL ? old_lookups.data : "";
         const char *newl = new_lookups.data != NULL ? new_lookups.data : "";
         lookups_same = strcmp(oldl, newl) == 0;
-        if (!lookups_same)
-            rc = replace_lookups(s, ref, oldl, lookups, err);
+        if (!lookups_same) rc = replace_lookups(s, ref, oldl, lookups, err);
     }
     /* the stored row changes only when its memberships, lookups or copy do */
-    int same = found && lookups_same && copy_same && old_members.len == s->members.len &&
-               (s->members.len == 0 ||
-                memcmp(old_members.data, s->members.data, s->members.len) == 0);
+    int same =
+        found && lookups_same && copy_same && old_members.len == s->members.len &&
+        (s->members.len == 0 || memcmp(old_members.data, s->members.data, s->members.len) == 0);
     if (rc == 0 && !same) {
         sqlite3_stmt *q = s->st[found ? ST_ROW_UPDATE : ST_ROW_INSERT];
         sqlite3_bind_text(q, 1, ns_table(s, ref->table), -1, SQLITE_STATIC);
@@ -1795,8 +1744,7 @@ int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops
             sqlite3_bind_blob(q, 5, copy, (int)copy_len, SQLITE_STATIC);
         else
             sqlite3_bind_null(q, 5);
-        if (sqlite3_step(q) != SQLITE_DONE)
-            rc = sql_err(s->db, err, "store a row");
+        if (sqlite3_step(q) != SQLITE_DONE) rc = sql_err(s->db, err, "store a row");
         sqlite3_reset(q);
         if (rc == 0 && !found) {
             filter_add(s, ref);
@@ -1834,8 +1782,7 @@ static int64_t *chunk_ids(sqlite3_stmt *ids, const bucket_t *b, uint64_t upto, s
 }
 
 /* Load chunk id's records into out. 0 or GW_EIO. */
-static int chunk_load(gw_storage_t *s, sqlite3_stmt *get, int64_t id, gw_buf_t *out,
-                      gw_err_t *err)
+static int chunk_load(gw_storage_t *s, sqlite3_stmt *get, int64_t id, gw_buf_t *out, gw_err_t *err)
 {
     gw_buf_reset(out);
     sqlite3_bind_int64(get, 1, id);
@@ -1855,8 +1802,7 @@ static int chunk_store(gw_storage_t *s, sqlite3_stmt *set, int64_t id, const gw_
     rec_t r;
     for (size_t off = 0; rec_read((const unsigned char *)ops->data + off, ops->len - off, &r);
          off += r.size) {
-        if (n++ == 0)
-            first = r.op_id;
+        if (n++ == 0) first = r.op_id;
         sum += r.checksum;
     }
     sqlite3_bind_int64(set, 1, id);
@@ -1897,8 +1843,7 @@ static int compact_moves(gw_storage_t *s, const int64_t *ids, size_t nids, sqlit
         size_t nmove = 0;
         for (size_t i = n; i-- > 0;) {
             rec_read((const unsigned char *)in.data + offs[i], in.len - offs[i], &r);
-            if (r.op != OP_PUT && r.op != OP_REMOVE)
-                continue;
+            if (r.op != OP_PUT && r.op != OP_REMOVE) continue;
             /* the identity's three strings joined by 0x1f (they are escaped: no control bytes;
              * the body's length prefixes hold NULs, and map keys are C strings) */
             gw_buf_reset(&key);
@@ -1906,12 +1851,10 @@ static int compact_moves(gw_storage_t *s, const int64_t *ids, size_t nids, sqlit
             const char *str;
             size_t n;
             for (int f = 0; f < 3 && body_field(&ip, ie, &str, &n); f++) {
-                if (f > 0)
-                    gw_buf_append(&key, "\x1f", 1);
+                if (f > 0) gw_buf_append(&key, "\x1f", 1);
                 gw_buf_append(&key, str, n);
             }
-            if (key.data == NULL)
-                gw_buf_puts(&key, "");
+            if (key.data == NULL) gw_buf_puts(&key, "");
             if (gw_map_get(&seen, key.data) == NULL) {
                 gw_map_put(&seen, key.data, (void *)1);
             } else {
@@ -2001,19 +1944,16 @@ int gw_storage_set_version(gw_storage_t *s, const char *version, gw_err_t *err)
 {
     char ns[40];
     snprintf(ns, sizeof(ns), "%s#", version);
-    if (strcmp(ns, s->version) == 0)
-        return 0;
+    if (strcmp(ns, s->version) == 0) return 0;
     if (s->in_txn)
         return gw_err_set(err, GW_EINVAL, "storage", "version change inside a transaction");
     snprintf(s->version, sizeof(s->version), "%s", ns);
     gw_buf_reset(&s->ns_tbl);
     free(s->filter);
     s->filter = NULL;
-    if (load_cache(s, err) != 0)
-        return GW_EIO;
+    if (load_cache(s, err) != 0) return GW_EIO;
     gw_storage_stats_t st;
-    if (gw_storage_stats(s, &st) == 0)
-        filter_build(s, st.rows);
+    if (gw_storage_stats(s, &st) == 0) filter_build(s, st.rows);
     return 0;
 }
 
@@ -2026,14 +1966,13 @@ int gw_storage_advance_checkpoint(gw_storage_t *s, gw_err_t *err)
 {
     if (!s->in_txn)
         return gw_err_set(err, GW_EINVAL, "storage", "checkpoint advance outside a transaction");
-    if (s->next_op - 1 > s->txn_last_op)
-        s->txn_last_op = s->next_op - 1;
+    if (s->next_op - 1 > s->txn_last_op) s->txn_last_op = s->next_op - 1;
     return 0;
 }
 
 /* Run sql (binding ?1/?2 to the text range [lo, hi)) and add the rows it changed to *n. */
-static int exec_range(gw_storage_t *s, const char *sql, const char *lo, const char *hi,
-                      uint64_t *n, gw_err_t *err)
+static int exec_range(gw_storage_t *s, const char *sql, const char *lo, const char *hi, uint64_t *n,
+                      gw_err_t *err)
 {
     sqlite3_stmt *q;
     if (sqlite3_prepare_v2(s->db, sql, -1, &q, NULL) != SQLITE_OK)
@@ -2042,13 +1981,11 @@ static int exec_range(gw_storage_t *s, const char *sql, const char *lo, const ch
     sqlite3_bind_text(q, 2, hi, -1, SQLITE_STATIC);
     int rc = sqlite3_step(q) == SQLITE_DONE ? 0 : sql_err(s->db, err, "drop a rule version");
     sqlite3_finalize(q);
-    if (rc == 0 && n != NULL)
-        *n += (uint64_t)sqlite3_changes(s->db);
+    if (rc == 0 && n != NULL) *n += (uint64_t)sqlite3_changes(s->db);
     return rc;
 }
 
-int gw_storage_drop_version(gw_storage_t *s, const char *version, uint64_t *dropped,
-                            gw_err_t *err)
+int gw_storage_drop_version(gw_storage_t *s, const char *version, uint64_t *dropped, gw_err_t *err)
 {
     *dropped = 0;
     char ns[40], lo[48], hi[48];
@@ -2057,8 +1994,7 @@ int gw_storage_drop_version(gw_storage_t *s, const char *version, uint64_t *drop
         return gw_err_set(err, GW_EINVAL, "storage", "cannot drop the writer's own version");
     if (!s->in_txn)
         return gw_err_set(err, GW_EINVAL, "storage", "version drop outside a transaction");
-    if (flush_pending(s, err) != 0)
-        return GW_EIO;
+    if (flush_pending(s, err) != 0) return GW_EIO;
     ns_range(ns, lo, hi, sizeof(lo));
     int rc = exec_range(s,
                         "DELETE FROM op_chunks WHERE bucket_id IN (SELECT id FROM buckets WHERE "
@@ -2073,13 +2009,11 @@ int gw_storage_drop_version(gw_storage_t *s, const char *version, uint64_t *drop
         rc = exec_range(s, "DELETE FROM lookups WHERE key >= ?1 AND key < ?2", lo, hi, NULL, err);
     if (rc == 0)
         rc = exec_range(s, "DELETE FROM state WHERE k >= ?1 AND k < ?2", lo, hi, NULL, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     /* forget the dropped buckets this writer had cached (totals count its own version only) */
     for (size_t id = 0; id < s->by_id_cap; id++) {
         bucket_t *b = s->by_id[id];
-        if (b == NULL || strncmp(b->name, ns, strlen(ns)) != 0)
-            continue;
+        if (b == NULL || strncmp(b->name, ns, strlen(ns)) != 0) continue;
         gw_map_del(&s->by_name, b->name);
         s->by_id[id] = NULL;
         free(b->name);
@@ -2093,8 +2027,7 @@ int gw_storage_compact(gw_storage_t *s, gw_storage_compact_stats_t *out, gw_err_
     gw_storage_compact_stats_t st = {0};
     if (!s->in_txn)
         return gw_err_set(err, GW_EINVAL, "storage", "compaction outside a transaction");
-    if (flush_pending(s, err) != 0)
-        return GW_EIO;
+    if (flush_pending(s, err) != 0) return GW_EIO;
     uint64_t upto = s->last_op;
     st.target = upto;
     static const char *const sql[CQ_COUNT] = {
@@ -2124,8 +2057,7 @@ int gw_storage_compact(gw_storage_t *s, gw_storage_compact_stats_t *out, gw_err_
         size_t nids;
         int64_t *ids = chunk_ids(q[CQ_IDS], b, upto, &nids);
         rc = compact_moves(s, ids, nids, q, &st.moved, err);
-        if (rc == 0)
-            rc = compact_clear(s, b, ids, nids, q, &st.cleared, err);
+        if (rc == 0) rc = compact_clear(s, b, ids, nids, q, &st.cleared, err);
         free(ids);
         if (rc == 0) {
             b->compacted = upto;
@@ -2140,8 +2072,7 @@ int gw_storage_compact(gw_storage_t *s, gw_storage_compact_stats_t *out, gw_err_
         sqlite3_finalize(q[i]);
     if (rc == 0 && (st.moved > 0 || st.cleared > 0))
         rc = state_set_u64(s, "compact_target", upto, err);
-    if (out != NULL)
-        *out = st;
+    if (out != NULL) *out = st;
     return rc;
 }
 
@@ -2152,11 +2083,9 @@ int gw_storage_write_checkpoint(gw_storage_t *s, const char *user_key, uint64_t 
     sqlite3_bind_text(q, 1, user_key, -1, SQLITE_STATIC);
     sqlite3_bind_int64(q, 2, (sqlite3_int64)lsn);
     int rc = sqlite3_step(q);
-    if (rc == SQLITE_ROW)
-        *counter = (uint64_t)sqlite3_column_int64(q, 0);
+    if (rc == SQLITE_ROW) *counter = (uint64_t)sqlite3_column_int64(q, 0);
     sqlite3_reset(q);
-    if (rc != SQLITE_ROW)
-        return sql_err(s->db, err, "store a write checkpoint");
+    if (rc != SQLITE_ROW) return sql_err(s->db, err, "store a write checkpoint");
     if (s->nwcp == s->cap_wcp) {
         s->cap_wcp = s->cap_wcp ? s->cap_wcp * 2 : 16;
         s->wcp = gw_xrealloc(s->wcp, s->cap_wcp * sizeof(*s->wcp));
@@ -2181,16 +2110,14 @@ int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *er
     const unsigned char *end = p + old_members.len;
     member_t m;
     while (rc == 0 && p != NULL && next_member(&p, end, ref, &m)) {
-        if (!live_bucket(s, m.bucket_id))
-            continue;
+        if (!live_bucket(s, m.bucket_id)) continue;
         char type[512], id[1024];
         copy_span(type, sizeof(type), m.type, m.tlen);
         copy_span(id, sizeof(id), m.id, m.ilen);
         rc = write_op(s, s->by_id[m.bucket_id], OP_REMOVE, type, id, subkey, NULL, rm_checksum,
                       NULL, err);
     }
-    if (rc == 0 && old_lookups.len > 0)
-        rc = replace_lookups(s, ref, old_lookups.data, NULL, err);
+    if (rc == 0 && old_lookups.len > 0) rc = replace_lookups(s, ref, old_lookups.data, NULL, err);
     if (rc == 0) {
         sqlite3_stmt *q = s->st[ST_ROW_DEL];
         sqlite3_bind_text(q, 1, ns_table(s, ref->table), -1, SQLITE_STATIC);
@@ -2217,15 +2144,12 @@ int gw_storage_truncate(gw_storage_t *s, const char *table, gw_err_t *err)
         int rc = 0;
         for (size_t i = 0; i < n; i++) {
             gw_row_ref_t ref = {.table = table, .key = keys[i]};
-            if (rc == 0)
-                rc = gw_storage_delete_row(s, &ref, err);
+            if (rc == 0) rc = gw_storage_delete_row(s, &ref, err);
             free(keys[i]);
         }
         free(keys);
-        if (rc != 0)
-            return rc;
-        if (n == 0)
-            return 0;
+        if (rc != 0) return rc;
+        if (n == 0) return 0;
     }
 }
 
@@ -2255,8 +2179,7 @@ size_t gw_storage_row_encode(gw_buf_t *out, size_t ncols, const char *const *nam
     gw_buf_append(out, &n, 2);
     for (size_t i = 0; i < ncols; i++) {
         size_t len = values[i] == NULL ? 0 : lens ? lens[i] : strlen(values[i]);
-        if (min_len > 0 && (values[i] == NULL || len < min_len))
-            continue;
+        if (min_len > 0 && (values[i] == NULL || len < min_len)) continue;
         n++;
         uint16_t nl = (uint16_t)strlen(names[i]);
         gw_buf_append(out, &nl, 2);
@@ -2265,8 +2188,7 @@ size_t gw_storage_row_encode(gw_buf_t *out, size_t ncols, const char *const *nam
         gw_buf_append(out, &kind, 1);
         uint32_t vl = values[i] == NULL ? 0 : (uint32_t)(lens ? lens[i] : strlen(values[i]));
         gw_buf_append(out, &vl, 4);
-        if (values[i] != NULL)
-            gw_buf_append(out, values[i], vl);
+        if (values[i] != NULL) gw_buf_append(out, values[i], vl);
     }
     memcpy(out->data + start, &n, 2);
     return n;
@@ -2276,8 +2198,7 @@ int gw_storage_row_find(const void *copy, size_t copy_len, const char *name, con
                         size_t *len)
 {
     const char *p = copy, *end = p + copy_len;
-    if (copy_len < 2)
-        return 0;
+    if (copy_len < 2) return 0;
     uint16_t n;
     memcpy(&n, p, 2);
     p += 2;
@@ -2285,17 +2206,14 @@ int gw_storage_row_find(const void *copy, size_t copy_len, const char *name, con
     for (uint16_t i = 0; i < n; i++) {
         uint16_t nl;
         uint32_t vl;
-        if (end - p < 2)
-            return 0;
+        if (end - p < 2) return 0;
         memcpy(&nl, p, 2);
-        if (end - p < 2 + nl + 5)
-            return 0;
+        if (end - p < 2 + nl + 5) return 0;
         const char *nm = p + 2;
         char kind = p[2 + nl];
         memcpy(&vl, p + 3 + nl, 4);
         const char *v = p + 7 + nl;
-        if (end - v < (ptrdiff_t)vl)
-            return 0;
+        if (end - v < (ptrdiff_t)vl) return 0;
         if (nl == want && memcmp(nm, name, nl) == 0) {
             *value = kind == 't' ? v : NULL;
             *len = vl;
@@ -2382,12 +2300,10 @@ const char *gw_storage_reader_version(const gw_storage_reader_t *r)
 
 void gw_storage_reader_close(gw_storage_reader_t *r)
 {
-    if (r == NULL)
-        return;
+    if (r == NULL) return;
     for (int i = 0; i < RD_COUNT; i++)
         sqlite3_finalize(r->st[i]);
-    if (r->db != NULL)
-        sqlite3_close(r->db);
+    if (r->db != NULL) sqlite3_close(r->db);
     free(r);
 }
 
@@ -2407,8 +2323,7 @@ int gw_storage_read_checkpoint(gw_storage_reader_t *r, uint64_t *last_op, uint64
         pthread_mutex_unlock(&durable_lock);
         return 0;
     }
-    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
-        return GW_EIO;
+    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return GW_EIO;
     reader_file_ns(r);
     sqlite3_stmt *q = r->st[RD_STATE];
     sqlite3_bind_text(q, 1, r->ns, -1, SQLITE_TRANSIENT);
@@ -2416,8 +2331,7 @@ int gw_storage_read_checkpoint(gw_storage_reader_t *r, uint64_t *last_op, uint64
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
         const char *k = (const char *)sqlite3_column_text(q, 0);
         const char *v = (const char *)sqlite3_column_text(q, 1);
-        if (k == NULL || v == NULL)
-            continue;
+        if (k == NULL || v == NULL) continue;
         if (strcmp(k, "last_op") == 0)
             *last_op = strtoull(v, NULL, 10);
         else if (strcmp(k, "lsn") == 0)
@@ -2464,8 +2378,7 @@ int gw_storage_bucket_checksum(gw_storage_reader_t *r, const char *bucket, uint6
 {
     *checksum = 0;
     *count = 0;
-    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
-        return GW_EIO;
+    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return GW_EIO;
     int rc = 0;
     sqlite3_stmt *q = r->st[RD_BUCKET];
     sqlite3_bind_text(q, 1, bucket, -1, SQLITE_STATIC);
@@ -2504,8 +2417,7 @@ int gw_storage_bucket_checksum(gw_storage_reader_t *r, const char *bucket, uint6
                 }
             }
         }
-        if (step != SQLITE_DONE)
-            rc = GW_EIO;
+        if (step != SQLITE_DONE) rc = GW_EIO;
         sqlite3_reset(q);
     }
     sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
@@ -2519,14 +2431,12 @@ int gw_storage_read_ops(gw_storage_reader_t *r, const char *bucket, uint64_t aft
     *last = after;
     *has_more = 0;
     *nops = 0;
-    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
-        return GW_EIO;
+    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return GW_EIO;
     int rc = 0;
     sqlite3_stmt *q = r->st[RD_BUCKET];
     sqlite3_bind_text(q, 1, bucket, -1, SQLITE_STATIC);
     int64_t id = -1;
-    if (sqlite3_step(q) == SQLITE_ROW)
-        id = sqlite3_column_int64(q, 0);
+    if (sqlite3_step(q) == SQLITE_ROW) id = sqlite3_column_int64(q, 0);
     sqlite3_reset(q);
     if (id >= 0) {
         q = r->st[RD_OPS];
@@ -2538,10 +2448,8 @@ int gw_storage_read_ops(gw_storage_reader_t *r, const char *bucket, uint64_t aft
             const unsigned char *p = sqlite3_column_blob(q, 0);
             size_t len = (size_t)sqlite3_column_bytes(q, 0);
             rec_t rec;
-            for (size_t off = 0; p != NULL && rec_read(p + off, len - off, &rec);
-                 off += rec.size) {
-                if (rec.op_id <= after)
-                    continue;
+            for (size_t off = 0; p != NULL && rec_read(p + off, len - off, &rec); off += rec.size) {
+                if (rec.op_id <= after) continue;
                 if (rec.op_id > upto) {
                     done = 1;
                     break;
@@ -2551,8 +2459,7 @@ int gw_storage_read_ops(gw_storage_reader_t *r, const char *bucket, uint64_t aft
                     done = 1;
                     break;
                 }
-                if (*nops > 0)
-                    gw_buf_append(out, ",", 1);
+                if (*nops > 0) gw_buf_append(out, ",", 1);
                 size_t before = out->len;
                 render_op(out, &rec);
                 bytes += out->len - before;
@@ -2560,16 +2467,15 @@ int gw_storage_read_ops(gw_storage_reader_t *r, const char *bucket, uint64_t aft
                 (*nops)++;
             }
         }
-        if (!done && step != SQLITE_DONE)
-            rc = GW_EIO;
+        if (!done && step != SQLITE_DONE) rc = GW_EIO;
         sqlite3_reset(q);
     }
     sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
     return rc;
 }
 
-int gw_storage_lookup(gw_storage_reader_t *r, const char *version, const char *key,
-                      uint64_t as_of, int (*fn)(void *ud, const char *params), void *ud)
+int gw_storage_lookup(gw_storage_reader_t *r, const char *version, const char *key, uint64_t as_of,
+                      int (*fn)(void *ud, const char *params), void *ud)
 {
     sqlite3_stmt *q = r->st[RD_LOOKUP];
     char ns[40];
@@ -2583,11 +2489,9 @@ int gw_storage_lookup(gw_storage_reader_t *r, const char *version, const char *k
     int rc = 0, step;
     while ((step = sqlite3_step(q)) == SQLITE_ROW) {
         rc = fn(ud, (const char *)sqlite3_column_text(q, 0));
-        if (rc != 0)
-            break;
+        if (rc != 0) break;
     }
-    if (rc == 0 && step != SQLITE_ROW && step != SQLITE_DONE)
-        rc = GW_EIO;
+    if (rc == 0 && step != SQLITE_ROW && step != SQLITE_DONE) rc = GW_EIO;
     sqlite3_reset(q);
     return rc;
 }
@@ -2604,10 +2508,8 @@ int gw_storage_each_bucket(gw_storage_reader_t *r, uint64_t as_of,
     for (size_t i = 0; i < n; i++) {
         uint32_t cs;
         uint64_t count;
-        if (rc == 0)
-            rc = gw_storage_bucket_checksum(r, names[i], as_of, &cs, &count);
-        if (rc == 0)
-            rc = fn(ud, names[i], cs, count);
+        if (rc == 0) rc = gw_storage_bucket_checksum(r, names[i], as_of, &cs, &count);
+        if (rc == 0) rc = fn(ud, names[i], cs, count);
         free(names[i]);
     }
     free(names);

@@ -34,15 +34,15 @@ typedef struct gw_storage_reader gw_storage_reader_t;
 
 /** What a commit changed; handed to the notification hook. Owned by the storage. */
 typedef struct gw_storage_changes {
-    uint64_t last_op;         /* the new checkpoint */
-    uint64_t lsn;             /* its source position */
+    uint64_t last_op;           /* the new checkpoint */
+    uint64_t lsn;               /* its source position */
     const char *const *buckets; /* names of buckets that got ops */
     size_t nbuckets;
     const char *const *lookups; /* lookup keys whose entries changed */
     size_t nlookups;
     const char *const *write_checkpoints; /* user keys whose write checkpoint became visible */
     size_t nwrite_checkpoints;
-    int consistent;           /* storage has a consistent checkpoint */
+    int consistent; /* storage has a consistent checkpoint */
 } gw_storage_changes_t;
 
 /** Called after every commit once it is durable, on the syncer thread (must not block). */
@@ -169,8 +169,7 @@ int gw_storage_advance_checkpoint(gw_storage_t *s, gw_err_t *err);
  * lookups and state. *dropped is the number of buckets removed. 0, GW_EIO, or GW_EINVAL for the
  * writer's own version.
  */
-int gw_storage_drop_version(gw_storage_t *s, const char *version, uint64_t *dropped,
-                            gw_err_t *err);
+int gw_storage_drop_version(gw_storage_t *s, const char *version, uint64_t *dropped, gw_err_t *err);
 
 /** What one compaction did. */
 typedef struct gw_storage_compact_stats {
@@ -179,7 +178,7 @@ typedef struct gw_storage_compact_stats {
     uint64_t cleared;    /* ops folded into CLEAR ops */
     uint64_t ops_before; /* ops stored before and after */
     uint64_t ops_after;
-    uint64_t target;     /* the checkpoint (op id) compacted up to */
+    uint64_t target; /* the checkpoint (op id) compacted up to */
 } gw_storage_compact_stats_t;
 
 /**
@@ -223,8 +222,8 @@ void gw_storage_encode_put(gw_buf_t *out, const rules_op_t *op, const char *subk
  * per op) carry the PUT lines' JSON encoded by another thread. Inside a txn.
  */
 int gw_storage_put_row(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops_t *ops,
-                       const gw_op_tail_t *tails, const rules_lookups_t *lookups,
-                       const void *copy, size_t copy_len, gw_err_t *err);
+                       const gw_op_tail_t *tails, const rules_lookups_t *lookups, const void *copy,
+                       size_t copy_len, gw_err_t *err);
 
 /**
  * Create the next write checkpoint of user_key ("<sub>/<client_id>") for source position lsn,
@@ -304,8 +303,8 @@ int gw_storage_read_write_checkpoint(gw_storage_reader_t *r, const char *user_ke
  * Call fn for each params JSON stored under lookup key of rule version ("3"; NULL: the version
  * served as of the last gw_storage_read_checkpoint) and valid at checkpoint as_of.
  */
-int gw_storage_lookup(gw_storage_reader_t *r, const char *version, const char *key,
-                      uint64_t as_of, int (*fn)(void *ud, const char *params), void *ud);
+int gw_storage_lookup(gw_storage_reader_t *r, const char *version, const char *key, uint64_t as_of,
+                      int (*fn)(void *ud, const char *params), void *ud);
 
 /** Every bucket name with ops, with its checksum/count as of as_of (for `ferry debug dump`). */
 int gw_storage_each_bucket(gw_storage_reader_t *r, uint64_t as_of,

@@ -42,9 +42,9 @@
 #include <string.h>
 #include <time.h>
 
-#define MAX_OPS_PER_LINE 1000
+#define MAX_OPS_PER_LINE   1000
 #define MAX_BYTES_PER_LINE (1024 * 1024)
-#define KEEPALIVE_SECONDS 20
+#define KEEPALIVE_SECONDS  20
 
 /* ---- events from the replicator ---- */
 
@@ -105,7 +105,6 @@ struct gw_streams {
     gw_hist_t latency; /* storage commit to checkpoint_complete */
 };
 
-
 /* ---- one stream ---- */
 
 /* Take the newest checkpoint this process serves into th. */
@@ -150,7 +149,7 @@ struct stream {
     gw_map_t lookup_keys; /* lookup keys the bucket list depends on */
     int reeval;
     /* checkpoint state */
-    int have_checkpoint; /* a checkpoint line was sent */
+    int have_checkpoint;    /* a checkpoint line was sent */
     uint64_t cp_op, cp_lsn; /* the checkpoint of the current / last round */
     uint64_t wcp;           /* sticky write checkpoint (0: none) */
     int dirty;              /* a newer checkpoint touches this stream */
@@ -187,8 +186,8 @@ static void stream_log_end(stream_t *s)
 {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    double secs = (double)(now.tv_sec - s->started.tv_sec) +
-                  (double)(now.tv_nsec - s->started.tv_nsec) / 1e9;
+    double secs =
+        (double)(now.tv_sec - s->started.tv_sec) + (double)(now.tv_nsec - s->started.tv_nsec) / 1e9;
     char user[300];
     gw_info("stream", "stream ended",
             "conn=s%llu user=%s buckets=%zu ops=%llu bytes=%llu lines=%llu duration_s=%.3f "
@@ -232,8 +231,7 @@ static void line_end(stream_t *s)
 
 static void flush(stream_t *s)
 {
-    if (s->closed || s->busy || s->final_sent)
-        return;
+    if (s->closed || s->busy || s->final_sent) return;
     if (s->pending.len == 0) {
         if (s->finishing) {
             s->final_sent = 1;
@@ -252,8 +250,7 @@ static void flush(stream_t *s)
     atomic_fetch_add(&s->th->owner->bytes_sent, s->inflight.len);
     h2o_iovec_t iov = h2o_iovec_init(s->inflight.data, s->inflight.len);
     int final = s->finishing && !s->in_round;
-    if (final)
-        s->final_sent = 1;
+    if (final) s->final_sent = 1;
     h2o_send(s->req, &iov, 1, final ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
 }
 
@@ -294,8 +291,7 @@ static int lookup_cb(void *arg, const char *key, rules_answer_t *ans)
     stream_t *s = arg;
     gw_map_put(&s->lookup_keys, key, (void *)1);
     lookup_arg_t la = {s, ans};
-    return gw_storage_lookup(s->th->reader, tl_active->version, key, s->cp_op, add_answer,
-                             &la) == 0
+    return gw_storage_lookup(s->th->reader, tl_active->version, key, s->cp_op, add_answer, &la) == 0
                ? 0
                : -1;
 }
@@ -319,8 +315,7 @@ static int eval_buckets(stream_t *s, rules_buckets_t *out, char *msg, size_t msg
     const gw_active_t *a = gw_app_active(app);
     tl_active = a;
     int rc = rules_eval_request(a->rules, a->version, &rq, out, &rerr);
-    if (rc == 0 && out->n > limit)
-        rc = RULES_ELIMIT;
+    if (rc == 0 && out->n > limit) rc = RULES_ELIMIT;
     if (rc == RULES_ELIMIT) {
         /* name each definition and how many buckets it produced */
         gw_buf_t b = GW_BUF_INIT;
@@ -351,8 +346,7 @@ static int cmp_order(const void *a, const void *b, void *arg)
 {
     const stream_t *s = arg;
     const sbucket_t *x = &s->b[*(const size_t *)a], *y = &s->b[*(const size_t *)b];
-    if (x->priority != y->priority)
-        return x->priority - y->priority;
+    if (x->priority != y->priority) return x->priority - y->priority;
     return strcmp(x->name, y->name);
 }
 
@@ -441,8 +435,8 @@ static int start_round(stream_t *s)
         uint32_t cs;
         uint64_t count;
         if (gw_storage_bucket_checksum(r, b->name, cp_op, &cs, &count) != 0) {
-            gw_error("stream", "could not read bucket checksums; ending the stream",
-                     "conn=s%llu", (unsigned long long)s->id);
+            gw_error("stream", "could not read bucket checksums; ending the stream", "conn=s%llu",
+                     (unsigned long long)s->id);
             s->end_reason = "storage_error";
             s->finishing = 1;
             for (size_t k = 0; k < nremoved; k++)
@@ -463,8 +457,7 @@ static int start_round(stream_t *s)
         s->wcp = wcp;
         wcp_changed = 1;
     }
-    if (!first && nupdated == 0 && nremoved == 0 && !wcp_changed)
-        return 0;
+    if (!first && nupdated == 0 && nremoved == 0 && !wcp_changed) return 0;
     /* 4. the checkpoint line */
     gw_buf_t *o = &s->pending;
     if (first) {
@@ -472,8 +465,7 @@ static int start_round(stream_t *s)
         wcp_json(s, o);
         gw_buf_puts(o, ",\"buckets\":[");
         for (size_t i = 0; i < s->nb; i++) {
-            if (i > 0)
-                gw_buf_puts(o, ",");
+            if (i > 0) gw_buf_puts(o, ",");
             bucket_json(o, &s->b[i]);
         }
         gw_buf_puts(o, "]}}");
@@ -484,16 +476,13 @@ static int start_round(stream_t *s)
         gw_buf_puts(o, ",\"updated_buckets\":[");
         int n = 0;
         for (size_t i = 0; i < s->nb; i++) {
-            if (!s->b[i].in_round)
-                continue;
-            if (n++ > 0)
-                gw_buf_puts(o, ",");
+            if (!s->b[i].in_round) continue;
+            if (n++ > 0) gw_buf_puts(o, ",");
             bucket_json(o, &s->b[i]);
         }
         gw_buf_puts(o, "],\"removed_buckets\":[");
         for (size_t i = 0; i < nremoved; i++) {
-            if (i > 0)
-                gw_buf_puts(o, ",");
+            if (i > 0) gw_buf_puts(o, ",");
             gw_buf_json_str(o, removed[i]);
         }
         gw_buf_puts(o, "]}}");
@@ -511,8 +500,7 @@ static int start_round(stream_t *s)
     s->order = gw_xcalloc(s->nb + 1, sizeof(size_t));
     s->norder = 0;
     for (size_t i = 0; i < s->nb; i++)
-        if (s->b[i].in_round)
-            s->order[s->norder++] = i;
+        if (s->b[i].in_round) s->order[s->norder++] = i;
     qsort_r(s->order, s->norder, sizeof(size_t), cmp_order, s);
     s->cur = 0;
     s->round_ops = 0;
@@ -545,8 +533,7 @@ static void end_round(stream_t *s)
                   (unsigned long long)s->cp_op);
     line_end(s);
     for (size_t i = 0; i < s->nb; i++)
-        if (s->b[i].pos < s->cp_op)
-            s->b[i].pos = s->cp_op;
+        if (s->b[i].pos < s->cp_op) s->b[i].pos = s->cp_op;
     s->in_round = 0;
     if (s->wake_timed) {
         record_latency(s->th->owner, &s->wake_at);
@@ -590,8 +577,7 @@ static int round_step(stream_t *s)
             atomic_fetch_add(&s->th->owner->ops_sent, nops);
         } else {
             o->len = mark;
-            if (o->data != NULL)
-                o->data[mark] = '\0';
+            if (o->data != NULL) o->data[mark] = '\0';
         }
         if (!more) {
             int prio = b->priority;
@@ -605,8 +591,7 @@ static int round_step(stream_t *s)
                 line_end(s);
             }
         }
-        if (nops > 0 || o->len > 0)
-            return 1;
+        if (nops > 0 || o->len > 0) return 1;
     }
     end_round(s);
     return 1;
@@ -615,22 +600,17 @@ static int round_step(stream_t *s)
 /* Fill the pending buffer with the next output, if any; returns 1 when something was added. */
 static int pump(stream_t *s)
 {
-    if (s->closed || s->final_sent)
-        return 0;
+    if (s->closed || s->final_sent) return 0;
     size_t before = s->pending.len;
     while (s->pending.len < 64 * 1024) {
         if (s->in_round) {
             round_step(s);
-            if (s->pending.len > before)
-                break;
+            if (s->pending.len > before) break;
             continue;
         }
-        if (s->finishing)
-            break;
-        if (!s->dirty && s->have_checkpoint)
-            break;
-        if (start_round(s) == 0 && !s->in_round)
-            break;
+        if (s->finishing) break;
+        if (!s->dirty && s->have_checkpoint) break;
+        if (start_round(s) == 0 && !s->in_round) break;
     }
     return s->pending.len > before;
 }
@@ -639,8 +619,7 @@ static int pump(stream_t *s)
 
 static int touches(stream_t *s, const cp_event_t *ev)
 {
-    if (s->user_key != NULL && gw_map_get(&ev->wcps, s->user_key) != NULL)
-        return 1;
+    if (s->user_key != NULL && gw_map_get(&ev->wcps, s->user_key) != NULL) return 1;
     if (ev->lookups.n > 0 && s->lookup_keys.n > 0) {
         const gw_map_t *small = ev->lookups.n < s->lookup_keys.n ? &ev->lookups : &s->lookup_keys;
         const gw_map_t *big = small == &ev->lookups ? &s->lookup_keys : &ev->lookups;
@@ -657,8 +636,7 @@ static int touches(stream_t *s, const cp_event_t *ev)
                 return 1;
     } else {
         for (size_t i = 0; i < s->nb; i++)
-            if (gw_map_get(&ev->buckets, s->b[i].name) != NULL)
-                return 1;
+            if (gw_map_get(&ev->buckets, s->b[i].name) != NULL) return 1;
     }
     return 0;
 }
@@ -675,12 +653,10 @@ static void on_events(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages)
             th->last_op = ev->last_op;
             th->lsn = ev->lsn;
         }
-        if (ev->rules_changed)
-            refresh_checkpoint(th);
+        if (ev->rules_changed) refresh_checkpoint(th);
         for (h2o_linklist_t *n = th->streams.next; n != &th->streams; n = n->next) {
             stream_t *s = H2O_STRUCT_FROM_MEMBER(stream_t, link, n);
-            if (s->closed || s->finishing)
-                continue;
+            if (s->closed || s->finishing) continue;
             if (ev->rules_changed)
                 s->reeval = 1; /* also a stream still in its first round */
             else if (!s->have_checkpoint || !touches(s, ev))
@@ -720,8 +696,7 @@ static void broadcast(gw_streams_t *g, cp_event_t *ev)
 static void storage_hook(const gw_storage_changes_t *ch, void *ud)
 {
     gw_streams_t *g = ud;
-    if (!ch->consistent)
-        return;
+    if (!ch->consistent) return;
     cp_event_t *ev = gw_xcalloc(1, sizeof(*ev));
     ev->last_op = ch->last_op;
     ev->lsn = ch->lsn;
@@ -780,8 +755,7 @@ static void on_tick(h2o_timeout_entry_t *entry)
     th->ticks++;
     for (h2o_linklist_t *n = th->streams.next; n != &th->streams; n = n->next) {
         stream_t *s = H2O_STRUCT_FROM_MEMBER(stream_t, link, n);
-        if (s->closed || s->final_sent)
-            continue;
+        if (s->closed || s->final_sent) continue;
         /* each stream is looked at every second tick; a hung-up client gets a write now, which
          * fails and ends the stream, instead of waiting for the next keepalive */
         if (s->fd >= 0 && !s->busy && (s->id + th->ticks) % 2 == 0 && peer_closed(s->fd)) {
@@ -814,8 +788,7 @@ static void on_tick(h2o_timeout_entry_t *entry)
 
 static char *json_text_or(json_t *v, const char *dflt)
 {
-    if (v == NULL || json_is_null(v))
-        return gw_xstrdup(dflt);
+    if (v == NULL || json_is_null(v)) return gw_xstrdup(dflt);
     char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
     char *out = gw_xstrdup(t != NULL ? t : dflt);
     free(t);
@@ -833,8 +806,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     }
     if (!gw_repl_ready(app->repl)) {
         auth_token_release(tok);
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
-                       H2O_STRLIT("5"));
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("5"));
         gw_http_send_error(req, 503, "unavailable",
                            "replication has no consistent checkpoint yet; retry later");
         return 0;
@@ -875,8 +847,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     s->fd = -1;
     if (req->conn->callbacks->get_socket != NULL) {
         h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
-        if (sock != NULL)
-            s->fd = h2o_socket_get_fd(sock);
+        if (sock != NULL) s->fd = h2o_socket_get_fd(sock);
     }
     s->id = atomic_fetch_add(&g->next_id, 1) + 1;
     clock_gettime(CLOCK_MONOTONIC, &s->started);
@@ -919,8 +890,8 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
         s->th = NULL; /* not linked: dispose must not unlink */
         json_decref(body);
         atomic_fetch_add(&g->rejected, 1);
-        gw_http_send_error(req, 400, rc == RULES_ELIMIT ? "too_many_buckets" : "bad_request",
-                           "%s", msg);
+        gw_http_send_error(req, 400, rc == RULES_ELIMIT ? "too_many_buckets" : "bad_request", "%s",
+                           msg);
         return 0;
     }
     h2o_linklist_insert(&th->streams, &s->link);
@@ -941,16 +912,14 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
             a = strtoull(json_string_value(ja), NULL, 10);
         else if (json_is_integer(ja) && json_integer_value(ja) > 0)
             a = (uint64_t)json_integer_value(ja);
-        if (name != NULL)
-            gw_map_put(&after, name, (void *)(uintptr_t)(a + 1));
+        if (name != NULL) gw_map_put(&after, name, (void *)(uintptr_t)(a + 1));
     }
     json_decref(body);
     s->reeval = 1;
     start_round(s);
     for (size_t k = 0; k < s->nb; k++) {
         uintptr_t a = (uintptr_t)gw_map_get(&after, s->b[k].name);
-        if (a != 0)
-            s->b[k].pos = a - 1;
+        if (a != 0) s->b[k].pos = a - 1;
     }
     gw_map_free(&after);
     char user[300];
@@ -980,14 +949,13 @@ static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
     gw_err_t err;
     if (gw_storage_reader_open(g->app->cfg->storage.path, &th->reader, &err) != 0) {
         char msg[1024];
-        gw_error("stream", "could not open storage for reading",
-                 "error=\"%s\"", gw_err_format(&err, msg, sizeof(msg)));
+        gw_error("stream", "could not open storage for reading", "error=\"%s\"",
+                 gw_err_format(&err, msg, sizeof(msg)));
     }
     pthread_mutex_lock(&g->lock);
     h2o_multithread_register_receiver(ctx->queue, &th->rx, on_events);
     th->rx_registered = 1;
-    if (++g->nregistered == g->nthreads)
-        g->attached = 1;
+    if (++g->nregistered == g->nthreads) g->attached = 1;
     pthread_mutex_unlock(&g->lock);
     h2o_timeout_init(ctx->loop, &th->tick, 1000);
     th->tick_entry.cb = on_tick;
@@ -1073,8 +1041,7 @@ void gw_stream_detach(gw_app_t *app)
 {
     /* each loop thread released its part in on_thread_stop(); make sure no event is sent now */
     gw_streams_t *g = app->streams;
-    if (g == NULL)
-        return;
+    if (g == NULL) return;
     pthread_mutex_lock(&g->lock);
     g->attached = 0;
     pthread_mutex_unlock(&g->lock);
@@ -1082,8 +1049,7 @@ void gw_stream_detach(gw_app_t *app)
 
 void gw_streams_free(gw_streams_t *g)
 {
-    if (g == NULL)
-        return;
+    if (g == NULL) return;
     free(g->threads);
     pthread_mutex_destroy(&g->lock);
     free(g);
@@ -1092,7 +1058,8 @@ void gw_streams_free(gw_streams_t *g)
 void gw_stream_metrics(gw_buf_t *out, void *ud)
 {
     gw_streams_t *g = ud;
-    gw_buf_puts(out, "# HELP ferry_streams_open Open sync streams.\n# TYPE ferry_streams_open gauge\n");
+    gw_buf_puts(out,
+                "# HELP ferry_streams_open Open sync streams.\n# TYPE ferry_streams_open gauge\n");
     gw_buf_printf(out, "ferry_streams_open %lld\n", (long long)atomic_load(&g->open));
     gw_buf_puts(out, "# TYPE ferry_streams_started_total counter\n");
     gw_buf_printf(out, "ferry_streams_started_total %llu\n",

@@ -36,8 +36,7 @@ int gw_app_authenticate(gw_app_t *app, h2o_req_t *req, auth_token_t **tok)
     const char *code = NULL;
     gw_err_t err;
     gw_err_clear(&err);
-    if (gw_auth_verify_header(app->auth, value, len, tok, &code, &err, NULL) == 0)
-        return 0;
+    if (gw_auth_verify_header(app->auth, value, len, tok, &code, &err, NULL) == 0) return 0;
     gw_http_send_error(req, 401, code != NULL ? code : "unauthorized", "%s",
                        err.message[0] != '\0' ? err.message : "authentication failed");
     return -1;
@@ -90,16 +89,14 @@ static void wcp_done(void *ud, int rc)
 int gw_wcp_create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, uint64_t *counter,
                            gw_err_t *err)
 {
-    if (conn == NULL)
-        return gw_err_set(err, GW_EUNAVAIL, "wcp", "postgres is not reachable");
+    if (conn == NULL) return gw_err_set(err, GW_EUNAVAIL, "wcp", "postgres is not reachable");
     if (!gw_repl_ready(app->repl))
         return gw_err_set(err, GW_EUNAVAIL, "wcp", "replication is not ready yet");
     PGresult *res = gw_pg_query(conn,
                                 "SELECT pg_current_wal_lsn()::text, "
                                 "pg_logical_emit_message(false, 'ferry', 'write-checkpoint')::text",
                                 err);
-    if (res == NULL)
-        return GW_EPG;
+    if (res == NULL) return GW_EPG;
     uint64_t lsn = 0;
     gw_lsn_parse(PQgetvalue(res, 0, 0), &lsn);
     PQclear(res);
@@ -118,16 +115,14 @@ int gw_wcp_create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, ui
     deadline.tv_sec += 5;
     pthread_mutex_lock(&w->lock);
     while (!w->finished)
-        if (pthread_cond_timedwait(&w->cond, &w->lock, &deadline) == ETIMEDOUT)
-            break;
+        if (pthread_cond_timedwait(&w->cond, &w->lock, &deadline) == ETIMEDOUT) break;
     int finished = w->finished, rc = w->rc;
     uint64_t value = w->counter;
     pthread_mutex_unlock(&w->lock);
     wcp_unref(w);
     if (!finished)
         return gw_err_set(err, GW_EUNAVAIL, "wcp", "the replicator did not answer in time");
-    if (rc != 0)
-        return gw_err_set(err, GW_EUNAVAIL, "wcp", "could not store the write checkpoint");
+    if (rc != 0) return gw_err_set(err, GW_EUNAVAIL, "wcp", "could not store the write checkpoint");
     *counter = value;
     return 0;
 }
@@ -157,8 +152,7 @@ struct wcp_job {
 static void wcp_guard_dispose(void *p)
 {
     wcp_guard_t *g = p;
-    if (g->j != NULL)
-        g->j->req = NULL;
+    if (g->j != NULL) g->j->req = NULL;
 }
 
 static void wcp_job_run(gw_job_t *job, PGconn *conn)
@@ -194,20 +188,16 @@ static void wcp_job_done(gw_job_t *job)
 
 static int hex_digit(char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
 /* The value of query parameter name in req's path ("" when absent), URL-decoded into buf. */
 static int query_param(h2o_req_t *req, const char *name, char *buf, size_t len)
 {
-    if (req->query_at == SIZE_MAX)
-        return 0;
+    if (req->query_at == SIZE_MAX) return 0;
     const char *q = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
     size_t nl = strlen(name);
     while (q < end) {
@@ -216,8 +206,7 @@ static int query_param(h2o_req_t *req, const char *name, char *buf, size_t len)
         if ((size_t)(stop - q) > nl && memcmp(q, name, nl) == 0 && q[nl] == '=') {
             size_t o = 0;
             for (const char *p = q + nl + 1; p < stop; p++) {
-                if (o + 1 >= len)
-                    return -1;
+                if (o + 1 >= len) return -1;
                 int hi, lo;
                 if (*p == '%' && stop - p >= 3 && (hi = hex_digit(p[1])) >= 0 &&
                     (lo = hex_digit(p[2])) >= 0) {
@@ -239,8 +228,7 @@ static int on_write_checkpoint(h2o_req_t *req, void *ud)
 {
     gw_app_t *app = ud;
     auth_token_t *tok;
-    if (gw_app_authenticate(app, req, &tok) != 0)
-        return 0;
+    if (gw_app_authenticate(app, req, &tok) != 0) return 0;
     char client_id[256];
     int found = query_param(req, "client_id", client_id, sizeof(client_id));
     if (found <= 0 || client_id[0] == '\0') {

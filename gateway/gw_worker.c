@@ -38,8 +38,7 @@ static void on_reply(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages)
 static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
 {
     gw_workers_t *w = ud;
-    if (index >= w->nrx)
-        return;
+    if (index >= w->nrx) return;
     h2o_multithread_register_receiver(ctx->queue, &w->rx[index], on_reply);
     pthread_mutex_lock(&w->lock);
     w->rx_live[index] = 1;
@@ -51,8 +50,7 @@ static void on_thread_stop(h2o_context_t *ctx, size_t index, void *ud)
 {
     gw_workers_t *w = ud;
     (void)ctx;
-    if (index >= w->nrx)
-        return;
+    if (index >= w->nrx) return;
     pthread_mutex_lock(&w->lock);
     h2o_multithread_receiver_t *rx = &w->rx[index];
     if (w->rx_live[index]) {
@@ -75,12 +73,10 @@ static void *worker_main(void *arg)
         gw_job_t *job = w->head;
         if (job != NULL) {
             w->head = job->next;
-            if (w->head == NULL)
-                w->tail = NULL;
+            if (w->head == NULL) w->tail = NULL;
         }
         pthread_mutex_unlock(&w->lock);
-        if (job == NULL)
-            break; /* stopping and nothing queued */
+        if (job == NULL) break; /* stopping and nothing queued */
         if (conn != NULL && PQstatus(conn) != CONNECTION_OK) {
             PQfinish(conn);
             conn = NULL;
@@ -106,13 +102,11 @@ static void *worker_main(void *arg)
             h2o_multithread_send_message(job->reply_to, &job->super);
         pthread_mutex_unlock(&w->lock);
     }
-    if (conn != NULL)
-        PQfinish(conn);
+    if (conn != NULL) PQfinish(conn);
     return NULL;
 }
 
-int gw_workers_create(const char *uri, size_t n, gw_http_t *http, gw_workers_t **out,
-                      gw_err_t *err)
+int gw_workers_create(const char *uri, size_t n, gw_http_t *http, gw_workers_t **out, gw_err_t *err)
 {
     gw_workers_t *w = gw_xcalloc(1, sizeof(*w));
     w->uri = gw_xstrdup(uri);
@@ -155,8 +149,7 @@ void gw_workers_submit(gw_workers_t *w, h2o_context_t *ctx, gw_job_t *job)
 
 void gw_workers_destroy(gw_workers_t *w)
 {
-    if (w == NULL)
-        return;
+    if (w == NULL) return;
     pthread_mutex_lock(&w->lock);
     w->stopping = 1;
     pthread_cond_broadcast(&w->cond);

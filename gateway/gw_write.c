@@ -87,9 +87,8 @@ static const char LOG_GET_SQL[] =
     "INSERT INTO ferry_write_log AS w (user_id, client_id, last_op_id) VALUES ($1, $2, 0) "
     "ON CONFLICT (user_id, client_id) DO UPDATE SET last_op_id = w.last_op_id "
     "RETURNING last_op_id";
-static const char LOG_SET_SQL[] =
-    "UPDATE ferry_write_log SET last_op_id = $3, updated_at = now() "
-    "WHERE user_id = $1 AND client_id = $2";
+static const char LOG_SET_SQL[] = "UPDATE ferry_write_log SET last_op_id = $3, updated_at = now() "
+                                  "WHERE user_id = $1 AND client_id = $2";
 static const char VIOLATION_SQL[] =
     "INSERT INTO ferry_violations (constraint_name, table_name, row_id, user_id, "
     "conflicting_ids, message) VALUES ($1, $2, $3, $4, $5::jsonb, $6)";
@@ -98,7 +97,7 @@ static const char VIOLATION_SQL[] =
 
 #define HIST_N 13
 static const double HIST_LE[HIST_N] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                       0.25,  0.5,    1,     2.5,  5,    10};
+                                       0.25,  0.5,    1,     2.5,  5,     10};
 
 enum { ST_APPLIED, ST_DUPLICATE, ST_REJECTED, ST_STALE, ST_N };
 static const char *const ST_NAME[ST_N] = {"applied", "duplicate", "rejected", "stale"};
@@ -121,9 +120,8 @@ typedef struct write_mod {
     atomic_uint_fast64_t hist_sum_us;
 } write_mod_t;
 
-static write_mod_t g_mod = {.ready_id = -1,
-                            .lock = PTHREAD_MUTEX_INITIALIZER,
-                            .cond = PTHREAD_COND_INITIALIZER};
+static write_mod_t g_mod = {
+    .ready_id = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
 /* ---- per-connection statements (worker threads) ----------------------------------------- */
 
@@ -136,7 +134,7 @@ typedef struct conn_state {
     int pid;
     int prepared;
     const rules_set_t *rules; /* the write rules prepared (they change with the rule version) */
-    int con_ids[256]; /* constraint i prepared in the "conflicting ids" form */
+    int con_ids[256];         /* constraint i prepared in the "conflicting ids" form */
     unsigned char self_cko[256], self_chk[256]; /* table i has the self-reading forms */
     unsigned char id_unique[256]; /* table i has an immediate unique index on ("id") alone */
     size_t nins;
@@ -182,8 +180,7 @@ static int prepare(PGconn *conn, const char *name, const char *sql, char *msg, s
     if (!ok) {
         const char *m = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
         char buf[512];
-        if (m == NULL || m[0] == '\0')
-            m = gw_pg_error(conn, buf, sizeof(buf));
+        if (m == NULL || m[0] == '\0') m = gw_pg_error(conn, buf, sizeof(buf));
         snprintf(msg, len, "%s", m);
         size_t n = strlen(msg);
         while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
@@ -204,8 +201,7 @@ static char *constraint_ids_sql(const char *sql)
     static const char head[] = "SELECT EXISTS (";
     static const char from[] = ") FROM jsonb_populate_record(NULL::";
     size_t n = strlen(sql);
-    if (strncmp(sql, head, sizeof(head) - 1) != 0)
-        return NULL;
+    if (strncmp(sql, head, sizeof(head) - 1) != 0) return NULL;
     const char *body = sql + sizeof(head) - 1, *end = NULL;
     static const char tail[] = "AS \"new\"";
     if (n > sizeof(tail) && strcmp(sql + n - (sizeof(tail) - 1), tail) == 0) {
@@ -214,8 +210,7 @@ static char *constraint_ids_sql(const char *sql)
     } else if (n > 0 && sql[n - 1] == ')') {
         end = sql + n - 1;
     }
-    if (end == NULL || end < body)
-        return NULL;
+    if (end == NULL || end < body) return NULL;
     gw_buf_t b = GW_BUF_INIT;
     gw_buf_printf(&b,
                   "SELECT (SELECT json_agg((SELECT e.value FROM json_each(row_to_json(q)) e "
@@ -239,19 +234,18 @@ static char *self_reading_sql(const char *sql, const char *alias, const char *qt
     char tail[32];
     snprintf(tail, sizeof(tail), "::jsonb) AS \"%s\"", alias);
     size_t n = strlen(sql), tl = strlen(tail);
-    if (n < tl + 4 || strcmp(sql + n - tl, tail) != 0)
-        return NULL;
+    if (n < tl + 4 || strcmp(sql + n - tl, tail) != 0) return NULL;
     const char *p = sql + n - tl; /* just past the digits of $p */
     const char *d = p;
     while (d > sql && d[-1] >= '0' && d[-1] <= '9')
         d--;
-    if (d == p || d - sql < 3 || d[-1] != '$' || d[-2] != ' ' || d[-3] != ',')
-        return NULL;
+    if (d == p || d - sql < 3 || d[-1] != '$' || d[-2] != ' ' || d[-3] != ',') return NULL;
     gw_buf_t b = GW_BUF_INIT;
-    gw_buf_printf(&b, "%.*sCOALESCE(%.*s::jsonb, (SELECT to_jsonb(%s) FROM %s AS x%s WHERE "
-                      "x.\"id\" = $%d))) AS \"%s\"",
-                  (int)(d - 1 - sql), sql, (int)(p - d + 1), d - 1, alias[0] == 'o' ? "x" : "r",
-                  qt, alias[0] == 'o' ? "" : ", LATERAL jsonb_populate_record(x, $DATA::jsonb) AS r",
+    gw_buf_printf(&b,
+                  "%.*sCOALESCE(%.*s::jsonb, (SELECT to_jsonb(%s) FROM %s AS x%s WHERE "
+                  "x.\"id\" = $%d))) AS \"%s\"",
+                  (int)(d - 1 - sql), sql, (int)(p - d + 1), d - 1, alias[0] == 'o' ? "x" : "r", qt,
+                  alias[0] == 'o' ? "" : ", LATERAL jsonb_populate_record(x, $DATA::jsonb) AS r",
                   nbinds + 1, alias);
     gw_buf_append(&b, "", 1);
     char *out = b.data;
@@ -293,8 +287,7 @@ static int ensure_tables(PGconn *conn, gw_err_t *err)
     pthread_mutex_lock(&g_mod.lock);
     int done = g_mod.tables_done;
     pthread_mutex_unlock(&g_mod.lock);
-    if (done)
-        return 0;
+    if (done) return 0;
     gw_err_t e;
     if (gw_pg_exec(conn, SETUP_SQL, &e) != 0) {
         /* two first-time creators can race on the catalog; the loser retries once */
@@ -330,8 +323,7 @@ static int prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
         gw_pg_exec(conn, "SET synchronous_commit = on", &e) != 0)
         return gw_err_set(err, GW_EPG, "postgres", "%s", e.message);
     int rc = ensure_tables(conn, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     char msg[512], name[64];
     if (prepare(conn, "fw_log_get", LOG_GET_SQL, msg, sizeof(msg)) != 0 ||
         prepare(conn, "fw_log_set", LOG_SET_SQL, msg, sizeof(msg)) != 0 ||
@@ -341,8 +333,7 @@ static int prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
         pthread_mutex_lock(&g_mod.lock);
         g_mod.tables_done = 0;
         pthread_mutex_unlock(&g_mod.lock);
-        return gw_err_set(err, GW_EPG, "postgres", "could not prepare ferry's statements: %s",
-                          msg);
+        return gw_err_set(err, GW_EPG, "postgres", "could not prepare ferry's statements: %s", msg);
     }
     for (size_t i = 0; i < rules_write_count(set); i++) {
         const rules_write_rule_t *r = rules_write_at(set, i);
@@ -375,8 +366,7 @@ static int prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
             gw_buf_printf(&b, "UPDATE %s AS t SET (", qt);
             size_t n = 0;
             for (size_t c = 0; c < r->ncolumns; c++) {
-                if (strcmp(r->columns[c], "id") == 0)
-                    continue;
+                if (strcmp(r->columns[c], "id") == 0) continue;
                 char *qc = gw_pg_ident(conn, r->columns[c]);
                 gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", qc);
                 free(qc);
@@ -384,8 +374,7 @@ static int prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
             gw_buf_puts(&b, ") = (SELECT ");
             n = 0;
             for (size_t c = 0; c < r->ncolumns; c++) {
-                if (strcmp(r->columns[c], "id") == 0)
-                    continue;
+                if (strcmp(r->columns[c], "id") == 0) continue;
                 char *qc = gw_pg_ident(conn, r->columns[c]);
                 gw_buf_printf(&b, "%sr.%s", n++ > 0 ? ", " : "", qc);
                 free(qc);
@@ -396,8 +385,9 @@ static int prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
             snprintf(name, sizeof(name), "fw_upd_%zu", i);
             if (n == 0) { /* only "id" is writable: an update changes nothing */
                 gw_buf_reset(&b);
-                gw_buf_printf(&b, "SELECT to_jsonb(t)::text FROM %s AS t WHERE t.\"id\" = $1 "
-                                  "AND $2::jsonb IS NOT NULL",
+                gw_buf_printf(&b,
+                              "SELECT to_jsonb(t)::text FROM %s AS t WHERE t.\"id\" = $1 "
+                              "AND $2::jsonb IS NOT NULL",
                               qt);
                 gw_buf_append(&b, "", 1);
             }
@@ -429,8 +419,7 @@ static int prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
             snprintf(name, sizeof(name), "fw_cko_%zu", i);
             if (prepare(conn, name, r->check_old.sql, msg, sizeof(msg)) != 0) {
                 set_rule_err(err, r->check_old.line, r->check_old.col,
-                             "\"check_old\" of table \"%s\" rejected by postgres: %s", label,
-                             msg);
+                             "\"check_old\" of table \"%s\" rejected by postgres: %s", label, msg);
                 return GW_ERULES;
             }
         }
@@ -489,7 +478,7 @@ enum { OP_PUT = 1, OP_PATCH, OP_DELETE };
 
 typedef struct wop {
     long long op_id;
-    int kind;                      /* OP_*; 0 when the op is malformed (code/message say why) */
+    int kind;                       /* OP_*; 0 when the op is malformed (code/message say why) */
     const rules_write_rule_t *rule; /* NULL: no write rules for the type */
     size_t rule_index;
     const char *type;
@@ -537,11 +526,9 @@ enum { SQL_OK = 0, SQL_OP = 1, SQL_FATAL = 2 };
  * must be retried as a whole, the server is shutting down), else a failure of this op. */
 static int classify(PGconn *conn, PGresult *res)
 {
-    if (PQstatus(conn) != CONNECTION_OK)
-        return SQL_FATAL;
+    if (PQstatus(conn) != CONNECTION_OK) return SQL_FATAL;
     const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    if (state == NULL)
-        return SQL_FATAL;
+    if (state == NULL) return SQL_FATAL;
     if (strncmp(state, "08", 2) == 0 || strncmp(state, "40", 2) == 0 ||
         strncmp(state, "53", 2) == 0 || strncmp(state, "57", 2) == 0 ||
         strncmp(state, "58", 2) == 0 || strncmp(state, "XX", 2) == 0 ||
@@ -646,8 +633,8 @@ static void insert_sql(wctx_t *c, const rules_write_rule_t *r, uint64_t mask, in
 
 /* The prepared INSERT of the columns in mask for table i (cached per connection); writes its
  * name into name, or "" when the cache is full (then sql is the text to run unnamed). */
-static void insert_stmt(wctx_t *c, size_t ti, const rules_write_rule_t *r, uint64_t mask,
-                        int wide, char *name, size_t nlen, gw_buf_t *sql)
+static void insert_stmt(wctx_t *c, size_t ti, const rules_write_rule_t *r, uint64_t mask, int wide,
+                        char *name, size_t nlen, gw_buf_t *sql)
 {
     conn_state_t *cs = &tl_conn;
     if (!wide) {
@@ -659,8 +646,7 @@ static void insert_stmt(wctx_t *c, size_t ti, const rules_write_rule_t *r, uint6
     }
     insert_sql(c, r, mask, wide, sql);
     name[0] = '\0';
-    if (wide || cs->nins >= INS_CACHE)
-        return;
+    if (wide || cs->nins >= INS_CACHE) return;
     char nm[64];
     snprintf(nm, sizeof(nm), "fw_ins_%zu_%llx", ti, (unsigned long long)mask);
     PGresult *res = PQprepare(c->conn, nm, sql->data, 0, NULL);
@@ -682,16 +668,16 @@ static void insert_sql(wctx_t *c, const rules_write_rule_t *r, uint64_t mask, in
     gw_buf_t sel = GW_BUF_INIT;
     size_t n = 0;
     for (size_t col = 0; col < r->ncolumns; col++) {
-        if (!wide && col < 64 && !(mask & (UINT64_C(1) << col)))
-            continue;
+        if (!wide && col < 64 && !(mask & (UINT64_C(1) << col))) continue;
         char *qc = gw_pg_ident(c->conn, r->columns[col]);
         gw_buf_printf(sql, "%s%s", n > 0 ? ", " : "", qc);
         gw_buf_printf(&sel, "%sr.%s", n > 0 ? ", " : "", qc);
         n++;
         free(qc);
     }
-    gw_buf_printf(sql, ") SELECT %.*s FROM jsonb_populate_record(NULL::%s, $1::jsonb) AS r "
-                       "RETURNING to_jsonb(t)::text",
+    gw_buf_printf(sql,
+                  ") SELECT %.*s FROM jsonb_populate_record(NULL::%s, $1::jsonb) AS r "
+                  "RETURNING to_jsonb(t)::text",
                   (int)sel.len, sel.data, qt);
     gw_buf_append(sql, "", 1);
     gw_buf_free(&sel);
@@ -711,8 +697,7 @@ static int run_constraints(wctx_t *c, wop_t *op, const char *new_row)
         snprintf(name, sizeof(name), ids ? "fw_coi_%zu" : "fw_con_%zu", k);
         int how;
         PGresult *res = exec_rule(c, name, &con->stmt, new_row, NULL, &how);
-        if (res == NULL)
-            return how;
+        if (res == NULL) return how;
         const char *conflicting = NULL;
         int violated;
         if (ids) {
@@ -724,8 +709,9 @@ static int run_constraints(wctx_t *c, wop_t *op, const char *new_row)
         if (violated) {
             char label[256];
             table_label(op->rule, label, sizeof(label));
-            const char *v[6] = {con->name, label, op->id, c->b->user,
-                                conflicting != NULL ? conflicting : "[]", con->message};
+            const char *v[6] = {
+                con->name,   label, op->id, c->b->user, conflicting != NULL ? conflicting : "[]",
+                con->message};
             PGresult *ins = exec_prepared(c, "fw_vio", 6, v, &how);
             if (ins == NULL) {
                 PQclear(res);
@@ -749,14 +735,12 @@ static char *data_json(const wop_t *op)
         json_t *v;
         json_object_foreach(op->data, k, v)
         {
-            if (strcmp(k, "id") != 0)
-                json_object_set(o, k, v);
+            if (strcmp(k, "id") != 0) json_object_set(o, k, v);
         }
     }
     char *s = json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY);
     json_decref(o);
-    if (s == NULL)
-        abort(); /* out of memory: the gateway's policy */
+    if (s == NULL) abort(); /* out of memory: the gateway's policy */
     return s;
 }
 
@@ -768,10 +752,8 @@ static int check_columns(wop_t *op, uint64_t *mask, int *wide)
     *mask = 0;
     *wide = r->ncolumns > 64;
     for (size_t c = 0; c < r->ncolumns && c < 64; c++)
-        if (strcmp(r->columns[c], "id") == 0)
-            *mask |= UINT64_C(1) << c;
-    if (op->data == NULL)
-        return 0;
+        if (strcmp(r->columns[c], "id") == 0) *mask |= UINT64_C(1) << c;
+    if (op->data == NULL) return 0;
     const char *k;
     json_t *v;
     json_object_foreach(op->data, k, v)
@@ -796,8 +778,7 @@ static int check_columns(wop_t *op, uint64_t *mask, int *wide)
                       k, table_label(r, label, sizeof(label)));
             return -1;
         }
-        if (c < 64)
-            *mask |= UINT64_C(1) << c;
+        if (c < 64) *mask |= UINT64_C(1) << c;
     }
     return 0;
 }
@@ -820,8 +801,7 @@ static int apply_op(wctx_t *c, wop_t *op)
     }
     uint64_t mask;
     int wide;
-    if (check_columns(op, &mask, &wide) != 0)
-        return SQL_OK;
+    if (check_columns(op, &mask, &wide) != 0) return SQL_OK;
     char *data = data_json(op);
     int how = SQL_OK;
     char name[64];
@@ -829,8 +809,7 @@ static int apply_op(wctx_t *c, wop_t *op)
     snprintf(name, sizeof(name), "fw_sel_%zu", ti);
     const char *sv[2] = {op->id, data};
     sel = exec_prepared(c, name, 2, sv, &how);
-    if (sel == NULL)
-        goto out;
+    if (sel == NULL) goto out;
     int exists = PQntuples(sel) > 0;
     const char *old_row = exists ? PQgetvalue(sel, 0, 0) : NULL;
     const char *merged = exists ? PQgetvalue(sel, 0, 1) : NULL;
@@ -855,8 +834,7 @@ static int apply_op(wctx_t *c, wop_t *op)
     if (action != OP_PUT && r->check_old.sql != NULL) {
         snprintf(name, sizeof(name), "fw_cko_%zu", ti);
         res = exec_rule(c, name, &r->check_old, NULL, old_row, &how);
-        if (res == NULL)
-            goto out;
+        if (res == NULL) goto out;
         int ok = rule_says_true(res);
         PQclear(res);
         res = NULL;
@@ -869,8 +847,7 @@ static int apply_op(wctx_t *c, wop_t *op)
     if (action != OP_DELETE && r->check.sql != NULL) {
         snprintf(name, sizeof(name), "fw_chk_%zu", ti);
         res = exec_rule(c, name, &r->check, action == OP_PUT ? data : merged, NULL, &how);
-        if (res == NULL)
-            goto out;
+        if (res == NULL) goto out;
         int ok = rule_says_true(res);
         PQclear(res);
         res = NULL;
@@ -910,12 +887,10 @@ static int apply_op(wctx_t *c, wop_t *op)
         }
         gw_buf_free(&sql);
     }
-    if (res == NULL)
-        goto out;
+    if (res == NULL) goto out;
     if (action != OP_DELETE && PQntuples(res) > 0)
         how = run_constraints(c, op, PQgetvalue(res, 0, 0));
-    if (how == SQL_OK)
-        op->status = ST_APPLIED;
+    if (how == SQL_OK) op->status = ST_APPLIED;
 out:
     PQclear(res);
     PQclear(sel);
@@ -945,8 +920,20 @@ static int exec_simple(PGconn *conn, const char *sql)
  * decides a rejection; it only applies batches in which nothing is rejected.
  */
 
-enum { PQ_PREPARE, PQ_BEGIN, PQ_LOG_GET, PQ_SEL_NEW, PQ_SEL_OLD, PQ_SEL_LOCK, PQ_CHECK, PQ_APPLY, PQ_APPLY_ROW, PQ_CON,
-       PQ_LOG_SET, PQ_COMMIT };
+enum {
+    PQ_PREPARE,
+    PQ_BEGIN,
+    PQ_LOG_GET,
+    PQ_SEL_NEW,
+    PQ_SEL_OLD,
+    PQ_SEL_LOCK,
+    PQ_CHECK,
+    PQ_APPLY,
+    PQ_APPLY_ROW,
+    PQ_CON,
+    PQ_LOG_SET,
+    PQ_COMMIT
+};
 
 typedef struct pq_item {
     int kind;
@@ -956,11 +943,11 @@ typedef struct pq_item {
 typedef struct pq_state {
     pq_item_t *items;
     size_t n, cap;
-    long long last;   /* from PQ_LOG_GET */
-    char *old_row;    /* from PQ_SEL_OLD (one op at a time) */
+    long long last; /* from PQ_LOG_GET */
+    char *old_row;  /* from PQ_SEL_OLD (one op at a time) */
     char *merged;
-    char *new_row;    /* from PQ_APPLY_ROW */
-    int deviated;     /* a result that is not the normal one */
+    char *new_row; /* from PQ_APPLY_ROW */
+    int deviated;  /* a result that is not the normal one */
     int fatal;
 } pq_state_t;
 
@@ -978,8 +965,7 @@ static void pq_push(pq_state_t *q, int kind, size_t op)
 static int pq_send(wctx_t *c, pq_state_t *q, int kind, size_t op, const char *name, int n,
                    const char *const *values)
 {
-    if (!PQsendQueryPrepared(c->conn, name, n, values, NULL, NULL, 0))
-        return -1;
+    if (!PQsendQueryPrepared(c->conn, name, n, values, NULL, NULL, 0)) return -1;
     pq_push(q, kind, op);
     return 0;
 }
@@ -1012,8 +998,7 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
             tl_conn.ins[q->items[i].op].mask = 0;
         }
         if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-            if (st != PGRES_PIPELINE_ABORTED && classify(c->conn, res) == SQL_FATAL)
-                q->fatal = 1;
+            if (st != PGRES_PIPELINE_ABORTED && classify(c->conn, res) == SQL_FATAL) q->fatal = 1;
             q->deviated = 1;
         } else if (!q->deviated) {
             pq_item_t *it = &q->items[i];
@@ -1059,8 +1044,7 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
             }
         }
         PQclear(res);
-        if (q->fatal)
-            break;
+        if (q->fatal) break;
         /* each query's results end with NULL */
         while (!q->fatal && (res = PQgetResult(c->conn)) != NULL) {
             if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) { /* should not happen here */
@@ -1073,12 +1057,10 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
     }
     if (!q->fatal) {
         PGresult *res = PQgetResult(c->conn);
-        if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC)
-            q->fatal = 1;
+        if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC) q->fatal = 1;
         PQclear(res);
     }
-    if (PQstatus(c->conn) != CONNECTION_OK)
-        q->fatal = 1;
+    if (PQstatus(c->conn) != CONNECTION_OK) q->fatal = 1;
     q->n = 0;
     return q->fatal || q->deviated ? -1 : 0;
 }
@@ -1087,8 +1069,7 @@ static int table_has_constraints(const rules_set_t *set, const rules_write_rule_
 {
     for (size_t k = 0; k < rules_constraint_count(set); k++) {
         const rules_constraint_t *con = rules_constraint_at(set, k);
-        if (strcmp(con->schema, r->schema) == 0 && strcmp(con->table, r->table) == 0)
-            return 1;
+        if (strcmp(con->schema, r->schema) == 0 && strcmp(con->table, r->table) == 0) return 1;
     }
     return 0;
 }
@@ -1097,8 +1078,7 @@ static int table_has_constraints(const rules_set_t *set, const rules_write_rule_
 static int insert_cached(size_t ti, uint64_t mask)
 {
     for (size_t k = 0; k < tl_conn.nins; k++)
-        if (tl_conn.ins[k].table == ti && tl_conn.ins[k].mask == mask)
-            return 1;
+        if (tl_conn.ins[k].table == ti && tl_conn.ins[k].mask == mask) return 1;
     return 0;
 }
 
@@ -1113,8 +1093,7 @@ static int pq_send_constraints(wctx_t *c, pq_state_t *q, size_t i)
             continue;
         char name[64];
         snprintf(name, sizeof(name), "fw_con_%zu", k);
-        if (pq_send_rule(c, q, PQ_CON, i, name, &con->stmt, q->new_row, NULL) != 0)
-            return -1;
+        if (pq_send_rule(c, q, PQ_CON, i, name, &con->stmt, q->new_row, NULL) != 0) return -1;
     }
     return 0;
 }
@@ -1132,11 +1111,9 @@ static int run_pipelined(wctx_t *c)
         return SQL_OP;
     }
     const char *lv[3] = {b->user, b->client_id, NULL};
-    if (!PQsendQueryParams(c->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0))
-        goto fail;
+    if (!PQsendQueryParams(c->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0)) goto fail;
     pq_push(&q, PQ_BEGIN, 0);
-    if (pq_send(c, &q, PQ_LOG_GET, 0, "fw_log_get", 2, lv) != 0 || pq_sync(c, &q) != 0)
-        goto fail;
+    if (pq_send(c, &q, PQ_LOG_GET, 0, "fw_log_get", 2, lv) != 0 || pq_sync(c, &q) != 0) goto fail;
     long long high = q.last;
     char name[64];
     for (size_t i = 0; i < b->nops; i++) {
@@ -1147,15 +1124,14 @@ static int run_pipelined(wctx_t *c)
             continue;
         }
         high = op->op_id;
-        if (op->kind == 0 || op->rule == NULL)
-            continue; /* rejected when parsed */
+        if (op->kind == 0 || op->rule == NULL) continue; /* rejected when parsed */
         const rules_write_rule_t *r = op->rule;
         size_t ti = op->rule_index;
         op->code = NULL;
         op->message[0] = '\0';
         uint64_t mask;
         int wide;
-        int need = op->kind == OP_PUT      ? RULES_OP_INSERT
+        int need = op->kind == OP_PUT     ? RULES_OP_INSERT
                    : op->kind == OP_PATCH ? RULES_OP_UPDATE
                                           : RULES_OP_DELETE;
         if (!(r->operations & need) || check_columns(op, &mask, &wide) != 0)
@@ -1176,18 +1152,15 @@ static int run_pipelined(wctx_t *c)
                 if (pq_send_rule(c, &q, PQ_CHECK, i, name, &r->check, datas[i], NULL) != 0)
                     goto fail;
             }
-            if (wide)
-                goto fail; /* more columns than a mask names: the careful path */
+            if (wide) goto fail; /* more columns than a mask names: the careful path */
             snprintf(name, sizeof(name), "fw_ins_%zu_%llx", ti, (unsigned long long)mask);
             if (!insert_cached(ti, mask)) { /* prepare it in the pipeline, ahead of its use */
-                if (tl_conn.nins >= INS_CACHE)
-                    goto fail;
+                if (tl_conn.nins >= INS_CACHE) goto fail;
                 gw_buf_t sql = GW_BUF_INIT;
                 insert_sql(c, r, mask, 0, &sql);
                 int sent = PQsendPrepare(c->conn, name, sql.data, 0, NULL);
                 gw_buf_free(&sql);
-                if (!sent)
-                    goto fail;
+                if (!sent) goto fail;
                 tl_conn.ins[tl_conn.nins].table = ti;
                 tl_conn.ins[tl_conn.nins].mask = mask;
                 pq_push(&q, PQ_PREPARE, tl_conn.nins++);
@@ -1198,32 +1171,28 @@ static int run_pipelined(wctx_t *c)
         } else if (ti < 256 && (r->check_old.sql == NULL || tl_conn.self_cko[ti]) &&
                    (op->kind == OP_DELETE || r->check.sql == NULL || tl_conn.self_chk[ti])) {
             /* the checks read the row themselves: no wait for the SELECT */
-            if (pq_send(c, &q, PQ_SEL_LOCK, i, name, 2, sv) != 0)
-                goto fail;
+            if (pq_send(c, &q, PQ_SEL_LOCK, i, name, 2, sv) != 0) goto fail;
             const char *values[18];
             int n;
             if (r->check_old.sql != NULL) {
                 rule_values(c, &r->check_old, NULL, NULL, values, &n);
                 values[n++] = op->id;
                 snprintf(name, sizeof(name), "fw_ckos_%zu", ti);
-                if (pq_send(c, &q, PQ_CHECK, i, name, n, values) != 0)
-                    goto fail;
+                if (pq_send(c, &q, PQ_CHECK, i, name, n, values) != 0) goto fail;
             }
             if (op->kind == OP_PATCH && r->check.sql != NULL) {
                 rule_values(c, &r->check, NULL, NULL, values, &n);
                 values[n++] = op->id;
                 values[n++] = datas[i];
                 snprintf(name, sizeof(name), "fw_chks_%zu", ti);
-                if (pq_send(c, &q, PQ_CHECK, i, name, n, values) != 0)
-                    goto fail;
+                if (pq_send(c, &q, PQ_CHECK, i, name, n, values) != 0) goto fail;
             }
             snprintf(name, sizeof(name), op->kind == OP_PATCH ? "fw_upd_%zu" : "fw_del_%zu", ti);
             if (pq_send(c, &q, constraints ? PQ_APPLY_ROW : PQ_APPLY, i, name,
                         op->kind == OP_PATCH ? 2 : 1, sv) != 0)
                 goto fail;
         } else {
-            if (pq_send(c, &q, PQ_SEL_OLD, i, name, 2, sv) != 0 || pq_sync(c, &q) != 0)
-                goto fail;
+            if (pq_send(c, &q, PQ_SEL_OLD, i, name, 2, sv) != 0 || pq_sync(c, &q) != 0) goto fail;
             if (r->check_old.sql != NULL) {
                 snprintf(name, sizeof(name), "fw_cko_%zu", ti);
                 if (pq_send_rule(c, &q, PQ_CHECK, i, name, &r->check_old, NULL, q.old_row) != 0)
@@ -1240,8 +1209,7 @@ static int run_pipelined(wctx_t *c)
                 goto fail;
         }
         if (constraints) {
-            if (pq_sync(c, &q) != 0 || pq_send_constraints(c, &q, i) != 0)
-                goto fail;
+            if (pq_sync(c, &q) != 0 || pq_send_constraints(c, &q, i) != 0) goto fail;
         }
         op->status = ST_APPLIED; /* provisional: any deviation later reruns the batch */
     }
@@ -1249,23 +1217,17 @@ static int run_pipelined(wctx_t *c)
         char hs[32];
         snprintf(hs, sizeof(hs), "%lld", high);
         lv[2] = hs;
-        if (pq_send(c, &q, PQ_LOG_SET, 0, "fw_log_set", 3, lv) != 0)
-            goto fail;
+        if (pq_send(c, &q, PQ_LOG_SET, 0, "fw_log_set", 3, lv) != 0) goto fail;
     }
     if (pq_sync(c, &q) != 0) /* every result checked before COMMIT is even sent */
         goto fail;
-    if (!PQsendQueryParams(c->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0))
-        goto fail;
+    if (!PQsendQueryParams(c->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0)) goto fail;
     pq_push(&q, PQ_COMMIT, 0);
-    if (pq_sync(c, &q) == 0)
-        rc = SQL_OK;
+    if (pq_sync(c, &q) == 0) rc = SQL_OK;
 fail:
-    if (rc != SQL_OK && !q.fatal && q.n > 0)
-        pq_sync(c, &q); /* drain what was queued */
-    if (q.fatal || PQstatus(c->conn) != CONNECTION_OK)
-        rc = SQL_FATAL;
-    if (rc != SQL_FATAL && !PQexitPipelineMode(c->conn))
-        rc = SQL_FATAL;
+    if (rc != SQL_OK && !q.fatal && q.n > 0) pq_sync(c, &q); /* drain what was queued */
+    if (q.fatal || PQstatus(c->conn) != CONNECTION_OK) rc = SQL_FATAL;
+    if (rc != SQL_FATAL && !PQexitPipelineMode(c->conn)) rc = SQL_FATAL;
     if (rc == SQL_OP && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
         exec_simple(c->conn, "ROLLBACK");
     for (size_t i = 0; i < b->nops; i++)
@@ -1283,8 +1245,7 @@ fail:
 static int run_attempt(wctx_t *c)
 {
     wbatch_t *b = c->b;
-    if (exec_simple(c->conn, "BEGIN") != SQL_OK)
-        return SQL_FATAL;
+    if (exec_simple(c->conn, "BEGIN") != SQL_OK) return SQL_FATAL;
     int how;
     const char *lv[3] = {b->user, b->client_id, NULL};
     PGresult *res = exec_prepared(c, "fw_log_get", 2, lv, &how);
@@ -1308,11 +1269,9 @@ static int run_attempt(wctx_t *c)
         }
         op->code = NULL;
         op->message[0] = '\0';
-        if (c->savepoints && exec_simple(c->conn, "SAVEPOINT w") != SQL_OK)
-            return SQL_FATAL;
+        if (c->savepoints && exec_simple(c->conn, "SAVEPOINT w") != SQL_OK) return SQL_FATAL;
         how = apply_op(c, op);
-        if (how == SQL_FATAL)
-            return SQL_FATAL;
+        if (how == SQL_FATAL) return SQL_FATAL;
         if (how == SQL_OP && !c->savepoints) {
             exec_simple(c->conn, "ROLLBACK");
             return SQL_OP;
@@ -1361,8 +1320,8 @@ static void batch_results(wbatch_t *b)
     for (size_t i = 0; i < b->nops; i++) {
         wop_t *op = &b->ops[i];
         b->counts[op->status]++;
-        gw_buf_printf(&b->out, "%s{\"op_id\":%lld,\"status\":\"%s\"", i > 0 ? "," : "",
-                      op->op_id, ST_NAME[op->status]);
+        gw_buf_printf(&b->out, "%s{\"op_id\":%lld,\"status\":\"%s\"", i > 0 ? "," : "", op->op_id,
+                      ST_NAME[op->status]);
         if (op->status == ST_REJECTED || op->status == ST_STALE) {
             gw_buf_puts(&b->out, ",\"code\":");
             gw_buf_json_str(&b->out, op->code != NULL ? op->code : "rejected");
@@ -1398,8 +1357,7 @@ static int batch_try(wbatch_t *b, PGconn *conn)
         how = run_attempt(&c);
     }
     PQclear(c.failed);
-    if (how == SQL_OK)
-        return SQL_OK;
+    if (how == SQL_OK) return SQL_OK;
     tl_conn.prepared = 0; /* prepare again on the next batch (statements may be gone) */
     if (PQtransactionStatus(conn) != PQTRANS_IDLE && PQstatus(conn) == CONNECTION_OK)
         exec_simple(conn, "ROLLBACK");
@@ -1426,8 +1384,7 @@ static void batch_run(gw_job_t *job, PGconn *conn)
      * was lost, ferry_write_log answers the ops as duplicates. */
     if (PQstatus(conn) == CONNECTION_BAD) {
         PQreset(conn);
-        if (PQstatus(conn) == CONNECTION_OK && batch_try(b, conn) == SQL_OK)
-            batch_results(b);
+        if (PQstatus(conn) == CONNECTION_OK && batch_try(b, conn) == SQL_OK) batch_results(b);
     }
 }
 
@@ -1462,8 +1419,7 @@ static void batch_free(wbatch_t *b)
 static void guard_dispose(void *p)
 {
     req_guard_t *g = p;
-    if (g->b != NULL)
-        g->b->req = NULL;
+    if (g->b != NULL) g->b->req = NULL;
 }
 
 static void batch_done(gw_job_t *job)
@@ -1480,17 +1436,22 @@ static void batch_done(gw_job_t *job)
         atomic_fetch_add(&g_mod.batches_unavail, 1);
     }
     char user[300], client[300];
-    gw_info("write", "batch", "user=%s client=%s status=%d ops=%zu applied=%d duplicate=%d "
+    gw_info("write", "batch",
+            "user=%s client=%s status=%d ops=%zu applied=%d duplicate=%d "
             "rejected=%d stale=%d path=%s duration_ms=%.2f",
             gw_log_qs(b->user, user, sizeof(user)), gw_log_qs(b->client_id, client, sizeof(client)),
             b->http_status, b->nops, b->counts[ST_APPLIED], b->counts[ST_DUPLICATE],
             b->counts[ST_REJECTED], b->counts[ST_STALE],
-            b->attempts == 1 ? "pipelined" : b->attempts == 2 ? "careful" : "none", s * 1e3);
+            b->attempts == 1   ? "pipelined"
+            : b->attempts == 2 ? "careful"
+                               : "none",
+            s * 1e3);
     if (gw_log_get_level() <= GW_LOG_DEBUG)
         for (size_t i = 0; b->http_status == 200 && i < b->nops; i++)
             if (b->ops[i].status == ST_REJECTED || b->ops[i].status == ST_STALE) {
                 char m[600];
-                gw_debug("write", "op not applied", "client=%s op_id=%lld status=%s code=%s "
+                gw_debug("write", "op not applied",
+                         "client=%s op_id=%lld status=%s code=%s "
                          "message=%s",
                          client, b->ops[i].op_id, ST_NAME[b->ops[i].status],
                          b->ops[i].code != NULL ? b->ops[i].code : "-",
@@ -1503,8 +1464,8 @@ static void batch_done(gw_job_t *job)
                            H2O_STRLIT("2"));
         gw_http_send_json(b->req, b->http_status, b->out.data, b->out.len);
     } else {
-        gw_info("write", "client went away before the answer", "user=%s client=%s status=%d",
-                user, client, b->http_status);
+        gw_info("write", "client went away before the answer", "user=%s client=%s status=%d", user,
+                client, b->http_status);
     }
     batch_free(b);
 }
@@ -1518,27 +1479,22 @@ static int parse_op_id(json_t *v, long long *out)
         *out = (long long)json_integer_value(v);
         return *out > 0 ? 0 : -1;
     }
-    if (!json_is_string(v))
-        return -1;
+    if (!json_is_string(v)) return -1;
     const char *s = json_string_value(v);
-    if (s[0] == '\0' || strlen(s) > 19)
-        return -1;
+    if (s[0] == '\0' || strlen(s) > 19) return -1;
     for (const char *p = s; *p; p++)
-        if (*p < '0' || *p > '9')
-            return -1;
+        if (*p < '0' || *p > '9') return -1;
     char *end;
     errno = 0;
     unsigned long long u = strtoull(s, &end, 10);
-    if (errno != 0 || u == 0 || u > (unsigned long long)INT64_MAX)
-        return -1;
+    if (errno != 0 || u == 0 || u > (unsigned long long)INT64_MAX) return -1;
     *out = (long long)u;
     return 0;
 }
 
 /* Fill op from the batch entry e; a shape problem of an op with a valid op_id rejects only that
  * op (code/message set, kind 0). Returns -1 (with msg) when even op_id is unusable. */
-static int parse_op(const rules_set_t *rules, json_t *e, size_t i, wop_t *op, char *msg,
-                    size_t len)
+static int parse_op(const rules_set_t *rules, json_t *e, size_t i, wop_t *op, char *msg, size_t len)
 {
     memset(op, 0, sizeof(*op));
     if (!json_is_object(e)) {
@@ -1568,8 +1524,7 @@ static int parse_op(const rules_set_t *rules, json_t *e, size_t i, wop_t *op, ch
         return 0;
     }
     op->type = json_string_value(type);
-    if (json_is_string(id) && json_string_length(id) > 0 &&
-        json_string_length(id) < sizeof(op->id))
+    if (json_is_string(id) && json_string_length(id) > 0 && json_string_length(id) < sizeof(op->id))
         snprintf(op->id, sizeof(op->id), "%s", json_string_value(id));
     else if (json_is_integer(id))
         snprintf(op->id, sizeof(op->id), "%lld", (long long)json_integer_value(id));
@@ -1584,8 +1539,7 @@ static int parse_op(const rules_set_t *rules, json_t *e, size_t i, wop_t *op, ch
         op_reject(op, "invalid_op", "\"data\" must be an object");
         return 0;
     }
-    if (op->kind != OP_DELETE && json_is_object(data))
-        op->data = data;
+    if (op->kind != OP_DELETE && json_is_object(data)) op->data = data;
     /* the table: exact match against the compiled rules only ("schema.table" or "table") */
     const char *dot = strchr(op->type, '.');
     if (dot != NULL) {
@@ -1600,8 +1554,7 @@ static int parse_op(const rules_set_t *rules, json_t *e, size_t i, wop_t *op, ch
         return 0;
     }
     for (size_t k = 0; k < rules_write_count(rules); k++)
-        if (rules_write_at(rules, k) == op->rule)
-            op->rule_index = k;
+        if (rules_write_at(rules, k) == op->rule) op->rule_index = k;
     return 0;
 }
 
@@ -1617,8 +1570,7 @@ static int on_write(h2o_req_t *req, void *ud)
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
     auth_token_t *tok;
-    if (gw_app_authenticate(app, req, &tok) != 0)
-        return 0;
+    if (gw_app_authenticate(app, req, &tok) != 0) return 0;
     json_error_t jerr;
     json_t *body = json_loadb(req->entity.base, req->entity.len, 0, &jerr);
     char msg[512];
@@ -1669,8 +1621,7 @@ static int on_write(h2o_req_t *req, void *ud)
     b->user = gw_xstrdup(tok->sub != NULL ? tok->sub : "");
     b->jwt = json_dumps(tok->claims, JSON_COMPACT);
     b->params = json_is_object(params) ? json_dumps(params, JSON_COMPACT) : gw_xstrdup("{}");
-    if (b->jwt == NULL || b->params == NULL)
-        abort();
+    if (b->jwt == NULL || b->params == NULL) abort();
     snprintf(b->client_id, sizeof(b->client_id), "%s", json_string_value(client));
     auth_token_release(tok);
     if (rules_write_count(b->rules) == 0) { /* nothing is writable: no need for Postgres */
@@ -1688,8 +1639,7 @@ static int on_write(h2o_req_t *req, void *ud)
         atomic_fetch_sub(&g_mod.inflight, 1);
         atomic_fetch_add(&g_mod.batches_unavail, 1);
         batch_free(b);
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
-                       H2O_STRLIT("1"));
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
         gw_http_send_error(req, 503, "unavailable",
                            "too many write batches in progress; nothing was applied");
         return 0;
@@ -1714,8 +1664,7 @@ static int wait_or_stop(int secs)
     until.tv_sec += secs;
     pthread_mutex_lock(&g_mod.lock);
     while (!g_mod.stopping)
-        if (pthread_cond_timedwait(&g_mod.cond, &g_mod.lock, &until) != 0)
-            break;
+        if (pthread_cond_timedwait(&g_mod.cond, &g_mod.lock, &until) != 0) break;
     int stop = g_mod.stopping;
     pthread_mutex_unlock(&g_mod.lock);
     return stop;
@@ -1732,10 +1681,10 @@ static void startup_run(gw_job_t *job, PGconn *conn)
         int self = 0;
         for (size_t i = 0; i < 256; i++)
             self += tl_conn.self_cko[i] + tl_conn.self_chk[i];
-        gw_info("write", "write rules prepared", "tables=%zu constraints=%zu self_reading_checks=%d",
+        gw_info("write", "write rules prepared",
+                "tables=%zu constraints=%zu self_reading_checks=%d",
                 rules_write_count(gw_app_active(g_mod.app)->rules),
-                rules_constraint_count(gw_app_active(g_mod.app)->rules),
-                self);
+                rules_constraint_count(gw_app_active(g_mod.app)->rules), self);
         job->ud = NULL;
         return;
     }
@@ -1758,20 +1707,17 @@ static void startup_run(gw_job_t *job, PGconn *conn)
 
 static void startup_done(gw_job_t *job)
 {
-    if (job->ud == NULL)
-        return;
+    if (job->ud == NULL) return;
     pthread_mutex_lock(&g_mod.lock);
     int stop = g_mod.stopping;
     pthread_mutex_unlock(&g_mod.lock);
-    if (!stop)
-        gw_workers_submit(g_mod.app->workers, gw_http_context(g_mod.app->http, 0), job);
+    if (!stop) gw_workers_submit(g_mod.app->workers, gw_http_context(g_mod.app->http, 0), job);
 }
 
 static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
 {
     (void)ud;
-    if (index != 0)
-        return;
+    if (index != 0) return;
     memset(&g_startup, 0, sizeof(g_startup));
     g_startup.run = startup_run;
     g_startup.done = startup_done;
@@ -1837,7 +1783,8 @@ void gw_write_register(gw_app_t *app)
     gw_http_route(app->http, "/api/write", "write", GW_HTTP_POST, on_write, app);
     gw_metrics_add_collector(collect, NULL);
     if (rules_write_count(gw_app_active(app)->rules) > 0) {
-        g_mod.ready_id = gw_ready_register("write rules", "write rules not yet prepared in postgres");
+        g_mod.ready_id =
+            gw_ready_register("write rules", "write rules not yet prepared in postgres");
         gw_http_on_thread_start(app->http, on_thread_start, NULL);
         gw_http_on_shutdown(app->http, on_shutdown, NULL);
     }

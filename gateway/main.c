@@ -84,18 +84,12 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "serve") == 0)
-        return gw_cli_serve(argc - 1, argv + 1);
-    if (strcmp(cmd, "rules") == 0)
-        return gw_cli_rules(argc - 1, argv + 1);
-    if (strcmp(cmd, "token") == 0)
-        return gw_cli_token(argc - 1, argv + 1);
-    if (strcmp(cmd, "compact") == 0)
-        return gw_cli_compact(argc - 1, argv + 1);
-    if (strcmp(cmd, "debug") == 0)
-        return gw_cli_debug(argc - 1, argv + 1);
-    if (strcmp(cmd, "config") == 0)
-        return gw_cli_config(argc - 1, argv + 1);
+    if (strcmp(cmd, "serve") == 0) return gw_cli_serve(argc - 1, argv + 1);
+    if (strcmp(cmd, "rules") == 0) return gw_cli_rules(argc - 1, argv + 1);
+    if (strcmp(cmd, "token") == 0) return gw_cli_token(argc - 1, argv + 1);
+    if (strcmp(cmd, "compact") == 0) return gw_cli_compact(argc - 1, argv + 1);
+    if (strcmp(cmd, "debug") == 0) return gw_cli_debug(argc - 1, argv + 1);
+    if (strcmp(cmd, "config") == 0) return gw_cli_config(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("ferry %s (%s)\n", gw_version(), gw_revision());
         return 0;

@@ -38,14 +38,14 @@
 #include <stdint.h>
 
 /* Error codes (negative; 0 is success). Values are stable. */
-#define RULES_OK 0
-#define RULES_ENOMEM (-1)   /* out of memory */
-#define RULES_EINVAL (-2)   /* invalid argument (e.g. malformed claims JSON) */
+#define RULES_OK       0
+#define RULES_ENOMEM   (-1) /* out of memory */
+#define RULES_EINVAL   (-2) /* invalid argument (e.g. malformed claims JSON) */
 #define RULES_ECOMPILE (-3) /* the rules file has errors; see the diagnostics */
-#define RULES_EIO (-4)      /* could not read the rules file */
-#define RULES_EEVAL (-5)    /* SQLite could not evaluate an expression */
-#define RULES_ELOOKUP (-6)  /* the lookup callback failed */
-#define RULES_ELIMIT (-7)   /* too many buckets or parameter rows for one request */
+#define RULES_EIO      (-4) /* could not read the rules file */
+#define RULES_EEVAL    (-5) /* SQLite could not evaluate an expression */
+#define RULES_ELOOKUP  (-6) /* the lookup callback failed */
+#define RULES_ELIMIT   (-7) /* too many buckets or parameter rows for one request */
 
 /** Static one-line description of a RULES_E* code ("out of memory"). */
 const char *rules_strerror(int code);
@@ -61,8 +61,8 @@ typedef struct rules_error {
 /** One compile error or warning; `file` is the name given to the compiler. */
 typedef struct rules_diag {
     int is_warning;
-    int line, col;   /* 1-based; 0 when the problem has no position (e.g. unreadable file) */
-    char *message;   /* e.g. unknown function "uper" (did you mean "upper"?) */
+    int line, col; /* 1-based; 0 when the problem has no position (e.g. unreadable file) */
+    char *message; /* e.g. unknown function "uper" (did you mean "upper"?) */
 } rules_diag_t;
 
 /** The diagnostics of one compile; owned by the caller, release with rules_diags_free(). */
@@ -104,9 +104,9 @@ int rules_edition(const rules_set_t *set);
 
 /* ---- referenced tables ------------------------------------------------------------------ */
 
-#define RULES_USE_DATA 1   /* read by a data query */
+#define RULES_USE_DATA   1 /* read by a data query */
 #define RULES_USE_LOOKUP 2 /* read by a table-lookup parameter query */
-#define RULES_USE_WRITE 4  /* has write rules */
+#define RULES_USE_WRITE  4 /* has write rules */
 
 /** One table the rules reference; `name` ends in '%' for a prefix pattern. Owned by the set. */
 typedef struct rules_table {
@@ -144,12 +144,12 @@ typedef struct rules_row {
 /** One output of a data query for one bucket. Strings are NUL-terminated, owned by the list
  * (one allocation per op: never free them individually, use rules_ops_free). */
 typedef struct rules_op {
-    char *bucket;       /* "<version>#name[params]" (no prefix when version is NULL) */
-    char *object_type;  /* output table name */
-    char *object_id;    /* text of the output "id" ("" when absent) */
-    char *data;         /* row JSON object in output-column order, as sent to clients */
+    char *bucket;      /* "<version>#name[params]" (no prefix when version is NULL) */
+    char *object_type; /* output table name */
+    char *object_id;   /* text of the output "id" ("" when absent) */
+    char *data;        /* row JSON object in output-column order, as sent to clients */
     size_t data_len;
-    uint32_t checksum;  /* rules_checksum_put(object_type, object_id, data) */
+    uint32_t checksum;      /* rules_checksum_put(object_type, object_id, data) */
     const char *definition; /* bucket definition name; owned by the set */
 } rules_op_t;
 
@@ -170,8 +170,8 @@ void rules_ops_free(rules_ops_t *ops);
  * names the table and SQLite's message; the other queries were still evaluated and their ops
  * are in *out). Free *out with rules_ops_free() in every case.
  */
-int rules_eval_row(rules_set_t *set, const char *version, const rules_row_t *row,
-                   rules_ops_t *out, rules_error_t *err);
+int rules_eval_row(rules_set_t *set, const char *version, const rules_row_t *row, rules_ops_t *out,
+                   rules_error_t *err);
 
 /** One parameter-lookup entry: key (see rules_eval_request) -> one output parameter row. */
 typedef struct rules_lookup {
@@ -217,16 +217,16 @@ typedef struct rules_request {
     const char *params_json;
     rules_lookup_fn lookup; /* NULL: table-lookup queries are reported as unresolved */
     void *lookup_arg;
-    size_t max_buckets;     /* 0 means 1000 */
+    size_t max_buckets; /* 0 means 1000 */
 } rules_request_t;
 
 /** One bucket of a request. Strings owned by the list except definition/query (by the set). */
 typedef struct rules_bucket {
-    char *bucket;            /* "<version>#name[params]" */
-    int priority;            /* 0..3, highest priority (lowest number) of its producers */
-    const char *definition;  /* bucket definition name */
-    int query_index;         /* which parameter query produced it (first one wins on ties) */
-    const char *query;       /* that query's SQL text as written */
+    char *bucket;           /* "<version>#name[params]" */
+    int priority;           /* 0..3, highest priority (lowest number) of its producers */
+    const char *definition; /* bucket definition name */
+    int query_index;        /* which parameter query produced it (first one wins on ties) */
+    const char *query;      /* that query's SQL text as written */
 } rules_bucket_t;
 
 /** One table-lookup query that could not be answered because no callback was given. */
@@ -299,9 +299,9 @@ typedef struct rules_write_rule {
     int operations;             /* RULES_OP_* bits */
     const char *const *columns; /* writable columns (always includes "id") */
     size_t ncolumns;
-    const char *lww_column;     /* NULL when absent */
-    rules_pg_stmt_t check;      /* "allowed?" over the new row: insert and update */
-    rules_pg_stmt_t check_old;  /* "allowed?" over the stored row: update and delete */
+    const char *lww_column;    /* NULL when absent */
+    rules_pg_stmt_t check;     /* "allowed?" over the new row: insert and update */
+    rules_pg_stmt_t check_old; /* "allowed?" over the stored row: update and delete */
 } rules_write_rule_t;
 
 /** A named constraint: stmt returns true when the new row violates it. Owned by the set. */

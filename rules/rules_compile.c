@@ -30,8 +30,7 @@ typedef struct cc {
 
 void rdiag_add(rules_diags_t *d, int warning, int line, int col, const char *fmt, ...)
 {
-    if (d->n % 16 == 0)
-        d->items = rx_realloc(d->items, sizeof(rules_diag_t) * (d->n + 16));
+    if (d->n % 16 == 0) d->items = rx_realloc(d->items, sizeof(rules_diag_t) * (d->n + 16));
     va_list ap;
     va_start(ap, fmt);
     char buf[1024];
@@ -46,8 +45,7 @@ void rdiag_add(rules_diags_t *d, int warning, int line, int col, const char *fmt
 
 void rules_diags_free(rules_diags_t *d)
 {
-    if (!d)
-        return;
+    if (!d) return;
     for (size_t i = 0; i < d->n; i++)
         free(d->items[i].message);
     free(d->items);
@@ -90,8 +88,7 @@ void rpos_map(const rposmap_t *m, int off, int *line, int *col)
     else if (m->style == YAML_LITERAL_SCALAR_STYLE || m->style == YAML_FOLDED_SCALAR_STYLE) {
         while (j < e && src[j] != '\n')
             j++;
-        if (j < e)
-            j++;
+        if (j < e) j++;
         while (j < e && (src[j] == ' ' || src[j] == '\t'))
             j++;
     }
@@ -104,8 +101,8 @@ void rpos_map(const rposmap_t *m, int off, int *line, int *col)
                 j++;
                 char nx = v[i + 1];
                 if (nx != ' ' && nx != '\n' && nx != '\t') {
-                    while (j < e && (src[j] == ' ' || src[j] == '\n' || src[j] == '\t' ||
-                                     src[j] == '\r'))
+                    while (j < e &&
+                           (src[j] == ' ' || src[j] == '\n' || src[j] == '\t' || src[j] == '\r'))
                         j++;
                 }
                 continue;
@@ -113,8 +110,7 @@ void rpos_map(const rposmap_t *m, int off, int *line, int *col)
         }
         while (j < e && src[j] != ch)
             j++;
-        if (j < e)
-            j++;
+        if (j < e) j++;
     }
     /* land on the token itself, not on folding whitespace before it */
     if ((size_t)off < vlen && v[off] != ' ' && v[off] != '\n')
@@ -136,15 +132,15 @@ void rpos_map(const rposmap_t *m, int off, int *line, int *col)
 typedef struct qc {
     cc_t *c;
     rposmap_t pm;
-    int qkind;       /* Q_DATA, Q_PARAM */
-    int pkind;       /* PQ_* for parameter queries */
+    int qkind; /* Q_DATA, Q_PARAM */
+    int pkind; /* PQ_* for parameter queries */
     rdef_t *def;
     int params_known;
     rselect_t *sel;
-    const char *tname;  /* table name (without '%') for qualifiers */
+    const char *tname; /* table name (without '%') for qualifiers */
     const char *alias;
-    rrowq_t *r;         /* row side being built */
-    rbuf_t rowsql;      /* SELECT list of the row side */
+    rrowq_t *r;    /* row side being built */
+    rbuf_t rowsql; /* SELECT list of the row side */
     int nrowsql;
     /* lookup inputs (request side) */
     char **inputs;
@@ -169,8 +165,7 @@ static void q_err(qc_t *q, int warning, int off, const char *fmt, ...)
     int line, col;
     rpos_map(&q->pm, off, &line, &col);
     rdiag_add(q->c->d, warning, line, col, "%s", buf);
-    if (!warning)
-        q->failed = 1;
+    if (!warning) q->failed = 1;
 }
 
 /* ---- functions ------------------------------------------------------------------------ */
@@ -179,21 +174,34 @@ static const struct fn {
     const char *name;
     int min, max;
 } fns[] = {
-    {"upper", 1, 1},       {"lower", 1, 1},        {"substring", 2, 3},
-    {"hex", 1, 1},         {"length", 1, 1},       {"base64", 1, 1},
-    {"uuid_blob", 1, 1},   {"typeof", 1, 1},       {"ifnull", 2, 2},
-    {"iif", 3, 3},         {"instr", 2, 2},        {"json_extract", 2, 2},
-    {"json_array_length", 1, 2}, {"json_valid", 1, 1}, {"json_keys", 1, 1},
-    {"unixepoch", 1, 8},   {"datetime", 1, 8},     {"st_asgeojson", 1, 1},
-    {"st_astext", 1, 1},   {"st_x", 1, 1},         {"st_y", 1, 1},
+    {"upper", 1, 1},
+    {"lower", 1, 1},
+    {"substring", 2, 3},
+    {"hex", 1, 1},
+    {"length", 1, 1},
+    {"base64", 1, 1},
+    {"uuid_blob", 1, 1},
+    {"typeof", 1, 1},
+    {"ifnull", 2, 2},
+    {"iif", 3, 3},
+    {"instr", 2, 2},
+    {"json_extract", 2, 2},
+    {"json_array_length", 1, 2},
+    {"json_valid", 1, 1},
+    {"json_keys", 1, 1},
+    {"unixepoch", 1, 8},
+    {"datetime", 1, 8},
+    {"st_asgeojson", 1, 1},
+    {"st_astext", 1, 1},
+    {"st_x", 1, 1},
+    {"st_y", 1, 1},
     {NULL, 0, 0},
 };
 
 static const struct fn *find_fn(const char *name)
 {
     for (int i = 0; fns[i].name; i++)
-        if (strcasecmp(fns[i].name, name) == 0)
-            return &fns[i];
+        if (strcasecmp(fns[i].name, name) == 0) return &fns[i];
     return NULL;
 }
 
@@ -211,37 +219,35 @@ static const char *suggest_fn(const char *name)
     return best;
 }
 
-static const char *const je_cols[] = {"key", "value", "type", "atom", "id", "parent", "fullkey",
-                                      "path", NULL};
+static const char *const je_cols[] = {"key",    "value",   "type", "atom", "id",
+                                      "parent", "fullkey", "path", NULL};
 
 static int is_je_col(const char *n)
 {
     for (int i = 0; je_cols[i]; i++)
-        if (strcmp(n, je_cols[i]) == 0)
-            return 1;
+        if (strcmp(n, je_cols[i]) == 0) return 1;
     return 0;
 }
 
 static int def_param(const rdef_t *d, const char *name)
 {
     for (int i = 0; i < d->nparams; i++)
-        if (strcmp(d->params[i], name) == 0)
-            return i;
+        if (strcmp(d->params[i], name) == 0) return i;
     return -1;
 }
 
 /* Resolve names and compute deps; reports errors. Returns deps or -1 on error. */
 static int resolve(qc_t *q, rnode_t *n)
 {
-    if (!n)
-        return 0;
+    if (!n) return 0;
     int deps = 0, r;
     switch (n->kind) {
     case N_INT:
     case N_REAL:
     case N_STR:
     case N_NULL:
-    case N_BOOL: break;
+    case N_BOOL:
+        break;
     case N_COL: {
         const char *qual = n->qual;
         if (qual && strcmp(qual, "bucket") == 0) {
@@ -270,8 +276,8 @@ static int resolve(qc_t *q, rnode_t *n)
             deps = DEP_BUCKET;
             break;
         }
-        if (qual && (strcmp(qual, "token_parameters") == 0 ||
-                     strcmp(qual, "user_parameters") == 0)) {
+        if (qual &&
+            (strcmp(qual, "token_parameters") == 0 || strcmp(qual, "user_parameters") == 0)) {
             if (q->qkind == Q_DATA) {
                 q_err(q, 0, n->off,
                       "\"%s\" is not available in data queries; use bucket parameters", qual);
@@ -353,8 +359,8 @@ static int resolve(qc_t *q, rnode_t *n)
                     q_err(q, 0, n->off, "function \"%s\" takes %d argument%s, not %d", f->name,
                           f->min, f->min == 1 ? "" : "s", n->nargs);
                 else
-                    q_err(q, 0, n->off, "function \"%s\" takes %d to %d arguments, not %d",
-                          f->name, f->min, f->max, n->nargs);
+                    q_err(q, 0, n->off, "function \"%s\" takes %d to %d arguments, not %d", f->name,
+                          f->min, f->max, n->nargs);
                 return -1;
             }
             if (strcmp(f->name, "json_extract") == 0 && n->args[1]->kind == N_STR &&
@@ -364,24 +370,20 @@ static int resolve(qc_t *q, rnode_t *n)
             }
         }
         for (int i = 0; i < n->nargs; i++) {
-            if ((r = resolve(q, n->args[i])) < 0)
-                return -1;
+            if ((r = resolve(q, n->args[i])) < 0) return -1;
             deps |= r;
         }
         break;
     case N_INLIST:
         for (int i = 0; i < n->nargs; i++) {
-            if ((r = resolve(q, n->args[i])) < 0)
-                return -1;
+            if ((r = resolve(q, n->args[i])) < 0) return -1;
             deps |= r;
         }
         /* fallthrough */
     default:
-        if ((r = resolve(q, n->a)) < 0)
-            return -1;
+        if ((r = resolve(q, n->a)) < 0) return -1;
         deps |= r;
-        if ((r = resolve(q, n->b)) < 0)
-            return -1;
+        if ((r = resolve(q, n->b)) < 0) return -1;
         deps |= r;
         break;
     }
@@ -394,8 +396,7 @@ static int resolve(qc_t *q, rnode_t *n)
 static int row_col(rrowq_t *r, const char *name)
 {
     for (int i = 0; i < r->ncols; i++)
-        if (strcmp(r->cols[i], name) == 0)
-            return i;
+        if (strcmp(r->cols[i], name) == 0) return i;
     r->cols = rx_realloc(r->cols, sizeof(char *) * (size_t)(r->ncols + 1));
     r->cols[r->ncols] = rx_strdup(name);
     return r->ncols++;
@@ -405,8 +406,7 @@ static void sql_str(rbuf_t *b, const char *s)
 {
     rb_putc(b, '\'');
     for (; *s; s++) {
-        if (*s == '\'')
-            rb_putc(b, '\'');
+        if (*s == '\'') rb_putc(b, '\'');
         rb_putc(b, *s);
     }
     rb_putc(b, '\'');
@@ -416,8 +416,7 @@ static void sql_ident(rbuf_t *b, const char *s)
 {
     rb_putc(b, '"');
     for (; *s; s++) {
-        if (*s == '"')
-            rb_putc(b, '"');
+        if (*s == '"') rb_putc(b, '"');
         rb_putc(b, *s);
     }
     rb_putc(b, '"');
@@ -435,8 +434,7 @@ static void json_key_path(rbuf_t *b, const char *key, int fixed)
     } else {
         rb_puts(&p, "$.\"");
         for (const char *s = key; *s; s++) {
-            if (*s == '"' || *s == '\\')
-                rb_putc(&p, '\\');
+            if (*s == '"' || *s == '\\') rb_putc(&p, '\\');
             rb_putc(&p, *s);
         }
         rb_putc(&p, '"');
@@ -449,18 +447,32 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
 {
     switch (n->kind) {
     case N_INT:
-    case N_REAL: rb_puts(b, n->text); break;
-    case N_STR: sql_str(b, n->text); break;
-    case N_NULL: rb_puts(b, "NULL"); break;
-    case N_BOOL: rb_puts(b, n->text); break;
-    case N_COL: rb_printf(b, "?%d", row_col(q->r, n->name) + 1); break;
-    case N_BUCKET: rb_puts(b, "NULL"); break; /* never emitted by valid queries */
+    case N_REAL:
+        rb_puts(b, n->text);
+        break;
+    case N_STR:
+        sql_str(b, n->text);
+        break;
+    case N_NULL:
+        rb_puts(b, "NULL");
+        break;
+    case N_BOOL:
+        rb_puts(b, n->text);
+        break;
+    case N_COL:
+        rb_printf(b, "?%d", row_col(q->r, n->name) + 1);
+        break;
+    case N_BUCKET:
+        rb_puts(b, "NULL");
+        break; /* never emitted by valid queries */
     case N_JEACH:
         sql_ident(b, n->qual);
         rb_putc(b, '.');
         rb_puts(b, n->name);
         break;
-    case N_REQ: rb_printf(b, "?%d", n->req); break;
+    case N_REQ:
+        rb_printf(b, "?%d", n->req);
+        break;
     case N_TOKPARAM:
         if (strcmp(n->name, "user_id") == 0) {
             rb_puts(b, "?1");
@@ -468,8 +480,7 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
             rbuf_t p = {0};
             rb_puts(&p, "$.parameters.\"");
             for (const char *s = n->name; *s; s++) {
-                if (*s == '"' || *s == '\\')
-                    rb_putc(&p, '\\');
+                if (*s == '"' || *s == '\\') rb_putc(&p, '\\');
                 rb_putc(&p, *s);
             }
             rb_putc(&p, '"');
@@ -507,8 +518,7 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         rb_puts(b, f ? f->name : n->name);
         rb_putc(b, '(');
         for (int i = 0; i < n->nargs; i++) {
-            if (i)
-                rb_puts(b, ", ");
+            if (i) rb_puts(b, ", ");
             emit(q, n->args[i], b);
         }
         rb_putc(b, ')');
@@ -527,7 +537,8 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
     case N_IN:
         rb_putc(b, '(');
         emit(q, n->a, b);
-        rb_puts(b, n->neg ? " NOT IN (SELECT value FROM json_each(" : " IN (SELECT value FROM json_each(");
+        rb_puts(b, n->neg ? " NOT IN (SELECT value FROM json_each("
+                          : " IN (SELECT value FROM json_each(");
         emit(q, n->b, b);
         rb_puts(b, ")))");
         break;
@@ -536,8 +547,7 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         emit(q, n->a, b);
         rb_puts(b, n->neg ? " NOT IN (" : " IN (");
         for (int i = 0; i < n->nargs; i++) {
-            if (i)
-                rb_puts(b, ", ");
+            if (i) rb_puts(b, ", ");
             emit(q, n->args[i], b);
         }
         rb_puts(b, "))");
@@ -553,8 +563,7 @@ static rslot_t row_slot(qc_t *q, rnode_t *n)
         s.col = row_col(q->r, n->name);
         return s;
     }
-    if (q->nrowsql)
-        rb_puts(&q->rowsql, ", ");
+    if (q->nrowsql) rb_puts(&q->rowsql, ", ");
     emit(q, n, &q->rowsql);
     s.sqlcol = q->nrowsql++;
     return s;
@@ -562,24 +571,19 @@ static rslot_t row_slot(qc_t *q, rnode_t *n)
 
 static int req_col(qc_t *q, rnode_t *n)
 {
-    if (q->nreqsql)
-        rb_puts(&q->reqsql, ", ");
+    if (q->nreqsql) rb_puts(&q->reqsql, ", ");
     emit(q, n, &q->reqsql);
     return q->nreqsql++;
 }
 
 static rnode_t *find_kind(rnode_t *n, nkind_t k)
 {
-    if (!n)
-        return NULL;
-    if (n->kind == k)
-        return n;
+    if (!n) return NULL;
+    if (n->kind == k) return n;
     rnode_t *r;
-    if ((r = find_kind(n->a, k)) || (r = find_kind(n->b, k)))
-        return r;
+    if ((r = find_kind(n->a, k)) || (r = find_kind(n->b, k))) return r;
     for (int i = 0; i < n->nargs; i++)
-        if ((r = find_kind(n->args[i], k)))
-            return r;
+        if ((r = find_kind(n->args[i], k))) return r;
     return NULL;
 }
 
@@ -605,8 +609,7 @@ static void addk(rfilt_t *f, rfilt_t *k)
 
 static void free_filt(rfilt_t *f)
 {
-    if (!f)
-        return;
+    if (!f) return;
     for (int i = 0; i < f->nk; i++)
         free_filt(f->k[i]);
     free(f->k);
@@ -622,20 +625,21 @@ static unsigned covered(const rfilt_t *f)
         for (int i = 0; i < f->nk; i++)
             m |= covered(f->k[i]);
         return m;
-    case F_OR: return f->nk ? covered(f->k[0]) : 0;
+    case F_OR:
+        return f->nk ? covered(f->k[0]) : 0;
     case F_EQ:
     case F_IN_ROWARR:
-    case F_IN_REQARR: return 1u << (f->p & 31);
-    default: return 0;
+    case F_IN_REQARR:
+        return 1u << (f->p & 31);
+    default:
+        return 0;
     }
 }
 
 static const char *op_name(const rnode_t *n)
 {
-    if (n->kind == N_IN)
-        return n->neg ? "NOT IN" : "IN";
-    if (n->kind == N_ISNULL)
-        return "IS NULL";
+    if (n->kind == N_IN) return n->neg ? "NOT IN" : "IN";
+    if (n->kind == N_ISNULL) return "IS NULL";
     return n->op ? n->op : "?";
 }
 
@@ -727,8 +731,9 @@ static int lookup_input(qc_t *q, rnode_t *n, int expand)
         if (strcmp(q->inputs[i], b.p) == 0) {
             rb_free(&b);
             if (expand && q->expand_input != i) {
-                q_err(q, 0, n->off, "a request value cannot be matched both with \"=\" and "
-                                    "\"IN\" in one query");
+                q_err(q, 0, n->off,
+                      "a request value cannot be matched both with \"=\" and "
+                      "\"IN\" in one query");
                 return -1;
             }
             return i;
@@ -796,8 +801,7 @@ static rfilt_t *lfilt(qc_t *q, rnode_t *n)
         rnode_t *row = rq == n->a ? n->b : n->a;
         if (rq && !(row->deps & DEP_REQ)) {
             int in = lookup_input(q, rq, 0);
-            if (in < 0)
-                return NULL;
+            if (in < 0) return NULL;
             rfilt_t *f = mkf(F_EQ);
             f->p = in;
             f->v = row_slot(q, row);
@@ -807,8 +811,7 @@ static rfilt_t *lfilt(qc_t *q, rnode_t *n)
     if (n->kind == N_IN && !n->neg) {
         if (pure(n->a->deps, DEP_REQ) && !(n->b->deps & DEP_REQ)) {
             int in = lookup_input(q, n->a, 0);
-            if (in < 0)
-                return NULL;
+            if (in < 0) return NULL;
             rfilt_t *f = mkf(F_IN_ROWARR);
             f->p = in;
             f->v = row_slot(q, n->b);
@@ -816,8 +819,7 @@ static rfilt_t *lfilt(qc_t *q, rnode_t *n)
         }
         if (pure(n->b->deps, DEP_REQ) && !(n->a->deps & DEP_REQ)) {
             int in = lookup_input(q, n->b, 1);
-            if (in < 0)
-                return NULL;
+            if (in < 0) return NULL;
             rfilt_t *f = mkf(F_IN_REQARR);
             f->p = in;
             f->v = row_slot(q, n->a);
@@ -875,8 +877,7 @@ static int sqlite_check(qc_t *q, const char *sql)
     rfunc_register(db);
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-    if (rc != SQLITE_OK)
-        q_err(q, 0, 0, "query cannot be evaluated: %s", sqlite3_errmsg(db));
+    if (rc != SQLITE_OK) q_err(q, 0, 0, "query cannot be evaluated: %s", sqlite3_errmsg(db));
     sqlite3_finalize(st);
     sqlite3_close(db);
     return rc == SQLITE_OK ? 0 : -1;
@@ -884,8 +885,7 @@ static int sqlite_check(qc_t *q, const char *sql)
 
 static void table_use(rules_set_t *set, const char *schema, const char *name, int use)
 {
-    if (!schema)
-        schema = "public";
+    if (!schema) schema = "public";
     for (size_t i = 0; i < set->ntables; i++)
         if (strcmp(set->tables[i].schema, schema) == 0 && strcmp(set->tables[i].name, name) == 0) {
             set->tables[i].uses |= use;
@@ -939,15 +939,13 @@ static rsql_t *parse_query(qc_t *q, int qkind)
     int off = 0;
     char err[256];
     rsql_t *s = rsql_parse(q->pm.value, qkind, &off, err, sizeof err);
-    if (!s)
-        q_err(q, 0, off, "%s", err);
+    if (!s) q_err(q, 0, off, "%s", err);
     return s;
 }
 
 static int lower_case_check(qc_t *q, const rselect_t *s)
 {
-    if (s->table_quoted)
-        return 0;
+    if (s->table_quoted) return 0;
     for (const char *p = s->table; *p; p++)
         if (isupper((unsigned char)*p)) {
             q_err(q, 1, s->from_off,
@@ -993,8 +991,7 @@ static void compile_data(cc_t *c, rdef_t *def, yaml_node_t *node, int params_kno
     dq->r.schema = rx_strdup(sel->schema ? sel->schema : "public");
     q->tname = dq->r.table;
     q->alias = sel->alias;
-    if (sel->alias)
-        dq->out_table = rx_strdup(sel->alias);
+    if (sel->alias) dq->out_table = rx_strdup(sel->alias);
     /* outputs */
     dq->r.outs = rx_calloc((size_t)sel->nitems + 1, sizeof(rout_t));
     int has_star = 0;
@@ -1008,8 +1005,7 @@ static void compile_data(cc_t *c, rdef_t *def, yaml_node_t *node, int params_kno
             continue;
         }
         int deps = resolve(q, it->expr);
-        if (deps < 0)
-            continue;
+        if (deps < 0) continue;
         if (deps & DEP_BUCKET) {
             rnode_t *bk = find_kind(it->expr, N_BUCKET);
             q_err(q, 0, bk->off, "bucket parameters cannot be selected in data queries");
@@ -1027,8 +1023,7 @@ static void compile_data(cc_t *c, rdef_t *def, yaml_node_t *node, int params_kno
             }
         o->name = rx_strdup(name);
         o->v = row_slot(q, it->expr);
-        if (strcmp(name, "id") == 0)
-            dq->id_out = dq->r.nouts;
+        if (strcmp(name, "id") == 0) dq->id_out = dq->r.nouts;
         dq->r.nouts++;
     }
     if (!q->failed && dq->id_out < 0) {
@@ -1043,11 +1038,9 @@ static void compile_data(cc_t *c, rdef_t *def, yaml_node_t *node, int params_kno
     /* WHERE */
     if (sel->where) {
         int deps = resolve(q, sel->where);
-        if (deps >= 0)
-            dq->r.filt = dfilt(q, sel->where);
+        if (deps >= 0) dq->r.filt = dfilt(q, sel->where);
     }
-    if (!dq->r.filt && !q->failed)
-        dq->r.filt = mkf(F_TRUE);
+    if (!dq->r.filt && !q->failed) dq->r.filt = mkf(F_TRUE);
     if (!q->failed && params_known) {
         unsigned cov = dq->r.filt ? covered(dq->r.filt) : 0;
         for (int i = 0; i < def->nparams; i++)
@@ -1060,8 +1053,7 @@ static void compile_data(cc_t *c, rdef_t *def, yaml_node_t *node, int params_kno
             }
     }
     finish_rowq(q);
-    if (q->failed)
-        goto fail;
+    if (q->failed) goto fail;
     dq->index = def->ndq;
     def->dq = rx_realloc(def->dq, sizeof(rdataq_t *) * (size_t)(def->ndq + 1));
     def->dq[def->ndq++] = dq;
@@ -1090,8 +1082,7 @@ fail:
 
 static void free_pq(rparamq_t *pq)
 {
-    if (!pq)
-        return;
+    if (!pq) return;
     for (int i = 0; i < pq->nnames; i++)
         free(pq->names[i]);
     free(pq->names);
@@ -1115,25 +1106,21 @@ static rfilt_t *lookup_where(qc_t *q, rnode_t *n)
 {
     if (n->kind == N_BINARY && strcmp(n->op, "AND") == 0) {
         rfilt_t *a = lookup_where(q, n->a);
-        if (!a && q->failed)
-            return NULL;
+        if (!a && q->failed) return NULL;
         rfilt_t *b = lookup_where(q, n->b);
         if (!b && q->failed) {
             free_filt(a);
             return NULL;
         }
-        if (!a)
-            return b;
-        if (!b)
-            return a;
+        if (!a) return b;
+        if (!b) return a;
         rfilt_t *f = mkf(F_AND);
         addk(f, a);
         addk(f, b);
         return f;
     }
     if (pure(n->deps, DEP_REQ)) {
-        if (q->reqpred.n)
-            rb_puts(&q->reqpred, " AND ");
+        if (q->reqpred.n) rb_puts(&q->reqpred, " AND ");
         emit(q, n, &q->reqpred);
         return NULL;
     }
@@ -1175,8 +1162,9 @@ static rparamq_t *compile_param(cc_t *c, rdef_t *def, yaml_node_t *node)
         lower_case_check(q, sel);
         size_t tl = strlen(sel->table);
         if (tl && sel->table[tl - 1] == '%') {
-            q_err(q, 0, sel->from_off, "table patterns (\"%%\") are not supported in parameter "
-                                       "queries");
+            q_err(q, 0, sel->from_off,
+                  "table patterns (\"%%\") are not supported in parameter "
+                  "queries");
             goto fail;
         }
         pq->r.table = rx_strdup(sel->table);
@@ -1185,8 +1173,7 @@ static rparamq_t *compile_param(cc_t *c, rdef_t *def, yaml_node_t *node)
     }
     if (pq->kind == PQ_JSON_EACH) {
         int deps = resolve(q, sel->json_each_arg);
-        if (deps < 0)
-            goto fail;
+        if (deps < 0) goto fail;
     }
     /* outputs */
     pq->names = rx_calloc((size_t)sel->nitems + 1, sizeof(char *));
@@ -1200,8 +1187,7 @@ static rparamq_t *compile_param(cc_t *c, rdef_t *def, yaml_node_t *node)
             continue;
         }
         int deps = resolve(q, it->expr);
-        if (deps < 0)
-            continue;
+        if (deps < 0) continue;
         rnode_t *e = it->expr;
         const char *name = it->alias;
         if (!name && (e->kind == N_COL || e->kind == N_JEACH || e->kind == N_TOKPARAM ||
@@ -1218,14 +1204,12 @@ static rparamq_t *compile_param(cc_t *c, rdef_t *def, yaml_node_t *node)
             }
         rout_t *o = &pq->r.outs[pq->nnames];
         o->name = rx_strdup(name);
-        if (strcmp(name, "_priority") == 0)
-            pq->prio_out = pq->nnames;
+        if (strcmp(name, "_priority") == 0) pq->prio_out = pq->nnames;
         pq->names[pq->nnames++] = rx_strdup(name);
         pq->r.nouts = pq->nnames;
         if (pq->kind == PQ_LOOKUP) {
             if ((deps & DEP_ROW) && (deps & DEP_REQ)) {
-                q_err(q, 0, it->off,
-                      "output \"%s\" mixes row values and request values", name);
+                q_err(q, 0, it->off, "output \"%s\" mixes row values and request values", name);
                 continue;
             }
             if (deps & DEP_ROW) {
@@ -1235,38 +1219,33 @@ static rparamq_t *compile_param(cc_t *c, rdef_t *def, yaml_node_t *node)
                 o->reqcol = -1; /* assigned after the inputs */
             }
         } else {
-            if (nout_sql)
-                rb_puts(&outsql, ", ");
+            if (nout_sql) rb_puts(&outsql, ", ");
             emit(q, e, &outsql);
             nout_sql++;
         }
     }
     if (pq->prio_out >= 0 && def->has_priority_key)
-        q_err(q, 0, 0, "\"_priority\" cannot be combined with \"priority\" in bucket definition "
-                       "\"%s\"",
+        q_err(q, 0, 0,
+              "\"_priority\" cannot be combined with \"priority\" in bucket definition "
+              "\"%s\"",
               def->name);
     /* WHERE and SQL */
     if (pq->kind == PQ_LOOKUP) {
-        if (sel->where && resolve(q, sel->where) >= 0)
-            pq->r.filt = lookup_where(q, sel->where);
-        if (!pq->r.filt && !q->failed)
-            pq->r.filt = mkf(F_TRUE);
+        if (sel->where && resolve(q, sel->where) >= 0) pq->r.filt = lookup_where(q, sel->where);
+        if (!pq->r.filt && !q->failed) pq->r.filt = mkf(F_TRUE);
         /* request side: inputs, request outputs, predicate */
         if (!q->failed) {
             for (int i = 0; i < q->ninputs; i++) {
-                if (q->nreqsql)
-                    rb_puts(&q->reqsql, ", ");
+                if (q->nreqsql) rb_puts(&q->reqsql, ", ");
                 rb_puts(&q->reqsql, q->inputs[i]);
                 q->nreqsql++;
             }
             for (int i = 0; i < sel->nitems; i++) {
                 rout_t *o = &pq->r.outs[i];
-                if (o->from_req && sel->items[i].expr)
-                    o->reqcol = req_col(q, sel->items[i].expr);
+                if (o->from_req && sel->items[i].expr) o->reqcol = req_col(q, sel->items[i].expr);
             }
             if (q->reqpred.n) {
-                if (q->nreqsql)
-                    rb_puts(&q->reqsql, ", ");
+                if (q->nreqsql) rb_puts(&q->reqsql, ", ");
                 rb_putc(&q->reqsql, '(');
                 rb_put(&q->reqsql, q->reqpred.p, q->reqpred.n);
                 rb_putc(&q->reqsql, ')');
@@ -1314,10 +1293,8 @@ static rparamq_t *compile_param(cc_t *c, rdef_t *def, yaml_node_t *node)
         if (sqlite_check(q, pq->req_sql) == 0)
             pq->req_stmt = add_stmt(c->set, rx_strdup(pq->req_sql));
     }
-    if (q->failed)
-        goto fail;
-    if (pq->kind == PQ_LOOKUP)
-        table_use(c->set, pq->r.schema, pq->r.table, RULES_USE_LOOKUP);
+    if (q->failed) goto fail;
+    if (pq->kind == PQ_LOOKUP) table_use(c->set, pq->r.schema, pq->r.table, RULES_USE_LOOKUP);
     if (pq->dangerous && !def->accept_dangerous)
         q_err(q, 1, 0,
               "potentially dangerous query: its bucket parameters come only from "
@@ -1398,28 +1375,31 @@ static void unknown_key(cc_t *c, yaml_node_t *k, const char *where, const char *
 }
 
 /* Iterate a mapping, rejecting non-scalar and duplicate keys. */
-#define FOR_PAIRS(c, map, kvar, vvar)                                                             \
-    for (yaml_node_pair_t *p_ = (map)->data.mapping.pairs.start;                                 \
-         p_ < (map)->data.mapping.pairs.top; p_++)                                               \
-        for (yaml_node_t *kvar = ynode(c, p_->key), *vvar = ynode(c, p_->value); kvar;           \
-             kvar = NULL)
+#define FOR_PAIRS(c, map, kvar, vvar)                                                              \
+    for (yaml_node_pair_t *p_ = (map)->data.mapping.pairs.start;                                   \
+         p_ < (map)->data.mapping.pairs.top; p_++)                                                 \
+        for (yaml_node_t *kvar = ynode(c, p_->key), *vvar = ynode(c, p_->value); kvar; kvar = NULL)
 
 static int dup_key(cc_t *c, yaml_node_t *map, yaml_node_pair_t *upto, yaml_node_t *k)
 {
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < upto; p++) {
         const char *a = yscalar(ynode(c, p->key));
-        if (a && yscalar(k) && strcmp(a, yscalar(k)) == 0)
-            return 1;
+        if (a && yscalar(k) && strcmp(a, yscalar(k)) == 0) return 1;
     }
     return 0;
 }
 
 static void compile_config(cc_t *c, yaml_node_t *m, int *edition, int flags[4], int *prec)
 {
-    static const char *const keys[] = {"edition", "storage_version", "timestamp_max_precision",
-                                       "timestamps_iso8601", "versioned_bucket_ids",
-                                       "fixed_json_extract", "custom_postgres_types",
-                                       "unstable_sqlite_expression_engine", NULL};
+    static const char *const keys[] = {"edition",
+                                       "storage_version",
+                                       "timestamp_max_precision",
+                                       "timestamps_iso8601",
+                                       "versioned_bucket_ids",
+                                       "fixed_json_extract",
+                                       "custom_postgres_types",
+                                       "unstable_sqlite_expression_engine",
+                                       NULL};
     if (m->type != YAML_MAPPING_NODE) {
         node_err(c, 0, m, "\"config\" must be a mapping");
         return;
@@ -1440,8 +1420,9 @@ static void compile_config(cc_t *c, yaml_node_t *m, int *edition, int flags[4], 
         if (strcmp(key, "edition") == 0) {
             if (yint(c, v, 1, 3, &n) == 0) {
                 if (n == 3)
-                    node_err(c, 0, v, "edition 3 (compiled sync streams) is not supported yet; "
-                                      "use edition 1 or 2");
+                    node_err(c, 0, v,
+                             "edition 3 (compiled sync streams) is not supported yet; "
+                             "use edition 1 or 2");
                 else
                     *edition = (int)n;
             }
@@ -1453,24 +1434,19 @@ static void compile_config(cc_t *c, yaml_node_t *m, int *edition, int flags[4], 
                                                 "nanoseconds", NULL};
             int found = -1;
             for (int i = 0; s && names[i]; i++)
-                if (strcmp(s, names[i]) == 0)
-                    found = i;
+                if (strcmp(s, names[i]) == 0) found = i;
             if (found < 0)
                 node_err(c, 0, v, "expected seconds, milliseconds, microseconds or nanoseconds");
             else
                 *prec = found * 3;
         } else if (strcmp(key, "timestamps_iso8601") == 0) {
-            if (ybool(c, v, &b) == 0)
-                flags[0] = b;
+            if (ybool(c, v, &b) == 0) flags[0] = b;
         } else if (strcmp(key, "versioned_bucket_ids") == 0) {
-            if (ybool(c, v, &b) == 0)
-                flags[1] = b;
+            if (ybool(c, v, &b) == 0) flags[1] = b;
         } else if (strcmp(key, "fixed_json_extract") == 0) {
-            if (ybool(c, v, &b) == 0)
-                flags[2] = b;
+            if (ybool(c, v, &b) == 0) flags[2] = b;
         } else if (strcmp(key, "custom_postgres_types") == 0) {
-            if (ybool(c, v, &b) == 0)
-                flags[3] = b;
+            if (ybool(c, v, &b) == 0) flags[3] = b;
         } else if (strcmp(key, "unstable_sqlite_expression_engine") == 0) {
             ybool(c, v, &b);
         } else {
@@ -1571,26 +1547,22 @@ static void compile_def(cc_t *c, const char *name, yaml_node_t *kn, yaml_node_t 
         if (def->npq == 0 && params_ok) {
             def->params = rx_calloc((size_t)pq->nnames + 1, sizeof(char *));
             for (int k = 0; k < pq->nnames; k++)
-                if (k != pq->prio_out)
-                    def->params[def->nparams++] = rx_strdup(pq->names[k]);
+                if (k != pq->prio_out) def->params[def->nparams++] = rx_strdup(pq->names[k]);
         }
         int mismatch = 0;
         int cnt = 0;
         for (int k = 0; k < pq->nnames; k++)
             if (k != pq->prio_out) {
                 cnt++;
-                if (def_param(def, pq->names[k]) < 0)
-                    mismatch = 1;
+                if (def_param(def, pq->names[k]) < 0) mismatch = 1;
             }
-        if (cnt != def->nparams)
-            mismatch = 1;
+        if (cnt != def->nparams) mismatch = 1;
         if (mismatch && def->npq > 0) {
             rbuf_t a = {0}, b = {0};
             for (int k = 0; k < def->nparams; k++)
                 rb_printf(&a, "%s\"%s\"", k ? ", " : "", def->params[k]);
             for (int k = 0, j = 0; k < pq->nnames; k++)
-                if (k != pq->prio_out)
-                    rb_printf(&b, "%s\"%s\"", j++ ? ", " : "", pq->names[k]);
+                if (k != pq->prio_out) rb_printf(&b, "%s\"%s\"", j++ ? ", " : "", pq->names[k]);
             int line, col;
             rposmap_t pm = {c->text, c->len, qn[i]->start_mark.index, qn[i]->data.scalar.style,
                             (const char *)qn[i]->data.scalar.value};
@@ -1645,8 +1617,7 @@ static void compile_def(cc_t *c, const char *name, yaml_node_t *kn, yaml_node_t 
         compile_data(c, def, qn[i], params_ok);
     /* every parameter must be used by every data query (checked per query); also warn when a
      * definition has no data queries at all */
-    if (nq == 0)
-        node_err(c, 1, data, "bucket definition \"%s\" has no data queries", name);
+    if (nq == 0) node_err(c, 1, data, "bucket definition \"%s\" has no data queries", name);
 }
 
 static void compile_defs(cc_t *c, yaml_node_t *m)
@@ -1667,8 +1638,9 @@ static void compile_defs(cc_t *c, yaml_node_t *m)
             continue;
         }
         if (name[0] == '$' || strpbrk(name, "[]#")) {
-            node_err(c, 0, k, "bucket definition name \"%s\" cannot contain \"[\", \"]\", \"#\" "
-                              "or start with \"$\"",
+            node_err(c, 0, k,
+                     "bucket definition name \"%s\" cannot contain \"[\", \"]\", \"#\" "
+                     "or start with \"$\"",
                      name);
             continue;
         }
@@ -1756,8 +1728,7 @@ rules_set_t *rules_ref(rules_set_t *set)
 
 void rules_unref(rules_set_t *set)
 {
-    if (set && __atomic_sub_fetch(&set->refs, 1, __ATOMIC_ACQ_REL) == 0)
-        set_free(set);
+    if (set && __atomic_sub_fetch(&set->refs, 1, __ATOMIC_ACQ_REL) == 0) set_free(set);
 }
 
 int rules_edition(const rules_set_t *set)
@@ -1818,9 +1789,9 @@ int rules_compile(const char *text, size_t len, const char *file, rules_set_t **
     }
     c.doc = &doc;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
-    static const char *const top[] = {"bucket_definitions", "config", "write_rules",
-                                      "constraints", "streams", "event_definitions", "with",
-                                      NULL};
+    static const char *const top[] = {
+        "bucket_definitions", "config", "write_rules", "constraints", "streams",
+        "event_definitions",  "with",   NULL};
     if (!root || root->type != YAML_MAPPING_NODE) {
         rdiag_add(d, 0, root ? (int)root->start_mark.line + 1 : 1,
                   root ? (int)root->start_mark.column + 1 : 1,
@@ -1848,8 +1819,9 @@ int rules_compile(const char *text, size_t len, const char *file, rules_set_t **
             else if (strcmp(key, "constraints") == 0)
                 cons = v;
             else if (strcmp(key, "streams") == 0 || strcmp(key, "with") == 0)
-                node_err(&c, 0, k, "\"%s\" (sync streams) is not supported yet; use "
-                                   "\"bucket_definitions\"",
+                node_err(&c, 0, k,
+                         "\"%s\" (sync streams) is not supported yet; use "
+                         "\"bucket_definitions\"",
                          key);
             else if (strcmp(key, "event_definitions") == 0)
                 node_err(&c, 0, k, "\"event_definitions\" is not supported yet");
@@ -1866,10 +1838,8 @@ int rules_compile(const char *text, size_t len, const char *file, rules_set_t **
         else if (!d->nerrors)
             rdiag_add(d, 0, (int)root->start_mark.line + 1, (int)root->start_mark.column + 1,
                       "sync rules need \"bucket_definitions\"");
-        if (writes)
-            rwrite_compile_rules(set, d, c.text, len, &doc, writes);
-        if (cons)
-            rwrite_compile_constraints(set, d, c.text, len, &doc, cons);
+        if (writes) rwrite_compile_rules(set, d, c.text, len, &doc, writes);
+        if (cons) rwrite_compile_constraints(set, d, c.text, len, &doc, cons);
     }
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);

@@ -18,21 +18,21 @@
 #include <string.h>
 
 #define MAX_BINDINGS 1000
-#define MAX_PARAMS RULES_MAX_PARAMS
+#define MAX_PARAMS   RULES_MAX_PARAMS
 
 struct rctx {
     rctx_t *next;
     sqlite3 *db;
     sqlite3_stmt **st;
     int nst;
-    rval_t *vals;     /* converted row values */
+    rval_t *vals; /* converted row values */
     size_t capvals;
-    rbuf_t scratch;   /* converted text of the row */
+    rbuf_t scratch; /* converted text of the row */
     rbuf_t json, key, tmp;
-    json_t **hold;    /* parsed JSON kept alive while its strings are in use */
+    json_t **hold; /* parsed JSON kept alive while its strings are in use */
     size_t nhold, caphold;
-    char **strs;      /* malloc'd strings kept alive likewise */
-    EVP_MD_CTX *md;   /* reused for op checksums */
+    char **strs;    /* malloc'd strings kept alive likewise */
+    EVP_MD_CTX *md; /* reused for op checksums */
     size_t nstrs, capstrs;
 };
 
@@ -52,11 +52,9 @@ static rctx_t *ctx_get(rules_set_t *set)
 {
     pthread_mutex_lock(&set->pool_lock);
     rctx_t *c = set->pool;
-    if (c)
-        set->pool = c->next;
+    if (c) set->pool = c->next;
     pthread_mutex_unlock(&set->pool_lock);
-    if (c)
-        return c;
+    if (c) return c;
     c = rx_calloc(1, sizeof *c);
     if (sqlite3_open_v2(":memory:", &c->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_MEMORY | SQLITE_OPEN_NOMUTEX,
@@ -67,8 +65,7 @@ static rctx_t *ctx_get(rules_set_t *set)
     }
     rfunc_register(c->db);
     c->md = EVP_MD_CTX_new();
-    if (!c->md)
-        abort();
+    if (!c->md) abort();
     c->nst = set->nstmts;
     c->st = rx_calloc((size_t)c->nst + 1, sizeof(sqlite3_stmt *));
     return c;
@@ -87,8 +84,7 @@ static void ctx_release_holds(rctx_t *c)
 static void ctx_put(rules_set_t *set, rctx_t *c)
 {
     ctx_release_holds(c);
-    if (c->scratch.cap > (1 << 20))
-        rb_free(&c->scratch);
+    if (c->scratch.cap > (1 << 20)) rb_free(&c->scratch);
     pthread_mutex_lock(&set->pool_lock);
     c->next = set->pool;
     set->pool = c;
@@ -147,8 +143,7 @@ static void seterr(rules_error_t *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void seterr(rules_error_t *err, int code, const char *fmt, ...)
 {
-    if (!err || err->code)
-        return;
+    if (!err || err->code) return;
     err->code = code;
     va_list ap;
     va_start(ap, fmt);
@@ -158,11 +153,10 @@ static void seterr(rules_error_t *err, int code, const char *fmt, ...)
 
 static sqlite3_stmt *ctx_stmt(rules_set_t *set, rctx_t *c, int idx, rules_error_t *err)
 {
-    if (idx < 0 || idx >= c->nst)
-        return NULL;
+    if (idx < 0 || idx >= c->nst) return NULL;
     if (!c->st[idx]) {
-        if (sqlite3_prepare_v3(c->db, set->stmts[idx], -1, SQLITE_PREPARE_PERSISTENT,
-                               &c->st[idx], NULL) != SQLITE_OK) {
+        if (sqlite3_prepare_v3(c->db, set->stmts[idx], -1, SQLITE_PREPARE_PERSISTENT, &c->st[idx],
+                               NULL) != SQLITE_OK) {
             seterr(err, RULES_EEVAL, "could not prepare \"%s\": %s", set->stmts[idx],
                    sqlite3_errmsg(c->db));
             return NULL;
@@ -198,7 +192,9 @@ static void rv_from_json(rctx_t *c, json_t *j, rval_t *v)
         v->t = SQLITE_INTEGER;
         v->i = 0;
         break;
-    case JSON_NULL: v->t = SQLITE_NULL; break;
+    case JSON_NULL:
+        v->t = SQLITE_NULL;
+        break;
     default: {
         char *s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
         if (!s) {
@@ -215,11 +211,9 @@ static void rv_from_json(rctx_t *c, json_t *j, rval_t *v)
 /* Parse a JSON array text; returns the array (held by c) or NULL when v is not one. */
 static json_t *json_array_of(rctx_t *c, const rval_t *v)
 {
-    if (v->t != SQLITE_TEXT)
-        return NULL;
+    if (v->t != SQLITE_TEXT) return NULL;
     json_t *j = json_loadb(v->s, v->n, JSON_DECODE_ANY, NULL);
-    if (!j)
-        return NULL;
+    if (!j) return NULL;
     hold_json(c, j);
     return json_is_array(j) ? j : NULL;
 }
@@ -238,7 +232,7 @@ static int key_equal(rctx_t *c, const rval_t *a, const rval_t *b)
 typedef struct rowctx {
     const rules_row_t *row;
     rctx_t *c;
-    int *colidx;  /* per query column: row index or -1 */
+    int *colidx; /* per query column: row index or -1 */
     int cap;
     rval_t res[64]; /* SQL results of the current query */
     sqlite3_stmt *st;
@@ -268,11 +262,9 @@ static void convert_row(rules_set_t *set, rctx_t *c, const rules_row_t *row)
 
 static int find_col(const rules_row_t *row, const char *name, int hint)
 {
-    if (hint >= 0 && (size_t)hint < row->ncols && strcmp(row->names[hint], name) == 0)
-        return hint;
+    if (hint >= 0 && (size_t)hint < row->ncols && strcmp(row->names[hint], name) == 0) return hint;
     for (size_t i = 0; i < row->ncols; i++)
-        if (row->names[i][0] == name[0] && strcmp(row->names[i], name) == 0)
-            return (int)i;
+        if (row->names[i][0] == name[0] && strcmp(row->names[i], name) == 0) return (int)i;
     return -1;
 }
 
@@ -297,18 +289,16 @@ static int run_rowq(rules_set_t *set, rowctx_t *rc, const rrowq_t *r, rules_erro
     for (int k = 0; k < r->ncols; k++)
         rc->colidx[k] = find_col(rc->row, r->cols[k], k);
     rc->st = NULL;
-    if (r->stmt < 0)
-        return 0;
+    if (r->stmt < 0) return 0;
     sqlite3_stmt *st = ctx_stmt(set, rc->c, r->stmt, err);
-    if (!st)
-        return 1;
+    if (!st) return 1;
     int np = sqlite3_bind_parameter_count(st);
     for (int k = 0; k < r->ncols && k < np; k++)
         rv_bind(st, k + 1, slot_val(rc, (rslot_t){k, -1}));
     int rcode = sqlite3_step(st);
     if (rcode != SQLITE_ROW) {
-        seterr(err, RULES_EEVAL, "could not evaluate a query on table \"%s\": %s",
-               rc->row->table, sqlite3_errmsg(rc->c->db));
+        seterr(err, RULES_EEVAL, "could not evaluate a query on table \"%s\": %s", rc->row->table,
+               sqlite3_errmsg(rc->c->db));
         sqlite3_reset(st);
         return 1;
     }
@@ -329,8 +319,7 @@ static void done_rowq(rowctx_t *rc)
 
 static void bl_add(blist_t *l, const binding_t *b)
 {
-    if (l->n >= MAX_BINDINGS)
-        return;
+    if (l->n >= MAX_BINDINGS) return;
     if (l->n == l->cap) {
         l->cap = l->cap ? l->cap * 2 : 4;
         l->b = rx_realloc(l->b, sizeof(binding_t) * l->cap);
@@ -344,16 +333,16 @@ static void walk(rowctx_t *rc, const rfilt_t *f, blist_t *out)
     binding_t b;
     b.set = 0;
     switch (f->kind) {
-    case F_TRUE: bl_add(out, &b); return;
+    case F_TRUE:
+        bl_add(out, &b);
+        return;
     case F_PRED:
-        if (rv_truthy(slot_val(rc, f->v)))
-            bl_add(out, &b);
+        if (rv_truthy(slot_val(rc, f->v))) bl_add(out, &b);
         return;
     case F_EQ:
     case F_IN_REQARR: {
         const rval_t *v = slot_val(rc, f->v);
-        if (v->t == SQLITE_NULL || v->t == SQLITE_BLOB || f->p < 0 || f->p >= MAX_PARAMS)
-            return;
+        if (v->t == SQLITE_NULL || v->t == SQLITE_BLOB || f->p < 0 || f->p >= MAX_PARAMS) return;
         b.v[f->p] = *v;
         b.set = 1u << f->p;
         bl_add(out, &b);
@@ -361,16 +350,14 @@ static void walk(rowctx_t *rc, const rfilt_t *f, blist_t *out)
     }
     case F_IN_ROWARR: {
         json_t *a = json_array_of(rc->c, slot_val(rc, f->v));
-        if (!a || f->p < 0 || f->p >= MAX_PARAMS)
-            return;
+        if (!a || f->p < 0 || f->p >= MAX_PARAMS) return;
         size_t i;
         json_t *e;
         json_array_foreach(a, i, e)
         {
             rval_t v;
             rv_from_json(rc->c, e, &v);
-            if (v.t == SQLITE_NULL)
-                continue;
+            if (v.t == SQLITE_NULL) continue;
             b.v[f->p] = v;
             b.set = 1u << f->p;
             bl_add(out, &b);
@@ -393,8 +380,7 @@ static void walk(rowctx_t *rc, const rfilt_t *f, blist_t *out)
                     const binding_t *k = &kid.b[y];
                     int ok = 1;
                     for (int p = 0; p < MAX_PARAMS && ok; p++) {
-                        if (!(k->set & (1u << p)))
-                            continue;
+                        if (!(k->set & (1u << p))) continue;
                         if (m.set & (1u << p))
                             ok = key_equal(rc->c, &m.v[p], &k->v[p]);
                         else {
@@ -402,8 +388,7 @@ static void walk(rowctx_t *rc, const rfilt_t *f, blist_t *out)
                             m.set |= 1u << p;
                         }
                     }
-                    if (ok)
-                        bl_add(&next, &m);
+                    if (ok) bl_add(&next, &m);
                 }
             free(kid.b);
             free(acc.b);
@@ -420,10 +405,8 @@ static void walk(rowctx_t *rc, const rfilt_t *f, blist_t *out)
 static int table_matches(const rrowq_t *r, const rules_row_t *row)
 {
     const char *schema = row->schema ? row->schema : "public";
-    if (strcmp(r->schema, schema) != 0)
-        return 0;
-    if (r->prefix)
-        return strncmp(row->table, r->table, strlen(r->table)) == 0;
+    if (strcmp(r->schema, schema) != 0) return 0;
+    if (r->prefix) return strncmp(row->table, r->table, strlen(r->table)) == 0;
     return strcmp(r->table, row->table) == 0;
 }
 
@@ -440,18 +423,24 @@ static int add_pair(pair_t *ps, int n, int max, const char *name, const rval_t *
             ps[i].v = v;
             return n;
         }
-    if (n < max)
-        ps[n++] = (pair_t){name, v};
+    if (n < max) ps[n++] = (pair_t){name, v};
     return n;
 }
 
 static void text_of(rbuf_t *b, const rval_t *v)
 {
     switch (v->t) {
-    case SQLITE_INTEGER: rb_int(b, v->i); break;
-    case SQLITE_FLOAT: rj_double(b, v->d, 1); break;
-    case SQLITE_TEXT: rb_put(b, v->s, v->n); break;
-    default: break;
+    case SQLITE_INTEGER:
+        rb_int(b, v->i);
+        break;
+    case SQLITE_FLOAT:
+        rj_double(b, v->d, 1);
+        break;
+    case SQLITE_TEXT:
+        rb_put(b, v->s, v->n);
+        break;
+    default:
+        break;
     }
 }
 
@@ -475,8 +464,7 @@ static void ops_push(rules_ops_t *ops, rules_op_t *op)
 
 void rules_ops_free(rules_ops_t *ops)
 {
-    if (!ops)
-        return;
+    if (!ops) return;
     for (size_t i = 0; i < ops->n; i++)
         free(ops->items[i].bucket); /* one block with the other strings */
     free(ops->items);
@@ -493,8 +481,7 @@ static void bucket_id(rbuf_t *b, const char *version, const rdef_t *def, const b
     rb_puts(b, def->name);
     rb_putc(b, '[');
     for (int p = 0; p < def->nparams; p++) {
-        if (p)
-            rb_putc(b, ',');
+        if (p) rb_putc(b, ',');
         rj_key_value(b, &bd->v[p]);
     }
     rb_putc(b, ']');
@@ -504,8 +491,7 @@ static void eval_data(rules_set_t *set, rowctx_t *rc, const char *version, const
                       rules_ops_t *out, rules_error_t *err)
 {
     const rrowq_t *r = &dq->r;
-    if (run_rowq(set, rc, r, err))
-        return;
+    if (run_rowq(set, rc, r, err)) return;
     blist_t bl = {0};
     walk(rc, r->filt, &bl);
     if (bl.n == 0) {
@@ -528,8 +514,7 @@ static void eval_data(rules_set_t *set, rowctx_t *rc, const char *version, const
         if (o->star) {
             for (size_t k = 0; k < rc->row->ncols; k++) {
                 const char *nm = rc->row->names[k];
-                if (nm[0] == '_')
-                    continue;
+                if (nm[0] == '_') continue;
                 np = add_pair(ps, np, 512, nm, &c->vals[k], dedup);
             }
         } else {
@@ -540,12 +525,9 @@ static void eval_data(rules_set_t *set, rowctx_t *rc, const char *version, const
     rb_putc(&c->json, '{');
     int first = 1;
     for (int i = 0; i < np; i++) {
-        if (strcmp(ps[i].name, "id") == 0)
-            idv = ps[i].v;
-        if (ps[i].v->t == SQLITE_BLOB)
-            continue;
-        if (!first)
-            rb_putc(&c->json, ',');
+        if (strcmp(ps[i].name, "id") == 0) idv = ps[i].v;
+        if (ps[i].v->t == SQLITE_BLOB) continue;
+        if (!first) rb_putc(&c->json, ',');
         first = 0;
         rj_string(&c->json, ps[i].name, strlen(ps[i].name));
         rb_putc(&c->json, ':');
@@ -553,8 +535,7 @@ static void eval_data(rules_set_t *set, rowctx_t *rc, const char *version, const
     }
     rb_putc(&c->json, '}');
     c->tmp.n = 0;
-    if (idv)
-        text_of(&c->tmp, idv);
+    if (idv) text_of(&c->tmp, idv);
     char *object_id = rb_strdup(&c->tmp);
     const char *otype = dq->out_table ? dq->out_table : rc->row->table;
     const char *parts[6] = {"put.", otype, ".", object_id, ".", c->json.p};
@@ -571,8 +552,8 @@ static void eval_data(rules_set_t *set, rowctx_t *rc, const char *version, const
         memcpy(blk + lb, otype, lt);
         memcpy(blk + lb + lt, object_id, li);
         memcpy(blk + lb + lt + li, c->json.p, c->json.n + 1);
-        rules_op_t op = {blk, blk + lb, blk + lb + lt, blk + lb + lt + li, c->json.n, sum,
-                         dq->def->name};
+        rules_op_t op = {blk,       blk + lb, blk + lb + lt, blk + lb + lt + li,
+                         c->json.n, sum,      dq->def->name};
         ops_push(out, &op);
     }
     free(object_id);
@@ -580,11 +561,10 @@ static void eval_data(rules_set_t *set, rowctx_t *rc, const char *version, const
     done_rowq(rc);
 }
 
-int rules_eval_row(rules_set_t *set, const char *version, const rules_row_t *row,
-                   rules_ops_t *out, rules_error_t *err)
+int rules_eval_row(rules_set_t *set, const char *version, const rules_row_t *row, rules_ops_t *out,
+                   rules_error_t *err)
 {
-    if (err)
-        memset(err, 0, sizeof *err);
+    if (err) memset(err, 0, sizeof *err);
     rctx_t *c = ctx_get(set);
     if (!c) {
         seterr(err, RULES_ENOMEM, "could not open an evaluation database");
@@ -594,8 +574,7 @@ int rules_eval_row(rules_set_t *set, const char *version, const rules_row_t *row
     int converted = 0;
     for (int i = 0; i < set->ndqs; i++) {
         const rdataq_t *dq = set->dqs[i];
-        if (!table_matches(&dq->r, row))
-            continue;
+        if (!table_matches(&dq->r, row)) continue;
         if (!converted) {
             convert_row(set, c, row);
             converted = 1;
@@ -612,8 +591,7 @@ int rules_eval_row(rules_set_t *set, const char *version, const rules_row_t *row
 
 void rules_lookups_free(rules_lookups_t *l)
 {
-    if (!l)
-        return;
+    if (!l) return;
     for (size_t i = 0; i < l->n; i++) {
         free(l->items[i].key);
         free(l->items[i].params);
@@ -630,8 +608,7 @@ static void lookup_key(rbuf_t *b, const rparamq_t *pq, const rval_t *vals, int n
     rb_int(b, pq->index);
     rb_putc(b, '[');
     for (int i = 0; i < n; i++) {
-        if (i)
-            rb_putc(b, ',');
+        if (i) rb_putc(b, ',');
         rj_key_value(b, &vals[i]);
     }
     rb_putc(b, ']');
@@ -640,8 +617,7 @@ static void lookup_key(rbuf_t *b, const rparamq_t *pq, const rval_t *vals, int n
 int rules_eval_lookups(rules_set_t *set, const rules_row_t *row, rules_lookups_t *out,
                        rules_error_t *err)
 {
-    if (err)
-        memset(err, 0, sizeof *err);
+    if (err) memset(err, 0, sizeof *err);
     rctx_t *c = ctx_get(set);
     if (!c) {
         seterr(err, RULES_ENOMEM, "could not open an evaluation database");
@@ -652,14 +628,12 @@ int rules_eval_lookups(rules_set_t *set, const rules_row_t *row, rules_lookups_t
     for (int i = 0; i < set->nlqs; i++) {
         const rparamq_t *pq = set->lqs[i];
         const rrowq_t *r = &pq->r;
-        if (!table_matches(r, row))
-            continue;
+        if (!table_matches(r, row)) continue;
         if (!converted) {
             convert_row(set, c, row);
             converted = 1;
         }
-        if (run_rowq(set, &rc, r, err))
-            continue;
+        if (run_rowq(set, &rc, r, err)) continue;
         blist_t bl = {0};
         walk(&rc, r->filt, &bl);
         if (bl.n) {
@@ -669,11 +643,9 @@ int rules_eval_lookups(rules_set_t *set, const rules_row_t *row, rules_lookups_t
             int first = 1;
             for (int k = 0; k < r->nouts; k++) {
                 const rout_t *o = &r->outs[k];
-                if (o->from_req)
-                    continue;
+                if (o->from_req) continue;
                 const rval_t *v = slot_val(&rc, o->v);
-                if (!first)
-                    rb_putc(&c->json, ',');
+                if (!first) rb_putc(&c->json, ',');
                 first = 0;
                 rj_string(&c->json, o->name, strlen(o->name));
                 rb_putc(&c->json, ':');
@@ -685,16 +657,14 @@ int rules_eval_lookups(rules_set_t *set, const rules_row_t *row, rules_lookups_t
             rb_putc(&c->json, '}');
             unsigned all = pq->ninputs >= 32 ? 0xffffffffu : (1u << pq->ninputs) - 1;
             for (size_t x = 0; x < bl.n; x++) {
-                if ((bl.b[x].set & all) != all)
-                    continue;
+                if ((bl.b[x].set & all) != all) continue;
                 lookup_key(&c->key, pq, bl.b[x].v, pq->ninputs);
                 int dup = 0;
                 for (size_t y = 0; y < out->n; y++)
                     if (strcmp(out->items[y].key, c->key.p) == 0 &&
                         strcmp(out->items[y].params, c->json.p) == 0)
                         dup = 1;
-                if (dup)
-                    continue;
+                if (dup) continue;
                 if (out->n == out->cap) {
                     out->cap = out->cap ? out->cap * 2 : 4;
                     out->items = rx_realloc(out->items, sizeof(rules_lookup_t) * out->cap);
@@ -739,8 +709,7 @@ static void answer_clear(rules_answer_t *a)
 
 void rules_buckets_free(rules_buckets_t *b)
 {
-    if (!b)
-        return;
+    if (!b) return;
     for (size_t i = 0; i < b->n; i++)
         free(b->items[i].bucket);
     free(b->items);
@@ -770,22 +739,20 @@ static int add_bucket(reqctx_t *q, const rparamq_t *pq, const binding_t *b, int 
     rules_buckets_t *o = q->out;
     for (size_t i = 0; i < o->n; i++)
         if (strcmp(o->items[i].bucket, key->p) == 0) {
-            if (prio < o->items[i].priority)
-                o->items[i].priority = prio;
+            if (prio < o->items[i].priority) o->items[i].priority = prio;
             return 0;
         }
     if (o->n >= q->max) {
         seterr(q->err, RULES_ELIMIT,
-               "too many buckets: more than %zu for one request (bucket definition \"%s\")",
-               q->max, pq->def->name);
+               "too many buckets: more than %zu for one request (bucket definition \"%s\")", q->max,
+               pq->def->name);
         return RULES_ELIMIT;
     }
     if (o->n == o->cap) {
         o->cap = o->cap ? o->cap * 2 : 8;
         o->items = rx_realloc(o->items, sizeof(rules_bucket_t) * o->cap);
     }
-    o->items[o->n++] =
-        (rules_bucket_t){rb_strdup(key), prio, pq->def->name, pq->index, pq->src};
+    o->items[o->n++] = (rules_bucket_t){rb_strdup(key), prio, pq->def->name, pq->index, pq->src};
     return 0;
 }
 
@@ -793,8 +760,7 @@ static int prio_of(const rparamq_t *pq, const rval_t *v)
 {
     if (v && (v->t == SQLITE_INTEGER || v->t == SQLITE_FLOAT)) {
         double d = v->t == SQLITE_INTEGER ? (double)v->i : v->d;
-        if (d >= 0 && d <= 3 && d == (int)d)
-            return (int)d;
+        if (d >= 0 && d <= 3 && d == (int)d) return (int)d;
     }
     return pq->def->priority;
 }
@@ -802,8 +768,7 @@ static int prio_of(const rparamq_t *pq, const rval_t *v)
 static sqlite3_stmt *bind_req(reqctx_t *q, int idx)
 {
     sqlite3_stmt *st = ctx_stmt(q->set, q->c, idx, q->err);
-    if (!st)
-        return NULL;
+    if (!st) return NULL;
     int np = sqlite3_bind_parameter_count(st);
     if (np >= 1) {
         if (q->sub)
@@ -811,38 +776,32 @@ static sqlite3_stmt *bind_req(reqctx_t *q, int idx)
         else
             sqlite3_bind_null(st, 1);
     }
-    if (np >= 2)
-        sqlite3_bind_text(st, 2, q->claims, -1, SQLITE_STATIC);
-    if (np >= 3)
-        sqlite3_bind_text(st, 3, q->params, -1, SQLITE_STATIC);
+    if (np >= 2) sqlite3_bind_text(st, 2, q->claims, -1, SQLITE_STATIC);
+    if (np >= 3) sqlite3_bind_text(st, 3, q->params, -1, SQLITE_STATIC);
     return st;
 }
 
 static int run_direct(reqctx_t *q, const rparamq_t *pq)
 {
     sqlite3_stmt *st = bind_req(q, pq->req_stmt);
-    if (!st)
-        return RULES_EEVAL;
+    if (!st) return RULES_EEVAL;
     int rc, res = 0;
     int rows = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (++rows > MAX_BINDINGS)
-            break;
+        if (++rows > MAX_BINDINGS) break;
         binding_t b;
         b.set = 0;
         rval_t prio = null_val;
         for (int i = 0; i < pq->nnames; i++) {
             rval_t v;
             rv_from_column(&v, st, i);
-            if (v.t == SQLITE_BLOB)
-                v.t = SQLITE_NULL;
+            if (v.t == SQLITE_BLOB) v.t = SQLITE_NULL;
             if (i == pq->prio_out)
                 prio = v;
             else if (pq->param_of[i] >= 0 && pq->param_of[i] < MAX_PARAMS)
                 b.v[pq->param_of[i]] = v;
         }
-        if ((res = add_bucket(q, pq, &b, prio_of(pq, pq->prio_out >= 0 ? &prio : NULL))))
-            break;
+        if ((res = add_bucket(q, pq, &b, prio_of(pq, pq->prio_out >= 0 ? &prio : NULL)))) break;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         seterr(q->err, RULES_EEVAL, "could not evaluate parameter query of \"%s\": %s",
@@ -862,8 +821,7 @@ static int run_lookup(reqctx_t *q, const rparamq_t *pq)
     sqlite3_stmt *st = NULL;
     if (pq->req_stmt >= 0) {
         st = bind_req(q, pq->req_stmt);
-        if (!st)
-            return RULES_EEVAL;
+        if (!st) return RULES_EEVAL;
         if (sqlite3_step(st) != SQLITE_ROW) {
             seterr(q->err, RULES_EEVAL, "could not evaluate parameter query of \"%s\": %s",
                    pq->def->name, sqlite3_errmsg(c->db));
@@ -871,35 +829,30 @@ static int run_lookup(reqctx_t *q, const rparamq_t *pq)
             return RULES_EEVAL;
         }
         nres = sqlite3_column_count(st);
-        if (nres > 64)
-            nres = 64;
+        if (nres > 64) nres = 64;
         for (int i = 0; i < nres; i++)
             rv_from_column(&res[i], st, i);
     }
     int rcode = 0;
-    if (pq->req_pred_col >= 0 && !rv_truthy(&res[pq->req_pred_col]))
-        goto done;
+    if (pq->req_pred_col >= 0 && !rv_truthy(&res[pq->req_pred_col])) goto done;
     /* lookup keys: inputs, one expanding */
     rval_t in[32];
     for (int i = 0; i < pq->ninputs; i++) {
         in[i] = res[i];
-        if (in[i].t == SQLITE_NULL || in[i].t == SQLITE_BLOB)
-            goto done;
+        if (in[i].t == SQLITE_NULL || in[i].t == SQLITE_BLOB) goto done;
     }
     json_t *arr = NULL;
     size_t nkeys = 1;
     if (pq->expand_input >= 0) {
         arr = json_array_of(c, &in[pq->expand_input]);
-        if (!arr)
-            goto done;
+        if (!arr) goto done;
         nkeys = json_array_size(arr);
     }
     rules_answer_t ans = {0};
     for (size_t k = 0; k < nkeys && !rcode; k++) {
         if (arr) {
             rv_from_json(c, json_array_get(arr, k), &in[pq->expand_input]);
-            if (in[pq->expand_input].t == SQLITE_NULL)
-                continue;
+            if (in[pq->expand_input].t == SQLITE_NULL) continue;
         }
         lookup_key(&c->key, pq, in, pq->ninputs);
         if (!q->req->lookup) {
@@ -936,12 +889,10 @@ static int run_lookup(reqctx_t *q, const rparamq_t *pq)
                 const rout_t *o = &pq->r.outs[i];
                 rval_t v = null_val;
                 if (o->from_req) {
-                    if (o->reqcol >= 0 && o->reqcol < nres)
-                        v = res[o->reqcol];
+                    if (o->reqcol >= 0 && o->reqcol < nres) v = res[o->reqcol];
                 } else {
                     json_t *j = json_object_get(obj, o->name);
-                    if (j)
-                        rv_from_json(c, j, &v);
+                    if (j) rv_from_json(c, j, &v);
                 }
                 if (i == pq->prio_out)
                     prio = v;
@@ -964,8 +915,7 @@ done:
 int rules_eval_request(rules_set_t *set, const char *version, const rules_request_t *req,
                        rules_buckets_t *out, rules_error_t *err)
 {
-    if (err)
-        memset(err, 0, sizeof *err);
+    if (err) memset(err, 0, sizeof *err);
     json_t *claims = json_loads(req->claims_json ? req->claims_json : "", 0, NULL);
     if (!claims || !json_is_object(claims)) {
         json_decref(claims);
@@ -999,8 +949,15 @@ int rules_eval_request(rules_set_t *set, const char *version, const rules_reques
         subs = subbuf;
     }
     int has_params = params && json_is_object(params);
-    reqctx_t q = {set, c, version, subs, req->claims_json,
-                  has_params ? req->params_json : "{}", req, out, err,
+    reqctx_t q = {set,
+                  c,
+                  version,
+                  subs,
+                  req->claims_json,
+                  has_params ? req->params_json : "{}",
+                  req,
+                  out,
+                  err,
                   req->max_buckets ? req->max_buckets : 1000};
     int rc = 0;
     for (int d = 0; d < set->ndefs && !rc; d++) {

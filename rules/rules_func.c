@@ -16,8 +16,7 @@
 static void fn_base64(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     (void)argc;
-    if (sqlite3_value_type(argv[0]) == SQLITE_NULL)
-        return;
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return;
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     const unsigned char *p = sqlite3_value_type(argv[0]) == SQLITE_BLOB
                                  ? sqlite3_value_blob(argv[0])
@@ -27,10 +26,8 @@ static void fn_base64(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     rb_reserve(&b, (size_t)(n / 3 + 1) * 4);
     for (int i = 0; i < n; i += 3) {
         unsigned v = (unsigned)p[i] << 16;
-        if (i + 1 < n)
-            v |= (unsigned)p[i + 1] << 8;
-        if (i + 2 < n)
-            v |= p[i + 2];
+        if (i + 1 < n) v |= (unsigned)p[i + 1] << 8;
+        if (i + 2 < n) v |= p[i + 2];
         rb_putc(&b, tab[v >> 18 & 63]);
         rb_putc(&b, tab[v >> 12 & 63]);
         rb_putc(&b, i + 1 < n ? tab[v >> 6 & 63] : '=');
@@ -42,29 +39,23 @@ static void fn_base64(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 
 static int hexv(int c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
 static void fn_uuid_blob(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     (void)argc;
-    if (sqlite3_value_type(argv[0]) == SQLITE_NULL)
-        return;
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return;
     const char *s = (const char *)sqlite3_value_text(argv[0]);
     unsigned char out[16];
     int n = 0;
     for (; s && *s && n < 32; s++) {
-        if (*s == '-' || *s == '{' || *s == '}')
-            continue;
+        if (*s == '-' || *s == '{' || *s == '}') continue;
         int h = hexv(*s);
-        if (h < 0)
-            break;
+        if (h < 0) break;
         if (n % 2 == 0)
             out[n / 2] = (unsigned char)(h << 4);
         else
@@ -81,8 +72,7 @@ static void fn_uuid_blob(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 static void fn_json_keys(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     (void)argc;
-    if (sqlite3_value_type(argv[0]) == SQLITE_NULL)
-        return;
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return;
     const char *s = (const char *)sqlite3_value_text(argv[0]);
     json_t *j = json_loads(s ? s : "", JSON_DECODE_ANY, NULL);
     if (!j || !json_is_object(j)) {
@@ -98,8 +88,7 @@ static void fn_json_keys(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     json_object_foreach(j, k, v)
     {
         (void)v;
-        if (!first)
-            rb_putc(&b, ',');
+        if (!first) rb_putc(&b, ',');
         first = 0;
         rj_string(&b, k, strlen(k));
     }
@@ -116,35 +105,28 @@ static int wkb_point(sqlite3_value *v, double *x, double *y)
     int n = 0;
     if (sqlite3_value_type(v) == SQLITE_BLOB) {
         n = sqlite3_value_bytes(v);
-        if (n > (int)sizeof buf)
-            return -1;
+        if (n > (int)sizeof buf) return -1;
         memcpy(buf, sqlite3_value_blob(v), (size_t)n);
     } else {
         const char *s = (const char *)sqlite3_value_text(v);
-        if (!s)
-            return -1;
+        if (!s) return -1;
         size_t len = strlen(s);
-        if (len % 2 || len / 2 > sizeof buf)
-            return -1;
+        if (len % 2 || len / 2 > sizeof buf) return -1;
         for (size_t i = 0; i < len; i += 2) {
             int h = hexv(s[i]), l = hexv(s[i + 1]);
-            if (h < 0 || l < 0)
-                return -1;
+            if (h < 0 || l < 0) return -1;
             buf[n++] = (unsigned char)(h << 4 | l);
         }
     }
-    if (n < 21)
-        return -1;
+    if (n < 21) return -1;
     int le = buf[0] == 1;
     uint32_t type = le ? (uint32_t)buf[1] | (uint32_t)buf[2] << 8 | (uint32_t)buf[3] << 16 |
                              (uint32_t)buf[4] << 24
                        : (uint32_t)buf[4] | (uint32_t)buf[3] << 8 | (uint32_t)buf[2] << 16 |
                              (uint32_t)buf[1] << 24;
     int off = 5;
-    if (type & 0x20000000u)
-        off += 4; /* SRID */
-    if ((type & 0xffff) != 1 || off + 16 > n)
-        return -1;
+    if (type & 0x20000000u) off += 4; /* SRID */
+    if ((type & 0xffff) != 1 || off + 16 > n) return -1;
     double d[2];
     for (int k = 0; k < 2; k++) {
         unsigned char t[8];
@@ -160,11 +142,9 @@ static int wkb_point(sqlite3_value *v, double *x, double *y)
 static void fn_st(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     (void)argc;
-    if (sqlite3_value_type(argv[0]) == SQLITE_NULL)
-        return;
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return;
     double x, y;
-    if (wkb_point(argv[0], &x, &y) != 0)
-        return;
+    if (wkb_point(argv[0], &x, &y) != 0) return;
     int which = (int)(intptr_t)sqlite3_user_data(ctx);
     if (which == 0)
         sqlite3_result_double(ctx, x);

@@ -28,8 +28,7 @@ void rb_put(rbuf_t *b, const char *s, size_t n);
 void rb_puts(rbuf_t *b, const char *s);
 static inline void rb_putc(rbuf_t *b, char c)
 {
-    if (b->n + 2 > b->cap)
-        rb_reserve(b, 1);
+    if (b->n + 2 > b->cap) rb_reserve(b, 1);
     b->p[b->n++] = c;
     b->p[b->n] = 0;
 }
@@ -93,49 +92,59 @@ enum { T_EOF, T_IDENT, T_QIDENT, T_NUM, T_STR, T_OP, T_PARAM };
 
 typedef struct rtok {
     int kind;
-    int off, len;  /* in the SQL text */
-    char *text;    /* identifiers and strings: decoded; ops and numbers: as written */
+    int off, len; /* in the SQL text */
+    char *text;   /* identifiers and strings: decoded; ops and numbers: as written */
 } rtok_t;
 
 typedef enum nkind {
-    N_INT, N_REAL, N_STR, N_NULL, N_BOOL,
+    N_INT,
+    N_REAL,
+    N_STR,
+    N_NULL,
+    N_BOOL,
     N_COL,       /* a (qualifier.)column of the FROM table */
     N_BUCKET,    /* bucket.<name> */
     N_REQ,       /* request.user_id() / request.jwt() / request.parameters() */
     N_TOKPARAM,  /* token_parameters.<name> */
     N_USERPARAM, /* user_parameters.<name> */
     N_JEACH,     /* <json_each alias>.<column> */
-    N_UNARY, N_BINARY, N_FUNC, N_CAST, N_ISNULL, N_IN, N_INLIST
+    N_UNARY,
+    N_BINARY,
+    N_FUNC,
+    N_CAST,
+    N_ISNULL,
+    N_IN,
+    N_INLIST
 } nkind_t;
 
 enum { REQ_USER_ID = 1, REQ_JWT = 2, REQ_PARAMS = 3 };
 
 /* dependency bits of an expression */
-#define DEP_ROW 1
-#define DEP_REQ 2
+#define DEP_ROW    1
+#define DEP_REQ    2
 #define DEP_BUCKET 4
 
 typedef struct rnode rnode_t;
 struct rnode {
     nkind_t kind;
-    int off;          /* offset of the token that names the node, in the SQL text */
-    int end;          /* offset just after the node's last token */
-    char *op;         /* operator as SQLite spells it ("=", "AND", "->>", "IS NOT", ...) */
-    char *name;       /* column / parameter / function name, cast type */
-    char *qual;       /* qualifier of a column ("t" in t.col), or NULL */
-    char *text;       /* literal text (number as written, decoded string) */
-    int req;          /* REQ_* for N_REQ */
-    int neg;          /* NOT IN / IS NOT NULL */
+    int off;    /* offset of the token that names the node, in the SQL text */
+    int end;    /* offset just after the node's last token */
+    char *op;   /* operator as SQLite spells it ("=", "AND", "->>", "IS NOT", ...) */
+    char *name; /* column / parameter / function name, cast type */
+    char *qual; /* qualifier of a column ("t" in t.col), or NULL */
+    char *text; /* literal text (number as written, decoded string) */
+    int req;    /* REQ_* for N_REQ */
+    int neg;    /* NOT IN / IS NOT NULL */
     rnode_t *a, *b;
     rnode_t **args;
     int nargs;
-    int deps;         /* DEP_* bits, computed by the compiler */
+    int deps; /* DEP_* bits, computed by the compiler */
 };
 
 typedef struct rsel_item {
-    rnode_t *expr;  /* NULL for "*" */
-    char *alias;    /* NULL when none */
-    int off;        /* offset of the item */
+    rnode_t *expr; /* NULL for "*" */
+    char *alias;   /* NULL when none */
+    int off;       /* offset of the item */
 } rsel_item_t;
 
 typedef struct rselect {
@@ -143,10 +152,10 @@ typedef struct rselect {
     int nitems;
     int has_from;
     int from_off;
-    char *schema;      /* NULL: default */
-    char *table;       /* may end in '%' */
+    char *schema; /* NULL: default */
+    char *table;  /* may end in '%' */
     int table_quoted;
-    char *alias;       /* AS alias, or NULL */
+    char *alias;            /* AS alias, or NULL */
     rnode_t *json_each_arg; /* FROM json_each(<arg>) */
     rnode_t *where;
 } rselect_t;
@@ -187,17 +196,17 @@ typedef enum fkind {
 typedef struct rfilt rfilt_t;
 struct rfilt {
     fkind_t kind;
-    int p;       /* bucket parameter index (data) or lookup input index (lookup) */
-    rslot_t v;   /* row-side value */
+    int p;     /* bucket parameter index (data) or lookup input index (lookup) */
+    rslot_t v; /* row-side value */
     rfilt_t **k;
     int nk;
 };
 
 typedef struct rout {
     char *name;
-    int star;    /* "*": every row column not starting with "_" */
-    rslot_t v;   /* data queries and row-derived lookup outputs */
-    int from_req;/* lookup outputs computed from the request: request SQL column reqcol */
+    int star;     /* "*": every row column not starting with "_" */
+    rslot_t v;    /* data queries and row-derived lookup outputs */
+    int from_req; /* lookup outputs computed from the request: request SQL column reqcol */
     int reqcol;
 } rout_t;
 
@@ -209,9 +218,9 @@ typedef struct rrowq {
     int prefix;           /* table is a prefix pattern */
     char **cols;          /* referenced columns of the row */
     int ncols;
-    char *sql;            /* SELECT over ?1..?ncols, NULL when everything is a plain column */
-    int nsql;             /* result columns of sql */
-    int stmt;             /* index of sql in the set's statement table */
+    char *sql; /* SELECT over ?1..?ncols, NULL when everything is a plain column */
+    int nsql;  /* result columns of sql */
+    int stmt;  /* index of sql in the set's statement table */
     rfilt_t *filt;
     rout_t *outs;
     int nouts;
@@ -220,9 +229,9 @@ typedef struct rrowq {
 typedef struct rdataq {
     rdef_t *def;
     int index;
-    const char *src;      /* SQL as written */
-    char *out_table;      /* alias, or NULL: the row's table name */
-    int id_out;           /* index of the "id" output, or -1 ("*" provides it) */
+    const char *src; /* SQL as written */
+    char *out_table; /* alias, or NULL: the row's table name */
+    int id_out;      /* index of the "id" output, or -1 ("*" provides it) */
     rrowq_t r;
 } rdataq_t;
 
@@ -233,10 +242,10 @@ typedef struct rparamq {
     int index;
     int kind;
     const char *src;
-    char **names;     /* output column names, in query order */
+    char **names; /* output column names, in query order */
     int nnames;
-    int *param_of;    /* names[i] -> definition parameter index, -1 for _priority */
-    int prio_out;     /* index of _priority among outputs, -1 */
+    int *param_of; /* names[i] -> definition parameter index, -1 for _priority */
+    int prio_out;  /* index of _priority among outputs, -1 */
     /* PQ_STATIC, PQ_JSON_EACH: one request-side SQL statement producing the outputs */
     /* PQ_LOOKUP: request-side SQL produces the lookup inputs, request outputs, predicates */
     char *req_sql;
@@ -250,10 +259,10 @@ typedef struct rparamq {
 
 struct rdef {
     char *name;
-    int priority;     /* 0..3 */
+    int priority; /* 0..3 */
     int has_priority_key;
     int accept_dangerous;
-    char **params;    /* bucket parameter names, in the first query's output order */
+    char **params; /* bucket parameter names, in the first query's output order */
     int nparams;
     rparamq_t **pq;
     int npq;
@@ -264,19 +273,19 @@ struct rdef {
 typedef struct rctx rctx_t;
 
 struct rules_set {
-    int refs;         /* atomic */
+    int refs; /* atomic */
     int edition;
     rconv_t conv;
     int fixed_json_extract;
     char *file;
-    char *text;       /* copy of the YAML (queries point into per-query copies) */
+    char *text; /* copy of the YAML (queries point into per-query copies) */
     rdef_t **defs;
     int ndefs;
-    rdataq_t **dqs;   /* all data queries, file order */
+    rdataq_t **dqs; /* all data queries, file order */
     int ndqs;
-    rparamq_t **lqs;  /* all table-lookup parameter queries */
+    rparamq_t **lqs; /* all table-lookup parameter queries */
     int nlqs;
-    char **stmts;     /* SQL of every statement, indexed by rrowq_t.stmt / req_stmt */
+    char **stmts; /* SQL of every statement, indexed by rrowq_t.stmt / req_stmt */
     int nstmts, capstmts;
     rules_table_t *tables;
     size_t ntables;
@@ -284,10 +293,10 @@ struct rules_set {
     size_t nwrites;
     rules_constraint_t *constraints;
     size_t nconstraints;
-    void **owned;     /* extra allocations to free with the set */
+    void **owned; /* extra allocations to free with the set */
     size_t nowned, capowned;
     pthread_mutex_t pool_lock;
-    rctx_t *pool;     /* idle evaluation contexts */
+    rctx_t *pool; /* idle evaluation contexts */
 };
 
 /** Keep p until the set is freed; returns p. */
@@ -310,11 +319,11 @@ uint32_t rchecksum_parts(void *evp_ctx, const char *const *parts, const size_t *
 
 /** Position mapper for a YAML scalar: offset in its value -> line/col. */
 typedef struct rposmap {
-    const char *text;   /* whole file */
+    const char *text; /* whole file */
     size_t len;
-    size_t start;       /* start_mark.index of the scalar node */
-    int style;          /* yaml_scalar_style_t */
-    const char *value;  /* the scalar's value */
+    size_t start;      /* start_mark.index of the scalar node */
+    int style;         /* yaml_scalar_style_t */
+    const char *value; /* the scalar's value */
 } rposmap_t;
 
 void rpos_map(const rposmap_t *m, int off, int *line, int *col);

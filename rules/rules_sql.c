@@ -48,8 +48,7 @@ static char *q_strndup(rsql_t *q, const char *s, size_t n)
 static void q_fail(rsql_t *q, int off, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void q_fail(rsql_t *q, int off, const char *fmt, ...)
 {
-    if (q->failed)
-        return;
+    if (q->failed) return;
     q->failed = 1;
     q->err_off = off;
     va_list ap;
@@ -70,8 +69,8 @@ static void add_tok(rsql_t *q, int kind, int off, int len, char *text)
 }
 
 static const char *const ops3[] = {"->>", NULL};
-static const char *const ops2[] = {"->", "||", "::", "<=", ">=", "<>", "!=", "==", "&&", "<<",
-                                   ">>", NULL};
+static const char *const ops2[] = {"->", "||", "::", "<=", ">=", "<>",
+                                   "!=", "==", "&&", "<<", ">>", NULL};
 static const char ops1[] = "=<>+-*/%(),.&|~;";
 
 static int tokenize(rsql_t *q)
@@ -118,8 +117,7 @@ static int tokenize(rsql_t *q)
             }
             if (j < n && (s[j] == 'e' || s[j] == 'E')) {
                 int k = j + 1;
-                if (k < n && (s[k] == '+' || s[k] == '-'))
-                    k++;
+                if (k < n && (s[k] == '+' || s[k] == '-')) k++;
                 if (k < n && isdigit((unsigned char)s[k])) {
                     j = k;
                     while (j < n && isdigit((unsigned char)s[j]))
@@ -140,8 +138,9 @@ static int tokenize(rsql_t *q)
             for (;;) {
                 if (j >= n) {
                     rb_free(&b);
-                    q_fail(q, i, c == '\'' ? "unterminated string literal"
-                                           : "unterminated quoted identifier");
+                    q_fail(q, i,
+                           c == '\'' ? "unterminated string literal"
+                                     : "unterminated quoted identifier");
                     return -1;
                 }
                 if (s[j] == (char)c) {
@@ -169,14 +168,11 @@ static int tokenize(rsql_t *q)
         }
         int len = 0;
         for (int k = 0; ops3[k]; k++)
-            if (strncmp(s + i, ops3[k], 3) == 0)
-                len = 3;
+            if (strncmp(s + i, ops3[k], 3) == 0) len = 3;
         if (!len)
             for (int k = 0; ops2[k]; k++)
-                if (strncmp(s + i, ops2[k], 2) == 0)
-                    len = 2;
-        if (!len && strchr(ops1, c))
-            len = 1;
+                if (strncmp(s + i, ops2[k], 2) == 0) len = 2;
+        if (!len && strchr(ops1, c)) len = 1;
         if (!len) {
             q_fail(q, i, "unexpected character \"%c\"", c);
             return -1;
@@ -230,16 +226,14 @@ static int accept_op(rsql_t *q, const char *op)
 
 static const char *tok_desc(const rtok_t *t, char *buf, size_t len)
 {
-    if (t->kind == T_EOF)
-        return "end of query";
+    if (t->kind == T_EOF) return "end of query";
     snprintf(buf, len, "\"%.*s\"", t->len > 40 ? 40 : t->len, t->text);
     return buf;
 }
 
 static void expect_op(rsql_t *q, const char *op)
 {
-    if (accept_op(q, op))
-        return;
+    if (accept_op(q, op)) return;
     char b[64];
     q_fail(q, peek(q)->off, "expected \"%s\" but found %s", op, tok_desc(peek(q), b, sizeof b));
 }
@@ -254,19 +248,18 @@ static rnode_t *mk(rsql_t *q, nkind_t k, int off)
 
 /* keywords that cannot start an identifier reference */
 static const char *const reserved[] = {
-    "select", "from", "where", "and", "or", "not", "as", "in", "is", "null", "order", "group",
-    "limit", "offset", "having", "join", "on", "union", "distinct", "cast", "true", "false",
-    "left", "right", "inner", "outer", "cross", "full", "natural", "using", "case", "when",
-    "then", "else", "end", "between", "like", "glob", "intersect", "except", "window",
-    "returning", "for", NULL};
+    "select", "from",      "where",    "and",     "or",      "not",    "as",        "in",
+    "is",     "null",      "order",    "group",   "limit",   "offset", "having",    "join",
+    "on",     "union",     "distinct", "cast",    "true",    "false",  "left",      "right",
+    "inner",  "outer",     "cross",    "full",    "natural", "using",  "case",      "when",
+    "then",   "else",      "end",      "between", "like",    "glob",   "intersect", "except",
+    "window", "returning", "for",      NULL};
 
 static int is_reserved(const rtok_t *t)
 {
-    if (t->kind != T_IDENT)
-        return 0;
+    if (t->kind != T_IDENT) return 0;
     for (int i = 0; reserved[i]; i++)
-        if (strcasecmp(t->text, reserved[i]) == 0)
-            return 1;
+        if (strcasecmp(t->text, reserved[i]) == 0) return 1;
     return 0;
 }
 
@@ -279,18 +272,19 @@ static const char *qname(int qkind)
 static int reject_clause(rsql_t *q)
 {
     rtok_t *t = peek(q);
-    static const char *const clauses[][2] = {
-        {"order", "ORDER BY"}, {"group", "GROUP BY"}, {"limit", "LIMIT"}, {"offset", "OFFSET"},
-        {"having", "HAVING"}, {"union", "UNION"}, {"intersect", "INTERSECT"},
-        {"except", "EXCEPT"}, {"window", "WINDOW"}, {"for", "FOR"}, {"returning", "RETURNING"},
-        {NULL, NULL}};
+    static const char *const clauses[][2] = {{"order", "ORDER BY"},      {"group", "GROUP BY"},
+                                             {"limit", "LIMIT"},         {"offset", "OFFSET"},
+                                             {"having", "HAVING"},       {"union", "UNION"},
+                                             {"intersect", "INTERSECT"}, {"except", "EXCEPT"},
+                                             {"window", "WINDOW"},       {"for", "FOR"},
+                                             {"returning", "RETURNING"}, {NULL, NULL}};
     for (int i = 0; clauses[i][0]; i++)
         if (is_kw(t, clauses[i][0])) {
             q_fail(q, t->off, "\"%s\" is not supported in %s", clauses[i][1], qname(q->qkind));
             return 1;
         }
-    static const char *const joins[] = {"join", "left", "right", "inner", "outer", "cross",
-                                        "full", "natural", NULL};
+    static const char *const joins[] = {"join",  "left", "right",   "inner", "outer",
+                                        "cross", "full", "natural", NULL};
     for (int i = 0; joins[i]; i++)
         if (is_kw(t, joins[i])) {
             q_fail(q, t->off, "joins are not supported in %s", qname(q->qkind));
@@ -345,8 +339,7 @@ static rnode_t *p_cast_type(rsql_t *q, rnode_t *inner, int off)
     static const char *const types[] = {"text", "integer", "real", "numeric", "blob", NULL};
     int ok = 0;
     for (int i = 0; types[i]; i++)
-        if (strcasecmp(t->text, types[i]) == 0)
-            ok = 1;
+        if (strcasecmp(t->text, types[i]) == 0) ok = 1;
     if (!ok) {
         q_fail(q, t->off,
                "cannot cast to \"%s\" (supported types: text, integer, real, numeric, blob)",
@@ -399,17 +392,14 @@ static rnode_t *p_primary(rsql_t *q)
         q->pos++;
         expect_op(q, "(");
         rnode_t *inner = p_expr(q);
-        if (q->failed)
-            goto out;
+        if (q->failed) goto out;
         if (!accept_kw(q, "as")) {
             q_fail(q, peek(q)->off, "expected \"AS\" but found %s", tok_desc(peek(q), b, sizeof b));
             goto out;
         }
         r = p_cast_type(q, inner, t->off);
-        if (r)
-            expect_op(q, ")");
-        if (r)
-            r->end = node_end(q);
+        if (r) expect_op(q, ")");
+        if (r) r->end = node_end(q);
     } else if (is_kw(t, "case")) {
         q_fail(q, t->off, "\"CASE\" is not supported; use iif() or ifnull()");
     } else if (is_kw(t, "select")) {
@@ -421,16 +411,14 @@ static rnode_t *p_primary(rsql_t *q)
             goto out;
         }
         r = p_expr(q);
-        if (q->failed)
-            goto out;
+        if (q->failed) goto out;
         if (is_op(peek(q), ",")) {
             /* a value list: only valid on the right of IN */
             q_fail(q, peek(q)->off, "a list of values is only allowed after \"IN\"");
             goto out;
         }
         expect_op(q, ")");
-        if (r)
-            r->end = node_end(q);
+        if (r) r->end = node_end(q);
     } else if (is_ident(t)) {
         q->pos++;
         /* qualified name or function call */
@@ -446,26 +434,22 @@ static rnode_t *p_primary(rsql_t *q)
                     goto out;
                 }
                 if (is_kw(peek(q), "distinct")) {
-                    q_fail(q, peek(q)->off, "\"DISTINCT\" is not supported in %s",
-                           qname(q->qkind));
+                    q_fail(q, peek(q)->off, "\"DISTINCT\" is not supported in %s", qname(q->qkind));
                     goto out;
                 }
                 for (;;) {
                     rnode_t *a = p_expr(q);
-                    if (q->failed)
-                        goto out;
+                    if (q->failed) goto out;
                     if (na == 16) {
                         q_fail(q, a->off, "too many function arguments");
                         goto out;
                     }
                     args[na++] = a;
-                    if (!accept_op(q, ","))
-                        break;
+                    if (!accept_op(q, ",")) break;
                 }
             }
             expect_op(q, ")");
-            if (q->failed)
-                goto out;
+            if (q->failed) goto out;
             r->args = q_own(q, rx_calloc((size_t)na + 1, sizeof(rnode_t *)));
             memcpy(r->args, args, sizeof(rnode_t *) * (size_t)na);
             r->nargs = na;
@@ -512,8 +496,7 @@ static rnode_t *p_primary(rsql_t *q)
     }
 out:
     q->depth--;
-    if (r && !r->end)
-        r->end = node_end(q);
+    if (r && !r->end) r->end = node_end(q);
     return q->failed ? NULL : r;
 }
 
@@ -543,8 +526,7 @@ static rnode_t *p_unary(rsql_t *q)
         }
         rnode_t *a = p_unary(q);
         q->depth--;
-        if (!a)
-            return NULL;
+        if (!a) return NULL;
         rnode_t *n = mk(q, N_UNARY, t->off);
         n->op = t->text;
         n->a = a;
@@ -559,12 +541,10 @@ static rnode_t *p_concat(rsql_t *q)
     rnode_t *a = p_unary(q);
     while (a) {
         rtok_t *t = peek(q);
-        if (!(is_op(t, "||") || is_op(t, "->") || is_op(t, "->>")))
-            break;
+        if (!(is_op(t, "||") || is_op(t, "->") || is_op(t, "->>"))) break;
         q->pos++;
         rnode_t *b = p_unary(q);
-        if (!b)
-            return NULL;
+        if (!b) return NULL;
         a = binary(q, t->text, t->off, a, b);
     }
     return a;
@@ -575,12 +555,10 @@ static rnode_t *p_mul(rsql_t *q)
     rnode_t *a = p_concat(q);
     while (a) {
         rtok_t *t = peek(q);
-        if (!(is_op(t, "*") || is_op(t, "/") || is_op(t, "%")))
-            break;
+        if (!(is_op(t, "*") || is_op(t, "/") || is_op(t, "%"))) break;
         q->pos++;
         rnode_t *b = p_concat(q);
-        if (!b)
-            return NULL;
+        if (!b) return NULL;
         a = binary(q, t->text, t->off, a, b);
     }
     return a;
@@ -591,12 +569,10 @@ static rnode_t *p_add(rsql_t *q)
     rnode_t *a = p_mul(q);
     while (a) {
         rtok_t *t = peek(q);
-        if (!(is_op(t, "+") || is_op(t, "-")))
-            break;
+        if (!(is_op(t, "+") || is_op(t, "-"))) break;
         q->pos++;
         rnode_t *b = p_mul(q);
-        if (!b)
-            return NULL;
+        if (!b) return NULL;
         a = binary(q, t->text, t->off, a, b);
     }
     return a;
@@ -607,12 +583,10 @@ static rnode_t *p_bits(rsql_t *q)
     rnode_t *a = p_add(q);
     while (a) {
         rtok_t *t = peek(q);
-        if (!(is_op(t, "&") || is_op(t, "|") || is_op(t, "<<") || is_op(t, ">>")))
-            break;
+        if (!(is_op(t, "&") || is_op(t, "|") || is_op(t, "<<") || is_op(t, ">>"))) break;
         q->pos++;
         rnode_t *b = p_add(q);
-        if (!b)
-            return NULL;
+        if (!b) return NULL;
         a = binary(q, t->text, t->off, a, b);
     }
     if (a && is_op(peek(q), "&&")) {
@@ -627,12 +601,10 @@ static rnode_t *p_cmp(rsql_t *q)
     rnode_t *a = p_bits(q);
     while (a) {
         rtok_t *t = peek(q);
-        if (!(is_op(t, "<") || is_op(t, ">") || is_op(t, "<=") || is_op(t, ">=")))
-            break;
+        if (!(is_op(t, "<") || is_op(t, ">") || is_op(t, "<=") || is_op(t, ">="))) break;
         q->pos++;
         rnode_t *b = p_bits(q);
-        if (!b)
-            return NULL;
+        if (!b) return NULL;
         a = binary(q, t->text, t->off, a, b);
     }
     return a;
@@ -646,8 +618,7 @@ static rnode_t *p_eq(rsql_t *q)
         if (is_op(t, "=") || is_op(t, "==") || is_op(t, "!=") || is_op(t, "<>")) {
             q->pos++;
             rnode_t *b = p_cmp(q);
-            if (!b)
-                return NULL;
+            if (!b) return NULL;
             const char *op = is_op(t, "==") ? "=" : is_op(t, "<>") ? "!=" : t->text;
             a = binary(q, op, t->off, a, b);
         } else if (is_kw(t, "is")) {
@@ -661,8 +632,7 @@ static rnode_t *p_eq(rsql_t *q)
                 a = n;
             } else {
                 rnode_t *b = p_cmp(q);
-                if (!b)
-                    return NULL;
+                if (!b) return NULL;
                 a = binary(q, neg ? "IS NOT" : "IS", t->off, a, b);
             }
         } else if (is_kw(t, "notnull") || is_kw(t, "isnull")) {
@@ -685,25 +655,21 @@ static rnode_t *p_eq(rsql_t *q)
                 int ni = 0;
                 for (;;) {
                     rnode_t *e = p_expr(q);
-                    if (!e)
-                        return NULL;
+                    if (!e) return NULL;
                     if (ni == 64) {
                         q_fail(q, e->off, "too many values in \"IN\" list");
                         return NULL;
                     }
                     items[ni++] = e;
-                    if (!accept_op(q, ","))
-                        break;
+                    if (!accept_op(q, ",")) break;
                 }
                 expect_op(q, ")");
-                if (q->failed)
-                    return NULL;
+                if (q->failed) return NULL;
                 rnode_t *n;
                 if (ni == 1) {
                     q->pos = save;
                     rnode_t *b = p_cmp(q);
-                    if (!b)
-                        return NULL;
+                    if (!b) return NULL;
                     n = mk(q, N_IN, t->off);
                     n->b = b;
                 } else {
@@ -718,8 +684,7 @@ static rnode_t *p_eq(rsql_t *q)
                 a = n;
             } else {
                 rnode_t *b = p_cmp(q);
-                if (!b)
-                    return NULL;
+                if (!b) return NULL;
                 rnode_t *n = mk(q, N_IN, t->off);
                 n->a = a;
                 n->b = b;
@@ -755,8 +720,7 @@ static rnode_t *p_not(rsql_t *q)
         }
         rnode_t *a = p_not(q);
         q->depth--;
-        if (!a)
-            return NULL;
+        if (!a) return NULL;
         rnode_t *n = mk(q, N_UNARY, t->off);
         n->op = "NOT";
         n->a = a;
@@ -773,8 +737,7 @@ static rnode_t *p_and(rsql_t *q)
         int off = peek(q)->off;
         q->pos++;
         rnode_t *b = p_not(q);
-        if (!b)
-            return NULL;
+        if (!b) return NULL;
         a = binary(q, "AND", off, a, b);
     }
     return a;
@@ -827,8 +790,7 @@ static void p_select(rsql_t *q)
                 q->pos++;
             } else {
                 it.expr = p_expr(q);
-                if (q->failed)
-                    return;
+                if (q->failed) return;
                 if (accept_kw(q, "as")) {
                     rtok_t *a = peek(q);
                     if (a->kind != T_IDENT && a->kind != T_QIDENT) {
@@ -848,8 +810,7 @@ static void p_select(rsql_t *q)
                 return;
             }
             items[n++] = it;
-            if (!accept_op(q, ","))
-                break;
+            if (!accept_op(q, ",")) break;
         }
     }
     s->items = q_own(q, rx_calloc((size_t)n + 1, sizeof(rsel_item_t)));
@@ -873,11 +834,9 @@ static void p_select(rsql_t *q)
         if (ft->kind == T_IDENT && strcasecmp(ft->text, "json_each") == 0 && is_op(peek(q), "(")) {
             q->pos++;
             s->json_each_arg = p_expr(q);
-            if (q->failed)
-                return;
+            if (q->failed) return;
             expect_op(q, ")");
-            if (q->failed)
-                return;
+            if (q->failed) return;
             s->table = "json_each";
         } else {
             s->table = ft->text;
@@ -920,17 +879,14 @@ static void p_select(rsql_t *q)
             s->alias = peek(q)->text;
             q->pos++;
         }
-        if (reject_clause(q))
-            return;
+        if (reject_clause(q)) return;
     }
     if (is_kw(peek(q), "where")) {
         q->pos++;
         s->where = p_expr(q);
-        if (q->failed)
-            return;
+        if (q->failed) return;
     }
-    if (reject_clause(q))
-        return;
+    if (reject_clause(q)) return;
     accept_op(q, ";");
     if (peek(q)->kind != T_EOF)
         q_fail(q, peek(q)->off, "syntax error at %s", tok_desc(peek(q), b, sizeof b));
@@ -941,8 +897,7 @@ rsql_t *rsql_parse(const char *sql, int qkind, int *err_off, char *err, size_t e
     rsql_t *q = rx_calloc(1, sizeof *q);
     q->sql = sql;
     q->qkind = qkind;
-    if (tokenize(q) == 0)
-        p_select(q);
+    if (tokenize(q) == 0) p_select(q);
     if (q->failed) {
         *err_off = q->err_off;
         snprintf(err, errlen, "%s", q->err);
@@ -959,8 +914,7 @@ rselect_t *rsql_select(rsql_t *q)
 
 void rsql_free(rsql_t *q)
 {
-    if (!q)
-        return;
+    if (!q) return;
     for (int i = 0; i < q->nallocs; i++)
         free(q->allocs[i]);
     free(q->allocs);
@@ -971,8 +925,7 @@ void rsql_free(rsql_t *q)
 int rsql_distance(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
-    if (la > 40 || lb > 40)
-        return 99;
+    if (la > 40 || lb > 40) return 99;
     int d[41][41];
     for (size_t i = 0; i <= la; i++)
         d[i][0] = (int)i;
@@ -982,10 +935,8 @@ int rsql_distance(const char *a, const char *b)
         for (size_t j = 1; j <= lb; j++) {
             int c = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
             int m = d[i - 1][j] + 1;
-            if (d[i][j - 1] + 1 < m)
-                m = d[i][j - 1] + 1;
-            if (d[i - 1][j - 1] + c < m)
-                m = d[i - 1][j - 1] + c;
+            if (d[i][j - 1] + 1 < m) m = d[i][j - 1] + 1;
+            if (d[i - 1][j - 1] + c < m) m = d[i - 1][j - 1] + c;
             d[i][j] = m;
         }
     return d[la][lb];

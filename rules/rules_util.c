@@ -18,24 +18,21 @@
 void *rx_malloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
-    if (!p)
-        abort();
+    if (!p) abort();
     return p;
 }
 
 void *rx_calloc(size_t n, size_t m)
 {
     void *p = calloc(n ? n : 1, m ? m : 1);
-    if (!p)
-        abort();
+    if (!p) abort();
     return p;
 }
 
 void *rx_realloc(void *p, size_t n)
 {
     p = realloc(p, n ? n : 1);
-    if (!p)
-        abort();
+    if (!p) abort();
     return p;
 }
 
@@ -54,8 +51,7 @@ char *rx_strndup(const char *s, size_t n)
 
 void rb_reserve(rbuf_t *b, size_t extra)
 {
-    if (b->n + extra + 1 <= b->cap)
-        return;
+    if (b->n + extra + 1 <= b->cap) return;
     size_t cap = b->cap ? b->cap * 2 : 256;
     while (cap < b->n + extra + 1)
         cap *= 2;
@@ -83,8 +79,7 @@ void rb_printf(rbuf_t *b, const char *fmt, ...)
     char tmp[256];
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
+    if (n < 0) return;
     if ((size_t)n < sizeof tmp) {
         rb_put(b, tmp, (size_t)n);
         return;
@@ -110,9 +105,9 @@ char *rb_strdup(const rbuf_t *b)
 
 /* 1 for bytes JSON.stringify escapes: control characters, '"' and '\\' */
 static const unsigned char json_esc[256] = {
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
 };
 
 void rj_string(rbuf_t *b, const char *s, size_t n)
@@ -129,13 +124,27 @@ void rj_string(rbuf_t *b, const char *s, size_t n)
         }
         *o++ = '\\';
         switch (c) {
-        case '"': *o++ = '"'; break;
-        case '\\': *o++ = '\\'; break;
-        case '\b': *o++ = 'b'; break;
-        case '\f': *o++ = 'f'; break;
-        case '\n': *o++ = 'n'; break;
-        case '\r': *o++ = 'r'; break;
-        case '\t': *o++ = 't'; break;
+        case '"':
+            *o++ = '"';
+            break;
+        case '\\':
+            *o++ = '\\';
+            break;
+        case '\b':
+            *o++ = 'b';
+            break;
+        case '\f':
+            *o++ = 'f';
+            break;
+        case '\n':
+            *o++ = 'n';
+            break;
+        case '\r':
+            *o++ = 'r';
+            break;
+        case '\t':
+            *o++ = 't';
+            break;
         default:
             *o++ = 'u';
             *o++ = '0';
@@ -156,15 +165,13 @@ static int shortest_digits(double d, char *digits, int *ndigits)
     char tmp[40];
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(tmp, sizeof tmp, "%.*e", prec - 1, d);
-        if (strtod(tmp, NULL) == d || prec == 17)
-            break;
+        if (strtod(tmp, NULL) == d || prec == 17) break;
     }
     /* tmp = d[.ddd]e[+-]XX */
     int n = 0;
     const char *p = tmp;
     for (; *p && *p != 'e'; p++)
-        if (*p >= '0' && *p <= '9')
-            digits[n++] = *p;
+        if (*p >= '0' && *p <= '9') digits[n++] = *p;
     int e = atoi(p + 1);
     while (n > 1 && digits[n - 1] == '0')
         n--;
@@ -194,8 +201,7 @@ void rj_double(rbuf_t *b, double d, int dot_zero)
         rb_put(b, dg, (size_t)k);
         for (int i = 0; i < e10 - k; i++)
             rb_putc(b, '0');
-        if (dot_zero)
-            rb_puts(b, ".0");
+        if (dot_zero) rb_puts(b, ".0");
     } else if (0 < e10 && e10 <= 21) {
         rb_put(b, dg, (size_t)e10);
         rb_putc(b, '.');
@@ -224,18 +230,25 @@ void rb_int(rbuf_t *b, int64_t v)
         tmp[sizeof tmp - 1 - n++] = (char)('0' + u % 10);
         u /= 10;
     } while (u);
-    if (v < 0)
-        tmp[sizeof tmp - 1 - n++] = '-';
+    if (v < 0) tmp[sizeof tmp - 1 - n++] = '-';
     rb_put(b, tmp + sizeof tmp - n, (size_t)n);
 }
 
 void rj_value(rbuf_t *b, const rval_t *v)
 {
     switch (v->t) {
-    case SQLITE_INTEGER: rb_int(b, v->i); break;
-    case SQLITE_FLOAT: rj_double(b, v->d, 1); break;
-    case SQLITE_TEXT: rj_string(b, v->s, v->n); break;
-    default: rb_puts(b, "null"); break;
+    case SQLITE_INTEGER:
+        rb_int(b, v->i);
+        break;
+    case SQLITE_FLOAT:
+        rj_double(b, v->d, 1);
+        break;
+    case SQLITE_TEXT:
+        rj_string(b, v->s, v->n);
+        break;
+    default:
+        rb_puts(b, "null");
+        break;
     }
 }
 
@@ -251,8 +264,12 @@ void rv_from_column(rval_t *v, sqlite3_stmt *st, int i)
 {
     v->t = sqlite3_column_type(st, i);
     switch (v->t) {
-    case SQLITE_INTEGER: v->i = sqlite3_column_int64(st, i); break;
-    case SQLITE_FLOAT: v->d = sqlite3_column_double(st, i); break;
+    case SQLITE_INTEGER:
+        v->i = sqlite3_column_int64(st, i);
+        break;
+    case SQLITE_FLOAT:
+        v->d = sqlite3_column_double(st, i);
+        break;
     case SQLITE_TEXT:
         v->s = (const char *)sqlite3_column_text(st, i);
         v->n = (size_t)sqlite3_column_bytes(st, i);
@@ -261,26 +278,34 @@ void rv_from_column(rval_t *v, sqlite3_stmt *st, int i)
         v->s = sqlite3_column_blob(st, i);
         v->n = (size_t)sqlite3_column_bytes(st, i);
         break;
-    default: break;
+    default:
+        break;
     }
 }
 
 int rv_bind(sqlite3_stmt *st, int idx, const rval_t *v)
 {
     switch (v->t) {
-    case SQLITE_INTEGER: return sqlite3_bind_int64(st, idx, v->i);
-    case SQLITE_FLOAT: return sqlite3_bind_double(st, idx, v->d);
-    case SQLITE_TEXT: return sqlite3_bind_text(st, idx, v->s, (int)v->n, SQLITE_STATIC);
-    case SQLITE_BLOB: return sqlite3_bind_blob(st, idx, v->s, (int)v->n, SQLITE_STATIC);
-    default: return sqlite3_bind_null(st, idx);
+    case SQLITE_INTEGER:
+        return sqlite3_bind_int64(st, idx, v->i);
+    case SQLITE_FLOAT:
+        return sqlite3_bind_double(st, idx, v->d);
+    case SQLITE_TEXT:
+        return sqlite3_bind_text(st, idx, v->s, (int)v->n, SQLITE_STATIC);
+    case SQLITE_BLOB:
+        return sqlite3_bind_blob(st, idx, v->s, (int)v->n, SQLITE_STATIC);
+    default:
+        return sqlite3_bind_null(st, idx);
     }
 }
 
 int rv_truthy(const rval_t *v)
 {
     switch (v->t) {
-    case SQLITE_INTEGER: return v->i != 0;
-    case SQLITE_FLOAT: return v->d != 0;
+    case SQLITE_INTEGER:
+        return v->i != 0;
+    case SQLITE_FLOAT:
+        return v->d != 0;
     case SQLITE_TEXT:
     case SQLITE_BLOB: {
         /* SQLite casts text to a number for truthiness: leading numeric prefix */
@@ -290,7 +315,8 @@ int rv_truthy(const rval_t *v)
         tmp[n] = 0;
         return strtod(tmp, NULL) != 0;
     }
-    default: return 0;
+    default:
+        return 0;
     }
 }
 
@@ -300,8 +326,7 @@ static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
 static void sha256_fetch(void)
 {
     sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    if (!sha256_md)
-        abort();
+    if (!sha256_md) abort();
 }
 
 uint32_t rchecksum_parts(void *evp_ctx, const char *const *parts, const size_t *lens, int n)
@@ -310,16 +335,14 @@ uint32_t rchecksum_parts(void *evp_ctx, const char *const *parts, const size_t *
      * three times as much (OpenSSL 3 name lookup under a lock) */
     pthread_once(&sha256_once, sha256_fetch);
     EVP_MD_CTX *ctx = evp_ctx ? evp_ctx : EVP_MD_CTX_new();
-    if (!ctx)
-        abort();
+    if (!ctx) abort();
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     EVP_DigestInit_ex2(ctx, sha256_md, NULL);
     for (int i = 0; i < n; i++)
         EVP_DigestUpdate(ctx, parts[i], lens[i]);
     EVP_DigestFinal_ex(ctx, md, &mdlen);
-    if (!evp_ctx)
-        EVP_MD_CTX_free(ctx);
+    if (!evp_ctx) EVP_MD_CTX_free(ctx);
     return (uint32_t)md[0] | (uint32_t)md[1] << 8 | (uint32_t)md[2] << 16 | (uint32_t)md[3] << 24;
 }
 
@@ -341,14 +364,23 @@ uint32_t rules_checksum_delete(const char *subkey)
 const char *rules_strerror(int code)
 {
     switch (code) {
-    case RULES_OK: return "success";
-    case RULES_ENOMEM: return "out of memory";
-    case RULES_EINVAL: return "invalid argument";
-    case RULES_ECOMPILE: return "sync rules have errors";
-    case RULES_EIO: return "could not read the rules file";
-    case RULES_EEVAL: return "could not evaluate an expression";
-    case RULES_ELOOKUP: return "parameter lookup failed";
-    case RULES_ELIMIT: return "too many buckets";
-    default: return "unknown error";
+    case RULES_OK:
+        return "success";
+    case RULES_ENOMEM:
+        return "out of memory";
+    case RULES_EINVAL:
+        return "invalid argument";
+    case RULES_ECOMPILE:
+        return "sync rules have errors";
+    case RULES_EIO:
+        return "could not read the rules file";
+    case RULES_EEVAL:
+        return "could not evaluate an expression";
+    case RULES_ELOOKUP:
+        return "parameter lookup failed";
+    case RULES_ELIMIT:
+        return "too many buckets";
+    default:
+        return "unknown error";
     }
 }

@@ -15,32 +15,61 @@
 
 /* type OIDs we treat specially */
 enum {
-    OID_BOOL = 16, OID_BYTEA = 17, OID_INT8 = 20, OID_INT2 = 21, OID_INT4 = 23, OID_OID = 26,
-    OID_JSON = 114, OID_FLOAT4 = 700, OID_FLOAT8 = 701, OID_NUMERIC = 1700, OID_DATE = 1082,
-    OID_TIME = 1083, OID_TIMESTAMP = 1114, OID_TIMESTAMPTZ = 1184, OID_JSONB = 3802,
-    OID_PG_LSN = 3220, OID_TEXT = 25,
+    OID_BOOL = 16,
+    OID_BYTEA = 17,
+    OID_INT8 = 20,
+    OID_INT2 = 21,
+    OID_INT4 = 23,
+    OID_OID = 26,
+    OID_JSON = 114,
+    OID_FLOAT4 = 700,
+    OID_FLOAT8 = 701,
+    OID_NUMERIC = 1700,
+    OID_DATE = 1082,
+    OID_TIME = 1083,
+    OID_TIMESTAMP = 1114,
+    OID_TIMESTAMPTZ = 1184,
+    OID_JSONB = 3802,
+    OID_PG_LSN = 3220,
+    OID_TEXT = 25,
 };
 
 /* array type -> element type */
 static uint32_t array_elem(uint32_t oid)
 {
     switch (oid) {
-    case 1000: return OID_BOOL;
-    case 1001: return OID_BYTEA;
-    case 1005: return OID_INT2;
-    case 1007: return OID_INT4;
-    case 1016: return OID_INT8;
-    case 1028: return OID_OID;
-    case 199: return OID_JSON;
-    case 3807: return OID_JSONB;
-    case 1021: return OID_FLOAT4;
-    case 1022: return OID_FLOAT8;
-    case 1231: return OID_NUMERIC;
-    case 1182: return OID_DATE;
-    case 1183: return OID_TIME;
-    case 1115: return OID_TIMESTAMP;
-    case 1185: return OID_TIMESTAMPTZ;
-    case 3221: return OID_PG_LSN;
+    case 1000:
+        return OID_BOOL;
+    case 1001:
+        return OID_BYTEA;
+    case 1005:
+        return OID_INT2;
+    case 1007:
+        return OID_INT4;
+    case 1016:
+        return OID_INT8;
+    case 1028:
+        return OID_OID;
+    case 199:
+        return OID_JSON;
+    case 3807:
+        return OID_JSONB;
+    case 1021:
+        return OID_FLOAT4;
+    case 1022:
+        return OID_FLOAT8;
+    case 1231:
+        return OID_NUMERIC;
+    case 1182:
+        return OID_DATE;
+    case 1183:
+        return OID_TIME;
+    case 1115:
+        return OID_TIMESTAMP;
+    case 1185:
+        return OID_TIMESTAMPTZ;
+    case 3221:
+        return OID_PG_LSN;
     case 1009: /* text */
     case 1015: /* varchar */
     case 1014: /* bpchar */
@@ -53,7 +82,8 @@ static uint32_t array_elem(uint32_t oid)
     case 1003: /* name */
     case 1002: /* char */
         return OID_TEXT;
-    default: return 0;
+    default:
+        return 0;
     }
 }
 
@@ -67,12 +97,9 @@ static void set_scratch(rval_t *out, int t, rbuf_t *scratch, size_t start)
 
 static int hexval(int c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
@@ -105,7 +132,7 @@ typedef struct ts {
     int mon, day, hh, mm, ss;
     char frac[16]; /* digits after the dot, as printed */
     int has_tz;
-    int tz_sec;    /* offset east of UTC in seconds */
+    int tz_sec; /* offset east of UTC in seconds */
     int bc;
 } ts_t;
 
@@ -128,38 +155,30 @@ static int parse_ts(const char *s, size_t len, int with_time, ts_t *t)
     const char *p = s, *e = s + len;
     int64_t v;
     memset(t, 0, sizeof *t);
-    if (parse_num(&p, e, 9, &v) < 4 || p >= e || *p != '-')
-        return -1;
+    if (parse_num(&p, e, 9, &v) < 4 || p >= e || *p != '-') return -1;
     t->year = v;
     p++;
-    if (parse_num(&p, e, 2, &v) != 2 || p >= e || *p != '-')
-        return -1;
+    if (parse_num(&p, e, 2, &v) != 2 || p >= e || *p != '-') return -1;
     t->mon = (int)v;
     p++;
-    if (parse_num(&p, e, 2, &v) != 2)
-        return -1;
+    if (parse_num(&p, e, 2, &v) != 2) return -1;
     t->day = (int)v;
     if (with_time) {
-        if (p >= e || (*p != ' ' && *p != 'T'))
-            return -1;
+        if (p >= e || (*p != ' ' && *p != 'T')) return -1;
         p++;
-        if (parse_num(&p, e, 2, &v) != 2 || p >= e || *p != ':')
-            return -1;
+        if (parse_num(&p, e, 2, &v) != 2 || p >= e || *p != ':') return -1;
         t->hh = (int)v;
         p++;
-        if (parse_num(&p, e, 2, &v) != 2 || p >= e || *p != ':')
-            return -1;
+        if (parse_num(&p, e, 2, &v) != 2 || p >= e || *p != ':') return -1;
         t->mm = (int)v;
         p++;
-        if (parse_num(&p, e, 2, &v) != 2)
-            return -1;
+        if (parse_num(&p, e, 2, &v) != 2) return -1;
         t->ss = (int)v;
         if (p < e && *p == '.') {
             p++;
             int n = 0;
             while (p < e && isdigit((unsigned char)*p)) {
-                if (n < 15)
-                    t->frac[n++] = *p;
+                if (n < 15) t->frac[n++] = *p;
                 p++;
             }
         }
@@ -167,8 +186,7 @@ static int parse_ts(const char *s, size_t len, int with_time, ts_t *t)
             int sign = *p == '-' ? -1 : 1;
             p++;
             int64_t h = 0, m = 0, sec = 0;
-            if (parse_num(&p, e, 2, &h) != 2)
-                return -1;
+            if (parse_num(&p, e, 2, &h) != 2) return -1;
             if (p < e && *p == ':') {
                 p++;
                 parse_num(&p, e, 2, &m);
@@ -190,8 +208,7 @@ static int parse_ts(const char *s, size_t len, int with_time, ts_t *t)
 
 static void put_frac(rbuf_t *b, const char *frac, int digits)
 {
-    if (digits <= 0)
-        return;
+    if (digits <= 0) return;
     rb_putc(b, '.');
     size_t n = strlen(frac);
     for (int i = 0; i < digits; i++)
@@ -207,10 +224,8 @@ static int conv_timestamp(const rconv_t *cv, int tz, const char *s, size_t len, 
         rb_puts(b, neg ? "0000-01-01" : "9999-12-31");
         rb_putc(b, cv->iso ? 'T' : ' ');
         rb_puts(b, neg ? "00:00:00" : "23:59:59");
-        if (cv->iso)
-            put_frac(b, "", cv->precision);
-        if (tz)
-            rb_putc(b, 'Z');
+        if (cv->iso) put_frac(b, "", cv->precision);
+        if (tz) rb_putc(b, 'Z');
         return 0;
     }
     ts_t t;
@@ -229,20 +244,31 @@ static int conv_timestamp(const rconv_t *cv, int tz, const char *s, size_t len, 
             t.mm = (int)(r / 60 % 60);
             t.ss = (int)(r % 60);
         }
-        if (t.bc || t.year > 9999)
-            return -1;
+        if (t.bc || t.year > 9999) return -1;
     } else if (!cv->iso) {
         rb_put(b, s, len);
         return 0;
     }
     if (t.year < 10000) {
-        char f[19] = {(char)('0' + t.year / 1000), (char)('0' + t.year / 100 % 10),
-                      (char)('0' + t.year / 10 % 10), (char)('0' + t.year % 10), '-',
-                      (char)('0' + t.mon / 10), (char)('0' + t.mon % 10), '-',
-                      (char)('0' + t.day / 10), (char)('0' + t.day % 10), cv->iso ? 'T' : ' ',
-                      (char)('0' + t.hh / 10), (char)('0' + t.hh % 10), ':',
-                      (char)('0' + t.mm / 10), (char)('0' + t.mm % 10), ':',
-                      (char)('0' + t.ss / 10), (char)('0' + t.ss % 10)};
+        char f[19] = {(char)('0' + t.year / 1000),
+                      (char)('0' + t.year / 100 % 10),
+                      (char)('0' + t.year / 10 % 10),
+                      (char)('0' + t.year % 10),
+                      '-',
+                      (char)('0' + t.mon / 10),
+                      (char)('0' + t.mon % 10),
+                      '-',
+                      (char)('0' + t.day / 10),
+                      (char)('0' + t.day % 10),
+                      cv->iso ? 'T' : ' ',
+                      (char)('0' + t.hh / 10),
+                      (char)('0' + t.hh % 10),
+                      ':',
+                      (char)('0' + t.mm / 10),
+                      (char)('0' + t.mm % 10),
+                      ':',
+                      (char)('0' + t.ss / 10),
+                      (char)('0' + t.ss % 10)};
         rb_put(b, f, sizeof f);
     } else {
         rb_printf(b, "%lld-%02d-%02d%c%02d:%02d:%02d", (long long)t.year, t.mon, t.day,
@@ -252,10 +278,8 @@ static int conv_timestamp(const rconv_t *cv, int tz, const char *s, size_t len, 
         put_frac(b, t.frac, cv->precision);
     else if (t.frac[0])
         put_frac(b, t.frac, (int)strlen(t.frac));
-    if (tz)
-        rb_putc(b, 'Z');
-    if (!tz && t.bc)
-        rb_puts(b, " BC");
+    if (tz) rb_putc(b, 'Z');
+    if (!tz && t.bc) rb_puts(b, " BC");
     return 0;
 }
 
@@ -270,8 +294,7 @@ static void conv_time(const rconv_t *cv, const char *s, size_t len, rbuf_t *b)
     size_t i = 8, n = 0;
     if (i < len && s[i] == '.') {
         for (i++; i < len && isdigit((unsigned char)s[i]); i++)
-            if (n < 15)
-                frac[n++] = s[i];
+            if (n < 15) frac[n++] = s[i];
     }
     put_frac(b, frac, cv->precision);
     rb_put(b, s + i, len - i);
@@ -302,8 +325,7 @@ static void conv_lsn(const char *s, size_t len, rbuf_t *b)
 static int64_t parse_int(const char *s, size_t len)
 {
     char tmp[32];
-    if (len >= sizeof tmp)
-        len = sizeof tmp - 1;
+    if (len >= sizeof tmp) len = sizeof tmp - 1;
     memcpy(tmp, s, len);
     tmp[len] = 0;
     return strtoll(tmp, NULL, 10);
@@ -312,8 +334,7 @@ static int64_t parse_int(const char *s, size_t len)
 static double parse_double(const char *s, size_t len)
 {
     char tmp[64];
-    if (len >= sizeof tmp)
-        len = sizeof tmp - 1;
+    if (len >= sizeof tmp) len = sizeof tmp - 1;
     memcpy(tmp, s, len);
     tmp[len] = 0;
     return strtod(tmp, NULL);
@@ -328,16 +349,26 @@ static void array_elem_json(const rconv_t *cv, uint32_t elem, const char *s, siz
         return;
     }
     switch (elem) {
-    case OID_BOOL: rb_puts(b, (len && s[0] == 't') ? "1" : "0"); return;
+    case OID_BOOL:
+        rb_puts(b, (len && s[0] == 't') ? "1" : "0");
+        return;
     case OID_INT2:
     case OID_INT4:
     case OID_INT8:
-    case OID_OID: rb_int(b, parse_int(s, len)); return;
+    case OID_OID:
+        rb_int(b, parse_int(s, len));
+        return;
     case OID_FLOAT4:
-    case OID_FLOAT8: rj_double(b, parse_double(s, len), 1); return;
+    case OID_FLOAT8:
+        rj_double(b, parse_double(s, len), 1);
+        return;
     case OID_JSON:
-    case OID_JSONB: rb_put(b, s, len); return;
-    case OID_BYTEA: rb_puts(b, "null"); return;
+    case OID_JSONB:
+        rb_put(b, s, len);
+        return;
+    case OID_BYTEA:
+        rb_puts(b, "null");
+        return;
     case OID_DATE:
     case OID_TIME:
     case OID_TIMESTAMP:
@@ -360,7 +391,9 @@ static void array_elem_json(const rconv_t *cv, uint32_t elem, const char *s, siz
         rb_free(&t);
         return;
     }
-    default: rj_string(b, s, len); return;
+    default:
+        rj_string(b, s, len);
+        return;
     }
 }
 
@@ -368,8 +401,7 @@ static void array_elem_json(const rconv_t *cv, uint32_t elem, const char *s, siz
 static int conv_array(const rconv_t *cv, uint32_t elem, const char **p, const char *e, rbuf_t *b,
                       int depth)
 {
-    if (*p >= e || **p != '{' || depth > 32)
-        return -1;
+    if (*p >= e || **p != '{' || depth > 32) return -1;
     (*p)++;
     rb_putc(b, '[');
     int first = 1;
@@ -381,8 +413,7 @@ static int conv_array(const rconv_t *cv, uint32_t elem, const char **p, const ch
         return 0;
     }
     while (*p < e) {
-        if (!first)
-            rb_putc(b, ',');
+        if (!first) rb_putc(b, ',');
         first = 0;
         if (**p == '{') {
             if (conv_array(cv, elem, p, e, b, depth + 1) != 0) {
@@ -396,8 +427,7 @@ static int conv_array(const rconv_t *cv, uint32_t elem, const char **p, const ch
                 quoted = 1;
                 (*p)++;
                 while (*p < e && **p != '"') {
-                    if (**p == '\\' && *p + 1 < e)
-                        (*p)++;
+                    if (**p == '\\' && *p + 1 < e) (*p)++;
                     rb_putc(&item, **p);
                     (*p)++;
                 }
@@ -461,8 +491,7 @@ void rv_from_pg(const rconv_t *cv, uint32_t oid, const char *s, size_t len, rval
         if (len >= 2 && s[0] == '\\' && s[1] == 'x') {
             for (size_t i = 2; i + 1 < len; i += 2) {
                 int hi = hexval(s[i]), lo = hexval(s[i + 1]);
-                if (hi < 0 || lo < 0)
-                    break;
+                if (hi < 0 || lo < 0) break;
                 rb_putc(scratch, (char)(hi << 4 | lo));
             }
             set_scratch(out, SQLITE_BLOB, scratch, start);
@@ -497,8 +526,7 @@ void rv_from_pg(const rconv_t *cv, uint32_t oid, const char *s, size_t len, rval
             /* optional dimension decoration "[1:2]={...}" */
             if (p < e && *p == '[') {
                 const char *eq = memchr(p, '=', len);
-                if (eq)
-                    p = eq + 1;
+                if (eq) p = eq + 1;
             }
             if (conv_array(cv, elem, &p, e, scratch, 0) == 0 && p == e) {
                 set_scratch(out, SQLITE_TEXT, scratch, start);

@@ -32,8 +32,7 @@ static int ident_char(int c)
 static int bind_of(rules_bind_kind_t kind, rules_bind_kind_t *kinds, int *nkinds)
 {
     for (int i = 0; i < *nkinds; i++)
-        if (kinds[i] == kind)
-            return i + 1;
+        if (kinds[i] == kind) return i + 1;
     kinds[(*nkinds)++] = kind;
     return *nkinds;
 }
@@ -42,8 +41,7 @@ static void put_qident(rbuf_t *b, const char *s, size_t n)
 {
     rb_putc(b, '"');
     for (size_t i = 0; i < n; i++) {
-        if (s[i] == '"')
-            rb_putc(b, '"');
+        if (s[i] == '"') rb_putc(b, '"');
         rb_putc(b, s[i]);
     }
     rb_putc(b, '"');
@@ -99,12 +97,12 @@ char *rwrite_rewrite(const char *sql, const char *const *cols, size_t ncols, int
     size_t n = strlen(sql), i = 0, run = 0;
     rbuf_t out = {0};
     char prev = 0; /* last significant character outside literals */
-#define FAIL(off, ...)                                                                           \
-    do {                                                                                         \
-        *err_off = (int)(off);                                                                   \
-        snprintf(err, errlen, __VA_ARGS__);                                                      \
-        rb_free(&out);                                                                           \
-        return NULL;                                                                             \
+#define FAIL(off, ...)                                                                             \
+    do {                                                                                           \
+        *err_off = (int)(off);                                                                     \
+        snprintf(err, errlen, __VA_ARGS__);                                                        \
+        rb_free(&out);                                                                             \
+        return NULL;                                                                               \
     } while (0)
     while (i < n) {
         unsigned char c = (unsigned char)sql[i];
@@ -126,13 +124,11 @@ char *rwrite_rewrite(const char *sql, const char *const *cols, size_t ncols, int
                     i += 2;
                 } else if (sql[i] == '*' && i + 1 < n && sql[i + 1] == '/') {
                     i += 2;
-                    if (--depth == 0)
-                        break;
+                    if (--depth == 0) break;
                 } else
                     i++;
             }
-            if (depth)
-                FAIL(start, "unterminated comment");
+            if (depth) FAIL(start, "unterminated comment");
             rb_put(&out, sql + run, start - run);
             rb_putc(&out, ' ');
             run = i;
@@ -143,8 +139,7 @@ char *rwrite_rewrite(const char *sql, const char *const *cols, size_t ncols, int
                       (i < 2 || !ident_char((unsigned char)sql[i - 2]));
             size_t start = i;
             for (i++;; i++) {
-                if (i >= n)
-                    FAIL(start, "unterminated string literal");
+                if (i >= n) FAIL(start, "unterminated string literal");
                 if (esc && sql[i] == '\\') {
                     i++;
                     continue;
@@ -164,8 +159,7 @@ char *rwrite_rewrite(const char *sql, const char *const *cols, size_t ncols, int
         if (c == '"') {
             size_t start = i;
             char *id = read_ident(sql, n, &i);
-            if (!id)
-                FAIL(start, "unterminated quoted identifier");
+            if (!id) FAIL(start, "unterminated quoted identifier");
             free(id);
             prev = 'a';
             continue;
@@ -184,10 +178,8 @@ char *rwrite_rewrite(const char *sql, const char *const *cols, size_t ncols, int
                 const char *tag = sql + i;
                 size_t k = j + 1;
                 for (;; k++) {
-                    if (k + taglen > n)
-                        FAIL(start, "unterminated dollar-quoted string");
-                    if (memcmp(sql + k, tag, taglen) == 0)
-                        break;
+                    if (k + taglen > n) FAIL(start, "unterminated dollar-quoted string");
+                    if (memcmp(sql + k, tag, taglen) == 0) break;
                 }
                 i = k + taglen;
                 prev = '\'';
@@ -197,10 +189,8 @@ char *rwrite_rewrite(const char *sql, const char *const *cols, size_t ncols, int
             prev = '$';
             continue;
         }
-        if (c == ';')
-            FAIL(i, "\";\" is not allowed: write one expression or query");
-        if (c == '?')
-            FAIL(i, "\"?\" parameters are not allowed");
+        if (c == ';') FAIL(i, "\";\" is not allowed: write one expression or query");
+        if (c == '?') FAIL(i, "\"?\" parameters are not allowed");
         if (ident_start(c) && !(i > 0 && ident_char((unsigned char)sql[i - 1]))) {
             size_t start = i;
             size_t k = i;
@@ -215,8 +205,7 @@ char *rwrite_rewrite(const char *sql, const char *const *cols, size_t ncols, int
                 size_t j = skip_ws(sql, n, dot + 1);
                 size_t name_off = j;
                 char *name = read_ident(sql, n, &j);
-                if (!name)
-                    FAIL(name_off, "expected a name after \"%.*s.\"", (int)wl, sql + i);
+                if (!name) FAIL(name_off, "expected a name after \"%.*s.\"", (int)wl, sql + i);
                 if (is_req) {
                     size_t p = skip_ws(sql, n, j);
                     int call = p < n && sql[p] == '(';
@@ -258,8 +247,7 @@ char *rwrite_rewrite(const char *sql, const char *const *cols, size_t ncols, int
                 }
                 int found = 0;
                 for (size_t x = 0; x < ncols; x++)
-                    if (strcmp(cols[x], name) == 0)
-                        found = 1;
+                    if (strcmp(cols[x], name) == 0) found = 1;
                 if (!found) {
                     char tmp[128];
                     snprintf(tmp, sizeof tmp, "%s", name);
@@ -283,8 +271,7 @@ char *rwrite_rewrite(const char *sql, const char *const *cols, size_t ncols, int
             prev = 'a';
             continue;
         }
-        if (!isspace(c))
-            prev = (char)c;
+        if (!isspace(c)) prev = (char)c;
         i++;
     }
     rb_put(&out, sql + run, n - run);
@@ -327,8 +314,7 @@ static void werr(wc_t *w, const yaml_node_t *n, const char *fmt, ...)
               "%s", buf);
 }
 
-static void split_table(rules_set_t *set, const char *name, const char **schema,
-                        const char **table)
+static void split_table(rules_set_t *set, const char *name, const char **schema, const char **table)
 {
     const char *dot = strchr(name, '.');
     if (dot) {
@@ -375,8 +361,7 @@ static int compile_stmt(wc_t *w, yaml_node_t *node, const char *schema, const ch
         rb_printf(&b, "SELECT COALESCE((%s)::boolean, false)", body);
     free(body);
     if (used_new || used_old) {
-        int p = bind_of(used_new ? RULES_BIND_NEW_ROW_JSONB : RULES_BIND_OLD_ROW_JSONB, kinds,
-                        &nk);
+        int p = bind_of(used_new ? RULES_BIND_NEW_ROW_JSONB : RULES_BIND_OLD_ROW_JSONB, kinds, &nk);
         rb_puts(&b, " FROM jsonb_populate_record(NULL::");
         qualified(&b, schema, table);
         rb_printf(&b, ", $%d::jsonb) AS \"%s\"", p, used_new ? "new" : "old");
@@ -476,7 +461,7 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
                  it < ops->data.sequence.items.top; it++) {
                 yaml_node_t *o = wnode(&w, *it);
                 const char *s = ys(o);
-                int bit = !s ? 0
+                int bit = !s                         ? 0
                           : strcmp(s, "insert") == 0 ? RULES_OP_INSERT
                           : strcmp(s, "update") == 0 ? RULES_OP_UPDATE
                           : strcmp(s, "delete") == 0 ? RULES_OP_DELETE
@@ -499,7 +484,8 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
             werr(&w, cols, "\"columns\" must be a list of column names");
             bad = 1;
         } else {
-            size_t nitems = (size_t)(cols->data.sequence.items.top - cols->data.sequence.items.start);
+            size_t nitems =
+                (size_t)(cols->data.sequence.items.top - cols->data.sequence.items.start);
             cl = rset_own(set, rx_calloc(nitems + 2, sizeof(char *)));
             int has_id = 0;
             for (yaml_node_item_t *it = cols->data.sequence.items.start;
@@ -513,19 +499,16 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
                 }
                 int dupc = 0;
                 for (size_t x = 0; x < ncl; x++)
-                    if (strcmp(cl[x], s) == 0)
-                        dupc = 1;
+                    if (strcmp(cl[x], s) == 0) dupc = 1;
                 if (dupc) {
                     werr(&w, o, "duplicate column \"%s\"", s);
                     bad = 1;
                     continue;
                 }
-                if (strcmp(s, "id") == 0)
-                    has_id = 1;
+                if (strcmp(s, "id") == 0) has_id = 1;
                 cl[ncl++] = rset_own(set, rx_strdup(s));
             }
-            if (!has_id)
-                cl[ncl++] = "id";
+            if (!has_id) cl[ncl++] = "id";
         }
         r->columns = cl;
         r->ncolumns = ncl;
@@ -533,8 +516,7 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
             const char *s = ys(lww);
             int found = 0;
             for (size_t x = 0; s && x < ncl; x++)
-                if (strcmp(cl[x], s) == 0)
-                    found = 1;
+                if (strcmp(cl[x], s) == 0) found = 1;
             if (!found) {
                 werr(&w, lww, "\"lww_column\" \"%s\" is not listed in \"columns\"", s ? s : "?");
                 bad = 1;
@@ -542,22 +524,22 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
                 r->lww_column = rset_own(set, rx_strdup(s));
         }
         if (check && !(r->operations & (RULES_OP_INSERT | RULES_OP_UPDATE))) {
-            werr(&w, check, "\"check\" applies to insert and update, and \"operations\" allows "
-                            "neither");
+            werr(&w, check,
+                 "\"check\" applies to insert and update, and \"operations\" allows "
+                 "neither");
             bad = 1;
         } else if (check && cl &&
                    compile_stmt(&w, check, r->schema, r->table, cl, ncl, 0, &r->check) != 0)
             bad = 1;
         if (check_old && !(r->operations & (RULES_OP_UPDATE | RULES_OP_DELETE))) {
-            werr(&w, check_old, "\"check_old\" applies to update and delete, and \"operations\" "
-                                "allows neither");
+            werr(&w, check_old,
+                 "\"check_old\" applies to update and delete, and \"operations\" "
+                 "allows neither");
             bad = 1;
         } else if (check_old && cl &&
-                   compile_stmt(&w, check_old, r->schema, r->table, cl, ncl, 1, &r->check_old) !=
-                       0)
+                   compile_stmt(&w, check_old, r->schema, r->table, cl, ncl, 1, &r->check_old) != 0)
             bad = 1;
-        if (bad)
-            continue;
+        if (bad) continue;
         table_use_write(set, r->schema, r->table);
         set->nwrites++;
     }
@@ -582,8 +564,7 @@ void rwrite_compile_constraints(rules_set_t *set, rules_diags_t *d, const char *
         }
         int dup = 0;
         for (size_t i = 0; i < set->nconstraints; i++)
-            if (strcmp(set->constraints[i].name, name) == 0)
-                dup = 1;
+            if (strcmp(set->constraints[i].name, name) == 0) dup = 1;
         if (dup) {
             werr(&w, k, "duplicate constraint \"%s\"", name);
             continue;
@@ -624,8 +605,8 @@ void rwrite_compile_constraints(rules_set_t *set, rules_diags_t *d, const char *
                  ys(tn));
             continue;
         }
-        if (bad || compile_stmt(&w, qn, c->schema, c->table, wr->columns, wr->ncolumns, 2,
-                                &c->stmt) != 0)
+        if (bad ||
+            compile_stmt(&w, qn, c->schema, c->table, wr->columns, wr->ncolumns, 2, &c->stmt) != 0)
             continue;
         set->nconstraints++;
     }
@@ -644,8 +625,7 @@ const rules_write_rule_t *rules_write_at(const rules_set_t *set, size_t i)
 const rules_write_rule_t *rules_write_find(const rules_set_t *set, const char *schema,
                                            const char *table)
 {
-    if (!schema)
-        schema = "public";
+    if (!schema) schema = "public";
     for (size_t i = 0; i < set->nwrites; i++)
         if (strcmp(set->writes[i].schema, schema) == 0 && strcmp(set->writes[i].table, table) == 0)
             return &set->writes[i];

@@ -24,13 +24,12 @@
 
 static const ferry_column_t LIST_COLS[] = {
     {"org_id", FERRY_TEXT}, {"owner_id", FERRY_TEXT}, {"name", FERRY_TEXT}, {NULL, 0}};
-static const ferry_column_t TODO_COLS[] = {{"list_id", FERRY_TEXT},     {"org_id", FERRY_TEXT},
-                                           {"description", FERRY_TEXT}, {"completed", FERRY_INTEGER},
-                                           {"created_by", FERRY_TEXT},  {NULL, 0}};
+static const ferry_column_t TODO_COLS[] = {
+    {"list_id", FERRY_TEXT},      {"org_id", FERRY_TEXT},     {"description", FERRY_TEXT},
+    {"completed", FERRY_INTEGER}, {"created_by", FERRY_TEXT}, {NULL, 0}};
 static const ferry_index_t TODO_IDX[] = {{"list", {"list_id", NULL}}, {NULL, {NULL}}};
-static const ferry_table_t TABLES[] = {{"lists", LIST_COLS, NULL, 0},
-                                       {"todos", TODO_COLS, TODO_IDX, 0},
-                                       {NULL, NULL, NULL, 0}};
+static const ferry_table_t TABLES[] = {
+    {"lists", LIST_COLS, NULL, 0}, {"todos", TODO_COLS, TODO_IDX, 0}, {NULL, NULL, NULL, 0}};
 static const ferry_schema_t SCHEMA = {TABLES};
 
 static const char *g_token;
@@ -61,9 +60,12 @@ static char *token_sub(const char *tok)
     int bits = 0;
     for (size_t i = 0; i < n; i++) {
         char c = p[1 + i];
-        int v = c >= 'A' && c <= 'Z' ? c - 'A' : c >= 'a' && c <= 'z' ? c - 'a' + 26
-              : c >= '0' && c <= '9' ? c - '0' + 52 : c == '-' || c == '+' ? 62
-              : c == '_' || c == '/' ? 63 : -1;
+        int v = c >= 'A' && c <= 'Z'   ? c - 'A'
+                : c >= 'a' && c <= 'z' ? c - 'a' + 26
+                : c >= '0' && c <= '9' ? c - '0' + 52
+                : c == '-' || c == '+' ? 62
+                : c == '_' || c == '/' ? 63
+                                       : -1;
         if (v < 0) continue;
         acc = (acc << 6) | (unsigned)v;
         bits += 6;
@@ -82,9 +84,11 @@ static char *token_sub(const char *tok)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: ferry-todo --db FILE [--endpoint URL] [--token TOKEN] "
-                    "(add TEXT [--list ID] | list | lists | done ID | rm ID | edit ID TEXT | sync [--wait] | "
-                    "status)\n");
+    fprintf(
+        stderr,
+        "usage: ferry-todo --db FILE [--endpoint URL] [--token TOKEN] "
+        "(add TEXT [--list ID] | list | lists | done ID | rm ID | edit ID TEXT | sync [--wait] | "
+        "status)\n");
     return 2;
 }
 
@@ -150,8 +154,8 @@ static int cmd_sync(ferry_db_t *db, const char *endpoint, int wait)
     printf("%s: received %lld ops, queue %lld, checksum failures %lld, checkpoint %lld%s%s\n",
            rc == 0 ? "synced" : "not synced", (long long)st.ops_received_total,
            (long long)st.upload_queue_length, (long long)st.checksum_failures,
-           (long long)st.applied_checkpoint,
-           st.last_error[0] ? ", last error: " : "", st.last_error);
+           (long long)st.applied_checkpoint, st.last_error[0] ? ", last error: " : "",
+           st.last_error);
     return rc == 0 || !wait ? 0 : 1;
 }
 
@@ -163,14 +167,23 @@ int main(int argc, char **argv)
     int nargs = 0;
     if (!args) return 1;
     for (; i < argc; i++) {
-        if (strcmp(argv[i], "--db") == 0 && i + 1 < argc) path = argv[++i];
-        else if (strcmp(argv[i], "--endpoint") == 0 && i + 1 < argc) endpoint = argv[++i];
-        else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc) g_token = argv[++i];
-        else if (strcmp(argv[i], "--list") == 0 && i + 1 < argc) list = argv[++i];
-        else if (strcmp(argv[i], "--wait") == 0) wait = 1;
-        else args[nargs++] = argv[i];
+        if (strcmp(argv[i], "--db") == 0 && i + 1 < argc)
+            path = argv[++i];
+        else if (strcmp(argv[i], "--endpoint") == 0 && i + 1 < argc)
+            endpoint = argv[++i];
+        else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc)
+            g_token = argv[++i];
+        else if (strcmp(argv[i], "--list") == 0 && i + 1 < argc)
+            list = argv[++i];
+        else if (strcmp(argv[i], "--wait") == 0)
+            wait = 1;
+        else
+            args[nargs++] = argv[i];
     }
-    if (!path || nargs == 0) { free(args); return usage(); }
+    if (!path || nargs == 0) {
+        free(args);
+        return usage();
+    }
     ferry_db_t *db;
     ferry_error_t err;
     if (ferry_open(path, &SCHEMA, &db, &err) != 0) {
@@ -191,7 +204,8 @@ int main(int argc, char **argv)
             sqlite3_stmt *st;
             if (sqlite3_prepare_v2(ferry_sqlite(db),
                                    "SELECT id FROM lists ORDER BY owner_id IS NOT ?1, "
-                                   "org_id IS NOT NULL, id LIMIT 1", -1, &st, NULL) == SQLITE_OK) {
+                                   "org_id IS NOT NULL, id LIMIT 1",
+                                   -1, &st, NULL) == SQLITE_OK) {
                 sqlite3_bind_text(st, 1, user ? user : "", -1, SQLITE_STATIC);
                 if (sqlite3_step(st) == SQLITE_ROW)
                     snprintf(chosen, sizeof chosen, "%s", sqlite3_column_text(st, 0));
@@ -201,10 +215,11 @@ int main(int argc, char **argv)
         if (!chosen[0]) {
             fprintf(stderr, "ferry-todo: no list to add to; run \"sync\" first or pass --list\n");
             rc = 1;
-        } else if (write1(db,
-                          "INSERT INTO todos(id, list_id, org_id, description, completed, created_by) "
-                          "SELECT ?1, ?2, (SELECT org_id FROM lists WHERE id = ?2), ?3, 0, ?4",
-                          id, chosen, args[1], user ? user : "", NULL) != 1) {
+        } else if (write1(
+                       db,
+                       "INSERT INTO todos(id, list_id, org_id, description, completed, created_by) "
+                       "SELECT ?1, ?2, (SELECT org_id FROM lists WHERE id = ?2), ?3, 0, ?4",
+                       id, chosen, args[1], user ? user : "", NULL) != 1) {
             rc = 1;
         } else {
             printf("%s\n", id);
@@ -215,8 +230,9 @@ int main(int argc, char **argv)
     } else if (strcmp(cmd, "lists") == 0 && nargs == 1) {
         rc = print_rows(db, "SELECT id, name FROM lists ORDER BY id");
     } else if ((strcmp(cmd, "done") == 0 || strcmp(cmd, "rm") == 0) && nargs == 2) {
-        int n = write1(db, cmd[0] == 'd' ? "UPDATE todos SET completed = 1 WHERE id = ?1"
-                                         : "DELETE FROM todos WHERE id = ?1",
+        int n = write1(db,
+                       cmd[0] == 'd' ? "UPDATE todos SET completed = 1 WHERE id = ?1"
+                                     : "DELETE FROM todos WHERE id = ?1",
                        args[1], NULL, NULL, NULL, NULL);
         if (n == 0) fprintf(stderr, "ferry-todo: no todo \"%s\"\n", args[1]);
         rc = n == 1 ? 0 : 1;

@@ -48,8 +48,8 @@ enum {
 
 /** An error description filled by functions that take one; message is empty on success. */
 typedef struct ferry_error {
-    int code;           /* the FERRY_E* code */
-    char message[256];  /* e.g. "could not open database \"x.db\": unable to open database file" */
+    int code;          /* the FERRY_E* code */
+    char message[256]; /* e.g. "could not open database \"x.db\": unable to open database file" */
 } ferry_error_t;
 
 /** Returns a static English name for a FERRY_E* code ("invalid argument", ...); never NULL. */
@@ -182,17 +182,17 @@ typedef enum ferry_state {
 /** A snapshot of the sync status. */
 typedef struct ferry_status {
     ferry_state_t state;
-    int downloading;              /* ops of the current checkpoint are arriving */
-    int64_t ops_downloaded;       /* in the current checkpoint */
-    int64_t ops_total;            /* expected in the current checkpoint (from bucket counts) */
-    int64_t prio_downloaded[4];   /* the same per priority 0..3 */
+    int downloading;            /* ops of the current checkpoint are arriving */
+    int64_t ops_downloaded;     /* in the current checkpoint */
+    int64_t ops_total;          /* expected in the current checkpoint (from bucket counts) */
+    int64_t prio_downloaded[4]; /* the same per priority 0..3 */
     int64_t prio_total[4];
-    int64_t ops_received_total;   /* every op received since ferry_connect */
-    int64_t last_synced_at;       /* unix seconds of the last applied full checkpoint, 0 = never */
-    int64_t applied_checkpoint;   /* last_op_id of that checkpoint */
+    int64_t ops_received_total; /* every op received since ferry_connect */
+    int64_t last_synced_at;     /* unix seconds of the last applied full checkpoint, 0 = never */
+    int64_t applied_checkpoint; /* last_op_id of that checkpoint */
     int64_t upload_queue_length;
-    int64_t checksum_failures;    /* buckets dropped and downloaded again, since open */
-    char last_error[256];         /* empty when the last attempt succeeded */
+    int64_t checksum_failures; /* buckets dropped and downloaded again, since open */
+    char last_error[256];      /* empty when the last attempt succeeded */
 } ferry_status_t;
 
 /** Called on every status change, on the sync thread (while a stream is open: its apply

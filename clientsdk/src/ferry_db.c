@@ -53,16 +53,26 @@ typedef struct ferry_watch {
 const char *ferry_strerror(int code)
 {
     switch (code) {
-    case FERRY_OK: return "success";
-    case FERRY_EINVAL: return "invalid argument";
-    case FERRY_ENOMEM: return "out of memory";
-    case FERRY_ESQLITE: return "SQLite error";
-    case FERRY_ESTATE: return "not allowed in this state";
-    case FERRY_ETIMEOUT: return "timed out";
-    case FERRY_EPROTO: return "protocol violation";
-    case FERRY_ENET: return "network error";
-    case FERRY_EAUTH: return "not authorized";
-    case FERRY_ECHECKSUM: return "checksum mismatch";
+    case FERRY_OK:
+        return "success";
+    case FERRY_EINVAL:
+        return "invalid argument";
+    case FERRY_ENOMEM:
+        return "out of memory";
+    case FERRY_ESQLITE:
+        return "SQLite error";
+    case FERRY_ESTATE:
+        return "not allowed in this state";
+    case FERRY_ETIMEOUT:
+        return "timed out";
+    case FERRY_EPROTO:
+        return "protocol violation";
+    case FERRY_ENET:
+        return "network error";
+    case FERRY_EAUTH:
+        return "not authorized";
+    case FERRY_ECHECKSUM:
+        return "checksum mismatch";
     }
     return "unknown error";
 }
@@ -156,8 +166,9 @@ int ferry__open_conn(const char *path, sqlite3 **out, int *applying, ferry_error
     sqlite3 *c = NULL;
     /* the sync and upload connections (applying == NULL) are private to one thread each: no
      * per-call mutex (it cost ~10% of an initial sync); the app's connection keeps it */
-    int rc = sqlite3_open_v2(path, &c, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                           (applying ? SQLITE_OPEN_FULLMUTEX : SQLITE_OPEN_NOMUTEX),
+    int rc = sqlite3_open_v2(path, &c,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                 (applying ? SQLITE_OPEN_FULLMUTEX : SQLITE_OPEN_NOMUTEX),
                              NULL);
     if (rc != SQLITE_OK) {
         ferry__seterr(err, rc == SQLITE_NOMEM ? FERRY_ENOMEM : FERRY_ESQLITE,
@@ -169,9 +180,9 @@ int ferry__open_conn(const char *path, sqlite3 **out, int *applying, ferry_error
     }
     sqlite3_busy_timeout(c, 10000);
     char *msg = NULL;
-    if (sqlite3_exec(c, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL, NULL,
-                     &msg) != SQLITE_OK ||
-        sqlite3_create_function(c, "ferry_applying", 0, SQLITE_UTF8, 
+    if (sqlite3_exec(c, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL, NULL, &msg) !=
+            SQLITE_OK ||
+        sqlite3_create_function(c, "ferry_applying", 0, SQLITE_UTF8,
                                 applying ? applying : &APPLYING_YES, fn_applying, NULL,
                                 NULL) != SQLITE_OK ||
         sqlite3_create_function(c, "ferry_txid", 0, SQLITE_UTF8, NULL, fn_txid, NULL, NULL) !=
@@ -191,7 +202,8 @@ int64_t ferry__kv_get_int(sqlite3 *c, const char *key, int64_t dflt)
 {
     sqlite3_stmt *st;
     int64_t v = dflt;
-    if (sqlite3_prepare_v2(c, "SELECT value FROM ferry_kv WHERE key = ?", -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(c, "SELECT value FROM ferry_kv WHERE key = ?", -1, &st, NULL) !=
+        SQLITE_OK)
         return dflt;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
@@ -225,9 +237,9 @@ void ferry_uuid(char buf[37])
     if (!ok) sqlite3_randomness(sizeof b, b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    snprintf(buf, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-             b[13], b[14], b[15]);
+    snprintf(buf, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
 }
 
 /* A growable string for building SQL; on OOM it sets failed and stops growing. */
@@ -245,13 +257,21 @@ static void sb_add(sbuf_t *b, const char *fmt, ...)
     va_start(ap, fmt);
     char *s = sqlite3_vmprintf(fmt, ap); /* %w, %q available */
     va_end(ap);
-    if (!s) { b->failed = 1; return; }
+    if (!s) {
+        b->failed = 1;
+        return;
+    }
     size_t n = strlen(s);
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 1024;
-        while (cap < b->len + n + 1) cap *= 2;
+        while (cap < b->len + n + 1)
+            cap *= 2;
         char *np = realloc(b->p, cap);
-        if (!np) { sqlite3_free(s); b->failed = 1; return; }
+        if (!np) {
+            sqlite3_free(s);
+            b->failed = 1;
+            return;
+        }
         b->p = np;
         b->cap = cap;
     }
@@ -300,8 +320,10 @@ static int migrate_oplog(sqlite3 *c, ferry_error_t *err)
 {
     sqlite3_stmt *st;
     int old = 0;
-    if (sqlite3_prepare_v2(c, "SELECT count(*) FROM pragma_table_xinfo('ferry_oplog') "
-                              "WHERE name = 'key' AND hidden = 2", -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(c,
+                           "SELECT count(*) FROM pragma_table_xinfo('ferry_oplog') "
+                           "WHERE name = 'key' AND hidden = 2",
+                           -1, &st, NULL) != SQLITE_OK) {
         ferry__seterr(err, FERRY_ESQLITE, "could not inspect the oplog: %s", sqlite3_errmsg(c));
         return FERRY_ESQLITE;
     }
@@ -309,8 +331,10 @@ static int migrate_oplog(sqlite3 *c, ferry_error_t *err)
     sqlite3_finalize(st);
     if (virtual_key)
         return exec_sql(c, "ALTER TABLE ferry_oplog DROP COLUMN key", err, "migrate the oplog");
-    if (sqlite3_prepare_v2(c, "SELECT count(*) FROM pragma_table_info('ferry_oplog') "
-                              "WHERE name = 'subkey'", -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(c,
+                           "SELECT count(*) FROM pragma_table_info('ferry_oplog') "
+                           "WHERE name = 'subkey'",
+                           -1, &st, NULL) != SQLITE_OK) {
         ferry__seterr(err, FERRY_ESQLITE, "could not inspect the oplog: %s", sqlite3_errmsg(c));
         return FERRY_ESQLITE;
     }
@@ -386,7 +410,10 @@ static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_tabl
     }
     int exists = 0;
     char *have = calloc((size_t)t->ncols + 1, 1);
-    if (!have) { sqlite3_finalize(st); return FERRY_ENOMEM; }
+    if (!have) {
+        sqlite3_finalize(st);
+        return FERRY_ENOMEM;
+    }
     while (sqlite3_step(st) == SQLITE_ROW) {
         const char *n = (const char *)sqlite3_column_text(st, 0);
         exists = 1;
@@ -423,8 +450,9 @@ static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_tabl
             sb_add(&b, ");");
         }
     /* triggers: recreated on every open so they follow the columns */
-    sb_add(&b, "DROP TRIGGER IF EXISTS \"ferry_ins_%w\"; DROP TRIGGER IF EXISTS \"ferry_upd_%w\";"
-               "DROP TRIGGER IF EXISTS \"ferry_del_%w\"; DROP TRIGGER IF EXISTS \"ferry_id_%w\";",
+    sb_add(&b,
+           "DROP TRIGGER IF EXISTS \"ferry_ins_%w\"; DROP TRIGGER IF EXISTS \"ferry_upd_%w\";"
+           "DROP TRIGGER IF EXISTS \"ferry_del_%w\"; DROP TRIGGER IF EXISTS \"ferry_id_%w\";",
            t->name, t->name, t->name, t->name);
     if (!t->local_only) {
         const char *mark = "INSERT OR IGNORE INTO ferry_updated(row_type, row_id, bucket) "
@@ -432,12 +460,14 @@ static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_tabl
                            "VALUES ('target', 9223372036854775807);";
         /* INSERT -> PUT with every non-NULL column (json_object takes at most 127 arguments,
          * so columns go in groups merged with json_patch, which also drops NULLs) */
-        sb_add(&b, "CREATE TRIGGER \"ferry_ins_%w\" AFTER INSERT ON \"%w\" WHEN NOT "
-                   "ferry_applying() BEGIN INSERT INTO ferry_crud(tx_id, op, type, row_id, data) "
-                   "VALUES (ferry_txid(), 'PUT', %Q, NEW.id, ",
+        sb_add(&b,
+               "CREATE TRIGGER \"ferry_ins_%w\" AFTER INSERT ON \"%w\" WHEN NOT "
+               "ferry_applying() BEGIN INSERT INTO ferry_crud(tx_id, op, type, row_id, data) "
+               "VALUES (ferry_txid(), 'PUT', %Q, NEW.id, ",
                t->name, t->name, t->name);
         int groups = (t->ncols + 49) / 50;
-        for (int g = 0; g < groups; g++) sb_add(&b, "json_patch(");
+        for (int g = 0; g < groups; g++)
+            sb_add(&b, "json_patch(");
         sb_add(&b, "'{}'");
         for (int g = 0; g < groups; g++) {
             sb_add(&b, ", json_object(");
@@ -449,20 +479,23 @@ static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_tabl
         sb_add(&b, mark, t->name, "NEW");
         sb_add(&b, " END;");
         /* the id never changes */
-        sb_add(&b, "CREATE TRIGGER \"ferry_id_%w\" BEFORE UPDATE OF id ON \"%w\" WHEN NEW.id IS "
-                   "NOT OLD.id BEGIN SELECT RAISE(ABORT, 'cannot change the id of a synced row');"
-                   " END;",
+        sb_add(&b,
+               "CREATE TRIGGER \"ferry_id_%w\" BEFORE UPDATE OF id ON \"%w\" WHEN NEW.id IS "
+               "NOT OLD.id BEGIN SELECT RAISE(ABORT, 'cannot change the id of a synced row');"
+               " END;",
                t->name, t->name);
         /* UPDATE -> PATCH with the changed columns only; an update changing nothing is no op */
         if (t->ncols > 0) {
-            sb_add(&b, "CREATE TRIGGER \"ferry_upd_%w\" AFTER UPDATE ON \"%w\" WHEN NOT "
-                       "ferry_applying() AND (",
+            sb_add(&b,
+                   "CREATE TRIGGER \"ferry_upd_%w\" AFTER UPDATE ON \"%w\" WHEN NOT "
+                   "ferry_applying() AND (",
                    t->name, t->name);
             for (int i = 0; i < t->ncols; i++)
                 sb_add(&b, "%sNEW.\"%w\" IS NOT OLD.\"%w\"", i ? " OR " : "", t->cols[i],
                        t->cols[i]);
-            sb_add(&b, ") BEGIN INSERT INTO ferry_crud(tx_id, op, type, row_id, data) VALUES "
-                       "(ferry_txid(), 'PATCH', %Q, NEW.id, (SELECT json_group_object(k, v) FROM (",
+            sb_add(&b,
+                   ") BEGIN INSERT INTO ferry_crud(tx_id, op, type, row_id, data) VALUES "
+                   "(ferry_txid(), 'PATCH', %Q, NEW.id, (SELECT json_group_object(k, v) FROM (",
                    t->name);
             for (int i = 0; i < t->ncols; i++)
                 sb_add(&b, "%sSELECT %Q AS k, NEW.\"%w\" AS v WHERE NEW.\"%w\" IS NOT OLD.\"%w\"",
@@ -471,14 +504,18 @@ static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_tabl
             sb_add(&b, mark, t->name, "NEW");
             sb_add(&b, " END;");
         }
-        sb_add(&b, "CREATE TRIGGER \"ferry_del_%w\" AFTER DELETE ON \"%w\" WHEN NOT "
-                   "ferry_applying() BEGIN INSERT INTO ferry_crud(tx_id, op, type, row_id, data) "
-                   "VALUES (ferry_txid(), 'DELETE', %Q, OLD.id, NULL); ",
+        sb_add(&b,
+               "CREATE TRIGGER \"ferry_del_%w\" AFTER DELETE ON \"%w\" WHEN NOT "
+               "ferry_applying() BEGIN INSERT INTO ferry_crud(tx_id, op, type, row_id, data) "
+               "VALUES (ferry_txid(), 'DELETE', %Q, OLD.id, NULL); ",
                t->name, t->name, t->name);
         sb_add(&b, mark, t->name, "OLD");
         sb_add(&b, " END;");
     }
-    if (b.failed) { free(b.p); return FERRY_ENOMEM; }
+    if (b.failed) {
+        free(b.p);
+        return FERRY_ENOMEM;
+    }
     char what[160];
     snprintf(what, sizeof what, "migrate table \"%s\"", t->name);
     rc = exec_sql(c, b.p, err, what);
@@ -491,7 +528,8 @@ static void free_tables(ferry_db_t *db)
     for (int i = 0; i < db->ntables; i++) {
         ferry_tdef_t *t = &db->tables[i];
         free(t->name);
-        for (int k = 0; k < t->ncols; k++) free(t->cols[k]);
+        for (int k = 0; k < t->ncols; k++)
+            free(t->cols[k]);
         free(t->cols);
         free(t->types);
     }
@@ -517,7 +555,8 @@ static int copy_schema(ferry_db_t *db, const ferry_schema_t *schema, ferry_error
         ferry_tdef_t *t = &db->tables[db->ntables++];
         memset(t, 0, sizeof *t);
         int n = 0;
-        while (src->columns && src->columns[n].name) n++;
+        while (src->columns && src->columns[n].name)
+            n++;
         t->name = strdup(src->name);
         t->cols = calloc((size_t)n + 1, sizeof *t->cols);
         t->types = calloc((size_t)n + 1, sizeof *t->types);
@@ -527,8 +566,8 @@ static int copy_schema(ferry_db_t *db, const ferry_schema_t *schema, ferry_error
             const ferry_column_t *col = &src->columns[i];
             if (!*col->name || strcmp(col->name, "id") == 0 || col->type < FERRY_TEXT ||
                 col->type > FERRY_REAL) {
-                ferry__seterr(err, FERRY_EINVAL, "invalid column \"%s\" in table \"%s\"",
-                              col->name, src->name);
+                ferry__seterr(err, FERRY_EINVAL, "invalid column \"%s\" in table \"%s\"", col->name,
+                              src->name);
                 return FERRY_EINVAL;
             }
             for (int k = 0; k < i; k++)
@@ -557,7 +596,8 @@ static void *watch_main(void *arg)
     ferry_db_t *db = arg;
     pthread_mutex_lock(&db->mu);
     for (;;) {
-        while (!db->watch_stop && db->changed == 0) pthread_cond_wait(&db->cond, &db->mu);
+        while (!db->watch_stop && db->changed == 0)
+            pthread_cond_wait(&db->cond, &db->mu);
         if (db->watch_stop) break;
         uint64_t ch = db->changed;
         db->changed = 0;
@@ -569,7 +609,8 @@ static void *watch_main(void *arg)
             ferry_watch_t *w = db->watches;
             for (; w; w = w->next) {
                 int done = 0;
-                for (int k = 0; k < nserved; k++) done |= served[k] == w->id;
+                for (int k = 0; k < nserved; k++)
+                    done |= served[k] == w->id;
                 if (!done && (w->mask & ch)) break;
             }
             if (!w || nserved == 256) break;
@@ -627,19 +668,25 @@ void ferry_unwatch(ferry_db_t *db, int id)
             break;
         }
     if (!pthread_equal(pthread_self(), db->watch_thread))
-        while (db->in_watch_id == id) pthread_cond_wait(&db->cond, &db->mu);
+        while (db->in_watch_id == id)
+            pthread_cond_wait(&db->cond, &db->mu);
     pthread_mutex_unlock(&db->mu);
 }
 
 /* ---- open / close -------------------------------------------------------------------------- */
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-
-int ferry_open(const char *path, const ferry_schema_t *schema, ferry_db_t **out,
-               ferry_error_t *err)
+static void curl_init_once(void)
 {
-    if (err) { err->code = 0; err->message[0] = 0; }
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int ferry_open(const char *path, const ferry_schema_t *schema, ferry_db_t **out, ferry_error_t *err)
+{
+    if (err) {
+        err->code = 0;
+        err->message[0] = 0;
+    }
     if (!out) return FERRY_EINVAL;
     *out = NULL;
     if (!path || !*path) {
@@ -654,7 +701,10 @@ int ferry_open(const char *path, const ferry_schema_t *schema, ferry_db_t **out,
     }
     pthread_once(&curl_once, curl_init_once);
     ferry_db_t *db = calloc(1, sizeof *db);
-    if (!db) { ferry__seterr(err, FERRY_ENOMEM, "out of memory"); return FERRY_ENOMEM; }
+    if (!db) {
+        ferry__seterr(err, FERRY_ENOMEM, "out of memory");
+        return FERRY_ENOMEM;
+    }
     pthread_mutex_init(&db->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -679,8 +729,7 @@ int ferry_open(const char *path, const ferry_schema_t *schema, ferry_db_t **out,
     if ((rc = enable_subkey_prefixes(db->app, err)) != 0) goto rollback;
     /* the key index (made again here when a first sync without it was interrupted) */
     if (ferry__oplog_index(db->app) != SQLITE_OK) {
-        ferry__seterr(err, FERRY_ESQLITE, "could not index the oplog: %s",
-                      sqlite3_errmsg(db->app));
+        ferry__seterr(err, FERRY_ESQLITE, "could not index the oplog: %s", sqlite3_errmsg(db->app));
         rc = FERRY_ESQLITE;
         goto rollback;
     }
@@ -777,9 +826,15 @@ void ferry_close(ferry_db_t *db)
     free(db);
 }
 
-sqlite3 *ferry_sqlite(ferry_db_t *db) { return db ? db->app : NULL; }
+sqlite3 *ferry_sqlite(ferry_db_t *db)
+{
+    return db ? db->app : NULL;
+}
 
-const char *ferry_client_id(ferry_db_t *db) { return db ? db->client_id : NULL; }
+const char *ferry_client_id(ferry_db_t *db)
+{
+    return db ? db->client_id : NULL;
+}
 
 int ferry_exec(ferry_db_t *db, const char *sql, ferry_error_t *err)
 {
@@ -843,7 +898,10 @@ int ferry_queue_peek(ferry_db_t *db, size_t max, ferry_crud_t **out, size_t *n)
         if (cnt == cap) {
             cap = cap ? cap * 2 : 16;
             ferry_crud_t *nv = realloc(v, cap * sizeof *v);
-            if (!nv) { rc = FERRY_ENOMEM; break; }
+            if (!nv) {
+                rc = FERRY_ENOMEM;
+                break;
+            }
             v = nv;
         }
         ferry_crud_t *e = &v[cnt];
@@ -862,7 +920,10 @@ int ferry_queue_peek(ferry_db_t *db, size_t max, ferry_crud_t **out, size_t *n)
     }
     if (!rc && s != SQLITE_DONE) rc = FERRY_ESQLITE;
     sqlite3_finalize(st);
-    if (rc) { ferry_crud_free(v, cnt); return rc; }
+    if (rc) {
+        ferry_crud_free(v, cnt);
+        return rc;
+    }
     *out = v;
     *n = cnt;
     return 0;

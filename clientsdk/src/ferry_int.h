@@ -8,12 +8,15 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#define FERRY_MAX_TABLES 64
-#define FERRY_SUBKEY_PREFIXES 255 /* subkey prefixes numbered in ferry_subkeys, at most */
-#define FERRY_TARGET_UNKNOWN INT64_MAX /* write checkpoint not known yet (local writes pending) */
+#define FERRY_MAX_TABLES      64
+#define FERRY_SUBKEY_PREFIXES 255       /* subkey prefixes numbered in ferry_subkeys, at most */
+#define FERRY_TARGET_UNKNOWN  INT64_MAX /* write checkpoint not known yet (local writes pending) */
 
 /* Checksums are u32 with wrapping addition (protocol §2.4). */
-static inline uint32_t ferry__ck_add(uint32_t a, uint32_t b) { return a + b; }
+static inline uint32_t ferry__ck_add(uint32_t a, uint32_t b)
+{
+    return a + b;
+}
 
 /* Parses a JSON checksum (an integer in [-2^31, 2^32-1] or an integral real) into *out;
  * returns 0, or -1 when it is out of range or not a number. */
@@ -51,38 +54,38 @@ typedef struct ferry_scan {
 
 /* The sync state owned by the sync thread (and by unit tests that feed lines directly). */
 typedef struct ferry_sync {
-    sqlite3 *conn;              /* the sync connection (triggers suppressed) */
-    int have_cp;                /* a checkpoint line arrived on this connection */
+    sqlite3 *conn; /* the sync connection (triggers suppressed) */
+    int have_cp;   /* a checkpoint line arrived on this connection */
     int64_t cp_last_op;
-    int64_t cp_write_cp;        /* -1 when none */
+    int64_t cp_write_cp; /* -1 when none */
     ferry_cbucket_t *buckets;
     size_t nbuckets, capbuckets;
-    int pending;                /* validated but blocked by uploads */
-    int64_t applied_cp;         /* last applied full checkpoint on this connection, -1 none */
-    int complete_seen;          /* the newest checkpoint was complete (validated or not) */
+    int pending;        /* validated but blocked by uploads */
+    int64_t applied_cp; /* last applied full checkpoint on this connection, -1 none */
+    int complete_seen;  /* the newest checkpoint was complete (validated or not) */
     char errmsg[256];
     sqlite3_stmt *st[24];
-    int batch_ops;              /* data lines share a transaction until this many ops or
-                                   250 ms (0: one transaction per line, as in unit tests) */
-    int in_tx;                  /* a data-line transaction is open */
-    int64_t tx_ops, tx_start;   /* its ops and start (monotonic ms) */
-    ferry_scan_t scan;          /* the data-line scanner's buffers for ferry__sync_line */
-    struct jrow *jrow;          /* the row read by the SQL functions ferry_jok / ferry_col */
-    int wal_frames;             /* the WAL's frames after the last commit (its hook) */
-    int defer_checkpoint;       /* publishing: the checkpoint waits (ferry__sync_checkpoint) */
-    int checkpoint_frames;      /* checkpoint at this WAL size (0: 8192 frames; tests set less) */
-    int bulk;                   /* the oplog has no key index (a first sync, ferry_oplog.c
-                                   "bulk"): 1, 0 indexed, -1 not known in this transaction */
-    int index_due;              /* build the key index after the app was told of a publish */
-    int bulk_counted;           /* this connection dropped the index: bulk_ops is complete */
-    int bulk_last;              /* the table of the last op counted */
+    int batch_ops;            /* data lines share a transaction until this many ops or
+                                 250 ms (0: one transaction per line, as in unit tests) */
+    int in_tx;                /* a data-line transaction is open */
+    int64_t tx_ops, tx_start; /* its ops and start (monotonic ms) */
+    ferry_scan_t scan;        /* the data-line scanner's buffers for ferry__sync_line */
+    struct jrow *jrow;        /* the row read by the SQL functions ferry_jok / ferry_col */
+    int wal_frames;           /* the WAL's frames after the last commit (its hook) */
+    int defer_checkpoint;     /* publishing: the checkpoint waits (ferry__sync_checkpoint) */
+    int checkpoint_frames;    /* checkpoint at this WAL size (0: 8192 frames; tests set less) */
+    int bulk;                 /* the oplog has no key index (a first sync, ferry_oplog.c
+                                 "bulk"): 1, 0 indexed, -1 not known in this transaction */
+    int index_due;            /* build the key index after the app was told of a publish */
+    int bulk_counted;         /* this connection dropped the index: bulk_ops is complete */
+    int bulk_last;            /* the table of the last op counted */
     int64_t bulk_ops[FERRY_MAX_TABLES + 1]; /* ops stored in bulk per table (last: others) */
-    int pub_reader_min;         /* a whole bucket of this many ops is published with a second
-                                   reader (0: 20,000; ferry_oplog.c) */
-    int pub_reader_used;        /* tables published so (counted for tests) */
+    int pub_reader_min;  /* a whole bucket of this many ops is published with a second
+                            reader (0: 20,000; ferry_oplog.c) */
+    int pub_reader_used; /* tables published so (counted for tests) */
     /* ferry_subkeys as read in the open data-line transaction (ferry_oplog.c, "subkeys") */
-    int sk_loaded;              /* 1 read, -1 the file has none (subkeys stay text), 0 not yet */
-    int sk_n, sk_last;          /* prefixes known; the one found last */
+    int sk_loaded;     /* 1 read, -1 the file has none (subkeys stay text), 0 not yet */
+    int sk_n, sk_last; /* prefixes known; the one found last */
     char *sk_prefix[FERRY_SUBKEY_PREFIXES]; /* owned (malloc) */
     size_t sk_len[FERRY_SUBKEY_PREFIXES];
     int sk_id[FERRY_SUBKEY_PREFIXES];
@@ -91,8 +94,8 @@ typedef struct ferry_sync {
 /* Results of ferry__sync_line. */
 enum {
     FERRY_LINE_OK = 0,
-    FERRY_LINE_RECONNECT = 1,   /* end this stream iteration and reconnect (checksums, token) */
-    FERRY_LINE_REFRESH = 2,     /* token expires soon / expired: new token, reconnect now */
+    FERRY_LINE_RECONNECT = 1, /* end this stream iteration and reconnect (checksums, token) */
+    FERRY_LINE_REFRESH = 2,   /* token expires soon / expired: new token, reconnect now */
 };
 
 struct ferry_watch;
@@ -106,30 +109,30 @@ struct ferry_db {
 
     /* per app-connection transaction bookkeeping (app thread, via hooks) */
     int64_t next_tx, cur_tx;
-    int app_applying;         /* ferry_applying() on the app connection (1 while migrating) */
-    uint64_t tx_changed;      /* tables changed in the open transaction (bit = table index) */
+    int app_applying;    /* ferry_applying() on the app connection (1 while migrating) */
+    uint64_t tx_changed; /* tables changed in the open transaction (bit = table index) */
 
     /* watch thread */
     pthread_t watch_thread;
-    pthread_mutex_t mu;       /* guards everything below and status */
+    pthread_mutex_t mu; /* guards everything below and status */
     pthread_cond_t cond;
     int watch_running, watch_stop;
-    uint64_t changed;         /* committed, not yet delivered */
+    uint64_t changed; /* committed, not yet delivered */
     struct ferry_watch *watches;
     int next_watch_id;
-    int in_watch_id;          /* the watch whose callback runs now (0 none) */
+    int in_watch_id; /* the watch whose callback runs now (0 none) */
 
     /* connection */
     int connected;
     _Atomic int stop;
-    _Atomic int upload_done;  /* the uploader emptied the queue: retry a pending checkpoint */
+    _Atomic int upload_done; /* the uploader emptied the queue: retry a pending checkpoint */
     pthread_t sync_thread, upload_thread;
     char *endpoint;
     char *params_json;
     ferry_token_cb token_cb;
     void *token_ud;
     ferry_options_t opt;
-    char *token;              /* guarded by mu */
+    char *token; /* guarded by mu */
     int token_bad;
     ferry_status_t status;
     int synced_ever;
@@ -139,7 +142,7 @@ struct ferry_db {
     uint64_t scanned_commits; /* app_commits as of the uploader's last queue scan (mu) */
     int64_t rejected_total;
     int64_t conn_applied_write_cp;
-    int sync_lock_fd;         /* the held "<path>-sync.lock" (flock), -1 none; sync thread */
+    int sync_lock_fd; /* the held "<path>-sync.lock" (flock), -1 none; sync thread */
     ferry_sync_t sync;
 };
 
@@ -195,6 +198,5 @@ int ferry__sync_lock(const char *path);
 void ferry__sync_unlock(int fd);
 /* Builds the request body (buckets and positions); returns a malloc'd string or NULL. */
 char *ferry__request_body(ferry_db_t *db, ferry_sync_t *s);
-
 
 #endif

@@ -50,9 +50,24 @@
 #include <time.h>
 
 enum {
-    S_BUCKET_GET, S_BUCKET_INS, S_BUCKET_SET, S_OP_DEL_KEY, S_OP_INS, S_MARK, S_CLEAR_MARK,
-    S_CLEAR_DEL, S_BUCKET_DROP, S_BUCKET_PRIO, S_LAST_OP_ALL, S_CRUD_COUNT, S_LIST, S_WHOLE_GET,
-    S_WHOLE_SET, S_OP_GET, S_OP_INS_MANY, S_NSTMT
+    S_BUCKET_GET,
+    S_BUCKET_INS,
+    S_BUCKET_SET,
+    S_OP_DEL_KEY,
+    S_OP_INS,
+    S_MARK,
+    S_CLEAR_MARK,
+    S_CLEAR_DEL,
+    S_BUCKET_DROP,
+    S_BUCKET_PRIO,
+    S_LAST_OP_ALL,
+    S_CRUD_COUNT,
+    S_LIST,
+    S_WHOLE_GET,
+    S_WHOLE_SET,
+    S_OP_GET,
+    S_OP_INS_MANY,
+    S_NSTMT
 };
 
 /* PUTs are inserted up to PUT_BATCH at a time, with one INSERT ... SELECT from the ops in memory
@@ -63,7 +78,8 @@ enum {
 #define PUT_BATCH 256
 
 static const char *SQL[S_NSTMT] = {
-    [S_BUCKET_GET] = "SELECT id, add_checksum, op_checksum, count FROM ferry_buckets WHERE name = ?",
+    [S_BUCKET_GET] =
+        "SELECT id, add_checksum, op_checksum, count FROM ferry_buckets WHERE name = ?",
     [S_BUCKET_INS] = "INSERT INTO ferry_buckets(name, priority) VALUES (?, ?)",
     [S_BUCKET_SET] = "UPDATE ferry_buckets SET add_checksum = ?, op_checksum = ?, count = ?, "
                      "last_op = ? WHERE id = ?",
@@ -79,9 +95,12 @@ static const char *SQL[S_NSTMT] = {
     [S_BUCKET_PRIO] = "UPDATE ferry_buckets SET priority = ? WHERE name = ?",
     [S_LAST_OP_ALL] = "UPDATE ferry_buckets SET last_op = ?",
     [S_CRUD_COUNT] = "SELECT count(*) FROM ferry_crud",
-    [S_LIST] = "SELECT id, name, add_checksum, op_checksum, last_op FROM ferry_buckets ORDER BY name",
-    [S_WHOLE_GET] = "SELECT 1 FROM ferry_updated WHERE row_type = '' AND row_id = '' AND bucket = ?",
-    [S_WHOLE_SET] = "INSERT OR IGNORE INTO ferry_updated(row_type, row_id, bucket) VALUES ('', '', ?)",
+    [S_LIST] =
+        "SELECT id, name, add_checksum, op_checksum, last_op FROM ferry_buckets ORDER BY name",
+    [S_WHOLE_GET] =
+        "SELECT 1 FROM ferry_updated WHERE row_type = '' AND row_id = '' AND bucket = ?",
+    [S_WHOLE_SET] =
+        "INSERT OR IGNORE INTO ferry_updated(row_type, row_id, bucket) VALUES ('', '', ?)",
     [S_OP_GET] = "SELECT op_id FROM ferry_oplog WHERE row_type = ?4 AND row_id = ?5 AND "
                  "bucket = ?1 AND subkey = ?2",
     [S_OP_INS_MANY] = "INSERT OR IGNORE INTO ferry_oplog(bucket, subkey, op_id, row_type, row_id, "
@@ -206,8 +225,8 @@ int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
         return FERRY_ENOMEM;
     }
     for (int i = 0; i < S_NSTMT; i++)
-        if (sqlite3_prepare_v3(conn, SQL[i], -1,
-                               SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) != SQLITE_OK) {
+        if (sqlite3_prepare_v3(conn, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
+            SQLITE_OK) {
             snprintf(s->errmsg, sizeof s->errmsg, "could not prepare sync statements: %s",
                      sqlite3_errmsg(conn));
             ferry__sync_free(s);
@@ -218,7 +237,8 @@ int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
 
 static void clear_buckets(ferry_sync_t *s)
 {
-    for (size_t i = 0; i < s->nbuckets; i++) free(s->buckets[i].name);
+    for (size_t i = 0; i < s->nbuckets; i++)
+        free(s->buckets[i].name);
     s->nbuckets = 0;
 }
 
@@ -336,11 +356,13 @@ static int pub_stmts(ferry_db_t *db, pub_t *p, int ti)
     if (p->put[ti]) return 0;
     ferry_tdef_t *t = &db->tables[ti];
     size_t cap = 256 + strlen(t->name) * 2;
-    for (int i = 0; i < t->ncols; i++) cap += strlen(t->cols[i]) * 4 + 64;
+    for (int i = 0; i < t->ncols; i++)
+        cap += strlen(t->cols[i]) * 4 + 64;
     char *sql = malloc(cap);
     if (!sql) return FERRY_ENOMEM;
     size_t n = (size_t)snprintf(sql, cap, "INSERT OR REPLACE INTO \"%s\"(id", t->name);
-    for (int i = 0; i < t->ncols; i++) n += (size_t)snprintf(sql + n, cap - n, ", \"%s\"", t->cols[i]);
+    for (int i = 0; i < t->ncols; i++)
+        n += (size_t)snprintf(sql + n, cap - n, ", \"%s\"", t->cols[i]);
     size_t head = n;
     n += (size_t)snprintf(sql + n, cap - n, ") VALUES (?1");
     for (int i = 0; i < t->ncols; i++)
@@ -349,7 +371,8 @@ static int pub_stmts(ferry_db_t *db, pub_t *p, int ti)
     int rc = sqlite3_prepare_v2(p->conn, sql, -1, &p->put[ti], NULL);
     if (rc == SQLITE_OK) {
         n = head + (size_t)snprintf(sql + head, cap - head, ") VALUES (?1");
-        for (int i = 0; i < t->ncols; i++) n += (size_t)snprintf(sql + n, cap - n, ", ?%d", i + 2);
+        for (int i = 0; i < t->ncols; i++)
+            n += (size_t)snprintf(sql + n, cap - n, ", ?%d", i + 2);
         snprintf(sql + n, cap - n, ")");
         rc = sqlite3_prepare_v2(p->conn, sql, -1, &p->fast[ti], NULL);
     }
@@ -425,7 +448,10 @@ static int jr_skip(jr_t *j, int depth)
         char close = ch == '{' ? '}' : ']';
         j->p++;
         jr_ws(j);
-        if (j->p < j->end && *j->p == close) { j->p++; return 0; }
+        if (j->p < j->end && *j->p == close) {
+            j->p++;
+            return 0;
+        }
         for (;;) {
             if (ch == '{') {
                 jr_ws(j);
@@ -436,7 +462,10 @@ static int jr_skip(jr_t *j, int depth)
             if (jr_skip(j, depth + 1)) return -1;
             jr_ws(j);
             if (j->p >= j->end) return -1;
-            if (*j->p == close) { j->p++; return 0; }
+            if (*j->p == close) {
+                j->p++;
+                return 0;
+            }
             if (*j->p++ != ',') return -1;
         }
     }
@@ -451,18 +480,23 @@ static int jr_skip(jr_t *j, int depth)
         const char *x = j->p;
         if (x < q && *x == '-') x++;
         if (x >= q || *x < '0' || *x > '9') return -1;
-        if (*x == '0') x++;
-        else while (x < q && *x >= '0' && *x <= '9') x++;
+        if (*x == '0')
+            x++;
+        else
+            while (x < q && *x >= '0' && *x <= '9')
+                x++;
         if (x < q && *x == '.') {
             x++;
             if (x >= q || *x < '0' || *x > '9') return -1;
-            while (x < q && *x >= '0' && *x <= '9') x++;
+            while (x < q && *x >= '0' && *x <= '9')
+                x++;
         }
         if (x < q && (*x == 'e' || *x == 'E')) {
             x++;
             if (x < q && (*x == '+' || *x == '-')) x++;
             if (x >= q || *x < '0' || *x > '9') return -1;
-            while (x < q && *x >= '0' && *x <= '9') x++;
+            while (x < q && *x >= '0' && *x <= '9')
+                x++;
         }
         if (x != q) return -1;
     }
@@ -484,21 +518,21 @@ static int jr_skip(jr_t *j, int depth)
 typedef struct jcol {
     const char *k, *s; /* key; text value (raw, escaped when esc) */
     size_t kn, sn;
-    int type;          /* SQLITE_INTEGER, SQLITE_TEXT, SQLITE_NULL */
+    int type; /* SQLITE_INTEGER, SQLITE_TEXT, SQLITE_NULL */
     int esc;
     int64_t i;
 } jcol_t;
 
 struct jrow {
-    char *text;        /* a copy of the row's data (the values point into it) */
+    char *text; /* a copy of the row's data (the values point into it) */
     size_t len, cap;
     int loaded, ok;
     jcol_t *v;
     size_t nv, capv;
-    char *ubuf;        /* an unescaped string */
+    char *ubuf; /* an unescaped string */
     size_t ucap;
-    sqlite3_stmt *jx;  /* "SELECT json_extract(?1, ?2)": ferry_col's answer for rows not taken */
-    char *path;        /* its path argument, '$."name"' */
+    sqlite3_stmt *jx; /* "SELECT json_extract(?1, ?2)": ferry_col's answer for rows not taken */
+    char *path;       /* its path argument, '$."name"' */
     size_t pcap;
 };
 
@@ -546,7 +580,10 @@ static int jrow_load(struct jrow *r, const char *d, size_t n)
             if (r->nv == r->capv) {
                 size_t cap = r->capv ? r->capv * 2 : 16;
                 jcol_t *nv = realloc(r->v, cap * sizeof *nv);
-                if (!nv) { r->loaded = 0; return -1; }
+                if (!nv) {
+                    r->loaded = 0;
+                    return -1;
+                }
                 r->v = nv;
                 r->capv = cap;
             }
@@ -576,7 +613,8 @@ static int jrow_load(struct jrow *r, const char *d, size_t n)
                         digits > 18)
                         return 0;
                     int64_t x = 0;
-                    for (const char *q = v + (*v == '-'); q < j.p; q++) x = x * 10 + (*q - '0');
+                    for (const char *q = v + (*v == '-'); q < j.p; q++)
+                        x = x * 10 + (*q - '0');
                     c->type = SQLITE_INTEGER;
                     c->i = *v == '-' ? -x : x;
                 }
@@ -584,7 +622,10 @@ static int jrow_load(struct jrow *r, const char *d, size_t n)
             r->nv++;
             jr_ws(&j);
             if (j.p >= j.end) return 0;
-            if (*j.p == '}') { j.p++; break; }
+            if (*j.p == '}') {
+                j.p++;
+                break;
+            }
             if (*j.p++ != ',') return 0;
         }
     }
@@ -637,8 +678,12 @@ static const char *jcol_text(struct jrow *r, const jcol_t *c, size_t *n)
         char ch = c->s[k];
         if (ch == '\\') {
             ch = c->s[++k];
-            ch = ch == 'b' ? '\b' : ch == 'f' ? '\f' : ch == 'n' ? '\n'
-               : ch == 'r' ? '\r' : ch == 't' ? '\t' : ch;
+            ch = ch == 'b'   ? '\b'
+                 : ch == 'f' ? '\f'
+                 : ch == 'n' ? '\n'
+                 : ch == 'r' ? '\r'
+                 : ch == 't' ? '\t'
+                             : ch;
         }
         r->ubuf[o++] = ch;
     }
@@ -649,8 +694,7 @@ static const char *jcol_text(struct jrow *r, const jcol_t *c, size_t *n)
 /* r's "SELECT json_extract(?1, ?2)" on connection c (prepared once), bound to data and
  * '$."name"', ready to step (the caller resets it and clears its bindings). NULL when it could
  * not be prepared or on out-of-memory. */
-static sqlite3_stmt *jrow_extract(struct jrow *r, sqlite3 *c, sqlite3_value *data,
-                                  const char *name)
+static sqlite3_stmt *jrow_extract(struct jrow *r, sqlite3 *c, sqlite3_value *data, const char *name)
 {
     size_t need = strlen(name) + 5;
     if (need > r->pcap) {
@@ -815,8 +859,9 @@ int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type)
     pub_t p;
     sqlite3_stmt *st = NULL;
     int rc = pub_init(db, &p, conn);
-    if (!rc && sqlite3_prepare_v2(conn, "SELECT DISTINCT row_id FROM ferry_oplog WHERE row_type = ?",
-                                  -1, &st, NULL) != SQLITE_OK)
+    if (!rc &&
+        sqlite3_prepare_v2(conn, "SELECT DISTINCT row_id FROM ferry_oplog WHERE row_type = ?", -1,
+                           &st, NULL) != SQLITE_OK)
         rc = FERRY_ESQLITE;
     if (!rc) {
         sqlite3_bind_text(st, 1, type, -1, SQLITE_STATIC);
@@ -857,40 +902,40 @@ int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type)
  * errors are ferry_col's (the reader runs it): an error ends the statement as before, and the
  * table's rows are then published one by one. When the reader cannot start (no thread, no
  * connection), the one-thread statement runs instead. */
-#define PR_ROWS 512
-#define PR_BLOCKS 4
-#define PR_MAX_COLS 127  /* columns besides id that ferry_rows declares */
-#define PR_MIN_OPS 20000
+#define PR_ROWS     512
+#define PR_BLOCKS   4
+#define PR_MAX_COLS 127 /* columns besides id that ferry_rows declares */
+#define PR_MIN_OPS  20000
 
 typedef struct prval {
-    int type;            /* SQLITE_NULL, SQLITE_INTEGER, SQLITE_FLOAT, SQLITE_TEXT */
+    int type; /* SQLITE_NULL, SQLITE_INTEGER, SQLITE_FLOAT, SQLITE_TEXT */
     int64_t i;
     double r;
-    size_t off, n;       /* a text's bytes in the block's arena */
+    size_t off, n; /* a text's bytes in the block's arena */
 } prval_t;
 
 typedef struct prblock {
     size_t nrows;
-    prval_t *v;          /* nrows rows of width values; owned */
-    char *arena;         /* owned */
+    prval_t *v;  /* nrows rows of width values; owned */
+    char *arena; /* owned */
     size_t alen, acap;
 } prblock_t;
 
 typedef struct pread {
-    sqlite3 *conn;       /* the reader's connection (read-only); owned */
-    sqlite3_stmt *sel;   /* row_id, data of the table's ops in rowid order; owned */
-    struct jrow *jrow;   /* the row taken apart; owned (its json_extract statement too) */
+    sqlite3 *conn;     /* the reader's connection (read-only); owned */
+    sqlite3_stmt *sel; /* row_id, data of the table's ops in rowid order; owned */
+    struct jrow *jrow; /* the row taken apart; owned (its json_extract statement too) */
     const ferry_tdef_t *t;
-    int width;           /* 1 + columns */
+    int width; /* 1 + columns */
     pthread_t th;
     int started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     prblock_t blk[PR_BLOCKS];
     size_t produced, consumed; /* blocks handed over, blocks given back (both only grow) */
-    int done;            /* the reader handed over its last block (or failed: rc) */
-    int cancel;          /* the writer stopped taking rows */
-    int rc;              /* SQLITE_OK, or the reader's error (err) */
+    int done;                  /* the reader handed over its last block (or failed: rc) */
+    int cancel;                /* the writer stopped taking rows */
+    int rc;                    /* SQLITE_OK, or the reader's error (err) */
     char err[200];
 } pread_t;
 
@@ -899,7 +944,8 @@ static int pr_text(prblock_t *b, prval_t *v, const char *s, size_t n)
 {
     if (b->alen + n > b->acap) {
         size_t cap = b->acap ? b->acap : 65536;
-        while (cap < b->alen + n) cap *= 2;
+        while (cap < b->alen + n)
+            cap *= 2;
         char *na = realloc(b->arena, cap);
         if (!na) return -1;
         b->arena = na;
@@ -917,8 +963,10 @@ static int pr_text(prblock_t *b, prval_t *v, const char *s, size_t n)
 static int pr_value(prblock_t *b, prval_t *v, sqlite3_value *x)
 {
     v->type = sqlite3_value_type(x);
-    if (v->type == SQLITE_INTEGER) v->i = sqlite3_value_int64(x);
-    else if (v->type == SQLITE_FLOAT) v->r = sqlite3_value_double(x);
+    if (v->type == SQLITE_INTEGER)
+        v->i = sqlite3_value_int64(x);
+    else if (v->type == SQLITE_FLOAT)
+        v->r = sqlite3_value_double(x);
     else if (v->type != SQLITE_NULL) {
         const char *s = (const char *)sqlite3_value_text(x);
         return s ? pr_text(b, v, s, (size_t)sqlite3_value_bytes(x)) : -1;
@@ -937,7 +985,8 @@ static int pr_copy_row(pread_t *r, prblock_t *b)
     sqlite3_value *data = sqlite3_column_value(r->sel, 1);
     int ok = 0;
     if (sqlite3_value_type(data) == SQLITE_NULL) {
-        for (int i = 1; i < r->width; i++) v[i].type = SQLITE_NULL; /* ferry_col(NULL, c) */
+        for (int i = 1; i < r->width; i++)
+            v[i].type = SQLITE_NULL; /* ferry_col(NULL, c) */
         b->nrows++;
         return SQLITE_OK;
     }
@@ -1054,8 +1103,10 @@ static pread_t *pr_start(sqlite3 *conn, const ferry_tdef_t *t)
     if (sqlite3_open_v2(path, &r->conn, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
             SQLITE_OK ||
         !(r->jrow = jrow_new()) ||
-        sqlite3_prepare_v2(r->conn, "SELECT row_id, data FROM ferry_oplog NOT INDEXED WHERE "
-                           "row_type = ? ORDER BY rowid", -1, &r->sel, NULL) != SQLITE_OK)
+        sqlite3_prepare_v2(r->conn,
+                           "SELECT row_id, data FROM ferry_oplog NOT INDEXED WHERE "
+                           "row_type = ? ORDER BY rowid",
+                           -1, &r->sel, NULL) != SQLITE_OK)
         return pr_free(r), NULL;
     sqlite3_bind_text(r->sel, 1, t->name, -1, SQLITE_STATIC);
     sqlite3_busy_timeout(r->conn, 10000);
@@ -1070,7 +1121,7 @@ static pread_t *pr_start(sqlite3 *conn, const ferry_tdef_t *t)
 typedef struct rows_cur {
     sqlite3_vtab_cursor base;
     pread_t *r;
-    prblock_t *b;        /* the block being read; NULL at the end */
+    prblock_t *b; /* the block being read; NULL at the end */
     size_t row;
 } rows_cur_t;
 
@@ -1080,7 +1131,8 @@ static int rows_connect(sqlite3 *c, void *aux, int argc, const char *const *argv
     (void)aux, (void)argc, (void)argv, (void)err;
     sqlite3_str *q = sqlite3_str_new(NULL);
     sqlite3_str_appendf(q, "CREATE TABLE x(c0");
-    for (int i = 1; i <= PR_MAX_COLS; i++) sqlite3_str_appendf(q, ", c%d", i);
+    for (int i = 1; i <= PR_MAX_COLS; i++)
+        sqlite3_str_appendf(q, ", c%d", i);
     sqlite3_str_appendf(q, ", src HIDDEN)");
     char *decl = sqlite3_str_finish(q);
     int rc = decl ? sqlite3_declare_vtab(c, decl) : SQLITE_NOMEM;
@@ -1129,7 +1181,8 @@ static int rows_wait(rows_cur_t *c)
 {
     pread_t *r = c->r;
     pthread_mutex_lock(&r->mu);
-    while (r->produced == r->consumed && !r->done) pthread_cond_wait(&r->cv, &r->mu);
+    while (r->produced == r->consumed && !r->done)
+        pthread_cond_wait(&r->cv, &r->mu);
     int rc = SQLITE_OK;
     c->b = NULL;
     c->row = 0;
@@ -1177,12 +1230,17 @@ static int rows_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col)
     if (col >= c->r->width) return SQLITE_OK; /* NULL */
     const prval_t *v = &c->b->v[c->row * (size_t)c->r->width + (size_t)col];
     switch (v->type) {
-    case SQLITE_INTEGER: sqlite3_result_int64(ctx, v->i); break;
-    case SQLITE_FLOAT: sqlite3_result_double(ctx, v->r); break;
+    case SQLITE_INTEGER:
+        sqlite3_result_int64(ctx, v->i);
+        break;
+    case SQLITE_FLOAT:
+        sqlite3_result_double(ctx, v->r);
+        break;
     case SQLITE_TEXT:
         sqlite3_result_text(ctx, c->b->arena + v->off, (int)v->n, SQLITE_STATIC);
         break;
-    default: break;
+    default:
+        break;
     }
     return SQLITE_OK;
 }
@@ -1212,16 +1270,19 @@ static double type_share(sqlite3 *c, const char *type)
     sqlite3_stmt *st;
     double share = 1;
     /* no op of another type (two probes of the key index): 1 without counting them all */
-    if (sqlite3_prepare_v2(c, "SELECT EXISTS (SELECT 1 FROM ferry_oplog WHERE row_type < ?1) OR "
-                              "EXISTS (SELECT 1 FROM ferry_oplog WHERE row_type > ?1)",
+    if (sqlite3_prepare_v2(c,
+                           "SELECT EXISTS (SELECT 1 FROM ferry_oplog WHERE row_type < ?1) OR "
+                           "EXISTS (SELECT 1 FROM ferry_oplog WHERE row_type > ?1)",
                            -1, &st, NULL) != SQLITE_OK)
         return share;
     sqlite3_bind_text(st, 1, type, -1, SQLITE_STATIC);
     int others = sqlite3_step(st) != SQLITE_ROW || sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
     if (!others) return share;
-    if (sqlite3_prepare_v2(c, "SELECT (SELECT count(*) FROM ferry_oplog WHERE row_type = ?), "
-                              "(SELECT count(*) FROM ferry_oplog)", -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(c,
+                           "SELECT (SELECT count(*) FROM ferry_oplog WHERE row_type = ?), "
+                           "(SELECT count(*) FROM ferry_oplog)",
+                           -1, &st, NULL) != SQLITE_OK)
         return share;
     sqlite3_bind_text(st, 1, type, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 1) > 0)
@@ -1281,7 +1342,8 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
         /* without the key index (bulk), only the scan of a bucket holding every op is cheap */
         if (s->bulk == 1 && (!alone || !s->bulk_counted) && oplog_need_index(s)) goto sqlfail;
         int64_t total = 0;
-        for (int ti = 0; ti <= FERRY_MAX_TABLES; ti++) total += s->bulk_ops[ti];
+        for (int ti = 0; ti <= FERRY_MAX_TABLES; ti++)
+            total += s->bulk_ops[ti];
         for (int ti = 0; ti < db->ntables && !rc; ti++) {
             ferry_tdef_t *t = &db->tables[ti];
             if (t->local_only) continue;
@@ -1294,7 +1356,8 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
                 if (!scan && oplog_need_index(s)) goto sqlfail;
             }
             size_t cap = 512 + strlen(t->name) * 2;
-            for (int i = 0; i < t->ncols; i++) cap += strlen(t->cols[i]) * 6 + 128;
+            for (int i = 0; i < t->ncols; i++)
+                cap += strlen(t->cols[i]) * 6 + 128;
             char *sql = malloc(cap);
             if (!sql) return free(bids), FERRY_ENOMEM;
             size_t n = (size_t)snprintf(sql, cap, "INSERT OR REPLACE INTO \"%s\"(id", t->name);
@@ -1302,13 +1365,12 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
                 n += (size_t)snprintf(sql + n, cap - n, ", \"%s\"", t->cols[i]);
             n += (size_t)snprintf(sql + n, cap - n, ") SELECT o.row_id");
             for (int i = 0; i < t->ncols; i++)
-                n += (size_t)snprintf(sql + n, cap - n,
-                                      ", ferry_col(o.data, '%s')", t->cols[i]);
+                n += (size_t)snprintf(sql + n, cap - n, ", ferry_col(o.data, '%s')", t->cols[i]);
             pread_t *rd = NULL;
             if (alone && !scan) scan = type_share(p->conn, t->name) >= 0.3;
             if (alone && scan &&
-                bucket_count(p->conn, bid) >= (s->pub_reader_min > 0 ? s->pub_reader_min
-                                                                     : PR_MIN_OPS) &&
+                bucket_count(p->conn, bid) >=
+                    (s->pub_reader_min > 0 ? s->pub_reader_min : PR_MIN_OPS) &&
                 (rd = pr_start(p->conn, t))) {
                 s->pub_reader_used++;
                 n = (size_t)snprintf(sql, cap, "INSERT OR REPLACE INTO \"%s\"(id", t->name);
@@ -1317,8 +1379,9 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
                 n += (size_t)snprintf(sql + n, cap - n, ") SELECT c0");
                 for (int i = 0; i < t->ncols; i++)
                     n += (size_t)snprintf(sql + n, cap - n, ", c%d", i + 1);
-                snprintf(sql + n, cap - n, " FROM ferry_rows(?3) WHERE ?1 IS NOT NULL AND ?2 "
-                                           "IS NOT NULL");
+                snprintf(sql + n, cap - n,
+                         " FROM ferry_rows(?3) WHERE ?1 IS NOT NULL AND ?2 "
+                         "IS NOT NULL");
             } else if (alone && scan)
                 snprintf(sql + n, cap - n,
                          " FROM ferry_oplog o NOT INDEXED WHERE o.row_type = ?2 AND ?1 IS NOT "
@@ -1358,7 +1421,8 @@ static int publish_whole(ferry_db_t *db, ferry_sync_t *s, pub_t *p, const char *
             sqlite3_stmt *rows;
             if (sqlite3_prepare_v2(p->conn,
                                    "SELECT DISTINCT row_id FROM ferry_oplog WHERE bucket = ? AND "
-                                   "row_type = ?", -1, &rows, NULL) != SQLITE_OK)
+                                   "row_type = ?",
+                                   -1, &rows, NULL) != SQLITE_OK)
                 goto sqlfail;
             sqlite3_bind_int64(rows, 1, bid);
             sqlite3_bind_text(rows, 2, t->name, -1, SQLITE_STATIC);
@@ -1381,7 +1445,10 @@ sqlfail:
 static int can_apply(ferry_sync_t *s, int *ok)
 {
     sqlite3_stmt *st = s->st[S_CRUD_COUNT];
-    if (sqlite3_step(st) != SQLITE_ROW) { sqlite3_reset(st); return -1; }
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        sqlite3_reset(st);
+        return -1;
+    }
     int64_t n = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
     int64_t target = ferry__kv_get_int(s->conn, "target", -1);
@@ -1399,9 +1466,10 @@ static int triggers_off(sqlite3 *c)
 {
     sqlite3_stmt *st;
     int others = 1;
-    if (sqlite3_prepare_v2(c, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND "
-                              "name NOT IN ('ferry_ins_' || tbl_name, 'ferry_upd_' || tbl_name, "
-                              "'ferry_del_' || tbl_name, 'ferry_id_' || tbl_name)",
+    if (sqlite3_prepare_v2(c,
+                           "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND "
+                           "name NOT IN ('ferry_ins_' || tbl_name, 'ferry_upd_' || tbl_name, "
+                           "'ferry_del_' || tbl_name, 'ferry_id_' || tbl_name)",
                            -1, &st, NULL) != SQLITE_OK)
         return 0;
     if (sqlite3_step(st) == SQLITE_ROW) others = sqlite3_column_int(st, 0) > 0;
@@ -1428,8 +1496,10 @@ static int publish(ferry_db_t *db, ferry_sync_t *s, int prio)
 static int rows_marked(sqlite3 *c)
 {
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(c, "SELECT EXISTS (SELECT 1 FROM ferry_updated WHERE row_type <> '' "
-                           "OR row_id <> '')", -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(c,
+                           "SELECT EXISTS (SELECT 1 FROM ferry_updated WHERE row_type <> '' "
+                           "OR row_id <> '')",
+                           -1, &st, NULL) != SQLITE_OK)
         return 1;
     int marked = sqlite3_step(st) != SQLITE_ROW || sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
@@ -1450,8 +1520,7 @@ static int publish_tx(ferry_db_t *db, ferry_sync_t *s, int prio, int *trig_off)
     /* without the key index (bulk): rows marked one by one need it */
     s->bulk = oplog_unindexed(s->conn);
     if (s->bulk < 0) return sqlerr(s, "inspect the oplog");
-    if (s->bulk && rows_marked(s->conn) && oplog_need_index(s))
-        return sqlerr(s, "index the oplog");
+    if (s->bulk && rows_marked(s->conn) && oplog_need_index(s)) return sqlerr(s, "index the oplog");
     pub_t p;
     int rc = pub_init(db, &p, s->conn);
     sqlite3_stmt *sel = NULL;
@@ -1465,7 +1534,8 @@ static int publish_tx(ferry_db_t *db, ferry_sync_t *s, int prio, int *trig_off)
     if (!rc) rc = publish_whole(db, s, &p, filt);
     snprintf(q, sizeof q,
              "SELECT row_type, row_id FROM ferry_updated WHERE (row_type <> '' OR row_id <> '')%s "
-             "GROUP BY 1, 2", filt);
+             "GROUP BY 1, 2",
+             filt);
     if (!rc && sqlite3_prepare_v2(s->conn, q, -1, &sel, NULL) != SQLITE_OK) rc = FERRY_ESQLITE;
     while (!rc) {
         int st = sqlite3_step(sel);
@@ -1489,8 +1559,10 @@ static int publish_tx(ferry_db_t *db, ferry_sync_t *s, int prio, int *trig_off)
     if (prio < 0)
         snprintf(q, sizeof q, "DELETE FROM ferry_updated");
     else
-        snprintf(q, sizeof q, "DELETE FROM ferry_updated WHERE bucket IN "
-                              "(SELECT id FROM ferry_buckets WHERE priority <= %d)", prio);
+        snprintf(q, sizeof q,
+                 "DELETE FROM ferry_updated WHERE bucket IN "
+                 "(SELECT id FROM ferry_buckets WHERE priority <= %d)",
+                 prio);
     if (sqlite3_exec(s->conn, q, NULL, NULL, NULL) != SQLITE_OK)
         return sqlerr(s, "clear the rows to publish");
     if (prio < 0) {
@@ -1626,11 +1698,13 @@ static int line_checkpoint(ferry_db_t *db, ferry_sync_t *s, json_t *cp, int diff
 {
     int64_t last;
     if (!json_is_object(cp) || ferry__parse_id(json_object_get(cp, "last_op_id"), &last))
-        return proto(s, "%s line without a valid last_op_id", diff ? "checkpoint_diff" : "checkpoint");
+        return proto(s, "%s line without a valid last_op_id",
+                     diff ? "checkpoint_diff" : "checkpoint");
     if (diff && !s->have_cp) return proto(s, "checkpoint_diff before any checkpoint%s", "");
     json_t *wc = json_object_get(cp, "write_checkpoint");
     int64_t wcp = -1;
-    if (wc && !json_is_null(wc) && ferry__parse_id(wc, &wcp)) return proto(s, "invalid write_checkpoint%s", "");
+    if (wc && !json_is_null(wc) && ferry__parse_id(wc, &wcp))
+        return proto(s, "invalid write_checkpoint%s", "");
     if (sqlite3_exec(s->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         return sqlerr(s, "start a transaction");
     int rc = 0;
@@ -1638,7 +1712,10 @@ static int line_checkpoint(ferry_db_t *db, ferry_sync_t *s, json_t *cp, int diff
     json_t *e;
     if (!diff) {
         json_t *arr = json_object_get(cp, "buckets");
-        if (!json_is_array(arr)) { sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL); return proto(s, "checkpoint without buckets%s", ""); }
+        if (!json_is_array(arr)) {
+            sqlite3_exec(s->conn, "ROLLBACK", NULL, NULL, NULL);
+            return proto(s, "checkpoint without buckets%s", "");
+        }
         clear_buckets(s);
         json_array_foreach(arr, i, e) if (!rc) rc = track_bucket(s, e);
         /* local buckets absent from a full checkpoint are deleted */
@@ -1719,13 +1796,17 @@ typedef struct scan {
 
 static void sk_ws(scan_t *c)
 {
-    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
 }
 
 static int sk_lit(scan_t *c, char ch)
 {
     sk_ws(c);
-    if (c->p < c->end && *c->p == ch) { c->p++; return 1; }
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
     return 0;
 }
 
@@ -1734,7 +1815,8 @@ static int arena_reserve(ferry_scan_t *s, size_t n)
 {
     if (s->arena_len + n <= s->arena_cap) return 0;
     size_t cap = s->arena_cap ? s->arena_cap : 65536;
-    while (cap < s->arena_len + n) cap *= 2;
+    while (cap < s->arena_len + n)
+        cap *= 2;
     char *na = realloc(s->arena, cap);
     if (!na) return -1;
     s->arena = na;
@@ -1752,8 +1834,10 @@ static int arena_put(ferry_scan_t *s, const char *b, size_t n)
 
 static int hexv(char h)
 {
-    return h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
-         : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+    return h >= '0' && h <= '9'   ? h - '0'
+           : h >= 'a' && h <= 'f' ? h - 'a' + 10
+           : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                  : -1;
 }
 
 static int hex4(const char *p, const char *end, unsigned *out)
@@ -1780,8 +1864,8 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end)
         if ((p[i] & 0xc0) != 0x80) return 0;
         cp = cp << 6 | (p[i] & 0x3f);
     }
-    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
+    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) ||
+        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff))
         return 0;
     return n;
 }
@@ -1799,7 +1883,8 @@ static int sk_string(scan_t *c, size_t *off)
     for (;;) {
         const char *q = c->p;
         char *w = c->s->arena + c->s->arena_len;
-        while (q < c->end && PLAIN[(unsigned char)*q]) *w++ = *q++;
+        while (q < c->end && PLAIN[(unsigned char)*q])
+            *w++ = *q++;
         c->s->arena_len += (size_t)(q - c->p);
         c->p = q;
         if (q >= c->end) return -1;
@@ -1821,14 +1906,30 @@ static int sk_string(scan_t *c, size_t *off)
         char e = q[1], o;
         c->p = q + 2;
         switch (e) {
-        case '"': o = '"'; break;
-        case '\\': o = '\\'; break;
-        case '/': o = '/'; break;
-        case 'b': o = '\b'; break;
-        case 'f': o = '\f'; break;
-        case 'n': o = '\n'; break;
-        case 'r': o = '\r'; break;
-        case 't': o = '\t'; break;
+        case '"':
+            o = '"';
+            break;
+        case '\\':
+            o = '\\';
+            break;
+        case '/':
+            o = '/';
+            break;
+        case 'b':
+            o = '\b';
+            break;
+        case 'f':
+            o = '\f';
+            break;
+        case 'n':
+            o = '\n';
+            break;
+        case 'r':
+            o = '\r';
+            break;
+        case 't':
+            o = '\t';
+            break;
         case 'u': {
             unsigned u, lo;
             if (hex4(c->p, c->end, &u)) return -1;
@@ -1844,14 +1945,30 @@ static int sk_string(scan_t *c, size_t *off)
             if (u == 0) return -1; /* a NUL inside: leave it to jansson */
             char b[4];
             size_t n;
-            if (u < 0x80) { b[0] = (char)u; n = 1; }
-            else if (u < 0x800) { b[0] = (char)(0xc0 | u >> 6); b[1] = (char)(0x80 | (u & 0x3f)); n = 2; }
-            else if (u < 0x10000) { b[0] = (char)(0xe0 | u >> 12); b[1] = (char)(0x80 | ((u >> 6) & 0x3f)); b[2] = (char)(0x80 | (u & 0x3f)); n = 3; }
-            else { b[0] = (char)(0xf0 | u >> 18); b[1] = (char)(0x80 | ((u >> 12) & 0x3f)); b[2] = (char)(0x80 | ((u >> 6) & 0x3f)); b[3] = (char)(0x80 | (u & 0x3f)); n = 4; }
+            if (u < 0x80) {
+                b[0] = (char)u;
+                n = 1;
+            } else if (u < 0x800) {
+                b[0] = (char)(0xc0 | u >> 6);
+                b[1] = (char)(0x80 | (u & 0x3f));
+                n = 2;
+            } else if (u < 0x10000) {
+                b[0] = (char)(0xe0 | u >> 12);
+                b[1] = (char)(0x80 | ((u >> 6) & 0x3f));
+                b[2] = (char)(0x80 | (u & 0x3f));
+                n = 3;
+            } else {
+                b[0] = (char)(0xf0 | u >> 18);
+                b[1] = (char)(0x80 | ((u >> 12) & 0x3f));
+                b[2] = (char)(0x80 | ((u >> 6) & 0x3f));
+                b[3] = (char)(0x80 | (u & 0x3f));
+                n = 4;
+            }
             if (arena_put(c->s, b, n)) return -1;
             continue;
         }
-        default: return -1;
+        default:
+            return -1;
         }
         if (arena_put(c->s, &o, 1)) return -1;
     }
@@ -1902,7 +2019,10 @@ static int sk_value(scan_t *c, int depth)
 static int sk_null(scan_t *c)
 {
     sk_ws(c);
-    if (c->end - c->p >= 4 && !memcmp(c->p, "null", 4)) { c->p += 4; return 1; }
+    if (c->end - c->p >= 4 && !memcmp(c->p, "null", 4)) {
+        c->p += 4;
+        return 1;
+    }
     return 0;
 }
 
@@ -1946,7 +2066,8 @@ static int ops_reserve(ferry_scan_t *s, size_t n)
 {
     if (n <= s->ops_cap) return 0;
     size_t cap = s->ops_cap ? s->ops_cap * 2 : 1024;
-    while (cap < n) cap *= 2;
+    while (cap < n)
+        cap *= 2;
     void *no = realloc(s->ops, cap * sizeof(dop_off_t));
     if (!no) return -1;
     s->ops = no;
@@ -1956,8 +2077,11 @@ static int ops_reserve(ferry_scan_t *s, size_t n)
 
 static int kind_of(const char *k)
 {
-    return !strcmp(k, "PUT") ? OP_PUT : !strcmp(k, "REMOVE") ? OP_REMOVE
-         : !strcmp(k, "MOVE") ? OP_MOVE : !strcmp(k, "CLEAR") ? OP_CLEAR : OP_OTHER;
+    return !strcmp(k, "PUT")      ? OP_PUT
+           : !strcmp(k, "REMOVE") ? OP_REMOVE
+           : !strcmp(k, "MOVE")   ? OP_MOVE
+           : !strcmp(k, "CLEAR")  ? OP_CLEAR
+                                  : OP_OTHER;
 }
 
 /* The field of an op a key names: 1 op_id, 2 op, 3 checksum, 4 object_type, 5 object_id,
@@ -1966,12 +2090,19 @@ static int op_field(const char *k)
 {
     switch (k[0]) {
     case 'o':
-        return !strcmp(k, "op_id") ? 1 : !strcmp(k, "op") ? 2 : !strcmp(k, "object_type") ? 4
-             : !strcmp(k, "object_id") ? 5 : 0;
-    case 'c': return !strcmp(k, "checksum") ? 3 : 0;
-    case 's': return !strcmp(k, "subkey") ? 6 : 0;
-    case 'd': return !strcmp(k, "data") ? 7 : 0;
-    default: return 0;
+        return !strcmp(k, "op_id")         ? 1
+               : !strcmp(k, "op")          ? 2
+               : !strcmp(k, "object_type") ? 4
+               : !strcmp(k, "object_id")   ? 5
+                                           : 0;
+    case 'c':
+        return !strcmp(k, "checksum") ? 3 : 0;
+    case 's':
+        return !strcmp(k, "subkey") ? 6 : 0;
+    case 'd':
+        return !strcmp(k, "data") ? 7 : 0;
+    default:
+        return 0;
     }
 }
 
@@ -2021,7 +2152,8 @@ static int scan_data_line(ferry_scan_t *s, const char *line, size_t len, size_t 
                                     int64_t n = 0;
                                     if (!*x) return -1;
                                     for (; *x; x++) {
-                                        if (*x < '0' || *x > '9' || n > (INT64_MAX - (*x - '0')) / 10)
+                                        if (*x < '0' || *x > '9' ||
+                                            n > (INT64_MAX - (*x - '0')) / 10)
                                             return -1;
                                         n = n * 10 + (*x - '0');
                                     }
@@ -2037,8 +2169,10 @@ static int scan_data_line(ferry_scan_t *s, const char *line, size_t len, size_t 
                                     if (have_ck || sk_checksum(&c, &o->ck)) return -1;
                                     have_ck = 1;
                                 } else if (f >= 4) {
-                                    size_t *dst = f == 4 ? &o->type : f == 5 ? &o->oid
-                                                : f == 6 ? &o->sub : &o->data;
+                                    size_t *dst = f == 4   ? &o->type
+                                                  : f == 5 ? &o->oid
+                                                  : f == 6 ? &o->sub
+                                                           : &o->data;
                                     if (*dst != NOFF) return -1;
                                     if (!sk_null(&c) && sk_string(&c, dst)) return -1;
                                 } else if (sk_value(&c, 0)) {
@@ -2137,8 +2271,12 @@ static void trim(const char **line, size_t *len)
 {
     const char *l = *line;
     size_t n = *len;
-    while (n && (l[n - 1] == '\r' || l[n - 1] == ' ' || l[n - 1] == '\t')) n--;
-    while (n && (*l == ' ' || *l == '\t' || *l == '\r')) { l++; n--; }
+    while (n && (l[n - 1] == '\r' || l[n - 1] == ' ' || l[n - 1] == '\t'))
+        n--;
+    while (n && (*l == ' ' || *l == '\t' || *l == '\r')) {
+        l++;
+        n--;
+    }
     *line = l;
     *len = n;
 }
@@ -2169,8 +2307,10 @@ int ferry__sync_scan(ferry_scan_t *b, const char *line, size_t len)
 static int oplog_unindexed(sqlite3 *c)
 {
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(c, "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND "
-                           "name = 'ferry_oplog_key'", -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(c,
+                           "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND "
+                           "name = 'ferry_oplog_key'",
+                           -1, &st, NULL) != SQLITE_OK)
         return -1;
     int r = sqlite3_step(st), n = r == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
     sqlite3_finalize(st);
@@ -2179,8 +2319,10 @@ static int oplog_unindexed(sqlite3 *c)
 
 int ferry__oplog_index(sqlite3 *c)
 {
-    int rc = sqlite3_exec(c, "CREATE UNIQUE INDEX IF NOT EXISTS ferry_oplog_key ON "
-                             "ferry_oplog(row_type, row_id, bucket, subkey)", NULL, NULL, NULL);
+    int rc = sqlite3_exec(c,
+                          "CREATE UNIQUE INDEX IF NOT EXISTS ferry_oplog_key ON "
+                          "ferry_oplog(row_type, row_id, bucket, subkey)",
+                          NULL, NULL, NULL);
     if (rc != SQLITE_CONSTRAINT) return rc;
     /* keys stored twice: keep each key's highest op */
     return sqlite3_exec(
@@ -2232,7 +2374,8 @@ typedef struct skey {
 
 static void sk_forget(ferry_sync_t *s)
 {
-    for (int i = 0; i < s->sk_n; i++) free(s->sk_prefix[i]);
+    for (int i = 0; i < s->sk_n; i++)
+        free(s->sk_prefix[i]);
     s->sk_n = 0;
     s->sk_last = 0;
     s->sk_loaded = 0;
@@ -2243,8 +2386,10 @@ static int sk_load(ferry_sync_t *s)
 {
     sk_forget(s);
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(s->conn, "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
-                           "name = 'ferry_subkeys'", -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(s->conn,
+                           "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
+                           "name = 'ferry_subkeys'",
+                           -1, &st, NULL) != SQLITE_OK)
         return -1;
     int r = sqlite3_step(st), have = r == SQLITE_ROW && sqlite3_column_int(st, 0) > 0;
     sqlite3_finalize(st);
@@ -2361,8 +2506,8 @@ typedef struct ops_cur {
     size_t i;
 } ops_cur_t;
 
-static int ops_connect(sqlite3 *c, void *aux, int argc, const char *const *argv,
-                       sqlite3_vtab **out, char **err)
+static int ops_connect(sqlite3 *c, void *aux, int argc, const char *const *argv, sqlite3_vtab **out,
+                       char **err)
 {
     (void)aux, (void)argc, (void)argv, (void)err;
     int rc = sqlite3_declare_vtab(c, "CREATE TABLE x(subkey, op_id, row_type, row_id, data, "
@@ -2448,12 +2593,23 @@ static int ops_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col)
         }
         t = op->sub ? op->sub : "null";
         break;
-    case 1: sqlite3_result_int64(ctx, op->opid); return SQLITE_OK;
-    case 2: t = op->type; break;
-    case 3: t = op->oid; break;
-    case 4: t = op->data; break;
-    case 5: sqlite3_result_int64(ctx, op->ck); return SQLITE_OK;
-    default: return SQLITE_OK; /* batch: NULL */
+    case 1:
+        sqlite3_result_int64(ctx, op->opid);
+        return SQLITE_OK;
+    case 2:
+        t = op->type;
+        break;
+    case 3:
+        t = op->oid;
+        break;
+    case 4:
+        t = op->data;
+        break;
+    case 5:
+        sqlite3_result_int64(ctx, op->ck);
+        return SQLITE_OK;
+    default:
+        return SQLITE_OK; /* batch: NULL */
     }
     if (t) sqlite3_result_text(ctx, t, -1, SQLITE_STATIC);
     return SQLITE_OK;
@@ -2622,8 +2778,7 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
             batch[nb++] = op;
             if (nb < PUT_BATCH) continue;
         }
-        if (nb && put_batch(s, bid, batch, bsk, nb, &addck, &opck))
-            return sqlerr(s, "store an op");
+        if (nb && put_batch(s, bid, batch, bsk, nb, &addck, &opck)) return sqlerr(s, "store an op");
         nb = 0;
         if (!op || op->kind == OP_PUT) continue;
         int64_t opid = op->opid;
@@ -2711,8 +2866,7 @@ static int validate(ferry_db_t *db, ferry_sync_t *s, int prio)
         failed++;
         if (id >= 0 && drop_bucket(s, id)) return sqlerr(s, "delete a bucket");
     }
-    if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-        return sqlerr(s, "commit");
+    if (sqlite3_exec(s->conn, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) return sqlerr(s, "commit");
     if (!failed) return 0;
     snprintf(s->errmsg, sizeof s->errmsg,
              "checksum mismatch in %d bucket(s), first %s; downloading again", failed, first);

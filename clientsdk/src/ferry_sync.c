@@ -91,7 +91,10 @@ static int wait_ms(ferry_db_t *db, int ms)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     ts.tv_sec += ms / 1000;
     ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
     pthread_mutex_lock(&db->mu);
     while (!atomic_load(&db->stop))
         if (pthread_cond_timedwait(&db->cond, &db->mu, &ts) != 0) break;
@@ -113,7 +116,8 @@ static struct curl_slist *headers(const char *token)
     snprintf(auth, sizeof auth, "Authorization: Token %s", token);
     struct curl_slist *h = curl_slist_append(NULL, auth);
     struct curl_slist *h2 = h ? curl_slist_append(h, "Content-Type: application/json") : NULL;
-    struct curl_slist *h3 = h2 ? curl_slist_append(h2, "x-user-agent: libferry/" FERRY_VERSION_STRING) : NULL;
+    struct curl_slist *h3 =
+        h2 ? curl_slist_append(h2, "x-user-agent: libferry/" FERRY_VERSION_STRING) : NULL;
     if (!h3) curl_slist_free_all(h);
     return h3;
 }
@@ -130,7 +134,8 @@ int ferry__sync_lock(const char *path)
     free(lp);
     if (fd < 0) return FERRY_EINVAL;
     int rc;
-    while ((rc = flock(fd, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR) {}
+    while ((rc = flock(fd, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR) {
+    }
     if (rc != 0) {
         int busy = errno == EWOULDBLOCK;
         close(fd);
@@ -156,20 +161,20 @@ enum { SLOT_DATA, SLOT_RAW, SLOT_END };
 
 typedef struct slot {
     int kind;
-    ferry_scan_t scan;  /* SLOT_DATA */
-    char *raw;          /* SLOT_RAW: a line for ferry__sync_line (not a data line, or one the
-                           scanner left to jansson) */
+    ferry_scan_t scan; /* SLOT_DATA */
+    char *raw;         /* SLOT_RAW: a line for ferry__sync_line (not a data line, or one the
+                          scanner left to jansson) */
     size_t rawlen, rawcap;
 } slot_t;
 
 typedef struct pipe {
     pthread_mutex_t mu;
-    pthread_cond_t cond;  /* a slot was filled or freed, or the apply thread failed */
+    pthread_cond_t cond; /* a slot was filled or freed, or the apply thread failed */
     slot_t slots[PIPE_SLOTS];
-    size_t head, count;   /* filled slots: head .. head + count - 1 (mod PIPE_SLOTS) */
-    int failed;           /* a line ended the iteration: the reader stops, the rest is dropped */
-    int result;           /* that line's result (apply thread) */
-    int got_checkpoint;   /* apply thread */
+    size_t head, count; /* filled slots: head .. head + count - 1 (mod PIPE_SLOTS) */
+    int failed;         /* a line ended the iteration: the reader stops, the rest is dropped */
+    int result;         /* that line's result (apply thread) */
+    int got_checkpoint; /* apply thread */
     pthread_t thread;
 } pipe_t;
 
@@ -179,11 +184,11 @@ typedef struct stream {
     char *buf;
     size_t len, cap;
     long status;
-    int result;        /* first non-zero FERRY_LINE_* or error from a line */
+    int result; /* first non-zero FERRY_LINE_* or error from a line */
     int got_checkpoint;
     char errbody[512];
     size_t errlen;
-    pipe_t *pipe;      /* NULL: lines are applied on the curl thread (no second thread) */
+    pipe_t *pipe; /* NULL: lines are applied on the curl thread (no second thread) */
 } stream_t;
 
 static void update_caught_up(ferry_db_t *db)
@@ -203,7 +208,8 @@ static void try_pending(ferry_db_t *db);
 static slot_t *pipe_next(pipe_t *pp)
 {
     pthread_mutex_lock(&pp->mu);
-    while (pp->count == PIPE_SLOTS && !pp->failed) pthread_cond_wait(&pp->cond, &pp->mu);
+    while (pp->count == PIPE_SLOTS && !pp->failed)
+        pthread_cond_wait(&pp->cond, &pp->mu);
     slot_t *sl = pp->failed ? NULL : &pp->slots[(pp->head + pp->count) % PIPE_SLOTS];
     pthread_mutex_unlock(&pp->mu);
     return sl;
@@ -255,7 +261,10 @@ static void *apply_main(void *arg)
             struct timespec ts;
             clock_gettime(CLOCK_MONOTONIC, &ts);
             ts.tv_nsec += 100000000L;
-            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
             if (pthread_cond_timedwait(&pp->cond, &pp->mu, &ts) != 0 && pp->count == 0 &&
                 !pp->failed) {
                 pthread_mutex_unlock(&pp->mu);
@@ -331,7 +340,8 @@ static void pipe_stop(stream_t *st)
     if (!pp) return;
     slot_t *sl;
     pthread_mutex_lock(&pp->mu);
-    while (pp->count == PIPE_SLOTS) pthread_cond_wait(&pp->cond, &pp->mu);
+    while (pp->count == PIPE_SLOTS)
+        pthread_cond_wait(&pp->cond, &pp->mu);
     sl = &pp->slots[(pp->head + pp->count) % PIPE_SLOTS];
     pthread_mutex_unlock(&pp->mu);
     sl->kind = SLOT_END;
@@ -354,7 +364,8 @@ static int buf_append(stream_t *st, const char *p, size_t n)
 {
     if (st->len + n > st->cap) {
         size_t cap = st->cap ? st->cap : 65536;
-        while (cap < st->len + n) cap *= 2;
+        while (cap < st->len + n)
+            cap *= 2;
         char *nb = realloc(st->buf, cap);
         if (!nb) {
             st->result = FERRY_ENOMEM;
@@ -393,7 +404,8 @@ static size_t on_stream_data(char *p, size_t size, size_t nmemb, void *ud)
         if (st->status == 200) set_state(st->db, FERRY_CONNECTED);
     }
     if (st->status != 200) {
-        size_t k = n < sizeof st->errbody - 1 - st->errlen ? n : sizeof st->errbody - 1 - st->errlen;
+        size_t k =
+            n < sizeof st->errbody - 1 - st->errlen ? n : sizeof st->errbody - 1 - st->errlen;
         memcpy(st->errbody + st->errlen, p, k);
         st->errlen += k;
         st->errbody[st->errlen] = 0;
@@ -471,7 +483,8 @@ static int stream_once(ferry_db_t *db, int *backoff)
     if (db->sync_lock_fd == -1) {
         int fd = ferry__sync_lock(db->path);
         if (fd == FERRY_ESTATE) {
-            set_error(db, "another connection is syncing this database file; waiting for it to end");
+            set_error(db,
+                      "another connection is syncing this database file; waiting for it to end");
             return *backoff;
         }
         db->sync_lock_fd = fd >= 0 ? fd : -2; /* -2: no lock file possible, sync unlocked */
@@ -543,7 +556,8 @@ static int stream_once(ferry_db_t *db, int *backoff)
                  st.errbody);
         set_error(db, msg);
     } else if (cc != CURLE_OK) {
-        snprintf(msg, sizeof msg, "could not stream from \"%.150s\": %.100s", url, curl_easy_strerror(cc));
+        snprintf(msg, sizeof msg, "could not stream from \"%.150s\": %.100s", url,
+                 curl_easy_strerror(cc));
         set_error(db, msg);
     } else {
         set_error(db, "the server ended the sync stream");
@@ -596,7 +610,10 @@ static size_t on_resp(char *p, size_t size, size_t nmemb, void *ud)
     size_t n = size * nmemb;
     if (r->len + n > (1u << 24)) return 0;
     char *np = realloc(r->p, r->len + n + 1);
-    if (!np) { r->oom = 1; return 0; }
+    if (!np) {
+        r->oom = 1;
+        return 0;
+    }
     memcpy(np + r->len, p, n);
     r->p = np;
     r->len += n;
@@ -614,8 +631,8 @@ static int on_upload_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c
 }
 
 /* A plain request; returns the HTTP status (0 on network error, message in msg). */
-static long http(ferry_db_t *db, const char *token, const char *path, const char *body,
-                 resp_t *r, char *msg, size_t msgcap)
+static long http(ferry_db_t *db, const char *token, const char *path, const char *body, resp_t *r,
+                 char *msg, size_t msgcap)
 {
     char url[2048];
     snprintf(url, sizeof url, "%s%s", db->endpoint, path);
@@ -665,8 +682,10 @@ static int64_t queue_len(sqlite3 *c)
 static int upload_batch(ferry_db_t *db, sqlite3 *c, int batch, char *msg, size_t msgcap)
 {
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(c, "SELECT id, tx_id, op, type, row_id, data FROM ferry_crud "
-                              "ORDER BY id LIMIT ?", -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(c,
+                           "SELECT id, tx_id, op, type, row_id, data FROM ferry_crud "
+                           "ORDER BY id LIMIT ?",
+                           -1, &st, NULL) != SQLITE_OK) {
         snprintf(msg, msgcap, "could not read the upload queue: %s", sqlite3_errmsg(c));
         return FERRY_ESQLITE;
     }
@@ -676,18 +695,27 @@ static int upload_batch(ferry_db_t *db, sqlite3 *c, int batch, char *msg, size_t
     while (arr && sqlite3_step(st) == SQLITE_ROW) {
         const char *data = (const char *)sqlite3_column_text(st, 5);
         json_t *d = data ? json_loads(data, 0, NULL) : json_null();
-        json_t *e = json_pack("{s:I,s:s,s:s,s:s,s:o}", "op_id",
-                              (json_int_t)sqlite3_column_int64(st, 0), "op",
-                              (const char *)sqlite3_column_text(st, 2), "type",
-                              (const char *)sqlite3_column_text(st, 3), "id",
-                              (const char *)sqlite3_column_text(st, 4), "data",
-                              d ? d : json_null());
-        if (!e || json_array_append_new(arr, e)) { json_decref(arr); arr = NULL; break; }
+        json_t *e =
+            json_pack("{s:I,s:s,s:s,s:s,s:o}", "op_id", (json_int_t)sqlite3_column_int64(st, 0),
+                      "op", (const char *)sqlite3_column_text(st, 2), "type",
+                      (const char *)sqlite3_column_text(st, 3), "id",
+                      (const char *)sqlite3_column_text(st, 4), "data", d ? d : json_null());
+        if (!e || json_array_append_new(arr, e)) {
+            json_decref(arr);
+            arr = NULL;
+            break;
+        }
         n++;
     }
     sqlite3_finalize(st);
-    if (!arr) { snprintf(msg, msgcap, "out of memory"); return FERRY_ENOMEM; }
-    if (n == 0) { json_decref(arr); return 0; }
+    if (!arr) {
+        snprintf(msg, msgcap, "out of memory");
+        return FERRY_ENOMEM;
+    }
+    if (n == 0) {
+        json_decref(arr);
+        return 0;
+    }
     json_t *req = json_pack("{s:s,s:o}", "client_id", db->client_id, "batch", arr);
     char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
@@ -695,7 +723,8 @@ static int upload_batch(ferry_db_t *db, sqlite3 *c, int batch, char *msg, size_t
     if (!body || !token) {
         free(body);
         free(token);
-        snprintf(msg, msgcap, token ? "out of memory" : "no token: the token callback returned none");
+        snprintf(msg, msgcap,
+                 token ? "out of memory" : "no token: the token callback returned none");
         return token ? FERRY_ENOMEM : FERRY_EAUTH;
     }
     resp_t r = {0};
@@ -715,15 +744,16 @@ static int upload_batch(ferry_db_t *db, sqlite3 *c, int batch, char *msg, size_t
         size_t i;
         json_t *e;
         sqlite3_stmt *get = NULL, *del = NULL;
-        int ok = json_is_array(res) &&
-                 sqlite3_exec(c, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
-        if (ok && (sqlite3_prepare_v2(c, "SELECT id, tx_id, op, type, row_id, data FROM ferry_crud "
-                                         "WHERE id = ?", -1, &get, NULL) != SQLITE_OK ||
+        int ok =
+            json_is_array(res) && sqlite3_exec(c, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+        if (ok && (sqlite3_prepare_v2(c,
+                                      "SELECT id, tx_id, op, type, row_id, data FROM ferry_crud "
+                                      "WHERE id = ?",
+                                      -1, &get, NULL) != SQLITE_OK ||
                    sqlite3_prepare_v2(c, "DELETE FROM ferry_crud WHERE id = ?", -1, &del, NULL) !=
                        SQLITE_OK))
             ok = 0;
-        if (ok)
-            json_array_foreach(res, i, e)
+        if (ok) json_array_foreach(res, i, e)
             {
                 json_t *idv = json_object_get(e, "op_id");
                 const char *stt = json_string_value(json_object_get(e, "status"));
@@ -741,7 +771,8 @@ static int upload_batch(ferry_db_t *db, sqlite3 *c, int batch, char *msg, size_t
                         ferry_crud_t ce = {0};
                         ce.op_id = opid;
                         ce.tx_id = sqlite3_column_int64(get, 1);
-                        snprintf(ce.op, sizeof ce.op, "%s", (const char *)sqlite3_column_text(get, 2));
+                        snprintf(ce.op, sizeof ce.op, "%s",
+                                 (const char *)sqlite3_column_text(get, 2));
                         ce.type = (char *)sqlite3_column_text(get, 3);
                         ce.id = (char *)sqlite3_column_text(get, 4);
                         ce.data = (char *)sqlite3_column_text(get, 5);
@@ -781,7 +812,10 @@ static int upload_batch(ferry_db_t *db, sqlite3 *c, int batch, char *msg, size_t
 static int fetch_write_checkpoint(ferry_db_t *db, sqlite3 *c, char *msg, size_t msgcap)
 {
     char *token = get_token(db);
-    if (!token) { snprintf(msg, msgcap, "no token: the token callback returned none"); return -1; }
+    if (!token) {
+        snprintf(msg, msgcap, "no token: the token callback returned none");
+        return -1;
+    }
     char path[128];
     snprintf(path, sizeof path, "/write-checkpoint2.json?client_id=%s", db->client_id);
     resp_t r = {0};
@@ -790,7 +824,8 @@ static int fetch_write_checkpoint(ferry_db_t *db, sqlite3 *c, char *msg, size_t 
     if (status == 200) {
         json_t *root = json_loads(r.p ? r.p : "", 0, NULL);
         int64_t wcp;
-        if (!ferry__parse_id(json_object_get(json_object_get(root, "data"), "write_checkpoint"), &wcp)) {
+        if (!ferry__parse_id(json_object_get(json_object_get(root, "data"), "write_checkpoint"),
+                             &wcp)) {
             if (sqlite3_exec(c, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK) {
                 if (queue_len(c) == 0 && ferry__kv_get_int(c, "target", -1) == FERRY_TARGET_UNKNOWN)
                     ferry__kv_set_int(c, "target", wcp);
@@ -962,7 +997,10 @@ static int timed_wait(ferry_db_t *db, int timeout_ms, int (*done)(ferry_db_t *))
     if (timeout_ms >= 0) {
         ts.tv_sec += timeout_ms / 1000;
         ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
     }
     int rc = 0;
     pthread_mutex_lock(&db->mu);
@@ -978,7 +1016,10 @@ static int timed_wait(ferry_db_t *db, int timeout_ms, int (*done)(ferry_db_t *))
     return rc;
 }
 
-static int first_sync_done(ferry_db_t *db) { return db->synced_ever; }
+static int first_sync_done(ferry_db_t *db)
+{
+    return db->synced_ever;
+}
 
 static int synced_done(ferry_db_t *db)
 {

@@ -13,8 +13,7 @@
 
 static void check_inside(const char *base, size_t len, const char *p, size_t n)
 {
-    if (p != NULL && (p < base || p + n > base + len))
-        __builtin_trap();
+    if (p != NULL && (p < base || p + n > base + len)) __builtin_trap();
 }
 
 static void check_tuple(const char *base, size_t len, const gw_pgo_tuple_t *t)
@@ -29,8 +28,7 @@ static void decode(const char *buf, size_t len, gw_arena_t *a)
     gw_err_t err;
     int rc = gw_pgo_decode(buf, len, a, &m, &err);
     if (rc != 0) {
-        if (rc != GW_EINVAL)
-            __builtin_trap();
+        if (rc != GW_EINVAL) __builtin_trap();
         return;
     }
     switch (m.kind) {
@@ -49,8 +47,7 @@ static void decode(const char *buf, size_t len, gw_arena_t *a)
         break;
     case GW_PGO_RELATION:
         for (uint16_t i = 0; i < m.u.relation.ncols; i++)
-            if (strlen(m.u.relation.cols[i].name) > len)
-                __builtin_trap();
+            if (strlen(m.u.relation.cols[i].name) > len) __builtin_trap();
         break;
     default:
         break;

@@ -28,8 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < d.n; i++)
         rules_diag_format(&d, i, buf, sizeof buf);
     rules_diags_free(&d);
-    if (!set)
-        return 0;
+    if (!set) return 0;
     static const char *const tables[] = {"lists", "todos", "t", "org_members", "posts"};
     const char *names[] = {"id", "owner_id", "tags", "archived", "user_id", "org_id", "n"};
     const uint32_t oids[] = {25, 25, 1009, 16, 25, 25, 701};

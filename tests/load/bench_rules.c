@@ -112,8 +112,9 @@ int main(int argc, char **argv)
             rules_eval_lookups(set, &row, &lk, NULL);
             rules_lookups_free(&lk);
         } else if (which == 1) {
-            const char *v[] = {id, "0e4f6c1a-9b7d-4c3e-8f21-000000000001", "Buy milk",
-                               (i & 4) ? "t" : "f", owner, "3"};
+            const char *v[] = {id,         "0e4f6c1a-9b7d-4c3e-8f21-000000000001",
+                               "Buy milk", (i & 4) ? "t" : "f",
+                               owner,      "3"};
             row = (rules_row_t){NULL, "todos", 6, tn, tt, v, NULL};
             rules_eval_row(set, "1", &row, &out, NULL);
         } else {

@@ -18,8 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static const ferry_column_t COLS[] = {{"owner", FERRY_TEXT}, {"body", FERRY_TEXT},
-                                      {"n", FERRY_INTEGER}, {NULL, 0}};
+static const ferry_column_t COLS[] = {
+    {"owner", FERRY_TEXT}, {"body", FERRY_TEXT}, {"n", FERRY_INTEGER}, {NULL, 0}};
 static const ferry_table_t TABLES[] = {{"items", COLS, NULL, 0}, {NULL, NULL, NULL, 0}};
 static const ferry_schema_t SCHEMA = {TABLES};
 
@@ -56,7 +56,10 @@ static int cmp(const void *a, const void *b)
 /* the rows of items inserted into DBFILE.raw by SQLite alone: rows/s (0 when it could not) */
 static double sqlite_limit(ferry_db_t *db, const char *path)
 {
-    typedef struct { char *id, *owner, *body; long long n; } row_t;
+    typedef struct {
+        char *id, *owner, *body;
+        long long n;
+    } row_t;
     size_t cap = 1024, len = 0;
     row_t *rows = malloc(cap * sizeof *rows);
     sqlite3_stmt *s;
@@ -64,8 +67,7 @@ static double sqlite_limit(ferry_db_t *db, const char *path)
         sqlite3_prepare_v2(ferry_sqlite(db), "SELECT id, owner, body, n FROM items", -1, &s, NULL))
         return 0;
     while (sqlite3_step(s) == SQLITE_ROW) {
-        if (len == cap && (rows = realloc(rows, (cap *= 2) * sizeof *rows)) == NULL)
-            return 0;
+        if (len == cap && (rows = realloc(rows, (cap *= 2) * sizeof *rows)) == NULL) return 0;
         rows[len].id = strdup((const char *)sqlite3_column_text(s, 0));
         rows[len].owner = strdup((const char *)sqlite3_column_text(s, 1));
         rows[len].body = strdup((const char *)sqlite3_column_text(s, 2));
@@ -78,8 +80,9 @@ static double sqlite_limit(ferry_db_t *db, const char *path)
     sqlite3 *r;
     double rate = 0;
     if (sqlite3_open(raw, &r) == SQLITE_OK &&
-        sqlite3_exec(r, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                        "CREATE TABLE items (id TEXT PRIMARY KEY, owner TEXT, body TEXT, n INTEGER)",
+        sqlite3_exec(r,
+                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                     "CREATE TABLE items (id TEXT PRIMARY KEY, owner TEXT, body TEXT, n INTEGER)",
                      NULL, NULL, NULL) == SQLITE_OK &&
         sqlite3_prepare_v2(r, "INSERT INTO items VALUES (?, ?, ?, ?)", -1, &s, NULL) == SQLITE_OK) {
         double t0 = now();
@@ -93,8 +96,7 @@ static double sqlite_limit(ferry_db_t *db, const char *path)
             sqlite3_reset(s);
         }
         sqlite3_finalize(s);
-        if (sqlite3_exec(r, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
-            rate = len / (now() - t0);
+        if (sqlite3_exec(r, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) rate = len / (now() - t0);
     }
     sqlite3_close(r);
     for (size_t i = 0; i < len; i++) {
@@ -159,8 +161,10 @@ int main(int argc, char **argv)
     double ix = -1;
     for (int i = 0; i < 60000 && ix < 0; i++) {
         sqlite3_stmt *q;
-        if (sqlite3_prepare_v2(ferry_sqlite(db), "SELECT count(*) FROM sqlite_schema WHERE "
-                               "name = 'ferry_oplog_key'", -1, &q, NULL) == SQLITE_OK &&
+        if (sqlite3_prepare_v2(ferry_sqlite(db),
+                               "SELECT count(*) FROM sqlite_schema WHERE "
+                               "name = 'ferry_oplog_key'",
+                               -1, &q, NULL) == SQLITE_OK &&
             sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0) > 0)
             ix = now() - t0 - dt;
         sqlite3_finalize(q);
@@ -169,28 +173,34 @@ int main(int argc, char **argv)
     ferry_disconnect(db);
     sqlite3_stmt *s;
     long rows = 0;
-    if (sqlite3_prepare_v2(ferry_sqlite(db), "SELECT count(*) FROM items", -1, &s, NULL) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(ferry_sqlite(db), "SELECT count(*) FROM items", -1, &s, NULL) ==
+            SQLITE_OK &&
         sqlite3_step(s) == SQLITE_ROW)
         rows = sqlite3_column_int64(s, 0);
     sqlite3_finalize(s);
     printf("BENCH sdk_initial_sync_rows_per_s %.0f rows/s %ld rows in %.2f s, request to applied\n",
            rows / dt, rows, dt);
     if (ph.stored > 0)
-        printf("BENCH sdk_initial_sync_download_s %.2f s every op stored (then %.2f s validating and "
-               "publishing)\n", ph.stored, dt - ph.stored);
+        printf(
+            "BENCH sdk_initial_sync_download_s %.2f s every op stored (then %.2f s validating and "
+            "publishing)\n",
+            ph.stored, dt - ph.stored);
     if (ix >= 0)
         printf("BENCH sdk_initial_sync_index_s %.2f s after applied, the oplog's key index was "
-               "built (the next ops are stored after it)\n", ix);
+               "built (the next ops are stored after it)\n",
+               ix);
     printf("BENCH sdk_client_peak_rss %ld KiB VmHWM after the initial sync and the index\n",
            rss_kb("VmHWM:"));
     /* after the RSS figure: the limit holds the rows in memory */
     double limit = sqlite_limit(db, argv[3]);
-    printf("BENCH sdk_sqlite_insert_limit_rows_per_s %.0f rows/s the same %ld rows, prepared INSERTs "
-           "in one transaction into a fresh plain table (the limit)\n",
-           limit, rows);
+    printf(
+        "BENCH sdk_sqlite_insert_limit_rows_per_s %.0f rows/s the same %ld rows, prepared INSERTs "
+        "in one transaction into a fresh plain table (the limit)\n",
+        limit, rows);
     enum { N = 2000 };
     static double lat[N];
-    sqlite3_prepare_v2(ferry_sqlite(db), "INSERT INTO items(id, owner, body, n) VALUES (?, 'me', 'local write', ?)",
+    sqlite3_prepare_v2(ferry_sqlite(db),
+                       "INSERT INTO items(id, owner, body, n) VALUES (?, 'me', 'local write', ?)",
                        -1, &s, NULL);
     for (int i = 0; i < N; i++) {
         char id[37];
@@ -207,8 +217,9 @@ int main(int argc, char **argv)
     }
     sqlite3_finalize(s);
     qsort(lat, N, sizeof lat[0], cmp);
-    printf("BENCH sdk_local_write_p50 %.1f us insert + queue entry, autocommit, WAL (p99 %.1f us)\n",
-           lat[N / 2], lat[N * 99 / 100]);
+    printf(
+        "BENCH sdk_local_write_p50 %.1f us insert + queue entry, autocommit, WAL (p99 %.1f us)\n",
+        lat[N / 2], lat[N * 99 / 100]);
     ferry_close(db);
     return 0;
 }

@@ -61,9 +61,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_SECS 600
+#define MAX_SECS  600
 #define MAX_PROCS 64
-#define READ_BUF (256 * 1024)
+#define READ_BUF  (256 * 1024)
 
 enum { SC_INITIAL, SC_FANOUT, SC_IDLE, SC_CHURN, SC_WRITE, SC_SOAK, SC_COUNT };
 static const char *const scenario_names[] = {"initial", "fanout", "idle", "churn", "write", "soak"};
@@ -122,7 +122,7 @@ typedef struct pstat {
 typedef struct shared {
     volatile int stop;
     volatile int cycle; /* churn: the parent bumps it to make every worker reconnect all streams */
-    uint64_t t0_us; /* CLOCK_MONOTONIC µs when the workers were forked */
+    uint64_t t0_us;     /* CLOCK_MONOTONIC µs when the workers were forked */
     pstat_t p[];
 } shared_t;
 
@@ -157,11 +157,9 @@ static long rss_kb(long pid)
     long kb = -1;
     snprintf(path, sizeof path, "/proc/%ld/status", pid);
     FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
+    if (f == NULL) return -1;
     while (fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = strtol(line + 6, NULL, 10);
+        if (strncmp(line, "VmRSS:", 6) == 0) kb = strtol(line + 6, NULL, 10);
     fclose(f);
     return kb;
 }
@@ -204,8 +202,7 @@ static int on_complete(void *ctx, load_proto_t *p, int ok)
             close(w->save_fd);
             w->save_fd = -1;
         }
-        if (O.scenario == SC_INITIAL || O.scenario == SC_CHURN)
-            return 1;
+        if (O.scenario == SC_INITIAL || O.scenario == SC_CHURN) return 1;
     }
     return 0;
 }
@@ -227,16 +224,14 @@ static void conn_close(worker_t *w, conn_t *c)
         close(c->fd);
         c->fd = -1;
     }
-    if (!c->established && c->state != C_DONE)
-        w->inflight--;
+    if (!c->established && c->state != C_DONE) w->inflight--;
     c->state = C_DONE;
     load_proto_free(&c->p);
 }
 
 static void conn_fail(worker_t *w, conn_t *c, const char *why)
 {
-    if (!c->established)
-        w->ps->failed++;
+    if (!c->established) w->ps->failed++;
     snprintf(w->ps->last_error, sizeof w->ps->last_error, "%s", why);
     conn_close(w, c);
 }
@@ -296,8 +291,9 @@ static void conn_writable(worker_t *w, conn_t *c)
             return;
         }
     }
-    int bl = snprintf(body, sizeof body, "{\"buckets\":[],\"client_id\":\"load-%u\",\"parameters\":%s}",
-                      c->idx, O.params);
+    int bl =
+        snprintf(body, sizeof body, "{\"buckets\":[],\"client_id\":\"load-%u\",\"parameters\":%s}",
+                 c->idx, O.params);
     int rl = snprintf(req, sizeof req,
                       "POST %s/sync/stream HTTP/1.1\r\nHost: %s\r\nAuthorization: Token %s\r\n"
                       "Content-Type: application/json\r\nAccept: application/x-ndjson\r\n"
@@ -325,8 +321,7 @@ static void conn_readable(worker_t *w, conn_t *c)
     for (int round = 0; round < 4; round++) {
         ssize_t n = read(c->fd, w->buf, READ_BUF);
         if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                return;
+            if (errno == EAGAIN || errno == EINTR) return;
             conn_fail(w, c, strerror(errno));
             return;
         }
@@ -337,8 +332,7 @@ static void conn_readable(worker_t *w, conn_t *c)
         }
         w->now_real = real_us();
         uint64_t sec = (mono_us() - SH->t0_us) / 1000000u;
-        if (sec >= MAX_SECS)
-            sec = MAX_SECS - 1;
+        if (sec >= MAX_SECS) sec = MAX_SECS - 1;
         uint64_t ops0 = w->ps->st.ops;
         if (w->save_fd >= 0 && c->idx == 0 && write(w->save_fd, w->buf, (size_t)n) != n) {
             close(w->save_fd);
@@ -369,8 +363,7 @@ static void conn_readable(worker_t *w, conn_t *c)
             conn_fail(w, c, c->p.err);
             return;
         }
-        if (n < READ_BUF)
-            return;
+        if (n < READ_BUF) return;
     }
 }
 
@@ -389,8 +382,7 @@ static void worker_run(int id, long first, long n)
     w.ep = epoll_create1(EPOLL_CLOEXEC);
     w.conns = calloc((size_t)n, sizeof(conn_t));
     w.buf = malloc(READ_BUF);
-    if (w.ep < 0 || w.conns == NULL || w.buf == NULL)
-        _exit(1);
+    if (w.ep < 0 || w.conns == NULL || w.buf == NULL) _exit(1);
     for (long i = 0; i < n; i++) {
         w.conns[i].fd = -1;
         w.conns[i].idx = (uint32_t)(first + i);
@@ -423,8 +415,7 @@ static void worker_run(int id, long first, long n)
         }
     }
     for (long i = 0; i < n; i++)
-        if (w.conns[i].state != C_DONE && w.conns[i].state != C_IDLE)
-            conn_close(&w, &w.conns[i]);
+        if (w.conns[i].state != C_DONE && w.conns[i].state != C_IDLE) conn_close(&w, &w.conns[i]);
     w.ps->exited = 1;
     _exit(0);
 }
@@ -449,20 +440,17 @@ static pid_t cat_server(const char *file, int *port)
     signal(SIGCHLD, SIG_IGN); /* one child per connection, reaped by the kernel */
     for (;;) {
         int c = accept(fd, NULL, NULL);
-        if (c < 0)
-            continue;
+        if (c < 0) continue;
         if (fork() == 0) {
             char req[8192];
             if (read(c, req, sizeof req) <= 0) /* the request comes in one write */
                 _exit(0);
             int f = open(file, O_RDONLY);
             struct stat st;
-            if (f < 0 || fstat(f, &st) != 0)
-                _exit(1);
+            if (f < 0 || fstat(f, &st) != 0) _exit(1);
             off_t off = 0;
             while (off < st.st_size)
-                if (sendfile(c, f, &off, (size_t)(st.st_size - off)) <= 0)
-                    break;
+                if (sendfile(c, f, &off, (size_t)(st.st_size - off)) <= 0) break;
             shutdown(c, SHUT_WR);
             while (read(c, req, sizeof req) > 0) {
             }
@@ -498,12 +486,9 @@ static void sum_up(totals_t *t)
         t->http_errors += p->http_errors;
         t->server_closed += p->server_closed;
         t->deliveries += p->deliveries;
-        if (p->last_complete_us > t->last_complete_us)
-            t->last_complete_us = p->last_complete_us;
-        if (p->last_status)
-            t->last_status = p->last_status;
-        if (p->last_error[0])
-            t->last_error = p->last_error;
+        if (p->last_complete_us > t->last_complete_us) t->last_complete_us = p->last_complete_us;
+        if (p->last_status) t->last_status = p->last_status;
+        if (p->last_error[0]) t->last_error = p->last_error;
     }
 }
 
@@ -528,7 +513,8 @@ typedef struct run {
     int nsampled;
 } run_t;
 
-static load_hist_t H_post, H_get, H_wcp; /* write: 1-op POST, GET write checkpoint, own checkpoint */
+static load_hist_t H_post, H_get,
+    H_wcp; /* write: 1-op POST, GET write checkpoint, own checkpoint */
 
 static run_t R;
 
@@ -552,8 +538,7 @@ static void tick(void)
     long kb = -1;
     if (O.ferry_pid > 0) {
         kb = rss_kb(O.ferry_pid);
-        if (kb > R.rss_peak)
-            R.rss_peak = kb;
+        if (kb > R.rss_peak) R.rss_peak = kb;
     }
     uint64_t now = mono_us();
     int sec = (int)((now - SH->t0_us) / 1000000u);
@@ -566,8 +551,7 @@ static void tick(void)
         }
         R.nsampled = sec + 1;
     }
-    if (O.quiet || now - R.last_progress < 1000000)
-        return;
+    if (O.quiet || now - R.last_progress < 1000000) return;
     R.last_progress = now;
     totals_t t;
     sum_up(&t);
@@ -578,8 +562,7 @@ static void tick(void)
     if (O.scenario == SC_FANOUT)
         fprintf(stderr, " | commits %llu, deliveries %llu", (unsigned long long)R.commits,
                 (unsigned long long)t.deliveries);
-    if (O.ferry_pid > 0)
-        fprintf(stderr, " | ferry RSS %.1f MB", rss_kb(O.ferry_pid) / 1024.0);
+    if (O.ferry_pid > 0) fprintf(stderr, " | ferry RSS %.1f MB", rss_kb(O.ferry_pid) / 1024.0);
     fputc('\n', stderr);
 }
 
@@ -595,8 +578,7 @@ static void wait_established(long want)
     totals_t t;
     for (;;) {
         sum_up(&t);
-        if ((long)(t.established + t.failed) >= want || deadline_passed())
-            return;
+        if ((long)(t.established + t.failed) >= want || deadline_passed()) return;
         tick();
         sleep_us(10000);
     }
@@ -611,8 +593,7 @@ static uint64_t streams_of(long u)
 static PGconn *pg_ticks(void)
 {
     PGconn *pg = PQconnectdb(O.pg);
-    if (PQstatus(pg) != CONNECTION_OK)
-        die("could not connect to Postgres: %s", PQerrorMessage(pg));
+    if (PQstatus(pg) != CONNECTION_OK) die("could not connect to Postgres: %s", PQerrorMessage(pg));
     char sql[512];
     snprintf(sql, sizeof sql, "INSERT INTO %s (id, %s, %s) VALUES ($1, $2, $3::bigint)", O.table,
              O.owner_col, O.stamp_col);
@@ -653,8 +634,7 @@ static void drain(void)
     totals_t t;
     for (;;) {
         sum_up(&t);
-        if (t.deliveries >= R.expected || mono_us() > until || deadline_passed())
-            break;
+        if (t.deliveries >= R.expected || mono_us() > until || deadline_passed()) break;
         tick();
         sleep_us(5000);
     }
@@ -669,10 +649,8 @@ static void fanout_commits(void)
     for (uint64_t j = 0; j < total; j++) {
         uint64_t due = start + (uint64_t)(j * 1e6 / O.rate);
         uint64_t now = mono_us();
-        if (due > now)
-            sleep_us(due - now);
-        if (deadline_passed())
-            break;
+        if (due > now) sleep_us(due - now);
+        if (deadline_passed()) break;
         commit_tick(pg, run_id, j);
         tick();
     }
@@ -685,8 +663,7 @@ static void fanout_commits(void)
 static int http_open(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
+    if (fd < 0) return -1;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct timeval tv = {30, 0};
@@ -703,8 +680,7 @@ static int write_all(int fd, const char *d, size_t n)
     while (n > 0) {
         ssize_t w = write(fd, d, n);
         if (w <= 0) {
-            if (w < 0 && errno == EINTR)
-                continue;
+            if (w < 0 && errno == EINTR) continue;
             return -1;
         }
         d += w;
@@ -719,17 +695,13 @@ static long dechunk(char *b, size_t n)
     size_t in = 0, out = 0;
     for (;;) {
         char *nl = memmem(b + in, n - in, "\r\n", 2);
-        if (nl == NULL)
-            return -1;
+        if (nl == NULL) return -1;
         char *e;
         unsigned long sz = strtoul(b + in, &e, 16);
-        if (e == b + in)
-            return -2;
+        if (e == b + in) return -2;
         size_t data = (size_t)(nl - b) + 2;
-        if (sz == 0)
-            return n >= data + 2 ? (long)out : -1;
-        if (data + sz + 2 > n)
-            return -1;
+        if (sz == 0) return n >= data + 2 ? (long)out : -1;
+        if (data + sz + 2 > n) return -1;
         memmove(b + out, b + data, sz);
         out += sz;
         in = data + sz + 2;
@@ -746,19 +718,15 @@ static int http_read(int fd, char *resp, size_t cap)
     long clen = -1, blen = -1;
     int chunked = 0, status = 0;
     for (;;) {
-        if (n >= sizeof buf - 1)
-            return -1;
+        if (n >= sizeof buf - 1) return -1;
         ssize_t r = read(fd, buf + n, sizeof buf - 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return n == 0 ? -2 : -1;
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return n == 0 ? -2 : -1;
         n += (size_t)r;
         buf[n] = '\0';
         if (hlen == 0) {
             char *h = strstr(buf, "\r\n\r\n");
-            if (h == NULL)
-                continue;
+            if (h == NULL) continue;
             hlen = (size_t)(h - buf) + 4;
             status = n > 12 ? atoi(buf + 9) : 0;
             for (char *l = strstr(buf, "\r\n"); l != NULL && l < h; l = strstr(l + 2, "\r\n")) {
@@ -767,15 +735,12 @@ static int http_read(int fd, char *resp, size_t cap)
                 else if (strncasecmp(l + 2, "transfer-encoding:", 18) == 0)
                     chunked = 1;
             }
-            if (!chunked && clen < 0)
-                return -1;
+            if (!chunked && clen < 0) return -1;
         }
         if (chunked) {
             blen = dechunk(buf + hlen, n - hlen);
-            if (blen == -2)
-                return -1;
-            if (blen >= 0)
-                break;
+            if (blen == -2) return -1;
+            if (blen >= 0) break;
         } else if (n - hlen >= (size_t)clen) {
             blen = clen;
             break;
@@ -798,16 +763,13 @@ static int http_call(int *fd, const char *method, const char *target, const char
                       "Content-Length: %zu\r\n\r\n",
                       method, O.path, target, O.host, tok,
                       body ? "Content-Type: application/json\r\n" : "", bl);
-    if (hl < 0 || (size_t)hl >= sizeof head)
-        return -1;
+    if (hl < 0 || (size_t)hl >= sizeof head) return -1;
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (*fd < 0 && (*fd = http_open()) < 0)
-            return -1;
+        if (*fd < 0 && (*fd = http_open()) < 0) return -1;
         int st = -1;
         if (write_all(*fd, head, (size_t)hl) == 0 && (bl == 0 || write_all(*fd, body, bl) == 0))
             st = http_read(*fd, resp, cap);
-        if (st > 0)
-            return st;
+        if (st > 0) return st;
         close(*fd);
         *fd = -1;
         if (st != -2) /* retry only a request the server never answered on a reused connection */
@@ -818,8 +780,7 @@ static int http_call(int *fd, const char *method, const char *target, const char
 
 static int user_token(long u, char *tok, size_t cap)
 {
-    if (O.token != NULL)
-        return snprintf(tok, cap, "%s", O.token) < (int)cap ? 0 : -1;
+    if (O.token != NULL) return snprintf(tok, cap, "%s", O.token) < (int)cap ? 0 : -1;
     char user[128];
     snprintf(user, sizeof user, "%s%ld", O.user_prefix, u);
     load_token_cfg_t tc = {O.secret, O.kid, O.aud, O.iss, O.ttl};
@@ -853,13 +814,13 @@ static void writer_run(int w, uint64_t run_id)
     char tok[1024], id[96];
     size_t cap = 256 + (size_t)O.batch * 400;
     char *body = malloc(cap), *resp = malloc(1 << 20);
-    if (body == NULL || resp == NULL || user_token(u, tok, sizeof tok) != 0)
-        _exit(1);
+    if (body == NULL || resp == NULL || user_token(u, tok, sizeof tok) != 0) _exit(1);
     int fd = -1;
     uint64_t op_id = real_us(), until = mono_us() + (uint64_t)(O.seconds * 1e6), k = 0;
     while (mono_us() < until && !SH->stop) {
-        size_t len = (size_t)snprintf(body, cap, "{\"client_id\":\"load-writer-%llx-%d\",\"batch\":[",
-                                      (unsigned long long)run_id, w);
+        size_t len =
+            (size_t)snprintf(body, cap, "{\"client_id\":\"load-writer-%llx-%d\",\"batch\":[",
+                             (unsigned long long)run_id, w);
         for (long i = 0; i < O.batch; i++) {
             snprintf(id, sizeof id, "%llx-w%d-%llu", (unsigned long long)run_id, w,
                      (unsigned long long)k++);
@@ -884,8 +845,7 @@ static void writer_run(int w, uint64_t run_id)
             snprintf(ws->last_error, sizeof ws->last_error, "POST /api/write: %d %.80s", st, resp);
         }
     }
-    if (fd >= 0)
-        close(fd);
+    if (fd >= 0) close(fd);
     _exit(0);
 }
 
@@ -893,8 +853,7 @@ static void writer_run(int w, uint64_t run_id)
 static int write_one(int *fd, long u, const char *cid, uint64_t op_id, const char *id)
 {
     char tok[1024], body[1024], resp[4096];
-    if (user_token(u, tok, sizeof tok) != 0)
-        return 0;
+    if (user_token(u, tok, sizeof tok) != 0) return 0;
     int len = snprintf(body, sizeof body, "{\"client_id\":\"%s\",\"batch\":[", cid);
     len += put_op(body + len, sizeof body - (size_t)len, 1, op_id, id, u);
     snprintf(body + len, sizeof body - (size_t)len, "]}");
@@ -907,7 +866,8 @@ static int write_one(int *fd, long u, const char *cid, uint64_t op_id, const cha
     }
     R.write_errors++;
     if (!O.quiet)
-        fprintf(stderr, "ferry-load: POST /api/write answered %d: %.200s\n", st, st > 0 ? resp : "");
+        fprintf(stderr, "ferry-load: POST /api/write answered %d: %.200s\n", st,
+                st > 0 ? resp : "");
     return 0;
 }
 
@@ -921,10 +881,8 @@ static void write_scenario(void)
     for (long w = 0; w < O.writers; w++) {
         fflush(NULL);
         wp[w] = fork();
-        if (wp[w] < 0)
-            die("could not fork: %s", strerror(errno));
-        if (wp[w] == 0)
-            writer_run((int)w, run_id);
+        if (wp[w] < 0) die("could not fork: %s", strerror(errno));
+        if (wp[w] == 0) writer_run((int)w, run_id);
     }
     for (long w = 0; w < O.writers; w++) {
         int st;
@@ -980,12 +938,12 @@ static void write_scenario(void)
         } else {
             R.round_errors++;
             if (!O.quiet)
-                fprintf(stderr, "ferry-load: stream %ld never got write_checkpoint %llu (has %llu)\n",
-                        c, (unsigned long long)want, (unsigned long long)WCP_VAL[c]);
+                fprintf(stderr,
+                        "ferry-load: stream %ld never got write_checkpoint %llu (has %llu)\n", c,
+                        (unsigned long long)want, (unsigned long long)WCP_VAL[c]);
         }
     }
-    if (fd >= 0)
-        close(fd);
+    if (fd >= 0) close(fd);
     drain();
 }
 
@@ -1007,23 +965,20 @@ static void soak_scenario(void)
         }
         if (O.write_rate > 0 && now >= next_w) {
             char id[96];
-            snprintf(id, sizeof id, "%llx-s%llu", (unsigned long long)run_id, (unsigned long long)k);
+            snprintf(id, sizeof id, "%llx-s%llu", (unsigned long long)run_id,
+                     (unsigned long long)k);
             write_one(&fd, (long)(k % (uint64_t)O.users), cid, ++op_id, id);
             k++;
             next_w = start + (uint64_t)(k * 1e6 / O.write_rate);
         }
         tick();
         uint64_t next = pg != NULL ? next_c : end;
-        if (O.write_rate > 0 && next_w < next)
-            next = next_w;
+        if (O.write_rate > 0 && next_w < next) next = next_w;
         now = mono_us();
-        if (next > now)
-            sleep_us(next - now < 20000 ? next - now : 20000);
+        if (next > now) sleep_us(next - now < 20000 ? next - now : 20000);
     }
-    if (pg != NULL)
-        PQfinish(pg);
-    if (fd >= 0)
-        close(fd);
+    if (pg != NULL) PQfinish(pg);
+    if (fd >= 0) close(fd);
     drain();
 }
 
@@ -1058,16 +1013,14 @@ static void usage(void)
 
 static void parse_args(int argc, char **argv)
 {
-    if (argc < 2)
-        usage();
+    if (argc < 2) usage();
     int found = 0;
     for (int i = 0; i < SC_COUNT; i++)
         if (strcmp(argv[1], scenario_names[i]) == 0) {
             O.scenario = i;
             found = 1;
         }
-    if (!found)
-        usage();
+    if (!found) usage();
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--allow-remote") == 0) {
@@ -1078,56 +1031,49 @@ static void parse_args(int argc, char **argv)
             O.quiet = 1;
             continue;
         }
-        if (i + 1 >= argc)
-            usage();
+        if (i + 1 >= argc) usage();
         const char *v = argv[++i];
-#define S(name, field)            \
-    if (strcmp(a, name) == 0) {   \
-        O.field = v;              \
-        continue;                 \
+#define S(name, field)                                                                             \
+    if (strcmp(a, name) == 0) {                                                                    \
+        O.field = v;                                                                               \
+        continue;                                                                                  \
     }
-#define L(name, field)                   \
-    if (strcmp(a, name) == 0) {          \
-        O.field = strtol(v, NULL, 10);   \
-        continue;                        \
+#define L(name, field)                                                                             \
+    if (strcmp(a, name) == 0) {                                                                    \
+        O.field = strtol(v, NULL, 10);                                                             \
+        continue;                                                                                  \
     }
-#define D(name, field)                   \
-    if (strcmp(a, name) == 0) {          \
-        O.field = strtod(v, NULL);       \
-        continue;                        \
+#define D(name, field)                                                                             \
+    if (strcmp(a, name) == 0) {                                                                    \
+        O.field = strtod(v, NULL);                                                                 \
+        continue;                                                                                  \
     }
-        S("--url", url) S("--token", token) S("--secret", secret) S("--kid", kid) S("--aud", aud)
-        S("--iss", iss) S("--user-prefix", user_prefix) S("--params", params) S("--json", json)
-        S("--plot", plot) S("--save", save) S("--cat", cat) S("--pg", pg) S("--table", table)
-        S("--stamp-column", stamp_col) S("--owner-column", owner_col)
-        L("--clients", clients) L("--procs", procs) L("--users", users) L("--ramp", ramp)
-        L("--ttl", ttl) L("--ferry-pid", ferry_pid) L("--cycles", cycles)
-        L("--writers", writers) L("--batch", batch) L("--rounds", rounds)
-        D("--write-rate", write_rate)
-        D("--timeout", timeout) D("--seconds", seconds) D("--rate", rate) D("--hold", hold)
-        D("--drain", drain)
+        S("--url", url)
+        S("--token", token) S("--secret", secret) S("--kid", kid) S("--aud", aud) S("--iss", iss) S(
+            "--user-prefix", user_prefix) S("--params", params) S("--json", json) S("--plot", plot)
+            S("--save", save) S("--cat", cat) S("--pg", pg) S("--table", table)
+                S("--stamp-column", stamp_col) S("--owner-column", owner_col)
+                    L("--clients", clients) L("--procs", procs) L("--users", users)
+                        L("--ramp", ramp) L("--ttl", ttl) L("--ferry-pid", ferry_pid)
+                            L("--cycles", cycles) L("--writers", writers) L("--batch", batch)
+                                L("--rounds", rounds) D("--write-rate", write_rate)
+                                    D("--timeout", timeout) D("--seconds", seconds)
+                                        D("--rate", rate) D("--hold", hold) D("--drain", drain)
 #undef S
 #undef L
 #undef D
-        fprintf(stderr, "ferry-load: unknown option %s\n", a);
+                                            fprintf(stderr, "ferry-load: unknown option %s\n", a);
         usage();
     }
     if (O.clients < 1 || O.procs < 1 || O.procs > MAX_PROCS || O.ramp < 1)
         die("--clients and --ramp must be at least 1, --procs between 1 and %d", MAX_PROCS);
-    if (O.cycles < 1 || O.cycles > MAX_CYCLES)
-        die("--cycles must be between 1 and %d", MAX_CYCLES);
-    if (O.procs > O.clients)
-        O.procs = O.clients;
-    if (O.users <= 0)
-        O.users = O.clients;
-    if (O.token == NULL && O.secret == NULL)
-        die("give --secret (HS256 key) or --token");
-    if (O.scenario == SC_FANOUT && O.pg == NULL)
-        die("fanout needs --pg URI to commit rows");
-    if (O.scenario == SC_FANOUT && O.rate <= 0)
-        die("--rate must be positive");
-    if (O.scenario == SC_SOAK && O.pg == NULL)
-        O.rate = 0; /* soak without --pg: writes only */
+    if (O.cycles < 1 || O.cycles > MAX_CYCLES) die("--cycles must be between 1 and %d", MAX_CYCLES);
+    if (O.procs > O.clients) O.procs = O.clients;
+    if (O.users <= 0) O.users = O.clients;
+    if (O.token == NULL && O.secret == NULL) die("give --secret (HS256 key) or --token");
+    if (O.scenario == SC_FANOUT && O.pg == NULL) die("fanout needs --pg URI to commit rows");
+    if (O.scenario == SC_FANOUT && O.rate <= 0) die("--rate must be positive");
+    if (O.scenario == SC_SOAK && O.pg == NULL) O.rate = 0; /* soak without --pg: writes only */
     if (O.writers < 0 || O.writers > MAX_PROCS || O.batch < 1 || O.batch > 10000 || O.rounds < 0)
         die("--writers must be between 0 and %d, --batch between 1 and 10000", MAX_PROCS);
     /* URL */
@@ -1137,14 +1083,12 @@ static void parse_args(int argc, char **argv)
     u += 7;
     const char *slash = strchr(u, '/');
     size_t hl = slash ? (size_t)(slash - u) : strlen(u);
-    if (hl >= sizeof O.host)
-        die("the host in --url is too long");
+    if (hl >= sizeof O.host) die("the host in --url is too long");
     memcpy(O.host, u, hl);
     O.host[hl] = '\0';
     snprintf(O.path, sizeof O.path, "%s", slash ? slash : "");
     size_t pl = strlen(O.path);
-    if (pl > 0 && O.path[pl - 1] == '/')
-        O.path[pl - 1] = '\0';
+    if (pl > 0 && O.path[pl - 1] == '/') O.path[pl - 1] = '\0';
     char hostname[256];
     snprintf(hostname, sizeof hostname, "%s", O.host);
     char *colon = strrchr(hostname, ':');
@@ -1154,12 +1098,12 @@ static void parse_args(int argc, char **argv)
         port = colon + 1;
     }
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res;
-    if (getaddrinfo(hostname, port, &hints, &res) != 0)
-        die("could not resolve \"%s\"", O.host);
+    if (getaddrinfo(hostname, port, &hints, &res) != 0) die("could not resolve \"%s\"", O.host);
     memcpy(&O.addr, res->ai_addr, sizeof O.addr);
     freeaddrinfo(res);
     if ((ntohl(O.addr.sin_addr.s_addr) >> 24) != 127 && !O.allow_remote)
-        die("\"%s\" is not a loopback address; pass --allow-remote to load a remote server", O.host);
+        die("\"%s\" is not a loopback address; pass --allow-remote to load a remote server",
+            O.host);
 }
 
 static double ms(uint64_t us)
@@ -1185,10 +1129,8 @@ static void plots(int nsec, load_coarse_t *lat, uint64_t *ops, uint64_t *bytes)
     FILE *d = fopen(dat, "w"), *g = fopen(gp, "w");
     if (d == NULL || g == NULL) {
         fprintf(stderr, "ferry-load: could not write %s or %s\n", dat, gp);
-        if (d)
-            fclose(d);
-        if (g)
-            fclose(g);
+        if (d) fclose(d);
+        if (g) fclose(g);
         return;
     }
     fprintf(d, "# second ops bytes p50_ms p90_ms p99_ms deliveries ferry_rss_mb errors\n");
@@ -1201,20 +1143,21 @@ static void plots(int nsec, load_coarse_t *lat, uint64_t *ops, uint64_t *bytes)
     fclose(d);
     const char *title = scenario_names[O.scenario];
     for (int png = 0; png < 2; png++) {
-        fprintf(g, "set terminal %s size 900,500\nset output '%s%s'\n",
-                png ? "pngcairo" : "svg", O.plot, png ? ".png" : ".svg");
-        fprintf(g, "set title 'ferry-load %s (%ld clients)'\nset xlabel 'second'\nset grid\n", title,
-                O.clients);
+        fprintf(g, "set terminal %s size 900,500\nset output '%s%s'\n", png ? "pngcairo" : "svg",
+                O.plot, png ? ".png" : ".svg");
+        fprintf(g, "set title 'ferry-load %s (%ld clients)'\nset xlabel 'second'\nset grid\n",
+                title, O.clients);
         if (O.scenario == SC_SOAK)
-            fprintf(g,
-                    "set ylabel 'latency to the stream (ms)'\nset y2label 'ferry RSS (MB), errors'\n"
-                    "set y2tics\nset logscale y\n"
-                    "plot '%s' using 1:($7>0?$4:1/0) with linespoints title 'p50', "
-                    "'' using 1:($7>0?$6:1/0) with linespoints title 'p99', "
-                    "'' using 1:($8>0?$8:1/0) axes x1y2 with lines title 'ferry RSS (MB)', "
-                    "'' using 1:9 axes x1y2 with steps title 'errors so far'\n"
-                    "unset logscale y\nunset y2tics\nunset y2label\n",
-                    dat);
+            fprintf(
+                g,
+                "set ylabel 'latency to the stream (ms)'\nset y2label 'ferry RSS (MB), errors'\n"
+                "set y2tics\nset logscale y\n"
+                "plot '%s' using 1:($7>0?$4:1/0) with linespoints title 'p50', "
+                "'' using 1:($7>0?$6:1/0) with linespoints title 'p99', "
+                "'' using 1:($8>0?$8:1/0) axes x1y2 with lines title 'ferry RSS (MB)', "
+                "'' using 1:9 axes x1y2 with steps title 'errors so far'\n"
+                "unset logscale y\nunset y2tics\nunset y2label\n",
+                dat);
         else if (O.scenario == SC_FANOUT || O.scenario == SC_WRITE)
             fprintf(g,
                     "set ylabel '%s latency (ms)'\nset logscale y\n"
@@ -1268,21 +1211,19 @@ int main(int argc, char **argv)
     }
     size_t shsize = sizeof(shared_t) + (size_t)O.procs * sizeof(pstat_t);
     SH = mmap(NULL, shsize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (SH == MAP_FAILED)
-        die("could not map %zu bytes of shared memory", shsize);
+    if (SH == MAP_FAILED) die("could not map %zu bytes of shared memory", shsize);
     if (O.scenario == SC_WRITE) {
-        size_t wsz = (size_t)(O.writers + 1) * sizeof(wstat_t) + 2 * (size_t)O.clients * sizeof(uint64_t);
+        size_t wsz =
+            (size_t)(O.writers + 1) * sizeof(wstat_t) + 2 * (size_t)O.clients * sizeof(uint64_t);
         void *m = mmap(NULL, wsz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED)
-            die("could not map %zu bytes of shared memory", wsz);
+        if (m == MAP_FAILED) die("could not map %zu bytes of shared memory", wsz);
         WS = m;
         WCP_VAL = (uint64_t *)(WS + O.writers + 1);
         WCP_AT = WCP_VAL + O.clients;
     }
     if (O.ferry_pid > 0) {
         R.rss_before = rss_kb(O.ferry_pid);
-        if (R.rss_before < 0)
-            die("no process %ld to sample RSS from", O.ferry_pid);
+        if (R.rss_before < 0) die("no process %ld to sample RSS from", O.ferry_pid);
         R.rss_peak = R.rss_before;
     }
     fflush(NULL);
@@ -1290,10 +1231,8 @@ int main(int argc, char **argv)
     for (long i = 0; i < O.procs; i++) {
         long first = O.clients * i / O.procs, last = O.clients * (i + 1) / O.procs;
         pid_t pid = fork();
-        if (pid < 0)
-            die("could not fork: %s", strerror(errno));
-        if (pid == 0)
-            worker_run((int)i, first, last - first);
+        if (pid < 0) die("could not fork: %s", strerror(errno));
+        if (pid == 0) worker_run((int)i, first, last - first);
         R.pids[i] = pid;
     }
     totals_t t;
@@ -1317,8 +1256,7 @@ int main(int argc, char **argv)
         uint64_t settle = mono_us() + 1000000;
         while (mono_us() < settle)
             tick(), sleep_us(50000);
-        if (O.ferry_pid > 0)
-            R.rss_after = rss_kb(O.ferry_pid);
+        if (O.ferry_pid > 0) R.rss_after = rss_kb(O.ferry_pid);
         uint64_t until = mono_us() + (uint64_t)(O.hold * 1e6);
         while (mono_us() < until && !deadline_passed())
             tick(), sleep_us(50000);
@@ -1329,8 +1267,7 @@ int main(int argc, char **argv)
             write_scenario();
         else if (!R.timed_out)
             soak_scenario();
-        if (O.ferry_pid > 0)
-            R.rss_after = rss_kb(O.ferry_pid);
+        if (O.ferry_pid > 0) R.rss_after = rss_kb(O.ferry_pid);
     } else if (O.ferry_pid > 0) {
         R.rss_after = rss_kb(O.ferry_pid);
     }
@@ -1359,11 +1296,9 @@ int main(int argc, char **argv)
     load_hist_t *ttfc = calloc(1, sizeof *ttfc), *lat = calloc(1, sizeof *lat);
     load_coarse_t *slat = calloc(MAX_SECS, sizeof *slat);
     uint64_t *sops = calloc(MAX_SECS, sizeof *sops), *sbytes = calloc(MAX_SECS, sizeof *sbytes);
-    if (!ttfc || !lat || !slat || !sops || !sbytes)
-        die("out of memory");
+    if (!ttfc || !lat || !slat || !sops || !sbytes) die("out of memory");
     int nsec = (int)R.elapsed + 1;
-    if (nsec > MAX_SECS)
-        nsec = MAX_SECS;
+    if (nsec > MAX_SECS) nsec = MAX_SECS;
     for (long i = 0; i < O.procs; i++) {
         load_hist_merge(ttfc, &SH->p[i].ttfc);
         load_hist_merge(lat, &SH->p[i].lat);
@@ -1385,13 +1320,11 @@ int main(int argc, char **argv)
     if (O.scenario == SC_FANOUT)
         consistent = consistent && R.commit_errors == 0 && t.deliveries == R.expected &&
                      t.st.stamped_ops == t.deliveries;
-    if (O.scenario != SC_INITIAL)
-        consistent = consistent && t.server_closed == 0;
+    if (O.scenario != SC_INITIAL) consistent = consistent && t.server_closed == 0;
     /* write: the writers' totals */
     wstat_t wt = {0};
     load_hist_t *wlat = calloc(1, sizeof *wlat);
-    if (wlat == NULL)
-        die("out of memory");
+    if (wlat == NULL) die("out of memory");
     for (long w = 0; WS != NULL && w < O.writers; w++) {
         wt.requests += WS[w].requests;
         wt.ops += WS[w].ops;
@@ -1399,10 +1332,8 @@ int main(int argc, char **argv)
         wt.not_applied += WS[w].not_applied;
         wt.http_errors += WS[w].http_errors;
         wt.io_errors += WS[w].io_errors;
-        if (WS[w].last_status)
-            wt.last_status = WS[w].last_status;
-        if (WS[w].last_error[0])
-            memcpy(wt.last_error, WS[w].last_error, sizeof wt.last_error);
+        if (WS[w].last_status) wt.last_status = WS[w].last_status;
+        if (WS[w].last_error[0]) memcpy(wt.last_error, WS[w].last_error, sizeof wt.last_error);
         load_hist_merge(wlat, &WS[w].lat);
     }
     double wsecs = R.write_secs > 0 ? R.write_secs : 1;
@@ -1417,11 +1348,9 @@ int main(int argc, char **argv)
     long rss_first = -1, rss_last = -1, rss_max = -1;
     for (int k = 0; k < R.nsampled && k < nsec; k++)
         if (R.sec_rss[k] > 0) {
-            if (rss_first < 0)
-                rss_first = R.sec_rss[k];
+            if (rss_first < 0) rss_first = R.sec_rss[k];
             rss_last = R.sec_rss[k];
-            if (R.sec_rss[k] > rss_max)
-                rss_max = R.sec_rss[k];
+            if (R.sec_rss[k] > rss_max) rss_max = R.sec_rss[k];
         }
 
     /* table */
@@ -1429,14 +1358,12 @@ int main(int argc, char **argv)
            scenario_names[O.scenario], O.clients, O.procs, R.elapsed,
            R.timed_out ? " (TIMED OUT)" : "");
     char status[32] = "";
-    if (t.last_status)
-        snprintf(status, sizeof status, ", last status %d", t.last_status);
+    if (t.last_status) snprintf(status, sizeof status, ", last status %d", t.last_status);
     printf("  %-34s %llu up, %llu failed (%llu connect, %llu HTTP%s, %llu closed by server)\n",
            "streams", (unsigned long long)t.established, (unsigned long long)t.failed,
            (unsigned long long)t.connect_errors, (unsigned long long)t.http_errors, status,
            (unsigned long long)t.server_closed);
-    if (t.last_error[0] && t.failed)
-        printf("  %-34s %s\n", "last error", t.last_error);
+    if (t.last_error[0] && t.failed) printf("  %-34s %s\n", "last error", t.last_error);
     printf("  %-34s %llu ok, %llu failed\n", "bucket checksums at complete",
            (unsigned long long)t.st.checksum_ok, (unsigned long long)t.st.checksum_fail);
     printf("  %-34s %llu ops in %llu data lines, %llu lines, %.1f MB, %llu protocol errors\n",
@@ -1473,7 +1400,8 @@ int main(int argc, char **argv)
                (unsigned long long)wt.requests, O.batch, (unsigned long long)wt.http_errors,
                wt.last_error[0] ? ": " : "", wt.last_error, (unsigned long long)wt.io_errors,
                O.writers);
-        printf("  %-34s %.0f ops/s over %.1f s\n", "write-back throughput", wt.applied / wsecs, wsecs);
+        printf("  %-34s %.0f ops/s over %.1f s\n", "write-back throughput", wt.applied / wsecs,
+               wsecs);
         printf("  %-34s p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms\n", "POST of a batch",
                ms(load_hist_quantile(wlat, .5)), ms(load_hist_quantile(wlat, .9)),
                ms(load_hist_quantile(wlat, .99)), ms(wlat->max));
@@ -1485,8 +1413,8 @@ int main(int argc, char **argv)
                ms(load_hist_quantile(&H_wcp, .99)), ms(H_wcp.max));
     }
     if (O.scenario == SC_SOAK)
-        printf("  %-34s %llu commits (%llu errors), %llu writes (%llu errors) over %.0f s\n", "soak",
-               (unsigned long long)R.commits, (unsigned long long)R.commit_errors,
+        printf("  %-34s %llu commits (%llu errors), %llu writes (%llu errors) over %.0f s\n",
+               "soak", (unsigned long long)R.commits, (unsigned long long)R.commit_errors,
                (unsigned long long)R.writes, (unsigned long long)R.write_errors, O.seconds);
     if (O.scenario == SC_WRITE || O.scenario == SC_SOAK) {
         printf("  %-34s %llu of %llu deliveries\n", "rows delivered to their streams",
@@ -1504,18 +1432,18 @@ int main(int argc, char **argv)
 
     if (O.json != NULL) {
         FILE *f = fopen(O.json, "w");
-        if (f == NULL)
-            die("could not write %s: %s", O.json, strerror(errno));
+        if (f == NULL) die("could not write %s: %s", O.json, strerror(errno));
         fprintf(f, "{\n  \"scenario\": \"%s\",\n  \"clients\": %ld,\n  \"procs\": %ld,\n",
                 scenario_names[O.scenario], O.clients, O.procs);
         fprintf(f, "  \"elapsed_s\": %.3f,\n  \"timed_out\": %s,\n  \"consistent\": %s,\n",
                 R.elapsed, R.timed_out ? "true" : "false", consistent ? "true" : "false");
-        fprintf(f,
-                "  \"streams\": {\"established\": %llu, \"failed\": %llu, \"connect_errors\": %llu, "
-                "\"http_errors\": %llu, \"last_status\": %d, \"closed_by_server\": %llu},\n",
-                (unsigned long long)t.established, (unsigned long long)t.failed,
-                (unsigned long long)t.connect_errors, (unsigned long long)t.http_errors,
-                t.last_status, (unsigned long long)t.server_closed);
+        fprintf(
+            f,
+            "  \"streams\": {\"established\": %llu, \"failed\": %llu, \"connect_errors\": %llu, "
+            "\"http_errors\": %llu, \"last_status\": %d, \"closed_by_server\": %llu},\n",
+            (unsigned long long)t.established, (unsigned long long)t.failed,
+            (unsigned long long)t.connect_errors, (unsigned long long)t.http_errors, t.last_status,
+            (unsigned long long)t.server_closed);
         fprintf(f,
                 "  \"received\": {\"ops\": %llu, \"bytes\": %llu, \"lines\": %llu, \"data_lines\": "
                 "%llu, \"checkpoints\": %llu, \"diffs\": %llu, \"keepalives\": %llu, "
@@ -1527,7 +1455,8 @@ int main(int argc, char **argv)
                 (unsigned long long)t.st.protocol_errors);
         fprintf(f, "  \"checksums\": {\"ok\": %llu, \"failures\": %llu},\n",
                 (unsigned long long)t.st.checksum_ok, (unsigned long long)t.st.checksum_fail);
-        fprintf(f, "  \"initial\": {\"ops_per_s\": %.1f, \"bytes_per_s\": %.1f, \"span_s\": %.6f},\n",
+        fprintf(f,
+                "  \"initial\": {\"ops_per_s\": %.1f, \"bytes_per_s\": %.1f, \"span_s\": %.6f},\n",
                 ops_s, bytes_s, span);
         json_hist(f, "time_to_first_complete_ms", ttfc, 0);
         json_hist(f, "latency_ms", lat, 0);
@@ -1541,18 +1470,20 @@ int main(int argc, char **argv)
                 "  \"ferry_rss_kb\": {\"before\": %ld, \"after\": %ld, \"peak_sampled\": %ld, "
                 "\"per_idle_stream\": %.3f},\n",
                 R.rss_before, R.rss_after, R.rss_peak, per_stream_kb);
-        fprintf(f,
-                "  \"write\": {\"writers\": %ld, \"batch\": %ld, \"seconds\": %.3f, \"requests\": %llu, "
-                "\"ops\": %llu, \"applied\": %llu, \"not_applied\": %llu, \"http_errors\": %llu, "
-                "\"unanswered\": %llu, \"ops_per_s\": %.1f, \"rounds\": %ld, \"rounds_ok\": %llu, "
-                "\"round_errors\": %llu, \"single_writes\": %llu, \"single_write_errors\": %llu},\n",
-                O.scenario == SC_WRITE ? O.writers : 0, O.batch, O.seconds,
-                (unsigned long long)wt.requests, (unsigned long long)wt.ops,
-                (unsigned long long)wt.applied, (unsigned long long)wt.not_applied,
-                (unsigned long long)wt.http_errors, (unsigned long long)wt.io_errors,
-                wt.applied / wsecs, O.scenario == SC_WRITE ? O.rounds : 0,
-                (unsigned long long)R.rounds_ok, (unsigned long long)R.round_errors,
-                (unsigned long long)R.writes, (unsigned long long)R.write_errors);
+        fprintf(
+            f,
+            "  \"write\": {\"writers\": %ld, \"batch\": %ld, \"seconds\": %.3f, \"requests\": "
+            "%llu, "
+            "\"ops\": %llu, \"applied\": %llu, \"not_applied\": %llu, \"http_errors\": %llu, "
+            "\"unanswered\": %llu, \"ops_per_s\": %.1f, \"rounds\": %ld, \"rounds_ok\": %llu, "
+            "\"round_errors\": %llu, \"single_writes\": %llu, \"single_write_errors\": %llu},\n",
+            O.scenario == SC_WRITE ? O.writers : 0, O.batch, O.seconds,
+            (unsigned long long)wt.requests, (unsigned long long)wt.ops,
+            (unsigned long long)wt.applied, (unsigned long long)wt.not_applied,
+            (unsigned long long)wt.http_errors, (unsigned long long)wt.io_errors,
+            wt.applied / wsecs, O.scenario == SC_WRITE ? O.rounds : 0,
+            (unsigned long long)R.rounds_ok, (unsigned long long)R.round_errors,
+            (unsigned long long)R.writes, (unsigned long long)R.write_errors);
         json_hist(f, "write_batch_ms", wlat, 0);
         json_hist(f, "write_single_post_ms", &H_post, 0);
         json_hist(f, "write_checkpoint_get_ms", &H_get, 0);
@@ -1584,8 +1515,7 @@ int main(int argc, char **argv)
         fprintf(f, "\n  ]\n}\n");
         fclose(f);
     }
-    if (O.plot != NULL)
-        plots(nsec, slat, sops, sbytes);
+    if (O.plot != NULL) plots(nsec, slat, sops, sbytes);
     free(ttfc);
     free(lat);
     free(slat);

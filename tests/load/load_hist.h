@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define LOAD_HIST_BUCKETS (1024 + 26 * 512)
+#define LOAD_HIST_BUCKETS   (1024 + 26 * 512)
 #define LOAD_COARSE_BUCKETS 144
 
 typedef struct load_hist {
@@ -29,7 +29,8 @@ void load_hist_add(load_hist_t *h, uint64_t v);
 /** Add every count of src into dst. */
 void load_hist_merge(load_hist_t *dst, const load_hist_t *src);
 
-/** The value (µs, bucket's lower bound, exact max for q >= 1) at quantile q in [0,1]; 0 when empty. */
+/** The value (µs, bucket's lower bound, exact max for q >= 1) at quantile q in [0,1]; 0 when empty.
+ */
 uint64_t load_hist_quantile(const load_hist_t *h, double q);
 
 /** Record one value (µs) in a coarse histogram. */

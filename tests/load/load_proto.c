@@ -16,7 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
-#define MAX_LINE (64u << 20)
+#define MAX_LINE   (64u << 20)
 #define CARRY_KEEP (64u << 10)
 
 enum { CH_SIZE, CH_EXT, CH_DATA, CH_CRLF, CH_END };
@@ -27,8 +27,7 @@ static size_t stamp_pat_len = 7;
 void load_proto_set_stamp_column(const char *name)
 {
     size_t n = strlen(name);
-    if (n > 60)
-        n = 60;
+    if (n > 60) n = 60;
     memcpy(stamp_pat, "\\\"", 2);
     memcpy(stamp_pat + 2, name, n);
     memcpy(stamp_pat + 2 + n, "\\\":", 3);
@@ -60,15 +59,13 @@ static int fail(load_proto_t *p, const char *why)
 
 static int carry_append(load_proto_t *p, const char *d, size_t n)
 {
-    if (p->carry_len + n > MAX_LINE)
-        return fail(p, "a line is longer than 64 MiB");
+    if (p->carry_len + n > MAX_LINE) return fail(p, "a line is longer than 64 MiB");
     if (p->carry_len + n > p->carry_cap) {
         size_t cap = p->carry_cap ? p->carry_cap : 4096;
         while (cap < p->carry_len + n)
             cap *= 2;
         char *c = realloc(p->carry, cap);
-        if (c == NULL)
-            return fail(p, "out of memory");
+        if (c == NULL) return fail(p, "out of memory");
         p->carry = c;
         p->carry_cap = cap;
     }
@@ -115,8 +112,7 @@ static const char *str_end(const char *s, const char *end)
 
 static const char *find(const char *from, const char *end, const char *pat, size_t n)
 {
-    if (from >= end)
-        return NULL;
+    if (from >= end) return NULL;
     return memmem(from, (size_t)(end - from), pat, n);
 }
 #define FIND(from, end, lit) find((from), (end), (lit), sizeof(lit) - 1)
@@ -126,8 +122,7 @@ static int64_t num_at(const char *s, const char *end)
 {
     int neg = 0;
     int64_t v = 0;
-    if (s < end && *s == '"')
-        s++;
+    if (s < end && *s == '"') s++;
     if (s < end && *s == '-') {
         neg = 1;
         s++;
@@ -140,21 +135,18 @@ static int64_t num_at(const char *s, const char *end)
 static load_bucket_t *bucket_find(load_proto_t *p, uint64_t h)
 {
     for (uint32_t i = 0; i < p->nbk; i++)
-        if (p->bk[i].hash == h)
-            return &p->bk[i];
+        if (p->bk[i].hash == h) return &p->bk[i];
     return NULL;
 }
 
 static load_bucket_t *bucket_add(load_proto_t *p, uint64_t h)
 {
     load_bucket_t *b = bucket_find(p, h);
-    if (b != NULL)
-        return b;
+    if (b != NULL) return b;
     if (p->nbk == p->capbk) {
         uint32_t cap = p->capbk ? p->capbk * 2 : 2;
         load_bucket_t *nb = realloc(p->bk, cap * sizeof(*nb));
-        if (nb == NULL)
-            return NULL;
+        if (nb == NULL) return NULL;
         p->bk = nb;
         p->capbk = cap;
     }
@@ -172,24 +164,19 @@ static int parse_bucket_list(load_proto_t *p, const char *s, const char *end, ui
 {
     for (;;) {
         const char *k = FIND(s, end, "{\"bucket\":\"");
-        if (k == NULL)
-            return 0;
+        if (k == NULL) return 0;
         const char *name = k + 11, *q = str_end(name, end);
-        if (q == NULL)
-            return -1;
+        if (q == NULL) return -1;
         const char *next = FIND(q, end, "{\"bucket\":\"");
         const char *lim = next ? next : end;
         load_bucket_t *b = bucket_add(p, fnv1a(name, (size_t)(q - name)));
-        if (b == NULL)
-            return -1;
+        if (b == NULL) return -1;
         const char *c = FIND(q, lim, "\"checksum\":");
-        if (c == NULL)
-            return -1;
+        if (c == NULL) return -1;
         b->want = (uint32_t)num_at(c + 11, lim);
         const char *pr = FIND(q, lim, "\"priority\":");
         b->priority = pr ? (int32_t)num_at(pr + 11, lim) : 3;
-        if (kept != NULL && *nkept < nkept_max)
-            kept[(*nkept)++] = b->hash;
+        if (kept != NULL && *nkept < nkept_max) kept[(*nkept)++] = b->hash;
         s = q;
     }
 }
@@ -197,8 +184,7 @@ static int parse_bucket_list(load_proto_t *p, const char *s, const char *end, ui
 static void validate(load_proto_t *p, int max_priority, load_stats_t *st, int *ok)
 {
     for (uint32_t i = 0; i < p->nbk; i++) {
-        if (p->bk[i].priority > max_priority)
-            continue;
+        if (p->bk[i].priority > max_priority) continue;
         if (p->bk[i].have == p->bk[i].want) {
             st->checksum_ok++;
         } else {
@@ -212,15 +198,13 @@ static void validate(load_proto_t *p, int max_priority, load_stats_t *st, int *o
 static void note_write_checkpoint(load_proto_t *p, const char *s, const char *end)
 {
     const char *w = FIND(s, end, "\"write_checkpoint\":");
-    if (w != NULL)
-        p->write_checkpoint = (uint64_t)num_at(w + 19, end);
+    if (w != NULL) p->write_checkpoint = (uint64_t)num_at(w + 19, end);
 }
 
 static int line_checkpoint(load_proto_t *p, const char *s, const char *end, load_stats_t *st)
 {
     const char *l = FIND(s, end, "\"last_op_id\":");
-    if (l == NULL)
-        return fail(p, "a checkpoint line has no last_op_id");
+    if (l == NULL) return fail(p, "a checkpoint line has no last_op_id");
     p->last_op_id = (uint64_t)num_at(l + 13, end);
     note_write_checkpoint(p, s, end);
     /* a full checkpoint replaces the tracked set: keep the local sums of buckets it still lists */
@@ -231,8 +215,7 @@ static int line_checkpoint(load_proto_t *p, const char *s, const char *end, load
     if (p->nbk > 64 || (end - s) > 64 * 64) {
         kept = malloc(KEEP_MAX * sizeof(*kept));
         kmax = KEEP_MAX;
-        if (kept == NULL)
-            return fail(p, "out of memory");
+        if (kept == NULL) return fail(p, "out of memory");
     }
     int rc = bl ? parse_bucket_list(p, bl, end, kept, kmax, &nkept) : 0;
     if (rc == 0 && nkept < kmax) {
@@ -241,13 +224,11 @@ static int line_checkpoint(load_proto_t *p, const char *s, const char *end, load
             int listed = 0;
             for (uint32_t j = 0; j < nkept && !listed; j++)
                 listed = kept[j] == p->bk[i].hash;
-            if (listed)
-                p->bk[w++] = p->bk[i];
+            if (listed) p->bk[w++] = p->bk[i];
         }
         p->nbk = w;
     }
-    if (kept != kept_small)
-        free(kept);
+    if (kept != kept_small) free(kept);
     st->checkpoints++;
     return rc == 0 ? 0 : fail(p, "a checkpoint line has a malformed bucket");
 }
@@ -258,7 +239,8 @@ static int line_diff(load_proto_t *p, const char *s, const char *end, load_stats
     const char *u = FIND(s, end, "\"updated_buckets\":[");
     const char *r = FIND(s, end, "\"removed_buckets\":[");
     if (l == NULL || u == NULL || r == NULL)
-        return fail(p, "a checkpoint_diff line lacks last_op_id, updated_buckets or removed_buckets");
+        return fail(p,
+                    "a checkpoint_diff line lacks last_op_id, updated_buckets or removed_buckets");
     p->last_op_id = (uint64_t)num_at(l + 13, end);
     note_write_checkpoint(p, s, end);
     const char *uend = r > u ? r : end;
@@ -267,8 +249,7 @@ static int line_diff(load_proto_t *p, const char *s, const char *end, load_stats
     for (const char *c = r + 19; c < end && *c != ']';) {
         if (*c == '"') {
             const char *q = str_end(c + 1, end);
-            if (q == NULL)
-                return fail(p, "a checkpoint_diff line has a malformed removed bucket");
+            if (q == NULL) return fail(p, "a checkpoint_diff line has a malformed removed bucket");
             uint64_t h = fnv1a(c + 1, (size_t)(q - c - 1));
             for (uint32_t i = 0; i < p->nbk; i++)
                 if (p->bk[i].hash == h) {
@@ -288,14 +269,11 @@ static int line_data(load_proto_t *p, const char *s, const char *end, load_stats
                      const load_proto_cb_t *cb)
 {
     const char *k = FIND(s, end, "\"bucket\":\"");
-    if (k == NULL)
-        return fail(p, "a data line has no bucket");
+    if (k == NULL) return fail(p, "a data line has no bucket");
     const char *name = k + 10, *q = str_end(name, end);
-    if (q == NULL)
-        return fail(p, "a data line has a malformed bucket");
+    if (q == NULL) return fail(p, "a data line has a malformed bucket");
     load_bucket_t *b = bucket_find(p, fnv1a(name, (size_t)(q - name)));
-    if (b == NULL)
-        st->protocol_errors++; /* data for a bucket the checkpoint does not list */
+    if (b == NULL) st->protocol_errors++; /* data for a bucket the checkpoint does not list */
     const char *op = FIND(q, end, "\"op_id\":\"");
     uint64_t n = 0;
     while (op != NULL) {
@@ -303,8 +281,7 @@ static int line_data(load_proto_t *p, const char *s, const char *end, load_stats
         const char *lim = next ? next : end;
         const char *t = FIND(op + 9, lim, "\"op\":\"");
         const char *c = FIND(op + 9, lim, "\"checksum\":");
-        if (t == NULL || c == NULL)
-            return fail(p, "an op lacks op or checksum");
+        if (t == NULL || c == NULL) return fail(p, "an op lacks op or checksum");
         uint32_t ck = (uint32_t)num_at(c + 11, lim);
         if (b != NULL) {
             if (lim - t > 10 && memcmp(t + 6, "CLEAR\"", 6) == 0)
@@ -316,8 +293,7 @@ static int line_data(load_proto_t *p, const char *s, const char *end, load_stats
             const char *ts = find(c, lim, stamp_pat, stamp_pat_len);
             if (ts != NULL) {
                 ts += stamp_pat_len;
-                if (ts + 1 < lim && ts[0] == '\\' && ts[1] == '"')
-                    ts += 2;
+                if (ts + 1 < lim && ts[0] == '\\' && ts[1] == '"') ts += 2;
                 st->stamped_ops++;
                 cb->on_stamp(cb->ctx, (uint64_t)num_at(ts, lim));
             }
@@ -335,11 +311,9 @@ int load_proto_line(load_proto_t *p, const char *line, size_t len, load_stats_t 
 {
     const char *end = line + len;
     st->lines++;
-    if (len > 0 && line[len - 1] == '\r')
-        end--;
+    if (len > 0 && line[len - 1] == '\r') end--;
     if (end - line < 4 || line[0] != '{' || line[1] != '"') {
-        if (end == line)
-            return 0; /* empty line */
+        if (end == line) return 0; /* empty line */
         st->protocol_errors++;
         return 0;
     }
@@ -350,16 +324,13 @@ int load_proto_line(load_proto_t *p, const char *line, size_t len, load_stats_t 
     }
     size_t kl = (size_t)(kq - key);
 #define KEY(lit) (kl == sizeof(lit) - 1 && memcmp(key, lit, kl) == 0)
-    if (KEY("data"))
-        return line_data(p, kq, end, st, cb);
+    if (KEY("data")) return line_data(p, kq, end, st, cb);
     if (KEY("token_expires_in")) {
         st->keepalives++;
         return 0;
     }
-    if (KEY("checkpoint"))
-        return line_checkpoint(p, kq, end, st);
-    if (KEY("checkpoint_diff"))
-        return line_diff(p, kq, end, st);
+    if (KEY("checkpoint")) return line_checkpoint(p, kq, end, st);
+    if (KEY("checkpoint_diff")) return line_diff(p, kq, end, st);
     if (KEY("partial_checkpoint_complete")) {
         const char *pr = FIND(kq, end, "\"priority\":");
         int ok = 1;
@@ -371,8 +342,7 @@ int load_proto_line(load_proto_t *p, const char *line, size_t len, load_stats_t 
         validate(p, 1 << 30, st, &ok);
         p->completes++;
         st->completes++;
-        if (cb != NULL && cb->on_complete != NULL && cb->on_complete(cb->ctx, p, ok))
-            return 1;
+        if (cb != NULL && cb->on_complete != NULL && cb->on_complete(cb->ctx, p, ok)) return 1;
         return 0;
     }
 #undef KEY
@@ -385,20 +355,17 @@ static int split_lines(load_proto_t *p, const char *d, size_t n, load_stats_t *s
 {
     while (n > 0) {
         const char *nl = memchr(d, '\n', n);
-        if (nl == NULL)
-            return carry_append(p, d, n);
+        if (nl == NULL) return carry_append(p, d, n);
         size_t ll = (size_t)(nl - d);
         int rc;
         if (p->carry_len > 0) {
-            if (carry_append(p, d, ll) != 0)
-                return -1;
+            if (carry_append(p, d, ll) != 0) return -1;
             rc = load_proto_line(p, p->carry, p->carry_len, st, cb);
             carry_reset(p);
         } else {
             rc = load_proto_line(p, d, ll, st, cb);
         }
-        if (rc != 0)
-            return rc;
+        if (rc != 0) return rc;
         d = nl + 1;
         n -= ll + 1;
     }
@@ -409,11 +376,9 @@ static int feed_body(load_proto_t *p, const char *d, size_t n, load_stats_t *st,
                      const load_proto_cb_t *cb)
 {
     if (!p->chunked) {
-        if (p->body_left >= 0 && (int64_t)n > p->body_left)
-            n = (size_t)p->body_left;
+        if (p->body_left >= 0 && (int64_t)n > p->body_left) n = (size_t)p->body_left;
         int rc = split_lines(p, d, n, st, cb);
-        if (rc != 0)
-            return rc;
+        if (rc != 0) return rc;
         if (p->body_left >= 0) {
             p->body_left -= (int64_t)n;
             if (p->body_left == 0) {
@@ -436,14 +401,12 @@ static int feed_body(load_proto_t *p, const char *d, size_t n, load_stats_t *st,
                 p->ch_state = p->ch_left ? CH_DATA : CH_END;
             else if (c != '\r')
                 p->ch_state = CH_EXT;
-            if (p->ch_left > ((uint64_t)1 << 40))
-                return fail(p, "a chunk size is malformed");
+            if (p->ch_left > ((uint64_t)1 << 40)) return fail(p, "a chunk size is malformed");
             break;
         }
         case CH_EXT:
             n--;
-            if (*d++ == '\n')
-                p->ch_state = p->ch_left ? CH_DATA : CH_END;
+            if (*d++ == '\n') p->ch_state = p->ch_left ? CH_DATA : CH_END;
             break;
         case CH_DATA: {
             size_t take = n < p->ch_left ? n : (size_t)p->ch_left;
@@ -451,16 +414,13 @@ static int feed_body(load_proto_t *p, const char *d, size_t n, load_stats_t *st,
             p->ch_left -= take;
             d += take;
             n -= take;
-            if (p->ch_left == 0)
-                p->ch_state = CH_CRLF;
-            if (rc != 0)
-                return rc;
+            if (p->ch_left == 0) p->ch_state = CH_CRLF;
+            if (rc != 0) return rc;
             break;
         }
         case CH_CRLF:
             n--;
-            if (*d++ == '\n')
-                p->ch_state = CH_SIZE;
+            if (*d++ == '\n') p->ch_state = CH_SIZE;
             break;
         default:
             break;
@@ -492,8 +452,7 @@ static int head_done(load_proto_t *p, const char *h, size_t n)
             p->body_left = num_at(v, h + n);
         }
     }
-    if (p->status != 200)
-        return fail(p, "the server answered a status other than 200");
+    if (p->status != 200) return fail(p, "the server answered a status other than 200");
     p->phase = LOAD_P_BODY;
     return 0;
 }
@@ -502,24 +461,19 @@ int load_proto_feed(load_proto_t *p, const char *data, size_t n, load_stats_t *s
                     const load_proto_cb_t *cb)
 {
     st->bytes += n;
-    if (p->phase == LOAD_P_ERROR)
-        return -1;
-    if (p->phase == LOAD_P_END)
-        return 2;
+    if (p->phase == LOAD_P_ERROR) return -1;
+    if (p->phase == LOAD_P_END) return 2;
     if (p->phase == LOAD_P_HEADERS) {
         size_t old = p->carry_len;
-        if (carry_append(p, data, n) != 0)
-            return -1;
+        if (carry_append(p, data, n) != 0) return -1;
         size_t from = old > 3 ? old - 3 : 0;
         const char *e = find(p->carry + from, p->carry + p->carry_len, "\r\n\r\n", 4);
         if (e == NULL) {
-            if (p->carry_len > 65536)
-                return fail(p, "the response headers are longer than 64 KiB");
+            if (p->carry_len > 65536) return fail(p, "the response headers are longer than 64 KiB");
             return 0;
         }
         size_t hl = (size_t)(e + 4 - p->carry);
-        if (head_done(p, p->carry, hl) != 0)
-            return -1;
+        if (head_done(p, p->carry, hl) != 0) return -1;
         /* the body bytes that came with the headers: they start at data + (hl - old) */
         size_t consumed = hl - old;
         p->carry_len = 0;

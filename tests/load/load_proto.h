@@ -41,17 +41,19 @@ typedef struct load_proto {
     load_bucket_t *bk;
     uint32_t nbk, capbk;
     uint64_t last_op_id;
-    uint32_t completes; /* checkpoint_complete lines seen */
+    uint32_t completes;        /* checkpoint_complete lines seen */
     uint64_t write_checkpoint; /* the latest write_checkpoint a checkpoint(_diff) line carried */
-    const char *err;    /* static text when phase == LOAD_P_ERROR */
+    const char *err;           /* static text when phase == LOAD_P_ERROR */
 } load_proto_t;
 
 /* What the reader tells its caller while it feeds lines. */
 typedef struct load_proto_cb {
     void *ctx;
-    /** A checkpoint_complete was read (ok: every bucket's checksum matched); nonzero stops feeding. */
+    /** A checkpoint_complete was read (ok: every bucket's checksum matched); nonzero stops feeding.
+     */
     int (*on_complete)(void *ctx, load_proto_t *p, int ok);
-    /** An op's row carried the stamp column (its value, µs since the epoch); NULL: not looked for. */
+    /** An op's row carried the stamp column (its value, µs since the epoch); NULL: not looked for.
+     */
     void (*on_stamp)(void *ctx, uint64_t stamp_us);
 } load_proto_cb_t;
 

@@ -44,7 +44,7 @@
 #include <unistd.h>
 
 #define MAX_TABLES 16
-#define MAX_COLS 32
+#define MAX_COLS   32
 
 static struct {
     const char *url, *secret, *kid, *aud, *iss, *prefix, *schema, *dir, *params, *json;
@@ -52,8 +52,13 @@ static struct {
     long clients, users, writes, expect_rows, ttl;
     double timeout;
     int quiet;
-} O = {.prefix = "u", .params = "{}", .owner_col = "owner", .stamp_col = "ts", .clients = 10,
-       .ttl = 3600, .timeout = 120};
+} O = {.prefix = "u",
+       .params = "{}",
+       .owner_col = "owner",
+       .stamp_col = "ts",
+       .clients = 10,
+       .ttl = 3600,
+       .timeout = 120};
 
 typedef struct client {
     int idx;
@@ -89,10 +94,8 @@ static long self_hwm_kb(void)
     char line[256];
     long kb = -1;
     while (f != NULL && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmHWM:", 6) == 0)
-            kb = strtol(line + 6, NULL, 10);
-    if (f != NULL)
-        fclose(f);
+        if (strncmp(line, "VmHWM:", 6) == 0) kb = strtol(line + 6, NULL, 10);
+    if (f != NULL) fclose(f);
     return kb;
 }
 
@@ -100,16 +103,13 @@ static long self_hwm_kb(void)
 static void parse_schema(char *spec)
 {
     for (char *save = NULL, *t = strtok_r(spec, ";", &save); t; t = strtok_r(NULL, ";", &save)) {
-        if (NTABLES == MAX_TABLES)
-            die("at most %d tables in --schema", MAX_TABLES);
+        if (NTABLES == MAX_TABLES) die("at most %d tables in --schema", MAX_TABLES);
         char *colon = strchr(t, ':');
-        if (colon == NULL || colon == t)
-            die("--schema: \"%s\" is not TABLE:col,col,...", t);
+        if (colon == NULL || colon == t) die("--schema: \"%s\" is not TABLE:col,col,...", t);
         *colon = '\0';
         int n = 0;
         for (char *s2 = NULL, *c = strtok_r(colon + 1, ",", &s2); c; c = strtok_r(NULL, ",", &s2)) {
-            if (n == MAX_COLS)
-                die("at most %d columns per table", MAX_COLS);
+            if (n == MAX_COLS) die("at most %d columns per table", MAX_COLS);
             ferry_coltype_t ty = FERRY_TEXT;
             char *k = strchr(c, ':');
             if (k != NULL) {
@@ -128,8 +128,7 @@ static void parse_schema(char *spec)
         NTABLES++;
     }
     TABLES[NTABLES] = (ferry_table_t){NULL, NULL, NULL, 0};
-    if (NTABLES == 0)
-        die("--schema names no table");
+    if (NTABLES == 0) die("--schema names no table");
 }
 
 static void usage(void)
@@ -150,27 +149,28 @@ static void parse_args(int argc, char **argv)
             O.quiet = 1;
             continue;
         }
-        if (i + 1 >= argc)
-            usage();
+        if (i + 1 >= argc) usage();
         const char *v = argv[++i];
-#define S(name, f)              \
-    if (strcmp(a, name) == 0) { \
-        O.f = v;                \
-        continue;               \
+#define S(name, f)                                                                                 \
+    if (strcmp(a, name) == 0) {                                                                    \
+        O.f = v;                                                                                   \
+        continue;                                                                                  \
     }
-#define L(name, f)                      \
-    if (strcmp(a, name) == 0) {         \
-        O.f = strtol(v, NULL, 10);      \
-        continue;                       \
+#define L(name, f)                                                                                 \
+    if (strcmp(a, name) == 0) {                                                                    \
+        O.f = strtol(v, NULL, 10);                                                                 \
+        continue;                                                                                  \
     }
-        S("--url", url) S("--secret", secret) S("--kid", kid) S("--aud", aud) S("--iss", iss)
-        S("--user-prefix", prefix) S("--schema", schema) S("--dir", dir) S("--params", params)
-        S("--json", json) S("--write-table", write_table) S("--owner-column", owner_col)
-        S("--stamp-column", stamp_col) L("--clients", clients) L("--users", users)
-        L("--writes", writes) L("--expect-rows", expect_rows) L("--ttl", ttl)
+        S("--url", url)
+        S("--secret", secret) S("--kid", kid) S("--aud", aud) S("--iss", iss)
+            S("--user-prefix", prefix) S("--schema", schema) S("--dir", dir) S("--params", params)
+                S("--json", json) S("--write-table", write_table) S("--owner-column", owner_col)
+                    S("--stamp-column", stamp_col) L("--clients", clients) L("--users", users)
+                        L("--writes", writes) L("--expect-rows", expect_rows) L("--ttl", ttl)
 #undef S
 #undef L
-        if (strcmp(a, "--timeout") == 0) {
+                            if (strcmp(a, "--timeout") == 0)
+        {
             O.timeout = strtod(v, NULL);
             continue;
         }
@@ -181,12 +181,9 @@ static void parse_args(int argc, char **argv)
         die("--url, --secret and --schema are required");
     if (strncmp(O.url, "http://127.", 11) != 0 && strncmp(O.url, "http://localhost", 16) != 0)
         die("\"%s\" is not a loopback URL (the SDK mode loads loopback only)", O.url);
-    if (O.clients < 1 || O.clients > 2000)
-        die("--clients must be between 1 and 2000");
-    if (O.users <= 0)
-        O.users = O.clients;
-    if (O.writes > 0 && O.write_table == NULL)
-        die("--writes needs --write-table");
+    if (O.clients < 1 || O.clients > 2000) die("--clients must be between 1 and 2000");
+    if (O.users <= 0) O.users = O.clients;
+    if (O.writes > 0 && O.write_table == NULL) die("--writes needs --write-table");
 }
 
 static char *token_cb(void *ud, int expired)
@@ -195,8 +192,7 @@ static char *token_cb(void *ud, int expired)
     (void)expired;
     char tok[1024];
     load_token_cfg_t tc = {O.secret, O.kid, O.aud, O.iss, O.ttl};
-    if (load_token_sign(&tc, c->user, tok, sizeof tok) < 0)
-        return NULL;
+    if (load_token_sign(&tc, c->user, tok, sizeof tok) < 0) return NULL;
     return strdup(tok);
 }
 
@@ -236,20 +232,20 @@ static double msf(uint64_t us)
 
 static void json_hist(FILE *f, const char *name, const load_hist_t *h)
 {
-    fprintf(f,
-            "  \"%s\": {\"count\": %llu, \"min\": %.3f, \"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, "
-            "\"max\": %.3f},\n",
-            name, (unsigned long long)h->count, msf(h->count ? h->min : 0),
-            msf(load_hist_quantile(h, .5)), msf(load_hist_quantile(h, .9)),
-            msf(load_hist_quantile(h, .99)), msf(h->max));
+    fprintf(
+        f,
+        "  \"%s\": {\"count\": %llu, \"min\": %.3f, \"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, "
+        "\"max\": %.3f},\n",
+        name, (unsigned long long)h->count, msf(h->count ? h->min : 0),
+        msf(load_hist_quantile(h, .5)), msf(load_hist_quantile(h, .9)),
+        msf(load_hist_quantile(h, .99)), msf(h->max));
 }
 
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
     char *spec = strdup(O.schema);
-    if (spec == NULL)
-        die("out of memory");
+    if (spec == NULL) die("out of memory");
     parse_schema(spec);
     ferry_schema_t schema = {TABLES};
     struct rlimit rl;
@@ -267,8 +263,7 @@ int main(int argc, char **argv)
         die("could not create %s: %s", O.dir, strerror(errno));
     client_t *cl = calloc((size_t)O.clients, sizeof *cl);
     load_hist_t *h_sync = calloc(1, sizeof *h_sync), *h_write = calloc(1, sizeof *h_write);
-    if (cl == NULL || h_sync == NULL || h_write == NULL)
-        die("out of memory");
+    if (cl == NULL || h_sync == NULL || h_write == NULL) die("out of memory");
     for (long i = 0; i < O.clients; i++) {
         client_t *c = &cl[i];
         c->idx = (int)i;
@@ -276,14 +271,13 @@ int main(int argc, char **argv)
         snprintf(c->path, sizeof c->path, "%s/client-%ld.db", O.dir, i);
         unlink(c->path);
         ferry_error_t err;
-        if (ferry_open(c->path, &schema, &c->db, &err) != 0)
-            die("client %ld: %s", i, err.message);
+        if (ferry_open(c->path, &schema, &c->db, &err) != 0) die("client %ld: %s", i, err.message);
     }
     uint64_t t0 = mono_us(), deadline = t0 + (uint64_t)(O.timeout * 1e6);
     for (long i = 0; i < O.clients; i++) {
         client_t *c = &cl[i];
-        ferry_options_t opt = {.params_json = O.params, .on_status = status_cb,
-                               .on_rejected = rejected_cb, .ud = c};
+        ferry_options_t opt = {
+            .params_json = O.params, .on_status = status_cb, .on_rejected = rejected_cb, .ud = c};
         c->t_start = mono_us();
         if (ferry_connect(c->db, O.url, token_cb, c, &opt) != 0)
             die("client %ld: ferry_connect failed", i);
@@ -295,8 +289,7 @@ int main(int argc, char **argv)
         synced = 0;
         for (long i = 0; i < O.clients; i++)
             synced += atomic_load(&cl[i].t_synced) != 0;
-        if (synced == O.clients || mono_us() > deadline)
-            break;
+        if (synced == O.clients || mono_us() > deadline) break;
         if (!O.quiet && mono_us() - last_progress >= 1000000) {
             last_progress = mono_us();
             fprintf(stderr, "[%6.1fs] %ld/%ld clients synced\n", (last_progress - t0) / 1e6, synced,
@@ -310,8 +303,7 @@ int main(int argc, char **argv)
         uint64_t t = atomic_load(&cl[i].t_synced);
         if (t != 0) {
             load_hist_add(h_sync, t - cl[i].t_start);
-            if (t - t0 > last_sync)
-                last_sync = t - t0;
+            if (t - t0 > last_sync) last_sync = t - t0;
         }
     }
     /* rows per client and table */
@@ -336,17 +328,14 @@ int main(int argc, char **argv)
             snprintf(c->last_error, sizeof c->last_error, "%s", st.last_error);
         cks += st.checksum_failures;
         rows_all += c->rows_total;
-        if (rmin < 0 || c->rows_total < rmin)
-            rmin = c->rows_total;
-        if (c->rows_total > rmax)
-            rmax = c->rows_total;
+        if (rmin < 0 || c->rows_total < rmin) rmin = c->rows_total;
+        if (c->rows_total > rmax) rmax = c->rows_total;
     }
     long hwm_after_sync = self_hwm_kb();
     /* same user, same rows (when --expect-rows is not given) */
     int rows_ok = 1;
     for (long i = 0; i < O.clients; i++) {
-        if (O.expect_rows > 0 && cl[i].rows_total != O.expect_rows)
-            rows_ok = 0;
+        if (O.expect_rows > 0 && cl[i].rows_total != O.expect_rows) rows_ok = 0;
         if (O.expect_rows <= 0 && i >= O.users && cl[i].rows_total != cl[i % O.users].rows_total)
             rows_ok = 0;
     }
@@ -357,8 +346,7 @@ int main(int argc, char **argv)
         snprintf(sql, sizeof sql, "INSERT INTO \"%s\" (id, \"%s\", \"%s\") VALUES (?, ?, ?)",
                  O.write_table, O.owner_col, O.stamp_col);
         uint64_t *tw = calloc((size_t)O.clients, sizeof *tw);
-        if (tw == NULL)
-            die("out of memory");
+        if (tw == NULL) die("out of memory");
         for (long i = 0; i < O.clients; i++) {
             sqlite3_stmt *s;
             if (sqlite3_prepare_v2(ferry_sqlite(cl[i].db), sql, -1, &s, NULL) != SQLITE_OK)
@@ -384,8 +372,7 @@ int main(int argc, char **argv)
             int ok = 0;
             while (!ok && mono_us() < until) {
                 int left = (int)((until - mono_us()) / 1000) + 1;
-                if (ferry_wait_synced(cl[i].db, left) != 0)
-                    break;
+                if (ferry_wait_synced(cl[i].db, left) != 0) break;
                 long q = queue_rows(cl[i].db);
                 if (q == 0)
                     ok = 1;
@@ -410,14 +397,14 @@ int main(int argc, char **argv)
                      (O.writes <= 0 || (writes_ok == O.clients && rejected == 0));
     const char *err = "";
     for (long i = 0; i < O.clients && !err[0]; i++)
-        if (atomic_load(&cl[i].t_synced) == 0 || cl[i].last_error[0])
-            err = cl[i].last_error;
+        if (atomic_load(&cl[i].t_synced) == 0 || cl[i].last_error[0]) err = cl[i].last_error;
     for (long i = 0; i < O.clients; i++)
         ferry_close(cl[i].db);
     double span = last_sync / 1e6;
     double rows_s = span > 0 ? rows_all / span : 0;
 
-    printf("ferry-load sdk: %ld libferry clients (%ld users), %.2f s\n", O.clients, O.users, elapsed);
+    printf("ferry-load sdk: %ld libferry clients (%ld users), %.2f s\n", O.clients, O.users,
+           elapsed);
     printf("  %-34s %ld of %ld, %lld checksum failures%s%s\n", "clients synced", synced, O.clients,
            (long long)cks, err[0] ? "; last error: " : "", err);
     printf("  %-34s p50 %.1f  p90 %.1f  p99 %.1f  max %.1f ms\n", "time to first full sync",
@@ -426,10 +413,11 @@ int main(int argc, char **argv)
     printf("  %-34s %ld in all, per client %ld..%ld; %.0f rows/s over %.3f s\n", "rows in SQLite",
            rows_all, rmin, rmax, rows_s, span);
     if (O.writes > 0)
-        printf("  %-34s %ld of %ld clients caught up, %ld rejected; p50 %.1f  p99 %.1f  max %.1f ms\n",
-               "local writes to synced", writes_ok, O.clients, rejected,
-               msf(load_hist_quantile(h_write, .5)), msf(load_hist_quantile(h_write, .99)),
-               msf(h_write->max));
+        printf(
+            "  %-34s %ld of %ld clients caught up, %ld rejected; p50 %.1f  p99 %.1f  max %.1f ms\n",
+            "local writes to synced", writes_ok, O.clients, rejected,
+            msf(load_hist_quantile(h_write, .5)), msf(load_hist_quantile(h_write, .99)),
+            msf(h_write->max));
     if (early > 0)
         printf("  %-34s %ld time(s) ferry_wait_synced returned 0 with writes still in ferry_crud\n",
                "WARNING libferry", early);
@@ -438,10 +426,9 @@ int main(int argc, char **argv)
     printf("  %-34s %s\n", "consistent", consistent ? "yes" : "NO");
     if (O.json != NULL) {
         FILE *f = fopen(O.json, "w");
-        if (f == NULL)
-            die("could not write %s: %s", O.json, strerror(errno));
-        fprintf(f, "{\n  \"scenario\": \"sdk\",\n  \"clients\": %ld,\n  \"users\": %ld,\n", O.clients,
-                O.users);
+        if (f == NULL) die("could not write %s: %s", O.json, strerror(errno));
+        fprintf(f, "{\n  \"scenario\": \"sdk\",\n  \"clients\": %ld,\n  \"users\": %ld,\n",
+                O.clients, O.users);
         fprintf(f, "  \"elapsed_s\": %.3f,\n  \"consistent\": %s,\n  \"synced\": %ld,\n", elapsed,
                 consistent ? "true" : "false", synced);
         fprintf(f, "  \"checksum_failures\": %lld,\n", (long long)cks);
@@ -451,10 +438,11 @@ int main(int argc, char **argv)
                 "  \"rows\": {\"total\": %ld, \"per_client_min\": %ld, \"per_client_max\": %ld, "
                 "\"per_s\": %.1f, \"span_s\": %.6f},\n",
                 rows_all, rmin, rmax, rows_s, span);
-        fprintf(f,
-                "  \"writes\": {\"per_client\": %ld, \"clients_caught_up\": %ld, \"rejected\": %ld, "
-                "\"wait_synced_early_returns\": %ld},\n",
-                O.writes, writes_ok, rejected, early);
+        fprintf(
+            f,
+            "  \"writes\": {\"per_client\": %ld, \"clients_caught_up\": %ld, \"rejected\": %ld, "
+            "\"wait_synced_early_returns\": %ld},\n",
+            O.writes, writes_ok, rejected, early);
         fprintf(f, "  \"harness_rss_kb\": {\"peak_after_sync\": %ld, \"peak\": %ld},\n",
                 hwm_after_sync, hwm);
         fprintf(f, "  \"per_client\": [");

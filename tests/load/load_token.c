@@ -38,18 +38,17 @@ static size_t b64url(const unsigned char *in, size_t n, char *out)
 int load_token_sign(const load_token_cfg_t *cfg, const char *sub, char *out, size_t cap)
 {
     char head[256], body[512];
-    int hl = cfg->kid ? snprintf(head, sizeof head, "{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"%s\"}", cfg->kid)
+    int hl = cfg->kid ? snprintf(head, sizeof head,
+                                 "{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"%s\"}", cfg->kid)
                       : snprintf(head, sizeof head, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}");
     long now = (long)time(NULL);
-    int bl = snprintf(body, sizeof body, "{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld%s%s%s%s%s%s}", sub,
-                      now, now + cfg->ttl, cfg->aud ? ",\"aud\":\"" : "", cfg->aud ? cfg->aud : "",
-                      cfg->aud ? "\"" : "", cfg->iss ? ",\"iss\":\"" : "", cfg->iss ? cfg->iss : "",
-                      cfg->iss ? "\"" : "");
-    if (hl < 0 || bl < 0 || (size_t)hl >= sizeof head || (size_t)bl >= sizeof body)
-        return -1;
+    int bl = snprintf(body, sizeof body, "{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld%s%s%s%s%s%s}",
+                      sub, now, now + cfg->ttl, cfg->aud ? ",\"aud\":\"" : "",
+                      cfg->aud ? cfg->aud : "", cfg->aud ? "\"" : "", cfg->iss ? ",\"iss\":\"" : "",
+                      cfg->iss ? cfg->iss : "", cfg->iss ? "\"" : "");
+    if (hl < 0 || bl < 0 || (size_t)hl >= sizeof head || (size_t)bl >= sizeof body) return -1;
     size_t need = ((size_t)hl + 2) / 3 * 4 + ((size_t)bl + 2) / 3 * 4 + 48;
-    if (cap < need)
-        return -1;
+    if (cap < need) return -1;
     size_t o = b64url((const unsigned char *)head, (size_t)hl, out);
     out[o++] = '.';
     o += b64url((const unsigned char *)body, (size_t)bl, out + o);

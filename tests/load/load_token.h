@@ -13,7 +13,8 @@ typedef struct load_token_cfg {
     long ttl; /* seconds */
 } load_token_cfg_t;
 
-/** Write a token for user sub into out (NUL-terminated); returns its length, or -1 if cap is too small. */
+/** Write a token for user sub into out (NUL-terminated); returns its length, or -1 if cap is too
+ * small. */
 int load_token_sign(const load_token_cfg_t *cfg, const char *sub, char *out, size_t cap);
 
 #endif

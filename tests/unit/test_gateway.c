@@ -33,8 +33,7 @@ static int line_of(const char *path, const char *needle)
             break;
         }
     }
-    if (f != NULL)
-        fclose(f);
+    if (f != NULL) fclose(f);
     return found;
 }
 
@@ -77,8 +76,9 @@ START_TEST(test_gateway_config_load_full_example)
     ck_assert_str_eq(cfg.auth.keys[0].kid, "dev");
     ck_assert_str_eq(cfg.auth.keys[0].alg, "HS256");
     ck_assert_str_eq(cfg.auth.keys[0].secret, "s3cret-from-env");
-    ck_assert_str_eq(cfg.auth.keys[1].secret_base64url,
-                     "YW4tZXhhbXBsZS1oczUxMi1zZWNyZXQtb2YtYXQtbGVhc3Qtc2l4dHktZm91ci1ieXRlcy0wMTIzNDU2Nzg5YWI");
+    ck_assert_str_eq(
+        cfg.auth.keys[1].secret_base64url,
+        "YW4tZXhhbXBsZS1oczUxMi1zZWNyZXQtb2YtYXQtbGVhc3Qtc2l4dHktZm91ci1ieXRlcy0wMTIzNDU2Nzg5YWI");
     /* relative paths resolve against the config file's folder */
     ck_assert_ptr_nonnull(strstr(cfg.auth.keys[2].pem_file, "deploy/keys/rsa-1.pub.pem"));
     ck_assert_ptr_nonnull(strstr(cfg.storage.path, "deploy/./var/ferry-storage.db"));
@@ -151,8 +151,7 @@ START_TEST(test_gateway_config_rejects_missing_required_key)
 {
     ck_assert_str_eq(load_err("http:\n  threads: 1\n"),
                      "f.yaml:1:1: missing required key \"postgres.uri\"");
-    ck_assert_str_eq(load_err("postgres:\n  other: 1\n"),
-                     "f.yaml:2:3: unknown key \"other\"");
+    ck_assert_str_eq(load_err("postgres:\n  other: 1\n"), "f.yaml:2:3: unknown key \"other\"");
     ck_assert_str_eq(load_err("http:\n  threads: 1\npostgres:\n  uri:\n"),
                      "f.yaml:4:7: \"postgres.uri\" must not be empty");
     ck_assert_str_eq(load_err(""), "f.yaml:1:1: the configuration is empty (see "

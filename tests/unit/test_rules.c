@@ -36,8 +36,7 @@ static const char *golden_dir(void)
 static char *slurp(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);
@@ -45,8 +44,7 @@ static char *slurp(const char *path, size_t *len)
     size_t got = fread(p, 1, (size_t)n, f);
     fclose(f);
     p[got] = 0;
-    if (len)
-        *len = got;
+    if (len) *len = got;
     return p;
 }
 
@@ -132,11 +130,9 @@ START_TEST(test_rules_compile_errors_golden)
     char buf[1200];
     for (size_t i = 0; i < d.n; i++)
         sb_printf(&got, "%s\n", rules_diag_format(&d, i, buf, sizeof buf));
-    if (d.n == 0)
-        sb_printf(&got, "ok\n");
+    if (d.n == 0) sb_printf(&got, "ok\n");
     ck_assert_msg(want.n > 0, "%s has no \"# expect:\" lines", path);
-    ck_assert_msg(strcmp(want.p, got.p) == 0, "%s\n--- want\n%s--- got\n%s", path, want.p,
-                  got.p);
+    ck_assert_msg(strcmp(want.p, got.p) == 0, "%s\n--- want\n%s--- got\n%s", path, want.p, got.p);
     ck_assert_int_eq(rc == 0, d.nerrors == 0);
     ck_assert_int_eq(set != NULL, d.nerrors == 0);
     rules_diags_free(&d);
@@ -153,16 +149,45 @@ static const struct {
     const char *name;
     uint32_t oid;
 } types[] = {
-    {"bool", 16},     {"bytea", 17},        {"int8", 20},       {"int2", 21},
-    {"int4", 23},     {"text", 25},         {"oid", 26},        {"json", 114},
-    {"float4", 700},  {"float8", 701},      {"varchar", 1043},  {"date", 1082},
-    {"time", 1083},   {"timestamp", 1114},  {"timestamptz", 1184}, {"interval", 1186},
-    {"numeric", 1700}, {"uuid", 2950},      {"pg_lsn", 3220},   {"jsonb", 3802},
-    {"inet", 869},    {"timetz", 1266},     {"_bool", 1000},    {"_bytea", 1001},
-    {"_int2", 1005},  {"_int4", 1007},      {"_text", 1009},    {"_int8", 1016},
-    {"_float8", 1022}, {"_numeric", 1231},  {"_timestamptz", 1185}, {"_timestamp", 1115},
-    {"_date", 1182},  {"_jsonb", 3807},     {"_json", 199},     {"_uuid", 2951},
-    {"_float4", 1021}, {"unknown", 0},      {NULL, 0},
+    {"bool", 16},
+    {"bytea", 17},
+    {"int8", 20},
+    {"int2", 21},
+    {"int4", 23},
+    {"text", 25},
+    {"oid", 26},
+    {"json", 114},
+    {"float4", 700},
+    {"float8", 701},
+    {"varchar", 1043},
+    {"date", 1082},
+    {"time", 1083},
+    {"timestamp", 1114},
+    {"timestamptz", 1184},
+    {"interval", 1186},
+    {"numeric", 1700},
+    {"uuid", 2950},
+    {"pg_lsn", 3220},
+    {"jsonb", 3802},
+    {"inet", 869},
+    {"timetz", 1266},
+    {"_bool", 1000},
+    {"_bytea", 1001},
+    {"_int2", 1005},
+    {"_int4", 1007},
+    {"_text", 1009},
+    {"_int8", 1016},
+    {"_float8", 1022},
+    {"_numeric", 1231},
+    {"_timestamptz", 1185},
+    {"_timestamp", 1115},
+    {"_date", 1182},
+    {"_jsonb", 3807},
+    {"_json", 199},
+    {"_uuid", 2951},
+    {"_float4", 1021},
+    {"unknown", 0},
+    {NULL, 0},
 };
 
 typedef struct store {
@@ -174,8 +199,7 @@ static int store_lookup(void *arg, const char *key, rules_answer_t *ans)
 {
     store_t *s = arg;
     for (size_t i = 0; i < s->n; i++)
-        if (strcmp(s->keys[i], key) == 0)
-            rules_answer_add(ans, s->params[i]);
+        if (strcmp(s->keys[i], key) == 0) rules_answer_add(ans, s->params[i]);
     return 0;
 }
 
@@ -226,8 +250,7 @@ static void cmd_row(rules_set_t *set, const char *version, const char *arg, stor
         sb_printf(out, "op %s %s %s %s %u\n", o->bucket, o->object_type, o->object_id, o->data,
                   o->checksum);
     }
-    if (rc)
-        sb_printf(out, "error %d %s\n", rc, err.message);
+    if (rc) sb_printf(out, "error %d %s\n", rc, err.message);
     rules_lookups_t lk = {0};
     rc = rules_eval_lookups(set, &row, &lk, &err);
     for (size_t x = 0; x < lk.n; x++) {
@@ -237,10 +260,8 @@ static void cmd_row(rules_set_t *set, const char *version, const char *arg, stor
         st->keys[st->n] = strdup(lk.items[x].key);
         st->params[st->n++] = strdup(lk.items[x].params);
     }
-    if (rc)
-        sb_printf(out, "error %d %s\n", rc, err.message);
-    if (ops.n == 0 && lk.n == 0 && rc == 0)
-        sb_printf(out, "(nothing)\n");
+    if (rc) sb_printf(out, "error %d %s\n", rc, err.message);
+    if (ops.n == 0 && lk.n == 0 && rc == 0) sb_printf(out, "(nothing)\n");
     rules_lookups_free(&lk);
     rules_ops_free(&ops);
     free(names);
@@ -263,29 +284,31 @@ static void cmd_request(rules_set_t *set, const char *version, const char *claim
     for (size_t i = 0; i < b.nunresolved; i++)
         sb_printf(out, "unresolved %s query=%d key=%s\n", b.unresolved[i].definition,
                   b.unresolved[i].query_index, b.unresolved[i].key);
-    if (rc)
-        sb_printf(out, "error %d %s\n", rc, err.message);
-    if (b.n == 0 && b.nunresolved == 0 && rc == 0)
-        sb_printf(out, "(no buckets)\n");
+    if (rc) sb_printf(out, "error %d %s\n", rc, err.message);
+    if (b.n == 0 && b.nunresolved == 0 && rc == 0) sb_printf(out, "(no buckets)\n");
     rules_buckets_free(&b);
 }
 
 static const char *bind_name(rules_bind_kind_t k)
 {
     switch (k) {
-    case RULES_BIND_NEW_ROW_JSONB: return "NEW_ROW_JSONB";
-    case RULES_BIND_OLD_ROW_JSONB: return "OLD_ROW_JSONB";
-    case RULES_BIND_USER_ID: return "USER_ID";
-    case RULES_BIND_JWT_JSONB: return "JWT_JSONB";
-    case RULES_BIND_PARAMS_JSONB: return "PARAMS_JSONB";
+    case RULES_BIND_NEW_ROW_JSONB:
+        return "NEW_ROW_JSONB";
+    case RULES_BIND_OLD_ROW_JSONB:
+        return "OLD_ROW_JSONB";
+    case RULES_BIND_USER_ID:
+        return "USER_ID";
+    case RULES_BIND_JWT_JSONB:
+        return "JWT_JSONB";
+    case RULES_BIND_PARAMS_JSONB:
+        return "PARAMS_JSONB";
     }
     return "?";
 }
 
 static void print_stmt(sbuf_t *out, const char *what, const rules_pg_stmt_t *s)
 {
-    if (!s->sql)
-        return;
+    if (!s->sql) return;
     sb_printf(out, "  %s @%d:%d: %s\n   binds:", what, s->line, s->col, s->sql);
     for (int i = 0; i < s->nbinds; i++)
         sb_printf(out, " $%d=%s", i + 1, bind_name(s->binds[i]));
@@ -308,8 +331,7 @@ static void run_case(const char *name, sbuf_t *out)
         sb_printf(out, "%s\n", rules_diag_format(&d, i, buf, sizeof buf));
     rules_diags_free(&d);
     free(text);
-    if (!set)
-        return;
+    if (!set) return;
     snprintf(path, sizeof path, "%s/cases/%s.in", golden_dir(), name);
     char *in = slurp(path, NULL);
     ck_assert_msg(in != NULL, "cannot read %s", path);
@@ -319,8 +341,7 @@ static void run_case(const char *name, sbuf_t *out)
     store_t st = {0};
     char *save = NULL;
     for (char *line = strtok_r(in, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        if (line[0] == '#' || line[0] == 0)
-            continue;
+        if (line[0] == '#' || line[0] == 0) continue;
         sb_printf(out, "> %s\n", line);
         char *arg = strchr(line, ' ');
         arg = arg ? arg + 1 : line + strlen(line);
@@ -414,8 +435,7 @@ START_TEST(test_rules_eval_golden)
             const char *a = want, *b = out.p;
             int line = 1;
             while (*a && *a == *b) {
-                if (*a == '\n')
-                    line++;
+                if (*a == '\n') line++;
                 a++;
                 b++;
             }
@@ -449,15 +469,14 @@ START_TEST(test_rules_checksum_vectors)
 }
 END_TEST
 
-static const char *example_a =
-    "bucket_definitions:\n"
-    "  global:\n"
-    "    data:\n"
-    "      - SELECT id, name FROM categories\n"
-    "  user_lists:\n"
-    "    parameters: SELECT request.user_id() AS user_id\n"
-    "    data:\n"
-    "      - SELECT * FROM lists WHERE owner_id = bucket.user_id\n";
+static const char *example_a = "bucket_definitions:\n"
+                               "  global:\n"
+                               "    data:\n"
+                               "      - SELECT id, name FROM categories\n"
+                               "  user_lists:\n"
+                               "    parameters: SELECT request.user_id() AS user_id\n"
+                               "    data:\n"
+                               "      - SELECT * FROM lists WHERE owner_id = bucket.user_id\n";
 
 START_TEST(test_rules_compile_refcount)
 {

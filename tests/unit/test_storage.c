@@ -74,9 +74,8 @@ static size_t read_all(gw_storage_reader_t *r, const char *bucket, uint64_t afte
         uint64_t l;
         int more;
         size_t n;
-        ck_assert_int_eq(gw_storage_read_ops(r, bucket, after, upto, max_ops, 1 << 20, &out, &l,
-                                             &more, &n),
-                         0);
+        ck_assert_int_eq(
+            gw_storage_read_ops(r, bucket, after, upto, max_ops, 1 << 20, &out, &l, &more, &n), 0);
         if (n > 0 && *first == 0) {
             const char *p = strstr(out.data, "\"op_id\":\"");
             *first = strtoull(p + 9, NULL, 10);
@@ -85,8 +84,7 @@ static size_t read_all(gw_storage_reader_t *r, const char *bucket, uint64_t afte
         total += n;
         gw_buf_free(&out);
         after = l;
-        if (!more)
-            break;
+        if (!more) break;
         ck_assert_uint_gt(n, 0);
     }
     *last = after;
@@ -185,8 +183,7 @@ START_TEST(test_storage_wal_stays_bounded)
         }
         ck_assert_int_eq(gw_storage_commit(s, (uint64_t)c + 1, &err), 0);
         struct stat st;
-        if (stat(wal, &st) == 0 && st.st_size > peak)
-            peak = st.st_size;
+        if (stat(wal, &st) == 0 && st.st_size > peak) peak = st.st_size;
     }
     /* the WAL restarts once checkpointed: it never holds much more than the threshold at which
      * the writer waits for a checkpoint (12,288 frames of 4 KB + 24 bytes: 50.6 MB) plus one
@@ -212,11 +209,12 @@ START_TEST(test_storage_refuses_other_layouts)
     /* rows without the layout mark: written by an older ferry */
     sqlite3 *db;
     ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
-    ck_assert_int_eq(sqlite3_exec(db,
-                                  "DELETE FROM state WHERE k = 'layout'; INSERT INTO rows(tbl, key, "
-                                  "members, lookups) VALUES ('public.t', '1', x'', '')",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
+    ck_assert_int_eq(
+        sqlite3_exec(db,
+                     "DELETE FROM state WHERE k = 'layout'; INSERT INTO rows(tbl, key, "
+                     "members, lookups) VALUES ('public.t', '1', x'', '')",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
     sqlite3_close(db);
     ck_assert_int_eq(gw_storage_open(path, &s, &err), GW_EIO);
     char msg[512];
@@ -367,14 +365,15 @@ START_TEST(test_storage_migrates_layout3)
     sqlite3 *db;
     ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
     ck_assert_int_eq(
-        sqlite3_exec(db,
-                     "UPDATE state SET v = '3' WHERE k = 'layout';"
-                     "INSERT INTO state(k, v) VALUES ('rules_version', '5'), ('last_op', '42'),"
-                     " ('lsn', '7'), ('consistent', '1'), ('next_op', '43'), ('slot', 'f_5');"
-                     "INSERT INTO rows(tbl, key, members, lookups) VALUES ('public.t', '1', x'', '');"
-                     "INSERT INTO lookups(key, tbl, rkey, params, from_op) VALUES "
-                     " ('by[\"a\"]', 'public.t', '1', '{}', 3)",
-                     NULL, NULL, NULL),
+        sqlite3_exec(
+            db,
+            "UPDATE state SET v = '3' WHERE k = 'layout';"
+            "INSERT INTO state(k, v) VALUES ('rules_version', '5'), ('last_op', '42'),"
+            " ('lsn', '7'), ('consistent', '1'), ('next_op', '43'), ('slot', 'f_5');"
+            "INSERT INTO rows(tbl, key, members, lookups) VALUES ('public.t', '1', x'', '');"
+            "INSERT INTO lookups(key, tbl, rkey, params, from_op) VALUES "
+            " ('by[\"a\"]', 'public.t', '1', '{}', 3)",
+            NULL, NULL, NULL),
         SQLITE_OK);
     sqlite3_close(db);
     ck_assert_int_eq(gw_storage_open(path, &s, &err), 0);
