@@ -132,6 +132,7 @@ struct gw_repl {
     uint64_t acked_lsn;
     _Atomic uint64_t durable_lsn; /* highest LSN whose storage commit is on disk */
     int test_replay; /* FERRY_TEST_REPLAY=1: start from the slot, ack nothing new (tests only) */
+    uint64_t test_snapshot_hold; /* FERRY_TEST_SNAPSHOT_HOLD=N: stop after N rows (tests only) */
     struct timespec last_status;
 
     /* the apply pipeline while streaming (see "apply pipeline") */
@@ -367,6 +368,11 @@ static gw_repl_t *engine_new(const gw_config_t *cfg, rules_set_t *rules, const c
      * holds and the exactly-once skip (invariant 2) is exercised on every restart */
     const char *replay = getenv("FERRY_TEST_REPLAY");
     r->test_replay = replay != NULL && strcmp(replay, "1") == 0;
+    /* fault injection for tests: once this run's snapshot has stored N rows (a durable chunk
+     * commit), log "test hold" and wait until stopped, so a test kills ferry at a point it
+     * chooses instead of racing the snapshot's speed */
+    const char *hold = getenv("FERRY_TEST_SNAPSHOT_HOLD");
+    r->test_snapshot_hold = hold != NULL ? strtoull(hold, NULL, 10) : 0;
     return r;
 }
 
@@ -1229,6 +1235,13 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
                      (unsigned long long)atomic_load(&r->m_snapshot_rows),
                      (unsigned long long)atomic_load(&r->m_snapshot_estimate));
             set_phase(r, 2, reason);
+        }
+        if (rc == 0 && r->test_snapshot_hold > 0 &&
+            atomic_load(&r->m_snapshot_rows) >= r->test_snapshot_hold) {
+            gw_info("repl", "test hold: snapshot paused", "table=%s rows=%llu", t->qname,
+                    (unsigned long long)atomic_load(&r->m_snapshot_rows));
+            while (!atomic_load(&r->stop))
+                usleep(50000);
         }
         if (rc != 0 || !more) break;
         inflight = 0;

@@ -2,8 +2,9 @@
 # 31_crash.sh -- kill -9 of ferry during the snapshot and during streaming loses nothing
 #
 # Snapshot: 60,000 rows read in chunks of 500; ferry is killed with SIGKILL at three points of
-# the snapshot (after about 5,000, 20,000 and 40,000 rows) and restarted each time. The
-# snapshot must resume (the log says so) and storage must end equal to the oracle.
+# the snapshot (after 5,000, 20,000 and 40,000 rows, held there by FERRY_TEST_SNAPSHOT_HOLD) and
+# restarted each time. The snapshot must resume (the log says so) and storage must end equal to
+# the oracle.
 #
 # Streaming: a writer commits 1,500 transactions, each inserting one `events` row and bumping
 # one `counter` row, while ferry is killed three more times. Exactly once means: the events
@@ -41,17 +42,18 @@ metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m { p
 logs=()
 
 # ---- kill -9 during the snapshot, at three points ----
+# FERRY_TEST_SNAPSHOT_HOLD=N makes ferry stop after its snapshot has stored N rows (a durable
+# chunk) and log "test hold"; the kill comes then, whatever the machine's speed
 killed=0
 total=0
-for at in 5000 15000 20000; do # rows read by each run: killed after about 5k, 20k, 40k in all
-  start_ferry "$T_TMP/ferry.yaml" || exit 1
+for at in 5000 15000 20000; do # rows read by each run: killed after 5k, 20k, 40k in all
+  FERRY_TEST_SNAPSHOT_HOLD=$at start_ferry "$T_TMP/ferry.yaml" || exit 1
   logs+=("$FERRY_LOG")
-  n=0
-  for ((i = 0; i < 600; i++)); do
-    n=$(metric ferry_snapshot_rows_total); n=${n:-0}
-    [ "$n" -ge "$at" ] && break
+  for ((i = 0; i < 1200; i++)); do
+    grep -q 'msg="test hold: snapshot paused"' "$FERRY_LOG" && break
     sleep 0.05
   done
+  n=$(metric ferry_snapshot_rows_total); n=${n:-0}
   kill -KILL "$FERRY_PID"; wait "$FERRY_PID" 2>/dev/null
   total=$((total + n))
   [ "$n" -ge "$at" ] && [ "$total" -lt 60000 ] && killed=$((killed + 1))
