@@ -11,10 +11,10 @@
  *
  * Unknown subcommands and flags print usage and exit 2.
  */
-#include "gw_cli.h"
-#include "gw_config.h"
-#include "gw_err.h"
-#include "gw_version.h"
+#include "cli/gw_cli.h"
+#include "config/gw_config.h"
+#include "base/gw_err.h"
+#include "base/gw_version.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * The loader must return 0 or GW_ECONFIG with a message, never crash, leak or hang. A successful
  * load is released again so leaks in either path show.
  */
-#include "gateway/gw_config.h"
+#include "config/gw_config.h"
 
 #include <stddef.h>
 #include <stdint.h>

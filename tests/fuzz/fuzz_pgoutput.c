@@ -4,7 +4,7 @@
  * bare pgoutput message. Decoding must succeed or fail with GW_EINVAL, never crash or read past
  * the input; every decoded value must lie inside the input buffer.
  */
-#include "gateway/gw_pgoutput.h"
+#include "pg/gw_pgoutput.h"
 
 #include <stddef.h>
 #include <stdint.h>

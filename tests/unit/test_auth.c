@@ -10,8 +10,8 @@
  * Run from the repository root (the helpers are found at tests/unit/auth/).
  */
 #include "auth/auth.h"
-#include "gateway/gw_auth.h"
-#include "gateway/gw_config.h"
+#include "http/gw_auth.h"
+#include "config/gw_config.h"
 
 #include <arpa/inet.h>
 #include <check.h>

@@ -2,11 +2,11 @@
  *
  * The config cases assert the exact "file:line:col: message" text for every kind of bad input.
  */
-#include "gateway/gw_arena.h"
-#include "gateway/gw_buf.h"
-#include "gateway/gw_config.h"
-#include "gateway/gw_err.h"
-#include "gateway/gw_log.h"
+#include "base/gw_arena.h"
+#include "base/gw_buf.h"
+#include "config/gw_config.h"
+#include "base/gw_err.h"
+#include "base/gw_log.h"
 
 #include <check.h>
 #include <stdlib.h>

@@ -5,9 +5,9 @@
  *
  * Each test opens a storage file in its own temporary directory and removes it afterwards.
  */
-#include "gateway/gw_buf.h"
-#include "gateway/gw_err.h"
-#include "gateway/gw_storage.h"
+#include "base/gw_buf.h"
+#include "base/gw_err.h"
+#include "storage/gw_storage.h"
 #include "rules/rules.h"
 
 #include <check.h>

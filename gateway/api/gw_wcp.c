@@ -1,0 +1,257 @@
+/* gw_wcp.c -- write checkpoints: GET /write-checkpoint2.json?client_id=…
+ *
+ * A client that uploaded its writes asks for a write checkpoint and waits until a sync checkpoint
+ * carries it (powersync-protocol §2.7). Here: authenticate on the loop thread; on a worker read
+ * pg_current_wal_lsn(), emit a non-transactional logical message (prefix "ferry") so replication
+ * passes that position even on an idle database, and have the replicator store counter+1 for
+ * "<sub>/<client_id>" with that LSN. The counter is visible to streams once replication has
+ * committed a checkpoint at or past the LSN; the hook names the user key then.
+ * Answer: {"data":{"write_checkpoint":"N"}} (a decimal string).
+ */
+#include "api/gw_api.h"
+#include "base/gw_buf.h"
+#include "base/gw_log.h"
+#include "http/gw_auth.h"
+#include "pg/gw_pg.h"
+#include "pg/gw_pgoutput.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *gw_app_user_key(const char *sub, const char *client_id, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/%s", sub, client_id != NULL ? client_id : "");
+    return buf;
+}
+
+int gw_app_authenticate(gw_app_t *app, h2o_req_t *req, auth_token_t **tok)
+{
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    const char *value = i >= 0 ? req->headers.entries[i].value.base : NULL;
+    size_t len = i >= 0 ? req->headers.entries[i].value.len : 0;
+    const char *code = NULL;
+    gw_err_t err;
+    gw_err_clear(&err);
+    if (gw_auth_verify_header(app->auth, value, len, tok, &code, &err, NULL) == 0) return 0;
+    gw_http_send_error(req, 401, code != NULL ? code : "unauthorized", "%s",
+                       err.message[0] != '\0' ? err.message : "authentication failed");
+    return -1;
+}
+
+/* ---- the blocking create (worker thread) ---- */
+
+typedef struct wcp_wait {
+    gw_repl_task_t task;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int finished;
+    int rc;
+    int refs; /* the waiter and the task; the last one frees */
+    char *user_key;
+    uint64_t lsn;
+    uint64_t counter;
+} wcp_wait_t;
+
+static void wcp_unref(wcp_wait_t *w)
+{
+    pthread_mutex_lock(&w->lock);
+    int last = --w->refs == 0;
+    pthread_mutex_unlock(&w->lock);
+    if (last) {
+        pthread_mutex_destroy(&w->lock);
+        pthread_cond_destroy(&w->cond);
+        free(w->user_key);
+        free(w);
+    }
+}
+
+static int wcp_run(gw_storage_t *st, void *ud, gw_err_t *err)
+{
+    wcp_wait_t *w = ud;
+    return gw_storage_write_checkpoint(st, w->user_key, w->lsn, &w->counter, err);
+}
+
+static void wcp_done(void *ud, int rc)
+{
+    wcp_wait_t *w = ud;
+    pthread_mutex_lock(&w->lock);
+    w->finished = 1;
+    w->rc = rc;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    wcp_unref(w);
+}
+
+int gw_wcp_create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, uint64_t *counter,
+                           gw_err_t *err)
+{
+    if (conn == NULL) return gw_err_set(err, GW_EUNAVAIL, "wcp", "postgres is not reachable");
+    if (!gw_repl_ready(app->repl))
+        return gw_err_set(err, GW_EUNAVAIL, "wcp", "replication is not ready yet");
+    PGresult *res = gw_pg_query(conn,
+                                "SELECT pg_current_wal_lsn()::text, "
+                                "pg_logical_emit_message(false, 'ferry', 'write-checkpoint')::text",
+                                err);
+    if (res == NULL) return GW_EPG;
+    uint64_t lsn = 0;
+    gw_lsn_parse(PQgetvalue(res, 0, 0), &lsn);
+    PQclear(res);
+    wcp_wait_t *w = gw_xcalloc(1, sizeof(*w));
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    w->refs = 2;
+    w->user_key = gw_xstrdup(user_key);
+    w->lsn = lsn;
+    w->task.run = wcp_run;
+    w->task.done = wcp_done;
+    w->task.ud = w;
+    gw_repl_submit(app->repl, &w->task);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 5;
+    pthread_mutex_lock(&w->lock);
+    while (!w->finished)
+        if (pthread_cond_timedwait(&w->cond, &w->lock, &deadline) == ETIMEDOUT) break;
+    int finished = w->finished, rc = w->rc;
+    uint64_t value = w->counter;
+    pthread_mutex_unlock(&w->lock);
+    wcp_unref(w);
+    if (!finished)
+        return gw_err_set(err, GW_EUNAVAIL, "wcp", "the replicator did not answer in time");
+    if (rc != 0) return gw_err_set(err, GW_EUNAVAIL, "wcp", "could not store the write checkpoint");
+    *counter = value;
+    return 0;
+}
+
+/* ---- the route ---- */
+
+typedef struct wcp_job wcp_job_t;
+
+/* Lives in req->pool: if h2o frees the request while a worker runs the job, its dispose
+ * callback tells the job not to answer. */
+typedef struct wcp_guard {
+    wcp_job_t *j;
+} wcp_guard_t;
+
+/* malloc'd, not in req->pool, which may go away while the worker runs */
+struct wcp_job {
+    gw_job_t job;
+    gw_app_t *app;
+    h2o_req_t *req; /* NULL once the request was freed */
+    wcp_guard_t *guard;
+    char user_key[512];
+    uint64_t counter;
+    int rc;
+    char message[sizeof(((gw_err_t *)0)->message)];
+};
+
+static void wcp_guard_dispose(void *p)
+{
+    wcp_guard_t *g = p;
+    if (g->j != NULL) g->j->req = NULL;
+}
+
+static void wcp_job_run(gw_job_t *job, PGconn *conn)
+{
+    wcp_job_t *j = (wcp_job_t *)job;
+    gw_err_t err;
+    gw_err_clear(&err);
+    j->rc = gw_wcp_create_blocking(j->app, conn, j->user_key, &j->counter, &err);
+    snprintf(j->message, sizeof(j->message), "%s", err.message);
+}
+
+static void wcp_job_done(gw_job_t *job)
+{
+    wcp_job_t *j = (wcp_job_t *)job;
+    if (j->req == NULL) {
+        free(j); /* the client went away */
+        return;
+    }
+    j->guard->j = NULL;
+    if (j->rc != 0) {
+        h2o_add_header(&j->req->pool, &j->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
+                       H2O_STRLIT("2"));
+        gw_http_send_error(j->req, 503, "unavailable", "%s", j->message);
+        free(j);
+        return;
+    }
+    char body[128];
+    int n = snprintf(body, sizeof(body), "{\"data\":{\"write_checkpoint\":\"%llu\"}}",
+                     (unsigned long long)j->counter);
+    gw_http_send_json(j->req, 200, body, (size_t)n);
+    free(j);
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* The value of query parameter name in req's path ("" when absent), URL-decoded into buf. */
+static int query_param(h2o_req_t *req, const char *name, char *buf, size_t len)
+{
+    if (req->query_at == SIZE_MAX) return 0;
+    const char *q = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    size_t nl = strlen(name);
+    while (q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *stop = amp != NULL ? amp : end;
+        if ((size_t)(stop - q) > nl && memcmp(q, name, nl) == 0 && q[nl] == '=') {
+            size_t o = 0;
+            for (const char *p = q + nl + 1; p < stop; p++) {
+                if (o + 1 >= len) return -1;
+                int hi, lo;
+                if (*p == '%' && stop - p >= 3 && (hi = hex_digit(p[1])) >= 0 &&
+                    (lo = hex_digit(p[2])) >= 0) {
+                    buf[o++] = (char)(hi * 16 + lo);
+                    p += 2;
+                } else {
+                    buf[o++] = *p == '+' ? ' ' : *p;
+                }
+            }
+            buf[o] = '\0';
+            return 1;
+        }
+        q = stop + 1;
+    }
+    return 0;
+}
+
+static int on_write_checkpoint(h2o_req_t *req, void *ud)
+{
+    gw_app_t *app = ud;
+    auth_token_t *tok;
+    if (gw_app_authenticate(app, req, &tok) != 0) return 0;
+    char client_id[256];
+    int found = query_param(req, "client_id", client_id, sizeof(client_id));
+    if (found <= 0 || client_id[0] == '\0') {
+        auth_token_release(tok);
+        gw_http_send_error(req, 400, "bad_request",
+                           found < 0 ? "client_id is too long" : "client_id is required");
+        return 0;
+    }
+    wcp_job_t *j = gw_xcalloc(1, sizeof(*j));
+    j->app = app;
+    j->req = req;
+    j->guard = h2o_mem_alloc_shared(&req->pool, sizeof(wcp_guard_t), wcp_guard_dispose);
+    j->guard->j = j;
+    gw_app_user_key(tok->sub, client_id, j->user_key, sizeof(j->user_key));
+    auth_token_release(tok);
+    j->job.run = wcp_job_run;
+    j->job.done = wcp_job_done;
+    gw_workers_submit(app->workers, req->conn->ctx, &j->job);
+    return 0;
+}
+
+void gw_wcp_register(gw_app_t *app)
+{
+    gw_http_route(app->http, "/write-checkpoint2.json", "write_checkpoint", GW_HTTP_GET,
+                  on_write_checkpoint, app);
+}

@@ -1,0 +1,357 @@
+/* gw_cli_debug.c -- `ferry debug dump|oracle`: inspect bucket storage and compare it with SQL
+ *
+ *   ferry debug dump --config FILE [--bucket B] [--all-versions] [--checksums | --ops]
+ *       each bucket of the rule version the storage serves (every version's with
+ *       --all-versions, e.g. while a new one is built beside it): its reconstructed rows (ops
+ *       applied in op-id order: PUT sets the row of (object_type, object_id, subkey), REMOVE
+ *       deletes it, CLEAR empties the bucket, MOVE changes nothing but counts in the
+ *       checksum), one JSON line per row:
+ *       {"bucket":…,"type":…,"id":…,"data":{…}}; with --checksums one line per bucket instead:
+ *       {"bucket":…,"checksum":…,"count":…,"ops_checksum":…,"ops":…} where ops_checksum/ops are
+ *       recomputed from the stored ops (they must equal checksum/count); with --ops every stored
+ *       op instead, in op-id order per bucket: {"bucket":…,"op":{"op_id":…,"op":…,…}}
+ *   ferry debug oracle --config FILE
+ *       the same row lines computed directly: every table the rules read is SELECTed from
+ *       Postgres now and evaluated with the rules of the version the storage serves (the rules
+ *       it stored for that version; the rules file for a storage without them)
+ *
+ * Lines are sorted, so `diff <(ferry debug dump …) <(ferry debug oracle …)` compares storage with
+ * what the rules select. Reads the storage file read-only; safe while ferry serve runs.
+ */
+#include "base/gw_buf.h"
+#include "cli/gw_cli.h"
+#include "config/gw_config.h"
+#include "pg/gw_pg.h"
+#include "config/gw_rules.h"
+#include "storage/gw_storage.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct lines {
+    char **v;
+    size_t n, cap;
+} lines_t;
+
+static void lines_add(lines_t *l, const char *s)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 256;
+        l->v = gw_xrealloc(l->v, l->cap * sizeof(char *));
+    }
+    l->v[l->n++] = gw_xstrdup(s);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void lines_print_free(lines_t *l)
+{
+    if (l->n > 0) /* qsort with no array is undefined */
+        qsort(l->v, l->n, sizeof(char *), cmp_str);
+    for (size_t i = 0; i < l->n; i++) {
+        puts(l->v[i]);
+        free(l->v[i]);
+    }
+    free(l->v);
+}
+
+static void row_line(gw_buf_t *b, const char *bucket, const char *type, const char *id,
+                     const char *data)
+{
+    gw_buf_reset(b);
+    gw_buf_puts(b, "{\"bucket\":");
+    gw_buf_json_str(b, bucket);
+    gw_buf_puts(b, ",\"type\":");
+    gw_buf_json_str(b, type);
+    gw_buf_puts(b, ",\"id\":");
+    gw_buf_json_str(b, id);
+    gw_buf_puts(b, ",\"data\":");
+    gw_buf_puts(b, data);
+    gw_buf_puts(b, "}");
+}
+
+typedef struct dump_ctx {
+    gw_storage_reader_t *r;
+    uint64_t as_of;
+    const char *only;
+    const char *ns; /* only buckets of this version ("2#"), NULL: all */
+    int checksums;
+    int ops; /* print every op, unsorted */
+    lines_t out;
+    int failed;
+} dump_ctx_t;
+
+static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t count)
+{
+    dump_ctx_t *d = ud;
+    if (d->only != NULL && strcmp(d->only, bucket) != 0) return 0;
+    if (d->only == NULL && d->ns != NULL && strncmp(bucket, d->ns, strlen(d->ns)) != 0) return 0;
+    json_t *rows = json_object(); /* "type\x1fid\x1fsubkey" -> data string */
+    uint64_t after = 0, nops = 0;
+    uint32_t sum = 0;
+    gw_buf_t chunk = GW_BUF_INIT;
+    for (;;) {
+        gw_buf_reset(&chunk);
+        gw_buf_puts(&chunk, "[");
+        uint64_t last;
+        int more;
+        size_t n;
+        if (gw_storage_read_ops(d->r, bucket, after, d->as_of, 1000, 1 << 20, &chunk, &last, &more,
+                                &n) != 0) {
+            d->failed = 1;
+            break;
+        }
+        gw_buf_puts(&chunk, "]");
+        json_error_t jerr;
+        json_t *arr = json_loads(chunk.data, 0, &jerr);
+        size_t i;
+        json_t *op;
+        json_array_foreach(arr, i, op)
+        {
+            const char *kind = json_string_value(json_object_get(op, "op"));
+            const char *type = json_string_value(json_object_get(op, "object_type"));
+            const char *id = json_string_value(json_object_get(op, "object_id"));
+            const char *sub = json_string_value(json_object_get(op, "subkey"));
+            sum += (uint32_t)json_integer_value(json_object_get(op, "checksum"));
+            nops++;
+            if (d->ops) {
+                char *text = json_dumps(op, JSON_COMPACT);
+                gw_buf_t l = GW_BUF_INIT;
+                gw_buf_puts(&l, "{\"bucket\":");
+                gw_buf_json_str(&l, bucket);
+                gw_buf_printf(&l, ",\"op\":%s}", text != NULL ? text : "null");
+                puts(l.data);
+                gw_buf_free(&l);
+                free(text);
+            }
+            char key[4096];
+            snprintf(key, sizeof(key), "%s\x1f%s\x1f%s", type ? type : "", id ? id : "",
+                     sub ? sub : "");
+            if (kind != NULL && strcmp(kind, "PUT") == 0)
+                json_object_set(rows, key, json_object_get(op, "data"));
+            else if (kind != NULL && strcmp(kind, "REMOVE") == 0)
+                json_object_del(rows, key);
+            else if (kind != NULL && strcmp(kind, "CLEAR") == 0)
+                json_object_clear(rows); /* the bucket is reset; MOVE changes no row */
+        }
+        json_decref(arr);
+        after = last;
+        if (!more || n == 0) break;
+    }
+    gw_buf_t line = GW_BUF_INIT;
+    if (d->ops) {
+        /* printed above */
+    } else if (d->checksums) {
+        gw_buf_puts(&line, "{\"bucket\":");
+        gw_buf_json_str(&line, bucket);
+        gw_buf_printf(&line, ",\"checksum\":%u,\"count\":%llu,\"ops_checksum\":%u,\"ops\":%llu}",
+                      checksum, (unsigned long long)count, sum, (unsigned long long)nops);
+        lines_add(&d->out, line.data);
+    } else {
+        const char *key;
+        json_t *data;
+        json_object_foreach(rows, key, data)
+        {
+            char type[1024], id[2048];
+            const char *s1 = strchr(key, '\x1f');
+            const char *s2 = s1 ? strchr(s1 + 1, '\x1f') : NULL;
+            if (s1 == NULL || s2 == NULL) continue;
+            snprintf(type, sizeof(type), "%.*s", (int)(s1 - key), key);
+            snprintf(id, sizeof(id), "%.*s", (int)(s2 - s1 - 1), s1 + 1);
+            row_line(&line, bucket, type, id, json_string_value(data));
+            lines_add(&d->out, line.data);
+        }
+    }
+    gw_buf_free(&line);
+    gw_buf_free(&chunk);
+    json_decref(rows);
+    return 0;
+}
+
+static int cmd_dump(gw_config_t *cfg, const char *bucket, int all, int checksums, int ops)
+{
+    gw_storage_reader_t *r;
+    gw_err_t err;
+    char msg[1024];
+    if (gw_storage_reader_open(cfg->storage.path, &r, &err) != 0) {
+        fprintf(stderr, "ferry debug dump: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        return 1;
+    }
+    uint64_t last_op, lsn;
+    int consistent;
+    gw_storage_read_checkpoint(r, &last_op, &lsn, &consistent);
+    dump_ctx_t d = {.r = r,
+                    .as_of = last_op,
+                    .only = bucket,
+                    .ns = all ? NULL : gw_storage_reader_version(r),
+                    .checksums = checksums,
+                    .ops = ops};
+    int rc = gw_storage_each_bucket(r, last_op, dump_bucket, &d);
+    lines_print_free(&d.out);
+    gw_storage_reader_close(r);
+    return rc != 0 || d.failed ? 1 : 0;
+}
+
+static int cmd_oracle(gw_config_t *cfg)
+{
+    gw_err_t err;
+    char msg[1024], hash[32], version[32] = "1";
+    rules_set_t *rules = NULL;
+    gw_storage_reader_t *r;
+    if (gw_storage_reader_open(cfg->storage.path, &r, &err) == 0) {
+        uint64_t last_op, lsn;
+        int consistent;
+        gw_storage_read_checkpoint(r, &last_op, &lsn, &consistent);
+        gw_storage_read_state(r, "rules_version", version, sizeof(version));
+        size_t cap = 1 << 20;
+        char *text = gw_xmalloc(cap);
+        if (gw_storage_read_state(r, "rules_text", text, cap) && strlen(text) + 1 < cap &&
+            gw_rules_compile_text(text, strlen(text), "stored sync rules", &rules, hash,
+                                  sizeof(hash), stderr, &err) != 0)
+            rules = NULL;
+        free(text);
+        gw_storage_reader_close(r);
+    }
+    if (rules == NULL &&
+        gw_rules_load(cfg->sync_rules.path, &rules, hash, sizeof(hash), stderr, &err) != 0) {
+        fprintf(stderr, "ferry debug oracle: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        return 1;
+    }
+    PGconn *conn = gw_pg_connect(cfg->postgres.uri, 0, "ferry debug", &err);
+    if (conn == NULL) {
+        fprintf(stderr, "ferry debug oracle: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        rules_unref(rules);
+        return 1;
+    }
+    lines_t out = {0};
+    gw_buf_t line = GW_BUF_INIT;
+    int rc = 0;
+    const char *pv[1] = {cfg->replication.publication};
+    PGresult *tabs = gw_pg_query_params(
+        conn, "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", 1, pv,
+        &err);
+    for (int t = 0; tabs != NULL && t < PQntuples(tabs) && rc == 0; t++) {
+        const char *schema = PQgetvalue(tabs, t, 0), *name = PQgetvalue(tabs, t, 1);
+        char *qs = gw_pg_ident(conn, schema), *qn = gw_pg_ident(conn, name);
+        gw_buf_t sql = GW_BUF_INIT;
+        gw_buf_printf(&sql, "SELECT * FROM %s.%s", qs, qn);
+        free(qs);
+        free(qn);
+        PGresult *res = gw_pg_query(conn, sql.data, &err);
+        gw_buf_free(&sql);
+        if (res == NULL) {
+            rc = 1;
+            break;
+        }
+        int ncols = PQnfields(res);
+        const char **names = gw_xcalloc((size_t)ncols + 1, sizeof(char *));
+        const char **values = gw_xcalloc((size_t)ncols + 1, sizeof(char *));
+        size_t *lens = gw_xcalloc((size_t)ncols + 1, sizeof(size_t));
+        uint32_t *types = gw_xcalloc((size_t)ncols + 1, sizeof(uint32_t));
+        for (int c = 0; c < ncols; c++) {
+            names[c] = PQfname(res, c);
+            types[c] = PQftype(res, c);
+        }
+        for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
+            for (int c = 0; c < ncols; c++) {
+                values[c] = PQgetisnull(res, i, c) ? NULL : PQgetvalue(res, i, c);
+                lens[c] = (size_t)PQgetlength(res, i, c);
+            }
+            rules_row_t row = {schema, name, (size_t)ncols, names, types, values, lens};
+            rules_ops_t ops = {0};
+            rules_error_t rerr = {0};
+            if (rules_eval_row(rules, version, &row, &ops, &rerr) != 0) {
+                fprintf(stderr, "ferry debug oracle: %s.%s: %s\n", schema, name, rerr.message);
+                rc = 1;
+            }
+            for (size_t k = 0; k < ops.n; k++) {
+                row_line(&line, ops.items[k].bucket, ops.items[k].object_type,
+                         ops.items[k].object_id, ops.items[k].data);
+                lines_add(&out, line.data);
+            }
+            rules_ops_free(&ops);
+        }
+        free(names);
+        free(values);
+        free(lens);
+        free(types);
+        PQclear(res);
+    }
+    if (tabs == NULL) {
+        fprintf(stderr, "ferry debug oracle: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        rc = 1;
+    }
+    PQclear(tabs);
+    lines_print_free(&out);
+    gw_buf_free(&line);
+    PQfinish(conn);
+    rules_unref(rules);
+    return rc;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: ferry debug dump --config FILE [--bucket B] [--all-versions] "
+                 "[--checksums | --ops]\n"
+                 "       ferry debug oracle --config FILE\n");
+}
+
+int gw_cli_debug(int argc, char **argv)
+{
+    if (argc < 2 || (strcmp(argv[1], "dump") != 0 && strcmp(argv[1], "oracle") != 0)) {
+        usage(stderr);
+        return 2;
+    }
+    const char *what = argv[1];
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"bucket", required_argument, NULL, 'b'},
+        {"checksums", no_argument, NULL, 's'},    {"ops", no_argument, NULL, 'o'},
+        {"all-versions", no_argument, NULL, 'a'}, {0}};
+    const char *config = NULL, *bucket = NULL;
+    int checksums = 0, ops = 0, all = 0, c;
+    optind = 2;
+    while ((c = getopt_long(argc, argv, "c:b:so", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            config = optarg;
+            break;
+        case 'b':
+            bucket = optarg;
+            break;
+        case 's':
+            checksums = 1;
+            break;
+        case 'o':
+            ops = 1;
+            break;
+        case 'a':
+            all = 1;
+            break;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    const char *path = gw_cli_config_path(config);
+    if (path == NULL || optind < argc || (checksums && ops)) {
+        usage(stderr);
+        return 2;
+    }
+    gw_config_t cfg;
+    gw_err_t err;
+    char msg[1024];
+    if (gw_config_load(&cfg, path, &err) != 0) {
+        fprintf(stderr, "%s\n", gw_err_format(&err, msg, sizeof(msg)));
+        return 1;
+    }
+    int rc =
+        strcmp(what, "dump") == 0 ? cmd_dump(&cfg, bucket, all, checksums, ops) : cmd_oracle(&cfg);
+    gw_config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,106 @@
+/* gw_config.h -- Ferry's configuration: one YAML file, parsed and validated in one call
+ *
+ * gw_config_load() reads the file with libyaml, substitutes ${VAR} and ${VAR:-default} in
+ * scalar values, resolves relative paths against the file's folder, rejects unknown keys (with a
+ * "did you mean" suggestion), wrong types and out-of-range values, and reports every problem as
+ * "FILE:LINE:COL: message". The accepted keys are a static table in gw_config.c; every one of them
+ * is documented in deploy/ferry.example.yaml (`ferry config keys` lists them, and a test checks
+ * the example names each one).
+ */
+#ifndef GW_CONFIG_H
+#define GW_CONFIG_H
+
+#include "base/gw_err.h"
+#include "base/gw_log.h"
+
+#include <stdio.h>
+
+/** One entry of auth.keys; which fields are set depends on the key kind (see deploy/README). */
+typedef struct gw_auth_key_cfg {
+    char *kid;
+    char *alg;
+    char *secret;
+    char *secret_base64url;
+    char *pem;
+    char *pem_file;  /* resolved against the config folder */
+    char *jwks_file; /* resolved against the config folder */
+    char *jwks_uri;
+    int line, col; /* position of the entry in the config file, for error messages */
+} gw_auth_key_cfg_t;
+
+typedef struct gw_config {
+    char *path; /* the file as given */
+    char *dir;  /* its folder, for relative paths */
+    gw_log_level_t log_level;
+    struct {
+        char *listen; /* "host:port"; "[::1]:port" for IPv6 */
+        long threads; /* 0: number of CPUs */
+        long max_request_body;
+    } http;
+    struct {
+        char *uri;
+        long pool_size; /* worker threads with their own connections (write-back, checkpoints) */
+    } postgres;
+    struct {
+        char *publication;
+        char *slot_prefix;
+        long snapshot_chunk_rows;
+        long lag_warn_seconds; /* warn when replication lags more than this */
+        long wal_warn_bytes;   /* warn when the slot retains more WAL than this */
+        long compact_interval; /* seconds between compaction runs; 0 disables */
+    } replication;
+    struct {
+        char *path;
+    } storage;
+    struct {
+        char **audience;
+        size_t n_audience;
+        char *issuer;
+        long max_lifetime;
+        long leeway;
+        long jwks_refresh_interval;
+        long max_token_bytes;
+        long cache_entries;
+        gw_auth_key_cfg_t *keys;
+        size_t n_keys;
+    } auth;
+    struct {
+        char *path;
+    } sync_rules;
+    struct {
+        char *token; /* bearer token of /api/admin/; unset disables the admin API */
+    } admin;
+    struct {
+        long max_connections;
+        long max_buckets_per_connection;
+    } limits;
+} gw_config_t;
+
+/** Fill *cfg with defaults only (no file); release with gw_config_free(). */
+void gw_config_defaults(gw_config_t *cfg);
+
+/**
+ * Load and validate the YAML file at path into *cfg (defaults first, then the file).
+ * Returns 0, or GW_ECONFIG with err->where = "path:line:col" and err->message set; on failure
+ * *cfg holds nothing to free. On success the caller owns *cfg and releases it with
+ * gw_config_free().
+ */
+int gw_config_load(gw_config_t *cfg, const char *path, gw_err_t *err);
+
+/** Same as gw_config_load() but from a string; name is used in messages, dir for paths. */
+int gw_config_load_string(gw_config_t *cfg, const char *text, size_t len, const char *name,
+                          const char *dir, gw_err_t *err);
+
+/** Release everything *cfg owns; *cfg is zeroed. */
+void gw_config_free(gw_config_t *cfg);
+
+/** Print every accepted key as a dotted path ("http.listen", "auth.keys[].kid"), one a line. */
+void gw_config_print_keys(FILE *out);
+
+/**
+ * Split "host:port" or "[v6]:port" into host (copied into host, size hostlen) and *port.
+ * Returns 0, or GW_EINVAL when the text is not of that form or the port is not 1..65535.
+ */
+int gw_config_parse_listen(const char *listen, char *host, size_t hostlen, int *port);
+
+#endif

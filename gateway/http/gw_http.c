@@ -1,0 +1,679 @@
+/* gw_http.c -- h2o event loops, routing, JSON errors and graceful shutdown (see gw_http.h)
+ *
+ * Per loop thread:
+ *
+ *   RUNNING --(stop message from gw_http_shutdown)--> DRAINING --(no connections left, or the
+ *   grace time is over: remaining sockets shut down)--> STOPPED (context disposed, thread exits)
+ *
+ * RUNNING -> DRAINING happens in on_stop_message(): the thread closes its copy of the listening
+ * socket, sets h2o's shutdown flag (responses in flight end with "Connection: close"), runs the
+ * shutdown hooks (streams finish there) and half-closes every connection for reading, so idle
+ * keep-alive connections and half-sent requests see EOF and h2o closes them. Connections are
+ * tracked through the socket's on_close callback, which also keeps the open-connections gauge.
+ */
+#include "http/gw_http.h"
+#include "base/gw_log.h"
+#include "base/gw_metrics.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_ROUTES 32
+#define MAX_HOOKS  8
+
+typedef struct route {
+    char path[128];
+    unsigned methods;
+    int metric;
+    gw_http_handler_fn fn;
+    void *ud;
+} route_t;
+
+typedef struct route_handler {
+    h2o_handler_t super;
+    route_t *route; /* NULL: the catch-all 404 */
+} route_handler_t;
+
+typedef struct route_logger {
+    h2o_logger_t super;
+    route_t *route; /* NULL: fallback or catch-all */
+} route_logger_t;
+
+typedef struct tracked_sock {
+    h2o_linklist_t link;
+    struct loop_thread *thread;
+    int fd;
+} tracked_sock_t;
+
+typedef struct stop_msg {
+    h2o_multithread_message_t super;
+} stop_msg_t;
+
+typedef struct loop_thread {
+    gw_http_t *srv;
+    size_t index;
+    pthread_t tid;
+    int started;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    h2o_socket_t *listener;
+    h2o_multithread_receiver_t rx;
+    stop_msg_t stop;
+    h2o_linklist_t socks; /* tracked_sock_t, open connections */
+    size_t nsocks;
+    int draining;
+    uint64_t drain_deadline; /* h2o_now() ms */
+    int forced;
+    int init_rc; /* set by the thread once its context exists: 0, or a GW_E code */
+    int disposed;
+} loop_thread_t;
+
+struct gw_http {
+    h2o_globalconf_t config;
+    h2o_hostconf_t *hostconf;
+    int listen_fd;
+    char address[300];
+    long max_connections;
+    size_t nthreads;
+    loop_thread_t *threads;
+    route_t routes[MAX_ROUTES];
+    size_t nroutes;
+    struct {
+        gw_http_shutdown_fn fn;
+        void *ud;
+    } hooks[MAX_HOOKS];
+    size_t nhooks;
+    struct {
+        gw_http_thread_fn fn;
+        void *ud;
+    } start_hooks[MAX_HOOKS], stop_hooks[MAX_HOOKS];
+    size_t nstart_hooks, nstop_hooks;
+    pthread_mutex_t init_lock;
+    pthread_cond_t init_cond;
+    size_t ninit;
+    unsigned grace_ms;
+    int metric_not_found;
+    int metric_other;
+};
+
+/* ---- responses ---- */
+
+const char *gw_http_status_code(int status)
+{
+    switch (status) {
+    case 400:
+        return "bad_request";
+    case 401:
+        return "unauthorized";
+    case 403:
+        return "forbidden";
+    case 404:
+        return "not_found";
+    case 405:
+        return "method_not_allowed";
+    case 413:
+        return "payload_too_large";
+    case 429:
+        return "too_many_requests";
+    case 503:
+        return "unavailable";
+    default:
+        return status >= 500 ? "internal" : "error";
+    }
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Payload Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return status >= 500 ? "Internal Server Error" : "Error";
+    }
+}
+
+void gw_http_send_json(h2o_req_t *req, int status, const char *body, size_t len)
+{
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    req->res.content_length = len;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("application/json"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
+                   H2O_STRLIT("no-store"));
+    h2o_send_inline(req, body, len);
+}
+
+/* {"error":{"code":…,"description":…}} into b */
+static void error_body(gw_buf_t *b, const char *code, const char *desc)
+{
+    gw_buf_puts(b, "{\"error\":{\"code\":");
+    gw_buf_json_str(b, code);
+    gw_buf_puts(b, ",\"description\":");
+    gw_buf_json_str(b, desc);
+    gw_buf_puts(b, "}}");
+}
+
+void gw_http_send_error(h2o_req_t *req, int status, const char *code, const char *fmt, ...)
+{
+    char desc[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(desc, sizeof(desc), fmt, ap);
+    va_end(ap);
+    gw_buf_t b = GW_BUF_INIT;
+    error_body(&b, code != NULL ? code : gw_http_status_code(status), desc);
+    gw_http_send_json(req, status, b.data, b.len);
+    gw_buf_free(&b);
+}
+
+/* ---- the JSON error filter for responses h2o generates itself (413, 400 on bodies) ---- */
+
+typedef struct json_error_ostream {
+    h2o_ostream_t super;
+    h2o_iovec_t body;
+    int sent;
+} json_error_ostream_t;
+
+static void json_error_do_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs,
+                               size_t bufcnt, h2o_send_state_t state)
+{
+    json_error_ostream_t *o = (json_error_ostream_t *)self;
+    (void)bufs;
+    (void)bufcnt;
+    if (!o->sent) {
+        o->sent = 1;
+        h2o_ostream_send_next(self, req, &o->body, 1, state);
+    } else {
+        h2o_ostream_send_next(self, req, NULL, 0, state);
+    }
+}
+
+static void json_error_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    if (req->res.status >= 400) {
+        const char *desc = req->res.status == 413 ? "the request body is too large"
+                                                  : "the request could not be read";
+        gw_buf_t b = GW_BUF_INIT;
+        error_body(&b, gw_http_status_code(req->res.status), desc);
+        json_error_ostream_t *o = (json_error_ostream_t *)h2o_add_ostream(req, sizeof(*o), slot);
+        o->body = h2o_strdup(&req->pool, b.data, b.len);
+        o->sent = 0;
+        o->super.do_send = json_error_do_send;
+        gw_buf_free(&b);
+        req->res.content_length = o->body.len;
+        h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE,
+                       H2O_STRLIT("application/json"), 1);
+        slot = &o->super.next;
+    }
+    h2o_setup_next_ostream(req, slot);
+    (void)self;
+}
+
+/* ---- routing ---- */
+
+static int method_bit(h2o_req_t *req)
+{
+    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"))) return GW_HTTP_GET;
+    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) return GW_HTTP_HEAD;
+    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) return GW_HTTP_POST;
+    return 0;
+}
+
+static int exact_path(const route_t *r, h2o_req_t *req)
+{
+    size_t n = strlen(r->path);
+    return req->path_normalized.len == n && memcmp(req->path_normalized.base, r->path, n) == 0;
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    route_t *r = ((route_handler_t *)self)->route;
+    if (r == NULL || !exact_path(r, req)) {
+        gw_http_send_error(req, 404, "not_found", "no route for %.*s %.*s", (int)req->method.len,
+                           req->method.base,
+                           (int)(req->path_normalized.len > 200 ? 200 : req->path_normalized.len),
+                           req->path_normalized.base);
+        return 0;
+    }
+    if ((method_bit(req) & (int)r->methods) == 0) {
+        gw_http_send_error(req, 405, "method_not_allowed", "%s does not accept %.*s", r->path,
+                           (int)(req->method.len > 16 ? 16 : req->method.len), req->method.base);
+        return 0;
+    }
+    return r->fn(req, r->ud);
+}
+
+static void on_log(h2o_logger_t *self, h2o_req_t *req)
+{
+    route_logger_t *l = (route_logger_t *)self;
+    gw_http_t *srv = NULL;
+    (void)srv;
+    int metric;
+    if (l->route != NULL && exact_path(l->route, req))
+        metric = l->route->metric;
+    else if (l->route == NULL && req->res.status == 404)
+        metric = gw_metrics_route("not_found");
+    else if (l->route != NULL)
+        metric = gw_metrics_route("not_found");
+    else
+        metric = gw_metrics_route("other");
+    gw_metrics_request(metric, req->res.status);
+}
+
+static void add_logger(h2o_pathconf_t *pc, route_t *r)
+{
+    route_logger_t *l = (route_logger_t *)h2o_create_logger(pc, sizeof(*l));
+    l->super.log_access = on_log;
+    l->route = r;
+}
+
+/* ---- accepting and tracking connections ---- */
+
+static void on_sock_close(void *data)
+{
+    tracked_sock_t *t = data;
+    h2o_linklist_unlink(&t->link);
+    t->thread->nsocks--;
+    gw_metrics_connections(-1);
+    free(t);
+}
+
+static void reject_busy(int fd)
+{
+    static const char resp[] =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        "Retry-After: 5\r\nConnection: close\r\nContent-Length: 86\r\n\r\n"
+        "{\"error\":{\"code\":\"unavailable\",\"description\":\"too many connections, retry "
+        "later\"}}";
+    ssize_t w = write(fd, resp, sizeof(resp) - 1);
+    (void)w;
+}
+
+static void on_accept(h2o_socket_t *listener, const char *err)
+{
+    loop_thread_t *th = listener->data;
+    if (err != NULL) return;
+    for (int i = 0; i < 32; i++) {
+        h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
+        if (sock == NULL) return;
+        if (gw_metrics_open_connections() >= th->srv->max_connections) {
+            reject_busy(h2o_socket_get_fd(sock));
+            h2o_socket_close(sock);
+            continue;
+        }
+        tracked_sock_t *t = gw_xcalloc(1, sizeof(*t));
+        t->thread = th;
+        t->fd = h2o_socket_get_fd(sock);
+        h2o_linklist_insert(&th->socks, &t->link);
+        th->nsocks++;
+        gw_metrics_connections(+1);
+        sock->on_close.cb = on_sock_close;
+        sock->on_close.data = t;
+        h2o_accept(&th->accept_ctx, sock);
+    }
+}
+
+/* ---- shutdown ---- */
+
+static void shutdown_all(loop_thread_t *th, int how)
+{
+    for (h2o_linklist_t *n = th->socks.next; n != &th->socks; n = n->next) {
+        tracked_sock_t *t = H2O_STRUCT_FROM_MEMBER(tracked_sock_t, link, n);
+        shutdown(t->fd, how);
+    }
+}
+
+static void on_stop_message(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages)
+{
+    loop_thread_t *th = H2O_STRUCT_FROM_MEMBER(loop_thread_t, rx, rx);
+    while (!h2o_linklist_is_empty(messages)) {
+        h2o_multithread_message_t *m =
+            H2O_STRUCT_FROM_MEMBER(h2o_multithread_message_t, link, messages->next);
+        h2o_linklist_unlink(&m->link);
+    }
+    if (th->draining) return;
+    th->draining = 1;
+    th->drain_deadline = h2o_now(th->ctx.loop) + th->srv->grace_ms;
+    if (th->listener != NULL) {
+        h2o_socket_read_stop(th->listener);
+        h2o_socket_close(th->listener);
+        th->listener = NULL;
+    }
+    h2o_context_request_shutdown(&th->ctx);
+    for (size_t i = 0; i < th->srv->nhooks; i++)
+        th->srv->hooks[i].fn(&th->ctx, th->index, th->srv->hooks[i].ud);
+    shutdown_all(th, SHUT_RD);
+}
+
+/*
+ * Everything of h2o a loop uses is created and destroyed on that loop's own thread: h2o keeps
+ * per-thread (TLS) recycle allocators for socket buffers and memory pools, and a context made on
+ * another thread would share that thread's allocators between loops.
+ */
+static int loop_init(loop_thread_t *th)
+{
+    gw_http_t *h = th->srv;
+    h2o_context_init(&th->ctx, h2o_evloop_create(), &h->config);
+    th->accept_ctx.ctx = &th->ctx;
+    th->accept_ctx.hosts = h->config.hosts;
+    h2o_multithread_register_receiver(th->ctx.queue, &th->rx, on_stop_message);
+    int fd = dup(h->listen_fd);
+    if (fd < 0) return GW_ESYS;
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    th->listener = h2o_evloop_socket_create(th->ctx.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+    th->listener->data = th;
+    h2o_socket_read_start(th->listener, on_accept);
+    for (size_t i = 0; i < h->nstart_hooks; i++)
+        h->start_hooks[i].fn(&th->ctx, th->index, h->start_hooks[i].ud);
+    return 0;
+}
+
+static void loop_dispose(loop_thread_t *th)
+{
+    gw_http_t *h = th->srv;
+    for (size_t i = 0; i < h->nstop_hooks; i++)
+        h->stop_hooks[i].fn(&th->ctx, th->index, h->stop_hooks[i].ud);
+    if (th->listener != NULL) {
+        h2o_socket_close(th->listener);
+        th->listener = NULL;
+    }
+    /* let the loop run the close callbacks of sockets closed above */
+    h2o_evloop_run(th->ctx.loop, 0);
+    /* h2o_context_request_shutdown() arms HTTP/2's graceful-shutdown timer even with no HTTP/2
+     * connection; disarm it or h2o_context_dispose() asserts */
+    if (h2o_timeout_is_linked(&th->ctx.http2._graceful_shutdown_timeout))
+        h2o_timeout_unlink(&th->ctx.http2._graceful_shutdown_timeout);
+    h2o_multithread_unregister_receiver(th->ctx.queue, &th->rx);
+    if (th->nsocks > 0) {
+        /* connections we had to abandon still hold timers: disposing would assert */
+        gw_warn("http", "leaving an event loop with connections open", "thread=%zu connections=%zu",
+                th->index, th->nsocks);
+        return;
+    }
+    h2o_evloop_t *loop = th->ctx.loop;
+    h2o_context_dispose(&th->ctx);
+    h2o_evloop_destroy(loop);
+    th->disposed = 1;
+}
+
+static void *loop_main(void *arg)
+{
+    loop_thread_t *th = arg;
+    gw_http_t *h = th->srv;
+    int rc = loop_init(th);
+    pthread_mutex_lock(&h->init_lock);
+    th->init_rc = rc != 0 ? rc : 1;
+    h->ninit++;
+    pthread_cond_broadcast(&h->init_cond);
+    pthread_mutex_unlock(&h->init_lock);
+    if (rc != 0) return NULL;
+    for (;;) {
+        if (h2o_evloop_run(th->ctx.loop, 50) != 0) {
+            /* epoll_wait interrupted (SIGSTOP/SIGCONT, a debugger attaching): just go on */
+            if (errno == EINTR) continue;
+            gw_error("http", "the event loop failed", "thread=%zu error=\"%s\"", th->index,
+                     strerror(errno));
+            break;
+        }
+        if (!th->draining) continue;
+        if (th->nsocks == 0) break;
+        uint64_t now = h2o_now(th->ctx.loop);
+        if (!th->forced && now >= th->drain_deadline) {
+            th->forced = 1;
+            gw_warn("http", "closing connections still open after the grace time",
+                    "thread=%zu connections=%zu", th->index, th->nsocks);
+            shutdown_all(th, SHUT_RDWR);
+        } else if (th->forced && now >= th->drain_deadline + 1000) {
+            gw_warn("http", "abandoning connections that did not close",
+                    "thread=%zu connections=%zu", th->index, th->nsocks);
+            break;
+        }
+    }
+    loop_dispose(th);
+    return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+static int bind_listener(gw_http_t *h, const char *addr, gw_err_t *err)
+{
+    char host[256];
+    int port;
+    if (gw_config_parse_listen(addr, host, sizeof(host), &port) != 0)
+        return gw_err_set(err, GW_ECONFIG, "http.listen", "\"%s\" is not \"host:port\"", addr);
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0)
+        return gw_err_set(err, GW_ECONFIG, "http.listen", "could not resolve \"%s\": %s", host,
+                          gai_strerror(rc));
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
+    if (fd < 0) {
+        freeaddrinfo(res);
+        return gw_err_set(err, GW_ESYS, "http.listen", "could not create a socket: %s",
+                          strerror(errno));
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, res->ai_addr, res->ai_addrlen) != 0) {
+        int e = errno;
+        close(fd);
+        freeaddrinfo(res);
+        if (e == EADDRINUSE) {
+            gw_err_set(err, GW_EADDRINUSE, "http.listen",
+                       "could not listen on %s: the address is already in use", addr);
+            gw_err_detail(err, "Another process (perhaps another ferry) listens there; stop it "
+                               "or set http.listen to a free port.");
+            return GW_EADDRINUSE;
+        }
+        return gw_err_set(err, GW_ESYS, "http.listen", "could not listen on %s: %s", addr,
+                          strerror(e));
+    }
+    freeaddrinfo(res);
+    if (listen(fd, 4096) != 0) {
+        int e = errno;
+        close(fd);
+        return gw_err_set(err, GW_ESYS, "http.listen", "could not listen on %s: %s", addr,
+                          strerror(e));
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    h->listen_fd = fd;
+    snprintf(h->address, sizeof(h->address), "%s", addr);
+    return 0;
+}
+
+static h2o_pathconf_t *register_path(gw_http_t *h, const char *path, route_t *r)
+{
+    h2o_pathconf_t *pc = h2o_config_register_path(h->hostconf, path, 0);
+    route_handler_t *hd = (route_handler_t *)h2o_create_handler(pc, sizeof(*hd));
+    hd->super.on_req = on_req;
+    hd->route = r;
+    add_logger(pc, r);
+    return pc;
+}
+
+int gw_http_create(gw_http_t **out, const gw_config_t *cfg, gw_err_t *err)
+{
+    gw_http_t *h = gw_xcalloc(1, sizeof(*h));
+    h->listen_fd = -1;
+    int rc = bind_listener(h, cfg->http.listen, err);
+    if (rc != 0) {
+        free(h);
+        return rc;
+    }
+    long n = cfg->http.threads;
+    if (n <= 0) {
+        n = sysconf(_SC_NPROCESSORS_ONLN);
+        if (n <= 0) n = 1;
+    }
+    h->nthreads = (size_t)n;
+    h->max_connections = cfg->limits.max_connections;
+    h->grace_ms = 3000;
+    h2o_config_init(&h->config);
+    h->config.max_request_entity_size = (size_t)cfg->http.max_request_body;
+    h->config.server_name = h2o_iovec_init(H2O_STRLIT("ferry"));
+    h->hostconf =
+        h2o_config_register_host(&h->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    /* h2o's own error responses (413, broken bodies) are bound to the fallback path */
+    h2o_pathconf_t *fb = &h->hostconf->fallback_path;
+    h2o_filter_t *f = h2o_create_filter(fb, sizeof(*f));
+    f->on_setup_ostream = json_error_setup;
+    add_logger(fb, NULL);
+    h->metric_not_found = gw_metrics_route("not_found");
+    h->metric_other = gw_metrics_route("other");
+    *out = h;
+    return 0;
+}
+
+void gw_http_route(gw_http_t *h, const char *path, const char *metric, unsigned methods,
+                   gw_http_handler_fn fn, void *ud)
+{
+    if (h->nroutes >= MAX_ROUTES) {
+        gw_error("http", "too many routes", "path=%s", path);
+        return;
+    }
+    route_t *r = &h->routes[h->nroutes++];
+    snprintf(r->path, sizeof(r->path), "%s", path);
+    r->methods = methods;
+    r->metric = gw_metrics_route(metric);
+    r->fn = fn;
+    r->ud = ud;
+}
+
+void gw_http_on_shutdown(gw_http_t *h, gw_http_shutdown_fn fn, void *ud)
+{
+    if (h->nhooks < MAX_HOOKS) {
+        h->hooks[h->nhooks].fn = fn;
+        h->hooks[h->nhooks].ud = ud;
+        h->nhooks++;
+    }
+}
+
+void gw_http_on_thread_start(gw_http_t *h, gw_http_thread_fn fn, void *ud)
+{
+    if (h->nstart_hooks < MAX_HOOKS) {
+        h->start_hooks[h->nstart_hooks].fn = fn;
+        h->start_hooks[h->nstart_hooks].ud = ud;
+        h->nstart_hooks++;
+    }
+}
+
+void gw_http_on_thread_stop(gw_http_t *h, gw_http_thread_fn fn, void *ud)
+{
+    if (h->nstop_hooks < MAX_HOOKS) {
+        h->stop_hooks[h->nstop_hooks].fn = fn;
+        h->stop_hooks[h->nstop_hooks].ud = ud;
+        h->nstop_hooks++;
+    }
+}
+
+size_t gw_http_thread_index(gw_http_t *h, h2o_context_t *ctx)
+{
+    for (size_t i = 0; i < h->nthreads; i++)
+        if (&h->threads[i].ctx == ctx) return i;
+    return 0;
+}
+
+int gw_http_start(gw_http_t *h, gw_err_t *err)
+{
+    for (size_t i = 0; i < h->nroutes; i++)
+        register_path(h, h->routes[i].path, &h->routes[i]);
+    register_path(h, "/", NULL); /* everything else: JSON 404 */
+
+    h->threads = gw_xcalloc(h->nthreads, sizeof(loop_thread_t));
+    pthread_mutex_init(&h->init_lock, NULL);
+    pthread_cond_init(&h->init_cond, NULL);
+    size_t started = 0;
+    for (size_t i = 0; i < h->nthreads; i++) {
+        loop_thread_t *th = &h->threads[i];
+        th->srv = h;
+        th->index = i;
+        h2o_linklist_init_anchor(&th->socks);
+        if (pthread_create(&th->tid, NULL, loop_main, th) != 0) break;
+        th->started = 1;
+        started++;
+    }
+    /* wait until every loop has its context and receivers, so messages have somewhere to go */
+    pthread_mutex_lock(&h->init_lock);
+    while (h->ninit < started)
+        pthread_cond_wait(&h->init_cond, &h->init_lock);
+    pthread_mutex_unlock(&h->init_lock);
+    for (size_t i = 0; i < h->nthreads; i++)
+        if (!h->threads[i].started || h->threads[i].init_rc != 1)
+            return gw_err_set(err, GW_ESYS, "http", "could not start event loop %zu", i);
+    return 0;
+}
+
+const char *gw_http_address(const gw_http_t *h)
+{
+    return h->address;
+}
+
+size_t gw_http_threads(const gw_http_t *h)
+{
+    return h->nthreads;
+}
+
+h2o_context_t *gw_http_context(gw_http_t *h, size_t i)
+{
+    return i < h->nthreads && h->threads != NULL ? &h->threads[i].ctx : NULL;
+}
+
+void gw_http_shutdown(gw_http_t *h, unsigned grace_ms)
+{
+    if (h->threads == NULL) return;
+    h->grace_ms = grace_ms;
+    for (size_t i = 0; i < h->nthreads; i++) {
+        loop_thread_t *th = &h->threads[i];
+        if (th->started) h2o_multithread_send_message(&th->rx, &th->stop.super);
+    }
+    for (size_t i = 0; i < h->nthreads; i++) {
+        loop_thread_t *th = &h->threads[i];
+        if (th->started) {
+            pthread_join(th->tid, NULL);
+            th->started = 0;
+        }
+    }
+}
+
+void gw_http_destroy(gw_http_t *h)
+{
+    if (h == NULL) return;
+    if (h->threads != NULL) {
+        pthread_mutex_destroy(&h->init_lock);
+        pthread_cond_destroy(&h->init_cond);
+        free(h->threads);
+    }
+    h2o_config_dispose(&h->config);
+    if (h->listen_fd >= 0) close(h->listen_fd);
+    free(h);
+}
