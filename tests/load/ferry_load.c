@@ -1048,21 +1048,42 @@ static void parse_args(int argc, char **argv)
         O.field = strtod(v, NULL);                                                                 \
         continue;                                                                                  \
     }
-        S("--url", url)
-        S("--token", token) S("--secret", secret) S("--kid", kid) S("--aud", aud) S("--iss", iss) S(
-            "--user-prefix", user_prefix) S("--params", params) S("--json", json) S("--plot", plot)
-            S("--save", save) S("--cat", cat) S("--pg", pg) S("--table", table)
-                S("--stamp-column", stamp_col) S("--owner-column", owner_col)
-                    L("--clients", clients) L("--procs", procs) L("--users", users)
-                        L("--ramp", ramp) L("--ttl", ttl) L("--ferry-pid", ferry_pid)
-                            L("--cycles", cycles) L("--writers", writers) L("--batch", batch)
-                                L("--rounds", rounds) D("--write-rate", write_rate)
-                                    D("--timeout", timeout) D("--seconds", seconds)
-                                        D("--rate", rate) D("--hold", hold) D("--drain", drain)
+        S("--url", url);
+        S("--token", token);
+        S("--secret", secret);
+        S("--kid", kid);
+        S("--aud", aud);
+        S("--iss", iss);
+        S("--user-prefix", user_prefix);
+        S("--params", params);
+        S("--json", json);
+        S("--plot", plot);
+        S("--save", save);
+        S("--cat", cat);
+        S("--pg", pg);
+        S("--table", table);
+        S("--stamp-column", stamp_col);
+        S("--owner-column", owner_col);
+        L("--clients", clients);
+        L("--procs", procs);
+        L("--users", users);
+        L("--ramp", ramp);
+        L("--ttl", ttl);
+        L("--ferry-pid", ferry_pid);
+        L("--cycles", cycles);
+        L("--writers", writers);
+        L("--batch", batch);
+        L("--rounds", rounds);
+        D("--write-rate", write_rate);
+        D("--timeout", timeout);
+        D("--seconds", seconds);
+        D("--rate", rate);
+        D("--hold", hold);
+        D("--drain", drain);
 #undef S
 #undef L
 #undef D
-                                            fprintf(stderr, "ferry-load: unknown option %s\n", a);
+        fprintf(stderr, "ferry-load: unknown option %s\n", a);
         usage();
     }
     if (O.clients < 1 || O.procs < 1 || O.procs > MAX_PROCS || O.ramp < 1)

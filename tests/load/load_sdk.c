@@ -161,16 +161,27 @@ static void parse_args(int argc, char **argv)
         O.f = strtol(v, NULL, 10);                                                                 \
         continue;                                                                                  \
     }
-        S("--url", url)
-        S("--secret", secret) S("--kid", kid) S("--aud", aud) S("--iss", iss)
-            S("--user-prefix", prefix) S("--schema", schema) S("--dir", dir) S("--params", params)
-                S("--json", json) S("--write-table", write_table) S("--owner-column", owner_col)
-                    S("--stamp-column", stamp_col) L("--clients", clients) L("--users", users)
-                        L("--writes", writes) L("--expect-rows", expect_rows) L("--ttl", ttl)
+        S("--url", url);
+        S("--secret", secret);
+        S("--kid", kid);
+        S("--aud", aud);
+        S("--iss", iss);
+        S("--user-prefix", prefix);
+        S("--schema", schema);
+        S("--dir", dir);
+        S("--params", params);
+        S("--json", json);
+        S("--write-table", write_table);
+        S("--owner-column", owner_col);
+        S("--stamp-column", stamp_col);
+        L("--clients", clients);
+        L("--users", users);
+        L("--writes", writes);
+        L("--expect-rows", expect_rows);
+        L("--ttl", ttl);
 #undef S
 #undef L
-                            if (strcmp(a, "--timeout") == 0)
-        {
+        if (strcmp(a, "--timeout") == 0) {
             O.timeout = strtod(v, NULL);
             continue;
         }
