@@ -23,7 +23,13 @@ GW_STORAGE_SRCS := \
 	gateway/storage/gw_storage.c
 
 GW_REPL_SRCS := \
-	gateway/repl/gw_repl.c
+	gateway/repl/gw_repl.c \
+	gateway/repl/gw_repl_source.c \
+	gateway/repl/gw_repl_snapshot.c \
+	gateway/repl/gw_repl_apply.c \
+	gateway/repl/gw_repl_stream.c \
+	gateway/repl/gw_repl_versions.c \
+	gateway/repl/gw_repl_diag.c
 
 GW_HTTP_SRCS := \
 	gateway/http/gw_http.c \
