@@ -69,10 +69,10 @@ typedef struct ferry_sync {
                                  250 ms (0: one transaction per line, as in unit tests) */
     int in_tx;                /* a data-line transaction is open */
     int64_t tx_ops, tx_start; /* its ops and start (monotonic ms) */
-    ferry_scan_t scan;        /* the data-line scanner's buffers for ferry__sync_line */
+    ferry_scan_t scan;        /* the data-line scanner's buffers for ferry__oplog_line */
     struct jrow *jrow;        /* the row read by the SQL functions ferry_jok / ferry_col */
     int wal_frames;           /* the WAL's frames after the last commit (its hook) */
-    int defer_checkpoint;     /* publishing: the checkpoint waits (ferry__sync_checkpoint) */
+    int defer_checkpoint;     /* publishing: the checkpoint waits (ferry__oplog_checkpoint) */
     int checkpoint_frames;    /* checkpoint at this WAL size (0: 8192 frames; tests set less) */
     int bulk;                 /* the oplog has no key index (a first sync, ferry_oplog.c
                                  "bulk"): 1, 0 indexed, -1 not known in this transaction */
@@ -91,7 +91,7 @@ typedef struct ferry_sync {
     int sk_id[FERRY_SUBKEY_PREFIXES];
 } ferry_sync_t;
 
-/* Results of ferry__sync_line. */
+/* Results of ferry__oplog_line. */
 enum {
     FERRY_LINE_OK = 0,
     FERRY_LINE_RECONNECT = 1, /* end this stream iteration and reconnect (checksums, token) */
@@ -159,30 +159,30 @@ int ferry__kv_set_int(sqlite3 *c, const char *key, int64_t v);
 void ferry__status_changed(ferry_db_t *db);
 
 /* ferry_oplog.c: the local side of the protocol (no network) */
-int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn);
-void ferry__sync_free(ferry_sync_t *s);
-void ferry__sync_reset_connection(ferry_sync_t *s);
+int ferry__oplog_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn);
+void ferry__oplog_free(ferry_sync_t *s);
+void ferry__oplog_reset_connection(ferry_sync_t *s);
 /* Handles one NDJSON line; returns FERRY_LINE_* (>= 0) or a negative FERRY_E* code (the
  * iteration ends; message in s->errmsg). */
-int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t len);
+int ferry__oplog_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t len);
 /* Creates the oplog's key index when it is missing (ferry_oplog.c, "bulk"), first removing the
  * older ops of keys stored twice (their checksums move to add_checksum). Runs inside the
  * caller's write transaction; returns an SQLite result code. */
 int ferry__oplog_index(sqlite3 *c);
 /* Scans a line into b without touching the database (any thread): 0 when it is a data line
- * (apply it with ferry__sync_apply_scanned), 1 when it is another line or empty, -1 when the
- * scanner gives up (ferry__sync_line handles both with jansson). */
+ * (apply it with ferry__oplog_apply_scanned), 1 when it is another line or empty, -1 when the
+ * scanner gives up (ferry__oplog_line handles both with jansson). */
 int ferry__sync_scan(ferry_scan_t *b, const char *line, size_t len);
-/* Applies a data line scanned into b, like ferry__sync_line; b's ops are converted in place. */
-int ferry__sync_apply_scanned(ferry_db_t *db, ferry_sync_t *s, ferry_scan_t *b);
+/* Applies a data line scanned into b, like ferry__oplog_line; b's ops are converted in place. */
+int ferry__oplog_apply_scanned(ferry_db_t *db, ferry_sync_t *s, ferry_scan_t *b);
 void ferry__scan_free(ferry_scan_t *b);
 /* Commits the open data-line transaction, if any (complete lines only: positions and ops
  * together). Returns 0 or FERRY_ESQLITE. _due: only when it is 250 ms old. */
-int ferry__sync_flush(ferry_sync_t *s);
-int ferry__sync_flush_due(ferry_sync_t *s);
+int ferry__oplog_flush(ferry_sync_t *s);
+int ferry__oplog_flush_due(ferry_sync_t *s);
 /* Runs the WAL checkpoint a publish deferred (until the app was told), when the WAL is at the
  * checkpoint size. */
-void ferry__sync_checkpoint(ferry_sync_t *s);
+void ferry__oplog_checkpoint(ferry_sync_t *s);
 /* Applies a validated checkpoint that was blocked by uploads, if it can be now; returns 1 when
  * applied, 0 when not, negative on error. */
 int ferry__sync_try_pending(ferry_db_t *db, ferry_sync_t *s);

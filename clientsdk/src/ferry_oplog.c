@@ -158,7 +158,7 @@ static int ops_disconnect(sqlite3_vtab *vt);
 /* The sync connection checkpoints the WAL itself: this hook replaces SQLite's automatic
  * checkpoint, with the same PASSIVE checkpoint at WAL_CHECKPOINT_FRAMES (s->checkpoint_frames
  * when set), except after a publish: that checkpoint (a first sync's: 0.3 s for 1,000,000 rows)
- * waits until the app was told (ferry__sync_checkpoint). Durability is the same either way: a
+ * waits until the app was told (ferry__oplog_checkpoint). Durability is the same either way: a
  * checkpoint only copies committed pages from the WAL into the database file. */
 #define WAL_CHECKPOINT_FRAMES 8192
 
@@ -178,7 +178,7 @@ static int wal_hook(void *ud, sqlite3 *c, const char *dbname, int frames)
     return SQLITE_OK;
 }
 
-void ferry__sync_checkpoint(ferry_sync_t *s)
+void ferry__oplog_checkpoint(ferry_sync_t *s)
 {
     if (s->index_due && !s->in_tx) {
         /* a first sync's publish is done and told: the key index now (on failure, whatever
@@ -201,7 +201,7 @@ void ferry__sync_checkpoint(ferry_sync_t *s)
     s->wal_frames = 0;
 }
 
-int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
+int ferry__oplog_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
 {
     (void)db;
     memset(s, 0, sizeof *s);
@@ -221,7 +221,7 @@ int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
         sqlite3_create_function(conn, "ferry_jok", 1, SQLITE_UTF8, s->jrow, fn_jok, NULL, NULL) ||
         sqlite3_create_function(conn, "ferry_col", 2, SQLITE_UTF8, s->jrow, fn_col, NULL, NULL)) {
         snprintf(s->errmsg, sizeof s->errmsg, "could not register the publishing functions");
-        ferry__sync_free(s);
+        ferry__oplog_free(s);
         return FERRY_ENOMEM;
     }
     for (int i = 0; i < S_NSTMT; i++)
@@ -229,7 +229,7 @@ int ferry__sync_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn)
             SQLITE_OK) {
             snprintf(s->errmsg, sizeof s->errmsg, "could not prepare sync statements: %s",
                      sqlite3_errmsg(conn));
-            ferry__sync_free(s);
+            ferry__oplog_free(s);
             return FERRY_ESQLITE;
         }
     return 0;
@@ -242,9 +242,9 @@ static void clear_buckets(ferry_sync_t *s)
     s->nbuckets = 0;
 }
 
-void ferry__sync_free(ferry_sync_t *s)
+void ferry__oplog_free(ferry_sync_t *s)
 {
-    if (s->conn) ferry__sync_flush(s);
+    if (s->conn) ferry__oplog_flush(s);
     for (int i = 0; i < S_NSTMT; i++) {
         sqlite3_finalize(s->st[i]);
         s->st[i] = NULL;
@@ -259,7 +259,7 @@ void ferry__sync_free(ferry_sync_t *s)
     s->jrow = NULL;
 }
 
-void ferry__sync_reset_connection(ferry_sync_t *s)
+void ferry__oplog_reset_connection(ferry_sync_t *s)
 {
     clear_buckets(s);
     s->have_cp = 0;
@@ -275,7 +275,7 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int ferry__sync_flush(ferry_sync_t *s)
+int ferry__oplog_flush(ferry_sync_t *s)
 {
     if (!s->in_tx) return 0;
     s->in_tx = 0;
@@ -288,9 +288,9 @@ int ferry__sync_flush(ferry_sync_t *s)
     return 0;
 }
 
-int ferry__sync_flush_due(ferry_sync_t *s)
+int ferry__oplog_flush_due(ferry_sync_t *s)
 {
-    return s->in_tx && mono_ms() - s->tx_start >= 250 ? ferry__sync_flush(s) : 0;
+    return s->in_tx && mono_ms() - s->tx_start >= 250 ? ferry__oplog_flush(s) : 0;
 }
 
 static int sqlerr(ferry_sync_t *s, const char *what)
@@ -1595,7 +1595,7 @@ static int publish_tx(ferry_db_t *db, ferry_sync_t *s, int prio, int *trig_off)
 
 int ferry__sync_try_pending(ferry_db_t *db, ferry_sync_t *s)
 {
-    int rc = ferry__sync_flush(s);
+    int rc = ferry__oplog_flush(s);
     if (rc) return rc;
     if (!s->pending) return 0;
     return publish(db, s, -1);
@@ -2240,7 +2240,7 @@ static int line_data(ferry_db_t *db, ferry_sync_t *s, json_t *d)
 }
 
 /* The scanner's result: offsets into the arena become pointers (ops converted in place). */
-int ferry__sync_apply_scanned(ferry_db_t *db, ferry_sync_t *s, ferry_scan_t *b)
+int ferry__oplog_apply_scanned(ferry_db_t *db, ferry_sync_t *s, ferry_scan_t *b)
 {
     dop_off_t *in = b->ops;
     const char *a = b->arena;
@@ -2299,7 +2299,7 @@ int ferry__sync_scan(ferry_scan_t *b, const char *line, size_t len)
  * the oplog in rowid order, so the later op still wins. Anything that needs the index builds it
  * first, in its own transaction: an op other than PUT or MOVE, a PUT into a bucket that is not
  * new, dropping a bucket, publishing anything but new buckets that hold every op. After a
- * publish, the index is built once the app was told (ferry__sync_checkpoint), and ferry_open
+ * publish, the index is built once the app was told (ferry__oplog_checkpoint), and ferry_open
  * builds it when a first sync without it was interrupted. Building it removes the older op of
  * a key stored twice and moves its checksum to add_checksum, as a PUT would have. */
 
@@ -2826,7 +2826,7 @@ static int apply_data(ferry_db_t *db, ferry_sync_t *s, const char *bname, const 
     }
     s->tx_ops += (int64_t)nops;
     if (s->batch_ops <= 0 || s->tx_ops >= s->batch_ops || mono_ms() - s->tx_start >= 250) {
-        int rc = ferry__sync_flush(s);
+        int rc = ferry__oplog_flush(s);
         if (rc) return rc;
     }
     pthread_mutex_lock(&db->mu);
@@ -2881,7 +2881,7 @@ static int line_complete(ferry_db_t *db, ferry_sync_t *s, int prio)
     if (!s->have_cp) return proto(s, "checkpoint complete before any checkpoint%s", "");
     int rc = validate(db, s, prio);
     if (rc == FERRY_ECHECKSUM) {
-        ferry__sync_reset_connection(s);
+        ferry__oplog_reset_connection(s);
         return FERRY_LINE_RECONNECT;
     }
     if (rc) return rc;
@@ -2895,21 +2895,21 @@ static int line_complete(ferry_db_t *db, ferry_sync_t *s, int prio)
     rc = publish(db, s, prio);
     if (rc < 0) return rc;
     ferry__status_changed(db);
-    ferry__sync_checkpoint(s);
+    ferry__oplog_checkpoint(s);
     return 0;
 }
 
 /* ---- lines --------------------------------------------------------------------------------- */
 
-int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t len)
+int ferry__oplog_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t len)
 {
     trim(&line, &len);
     if (len == 0) return 0;
     int sc = scan_data_line(&s->scan, line, len, &s->scan.bucket_off);
-    if (sc == 0) return ferry__sync_apply_scanned(db, s, &s->scan);
+    if (sc == 0) return ferry__oplog_apply_scanned(db, s, &s->scan);
     /* every other line starts with what the data lines before it stored committed */
     if (sc == 1) {
-        int rc = ferry__sync_flush(s);
+        int rc = ferry__oplog_flush(s);
         if (rc) return rc;
     }
     json_error_t jerr;
@@ -2922,7 +2922,7 @@ int ferry__sync_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t l
     }
     const char *key = json_object_iter_key(json_object_iter(root));
     json_t *v = json_object_iter_value(json_object_iter(root));
-    if (strcmp(key, "data") != 0 && (rc = ferry__sync_flush(s)) != 0) goto out;
+    if (strcmp(key, "data") != 0 && (rc = ferry__oplog_flush(s)) != 0) goto out;
     if (strcmp(key, "data") == 0) {
         rc = line_data(db, s, v);
     } else if (strcmp(key, "checkpoint") == 0) {

@@ -6,7 +6,7 @@
  *   callback (on_stream_data) splits the NDJSON into lines and scans data lines
  *   (ferry__sync_scan, no database); an apply thread (apply_main, one per stream) takes them
  *   from a 4-slot queue in order and applies them with the sync connection
- *   (ferry__sync_apply_scanned, or ferry__sync_line for other lines). Only the apply thread
+ *   (ferry__oplog_apply_scanned, or ferry__oplog_line for other lines). Only the apply thread
  *   touches the sync state while it runs; the sync thread again after joining it. The loop:
  *
  *       CONNECTING --token_cb--> POST --200--> CONNECTED --lines--> ...
@@ -162,7 +162,7 @@ enum { SLOT_DATA, SLOT_RAW, SLOT_END };
 typedef struct slot {
     int kind;
     ferry_scan_t scan; /* SLOT_DATA */
-    char *raw;         /* SLOT_RAW: a line for ferry__sync_line (not a data line, or one the
+    char *raw;         /* SLOT_RAW: a line for ferry__oplog_line (not a data line, or one the
                           scanner left to jansson) */
     size_t rawlen, rawcap;
 } slot_t;
@@ -268,7 +268,7 @@ static void *apply_main(void *arg)
             if (pthread_cond_timedwait(&pp->cond, &pp->mu, &ts) != 0 && pp->count == 0 &&
                 !pp->failed) {
                 pthread_mutex_unlock(&pp->mu);
-                if (ferry__sync_flush_due(&db->sync) != 0) {
+                if (ferry__oplog_flush_due(&db->sync) != 0) {
                     pthread_mutex_lock(&pp->mu);
                     pp->failed = 1;
                     pp->result = FERRY_ESQLITE;
@@ -284,8 +284,8 @@ static void *apply_main(void *arg)
         pthread_mutex_unlock(&pp->mu);
         if (sl->kind == SLOT_END) break;
         if (!failed) {
-            int rc = sl->kind == SLOT_DATA ? ferry__sync_apply_scanned(db, &db->sync, &sl->scan)
-                                           : ferry__sync_line(db, &db->sync, sl->raw, sl->rawlen);
+            int rc = sl->kind == SLOT_DATA ? ferry__oplog_apply_scanned(db, &db->sync, &sl->scan)
+                                           : ferry__oplog_line(db, &db->sync, sl->raw, sl->rawlen);
             if (db->sync.have_cp) pp->got_checkpoint = 1;
             update_caught_up(db);
             if (rc != 0) {
@@ -387,7 +387,7 @@ static int stream_line(stream_t *st, const char *line, size_t len)
     if (st->pipe) {
         rc = pipe_push(st->pipe, line, len);
     } else {
-        rc = ferry__sync_line(st->db, &st->db->sync, line, len);
+        rc = ferry__oplog_line(st->db, &st->db->sync, line, len);
         if (st->db->sync.have_cp) st->got_checkpoint = 1;
         update_caught_up(st->db);
     }
@@ -448,7 +448,7 @@ static void try_pending(ferry_db_t *db)
         if (rc < 0) set_error(db, db->sync.errmsg);
         if (rc > 0) ferry__status_changed(db);
         update_caught_up(db);
-        ferry__sync_checkpoint(&db->sync);
+        ferry__oplog_checkpoint(&db->sync);
     }
 }
 
@@ -467,7 +467,7 @@ static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_
         return failed;
     }
     /* a stalled stream must not keep the write lock: commit the lines stored so far */
-    if (ferry__sync_flush_due(&st->db->sync) != 0) {
+    if (ferry__oplog_flush_due(&st->db->sync) != 0) {
         st->result = FERRY_ESQLITE;
         return 1;
     }
@@ -494,7 +494,7 @@ static int stream_once(ferry_db_t *db, int *backoff)
         set_error(db, "no token: the token callback returned none");
         return *backoff;
     }
-    ferry__sync_reset_connection(&db->sync);
+    ferry__oplog_reset_connection(&db->sync);
     char *body = ferry__request_body(db, &db->sync);
     char url[2048];
     snprintf(url, sizeof url, "%s/sync/stream", db->endpoint);
@@ -526,7 +526,7 @@ static int stream_once(ferry_db_t *db, int *backoff)
     pipe_start(&st);
     CURLcode cc = curl_easy_perform(st.h);
     pipe_stop(&st);
-    int frc = ferry__sync_flush(&db->sync);
+    int frc = ferry__oplog_flush(&db->sync);
     if (frc && st.result >= 0) st.result = frc;
     if (st.status == 0) curl_easy_getinfo(st.h, CURLINFO_RESPONSE_CODE, &st.status);
     curl_easy_cleanup(st.h);
@@ -931,7 +931,7 @@ int ferry_connect(ferry_db_t *db, const char *endpoint, ferry_token_cb token_cb,
     ferry_error_t err;
     sqlite3 *c;
     if (ferry__open_conn(db->path, &c, NULL, &err) != 0) goto nomem;
-    if (ferry__sync_init(db, &db->sync, c) != 0) {
+    if (ferry__oplog_init(db, &db->sync, c) != 0) {
         sqlite3_close_v2(c);
         goto nomem;
     }
@@ -944,14 +944,14 @@ int ferry_connect(ferry_db_t *db, const char *endpoint, ferry_token_cb token_cb,
     db->status.ops_received_total = 0;
     pthread_mutex_unlock(&db->mu);
     if (pthread_create(&db->sync_thread, NULL, sync_main, db) != 0) {
-        ferry__sync_free(&db->sync);
+        ferry__oplog_free(&db->sync);
         sqlite3_close_v2(c);
         goto nomem;
     }
     if (pthread_create(&db->upload_thread, NULL, upload_main, db) != 0) {
         atomic_store(&db->stop, 1);
         pthread_join(db->sync_thread, NULL);
-        ferry__sync_free(&db->sync);
+        ferry__oplog_free(&db->sync);
         sqlite3_close_v2(c);
         goto nomem;
     }
@@ -974,7 +974,7 @@ void ferry_disconnect(ferry_db_t *db)
     pthread_join(db->sync_thread, NULL);
     pthread_join(db->upload_thread, NULL);
     sqlite3 *c = db->sync.conn;
-    ferry__sync_free(&db->sync);
+    ferry__oplog_free(&db->sync);
     sqlite3_close_v2(c);
     db->sync.conn = NULL;
     free(db->endpoint);

@@ -1,6 +1,6 @@
 /* test_sdk.c -- unit tests of libferry: lines, checksums, oplog semantics, triggers, watches
  *
- * Lines are fed straight to the sync engine (ferry__sync_line) on a real SQLite file, so the
+ * Lines are fed straight to the sync engine (ferry__oplog_line) on a real SQLite file, so the
  * tests cover the same code the sync thread runs, without a network.
  */
 #include "clientsdk/src/ferry_int.h"
@@ -30,12 +30,12 @@ static void open_replica(void)
     ferry_error_t err;
     ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
     ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
-    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    ck_assert_int_eq(ferry__oplog_init(db, &db->sync, sconn), 0);
 }
 
 static void close_replica(void)
 {
-    ferry__sync_free(&db->sync);
+    ferry__oplog_free(&db->sync);
     sqlite3_close_v2(sconn);
     db->sync.conn = NULL;
     ferry_close(db);
@@ -68,7 +68,7 @@ static void teardown(void)
 
 static int line(const char *l)
 {
-    int rc = ferry__sync_line(db, &db->sync, l, strlen(l));
+    int rc = ferry__oplog_line(db, &db->sync, l, strlen(l));
     if (rc < 0) fprintf(stderr, "line failed: %s\n", db->sync.errmsg);
     return rc;
 }
@@ -377,21 +377,21 @@ START_TEST(test_sdk_two_streams_into_one_file_break_checksums)
     ferry_error_t err;
     ck_assert_msg(ferry_open(path, &SCHEMA, &db2, &err) == 0, "%s", err.message);
     ck_assert_int_eq(ferry__open_conn(path, &c2, NULL, &err), 0);
-    ck_assert_int_eq(ferry__sync_init(db2, &db2->sync, c2), 0);
+    ck_assert_int_eq(ferry__oplog_init(db2, &db2->sync, c2), 0);
     const char *cpl =
         "{\"checkpoint\":{\"last_op_id\":\"2\",\"buckets\":[{\"bucket\":\"b\",\"checksum\":30}]}}";
     ck_assert_int_eq(line(cpl), 0);
-    ck_assert_int_eq(ferry__sync_line(db2, &db2->sync, cpl, strlen(cpl)), 0);
+    ck_assert_int_eq(ferry__oplog_line(db2, &db2->sync, cpl, strlen(cpl)), 0);
     char l1[8192];
     snprintf(l1, sizeof l1, "%s", data_line("b", op("1", "PUT", "a", "a", "{}", 10)));
-    ck_assert_int_eq(line(l1), 0);                                          /* stream 1 */
-    ck_assert_int_eq(ferry__sync_line(db2, &db2->sync, l1, strlen(l1)), 0); /* stream 2: again */
+    ck_assert_int_eq(line(l1), 0);                                           /* stream 1 */
+    ck_assert_int_eq(ferry__oplog_line(db2, &db2->sync, l1, strlen(l1)), 0); /* stream 2: again */
     ck_assert_int_eq(line(data_line("b", op("2", "PUT", "c", "c", "{}", 20))), 0);
     ck_assert_str_eq(q("SELECT (add_checksum + op_checksum) % 4294967296 FROM ferry_buckets"),
                      "40");
     ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"),
                      FERRY_LINE_RECONNECT);
-    ferry__sync_free(&db2->sync);
+    ferry__oplog_free(&db2->sync);
     sqlite3_close_v2(c2);
     db2->sync.conn = NULL;
     ferry_close(db2);
@@ -470,13 +470,13 @@ START_TEST(test_sdk_data_line_scanner_matches_jansson)
         "\"checksum\":-4294967296}"
         " ] , \"has_more\" : false } } ";
     /* the second op's checksum is out of range: the scanner gives up, jansson reports it */
-    ck_assert_int_eq(ferry__sync_line(db, &db->sync, l, strlen(l)), FERRY_EPROTO);
+    ck_assert_int_eq(ferry__oplog_line(db, &db->sync, l, strlen(l)), FERRY_EPROTO);
     ck_assert_ptr_nonnull(strstr(db->sync.errmsg, "invalid op in bucket \"s\""));
     char l2[2048];
     snprintf(l2, sizeof l2, "%s", l);
     char *bad = strstr(l2, "-4294967296");
     memcpy(bad, "5          ", 11); /* a valid checksum, blanks keep the length */
-    ck_assert_int_eq(ferry__sync_line(db, &db->sync, l2, strlen(l2)), 0);
+    ck_assert_int_eq(ferry__oplog_line(db, &db->sync, l2, strlen(l2)), 0);
     ck_assert_int_eq(line("{\"data\":{\"bucket\":\"s\",\"data\":[{\"op_id\":\"3\",\"op\":\"MOVE\","
                           "\"checksum\":0.0}]}}"),
                      0);
@@ -529,8 +529,8 @@ START_TEST(test_sdk_data_lines_share_a_transaction)
     ck_assert_int_eq(line("{\"token_expires_in\":600}"), 0); /* any other line commits */
     ck_assert_str_eq(q("SELECT count(*) FROM ferry_oplog"), "4");
     ck_assert_int_eq(line(data_line("t", op("5", "MOVE", "", "", "", 0))), 0);
-    ck_assert_int_eq(ferry__sync_flush(&db->sync), 0);
-    ck_assert_int_eq(ferry__sync_flush(&db->sync), 0);
+    ck_assert_int_eq(ferry__oplog_flush(&db->sync), 0);
+    ck_assert_int_eq(ferry__oplog_flush(&db->sync), 0);
     ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"4\"}}"), 0);
     ck_assert_str_eq(q("SELECT group_concat(id) FROM (SELECT id FROM todos ORDER BY id)"),
                      "a,b,c,d");
@@ -1141,7 +1141,7 @@ START_TEST(test_sdk_oplog_layout_migrated_once)
     ferry_error_t err;
     ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
     ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
-    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    ck_assert_int_eq(ferry__oplog_init(db, &db->sync, sconn), 0);
     const char *ops_now = "1:1/todos/z/z/3/10/{\"description\":\"Z\"}/todos/z/z "
                           "2:1/todos/b/x/y/z/5/20/{\"description\":\"B\",\"done\":1}/todos/b/x/y/z "
                           "3:1/todos/a/null/7/30/-/todos/a/null";
@@ -1220,7 +1220,7 @@ START_TEST(test_sdk_oplog_virtual_key_dropped)
     ferry_error_t err;
     ck_assert_msg(ferry_open(path, &SCHEMA, &db, &err) == 0, "%s", err.message);
     ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
-    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    ck_assert_int_eq(ferry__oplog_init(db, &db->sync, sconn), 0);
     ck_assert_str_eq(q("SELECT count(*) FROM pragma_table_xinfo('ferry_oplog') WHERE name = 'key'"),
                      "0");
     ck_assert_str_eq(
@@ -1397,7 +1397,7 @@ START_TEST(test_sdk_migration_adds_columns_and_fills_them)
                 "\"subkey\":\"t\",\"checksum\":2,\"data\":\"{\\\"label\\\":\\\"x\\\"}\"}");
     ck_assert_int_eq(line(data_line("g", ops)), 0);
     ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), 0);
-    ferry__sync_free(&db->sync);
+    ferry__oplog_free(&db->sync);
     sqlite3_close_v2(sconn);
     ferry_close(db);
     static const ferry_column_t T2[] = {{"description", FERRY_TEXT},
@@ -1420,7 +1420,7 @@ START_TEST(test_sdk_migration_adds_columns_and_fills_them)
     ck_assert_str_eq(q("SELECT count(*) FROM ferry_crud"), "0");
     ck_assert_str_eq(q("SELECT count(*) FROM sqlite_master WHERE name = 'todos_by_color'"), "1");
     ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
-    ck_assert_int_eq(ferry__sync_init(db, &db->sync, sconn), 0);
+    ck_assert_int_eq(ferry__oplog_init(db, &db->sync, sconn), 0);
 }
 END_TEST
 
