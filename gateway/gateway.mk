@@ -20,7 +20,7 @@ GW_PG_SRCS := \
 	gateway/pg/gw_pgoutput.c
 
 GW_STORAGE_SRCS := \
-	gateway/storage/gw_storage.c
+	gateway/storage/sqlite/gw_sqlite.c
 
 GW_REPL_SRCS := \
 	gateway/repl/gw_repl.c \
