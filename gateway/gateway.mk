@@ -20,7 +20,14 @@ GW_PG_SRCS := \
 	gateway/pg/gw_pgoutput.c
 
 GW_STORAGE_SRCS := \
-	gateway/storage/sqlite/gw_sqlite.c
+	gateway/storage/gw_storage.c \
+	gateway/storage/gw_oprec.c \
+	gateway/storage/sqlite/gw_sqlite.c \
+	gateway/storage/sqlite/gw_sqlite_txn.c \
+	gateway/storage/sqlite/gw_sqlite_rows.c \
+	gateway/storage/sqlite/gw_sqlite_versions.c \
+	gateway/storage/sqlite/gw_sqlite_sync.c \
+	gateway/storage/sqlite/gw_sqlite_read.c
 
 GW_REPL_SRCS := \
 	gateway/repl/gw_repl.c \
@@ -37,6 +44,7 @@ GW_HTTP_SRCS := \
 	gateway/http/gw_auth.c
 
 GW_API_SRCS := \
+	gateway/api/gw_probes.c \
 	gateway/api/gw_stream.c \
 	gateway/api/gw_wcp.c \
 	gateway/api/gw_write.c \
@@ -50,7 +58,8 @@ CLI_SRCS += \
 	gateway/cli/gw_serve.c \
 	gateway/cli/gw_cli_rules.c \
 	gateway/cli/gw_cli_token.c \
-	gateway/cli/gw_cli_debug.c
+	gateway/cli/gw_cli_debug.c \
+	gateway/cli/gw_cli_compact.c
 
 UNIT_TESTS += gateway storage
 FUZZ_TARGETS += config pgoutput

@@ -20,6 +20,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+const char *gw_cli_config_path(const char *flag_value)
+{
+    if (flag_value != NULL && flag_value[0] != '\0') return flag_value;
+    const char *env = getenv("FERRY_CONFIG");
+    return env != NULL && env[0] != '\0' ? env : NULL;
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,

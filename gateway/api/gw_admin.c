@@ -1,4 +1,4 @@
-/* gw_admin.c -- the admin API (diagnostics, compaction) and `ferry compact`
+/* gw_admin.c -- the admin API: diagnostics, compaction
  *
  * Routes under /api/admin/, registered by `ferry serve` with the shared gw_app_t:
  *
@@ -9,24 +9,19 @@
  *                                 §3.4); answers with what it did
  *
  * Both need "Authorization: Bearer <admin.token>"; without admin.token in the config the routes
- * answer 404. Compaction runs on the replicator thread (the only storage writer) as a queued task;
- * a worker thread waits for it so the loop thread never blocks.
- *
- * `ferry compact --config FILE` reads the same config and POSTs to the running server over
- * loopback with libcurl.
+ * answer 404. Compaction runs on the replicator thread (the only storage writer) as a queued task
+ * (gw_repl_call); a worker thread waits for it so the loop thread never blocks. `ferry compact`
+ * (cli/gw_cli_compact.c) POSTs to this route.
  */
 #include "api/gw_api.h"
 #include "base/gw_buf.h"
-#include "cli/gw_cli.h"
 #include "base/gw_log.h"
+#include "storage/gw_storage.h"
 
-#include <curl/curl.h>
-#include <errno.h>
-#include <getopt.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #define COMPACT_WAIT_S 300
@@ -72,41 +67,10 @@ static int on_diagnostics(h2o_req_t *req, void *ud)
 
 /* ---- compaction through the replicator ---- */
 
-typedef struct compact_wait {
-    gw_repl_task_t task;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int refs, finished, rc;
-    gw_storage_compact_stats_t stats;
-} compact_wait_t;
-
-static void compact_unref(compact_wait_t *w)
+static int compact_run(gw_storage_t *st, void *arg, void *result, gw_err_t *err)
 {
-    pthread_mutex_lock(&w->lock);
-    int last = --w->refs == 0;
-    pthread_mutex_unlock(&w->lock);
-    if (last) {
-        pthread_mutex_destroy(&w->lock);
-        pthread_cond_destroy(&w->cond);
-        free(w);
-    }
-}
-
-static int compact_run(gw_storage_t *st, void *ud, gw_err_t *err)
-{
-    compact_wait_t *w = ud;
-    return gw_storage_compact(st, &w->stats, err);
-}
-
-static void compact_done(void *ud, int rc)
-{
-    compact_wait_t *w = ud;
-    pthread_mutex_lock(&w->lock);
-    w->finished = 1;
-    w->rc = rc;
-    pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->lock);
-    compact_unref(w);
+    (void)arg;
+    return gw_storage_compact(st, result, err);
 }
 
 typedef struct compact_job {
@@ -122,28 +86,13 @@ static void compact_job_run(gw_job_t *job, PGconn *conn)
 {
     (void)conn;
     compact_job_t *j = (compact_job_t *)job;
-    compact_wait_t *w = gw_xcalloc(1, sizeof(*w));
-    pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->cond, NULL);
-    w->refs = 2;
-    w->task.run = compact_run;
-    w->task.done = compact_done;
-    w->task.ud = w;
-    struct timespec t0, t1, deadline;
+    struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    gw_repl_submit(j->app->repl, &w->task);
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += COMPACT_WAIT_S;
-    pthread_mutex_lock(&w->lock);
-    while (!w->finished)
-        if (pthread_cond_timedwait(&w->cond, &w->lock, &deadline) == ETIMEDOUT) break;
-    int finished = w->finished, rc = w->rc;
-    j->stats = w->stats;
-    pthread_mutex_unlock(&w->lock);
-    compact_unref(w);
+    int rc = gw_repl_call(j->app->repl, compact_run, NULL, 0, &j->stats, sizeof(j->stats),
+                          COMPACT_WAIT_S * 1000);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     j->ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
-    j->status = !finished ? 504 : rc != 0 ? 503 : 200;
+    j->status = rc == GW_ETIMEOUT ? 504 : rc != 0 ? 503 : 200;
 }
 
 static void compact_job_done(gw_job_t *job)
@@ -195,108 +144,4 @@ void gw_admin_register(gw_app_t *app)
     gw_http_route(app->http, "/api/admin/diagnostics", "admin_diagnostics", GW_HTTP_GET,
                   on_diagnostics, app);
     gw_http_route(app->http, "/api/admin/compact", "admin_compact", GW_HTTP_POST, on_compact, app);
-}
-
-/* ---- ferry compact ---- */
-
-static size_t collect(char *data, size_t size, size_t n, void *ud)
-{
-    gw_buf_append(ud, data, size * n);
-    return size * n;
-}
-
-static void compact_usage(FILE *out)
-{
-    fprintf(out, "usage: ferry compact --config FILE\n"
-                 "  asks the running ferry (http.listen of FILE) to compact bucket storage now;\n"
-                 "  needs admin.token in FILE\n");
-}
-
-int gw_cli_compact(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'}, {0}};
-    const char *config = NULL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c':
-            config = optarg;
-            break;
-        case 'h':
-            compact_usage(stdout);
-            return 0;
-        default:
-            compact_usage(stderr);
-            return 2;
-        }
-    }
-    const char *path = gw_cli_config_path(config);
-    if (path == NULL || optind < argc) {
-        compact_usage(stderr);
-        return 2;
-    }
-    gw_config_t cfg;
-    gw_err_t err;
-    char msg[1024];
-    if (gw_config_load(&cfg, path, &err) != 0) {
-        fprintf(stderr, "ferry compact: %s\n", gw_err_format(&err, msg, sizeof(msg)));
-        return 1;
-    }
-    if (cfg.admin.token == NULL || cfg.admin.token[0] == '\0') {
-        fprintf(stderr, "ferry compact: %s has no admin.token, so the admin API is disabled\n",
-                path);
-        gw_config_free(&cfg);
-        return 1;
-    }
-    char host[256], url[512], auth[1024];
-    int port;
-    if (gw_config_parse_listen(cfg.http.listen, host, sizeof(host), &port) != 0) {
-        fprintf(stderr, "ferry compact: cannot parse http.listen \"%s\"\n", cfg.http.listen);
-        gw_config_free(&cfg);
-        return 1;
-    }
-    /* a server listening on every address is reached over loopback */
-    const char *h = strcmp(host, "0.0.0.0") == 0 || host[0] == '\0' ? "127.0.0.1"
-                    : strcmp(host, "::") == 0                       ? "::1"
-                                                                    : host;
-    snprintf(url, sizeof(url),
-             strchr(h, ':') != NULL ? "http://[%s]:%d/api/admin/compact"
-                                    : "http://%s:%d/api/admin/compact",
-             h, port);
-    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", cfg.admin.token);
-    gw_config_free(&cfg);
-    CURL *curl = curl_easy_init();
-    if (curl == NULL) {
-        fprintf(stderr, "ferry compact: could not initialise libcurl\n");
-        return 1;
-    }
-    gw_buf_t body = GW_BUF_INIT;
-    struct curl_slist *hdrs = curl_slist_append(NULL, auth);
-    curl_easy_setopt(curl, CURLOPT_URL, url);
-    curl_easy_setopt(curl, CURLOPT_POST, 1L);
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, "");
-    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
-    curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)COMPACT_WAIT_S + 30);
-    CURLcode cc = curl_easy_perform(curl);
-    long status = 0;
-    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(hdrs);
-    curl_easy_cleanup(curl);
-    int rc = 0;
-    if (cc != CURLE_OK) {
-        fprintf(stderr, "ferry compact: could not reach %s: %s\n", url, curl_easy_strerror(cc));
-        rc = 1;
-    } else if (status != 200) {
-        fprintf(stderr, "ferry compact: the server answered %ld: %.*s\n", status, (int)body.len,
-                body.data != NULL ? body.data : "");
-        rc = 1;
-    } else {
-        printf("%.*s\n", (int)body.len, body.data != NULL ? body.data : "");
-    }
-    gw_buf_free(&body);
-    return rc;
 }

@@ -1,26 +1,35 @@
-/* gw_app.h -- what request handlers share: config, auth, rules, replicator, workers
+/* gw_api.h -- the routes of the API and what their handlers share (the api/ folder's contract)
  *
  * `ferry serve` builds one gw_app_t and passes it as the user data of every route. Everything in
  * it is created before the loops start and destroyed after they stopped, so handlers may use it
- * without locks (each member is thread-safe where it says so).
+ * without locks (each member is thread-safe where it says so). Each route module registers its
+ * routes here: probes (gw_probes.c), the sync stream (gw_stream.c), write checkpoints
+ * (gw_wcp.c), write-back (gw_write*.c), the admin API (gw_admin.c). The modules share nothing but
+ * this header; each includes what it uses from the folders below (storage/, pg/, …) itself.
  */
 #ifndef GW_API_H
 #define GW_API_H
 
 #include "auth/auth.h"
 #include "config/gw_config.h"
+#include "http/gw_auth.h"
 #include "http/gw_http.h"
-#include "repl/gw_repl.h"
 #include "http/gw_worker.h"
+#include "repl/gw_repl.h"
 #include "rules/rules.h"
 
+#include <stdio.h>
+
 typedef struct gw_streams gw_streams_t;
+/* How storage is opened (storage/gw_storage.h, included where readers are opened). */
+typedef struct gw_storage_opts gw_storage_opts_t;
 
 typedef struct gw_app {
     const gw_config_t *cfg;
     gw_http_t *http;
     auth_ctx_t *auth; /* thread-safe */
     gw_repl_t *repl;  /* gw_repl_submit / gw_repl_ready / gw_repl_active are thread-safe */
+    const gw_storage_opts_t *storage; /* how to open storage readers */
     gw_workers_t *workers;
     gw_streams_t *streams; /* gw_stream.c's state */
 } gw_app_t;
@@ -38,23 +47,25 @@ static inline const gw_active_t *gw_app_active(gw_app_t *app)
 /**
  * Verify the request's Authorization header. Returns 0 and *tok (release with
  * auth_token_release), or sends 401 {"error":{"code":…,"description":…}} and returns -1.
- * conn names the connection in the one log line a rejection may write.
  */
-int gw_app_authenticate(gw_app_t *app, h2o_req_t *req, auth_token_t **tok);
+static inline int gw_app_authenticate(gw_app_t *app, h2o_req_t *req, auth_token_t **tok)
+{
+    return gw_auth_request(app->auth, req, tok);
+}
 
 /** "<sub>/<client_id>": the write-checkpoint key of a user's client, into buf; returns buf. */
-const char *gw_app_user_key(const char *sub, const char *client_id, char *buf, size_t len);
+static inline const char *gw_app_user_key(const char *sub, const char *client_id, char *buf,
+                                          size_t len)
+{
+    snprintf(buf, len, "%s/%s", sub, client_id != NULL ? client_id : "");
+    return buf;
+}
+
+/** Register GET /probes/liveness, /probes/readiness and /metrics (gw_probes.c). */
+void gw_probes_register(gw_app_t *app);
 
 /** Register the write-checkpoint route (GET /write-checkpoint2.json). */
 void gw_wcp_register(gw_app_t *app);
-
-/**
- * Create a write checkpoint for user_key on a worker thread (conn from the worker): reads
- * pg_current_wal_lsn(), emits the replication marker, stores the counter through the replicator
- * and waits for it (at most 5 s). Returns 0 and *counter, GW_EUNAVAIL, or GW_EPG.
- */
-int gw_wcp_create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, uint64_t *counter,
-                           gw_err_t *err);
 
 /** Register the admin API routes (gw_admin.c). */
 void gw_admin_register(gw_app_t *app);

@@ -947,7 +947,7 @@ static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
     sthread_t *th = &g->threads[index];
     th->ctx = ctx;
     gw_err_t err;
-    if (gw_storage_reader_open(g->app->cfg->storage.path, &th->reader, &err) != 0) {
+    if (gw_storage_reader_open(g->app->storage, &th->reader, &err) != 0) {
         char msg[1024];
         gw_error("stream", "could not open storage for reading", "error=\"%s\"",
                  gw_err_format(&err, msg, sizeof(msg)));

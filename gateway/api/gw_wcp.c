@@ -9,84 +9,34 @@
  * Answer: {"data":{"write_checkpoint":"N"}} (a decimal string).
  */
 #include "api/gw_api.h"
-#include "base/gw_buf.h"
-#include "base/gw_log.h"
-#include "http/gw_auth.h"
 #include "pg/gw_pg.h"
 #include "pg/gw_pgoutput.h"
+#include "storage/gw_storage.h"
 
-#include <errno.h>
-#include <pthread.h>
-#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-const char *gw_app_user_key(const char *sub, const char *client_id, char *buf, size_t len)
-{
-    snprintf(buf, len, "%s/%s", sub, client_id != NULL ? client_id : "");
-    return buf;
-}
-
-int gw_app_authenticate(gw_app_t *app, h2o_req_t *req, auth_token_t **tok)
-{
-    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
-    const char *value = i >= 0 ? req->headers.entries[i].value.base : NULL;
-    size_t len = i >= 0 ? req->headers.entries[i].value.len : 0;
-    const char *code = NULL;
-    gw_err_t err;
-    gw_err_clear(&err);
-    if (gw_auth_verify_header(app->auth, value, len, tok, &code, &err, NULL) == 0) return 0;
-    gw_http_send_error(req, 401, code != NULL ? code : "unauthorized", "%s",
-                       err.message[0] != '\0' ? err.message : "authentication failed");
-    return -1;
-}
 
 /* ---- the blocking create (worker thread) ---- */
 
-typedef struct wcp_wait {
-    gw_repl_task_t task;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int finished;
-    int rc;
-    int refs; /* the waiter and the task; the last one frees */
-    char *user_key;
+/* What the replicator stores: a copy travels with the task (gw_repl_call). */
+typedef struct wcp_arg {
+    char user_key[512];
     uint64_t lsn;
-    uint64_t counter;
-} wcp_wait_t;
+} wcp_arg_t;
 
-static void wcp_unref(wcp_wait_t *w)
+static int wcp_run(gw_storage_t *st, void *arg, void *result, gw_err_t *err)
 {
-    pthread_mutex_lock(&w->lock);
-    int last = --w->refs == 0;
-    pthread_mutex_unlock(&w->lock);
-    if (last) {
-        pthread_mutex_destroy(&w->lock);
-        pthread_cond_destroy(&w->cond);
-        free(w->user_key);
-        free(w);
-    }
+    wcp_arg_t *a = arg;
+    return gw_storage_write_checkpoint(st, a->user_key, a->lsn, result, err);
 }
 
-static int wcp_run(gw_storage_t *st, void *ud, gw_err_t *err)
-{
-    wcp_wait_t *w = ud;
-    return gw_storage_write_checkpoint(st, w->user_key, w->lsn, &w->counter, err);
-}
-
-static void wcp_done(void *ud, int rc)
-{
-    wcp_wait_t *w = ud;
-    pthread_mutex_lock(&w->lock);
-    w->finished = 1;
-    w->rc = rc;
-    pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->lock);
-    wcp_unref(w);
-}
-
-int gw_wcp_create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, uint64_t *counter,
+/*
+ * Create a write checkpoint for user_key on a worker thread (conn from the worker): reads
+ * pg_current_wal_lsn(), emits the replication marker, stores the counter through the replicator
+ * and waits for it (at most 5 s). Returns 0 and *counter, GW_EUNAVAIL, or GW_EPG.
+ */
+static int create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, uint64_t *counter,
                            gw_err_t *err)
 {
     if (conn == NULL) return gw_err_set(err, GW_EUNAVAIL, "wcp", "postgres is not reachable");
@@ -100,27 +50,11 @@ int gw_wcp_create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, ui
     uint64_t lsn = 0;
     gw_lsn_parse(PQgetvalue(res, 0, 0), &lsn);
     PQclear(res);
-    wcp_wait_t *w = gw_xcalloc(1, sizeof(*w));
-    pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->cond, NULL);
-    w->refs = 2;
-    w->user_key = gw_xstrdup(user_key);
-    w->lsn = lsn;
-    w->task.run = wcp_run;
-    w->task.done = wcp_done;
-    w->task.ud = w;
-    gw_repl_submit(app->repl, &w->task);
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += 5;
-    pthread_mutex_lock(&w->lock);
-    while (!w->finished)
-        if (pthread_cond_timedwait(&w->cond, &w->lock, &deadline) == ETIMEDOUT) break;
-    int finished = w->finished, rc = w->rc;
-    uint64_t value = w->counter;
-    pthread_mutex_unlock(&w->lock);
-    wcp_unref(w);
-    if (!finished)
+    wcp_arg_t a = {.lsn = lsn};
+    snprintf(a.user_key, sizeof(a.user_key), "%s", user_key);
+    uint64_t value = 0;
+    int rc = gw_repl_call(app->repl, wcp_run, &a, sizeof(a), &value, sizeof(value), 5000);
+    if (rc == GW_ETIMEOUT)
         return gw_err_set(err, GW_EUNAVAIL, "wcp", "the replicator did not answer in time");
     if (rc != 0) return gw_err_set(err, GW_EUNAVAIL, "wcp", "could not store the write checkpoint");
     *counter = value;
@@ -160,7 +94,7 @@ static void wcp_job_run(gw_job_t *job, PGconn *conn)
     wcp_job_t *j = (wcp_job_t *)job;
     gw_err_t err;
     gw_err_clear(&err);
-    j->rc = gw_wcp_create_blocking(j->app, conn, j->user_key, &j->counter, &err);
+    j->rc = create_blocking(j->app, conn, j->user_key, &j->counter, &err);
     snprintf(j->message, sizeof(j->message), "%s", err.message);
 }
 

@@ -25,7 +25,8 @@
     X(GW_ERULES, -9, "sync rules error")                                                           \
     X(GW_ENOTFOUND, -10, "not found")                                                              \
     X(GW_EUNAVAIL, -11, "temporarily unavailable")                                                 \
-    X(GW_ETOOBIG, -12, "too large")
+    X(GW_ETOOBIG, -12, "too large")                                                                \
+    X(GW_ETIMEOUT, -13, "timed out")
 
 enum gw_errcode {
 #define GW_ERR_ENUM(name, value, desc) name = value,

@@ -19,13 +19,14 @@ int gw_cli_token(int argc, char **argv);
 /** `ferry debug dump|oracle --config FILE`: storage contents vs. the rules over SQL. */
 int gw_cli_debug(int argc, char **argv);
 
-/** `ferry compact --config FILE`: ask the running server to compact storage (gw_admin.c). */
+/** `ferry compact --config FILE`: ask the running server to compact storage (gw_cli_compact.c). */
 int gw_cli_compact(int argc, char **argv);
 
 /** `ferry config keys|check --config FILE`: list accepted keys, or validate a file (main.c). */
 int gw_cli_config(int argc, char **argv);
 
-/** Resolve the config path from --config FILE in argv or $FERRY_CONFIG; NULL when neither. */
+/** Resolve the config path from --config FILE in argv or $FERRY_CONFIG; NULL when neither
+ *  (main.c). */
 const char *gw_cli_config_path(const char *flag_value);
 
 #endif

@@ -179,7 +179,8 @@ static int cmd_dump(gw_config_t *cfg, const char *bucket, int all, int checksums
     gw_storage_reader_t *r;
     gw_err_t err;
     char msg[1024];
-    if (gw_storage_reader_open(cfg->storage.path, &r, &err) != 0) {
+    gw_storage_opts_t sopts = {.kind = cfg->storage.kind, .path = cfg->storage.path};
+    if (gw_storage_reader_open(&sopts, &r, &err) != 0) {
         fprintf(stderr, "ferry debug dump: %s\n", gw_err_format(&err, msg, sizeof(msg)));
         return 1;
     }
@@ -204,7 +205,8 @@ static int cmd_oracle(gw_config_t *cfg)
     char msg[1024], hash[32], version[32] = "1";
     rules_set_t *rules = NULL;
     gw_storage_reader_t *r;
-    if (gw_storage_reader_open(cfg->storage.path, &r, &err) == 0) {
+    gw_storage_opts_t sopts = {.kind = cfg->storage.kind, .path = cfg->storage.path};
+    if (gw_storage_reader_open(&sopts, &r, &err) == 0) {
         uint64_t last_op, lsn;
         int consistent;
         gw_storage_read_checkpoint(r, &last_op, &lsn, &consistent);

@@ -30,48 +30,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-const char *gw_cli_config_path(const char *flag_value)
-{
-    if (flag_value != NULL && flag_value[0] != '\0') return flag_value;
-    const char *env = getenv("FERRY_CONFIG");
-    return env != NULL && env[0] != '\0' ? env : NULL;
-}
-
-static int on_liveness(h2o_req_t *req, void *ud)
-{
-    (void)ud;
-    gw_buf_t b = GW_BUF_INIT;
-    gw_buf_printf(&b, "{\"alive\":true,\"uptime_seconds\":%.3f}", gw_metrics_uptime());
-    gw_http_send_json(req, 200, b.data, b.len);
-    gw_buf_free(&b);
-    return 0;
-}
-
-static int on_readiness(h2o_req_t *req, void *ud)
-{
-    (void)ud;
-    gw_buf_t b = GW_BUF_INIT;
-    int ready = gw_ready_render(&b);
-    gw_http_send_json(req, ready ? 200 : 503, b.data, b.len);
-    gw_buf_free(&b);
-    return 0;
-}
-
-static int on_metrics(h2o_req_t *req, void *ud)
-{
-    (void)ud;
-    gw_buf_t b = GW_BUF_INIT;
-    gw_metrics_render(&b);
-    req->res.status = 200;
-    req->res.reason = "OK";
-    req->res.content_length = b.len;
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                   H2O_STRLIT("text/plain; version=0.0.4"));
-    h2o_send_inline(req, b.data, b.len);
-    gw_buf_free(&b);
-    return 0;
-}
-
 /* Raise the open-files soft limit to the hard limit; many streams need many descriptors. */
 static void raise_nofile(void)
 {
@@ -186,6 +144,8 @@ int gw_cli_serve(int argc, char **argv)
 
     /* everything below is released in one place, in reverse order (NULL is fine for each) */
     rules_set_t *rules = NULL;
+    gw_storage_pub_t *pub = NULL;
+    gw_storage_opts_t sopts = {0};
     gw_storage_t *storage = NULL;
     gw_repl_t *repl = NULL;
     gw_streams_t *streams = NULL;
@@ -201,8 +161,11 @@ int gw_cli_serve(int argc, char **argv)
                            stderr, &err) != 0)
         goto fail;
     gw_buf_append(&rules_text, "", 1); /* NUL-terminated: the storage keeps it */
+    /* storage: readers of this process serve what the serving writer published (durable) */
+    pub = gw_storage_pub_new();
+    sopts = (gw_storage_opts_t){.kind = cfg.storage.kind, .path = cfg.storage.path, .pub = pub};
     ensure_parent_dir(cfg.storage.path);
-    if (gw_storage_open(cfg.storage.path, &storage, &err) != 0) goto fail;
+    if (gw_storage_open(&sopts, &storage, &err) != 0) goto fail;
     streams = gw_streams_new(storage);
     if (gw_repl_create(&cfg, rules, rules_hash, rules_text.data, storage, &repl, &err) != 0)
         goto fail;
@@ -217,13 +180,10 @@ int gw_cli_serve(int argc, char **argv)
                      .http = http,
                      .auth = auth,
                      .repl = repl,
+                     .storage = &sopts,
                      .workers = workers,
                      .streams = streams};
-    gw_http_route(http, "/probes/liveness", "liveness", GW_HTTP_GET | GW_HTTP_HEAD, on_liveness,
-                  NULL);
-    gw_http_route(http, "/probes/readiness", "readiness", GW_HTTP_GET | GW_HTTP_HEAD, on_readiness,
-                  NULL);
-    gw_http_route(http, "/metrics", "metrics", GW_HTTP_GET | GW_HTTP_HEAD, on_metrics, NULL);
+    gw_probes_register(&app);
     gw_wcp_register(&app);
     gw_stream_register(&app);
     gw_write_register(&app);
@@ -259,6 +219,7 @@ fail:
     gw_repl_destroy(repl);
     gw_storage_close(storage);
     gw_streams_free(streams);
+    gw_storage_pub_free(pub);
     rules_unref(rules);
     gw_buf_free(&rules_text);
     gw_config_free(&cfg);

@@ -103,7 +103,18 @@ static const cfg_field_t replication_fields[] = {
     F_INT("compact_interval", replication.compact_interval, 0, 30L * 86400),
     F_END,
 };
+/* The storage backends this build has (storage/gw_storage.c registers the same ones; config/
+ * sits below storage/ and cannot ask it). */
+static const char *check_storage_kind(const char *v)
+{
+    return strcmp(v, "sqlite") == 0 ? NULL : "one of: sqlite";
+}
+
 static const cfg_field_t storage_fields[] = {
+    {.name = "kind",
+     .type = CT_STR,
+     .offset = offsetof(gw_config_t, storage.kind),
+     .check = check_storage_kind},
     F_PATH("path", storage.path),
     F_END,
 };
@@ -536,6 +547,7 @@ void gw_config_defaults(gw_config_t *cfg)
     cfg->replication.lag_warn_seconds = 300;
     cfg->replication.wal_warn_bytes = 1L << 30;
     cfg->replication.compact_interval = 3600;
+    cfg->storage.kind = gw_xstrdup("sqlite");
     cfg->storage.path = gw_xstrdup("ferry-storage.db");
     cfg->auth.max_lifetime = 86400;
     cfg->auth.leeway = 60;

@@ -50,7 +50,8 @@ typedef struct gw_config {
         long compact_interval; /* seconds between compaction runs; 0 disables */
     } replication;
     struct {
-        char *path;
+        char *kind; /* the backend: "sqlite" (the only one so far) */
+        char *path; /* sqlite: the storage file */
     } storage;
     struct {
         char **audience;

@@ -4,8 +4,10 @@
  * and auth.keys[] into auth_key_spec_t/auth_opts_t (each key's "ferry.yaml:LINE:COL" travels
  * along, so configuration errors point at the entry), routes JWKS refresh reports into the log,
  * and turns auth errors into the gateway's convention. The auth library itself never logs.
+ * gw_auth_request() is where every client request is authenticated (401 on failure).
  */
 #include "http/gw_auth.h"
+#include "http/gw_http.h"
 
 #include "base/gw_log.h"
 
@@ -133,4 +135,18 @@ int gw_auth_verify_header(auth_ctx_t *ctx, const char *value, size_t len, auth_t
         gw_debug("auth", "token rejected", "%s%scode=%s error=%s", log_fields ? log_fields : "",
                  log_fields ? " " : "", *code, qm);
     return gw;
+}
+
+int gw_auth_request(auth_ctx_t *ctx, h2o_req_t *req, auth_token_t **tok)
+{
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    const char *value = i >= 0 ? req->headers.entries[i].value.base : NULL;
+    size_t len = i >= 0 ? req->headers.entries[i].value.len : 0;
+    const char *code = NULL;
+    gw_err_t err;
+    gw_err_clear(&err);
+    if (gw_auth_verify_header(ctx, value, len, tok, &code, &err, NULL) == 0) return 0;
+    gw_http_send_error(req, 401, code != NULL ? code : "unauthorized", "%s",
+                       err.message[0] != '\0' ? err.message : "authentication failed");
+    return -1;
 }

@@ -11,8 +11,10 @@
 #define GW_AUTH_H
 
 #include "auth/auth.h"
-#include "config/gw_config.h"
 #include "base/gw_err.h"
+#include "config/gw_config.h"
+
+#include <h2o.h>
 
 /**
  * Build the auth context from cfg->auth. JWKS files must load; a JWKS URL that is down at start
@@ -42,6 +44,12 @@ void gw_auth_destroy(auth_ctx_t *ctx);
  */
 int gw_auth_verify_header(auth_ctx_t *ctx, const char *value, size_t len, auth_token_t **tok,
                           const char **code, gw_err_t *err, const char *log_fields);
+
+/**
+ * Verify req's Authorization header with ctx (a loop thread). Returns 0 and *tok (release with
+ * auth_token_release), or sends 401 {"error":{"code":…,"description":…}} and returns -1.
+ */
+int gw_auth_request(auth_ctx_t *ctx, h2o_req_t *req, auth_token_t **tok);
 
 /** Map an auth/ error code to the gateway's (GW_EAUTH for token problems, GW_ECONFIG for key
  *  definitions, GW_EIO, GW_ENOMEM). */

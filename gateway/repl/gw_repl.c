@@ -89,7 +89,7 @@ gw_repl_t *gw__repl_new(const gw_config_t *cfg, rules_set_t *rules, const char *
     r->lag_warn_seconds = cfg->replication.lag_warn_seconds;
     r->wal_warn_bytes = cfg->replication.wal_warn_bytes;
     r->compact_interval = cfg->replication.compact_interval;
-    r->storage_path = gw_xstrdup(cfg->storage.path);
+    r->sopts = gw_storage_opts(st);
     pthread_mutex_init(&r->diag_lock, NULL);
     pthread_mutex_init(&r->next_lock, NULL);
     snprintf(r->diag.wal_status, sizeof(r->diag.wal_status), "unknown");
@@ -227,7 +227,6 @@ void gw_repl_destroy(gw_repl_t *r)
     free(r->uri);
     free(r->publication);
     free(r->slot_prefix);
-    free(r->storage_path);
     pthread_mutex_destroy(&r->diag_lock);
     pthread_mutex_destroy(&r->next_lock);
     free(r);
@@ -248,6 +247,79 @@ void gw_repl_submit(gw_repl_t *r, gw_repl_task_t *task)
     uint64_t one = 1;
     ssize_t w = write(r->task_fd, &one, sizeof(one));
     (void)w;
+}
+
+/* A gw_repl_call: the task, its copies of arg and result, and the waiter's handshake. Freed by
+ * whichever of the waiter and the task lets go of it last. */
+typedef struct repl_call {
+    gw_repl_task_t task;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int refs, finished, rc;
+    int (*run)(gw_storage_t *st, void *arg, void *result, gw_err_t *err);
+    void *arg, *result; /* in the same allocation, after the struct */
+} repl_call_t;
+
+static void call_unref(repl_call_t *c)
+{
+    pthread_mutex_lock(&c->lock);
+    int last = --c->refs == 0;
+    pthread_mutex_unlock(&c->lock);
+    if (last) {
+        pthread_mutex_destroy(&c->lock);
+        pthread_cond_destroy(&c->cond);
+        free(c);
+    }
+}
+
+static int call_run(gw_storage_t *st, void *ud, gw_err_t *err)
+{
+    repl_call_t *c = ud;
+    return c->run(st, c->arg, c->result, err);
+}
+
+static void call_done(void *ud, int rc)
+{
+    repl_call_t *c = ud;
+    pthread_mutex_lock(&c->lock);
+    c->finished = 1;
+    c->rc = rc;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+    call_unref(c);
+}
+
+int gw_repl_call(gw_repl_t *r, int (*run)(gw_storage_t *st, void *arg, void *result, gw_err_t *err),
+                 const void *arg, size_t arg_len, void *result, size_t result_len, int timeout_ms)
+{
+    repl_call_t *c = gw_xcalloc(1, sizeof(*c) + arg_len + result_len);
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->cond, NULL);
+    c->refs = 2; /* the waiter and the task */
+    c->run = run;
+    c->arg = (char *)(c + 1);
+    c->result = (char *)(c + 1) + arg_len;
+    if (arg_len > 0) memcpy(c->arg, arg, arg_len);
+    c->task.run = call_run;
+    c->task.done = call_done;
+    c->task.ud = c;
+    gw_repl_submit(r, &c->task);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&c->lock);
+    while (!c->finished)
+        if (pthread_cond_timedwait(&c->cond, &c->lock, &deadline) == ETIMEDOUT) break;
+    int finished = c->finished, rc = c->rc;
+    if (finished && rc == 0 && result_len > 0) memcpy(result, c->result, result_len);
+    pthread_mutex_unlock(&c->lock);
+    call_unref(c);
+    return !finished ? GW_ETIMEOUT : rc;
 }
 
 int gw_repl_ready(gw_repl_t *r)

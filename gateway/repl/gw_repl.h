@@ -13,12 +13,14 @@
 #ifndef GW_REPL_H
 #define GW_REPL_H
 
-#include "config/gw_config.h"
+#include "base/gw_buf.h"
 #include "base/gw_err.h"
-#include "storage/gw_storage.h"
+#include "config/gw_config.h"
 #include "rules/rules.h"
 
 typedef struct gw_repl gw_repl_t;
+/* The storage writer (storage/gw_storage.h): callers that use it include that header. */
+typedef struct gw_storage gw_storage_t;
 
 /** The rules that serve requests and their version ("3", the bucket-id prefix). Immutable;
  *  valid until the replicator is destroyed, even after a newer one took over. */
@@ -84,6 +86,17 @@ struct gw_repl_task {
 
 /** Queue a task for the replicator (any thread); it runs while replication streams. */
 void gw_repl_submit(gw_repl_t *r, gw_repl_task_t *task);
+
+/**
+ * Run run(st, arg, result, err) on the replicator thread inside a storage transaction and wait,
+ * at most timeout_ms, until that transaction is durable. Blocks: worker threads only, never an
+ * event loop. arg (arg_len bytes) is copied before the call returns and result (result_len bytes)
+ * is copied back when it finished, so a call that timed out leaves nothing the caller owns
+ * behind. Returns 0 with *result filled, GW_ETIMEOUT when it did not finish in time (it may still
+ * run), or the run's error / the commit's (GW_EUNAVAIL when the replicator stopped first).
+ */
+int gw_repl_call(gw_repl_t *r, int (*run)(gw_storage_t *st, void *arg, void *result, gw_err_t *err),
+                 const void *arg, size_t arg_len, void *result, size_t result_len, int timeout_ms);
 
 /** Whether storage has a consistent checkpoint (streams and write checkpoints may be served). */
 int gw_repl_ready(gw_repl_t *r);

@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- slot health ---- */
@@ -89,7 +88,7 @@ void gw__repl_poll_slot(gw_repl_t *r)
     if (ls > (double)r->lag_warn_seconds && now - r->warn_lag_ms >= WARN_INTERVAL_MS) {
         r->warn_lag_ms = now;
         gw_warn("repl", "replication lags behind Postgres",
-                "slot=%s gw__repl_lag_seconds=%.0f "
+                "slot=%s lag_seconds=%.0f "
                 "lag_bytes=%llu limit_seconds=%ld",
                 r->slot, ls, (unsigned long long)lb, r->lag_warn_seconds);
     }
@@ -115,7 +114,7 @@ void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
     gw_buf_json_str(out, gw__repl_phase_names[atomic_load(&r->m_phase)]);
     gw_buf_printf(out,
                   ",\"ready\":%s,\"stored_lsn\":\"%s\",\"confirmed_lsn\":\"%s\","
-                  "\"server_lsn\":\"%s\",\"lag_bytes\":%llu,\"gw__repl_lag_seconds\":%.3f,",
+                  "\"server_lsn\":\"%s\",\"lag_bytes\":%llu,\"lag_seconds\":%.3f,",
                   atomic_load(&r->ready) ? "true" : "false", gw_lsn_format(lsn, t1, sizeof(t1)),
                   gw_lsn_format(r->diag.confirmed, t2, sizeof(t2)),
                   gw_lsn_format(r->diag.server_lsn, t3, sizeof(t3)), (unsigned long long)lb,
@@ -126,12 +125,7 @@ void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
         gw_buf_printf(out, ",\"safe_wal_size\":%lld", (long long)r->diag.safe_wal_size);
     else
         gw_buf_puts(out, ",\"safe_wal_size\":null");
-    struct stat sb;
-    uint64_t size = 0;
-    char wal[1100];
-    if (stat(r->storage_path, &sb) == 0) size += (uint64_t)sb.st_size;
-    snprintf(wal, sizeof(wal), "%s-wal", r->storage_path);
-    if (stat(wal, &sb) == 0) size += (uint64_t)sb.st_size;
+    uint64_t size = gw_storage_size(r->sopts);
     gw_buf_printf(out,
                   ",\"retained_wal_bytes\":%llu,\"ops_per_second\":%.1f,\"last_op\":\"%llu\","
                   "\"storage_bytes\":%llu,\"buckets\":%llu,\"rows\":%llu,\"ops\":%llu,"

@@ -22,6 +22,7 @@
 #include "pg/gw_pg.h"
 #include "pg/gw_pgoutput.h"
 #include "repl/gw_repl.h"
+#include "storage/gw_storage.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -151,7 +152,7 @@ struct gw_repl {
     /* slot health, polled by the replicator (gw__repl_poll_slot), read by the admin API and
      * /metrics */
     long lag_warn_seconds, wal_warn_bytes, compact_interval;
-    char *storage_path;
+    const gw_storage_opts_t *sopts; /* how the storage was opened (outlives the replicator) */
     pthread_mutex_t diag_lock;
     struct {
         int known;             /* the slot was found at the last poll */

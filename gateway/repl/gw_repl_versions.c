@@ -151,7 +151,7 @@ static int builder_create(gw_repl_t *r, rules_set_t *rules, const char *hash, co
     else
         snprintf(v, sizeof(v), "%ld", next_version(r->st));
     gw_storage_t *bst;
-    if (gw_storage_open_version(r->storage_path, v, &bst, err) != 0) return GW_EIO;
+    if (gw_storage_open_version(r->sopts, v, &bst, err) != 0) return GW_EIO;
     gw_storage_set_serving(bst, 0);
     int rc = 0;
     if (resume == NULL) {

@@ -21,12 +21,16 @@
 
 static char dir[64];
 static char path[128];
+static gw_storage_pub_t *pub;
+static gw_storage_opts_t opts;
 
 static void setup(void)
 {
     snprintf(dir, sizeof(dir), "/tmp/ferry-test-storage.XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(path, sizeof(path), "%s/storage.db", dir);
+    pub = gw_storage_pub_new();
+    opts = (gw_storage_opts_t){.kind = "sqlite", .path = path, .pub = pub};
 }
 
 static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
@@ -40,6 +44,7 @@ static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *
 static void teardown(void)
 {
     nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    gw_storage_pub_free(pub);
 }
 
 /* Store row `key` of table "public.t" with one op in bucket with data of data_len bytes. */
@@ -95,7 +100,7 @@ START_TEST(test_storage_reads_across_chunks_and_checkpoints)
 {
     gw_storage_t *s;
     gw_err_t err;
-    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0);
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
     /* one commit of 2,500 ops in one bucket (three chunks), then ten commits of one op */
     ck_assert_int_eq(gw_storage_begin(s, &err), 0);
     char key[32];
@@ -118,7 +123,7 @@ START_TEST(test_storage_reads_across_chunks_and_checkpoints)
     gw_storage_checkpoint(s, &cp2, &lsn);
 
     gw_storage_reader_t *r;
-    ck_assert_int_eq(gw_storage_reader_open(path, &r, &err), 0);
+    ck_assert_int_eq(gw_storage_reader_open(&opts, &r, &err), 0);
     uint64_t first, last;
     /* everything, in pages that do not line up with the chunks */
     ck_assert_uint_eq(read_all(r, "1#b", 0, cp2, 333, &first, &last), 2510);
@@ -170,7 +175,7 @@ START_TEST(test_storage_wal_stays_bounded)
 {
     gw_storage_t *s;
     gw_err_t err;
-    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0);
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
     char wal[160], key[32];
     snprintf(wal, sizeof(wal), "%s-wal", path);
     off_t peak = 0;
@@ -202,9 +207,9 @@ START_TEST(test_storage_refuses_other_layouts)
 {
     gw_storage_t *s;
     gw_err_t err;
-    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0);
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
     gw_storage_close(s);
-    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0); /* its own layout: fine */
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0); /* its own layout: fine */
     gw_storage_close(s);
     /* rows without the layout mark: written by an older ferry */
     sqlite3 *db;
@@ -216,7 +221,7 @@ START_TEST(test_storage_refuses_other_layouts)
                      NULL, NULL, NULL),
         SQLITE_OK);
     sqlite3_close(db);
-    ck_assert_int_eq(gw_storage_open(path, &s, &err), GW_EIO);
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), GW_EIO);
     char msg[512];
     ck_assert_ptr_nonnull(strstr(gw_err_format(&err, msg, sizeof(msg)), "older ferry"));
 }
@@ -247,7 +252,7 @@ START_TEST(test_storage_versions_side_by_side)
 {
     gw_storage_t *s, *b;
     gw_err_t err;
-    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0);
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
     ck_assert_int_eq(gw_storage_set_version(s, "1", &err), 0);
     ck_assert_int_eq(gw_storage_begin(s, &err), 0);
     ck_assert_int_eq(gw_storage_state_set(s, "serving", "1", &err), 0);
@@ -257,7 +262,7 @@ START_TEST(test_storage_versions_side_by_side)
     put(s, "1#b", "k3", 10, 3);
     ck_assert_int_eq(gw_storage_commit(s, 100, &err), 0);
     /* a second writer of the same file builds version 2 beside it */
-    ck_assert_int_eq(gw_storage_open_version(path, "2", &b, &err), 0);
+    ck_assert_int_eq(gw_storage_open_version(&opts, "2", &b, &err), 0);
     gw_storage_set_serving(b, 0);
     ck_assert_str_eq(gw_storage_version(b), "2#");
     uint64_t ids[6], lsn;
@@ -294,7 +299,7 @@ START_TEST(test_storage_versions_side_by_side)
     ck_assert_int_eq(count_sql("SELECT count(*) FROM rows WHERE tbl = '2#public.t'"), 1);
     /* readers of this process serve the serving writer's checkpoint, in its namespace */
     gw_storage_reader_t *r;
-    ck_assert_int_eq(gw_storage_reader_open(path, &r, &err), 0);
+    ck_assert_int_eq(gw_storage_reader_open(&opts, &r, &err), 0);
     uint64_t cp, cplsn;
     int consistent;
     ck_assert_int_eq(gw_storage_read_checkpoint(r, &cp, &cplsn, &consistent), 0);
@@ -359,7 +364,7 @@ START_TEST(test_storage_migrates_layout3)
 {
     gw_storage_t *s;
     gw_err_t err;
-    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0);
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
     gw_storage_close(s);
     /* what a layout 3 file of rule version 5 held: unprefixed rows, lookups and state */
     sqlite3 *db;
@@ -376,7 +381,7 @@ START_TEST(test_storage_migrates_layout3)
             NULL, NULL, NULL),
         SQLITE_OK);
     sqlite3_close(db);
-    ck_assert_int_eq(gw_storage_open(path, &s, &err), 0);
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
     ck_assert_str_eq(gw_storage_version(s), "5#");
     uint64_t last_op, lsn;
     gw_storage_checkpoint(s, &last_op, &lsn);
