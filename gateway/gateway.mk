@@ -17,6 +17,7 @@ GW_CONFIG_SRCS := \
 
 GW_PG_SRCS := \
 	gateway/pg/gw_pg.c \
+	gateway/pg/gw_lsn.c \
 	gateway/pg/gw_pgoutput.c
 
 GW_STORAGE_SRCS := \

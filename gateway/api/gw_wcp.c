@@ -10,7 +10,7 @@
  */
 #include "api/gw_api.h"
 #include "pg/gw_pg.h"
-#include "pg/gw_pgoutput.h"
+#include "pg/gw_lsn.h"
 #include "storage/gw_storage.h"
 
 #include <stdio.h>

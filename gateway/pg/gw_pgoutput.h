@@ -143,10 +143,4 @@ typedef struct gw_pgo_msg {
 /** Decode one pgoutput v1 message; arrays come from arena. 0 or GW_EINVAL (err says why). */
 int gw_pgo_decode(const char *buf, size_t len, gw_arena_t *arena, gw_pgo_msg_t *out, gw_err_t *err);
 
-/** Format an LSN as Postgres does ("16/B374D848") into buf (at least 20 bytes); returns buf. */
-const char *gw_lsn_format(uint64_t lsn, char *buf, size_t len);
-
-/** Parse "16/B374D848" into *out; 0 or GW_EINVAL. */
-int gw_lsn_parse(const char *text, uint64_t *out);
-
 #endif

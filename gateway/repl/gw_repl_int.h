@@ -19,6 +19,7 @@
 #include "base/gw_buf.h"
 #include "base/gw_map.h"
 #include "base/gw_metrics.h"
+#include "pg/gw_lsn.h"
 #include "pg/gw_pg.h"
 #include "pg/gw_pgoutput.h"
 #include "repl/gw_repl.h"
