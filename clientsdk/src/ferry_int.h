@@ -42,8 +42,9 @@ typedef struct ferry_cbucket {
     int64_t count;
 } ferry_cbucket_t;
 
-/* A data line scanned (ferry__sync_scan): unescaped strings in arena, ops (offsets into it),
- * the bucket name at bucket_off. Buffers are reused from line to line. */
+/* A data line scanned (ferry__scan_line): unescaped strings in arena, ops (offsets into it,
+ * dop_off_t in ferry_oplog.h), the bucket name at bucket_off. Buffers are reused from line to line.
+ */
 typedef struct ferry_scan {
     char *arena;
     size_t arena_len, arena_cap;
@@ -70,7 +71,7 @@ typedef struct ferry_sync {
     int in_tx;                /* a data-line transaction is open */
     int64_t tx_ops, tx_start; /* its ops and start (monotonic ms) */
     ferry_scan_t scan;        /* the data-line scanner's buffers for ferry__oplog_line */
-    struct jrow *jrow;        /* the row read by the SQL functions ferry_jok / ferry_col */
+    struct jrow *jrow;        /* the row read by ferry_jok / ferry_col (ferry_jrow.c) */
     int wal_frames;           /* the WAL's frames after the last commit (its hook) */
     int defer_checkpoint;     /* publishing: the checkpoint waits (ferry__oplog_checkpoint) */
     int checkpoint_frames;    /* checkpoint at this WAL size (0: 8192 frames; tests set less) */
@@ -81,7 +82,7 @@ typedef struct ferry_sync {
     int bulk_last;            /* the table of the last op counted */
     int64_t bulk_ops[FERRY_MAX_TABLES + 1]; /* ops stored in bulk per table (last: others) */
     int pub_reader_min;  /* a whole bucket of this many ops is published with a second
-                            reader (0: 20,000; ferry_oplog.c) */
+                            reader (0: 20,000; ferry_rows.c) */
     int pub_reader_used; /* tables published so (counted for tests) */
     /* ferry_subkeys as read in the open data-line transaction (ferry_oplog.c, "subkeys") */
     int sk_loaded;     /* 1 read, -1 the file has none (subkeys stay text), 0 not yet */
@@ -158,24 +159,16 @@ int64_t ferry__kv_get_int(sqlite3 *c, const char *key, int64_t dflt);
 int ferry__kv_set_int(sqlite3 *c, const char *key, int64_t v);
 void ferry__status_changed(ferry_db_t *db);
 
-/* ferry_oplog.c: the local side of the protocol (no network) */
+/* ferry_oplog.c: the local side of the protocol (no network). The sync engine's other files
+ * (ferry_oplog.h) are reached through it, but for ferry_scan.c and ferry_publish.c below. */
 int ferry__oplog_init(ferry_db_t *db, ferry_sync_t *s, sqlite3 *conn);
 void ferry__oplog_free(ferry_sync_t *s);
 void ferry__oplog_reset_connection(ferry_sync_t *s);
 /* Handles one NDJSON line; returns FERRY_LINE_* (>= 0) or a negative FERRY_E* code (the
  * iteration ends; message in s->errmsg). */
 int ferry__oplog_line(ferry_db_t *db, ferry_sync_t *s, const char *line, size_t len);
-/* Creates the oplog's key index when it is missing (ferry_oplog.c, "bulk"), first removing the
- * older ops of keys stored twice (their checksums move to add_checksum). Runs inside the
- * caller's write transaction; returns an SQLite result code. */
-int ferry__oplog_index(sqlite3 *c);
-/* Scans a line into b without touching the database (any thread): 0 when it is a data line
- * (apply it with ferry__oplog_apply_scanned), 1 when it is another line or empty, -1 when the
- * scanner gives up (ferry__oplog_line handles both with jansson). */
-int ferry__sync_scan(ferry_scan_t *b, const char *line, size_t len);
 /* Applies a data line scanned into b, like ferry__oplog_line; b's ops are converted in place. */
 int ferry__oplog_apply_scanned(ferry_db_t *db, ferry_sync_t *s, ferry_scan_t *b);
-void ferry__scan_free(ferry_scan_t *b);
 /* Commits the open data-line transaction, if any (complete lines only: positions and ops
  * together). Returns 0 or FERRY_ESQLITE. _due: only when it is 250 ms old. */
 int ferry__oplog_flush(ferry_sync_t *s);
@@ -183,11 +176,27 @@ int ferry__oplog_flush_due(ferry_sync_t *s);
 /* Runs the WAL checkpoint a publish deferred (until the app was told), when the WAL is at the
  * checkpoint size. */
 void ferry__oplog_checkpoint(ferry_sync_t *s);
+/* Creates the oplog's key index when it is missing (ferry_oplog.c, "bulk"), first removing the
+ * older ops of keys stored twice (their checksums move to add_checksum). Runs inside the
+ * caller's write transaction; returns an SQLite result code. */
+int ferry__oplog_index(sqlite3 *c);
+/* Builds the request body (buckets and positions); returns a malloc'd string or NULL. */
+char *ferry__request_body(ferry_db_t *db, ferry_sync_t *s);
+
+/* ferry_scan.c: the data-line scanner */
+/* Scans a line into b without touching the database (any thread): 0 when it is a data line
+ * (apply it with ferry__oplog_apply_scanned), 1 when it is another line or empty, -1 when the
+ * scanner gives up (ferry__oplog_line handles both with jansson). */
+int ferry__scan_line(ferry_scan_t *b, const char *line, size_t len);
+void ferry__scan_free(ferry_scan_t *b);
+
+/* ferry_publish.c: publishing into the app's tables */
 /* Applies a validated checkpoint that was blocked by uploads, if it can be now; returns 1 when
  * applied, 0 when not, negative on error. */
-int ferry__sync_try_pending(ferry_db_t *db, ferry_sync_t *s);
+int ferry__publish_try_pending(ferry_db_t *db, ferry_sync_t *s);
 /* Re-evaluates the rows of table index ti from the oplog (after the schema gained it). */
 int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type);
+
 /* ferry_sync.c: one sync stream per database file. Two streams writing into one file (two
  * processes, or two ferry_db_t of one file) interleave their data lines in the same buckets:
  * ops already stored arrive again, their checksums are counted twice, and validation fails on
@@ -196,7 +205,5 @@ int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type);
  * FERRY_EINVAL when the lock file cannot be opened (the caller then syncs unlocked). */
 int ferry__sync_lock(const char *path);
 void ferry__sync_unlock(int fd);
-/* Builds the request body (buckets and positions); returns a malloc'd string or NULL. */
-char *ferry__request_body(ferry_db_t *db, ferry_sync_t *s);
 
 #endif

@@ -4,7 +4,7 @@
  *
  *   sync thread (sync_main): POST /sync/stream with libcurl. While a stream is open, the curl
  *   callback (on_stream_data) splits the NDJSON into lines and scans data lines
- *   (ferry__sync_scan, no database); an apply thread (apply_main, one per stream) takes them
+ *   (ferry__scan_line, no database); an apply thread (apply_main, one per stream) takes them
  *   from a 4-slot queue in order and applies them with the sync connection
  *   (ferry__oplog_apply_scanned, or ferry__oplog_line for other lines). Only the apply thread
  *   touches the sync state while it runs; the sync thread again after joining it. The loop:
@@ -152,7 +152,7 @@ void ferry__sync_unlock(int fd)
 /* ---- the stream --------------------------------------------------------------------------- */
 
 /* The lines of one stream pass from the curl thread to the apply thread through a few slots:
- * the curl thread splits the body into lines and scans data lines (ferry__sync_scan, no
+ * the curl thread splits the body into lines and scans data lines (ferry__scan_line, no
  * database) into the next free slot; the apply thread applies the filled slots in order with the
  * sync connection. A bounded queue: the reader waits while every slot is full, so memory stays
  * at PIPE_SLOTS lines however fast the server sends. */
@@ -229,7 +229,7 @@ static int pipe_push(pipe_t *pp, const char *line, size_t len)
 {
     slot_t *sl = pipe_next(pp);
     if (!sl) return 1;
-    if (ferry__sync_scan(&sl->scan, line, len) == 0) {
+    if (ferry__scan_line(&sl->scan, line, len) == 0) {
         sl->kind = SLOT_DATA;
     } else {
         if (len + 1 > sl->rawcap) {
@@ -444,7 +444,7 @@ static size_t on_stream_data(char *p, size_t size, size_t nmemb, void *ud)
 static void try_pending(ferry_db_t *db)
 {
     if (atomic_exchange(&db->upload_done, 0)) {
-        int rc = ferry__sync_try_pending(db, &db->sync);
+        int rc = ferry__publish_try_pending(db, &db->sync);
         if (rc < 0) set_error(db, db->sync.errmsg);
         if (rc > 0) ferry__status_changed(db);
         update_caught_up(db);

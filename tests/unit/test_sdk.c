@@ -345,7 +345,8 @@ START_TEST(test_sdk_oplog_absent_bucket_deleted_and_priority_zero_first)
                      "DELETE FROM ferry_crud; UPDATE ferry_kv SET value = 7 WHERE key = 'target'",
                      NULL, NULL, NULL),
         SQLITE_OK);
-    ck_assert_int_eq(ferry__sync_try_pending(db, &db->sync), 0); /* write checkpoint not seen yet */
+    /* the write checkpoint is not seen yet */
+    ck_assert_int_eq(ferry__publish_try_pending(db, &db->sync), 0);
     ck_assert_int_eq(line("{\"checkpoint_diff\":{\"last_op_id\":\"2\",\"write_checkpoint\":\"7\","
                           "\"updated_buckets\":[],\"removed_buckets\":[]}}"),
                      0);
