@@ -48,6 +48,8 @@ GW_API_SRCS := \
 	gateway/api/gw_probes.c \
 	gateway/api/gw_stream.c \
 	gateway/api/gw_wcp.c \
+	gateway/api/gw_write.c \
+	gateway/api/gw_write_stmt.c \
 	gateway/api/gw_write_batch.c \
 	gateway/api/gw_admin.c
 

@@ -1,11 +1,6 @@
-/* gw_write.c -- write-back: POST /api/write applies a client's queued writes to Postgres
+/* gw_write_batch.c -- write-back: apply one batch in one Postgres transaction (worker threads)
  *
- * The body is the PowerSync CRUD batch: {"client_id":…,"batch":[{"op_id","op","type","id",
- * "data"},…]}. The loop thread authenticates, parses and checks the shape (400 when it is not a
- * batch), then hands the batch to a worker (gw_worker.h); the worker applies it in one Postgres
- * transaction and builds the per-op results; done() answers on the loop thread.
- *
- * Per batch (worker, batch_run -> run_attempt, the careful path):
+ * Per batch (worker, gw__write_batch_run -> run_attempt, the careful path):
  *   BEGIN; lock the client's row of ferry_write_log (created on first use) and read last_op_id;
  *   for each op, inside a SAVEPOINT: op_id <= the highest id seen -> "duplicate"; otherwise
  *     table with write rules?  operation allowed?  only listed columns?     -> else "rejected"
@@ -40,484 +35,16 @@
  *      rejection: only the careful path does, op by op.
  *   4. The worker connections run with synchronous_commit=on: a 200 lets the client drop its
  *      queue, so the commit is durable before the answer.
- *
- * Statements are prepared once per worker connection (prepare_conn; per-thread state, since a
- * worker owns its connection). A start-up job does the same on the first worker connection,
- * creates ferry's own tables when missing, and holds the readiness condition "write rules" until
- * every write-rule statement was accepted by Postgres; a rejected one is reported with its
- * position in the rules file.
  */
-#include "api/gw_api.h"
-#include "base/gw_buf.h"
+#include "api/gw_write_int.h"
 #include "base/gw_log.h"
-#include "base/gw_metrics.h"
-#include "pg/gw_pg.h"
 
-#include <errno.h>
-#include <jansson.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdint.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-/* ---- ferry's own tables ---------------------------------------------------------------- */
-
-/* Keep in step with deploy/postgres/setup.sql. */
-static const char SETUP_SQL[] =
-    "CREATE TABLE IF NOT EXISTS ferry_write_log ("
-    " user_id text NOT NULL,"
-    " client_id text NOT NULL,"
-    " last_op_id bigint NOT NULL DEFAULT 0,"
-    " updated_at timestamptz NOT NULL DEFAULT now(),"
-    " PRIMARY KEY (user_id, client_id));"
-    "CREATE TABLE IF NOT EXISTS ferry_violations ("
-    " id text PRIMARY KEY DEFAULT gen_random_uuid()::text,"
-    " constraint_name text NOT NULL,"
-    " table_name text NOT NULL,"
-    " row_id text NOT NULL,"
-    " user_id text NOT NULL,"
-    " conflicting_ids jsonb NOT NULL DEFAULT '[]',"
-    " message text NOT NULL,"
-    " created_at timestamptz NOT NULL DEFAULT now());"
-    "CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id)";
-
-static const char LOG_GET_SQL[] =
-    "INSERT INTO ferry_write_log AS w (user_id, client_id, last_op_id) VALUES ($1, $2, 0) "
-    "ON CONFLICT (user_id, client_id) DO UPDATE SET last_op_id = w.last_op_id "
-    "RETURNING last_op_id";
-static const char LOG_SET_SQL[] = "UPDATE ferry_write_log SET last_op_id = $3, updated_at = now() "
-                                  "WHERE user_id = $1 AND client_id = $2";
-static const char VIOLATION_SQL[] =
-    "INSERT INTO ferry_violations (constraint_name, table_name, row_id, user_id, "
-    "conflicting_ids, message) VALUES ($1, $2, $3, $4, $5::jsonb, $6)";
-
-/* ---- module state ---------------------------------------------------------------------- */
-
-#define HIST_N 13
-static const double HIST_LE[HIST_N] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                       0.25,  0.5,    1,     2.5,  5,     10};
-
-enum { ST_APPLIED, ST_DUPLICATE, ST_REJECTED, ST_STALE, ST_N };
-static const char *const ST_NAME[ST_N] = {"applied", "duplicate", "rejected", "stale"};
-
-typedef struct write_mod {
-    gw_app_t *app;
-    int ready_id; /* -1: no write rules, no condition */
-    size_t max_inflight;
-    atomic_size_t inflight;
-    /* start-up job and its interruptible wait */
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int stopping;
-    int tables_done; /* ferry's tables exist (created or found) */
-    char last_problem[1024];
-    /* metrics */
-    atomic_uint_fast64_t ops[ST_N];
-    atomic_uint_fast64_t batches_ok, batches_bad, batches_unavail, violations;
-    atomic_uint_fast64_t hist[HIST_N + 1];
-    atomic_uint_fast64_t hist_sum_us;
-} write_mod_t;
-
-static write_mod_t g_mod = {
-    .ready_id = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
-
-/* ---- per-connection statements (worker threads) ----------------------------------------- */
-
-#define INS_CACHE 64
-
-/* What this thread's current connection has prepared. A worker owns one connection at a time;
- * a new one (another PGconn or backend pid) starts from nothing. */
-typedef struct conn_state {
-    PGconn *conn;
-    int pid;
-    int prepared;
-    const rules_set_t *rules; /* the write rules prepared (they change with the rule version) */
-    int con_ids[256];         /* constraint i prepared in the "conflicting ids" form */
-    unsigned char self_cko[256], self_chk[256]; /* table i has the self-reading forms */
-    unsigned char id_unique[256]; /* table i has an immediate unique index on ("id") alone */
-    size_t nins;
-    struct {
-        size_t table;
-        uint64_t mask;
-    } ins[INS_CACHE];
-} conn_state_t;
-
-static __thread conn_state_t tl_conn;
-
-static const char *rule_file(void)
-{
-    return g_mod.app->cfg->sync_rules.path;
-}
-
-/* "schema.table", or "table" in schema public, into buf. */
-static const char *table_label(const rules_write_rule_t *r, char *buf, size_t len)
-{
-    if (strcmp(r->schema, "public") == 0)
-        snprintf(buf, len, "%s", r->table);
-    else
-        snprintf(buf, len, "%s.%s", r->schema, r->table);
-    return buf;
-}
-
-/* Quoted "schema"."table" of r, malloc'd (the caller frees). */
-static char *qualified(PGconn *conn, const rules_write_rule_t *r)
-{
-    char *s = gw_pg_ident(conn, r->schema), *t = gw_pg_ident(conn, r->table);
-    gw_buf_t b = GW_BUF_INIT;
-    gw_buf_printf(&b, "%s.%s", s, t);
-    free(s);
-    free(t);
-    gw_buf_append(&b, "", 1);
-    return b.data;
-}
-
-static int prepare(PGconn *conn, const char *name, const char *sql, char *msg, size_t len)
-{
-    PGresult *res = PQprepare(conn, name, sql, 0, NULL);
-    int ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok) {
-        const char *m = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-        char buf[512];
-        if (m == NULL || m[0] == '\0') m = gw_pg_error(conn, buf, sizeof(buf));
-        snprintf(msg, len, "%s", m);
-        size_t n = strlen(msg);
-        while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-            msg[--n] = '\0';
-    }
-    PQclear(res);
-    return ok ? 0 : -1;
-}
-
-/*
- * The constraint query in a form that returns the conflicting ids as a JSON array (NULL when
- * none): the rules library compiles `SELECT EXISTS (<query>)[ FROM jsonb_populate_record(…) AS
- * "new"]`; the first column of <query>'s rows is the conflicting id. NULL when the text does not
- * have that shape (then only the boolean form is used). Malloc'd; the caller frees.
- */
-static char *constraint_ids_sql(const char *sql)
-{
-    static const char head[] = "SELECT EXISTS (";
-    static const char from[] = ") FROM jsonb_populate_record(NULL::";
-    size_t n = strlen(sql);
-    if (strncmp(sql, head, sizeof(head) - 1) != 0) return NULL;
-    const char *body = sql + sizeof(head) - 1, *end = NULL;
-    static const char tail[] = "AS \"new\"";
-    if (n > sizeof(tail) && strcmp(sql + n - (sizeof(tail) - 1), tail) == 0) {
-        for (const char *p = strstr(body, from); p != NULL; p = strstr(p + 1, from))
-            end = p;
-    } else if (n > 0 && sql[n - 1] == ')') {
-        end = sql + n - 1;
-    }
-    if (end == NULL || end < body) return NULL;
-    gw_buf_t b = GW_BUF_INIT;
-    gw_buf_printf(&b,
-                  "SELECT (SELECT json_agg((SELECT e.value FROM json_each(row_to_json(q)) e "
-                  "LIMIT 1))::text FROM (%.*s) AS q)%s",
-                  (int)(end - body), body, end + 1);
-    gw_buf_append(&b, "", 1);
-    return b.data;
-}
-
-/*
- * check / check_old in a form that reads the row itself instead of taking it as a bound value,
- * for the pipelined path (no wait for the SELECT before sending the check). The rules library
- * compiles `… FROM jsonb_populate_record(NULL::<table>, $p::jsonb) AS "old"` (or "new"); the
- * bound row becomes COALESCE($p::jsonb, <the stored row, or the data merged over it>) with $p
- * sent as NULL, the id as $(nbinds+1) and, for "new", the data as $(nbinds+2). The expression
- * is evaluated over exactly the row that would have been bound. NULL when the text does not end
- * that way. Malloc'd; the caller frees.
- */
-static char *self_reading_sql(const char *sql, const char *alias, const char *qt, int nbinds)
-{
-    char tail[32];
-    snprintf(tail, sizeof(tail), "::jsonb) AS \"%s\"", alias);
-    size_t n = strlen(sql), tl = strlen(tail);
-    if (n < tl + 4 || strcmp(sql + n - tl, tail) != 0) return NULL;
-    const char *p = sql + n - tl; /* just past the digits of $p */
-    const char *d = p;
-    while (d > sql && d[-1] >= '0' && d[-1] <= '9')
-        d--;
-    if (d == p || d - sql < 3 || d[-1] != '$' || d[-2] != ' ' || d[-3] != ',') return NULL;
-    gw_buf_t b = GW_BUF_INIT;
-    gw_buf_printf(&b,
-                  "%.*sCOALESCE(%.*s::jsonb, (SELECT to_jsonb(%s) FROM %s AS x%s WHERE "
-                  "x.\"id\" = $%d))) AS \"%s\"",
-                  (int)(d - 1 - sql), sql, (int)(p - d + 1), d - 1, alias[0] == 'o' ? "x" : "r", qt,
-                  alias[0] == 'o' ? "" : ", LATERAL jsonb_populate_record(x, $DATA::jsonb) AS r",
-                  nbinds + 1, alias);
-    gw_buf_append(&b, "", 1);
-    char *out = b.data;
-    char *m = strstr(out, "$DATA");
-    if (m != NULL) { /* the data parameter's number, in place of the marker */
-        char num[16];
-        int k = snprintf(num, sizeof(num), "$%d", nbinds + 2);
-        gw_buf_t o = GW_BUF_INIT;
-        gw_buf_printf(&o, "%.*s%.*s%s", (int)(m - out), out, k, num, m + 5);
-        gw_buf_append(&o, "", 1);
-        free(out);
-        out = o.data;
-    }
-    return out;
-}
-
-/* The position of a write rule in the rules file, for messages: its check, else its check_old. */
-static void rule_pos(const rules_write_rule_t *r, int *line, int *col)
-{
-    const rules_pg_stmt_t *s = r->check.sql != NULL ? &r->check : &r->check_old;
-    *line = s->sql != NULL ? s->line : 0;
-    *col = s->sql != NULL ? s->col : 0;
-}
-
-static void set_rule_err(gw_err_t *err, int line, int col, const char *fmt, const char *what,
-                         const char *pgmsg)
-{
-    char where[300];
-    if (line > 0)
-        snprintf(where, sizeof(where), "%s:%d:%d", rule_file(), line, col);
-    else
-        snprintf(where, sizeof(where), "%s", rule_file());
-    gw_err_set(err, GW_ERULES, where, fmt, what, pgmsg);
-}
-
-/* Create ferry's tables when missing (once per process; serialized). */
-static int ensure_tables(PGconn *conn, gw_err_t *err)
-{
-    pthread_mutex_lock(&g_mod.lock);
-    int done = g_mod.tables_done;
-    pthread_mutex_unlock(&g_mod.lock);
-    if (done) return 0;
-    gw_err_t e;
-    if (gw_pg_exec(conn, SETUP_SQL, &e) != 0) {
-        /* two first-time creators can race on the catalog; the loser retries once */
-        if (gw_pg_exec(conn, SETUP_SQL, &e) != 0) {
-            gw_err_set(err, GW_EPG, "postgres",
-                       "could not create ferry's tables (ferry_write_log, ferry_violations): %s",
-                       e.message);
-            gw_err_detail(err, "Run deploy/postgres/setup.sql as an owner of the database.");
-            return GW_EPG;
-        }
-    }
-    pthread_mutex_lock(&g_mod.lock);
-    g_mod.tables_done = 1;
-    pthread_mutex_unlock(&g_mod.lock);
-    return 0;
-}
-
-/*
- * Make sure conn has every write statement prepared (per-thread state). Returns 0; GW_EPG when
- * Postgres failed (connection, ferry's tables); GW_ERULES when Postgres rejected a statement
- * built from the rules (err->where is the rules file position).
- */
-static int prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
-{
-    conn_state_t *cs = &tl_conn;
-    if (cs->conn == conn && cs->pid == PQbackendPID(conn) && cs->prepared && cs->rules == set)
-        return 0;
-    memset(cs, 0, sizeof(*cs));
-    gw_err_t e;
-    /* a 200 lets the client drop its queue: the commit must be durable before we answer, even
-     * where the server's default is synchronous_commit=off; so must ferry's own tables be */
-    if (gw_pg_exec(conn, "DEALLOCATE ALL", &e) != 0 ||
-        gw_pg_exec(conn, "SET synchronous_commit = on", &e) != 0)
-        return gw_err_set(err, GW_EPG, "postgres", "%s", e.message);
-    int rc = ensure_tables(conn, err);
-    if (rc != 0) return rc;
-    char msg[512], name[64];
-    if (prepare(conn, "fw_log_get", LOG_GET_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_log_set", LOG_SET_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0) {
-        /* the tables may have gone since they were made (a restored database): make them
-         * again on the next try */
-        pthread_mutex_lock(&g_mod.lock);
-        g_mod.tables_done = 0;
-        pthread_mutex_unlock(&g_mod.lock);
-        return gw_err_set(err, GW_EPG, "postgres", "could not prepare ferry's statements: %s", msg);
-    }
-    for (size_t i = 0; i < rules_write_count(set); i++) {
-        const rules_write_rule_t *r = rules_write_at(set, i);
-        char *qt = qualified(conn, r);
-        char label[256];
-        table_label(r, label, sizeof(label));
-        int line, col;
-        rule_pos(r, &line, &col);
-        gw_buf_t b = GW_BUF_INIT;
-        char *lww = r->lww_column != NULL ? gw_pg_ident(conn, r->lww_column) : NULL;
-        if (lww != NULL)
-            gw_buf_printf(&b,
-                          "SELECT to_jsonb(t)::text, to_jsonb(r)::text, COALESCE(r.%s < t.%s, "
-                          "false) FROM %s AS t, LATERAL jsonb_populate_record(t, $2::jsonb) AS "
-                          "r WHERE t.\"id\" = $1 FOR UPDATE OF t",
-                          lww, lww, qt);
-        else
-            gw_buf_printf(&b,
-                          "SELECT to_jsonb(t)::text, to_jsonb(r)::text, false FROM %s AS t, "
-                          "LATERAL jsonb_populate_record(t, $2::jsonb) AS r WHERE t.\"id\" = $1 "
-                          "FOR UPDATE OF t",
-                          qt);
-        free(lww);
-        gw_buf_append(&b, "", 1);
-        snprintf(name, sizeof(name), "fw_sel_%zu", i);
-        rc = prepare(conn, name, b.data, msg, sizeof(msg));
-        gw_buf_reset(&b);
-        if (rc == 0) {
-            /* UPDATE of every writable column, each from the sent data or else itself */
-            gw_buf_printf(&b, "UPDATE %s AS t SET (", qt);
-            size_t n = 0;
-            for (size_t c = 0; c < r->ncolumns; c++) {
-                if (strcmp(r->columns[c], "id") == 0) continue;
-                char *qc = gw_pg_ident(conn, r->columns[c]);
-                gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", qc);
-                free(qc);
-            }
-            gw_buf_puts(&b, ") = (SELECT ");
-            n = 0;
-            for (size_t c = 0; c < r->ncolumns; c++) {
-                if (strcmp(r->columns[c], "id") == 0) continue;
-                char *qc = gw_pg_ident(conn, r->columns[c]);
-                gw_buf_printf(&b, "%sr.%s", n++ > 0 ? ", " : "", qc);
-                free(qc);
-            }
-            gw_buf_puts(&b, " FROM jsonb_populate_record(t, $2::jsonb) AS r) WHERE t.\"id\" = $1 "
-                            "RETURNING to_jsonb(t)::text");
-            gw_buf_append(&b, "", 1);
-            snprintf(name, sizeof(name), "fw_upd_%zu", i);
-            if (n == 0) { /* only "id" is writable: an update changes nothing */
-                gw_buf_reset(&b);
-                gw_buf_printf(&b,
-                              "SELECT to_jsonb(t)::text FROM %s AS t WHERE t.\"id\" = $1 "
-                              "AND $2::jsonb IS NOT NULL",
-                              qt);
-                gw_buf_append(&b, "", 1);
-            }
-            rc = prepare(conn, name, b.data, msg, sizeof(msg));
-            gw_buf_reset(&b);
-        }
-        if (rc == 0) {
-            gw_buf_printf(&b, "DELETE FROM %s WHERE \"id\" = $1", qt);
-            gw_buf_append(&b, "", 1);
-            snprintf(name, sizeof(name), "fw_del_%zu", i);
-            rc = prepare(conn, name, b.data, msg, sizeof(msg));
-        }
-        gw_buf_free(&b);
-        free(qt);
-        if (rc != 0) {
-            set_rule_err(err, line, col, "write rules of table \"%s\" rejected by postgres: %s",
-                         label, msg);
-            return GW_ERULES;
-        }
-        if (r->check.sql != NULL) {
-            snprintf(name, sizeof(name), "fw_chk_%zu", i);
-            if (prepare(conn, name, r->check.sql, msg, sizeof(msg)) != 0) {
-                set_rule_err(err, r->check.line, r->check.col,
-                             "\"check\" of table \"%s\" rejected by postgres: %s", label, msg);
-                return GW_ERULES;
-            }
-        }
-        if (r->check_old.sql != NULL) {
-            snprintf(name, sizeof(name), "fw_cko_%zu", i);
-            if (prepare(conn, name, r->check_old.sql, msg, sizeof(msg)) != 0) {
-                set_rule_err(err, r->check_old.line, r->check_old.col,
-                             "\"check_old\" of table \"%s\" rejected by postgres: %s", label, msg);
-                return GW_ERULES;
-            }
-        }
-    }
-    for (size_t i = 0; i < rules_write_count(set) && i < 256; i++) {
-        const rules_write_rule_t *r = rules_write_at(set, i);
-        char *qt = qualified(conn, r);
-        char *so = r->check_old.sql != NULL
-                       ? self_reading_sql(r->check_old.sql, "old", qt, r->check_old.nbinds)
-                       : NULL;
-        char *sn = r->check.sql != NULL ? self_reading_sql(r->check.sql, "new", qt, r->check.nbinds)
-                                        : NULL;
-        const char *qv[1] = {qt};
-        PGresult *u = gw_pg_query_params(
-            conn,
-            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = "
-            "i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = $1::regclass AND "
-            "i.indisunique AND i.indimmediate AND i.indnatts = 1 AND i.indpred IS NULL AND "
-            "a.attname = 'id')",
-            1, qv, NULL);
-        cs->id_unique[i] = u != NULL && PQntuples(u) == 1 && PQgetvalue(u, 0, 0)[0] == 't';
-        PQclear(u);
-        snprintf(name, sizeof(name), "fw_ckos_%zu", i);
-        cs->self_cko[i] = so != NULL && prepare(conn, name, so, msg, sizeof(msg)) == 0;
-        snprintf(name, sizeof(name), "fw_chks_%zu", i);
-        cs->self_chk[i] = sn != NULL && prepare(conn, name, sn, msg, sizeof(msg)) == 0;
-        free(so);
-        free(sn);
-        free(qt);
-    }
-    for (size_t k = 0; k < rules_constraint_count(set); k++) {
-        const rules_constraint_t *c = rules_constraint_at(set, k);
-        snprintf(name, sizeof(name), "fw_con_%zu", k);
-        if (prepare(conn, name, c->stmt.sql, msg, sizeof(msg)) != 0) {
-            set_rule_err(err, c->stmt.line, c->stmt.col,
-                         "constraint \"%s\" rejected by postgres: %s", c->name, msg);
-            return GW_ERULES;
-        }
-        char *ids = constraint_ids_sql(c->stmt.sql);
-        if (ids != NULL && k < sizeof(cs->con_ids) / sizeof(cs->con_ids[0])) {
-            snprintf(name, sizeof(name), "fw_coi_%zu", k);
-            cs->con_ids[k] = prepare(conn, name, ids, msg, sizeof(msg)) == 0;
-        }
-        free(ids);
-    }
-    cs->conn = conn;
-    cs->pid = PQbackendPID(conn);
-    cs->prepared = 1;
-    cs->rules = set;
-    return 0;
-}
 
 /* ---- a batch ---------------------------------------------------------------------------- */
-
-enum { OP_PUT = 1, OP_PATCH, OP_DELETE };
-
-typedef struct wop {
-    long long op_id;
-    int kind;                       /* OP_*; 0 when the op is malformed (code/message say why) */
-    const rules_write_rule_t *rule; /* NULL: no write rules for the type */
-    size_t rule_index;
-    const char *type;
-    char id[256];
-    json_t *data; /* borrowed from the body; NULL for DELETE */
-    /* result */
-    int status;
-    const char *code;
-    char message[256];
-} wop_t;
-
-typedef struct wbatch wbatch_t;
-
-/* Lives in req->pool: when h2o frees the request (the client went away while the batch ran),
- * its dispose callback tells the batch not to answer. */
-typedef struct req_guard {
-    wbatch_t *b;
-} req_guard_t;
-
-/* A batch in flight; malloc'd (not in req->pool, which may go away while a worker runs it). */
-struct wbatch {
-    gw_job_t job;
-    h2o_req_t *req; /* NULL once the request was freed */
-    req_guard_t *guard;
-    json_t *body;
-    char *user;   /* sub */
-    char *jwt;    /* claims as JSON text */
-    char *params; /* request parameters as JSON text */
-    char client_id[256];
-    const rules_set_t *rules; /* the write rules serving when it came (see gw_app_active) */
-    wop_t *ops;
-    size_t nops;
-    struct timespec started;
-    /* outcome */
-    int http_status;
-    gw_buf_t out; /* the response body */
-    int counts[ST_N];
-    int attempts; /* 1: the pipelined path applied it; 2: the careful path ran */
-};
 
 /* What a statement's failure means for the batch. */
 enum { SQL_OK = 0, SQL_OP = 1, SQL_FATAL = 2 };
@@ -537,9 +64,7 @@ static int classify(PGconn *conn, PGresult *res)
     return SQL_OP;
 }
 
-static void op_reject(wop_t *op, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void op_reject(wop_t *op, const char *code, const char *fmt, ...)
+void gw__write_op_reject(wop_t *op, const char *code, const char *fmt, ...)
 {
     op->status = ST_REJECTED;
     op->code = code;
@@ -559,7 +84,7 @@ static void op_reject_pg(wop_t *op, PGresult *res)
         code = "invalid_value";
     else if (state != NULL && strncmp(state, "23", 2) == 0)
         code = "integrity_violation";
-    op_reject(op, code, "%s", primary != NULL ? primary : "the statement failed");
+    gw__write_op_reject(op, code, "%s", primary != NULL ? primary : "the statement failed");
 }
 
 typedef struct wctx {
@@ -636,7 +161,7 @@ static void insert_sql(wctx_t *c, const rules_write_rule_t *r, uint64_t mask, in
 static void insert_stmt(wctx_t *c, size_t ti, const rules_write_rule_t *r, uint64_t mask, int wide,
                         char *name, size_t nlen, gw_buf_t *sql)
 {
-    conn_state_t *cs = &tl_conn;
+    conn_state_t *cs = &gw__write_conn;
     if (!wide) {
         for (size_t k = 0; k < cs->nins; k++)
             if (cs->ins[k].table == ti && cs->ins[k].mask == mask) {
@@ -663,7 +188,7 @@ static void insert_stmt(wctx_t *c, size_t ti, const rules_write_rule_t *r, uint6
 static void insert_sql(wctx_t *c, const rules_write_rule_t *r, uint64_t mask, int wide,
                        gw_buf_t *sql)
 {
-    char *qt = qualified(c->conn, r);
+    char *qt = gw__write_qualified(c->conn, r);
     gw_buf_printf(sql, "INSERT INTO %s AS t (", qt);
     gw_buf_t sel = GW_BUF_INIT;
     size_t n = 0;
@@ -693,7 +218,8 @@ static int run_constraints(wctx_t *c, wop_t *op, const char *new_row)
         if (strcmp(con->schema, op->rule->schema) != 0 || strcmp(con->table, op->rule->table) != 0)
             continue;
         char name[64];
-        int ids = k < sizeof(tl_conn.con_ids) / sizeof(tl_conn.con_ids[0]) && tl_conn.con_ids[k];
+        int ids = k < sizeof(gw__write_conn.con_ids) / sizeof(gw__write_conn.con_ids[0]) &&
+                  gw__write_conn.con_ids[k];
         snprintf(name, sizeof(name), ids ? "fw_coi_%zu" : "fw_con_%zu", k);
         int how;
         PGresult *res = exec_rule(c, name, &con->stmt, new_row, NULL, &how);
@@ -708,7 +234,7 @@ static int run_constraints(wctx_t *c, wop_t *op, const char *new_row)
         }
         if (violated) {
             char label[256];
-            table_label(op->rule, label, sizeof(label));
+            gw__write_table_label(op->rule, label, sizeof(label));
             const char *v[6] = {
                 con->name,   label, op->id, c->b->user, conflicting != NULL ? conflicting : "[]",
                 con->message};
@@ -718,7 +244,7 @@ static int run_constraints(wctx_t *c, wop_t *op, const char *new_row)
                 return how;
             }
             PQclear(ins);
-            atomic_fetch_add(&g_mod.violations, 1);
+            atomic_fetch_add(&gw__write_mod.violations, 1);
         }
         PQclear(res);
     }
@@ -764,7 +290,7 @@ static int check_columns(wop_t *op, uint64_t *mask, int *wide)
             if (json_is_integer(v))
                 snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v)), s = num;
             if (s == NULL || strcmp(s, op->id) != 0) {
-                op_reject(op, "invalid_op", "\"data.id\" differs from the op's \"id\"");
+                gw__write_op_reject(op, "invalid_op", "\"data.id\" differs from the op's \"id\"");
                 return -1;
             }
             continue;
@@ -774,8 +300,9 @@ static int check_columns(wop_t *op, uint64_t *mask, int *wide)
             c++;
         if (c == r->ncolumns) {
             char label[256];
-            op_reject(op, "column_not_allowed", "column \"%.64s\" of table \"%s\" is not writable",
-                      k, table_label(r, label, sizeof(label)));
+            gw__write_op_reject(op, "column_not_allowed",
+                                "column \"%.64s\" of table \"%s\" is not writable", k,
+                                gw__write_table_label(r, label, sizeof(label)));
             return -1;
         }
         if (c < 64) *mask |= UINT64_C(1) << c;
@@ -790,13 +317,15 @@ static int apply_op(wctx_t *c, wop_t *op)
     const rules_write_rule_t *r = op->rule;
     size_t ti = op->rule_index;
     char label[256];
-    table_label(r, label, sizeof(label));
+    gw__write_table_label(r, label, sizeof(label));
     if (op->kind == OP_DELETE && !(r->operations & RULES_OP_DELETE)) {
-        op_reject(op, "operation_not_allowed", "delete is not allowed on table \"%s\"", label);
+        gw__write_op_reject(op, "operation_not_allowed", "delete is not allowed on table \"%s\"",
+                            label);
         return SQL_OK;
     }
     if (op->kind == OP_PATCH && !(r->operations & RULES_OP_UPDATE)) {
-        op_reject(op, "operation_not_allowed", "update is not allowed on table \"%s\"", label);
+        gw__write_op_reject(op, "operation_not_allowed", "update is not allowed on table \"%s\"",
+                            label);
         return SQL_OK;
     }
     uint64_t mask;
@@ -816,7 +345,7 @@ static int apply_op(wctx_t *c, wop_t *op)
     int stale = exists && PQgetvalue(sel, 0, 2)[0] == 't';
     int action = op->kind == OP_DELETE ? OP_DELETE : exists ? OP_PATCH : OP_PUT;
     if (op->kind == OP_PATCH && !exists) {
-        op_reject(op, "not_found", "no row with this id in table \"%s\"", label);
+        gw__write_op_reject(op, "not_found", "no row with this id in table \"%s\"", label);
         goto out;
     }
     if (op->kind == OP_DELETE && !exists) {
@@ -824,11 +353,13 @@ static int apply_op(wctx_t *c, wop_t *op)
         goto out;
     }
     if (action == OP_PUT && !(r->operations & RULES_OP_INSERT)) {
-        op_reject(op, "operation_not_allowed", "insert is not allowed on table \"%s\"", label);
+        gw__write_op_reject(op, "operation_not_allowed", "insert is not allowed on table \"%s\"",
+                            label);
         goto out;
     }
     if (action == OP_PATCH && !(r->operations & RULES_OP_UPDATE)) {
-        op_reject(op, "operation_not_allowed", "update is not allowed on table \"%s\"", label);
+        gw__write_op_reject(op, "operation_not_allowed", "update is not allowed on table \"%s\"",
+                            label);
         goto out;
     }
     if (action != OP_PUT && r->check_old.sql != NULL) {
@@ -839,8 +370,9 @@ static int apply_op(wctx_t *c, wop_t *op)
         PQclear(res);
         res = NULL;
         if (!ok) {
-            op_reject(op, "check_old_failed",
-                      "the stored row does not pass \"check_old\" of table \"%s\"", label);
+            gw__write_op_reject(op, "check_old_failed",
+                                "the stored row does not pass \"check_old\" of table \"%s\"",
+                                label);
             goto out;
         }
     }
@@ -852,8 +384,8 @@ static int apply_op(wctx_t *c, wop_t *op)
         PQclear(res);
         res = NULL;
         if (!ok) {
-            op_reject(op, "check_failed", "the new row does not pass \"check\" of table \"%s\"",
-                      label);
+            gw__write_op_reject(op, "check_failed",
+                                "the new row does not pass \"check\" of table \"%s\"", label);
             goto out;
         }
     }
@@ -994,8 +526,8 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
         }
         ExecStatusType st = PQresultStatus(res);
         if (q->items[i].kind == PQ_PREPARE && st != PGRES_COMMAND_OK) {
-            tl_conn.ins[q->items[i].op].table = SIZE_MAX; /* not prepared after all */
-            tl_conn.ins[q->items[i].op].mask = 0;
+            gw__write_conn.ins[q->items[i].op].table = SIZE_MAX; /* not prepared after all */
+            gw__write_conn.ins[q->items[i].op].mask = 0;
         }
         if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
             if (st != PGRES_PIPELINE_ABORTED && classify(c->conn, res) == SQL_FATAL) q->fatal = 1;
@@ -1077,8 +609,8 @@ static int table_has_constraints(const rules_set_t *set, const rules_write_rule_
 /* Whether this connection has the INSERT of these columns of table ti prepared. */
 static int insert_cached(size_t ti, uint64_t mask)
 {
-    for (size_t k = 0; k < tl_conn.nins; k++)
-        if (tl_conn.ins[k].table == ti && tl_conn.ins[k].mask == mask) return 1;
+    for (size_t k = 0; k < gw__write_conn.nins; k++)
+        if (gw__write_conn.ins[k].table == ti && gw__write_conn.ins[k].mask == mask) return 1;
     return 0;
 }
 
@@ -1144,7 +676,7 @@ static int run_pipelined(wctx_t *c)
             /* taken as an insert; if the row exists after all, the INSERT fails on the unique
              * index of "id" and the careful path makes it the update it is (without such an
              * index, the SELECT must say the row is new) */
-            if ((ti >= 256 || !tl_conn.id_unique[ti]) &&
+            if ((ti >= 256 || !gw__write_conn.id_unique[ti]) &&
                 pq_send(c, &q, PQ_SEL_NEW, i, name, 2, sv) != 0)
                 goto fail;
             if (r->check.sql != NULL) {
@@ -1155,21 +687,21 @@ static int run_pipelined(wctx_t *c)
             if (wide) goto fail; /* more columns than a mask names: the careful path */
             snprintf(name, sizeof(name), "fw_ins_%zu_%llx", ti, (unsigned long long)mask);
             if (!insert_cached(ti, mask)) { /* prepare it in the pipeline, ahead of its use */
-                if (tl_conn.nins >= INS_CACHE) goto fail;
+                if (gw__write_conn.nins >= INS_CACHE) goto fail;
                 gw_buf_t sql = GW_BUF_INIT;
                 insert_sql(c, r, mask, 0, &sql);
                 int sent = PQsendPrepare(c->conn, name, sql.data, 0, NULL);
                 gw_buf_free(&sql);
                 if (!sent) goto fail;
-                tl_conn.ins[tl_conn.nins].table = ti;
-                tl_conn.ins[tl_conn.nins].mask = mask;
-                pq_push(&q, PQ_PREPARE, tl_conn.nins++);
+                gw__write_conn.ins[gw__write_conn.nins].table = ti;
+                gw__write_conn.ins[gw__write_conn.nins].mask = mask;
+                pq_push(&q, PQ_PREPARE, gw__write_conn.nins++);
             }
             const char *iv[1] = {datas[i]};
             if (pq_send(c, &q, constraints ? PQ_APPLY_ROW : PQ_APPLY, i, name, 1, iv) != 0)
                 goto fail;
-        } else if (ti < 256 && (r->check_old.sql == NULL || tl_conn.self_cko[ti]) &&
-                   (op->kind == OP_DELETE || r->check.sql == NULL || tl_conn.self_chk[ti])) {
+        } else if (ti < 256 && (r->check_old.sql == NULL || gw__write_conn.self_cko[ti]) &&
+                   (op->kind == OP_DELETE || r->check.sql == NULL || gw__write_conn.self_chk[ti])) {
             /* the checks read the row themselves: no wait for the SELECT */
             if (pq_send(c, &q, PQ_SEL_LOCK, i, name, 2, sv) != 0) goto fail;
             const char *values[18];
@@ -1312,7 +844,7 @@ static void batch_fail(wbatch_t *b, int status, const char *code, const char *ms
     gw_buf_puts(&b->out, "}}");
 }
 
-static void batch_results(wbatch_t *b)
+void gw__write_batch_results(wbatch_t *b)
 {
     b->http_status = 200;
     gw_buf_reset(&b->out);
@@ -1321,7 +853,7 @@ static void batch_results(wbatch_t *b)
         wop_t *op = &b->ops[i];
         b->counts[op->status]++;
         gw_buf_printf(&b->out, "%s{\"op_id\":%lld,\"status\":\"%s\"", i > 0 ? "," : "", op->op_id,
-                      ST_NAME[op->status]);
+                      gw__write_status_names[op->status]);
         if (op->status == ST_REJECTED || op->status == ST_STALE) {
             gw_buf_puts(&b->out, ",\"code\":");
             gw_buf_json_str(&b->out, op->code != NULL ? op->code : "rejected");
@@ -1338,7 +870,7 @@ static int batch_try(wbatch_t *b, PGconn *conn)
 {
     gw_err_t err;
     gw_err_clear(&err);
-    int rc = prepare_conn(conn, b->rules, &err);
+    int rc = gw__write_prepare_conn(conn, b->rules, &err);
     if (rc != 0) {
         char msg[1024];
         gw_err_format(&err, msg, sizeof(msg));
@@ -1348,7 +880,7 @@ static int batch_try(wbatch_t *b, PGconn *conn)
         batch_fail(b, 503, rc == GW_ERULES ? "not_ready" : "unavailable", msg);
         return -1;
     }
-    wctx_t c = {.b = b, .conn = conn, .app = g_mod.app};
+    wctx_t c = {.b = b, .conn = conn, .app = gw__write_mod.app};
     b->attempts = 1;
     int how = run_pipelined(&c);
     if (how == SQL_OP) { /* not a normal batch: every op decided one by one, with savepoints */
@@ -1358,7 +890,7 @@ static int batch_try(wbatch_t *b, PGconn *conn)
     }
     PQclear(c.failed);
     if (how == SQL_OK) return SQL_OK;
-    tl_conn.prepared = 0; /* prepare again on the next batch (statements may be gone) */
+    gw__write_conn.prepared = 0; /* prepare again on the next batch (statements may be gone) */
     if (PQtransactionStatus(conn) != PQTRANS_IDLE && PQstatus(conn) == CONNECTION_OK)
         exec_simple(conn, "ROLLBACK");
     char pg[512];
@@ -1368,7 +900,7 @@ static int batch_try(wbatch_t *b, PGconn *conn)
     return -1;
 }
 
-static void batch_run(gw_job_t *job, PGconn *conn)
+void gw__write_batch_run(gw_job_t *job, PGconn *conn)
 {
     wbatch_t *b = (wbatch_t *)job;
     if (conn == NULL) {
@@ -1376,7 +908,7 @@ static void batch_run(gw_job_t *job, PGconn *conn)
         return;
     }
     if (batch_try(b, conn) == SQL_OK) {
-        batch_results(b);
+        gw__write_batch_results(b);
         return;
     }
     /* A connection that died while idle (Postgres restarted) is only noticed on first use: try
@@ -1384,408 +916,7 @@ static void batch_run(gw_job_t *job, PGconn *conn)
      * was lost, ferry_write_log answers the ops as duplicates. */
     if (PQstatus(conn) == CONNECTION_BAD) {
         PQreset(conn);
-        if (PQstatus(conn) == CONNECTION_OK && batch_try(b, conn) == SQL_OK) batch_results(b);
-    }
-}
-
-static double elapsed_s(const struct timespec *t0)
-{
-    struct timespec t1;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
-}
-
-static void observe(double s)
-{
-    size_t i = 0;
-    while (i < HIST_N && s > HIST_LE[i])
-        i++;
-    atomic_fetch_add(&g_mod.hist[i], 1);
-    atomic_fetch_add(&g_mod.hist_sum_us, (uint_fast64_t)(s * 1e6));
-}
-
-/* Free b and everything it owns. */
-static void batch_free(wbatch_t *b)
-{
-    json_decref(b->body);
-    free(b->user);
-    free(b->jwt);
-    free(b->params);
-    gw_buf_free(&b->out);
-    free(b->ops);
-    free(b);
-}
-
-static void guard_dispose(void *p)
-{
-    req_guard_t *g = p;
-    if (g->b != NULL) g->b->req = NULL;
-}
-
-static void batch_done(gw_job_t *job)
-{
-    wbatch_t *b = (wbatch_t *)job;
-    atomic_fetch_sub(&g_mod.inflight, 1);
-    double s = elapsed_s(&b->started);
-    observe(s);
-    if (b->http_status == 200) {
-        atomic_fetch_add(&g_mod.batches_ok, 1);
-        for (int i = 0; i < ST_N; i++)
-            atomic_fetch_add(&g_mod.ops[i], (uint_fast64_t)b->counts[i]);
-    } else {
-        atomic_fetch_add(&g_mod.batches_unavail, 1);
-    }
-    char user[300], client[300];
-    gw_info("write", "batch",
-            "user=%s client=%s status=%d ops=%zu applied=%d duplicate=%d "
-            "rejected=%d stale=%d path=%s duration_ms=%.2f",
-            gw_log_qs(b->user, user, sizeof(user)), gw_log_qs(b->client_id, client, sizeof(client)),
-            b->http_status, b->nops, b->counts[ST_APPLIED], b->counts[ST_DUPLICATE],
-            b->counts[ST_REJECTED], b->counts[ST_STALE],
-            b->attempts == 1   ? "pipelined"
-            : b->attempts == 2 ? "careful"
-                               : "none",
-            s * 1e3);
-    if (gw_log_get_level() <= GW_LOG_DEBUG)
-        for (size_t i = 0; b->http_status == 200 && i < b->nops; i++)
-            if (b->ops[i].status == ST_REJECTED || b->ops[i].status == ST_STALE) {
-                char m[600];
-                gw_debug("write", "op not applied",
-                         "client=%s op_id=%lld status=%s code=%s "
-                         "message=%s",
-                         client, b->ops[i].op_id, ST_NAME[b->ops[i].status],
-                         b->ops[i].code != NULL ? b->ops[i].code : "-",
-                         gw_log_qs(b->ops[i].message, m, sizeof(m)));
-            }
-    if (b->req != NULL) {
-        b->guard->b = NULL;
-        if (b->http_status != 200)
-            h2o_add_header(&b->req->pool, &b->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
-                           H2O_STRLIT("2"));
-        gw_http_send_json(b->req, b->http_status, b->out.data, b->out.len);
-    } else {
-        gw_info("write", "client went away before the answer", "user=%s client=%s status=%d", user,
-                client, b->http_status);
-    }
-    batch_free(b);
-}
-
-/* ---- parsing (loop thread) -------------------------------------------------------------- */
-
-/* op_id: a positive integer, as a JSON number or a decimal string. */
-static int parse_op_id(json_t *v, long long *out)
-{
-    if (json_is_integer(v)) {
-        *out = (long long)json_integer_value(v);
-        return *out > 0 ? 0 : -1;
-    }
-    if (!json_is_string(v)) return -1;
-    const char *s = json_string_value(v);
-    if (s[0] == '\0' || strlen(s) > 19) return -1;
-    for (const char *p = s; *p; p++)
-        if (*p < '0' || *p > '9') return -1;
-    char *end;
-    errno = 0;
-    unsigned long long u = strtoull(s, &end, 10);
-    if (errno != 0 || u == 0 || u > (unsigned long long)INT64_MAX) return -1;
-    *out = (long long)u;
-    return 0;
-}
-
-/* Fill op from the batch entry e; a shape problem of an op with a valid op_id rejects only that
- * op (code/message set, kind 0). Returns -1 (with msg) when even op_id is unusable. */
-static int parse_op(const rules_set_t *rules, json_t *e, size_t i, wop_t *op, char *msg, size_t len)
-{
-    memset(op, 0, sizeof(*op));
-    if (!json_is_object(e)) {
-        snprintf(msg, len, "batch[%zu] is not an object", i);
-        return -1;
-    }
-    if (parse_op_id(json_object_get(e, "op_id"), &op->op_id) != 0) {
-        snprintf(msg, len, "batch[%zu].op_id must be a positive integer or a decimal string", i);
-        return -1;
-    }
-    const char *kind = json_string_value(json_object_get(e, "op"));
-    json_t *type = json_object_get(e, "type"), *id = json_object_get(e, "id");
-    json_t *data = json_object_get(e, "data");
-    if (kind != NULL && strcmp(kind, "PUT") == 0)
-        op->kind = OP_PUT;
-    else if (kind != NULL && strcmp(kind, "PATCH") == 0)
-        op->kind = OP_PATCH;
-    else if (kind != NULL && strcmp(kind, "DELETE") == 0)
-        op->kind = OP_DELETE;
-    else {
-        op_reject(op, "invalid_op", "\"op\" must be \"PUT\", \"PATCH\" or \"DELETE\"");
-        return 0;
-    }
-    if (!json_is_string(type) || json_string_length(type) == 0) {
-        op->kind = 0;
-        op_reject(op, "invalid_op", "\"type\" must be a table name");
-        return 0;
-    }
-    op->type = json_string_value(type);
-    if (json_is_string(id) && json_string_length(id) > 0 && json_string_length(id) < sizeof(op->id))
-        snprintf(op->id, sizeof(op->id), "%s", json_string_value(id));
-    else if (json_is_integer(id))
-        snprintf(op->id, sizeof(op->id), "%lld", (long long)json_integer_value(id));
-    else {
-        op->kind = 0;
-        op_reject(op, "invalid_op", "\"id\" must be a non-empty string of at most %zu bytes",
-                  sizeof(op->id) - 1);
-        return 0;
-    }
-    if (data != NULL && !json_is_null(data) && !json_is_object(data)) {
-        op->kind = 0;
-        op_reject(op, "invalid_op", "\"data\" must be an object");
-        return 0;
-    }
-    if (op->kind != OP_DELETE && json_is_object(data)) op->data = data;
-    /* the table: exact match against the compiled rules only ("schema.table" or "table") */
-    const char *dot = strchr(op->type, '.');
-    if (dot != NULL) {
-        char schema[128];
-        snprintf(schema, sizeof(schema), "%.*s", (int)(dot - op->type), op->type);
-        op->rule = rules_write_find(rules, schema, dot + 1);
-    } else {
-        op->rule = rules_write_find(rules, NULL, op->type);
-    }
-    if (op->rule == NULL) {
-        op_reject(op, "table_not_writable", "table \"%.64s\" has no write rules", op->type);
-        return 0;
-    }
-    for (size_t k = 0; k < rules_write_count(rules); k++)
-        if (rules_write_at(rules, k) == op->rule) op->rule_index = k;
-    return 0;
-}
-
-static void bad_request(h2o_req_t *req, const char *msg)
-{
-    atomic_fetch_add(&g_mod.batches_bad, 1);
-    gw_http_send_error(req, 400, "bad_request", "%s", msg);
-}
-
-static int on_write(h2o_req_t *req, void *ud)
-{
-    gw_app_t *app = ud;
-    struct timespec started;
-    clock_gettime(CLOCK_MONOTONIC, &started);
-    auth_token_t *tok;
-    if (gw_app_authenticate(app, req, &tok) != 0) return 0;
-    json_error_t jerr;
-    json_t *body = json_loadb(req->entity.base, req->entity.len, 0, &jerr);
-    char msg[512];
-    if (body == NULL || !json_is_object(body)) {
-        if (body == NULL)
-            snprintf(msg, sizeof(msg), "the body is not valid JSON: %s (line %d, column %d)",
-                     jerr.text, jerr.line, jerr.column);
-        else
-            snprintf(msg, sizeof(msg), "the body must be a JSON object");
-        json_decref(body);
-        auth_token_release(tok);
-        bad_request(req, msg);
-        return 0;
-    }
-    json_t *client = json_object_get(body, "client_id"), *batch = json_object_get(body, "batch");
-    json_t *params = json_object_get(body, "parameters");
-    const char *problem = NULL;
-    if (!json_is_string(client) || json_string_length(client) == 0)
-        problem = "\"client_id\" must be a non-empty string";
-    else if (json_string_length(client) > 200)
-        problem = "\"client_id\" is longer than 200 bytes";
-    else if (!json_is_array(batch))
-        problem = "\"batch\" must be an array of operations";
-    else if (params != NULL && !json_is_null(params) && !json_is_object(params))
-        problem = "\"parameters\" must be an object";
-    if (problem != NULL) {
-        json_decref(body);
-        auth_token_release(tok);
-        bad_request(req, problem);
-        return 0;
-    }
-    size_t n = json_array_size(batch);
-    wbatch_t *b = gw_xcalloc(1, sizeof(*b));
-    b->body = body;
-    b->ops = gw_xcalloc(n > 0 ? n : 1, sizeof(wop_t));
-    b->nops = n;
-    b->rules = gw_app_active(app)->rules;
-    for (size_t i = 0; i < n; i++) {
-        if (parse_op(b->rules, json_array_get(batch, i), i, &b->ops[i], msg, sizeof(msg)) != 0) {
-            batch_free(b);
-            auth_token_release(tok);
-            bad_request(req, msg);
-            return 0;
-        }
-    }
-    b->req = req;
-    b->started = started;
-    b->user = gw_xstrdup(tok->sub != NULL ? tok->sub : "");
-    b->jwt = json_dumps(tok->claims, JSON_COMPACT);
-    b->params = json_is_object(params) ? json_dumps(params, JSON_COMPACT) : gw_xstrdup("{}");
-    if (b->jwt == NULL || b->params == NULL) abort();
-    snprintf(b->client_id, sizeof(b->client_id), "%s", json_string_value(client));
-    auth_token_release(tok);
-    if (rules_write_count(b->rules) == 0) { /* nothing is writable: no need for Postgres */
-        for (size_t i = 0; i < n; i++)
-            b->ops[i].status = ST_REJECTED;
-        batch_results(b);
-        for (int i = 0; i < ST_N; i++)
-            atomic_fetch_add(&g_mod.ops[i], (uint_fast64_t)b->counts[i]);
-        atomic_fetch_add(&g_mod.batches_ok, 1);
-        gw_http_send_json(req, 200, b->out.data, b->out.len);
-        batch_free(b);
-        return 0;
-    }
-    if (atomic_fetch_add(&g_mod.inflight, 1) >= g_mod.max_inflight) {
-        atomic_fetch_sub(&g_mod.inflight, 1);
-        atomic_fetch_add(&g_mod.batches_unavail, 1);
-        batch_free(b);
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
-        gw_http_send_error(req, 503, "unavailable",
-                           "too many write batches in progress; nothing was applied");
-        return 0;
-    }
-    b->guard = h2o_mem_alloc_shared(&req->pool, sizeof(req_guard_t), guard_dispose);
-    b->guard->b = b;
-    b->job.run = batch_run;
-    b->job.done = batch_done;
-    gw_workers_submit(app->workers, req->conn->ctx, &b->job);
-    return 0;
-}
-
-/* ---- start-up: ferry's tables, statements, readiness ------------------------------------ */
-
-static gw_job_t g_startup;
-
-/* Wait up to secs unless shutdown begins; returns 1 when stopping. */
-static int wait_or_stop(int secs)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += secs;
-    pthread_mutex_lock(&g_mod.lock);
-    while (!g_mod.stopping)
-        if (pthread_cond_timedwait(&g_mod.cond, &g_mod.lock, &until) != 0) break;
-    int stop = g_mod.stopping;
-    pthread_mutex_unlock(&g_mod.lock);
-    return stop;
-}
-
-static void startup_run(gw_job_t *job, PGconn *conn)
-{
-    gw_err_t err;
-    gw_err_clear(&err);
-    int rc = conn == NULL ? gw_err_set(&err, GW_EUNAVAIL, NULL, "postgres is not reachable")
-                          : prepare_conn(conn, gw_app_active(g_mod.app)->rules, &err);
-    if (rc == 0) {
-        gw_ready_set(g_mod.ready_id, 1, NULL);
-        int self = 0;
-        for (size_t i = 0; i < 256; i++)
-            self += tl_conn.self_cko[i] + tl_conn.self_chk[i];
-        gw_info("write", "write rules prepared",
-                "tables=%zu constraints=%zu self_reading_checks=%d",
-                rules_write_count(gw_app_active(g_mod.app)->rules),
-                rules_constraint_count(gw_app_active(g_mod.app)->rules), self);
-        job->ud = NULL;
-        return;
-    }
-    char msg[1024], q[1100];
-    gw_err_format(&err, msg, sizeof(msg));
-    gw_ready_set(g_mod.ready_id, 0, msg);
-    if (strcmp(msg, g_mod.last_problem) != 0) { /* log a problem once, not every retry */
-        snprintf(g_mod.last_problem, sizeof(g_mod.last_problem), "%s", msg);
-        if (rc == GW_EUNAVAIL)
-            gw_warn("write", "write rules not prepared yet", "error=%s",
-                    gw_log_qs(msg, q, sizeof(q)));
-        else
-            gw_error("write", "write rules not prepared", "error=%s detail=%s",
-                     gw_log_qs(msg, q, sizeof(q)),
-                     gw_log_qs(err.detail[0] != '\0' ? err.detail : "retrying every 5 s",
-                               (char[600]){0}, 600));
-    }
-    job->ud = wait_or_stop(rc == GW_EUNAVAIL ? 1 : 5) ? NULL : job;
-}
-
-static void startup_done(gw_job_t *job)
-{
-    if (job->ud == NULL) return;
-    pthread_mutex_lock(&g_mod.lock);
-    int stop = g_mod.stopping;
-    pthread_mutex_unlock(&g_mod.lock);
-    if (!stop) gw_workers_submit(g_mod.app->workers, gw_http_context(g_mod.app->http, 0), job);
-}
-
-static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
-{
-    (void)ud;
-    if (index != 0) return;
-    memset(&g_startup, 0, sizeof(g_startup));
-    g_startup.run = startup_run;
-    g_startup.done = startup_done;
-    gw_workers_submit(g_mod.app->workers, ctx, &g_startup);
-}
-
-static void on_shutdown(h2o_context_t *ctx, size_t index, void *ud)
-{
-    (void)ctx;
-    (void)index;
-    (void)ud;
-    pthread_mutex_lock(&g_mod.lock);
-    g_mod.stopping = 1;
-    pthread_cond_broadcast(&g_mod.cond);
-    pthread_mutex_unlock(&g_mod.lock);
-}
-
-/* ---- metrics ---------------------------------------------------------------------------- */
-
-static void collect(gw_buf_t *out, void *ud)
-{
-    (void)ud;
-    gw_buf_puts(out, "# HELP ferry_write_batches_total Write-back batches by HTTP status.\n"
-                     "# TYPE ferry_write_batches_total counter\n");
-    gw_buf_printf(out, "ferry_write_batches_total{status=\"200\"} %llu\n",
-                  (unsigned long long)atomic_load(&g_mod.batches_ok));
-    gw_buf_printf(out, "ferry_write_batches_total{status=\"400\"} %llu\n",
-                  (unsigned long long)atomic_load(&g_mod.batches_bad));
-    gw_buf_printf(out, "ferry_write_batches_total{status=\"503\"} %llu\n",
-                  (unsigned long long)atomic_load(&g_mod.batches_unavail));
-    gw_buf_puts(out, "# HELP ferry_write_ops_total Write-back ops by result.\n"
-                     "# TYPE ferry_write_ops_total counter\n");
-    for (int i = 0; i < ST_N; i++)
-        gw_buf_printf(out, "ferry_write_ops_total{status=\"%s\"} %llu\n", ST_NAME[i],
-                      (unsigned long long)atomic_load(&g_mod.ops[i]));
-    gw_buf_puts(out, "# HELP ferry_write_violations_total Constraint violations recorded.\n"
-                     "# TYPE ferry_write_violations_total counter\n");
-    gw_buf_printf(out, "ferry_write_violations_total %llu\n",
-                  (unsigned long long)atomic_load(&g_mod.violations));
-    gw_buf_puts(out, "# HELP ferry_write_batch_duration_seconds Time from request to response "
-                     "of a write-back batch.\n"
-                     "# TYPE ferry_write_batch_duration_seconds histogram\n");
-    unsigned long long cum = 0;
-    for (int i = 0; i <= HIST_N; i++) {
-        cum += (unsigned long long)atomic_load(&g_mod.hist[i]);
-        if (i < HIST_N)
-            gw_buf_printf(out, "ferry_write_batch_duration_seconds_bucket{le=\"%g\"} %llu\n",
-                          HIST_LE[i], cum);
-        else
-            gw_buf_printf(out, "ferry_write_batch_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
-                          cum);
-    }
-    gw_buf_printf(out, "ferry_write_batch_duration_seconds_sum %.6f\n",
-                  (double)atomic_load(&g_mod.hist_sum_us) / 1e6);
-    gw_buf_printf(out, "ferry_write_batch_duration_seconds_count %llu\n", cum);
-}
-
-void gw_write_register(gw_app_t *app)
-{
-    g_mod.app = app;
-    size_t pool = app->cfg->postgres.pool_size > 0 ? (size_t)app->cfg->postgres.pool_size : 1;
-    g_mod.max_inflight = pool * 16 > 64 ? pool * 16 : 64;
-    gw_http_route(app->http, "/api/write", "write", GW_HTTP_POST, on_write, app);
-    gw_metrics_add_collector(collect, NULL);
-    if (rules_write_count(gw_app_active(app)->rules) > 0) {
-        g_mod.ready_id =
-            gw_ready_register("write rules", "write rules not yet prepared in postgres");
-        gw_http_on_thread_start(app->http, on_thread_start, NULL);
-        gw_http_on_shutdown(app->http, on_shutdown, NULL);
+        if (PQstatus(conn) == CONNECTION_OK && batch_try(b, conn) == SQL_OK)
+            gw__write_batch_results(b);
     }
 }

@@ -1,0 +1,444 @@
+/* gw_write.c -- write-back: POST /api/write applies a client's queued writes to Postgres
+ *
+ * The body is the PowerSync CRUD batch: {"client_id":…,"batch":[{"op_id","op","type","id",
+ * "data"},…]}. The loop thread authenticates, parses and checks the shape (400 when it is not a
+ * batch), then hands the batch to a worker (gw_worker.h); the worker applies it in one Postgres
+ * transaction and builds the per-op results; done() answers on the loop thread.
+ *
+ * (gw_write_batch.c applies a batch: its machine is drawn there; gw_write_stmt.c prepares the
+ * statements each worker connection needs.)
+ *
+ * Limits: at most max_inflight batches queued or running (16 per worker connection, at least
+ * 64); past that the route answers 503 with Retry-After.
+ *
+ * Start-up: statements are prepared once per worker connection (gw__write_prepare_conn;
+ * per-thread state, since a worker owns its connection). A start-up job does the same on the first
+ * worker connection, creates ferry's own tables when missing, and holds the readiness condition
+ * "write rules" until every write-rule statement was accepted by Postgres; a rejected one is
+ * reported with its position in the rules file.
+ */
+#include "api/gw_write_int.h"
+#include "base/gw_log.h"
+#include "base/gw_metrics.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- module state ---------------------------------------------------------------------- */
+
+static const double HIST_LE[HIST_N] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                       0.25,  0.5,    1,     2.5,  5,     10};
+
+const char *const gw__write_status_names[ST_N] = {"applied", "duplicate", "rejected", "stale"};
+
+write_mod_t gw__write_mod = {
+    .ready_id = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static double elapsed_s(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+static void observe(double s)
+{
+    size_t i = 0;
+    while (i < HIST_N && s > HIST_LE[i])
+        i++;
+    atomic_fetch_add(&gw__write_mod.hist[i], 1);
+    atomic_fetch_add(&gw__write_mod.hist_sum_us, (uint_fast64_t)(s * 1e6));
+}
+
+/* Free b and everything it owns. */
+static void batch_free(wbatch_t *b)
+{
+    json_decref(b->body);
+    free(b->user);
+    free(b->jwt);
+    free(b->params);
+    gw_buf_free(&b->out);
+    free(b->ops);
+    free(b);
+}
+
+static void guard_dispose(void *p)
+{
+    req_guard_t *g = p;
+    if (g->b != NULL) g->b->req = NULL;
+}
+
+static void batch_done(gw_job_t *job)
+{
+    wbatch_t *b = (wbatch_t *)job;
+    atomic_fetch_sub(&gw__write_mod.inflight, 1);
+    double s = elapsed_s(&b->started);
+    observe(s);
+    if (b->http_status == 200) {
+        atomic_fetch_add(&gw__write_mod.batches_ok, 1);
+        for (int i = 0; i < ST_N; i++)
+            atomic_fetch_add(&gw__write_mod.ops[i], (uint_fast64_t)b->counts[i]);
+    } else {
+        atomic_fetch_add(&gw__write_mod.batches_unavail, 1);
+    }
+    char user[300], client[300];
+    gw_info("write", "batch",
+            "user=%s client=%s status=%d ops=%zu applied=%d duplicate=%d "
+            "rejected=%d stale=%d path=%s duration_ms=%.2f",
+            gw_log_qs(b->user, user, sizeof(user)), gw_log_qs(b->client_id, client, sizeof(client)),
+            b->http_status, b->nops, b->counts[ST_APPLIED], b->counts[ST_DUPLICATE],
+            b->counts[ST_REJECTED], b->counts[ST_STALE],
+            b->attempts == 1   ? "pipelined"
+            : b->attempts == 2 ? "careful"
+                               : "none",
+            s * 1e3);
+    if (gw_log_get_level() <= GW_LOG_DEBUG)
+        for (size_t i = 0; b->http_status == 200 && i < b->nops; i++)
+            if (b->ops[i].status == ST_REJECTED || b->ops[i].status == ST_STALE) {
+                char m[600];
+                gw_debug("write", "op not applied",
+                         "client=%s op_id=%lld status=%s code=%s "
+                         "message=%s",
+                         client, b->ops[i].op_id, gw__write_status_names[b->ops[i].status],
+                         b->ops[i].code != NULL ? b->ops[i].code : "-",
+                         gw_log_qs(b->ops[i].message, m, sizeof(m)));
+            }
+    if (b->req != NULL) {
+        b->guard->b = NULL;
+        if (b->http_status != 200)
+            h2o_add_header(&b->req->pool, &b->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
+                           H2O_STRLIT("2"));
+        gw_http_send_json(b->req, b->http_status, b->out.data, b->out.len);
+    } else {
+        gw_info("write", "client went away before the answer", "user=%s client=%s status=%d", user,
+                client, b->http_status);
+    }
+    batch_free(b);
+}
+
+/* ---- parsing (loop thread) -------------------------------------------------------------- */
+
+/* op_id: a positive integer, as a JSON number or a decimal string. */
+static int parse_op_id(json_t *v, long long *out)
+{
+    if (json_is_integer(v)) {
+        *out = (long long)json_integer_value(v);
+        return *out > 0 ? 0 : -1;
+    }
+    if (!json_is_string(v)) return -1;
+    const char *s = json_string_value(v);
+    if (s[0] == '\0' || strlen(s) > 19) return -1;
+    for (const char *p = s; *p; p++)
+        if (*p < '0' || *p > '9') return -1;
+    char *end;
+    errno = 0;
+    unsigned long long u = strtoull(s, &end, 10);
+    if (errno != 0 || u == 0 || u > (unsigned long long)INT64_MAX) return -1;
+    *out = (long long)u;
+    return 0;
+}
+
+/* Fill op from the batch entry e; a shape problem of an op with a valid op_id rejects only that
+ * op (code/message set, kind 0). Returns -1 (with msg) when even op_id is unusable. */
+static int parse_op(const rules_set_t *rules, json_t *e, size_t i, wop_t *op, char *msg, size_t len)
+{
+    memset(op, 0, sizeof(*op));
+    if (!json_is_object(e)) {
+        snprintf(msg, len, "batch[%zu] is not an object", i);
+        return -1;
+    }
+    if (parse_op_id(json_object_get(e, "op_id"), &op->op_id) != 0) {
+        snprintf(msg, len, "batch[%zu].op_id must be a positive integer or a decimal string", i);
+        return -1;
+    }
+    const char *kind = json_string_value(json_object_get(e, "op"));
+    json_t *type = json_object_get(e, "type"), *id = json_object_get(e, "id");
+    json_t *data = json_object_get(e, "data");
+    if (kind != NULL && strcmp(kind, "PUT") == 0)
+        op->kind = OP_PUT;
+    else if (kind != NULL && strcmp(kind, "PATCH") == 0)
+        op->kind = OP_PATCH;
+    else if (kind != NULL && strcmp(kind, "DELETE") == 0)
+        op->kind = OP_DELETE;
+    else {
+        gw__write_op_reject(op, "invalid_op", "\"op\" must be \"PUT\", \"PATCH\" or \"DELETE\"");
+        return 0;
+    }
+    if (!json_is_string(type) || json_string_length(type) == 0) {
+        op->kind = 0;
+        gw__write_op_reject(op, "invalid_op", "\"type\" must be a table name");
+        return 0;
+    }
+    op->type = json_string_value(type);
+    if (json_is_string(id) && json_string_length(id) > 0 && json_string_length(id) < sizeof(op->id))
+        snprintf(op->id, sizeof(op->id), "%s", json_string_value(id));
+    else if (json_is_integer(id))
+        snprintf(op->id, sizeof(op->id), "%lld", (long long)json_integer_value(id));
+    else {
+        op->kind = 0;
+        gw__write_op_reject(op, "invalid_op",
+                            "\"id\" must be a non-empty string of at most %zu bytes",
+                            sizeof(op->id) - 1);
+        return 0;
+    }
+    if (data != NULL && !json_is_null(data) && !json_is_object(data)) {
+        op->kind = 0;
+        gw__write_op_reject(op, "invalid_op", "\"data\" must be an object");
+        return 0;
+    }
+    if (op->kind != OP_DELETE && json_is_object(data)) op->data = data;
+    /* the table: exact match against the compiled rules only ("schema.table" or "table") */
+    const char *dot = strchr(op->type, '.');
+    if (dot != NULL) {
+        char schema[128];
+        snprintf(schema, sizeof(schema), "%.*s", (int)(dot - op->type), op->type);
+        op->rule = rules_write_find(rules, schema, dot + 1);
+    } else {
+        op->rule = rules_write_find(rules, NULL, op->type);
+    }
+    if (op->rule == NULL) {
+        gw__write_op_reject(op, "table_not_writable", "table \"%.64s\" has no write rules",
+                            op->type);
+        return 0;
+    }
+    for (size_t k = 0; k < rules_write_count(rules); k++)
+        if (rules_write_at(rules, k) == op->rule) op->rule_index = k;
+    return 0;
+}
+
+static void bad_request(h2o_req_t *req, const char *msg)
+{
+    atomic_fetch_add(&gw__write_mod.batches_bad, 1);
+    gw_http_send_error(req, 400, "bad_request", "%s", msg);
+}
+
+static int on_write(h2o_req_t *req, void *ud)
+{
+    gw_app_t *app = ud;
+    struct timespec started;
+    clock_gettime(CLOCK_MONOTONIC, &started);
+    auth_token_t *tok;
+    if (gw_app_authenticate(app, req, &tok) != 0) return 0;
+    json_error_t jerr;
+    json_t *body = json_loadb(req->entity.base, req->entity.len, 0, &jerr);
+    char msg[512];
+    if (body == NULL || !json_is_object(body)) {
+        if (body == NULL)
+            snprintf(msg, sizeof(msg), "the body is not valid JSON: %s (line %d, column %d)",
+                     jerr.text, jerr.line, jerr.column);
+        else
+            snprintf(msg, sizeof(msg), "the body must be a JSON object");
+        json_decref(body);
+        auth_token_release(tok);
+        bad_request(req, msg);
+        return 0;
+    }
+    json_t *client = json_object_get(body, "client_id"), *batch = json_object_get(body, "batch");
+    json_t *params = json_object_get(body, "parameters");
+    const char *problem = NULL;
+    if (!json_is_string(client) || json_string_length(client) == 0)
+        problem = "\"client_id\" must be a non-empty string";
+    else if (json_string_length(client) > 200)
+        problem = "\"client_id\" is longer than 200 bytes";
+    else if (!json_is_array(batch))
+        problem = "\"batch\" must be an array of operations";
+    else if (params != NULL && !json_is_null(params) && !json_is_object(params))
+        problem = "\"parameters\" must be an object";
+    if (problem != NULL) {
+        json_decref(body);
+        auth_token_release(tok);
+        bad_request(req, problem);
+        return 0;
+    }
+    size_t n = json_array_size(batch);
+    wbatch_t *b = gw_xcalloc(1, sizeof(*b));
+    b->body = body;
+    b->ops = gw_xcalloc(n > 0 ? n : 1, sizeof(wop_t));
+    b->nops = n;
+    b->rules = gw_app_active(app)->rules;
+    for (size_t i = 0; i < n; i++) {
+        if (parse_op(b->rules, json_array_get(batch, i), i, &b->ops[i], msg, sizeof(msg)) != 0) {
+            batch_free(b);
+            auth_token_release(tok);
+            bad_request(req, msg);
+            return 0;
+        }
+    }
+    b->req = req;
+    b->started = started;
+    b->user = gw_xstrdup(tok->sub != NULL ? tok->sub : "");
+    b->jwt = json_dumps(tok->claims, JSON_COMPACT);
+    b->params = json_is_object(params) ? json_dumps(params, JSON_COMPACT) : gw_xstrdup("{}");
+    if (b->jwt == NULL || b->params == NULL) abort();
+    snprintf(b->client_id, sizeof(b->client_id), "%s", json_string_value(client));
+    auth_token_release(tok);
+    if (rules_write_count(b->rules) == 0) { /* nothing is writable: no need for Postgres */
+        for (size_t i = 0; i < n; i++)
+            b->ops[i].status = ST_REJECTED;
+        gw__write_batch_results(b);
+        for (int i = 0; i < ST_N; i++)
+            atomic_fetch_add(&gw__write_mod.ops[i], (uint_fast64_t)b->counts[i]);
+        atomic_fetch_add(&gw__write_mod.batches_ok, 1);
+        gw_http_send_json(req, 200, b->out.data, b->out.len);
+        batch_free(b);
+        return 0;
+    }
+    if (atomic_fetch_add(&gw__write_mod.inflight, 1) >= gw__write_mod.max_inflight) {
+        atomic_fetch_sub(&gw__write_mod.inflight, 1);
+        atomic_fetch_add(&gw__write_mod.batches_unavail, 1);
+        batch_free(b);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
+        gw_http_send_error(req, 503, "unavailable",
+                           "too many write batches in progress; nothing was applied");
+        return 0;
+    }
+    b->guard = h2o_mem_alloc_shared(&req->pool, sizeof(req_guard_t), guard_dispose);
+    b->guard->b = b;
+    b->job.run = gw__write_batch_run;
+    b->job.done = batch_done;
+    gw_workers_submit(app->workers, req->conn->ctx, &b->job);
+    return 0;
+}
+
+/* ---- start-up: ferry's tables, statements, readiness ------------------------------------ */
+
+static gw_job_t g_startup;
+
+/* Wait up to secs unless shutdown begins; returns 1 when stopping. */
+static int wait_or_stop(int secs)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += secs;
+    pthread_mutex_lock(&gw__write_mod.lock);
+    while (!gw__write_mod.stopping)
+        if (pthread_cond_timedwait(&gw__write_mod.cond, &gw__write_mod.lock, &until) != 0) break;
+    int stop = gw__write_mod.stopping;
+    pthread_mutex_unlock(&gw__write_mod.lock);
+    return stop;
+}
+
+static void startup_run(gw_job_t *job, PGconn *conn)
+{
+    gw_err_t err;
+    gw_err_clear(&err);
+    int rc = conn == NULL
+                 ? gw_err_set(&err, GW_EUNAVAIL, NULL, "postgres is not reachable")
+                 : gw__write_prepare_conn(conn, gw_app_active(gw__write_mod.app)->rules, &err);
+    if (rc == 0) {
+        gw_ready_set(gw__write_mod.ready_id, 1, NULL);
+        int self = 0;
+        for (size_t i = 0; i < 256; i++)
+            self += gw__write_conn.self_cko[i] + gw__write_conn.self_chk[i];
+        gw_info("write", "write rules prepared",
+                "tables=%zu constraints=%zu self_reading_checks=%d",
+                rules_write_count(gw_app_active(gw__write_mod.app)->rules),
+                rules_constraint_count(gw_app_active(gw__write_mod.app)->rules), self);
+        job->ud = NULL;
+        return;
+    }
+    char msg[1024], q[1100];
+    gw_err_format(&err, msg, sizeof(msg));
+    gw_ready_set(gw__write_mod.ready_id, 0, msg);
+    if (strcmp(msg, gw__write_mod.last_problem) != 0) { /* log a problem once, not every retry */
+        snprintf(gw__write_mod.last_problem, sizeof(gw__write_mod.last_problem), "%s", msg);
+        if (rc == GW_EUNAVAIL)
+            gw_warn("write", "write rules not prepared yet", "error=%s",
+                    gw_log_qs(msg, q, sizeof(q)));
+        else
+            gw_error("write", "write rules not prepared", "error=%s detail=%s",
+                     gw_log_qs(msg, q, sizeof(q)),
+                     gw_log_qs(err.detail[0] != '\0' ? err.detail : "retrying every 5 s",
+                               (char[600]){0}, 600));
+    }
+    job->ud = wait_or_stop(rc == GW_EUNAVAIL ? 1 : 5) ? NULL : job;
+}
+
+static void startup_done(gw_job_t *job)
+{
+    if (job->ud == NULL) return;
+    pthread_mutex_lock(&gw__write_mod.lock);
+    int stop = gw__write_mod.stopping;
+    pthread_mutex_unlock(&gw__write_mod.lock);
+    if (!stop)
+        gw_workers_submit(gw__write_mod.app->workers, gw_http_context(gw__write_mod.app->http, 0),
+                          job);
+}
+
+static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
+{
+    (void)ud;
+    if (index != 0) return;
+    memset(&g_startup, 0, sizeof(g_startup));
+    g_startup.run = startup_run;
+    g_startup.done = startup_done;
+    gw_workers_submit(gw__write_mod.app->workers, ctx, &g_startup);
+}
+
+static void on_shutdown(h2o_context_t *ctx, size_t index, void *ud)
+{
+    (void)ctx;
+    (void)index;
+    (void)ud;
+    pthread_mutex_lock(&gw__write_mod.lock);
+    gw__write_mod.stopping = 1;
+    pthread_cond_broadcast(&gw__write_mod.cond);
+    pthread_mutex_unlock(&gw__write_mod.lock);
+}
+
+/* ---- metrics ---------------------------------------------------------------------------- */
+
+static void collect(gw_buf_t *out, void *ud)
+{
+    (void)ud;
+    gw_buf_puts(out, "# HELP ferry_write_batches_total Write-back batches by HTTP status.\n"
+                     "# TYPE ferry_write_batches_total counter\n");
+    gw_buf_printf(out, "ferry_write_batches_total{status=\"200\"} %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.batches_ok));
+    gw_buf_printf(out, "ferry_write_batches_total{status=\"400\"} %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.batches_bad));
+    gw_buf_printf(out, "ferry_write_batches_total{status=\"503\"} %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.batches_unavail));
+    gw_buf_puts(out, "# HELP ferry_write_ops_total Write-back ops by result.\n"
+                     "# TYPE ferry_write_ops_total counter\n");
+    for (int i = 0; i < ST_N; i++)
+        gw_buf_printf(out, "ferry_write_ops_total{status=\"%s\"} %llu\n", gw__write_status_names[i],
+                      (unsigned long long)atomic_load(&gw__write_mod.ops[i]));
+    gw_buf_puts(out, "# HELP ferry_write_violations_total Constraint violations recorded.\n"
+                     "# TYPE ferry_write_violations_total counter\n");
+    gw_buf_printf(out, "ferry_write_violations_total %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.violations));
+    gw_buf_puts(out, "# HELP ferry_write_batch_duration_seconds Time from request to response "
+                     "of a write-back batch.\n"
+                     "# TYPE ferry_write_batch_duration_seconds histogram\n");
+    unsigned long long cum = 0;
+    for (int i = 0; i <= HIST_N; i++) {
+        cum += (unsigned long long)atomic_load(&gw__write_mod.hist[i]);
+        if (i < HIST_N)
+            gw_buf_printf(out, "ferry_write_batch_duration_seconds_bucket{le=\"%g\"} %llu\n",
+                          HIST_LE[i], cum);
+        else
+            gw_buf_printf(out, "ferry_write_batch_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+                          cum);
+    }
+    gw_buf_printf(out, "ferry_write_batch_duration_seconds_sum %.6f\n",
+                  (double)atomic_load(&gw__write_mod.hist_sum_us) / 1e6);
+    gw_buf_printf(out, "ferry_write_batch_duration_seconds_count %llu\n", cum);
+}
+
+void gw_write_register(gw_app_t *app)
+{
+    gw__write_mod.app = app;
+    size_t pool = app->cfg->postgres.pool_size > 0 ? (size_t)app->cfg->postgres.pool_size : 1;
+    gw__write_mod.max_inflight = pool * 16 > 64 ? pool * 16 : 64;
+    gw_http_route(app->http, "/api/write", "write", GW_HTTP_POST, on_write, app);
+    gw_metrics_add_collector(collect, NULL);
+    if (rules_write_count(gw_app_active(app)->rules) > 0) {
+        gw__write_mod.ready_id =
+            gw_ready_register("write rules", "write rules not yet prepared in postgres");
+        gw_http_on_thread_start(app->http, on_thread_start, NULL);
+        gw_http_on_shutdown(app->http, on_shutdown, NULL);
+    }
+}

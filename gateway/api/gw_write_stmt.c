@@ -1,0 +1,383 @@
+/* gw_write_stmt.c -- write-back's statements, prepared per worker connection, and ferry's tables
+ *
+ * Statements are prepared once per worker connection (gw__write_prepare_conn; per-thread state,
+ * since a worker owns its connection). A start-up job (gw_write.c) does the same on the first
+ * worker connection,
+ * creates ferry's own tables when missing, and holds the readiness condition "write rules" until
+ * every write-rule statement was accepted by Postgres; a rejected one is reported with its
+ * position in the rules file.
+ *
+ * SQL text here comes only from the compiled write rules and from names in them, quoted with
+ * PQescapeIdentifier (invariant 1 of gw_write_batch.c); values are always bound parameters.
+ */
+#include "api/gw_write_int.h"
+#include "base/gw_log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- ferry's own tables ---------------------------------------------------------------- */
+
+/* ---- ferry's own tables ---------------------------------------------------------------- */
+
+/* Keep in step with deploy/postgres/setup.sql. */
+static const char SETUP_SQL[] =
+    "CREATE TABLE IF NOT EXISTS ferry_write_log ("
+    " user_id text NOT NULL,"
+    " client_id text NOT NULL,"
+    " last_op_id bigint NOT NULL DEFAULT 0,"
+    " updated_at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (user_id, client_id));"
+    "CREATE TABLE IF NOT EXISTS ferry_violations ("
+    " id text PRIMARY KEY DEFAULT gen_random_uuid()::text,"
+    " constraint_name text NOT NULL,"
+    " table_name text NOT NULL,"
+    " row_id text NOT NULL,"
+    " user_id text NOT NULL,"
+    " conflicting_ids jsonb NOT NULL DEFAULT '[]',"
+    " message text NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id)";
+
+static const char LOG_GET_SQL[] =
+    "INSERT INTO ferry_write_log AS w (user_id, client_id, last_op_id) VALUES ($1, $2, 0) "
+    "ON CONFLICT (user_id, client_id) DO UPDATE SET last_op_id = w.last_op_id "
+    "RETURNING last_op_id";
+
+static const char LOG_SET_SQL[] = "UPDATE ferry_write_log SET last_op_id = $3, updated_at = now() "
+                                  "WHERE user_id = $1 AND client_id = $2";
+
+static const char VIOLATION_SQL[] =
+    "INSERT INTO ferry_violations (constraint_name, table_name, row_id, user_id, "
+    "conflicting_ids, message) VALUES ($1, $2, $3, $4, $5::jsonb, $6)";
+
+/* ---- per-connection statements (worker threads) ----------------------------------------- */
+
+__thread conn_state_t gw__write_conn;
+
+static const char *rule_file(void)
+{
+    return gw__write_mod.app->cfg->sync_rules.path;
+}
+
+/* "schema.table", or "table" in schema public, into buf. */
+const char *gw__write_table_label(const rules_write_rule_t *r, char *buf, size_t len)
+{
+    if (strcmp(r->schema, "public") == 0)
+        snprintf(buf, len, "%s", r->table);
+    else
+        snprintf(buf, len, "%s.%s", r->schema, r->table);
+    return buf;
+}
+
+/* Quoted "schema"."table" of r, malloc'd (the caller frees). */
+char *gw__write_qualified(PGconn *conn, const rules_write_rule_t *r)
+{
+    char *s = gw_pg_ident(conn, r->schema), *t = gw_pg_ident(conn, r->table);
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_printf(&b, "%s.%s", s, t);
+    free(s);
+    free(t);
+    gw_buf_append(&b, "", 1);
+    return b.data;
+}
+
+static int prepare(PGconn *conn, const char *name, const char *sql, char *msg, size_t len)
+{
+    PGresult *res = PQprepare(conn, name, sql, 0, NULL);
+    int ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok) {
+        const char *m = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+        char buf[512];
+        if (m == NULL || m[0] == '\0') m = gw_pg_error(conn, buf, sizeof(buf));
+        snprintf(msg, len, "%s", m);
+        size_t n = strlen(msg);
+        while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+            msg[--n] = '\0';
+    }
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/*
+ * The constraint query in a form that returns the conflicting ids as a JSON array (NULL when
+ * none): the rules library compiles `SELECT EXISTS (<query>)[ FROM jsonb_populate_record(…) AS
+ * "new"]`; the first column of <query>'s rows is the conflicting id. NULL when the text does not
+ * have that shape (then only the boolean form is used). Malloc'd; the caller frees.
+ */
+static char *constraint_ids_sql(const char *sql)
+{
+    static const char head[] = "SELECT EXISTS (";
+    static const char from[] = ") FROM jsonb_populate_record(NULL::";
+    size_t n = strlen(sql);
+    if (strncmp(sql, head, sizeof(head) - 1) != 0) return NULL;
+    const char *body = sql + sizeof(head) - 1, *end = NULL;
+    static const char tail[] = "AS \"new\"";
+    if (n > sizeof(tail) && strcmp(sql + n - (sizeof(tail) - 1), tail) == 0) {
+        for (const char *p = strstr(body, from); p != NULL; p = strstr(p + 1, from))
+            end = p;
+    } else if (n > 0 && sql[n - 1] == ')') {
+        end = sql + n - 1;
+    }
+    if (end == NULL || end < body) return NULL;
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_printf(&b,
+                  "SELECT (SELECT json_agg((SELECT e.value FROM json_each(row_to_json(q)) e "
+                  "LIMIT 1))::text FROM (%.*s) AS q)%s",
+                  (int)(end - body), body, end + 1);
+    gw_buf_append(&b, "", 1);
+    return b.data;
+}
+
+/*
+ * check / check_old in a form that reads the row itself instead of taking it as a bound value,
+ * for the pipelined path (no wait for the SELECT before sending the check). The rules library
+ * compiles `… FROM jsonb_populate_record(NULL::<table>, $p::jsonb) AS "old"` (or "new"); the
+ * bound row becomes COALESCE($p::jsonb, <the stored row, or the data merged over it>) with $p
+ * sent as NULL, the id as $(nbinds+1) and, for "new", the data as $(nbinds+2). The expression
+ * is evaluated over exactly the row that would have been bound. NULL when the text does not end
+ * that way. Malloc'd; the caller frees.
+ */
+static char *self_reading_sql(const char *sql, const char *alias, const char *qt, int nbinds)
+{
+    char tail[32];
+    snprintf(tail, sizeof(tail), "::jsonb) AS \"%s\"", alias);
+    size_t n = strlen(sql), tl = strlen(tail);
+    if (n < tl + 4 || strcmp(sql + n - tl, tail) != 0) return NULL;
+    const char *p = sql + n - tl; /* just past the digits of $p */
+    const char *d = p;
+    while (d > sql && d[-1] >= '0' && d[-1] <= '9')
+        d--;
+    if (d == p || d - sql < 3 || d[-1] != '$' || d[-2] != ' ' || d[-3] != ',') return NULL;
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_printf(&b,
+                  "%.*sCOALESCE(%.*s::jsonb, (SELECT to_jsonb(%s) FROM %s AS x%s WHERE "
+                  "x.\"id\" = $%d))) AS \"%s\"",
+                  (int)(d - 1 - sql), sql, (int)(p - d + 1), d - 1, alias[0] == 'o' ? "x" : "r", qt,
+                  alias[0] == 'o' ? "" : ", LATERAL jsonb_populate_record(x, $DATA::jsonb) AS r",
+                  nbinds + 1, alias);
+    gw_buf_append(&b, "", 1);
+    char *out = b.data;
+    char *m = strstr(out, "$DATA");
+    if (m != NULL) { /* the data parameter's number, in place of the marker */
+        char num[16];
+        int k = snprintf(num, sizeof(num), "$%d", nbinds + 2);
+        gw_buf_t o = GW_BUF_INIT;
+        gw_buf_printf(&o, "%.*s%.*s%s", (int)(m - out), out, k, num, m + 5);
+        gw_buf_append(&o, "", 1);
+        free(out);
+        out = o.data;
+    }
+    return out;
+}
+
+/* The position of a write rule in the rules file, for messages: its check, else its check_old. */
+static void rule_pos(const rules_write_rule_t *r, int *line, int *col)
+{
+    const rules_pg_stmt_t *s = r->check.sql != NULL ? &r->check : &r->check_old;
+    *line = s->sql != NULL ? s->line : 0;
+    *col = s->sql != NULL ? s->col : 0;
+}
+
+static void set_rule_err(gw_err_t *err, int line, int col, const char *fmt, const char *what,
+                         const char *pgmsg)
+{
+    char where[300];
+    if (line > 0)
+        snprintf(where, sizeof(where), "%s:%d:%d", rule_file(), line, col);
+    else
+        snprintf(where, sizeof(where), "%s", rule_file());
+    gw_err_set(err, GW_ERULES, where, fmt, what, pgmsg);
+}
+
+/* Create ferry's tables when missing (once per process; serialized). */
+static int ensure_tables(PGconn *conn, gw_err_t *err)
+{
+    pthread_mutex_lock(&gw__write_mod.lock);
+    int done = gw__write_mod.tables_done;
+    pthread_mutex_unlock(&gw__write_mod.lock);
+    if (done) return 0;
+    gw_err_t e;
+    if (gw_pg_exec(conn, SETUP_SQL, &e) != 0) {
+        /* two first-time creators can race on the catalog; the loser retries once */
+        if (gw_pg_exec(conn, SETUP_SQL, &e) != 0) {
+            gw_err_set(err, GW_EPG, "postgres",
+                       "could not create ferry's tables (ferry_write_log, ferry_violations): %s",
+                       e.message);
+            gw_err_detail(err, "Run deploy/postgres/setup.sql as an owner of the database.");
+            return GW_EPG;
+        }
+    }
+    pthread_mutex_lock(&gw__write_mod.lock);
+    gw__write_mod.tables_done = 1;
+    pthread_mutex_unlock(&gw__write_mod.lock);
+    return 0;
+}
+
+/*
+ * Make sure conn has every write statement prepared (per-thread state). Returns 0; GW_EPG when
+ * Postgres failed (connection, ferry's tables); GW_ERULES when Postgres rejected a statement
+ * built from the rules (err->where is the rules file position).
+ */
+int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
+{
+    conn_state_t *cs = &gw__write_conn;
+    if (cs->conn == conn && cs->pid == PQbackendPID(conn) && cs->prepared && cs->rules == set)
+        return 0;
+    memset(cs, 0, sizeof(*cs));
+    gw_err_t e;
+    /* a 200 lets the client drop its queue: the commit must be durable before we answer, even
+     * where the server's default is synchronous_commit=off; so must ferry's own tables be */
+    if (gw_pg_exec(conn, "DEALLOCATE ALL", &e) != 0 ||
+        gw_pg_exec(conn, "SET synchronous_commit = on", &e) != 0)
+        return gw_err_set(err, GW_EPG, "postgres", "%s", e.message);
+    int rc = ensure_tables(conn, err);
+    if (rc != 0) return rc;
+    char msg[512], name[64];
+    if (prepare(conn, "fw_log_get", LOG_GET_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_log_set", LOG_SET_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0) {
+        /* the tables may have gone since they were made (a restored database): make them
+         * again on the next try */
+        pthread_mutex_lock(&gw__write_mod.lock);
+        gw__write_mod.tables_done = 0;
+        pthread_mutex_unlock(&gw__write_mod.lock);
+        return gw_err_set(err, GW_EPG, "postgres", "could not prepare ferry's statements: %s", msg);
+    }
+    for (size_t i = 0; i < rules_write_count(set); i++) {
+        const rules_write_rule_t *r = rules_write_at(set, i);
+        char *qt = gw__write_qualified(conn, r);
+        char label[256];
+        gw__write_table_label(r, label, sizeof(label));
+        int line, col;
+        rule_pos(r, &line, &col);
+        gw_buf_t b = GW_BUF_INIT;
+        char *lww = r->lww_column != NULL ? gw_pg_ident(conn, r->lww_column) : NULL;
+        if (lww != NULL)
+            gw_buf_printf(&b,
+                          "SELECT to_jsonb(t)::text, to_jsonb(r)::text, COALESCE(r.%s < t.%s, "
+                          "false) FROM %s AS t, LATERAL jsonb_populate_record(t, $2::jsonb) AS "
+                          "r WHERE t.\"id\" = $1 FOR UPDATE OF t",
+                          lww, lww, qt);
+        else
+            gw_buf_printf(&b,
+                          "SELECT to_jsonb(t)::text, to_jsonb(r)::text, false FROM %s AS t, "
+                          "LATERAL jsonb_populate_record(t, $2::jsonb) AS r WHERE t.\"id\" = $1 "
+                          "FOR UPDATE OF t",
+                          qt);
+        free(lww);
+        gw_buf_append(&b, "", 1);
+        snprintf(name, sizeof(name), "fw_sel_%zu", i);
+        rc = prepare(conn, name, b.data, msg, sizeof(msg));
+        gw_buf_reset(&b);
+        if (rc == 0) {
+            /* UPDATE of every writable column, each from the sent data or else itself */
+            gw_buf_printf(&b, "UPDATE %s AS t SET (", qt);
+            size_t n = 0;
+            for (size_t c = 0; c < r->ncolumns; c++) {
+                if (strcmp(r->columns[c], "id") == 0) continue;
+                char *qc = gw_pg_ident(conn, r->columns[c]);
+                gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", qc);
+                free(qc);
+            }
+            gw_buf_puts(&b, ") = (SELECT ");
+            n = 0;
+            for (size_t c = 0; c < r->ncolumns; c++) {
+                if (strcmp(r->columns[c], "id") == 0) continue;
+                char *qc = gw_pg_ident(conn, r->columns[c]);
+                gw_buf_printf(&b, "%sr.%s", n++ > 0 ? ", " : "", qc);
+                free(qc);
+            }
+            gw_buf_puts(&b, " FROM jsonb_populate_record(t, $2::jsonb) AS r) WHERE t.\"id\" = $1 "
+                            "RETURNING to_jsonb(t)::text");
+            gw_buf_append(&b, "", 1);
+            snprintf(name, sizeof(name), "fw_upd_%zu", i);
+            if (n == 0) { /* only "id" is writable: an update changes nothing */
+                gw_buf_reset(&b);
+                gw_buf_printf(&b,
+                              "SELECT to_jsonb(t)::text FROM %s AS t WHERE t.\"id\" = $1 "
+                              "AND $2::jsonb IS NOT NULL",
+                              qt);
+                gw_buf_append(&b, "", 1);
+            }
+            rc = prepare(conn, name, b.data, msg, sizeof(msg));
+            gw_buf_reset(&b);
+        }
+        if (rc == 0) {
+            gw_buf_printf(&b, "DELETE FROM %s WHERE \"id\" = $1", qt);
+            gw_buf_append(&b, "", 1);
+            snprintf(name, sizeof(name), "fw_del_%zu", i);
+            rc = prepare(conn, name, b.data, msg, sizeof(msg));
+        }
+        gw_buf_free(&b);
+        free(qt);
+        if (rc != 0) {
+            set_rule_err(err, line, col, "write rules of table \"%s\" rejected by postgres: %s",
+                         label, msg);
+            return GW_ERULES;
+        }
+        if (r->check.sql != NULL) {
+            snprintf(name, sizeof(name), "fw_chk_%zu", i);
+            if (prepare(conn, name, r->check.sql, msg, sizeof(msg)) != 0) {
+                set_rule_err(err, r->check.line, r->check.col,
+                             "\"check\" of table \"%s\" rejected by postgres: %s", label, msg);
+                return GW_ERULES;
+            }
+        }
+        if (r->check_old.sql != NULL) {
+            snprintf(name, sizeof(name), "fw_cko_%zu", i);
+            if (prepare(conn, name, r->check_old.sql, msg, sizeof(msg)) != 0) {
+                set_rule_err(err, r->check_old.line, r->check_old.col,
+                             "\"check_old\" of table \"%s\" rejected by postgres: %s", label, msg);
+                return GW_ERULES;
+            }
+        }
+    }
+    for (size_t i = 0; i < rules_write_count(set) && i < 256; i++) {
+        const rules_write_rule_t *r = rules_write_at(set, i);
+        char *qt = gw__write_qualified(conn, r);
+        char *so = r->check_old.sql != NULL
+                       ? self_reading_sql(r->check_old.sql, "old", qt, r->check_old.nbinds)
+                       : NULL;
+        char *sn = r->check.sql != NULL ? self_reading_sql(r->check.sql, "new", qt, r->check.nbinds)
+                                        : NULL;
+        const char *qv[1] = {qt};
+        PGresult *u = gw_pg_query_params(
+            conn,
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = "
+            "i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = $1::regclass AND "
+            "i.indisunique AND i.indimmediate AND i.indnatts = 1 AND i.indpred IS NULL AND "
+            "a.attname = 'id')",
+            1, qv, NULL);
+        cs->id_unique[i] = u != NULL && PQntuples(u) == 1 && PQgetvalue(u, 0, 0)[0] == 't';
+        PQclear(u);
+        snprintf(name, sizeof(name), "fw_ckos_%zu", i);
+        cs->self_cko[i] = so != NULL && prepare(conn, name, so, msg, sizeof(msg)) == 0;
+        snprintf(name, sizeof(name), "fw_chks_%zu", i);
+        cs->self_chk[i] = sn != NULL && prepare(conn, name, sn, msg, sizeof(msg)) == 0;
+        free(so);
+        free(sn);
+        free(qt);
+    }
+    for (size_t k = 0; k < rules_constraint_count(set); k++) {
+        const rules_constraint_t *c = rules_constraint_at(set, k);
+        snprintf(name, sizeof(name), "fw_con_%zu", k);
+        if (prepare(conn, name, c->stmt.sql, msg, sizeof(msg)) != 0) {
+            set_rule_err(err, c->stmt.line, c->stmt.col,
+                         "constraint \"%s\" rejected by postgres: %s", c->name, msg);
+            return GW_ERULES;
+        }
+        char *ids = constraint_ids_sql(c->stmt.sql);
+        if (ids != NULL && k < sizeof(cs->con_ids) / sizeof(cs->con_ids[0])) {
+            snprintf(name, sizeof(name), "fw_coi_%zu", k);
+            cs->con_ids[k] = prepare(conn, name, ids, msg, sizeof(msg)) == 0;
+        }
+        free(ids);
+    }
+    cs->conn = conn;
+    cs->pid = PQbackendPID(conn);
+    cs->prepared = 1;
+    cs->rules = set;
+    return 0;
+}
