@@ -64,5 +64,5 @@ CLI_SRCS += \
 	gateway/cli/gw_cli_debug.c \
 	gateway/cli/gw_cli_compact.c
 
-UNIT_TESTS += gateway storage
+UNIT_TESTS += base/base config/config storage/storage_contract storage/storage_sqlite storage/oprec pg/pgoutput
 FUZZ_TARGETS += config pgoutput

@@ -32,6 +32,21 @@ int gw_storage_kind_known(const char *kind)
     return find_backend(kind) != NULL;
 }
 
+static const char *kinds[sizeof(backends) / sizeof(backends[0]) + 1];
+static pthread_once_t kinds_once = PTHREAD_ONCE_INIT;
+
+static void kinds_fill(void)
+{
+    for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
+        kinds[i] = backends[i]->kind;
+}
+
+const char *const *gw_storage_kinds(void)
+{
+    pthread_once(&kinds_once, kinds_fill);
+    return kinds;
+}
+
 static int unknown_kind(const gw_storage_opts_t *opts, gw_err_t *err)
 {
     return gw_err_set(err, GW_ECONFIG, "storage.kind", "unknown storage kind \"%s\"", opts->kind);

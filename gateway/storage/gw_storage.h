@@ -95,6 +95,9 @@ uint64_t gw_storage_size(const gw_storage_opts_t *opts);
 /** Whether kind names a backend of this build ("sqlite"; NULL or "" is the default). */
 int gw_storage_kind_known(const char *kind);
 
+/** The kinds of this build's backends, the default first; NULL-terminated, static. */
+const char *const *gw_storage_kinds(void);
+
 /* ---- the published checkpoint ---- */
 
 /** A checkpoint as readers serve it, with the namespace of the rule version it belongs to. */

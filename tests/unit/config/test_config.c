@@ -1,9 +1,7 @@
-/* test_gateway.c -- unit tests of the gateway base: config, errors, arena, buffers, logging
+/* test_config.c -- unit tests of the configuration (config/gw_config.c)
  *
- * The config cases assert the exact "file:line:col: message" text for every kind of bad input.
+ * The cases assert the exact "file:line:col: message" text for every kind of bad input.
  */
-#include "base/gw_arena.h"
-#include "base/gw_buf.h"
 #include "config/gw_config.h"
 #include "base/gw_err.h"
 #include "base/gw_log.h"
@@ -54,7 +52,7 @@ static const char *load_err(const char *text)
 
 #define MINIMAL "postgres:\n  uri: \"postgresql://x@127.0.0.1/app\"\n"
 
-START_TEST(test_gateway_config_load_full_example)
+START_TEST(test_config_load_full_example)
 {
     gw_config_t cfg;
     gw_err_t err;
@@ -91,7 +89,7 @@ START_TEST(test_gateway_config_load_full_example)
 }
 END_TEST
 
-START_TEST(test_gateway_config_defaults_and_env_default)
+START_TEST(test_config_defaults_and_env_default)
 {
     gw_config_t cfg;
     gw_err_t err;
@@ -110,7 +108,7 @@ START_TEST(test_gateway_config_defaults_and_env_default)
 }
 END_TEST
 
-START_TEST(test_gateway_config_rejects_syntax_error)
+START_TEST(test_config_rejects_syntax_error)
 {
     ck_assert_str_eq(load_err(MINIMAL "http:\n  listen: [1, 2\n"),
                      "f.yaml:5:1: syntax error: did not find expected ',' or ']' while parsing "
@@ -118,7 +116,7 @@ START_TEST(test_gateway_config_rejects_syntax_error)
 }
 END_TEST
 
-START_TEST(test_gateway_config_rejects_unknown_key_with_suggestion)
+START_TEST(test_config_rejects_unknown_key_with_suggestion)
 {
     ck_assert_str_eq(load_err(MINIMAL "http:\n  listn: \"127.0.0.1:1\"\n"),
                      "f.yaml:4:3: unknown key \"listn\" (did you mean \"listen\"?)");
@@ -128,7 +126,7 @@ START_TEST(test_gateway_config_rejects_unknown_key_with_suggestion)
 }
 END_TEST
 
-START_TEST(test_gateway_config_rejects_wrong_type)
+START_TEST(test_config_rejects_wrong_type)
 {
     ck_assert_str_eq(load_err(MINIMAL "http:\n  threads: two\n"),
                      "f.yaml:4:12: \"http.threads\" must be an integer (got \"two\")");
@@ -147,7 +145,7 @@ START_TEST(test_gateway_config_rejects_wrong_type)
 }
 END_TEST
 
-START_TEST(test_gateway_config_rejects_missing_required_key)
+START_TEST(test_config_rejects_missing_required_key)
 {
     ck_assert_str_eq(load_err("http:\n  threads: 1\n"),
                      "f.yaml:1:1: missing required key \"postgres.uri\"");
@@ -159,7 +157,7 @@ START_TEST(test_gateway_config_rejects_missing_required_key)
 }
 END_TEST
 
-START_TEST(test_gateway_config_rejects_unset_variable)
+START_TEST(test_config_rejects_unset_variable)
 {
     unsetenv("FERRY_TEST_UNSET");
     ck_assert_str_eq(load_err("postgres:\n  uri: \"${FERRY_TEST_UNSET}\"\n"),
@@ -170,14 +168,14 @@ START_TEST(test_gateway_config_rejects_unset_variable)
 }
 END_TEST
 
-START_TEST(test_gateway_config_rejects_duplicate_key)
+START_TEST(test_config_rejects_duplicate_key)
 {
     ck_assert_str_eq(load_err(MINIMAL "http:\n  threads: 1\n  threads: 2\n"),
                      "f.yaml:5:3: duplicate key \"threads\"");
 }
 END_TEST
 
-START_TEST(test_gateway_config_substitutes_and_escapes)
+START_TEST(test_config_substitutes_and_escapes)
 {
     gw_config_t cfg;
     gw_err_t err;
@@ -190,7 +188,7 @@ START_TEST(test_gateway_config_substitutes_and_escapes)
 }
 END_TEST
 
-START_TEST(test_gateway_config_parse_listen)
+START_TEST(test_config_parse_listen)
 {
     char host[64];
     int port;
@@ -207,85 +205,46 @@ START_TEST(test_gateway_config_parse_listen)
 }
 END_TEST
 
-START_TEST(test_gateway_err_set_and_format)
+START_TEST(test_config_storage_kind)
 {
+    gw_config_t cfg;
     gw_err_t err;
-    char buf[256];
-    ck_assert_int_eq(gw_err_set(&err, GW_ECONFIG, "f.yaml:1:2", "bad %s", "thing"), GW_ECONFIG);
-    ck_assert_str_eq(gw_err_format(&err, buf, sizeof(buf)), "f.yaml:1:2: bad thing");
-    ck_assert_str_eq(gw_err_name(GW_EADDRINUSE), "GW_EADDRINUSE");
-    ck_assert_str_eq(gw_err_name(-999), "GW_EUNKNOWN");
-    ck_assert_int_eq(gw_err_set(NULL, GW_EIO, NULL, "x"), GW_EIO);
+    ck_assert_int_eq(gw_config_load_string(&cfg, MINIMAL, strlen(MINIMAL), "f.yaml", "/cfg", &err),
+                     0);
+    ck_assert_str_eq(cfg.storage.kind, "sqlite"); /* the default */
+    ck_assert_str_eq(cfg.storage.path, "/cfg/ferry-storage.db");
+    gw_config_free(&cfg);
+    const char *sq = MINIMAL "storage:\n  kind: sqlite\n  path: s.db\n";
+    ck_assert_int_eq(gw_config_load_string(&cfg, sq, strlen(sq), "f.yaml", "/cfg", &err), 0);
+    ck_assert_str_eq(cfg.storage.path, "/cfg/s.db");
+    gw_config_free(&cfg);
+    ck_assert_str_eq(load_err(MINIMAL "storage:\n  kind: mongodb\n"),
+                     "f.yaml:4:9: \"storage.kind\" must be one of: sqlite (got \"mongodb\")");
 }
 END_TEST
 
-START_TEST(test_gateway_arena_alloc_reset)
+static Suite *config_suite(void)
 {
-    gw_arena_t a;
-    gw_arena_init(&a, 256);
-    char *p = gw_arena_strndup(&a, "hello world", 5);
-    ck_assert_str_eq(p, "hello");
-    ck_assert_uint_eq((uintptr_t)p % 16, 0);
-    void *big = gw_arena_alloc(&a, 10000); /* larger than a chunk: its own chunk */
-    memset(big, 1, 10000);
-    for (int i = 0; i < 100; i++)
-        ck_assert_ptr_nonnull(gw_arena_alloc(&a, 24));
-    gw_arena_reset(&a);
-    ck_assert_uint_eq(a.used_total, 0);
-    ck_assert_str_eq(gw_arena_strndup(&a, "again", 5), "again");
-    gw_arena_free(&a);
-    ck_assert_ptr_null(a.head);
-}
-END_TEST
-
-START_TEST(test_gateway_buf_json_escapes)
-{
-    gw_buf_t b = GW_BUF_INIT;
-    gw_buf_json_str(&b, "a\"b\\c\n\x01");
-    ck_assert_str_eq(b.data, "\"a\\\"b\\\\c\\n\\u0001\"");
-    gw_buf_reset(&b);
-    gw_buf_printf(&b, "%d-%s", 42, "x");
-    ck_assert_str_eq(b.data, "42-x");
-    gw_buf_free(&b);
-}
-END_TEST
-
-START_TEST(test_gateway_log_parse_level_and_quote)
-{
-    gw_log_level_t l;
-    ck_assert_int_eq(gw_log_parse_level("warn", &l), 0);
-    ck_assert_int_eq(l, GW_LOG_WARN);
-    ck_assert_int_eq(gw_log_parse_level("verbose", &l), -1);
-    char q[64];
-    ck_assert_str_eq(gw_log_qs("a \"b\"\n", q, sizeof(q)), "\"a \\\"b\\\"\\n\"");
-}
-END_TEST
-
-static Suite *gateway_suite(void)
-{
-    Suite *s = suite_create("gateway");
-    TCase *tc = tcase_create("core");
-    tcase_add_test(tc, test_gateway_config_load_full_example);
-    tcase_add_test(tc, test_gateway_config_defaults_and_env_default);
-    tcase_add_test(tc, test_gateway_config_rejects_syntax_error);
-    tcase_add_test(tc, test_gateway_config_rejects_unknown_key_with_suggestion);
-    tcase_add_test(tc, test_gateway_config_rejects_wrong_type);
-    tcase_add_test(tc, test_gateway_config_rejects_missing_required_key);
-    tcase_add_test(tc, test_gateway_config_rejects_unset_variable);
-    tcase_add_test(tc, test_gateway_config_rejects_duplicate_key);
-    tcase_add_test(tc, test_gateway_config_substitutes_and_escapes);
-    tcase_add_test(tc, test_gateway_config_parse_listen);
-    tcase_add_test(tc, test_gateway_err_set_and_format);
-    tcase_add_test(tc, test_gateway_arena_alloc_reset);
-    tcase_add_test(tc, test_gateway_buf_json_escapes);
-    tcase_add_test(tc, test_gateway_log_parse_level_and_quote);
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("config");
+    tcase_add_test(tc, test_config_load_full_example);
+    tcase_add_test(tc, test_config_defaults_and_env_default);
+    tcase_add_test(tc, test_config_rejects_syntax_error);
+    tcase_add_test(tc, test_config_rejects_unknown_key_with_suggestion);
+    tcase_add_test(tc, test_config_rejects_wrong_type);
+    tcase_add_test(tc, test_config_rejects_missing_required_key);
+    tcase_add_test(tc, test_config_rejects_unset_variable);
+    tcase_add_test(tc, test_config_rejects_duplicate_key);
+    tcase_add_test(tc, test_config_substitutes_and_escapes);
+    tcase_add_test(tc, test_config_parse_listen);
+    tcase_add_test(tc, test_config_storage_kind);
     suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(gateway_suite());
+    SRunner *sr = srunner_create(config_suite());
     srunner_run_all(sr, CK_ENV);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
