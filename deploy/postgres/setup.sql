@@ -9,7 +9,7 @@
 -- max_replication_slots and max_wal_senders (one slot per ferry, two while rules change).
 -- ferry's role is "ferry"; its connection string then is postgres.uri in ferry.yaml, e.g.
 --   postgresql://ferry:PASSWORD@db.internal:5432/app?sslmode=verify-full
--- Keep the ferry_* tables in step with SETUP_SQL in gateway/gw_write.c.
+-- Keep the ferry_* tables in step with SETUP_SQL in gateway/api/gw_write_stmt.c.
 
 -- the role: may log in and start logical replication, nothing more
 DO $$
@@ -72,7 +72,7 @@ END $$;
 GRANT USAGE ON SCHEMA public TO ferry;
 -- CREATE on the schema: ferry runs CREATE TABLE IF NOT EXISTS for its tables at every start, and
 -- Postgres refuses that without this right even when the tables exist (a known limitation of
--- gateway/gw_write.c; once it checks first, this line and the OWNER TO lines can go)
+-- gateway/api/gw_write_stmt.c; once it checks first, this line and the OWNER TO lines can go)
 GRANT CREATE ON SCHEMA public TO ferry;
 ALTER TABLE ferry_write_log OWNER TO ferry;
 ALTER TABLE ferry_violations OWNER TO ferry;

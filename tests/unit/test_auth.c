@@ -966,7 +966,7 @@ START_TEST(test_auth_err_code_strings_stable)
 }
 END_TEST
 
-/* ---- gateway glue (gateway/gw_auth.c) ---- */
+/* ---- gateway glue (gateway/http/gw_auth.c) ---- */
 
 START_TEST(test_auth_gw_create_and_verify_header)
 {
