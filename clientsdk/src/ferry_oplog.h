@@ -20,8 +20,7 @@
 
 #define FERRY__HIDDEN __attribute__((visibility("hidden")))
 
-/* ---- ferry_oplog.c ----------------------------------------------------------------------------
- */
+/* ---- ferry_oplog.c ------------------------------------------------------------------------- */
 
 /* The sync connection's prepared statements, s->st[S_...] (their SQL is in ferry_oplog.c). */
 enum {
@@ -94,8 +93,7 @@ FERRY__HIDDEN int ferry__oplog_unindexed(sqlite3 *c);
 /* Builds the key index when the oplog has none (inside a transaction); 0 or -1. */
 FERRY__HIDDEN int ferry__oplog_need_index(ferry_sync_t *s);
 
-/* ---- ferry_scan.c -----------------------------------------------------------------------------
- */
+/* ---- ferry_scan.c -------------------------------------------------------------------------- */
 
 /* An op as the scanner stores it in ferry_scan_t.ops: its strings as offsets into the arena
  * (NOFF: absent or JSON null). ferry__oplog_apply_scanned turns them into a dop_t in place. */
@@ -121,8 +119,7 @@ static const unsigned char ferry__plain[256] = {
     [0x20 ... 0x21] = 1, [0x23 ... 0x5b] = 1, [0x5d ... 0x7f] = 1, /* not '"' (0x22), '\\' */
 };
 
-/* ---- ferry_ops.c ------------------------------------------------------------------------------
- */
+/* ---- ferry_ops.c --------------------------------------------------------------------------- */
 
 /* The batch that ferry_ops(?) reads (bound with sqlite3_bind_pointer, type "ferry_ops"). */
 typedef struct ops {
@@ -135,15 +132,13 @@ FERRY__HIDDEN extern const sqlite3_module ferry__ops_module;
 /* The xDisconnect of ferry_ops and ferry_rows: frees the sqlite3_vtab of their xConnect. */
 FERRY__HIDDEN int ferry__ops_disconnect(sqlite3_vtab *vt);
 
-/* ---- ferry_publish.c --------------------------------------------------------------------------
- */
+/* ---- ferry_publish.c ----------------------------------------------------------------------- */
 
 /* Publishes the marked rows of buckets with priority <= prio (prio < 0: all, a full
  * checkpoint). Returns 1 when published, 0 when blocked by uploads, negative on error. */
 FERRY__HIDDEN int ferry__publish(ferry_db_t *db, ferry_sync_t *s, int prio);
 
-/* ---- ferry_rows.c -----------------------------------------------------------------------------
- */
+/* ---- ferry_rows.c -------------------------------------------------------------------------- */
 
 /* A whole bucket of this many ops is published with a second reader (s->pub_reader_min when
  * set). */
@@ -158,8 +153,7 @@ FERRY__HIDDEN pread_t *ferry__rows_start(sqlite3 *conn, const ferry_tdef_t *t);
 FERRY__HIDDEN void ferry__rows_free(pread_t *r);
 FERRY__HIDDEN extern const sqlite3_module ferry__rows_module;
 
-/* ---- ferry_jrow.c -----------------------------------------------------------------------------
- */
+/* ---- ferry_jrow.c -------------------------------------------------------------------------- */
 
 /* A row's JSON object taken apart once (ferry_jrow.c): the row cache behind the SQL functions
  * ferry_jok and ferry_col, and the reader of both ways of publishing. */
