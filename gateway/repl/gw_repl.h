@@ -6,7 +6,7 @@
  * the rules and writing them to storage in one storage transaction with the commit LSN before
  * acknowledging that LSN. It is the only writer of the serving rule version's storage. When the
  * rules change it runs a second replicator (a builder) that builds the new version beside the
- * serving one and then takes it over (see "rule versions" in gw_repl.c). Failures (Postgres
+ * serving one and then takes it over (see gw_repl_versions.c). Failures (Postgres
  * down, source not ready) are logged with the SQL that fixes them and retried with backoff;
  * readiness stays 503 until storage holds a consistent checkpoint.
  */

@@ -77,7 +77,8 @@ static int check_same_source(gw_repl_t *r, gw_err_t *err)
     char id[128], stored[128] = "";
     snprintf(id, sizeof(id), "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
-    if (gw_storage_state_get(r->st, "source_id", stored, sizeof(stored)) && stored[0] != '\0') {
+    if (gw_storage_state_get(r->st, GW_STATE_SOURCE_ID, stored, sizeof(stored)) &&
+        stored[0] != '\0') {
         if (strcmp(stored, id) == 0) return 0;
         char msg[512];
         snprintf(msg, sizeof(msg),
@@ -92,7 +93,7 @@ static int check_same_source(gw_repl_t *r, gw_err_t *err)
         return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
     }
     int rc = gw_storage_begin(r->st, err);
-    if (rc == 0) rc = gw_storage_state_set(r->st, "source_id", id, err);
+    if (rc == 0) rc = gw_storage_state_set(r->st, GW_STATE_SOURCE_ID, id, err);
     if (rc == 0) rc = gw_storage_commit(r->st, 0, err);
     return rc;
 }

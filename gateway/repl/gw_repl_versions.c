@@ -50,7 +50,7 @@ void gw__repl_set_next(gw_repl_t *r, gw_repl_t *b)
 /* The version number for a new version: above every one the file has seen. */
 static long next_version(gw_storage_t *st)
 {
-    static const char *const keys[] = {"version_seq", "serving", "building"};
+    static const char *const keys[] = {GW_STATE_VERSION_SEQ, GW_STATE_SERVING, GW_STATE_BUILDING};
     long v = 0;
     for (size_t i = 0; i < 3; i++) {
         char b[32] = "";
@@ -66,7 +66,7 @@ static int init_version(gw_repl_t *r, gw_storage_t *st, const char *version, con
 {
     char slot[160];
     snprintf(slot, sizeof(slot), "%s_%s", r->slot_prefix, version);
-    int rc = gw_storage_state_set(st, "version_seq", version, err);
+    int rc = gw_storage_state_set(st, GW_STATE_VERSION_SEQ, version, err);
     if (rc == 0) rc = gw_storage_state_set(st, "rules_hash", hash, err);
     if (rc == 0) rc = gw_storage_state_set(st, "rules_text", text, err);
     if (rc == 0) rc = gw_storage_state_set(st, "rules_version", version, err);
@@ -80,16 +80,16 @@ static int init_version(gw_repl_t *r, gw_storage_t *st, const char *version, con
 static int retire(gw_storage_t *st, const char *version, const char *slot, gw_err_t *err)
 {
     char cur[2048] = "", buf[2300];
-    gw_storage_state_get(st, "retired", cur, sizeof(cur));
+    gw_storage_state_get(st, GW_STATE_RETIRED, cur, sizeof(cur));
     snprintf(buf, sizeof(buf), "%s%s%s:%s", cur, cur[0] ? "," : "", version, slot);
-    return gw_storage_state_set(st, "retired", buf, err);
+    return gw_storage_state_set(st, GW_STATE_RETIRED, buf, err);
 }
 
 /* No version is being built any more: version (slot slot) is retired, in one commit. */
 static int abandon_build(gw_storage_t *st, const char *version, const char *slot, gw_err_t *err)
 {
     int rc = gw_storage_begin(st, err);
-    if (rc == 0) rc = gw_storage_state_set(st, "building", "", err);
+    if (rc == 0) rc = gw_storage_state_set(st, GW_STATE_BUILDING, "", err);
     if (rc == 0) rc = retire(st, version, slot, err);
     if (rc == 0)
         rc = gw_storage_commit(st, 0, err);
@@ -156,7 +156,7 @@ static int builder_create(gw_repl_t *r, rules_set_t *rules, const char *hash, co
     int rc = 0;
     if (resume == NULL) {
         rc = gw_storage_begin(bst, err);
-        if (rc == 0) rc = gw_storage_state_set(bst, "building", v, err);
+        if (rc == 0) rc = gw_storage_state_set(bst, GW_STATE_BUILDING, v, err);
         if (rc == 0) rc = init_version(r, bst, v, hash, text, err);
         if (rc == 0)
             rc = gw_storage_commit(bst, 0, err);
@@ -201,8 +201,8 @@ int gw__repl_resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash,
 {
     gw_storage_t *st = r->st;
     char serving[32] = "", building[32] = "", stored_hash[64] = "";
-    gw_storage_state_get(st, "serving", serving, sizeof(serving));
-    gw_storage_state_get(st, "building", building, sizeof(building));
+    gw_storage_state_get(st, GW_STATE_SERVING, serving, sizeof(serving));
+    gw_storage_state_get(st, GW_STATE_BUILDING, building, sizeof(building));
     *serve_rules = rules_ref(rules);
     if (serving[0] != '\0' &&
         gw_storage_state_get(st, "rules_hash", stored_hash, sizeof(stored_hash)) &&
@@ -271,7 +271,7 @@ int gw__repl_resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash,
     int rc = gw_storage_set_version(st, version, err);
     if (rc == 0) rc = gw_storage_begin(st, err);
     if (rc == 0 && serving[0] != '\0') rc = retire(st, serving, old_slot, err);
-    if (rc == 0) rc = gw_storage_state_set(st, "serving", version, err);
+    if (rc == 0) rc = gw_storage_state_set(st, GW_STATE_SERVING, version, err);
     if (rc == 0) rc = init_version(r, st, version, hash, text, err);
     if (rc == 0) rc = gw_storage_commit(st, 0, err);
     if (rc != 0) return rc;
@@ -335,7 +335,7 @@ void gw__repl_drop_retired(gw_repl_t *r)
             return; /* the stream ends with the apply thread's error */
     }
     char list[2048] = "", legacy[160] = "";
-    gw_storage_state_get(r->st, "retired", list, sizeof(list));
+    gw_storage_state_get(r->st, GW_STATE_RETIRED, list, sizeof(list));
     /* a storage of layout 3 named the version it replaced by its slot only */
     gw_storage_state_get(r->st, "old_slot", legacy, sizeof(legacy));
     if (list[0] == '\0' && legacy[0] == '\0') {
@@ -370,7 +370,7 @@ void gw__repl_drop_retired(gw_repl_t *r)
     int rc = gw_storage_begin(r->st, &err);
     if (rc == 0 && entry[0] != '\0' && strcmp(entry, r->version) != 0)
         rc = gw_storage_drop_version(r->st, entry, &dropped, &err);
-    if (rc == 0) rc = gw_storage_state_set(r->st, "retired", rest, &err);
+    if (rc == 0) rc = gw_storage_state_set(r->st, GW_STATE_RETIRED, rest, &err);
     if (rc == 0)
         rc = gw_storage_commit(r->st, 0, &err);
     else
@@ -473,8 +473,8 @@ void gw__repl_do_switch(gw_repl_t *r)
     int rc = gw_storage_consistent(nst) ? 0 : GW_EUNAVAIL;
     if (rc == 0) rc = gw_storage_begin(nst, &err);
     if (rc == 0) rc = gw_storage_advance_checkpoint(nst, &err);
-    if (rc == 0) rc = gw_storage_state_set(nst, "serving", b->version, &err);
-    if (rc == 0) rc = gw_storage_state_set(nst, "building", "", &err);
+    if (rc == 0) rc = gw_storage_state_set(nst, GW_STATE_SERVING, b->version, &err);
+    if (rc == 0) rc = gw_storage_state_set(nst, GW_STATE_BUILDING, "", &err);
     if (rc == 0) rc = retire(nst, r->version, r->slot, &err);
     if (rc == 0)
         rc = gw_storage_commit(nst, 0, &err);

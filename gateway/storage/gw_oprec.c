@@ -76,9 +76,6 @@ void gw_oprec_append(gw_buf_t *out, uint64_t op_id, uint32_t checksum, int op, s
     gw_buf_append(out, line, line_len);
 }
 
-/* Queue an op of bucket b; its wire JSON is encoded here, once:
- * {"op_id":"N","op":"PUT","checksum":C,"object_type":…,"object_id":…,"subkey":…,"data":"…"}
- * (checksum before the identity, so the identity is one contiguous span of the line). */
 /* Append a length-prefixed escaped string (the u32 length patched in after escaping). */
 static void append_field(gw_buf_t *l, const char *str)
 {
@@ -90,7 +87,7 @@ static void append_field(gw_buf_t *l, const char *str)
     memcpy(l->data + at, &n, 4);
 }
 
-/* Append an op's body (see "op chunks"); ident_at/ident_end: the identity span in l. */
+/* Append an op's body (gw_oprec.h); ident_at/ident_end: the identity span in l. */
 void gw_oprec_encode_body(gw_buf_t *l, int op, const char *type, const char *id, const char *subkey,
                           const char *data, size_t *ident_at, size_t *ident_end)
 {

@@ -296,6 +296,10 @@ int gw__sqlite_flush_pending(gw_sqlite_t *s, gw_err_t *err)
     return rc;
 }
 
+/* Queue an op of bucket b, its body encoded once, here or ahead by another thread (tail); the
+ * wire JSON {"op_id":"N","op":"PUT","checksum":C,"object_type":…,"object_id":…,"subkey":…,
+ * "data":"…"} is rendered from it by readers (checksum before the identity, so the identity is
+ * one contiguous span). */
 int gw__sqlite_write_op(gw_sqlite_t *s, bucket_t *b, int op, const char *type, const char *id,
                         const char *subkey, const char *data, uint32_t checksum,
                         const gw_op_tail_t *tail, gw_err_t *err)
