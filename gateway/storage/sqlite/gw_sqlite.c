@@ -1,6 +1,6 @@
 /* gw_sqlite.c -- the embedded SQLite backend: the file, its layout, open and close
  *
- * Schema (one file, WAL mode; commits are made durable by the syncer thread before anything is
+ * Schema (one file, WAL mode; commits are made durable by the publisher's thread before anything is
  * served or acknowledged, see gw_sqlite_sync.c):
  *   state(k, v)                                replication state: next_op, last_op, lsn, …
  *   buckets(id, name, checksum, count, last_op) running totals at the latest checkpoint
@@ -215,9 +215,6 @@ int gw__sqlite_open(const gw_storage_opts_t *opts, const char *version, gw_stora
     pthread_mutex_init(&s->ckpt_lock, NULL);
     pthread_cond_init(&s->ckpt_cond, NULL);
     pthread_mutex_init(&s->ckpt_run, NULL);
-    pthread_mutex_init(&s->sync_lock, NULL);
-    pthread_cond_init(&s->sync_cond, NULL);
-    pthread_cond_init(&s->sync_done_cond, NULL);
     s->wal_fd = -1;
     s->path = gw_xstrdup(path);
     if (sqlite3_open_v2(path, &s->db,
@@ -263,7 +260,6 @@ int gw__sqlite_open(const gw_storage_opts_t *opts, const char *version, gw_stora
         version = serving;
     }
     if (version[0] != '\0') snprintf(s->version, sizeof(s->version), "%s#", version);
-    atomic_store(&s->serving, 1);
     for (int i = 0; i < ST_COUNT; i++) {
         if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
                                NULL) != SQLITE_OK) {
@@ -288,10 +284,7 @@ void gw__sqlite_close(gw_storage_t *st)
     gw_sqlite_t *s = (gw_sqlite_t *)st;
     if (s == NULL) return;
     if (s->in_txn) gw__sqlite_rollback(&s->base);
-    gw__sqlite_threads_stop(s); /* the syncer publishes every queued commit before it ends */
-    pthread_mutex_destroy(&s->sync_lock);
-    pthread_cond_destroy(&s->sync_cond);
-    pthread_cond_destroy(&s->sync_done_cond);
+    gw__sqlite_threads_stop(s); /* the publisher reports every queued commit before it ends */
     if (s->wal_fd >= 0) close(s->wal_fd);
     pthread_mutex_destroy(&s->ckpt_lock);
     pthread_cond_destroy(&s->ckpt_cond);
@@ -304,12 +297,6 @@ void gw__sqlite_close(gw_storage_t *st)
     for (size_t i = 0; i < s->nlookup_keys; i++)
         free(s->lookup_keys[i]);
     free(s->lookup_keys);
-    for (size_t i = 0; i < s->nwcp; i++)
-        free(s->wcp[i].key);
-    free(s->wcp);
-    for (size_t i = 0; i < s->nwcp_done; i++)
-        free(s->wcp_done[i]);
-    free(s->wcp_done);
     gw_buf_free(&s->pend);
     gw_buf_free(&s->chunk);
     free(s->pend_buckets);
@@ -323,16 +310,12 @@ void gw__sqlite_close(gw_storage_t *st)
 
 void gw__sqlite_set_hook(gw_storage_t *st, gw_storage_hook_fn fn, void *ud)
 {
-    gw_sqlite_t *s = (gw_sqlite_t *)st;
-    s->hook = fn;
-    s->hook_ud = ud;
+    gw_publisher_set_hook(((gw_sqlite_t *)st)->publisher, fn, ud);
 }
 
 void gw__sqlite_get_hook(const gw_storage_t *st, gw_storage_hook_fn *fn, void **ud)
 {
-    const gw_sqlite_t *s = (const gw_sqlite_t *)st;
-    *fn = s->hook;
-    *ud = s->hook_ud;
+    gw_publisher_get_hook(((const gw_sqlite_t *)st)->publisher, fn, ud);
 }
 
 int gw__sqlite_stats(gw_storage_t *st, gw_storage_stats_t *out)

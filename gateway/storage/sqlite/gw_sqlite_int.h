@@ -16,6 +16,7 @@
 
 #include "base/gw_buf.h"
 #include "base/gw_map.h"
+#include "storage/gw_publish.h"
 #include "storage/gw_storage.h"
 
 #include <pthread.h>
@@ -74,9 +75,8 @@ struct gw_sqlite {
     gw_storage_t base; /* first: the contract's head */
     sqlite3 *db;
     char *path;
-    char version[40];    /* "<rule version>#": this instance's namespace (rows, lookups, state) and
-                          * the prefix of its buckets; "" for a file without versions */
-    _Atomic int serving; /* publishes the checkpoint this process's readers serve (and the hook) */
+    char version[40]; /* "<rule version>#": this instance's namespace (rows, lookups, state) and
+                       * the prefix of its buckets; "" for a file without versions */
     gw_buf_t ns_tbl, ns_lkey; /* scratch: names in the namespace (ns_table, ns_key) */
     sqlite3_stmt *st[ST_COUNT];
     gw_map_t by_name; /* name -> bucket_t* */
@@ -98,14 +98,6 @@ struct gw_sqlite {
     size_t ntouched, cap_touched;
     char **lookup_keys;
     size_t nlookup_keys, cap_lookup_keys;
-    /* write checkpoints not yet covered by a commit's LSN */
-    struct pending_wcp {
-        char *key;
-        uint64_t lsn;
-    } * wcp;
-    size_t nwcp, cap_wcp;
-    char **wcp_done; /* resolved by the commit being reported */
-    size_t nwcp_done;
     /* Row filter: a Bloom filter over the (tbl, key) of every row ever stored by this process or
      * present at open. A miss proves the row is not in `rows`, so put_row skips the lookup
      * (false positives only cost that lookup). Deleted or rolled-back rows stay set (harmless).
@@ -120,19 +112,9 @@ struct gw_sqlite {
     size_t npend_buckets, cap_pend_buckets;
     gw_buf_t chunk; /* scratch for a chunk's records */
     gw_buf_t members;
-    gw_storage_hook_fn hook;
-    void *hook_ud;
-    /* the syncer thread: makes commits durable (fdatasync of the WAL), then reports them */
-    pthread_t sync_thread;
-    int sync_started, sync_stop;
-    int sync_busy; /* the syncer is publishing jobs it took off the queue */
-    pthread_mutex_t sync_lock;
-    pthread_cond_t sync_cond;      /* jobs queued, or stop */
-    pthread_cond_t sync_done_cond; /* a job became durable */
-    struct durable_job *jobs_head, *jobs_tail;
+    /* reports durable commits in order (gw_publish.h); its thread syncs the WAL first */
+    gw_publisher_t *publisher;
     int wal_fd;
-    void (*durable_fn)(uint64_t lsn, void *ud);
-    void *durable_ud;
     /* the checkpointer thread */
     pthread_t ckpt_thread;
     int ckpt_started;
@@ -141,17 +123,6 @@ struct gw_sqlite {
     pthread_mutex_t ckpt_run; /* held while either thread checkpoints */
     int ckpt_wanted, ckpt_stop;
 };
-
-/* A commit waiting to be made durable and published (gw_sqlite_sync.c). */
-typedef struct durable_job {
-    struct durable_job *next;
-    uint64_t last_op, lsn;
-    int consistent;
-    char **names; /* buckets, then lookup keys, then write-checkpoint keys */
-    size_t nbuckets, nlookups, nwcps;
-    int waited; /* the committer waits for it and frees it */
-    int done;
-} durable_job_t;
 
 /* ---- gw_sqlite.c: the file ---- */
 
@@ -227,20 +198,15 @@ const char *gw__sqlite_ns_key(gw_sqlite_t *s, const char *key);
 
 /* ---- gw_sqlite_sync.c: durability and publication ---- */
 
-/** Start the syncer and the checkpointer (after open); without a thread, do its work inline. */
+/** Start the publisher (its thread syncs the WAL) and the checkpointer (after open); without a
+ *  thread, do its work inline. */
 void gw__sqlite_threads_start(gw_sqlite_t *s);
 
-/** Stop both threads; the syncer publishes every queued job first. */
+/** Stop both threads; the publisher publishes every queued commit first. */
 void gw__sqlite_threads_stop(gw_sqlite_t *s);
 
-/** Sync the WAL; stops the process when that fails (a restart recovers from disk). */
-void gw__sqlite_wal_sync(gw_sqlite_t *s);
-
-/** Report a durable job: the hook, the published checkpoint, the durable callback. */
-void gw__sqlite_job_publish(gw_sqlite_t *s, durable_job_t *j);
-
-/** Free a job and the names it holds. */
-void gw__sqlite_job_free(durable_job_t *j);
+/** The checkpoint s is at (last_op, lsn, consistent), in its namespace. */
+gw_storage_cp_t gw__sqlite_cp(const gw_sqlite_t *s, uint64_t last_op, uint64_t lsn, int consistent);
 
 /* ---- the operations (gw_storage.h documents each under its gw_storage_ name) ---- */
 

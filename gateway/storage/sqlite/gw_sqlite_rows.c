@@ -497,13 +497,7 @@ int gw__sqlite_write_checkpoint(gw_storage_t *st, const char *user_key, uint64_t
     if (rc == SQLITE_ROW) *counter = (uint64_t)sqlite3_column_int64(q, 0);
     sqlite3_reset(q);
     if (rc != SQLITE_ROW) return gw__sqlite_err(s->db, err, "store a write checkpoint");
-    if (s->nwcp == s->cap_wcp) {
-        s->cap_wcp = s->cap_wcp ? s->cap_wcp * 2 : 16;
-        s->wcp = gw_xrealloc(s->wcp, s->cap_wcp * sizeof(*s->wcp));
-    }
-    s->wcp[s->nwcp].key = gw_xstrdup(user_key);
-    s->wcp[s->nwcp].lsn = lsn;
-    s->nwcp++;
+    gw_publisher_add_wcp(s->publisher, user_key, lsn);
     return 0;
 }
 

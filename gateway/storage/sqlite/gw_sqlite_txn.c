@@ -79,15 +79,7 @@ void gw__sqlite_flush_bucket(const char *key, void *value, void *ud)
     b->dirty = 0;
 }
 
-static char **names_append(char **v, size_t at, const char *const *src, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        v[at + i] = gw_xstrdup(src[i]);
-    return v;
-}
-
-/* Commit; the job describing it is published by the syncer once durable. With wait, return only
- * after that. */
+/* Commit; the publisher reports it once durable. With wait, return only after that. */
 int gw__sqlite_commit(gw_storage_t *st, uint64_t lsn, int wait, gw_err_t *err)
 {
     gw_sqlite_t *s = (gw_sqlite_t *)st;
@@ -124,49 +116,9 @@ int gw__sqlite_commit(gw_storage_t *st, uint64_t lsn, int wait, gw_err_t *err)
             pthread_mutex_unlock(&s->ckpt_run);
         }
     }
-    for (size_t i = 0; i < s->nwcp_done; i++)
-        free(s->wcp_done[i]);
-    s->nwcp_done = 0;
-    size_t keep = 0;
-    for (size_t i = 0; i < s->nwcp; i++) {
-        if (s->wcp[i].lsn <= lsn) {
-            s->wcp_done = gw_xrealloc(s->wcp_done, (s->nwcp_done + 1) * sizeof(char *));
-            s->wcp_done[s->nwcp_done++] = s->wcp[i].key;
-        } else {
-            s->wcp[keep++] = s->wcp[i];
-        }
-    }
-    s->nwcp = keep;
-    durable_job_t *j = gw_xcalloc(1, sizeof(*j));
-    j->last_op = last_op;
-    j->lsn = lsn;
-    j->consistent = s->consistent;
-    j->nbuckets = s->ntouched;
-    j->nlookups = s->nlookup_keys;
-    j->nwcps = s->nwcp_done;
-    j->names = gw_xmalloc((j->nbuckets + j->nlookups + j->nwcps + 1) * sizeof(char *));
-    names_append(j->names, 0, (const char *const *)s->touched, j->nbuckets);
-    names_append(j->names, j->nbuckets, (const char *const *)s->lookup_keys, j->nlookups);
-    names_append(j->names, j->nbuckets + j->nlookups, (const char *const *)s->wcp_done, j->nwcps);
-    if (!s->sync_started) {
-        /* no syncer (it could not start): sync here */
-        gw__sqlite_wal_sync(s);
-        gw__sqlite_job_publish(s, j);
-        gw__sqlite_job_free(j);
-        return 0;
-    }
-    j->waited = wait;
-    pthread_mutex_lock(&s->sync_lock);
-    if (s->jobs_tail != NULL)
-        s->jobs_tail->next = j;
-    else
-        s->jobs_head = j;
-    s->jobs_tail = j;
-    pthread_cond_signal(&s->sync_cond);
-    while (wait && !j->done)
-        pthread_cond_wait(&s->sync_done_cond, &s->sync_lock);
-    pthread_mutex_unlock(&s->sync_lock);
-    if (wait) gw__sqlite_job_free(j);
+    gw_storage_cp_t cp = gw__sqlite_cp(s, last_op, lsn, s->consistent);
+    gw_publisher_commit(s->publisher, &cp, s->touched, s->ntouched,
+                        (const char *const *)s->lookup_keys, s->nlookup_keys, wait);
     return 0;
 }
 
