@@ -24,6 +24,8 @@ GW_STORAGE_SRCS := \
 	gateway/storage/gw_storage.c \
 	gateway/storage/gw_oprec.c \
 	gateway/storage/gw_publish.c \
+	gateway/storage/gw_writer.c \
+	gateway/storage/gw_compact.c \
 	gateway/storage/sqlite/gw_sqlite.c \
 	gateway/storage/sqlite/gw_sqlite_txn.c \
 	gateway/storage/sqlite/gw_sqlite_rows.c \

@@ -211,7 +211,7 @@ int gw__sqlite_open(const gw_storage_opts_t *opts, const char *version, gw_stora
     gw_sqlite_t *s = gw_xcalloc(1, sizeof(*s));
     s->base.type = &gw_sqlite_type;
     s->base.opts = opts;
-    gw_map_init(&s->by_name);
+    gw_writer_init(&s->w, &gw__sqlite_writer_io, s);
     pthread_mutex_init(&s->ckpt_lock, NULL);
     pthread_cond_init(&s->ckpt_cond, NULL);
     pthread_mutex_init(&s->ckpt_run, NULL);
@@ -259,7 +259,7 @@ int gw__sqlite_open(const gw_storage_opts_t *opts, const char *version, gw_stora
         }
         version = serving;
     }
-    if (version[0] != '\0') snprintf(s->version, sizeof(s->version), "%s#", version);
+    gw_writer_set_version(&s->w, version);
     for (int i = 0; i < ST_COUNT; i++) {
         if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
                                NULL) != SQLITE_OK) {
@@ -272,8 +272,7 @@ int gw__sqlite_open(const gw_storage_opts_t *opts, const char *version, gw_stora
         gw__sqlite_close(&s->base);
         return GW_EIO;
     }
-    gw_storage_stats_t st;
-    if (gw__sqlite_stats(&s->base, &st) == 0) gw__sqlite_filter_build(s, st.rows);
+    gw__sqlite_filter_build(s, atomic_load(&s->w.n_rows));
     gw__sqlite_threads_start(s);
     *out = &s->base;
     return 0;
@@ -292,18 +291,7 @@ void gw__sqlite_close(gw_storage_t *st)
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
     if (s->db != NULL) sqlite3_close(s->db);
-    gw__sqlite_drop_cache(s);
-    free(s->touched);
-    for (size_t i = 0; i < s->nlookup_keys; i++)
-        free(s->lookup_keys[i]);
-    free(s->lookup_keys);
-    gw_buf_free(&s->pend);
-    gw_buf_free(&s->chunk);
-    free(s->pend_buckets);
-    gw_buf_free(&s->members);
-    gw_buf_free(&s->ns_tbl);
-    gw_buf_free(&s->ns_lkey);
-    free(s->filter);
+    gw_writer_free(&s->w);
     free(s->path);
     free(s);
 }
@@ -321,9 +309,9 @@ void gw__sqlite_get_hook(const gw_storage_t *st, gw_storage_hook_fn *fn, void **
 int gw__sqlite_stats(gw_storage_t *st, gw_storage_stats_t *out)
 {
     gw_sqlite_t *s = (gw_sqlite_t *)st;
-    out->rows = atomic_load(&s->n_rows);
-    out->buckets = atomic_load(&s->n_buckets);
-    out->ops = atomic_load(&s->n_ops);
+    out->rows = atomic_load(&s->w.n_rows);
+    out->buckets = atomic_load(&s->w.n_buckets);
+    out->ops = atomic_load(&s->w.n_ops);
     return 0;
 }
 

@@ -18,6 +18,7 @@
 #include "base/gw_map.h"
 #include "storage/gw_publish.h"
 #include "storage/gw_storage.h"
+#include "storage/gw_writer.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
@@ -26,19 +27,6 @@
 
 typedef struct gw_sqlite gw_sqlite_t;
 typedef struct gw_sqlite_reader gw_sqlite_reader_t;
-
-typedef struct bucket {
-    int64_t id;
-    char *name;
-    uint32_t checksum;
-    uint64_t count;
-    uint64_t last_op;
-    int dirty;
-    uint64_t compacted;   /* ops up to here were compacted (this process; 0 after a start) */
-    uint64_t touched_gen; /* == s->gen when it got ops in the open transaction */
-    uint32_t pend_head;   /* offset + 1 of its first/last queued op in s->pend; 0: none */
-    uint32_t pend_tail;
-} bucket_t;
 
 enum {
     ST_STATE_GET,
@@ -57,61 +45,21 @@ enum {
     ST_COUNT
 };
 
-/* A chunk holds at most this many ops / about this many bytes; queued ops are written out as
- * chunks at commit, or earlier when the queue holds PEND_MAX_BYTES. */
-enum { CHUNK_MAX_OPS = 1000, CHUNK_MAX_BYTES = 128 * 1024, PEND_MAX_BYTES = 16 << 20 };
-
 /* WAL frames (pages) that wake the checkpointer (16 MB), and past which the writer finishes the
  * checkpoint itself right after a commit (32 MB): a background checkpoint always lags the
  * writer a little, and SQLite restarts the WAL from its beginning only after a checkpoint that
  * copied every frame, so without this the WAL would grow for as long as writes continue. */
-/* Each queued op (gw_sqlite_t.pend) is a record behind a 4-byte link to the next op of its
- * bucket. */
-enum { PEND_LINK = 4 };
-
 enum { CKPT_FRAMES = 4096, CKPT_RESTART_FRAMES = 8192, CKPT_WAIT_FRAMES = 12288 };
 
 struct gw_sqlite {
     gw_storage_t base; /* first: the contract's head */
+    gw_writer_t w;     /* the in-memory half: buckets, namespace, op queue, rows (gw_writer.h) */
     sqlite3 *db;
     char *path;
-    char version[40]; /* "<rule version>#": this instance's namespace (rows, lookups, state) and
-                       * the prefix of its buckets; "" for a file without versions */
-    gw_buf_t ns_tbl, ns_lkey; /* scratch: names in the namespace (ns_table, ns_key) */
     sqlite3_stmt *st[ST_COUNT];
-    gw_map_t by_name; /* name -> bucket_t* */
-    bucket_t **by_id; /* index = id */
-    size_t by_id_cap;
     int in_txn;
-    uint64_t next_op; /* next op id to hand out */
-    uint64_t last_op; /* committed checkpoint */
-    uint64_t lsn;
-    uint64_t txn_last_op; /* highest op written in the open transaction */
-    _Atomic int consistent;
-    /* totals, kept by the writer, read by any thread (gw_storage_stats) */
-    _Atomic uint64_t n_rows, n_ops, n_buckets;
     _Atomic uint64_t n_checkpoints; /* WAL checkpoints run by the checkpointer */
     int wal_frames;                 /* frames in the WAL after the last commit (writer only) */
-    uint64_t gen;
-    /* per transaction: touched buckets and lookup keys, for the hook */
-    const char **touched;
-    size_t ntouched, cap_touched;
-    char **lookup_keys;
-    size_t nlookup_keys, cap_lookup_keys;
-    /* Row filter: a Bloom filter over the (tbl, key) of every row ever stored by this process or
-     * present at open. A miss proves the row is not in `rows`, so put_row skips the lookup
-     * (false positives only cost that lookup). Deleted or rolled-back rows stay set (harmless).
-     * NULL when disabled (then every put_row looks the row up). */
-    uint64_t *filter;
-    size_t filter_bits; /* a power of two */
-    size_t filter_keys; /* keys added since the last rebuild */
-    /* ops of the open transaction not yet in op_chunks: records, each behind a 4-byte link to
-     * the next record of the same bucket; pend_buckets lists the buckets with queued ops */
-    gw_buf_t pend;
-    bucket_t **pend_buckets;
-    size_t npend_buckets, cap_pend_buckets;
-    gw_buf_t chunk; /* scratch for a chunk's records */
-    gw_buf_t members;
     /* reports durable commits in order (gw_publish.h); its thread syncs the WAL first */
     gw_publisher_t *publisher;
     int wal_fd;
@@ -147,54 +95,20 @@ int gw__sqlite_state_set_u64(gw_sqlite_t *s, const char *key, uint64_t v, gw_err
 /** The stored form of key in namespace ns ("3#slot"; shared keys as they are), into buf. */
 const char *gw__sqlite_state_key(const char *ns, const char *key, char *buf, size_t len);
 
-/** Write a dirty bucket's totals (a gw_map_each callback: key unused, value the bucket_t, ud the
- *  writer). */
-void gw__sqlite_flush_bucket(const char *key, void *value, void *ud);
+/** Write a bucket's totals. 0 or GW_EIO. */
+int gw__sqlite_bucket_flush(gw_sqlite_t *s, gw_wbucket_t *b, gw_err_t *err);
 
-/** Queue an op of bucket b with a new op id (tail: its body encoded ahead, else encoded here),
- *  and update the bucket's totals. 0, or GW_EIO when an early flush of the queue failed. */
-int gw__sqlite_write_op(gw_sqlite_t *s, bucket_t *b, int op, const char *type, const char *id,
-                        const char *subkey, const char *data, uint32_t checksum,
-                        const gw_op_tail_t *tail, gw_err_t *err);
+/* ---- gw_sqlite_rows.c: buckets, rows, lookups (the writer's I/O) ---- */
 
-/** Write every queued op as chunks and empty the queue. 0 or GW_EIO (then roll back). */
-int gw__sqlite_flush_pending(gw_sqlite_t *s, gw_err_t *err);
-
-/** Insert one chunk row of bucket_id holding the records in ops. 0 or GW_EIO. */
-int gw__sqlite_chunk_insert(gw_sqlite_t *s, int64_t bucket_id, uint64_t first, uint64_t last,
-                            uint64_t n, uint32_t checksum, const gw_buf_t *ops, gw_err_t *err);
-
-/* ---- gw_sqlite_rows.c: buckets, rows, lookups ---- */
+/** The SQLite half of the writer (gw_writer.h). */
+extern const gw_writer_io_t gw__sqlite_writer_io;
 
 /** (Re)load the bucket totals, counters and checkpoint from the file (after open, a rollback or
  *  a namespace change). 0 or GW_EIO. */
 int gw__sqlite_load_cache(gw_sqlite_t *s, gw_err_t *err);
 
-/** Free the bucket cache. */
-void gw__sqlite_drop_cache(gw_sqlite_t *s);
-
-/** The bucket named name, created (row and cache entry) when new; NULL with err on failure. */
-bucket_t *gw__sqlite_bucket_get(gw_sqlite_t *s, const char *name, gw_err_t *err);
-
-/** Mark b dirty and note it among the transaction's touched buckets (for the hook). */
-void gw__sqlite_touch(gw_sqlite_t *s, bucket_t *b);
-
 /** (Re)build the row filter for about rows stored rows (disabled on any error: always safe). */
-void gw__sqlite_filter_build(gw_sqlite_t *s, uint64_t rows);
-
-/* ---- gw_sqlite_versions.c: namespaces ---- */
-
-/** Whether a bucket, row table or lookup key name belongs to s's rule version. */
-int gw__sqlite_own_name(const gw_sqlite_t *s, const char *name);
-
-/** The text range [lo, hi) of names in namespace ns ("2#" -> ["2#", "2$")); all names for "". */
-void gw__sqlite_ns_range(const char *ns, char *lo, char *hi, size_t len);
-
-/** A table name in s's namespace ("2#public.todos"); valid until the next call. */
-const char *gw__sqlite_ns_table(gw_sqlite_t *s, const char *table);
-
-/** A lookup key in s's namespace; valid until the next call. */
-const char *gw__sqlite_ns_key(gw_sqlite_t *s, const char *key);
+void gw__sqlite_filter_build(void *ud, uint64_t rows);
 
 /* ---- gw_sqlite_sync.c: durability and publication ---- */
 

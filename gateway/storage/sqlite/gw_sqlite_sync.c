@@ -24,7 +24,7 @@
 gw_storage_cp_t gw__sqlite_cp(const gw_sqlite_t *s, uint64_t last_op, uint64_t lsn, int consistent)
 {
     gw_storage_cp_t cp = {.last_op = last_op, .lsn = lsn, .consistent = consistent};
-    snprintf(cp.ns, sizeof(cp.ns), "%s", s->version);
+    snprintf(cp.ns, sizeof(cp.ns), "%s", s->w.version);
     return cp;
 }
 
@@ -136,7 +136,7 @@ static int on_wal(void *ud, sqlite3 *db, const char *name, int frames)
 void gw__sqlite_set_serving(gw_storage_t *st, int on)
 {
     gw_sqlite_t *s = (gw_sqlite_t *)st;
-    gw_storage_cp_t cp = gw__sqlite_cp(s, s->last_op, s->lsn, s->consistent);
+    gw_storage_cp_t cp = gw__sqlite_cp(s, s->w.last_op, s->w.lsn, s->w.consistent);
     gw_publisher_set_serving(s->publisher, on, &cp);
 }
 
