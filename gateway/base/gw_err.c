@@ -107,3 +107,11 @@ char *gw_xstrdup(const char *s)
     memcpy(p, s, n);
     return p;
 }
+
+char *gw_xstrndup_len(const char *p, size_t n)
+{
+    char *c = gw_xmalloc(n + 1);
+    if (n > 0) memcpy(c, p, n);
+    c[n] = '\0';
+    return c;
+}

@@ -66,5 +66,8 @@ void *gw_xcalloc(size_t n, size_t size);
 void *gw_xrealloc(void *p, size_t n);
 /** strdup that aborts on OOM; NULL in, NULL out. The caller owns and frees the copy. */
 char *gw_xstrdup(const char *s);
+/** The first n bytes of p as a NUL-terminated string (p may hold NULs); aborts on OOM. The
+ *  caller owns and frees the copy. */
+char *gw_xstrndup_len(const char *p, size_t n);
 
 #endif

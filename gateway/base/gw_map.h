@@ -24,6 +24,12 @@ typedef struct gw_map {
 /** FNV-1a of len bytes. */
 uint64_t gw_hash(const void *p, size_t len);
 
+/** The number of keys stored. */
+static inline size_t gw_map_count(const gw_map_t *m)
+{
+    return m->n;
+}
+
 /** Initialise an empty map. */
 void gw_map_init(gw_map_t *m);
 

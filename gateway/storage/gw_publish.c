@@ -19,6 +19,7 @@ typedef struct job {
     gw_storage_cp_t cp;
     char **names; /* buckets, then lookup keys, then write-checkpoint keys */
     size_t nbuckets, nlookups, nwcps;
+    int own;    /* this writer's commit: the durable callback runs */
     int waited; /* the committer waits for it and frees it */
     int done;
 } job_t;
@@ -74,7 +75,7 @@ static void job_publish(gw_publisher_t *p, job_t *j)
     }
     /* what readers of this process serve (a builder's writer publishes nothing) */
     gw_storage_pub_offer(p->pub, &p->serving, &j->cp);
-    if (p->durable_fn != NULL) p->durable_fn(j->cp.lsn, p->durable_ud);
+    if (j->own && p->durable_fn != NULL) p->durable_fn(j->cp.lsn, p->durable_ud);
 }
 
 static void *publisher_main(void *arg)
@@ -208,10 +209,12 @@ void gw_publisher_move_wcps(gw_publisher_t *from, gw_publisher_t *to)
 }
 
 void gw_publisher_commit(gw_publisher_t *p, const gw_storage_cp_t *cp, const char *const *buckets,
-                         size_t nbuckets, const char *const *lookups, size_t nlookups, int wait)
+                         size_t nbuckets, const char *const *lookups, size_t nlookups, int own,
+                         int wait)
 {
     job_t *j = gw_xcalloc(1, sizeof(*j));
     j->cp = *cp;
+    j->own = own;
     j->nbuckets = nbuckets;
     j->nlookups = nlookups;
     pthread_mutex_lock(&p->lock);

@@ -61,10 +61,13 @@ void gw_publisher_move_wcps(gw_publisher_t *from, gw_publisher_t *to);
 
 /**
  * Report a commit at checkpoint cp that touched buckets and lookup keys (copied): queued for the
- * publisher thread; with wait, returns once it was published. make_durable runs first.
+ * publisher thread; with wait, returns once it was published. make_durable runs first. own: the
+ * commit is this writer's (the durable callback runs for it); 0 for a commit another instance
+ * made, relayed to this process's streams and readers.
  */
 void gw_publisher_commit(gw_publisher_t *p, const gw_storage_cp_t *cp, const char *const *buckets,
-                         size_t nbuckets, const char *const *lookups, size_t nlookups, int wait);
+                         size_t nbuckets, const char *const *lookups, size_t nlookups, int own,
+                         int wait);
 
 /** Wait until everything queued was published. */
 void gw_publisher_settle(gw_publisher_t *p);

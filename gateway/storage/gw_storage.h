@@ -61,8 +61,12 @@ typedef struct gw_storage_pub gw_storage_pub_t;
  * storage.path); it must outlive every writer and reader opened with it.
  */
 typedef struct gw_storage_opts {
-    const char *kind;      /* backend: "sqlite" (NULL or "": sqlite) */
+    const char *kind;      /* backend: "sqlite" or "postgres" (NULL or "": sqlite) */
     const char *path;      /* sqlite: the storage file */
+    const char *uri;       /* postgres: the storage database */
+    const char *schema;    /* postgres: the schema of Ferry's tables (NULL: "ferry") */
+    const char *read_uri;  /* postgres: readers' database (a hot standby), NULL: uri */
+    int lock_timeout;      /* postgres: seconds until a silent leader's lock is freed (0: 5) */
     gw_storage_pub_t *pub; /* where the serving writer publishes its durable checkpoints and
                               readers of this process read them; NULL: none */
 } gw_storage_opts_t;
@@ -192,6 +196,9 @@ struct gw_storage_type {
     uint64_t (*size)(const gw_storage_opts_t *opts);
     /* writer */
     void (*close)(gw_storage_t *s);
+    int (*lead)(gw_storage_t *s, gw_err_t *err);
+    void (*describe)(gw_storage_t *s, gw_buf_t *out);
+    int (*location)(gw_storage_t *s, char *buf, size_t len);
     void (*set_serving)(gw_storage_t *s, int on);
     void (*set_hook)(gw_storage_t *s, gw_storage_hook_fn fn, void *ud);
     void (*get_hook)(const gw_storage_t *s, gw_storage_hook_fn *fn, void **ud);
@@ -213,6 +220,7 @@ struct gw_storage_type {
     int (*advance_checkpoint)(gw_storage_t *s, gw_err_t *err);
     int (*drop_version)(gw_storage_t *s, const char *version, uint64_t *dropped, gw_err_t *err);
     int (*compact)(gw_storage_t *s, gw_storage_compact_stats_t *out, gw_err_t *err);
+    int (*prefetch)(gw_storage_t *s, const gw_row_ref_t *refs, size_t n, gw_err_t *err);
     int (*put_row)(gw_storage_t *s, const gw_row_ref_t *ref, const rules_ops_t *ops,
                    const gw_op_tail_t *tails, const rules_lookups_t *lookups, const void *copy,
                    size_t copy_len, gw_err_t *err);
@@ -266,6 +274,33 @@ static inline const gw_storage_opts_t *gw_storage_opts(const gw_storage_t *s)
 static inline void gw_storage_close(gw_storage_t *s)
 {
     if (s != NULL) s->type->close(s);
+}
+
+/**
+ * Become (or stay) the instance that replicates into this storage. Returns 1 when s may write
+ * replicated data now, 0 when another instance leads (try again later; s still serves write
+ * checkpoints and relays the leader's checkpoints to this process), or a negative code. A
+ * storage one process owns (sqlite) always answers 1. Leadership is lost when s's connection to
+ * the storage is; the next transaction then fails and the caller asks again.
+ */
+static inline int gw_storage_lead(gw_storage_t *s, gw_err_t *err)
+{
+    return s->type->lead(s, err);
+}
+
+/** Append a JSON object describing the writer's backend (kind, role, epoch, …) to out. */
+static inline void gw_storage_describe(gw_storage_t *s, gw_buf_t *out)
+{
+    s->type->describe(s, out);
+}
+
+/**
+ * Where the storage lives, to compare with the source ("<system id>/<database>/<schema>" for
+ * postgres) into buf: 1, or 0 when it does not live in a Postgres database (sqlite).
+ */
+static inline int gw_storage_location(gw_storage_t *s, char *buf, size_t len)
+{
+    return s->type->location(s, buf, len);
 }
 
 /**
@@ -439,6 +474,17 @@ static inline int gw_storage_compact(gw_storage_t *s, gw_storage_compact_stats_t
                                      gw_err_t *err)
 {
     return s->type->compact(s, out, err);
+}
+
+/**
+ * Inside a txn: the rows refs are about to be stored or deleted (one batch of the apply
+ * pipeline). A backend whose storage is a round trip away loads their states at once; for the
+ * others (no prefetch operation) this does nothing. 0 or an error.
+ */
+static inline int gw_storage_prefetch(gw_storage_t *s, const gw_row_ref_t *refs, size_t n,
+                                      gw_err_t *err)
+{
+    return s->type->prefetch != NULL ? s->type->prefetch(s, refs, n, err) : 0;
 }
 
 /**

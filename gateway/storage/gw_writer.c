@@ -333,6 +333,11 @@ static int filter_maybe(const gw_writer_t *w, const gw_row_ref_t *ref)
     return 1;
 }
 
+int gw_writer_maybe_stored(const gw_writer_t *w, const gw_row_ref_t *ref)
+{
+    return filter_maybe(w, ref);
+}
+
 int gw_writer_filter_reset(gw_writer_t *w, uint64_t rows)
 {
     free(w->filter);

@@ -190,4 +190,7 @@ void gw_writer_filter_add(gw_writer_t *w, const char *tbl, const char *key);
 /** Turn the filter off (a failed build: always safe). */
 void gw_writer_filter_off(gw_writer_t *w);
 
+/** Whether ref may be stored (0: certainly not, so loading its state can be skipped). */
+int gw_writer_maybe_stored(const gw_writer_t *w, const gw_row_ref_t *ref);
+
 #endif

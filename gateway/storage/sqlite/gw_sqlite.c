@@ -328,6 +328,29 @@ uint64_t gw__sqlite_size(const gw_storage_opts_t *opts)
     return size;
 }
 
+/* One process owns the file: it always leads. */
+static int lead(gw_storage_t *st, gw_err_t *err)
+{
+    (void)st;
+    (void)err;
+    return 1;
+}
+
+static void describe(gw_storage_t *st, gw_buf_t *out)
+{
+    gw_sqlite_t *s = (gw_sqlite_t *)st;
+    gw_buf_puts(out, "{\"kind\":\"sqlite\",\"role\":\"leader\",\"path\":");
+    gw_buf_json_str(out, s->path);
+    gw_buf_puts(out, "}");
+}
+
+static int location(gw_storage_t *st, char *buf, size_t len)
+{
+    (void)st;
+    if (len > 0) buf[0] = '\0';
+    return 0;
+}
+
 /* ---- the operations table ---- */
 
 const gw_storage_type_t gw_sqlite_type = {
@@ -335,6 +358,9 @@ const gw_storage_type_t gw_sqlite_type = {
     .open = gw__sqlite_open,
     .size = gw__sqlite_size,
     .close = gw__sqlite_close,
+    .lead = lead,
+    .describe = describe,
+    .location = location,
     .set_serving = gw__sqlite_set_serving,
     .set_hook = gw__sqlite_set_hook,
     .get_hook = gw__sqlite_get_hook,

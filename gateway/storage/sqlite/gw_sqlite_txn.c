@@ -109,7 +109,7 @@ int gw__sqlite_commit(gw_storage_t *st, uint64_t lsn, int wait, gw_err_t *err)
     }
     gw_storage_cp_t cp = gw__sqlite_cp(s, last_op, lsn, w->consistent);
     gw_publisher_commit(s->publisher, &cp, w->touched, w->ntouched,
-                        (const char *const *)w->lookup_keys, w->nlookup_keys, wait);
+                        (const char *const *)w->lookup_keys, w->nlookup_keys, 1, wait);
     return 0;
 }
 
