@@ -31,7 +31,13 @@ GW_STORAGE_SRCS := \
 	gateway/storage/sqlite/gw_sqlite_rows.c \
 	gateway/storage/sqlite/gw_sqlite_versions.c \
 	gateway/storage/sqlite/gw_sqlite_sync.c \
-	gateway/storage/sqlite/gw_sqlite_read.c
+	gateway/storage/sqlite/gw_sqlite_read.c \
+	gateway/storage/postgres/gw_pgs.c \
+	gateway/storage/postgres/gw_pgs_txn.c \
+	gateway/storage/postgres/gw_pgs_versions.c \
+	gateway/storage/postgres/gw_pgs_notify.c \
+	gateway/storage/postgres/gw_pgs_read.c \
+	gateway/storage/postgres/gw_pgs_wire.c
 
 GW_REPL_SRCS := \
 	gateway/repl/gw_repl.c \

@@ -6,6 +6,7 @@
  * rule version shares. A new backend adds its table to `backends` below.
  */
 #include "storage/gw_storage.h"
+#include "storage/postgres/gw_pgs.h"
 #include "storage/sqlite/gw_sqlite.h"
 
 #include <pthread.h>
@@ -16,7 +17,7 @@
 
 /* ---- backends ---- */
 
-static const gw_storage_type_t *const backends[] = {&gw_sqlite_type};
+static const gw_storage_type_t *const backends[] = {&gw_sqlite_type, &gw_pgs_type};
 
 /* The backend kind names (NULL or "": the first one, the default); NULL when none. */
 static const gw_storage_type_t *find_backend(const char *kind)

@@ -182,6 +182,24 @@ typedef struct gw_storage_compact_stats {
     uint64_t target; /* the checkpoint (op id) compacted up to */
 } gw_storage_compact_stats_t;
 
+/** What a writer reports about its storage (gw_storage_info): diagnostics and /metrics. */
+typedef struct gw_storage_info {
+    const char *kind;         /* "sqlite", "postgres" (static) */
+    int shared;               /* several instances may use it: leadership applies */
+    int leader;               /* this writer replicates into it (always, unless shared) */
+    uint64_t epoch;           /* the leader epoch this instance leads or last saw (shared) */
+    char instance[96];        /* this instance ("host:pid:nonce"; "" unless shared) */
+    char leader_instance[96]; /* the leader as last heard of ("" unknown) */
+    char where[256];          /* the file, or "<schema> in <database>" */
+    char location[160];       /* "<schema> <storage id>": lets the replicator find out whether
+                                 storage lives in the source database ("" for a file) */
+    int64_t notify_lag_us;    /* the last relayed commit: its commit to its relay, -1 none */
+    uint64_t relayed;         /* other instances' commits relayed to this process */
+    uint64_t catchups;        /* catch-ups from storage (reconnects, missed notifications) */
+    uint64_t read_conns;      /* readers' connections open in this process */
+    int reachable;            /* the writer's connection works (1 for a file) */
+} gw_storage_info_t;
+
 /* ---- the table every backend fills ---- */
 
 /*
@@ -197,8 +215,7 @@ struct gw_storage_type {
     /* writer */
     void (*close)(gw_storage_t *s);
     int (*lead)(gw_storage_t *s, gw_err_t *err);
-    void (*describe)(gw_storage_t *s, gw_buf_t *out);
-    int (*location)(gw_storage_t *s, char *buf, size_t len);
+    void (*info)(gw_storage_t *s, gw_storage_info_t *out);
     void (*set_serving)(gw_storage_t *s, int on);
     void (*set_hook)(gw_storage_t *s, gw_storage_hook_fn fn, void *ud);
     void (*get_hook)(const gw_storage_t *s, gw_storage_hook_fn *fn, void **ud);
@@ -288,19 +305,10 @@ static inline int gw_storage_lead(gw_storage_t *s, gw_err_t *err)
     return s->type->lead(s, err);
 }
 
-/** Append a JSON object describing the writer's backend (kind, role, epoch, …) to out. */
-static inline void gw_storage_describe(gw_storage_t *s, gw_buf_t *out)
+/** What s is and its part in a storage several instances share (any thread; cheap). */
+static inline void gw_storage_info(gw_storage_t *s, gw_storage_info_t *out)
 {
-    s->type->describe(s, out);
-}
-
-/**
- * Where the storage lives, to compare with the source ("<system id>/<database>/<schema>" for
- * postgres) into buf: 1, or 0 when it does not live in a Postgres database (sqlite).
- */
-static inline int gw_storage_location(gw_storage_t *s, char *buf, size_t len)
-{
-    return s->type->location(s, buf, len);
+    s->type->info(s, out);
 }
 
 /**

@@ -336,19 +336,15 @@ static int lead(gw_storage_t *st, gw_err_t *err)
     return 1;
 }
 
-static void describe(gw_storage_t *st, gw_buf_t *out)
+static void info(gw_storage_t *st, gw_storage_info_t *out)
 {
     gw_sqlite_t *s = (gw_sqlite_t *)st;
-    gw_buf_puts(out, "{\"kind\":\"sqlite\",\"role\":\"leader\",\"path\":");
-    gw_buf_json_str(out, s->path);
-    gw_buf_puts(out, "}");
-}
-
-static int location(gw_storage_t *st, char *buf, size_t len)
-{
-    (void)st;
-    if (len > 0) buf[0] = '\0';
-    return 0;
+    memset(out, 0, sizeof(*out));
+    out->kind = "sqlite";
+    out->leader = 1;
+    out->reachable = 1;
+    out->notify_lag_us = -1;
+    snprintf(out->where, sizeof(out->where), "%s", s->path);
 }
 
 /* ---- the operations table ---- */
@@ -359,8 +355,7 @@ const gw_storage_type_t gw_sqlite_type = {
     .size = gw__sqlite_size,
     .close = gw__sqlite_close,
     .lead = lead,
-    .describe = describe,
-    .location = location,
+    .info = info,
     .set_serving = gw__sqlite_set_serving,
     .set_hook = gw__sqlite_set_hook,
     .get_hook = gw__sqlite_get_hook,
