@@ -17,11 +17,21 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}
 start=$(date +%s)
 failed=()
 
+# one throwaway Postgres for the unit tests that need one (the storage contract suite runs every
+# test against the Postgres backend too, each in a schema of its own); always stopped
+unit_pg=$(tests/lib/pg.sh start unit) || { echo "could not start Postgres for the unit tests"; exit 1; }
+eval "$unit_pg"
+unit_pgtmp=$PGTMP
+trap 'tests/lib/pg.sh stop "$unit_pgtmp"' EXIT
+export FERRY_TEST_STORAGE_URI=$FERRY_PG_URI
 for t in "$FERRY_BUILD"/test_*; do
   [ -x "$t" ] || continue
   echo "== unit: $(basename "$t")"
   "$t" || failed+=("$(basename "$t")")
 done
+tests/lib/pg.sh stop "$unit_pgtmp"
+trap - EXIT
+unset FERRY_TEST_STORAGE_URI PGTMP PGPORT PGHOST FERRY_PG_URI
 
 echo "== integration"
 tests/integration/run.sh || failed+=(integration)

@@ -95,7 +95,8 @@ PGconn *gw__pgs_connect(const char *uri, int lock_timeout, const char *app, gw_e
     snprintf(options, sizeof(options),
              "-c tcp_keepalives_idle=1 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=%s "
              "-c tcp_user_timeout=%s -c synchronous_commit=on -c statement_timeout=0 "
-             "-c idle_in_transaction_session_timeout=0 -c lock_timeout=0 -c TimeZone=UTC",
+             "-c idle_in_transaction_session_timeout=0 -c lock_timeout=0 -c TimeZone=UTC "
+             "-c client_min_messages=warning",
              count, user_ms);
     const char *keys[] = {"dbname",
                           "application_name",
@@ -123,26 +124,35 @@ PGconn *gw__pgs_connect(const char *uri, int lock_timeout, const char *app, gw_e
     return c;
 }
 
+void gw__pgs_ns_range(const char *ns, char *lo, char *hi, size_t len)
+{
+    gw_writer_ns_range(ns, lo, hi, len);
+    if (ns[0] == '\0') snprintf(hi, len, "%s", "\xf4\x8f\xbf\xbf\xf4\x8f\xbf\xbf");
+}
+
 /* ---- the schema ---- */
 
 static const char schema_sql[] =
     "CREATE SCHEMA IF NOT EXISTS %1$s;"
-    "CREATE TABLE IF NOT EXISTS %1$s.state (k text PRIMARY KEY, v text NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS %1$s.buckets (id int8 PRIMARY KEY, name text NOT NULL UNIQUE,"
+    "CREATE TABLE IF NOT EXISTS %1$s.state (k text COLLATE \"C\" PRIMARY KEY, v text NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS %1$s.buckets (id int8 PRIMARY KEY,"
+    "  name text COLLATE \"C\" NOT NULL UNIQUE,"
     "  checksum int8 NOT NULL, count int8 NOT NULL, last_op int8 NOT NULL)"
     "  WITH (fillfactor = 70);"
     "CREATE SEQUENCE IF NOT EXISTS %1$s.bucket_ids;"
     "CREATE TABLE IF NOT EXISTS %1$s.op_chunks (bucket_id int8 NOT NULL, last_op int8 NOT NULL,"
     "  first_op int8 NOT NULL, n int8 NOT NULL, checksum int8 NOT NULL, ops bytea NOT NULL,"
     "  PRIMARY KEY (bucket_id, last_op));"
-    "CREATE TABLE IF NOT EXISTS %1$s.row_state (tbl text NOT NULL, key text NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS %1$s.row_state (tbl text COLLATE \"C\" NOT NULL,"
+    "  key text COLLATE \"C\" NOT NULL,"
     "  members bytea, lookups text NOT NULL DEFAULT '', copy bytea, PRIMARY KEY (tbl, key))"
     "  WITH (fillfactor = 80);"
-    "CREATE TABLE IF NOT EXISTS %1$s.lookups (key text NOT NULL, tbl text NOT NULL,"
-    "  rkey text NOT NULL, params text NOT NULL, from_op int8 NOT NULL, to_op int8);"
+    "CREATE TABLE IF NOT EXISTS %1$s.lookups (key text COLLATE \"C\" NOT NULL,"
+    "  tbl text COLLATE \"C\" NOT NULL, rkey text COLLATE \"C\" NOT NULL, params text NOT NULL,"
+    "  from_op int8 NOT NULL, to_op int8);"
     "CREATE INDEX IF NOT EXISTS lookups_by_key ON %1$s.lookups (key, from_op);"
     "CREATE INDEX IF NOT EXISTS lookups_by_row ON %1$s.lookups (tbl, rkey) WHERE to_op IS NULL;"
-    "CREATE TABLE IF NOT EXISTS %1$s.write_checkpoints (user_key text PRIMARY KEY,"
+    "CREATE TABLE IF NOT EXISTS %1$s.write_checkpoints (user_key text COLLATE \"C\" PRIMARY KEY,"
     "  counter int8 NOT NULL, lsn int8 NOT NULL);"
     "CREATE TABLE IF NOT EXISTS %1$s.changes (last_op int8 PRIMARY KEY,"
     "  at timestamptz NOT NULL DEFAULT now(), body text NOT NULL);"
@@ -334,8 +344,9 @@ int gw__pgs_open(const gw_storage_opts_t *opts, const char *version, gw_storage_
     gethostname(host, sizeof(host) - 1);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    snprintf(s->instance, sizeof(s->instance), "%.40s:%d:%04lx", host, (int)getpid(),
-             (unsigned long)((ts.tv_nsec ^ (long)getpid()) & 0xffff));
+    static _Atomic unsigned opened;
+    snprintf(s->instance, sizeof(s->instance), "%.40s:%d:%04lx%u", host, (int)getpid(),
+             (unsigned long)((ts.tv_nsec ^ (long)getpid()) & 0xffff), atomic_fetch_add(&opened, 1));
     s->notify_lag_us = -1;
     int rc = 0;
     s->conn = gw__pgs_connect(opts->uri, gw__pgs_lock_timeout(opts), "ferry storage", err);

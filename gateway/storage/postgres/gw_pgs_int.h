@@ -139,6 +139,10 @@ int gw__pgs_lock_timeout(const gw_storage_opts_t *opts);
 /** The epoch the leader of this process leads under for opts (0: it does not lead). */
 uint64_t gw__pgs_leader_epoch(const gw_storage_opts_t *opts);
 
+/** The text range [lo, hi) of names in namespace ns, as gw_writer_ns_range but valid UTF-8 (the
+ *  range of every name, for "", ends below two U+10FFFF). Compared with COLLATE "C". */
+void gw__pgs_ns_range(const char *ns, char *lo, char *hi, size_t len);
+
 /** A builder's writer takes up its process's leader's epoch: 1, or 0 when none leads. */
 int gw__pgs_follow(gw_pgs_t *s);
 

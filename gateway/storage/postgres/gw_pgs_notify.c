@@ -496,7 +496,7 @@ static int catch_up(listener_t *l)
     char after[24], lsn[24], lo[48], hi[48];
     snprintf(after, sizeof(after), "%llu", (unsigned long long)l->last.last_op);
     snprintf(lsn, sizeof(lsn), "%llu", (unsigned long long)l->last.lsn);
-    gw_writer_ns_range(cp.ns, lo, hi, sizeof(lo));
+    gw__pgs_ns_range(cp.ns, lo, hi, sizeof(lo));
     const char *pv[3] = {after, lo, hi};
     int rc = 0;
     if (l->last.last_op > 0) { /* after a start, streams read everything anyway */

@@ -230,7 +230,7 @@ int gw__pgs_load_cache(gw_pgs_t *s, gw_err_t *err)
                               (uint64_t)gw__pgs_get_i64(res, i, 4));
     PQclear(res);
     char lo[48], hi[48];
-    gw_writer_ns_range(w->version, lo, hi, sizeof(lo));
+    gw__pgs_ns_range(w->version, lo, hi, sizeof(lo));
     const char *pv[2] = {lo, hi};
     gw_buf_printf(&sql, "SELECT count(*) FROM %s.row_state WHERE tbl >= $1 AND tbl < $2",
                   s->schema_q);
@@ -610,7 +610,7 @@ static void filter_rebuild(void *ud, uint64_t rows)
     gw_pgs_t *s = ud;
     if (!gw_writer_filter_reset(&s->w, rows)) return;
     char lo[48], hi[48];
-    gw_writer_ns_range(s->w.version, lo, hi, sizeof(lo));
+    gw__pgs_ns_range(s->w.version, lo, hi, sizeof(lo));
     char from[16];
     snprintf(from, sizeof(from), "%d", (int)strlen(s->w.version) + 1);
     const char *pv[3] = {lo, hi, from};

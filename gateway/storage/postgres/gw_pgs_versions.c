@@ -78,7 +78,7 @@ int gw__pgs_drop_version(gw_storage_t *st, const char *version, uint64_t *droppe
     if (gw_writer_flush_pending(&s->w, err) != 0 || gw__pgs_flush_chunks(s, err) != 0 ||
         gw__pgs_flush_rows(s, err) != 0)
         return GW_EPG;
-    gw_writer_ns_range(ns, lo, hi, sizeof(lo));
+    gw__pgs_ns_range(ns, lo, hi, sizeof(lo));
     int rc = exec_range(s,
                         "DELETE FROM %1$s.op_chunks WHERE bucket_id IN (SELECT id FROM %1$s.buckets "
                         "WHERE name >= $1 AND name < $2)",

@@ -20,6 +20,7 @@
 
 #include <check.h>
 #include <ftw.h>
+#include <libpq-fe.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,31 @@ static void sqlite_down(void)
     nftw(sqlite_dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
 }
 
+/* Postgres: a schema of its own per test in the database FERRY_TEST_STORAGE_URI names (tests/run.sh
+ * starts a throwaway cluster for the unit tests), dropped afterwards. */
+static char pg_schema[64];
+
+static void pg_up(gw_storage_opts_t *o)
+{
+    const char *uri = getenv("FERRY_TEST_STORAGE_URI");
+    ck_assert_msg(uri != NULL && uri[0] != '\0',
+                  "FERRY_TEST_STORAGE_URI must name a Postgres database (tests/run.sh sets it)");
+    snprintf(pg_schema, sizeof(pg_schema), "contract_%d", (int)getpid());
+    o->uri = uri;
+    o->schema = pg_schema;
+    o->lock_timeout = 5;
+}
+
+static void pg_down(void)
+{
+    PGconn *c = PQconnectdb(getenv("FERRY_TEST_STORAGE_URI"));
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SET client_min_messages = warning; DROP SCHEMA IF EXISTS %s CASCADE",
+             pg_schema);
+    PQclear(PQexec(c, sql));
+    PQfinish(c);
+}
+
 typedef struct backend {
     const char *kind;
     void (*up)(gw_storage_opts_t *opts); /* fill opts for a fresh, empty storage */
@@ -60,6 +86,7 @@ typedef struct backend {
 
 static const backend_t backends[] = {
     {"sqlite", sqlite_up, sqlite_down},
+    {"postgres", pg_up, pg_down},
 };
 #define NBACKENDS ((int)(sizeof(backends) / sizeof(backends[0])))
 
@@ -90,11 +117,14 @@ static void teardown(void)
 
 static gw_err_t err;
 
-/* A writer serving rule version 1 (as the replicator makes it). */
+/* A writer serving rule version 1 (as the replicator makes it), leading the storage. */
 static gw_storage_t *writer(void)
 {
     gw_storage_t *s;
-    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
+    int rc = gw_storage_open(&opts, &s, &err);
+    ck_assert_msg(rc == 0, "open: %s", err.message);
+    rc = gw_storage_lead(s, &err);
+    ck_assert_msg(rc == 1, "lead: %d %s", rc, err.message);
     ck_assert_int_eq(gw_storage_set_version(s, "1", &err), 0);
     return s;
 }
