@@ -20,6 +20,7 @@
  */
 #include "base/gw_buf.h"
 #include "cli/gw_cli.h"
+#include "cli/gw_cli_int.h"
 #include "config/gw_config.h"
 #include "pg/gw_pg.h"
 #include "config/gw_rules.h"
@@ -179,7 +180,7 @@ static int cmd_dump(gw_config_t *cfg, const char *bucket, int all, int checksums
     gw_storage_reader_t *r;
     gw_err_t err;
     char msg[1024];
-    gw_storage_opts_t sopts = {.kind = cfg->storage.kind, .path = cfg->storage.path};
+    gw_storage_opts_t sopts = gw_cli_storage_opts(cfg, NULL);
     if (gw_storage_reader_open(&sopts, &r, &err) != 0) {
         fprintf(stderr, "ferry debug dump: %s\n", gw_err_format(&err, msg, sizeof(msg)));
         return 1;
@@ -205,7 +206,7 @@ static int cmd_oracle(gw_config_t *cfg)
     char msg[1024], hash[32], version[32] = "1";
     rules_set_t *rules = NULL;
     gw_storage_reader_t *r;
-    gw_storage_opts_t sopts = {.kind = cfg->storage.kind, .path = cfg->storage.path};
+    gw_storage_opts_t sopts = gw_cli_storage_opts(cfg, NULL);
     if (gw_storage_reader_open(&sopts, &r, &err) == 0) {
         uint64_t last_op, lsn;
         int consistent;

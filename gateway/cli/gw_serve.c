@@ -9,6 +9,7 @@
  */
 #include "base/gw_buf.h"
 #include "cli/gw_cli.h"
+#include "cli/gw_cli_int.h"
 #include "config/gw_config.h"
 #include "http/gw_http.h"
 #include "base/gw_log.h"
@@ -45,6 +46,17 @@ static void raise_nofile(void)
             (unsigned long long)rl.rlim_max);
 }
 
+gw_storage_opts_t gw_cli_storage_opts(const gw_config_t *cfg, gw_storage_pub_t *pub)
+{
+    return (gw_storage_opts_t){.kind = cfg->storage.kind,
+                               .path = cfg->storage.path,
+                               .uri = cfg->storage.uri,
+                               .schema = cfg->storage.schema,
+                               .read_uri = cfg->storage.read_uri,
+                               .lock_timeout = (int)cfg->storage.lock_timeout,
+                               .pub = pub};
+}
+
 /* Create the folder that will hold path when it is missing (one level, like the demo's var/). */
 static void ensure_parent_dir(const char *path)
 {
@@ -68,7 +80,8 @@ static void print_summary(const gw_config_t *cfg, gw_http_t *http, rules_set_t *
             "write_rules=%zu constraints=%zu publication=%s storage=%s",
             gw_http_address(http), cfg->sync_rules.path, gw_repl_version(repl),
             rules_definition_count(rules), ntables, rules_write_count(rules),
-            rules_constraint_count(rules), cfg->replication.publication, cfg->storage.path);
+            rules_constraint_count(rules), cfg->replication.publication,
+            strcmp(cfg->storage.kind, "postgres") == 0 ? cfg->storage.schema : cfg->storage.path);
     if (!isatty(STDERR_FILENO)) return;
     fprintf(stderr,
             "\n  ferry %s is up\n"
@@ -163,8 +176,8 @@ int gw_cli_serve(int argc, char **argv)
     gw_buf_append(&rules_text, "", 1); /* NUL-terminated: the storage keeps it */
     /* storage: readers of this process serve what the serving writer published (durable) */
     pub = gw_storage_pub_new();
-    sopts = (gw_storage_opts_t){.kind = cfg.storage.kind, .path = cfg.storage.path, .pub = pub};
-    ensure_parent_dir(cfg.storage.path);
+    sopts = gw_cli_storage_opts(&cfg, pub);
+    if (strcmp(cfg.storage.kind, "sqlite") == 0) ensure_parent_dir(cfg.storage.path);
     if (gw_storage_open(&sopts, &storage, &err) != 0) goto fail;
     streams = gw_streams_new(storage);
     if (gw_repl_create(&cfg, rules, rules_hash, rules_text.data, storage, &repl, &err) != 0)

@@ -107,7 +107,17 @@ static const cfg_field_t replication_fields[] = {
  * sits below storage/ and cannot ask it). */
 static const char *check_storage_kind(const char *v)
 {
-    return strcmp(v, "sqlite") == 0 ? NULL : "one of: sqlite";
+    return strcmp(v, "sqlite") == 0 || strcmp(v, "postgres") == 0 ? NULL : "one of: sqlite, postgres";
+}
+
+/* A schema name Ferry creates: lowercase, so it needs no quoting anywhere. */
+static const char *check_schema(const char *v)
+{
+    size_t n = strlen(v);
+    int ok = n > 0 && n <= 63 && !(v[0] >= '0' && v[0] <= '9');
+    for (const char *p = v; ok && *p; p++)
+        ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
+    return ok ? NULL : "a lowercase name of letters, digits and _ (at most 63)";
 }
 
 static const cfg_field_t storage_fields[] = {
@@ -116,6 +126,13 @@ static const cfg_field_t storage_fields[] = {
      .offset = offsetof(gw_config_t, storage.kind),
      .check = check_storage_kind},
     F_PATH("path", storage.path),
+    F_STR("uri", storage.uri),
+    {.name = "schema",
+     .type = CT_STR,
+     .offset = offsetof(gw_config_t, storage.schema),
+     .check = check_schema},
+    F_STR("read_uri", storage.read_uri),
+    F_INT("lock_timeout", storage.lock_timeout, 2, 600),
     F_END,
 };
 static const cfg_field_t key_fields[] = {
@@ -549,6 +566,8 @@ void gw_config_defaults(gw_config_t *cfg)
     cfg->replication.compact_interval = 3600;
     cfg->storage.kind = gw_xstrdup("sqlite");
     cfg->storage.path = gw_xstrdup("ferry-storage.db");
+    cfg->storage.schema = gw_xstrdup("ferry");
+    cfg->storage.lock_timeout = 5;
     cfg->auth.max_lifetime = 86400;
     cfg->auth.leeway = 60;
     cfg->auth.jwks_refresh_interval = 300;
@@ -651,6 +670,11 @@ int gw_config_load_string(gw_config_t *cfg, const char *text, size_t len, const 
     } else {
         rc = parse_fields(&c, root, root_fields, cfg, "");
     }
+    if (rc == 0 && strcmp(cfg->storage.kind, "postgres") == 0 &&
+        (cfg->storage.uri == NULL || cfg->storage.uri[0] == '\0'))
+        rc = gw_err_set(err, GW_ECONFIG, name,
+                        "storage.uri is required with storage.kind: postgres (a Postgres "
+                        "connection URI for Ferry's tables; it may be postgres.uri)");
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
     if (rc != 0) {

@@ -50,8 +50,12 @@ typedef struct gw_config {
         long compact_interval; /* seconds between compaction runs; 0 disables */
     } replication;
     struct {
-        char *kind; /* the backend: "sqlite" (the only one so far) */
-        char *path; /* sqlite: the storage file */
+        char *kind;        /* the backend: "sqlite" (default) or "postgres" */
+        char *path;        /* sqlite: the storage file */
+        char *uri;         /* postgres: the storage database */
+        char *schema;      /* postgres: the schema of Ferry's tables ("ferry") */
+        char *read_uri;    /* postgres: readers' database, a hot standby (NULL: uri) */
+        long lock_timeout; /* postgres: seconds until a silent leader's lock is freed (5) */
     } storage;
     struct {
         char **audience;

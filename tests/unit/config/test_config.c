@@ -219,7 +219,24 @@ START_TEST(test_config_storage_kind)
     ck_assert_str_eq(cfg.storage.path, "/cfg/s.db");
     gw_config_free(&cfg);
     ck_assert_str_eq(load_err(MINIMAL "storage:\n  kind: mongodb\n"),
-                     "f.yaml:4:9: \"storage.kind\" must be one of: sqlite (got \"mongodb\")");
+                     "f.yaml:4:9: \"storage.kind\" must be one of: sqlite, postgres (got "
+                     "\"mongodb\")");
+    /* postgres: a URI is required, the schema and lock timeout have defaults and limits */
+    ck_assert_str_eq(load_err(MINIMAL "storage:\n  kind: postgres\n"),
+                     "f.yaml: storage.uri is required with storage.kind: postgres (a Postgres "
+                     "connection URI for Ferry's tables; it may be postgres.uri)");
+    const char *pg = MINIMAL "storage:\n  kind: postgres\n  uri: postgresql://db/app\n";
+    ck_assert_int_eq(gw_config_load_string(&cfg, pg, strlen(pg), "f.yaml", "/cfg", &err), 0);
+    ck_assert_str_eq(cfg.storage.schema, "ferry");
+    ck_assert_int_eq(cfg.storage.lock_timeout, 5);
+    ck_assert_ptr_null(cfg.storage.read_uri);
+    gw_config_free(&cfg);
+    ck_assert_str_eq(load_err(MINIMAL "storage:\n  kind: postgres\n  uri: x\n  schema: Ferry\n"),
+                     "f.yaml:6:11: \"storage.schema\" must be a lowercase name of letters, digits "
+                     "and _ (at most 63) (got \"Ferry\")");
+    ck_assert_ptr_nonnull(
+        strstr(load_err(MINIMAL "storage:\n  kind: postgres\n  uri: x\n  lock_timeout: 1\n"),
+               "storage.lock_timeout"));
 }
 END_TEST
 
