@@ -46,6 +46,7 @@ GW_REPL_SRCS := \
 	gateway/repl/gw_repl_apply.c \
 	gateway/repl/gw_repl_stream.c \
 	gateway/repl/gw_repl_versions.c \
+	gateway/repl/gw_repl_lead.c \
 	gateway/repl/gw_repl_diag.c
 
 GW_HTTP_SRCS := \

@@ -45,7 +45,7 @@
 #include <sys/eventfd.h>
 
 const char *const gw__repl_phase_names[] = {"checking source", "creating slot", "snapshot",
-                                            "streaming", "retrying"};
+                                            "streaming", "retrying",      "standby"};
 
 void gw__repl_set_phase(gw_repl_t *r, int phase, const char *reason)
 {
@@ -131,8 +131,28 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     gw_repl_t *r = gw__repl_new(cfg, rules, rules_hash, "", storage);
     r->ready_id = gw_ready_register("replication", "starting");
     r->old_pending = 1;
+    snprintf(r->file_hash, sizeof(r->file_hash), "%s", rules_hash);
+    gw_storage_info_t info;
+    gw_storage_info(storage, &info);
+    r->shared = info.shared;
+    int lead = gw_storage_lead(storage, err);
+    if (lead == 0) {
+        /* another instance replicates: serve what it stored (gw_repl_lead.c) */
+        int rc = gw__repl_follow_init(r, err);
+        if (rc != 0) {
+            gw_storage_set_durable_fn(storage, NULL, NULL);
+            r->st = NULL;
+            gw_repl_destroy(r);
+            return rc;
+        }
+        gw__repl_rules_file_id(r, &r->rules_file);
+        gw__repl_note_storage(r);
+        *out = r;
+        return 0;
+    }
     rules_set_t *serve_rules = NULL;
-    int rc = gw__repl_resolve_version(r, rules, rules_hash, rules_text, &serve_rules, err);
+    int rc = lead < 0 ? lead
+                      : gw__repl_resolve_version(r, rules, rules_hash, rules_text, &serve_rules, err);
     if (rc == 0) rc = gw_storage_set_version(storage, r->version, err);
     if (rc != 0) {
         rules_unref(serve_rules);
@@ -150,6 +170,7 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     snprintf(r->slot, sizeof(r->slot), "%s_%s", r->slot_prefix, r->version);
     gw__repl_add_active(r, r->rules, r->version, 0);
     gw__repl_rules_file_id(r, &r->rules_file);
+    gw__repl_note_storage(r);
     /* ready only once the source is known to be the one this storage was built from */
     *out = r;
     return 0;
@@ -381,6 +402,23 @@ static void *repl_main(void *arg)
     while (!atomic_load(&r->stop)) {
         gw_err_t err;
         gw_err_clear(&err);
+        if (r->shared && !r->builder) {
+            /* only the instance that leads the storage replicates (gw_repl_lead.c) */
+            int lead = gw_storage_lead(r->st, &err);
+            gw__repl_note_storage(r);
+            if (lead != 1) {
+                gw__repl_standby(r, lead, &err);
+                continue;
+            }
+            if (r->standby && gw__repl_take_over(r, &err) != 0) {
+                char msg[1024];
+                gw_error("repl", "could not take over replication; retrying", "error=\"%s\"",
+                         gw_err_format(&err, msg, sizeof(msg)));
+                gw__repl_standby(r, 0, NULL);
+                continue;
+            }
+            backoff = 500;
+        }
         int rc = run_once(r, &err);
         disconnect(r);
         if (atomic_load(&r->stop)) break;

@@ -9,6 +9,7 @@
  *   gw_repl_apply.c     a row through the rules, the apply pipeline, batches and commits
  *   gw_repl_stream.c    the pgoutput stream loop: decoding, TOAST merges, acknowledgements
  *   gw_repl_versions.c  rule versions: build beside, switch, retire (the machine drawn there)
+ *   gw_repl_lead.c      several instances on one storage: standby, following, taking over
  *   gw_repl_diag.c      slot health, diagnostics and metrics
  * One gw_repl_t is a replicator: the serving one, or a builder of a new rule version.
  */
@@ -86,6 +87,13 @@ struct gw_repl {
     int rules_seen_set;
     char rules_bad_hash[32];       /* a changed file that did not compile (logged once) */
     _Atomic(gw_active_t *) active; /* what request handlers use now */
+    /* several instances on one storage (gw_repl_lead.c): only the leader replicates; the
+     * others are standbys that serve, run write checkpoints and follow its rule versions */
+    int shared;              /* the storage is shared (storage info) */
+    int standby;             /* this instance does not lead (serving replicator only) */
+    char file_hash[32];      /* the hash of this instance's own rules file, at start */
+    char warned_version[32]; /* the version whose rules differ from the file, warned about */
+    uint64_t lead_ms;        /* when the stream loop last checked the lead */
     gw_active_t **actives;         /* every rules/version pair handed out; freed at destroy */
     size_t nactives;
     void (*on_switch)(const gw_active_t *now, void *ud);
@@ -165,6 +173,7 @@ struct gw_repl {
         double ops_per_s;      /* op ids handed out per second since the previous poll */
         uint64_t rows, buckets, ops;
         char last_error[256];
+        gw_storage_info_t storage; /* the writer's storage info, as last noted (gw_repl_lead.c) */
     } diag;
     uint64_t old_check_ms;
     uint64_t poll_ms, poll_last_op, warn_lag_ms, warn_wal_ms, compact_ms;
@@ -302,6 +311,9 @@ int gw__repl_resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash,
 /** The rules file's identity (modification time, size, inode); 0, or -1 when unreadable. */
 int gw__repl_rules_file_id(gw_repl_t *r, struct gw__file_id *id);
 
+/** A stored state text of any length: malloc'd (caller frees), or NULL when absent. */
+char *gw__repl_state_text(gw_storage_t *st, const char *key);
+
 /** Drop retired versions' slots and data (serving replicator, consistent, after a grace). */
 void gw__repl_drop_retired(gw_repl_t *r);
 
@@ -310,6 +322,27 @@ int gw__repl_rule_versions(gw_repl_t *r, gw_err_t *err);
 
 /** Take the builder's version over (the stream loop ended with switch_wanted). */
 void gw__repl_do_switch(gw_repl_t *r);
+
+/* ---- gw_repl_lead.c ---- */
+
+/** At start, on a storage another instance leads: serve the version it serves, with the rules
+ *  it stored (a fresh storage: this file's rules until the leader made the first version). */
+int gw__repl_follow_init(gw_repl_t *r, gw_err_t *err);
+
+/** One standby pass (about a second): write checkpoints, following the leader's rule versions,
+ *  readiness. lead_rc/lerr: what asking for the lead answered (negative: storage unreachable). */
+void gw__repl_standby(gw_repl_t *r, int lead_rc, const gw_err_t *lerr);
+
+/** A standby won the lead: take up the stored state as the leader (the rules file decides, a
+ *  build in progress resumes). 0 or an error (the next pass tries again). */
+int gw__repl_take_over(gw_repl_t *r, gw_err_t *err);
+
+/** The stream loop, idle: whether this instance still leads (drains the pipeline first). 0, or
+ *  GW_EUNAVAIL when the lead is gone (the stream ends; repl_main turns standby). */
+int gw__repl_check_lead(gw_repl_t *r, gw_err_t *err);
+
+/** Note the writer's storage info for diagnostics and metrics (replicator thread). */
+void gw__repl_note_storage(gw_repl_t *r);
 
 /* ---- gw_repl_diag.c ---- */
 

@@ -98,6 +98,50 @@ static int check_same_source(gw_repl_t *r, gw_err_t *err)
     return rc;
 }
 
+/*
+ * Whether the publication would replicate Ferry's own storage tables (storage in a schema of the
+ * source database): 1 with what and the fix. The storage names itself with a random id stored in
+ * its state table; finding that id in the source database proves it is the same database.
+ */
+static int storage_in_publication(gw_repl_t *r, char *msg, size_t msglen, char *fix, size_t fixlen)
+{
+    gw_storage_info_t info;
+    gw_storage_info(r->st, &info);
+    char schema[80] = "", id[80] = "";
+    if (sscanf(info.location, "%79s %79s", schema, id) != 2) return 0;
+    char *qs = gw_pg_ident(r->q, schema);
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "SELECT CASE WHEN to_regclass('%s.state') IS NULL THEN NULL ELSE "
+             "(SELECT v FROM %s.state WHERE k = 'storage_id') END",
+             qs, qs);
+    free(qs);
+    gw_err_t err;
+    PGresult *res = gw_pg_query(r->q, sql, &err);
+    int same = res != NULL && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), id) == 0;
+    PQclear(res);
+    if (!same) return 0;
+    const char *pv[2] = {r->publication, schema};
+    res = gw_pg_query_params(r->q,
+                             "SELECT (SELECT puballtables FROM pg_publication WHERE pubname = $1) "
+                             "OR EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 "
+                             "AND schemaname = $2)",
+                             2, pv, &err);
+    int in = res != NULL && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    if (!in) return 0;
+    snprintf(msg, msglen,
+             "publication \"%s\" would replicate Ferry's own storage tables (schema \"%s\" of "
+             "this database)",
+             r->publication, schema);
+    snprintf(fix, fixlen,
+             "publish only the application's tables (CREATE PUBLICATION %s FOR TABLE ...; or "
+             "ALTER PUBLICATION %s DROP TABLE ... for each table of schema %s), or put storage "
+             "in another database (storage.uri)",
+             r->publication, r->publication, schema);
+    return 1;
+}
+
 int gw__repl_check_source(gw_repl_t *r, gw_err_t *err)
 {
     char msg[512], fix[512];
@@ -155,6 +199,10 @@ int gw__repl_check_source(gw_repl_t *r, gw_err_t *err)
         snprintf(fix, sizeof(fix),
                  "ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');",
                  r->publication);
+        source_problem(r, msg, fix);
+        return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+    }
+    if (storage_in_publication(r, msg, sizeof(msg), fix, sizeof(fix))) {
         source_problem(r, msg, fix);
         return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
     }
@@ -237,6 +285,35 @@ int gw__repl_check_source(gw_repl_t *r, gw_err_t *err)
 
 /* ---- slot ---- */
 
+/*
+ * On a storage several instances share, this instance leads (it holds the storage's lock), so a
+ * walsender still streaming its slot belongs to an instance that lost the lead: one whose host
+ * died keeps it until wal_sender_timeout. End it (pg_terminate_backend: the same role, or
+ * pg_signal_backend) and wait until the slot is free. 0, or GW_EUNAVAIL.
+ */
+static int free_slot(gw_repl_t *r, gw_err_t *err)
+{
+    const char *pv[1] = {r->slot};
+    for (int i = 0; i < 100; i++) {
+        PGresult *res = gw_pg_query_params(
+            r->q,
+            "SELECT active_pid, pg_terminate_backend(active_pid) FROM pg_replication_slots "
+            "WHERE slot_name = $1 AND active AND active_pid IS NOT NULL",
+            1, pv, err);
+        if (res == NULL) return GW_EPG;
+        int busy = PQntuples(res) > 0;
+        if (busy && i == 0)
+            gw_warn("repl", "ended the walsender of an instance that no longer leads",
+                    "slot=%s pid=%s", r->slot, PQgetvalue(res, 0, 0));
+        PQclear(res);
+        if (!busy) return 0;
+        usleep(100000);
+    }
+    return gw_err_set(err, GW_EUNAVAIL, "repl",
+                      "replication slot \"%s\" stayed in use after its walsender was ended",
+                      r->slot);
+}
+
 int gw__repl_ensure_slot(gw_repl_t *r, gw_err_t *err)
 {
     char created[8] = "";
@@ -260,7 +337,7 @@ int gw__repl_ensure_slot(gw_repl_t *r, gw_err_t *err)
         source_problem(r, msg, fix);
         return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
     }
-    if (exists && !lost && created[0] == '1') return 0;
+    if (exists && !lost && created[0] == '1') return active && r->shared ? free_slot(r, err) : 0;
     if (created[0] == '1') {
         /* our slot vanished (dropped, or its WAL was removed): the stream cannot resume */
         char msg[512], fix[256];

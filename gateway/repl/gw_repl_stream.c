@@ -411,6 +411,9 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
                     gw__repl_drop_retired(r);
                 }
                 if (rc == 0 && !r->batch_open && !r->builder) rc = gw__repl_rule_versions(r, err);
+                if (rc == 0 && !r->batch_open && r->shared && !r->builder &&
+                    gw__repl_now_ms() - r->lead_ms >= 1000)
+                    rc = gw__repl_check_lead(r, err);
                 if (rc != 0) break;
             }
             gw__repl_poll_slot(r);

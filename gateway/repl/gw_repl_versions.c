@@ -107,8 +107,7 @@ static int abandon_stored_build(gw_storage_t *st, const char *version, gw_err_t 
     return abandon_build(st, version, slot, err);
 }
 
-/* A stored state text of any length: malloc'd (caller frees), or NULL when absent. */
-static char *state_text(gw_storage_t *st, const char *key)
+char *gw__repl_state_text(gw_storage_t *st, const char *key)
 {
     size_t len = 4096;
     for (;;) {
@@ -221,7 +220,7 @@ int gw__repl_resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash,
     }
     if (serving[0] != '\0') {
         /* other rules: keep serving the stored version with its stored rules, if it has them */
-        char *old_text = state_text(st, "rules_text");
+        char *old_text = gw__repl_state_text(st, "rules_text");
         rules_set_t *old = NULL;
         char old_hash[32], what[64];
         gw_err_t cerr;
