@@ -42,6 +42,7 @@ void gw__repl_poll_slot(gw_repl_t *r)
 {
     uint64_t now = gw__repl_now_ms();
     if (r->poll_ms != 0 && now - r->poll_ms < POLL_INTERVAL_MS) return;
+    if (!r->builder) gw__repl_note_storage(r);
     double dt = r->poll_ms != 0 ? (double)(now - r->poll_ms) / 1000.0 : 0;
     r->poll_ms = now;
     gw_err_t err;
@@ -101,6 +102,32 @@ void gw__repl_poll_slot(gw_repl_t *r)
     }
 }
 
+/* ,"storage":{…}: the storage and this instance's part in it (a shared storage's leader,
+ * epoch, notification lag, read connections). */
+static void storage_json(gw_buf_t *out, const gw_storage_info_t *s)
+{
+    gw_buf_puts(out, ",\"storage\":{\"kind\":");
+    gw_buf_json_str(out, s->kind != NULL ? s->kind : "");
+    gw_buf_puts(out, ",\"where\":");
+    gw_buf_json_str(out, s->where);
+    gw_buf_printf(out, ",\"role\":\"%s\",\"reachable\":%s", s->leader ? "leader" : "standby",
+                  s->reachable ? "true" : "false");
+    if (s->shared) {
+        gw_buf_printf(out, ",\"epoch\":%llu,\"instance\":", (unsigned long long)s->epoch);
+        gw_buf_json_str(out, s->instance);
+        gw_buf_puts(out, ",\"leader\":");
+        gw_buf_json_str(out, s->leader_instance);
+        if (s->notify_lag_us >= 0)
+            gw_buf_printf(out, ",\"notify_lag_ms\":%.3f", (double)s->notify_lag_us / 1000.0);
+        else
+            gw_buf_puts(out, ",\"notify_lag_ms\":null");
+        gw_buf_printf(out, ",\"relayed_commits\":%llu,\"catchups\":%llu,\"read_connections\":%llu",
+                      (unsigned long long)s->relayed, (unsigned long long)s->catchups,
+                      (unsigned long long)s->read_conns);
+    }
+    gw_buf_puts(out, "}");
+}
+
 void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
 {
     uint64_t lsn = atomic_load(&r->m_lsn), lb = lag_bytes(r);
@@ -139,6 +166,7 @@ void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
         gw_buf_json_str(out, r->diag.last_error);
     else
         gw_buf_puts(out, "null");
+    storage_json(out, &r->diag.storage);
     pthread_mutex_unlock(&r->diag_lock);
     /* a new rule version being built beside this one (the replicator thread sets and clears
      * next; a builder lives until that thread destroys it, after the switch or a discard) */
@@ -170,13 +198,46 @@ void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
     gw_buf_puts(out, "}");
 }
 
+/* The storage's lines: its kind and this instance's role; with a shared storage the epoch, the
+ * notification lag, relays, catch-ups and read connections. */
+static void storage_metrics(gw_buf_t *out, const gw_storage_info_t *s)
+{
+    gw_buf_puts(out, "# HELP ferry_storage_info The storage backend and this instance's role in it."
+                     "\n# TYPE ferry_storage_info gauge\n");
+    gw_buf_printf(out, "ferry_storage_info{kind=\"%s\",role=\"%s\",instance=\"%s\"} 1\n",
+                  s->kind != NULL ? s->kind : "", s->leader ? "leader" : "standby", s->instance);
+    gw_buf_puts(out, "# HELP ferry_storage_leader Whether this instance replicates into the storage."
+                     "\n# TYPE ferry_storage_leader gauge\n");
+    gw_buf_printf(out, "ferry_storage_leader %d\n", s->leader ? 1 : 0);
+    gw_buf_puts(out, "# HELP ferry_storage_reachable Whether the storage database answers.\n"
+                     "# TYPE ferry_storage_reachable gauge\n");
+    gw_buf_printf(out, "ferry_storage_reachable %d\n", s->reachable ? 1 : 0);
+    if (!s->shared) return;
+    gw_buf_puts(out, "# HELP ferry_storage_epoch The leader epoch (increments at each takeover).\n"
+                     "# TYPE ferry_storage_epoch gauge\n");
+    gw_buf_printf(out, "ferry_storage_epoch %llu\n", (unsigned long long)s->epoch);
+    gw_buf_puts(out, "# HELP ferry_storage_notify_lag_seconds From the leader's storage commit to "
+                     "this instance relaying it (wall clocks), the last one.\n"
+                     "# TYPE ferry_storage_notify_lag_seconds gauge\n");
+    gw_buf_printf(out, "ferry_storage_notify_lag_seconds %.6f\n",
+                  s->notify_lag_us >= 0 ? (double)s->notify_lag_us / 1e6 : 0.0);
+    gw_buf_puts(out, "# TYPE ferry_storage_relayed_commits_total counter\n");
+    gw_buf_printf(out, "ferry_storage_relayed_commits_total %llu\n", (unsigned long long)s->relayed);
+    gw_buf_puts(out, "# TYPE ferry_storage_catchups_total counter\n");
+    gw_buf_printf(out, "ferry_storage_catchups_total %llu\n", (unsigned long long)s->catchups);
+    gw_buf_puts(out, "# HELP ferry_storage_read_connections Readers' connections to the storage "
+                     "database open in this instance.\n"
+                     "# TYPE ferry_storage_read_connections gauge\n");
+    gw_buf_printf(out, "ferry_storage_read_connections %llu\n", (unsigned long long)s->read_conns);
+}
+
 void gw_repl_metrics(gw_buf_t *out, void *arg)
 {
     gw_repl_t *r = arg;
     uint64_t lsn = atomic_load(&r->m_lsn), end = atomic_load(&r->m_server_wal_end);
     gw_buf_puts(out,
                 "# HELP ferry_replication_phase Replicator phase (0 check, 1 slot, 2 snapshot, "
-                "3 streaming, 4 retrying).\n# TYPE ferry_replication_phase gauge\n");
+                "3 streaming, 4 retrying, 5 standby).\n# TYPE ferry_replication_phase gauge\n");
     gw_buf_printf(out, "ferry_replication_phase %d\n", atomic_load(&r->m_phase));
     gw_buf_puts(out, "# TYPE ferry_snapshot_rows_total counter\n");
     gw_buf_printf(out, "ferry_snapshot_rows_total %llu\n",
@@ -243,6 +304,7 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
     gw_buf_printf(out, "ferry_storage_rows %llu\n", (unsigned long long)r->diag.rows);
     gw_buf_puts(out, "# TYPE ferry_storage_ops gauge\n");
     gw_buf_printf(out, "ferry_storage_ops %llu\n", (unsigned long long)r->diag.ops);
+    storage_metrics(out, &r->diag.storage);
     pthread_mutex_unlock(&r->diag_lock);
     gw_buf_puts(out, "# HELP ferry_rules_version_building A new rule version being built beside "
                      "the serving one (1 with its version and phase; none while there is none).\n"

@@ -130,6 +130,19 @@ void gw__pgs_ns_range(const char *ns, char *lo, char *hi, size_t len)
     if (ns[0] == '\0') snprintf(hi, len, "%s", "\xf4\x8f\xbf\xbf\xf4\x8f\xbf\xbf");
 }
 
+/* A state value by its stored key (no namespace: the backend's own keys "epoch", "leader",
+ * "storage_id"); 1 found, 0 not. */
+static int raw_state_get(gw_pgs_t *s, const char *key, char *buf, size_t len)
+{
+    const char *pv[1] = {key};
+    gw_err_t err;
+    PGresult *res = gw__pgs_exec(s, PS_STATE_GET, 1, pv, NULL, NULL, 0, &err);
+    int found = res != NULL && PQntuples(res) == 1;
+    if (found) snprintf(buf, len, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return found;
+}
+
 /* ---- the schema ---- */
 
 static const char schema_sql[] =
@@ -356,7 +369,7 @@ int gw__pgs_open(const gw_storage_opts_t *opts, const char *version, gw_storage_
     char serving[32] = "";
     if (rc == 0) {
         snprintf(s->storage_id, sizeof(s->storage_id), "%s", "");
-        gw__pgs_state_get(&s->base, "storage_id", s->storage_id, sizeof(s->storage_id));
+        raw_state_get(s, "storage_id", s->storage_id, sizeof(s->storage_id));
         char db[128] = "";
         snprintf(db, sizeof(db), "%s", PQdb(s->conn) != NULL ? PQdb(s->conn) : "");
         snprintf(s->where, sizeof(s->where), "%s in %s", schema, db);
@@ -534,8 +547,8 @@ int gw__pgs_lead(gw_storage_t *st, gw_err_t *err)
     if (!got) {
         /* who leads, for diagnostics */
         char who[96] = "", epoch[32] = "";
-        gw__pgs_state_get(st, "leader", who, sizeof(who));
-        gw__pgs_state_get(st, "epoch", epoch, sizeof(epoch));
+        raw_state_get(s, "leader", who, sizeof(who));
+        raw_state_get(s, "epoch", epoch, sizeof(epoch));
         pthread_mutex_lock(&s->info_lock);
         snprintf(s->leader_instance, sizeof(s->leader_instance), "%s", who);
         s->epoch = strtoull(epoch, NULL, 10);
