@@ -259,11 +259,27 @@ static int apply_item(gw_repl_t *r, const seg_t *sg, const item_t *it, apply_scr
                               it->copy_len ? mem + it->copy : NULL, it->copy_len, err);
 }
 
+/* Before the rows of sg from item i on (up to its next commit) are applied: open the storage
+ * transaction and let a backend whose storage is a round trip away load their states at once
+ * (gw_storage_prefetch). refs is scratch of SEG_ITEMS entries. */
+static int prefetch_run(gw_repl_t *r, const seg_t *sg, size_t i, gw_row_ref_t *refs,
+                        gw_err_t *err)
+{
+    size_t n = 0;
+    for (; i < sg->n && sg->it[i].kind != IT_COMMIT; i++)
+        refs[n++] = (gw_row_ref_t){.table = sg->it[i].table, .key = sg->mem.data + sg->it[i].key};
+    if (n == 0) return 0;
+    if (gw_storage_begin(r->st, err) != 0) return GW_EIO;
+    return gw_storage_prefetch(r->st, refs, n, err);
+}
+
 static void *apply_main(void *arg)
 {
     pthread_setname_np(pthread_self(), "ferry-apply"); /* top -H, perf */
     gw_repl_t *r = arg;
     apply_scratch_t x = {0};
+    int prefetch = gw_storage_has_prefetch(r->st);
+    gw_row_ref_t *refs = prefetch ? gw_xmalloc(SEG_ITEMS * sizeof(*refs)) : NULL;
     pthread_mutex_lock(&r->plock);
     for (;;) {
         if (r->phead == NULL) {
@@ -280,8 +296,11 @@ static void *apply_main(void *arg)
         pthread_mutex_unlock(&r->plock);
         gw_err_t e = {0};
         int rc = 0;
-        for (size_t i = 0; i < sg->n && !failed && rc == 0; i++)
-            rc = apply_item(r, sg, &sg->it[i], &x, &e);
+        for (size_t i = 0; i < sg->n && !failed && rc == 0; i++) {
+            if (prefetch && (i == 0 || sg->it[i - 1].kind == IT_COMMIT))
+                rc = prefetch_run(r, sg, i, refs, &e);
+            if (rc == 0) rc = apply_item(r, sg, &sg->it[i], &x, &e);
+        }
         seg_free(sg);
         pthread_mutex_lock(&r->plock);
         if (rc != 0 && !r->pfailed) {
@@ -295,6 +314,7 @@ static void *apply_main(void *arg)
     free(x.ops.items);
     free(x.lookups.items);
     free(x.tails);
+    free(refs);
     return NULL;
 }
 

@@ -495,6 +495,12 @@ static inline int gw_storage_prefetch(gw_storage_t *s, const gw_row_ref_t *refs,
     return s->type->prefetch != NULL ? s->type->prefetch(s, refs, n, err) : 0;
 }
 
+/** Whether gw_storage_prefetch does anything for s (so a caller may skip gathering the refs). */
+static inline int gw_storage_has_prefetch(const gw_storage_t *s)
+{
+    return s->type->prefetch != NULL;
+}
+
 /**
  * Store the new state of a row: ops (from rules_eval_row, the row's new bucket memberships),
  * lookups (from rules_eval_lookups) and copy (the encoded row, see gw_storage_row_encode; may be
