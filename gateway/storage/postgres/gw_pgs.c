@@ -9,7 +9,7 @@
  *                                            one row per bucket per commit, keyed by
  *                                            (bucket_id, last_op): readers seek the first chunk
  *                                            above their position in the primary key
- *   row_state(tbl, key, members, lookups, copy)  per source row: memberships, lookups, copy
+ *   rows(tbl, key, members, lookups, copy)  per source row: memberships, lookups, copy
  *   lookups(key, tbl, rkey, params, from_op, to_op)  parameter-lookup entries
  *   write_checkpoints(user_key, counter, lsn)
  *   changes(last_op, at, body)               what a commit changed when it does not fit in a
@@ -156,7 +156,7 @@ static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS %1$s.op_chunks (bucket_id int8 NOT NULL, last_op int8 NOT NULL,"
     "  first_op int8 NOT NULL, n int8 NOT NULL, checksum int8 NOT NULL, ops bytea NOT NULL,"
     "  PRIMARY KEY (bucket_id, last_op));"
-    "CREATE TABLE IF NOT EXISTS %1$s.row_state (tbl text COLLATE \"C\" NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS %1$s.rows (tbl text COLLATE \"C\" NOT NULL,"
     "  key text COLLATE \"C\" NOT NULL,"
     "  members bytea, lookups text NOT NULL DEFAULT '', copy bytea, PRIMARY KEY (tbl, key))"
     "  WITH (fillfactor = 80);"

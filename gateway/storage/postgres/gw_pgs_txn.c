@@ -37,16 +37,16 @@ static const char *const ps_sql[PS_COUNT] = {
     [PS_STATE_GET] = "SELECT v FROM %1$s.state WHERE k = $1",
     [PS_STATE_SET] = "INSERT INTO %1$s.state (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE "
                      "SET v = excluded.v",
-    [PS_ROW_GET] = "SELECT members, lookups, copy FROM %1$s.row_state WHERE tbl = $1 AND key = $2",
-    [PS_ROWS_GET] = "SELECT r.tbl, r.key, r.members, r.lookups, r.copy FROM %1$s.row_state r "
+    [PS_ROW_GET] = "SELECT members, lookups, copy FROM %1$s.rows WHERE tbl = $1 AND key = $2",
+    [PS_ROWS_GET] = "SELECT r.tbl, r.key, r.members, r.lookups, r.copy FROM %1$s.rows r "
                     "JOIN unnest($1::text[], $2::text[]) AS q(tbl, key) ON r.tbl = q.tbl AND "
                     "r.key = q.key",
     [PS_WRITE_ROWS] =
-        "WITH up AS (INSERT INTO %1$s.row_state (tbl, key, members, lookups, copy) "
+        "WITH up AS (INSERT INTO %1$s.rows (tbl, key, members, lookups, copy) "
         "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bytea[]) "
         "ON CONFLICT (tbl, key) DO UPDATE SET members = excluded.members, lookups = "
         "excluded.lookups, copy = excluded.copy), "
-        "del AS (DELETE FROM %1$s.row_state r USING unnest($6::text[], $7::text[]) AS d(tbl, key) "
+        "del AS (DELETE FROM %1$s.rows r USING unnest($6::text[], $7::text[]) AS d(tbl, key) "
         "WHERE r.tbl = d.tbl AND r.key = d.key), "
         "cl AS (UPDATE %1$s.lookups l SET to_op = c.op FROM unnest($8::text[], $9::text[], "
         "$10::int8[]) AS c(tbl, rkey, op) WHERE l.tbl = c.tbl AND l.rkey = c.rkey AND l.to_op IS "
@@ -70,7 +70,7 @@ static const char *const ps_sql[PS_COUNT] = {
         "interval '10 minutes') "
         "SELECT CASE WHEN $15::text IS NULL THEN NULL ELSE pg_notify($14::text, $15::text) END",
     [PS_BUCKET_IDS] = "SELECT nextval(%2$s) FROM generate_series(1, 64)",
-    [PS_ROWS_OF_TBL] = "SELECT key FROM %1$s.row_state WHERE tbl = $1 LIMIT 2000",
+    [PS_ROWS_OF_TBL] = "SELECT key FROM %1$s.rows WHERE tbl = $1 LIMIT 2000",
     [PS_WCP_UPSERT] = "WITH u AS (INSERT INTO %1$s.write_checkpoints (user_key, counter, lsn) "
                       "VALUES ($1, 1, $2) ON CONFLICT (user_key) DO UPDATE SET counter = "
                       "%1$s.write_checkpoints.counter + 1, lsn = excluded.lsn RETURNING counter) "
@@ -232,7 +232,7 @@ int gw__pgs_load_cache(gw_pgs_t *s, gw_err_t *err)
     char lo[48], hi[48];
     gw__pgs_ns_range(w->version, lo, hi, sizeof(lo));
     const char *pv[2] = {lo, hi};
-    gw_buf_printf(&sql, "SELECT count(*) FROM %s.row_state WHERE tbl >= $1 AND tbl < $2",
+    gw_buf_printf(&sql, "SELECT count(*) FROM %s.rows WHERE tbl >= $1 AND tbl < $2",
                   s->schema_q);
     res = PQexecParams(s->conn, sql.data, 2, NULL, pv, NULL, NULL, 0);
     gw_buf_free(&sql);
@@ -616,7 +616,7 @@ static void filter_rebuild(void *ud, uint64_t rows)
     const char *pv[3] = {lo, hi, from};
     gw_buf_t sql = GW_BUF_INIT;
     gw_buf_printf(&sql,
-                  "SELECT substr(tbl, $3::int), key FROM %s.row_state WHERE tbl >= $1 AND "
+                  "SELECT substr(tbl, $3::int), key FROM %s.rows WHERE tbl >= $1 AND "
                   "tbl < $2",
                   s->schema_q);
     PGresult *res = PQexecParams(s->conn, sql.data, 3, NULL, pv, NULL, NULL, 0);

@@ -87,7 +87,7 @@ int gw__pgs_drop_version(gw_storage_t *st, const char *version, uint64_t *droppe
         rc = exec_range(s, "DELETE FROM %1$s.buckets WHERE name >= $1 AND name < $2", lo, hi,
                         dropped, err);
     if (rc == 0)
-        rc = exec_range(s, "DELETE FROM %1$s.row_state WHERE tbl >= $1 AND tbl < $2", lo, hi, NULL,
+        rc = exec_range(s, "DELETE FROM %1$s.rows WHERE tbl >= $1 AND tbl < $2", lo, hi, NULL,
                         err);
     if (rc == 0)
         rc = exec_range(s, "DELETE FROM %1$s.lookups WHERE key >= $1 AND key < $2", lo, hi, NULL,
