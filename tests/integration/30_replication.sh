@@ -5,6 +5,7 @@
 # request value, by a table lookup); then every kind of change. After each step storage
 # (`ferry debug dump`) must equal the oracle (`ferry debug oracle`: the rules evaluated over a
 # fresh SELECT), and every bucket checksum must equal the wrapping sum of its ops.
+# storage: both
 source "$(dirname "$0")/../lib/testlib.sh"
 
 db=$(new_db repl30)

@@ -11,6 +11,7 @@
 # bucket holds exactly one op per inserted row, the counter bucket exactly one op per
 # transaction (plus its snapshot PUT), op ids are strictly increasing within every bucket and
 # unique overall, every bucket checksum equals the sum of its ops, and storage equals the oracle.
+# storage: both
 source "$(dirname "$0")/../lib/testlib.sh"
 
 db=$(new_db crash31)
@@ -96,7 +97,6 @@ converged "$T_TMP/ferry.yaml" 30 && pass "storage equals the oracle after kills 
 checksums_ok "$T_TMP/ferry.yaml" && pass "checksums equal the sum of ops after streaming kills" || fail "checksums after streaming kills" mismatch
 count=$("$FERRY_BIN" debug dump --config "$T_TMP/ferry.yaml" --checksums | sed -n 's/.*"bucket":"[0-9]*#events\[\]".*"count":\([0-9]*\).*/\1/p')
 expect_eq "no transaction applied twice: one op per event and per counter update" $((writes + writes + 1)) "$count"
-st=$T_TMP/storage.db
 "$FERRY_BIN" debug dump --config "$T_TMP/ferry.yaml" --ops >"$T_TMP/ops.jsonl"
 dups=$(jq -r '.op.op_id' "$T_TMP/ops.jsonl" | sort | uniq -d | wc -l)
 expect_eq "op ids are unique" 0 "$dups"
@@ -106,7 +106,7 @@ lines=$(jq -r '"\(.bucket) \(.op.op_id)"' "$T_TMP/ops.jsonl" | awk '$1 == b && $
 expect_eq "op ids increase within every bucket" 0 "$lines"
 max_op=$(jq -r '.op.op_id | tonumber' "$T_TMP/ops.jsonl" | sort -n | tail -1)
 # the serving rule version's checkpoint ("<version>#last_op"); next_op is shared by all versions
-cp="(SELECT v FROM state WHERE k = (SELECT v FROM state WHERE k = 'serving') || '#last_op')"
-last=$(sqlite3 "$st" "SELECT $max_op <= $cp AND $cp < (SELECT v FROM state WHERE k = 'next_op')")
+cp="(SELECT CAST(v AS bigint) FROM state WHERE k = (SELECT v FROM state WHERE k = 'serving') || '#last_op')"
+last=$(storage_query "SELECT CASE WHEN $max_op <= $cp AND $cp < (SELECT CAST(v AS bigint) FROM state WHERE k = 'next_op') THEN 1 ELSE 0 END")
 expect_eq "the checkpoint covers every op and the next op id is above it" 1 "$last"
 expect_eq "no errors in the logs" "" "$(cat "${logs[@]}" | grep 'level=error' | grep -v 'replication stopped' | head -3)"

@@ -14,6 +14,7 @@
 #    resumes where it was. The file edited back to the serving rules abandons it (its slot and
 #    rows go); the new rules again start version 5, which completes once the publication is
 #    fixed. The new version's write rules apply to write-back from the switch on, not before.
+# storage: both
 source "$(dirname "$0")/../lib/testlib.sh"
 
 db=$(new_db rules33)
@@ -45,7 +46,7 @@ wait_version() {
   local i; for ((i = 0; i < $2 * 10; i++)); do
     [ "$(diag | jq -r .data.rules_version)" = "$1" ] && return 0; sleep 0.1
   done; return 1; }
-storage_count() { sqlite3 "$T_TMP/storage.db" "$1"; }
+storage_count() { storage_query "$1"; }
 # put_rules < TEXT: replace the rules file at once, as deploy tools do
 put_rules() { cat >"$T_TMP/rules.new" && mv "$T_TMP/rules.new" "$T_TMP/sync-rules.yaml"; }
 

@@ -7,6 +7,7 @@
 # ops, the state replayed from the compacted ops (`ferry debug dump`) equals the state replayed
 # before compaction and the oracle, and a bucket whose rows were all deleted shrinks to one
 # CLEAR. The admin API needs the token; diagnostics report the slot.
+# storage: both
 source "$(dirname "$0")/../lib/testlib.sh"
 
 db=$(new_db compact34)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # 40_streams.sh -- POST /sync/stream over raw HTTP: line shapes, checksums, pagination, resume,
 # live diffs, write checkpoints, errors and limits, and SIGTERM with open streams
+# storage: both
 source "$(dirname "$0")/../lib/testlib.sh"
 
 db=$(new_db streams40)

@@ -18,17 +18,33 @@ cleanup() { "$root/tests/lib/pg.sh" stop "$PGTMP"; rm -f "$results"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for t in "$here"/[0-9][0-9]_*.sh; do
+# run_one SCRIPT BACKEND
+run_one() {
+  local t=$1 name
   name=$(basename "$t" .sh)
-  [ -n "$pattern" ] && [[ "$name" != $pattern* ]] && continue
+  [ "$2" = sqlite ] || name="$name@$2"
   echo "== $name"
+  local before after rc
   before=$(grep -c '^fail' "$results" || true)
-  T_RESULTS=$results bash "$t"
+  T_RESULTS=$results FERRY_TEST_STORAGE=$2 bash "$t"
   rc=$?
   after=$(grep -c '^fail' "$results" || true)
   if [ $rc -ne 0 ] && [ "$after" = "$before" ]; then
     echo "fail $name: script exited $rc" >>"$results"
     echo "  FAIL $name exited $rc"
+  fi
+}
+
+# Scripts where storage matters say "# storage: both" and run against each backend
+# (FERRY_TEST_STORAGE; FERRY_TEST_BACKENDS limits the list, e.g. "postgres").
+backends=${FERRY_TEST_BACKENDS:-sqlite postgres}
+for t in "$here"/[0-9][0-9]_*.sh; do
+  name=$(basename "$t" .sh)
+  [ -n "$pattern" ] && [[ "$name" != $pattern* ]] && continue
+  if grep -q '^# storage: both$' "$t"; then
+    for b in $backends; do run_one "$t" "$b"; done
+  else
+    run_one "$t" sqlite
   fi
 done
 

@@ -12,11 +12,19 @@
 #                                  FERRY_LOG; waits until /probes/liveness answers
 #   stop_pid PID [SECONDS]         SIGTERM, then SIGKILL after SECONDS (default 5); sets STOP_RC
 #   new_db NAME                    create database NAME in the run's Postgres; prints its URI
+#   storage_yaml DB_URI            the storage: section for the backend under test (below)
+#   storage_query SQL              run SQL on the storage of the last replication_config
+#
+# The storage backend: FERRY_TEST_STORAGE=sqlite (the default) or postgres. A script whose
+# header has the line "# storage: both" is run once per backend by run.sh; with postgres its
+# storage lives in a database of its own ("<db>_st", schema ferry) beside the source database.
 
 T_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 FERRY_BIN=${FERRY_BIN:-$T_ROOT/build/ferry}
 T_RESULTS=${T_RESULTS:-/dev/null}
 T_NAME=$(basename "$0" .sh)
+FERRY_TEST_STORAGE=${FERRY_TEST_STORAGE:-sqlite}
+[ "$FERRY_TEST_STORAGE" = sqlite ] || T_NAME="$T_NAME@$FERRY_TEST_STORAGE"
 T_TMP=$(mktemp -d "/tmp/ferry-test-$T_NAME.XXXXXX")
 T_PIDS=()
 
@@ -93,8 +101,10 @@ stop_pid() {
 }
 
 new_db() {
-  psql -q "$FERRY_PG_URI" -c "CREATE DATABASE \"$1\"" >/dev/null
-  echo "${FERRY_PG_URI%/*}/$1"
+  local name=$1
+  [ "$FERRY_TEST_STORAGE" = sqlite ] || name="${1}_$FERRY_TEST_STORAGE" # a run per backend
+  psql -q "$FERRY_PG_URI" -c "CREATE DATABASE \"$name\"" >/dev/null
+  echo "${FERRY_PG_URI%/*}/$name"
 }
 
 # write_config FILE PORT [EXTRA YAML]: a minimal valid ferry.yaml, with a sync-rules.yaml beside
@@ -145,6 +155,30 @@ checksums_ok() {
     awk 'NF != 4 || $1 != $3 || $2 != $4 { bad++ } END { exit bad > 0 }'
 }
 
+# storage_yaml DB_URI: the storage section for the backend under test, storage of the source
+# database DB_URI (postgres: the database "<db>_st", created when missing; T_STORAGE_URI is set)
+storage_yaml() {
+  if [ "$FERRY_TEST_STORAGE" = postgres ]; then
+    local st=${1%/*}/${1##*/}_st
+    psql -q "${1%/*}/postgres" -c "CREATE DATABASE \"${1##*/}_st\"" >/dev/null 2>&1 || true
+    T_STORAGE_URI=$st
+    printf 'storage:\n  kind: postgres\n  uri: "%s"\n' "$st"
+  else
+    T_STORAGE_URI=
+    printf 'storage:\n  path: storage.db\n'
+  fi
+}
+
+# storage_query SQL: SQL on the storage the last replication_config/storage_yaml names (the
+# SQLite file in $T_TMP, or schema ferry of $T_STORAGE_URI); prints rows as text, one a line
+storage_query() {
+  if [ "$FERRY_TEST_STORAGE" = postgres ]; then
+    psql -tAq "$T_STORAGE_URI" -c "SET search_path = ferry" -c "$1"
+  else
+    sqlite3 "$T_TMP/storage.db" "$1"
+  fi
+}
+
 # replication_config FILE PORT DB_URI: a ferry.yaml for replication tests (rules written separately);
 # the slot prefix is unique per test script (slots are cluster-wide), or $SLOT_PREFIX
 replication_config() {
@@ -157,9 +191,8 @@ postgres:
   uri: "$3"
 replication:
   snapshot_chunk_rows: ${SNAPSHOT_CHUNK_ROWS:-1000}
-  slot_prefix: ${SLOT_PREFIX:-t$(echo "$T_NAME" | tr -c 'a-z0-9\n' '_')}
-storage:
-  path: storage.db
+  slot_prefix: ${SLOT_PREFIX:-t$(echo "$T_NAME" | tr -c 'a-z0-9\n' '_')}$([ "$FERRY_TEST_STORAGE" = sqlite ] || echo "_pg")
+$(storage_yaml "$3")
 auth:
   audience: [ferry]
   keys:
