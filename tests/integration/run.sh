@@ -33,6 +33,8 @@ run_one() {
     echo "fail $name: script exited $rc" >>"$results"
     echo "  FAIL $name exited $rc"
   fi
+  # slots are cluster-wide: the next script (or the same one on the next backend) starts clean
+  psql -qtA "$FERRY_PG_URI" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active" >/dev/null 2>&1 || true
 }
 
 # Scripts where storage matters say "# storage: both" and run against each backend

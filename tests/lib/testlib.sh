@@ -156,15 +156,12 @@ checksums_ok() {
 }
 
 # storage_yaml DB_URI: the storage section for the backend under test, storage of the source
-# database DB_URI (postgres: the database "<db>_st", created when missing; T_STORAGE_URI is set)
+# database DB_URI (postgres: the database "<db>_st", created when missing)
 storage_yaml() {
   if [ "$FERRY_TEST_STORAGE" = postgres ]; then
-    local st=${1%/*}/${1##*/}_st
     psql -q "${1%/*}/postgres" -c "CREATE DATABASE \"${1##*/}_st\"" >/dev/null 2>&1 || true
-    T_STORAGE_URI=$st
-    printf 'storage:\n  kind: postgres\n  uri: "%s"\n' "$st"
+    printf 'storage:\n  kind: postgres\n  uri: "%s"\n' "${1%/*}/${1##*/}_st"
   else
-    T_STORAGE_URI=
     printf 'storage:\n  path: storage.db\n'
   fi
 }
@@ -182,6 +179,8 @@ storage_query() {
 # replication_config FILE PORT DB_URI: a ferry.yaml for replication tests (rules written separately);
 # the slot prefix is unique per test script (slots are cluster-wide), or $SLOT_PREFIX
 replication_config() {
+  T_STORAGE_URI=
+  [ "$FERRY_TEST_STORAGE" = postgres ] && T_STORAGE_URI=${3%/*}/${3##*/}_st
   cat >"$1" <<YAML
 log_level: info
 http:
@@ -191,7 +190,7 @@ postgres:
   uri: "$3"
 replication:
   snapshot_chunk_rows: ${SNAPSHOT_CHUNK_ROWS:-1000}
-  slot_prefix: ${SLOT_PREFIX:-t$(echo "$T_NAME" | tr -c 'a-z0-9\n' '_')}$([ "$FERRY_TEST_STORAGE" = sqlite ] || echo "_pg")
+  slot_prefix: ${SLOT_PREFIX:-t$(echo "$T_NAME" | tr -c 'a-z0-9\n' '_')}
 $(storage_yaml "$3")
 auth:
   audience: [ferry]
