@@ -32,15 +32,23 @@ cleanup() {
 }
 trap cleanup EXIT
 passed=0; failed=0
+# every test file runs against each storage backend (FERRY_TEST_BACKENDS limits the list)
+for backend in ${FERRY_TEST_BACKENDS:-sqlite postgres}; do
 for t in "$here"/node/[0-9][0-9]_*.test.mjs; do
   name=$(basename "$t" .test.mjs)
-  echo "== conformance $name"
+  echo "== conformance $name ($backend storage)"
   # a fresh database, storage and ferry per test file
-  db=conf_$name; db=${db//-/_}
+  db=conf_${name}_$backend; db=${db//-/_}
   psql -q "$FERRY_PG_URI" -c "CREATE DATABASE $db" >/dev/null
   uri=${FERRY_PG_URI%/*}/$db
+  if [ "$backend" = postgres ]; then
+    psql -q "$FERRY_PG_URI" -c "CREATE DATABASE ${db}_st" >/dev/null
+    storage=$(printf 'storage:\n  kind: postgres\n  uri: "%s_st"' "$uri")
+  else
+    storage=$(printf 'storage:\n  path: storage.db')
+  fi
   psql -q -v ON_ERROR_STOP=1 "$uri" -f "$here/schema.sql" >/dev/null
-  dir=$tmp/$name; mkdir -p "$dir"
+  dir=$tmp/$name-$backend; mkdir -p "$dir"
   cp "$here/sync-rules.yaml" "$dir/"
   port=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))  # below the ephemeral range (32768+)
   cat >"$dir/ferry.yaml" <<YAML
@@ -51,9 +59,8 @@ http:
 postgres:
   uri: "$uri"
 replication:
-  slot_prefix: conf_${name//[^a-z0-9]/_}
-storage:
-  path: storage.db
+  slot_prefix: conf_${name//[^a-z0-9]/_}_$backend
+$storage
 auth:
   audience: [ferry]
   keys:
@@ -90,6 +97,7 @@ SH
     echo "  (ferry logged errors:)"; grep 'level=error' "$dir/ferry.log" | head -5 | sed 's/^/    /'
   fi
   "$dir/ferryctl.sh" stop
+done
 done
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
