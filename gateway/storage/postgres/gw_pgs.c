@@ -462,9 +462,11 @@ static int take_lead(gw_pgs_t *s, gw_err_t *err)
         exec(s->conn, "ROLLBACK", "", NULL);
         return rc;
     }
-    /* the state as the previous leader left it (its last commit came before our increment) */
+    /* the state as the previous leader left it (its last commit came before our increment),
+     * and a row filter that knows every row it stored */
     rc = gw__pgs_load_cache(s, err);
     if (rc != 0) return rc;
+    gw__pgs_filter_build(s);
     pthread_mutex_lock(&s->info_lock);
     s->epoch = epoch;
     snprintf(s->leader_instance, sizeof(s->leader_instance), "%s", s->instance);
