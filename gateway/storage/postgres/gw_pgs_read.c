@@ -109,18 +109,22 @@ static int connect_reader(reader_t *r, gw_err_t *err)
     return 0;
 }
 
-/* Run statement i (text parameters) with binary results; NULL when it failed (a broken
- * connection is dropped, to be made again at the next call). */
+/* Run statement i (text parameters) with binary results; NULL when it failed. A connection found
+ * broken (the storage database restarted since the last call) is made again and the statement
+ * run once more, so an idle stream picks up where it was when storage comes back. */
 static PGresult *run(reader_t *r, int i, int n, const char *const *values)
 {
-    gw_err_t err;
-    if (connect_reader(r, &err) != 0) return NULL;
     char name[16];
     snprintf(name, sizeof(name), "ferry_r%d", i);
-    PGresult *res = PQexecPrepared(r->conn, name, n, values, NULL, NULL, 1);
-    if (PQresultStatus(res) == PGRES_TUPLES_OK) return res;
-    PQclear(res);
-    if (PQstatus(r->conn) != CONNECTION_OK) disconnect(r);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        gw_err_t err;
+        if (connect_reader(r, &err) != 0) return NULL;
+        PGresult *res = PQexecPrepared(r->conn, name, n, values, NULL, NULL, 1);
+        if (PQresultStatus(res) == PGRES_TUPLES_OK) return res;
+        PQclear(res);
+        if (PQstatus(r->conn) == CONNECTION_OK) return NULL;
+        disconnect(r);
+    }
     return NULL;
 }
 
