@@ -135,10 +135,9 @@ static int storage_in_publication(gw_repl_t *r, char *msg, size_t msglen, char *
              "this database)",
              r->publication, schema);
     snprintf(fix, fixlen,
-             "publish only the application's tables (CREATE PUBLICATION %s FOR TABLE ...; or "
-             "ALTER PUBLICATION %s DROP TABLE ... for each table of schema %s), or put storage "
-             "in another database (storage.uri)",
-             r->publication, r->publication, schema);
+             "publish only the application's tables (CREATE PUBLICATION %s FOR TABLE ...), or "
+             "put storage in another database (storage.uri)",
+             r->publication);
     return 1;
 }
 

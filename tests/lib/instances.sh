@@ -4,7 +4,8 @@
 #   inst_setup DB_URI [N] [EXTRA_YAML]
 #                        N (default 3) configs $T_TMP/i<k>/ferry.yaml: source DB_URI, storage kind
 #                        postgres in DB_URI itself (schema ferry, lock_timeout 2), one slot prefix,
-#                        the rules in $T_TMP/sync-rules.yaml; sets INST_N, INST_PORT[k]
+#                        the rules in $T_TMP/sync-rules.yaml (INST_OWN_RULES=1: a copy per
+#                        instance, $T_TMP/i<k>/sync-rules.yaml); sets INST_N, INST_PORT[k]
 #   inst_start K         start instance K (its log in INST_LOG[K], pid in INST_PID[K]; every log
 #                        any instance wrote in INST_LOGS)
 #   inst_kill K          kill -9 instance K and reap it
@@ -26,6 +27,8 @@ inst_setup() {
   for ((k = 1; k <= n; k++)); do
     INST_PORT[k]=$(free_port)
     mkdir -p "$T_TMP/i$k"
+    local rules=$T_TMP/sync-rules.yaml
+    if [ -n "${INST_OWN_RULES:-}" ]; then rules=$T_TMP/i$k/sync-rules.yaml; cp "$T_TMP/sync-rules.yaml" "$rules"; fi
     cat >"$T_TMP/i$k/ferry.yaml" <<YAML
 log_level: info
 http:
@@ -40,7 +43,7 @@ storage:
   uri: "$db"
   lock_timeout: ${LOCK_TIMEOUT:-2}
 sync_rules:
-  path: $T_TMP/sync-rules.yaml
+  path: $rules
 auth:
   audience: [ferry]
   keys:
