@@ -74,5 +74,5 @@ CLI_SRCS += \
 	gateway/cli/gw_cli_debug.c \
 	gateway/cli/gw_cli_compact.c
 
-UNIT_TESTS += base/base config/config storage/storage_contract storage/storage_sqlite storage/oprec pg/pgoutput
+UNIT_TESTS += base/base config/config storage/storage_contract storage/storage_sqlite storage/storage_postgres storage/oprec pg/pgoutput
 FUZZ_TARGETS += config pgoutput

@@ -107,7 +107,8 @@ static const cfg_field_t replication_fields[] = {
  * sits below storage/ and cannot ask it). */
 static const char *check_storage_kind(const char *v)
 {
-    return strcmp(v, "sqlite") == 0 || strcmp(v, "postgres") == 0 ? NULL : "one of: sqlite, postgres";
+    return strcmp(v, "sqlite") == 0 || strcmp(v, "postgres") == 0 ? NULL
+                                                                  : "one of: sqlite, postgres";
 }
 
 /* A schema name Ferry creates: lowercase, so it needs no quoting anywhere. */

@@ -45,7 +45,7 @@
 #include <sys/eventfd.h>
 
 const char *const gw__repl_phase_names[] = {"checking source", "creating slot", "snapshot",
-                                            "streaming", "retrying",      "standby"};
+                                            "streaming",       "retrying",      "standby"};
 
 void gw__repl_set_phase(gw_repl_t *r, int phase, const char *reason)
 {
@@ -151,8 +151,9 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
         return 0;
     }
     rules_set_t *serve_rules = NULL;
-    int rc = lead < 0 ? lead
-                      : gw__repl_resolve_version(r, rules, rules_hash, rules_text, &serve_rules, err);
+    int rc = lead < 0
+                 ? lead
+                 : gw__repl_resolve_version(r, rules, rules_hash, rules_text, &serve_rules, err);
     if (rc == 0) rc = gw_storage_set_version(storage, r->version, err);
     if (rc != 0) {
         rules_unref(serve_rules);

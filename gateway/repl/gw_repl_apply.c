@@ -262,8 +262,7 @@ static int apply_item(gw_repl_t *r, const seg_t *sg, const item_t *it, apply_scr
 /* Before the rows of sg from item i on (up to its next commit) are applied: open the storage
  * transaction and let a backend whose storage is a round trip away load their states at once
  * (gw_storage_prefetch). refs is scratch of SEG_ITEMS entries. */
-static int prefetch_run(gw_repl_t *r, const seg_t *sg, size_t i, gw_row_ref_t *refs,
-                        gw_err_t *err)
+static int prefetch_run(gw_repl_t *r, const seg_t *sg, size_t i, gw_row_ref_t *refs, gw_err_t *err)
 {
     size_t n = 0;
     for (; i < sg->n && sg->it[i].kind != IT_COMMIT; i++)

@@ -206,8 +206,9 @@ static void storage_metrics(gw_buf_t *out, const gw_storage_info_t *s)
                      "\n# TYPE ferry_storage_info gauge\n");
     gw_buf_printf(out, "ferry_storage_info{kind=\"%s\",role=\"%s\",instance=\"%s\"} 1\n",
                   s->kind != NULL ? s->kind : "", s->leader ? "leader" : "standby", s->instance);
-    gw_buf_puts(out, "# HELP ferry_storage_leader Whether this instance replicates into the storage."
-                     "\n# TYPE ferry_storage_leader gauge\n");
+    gw_buf_puts(out,
+                "# HELP ferry_storage_leader Whether this instance replicates into the storage."
+                "\n# TYPE ferry_storage_leader gauge\n");
     gw_buf_printf(out, "ferry_storage_leader %d\n", s->leader ? 1 : 0);
     gw_buf_puts(out, "# HELP ferry_storage_reachable Whether the storage database answers.\n"
                      "# TYPE ferry_storage_reachable gauge\n");
@@ -222,7 +223,8 @@ static void storage_metrics(gw_buf_t *out, const gw_storage_info_t *s)
     gw_buf_printf(out, "ferry_storage_notify_lag_seconds %.6f\n",
                   s->notify_lag_us >= 0 ? (double)s->notify_lag_us / 1e6 : 0.0);
     gw_buf_puts(out, "# TYPE ferry_storage_relayed_commits_total counter\n");
-    gw_buf_printf(out, "ferry_storage_relayed_commits_total %llu\n", (unsigned long long)s->relayed);
+    gw_buf_printf(out, "ferry_storage_relayed_commits_total %llu\n",
+                  (unsigned long long)s->relayed);
     gw_buf_puts(out, "# TYPE ferry_storage_catchups_total counter\n");
     gw_buf_printf(out, "ferry_storage_catchups_total %llu\n", (unsigned long long)s->catchups);
     gw_buf_puts(out, "# HELP ferry_storage_read_connections Readers' connections to the storage "

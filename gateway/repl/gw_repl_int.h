@@ -94,7 +94,7 @@ struct gw_repl {
     char file_hash[32];      /* the hash of this instance's own rules file, at start */
     char warned_version[32]; /* the version whose rules differ from the file, warned about */
     uint64_t lead_ms;        /* when the stream loop last checked the lead */
-    gw_active_t **actives;         /* every rules/version pair handed out; freed at destroy */
+    gw_active_t **actives;   /* every rules/version pair handed out; freed at destroy */
     size_t nactives;
     void (*on_switch)(const gw_active_t *now, void *ud);
     void *switch_ud;

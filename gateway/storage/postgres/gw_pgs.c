@@ -98,16 +98,11 @@ PGconn *gw__pgs_connect(const char *uri, int lock_timeout, const char *app, gw_e
              "-c idle_in_transaction_session_timeout=0 -c lock_timeout=0 -c TimeZone=UTC "
              "-c client_min_messages=warning",
              count, user_ms);
-    const char *keys[] = {"dbname",
-                          "application_name",
-                          "connect_timeout",
-                          "keepalives",
-                          "keepalives_idle",
-                          "keepalives_interval",
-                          "keepalives_count",
-                          "tcp_user_timeout",
-                          "options",
-                          NULL};
+    const char *keys[] = {"dbname",           "application_name",
+                          "connect_timeout",  "keepalives",
+                          "keepalives_idle",  "keepalives_interval",
+                          "keepalives_count", "tcp_user_timeout",
+                          "options",          NULL};
     const char *vals[] = {uri, app, connect_s, "1", "1", "1", count, user_ms, options, NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (c == NULL) {
@@ -315,8 +310,8 @@ static int writer_connect(gw_pgs_t *s, gw_err_t *err)
 {
     if (s->conn != NULL) PQfinish(s->conn);
     s->prepared = 0;
-    s->conn = gw__pgs_connect(s->base.opts->uri, gw__pgs_lock_timeout(s->base.opts), "ferry storage",
-                              err);
+    s->conn = gw__pgs_connect(s->base.opts->uri, gw__pgs_lock_timeout(s->base.opts),
+                              "ferry storage", err);
     if (s->conn == NULL) return GW_EUNAVAIL;
     if (gw__pgs_prepare(s, err) != 0) {
         PQfinish(s->conn);
@@ -373,7 +368,8 @@ int gw__pgs_open(const gw_storage_opts_t *opts, const char *version, gw_storage_
         char db[128] = "";
         snprintf(db, sizeof(db), "%s", PQdb(s->conn) != NULL ? PQdb(s->conn) : "");
         snprintf(s->where, sizeof(s->where), "%s in %s", schema, db);
-        if (version == NULL) gw__pgs_state_get(&s->base, GW_STATE_SERVING, serving, sizeof(serving));
+        if (version == NULL)
+            gw__pgs_state_get(&s->base, GW_STATE_SERVING, serving, sizeof(serving));
         gw_writer_set_version(&s->w, version != NULL ? version : serving);
         rc = gw__pgs_load_cache(s, err);
     }
@@ -499,9 +495,9 @@ static int lock_call(gw_pgs_t *s, const char *fn)
     snprintf(sql, sizeof(sql), "SELECT %s(%d, hashtext($1))::text", fn, LOCK_CLASS);
     const char *pv[1] = {s->schema};
     PGresult *res = PQexecParams(s->conn, sql, 1, NULL, pv, NULL, NULL, 0);
-    int rc = PQresultStatus(res) != PGRES_TUPLES_OK ? -1
+    int rc = PQresultStatus(res) != PGRES_TUPLES_OK       ? -1
              : strcmp(PQgetvalue(res, 0, 0), "true") == 0 ? 1
-                                                           : 0;
+                                                          : 0;
     PQclear(res);
     if (rc >= 0) s->last_rt_ms = gw__pgs_now_ms();
     return rc;
@@ -557,10 +553,10 @@ int gw__pgs_lead(gw_storage_t *st, gw_err_t *err)
         pthread_mutex_unlock(&s->info_lock);
         return 0;
     }
-    int rc = lock_call(s, "pg_try_advisory_lock_shared") != 1 ||
-                     lock_call(s, "pg_advisory_unlock") != 1
-                 ? gw__pgs_err(s->conn, err, "hold the storage's lead")
-                 : take_lead(s, err);
+    int rc =
+        lock_call(s, "pg_try_advisory_lock_shared") != 1 || lock_call(s, "pg_advisory_unlock") != 1
+            ? gw__pgs_err(s->conn, err, "hold the storage's lead")
+            : take_lead(s, err);
     if (rc != 0) {
         /* let go: another instance may manage */
         PGresult *res = PQexec(s->conn, "SELECT pg_advisory_unlock_all()");

@@ -33,20 +33,20 @@ typedef struct gw_pgs_reader gw_pgs_reader_t;
 
 /* Statements, prepared on the writer's connection (names "ferry_w<N>"). */
 enum {
-    PS_BEGIN,        /* lock next_op, read it and the epoch */
-    PS_STATE_GET,    /* one state value */
-    PS_STATE_SET,    /* one state value */
-    PS_ROW_GET,      /* one row's state */
-    PS_ROWS_GET,     /* many rows' states (prefetch) */
-    PS_WRITE_ROWS,   /* rows upserted and deleted, lookups closed and opened */
-    PS_COMMIT,       /* chunks, bucket totals, state, NOTIFY */
-    PS_BUCKET_IDS,   /* new bucket ids */
-    PS_ROWS_OF_TBL,  /* keys of a table's rows (truncate) */
-    PS_WCP_UPSERT,   /* the next write checkpoint of a user key */
-    PS_CHUNK_GET,    /* compaction: one chunk's records */
-    PS_CHUNK_SET,    /* compaction: a chunk rewritten */
-    PS_CHUNK_DEL,    /* compaction: a chunk deleted */
-    PS_CHUNK_IDS,    /* compaction: a bucket's chunks up to a checkpoint */
+    PS_BEGIN,       /* lock next_op, read it and the epoch */
+    PS_STATE_GET,   /* one state value */
+    PS_STATE_SET,   /* one state value */
+    PS_ROW_GET,     /* one row's state */
+    PS_ROWS_GET,    /* many rows' states (prefetch) */
+    PS_WRITE_ROWS,  /* rows upserted and deleted, lookups closed and opened */
+    PS_COMMIT,      /* chunks, bucket totals, state, NOTIFY */
+    PS_BUCKET_IDS,  /* new bucket ids */
+    PS_ROWS_OF_TBL, /* keys of a table's rows (truncate) */
+    PS_WCP_UPSERT,  /* the next write checkpoint of a user key */
+    PS_CHUNK_GET,   /* compaction: one chunk's records */
+    PS_CHUNK_SET,   /* compaction: a chunk rewritten */
+    PS_CHUNK_DEL,   /* compaction: a chunk deleted */
+    PS_CHUNK_IDS,   /* compaction: a bucket's chunks up to a checkpoint */
     PS_COUNT
 };
 
@@ -74,20 +74,20 @@ struct gw_pgs {
     PGconn *conn;      /* writes; its session holds the leader's advisory lock */
     char *schema;      /* the schema's name, and quoted for SQL */
     char *schema_q;
-    char *channel;         /* NOTIFY channel (quoted identifier) */
-    char *channel_raw;     /* the same, as pg_notify's text argument */
-    char instance[96];     /* this process ("host:pid:nonce"), in notifications */
-    char storage_id[40];   /* state "storage_id": a random name of this storage */
-    char where[256];       /* "<schema> in <database>" */
-    int prepared;          /* statements prepared on conn */
-    int leader;            /* may write replicated data: holds the lock, or follows its epoch */
-    int follower;          /* a builder's writer following its process's leader */
-    uint64_t epoch;        /* the leader epoch this writer writes under (or last saw) */
-    uint64_t last_rt_ms;   /* the last round trip that worked (monotonic ms) */
+    char *channel;       /* NOTIFY channel (quoted identifier) */
+    char *channel_raw;   /* the same, as pg_notify's text argument */
+    char instance[96];   /* this process ("host:pid:nonce"), in notifications */
+    char storage_id[40]; /* state "storage_id": a random name of this storage */
+    char where[256];     /* "<schema> in <database>" */
+    int prepared;        /* statements prepared on conn */
+    int leader;          /* may write replicated data: holds the lock, or follows its epoch */
+    int follower;        /* a builder's writer following its process's leader */
+    uint64_t epoch;      /* the leader epoch this writer writes under (or last saw) */
+    uint64_t last_rt_ms; /* the last round trip that worked (monotonic ms) */
     int in_txn;
-    int txn_repl;          /* the open transaction writes replicated data */
+    int txn_repl; /* the open transaction writes replicated data */
     gw_publisher_t *publisher;
-    struct gw_pgs_gate *gate; /* read_uri: commits wait for the standby (NULL without) */
+    struct gw_pgs_gate *gate;  /* read_uri: commits wait for the standby (NULL without) */
     pthread_mutex_t info_lock; /* guards what other threads read: epoch, leader_instance,
                                   pub_cp, durable_fn */
     char leader_instance[96];
@@ -95,14 +95,14 @@ struct gw_pgs {
     void (*durable_fn)(uint64_t lsn, void *ud);
     void *durable_ud;
     /* the open transaction's rows and writes (gw_pgs_txn.c) */
-    gw_map_t rows;      /* "<tbl>\x1f<key>" -> pgs_row_t* */
+    gw_map_t rows; /* "<tbl>\x1f<key>" -> pgs_row_t* */
     size_t nrows_dirty;
-    pgs_lookup_t *lk;   /* lookups opened */
+    pgs_lookup_t *lk; /* lookups opened */
     size_t nlk, cap_lk;
     gw_map_t closed;    /* "<tbl>\x1f<rkey>" -> (void *)op: open entries closed in the storage */
     gw_buf_t chunks[6]; /* chunk columns, binary array elements: bucket, first, last, n, sum, ops */
     size_t nchunks;
-    int64_t ids[64];    /* bucket ids taken from the sequence, unused */
+    int64_t ids[64]; /* bucket ids taken from the sequence, unused */
     size_t nids;
     /* the listener: other instances' commits and write checkpoints (gw_pgs_notify.c) */
     pthread_t listen_thread;
@@ -266,8 +266,7 @@ int gw__pgs_stats(gw_storage_t *st, gw_storage_stats_t *out);
 int gw__pgs_set_version(gw_storage_t *st, const char *version, gw_err_t *err);
 const char *gw__pgs_version(const gw_storage_t *st);
 int gw__pgs_advance_checkpoint(gw_storage_t *st, gw_err_t *err);
-int gw__pgs_drop_version(gw_storage_t *st, const char *version, uint64_t *dropped,
-                         gw_err_t *err);
+int gw__pgs_drop_version(gw_storage_t *st, const char *version, uint64_t *dropped, gw_err_t *err);
 int gw__pgs_compact(gw_storage_t *st, gw_storage_compact_stats_t *out, gw_err_t *err);
 int gw__pgs_prefetch(gw_storage_t *st, const gw_row_ref_t *refs, size_t n, gw_err_t *err);
 int gw__pgs_put_row(gw_storage_t *st, const gw_row_ref_t *ref, const rules_ops_t *ops,
@@ -278,8 +277,7 @@ int gw__pgs_write_checkpoint(gw_storage_t *st, const char *user_key, uint64_t ls
 int gw__pgs_delete_row(gw_storage_t *st, const gw_row_ref_t *ref, gw_err_t *err);
 int gw__pgs_truncate(gw_storage_t *st, const char *table, gw_err_t *err);
 int gw__pgs_row_copy(gw_storage_t *st, const gw_row_ref_t *ref, void **out, size_t *len);
-int gw__pgs_reader_open(const gw_storage_opts_t *opts, gw_storage_reader_t **out,
-                        gw_err_t *err);
+int gw__pgs_reader_open(const gw_storage_opts_t *opts, gw_storage_reader_t **out, gw_err_t *err);
 void gw__pgs_reader_close(gw_storage_reader_t *rd);
 const char *gw__pgs_reader_version(const gw_storage_reader_t *rd);
 int gw__pgs_read_checkpoint(gw_storage_reader_t *rd, uint64_t *last_op, uint64_t *lsn,
@@ -288,15 +286,14 @@ int gw__pgs_read_state(gw_storage_reader_t *rd, const char *key, char *buf, size
 int gw__pgs_bucket_checksum(gw_storage_reader_t *rd, const char *bucket, uint64_t as_of,
                             uint32_t *checksum, uint64_t *count);
 int gw__pgs_read_ops(gw_storage_reader_t *rd, const char *bucket, uint64_t after, uint64_t upto,
-                     size_t max_ops, size_t max_bytes, gw_buf_t *out, uint64_t *last,
-                     int *has_more, size_t *nops);
-int gw__pgs_read_write_checkpoint(gw_storage_reader_t *rd, const char *user_key,
-                                  uint64_t as_of_lsn, uint64_t *counter);
-int gw__pgs_lookup(gw_storage_reader_t *rd, const char *version, const char *key,
-                   uint64_t as_of, int (*fn)(void *ud, const char *params), void *ud);
+                     size_t max_ops, size_t max_bytes, gw_buf_t *out, uint64_t *last, int *has_more,
+                     size_t *nops);
+int gw__pgs_read_write_checkpoint(gw_storage_reader_t *rd, const char *user_key, uint64_t as_of_lsn,
+                                  uint64_t *counter);
+int gw__pgs_lookup(gw_storage_reader_t *rd, const char *version, const char *key, uint64_t as_of,
+                   int (*fn)(void *ud, const char *params), void *ud);
 int gw__pgs_each_bucket(gw_storage_reader_t *rd, uint64_t as_of,
-                        int (*fn)(void *ud, const char *bucket, uint32_t checksum,
-                                  uint64_t count),
+                        int (*fn)(void *ud, const char *bucket, uint32_t checksum, uint64_t count),
                         void *ud);
 
 #endif

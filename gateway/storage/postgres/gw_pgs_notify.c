@@ -438,8 +438,8 @@ static void relay(listener_t *l, const gw_storage_cp_t *cp, const char *const *b
 
 /* Column 0 of a query's rows appended to *v (*nv of them so far); with lsns, column 1 of each
  * into *lsns as well. 0, or -1 (the connection failed). */
-static int collect(PGconn *c, const char *sql, int n, const char *const *pv, char ***v,
-                   size_t *nv, uint64_t **lsns)
+static int collect(PGconn *c, const char *sql, int n, const char *const *pv, char ***v, size_t *nv,
+                   uint64_t **lsns)
 {
     PGresult *res = PQexecParams(c, sql, n, NULL, pv, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -565,7 +565,8 @@ static void on_notify(listener_t *l, const char *payload)
             strcmp(inst, s->instance) != 0) {
             gw_publisher_add_wcp(s->publisher, copy + off, lsn);
             /* a commit past its LSN may have been relayed already: report it now */
-            if (lsn <= l->last.lsn) gw__pgs_gate_commit(s, &l->last, NULL, 0, NULL, 0, GW_PGS_FORCE);
+            if (lsn <= l->last.lsn)
+                gw__pgs_gate_commit(s, &l->last, NULL, 0, NULL, 0, GW_PGS_FORCE);
         }
         free(copy);
         return;

@@ -42,8 +42,9 @@ static const char *const rd_sql[RD_COUNT] = {
     [RD_ID] = "SELECT id FROM %1$s.buckets WHERE name = $1",
     [RD_OPS] = "SELECT first_op, ops FROM %1$s.op_chunks WHERE bucket_id = $1 AND last_op > $2 "
                "ORDER BY last_op LIMIT $3",
-    [RD_LOOKUP] = "SELECT params FROM %1$s.lookups WHERE key = $3::text || $1::text AND from_op <= $2 AND "
-                  "(to_op IS NULL OR to_op > $2)",
+    [RD_LOOKUP] =
+        "SELECT params FROM %1$s.lookups WHERE key = $3::text || $1::text AND from_op <= $2 AND "
+        "(to_op IS NULL OR to_op > $2)",
     [RD_BUCKETS] = "SELECT name FROM %1$s.buckets ORDER BY name",
     [RD_WCP] = "SELECT counter, lsn FROM %1$s.write_checkpoints WHERE user_key = $1",
 };
@@ -52,8 +53,8 @@ typedef struct gw_pgs_reader {
     gw_storage_reader_t base; /* first: the contract's head */
     PGconn *conn;
     char schema_q[72];
-    char ns[40];         /* the served rule version's namespace, as of the last checkpoint read */
-    gw_map_t ids;        /* bucket name -> id + 1 (ids never change for a name) */
+    char ns[40];          /* the served rule version's namespace, as of the last checkpoint read */
+    gw_map_t ids;         /* bucket name -> id + 1 (ids never change for a name) */
     uint64_t next_try_ms; /* when a broken connection may be tried again */
 } reader_t;
 
@@ -205,14 +206,14 @@ int gw__pgs_read_state(gw_storage_reader_t *rd, const char *key, char *buf, size
     return found;
 }
 
-int gw__pgs_read_write_checkpoint(gw_storage_reader_t *rd, const char *user_key,
-                                  uint64_t as_of_lsn, uint64_t *counter)
+int gw__pgs_read_write_checkpoint(gw_storage_reader_t *rd, const char *user_key, uint64_t as_of_lsn,
+                                  uint64_t *counter)
 {
     reader_t *r = (reader_t *)rd;
     const char *pv[1] = {user_key};
     PGresult *res = run(r, RD_WCP, 1, pv);
-    int found = res != NULL && PQntuples(res) == 1 &&
-                (uint64_t)gw__pgs_get_i64(res, 0, 1) <= as_of_lsn;
+    int found =
+        res != NULL && PQntuples(res) == 1 && (uint64_t)gw__pgs_get_i64(res, 0, 1) <= as_of_lsn;
     if (found) *counter = (uint64_t)gw__pgs_get_i64(res, 0, 0);
     PQclear(res);
     return found;
@@ -278,8 +279,8 @@ static int bucket_id(reader_t *r, const char *bucket, int64_t *id)
 }
 
 int gw__pgs_read_ops(gw_storage_reader_t *rd, const char *bucket, uint64_t after, uint64_t upto,
-                     size_t max_ops, size_t max_bytes, gw_buf_t *out, uint64_t *last,
-                     int *has_more, size_t *nops)
+                     size_t max_ops, size_t max_bytes, gw_buf_t *out, uint64_t *last, int *has_more,
+                     size_t *nops)
 {
     reader_t *r = (reader_t *)rd;
     *last = after;
@@ -358,8 +359,7 @@ int gw__pgs_lookup(gw_storage_reader_t *rd, const char *version, const char *key
 }
 
 int gw__pgs_each_bucket(gw_storage_reader_t *rd, uint64_t as_of,
-                        int (*fn)(void *ud, const char *bucket, uint32_t checksum,
-                                  uint64_t count),
+                        int (*fn)(void *ud, const char *bucket, uint32_t checksum, uint64_t count),
                         void *ud)
 {
     reader_t *r = (reader_t *)rd;

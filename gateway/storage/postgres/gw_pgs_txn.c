@@ -122,8 +122,7 @@ PGresult *gw__pgs_exec(gw_pgs_t *s, int i, int n, const char *const *values, con
     ExecStatusType st = PQresultStatus(res);
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) return res;
     gw_err_set(err, GW_EPG, "storage", "could not write storage: %s",
-               PQresultErrorMessage(res)[0] ? PQresultErrorMessage(res)
-                                            : PQerrorMessage(s->conn));
+               PQresultErrorMessage(res)[0] ? PQresultErrorMessage(res) : PQerrorMessage(s->conn));
     PQclear(res);
     return NULL;
 }
@@ -232,8 +231,7 @@ int gw__pgs_load_cache(gw_pgs_t *s, gw_err_t *err)
     char lo[48], hi[48];
     gw__pgs_ns_range(w->version, lo, hi, sizeof(lo));
     const char *pv[2] = {lo, hi};
-    gw_buf_printf(&sql, "SELECT count(*) FROM %s.rows WHERE tbl >= $1 AND tbl < $2",
-                  s->schema_q);
+    gw_buf_printf(&sql, "SELECT count(*) FROM %s.rows WHERE tbl >= $1 AND tbl < $2", s->schema_q);
     res = PQexecParams(s->conn, sql.data, 2, NULL, pv, NULL, NULL, 0);
     gw_buf_free(&sql);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -491,7 +489,8 @@ static int row_load(void *ud, const char *tbl, const char *key, gw_buf_t *member
     if (r->copy == NULL)
         *copy_same = copy == NULL;
     else
-        *copy_same = copy != NULL && r->copy_len == copy_len && memcmp(r->copy, copy, copy_len) == 0;
+        *copy_same =
+            copy != NULL && r->copy_len == copy_len && memcmp(r->copy, copy, copy_len) == 0;
     return 1;
 }
 
@@ -538,8 +537,7 @@ static int row_delete(void *ud, const char *tbl, const char *key, gw_err_t *err)
     return s->nrows_dirty >= ROWS_BATCH ? gw__pgs_flush_rows(s, err) : 0;
 }
 
-static int lookups_close(void *ud, const char *tbl, const char *key, uint64_t op_id,
-                         gw_err_t *err)
+static int lookups_close(void *ud, const char *tbl, const char *key, uint64_t op_id, gw_err_t *err)
 {
     (void)err;
     gw_pgs_t *s = ud;
@@ -762,7 +760,8 @@ int gw__pgs_begin(gw_storage_t *st, gw_err_t *err)
     }
     if (!s->leader || s->follower) gw__pgs_follow(s); /* a builder follows its process's leader */
     if (simple(s, "BEGIN", err) != 0) {
-        if (PQstatus(s->conn) != CONNECTION_OK) gw__pgs_lost_lead(s, "the storage connection broke");
+        if (PQstatus(s->conn) != CONNECTION_OK)
+            gw__pgs_lost_lead(s, "the storage connection broke");
         return GW_EUNAVAIL;
     }
     s->in_txn = 1;
@@ -825,8 +824,12 @@ int gw__pgs_commit(gw_storage_t *st, uint64_t lsn, int wait, gw_err_t *err)
     snprintf(next, sizeof(next), "%llu", (unsigned long long)w->next_op);
     snprintf(last, sizeof(last), "%llu", (unsigned long long)last_op);
     snprintf(lsnv, sizeof(lsnv), "%llu", (unsigned long long)lsn);
-    const char *state[6] = {"next_op", next, state_key(w->version, "last_op", klast, sizeof(klast)),
-                            last,      state_key(w->version, "lsn", klsn, sizeof(klsn)), lsnv};
+    const char *state[6] = {"next_op",
+                            next,
+                            state_key(w->version, "last_op", klast, sizeof(klast)),
+                            last,
+                            state_key(w->version, "lsn", klsn, sizeof(klsn)),
+                            lsnv};
     gw_storage_cp_t cp = {.last_op = last_op, .lsn = lsn, .consistent = w->consistent};
     snprintf(cp.ns, sizeof(cp.ns), "%s", w->version);
     gw_buf_t payload = GW_BUF_INIT, body = GW_BUF_INIT;

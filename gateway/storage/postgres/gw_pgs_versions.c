@@ -79,16 +79,16 @@ int gw__pgs_drop_version(gw_storage_t *st, const char *version, uint64_t *droppe
         gw__pgs_flush_rows(s, err) != 0)
         return GW_EPG;
     gw__pgs_ns_range(ns, lo, hi, sizeof(lo));
-    int rc = exec_range(s,
-                        "DELETE FROM %1$s.op_chunks WHERE bucket_id IN (SELECT id FROM %1$s.buckets "
-                        "WHERE name >= $1 AND name < $2)",
-                        lo, hi, NULL, err);
+    int rc =
+        exec_range(s,
+                   "DELETE FROM %1$s.op_chunks WHERE bucket_id IN (SELECT id FROM %1$s.buckets "
+                   "WHERE name >= $1 AND name < $2)",
+                   lo, hi, NULL, err);
     if (rc == 0)
         rc = exec_range(s, "DELETE FROM %1$s.buckets WHERE name >= $1 AND name < $2", lo, hi,
                         dropped, err);
     if (rc == 0)
-        rc = exec_range(s, "DELETE FROM %1$s.rows WHERE tbl >= $1 AND tbl < $2", lo, hi, NULL,
-                        err);
+        rc = exec_range(s, "DELETE FROM %1$s.rows WHERE tbl >= $1 AND tbl < $2", lo, hi, NULL, err);
     if (rc == 0)
         rc = exec_range(s, "DELETE FROM %1$s.lookups WHERE key >= $1 AND key < $2", lo, hi, NULL,
                         err);

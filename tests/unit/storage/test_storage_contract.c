@@ -72,8 +72,8 @@ static void pg_down(void)
 {
     PGconn *c = PQconnectdb(getenv("FERRY_TEST_STORAGE_URI"));
     char sql[256];
-    snprintf(sql, sizeof(sql), "SET client_min_messages = warning; DROP SCHEMA IF EXISTS %s CASCADE",
-             pg_schema);
+    snprintf(sql, sizeof(sql),
+             "SET client_min_messages = warning; DROP SCHEMA IF EXISTS %s CASCADE", pg_schema);
     PQclear(PQexec(c, sql));
     PQfinish(c);
 }
