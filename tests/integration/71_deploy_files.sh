@@ -68,3 +68,31 @@ expect_match "the unit runs ferry as its own user, not root" $'\nUser=ferry\n' "
 expect_match "the Dockerfile builds Debian 12 with make deps and make" 'FROM debian:12.*deploy/deps\.sh.*make ' "$(tr '\n' ' ' <"$D/Dockerfile")"
 expect_match "the Dockerfile runs as a non-root user" $'\nUSER ferry' "$(cat "$D/Dockerfile")"
 expect_match "the compose file sets wal_level=logical" 'wal_level=logical' "$(cat "$D/docker-compose.yml")"
+
+# several instances: the HAProxy configuration is valid, the compose file has its shape, and
+# instances.sql makes a storage database ferry can use
+if command -v haproxy >/dev/null; then
+  out=$(haproxy -c -f "$D/haproxy.cfg" 2>&1)
+  expect_match "haproxy -c accepts deploy/haproxy.cfg" 'Configuration file is valid' "$out"
+else
+  fail "haproxy is installed" "deploy/deps.sh installs it"
+fi
+expect_match "it checks readiness and balances round robin" 'balance roundrobin.*option httpchk GET /probes/readiness' "$(tr '\n' ' ' <"$D/haproxy.cfg")"
+expect_match "the instances compose file runs three ferry services behind haproxy with haproxy.cfg" \
+  'ferry1:.*ferry2:.*ferry3:.*haproxy:.*haproxy.cfg' "$(tr '\n' ' ' <"$D/docker-compose.instances.yml")"
+for run in 1 2; do
+  psql -qX -v ON_ERROR_STOP=1 "$db" -f "$D/postgres/instances.sql" >/dev/null 2>&1
+  expect_eq "instances.sql applies (run $run)" "ferry" "$(q "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'ferry_storage'")"
+done
+st_uri=$(sed -E 's#^(postgres(ql)?://)[^@/]*@#\1ferry:demo-password@#; s#/[^/]*$#/ferry_storage#' <<<"$db")
+port=$(free_port)
+mkdir -p "$T_TMP/inst"
+cp "$D/sync-rules.example.yaml" "$T_TMP/inst/sync-rules.yaml"
+SLOT_PREFIX=t71i replication_config "$T_TMP/inst/ferry.yaml" "$port" "$ferry_uri"
+sed -i '/^storage:/,/^auth:/{/^storage:/!{/^auth:/!d}}' "$T_TMP/inst/ferry.yaml"
+sed -i "s#^storage:#storage:\n  kind: postgres\n  uri: \"$st_uri\"#" "$T_TMP/inst/ferry.yaml"
+start_ferry "$T_TMP/inst/ferry.yaml" || exit 1
+wait_ready "$port" 30 && pass "ferry, as the ferry role, keeps its storage in ferry_storage" || fail "ready with storage in ferry_storage" "$(curl -s "http://127.0.0.1:$port/probes/readiness")"
+stop_pid "$FERRY_PID"
+q "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 't71i%'" >/dev/null
+psql -q "${db%/*}/postgres" -c "DROP DATABASE ferry_storage" >/dev/null 2>&1
