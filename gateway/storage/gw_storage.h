@@ -8,7 +8,15 @@
  * gw_storage_type_t (the shape of Redis's ConnectionType) and embeds gw_storage_t /
  * gw_storage_reader_t as the first member of its own structs; the inline wrappers below call
  * through the table, so call sites read gw_storage_begin(s, err) whatever the backend. Backends:
- * storage/sqlite/ (one SQLite file, the default; kind "sqlite"). The registry is gw_storage.c.
+ * storage/sqlite/ (one SQLite file, the default; kind "sqlite") and storage/postgres/ (a schema
+ * of a Postgres database several instances share; kind "postgres"). The registry is
+ * gw_storage.c.
+ *
+ * Shared storage. A storage several instances use (info.shared) has one leader at a time, the
+ * writer that gw_storage_lead() answered 1: only it writes replicated data (rows, state,
+ * compaction, versions); a commit of a writer that lost the lead fails. Every writer stores
+ * write checkpoints, and every serving writer relays the leader's commits to its own process
+ * (the hook and the pub), so streams on every instance see each checkpoint.
  *
  * Writers. A writer works in the namespace of one rule version. The replicator thread holds the
  * serving version's writer; while a new version is built, a second writer of the same storage
@@ -57,8 +65,8 @@ typedef struct gw_storage_pub gw_storage_pub_t;
 /* ---- opening ---- */
 
 /**
- * How to reach a storage. Filled by the caller (`ferry serve` from the config's storage.kind and
- * storage.path); it must outlive every writer and reader opened with it.
+ * How to reach a storage. Filled by the caller (`ferry serve` from the config's storage section,
+ * gw_cli_storage_opts); it must outlive every writer and reader opened with it.
  */
 typedef struct gw_storage_opts {
     const char *kind;      /* backend: "sqlite" or "postgres" (NULL or "": sqlite) */
