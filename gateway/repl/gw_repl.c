@@ -98,6 +98,9 @@ gw_repl_t *gw__repl_new(const gw_config_t *cfg, rules_set_t *rules, const char *
     snprintf(r->version, sizeof(r->version), "%s", version);
     snprintf(r->slot, sizeof(r->slot), "%s_%s", r->slot_prefix, version);
     r->st = st;
+    gw_storage_info_t info;
+    gw_storage_info(st, &info);
+    r->shared = info.shared;
     gw_map_init(&r->rels);
     gw_arena_init(&r->arena, 65536);
     r->ready_id = -1;
@@ -132,9 +135,6 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     r->ready_id = gw_ready_register("replication", "starting");
     r->old_pending = 1;
     snprintf(r->file_hash, sizeof(r->file_hash), "%s", rules_hash);
-    gw_storage_info_t info;
-    gw_storage_info(storage, &info);
-    r->shared = info.shared;
     int lead = gw_storage_lead(storage, err);
     if (lead == 0) {
         /* another instance replicates: serve what it stored (gw_repl_lead.c) */

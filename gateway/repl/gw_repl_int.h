@@ -42,6 +42,11 @@
  * without delaying changes that arrive at a pace ferry keeps up with. */
 #define BATCH_MAX_MS 500
 
+/* The same bound with a storage several instances share (a round trip away): each storage
+ * commit costs a row per touched bucket and per chunk, so while catching up fewer, larger commits
+ * (about four times the changes each) write a fraction of those rows. */
+#define BATCH_MAX_MS_SHARED 2000
+
 #define STATUS_INTERVAL_MS 10000
 
 typedef struct rel {

@@ -390,7 +390,8 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
             if (rc == 0) rc = gw__repl_maybe_ack(r, err);
             if (rc == 0 && r->batch_open && !r->in_pg_txn &&
                 (r->batch_changes >= BATCH_MAX_CHANGES ||
-                 gw__repl_elapsed_ms(&r->batch_started) >= BATCH_MAX_MS)) {
+                 gw__repl_elapsed_ms(&r->batch_started) >=
+                     (r->shared ? BATCH_MAX_MS_SHARED : BATCH_MAX_MS))) {
                 rc = gw__repl_flush_batch(r, err);
                 if (rc == 0) gw__repl_poll_slot(r);
             }

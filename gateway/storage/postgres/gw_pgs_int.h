@@ -54,6 +54,8 @@ enum {
 typedef struct pgs_row {
     int present;      /* stored (or to be stored) */
     int dirty;        /* changed in the transaction, not yet written */
+    int in_db;        /* certainly in the rows table now (read from it, or written to it in this
+                         transaction): written back with an UPDATE; else an upsert */
     gw_buf_t members; /* memberships */
     char *lookups;    /* lookup text ("" for none) */
     void *copy;       /* the copy of long values, NULL for none */

@@ -46,6 +46,9 @@ static const char *const ps_sql[PS_COUNT] = {
         "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bytea[]) "
         "ON CONFLICT (tbl, key) DO UPDATE SET members = excluded.members, lookups = "
         "excluded.lookups, copy = excluded.copy), "
+        "upd AS (UPDATE %1$s.rows r SET members = u.members, lookups = u.lookups, copy = u.copy "
+        "FROM unnest($17::text[], $18::text[], $19::bytea[], $20::text[], $21::bytea[]) AS "
+        "u(tbl, key, members, lookups, copy) WHERE r.tbl = u.tbl AND r.key = u.key), "
         "del AS (DELETE FROM %1$s.rows r USING unnest($6::text[], $7::text[]) AS d(tbl, key) "
         "WHERE r.tbl = d.tbl AND r.key = d.key), "
         "cl AS (UPDATE %1$s.lookups l SET to_op = c.op FROM unnest($8::text[], $9::text[], "
@@ -61,6 +64,9 @@ static const char *const ps_sql[PS_COUNT] = {
         "unnest($7::int8[], $8::text[], $9::int8[], $10::int8[], $11::int8[]) ON CONFLICT (id) "
         "DO UPDATE SET checksum = excluded.checksum, count = excluded.count, last_op = "
         "excluded.last_op), "
+        "bu AS (UPDATE %1$s.buckets b SET checksum = u.checksum, count = u.count, last_op = "
+        "u.last_op FROM unnest($18::int8[], $19::int8[], $20::int8[], $21::int8[]) AS u(id, "
+        "checksum, count, last_op) WHERE b.id = u.id), "
         "s AS (INSERT INTO %1$s.state (k, v) SELECT * FROM unnest($12::text[], $13::text[]) ON "
         "CONFLICT (k) DO UPDATE SET v = excluded.v), "
         "ch AS (INSERT INTO %1$s.changes (last_op, body) SELECT $17::int8, $16::text WHERE "
@@ -324,6 +330,7 @@ static pgs_row_t *row_put(gw_pgs_t *s, const char *tbl, const char *key)
 static void row_fill(pgs_row_t *r, const PGresult *res, int i, int c)
 {
     r->present = 1;
+    r->in_db = 1;
     gw_buf_reset(&r->members);
     if (!PQgetisnull(res, i, c))
         gw_buf_append(&r->members, PQgetvalue(res, i, c), (size_t)PQgetlength(res, i, c));
@@ -361,8 +368,8 @@ void gw__pgs_clear_txn(gw_pgs_t *s)
 
 /* The arrays of one write of rows (built from the cache and the lookup lists). */
 typedef struct rows_write {
-    gw_buf_t e[16];
-    size_t n_up, n_del, n_cl, n_ins;
+    gw_buf_t e[21];
+    size_t n_up, n_del, n_cl, n_ins, n_upd;
 } rows_write_t;
 
 typedef struct flush_ctx {
@@ -380,19 +387,26 @@ static void collect_dirty(const char *key, void *value, void *ud)
     size_t tl = (size_t)(sep - key);
     rows_write_t *rw = f->rw;
     if (r->present) {
-        gw__pgs_elem_bytes(&rw->e[0], key, tl);
-        gw__pgs_elem_bytes(&rw->e[1], sep + 1, strlen(sep + 1));
-        gw__pgs_elem_bytes(&rw->e[2], r->members.data, r->members.len);
-        gw__pgs_elem_bytes(&rw->e[3], r->lookups, strlen(r->lookups));
+        /* a row known to be in the table is updated; any other upserted */
+        gw_buf_t *e = r->in_db ? &rw->e[16] : &rw->e[0];
+        gw__pgs_elem_bytes(&e[0], key, tl);
+        gw__pgs_elem_bytes(&e[1], sep + 1, strlen(sep + 1));
+        gw__pgs_elem_bytes(&e[2], r->members.data, r->members.len);
+        gw__pgs_elem_bytes(&e[3], r->lookups, strlen(r->lookups));
         if (r->copy != NULL)
-            gw__pgs_elem_bytes(&rw->e[4], r->copy, r->copy_len);
+            gw__pgs_elem_bytes(&e[4], r->copy, r->copy_len);
         else
-            gw__pgs_elem_null(&rw->e[4]);
-        rw->n_up++;
+            gw__pgs_elem_null(&e[4]);
+        if (r->in_db)
+            rw->n_upd++;
+        else
+            rw->n_up++;
+        r->in_db = 1;
     } else {
         gw__pgs_elem_bytes(&rw->e[5], key, tl);
         gw__pgs_elem_bytes(&rw->e[6], sep + 1, strlen(sep + 1));
         rw->n_del++;
+        r->in_db = 0;
     }
 }
 
@@ -426,25 +440,26 @@ int gw__pgs_flush_rows(gw_pgs_t *s, gw_err_t *err)
             gw__pgs_elem_null(&rw.e[15]);
         rw.n_ins++;
     }
-    static const uint32_t oid[16] = {OID_TEXT, OID_TEXT, OID_BYTEA, OID_TEXT, OID_BYTEA, OID_TEXT,
-                                     OID_TEXT, OID_TEXT, OID_TEXT,  OID_INT8, OID_TEXT,  OID_TEXT,
-                                     OID_TEXT, OID_TEXT, OID_INT8,  OID_INT8};
-    static const int group[16] = {0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3};
-    size_t counts[4] = {rw.n_up, rw.n_del, rw.n_cl, rw.n_ins};
-    gw_buf_t arr[16];
-    const char *values[16];
-    int lengths[16], formats[16];
-    for (int i = 0; i < 16; i++) {
+    static const uint32_t oid[21] = {OID_TEXT,  OID_TEXT, OID_BYTEA, OID_TEXT, OID_BYTEA, OID_TEXT,
+                                     OID_TEXT,  OID_TEXT, OID_TEXT,  OID_INT8, OID_TEXT,  OID_TEXT,
+                                     OID_TEXT,  OID_TEXT, OID_INT8,  OID_INT8, OID_TEXT,  OID_TEXT,
+                                     OID_BYTEA, OID_TEXT, OID_BYTEA};
+    static const int group[21] = {0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4};
+    size_t counts[5] = {rw.n_up, rw.n_del, rw.n_cl, rw.n_ins, rw.n_upd};
+    gw_buf_t arr[21];
+    const char *values[21];
+    int lengths[21], formats[21];
+    for (int i = 0; i < 21; i++) {
         arr[i] = (gw_buf_t)GW_BUF_INIT;
         gw__pgs_array(&arr[i], oid[i], counts[group[i]], &rw.e[i]);
         values[i] = arr[i].data;
         lengths[i] = (int)arr[i].len;
         formats[i] = 1;
     }
-    PGresult *res = gw__pgs_exec(s, PS_WRITE_ROWS, 16, values, lengths, formats, 0, err);
+    PGresult *res = gw__pgs_exec(s, PS_WRITE_ROWS, 21, values, lengths, formats, 0, err);
     int rc = res != NULL ? 0 : GW_EPG;
     PQclear(res);
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < 21; i++) {
         gw_buf_free(&arr[i]);
         gw_buf_free(&rw.e[i]);
     }
@@ -648,17 +663,19 @@ const gw_writer_io_t gw__pgs_writer_io = {
 
 /* The commit statement's parameters: chunks, dirty buckets, state, notification. */
 typedef struct commit_params {
-    gw_buf_t arr[13], be[5], se[2];
-    const char *values[17];
-    int lengths[17], formats[17];
+    gw_buf_t arr[17], be[9], se[2];
+    const char *values[21];
+    int lengths[21], formats[21];
     char last_op[24];
 } commit_params_t;
 
+enum { COMMIT_PARAMS = 21 };
+
 static void commit_params_free(commit_params_t *p)
 {
-    for (int i = 0; i < 13; i++)
+    for (int i = 0; i < 17; i++)
         gw_buf_free(&p->arr[i]);
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 9; i++)
         gw_buf_free(&p->be[i]);
     for (int i = 0; i < 2; i++)
         gw_buf_free(&p->se[i]);
@@ -674,16 +691,29 @@ static void commit_params(gw_pgs_t *s, commit_params_t *p, gw_wbucket_t **bucket
     static const uint32_t coid[6] = {OID_INT8, OID_INT8, OID_INT8, OID_INT8, OID_INT8, OID_BYTEA};
     for (int i = 0; i < 6; i++)
         gw__pgs_array(&p->arr[i], coid[i], s->nchunks, &s->chunks[i]);
+    /* new buckets are inserted, the others updated */
+    size_t nnew = 0, nold = 0;
     for (size_t i = 0; i < nb; i++) {
-        gw__pgs_elem_i64(&p->be[0], buckets[i]->id);
-        gw__pgs_elem_bytes(&p->be[1], buckets[i]->name, strlen(buckets[i]->name));
-        gw__pgs_elem_i64(&p->be[2], buckets[i]->checksum);
-        gw__pgs_elem_i64(&p->be[3], (int64_t)buckets[i]->count);
-        gw__pgs_elem_i64(&p->be[4], (int64_t)buckets[i]->last_op);
+        if (buckets[i]->is_new) {
+            gw__pgs_elem_i64(&p->be[0], buckets[i]->id);
+            gw__pgs_elem_bytes(&p->be[1], buckets[i]->name, strlen(buckets[i]->name));
+            gw__pgs_elem_i64(&p->be[2], buckets[i]->checksum);
+            gw__pgs_elem_i64(&p->be[3], (int64_t)buckets[i]->count);
+            gw__pgs_elem_i64(&p->be[4], (int64_t)buckets[i]->last_op);
+            nnew++;
+        } else {
+            gw__pgs_elem_i64(&p->be[5], buckets[i]->id);
+            gw__pgs_elem_i64(&p->be[6], buckets[i]->checksum);
+            gw__pgs_elem_i64(&p->be[7], (int64_t)buckets[i]->count);
+            gw__pgs_elem_i64(&p->be[8], (int64_t)buckets[i]->last_op);
+            nold++;
+        }
     }
     static const uint32_t boid[5] = {OID_INT8, OID_TEXT, OID_INT8, OID_INT8, OID_INT8};
     for (int i = 0; i < 5; i++)
-        gw__pgs_array(&p->arr[6 + i], boid[i], nb, &p->be[i]);
+        gw__pgs_array(&p->arr[6 + i], boid[i], nnew, &p->be[i]);
+    for (int i = 0; i < 4; i++)
+        gw__pgs_array(&p->arr[13 + i], OID_INT8, nold, &p->be[5 + i]);
     for (size_t i = 0; i < ns; i++) {
         gw__pgs_elem_bytes(&p->se[0], state[2 * i], strlen(state[2 * i]));
         gw__pgs_elem_bytes(&p->se[1], state[2 * i + 1], strlen(state[2 * i + 1]));
@@ -700,6 +730,11 @@ static void commit_params(gw_pgs_t *s, commit_params_t *p, gw_wbucket_t **bucket
     p->values[15] = body;
     snprintf(p->last_op, sizeof(p->last_op), "%llu", (unsigned long long)last_op);
     p->values[16] = p->last_op;
+    for (int i = 0; i < 4; i++) {
+        p->values[17 + i] = p->arr[13 + i].data;
+        p->lengths[17 + i] = (int)p->arr[13 + i].len;
+        p->formats[17 + i] = 1;
+    }
 }
 
 int gw__pgs_flush_chunks(gw_pgs_t *s, gw_err_t *err)
@@ -707,7 +742,8 @@ int gw__pgs_flush_chunks(gw_pgs_t *s, gw_err_t *err)
     if (s->nchunks == 0) return 0;
     commit_params_t p;
     commit_params(s, &p, NULL, 0, NULL, 0, NULL, NULL, 0);
-    PGresult *res = gw__pgs_exec(s, PS_COMMIT, 17, p.values, p.lengths, p.formats, 0, err);
+    PGresult *res =
+        gw__pgs_exec(s, PS_COMMIT, COMMIT_PARAMS, p.values, p.lengths, p.formats, 0, err);
     int rc = res != NULL ? 0 : GW_EPG;
     PQclear(res);
     commit_params_free(&p);
@@ -724,7 +760,8 @@ static int commit_pipelined(gw_pgs_t *s, const commit_params_t *p, gw_err_t *err
     if (PQenterPipelineMode(s->conn) != 1) return gw__pgs_err(s->conn, err, "commit to storage");
     char name[32];
     snprintf(name, sizeof(name), "ferry_w%d", PS_COMMIT);
-    int sent = PQsendQueryPrepared(s->conn, name, 17, p->values, p->lengths, p->formats, 0) == 1 &&
+    int sent = PQsendQueryPrepared(s->conn, name, COMMIT_PARAMS, p->values, p->lengths, p->formats,
+                                   0) == 1 &&
                PQsendQueryParams(s->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
                PQpipelineSync(s->conn) == 1;
     int rc = sent ? 0 : gw__pgs_err(s->conn, err, "commit to storage");
@@ -859,7 +896,7 @@ int gw__pgs_commit(gw_storage_t *st, uint64_t lsn, int wait, gw_err_t *err)
     }
     s->last_rt_ms = gw__pgs_now_ms();
     for (size_t i = 0; i < nd; i++)
-        dirty[i]->dirty = 0;
+        dirty[i]->dirty = dirty[i]->is_new = 0;
     free(dirty);
     w->last_op = last_op;
     w->lsn = lsn;
