@@ -379,7 +379,9 @@ int gw__pgs_open(const gw_storage_opts_t *opts, const char *version, gw_storage_
         return rc == GW_EPG ? GW_EIO : rc;
     }
     s->last_rt_ms = gw__pgs_now_ms();
-    gw__pgs_filter_build(s);
+    /* the row filter: a builder's writer needs it now (a new version has few rows); the serving
+     * writer builds it when it takes the lead (a standby never stores rows) */
+    if (version != NULL) gw__pgs_filter_build(s);
     s->publisher = gw_publisher_new("ferry-pubs", NULL, NULL, opts->pub);
     gw__pgs_gate_start(s);
     if (version == NULL) gw__pgs_listen_start(s); /* the serving writer relays other instances */

@@ -30,7 +30,7 @@ int gw__pgs_set_version(gw_storage_t *st, const char *version, gw_err_t *err)
     if (s->conn == NULL || PQstatus(s->conn) != CONNECTION_OK)
         return gw_err_set(err, GW_EUNAVAIL, "storage", "lost the connection to the storage");
     if (gw__pgs_load_cache(s, err) != 0) return GW_EIO;
-    gw__pgs_filter_build(s);
+    if (s->leader) gw__pgs_filter_build(s); /* a standby's is built when it takes the lead */
     return 0;
 }
 
