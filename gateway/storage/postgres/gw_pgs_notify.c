@@ -564,9 +564,12 @@ static void on_notify(listener_t *l, const char *payload)
         if (sscanf(copy, "w %95s %llu %n", inst, &lsn, &off) == 2 && off > 0 &&
             strcmp(inst, s->instance) != 0) {
             gw_publisher_add_wcp(s->publisher, copy + off, lsn);
-            /* a commit past its LSN may have been relayed already: report it now */
-            if (lsn <= l->last.lsn)
-                gw__pgs_gate_commit(s, &l->last, NULL, 0, NULL, 0, GW_PGS_FORCE);
+            /* a commit past its LSN (this process's own, or one relayed) may have been handed
+             * on already: report it with that checkpoint now */
+            pthread_mutex_lock(&s->info_lock);
+            gw_storage_cp_t cp = s->pub_cp;
+            pthread_mutex_unlock(&s->info_lock);
+            if (cp.lsn >= lsn) gw__pgs_gate_commit(s, &cp, NULL, 0, NULL, 0, GW_PGS_FORCE);
         }
         free(copy);
         return;

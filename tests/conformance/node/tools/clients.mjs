@@ -20,6 +20,7 @@ import { execFileSync } from 'node:child_process';
 
 const env = process.env;
 const endpoint = env.FERRY_ENDPOINT;
+const realFetch = globalThis.fetch; // the raw clients' (the official client's is patched below)
 const clients = [];
 
 function token(sub) {
@@ -110,7 +111,7 @@ class RawClient {
   async run() {
     while (!this.stopped) {
       try {
-        const res = await fetch(`${endpoint}/sync/stream`, {
+        const res = await realFetch(`${endpoint}/sync/stream`, {
           method: 'POST',
           headers: { 'content-type': 'application/json', authorization: `Token ${this.tok}` },
           body: JSON.stringify({ client_id: this.name, raw_data: true, include_checksum: true,
@@ -147,13 +148,16 @@ class RawClient {
 
 // ---- the official client, its stream seen through a patched fetch ----
 
-const realFetch = globalThis.fetch;
 let official = null;
 globalThis.fetch = async (resource, init) => {
   const res = await realFetch(resource, init);
   const url = typeof resource === 'string' ? resource : resource.url;
   if (official == null || !String(url).endsWith('/sync/stream') || res.body == null) return res;
   official.connects++;
+  try { // what it asked for: the positions it resumed from
+    const body = JSON.parse(init?.body ?? '{}');
+    official.requests.push((body.buckets ?? []).map((b) => `${b.name}@${b.after}`).join(' '));
+  } catch { official.requests.push('?'); }
   official.server = res.headers.get('x-ferry-server') ?? '';
   const [a, b] = res.body.tee();
   (async () => {
@@ -165,7 +169,7 @@ globalThis.fetch = async (resource, init) => {
 
 async function startOfficial(user) {
   const lib = await import('../lib.mjs');
-  official = { name: `official-${user}`, kind: 'official', user, ledger: new Ledger(), connects: 0, server: '', checksumFailures: 0, problems: [] };
+  official = { name: `official-${user}`, kind: 'official', user, ledger: new Ledger(), connects: 0, server: '', checksumFailures: 0, problems: [], requests: [] };
   const c = await lib.openClient(user);
   official.client = c;
   official.problems = c.problems;
@@ -181,6 +185,7 @@ function snapshot(final) {
       ops: c.ledger.ops, expected_ops: c.ledger.expected, checkpoints: c.ledger.checkpoints,
       last_op: c.ledger.lastOp, checksum_failures: c.checksumFailures + c.problems.filter((p) => /checksum/i.test(p)).length,
       problems: c.problems.slice(0, 5),
+      requests: c.requests ?? [],
     })),
     final,
   };
