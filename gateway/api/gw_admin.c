@@ -141,7 +141,8 @@ static int on_compact(h2o_req_t *req, void *ud)
 
 void gw_admin_register(gw_app_t *app)
 {
-    gw_http_route(app->http, "/api/admin/diagnostics", "admin_diagnostics", GW_HTTP_GET,
-                  on_diagnostics, app);
-    gw_http_route(app->http, "/api/admin/compact", "admin_compact", GW_HTTP_POST, on_compact, app);
+    gw_http_admin_route(app->http, "/api/admin/diagnostics", "admin_diagnostics", GW_HTTP_GET,
+                        on_diagnostics, app);
+    gw_http_admin_route(app->http, "/api/admin/compact", "admin_compact", GW_HTTP_POST, on_compact,
+                        app);
 }
