@@ -163,7 +163,10 @@ int gw_cli_serve(int argc, char **argv)
     gw_buf_append(&rules_text, "", 1); /* NUL-terminated: the storage keeps it */
     /* storage: readers of this process serve what the serving writer published (durable) */
     pub = gw_storage_pub_new();
-    sopts = (gw_storage_opts_t){.kind = cfg.storage.kind, .path = cfg.storage.path, .pub = pub};
+    sopts = (gw_storage_opts_t){.kind = cfg.storage.kind,
+                                .path = cfg.storage.path,
+                                .pub = pub,
+                                .wcp_retention = cfg.write_back.checkpoint_retention};
     ensure_parent_dir(cfg.storage.path);
     if (gw_storage_open(&sopts, &storage, &err) != 0) goto fail;
     streams = gw_streams_new(storage);

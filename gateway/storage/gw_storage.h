@@ -65,6 +65,8 @@ typedef struct gw_storage_opts {
     const char *path;      /* sqlite: the storage file */
     gw_storage_pub_t *pub; /* where the serving writer publishes its durable checkpoints and
                               readers of this process read them; NULL: none */
+    long wcp_retention;    /* seconds a client's write checkpoint is kept after it was last
+                              written (write_back.checkpoint_retention); 0: for ever */
 } gw_storage_opts_t;
 
 /**

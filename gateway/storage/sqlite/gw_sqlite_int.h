@@ -53,6 +53,7 @@ enum {
     ST_LOOKUP_CLOSE,
     ST_LOOKUP_INSERT,
     ST_WCP_UPSERT,
+    ST_WCP_PRUNE,
     ST_COUNT
 };
 
@@ -104,7 +105,8 @@ struct gw_sqlite {
         uint64_t lsn;
     } * wcp;
     size_t nwcp, cap_wcp;
-    char **wcp_done; /* resolved by the commit being reported */
+    int64_t wcp_next_prune; /* unix seconds: forget unused write checkpoints from then on */
+    char **wcp_done;        /* resolved by the commit being reported */
     size_t nwcp_done;
     /* Row filter: a Bloom filter over the (tbl, key) of every row ever stored by this process or
      * present at open. A miss proves the row is not in `rows`, so put_row skips the lookup
