@@ -44,8 +44,13 @@ static int admin_allowed(gw_app_t *app, h2o_req_t *req)
     for (size_t k = 0; k < tl; k++)
         diff |= (unsigned char)(ok ? v[7 + k] ^ token[k] : 0);
     if (diff != 0) {
-        gw_warn("admin", "rejected an admin request", "path=%.*s", (int)req->path.len,
-                req->path.base);
+        /* anyone can send these: at most one line per 10 s, counting the ones left out */
+        static gw_log_limit_t limit = GW_LOG_LIMIT_INIT(10000);
+        unsigned long long suppressed;
+        char path[300];
+        if (gw_log_limit_take(&limit, &suppressed))
+            gw_warn("admin", "rejected an admin request", "path=%s suppressed=%llu",
+                    gw_log_qsn(req->path.base, req->path.len, path, sizeof(path)), suppressed);
         gw_http_send_error(req, 401, "unauthorized", "a valid admin token is required");
         return 0;
     }

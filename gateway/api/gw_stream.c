@@ -419,10 +419,10 @@ static int start_round(stream_t *s)
         rules_buckets_t nb = {0};
         char msg[1024];
         if (eval_buckets(s, &nb, msg, sizeof(msg)) != 0) {
-            char user[300];
+            char user[300], qmsg[1200];
             gw_warn("stream", "could not compute the buckets of a user; ending the stream",
-                    "conn=s%llu user=%s error=\"%s\"", (unsigned long long)s->id,
-                    gw_log_qs(s->sub, user, sizeof(user)), msg);
+                    "conn=s%llu user=%s error=%s", (unsigned long long)s->id,
+                    gw_log_qs(s->sub, user, sizeof(user)), gw_log_qs(msg, qmsg, sizeof(qmsg)));
             rules_buckets_free(&nb);
             s->end_reason = "bucket_error";
             s->finishing = 1;
@@ -1043,9 +1043,9 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     int rc = eval_buckets(s, &nb, msg, sizeof(msg));
     rules_buckets_free(&nb);
     if (rc != 0) {
-        char user[300];
-        gw_warn("stream", "rejected a stream", "user=%s error=\"%s\"",
-                gw_log_qs(s->sub, user, sizeof(user)), msg);
+        char user[300], qmsg[1200];
+        gw_warn("stream", "rejected a stream", "user=%s error=%s",
+                gw_log_qs(s->sub, user, sizeof(user)), gw_log_qs(msg, qmsg, sizeof(qmsg)));
         s->th = NULL; /* not linked: dispose must not unlink */
         json_decref(body);
         atomic_fetch_add(&g->rejected, 1);

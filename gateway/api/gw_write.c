@@ -18,11 +18,11 @@
  *                            | the client went away (guard_dispose): dropped, never applied
  *
  * dispatch() keeps at most postgres.pool_size batches running and picks, among users with a
- * queued batch, the one with the fewest running (ties: the longest waiting, round robin). A user
- * with nothing running is therefore served at the next free worker: another user's queue delays
- * it by at most the batch a worker is busy with. Admission: at most
- * write_back.max_batches_per_user batches queued or running per user (429 with Retry-After past
- * it) and max_inflight in all (16 per worker connection, at least 64; 503 with Retry-After).
+ * queued batch, the one with the fewest running, and among those the one served longest ago (a
+ * user new to the queue first). A user with nothing running is therefore served at the next free
+ * worker: another user's queue delays it by at most the batch a worker is busy with. Admission: at
+ * most write_back.max_batches_per_user batches queued or running per user (429 with Retry-After
+ * past it) and max_inflight in all (16 per worker connection, at least 64; 503 with Retry-After).
  * Every statement of a batch runs under write_back.statement_timeout (gw_write_batch.c).
  *
  * Start-up: statements are prepared once per worker connection (gw__write_prepare_conn;
@@ -86,15 +86,17 @@ typedef struct wuser {
     char *sub;
     wbatch_t *head, *tail; /* QUEUED batches, oldest first */
     size_t queued, running;
-    struct wuser *prev, *next; /* the ready ring (users with queued batches) */
+    uint64_t served;           /* sched.seq when a batch of this user last started; 0: never */
+    struct wuser *prev, *next; /* the ready list (users with queued batches) */
     int ready;
 } wuser_t;
 
 static struct {
     pthread_mutex_t lock;
     gw_map_t users; /* sub -> wuser_t* (users with batches queued or running) */
-    wuser_t ring;   /* anchor of the ready ring */
+    wuser_t ring;   /* anchor of the ready list (users with queued batches) */
     size_t running, max_running, max_per_user;
+    uint64_t seq; /* batches started */
 } sched = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static void ring_unlink(wuser_t *u)
@@ -133,16 +135,18 @@ static void dispatch_locked(void)
     while (sched.running < sched.max_running) {
         wuser_t *best = NULL;
         for (wuser_t *u = sched.ring.next; u != &sched.ring; u = u->next)
-            if (best == NULL || u->running < best->running) best = u;
+            if (best == NULL || u->running < best->running ||
+                (u->running == best->running && u->served < best->served))
+                best = u;
         if (best == NULL) return;
         wbatch_t *b = best->head;
         best->head = b->qnext;
         if (best->head == NULL) best->tail = NULL;
         best->queued--;
         best->running++;
+        best->served = ++sched.seq;
         sched.running++;
-        ring_unlink(best); /* to the back of the ring: round robin among equals */
-        if (best->queued > 0) ring_append(best);
+        if (best->queued == 0) ring_unlink(best);
         b->state = BATCH_RUNNING;
         b->job.run = batch_job_run;
         b->job.done = batch_done;
@@ -595,6 +599,21 @@ static void collect(gw_buf_t *out, void *ud)
                   (unsigned long long)atomic_load(&gw__write_mod.batches_limited));
     gw_buf_printf(out, "ferry_write_batches_total{status=\"503\"} %llu\n",
                   (unsigned long long)atomic_load(&gw__write_mod.batches_unavail));
+    pthread_mutex_lock(&sched.lock);
+    size_t running = sched.running, users = sched.users.n;
+    pthread_mutex_unlock(&sched.lock);
+    size_t inflight = atomic_load(&gw__write_mod.inflight);
+    gw_buf_puts(out, "# HELP ferry_write_batches_queued Write-back batches waiting for a worker.\n"
+                     "# TYPE ferry_write_batches_queued gauge\n");
+    gw_buf_printf(out, "ferry_write_batches_queued %zu\n",
+                  inflight > running ? inflight - running : 0);
+    gw_buf_puts(out, "# HELP ferry_write_batches_running Write-back batches on a worker.\n"
+                     "# TYPE ferry_write_batches_running gauge\n");
+    gw_buf_printf(out, "ferry_write_batches_running %zu\n", running);
+    gw_buf_puts(out, "# HELP ferry_write_users_active Users with write-back batches queued or "
+                     "running.\n"
+                     "# TYPE ferry_write_users_active gauge\n");
+    gw_buf_printf(out, "ferry_write_users_active %zu\n", users);
     gw_buf_puts(out, "# HELP ferry_write_ops_total Write-back ops by result.\n"
                      "# TYPE ferry_write_ops_total counter\n");
     for (int i = 0; i < ST_N; i++)

@@ -105,9 +105,17 @@ typedef struct wctx {
     PGconn *conn;
     gw_app_t *app;
     char timeout[24]; /* statement_timeout in ms ("" when none) */
+    char fatal[256];  /* Postgres's message of the result that stopped the batch, for the log */
     int savepoints;
     PGresult *failed; /* the result of the statement that failed (SQL_OP), owned here */
 } wctx_t;
+
+/* Keep the message of a result that stops the batch (the first one), for the log. */
+static void note_fatal(wctx_t *c, PGresult *res)
+{
+    const char *m = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (c->fatal[0] == '\0' && m != NULL) snprintf(c->fatal, sizeof(c->fatal), "%s", m);
+}
 
 /* Run a prepared statement; returns its result (caller PQclears) or NULL with *how set. */
 static PGresult *exec_prepared(wctx_t *c, const char *name, int n, const char *const *values,
@@ -120,6 +128,7 @@ static PGresult *exec_prepared(wctx_t *c, const char *name, int n, const char *c
         return res;
     }
     *how = classify(c->conn, res);
+    if (*how == SQL_FATAL) note_fatal(c, res);
     PQclear(c->failed);
     c->failed = res;
     return NULL;
@@ -549,7 +558,10 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
             gw__write_conn.ins[q->items[i].op].mask = 0;
         }
         if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-            if (st != PGRES_PIPELINE_ABORTED && classify(c->conn, res) == SQL_FATAL) q->fatal = 1;
+            if (st != PGRES_PIPELINE_ABORTED && classify(c->conn, res) == SQL_FATAL) {
+                q->fatal = 1;
+                note_fatal(c, res);
+            }
             q->deviated = 1;
         } else if (!q->deviated) {
             pq_item_t *it = &q->items[i];
@@ -647,6 +659,26 @@ static int pq_send_constraints(wctx_t *c, pq_state_t *q, size_t i)
         if (pq_send_rule(c, q, PQ_CON, i, name, &con->stmt, q->new_row, NULL) != 0) return -1;
     }
     return 0;
+}
+
+/*
+ * After a fatal result on a live connection (a statement timeout, a deadlock) the pipeline still
+ * holds results up to its sync point: read them and leave pipeline mode, so the connection can
+ * roll back and serve the next batch. When that does not work out, reconnect (the statements
+ * are prepared again: the backend pid changed).
+ */
+static void pq_leave(PGconn *conn)
+{
+    for (int i = 0; i < 100000 && PQpipelineStatus(conn) != PQ_PIPELINE_OFF; i++) {
+        if (PQexitPipelineMode(conn)) return;
+        PGresult *res = PQgetResult(conn);
+        if (res == NULL && PQisBusy(conn) == 0 && PQstatus(conn) != CONNECTION_OK) break;
+        PQclear(res);
+    }
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF) {
+        gw_warn("write", "could not leave pipeline mode; reconnecting", NULL);
+        PQreset(conn);
+    }
 }
 
 /* The whole batch through the pipeline. SQL_OK (committed), SQL_OP (not a normal batch: rolled
@@ -784,6 +816,7 @@ fail:
     if (rc != SQL_OK && !q.fatal && q.n > 0) pq_sync(c, &q); /* drain what was queued */
     if (q.fatal || PQstatus(c->conn) != CONNECTION_OK) rc = SQL_FATAL;
     if (rc != SQL_FATAL && !PQexitPipelineMode(c->conn)) rc = SQL_FATAL;
+    if (rc == SQL_FATAL && PQstatus(c->conn) == CONNECTION_OK) pq_leave(c->conn);
     if (rc == SQL_OP && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
         exec_simple(c->conn, "ROLLBACK");
     for (size_t i = 0; i < b->nops; i++)
@@ -932,7 +965,8 @@ static int batch_try(wbatch_t *b, PGconn *conn)
     char pg[512];
     gw__write_batch_fail(b, 503, "unavailable", "could not apply the batch; nothing was applied");
     gw_warn("write", "batch rolled back", "error=%s",
-            gw_log_qs(gw_pg_error(conn, pg, sizeof(pg)), (char[600]){0}, 600));
+            gw_log_qs(c.fatal[0] != '\0' ? c.fatal : gw_pg_error(conn, pg, sizeof(pg)),
+                      (char[600]){0}, 600));
     return -1;
 }
 
