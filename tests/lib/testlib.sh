@@ -7,7 +7,7 @@
 #   pass NAME | fail NAME WHY      record a result
 #   expect_eq NAME WANT GOT        pass when equal, else fail showing both
 #   expect_match NAME REGEX TEXT   pass when TEXT matches the extended REGEX
-#   free_port                      print a loopback TCP port nobody listens on
+#   free_port                      print a loopback TCP port nobody listens on (nor on the next)
 #   start_ferry CONFIG [ARGS]      start build/ferry serve in the background; sets FERRY_PID,
 #                                  FERRY_LOG; waits until /probes/liveness answers
 #   stop_pid PID [SECONDS]         SIGTERM, then SIGKILL after SECONDS (default 5); sets STOP_RC
@@ -42,12 +42,14 @@ expect_match() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# free_port: a port nobody listens on, whose next port is free too (ferry's admin listener
+# takes http.listen's port + 1 unless the config says otherwise)
 free_port() {
   local p
   while :; do
     # below the ephemeral range (32768+), where outgoing connections could take it first
     p=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))
-    port_in_use "$p" || { echo "$p"; return; }
+    port_in_use "$p" || port_in_use "$((p + 1))" || { echo "$p"; return; }
   done
 }
 
