@@ -8,7 +8,9 @@
 #include "base/gw_map.h"
 #include "base/gw_err.h"
 
+#include <endian.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,10 +33,9 @@ uint64_t gw_hash(const void *p, size_t len)
 
 static inline uint64_t le64(const uint8_t *p)
 {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return le64toh(v);
 }
 
 #define SIPROUND(v0, v1, v2, v3)                                                                   \
@@ -55,10 +56,11 @@ static inline uint64_t le64(const uint8_t *p)
         v2 = ROTL(v2, 32);                                                                         \
     } while (0)
 
-uint64_t gw_siphash(const uint8_t key[16], const void *data, size_t len, int crounds, int drounds)
+/* SipHash-c-d of len bytes under key words k0, k1; inlined with constant rounds, so the maps'
+ * SipHash-1-3 compiles to straight-line code. */
+static inline __attribute__((always_inline)) uint64_t
+sip(uint64_t k0, uint64_t k1, const uint8_t *p, size_t len, int crounds, int drounds)
 {
-    const uint8_t *p = data;
-    uint64_t k0 = le64(key), k1 = le64(key + 8);
     uint64_t v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;
     uint64_t v2 = k0 ^ 0x6c7967656e657261ULL, v3 = k1 ^ 0x7465646279746573ULL;
     size_t whole = len - len % 8;
@@ -83,12 +85,19 @@ uint64_t gw_siphash(const uint8_t key[16], const void *data, size_t len, int cro
     return v0 ^ v1 ^ v2 ^ v3;
 }
 
-static uint8_t map_key[16];
-static pthread_once_t map_key_once = PTHREAD_ONCE_INIT;
+uint64_t gw_siphash(const uint8_t key[16], const void *data, size_t len, int crounds, int drounds)
+{
+    return sip(le64(key), le64(key + 8), data, len, crounds, drounds);
+}
 
-/* The process's map key: getrandom(2), else /dev/urandom, else the clock and pid (no worse
- * than unkeyed, and it never fails the process). */
-static void map_key_init(void)
+static uint8_t map_key[16];
+static uint64_t map_k0, map_k1; /* map_key as SipHash's key words */
+static pthread_once_t map_key_once = PTHREAD_ONCE_INIT;
+static _Atomic int map_key_ready;
+
+/* Fill map_key: getrandom(2), else /dev/urandom, else the clock and pid (no worse than
+ * unkeyed, and it never fails the process). */
+static void map_key_fill(void)
 {
     size_t got = 0;
     while (got < sizeof(map_key)) {
@@ -111,10 +120,20 @@ static void map_key_init(void)
     memcpy(map_key + 8, &b, 8);
 }
 
+/* Once per process (pthread_once): the key, and its words for sip(). */
+static void map_key_init(void)
+{
+    map_key_fill();
+    map_k0 = le64(map_key);
+    map_k1 = le64(map_key + 8);
+    atomic_store_explicit(&map_key_ready, 1, memory_order_release);
+}
+
 uint64_t gw_map_hash(const void *p, size_t len)
 {
-    pthread_once(&map_key_once, map_key_init);
-    return gw_siphash(map_key, p, len, 1, 3);
+    if (!atomic_load_explicit(&map_key_ready, memory_order_acquire))
+        pthread_once(&map_key_once, map_key_init);
+    return sip(map_k0, map_k1, p, len, 1, 3);
 }
 
 void gw_map_init(gw_map_t *m)

@@ -19,6 +19,7 @@ source "$(dirname "$0")/../lib/testlib.sh"
 sectools() { python3 "$T_ROOT/tests/lib/sectools.py" "$@"; }
 
 db=$(new_db sec90)
+drop_at_exit sec90
 psql -q -v ON_ERROR_STOP=1 "$db" <<'SQL' >/dev/null
 CREATE TABLE lists (id text PRIMARY KEY, owner text NOT NULL, name text);
 INSERT INTO lists VALUES ('l1', 'alice', 'one');

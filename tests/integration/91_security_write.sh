@@ -18,6 +18,7 @@ source "$(dirname "$0")/../lib/testlib.sh"
 source "$(dirname "$0")/write_lib.sh"
 
 W_DB=$(new_db sec91)
+drop_at_exit sec91
 psql -q -v ON_ERROR_STOP=1 "$W_DB" <<'SQL' >/dev/null
 CREATE TABLE items (id text PRIMARY KEY, owner text NOT NULL, label text,
                     seq bigserial NOT NULL);

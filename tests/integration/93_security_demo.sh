@@ -13,6 +13,7 @@ source "$(dirname "$0")/../lib/testlib.sh"
 source "$(dirname "$0")/write_lib.sh"
 
 W_DB=$(new_db sec93)
+drop_at_exit sec93
 psql -q -v ON_ERROR_STOP=1 "$W_DB" -f "$T_ROOT/deploy/demo/schema.sql" >/dev/null
 cat "$T_ROOT/deploy/demo/sync-rules.yaml" "$T_ROOT/deploy/demo/write-rules.yaml" >"$T_TMP/sync-rules.yaml"
 

@@ -12,6 +12,7 @@
 #                                  FERRY_LOG; waits until /probes/liveness answers
 #   stop_pid PID [SECONDS]         SIGTERM, then SIGKILL after SECONDS (default 5); sets STOP_RC
 #   new_db NAME                    create database NAME in the run's Postgres; prints its URI
+#   drop_at_exit NAME              drop database NAME and its slots when the script ends
 
 T_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 FERRY_BIN=${FERRY_BIN:-$T_ROOT/build/ferry}
@@ -19,11 +20,20 @@ T_RESULTS=${T_RESULTS:-/dev/null}
 T_NAME=$(basename "$0" .sh)
 T_TMP=$(mktemp -d "/tmp/ferry-test-$T_NAME.XXXXXX")
 T_PIDS=()
+T_DROP_DBS=()
 
 t_cleanup() {
-  local p
+  local p d i
   for p in "${T_PIDS[@]}"; do
     if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+  done
+  for d in "${T_DROP_DBS[@]}"; do # slots are cluster-wide and few: give them back
+    for ((i = 0; i < 50; i++)); do
+      [ "$(psql -qAtX "$FERRY_PG_URI" -c "SELECT count(*) FROM pg_replication_slots WHERE database = '$d' AND active" 2>/dev/null)" = 0 ] && break
+      sleep 0.1
+    done
+    psql -qX "$FERRY_PG_URI" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$d'" \
+      -c "DROP DATABASE IF EXISTS \"$d\" WITH (FORCE)" >/dev/null 2>&1 || true
   done
   [ -n "${T_KEEP:-}" ] || rm -rf "$T_TMP"
 }
@@ -98,6 +108,10 @@ new_db() {
   psql -q "$FERRY_PG_URI" -c "CREATE DATABASE \"$1\"" >/dev/null
   echo "${FERRY_PG_URI%/*}/$1"
 }
+
+# drop_at_exit NAME: drop database NAME and its replication slots when the script ends (after
+# its processes are stopped); call it in the script itself, not in $(...)
+drop_at_exit() { T_DROP_DBS+=("$1"); }
 
 # write_config FILE PORT [EXTRA YAML]: a minimal valid ferry.yaml, with a sync-rules.yaml beside
 # it (unless one exists) and storage in the same folder
