@@ -470,7 +470,8 @@ static int on_write(h2o_req_t *req, void *ud)
     b->jwt = json_dumps(tok->claims, JSON_COMPACT);
     if (b->jwt == NULL) abort();
     auth_token_release(tok);
-    /* the guard exists before admit(): a dispatched batch may be answered at once */
+    /* the guard exists before admit() (which may hand the batch to a worker at once); it points
+     * at the batch only once admitted, and the answer comes on this thread, after we return */
     b->guard = h2o_mem_alloc_shared(&req->pool, sizeof(req_guard_t), guard_dispose);
     b->guard->b = NULL;
     int rc = admit(b);
