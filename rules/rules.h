@@ -102,6 +102,15 @@ void rules_unref(rules_set_t *set);
 /** Edition of the file (1 or 2) after applying config: defaults. */
 int rules_edition(const rules_set_t *set);
 
+/**
+ * Look for write rules that let a user write into other users' buckets (rules_lint.c): a
+ * writable column that a data query matches against a bucket parameter, or that a table-lookup
+ * parameter query reads, while the table's "check" does not mention new.<column>. Appends one
+ * warning per such column to *diags (which must hold the diagnostics of set's compile, or be
+ * zeroed with its file set), pointing at the column in "columns". Returns how many it added.
+ */
+size_t rules_lint(const rules_set_t *set, rules_diags_t *diags);
+
 /* ---- referenced tables ------------------------------------------------------------------ */
 
 #define RULES_USE_DATA   1 /* read by a data query */

@@ -9,7 +9,8 @@ RULES_SRCS += \
 	rules/rules_compile.c \
 	rules/rules_eval.c \
 	rules/rules_func.c \
-	rules/rules_write.c
+	rules/rules_write.c \
+	rules/rules_lint.c
 
 UNIT_TESTS += rules
 FUZZ_TARGETS += rules

@@ -44,8 +44,13 @@ static int admin_allowed(gw_app_t *app, h2o_req_t *req)
     for (size_t k = 0; k < tl; k++)
         diff |= (unsigned char)(ok ? v[7 + k] ^ token[k] : 0);
     if (diff != 0) {
-        gw_warn("admin", "rejected an admin request", "path=%.*s", (int)req->path.len,
-                req->path.base);
+        /* anyone can send these: at most one line per 10 s, counting the ones left out */
+        static gw_log_limit_t limit = GW_LOG_LIMIT_INIT(10000);
+        unsigned long long suppressed;
+        char path[300];
+        if (gw_log_limit_take(&limit, &suppressed))
+            gw_warn("admin", "rejected an admin request", "path=%s suppressed=%llu",
+                    gw_log_qsn(req->path.base, req->path.len, path, sizeof(path)), suppressed);
         gw_http_send_error(req, 401, "unauthorized", "a valid admin token is required");
         return 0;
     }
@@ -141,7 +146,8 @@ static int on_compact(h2o_req_t *req, void *ud)
 
 void gw_admin_register(gw_app_t *app)
 {
-    gw_http_route(app->http, "/api/admin/diagnostics", "admin_diagnostics", GW_HTTP_GET,
-                  on_diagnostics, app);
-    gw_http_route(app->http, "/api/admin/compact", "admin_compact", GW_HTTP_POST, on_compact, app);
+    gw_http_admin_route(app->http, "/api/admin/diagnostics", "admin_diagnostics", GW_HTTP_GET,
+                        on_diagnostics, app);
+    gw_http_admin_route(app->http, "/api/admin/compact", "admin_compact", GW_HTTP_POST, on_compact,
+                        app);
 }

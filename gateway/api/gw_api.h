@@ -53,12 +53,32 @@ static inline int gw_app_authenticate(gw_app_t *app, h2o_req_t *req, auth_token_
     return gw_auth_request(app->auth, req, tok);
 }
 
-/** "<sub>/<client_id>": the write-checkpoint key of a user's client, into buf; returns buf. */
-static inline const char *gw_app_user_key(const char *sub, const char *client_id, char *buf,
-                                          size_t len)
+/** Most bytes of a client_id (sync stream, write checkpoint, write-back); longer gets 400. */
+#define GW_CLIENT_ID_MAX 200
+
+/** Size of a buffer for a user key (gw_app_user_key). */
+#define GW_USER_KEY_MAX 1024
+
+/**
+ * The write-checkpoint key of a user's client into buf (len bytes, GW_USER_KEY_MAX): the token's
+ * sub with '%' and '/' percent-encoded, then '/', then the client_id. The first '/' always ends
+ * the sub, so ("bob/x", "y") and ("bob", "x/y") never share a key; a sub without '/' or '%' keeps
+ * the key earlier releases used. Returns 0, or -1 when the key does not fit in len (the request
+ * then gets 400: one length rule everywhere keys are made).
+ */
+static inline int gw_app_user_key(const char *sub, const char *client_id, char *buf, size_t len)
 {
-    snprintf(buf, len, "%s/%s", sub, client_id != NULL ? client_id : "");
-    return buf;
+    size_t o = 0;
+    for (const char *p = sub != NULL ? sub : ""; *p; p++) {
+        if (o + 4 > len) return -1;
+        if (*p == '%' || *p == '/') {
+            o += (size_t)snprintf(buf + o, len - o, "%%%02X", (unsigned char)*p);
+        } else {
+            buf[o++] = *p;
+        }
+    }
+    int n = snprintf(buf + o, len - o, "/%s", client_id != NULL ? client_id : "");
+    return n < 0 || (size_t)n >= len - o ? -1 : 0;
 }
 
 /** Register GET /probes/liveness, /probes/readiness and /metrics (gw_probes.c). */

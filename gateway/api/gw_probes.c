@@ -3,7 +3,8 @@
  * Liveness answers while the process runs; readiness is the AND of the conditions modules
  * register with gw_ready_register (replication registers "consistent checkpoint"), 200 or 503
  * with each condition and its reason; /metrics is the Prometheus text of every collector. The
- * paths are PowerSync's, so the same health checks work against either service.
+ * paths are PowerSync's, so the same health checks work against either service. All three are
+ * served on the admin listener (outside limits.max_connections) as well as on http.listen.
  */
 #include "api/gw_api.h"
 #include "base/gw_buf.h"
@@ -46,9 +47,10 @@ static int on_metrics(h2o_req_t *req, void *ud)
 
 void gw_probes_register(gw_app_t *app)
 {
-    gw_http_route(app->http, "/probes/liveness", "liveness", GW_HTTP_GET | GW_HTTP_HEAD,
-                  on_liveness, NULL);
-    gw_http_route(app->http, "/probes/readiness", "readiness", GW_HTTP_GET | GW_HTTP_HEAD,
-                  on_readiness, NULL);
-    gw_http_route(app->http, "/metrics", "metrics", GW_HTTP_GET | GW_HTTP_HEAD, on_metrics, NULL);
+    gw_http_admin_route(app->http, "/probes/liveness", "liveness", GW_HTTP_GET | GW_HTTP_HEAD,
+                        on_liveness, NULL);
+    gw_http_admin_route(app->http, "/probes/readiness", "readiness", GW_HTTP_GET | GW_HTTP_HEAD,
+                        on_readiness, NULL);
+    gw_http_admin_route(app->http, "/metrics", "metrics", GW_HTTP_GET | GW_HTTP_HEAD, on_metrics,
+                        NULL);
 }

@@ -23,7 +23,15 @@
  * connections, since HTTP/1 notices a disconnect only on write) and ends streams at expiry.
  *
  * Memory: the stream struct lives in req->pool with a dispose callback (so every way a request
- * ends frees it once); output buffers are reused and released while idle.
+ * ends frees it once); output buffers are reused and released while idle. The request body is
+ * parsed once and released at once (gw_http_release_body), not kept for the stream's life.
+ *
+ * Limits (what one user can take from the others): client_id at most GW_CLIENT_ID_MAX bytes,
+ * "parameters" at most MAX_PARAMS_BYTES of JSON, "buckets" at most
+ * limits.max_buckets_per_connection entries (400 past each); only names among the user's own
+ * buckets are ever stored (the client's list is looked up, never inserted). At most
+ * limits.max_streams_per_user streams per token sub across all loop threads: a new stream past it
+ * ends the user's oldest (the registry below; the victim's thread ends it on an evict message).
  */
 #include "api/gw_api.h"
 #include "http/gw_auth.h"
@@ -45,6 +53,7 @@
 #define MAX_OPS_PER_LINE   1000
 #define MAX_BYTES_PER_LINE (1024 * 1024)
 #define KEEPALIVE_SECONDS  20
+#define MAX_PARAMS_BYTES   (16 * 1024) /* "parameters" of a sync request, as compact JSON */
 
 /* ---- events from the replicator ---- */
 
@@ -80,6 +89,7 @@ typedef struct sthread {
     size_t index;
     h2o_context_t *ctx;
     h2o_multithread_receiver_t rx;
+    h2o_multithread_receiver_t evict_rx; /* evict_msg_t: end one of this thread's streams */
     int rx_registered;
     gw_storage_reader_t *reader;
     h2o_linklist_t streams;
@@ -91,9 +101,28 @@ typedef struct sthread {
     uint64_t ticks;
 } sthread_t;
 
+/* The streams of one user, oldest first (the per-user registry). */
+typedef struct ustream {
+    size_t thread;
+    uint64_t id;
+} ustream_t;
+
+typedef struct user_streams {
+    ustream_t *v;
+    size_t n, cap;
+} user_streams_t;
+
+/* "End stream id": sent to the thread that owns a stream evicted by a newer one of its user. */
+typedef struct evict_msg {
+    h2o_multithread_message_t super;
+    uint64_t id;
+} evict_msg_t;
+
 struct gw_streams {
     gw_app_t *app;
-    pthread_mutex_t lock; /* guards attached and the receivers against the storage hook */
+    pthread_mutex_t lock;       /* guards attached and the receivers against the storage hook */
+    pthread_mutex_t users_lock; /* guards users */
+    gw_map_t users;             /* sub -> user_streams_t* */
     int attached;
     size_t nregistered;
     size_t nthreads;
@@ -101,7 +130,7 @@ struct gw_streams {
     _Atomic uint64_t next_id;
     /* metrics */
     _Atomic int64_t open;
-    _Atomic uint64_t started, ops_sent, bytes_sent, checkpoints_sent, rejected;
+    _Atomic uint64_t started, ops_sent, bytes_sent, checkpoints_sent, rejected, evicted;
     gw_hist_t latency; /* storage commit to checkpoint_complete */
 };
 
@@ -138,7 +167,8 @@ struct stream {
     uint64_t id;
     char *sub, *client_id, *user_key, *claims_json, *params_json;
     long long exp;
-    int fd; /* the connection's socket, to notice a client that hung up (-1: unknown) */
+    int fd;         /* the connection's socket, to notice a client that hung up (-1: unknown) */
+    int registered; /* listed in the user registry */
     int pre_expiry_sent;
     struct timespec started;
     uint64_t last_keepalive_ms;
@@ -197,9 +227,12 @@ static void stream_log_end(stream_t *s)
             (unsigned long long)s->lines, secs, s->end_reason ? s->end_reason : "client closed");
 }
 
+static void user_unregister(gw_streams_t *g, const char *sub, size_t thread, uint64_t id);
+
 static void stream_dispose(void *p)
 {
     stream_t *s = p;
+    if (s->registered) user_unregister(s->th->owner, s->sub, s->th->index, s->id);
     if (s->th != NULL) {
         h2o_linklist_unlink(&s->link);
         s->th->nstreams--;
@@ -386,10 +419,10 @@ static int start_round(stream_t *s)
         rules_buckets_t nb = {0};
         char msg[1024];
         if (eval_buckets(s, &nb, msg, sizeof(msg)) != 0) {
-            char user[300];
+            char user[300], qmsg[1200];
             gw_warn("stream", "could not compute the buckets of a user; ending the stream",
-                    "conn=s%llu user=%s error=\"%s\"", (unsigned long long)s->id,
-                    gw_log_qs(s->sub, user, sizeof(user)), msg);
+                    "conn=s%llu user=%s error=%s", (unsigned long long)s->id,
+                    gw_log_qs(s->sub, user, sizeof(user)), gw_log_qs(msg, qmsg, sizeof(qmsg)));
             rules_buckets_free(&nb);
             s->end_reason = "bucket_error";
             s->finishing = 1;
@@ -727,6 +760,107 @@ void gw_stream_rules_changed(const gw_active_t *now, void *ud)
     broadcast(g, ev);
 }
 
+/* ---- streams per user ---- */
+
+/* End stream s on its own thread (a newer stream of its user took its place). */
+static void evict(stream_t *s)
+{
+    if (s->closed || s->final_sent || s->finishing) return;
+    s->end_reason = "evicted";
+    s->finishing = 1;
+    s->in_round = 0;
+    atomic_fetch_add(&s->th->owner->evicted, 1);
+    flush(s);
+}
+
+static void on_evict(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages)
+{
+    sthread_t *th = H2O_STRUCT_FROM_MEMBER(sthread_t, evict_rx, rx);
+    while (!h2o_linklist_is_empty(messages)) {
+        evict_msg_t *m = H2O_STRUCT_FROM_MEMBER(evict_msg_t, super.link, messages->next);
+        h2o_linklist_unlink(&m->super.link);
+        for (h2o_linklist_t *n = th->streams.next; n != &th->streams; n = n->next) {
+            stream_t *s = H2O_STRUCT_FROM_MEMBER(stream_t, link, n);
+            if (s->id == m->id) {
+                evict(s);
+                break;
+            }
+        }
+        free(m); /* a stream that ended meanwhile is simply not found */
+    }
+}
+
+/*
+ * List stream s under its user; when the user now has more than max streams, take the oldest
+ * off the list and end it (on its own thread: directly, else by message). Loop thread of s.
+ */
+static void user_register(stream_t *s, size_t max)
+{
+    gw_streams_t *g = s->th->owner;
+    ustream_t victim = {0, 0};
+    pthread_mutex_lock(&g->users_lock);
+    user_streams_t *u = gw_map_get(&g->users, s->sub);
+    if (u == NULL) {
+        u = gw_xcalloc(1, sizeof(*u));
+        gw_map_put(&g->users, s->sub, u);
+    }
+    if (u->n == u->cap) {
+        u->cap = u->cap ? u->cap * 2 : 4;
+        u->v = gw_xrealloc(u->v, u->cap * sizeof(ustream_t));
+    }
+    u->v[u->n++] = (ustream_t){s->th->index, s->id};
+    s->registered = 1;
+    if (u->n > max) {
+        victim = u->v[0];
+        memmove(u->v, u->v + 1, (u->n - 1) * sizeof(ustream_t));
+        u->n--;
+    }
+    pthread_mutex_unlock(&g->users_lock);
+    if (victim.id == 0) return;
+    char user[300];
+    gw_info("stream", "too many streams for one user; ending the oldest",
+            "conn=s%llu user=%s evicted=s%llu max_streams_per_user=%zu", (unsigned long long)s->id,
+            gw_log_qs(s->sub, user, sizeof(user)), (unsigned long long)victim.id, max);
+    if (victim.thread == s->th->index) {
+        for (h2o_linklist_t *n = s->th->streams.next; n != &s->th->streams; n = n->next) {
+            stream_t *o = H2O_STRUCT_FROM_MEMBER(stream_t, link, n);
+            if (o->id == victim.id) {
+                o->registered = 0;
+                evict(o);
+                break;
+            }
+        }
+        return;
+    }
+    pthread_mutex_lock(&g->lock);
+    if (g->attached) {
+        evict_msg_t *m = gw_xcalloc(1, sizeof(*m));
+        m->id = victim.id;
+        h2o_multithread_send_message(&g->threads[victim.thread].evict_rx, &m->super);
+    }
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* Take stream (thread, id) off its user's list, if it is still there. Any thread. */
+static void user_unregister(gw_streams_t *g, const char *sub, size_t thread, uint64_t id)
+{
+    pthread_mutex_lock(&g->users_lock);
+    user_streams_t *u = gw_map_get(&g->users, sub);
+    for (size_t i = 0; u != NULL && i < u->n; i++) {
+        if (u->v[i].thread == thread && u->v[i].id == id) {
+            memmove(u->v + i, u->v + i + 1, (u->n - i - 1) * sizeof(ustream_t));
+            u->n--;
+            break;
+        }
+    }
+    if (u != NULL && u->n == 0) {
+        gw_map_del(&g->users, sub);
+        free(u->v);
+        free(u);
+    }
+    pthread_mutex_unlock(&g->users_lock);
+}
+
 /* ---- keepalives and expiry ---- */
 
 static void send_expires(stream_t *s, long long left)
@@ -838,6 +972,32 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
                            "\"client_id\" a string");
         return 0;
     }
+    /* what one request may ask for: the stream keeps these for its whole life */
+    size_t max_buckets = (size_t)app->cfg->limits.max_buckets_per_connection;
+    char *params_json = json_text_or(jparams, "{}");
+    char problem[200] = "";
+    if (json_is_string(jclient) && json_string_length(jclient) > GW_CLIENT_ID_MAX)
+        snprintf(problem, sizeof(problem), "\"client_id\" is longer than %d bytes",
+                 GW_CLIENT_ID_MAX);
+    else if (strlen(params_json) > MAX_PARAMS_BYTES)
+        snprintf(problem, sizeof(problem), "\"parameters\" is longer than %d bytes as JSON",
+                 MAX_PARAMS_BYTES);
+    else if (json_array_size(jb) > max_buckets)
+        snprintf(problem, sizeof(problem),
+                 "\"buckets\" lists more than %zu buckets (limits.max_buckets_per_connection)",
+                 max_buckets);
+    char user_key[GW_USER_KEY_MAX];
+    if (problem[0] == '\0' && json_is_string(jclient) &&
+        gw_app_user_key(tok->sub, json_string_value(jclient), user_key, sizeof(user_key)) != 0)
+        snprintf(problem, sizeof(problem), "the token's subject is too long");
+    if (problem[0] != '\0') {
+        auth_token_release(tok);
+        json_decref(body);
+        free(params_json);
+        atomic_fetch_add(&g->rejected, 1);
+        gw_http_send_error(req, 400, "bad_request", "%s", problem);
+        return 0;
+    }
 
     stream_t *s = h2o_mem_alloc_shared(&req->pool, sizeof(*s), stream_dispose);
     memset(s, 0, sizeof(*s));
@@ -855,11 +1015,10 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     s->sub = gw_xstrdup(tok->sub);
     s->exp = tok->exp;
     s->claims_json = json_text_or(tok->claims, "{}");
-    s->params_json = json_text_or(jparams, "{}");
+    s->params_json = params_json;
     if (jclient != NULL && json_is_string(jclient)) {
-        char key[1024];
         s->client_id = gw_xstrdup(json_string_value(jclient));
-        s->user_key = gw_xstrdup(gw_app_user_key(s->sub, s->client_id, key, sizeof(key)));
+        s->user_key = gw_xstrdup(user_key);
     }
     auth_token_release(tok);
     gw_map_init(&s->by_name);
@@ -884,9 +1043,9 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     int rc = eval_buckets(s, &nb, msg, sizeof(msg));
     rules_buckets_free(&nb);
     if (rc != 0) {
-        char user[300];
-        gw_warn("stream", "rejected a stream", "user=%s error=\"%s\"",
-                gw_log_qs(s->sub, user, sizeof(user)), msg);
+        char user[300], qmsg[1200];
+        gw_warn("stream", "rejected a stream", "user=%s error=%s",
+                gw_log_qs(s->sub, user, sizeof(user)), gw_log_qs(msg, qmsg, sizeof(qmsg)));
         s->th = NULL; /* not linked: dispose must not unlink */
         json_decref(body);
         atomic_fetch_add(&g->rejected, 1);
@@ -898,34 +1057,33 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     th->nstreams++;
     atomic_fetch_add(&g->open, 1);
     atomic_fetch_add(&g->started, 1);
-    /* positions the client already has */
+    s->reeval = 1;
+    start_round(s);
+    /* positions the client already has, for its buckets only: a name the user does not have is
+     * looked up and dropped, never stored (the client chooses these names) */
     size_t i;
     json_t *e;
-    gw_map_t after;
-    gw_map_init(&after);
     json_array_foreach(jb, i, e)
     {
         const char *name = json_string_value(json_object_get(e, "name"));
+        uintptr_t k = name != NULL ? (uintptr_t)gw_map_get(&s->by_name, name) : 0;
+        if (k == 0) continue;
         json_t *ja = json_object_get(e, "after");
         uint64_t a = 0;
         if (json_is_string(ja))
             a = strtoull(json_string_value(ja), NULL, 10);
         else if (json_is_integer(ja) && json_integer_value(ja) > 0)
             a = (uint64_t)json_integer_value(ja);
-        if (name != NULL) gw_map_put(&after, name, (void *)(uintptr_t)(a + 1));
+        s->b[k - 1].pos = a;
     }
     json_decref(body);
-    s->reeval = 1;
-    start_round(s);
-    for (size_t k = 0; k < s->nb; k++) {
-        uintptr_t a = (uintptr_t)gw_map_get(&after, s->b[k].name);
-        if (a != 0) s->b[k].pos = a - 1;
-    }
-    gw_map_free(&after);
-    char user[300];
+    gw_http_release_body(req);
+    char user[300], client[300];
     gw_info("stream", "stream started", "conn=s%llu user=%s client=%s buckets=%zu checkpoint=%llu",
             (unsigned long long)s->id, gw_log_qs(s->sub, user, sizeof(user)),
-            s->client_id ? s->client_id : "-", s->nb, (unsigned long long)s->cp_op);
+            gw_log_qs(s->client_id ? s->client_id : "-", client, sizeof(client)), s->nb,
+            (unsigned long long)s->cp_op);
+    user_register(s, (size_t)app->cfg->limits.max_streams_per_user);
 
     req->res.status = 200;
     req->res.reason = "OK";
@@ -954,6 +1112,7 @@ static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
     }
     pthread_mutex_lock(&g->lock);
     h2o_multithread_register_receiver(ctx->queue, &th->rx, on_events);
+    h2o_multithread_register_receiver(ctx->queue, &th->evict_rx, on_evict);
     th->rx_registered = 1;
     if (++g->nregistered == g->nthreads) g->attached = 1;
     pthread_mutex_unlock(&g->lock);
@@ -979,6 +1138,13 @@ static void on_thread_stop(h2o_context_t *ctx, size_t index, void *ud)
             free(m);
         }
         h2o_multithread_unregister_receiver(th->rx.queue, &th->rx);
+        while (!h2o_linklist_is_empty(&th->evict_rx._messages)) {
+            evict_msg_t *m =
+                H2O_STRUCT_FROM_MEMBER(evict_msg_t, super.link, th->evict_rx._messages.next);
+            h2o_linklist_unlink(&m->super.link);
+            free(m);
+        }
+        h2o_multithread_unregister_receiver(th->evict_rx.queue, &th->evict_rx);
         th->rx_registered = 0;
     }
     pthread_mutex_unlock(&g->lock);
@@ -1014,6 +1180,8 @@ gw_streams_t *gw_streams_new(gw_storage_t *storage)
 {
     gw_streams_t *g = gw_xcalloc(1, sizeof(*g));
     pthread_mutex_init(&g->lock, NULL);
+    pthread_mutex_init(&g->users_lock, NULL);
+    gw_map_init(&g->users);
     gw_storage_set_hook(storage, storage_hook, g);
     return g;
 }
@@ -1047,9 +1215,21 @@ void gw_stream_detach(gw_app_t *app)
     pthread_mutex_unlock(&g->lock);
 }
 
+static void free_user(const char *key, void *value, void *ud)
+{
+    (void)key;
+    (void)ud;
+    user_streams_t *u = value;
+    free(u->v);
+    free(u);
+}
+
 void gw_streams_free(gw_streams_t *g)
 {
     if (g == NULL) return;
+    gw_map_each(&g->users, free_user, NULL);
+    gw_map_free(&g->users);
+    pthread_mutex_destroy(&g->users_lock);
     free(g->threads);
     pthread_mutex_destroy(&g->lock);
     free(g);
@@ -1067,6 +1247,11 @@ void gw_stream_metrics(gw_buf_t *out, void *ud)
     gw_buf_puts(out, "# TYPE ferry_streams_rejected_total counter\n");
     gw_buf_printf(out, "ferry_streams_rejected_total %llu\n",
                   (unsigned long long)atomic_load(&g->rejected));
+    gw_buf_puts(out, "# HELP ferry_streams_evicted_total Streams ended because a newer stream of "
+                     "the same user passed limits.max_streams_per_user.\n"
+                     "# TYPE ferry_streams_evicted_total counter\n");
+    gw_buf_printf(out, "ferry_streams_evicted_total %llu\n",
+                  (unsigned long long)atomic_load(&g->evicted));
     gw_buf_puts(out, "# TYPE ferry_stream_ops_sent_total counter\n");
     gw_buf_printf(out, "ferry_stream_ops_sent_total %llu\n",
                   (unsigned long long)atomic_load(&g->ops_sent));

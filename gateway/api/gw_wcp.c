@@ -4,9 +4,9 @@
  * carries it (powersync-protocol §2.7). Here: authenticate on the loop thread; on a worker read
  * pg_current_wal_lsn(), emit a non-transactional logical message (prefix "ferry") so replication
  * passes that position even on an idle database, and have the replicator store counter+1 for
- * "<sub>/<client_id>" with that LSN. The counter is visible to streams once replication has
- * committed a checkpoint at or past the LSN; the hook names the user key then.
- * Answer: {"data":{"write_checkpoint":"N"}} (a decimal string).
+ * the client's user key (gw_app_user_key: the sub escaped, '/', the client_id) with that LSN. The
+ * counter is visible to streams once replication has committed a checkpoint at or past the LSN; the
+ * hook names the user key then. Answer: {"data":{"write_checkpoint":"N"}} (a decimal string).
  */
 #include "api/gw_api.h"
 #include "pg/gw_pg.h"
@@ -21,7 +21,7 @@
 
 /* What the replicator stores: a copy travels with the task (gw_repl_call). */
 typedef struct wcp_arg {
-    char user_key[512];
+    char user_key[GW_USER_KEY_MAX];
     uint64_t lsn;
 } wcp_arg_t;
 
@@ -77,7 +77,7 @@ struct wcp_job {
     gw_app_t *app;
     h2o_req_t *req; /* NULL once the request was freed */
     wcp_guard_t *guard;
-    char user_key[512];
+    char user_key[GW_USER_KEY_MAX];
     uint64_t counter;
     int rc;
     char message[sizeof(((gw_err_t *)0)->message)];
@@ -163,12 +163,16 @@ static int on_write_checkpoint(h2o_req_t *req, void *ud)
     gw_app_t *app = ud;
     auth_token_t *tok;
     if (gw_app_authenticate(app, req, &tok) != 0) return 0;
-    char client_id[256];
+    char client_id[GW_CLIENT_ID_MAX + 1], user_key[GW_USER_KEY_MAX];
     int found = query_param(req, "client_id", client_id, sizeof(client_id));
-    if (found <= 0 || client_id[0] == '\0') {
-        auth_token_release(tok);
-        gw_http_send_error(req, 400, "bad_request",
-                           found < 0 ? "client_id is too long" : "client_id is required");
+    const char *problem = found < 0 ? "client_id is longer than 200 bytes"
+                          : found == 0 || client_id[0] == '\0' ? "client_id is required"
+                          : gw_app_user_key(tok->sub, client_id, user_key, sizeof(user_key)) != 0
+                              ? "the token's subject is too long"
+                              : NULL;
+    auth_token_release(tok);
+    if (problem != NULL) {
+        gw_http_send_error(req, 400, "bad_request", "%s", problem);
         return 0;
     }
     wcp_job_t *j = gw_xcalloc(1, sizeof(*j));
@@ -176,8 +180,7 @@ static int on_write_checkpoint(h2o_req_t *req, void *ud)
     j->req = req;
     j->guard = h2o_mem_alloc_shared(&req->pool, sizeof(wcp_guard_t), wcp_guard_dispose);
     j->guard->j = j;
-    gw_app_user_key(tok->sub, client_id, j->user_key, sizeof(j->user_key));
-    auth_token_release(tok);
+    snprintf(j->user_key, sizeof(j->user_key), "%s", user_key);
     j->job.run = wcp_job_run;
     j->job.done = wcp_job_done;
     gw_workers_submit(app->workers, req->conn->ctx, &j->job);

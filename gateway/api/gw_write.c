@@ -1,15 +1,29 @@
 /* gw_write.c -- write-back: POST /api/write applies a client's queued writes to Postgres
  *
  * The body is the PowerSync CRUD batch: {"client_id":…,"batch":[{"op_id","op","type","id",
- * "data"},…]}. The loop thread authenticates, parses and checks the shape (400 when it is not a
- * batch), then hands the batch to a worker (gw_worker.h); the worker applies it in one Postgres
- * transaction and builds the per-op results; done() answers on the loop thread.
+ * "data"},…]}. The loop thread only authenticates, copies the body as sent (compact: a queued
+ * batch costs its size, not a parsed tree) and admits it to the scheduler below. A worker
+ * (gw_worker.h) parses it and checks the shape (400 when it is not a batch, 413 past
+ * write_back.max_ops_per_batch ops), applies it in one Postgres transaction and builds the
+ * per-op results; done() answers on the request's loop thread. So a loop thread never spends
+ * more than a memcpy on a batch, whatever its size.
  *
  * (gw_write_batch.c applies a batch: its machine is drawn there; gw_write_stmt.c prepares the
  * statements each worker connection needs.)
  *
- * Limits: at most max_inflight batches queued or running (16 per worker connection, at least
- * 64); past that the route answers 503 with Retry-After.
+ * Fairness (one user must not starve the others). Each user (token sub) has a queue; a batch
+ * is QUEUED there, then RUNNING on a worker, then answered:
+ *
+ *      on_write --admit--> QUEUED --dispatch()--> RUNNING --batch_done()--> answered, freed
+ *                            | the client went away (guard_dispose): dropped, never applied
+ *
+ * dispatch() keeps at most postgres.pool_size batches running and picks, among users with a
+ * queued batch, the one with the fewest running, and among those the one served longest ago (a
+ * user new to the queue first). A user with nothing running is therefore served at the next free
+ * worker: another user's queue delays it by at most the batch a worker is busy with. Admission: at
+ * most write_back.max_batches_per_user batches queued or running per user (429 with Retry-After
+ * past it) and max_inflight in all (16 per worker connection, at least 64; 503 with Retry-After).
+ * Every statement of a batch runs under write_back.statement_timeout (gw_write_batch.c).
  *
  * Start-up: statements are prepared once per worker connection (gw__write_prepare_conn;
  * per-thread state, since a worker owns its connection). A start-up job does the same on the first
@@ -19,6 +33,7 @@
  */
 #include "api/gw_write_int.h"
 #include "base/gw_log.h"
+#include "base/gw_map.h"
 #include "base/gw_metrics.h"
 
 #include <errno.h>
@@ -55,6 +70,7 @@ static void observe(double s)
 /* Free b and everything it owns. */
 static void batch_free(wbatch_t *b)
 {
+    free(b->raw);
     json_decref(b->body);
     free(b->user);
     free(b->jwt);
@@ -64,22 +80,173 @@ static void batch_free(wbatch_t *b)
     free(b);
 }
 
+/* ---- the scheduler: a queue per user, fair dispatch to the workers ------------------------ */
+
+typedef struct wuser {
+    char *sub;
+    wbatch_t *head, *tail; /* QUEUED batches, oldest first */
+    size_t queued, running;
+    uint64_t served;           /* sched.seq when a batch of this user last started; 0: never */
+    struct wuser *prev, *next; /* the ready list (users with queued batches) */
+    int ready;
+} wuser_t;
+
+static struct {
+    pthread_mutex_t lock;
+    gw_map_t users; /* sub -> wuser_t* (users with batches queued or running) */
+    wuser_t ring;   /* anchor of the ready list (users with queued batches) */
+    size_t running, max_running, max_per_user;
+    uint64_t seq; /* batches started */
+} sched = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void ring_unlink(wuser_t *u)
+{
+    if (!u->ready) return;
+    u->prev->next = u->next;
+    u->next->prev = u->prev;
+    u->ready = 0;
+}
+
+static void ring_append(wuser_t *u)
+{
+    if (u->ready) return;
+    u->prev = sched.ring.prev;
+    u->next = &sched.ring;
+    sched.ring.prev->next = u;
+    sched.ring.prev = u;
+    u->ready = 1;
+}
+
+static void user_release_locked(wuser_t *u)
+{
+    if (u->queued > 0 || u->running > 0) return;
+    ring_unlink(u);
+    gw_map_del(&sched.users, u->sub);
+    free(u->sub);
+    free(u);
+}
+
+static void batch_job_run(gw_job_t *job, PGconn *conn);
+static void batch_done(gw_job_t *job);
+
+/* Start queued batches while a worker is free; the scheduler lock is held. */
+static void dispatch_locked(void)
+{
+    while (sched.running < sched.max_running) {
+        wuser_t *best = NULL;
+        for (wuser_t *u = sched.ring.next; u != &sched.ring; u = u->next)
+            if (best == NULL || u->running < best->running ||
+                (u->running == best->running && u->served < best->served))
+                best = u;
+        if (best == NULL) return;
+        wbatch_t *b = best->head;
+        best->head = b->qnext;
+        if (best->head == NULL) best->tail = NULL;
+        best->queued--;
+        best->running++;
+        best->served = ++sched.seq;
+        sched.running++;
+        if (best->queued == 0) ring_unlink(best);
+        b->state = BATCH_RUNNING;
+        b->job.run = batch_job_run;
+        b->job.done = batch_done;
+        gw_workers_submit(gw__write_mod.app->workers, b->ctx, &b->job);
+    }
+}
+
+/* Admit b for its user: 0 (queued, maybe already running), 429 or 503 (not admitted). */
+static int admit(wbatch_t *b)
+{
+    pthread_mutex_lock(&sched.lock);
+    wuser_t *u = gw_map_get(&sched.users, b->user);
+    if (u != NULL && u->queued + u->running >= sched.max_per_user) {
+        pthread_mutex_unlock(&sched.lock);
+        return 429;
+    }
+    if (atomic_fetch_add(&gw__write_mod.inflight, 1) >= gw__write_mod.max_inflight) {
+        atomic_fetch_sub(&gw__write_mod.inflight, 1);
+        pthread_mutex_unlock(&sched.lock);
+        return 503;
+    }
+    if (u == NULL) {
+        u = gw_xcalloc(1, sizeof(*u));
+        u->sub = gw_xstrdup(b->user);
+        gw_map_put(&sched.users, u->sub, u);
+    }
+    b->owner = u;
+    b->state = BATCH_QUEUED;
+    if (u->tail != NULL)
+        u->tail->qnext = b;
+    else
+        u->head = b;
+    u->tail = b;
+    u->queued++;
+    ring_append(u);
+    dispatch_locked();
+    pthread_mutex_unlock(&sched.lock);
+    return 0;
+}
+
+/* A running batch was answered (or dropped): free its worker for the next one. */
+static void finished(wbatch_t *b)
+{
+    pthread_mutex_lock(&sched.lock);
+    wuser_t *u = b->owner;
+    u->running--;
+    sched.running--;
+    user_release_locked(u);
+    dispatch_locked();
+    pthread_mutex_unlock(&sched.lock);
+    atomic_fetch_sub(&gw__write_mod.inflight, 1);
+}
+
+/* The request is being freed (answered, or the client went away). A batch still queued is
+ * dropped unapplied (the client retries; ferry_write_log keeps the retry exact); a running one
+ * finishes and its answer is dropped in batch_done(). Loop thread of the request. */
 static void guard_dispose(void *p)
 {
     req_guard_t *g = p;
-    if (g->b != NULL) g->b->req = NULL;
+    wbatch_t *b = g->b;
+    if (b == NULL) return;
+    pthread_mutex_lock(&sched.lock);
+    if (b->state == BATCH_QUEUED) {
+        wuser_t *u = b->owner;
+        wbatch_t **pp = &u->head, *prev = NULL;
+        while (*pp != b) {
+            prev = *pp;
+            pp = &(*pp)->qnext;
+        }
+        *pp = b->qnext;
+        if (u->tail == b) u->tail = prev;
+        u->queued--;
+        if (u->queued == 0) ring_unlink(u);
+        user_release_locked(u);
+        pthread_mutex_unlock(&sched.lock);
+        atomic_fetch_sub(&gw__write_mod.inflight, 1);
+        char user[300];
+        gw_info("write", "client went away before its batch ran; dropped it", "user=%s",
+                gw_log_qs(b->user, user, sizeof(user)));
+        batch_free(b);
+        return;
+    }
+    b->req = NULL;
+    pthread_mutex_unlock(&sched.lock);
 }
 
 static void batch_done(gw_job_t *job)
 {
     wbatch_t *b = (wbatch_t *)job;
-    atomic_fetch_sub(&gw__write_mod.inflight, 1);
+    finished(b);
     double s = elapsed_s(&b->started);
     observe(s);
     if (b->http_status == 200) {
         atomic_fetch_add(&gw__write_mod.batches_ok, 1);
         for (int i = 0; i < ST_N; i++)
             atomic_fetch_add(&gw__write_mod.ops[i], (uint_fast64_t)b->counts[i]);
+    } else if (b->http_status == 400) {
+        atomic_fetch_add(&gw__write_mod.batches_bad, 1);
+    } else if (b->http_status == 413) {
+        atomic_fetch_add(&gw__write_mod.batches_too_large, 1);
     } else {
         atomic_fetch_add(&gw__write_mod.batches_unavail, 1);
     }
@@ -99,15 +266,18 @@ static void batch_done(gw_job_t *job)
             if (b->ops[i].status == ST_REJECTED || b->ops[i].status == ST_STALE) {
                 char m[600];
                 gw_debug("write", "op not applied",
-                         "client=%s op_id=%lld status=%s code=%s "
+                         "client=%s op_id=%lld status=%s code=%s reason=%s "
                          "message=%s",
                          client, b->ops[i].op_id, gw__write_status_names[b->ops[i].status],
                          b->ops[i].code != NULL ? b->ops[i].code : "-",
+                         b->ops[i].reason != NULL ? b->ops[i].reason
+                         : b->ops[i].code != NULL ? b->ops[i].code
+                                                  : "-",
                          gw_log_qs(b->ops[i].message, m, sizeof(m)));
             }
     if (b->req != NULL) {
         b->guard->b = NULL;
-        if (b->http_status != 200)
+        if (b->http_status == 503)
             h2o_add_header(&b->req->pool, &b->req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
                            H2O_STRLIT("2"));
         gw_http_send_json(b->req, b->http_status, b->out.data, b->out.len);
@@ -208,10 +378,77 @@ static int parse_op(const rules_set_t *rules, json_t *e, size_t i, wop_t *op, ch
     return 0;
 }
 
-static void bad_request(h2o_req_t *req, const char *msg)
+/* Parse b->raw into b->body and b->ops on the worker; 0, or -1 with b's 400/413 answer set. */
+static int parse_batch(wbatch_t *b)
 {
-    atomic_fetch_add(&gw__write_mod.batches_bad, 1);
-    gw_http_send_error(req, 400, "bad_request", "%s", msg);
+    json_error_t jerr;
+    json_t *body = json_loadb(b->raw, b->raw_len, 0, &jerr);
+    free(b->raw);
+    b->raw = NULL;
+    char msg[512];
+    if (body == NULL || !json_is_object(body)) {
+        if (body == NULL)
+            snprintf(msg, sizeof(msg), "the body is not valid JSON: %s (line %d, column %d)",
+                     jerr.text, jerr.line, jerr.column);
+        else
+            snprintf(msg, sizeof(msg), "the body must be a JSON object");
+        json_decref(body);
+        gw__write_batch_fail(b, 400, "bad_request", msg);
+        return -1;
+    }
+    b->body = body;
+    json_t *client = json_object_get(body, "client_id"), *batch = json_object_get(body, "batch");
+    json_t *params = json_object_get(body, "parameters");
+    const char *problem = NULL;
+    if (!json_is_string(client) || json_string_length(client) == 0)
+        problem = "\"client_id\" must be a non-empty string";
+    else if (json_string_length(client) > GW_CLIENT_ID_MAX)
+        problem = "\"client_id\" is longer than 200 bytes";
+    else if (!json_is_array(batch))
+        problem = "\"batch\" must be an array of operations";
+    else if (params != NULL && !json_is_null(params) && !json_is_object(params))
+        problem = "\"parameters\" must be an object";
+    if (problem != NULL) {
+        gw__write_batch_fail(b, 400, "bad_request", problem);
+        return -1;
+    }
+    size_t n = json_array_size(batch),
+           max = (size_t)gw__write_mod.app->cfg->write_back.max_ops_per_batch;
+    if (n > max) {
+        snprintf(msg, sizeof(msg),
+                 "the batch has %zu operations, more than %zu (write_back.max_ops_per_batch); "
+                 "nothing was applied: send smaller batches",
+                 n, max);
+        gw__write_batch_fail(b, 413, "payload_too_large", msg);
+        return -1;
+    }
+    b->ops = gw_xcalloc(n > 0 ? n : 1, sizeof(wop_t));
+    b->nops = n;
+    for (size_t i = 0; i < n; i++) {
+        if (parse_op(b->rules, json_array_get(batch, i), i, &b->ops[i], msg, sizeof(msg)) != 0) {
+            b->nops = 0;
+            gw__write_batch_fail(b, 400, "bad_request", msg);
+            return -1;
+        }
+    }
+    b->params = json_is_object(params) ? json_dumps(params, JSON_COMPACT) : gw_xstrdup("{}");
+    if (b->params == NULL) abort();
+    snprintf(b->client_id, sizeof(b->client_id), "%s", json_string_value(client));
+    return 0;
+}
+
+/* On a worker: parse, then apply (gw_write_batch.c). */
+static void batch_job_run(gw_job_t *job, PGconn *conn)
+{
+    wbatch_t *b = (wbatch_t *)job;
+    if (parse_batch(b) != 0) return;
+    if (rules_write_count(b->rules) == 0) { /* nothing is writable: no need for Postgres */
+        for (size_t i = 0; i < b->nops; i++)
+            b->ops[i].status = ST_REJECTED;
+        gw__write_batch_results(b);
+        return;
+    }
+    gw__write_batch_run(job, conn);
 }
 
 static int on_write(h2o_req_t *req, void *ud)
@@ -221,84 +458,42 @@ static int on_write(h2o_req_t *req, void *ud)
     clock_gettime(CLOCK_MONOTONIC, &started);
     auth_token_t *tok;
     if (gw_app_authenticate(app, req, &tok) != 0) return 0;
-    json_error_t jerr;
-    json_t *body = json_loadb(req->entity.base, req->entity.len, 0, &jerr);
-    char msg[512];
-    if (body == NULL || !json_is_object(body)) {
-        if (body == NULL)
-            snprintf(msg, sizeof(msg), "the body is not valid JSON: %s (line %d, column %d)",
-                     jerr.text, jerr.line, jerr.column);
-        else
-            snprintf(msg, sizeof(msg), "the body must be a JSON object");
-        json_decref(body);
-        auth_token_release(tok);
-        bad_request(req, msg);
-        return 0;
-    }
-    json_t *client = json_object_get(body, "client_id"), *batch = json_object_get(body, "batch");
-    json_t *params = json_object_get(body, "parameters");
-    const char *problem = NULL;
-    if (!json_is_string(client) || json_string_length(client) == 0)
-        problem = "\"client_id\" must be a non-empty string";
-    else if (json_string_length(client) > 200)
-        problem = "\"client_id\" is longer than 200 bytes";
-    else if (!json_is_array(batch))
-        problem = "\"batch\" must be an array of operations";
-    else if (params != NULL && !json_is_null(params) && !json_is_object(params))
-        problem = "\"parameters\" must be an object";
-    if (problem != NULL) {
-        json_decref(body);
-        auth_token_release(tok);
-        bad_request(req, problem);
-        return 0;
-    }
-    size_t n = json_array_size(batch);
     wbatch_t *b = gw_xcalloc(1, sizeof(*b));
-    b->body = body;
-    b->ops = gw_xcalloc(n > 0 ? n : 1, sizeof(wop_t));
-    b->nops = n;
+    b->raw_len = req->entity.len;
+    b->raw = gw_xmalloc(b->raw_len + 1);
+    if (b->raw_len > 0) memcpy(b->raw, req->entity.base, b->raw_len);
     b->rules = gw_app_active(app)->rules;
-    for (size_t i = 0; i < n; i++) {
-        if (parse_op(b->rules, json_array_get(batch, i), i, &b->ops[i], msg, sizeof(msg)) != 0) {
-            batch_free(b);
-            auth_token_release(tok);
-            bad_request(req, msg);
-            return 0;
-        }
-    }
     b->req = req;
+    b->ctx = req->conn->ctx;
     b->started = started;
     b->user = gw_xstrdup(tok->sub != NULL ? tok->sub : "");
     b->jwt = json_dumps(tok->claims, JSON_COMPACT);
-    b->params = json_is_object(params) ? json_dumps(params, JSON_COMPACT) : gw_xstrdup("{}");
-    if (b->jwt == NULL || b->params == NULL) abort();
-    snprintf(b->client_id, sizeof(b->client_id), "%s", json_string_value(client));
+    if (b->jwt == NULL) abort();
     auth_token_release(tok);
-    if (rules_write_count(b->rules) == 0) { /* nothing is writable: no need for Postgres */
-        for (size_t i = 0; i < n; i++)
-            b->ops[i].status = ST_REJECTED;
-        gw__write_batch_results(b);
-        for (int i = 0; i < ST_N; i++)
-            atomic_fetch_add(&gw__write_mod.ops[i], (uint_fast64_t)b->counts[i]);
-        atomic_fetch_add(&gw__write_mod.batches_ok, 1);
-        gw_http_send_json(req, 200, b->out.data, b->out.len);
-        batch_free(b);
-        return 0;
-    }
-    if (atomic_fetch_add(&gw__write_mod.inflight, 1) >= gw__write_mod.max_inflight) {
-        atomic_fetch_sub(&gw__write_mod.inflight, 1);
-        atomic_fetch_add(&gw__write_mod.batches_unavail, 1);
+    /* the guard exists before admit() (which may hand the batch to a worker at once); it points
+     * at the batch only once admitted, and the answer comes on this thread, after we return */
+    b->guard = h2o_mem_alloc_shared(&req->pool, sizeof(req_guard_t), guard_dispose);
+    b->guard->b = NULL;
+    int rc = admit(b);
+    if (rc != 0) {
+        char user[300];
+        if (rc == 429) {
+            atomic_fetch_add(&gw__write_mod.batches_limited, 1);
+            gw_info("write", "too many batches of one user in progress; answered 429",
+                    "user=%s max_batches_per_user=%zu", gw_log_qs(b->user, user, sizeof(user)),
+                    sched.max_per_user);
+        } else {
+            atomic_fetch_add(&gw__write_mod.batches_unavail, 1);
+        }
         batch_free(b);
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
-        gw_http_send_error(req, 503, "unavailable",
-                           "too many write batches in progress; nothing was applied");
+        gw_http_send_error(req, rc, rc == 429 ? "too_many_requests" : "unavailable",
+                           rc == 429 ? "this user has too many write batches in progress; "
+                                       "nothing was applied, retry later"
+                                     : "too many write batches in progress; nothing was applied");
         return 0;
     }
-    b->guard = h2o_mem_alloc_shared(&req->pool, sizeof(req_guard_t), guard_dispose);
-    b->guard->b = b;
-    b->job.run = gw__write_batch_run;
-    b->job.done = batch_done;
-    gw_workers_submit(app->workers, req->conn->ctx, &b->job);
+    b->guard->b = b; /* answered later on this thread, by batch_done() */
     return 0;
 }
 
@@ -399,8 +594,27 @@ static void collect(gw_buf_t *out, void *ud)
                   (unsigned long long)atomic_load(&gw__write_mod.batches_ok));
     gw_buf_printf(out, "ferry_write_batches_total{status=\"400\"} %llu\n",
                   (unsigned long long)atomic_load(&gw__write_mod.batches_bad));
+    gw_buf_printf(out, "ferry_write_batches_total{status=\"413\"} %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.batches_too_large));
+    gw_buf_printf(out, "ferry_write_batches_total{status=\"429\"} %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.batches_limited));
     gw_buf_printf(out, "ferry_write_batches_total{status=\"503\"} %llu\n",
                   (unsigned long long)atomic_load(&gw__write_mod.batches_unavail));
+    pthread_mutex_lock(&sched.lock);
+    size_t running = sched.running, users = sched.users.n;
+    pthread_mutex_unlock(&sched.lock);
+    size_t inflight = atomic_load(&gw__write_mod.inflight);
+    gw_buf_puts(out, "# HELP ferry_write_batches_queued Write-back batches waiting for a worker.\n"
+                     "# TYPE ferry_write_batches_queued gauge\n");
+    gw_buf_printf(out, "ferry_write_batches_queued %zu\n",
+                  inflight > running ? inflight - running : 0);
+    gw_buf_puts(out, "# HELP ferry_write_batches_running Write-back batches on a worker.\n"
+                     "# TYPE ferry_write_batches_running gauge\n");
+    gw_buf_printf(out, "ferry_write_batches_running %zu\n", running);
+    gw_buf_puts(out, "# HELP ferry_write_users_active Users with write-back batches queued or "
+                     "running.\n"
+                     "# TYPE ferry_write_users_active gauge\n");
+    gw_buf_printf(out, "ferry_write_users_active %zu\n", users);
     gw_buf_puts(out, "# HELP ferry_write_ops_total Write-back ops by result.\n"
                      "# TYPE ferry_write_ops_total counter\n");
     for (int i = 0; i < ST_N; i++)
@@ -433,6 +647,9 @@ void gw_write_register(gw_app_t *app)
     gw__write_mod.app = app;
     size_t pool = app->cfg->postgres.pool_size > 0 ? (size_t)app->cfg->postgres.pool_size : 1;
     gw__write_mod.max_inflight = pool * 16 > 64 ? pool * 16 : 64;
+    sched.ring.next = sched.ring.prev = &sched.ring;
+    sched.max_running = pool;
+    sched.max_per_user = (size_t)app->cfg->write_back.max_batches_per_user;
     gw_http_route(app->http, "/api/write", "write", GW_HTTP_POST, on_write, app);
     gw_metrics_add_collector(collect, NULL);
     if (rules_write_count(gw_app_active(app)->rules) > 0) {

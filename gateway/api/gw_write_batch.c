@@ -1,7 +1,8 @@
 /* gw_write_batch.c -- write-back: apply one batch in one Postgres transaction (worker threads)
  *
  * Per batch (worker, gw__write_batch_run -> run_attempt, the careful path):
- *   BEGIN; lock the client's row of ferry_write_log (created on first use) and read last_op_id;
+ *   BEGIN; statement_timeout for this transaction (write_back.statement_timeout);
+ *   lock the client's row of ferry_write_log (created on first use) and read last_op_id;
  *   for each op, inside a SAVEPOINT: op_id <= the highest id seen -> "duplicate"; otherwise
  *     table with write rules?  operation allowed?  only listed columns?     -> else "rejected"
  *     SELECT the stored row FOR UPDATE, the sent data merged over it, and lww "older?"
@@ -35,6 +36,12 @@
  *      rejection: only the careful path does, op by op.
  *   4. The worker connections run with synchronous_commit=on: a 200 lets the client drop its
  *      queue, so the commit is durable before the answer.
+ *   5. No statement of a batch runs longer than write_back.statement_timeout (SET LOCAL, so the
+ *      connection's other jobs keep their own settings): a slow check or a lock held elsewhere
+ *      costs one worker that long at most, then the batch is rolled back and answered 503.
+ *   6. A user learns nothing about rows check_old hides: where a table has check_old, an
+ *      update or delete of an id that does not exist is answered exactly like one whose stored
+ *      row fails check_old (code, message); ferry's debug log keeps the real reason.
  */
 #include "api/gw_write_int.h"
 #include "base/gw_log.h"
@@ -74,6 +81,9 @@ void gw__write_op_reject(wop_t *op, const char *code, const char *fmt, ...)
     va_end(ap);
 }
 
+/* What a user hears when check_old refuses, or when there is no row to check (invariant 6). */
+#define CHECK_OLD_MESSAGE "no row with this id that \"check_old\" of table \"%s\" lets you change"
+
 /* Map a Postgres failure of an op to its rejection code and message. */
 static void op_reject_pg(wop_t *op, PGresult *res)
 {
@@ -87,13 +97,25 @@ static void op_reject_pg(wop_t *op, PGresult *res)
     gw__write_op_reject(op, code, "%s", primary != NULL ? primary : "the statement failed");
 }
 
+/* The statement timeout of a batch's transaction, in ms as text ($1). */
+#define TIMEOUT_SQL "SELECT set_config('statement_timeout', $1, true)"
+
 typedef struct wctx {
     wbatch_t *b;
     PGconn *conn;
     gw_app_t *app;
+    char timeout[24]; /* statement_timeout in ms ("" when none) */
+    char fatal[256];  /* Postgres's message of the result that stopped the batch, for the log */
     int savepoints;
     PGresult *failed; /* the result of the statement that failed (SQL_OP), owned here */
 } wctx_t;
+
+/* Keep the message of a result that stops the batch (the first one), for the log. */
+static void note_fatal(wctx_t *c, PGresult *res)
+{
+    const char *m = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (c->fatal[0] == '\0' && m != NULL) snprintf(c->fatal, sizeof(c->fatal), "%s", m);
+}
 
 /* Run a prepared statement; returns its result (caller PQclears) or NULL with *how set. */
 static PGresult *exec_prepared(wctx_t *c, const char *name, int n, const char *const *values,
@@ -106,6 +128,7 @@ static PGresult *exec_prepared(wctx_t *c, const char *name, int n, const char *c
         return res;
     }
     *how = classify(c->conn, res);
+    if (*how == SQL_FATAL) note_fatal(c, res);
     PQclear(c->failed);
     c->failed = res;
     return NULL;
@@ -344,6 +367,12 @@ static int apply_op(wctx_t *c, wop_t *op)
     const char *merged = exists ? PQgetvalue(sel, 0, 1) : NULL;
     int stale = exists && PQgetvalue(sel, 0, 2)[0] == 't';
     int action = op->kind == OP_DELETE ? OP_DELETE : exists ? OP_PATCH : OP_PUT;
+    if (!exists && op->kind != OP_PUT && r->check_old.sql != NULL) {
+        /* the same answer as a stored row check_old refuses (invariant 6) */
+        gw__write_op_reject(op, "check_old_failed", CHECK_OLD_MESSAGE, label);
+        op->reason = "not_found";
+        goto out;
+    }
     if (op->kind == OP_PATCH && !exists) {
         gw__write_op_reject(op, "not_found", "no row with this id in table \"%s\"", label);
         goto out;
@@ -370,9 +399,7 @@ static int apply_op(wctx_t *c, wop_t *op)
         PQclear(res);
         res = NULL;
         if (!ok) {
-            gw__write_op_reject(op, "check_old_failed",
-                                "the stored row does not pass \"check_old\" of table \"%s\"",
-                                label);
+            gw__write_op_reject(op, "check_old_failed", CHECK_OLD_MESSAGE, label);
             goto out;
         }
     }
@@ -455,6 +482,7 @@ static int exec_simple(PGconn *conn, const char *sql)
 enum {
     PQ_PREPARE,
     PQ_BEGIN,
+    PQ_TIMEOUT,
     PQ_LOG_GET,
     PQ_SEL_NEW,
     PQ_SEL_OLD,
@@ -530,7 +558,10 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
             gw__write_conn.ins[q->items[i].op].mask = 0;
         }
         if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-            if (st != PGRES_PIPELINE_ABORTED && classify(c->conn, res) == SQL_FATAL) q->fatal = 1;
+            if (st != PGRES_PIPELINE_ABORTED && classify(c->conn, res) == SQL_FATAL) {
+                q->fatal = 1;
+                note_fatal(c, res);
+            }
             q->deviated = 1;
         } else if (!q->deviated) {
             pq_item_t *it = &q->items[i];
@@ -630,6 +661,26 @@ static int pq_send_constraints(wctx_t *c, pq_state_t *q, size_t i)
     return 0;
 }
 
+/*
+ * After a fatal result on a live connection (a statement timeout, a deadlock) the pipeline still
+ * holds results up to its sync point: read them and leave pipeline mode, so the connection can
+ * roll back and serve the next batch. When that does not work out, reconnect (the statements
+ * are prepared again: the backend pid changed).
+ */
+static void pq_leave(PGconn *conn)
+{
+    for (int i = 0; i < 100000 && PQpipelineStatus(conn) != PQ_PIPELINE_OFF; i++) {
+        if (PQexitPipelineMode(conn)) return;
+        PGresult *res = PQgetResult(conn);
+        if (res == NULL && PQisBusy(conn) == 0 && PQstatus(conn) != CONNECTION_OK) break;
+        PQclear(res);
+    }
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF) {
+        gw_warn("write", "could not leave pipeline mode; reconnecting", NULL);
+        PQreset(conn);
+    }
+}
+
 /* The whole batch through the pipeline. SQL_OK (committed), SQL_OP (not a normal batch: rolled
  * back, run it the careful way) or SQL_FATAL. */
 static int run_pipelined(wctx_t *c)
@@ -645,6 +696,11 @@ static int run_pipelined(wctx_t *c)
     const char *lv[3] = {b->user, b->client_id, NULL};
     if (!PQsendQueryParams(c->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0)) goto fail;
     pq_push(&q, PQ_BEGIN, 0);
+    if (c->timeout[0] != '\0') {
+        const char *tv[1] = {c->timeout};
+        if (!PQsendQueryParams(c->conn, TIMEOUT_SQL, 1, NULL, tv, NULL, NULL, 0)) goto fail;
+        pq_push(&q, PQ_TIMEOUT, 0);
+    }
     if (pq_send(c, &q, PQ_LOG_GET, 0, "fw_log_get", 2, lv) != 0 || pq_sync(c, &q) != 0) goto fail;
     long long high = q.last;
     char name[64];
@@ -760,6 +816,7 @@ fail:
     if (rc != SQL_OK && !q.fatal && q.n > 0) pq_sync(c, &q); /* drain what was queued */
     if (q.fatal || PQstatus(c->conn) != CONNECTION_OK) rc = SQL_FATAL;
     if (rc != SQL_FATAL && !PQexitPipelineMode(c->conn)) rc = SQL_FATAL;
+    if (rc == SQL_FATAL && PQstatus(c->conn) == CONNECTION_OK) pq_leave(c->conn);
     if (rc == SQL_OP && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
         exec_simple(c->conn, "ROLLBACK");
     for (size_t i = 0; i < b->nops; i++)
@@ -779,6 +836,16 @@ static int run_attempt(wctx_t *c)
     wbatch_t *b = c->b;
     if (exec_simple(c->conn, "BEGIN") != SQL_OK) return SQL_FATAL;
     int how;
+    if (c->timeout[0] != '\0') {
+        const char *tv[1] = {c->timeout};
+        PGresult *t = PQexecParams(c->conn, TIMEOUT_SQL, 1, NULL, tv, NULL, NULL, 0);
+        int ok = t != NULL && PQresultStatus(t) == PGRES_TUPLES_OK;
+        PQclear(t);
+        if (!ok) {
+            exec_simple(c->conn, "ROLLBACK");
+            return SQL_FATAL;
+        }
+    }
     const char *lv[3] = {b->user, b->client_id, NULL};
     PGresult *res = exec_prepared(c, "fw_log_get", 2, lv, &how);
     if (res == NULL) {
@@ -833,7 +900,7 @@ static int run_attempt(wctx_t *c)
     return ok ? SQL_OK : SQL_FATAL;
 }
 
-static void batch_fail(wbatch_t *b, int status, const char *code, const char *msg)
+void gw__write_batch_fail(wbatch_t *b, int status, const char *code, const char *msg)
 {
     b->http_status = status;
     gw_buf_reset(&b->out);
@@ -877,10 +944,12 @@ static int batch_try(wbatch_t *b, PGconn *conn)
         if (rc == GW_ERULES)
             gw_error("write", "write rules rejected by postgres", "error=%s",
                      gw_log_qs(msg, (char[1100]){0}, 1100));
-        batch_fail(b, 503, rc == GW_ERULES ? "not_ready" : "unavailable", msg);
+        gw__write_batch_fail(b, 503, rc == GW_ERULES ? "not_ready" : "unavailable", msg);
         return -1;
     }
     wctx_t c = {.b = b, .conn = conn, .app = gw__write_mod.app};
+    long secs = gw__write_mod.app->cfg->write_back.statement_timeout;
+    if (secs > 0) snprintf(c.timeout, sizeof(c.timeout), "%ld", secs * 1000);
     b->attempts = 1;
     int how = run_pipelined(&c);
     if (how == SQL_OP) { /* not a normal batch: every op decided one by one, with savepoints */
@@ -894,9 +963,10 @@ static int batch_try(wbatch_t *b, PGconn *conn)
     if (PQtransactionStatus(conn) != PQTRANS_IDLE && PQstatus(conn) == CONNECTION_OK)
         exec_simple(conn, "ROLLBACK");
     char pg[512];
-    batch_fail(b, 503, "unavailable", "could not apply the batch; nothing was applied");
+    gw__write_batch_fail(b, 503, "unavailable", "could not apply the batch; nothing was applied");
     gw_warn("write", "batch rolled back", "error=%s",
-            gw_log_qs(gw_pg_error(conn, pg, sizeof(pg)), (char[600]){0}, 600));
+            gw_log_qs(c.fatal[0] != '\0' ? c.fatal : gw_pg_error(conn, pg, sizeof(pg)),
+                      (char[600]){0}, 600));
     return -1;
 }
 
@@ -904,7 +974,8 @@ void gw__write_batch_run(gw_job_t *job, PGconn *conn)
 {
     wbatch_t *b = (wbatch_t *)job;
     if (conn == NULL) {
-        batch_fail(b, 503, "unavailable", "postgres is not reachable; nothing was applied");
+        gw__write_batch_fail(b, 503, "unavailable",
+                             "postgres is not reachable; nothing was applied");
         return;
     }
     if (batch_try(b, conn) == SQL_OK) {

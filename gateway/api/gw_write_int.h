@@ -1,7 +1,8 @@
 /* gw_write_int.h -- what the write-back files share (api/gw_write*.c only)
  *
  * Write-back is one module in three files:
- *   gw_write.c        the route: parsing on the loop thread, answers, start-up, metrics
+ *   gw_write.c        the route: admission and fair scheduling across users, parsing (on the
+ *                     worker), answers, start-up, metrics
  *   gw_write_stmt.c   per-connection statements on the worker threads, ferry's own tables
  *   gw_write_batch.c  applying a batch in one Postgres transaction (pipelined, then careful)
  */
@@ -27,7 +28,7 @@ typedef struct write_mod {
     gw_app_t *app;
     int ready_id; /* -1: no write rules, no condition */
     size_t max_inflight;
-    atomic_size_t inflight;
+    atomic_size_t inflight; /* batches queued or running, all users */
     /* start-up job and its interruptible wait */
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -37,6 +38,7 @@ typedef struct write_mod {
     /* metrics */
     atomic_uint_fast64_t ops[ST_N];
     atomic_uint_fast64_t batches_ok, batches_bad, batches_unavail, violations;
+    atomic_uint_fast64_t batches_too_large, batches_limited; /* 413 (ops), 429 (per user) */
     atomic_uint_fast64_t hist[HIST_N + 1];
     atomic_uint_fast64_t hist_sum_us;
 } write_mod_t;
@@ -74,6 +76,7 @@ typedef struct wop {
     int status;
     const char *code;
     char message[256];
+    const char *reason; /* for ferry's log when it differs from code (e.g. "not_found") */
 } wop_t;
 
 typedef struct wbatch wbatch_t;
@@ -84,12 +87,21 @@ typedef struct req_guard {
     wbatch_t *b;
 } req_guard_t;
 
+/* Where a batch is (gw_write.c's scheduler; guarded by its lock). */
+enum { BATCH_QUEUED = 1, BATCH_RUNNING };
+
 /* A batch in flight; malloc'd (not in req->pool, which may go away while a worker runs it). */
 struct wbatch {
     gw_job_t job;
     h2o_req_t *req; /* NULL once the request was freed */
     req_guard_t *guard;
-    json_t *body;
+    h2o_context_t *ctx;  /* the loop thread of the request: the answer goes there */
+    struct wuser *owner; /* the scheduler's entry of user */
+    wbatch_t *qnext;     /* the user's queue */
+    int state;           /* BATCH_QUEUED / BATCH_RUNNING */
+    char *raw;           /* the body as sent, until the worker parses it (compact while queued) */
+    size_t raw_len;
+    json_t *body; /* parsed on the worker */
     char *user;   /* sub */
     char *jwt;    /* claims as JSON text */
     char *params; /* request parameters as JSON text */
@@ -139,6 +151,9 @@ void gw__write_op_reject(wop_t *op, const char *code, const char *fmt, ...)
 
 /** Fill b's 200 response with every op's result (and count the outcomes). */
 void gw__write_batch_results(wbatch_t *b);
+
+/** Set b's answer to status with {"error":{"code":code,"description":msg}}. */
+void gw__write_batch_fail(wbatch_t *b, int status, const char *code, const char *msg);
 
 /** Apply the batch in job (a wbatch_t) on a worker thread: b->http_status and b->out are set. */
 void gw__write_batch_run(gw_job_t *job, PGconn *conn);

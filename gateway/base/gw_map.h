@@ -2,6 +2,12 @@
  *
  * Keys are copied and owned by the map; values are opaque pointers owned by the caller. Not
  * thread-safe. Used for caches on hot paths (bucket name -> bucket state, relid -> relation).
+ *
+ * Keys may come from clients (bucket names in a sync request), so slots are chosen by a keyed
+ * hash (SipHash-1-3 under a random key drawn once per process): nobody outside the process can
+ * compute which keys share a slot, and a crafted set of keys costs what random keys cost.
+ * gw_hash() is the unkeyed FNV-1a, stable across processes; it fingerprints content (the rules
+ * hash stored in bucket storage) and must never choose slots for client-supplied keys.
  */
 #ifndef GW_MAP_H
 #define GW_MAP_H
@@ -21,8 +27,14 @@ typedef struct gw_map {
     size_t n;
 } gw_map_t;
 
-/** FNV-1a of len bytes. */
+/** FNV-1a of len bytes: stable across processes, for fingerprints, not for hash tables. */
 uint64_t gw_hash(const void *p, size_t len);
+
+/** SipHash with crounds/drounds rounds (2/4 is SipHash-2-4) of len bytes under a 16-byte key. */
+uint64_t gw_siphash(const uint8_t key[16], const void *p, size_t len, int crounds, int drounds);
+
+/** The maps' slot hash: SipHash-1-3 of len bytes under this process's random key. */
+uint64_t gw_map_hash(const void *p, size_t len);
 
 /** The number of keys stored. */
 static inline size_t gw_map_count(const gw_map_t *m)

@@ -1,7 +1,8 @@
 /* gw_cli_rules.c -- `ferry rules check FILE` and `ferry rules explain FILE --token JWT ...`
  *
  * check compiles a rules file and prints every diagnostic as "file:line:col: message"
- * (warnings prefixed "warning: "), then a one-line summary; exit 1 when there are errors.
+ * (warnings prefixed "warning: "; rules_lint's warnings about writable columns that decide
+ * buckets come after the compiler's), then a one-line summary; exit 1 when there are errors.
  * explain is a development tool: it computes the buckets a token would get, with priority and
  * the definition and parameter query that produced each. It reads the token's claims without
  * verifying the signature unless --config names a ferry.yaml whose auth keys verify it, and
@@ -42,6 +43,7 @@ static int cmd_check(int argc, char **argv)
     rules_set_t *set = NULL;
     rules_diags_t d;
     int rc = rules_compile_file(argv[2], &set, &d);
+    if (rc == 0) rules_lint(set, &d);
     print_diags(&d, stdout);
     if (rc != 0) {
         printf("%s: %zu error%s, %zu warning%s\n", argv[2], d.nerrors, d.nerrors == 1 ? "" : "s",

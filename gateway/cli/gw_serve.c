@@ -54,6 +54,7 @@ gw_storage_opts_t gw_cli_storage_opts(const gw_config_t *cfg, gw_storage_pub_t *
                                .schema = cfg->storage.schema,
                                .read_uri = cfg->storage.read_uri,
                                .lock_timeout = (int)cfg->storage.lock_timeout,
+                               .wcp_retention = cfg->write_back.checkpoint_retention,
                                .pub = pub};
 }
 
@@ -206,7 +207,8 @@ int gw_cli_serve(int argc, char **argv)
 
     started = 1;
     if (gw_repl_start(repl, &err) != 0 || gw_http_start(http, &err) != 0) goto fail;
-    gw_info("main", "listening", "addr=%s threads=%zu", gw_http_address(http),
+    gw_info("main", "listening", "addr=%s admin_addr=%s threads=%zu", gw_http_address(http),
+            gw_http_admin_address(http)[0] != '\0' ? gw_http_admin_address(http) : "-",
             gw_http_threads(http));
     print_summary(&cfg, http, gw_repl_active(repl)->rules, repl);
 

@@ -80,11 +80,20 @@ static const char *check_listen(const char *v)
         .name = n, .type = CT_PATH, .offset = offsetof(gw_auth_key_cfg_t, m)                       \
     }
 
+static const char *check_admin_listen(const char *v)
+{
+    return strcmp(v, "off") == 0 ? NULL : check_listen(v) ? "\"host:port\" or \"off\"" : NULL;
+}
+
 static const cfg_field_t http_fields[] = {
     {.name = "listen",
      .type = CT_STR,
      .offset = offsetof(gw_config_t, http.listen),
      .check = check_listen},
+    {.name = "admin_listen",
+     .type = CT_STR,
+     .offset = offsetof(gw_config_t, http.admin_listen),
+     .check = check_admin_listen},
     F_INT("threads", http.threads, 0, 256),
     F_INT("max_request_body", http.max_request_body, 1024, 1L << 30),
     F_END,
@@ -172,6 +181,14 @@ static const cfg_field_t sync_rules_fields[] = {
 static const cfg_field_t limits_fields[] = {
     F_INT("max_connections", limits.max_connections, 1, 10000000),
     F_INT("max_buckets_per_connection", limits.max_buckets_per_connection, 1, 1000000),
+    F_INT("max_streams_per_user", limits.max_streams_per_user, 1, 1000000),
+    F_END,
+};
+static const cfg_field_t write_back_fields[] = {
+    F_INT("max_ops_per_batch", write_back.max_ops_per_batch, 1, 1000000),
+    F_INT("max_batches_per_user", write_back.max_batches_per_user, 1, 10000),
+    F_INT("statement_timeout", write_back.statement_timeout, 0, 86400),
+    F_INT("checkpoint_retention", write_back.checkpoint_retention, 60, 10L * 366 * 86400),
     F_END,
 };
 static const cfg_field_t admin_fields[] = {
@@ -187,6 +204,7 @@ static const cfg_field_t root_fields[] = {
     F_MAP("auth", auth_fields),
     F_MAP("sync_rules", sync_rules_fields),
     F_MAP("limits", limits_fields),
+    F_MAP("write_back", write_back_fields),
     F_MAP("admin", admin_fields),
     F_END,
 };
@@ -577,6 +595,11 @@ void gw_config_defaults(gw_config_t *cfg)
     cfg->sync_rules.path = gw_xstrdup("sync-rules.yaml");
     cfg->limits.max_connections = 10000;
     cfg->limits.max_buckets_per_connection = 1000;
+    cfg->limits.max_streams_per_user = 10;
+    cfg->write_back.max_ops_per_batch = 1000;
+    cfg->write_back.max_batches_per_user = 4;
+    cfg->write_back.statement_timeout = 30;
+    cfg->write_back.checkpoint_retention = 90L * 86400;
 }
 
 static void free_fields(const cfg_field_t *fields, void *base)

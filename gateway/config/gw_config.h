@@ -33,8 +33,9 @@ typedef struct gw_config {
     char *dir;  /* its folder, for relative paths */
     gw_log_level_t log_level;
     struct {
-        char *listen; /* "host:port"; "[::1]:port" for IPv6 */
-        long threads; /* 0: number of CPUs */
+        char *listen;       /* "host:port"; "[::1]:port" for IPv6 */
+        char *admin_listen; /* probes, metrics, admin API; NULL: 127.0.0.1:<listen port + 1> */
+        long threads;       /* 0: number of CPUs */
         long max_request_body;
     } http;
     struct {
@@ -78,7 +79,14 @@ typedef struct gw_config {
     struct {
         long max_connections;
         long max_buckets_per_connection;
+        long max_streams_per_user; /* a new stream past it ends the user's oldest */
     } limits;
+    struct {
+        long max_ops_per_batch;    /* more in one POST /api/write: 413 */
+        long max_batches_per_user; /* queued or running per user; past it 429 */
+        long statement_timeout;    /* seconds per statement of a batch; 0: none */
+        long checkpoint_retention; /* seconds a client's write checkpoint outlives its use */
+    } write_back;
 } gw_config_t;
 
 /** Fill *cfg with defaults only (no file); release with gw_config_free(). */

@@ -13,6 +13,7 @@ int gw_rules_compile_text(const char *text, size_t len, const char *name, rules_
     snprintf(hash, hashlen, "%016llx", (unsigned long long)gw_hash(text, len));
     rules_diags_t diags = {0};
     int rc = rules_compile(text, len, name, out, &diags);
+    if (rc == 0) rules_lint(*out, &diags); /* logged as warnings below, like the compiler's */
     char line[1024];
     for (size_t i = 0; i < diags.n; i++) {
         rules_diag_format(&diags, i, line, sizeof(line));

@@ -128,9 +128,13 @@ int gw_auth_verify_header(auth_ctx_t *ctx, const char *value, size_t len, auth_t
     char qm[400], qd[600];
     gw_log_qs(aerr.message, qm, sizeof(qm));
     gw_log_qs(aerr.detail, qd, sizeof(qd));
-    if (rc == AUTH_EUNKNOWNKID)
-        gw_info("auth", "token rejected", "%s%scode=%s error=%s detail=%s",
-                log_fields ? log_fields : "", log_fields ? " " : "", *code, qm, qd);
+    /* an unknown kid may mean keys were rotated, so it is worth a line at info; anyone can send
+     * such tokens, so at most one line per 10 s, counting the ones left out */
+    static gw_log_limit_t unknown_kid = GW_LOG_LIMIT_INIT(10000);
+    unsigned long long suppressed;
+    if (rc == AUTH_EUNKNOWNKID && gw_log_limit_take(&unknown_kid, &suppressed))
+        gw_info("auth", "token rejected", "%s%scode=%s error=%s detail=%s suppressed=%llu",
+                log_fields ? log_fields : "", log_fields ? " " : "", *code, qm, qd, suppressed);
     else
         gw_debug("auth", "token rejected", "%s%scode=%s error=%s", log_fields ? log_fields : "",
                  log_fields ? " " : "", *code, qm);

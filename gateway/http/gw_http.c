@@ -10,6 +10,23 @@
  * shutdown hooks (streams finish there) and half-closes every connection for reading, so idle
  * keep-alive connections and half-sent requests see EOF and h2o closes them. Connections are
  * tracked through the socket's on_close callback, which also keeps the open-connections gauge.
+ *
+ * Two listeners. http.listen serves the clients (and the probes, at PowerSync's paths); its
+ * connections count against limits.max_connections. http.admin_listen (loopback, by default the
+ * next port) serves only the routes registered with gw_http_admin_route (probes, /metrics, the
+ * admin API) and has its own small connection cap, so probes answer while clients exhaust
+ * max_connections and an orchestrator does not restart a busy but healthy ferry.
+ *
+ * What reaches a handler (on_req), in this order; each rule has its own reason:
+ *   - HTTP/1.1 only: h2o's cleartext HTTP/2 (prior knowledge and "Upgrade: h2c") is turned off,
+ *     because h2o 2.2.5 multiplexes 100 streams per connection past max_connections and has no
+ *     rapid-reset mitigation. A TLS proxy in front of ferry may speak HTTP/2 to browsers.
+ *   - unambiguous framing: two Content-Length headers, or Content-Length with Transfer-Encoding,
+ *     get 400 and the connection is closed (h2o 2.2.5 silently picks one; a proxy that picked
+ *     the other would let a second request hide in the body).
+ *   - no encoded "/" or "\" in the path: 400. Routing uses h2o's normalized path (percent-
+ *     decoded, dot segments resolved), so "/%6detrics" is "/metrics"; a proxy ACL must match on
+ *     the normalized path too (deploy/README.md, "Behind a proxy").
  */
 #include "http/gw_http.h"
 #include "base/gw_log.h"
@@ -22,6 +39,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +50,7 @@
 typedef struct route {
     char path[128];
     unsigned methods;
+    int admin; /* also served on the admin listener */
     int metric;
     gw_http_handler_fn fn;
     void *ud;
@@ -51,6 +70,7 @@ typedef struct tracked_sock {
     h2o_linklist_t link;
     struct loop_thread *thread;
     int fd;
+    int admin; /* accepted on the admin listener */
 } tracked_sock_t;
 
 typedef struct stop_msg {
@@ -65,6 +85,7 @@ typedef struct loop_thread {
     h2o_context_t ctx;
     h2o_accept_ctx_t accept_ctx;
     h2o_socket_t *listener;
+    h2o_socket_t *admin_listener; /* NULL: no admin listener */
     h2o_multithread_receiver_t rx;
     stop_msg_t stop;
     h2o_linklist_t socks; /* tracked_sock_t, open connections */
@@ -80,8 +101,11 @@ struct gw_http {
     h2o_globalconf_t config;
     h2o_hostconf_t *hostconf;
     int listen_fd;
+    int admin_fd; /* -1: no admin listener */
     char address[300];
+    char admin_address[300];
     long max_connections;
+    _Atomic long admin_open; /* connections on the admin listener */
     size_t nthreads;
     loop_thread_t *threads;
     route_t routes[MAX_ROUTES];
@@ -168,6 +192,24 @@ void gw_http_send_json(h2o_req_t *req, int status, const char *body, size_t len)
     h2o_send_inline(req, body, len);
 }
 
+/*
+ * HTTP/1 in h2o 2.2.5 keeps the whole request (head and body) in the socket's input buffer until
+ * the response ends, and only then consumes it to read the next request. For a request with a
+ * body h2o has already copied the head (method, path, headers) into req->pool, so once the body
+ * is parsed nothing points into the buffer: consume it all (which frees it) and make the
+ * connection close after the response, so h2o never looks at that buffer again.
+ */
+void gw_http_release_body(h2o_req_t *req)
+{
+    if (req->entity.base == NULL || req->version >= 0x200) return;
+    if (req->conn->callbacks->get_socket == NULL) return;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    if (sock == NULL || sock->input == NULL || sock->input->size == 0) return;
+    req->http1_is_persistent = 0;
+    req->entity = h2o_iovec_init(NULL, 0);
+    h2o_buffer_consume(&sock->input, sock->input->size);
+}
+
 /* {"error":{"code":…,"description":…}} into b */
 static void error_body(gw_buf_t *b, const char *code, const char *desc)
 {
@@ -250,9 +292,85 @@ static int exact_path(const route_t *r, h2o_req_t *req)
     return req->path_normalized.len == n && memcmp(req->path_normalized.base, r->path, n) == 0;
 }
 
+static void on_sock_close(void *data);
+
+/* The tracked connection of req (NULL for a connection we did not accept). */
+static tracked_sock_t *req_sock(h2o_req_t *req)
+{
+    if (req->conn->callbacks->get_socket == NULL) return NULL;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    return sock != NULL && sock->on_close.cb == on_sock_close ? sock->on_close.data : NULL;
+}
+
+static int header_is(const char *p, size_t n, const char *name)
+{
+    size_t l = strlen(name);
+    return n == l && strncasecmp(p, name, l) == 0;
+}
+
+/*
+ * 1 when the request head declares its body ambiguously: Content-Length twice, or together with
+ * Transfer-Encoding, or Transfer-Encoding twice. h2o 2.2.5 keeps neither header in req->headers
+ * (it consumed them to read the body), so this reads the head itself: it is still at the start
+ * of the socket's input buffer while the request is handled (h2o consumes it after the
+ * response), and h2o already parsed it, so every line ends in LF.
+ */
+static int ambiguous_framing(h2o_req_t *req)
+{
+    if (req->version >= 0x200 || req->conn->callbacks->get_socket == NULL) return 0;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    if (sock == NULL || sock->input == NULL) return 0;
+    const char *p = sock->input->bytes, *end = p + sock->input->size;
+    const char *nl = memchr(p, '\n', (size_t)(end - p)); /* the request line */
+    int cl = 0, te = 0;
+    for (p = nl != NULL ? nl + 1 : end; p < end;) {
+        nl = memchr(p, '\n', (size_t)(end - p));
+        const char *eol = nl != NULL ? nl : end;
+        size_t n = (size_t)(eol - p);
+        if (n > 0 && p[n - 1] == '\r') n--;
+        if (n == 0) break; /* the end of the head */
+        const char *colon = memchr(p, ':', n);
+        if (colon != NULL && p[0] != ' ' && p[0] != '\t') {
+            size_t nl_ = (size_t)(colon - p);
+            cl += header_is(p, nl_, "content-length");
+            te += header_is(p, nl_, "transfer-encoding");
+        }
+        p = eol + 1;
+    }
+    return cl > 1 || te > 1 || (cl > 0 && te > 0);
+}
+
+/* 1 when the raw path (before any '?') holds a percent-encoded '/' or '\'. */
+static int encoded_slash(h2o_req_t *req)
+{
+    const char *p = req->path.base;
+    size_t n = req->path.len;
+    const char *q = memchr(p, '?', n);
+    if (q != NULL) n = (size_t)(q - p);
+    for (size_t i = 0; i + 2 < n; i++)
+        if (p[i] == '%' && ((p[i + 1] == '2' && (p[i + 2] == 'f' || p[i + 2] == 'F')) ||
+                            (p[i + 1] == '5' && (p[i + 2] == 'c' || p[i + 2] == 'C'))))
+            return 1;
+    return 0;
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     route_t *r = ((route_handler_t *)self)->route;
+    if (ambiguous_framing(req)) {
+        req->http1_is_persistent = 0; /* what follows the body must not be read as a request */
+        gw_http_send_error(req, 400, "bad_request",
+                           "ambiguous request framing: Content-Length twice, or together with "
+                           "Transfer-Encoding");
+        return 0;
+    }
+    if (encoded_slash(req)) {
+        gw_http_send_error(req, 400, "bad_request",
+                           "the path holds an encoded \"/\" or \"\\\"; send it unencoded");
+        return 0;
+    }
+    tracked_sock_t *ts = req_sock(req);
+    if (r != NULL && ts != NULL && ts->admin && !r->admin) r = NULL; /* client routes: not here */
     if (r == NULL || !exact_path(r, req)) {
         gw_http_send_error(req, 404, "not_found", "no route for %.*s %.*s", (int)req->method.len,
                            req->method.base,
@@ -299,7 +417,10 @@ static void on_sock_close(void *data)
     tracked_sock_t *t = data;
     h2o_linklist_unlink(&t->link);
     t->thread->nsocks--;
-    gw_metrics_connections(-1);
+    if (t->admin)
+        atomic_fetch_sub(&t->thread->srv->admin_open, 1);
+    else
+        gw_metrics_connections(-1);
     free(t);
 }
 
@@ -314,14 +435,19 @@ static void reject_busy(int fd)
     (void)w;
 }
 
+/* Connections the admin listener takes at once (probes and scrapes are short). */
+#define ADMIN_MAX_CONNECTIONS 64
+
 static void on_accept(h2o_socket_t *listener, const char *err)
 {
     loop_thread_t *th = listener->data;
+    int admin = listener == th->admin_listener;
     if (err != NULL) return;
     for (int i = 0; i < 32; i++) {
         h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
         if (sock == NULL) return;
-        if (gw_metrics_open_connections() >= th->srv->max_connections) {
+        if (admin ? atomic_load(&th->srv->admin_open) >= ADMIN_MAX_CONNECTIONS
+                  : gw_metrics_open_connections() >= th->srv->max_connections) {
             reject_busy(h2o_socket_get_fd(sock));
             h2o_socket_close(sock);
             continue;
@@ -329,9 +455,13 @@ static void on_accept(h2o_socket_t *listener, const char *err)
         tracked_sock_t *t = gw_xcalloc(1, sizeof(*t));
         t->thread = th;
         t->fd = h2o_socket_get_fd(sock);
+        t->admin = admin;
         h2o_linklist_insert(&th->socks, &t->link);
         th->nsocks++;
-        gw_metrics_connections(+1);
+        if (admin)
+            atomic_fetch_add(&th->srv->admin_open, 1);
+        else
+            gw_metrics_connections(+1);
         sock->on_close.cb = on_sock_close;
         sock->on_close.data = t;
         h2o_accept(&th->accept_ctx, sock);
@@ -364,6 +494,11 @@ static void on_stop_message(h2o_multithread_receiver_t *rx, h2o_linklist_t *mess
         h2o_socket_close(th->listener);
         th->listener = NULL;
     }
+    if (th->admin_listener != NULL) {
+        h2o_socket_read_stop(th->admin_listener);
+        h2o_socket_close(th->admin_listener);
+        th->admin_listener = NULL;
+    }
     h2o_context_request_shutdown(&th->ctx);
     for (size_t i = 0; i < th->srv->nhooks; i++)
         th->srv->hooks[i].fn(&th->ctx, th->index, th->srv->hooks[i].ud);
@@ -388,6 +523,14 @@ static int loop_init(loop_thread_t *th)
     th->listener = h2o_evloop_socket_create(th->ctx.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
     th->listener->data = th;
     h2o_socket_read_start(th->listener, on_accept);
+    if (h->admin_fd >= 0) {
+        int afd = dup(h->admin_fd);
+        if (afd < 0) return GW_ESYS;
+        fcntl(afd, F_SETFD, FD_CLOEXEC);
+        th->admin_listener = h2o_evloop_socket_create(th->ctx.loop, afd, H2O_SOCKET_FLAG_DONT_READ);
+        th->admin_listener->data = th;
+        h2o_socket_read_start(th->admin_listener, on_accept);
+    }
     for (size_t i = 0; i < h->nstart_hooks; i++)
         h->start_hooks[i].fn(&th->ctx, th->index, h->start_hooks[i].ud);
     return 0;
@@ -401,6 +544,10 @@ static void loop_dispose(loop_thread_t *th)
     if (th->listener != NULL) {
         h2o_socket_close(th->listener);
         th->listener = NULL;
+    }
+    if (th->admin_listener != NULL) {
+        h2o_socket_close(th->admin_listener);
+        th->admin_listener = NULL;
     }
     /* let the loop run the close callbacks of sockets closed above */
     h2o_evloop_run(th->ctx.loop, 0);
@@ -460,12 +607,13 @@ static void *loop_main(void *arg)
 
 /* ---- lifecycle ---- */
 
-static int bind_listener(gw_http_t *h, const char *addr, gw_err_t *err)
+/* Bind and listen on addr (the config key named by key); *out is the non-blocking socket. */
+static int bind_listener(const char *key, const char *addr, int *out, gw_err_t *err)
 {
     char host[256];
     int port;
     if (gw_config_parse_listen(addr, host, sizeof(host), &port) != 0)
-        return gw_err_set(err, GW_ECONFIG, "http.listen", "\"%s\" is not \"host:port\"", addr);
+        return gw_err_set(err, GW_ECONFIG, key, "\"%s\" is not \"host:port\"", addr);
     char portstr[16];
     snprintf(portstr, sizeof(portstr), "%d", port);
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
@@ -474,13 +622,12 @@ static int bind_listener(gw_http_t *h, const char *addr, gw_err_t *err)
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(host, portstr, &hints, &res);
     if (rc != 0)
-        return gw_err_set(err, GW_ECONFIG, "http.listen", "could not resolve \"%s\": %s", host,
+        return gw_err_set(err, GW_ECONFIG, key, "could not resolve \"%s\": %s", host,
                           gai_strerror(rc));
     int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
     if (fd < 0) {
         freeaddrinfo(res);
-        return gw_err_set(err, GW_ESYS, "http.listen", "could not create a socket: %s",
-                          strerror(errno));
+        return gw_err_set(err, GW_ESYS, key, "could not create a socket: %s", strerror(errno));
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -489,25 +636,24 @@ static int bind_listener(gw_http_t *h, const char *addr, gw_err_t *err)
         close(fd);
         freeaddrinfo(res);
         if (e == EADDRINUSE) {
-            gw_err_set(err, GW_EADDRINUSE, "http.listen",
+            gw_err_set(err, GW_EADDRINUSE, key,
                        "could not listen on %s: the address is already in use", addr);
-            gw_err_detail(err, "Another process (perhaps another ferry) listens there; stop it "
-                               "or set http.listen to a free port.");
+            gw_err_detail(err,
+                          "Another process (perhaps another ferry) listens there; stop it or set "
+                          "%s to a free port.",
+                          key);
             return GW_EADDRINUSE;
         }
-        return gw_err_set(err, GW_ESYS, "http.listen", "could not listen on %s: %s", addr,
-                          strerror(e));
+        return gw_err_set(err, GW_ESYS, key, "could not listen on %s: %s", addr, strerror(e));
     }
     freeaddrinfo(res);
     if (listen(fd, 4096) != 0) {
         int e = errno;
         close(fd);
-        return gw_err_set(err, GW_ESYS, "http.listen", "could not listen on %s: %s", addr,
-                          strerror(e));
+        return gw_err_set(err, GW_ESYS, key, "could not listen on %s: %s", addr, strerror(e));
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-    h->listen_fd = fd;
-    snprintf(h->address, sizeof(h->address), "%s", addr);
+    *out = fd;
     return 0;
 }
 
@@ -521,14 +667,55 @@ static h2o_pathconf_t *register_path(gw_http_t *h, const char *path, route_t *r)
     return pc;
 }
 
+/* The admin listener's address: http.admin_listen, or loopback on the port after
+ * http.listen's. Returns 1 when it was derived (a default that may fail quietly), 0 when
+ * configured, -1 when it is turned off ("off"). */
+static int admin_address(const gw_config_t *cfg, char *buf, size_t len)
+{
+    const char *a = cfg->http.admin_listen;
+    if (a != NULL && strcmp(a, "off") == 0) return -1;
+    if (a != NULL && a[0] != '\0') {
+        snprintf(buf, len, "%s", a);
+        return 0;
+    }
+    char host[256];
+    int port = 0;
+    gw_config_parse_listen(cfg->http.listen, host, sizeof(host), &port);
+    snprintf(buf, len, "127.0.0.1:%d", port < 65535 ? port + 1 : 65534);
+    return 1;
+}
+
 int gw_http_create(gw_http_t **out, const gw_config_t *cfg, gw_err_t *err)
 {
     gw_http_t *h = gw_xcalloc(1, sizeof(*h));
     h->listen_fd = -1;
-    int rc = bind_listener(h, cfg->http.listen, err);
+    h->admin_fd = -1;
+    int rc = bind_listener("http.listen", cfg->http.listen, &h->listen_fd, err);
     if (rc != 0) {
         free(h);
         return rc;
+    }
+    snprintf(h->address, sizeof(h->address), "%s", cfg->http.listen);
+    int derived = admin_address(cfg, h->admin_address, sizeof(h->admin_address));
+    if (derived >= 0) {
+        gw_err_t aerr;
+        gw_err_clear(&aerr);
+        rc = bind_listener("http.admin_listen", h->admin_address, &h->admin_fd, &aerr);
+        if (rc != 0 && !derived) {
+            if (err != NULL) *err = aerr;
+            close(h->listen_fd);
+            free(h);
+            return rc;
+        }
+        if (rc != 0) {
+            char msg[600], q[700];
+            gw_warn("http", "no admin listener: probes and metrics are served on http.listen only",
+                    "admin_addr=%s error=%s", h->admin_address,
+                    gw_log_qs(gw_err_format(&aerr, msg, sizeof(msg)), q, sizeof(q)));
+            h->admin_address[0] = '\0';
+        }
+    } else {
+        h->admin_address[0] = '\0';
     }
     long n = cfg->http.threads;
     if (n <= 0) {
@@ -540,6 +727,9 @@ int gw_http_create(gw_http_t **out, const gw_config_t *cfg, gw_err_t *err)
     h->grace_ms = 3000;
     h2o_config_init(&h->config);
     h->config.max_request_entity_size = (size_t)cfg->http.max_request_body;
+    /* HTTP/1.1 only: no "Upgrade: h2c", no prior-knowledge HTTP/2 on the cleartext listener
+     * (this one setting turns off both in h2o 2.2.5) */
+    h->config.http1.upgrade_to_http2 = 0;
     h->config.server_name = h2o_iovec_init(H2O_STRLIT("ferry"));
     h->hostconf =
         h2o_config_register_host(&h->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
@@ -554,8 +744,8 @@ int gw_http_create(gw_http_t **out, const gw_config_t *cfg, gw_err_t *err)
     return 0;
 }
 
-void gw_http_route(gw_http_t *h, const char *path, const char *metric, unsigned methods,
-                   gw_http_handler_fn fn, void *ud)
+static void add_route(gw_http_t *h, const char *path, const char *metric, unsigned methods,
+                      gw_http_handler_fn fn, void *ud, int admin)
 {
     if (h->nroutes >= MAX_ROUTES) {
         gw_error("http", "too many routes", "path=%s", path);
@@ -564,9 +754,22 @@ void gw_http_route(gw_http_t *h, const char *path, const char *metric, unsigned 
     route_t *r = &h->routes[h->nroutes++];
     snprintf(r->path, sizeof(r->path), "%s", path);
     r->methods = methods;
+    r->admin = admin;
     r->metric = gw_metrics_route(metric);
     r->fn = fn;
     r->ud = ud;
+}
+
+void gw_http_route(gw_http_t *h, const char *path, const char *metric, unsigned methods,
+                   gw_http_handler_fn fn, void *ud)
+{
+    add_route(h, path, metric, methods, fn, ud, 0);
+}
+
+void gw_http_admin_route(gw_http_t *h, const char *path, const char *metric, unsigned methods,
+                         gw_http_handler_fn fn, void *ud)
+{
+    add_route(h, path, metric, methods, fn, ud, 1);
 }
 
 void gw_http_on_shutdown(gw_http_t *h, gw_http_shutdown_fn fn, void *ud)
@@ -638,6 +841,11 @@ const char *gw_http_address(const gw_http_t *h)
     return h->address;
 }
 
+const char *gw_http_admin_address(const gw_http_t *h)
+{
+    return h->admin_address;
+}
+
 size_t gw_http_threads(const gw_http_t *h)
 {
     return h->nthreads;
@@ -675,5 +883,6 @@ void gw_http_destroy(gw_http_t *h)
     }
     h2o_config_dispose(&h->config);
     if (h->listen_fd >= 0) close(h->listen_fd);
+    if (h->admin_fd >= 0) close(h->admin_fd);
     free(h);
 }

@@ -80,8 +80,9 @@ int gw__repl_apply_row(gw_repl_t *r, const char *schema, const char *table, cons
     if (rc == 0) rc = rules_eval_lookups(r->rules, &row, &r->lookups, &rerr);
     if (rc != 0) {
         /* a row the rules cannot evaluate is skipped, loudly, rather than stopping replication */
+        char qmsg[600];
         gw_error("repl", "could not evaluate the sync rules for a row; skipping it",
-                 "table=%s error=\"%s\"", qname, rerr.message);
+                 "table=%s error=%s", qname, gw_log_qs(rerr.message, qmsg, sizeof(qmsg)));
         return 0;
     }
     gw_buf_reset(&r->copy);

@@ -77,6 +77,8 @@ typedef struct gw_storage_opts {
     int lock_timeout;      /* postgres: seconds until a silent leader's lock is freed (0: 5) */
     gw_storage_pub_t *pub; /* where the serving writer publishes its durable checkpoints and
                               readers of this process read them; NULL: none */
+    long wcp_retention;    /* seconds a client's write checkpoint is kept after it was last
+                              written (write_back.checkpoint_retention); 0: for ever */
 } gw_storage_opts_t;
 
 /**

@@ -88,12 +88,13 @@ expect_eq "logs: l0 untouched, l1 inserted" "l0|first;l1|hello" \
 expect_eq "write log records the last op id" "alice|c1|13" \
   "$(sql "SELECT user_id || '|' || client_id || '|' || last_op_id FROM ferry_write_log")"
 
-# bob may change his own row; a PATCH of a missing row is reported
+# bob may change his own row; a PATCH of a missing row is reported like one check_old refuses
+# (todos has check_old: the answer must not tell whether someone else's id exists)
 bob=$(write_token bob)
 r=$(write_post "$bob" '{"client_id":"b","batch":[{"op_id":1,"op":"PATCH","type":"todos","id":"bob-1","data":{"done":1}},
  {"op_id":2,"op":"PATCH","type":"todos","id":"nope","data":{"done":true}}]}')
 expect_match "bob updates his row" '^200 .*"op_id":1,"status":"applied"' "$r"
-expect_match "PATCH of a missing row: not_found" '"op_id":2,"status":"rejected","code":"not_found"' "$r"
+expect_match "PATCH of a missing row: check_old_failed, as for a hidden row" '"op_id":2,"status":"rejected","code":"check_old_failed"' "$r"
 expect_eq "bob's row done" "t" "$(sql "SELECT done FROM todos WHERE id = 'bob-1'")"
 
 # a bad value rejects only its op (savepoint retry), the others apply

@@ -7,7 +7,7 @@
 #   pass NAME | fail NAME WHY      record a result
 #   expect_eq NAME WANT GOT        pass when equal, else fail showing both
 #   expect_match NAME REGEX TEXT   pass when TEXT matches the extended REGEX
-#   free_port                      print a loopback TCP port nobody listens on
+#   free_port                      print a loopback TCP port nobody listens on (nor on the next)
 #   start_ferry CONFIG [ARGS]      start build/ferry serve in the background; sets FERRY_PID,
 #                                  FERRY_LOG; waits until /probes/liveness answers
 #   stop_pid PID [SECONDS]         SIGTERM, then SIGKILL after SECONDS (default 5); sets STOP_RC
@@ -23,6 +23,7 @@
 # The storage backend: FERRY_TEST_STORAGE=sqlite (the default) or postgres. A script whose
 # header has the line "# storage: both" is run once per backend by run.sh; with postgres its
 # storage lives in a database of its own ("<db>_st", schema ferry) beside the source database.
+#   drop_at_exit NAME              drop database NAME and its slots when the script ends
 
 T_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 FERRY_BIN=${FERRY_BIN:-$T_ROOT/build/ferry}
@@ -32,11 +33,20 @@ FERRY_TEST_STORAGE=${FERRY_TEST_STORAGE:-sqlite}
 [ "$FERRY_TEST_STORAGE" = sqlite ] || T_NAME="$T_NAME@$FERRY_TEST_STORAGE"
 T_TMP=$(mktemp -d "/tmp/ferry-test-$T_NAME.XXXXXX")
 T_PIDS=()
+T_DROP_DBS=()
 
 t_cleanup() {
-  local p
+  local p d i
   for p in "${T_PIDS[@]}"; do
     if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+  done
+  for d in "${T_DROP_DBS[@]}"; do # slots are cluster-wide and few: give them back
+    for ((i = 0; i < 50; i++)); do
+      [ "$(psql -qAtX "$FERRY_PG_URI" -c "SELECT count(*) FROM pg_replication_slots WHERE database = '$d' AND active" 2>/dev/null)" = 0 ] && break
+      sleep 0.1
+    done
+    psql -qX "$FERRY_PG_URI" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$d'" \
+      -c "DROP DATABASE IF EXISTS \"$d\" WITH (FORCE)" >/dev/null 2>&1 || true
   done
   [ -n "${T_KEEP:-}" ] || rm -rf "$T_TMP"
 }
@@ -63,12 +73,14 @@ t_bg() {
   if [ -n "${FERRY_NETNS:-}" ]; then exec ip netns exec "$FERRY_NETNS" "$@"; else exec "$@"; fi
 }
 
+# free_port: a port nobody listens on, whose next port is free too (ferry's admin listener
+# takes http.listen's port + 1 unless the config says otherwise)
 free_port() {
   local p
   while :; do
     # below the ephemeral range (32768+), where outgoing connections could take it first
     p=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))
-    port_in_use "$p" || { echo "$p"; return; }
+    port_in_use "$p" || port_in_use "$((p + 1))" || { echo "$p"; return; }
   done
 }
 
@@ -119,6 +131,10 @@ new_db() {
   psql -q "$FERRY_PG_URI" -c "CREATE DATABASE \"$name\"" >/dev/null
   echo "${FERRY_PG_URI%/*}/$name"
 }
+
+# drop_at_exit NAME: drop database NAME and its replication slots when the script ends (after
+# its processes are stopped); call it in the script itself, not in $(...)
+drop_at_exit() { T_DROP_DBS+=("$1"); }
 
 # write_config FILE PORT [EXTRA YAML]: a minimal valid ferry.yaml, with a sync-rules.yaml beside
 # it (unless one exists) and storage in the same folder

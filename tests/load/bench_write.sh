@@ -52,6 +52,8 @@ port=$(free_port)
 replication_config "$T_TMP/ferry.yaml" "$port" "$db"
 sed -i 's/^log_level: info/log_level: warn/' "$T_TMP/ferry.yaml"
 sed -i "s|^  uri: .*|&\n  pool_size: $pool|" "$T_TMP/ferry.yaml"
+# the 8 clients are one user here: lift the per-user limit (fairness is bench_write_fair.sh's)
+printf 'write_back:\n  max_batches_per_user: 64\n' >>"$T_TMP/ferry.yaml"
 start_ferry "$T_TMP/ferry.yaml"
 wait_ready "$port" 60 || { echo "ferry not ready: $(curl -s "http://127.0.0.1:$port/probes/readiness")"; exit 1; }
 url=http://127.0.0.1:$port

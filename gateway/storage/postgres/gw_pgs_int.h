@@ -47,6 +47,7 @@ enum {
     PS_CHUNK_SET,   /* compaction: a chunk rewritten */
     PS_CHUNK_DEL,   /* compaction: a chunk deleted */
     PS_CHUNK_IDS,   /* compaction: a bucket's chunks up to a checkpoint */
+    PS_WCP_PRUNE,   /* write checkpoints not written since a time */
     PS_COUNT
 };
 
@@ -104,7 +105,8 @@ struct gw_pgs {
     gw_map_t closed;    /* "<tbl>\x1f<rkey>" -> (void *)op: open entries closed in the storage */
     gw_buf_t chunks[6]; /* chunk columns, binary array elements: bucket, first, last, n, sum, ops */
     size_t nchunks;
-    int64_t ids[64]; /* bucket ids taken from the sequence, unused */
+    int64_t ids[64];        /* bucket ids taken from the sequence, unused */
+    int64_t wcp_next_prune; /* unix seconds: forget unused write checkpoints from then on */
     size_t nids;
     /* the listener: other instances' commits and write checkpoints (gw_pgs_notify.c) */
     pthread_t listen_thread;

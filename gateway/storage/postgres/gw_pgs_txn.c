@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { ROWS_BATCH = 2000, CACHE_MAX = 50000, CHUNK_BATCH_BYTES = 8 << 20 };
 
@@ -77,10 +78,12 @@ static const char *const ps_sql[PS_COUNT] = {
         "SELECT CASE WHEN $15::text IS NULL THEN NULL ELSE pg_notify($14::text, $15::text) END",
     [PS_BUCKET_IDS] = "SELECT nextval(%2$s) FROM generate_series(1, 64)",
     [PS_ROWS_OF_TBL] = "SELECT key FROM %1$s.rows WHERE tbl = $1 LIMIT 2000",
-    [PS_WCP_UPSERT] = "WITH u AS (INSERT INTO %1$s.write_checkpoints (user_key, counter, lsn) "
-                      "VALUES ($1, 1, $2) ON CONFLICT (user_key) DO UPDATE SET counter = "
-                      "%1$s.write_checkpoints.counter + 1, lsn = excluded.lsn RETURNING counter) "
+    [PS_WCP_UPSERT] = "WITH u AS (INSERT INTO %1$s.write_checkpoints (user_key, counter, lsn, "
+                      "seen) VALUES ($1, 1, $2, $5) ON CONFLICT (user_key) DO UPDATE SET counter "
+                      "= %1$s.write_checkpoints.counter + 1, lsn = excluded.lsn, seen = "
+                      "excluded.seen RETURNING counter) "
                       "SELECT u.counter, pg_notify($3::text, $4::text) FROM u",
+    [PS_WCP_PRUNE] = "DELETE FROM %1$s.write_checkpoints WHERE seen < $1",
     /* compaction names a bucket's chunks by their last op id (the key's second half) */
     [PS_CHUNK_GET] = "SELECT ops FROM %1$s.op_chunks WHERE bucket_id = $1 AND last_op = $2",
     [PS_CHUNK_SET] = "UPDATE %1$s.op_chunks SET ops = $3, first_op = $4, n = $5, checksum = $6 "
@@ -1041,12 +1044,29 @@ int gw__pgs_write_checkpoint(gw_storage_t *st, const char *user_key, uint64_t ls
 {
     gw_pgs_t *s = (gw_pgs_t *)st;
     if (!s->in_txn) return gw_err_set(err, GW_EINVAL, "storage", "outside a transaction");
-    char l[24];
+    /* clients come and go: write checkpoints not written for opts->wcp_retention seconds are
+     * deleted, in the same transaction, at most once an hour (as in the SQLite backend) */
+    int64_t now = (int64_t)time(NULL);
+    long keep = st->opts != NULL ? st->opts->wcp_retention : 0;
+    char before[24], seen[24], l[24];
+    if (keep > 0 && now >= s->wcp_next_prune) {
+        snprintf(before, sizeof(before), "%lld", (long long)(now - keep));
+        const char *bv[1] = {before};
+        PGresult *pr = gw__pgs_exec(s, PS_WCP_PRUNE, 1, bv, NULL, NULL, 0, err);
+        if (pr == NULL) return GW_EPG;
+        long gone = strtol(PQcmdTuples(pr), NULL, 10);
+        PQclear(pr);
+        if (gone > 0)
+            gw_info("storage", "forgot unused write checkpoints", "count=%ld older_than_s=%ld",
+                    gone, keep);
+        s->wcp_next_prune = now + (keep < 3600 ? keep : 3600);
+    }
+    snprintf(seen, sizeof(seen), "%lld", (long long)now);
     snprintf(l, sizeof(l), "%llu", (unsigned long long)lsn);
     gw_buf_t payload = GW_BUF_INIT;
     gw__pgs_notify_wcp(s, user_key, lsn, &payload);
-    const char *pv[4] = {user_key, l, s->channel_raw, payload.data};
-    PGresult *res = gw__pgs_exec(s, PS_WCP_UPSERT, 4, pv, NULL, NULL, 0, err);
+    const char *pv[5] = {user_key, l, s->channel_raw, payload.data, seen};
+    PGresult *res = gw__pgs_exec(s, PS_WCP_UPSERT, 5, pv, NULL, NULL, 0, err);
     gw_buf_free(&payload);
     if (res == NULL) return GW_EPG;
     *counter = (uint64_t)gw__pgs_get_i64(res, 0, 0);

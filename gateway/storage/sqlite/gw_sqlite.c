@@ -11,7 +11,11 @@
  *   rows(tbl, key, members, lookups, copy)      per source row: memberships, lookup text, copy
  *   lookups(key, tbl, rkey, params, from_op, to_op)
  *                                               parameter-lookup entries valid in [from_op, to_op)
- *   write_checkpoints(user_key, counter, lsn)   the latest write checkpoint per "<sub>/<client>"
+ *   write_checkpoints(user_key, counter, lsn, seen)
+ *                                               the latest write checkpoint per user key
+ *                                               (gw_app_user_key), seen = unix seconds of its
+ *                                               last write; unused ones are pruned after
+ *                                               opts->wcp_retention (gw_sqlite_rows.c)
  *
  * Rule versions (layout 4). Everything but write_checkpoints and the shared state keys
  * (gw_storage_key_shared) belongs to one rule version, named by a prefix: buckets "2#name",
@@ -99,9 +103,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_LOOKUP_INSERT] = "INSERT INTO lookups(key, tbl, rkey, params, from_op) VALUES (?1, ?2, ?3, "
                          "?4, ?5)",
     [ST_WCP_UPSERT] =
-        "INSERT INTO write_checkpoints(user_key, counter, lsn) VALUES (?1, 1, ?2) "
-        "ON CONFLICT(user_key) DO UPDATE SET counter = counter + 1, lsn = excluded.lsn "
-        "RETURNING counter",
+        "INSERT INTO write_checkpoints(user_key, counter, lsn, seen) VALUES (?1, 1, ?2, ?3) "
+        "ON CONFLICT(user_key) DO UPDATE SET counter = counter + 1, lsn = excluded.lsn, "
+        "seen = excluded.seen RETURNING counter",
+    [ST_WCP_PRUNE] = "DELETE FROM write_checkpoints WHERE seen < ?1",
 };
 
 static const char schema_sql[] =
@@ -119,7 +124,29 @@ static const char schema_sql[] =
     "CREATE INDEX IF NOT EXISTS lookups_by_key ON lookups(key, from_op);"
     "CREATE INDEX IF NOT EXISTS lookups_by_row ON lookups(tbl, rkey) WHERE to_op IS NULL;"
     "CREATE TABLE IF NOT EXISTS write_checkpoints(user_key TEXT PRIMARY KEY,"
-    "  counter INTEGER NOT NULL, lsn INTEGER NOT NULL) WITHOUT ROWID;";
+    "  counter INTEGER NOT NULL, lsn INTEGER NOT NULL, seen INTEGER NOT NULL DEFAULT 0)"
+    "  WITHOUT ROWID;";
+
+/* Files written before write checkpoints were pruned lack "seen": add it (rows get 0, so
+ * they count as unused since long and go at the first prune, unless written again). Older
+ * ferry versions still read and write such a file (the column has a default). */
+static int add_wcp_seen(sqlite3 *db, gw_err_t *err)
+{
+    sqlite3_stmt *q;
+    int has = 0;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT 1 FROM pragma_table_info('write_checkpoints') "
+                           "WHERE name = 'seen'",
+                           -1, &q, NULL) == SQLITE_OK) {
+        has = sqlite3_step(q) == SQLITE_ROW;
+        sqlite3_finalize(q);
+    }
+    if (has) return 0;
+    return gw__sqlite_exec(db,
+                           "ALTER TABLE write_checkpoints ADD COLUMN seen INTEGER NOT NULL "
+                           "DEFAULT 0",
+                           err, "add \"seen\" to write_checkpoints");
+}
 
 /* The layout this code writes (state "layout"). Layout 3 (rows, lookups and state of a single
  * rule version, unprefixed) is migrated in place; older layouts are refused. */
@@ -235,7 +262,8 @@ int gw__sqlite_open(const gw_storage_opts_t *opts, const char *version, gw_stora
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; "
             "PRAGMA cache_size=-32768; PRAGMA wal_autocheckpoint=0; PRAGMA temp_store=MEMORY;",
             err, "set up the storage file") != 0 ||
-        gw__sqlite_exec(s->db, schema_sql, err, "create the storage schema") != 0) {
+        gw__sqlite_exec(s->db, schema_sql, err, "create the storage schema") != 0 ||
+        add_wcp_seen(s->db, err) != 0) {
         gw__sqlite_close(&s->base);
         return GW_EIO;
     }

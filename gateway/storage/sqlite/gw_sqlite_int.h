@@ -42,6 +42,7 @@ enum {
     ST_LOOKUP_CLOSE,
     ST_LOOKUP_INSERT,
     ST_WCP_UPSERT,
+    ST_WCP_PRUNE,
     ST_COUNT
 };
 
@@ -62,6 +63,7 @@ struct gw_sqlite {
     int wal_frames;                 /* frames in the WAL after the last commit (writer only) */
     /* reports durable commits in order (gw_publish.h); its thread syncs the WAL first */
     gw_publisher_t *publisher;
+    int64_t wcp_next_prune; /* unix seconds: forget unused write checkpoints from then on */
     int wal_fd;
     /* the checkpointer thread */
     pthread_t ckpt_thread;

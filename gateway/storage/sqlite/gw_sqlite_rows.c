@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- the bucket cache ---- */
 
@@ -227,13 +228,34 @@ int gw__sqlite_delete_row(gw_storage_t *st, const gw_row_ref_t *ref, gw_err_t *e
     return gw_writer_delete_row(&((gw_sqlite_t *)st)->w, ref, err);
 }
 
+/*
+ * Stores counter+1 for user_key and stamps it with the time. Clients come and go (a reinstall is
+ * a new client_id), so write checkpoints not written for opts->wcp_retention seconds are deleted,
+ * in the same transaction, at most once per hour (or per retention, when shorter). A client
+ * that comes back after that starts again at 1, which is what its next upload waits for.
+ */
 int gw__sqlite_write_checkpoint(gw_storage_t *st, const char *user_key, uint64_t lsn,
                                 uint64_t *counter, gw_err_t *err)
 {
     gw_sqlite_t *s = (gw_sqlite_t *)st;
+    int64_t now = (int64_t)time(NULL);
+    long keep = st->opts != NULL ? st->opts->wcp_retention : 0;
+    if (keep > 0 && now >= s->wcp_next_prune) {
+        sqlite3_stmt *p = s->st[ST_WCP_PRUNE];
+        sqlite3_bind_int64(p, 1, (sqlite3_int64)(now - keep));
+        int prc = sqlite3_step(p);
+        int gone = sqlite3_changes(s->db);
+        sqlite3_reset(p);
+        if (prc != SQLITE_DONE) return gw__sqlite_err(s->db, err, "prune write checkpoints");
+        if (gone > 0)
+            gw_info("storage", "forgot unused write checkpoints", "count=%d older_than_s=%ld", gone,
+                    keep);
+        s->wcp_next_prune = now + (keep < 3600 ? keep : 3600);
+    }
     sqlite3_stmt *q = s->st[ST_WCP_UPSERT];
     sqlite3_bind_text(q, 1, user_key, -1, SQLITE_STATIC);
     sqlite3_bind_int64(q, 2, (sqlite3_int64)lsn);
+    sqlite3_bind_int64(q, 3, (sqlite3_int64)now);
     int rc = sqlite3_step(q);
     if (rc == SQLITE_ROW) *counter = (uint64_t)sqlite3_column_int64(q, 0);
     sqlite3_reset(q);

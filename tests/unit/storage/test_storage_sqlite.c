@@ -248,6 +248,64 @@ START_TEST(test_storage_sqlite_migrates_layout3)
 }
 END_TEST
 
+/* Run sql on the storage file through a connection of its own. */
+static void exec_on_file(const char *sql)
+{
+    sqlite3 *db;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, msg ? msg : "?");
+    sqlite3_close(db);
+}
+
+static void store_wcp(gw_storage_t *s, const char *key, uint64_t lsn)
+{
+    gw_err_t err;
+    uint64_t counter;
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    ck_assert_int_eq(gw_storage_write_checkpoint(s, key, lsn, &counter, &err), 0);
+    ck_assert_int_eq(gw_storage_commit(s, lsn, &err), 0);
+}
+
+/* Write checkpoints not written for longer than the retention are forgotten (by the writer,
+ * when it stores another one); recent ones stay; a file from before "seen" existed gets it. */
+START_TEST(test_storage_sqlite_prunes_unused_write_checkpoints)
+{
+    gw_storage_t *s;
+    gw_err_t err;
+    opts.wcp_retention = 3600;
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
+    store_wcp(s, "old/x", 10);
+    store_wcp(s, "recent/y", 11);
+    gw_storage_close(s);
+    /* as a file written before pruning existed, and "old/x" last used long ago */
+    exec_on_file("ALTER TABLE write_checkpoints DROP COLUMN seen");
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
+    gw_storage_close(s);
+    exec_on_file("UPDATE write_checkpoints SET seen = CAST(strftime('%s','now') AS INTEGER) "
+                 "WHERE user_key = 'recent/y'");
+    exec_on_file("UPDATE write_checkpoints SET seen = CAST(strftime('%s','now') AS INTEGER) - "
+                 "7200 WHERE user_key = 'old/x'");
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
+    store_wcp(s, "new/z", 12);
+    gw_storage_reader_t *r;
+    ck_assert_int_eq(gw_storage_reader_open(&opts, &r, &err), 0);
+    uint64_t got = 0;
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "old/x", 100, &got), 0);
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "recent/y", 100, &got), 1);
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "new/z", 100, &got), 1);
+    ck_assert_uint_eq(got, 1);
+    /* a client that comes back starts again at 1 */
+    store_wcp(s, "old/x", 13);
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "old/x", 100, &got), 1);
+    ck_assert_uint_eq(got, 1);
+    gw_storage_reader_close(r);
+    gw_storage_close(s);
+    opts.wcp_retention = 0;
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("storage_sqlite");
@@ -259,6 +317,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_storage_sqlite_versions_are_prefixes_in_the_file);
     tcase_add_test(tc, test_storage_sqlite_size_is_the_file_and_its_wal);
     tcase_add_test(tc, test_storage_sqlite_migrates_layout3);
+    tcase_add_test(tc, test_storage_sqlite_prunes_unused_write_checkpoints);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,0 +1,218 @@
+/* rules_lint.c -- warnings about write rules that let a user write into other users' buckets
+ *
+ * A write rule lists the columns a client may write and a `check` over the new row. The mistake
+ * people copy: a writable column decides which buckets a row lands in (a data query matches it
+ * against a bucket parameter, `WHERE org_id = bucket.org_id`) or which buckets a user gets (a
+ * table-lookup parameter query reads it, `SELECT org_id FROM members WHERE user_id = ...`), and
+ * the check never looks at it. Then a user writes a row with another tenant's org_id and it is
+ * synced to that tenant (or moves a row out of its own tenant). rules_lint() finds each such
+ * column and warns, pointing at the column in the write rule's "columns" list.
+ *
+ * What "looks at it" means here is deliberately simple: the table's `check` mentions
+ * new.<column>. A check can mention a column and still not tie it to the user (the warning is a
+ * prompt to look, not a proof either way), and a column the check ties through another column is
+ * still reported; the message says what to add. Only write rules that allow insert or update are
+ * looked at (a delete writes no column).
+ *
+ * Called by `ferry rules check` and when ferry loads a rules file; like the rest of librules it
+ * never logs, it only appends diagnostics.
+ */
+#include "rules_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+/* Whether the query on schema.table (a prefix pattern when prefix) reads rows of r's table. */
+static int same_table(const rules_write_rule_t *r, const char *schema, const char *table,
+                      int prefix)
+{
+    if (strcmp(r->schema, schema != NULL ? schema : "public") != 0) return 0;
+    return prefix ? strncmp(r->table, table, strlen(table)) == 0 : strcmp(r->table, table) == 0;
+}
+
+/* A reference to a bucket parameter (bucket.<name>) before or after the compiler resolved it. */
+static int is_bucket_ref(const rnode_t *n)
+{
+    return n != NULL && (n->kind == N_BUCKET ||
+                         (n->kind == N_COL && n->qual != NULL && strcmp(n->qual, "bucket") == 0));
+}
+
+/* Whether n mentions row column col (unqualified, or qualified by the table or its alias). */
+static int mentions_col(const rnode_t *n, const rselect_t *sel, const char *col)
+{
+    if (n == NULL) return 0;
+    if (n->kind == N_COL && !is_bucket_ref(n) && strcmp(n->name, col) == 0 &&
+        (n->qual == NULL || strcmp(n->qual, sel->table) == 0 ||
+         (sel->alias != NULL && strcmp(n->qual, sel->alias) == 0)))
+        return 1;
+    if (mentions_col(n->a, sel, col) || mentions_col(n->b, sel, col)) return 1;
+    for (int i = 0; i < n->nargs; i++)
+        if (mentions_col(n->args[i], sel, col)) return 1;
+    return 0;
+}
+
+/* Whether WHERE node n matches row column col against a bucket parameter ("=" or "IN"). */
+static int matches_bucket(const rnode_t *n, const rselect_t *sel, const char *col)
+{
+    if (n == NULL) return 0;
+    if (n->kind == N_BINARY && n->op != NULL && strcmp(n->op, "=") == 0) {
+        if (is_bucket_ref(n->a) && mentions_col(n->b, sel, col)) return 1;
+        if (is_bucket_ref(n->b) && mentions_col(n->a, sel, col)) return 1;
+    }
+    if (n->kind == N_IN && is_bucket_ref(n->a) && mentions_col(n->b, sel, col)) return 1;
+    if (n->kind == N_BINARY && n->op != NULL &&
+        (strcmp(n->op, "AND") == 0 || strcmp(n->op, "OR") == 0))
+        return matches_bucket(n->a, sel, col) || matches_bucket(n->b, sel, col);
+    return 0;
+}
+
+/* The first data query on r's table that matches col against a bucket parameter, or NULL. */
+static const rdataq_t *bucket_query_of(const rules_set_t *set, const rules_write_rule_t *r,
+                                       const char *col)
+{
+    for (int i = 0; i < set->ndqs; i++) {
+        const rdataq_t *dq = set->dqs[i];
+        if (!same_table(r, dq->r.schema, dq->r.table, dq->r.prefix)) continue;
+        int off;
+        char err[256];
+        rsql_t *q = rsql_parse(dq->src, Q_DATA, &off, err, sizeof(err));
+        if (q == NULL) continue; /* it compiled, so this does not happen */
+        const rselect_t *sel = rsql_select(q);
+        int hit = sel != NULL && matches_bucket(sel->where, sel, col);
+        rsql_free(q);
+        if (hit) return dq;
+    }
+    return NULL;
+}
+
+/* The first table-lookup parameter query that reads col of r's table, or NULL. */
+static const rparamq_t *lookup_query_of(const rules_set_t *set, const rules_write_rule_t *r,
+                                        const char *col)
+{
+    for (int i = 0; i < set->nlqs; i++) {
+        const rparamq_t *pq = set->lqs[i];
+        if (!same_table(r, pq->r.schema, pq->r.table, pq->r.prefix)) continue;
+        for (int k = 0; k < pq->r.ncols; k++)
+            if (strcmp(pq->r.cols[k], col) == 0) return pq;
+    }
+    return NULL;
+}
+
+/* Whether compiled statement sql references "new"."col" (as rules_write.c writes it). */
+static int stmt_mentions_new(const char *sql, const char *col)
+{
+    if (sql == NULL) return 0;
+    rbuf_t b = {0};
+    rb_puts(&b, "\"new\".\"");
+    for (const char *p = col; *p; p++) {
+        if (*p == '"') rb_putc(&b, '"');
+        rb_putc(&b, *p);
+    }
+    rb_putc(&b, '"');
+    int found = strstr(sql, b.p) != NULL;
+    rb_free(&b);
+    return found;
+}
+
+/* ---- positions: the column in the write rule's "columns" list ---------------------------- */
+
+static const char *scalar(yaml_node_t *n)
+{
+    return n != NULL && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+static yaml_node_t *map_get(yaml_document_t *doc, yaml_node_t *m, const char *key)
+{
+    if (m == NULL || m->type != YAML_MAPPING_NODE) return NULL;
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+        const char *k = scalar(yaml_document_get_node(doc, p->key));
+        if (k != NULL && strcmp(k, key) == 0) return yaml_document_get_node(doc, p->value);
+    }
+    return NULL;
+}
+
+/* Line and column (1-based) of column col in r's "columns" list; 0, 0 when not found. */
+static void column_position(const rules_set_t *set, const rules_write_rule_t *r, const char *col,
+                            int *line, int *column)
+{
+    *line = *column = 0;
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)set->text, strlen(set->text));
+    if (!yaml_parser_load(&parser, &doc)) {
+        yaml_parser_delete(&parser);
+        return;
+    }
+    yaml_node_t *writes = map_get(&doc, yaml_document_get_root_node(&doc), "write_rules");
+    for (yaml_node_pair_t *p = writes != NULL && writes->type == YAML_MAPPING_NODE
+                                   ? writes->data.mapping.pairs.start
+                                   : NULL;
+         p != NULL && p < writes->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = yaml_document_get_node(&doc, p->key);
+        const char *name = scalar(k), *dot = name != NULL ? strchr(name, '.') : NULL;
+        if (name == NULL) continue;
+        int same = dot != NULL ? strncmp(name, r->schema, (size_t)(dot - name)) == 0 &&
+                                     r->schema[dot - name] == '\0' && strcmp(dot + 1, r->table) == 0
+                               : strcmp(r->schema, "public") == 0 && strcmp(name, r->table) == 0;
+        if (!same) continue;
+        *line = (int)k->start_mark.line + 1;
+        *column = (int)k->start_mark.column + 1;
+        yaml_node_t *cols = map_get(&doc, yaml_document_get_node(&doc, p->value), "columns");
+        if (cols == NULL || cols->type != YAML_SEQUENCE_NODE) break;
+        for (yaml_node_item_t *it = cols->data.sequence.items.start;
+             it < cols->data.sequence.items.top; it++) {
+            yaml_node_t *c = yaml_document_get_node(&doc, *it);
+            if (scalar(c) != NULL && strcmp(scalar(c), col) == 0) {
+                *line = (int)c->start_mark.line + 1;
+                *column = (int)c->start_mark.column + 1;
+            }
+        }
+        break;
+    }
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+}
+
+/* ---- the lint ----------------------------------------------------------------------------- */
+
+size_t rules_lint(const rules_set_t *set, rules_diags_t *diags)
+{
+    size_t added = 0;
+    for (size_t w = 0; w < set->nwrites; w++) {
+        const rules_write_rule_t *r = &set->writes[w];
+        if (!(r->operations & (RULES_OP_INSERT | RULES_OP_UPDATE))) continue;
+        for (size_t c = 0; c < r->ncolumns; c++) {
+            const char *col = r->columns[c];
+            if (strcmp(col, "id") == 0 || stmt_mentions_new(r->check.sql, col)) continue;
+            const rdataq_t *dq = bucket_query_of(set, r, col);
+            const rparamq_t *pq = dq == NULL ? lookup_query_of(set, r, col) : NULL;
+            if (dq == NULL && pq == NULL) continue;
+            char table[300];
+            if (strcmp(r->schema, "public") == 0)
+                snprintf(table, sizeof(table), "%s", r->table);
+            else
+                snprintf(table, sizeof(table), "%s.%s", r->schema, r->table);
+            int line, column;
+            column_position(set, r, col, &line, &column);
+            if (dq != NULL)
+                rdiag_add(diags, 1, line, column,
+                          "column \"%s\" of table \"%s\" is writable and decides the buckets of "
+                          "bucket definition \"%s\", but \"check\" does not mention new.%s: a "
+                          "user can write rows into other users' buckets; constrain new.%s in "
+                          "\"check\" (and old.%s in \"check_old\")",
+                          col, table, dq->def->name, col, col, col);
+            else
+                rdiag_add(diags, 1, line, column,
+                          "column \"%s\" of table \"%s\" is writable and feeds a parameter query "
+                          "of bucket definition \"%s\", but \"check\" does not mention new.%s: a "
+                          "user can give themselves other users' buckets; constrain new.%s in "
+                          "\"check\"",
+                          col, table, pq->def->name, col, col);
+            added++;
+        }
+    }
+    return added;
+}

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# 91_security_write.sh -- write-back cannot be taken by one user; write-checkpoint keys
+#
+# The worker pool has one connection (postgres.pool_size 1), so the order in which batches
+# commit is the order ferry serves them. The test holds a lock on the written table from its own
+# Postgres session (a point it controls, not a race against the machine's speed):
+#   - fairness: user "flood" queues 10 batches of 1,000 ops (the first blocked on the lock), then
+#     user "victim" sends one op; released, the victim's op commits right after the batch that
+#     was running, before the other 9 (a FIFO would put it last);
+#   - a user past write_back.max_batches_per_user gets 429 with Retry-After and the error shape;
+#   - more than write_back.max_ops_per_batch ops: 413, nothing applied;
+#   - write_back.statement_timeout: a batch blocked on the lock is rolled back and answered 503
+#     with Retry-After after the timeout (not when the lock goes), and applies on retry;
+#   - write-checkpoint keys of ("bob/x", "y") and ("bob", "x/y") stay distinct; a client_id
+#     over 200 bytes is 400 on every route that takes one.
+# The time the victim waits is a benchmark figure (tests/load/bench_write_fair.sh), not asserted.
+source "$(dirname "$0")/../lib/testlib.sh"
+source "$(dirname "$0")/write_lib.sh"
+
+W_DB=$(new_db sec91)
+drop_at_exit sec91
+psql -q -v ON_ERROR_STOP=1 "$W_DB" <<'SQL' >/dev/null
+CREATE TABLE items (id text PRIMARY KEY, owner text NOT NULL, label text,
+                    seq bigserial NOT NULL);
+CREATE PUBLICATION ferry FOR ALL TABLES;
+SQL
+cat >"$T_TMP/sync-rules.yaml" <<'YAML'
+bucket_definitions:
+  mine:
+    parameters: SELECT request.user_id() AS owner
+    data:
+      - SELECT id, label FROM items WHERE owner = bucket.owner
+write_rules:
+  items:
+    operations: [insert, update, delete]
+    columns: [id, owner, label]
+    check: "new.owner = request.user_id()"
+    check_old: "old.owner = request.user_id()"
+YAML
+W_PORT=$(free_port)
+W_CFG=$T_TMP/ferry.yaml
+W_URL=http://127.0.0.1:$W_PORT
+replication_config "$W_CFG" "$W_PORT" "$W_DB"
+sed -i "s|^  uri: .*|&\n  pool_size: 1|" "$W_CFG"
+cat >>"$W_CFG" <<'YAML'
+write_back:
+  max_batches_per_user: 12
+  max_ops_per_batch: 1000
+  statement_timeout: 300
+YAML
+start_ferry "$W_CFG" || exit 1
+wait_ready "$W_PORT" 30 || { fail "ferry becomes ready" "$(tail -5 "$FERRY_LOG")"; exit 1; }
+
+metric() { curl -s "$W_URL/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+# wait_metric NAME VALUE: until /metrics shows it (at most 60 s)
+wait_metric() {
+  local i
+  for ((i = 0; i < 600; i++)); do [ "$(metric "$1")" = "$2" ] && return 0; sleep 0.1; done
+  return 1
+}
+# hold_lock / release_lock: a session of the test's own holds items against inserts
+hold_lock() {
+  psql -q "$W_DB" -v ON_ERROR_STOP=1 >/dev/null 2>&1 <<'SQL' &
+SET application_name = 'sec91_holder';
+BEGIN;
+LOCK TABLE items IN SHARE MODE;
+SELECT pg_sleep(600);
+SQL
+  HOLDER=$!
+  T_PIDS+=("$HOLDER")
+  for ((i = 0; i < 100; i++)); do
+    [ "$(sql "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'sec91_holder' AND l.mode = 'ShareLock' AND l.granted")" = 1 ] && return 0
+    sleep 0.1
+  done
+  fail "the test holds its lock" "no"
+  exit 1
+}
+release_lock() {
+  sql "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'sec91_holder'" >/dev/null
+  wait "$HOLDER" 2>/dev/null || true
+}
+# batch_json CLIENT FIRST N OWNER: N PUT ops with op ids and ids from FIRST
+batch_json() {
+  awk -v c="$1" -v f="$2" -v n="$3" -v o="$4" 'BEGIN {
+    printf "{\"client_id\":\"%s\",\"batch\":[", c
+    for (i = 0; i < n; i++)
+      printf "%s{\"op_id\":%d,\"op\":\"PUT\",\"type\":\"items\",\"id\":\"%s-%d\",\"data\":{\"owner\":\"%s\",\"label\":\"%s\"}}", (i ? "," : ""), i + 1, c, f + i, o, c
+    printf "]}"
+  }'
+}
+# post_bg TOKEN FILE OUT: POST in the background, "STATUS" and headers into OUT
+post_bg() {
+  curl -s -m 120 -D "$3.h" -o "$3.b" -w '%{http_code}' -X POST -H "Authorization: Bearer $1" \
+    -H 'Content-Type: application/json' --data-binary @"$2" "$W_URL/api/write" >"$3" &
+  T_PIDS+=($!)
+  BG+=($!)
+}
+
+flood=$(write_token flood)
+victim=$(write_token victim)
+many=$(write_token many)
+
+# ---- fairness ----
+hold_lock
+BG=()
+for i in $(seq 1 10); do
+  batch_json "a$i" 1 1000 flood >"$T_TMP/a$i.json"
+  post_bg "$flood" "$T_TMP/a$i.json" "$T_TMP/a$i.out"
+done
+wait_metric ferry_write_batches_queued 9 && wait_metric ferry_write_batches_running 1 ||
+  fail "the flood is queued behind the lock" "queued=$(metric ferry_write_batches_queued) running=$(metric ferry_write_batches_running)"
+batch_json v 1 1 victim >"$T_TMP/v.json"
+post_bg "$victim" "$T_TMP/v.json" "$T_TMP/v.out"
+wait_metric ferry_write_batches_queued 10 || fail "the victim's batch is queued" "queued=$(metric ferry_write_batches_queued)"
+expect_eq "two users are active" "2" "$(metric ferry_write_users_active)"
+release_lock
+for p in "${BG[@]}"; do wait "$p" 2>/dev/null || true; done
+expect_eq "every flood batch and the victim's answered 200" "200 200 200 200 200 200 200 200 200 200 200" \
+  "$(cat "$T_TMP"/a{1,2,3,4,5,6,7,8,9,10}.out "$T_TMP/v.out" | sed 's/\(...\)/\1 /g' | xargs)"
+expect_eq "all 10,001 rows are in" "10001" "$(sql "SELECT count(*) FROM items")"
+# the order batches committed in: by the first sequence number of each batch's rows
+order=$(sql "SELECT string_agg(label, ' ' ORDER BY s) FROM (SELECT label, min(seq) s FROM items GROUP BY label) x")
+before=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "v") { print i - 1; exit } }' <<<"$order")
+[ -n "$before" ] && [ "$before" -le 1 ] &&
+  pass "the victim's op committed after at most one flood batch (order: $order)" ||
+  fail "the victim's op waits for at most one flood batch" "order: $order"
+
+# ---- a user past max_batches_per_user: 429 ----
+hold_lock
+BG=()
+for i in $(seq 1 14); do
+  batch_json "m$i" 1 1 many >"$T_TMP/m$i.json"
+  post_bg "$many" "$T_TMP/m$i.json" "$T_TMP/m$i.out"
+done
+for ((i = 0; i < 600; i++)); do [ "$(cat "$T_TMP"/m*.out 2>/dev/null | grep -o 429 | wc -l)" -ge 2 ] && break; sleep 0.1; done
+expect_eq "12 batches admitted (1 running, 11 queued)" "11" "$(metric ferry_write_batches_queued)"
+release_lock
+for p in "${BG[@]}"; do wait "$p" 2>/dev/null || true; done
+codes=$(cat "$T_TMP"/m*.out | sed 's/\(...\)/\1\n/g' | sort | uniq -c | awk '{printf "%s:%s ", $2, $1}')
+expect_eq "12 applied, 2 answered 429" "200:12 429:2 " "$codes"
+f429=$(grep -l '^429' "$T_TMP"/m*.out | head -1)
+expect_match "429 carries Retry-After" '[Rr]etry-[Aa]fter: [0-9]+' "$(cat "$f429.h")"
+expect_match "and the error shape" '^\{"error":\{"code":"too_many_requests","description":"this user has too many write batches in progress' "$(cat "$f429.b")"
+expect_eq "the 429 batches were not applied" "12" "$(sql "SELECT count(*) FROM items WHERE owner = 'many'")"
+expect_match "429s counted" 'ferry_write_batches_total\{status="429"\} 2' "$(curl -s "$W_URL/metrics")"
+
+# ---- more ops than max_ops_per_batch: 413 ----
+batch_json big 1 1001 flood >"$T_TMP/big.json"
+r=$(curl -s -w ' %{http_code}' -X POST -H "Authorization: Bearer $flood" --data-binary @"$T_TMP/big.json" "$W_URL/api/write")
+expect_eq "1,001 ops: 413 with the error shape" \
+  '{"error":{"code":"payload_too_large","description":"the batch has 1001 operations, more than 1000 (write_back.max_ops_per_batch); nothing was applied: send smaller batches"}} 413' "$r"
+expect_eq "nothing of it applied" "0" "$(sql "SELECT count(*) FROM items WHERE label = 'big'")"
+
+# ---- write checkpoints: distinct keys, one length rule ----
+bobx=$(write_token "bob/x")
+bob=$(write_token bob)
+wcp() { curl -s "$W_URL/write-checkpoint2.json?client_id=$2" -H "Authorization: Bearer $1"; }
+expect_eq "bob/x + y: 1" '{"data":{"write_checkpoint":"1"}}' "$(wcp "$bobx" y)"
+expect_eq "bob/x + y again: 2" '{"data":{"write_checkpoint":"2"}}' "$(wcp "$bobx" y)"
+expect_eq "bob + x/y has its own: 1" '{"data":{"write_checkpoint":"1"}}' "$(wcp "$bob" x%2Fy)"
+expect_eq "bob/x + y still counts on: 3" '{"data":{"write_checkpoint":"3"}}' "$(wcp "$bobx" y)"
+long=$(head -c 201 /dev/zero | tr '\0' c)
+expect_match "a 201-byte client_id: 400 on write checkpoints" '"code":"bad_request".*200 bytes' "$(wcp "$bob" "$long")"
+expect_eq "a 200-byte one is fine" '{"data":{"write_checkpoint":"1"}}' "$(wcp "$bob" "${long:1}")"
+expect_match "400 on the sync stream" '^\{"error":\{"code":"bad_request","description":"\\"client_id\\" is longer than 200 bytes"\}\} 400$' \
+  "$(curl -s -m 3 -w ' %{http_code}' -X POST -H "Authorization: Bearer $bob" -d "{\"client_id\":\"$long\"}" "$W_URL/sync/stream")"
+expect_match "400 on write-back" '"client_id\\" is longer than 200 bytes"\}\} 400$' \
+  "$(curl -s -w ' %{http_code}' -X POST -H "Authorization: Bearer $bob" -d "{\"client_id\":\"$long\",\"batch\":[]}" "$W_URL/api/write")"
+
+# ---- statement_timeout: a batch blocked longer than it is rolled back and answered 503 ----
+stop_pid "$FERRY_PID"
+sed -i 's/^  statement_timeout: 300/  statement_timeout: 1/' "$W_CFG"
+start_ferry "$W_CFG" || exit 1
+wait_ready "$W_PORT" 30 || { fail "ferry becomes ready again" "$(tail -5 "$FERRY_LOG")"; exit 1; }
+hold_lock
+batch_json t 1 3 victim >"$T_TMP/t.json"
+r=$(curl -s -m 60 -D "$T_TMP/t.h" -w ' %{http_code}' -X POST -H "Authorization: Bearer $victim" --data-binary @"$T_TMP/t.json" "$W_URL/api/write")
+lock_still_held=$(sql "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sec91_holder'")
+release_lock
+expect_match "blocked past the timeout: 503 with the error shape" '^\{"error":\{"code":"unavailable",.* 503$' "$r"
+expect_eq "answered while the lock was still held" "1" "$lock_still_held"
+expect_match "with Retry-After" '[Rr]etry-[Aa]fter: [0-9]+' "$(cat "$T_TMP/t.h")"
+expect_match "the log names the timeout" 'msg="batch rolled back" error=".*statement timeout' "$(cat "$FERRY_LOG")"
+expect_eq "nothing of it applied" "0" "$(sql "SELECT count(*) FROM items WHERE label = 't'")"
+r=$(curl -s -w ' %{http_code}' -X POST -H "Authorization: Bearer $victim" --data-binary @"$T_TMP/t.json" "$W_URL/api/write")
+expect_match "the retry applies" '"op_id":3,"status":"applied".* 200$' "$r"
+write_finish
