@@ -24,7 +24,7 @@ as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; 
 rr_cleanup() { t_cleanup; "$T_ROOT/tests/lib/pg.sh" stop "$rtmp"; }
 trap rr_cleanup EXIT
 PGBIN=/usr/lib/postgresql/15/bin
-as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$rtmp/data" -R -X stream >"$rtmp/basebackup.log" 2>&1 ||
+as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$rtmp/data" -R -X stream -c fast >"$rtmp/basebackup.log" 2>&1 ||
   { fail "a hot standby of the storage database" "$(cat "$rtmp/basebackup.log")"; exit 1; }
 rport=$(free_port)
 as_pg "$PGBIN/pg_ctl" -D "$rtmp/data" -l "$rtmp/server.log" -w -t 30 \

@@ -11,8 +11,11 @@
  *                                            above their position in the primary key
  *   rows(tbl, key, members, lookups, copy)  per source row: memberships, lookups, copy
  *   lookups(key, tbl, rkey, params, from_op, to_op)  parameter-lookup entries
- *   write_checkpoints(user_key, counter, lsn, seen)  seen: unix seconds of its last write; unused
- *                                            ones are pruned after opts->wcp_retention
+ *   write_checkpoints(user_key, counter, lsn, seen, seq)
+ *                                            seen: unix seconds of its last write (unused ones
+ *                                            are pruned after opts->wcp_retention); seq: from
+ *                                            the sequence wcp_seq at each write, so a listener
+ *                                            that reconnects finds the ones it missed
  *   changes(last_op, at, body)               what a commit changed when it does not fit in a
  *                                            notification (gw_pgs_notify.c)
  * and the sequence bucket_ids. Rule versions are namespaces ("2#…") exactly as in the SQLite
@@ -161,8 +164,10 @@ static const char schema_sql[] =
     "  from_op int8 NOT NULL, to_op int8);"
     "CREATE INDEX IF NOT EXISTS lookups_by_key ON %1$s.lookups (key, from_op);"
     "CREATE INDEX IF NOT EXISTS lookups_by_row ON %1$s.lookups (tbl, rkey) WHERE to_op IS NULL;"
+    "CREATE SEQUENCE IF NOT EXISTS %1$s.wcp_seq;"
     "CREATE TABLE IF NOT EXISTS %1$s.write_checkpoints (user_key text COLLATE \"C\" PRIMARY KEY,"
-    "  counter int8 NOT NULL, lsn int8 NOT NULL, seen int8 NOT NULL DEFAULT 0);"
+    "  counter int8 NOT NULL, lsn int8 NOT NULL, seen int8 NOT NULL DEFAULT 0,"
+    "  seq int8 NOT NULL DEFAULT 0);"
     "CREATE TABLE IF NOT EXISTS %1$s.changes (last_op int8 PRIMARY KEY,"
     "  at timestamptz NOT NULL DEFAULT now(), body text NOT NULL);"
     "INSERT INTO %1$s.state (k, v) VALUES ('layout', '%2$d'), ('epoch', '0'), ('next_op', '1'),"

@@ -424,6 +424,8 @@ typedef struct listener {
     gw_pgs_t *s;
     PGconn *conn;
     gw_storage_cp_t last; /* the last checkpoint relayed or caught up to */
+    uint64_t wcp_mark;    /* the highest write_checkpoints.seq seen */
+    int wcp_looked;       /* looked at them once (a start notes the mark only) */
     uint64_t poll_ms;
 } listener_t;
 
@@ -487,19 +489,17 @@ static int catch_up(listener_t *l)
     cp.consistent = PQgetvalue(res, 0, 3)[0] == '1';
     PQclear(res);
     l->poll_ms = gw__pgs_now_ms();
-    if (!(cp.last_op > l->last.last_op || (cp.last_op == l->last.last_op && cp.lsn > l->last.lsn) ||
-          strcmp(cp.ns, l->last.ns) != 0 || cp.consistent != l->last.consistent))
-        return 0;
+    int moved = cp.last_op > l->last.last_op ||
+                (cp.last_op == l->last.last_op && cp.lsn > l->last.lsn) ||
+                strcmp(cp.ns, l->last.ns) != 0 || cp.consistent != l->last.consistent;
     char **names = NULL;
-    uint64_t *wlsn = NULL;
     size_t n = 0, nb = 0, nl = 0, nw = 0;
-    char after[24], lsn[24], lo[48], hi[48];
+    char after[24], lo[48], hi[48];
     snprintf(after, sizeof(after), "%llu", (unsigned long long)l->last.last_op);
-    snprintf(lsn, sizeof(lsn), "%llu", (unsigned long long)l->last.lsn);
     gw__pgs_ns_range(cp.ns, lo, hi, sizeof(lo));
     const char *pv[3] = {after, lo, hi};
     int rc = 0;
-    if (l->last.last_op > 0) { /* after a start, streams read everything anyway */
+    if (moved && l->last.last_op > 0) { /* after a start, streams read everything anyway */
         gw_buf_printf(&sql,
                       "SELECT name FROM %s.buckets WHERE last_op > $1::int8 AND name >= $2 AND "
                       "name < $3",
@@ -514,23 +514,42 @@ static int catch_up(listener_t *l)
         if (rc == 0) rc = collect(c, sql.data, 3, pv, &names, &n, NULL);
         nl = n - nb;
         gw_buf_free(&sql);
-        gw_buf_printf(&sql, "SELECT user_key, lsn FROM %s.write_checkpoints WHERE lsn > $1::int8",
-                      s->schema_q);
-        const char *wv[1] = {lsn};
-        if (rc == 0) rc = collect(c, sql.data, 1, wv, &names, &n, &wlsn);
-        nw = n - nb - nl;
-        gw_buf_free(&sql);
     }
-    if (rc == 0) {
-        for (size_t i = 0; i < nw; i++)
-            gw_publisher_add_wcp(s->publisher, names[nb + nl + i], wlsn[i]);
+    /* the write checkpoints stored since the last look (whether or not the checkpoint moved) */
+    char mark[24];
+    snprintf(mark, sizeof(mark), "%llu", (unsigned long long)l->wcp_mark);
+    const char *wv[1] = {mark};
+    gw_buf_printf(&sql,
+                  "SELECT user_key, lsn, seq FROM %s.write_checkpoints WHERE seq > $1::int8 "
+                  "ORDER BY seq",
+                  s->schema_q);
+    PGresult *wres = rc == 0 ? PQexecParams(c, sql.data, 1, NULL, wv, NULL, NULL, 0) : NULL;
+    gw_buf_free(&sql);
+    if (rc == 0 && PQresultStatus(wres) != PGRES_TUPLES_OK) rc = -1;
+    for (int i = 0; rc == 0 && i < PQntuples(wres); i++) {
+        /* the first look (a start) only notes where the sequence is: nobody here waits yet */
+        if (l->wcp_looked) {
+            gw_publisher_add_wcp(s->publisher, PQgetvalue(wres, i, 0),
+                                 strtoull(PQgetvalue(wres, i, 1), NULL, 10));
+            nw++;
+        }
+        l->wcp_mark = strtoull(PQgetvalue(wres, i, 2), NULL, 10);
+    }
+    PQclear(wres);
+    if (rc == 0) l->wcp_looked = 1;
+    if (rc == 0 && moved) {
         relay(l, &cp, (const char *const *)names, nb, (const char *const *)names + nb, nl);
         atomic_fetch_add(&s->catchups, 1);
+    } else if (rc == 0 && nw > 0) {
+        /* write checkpoints only: report them with the checkpoint handed on last */
+        pthread_mutex_lock(&s->info_lock);
+        gw_storage_cp_t last = s->pub_cp;
+        pthread_mutex_unlock(&s->info_lock);
+        gw__pgs_gate_commit(s, &last, NULL, 0, NULL, 0, GW_PGS_FORCE);
     }
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
-    free(wlsn);
     return rc;
 }
 

@@ -79,9 +79,10 @@ static const char *const ps_sql[PS_COUNT] = {
     [PS_BUCKET_IDS] = "SELECT nextval(%2$s) FROM generate_series(1, 64)",
     [PS_ROWS_OF_TBL] = "SELECT key FROM %1$s.rows WHERE tbl = $1 LIMIT 2000",
     [PS_WCP_UPSERT] = "WITH u AS (INSERT INTO %1$s.write_checkpoints (user_key, counter, lsn, "
-                      "seen) VALUES ($1, 1, $2, $5) ON CONFLICT (user_key) DO UPDATE SET counter "
-                      "= %1$s.write_checkpoints.counter + 1, lsn = excluded.lsn, seen = "
-                      "excluded.seen RETURNING counter) "
+                      "seen, seq) VALUES ($1, 1, $2, $5, nextval('%1$s.wcp_seq')) ON CONFLICT "
+                      "(user_key) DO UPDATE SET counter = %1$s.write_checkpoints.counter + 1, lsn "
+                      "= excluded.lsn, seen = excluded.seen, seq = excluded.seq RETURNING "
+                      "counter) "
                       "SELECT u.counter, pg_notify($3::text, $4::text) FROM u",
     [PS_WCP_PRUNE] = "DELETE FROM %1$s.write_checkpoints WHERE seen < $1",
     /* compaction names a bucket's chunks by their last op id (the key's second half) */

@@ -127,6 +127,18 @@ static int wait_for(sink_t *k, uint64_t last_op)
     return 0;
 }
 
+/* Wait (at most 5 s) until s's listener listens: a commit of a namespace that is not served
+ * (the tests' version "1") reaches a standby only through its notification. */
+static void wait_listening(gw_storage_t *s)
+{
+    for (int i = 0; i < 500; i++) {
+        gw_storage_info_t in;
+        gw_storage_info(s, &in);
+        if (in.reachable) return;
+        usleep(10000);
+    }
+}
+
 START_TEST(test_pg_one_leader_and_fencing)
 {
     gw_storage_t *a = open_at(&opts_a), *b = open_at(&opts_b);
@@ -181,6 +193,7 @@ START_TEST(test_pg_commits_reach_other_instances)
     ck_assert_int_eq(gw_storage_lead(a, &err), 1);
     sink_t kb = {.lock = PTHREAD_MUTEX_INITIALIZER};
     gw_storage_set_hook(b, on_hook, &kb);
+    wait_listening(b);
     ck_assert_int_eq(gw_storage_begin(a, &err), 0);
     put(a, "1#one", "k1", 5);
     put(a, "1#two", "k2", 6);
@@ -243,6 +256,9 @@ START_TEST(test_pg_write_checkpoint_on_a_standby)
     sink_t ka = {.lock = PTHREAD_MUTEX_INITIALIZER}, kb = {.lock = PTHREAD_MUTEX_INITIALIZER};
     gw_storage_set_hook(a, on_hook, &ka);
     gw_storage_set_hook(b, on_hook, &kb);
+    /* both listen (what was stored before an instance started is not news to it) */
+    wait_listening(a);
+    wait_listening(b);
     /* the standby stores it (any instance does) for source position 500 */
     uint64_t counter = 0;
     ck_assert_int_eq(gw_storage_begin(b, &err), 0);
