@@ -4,11 +4,15 @@
  * connection: base64(x), uuid_blob(text), json_keys(json), and the PostGIS helpers st_x, st_y,
  * st_astext and st_asgeojson over hex-encoded (E)WKB as Postgres prints geometry columns.
  * The geometry functions understand points only and return NULL for anything else.
- * All functions are deterministic and return NULL for a NULL argument.
+ * All functions are deterministic and return NULL for a NULL argument. Sync Streams also use
+ * ps_bool, ps_not, ps_json_contains, ps_json_each_arg and ps_jnum, which give expressions the
+ * reference's JavaScript semantics where SQLite's differ (see rules_stream_compile.c).
  */
 #include "rules_int.h"
 
+#include <ctype.h>
 #include <jansson.h>
+#include <stdlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -170,6 +174,145 @@ static void fn_st(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     }
 }
 
+/* ---- JavaScript semantics for Sync Streams (rules_stream_compile.c) ------------------- */
+
+/* sqliteBool of the reference: NULL and blobs are false, numbers are true when not zero, text
+ * is true when JavaScript's parseInt() reads a non-zero number from it */
+static int js_truthy(sqlite3_value *v)
+{
+    switch (sqlite3_value_type(v)) {
+    case SQLITE_INTEGER:
+        return sqlite3_value_int64(v) != 0;
+    case SQLITE_FLOAT: {
+        double d = sqlite3_value_double(v);
+        return d != 0 && d == d;
+    }
+    case SQLITE_TEXT: {
+        const unsigned char *s = sqlite3_value_text(v);
+        while (*s == ' ' || (*s >= '\t' && *s <= '\r'))
+            s++;
+        if (*s == '+' || *s == '-') s++;
+        int hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+        if (hex) s += 2;
+        int digits = 0, nonzero = 0;
+        for (; *s; s++) {
+            int d = hex ? (isxdigit(*s) ? 1 : -1) : (*s >= '0' && *s <= '9' ? 1 : -1);
+            if (d < 0) break;
+            digits++;
+            if (*s != '0') nonzero = 1;
+        }
+        return digits > 0 && nonzero;
+    }
+    default:
+        return 0;
+    }
+}
+
+static void fn_ps_bool(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    sqlite3_result_int(ctx, js_truthy(argv[0]));
+}
+
+static void fn_ps_not(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    sqlite3_result_int(ctx, !js_truthy(argv[0]));
+}
+
+/* the reference's compare() == 0 between a JSON array element and a SQLite value */
+static int json_equals_value(json_t *e, sqlite3_value *v)
+{
+    int t = sqlite3_value_type(v);
+    switch (json_typeof(e)) {
+    case JSON_INTEGER:
+        if (t == SQLITE_INTEGER) return json_integer_value(e) == sqlite3_value_int64(v);
+        if (t == SQLITE_FLOAT) return (double)json_integer_value(e) == sqlite3_value_double(v);
+        return 0;
+    case JSON_REAL:
+        if (t == SQLITE_INTEGER) return json_real_value(e) == (double)sqlite3_value_int64(v);
+        if (t == SQLITE_FLOAT) return json_real_value(e) == sqlite3_value_double(v);
+        return 0;
+    case JSON_TRUE:
+    case JSON_FALSE: {
+        int b = json_is_true(e);
+        if (t == SQLITE_INTEGER) return sqlite3_value_int64(v) == b;
+        if (t == SQLITE_FLOAT) return sqlite3_value_double(v) == b;
+        return 0;
+    }
+    case JSON_STRING:
+        return t == SQLITE_TEXT && (size_t)sqlite3_value_bytes(v) == json_string_length(e) &&
+               memcmp(sqlite3_value_text(v), json_string_value(e), json_string_length(e)) == 0;
+    case JSON_OBJECT:
+    case JSON_ARRAY: {
+        if (t != SQLITE_TEXT) return 0;
+        char *s = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        int eq = s && strcmp(s, (const char *)sqlite3_value_text(v)) == 0;
+        free(s);
+        return eq;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* ps_json_contains(a, b): `a IN b` for a JSON array text b, as the reference evaluates it */
+static void fn_ps_json_contains(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL || sqlite3_value_type(argv[1]) == SQLITE_NULL)
+        return;
+    if (sqlite3_value_type(argv[1]) != SQLITE_TEXT) {
+        sqlite3_result_error(ctx, "IN is only supported on JSON arrays", -1);
+        return;
+    }
+    const char *text = (const char *)sqlite3_value_text(argv[1]);
+    json_t *j = json_loads(text, JSON_DECODE_ANY, NULL);
+    if (!j) j = json_loads(text, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, NULL);
+    if (!j || !json_is_array(j)) {
+        json_decref(j);
+        sqlite3_result_error(ctx, "IN is only supported on JSON arrays", -1);
+        return;
+    }
+    int found = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(j, i, e)
+    {
+        if (json_equals_value(e, argv[0])) {
+            found = 1;
+            break;
+        }
+    }
+    json_decref(j);
+    sqlite3_result_int(ctx, found);
+}
+
+/* json_each() input: NULL stays NULL (no rows), text passes, anything else is an error */
+static void fn_ps_json_each_arg(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    int t = sqlite3_value_type(argv[0]);
+    if (t == SQLITE_NULL) return;
+    if (t != SQLITE_TEXT) {
+        sqlite3_result_error(ctx, "json_each() needs JSON text", -1);
+        return;
+    }
+    sqlite3_result_value(ctx, argv[0]);
+}
+
+/* json_each().value as JavaScript's JSON.parse gives it: every number is a double */
+static void fn_ps_jnum(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    const unsigned char *type = sqlite3_value_text(argv[1]);
+    if (type && strcmp((const char *)type, "integer") == 0 &&
+        sqlite3_value_type(argv[0]) == SQLITE_INTEGER)
+        sqlite3_result_double(ctx, (double)sqlite3_value_int64(argv[0]));
+    else
+        sqlite3_result_value(ctx, argv[0]);
+}
+
 int rfunc_register(sqlite3 *db)
 {
     int f = SQLITE_UTF8 | SQLITE_DETERMINISTIC;
@@ -181,5 +324,12 @@ int rfunc_register(sqlite3 *db)
     rc |= sqlite3_create_function(db, "st_y", 1, f, (void *)1, fn_st, NULL, NULL);
     rc |= sqlite3_create_function(db, "st_astext", 1, f, (void *)2, fn_st, NULL, NULL);
     rc |= sqlite3_create_function(db, "st_asgeojson", 1, f, (void *)3, fn_st, NULL, NULL);
+    rc |= sqlite3_create_function(db, "ps_bool", 1, f, NULL, fn_ps_bool, NULL, NULL);
+    rc |= sqlite3_create_function(db, "ps_not", 1, f, NULL, fn_ps_not, NULL, NULL);
+    rc |= sqlite3_create_function(db, "ps_json_contains", 2, f, NULL, fn_ps_json_contains, NULL,
+                                  NULL);
+    rc |= sqlite3_create_function(db, "ps_json_each_arg", 1, f, NULL, fn_ps_json_each_arg, NULL,
+                                  NULL);
+    rc |= sqlite3_create_function(db, "ps_jnum", 2, f, NULL, fn_ps_jnum, NULL, NULL);
     return rc ? -1 : 0;
 }

@@ -294,7 +294,10 @@ static int cmd_explain(int argc, char **argv)
         rules_unref(set);
         return 1;
     }
-    rules_request_t req = {claims, params, db ? store_answer : NULL, &store, 0};
+    rules_request_t req = {.claims_json = claims,
+                           .params_json = params,
+                           .lookup = db ? store_answer : NULL,
+                           .lookup_arg = &store};
     rules_buckets_t b = {0};
     rules_error_t err;
     rc = rules_eval_request(set, version, &req, &b, &err);
