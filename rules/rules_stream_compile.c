@@ -3015,6 +3015,12 @@ static void se_expr(sectx_t *x, const sexpr_t *e, rbuf_t *b)
             rb_printf(b, ") %s ps_bool(", e->op[0] == 'a' ? "AND" : "OR");
             se_expr(x, e->a[1], b);
             rb_puts(b, "))");
+        } else if (strcmp(e->op, "||") == 0) {
+            rb_puts(b, "ps_concat(");
+            se_expr(x, e->a[0], b);
+            rb_puts(b, ", ");
+            se_expr(x, e->a[1], b);
+            rb_putc(b, ')');
         } else {
             rb_putc(b, '(');
             se_expr(x, e->a[0], b);
@@ -3067,9 +3073,9 @@ static void se_expr(sectx_t *x, const sexpr_t *e, rbuf_t *b)
         break;
     }
     case E_CAST:
-        rb_puts(b, "CAST(");
+        rb_puts(b, "ps_cast(");
         se_expr(x, e->a[0], b);
-        rb_printf(b, " AS %s)", e->op);
+        rb_printf(b, ", '%s')", e->op);
         break;
     case E_FUNC:
         if (strcmp(e->op, "->") == 0 || strcmp(e->op, "->>") == 0) {
