@@ -47,6 +47,13 @@
 #define RULES_ELOOKUP  (-6) /* the lookup callback failed */
 #define RULES_ELIMIT   (-7) /* too many buckets or parameter rows for one request */
 
+/**
+ * Version of what the library computes from a rules file (bucket ids, row data, lookup keys).
+ * The gateway mixes it into the hash of the rules, so an upgrade that changes these outputs
+ * builds the rules again as a new rule version instead of mixing old and new outputs.
+ */
+#define RULES_ENGINE_VERSION 2
+
 /** Static one-line description of a RULES_E* code ("out of memory"). */
 const char *rules_strerror(int code);
 

@@ -499,6 +499,13 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         break;
     }
     case N_UNARY:
+        /* NOT with the reference's semantics (NOT NULL is true): ps_not() */
+        if (strcmp(n->op, "NOT") == 0) {
+            rb_puts(b, "ps_not(");
+            emit(q, n->a, b);
+            rb_putc(b, ')');
+            break;
+        }
         rb_putc(b, '(');
         rb_puts(b, n->op);
         rb_putc(b, ' ');
@@ -506,6 +513,22 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         rb_putc(b, ')');
         break;
     case N_BINARY:
+        if (strcmp(n->op, "AND") == 0 || strcmp(n->op, "OR") == 0) {
+            rb_puts(b, "(ps_bool(");
+            emit(q, n->a, b);
+            rb_printf(b, ") %s ps_bool(", n->op);
+            emit(q, n->b, b);
+            rb_puts(b, "))");
+            break;
+        }
+        if (strcmp(n->op, "||") == 0) {
+            rb_puts(b, "ps_concat(");
+            emit(q, n->a, b);
+            rb_puts(b, ", ");
+            emit(q, n->b, b);
+            rb_putc(b, ')');
+            break;
+        }
         rb_putc(b, '(');
         emit(q, n->a, b);
         rb_printf(b, " %s ", n->op);
@@ -527,9 +550,9 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         break;
     }
     case N_CAST:
-        rb_puts(b, "CAST(");
+        rb_puts(b, "ps_cast(");
         emit(q, n->a, b);
-        rb_printf(b, " AS %s)", n->name);
+        rb_printf(b, ", '%s')", n->name);
         break;
     case N_ISNULL:
         rb_putc(b, '(');
@@ -537,12 +560,12 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         rb_puts(b, n->neg ? " IS NOT NULL)" : " IS NULL)");
         break;
     case N_IN:
-        rb_putc(b, '(');
+        /* `x IN <json array>` with the reference's semantics (NULL when either is NULL) */
+        rb_puts(b, n->neg ? "ps_not(ps_json_contains(" : "ps_json_contains(");
         emit(q, n->a, b);
-        rb_puts(b, n->neg ? " NOT IN (SELECT value FROM json_each("
-                          : " IN (SELECT value FROM json_each(");
+        rb_puts(b, ", ");
         emit(q, n->b, b);
-        rb_puts(b, ")))");
+        rb_puts(b, n->neg ? "))" : ")");
         break;
     case N_INLIST:
         rb_putc(b, '(');

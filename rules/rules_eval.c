@@ -341,7 +341,7 @@ static void walk(rowctx_t *rc, const rfilt_t *f, blist_t *out)
         {
             rval_t v;
             rctx_rv_from_json(rc->c, e, &v);
-            if (v.t == SQLITE_NULL) continue;
+            /* a NULL element gives the bucket [null], as the reference does */
             b.v[f->p] = v;
             b.set = 1u << f->p;
             bl_add(out, &b);
@@ -589,12 +589,13 @@ void rules_lookups_free(rules_lookups_t *l)
     memset(l, 0, sizeof *l);
 }
 
+/* the reference's lookup key: definition name, the query's 1-based id, the values */
 static void lookup_key(rbuf_t *b, const rparamq_t *pq, const rval_t *vals, int n)
 {
     b->n = 0;
     rb_puts(b, pq->def->name);
     rb_putc(b, '/');
-    rb_int(b, pq->index);
+    rb_int(b, pq->index + 1);
     rb_putc(b, '[');
     for (int i = 0; i < n; i++) {
         if (i) rb_putc(b, ',');

@@ -422,7 +422,7 @@ static int64_t utf16_len(const char *s, size_t n)
     return units;
 }
 
-/* JavaScript's s.substring(a, b) in UTF-16 units; a half of a surrogate pair becomes U+FFFD */
+/* JavaScript's s.substring(a, b) in UTF-16 units (a lone surrogate stays, see rj_string) */
 static void utf16_substring(rbuf_t *out, const char *s, size_t n, int64_t a, int64_t b)
 {
     int64_t len = utf16_len(s, n);
@@ -441,10 +441,13 @@ static void utf16_substring(rbuf_t *out, const char *s, size_t n, int64_t a, int
         int l;
         uint32_t c = utf8_next((const unsigned char *)s + i, n - i, &l);
         int w = c >= 0x10000 ? 2 : 1;
-        if (u >= a && u + w <= b)
+        if (u >= a && u + w <= b) {
             utf8_put(out, c);
-        else if (u + w > a && u < b)
-            utf8_put(out, 0xfffd);
+        } else if (u + w > a && u < b) {
+            /* half of a surrogate pair, as JavaScript keeps it (encoded like CESU-8) */
+            uint32_t cp = c - 0x10000;
+            utf8_put(out, u < a ? 0xdc00 + (cp & 0x3ff) : 0xd800 + (cp >> 10));
+        }
         u += w;
         i += (size_t)l;
     }
