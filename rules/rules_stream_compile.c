@@ -1493,8 +1493,10 @@ static int process_ast(spq_t *q, const ssel_t *s, int for_subquery)
         process_from(q, &s->from[i]);
     if (s->where) VPUSH(q->b->a, q->where, translate(q, s->where));
     if (!for_subquery) process_result_columns(q, s);
-    unsupported(q, s, s->distinct_off, "DISTINCT",
-                "clients receive each row once per bucket already; remove it");
+    if (s->distinct_off >= 0)
+        warn(q, s->src, s->distinct_off,
+             "DISTINCT has no effect in sync streams (clients receive each row once per bucket "
+             "already); remove it");
     unsupported(q, s, s->group_off, "GROUP BY",
                 "sync the rows and aggregate on the client, or maintain the aggregate in a "
                 "table");

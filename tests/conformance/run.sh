@@ -1,24 +1,15 @@
 #!/usr/bin/env bash
 # run.sh -- conformance tests: the official PowerSync Node client against a real ferry
 #
-# Installs @powersync/node, @powersync/common and better-sqlite3 (tests/conformance/node, once,
-# behind a stamp; better-sqlite3 builds from source against the machine's Node headers), starts a
+# Installs @powersync/node, @powersync/common and better-sqlite3 (tests/lib/npm.sh: once, behind a
+# stamp; better-sqlite3 builds from source against the machine's Node headers), starts a
 # throwaway Postgres with schema.sql and a ferry with sync-rules.yaml, runs every
 # node/*.test.mjs, and ends with "N passed, N failed". Uses the machine's Node; never installs it.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 FERRY_BIN=${FERRY_BIN:-$root/build/ferry}
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "conformance: node and npm are needed (they come with the machine image)"; echo "0 passed, 1 failed"; exit 1
-fi
-stamp=$here/node/.installed
-if [ ! -f "$stamp" ] || [ "$here/node/package-lock.json" -nt "$stamp" ] || [ ! -d "$here/node/node_modules/@powersync/node" ]; then
-  echo "conformance: installing the PowerSync client (npm ci, builds better-sqlite3; about 2 minutes)"
-  (cd "$here/node" && npm_config_nodedir=/usr npm ci --no-fund --no-audit --loglevel=error) || {
-    echo "conformance: npm ci failed"; echo "0 passed, 1 failed"; exit 1; }
-  touch "$stamp"
-fi
+"$root/tests/lib/npm.sh" || { echo "conformance: the npm packages are missing"; echo "0 passed, 1 failed"; exit 1; }
 
 tmp=$(mktemp -d /tmp/ferry-conformance.XXXXXX)
 pgenv=$("$root/tests/lib/pg.sh" start conformance) || { echo "0 passed, 1 failed"; exit 1; }
