@@ -26,6 +26,7 @@
  * ends frees it once); output buffers are reused and released while idle.
  */
 #include "api/gw_api.h"
+#include "api/gw_stream_int.h"
 #include "http/gw_auth.h"
 #include "base/gw_buf.h"
 #include "base/gw_log.h"
@@ -126,8 +127,11 @@ typedef struct sbucket {
     uint64_t pos;      /* ops <= pos were delivered */
     uint32_t checksum; /* as sent in the last checkpoint line */
     uint64_t count;
-    int sent;     /* listed in a checkpoint line already */
-    int in_round; /* needs data in the current round */
+    int sent;               /* listed in a checkpoint line already */
+    int in_round;           /* needs data in the current round */
+    const char *definition; /* stream or bucket definition (owned by the rules) */
+    int *reasons;           /* why it is included (see gw_stream_subs.c) */
+    size_t nreasons;
 } sbucket_t;
 
 struct stream {
@@ -137,6 +141,7 @@ struct stream {
     h2o_linklist_t link;
     uint64_t id;
     char *sub, *client_id, *user_key, *claims_json, *params_json;
+    gw_subs_t subs; /* Sync Streams subscriptions of the request */
     long long exp;
     int fd; /* the connection's socket, to notice a client that hung up (-1: unknown) */
     int pre_expiry_sent;
@@ -206,10 +211,13 @@ static void stream_dispose(void *p)
         atomic_fetch_sub(&s->th->owner->open, 1);
         stream_log_end(s);
     }
-    for (size_t i = 0; i < s->nb; i++)
+    for (size_t i = 0; i < s->nb; i++) {
         free(s->b[i].name);
+        free(s->b[i].reasons);
+    }
     free(s->b);
     free(s->order);
+    gw__subs_free(&s->subs);
     gw_map_free(&s->by_name);
     gw_map_free(&s->lookup_keys);
     gw_buf_free(&s->pending);
@@ -311,6 +319,7 @@ static int eval_buckets(stream_t *s, rules_buckets_t *out, char *msg, size_t msg
                           .lookup = lookup_cb,
                           .lookup_arg = s,
                           .max_buckets = limit * 4 + 16};
+    gw__subs_request(&s->subs, &rq);
     rules_error_t rerr = {0};
     const gw_active_t *a = gw_app_active(app);
     tl_active = a;
@@ -350,12 +359,14 @@ static int cmp_order(const void *a, const void *b, void *arg)
     return strcmp(x->name, y->name);
 }
 
-static void bucket_json(gw_buf_t *out, const sbucket_t *b)
+static void bucket_json(stream_t *s, gw_buf_t *out, const sbucket_t *b)
 {
     gw_buf_puts(out, "{\"bucket\":");
     gw_buf_json_str(out, b->name);
-    gw_buf_printf(out, ",\"checksum\":%u,\"count\":%llu,\"priority\":%d}", b->checksum,
+    gw_buf_printf(out, ",\"checksum\":%u,\"count\":%llu,\"priority\":%d", b->checksum,
                   (unsigned long long)b->count, b->priority);
+    gw__subs_bucket_json(&s->subs, b->definition, b->reasons, b->nreasons, out);
+    gw_buf_puts(out, "}");
 }
 
 static void wcp_json(stream_t *s, gw_buf_t *out)
@@ -382,6 +393,7 @@ static int start_round(stream_t *s)
     /* 1. the bucket list (only when it may have changed) */
     char **removed = NULL;
     size_t nremoved = 0;
+    gw_buf_t streams_line = GW_BUF_INIT; /* the first checkpoint's "streams" */
     if (first || s->reeval) {
         rules_buckets_t nb = {0};
         char msg[1024];
@@ -403,13 +415,19 @@ static int start_round(stream_t *s)
         for (size_t i = 0; i < nb.n; i++) {
             b[i].name = gw_xstrdup(nb.items[i].bucket);
             b[i].priority = nb.items[i].priority;
+            b[i].definition = nb.items[i].definition;
+            b[i].reasons = nb.items[i].reasons;
+            b[i].nreasons = nb.items[i].nreasons;
+            nb.items[i].reasons = NULL;
             uintptr_t old = (uintptr_t)gw_map_get(&s->by_name, b[i].name);
             if (old != 0) {
                 sbucket_t *o = &s->b[old - 1];
                 b[i].pos = o->pos;
                 b[i].checksum = o->checksum;
                 b[i].count = o->count;
-                b[i].sent = o->sent && o->priority == b[i].priority;
+                b[i].sent = o->sent && o->priority == b[i].priority &&
+                            o->nreasons == b[i].nreasons &&
+                            memcmp(o->reasons, b[i].reasons, b[i].nreasons * sizeof(int)) == 0;
             }
             gw_map_put(&by_name, b[i].name, (void *)(uintptr_t)(i + 1));
         }
@@ -420,7 +438,9 @@ static int start_round(stream_t *s)
                 s->b[i].name = NULL;
             }
             free(s->b[i].name);
+            free(s->b[i].reasons);
         }
+        if (first) gw__subs_streams_json(&s->subs, &nb, &streams_line);
         free(s->b);
         gw_map_free(&s->by_name);
         s->b = b;
@@ -442,6 +462,7 @@ static int start_round(stream_t *s)
             for (size_t k = 0; k < nremoved; k++)
                 free(removed[k]);
             free(removed);
+            gw_buf_free(&streams_line);
             return -1;
         }
         b->in_round = !b->sent || cs != b->checksum || count != b->count;
@@ -457,7 +478,10 @@ static int start_round(stream_t *s)
         s->wcp = wcp;
         wcp_changed = 1;
     }
-    if (!first && nupdated == 0 && nremoved == 0 && !wcp_changed) return 0;
+    if (!first && nupdated == 0 && nremoved == 0 && !wcp_changed) {
+        gw_buf_free(&streams_line);
+        return 0;
+    }
     /* 4. the checkpoint line */
     gw_buf_t *o = &s->pending;
     if (first) {
@@ -466,9 +490,11 @@ static int start_round(stream_t *s)
         gw_buf_puts(o, ",\"buckets\":[");
         for (size_t i = 0; i < s->nb; i++) {
             if (i > 0) gw_buf_puts(o, ",");
-            bucket_json(o, &s->b[i]);
+            bucket_json(s, o, &s->b[i]);
         }
-        gw_buf_puts(o, "]}}");
+        gw_buf_puts(o, "]");
+        if (streams_line.len > 0) gw_buf_append(o, streams_line.data, streams_line.len);
+        gw_buf_puts(o, "}}");
     } else {
         gw_buf_printf(o, "{\"checkpoint_diff\":{\"last_op_id\":\"%llu\"",
                       (unsigned long long)cp_op);
@@ -478,7 +504,7 @@ static int start_round(stream_t *s)
         for (size_t i = 0; i < s->nb; i++) {
             if (!s->b[i].in_round) continue;
             if (n++ > 0) gw_buf_puts(o, ",");
-            bucket_json(o, &s->b[i]);
+            bucket_json(s, o, &s->b[i]);
         }
         gw_buf_puts(o, "],\"removed_buckets\":[");
         for (size_t i = 0; i < nremoved; i++) {
@@ -488,6 +514,7 @@ static int start_round(stream_t *s)
         gw_buf_puts(o, "]}}");
     }
     line_end(s);
+    gw_buf_free(&streams_line);
     for (size_t i = 0; i < nremoved; i++)
         free(removed[i]);
     free(removed);
@@ -841,6 +868,18 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
 
     stream_t *s = h2o_mem_alloc_shared(&req->pool, sizeof(*s), stream_dispose);
     memset(s, 0, sizeof(*s));
+    const char *scode;
+    char smsg[300];
+    if (gw__subs_parse(body, app->cfg, &s->subs, &scode, smsg, sizeof(smsg)) != 0) {
+        char user[300];
+        gw_warn("stream", "rejected a stream", "user=%s error=\"%s\"",
+                gw_log_qs(tok->sub, user, sizeof(user)), smsg);
+        auth_token_release(tok);
+        json_decref(body);
+        atomic_fetch_add(&g->rejected, 1);
+        gw_http_send_error(req, 400, scode, "%s", smsg);
+        return 0;
+    }
     s->gen.proceed = on_proceed;
     s->gen.stop = on_stop;
     s->req = req;

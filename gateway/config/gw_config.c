@@ -154,6 +154,8 @@ static const cfg_field_t sync_rules_fields[] = {
 static const cfg_field_t limits_fields[] = {
     F_INT("max_connections", limits.max_connections, 1, 10000000),
     F_INT("max_buckets_per_connection", limits.max_buckets_per_connection, 1, 1000000),
+    F_INT("max_subscriptions_per_connection", limits.max_subscriptions_per_connection, 0, 100000),
+    F_INT("max_subscription_parameter_bytes", limits.max_subscription_parameter_bytes, 2, 1L << 20),
     F_END,
 };
 static const cfg_field_t admin_fields[] = {
@@ -557,6 +559,8 @@ void gw_config_defaults(gw_config_t *cfg)
     cfg->sync_rules.path = gw_xstrdup("sync-rules.yaml");
     cfg->limits.max_connections = 10000;
     cfg->limits.max_buckets_per_connection = 1000;
+    cfg->limits.max_subscriptions_per_connection = 100;
+    cfg->limits.max_subscription_parameter_bytes = 4096;
 }
 
 static void free_fields(const cfg_field_t *fields, void *base)

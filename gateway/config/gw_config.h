@@ -74,6 +74,8 @@ typedef struct gw_config {
     struct {
         long max_connections;
         long max_buckets_per_connection;
+        long max_subscriptions_per_connection; /* Sync Streams subscriptions of one request */
+        long max_subscription_parameter_bytes; /* JSON text of one subscription's parameters */
     } limits;
 } gw_config_t;
 

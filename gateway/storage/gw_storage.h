@@ -218,6 +218,8 @@ struct gw_storage_type {
                    size_t copy_len, gw_err_t *err);
     int (*write_checkpoint)(gw_storage_t *s, const char *user_key, uint64_t lsn, uint64_t *counter,
                             gw_err_t *err);
+    int (*request_checkpoint)(gw_storage_t *s, const char *user_key, uint64_t lsn,
+                              uint64_t requested, uint64_t *stored, gw_err_t *err);
     int (*delete_row)(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *err);
     int (*truncate)(gw_storage_t *s, const char *table, gw_err_t *err);
     int (*row_copy)(gw_storage_t *s, const gw_row_ref_t *ref, void **out, size_t *len);
@@ -464,6 +466,18 @@ static inline int gw_storage_write_checkpoint(gw_storage_t *s, const char *user_
                                               uint64_t *counter, gw_err_t *err)
 {
     return s->type->write_checkpoint(s, user_key, lsn, counter, err);
+}
+
+/**
+ * A client-generated checkpoint request (POST /sync/checkpoint-request) for user_key at source
+ * position lsn, inside a txn: the stored value becomes requested if that is larger (then it is
+ * visible like a write checkpoint, with the first commit at or past lsn); a stale or repeated
+ * request changes nothing. *stored is the value stored afterwards. 0 or GW_EIO.
+ */
+static inline int gw_storage_request_checkpoint(gw_storage_t *s, const char *user_key, uint64_t lsn,
+                                                uint64_t requested, uint64_t *stored, gw_err_t *err)
+{
+    return s->type->request_checkpoint(s, user_key, lsn, requested, stored, err);
 }
 
 /** Remove a row: REMOVE ops for all its memberships, drop its lookups and copy. Inside a txn. */

@@ -102,6 +102,10 @@ static const char *const stmt_sql[ST_COUNT] = {
         "INSERT INTO write_checkpoints(user_key, counter, lsn) VALUES (?1, 1, ?2) "
         "ON CONFLICT(user_key) DO UPDATE SET counter = counter + 1, lsn = excluded.lsn "
         "RETURNING counter",
+    [ST_WCP_REQUEST] = "INSERT INTO write_checkpoints(user_key, counter, lsn) VALUES (?1, ?3, ?2) "
+                       "ON CONFLICT(user_key) DO UPDATE SET counter = excluded.counter, "
+                       "lsn = excluded.lsn WHERE excluded.counter > write_checkpoints.counter",
+    [ST_WCP_GET] = "SELECT counter FROM write_checkpoints WHERE user_key = ?1",
 };
 
 static const char schema_sql[] =
@@ -387,6 +391,7 @@ const gw_storage_type_t gw_sqlite_type = {
     .compact = gw__sqlite_compact,
     .put_row = gw__sqlite_put_row,
     .write_checkpoint = gw__sqlite_write_checkpoint,
+    .request_checkpoint = gw__sqlite_request_checkpoint,
     .delete_row = gw__sqlite_delete_row,
     .truncate = gw__sqlite_truncate,
     .row_copy = gw__sqlite_row_copy,

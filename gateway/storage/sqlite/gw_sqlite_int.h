@@ -53,6 +53,8 @@ enum {
     ST_LOOKUP_CLOSE,
     ST_LOOKUP_INSERT,
     ST_WCP_UPSERT,
+    ST_WCP_REQUEST,
+    ST_WCP_GET,
     ST_COUNT
 };
 
@@ -273,6 +275,8 @@ int gw__sqlite_compact(gw_storage_t *st, gw_storage_compact_stats_t *out, gw_err
 int gw__sqlite_put_row(gw_storage_t *st, const gw_row_ref_t *ref, const rules_ops_t *ops,
                        const gw_op_tail_t *tails, const rules_lookups_t *lookups, const void *copy,
                        size_t copy_len, gw_err_t *err);
+int gw__sqlite_request_checkpoint(gw_storage_t *st, const char *user_key, uint64_t lsn,
+                                  uint64_t requested, uint64_t *stored, gw_err_t *err);
 int gw__sqlite_write_checkpoint(gw_storage_t *st, const char *user_key, uint64_t lsn,
                                 uint64_t *counter, gw_err_t *err);
 int gw__sqlite_delete_row(gw_storage_t *st, const gw_row_ref_t *ref, gw_err_t *err);
