@@ -962,9 +962,10 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     }
     gw_map_free(&after);
     char user[300];
-    gw_info("stream", "stream started", "conn=s%llu user=%s client=%s buckets=%zu checkpoint=%llu",
+    gw_info("stream", "stream started",
+            "conn=s%llu user=%s client=%s buckets=%zu subscriptions=%zu checkpoint=%llu",
             (unsigned long long)s->id, gw_log_qs(s->sub, user, sizeof(user)),
-            s->client_id ? s->client_id : "-", s->nb, (unsigned long long)s->cp_op);
+            s->client_id ? s->client_id : "-", s->nb, s->subs.n, (unsigned long long)s->cp_op);
 
     req->res.status = 200;
     req->res.reason = "OK";
