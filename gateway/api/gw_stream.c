@@ -4,8 +4,9 @@
  * then runs rounds, one per checkpoint it moves to (powersync-protocol §2.2):
  *
  *   start_round()     bucket list for the user as of checkpoint C (rules + stored lookups), each
- *                     bucket's checksum/count as of C; a full `checkpoint` line the first time,
- *                     later a `checkpoint_diff` (updated + removed buckets, write_checkpoint) or
+ *                     bucket's checksum/count as of C; a full `checkpoint` line the first time
+ *                     (and when a rule version switch changed its `streams`), later a
+ *                     `checkpoint_diff` (updated + removed buckets, write_checkpoint) or
  *                     nothing when nothing the user has changed
  *   step() per chunk  `data` lines for each bucket with ops in (position, C], highest priority
  *                     first, at most 1000 ops / ~1 MiB per line; `partial_checkpoint_complete`
@@ -387,13 +388,13 @@ static int start_round(stream_t *s)
     if (th->last_op < gw_app_active(th->owner->app)->since_op)
         refresh_checkpoint(th); /* a new rule version took over and its event is on the way */
     uint64_t cp_op = th->last_op, cp_lsn = th->lsn;
-    int first = !s->have_checkpoint;
+    int first = !s->have_checkpoint, full = first; /* full: a `checkpoint` line, not a diff */
     s->cp_op = cp_op;
     s->cp_lsn = cp_lsn;
     /* 1. the bucket list (only when it may have changed) */
     char **removed = NULL;
     size_t nremoved = 0;
-    gw_buf_t streams_line = GW_BUF_INIT; /* the first checkpoint's "streams" */
+    gw_buf_t streams_line = GW_BUF_INIT; /* a full checkpoint's "streams" */
     if (first || s->reeval) {
         rules_buckets_t nb = {0};
         char msg[1024];
@@ -440,7 +441,7 @@ static int start_round(stream_t *s)
             free(s->b[i].name);
             free(s->b[i].reasons);
         }
-        if (first) gw__subs_streams_json(&s->subs, &nb, &streams_line);
+        full = gw__subs_streams_json(&s->subs, &nb, &streams_line) || first;
         free(s->b);
         gw_map_free(&s->by_name);
         s->b = b;
@@ -478,13 +479,13 @@ static int start_round(stream_t *s)
         s->wcp = wcp;
         wcp_changed = 1;
     }
-    if (!first && nupdated == 0 && nremoved == 0 && !wcp_changed) {
+    if (!full && nupdated == 0 && nremoved == 0 && !wcp_changed) {
         gw_buf_free(&streams_line);
         return 0;
     }
     /* 4. the checkpoint line */
     gw_buf_t *o = &s->pending;
-    if (first) {
+    if (full) {
         gw_buf_printf(o, "{\"checkpoint\":{\"last_op_id\":\"%llu\"", (unsigned long long)cp_op);
         wcp_json(s, o);
         gw_buf_puts(o, ",\"buckets\":[");

@@ -27,6 +27,7 @@ typedef struct gw_subs {
     /* name -> index+1 in the first checkpoint's "streams" (defaults reference streams by it) */
     gw_map_t stream_index;
     int indexed;
+    char *sent_streams; /* the `streams` the client last got (NULL before the first checkpoint) */
 } gw_subs_t;
 
 /**
@@ -43,11 +44,14 @@ void gw__subs_free(gw_subs_t *s);
 void gw__subs_request(const gw_subs_t *s, rules_request_t *rq);
 
 /**
- * Append `,"streams":[…]` for the first checkpoint line: every stream (or bucket definition) the
+ * Append `,"streams":[…]` for a full checkpoint line: every stream (or bucket definition) the
  * request subscribes to with its errors, then subscriptions to unknown streams, and remember
- * each name's index for the buckets' `{"default": i}`.
+ * each name's index for the buckets' `{"default": i}`. Returns 1 when that list differs from the
+ * one the client last got (always on the first call), which then needs a full `checkpoint` line
+ * rather than a `checkpoint_diff` (the clients read `streams` from full checkpoints only: after a
+ * rule version switch that changes the streams, a diff would leave them with the old list).
  */
-void gw__subs_streams_json(gw_subs_t *s, const rules_buckets_t *b, gw_buf_t *out);
+int gw__subs_streams_json(gw_subs_t *s, const rules_buckets_t *b, gw_buf_t *out);
 
 /**
  * Append `,"subscriptions":[…]` for one bucket: reasons are RULES_REASON_DEFAULT (rendered as

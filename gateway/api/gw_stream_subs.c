@@ -104,6 +104,7 @@ void gw__subs_free(gw_subs_t *s)
     free(s->names);
     free(s->params);
     free(s->subs);
+    free(s->sent_streams);
     gw_map_free(&s->stream_index);
     memset(s, 0, sizeof(*s));
 }
@@ -134,10 +135,11 @@ static void stream_errors(const rules_buckets_t *b, const char *name, gw_buf_t *
     gw_buf_puts(out, "]}");
 }
 
-void gw__subs_streams_json(gw_subs_t *s, const rules_buckets_t *b, gw_buf_t *out)
+int gw__subs_streams_json(gw_subs_t *s, const rules_buckets_t *b, gw_buf_t *out)
 {
     gw_map_free(&s->stream_index);
     gw_map_init(&s->stream_index);
+    size_t start = out->len;
     gw_buf_puts(out, ",\"streams\":[");
     size_t k = 0;
     for (size_t i = 0; i < b->nstreams; i++, k++) {
@@ -161,6 +163,15 @@ void gw__subs_streams_json(gw_subs_t *s, const rules_buckets_t *b, gw_buf_t *out
     }
     gw_buf_puts(out, "]");
     s->indexed = 1;
+    size_t len = out->len - start;
+    if (s->sent_streams != NULL && strlen(s->sent_streams) == len &&
+        memcmp(s->sent_streams, out->data + start, len) == 0)
+        return 0;
+    free(s->sent_streams);
+    s->sent_streams = gw_xmalloc(len + 1);
+    memcpy(s->sent_streams, out->data + start, len);
+    s->sent_streams[len] = '\0';
+    return 1;
 }
 
 void gw__subs_bucket_json(const gw_subs_t *s, const char *definition, const int *reasons,
