@@ -246,8 +246,8 @@ typedef struct rules_bucket {
     char *bucket;           /* "<version>#name[params]" */
     int priority;           /* 0..3, highest priority (lowest number) of its producers */
     const char *definition; /* bucket definition or stream name (of the first producer) */
-    int query_index;        /* which parameter query produced it (first one wins on ties) */
-    const char *query;      /* that query's SQL text as written (bucket definitions) */
+    int query_index;        /* which parameter query (or stream query) produced it (first wins) */
+    const char *query;      /* that query's SQL text as written */
     int *reasons;           /* RULES_REASON_DEFAULT or subscription indexes, in order */
     size_t nreasons;
 } rules_bucket_t;
@@ -396,5 +396,15 @@ int rules_stream_at(const rules_set_t *set, size_t i, rules_stream_info_t *out);
 
 /** Name of the bucket kind j of stream i (e.g. "todos|0"), NULL when out of range. */
 const char *rules_stream_bucket(const rules_set_t *set, size_t i, size_t j);
+
+/**
+ * What bucket kind j of stream i is keyed by, as one line of text: the query it comes from, the
+ * tables whose rows it holds, where each parameter value comes from (request expressions quoted
+ * from the query, parameter-index lookups) and the request conditions, e.g.
+ * `todos|0 from query 0: rows of todos by list_id = subscription.parameter('list_id') and
+ * lookup 0; lookup 0: id from lists where owner_id = auth.user_id()`. Returns a malloc'd string
+ * (the caller frees it), NULL when out of range.
+ */
+char *rules_stream_describe(const rules_set_t *set, size_t i, size_t j);
 
 #endif

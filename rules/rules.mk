@@ -13,7 +13,8 @@ RULES_SRCS += \
 	rules/rules_stream_parse.c \
 	rules/rules_stream_compile.c \
 	rules/rules_stream_alpha.c \
-	rules/rules_stream_eval.c
+	rules/rules_stream_eval.c \
+	rules/rules_stream_explain.c
 
 UNIT_TESTS += rules
 FUZZ_TARGETS += rules

@@ -315,6 +315,8 @@ typedef struct squerier {
     int ninst;
     const char *unique_name; /* name of the resolver before buckets were shared */
     char *canon;             /* instantiation key (for merging resolvers of one stream) */
+    int query_index;         /* the query of the stream it comes from (explain) */
+    const char *query_text;  /* that query as written */
     /* alpha only: a variant whose parameters are all static may expand arrays */
     int alpha;
 } squerier_t;

@@ -600,6 +600,8 @@ typedef struct sresolver {
     int ninst;
     char *name;
     char *canon;
+    int query_index;        /* which query of the stream (0 for `query`) */
+    const char *query_text; /* its text as written, in the arena */
 } sresolver_t;
 
 struct sbuilder {
@@ -617,6 +619,7 @@ struct sbuilder {
     VEC(scte_t *) all_ctes; /* for the "not used" warning */
     int rs_ids;
     const ssrc_t *first_src; /* of the stream, for stream-wide errors */
+    int nqueries;            /* queries of the current stream so far */
     int first_off, first_end;
 };
 
@@ -2628,6 +2631,7 @@ void sc_stream(sbuilder_t *b, const char *name, int priority, int auto_subscribe
     b->counter = 0;
     b->resolvers.n = 0;
     b->first_src = NULL;
+    b->nqueries = 0;
     /* global CTEs first, then local ones shadow them */
     b->root = scope_new(b->a, NULL);
     for (int i = 0; i < b->globals.n; i++)
@@ -2736,11 +2740,15 @@ void sc_query(sbuilder_t *b, const ssrc_t *src)
         b->first_off = 0;
     }
     int nerr = (int)b->c->d->nerrors;
+    int qi = b->nqueries++;
     squery_t *q = parse_query(b, src);
     if (!q) return;
+    const char *text = ra_strdup(b->a, src->text);
     for (int i = 0; i < q->nconj; i++) {
         sresolver_t *r = resolve_primary(b, q, q->terms[i], q->nterms[i]);
         if ((int)b->c->d->nerrors > nerr) return;
+        r->query_index = qi;
+        r->query_text = text;
         VPUSH(b->a, b->resolvers, r);
     }
 }
@@ -2883,6 +2891,8 @@ void sc_end(sbuilder_t *b)
             q->ninst = r->ninst;
             q->unique_name = r->name;
             q->canon = r->canon;
+            q->query_index = r->query_index;
+            q->query_text = r->query_text;
             VPUSH(a, qs, q);
         }
         s->q = qs.v;

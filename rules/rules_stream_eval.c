@@ -998,8 +998,8 @@ static int eval_parameter_lookup(sqstate_t *x, const sstagelk_t *l)
                 o->unresolved =
                     rx_realloc(o->unresolved, sizeof(rules_unresolved_t) * o->capunresolved);
             }
-            o->unresolved[o->nunresolved++] =
-                (rules_unresolved_t){x->s->name, NULL, l->stage, rx_strdup(lk.keys[i])};
+            o->unresolved[o->nunresolved++] = (rules_unresolved_t){
+                x->s->name, x->q->query_text, x->q->query_index, rx_strdup(lk.keys[i])};
             continue;
         }
         if (r->req->lookup(r->req->lookup_arg, lk.keys[i], &ans) < 0) {
@@ -1097,7 +1097,8 @@ static void bucket_combo(sqstate_t *x, pval_t **combo, int n, void *arg)
         rj_key_value(&id, &combo[i]->v);
     }
     rb_putc(&id, ']');
-    if (racc_add(r->acc, b->dynamic, id.p, b->priority, x->s->name, 0, NULL, b->reason, r->err) < 0)
+    if (racc_add(r->acc, b->dynamic, id.p, b->priority, x->s->name, x->q->query_index,
+                 x->q->query_text, b->reason, r->err) < 0)
         r->fatal = RULES_ELIMIT;
     rb_free(&id);
 }
