@@ -724,13 +724,43 @@ void rules_buckets_free(rules_buckets_t *b)
 
 /* ---- the buckets of a request --------------------------------------------------------- */
 
+static uint32_t racc_hash(const char *id)
+{
+    uint32_t h = 2166136261u;
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 16777619u;
+    return h;
+}
+
+/* the slot of id in a->idx[k] (holding its index + 1, or 0 where it would go) */
+static size_t racc_slot(const racc_t *a, int k, const char *id)
+{
+    size_t mask = a->icap[k] - 1, i = racc_hash(id) & mask;
+    while (a->idx[k][i] != 0 && strcmp(a->v[k][a->idx[k][i] - 1].bucket, id) != 0)
+        i = (i + 1) & mask;
+    return i;
+}
+
+/* keep the index at most half full */
+static void racc_grow_index(racc_t *a, int k)
+{
+    if ((a->n[k] + 1) * 2 <= a->icap[k]) return;
+    size_t cap = a->icap[k] ? a->icap[k] * 2 : 32;
+    free(a->idx[k]);
+    a->idx[k] = rx_calloc(cap, sizeof(uint32_t));
+    a->icap[k] = cap;
+    for (size_t i = 0; i < a->n[k]; i++)
+        a->idx[k][racc_slot(a, k, a->v[k][i].bucket)] = (uint32_t)(i + 1);
+}
+
 int racc_add(racc_t *a, int dynamic, const char *id, int priority, const char *definition,
              int query_index, const char *query, int reason, rules_error_t *err)
 {
     int k = dynamic ? 1 : 0;
-    for (size_t i = 0; i < a->n[k]; i++) {
-        rules_bucket_t *b = &a->v[k][i];
-        if (strcmp(b->bucket, id) != 0) continue;
+    racc_grow_index(a, k);
+    size_t slot = racc_slot(a, k, id);
+    if (a->idx[k][slot] != 0) {
+        rules_bucket_t *b = &a->v[k][a->idx[k][slot] - 1];
         if (priority < b->priority) b->priority = priority;
         b->reasons = rx_realloc(b->reasons, sizeof(int) * (b->nreasons + 1));
         b->reasons[b->nreasons++] = reason;
@@ -753,11 +783,16 @@ int racc_add(racc_t *a, int dynamic, const char *id, int priority, const char *d
     a->seq[k][a->n[k]] = a->next++;
     a->v[k][a->n[k]++] =
         (rules_bucket_t){rx_strdup(id), priority, definition, query_index, query, reasons, 1};
+    a->idx[k][slot] = (uint32_t)a->n[k];
     return 0;
 }
 
-/* static buckets, then dynamic ones replacing static ones of the same id (their values win,
- * as in the service); the result keeps the order of first appearance */
+static int cmp_seq(const void *x, const void *y, void *arg)
+{
+    const size_t *seq = arg, a = seq[*(const size_t *)x], b = seq[*(const size_t *)y];
+    return a < b ? -1 : a > b;
+}
+
 void racc_finish(racc_t *a, rules_buckets_t *out)
 {
     size_t n = a->n[0] + a->n[1], m = 0;
@@ -770,9 +805,11 @@ void racc_finish(racc_t *a, rules_buckets_t *out)
     size_t nstatic = m;
     for (size_t i = 0; i < a->n[1]; i++) {
         rules_bucket_t *b = &a->v[1][i];
-        size_t j = 0;
-        while (j < nstatic && strcmp(v[j].bucket, b->bucket) != 0)
-            j++;
+        size_t j = nstatic;
+        if (a->icap[0] > 0) { /* static buckets are v[0..nstatic) in a->v[0]'s order */
+            size_t slot = racc_slot(a, 0, b->bucket);
+            if (a->idx[0][slot] != 0) j = a->idx[0][slot] - 1;
+        }
         if (j < nstatic) {
             free(v[j].bucket);
             free(v[j].reasons);
@@ -783,16 +820,19 @@ void racc_finish(racc_t *a, rules_buckets_t *out)
         v[m] = *b;
         seq[m++] = a->seq[1][i];
     }
-    /* stable order by first appearance */
-    for (size_t i = 1; i < m; i++)
-        for (size_t j = i; j > 0 && seq[j - 1] > seq[j]; j--) {
-            rules_bucket_t t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-            size_t ts = seq[j];
-            seq[j] = seq[j - 1];
-            seq[j - 1] = ts;
-        }
+    /* stable order by first appearance (seq values are distinct) */
+    if (m > 1) {
+        size_t *ord = rx_calloc(m, sizeof(size_t));
+        for (size_t i = 0; i < m; i++)
+            ord[i] = i;
+        qsort_r(ord, m, sizeof(size_t), cmp_seq, seq);
+        rules_bucket_t *sorted = rx_calloc(m, sizeof(rules_bucket_t));
+        for (size_t i = 0; i < m; i++)
+            sorted[i] = v[ord[i]];
+        memcpy(v, sorted, m * sizeof(rules_bucket_t));
+        free(sorted);
+        free(ord);
+    }
     for (size_t i = 0; i < m; i++) {
         if (out->n == out->cap) {
             out->cap = out->cap ? out->cap * 2 : 8;
@@ -805,6 +845,7 @@ void racc_finish(racc_t *a, rules_buckets_t *out)
     for (int k = 0; k < 2; k++) {
         free(a->v[k]);
         free(a->seq[k]);
+        free(a->idx[k]);
     }
     memset(a, 0, sizeof *a);
 }
@@ -818,6 +859,7 @@ void racc_free(racc_t *a)
         }
         free(a->v[k]);
         free(a->seq[k]);
+        free(a->idx[k]);
     }
     memset(a, 0, sizeof *a);
 }

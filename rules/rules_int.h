@@ -362,6 +362,8 @@ typedef struct racc {
     size_t *seq[2]; /* order of first appearance, kept in the result */
     size_t n[2], cap[2];
     size_t max, next;
+    uint32_t *idx[2]; /* open addressing over v[k] by id: index + 1, 0 empty (icap a power of 2) */
+    size_t icap[2];
 } racc_t;
 
 /** Add a bucket (id copied); RULES_ELIMIT (err filled) past max buckets. */

@@ -451,7 +451,21 @@ typedef struct sreq {
     int next_rs;
     int fatal; /* the lookup callback failed: the request fails */
     size_t lookup_rows;
+    struct lkcache *cache; /* parameter-index answers read so far (one read per key) */
+    int ncache, capcache;
 } sreq_t;
+
+/* One parameter-index key as answered for this request: its rows, parsed once (values in the
+ * request's arena). Subscriptions of one stream usually share keys (the same user's lookups),
+ * so a request with many subscriptions reads and parses each key once. */
+typedef struct lkcache {
+    const char *key;
+    uint32_t hash;
+    int result_named;
+    int nrows;
+    int *width;
+    rval_t **vals;
+} lkcache_t;
 
 typedef struct sqstate {
     sreq_t *r;
@@ -977,6 +991,71 @@ struct rules_answer {
     size_t n, cap;
 };
 
+static uint32_t key_hash(const char *k)
+{
+    uint32_t h = 2166136261u;
+    for (; *k; k++)
+        h = (h ^ (unsigned char)*k) * 16777619u;
+    return h;
+}
+
+/* The rows of one parameter-index key: from the request's cache, else read through the
+ * callback and parsed into the cache. NULL when the callback failed (r->fatal is set). */
+static const lkcache_t *lookup_rows(sqstate_t *x, const char *key, int result_named)
+{
+    sreq_t *r = x->r;
+    rarena_t *a = &r->a;
+    uint32_t h = key_hash(key);
+    for (int i = 0; i < r->ncache; i++)
+        if (r->cache[i].hash == h && r->cache[i].result_named == result_named &&
+            strcmp(r->cache[i].key, key) == 0)
+            return &r->cache[i];
+    rules_answer_t ans = {0};
+    if (r->req->lookup(r->req->lookup_arg, key, &ans) < 0) {
+        rctx_seterr(r->err, RULES_ELOOKUP, "lookup for stream \"%s\" failed", x->s->name);
+        r->fatal = RULES_ELOOKUP;
+        for (size_t k = 0; k < ans.n; k++)
+            free(ans.items[k]);
+        free(ans.items);
+        return NULL;
+    }
+    if (r->ncache == r->capcache) {
+        r->capcache = r->capcache ? r->capcache * 2 : 8;
+        r->cache = rx_realloc(r->cache, sizeof(lkcache_t) * (size_t)r->capcache);
+    }
+    lkcache_t *e = &r->cache[r->ncache++];
+    *e = (lkcache_t){ra_strdup(a, key), h, result_named, 0, NULL, NULL};
+    e->width = ra_alloc(a, sizeof(int) * (ans.n + 1));
+    e->vals = ra_alloc(a, sizeof(rval_t *) * (ans.n + 1));
+    for (size_t k = 0; k < ans.n; k++) {
+        json_t *obj = json_loads(ans.items[k], 0, NULL);
+        if (obj && json_is_object(obj)) {
+            int width = (int)json_object_size(obj);
+            rval_t *vals = ra_alloc(a, sizeof(rval_t) * (size_t)(width + 1));
+            for (int c = 0; c < width; c++) {
+                char name[16];
+                json_t *jv;
+                if (result_named)
+                    jv = json_object_get(obj, "result");
+                else {
+                    snprintf(name, sizeof name, "%d", c);
+                    jv = json_object_get(obj, name);
+                }
+                rval_t v = {SQLITE_NULL, 0, 0, NULL, 0};
+                if (jv) rctx_rv_from_json(r->c, jv, &v);
+                vals[c] = rv_copy(a, &v);
+            }
+            rctx_release_holds(r->c);
+            e->width[e->nrows] = width;
+            e->vals[e->nrows++] = vals;
+        }
+        json_decref(obj);
+        free(ans.items[k]);
+    }
+    free(ans.items);
+    return e;
+}
+
 static int eval_parameter_lookup(sqstate_t *x, const sstagelk_t *l)
 {
     sreq_t *r = x->r;
@@ -990,7 +1069,6 @@ static int eval_parameter_lookup(sqstate_t *x, const sstagelk_t *l)
     }
     prows_t *rows = rows_new(a);
     for (int i = 0; i < lk.n && !r->fatal; i++) {
-        rules_answer_t ans = {0};
         if (!r->req->lookup) {
             rules_buckets_t *o = r->out;
             if (o->nunresolved == o->capunresolved) {
@@ -1002,32 +1080,15 @@ static int eval_parameter_lookup(sqstate_t *x, const sstagelk_t *l)
                 x->s->name, x->q->query_text, x->q->query_index, rx_strdup(lk.keys[i])};
             continue;
         }
-        if (r->req->lookup(r->req->lookup_arg, lk.keys[i], &ans) < 0) {
-            rctx_seterr(r->err, RULES_ELOOKUP, "lookup for stream \"%s\" failed", x->s->name);
-            r->fatal = RULES_ELOOKUP;
-        }
+        const lkcache_t *ce = lookup_rows(x, lk.keys[i], l->lookup->result_named);
+        if (!ce) break;
         for (int e = 0; e < lk.nentries[i]; e++) {
             int rs = ++r->next_rs;
-            for (size_t k = 0; k < ans.n; k++) {
-                json_t *obj = json_loads(ans.items[k], 0, NULL);
-                if (!obj || !json_is_object(obj)) {
-                    json_decref(obj);
-                    continue;
-                }
-                int width = (int)json_object_size(obj);
+            for (int k = 0; k < ce->nrows; k++) {
+                int width = ce->width[k];
                 pval_t *vals = ra_alloc(a, sizeof(pval_t) * (size_t)(width + 1));
                 for (int c = 0; c < width; c++) {
-                    char name[16];
-                    json_t *jv;
-                    if (l->lookup->result_named)
-                        jv = json_object_get(obj, "result");
-                    else {
-                        snprintf(name, sizeof name, "%d", c);
-                        jv = json_object_get(obj, name);
-                    }
-                    rval_t v = {SQLITE_NULL, 0, 0, NULL, 0};
-                    if (jv) rctx_rv_from_json(r->c, jv, &v);
-                    vals[c].v = rv_copy(a, &v);
+                    vals[c].v = ce->vals[k][c];
                     int direct = width > 1;
                     int np = lk.norigins[i][e];
                     vals[c].nprov = np + direct;
@@ -1035,12 +1096,10 @@ static int eval_parameter_lookup(sqstate_t *x, const sstagelk_t *l)
                     memcpy(vals[c].prov, lk.origins[i][e], sizeof(porg_t) * (size_t)np);
                     if (direct) {
                         vals[c].direct = 1;
-                        vals[c].dorg = (porg_t){rs, (int)k};
+                        vals[c].dorg = (porg_t){rs, k};
                         vals[c].prov[np] = vals[c].dorg;
                     }
                 }
-                json_decref(obj);
-                rctx_release_holds(r->c);
                 rows_add(a, rows, vals, width);
                 if (++r->lookup_rows > MAX_LOOKUP_ROWS) {
                     qfail(x, "too many parameter rows (more than %d) for one request",
@@ -1049,9 +1108,6 @@ static int eval_parameter_lookup(sqstate_t *x, const sstagelk_t *l)
                 }
             }
         }
-        for (size_t k = 0; k < ans.n; k++)
-            free(ans.items[k]);
-        free(ans.items);
     }
     lkreq_free(&lk);
     x->stage[l->stage][l->index] = rows;
@@ -1214,6 +1270,7 @@ int sv_eval_request(rules_set_t *set, rctx_t *c, const char *version, const rule
             add_error(out, name, (int)i, m);
         }
     }
+    free(r.cache);
     ra_free(&r.a);
     return r.fatal;
 }

@@ -154,6 +154,9 @@ struct stream {
     gw_map_t by_name;     /* name -> index+1 */
     gw_map_t lookup_keys; /* lookup keys the bucket list depends on */
     int reeval;
+    rules_buckets_t first_nb; /* the list the open computed (limit check), for the first round */
+    int have_first_nb;
+    uint64_t first_nb_cp; /* as of this checkpoint */
     /* checkpoint state */
     int have_checkpoint;    /* a checkpoint line was sent */
     uint64_t cp_op, cp_lsn; /* the checkpoint of the current / last round */
@@ -218,6 +221,7 @@ static void stream_dispose(void *p)
     }
     free(s->b);
     free(s->order);
+    rules_buckets_free(&s->first_nb);
     gw__subs_free(&s->subs);
     gw_map_free(&s->by_name);
     gw_map_free(&s->lookup_keys);
@@ -364,8 +368,12 @@ static void bucket_json(stream_t *s, gw_buf_t *out, const sbucket_t *b)
 {
     gw_buf_puts(out, "{\"bucket\":");
     gw_buf_json_str(out, b->name);
-    gw_buf_printf(out, ",\"checksum\":%u,\"count\":%llu,\"priority\":%d", b->checksum,
-                  (unsigned long long)b->count, b->priority);
+    gw_buf_puts(out, ",\"checksum\":");
+    gw_buf_u64(out, b->checksum);
+    gw_buf_puts(out, ",\"count\":");
+    gw_buf_u64(out, b->count);
+    gw_buf_puts(out, ",\"priority\":");
+    gw_buf_u64(out, (uint64_t)b->priority);
     gw__subs_bucket_json(&s->subs, b->definition, b->reasons, b->nreasons, out);
     gw_buf_puts(out, "}");
 }
@@ -379,8 +387,18 @@ static void wcp_json(stream_t *s, gw_buf_t *out)
 /*
  * Start a round for the thread's newest checkpoint. Returns 1 when output was produced, 0 when
  * nothing changed for this user, -1 when the stream must end (error already queued/logged).
+ * Its reads (lookups, every bucket's checksum) share one storage read transaction.
  */
+static int start_round_reads(stream_t *s);
 static int start_round(stream_t *s)
+{
+    int held = gw_storage_read_hold(s->th->reader) == 0;
+    int rc = start_round_reads(s);
+    if (held) gw_storage_read_release(s->th->reader);
+    return rc;
+}
+
+static int start_round_reads(stream_t *s)
 {
     sthread_t *th = s->th;
     gw_storage_reader_t *r = th->reader;
@@ -398,7 +416,10 @@ static int start_round(stream_t *s)
     if (first || s->reeval) {
         rules_buckets_t nb = {0};
         char msg[1024];
-        if (eval_buckets(s, &nb, msg, sizeof(msg)) != 0) {
+        if (s->have_first_nb && first && s->first_nb_cp == cp_op) {
+            nb = s->first_nb; /* computed by the open as of this checkpoint: not twice */
+            memset(&s->first_nb, 0, sizeof(s->first_nb));
+        } else if (eval_buckets(s, &nb, msg, sizeof(msg)) != 0) {
             char user[300];
             gw_warn("stream", "could not compute the buckets of a user; ending the stream",
                     "conn=s%llu user=%s error=\"%s\"", (unsigned long long)s->id,
@@ -408,6 +429,8 @@ static int start_round(stream_t *s)
             s->finishing = 1;
             return -1;
         }
+        rules_buckets_free(&s->first_nb); /* (unused when the checkpoint moved meanwhile) */
+        s->have_first_nb = 0;
         s->reeval = 0;
         /* keep positions of buckets that stay; drop the others */
         sbucket_t *b = gw_xcalloc(nb.n + 1, sizeof(sbucket_t));
@@ -576,14 +599,19 @@ static int round_step(stream_t *s)
         sbucket_t *b = &s->b[s->order[s->cur]];
         gw_buf_t *o = &s->pending;
         size_t mark = o->len;
-        gw_buf_puts(o, "{\"data\":{\"bucket\":");
-        gw_buf_json_str(o, b->name);
-        gw_buf_printf(o, ",\"after\":\"%llu\",\"data\":[", (unsigned long long)b->pos);
         size_t body = o->len;
-        uint64_t last;
-        int more;
-        size_t nops;
-        if (gw_storage_read_ops(s->th->reader, b->name, b->pos, s->cp_op, MAX_OPS_PER_LINE,
+        uint64_t last = b->pos;
+        int more = 0;
+        size_t nops = 0;
+        /* (a bucket the client has up to the checkpoint needs no read: a reconnect) */
+        if (b->pos < s->cp_op) {
+            gw_buf_puts(o, "{\"data\":{\"bucket\":");
+            gw_buf_json_str(o, b->name);
+            gw_buf_printf(o, ",\"after\":\"%llu\",\"data\":[", (unsigned long long)b->pos);
+            body = o->len;
+        }
+        if (b->pos < s->cp_op &&
+            gw_storage_read_ops(s->th->reader, b->name, b->pos, s->cp_op, MAX_OPS_PER_LINE,
                                 MAX_BYTES_PER_LINE, o, &last, &more, &nops) != 0) {
             o->len = mark;
             o->data[mark] = '\0';
@@ -839,14 +867,18 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
                            "replication has no consistent checkpoint yet; retry later");
         return 0;
     }
-    /* the body: {"buckets":[{"name","after"}], "client_id", "parameters", …} */
+    /* the body: {"buckets":[{"name","after"}], "client_id", "parameters", …}; positions scanned
+     * into a map (gw__req_body: a reconnect sends hundreds) */
     json_t *body = NULL;
+    gw_map_t after;
+    gw_map_init(&after);
     if (req->entity.base != NULL && req->entity.len > 0) {
         json_error_t jerr;
-        body = json_loadb(req->entity.base, req->entity.len, 0, &jerr);
+        body = gw__req_body(req->entity.base, req->entity.len, &after, &jerr);
         if (body == NULL || !json_is_object(body)) {
             auth_token_release(tok);
             json_decref(body);
+            gw_map_free(&after);
             gw_http_send_error(req, 400, "bad_request",
                                "the request body is not a JSON object (line %d, column %d: %s)",
                                jerr.line, jerr.column, body ? "not an object" : jerr.text);
@@ -861,6 +893,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
         (jclient != NULL && !json_is_string(jclient) && !json_is_null(jclient))) {
         auth_token_release(tok);
         json_decref(body);
+        gw_map_free(&after);
         gw_http_send_error(req, 400, "bad_request",
                            "\"buckets\" must be an array, \"parameters\" an object and "
                            "\"client_id\" a string");
@@ -877,6 +910,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
                 gw_log_qs(tok->sub, user, sizeof(user)), smsg);
         auth_token_release(tok);
         json_decref(body);
+        gw_map_free(&after);
         atomic_fetch_add(&g->rejected, 1);
         gw_http_send_error(req, 400, scode, "%s", smsg);
         return 0;
@@ -922,13 +956,20 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     rules_buckets_t nb = {0};
     char msg[1024];
     int rc = eval_buckets(s, &nb, msg, sizeof(msg));
-    rules_buckets_free(&nb);
+    if (rc == 0) {
+        s->first_nb = nb; /* the first round uses it */
+        s->first_nb_cp = s->cp_op;
+        s->have_first_nb = 1;
+    } else {
+        rules_buckets_free(&nb);
+    }
     if (rc != 0) {
         char user[300];
         gw_warn("stream", "rejected a stream", "user=%s error=\"%s\"",
                 gw_log_qs(s->sub, user, sizeof(user)), msg);
         s->th = NULL; /* not linked: dispose must not unlink */
         json_decref(body);
+        gw_map_free(&after);
         atomic_fetch_add(&g->rejected, 1);
         gw_http_send_error(req, 400, rc == RULES_ELIMIT ? "too_many_buckets" : "bad_request", "%s",
                            msg);
@@ -938,11 +979,9 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     th->nstreams++;
     atomic_fetch_add(&g->open, 1);
     atomic_fetch_add(&g->started, 1);
-    /* positions the client already has */
+    /* positions the client already has (the scanner's, or from the tree) */
     size_t i;
     json_t *e;
-    gw_map_t after;
-    gw_map_init(&after);
     json_array_foreach(jb, i, e)
     {
         const char *name = json_string_value(json_object_get(e, "name"));

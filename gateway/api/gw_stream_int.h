@@ -60,4 +60,21 @@ int gw__subs_streams_json(gw_subs_t *s, const rules_buckets_t *b, gw_buf_t *out)
 void gw__subs_bucket_json(const gw_subs_t *s, const char *definition, const int *reasons,
                           size_t nreasons, gw_buf_t *out);
 
+/**
+ * The bucket positions of a /sync/stream body without a JSON tree: fills positions (bucket name
+ * -> after + 1, keys copied) from the top-level "buckets" array and sets [*off, *end) to that
+ * array's span in body (0, 0 when there is none). Returns 0, or -1 when the scanner gives up
+ * (a malformed body, an entry it does not expect): the caller then parses the body with
+ * jansson as a whole and reports errors from there. The map may hold entries after -1.
+ */
+int gw__req_positions(const char *body, size_t len, gw_map_t *positions, size_t *off, size_t *end);
+
+/**
+ * Parse a /sync/stream body: the bucket positions with gw__req_positions into *positions (an
+ * initialised map) and the rest with jansson, its "buckets" then an empty array; when the
+ * scanner gives up, the whole body with jansson (positions stay empty, the tree has them).
+ * Returns the tree (the caller owns it) or NULL with *jerr, as json_loadb.
+ */
+json_t *gw__req_body(const char *base, size_t len, gw_map_t *positions, json_error_t *jerr);
+
 #endif

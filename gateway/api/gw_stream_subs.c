@@ -15,6 +15,8 @@
 #include "api/gw_stream_int.h"
 #include "base/gw_err.h"
 
+#include <ctype.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,11 +185,303 @@ void gw__subs_bucket_json(const gw_subs_t *s, const char *definition, const int 
         if (reasons[i] == RULES_REASON_DEFAULT) {
             uintptr_t idx = definition ? (uintptr_t)gw_map_get(&s->stream_index, definition) : 0;
             if (idx == 0) continue; /* a stream the first checkpoint did not list */
-            gw_buf_printf(out, "%s{\"default\":%zu}", first ? "" : ",", (size_t)(idx - 1));
+            gw_buf_puts(out, first ? "{\"default\":" : ",{\"default\":");
+            gw_buf_u64(out, (uint64_t)(idx - 1));
         } else {
-            gw_buf_printf(out, "%s{\"sub\":%d}", first ? "" : ",", reasons[i]);
+            gw_buf_puts(out, first ? "{\"sub\":" : ",{\"sub\":");
+            gw_buf_u64(out, (uint64_t)reasons[i]);
         }
+        gw_buf_puts(out, "}");
         first = 0;
     }
     gw_buf_puts(out, "]");
+}
+
+/* ---- the request's bucket positions, without a JSON tree ------------------------------------
+ *
+ * A reconnecting client sends every bucket it holds with its position ("buckets":[{"name",
+ * "after"}], 200 entries are common): parsing that with jansson (an object per entry) cost
+ * more than everything else of opening a stream. This scanner walks the body once: it checks
+ * that the text is one JSON object (strings, escapes, nesting; numbers and literals by their
+ * characters), takes the positions from the top-level "buckets" array into a map, and reports
+ * the array's span so the caller parses the rest with jansson without it. Anything it does not
+ * expect (a position that is neither digits nor a string of digits, a malformed body) makes it
+ * give up, and the caller parses the whole body with jansson as before, so errors and their
+ * messages do not change. */
+
+typedef struct scan {
+    const char *p, *end;
+} scan_t;
+
+static void sc_ws(scan_t *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+        s->p++;
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+static int hex4(const char *p, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(p[i]);
+        if (h < 0) return -1;
+        v = v << 4 | (unsigned)h;
+    }
+    *out = v;
+    return 0;
+}
+
+/* A string at s->p; its unescaped bytes appended to out when out is not NULL. */
+static int sc_string(scan_t *s, gw_buf_t *out)
+{
+    if (s->p >= s->end || *s->p != '"') return -1;
+    s->p++;
+    while (s->p < s->end) {
+        const char *run = s->p;
+        while (s->p < s->end && *s->p != '"' && *s->p != '\\' && (unsigned char)*s->p >= 0x20)
+            s->p++;
+        if (out && s->p > run) gw_buf_append(out, run, (size_t)(s->p - run));
+        if (s->p >= s->end || (unsigned char)*s->p < 0x20) return -1;
+        if (*s->p == '"') {
+            s->p++;
+            return 0;
+        }
+        /* an escape */
+        if (s->end - s->p < 2) return -1;
+        char e = s->p[1];
+        const char *simple = strchr("\"\\/bfnrt", e);
+        if (simple && e) {
+            static const char map[] = "\"\\/\b\f\n\r\t";
+            if (out) gw_buf_append(out, &map[simple - "\"\\/bfnrt"], 1);
+            s->p += 2;
+            continue;
+        }
+        if (e != 'u' || s->end - s->p < 6) return -1;
+        unsigned cp;
+        if (hex4(s->p + 2, &cp) != 0) return -1;
+        s->p += 6;
+        if (cp >= 0xD800 && cp <= 0xDBFF) { /* a surrogate pair, or give up */
+            unsigned lo;
+            if (s->end - s->p < 6 || s->p[0] != '\\' || s->p[1] != 'u' ||
+                hex4(s->p + 2, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF)
+                return -1;
+            s->p += 6;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+            return -1;
+        }
+        if (out) {
+            char u[4];
+            size_t n;
+            if (cp < 0x80) {
+                u[0] = (char)cp;
+                n = 1;
+            } else if (cp < 0x800) {
+                u[0] = (char)(0xC0 | cp >> 6);
+                u[1] = (char)(0x80 | (cp & 0x3F));
+                n = 2;
+            } else if (cp < 0x10000) {
+                u[0] = (char)(0xE0 | cp >> 12);
+                u[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+                u[2] = (char)(0x80 | (cp & 0x3F));
+                n = 3;
+            } else {
+                u[0] = (char)(0xF0 | cp >> 18);
+                u[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+                u[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+                u[3] = (char)(0x80 | (cp & 0x3F));
+                n = 4;
+            }
+            gw_buf_append(out, u, n);
+        }
+    }
+    return -1;
+}
+
+/* Any value; depth bounds nesting. */
+static int sc_value(scan_t *s, int depth)
+{
+    sc_ws(s);
+    if (s->p >= s->end || depth > 64) return -1;
+    char c = *s->p;
+    if (c == '"') return sc_string(s, NULL);
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        s->p++;
+        sc_ws(s);
+        if (s->p < s->end && *s->p == close) {
+            s->p++;
+            return 0;
+        }
+        for (;;) {
+            if (c == '{') {
+                sc_ws(s);
+                if (sc_string(s, NULL) != 0) return -1;
+                sc_ws(s);
+                if (s->p >= s->end || *s->p++ != ':') return -1;
+            }
+            if (sc_value(s, depth + 1) != 0) return -1;
+            sc_ws(s);
+            if (s->p >= s->end) return -1;
+            if (*s->p == ',') {
+                s->p++;
+                continue;
+            }
+            if (*s->p++ != close) return -1;
+            return 0;
+        }
+    }
+    /* a number or a literal: its characters (jansson checks the rest when the caller parses) */
+    const char *start = s->p;
+    while (s->p < s->end &&
+           (isalnum((unsigned char)*s->p) || *s->p == '-' || *s->p == '+' || *s->p == '.'))
+        s->p++;
+    return s->p > start ? 0 : -1;
+}
+
+/* One {"name": "...", "after": "N" | N, ...} entry into positions (name -> N + 1). */
+static int sc_position(scan_t *s, gw_map_t *positions, gw_buf_t *name)
+{
+    sc_ws(s);
+    if (s->p >= s->end || *s->p++ != '{') return -1;
+    int have_name = 0;
+    uint64_t after = 0;
+    sc_ws(s);
+    if (s->p < s->end && *s->p == '}') return -1; /* no name: let jansson's path decide */
+    for (;;) {
+        sc_ws(s);
+        const char *k = s->p;
+        if (sc_string(s, NULL) != 0) return -1;
+        size_t klen = (size_t)(s->p - k);
+        sc_ws(s);
+        if (s->p >= s->end || *s->p++ != ':') return -1;
+        sc_ws(s);
+        if (klen == 6 && memcmp(k, "\"name\"", 6) == 0) {
+            name->len = 0;
+            if (s->p >= s->end || *s->p != '"' || sc_string(s, name) != 0) return -1;
+            if (memchr(name->data ? name->data : "", '\0', name->len)) return -1;
+            have_name = 1;
+        } else if (klen == 7 && memcmp(k, "\"after\"", 7) == 0) {
+            int quoted = s->p < s->end && *s->p == '"';
+            if (quoted) s->p++;
+            const char *d = s->p;
+            while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+                s->p++;
+            if (s->p == d || s->p - d > 19) return -1;
+            after = strtoull(d, NULL, 10);
+            if (quoted && (s->p >= s->end || *s->p++ != '"')) return -1;
+        } else if (sc_value(s, 2) != 0) {
+            return -1;
+        }
+        sc_ws(s);
+        if (s->p >= s->end) return -1;
+        if (*s->p == ',') {
+            s->p++;
+            continue;
+        }
+        if (*s->p++ != '}') return -1;
+        break;
+    }
+    if (!have_name) return -1;
+    gw_map_put(positions, name->data ? name->data : "", (void *)(uintptr_t)(after + 1));
+    return 0;
+}
+
+int gw__req_positions(const char *body, size_t len, gw_map_t *positions, size_t *off, size_t *end)
+{
+    scan_t s = {body, body + len};
+    *off = *end = 0;
+    sc_ws(&s);
+    if (s.p >= s.end || *s.p++ != '{') return -1;
+    sc_ws(&s);
+    if (s.p < s.end && *s.p == '}') return 0;
+    gw_buf_t name = GW_BUF_INIT;
+    int rc = 0, found = 0;
+    for (; rc == 0;) {
+        sc_ws(&s);
+        const char *k = s.p;
+        if (sc_string(&s, NULL) != 0) {
+            rc = -1;
+            break;
+        }
+        int is_buckets = s.p - k == 9 && memcmp(k, "\"buckets\"", 9) == 0;
+        sc_ws(&s);
+        if (s.p >= s.end || *s.p++ != ':') {
+            rc = -1;
+            break;
+        }
+        sc_ws(&s);
+        if (is_buckets && s.p < s.end && *s.p == '[') {
+            if (found) { /* a duplicate key: jansson's path decides */
+                rc = -1;
+                break;
+            }
+            found = 1;
+            *off = (size_t)(s.p - body);
+            s.p++;
+            sc_ws(&s);
+            if (s.p < s.end && *s.p == ']') {
+                s.p++;
+            } else {
+                for (;;) {
+                    if (sc_position(&s, positions, &name) != 0) {
+                        rc = -1;
+                        break;
+                    }
+                    sc_ws(&s);
+                    if (s.p < s.end && *s.p == ',') {
+                        s.p++;
+                        continue;
+                    }
+                    if (s.p >= s.end || *s.p++ != ']') rc = -1;
+                    break;
+                }
+            }
+            *end = (size_t)(s.p - body);
+        } else if (sc_value(&s, 1) != 0) {
+            rc = -1;
+        }
+        if (rc != 0) break;
+        sc_ws(&s);
+        if (s.p < s.end && *s.p == ',') {
+            s.p++;
+            continue;
+        }
+        if (s.p >= s.end || *s.p++ != '}') rc = -1;
+        break;
+    }
+    gw_buf_free(&name);
+    if (rc == 0) {
+        sc_ws(&s);
+        if (s.p != s.end) rc = -1;
+    }
+    if (rc != 0) *off = *end = 0;
+    return rc;
+}
+
+json_t *gw__req_body(const char *base, size_t len, gw_map_t *positions, json_error_t *jerr)
+{
+    size_t off, end;
+    if (gw__req_positions(base, len, positions, &off, &end) != 0) {
+        gw_map_free(positions); /* parsed as a whole below; positions come from the tree */
+        gw_map_init(positions);
+        return json_loadb(base, len, 0, jerr);
+    }
+    if (end <= off) return json_loadb(base, len, 0, jerr);
+    /* the body without its positions: "buckets":[] */
+    gw_buf_t rest = GW_BUF_INIT;
+    gw_buf_append(&rest, base, off);
+    gw_buf_puts(&rest, "[]");
+    gw_buf_append(&rest, base + end, len - end);
+    json_t *body = json_loadb(rest.data, rest.len, 0, jerr);
+    gw_buf_free(&rest);
+    return body;
 }

@@ -242,6 +242,9 @@ struct gw_storage_type {
     int (*each_bucket)(gw_storage_reader_t *r, uint64_t as_of,
                        int (*fn)(void *ud, const char *bucket, uint32_t checksum, uint64_t count),
                        void *ud);
+    /* optional (NULL: every read stays its own transaction) */
+    int (*read_hold)(gw_storage_reader_t *r);
+    void (*read_release)(gw_storage_reader_t *r);
 };
 
 /** The head of every backend's writer: its table and the options it was opened with. */
@@ -532,6 +535,23 @@ static inline int gw_storage_read_state(gw_storage_reader_t *r, const char *key,
                                         size_t len)
 {
     return r->type->read_state(r, key, buf, len);
+}
+
+/**
+ * Let the reads of r until gw_storage_read_release share one read transaction (nests; one
+ * snapshot for all of them): for a loop of many short reads that runs to its end without waiting
+ * (a stream's checksums of every bucket), never across waiting for a client. 0 or GW_EIO (then
+ * do not release). A backend without it reads as before.
+ */
+static inline int gw_storage_read_hold(gw_storage_reader_t *r)
+{
+    return r->type->read_hold != NULL ? r->type->read_hold(r) : 0;
+}
+
+/** End what gw_storage_read_hold began (the outermost release ends the transaction). */
+static inline void gw_storage_read_release(gw_storage_reader_t *r)
+{
+    if (r->type->read_release != NULL) r->type->read_release(r);
 }
 
 /** Checksum (wrapping u32 sum) and count of bucket's ops with op_id <= as_of. 0 or GW_EIO. */

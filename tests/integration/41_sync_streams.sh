@@ -146,4 +146,19 @@ cr '{"client_id":"c3","checkpoint_request_id":"9223372036854775807"}' >/dev/null
 wait $spid
 expect_match "a newer request arrives on an open stream as a diff with the new id" \
   '"checkpoint_diff":\{"last_op_id":"[0-9]+","write_checkpoint":"9223372036854775807","updated_buckets":\[\],"removed_buckets":\[\]\}' "$(cat "$T_TMP/e.ndjson")"
+# a reconnect's positions are read without a JSON tree (a reconnect sends hundreds): escaped and
+# \u-escaped names, positions as strings or numbers, extra keys all resume; a malformed body is
+# still a 400 with the parser's message
+stream '{"buckets":[],"client_id":"c1","streams":{"include_defaults":false,"subscriptions":[{"stream":"list_todos","parameters":{"list_id":"l1"}}]}}' >"$T_TMP/p1.ndjson"
+cp1=$(head -1 "$T_TMP/p1.ndjson" | jq -r .checkpoint.last_op_id)
+body='{"client_id":"c1","buckets":[{"x":{"y":[1,"]"]},"name":"1#list_todos|0[\"\u006c1\"]","after":'"$cp1"'},{"name":"1#list_todos|0[\"l2\"]","after":"'"$cp1"'"}],"streams":{"include_defaults":false,"subscriptions":[{"stream":"list_todos","parameters":{"list_id":"l1"}},{"stream":"list_todos","parameters":{"list_id":"l2"}}]}}'
+stream "$body" >"$T_TMP/p2.ndjson"
+expect_eq "buckets the client has up to the checkpoint send no data" "0" "$(grep -c '"data"' "$T_TMP/p2.ndjson")"
+expect_match "and the stream completes" '"checkpoint_complete"' "$(cat "$T_TMP/p2.ndjson")"
+body='{"client_id":"c1","buckets":[{"name":"1#list_todos|0[\"l1\"]","after":"0"}],"streams":{"include_defaults":false,"subscriptions":[{"stream":"list_todos","parameters":{"list_id":"l1"}}]}}'
+stream "$body" >"$T_TMP/p3.ndjson"
+expect_eq "a position before the data resumes from there: all 10 todos of l1" "10" "$(grep -o '"object_id"' "$T_TMP/p3.ndjson" | wc -l)"
+out=$(curl -s -X POST "$base/sync/stream" -H "Authorization: Token $T1" -H 'content-type: application/json' \
+  -d '{"buckets":[{"name":"a","after":"1"}],')
+expect_match "a malformed body is a 400 naming where" '"code":"bad_request".*line 1, column' "$out"
 expect_eq "no errors in the log" "" "$(grep 'level=error' "$FERRY_LOG")"

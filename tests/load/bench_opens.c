@@ -66,6 +66,10 @@ static int first_line_done(conn_t *c, int *ok)
     }
     const char *p = hdr_end + 4, *end = c->buf + c->len;
     *ok = 1;
+    /* not chunked (a probe): done when Content-Length bytes arrived */
+    const char *cl = memmem(c->buf, (size_t)(hdr_end - c->buf), "\r\ncontent-length:", 17);
+    if (!cl) cl = memmem(c->buf, (size_t)(hdr_end - c->buf), "\r\nContent-Length:", 17);
+    if (cl) return (size_t)(end - p) >= strtoul(cl + 17, NULL, 10);
     /* chunked encoding: "<hex size>\r\n<data>\r\n" ...; done once the data holds a '\n' */
     while (p < end) {
         const char *crlf = memmem(p, (size_t)(end - p), "\r\n", 2);

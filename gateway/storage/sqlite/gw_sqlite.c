@@ -405,4 +405,6 @@ const gw_storage_type_t gw_sqlite_type = {
     .read_write_checkpoint = gw__sqlite_read_write_checkpoint,
     .lookup = gw__sqlite_lookup,
     .each_bucket = gw__sqlite_each_bucket,
+    .read_hold = gw__sqlite_read_hold,
+    .read_release = gw__sqlite_read_release,
 };

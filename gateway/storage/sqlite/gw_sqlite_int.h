@@ -297,6 +297,8 @@ int gw__sqlite_read_write_checkpoint(gw_storage_reader_t *rd, const char *user_k
                                      uint64_t as_of_lsn, uint64_t *counter);
 int gw__sqlite_lookup(gw_storage_reader_t *rd, const char *version, const char *key, uint64_t as_of,
                       int (*fn)(void *ud, const char *params), void *ud);
+int gw__sqlite_read_hold(gw_storage_reader_t *rd);
+void gw__sqlite_read_release(gw_storage_reader_t *rd);
 int gw__sqlite_each_bucket(gw_storage_reader_t *rd, uint64_t as_of,
                            int (*fn)(void *ud, const char *bucket, uint32_t checksum,
                                      uint64_t count),
