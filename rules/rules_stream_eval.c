@@ -453,6 +453,11 @@ typedef struct sreq {
     size_t lookup_rows;
     struct lkcache *cache; /* parameter-index answers read so far (one read per key) */
     int ncache, capcache;
+    /* values of request expressions that do not read subscription parameters: the same for
+     * every subscription of the request, so evaluated once */
+    const struct sval **rk;
+    struct pset **rv;
+    int nr, capr;
 } sreq_t;
 
 /* One parameter-index key as answered for this request: its rows, parsed once (values in the
@@ -835,6 +840,9 @@ static pset_t *value_sync(sqstate_t *x, const sval_t *v)
         return cache_put(x, v, s);
     }
     /* request data */
+    sreq_t *r = x->r;
+    for (int i = 0; i < r->nr; i++)
+        if (r->rk[i] == v) return cache_put(x, v, r->rv[i]);
     pset_t *s = ra_alloc(a, sizeof *s);
     s->v = ra_alloc(a, sizeof(pval_t));
     if (v->stmt < 0) {
@@ -843,7 +851,17 @@ static pset_t *value_sync(sqstate_t *x, const sval_t *v)
     }
     sqlite3_stmt *st = req_stmt(x, v->stmt);
     if (!st) return cache_put(x, v, s);
+    int shared = sqlite3_bind_parameter_count(st) < 2; /* ?2 is the subscription: not read */
     int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && shared) {
+        if (r->nr == r->capr) {
+            r->capr = r->capr ? r->capr * 2 : 8;
+            r->rk = rx_realloc(r->rk, sizeof(*r->rk) * (size_t)r->capr);
+            r->rv = rx_realloc(r->rv, sizeof(*r->rv) * (size_t)r->capr);
+        }
+        r->rk[r->nr] = v;
+        r->rv[r->nr++] = s; /* filled below */
+    }
     if (rc == SQLITE_ROW) {
         rval_t r;
         rv_from_column(&r, st, 0);
@@ -999,6 +1017,67 @@ static uint32_t key_hash(const char *k)
     return h;
 }
 
+/* A stored lookup row the way the replicator writes them ({"0": v, ...} or {"result": v}, with
+ * strings without escapes, integers and null) into vals (copied into a); the number of values,
+ * or -1 for anything else (then jansson reads it). The same values jansson's path gives. */
+#define FAST_ROW_MAX 8
+static int fast_row(rarena_t *a, const char *p, int result_named, rval_t *vals)
+{
+    int width = 0, seen = 0;
+    if (*p++ != '{') return -1;
+    if (*p == '}') return p[1] == '\0' ? 0 : -1;
+    for (;;) {
+        int idx;
+        if (result_named) {
+            if (strncmp(p, "\"result\":", 9) != 0) return -1;
+            p += 9;
+            idx = 0;
+        } else {
+            if (*p++ != '"' || *p < '0' || *p > '9' || p[1] != '"' || p[2] != ':') return -1;
+            idx = *p - '0';
+            p += 3;
+        }
+        if (idx >= FAST_ROW_MAX || (seen & 1 << idx)) return -1;
+        seen |= 1 << idx;
+        rval_t v = {SQLITE_NULL, 0, 0, NULL, 0};
+        if (*p == '"') {
+            const char *q = ++p;
+            while (*q && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
+                q++;
+            if (*q != '"') return -1;
+            v.t = SQLITE_TEXT;
+            v.s = ra_strndup(a, p, (size_t)(q - p));
+            v.n = (size_t)(q - p);
+            p = q + 1;
+        } else if (strncmp(p, "null", 4) == 0) {
+            p += 4;
+        } else if (*p == '-' || (*p >= '0' && *p <= '9')) {
+            const char *q = p + (*p == '-');
+            if (*q < '0' || *q > '9' || (*q == '0' && q[1] >= '0' && q[1] <= '9')) return -1;
+            int digits = 0;
+            while (*q >= '0' && *q <= '9') {
+                q++;
+                digits++;
+            }
+            if (digits > 18 || *q == '.' || *q == 'e' || *q == 'E') return -1;
+            v.t = SQLITE_INTEGER;
+            v.i = strtoll(p, NULL, 10);
+            p = q;
+        } else {
+            return -1;
+        }
+        vals[idx] = v;
+        width++;
+        if (*p == ',') {
+            p++;
+            continue;
+        }
+        if (*p != '}' || p[1] != '\0') return -1;
+        break;
+    }
+    return seen == (1 << width) - 1 ? width : -1; /* keys 0 .. width-1 */
+}
+
 /* The rows of one parameter-index key: from the request's cache, else read through the
  * callback and parsed into the cache. NULL when the callback failed (r->fatal is set). */
 static const lkcache_t *lookup_rows(sqstate_t *x, const char *key, int result_named)
@@ -1028,6 +1107,16 @@ static const lkcache_t *lookup_rows(sqstate_t *x, const char *key, int result_na
     e->width = ra_alloc(a, sizeof(int) * (ans.n + 1));
     e->vals = ra_alloc(a, sizeof(rval_t *) * (ans.n + 1));
     for (size_t k = 0; k < ans.n; k++) {
+        rval_t fast[FAST_ROW_MAX];
+        int fw = fast_row(a, ans.items[k], result_named, fast);
+        if (fw >= 0) {
+            rval_t *vals = ra_alloc(a, sizeof(rval_t) * (size_t)(fw + 1));
+            memcpy(vals, fast, sizeof(rval_t) * (size_t)fw);
+            e->width[e->nrows] = fw;
+            e->vals[e->nrows++] = vals;
+            free(ans.items[k]);
+            continue;
+        }
         json_t *obj = json_loads(ans.items[k], 0, NULL);
         if (obj && json_is_object(obj)) {
             int width = (int)json_object_size(obj);
@@ -1271,6 +1360,8 @@ int sv_eval_request(rules_set_t *set, rctx_t *c, const char *version, const rule
         }
     }
     free(r.cache);
+    free(r.rk);
+    free(r.rv);
     ra_free(&r.a);
     return r.fatal;
 }

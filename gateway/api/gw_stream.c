@@ -478,7 +478,11 @@ static int start_round_reads(stream_t *s)
         sbucket_t *b = &s->b[i];
         uint32_t cs;
         uint64_t count;
-        if (gw_storage_bucket_checksum(r, b->name, cp_op, &cs, &count) != 0) {
+        if (gw__cks_get(b->name, cp_op, &cs, &count)) {
+            /* read before, as of the same checkpoint */
+        } else if (gw_storage_bucket_checksum(r, b->name, cp_op, &cs, &count) == 0) {
+            gw__cks_put(b->name, cp_op, cs, count);
+        } else {
             gw_error("stream", "could not read bucket checksums; ending the stream", "conn=s%llu",
                      (unsigned long long)s->id);
             s->end_reason = "storage_error";
@@ -872,13 +876,16 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     json_t *body = NULL;
     gw_map_t after;
     gw_map_init(&after);
+    gw_subs_t subs;
+    memset(&subs, 0, sizeof(subs));
     if (req->entity.base != NULL && req->entity.len > 0) {
         json_error_t jerr;
-        body = gw__req_body(req->entity.base, req->entity.len, &after, &jerr);
+        body = gw__req_body(req->entity.base, req->entity.len, app->cfg, &after, &subs, &jerr);
         if (body == NULL || !json_is_object(body)) {
             auth_token_release(tok);
             json_decref(body);
             gw_map_free(&after);
+            gw__subs_free(&subs);
             gw_http_send_error(req, 400, "bad_request",
                                "the request body is not a JSON object (line %d, column %d: %s)",
                                jerr.line, jerr.column, body ? "not an object" : jerr.text);
@@ -894,6 +901,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
         auth_token_release(tok);
         json_decref(body);
         gw_map_free(&after);
+        gw__subs_free(&subs);
         gw_http_send_error(req, 400, "bad_request",
                            "\"buckets\" must be an array, \"parameters\" an object and "
                            "\"client_id\" a string");
@@ -904,7 +912,9 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     memset(s, 0, sizeof(*s));
     const char *scode;
     char smsg[300];
-    if (gw__subs_parse(body, app->cfg, &s->subs, &scode, smsg, sizeof(smsg)) != 0) {
+    int sub_rc = gw__subs_parse(body, app->cfg, &subs, &scode, smsg, sizeof(smsg));
+    s->subs = subs; /* the stream owns them now (stream_dispose frees them) */
+    if (sub_rc != 0) {
         char user[300];
         gw_warn("stream", "rejected a stream", "user=%s error=\"%s\"",
                 gw_log_qs(tok->sub, user, sizeof(user)), smsg);
@@ -1049,6 +1059,7 @@ static void on_thread_stop(h2o_context_t *ctx, size_t index, void *ud)
     gw_streams_t *g = ud;
     sthread_t *th = &g->threads[index];
     (void)ctx;
+    gw__cks_free();
     pthread_mutex_lock(&g->lock);
     g->attached = 0;
     if (th->rx_registered) {

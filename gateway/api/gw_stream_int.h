@@ -1,9 +1,10 @@
 /* gw_stream_int.h -- what the files of the sync stream route share (gw_stream*.c only)
  *
- * gw_stream.c runs the connection (rounds, output, wake-ups); gw_stream_subs.c holds the Sync
- * Streams side of a request: the subscriptions a client sent (`streams` in the body), the
- * `streams` list of the first checkpoint line and the `subscriptions` of each bucket. Nothing
- * outside api/gw_stream*.c includes this header.
+ * gw_stream.c runs the connection (rounds, output, wake-ups); gw_stream_cache.c remembers bucket
+ * checksums per loop thread; gw_stream_subs.c holds the Sync Streams side of a request: the
+ * subscriptions a client sent (`streams` in the body), the `streams` list of the first checkpoint
+ * line and the `subscriptions` of each bucket. Nothing outside api/gw_stream*.c includes this
+ * header.
  */
 #ifndef GW_STREAM_INT_H
 #define GW_STREAM_INT_H
@@ -28,10 +29,12 @@ typedef struct gw_subs {
     gw_map_t stream_index;
     int indexed;
     char *sent_streams; /* the `streams` the client last got (NULL before the first checkpoint) */
+    int parsed;         /* filled by gw__req_body (gw__subs_parse then keeps it) */
 } gw_subs_t;
 
 /**
- * Read `streams` of a /sync/stream body into *out (zeroed by the caller). Returns 0; 400-worthy
+ * Read `streams` of a /sync/stream body into *out (zeroed by the caller, or filled by
+ * gw__req_body: then kept as it is). Returns 0; 400-worthy
  * problems return -1 with code ("bad_request", "too_many_subscriptions",
  * "subscription_parameters_too_large") and a message naming the limit and the config key.
  */
@@ -71,10 +74,25 @@ int gw__req_positions(const char *body, size_t len, gw_map_t *positions, size_t 
 
 /**
  * Parse a /sync/stream body: the bucket positions with gw__req_positions into *positions (an
- * initialised map) and the rest with jansson, its "buckets" then an empty array; when the
- * scanner gives up, the whole body with jansson (positions stay empty, the tree has them).
- * Returns the tree (the caller owns it) or NULL with *jerr, as json_loadb.
+ * initialised map), the subscriptions, when they have the common shape, into *subs (zeroed by
+ * the caller; subs->parsed set), and the rest with jansson, its "buckets" then an empty array and
+ * its "streams" null; when the scanner gives up, the whole body with jansson (the tree then has
+ * everything, and gw__subs_parse reads the subscriptions from it with its messages). Returns the
+ * tree (the caller owns it) or NULL with *jerr, as json_loadb.
  */
-json_t *gw__req_body(const char *base, size_t len, gw_map_t *positions, json_error_t *jerr);
+json_t *gw__req_body(const char *base, size_t len, const gw_config_t *cfg, gw_map_t *positions,
+                     gw_subs_t *subs, json_error_t *jerr);
+
+/* ---- gw_stream_cache.c: bucket checksums as of a checkpoint, per loop thread ---- */
+
+/** 1 and the checksum and count of bucket as of checkpoint as_of when this thread read them
+ * before, else 0. */
+int gw__cks_get(const char *bucket, uint64_t as_of, uint32_t *checksum, uint64_t *count);
+
+/** Remember what storage answered for bucket as of as_of (a committed checkpoint). */
+void gw__cks_put(const char *bucket, uint64_t as_of, uint32_t checksum, uint64_t count);
+
+/** Release this thread's entries (its loop thread stops). */
+void gw__cks_free(void);
 
 #endif

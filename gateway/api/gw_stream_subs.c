@@ -25,8 +25,9 @@ int gw__subs_parse(json_t *body, const gw_config_t *cfg, gw_subs_t *out, const c
                    char *msg, size_t msglen)
 {
     gw_map_init(&out->stream_index);
-    json_t *streams = body ? json_object_get(body, "streams") : NULL;
     *code = "bad_request";
+    if (out->parsed) return 0; /* gw__req_body read them already */
+    json_t *streams = body ? json_object_get(body, "streams") : NULL;
     if (streams == NULL || json_is_null(streams)) return 0;
     if (!json_is_object(streams)) {
         snprintf(msg, msglen, "\"streams\" must be an object");
@@ -306,6 +307,45 @@ static int sc_string(scan_t *s, gw_buf_t *out)
     return -1;
 }
 
+/* A literal or a number, exactly as JSON writes them; *simple (when given) is cleared for a
+ * number jansson would print differently (a fraction, an exponent, -0, beyond 18 digits). */
+static int sc_scalar(scan_t *s, int *simple)
+{
+    static const char *const lits[] = {"true", "false", "null"};
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(lits[i]);
+        if ((size_t)(s->end - s->p) >= n && memcmp(s->p, lits[i], n) == 0) {
+            s->p += n;
+            return 0;
+        }
+    }
+    const char *start = s->p;
+    if (s->p < s->end && *s->p == '-') s->p++;
+    const char *digits = s->p;
+    if (s->p >= s->end || !isdigit((unsigned char)*s->p)) return -1;
+    if (*s->p == '0' && s->p + 1 < s->end && isdigit((unsigned char)s->p[1])) return -1;
+    while (s->p < s->end && isdigit((unsigned char)*s->p))
+        s->p++;
+    int plain = s->p - digits <= 18 && !(*digits == '0' && start != digits);
+    if (s->p < s->end && *s->p == '.') {
+        s->p++;
+        if (s->p >= s->end || !isdigit((unsigned char)*s->p)) return -1;
+        while (s->p < s->end && isdigit((unsigned char)*s->p))
+            s->p++;
+        plain = 0;
+    }
+    if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+        s->p++;
+        if (s->p < s->end && (*s->p == '+' || *s->p == '-')) s->p++;
+        if (s->p >= s->end || !isdigit((unsigned char)*s->p)) return -1;
+        while (s->p < s->end && isdigit((unsigned char)*s->p))
+            s->p++;
+        plain = 0;
+    }
+    if (simple && !plain) *simple = 0;
+    return 0;
+}
+
 /* Any value; depth bounds nesting. */
 static int sc_value(scan_t *s, int depth)
 {
@@ -339,12 +379,7 @@ static int sc_value(scan_t *s, int depth)
             return 0;
         }
     }
-    /* a number or a literal: its characters (jansson checks the rest when the caller parses) */
-    const char *start = s->p;
-    while (s->p < s->end &&
-           (isalnum((unsigned char)*s->p) || *s->p == '-' || *s->p == '+' || *s->p == '.'))
-        s->p++;
-    return s->p > start ? 0 : -1;
+    return sc_scalar(s, NULL);
 }
 
 /* One {"name": "...", "after": "N" | N, ...} entry into positions (name -> N + 1). */
@@ -395,10 +430,22 @@ static int sc_position(scan_t *s, gw_map_t *positions, gw_buf_t *name)
     return 0;
 }
 
+static int req_scan(const char *body, size_t len, gw_map_t *positions, size_t *off, size_t *end,
+                    size_t *soff, size_t *send);
+
 int gw__req_positions(const char *body, size_t len, gw_map_t *positions, size_t *off, size_t *end)
 {
+    size_t so, se;
+    return req_scan(body, len, positions, off, end, &so, &se);
+}
+
+/* gw__req_positions, and [*soff, *send) the span of a top-level "streams" object (0, 0: none) */
+static int req_scan(const char *body, size_t len, gw_map_t *positions, size_t *off, size_t *end,
+                    size_t *soff, size_t *send)
+{
     scan_t s = {body, body + len};
-    *off = *end = 0;
+    *off = *end = *soff = *send = 0;
+    int found_streams = 0;
     sc_ws(&s);
     if (s.p >= s.end || *s.p++ != '{') return -1;
     sc_ws(&s);
@@ -413,6 +460,11 @@ int gw__req_positions(const char *body, size_t len, gw_map_t *positions, size_t 
             break;
         }
         int is_buckets = s.p - k == 9 && memcmp(k, "\"buckets\"", 9) == 0;
+        int is_streams = s.p - k == 9 && memcmp(k, "\"streams\"", 9) == 0;
+        if (is_streams && found_streams++) { /* a duplicate key: jansson's path decides */
+            rc = -1;
+            break;
+        }
         sc_ws(&s);
         if (s.p >= s.end || *s.p++ != ':') {
             rc = -1;
@@ -446,8 +498,13 @@ int gw__req_positions(const char *body, size_t len, gw_map_t *positions, size_t 
                 }
             }
             *end = (size_t)(s.p - body);
-        } else if (sc_value(&s, 1) != 0) {
-            rc = -1;
+        } else {
+            const char *v = s.p;
+            if (sc_value(&s, 1) != 0) rc = -1;
+            if (rc == 0 && is_streams && *v == '{') {
+                *soff = (size_t)(v - body);
+                *send = (size_t)(s.p - body);
+            }
         }
         if (rc != 0) break;
         sc_ws(&s);
@@ -463,24 +520,273 @@ int gw__req_positions(const char *body, size_t len, gw_map_t *positions, size_t 
         sc_ws(&s);
         if (s.p != s.end) rc = -1;
     }
-    if (rc != 0) *off = *end = 0;
+    if (rc != 0) *off = *end = *soff = *send = 0;
     return rc;
 }
 
-json_t *gw__req_body(const char *base, size_t len, gw_map_t *positions, json_error_t *jerr)
+/* ---- the subscriptions without a JSON tree -------------------------------------------------
+ * The common shape only: "streams":{"include_defaults":bool|null,"subscriptions":[{"stream":
+ * "name","parameters":{flat object}|null,"override_priority":0..3|null}]} with no escapes and
+ * no duplicate keys, where each parameters object has strings without escapes, integers jansson
+ * prints as written, true, false or null. Its compact text is then the bytes between the
+ * tokens, exactly what json_dumps(JSON_COMPACT) writes. Anything else, and anything over a
+ * limit, gives up (the caller's jansson path decides, with its messages). */
+
+static int key_is(const char *k, size_t klen, const char *name)
 {
-    size_t off, end;
-    if (gw__req_positions(base, len, positions, &off, &end) != 0) {
+    return klen == strlen(name) + 2 && memcmp(k + 1, name, klen - 2) == 0;
+}
+
+/* a flat parameters object at s->p into its compact text (malloc'd), or NULL to give up */
+static char *sc_params(scan_t *s)
+{
+    gw_buf_t out = GW_BUF_INIT;
+    if (s->p >= s->end || *s->p != '{') return NULL;
+    s->p++;
+    gw_buf_puts(&out, "{");
+    const char *keys[16];
+    size_t klens[16];
+    int nkeys = 0;
+    sc_ws(s);
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        gw_buf_puts(&out, "}");
+        return out.data;
+    }
+    for (;;) {
+        sc_ws(s);
+        const char *k = s->p;
+        if (sc_string(s, NULL) != 0 || memchr(k, '\\', (size_t)(s->p - k)) || nkeys == 16) break;
+        size_t klen = (size_t)(s->p - k);
+        int dup = 0;
+        for (int i = 0; i < nkeys; i++)
+            dup |= klens[i] == klen && memcmp(keys[i], k, klen) == 0;
+        if (dup) break;
+        keys[nkeys] = k;
+        klens[nkeys++] = klen;
+        gw_buf_append(&out, k, klen);
+        sc_ws(s);
+        if (s->p >= s->end || *s->p++ != ':') break;
+        gw_buf_puts(&out, ":");
+        sc_ws(s);
+        const char *v = s->p;
+        int simple = 1;
+        if (s->p < s->end && *s->p == '"') {
+            if (sc_string(s, NULL) != 0 || memchr(v, '\\', (size_t)(s->p - v))) break;
+        } else if (sc_scalar(s, &simple) != 0 || !simple) {
+            break;
+        }
+        gw_buf_append(&out, v, (size_t)(s->p - v));
+        sc_ws(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            gw_buf_puts(&out, ",");
+            continue;
+        }
+        if (s->p < s->end && *s->p == '}') {
+            s->p++;
+            gw_buf_puts(&out, "}");
+            return out.data;
+        }
+        break;
+    }
+    gw_buf_free(&out);
+    return NULL;
+}
+
+static void subs_add(gw_subs_t *out, size_t *cap, char *name, char *params, int prio)
+{
+    if (out->n == *cap) {
+        *cap = *cap ? *cap * 2 : 8;
+        out->subs = gw_xrealloc(out->subs, (*cap + 1) * sizeof(rules_subscription_t));
+        out->names = gw_xrealloc(out->names, (*cap + 1) * sizeof(char *));
+        out->params = gw_xrealloc(out->params, (*cap + 1) * sizeof(char *));
+    }
+    out->names[out->n] = name;
+    out->params[out->n] = params;
+    out->subs[out->n] = (rules_subscription_t){name, params, prio};
+    out->n++;
+}
+
+/* One subscription object at s->p into out; -1 to give up. */
+static int sc_subscription(scan_t *s, gw_subs_t *out, size_t *cap, const gw_config_t *cfg)
+{
+    sc_ws(s);
+    if (s->p >= s->end || *s->p++ != '{') return -1;
+    gw_buf_t name = GW_BUF_INIT;
+    char *params = NULL;
+    int prio = -1, have_name = 0, have_params = 0, have_prio = 0;
+    for (;;) {
+        sc_ws(s);
+        const char *k = s->p;
+        if (sc_string(s, NULL) != 0) goto fail;
+        size_t klen = (size_t)(s->p - k);
+        sc_ws(s);
+        if (s->p >= s->end || *s->p++ != ':') goto fail;
+        sc_ws(s);
+        if (key_is(k, klen, "stream")) {
+            const char *v = s->p;
+            if (have_name++ || s->p >= s->end || *s->p != '"' || sc_string(s, &name) != 0 ||
+                memchr(v, '\\', (size_t)(s->p - v)))
+                goto fail;
+        } else if (key_is(k, klen, "parameters")) {
+            if (have_params++) goto fail;
+            if ((size_t)(s->end - s->p) >= 4 && memcmp(s->p, "null", 4) == 0) {
+                s->p += 4;
+            } else if ((params = sc_params(s)) == NULL) {
+                goto fail;
+            } else if ((long)strlen(params) > cfg->limits.max_subscription_parameter_bytes) {
+                goto fail;
+            }
+        } else if (key_is(k, klen, "override_priority")) {
+            if (have_prio++) goto fail;
+            if ((size_t)(s->end - s->p) >= 4 && memcmp(s->p, "null", 4) == 0) {
+                s->p += 4;
+            } else if (s->p < s->end && *s->p >= '0' && *s->p <= '3' &&
+                       (s->p + 1 >= s->end || !isdigit((unsigned char)s->p[1]))) {
+                prio = *s->p++ - '0';
+            } else {
+                goto fail;
+            }
+        } else if (sc_value(s, 3) != 0) {
+            goto fail;
+        }
+        sc_ws(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            continue;
+        }
+        if (s->p >= s->end || *s->p++ != '}') goto fail;
+        break;
+    }
+    if (!have_name || name.data == NULL || memchr(name.data, '\0', name.len)) goto fail;
+    subs_add(out, cap, gw_xstrdup(name.data), params, prio);
+    gw_buf_free(&name);
+    return 0;
+fail:
+    gw_buf_free(&name);
+    free(params);
+    return -1;
+}
+
+/* The "streams" object [off, end) of body into out (empty); 0, or -1 (out emptied) to give up. */
+static int subs_fast(const char *body, size_t off, size_t end, const gw_config_t *cfg,
+                     gw_subs_t *out)
+{
+    scan_t s = {body + off, body + end};
+    size_t cap = 0;
+    int have_inc = 0, have_subs = 0, rc = 0;
+    s.p++; /* the '{' */
+    sc_ws(&s);
+    if (s.p < s.end && *s.p == '}') return 0;
+    for (; rc == 0;) {
+        sc_ws(&s);
+        const char *k = s.p;
+        if (sc_string(&s, NULL) != 0) {
+            rc = -1;
+            break;
+        }
+        size_t klen = (size_t)(s.p - k);
+        sc_ws(&s);
+        if (s.p >= s.end || *s.p++ != ':') {
+            rc = -1;
+            break;
+        }
+        sc_ws(&s);
+        if (key_is(k, klen, "include_defaults")) {
+            if (have_inc++) {
+                rc = -1;
+            } else if ((size_t)(s.end - s.p) >= 5 && memcmp(s.p, "false", 5) == 0) {
+                out->exclude_defaults = 1;
+                s.p += 5;
+            } else if ((size_t)(s.end - s.p) >= 4 &&
+                       (memcmp(s.p, "true", 4) == 0 || memcmp(s.p, "null", 4) == 0)) {
+                s.p += 4;
+            } else {
+                rc = -1;
+            }
+        } else if (key_is(k, klen, "subscriptions")) {
+            if (have_subs++) {
+                rc = -1;
+            } else if ((size_t)(s.end - s.p) >= 4 && memcmp(s.p, "null", 4) == 0) {
+                s.p += 4;
+            } else if (s.p < s.end && *s.p == '[') {
+                s.p++;
+                sc_ws(&s);
+                if (s.p < s.end && *s.p == ']') {
+                    s.p++;
+                } else {
+                    for (;;) {
+                        if ((long)out->n >= cfg->limits.max_subscriptions_per_connection ||
+                            sc_subscription(&s, out, &cap, cfg) != 0) {
+                            rc = -1;
+                            break;
+                        }
+                        sc_ws(&s);
+                        if (s.p < s.end && *s.p == ',') {
+                            s.p++;
+                            continue;
+                        }
+                        if (s.p >= s.end || *s.p++ != ']') rc = -1;
+                        break;
+                    }
+                }
+            } else {
+                rc = -1;
+            }
+        } else if (sc_value(&s, 2) != 0) {
+            rc = -1;
+        }
+        if (rc != 0) break;
+        sc_ws(&s);
+        if (s.p < s.end && *s.p == ',') {
+            s.p++;
+            continue;
+        }
+        if (s.p >= s.end || *s.p++ != '}') rc = -1;
+        break;
+    }
+    if (rc != 0) {
+        gw__subs_free(out);
+        memset(out, 0, sizeof(*out));
+    }
+    return rc;
+}
+
+json_t *gw__req_body(const char *base, size_t len, const gw_config_t *cfg, gw_map_t *positions,
+                     gw_subs_t *subs, json_error_t *jerr)
+{
+    size_t off, end, soff, send;
+    if (req_scan(base, len, positions, &off, &end, &soff, &send) != 0) {
         gw_map_free(positions); /* parsed as a whole below; positions come from the tree */
         gw_map_init(positions);
         return json_loadb(base, len, 0, jerr);
     }
-    if (end <= off) return json_loadb(base, len, 0, jerr);
-    /* the body without its positions: "buckets":[] */
+    /* the subscriptions, when they have the common shape; "streams" then reads as null */
+    if (send > soff && subs_fast(base, soff, send, cfg, subs) == 0) {
+        subs->parsed = 1;
+    } else {
+        soff = send = 0;
+    }
+    if (end <= off && send <= soff) return json_loadb(base, len, 0, jerr);
+    /* the body without what was read here, in text order: "buckets":[] and "streams":null */
+    struct {
+        size_t a, b;
+        const char *with;
+    } cut[2] = {{off, end, "[]"}, {soff, send, "null"}};
+    if (soff < off) {
+        cut[0] = (typeof(cut[0])){soff, send, "null"};
+        cut[1] = (typeof(cut[1])){off, end, "[]"};
+    }
     gw_buf_t rest = GW_BUF_INIT;
-    gw_buf_append(&rest, base, off);
-    gw_buf_puts(&rest, "[]");
-    gw_buf_append(&rest, base + end, len - end);
+    size_t at = 0;
+    for (int i = 0; i < 2; i++) {
+        if (cut[i].b <= cut[i].a) continue;
+        gw_buf_append(&rest, base + at, cut[i].a - at);
+        gw_buf_puts(&rest, cut[i].with);
+        at = cut[i].b;
+    }
+    gw_buf_append(&rest, base + at, len - at);
     json_t *body = json_loadb(rest.data, rest.len, 0, jerr);
     gw_buf_free(&rest);
     return body;
