@@ -10,6 +10,9 @@
  * parameters the stream cannot use, is an error there, never a failed request), and every bucket
  * in `checkpoint` and `checkpoint_diff` names why it is included: `{"default": i}` (i indexes
  * the first checkpoint's streams) or `{"sub": j}` (j indexes the request's subscriptions).
+ * Since a subscription change is a new request, opening must stay cheap: gw__req_body reads the
+ * body's bucket positions and (in their common shape) its subscriptions with a small scanner
+ * instead of a JSON tree, and leaves the rest, and anything unusual, to jansson.
  * Called by gw_stream.c on its loop thread; everything is owned by the stream.
  */
 #include "api/gw_stream_int.h"
