@@ -6,7 +6,7 @@
 
 SDK_SRCS := clientsdk/src/ferry_db.c clientsdk/src/ferry_jrow.c clientsdk/src/ferry_oplog.c \
 	clientsdk/src/ferry_ops.c clientsdk/src/ferry_publish.c clientsdk/src/ferry_rows.c \
-	clientsdk/src/ferry_scan.c clientsdk/src/ferry_sync.c
+	clientsdk/src/ferry_scan.c clientsdk/src/ferry_subs.c clientsdk/src/ferry_sync.c
 SDK_OBJS = $(patsubst %.c,$(OBJ)/%.o,$(SDK_SRCS))
 SDK_PKGS := sqlite3 libcurl jansson
 SDK_LIBS := $(shell pkg-config --libs $(SDK_PKGS) 2>/dev/null) -lpthread -lm

@@ -57,6 +57,8 @@ GW_HTTP_SRCS := \
 GW_API_SRCS := \
 	gateway/api/gw_probes.c \
 	gateway/api/gw_stream.c \
+	gateway/api/gw_stream_cache.c \
+	gateway/api/gw_stream_subs.c \
 	gateway/api/gw_wcp.c \
 	gateway/api/gw_write.c \
 	gateway/api/gw_write_stmt.c \

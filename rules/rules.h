@@ -47,6 +47,13 @@
 #define RULES_ELOOKUP  (-6) /* the lookup callback failed */
 #define RULES_ELIMIT   (-7) /* too many buckets or parameter rows for one request */
 
+/**
+ * Version of what the library computes from a rules file (bucket ids, row data, lookup keys).
+ * The gateway mixes it into the hash of the rules, so an upgrade that changes these outputs
+ * builds the rules again as a new rule version instead of mixing old and new outputs.
+ */
+#define RULES_ENGINE_VERSION 2
+
 /** Static one-line description of a RULES_E* code ("out of memory"). */
 const char *rules_strerror(int code);
 
@@ -99,7 +106,7 @@ rules_set_t *rules_ref(rules_set_t *set);
 /** Drop one reference; the last one frees the set and its evaluation contexts. NULL is fine. */
 void rules_unref(rules_set_t *set);
 
-/** Edition of the file (1 or 2) after applying config: defaults. */
+/** Edition of the file (1, 2 or 3) after applying config: defaults. */
 int rules_edition(const rules_set_t *set);
 
 /**
@@ -220,23 +227,52 @@ int rules_answer_add(rules_answer_t *ans, const char *params_json);
  */
 typedef int (*rules_lookup_fn)(void *arg, const char *key, rules_answer_t *ans);
 
+/** One Sync Streams subscription of a request (`streams.subscriptions[i]`). */
+typedef struct rules_subscription {
+    const char *stream;      /* stream name as the client wrote it */
+    const char *params_json; /* JSON object text; NULL means {} */
+    int override_priority;   /* 0..3, or -1 to keep the stream's priority */
+} rules_subscription_t;
+
 /** A request: JWT claims (JSON object text), client parameters (JSON object text or NULL). */
 typedef struct rules_request {
     const char *claims_json;
     const char *params_json;
     rules_lookup_fn lookup; /* NULL: table-lookup queries are reported as unresolved */
     void *lookup_arg;
-    size_t max_buckets; /* 0 means 1000 */
+    size_t max_buckets;               /* 0 means 1000 */
+    const rules_subscription_t *subs; /* explicit stream subscriptions, in request order */
+    size_t nsubs;
+    int exclude_defaults; /* `streams.include_defaults: false`: no default streams, and no
+                             bucket definitions (they count as default streams) */
 } rules_request_t;
+
+/** Why a bucket is included: RULES_REASON_DEFAULT, or the index of a subscription in subs. */
+#define RULES_REASON_DEFAULT (-1)
 
 /** One bucket of a request. Strings owned by the list except definition/query (by the set). */
 typedef struct rules_bucket {
     char *bucket;           /* "<version>#name[params]" */
     int priority;           /* 0..3, highest priority (lowest number) of its producers */
-    const char *definition; /* bucket definition name */
-    int query_index;        /* which parameter query produced it (first one wins on ties) */
+    const char *definition; /* bucket definition or stream name (of the first producer) */
+    int query_index;        /* which parameter query (or stream query) produced it (first wins) */
     const char *query;      /* that query's SQL text as written */
+    int *reasons;           /* RULES_REASON_DEFAULT or subscription indexes, in order */
+    size_t nreasons;
 } rules_bucket_t;
+
+/** A subscription (or a default subscription) that could not be resolved. */
+typedef struct rules_stream_error {
+    char *stream;     /* the stream name as requested */
+    int subscription; /* index in rules_request_t.subs, or -1 for the default subscription */
+    char *message;    /* PostgreSQL style */
+} rules_stream_error_t;
+
+/** A stream (or bucket definition) the request is subscribed to, for the checkpoint line. */
+typedef struct rules_stream_ref {
+    const char *name; /* owned by the set */
+    int is_default;   /* auto_subscribe stream, or a bucket definition */
+} rules_stream_ref_t;
 
 /** One table-lookup query that could not be answered because no callback was given. */
 typedef struct rules_unresolved {
@@ -251,17 +287,25 @@ typedef struct rules_buckets {
     size_t n, cap;
     rules_unresolved_t *unresolved;
     size_t nunresolved, capunresolved;
+    rules_stream_ref_t *streams; /* subscribed streams in definition order (checkpoint) */
+    size_t nstreams;
+    rules_stream_error_t *errors; /* per subscription; unknown streams are errors too */
+    size_t nerrors;
 } rules_buckets_t;
 
 /** Release *b's items and zero it; NULL is fine. */
 void rules_buckets_free(rules_buckets_t *b);
 
 /**
- * Compute the buckets of one request: run every parameter query (static, json_each, table
- * lookup through req->lookup), form bucket ids with version as prefix, deduplicate (highest
- * priority wins) and append to *out in definition order. Returns 0; RULES_EINVAL when the claims
- * or parameters are not JSON objects; RULES_ELOOKUP when the callback failed; RULES_ELIMIT when
- * more than max_buckets result (err names the definition); RULES_EEVAL; RULES_ENOMEM.
+ * Compute the buckets of one request: run every parameter query of the bucket definitions
+ * (static, json_each, table lookup through req->lookup) and every querier of the streams the
+ * request subscribes to (default streams unless exclude_defaults, and req->subs), form bucket
+ * ids with version as prefix, merge duplicates (highest priority wins, reasons add up) and
+ * append to *out in definition order. A subscription to an unknown stream, with parameters that
+ * are not a JSON object, or whose evaluation fails, becomes an entry of out->errors, not a
+ * failure. Returns 0; RULES_EINVAL when the claims or parameters are not JSON objects;
+ * RULES_ELOOKUP when the callback failed; RULES_ELIMIT when more than max_buckets result (err
+ * names the definition); RULES_EEVAL; RULES_ENOMEM.
  */
 int rules_eval_request(rules_set_t *set, const char *version, const rules_request_t *req,
                        rules_buckets_t *out, rules_error_t *err);
@@ -337,10 +381,39 @@ const rules_constraint_t *rules_constraint_at(const rules_set_t *set, size_t i);
 
 /* ---- introspection (for `ferry rules explain`) ---------------------------------------------- */
 
-/** Number of bucket definitions. */
+/** Number of bucket sources: bucket definitions, then streams. */
 size_t rules_definition_count(const rules_set_t *set);
 
-/** Name of definition i (file order). */
+/** Name of bucket source i (bucket definitions in file order, then streams). */
 const char *rules_definition_name(const rules_set_t *set, size_t i);
+
+/** One Sync Stream of the set. Strings owned by the set. */
+typedef struct rules_stream_info {
+    const char *name;
+    int priority;          /* 0..3 */
+    int auto_subscribe;    /* a default stream */
+    int edition3;          /* compiled by the edition-3 compiler (else the alpha parser) */
+    size_t nbuckets;       /* bucket kinds (queriers) it resolves to */
+    int uses_subscription; /* reads subscription parameters */
+} rules_stream_info_t;
+
+/** Number of streams. */
+size_t rules_stream_count(const rules_set_t *set);
+
+/** Stream i (file order) into *out; returns 0, or -1 when i is out of range. */
+int rules_stream_at(const rules_set_t *set, size_t i, rules_stream_info_t *out);
+
+/** Name of the bucket kind j of stream i (e.g. "todos|0"), NULL when out of range. */
+const char *rules_stream_bucket(const rules_set_t *set, size_t i, size_t j);
+
+/**
+ * What bucket kind j of stream i is keyed by, as one line of text: the query it comes from, the
+ * tables whose rows it holds, where each parameter value comes from (request expressions quoted
+ * from the query, parameter-index lookups) and the request conditions, e.g.
+ * `todos|0 from query 0: rows of todos by list_id = subscription.parameter('list_id') and
+ * lookup 0; lookup 0: id from lists where owner_id = auth.user_id()`. Returns a malloc'd string
+ * (the caller frees it), NULL when out of range.
+ */
+char *rules_stream_describe(const rules_set_t *set, size_t i, size_t j);
 
 #endif

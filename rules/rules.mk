@@ -10,7 +10,12 @@ RULES_SRCS += \
 	rules/rules_eval.c \
 	rules/rules_func.c \
 	rules/rules_write.c \
-	rules/rules_lint.c
+	rules/rules_lint.c \
+	rules/rules_stream_parse.c \
+	rules/rules_stream_compile.c \
+	rules/rules_stream_alpha.c \
+	rules/rules_stream_eval.c \
+	rules/rules_stream_explain.c
 
 UNIT_TESTS += rules
 FUZZ_TARGETS += rules

@@ -8,7 +8,7 @@
  * (plain, quoted or block style) by rpos_map(). Compilation continues after an error so one
  * run reports as much as it can; any error means no rule set.
  */
-#include "rules_int.h"
+#include "rules_stream.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -24,6 +24,8 @@ typedef struct cc {
     const char *text;
     size_t len;
     yaml_document_t *doc;
+    yaml_node_t *precision_node;     /* config.timestamp_max_precision */
+    yaml_node_t *sqlite_engine_node; /* config.unstable_sqlite_expression_engine: true */
 } cc_t;
 
 /* ---- diagnostics ---------------------------------------------------------------------- */
@@ -497,6 +499,13 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         break;
     }
     case N_UNARY:
+        /* NOT with the reference's semantics (NOT NULL is true): ps_not() */
+        if (strcmp(n->op, "NOT") == 0) {
+            rb_puts(b, "ps_not(");
+            emit(q, n->a, b);
+            rb_putc(b, ')');
+            break;
+        }
         rb_putc(b, '(');
         rb_puts(b, n->op);
         rb_putc(b, ' ');
@@ -504,6 +513,22 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         rb_putc(b, ')');
         break;
     case N_BINARY:
+        if (strcmp(n->op, "AND") == 0 || strcmp(n->op, "OR") == 0) {
+            rb_puts(b, "(ps_bool(");
+            emit(q, n->a, b);
+            rb_printf(b, ") %s ps_bool(", n->op);
+            emit(q, n->b, b);
+            rb_puts(b, "))");
+            break;
+        }
+        if (strcmp(n->op, "||") == 0) {
+            rb_puts(b, "ps_concat(");
+            emit(q, n->a, b);
+            rb_puts(b, ", ");
+            emit(q, n->b, b);
+            rb_putc(b, ')');
+            break;
+        }
         rb_putc(b, '(');
         emit(q, n->a, b);
         rb_printf(b, " %s ", n->op);
@@ -525,9 +550,9 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         break;
     }
     case N_CAST:
-        rb_puts(b, "CAST(");
+        rb_puts(b, "ps_cast(");
         emit(q, n->a, b);
-        rb_printf(b, " AS %s)", n->name);
+        rb_printf(b, ", '%s')", n->name);
         break;
     case N_ISNULL:
         rb_putc(b, '(');
@@ -535,12 +560,12 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         rb_puts(b, n->neg ? " IS NOT NULL)" : " IS NULL)");
         break;
     case N_IN:
-        rb_putc(b, '(');
+        /* `x IN <json array>` with the reference's semantics (NULL when either is NULL) */
+        rb_puts(b, n->neg ? "ps_not(ps_json_contains(" : "ps_json_contains(");
         emit(q, n->a, b);
-        rb_puts(b, n->neg ? " NOT IN (SELECT value FROM json_each("
-                          : " IN (SELECT value FROM json_each(");
+        rb_puts(b, ", ");
         emit(q, n->b, b);
-        rb_puts(b, ")))");
+        rb_puts(b, n->neg ? "))" : ")");
         break;
     case N_INLIST:
         rb_putc(b, '(');
@@ -855,7 +880,7 @@ static rfilt_t *lfilt(qc_t *q, rnode_t *n)
 
 /* ---- statements ----------------------------------------------------------------------- */
 
-static int add_stmt(rules_set_t *set, char *sql)
+int rset_add_stmt(rules_set_t *set, char *sql)
 {
     if (set->nstmts == set->capstmts) {
         set->capstmts = set->capstmts ? set->capstmts * 2 : 16;
@@ -908,7 +933,7 @@ static void finish_rowq(qc_t *q)
         r->sql = rb_strdup(&b);
         rb_free(&b);
         if (!q->failed && sqlite_check(q, r->sql) == 0)
-            r->stmt = add_stmt(q->c->set, rx_strdup(r->sql));
+            r->stmt = rset_add_stmt(q->c->set, rx_strdup(r->sql));
     }
     rb_free(&q->rowsql);
 }
@@ -1291,7 +1316,7 @@ static rparamq_t *compile_param(cc_t *c, rdef_t *def, yaml_node_t *node)
     rb_free(&outsql);
     if (pq->req_sql && !q->failed) {
         if (sqlite_check(q, pq->req_sql) == 0)
-            pq->req_stmt = add_stmt(c->set, rx_strdup(pq->req_sql));
+            pq->req_stmt = rset_add_stmt(c->set, rx_strdup(pq->req_sql));
     }
     if (q->failed) goto fail;
     if (pq->kind == PQ_LOOKUP) table_use(c->set, pq->r.schema, pq->r.table, RULES_USE_LOOKUP);
@@ -1418,17 +1443,18 @@ static void compile_config(cc_t *c, yaml_node_t *m, int *edition, int flags[4], 
         long n;
         int b;
         if (strcmp(key, "edition") == 0) {
-            if (yint(c, v, 1, 3, &n) == 0) {
-                if (n == 3)
-                    node_err(c, 0, v,
-                             "edition 3 (compiled sync streams) is not supported yet; "
-                             "use edition 1 or 2");
-                else
-                    *edition = (int)n;
-            }
+            if (yint(c, v, 1, 3, &n) == 0) *edition = (int)n;
         } else if (strcmp(key, "storage_version") == 0) {
-            yint(c, v, 1, 3, &n);
+            if (yint(c, v, 1, 99, &n) == 0) {
+                if (n != 2 && n != 3)
+                    node_err(c, 0, v, "storage version %ld is not supported (use 2, or 3)", n);
+                else if (n == 3)
+                    node_err(c, 1, v,
+                             "storage version 3 is unstable in PowerSync; Ferry accepts it and "
+                             "stores buckets the same way");
+            }
         } else if (strcmp(key, "timestamp_max_precision") == 0) {
+            c->precision_node = v;
             const char *s = yscalar(v);
             static const char *const names[] = {"seconds", "milliseconds", "microseconds",
                                                 "nanoseconds", NULL};
@@ -1448,7 +1474,7 @@ static void compile_config(cc_t *c, yaml_node_t *m, int *edition, int flags[4], 
         } else if (strcmp(key, "custom_postgres_types") == 0) {
             if (ybool(c, v, &b) == 0) flags[3] = b;
         } else if (strcmp(key, "unstable_sqlite_expression_engine") == 0) {
-            ybool(c, v, &b);
+            if (ybool(c, v, &b) == 0 && b) c->sqlite_engine_node = v;
         } else {
             unknown_key(c, k, "\"config\"", keys);
         }
@@ -1597,7 +1623,7 @@ static void compile_def(cc_t *c, const char *name, yaml_node_t *kn, yaml_node_t 
         pq->expand_input = -1;
         pq->req_pred_col = -1;
         pq->req_sql = rx_strdup("SELECT 1");
-        pq->req_stmt = add_stmt(set, rx_strdup(pq->req_sql));
+        pq->req_stmt = rset_add_stmt(set, rx_strdup(pq->req_sql));
         pq->names = rx_calloc(1, sizeof(char *));
         pq->param_of = rx_calloc(1, sizeof(int));
         def->pq = rx_calloc(1, sizeof(rparamq_t *));
@@ -1646,6 +1672,170 @@ static void compile_defs(cc_t *c, yaml_node_t *m)
         }
         compile_def(c, name, k, v);
     }
+}
+
+/* ---- streams (the YAML side; rules_stream_compile.c compiles the SQL) ----------------- */
+
+static ssrc_t *scalar_src(cc_t *c, yaml_node_t *n)
+{
+    splan_t *p = c->set->splan;
+    ssrc_t *s = ra_alloc(&p->arena, sizeof *s);
+    s->text = ra_strdup(&p->arena, (const char *)n->data.scalar.value);
+    s->pm = (rposmap_t){c->text, c->len, n->start_mark.index, n->data.scalar.style, s->text};
+    return s;
+}
+
+static int name_taken(cc_t *c, const char *name)
+{
+    for (int i = 0; i < c->set->ndefs; i++)
+        if (strcmp(c->set->defs[i]->name, name) == 0) return 1;
+    return 0;
+}
+
+static void compile_ctes(cc_t *c, sbuilder_t *b, yaml_node_t *m, int local)
+{
+    if (m->type != YAML_MAPPING_NODE) {
+        node_err(c, 0, m, "\"with\" must map names to queries");
+        return;
+    }
+    FOR_PAIRS(c, m, k, v)
+    {
+        const char *name = yscalar(k);
+        if (!name || !*name) {
+            node_err(c, 0, k, "common table expression names must be plain strings");
+            continue;
+        }
+        if (dup_key(c, m, p_, k)) {
+            node_err(c, 0, k, "duplicate common table expression \"%s\"", name);
+            continue;
+        }
+        if (!v || v->type != YAML_SCALAR_NODE) {
+            node_err(c, 0, v ? v : k, "common table expression \"%s\" must be a query", name);
+            continue;
+        }
+        sc_cte(b, ra_strdup(&c->set->splan->arena, name), scalar_src(c, v), local);
+    }
+}
+
+static void compile_streams(cc_t *c, yaml_node_t *m, yaml_node_t *with, int edition)
+{
+    static const char *const keys[] = {
+        "query", "queries", "auto_subscribe", "priority", "accept_potentially_dangerous_queries",
+        "with",  NULL};
+    if (m->type != YAML_MAPPING_NODE) {
+        node_err(c, 0, m, "\"streams\" must be a mapping of names to streams");
+        return;
+    }
+    splan_t *p = c->set->splan = rx_calloc(1, sizeof *p);
+    scompile_t *sc = ra_alloc(&p->arena, sizeof *sc);
+    *sc = (scompile_t){c->set, c->d, p, edition, c->set->fixed_json_extract};
+    sbuilder_t *b = edition >= 3 ? sc_begin(sc) : NULL;
+    if (b && with) compile_ctes(c, b, with, 0);
+    FOR_PAIRS(c, m, k, v)
+    {
+        const char *name = yscalar(k);
+        if (!name || !*name) {
+            node_err(c, 0, k, "stream names must be plain strings");
+            continue;
+        }
+        if (dup_key(c, m, p_, k) || name_taken(c, name)) {
+            node_err(c, 0, k, "duplicate stream or bucket definition \"%s\"", name);
+            continue;
+        }
+        if (!v || v->type != YAML_MAPPING_NODE) {
+            node_err(c, 0, v ? v : k,
+                     "stream \"%s\" must be a mapping with \"query\" (or \"queries\")", name);
+            continue;
+        }
+        yaml_node_t *query = NULL, *queries = NULL, *lwith = NULL;
+        int prio = 3, auto_sub = 0, accept = 0;
+        FOR_PAIRS(c, v, k2, v2)
+        {
+            const char *key = yscalar(k2);
+            if (!key) {
+                node_err(c, 0, k2, "keys must be plain names");
+                continue;
+            }
+            if (dup_key(c, v, p_, k2)) {
+                node_err(c, 0, k2, "duplicate key \"%s\"", key);
+                continue;
+            }
+            long n;
+            if (strcmp(key, "query") == 0)
+                query = v2;
+            else if (strcmp(key, "queries") == 0)
+                queries = v2;
+            else if (strcmp(key, "with") == 0)
+                lwith = v2;
+            else if (strcmp(key, "priority") == 0) {
+                if (yint(c, v2, 0, 3, &n) == 0) prio = (int)n;
+            } else if (strcmp(key, "auto_subscribe") == 0)
+                ybool(c, v2, &auto_sub);
+            else if (strcmp(key, "accept_potentially_dangerous_queries") == 0)
+                ybool(c, v2, &accept);
+            else {
+                const char *sg = suggest(key, keys);
+                if (sg)
+                    node_err(c, 1, k2,
+                             "unknown key \"%s\" in a stream is ignored (did you mean "
+                             "\"%s\"?)",
+                             key, sg);
+                else
+                    node_err(c, 1, k2, "unknown key \"%s\" in a stream is ignored", key);
+            }
+        }
+        if (!query == !queries) {
+            node_err(c, 0, v, "stream \"%s\" needs exactly one of \"query\" and \"queries\"", name);
+            continue;
+        }
+        int line = (int)k->start_mark.line + 1, col = (int)k->start_mark.column + 1;
+        if (!b) {
+            /* editions 1-2: the alpha parser, one query, no CTEs */
+            if (lwith) node_err(c, 0, lwith, "\"with\" in a stream needs edition 3");
+            if (queries) {
+                node_err(c, 0, queries, "\"queries\" needs edition 3; use one \"query\"");
+                continue;
+            }
+            if (query->type != YAML_SCALAR_NODE) {
+                node_err(c, 0, query, "\"query\" must be a query (a string)");
+                continue;
+            }
+            if (edition < 2) {
+                node_err(c, 0, query,
+                         "sync streams need edition 2 or later; add \"config: {edition: 3}\"");
+                continue;
+            }
+            sa_stream(sc, ra_strdup(&p->arena, name), scalar_src(c, query), prio, auto_sub, accept,
+                      line, col);
+            continue;
+        }
+        sc_stream(b, name, prio, auto_sub, accept, line, col);
+        if (lwith) compile_ctes(c, b, lwith, 1);
+        if (query) {
+            if (query->type != YAML_SCALAR_NODE)
+                node_err(c, 0, query, "\"query\" must be a query (a string)");
+            else
+                sc_query(b, scalar_src(c, query));
+        } else if (queries->type != YAML_SEQUENCE_NODE) {
+            node_err(c, 0, queries, "\"queries\" must be a list of queries");
+        } else {
+            for (yaml_node_item_t *it = queries->data.sequence.items.start;
+                 it < queries->data.sequence.items.top; it++) {
+                yaml_node_t *qn = ynode(c, *it);
+                if (!qn || qn->type != YAML_SCALAR_NODE)
+                    node_err(c, 0, qn ? qn : queries, "each entry of \"queries\" must be a query");
+                else
+                    sc_query(b, scalar_src(c, qn));
+            }
+        }
+        sc_stream_end(b);
+    }
+    if (b) sc_end(b);
+    /* the tables the streams read */
+    for (int i = 0; i < p->ndata; i++)
+        table_use(c->set, p->data[i]->p.schema, p->data[i]->p.table, RULES_USE_DATA);
+    for (int i = 0; i < p->nlookups; i++)
+        table_use(c->set, p->lookups[i]->p.schema, p->lookups[i]->p.table, RULES_USE_LOOKUP);
 }
 
 /* write rules and constraints are compiled in rules_write.c through these hooks */
@@ -1714,6 +1904,7 @@ static void set_free(rules_set_t *set)
     free(set->owned);
     free(set->writes);
     free(set->constraints);
+    splan_free(set->splan);
     free(set->file);
     free(set->text);
     pthread_mutex_destroy(&set->pool_lock);
@@ -1748,12 +1939,35 @@ const rules_table_t *rules_table_at(const rules_set_t *set, size_t i)
 
 size_t rules_definition_count(const rules_set_t *set)
 {
-    return (size_t)set->ndefs;
+    return (size_t)set->ndefs + rules_stream_count(set);
 }
 
 const char *rules_definition_name(const rules_set_t *set, size_t i)
 {
-    return i < (size_t)set->ndefs ? set->defs[i]->name : NULL;
+    if (i < (size_t)set->ndefs) return set->defs[i]->name;
+    i -= (size_t)set->ndefs;
+    return i < rules_stream_count(set) ? set->splan->streams[i]->name : NULL;
+}
+
+size_t rules_stream_count(const rules_set_t *set)
+{
+    return set->splan ? (size_t)set->splan->nstreams : 0;
+}
+
+int rules_stream_at(const rules_set_t *set, size_t i, rules_stream_info_t *out)
+{
+    if (i >= rules_stream_count(set)) return -1;
+    const sstream_t *s = set->splan->streams[i];
+    *out = (rules_stream_info_t){s->name,   s->priority,   s->auto_subscribe,
+                                 !s->alpha, (size_t)s->nq, s->uses_subscription};
+    return 0;
+}
+
+const char *rules_stream_bucket(const rules_set_t *set, size_t i, size_t j)
+{
+    if (i >= rules_stream_count(set)) return NULL;
+    const sstream_t *s = set->splan->streams[i];
+    return j < (size_t)s->nq ? s->q[j]->bucket->name : NULL;
 }
 
 /* ---- entry points --------------------------------------------------------------------- */
@@ -1773,7 +1987,7 @@ int rules_compile(const char *text, size_t len, const char *file, rules_set_t **
     pthread_mutex_init(&set->pool_lock, NULL);
     set->file = rx_strdup(d->file);
     set->text = rx_strndup(text, len);
-    cc_t c = {set, d, set->text, len, NULL};
+    cc_t c = {set, d, set->text, len, NULL, NULL, NULL};
 
     yaml_parser_t parser;
     yaml_document_t doc;
@@ -1795,10 +2009,11 @@ int rules_compile(const char *text, size_t len, const char *file, rules_set_t **
     if (!root || root->type != YAML_MAPPING_NODE) {
         rdiag_add(d, 0, root ? (int)root->start_mark.line + 1 : 1,
                   root ? (int)root->start_mark.column + 1 : 1,
-                  "sync rules must be a mapping with \"bucket_definitions\"");
+                  "sync rules must be a mapping with \"streams\" or \"bucket_definitions\"");
     } else {
         int edition = 1, flags[4] = {-1, -1, -1, -1}, prec = 6;
-        yaml_node_t *defs = NULL, *writes = NULL, *cons = NULL;
+        yaml_node_t *defs = NULL, *writes = NULL, *cons = NULL, *streams = NULL, *with = NULL;
+        yaml_node_t *defs_key = NULL;
         FOR_PAIRS(&c, root, k, v)
         {
             const char *key = yscalar(k);
@@ -1810,21 +2025,23 @@ int rules_compile(const char *text, size_t len, const char *file, rules_set_t **
                 node_err(&c, 0, k, "duplicate key \"%s\"", key);
                 continue;
             }
-            if (strcmp(key, "bucket_definitions") == 0)
+            if (strcmp(key, "bucket_definitions") == 0) {
                 defs = v;
-            else if (strcmp(key, "config") == 0)
+                defs_key = k;
+            } else if (strcmp(key, "config") == 0)
                 compile_config(&c, v, &edition, flags, &prec);
             else if (strcmp(key, "write_rules") == 0)
                 writes = v;
             else if (strcmp(key, "constraints") == 0)
                 cons = v;
-            else if (strcmp(key, "streams") == 0 || strcmp(key, "with") == 0)
-                node_err(&c, 0, k,
-                         "\"%s\" (sync streams) is not supported yet; use "
-                         "\"bucket_definitions\"",
-                         key);
+            else if (strcmp(key, "streams") == 0)
+                streams = v;
+            else if (strcmp(key, "with") == 0)
+                with = v;
             else if (strcmp(key, "event_definitions") == 0)
-                node_err(&c, 0, k, "\"event_definitions\" is not supported yet");
+                node_err(&c, 0, k,
+                         "\"event_definitions\" is not supported by Ferry; write checkpoints "
+                         "need no events here (see rules/README.md, \"moving from PowerSync\")");
             else
                 unknown_key(&c, k, "the top level", top);
         }
@@ -1833,11 +2050,42 @@ int rules_compile(const char *text, size_t len, const char *file, rules_set_t **
         set->conv.iso = flags[0] >= 0 ? flags[0] : e2;
         set->conv.precision = prec;
         set->fixed_json_extract = flags[2] >= 0 ? flags[2] : e2;
-        if (defs)
-            compile_defs(&c, defs);
-        else if (!d->nerrors)
-            rdiag_add(d, 0, (int)root->start_mark.line + 1, (int)root->start_mark.column + 1,
-                      "sync rules need \"bucket_definitions\"");
+        if (c.precision_node && !set->conv.iso)
+            node_err(&c, 0, c.precision_node,
+                     "\"timestamp_max_precision\" needs \"timestamps_iso8601\" (edition 2 or "
+                     "later turns it on)");
+        if (c.sqlite_engine_node && (edition < 3 || !set->fixed_json_extract))
+            node_err(&c, 0, c.sqlite_engine_node,
+                     edition < 3 ? "\"unstable_sqlite_expression_engine\" needs edition 3"
+                                 : "\"unstable_sqlite_expression_engine\" needs "
+                                   "\"fixed_json_extract\"");
+        if (edition >= 3) {
+            if (defs)
+                node_err(&c, 0, defs_key,
+                         "\"bucket_definitions\" are not supported with edition 3; write them as "
+                         "\"streams\" (rules/README.md shows each form side by side), or keep "
+                         "edition 2");
+            if (!streams)
+                rdiag_add(d, 0, (int)root->start_mark.line + 1, (int)root->start_mark.column + 1,
+                          "edition 3 needs \"streams\"");
+            else
+                compile_streams(&c, streams, with, edition);
+        } else {
+            if (with)
+                node_err(&c, 0, with,
+                         "\"with\" (common table expressions) needs edition 3; set "
+                         "\"config: {edition: 3}\"");
+            if (defs) compile_defs(&c, defs);
+            if (streams) {
+                node_err(&c, 1, streams,
+                         "this is the alpha version of Sync Streams; set \"config: {edition: "
+                         "3}\" for the current one");
+                compile_streams(&c, streams, NULL, edition);
+            }
+            if (!defs && !streams && !d->nerrors)
+                rdiag_add(d, 0, (int)root->start_mark.line + 1, (int)root->start_mark.column + 1,
+                          "sync rules need \"bucket_definitions\" or \"streams\"");
+        }
         if (writes) rwrite_compile_rules(set, d, c.text, len, &doc, writes);
         if (cons) rwrite_compile_constraints(set, d, c.text, len, &doc, cons);
     }

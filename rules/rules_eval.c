@@ -9,7 +9,7 @@
  * or lookup keys (table-lookup parameter queries). Requests run the parameter queries'
  * request-side statements with ?1 = sub, ?2 = claims JSON, ?3 = client parameters JSON.
  */
-#include "rules_int.h"
+#include "rules_stream.h"
 
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -19,22 +19,6 @@
 
 #define MAX_BINDINGS 1000
 #define MAX_PARAMS   RULES_MAX_PARAMS
-
-struct rctx {
-    rctx_t *next;
-    sqlite3 *db;
-    sqlite3_stmt **st;
-    int nst;
-    rval_t *vals; /* converted row values */
-    size_t capvals;
-    rbuf_t scratch; /* converted text of the row */
-    rbuf_t json, key, tmp;
-    json_t **hold; /* parsed JSON kept alive while its strings are in use */
-    size_t nhold, caphold;
-    char **strs;    /* malloc'd strings kept alive likewise */
-    EVP_MD_CTX *md; /* reused for op checksums */
-    size_t nstrs, capstrs;
-};
 
 typedef struct binding {
     rval_t v[MAX_PARAMS];
@@ -48,7 +32,7 @@ typedef struct blist {
 
 /* ---- contexts ------------------------------------------------------------------------- */
 
-static rctx_t *ctx_get(rules_set_t *set)
+rctx_t *rctx_get(rules_set_t *set)
 {
     pthread_mutex_lock(&set->pool_lock);
     rctx_t *c = set->pool;
@@ -71,7 +55,7 @@ static rctx_t *ctx_get(rules_set_t *set)
     return c;
 }
 
-static void ctx_release_holds(rctx_t *c)
+void rctx_release_holds(rctx_t *c)
 {
     for (size_t i = 0; i < c->nhold; i++)
         json_decref(c->hold[i]);
@@ -81,9 +65,9 @@ static void ctx_release_holds(rctx_t *c)
     c->nstrs = 0;
 }
 
-static void ctx_put(rules_set_t *set, rctx_t *c)
+void rctx_put(rules_set_t *set, rctx_t *c)
 {
-    ctx_release_holds(c);
+    rctx_release_holds(c);
     if (c->scratch.cap > (1 << 20)) rb_free(&c->scratch);
     pthread_mutex_lock(&set->pool_lock);
     c->next = set->pool;
@@ -93,7 +77,7 @@ static void ctx_put(rules_set_t *set, rctx_t *c)
 
 static void ctx_free(rctx_t *c)
 {
-    ctx_release_holds(c);
+    rctx_release_holds(c);
     for (int i = 0; i < c->nst; i++)
         sqlite3_finalize(c->st[i]);
     free(c->st);
@@ -120,7 +104,7 @@ void rctx_free_pool(rules_set_t *set)
     set->pool = NULL;
 }
 
-static void hold_json(rctx_t *c, json_t *j)
+void rctx_hold_json(rctx_t *c, json_t *j)
 {
     if (c->nhold == c->caphold) {
         c->caphold = c->caphold ? c->caphold * 2 : 16;
@@ -129,7 +113,7 @@ static void hold_json(rctx_t *c, json_t *j)
     c->hold[c->nhold++] = j;
 }
 
-static const char *hold_str(rctx_t *c, char *s)
+const char *rctx_hold_str(rctx_t *c, char *s)
 {
     if (c->nstrs == c->capstrs) {
         c->capstrs = c->capstrs ? c->capstrs * 2 : 16;
@@ -139,9 +123,9 @@ static const char *hold_str(rctx_t *c, char *s)
     return s;
 }
 
-static void seterr(rules_error_t *err, int code, const char *fmt, ...)
+void rctx_seterr(rules_error_t *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void seterr(rules_error_t *err, int code, const char *fmt, ...)
+void rctx_seterr(rules_error_t *err, int code, const char *fmt, ...)
 {
     if (!err || err->code) return;
     err->code = code;
@@ -151,14 +135,14 @@ static void seterr(rules_error_t *err, int code, const char *fmt, ...)
     va_end(ap);
 }
 
-static sqlite3_stmt *ctx_stmt(rules_set_t *set, rctx_t *c, int idx, rules_error_t *err)
+sqlite3_stmt *rctx_stmt(rules_set_t *set, rctx_t *c, int idx, rules_error_t *err)
 {
     if (idx < 0 || idx >= c->nst) return NULL;
     if (!c->st[idx]) {
         if (sqlite3_prepare_v3(c->db, set->stmts[idx], -1, SQLITE_PREPARE_PERSISTENT, &c->st[idx],
                                NULL) != SQLITE_OK) {
-            seterr(err, RULES_EEVAL, "could not prepare \"%s\": %s", set->stmts[idx],
-                   sqlite3_errmsg(c->db));
+            rctx_seterr(err, RULES_EEVAL, "could not prepare \"%s\": %s", set->stmts[idx],
+                        sqlite3_errmsg(c->db));
             return NULL;
         }
     }
@@ -168,7 +152,7 @@ static sqlite3_stmt *ctx_stmt(rules_set_t *set, rctx_t *c, int idx, rules_error_
 /* ---- JSON values ---------------------------------------------------------------------- */
 
 /* JSON value -> SQLite value (as SQLite's json_each would give it). */
-static void rv_from_json(rctx_t *c, json_t *j, rval_t *v)
+void rctx_rv_from_json(rctx_t *c, json_t *j, rval_t *v)
 {
     switch (json_typeof(j)) {
     case JSON_STRING:
@@ -202,19 +186,19 @@ static void rv_from_json(rctx_t *c, json_t *j, rval_t *v)
             break;
         }
         v->t = SQLITE_TEXT;
-        v->s = hold_str(c, s);
+        v->s = rctx_hold_str(c, s);
         v->n = strlen(s);
     }
     }
 }
 
 /* Parse a JSON array text; returns the array (held by c) or NULL when v is not one. */
-static json_t *json_array_of(rctx_t *c, const rval_t *v)
+json_t *rctx_json_array(rctx_t *c, const rval_t *v)
 {
     if (v->t != SQLITE_TEXT) return NULL;
     json_t *j = json_loadb(v->s, v->n, JSON_DECODE_ANY, NULL);
     if (!j) return NULL;
-    hold_json(c, j);
+    rctx_hold_json(c, j);
     return json_is_array(j) ? j : NULL;
 }
 
@@ -238,7 +222,7 @@ typedef struct rowctx {
     sqlite3_stmt *st;
 } rowctx_t;
 
-static void convert_row(rules_set_t *set, rctx_t *c, const rules_row_t *row)
+void rctx_convert_row(rules_set_t *set, rctx_t *c, const rules_row_t *row)
 {
     if (c->capvals < row->ncols) {
         c->capvals = row->ncols + 8;
@@ -290,15 +274,15 @@ static int run_rowq(rules_set_t *set, rowctx_t *rc, const rrowq_t *r, rules_erro
         rc->colidx[k] = find_col(rc->row, r->cols[k], k);
     rc->st = NULL;
     if (r->stmt < 0) return 0;
-    sqlite3_stmt *st = ctx_stmt(set, rc->c, r->stmt, err);
+    sqlite3_stmt *st = rctx_stmt(set, rc->c, r->stmt, err);
     if (!st) return 1;
     int np = sqlite3_bind_parameter_count(st);
     for (int k = 0; k < r->ncols && k < np; k++)
         rv_bind(st, k + 1, slot_val(rc, (rslot_t){k, -1}));
     int rcode = sqlite3_step(st);
     if (rcode != SQLITE_ROW) {
-        seterr(err, RULES_EEVAL, "could not evaluate a query on table \"%s\": %s", rc->row->table,
-               sqlite3_errmsg(rc->c->db));
+        rctx_seterr(err, RULES_EEVAL, "could not evaluate a query on table \"%s\": %s",
+                    rc->row->table, sqlite3_errmsg(rc->c->db));
         sqlite3_reset(st);
         return 1;
     }
@@ -349,15 +333,15 @@ static void walk(rowctx_t *rc, const rfilt_t *f, blist_t *out)
         return;
     }
     case F_IN_ROWARR: {
-        json_t *a = json_array_of(rc->c, slot_val(rc, f->v));
+        json_t *a = rctx_json_array(rc->c, slot_val(rc, f->v));
         if (!a || f->p < 0 || f->p >= MAX_PARAMS) return;
         size_t i;
         json_t *e;
         json_array_foreach(a, i, e)
         {
             rval_t v;
-            rv_from_json(rc->c, e, &v);
-            if (v.t == SQLITE_NULL) continue;
+            rctx_rv_from_json(rc->c, e, &v);
+            /* a NULL element gives the bucket [null], as the reference does */
             b.v[f->p] = v;
             b.set = 1u << f->p;
             bl_add(out, &b);
@@ -565,9 +549,9 @@ int rules_eval_row(rules_set_t *set, const char *version, const rules_row_t *row
                    rules_error_t *err)
 {
     if (err) memset(err, 0, sizeof *err);
-    rctx_t *c = ctx_get(set);
+    rctx_t *c = rctx_get(set);
     if (!c) {
-        seterr(err, RULES_ENOMEM, "could not open an evaluation database");
+        rctx_seterr(err, RULES_ENOMEM, "could not open an evaluation database");
         return RULES_ENOMEM;
     }
     rowctx_t rc = {row, c, NULL, 0, {{0}}, NULL};
@@ -576,14 +560,19 @@ int rules_eval_row(rules_set_t *set, const char *version, const rules_row_t *row
         const rdataq_t *dq = set->dqs[i];
         if (!table_matches(&dq->r, row)) continue;
         if (!converted) {
-            convert_row(set, c, row);
+            rctx_convert_row(set, c, row);
             converted = 1;
         }
         eval_data(set, &rc, version, dq, out, err);
-        ctx_release_holds(c);
+        rctx_release_holds(c);
+    }
+    if (set->splan) {
+        if (!converted) rctx_convert_row(set, c, row);
+        sv_eval_row(set, c, version, row, out, err);
+        rctx_release_holds(c);
     }
     free(rc.colidx);
-    ctx_put(set, c);
+    rctx_put(set, c);
     return err && err->code ? err->code : 0;
 }
 
@@ -600,12 +589,13 @@ void rules_lookups_free(rules_lookups_t *l)
     memset(l, 0, sizeof *l);
 }
 
+/* the reference's lookup key: definition name, the query's 1-based id, the values */
 static void lookup_key(rbuf_t *b, const rparamq_t *pq, const rval_t *vals, int n)
 {
     b->n = 0;
     rb_puts(b, pq->def->name);
     rb_putc(b, '/');
-    rb_int(b, pq->index);
+    rb_int(b, pq->index + 1);
     rb_putc(b, '[');
     for (int i = 0; i < n; i++) {
         if (i) rb_putc(b, ',');
@@ -618,9 +608,9 @@ int rules_eval_lookups(rules_set_t *set, const rules_row_t *row, rules_lookups_t
                        rules_error_t *err)
 {
     if (err) memset(err, 0, sizeof *err);
-    rctx_t *c = ctx_get(set);
+    rctx_t *c = rctx_get(set);
     if (!c) {
-        seterr(err, RULES_ENOMEM, "could not open an evaluation database");
+        rctx_seterr(err, RULES_ENOMEM, "could not open an evaluation database");
         return RULES_ENOMEM;
     }
     rowctx_t rc = {row, c, NULL, 0, {{0}}, NULL};
@@ -630,7 +620,7 @@ int rules_eval_lookups(rules_set_t *set, const rules_row_t *row, rules_lookups_t
         const rrowq_t *r = &pq->r;
         if (!table_matches(r, row)) continue;
         if (!converted) {
-            convert_row(set, c, row);
+            rctx_convert_row(set, c, row);
             converted = 1;
         }
         if (run_rowq(set, &rc, r, err)) continue;
@@ -675,10 +665,15 @@ int rules_eval_lookups(rules_set_t *set, const rules_row_t *row, rules_lookups_t
         }
         free(bl.b);
         done_rowq(&rc);
-        ctx_release_holds(c);
+        rctx_release_holds(c);
+    }
+    if (set->splan && set->splan->nlookups) {
+        if (!converted) rctx_convert_row(set, c, row);
+        sv_eval_lookups(set, c, row, out, err);
+        rctx_release_holds(c);
     }
     free(rc.colidx);
-    ctx_put(set, c);
+    rctx_put(set, c);
     return err && err->code ? err->code : 0;
 }
 
@@ -710,13 +705,163 @@ static void answer_clear(rules_answer_t *a)
 void rules_buckets_free(rules_buckets_t *b)
 {
     if (!b) return;
-    for (size_t i = 0; i < b->n; i++)
+    for (size_t i = 0; i < b->n; i++) {
         free(b->items[i].bucket);
+        free(b->items[i].reasons);
+    }
     free(b->items);
     for (size_t i = 0; i < b->nunresolved; i++)
         free(b->unresolved[i].key);
     free(b->unresolved);
+    free(b->streams);
+    for (size_t i = 0; i < b->nerrors; i++) {
+        free(b->errors[i].stream);
+        free(b->errors[i].message);
+    }
+    free(b->errors);
     memset(b, 0, sizeof *b);
+}
+
+/* ---- the buckets of a request --------------------------------------------------------- */
+
+static uint32_t racc_hash(const char *id)
+{
+    uint32_t h = 2166136261u;
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 16777619u;
+    return h;
+}
+
+/* the slot of id in a->idx[k] (holding its index + 1, or 0 where it would go) */
+static size_t racc_slot(const racc_t *a, int k, const char *id)
+{
+    size_t mask = a->icap[k] - 1, i = racc_hash(id) & mask;
+    while (a->idx[k][i] != 0 && strcmp(a->v[k][a->idx[k][i] - 1].bucket, id) != 0)
+        i = (i + 1) & mask;
+    return i;
+}
+
+/* keep the index at most half full */
+static void racc_grow_index(racc_t *a, int k)
+{
+    if ((a->n[k] + 1) * 2 <= a->icap[k]) return;
+    size_t cap = a->icap[k] ? a->icap[k] * 2 : 32;
+    free(a->idx[k]);
+    a->idx[k] = rx_calloc(cap, sizeof(uint32_t));
+    a->icap[k] = cap;
+    for (size_t i = 0; i < a->n[k]; i++)
+        a->idx[k][racc_slot(a, k, a->v[k][i].bucket)] = (uint32_t)(i + 1);
+}
+
+int racc_add(racc_t *a, int dynamic, const char *id, int priority, const char *definition,
+             int query_index, const char *query, int reason, rules_error_t *err)
+{
+    int k = dynamic ? 1 : 0;
+    racc_grow_index(a, k);
+    size_t slot = racc_slot(a, k, id);
+    if (a->idx[k][slot] != 0) {
+        rules_bucket_t *b = &a->v[k][a->idx[k][slot] - 1];
+        if (priority < b->priority) b->priority = priority;
+        b->reasons = rx_realloc(b->reasons, sizeof(int) * (b->nreasons + 1));
+        b->reasons[b->nreasons++] = reason;
+        return 0;
+    }
+    if (a->n[0] + a->n[1] >= a->max) {
+        rctx_seterr(err, RULES_ELIMIT,
+                    "too many buckets: more than %zu for one request (bucket definition or "
+                    "stream \"%s\")",
+                    a->max, definition);
+        return RULES_ELIMIT;
+    }
+    if (a->n[k] == a->cap[k]) {
+        a->cap[k] = a->cap[k] ? a->cap[k] * 2 : 8;
+        a->v[k] = rx_realloc(a->v[k], sizeof(rules_bucket_t) * a->cap[k]);
+        a->seq[k] = rx_realloc(a->seq[k], sizeof(size_t) * a->cap[k]);
+    }
+    int *reasons = rx_malloc(sizeof(int));
+    reasons[0] = reason;
+    a->seq[k][a->n[k]] = a->next++;
+    a->v[k][a->n[k]++] =
+        (rules_bucket_t){rx_strdup(id), priority, definition, query_index, query, reasons, 1};
+    a->idx[k][slot] = (uint32_t)a->n[k];
+    return 0;
+}
+
+static int cmp_seq(const void *x, const void *y, void *arg)
+{
+    const size_t *seq = arg, a = seq[*(const size_t *)x], b = seq[*(const size_t *)y];
+    return a < b ? -1 : a > b;
+}
+
+void racc_finish(racc_t *a, rules_buckets_t *out)
+{
+    size_t n = a->n[0] + a->n[1], m = 0;
+    rules_bucket_t *v = rx_calloc(n + 1, sizeof(rules_bucket_t));
+    size_t *seq = rx_calloc(n + 1, sizeof(size_t));
+    for (size_t i = 0; i < a->n[0]; i++) {
+        v[m] = a->v[0][i];
+        seq[m++] = a->seq[0][i];
+    }
+    size_t nstatic = m;
+    for (size_t i = 0; i < a->n[1]; i++) {
+        rules_bucket_t *b = &a->v[1][i];
+        size_t j = nstatic;
+        if (a->icap[0] > 0) { /* static buckets are v[0..nstatic) in a->v[0]'s order */
+            size_t slot = racc_slot(a, 0, b->bucket);
+            if (a->idx[0][slot] != 0) j = a->idx[0][slot] - 1;
+        }
+        if (j < nstatic) {
+            free(v[j].bucket);
+            free(v[j].reasons);
+            v[j] = *b;
+            if (a->seq[1][i] < seq[j]) seq[j] = a->seq[1][i];
+            continue;
+        }
+        v[m] = *b;
+        seq[m++] = a->seq[1][i];
+    }
+    /* stable order by first appearance (seq values are distinct) */
+    if (m > 1) {
+        size_t *ord = rx_calloc(m, sizeof(size_t));
+        for (size_t i = 0; i < m; i++)
+            ord[i] = i;
+        qsort_r(ord, m, sizeof(size_t), cmp_seq, seq);
+        rules_bucket_t *sorted = rx_calloc(m, sizeof(rules_bucket_t));
+        for (size_t i = 0; i < m; i++)
+            sorted[i] = v[ord[i]];
+        memcpy(v, sorted, m * sizeof(rules_bucket_t));
+        free(sorted);
+        free(ord);
+    }
+    for (size_t i = 0; i < m; i++) {
+        if (out->n == out->cap) {
+            out->cap = out->cap ? out->cap * 2 : 8;
+            out->items = rx_realloc(out->items, sizeof(rules_bucket_t) * out->cap);
+        }
+        out->items[out->n++] = v[i];
+    }
+    free(v);
+    free(seq);
+    for (int k = 0; k < 2; k++) {
+        free(a->v[k]);
+        free(a->seq[k]);
+        free(a->idx[k]);
+    }
+    memset(a, 0, sizeof *a);
+}
+
+void racc_free(racc_t *a)
+{
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < a->n[k]; i++) {
+            free(a->v[k][i].bucket);
+            free(a->v[k][i].reasons);
+        }
+        free(a->v[k]);
+        free(a->seq[k]);
+        free(a->idx[k]);
+    }
+    memset(a, 0, sizeof *a);
 }
 
 typedef struct reqctx {
@@ -730,30 +875,16 @@ typedef struct reqctx {
     rules_buckets_t *out;
     rules_error_t *err;
     size_t max;
+    racc_t *acc;
 } reqctx_t;
 
+/* bucket definitions are default streams: their buckets' reason is "default" */
 static int add_bucket(reqctx_t *q, const rparamq_t *pq, const binding_t *b, int prio)
 {
     rbuf_t *key = &q->c->key;
     bucket_id(key, q->version, pq->def, b);
-    rules_buckets_t *o = q->out;
-    for (size_t i = 0; i < o->n; i++)
-        if (strcmp(o->items[i].bucket, key->p) == 0) {
-            if (prio < o->items[i].priority) o->items[i].priority = prio;
-            return 0;
-        }
-    if (o->n >= q->max) {
-        seterr(q->err, RULES_ELIMIT,
-               "too many buckets: more than %zu for one request (bucket definition \"%s\")", q->max,
-               pq->def->name);
-        return RULES_ELIMIT;
-    }
-    if (o->n == o->cap) {
-        o->cap = o->cap ? o->cap * 2 : 8;
-        o->items = rx_realloc(o->items, sizeof(rules_bucket_t) * o->cap);
-    }
-    o->items[o->n++] = (rules_bucket_t){rb_strdup(key), prio, pq->def->name, pq->index, pq->src};
-    return 0;
+    return racc_add(q->acc, pq->kind == PQ_LOOKUP, key->p, prio, pq->def->name, pq->index, pq->src,
+                    RULES_REASON_DEFAULT, q->err);
 }
 
 static int prio_of(const rparamq_t *pq, const rval_t *v)
@@ -767,7 +898,7 @@ static int prio_of(const rparamq_t *pq, const rval_t *v)
 
 static sqlite3_stmt *bind_req(reqctx_t *q, int idx)
 {
-    sqlite3_stmt *st = ctx_stmt(q->set, q->c, idx, q->err);
+    sqlite3_stmt *st = rctx_stmt(q->set, q->c, idx, q->err);
     if (!st) return NULL;
     int np = sqlite3_bind_parameter_count(st);
     if (np >= 1) {
@@ -804,8 +935,8 @@ static int run_direct(reqctx_t *q, const rparamq_t *pq)
         if ((res = add_bucket(q, pq, &b, prio_of(pq, pq->prio_out >= 0 ? &prio : NULL)))) break;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        seterr(q->err, RULES_EEVAL, "could not evaluate parameter query of \"%s\": %s",
-               pq->def->name, sqlite3_errmsg(q->c->db));
+        rctx_seterr(q->err, RULES_EEVAL, "could not evaluate parameter query of \"%s\": %s",
+                    pq->def->name, sqlite3_errmsg(q->c->db));
         res = RULES_EEVAL;
     }
     sqlite3_reset(st);
@@ -823,8 +954,8 @@ static int run_lookup(reqctx_t *q, const rparamq_t *pq)
         st = bind_req(q, pq->req_stmt);
         if (!st) return RULES_EEVAL;
         if (sqlite3_step(st) != SQLITE_ROW) {
-            seterr(q->err, RULES_EEVAL, "could not evaluate parameter query of \"%s\": %s",
-                   pq->def->name, sqlite3_errmsg(c->db));
+            rctx_seterr(q->err, RULES_EEVAL, "could not evaluate parameter query of \"%s\": %s",
+                        pq->def->name, sqlite3_errmsg(c->db));
             sqlite3_reset(st);
             return RULES_EEVAL;
         }
@@ -844,14 +975,14 @@ static int run_lookup(reqctx_t *q, const rparamq_t *pq)
     json_t *arr = NULL;
     size_t nkeys = 1;
     if (pq->expand_input >= 0) {
-        arr = json_array_of(c, &in[pq->expand_input]);
+        arr = rctx_json_array(c, &in[pq->expand_input]);
         if (!arr) goto done;
         nkeys = json_array_size(arr);
     }
     rules_answer_t ans = {0};
     for (size_t k = 0; k < nkeys && !rcode; k++) {
         if (arr) {
-            rv_from_json(c, json_array_get(arr, k), &in[pq->expand_input]);
+            rctx_rv_from_json(c, json_array_get(arr, k), &in[pq->expand_input]);
             if (in[pq->expand_input].t == SQLITE_NULL) continue;
         }
         lookup_key(&c->key, pq, in, pq->ninputs);
@@ -870,8 +1001,8 @@ static int run_lookup(reqctx_t *q, const rparamq_t *pq)
         int lr = q->req->lookup(q->req->lookup_arg, keycopy, &ans);
         free(keycopy);
         if (lr < 0) {
-            seterr(q->err, RULES_ELOOKUP, "lookup for bucket definition \"%s\" failed",
-                   pq->def->name);
+            rctx_seterr(q->err, RULES_ELOOKUP, "lookup for bucket definition \"%s\" failed",
+                        pq->def->name);
             rcode = RULES_ELOOKUP;
             break;
         }
@@ -881,7 +1012,7 @@ static int run_lookup(reqctx_t *q, const rparamq_t *pq)
                 json_decref(obj);
                 continue;
             }
-            hold_json(c, obj);
+            rctx_hold_json(c, obj);
             binding_t b;
             b.set = 0;
             rval_t prio = null_val;
@@ -892,7 +1023,7 @@ static int run_lookup(reqctx_t *q, const rparamq_t *pq)
                     if (o->reqcol >= 0 && o->reqcol < nres) v = res[o->reqcol];
                 } else {
                     json_t *j = json_object_get(obj, o->name);
-                    if (j) rv_from_json(c, j, &v);
+                    if (j) rctx_rv_from_json(c, j, &v);
                 }
                 if (i == pq->prio_out)
                     prio = v;
@@ -919,7 +1050,7 @@ int rules_eval_request(rules_set_t *set, const char *version, const rules_reques
     json_t *claims = json_loads(req->claims_json ? req->claims_json : "", 0, NULL);
     if (!claims || !json_is_object(claims)) {
         json_decref(claims);
-        seterr(err, RULES_EINVAL, "token claims are not a JSON object");
+        rctx_seterr(err, RULES_EINVAL, "token claims are not a JSON object");
         return RULES_EINVAL;
     }
     json_t *params = NULL;
@@ -928,15 +1059,15 @@ int rules_eval_request(rules_set_t *set, const char *version, const rules_reques
         if (!params || !(json_is_object(params) || json_is_null(params))) {
             json_decref(params);
             json_decref(claims);
-            seterr(err, RULES_EINVAL, "client parameters are not a JSON object");
+            rctx_seterr(err, RULES_EINVAL, "client parameters are not a JSON object");
             return RULES_EINVAL;
         }
     }
-    rctx_t *c = ctx_get(set);
+    rctx_t *c = rctx_get(set);
     if (!c) {
         json_decref(params);
         json_decref(claims);
-        seterr(err, RULES_ENOMEM, "could not open an evaluation database");
+        rctx_seterr(err, RULES_ENOMEM, "could not open an evaluation database");
         return RULES_ENOMEM;
     }
     json_t *sub = json_object_get(claims, "sub");
@@ -949,26 +1080,35 @@ int rules_eval_request(rules_set_t *set, const char *version, const rules_reques
         subs = subbuf;
     }
     int has_params = params && json_is_object(params);
-    reqctx_t q = {set,
-                  c,
-                  version,
-                  subs,
-                  req->claims_json,
-                  has_params ? req->params_json : "{}",
-                  req,
-                  out,
-                  err,
-                  req->max_buckets ? req->max_buckets : 1000};
+    racc_t acc = {0};
+    acc.max = req->max_buckets ? req->max_buckets : 1000;
+    reqctx_t q = {
+        set, c,   version, subs, req->claims_json, has_params ? req->params_json : "{}", req,
+        out, err, acc.max, &acc};
     int rc = 0;
     for (int d = 0; d < set->ndefs && !rc; d++) {
         rdef_t *def = set->defs[d];
+        /* a bucket definition is a default stream (or subscribed to by its name) */
+        int subscribed = !req->exclude_defaults;
+        for (size_t i = 0; i < req->nsubs && !subscribed; i++)
+            subscribed = strcmp(req->subs[i].stream, def->name) == 0;
+        if (!subscribed) continue;
+        out->streams = rx_realloc(out->streams, sizeof(rules_stream_ref_t) * (out->nstreams + 1));
+        out->streams[out->nstreams++] = (rules_stream_ref_t){def->name, 1};
         for (int k = 0; k < def->npq && !rc; k++) {
             const rparamq_t *pq = def->pq[k];
             rc = pq->kind == PQ_LOOKUP ? run_lookup(&q, pq) : run_direct(&q, pq);
-            ctx_release_holds(c);
+            rctx_release_holds(c);
         }
     }
-    ctx_put(set, c);
+    if (!rc && (set->splan || req->nsubs))
+        rc = sv_eval_request(set, c, version, req, req->claims_json,
+                             has_params ? req->params_json : "{}", &acc, out, err);
+    if (rc)
+        racc_free(&acc);
+    else
+        racc_finish(&acc, out);
+    rctx_put(set, c);
     json_decref(params);
     json_decref(claims);
     return rc;

@@ -4,19 +4,29 @@
  * connection: base64(x), uuid_blob(text), json_keys(json), and the PostGIS helpers st_x, st_y,
  * st_astext and st_asgeojson over hex-encoded (E)WKB as Postgres prints geometry columns.
  * The geometry functions understand points only and return NULL for anything else.
- * All functions are deterministic and return NULL for a NULL argument.
+ * All functions are deterministic and return NULL for a NULL argument. Sync Streams also use
+ * ps_bool, ps_not, ps_json_contains, ps_json_each_arg and ps_jnum, which give expressions the
+ * reference's JavaScript semantics where SQLite's differ (see rules_stream_compile.c).
  */
 #include "rules_int.h"
 
+#include <ctype.h>
+#include <locale.h>
 #include <jansson.h>
+#include <stdlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
+#include <wctype.h>
 
 static void fn_base64(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     (void)argc;
-    if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return;
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL) {
+        sqlite3_result_text(ctx, "", 0, SQLITE_STATIC); /* the reference's castAsBlob(null) */
+        return;
+    }
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     const unsigned char *p = sqlite3_value_type(argv[0]) == SQLITE_BLOB
                                  ? sqlite3_value_blob(argv[0])
@@ -170,6 +180,503 @@ static void fn_st(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     }
 }
 
+/* ---- JavaScript semantics for Sync Streams (rules_stream_compile.c) ------------------- */
+
+/* sqliteBool of the reference: NULL and blobs are false, numbers are true when not zero, text
+ * is true when JavaScript's parseInt() reads a non-zero number from it */
+static int js_truthy(sqlite3_value *v)
+{
+    switch (sqlite3_value_type(v)) {
+    case SQLITE_INTEGER:
+        return sqlite3_value_int64(v) != 0;
+    case SQLITE_FLOAT: {
+        double d = sqlite3_value_double(v);
+        return d != 0 && d == d;
+    }
+    case SQLITE_TEXT: {
+        const unsigned char *s = sqlite3_value_text(v);
+        while (*s == ' ' || (*s >= '\t' && *s <= '\r'))
+            s++;
+        if (*s == '+' || *s == '-') s++;
+        int hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+        if (hex) s += 2;
+        int digits = 0, nonzero = 0;
+        for (; *s; s++) {
+            int d = hex ? (isxdigit(*s) ? 1 : -1) : (*s >= '0' && *s <= '9' ? 1 : -1);
+            if (d < 0) break;
+            digits++;
+            if (*s != '0') nonzero = 1;
+        }
+        return digits > 0 && nonzero;
+    }
+    default:
+        return 0;
+    }
+}
+
+static void fn_ps_bool(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    sqlite3_result_int(ctx, js_truthy(argv[0]));
+}
+
+static void fn_ps_not(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    sqlite3_result_int(ctx, !js_truthy(argv[0]));
+}
+
+/* the reference's compare() == 0 between a JSON array element and a SQLite value */
+static int json_equals_value(json_t *e, sqlite3_value *v)
+{
+    int t = sqlite3_value_type(v);
+    switch (json_typeof(e)) {
+    case JSON_INTEGER:
+        if (t == SQLITE_INTEGER) return json_integer_value(e) == sqlite3_value_int64(v);
+        if (t == SQLITE_FLOAT) return (double)json_integer_value(e) == sqlite3_value_double(v);
+        return 0;
+    case JSON_REAL:
+        if (t == SQLITE_INTEGER) return json_real_value(e) == (double)sqlite3_value_int64(v);
+        if (t == SQLITE_FLOAT) return json_real_value(e) == sqlite3_value_double(v);
+        return 0;
+    case JSON_TRUE:
+    case JSON_FALSE: {
+        int b = json_is_true(e);
+        if (t == SQLITE_INTEGER) return sqlite3_value_int64(v) == b;
+        if (t == SQLITE_FLOAT) return sqlite3_value_double(v) == b;
+        return 0;
+    }
+    case JSON_STRING:
+        return t == SQLITE_TEXT && (size_t)sqlite3_value_bytes(v) == json_string_length(e) &&
+               memcmp(sqlite3_value_text(v), json_string_value(e), json_string_length(e)) == 0;
+    case JSON_OBJECT:
+    case JSON_ARRAY: {
+        if (t != SQLITE_TEXT) return 0;
+        char *s = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        int eq = s && strcmp(s, (const char *)sqlite3_value_text(v)) == 0;
+        free(s);
+        return eq;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* ps_json_contains(a, b): `a IN b` for a JSON array text b, as the reference evaluates it */
+static void fn_ps_json_contains(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL || sqlite3_value_type(argv[1]) == SQLITE_NULL)
+        return;
+    if (sqlite3_value_type(argv[1]) != SQLITE_TEXT) {
+        sqlite3_result_error(ctx, "IN is only supported on JSON arrays", -1);
+        return;
+    }
+    const char *text = (const char *)sqlite3_value_text(argv[1]);
+    json_t *j = json_loads(text, JSON_DECODE_ANY, NULL);
+    if (!j) j = json_loads(text, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, NULL);
+    if (!j || !json_is_array(j)) {
+        json_decref(j);
+        sqlite3_result_error(ctx, "IN is only supported on JSON arrays", -1);
+        return;
+    }
+    int found = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(j, i, e)
+    {
+        if (json_equals_value(e, argv[0])) {
+            found = 1;
+            break;
+        }
+    }
+    json_decref(j);
+    sqlite3_result_int(ctx, found);
+}
+
+/* json_each() input: NULL stays NULL (no rows), text passes, anything else is an error */
+static void fn_ps_json_each_arg(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    int t = sqlite3_value_type(argv[0]);
+    if (t == SQLITE_NULL) return;
+    if (t != SQLITE_TEXT) {
+        sqlite3_result_error(ctx, "json_each() needs JSON text", -1);
+        return;
+    }
+    sqlite3_result_value(ctx, argv[0]);
+}
+
+/* json_each().value as JavaScript's JSON.parse gives it: every number is a double */
+static void fn_ps_jnum(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    const unsigned char *type = sqlite3_value_text(argv[1]);
+    if (type && strcmp((const char *)type, "integer") == 0 &&
+        sqlite3_value_type(argv[0]) == SQLITE_INTEGER)
+        sqlite3_result_double(ctx, (double)sqlite3_value_int64(argv[0]));
+    else
+        sqlite3_result_value(ctx, argv[0]);
+}
+
+/* ---- the reference's JavaScript functions ---------------------------------------------- */
+
+/*
+ * PowerSync evaluates sync rules in JavaScript, so its text functions count UTF-16 code units,
+ * its upper()/lower() know Unicode, and a REAL turns into text the JavaScript way ("3", not
+ * "3.0"). These replace SQLite's functions of the same names on evaluation connections, so
+ * bucket ids, row data and checksums equal the service's (tests/rules_ref). Unicode case
+ * mapping is glibc's per code point (C.UTF-8); JavaScript's few special cases that change the
+ * length (German sharp s to "SS") are not reproduced.
+ */
+static locale_t utf8_locale(void)
+{
+    static locale_t loc;
+    static int tried;
+    if (!tried) {
+        loc = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+        tried = 1;
+    }
+    return loc;
+}
+
+/* castAsText: 0 for NULL, else the text in *b */
+static int js_text(sqlite3_value *v, rbuf_t *b)
+{
+    switch (sqlite3_value_type(v)) {
+    case SQLITE_NULL:
+        return 0;
+    case SQLITE_INTEGER:
+        rb_int(b, sqlite3_value_int64(v));
+        return 1;
+    case SQLITE_FLOAT:
+        rj_double(b, sqlite3_value_double(v), 0);
+        return 1;
+    case SQLITE_BLOB:
+        rb_put(b, (const char *)sqlite3_value_blob(v), (size_t)sqlite3_value_bytes(v));
+        return 1;
+    default:
+        rb_put(b, (const char *)sqlite3_value_text(v), (size_t)sqlite3_value_bytes(v));
+        if (!b->p) rb_puts(b, "");
+        return 1;
+    }
+}
+
+/* decode one UTF-8 code point at p (n bytes left); *len set to the bytes used */
+static uint32_t utf8_next(const unsigned char *p, size_t n, int *len)
+{
+    if (p[0] < 0x80 || n < 2) {
+        *len = 1;
+        return p[0];
+    }
+    if ((p[0] & 0xe0) == 0xc0) {
+        *len = 2;
+        return ((uint32_t)(p[0] & 0x1f) << 6) | (p[1] & 0x3f);
+    }
+    if ((p[0] & 0xf0) == 0xe0 && n >= 3) {
+        *len = 3;
+        return ((uint32_t)(p[0] & 0x0f) << 12) | ((uint32_t)(p[1] & 0x3f) << 6) | (p[2] & 0x3f);
+    }
+    if ((p[0] & 0xf8) == 0xf0 && n >= 4) {
+        *len = 4;
+        return ((uint32_t)(p[0] & 0x07) << 18) | ((uint32_t)(p[1] & 0x3f) << 12) |
+               ((uint32_t)(p[2] & 0x3f) << 6) | (p[3] & 0x3f);
+    }
+    *len = 1;
+    return 0xfffd;
+}
+
+static void utf8_put(rbuf_t *b, uint32_t c)
+{
+    char t[4];
+    if (c < 0x80) {
+        rb_putc(b, (char)c);
+    } else if (c < 0x800) {
+        t[0] = (char)(0xc0 | (c >> 6));
+        t[1] = (char)(0x80 | (c & 0x3f));
+        rb_put(b, t, 2);
+    } else if (c < 0x10000) {
+        t[0] = (char)(0xe0 | (c >> 12));
+        t[1] = (char)(0x80 | ((c >> 6) & 0x3f));
+        t[2] = (char)(0x80 | (c & 0x3f));
+        rb_put(b, t, 3);
+    } else {
+        t[0] = (char)(0xf0 | (c >> 18));
+        t[1] = (char)(0x80 | ((c >> 12) & 0x3f));
+        t[2] = (char)(0x80 | ((c >> 6) & 0x3f));
+        t[3] = (char)(0x80 | (c & 0x3f));
+        rb_put(b, t, 4);
+    }
+}
+
+/* UTF-16 code units of a UTF-8 text */
+static int64_t utf16_len(const char *s, size_t n)
+{
+    int64_t units = 0;
+    for (size_t i = 0; i < n;) {
+        int l;
+        uint32_t c = utf8_next((const unsigned char *)s + i, n - i, &l);
+        units += c >= 0x10000 ? 2 : 1;
+        i += (size_t)l;
+    }
+    return units;
+}
+
+/* JavaScript's s.substring(a, b) in UTF-16 units (a lone surrogate stays, see rj_string) */
+static void utf16_substring(rbuf_t *out, const char *s, size_t n, int64_t a, int64_t b)
+{
+    int64_t len = utf16_len(s, n);
+    if (a < 0) a = 0;
+    if (b < 0) b = 0;
+    if (a > len) a = len;
+    if (b > len) b = len;
+    if (a > b) {
+        int64_t t = a;
+        a = b;
+        b = t;
+    }
+    int64_t u = 0;
+    rb_puts(out, "");
+    for (size_t i = 0; i < n && u < b;) {
+        int l;
+        uint32_t c = utf8_next((const unsigned char *)s + i, n - i, &l);
+        int w = c >= 0x10000 ? 2 : 1;
+        if (u >= a && u + w <= b) {
+            utf8_put(out, c);
+        } else if (u + w > a && u < b) {
+            /* half of a surrogate pair, as JavaScript keeps it (encoded like CESU-8) */
+            uint32_t cp = c - 0x10000;
+            utf8_put(out, u < a ? 0xdc00 + (cp & 0x3ff) : 0xd800 + (cp >> 10));
+        }
+        u += w;
+        i += (size_t)l;
+    }
+}
+
+static void fn_js_length(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    int t = sqlite3_value_type(argv[0]);
+    if (t == SQLITE_NULL) return;
+    if (t == SQLITE_BLOB) {
+        sqlite3_result_int64(ctx, sqlite3_value_bytes(argv[0]));
+        return;
+    }
+    rbuf_t b = {0};
+    js_text(argv[0], &b);
+    sqlite3_result_int64(ctx, utf16_len(b.p ? b.p : "", b.n));
+    rb_free(&b);
+}
+
+static void fn_js_case(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    int upper = sqlite3_user_data(ctx) != NULL;
+    rbuf_t b = {0};
+    if (!js_text(argv[0], &b)) return;
+    locale_t loc = utf8_locale();
+    rbuf_t o = {0};
+    rb_puts(&o, "");
+    for (size_t i = 0; i < b.n;) {
+        int l;
+        uint32_t c = utf8_next((const unsigned char *)b.p + i, b.n - i, &l);
+        if (loc)
+            c = upper ? (uint32_t)towupper_l((wint_t)c, loc) : (uint32_t)towlower_l((wint_t)c, loc);
+        else if (c < 0x80)
+            c = upper ? (uint32_t)toupper((int)c) : (uint32_t)tolower((int)c);
+        utf8_put(&o, c);
+        i += (size_t)l;
+    }
+    sqlite3_result_text(ctx, o.p, (int)o.n, SQLITE_TRANSIENT);
+    rb_free(&o);
+    rb_free(&b);
+}
+
+/* cast(x, 'integer') of the reference, as int64 (values beyond it are clamped) */
+static int js_to_int(sqlite3_value *v, int64_t *out)
+{
+    switch (sqlite3_value_type(v)) {
+    case SQLITE_NULL:
+        return 0;
+    case SQLITE_INTEGER:
+        *out = sqlite3_value_int64(v);
+        return 1;
+    case SQLITE_FLOAT: {
+        double d = floor(sqlite3_value_double(v));
+        *out = d >= 9.2e18 ? INT64_MAX : d <= -9.2e18 ? INT64_MIN : (int64_t)d;
+        return 1;
+    }
+    default: {
+        const char *s = (const char *)sqlite3_value_text(v);
+        while (s && (*s == ' ' || (*s >= '\t' && *s <= '\r')))
+            s++;
+        *out = s ? strtoll(s, NULL, 10) : 0;
+        if (!s || !(isdigit((unsigned char)*s) ||
+                    ((*s == '+' || *s == '-') && isdigit((unsigned char)s[1]))))
+            *out = 0;
+        return 1;
+    }
+    }
+}
+
+static void fn_js_substring(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    rbuf_t b = {0};
+    if (!js_text(argv[0], &b)) return;
+    int64_t start;
+    if (!js_to_int(argv[1], &start)) {
+        rb_free(&b);
+        return;
+    }
+    if (argc > 2 && sqlite3_value_type(argv[2]) == SQLITE_NULL) {
+        rb_free(&b);
+        return;
+    }
+    int64_t len16 = utf16_len(b.p ? b.p : "", b.n);
+    int64_t rlen;
+    if (argc > 2)
+        js_to_int(argv[2], &rlen);
+    else
+        rlen = len16 + 1;
+    int64_t rstart;
+    if (start < 0) {
+        rstart = len16 + start < 0 ? 0 : len16 + start;
+    } else if (start == 0) {
+        rstart = 0;
+        rlen -= 1;
+    } else {
+        rstart = start - 1;
+    }
+    rbuf_t o = {0};
+    if (rlen < 0)
+        utf16_substring(&o, b.p ? b.p : "", b.n, rstart + rlen, rstart);
+    else
+        utf16_substring(&o, b.p ? b.p : "", b.n, rstart, rstart + rlen);
+    sqlite3_result_text(ctx, o.p ? o.p : "", (int)o.n, SQLITE_TRANSIENT);
+    rb_free(&o);
+    rb_free(&b);
+}
+
+/* castAsBlob: NULL gives '' for base64() and hex(), as in the reference */
+static void fn_js_hex(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    rbuf_t b = {0};
+    js_text(argv[0], &b);
+    static const char hx[] = "0123456789ABCDEF";
+    rbuf_t o = {0};
+    rb_puts(&o, "");
+    for (size_t i = 0; i < b.n; i++) {
+        rb_putc(&o, hx[((unsigned char)b.p[i]) >> 4]);
+        rb_putc(&o, hx[((unsigned char)b.p[i]) & 15]);
+    }
+    sqlite3_result_text(ctx, o.p, (int)o.n, SQLITE_TRANSIENT);
+    rb_free(&o);
+    rb_free(&b);
+}
+
+static void fn_js_instr(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL || sqlite3_value_type(argv[1]) == SQLITE_NULL)
+        return;
+    rbuf_t h = {0}, n = {0};
+    js_text(argv[0], &h);
+    js_text(argv[1], &n);
+    int64_t pos = 0;
+    const char *hp = h.p ? h.p : "", *np = n.p ? n.p : "";
+    if (n.n == 0) {
+        pos = 1;
+    } else {
+        const char *f = memmem(hp, h.n, np, n.n);
+        int both_blobs = sqlite3_value_type(argv[0]) == SQLITE_BLOB &&
+                         sqlite3_value_type(argv[1]) == SQLITE_BLOB;
+        if (f) pos = (both_blobs ? (int64_t)(f - hp) : utf16_len(hp, (size_t)(f - hp))) + 1;
+    }
+    sqlite3_result_int64(ctx, pos);
+    rb_free(&h);
+    rb_free(&n);
+}
+
+static void fn_js_iif(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    sqlite3_result_value(ctx, js_truthy(argv[0]) ? argv[1] : argv[2]);
+}
+
+/* ps_concat(a, b): the reference's `||` (text of both, NULL when either is NULL) */
+static void fn_ps_concat(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    rbuf_t b = {0};
+    if (!js_text(argv[0], &b) || !js_text(argv[1], &b)) {
+        rb_free(&b);
+        return;
+    }
+    sqlite3_result_text(ctx, b.p ? b.p : "", (int)b.n, SQLITE_TRANSIENT);
+    rb_free(&b);
+}
+
+/* ps_cast(x, type): the reference's CAST (text of a REAL without ".0", integer rounds down) */
+static void fn_ps_cast(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    int t = sqlite3_value_type(argv[0]);
+    if (t == SQLITE_NULL) return;
+    const char *to = (const char *)sqlite3_value_text(argv[1]);
+    if (!to) return;
+    if (strcasecmp(to, "text") == 0) {
+        rbuf_t b = {0};
+        js_text(argv[0], &b);
+        sqlite3_result_text(ctx, b.p ? b.p : "", (int)b.n, SQLITE_TRANSIENT);
+        rb_free(&b);
+    } else if (strcasecmp(to, "integer") == 0) {
+        int64_t v;
+        js_to_int(argv[0], &v);
+        sqlite3_result_int64(ctx, v);
+    } else if (strcasecmp(to, "real") == 0) {
+        if (t == SQLITE_INTEGER)
+            sqlite3_result_double(ctx, (double)sqlite3_value_int64(argv[0]));
+        else if (t == SQLITE_FLOAT)
+            sqlite3_result_double(ctx, sqlite3_value_double(argv[0]));
+        else {
+            const char *s = (const char *)sqlite3_value_text(argv[0]);
+            char *end;
+            double d = s ? strtod(s, &end) : 0;
+            sqlite3_result_double(ctx, s && end != s && d == d ? d : 0.0);
+        }
+    } else if (strcasecmp(to, "numeric") == 0) {
+        if (t == SQLITE_INTEGER || t == SQLITE_FLOAT) {
+            sqlite3_result_value(ctx, argv[0]);
+            return;
+        }
+        const char *s = (const char *)sqlite3_value_text(argv[0]);
+        const char *p = s;
+        while (p && (*p == ' ' || (*p >= '\t' && *p <= '\r')))
+            p++;
+        const char *q = p;
+        if (q && (*q == '+' || *q == '-')) q++;
+        int digits = 0, frac = 0;
+        while (q && isdigit((unsigned char)*q)) {
+            q++;
+            digits++;
+        }
+        if (q && *q == '.' && (digits || isdigit((unsigned char)q[1]))) frac = 1;
+        if (q && (*q == 'e' || *q == 'E') && digits) frac = 1;
+        if (!p || (!digits && !frac))
+            sqlite3_result_int64(ctx, 0);
+        else if (frac)
+            sqlite3_result_double(ctx, strtod(p, NULL));
+        else
+            sqlite3_result_int64(ctx, strtoll(p, NULL, 10));
+    } else {
+        rbuf_t b = {0};
+        js_text(argv[0], &b);
+        sqlite3_result_blob(ctx, b.p ? b.p : "", (int)b.n, SQLITE_TRANSIENT);
+        rb_free(&b);
+    }
+}
+
 int rfunc_register(sqlite3 *db)
 {
     int f = SQLITE_UTF8 | SQLITE_DETERMINISTIC;
@@ -181,5 +688,25 @@ int rfunc_register(sqlite3 *db)
     rc |= sqlite3_create_function(db, "st_y", 1, f, (void *)1, fn_st, NULL, NULL);
     rc |= sqlite3_create_function(db, "st_astext", 1, f, (void *)2, fn_st, NULL, NULL);
     rc |= sqlite3_create_function(db, "st_asgeojson", 1, f, (void *)3, fn_st, NULL, NULL);
+    rc |= sqlite3_create_function(db, "ps_bool", 1, f, NULL, fn_ps_bool, NULL, NULL);
+    rc |= sqlite3_create_function(db, "ps_not", 1, f, NULL, fn_ps_not, NULL, NULL);
+    rc |= sqlite3_create_function(db, "ps_json_contains", 2, f, NULL, fn_ps_json_contains, NULL,
+                                  NULL);
+    rc |= sqlite3_create_function(db, "ps_json_each_arg", 1, f, NULL, fn_ps_json_each_arg, NULL,
+                                  NULL);
+    rc |= sqlite3_create_function(db, "ps_jnum", 2, f, NULL, fn_ps_jnum, NULL, NULL);
+    rc |= sqlite3_create_function(db, "ps_concat", 2, f, NULL, fn_ps_concat, NULL, NULL);
+    rc |= sqlite3_create_function(db, "ps_cast", 2, f, NULL, fn_ps_cast, NULL, NULL);
+    /* SQLite's own versions of these differ from the reference's */
+    rc |= sqlite3_create_function(db, "length", 1, f, NULL, fn_js_length, NULL, NULL);
+    rc |= sqlite3_create_function(db, "upper", 1, f, (void *)1, fn_js_case, NULL, NULL);
+    rc |= sqlite3_create_function(db, "lower", 1, f, NULL, fn_js_case, NULL, NULL);
+    rc |= sqlite3_create_function(db, "substr", 2, f, NULL, fn_js_substring, NULL, NULL);
+    rc |= sqlite3_create_function(db, "substr", 3, f, NULL, fn_js_substring, NULL, NULL);
+    rc |= sqlite3_create_function(db, "substring", 2, f, NULL, fn_js_substring, NULL, NULL);
+    rc |= sqlite3_create_function(db, "substring", 3, f, NULL, fn_js_substring, NULL, NULL);
+    rc |= sqlite3_create_function(db, "hex", 1, f, NULL, fn_js_hex, NULL, NULL);
+    rc |= sqlite3_create_function(db, "instr", 2, f, NULL, fn_js_instr, NULL, NULL);
+    rc |= sqlite3_create_function(db, "iif", 3, f, NULL, fn_js_iif, NULL, NULL);
     return rc ? -1 : 0;
 }

@@ -11,6 +11,7 @@
 
 #include "rules.h"
 
+#include <jansson.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -295,6 +296,7 @@ struct rules_set {
     size_t nconstraints;
     void **owned; /* extra allocations to free with the set */
     size_t nowned, capowned;
+    struct splan *splan; /* Sync Streams (rules_stream.h), NULL when the file has none */
     pthread_mutex_t pool_lock;
     rctx_t *pool; /* idle evaluation contexts */
 };
@@ -308,6 +310,70 @@ void rdiag_add(rules_diags_t *d, int warning, int line, int col, const char *fmt
     __attribute__((format(printf, 5, 6)));
 
 /* ---- evaluation contexts (rules_eval.c) ----------------------------------------------- */
+
+/** A private SQLite connection with lazily prepared statements and scratch buffers; one per
+ * concurrent evaluation, pooled by the set. */
+struct rctx {
+    rctx_t *next;
+    sqlite3 *db;
+    sqlite3_stmt **st;
+    int nst;
+    rval_t *vals; /* converted row values */
+    size_t capvals;
+    rbuf_t scratch; /* converted text of the row */
+    rbuf_t json, key, tmp;
+    json_t **hold; /* parsed JSON kept alive while its strings are in use */
+    size_t nhold, caphold;
+    char **strs; /* malloc'd strings kept alive likewise */
+    void *md;    /* EVP_MD_CTX reused for op checksums */
+    size_t nstrs, capstrs;
+};
+
+/** Borrow a context of set (NULL when SQLite cannot open one); give it back with rctx_put. */
+rctx_t *rctx_get(rules_set_t *set);
+void rctx_put(rules_set_t *set, rctx_t *c);
+/** Drop the JSON documents and strings held for the current evaluation. */
+void rctx_release_holds(rctx_t *c);
+/** Keep j (a reference is taken over) / s (malloc'd, taken over) until rctx_release_holds. */
+void rctx_hold_json(rctx_t *c, json_t *j);
+const char *rctx_hold_str(rctx_t *c, char *s);
+/** Fill err once (later calls keep the first error). */
+void rctx_seterr(rules_error_t *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/** Statement idx of the set's table, prepared on first use; NULL with err filled. */
+sqlite3_stmt *rctx_stmt(rules_set_t *set, rctx_t *c, int idx, rules_error_t *err);
+/** A JSON value as SQLite's json_each would give it (strings point into j or held copies). */
+void rctx_rv_from_json(rctx_t *c, json_t *j, rval_t *v);
+/** Parse v as a JSON array (held by c); NULL when it is not one. */
+json_t *rctx_json_array(rctx_t *c, const rval_t *v);
+/** Convert row's pgoutput text values into c->vals. */
+void rctx_convert_row(rules_set_t *set, rctx_t *c, const rules_row_t *row);
+/** Append s as a SQLite statement of set; returns its index. Takes s over. */
+int rset_add_stmt(rules_set_t *set, char *sql);
+
+/**
+ * The buckets of one request while they are computed: [0] from queriers that need no parameter
+ * index (the reference's "static" buckets), [1] from those that do ("dynamic"). Each list merges
+ * its duplicates (highest priority wins, reasons add up); racc_finish() then lets a dynamic
+ * bucket replace a static one of the same id in place, as the PowerSync service does.
+ */
+typedef struct racc {
+    rules_bucket_t *v[2];
+    size_t *seq[2]; /* order of first appearance, kept in the result */
+    size_t n[2], cap[2];
+    size_t max, next;
+    uint32_t *idx[2]; /* open addressing over v[k] by id: index + 1, 0 empty (icap a power of 2) */
+    size_t icap[2];
+} racc_t;
+
+/** Add a bucket (id copied); RULES_ELIMIT (err filled) past max buckets. */
+int racc_add(racc_t *a, int dynamic, const char *id, int priority, const char *definition,
+             int query_index, const char *query, int reason, rules_error_t *err);
+/** Move the buckets into out (static first, dynamic ones replacing equal ids). */
+void racc_finish(racc_t *a, rules_buckets_t *out);
+void racc_free(racc_t *a);
+
+/* ---- SQL functions and checksums (rules_func.c, rules_util.c) ------------------------- */
 
 /** Register Ferry's extra SQL functions (base64, uuid_blob, json_keys, st_*) on db. */
 int rfunc_register(sqlite3 *db);

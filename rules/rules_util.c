@@ -118,6 +118,20 @@ void rj_string(rbuf_t *b, const char *s, size_t n)
     *o++ = '"';
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
+        /* a lone UTF-16 surrogate (ED A0..BF xx, from a JavaScript-style substring) is
+         * escaped the way JSON.stringify escapes it */
+        if (c == 0xed && i + 2 < n && ((unsigned char)s[i + 1] & 0xe0) == 0xa0) {
+            unsigned u =
+                0xd000u | (((unsigned)s[i + 1] & 0x3fu) << 6) | ((unsigned)s[i + 2] & 0x3fu);
+            *o++ = '\\';
+            *o++ = 'u';
+            *o++ = hex[u >> 12];
+            *o++ = hex[(u >> 8) & 15];
+            *o++ = hex[(u >> 4) & 15];
+            *o++ = hex[u & 15];
+            i += 2;
+            continue;
+        }
         if (!json_esc[c]) {
             *o++ = (char)c;
             continue;
@@ -301,19 +315,30 @@ int rv_bind(sqlite3_stmt *st, int idx, const rval_t *v)
 
 int rv_truthy(const rval_t *v)
 {
+    /* the reference's sqliteBool: text is true when parseInt() reads a non-zero number */
     switch (v->t) {
     case SQLITE_INTEGER:
         return v->i != 0;
     case SQLITE_FLOAT:
-        return v->d != 0;
-    case SQLITE_TEXT:
-    case SQLITE_BLOB: {
-        /* SQLite casts text to a number for truthiness: leading numeric prefix */
-        char tmp[64];
-        size_t n = v->n < sizeof tmp - 1 ? v->n : sizeof tmp - 1;
-        memcpy(tmp, v->s, n);
-        tmp[n] = 0;
-        return strtod(tmp, NULL) != 0;
+        return v->d != 0 && v->d == v->d;
+    case SQLITE_TEXT: {
+        size_t i = 0;
+        while (i < v->n && (v->s[i] == ' ' || (v->s[i] >= '\t' && v->s[i] <= '\r')))
+            i++;
+        if (i < v->n && (v->s[i] == '+' || v->s[i] == '-')) i++;
+        int hex = i + 1 < v->n && v->s[i] == '0' && (v->s[i + 1] == 'x' || v->s[i + 1] == 'X');
+        if (hex) i += 2;
+        int digits = 0, nonzero = 0;
+        for (; i < v->n; i++) {
+            char c = v->s[i];
+            int ok =
+                hex ? ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))
+                    : (c >= '0' && c <= '9');
+            if (!ok) break;
+            digits++;
+            if (c != '0') nonzero = 1;
+        }
+        return digits > 0 && nonzero;
     }
     default:
         return 0;

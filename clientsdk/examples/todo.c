@@ -10,6 +10,13 @@
  *     sync [--wait]          upload queued writes and download changes; with --wait, wait until
  *                            fully caught up (exit 1 after FERRY_TODO_TIMEOUT seconds, default 30)
  *     status                 print the upload queue length and the last sync time
+ *     open LIST              open a list: subscribe to the Sync Stream "list_todos" with
+ *                            {"list_id": LIST} (kept in the replica, sent by every later sync),
+ *                            sync until that subscription's data is in, print its todos
+ *     close LIST             unsubscribe from it; the next sync removes its todos
+ *     subscribe STREAM [JSON] / unsubscribe STREAM [JSON]
+ *                            any other subscription (parameters a JSON object)
+ *     subscriptions          print the subscriptions: stream, parameters, synced, server error
  *
  * add, done and rm only write the local replica: they work offline, and the next sync uploads
  * them. Schema: the demo's lists and todos (deploy/demo/schema.sql, sync-rules.yaml). The user
@@ -88,7 +95,8 @@ static int usage(void)
         stderr,
         "usage: ferry-todo --db FILE [--endpoint URL] [--token TOKEN] "
         "(add TEXT [--list ID] | list | lists | done ID | rm ID | edit ID TEXT | sync [--wait] | "
-        "status)\n");
+        "status | open LIST | close LIST | subscribe STREAM [JSON] | unsubscribe STREAM [JSON] | "
+        "subscriptions)\n");
     return 2;
 }
 
@@ -130,6 +138,12 @@ static int write1(ferry_db_t *db, const char *sql, const char *a, const char *b,
     return sqlite3_changes(s);
 }
 
+static int timeout_secs(void)
+{
+    const char *t = getenv("FERRY_TODO_TIMEOUT");
+    return t && atoi(t) > 0 ? atoi(t) : 30;
+}
+
 static int cmd_sync(ferry_db_t *db, const char *endpoint, int wait)
 {
     if (!endpoint || !g_token) {
@@ -142,11 +156,7 @@ static int cmd_sync(ferry_db_t *db, const char *endpoint, int wait)
         fprintf(stderr, "ferry-todo: could not connect: %s\n", ferry_strerror(rc));
         return 1;
     }
-    int secs = 5;
-    if (wait) {
-        const char *t = getenv("FERRY_TODO_TIMEOUT");
-        secs = t && atoi(t) > 0 ? atoi(t) : 30;
-    }
+    int secs = wait ? timeout_secs() : 5;
     rc = ferry_wait_synced(db, secs * 1000);
     ferry_status_t st;
     ferry_get_status(db, &st);
@@ -157,6 +167,62 @@ static int cmd_sync(ferry_db_t *db, const char *endpoint, int wait)
            (long long)st.applied_checkpoint, st.last_error[0] ? ", last error: " : "",
            st.last_error);
     return rc == 0 || !wait ? 0 : 1;
+}
+
+/* open LIST: connect, then subscribe while connected (the stream reopens with it, as an app's
+ * would), wait until the subscription's data is applied and the replica caught up, print the
+ * list's todos. */
+static int cmd_open(ferry_db_t *db, const char *endpoint, const char *list)
+{
+    if (!endpoint || !g_token) {
+        fprintf(stderr, "ferry-todo: open needs --endpoint and --token\n");
+        return 2;
+    }
+    json_t *p = json_pack("{s:s}", "list_id", list);
+    char *params = p ? json_dumps(p, JSON_COMPACT) : NULL;
+    json_decref(p);
+    if (!params) return 1;
+    ferry_options_t opt = {.on_rejected = on_rejected, .retry_delay_ms = 300};
+    ferry_error_t err;
+    int rc = ferry_connect(db, endpoint, token_cb, NULL, &opt);
+    if (rc == 0) rc = ferry_wait_for_first_sync(db, timeout_secs() * 1000);
+    if (rc == 0 && (rc = ferry_subscribe(db, "list_todos", params, -1, &err)) != 0)
+        fprintf(stderr, "ferry-todo: %s\n", err.message);
+    if (rc == 0) rc = ferry_wait_for_subscriptions(db, timeout_secs() * 1000);
+    if (rc == 0) rc = ferry_wait_synced(db, timeout_secs() * 1000);
+    ferry_status_t st;
+    ferry_get_status(db, &st);
+    ferry_disconnect(db);
+    free(params);
+    if (rc != 0) {
+        fprintf(stderr, "ferry-todo: could not open list \"%s\": %s%s%s\n", list,
+                ferry_strerror(rc), st.last_error[0] ? ": " : "", st.last_error);
+        return 1;
+    }
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(ferry_sqlite(db),
+                           "SELECT id, CASE WHEN completed THEN '[x]' ELSE '[ ]' END, description "
+                           "FROM todos WHERE list_id = ?1 ORDER BY id",
+                           -1, &q, NULL) != SQLITE_OK)
+        return 1;
+    sqlite3_bind_text(q, 1, list, -1, SQLITE_STATIC);
+    while (sqlite3_step(q) == SQLITE_ROW)
+        printf("%s\t%s\t%s\n", sqlite3_column_text(q, 0), sqlite3_column_text(q, 1),
+               sqlite3_column_text(q, 2));
+    sqlite3_finalize(q);
+    return 0;
+}
+
+static int cmd_subscriptions(ferry_db_t *db)
+{
+    ferry_subscription_t *v;
+    size_t n;
+    if (ferry_subscriptions(db, &v, &n) != 0) return 1;
+    for (size_t i = 0; i < n; i++)
+        printf("%s\t%s\t%s\t%s\n", v[i].stream, v[i].params_json,
+               v[i].synced ? "synced" : "not synced", v[i].error ? v[i].error : "");
+    ferry_subscriptions_free(v, n);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -243,6 +309,30 @@ int main(int argc, char **argv)
         rc = n == 1 ? 0 : 1;
     } else if (strcmp(cmd, "sync") == 0 && nargs == 1) {
         rc = cmd_sync(db, endpoint, wait);
+    } else if (strcmp(cmd, "open") == 0 && nargs == 2) {
+        rc = cmd_open(db, endpoint, args[1]);
+    } else if ((strcmp(cmd, "close") == 0 && nargs == 2) ||
+               ((strcmp(cmd, "subscribe") == 0 || strcmp(cmd, "unsubscribe") == 0) &&
+                (nargs == 2 || nargs == 3))) {
+        char params[512] = "null";
+        const char *stream = args[1];
+        if (cmd[0] == 'c') {
+            json_t *p = json_pack("{s:s}", "list_id", args[1]);
+            char *t = p ? json_dumps(p, JSON_COMPACT) : NULL;
+            snprintf(params, sizeof params, "%s", t ? t : "null");
+            free(t);
+            json_decref(p);
+            stream = "list_todos";
+        } else if (nargs == 3) {
+            snprintf(params, sizeof params, "%s", args[2]);
+        }
+        ferry_error_t err;
+        rc = cmd[0] == 's' ? ferry_subscribe(db, stream, params, -1, &err)
+                           : ferry_unsubscribe(db, stream, params, &err);
+        if (rc != 0) fprintf(stderr, "ferry-todo: %s\n", err.message);
+        rc = rc ? 1 : 0;
+    } else if (strcmp(cmd, "subscriptions") == 0 && nargs == 1) {
+        rc = cmd_subscriptions(db);
     } else if (strcmp(cmd, "status") == 0 && nargs == 1) {
         ferry_status_t st;
         ferry_get_status(db, &st);

@@ -208,6 +208,8 @@ typedef struct ferry_options {
     ferry_rejected_cb on_rejected; /* may be NULL (rejections are then only counted) */
     ferry_status_cb on_status;     /* may be NULL */
     void *ud;                      /* passed to the callbacks above */
+    int exclude_default_streams;   /* 1: only the subscribed streams (no auto_subscribe streams,
+                                      no bucket definitions): streams.include_defaults false */
 } ferry_options_t;
 
 /** Starts syncing with the gateway at endpoint (e.g. "http://127.0.0.1:8080", no trailing
@@ -235,6 +237,50 @@ int ferry_wait_for_first_sync(ferry_db_t *db, int timeout_ms);
  * server sent last (carrying our write checkpoint) has been applied. Returns 0 or
  * FERRY_ETIMEOUT; FERRY_ESTATE when not connected. Any thread but callbacks. */
 int ferry_wait_synced(ferry_db_t *db, int timeout_ms);
+
+/* ---- Sync Streams subscriptions ------------------------------------------------------------ */
+
+/** Subscribes to the Sync Stream `stream` with parameters (a JSON object text, or NULL / "null"
+ * for none): the subscription is stored in the database file (it survives restarts and is sent
+ * in every request until ferry_unsubscribe) and, when connected, the stream is reopened with it
+ * at once (within a second), as the official clients do. Several subscriptions to one stream
+ * with other parameters are allowed. priority 0..3 overrides the stream's priority for this
+ * subscription's buckets; -1 keeps the stream's. Subscribing again with the same parameters
+ * only updates the priority. A stream the server does not know, or parameters it cannot use,
+ * do not fail here: the server reports it, see ferry_subscriptions. Returns 0, FERRY_EINVAL
+ * (no stream, parameters not a JSON object, priority out of range), FERRY_ESQLITE,
+ * FERRY_ENOMEM. App thread. */
+int ferry_subscribe(ferry_db_t *db, const char *stream, const char *params_json, int priority,
+                    ferry_error_t *err);
+
+/** Removes the subscription (stream, parameters as in ferry_subscribe; key order does not
+ * matter). The next request no longer carries it: the server drops its buckets from the
+ * checkpoint and their rows leave the replica (rows other buckets hold stay). Removing a
+ * subscription that does not exist is not an error. Returns 0, FERRY_EINVAL, FERRY_ESQLITE.
+ * App thread. */
+int ferry_unsubscribe(ferry_db_t *db, const char *stream, const char *params_json,
+                      ferry_error_t *err);
+
+/** One stored subscription; strings owned by the array (ferry_subscriptions_free). */
+typedef struct ferry_subscription {
+    char *stream;
+    char *params_json; /* canonical: keys sorted, no spaces; "null" when none */
+    int priority;      /* override priority, -1 none */
+    int synced;        /* a checkpoint of a request carrying it has been applied (ever) */
+    char *error;       /* the server's error for it in the last checkpoint, or NULL */
+} ferry_subscription_t;
+
+/** Copies the stored subscriptions (in subscription order) into a new array *out of *n entries.
+ * Returns 0, FERRY_ESQLITE or FERRY_ENOMEM. App thread. */
+int ferry_subscriptions(ferry_db_t *db, ferry_subscription_t **out, size_t *n);
+
+/** Frees an array from ferry_subscriptions. */
+void ferry_subscriptions_free(ferry_subscription_t *subs, size_t n);
+
+/** Waits until every stored subscription has synced (a checkpoint carrying it was applied) or
+ * has an error from the server. Returns 0, FERRY_ETIMEOUT, or FERRY_ESTATE when not connected
+ * and some subscription has not synced. App thread (not a callback). */
+int ferry_wait_for_subscriptions(ferry_db_t *db, int timeout_ms);
 
 #ifdef __cplusplus
 }

@@ -308,7 +308,10 @@ static const char OWN_TABLES[] =
     " row_id TEXT NOT NULL, subkey TEXT NOT NULL, op_id INTEGER NOT NULL, hash INTEGER NOT NULL,"
     " data TEXT);"
     "CREATE TABLE IF NOT EXISTS ferry_updated(row_type TEXT NOT NULL, row_id TEXT NOT NULL,"
-    " bucket INTEGER NOT NULL, PRIMARY KEY(row_type, row_id, bucket)) WITHOUT ROWID;";
+    " bucket INTEGER NOT NULL, PRIMARY KEY(row_type, row_id, bucket)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS ferry_subscriptions(id INTEGER PRIMARY KEY, stream TEXT NOT NULL,"
+    " params TEXT NOT NULL, priority INTEGER, synced INTEGER NOT NULL DEFAULT 0, error TEXT,"
+    " UNIQUE(stream, params));";
 
 /* Files written before the oplog had its two-B-tree layout (a rowid table keyed by a "type/id/
  * subkey" string, with a unique (bucket, key) index and a (row_type, row_id, op_id) index) are

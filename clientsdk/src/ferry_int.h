@@ -90,6 +90,10 @@ typedef struct ferry_sync {
     char *sk_prefix[FERRY_SUBKEY_PREFIXES]; /* owned (malloc) */
     size_t sk_len[FERRY_SUBKEY_PREFIXES];
     int sk_id[FERRY_SUBKEY_PREFIXES];
+    /* ferry_subscriptions ids of the current request's subscriptions, in request order (the
+     * server names them by index; ferry_subs.c) */
+    int64_t *sub_ids;
+    size_t nsub_ids;
 } ferry_sync_t;
 
 /* Results of ferry__oplog_line. */
@@ -126,7 +130,9 @@ struct ferry_db {
     /* connection */
     int connected;
     _Atomic int stop;
-    _Atomic int upload_done; /* the uploader emptied the queue: retry a pending checkpoint */
+    _Atomic int upload_done;  /* the uploader emptied the queue: retry a pending checkpoint */
+    _Atomic int subs_changed; /* ferry_subscribe/unsubscribe changed the subscriptions: the
+                                 open stream ends and a new request carries them */
     pthread_t sync_thread, upload_thread;
     char *endpoint;
     char *params_json;
@@ -183,6 +189,17 @@ int ferry__oplog_index(sqlite3 *c);
 /* Builds the request body (buckets and positions); returns a malloc'd string or NULL. */
 char *ferry__request_body(ferry_db_t *db, ferry_sync_t *s);
 
+/* ferry_subs.c: Sync Streams subscriptions on the sync connection */
+/* Adds "streams" (include_defaults and the stored subscriptions) to a request body and
+ * remembers their ids in s->sub_ids. Returns 0, FERRY_ESQLITE or FERRY_ENOMEM. */
+int ferry__subs_request(ferry_db_t *db, ferry_sync_t *s, struct json_t *body);
+/* Stores the errors of a full checkpoint's "streams" per subscription of the request (and
+ * clears the others'); inside the checkpoint's transaction. Returns 0 or a FERRY_E* code. */
+int ferry__subs_checkpoint(ferry_sync_t *s, struct json_t *streams);
+/* Marks the request's subscriptions without error synced; inside the publishing transaction of
+ * a full checkpoint. Returns 0 or FERRY_ESQLITE. */
+int ferry__subs_synced(ferry_sync_t *s);
+
 /* ferry_scan.c: the data-line scanner */
 /* Scans a line into b without touching the database (any thread): 0 when it is a data line
  * (apply it with ferry__oplog_apply_scanned), 1 when it is another line or empty, -1 when the
@@ -205,5 +222,8 @@ int ferry__republish_type(ferry_db_t *db, sqlite3 *conn, const char *type);
  * FERRY_EINVAL when the lock file cannot be opened (the caller then syncs unlocked). */
 int ferry__sync_lock(const char *path);
 void ferry__sync_unlock(int fd);
+/* Waits on db->cond until done(db) (called under db->mu) or timeout_ms (negative: forever);
+ * returns 0 or FERRY_ETIMEOUT. */
+int ferry__sync_wait(ferry_db_t *db, int timeout_ms, int (*done)(ferry_db_t *));
 
 #endif

@@ -231,6 +231,9 @@ void ferry__oplog_free(ferry_sync_t *s)
     sk_forget(s);
     ferry__jrow_free(s->jrow);
     s->jrow = NULL;
+    free(s->sub_ids);
+    s->sub_ids = NULL;
+    s->nsub_ids = 0;
 }
 
 void ferry__oplog_reset_connection(ferry_sync_t *s)
@@ -399,6 +402,7 @@ static int line_checkpoint(ferry_db_t *db, ferry_sync_t *s, json_t *cp, int diff
         }
         clear_buckets(s);
         json_array_foreach(arr, i, e) if (!rc) rc = track_bucket(s, e);
+        if (!rc) rc = ferry__subs_checkpoint(s, json_object_get(cp, "streams"));
         /* local buckets absent from a full checkpoint are deleted */
         if (!rc) {
             sqlite3_stmt *st = s->st[S_LIST];
@@ -1055,7 +1059,7 @@ char *ferry__request_body(ferry_db_t *db, ferry_sync_t *s)
         json_object_set_new(body, "client_id", json_string(db->client_id));
         json_object_set_new(body, "parameters", params);
         params = NULL;
-        out = json_dumps(body, JSON_COMPACT);
+        if (ferry__subs_request(db, s, body) == 0) out = json_dumps(body, JSON_COMPACT);
     }
     json_decref(arr);
     json_decref(params);

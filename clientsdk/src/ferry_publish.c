@@ -530,7 +530,8 @@ static int publish_tx(ferry_db_t *db, ferry_sync_t *s, int prio, int *trig_off)
         if (ferry__step_done(s->st[S_LAST_OP_ALL]) ||
             ferry__kv_set_int(s->conn, "last_synced_at", now) ||
             sqlite3_exec(s->conn, "DELETE FROM ferry_kv WHERE key = 'target'", NULL, NULL, NULL) ||
-            ferry__kv_set_int(s->conn, "applied_checkpoint", s->cp_last_op))
+            ferry__kv_set_int(s->conn, "applied_checkpoint", s->cp_last_op) ||
+            ferry__subs_synced(s))
             return ferry__oplog_sqlerr(s, "store the checkpoint");
         pthread_mutex_lock(&db->mu);
         db->status.last_synced_at = now;

@@ -186,6 +186,7 @@ typedef struct stream {
     long status;
     int result; /* first non-zero FERRY_LINE_* or error from a line */
     int got_checkpoint;
+    int resubscribe; /* ended because the subscriptions changed: reconnect at once */
     char errbody[512];
     size_t errlen;
     pipe_t *pipe; /* NULL: lines are applied on the curl thread (no second thread) */
@@ -460,6 +461,10 @@ static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_
     (void)d;
     stream_t *st = ud;
     if (atomic_load(&st->db->stop)) return 1;
+    if (atomic_load(&st->db->subs_changed)) { /* a new request with the new subscriptions */
+        st->resubscribe = 1;
+        return 1;
+    }
     if (st->pipe) { /* the apply thread flushes and retries; only end when it failed */
         pthread_mutex_lock(&st->pipe->mu);
         int failed = st->pipe->failed;
@@ -495,6 +500,7 @@ static int stream_once(ferry_db_t *db, int *backoff)
         return *backoff;
     }
     ferry__oplog_reset_connection(&db->sync);
+    atomic_store(&db->subs_changed, 0); /* the body below carries every change until now */
     char *body = ferry__request_body(db, &db->sync);
     char url[2048];
     snprintf(url, sizeof url, "%s/sync/stream", db->endpoint);
@@ -539,7 +545,9 @@ static int stream_once(ferry_db_t *db, int *backoff)
         free(token);
         return 0;
     }
-    if (st.result == FERRY_LINE_REFRESH) {
+    if (st.resubscribe && st.result >= 0) {
+        delay = 0; /* not an error: the subscriptions changed */
+    } else if (st.result == FERRY_LINE_REFRESH) {
         token_refused(db, token);
         delay = 0;
     } else if (st.result == FERRY_LINE_RECONNECT) {
@@ -990,7 +998,7 @@ void ferry_disconnect(ferry_db_t *db)
     pthread_mutex_unlock(&db->mu);
 }
 
-static int timed_wait(ferry_db_t *db, int timeout_ms, int (*done)(ferry_db_t *))
+int ferry__sync_wait(ferry_db_t *db, int timeout_ms, int (*done)(ferry_db_t *))
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -1032,12 +1040,12 @@ static int synced_done(ferry_db_t *db)
 int ferry_wait_for_first_sync(ferry_db_t *db, int timeout_ms)
 {
     if (!db) return FERRY_EINVAL;
-    return timed_wait(db, timeout_ms, first_sync_done);
+    return ferry__sync_wait(db, timeout_ms, first_sync_done);
 }
 
 int ferry_wait_synced(ferry_db_t *db, int timeout_ms)
 {
     if (!db) return FERRY_EINVAL;
     if (!db->connected) return FERRY_ESTATE;
-    return timed_wait(db, timeout_ms, synced_done);
+    return ferry__sync_wait(db, timeout_ms, synced_done);
 }

@@ -84,7 +84,8 @@ static inline int gw_app_user_key(const char *sub, const char *client_id, char *
 /** Register GET /probes/liveness, /probes/readiness and /metrics (gw_probes.c). */
 void gw_probes_register(gw_app_t *app);
 
-/** Register the write-checkpoint route (GET /write-checkpoint2.json). */
+/** Register the write-checkpoint routes (GET /write-checkpoint2.json, POST
+ *  /sync/checkpoint-request). */
 void gw_wcp_register(gw_app_t *app);
 
 /** Register the admin API routes (gw_admin.c). */

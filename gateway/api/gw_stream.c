@@ -4,8 +4,9 @@
  * then runs rounds, one per checkpoint it moves to (powersync-protocol §2.2):
  *
  *   start_round()     bucket list for the user as of checkpoint C (rules + stored lookups), each
- *                     bucket's checksum/count as of C; a full `checkpoint` line the first time,
- *                     later a `checkpoint_diff` (updated + removed buckets, write_checkpoint) or
+ *                     bucket's checksum/count as of C; a full `checkpoint` line the first time
+ *                     (and when a rule version switch changed its `streams`), later a
+ *                     `checkpoint_diff` (updated + removed buckets, write_checkpoint) or
  *                     nothing when nothing the user has changed
  *   step() per chunk  `data` lines for each bucket with ops in (position, C], highest priority
  *                     first, at most 1000 ops / ~1 MiB per line; `partial_checkpoint_complete`
@@ -34,6 +35,7 @@
  * ends the user's oldest (the registry below; the victim's thread ends it on an evict message).
  */
 #include "api/gw_api.h"
+#include "api/gw_stream_int.h"
 #include "http/gw_auth.h"
 #include "base/gw_buf.h"
 #include "base/gw_log.h"
@@ -155,8 +157,11 @@ typedef struct sbucket {
     uint64_t pos;      /* ops <= pos were delivered */
     uint32_t checksum; /* as sent in the last checkpoint line */
     uint64_t count;
-    int sent;     /* listed in a checkpoint line already */
-    int in_round; /* needs data in the current round */
+    int sent;               /* listed in a checkpoint line already */
+    int in_round;           /* needs data in the current round */
+    const char *definition; /* stream or bucket definition (owned by the rules) */
+    int *reasons;           /* why it is included (see gw_stream_subs.c) */
+    size_t nreasons;
 } sbucket_t;
 
 struct stream {
@@ -166,6 +171,7 @@ struct stream {
     h2o_linklist_t link;
     uint64_t id;
     char *sub, *client_id, *user_key, *claims_json, *params_json;
+    gw_subs_t subs; /* Sync Streams subscriptions of the request */
     long long exp;
     int fd;         /* the connection's socket, to notice a client that hung up (-1: unknown) */
     int registered; /* listed in the user registry */
@@ -178,6 +184,9 @@ struct stream {
     gw_map_t by_name;     /* name -> index+1 */
     gw_map_t lookup_keys; /* lookup keys the bucket list depends on */
     int reeval;
+    rules_buckets_t first_nb; /* the list the open computed (limit check), for the first round */
+    int have_first_nb;
+    uint64_t first_nb_cp; /* as of this checkpoint */
     /* checkpoint state */
     int have_checkpoint;    /* a checkpoint line was sent */
     uint64_t cp_op, cp_lsn; /* the checkpoint of the current / last round */
@@ -239,10 +248,14 @@ static void stream_dispose(void *p)
         atomic_fetch_sub(&s->th->owner->open, 1);
         stream_log_end(s);
     }
-    for (size_t i = 0; i < s->nb; i++)
+    for (size_t i = 0; i < s->nb; i++) {
         free(s->b[i].name);
+        free(s->b[i].reasons);
+    }
     free(s->b);
     free(s->order);
+    rules_buckets_free(&s->first_nb);
+    gw__subs_free(&s->subs);
     gw_map_free(&s->by_name);
     gw_map_free(&s->lookup_keys);
     gw_buf_free(&s->pending);
@@ -344,6 +357,7 @@ static int eval_buckets(stream_t *s, rules_buckets_t *out, char *msg, size_t msg
                           .lookup = lookup_cb,
                           .lookup_arg = s,
                           .max_buckets = limit * 4 + 16};
+    gw__subs_request(&s->subs, &rq);
     rules_error_t rerr = {0};
     const gw_active_t *a = gw_app_active(app);
     tl_active = a;
@@ -383,12 +397,18 @@ static int cmp_order(const void *a, const void *b, void *arg)
     return strcmp(x->name, y->name);
 }
 
-static void bucket_json(gw_buf_t *out, const sbucket_t *b)
+static void bucket_json(stream_t *s, gw_buf_t *out, const sbucket_t *b)
 {
     gw_buf_puts(out, "{\"bucket\":");
     gw_buf_json_str(out, b->name);
-    gw_buf_printf(out, ",\"checksum\":%u,\"count\":%llu,\"priority\":%d}", b->checksum,
-                  (unsigned long long)b->count, b->priority);
+    gw_buf_puts(out, ",\"checksum\":");
+    gw_buf_u64(out, b->checksum);
+    gw_buf_puts(out, ",\"count\":");
+    gw_buf_u64(out, b->count);
+    gw_buf_puts(out, ",\"priority\":");
+    gw_buf_u64(out, (uint64_t)b->priority);
+    gw__subs_bucket_json(&s->subs, b->definition, b->reasons, b->nreasons, out);
+    gw_buf_puts(out, "}");
 }
 
 static void wcp_json(stream_t *s, gw_buf_t *out)
@@ -400,8 +420,18 @@ static void wcp_json(stream_t *s, gw_buf_t *out)
 /*
  * Start a round for the thread's newest checkpoint. Returns 1 when output was produced, 0 when
  * nothing changed for this user, -1 when the stream must end (error already queued/logged).
+ * Its reads (lookups, every bucket's checksum) share one storage read transaction.
  */
+static int start_round_reads(stream_t *s);
 static int start_round(stream_t *s)
+{
+    int held = gw_storage_read_hold(s->th->reader) == 0;
+    int rc = start_round_reads(s);
+    if (held) gw_storage_read_release(s->th->reader);
+    return rc;
+}
+
+static int start_round_reads(stream_t *s)
 {
     sthread_t *th = s->th;
     gw_storage_reader_t *r = th->reader;
@@ -409,16 +439,20 @@ static int start_round(stream_t *s)
     if (th->last_op < gw_app_active(th->owner->app)->since_op)
         refresh_checkpoint(th); /* a new rule version took over and its event is on the way */
     uint64_t cp_op = th->last_op, cp_lsn = th->lsn;
-    int first = !s->have_checkpoint;
+    int first = !s->have_checkpoint, full = first; /* full: a `checkpoint` line, not a diff */
     s->cp_op = cp_op;
     s->cp_lsn = cp_lsn;
     /* 1. the bucket list (only when it may have changed) */
     char **removed = NULL;
     size_t nremoved = 0;
+    gw_buf_t streams_line = GW_BUF_INIT; /* a full checkpoint's "streams" */
     if (first || s->reeval) {
         rules_buckets_t nb = {0};
         char msg[1024];
-        if (eval_buckets(s, &nb, msg, sizeof(msg)) != 0) {
+        if (s->have_first_nb && first && s->first_nb_cp == cp_op) {
+            nb = s->first_nb; /* computed by the open as of this checkpoint: not twice */
+            memset(&s->first_nb, 0, sizeof(s->first_nb));
+        } else if (eval_buckets(s, &nb, msg, sizeof(msg)) != 0) {
             char user[300], qmsg[1200];
             gw_warn("stream", "could not compute the buckets of a user; ending the stream",
                     "conn=s%llu user=%s error=%s", (unsigned long long)s->id,
@@ -428,6 +462,8 @@ static int start_round(stream_t *s)
             s->finishing = 1;
             return -1;
         }
+        rules_buckets_free(&s->first_nb); /* (unused when the checkpoint moved meanwhile) */
+        s->have_first_nb = 0;
         s->reeval = 0;
         /* keep positions of buckets that stay; drop the others */
         sbucket_t *b = gw_xcalloc(nb.n + 1, sizeof(sbucket_t));
@@ -436,13 +472,19 @@ static int start_round(stream_t *s)
         for (size_t i = 0; i < nb.n; i++) {
             b[i].name = gw_xstrdup(nb.items[i].bucket);
             b[i].priority = nb.items[i].priority;
+            b[i].definition = nb.items[i].definition;
+            b[i].reasons = nb.items[i].reasons;
+            b[i].nreasons = nb.items[i].nreasons;
+            nb.items[i].reasons = NULL;
             uintptr_t old = (uintptr_t)gw_map_get(&s->by_name, b[i].name);
             if (old != 0) {
                 sbucket_t *o = &s->b[old - 1];
                 b[i].pos = o->pos;
                 b[i].checksum = o->checksum;
                 b[i].count = o->count;
-                b[i].sent = o->sent && o->priority == b[i].priority;
+                b[i].sent = o->sent && o->priority == b[i].priority &&
+                            o->nreasons == b[i].nreasons &&
+                            memcmp(o->reasons, b[i].reasons, b[i].nreasons * sizeof(int)) == 0;
             }
             gw_map_put(&by_name, b[i].name, (void *)(uintptr_t)(i + 1));
         }
@@ -453,7 +495,9 @@ static int start_round(stream_t *s)
                 s->b[i].name = NULL;
             }
             free(s->b[i].name);
+            free(s->b[i].reasons);
         }
+        full = gw__subs_streams_json(&s->subs, &nb, &streams_line) || first;
         free(s->b);
         gw_map_free(&s->by_name);
         s->b = b;
@@ -467,7 +511,11 @@ static int start_round(stream_t *s)
         sbucket_t *b = &s->b[i];
         uint32_t cs;
         uint64_t count;
-        if (gw_storage_bucket_checksum(r, b->name, cp_op, &cs, &count) != 0) {
+        if (gw__cks_get(b->name, cp_op, &cs, &count)) {
+            /* read before, as of the same checkpoint */
+        } else if (gw_storage_bucket_checksum(r, b->name, cp_op, &cs, &count) == 0) {
+            gw__cks_put(b->name, cp_op, cs, count);
+        } else {
             gw_error("stream", "could not read bucket checksums; ending the stream", "conn=s%llu",
                      (unsigned long long)s->id);
             s->end_reason = "storage_error";
@@ -475,6 +523,7 @@ static int start_round(stream_t *s)
             for (size_t k = 0; k < nremoved; k++)
                 free(removed[k]);
             free(removed);
+            gw_buf_free(&streams_line);
             return -1;
         }
         b->in_round = !b->sent || cs != b->checksum || count != b->count;
@@ -490,18 +539,23 @@ static int start_round(stream_t *s)
         s->wcp = wcp;
         wcp_changed = 1;
     }
-    if (!first && nupdated == 0 && nremoved == 0 && !wcp_changed) return 0;
+    if (!full && nupdated == 0 && nremoved == 0 && !wcp_changed) {
+        gw_buf_free(&streams_line);
+        return 0;
+    }
     /* 4. the checkpoint line */
     gw_buf_t *o = &s->pending;
-    if (first) {
+    if (full) {
         gw_buf_printf(o, "{\"checkpoint\":{\"last_op_id\":\"%llu\"", (unsigned long long)cp_op);
         wcp_json(s, o);
         gw_buf_puts(o, ",\"buckets\":[");
         for (size_t i = 0; i < s->nb; i++) {
             if (i > 0) gw_buf_puts(o, ",");
-            bucket_json(o, &s->b[i]);
+            bucket_json(s, o, &s->b[i]);
         }
-        gw_buf_puts(o, "]}}");
+        gw_buf_puts(o, "]");
+        if (streams_line.len > 0) gw_buf_append(o, streams_line.data, streams_line.len);
+        gw_buf_puts(o, "}}");
     } else {
         gw_buf_printf(o, "{\"checkpoint_diff\":{\"last_op_id\":\"%llu\"",
                       (unsigned long long)cp_op);
@@ -511,7 +565,7 @@ static int start_round(stream_t *s)
         for (size_t i = 0; i < s->nb; i++) {
             if (!s->b[i].in_round) continue;
             if (n++ > 0) gw_buf_puts(o, ",");
-            bucket_json(o, &s->b[i]);
+            bucket_json(s, o, &s->b[i]);
         }
         gw_buf_puts(o, "],\"removed_buckets\":[");
         for (size_t i = 0; i < nremoved; i++) {
@@ -521,6 +575,7 @@ static int start_round(stream_t *s)
         gw_buf_puts(o, "]}}");
     }
     line_end(s);
+    gw_buf_free(&streams_line);
     for (size_t i = 0; i < nremoved; i++)
         free(removed[i]);
     free(removed);
@@ -581,14 +636,19 @@ static int round_step(stream_t *s)
         sbucket_t *b = &s->b[s->order[s->cur]];
         gw_buf_t *o = &s->pending;
         size_t mark = o->len;
-        gw_buf_puts(o, "{\"data\":{\"bucket\":");
-        gw_buf_json_str(o, b->name);
-        gw_buf_printf(o, ",\"after\":\"%llu\",\"data\":[", (unsigned long long)b->pos);
         size_t body = o->len;
-        uint64_t last;
-        int more;
-        size_t nops;
-        if (gw_storage_read_ops(s->th->reader, b->name, b->pos, s->cp_op, MAX_OPS_PER_LINE,
+        uint64_t last = b->pos;
+        int more = 0;
+        size_t nops = 0;
+        /* (a bucket the client has up to the checkpoint needs no read: a reconnect) */
+        if (b->pos < s->cp_op) {
+            gw_buf_puts(o, "{\"data\":{\"bucket\":");
+            gw_buf_json_str(o, b->name);
+            gw_buf_printf(o, ",\"after\":\"%llu\",\"data\":[", (unsigned long long)b->pos);
+            body = o->len;
+        }
+        if (b->pos < s->cp_op &&
+            gw_storage_read_ops(s->th->reader, b->name, b->pos, s->cp_op, MAX_OPS_PER_LINE,
                                 MAX_BYTES_PER_LINE, o, &last, &more, &nops) != 0) {
             o->len = mark;
             o->data[mark] = '\0';
@@ -945,14 +1005,21 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
                            "replication has no consistent checkpoint yet; retry later");
         return 0;
     }
-    /* the body: {"buckets":[{"name","after"}], "client_id", "parameters", …} */
+    /* the body: {"buckets":[{"name","after"}], "client_id", "parameters", …}; positions scanned
+     * into a map (gw__req_body: a reconnect sends hundreds) */
     json_t *body = NULL;
+    gw_map_t after;
+    gw_map_init(&after);
+    gw_subs_t subs;
+    memset(&subs, 0, sizeof(subs));
     if (req->entity.base != NULL && req->entity.len > 0) {
         json_error_t jerr;
-        body = json_loadb(req->entity.base, req->entity.len, 0, &jerr);
+        body = gw__req_body(req->entity.base, req->entity.len, app->cfg, &after, &subs, &jerr);
         if (body == NULL || !json_is_object(body)) {
             auth_token_release(tok);
             json_decref(body);
+            gw_map_free(&after);
+            gw__subs_free(&subs);
             gw_http_send_error(req, 400, "bad_request",
                                "the request body is not a JSON object (line %d, column %d: %s)",
                                jerr.line, jerr.column, body ? "not an object" : jerr.text);
@@ -967,6 +1034,8 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
         (jclient != NULL && !json_is_string(jclient) && !json_is_null(jclient))) {
         auth_token_release(tok);
         json_decref(body);
+        gw_map_free(&after);
+        gw__subs_free(&subs);
         gw_http_send_error(req, 400, "bad_request",
                            "\"buckets\" must be an array, \"parameters\" an object and "
                            "\"client_id\" a string");
@@ -982,7 +1051,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     else if (strlen(params_json) > MAX_PARAMS_BYTES)
         snprintf(problem, sizeof(problem), "\"parameters\" is longer than %d bytes as JSON",
                  MAX_PARAMS_BYTES);
-    else if (json_array_size(jb) > max_buckets)
+    else if (json_array_size(jb) > max_buckets || gw_map_count(&after) > max_buckets)
         snprintf(problem, sizeof(problem),
                  "\"buckets\" lists more than %zu buckets (limits.max_buckets_per_connection)",
                  max_buckets);
@@ -993,6 +1062,8 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     if (problem[0] != '\0') {
         auth_token_release(tok);
         json_decref(body);
+        gw_map_free(&after);
+        gw__subs_free(&subs);
         free(params_json);
         atomic_fetch_add(&g->rejected, 1);
         gw_http_send_error(req, 400, "bad_request", "%s", problem);
@@ -1001,6 +1072,22 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
 
     stream_t *s = h2o_mem_alloc_shared(&req->pool, sizeof(*s), stream_dispose);
     memset(s, 0, sizeof(*s));
+    const char *scode;
+    char smsg[300];
+    int sub_rc = gw__subs_parse(body, app->cfg, &subs, &scode, smsg, sizeof(smsg));
+    s->subs = subs; /* the stream owns them now (stream_dispose frees them) */
+    if (sub_rc != 0) {
+        char user[300], qmsg[700];
+        gw_warn("stream", "rejected a stream", "user=%s error=%s",
+                gw_log_qs(tok->sub, user, sizeof(user)), gw_log_qs(smsg, qmsg, sizeof(qmsg)));
+        auth_token_release(tok);
+        json_decref(body);
+        free(params_json);
+        gw_map_free(&after);
+        atomic_fetch_add(&g->rejected, 1);
+        gw_http_send_error(req, 400, scode, "%s", smsg);
+        return 0;
+    }
     s->gen.proceed = on_proceed;
     s->gen.stop = on_stop;
     s->req = req;
@@ -1041,13 +1128,20 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     rules_buckets_t nb = {0};
     char msg[1024];
     int rc = eval_buckets(s, &nb, msg, sizeof(msg));
-    rules_buckets_free(&nb);
+    if (rc == 0) {
+        s->first_nb = nb; /* the first round uses it */
+        s->first_nb_cp = s->cp_op;
+        s->have_first_nb = 1;
+    } else {
+        rules_buckets_free(&nb);
+    }
     if (rc != 0) {
         char user[300], qmsg[1200];
         gw_warn("stream", "rejected a stream", "user=%s error=%s",
                 gw_log_qs(s->sub, user, sizeof(user)), gw_log_qs(msg, qmsg, sizeof(qmsg)));
         s->th = NULL; /* not linked: dispose must not unlink */
         json_decref(body);
+        gw_map_free(&after);
         atomic_fetch_add(&g->rejected, 1);
         gw_http_send_error(req, 400, rc == RULES_ELIMIT ? "too_many_buckets" : "bad_request", "%s",
                            msg);
@@ -1057,32 +1151,37 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     th->nstreams++;
     atomic_fetch_add(&g->open, 1);
     atomic_fetch_add(&g->started, 1);
-    s->reeval = 1;
-    start_round(s);
-    /* positions the client already has, for its buckets only: a name the user does not have is
-     * looked up and dropped, never stored (the client chooses these names) */
+    /* positions the client already has (the scanner's, or from the tree); only the user's own
+     * buckets are looked up in them (the names are the client's: the map hashes with a
+     * per-process key, and a request lists at most limits.max_buckets_per_connection) */
     size_t i;
     json_t *e;
     json_array_foreach(jb, i, e)
     {
         const char *name = json_string_value(json_object_get(e, "name"));
-        uintptr_t k = name != NULL ? (uintptr_t)gw_map_get(&s->by_name, name) : 0;
-        if (k == 0) continue;
         json_t *ja = json_object_get(e, "after");
         uint64_t a = 0;
         if (json_is_string(ja))
             a = strtoull(json_string_value(ja), NULL, 10);
         else if (json_is_integer(ja) && json_integer_value(ja) > 0)
             a = (uint64_t)json_integer_value(ja);
-        s->b[k - 1].pos = a;
+        if (name != NULL) gw_map_put(&after, name, (void *)(uintptr_t)(a + 1));
     }
     json_decref(body);
     gw_http_release_body(req);
+    s->reeval = 1;
+    start_round(s);
+    for (size_t k = 0; k < s->nb; k++) {
+        uintptr_t a = (uintptr_t)gw_map_get(&after, s->b[k].name);
+        if (a != 0) s->b[k].pos = a - 1;
+    }
+    gw_map_free(&after);
     char user[300], client[300];
-    gw_info("stream", "stream started", "conn=s%llu user=%s client=%s buckets=%zu checkpoint=%llu",
+    gw_info("stream", "stream started",
+            "conn=s%llu user=%s client=%s buckets=%zu subscriptions=%zu checkpoint=%llu",
             (unsigned long long)s->id, gw_log_qs(s->sub, user, sizeof(user)),
             gw_log_qs(s->client_id ? s->client_id : "-", client, sizeof(client)), s->nb,
-            (unsigned long long)s->cp_op);
+            s->subs.n, (unsigned long long)s->cp_op);
     user_register(s, (size_t)app->cfg->limits.max_streams_per_user);
 
     req->res.status = 200;
@@ -1128,6 +1227,7 @@ static void on_thread_stop(h2o_context_t *ctx, size_t index, void *ud)
     gw_streams_t *g = ud;
     sthread_t *th = &g->threads[index];
     (void)ctx;
+    gw__cks_free();
     pthread_mutex_lock(&g->lock);
     g->attached = 0;
     if (th->rx_registered) {

@@ -1,4 +1,4 @@
-/* gw_wcp.c -- write checkpoints: GET /write-checkpoint2.json?client_id=…
+/* gw_wcp.c -- write checkpoints: GET /write-checkpoint2.json, POST /sync/checkpoint-request
  *
  * A client that uploaded its writes asks for a write checkpoint and waits until a sync checkpoint
  * carries it (powersync-protocol §2.7). Here: authenticate on the loop thread; on a worker read
@@ -7,12 +7,21 @@
  * the client's user key (gw_app_user_key: the sub escaped, '/', the client_id) with that LSN. The
  * counter is visible to streams once replication has committed a checkpoint at or past the LSN; the
  * hook names the user key then. Answer: {"data":{"write_checkpoint":"N"}} (a decimal string).
+ *
+ * In `checkpointMode: 'requests'` (§1.3) the client picks the ids itself: POST
+ * /sync/checkpoint-request {"client_id","checkpoint_request_id":"N"} (1 .. 2^63-1) stores N for
+ * the same key only if it is larger than what is stored (with the current LSN, so it is reported
+ * as `write_checkpoint` once replication passes it); a stale or repeated id changes nothing.
+ * Answer: {"data":{"checkpoint_request_id":"M"}}, M the id stored now (larger than N when the
+ * request was stale). Both share one value per key, as in the PowerSync service.
  */
 #include "api/gw_api.h"
 #include "pg/gw_pg.h"
 #include "pg/gw_lsn.h"
 #include "storage/gw_storage.h"
 
+#include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,11 +32,14 @@
 typedef struct wcp_arg {
     char user_key[GW_USER_KEY_MAX];
     uint64_t lsn;
+    uint64_t requested; /* 0: a write checkpoint; else a client's checkpoint request id */
 } wcp_arg_t;
 
 static int wcp_run(gw_storage_t *st, void *arg, void *result, gw_err_t *err)
 {
     wcp_arg_t *a = arg;
+    if (a->requested > 0)
+        return gw_storage_request_checkpoint(st, a->user_key, a->lsn, a->requested, result, err);
     return gw_storage_write_checkpoint(st, a->user_key, a->lsn, result, err);
 }
 
@@ -36,8 +48,8 @@ static int wcp_run(gw_storage_t *st, void *arg, void *result, gw_err_t *err)
  * pg_current_wal_lsn(), emits the replication marker, stores the counter through the replicator
  * and waits for it (at most 5 s). Returns 0 and *counter, GW_EUNAVAIL, or GW_EPG.
  */
-static int create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, uint64_t *counter,
-                           gw_err_t *err)
+static int create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, uint64_t requested,
+                           uint64_t *counter, gw_err_t *err)
 {
     if (conn == NULL) return gw_err_set(err, GW_EUNAVAIL, "wcp", "postgres is not reachable");
     if (!gw_repl_ready(app->repl))
@@ -50,7 +62,7 @@ static int create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, ui
     uint64_t lsn = 0;
     gw_lsn_parse(PQgetvalue(res, 0, 0), &lsn);
     PQclear(res);
-    wcp_arg_t a = {.lsn = lsn};
+    wcp_arg_t a = {.lsn = lsn, .requested = requested};
     snprintf(a.user_key, sizeof(a.user_key), "%s", user_key);
     uint64_t value = 0;
     int rc = gw_repl_call(app->repl, wcp_run, &a, sizeof(a), &value, sizeof(value), 5000);
@@ -78,6 +90,7 @@ struct wcp_job {
     h2o_req_t *req; /* NULL once the request was freed */
     wcp_guard_t *guard;
     char user_key[GW_USER_KEY_MAX];
+    uint64_t requested; /* a checkpoint request id (POST /sync/checkpoint-request), or 0 */
     uint64_t counter;
     int rc;
     char message[sizeof(((gw_err_t *)0)->message)];
@@ -94,7 +107,7 @@ static void wcp_job_run(gw_job_t *job, PGconn *conn)
     wcp_job_t *j = (wcp_job_t *)job;
     gw_err_t err;
     gw_err_clear(&err);
-    j->rc = create_blocking(j->app, conn, j->user_key, &j->counter, &err);
+    j->rc = create_blocking(j->app, conn, j->user_key, j->requested, &j->counter, &err);
     snprintf(j->message, sizeof(j->message), "%s", err.message);
 }
 
@@ -114,7 +127,8 @@ static void wcp_job_done(gw_job_t *job)
         return;
     }
     char body[128];
-    int n = snprintf(body, sizeof(body), "{\"data\":{\"write_checkpoint\":\"%llu\"}}",
+    int n = snprintf(body, sizeof(body), "{\"data\":{\"%s\":\"%llu\"}}",
+                     j->requested ? "checkpoint_request_id" : "write_checkpoint",
                      (unsigned long long)j->counter);
     gw_http_send_json(j->req, 200, body, (size_t)n);
     free(j);
@@ -187,8 +201,67 @@ static int on_write_checkpoint(h2o_req_t *req, void *ud)
     return 0;
 }
 
+/* POST /sync/checkpoint-request {"client_id": "...", "checkpoint_request_id": "N"} */
+static int on_checkpoint_request(h2o_req_t *req, void *ud)
+{
+    gw_app_t *app = ud;
+    auth_token_t *tok;
+    if (gw_app_authenticate(app, req, &tok) != 0) return 0;
+    json_error_t jerr;
+    json_t *body =
+        req->entity.base != NULL ? json_loadb(req->entity.base, req->entity.len, 0, &jerr) : NULL;
+    json_t *jc = body ? json_object_get(body, "client_id") : NULL;
+    json_t *jid = body ? json_object_get(body, "checkpoint_request_id") : NULL;
+    uint64_t id = 0;
+    int ok = json_is_string(jc) && json_string_length(jc) <= GW_CLIENT_ID_MAX;
+    if (ok && json_is_string(jid)) {
+        const char *t = json_string_value(jid);
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(t, &end, 10);
+        ok = *t >= '0' && *t <= '9' && *end == '\0' && errno == 0 && v <= 9223372036854775807ULL;
+        id = v;
+    } else if (ok && json_is_integer(jid)) {
+        id = json_integer_value(jid) > 0 ? (uint64_t)json_integer_value(jid) : 0;
+    } else {
+        ok = 0;
+    }
+    char user_key[GW_USER_KEY_MAX];
+    if (!ok || id == 0) {
+        auth_token_release(tok);
+        json_decref(body);
+        gw_http_send_error(req, 400, "bad_request",
+                           "expected {\"client_id\": \"...\" (at most %d bytes), "
+                           "\"checkpoint_request_id\": \"N\"} with N between 1 and "
+                           "9223372036854775807",
+                           GW_CLIENT_ID_MAX);
+        return 0;
+    }
+    if (gw_app_user_key(tok->sub, json_string_value(jc), user_key, sizeof(user_key)) != 0) {
+        auth_token_release(tok);
+        json_decref(body);
+        gw_http_send_error(req, 400, "bad_request", "the token's subject is too long");
+        return 0;
+    }
+    wcp_job_t *j = gw_xcalloc(1, sizeof(*j));
+    j->app = app;
+    j->req = req;
+    j->requested = id;
+    j->guard = h2o_mem_alloc_shared(&req->pool, sizeof(wcp_guard_t), wcp_guard_dispose);
+    j->guard->j = j;
+    snprintf(j->user_key, sizeof(j->user_key), "%s", user_key);
+    auth_token_release(tok);
+    json_decref(body);
+    j->job.run = wcp_job_run;
+    j->job.done = wcp_job_done;
+    gw_workers_submit(app->workers, req->conn->ctx, &j->job);
+    return 0;
+}
+
 void gw_wcp_register(gw_app_t *app)
 {
+    gw_http_route(app->http, "/sync/checkpoint-request", "checkpoint_request", GW_HTTP_POST,
+                  on_checkpoint_request, app);
     gw_http_route(app->http, "/write-checkpoint2.json", "write_checkpoint", GW_HTTP_GET,
                   on_write_checkpoint, app);
 }

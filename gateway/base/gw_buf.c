@@ -25,6 +25,17 @@ void gw_buf_append(gw_buf_t *b, const void *p, size_t len)
     b->data[b->len] = '\0';
 }
 
+void gw_buf_u64(gw_buf_t *b, uint64_t v)
+{
+    char tmp[24];
+    size_t n = sizeof(tmp);
+    do {
+        tmp[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    gw_buf_append(b, tmp + n, sizeof(tmp) - n);
+}
+
 void gw_buf_puts(gw_buf_t *b, const char *s)
 {
     gw_buf_append(b, s, strlen(s));

@@ -6,6 +6,7 @@
 #define GW_BUF_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct gw_buf {
     char *data; /* NUL-terminated; NULL until the first append */
@@ -23,6 +24,9 @@ void gw_buf_append(gw_buf_t *b, const void *p, size_t len);
 
 /** Append a NUL-terminated string. */
 void gw_buf_puts(gw_buf_t *b, const char *s);
+
+/** Append v in decimal (what "%llu" prints, without printf's cost: checkpoint lines have many). */
+void gw_buf_u64(gw_buf_t *b, uint64_t v);
 
 /** Append printf-style formatted text. */
 void gw_buf_printf(gw_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

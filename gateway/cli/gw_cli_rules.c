@@ -2,10 +2,13 @@
  *
  * check compiles a rules file and prints every diagnostic as "file:line:col: message"
  * (warnings prefixed "warning: "; rules_lint's warnings about writable columns that decide
- * buckets come after the compiler's), then a one-line summary; exit 1 when there are errors.
+ * buckets come after the compiler's), then each Sync Stream with its bucket kinds and what they
+ * are keyed by, then a one-line summary; exit 1 when there are errors.
  * explain is a development tool: it computes the buckets a token would get, with priority and
- * the definition and parameter query that produced each. It reads the token's claims without
- * verifying the signature unless --config names a ferry.yaml whose auth keys verify it, and
+ * the definition and parameter query that produced each; with Sync Streams, per default stream
+ * and per --subscribe 'STREAM:{"k":"v"}' subscription, its buckets and the bucket kind each
+ * comes from (or the subscription's error, as the client would see it). It reads the token's claims
+ * without verifying the signature unless --config names a ferry.yaml whose auth keys verify it, and
  * says which it did. Table-lookup parameter queries are answered from Postgres with --db (the
  * lookup tables are read once and evaluated with rules_eval_lookups(), so the answers follow
  * exactly the rules the replicator applies); without --db they are listed as unresolved.
@@ -26,6 +29,8 @@ static int usage(void)
 {
     fprintf(stderr, "usage: ferry rules check FILE\n"
                     "       ferry rules explain FILE --token JWT [--params JSON] [--db URI]\n"
+                    "                                [--subscribe STREAM[:PARAMS_JSON]]... "
+                    "[--no-defaults]\n"
                     "                                [--config FILE] [--rule-version V]\n");
     return 2;
 }
@@ -35,6 +40,39 @@ static void print_diags(const rules_diags_t *d, FILE *out)
     char buf[1400];
     for (size_t i = 0; i < d->n; i++)
         fprintf(out, "%s\n", rules_diag_format(d, i, buf, sizeof buf));
+}
+
+/* SQL text on one line: whitespace runs squeezed to one space, ends trimmed */
+static void print_oneline(FILE *out, const char *sql)
+{
+    int space = 0, any = 0;
+    for (const char *p = sql ? sql : ""; *p; p++) {
+        if (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') {
+            space = any;
+            continue;
+        }
+        if (space) fputc(' ', out);
+        space = 0;
+        any = 1;
+        fputc(*p, out);
+    }
+}
+
+/* Every stream: default or on subscription, priority, its bucket kinds and their keys. */
+static void print_streams(const rules_set_t *set)
+{
+    for (size_t i = 0; i < rules_stream_count(set); i++) {
+        rules_stream_info_t si;
+        rules_stream_at(set, i, &si);
+        printf("stream %s (%s, priority %d%s):\n", si.name,
+               si.auto_subscribe ? "default" : "on subscription", si.priority,
+               si.uses_subscription ? ", reads subscription parameters" : "");
+        for (size_t j = 0; j < si.nbuckets; j++) {
+            char *d = rules_stream_describe(set, i, j);
+            printf("  %s\n", d ? d : "?");
+            free(d);
+        }
+    }
 }
 
 static int cmd_check(int argc, char **argv)
@@ -51,11 +89,15 @@ static int cmd_check(int argc, char **argv)
         rules_diags_free(&d);
         return 1;
     }
-    printf("%s: ok (edition %d, %zu bucket definition%s, %zu table%s, %zu write rule%s, "
+    print_streams(set);
+    size_t nstreams = rules_stream_count(set), ndefs = rules_definition_count(set) - nstreams;
+    char streams[64] = "";
+    if (nstreams > 0)
+        snprintf(streams, sizeof streams, ", %zu stream%s", nstreams, nstreams == 1 ? "" : "s");
+    printf("%s: ok (edition %d, %zu bucket definition%s%s, %zu table%s, %zu write rule%s, "
            "%zu constraint%s, %zu warning%s)\n",
-           argv[2], rules_edition(set), rules_definition_count(set),
-           rules_definition_count(set) == 1 ? "" : "s", rules_table_count(set),
-           rules_table_count(set) == 1 ? "" : "s", rules_write_count(set),
+           argv[2], rules_edition(set), ndefs, ndefs == 1 ? "" : "s", streams,
+           rules_table_count(set), rules_table_count(set) == 1 ? "" : "s", rules_write_count(set),
            rules_write_count(set) == 1 ? "" : "s", rules_constraint_count(set),
            rules_constraint_count(set) == 1 ? "" : "s", d.nwarnings, d.nwarnings == 1 ? "" : "s");
     rules_diags_free(&d);
@@ -235,12 +277,124 @@ static char *verified_claims(const char *config, const char *token)
     return claims;
 }
 
+static int explain(const char *file, const char *token, const char *params, const char *db,
+                   const char *config, const char *version, const rules_subscription_t *subs,
+                   size_t nsubs, int no_defaults);
+
+/* the stream index of name, or -1 (a bucket definition) */
+static int stream_index(const rules_set_t *set, const char *name)
+{
+    for (size_t i = 0; i < rules_stream_count(set); i++) {
+        rules_stream_info_t si;
+        rules_stream_at(set, i, &si);
+        if (strcmp(si.name, name) == 0) return (int)i;
+    }
+    return -1;
+}
+
+/* One bucket of a stream and why: the bucket kinds of its stream that name it. */
+static void print_stream_bucket(const rules_set_t *set, const rules_bucket_t *b)
+{
+    printf("    %s  priority %d\n", b->bucket, b->priority);
+    int si = b->definition ? stream_index(set, b->definition) : -1;
+    if (si < 0) return;
+    const char *kind = strchr(b->bucket, '#');
+    kind = kind ? kind + 1 : b->bucket;
+    size_t klen = strcspn(kind, "[");
+    rules_stream_info_t info;
+    rules_stream_at(set, (size_t)si, &info);
+    for (size_t j = 0; j < info.nbuckets; j++) {
+        const char *name = rules_stream_bucket(set, (size_t)si, j);
+        if (strlen(name) != klen || strncmp(name, kind, klen) != 0) continue;
+        char *d = rules_stream_describe(set, (size_t)si, j);
+        printf("      because: %s\n", d ? d : "?");
+        free(d);
+    }
+}
+
+static void no_buckets(const rules_buckets_t *b, const char *stream)
+{
+    for (size_t i = 0; i < b->nunresolved; i++)
+        if (strcmp(b->unresolved[i].definition, stream) == 0) {
+            printf("    no buckets yet: its table lookups are unresolved (pass --db)\n");
+            return;
+        }
+    printf("    no buckets\n");
+}
+
+/* Per default stream and per subscription: its buckets and why, or its errors. */
+static void print_subscriptions(const rules_set_t *set, const rules_buckets_t *b,
+                                const rules_subscription_t *subs, size_t nsubs)
+{
+    printf("streams:\n");
+    for (size_t s = 0; s < b->nstreams; s++) {
+        if (!b->streams[s].is_default || stream_index(set, b->streams[s].name) < 0) continue;
+        printf("  default stream %s:\n", b->streams[s].name);
+        int any = 0;
+        for (size_t i = 0; i < b->n; i++) {
+            const rules_bucket_t *bk = &b->items[i];
+            if (!bk->definition || strcmp(bk->definition, b->streams[s].name) != 0) continue;
+            for (size_t k = 0; k < bk->nreasons; k++)
+                if (bk->reasons[k] == RULES_REASON_DEFAULT) {
+                    print_stream_bucket(set, bk);
+                    any = 1;
+                    break;
+                }
+        }
+        for (size_t e = 0; e < b->nerrors; e++)
+            if (b->errors[e].subscription < 0 &&
+                strcmp(b->errors[e].stream, b->streams[s].name) == 0) {
+                printf("    error: %s\n", b->errors[e].message);
+                any = 1;
+            }
+        if (!any) no_buckets(b, b->streams[s].name);
+    }
+    for (size_t j = 0; j < nsubs; j++) {
+        printf("  subscription %zu: %s %s:\n", j, subs[j].stream,
+               subs[j].params_json ? subs[j].params_json : "null");
+        int any = 0;
+        for (size_t i = 0; i < b->n; i++) {
+            const rules_bucket_t *bk = &b->items[i];
+            for (size_t k = 0; k < bk->nreasons; k++)
+                if (bk->reasons[k] == (int)j) {
+                    print_stream_bucket(set, bk);
+                    any = 1;
+                    break;
+                }
+        }
+        for (size_t e = 0; e < b->nerrors; e++)
+            if (b->errors[e].subscription == (int)j) {
+                printf("    error: %s\n", b->errors[e].message);
+                any = 1;
+            }
+        if (!any) no_buckets(b, subs[j].stream);
+    }
+}
+
 static int cmd_explain(int argc, char **argv)
 {
     const char *file = NULL, *token = NULL, *params = NULL, *db = NULL, *config = NULL;
     const char *version = "1";
+    rules_subscription_t *subs = calloc((size_t)argc, sizeof *subs);
+    char **sub_names = calloc((size_t)argc, sizeof(char *));
+    if (!subs || !sub_names) abort();
+    size_t nsubs = 0;
+    int no_defaults = 0, rc = 2;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
+        if (strcmp(a, "--subscribe") == 0) {
+            if (i + 1 >= argc) goto done;
+            const char *v = argv[++i], *colon = strchr(v, ':');
+            sub_names[nsubs] = colon ? strndup(v, (size_t)(colon - v)) : strdup(v);
+            if (!sub_names[nsubs]) abort();
+            subs[nsubs] = (rules_subscription_t){sub_names[nsubs], colon ? colon + 1 : NULL, -1};
+            nsubs++;
+            continue;
+        }
+        if (strcmp(a, "--no-defaults") == 0) {
+            no_defaults = 1;
+            continue;
+        }
         const char **dst = strcmp(a, "--token") == 0          ? &token
                            : strcmp(a, "--params") == 0       ? &params
                            : strcmp(a, "--db") == 0           ? &db
@@ -248,15 +402,29 @@ static int cmd_explain(int argc, char **argv)
                            : strcmp(a, "--rule-version") == 0 ? &version
                                                               : NULL;
         if (dst) {
-            if (i + 1 >= argc) return usage();
+            if (i + 1 >= argc) goto done;
             *dst = argv[++i];
         } else if (a[0] == '-' || file) {
-            return usage();
+            goto done;
         } else {
             file = a;
         }
     }
-    if (!file || !token) return usage();
+    if (!file || !token) goto done;
+    rc = explain(file, token, params, db, config, version, subs, nsubs, no_defaults);
+done:
+    if (rc == 2) usage();
+    for (size_t i = 0; i < nsubs; i++)
+        free(sub_names[i]);
+    free(sub_names);
+    free(subs);
+    return rc;
+}
+
+static int explain(const char *file, const char *token, const char *params, const char *db,
+                   const char *config, const char *version, const rules_subscription_t *subs,
+                   size_t nsubs, int no_defaults)
+{
     rules_set_t *set = NULL;
     rules_diags_t d;
     int rc = rules_compile_file(file, &set, &d);
@@ -296,24 +464,39 @@ static int cmd_explain(int argc, char **argv)
         rules_unref(set);
         return 1;
     }
-    rules_request_t req = {claims, params, db ? store_answer : NULL, &store, 0};
+    rules_request_t req = {.claims_json = claims,
+                           .params_json = params,
+                           .lookup = db ? store_answer : NULL,
+                           .lookup_arg = &store,
+                           .subs = subs,
+                           .nsubs = nsubs,
+                           .exclude_defaults = no_defaults};
     rules_buckets_t b = {0};
     rules_error_t err;
     rc = rules_eval_request(set, version, &req, &b, &err);
     if (rc != 0) {
         fprintf(stderr, "ferry rules explain: %s\n", err.message);
     } else {
+        if (rules_stream_count(set) > 0 || nsubs > 0) print_subscriptions(set, &b, subs, nsubs);
         printf("buckets: %zu\n", b.n);
-        for (size_t i = 0; i < b.n; i++)
-            printf("  %s  priority %d  definition %s  parameter query %d: %s\n", b.items[i].bucket,
-                   b.items[i].priority, b.items[i].definition, b.items[i].query_index,
-                   b.items[i].query);
+        for (size_t i = 0; i < b.n; i++) {
+            int stream = stream_index(set, b.items[i].definition) >= 0;
+            printf("  %s  priority %d  %s %s  %s %d: ", b.items[i].bucket, b.items[i].priority,
+                   stream ? "stream" : "definition", b.items[i].definition,
+                   stream ? "query" : "parameter query", b.items[i].query_index);
+            print_oneline(stdout, b.items[i].query);
+            printf("\n");
+        }
         if (b.nunresolved) {
             printf("unresolved (table lookups; pass --db to answer them): %zu\n", b.nunresolved);
-            for (size_t i = 0; i < b.nunresolved; i++)
-                printf("  definition %s  parameter query %d: %s  lookup %s\n",
-                       b.unresolved[i].definition, b.unresolved[i].query_index,
-                       b.unresolved[i].query, b.unresolved[i].key);
+            for (size_t i = 0; i < b.nunresolved; i++) {
+                int stream = stream_index(set, b.unresolved[i].definition) >= 0;
+                printf("  %s %s  %s %d: ", stream ? "stream" : "definition",
+                       b.unresolved[i].definition, stream ? "query" : "parameter query",
+                       b.unresolved[i].query_index);
+                print_oneline(stdout, b.unresolved[i].query);
+                printf("  lookup %s\n", b.unresolved[i].key);
+            }
         }
     }
     rules_buckets_free(&b);

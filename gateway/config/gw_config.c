@@ -182,6 +182,8 @@ static const cfg_field_t limits_fields[] = {
     F_INT("max_connections", limits.max_connections, 1, 10000000),
     F_INT("max_buckets_per_connection", limits.max_buckets_per_connection, 1, 1000000),
     F_INT("max_streams_per_user", limits.max_streams_per_user, 1, 1000000),
+    F_INT("max_subscriptions_per_connection", limits.max_subscriptions_per_connection, 0, 100000),
+    F_INT("max_subscription_parameter_bytes", limits.max_subscription_parameter_bytes, 2, 1L << 20),
     F_END,
 };
 static const cfg_field_t write_back_fields[] = {
@@ -600,6 +602,8 @@ void gw_config_defaults(gw_config_t *cfg)
     cfg->write_back.max_batches_per_user = 4;
     cfg->write_back.statement_timeout = 30;
     cfg->write_back.checkpoint_retention = 90L * 86400;
+    cfg->limits.max_subscriptions_per_connection = 100;
+    cfg->limits.max_subscription_parameter_bytes = 4096;
 }
 
 static void free_fields(const cfg_field_t *fields, void *base)

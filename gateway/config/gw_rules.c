@@ -10,7 +10,9 @@
 int gw_rules_compile_text(const char *text, size_t len, const char *name, rules_set_t **out,
                           char *hash, size_t hashlen, FILE *diag_out, gw_err_t *err)
 {
-    snprintf(hash, hashlen, "%016llx", (unsigned long long)gw_hash(text, len));
+    /* the engine version is part of the hash: outputs of other engines are other versions */
+    uint64_t h = gw_hash(text, len) ^ (0x9e3779b97f4a7c15ULL * (uint64_t)RULES_ENGINE_VERSION);
+    snprintf(hash, hashlen, "%016llx", (unsigned long long)h);
     rules_diags_t diags = {0};
     int rc = rules_compile(text, len, name, out, &diags);
     if (rc == 0) rules_lint(*out, &diags); /* logged as warnings below, like the compiler's */

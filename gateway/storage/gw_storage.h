@@ -253,6 +253,8 @@ struct gw_storage_type {
                    size_t copy_len, gw_err_t *err);
     int (*write_checkpoint)(gw_storage_t *s, const char *user_key, uint64_t lsn, uint64_t *counter,
                             gw_err_t *err);
+    int (*request_checkpoint)(gw_storage_t *s, const char *user_key, uint64_t lsn,
+                              uint64_t requested, uint64_t *stored, gw_err_t *err);
     int (*delete_row)(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *err);
     int (*truncate)(gw_storage_t *s, const char *table, gw_err_t *err);
     int (*row_copy)(gw_storage_t *s, const gw_row_ref_t *ref, void **out, size_t *len);
@@ -275,6 +277,9 @@ struct gw_storage_type {
     int (*each_bucket)(gw_storage_reader_t *r, uint64_t as_of,
                        int (*fn)(void *ud, const char *bucket, uint32_t checksum, uint64_t count),
                        void *ud);
+    /* optional (NULL: every read stays its own transaction) */
+    int (*read_hold)(gw_storage_reader_t *r);
+    void (*read_release)(gw_storage_reader_t *r);
 };
 
 /** The head of every backend's writer: its table and the options it was opened with. */
@@ -536,6 +541,18 @@ static inline int gw_storage_write_checkpoint(gw_storage_t *s, const char *user_
     return s->type->write_checkpoint(s, user_key, lsn, counter, err);
 }
 
+/**
+ * A client-generated checkpoint request (POST /sync/checkpoint-request) for user_key at source
+ * position lsn, inside a txn: the stored value becomes requested if that is larger (then it is
+ * visible like a write checkpoint, with the first commit at or past lsn); a stale or repeated
+ * request changes nothing. *stored is the value stored afterwards. 0 or GW_EIO.
+ */
+static inline int gw_storage_request_checkpoint(gw_storage_t *s, const char *user_key, uint64_t lsn,
+                                                uint64_t requested, uint64_t *stored, gw_err_t *err)
+{
+    return s->type->request_checkpoint(s, user_key, lsn, requested, stored, err);
+}
+
 /** Remove a row: REMOVE ops for all its memberships, drop its lookups and copy. Inside a txn. */
 static inline int gw_storage_delete_row(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *err)
 {
@@ -588,6 +605,23 @@ static inline int gw_storage_read_state(gw_storage_reader_t *r, const char *key,
                                         size_t len)
 {
     return r->type->read_state(r, key, buf, len);
+}
+
+/**
+ * Let the reads of r until gw_storage_read_release share one read transaction (nests; one
+ * snapshot for all of them): for a loop of many short reads that runs to its end without waiting
+ * (a stream's checksums of every bucket), never across waiting for a client. 0 or GW_EIO (then
+ * do not release). A backend without it reads as before.
+ */
+static inline int gw_storage_read_hold(gw_storage_reader_t *r)
+{
+    return r->type->read_hold != NULL ? r->type->read_hold(r) : 0;
+}
+
+/** End what gw_storage_read_hold began (the outermost release ends the transaction). */
+static inline void gw_storage_read_release(gw_storage_reader_t *r)
+{
+    if (r->type->read_release != NULL) r->type->read_release(r);
 }
 
 /** Checksum (wrapping u32 sum) and count of bucket's ops with op_id <= as_of. 0 or GW_EIO. */

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # run.sh -- conformance tests: the official PowerSync Node client against a real ferry
 #
-# Installs the PowerSync client once (tests/lib/node_deps.sh), starts a
+# Installs @powersync/node, @powersync/common and better-sqlite3 (tests/lib/npm.sh: once, behind a
+# stamp; better-sqlite3 builds from source against the machine's Node headers), starts a
 # throwaway Postgres with schema.sql and a ferry with sync-rules.yaml, runs every
-# node/*.test.mjs, and ends with "N passed, N failed". Uses the machine's Node; never installs it.
+# node/*.test.mjs (or those whose name starts with $1), and ends with "N passed, N failed". Uses
+# the machine's Node; never installs it.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 FERRY_BIN=${FERRY_BIN:-$root/build/ferry}
-"$root/tests/lib/node_deps.sh" || { echo "conformance: the PowerSync client is not installed"; echo "0 passed, 1 failed"; exit 1; }
+"$root/tests/lib/npm.sh" || { echo "conformance: the npm packages are missing"; echo "0 passed, 1 failed"; exit 1; }
 
 tmp=$(mktemp -d /tmp/ferry-conformance.XXXXXX)
 pgenv=$("$root/tests/lib/pg.sh" start conformance) || { echo "0 passed, 1 failed"; exit 1; }
@@ -18,7 +20,7 @@ cleanup() {
   [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
   [ -f "$tmp/ferry.pid" ] && kill -9 "$(cat "$tmp/ferry.pid")" 2>/dev/null
   "$root/tests/lib/pg.sh" stop "$PGTMP"
-  rm -rf "$tmp"
+  [ -n "${CONFORMANCE_KEEP:-}" ] || rm -rf "$tmp"
 }
 trap cleanup EXIT
 passed=0; failed=0
@@ -26,6 +28,7 @@ passed=0; failed=0
 for backend in ${FERRY_TEST_BACKENDS:-sqlite postgres}; do
 for t in "$here"/node/[0-9][0-9]_*.test.mjs; do
   name=$(basename "$t" .test.mjs)
+  [ -n "${1:-}" ] && [[ "$name" != $1* ]] && continue
   echo "== conformance $name ($backend storage)"
   # a fresh database, storage and ferry per test file
   db=conf_${name}_$backend; db=${db//-/_}
@@ -39,7 +42,10 @@ for t in "$here"/node/[0-9][0-9]_*.test.mjs; do
   fi
   psql -q -v ON_ERROR_STOP=1 "$uri" -f "$here/schema.sql" >/dev/null
   dir=$tmp/$name-$backend; mkdir -p "$dir"
-  cp "$here/sync-rules.yaml" "$dir/"
+  # a test may bring its own rules file (NN_name.sync-rules.yaml), else the shared one
+  rules=$here/sync-rules.yaml
+  [ -f "$here/node/$name.sync-rules.yaml" ] && rules=$here/node/$name.sync-rules.yaml
+  cp "$rules" "$dir/sync-rules.yaml"
   port=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))  # below the ephemeral range (32768+)
   cat >"$dir/ferry.yaml" <<YAML
 log_level: info

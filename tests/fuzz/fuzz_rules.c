@@ -2,9 +2,10 @@
  *
  * Every input is compiled as a rules file. When it compiles, the set is also exercised the
  * way the gateway uses it: one row of a few common table names through rules_eval_row() and
- * rules_eval_lookups(), and one request (with a lookup callback that answers one row) through
- * rules_eval_request(). The compiler and evaluator must never crash, leak or hang, whatever
- * the input; ASan/UBSan (set by the Makefile) report it if they do.
+ * rules_eval_lookups(), and one request (with a lookup callback that answers one row, and
+ * stream subscriptions) through rules_eval_request(). Seeds (tests/fuzz/seeds/rules) are
+ * rules files of every form, Sync Streams included. The compiler and evaluator must never crash,
+ * leak or hang, whatever the input; ASan/UBSan (set by the Makefile) report it if they do.
  */
 #include "rules/rules.h"
 
@@ -42,8 +43,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         rules_eval_lookups(set, &row, &lk, NULL);
         rules_lookups_free(&lk);
     }
+    /* Sync Streams: subscriptions with parameters of every shape, one to an unknown stream */
+    static const rules_subscription_t subs[] = {
+        {"s", "{\"list_id\":\"l1\",\"ids\":[\"a\",1,null]}", -1},
+        {"list_todos", "{\"list_id\":null}", 0},
+        {"x", "[1]", 2},
+        {"", NULL, -1}};
     rules_request_t req = {"{\"sub\":\"u1\",\"teams\":[\"t1\",2,null],\"parameters\":{\"a\":true}}",
-                           "{\"tags\":[\"x\"]}", answer, NULL, 50};
+                           "{\"tags\":[\"x\"]}",
+                           answer,
+                           NULL,
+                           50,
+                           subs,
+                           sizeof subs / sizeof *subs,
+                           0};
     rules_buckets_t b = {0};
     rules_eval_request(set, "1", &req, &b, NULL);
     rules_buckets_free(&b);

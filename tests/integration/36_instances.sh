@@ -17,7 +17,7 @@ source "$T_ROOT/tests/lib/instances.sh"
 FERRY_TEST_STORAGE=postgres
 
 command -v haproxy >/dev/null || { fail "haproxy is installed" "deploy/deps.sh installs it"; exit 1; }
-"$T_ROOT/tests/lib/node_deps.sh" >/dev/null || { fail "the PowerSync client is installed" "tests/lib/node_deps.sh"; exit 1; }
+"$T_ROOT/tests/lib/npm.sh" >/dev/null || { fail "the PowerSync client is installed" "tests/lib/npm.sh"; exit 1; }
 seed=${FERRY_TEST_SEED:-$(( $(date +%s) % 100000 ))}
 echo "  seed $seed (FERRY_TEST_SEED=$seed repeats this run)"
 RANDOM=$seed

@@ -13,3 +13,8 @@ $(OBJ)/tests/load/load_sdk.o: CFLAGS += -Iclientsdk/include
 $(BUILD)/ferry-load-sdk: $(OBJ)/tests/load/load_sdk.o $(OBJ)/tests/load/load_hist.o \
                          $(OBJ)/tests/load/load_token.o $(BUILD)/libferry.a
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libferry.a $(SDK_LIBS) -lssl -lcrypto
+
+# stream opens at a fixed rate (bench_stream_opens.sh)
+PROGRAMS += $(BUILD)/bench-opens
+$(BUILD)/bench-opens: $(OBJ)/tests/load/bench_opens.o $(OBJ)/tests/load/load_hist.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)

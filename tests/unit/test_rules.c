@@ -274,7 +274,10 @@ static void cmd_row(rules_set_t *set, const char *version, const char *arg, stor
 static void cmd_request(rules_set_t *set, const char *version, const char *claims,
                         const char *params, store_t *st, int resolve, sbuf_t *out)
 {
-    rules_request_t req = {claims, params, resolve ? store_lookup : NULL, st, 0};
+    rules_request_t req = {.claims_json = claims,
+                           .params_json = params,
+                           .lookup = resolve ? store_lookup : NULL,
+                           .lookup_arg = st};
     rules_buckets_t b = {0};
     rules_error_t err;
     int rc = rules_eval_request(set, version, &req, &b, &err);
@@ -511,7 +514,7 @@ START_TEST(test_rules_eval_request_bad_claims)
 {
     rules_set_t *set = NULL;
     ck_assert_int_eq(rules_compile(example_a, strlen(example_a), "a.yaml", &set, NULL), 0);
-    rules_request_t req = {"[1]", NULL, NULL, NULL, 0};
+    rules_request_t req = {.claims_json = "[1]"};
     rules_buckets_t b = {0};
     rules_error_t err;
     ck_assert_int_eq(rules_eval_request(set, "1", &req, &b, &err), RULES_EINVAL);
@@ -535,12 +538,13 @@ START_TEST(test_rules_eval_request_limit)
                     "      - SELECT id FROM t WHERE v = bucket.v\n";
     rules_set_t *set = NULL;
     ck_assert_int_eq(rules_compile(y, strlen(y), "l.yaml", &set, NULL), 0);
-    rules_request_t req = {"{\"sub\":\"u\",\"xs\":[1,2,3,4]}", NULL, NULL, NULL, 3};
+    rules_request_t req = {.claims_json = "{\"sub\":\"u\",\"xs\":[1,2,3,4]}", .max_buckets = 3};
     rules_buckets_t b = {0};
     rules_error_t err;
     ck_assert_int_eq(rules_eval_request(set, NULL, &req, &b, &err), RULES_ELIMIT);
-    ck_assert_str_eq(err.message,
-                     "too many buckets: more than 3 for one request (bucket definition \"many\")");
+    ck_assert_str_eq(
+        err.message,
+        "too many buckets: more than 3 for one request (bucket definition or stream \"many\")");
     rules_buckets_free(&b);
     rules_unref(set);
 }

@@ -227,6 +227,113 @@ START_TEST(test_sdk_line_session_applies)
 }
 END_TEST
 
+/* ---- Sync Streams subscriptions ------------------------------------------------------------ */
+
+static char subs_text[2048];
+/* "stream params priority synced error" per subscription, ";"-separated */
+static const char *subs_list(void)
+{
+    ferry_subscription_t *v;
+    size_t n, o = 0;
+    ck_assert_int_eq(ferry_subscriptions(db, &v, &n), 0);
+    subs_text[0] = 0;
+    for (size_t i = 0; i < n; i++)
+        o += (size_t)snprintf(subs_text + o, sizeof subs_text - o, "%s%s %s %d %d %s", i ? ";" : "",
+                              v[i].stream, v[i].params_json, v[i].priority, v[i].synced,
+                              v[i].error ? v[i].error : "-");
+    ferry_subscriptions_free(v, n);
+    return subs_text;
+}
+
+/* the "streams" member of the request body, compact */
+static const char *body_streams(void)
+{
+    static char out[2048];
+    char *body = ferry__request_body(db, &db->sync);
+    ck_assert_ptr_nonnull(body);
+    json_t *j = json_loads(body, 0, NULL);
+    char *s = json_dumps(json_object_get(j, "streams"), JSON_COMPACT | JSON_PRESERVE_ORDER);
+    snprintf(out, sizeof out, "%s", s ? s : "(none)");
+    free(s);
+    json_decref(j);
+    free(body);
+    return out;
+}
+
+START_TEST(test_sdk_subscriptions_stored_sent_and_answered)
+{
+    ferry_error_t err;
+    ck_assert_str_eq(body_streams(), "{\"include_defaults\":true,\"subscriptions\":[]}");
+    ck_assert_int_eq(ferry_subscribe(db, "list_todos", "{\"list_id\":\"l1\",\"a\":1}", -1, &err),
+                     0);
+    ck_assert_int_eq(atomic_exchange(&db->subs_changed, 0), 1);
+    /* the same parameters in another key order: the same subscription, its priority updated */
+    ck_assert_int_eq(ferry_subscribe(db, "list_todos", "{\"a\":1, \"list_id\":\"l1\"}", 0, &err),
+                     0);
+    ck_assert_int_eq(atomic_exchange(&db->subs_changed, 0), 1);
+    ck_assert_int_eq(ferry_subscribe(db, "list_todos", "{\"a\":1,\"list_id\":\"l1\"}", 0, &err), 0);
+    ck_assert_int_eq(atomic_exchange(&db->subs_changed, 0), 0); /* nothing changed */
+    ck_assert_int_eq(ferry_subscribe(db, "list_todos", "{\"list_id\":\"l2\"}", -1, &err), 0);
+    ck_assert_int_eq(ferry_subscribe(db, "nope", NULL, -1, &err), 0);
+    ck_assert_int_eq(ferry_subscribe(db, "list_todos", "[1]", -1, &err), FERRY_EINVAL);
+    ck_assert_str_eq(err.message,
+                     "subscription parameters must be a JSON object or null: not an object");
+    ck_assert_int_eq(ferry_subscribe(db, "list_todos", "{", -1, &err), FERRY_EINVAL);
+    ck_assert_int_eq(ferry_subscribe(db, "list_todos", NULL, 4, &err), FERRY_EINVAL);
+    ck_assert_int_eq(ferry_subscribe(db, "", NULL, -1, &err), FERRY_EINVAL);
+    ck_assert_str_eq(subs_list(), "list_todos {\"a\":1,\"list_id\":\"l1\"} 0 0 -;"
+                                  "list_todos {\"list_id\":\"l2\"} -1 0 -;nope null -1 0 -");
+    ck_assert_str_eq(body_streams(),
+                     "{\"include_defaults\":true,\"subscriptions\":["
+                     "{\"stream\":\"list_todos\",\"parameters\":{\"a\":1,\"list_id\":\"l1\"},"
+                     "\"override_priority\":0},"
+                     "{\"stream\":\"list_todos\",\"parameters\":{\"list_id\":\"l2\"},"
+                     "\"override_priority\":null},"
+                     "{\"stream\":\"nope\",\"parameters\":null,\"override_priority\":null}]}");
+    /* the server answers by index: subscription 2 is an error, the others sync */
+    ck_assert_int_eq(
+        line("{\"checkpoint\":{\"last_op_id\":\"2\",\"buckets\":[{\"bucket\":\"1#list_todos|0["
+             "\\\"l1\\\"]\","
+             "\"checksum\":0,\"count\":0,\"priority\":0,\"subscriptions\":[{\"sub\":0}]}],"
+             "\"streams\":[{\"name\":\"list_todos\",\"is_default\":false,\"errors\":[]},"
+             "{\"name\":\"nope\",\"is_default\":false,\"errors\":[{\"subscription\":2,"
+             "\"message\":\"stream \\\"nope\\\" is not defined\"},{\"subscription\":\"default\","
+             "\"message\":\"x\"}]}]}}"),
+        0);
+    ck_assert_str_eq(q("SELECT group_concat(ifnull(error, '-'), '|') FROM ferry_subscriptions"),
+                     "-|-|stream \"nope\" is not defined");
+    ck_assert_str_eq(q("SELECT sum(synced) FROM ferry_subscriptions"), "0");
+    ck_assert_int_eq(ferry_wait_for_subscriptions(db, 0), FERRY_ESTATE);
+    ck_assert_int_eq(line("{\"checkpoint_complete\":{\"last_op_id\":\"2\"}}"), 0);
+    ck_assert_str_eq(subs_list(), "list_todos {\"a\":1,\"list_id\":\"l1\"} 0 1 -;"
+                                  "list_todos {\"list_id\":\"l2\"} -1 1 -;"
+                                  "nope null -1 0 stream \"nope\" is not defined");
+    ck_assert_int_eq(ferry_wait_for_subscriptions(db, 0), 0);
+    /* an app restart: the subscriptions and their state are read back, and sent again */
+    reopen();
+    ck_assert_str_eq(subs_list(), "list_todos {\"a\":1,\"list_id\":\"l1\"} 0 1 -;"
+                                  "list_todos {\"list_id\":\"l2\"} -1 1 -;"
+                                  "nope null -1 0 stream \"nope\" is not defined");
+    ck_assert_ptr_nonnull(strstr(body_streams(), "{\"stream\":\"nope\""));
+    /* unsubscribing (any key order); a subscription that does not exist is no error */
+    ck_assert_int_eq(ferry_unsubscribe(db, "list_todos", "{\"list_id\":\"l1\",\"a\":1}", &err), 0);
+    ck_assert_int_eq(atomic_exchange(&db->subs_changed, 0), 1);
+    ck_assert_int_eq(ferry_unsubscribe(db, "list_todos", "{\"list_id\":\"l9\"}", &err), 0);
+    ck_assert_int_eq(atomic_exchange(&db->subs_changed, 0), 0);
+    ck_assert_int_eq(ferry_unsubscribe(db, "nope", "null", &err), 0);
+    ck_assert_str_eq(body_streams(),
+                     "{\"include_defaults\":true,\"subscriptions\":["
+                     "{\"stream\":\"list_todos\",\"parameters\":{\"list_id\":\"l2\"},"
+                     "\"override_priority\":null}]}");
+    /* the errors of a later checkpoint are those of its own request's subscriptions */
+    ck_assert_int_eq(line("{\"checkpoint\":{\"last_op_id\":\"3\",\"buckets\":[],\"streams\":[]}}"),
+                     0);
+    ck_assert_str_eq(subs_list(), "list_todos {\"list_id\":\"l2\"} -1 1 -");
+    db->opt.exclude_default_streams = 1;
+    ck_assert_ptr_nonnull(strstr(body_streams(), "\"include_defaults\":false"));
+}
+END_TEST
+
 /* ---- oplog semantics ---------------------------------------------------------------------------
  */
 
@@ -1453,6 +1560,7 @@ int main(void)
     tcase_add_test(tc, test_sdk_parse_id_strings_only);
     tcase_add_test(tc, test_sdk_line_unknown_ignored_and_shape_checked);
     tcase_add_test(tc, test_sdk_line_session_applies);
+    tcase_add_test(tc, test_sdk_subscriptions_stored_sent_and_answered);
     tcase_add_test(tc, test_sdk_oplog_row_in_two_buckets_remove_from_one);
     tcase_add_test(tc, test_sdk_oplog_move_and_clear);
     tcase_add_test(tc, test_sdk_oplog_checksum_wraparound_and_mismatch);

@@ -692,6 +692,7 @@ const gw_storage_type_t gw_pgs_type = {
     .prefetch = gw__pgs_prefetch,
     .put_row = gw__pgs_put_row,
     .write_checkpoint = gw__pgs_write_checkpoint,
+    .request_checkpoint = gw__pgs_request_checkpoint,
     .delete_row = gw__pgs_delete_row,
     .truncate = gw__pgs_truncate,
     .row_copy = gw__pgs_row_copy,
@@ -703,6 +704,8 @@ const gw_storage_type_t gw_pgs_type = {
     .bucket_checksum = gw__pgs_bucket_checksum,
     .read_ops = gw__pgs_read_ops,
     .read_write_checkpoint = gw__pgs_read_write_checkpoint,
+    .read_hold = gw__pgs_read_hold,
+    .read_release = gw__pgs_read_release,
     .lookup = gw__pgs_lookup,
     .each_bucket = gw__pgs_each_bucket,
 };

@@ -48,6 +48,7 @@ enum {
     PS_CHUNK_DEL,   /* compaction: a chunk deleted */
     PS_CHUNK_IDS,   /* compaction: a bucket's chunks up to a checkpoint */
     PS_WCP_PRUNE,   /* write checkpoints not written since a time */
+    PS_WCP_REQUEST, /* a client's own checkpoint id (checkpoint requests) */
     PS_COUNT
 };
 
@@ -276,6 +277,8 @@ int gw__pgs_prefetch(gw_storage_t *st, const gw_row_ref_t *refs, size_t n, gw_er
 int gw__pgs_put_row(gw_storage_t *st, const gw_row_ref_t *ref, const rules_ops_t *ops,
                     const gw_op_tail_t *tails, const rules_lookups_t *lookups, const void *copy,
                     size_t copy_len, gw_err_t *err);
+int gw__pgs_request_checkpoint(gw_storage_t *st, const char *user_key, uint64_t lsn,
+                               uint64_t requested, uint64_t *stored, gw_err_t *err);
 int gw__pgs_write_checkpoint(gw_storage_t *st, const char *user_key, uint64_t lsn,
                              uint64_t *counter, gw_err_t *err);
 int gw__pgs_delete_row(gw_storage_t *st, const gw_row_ref_t *ref, gw_err_t *err);
@@ -292,6 +295,8 @@ int gw__pgs_bucket_checksum(gw_storage_reader_t *rd, const char *bucket, uint64_
 int gw__pgs_read_ops(gw_storage_reader_t *rd, const char *bucket, uint64_t after, uint64_t upto,
                      size_t max_ops, size_t max_bytes, gw_buf_t *out, uint64_t *last, int *has_more,
                      size_t *nops);
+int gw__pgs_read_hold(gw_storage_reader_t *rd);
+void gw__pgs_read_release(gw_storage_reader_t *rd);
 int gw__pgs_read_write_checkpoint(gw_storage_reader_t *rd, const char *user_key, uint64_t as_of_lsn,
                                   uint64_t *counter);
 int gw__pgs_lookup(gw_storage_reader_t *rd, const char *version, const char *key, uint64_t as_of,

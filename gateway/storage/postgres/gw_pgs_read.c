@@ -7,6 +7,10 @@
  * chunks after the checkpoint in one query; ops are read a few chunks per query, in key order,
  * and rendered to wire JSON from their records (gw_oprec_render).
  *
+ * Between gw_storage_read_hold and its release the reads share one REPEATABLE READ, READ ONLY
+ * transaction (one snapshot, as the contract asks); a statement that fails inside it, or a
+ * connection that breaks, ends it, and the reads that follow run on their own again.
+ *
  * A reader whose connection broke answers GW_EUNAVAIL and connects again at the next call (at
  * most once a second), so a storage that went away and came back is picked up without anyone
  * reopening the reader.
@@ -56,6 +60,8 @@ typedef struct gw_pgs_reader {
     char ns[40];          /* the served rule version's namespace, as of the last checkpoint read */
     gw_map_t ids;         /* bucket name -> id + 1 (ids never change for a name) */
     uint64_t next_try_ms; /* when a broken connection may be tried again */
+    int hold;             /* gw__pgs_read_hold depth */
+    int in_txn;           /* the held transaction is open on conn */
 } reader_t;
 
 static _Atomic uint64_t read_conns;
@@ -70,7 +76,17 @@ static void disconnect(reader_t *r)
     if (r->conn == NULL) return;
     PQfinish(r->conn);
     r->conn = NULL;
+    r->in_txn = 0;
     atomic_fetch_sub(&read_conns, 1);
+}
+
+/* One statement without results on r's connection; 1 when it succeeded. */
+static int exec_simple(reader_t *r, const char *sql)
+{
+    PGresult *res = PQexec(r->conn, sql);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    return ok;
 }
 
 /* Connect and prepare (when not connected); 0, or GW_EUNAVAIL with err. */
@@ -123,10 +139,42 @@ static PGresult *run(reader_t *r, int i, int n, const char *const *values)
         PGresult *res = PQexecPrepared(r->conn, name, n, values, NULL, NULL, 1);
         if (PQresultStatus(res) == PGRES_TUPLES_OK) return res;
         PQclear(res);
-        if (PQstatus(r->conn) == CONNECTION_OK) return NULL;
+        if (PQstatus(r->conn) == CONNECTION_OK) {
+            if (r->in_txn) { /* the held transaction is aborted: the next reads run alone */
+                exec_simple(r, "ROLLBACK");
+                r->in_txn = 0;
+            }
+            return NULL;
+        }
         disconnect(r);
     }
     return NULL;
+}
+
+int gw__pgs_read_hold(gw_storage_reader_t *rd)
+{
+    reader_t *r = (reader_t *)rd;
+    if (r->hold == 0) {
+        gw_err_t err;
+        if (connect_reader(r, &err) != 0) return GW_EUNAVAIL;
+        if (!exec_simple(r, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")) {
+            if (PQstatus(r->conn) != CONNECTION_OK) disconnect(r);
+            return GW_EUNAVAIL;
+        }
+        r->in_txn = 1;
+    }
+    r->hold++;
+    return 0;
+}
+
+void gw__pgs_read_release(gw_storage_reader_t *rd)
+{
+    reader_t *r = (reader_t *)rd;
+    if (r->hold == 0 || --r->hold > 0) return;
+    if (r->in_txn && r->conn != NULL && !exec_simple(r, "COMMIT") &&
+        PQstatus(r->conn) != CONNECTION_OK)
+        disconnect(r);
+    r->in_txn = 0;
 }
 
 int gw__pgs_reader_open(const gw_storage_opts_t *opts, gw_storage_reader_t **out, gw_err_t *err)

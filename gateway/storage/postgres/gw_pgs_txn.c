@@ -85,6 +85,16 @@ static const char *const ps_sql[PS_COUNT] = {
                       "counter) "
                       "SELECT u.counter, pg_notify($3::text, $4::text) FROM u",
     [PS_WCP_PRUNE] = "DELETE FROM %1$s.write_checkpoints WHERE seen < $1",
+    /* a client's own checkpoint id, stored only when larger than the key's; answers the id the
+     * key holds now (the snapshot's when the request was stale) and whether it was stored */
+    [PS_WCP_REQUEST] =
+        "WITH u AS (INSERT INTO %1$s.write_checkpoints (user_key, counter, lsn, seen, seq) VALUES "
+        "($1, $6::int8, $2, $5, nextval('%1$s.wcp_seq')) ON CONFLICT (user_key) DO UPDATE SET "
+        "counter = excluded.counter, lsn = excluded.lsn, seen = excluded.seen, seq = excluded.seq "
+        "WHERE excluded.counter > %1$s.write_checkpoints.counter RETURNING counter), "
+        "n AS (SELECT pg_notify($3::text, $4::text) FROM u) "
+        "SELECT coalesce((SELECT counter FROM u), (SELECT counter FROM %1$s.write_checkpoints "
+        "WHERE user_key = $1)), (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
     /* compaction names a bucket's chunks by their last op id (the key's second half) */
     [PS_CHUNK_GET] = "SELECT ops FROM %1$s.op_chunks WHERE bucket_id = $1 AND last_op = $2",
     [PS_CHUNK_SET] = "UPDATE %1$s.op_chunks SET ops = $3, first_op = $4, n = $5, checksum = $6 "
@@ -1040,16 +1050,12 @@ int gw__pgs_row_copy(gw_storage_t *st, const gw_row_ref_t *ref, void **out, size
     return 1;
 }
 
-int gw__pgs_write_checkpoint(gw_storage_t *st, const char *user_key, uint64_t lsn,
-                             uint64_t *counter, gw_err_t *err)
+/* Clients come and go: write checkpoints not written for opts->wcp_retention seconds are
+ * deleted, in the open transaction, at most once an hour (as in the SQLite backend). 0 or GW_EPG. */
+static int wcp_prune(gw_pgs_t *s, int64_t now, gw_err_t *err)
 {
-    gw_pgs_t *s = (gw_pgs_t *)st;
-    if (!s->in_txn) return gw_err_set(err, GW_EINVAL, "storage", "outside a transaction");
-    /* clients come and go: write checkpoints not written for opts->wcp_retention seconds are
-     * deleted, in the same transaction, at most once an hour (as in the SQLite backend) */
-    int64_t now = (int64_t)time(NULL);
-    long keep = st->opts != NULL ? st->opts->wcp_retention : 0;
-    char before[24], seen[24], l[24];
+    long keep = s->base.opts != NULL ? s->base.opts->wcp_retention : 0;
+    char before[24];
     if (keep > 0 && now >= s->wcp_next_prune) {
         snprintf(before, sizeof(before), "%lld", (long long)(now - keep));
         const char *bv[1] = {before};
@@ -1062,6 +1068,41 @@ int gw__pgs_write_checkpoint(gw_storage_t *st, const char *user_key, uint64_t ls
                     gone, keep);
         s->wcp_next_prune = now + (keep < 3600 ? keep : 3600);
     }
+    return 0;
+}
+
+int gw__pgs_request_checkpoint(gw_storage_t *st, const char *user_key, uint64_t lsn,
+                               uint64_t requested, uint64_t *stored, gw_err_t *err)
+{
+    gw_pgs_t *s = (gw_pgs_t *)st;
+    if (!s->in_txn) return gw_err_set(err, GW_EINVAL, "storage", "outside a transaction");
+    int64_t now = (int64_t)time(NULL);
+    if (wcp_prune(s, now, err) != 0) return GW_EPG;
+    char seen[24], l[24], req[24];
+    snprintf(seen, sizeof(seen), "%lld", (long long)now);
+    snprintf(l, sizeof(l), "%llu", (unsigned long long)lsn);
+    snprintf(req, sizeof(req), "%llu", (unsigned long long)requested);
+    gw_buf_t payload = GW_BUF_INIT;
+    gw__pgs_notify_wcp(s, user_key, lsn, &payload);
+    const char *pv[6] = {user_key, l, s->channel_raw, payload.data, seen, req};
+    PGresult *res = gw__pgs_exec(s, PS_WCP_REQUEST, 6, pv, NULL, NULL, 0, err);
+    gw_buf_free(&payload);
+    if (res == NULL) return GW_EPG;
+    *stored = (uint64_t)gw__pgs_get_i64(res, 0, 0);
+    int applied = gw__pgs_get_i64(res, 0, 1) > 0;
+    PQclear(res);
+    if (applied) gw_publisher_add_wcp(s->publisher, user_key, lsn);
+    return 0;
+}
+
+int gw__pgs_write_checkpoint(gw_storage_t *st, const char *user_key, uint64_t lsn,
+                             uint64_t *counter, gw_err_t *err)
+{
+    gw_pgs_t *s = (gw_pgs_t *)st;
+    if (!s->in_txn) return gw_err_set(err, GW_EINVAL, "storage", "outside a transaction");
+    int64_t now = (int64_t)time(NULL);
+    if (wcp_prune(s, now, err) != 0) return GW_EPG;
+    char seen[24], l[24];
     snprintf(seen, sizeof(seen), "%lld", (long long)now);
     snprintf(l, sizeof(l), "%llu", (unsigned long long)lsn);
     gw_buf_t payload = GW_BUF_INIT;

@@ -107,6 +107,11 @@ static const char *const stmt_sql[ST_COUNT] = {
         "ON CONFLICT(user_key) DO UPDATE SET counter = counter + 1, lsn = excluded.lsn, "
         "seen = excluded.seen RETURNING counter",
     [ST_WCP_PRUNE] = "DELETE FROM write_checkpoints WHERE seen < ?1",
+    [ST_WCP_REQUEST] = "INSERT INTO write_checkpoints(user_key, counter, lsn, seen) "
+                       "VALUES (?1, ?3, ?2, ?4) ON CONFLICT(user_key) DO UPDATE SET "
+                       "counter = excluded.counter, lsn = excluded.lsn, seen = excluded.seen "
+                       "WHERE excluded.counter > write_checkpoints.counter",
+    [ST_WCP_GET] = "SELECT counter FROM write_checkpoints WHERE user_key = ?1",
 };
 
 static const char schema_sql[] =
@@ -407,6 +412,7 @@ const gw_storage_type_t gw_sqlite_type = {
     .compact = gw__sqlite_compact,
     .put_row = gw__sqlite_put_row,
     .write_checkpoint = gw__sqlite_write_checkpoint,
+    .request_checkpoint = gw__sqlite_request_checkpoint,
     .delete_row = gw__sqlite_delete_row,
     .truncate = gw__sqlite_truncate,
     .row_copy = gw__sqlite_row_copy,
@@ -420,4 +426,6 @@ const gw_storage_type_t gw_sqlite_type = {
     .read_write_checkpoint = gw__sqlite_read_write_checkpoint,
     .lookup = gw__sqlite_lookup,
     .each_bucket = gw__sqlite_each_bucket,
+    .read_hold = gw__sqlite_read_hold,
+    .read_release = gw__sqlite_read_release,
 };

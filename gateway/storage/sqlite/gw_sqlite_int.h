@@ -43,6 +43,8 @@ enum {
     ST_LOOKUP_INSERT,
     ST_WCP_UPSERT,
     ST_WCP_PRUNE,
+    ST_WCP_REQUEST,
+    ST_WCP_GET,
     ST_COUNT
 };
 
@@ -155,6 +157,8 @@ int gw__sqlite_compact(gw_storage_t *st, gw_storage_compact_stats_t *out, gw_err
 int gw__sqlite_put_row(gw_storage_t *st, const gw_row_ref_t *ref, const rules_ops_t *ops,
                        const gw_op_tail_t *tails, const rules_lookups_t *lookups, const void *copy,
                        size_t copy_len, gw_err_t *err);
+int gw__sqlite_request_checkpoint(gw_storage_t *st, const char *user_key, uint64_t lsn,
+                                  uint64_t requested, uint64_t *stored, gw_err_t *err);
 int gw__sqlite_write_checkpoint(gw_storage_t *st, const char *user_key, uint64_t lsn,
                                 uint64_t *counter, gw_err_t *err);
 int gw__sqlite_delete_row(gw_storage_t *st, const gw_row_ref_t *ref, gw_err_t *err);
@@ -175,6 +179,8 @@ int gw__sqlite_read_write_checkpoint(gw_storage_reader_t *rd, const char *user_k
                                      uint64_t as_of_lsn, uint64_t *counter);
 int gw__sqlite_lookup(gw_storage_reader_t *rd, const char *version, const char *key, uint64_t as_of,
                       int (*fn)(void *ud, const char *params), void *ud);
+int gw__sqlite_read_hold(gw_storage_reader_t *rd);
+void gw__sqlite_read_release(gw_storage_reader_t *rd);
 int gw__sqlite_each_bucket(gw_storage_reader_t *rd, uint64_t as_of,
                            int (*fn)(void *ud, const char *bucket, uint32_t checksum,
                                      uint64_t count),

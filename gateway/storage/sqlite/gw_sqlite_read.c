@@ -22,6 +22,8 @@ enum {
     RD_BUCKETS,
     RD_STATE_ONE,
     RD_WCP,
+    RD_BEGIN,
+    RD_COMMIT,
     RD_COUNT
 };
 
@@ -37,6 +39,9 @@ static const char *const rd_sql[RD_COUNT] = {
     [RD_BUCKETS] = "SELECT name FROM buckets ORDER BY name",
     [RD_STATE_ONE] = "SELECT v FROM state WHERE k = ?1",
     [RD_WCP] = "SELECT counter, lsn FROM write_checkpoints WHERE user_key = ?1",
+    /* prepared once: a stream's first round opens one read transaction per bucket */
+    [RD_BEGIN] = "BEGIN",
+    [RD_COMMIT] = "COMMIT",
 };
 
 struct gw_sqlite_reader {
@@ -44,7 +49,38 @@ struct gw_sqlite_reader {
     sqlite3 *db;
     sqlite3_stmt *st[RD_COUNT];
     char ns[40]; /* the served rule version's namespace, as of the last checkpoint read */
+    int hold;    /* gw__sqlite_read_hold depth: reads share its transaction */
 };
+
+/* A short read transaction (BEGIN / COMMIT with the prepared statements). */
+static int rd_begin(gw_sqlite_reader_t *r)
+{
+    if (r->hold > 0) return SQLITE_OK; /* inside a held transaction */
+    int rc = sqlite3_step(r->st[RD_BEGIN]);
+    sqlite3_reset(r->st[RD_BEGIN]);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static void rd_commit(gw_sqlite_reader_t *r)
+{
+    if (r->hold > 0) return;
+    sqlite3_step(r->st[RD_COMMIT]);
+    sqlite3_reset(r->st[RD_COMMIT]);
+}
+
+int gw__sqlite_read_hold(gw_storage_reader_t *rd)
+{
+    gw_sqlite_reader_t *r = (gw_sqlite_reader_t *)rd;
+    if (r->hold == 0 && rd_begin(r) != SQLITE_OK) return GW_EIO;
+    r->hold++;
+    return 0;
+}
+
+void gw__sqlite_read_release(gw_storage_reader_t *rd)
+{
+    gw_sqlite_reader_t *r = (gw_sqlite_reader_t *)rd;
+    if (r->hold > 0 && --r->hold == 0) rd_commit(r);
+}
 
 /* The namespace of the version the file serves (another process may be writing it). */
 static void reader_file_ns(gw_sqlite_reader_t *r)
@@ -118,7 +154,7 @@ int gw__sqlite_read_checkpoint(gw_storage_reader_t *rd, uint64_t *last_op, uint6
         snprintf(r->ns, sizeof(r->ns), "%s", cp.ns);
         return 0;
     }
-    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return GW_EIO;
+    if (rd_begin(r) != SQLITE_OK) return GW_EIO;
     reader_file_ns(r);
     sqlite3_stmt *q = r->st[RD_STATE];
     sqlite3_bind_text(q, 1, r->ns, -1, SQLITE_TRANSIENT);
@@ -135,7 +171,7 @@ int gw__sqlite_read_checkpoint(gw_storage_reader_t *rd, uint64_t *last_op, uint6
             *consistent = v[0] == '1';
     }
     sqlite3_reset(q);
-    sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+    rd_commit(r);
     return rc == SQLITE_DONE ? 0 : GW_EIO;
 }
 
@@ -176,7 +212,7 @@ int gw__sqlite_bucket_checksum(gw_storage_reader_t *rd, const char *bucket, uint
     gw_sqlite_reader_t *r = (gw_sqlite_reader_t *)rd;
     *checksum = 0;
     *count = 0;
-    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return GW_EIO;
+    if (rd_begin(r) != SQLITE_OK) return GW_EIO;
     int rc = 0;
     sqlite3_stmt *q = r->st[RD_BUCKET];
     sqlite3_bind_text(q, 1, bucket, -1, SQLITE_STATIC);
@@ -219,7 +255,7 @@ int gw__sqlite_bucket_checksum(gw_storage_reader_t *rd, const char *bucket, uint
         if (step != SQLITE_DONE) rc = GW_EIO;
         sqlite3_reset(q);
     }
-    sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+    rd_commit(r);
     return rc;
 }
 
@@ -231,7 +267,7 @@ int gw__sqlite_read_ops(gw_storage_reader_t *rd, const char *bucket, uint64_t af
     *last = after;
     *has_more = 0;
     *nops = 0;
-    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return GW_EIO;
+    if (rd_begin(r) != SQLITE_OK) return GW_EIO;
     int rc = 0;
     sqlite3_stmt *q = r->st[RD_BUCKET];
     sqlite3_bind_text(q, 1, bucket, -1, SQLITE_STATIC);
@@ -271,7 +307,7 @@ int gw__sqlite_read_ops(gw_storage_reader_t *rd, const char *bucket, uint64_t af
         if (!done && step != SQLITE_DONE) rc = GW_EIO;
         sqlite3_reset(q);
     }
-    sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+    rd_commit(r);
     return rc;
 }
 

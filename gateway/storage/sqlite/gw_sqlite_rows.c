@@ -223,6 +223,30 @@ int gw__sqlite_put_row(gw_storage_t *st, const gw_row_ref_t *ref, const rules_op
                              err);
 }
 
+int gw__sqlite_request_checkpoint(gw_storage_t *st, const char *user_key, uint64_t lsn,
+                                  uint64_t requested, uint64_t *stored, gw_err_t *err)
+{
+    gw_sqlite_t *s = (gw_sqlite_t *)st;
+    sqlite3_stmt *q = s->st[ST_WCP_REQUEST];
+    sqlite3_bind_text(q, 1, user_key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, (sqlite3_int64)lsn);
+    sqlite3_bind_int64(q, 3, (sqlite3_int64)requested);
+    sqlite3_bind_int64(q, 4, (sqlite3_int64)time(NULL));
+    int rc = sqlite3_step(q);
+    int applied = rc == SQLITE_DONE && sqlite3_changes(s->db) > 0;
+    sqlite3_reset(q);
+    if (rc != SQLITE_DONE) return gw__sqlite_err(s->db, err, "store a checkpoint request");
+    q = s->st[ST_WCP_GET];
+    sqlite3_bind_text(q, 1, user_key, -1, SQLITE_STATIC);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) *stored = (uint64_t)sqlite3_column_int64(q, 0);
+    sqlite3_reset(q);
+    if (rc != SQLITE_ROW) return gw__sqlite_err(s->db, err, "read a checkpoint request");
+    if (!applied) return 0; /* stale or repeated: nothing new becomes visible */
+    gw_publisher_add_wcp(s->publisher, user_key, lsn);
+    return 0;
+}
+
 int gw__sqlite_delete_row(gw_storage_t *st, const gw_row_ref_t *ref, gw_err_t *err)
 {
     return gw_writer_delete_row(&((gw_sqlite_t *)st)->w, ref, err);

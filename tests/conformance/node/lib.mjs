@@ -54,7 +54,7 @@ export const schema = new Schema({
 
 // Open a client for user sub. Problems the SDK logs at warn or above are collected in
 // client.problems (a checksum failure lands there).
-export async function openClient(sub, { ttl = 3600, params = undefined } = {}) {
+export async function openClient(sub, { ttl = 3600, params = undefined, checkpointMode = undefined } = {}) {
   // the SDK serialises sync per database file name, so every client gets its own name
   const dir = mkdtempSync(join(env.CONFORMANCE_TMP, `client-${sub}-`));
   const problems = [];
@@ -77,7 +77,7 @@ export async function openClient(sub, { ttl = 3600, params = undefined } = {}) {
       client.uploads.push(await res.json());
       await tx.complete();
     },
-  }, { connectionMethod: SyncStreamConnectionMethod.HTTP, params });
+  }, { connectionMethod: SyncStreamConnectionMethod.HTTP, params, ...(checkpointMode ? { checkpointMode } : {}) });
   return client;
 }
 

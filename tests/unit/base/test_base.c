@@ -51,6 +51,13 @@ START_TEST(test_base_buf_json_escapes)
     gw_buf_reset(&b);
     gw_buf_printf(&b, "%d-%s", 42, "x");
     ck_assert_str_eq(b.data, "42-x");
+    gw_buf_reset(&b);
+    gw_buf_u64(&b, 0);
+    gw_buf_puts(&b, ",");
+    gw_buf_u64(&b, 18446744073709551615ULL);
+    gw_buf_puts(&b, ",");
+    gw_buf_u64(&b, 4294967295U);
+    ck_assert_str_eq(b.data, "0,18446744073709551615,4294967295");
     gw_buf_free(&b);
 }
 END_TEST

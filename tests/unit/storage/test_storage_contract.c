@@ -366,6 +366,48 @@ START_TEST(test_storage_ops_across_chunks_and_checkpoints)
 }
 END_TEST
 
+/* A held read transaction: its reads answer as outside one, nest, do not block the writer, and
+ * see one snapshot until the outermost release; afterwards reads see the writer's new commits. */
+START_TEST(test_storage_read_hold_is_one_snapshot)
+{
+    up(_i);
+    gw_storage_t *s = writer();
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    put(s, "1#a", "x", 5);
+    put(s, "1#b", "y", 7);
+    ck_assert_int_eq(gw_storage_commit(s, 10, &err), 0);
+    uint64_t cp1 = checkpoint(s);
+    gw_storage_reader_t *r = reader(&opts);
+    uint32_t cs;
+    uint64_t count, first, last;
+    ck_assert_int_eq(gw_storage_read_hold(r), 0);
+    ck_assert_int_eq(gw_storage_read_hold(r), 0); /* nests */
+    checksum(r, "1#a", cp1, &cs, &count);
+    ck_assert_uint_eq(cs, 5);
+    ck_assert_uint_eq(count, 1);
+    checksum(r, "1#b", cp1, &cs, &count);
+    ck_assert_uint_eq(cs, 7);
+    /* the writer commits meanwhile (not blocked by the held read) */
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    put(s, "1#a", "z", 11);
+    ck_assert_int_eq(gw_storage_commit(s, 20, &err), 0);
+    uint64_t cp2 = checkpoint(s);
+    ck_assert_uint_gt(cp2, cp1);
+    gw_storage_read_release(r); /* the inner one: still the same snapshot */
+    ck_assert_uint_eq(read_all(r, "1#a", 0, cp2, 100, NULL, &first, &last), 1);
+    checksum(r, "1#a", cp2, &cs, &count);
+    ck_assert_uint_eq(count, 1);
+    gw_storage_read_release(r);
+    /* released: the new commit is visible */
+    ck_assert_uint_eq(read_all(r, "1#a", 0, cp2, 100, NULL, &first, &last), 2);
+    checksum(r, "1#a", cp2, &cs, &count);
+    ck_assert_uint_eq(count, 2);
+    ck_assert_uint_eq(cs, 16);
+    gw_storage_reader_close(r);
+    gw_storage_close(s);
+}
+END_TEST
+
 START_TEST(test_storage_removes_when_rows_leave)
 {
     up(_i);
@@ -597,6 +639,52 @@ START_TEST(test_storage_write_checkpoints_wait_for_their_lsn)
     uint64_t last, lsn;
     gw_storage_checkpoint(s, &last, &lsn);
     ck_assert_uint_eq(lsn, 700);
+    gw_storage_reader_close(r);
+    gw_storage_close(s);
+}
+END_TEST
+
+START_TEST(test_storage_checkpoint_requests_are_monotonic)
+{
+    up(_i);
+    gw_storage_t *s = writer();
+    seen_t *sn = &seen;
+    gw_storage_set_hook(s, on_commit, sn);
+    uint64_t stored = 0, got = 0;
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    ck_assert_int_eq(gw_storage_request_checkpoint(s, "u1/c1", 500, 7, &stored, &err), 0);
+    ck_assert_uint_eq(stored, 7);
+    ck_assert_int_eq(gw_storage_commit(s, 400, &err), 0);
+    gw_storage_reader_t *r = reader(&opts);
+    /* like a write checkpoint: visible once a checkpoint reaches its LSN */
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "u1/c1", 400, &got), 0);
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    ck_assert_int_eq(gw_storage_commit(s, 500, &err), 0);
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "u1/c1", 500, &got), 1);
+    ck_assert_uint_eq(got, 7);
+    /* a stale request answers the stored id and changes nothing (no LSN moves forward) */
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    ck_assert_int_eq(gw_storage_request_checkpoint(s, "u1/c1", 900, 3, &stored, &err), 0);
+    ck_assert_uint_eq(stored, 7);
+    ck_assert_int_eq(gw_storage_request_checkpoint(s, "u1/c1", 900, 7, &stored, &err), 0);
+    ck_assert_uint_eq(stored, 7);
+    ck_assert_int_eq(gw_storage_commit(s, 600, &err), 0);
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "u1/c1", 600, &got), 1);
+    ck_assert_uint_eq(got, 7);
+    /* a larger one is stored with its LSN, and the hook names it once that LSN is reached */
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    ck_assert_int_eq(
+        gw_storage_request_checkpoint(s, "u1/c1", 800, 9223372036854775807ULL, &stored, &err), 0);
+    ck_assert_uint_eq(stored, 9223372036854775807ULL);
+    ck_assert_int_eq(gw_storage_commit(s, 700, &err), 0);
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "u1/c1", 700, &got), 0);
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    ck_assert_int_eq(gw_storage_commit(s, 800, &err), 0);
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "u1/c1", 800, &got), 1);
+    ck_assert_uint_eq(got, 9223372036854775807ULL);
+    pthread_mutex_lock(&sn->lock);
+    ck_assert_str_eq(sn->wcps, "u1/c1");
+    pthread_mutex_unlock(&sn->lock);
     gw_storage_reader_close(r);
     gw_storage_close(s);
 }
@@ -966,9 +1054,11 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_loop_test(tc, test_storage_every_backend_has_a_fixture, 0, 1);
     tcase_add_loop_test(tc, test_storage_ops_across_chunks_and_checkpoints, 0, NBACKENDS);
+    tcase_add_loop_test(tc, test_storage_read_hold_is_one_snapshot, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_storage_removes_when_rows_leave, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_storage_row_copies, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_storage_lookups_as_of_a_checkpoint, 0, NBACKENDS);
+    tcase_add_loop_test(tc, test_storage_checkpoint_requests_are_monotonic, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_storage_write_checkpoints_wait_for_their_lsn, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_storage_hook_and_publication, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_storage_state_and_rollback, 0, NBACKENDS);

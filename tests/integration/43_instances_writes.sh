@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# 41_instances.sh -- every instance serves: write-back, write checkpoints, rule changes, refusals
+# 43_instances_writes.sh -- every instance serves: write-back, write checkpoints, rule changes, refusals
 #
 # Three instances on one storage (kind postgres, in the source database), each with its own copy
 # of the rules file. Write-back through every instance is applied and replicated; a write
