@@ -9,7 +9,7 @@ set -euo pipefail
 PACKAGES=(
   libh2o-evloop-dev libpq-dev libyaml-dev libjwt-dev libjansson-dev libsqlite3-dev
   libcurl4-openssl-dev libssl-dev check pkg-config postgresql-15 clang libclang-rt-14-dev
-  clang-format gnuplot-nox wrk curl procps make gcc g++ python3 openssl iproute2 jq sqlite3
+  clang-format gnuplot-nox wrk curl procps make gcc g++ python3 openssl iproute2 nftables jq sqlite3
 )
 
 missing=()

@@ -45,7 +45,7 @@
 #include <sys/eventfd.h>
 
 const char *const gw__repl_phase_names[] = {"checking source", "creating slot", "snapshot",
-                                            "streaming", "retrying"};
+                                            "streaming",       "retrying",      "rebuilding"};
 
 void gw__repl_set_phase(gw_repl_t *r, int phase, const char *reason)
 {
@@ -89,6 +89,13 @@ gw_repl_t *gw__repl_new(const gw_config_t *cfg, rules_set_t *rules, const char *
     r->lag_warn_seconds = cfg->replication.lag_warn_seconds;
     r->wal_warn_bytes = cfg->replication.wal_warn_bytes;
     r->compact_interval = cfg->replication.compact_interval;
+    r->timeout_s = cfg->replication.timeout > 0 ? cfg->replication.timeout : 30;
+    /* unique to this process, so a connection Postgres still holds after the network went
+     * silent is recognised as our own (gw__repl_ensure_slot ends it) */
+    char host[32] = "";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(r->appname, sizeof(r->appname), "ferry replication %.31s:%d", host, (int)getpid());
+    r->source_ready_id = -1;
     r->sopts = gw_storage_opts(st);
     pthread_mutex_init(&r->diag_lock, NULL);
     pthread_mutex_init(&r->next_lock, NULL);
@@ -130,6 +137,8 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
                           cfg->replication.slot_prefix);
     gw_repl_t *r = gw__repl_new(cfg, rules, rules_hash, "", storage);
     r->ready_id = gw_ready_register("replication", "starting");
+    r->source_ready_id = gw_ready_register("replication source", NULL);
+    gw_ready_set(r->source_ready_id, 1, NULL);
     r->old_pending = 1;
     rules_set_t *serve_rules = NULL;
     int rc = gw__repl_resolve_version(r, rules, rules_hash, rules_text, &serve_rules, err);
@@ -355,11 +364,11 @@ int gw__repl_run_tasks(gw_repl_t *r, gw_err_t *err)
 static int run_once(gw_repl_t *r, gw_err_t *err)
 {
     gw__repl_set_phase(r, 0, NULL);
-    r->q = gw_pg_connect(r->uri, 0, "ferry", err);
+    r->q = gw_pg_connect_timeout(r->uri, 0, "ferry", (int)r->timeout_s, err);
     if (r->q == NULL) return GW_EPG;
     int rc = gw__repl_check_source(r, err);
     if (rc != 0) return rc;
-    r->rc = gw_pg_connect(r->uri, 1, "ferry replication", err);
+    r->rc = gw_pg_connect_timeout(r->uri, 1, r->appname, (int)r->timeout_s, err);
     if (r->rc == NULL) return GW_EPG;
     gw__repl_set_phase(r, 1, NULL);
     rc = gw__repl_ensure_slot(r, err);
@@ -393,6 +402,18 @@ static void *repl_main(void *arg)
         if (rc != 0) {
             gw_error("repl", "replication stopped; retrying", "error=\"%s\" retry_ms=%u",
                      gw_err_format(&err, msg, sizeof(msg)), backoff);
+            /* replication that keeps failing for replication.timeout makes the source unhealthy
+             * (a silent source was reported at once, when it was noticed) */
+            uint64_t now = gw__repl_now_ms();
+            if (r->fail_since_ms == 0) r->fail_since_ms = now;
+            int st = atomic_load(&r->src_state);
+            if (now - r->fail_since_ms >= (uint64_t)r->timeout_s * 1000 &&
+                st != GW__SRC_SLOT_LOST) {
+                char why[512];
+                snprintf(why, sizeof(why), "could not replicate from postgres for %llu s: %.300s",
+                         (unsigned long long)((now - r->fail_since_ms) / 1000), msg);
+                gw__repl_source_set(r, GW__SRC_UNREACHABLE, why);
+            }
             pthread_mutex_lock(&r->diag_lock);
             snprintf(r->diag.last_error, sizeof(r->diag.last_error), "%.200s", msg);
             pthread_mutex_unlock(&r->diag_lock);

@@ -4,6 +4,17 @@
  * WAL, confirmed LSN) and the storage's totals, and warns above replication.lag_warn_seconds and
  * replication.wal_warn_bytes. Other threads read the figures through atomics and diag_lock:
  * GET /api/admin/diagnostics (gw_repl_diagnostics) and /metrics (gw_repl_metrics).
+ *
+ * Source health (readiness check "replication source", serving replicator only):
+ *
+ *   OK ---- nothing arrived for replication.timeout (gw__repl_stream) ----> SILENT
+ *    ^ ---- replication failed for replication.timeout (repl_main) ------> UNREACHABLE
+ *    | ---- the serving version's slot is gone (gw__repl_ensure_slot) ----> SLOT_LOST
+ *    |                                                                          |
+ *    +---- a message arrives on a new stream / the rebuilt version took over ---+
+ *
+ * Every transition goes through gw__repl_source_set(): one log line, the readiness check (503
+ * with the reason while not OK) and the "source" object of the diagnostics.
  */
 #include "repl/gw_repl_int.h"
 #include "base/gw_log.h"
@@ -16,6 +27,26 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+/* ---- source health ---- */
+
+static const char *const src_names[] = {"ok", "silent", "unreachable", "slot lost"};
+
+void gw__repl_source_set(gw_repl_t *r, int state, const char *reason)
+{
+    int old = atomic_exchange(&r->src_state, state);
+    pthread_mutex_lock(&r->diag_lock);
+    int same = old == state && strcmp(r->src_reason, reason != NULL ? reason : "") == 0;
+    snprintf(r->src_reason, sizeof(r->src_reason), "%s", reason != NULL ? reason : "");
+    pthread_mutex_unlock(&r->diag_lock);
+    if (same) return;
+    if (state == GW__SRC_OK)
+        gw_info("repl", "the replication source is healthy again", "slot=%s was=\"%s\"", r->slot,
+                src_names[old]);
+    else
+        gw_error("repl", reason, "slot=%s state=\"%s\"", r->slot, src_names[state]);
+    if (r->source_ready_id >= 0) gw_ready_set(r->source_ready_id, state == GW__SRC_OK, reason);
+}
 
 /* ---- slot health ---- */
 
@@ -139,6 +170,20 @@ void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
         gw_buf_json_str(out, r->diag.last_error);
     else
         gw_buf_puts(out, "null");
+    uint64_t msg = atomic_load(&r->msg_ms);
+    gw_buf_puts(out, ",\"source\":{\"state\":");
+    gw_buf_json_str(out, src_names[atomic_load(&r->src_state)]);
+    gw_buf_puts(out, ",\"reason\":");
+    if (r->src_reason[0] != '\0')
+        gw_buf_json_str(out, r->src_reason);
+    else
+        gw_buf_puts(out, "null");
+    if (msg != 0)
+        gw_buf_printf(out, ",\"last_message_seconds\":%.1f",
+                      (double)(gw__repl_now_ms() - msg) / 1000.0);
+    else
+        gw_buf_puts(out, ",\"last_message_seconds\":null");
+    gw_buf_printf(out, ",\"timeout_seconds\":%ld}", r->timeout_s);
     pthread_mutex_unlock(&r->diag_lock);
     /* a new rule version being built beside this one (the replicator thread sets and clears
      * next; a builder lives until that thread destroys it, after the switch or a discard) */
@@ -176,7 +221,7 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
     uint64_t lsn = atomic_load(&r->m_lsn), end = atomic_load(&r->m_server_wal_end);
     gw_buf_puts(out,
                 "# HELP ferry_replication_phase Replicator phase (0 check, 1 slot, 2 snapshot, "
-                "3 streaming, 4 retrying).\n# TYPE ferry_replication_phase gauge\n");
+                "3 streaming, 4 retrying, 5 rebuilding).\n# TYPE ferry_replication_phase gauge\n");
     gw_buf_printf(out, "ferry_replication_phase %d\n", atomic_load(&r->m_phase));
     gw_buf_puts(out, "# TYPE ferry_snapshot_rows_total counter\n");
     gw_buf_printf(out, "ferry_snapshot_rows_total %llu\n",
@@ -215,6 +260,16 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
     gw_buf_puts(out, "# HELP ferry_replication_stored_lsn Source position of the last storage "
                      "commit.\n# TYPE ferry_replication_stored_lsn gauge\n");
     gw_buf_printf(out, "ferry_replication_stored_lsn %llu\n", (unsigned long long)lsn);
+    gw_buf_puts(out, "# HELP ferry_replication_source_state Health of the replication source (0 "
+                     "ok, 1 silent, 2 unreachable, 3 slot lost).\n"
+                     "# TYPE ferry_replication_source_state gauge\n");
+    gw_buf_printf(out, "ferry_replication_source_state %d\n", atomic_load(&r->src_state));
+    uint64_t msg = atomic_load(&r->msg_ms);
+    gw_buf_puts(out, "# HELP ferry_replication_last_message_age_seconds Time since the source "
+                     "last sent anything (data or keepalive).\n"
+                     "# TYPE ferry_replication_last_message_age_seconds gauge\n");
+    gw_buf_printf(out, "ferry_replication_last_message_age_seconds %.1f\n",
+                  msg != 0 ? (double)(gw__repl_now_ms() - msg) / 1000.0 : 0.0);
     gw_buf_puts(out, "# TYPE ferry_replication_last_op gauge\n");
     gw_buf_printf(out, "ferry_replication_last_op %llu\n",
                   (unsigned long long)atomic_load(&r->m_last_op));

@@ -75,6 +75,8 @@ struct gw_repl {
     struct gw_repl *next;      /* serving: the builder, while one runs */
     pthread_mutex_t next_lock; /* guards next against other threads' reads (diagnostics) */
     int switch_wanted;         /* serving: leave the stream loop and take the builder's version */
+    int slot_lost;             /* builder: its slot vanished (the serving one starts it again) */
+    int rebuilding;            /* serving: its slot is gone; the builder builds the same rules */
     uint64_t switched_ms;      /* when this process last switched (the old version's data is
                                   dropped a little later: streams move over first) */
     uint64_t rules_poll_ms;    /* serving: when the rules file was last looked at */
@@ -95,6 +97,15 @@ struct gw_repl {
     int running;
     _Atomic int stop;
     int ready_id;
+
+    /* the source's health (see "source health" in gw_repl_diag.c) */
+    long timeout_s;          /* replication.timeout */
+    char appname[64];        /* application_name of our connections: unique to this process */
+    int source_ready_id;     /* readiness check "replication source" (serving only; else -1) */
+    _Atomic int src_state;   /* GW__SRC_* */
+    _Atomic uint64_t msg_ms; /* monotonic ms of the last message from the source (0: none) */
+    uint64_t fail_since_ms;  /* first failure since replication last streamed (0: streaming) */
+    char src_reason[256];    /* why the source is not healthy (diag_lock) */
 
     PGconn *q;     /* queries (source check, snapshot, TOAST re-reads) */
     PGconn *rc;    /* replication */
@@ -146,7 +157,7 @@ struct gw_repl {
     gw_hist_t h_commit;           /* each storage commit's duration */
     gw_hist_t h_source;           /* source commit to durable storage commit */
     _Atomic uint64_t m_lsn, m_server_wal_end;
-    _Atomic int m_phase;              /* 0 check, 1 slot, 2 snapshot, 3 streaming, 4 backoff */
+    _Atomic int m_phase; /* 0 check, 1 slot, 2 snapshot, 3 streaming, 4 backoff, 5 rebuilding */
     _Atomic int64_t m_recv_commit_us; /* commit time of the last transaction received */
     _Atomic uint64_t m_last_op;
 
@@ -196,9 +207,18 @@ static inline uint64_t gw__repl_elapsed_ms(const struct timespec *since)
            (uint64_t)((now.tv_nsec - since->tv_nsec) / 1000000);
 }
 
+/* The source's health, as readiness and diagnostics show it. */
+enum {
+    GW__SRC_OK = 0,          /* streaming, or not yet known to be unhealthy */
+    GW__SRC_SILENT = 1,      /* nothing arrived for replication.timeout: reconnecting */
+    GW__SRC_UNREACHABLE = 2, /* replication has failed for replication.timeout */
+    GW__SRC_SLOT_LOST = 3    /* the serving version's slot is gone: rebuilding from a snapshot */
+};
+
 /* ---- gw_repl.c ---- */
 
-/** Phase names by m_phase (0 check, 1 slot, 2 snapshot, 3 streaming, 4 retrying). */
+/** Phase names by m_phase (0 check, 1 slot, 2 snapshot, 3 streaming, 4 retrying, 5 rebuilding
+ *  after the slot was lost). */
 extern const char *const gw__repl_phase_names[];
 
 /** Set the phase; while storage is not consistent, readiness says reason (or the phase). */
@@ -311,9 +331,21 @@ int gw__repl_rule_versions(gw_repl_t *r, gw_err_t *err);
 /** Take the builder's version over (the stream loop ended with switch_wanted). */
 void gw__repl_do_switch(gw_repl_t *r);
 
+/**
+ * The serving version's slot is gone (why says how): build the same rules into a new version
+ * from a new snapshot beside it (or go on with the build already running), report it (readiness
+ * 503, diagnostics) and wait until that version is consistent; then return 0 with
+ * switch_wanted set. The old version keeps serving meanwhile. An error code when stopped or
+ * when the build cannot start.
+ */
+int gw__repl_rebuild(gw_repl_t *r, const char *why, gw_err_t *err);
+
 /* ---- gw_repl_diag.c ---- */
 
 /** Poll the slot's health and storage totals (every 5 s at most); warn above the limits. */
 void gw__repl_poll_slot(gw_repl_t *r);
+
+/** Set the source's health (GW__SRC_*) and why (NULL when OK): readiness, diagnostics, log. */
+void gw__repl_source_set(gw_repl_t *r, int state, const char *reason);
 
 #endif
