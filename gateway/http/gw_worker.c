@@ -61,6 +61,7 @@ static uint64_t now_ms(void)
 
 int gw_job_remaining_ms(const gw_job_t *job)
 {
+    if (job->deadline_ms == 0) return 0x7fffffff; /* no deadline */
     uint64_t now = now_ms();
     if (job->deadline_ms <= now) return 0;
     uint64_t left = job->deadline_ms - now;
@@ -257,12 +258,12 @@ int gw_workers_create(const char *uri, size_t n, int timeout_s, gw_http_t *http,
     return 0;
 }
 
-void gw_workers_submit(gw_workers_t *w, h2o_context_t *ctx, gw_job_t *job)
+static void submit(gw_workers_t *w, h2o_context_t *ctx, gw_job_t *job, uint64_t deadline_ms)
 {
     size_t idx = gw_http_thread_index(w->http, ctx);
     job->reply_to = &w->rx[idx < w->nrx ? idx : 0];
     job->next = NULL;
-    job->deadline_ms = now_ms() + (uint64_t)w->timeout_s * 1000;
+    job->deadline_ms = deadline_ms;
     memset(&job->super, 0, sizeof(job->super));
     pthread_mutex_lock(&w->lock);
     if (w->tail != NULL)
@@ -272,6 +273,16 @@ void gw_workers_submit(gw_workers_t *w, h2o_context_t *ctx, gw_job_t *job)
     w->tail = job;
     pthread_cond_signal(&w->cond);
     pthread_mutex_unlock(&w->lock);
+}
+
+void gw_workers_submit(gw_workers_t *w, h2o_context_t *ctx, gw_job_t *job)
+{
+    submit(w, ctx, job, now_ms() + (uint64_t)w->timeout_s * 1000);
+}
+
+void gw_workers_submit_background(gw_workers_t *w, h2o_context_t *ctx, gw_job_t *job)
+{
+    submit(w, ctx, job, 0);
 }
 
 void gw_workers_destroy(gw_workers_t *w)

@@ -11,7 +11,8 @@
  * run is still waiting on Postgres at its deadline has its connection cut by the pool's watchdog
  * (shutdown(2) of the socket), so the libpq call fails at once and the job answers 503 instead of
  * hanging on a dead connection. Connections are opened with that timeout (connect_timeout, TCP
- * keepalives, TCP_USER_TIMEOUT: gw_pg_connect_timeout).
+ * keepalives, TCP_USER_TIMEOUT: gw_pg_connect_timeout). Start-up work no request waits for
+ * (gw_workers_submit_background) has no deadline.
  *
  * Lifetimes: the submitter owns the job (usually allocated from req->pool, which outlives the
  * round trip because the request stays open until done() responds).
@@ -55,6 +56,10 @@ int gw_job_expired(const gw_job_t *job);
 
 /** Queue job from a loop thread (ctx is that thread's context). */
 void gw_workers_submit(gw_workers_t *w, h2o_context_t *ctx, gw_job_t *job);
+
+/** Queue a job no request waits for (start-up work): like gw_workers_submit, without a
+ *  deadline (its connection is never cut; it still uses the timeouts of gw_pg_connect_timeout). */
+void gw_workers_submit_background(gw_workers_t *w, h2o_context_t *ctx, gw_job_t *job);
 
 /**
  * Stop and join the workers (queued jobs still run; replies to loops that already ended are

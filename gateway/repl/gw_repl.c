@@ -95,7 +95,7 @@ gw_repl_t *gw__repl_new(const gw_config_t *cfg, rules_set_t *rules, const char *
     char host[32] = "";
     gethostname(host, sizeof(host) - 1);
     snprintf(r->appname, sizeof(r->appname), "ferry replication %.31s:%d", host, (int)getpid());
-    r->source_ready_id = -1;
+    atomic_store(&r->msg_ms, gw__repl_now_ms()); /* silence is counted from the start */
     r->sopts = gw_storage_opts(st);
     pthread_mutex_init(&r->diag_lock, NULL);
     pthread_mutex_init(&r->next_lock, NULL);
@@ -137,8 +137,7 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
                           cfg->replication.slot_prefix);
     gw_repl_t *r = gw__repl_new(cfg, rules, rules_hash, "", storage);
     r->ready_id = gw_ready_register("replication", "starting");
-    r->source_ready_id = gw_ready_register("replication source", NULL);
-    gw_ready_set(r->source_ready_id, 1, NULL);
+    gw_ready_register_fn("replication source", gw__repl_source_ready, r);
     r->old_pending = 1;
     rules_set_t *serve_rules = NULL;
     int rc = gw__repl_resolve_version(r, rules, rules_hash, rules_text, &serve_rules, err);
@@ -402,23 +401,15 @@ static void *repl_main(void *arg)
         if (rc != 0) {
             gw_error("repl", "replication stopped; retrying", "error=\"%s\" retry_ms=%u",
                      gw_err_format(&err, msg, sizeof(msg)), backoff);
-            /* replication that keeps failing for replication.timeout makes the source unhealthy
-             * (a silent source was reported at once, when it was noticed) */
-            uint64_t now = gw__repl_now_ms();
-            if (r->fail_since_ms == 0) r->fail_since_ms = now;
-            int st = atomic_load(&r->src_state);
-            if (now - r->fail_since_ms >= (uint64_t)r->timeout_s * 1000 &&
-                st != GW__SRC_SLOT_LOST) {
-                char why[512];
-                snprintf(why, sizeof(why), "could not replicate from postgres for %llu s: %.300s",
-                         (unsigned long long)((now - r->fail_since_ms) / 1000), msg);
-                gw__repl_source_set(r, GW__SRC_UNREACHABLE, why);
-            }
             pthread_mutex_lock(&r->diag_lock);
             snprintf(r->diag.last_error, sizeof(r->diag.last_error), "%.200s", msg);
             pthread_mutex_unlock(&r->diag_lock);
             if (!gw_storage_consistent(r->st) && err.code != GW_EUNAVAIL)
                 gw_ready_set(r->ready_id, 0, msg);
+            char why[512];
+            if (atomic_load(&r->src_state) == GW__SRC_OK &&
+                gw__repl_source_silent(r, why, sizeof(why)))
+                gw__repl_source_set(r, GW__SRC_SILENT, why);
         }
         atomic_store(&r->m_phase, 4);
         for (unsigned waited = 0; waited < backoff && !atomic_load(&r->stop); waited += 100)

@@ -5,16 +5,16 @@
  * replication.wal_warn_bytes. Other threads read the figures through atomics and diag_lock:
  * GET /api/admin/diagnostics (gw_repl_diagnostics) and /metrics (gw_repl_metrics).
  *
- * Source health (readiness check "replication source", serving replicator only):
+ * Source health (readiness check "replication source", serving replicator only). The check is
+ * live (gw__repl_source_ready, asked at every readiness request): not ready when the source sent
+ * nothing for replication.timeout, whatever the replicator thread is doing (it may be blocked on
+ * that very source), or while the serving version is rebuilt after its slot was lost. The state
+ * below is what the diagnostics and the log show:
  *
- *   OK ---- nothing arrived for replication.timeout (gw__repl_stream) ----> SILENT
- *    ^ ---- replication failed for replication.timeout (repl_main) ------> UNREACHABLE
- *    | ---- the serving version's slot is gone (gw__repl_ensure_slot) ----> SLOT_LOST
- *    |                                                                          |
- *    +---- a message arrives on a new stream / the rebuilt version took over ---+
- *
- * Every transition goes through gw__repl_source_set(): one log line, the readiness check (503
- * with the reason while not OK) and the "source" object of the diagnostics.
+ *   OK ---- nothing for replication.timeout (stream loop, or repl_main between tries) --> SILENT
+ *    ^ ---- the serving version's slot is gone (gw__repl_rebuild) -----------------> SLOT_LOST
+ *    |                                                                                   |
+ *    +---- data arrives (gw__repl_heard) / the rebuilt version took over (do_switch) ----+
  */
 #include "repl/gw_repl_int.h"
 #include "base/gw_log.h"
@@ -30,22 +30,52 @@
 
 /* ---- source health ---- */
 
-static const char *const src_names[] = {"ok", "silent", "unreachable", "slot lost"};
+static const char *const src_names[] = {"ok", "silent", "slot lost"};
 
 void gw__repl_source_set(gw_repl_t *r, int state, const char *reason)
 {
     int old = atomic_exchange(&r->src_state, state);
     pthread_mutex_lock(&r->diag_lock);
-    int same = old == state && strcmp(r->src_reason, reason != NULL ? reason : "") == 0;
     snprintf(r->src_reason, sizeof(r->src_reason), "%s", reason != NULL ? reason : "");
     pthread_mutex_unlock(&r->diag_lock);
-    if (same) return;
+    if (old == state) return;
     if (state == GW__SRC_OK)
         gw_info("repl", "the replication source is healthy again", "slot=%s was=\"%s\"", r->slot,
                 src_names[old]);
     else
         gw_error("repl", reason, "slot=%s state=\"%s\"", r->slot, src_names[state]);
-    if (r->source_ready_id >= 0) gw_ready_set(r->source_ready_id, state == GW__SRC_OK, reason);
+}
+
+void gw__repl_heard(gw_repl_t *r)
+{
+    atomic_store(&r->msg_ms, gw__repl_now_ms());
+    if (atomic_load(&r->src_state) == GW__SRC_SILENT) gw__repl_source_set(r, GW__SRC_OK, NULL);
+}
+
+int gw__repl_source_silent(gw_repl_t *r, char *why, size_t len)
+{
+    uint64_t now = gw__repl_now_ms(), msg = atomic_load(&r->msg_ms);
+    if (now < msg || now - msg < (uint64_t)r->timeout_s * 1000) return 0;
+    pthread_mutex_lock(&r->diag_lock);
+    snprintf(
+        why, len,
+        "the replication source has sent nothing for %llu s (replication.timeout %ld s)%s%.300s",
+        (unsigned long long)((now - msg) / 1000), r->timeout_s,
+        r->diag.last_error[0] ? "; last error: " : "", r->diag.last_error);
+    pthread_mutex_unlock(&r->diag_lock);
+    return 1;
+}
+
+int gw__repl_source_ready(void *ud, char *reason, size_t len)
+{
+    gw_repl_t *r = ud;
+    if (atomic_load(&r->src_state) == GW__SRC_SLOT_LOST) {
+        pthread_mutex_lock(&r->diag_lock);
+        snprintf(reason, len, "%s", r->src_reason);
+        pthread_mutex_unlock(&r->diag_lock);
+        return 0;
+    }
+    return !gw__repl_source_silent(r, reason, len);
 }
 
 /* ---- slot health ---- */
@@ -171,11 +201,17 @@ void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
     else
         gw_buf_puts(out, "null");
     uint64_t msg = atomic_load(&r->msg_ms);
+    pthread_mutex_unlock(&r->diag_lock);
+    char why[512] = "";
+    int st = atomic_load(&r->src_state);
+    if (st == GW__SRC_OK && gw__repl_source_silent(r, why, sizeof(why))) st = GW__SRC_SILENT;
+    pthread_mutex_lock(&r->diag_lock);
+    if (why[0] == '\0') snprintf(why, sizeof(why), "%s", st != GW__SRC_OK ? r->src_reason : "");
     gw_buf_puts(out, ",\"source\":{\"state\":");
-    gw_buf_json_str(out, src_names[atomic_load(&r->src_state)]);
+    gw_buf_json_str(out, src_names[st]);
     gw_buf_puts(out, ",\"reason\":");
-    if (r->src_reason[0] != '\0')
-        gw_buf_json_str(out, r->src_reason);
+    if (why[0] != '\0')
+        gw_buf_json_str(out, why);
     else
         gw_buf_puts(out, "null");
     if (msg != 0)

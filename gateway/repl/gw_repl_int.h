@@ -101,11 +101,9 @@ struct gw_repl {
     /* the source's health (see "source health" in gw_repl_diag.c) */
     long timeout_s;          /* replication.timeout */
     char appname[64];        /* application_name of our connections: unique to this process */
-    int source_ready_id;     /* readiness check "replication source" (serving only; else -1) */
     _Atomic int src_state;   /* GW__SRC_* */
-    _Atomic uint64_t msg_ms; /* monotonic ms of the last message from the source (0: none) */
-    uint64_t fail_since_ms;  /* first failure since replication last streamed (0: streaming) */
-    char src_reason[256];    /* why the source is not healthy (diag_lock) */
+    _Atomic uint64_t msg_ms; /* monotonic ms the source last sent data (or this run started) */
+    char src_reason[512];    /* why the source is not healthy (diag_lock) */
 
     PGconn *q;     /* queries (source check, snapshot, TOAST re-reads) */
     PGconn *rc;    /* replication */
@@ -207,12 +205,11 @@ static inline uint64_t gw__repl_elapsed_ms(const struct timespec *since)
            (uint64_t)((now.tv_nsec - since->tv_nsec) / 1000000);
 }
 
-/* The source's health, as readiness and diagnostics show it. */
+/* The source's health, as readiness and diagnostics show it (gw_repl_diag.c). */
 enum {
-    GW__SRC_OK = 0,          /* streaming, or not yet known to be unhealthy */
-    GW__SRC_SILENT = 1,      /* nothing arrived for replication.timeout: reconnecting */
-    GW__SRC_UNREACHABLE = 2, /* replication has failed for replication.timeout */
-    GW__SRC_SLOT_LOST = 3    /* the serving version's slot is gone: rebuilding from a snapshot */
+    GW__SRC_OK = 0,       /* the source answers */
+    GW__SRC_SILENT = 1,   /* it answered nothing for replication.timeout (silent or unreachable) */
+    GW__SRC_SLOT_LOST = 2 /* the serving version's slot is gone: rebuilding from a snapshot */
 };
 
 /* ---- gw_repl.c ---- */
@@ -345,7 +342,17 @@ int gw__repl_rebuild(gw_repl_t *r, const char *why, gw_err_t *err);
 /** Poll the slot's health and storage totals (every 5 s at most); warn above the limits. */
 void gw__repl_poll_slot(gw_repl_t *r);
 
-/** Set the source's health (GW__SRC_*) and why (NULL when OK): readiness, diagnostics, log. */
+/** Set the source's health (GW__SRC_*) and why (NULL when OK): diagnostics and one log line
+ *  per change. */
 void gw__repl_source_set(gw_repl_t *r, int state, const char *reason);
+
+/** The source sent data (a replication message, a snapshot chunk): it is healthy. */
+void gw__repl_heard(gw_repl_t *r);
+
+/** Whether the source sent nothing for replication.timeout (with why, for the log). */
+int gw__repl_source_silent(gw_repl_t *r, char *why, size_t len);
+
+/** The readiness check "replication source" (a gw_ready_fn; ud is the serving replicator). */
+int gw__repl_source_ready(void *ud, char *reason, size_t len);
 
 #endif

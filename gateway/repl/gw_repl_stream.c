@@ -362,7 +362,7 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
     gw__repl_set_phase(
         r, 3, gw_storage_consistent(r->st) ? NULL : "waiting for the stream to pass the snapshot");
     clock_gettime(CLOCK_MONOTONIC, &r->last_status);
-    int rc = 0, heard = 0;
+    int rc = 0;
     uint64_t last_lsn_only = 0, ask_ms = 0;
     /* silence: time spent waiting for the socket since the last message (time the thread spent
      * on other work does not count, so a busy replicator never takes itself for a silent source) */
@@ -373,15 +373,7 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
         int len = PQgetCopyData(r->rc, &buf, 1);
         if (len > 0) {
             silent_ms = reply_asked_ms = 0;
-            atomic_store(&r->msg_ms, gw__repl_now_ms());
-            if (!heard) {
-                /* the source talks to us again */
-                heard = 1;
-                r->fail_since_ms = 0;
-                if (atomic_load(&r->src_state) != GW__SRC_OK &&
-                    atomic_load(&r->src_state) != GW__SRC_SLOT_LOST)
-                    gw__repl_source_set(r, GW__SRC_OK, NULL);
-            }
+            gw__repl_heard(r);
             gw_pgo_frame_t f;
             rc = gw_pgo_frame(buf, (size_t)len, &f, err);
             if (rc == 0 && f.kind == GW_PGO_XLOGDATA) {
@@ -452,7 +444,6 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
                          "reconnecting",
                          (unsigned long long)(silent_ms / 1000));
                 gw__repl_source_set(r, GW__SRC_SILENT, why);
-                if (r->fail_since_ms == 0) r->fail_since_ms = gw__repl_now_ms() - silent_ms;
                 rc = gw_err_set(err, GW_EPG, "repl", "%s", why);
                 break;
             }

@@ -542,6 +542,7 @@ void gw__repl_do_switch(gw_repl_t *r)
     const gw_active_t *a = gw__repl_add_active(r, r->rules, r->version, last_op);
     if (r->rebuilding) {
         r->rebuilding = 0;
+        atomic_store(&r->msg_ms, gw__repl_now_ms());
         gw__repl_source_set(r, GW__SRC_OK, NULL);
     }
     char t[32];

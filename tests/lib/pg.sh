@@ -9,12 +9,19 @@
 # wal_level=logical, enough slots and WAL senders, unix socket inside the temp directory, trust
 # auth on loopback only. As root the server runs as the postgres user (root cannot run initdb).
 # The directory is never inside the checkout: its parents may not be traversable by postgres.
+#
+# In a network namespace a test made (tests/lib/netns.sh): PG_NETNS=NAME runs the server there,
+# PG_LISTEN=ADDR makes it listen on ADDR too (FERRY_PG_URI then names ADDR), and PG_HBA_NET=CIDR
+# trusts clients from CIDR (for queries and replication). PG_OPTS adds server options ("-c k=v").
+# The server's command line is kept in $PGTMP/pg_ctl.opts, so a test can restart it the same way.
 set -euo pipefail
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 as_pg() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  local pre=()
+  [ -n "${PG_NETNS:-}" ] && pre=(ip netns exec "$PG_NETNS")
+  if [ "$(id -u)" -eq 0 ]; then "${pre[@]}" runuser -u postgres -- "$@"; else "${pre[@]}" "$@"; fi
 }
 
 port_in_use() {
@@ -32,14 +39,20 @@ start() {
        >"$dir/initdb.log" 2>&1; then
     echo "pg.sh: initdb failed:" >&2; cat "$dir/initdb.log" >&2; rm -rf "$dir"; exit 1
   fi
-  local port tries=0
+  if [ -n "${PG_HBA_NET:-}" ]; then
+    printf 'host all all %s trust\nhost replication all %s trust\n' "$PG_HBA_NET" "$PG_HBA_NET" \
+      >>"$dir/data/pg_hba.conf"
+  fi
+  local port tries=0 listen=127.0.0.1${PG_LISTEN:+,$PG_LISTEN} opts
   while :; do
     port=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))  # below the ephemeral range (32768+)
-    if ! port_in_use "$port" && as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
-         -o "-c port=$port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir \
+    opts="-c port=$port -c listen_addresses=$listen -c unix_socket_directories=$dir \
              -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 \
              -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-             -c max_connections=200" start >"$dir/pg_ctl.log" 2>&1; then
+             -c max_connections=200 ${PG_OPTS:-}"
+    if ! port_in_use "$port" && as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
+         -o "$opts" start >"$dir/pg_ctl.log" 2>&1; then
+      echo "$opts" >"$dir/pg_ctl.opts"
       break
     fi
     tries=$((tries + 1))
@@ -52,7 +65,7 @@ start() {
   echo "PGTMP=$dir"
   echo "PGPORT=$port"
   echo "PGHOST=$dir"
-  echo "FERRY_PG_URI=postgresql://postgres@127.0.0.1:$port/postgres"
+  echo "FERRY_PG_URI=postgresql://postgres@${PG_LISTEN:-127.0.0.1}:$port/postgres"
 }
 
 stop() {

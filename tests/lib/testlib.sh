@@ -12,6 +12,11 @@
 #                                  FERRY_LOG; waits until /probes/liveness answers
 #   stop_pid PID [SECONDS]         SIGTERM, then SIGKILL after SECONDS (default 5); sets STOP_RC
 #   new_db NAME                    create database NAME in the run's Postgres; prints its URI
+#   t_in_ns CMD...                 run CMD where ferry runs: in network namespace $FERRY_NETNS
+#                                  when set (tests/lib/netns.sh), else here; start_ferry and the
+#                                  helpers below that talk to ferry or its Postgres use it
+#   t_bg CMD... &                  the same for a background process: it execs, so $! is CMD's
+#                                  PID (stop_pid and the cleanup reach the process itself)
 
 T_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 FERRY_BIN=${FERRY_BIN:-$T_ROOT/build/ferry}
@@ -42,6 +47,14 @@ expect_match() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+t_in_ns() {
+  if [ -n "${FERRY_NETNS:-}" ]; then ip netns exec "$FERRY_NETNS" "$@"; else "$@"; fi
+}
+
+t_bg() {
+  if [ -n "${FERRY_NETNS:-}" ]; then exec ip netns exec "$FERRY_NETNS" "$@"; else exec "$@"; fi
+}
+
 free_port() {
   local p
   while :; do
@@ -55,7 +68,7 @@ free_port() {
 wait_http() {
   local url=$1 secs=${2:-10} i
   for ((i = 0; i < secs * 20; i++)); do
-    curl -s -o /dev/null "$url" && return 0
+    t_in_ns curl -s -o /dev/null "$url" && return 0
     sleep 0.05
   done
   return 1
@@ -64,7 +77,7 @@ wait_http() {
 start_ferry() {
   local cfg=$1; shift
   FERRY_LOG=$T_TMP/ferry.$RANDOM.log
-  "$FERRY_BIN" serve --config "$cfg" "$@" >"$FERRY_LOG" 2>&1 &
+  t_bg "$FERRY_BIN" serve --config "$cfg" "$@" >"$FERRY_LOG" 2>&1 &
   FERRY_PID=$!
   T_PIDS+=("$FERRY_PID")
   local listen
@@ -129,8 +142,8 @@ YAML
 converged() {
   local cfg=$1 secs=${2:-20} i
   for ((i = 0; i < secs * 5; i++)); do
-    "$FERRY_BIN" debug dump --config "$cfg" >"$T_TMP/dump.txt" 2>"$T_TMP/dump.err"
-    "$FERRY_BIN" debug oracle --config "$cfg" >"$T_TMP/oracle.txt" 2>"$T_TMP/oracle.err"
+    t_in_ns "$FERRY_BIN" debug dump --config "$cfg" >"$T_TMP/dump.txt" 2>"$T_TMP/dump.err"
+    t_in_ns "$FERRY_BIN" debug oracle --config "$cfg" >"$T_TMP/oracle.txt" 2>"$T_TMP/oracle.err"
     if [ -s "$T_TMP/oracle.txt" ] && cmp -s "$T_TMP/dump.txt" "$T_TMP/oracle.txt"; then return 0; fi
     sleep 0.2
   done
@@ -140,7 +153,7 @@ converged() {
 
 # checksums_ok CONFIG: every bucket's stored checksum/count equals the sum/number of its ops
 checksums_ok() {
-  "$FERRY_BIN" debug dump --config "$1" --checksums |
+  t_in_ns "$FERRY_BIN" debug dump --config "$1" --checksums |
     sed -E 's/.*"checksum":([0-9]+),"count":([0-9]+),"ops_checksum":([0-9]+),"ops":([0-9]+)\}$/\1 \2 \3 \4/' |
     awk 'NF != 4 || $1 != $3 || $2 != $4 { bad++ } END { exit bad > 0 }'
 }
@@ -171,7 +184,7 @@ YAML
 wait_ready() {
   local i
   for ((i = 0; i < ${2:-20} * 20; i++)); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/probes/readiness")" = 200 ] && return 0
+    [ "$(t_in_ns curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/probes/readiness")" = 200 ] && return 0
     sleep 0.05
   done
   return 1
@@ -181,7 +194,7 @@ wait_ready() {
 wait_match() {
   local i body
   for ((i = 0; i < ${3:-10} * 10; i++)); do
-    body=$(curl -s "$1")
+    body=$(t_in_ns curl -s "$1")
     [[ "$body" =~ $2 ]] && { echo "$body"; return 0; }
     sleep 0.1
   done
