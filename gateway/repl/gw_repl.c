@@ -71,6 +71,7 @@ void gw__repl_on_durable(uint64_t lsn, void *ud)
     uint64_t cur = atomic_load(&r->durable_lsn);
     while (lsn > cur && !atomic_compare_exchange_weak(&r->durable_lsn, &cur, lsn)) {
     }
+    if (atomic_exchange(&r->storage_bad, 0)) gw_ready_set(r->storage_ready_id, 1, NULL);
     uint64_t one = 1;
     ssize_t w = write(r->task_fd, &one, sizeof(one));
     (void)w;
@@ -96,6 +97,7 @@ gw_repl_t *gw__repl_new(const gw_config_t *cfg, rules_set_t *rules, const char *
     gethostname(host, sizeof(host) - 1);
     snprintf(r->appname, sizeof(r->appname), "ferry replication %.31s:%d", host, (int)getpid());
     atomic_store(&r->msg_ms, gw__repl_now_ms()); /* silence is counted from the start */
+    r->storage_ready_id = -1;
     r->sopts = gw_storage_opts(st);
     pthread_mutex_init(&r->diag_lock, NULL);
     pthread_mutex_init(&r->next_lock, NULL);
@@ -138,6 +140,8 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     gw_repl_t *r = gw__repl_new(cfg, rules, rules_hash, "", storage);
     r->ready_id = gw_ready_register("replication", "starting");
     gw_ready_register_fn("replication source", gw__repl_source_ready, r);
+    r->storage_ready_id = gw_ready_register("storage", NULL);
+    gw_ready_set(r->storage_ready_id, 1, NULL);
     r->old_pending = 1;
     rules_set_t *serve_rules = NULL;
     int rc = gw__repl_resolve_version(r, rules, rules_hash, rules_text, &serve_rules, err);
@@ -410,6 +414,15 @@ static void *repl_main(void *arg)
             if (atomic_load(&r->src_state) == GW__SRC_OK &&
                 gw__repl_source_silent(r, why, sizeof(why)))
                 gw__repl_source_set(r, GW__SRC_SILENT, why);
+            if (strcmp(err.where, "storage") == 0 && r->storage_ready_id >= 0) {
+                /* a full disk, an I/O error: nothing new is served until a commit succeeds
+                 * again (gw__repl_on_durable), which the retries find out by themselves */
+                snprintf(why, sizeof(why),
+                         "could not write bucket storage \"%.200s\": %.200s; retrying",
+                         r->sopts->path != NULL ? r->sopts->path : "", err.message);
+                atomic_store(&r->storage_bad, 1);
+                gw_ready_set(r->storage_ready_id, 0, why);
+            }
         }
         atomic_store(&r->m_phase, 4);
         for (unsigned waited = 0; waited < backoff && !atomic_load(&r->stop); waited += 100)

@@ -97,6 +97,8 @@ struct gw_repl {
     int running;
     _Atomic int stop;
     int ready_id;
+    int storage_ready_id;    /* readiness check "storage" (serving only; else -1) */
+    _Atomic int storage_bad; /* the last storage write failed; cleared by a durable commit */
 
     /* the source's health (see "source health" in gw_repl_diag.c) */
     long timeout_s;          /* replication.timeout */

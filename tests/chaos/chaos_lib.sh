@@ -21,7 +21,8 @@
 #   oracle_ok CONFIG LABEL [SECS]   (1)-(3), recorded as three results
 #   mint USER [CLAIM...]            a token for USER (claims key=value) with CONFIG=$CHAOS_CFG
 #   raw_start NAME USER [PARAMS]    start a raw client (its PID in RAW_PIDS[NAME])
-#   sdk_start NAME USER SPEC [PARAMS]   start a libferry replica (PID in SDK_PIDS[NAME])
+#   sdk_start NAME USER SPEC [PARAMS]   start a libferry replica (PID in SDK_PIDS[NAME]; its file
+#                                   is $SDK_DIR/sdk-NAME.db, SDK_DIR defaulting to $T_TMP)
 #   clients_ok LABEL [SECS]         (4) for every client started, recorded per client
 #
 # Clients talk to ferry at 127.0.0.1:$CHAOS_PORT (in $FERRY_NETNS when set); CHAOS_CFG is the
@@ -31,7 +32,7 @@ CHAOS_DIR=$T_ROOT/tests/chaos
 CHAOS_MODE=${CHAOS_MODE:-short}
 CHAOS_FIGURES=${CHAOS_FIGURES:-/dev/null}
 CHAOS_REPLICA=${CHAOS_REPLICA:-$(dirname "$FERRY_BIN")/chaos-replica}
-declare -A RAW_PIDS=() RAW_USERS=() RAW_PARAMS=() SDK_PIDS=() SDK_USERS=() SDK_SPECS=() SDK_PARAMS=()
+declare -A RAW_PIDS=() RAW_USERS=() RAW_PARAMS=() SDK_PIDS=() SDK_USERS=() SDK_SPECS=() SDK_PARAMS=() SDK_DBS=()
 
 long() { [ "$CHAOS_MODE" = long ]; }
 
@@ -87,7 +88,8 @@ raw_start() {
 sdk_start() {
   local name=$1 user=$2 spec=$3 params=${4:-'{}'}
   local tok; tok=$(mint "$user")
-  t_bg "$CHAOS_REPLICA" --db "${SDK_DIR:-$T_TMP}/sdk-$name.db" --endpoint "http://127.0.0.1:$CHAOS_PORT" \
+  SDK_DBS[$name]=${SDK_DIR:-$T_TMP}/sdk-$name.db
+  t_bg "$CHAOS_REPLICA" --db "${SDK_DBS[$name]}" --endpoint "http://127.0.0.1:$CHAOS_PORT" \
     --token "$tok" --schema "$spec" --params "$params" --status "$T_TMP/sdk-$name.status" \
     >"$T_TMP/sdk-$name.log" 2>&1 &
   SDK_PIDS[$name]=$!
@@ -127,7 +129,7 @@ clients_ok() {
   for name in "${!SDK_PIDS[@]}"; do
     user_buckets "${SDK_USERS[$name]}" "${SDK_PARAMS[$name]}" "$T_TMP/buckets-sdk-$name"
     deadline=$(($(date +%s) + secs))
-    until last=$(python3 "$CHAOS_DIR/compare.py" sdk "$T_TMP/client-oracle.txt" "$T_TMP/buckets-sdk-$name" "${SDK_DIR:-$T_TMP}/sdk-$name.db" "${SDK_SPECS[$name]}" 2>&1); do
+    until last=$(python3 "$CHAOS_DIR/compare.py" sdk "$T_TMP/client-oracle.txt" "$T_TMP/buckets-sdk-$name" "${SDK_DBS[$name]}" "${SDK_SPECS[$name]}" 2>&1); do
       [ "$(date +%s)" -ge "$deadline" ] && break
       sleep 0.5
     done

@@ -24,8 +24,8 @@ static void use_keys(auth_key_t *keys, size_t n, const uint8_t *data, size_t siz
             auth_err_t err;
             size_t half = size / 2;
             /* the first half is the "signing input", the second the "signature" */
-            (void)auth__verify_sig(&keys[i], alg, "", 0, (const char *)data, half,
-                                   data + half, size - half, &err);
+            (void)auth__verify_sig(&keys[i], alg, "", 0, (const char *)data, half, data + half,
+                                   size - half, &err);
             break; /* one algorithm per key keeps each input cheap */
         }
         auth__key_clear(&keys[i]);
