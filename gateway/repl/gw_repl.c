@@ -375,8 +375,16 @@ static int run_once(gw_repl_t *r, gw_err_t *err)
     if (r->rc == NULL) return GW_EPG;
     gw__repl_set_phase(r, 1, NULL);
     rc = gw__repl_ensure_slot(r, err);
-    if (rc != 0) return rc;
+    if (rc != 0 || r->switch_wanted) return rc; /* the slot was lost and rebuilt: switch */
     gw__repl_set_phase(r, 2, NULL);
+    /* fault injection for tests: FERRY_TEST_BUILD_HOLD=FILE holds a builder before its snapshot
+     * while FILE exists, so a test sees the serving version's state during a build */
+    const char *hold = r->builder ? getenv("FERRY_TEST_BUILD_HOLD") : NULL;
+    if (hold != NULL && access(hold, F_OK) == 0) {
+        gw_info("repl", "test hold: build paused", "version=%s", r->version);
+        while (access(hold, F_OK) == 0 && !atomic_load(&r->stop))
+            usleep(50000);
+    }
     rc = gw__repl_snapshot(r, err);
     if (rc != 0) return rc;
     gw__repl_drop_retired(r);
