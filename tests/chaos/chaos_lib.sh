@@ -19,7 +19,8 @@
 #   now_ms                          wall clock in milliseconds
 #   ops_ok CONFIG                   (3) above; 0 when it holds, else the problem on stdout
 #   oracle_ok CONFIG LABEL [SECS]   (1)-(3), recorded as three results
-#   mint USER [CLAIM...]            a token for USER (claims key=value) with CONFIG=$CHAOS_CFG
+#   mint USER [CLAIM...]            a token for USER (claims key=value, and the lines of
+#                                   CLAIMS_OF[USER] when set) signed with $CHAOS_CFG's key
 #   raw_start NAME USER [PARAMS]    start a raw client (its PID in RAW_PIDS[NAME])
 #   sdk_start NAME USER SPEC [PARAMS]   start a libferry replica (PID in SDK_PIDS[NAME]; its file
 #                                   is $SDK_DIR/sdk-NAME.db, SDK_DIR defaulting to $T_TMP)
@@ -32,7 +33,7 @@ CHAOS_DIR=$T_ROOT/tests/chaos
 CHAOS_MODE=${CHAOS_MODE:-short}
 CHAOS_FIGURES=${CHAOS_FIGURES:-/dev/null}
 CHAOS_REPLICA=${CHAOS_REPLICA:-$(dirname "$FERRY_BIN")/chaos-replica}
-declare -A RAW_PIDS=() RAW_USERS=() RAW_PARAMS=() SDK_PIDS=() SDK_USERS=() SDK_SPECS=() SDK_PARAMS=() SDK_DBS=()
+declare -A CLAIMS_OF=() RAW_PIDS=() RAW_USERS=() RAW_PARAMS=() SDK_PIDS=() SDK_USERS=() SDK_SPECS=() SDK_PARAMS=() SDK_DBS=()
 
 long() { [ "$CHAOS_MODE" = long ]; }
 
@@ -69,7 +70,9 @@ oracle_ok() {
 
 mint() {
   local user=$1 args=() c; shift
-  for c in "$@"; do args+=(--claim "$c"); done
+  local -a extra=()
+  [ -n "${CLAIMS_OF[$user]:-}" ] && mapfile -t extra <<<"${CLAIMS_OF[$user]}"
+  for c in "${extra[@]}" "$@"; do [ -n "$c" ] && args+=(--claim "$c"); done
   "$FERRY_BIN" token --config "$CHAOS_CFG" --sub "$user" --ttl 86400 "${args[@]}"
 }
 
