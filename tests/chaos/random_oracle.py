@@ -39,7 +39,11 @@ PROJECTS = ["p1", "p2", "p3"]
 
 
 def q(s):
-    """An SQL string literal (standard_conforming_strings: only quotes double)."""
+    """An SQL string literal on one line (steps.sql holds one transaction a line): an E'' string
+    with escapes when it holds a line break, else a standard one (only quotes double)."""
+    if "\n" in s or "\r" in s:
+        return "E'" + s.replace("\\", "\\\\").replace("'", "\\'").replace(
+            "\n", "\\n").replace("\r", "\\r") + "'"
     return "'" + s.replace("'", "''") + "'"
 
 
