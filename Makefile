@@ -75,8 +75,8 @@ include tests/tests.mk
 -include clientsdk/clientsdk.mk
 -include tests/load/load.mk
 
-.PHONY: all check check-build demo demo-stop deps deps-if-missing bench fuzz format format-check \
-        lint clean
+.PHONY: all check check-build demo demo-stop deps deps-if-missing bench chaos fuzz format \
+        format-check lint clean
 
 all: $(BUILD)/ferry $(PROGRAMS)
 
@@ -160,6 +160,13 @@ bench:
 	@$(MAKE) --no-print-directory deps-if-missing
 	@$(MAKE) --no-print-directory all
 	@tests/load/bench.sh
+
+# The reliability campaign (tests/chaos/README.md): long versions of the scenarios whose short
+# versions make check runs, then the fuzzers; a table of figures, logs under build/chaos/.
+chaos:
+	@$(MAKE) --no-print-directory deps-if-missing
+	@$(MAKE) --no-print-directory all
+	@FERRY_BUILD=$(BUILD) tests/chaos/run.sh
 
 # libFuzzer targets: tests/fuzz/fuzz_NAME.c built with clang against every library source.
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -I. $(GATEWAY_CFLAGS) \

@@ -114,5 +114,6 @@ converged "$CHAOS_CFG" 60 || fail "storage converged before the replica check" "
 clients_ok "after the replica's disk was full" 90
 expect_eq "the replica file is intact (integrity check)" ok \
   "$(sqlite3 "file:$sdkdisk/sdk-s1.db?mode=ro" 'PRAGMA integrity_check' 2>&1 | head -3)"
+figure disks_filled 2 count
 stop_pid "$FERRY_PID" 10
 expect_eq "ferry stops cleanly" 0 "$STOP_RC"

@@ -172,6 +172,7 @@ done
 figure change_to_storage_at_300ms_ms $(($(now_ms) - t0)) ms
 sleep "$noisy"
 
+figure network_faults 4 count # silence, loss, resets, latency
 # ---- the oracle ----
 touch "$T_TMP/stop-writer"
 wait "$wpid"

@@ -97,6 +97,7 @@ for ((k = 1; k <= restarts; k++)); do
 done
 sleep 1
 touch "$T_TMP/stop"; wait "$wpid"; rm -f "$T_TMP/stop"
+figure postgres_restarts "$restarts" count
 oracle_ok "$CHAOS_CFG" "after $restarts restarts of postgres" 60
 clients_ok "after $restarts restarts of postgres" 60
 expect_match "the lost connection was logged and retried" 'replication stopped; retrying' "$(cat "$FERRY_LOG")"
@@ -139,6 +140,7 @@ touch "$T_TMP/stop"; wait "$wpid"
 expect_match "the log says what happened and what ferry does" \
   'does not exist any more.*version 2 is being built from a new snapshot' "$(cat "$FERRY_LOG")"
 expect_match "and that it switched" 'msg="switched to the new rule version" version=2' "$(cat "$FERRY_LOG")"
+figure failovers 1 count
 oracle_ok "$CHAOS_CFG" "after the failover" 60
 clients_ok "after the failover" 90
 expect_eq "the raw client holds only the new version's buckets" "2" \

@@ -159,6 +159,8 @@ failed=$(jq -r '.streams.failed // 0' "$T_TMP/excess.json" 2>/dev/null)
 figure excess_clients_refused "$failed" count
 alive && pass "ferry up at the end" || fail "ferry up at the end" "no liveness"
 
+figure abusive_requests $((slow + 2 * trickle + 1 + keep + extra)) count # slow readers, trickles, big header, keep-alive, excess
+figure storm_connections $((storm * 3)) count
 oracle_ok "$CHAOS_CFG" "after the storms" 60
 clients_ok "after the storms" 90
 stop_pid "$FERRY_PID" 10
