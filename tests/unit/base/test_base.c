@@ -3,9 +3,11 @@
 #include "base/gw_buf.h"
 #include "base/gw_err.h"
 #include "base/gw_log.h"
+#include "base/gw_metrics.h"
 
 #include <check.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,6 +65,36 @@ START_TEST(test_base_log_parse_level_and_quote)
 }
 END_TEST
 
+/* A live readiness check is asked at every render: not ready with its reason, then ready. */
+static int live_state = 0;
+static int live_check(void *ud, char *reason, size_t len)
+{
+    (void)ud;
+    if (live_state) return 1;
+    snprintf(reason, len, "the source has sent nothing for %d s", 31);
+    return 0;
+}
+
+START_TEST(test_base_ready_live_check)
+{
+    int fixed = gw_ready_register("fixed", "starting");
+    gw_ready_set(fixed, 1, NULL);
+    gw_ready_register_fn("source", live_check, NULL);
+    gw_buf_t b = GW_BUF_INIT;
+    live_state = 0;
+    ck_assert_int_eq(gw_ready_render(&b), 0);
+    ck_assert_ptr_nonnull(strstr(b.data,
+                                 "\"source\":{\"ready\":false,\"reason\":\"the source has sent "
+                                 "nothing for 31 s\"}"));
+    ck_assert_ptr_nonnull(strstr(b.data, "\"fixed\":{\"ready\":true}"));
+    gw_buf_reset(&b);
+    live_state = 1; /* nothing set it: the next render asks again */
+    ck_assert_int_eq(gw_ready_render(&b), 1);
+    ck_assert_ptr_nonnull(strstr(b.data, "\"source\":{\"ready\":true}"));
+    gw_buf_free(&b);
+}
+END_TEST
+
 static Suite *base_suite(void)
 {
     Suite *s = suite_create("base");
@@ -71,6 +103,7 @@ static Suite *base_suite(void)
     tcase_add_test(tc, test_base_arena_alloc_reset);
     tcase_add_test(tc, test_base_buf_json_escapes);
     tcase_add_test(tc, test_base_log_parse_level_and_quote);
+    tcase_add_test(tc, test_base_ready_live_check);
     suite_add_tcase(s, tc);
     return s;
 }
