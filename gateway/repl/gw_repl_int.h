@@ -104,8 +104,11 @@ struct gw_repl {
     long timeout_s;          /* replication.timeout */
     char appname[64];        /* application_name of our connections: unique to this process */
     _Atomic int src_state;   /* GW__SRC_* */
-    _Atomic uint64_t msg_ms; /* monotonic ms the source last sent data (or this run started) */
+    _Atomic uint64_t msg_ms; /* monotonic ms the source last sent data (or this run started),
+                                moved forward past the replicator's own work */
     char src_reason[512];    /* why the source is not healthy (diag_lock) */
+    _Atomic int busy; /* depth of the replicator's own work (storage waits, tasks, compaction):
+                         not reading the source, so not its silence (gw__repl_busy_begin) */
 
     PGconn *q;     /* queries (source check, snapshot, TOAST re-reads) */
     PGconn *rc;    /* replication */
@@ -213,6 +216,21 @@ enum {
     GW__SRC_SILENT = 1,   /* it answered nothing for replication.timeout (silent or unreachable) */
     GW__SRC_SLOT_LOST = 2 /* the serving version's slot is gone: rebuilding from a snapshot */
 };
+
+/* The replicator thread starts work of its own (waiting for storage, tasks, compaction), during
+ * which it does not read the source: silence then is not the source's. Returns what
+ * gw__repl_busy_end takes; nests. */
+static inline uint64_t gw__repl_busy_begin(gw_repl_t *r)
+{
+    return atomic_fetch_add(&r->busy, 1) == 0 ? gw__repl_now_ms() : 0;
+}
+
+/* The end of that work: the time it took does not count as silence. */
+static inline void gw__repl_busy_end(gw_repl_t *r, uint64_t t0)
+{
+    if (t0 != 0) atomic_fetch_add(&r->msg_ms, gw__repl_now_ms() - t0);
+    atomic_fetch_sub(&r->busy, 1);
+}
 
 /* ---- gw_repl.c ---- */
 

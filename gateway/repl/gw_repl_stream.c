@@ -409,6 +409,10 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
                 if (rc != 0) break;
             }
             if (!r->in_pg_txn) {
+                /* the replicator's own work (tasks, compaction, retired versions, rule versions)
+                 * may take a while, during which it does not read the source: that time is not
+                 * the source's silence (gw__repl_source_silent looks past it) */
+                uint64_t w0 = gw__repl_busy_begin(r);
                 rc = gw__repl_maybe_ack(r, err);
                 if (rc == 0) rc = gw__repl_run_tasks(r, err);
                 if (rc == 0 && !r->batch_open) rc = maybe_compact(r, err);
@@ -417,6 +421,7 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
                     gw__repl_drop_retired(r);
                 }
                 if (rc == 0 && !r->batch_open && !r->builder) rc = gw__repl_rule_versions(r, err);
+                gw__repl_busy_end(r, w0);
                 if (rc != 0) break;
             }
             gw__repl_poll_slot(r);
