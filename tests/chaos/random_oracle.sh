@@ -10,7 +10,7 @@
 # rules/README.md says they convert), and by `ferry debug oracle` with the user's buckets. Plus
 # the storage oracle (chaos_lib.sh). A failing seed prints itself and the command replaying it.
 #
-# CHAOS_MODE=short: 2 seeds of 120 transactions and 4 users (make check); long: 12 seeds of 600
+# CHAOS_MODE=short: 2 seeds of 120 transactions and 4 users (make check); long: 30 seeds of 600
 # transactions and 8 users. SEEDS="s1 s2 ..." picks the seeds.
 source "$(dirname "$0")/../lib/testlib.sh"
 source "$T_ROOT/tests/chaos/chaos_lib.sh"
@@ -19,7 +19,7 @@ eval "t_fail_orig() $(declare -f fail | tail -n +2)"
 fail() { SEED_FAILED=$((SEED_FAILED + 1)); t_fail_orig "$@"; }
 SEED_FAILED=0
 
-if long; then nseeds=12 steps=600 nusers=8; else nseeds=2 steps=120 nusers=4; fi
+if long; then nseeds=30 steps=600 nusers=8; else nseeds=2 steps=120 nusers=4; fi
 base_seed=$(( $(date +%s) % 100000 ))
 SEEDS=${SEEDS:-$(for ((i = 0; i < nseeds; i++)); do echo $((base_seed + i)); done)}
 pgenv=$("$T_ROOT/tests/lib/pg.sh" start oracle) || { fail "own postgres starts" "pg.sh failed"; exit 1; }

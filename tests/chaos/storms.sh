@@ -2,8 +2,9 @@
 # storms.sh -- client storms and abuse: ferry stays up, its memory bounded, everyone served
 #
 #   storm        N clients (build/ferry-load churn) sync, close and all reconnect at once, twice:
-#                every client back and validated (checksums) each time; the time and ferry's
-#                RSS are figures
+#                every client back and validated (checksums) each time, those refused over
+#                limits.max_connections after the Retry-After they got; the time, the refusals
+#                and ferry's RSS are figures
 #   excess       with limits.max_connections M, M+X clients: X get 503 with Retry-After, the
 #                M others stream
 #   slow readers streams of a large bucket whose clients never read: ferry's memory per such
@@ -71,8 +72,11 @@ wpid=$!
 
 # ---- storm: everyone reconnects at once ----
 procs=1; [ "$storm" -gt 5000 ] && procs=2
+# clients refused over limits.max_connections (the closed streams of the previous wave count until
+# ferry notices them, within a second) connect again after the Retry-After ferry sends (5 s)
 "$(dirname "$FERRY_BIN")/ferry-load" churn "${load[@]}" --clients "$storm" --users 1000 --procs "$procs" \
-  --ramp "$storm" --cycles 2 --timeout 600 --ferry-pid "$FERRY_PID" --json "$T_TMP/storm.json" >"$T_TMP/storm.txt" 2>&1
+  --ramp "$storm" --cycles 2 --retry-503 5000 --timeout 600 --ferry-pid "$FERRY_PID" \
+  --json "$T_TMP/storm.json" >"$T_TMP/storm.txt" 2>&1
 rc=$?
 expect_eq "a storm of $storm clients reconnecting at once: every client back and consistent" 0 "$rc"
 [ $rc -eq 0 ] || sed 's/^/    /' "$T_TMP/storm.txt" | tail -15
@@ -81,6 +85,7 @@ for c in 0 1; do
   [ -n "$s" ] && figure "storm_${storm}_cycle$((c + 1))_all_back_s" "$s" s
 done
 figure storm_checksum_checks "$(jq -r '.checksums.ok // empty' "$T_TMP/storm.json")" count
+figure storm_refused_with_503_then_back "$(jq -r '.streams.refused_retried // empty' "$T_TMP/storm.json")" count
 figure storm_ferry_rss_peak_mb "$(jq -r '(.ferry_rss_kb.peak_sampled // 0) / 1024 | floor' "$T_TMP/storm.json")" MB
 figure rss_after_storm_mb "$(rss)" MB
 alive && pass "ferry up after the storm" || fail "ferry up after the storm" "no liveness"
