@@ -160,9 +160,17 @@ wait_code 200 60 && pass "ready behind 300 ms of latency" || fail "ready behind 
 read -r code ms <<<"$(write_batch 4)"
 expect_eq "write-back works behind 300 ms of latency" 200 "$code"
 figure write_back_at_300ms_first_ms "$ms" ms # a new connection: prepares its statements
-read -r code ms <<<"$(write_batch 5)"
-expect_eq "a second write-back works behind 300 ms of latency" 200 "$code"
-figure write_back_at_300ms_ms "$ms" ms
+# each worker's connection prepares its statements on its first batch (postgres.pool_size of
+# them, taken in no set order): the fastest of eight batches is the steady cost of 600 ms round
+# trips, the slowest one that prepared
+times=()
+for b in 5 6 7 8 9 10 11 12; do
+  read -r code ms <<<"$(write_batch $b)"
+  [ "$code" = 200 ] || fail "write-back $b works behind 300 ms of latency" "$code"
+  times+=("$ms")
+done
+figure write_back_at_300ms_min_ms "$(printf '%s\n' "${times[@]}" | sort -n | head -1)" ms
+figure write_back_at_300ms_max_ms "$(printf '%s\n' "${times[@]}" | sort -n | tail -1)" ms
 t0=$(now_ms)
 lpsql -q -d app -c "INSERT INTO items VALUES ('marker', 'u1', 0, 'latency marker')"
 for ((i = 0; i < 600; i++)); do
