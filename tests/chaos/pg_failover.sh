@@ -16,7 +16,8 @@
 # slot and what ferry does) and build the same rules into a new rule version from a new snapshot
 # of the new primary while the old version serves, then switch to it. Clients move to the new
 # buckets and end equal to the oracle of the new primary. The rebuild is held before its
-# snapshot (FERRY_TEST_BUILD_HOLD) until the test has seen what ferry says meanwhile. Figures:
+# snapshot (FERRY_TEST_BUILD_HOLD) until the test has seen what ferry says meanwhile, and ferry
+# is killed there once (the restart must resume the rebuild). Figures:
 # time from the failover until ferry says so, from the rebuild's start to ready, rows the old
 # primary had that the standby never got (async replication).
 source "$(dirname "$0")/../lib/testlib.sh"
@@ -131,6 +132,12 @@ diag=$(curl -s -H "Authorization: Bearer chaos-admin-token" "$base/api/admin/dia
 expect_match "the diagnostics say the same" '"source":\{"state":"slot lost"' "$diag"
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$base/sync/stream" -H "Authorization: Token $(mint u1)" -d '{}' --max-time 2)
 expect_eq "the old version still serves streams meanwhile" 200 "$code"
+# killed during the rebuild: the restart resumes it (and says the same meanwhile)
+kill -KILL "$FERRY_PID"; wait "$FERRY_PID" 2>/dev/null
+FERRY_TEST_BUILD_HOLD=$T_TMP/build-hold start_ferry "$CHAOS_CFG" || exit 1
+body=$(wait_match "$base/probes/readiness" 'replication slot.*does not exist any more.*version 2 is being built' 60)
+expect_match "after a kill -9 during the rebuild, the restart says the same" '^\{"ready":false' "$body"
+expect_match "and resumes the rebuild" 'resuming the build of a new rule version.*version=2' "$(cat "$FERRY_LOG")"
 rm -f "$T_TMP/build-hold"
 t0=$(now_ms)
 wait_ready "$CHAOS_PORT" 120 && pass "ready again on the new version" || fail "ready again on the new version" "$(curl -s "$base/probes/readiness")"
