@@ -139,9 +139,6 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
                           cfg->replication.slot_prefix);
     gw_repl_t *r = gw__repl_new(cfg, rules, rules_hash, "", storage);
     r->ready_id = gw_ready_register("replication", "starting");
-    gw_ready_register_fn("replication source", gw__repl_source_ready, r);
-    r->storage_ready_id = gw_ready_register("storage", NULL);
-    gw_ready_set(r->storage_ready_id, 1, NULL);
     r->old_pending = 1;
     rules_set_t *serve_rules = NULL;
     int rc = gw__repl_resolve_version(r, rules, rules_hash, rules_text, &serve_rules, err);
@@ -162,6 +159,10 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     snprintf(r->slot, sizeof(r->slot), "%s_%s", r->slot_prefix, r->version);
     gw__repl_add_active(r, r->rules, r->version, 0);
     gw__repl_rules_file_id(r, &r->rules_file);
+    /* the live check holds r: registered only once r is sure to live (until after HTTP stops) */
+    gw_ready_register_fn("replication source", gw__repl_source_ready, r);
+    r->storage_ready_id = gw_ready_register("storage", NULL);
+    gw_ready_set(r->storage_ready_id, 1, NULL);
     /* ready only once the source is known to be the one this storage was built from */
     *out = r;
     return 0;
