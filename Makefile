@@ -10,7 +10,9 @@
 #   make demo-stop        stop exactly what the demo started
 #   make deps             install the Debian packages (idempotent)
 #   make bench            run the benchmarks under tests/load/
-#   make fuzz             run each libFuzzer target for FUZZ_SECONDS (default 30)
+#   make fuzz             run each libFuzzer target for FUZZ_SECONDS (default 30), or for
+#                         FUZZ_RUNS executions when set; prints each one's executions
+#   make chaos            the reliability campaign (tests/chaos/run.sh): about an hour
 #   make lint             the include boundaries between folders (gateway/README.md)
 #   make format           clang-format every C file; `make format-check` fails on one unformatted
 #   SANITIZE=address,undefined   build (and test) with those sanitizers
@@ -27,6 +29,7 @@ endif
 OBJ      := $(BUILD)/obj
 OPT      ?= -O2
 FUZZ_SECONDS ?= 30
+FUZZ_RUNS ?=
 
 # Flags by module: the gateway sees every package; the leaf libraries (rules/, auth/,
 # clientsdk/) compile with their own packages' flags only (make lint checks their includes).
@@ -72,8 +75,8 @@ include tests/tests.mk
 -include clientsdk/clientsdk.mk
 -include tests/load/load.mk
 
-.PHONY: all check check-build demo demo-stop deps deps-if-missing bench fuzz format format-check \
-        lint clean
+.PHONY: all check check-build demo demo-stop deps deps-if-missing bench chaos fuzz format \
+        format-check lint clean
 
 all: $(BUILD)/ferry $(PROGRAMS)
 
@@ -158,18 +161,27 @@ bench:
 	@$(MAKE) --no-print-directory all
 	@tests/load/bench.sh
 
+# The reliability campaign (tests/chaos/README.md): long versions of the scenarios whose short
+# versions make check runs, then the fuzzers; a table of figures, logs under build/chaos/.
+chaos:
+	@$(MAKE) --no-print-directory deps-if-missing
+	@$(MAKE) --no-print-directory all
+	@FERRY_BUILD=$(BUILD) tests/chaos/run.sh
+
 # libFuzzer targets: tests/fuzz/fuzz_NAME.c built with clang against every library source.
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -I. $(GATEWAY_CFLAGS) \
                -DFERRY_VERSION='"$(FERRY_VERSION)"' -DFERRY_GIT_REV='"fuzz"' \
                -fsanitize=fuzzer,address,undefined
+# A target that includes the source file it fuzzes (to reach its statics) names it in
+# FUZZ_OWN_<name>, which is then left out of its link.
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(GATEWAY_SRCS) $(RULES_SRCS) $(AUTH_SRCS)
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -o $@ $^ $(LIBS)
+	clang $(FUZZ_CFLAGS) -o $@ $(filter-out $(FUZZ_OWN_$*),$^) $(LIBS)
 
 fuzz:
 	@$(MAKE) --no-print-directory deps-if-missing
 	@$(MAKE) --no-print-directory $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZ_TARGETS))
-	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+	@FUZZ_RUNS=$(FUZZ_RUNS) tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 format:
 	clang-format -i $(C_FILES)

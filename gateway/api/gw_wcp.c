@@ -46,10 +46,11 @@ static int wcp_run(gw_storage_t *st, void *arg, void *result, gw_err_t *err)
 /*
  * Create a write checkpoint for user_key on a worker thread (conn from the worker): reads
  * pg_current_wal_lsn(), emits the replication marker, stores the counter through the replicator
- * and waits for it (at most 5 s). Returns 0 and *counter, GW_EUNAVAIL, or GW_EPG.
+ * and waits for it (at most until the job's deadline, postgres.timeout after the request).
+ * Returns 0 and *counter, GW_EUNAVAIL, or GW_EPG.
  */
-static int create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, uint64_t requested,
-                           uint64_t *counter, gw_err_t *err)
+static int create_blocking(gw_app_t *app, gw_job_t *job, PGconn *conn, const char *user_key,
+                           uint64_t requested, uint64_t *counter, gw_err_t *err)
 {
     if (conn == NULL) return gw_err_set(err, GW_EUNAVAIL, "wcp", "postgres is not reachable");
     if (!gw_repl_ready(app->repl))
@@ -65,7 +66,10 @@ static int create_blocking(gw_app_t *app, PGconn *conn, const char *user_key, ui
     wcp_arg_t a = {.lsn = lsn, .requested = requested};
     snprintf(a.user_key, sizeof(a.user_key), "%s", user_key);
     uint64_t value = 0;
-    int rc = gw_repl_call(app->repl, wcp_run, &a, sizeof(a), &value, sizeof(value), 5000);
+    int left = gw_job_remaining_ms(job);
+    int rc = left <= 0
+                 ? GW_ETIMEOUT
+                 : gw_repl_call(app->repl, wcp_run, &a, sizeof(a), &value, sizeof(value), left);
     if (rc == GW_ETIMEOUT)
         return gw_err_set(err, GW_EUNAVAIL, "wcp", "the replicator did not answer in time");
     if (rc != 0) return gw_err_set(err, GW_EUNAVAIL, "wcp", "could not store the write checkpoint");
@@ -107,7 +111,7 @@ static void wcp_job_run(gw_job_t *job, PGconn *conn)
     wcp_job_t *j = (wcp_job_t *)job;
     gw_err_t err;
     gw_err_clear(&err);
-    j->rc = create_blocking(j->app, conn, j->user_key, j->requested, &j->counter, &err);
+    j->rc = create_blocking(j->app, job, conn, j->user_key, j->requested, &j->counter, &err);
     snprintf(j->message, sizeof(j->message), "%s", err.message);
 }
 

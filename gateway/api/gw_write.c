@@ -558,8 +558,8 @@ static void startup_done(gw_job_t *job)
     int stop = gw__write_mod.stopping;
     pthread_mutex_unlock(&gw__write_mod.lock);
     if (!stop)
-        gw_workers_submit(gw__write_mod.app->workers, gw_http_context(gw__write_mod.app->http, 0),
-                          job);
+        gw_workers_submit_background(gw__write_mod.app->workers,
+                                     gw_http_context(gw__write_mod.app->http, 0), job);
 }
 
 static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
@@ -569,7 +569,7 @@ static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
     memset(&g_startup, 0, sizeof(g_startup));
     g_startup.run = startup_run;
     g_startup.done = startup_done;
-    gw_workers_submit(gw__write_mod.app->workers, ctx, &g_startup);
+    gw_workers_submit_background(gw__write_mod.app->workers, ctx, &g_startup);
 }
 
 static void on_shutdown(h2o_context_t *ctx, size_t index, void *ud)

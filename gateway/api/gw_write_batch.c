@@ -984,8 +984,9 @@ void gw__write_batch_run(gw_job_t *job, PGconn *conn)
     }
     /* A connection that died while idle (Postgres restarted) is only noticed on first use: try
      * once more on a fresh one. Safe: nothing of the batch committed, or, if the COMMIT itself
-     * was lost, ferry_write_log answers the ops as duplicates. */
-    if (PQstatus(conn) == CONNECTION_BAD) {
+     * was lost, ferry_write_log answers the ops as duplicates. Not past postgres.timeout: the
+     * pool cut a connection that stopped answering, and the client is owed its 503 now. */
+    if (PQstatus(conn) == CONNECTION_BAD && !gw_job_expired(job)) {
         PQreset(conn);
         if (PQstatus(conn) == CONNECTION_OK && batch_try(b, conn) == SQL_OK)
             gw__write_batch_results(b);

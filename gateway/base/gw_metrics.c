@@ -37,7 +37,9 @@ static struct {
     struct {
         char name[48];
         int ready;
-        char reason[256];
+        char reason[512];
+        gw_ready_fn fn; /* a live check: asked at every render instead of ready/reason */
+        void *ud;
     } c[MAX_READY];
 } R = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -148,6 +150,18 @@ int gw_ready_register(const char *name, const char *reason)
     return id;
 }
 
+int gw_ready_register_fn(const char *name, gw_ready_fn fn, void *ud)
+{
+    int id = gw_ready_register(name, NULL);
+    pthread_mutex_lock(&R.lock);
+    if (id >= 0) {
+        R.c[id].fn = fn;
+        R.c[id].ud = ud;
+    }
+    pthread_mutex_unlock(&R.lock);
+    return id;
+}
+
 void gw_ready_set(int id, int ready, const char *reason)
 {
     pthread_mutex_lock(&R.lock);
@@ -163,8 +177,13 @@ int gw_ready_render(gw_buf_t *out)
 {
     pthread_mutex_lock(&R.lock);
     int all = 1;
-    for (int i = 0; i < R.n; i++)
+    for (int i = 0; i < R.n; i++) {
+        if (R.c[i].fn != NULL) {
+            R.c[i].reason[0] = '\0';
+            R.c[i].ready = R.c[i].fn(R.c[i].ud, R.c[i].reason, sizeof(R.c[i].reason)) != 0;
+        }
         all &= R.c[i].ready;
+    }
     gw_buf_printf(out, "{\"ready\":%s,\"checks\":{", all ? "true" : "false");
     for (int i = 0; i < R.n; i++) {
         if (i > 0) gw_buf_puts(out, ",");

@@ -63,6 +63,14 @@ void gw_metrics_render(gw_buf_t *out);
 /** Register a readiness condition (initially not ready with reason); returns its id. */
 int gw_ready_register(const char *name, const char *reason);
 
+/** A live readiness condition: returns non-zero when ready, else writes why into reason (len
+ *  bytes). Called at every render under the registry's lock: it must be quick, must not block
+ *  and must not call gw_ready_*. */
+typedef int (*gw_ready_fn)(void *ud, char *reason, size_t len);
+
+/** Register a live condition (fn and ud outlive the registry's use); returns its id. */
+int gw_ready_register_fn(const char *name, gw_ready_fn fn, void *ud);
+
 /** Set condition id to ready (reason ignored) or not ready with a reason (copied). */
 void gw_ready_set(int id, int ready, const char *reason);
 

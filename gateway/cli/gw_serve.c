@@ -187,8 +187,8 @@ int gw_cli_serve(int argc, char **argv)
     gw_info("main", "sync rules loaded", "file=%s version=%s", cfg.sync_rules.path,
             gw_repl_version(repl));
     if (gw_auth_create(&cfg, &auth, &err) != 0 || gw_http_create(&http, &cfg, &err) != 0 ||
-        gw_workers_create(cfg.postgres.uri, (size_t)cfg.postgres.pool_size, http, &workers, &err) !=
-            0)
+        gw_workers_create(cfg.postgres.uri, (size_t)cfg.postgres.pool_size,
+                          (int)cfg.postgres.timeout, http, &workers, &err) != 0)
         goto fail;
     app = (gw_app_t){.cfg = &cfg,
                      .http = http,

@@ -101,6 +101,7 @@ static const cfg_field_t http_fields[] = {
 static const cfg_field_t postgres_fields[] = {
     F_STR_REQ("uri", postgres.uri),
     F_INT("pool_size", postgres.pool_size, 1, 64),
+    F_INT("timeout", postgres.timeout, 1, 3600),
     F_END,
 };
 static const cfg_field_t replication_fields[] = {
@@ -110,6 +111,7 @@ static const cfg_field_t replication_fields[] = {
     F_INT("lag_warn_seconds", replication.lag_warn_seconds, 1, 30L * 86400),
     F_INT("wal_warn_bytes", replication.wal_warn_bytes, 1048576, 1L << 50),
     F_INT("compact_interval", replication.compact_interval, 0, 30L * 86400),
+    F_INT("timeout", replication.timeout, 3, 3600),
     F_END,
 };
 /* The storage backends this build has (storage/gw_storage.c registers the same ones; config/
@@ -579,12 +581,14 @@ void gw_config_defaults(gw_config_t *cfg)
     cfg->http.threads = 0;
     cfg->http.max_request_body = 1048576;
     cfg->postgres.pool_size = 4;
+    cfg->postgres.timeout = 10;
     cfg->replication.publication = gw_xstrdup("ferry");
     cfg->replication.slot_prefix = gw_xstrdup("ferry");
     cfg->replication.snapshot_chunk_rows = 10000;
     cfg->replication.lag_warn_seconds = 300;
     cfg->replication.wal_warn_bytes = 1L << 30;
     cfg->replication.compact_interval = 3600;
+    cfg->replication.timeout = 30;
     cfg->storage.kind = gw_xstrdup("sqlite");
     cfg->storage.path = gw_xstrdup("ferry-storage.db");
     cfg->storage.schema = gw_xstrdup("ferry");

@@ -41,6 +41,7 @@ typedef struct gw_config {
     struct {
         char *uri;
         long pool_size; /* worker threads with their own connections (write-back, checkpoints) */
+        long timeout;   /* seconds a request may wait on Postgres before it is answered 503 */
     } postgres;
     struct {
         char *publication;
@@ -49,6 +50,7 @@ typedef struct gw_config {
         long lag_warn_seconds; /* warn when replication lags more than this */
         long wal_warn_bytes;   /* warn when the slot retains more WAL than this */
         long compact_interval; /* seconds between compaction runs; 0 disables */
+        long timeout;          /* seconds of silence after which the source counts as lost */
     } replication;
     struct {
         char *kind;        /* the backend: "sqlite" (default) or "postgres" */

@@ -17,9 +17,11 @@ const char *gw_pg_error(PGconn *conn, char *buf, size_t len)
     return buf;
 }
 
-PGconn *gw_pg_connect(const char *uri, int replication, const char *application_name, gw_err_t *err)
+PGconn *gw_pg_connect_timeout(const char *uri, int replication, const char *application_name,
+                              int timeout_s, gw_err_t *err)
 {
-    const char *keys[6], *vals[6];
+    const char *keys[12], *vals[12];
+    char connect_timeout[16], idle[16], interval[16], user_timeout[24];
     int n = 0;
     keys[n] = "dbname";
     vals[n++] = uri;
@@ -27,8 +29,28 @@ PGconn *gw_pg_connect(const char *uri, int replication, const char *application_
     vals[n++] = GW_PG_OPTIONS;
     keys[n] = "application_name";
     vals[n++] = application_name != NULL ? application_name : "ferry";
+    /* libpq's connect_timeout: below 2 s it uses 2 */
+    snprintf(connect_timeout, sizeof(connect_timeout), "%d", timeout_s > 0 ? timeout_s : 10);
     keys[n] = "connect_timeout";
-    vals[n++] = "10";
+    vals[n++] = connect_timeout;
+    if (timeout_s > 0) {
+        /* a peer that went silent is noticed within about two thirds of timeout_s on an idle
+         * connection (keepalive probes) and within timeout_s when data waits unacknowledged
+         * (TCP_USER_TIMEOUT), instead of the kernel's defaults of hours and minutes */
+        snprintf(idle, sizeof(idle), "%d", timeout_s / 3 > 0 ? timeout_s / 3 : 1);
+        snprintf(interval, sizeof(interval), "%d", timeout_s / 9 > 0 ? timeout_s / 9 : 1);
+        snprintf(user_timeout, sizeof(user_timeout), "%d", timeout_s * 1000);
+        keys[n] = "keepalives";
+        vals[n++] = "1";
+        keys[n] = "keepalives_idle";
+        vals[n++] = idle;
+        keys[n] = "keepalives_interval";
+        vals[n++] = interval;
+        keys[n] = "keepalives_count";
+        vals[n++] = "3";
+        keys[n] = "tcp_user_timeout";
+        vals[n++] = user_timeout;
+    }
     if (replication) {
         keys[n] = "replication";
         vals[n++] = "database";
@@ -48,6 +70,11 @@ PGconn *gw_pg_connect(const char *uri, int replication, const char *application_
         return NULL;
     }
     return conn;
+}
+
+PGconn *gw_pg_connect(const char *uri, int replication, const char *application_name, gw_err_t *err)
+{
+    return gw_pg_connect_timeout(uri, replication, application_name, 0, err);
 }
 
 static int result_err(PGconn *conn, PGresult *res, const char *sql, gw_err_t *err)

@@ -25,6 +25,16 @@
 PGconn *gw_pg_connect(const char *uri, int replication, const char *application_name,
                       gw_err_t *err);
 
+/**
+ * gw_pg_connect() for a long-lived connection of the server: timeout_s (> 0) bounds connecting
+ * (connect_timeout) and sets TCP keepalives (idle timeout_s/3, 3 probes timeout_s/9 apart) and
+ * TCP_USER_TIMEOUT (timeout_s), so a peer that goes silent breaks the connection within about
+ * timeout_s instead of hanging on it. 0 is gw_pg_connect() (connect_timeout 10 s, kernel TCP
+ * defaults). Ownership as gw_pg_connect().
+ */
+PGconn *gw_pg_connect_timeout(const char *uri, int replication, const char *application_name,
+                              int timeout_s, gw_err_t *err);
+
 /** Run sql (no result rows expected); 0 or GW_EPG with the server's message in err. */
 int gw_pg_exec(PGconn *conn, const char *sql, gw_err_t *err);
 

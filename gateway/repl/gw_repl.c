@@ -45,7 +45,8 @@
 #include <sys/eventfd.h>
 
 const char *const gw__repl_phase_names[] = {"checking source", "creating slot", "snapshot",
-                                            "streaming",       "retrying",      "standby"};
+                                            "streaming",       "retrying",      "standby",
+                                            "rebuilding"};
 
 void gw__repl_set_phase(gw_repl_t *r, int phase, const char *reason)
 {
@@ -71,6 +72,7 @@ void gw__repl_on_durable(uint64_t lsn, void *ud)
     uint64_t cur = atomic_load(&r->durable_lsn);
     while (lsn > cur && !atomic_compare_exchange_weak(&r->durable_lsn, &cur, lsn)) {
     }
+    if (atomic_exchange(&r->storage_bad, 0)) gw_ready_set(r->storage_ready_id, 1, NULL);
     uint64_t one = 1;
     ssize_t w = write(r->task_fd, &one, sizeof(one));
     (void)w;
@@ -89,6 +91,14 @@ gw_repl_t *gw__repl_new(const gw_config_t *cfg, rules_set_t *rules, const char *
     r->lag_warn_seconds = cfg->replication.lag_warn_seconds;
     r->wal_warn_bytes = cfg->replication.wal_warn_bytes;
     r->compact_interval = cfg->replication.compact_interval;
+    r->timeout_s = cfg->replication.timeout > 0 ? cfg->replication.timeout : 30;
+    /* unique to this process, so a connection Postgres still holds after the network went
+     * silent is recognised as our own (gw__repl_ensure_slot ends it) */
+    char host[32] = "";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(r->appname, sizeof(r->appname), "ferry replication %.31s:%d", host, (int)getpid());
+    atomic_store(&r->msg_ms, gw__repl_now_ms()); /* silence is counted from the start */
+    r->storage_ready_id = -1;
     r->sopts = gw_storage_opts(st);
     pthread_mutex_init(&r->diag_lock, NULL);
     pthread_mutex_init(&r->next_lock, NULL);
@@ -172,6 +182,10 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     gw__repl_add_active(r, r->rules, r->version, 0);
     gw__repl_rules_file_id(r, &r->rules_file);
     gw__repl_note_storage(r);
+    /* the live check holds r: registered only once r is sure to live (until after HTTP stops) */
+    gw_ready_register_fn("replication source", gw__repl_source_ready, r);
+    r->storage_ready_id = gw_ready_register("storage", NULL);
+    gw_ready_set(r->storage_ready_id, 1, NULL);
     /* ready only once the source is known to be the one this storage was built from */
     *out = r;
     return 0;
@@ -377,16 +391,24 @@ int gw__repl_run_tasks(gw_repl_t *r, gw_err_t *err)
 static int run_once(gw_repl_t *r, gw_err_t *err)
 {
     gw__repl_set_phase(r, 0, NULL);
-    r->q = gw_pg_connect(r->uri, 0, "ferry", err);
+    r->q = gw_pg_connect_timeout(r->uri, 0, "ferry", (int)r->timeout_s, err);
     if (r->q == NULL) return GW_EPG;
     int rc = gw__repl_check_source(r, err);
     if (rc != 0) return rc;
-    r->rc = gw_pg_connect(r->uri, 1, "ferry replication", err);
+    r->rc = gw_pg_connect_timeout(r->uri, 1, r->appname, (int)r->timeout_s, err);
     if (r->rc == NULL) return GW_EPG;
     gw__repl_set_phase(r, 1, NULL);
     rc = gw__repl_ensure_slot(r, err);
-    if (rc != 0) return rc;
+    if (rc != 0 || r->switch_wanted) return rc; /* the slot was lost and rebuilt: switch */
     gw__repl_set_phase(r, 2, NULL);
+    /* fault injection for tests: FERRY_TEST_BUILD_HOLD=FILE holds a builder before its snapshot
+     * while FILE exists, so a test sees the serving version's state during a build */
+    const char *hold = r->builder ? getenv("FERRY_TEST_BUILD_HOLD") : NULL;
+    if (hold != NULL && access(hold, F_OK) == 0) {
+        gw_info("repl", "test hold: build paused", "version=%s", r->version);
+        while (access(hold, F_OK) == 0 && !atomic_load(&r->stop))
+            usleep(50000);
+    }
     rc = gw__repl_snapshot(r, err);
     if (rc != 0) return rc;
     gw__repl_drop_retired(r);
@@ -437,6 +459,19 @@ static void *repl_main(void *arg)
             pthread_mutex_unlock(&r->diag_lock);
             if (!gw_storage_consistent(r->st) && err.code != GW_EUNAVAIL)
                 gw_ready_set(r->ready_id, 0, msg);
+            char why[512];
+            if (atomic_load(&r->src_state) == GW__SRC_OK &&
+                gw__repl_source_silent(r, why, sizeof(why)))
+                gw__repl_source_set(r, GW__SRC_SILENT, why);
+            if (strcmp(err.where, "storage") == 0 && r->storage_ready_id >= 0) {
+                /* a full disk, an I/O error: nothing new is served until a commit succeeds
+                 * again (gw__repl_on_durable), which the retries find out by themselves */
+                snprintf(why, sizeof(why),
+                         "could not write bucket storage \"%.200s\": %.200s; retrying",
+                         r->sopts->path != NULL ? r->sopts->path : "", err.message);
+                atomic_store(&r->storage_bad, 1);
+                gw_ready_set(r->storage_ready_id, 0, why);
+            }
         }
         atomic_store(&r->m_phase, 4);
         for (unsigned waited = 0; waited < backoff && !atomic_load(&r->stop); waited += 100)

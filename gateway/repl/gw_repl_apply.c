@@ -323,6 +323,7 @@ static int pipe_hand(gw_repl_t *r, gw_err_t *err)
 {
     seg_t *sg = r->pcur;
     r->pcur = NULL;
+    uint64_t w0 = gw__repl_busy_begin(r); /* a slow disk is not a silent source */
     pthread_mutex_lock(&r->plock);
     while (sg != NULL && r->pqueued >= PIPE_MAX_SEGS && !r->pfailed)
         pthread_cond_wait(&r->pidle, &r->plock);
@@ -338,6 +339,7 @@ static int pipe_hand(gw_repl_t *r, gw_err_t *err)
     int failed = r->pfailed;
     if (failed && err != NULL) *err = r->perr;
     pthread_mutex_unlock(&r->plock);
+    gw__repl_busy_end(r, w0);
     return failed ? GW_EIO : 0;
 }
 
@@ -347,6 +349,7 @@ int gw__repl_pipe_drain(gw_repl_t *r, gw_err_t *err)
 {
     if (!r->pipe_on) return 0;
     int rc = pipe_hand(r, err);
+    uint64_t w0 = gw__repl_busy_begin(r);
     pthread_mutex_lock(&r->plock);
     while ((r->phead != NULL || r->pbusy) && !r->pfailed)
         pthread_cond_wait(&r->pidle, &r->plock);
@@ -355,6 +358,7 @@ int gw__repl_pipe_drain(gw_repl_t *r, gw_err_t *err)
         rc = GW_EIO;
     }
     pthread_mutex_unlock(&r->plock);
+    gw__repl_busy_end(r, w0);
     return rc;
 }
 

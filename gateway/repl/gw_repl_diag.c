@@ -4,6 +4,17 @@
  * WAL, confirmed LSN) and the storage's totals, and warns above replication.lag_warn_seconds and
  * replication.wal_warn_bytes. Other threads read the figures through atomics and diag_lock:
  * GET /api/admin/diagnostics (gw_repl_diagnostics) and /metrics (gw_repl_metrics).
+ *
+ * Source health (readiness check "replication source", serving replicator only). The check is
+ * live (gw__repl_source_ready, asked at every readiness request): not ready when the source sent
+ * nothing for replication.timeout, whatever the replicator thread is doing (it may be blocked on
+ * that very source), or while the serving version is rebuilt after its slot was lost. The state
+ * below is what the diagnostics and the log show:
+ *
+ *   OK ---- nothing for replication.timeout (stream loop, or repl_main between tries) --> SILENT
+ *    ^ ---- the serving version's slot is gone (gw__repl_rebuild) -----------------> SLOT_LOST
+ *    |                                                                                   |
+ *    +---- data arrives (gw__repl_heard) / the rebuilt version took over (do_switch) ----+
  */
 #include "repl/gw_repl_int.h"
 #include "base/gw_log.h"
@@ -16,6 +27,57 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+/* ---- source health ---- */
+
+static const char *const src_names[] = {"ok", "silent", "slot lost"};
+
+void gw__repl_source_set(gw_repl_t *r, int state, const char *reason)
+{
+    int old = atomic_exchange(&r->src_state, state);
+    pthread_mutex_lock(&r->diag_lock);
+    snprintf(r->src_reason, sizeof(r->src_reason), "%s", reason != NULL ? reason : "");
+    pthread_mutex_unlock(&r->diag_lock);
+    if (old == state) return;
+    if (state == GW__SRC_OK)
+        gw_info("repl", "the replication source is healthy again", "slot=%s was=\"%s\"", r->slot,
+                src_names[old]);
+    else
+        gw_error("repl", reason, "slot=%s state=\"%s\"", r->slot, src_names[state]);
+}
+
+void gw__repl_heard(gw_repl_t *r)
+{
+    atomic_store(&r->msg_ms, gw__repl_now_ms());
+    if (atomic_load(&r->src_state) == GW__SRC_SILENT) gw__repl_source_set(r, GW__SRC_OK, NULL);
+}
+
+int gw__repl_source_silent(gw_repl_t *r, char *why, size_t len)
+{
+    uint64_t now = gw__repl_now_ms(), msg = atomic_load(&r->msg_ms);
+    if (atomic_load(&r->busy)) return 0; /* not reading the source: no silence to count */
+    if (now < msg || now - msg < (uint64_t)r->timeout_s * 1000) return 0;
+    pthread_mutex_lock(&r->diag_lock);
+    snprintf(
+        why, len,
+        "the replication source has sent nothing for %llu s (replication.timeout %ld s)%s%.300s",
+        (unsigned long long)((now - msg) / 1000), r->timeout_s,
+        r->diag.last_error[0] ? "; last error: " : "", r->diag.last_error);
+    pthread_mutex_unlock(&r->diag_lock);
+    return 1;
+}
+
+int gw__repl_source_ready(void *ud, char *reason, size_t len)
+{
+    gw_repl_t *r = ud;
+    if (atomic_load(&r->src_state) == GW__SRC_SLOT_LOST) {
+        pthread_mutex_lock(&r->diag_lock);
+        snprintf(reason, len, "%s", r->src_reason);
+        pthread_mutex_unlock(&r->diag_lock);
+        return 0;
+    }
+    return !gw__repl_source_silent(r, reason, len);
+}
 
 /* ---- slot health ---- */
 
@@ -166,6 +228,26 @@ void gw_repl_diagnostics(gw_repl_t *r, gw_buf_t *out)
         gw_buf_json_str(out, r->diag.last_error);
     else
         gw_buf_puts(out, "null");
+    uint64_t msg = atomic_load(&r->msg_ms);
+    pthread_mutex_unlock(&r->diag_lock);
+    char why[512] = "";
+    int st = atomic_load(&r->src_state);
+    if (st == GW__SRC_OK && gw__repl_source_silent(r, why, sizeof(why))) st = GW__SRC_SILENT;
+    pthread_mutex_lock(&r->diag_lock);
+    if (why[0] == '\0') snprintf(why, sizeof(why), "%s", st != GW__SRC_OK ? r->src_reason : "");
+    gw_buf_puts(out, ",\"source\":{\"state\":");
+    gw_buf_json_str(out, src_names[st]);
+    gw_buf_puts(out, ",\"reason\":");
+    if (why[0] != '\0')
+        gw_buf_json_str(out, why);
+    else
+        gw_buf_puts(out, "null");
+    if (msg != 0)
+        gw_buf_printf(out, ",\"last_message_seconds\":%.1f",
+                      (double)(gw__repl_now_ms() - msg) / 1000.0);
+    else
+        gw_buf_puts(out, ",\"last_message_seconds\":null");
+    gw_buf_printf(out, ",\"timeout_seconds\":%ld}", r->timeout_s);
     storage_json(out, &r->diag.storage);
     pthread_mutex_unlock(&r->diag_lock);
     /* a new rule version being built beside this one (the replicator thread sets and clears
@@ -239,7 +321,7 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
     uint64_t lsn = atomic_load(&r->m_lsn), end = atomic_load(&r->m_server_wal_end);
     gw_buf_puts(out,
                 "# HELP ferry_replication_phase Replicator phase (0 check, 1 slot, 2 snapshot, "
-                "3 streaming, 4 retrying, 5 standby).\n# TYPE ferry_replication_phase gauge\n");
+                "3 streaming, 4 retrying, 5 standby, 6 rebuilding).\n# TYPE ferry_replication_phase gauge\n");
     gw_buf_printf(out, "ferry_replication_phase %d\n", atomic_load(&r->m_phase));
     gw_buf_puts(out, "# TYPE ferry_snapshot_rows_total counter\n");
     gw_buf_printf(out, "ferry_snapshot_rows_total %llu\n",
@@ -278,6 +360,16 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
     gw_buf_puts(out, "# HELP ferry_replication_stored_lsn Source position of the last storage "
                      "commit.\n# TYPE ferry_replication_stored_lsn gauge\n");
     gw_buf_printf(out, "ferry_replication_stored_lsn %llu\n", (unsigned long long)lsn);
+    gw_buf_puts(out, "# HELP ferry_replication_source_state Health of the replication source (0 "
+                     "ok, 1 silent, 2 unreachable, 3 slot lost).\n"
+                     "# TYPE ferry_replication_source_state gauge\n");
+    gw_buf_printf(out, "ferry_replication_source_state %d\n", atomic_load(&r->src_state));
+    uint64_t msg = atomic_load(&r->msg_ms);
+    gw_buf_puts(out, "# HELP ferry_replication_last_message_age_seconds Time since the source "
+                     "last sent anything (data or keepalive).\n"
+                     "# TYPE ferry_replication_last_message_age_seconds gauge\n");
+    gw_buf_printf(out, "ferry_replication_last_message_age_seconds %.1f\n",
+                  msg != 0 ? (double)(gw__repl_now_ms() - msg) / 1000.0 : 0.0);
     gw_buf_puts(out, "# TYPE ferry_replication_last_op gauge\n");
     gw_buf_printf(out, "ferry_replication_last_op %llu\n",
                   (unsigned long long)atomic_load(&r->m_last_op));

@@ -81,6 +81,8 @@ struct gw_repl {
     struct gw_repl *next;      /* serving: the builder, while one runs */
     pthread_mutex_t next_lock; /* guards next against other threads' reads (diagnostics) */
     int switch_wanted;         /* serving: leave the stream loop and take the builder's version */
+    int slot_lost;             /* builder: its slot vanished (the serving one starts it again) */
+    int rebuilding;            /* serving: its slot is gone; the builder builds the same rules */
     uint64_t switched_ms;      /* when this process last switched (the old version's data is
                                   dropped a little later: streams move over first) */
     uint64_t rules_poll_ms;    /* serving: when the rules file was last looked at */
@@ -108,6 +110,18 @@ struct gw_repl {
     int running;
     _Atomic int stop;
     int ready_id;
+    int storage_ready_id;    /* readiness check "storage" (serving only; else -1) */
+    _Atomic int storage_bad; /* the last storage write failed; cleared by a durable commit */
+
+    /* the source's health (see "source health" in gw_repl_diag.c) */
+    long timeout_s;          /* replication.timeout */
+    char appname[64];        /* application_name of our connections: unique to this process */
+    _Atomic int src_state;   /* GW__SRC_* */
+    _Atomic uint64_t msg_ms; /* monotonic ms the source last sent data (or this run started),
+                                moved forward past the replicator's own work */
+    char src_reason[512];    /* why the source is not healthy (diag_lock) */
+    _Atomic int busy; /* depth of the replicator's own work (storage waits, tasks, compaction):
+                         not reading the source, so not its silence (gw__repl_busy_begin) */
 
     PGconn *q;     /* queries (source check, snapshot, TOAST re-reads) */
     PGconn *rc;    /* replication */
@@ -159,7 +173,8 @@ struct gw_repl {
     gw_hist_t h_commit;           /* each storage commit's duration */
     gw_hist_t h_source;           /* source commit to durable storage commit */
     _Atomic uint64_t m_lsn, m_server_wal_end;
-    _Atomic int m_phase;              /* 0 check, 1 slot, 2 snapshot, 3 streaming, 4 backoff */
+    _Atomic int m_phase; /* 0 check, 1 slot, 2 snapshot, 3 streaming, 4 backoff, 5 standby,
+                            6 rebuilding */
     _Atomic int64_t m_recv_commit_us; /* commit time of the last transaction received */
     _Atomic uint64_t m_last_op;
 
@@ -210,9 +225,32 @@ static inline uint64_t gw__repl_elapsed_ms(const struct timespec *since)
            (uint64_t)((now.tv_nsec - since->tv_nsec) / 1000000);
 }
 
+/* The source's health, as readiness and diagnostics show it (gw_repl_diag.c). */
+enum {
+    GW__SRC_OK = 0,       /* the source answers */
+    GW__SRC_SILENT = 1,   /* it answered nothing for replication.timeout (silent or unreachable) */
+    GW__SRC_SLOT_LOST = 2 /* the serving version's slot is gone: rebuilding from a snapshot */
+};
+
+/* The replicator thread starts work of its own (waiting for storage, tasks, compaction), during
+ * which it does not read the source: silence then is not the source's. Returns what
+ * gw__repl_busy_end takes; nests. */
+static inline uint64_t gw__repl_busy_begin(gw_repl_t *r)
+{
+    return atomic_fetch_add(&r->busy, 1) == 0 ? gw__repl_now_ms() : 0;
+}
+
+/* The end of that work: the time it took does not count as silence. */
+static inline void gw__repl_busy_end(gw_repl_t *r, uint64_t t0)
+{
+    if (t0 != 0) atomic_fetch_add(&r->msg_ms, gw__repl_now_ms() - t0);
+    atomic_fetch_sub(&r->busy, 1);
+}
+
 /* ---- gw_repl.c ---- */
 
-/** Phase names by m_phase (0 check, 1 slot, 2 snapshot, 3 streaming, 4 retrying). */
+/** Phase names by m_phase (0 check, 1 slot, 2 snapshot, 3 streaming, 4 retrying, 5 standby (another
+ *  instance leads the storage), 6 rebuilding after the slot was lost). */
 extern const char *const gw__repl_phase_names[];
 
 /** Set the phase; while storage is not consistent, readiness says reason (or the phase). */
@@ -349,9 +387,31 @@ int gw__repl_check_lead(gw_repl_t *r, gw_err_t *err);
 /** Note the writer's storage info for diagnostics and metrics (replicator thread). */
 void gw__repl_note_storage(gw_repl_t *r);
 
+/**
+ * The serving version's slot is gone (why says how): build the same rules into a new version
+ * from a new snapshot beside it (or go on with the build already running), report it (readiness
+ * 503, diagnostics) and wait until that version is consistent; then return 0 with
+ * switch_wanted set. The old version keeps serving meanwhile. An error code when stopped or
+ * when the build cannot start.
+ */
+int gw__repl_rebuild(gw_repl_t *r, const char *why, gw_err_t *err);
+
 /* ---- gw_repl_diag.c ---- */
 
 /** Poll the slot's health and storage totals (every 5 s at most); warn above the limits. */
 void gw__repl_poll_slot(gw_repl_t *r);
+
+/** Set the source's health (GW__SRC_*) and why (NULL when OK): diagnostics and one log line
+ *  per change. */
+void gw__repl_source_set(gw_repl_t *r, int state, const char *reason);
+
+/** The source sent data (a replication message, a snapshot chunk): it is healthy. */
+void gw__repl_heard(gw_repl_t *r);
+
+/** Whether the source sent nothing for replication.timeout (with why, for the log). */
+int gw__repl_source_silent(gw_repl_t *r, char *why, size_t len);
+
+/** The readiness check "replication source" (a gw_ready_fn; ud is the serving replicator). */
+int gw__repl_source_ready(void *ud, char *reason, size_t len);
 
 #endif

@@ -200,6 +200,7 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
         if (rc == 0 && nrows > 0) rc = gw_storage_commit(r->st, 0, err);
         done += (uint64_t)nrows;
         atomic_fetch_add(&r->m_snapshot_rows, (uint64_t)nrows);
+        gw__repl_heard(r);
         if (nrows > 0) {
             char reason[256];
             snprintf(reason, sizeof(reason), "snapshot in progress: %llu of about %llu rows",

@@ -313,20 +313,50 @@ static int free_slot(gw_repl_t *r, gw_err_t *err)
                       r->slot);
 }
 
+/* End a walsender that still holds slot for an earlier connection of this process (the network
+ * went silent, so Postgres has not noticed that connection is gone: it would keep the slot
+ * until wal_sender_timeout). Returns 1 when the slot is free now, 0 when it is not. */
+static int end_own_walsender(gw_repl_t *r, const char *pid)
+{
+    gw_err_t err;
+    const char *pv[2] = {pid, r->slot};
+    PGresult *res = gw_pg_query_params(r->q, "SELECT pg_terminate_backend($1::int)", 1, pv, &err);
+    PQclear(res);
+    gw_info("repl",
+            "ended this process's previous replication connection, which postgres still held",
+            "slot=%s pid=%s", r->slot, pid);
+    for (int i = 0; i < 50 && !atomic_load(&r->stop); i++) {
+        res = gw_pg_query_params(
+            r->q, "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active", 1, pv + 1,
+            &err);
+        int active = res == NULL || PQntuples(res) > 0;
+        PQclear(res);
+        if (!active) return 1;
+        usleep(100000);
+    }
+    return 0;
+}
+
 int gw__repl_ensure_slot(gw_repl_t *r, gw_err_t *err)
 {
     char created[8] = "";
     gw_storage_state_get(r->st, "slot_created", created, sizeof(created));
     const char *pv[1] = {r->slot};
-    PGresult *res = gw_pg_query_params(r->q,
-                                       "SELECT wal_status, database = current_database(), active "
-                                       "FROM pg_replication_slots WHERE slot_name = $1",
-                                       1, pv, err);
+    PGresult *res =
+        gw_pg_query_params(r->q,
+                           "SELECT s.wal_status, s.database = current_database(), s.active, "
+                           "coalesce(a.application_name, ''), coalesce(s.active_pid, 0)::text "
+                           "FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = "
+                           "s.active_pid WHERE s.slot_name = $1",
+                           1, pv, err);
     if (res == NULL) return GW_EPG;
     int exists = PQntuples(res) == 1;
     int lost = exists && strcmp(PQgetvalue(res, 0, 0), "lost") == 0;
     int same_db = exists && PQgetvalue(res, 0, 1)[0] == 't';
     int active = exists && PQgetvalue(res, 0, 2)[0] == 't';
+    int ours = active && strcmp(PQgetvalue(res, 0, 3), r->appname) == 0;
+    char pid[32];
+    snprintf(pid, sizeof(pid), "%s", exists ? PQgetvalue(res, 0, 4) : "0");
     PQclear(res);
     if (exists && !same_db) {
         char msg[512], fix[256];
@@ -336,16 +366,28 @@ int gw__repl_ensure_slot(gw_repl_t *r, gw_err_t *err)
         source_problem(r, msg, fix);
         return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
     }
+    if (ours && !lost && !end_own_walsender(r, pid))
+        return gw_err_set(err, GW_EUNAVAIL, "repl",
+                          "replication slot \"%s\" is still held by this process's previous "
+                          "connection",
+                          r->slot);
     if (exists && !lost && created[0] == '1') return active && r->shared ? free_slot(r, err) : 0;
     if (created[0] == '1') {
-        /* our slot vanished (dropped, or its WAL was removed): the stream cannot resume */
-        char msg[512], fix[256];
+        /* our slot vanished (dropped, or its WAL was removed, or the source failed over to a
+         * standby, which has no slots): the stream cannot resume from it */
+        char msg[512];
         snprintf(msg, sizeof(msg), "replication slot \"%s\" %s", r->slot,
-                 exists ? "lost WAL it needed (wal_status = lost)" : "was dropped");
-        snprintf(fix, sizeof(fix),
-                 "delete the storage file %s so ferry rebuilds it from a new snapshot",
-                 "(storage.path)");
-        source_problem(r, msg, fix);
+                 exists ? "lost WAL it needed (wal_status = lost)"
+                        : "does not exist any more (dropped, or postgres failed over to a server "
+                          "without it)");
+        if (!r->builder && gw_storage_consistent(r->st))
+            return gw__repl_rebuild(r, msg, err); /* a new version from a new snapshot */
+        if (r->builder) r->slot_lost = 1; /* the serving replicator starts the build again */
+        source_problem(r, msg,
+                       r->builder ? "the build starts again from a new snapshot"
+                                  : "delete the storage (the file at storage.path, or "
+                                    "storage.schema in storage.uri) so ferry rebuilds it from a "
+                                    "new snapshot");
         return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
     }
     if (exists) {

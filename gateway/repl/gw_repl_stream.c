@@ -364,10 +364,16 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
     clock_gettime(CLOCK_MONOTONIC, &r->last_status);
     int rc = 0;
     uint64_t last_lsn_only = 0, ask_ms = 0;
+    /* silence: time spent waiting for the socket since the last message (time the thread spent
+     * on other work does not count, so a busy replicator never takes itself for a silent source) */
+    uint64_t silent_ms = 0, reply_asked_ms = 0;
+    const uint64_t timeout_ms = (uint64_t)r->timeout_s * 1000;
     while (rc == 0 && !atomic_load(&r->stop) && !r->switch_wanted) {
         char *buf = NULL;
         int len = PQgetCopyData(r->rc, &buf, 1);
         if (len > 0) {
+            silent_ms = reply_asked_ms = 0;
+            gw__repl_heard(r);
             gw_pgo_frame_t f;
             rc = gw_pgo_frame(buf, (size_t)len, &f, err);
             if (rc == 0 && f.kind == GW_PGO_XLOGDATA) {
@@ -404,6 +410,10 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
                 if (rc != 0) break;
             }
             if (!r->in_pg_txn) {
+                /* the replicator's own work (tasks, compaction, retired versions, rule versions)
+                 * may take a while, during which it does not read the source: that time is not
+                 * the source's silence (gw__repl_source_silent looks past it) */
+                uint64_t w0 = gw__repl_busy_begin(r);
                 rc = gw__repl_maybe_ack(r, err);
                 if (rc == 0) rc = gw__repl_run_tasks(r, err);
                 if (rc == 0 && !r->batch_open) rc = maybe_compact(r, err);
@@ -412,6 +422,7 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
                     gw__repl_drop_retired(r);
                 }
                 if (rc == 0 && !r->batch_open && !r->builder) rc = gw__repl_rule_versions(r, err);
+                gw__repl_busy_end(r, w0);
                 if (rc == 0 && !r->batch_open && r->shared && !r->builder &&
                     gw__repl_now_ms() - r->lead_ms >= 1000)
                     rc = gw__repl_check_lead(r, err);
@@ -431,6 +442,25 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
                 rc = send_status(r, r->acked_lsn, 0, err);
                 if (rc != 0) break;
             }
+            /* an idle source still answers a status update that asks for a reply (with a
+             * keepalive): ask every third of replication.timeout of silence; silence for the
+             * whole timeout means the source or the network is gone (a half-open connection
+             * looks exactly like this: no error, no data) */
+            if (silent_ms >= timeout_ms) {
+                char why[256];
+                snprintf(why, sizeof(why),
+                         "the replication source sent nothing for %llu s (replication.timeout); "
+                         "reconnecting",
+                         (unsigned long long)(silent_ms / 1000));
+                gw__repl_source_set(r, GW__SRC_SILENT, why);
+                rc = gw_err_set(err, GW_EPG, "repl", "%s", why);
+                break;
+            }
+            if (silent_ms >= timeout_ms / 3 && silent_ms - reply_asked_ms >= timeout_ms / 3) {
+                reply_asked_ms = silent_ms;
+                rc = send_status(r, r->acked_lsn, 1, err);
+                if (rc != 0) break;
+            }
             int fd = PQsocket(r->rc);
             fd_set rfds;
             FD_ZERO(&rfds);
@@ -438,10 +468,13 @@ int gw__repl_stream(gw_repl_t *r, gw_err_t *err)
             FD_SET(r->task_fd, &rfds);
             struct timeval tv = {0, 100000};
             int maxfd = fd > r->task_fd ? fd : r->task_fd;
+            struct timespec w0;
+            clock_gettime(CLOCK_MONOTONIC, &w0);
             if (select(maxfd + 1, &rfds, NULL, NULL, &tv) < 0 && errno != EINTR) {
                 rc = gw_err_set(err, GW_ESYS, "repl", "select failed: %s", strerror(errno));
                 break;
             }
+            silent_ms += gw__repl_elapsed_ms(&w0);
             if (PQconsumeInput(r->rc) == 0) {
                 char m[256];
                 rc = gw_err_set(err, GW_EPG, "repl", "lost the replication connection: %s",

@@ -18,6 +18,15 @@
  *   the switch (gw__repl_drop_retired), one commit         every op id handed out; serving
  *   per version                                            moves to N+1's writer
  *
+ * A serving version whose slot is gone (dropped, WAL lost, or the source failed over to a
+ * standby, which has no slots) cannot stream again: gw__repl_rebuild() builds the same rules
+ * into a new version from a new snapshot beside it, with the machinery above (the serving
+ * replicator waits in REBUILD instead of streaming; readiness says why), and switches when the
+ * new version is consistent: its data is the new source's, whatever the old one had.
+ *
+ *   SERVING N, slot gone --(gw__repl_rebuild)--> BUILDING N+1 (same rules) --consistent-->
+ *   SWITCH (no LSN comparison: N's LSNs belong to a source that is gone)
+ *
  * Once the builder is consistent and its stored LSN is at or past the serving one's (it has
  * everything the old version serves), the serving replicator leaves its stream loop, stops the
  * builder and takes its version over in one storage commit, then streams the new slot from the
@@ -208,6 +217,14 @@ int gw__repl_resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash,
         strcmp(stored_hash, hash) == 0) {
         /* the version the storage serves: go on (a build of other rules is abandoned) */
         snprintf(r->version, sizeof(r->version), "%s", serving);
+        char key[64], bhash[64] = "";
+        snprintf(key, sizeof(key), "%s#rules_hash", building);
+        if (building[0] != '\0' && gw_storage_state_get(st, key, bhash, sizeof(bhash)) &&
+            strcmp(bhash, hash) == 0) {
+            /* the same rules built again: the serving version lost its slot (gw__repl_rebuild) */
+            r->rebuilding = 1;
+            return builder_create(r, rules, hash, text, building, err);
+        }
         if (building[0] != '\0') {
             int rc = abandon_stored_build(st, building, err);
             if (rc != 0) return rc;
@@ -522,9 +539,60 @@ void gw__repl_do_switch(gw_repl_t *r)
     atomic_store(&r->m_last_op, last_op);
     atomic_store(&r->m_lsn, lsn);
     const gw_active_t *a = gw__repl_add_active(r, r->rules, r->version, last_op);
+    if (r->rebuilding) {
+        r->rebuilding = 0;
+        atomic_store(&r->msg_ms, gw__repl_now_ms());
+        gw__repl_source_set(r, GW__SRC_OK, NULL);
+    }
     char t[32];
     gw_info("repl", "switched to the new rule version",
             "version=%s old_version=%s checkpoint=%llu lsn=%s", r->version, old_version,
             (unsigned long long)last_op, gw_lsn_format(lsn, t, sizeof(t)));
     if (r->on_switch != NULL) r->on_switch(a, r->switch_ud);
+}
+
+/* ---- rebuilding after the slot was lost ---- */
+
+int gw__repl_rebuild(gw_repl_t *r, const char *why, gw_err_t *err)
+{
+    gw_repl_t *b = r->next;
+    if (b != NULL && b->slot_lost) {
+        /* a build beside this version lost its slot too: start the serving rules again (the
+         * rules file is read again once the serving version streams) */
+        int rc = builder_discard(r, "its replication slot is gone as well", err);
+        if (rc != 0) return rc;
+        memset(&r->rules_file, 0, sizeof(r->rules_file));
+        b = NULL;
+    }
+    if (b == NULL) {
+        char *text = gw__repl_state_text(r->st, "rules_text");
+        if (text == NULL)
+            return gw_err_set(err, GW_EUNAVAIL, "repl",
+                              "%s; this storage has no stored rules to rebuild from: delete the "
+                              "storage (the file at storage.path, or storage.schema in "
+                              "storage.uri) so ferry rebuilds it",
+                              why);
+        int rc = builder_create(r, r->rules, r->rules_hash, text, NULL, err);
+        free(text);
+        if (rc == 0) rc = gw_repl_start(r->next, err);
+        if (rc != 0) return rc;
+        b = r->next;
+    }
+    r->rebuilding = 1;
+    char reason[512], lsn[32];
+    snprintf(reason, sizeof(reason),
+             "%.120s: version %s is being built from a new snapshot; version %s serves its data as "
+             "of %s until then",
+             why, b->version, r->version, gw_lsn_format(atomic_load(&r->m_lsn), lsn, sizeof(lsn)));
+    gw__repl_source_set(r, GW__SRC_SLOT_LOST, reason);
+    gw__repl_set_phase(r, 6, NULL);
+    while (!atomic_load(&r->stop)) {
+        if (b->slot_lost) return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", why);
+        if (b->running && gw_storage_consistent(b->st)) {
+            r->switch_wanted = 1; /* repl_main switches */
+            return 0;
+        }
+        usleep(100000);
+    }
+    return gw_err_set(err, GW_EUNAVAIL, "repl", "stopped");
 }

@@ -45,7 +45,7 @@ port=$(free_port)
 replication_config "$T_TMP/ferry.yaml" "$port" "$db"
 start_ferry "$T_TMP/ferry.yaml" || exit 1
 wait_ready "$port" 60 && pass "readiness turns 200 after the snapshot" || fail "ready" "$(curl -s "http://127.0.0.1:$port/probes/readiness")"
-converged "$T_TMP/ferry.yaml" 30 && pass "snapshot of 33,500 rows equals the oracle" || fail "snapshot equals the oracle" "$(head -5 "$T_TMP/converge.diff")"
+converged "$T_TMP/ferry.yaml" 60 && pass "snapshot of 33,500 rows equals the oracle" || fail "snapshot equals the oracle" "$(head -5 "$T_TMP/converge.diff")"
 checksums_ok "$T_TMP/ferry.yaml" && pass "bucket checksums equal the sum of their ops" || fail "checksums after snapshot" "mismatch"
 rows=$(wc -l <"$T_TMP/dump.txt")
 [ "$rows" -gt 30000 ] && pass "storage holds the rows ($rows)" || fail "storage holds the rows" "$rows"
@@ -54,7 +54,7 @@ expect_match "metrics report snapshot progress" 'ferry_snapshot_rows_total 33500
 
 step() { # step NAME SQL
   psql -q "$db" -c "$2" || { fail "$1" "psql failed"; return; }
-  if converged "$T_TMP/ferry.yaml" 20; then pass "$1"; else fail "$1" "$(head -5 "$T_TMP/converge.diff")"; fi
+  if converged "$T_TMP/ferry.yaml" 60; then pass "$1"; else fail "$1" "$(head -5 "$T_TMP/converge.diff")"; fi
 }
 step "insert streams in" "INSERT INTO todos (id, list_id, description) VALUES ('new1', 'l1', 'fresh')"
 step "update in place" "UPDATE todos SET description = 'changed', done = true WHERE id = 't5'"
@@ -84,19 +84,19 @@ port2=$(free_port)
 mkdir -p "$T_TMP/b" && cp "$T_TMP/sync-rules.yaml" "$T_TMP/b/"
 SLOT_PREFIX=other replication_config "$T_TMP/b/ferry.yaml" "$port2" "$db2"
 start_ferry "$T_TMP/b/ferry.yaml" || exit 1
-sleep 1
+wait_match "http://127.0.0.1:$port2/probes/readiness" 'publication \\"ferry\\" does not exist' 60 >/dev/null
 ready=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$port2/probes/readiness")
 expect_match "readiness is 503 naming the missing publication and its fix" \
   'publication \\"ferry\\" does not exist; fix: CREATE PUBLICATION ferry FOR ALL TABLES;.* 503$' "$ready"
 expect_match "the log says what is wrong and how to fix it" 'fix="CREATE PUBLICATION ferry FOR ALL TABLES;"' "$(cat "$FERRY_LOG")"
 psql -q "$db2" -c "CREATE PUBLICATION ferry FOR TABLE lists"
-body=$(wait_match "http://127.0.0.1:$port2/probes/readiness" 'table \\"public.(todos|notes)\\" is not in publication \\"ferry\\"; fix: ALTER PUBLICATION ferry ADD TABLE' 10) &&
+body=$(wait_match "http://127.0.0.1:$port2/probes/readiness" 'table \\"public.(todos|notes)\\" is not in publication \\"ferry\\"; fix: ALTER PUBLICATION ferry ADD TABLE' 60) &&
   pass "after the fix it names the next problem (a table not in the publication)" || fail "next problem named" "$body"
 psql -q "$db2" -c "ALTER PUBLICATION ferry ADD TABLE todos, notes"
-body=$(wait_match "http://127.0.0.1:$port2/probes/readiness" 'table \\"public.notes\\" has no primary key or replica identity.*REPLICA IDENTITY FULL' 10) &&
+body=$(wait_match "http://127.0.0.1:$port2/probes/readiness" 'table \\"public.notes\\" has no primary key or replica identity.*REPLICA IDENTITY FULL' 60) &&
   pass "a table without replica identity is named with its fix" || fail "replica identity named" "$body"
 psql -q "$db2" -c "ALTER TABLE notes REPLICA IDENTITY FULL; INSERT INTO notes VALUES (1, 'a', 'no key')"
-wait_ready "$port2" 40 && pass "once the source is fixed ferry becomes ready without a restart" || fail "ready after the fix" "$(curl -s "http://127.0.0.1:$port2/probes/readiness")"
-converged "$T_TMP/b/ferry.yaml" 20 && pass "a REPLICA IDENTITY FULL table without a key replicates" || fail "FULL identity table" "$(head -3 "$T_TMP/converge.diff")"
+wait_ready "$port2" 60 && pass "once the source is fixed ferry becomes ready without a restart" || fail "ready after the fix" "$(curl -s "http://127.0.0.1:$port2/probes/readiness")"
+converged "$T_TMP/b/ferry.yaml" 60 && pass "a REPLICA IDENTITY FULL table without a key replicates" || fail "FULL identity table" "$(head -3 "$T_TMP/converge.diff")"
 psql -q "$db2" -c "UPDATE notes SET body = 'changed' WHERE a = 1; INSERT INTO notes VALUES (2, 'b', 'two'); DELETE FROM notes WHERE a = 2"
-converged "$T_TMP/b/ferry.yaml" 20 && pass "its updates and deletes replicate" || fail "FULL identity changes" "$(head -3 "$T_TMP/converge.diff")"
+converged "$T_TMP/b/ferry.yaml" 60 && pass "its updates and deletes replicate" || fail "FULL identity changes" "$(head -3 "$T_TMP/converge.diff")"

@@ -7,7 +7,8 @@
 # the oracle.
 #
 # Streaming: a writer commits 1,500 transactions, each inserting one `events` row and bumping
-# one `counter` row, while ferry is killed three more times. Exactly once means: the events
+# one `counter` row, while ferry is killed three more times, each once storage holds 200, 600
+# and 1,000 of the events (the kills follow progress the test reads, whatever the speed). Exactly once means: the events
 # bucket holds exactly one op per inserted row, the counter bucket exactly one op per
 # transaction (plus its snapshot PUT), op ids are strictly increasing within every bucket and
 # unique overall, every bucket checksum equals the sum of its ops, and storage equals the oracle.
@@ -67,7 +68,7 @@ resumed=$(cat "${logs[@]}" | grep -c 'msg="snapshotting a table".*resume=yes')
 [ "$resumed" -ge 3 ] && pass "each restart resumed the snapshot ($resumed)" || fail "snapshot resumed" "$resumed resumes"
 snap_rows=$(metric ferry_snapshot_rows_total)
 [ "${snap_rows:-0}" -gt 0 ] && [ "$snap_rows" -lt 60000 ] && pass "the last run read only the rest ($snap_rows rows)" || fail "the last run read only the rest" "$snap_rows"
-converged "$T_TMP/ferry.yaml" 30 && pass "storage equals the oracle after kills during the snapshot" || fail "oracle after snapshot kills" "$(head -5 "$T_TMP/converge.diff")"
+converged "$T_TMP/ferry.yaml" 60 && pass "storage equals the oracle after kills during the snapshot" || fail "oracle after snapshot kills" "$(head -5 "$T_TMP/converge.diff")"
 checksums_ok "$T_TMP/ferry.yaml" && pass "checksums equal the sum of ops after snapshot kills" || fail "checksums after snapshot kills" mismatch
 
 # ---- kill -9 during streaming, while a writer commits ----
@@ -82,10 +83,16 @@ T_PIDS+=("$writer")
 # FERRY_TEST_REPLAY=1 streams from the slot's confirmed position and confirms nothing new, so
 # after each kill Postgres resends transactions storage already holds: only ferry's skip of
 # transactions below the stored LSN keeps them from being applied twice
-for pause in 0.7 1.1 0.9; do
-  sleep "$pause"
+# Each kill comes once this run of ferry streams and storage holds more of the writer's events
+# than before it started (progress the test reads from storage), not after a fixed pause that
+# a loaded machine may not fill.
+stored_events() { sqlite3 "file:$T_TMP/storage.db?mode=ro" "SELECT count(*) FROM rows WHERE tbl LIKE '%#public.events'" 2>/dev/null || echo 0; }
+for target in 200 600 1000; do
+  for ((i = 0; i < 1200; i++)); do
+    grep -q 'msg="streaming changes"' "$FERRY_LOG" && [ "$(stored_events)" -ge "$target" ] && break
+    sleep 0.05
+  done
   kill -KILL "$FERRY_PID"; wait "$FERRY_PID" 2>/dev/null
-  sleep 0.2
   FERRY_TEST_REPLAY=1 start_ferry "$T_TMP/ferry.yaml" || exit 1
   logs+=("$FERRY_LOG")
 done
@@ -93,7 +100,7 @@ wait "$writer"
 expect_eq "the writer committed every transaction" "0 $writes" "$? $(psql -tAq "$db" -c 'SELECT n FROM counter')"
 streamed=$(cat "${logs[@]}" | grep -c 'msg="streaming changes"')
 [ "$streamed" -ge 4 ] && pass "ferry resumed streaming after each kill ($streamed)" || fail "streaming resumed" "$streamed"
-converged "$T_TMP/ferry.yaml" 30 && pass "storage equals the oracle after kills during streaming" || fail "oracle after streaming kills" "$(head -5 "$T_TMP/converge.diff")"
+converged "$T_TMP/ferry.yaml" 60 && pass "storage equals the oracle after kills during streaming" || fail "oracle after streaming kills" "$(head -5 "$T_TMP/converge.diff")"
 checksums_ok "$T_TMP/ferry.yaml" && pass "checksums equal the sum of ops after streaming kills" || fail "checksums after streaming kills" mismatch
 count=$("$FERRY_BIN" debug dump --config "$T_TMP/ferry.yaml" --checksums | sed -n 's/.*"bucket":"[0-9]*#events\[\]".*"count":\([0-9]*\).*/\1/p')
 expect_eq "no transaction applied twice: one op per event and per counter update" $((writes + writes + 1)) "$count"

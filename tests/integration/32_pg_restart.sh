@@ -37,7 +37,7 @@ YAML
 port=$(free_port)
 SLOT_PREFIX=restart32 replication_config "$T_TMP/ferry.yaml" "$port" "$db"
 start_ferry "$T_TMP/ferry.yaml" || exit 1
-wait_ready "$port" 30 && pass "ready on its own cluster" || fail "ready" "$(curl -s "http://127.0.0.1:$port/probes/readiness")"
+wait_ready "$port" 60 && pass "ready on its own cluster" || fail "ready" "$(curl -s "http://127.0.0.1:$port/probes/readiness")"
 
 # a writer that survives the restart: one psql per transaction, retrying while Postgres is down
 writer() {
@@ -55,18 +55,18 @@ sleep 1
 pg_restart && pass "postgres restarted a second time" || fail "postgres restart 2" "pg_ctl failed"
 wait "$wpid"
 expect_eq "the writer inserted every row" 1600 "$(psql -tAq "$db" -c 'SELECT count(*) FROM events')"
-converged "$T_TMP/ferry.yaml" 40 && pass "ferry reconnected and caught up (storage equals the oracle)" || fail "caught up" "$(head -5 "$T_TMP/converge.diff")"
+converged "$T_TMP/ferry.yaml" 60 && pass "ferry reconnected and caught up (storage equals the oracle)" || fail "caught up" "$(head -5 "$T_TMP/converge.diff")"
 expect_match "the lost connection was logged and retried" 'replication stopped; retrying' "$(cat "$FERRY_LOG")"
 streams=$(grep -c 'msg="streaming changes"' "$FERRY_LOG")
 [ "$streams" -ge 2 ] && pass "streaming resumed after the restarts ($streams starts)" || fail "streaming resumed" "$streams"
 count=$("$FERRY_BIN" debug dump --config "$T_TMP/ferry.yaml" --checksums | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
 expect_eq "exactly one op per row: nothing applied twice across the restarts" 1600 "$count"
 checksums_ok "$T_TMP/ferry.yaml" && pass "checksums equal the sum of ops" || fail "checksums" mismatch
-wait_ready "$port" 20 && pass "readiness stays 200" || fail "readiness" "$(curl -s "http://127.0.0.1:$port/probes/readiness")"
-body=$(wait_match "http://127.0.0.1:$port/metrics" 'ferry_replication_slot_info\{slot="restart32_1",wal_status="reserved"\} 1' 15)
+wait_ready "$port" 60 && pass "readiness stays 200" || fail "readiness" "$(curl -s "http://127.0.0.1:$port/probes/readiness")"
+body=$(wait_match "http://127.0.0.1:$port/metrics" 'ferry_replication_slot_info\{slot="restart32_1",wal_status="reserved"\} 1' 60)
 [ $? -eq 0 ] && pass "/metrics reports the slot and its wal_status" || fail "slot status in metrics" "$(echo "$body" | grep slot)"
 expect_match "/metrics reports the WAL the slot retains" 'ferry_replication_slot_retained_bytes [0-9]+' "$body"
 psql -q "$db" -c "INSERT INTO events VALUES (5000, 'after')"
-converged "$T_TMP/ferry.yaml" 20 && pass "changes after the restarts still stream" || fail "streams after" "$(head -3 "$T_TMP/converge.diff")"
+converged "$T_TMP/ferry.yaml" 60 && pass "changes after the restarts still stream" || fail "streams after" "$(head -3 "$T_TMP/converge.diff")"
 stop_pid "$FERRY_PID" 10
 expect_eq "ferry stops cleanly" 0 "$STOP_RC"

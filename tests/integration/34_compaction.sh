@@ -34,7 +34,7 @@ admin:
 YAML
 sed -i 's/^replication:$/replication:\n  compact_interval: 0/' "$T_TMP/ferry.yaml"
 start_ferry "$T_TMP/ferry.yaml" || exit 1
-wait_ready "$port" 30 || fail "ready" "$(curl -s "http://127.0.0.1:$port/probes/readiness")"
+wait_ready "$port" 60 || fail "ready" "$(curl -s "http://127.0.0.1:$port/probes/readiness")"
 psql -q "$db" <<'SQL'
 UPDATE items SET v = v || '+' WHERE id <= 2000;
 UPDATE items SET v = v || '+' WHERE id <= 1000;
@@ -43,7 +43,7 @@ DELETE FROM items WHERE id % 11 = 0;
 DELETE FROM items WHERE grp = 5;
 INSERT INTO items SELECT i, i % 10, 'late' || i FROM generate_series(5001, 5100) i WHERE i % 10 <> 5;
 SQL
-converged "$T_TMP/ferry.yaml" 30 && pass "storage equals the oracle before compaction" || fail "oracle before" "$(head -3 "$T_TMP/converge.diff")"
+converged "$T_TMP/ferry.yaml" 60 && pass "storage equals the oracle before compaction" || fail "oracle before" "$(head -3 "$T_TMP/converge.diff")"
 cp "$T_TMP/dump.txt" "$T_TMP/rows.before"
 sums() { "$FERRY_BIN" debug dump --config "$T_TMP/ferry.yaml" --checksums | sed -E 's/,"count".*//'; }
 sums >"$T_TMP/sums.before"
@@ -60,7 +60,7 @@ cmp -s "$T_TMP/sums.before" "$T_TMP/sums.after" && pass "every bucket checksum i
 checksums_ok "$T_TMP/ferry.yaml" && pass "stored totals equal the sum of the compacted ops" || fail "totals after compaction" mismatch
 "$FERRY_BIN" debug dump --config "$T_TMP/ferry.yaml" >"$T_TMP/rows.after"
 cmp -s "$T_TMP/rows.before" "$T_TMP/rows.after" && pass "the state replayed from compacted ops equals the state before" || fail "replayed state" "$(diff "$T_TMP/rows.before" "$T_TMP/rows.after" | head -4)"
-converged "$T_TMP/ferry.yaml" 10 && pass "and equals the oracle" || fail "oracle after" "$(head -3 "$T_TMP/converge.diff")"
+converged "$T_TMP/ferry.yaml" 60 && pass "and equals the oracle" || fail "oracle after" "$(head -3 "$T_TMP/converge.diff")"
 all_ops >"$T_TMP/ops.jsonl"
 move=$(jq -c '.op | select(.op == "MOVE")' "$T_TMP/ops.jsonl" | head -1)
 expect_match "MOVE lines carry op id, op and checksum only" '^\{"op_id":"[0-9]+","op":"MOVE","checksum":[0-9]+\}$' "$move"
@@ -72,11 +72,11 @@ order=$(jq -s 'group_by(.bucket) | map(.[1:] | map(select(.op.op == "CLEAR")) | 
 expect_eq "a CLEAR is always the first op of its bucket" 0 "$order"
 
 psql -q "$db" -c "UPDATE items SET v = 'after' WHERE id <= 100; DELETE FROM items WHERE id BETWEEN 200 AND 300"
-converged "$T_TMP/ferry.yaml" 20 && pass "changes after compaction still converge" || fail "after compaction" "$(head -3 "$T_TMP/converge.diff")"
+converged "$T_TMP/ferry.yaml" 60 && pass "changes after compaction still converge" || fail "after compaction" "$(head -3 "$T_TMP/converge.diff")"
 out=$("$FERRY_BIN" compact --config "$T_TMP/ferry.yaml" 2>&1)
 expect_match "a second compaction works on the new ops" '"moved":[1-9]' "$out"
 checksums_ok "$T_TMP/ferry.yaml" && pass "totals still equal the ops after the second compaction" || fail "totals after second" mismatch
-converged "$T_TMP/ferry.yaml" 10 && pass "still equal to the oracle" || fail "oracle after second" "$(head -3 "$T_TMP/converge.diff")"
+converged "$T_TMP/ferry.yaml" 60 && pass "still equal to the oracle" || fail "oracle after second" "$(head -3 "$T_TMP/converge.diff")"
 
 # the admin API
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$port/api/admin/compact")

@@ -20,13 +20,13 @@ YAML
 port=$(free_port)
 replication_config "$T_TMP/ferry.yaml" "$port" "$a"
 start_ferry "$T_TMP/ferry.yaml" || exit 1
-wait_ready "$port" 30 && pass "ready on database A" || fail "ready on A" "not ready"
+wait_ready "$port" 60 && pass "ready on database A" || fail "ready on A" "not ready"
 stop_pid "$FERRY_PID"
 
 # the same storage file, now pointed at database B
 sed -i "s|$a|$b|" "$T_TMP/ferry.yaml"
 start_ferry "$T_TMP/ferry.yaml" || exit 1
-body=$(wait_match "http://127.0.0.1:$port/probes/readiness" 'built from another database' 15) &&
+body=$(wait_match "http://127.0.0.1:$port/probes/readiness" 'built from another database' 60) &&
   pass "readiness says the storage belongs to another database" || fail "readiness names the mismatch" "$body"
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$port/sync/stream" \
   -H "Authorization: Token $("$FERRY_BIN" token --config "$T_TMP/ferry.yaml" --sub u1)" -d '{}')

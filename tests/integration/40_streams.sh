@@ -40,17 +40,14 @@ limits:
   max_buckets_per_connection: 6
 YAML
 start_ferry "$T_TMP/ferry.yaml" || exit 1
-wait_ready "$port" 30 || { fail "ready" "not ready"; exit 1; }
+wait_ready "$port" 60 || { fail "ready" "not ready"; exit 1; }
 base=http://127.0.0.1:$port
 tok() { "$FERRY_BIN" token --config "$T_TMP/ferry.yaml" --sub "$1" "${@:2}"; }
 T1=$(tok u1)
 
-# one full sync, read until checkpoint_complete
-stream() { # stream BODY TOKEN SECONDS > file
-  timeout "${3:-3}" curl -sN -X POST "$base/sync/stream" -H "Authorization: Token $2" \
-    -H 'content-type: application/json' -d "$1"
-}
-stream '{"buckets":[],"client_id":"c1","parameters":{"x":"u2"}}' "$T1" 2 >"$T_TMP/s1.ndjson"
+# one full sync, read until checkpoint_complete (or 60 s: the machine may be loaded)
+stream() { stream_once "$base" "$2" "$1"; } # stream BODY TOKEN > file
+stream '{"buckets":[],"client_id":"c1","parameters":{"x":"u2"}}' "$T1" >"$T_TMP/s1.ndjson"
 python3 - "$T_TMP/s1.ndjson" >"$T_TMP/check1.txt" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -95,8 +92,8 @@ expect_match "one partial_checkpoint_complete, after the priority-0 level (not a
 # resume: send positions at the checkpoint; only newer ops come back
 cp=$(head -1 "$T_TMP/s1.ndjson" | python3 -c 'import json,sys; print(json.load(sys.stdin)["checkpoint"]["last_op_id"])')
 psql -q "$db" -c "UPDATE items SET body = 'changed', prio = 1 WHERE id = 'i3'"
-sleep 0.5
-stream "{\"buckets\":[{\"name\":\"1#everything[]\",\"after\":\"$cp\"},{\"name\":\"1#mine[\\\"u1\\\"]\",\"after\":\"$cp\"}],\"client_id\":\"c1\"}" "$T1" 2 >"$T_TMP/s2.ndjson"
+converged "$T_TMP/ferry.yaml" 60 || fail "the update is replicated before the resume" "$(head -3 "$T_TMP/converge.diff")"
+stream "{\"buckets\":[{\"name\":\"1#everything[]\",\"after\":\"$cp\"},{\"name\":\"1#mine[\\\"u1\\\"]\",\"after\":\"$cp\"}],\"client_id\":\"c1\"}" "$T1" >"$T_TMP/s2.ndjson"
 n=$(grep -c '"op_id"' "$T_TMP/s2.ndjson")
 ops=$(python3 -c 'import json,sys
 n=0
@@ -113,14 +110,25 @@ expect_eq "a priority-0 bucket comes first, followed by partial_checkpoint_compl
   'checkpoint data:1#urgent[] partial_checkpoint_complete ' "$kinds"
 
 # live: a change arrives as checkpoint_diff + data + complete on an open stream
-stream '{"buckets":[],"client_id":"c2"}' "$T1" 4 >"$T_TMP/s3.ndjson" &
+# the stream is open (its first checkpoint complete) before the change, so the change comes as a
+# diff; each step waits for what it needs to see, up to 60 s, whatever the machine's speed
+timeout 90 curl -sN -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d '{"buckets":[],"client_id":"c2"}' >"$T_TMP/s3.ndjson" &
 spid=$!
-sleep 1
+seen() { # seen REGEX: wait until the live stream's file has a line matching REGEX
+  local i
+  for ((i = 0; i < 600; i++)); do grep -Eq "$1" "$T_TMP/s3.ndjson" && return 0; sleep 0.1; done
+  return 1
+}
+seen checkpoint_complete || fail "the live stream starts" "$(head -c 300 "$T_TMP/s3.ndjson")"
 psql -q "$db" -c "UPDATE items SET body = 'live' WHERE id = 'i4'"
-sleep 0.3
+seen '"object_id":"i4".*live' || fail "the live change arrives" "$(tail -c 300 "$T_TMP/s3.ndjson")"
 wcp=$(curl -s "$base/write-checkpoint2.json?client_id=c2" -H "Authorization: Token $T1")
 expect_match "GET /write-checkpoint2.json answers a counter as a string" '^\{"data":\{"write_checkpoint":"[0-9]+"\}\}$' "$wcp"
-wait $spid
+seen '"write_checkpoint":"[0-9]+","updated_buckets":\[\],"removed_buckets":\[\]' ||
+  fail "the write checkpoint arrives on the stream" "$(tail -c 300 "$T_TMP/s3.ndjson")"
+seen 'checkpoint_complete.*$' && sleep 0.2
+kill "$spid" 2>/dev/null
+wait $spid 2>/dev/null
 live=$(sed -n '2,$p' "$T_TMP/s3.ndjson" | grep -v '"data":{"bucket"' | grep -v token_expires | tr '\n' ' ')
 expect_match "a live change comes as checkpoint_diff with updated and removed buckets" \
   '\{"checkpoint_diff":\{"last_op_id":"[0-9]+","updated_buckets":\[\{"bucket":"1#everything\[\]".*"removed_buckets":\[\]\}\}' "$live"
@@ -137,28 +145,32 @@ out=$(curl -s -w ' %{http_code}' -X POST "$base/sync/stream" -H "Authorization: 
 expect_match "malformed JSON is 400 with a message" '^\{"error":\{"code":"bad_request","description":"the request body is not a JSON object.*\}\} 400$' "$out"
 out=$(curl -s -w ' %{http_code}' -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d '{"buckets": 5}')
 expect_match "a wrong field type is 400" '"bad_request".* 400$' "$out"
-out=$(curl -s -w ' %{http_code}' -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d '{"parameters":{"x":"u0"},"unknown_field":[1]}' --max-time 1)
+out=$(stream '{"parameters":{"x":"u0"},"unknown_field":[1]}' "$T1")
 expect_match "unknown fields are ignored" '^\{"checkpoint"' "$out"
 
 # the bucket limit (6): parameters that produce too many buckets get a clear 400
-out=$(curl -s -w ' %{http_code}' -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d '{"parameters":{"x":"u2","xs":["a","b"]}}' --max-time 1)
+out=$(stream '{"parameters":{"x":"u2","xs":["a","b"]}}' "$T1")
 expect_match "within the limit the stream starts" '^\{"checkpoint"' "$out"
-out=$(curl -s -w ' %{http_code}' -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d '{"parameters":{"x":"u2","xs":["a","b","c","d","e"]}}' --max-time 1)
+out=$(curl -s -w ' %{http_code}' -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d '{"parameters":{"x":"u2","xs":["a","b","c","d","e"]}}' --max-time 30)
 expect_eq "over the limit: 400 naming each definition and its bucket count" \
   '{"error":{"code":"too_many_buckets","description":"too many buckets for one connection: more than 6 (\"urgent\": 1, \"everything\": 1, \"mine\": 1, \"by_param\": 1, \"many\": 5); raise limits.max_buckets_per_connection or narrow the rules"}} 400' "$out"
 expect_match "the log says the same" 'msg="rejected a stream" user="u1" error="too many buckets for one connection: more than 6' "$(cat "$FERRY_LOG")"
 
 # clients that hung up are noticed within seconds, not at the next 20-second keepalive
-body=$(wait_match "$base/metrics" 'ferry_streams_open 0' 6) &&
+body=$(wait_match "$base/metrics" 'ferry_streams_open 0' 12) &&
   pass "streams of clients that hung up are released within seconds" || fail "hung-up streams released" "$(echo "$body" | grep streams_open)"
 
 # the connection limit (8): open idle streams, then one more gets 503 with Retry-After
 pids=()
 for i in 1 2 3 4 5 6 7 8; do
-  timeout 5 curl -sN -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d '{}' >/dev/null &
+  timeout 90 curl -sN -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d '{}' >/dev/null &
   pids+=($!)
 done
-sleep 1
+# once all eight are open (however long that takes here), the next one is refused
+for ((i = 0; i < 600; i++)); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/probes/liveness")" = 503 ] && break
+  sleep 0.1
+done
 out=$(curl -s -i -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d '{}' --max-time 2 | tr -d '\r')
 expect_match "over limits.max_connections a client gets 503 with Retry-After" '503 Service Unavailable.*Retry-After: [0-9]+' "$(echo $out)"
 metrics=$(curl -s "$base/metrics" 2>/dev/null)

@@ -194,7 +194,7 @@ YAML
 port2=$(free_port)
 SLOT_PREFIX=bad50 replication_config "$T_TMP/bad/ferry.yaml" "$port2" "$W_DB"
 start_ferry "$T_TMP/bad/ferry.yaml" || exit 1
-ready=$(wait_match "http://127.0.0.1:$port2/probes/readiness" 'no_such_function' 15)
+ready=$(wait_match "http://127.0.0.1:$port2/probes/readiness" 'no_such_function' 60)
 expect_match "readiness names the rejected rule with file:line:col" \
   '"write rules":\{"ready":false,"reason":"[^"]*sync-rules.yaml:9:13: \\"check\\" of table \\"logs\\" rejected by postgres: function no_such_function' "$ready"
 expect_eq "readiness stays 503" "503" "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port2/probes/readiness")"

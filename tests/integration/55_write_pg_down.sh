@@ -61,7 +61,7 @@ expect_eq "nothing applied" "0" "$(sql "SELECT count(*) FROM items")"
 # during a batch: the third op sleeps in a trigger while Postgres is stopped
 write_post "$t" "$batch" >"$T_TMP/during" &
 post=$!
-for ((i = 0; i < 100; i++)); do
+for ((i = 0; i < 600; i++)); do
   [ "$(sql "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'" 2>/dev/null)" = 1 ] && break
   sleep 0.05
 done
@@ -90,7 +90,7 @@ expect_eq "each row once" "i1|one;i2|two;i3|three;i4|four" "$(sql "SELECT string
 sql "INSERT INTO slow VALUES (2, 'i9')" >/dev/null
 b9='{"client_id":"d1","batch":[{"op_id":9,"op":"PUT","type":"items","id":"i9","data":{"label":"nine"}}]}'
 curl -s -o /dev/null --max-time 1 -X POST -H "Authorization: Bearer $t" --data-binary "$b9" "$W_URL/api/write" || true
-for ((i = 0; i < 100; i++)); do grep -q 'client="d1" status=200 ops=1 applied=1' "$FERRY_LOG" && break; sleep 0.1; done
+for ((i = 0; i < 600; i++)); do grep -q 'client="d1" status=200 ops=1 applied=1' "$FERRY_LOG" && break; sleep 0.1; done
 expect_eq "ferry still alive" "200" "$(curl -s -o /dev/null -w '%{http_code}' "$W_URL/probes/liveness")"
 expect_eq "its batch committed" "nine" "$(sql "SELECT label FROM items WHERE id = 'i9'")"
 r=$(write_post "$t" "$b9")
@@ -116,5 +116,5 @@ applied_ids=$(sql "SELECT string_agg(id, ' ' ORDER BY id) FROM items WHERE id LI
 expect_eq "exactly the 200 batches are in Postgres" "$(grep '^200 ' "$T_TMP/sat.txt" | awk '{print $2}' | sort | tr '\n' ' ' | sed 's/ $//')" "$applied_ids"
 metrics=$(curl -s "$W_URL/metrics")
 expect_match "503s counted" 'ferry_write_batches_total\{status="503"\} [2-9]' "$metrics"
-wait_ready "$W_PORT" 30 && pass "ferry is ready again after the restart" || fail "ready again" "$(curl -s "$W_URL/probes/readiness")"
+wait_ready "$W_PORT" 60 && pass "ferry is ready again after the restart" || fail "ready again" "$(curl -s "$W_URL/probes/readiness")"
 write_finish

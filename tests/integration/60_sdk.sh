@@ -66,7 +66,7 @@ expect_eq "queue of a1 holds its two writes" "PUT PATCH" "$(sqlite3 "$T_TMP/a1.d
 
 # 3. back online: everyone syncs (twice, so each sees the others' uploads)
 start_ferry "$W_CFG" || exit 1
-wait_ready "$W_PORT" 30 || { fail "ferry ready again" "not ready"; exit 1; }
+wait_ready "$W_PORT" 60 || { fail "ferry ready again" "not ready"; exit 1; }
 for round in 1 2; do
   for c in a1 a2 b1; do todo $c sync --wait >"$T_TMP/$c.sync" 2>&1 || fail "sync of $c (round $round)" "$(cat "$T_TMP/$c.sync")"; done
 done

@@ -42,7 +42,7 @@ cp "$D/sync-rules.example.yaml" "$T_TMP/srv/sync-rules.yaml"
 ferry_uri=$(sed -E 's#^(postgres(ql)?://)[^@/]*@#\1ferry:demo-password@#' <<<"$db")
 SLOT_PREFIX=t71 replication_config "$T_TMP/srv/ferry.yaml" "$port" "$ferry_uri"
 start_ferry "$T_TMP/srv/ferry.yaml" || exit 1
-if wait_ready "$port" 30; then pass "ferry, as the role setup.sql made, becomes ready with the example rules"; else
+if wait_ready "$port" 60; then pass "ferry, as the role setup.sql made, becomes ready with the example rules"; else
   fail "ferry becomes ready as the ferry role" "$(curl -s "http://127.0.0.1:$port/probes/readiness")"
   tail -15 "$FERRY_LOG" | sed 's/^/    /'
 fi

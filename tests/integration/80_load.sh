@@ -37,7 +37,7 @@ YAML
 port=$(free_port)
 replication_config "$T_TMP/ferry.yaml" "$port" "$db"
 start_ferry "$T_TMP/ferry.yaml" || exit 1
-wait_ready "$port" 30 || { fail "ready" "not ready"; exit 1; }
+wait_ready "$port" 60 || { fail "ready" "not ready"; exit 1; }
 url=http://127.0.0.1:$port
 secret=test-secret-test-secret-test-secret
 common=(--url "$url" --secret "$secret" --kid test --aud ferry --timeout 30 --quiet)

@@ -14,7 +14,7 @@ expect_eq "the generated rules compile" "0" "$?"
 port=$(free_port)
 replication_config "$T_TMP/ferry.yaml" "$port" "$db"
 start_ferry "$T_TMP/ferry.yaml" || exit 1
-wait_ready "$port" 30 && pass "ferry replicates the generated set" || fail "ready" "not ready"
-converged "$T_TMP/ferry.yaml" 30 && pass "storage equals the rules over the generated set" || fail "converged" "$(head -3 "$T_TMP/converge.diff")"
+wait_ready "$port" 60 && pass "ferry replicates the generated set" || fail "ready" "not ready"
+converged "$T_TMP/ferry.yaml" 60 && pass "storage equals the rules over the generated set" || fail "converged" "$(head -3 "$T_TMP/converge.diff")"
 "$T_ROOT/tests/load/gen_data.sh" --pg "$db" --rows 0 >/dev/null 2>&1
 expect_eq "bad counts are refused with exit 2" "2" "$?"

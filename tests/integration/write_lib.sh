@@ -21,7 +21,7 @@ write_setup() {
   SLOT_PREFIX=${SLOT_PREFIX:-w$RANDOM} replication_config "$W_CFG" "$W_PORT" "$W_DB"
   W_URL=http://127.0.0.1:$W_PORT
   start_ferry "$W_CFG" || exit 1
-  if ! wait_ready "$W_PORT" 30; then
+  if ! wait_ready "$W_PORT" 60; then
     fail "ferry becomes ready" "$(curl -s "$W_URL/probes/readiness")"
     sed 's/^/    /' "$FERRY_LOG" | tail -20
     exit 1

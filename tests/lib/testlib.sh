@@ -2,7 +2,8 @@
 #
 # Each test script records one result line per check in $T_RESULTS ("pass NAME" / "fail NAME"),
 # which tests/integration/run.sh counts. Processes started with start_ferry are stopped by PID
-# when the script exits, whatever the outcome; temporary files live under $T_TMP, removed too.
+# when the script exits, whatever the outcome; temporary files live under $T_TMP, removed too
+# (unless T_KEEP is set). T_NAME (default: the script's name) names the results and T_TMP.
 #
 #   pass NAME | fail NAME WHY      record a result
 #   expect_eq NAME WANT GOT        pass when equal, else fail showing both
@@ -12,6 +13,8 @@
 #                                  FERRY_LOG; waits until /probes/liveness answers
 #   stop_pid PID [SECONDS]         SIGTERM, then SIGKILL after SECONDS (default 5); sets STOP_RC
 #   new_db NAME                    create database NAME in the run's Postgres; prints its URI
+#   stream_once URL TOKEN BODY     POST BODY to URL/sync/stream; print the lines up to the first
+#                                  checkpoint_complete (at most 60 s: the machine may be loaded)
 #   t_in_ns CMD...                 run CMD where ferry runs: in network namespace $FERRY_NETNS
 #                                  when set (tests/lib/netns.sh), else here; start_ferry and the
 #                                  helpers below that talk to ferry or its Postgres use it
@@ -28,10 +31,11 @@
 T_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 FERRY_BIN=${FERRY_BIN:-$T_ROOT/build/ferry}
 T_RESULTS=${T_RESULTS:-/dev/null}
-T_NAME=$(basename "$0" .sh)
+T_NAME=${T_NAME:-$(basename "$0" .sh)}
 FERRY_TEST_STORAGE=${FERRY_TEST_STORAGE:-sqlite}
 [ "$FERRY_TEST_STORAGE" = sqlite ] || T_NAME="$T_NAME@$FERRY_TEST_STORAGE"
-T_TMP=$(mktemp -d "/tmp/ferry-test-$T_NAME.XXXXXX")
+# T_TMPDIR: where the test's folder goes (default /tmp; make chaos keeps them under build/chaos/)
+T_TMP=$(mktemp -d "${T_TMPDIR:-/tmp}/ferry-test-$T_NAME.XXXXXX")
 T_PIDS=()
 T_DROP_DBS=()
 
@@ -164,9 +168,9 @@ YAML
 
 # converged CONFIG [SECONDS]: wait until `ferry debug dump` equals `ferry debug oracle` (storage
 # holds exactly what the rules select from Postgres now); 0 when it does, 1 after SECONDS
-# (default 20) with the difference in $T_TMP/converge.diff
+# (default 60: the machine may be loaded) with the difference in $T_TMP/converge.diff
 converged() {
-  local cfg=$1 secs=${2:-20} i
+  local cfg=$1 secs=${2:-60} i
   for ((i = 0; i < secs * 5; i++)); do
     t_in_ns "$FERRY_BIN" debug dump --config "$cfg" >"$T_TMP/dump.txt" 2>"$T_TMP/dump.err"
     t_in_ns "$FERRY_BIN" debug oracle --config "$cfg" >"$T_TMP/oracle.txt" 2>"$T_TMP/oracle.err"
@@ -228,10 +232,10 @@ auth:
 YAML
 }
 
-# wait_ready PORT [SECONDS]: wait until /probes/readiness answers 200
+# wait_ready PORT [SECONDS]: wait until /probes/readiness answers 200 (default 60 s)
 wait_ready() {
   local i
-  for ((i = 0; i < ${2:-20} * 20; i++)); do
+  for ((i = 0; i < ${2:-60} * 20; i++)); do
     [ "$(t_in_ns curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/probes/readiness")" = 200 ] && return 0
     sleep 0.05
   done
@@ -248,4 +252,26 @@ wait_match() {
   done
   echo "$body"
   return 1
+}
+
+stream_once() {
+  t_in_ns python3 - "$1" "$2" "$3" <<'PY'
+import http.client, sys, time, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+c.request("POST", "/sync/stream", body=sys.argv[3],
+          headers={"Authorization": "Token " + sys.argv[2], "content-type": "application/json"})
+r = c.getresponse()
+if r.status != 200:
+    sys.stdout.write(r.read().decode(errors="replace") + " %d\n" % r.status)
+    sys.exit(0)
+t0 = time.monotonic()
+while time.monotonic() - t0 < 60:
+    line = r.readline()
+    if not line:
+        break
+    sys.stdout.write(line.decode(errors="replace"))
+    if b'"checkpoint_complete"' in line:
+        break
+PY
 }

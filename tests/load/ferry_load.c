@@ -15,6 +15,7 @@
  *   C_CONNECT --connected, request written (conn_writable)--> C_READ
  *   C_READ --first checkpoint_complete (on_complete)--> C_READ (established; `initial` closes)
  *   any --error, EOF, non-200 (conn_fail / conn_close)--> C_DONE
+ *   C_READ --503 with --retry-503 MS (conn_refused)--> C_RETRY --MS later--> C_CONNECT
  *
  * and reads through load_proto.c (HTTP, chunked encoding, NDJSON, checksums), so a stream costs
  * its conn_t and the reader's small tables; the read buffer is one per worker.
@@ -76,6 +77,7 @@ typedef struct opts {
     const char *url, *token, *secret, *kid, *aud, *iss, *user_prefix, *params;
     const char *json, *plot, *save, *cat, *pg, *table, *stamp_col, *owner_col;
     long clients, procs, users, ramp, ttl, cycles, writers, batch, rounds;
+    long retry_503; /* ms before a stream refused with 503 connects again; 0: a failure */
     double timeout, seconds, rate, hold, drain, write_rate;
     long ferry_pid;
     int allow_remote, quiet;
@@ -111,6 +113,7 @@ static opts_t O = {
 typedef struct pstat {
     load_stats_t st;
     uint64_t started, established, failed, connect_errors, http_errors, server_closed;
+    uint64_t refused; /* 503s retried (--retry-503) */
     uint64_t deliveries, last_complete_us, exited;
     int last_status;
     char last_error[120];
@@ -166,12 +169,13 @@ static long rss_kb(long pid)
 
 /* ---- one worker ---- */
 
-enum { C_IDLE, C_CONNECT, C_READ, C_DONE };
+enum { C_IDLE, C_CONNECT, C_READ, C_DONE, C_RETRY };
 
 typedef struct conn {
     int fd, state, established;
     uint32_t idx; /* client index over all workers */
     uint64_t t_start;
+    uint64_t retry_at; /* C_RETRY: connect again at this mono_us() */
     load_proto_t p;
 } conn_t;
 
@@ -356,6 +360,14 @@ static void conn_readable(worker_t *w, conn_t *c)
             return;
         }
         if (rc < 0) {
+            if (c->p.status == 503 && O.retry_503 > 0 && !c->established) {
+                /* refused (limits.max_connections): connect again later, as an SDK does */
+                w->ps->refused++;
+                conn_close(w, c);
+                c->state = C_RETRY;
+                c->retry_at = mono_us() + (uint64_t)O.retry_503 * 1000;
+                return;
+            }
             if (c->p.status != 0 && c->p.status != 200) {
                 w->ps->http_errors++;
                 w->ps->last_status = c->p.status;
@@ -405,6 +417,12 @@ static void worker_run(int id, long first, long n)
         }
         while (w.next < w.n && w.inflight < O.ramp)
             conn_start(&w, &w.conns[w.next++]);
+        if (O.retry_503 > 0) { /* refused streams whose time has come connect again */
+            uint64_t now = mono_us();
+            for (long i = 0; i < w.next && w.inflight < O.ramp; i++)
+                if (w.conns[i].state == C_RETRY && w.conns[i].retry_at <= now)
+                    conn_start(&w, &w.conns[i]);
+        }
         int k = epoll_wait(w.ep, evs, 256, 20);
         for (int i = 0; i < k; i++) {
             conn_t *c = evs[i].data.ptr;
@@ -464,7 +482,7 @@ static pid_t cat_server(const char *file, int *port)
 
 typedef struct totals {
     load_stats_t st;
-    uint64_t started, established, failed, connect_errors, http_errors, server_closed;
+    uint64_t started, established, failed, connect_errors, http_errors, server_closed, refused;
     uint64_t deliveries, last_complete_us;
     int last_status;
     const char *last_error;
@@ -485,6 +503,7 @@ static void sum_up(totals_t *t)
         t->connect_errors += p->connect_errors;
         t->http_errors += p->http_errors;
         t->server_closed += p->server_closed;
+        t->refused += p->refused;
         t->deliveries += p->deliveries;
         if (p->last_complete_us > t->last_complete_us) t->last_complete_us = p->last_complete_us;
         if (p->last_status) t->last_status = p->last_status;
@@ -1001,7 +1020,8 @@ static void usage(void)
         "         --owner-column C (default owner) --stamp-column C (default ts) --drain S\n"
         "idle:    --hold S (seconds to hold the streams after they are up)\n"
         "churn:   --cycles K (default 3): all clients sync, close, and reconnect at once, K times\n"
-        "         (--ramp bounds the storm per process)\n"
+        "         (--ramp bounds the storm per process; --retry-503 MS connects a refused\n"
+        "         stream again MS later, as SDKs do, instead of counting it failed)\n"
         "write:   --writers W (processes, default 2) --batch B (ops per POST, default 100)\n"
         "         --seconds S (writers' time) --rounds K (write-to-own-checkpoint rounds, default\n"
         "         20) --table T --owner-column C --stamp-column C (rows written, as in fanout)\n"
@@ -1071,6 +1091,7 @@ static void parse_args(int argc, char **argv)
         L("--ttl", ttl);
         L("--ferry-pid", ferry_pid);
         L("--cycles", cycles);
+        L("--retry-503", retry_503);
         L("--writers", writers);
         L("--batch", batch);
         L("--rounds", rounds);
@@ -1385,6 +1406,9 @@ int main(int argc, char **argv)
            (unsigned long long)t.connect_errors, (unsigned long long)t.http_errors, status,
            (unsigned long long)t.server_closed);
     if (t.last_error[0] && t.failed) printf("  %-34s %s\n", "last error", t.last_error);
+    if (O.retry_503 > 0)
+        printf("  %-34s %llu (each connected again %ld ms later)\n", "refused with 503",
+               (unsigned long long)t.refused, O.retry_503);
     printf("  %-34s %llu ok, %llu failed\n", "bucket checksums at complete",
            (unsigned long long)t.st.checksum_ok, (unsigned long long)t.st.checksum_fail);
     printf("  %-34s %llu ops in %llu data lines, %llu lines, %.1f MB, %llu protocol errors\n",
@@ -1461,10 +1485,11 @@ int main(int argc, char **argv)
         fprintf(
             f,
             "  \"streams\": {\"established\": %llu, \"failed\": %llu, \"connect_errors\": %llu, "
-            "\"http_errors\": %llu, \"last_status\": %d, \"closed_by_server\": %llu},\n",
+            "\"http_errors\": %llu, \"last_status\": %d, \"closed_by_server\": %llu, "
+            "\"refused_retried\": %llu},\n",
             (unsigned long long)t.established, (unsigned long long)t.failed,
             (unsigned long long)t.connect_errors, (unsigned long long)t.http_errors, t.last_status,
-            (unsigned long long)t.server_closed);
+            (unsigned long long)t.server_closed, (unsigned long long)t.refused);
         fprintf(f,
                 "  \"received\": {\"ops\": %llu, \"bytes\": %llu, \"lines\": %llu, \"data_lines\": "
                 "%llu, \"checkpoints\": %llu, \"diffs\": %llu, \"keepalives\": %llu, "

@@ -4,11 +4,13 @@
 #include "base/gw_err.h"
 #include "base/gw_log.h"
 #include "base/gw_map.h"
+#include "base/gw_metrics.h"
 
 #include <check.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -186,6 +188,36 @@ START_TEST(test_base_map_keyed_hash_spreads_fnv_collisions)
 }
 END_TEST
 
+/* A live readiness check is asked at every render: not ready with its reason, then ready. */
+static int live_state = 0;
+static int live_check(void *ud, char *reason, size_t len)
+{
+    (void)ud;
+    if (live_state) return 1;
+    snprintf(reason, len, "the source has sent nothing for %d s", 31);
+    return 0;
+}
+
+START_TEST(test_base_ready_live_check)
+{
+    int fixed = gw_ready_register("fixed", "starting");
+    gw_ready_set(fixed, 1, NULL);
+    gw_ready_register_fn("source", live_check, NULL);
+    gw_buf_t b = GW_BUF_INIT;
+    live_state = 0;
+    ck_assert_int_eq(gw_ready_render(&b), 0);
+    ck_assert_ptr_nonnull(strstr(b.data,
+                                 "\"source\":{\"ready\":false,\"reason\":\"the source has sent "
+                                 "nothing for 31 s\"}"));
+    ck_assert_ptr_nonnull(strstr(b.data, "\"fixed\":{\"ready\":true}"));
+    gw_buf_reset(&b);
+    live_state = 1; /* nothing set it: the next render asks again */
+    ck_assert_int_eq(gw_ready_render(&b), 1);
+    ck_assert_ptr_nonnull(strstr(b.data, "\"source\":{\"ready\":true}"));
+    gw_buf_free(&b);
+}
+END_TEST
+
 static Suite *base_suite(void)
 {
     Suite *s = suite_create("base");
@@ -198,6 +230,7 @@ static Suite *base_suite(void)
     tcase_add_test(tc, test_base_log_limit_one_line_per_interval);
     tcase_add_test(tc, test_base_siphash_reference_vectors);
     tcase_add_test(tc, test_base_map_keyed_hash_spreads_fnv_collisions);
+    tcase_add_test(tc, test_base_ready_live_check);
     suite_add_tcase(s, tc);
     return s;
 }
