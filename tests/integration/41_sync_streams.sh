@@ -115,7 +115,7 @@ ids=$(python3 -c 'import json; print(json.dumps({"ids": ["t%d" % i for i in rang
 out=$(curl -s -w ' %{http_code}' -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d "{\"streams\":{\"subscriptions\":[{\"stream\":\"by_ids\",\"parameters\":$ids}]}}")
 expect_eq "the bucket limit counts across streams and names each with its count" \
   '{"error":{"code":"too_many_buckets","description":"too many buckets for one connection: more than 8 (\"my_lists\": 1, \"shared_todos\": 1, \"by_ids\": 8); raise limits.max_buckets_per_connection or narrow the rules"}} 400' "$out"
-expect_match "the log line names them too" 'rejected a stream.*"by_ids": 8' "$(cat "$FERRY_LOG")"
+expect_match "the log line names them too" 'rejected a stream.*by_ids.{0,2}: 8' "$(cat "$FERRY_LOG")"
 
 # a JOIN stream follows a membership change live, in a checkpoint_diff with subscriptions
 stream '{"buckets":[],"client_id":"c2"}' 4 >"$T_TMP/c.ndjson" &
