@@ -237,11 +237,11 @@ typedef struct sdata {
     sproc_t p;
     sout_t *outs;
     int nouts;
-    const char *out_table; /* object type; NULL: the row's table name */
-    int alpha;             /* editions 1-2: "*" skips columns starting with "_", parameters are
-                              normalized (integral numbers as integers) */
+    const char *out_table;    /* object type; NULL: the row's table name */
+    int alpha;                /* editions 1-2: "*" skips columns starting with "_", parameters are
+                                 normalized (integral numbers as integers) */
     unsigned char *part_null; /* alpha: part i may be NULL (`x IN (SELECT ..)`: bucket [null]) */
-    char *canon;           /* behaviour key: equal keys evaluate rows identically */
+    char *canon;              /* behaviour key: equal keys evaluate rows identically */
 } sdata_t;
 
 /** A parameter index: rows of one table -> lookup entries. */
@@ -363,7 +363,6 @@ typedef struct scompile {
 } scompile_t;
 
 typedef struct scte scte_t;
-
 
 /** Start compiling the streams of a file (edition 3); global CTEs come from `with:`. */
 sbuilder_t *sc_begin(scompile_t *c);

@@ -74,12 +74,12 @@ struct af {
     int k;
     af_t **v; /* AND/OR operands; NOT: v[0] */
     int n;
-    int cls;          /* AF_SIMPLE: C_* */
-    sexpr_t *e;       /* AF_SIMPLE: the condition; AF_MATCH/AF_IN: the row side */
-    sexpr_t *req;     /* AF_MATCH: the request side */
-    int expands;      /* AF_MATCH: req is a JSON array of values (`row IN <request>`) */
-    int row_expands;  /* AF_MATCH: e is a JSON array of values (`<request> IN row.col`) */
-    asub_t *sub;      /* AF_IN, AF_EXISTS */
+    int cls;         /* AF_SIMPLE: C_* */
+    sexpr_t *e;      /* AF_SIMPLE: the condition; AF_MATCH/AF_IN: the row side */
+    sexpr_t *req;    /* AF_MATCH: the request side */
+    int expands;     /* AF_MATCH: req is a JSON array of values (`row IN <request>`) */
+    int row_expands; /* AF_MATCH: e is a JSON array of values (`<request> IN row.col`) */
+    asub_t *sub;     /* AF_IN, AF_EXISTS */
     const ssrc_t *src;
     int off;
 };
@@ -255,8 +255,10 @@ static af_t *in_filter(actx_t *x, spq_t *q, const sx_t *n, int in_sub)
     sexpr_t *e = sa_bin(x->b, "=", l, r);
     e->k = E_FUNC;
     e->op = "ps_json_contains";
-    return af_simple(x, e, cl == C_ROW || cr == C_ROW ? C_ROW : cl == C_REQ || cr == C_REQ ? C_REQ
-                                                                                        : C_STATIC);
+    return af_simple(x, e,
+                     cl == C_ROW || cr == C_ROW   ? C_ROW
+                     : cl == C_REQ || cr == C_REQ ? C_REQ
+                                                  : C_STATIC);
 }
 
 static int combine_cls(int a, int b)
@@ -272,9 +274,9 @@ static af_t *to_filter(actx_t *x, spq_t *q, const sx_t *n, int in_sub)
         af_t *l = to_filter(x, q, n->a, in_sub), *r = to_filter(x, q, n->b, in_sub);
         int and = n->op[0] == 'A';
         if (l->k == AF_SIMPLE && r->k == AF_SIMPLE && combine_cls(l->cls, r->cls) >= 0)
-            return af_simple(x, sa_bin(x->b, and ? "and" : "or", l->e, r->e),
+            return af_simple(x, sa_bin(x->b, and? "and" : "or", l->e, r->e),
                              combine_cls(l->cls, r->cls));
-        af_t *f = af_pair(x, and ? AF_AND : AF_OR, l, r);
+        af_t *f = af_pair(x, and? AF_AND : AF_OR, l, r);
         f->off = n->off;
         return f;
     }
@@ -343,8 +345,8 @@ static af_t *negate(actx_t *x, af_t *f)
 }
 
 /* every choice of one term from each OR of ors (the reference's cartesianProduct) */
-static void product(actx_t *x, af_t **ors, int n, int i, avec_t *cur, const af_t *at,
-                    avec_t *atoms, avec_t *out)
+static void product(actx_t *x, af_t **ors, int n, int i, avec_t *cur, const af_t *at, avec_t *atoms,
+                    avec_t *out)
 {
     if (i == n) {
         avec_t and = {0};
@@ -445,7 +447,8 @@ static asub_t *compile_sub(actx_t *x, spq_t *outer, const sx_t *sel, int *ok)
     asub_t *sub = ra_alloc(x->a, sizeof *sub);
     spq_t *q = sa_query(x->b, x->s, s->src, &s->from[0], &sub->rs);
     if (!sub->rs) return NULL;
-    if (s->ncols != 1 || (s->cols[0].expr->k == SX_REF && strcmp(s->cols[0].expr->name, "*") == 0)) {
+    if (s->ncols != 1 ||
+        (s->cols[0].expr->k == SX_REF && strcmp(s->cols[0].expr->name, "*") == 0)) {
         s_diag(x->c, 0, s->src, s->off, "the subquery after \"IN\" must select exactly one column");
         return NULL;
     }
