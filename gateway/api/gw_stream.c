@@ -1180,8 +1180,8 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     gw_info("stream", "stream started",
             "conn=s%llu user=%s client=%s buckets=%zu subscriptions=%zu checkpoint=%llu",
             (unsigned long long)s->id, gw_log_qs(s->sub, user, sizeof(user)),
-            gw_log_qs(s->client_id ? s->client_id : "-", client, sizeof(client)), s->nb,
-            s->subs.n, (unsigned long long)s->cp_op);
+            gw_log_qs(s->client_id ? s->client_id : "-", client, sizeof(client)), s->nb, s->subs.n,
+            (unsigned long long)s->cp_op);
     user_register(s, (size_t)app->cfg->limits.max_streams_per_user);
 
     req->res.status = 200;

@@ -81,7 +81,7 @@ typedef struct gw_config {
     struct {
         long max_connections;
         long max_buckets_per_connection;
-        long max_streams_per_user; /* a new stream past it ends the user's oldest */
+        long max_streams_per_user;             /* a new stream past it ends the user's oldest */
         long max_subscriptions_per_connection; /* Sync Streams subscriptions of one request */
         long max_subscription_parameter_bytes; /* JSON text of one subscription's parameters */
     } limits;

@@ -321,7 +321,8 @@ void gw_repl_metrics(gw_buf_t *out, void *arg)
     uint64_t lsn = atomic_load(&r->m_lsn), end = atomic_load(&r->m_server_wal_end);
     gw_buf_puts(out,
                 "# HELP ferry_replication_phase Replicator phase (0 check, 1 slot, 2 snapshot, "
-                "3 streaming, 4 retrying, 5 standby, 6 rebuilding).\n# TYPE ferry_replication_phase gauge\n");
+                "3 streaming, 4 retrying, 5 standby, 6 rebuilding).\n# TYPE "
+                "ferry_replication_phase gauge\n");
     gw_buf_printf(out, "ferry_replication_phase %d\n", atomic_load(&r->m_phase));
     gw_buf_puts(out, "# TYPE ferry_snapshot_rows_total counter\n");
     gw_buf_printf(out, "ferry_snapshot_rows_total %llu\n",

@@ -1051,7 +1051,8 @@ int gw__pgs_row_copy(gw_storage_t *st, const gw_row_ref_t *ref, void **out, size
 }
 
 /* Clients come and go: write checkpoints not written for opts->wcp_retention seconds are
- * deleted, in the open transaction, at most once an hour (as in the SQLite backend). 0 or GW_EPG. */
+ * deleted, in the open transaction, at most once an hour (as in the SQLite backend). 0 or GW_EPG.
+ */
 static int wcp_prune(gw_pgs_t *s, int64_t now, gw_err_t *err)
 {
     long keep = s->base.opts != NULL ? s->base.opts->wcp_retention : 0;
