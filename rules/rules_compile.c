@@ -1728,7 +1728,7 @@ static void compile_streams(cc_t *c, yaml_node_t *m, yaml_node_t *with, int edit
     }
     splan_t *p = c->set->splan = rx_calloc(1, sizeof *p);
     scompile_t *sc = ra_alloc(&p->arena, sizeof *sc);
-    *sc = (scompile_t){c->set, c->d, p, edition, c->set->fixed_json_extract};
+    *sc = (scompile_t){c->set, c->d, p, edition, c->set->fixed_json_extract, NULL};
     sbuilder_t *b = edition >= 3 ? sc_begin(sc) : NULL;
     if (b && with) compile_ctes(c, b, with, 0);
     FOR_PAIRS(c, m, k, v)
@@ -1830,7 +1830,10 @@ static void compile_streams(cc_t *c, yaml_node_t *m, yaml_node_t *with, int edit
         }
         sc_stream_end(b);
     }
-    if (b) sc_end(b);
+    if (b)
+        sc_end(b);
+    else
+        sa_end(sc);
     /* the tables the streams read */
     for (int i = 0; i < p->ndata; i++)
         table_use(c->set, p->data[i]->p.schema, p->data[i]->p.table, RULES_USE_DATA);

@@ -237,9 +237,11 @@ typedef struct sdata {
     sproc_t p;
     sout_t *outs;
     int nouts;
-    const char *out_table; /* object type; NULL: the row's table name */
-    int alpha;             /* editions 1-2: "*" skips columns starting with "_" */
-    char *canon;           /* behaviour key: equal keys evaluate rows identically */
+    const char *out_table;    /* object type; NULL: the row's table name */
+    int alpha;                /* editions 1-2: "*" skips columns starting with "_", parameters are
+                                 normalized (integral numbers as integers) */
+    unsigned char *part_null; /* alpha: part i may be NULL (`x IN (SELECT ..)`: bucket [null]) */
+    char *canon;              /* behaviour key: equal keys evaluate rows identically */
 } sdata_t;
 
 /** A parameter index: rows of one table -> lookup entries. */
@@ -348,6 +350,8 @@ typedef struct splan {
 
 /* ---- compiling (rules_stream_compile.c, rules_stream_alpha.c) -------------------------- */
 
+typedef struct sbuilder sbuilder_t;
+
 /** Context the YAML walker hands the stream compilers. */
 typedef struct scompile {
     rules_set_t *set;
@@ -355,12 +359,10 @@ typedef struct scompile {
     splan_t *plan;
     int edition;
     int fixed_json_extract;
+    sbuilder_t *alpha; /* editions 1-2: the builder the alpha streams share (sa_builder) */
 } scompile_t;
 
 typedef struct scte scte_t;
-
-/** A compiled stream under construction (edition 3). */
-typedef struct sbuilder sbuilder_t;
 
 /** Start compiling the streams of a file (edition 3); global CTEs come from `with:`. */
 sbuilder_t *sc_begin(scompile_t *c);
@@ -376,9 +378,32 @@ void sc_stream_end(sbuilder_t *b);
 /** Finish: name buckets, order everything as the reference does, prepare statements. */
 void sc_end(sbuilder_t *b);
 
-/** Compile one alpha stream (editions 1-2). */
+/** Compile one alpha stream (editions 1-2, rules_stream_alpha.c). */
 void sa_stream(scompile_t *c, const char *name, const ssrc_t *src, int priority, int auto_subscribe,
                int accept_dangerous, int line, int col);
+/** Finish the alpha streams of a file: the plan's tables, statements. */
+void sa_end(scompile_t *c);
+
+/* Helpers the alpha compiler borrows from the edition-3 one (rules_stream_compile.c); all
+ * allocate from the plan's arena. */
+typedef struct spq spq_t;
+sbuilder_t *sa_builder(scompile_t *c);
+/** A query with the one table f in scope (*rs its result set, NULL when f is not a table). */
+spq_t *sa_query(sbuilder_t *b, sstream_t *s, const ssrc_t *src, const sfrom_t *f, srs_t **rs);
+/** Translate an expression of q (`a IN b` is a JSON-array membership test). */
+sexpr_t *sa_translate(spq_t *q, const sx_t *x);
+void sa_diag(spq_t *q, int warning, const ssrc_t *src, int off, const char *msg);
+/** Count e's data references; *row: some read a table, *req: some read request data. */
+int sa_refs(const sexpr_t *e, int *row, int *req);
+sexpr_t *sa_bin(sbuilder_t *b, const char *op, sexpr_t *l, sexpr_t *r);
+sexpr_t *sa_not(sbuilder_t *b, sexpr_t *e);
+sexpr_t *sa_func(sbuilder_t *b, const char *fn, sexpr_t *arg);
+sexpr_t *sa_column(sbuilder_t *b, srs_t *rs, const char *column, const sexpr_t *at);
+/** A json_each() result set over input (TVF_ROW on row, or TVF_STATIC over request data). */
+srs_t *sa_tvf(sbuilder_t *b, sexpr_t *input, int attach, srs_t *row);
+/** Add a compiled stream with its data sources and parameter indexes to the plan. */
+void sa_add(sbuilder_t *b, sstream_t *s, sdata_t **data, int ndata, slookup_t **lookups,
+            int nlookups);
 
 /** Report a diagnostic at a location of src. */
 void s_diag(scompile_t *c, int warning, const ssrc_t *src, int off, const char *fmt, ...)

@@ -687,6 +687,7 @@ struct spq {
     VEC(scolsrc_t) cols;
     srs_t *primary;
     int synthetic;
+    int alpha; /* editions 1-2: IN inside an expression is a scalar test, no subqueries */
 };
 
 static void err(spq_t *q, const ssrc_t *src, int off, const char *fmt, ...)
@@ -1004,6 +1005,20 @@ static sexpr_t *translate(spq_t *q, const sx_t *x)
     }
     case SX_BIN: {
         const char *op = x->op;
+        if (q->alpha && (strcmp(op, "IN") == 0 || strcmp(op, "NOT IN") == 0)) {
+            /* the alpha form: `a IN b` inside an expression tests membership in a JSON array */
+            if (x->b->k == SX_SELECT || x->b->k == SX_LIST || x->b->k == SX_ARRAY)
+                return invalid(q, x->b,
+                               "in this position \"IN\" needs a JSON array, not a list or a "
+                               "subquery; write the condition at the top level of WHERE, or set "
+                               "\"config: {edition: 3}\"");
+            e = ex_op(a, E_FUNC, "ps_json_contains", 2, x->src, x->off, x->end);
+            e->a[0] = translate(q, x->a);
+            e->a[1] = translate(q, x->b);
+            return op[0] == 'N' ? ex_not(a, e, x->src, x->off, x->end) : e;
+        }
+        if (q->alpha && strcmp(op, "&&") == 0)
+            return invalid(q, x, "\"&&\" in streams needs edition 3; set \"config: {edition: 3}\"");
         if (strcmp(op, "IN") == 0 || strcmp(op, "NOT IN") == 0)
             return in_or_overlap(q, x, 0, op[0] == 'N');
         if (strcmp(op, "&&") == 0) return in_or_overlap(q, x, 1, 0);
@@ -1013,6 +1028,8 @@ static sexpr_t *translate(spq_t *q, const sx_t *x)
                            "\"%s\" is not supported in sync streams; compare with \"=\" "
                            "or use instr()",
                            op);
+        if (strcmp(op, "!=") == 0 && q->alpha) /* SQLite's operator: NULL stays NULL */
+            return ex_bin(a, "!=", l, r, x->src, x->off, x->end);
         if (strcmp(op, "!=") == 0)
             return ex_not(a, ex_bin(a, "=", l, r, x->src, x->off, x->end), x->src, x->off, x->end);
         static const char *const ops[][2] = {
@@ -3309,6 +3326,128 @@ static void prepare_statements(sbuilder_t *b)
                 }
         }
     }
+}
+
+/* ---- the alpha form (rules_stream_alpha.c) ------------------------------------------- */
+
+sbuilder_t *sa_builder(scompile_t *c)
+{
+    if (!c->alpha) c->alpha = sc_begin(c);
+    return c->alpha;
+}
+
+spq_t *sa_query(sbuilder_t *b, sstream_t *s, const ssrc_t *src, const sfrom_t *f, srs_t **rs)
+{
+    b->stream = s;
+    spq_t *q = spq_new(b, src, scope_new(b->a, NULL));
+    q->alpha = 1;
+    process_from(q, f);
+    srs_t *r = NULL;
+    ssubq_t *sq = NULL;
+    if (q->scope->syns.n == 1) resolve_source(q, q->scope->syns.v[0], &r, &sq);
+    *rs = r;
+    return q;
+}
+
+sexpr_t *sa_translate(spq_t *q, const sx_t *x)
+{
+    return translate(q, x);
+}
+
+void sa_diag(spq_t *q, int warning, const ssrc_t *src, int off, const char *msg)
+{
+    s_diag(q->b->c, warning, src ? src : q->src, off, "%s", msg);
+}
+
+int sa_refs(const sexpr_t *e, int *row, int *req)
+{
+    reflist_t l = {0};
+    ex_refs(e, collect_ref, &l);
+    *row = *req = 0;
+    for (int i = 0; i < l.n; i++) {
+        if (l.v[i]->rs)
+            *row = 1;
+        else
+            *req = 1;
+    }
+    free(l.v);
+    return l.n;
+}
+
+sexpr_t *sa_bin(sbuilder_t *b, const char *op, sexpr_t *l, sexpr_t *r)
+{
+    return ex_bin(b->a, op, l, r, l->src, l->off, r->end > l->end ? r->end : l->end);
+}
+
+sexpr_t *sa_not(sbuilder_t *b, sexpr_t *e)
+{
+    return ex_not(b->a, e, e->src, e->off, e->end);
+}
+
+sexpr_t *sa_func(sbuilder_t *b, const char *fn, sexpr_t *arg)
+{
+    sexpr_t *e = ex_op(b->a, E_FUNC, fn, 1, arg->src, arg->off, arg->end);
+    e->a[0] = arg;
+    return e;
+}
+
+sexpr_t *sa_column(sbuilder_t *b, srs_t *rs, const char *column, const sexpr_t *at)
+{
+    sexpr_t *e = ex_new(b->a, E_DATA, at->src, at->off, at->end);
+    e->ref = ra_alloc(b->a, sizeof(sref_t));
+    e->ref->rs = rs;
+    e->ref->column = column;
+    e->ref->src = at->src;
+    e->ref->off = at->off;
+    e->ref->end = at->end;
+    return e;
+}
+
+srs_t *sa_tvf(sbuilder_t *b, sexpr_t *input, int attach, srs_t *row)
+{
+    srs_t *rs = ra_alloc(b->a, sizeof *rs);
+    rs->kind = RS_TVF;
+    rs->id = ++b->rs_ids;
+    rs->fn = "json_each";
+    rs->params = ra_alloc(b->a, sizeof(sexpr_t *));
+    rs->params[0] = input;
+    rs->nparams = 1;
+    rs->attach = attach;
+    rs->input = row;
+    rs->src = input->src;
+    rs->off = input->off;
+    rs->end = input->end;
+    return rs;
+}
+
+void sa_add(sbuilder_t *b, sstream_t *s, sdata_t **data, int ndata, slookup_t **lookups,
+            int nlookups)
+{
+    VPUSH(b->a, b->streams, s);
+    for (int i = 0; i < ndata; i++)
+        VPUSH(b->a, b->evaluators, data[i]);
+    for (int i = 0; i < nlookups; i++)
+        VPUSH(b->a, b->lookups, lookups[i]);
+}
+
+void sa_end(scompile_t *c)
+{
+    sbuilder_t *b = c->alpha;
+    if (!b) return;
+    splan_t *p = c->plan;
+    VEC(sbucket_t *) buckets = {0};
+    for (int i = 0; i < b->streams.n; i++)
+        for (int k = 0; k < b->streams.v[i]->nq; k++)
+            VPUSH(b->a, buckets, b->streams.v[i]->q[k]->bucket);
+    p->streams = b->streams.v;
+    p->nstreams = b->streams.n;
+    p->buckets = buckets.v;
+    p->nbuckets = buckets.n;
+    p->data = b->evaluators.v;
+    p->ndata = b->evaluators.n;
+    p->lookups = b->lookups.v;
+    p->nlookups = b->lookups.n;
+    if (!c->d->nerrors) prepare_statements(b);
 }
 
 void splan_free(splan_t *p)

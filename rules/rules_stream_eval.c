@@ -185,12 +185,15 @@ static void data_row(void *arg, const rval_t *vals, int n)
     rb_putc(&key, '[');
     for (int i = 0; i < d->p.nparts; i++) {
         const rval_t *v = &vals[x->nexpr + i];
-        if (!valid_param(v)) {
+        if (!valid_param(v) && !(v->t == SQLITE_NULL && d->part_null && d->part_null[i])) {
             rb_free(&key);
             return;
         }
         if (i) rb_putc(&key, ',');
-        rj_key_value(&key, v);
+        if (d->alpha)
+            key_norm(&key, v);
+        else
+            rj_key_value(&key, v);
     }
     rb_putc(&key, ']');
     /* the record, with the reference's object semantics (a repeated key keeps its place) */
@@ -350,8 +353,11 @@ static void lookup_row(void *arg, const rval_t *vals, int n)
 {
     lkctx_t *x = arg;
     const slookup_t *l = x->l;
+    /* the alpha form indexes NULL results too ({"result": null}) */
     for (int i = 0; i < n; i++)
-        if (!valid_param(&vals[i])) return;
+        if (!valid_param(&vals[i]) &&
+            !(l->result_named && i < l->nouts && vals[i].t == SQLITE_NULL))
+            return;
     rbuf_t key = {0}, params = {0};
     rb_printf(&key, "%s/%s[", l->lookup_name, l->query_id);
     for (int i = 0; i < l->p.nparts; i++) {
@@ -576,7 +582,7 @@ static prows_t *eval_table_valued(sqstate_t *x, const sstagelk_t *l)
         for (int i = 0; i < l->nouts && ok; i++) {
             rval_t v;
             rv_from_column(&v, st, i);
-            ok = valid_param(&v);
+            ok = valid_param(&v) || (x->q->alpha && v.t == SQLITE_NULL);
         }
         if (!ok) {
             rowid++;
@@ -865,7 +871,8 @@ static pset_t *value_sync(sqstate_t *x, const sval_t *v)
     if (rc == SQLITE_ROW) {
         rval_t r;
         rv_from_column(&r, st, 0);
-        if (valid_param(&r)) {
+        /* the alpha form keeps NULL request values (bucket `s|0[null]`) */
+        if (valid_param(&r) || (x->q->alpha && r.t == SQLITE_NULL)) {
             s->v[0].v = rv_copy(a, &r);
             s->n = 1;
         }
