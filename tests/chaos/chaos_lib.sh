@@ -106,7 +106,7 @@ sdk_start() {
 # read from Postgres), one a line, for the rule version storage serves
 user_buckets() {
   local version tok
-  version=$(sqlite3 "file:$(dirname "$CHAOS_CFG")/storage.db?mode=ro" "SELECT v FROM state WHERE k = 'serving'" 2>/dev/null)
+  version=$(storage_query "SELECT v FROM state WHERE k = 'serving'" 2>/dev/null)
   tok=$(mint "$1")
   t_in_ns "$FERRY_BIN" rules explain "$CHAOS_RULES" --token "$tok" --params "$2" --db "$CHAOS_DB" \
     --rule-version "${version:-1}" 2>"$T_TMP/explain.err" |

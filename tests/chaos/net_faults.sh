@@ -174,7 +174,7 @@ figure write_back_at_300ms_max_ms "$(printf '%s\n' "${times[@]}" | sort -n | tai
 t0=$(now_ms)
 lpsql -q -d app -c "INSERT INTO items VALUES ('marker', 'u1', 0, 'latency marker')"
 for ((i = 0; i < 600; i++)); do
-  [ "$(sqlite3 "file:$T_TMP/storage.db?mode=ro" "SELECT count(*) FROM rows WHERE key = 'marker'" 2>/dev/null)" = 1 ] && break
+  [ "$(storage_query "SELECT count(*) FROM rows WHERE key = 'marker'" 2>/dev/null)" = 1 ] && break
   sleep 0.1
 done
 figure change_to_storage_at_300ms_ms $(($(now_ms) - t0)) ms

@@ -10,6 +10,9 @@
 # failed.
 #
 #   tests/chaos/run.sh [SCENARIO...]   (default: all; CHAOS_MODE=short runs the short versions)
+#
+# SCENARIO@postgres runs a scenario with ferry's storage in Postgres (FERRY_TEST_STORAGE=postgres:
+# a database of its own beside the source database, on the same server).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -20,7 +23,9 @@ export CHAOS_MODE=${CHAOS_MODE:-long}
 export CHAOS_FIGURES=$out/figures.txt
 export T_KEEP=1
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(random_oracle kill_loop net_faults pg_failover disk_full storms)
+[ ${#scenarios[@]} -gt 0 ] ||
+  scenarios=(random_oracle kill_loop kill_loop@postgres net_faults net_faults@postgres pg_failover
+    disk_full storms)
 for s in "${scenarios[@]}"; do rm -rf "${out:?}/$s" "$out/$s.log"; done
 mkdir -p "$out"
 : >"$CHAOS_FIGURES"
@@ -32,7 +37,10 @@ for s in "${scenarios[@]}"; do
   mkdir -p "$out/$s"
   echo "== $s ($CHAOS_MODE)"
   t0=$(date +%s)
-  T_TMPDIR=$out/$s T_RESULTS=$results bash "tests/chaos/$s.sh" >"$out/$s.log" 2>&1
+  storage=sqlite
+  [[ "$s" == *@postgres ]] && storage=postgres
+  FERRY_TEST_STORAGE=$storage T_TMPDIR=$out/$s T_RESULTS=$results bash "tests/chaos/${s%@*}.sh" \
+    >"$out/$s.log" 2>&1
   rc=$?
   t=$(($(date +%s) - t0))
   echo "$s|scenario_time|$t|s" >>"$CHAOS_FIGURES"
