@@ -17,6 +17,8 @@
  */
 #include "storage/postgres/gw_pgs_int.h"
 
+#include "base/gw_log.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +64,7 @@ typedef struct gw_pgs_reader {
     uint64_t next_try_ms; /* when a broken connection may be tried again */
     int hold;             /* gw__pgs_read_hold depth */
     int in_txn;           /* the held transaction is open on conn */
+    int prepared;         /* conn holds the prepared statements */
 } reader_t;
 
 static _Atomic uint64_t read_conns;
@@ -77,6 +80,7 @@ static void disconnect(reader_t *r)
     PQfinish(r->conn);
     r->conn = NULL;
     r->in_txn = 0;
+    r->prepared = 0;
     atomic_fetch_sub(&read_conns, 1);
 }
 
@@ -89,24 +93,36 @@ static int exec_simple(reader_t *r, const char *sql)
     return ok;
 }
 
-/* Connect and prepare (when not connected); 0, or GW_EUNAVAIL with err. */
+/* Connect and prepare (when not connected, or not prepared yet); 0, or GW_EUNAVAIL with err.
+ * A connection that works but cannot prepare (a hot standby that has not replayed the schema's
+ * creation yet) is kept and prepared again at the next call, without waiting. */
 static int connect_reader(reader_t *r, gw_err_t *err)
 {
     if (r->conn != NULL) {
-        if (PQstatus(r->conn) == CONNECTION_OK) return 0;
-        disconnect(r);
-        r->next_try_ms = 0; /* it just broke: try once at once */
+        if (PQstatus(r->conn) == CONNECTION_OK) {
+            if (r->prepared) return 0;
+            if (!exec_simple(r, "DEALLOCATE ALL")) {
+                disconnect(r);
+                return gw_err_set(err, GW_EUNAVAIL, "storage",
+                                  "the storage database is not reachable");
+            }
+        } else {
+            disconnect(r);
+            r->next_try_ms = 0; /* it just broke: try once at once */
+        }
     }
-    if (gw__pgs_now_ms() < r->next_try_ms)
-        return gw_err_set(err, GW_EUNAVAIL, "storage", "the storage database is not reachable");
-    const gw_storage_opts_t *o = r->base.opts;
-    const char *uri = o->read_uri != NULL && o->read_uri[0] != '\0' ? o->read_uri : o->uri;
-    r->conn = gw__pgs_connect(uri, gw__pgs_lock_timeout(o), "ferry reader", err);
     if (r->conn == NULL) {
-        r->next_try_ms = gw__pgs_now_ms() + 1000;
-        return GW_EUNAVAIL;
+        if (gw__pgs_now_ms() < r->next_try_ms)
+            return gw_err_set(err, GW_EUNAVAIL, "storage", "the storage database is not reachable");
+        const gw_storage_opts_t *o = r->base.opts;
+        const char *uri = o->read_uri != NULL && o->read_uri[0] != '\0' ? o->read_uri : o->uri;
+        r->conn = gw__pgs_connect(uri, gw__pgs_lock_timeout(o), "ferry reader", err);
+        if (r->conn == NULL) {
+            r->next_try_ms = gw__pgs_now_ms() + 1000;
+            return GW_EUNAVAIL;
+        }
+        atomic_fetch_add(&read_conns, 1);
     }
-    atomic_fetch_add(&read_conns, 1);
     for (int i = 0; i < RD_COUNT; i++) {
         gw_buf_t sql = GW_BUF_INIT;
         gw_buf_printf(&sql, rd_sql[i], r->schema_q);
@@ -118,11 +134,14 @@ static int connect_reader(reader_t *r, gw_err_t *err)
         gw_buf_free(&sql);
         if (!ok) {
             gw__pgs_err(r->conn, err, "prepare storage reads");
-            disconnect(r);
-            r->next_try_ms = gw__pgs_now_ms() + 1000;
+            if (PQstatus(r->conn) != CONNECTION_OK) {
+                disconnect(r);
+                r->next_try_ms = gw__pgs_now_ms() + 1000;
+            }
             return GW_EUNAVAIL;
         }
     }
+    r->prepared = 1;
     return 0;
 }
 
@@ -140,6 +159,13 @@ static PGresult *run(reader_t *r, int i, int n, const char *const *values)
         if (PQresultStatus(res) == PGRES_TUPLES_OK) return res;
         PQclear(res);
         if (PQstatus(r->conn) == CONNECTION_OK) {
+            static gw_log_limit_t limit = GW_LOG_LIMIT_INIT(10000);
+            unsigned long long more;
+            if (gw_log_limit_take(&limit, &more)) {
+                char q[400];
+                gw_warn("storage", "a storage read failed", "statement=%d error=%s suppressed=%llu",
+                        i, gw_log_qs(PQerrorMessage(r->conn), q, sizeof(q)), more);
+            }
             if (r->in_txn) { /* the held transaction is aborted: the next reads run alone */
                 exec_simple(r, "ROLLBACK");
                 r->in_txn = 0;
