@@ -100,6 +100,7 @@ defaults
   timeout http-keep-alive 10s
   retries 3
   option redispatch
+  option http-no-delay
 frontend sync
   bind 127.0.0.1:$HAPROXY_PORT
   default_backend ferry

@@ -366,14 +366,17 @@ int gw__pgs_read_ops(gw_storage_reader_t *rd, const char *bucket, uint64_t after
     if (found == 0) return 0;
     char idt[24], pos[24], lim[16];
     snprintf(idt, sizeof(idt), "%lld", (long long)id);
-    /* a chunk holds at most GW_CHUNK_MAX_OPS ops and about GW_CHUNK_MAX_BYTES bytes */
-    size_t want = max_bytes / GW_CHUNK_MAX_BYTES + 2;
-    if (want > max_ops / 64 + 2) want = max_ops / 64 + 2;
-    if (want > 64) want = 64;
-    snprintf(lim, sizeof(lim), "%zu", want);
+    /* a full chunk holds GW_CHUNK_MAX_OPS ops (fewer when its rows are large, or when small
+     * commits wrote it): ask for what full chunks would need, then four times more per query
+     * while the chunks turn out smaller (what a query returns beyond the limits is not used) */
+    size_t want = max_ops / GW_CHUNK_MAX_OPS + 2;
+    size_t by_bytes = max_bytes / GW_CHUNK_MAX_BYTES + 2;
+    if (want > by_bytes) want = by_bytes;
     size_t bytes = 0;
     int done = 0;
-    while (!done) {
+    for (int query = 0; !done; query++) {
+        if (query > 0 && want < 64) want = want * 4 < 64 ? want * 4 : 64;
+        snprintf(lim, sizeof(lim), "%zu", want);
         snprintf(pos, sizeof(pos), "%llu", (unsigned long long)*last);
         const char *pv[3] = {idt, pos, lim};
         PGresult *res = run(r, RD_OPS, 3, pv);
