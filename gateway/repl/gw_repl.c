@@ -466,9 +466,15 @@ static void *repl_main(void *arg)
             if (strcmp(err.where, "storage") == 0 && r->storage_ready_id >= 0) {
                 /* a full disk, an I/O error: nothing new is served until a commit succeeds
                  * again (gw__repl_on_durable), which the retries find out by themselves */
+                gw_storage_info_t si;
+                memset(&si, 0, sizeof(si));
+                gw_storage_info(r->st, &si);
                 snprintf(why, sizeof(why),
                          "could not write bucket storage \"%.200s\": %.200s; retrying",
-                         r->sopts->path != NULL ? r->sopts->path : "", err.message);
+                         si.where[0] != '\0'      ? si.where
+                         : r->sopts->path != NULL ? r->sopts->path
+                                                  : "",
+                         err.message);
                 atomic_store(&r->storage_bad, 1);
                 gw_ready_set(r->storage_ready_id, 0, why);
             }

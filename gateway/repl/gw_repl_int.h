@@ -112,6 +112,7 @@ struct gw_repl {
     int ready_id;
     int storage_ready_id;    /* readiness check "storage" (serving only; else -1) */
     _Atomic int storage_bad; /* the last storage write failed; cleared by a durable commit */
+    _Atomic int standby_now; /* another instance leads the storage (read by the live check) */
 
     /* the source's health (see "source health" in gw_repl_diag.c) */
     long timeout_s;          /* replication.timeout */

@@ -183,6 +183,13 @@ void gw__repl_standby(gw_repl_t *r, int lead_rc, const gw_err_t *lerr)
         r->standby = 1;
         gw_info("repl", "standing by: another instance replicates into the storage", NULL);
     }
+    atomic_store(&r->standby_now, 1);
+    /* what this instance said about the source and its own storage writes while it led is not
+     * true of a standby: the source is the leader's to read, and a storage that answers the
+     * lead question works again */
+    if (atomic_load(&r->src_state) != GW__SRC_OK) gw__repl_source_set(r, GW__SRC_OK, NULL);
+    if (lead_rc >= 0 && atomic_exchange(&r->storage_bad, 0) && r->storage_ready_id >= 0)
+        gw_ready_set(r->storage_ready_id, 1, NULL);
     if (r->next != NULL) { /* a build this instance ran goes on at the leader */
         gw_repl_t *b = r->next;
         gw__repl_set_next(r, NULL);
@@ -261,6 +268,8 @@ int gw__repl_take_over(gw_repl_t *r, gw_err_t *err)
     gw__repl_rules_file_id(r, &r->rules_file);
     r->old_pending = 1;
     r->standby = 0;
+    atomic_store(&r->msg_ms, gw__repl_now_ms()); /* the source's silence counts from now */
+    atomic_store(&r->standby_now, 0);
     gw_info("repl", "this instance replicates now: it took over the storage's lead",
             "version=%s checkpoint=%llu", r->version, (unsigned long long)last_op);
     if (r->next != NULL && !r->next->running) return gw_repl_start(r->next, err);

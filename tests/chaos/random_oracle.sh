@@ -46,7 +46,7 @@ for seed in $SEEDS; do
   SLOT_PREFIX=o$seed replication_config "$CHAOS_CFG" "$CHAOS_PORT" "$CHAOS_DB"
   SEED_FAILED=0
   start_ferry "$CHAOS_CFG" || continue
-  wait_ready "$CHAOS_PORT" 60 || { fail "seed $seed: ready" "$(curl -s "http://127.0.0.1:$CHAOS_PORT/probes/readiness")"; continue; }
+  wait_ready "$CHAOS_PORT" 60 || { fail "seed $seed: ready" "$(curl -s "http://127.0.0.1:$CHAOS_PORT/probes/readiness")"; stop_pid "$FERRY_PID" 10; continue; }
   # each user's claims and parameters
   RAW_PIDS=() SDK_PIDS=() CLAIMS_OF=()
   users=$(jq -r 'keys[]' "$d/users.json")
@@ -83,6 +83,10 @@ for seed in $SEEDS; do
   done
   for p in "${RAW_PIDS[@]}" "${SDK_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   stop_pid "$FERRY_PID" 10
+  # the seed's slot and database go (30 seeds would exhaust max_replication_slots); a failed
+  # seed keeps its database for the replay's inspection
+  psql -q "$own_uri" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = 's$seed' AND NOT active" >/dev/null 2>&1
+  [ "$SEED_FAILED" = 0 ] && psql -q "$own_uri" -c "DROP DATABASE IF EXISTS s$seed" >/dev/null 2>&1
   if [ "$SEED_FAILED" != 0 ]; then
     seeds_failed+=("$seed")
     echo "  seed $seed FAILED; replay: SEEDS=$seed CHAOS_MODE=$CHAOS_MODE T_KEEP=1 bash tests/chaos/random_oracle.sh"

@@ -86,7 +86,7 @@ T_PIDS+=("$writer")
 # Each kill comes once this run of ferry streams and storage holds more of the writer's events
 # than before it started (progress the test reads from storage), not after a fixed pause that
 # a loaded machine may not fill.
-stored_events() { sqlite3 "file:$T_TMP/storage.db?mode=ro" "SELECT count(*) FROM rows WHERE tbl LIKE '%#public.events'" 2>/dev/null || echo 0; }
+stored_events() { local n; n=$(storage_query "SELECT count(*) FROM rows WHERE tbl LIKE '%#public.events'" 2>/dev/null); echo "${n:-0}"; }
 for target in 200 600 1000; do
   for ((i = 0; i < 1200; i++)); do
     grep -q 'msg="streaming changes"' "$FERRY_LOG" && [ "$(stored_events)" -ge "$target" ] && break

@@ -166,11 +166,10 @@ for i in 1 2 3 4 5 6 7 8; do
   timeout 90 curl -sN -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d '{}' >/dev/null &
   pids+=($!)
 done
-# once all eight are open (however long that takes here), the next one is refused
-for ((i = 0; i < 600; i++)); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/probes/liveness")" = 503 ] && break
-  sleep 0.1
-done
+# once all eight streams are open (however long that takes here; the admin listener, port + 1,
+# is not counted against the limit and tells), the next connection is refused
+body=$(wait_match "http://127.0.0.1:$((port + 1))/metrics" 'ferry_streams_open 8' 60) ||
+  fail "eight streams open" "$(echo "$body" | grep -E 'streams_(open|evicted)|http_open')"
 out=$(curl -s -i -X POST "$base/sync/stream" -H "Authorization: Token $T1" -d '{}' --max-time 2 | tr -d '\r')
 expect_match "over limits.max_connections a client gets 503 with Retry-After" '503 Service Unavailable.*Retry-After: [0-9]+' "$(echo $out)"
 metrics=$(curl -s "$base/metrics" 2>/dev/null)

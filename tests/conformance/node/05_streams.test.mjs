@@ -92,8 +92,12 @@ sql("UPDATE todos SET description = 'changed on the server' WHERE id = 'req-1'")
 check('and the server\'s later change reaches the client (its checkpoint request was acknowledged)',
   await waitFor('ack', async () => (await carol.db.getAll("SELECT * FROM todos WHERE id = 'req-1' AND description = 'changed on the server'")).length === 1));
 // (the client's retry loop for checkpoint requests logs a warning when a subscription change
-// restarts the stream under it: "Closing sync stream network requests before retry")
-const carolProblems = carol.problems.filter((p) => !/Closing sync stream network requests before retry/.test(p));
+// restarts the stream under it: "Closing sync stream network requests before retry"; and when the
+// request is not reported within its 10 s retry delay on a loaded machine, the retry may land
+// between two sync iterations of its core: "No iteration is active". Both are the client's own
+// states; an error answered by ferry reads differently.)
+const carolProblems = carol.problems.filter((p) =>
+  !/Closing sync stream network requests before retry|Error retrying checkpoint request\. .*No iteration is active/.test(p));
 check('carol: no sync problem', carolProblems.length === 0, carolProblems.join(' | '));
 csub.unsubscribe();
 await close(carol);
