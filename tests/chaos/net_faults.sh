@@ -30,6 +30,9 @@ own_port=$(echo "$pgenv" | sed -n 's/^PGPORT=//p')
 export FERRY_NETNS=$NS_FY
 lpsql() { psql -h "$own_pgtmp" -p "$own_port" -U postgres -v ON_ERROR_STOP=1 "$@"; }
 lpsql -q -d postgres -c "CREATE DATABASE app" || exit 1
+# storage in Postgres (FERRY_TEST_STORAGE=postgres): a database beside app on the same server, so
+# the faults cut ferry's storage connections too
+[ "$FERRY_TEST_STORAGE" = postgres ] && { lpsql -q -d postgres -c "CREATE DATABASE app_st" || exit 1; }
 lpsql -q -d app <<'SQL' || exit 1
 CREATE TABLE items (id text PRIMARY KEY, owner text, n int, note text);
 CREATE PUBLICATION ferry FOR ALL TABLES;
@@ -57,6 +60,14 @@ write_rules:
 YAML
 config() { # config URI [PG_TIMEOUT]: the ferry.yaml for ferry reaching Postgres at URI
   SLOT_PREFIX=net replication_config "$CHAOS_CFG" "$CHAOS_PORT" "$1"
+  # the test reads the storage over the server's socket (its address is inside the namespaces);
+  # ferry reaches its storage at the server's own address, also when the source is behind the
+  # delaying relay (opening the storage takes a few dozen round trips: at 600 ms each, start-up
+  # alone would outlast the test's wait)
+  if [ "$FERRY_TEST_STORAGE" = postgres ]; then
+    T_STORAGE_URI="postgresql://postgres@/app_st?host=$own_pgtmp&port=$own_port"
+    sed -i "s|^  uri: \".*_st\"|  uri: \"postgresql://postgres@$NS_PG_ADDR:$own_port/app_st\"|" "$CHAOS_CFG"
+  fi
   cat >>"$CHAOS_CFG" <<YAML
 admin:
   token: chaos-admin-token
