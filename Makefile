@@ -169,7 +169,7 @@ chaos:
 	@FERRY_BUILD=$(BUILD) tests/chaos/run.sh
 
 # libFuzzer targets: tests/fuzz/fuzz_NAME.c built with clang against every library source.
-FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -I. $(GATEWAY_CFLAGS) \
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -Werror=int-conversion -Werror=implicit-function-declaration -D_GNU_SOURCE -I. $(GATEWAY_CFLAGS) \
                -DFERRY_VERSION='"$(FERRY_VERSION)"' -DFERRY_GIT_REV='"fuzz"' \
                -fsanitize=fuzzer,address,undefined
 # A target that includes the source file it fuzzes (to reach its statics) names it in
