@@ -140,6 +140,7 @@ static int do_commit(gw_repl_t *r, uint64_t lsn, int wait, int64_t source_us, gw
         gw_hist_observe(&r->h_source, (double)(now_pg - source_us) / 1e3);
     }
     atomic_store(&r->m_lsn, lsn);
+    if (lsn >= atomic_load(&r->m_server_wal_end)) atomic_store(&r->m_caught_up_us, gw_pgo_now());
     {
         uint64_t lo, l2;
         gw_storage_checkpoint(r->st, &lo, &l2);

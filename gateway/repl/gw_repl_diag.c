@@ -88,7 +88,10 @@ int gw__repl_source_ready(void *ud, char *reason, size_t len)
 
 static double lag_seconds(gw_repl_t *r, uint64_t lag_bytes)
 {
-    int64_t commit = atomic_load(&r->m_recv_commit_us);
+    /* since the newer of: the last transaction received, the last time storage held all the
+     * server had sent (an idle source whose server writes other databases' WAL is not behind) */
+    int64_t commit = atomic_load(&r->m_recv_commit_us), caught = atomic_load(&r->m_caught_up_us);
+    if (caught > commit) commit = caught;
     if (lag_bytes == 0 || commit == 0) return 0;
     int64_t d = gw_pgo_now() - commit;
     return d > 0 ? (double)d / 1e6 : 0;

@@ -177,6 +177,9 @@ struct gw_repl {
     _Atomic int m_phase; /* 0 check, 1 slot, 2 snapshot, 3 streaming, 4 backoff, 5 standby,
                             6 rebuilding */
     _Atomic int64_t m_recv_commit_us; /* commit time of the last transaction received */
+    _Atomic int64_t m_caught_up_us;   /* when storage last held all the server had sent (same
+                                         clock): other databases' WAL (storage in the source
+                                         cluster) is not lag */
     _Atomic uint64_t m_last_op;
 
     /* slot health, polled by the replicator (gw__repl_poll_slot), read by the admin API and

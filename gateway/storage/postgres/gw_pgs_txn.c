@@ -771,6 +771,10 @@ int gw__pgs_flush_chunks(gw_pgs_t *s, gw_err_t *err)
  * "COMMIT". 0, or GW_EPG with the first error. */
 static int commit_pipelined(gw_pgs_t *s, const commit_params_t *p, gw_err_t *err)
 {
+    if (PQtransactionStatus(s->conn) != PQTRANS_INTRANS)
+        return gw_err_set(err, GW_EPG, "storage",
+                          "could not commit to storage: the transaction is not open (an earlier "
+                          "statement failed or the connection broke)");
     if (PQenterPipelineMode(s->conn) != 1) return gw__pgs_err(s->conn, err, "commit to storage");
     char name[32];
     snprintf(name, sizeof(name), "ferry_w%d", PS_COMMIT);
@@ -786,6 +790,11 @@ static int commit_pipelined(gw_pgs_t *s, const commit_params_t *p, gw_err_t *err
         ExecStatusType st = PQresultStatus(res);
         if (st == PGRES_PIPELINE_SYNC) {
             done = 1;
+        } else if (st == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "ROLLBACK") == 0 && rc == 0) {
+            /* COMMIT of a transaction an earlier statement aborted: nothing was stored, and
+             * taking it for a commit would acknowledge changes storage does not hold */
+            rc = gw_err_set(err, GW_EPG, "storage",
+                            "could not commit to storage: the transaction had been aborted");
         } else if ((st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED) && rc == 0) {
             rc = gw_err_set(err, GW_EPG, "storage", "could not commit to storage: %s",
                             PQresultErrorMessage(res)[0] ? PQresultErrorMessage(res)
