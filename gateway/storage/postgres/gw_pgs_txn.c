@@ -913,8 +913,12 @@ int gw__pgs_commit(gw_storage_t *st, uint64_t lsn, int wait, gw_err_t *err)
         }
         gw__pgs_clear_txn(s);
         gw_writer_discard_pending(w);
+        /* the cache as storage has it; when it cannot be read, this writer lets go of the lead
+         * (taking it again reloads everything) rather than go on with a partial cache */
         gw_err_t lerr;
-        if (s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK) gw__pgs_load_cache(s, &lerr);
+        if (s->conn == NULL || PQstatus(s->conn) != CONNECTION_OK ||
+            gw__pgs_load_cache(s, &lerr) != 0)
+            gw__pgs_lost_lead(s, "the storage cache could not be reloaded after a failed commit");
         return rc;
     }
     s->last_rt_ms = gw__pgs_now_ms();
@@ -940,9 +944,11 @@ void gw__pgs_rollback(gw_storage_t *st)
     gw_writer_discard_pending(&s->w);
     s->nids = 0; /* ids handed out in the transaction may be cached in dropped buckets */
     gw_err_t err;
-    if (s->txn_repl && s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK &&
-        gw__pgs_load_cache(s, &err) != 0)
+    if (s->txn_repl && (s->conn == NULL || PQstatus(s->conn) != CONNECTION_OK ||
+                        gw__pgs_load_cache(s, &err) != 0)) {
         gw_error("storage", "could not reload the storage cache after a rollback", NULL);
+        gw__pgs_lost_lead(s, "the storage cache could not be reloaded after a rollback");
+    }
 }
 
 /* ---- the contract's row operations ---- */
