@@ -2112,7 +2112,7 @@ static sresolved_t *resolve_rs(spath_t *p, srs_t *source)
     sresolved_t *st = ra_alloc(a, sizeof *st);
     int n = p->pending.n;
     sterm_t **snap = rx_malloc(sizeof(sterm_t *) * (size_t)(n + 1));
-    memcpy(snap, p->pending.v, sizeof(sterm_t *) * (size_t)n);
+    if (n > 0) memcpy(snap, p->pending.v, sizeof(sterm_t *) * (size_t)n);
     for (int i = 0; i < n; i++) {
         sterm_t *t = snap[i];
         if (!t->eq) {
@@ -2221,7 +2221,7 @@ static void exists_operators(spath_t *p)
 {
     int n = p->pending.n;
     sterm_t **snap = rx_malloc(sizeof(sterm_t *) * (size_t)(n + 1));
-    memcpy(snap, p->pending.v, sizeof(sterm_t *) * (size_t)n);
+    if (n > 0) memcpy(snap, p->pending.v, sizeof(sterm_t *) * (size_t)n);
     for (int i = 0; i < n; i++) {
         sterm_t *t = snap[i];
         if (t->eq) {

@@ -277,11 +277,13 @@ static void *gate_main(void *arg)
             pthread_cond_timedwait(&g->cond, &g->lock, &ts);
             continue;
         }
-        /* release j and every following job the standby holds as well */
-        while (g->head != NULL) {
+        /* release j and every following job the standby holds as well (j is freed first: its
+         * namespace is compared from a copy) */
+        char ns[sizeof(j->cp.ns)];
+        memcpy(ns, j->cp.ns, sizeof(ns));
+        for (int first = 1; g->head != NULL; first = 0) {
             gate_job_t *h = g->head;
-            if (h != j && (strcmp(h->cp.ns, j->cp.ns) != 0 || !reached(&h->cp, last_op, lsn)))
-                break;
+            if (!first && (strcmp(h->cp.ns, ns) != 0 || !reached(&h->cp, last_op, lsn))) break;
             g->head = h->next;
             if (g->head == NULL) g->tail = NULL;
             pthread_mutex_unlock(&g->lock);
