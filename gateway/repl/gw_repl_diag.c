@@ -55,8 +55,8 @@ void gw__repl_heard(gw_repl_t *r)
 int gw__repl_source_silent(gw_repl_t *r, char *why, size_t len)
 {
     uint64_t now = gw__repl_now_ms(), msg = atomic_load(&r->msg_ms);
-    if (atomic_load(&r->busy)) return 0;        /* not reading the source: no silence to count */
-    if (atomic_load(&r->standby_now)) return 0; /* a standby does not read it: the leader does */
+    if (atomic_load(&r->busy)) return 0;    /* not reading the source: no silence to count */
+    if (atomic_load(&r->standby)) return 0; /* a standby does not read it: the leader does */
     if (now < msg || now - msg < (uint64_t)r->timeout_s * 1000) return 0;
     pthread_mutex_lock(&r->diag_lock);
     snprintf(

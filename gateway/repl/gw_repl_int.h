@@ -97,7 +97,8 @@ struct gw_repl {
     /* several instances on one storage (gw_repl_lead.c): only the leader replicates; the
      * others are standbys that serve, run write checkpoints and follow its rule versions */
     int shared;              /* the storage is shared (storage info) */
-    int standby;             /* this instance does not lead (serving replicator only) */
+    _Atomic int standby;     /* this instance does not lead (serving replicator only; read by
+                                the live check on HTTP threads) */
     char file_hash[32];      /* the hash of this instance's own rules file, at start */
     char warned_version[32]; /* the version whose rules differ from the file, warned about */
     uint64_t lead_ms;        /* when the stream loop last checked the lead */
@@ -112,7 +113,6 @@ struct gw_repl {
     int ready_id;
     int storage_ready_id;    /* readiness check "storage" (serving only; else -1) */
     _Atomic int storage_bad; /* the last storage write failed; cleared by a durable commit */
-    _Atomic int standby_now; /* another instance leads the storage (read by the live check) */
 
     /* the source's health (see "source health" in gw_repl_diag.c) */
     long timeout_s;          /* replication.timeout */

@@ -183,7 +183,6 @@ void gw__repl_standby(gw_repl_t *r, int lead_rc, const gw_err_t *lerr)
         r->standby = 1;
         gw_info("repl", "standing by: another instance replicates into the storage", NULL);
     }
-    atomic_store(&r->standby_now, 1);
     /* what this instance said about the source and its own storage writes while it led is not
      * true of a standby: the source is the leader's to read, and a storage that answers the
      * lead question works again */
@@ -269,7 +268,6 @@ int gw__repl_take_over(gw_repl_t *r, gw_err_t *err)
     r->old_pending = 1;
     r->standby = 0;
     atomic_store(&r->msg_ms, gw__repl_now_ms()); /* the source's silence counts from now */
-    atomic_store(&r->standby_now, 0);
     gw_info("repl", "this instance replicates now: it took over the storage's lead",
             "version=%s checkpoint=%llu", r->version, (unsigned long long)last_op);
     if (r->next != NULL && !r->next->running) return gw_repl_start(r->next, err);
