@@ -6,7 +6,9 @@
  * reach this one's hook and readers through notifications, also when their names overflow a
  * notification; a write checkpoint stored by a standby is reported on both sides; a writer
  * that takes the lead knows the rows the previous leader stored (deleting one removes it from
- * its buckets).
+ * its buckets); a transaction aborted under the writer (an error in its session it did not see)
+ * never commits: nothing of it is stored or acknowledged, and the writer goes on from what
+ * storage holds.
  *
  * Each test uses a schema of its own in FERRY_TEST_STORAGE_URI (tests/run.sh sets it).
  */
@@ -14,10 +16,12 @@
 #include "base/gw_err.h"
 #include "rules/rules.h"
 #include "storage/gw_storage.h"
+#include "storage/postgres/gw_pgs_int.h"
 
 #include <check.h>
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -343,6 +347,78 @@ START_TEST(test_pg_new_leader_knows_the_rows_stored_before)
 }
 END_TEST
 
+/* The durable callback's LSNs (the source is acknowledged up to the largest). */
+static _Atomic uint64_t durable_max;
+static void on_durable(uint64_t lsn, void *ud)
+{
+    (void)ud;
+    if (lsn > durable_max) durable_max = lsn;
+}
+
+START_TEST(test_pg_aborted_transaction_never_commits)
+{
+    gw_storage_t *a = open_at(&opts_a);
+    gw_storage_set_durable_fn(a, on_durable, NULL);
+    ck_assert_int_eq(gw_storage_lead(a, &err), 1);
+    ck_assert_int_eq(gw_storage_begin(a, &err), 0);
+    put(a, "1#b", "k1", 7);
+    ck_assert_int_eq(gw_storage_commit(a, 10, &err), 0);
+    uint64_t last1, lsn1;
+    gw_storage_checkpoint(a, &last1, &lsn1);
+    ck_assert_uint_eq(lsn1, 10);
+
+    /* the next transaction's session fails behind the writer's back: the server aborts it */
+    ck_assert_int_eq(gw_storage_begin(a, &err), 0);
+    put(a, "1#b", "k2", 11);
+    put(a, "1#c", "k3", 13);
+    PGresult *res = PQexec(((gw_pgs_t *)a)->conn, "SELECT 1 / 0");
+    ck_assert_int_eq(PQresultStatus(res), PGRES_FATAL_ERROR);
+    PQclear(res);
+    ck_assert_int_ne(gw_storage_commit(a, 20, &err), 0);
+    ck_assert_msg(strstr(err.message, "storage") != NULL, "the error says what failed: %s",
+                  err.message);
+    uint64_t last2, lsn2;
+    gw_storage_checkpoint(a, &last2, &lsn2);
+    ck_assert_uint_eq(lsn2, 10); /* the checkpoint did not move */
+    ck_assert_uint_eq(last2, last1);
+    ck_assert_uint_le(durable_max, 10); /* nothing past the first commit was acknowledged */
+    char b[64], sql[200];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s.rows", schema);
+    ck_assert_str_eq(side_sql(sql, b, sizeof(b)), "1");
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s.buckets WHERE name = '1#c'", schema);
+    ck_assert_str_eq(side_sql(sql, b, sizeof(b)), "0");
+
+    /* the same changes again (the source resends them): stored once, totals as if the failed
+     * attempt never happened */
+    int led = 0;
+    for (int i = 0; i < 500 && led != 1; i++) {
+        led = gw_storage_lead(a, &err);
+        if (led != 1) usleep(10000);
+    }
+    ck_assert_int_eq(led, 1);
+    ck_assert_int_eq(gw_storage_begin(a, &err), 0);
+    put(a, "1#b", "k2", 11);
+    put(a, "1#c", "k3", 13);
+    ck_assert_int_eq(gw_storage_commit(a, 20, &err), 0);
+    uint64_t last3, lsn3;
+    gw_storage_checkpoint(a, &last3, &lsn3);
+    ck_assert_uint_eq(lsn3, 20);
+    ck_assert_uint_eq(durable_max, 20);
+    gw_storage_reader_t *r;
+    ck_assert_int_eq(gw_storage_reader_open(&opts_a, &r, &err), 0);
+    uint32_t cs;
+    uint64_t n;
+    ck_assert_int_eq(gw_storage_bucket_checksum(r, "1#b", last3, &cs, &n), 0);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_uint_eq(cs, 7 + 11);
+    ck_assert_int_eq(gw_storage_bucket_checksum(r, "1#c", last3, &cs, &n), 0);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(cs, 13);
+    gw_storage_reader_close(r);
+    gw_storage_close(a);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("storage_postgres");
@@ -353,6 +429,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_pg_commits_reach_other_instances);
     tcase_add_test(tc, test_pg_write_checkpoint_on_a_standby);
     tcase_add_test(tc, test_pg_new_leader_knows_the_rows_stored_before);
+    tcase_add_test(tc, test_pg_aborted_transaction_never_commits);
     suite_add_tcase(s, tc);
     return s;
 }
