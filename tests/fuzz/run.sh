@@ -22,7 +22,10 @@ for name in "$@"; do
   mkdir -p "$corpus"
   extra=()
   [ -d "$root/tests/fuzz/seeds/$name" ] && extra+=("$root/tests/fuzz/seeds/$name")
-  opts=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
+  # -entropic=0: libFuzzer's entropic schedule spent 81 % of the rules target's time in its own
+  # feature bookkeeping (470 executions/s); without it the same target runs 8,000/s and finds
+  # more new inputs in the same time; the other targets run at the same rate either way
+  opts=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -entropic=0)
   [ -f "$root/tests/fuzz/fuzz_$name.dict" ] && opts+=(-dict="$root/tests/fuzz/fuzz_$name.dict")
   if [ -n "$runs" ]; then opts+=(-runs="$runs"); what="$runs runs"; else opts+=(-max_total_time="$secs"); what="${secs}s"; fi
   echo "== fuzz $name for $what"
