@@ -315,7 +315,9 @@ static int free_slot(gw_repl_t *r, gw_err_t *err)
 
 /* End a walsender that still holds slot for an earlier connection of this process (the network
  * went silent, so Postgres has not noticed that connection is gone: it would keep the slot
- * until wal_sender_timeout). Returns 1 when the slot is free now, 0 when it is not. */
+ * until wal_sender_timeout). Returns 1 when the slot is free now (waiting up to 15 s: on a lossy
+ * link the ended walsender may need seconds of retransmissions to get its last message out
+ * before it exits), 0 when it is not. */
 static int end_own_walsender(gw_repl_t *r, const char *pid)
 {
     gw_err_t err;
@@ -325,7 +327,7 @@ static int end_own_walsender(gw_repl_t *r, const char *pid)
     gw_info("repl",
             "ended this process's previous replication connection, which postgres still held",
             "slot=%s pid=%s", r->slot, pid);
-    for (int i = 0; i < 50 && !atomic_load(&r->stop); i++) {
+    for (int i = 0; i < 150 && !atomic_load(&r->stop); i++) {
         res = gw_pg_query_params(
             r->q, "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active", 1, pv + 1,
             &err);
