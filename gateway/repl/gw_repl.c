@@ -176,7 +176,7 @@ int gw_repl_create(const gw_config_t *cfg, rules_set_t *rules, const char *rules
     rules_unref(r->rules);
     r->rules = serve_rules;
     char h[32];
-    if (gw_storage_state_get(storage, "rules_hash", h, sizeof(h)))
+    if (gw_storage_state_get(storage, "rules_hash", h, sizeof(h)) > 0)
         snprintf(r->rules_hash, sizeof(r->rules_hash), "%s", h);
     snprintf(r->slot, sizeof(r->slot), "%s_%s", r->slot_prefix, r->version);
     gw__repl_add_active(r, r->rules, r->version, 0);

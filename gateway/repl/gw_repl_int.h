@@ -358,8 +358,14 @@ int gw__repl_resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash,
 /** The rules file's identity (modification time, size, inode); 0, or -1 when unreadable. */
 int gw__repl_rules_file_id(gw_repl_t *r, struct gw__file_id *id);
 
-/** A stored state text of any length: malloc'd (caller frees), or NULL when absent. */
-char *gw__repl_state_text(gw_storage_t *st, const char *key);
+/** A stored state text of any length into *out (malloc'd, caller frees; NULL when absent):
+ * 1 found, 0 absent, or a negative code with err set when storage could not be read. */
+int gw__repl_state_text(gw_storage_t *st, const char *key, char **out, gw_err_t *err);
+
+/** gw_storage_state_get with an unreadable value as an error: 1 found, 0 absent, or a negative
+ * code with err set. Every decision taken on "absent" (drop a slot, snapshot again, start a new
+ * rule version) reads through here: an outage of storage is never taken for a missing value. */
+int gw__repl_state_read(gw_storage_t *st, const char *key, char *buf, size_t len, gw_err_t *err);
 
 /** Drop retired versions' slots and data (serving replicator, consistent, after a grace). */
 void gw__repl_drop_retired(gw_repl_t *r);

@@ -52,9 +52,10 @@ static int follow_version(gw_repl_t *r, const char *version, uint64_t since_op, 
 {
     char key[64], hash[64] = "", what[64];
     snprintf(key, sizeof(key), "%s#rules_hash", version);
-    gw_storage_state_get(r->st, key, hash, sizeof(hash));
+    if (gw__repl_state_read(r->st, key, hash, sizeof(hash), err) < 0) return err->code;
     snprintf(key, sizeof(key), "%s#rules_text", version);
-    char *text = gw__repl_state_text(r->st, key);
+    char *text = NULL;
+    if (gw__repl_state_text(r->st, key, &text, err) < 0) return err->code;
     if (text == NULL)
         return gw_err_set(err, GW_EUNAVAIL, "repl",
                           "the storage has no rules for version %s (is the leader older?)",
@@ -97,7 +98,8 @@ int gw__repl_follow_init(gw_repl_t *r, gw_err_t *err)
 {
     r->standby = 1;
     char serving[32] = "";
-    gw_storage_state_get(r->st, GW_STATE_SERVING, serving, sizeof(serving));
+    if (gw__repl_state_read(r->st, GW_STATE_SERVING, serving, sizeof(serving), err) < 0)
+        return err->code;
     gw_storage_info_t info;
     gw_storage_info(r->st, &info);
     gw_info("repl", "another instance replicates into the storage; this one serves",
@@ -214,7 +216,8 @@ void gw__repl_standby(gw_repl_t *r, int lead_rc, const gw_err_t *lerr)
 int gw__repl_take_over(gw_repl_t *r, gw_err_t *err)
 {
     char serving[32] = "";
-    gw_storage_state_get(r->st, GW_STATE_SERVING, serving, sizeof(serving));
+    if (gw__repl_state_read(r->st, GW_STATE_SERVING, serving, sizeof(serving), err) < 0)
+        return err->code;
     if (serving[0] != '\0' && strcmp(serving, r->version) != 0 &&
         gw_storage_set_version(r->st, serving, err) != 0)
         return GW_EIO;
@@ -232,7 +235,12 @@ int gw__repl_take_over(gw_repl_t *r, gw_err_t *err)
         gw_buf_free(&text);
         file_rules = rules_ref(r->rules);
         snprintf(hash, sizeof(hash), "%s", r->rules_hash);
-        char *stored = gw__repl_state_text(r->st, "rules_text");
+        char *stored = NULL;
+        if (gw__repl_state_text(r->st, "rules_text", &stored, err) < 0) {
+            rules_unref(file_rules);
+            gw_buf_free(&text);
+            return err->code;
+        }
         if (stored != NULL) gw_buf_puts(&text, stored);
         free(stored);
     }
@@ -252,7 +260,7 @@ int gw__repl_take_over(gw_repl_t *r, gw_err_t *err)
     rules_unref(r->rules);
     r->rules = serve;
     char h[32];
-    if (gw_storage_state_get(r->st, "rules_hash", h, sizeof(h)))
+    if (gw_storage_state_get(r->st, "rules_hash", h, sizeof(h)) > 0)
         snprintf(r->rules_hash, sizeof(r->rules_hash), "%s", h);
     pthread_mutex_lock(&r->diag_lock);
     snprintf(r->slot, sizeof(r->slot), "%s_%s", r->slot_prefix, r->version);

@@ -91,7 +91,8 @@ static int snapshot_table(gw_repl_t *r, const snap_table_t *t, gw_err_t *err)
 {
     char statekey[512], progress[4096] = "";
     snprintf(statekey, sizeof(statekey), "snap:%s:%s", r->version, t->qname);
-    gw_storage_state_get(r->st, statekey, progress, sizeof(progress));
+    if (gw__repl_state_read(r->st, statekey, progress, sizeof(progress), err) < 0)
+        return err->code; /* an outage is not "never snapshotted" */
     if (strcmp(progress, "done") == 0) return 0;
     keycols_t k;
     if (load_keycols(r, t, &k, err) != 0) return GW_EPG;
@@ -263,8 +264,9 @@ int gw__repl_snapshot(gw_repl_t *r, gw_err_t *err)
 {
     char buf[64], nocpkey[64];
     snprintf(nocpkey, sizeof(nocpkey), "nocp:%s", r->version);
-    if (gw_storage_state_get(r->st, nocpkey, buf, sizeof(buf)))
-        r->nocp_lsn = strtoull(buf, NULL, 10);
+    int got = gw__repl_state_read(r->st, nocpkey, buf, sizeof(buf), err);
+    if (got < 0) return err->code;
+    if (got) r->nocp_lsn = strtoull(buf, NULL, 10);
     /* rows are evaluated here and written by the apply thread, as while streaming */
     int rc = gw__repl_pipe_start(r, err);
     for (size_t i = 0; rc == 0 && i < r->ntables && !atomic_load(&r->stop); i++)

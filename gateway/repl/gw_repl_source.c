@@ -77,8 +77,9 @@ static int check_same_source(gw_repl_t *r, gw_err_t *err)
     char id[128], stored[128] = "";
     snprintf(id, sizeof(id), "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
-    if (gw_storage_state_get(r->st, GW_STATE_SOURCE_ID, stored, sizeof(stored)) &&
-        stored[0] != '\0') {
+    int got = gw__repl_state_read(r->st, GW_STATE_SOURCE_ID, stored, sizeof(stored), err);
+    if (got < 0) return err->code;
+    if (got && stored[0] != '\0') {
         if (strcmp(stored, id) == 0) return 0;
         char msg[512];
         snprintf(msg, sizeof(msg),
@@ -342,7 +343,18 @@ static int end_own_walsender(gw_repl_t *r, const char *pid)
 int gw__repl_ensure_slot(gw_repl_t *r, gw_err_t *err)
 {
     char created[8] = "";
-    gw_storage_state_get(r->st, "slot_created", created, sizeof(created));
+    /* never guessed: a slot taken for a leftover of a crash is dropped below, and the changes
+     * between storage's position and a new slot's start are then lost (a storage outage once
+     * did exactly that) */
+    if (gw__repl_state_read(r->st, "slot_created", created, sizeof(created), err) < 0)
+        return err->code;
+    {
+        /* storage that holds a position streamed from the slot: the slot was ours, whatever the
+         * flag says (a second guard against dropping it) */
+        uint64_t lo, at;
+        gw_storage_checkpoint(r->st, &lo, &at);
+        if (at > 0 && gw_storage_consistent(r->st)) snprintf(created, sizeof(created), "1");
+    }
     const char *pv[1] = {r->slot};
     PGresult *res =
         gw_pg_query_params(r->q,

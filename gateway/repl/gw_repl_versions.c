@@ -56,15 +56,27 @@ void gw__repl_set_next(gw_repl_t *r, gw_repl_t *b)
     pthread_mutex_unlock(&r->next_lock);
 }
 
-/* The version number for a new version: above every one the file has seen. */
-static long next_version(gw_storage_t *st)
+int gw__repl_state_read(gw_storage_t *st, const char *key, char *buf, size_t len, gw_err_t *err)
+{
+    int got = gw_storage_state_get(st, key, buf, len);
+    if (got >= 0) return got;
+    return gw_err_set(err, GW_EIO, "repl",
+                      "could not read \"%s\" from storage; nothing is decided on it until storage "
+                      "answers",
+                      key);
+}
+
+/* The version number for a new version: above every one the file has seen; -1 with err set when
+ * storage could not be read. */
+static long next_version(gw_storage_t *st, gw_err_t *err)
 {
     static const char *const keys[] = {GW_STATE_VERSION_SEQ, GW_STATE_SERVING, GW_STATE_BUILDING};
     long v = 0;
     for (size_t i = 0; i < 3; i++) {
         char b[32] = "";
-        if (gw_storage_state_get(st, keys[i], b, sizeof(b)) && strtol(b, NULL, 10) > v)
-            v = strtol(b, NULL, 10);
+        int got = gw__repl_state_read(st, keys[i], b, sizeof(b), err);
+        if (got < 0) return -1;
+        if (got && strtol(b, NULL, 10) > v) v = strtol(b, NULL, 10);
     }
     return v + 1;
 }
@@ -89,7 +101,7 @@ static int init_version(gw_repl_t *r, gw_storage_t *st, const char *version, con
 static int retire(gw_storage_t *st, const char *version, const char *slot, gw_err_t *err)
 {
     char cur[2048] = "", buf[2300];
-    gw_storage_state_get(st, GW_STATE_RETIRED, cur, sizeof(cur));
+    if (gw__repl_state_read(st, GW_STATE_RETIRED, cur, sizeof(cur), err) < 0) return err->code;
     snprintf(buf, sizeof(buf), "%s%s%s:%s", cur, cur[0] ? "," : "", version, slot);
     return gw_storage_state_set(st, GW_STATE_RETIRED, buf, err);
 }
@@ -112,22 +124,27 @@ static int abandon_stored_build(gw_storage_t *st, const char *version, gw_err_t 
 {
     char key[64], slot[160] = "";
     snprintf(key, sizeof(key), "%s#slot", version);
-    gw_storage_state_get(st, key, slot, sizeof(slot));
+    if (gw__repl_state_read(st, key, slot, sizeof(slot), err) < 0) return err->code;
     return abandon_build(st, version, slot, err);
 }
 
-char *gw__repl_state_text(gw_storage_t *st, const char *key)
+int gw__repl_state_text(gw_storage_t *st, const char *key, char **out, gw_err_t *err)
 {
+    *out = NULL;
     size_t len = 4096;
     for (;;) {
         char *buf = gw_xmalloc(len);
-        if (!gw_storage_state_get(st, key, buf, len)) {
+        int got = gw__repl_state_read(st, key, buf, len, err);
+        if (got <= 0) {
             free(buf);
-            return NULL;
+            return got;
         }
-        if (strlen(buf) + 1 < len) return buf;
+        if (strlen(buf) + 1 < len) {
+            *out = buf;
+            return 1;
+        }
         free(buf);
-        if (len >= ((size_t)64 << 20)) return NULL;
+        if (len >= ((size_t)64 << 20)) return 0;
         len *= 4;
     }
 }
@@ -154,10 +171,13 @@ static int builder_create(gw_repl_t *r, rules_set_t *rules, const char *hash, co
                           const char *resume, gw_err_t *err)
 {
     char v[32];
-    if (resume != NULL)
+    if (resume != NULL) {
         snprintf(v, sizeof(v), "%s", resume);
-    else
-        snprintf(v, sizeof(v), "%ld", next_version(r->st));
+    } else {
+        long n = next_version(r->st, err);
+        if (n < 0) return err->code;
+        snprintf(v, sizeof(v), "%ld", n);
+    }
     gw_storage_t *bst;
     if (gw_storage_open_version(r->sopts, v, &bst, err) != 0) return GW_EIO;
     gw_storage_set_serving(bst, 0);
@@ -208,19 +228,22 @@ int gw__repl_resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash,
                              rules_set_t **serve_rules, gw_err_t *err)
 {
     gw_storage_t *st = r->st;
-    char serving[32] = "", building[32] = "", stored_hash[64] = "";
-    gw_storage_state_get(st, GW_STATE_SERVING, serving, sizeof(serving));
-    gw_storage_state_get(st, GW_STATE_BUILDING, building, sizeof(building));
+    /* every value read first: a storage that does not answer decides nothing (taken for a fresh
+     * storage, it would start a new version and retire the one serving) */
+    char serving[32] = "", building[32] = "", stored_hash[64] = "", bhash[64] = "", key[64];
+    *serve_rules = NULL;
+    if (gw__repl_state_read(st, GW_STATE_SERVING, serving, sizeof(serving), err) < 0 ||
+        gw__repl_state_read(st, GW_STATE_BUILDING, building, sizeof(building), err) < 0 ||
+        gw__repl_state_read(st, "rules_hash", stored_hash, sizeof(stored_hash), err) < 0)
+        return err->code;
+    snprintf(key, sizeof(key), "%s#rules_hash", building);
+    if (building[0] != '\0' && gw__repl_state_read(st, key, bhash, sizeof(bhash), err) < 0)
+        return err->code;
     *serve_rules = rules_ref(rules);
-    if (serving[0] != '\0' &&
-        gw_storage_state_get(st, "rules_hash", stored_hash, sizeof(stored_hash)) &&
-        strcmp(stored_hash, hash) == 0) {
+    if (serving[0] != '\0' && stored_hash[0] != '\0' && strcmp(stored_hash, hash) == 0) {
         /* the version the storage serves: go on (a build of other rules is abandoned) */
         snprintf(r->version, sizeof(r->version), "%s", serving);
-        char key[64], bhash[64] = "";
-        snprintf(key, sizeof(key), "%s#rules_hash", building);
-        if (building[0] != '\0' && gw_storage_state_get(st, key, bhash, sizeof(bhash)) &&
-            strcmp(bhash, hash) == 0) {
+        if (building[0] != '\0' && strcmp(bhash, hash) == 0) {
             /* the same rules built again: the serving version lost its slot (gw__repl_rebuild) */
             r->rebuilding = 1;
             return builder_create(r, rules, hash, text, building, err);
@@ -237,7 +260,12 @@ int gw__repl_resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash,
     }
     if (serving[0] != '\0') {
         /* other rules: keep serving the stored version with its stored rules, if it has them */
-        char *old_text = gw__repl_state_text(st, "rules_text");
+        char *old_text = NULL;
+        if (gw__repl_state_text(st, "rules_text", &old_text, err) < 0) {
+            rules_unref(*serve_rules);
+            *serve_rules = NULL;
+            return err->code;
+        }
         rules_set_t *old = NULL;
         char old_hash[32], what[64];
         gw_err_t cerr;
@@ -253,11 +281,7 @@ int gw__repl_resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash,
                     "the sync rules changed: the stored version serves while the new one "
                     "is built",
                     "serving=%s", serving);
-            char key[64], bhash[64] = "";
-            snprintf(key, sizeof(key), "%s#rules_hash", building);
-            int resume = building[0] != '\0' &&
-                         gw_storage_state_get(st, key, bhash, sizeof(bhash)) &&
-                         strcmp(bhash, hash) == 0;
+            int resume = building[0] != '\0' && strcmp(bhash, hash) == 0;
             if (building[0] != '\0' && !resume) {
                 int rc = abandon_stored_build(st, building, err);
                 if (rc != 0) return rc;
@@ -279,12 +303,14 @@ int gw__repl_resolve_version(gw_repl_t *r, rules_set_t *rules, const char *hash,
     }
     /* a fresh storage, or no way to serve the old version: the new version serves from now on,
      * 503 until consistent; an old version is retired */
-    long v = next_version(st);
+    long v = next_version(st, err);
     char version[32], old_slot[160] = "";
     snprintf(version, sizeof(version), "%ld", v);
-    gw_storage_state_get(st, "slot", old_slot, sizeof(old_slot));
+    int rc = v < 0 ? err->code : 0;
+    if (rc == 0 && gw__repl_state_read(st, "slot", old_slot, sizeof(old_slot), err) < 0)
+        rc = err->code;
     /* one commit, in the new version's namespace */
-    int rc = gw_storage_set_version(st, version, err);
+    if (rc == 0) rc = gw_storage_set_version(st, version, err);
     if (rc == 0) rc = gw_storage_begin(st, err);
     if (rc == 0 && serving[0] != '\0') rc = retire(st, serving, old_slot, err);
     if (rc == 0) rc = gw_storage_state_set(st, GW_STATE_SERVING, version, err);
@@ -565,7 +591,8 @@ int gw__repl_rebuild(gw_repl_t *r, const char *why, gw_err_t *err)
         b = NULL;
     }
     if (b == NULL) {
-        char *text = gw__repl_state_text(r->st, "rules_text");
+        char *text = NULL;
+        if (gw__repl_state_text(r->st, "rules_text", &text, err) < 0) return err->code;
         if (text == NULL)
             return gw_err_set(err, GW_EUNAVAIL, "repl",
                               "%s; this storage has no stored rules to rebuild from: delete the "

@@ -411,7 +411,10 @@ static inline int gw_storage_in_txn(const gw_storage_t *s)
     return s->type->in_txn(s);
 }
 
-/** Read a state value (copied into buf); 1 found, 0 absent. Works inside or outside a txn. */
+/** Read a state value (copied into buf); 1 found, 0 absent, -1 when storage could not be read
+ * (buf then ""). Works inside or outside a txn. A caller that would act on "absent" (create,
+ * drop, start over) must tell -1 from 0: taking an unreadable value for a missing one once made
+ * ferry drop its own replication slot during a storage outage, and lose the changes between. */
 static inline int gw_storage_state_get(gw_storage_t *s, const char *key, char *buf, size_t len)
 {
     return s->type->state_get(s, key, buf, len);

@@ -170,8 +170,9 @@ YAML
 # holds exactly what the rules select from Postgres now); 0 when it does, 1 after SECONDS
 # (default 60: the machine may be loaded) with the difference in $T_TMP/converge.diff
 converged() {
-  local cfg=$1 secs=${2:-60} i
-  for ((i = 0; i < secs * 5; i++)); do
+  local cfg=$1 end=$((SECONDS + ${2:-60}))
+  # a deadline in seconds, not a number of rounds: behind a slow link one round takes seconds
+  while [ "$SECONDS" -lt "$end" ]; do
     t_in_ns "$FERRY_BIN" debug dump --config "$cfg" >"$T_TMP/dump.txt" 2>"$T_TMP/dump.err"
     t_in_ns "$FERRY_BIN" debug oracle --config "$cfg" >"$T_TMP/oracle.txt" 2>"$T_TMP/oracle.err"
     if [ -s "$T_TMP/oracle.txt" ] && cmp -s "$T_TMP/dump.txt" "$T_TMP/oracle.txt"; then return 0; fi

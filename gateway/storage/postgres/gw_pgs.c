@@ -374,10 +374,11 @@ int gw__pgs_open(const gw_storage_opts_t *opts, const char *version, gw_storage_
         char db[128] = "";
         snprintf(db, sizeof(db), "%s", PQdb(s->conn) != NULL ? PQdb(s->conn) : "");
         snprintf(s->where, sizeof(s->where), "%s in %s", schema, db);
-        if (version == NULL)
-            gw__pgs_state_get(&s->base, GW_STATE_SERVING, serving, sizeof(serving));
+        if (version == NULL &&
+            gw__pgs_state_get(&s->base, GW_STATE_SERVING, serving, sizeof(serving)) < 0)
+            rc = gw__pgs_err(s->conn, err, "read the serving rule version");
         gw_writer_set_version(&s->w, version != NULL ? version : serving);
-        rc = gw__pgs_load_cache(s, err);
+        if (rc == 0) rc = gw__pgs_load_cache(s, err);
     }
     if (rc != 0) {
         if (err->code == GW_EPG) err->code = GW_EIO;

@@ -169,12 +169,14 @@ static const char *state_key(const char *ns, const char *key, char *buf, size_t 
 int gw__pgs_state_get(gw_storage_t *st, const char *key, char *buf, size_t len)
 {
     gw_pgs_t *s = (gw_pgs_t *)st;
-    if (s->conn == NULL || !s->prepared) return 0;
+    if (len > 0) buf[0] = '\0';
+    if (s->conn == NULL || !s->prepared) return -1;
     char k[256];
     const char *v[1] = {state_key(s->w.version, key, k, sizeof(k))};
     gw_err_t err;
     PGresult *res = gw__pgs_exec(s, PS_STATE_GET, 1, v, NULL, NULL, 0, &err);
-    int found = res != NULL && PQntuples(res) == 1;
+    if (res == NULL) return -1;
+    int found = PQntuples(res) == 1;
     if (found) snprintf(buf, len, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
     return found;
@@ -260,13 +262,18 @@ int gw__pgs_load_cache(gw_pgs_t *s, gw_err_t *err)
     }
     atomic_store(&w->n_rows, (uint64_t)gw__pgs_get_i64(res, 0, 0));
     PQclear(res);
-    char buf[64];
-    w->next_op =
-        gw__pgs_state_get(&s->base, "next_op", buf, sizeof(buf)) ? strtoull(buf, NULL, 10) : 1;
-    w->last_op =
-        gw__pgs_state_get(&s->base, "last_op", buf, sizeof(buf)) ? strtoull(buf, NULL, 10) : 0;
-    w->lsn = gw__pgs_state_get(&s->base, "lsn", buf, sizeof(buf)) ? strtoull(buf, NULL, 10) : 0;
-    w->consistent = gw__pgs_state_get(&s->base, "consistent", buf, sizeof(buf)) && buf[0] == '1';
+    /* an unreadable value is an error, never a default (op ids from 1, LSN 0) */
+    char nb[32], lb[32], sb[32], cb[8];
+    int gn = gw__pgs_state_get(&s->base, "next_op", nb, sizeof(nb));
+    int gl = gw__pgs_state_get(&s->base, "last_op", lb, sizeof(lb));
+    int gs = gw__pgs_state_get(&s->base, "lsn", sb, sizeof(sb));
+    int gc = gw__pgs_state_get(&s->base, "consistent", cb, sizeof(cb));
+    if (gn < 0 || gl < 0 || gs < 0 || gc < 0)
+        return gw__pgs_err(s->conn, err, "read the replication state from storage");
+    w->next_op = gn ? strtoull(nb, NULL, 10) : 1;
+    w->last_op = gl ? strtoull(lb, NULL, 10) : 0;
+    w->lsn = gs ? strtoull(sb, NULL, 10) : 0;
+    w->consistent = gc && cb[0] == '1';
     if (w->next_op <= w->last_op) w->next_op = w->last_op + 1;
     return 0;
 }

@@ -36,8 +36,13 @@ int gw__sqlite_begin(gw_storage_t *st, gw_err_t *err)
     /* the op-id sequence is shared with a writer building another rule version beside this one:
      * take it up where the last commit of either left it (this transaction holds the lock) */
     char buf[32];
-    uint64_t stored =
-        gw__sqlite_state_get(&s->base, "next_op", buf, sizeof(buf)) ? strtoull(buf, NULL, 10) : 0;
+    int got = gw__sqlite_state_get(&s->base, "next_op", buf, sizeof(buf));
+    if (got < 0) {
+        gw__sqlite_exec(s->db, "ROLLBACK", NULL, "");
+        return gw_err_set(err, GW_EIO, "storage", "could not read the op-id sequence: %s",
+                          sqlite3_errmsg(s->db));
+    }
+    uint64_t stored = got ? strtoull(buf, NULL, 10) : 0;
     s->in_txn = 1;
     gw_writer_begin(&s->w, stored);
     return 0;
@@ -138,15 +143,19 @@ int gw__sqlite_state_get(gw_storage_t *st, const char *key, char *buf, size_t le
 {
     gw_sqlite_t *s = (gw_sqlite_t *)st;
     sqlite3_stmt *q = s->st[ST_STATE_GET];
-    if (q == NULL) return 0;
+    if (len > 0) buf[0] = '\0';
+    if (q == NULL) return -1;
     char k[256];
     sqlite3_bind_text(q, 1, gw__sqlite_state_key(s->w.version, key, k, sizeof(k)), -1,
                       SQLITE_TRANSIENT);
     int found = 0;
-    if (sqlite3_step(q) == SQLITE_ROW) {
+    int step = sqlite3_step(q);
+    if (step == SQLITE_ROW) {
         const char *v = (const char *)sqlite3_column_text(q, 0);
         snprintf(buf, len, "%s", v != NULL ? v : "");
         found = 1;
+    } else if (step != SQLITE_DONE) {
+        found = -1; /* busy, I/O error: not "absent" */
     }
     sqlite3_reset(q);
     return found;

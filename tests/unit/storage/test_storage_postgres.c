@@ -8,7 +8,7 @@
  * that takes the lead knows the rows the previous leader stored (deleting one removes it from
  * its buckets); a transaction aborted under the writer (an error in its session it did not see)
  * never commits: nothing of it is stored or acknowledged, and the writer goes on from what
- * storage holds.
+ * storage holds; a state value that cannot be read (the session is gone) is -1, not "absent".
  *
  * Each test uses a schema of its own in FERRY_TEST_STORAGE_URI (tests/run.sh sets it).
  */
@@ -419,6 +419,40 @@ START_TEST(test_pg_aborted_transaction_never_commits)
 }
 END_TEST
 
+START_TEST(test_pg_unreadable_state_is_not_absent)
+{
+    gw_storage_t *a = open_at(&opts_a);
+    ck_assert_int_eq(gw_storage_lead(a, &err), 1);
+    ck_assert_int_eq(gw_storage_begin(a, &err), 0);
+    ck_assert_int_eq(gw_storage_state_set(a, "slot_created", "1", &err), 0);
+    ck_assert_int_eq(gw_storage_commit(a, 10, &err), 0);
+    char v[16];
+    ck_assert_int_eq(gw_storage_state_get(a, "slot_created", v, sizeof(v)), 1);
+    ck_assert_str_eq(v, "1");
+    ck_assert_int_eq(gw_storage_state_get(a, "nothing", v, sizeof(v)), 0);
+    /* the session goes away (as in a storage outage): a value that cannot be read is -1, never
+     * "absent" (the replicator once took it for a slot never created and dropped its own) */
+    char sql[96], b[16];
+    snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%d)::text",
+             PQbackendPID(((gw_pgs_t *)a)->conn));
+    ck_assert_str_eq(side_sql(sql, b, sizeof(b)), "true");
+    snprintf(v, sizeof(v), "junk");
+    ck_assert_int_eq(gw_storage_state_get(a, "slot_created", v, sizeof(v)), -1);
+    ck_assert_str_eq(v, "");
+    ck_assert_int_eq(gw_storage_state_get(a, "nothing", v, sizeof(v)), -1);
+    /* the lead again (a new session): read as stored */
+    int led = 0;
+    for (int i = 0; i < 500 && led != 1; i++) {
+        led = gw_storage_lead(a, &err);
+        if (led != 1) usleep(10000);
+    }
+    ck_assert_int_eq(led, 1);
+    ck_assert_int_eq(gw_storage_state_get(a, "slot_created", v, sizeof(v)), 1);
+    ck_assert_str_eq(v, "1");
+    gw_storage_close(a);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("storage_postgres");
@@ -430,6 +464,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_pg_write_checkpoint_on_a_standby);
     tcase_add_test(tc, test_pg_new_leader_knows_the_rows_stored_before);
     tcase_add_test(tc, test_pg_aborted_transaction_never_commits);
+    tcase_add_test(tc, test_pg_unreadable_state_is_not_absent);
     suite_add_tcase(s, tc);
     return s;
 }
