@@ -359,7 +359,8 @@ int gw__repl_ensure_slot(gw_repl_t *r, gw_err_t *err)
     PGresult *res =
         gw_pg_query_params(r->q,
                            "SELECT s.wal_status, s.database = current_database(), s.active, "
-                           "coalesce(a.application_name, ''), coalesce(s.active_pid, 0)::text "
+                           "coalesce(a.application_name, ''), coalesce(s.active_pid, 0)::text, "
+                           "coalesce(s.confirmed_flush_lsn - '0/0'::pg_lsn, 0)::text "
                            "FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = "
                            "s.active_pid WHERE s.slot_name = $1",
                            1, pv, err);
@@ -371,6 +372,7 @@ int gw__repl_ensure_slot(gw_repl_t *r, gw_err_t *err)
     int ours = active && strcmp(PQgetvalue(res, 0, 3), r->appname) == 0;
     char pid[32];
     snprintf(pid, sizeof(pid), "%s", exists ? PQgetvalue(res, 0, 4) : "0");
+    uint64_t confirmed = exists ? strtoull(PQgetvalue(res, 0, 5), NULL, 10) : 0;
     PQclear(res);
     if (exists && !same_db) {
         char msg[512], fix[256];
@@ -385,6 +387,24 @@ int gw__repl_ensure_slot(gw_repl_t *r, gw_err_t *err)
                           "replication slot \"%s\" is still held by this process's previous "
                           "connection",
                           r->slot);
+    uint64_t stored_op, stored_lsn;
+    gw_storage_checkpoint(r->st, &stored_op, &stored_lsn);
+    if (exists && !lost && created[0] == '1' && gw_storage_consistent(r->st) &&
+        confirmed > stored_lsn) {
+        /* the slot was acknowledged past what storage holds (storage restored from an older
+         * backup, or a bug): Postgres would start after the changes in between, which storage
+         * never got. Never stream over that gap: rebuild from a new snapshot. */
+        char msg[512], a[32], b[32];
+        snprintf(msg, sizeof(msg),
+                 "replication slot \"%s\" was acknowledged up to %s but storage holds changes "
+                 "only up to %s (the ones between would never be sent again)",
+                 r->slot, gw_lsn_format(confirmed, a, sizeof(a)),
+                 gw_lsn_format(stored_lsn, b, sizeof(b)));
+        gw_error("repl", msg, NULL);
+        if (!r->builder) return gw__repl_rebuild(r, msg, err);
+        r->slot_lost = 1; /* the serving replicator starts the build again */
+        return gw_err_set(err, GW_EUNAVAIL, "repl", "%s", msg);
+    }
     if (exists && !lost && created[0] == '1') return active && r->shared ? free_slot(r, err) : 0;
     if (created[0] == '1') {
         /* our slot vanished (dropped, or its WAL was removed, or the source failed over to a
