@@ -21,7 +21,7 @@ sdkdisk=$T_TMP/sdkdisk
 mkdir -p "$small" "$sdkdisk"
 cleanup_mounts() { umount "$small" 2>/dev/null; umount "$sdkdisk" 2>/dev/null; }
 trap 't_cleanup_procs; cleanup_mounts; "$T_ROOT/tests/lib/pg.sh" stop "$own_pgtmp"; t_cleanup' EXIT
-t_cleanup_procs() { local p; for p in "${T_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
+t_cleanup_procs() { local p; for p in "${T_PIDS[@]}"; do t_mine "$p" && kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
 mount -t tmpfs -o size=24m tmpfs "$small" || { fail "a 24 MB tmpfs mounts" "mount failed"; exit 1; }
 mount -t tmpfs -o size=24m tmpfs "$sdkdisk" || { fail "a 24 MB tmpfs mounts" "mount failed"; exit 1; }
 

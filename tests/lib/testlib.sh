@@ -39,10 +39,26 @@ T_TMP=$(mktemp -d "${T_TMPDIR:-/tmp}/ferry-test-$T_NAME.XXXXXX")
 T_PIDS=()
 T_DROP_DBS=()
 
+# t_mine PID: PID is still a process this script started (this shell is among its ancestors). A
+# PID whose process ended may already belong to another program (pid_max can be 32,768, and
+# other tests run beside this one): such a PID is never signalled.
+t_mine() {
+  local p=$1 i pp
+  for ((i = 0; i < 16; i++)); do
+    pp=$(awk '/^PPid:/ {print $2}' "/proc/$p/status" 2>/dev/null) || return 1
+    [ -n "$pp" ] || return 1
+    [ "$pp" = "$$" ] && return 0
+    [ "$pp" -le 1 ] && return 1
+    p=$pp
+  done
+  return 1
+}
+
 t_cleanup() {
   local p d i
   for p in "${T_PIDS[@]}"; do
-    if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+    if t_mine "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
+    wait "$p" 2>/dev/null || true
   done
   for d in "${T_DROP_DBS[@]}"; do # slots are cluster-wide and few: give them back
     for ((i = 0; i < 50; i++)); do
@@ -114,12 +130,12 @@ start_ferry() {
 
 stop_pid() {
   local pid=$1 secs=${2:-5} i
-  kill -TERM "$pid" 2>/dev/null || true
+  t_mine "$pid" && kill -TERM "$pid" 2>/dev/null
   for ((i = 0; i < secs * 20; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
+    t_mine "$pid" || break
     sleep 0.05
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if t_mine "$pid"; then
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null
     STOP_RC=timeout
