@@ -668,8 +668,8 @@ void gw_config_defaults(gw_config_t *cfg)
     cfg->http.cors.allowed_origins[0] = gw_xstrdup("*");
     cfg->http.cors.n_allowed_origins = 1;
     cfg->http.compression.enabled = 1;
-    cfg->http.compression.zstd_level = 3;
-    cfg->http.compression.gzip_level = 6;
+    cfg->http.compression.zstd_level = 1;
+    cfg->http.compression.gzip_level = 1;
     cfg->postgres.pool_size = 4;
     cfg->postgres.timeout = 10;
     cfg->replication.publication = gw_xstrdup("ferry");

@@ -45,8 +45,8 @@ typedef struct gw_config {
         } cors;
         struct {
             int enabled;     /* compress /sync/stream when the client accepts it (1) */
-            long zstd_level; /* 1..19 (3) */
-            long gzip_level; /* 1..9 (6) */
+            long zstd_level; /* 1..19 (1) */
+            long gzip_level; /* 1..9 (1) */
         } compression;
     } http;
     struct {

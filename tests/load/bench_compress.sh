@@ -8,7 +8,8 @@
 #  (b) that initial sync with zstd: ops/s, the identity rate of the same run and their ratio,
 #      ferry's peak RSS;
 #  (c) fan-out with zstd: FANOUT streams (default 1,000), RATE single-row commits/s (default
-#      100) for SECONDS (default 10): commit-to-client latency p50/p99;
+#      100) for SECONDS (default 10): commit-to-client latency p50/p99, beside the same fan-out
+#      without compression just before;
 #  (d) IDLE idle zstd streams (default 10,000) on a restarted ferry: ferry's RSS per stream.
 # Env overrides: BENCH_STREAM_ROWS, BENCH_IDLE_STREAMS, BENCH_FANOUT_STREAMS, BENCH_FANOUT_RATE,
 # BENCH_FANOUT_SECONDS, BENCH_LOAD_PROCS. JSON goes to build/bench/compress_*.
@@ -85,7 +86,11 @@ rss_z=$(jget "$out/compress_initial_zstd.json" 'round(j["ferry_rss_kb"]["peak_sa
 cks=$(for e in identity zstd gzip; do jget "$out/compress_initial_$e.json" 'j["checksums"]["failures"]'; done | paste -sd+ | bc)
 same=$( [ "$(decoded zstd)" = "$(decoded identity)" ] && [ "$(decoded gzip)" = "$(decoded identity)" ] && echo yes || echo no)
 
-# (c) fan-out with zstd
+# (c) fan-out with zstd, after the same without compression (the machine's floor in this run)
+run fanout-identity fanout "${common[@]}" --clients "$fan_n" --procs "$procs" --pg "$db" \
+  --rate "$fan_rate" --seconds "$fan_secs" --timeout 300 --ferry-pid "$FERRY_PID" \
+  --json "$out/compress_fanout_identity.json" --quiet >/dev/null
+ilat() { jget "$out/compress_fanout_identity.json" "round(j[\"latency_ms\"][\"$1\"], 2)"; }
 run fanout fanout "${common[@]}" --encoding zstd --clients "$fan_n" --procs "$procs" --pg "$db" \
   --rate "$fan_rate" --seconds "$fan_secs" --timeout 300 --ferry-pid "$FERRY_PID" \
   --json "$out/compress_fanout.json" --quiet >/dev/null
@@ -113,5 +118,7 @@ echo "BENCH stream_initial_zstd_ratio_to_identity $(python3 -c "print(round($o_z
 echo "BENCH stream_initial_zstd_ferry_rss_peak $rss_z MiB sampled every 10 ms during the zstd sync; goal < 64"
 echo "BENCH stream_fanout_zstd_latency_p50 $(lat p50) ms $fan_n zstd streams, $fan_rate commits/s for ${fan_secs}s, $deliv delivered; goal <= 5"
 echo "BENCH stream_fanout_zstd_latency_p99 $(lat p99) ms goal <= 20"
+echo "BENCH stream_fanout_identity_same_run_latency_p50 $(ilat p50) ms the same fan-out without compression, just before"
+echo "BENCH stream_fanout_identity_same_run_latency_p99 $(ilat p99) ms"
 echo "BENCH stream_idle_zstd_rss_per_stream $per KB $up idle zstd streams over $procs client processes; goal < 40"
 exit $status
