@@ -86,12 +86,13 @@ rss_z=$(jget "$out/compress_initial_zstd.json" 'round(j["ferry_rss_kb"]["peak_sa
 cks=$(for e in identity zstd gzip; do jget "$out/compress_initial_$e.json" 'j["checksums"]["failures"]'; done | paste -sd+ | bc)
 same=$( [ "$(decoded zstd)" = "$(decoded identity)" ] && [ "$(decoded gzip)" = "$(decoded identity)" ] && echo yes || echo no)
 
-# (c) fan-out with zstd, after the same without compression (the machine's floor in this run)
-run fanout-identity fanout "${common[@]}" --clients "$fan_n" --procs "$procs" --pg "$db" \
+# (c) fan-out with zstd, after the same without compression (the machine's floor in this run);
+# other users each time, or the second run's streams would receive the first run's rows
+run fanout-identity fanout "${common[@]}" --user-prefix fanid --clients "$fan_n" --procs "$procs" --pg "$db" \
   --rate "$fan_rate" --seconds "$fan_secs" --timeout 300 --ferry-pid "$FERRY_PID" \
   --json "$out/compress_fanout_identity.json" --quiet >/dev/null
 ilat() { jget "$out/compress_fanout_identity.json" "round(j[\"latency_ms\"][\"$1\"], 2)"; }
-run fanout fanout "${common[@]}" --encoding zstd --clients "$fan_n" --procs "$procs" --pg "$db" \
+run fanout fanout "${common[@]}" --encoding zstd --user-prefix fanzstd --clients "$fan_n" --procs "$procs" --pg "$db" \
   --rate "$fan_rate" --seconds "$fan_secs" --timeout 300 --ferry-pid "$FERRY_PID" \
   --json "$out/compress_fanout.json" --quiet >/dev/null
 lat() { jget "$out/compress_fanout.json" "round(j[\"latency_ms\"][\"$1\"], 2)"; }
