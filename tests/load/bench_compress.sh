@@ -92,6 +92,10 @@ run fanout-identity fanout "${common[@]}" --user-prefix fanid --clients "$fan_n"
   --rate "$fan_rate" --seconds "$fan_secs" --timeout 300 --ferry-pid "$FERRY_PID" \
   --json "$out/compress_fanout_identity.json" --quiet >/dev/null
 ilat() { jget "$out/compress_fanout_identity.json" "round(j[\"latency_ms\"][\"$1\"], 2)"; }
+# a restarted ferry: it holds the streams just closed until their next keepalive (20 s)
+stop_pid "$FERRY_PID" 10
+start_ferry "$T_TMP/ferry.yaml"
+wait_ready "$port" 60 || { echo "ferry did not come back"; tail "$FERRY_LOG"; exit 1; }
 run fanout fanout "${common[@]}" --encoding zstd --user-prefix fanzstd --clients "$fan_n" --procs "$procs" --pg "$db" \
   --rate "$fan_rate" --seconds "$fan_secs" --timeout 300 --ferry-pid "$FERRY_PID" \
   --json "$out/compress_fanout.json" --quiet >/dev/null
