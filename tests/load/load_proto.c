@@ -54,8 +54,6 @@ void load_proto_free(load_proto_t *p)
         free(p->dec);
     }
     p->dec = NULL;
-    free(p->dbuf);
-    p->dbuf = NULL;
     free(p->carry);
     free(p->bk);
     p->carry = NULL;
@@ -394,15 +392,16 @@ static int decode(load_proto_t *p, const char *d, size_t n, load_stats_t *st,
         st->decoded_bytes += n;
         return split_lines(p, d, n, st, cb);
     }
-    if (p->dbuf == NULL && (p->dbuf = malloc(DBUF_SIZE)) == NULL) return fail(p, "out of memory");
+    /* one decode buffer per thread, not per stream: thousands of streams decode in one loop */
+    static __thread char dbuf[DBUF_SIZE];
     if (p->enc == 1) { /* a zstd stream of one or more frames */
         ZSTD_inBuffer in = {d, n, 0};
         while (in.pos < in.size) {
-            ZSTD_outBuffer out = {p->dbuf, DBUF_SIZE, 0};
+            ZSTD_outBuffer out = {dbuf, DBUF_SIZE, 0};
             size_t r = ZSTD_decompressStream(p->dec, &out, &in);
             if (ZSTD_isError(r)) return fail(p, "the zstd body does not decode");
             st->decoded_bytes += out.pos;
-            int rc = split_lines(p, p->dbuf, out.pos, st, cb);
+            int rc = split_lines(p, dbuf, out.pos, st, cb);
             if (rc != 0) return rc;
         }
         return 0;
@@ -411,14 +410,14 @@ static int decode(load_proto_t *p, const char *d, size_t n, load_stats_t *st,
     z->next_in = (Bytef *)d;
     z->avail_in = (uInt)n;
     while (z->avail_in > 0) {
-        z->next_out = (Bytef *)p->dbuf;
+        z->next_out = (Bytef *)dbuf;
         z->avail_out = DBUF_SIZE;
         int r = inflate(z, Z_SYNC_FLUSH);
         if (r != Z_OK && r != Z_STREAM_END && r != Z_BUF_ERROR)
             return fail(p, "the gzip body does not decode");
         size_t got = DBUF_SIZE - z->avail_out;
         st->decoded_bytes += got;
-        int rc = split_lines(p, p->dbuf, got, st, cb);
+        int rc = split_lines(p, dbuf, got, st, cb);
         if (rc != 0) return rc;
         if (r == Z_STREAM_END || (r == Z_BUF_ERROR && got == 0)) break;
     }

@@ -47,7 +47,6 @@ typedef struct load_proto {
     const char *err;           /* static text when phase == LOAD_P_ERROR */
     int enc;                   /* Content-Encoding: 0 none, 1 zstd, 2 gzip */
     void *dec;                 /* the decoder of enc (ZSTD_DStream or z_stream), owned */
-    char *dbuf;                /* decoded bytes, before split_lines */
 } load_proto_t;
 
 /* What the reader tells its caller while it feeds lines. */
