@@ -52,6 +52,9 @@ expect_eq "preflight on every client route: 204, * , GET, POST, the SDK's header
 
 h=$(hdrs POST "$base/sync/stream" -H 'Origin: http://app.test:5173')
 expect_match "401 of the stream carries the CORS header" $'^HTTP/1.1 401.*\naccess-control-allow-origin: \\*' "$(echo "$h" | tr '\n' '\n')"
+tok=$("$FERRY_BIN" token --config "$T_TMP/any.yaml" --sub u1)
+h=$(hdrs POST "$base/sync/stream" -H 'Origin: http://app.test:5173' -H "Authorization: Token $tok" --data '{}')
+expect_match "503 (no Postgres behind this ferry) carries it" $'^HTTP/1.1 503.*\naccess-control-allow-origin: \\*' "$h"
 h=$(hdrs GET "$base/no/such" -H 'Origin: http://app.test:5173')
 expect_eq "404 carries it" "*" "$(echo "$h" | hval access-control-allow-origin)"
 h=$(hdrs GET "$base/api/write" -H 'Origin: http://app.test:5173')
