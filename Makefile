@@ -34,7 +34,7 @@ FUZZ_RUNS ?=
 # Flags by module: the gateway sees every package; the leaf libraries (rules/, auth/,
 # clientsdk/) compile with their own packages' flags only (make lint checks their includes).
 pkg_cflags = $(shell pkg-config --cflags $(1) 2>/dev/null)
-PKGS := libh2o-evloop libpq yaml-0.1 libjwt jansson sqlite3 libcurl openssl
+PKGS := libh2o-evloop libpq yaml-0.1 libjwt jansson sqlite3 libcurl openssl libzstd zlib
 RULES_PKGS := yaml-0.1 sqlite3 jansson openssl
 AUTH_PKGS  := libjwt openssl jansson libcurl
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)

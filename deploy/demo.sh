@@ -6,13 +6,15 @@
 #                          clients sync their own data, a psql change arrives live, an offline
 #                          write lands later, an unauthorized write is rejected, two offline
 #                          bookings of one room land and the violation reaches its writer, the
-#                          official PowerSync Node client syncs (when node and npm exist)
+#                          official PowerSync Node client syncs (when node and npm exist);
+#                          last, it starts the web demo (deploy/demo/web: @powersync/web in a
+#                          browser, its own origin, on 127.0.0.1) and prints its URL
 #   deploy/demo.sh stop    stop exactly what the demo started (by the PIDs it recorded)
 #
-# State lives in $DEMO_VAR (default ./var): demo.env, ferry.pid, clients.pid (background client
-# processes), ferry.log, ferry.yaml, sync-rules.yaml, the clients' SQLite files (*.db).
+# State lives in $DEMO_VAR (default ./var): demo.env, ferry.pid, web.pid (the web demo's server),
+# clients.pid (background client processes), ferry.log, web.log, ferry.yaml, sync-rules.yaml, the clients' SQLite files (*.db).
 # DEMO_NONINTERACTIVE=1 never pauses for the user (tests use it). DEMO_PORT picks the port
-# (default 8080, or a free one when 8080 is taken).
+# (default 8080, or a free one when 8080 is taken), DEMO_WEB_PORT the web demo's (default 5173).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 var=${DEMO_VAR:-$root/var}
@@ -46,6 +48,11 @@ stop() {
       if stop_pid "$pid" "$name"; then echo "demo: stopped $name (pid $pid)"; stopped=1; fi
     done <"$var/clients.pid"
     rm -f "$var/clients.pid"
+  fi
+  if [ -f "$var/web.pid" ]; then
+    pid=$(cat "$var/web.pid")
+    if stop_pid "$pid" server.mjs; then echo "demo: stopped the web demo (pid $pid)"; stopped=1; fi
+    rm -f "$var/web.pid"
   fi
   if [ -f "$var/ferry.pid" ]; then
     pid=$(cat "$var/ferry.pid")
@@ -87,7 +94,7 @@ start() {
   [ -x "$ferry" ] || { echo "demo: $ferry is missing; run make first" >&2; exit 1; }
   [ -x "$todo_bin" ] || { echo "demo: $todo_bin is missing; run make first" >&2; exit 1; }
   mkdir -p "$var"
-  if [ -f "$var/ferry.pid" ] || [ -f "$var/demo.env" ] || [ -f "$var/clients.pid" ]; then
+  if [ -f "$var/ferry.pid" ] || [ -f "$var/demo.env" ] || [ -f "$var/clients.pid" ] || [ -f "$var/web.pid" ]; then
     say "Stopping the previous demo"
     stop
   fi
@@ -294,8 +301,32 @@ YAML
   curl -s "$base/metrics" | grep -E '^ferry_(write_ops_total|write_violations_total|replication_lag)' | indent || true
 
   rm -f "$var/clients.pid"
+  local web_url=
+  say "The web app: @powersync/web in a browser, served from its own origin"
+  if command -v node >/dev/null && command -v npm >/dev/null &&
+     "$root/deploy/demo/web/build.sh" >"$var/web-build.log" 2>&1; then
+    local wport=${DEMO_WEB_PORT:-5173}
+    while port_in_use "$wport"; do wport=$(( 10000 + RANDOM % 22000 )); done
+    FERRY_ENDPOINT=$base DEMO_SECRET=$secret DEMO_KID=dev DEMO_AUDIENCE=ferry \
+      DEMO_USERS=alice,bob,carol DEMO_WEB_PORT=$wport \
+      setsid node "$root/deploy/demo/web/server.mjs" >"$var/web.log" 2>&1 </dev/null &
+    echo $! >"$var/web.pid"
+    for _ in $(seq 1 100); do
+      web_url=$(sed -n 's/^web demo: //p' "$var/web.log"); [ -n "$web_url" ] && break; sleep 0.05
+    done
+    if [ -n "$web_url" ]; then
+      echo "   $web_url   (open it in a browser; switch users at the top right)"
+      echo "   another origin than ferry's ($base): ferry answers CORS (http.cors)"
+      echo "   tokens: minted by the demo's own server on 127.0.0.1 (demo only; ferry has no token endpoint)"
+    else
+      echo "   the web demo did not start; its log: $var/web.log"
+    fi
+  else
+    echo "   skipped: node and npm are needed to build it (log: $var/web-build.log)"
+  fi
   say "The demo is running"
   cat <<TXT
+   web app:   ${web_url:-(not started)}
    endpoint:  $base
    token:     ${tokens[alice]}
               (user alice, 1 hour; another: build/ferry token --config $var/ferry.yaml --sub bob)

@@ -10,7 +10,7 @@ PACKAGES=(
   libh2o-evloop-dev libpq-dev libyaml-dev libjwt-dev libjansson-dev libsqlite3-dev
   libcurl4-openssl-dev libssl-dev check pkg-config postgresql-15 clang libclang-rt-14-dev
   clang-format gnuplot-nox wrk curl procps make gcc g++ python3 openssl iproute2 jq sqlite3
-  haproxy nftables
+  haproxy nftables libzstd-dev zlib1g-dev python3-zstandard chromium
 )
 
 missing=()

@@ -52,7 +52,8 @@ GW_REPL_SRCS := \
 GW_HTTP_SRCS := \
 	gateway/http/gw_http.c \
 	gateway/http/gw_worker.c \
-	gateway/http/gw_auth.c
+	gateway/http/gw_auth.c \
+	gateway/http/gw_compress.c
 
 GW_API_SRCS := \
 	gateway/api/gw_probes.c \
@@ -76,5 +77,5 @@ CLI_SRCS += \
 	gateway/cli/gw_cli_debug.c \
 	gateway/cli/gw_cli_compact.c
 
-UNIT_TESTS += base/base config/config storage/storage_contract storage/storage_sqlite storage/storage_postgres storage/oprec pg/pgoutput
+UNIT_TESTS += base/base config/config http/compress storage/storage_contract storage/storage_sqlite storage/storage_postgres storage/oprec pg/pgoutput
 FUZZ_TARGETS += config pgoutput

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# run.sh -- run every test suite: Check unit tests, integration tests, conformance tests
+# run.sh -- run every test suite: Check unit tests, integration tests, conformance tests, the
+# web demo in a real browser
 #
 # Called by `make check` after the build. Each suite prints its own summary (Check's
 # "100%: Checks: N, Failures: 0, Errors: 0", the runners' "N passed, N failed"); this script
@@ -39,6 +40,11 @@ tests/integration/run.sh || failed+=(integration)
 if [ -x tests/conformance/run.sh ]; then
   echo "== conformance"
   tests/conformance/run.sh || failed+=(conformance)
+fi
+
+if [ -x tests/browser/run.sh ]; then
+  echo "== browser"
+  tests/browser/run.sh || failed+=(browser)
 fi
 
 echo "make check took $(( $(date +%s) - start )) s"

@@ -528,6 +528,8 @@ static int stream_once(ferry_db_t *db, int *backoff)
     curl_easy_setopt(st.h, CURLOPT_CONNECTTIMEOUT, 10L);
     curl_easy_setopt(st.h, CURLOPT_LOW_SPEED_LIMIT, 1L); /* keepalives come every ~20 s */
     curl_easy_setopt(st.h, CURLOPT_LOW_SPEED_TIME, 60L);
+    /* every encoding this libcurl decodes (zstd, gzip, …): ferry compresses streams, flushed at
+     * every batch of lines, so nothing waits in the decoder either */
     curl_easy_setopt(st.h, CURLOPT_ACCEPT_ENCODING, "");
     pipe_start(&st);
     CURLcode cc = curl_easy_perform(st.h);

@@ -37,6 +37,7 @@
 #include "api/gw_api.h"
 #include "api/gw_stream_int.h"
 #include "http/gw_auth.h"
+#include "http/gw_compress.h"
 #include "base/gw_buf.h"
 #include "base/gw_log.h"
 #include "base/gw_map.h"
@@ -101,6 +102,7 @@ typedef struct sthread {
     h2o_timeout_entry_t tick_entry;
     int tick_on;
     uint64_t ticks;
+    gw_compress_ctx_t *cz; /* this thread's compressors (http.compression) */
 } sthread_t;
 
 /* The streams of one user, oldest first (the per-user registry). */
@@ -133,7 +135,8 @@ struct gw_streams {
     /* metrics */
     _Atomic int64_t open;
     _Atomic uint64_t started, ops_sent, bytes_sent, checkpoints_sent, rejected, evicted;
-    gw_hist_t latency; /* storage commit to checkpoint_complete */
+    _Atomic uint64_t enc_in[3], enc_out[3]; /* by gw_encoding_t: bytes before / after */
+    gw_hist_t latency;                      /* storage commit to checkpoint_complete */
 };
 
 /* ---- one stream ---- */
@@ -201,6 +204,8 @@ struct stream {
     uint64_t round_ops;
     /* output */
     gw_buf_t pending, inflight;
+    gw_buf_t wire;           /* inflight compressed (an encoding other than identity) */
+    gw_compress_stream_t cz; /* the response's Content-Encoding and its state */
     int busy, closed, finishing, final_sent;
     uint64_t ops_sent, bytes_sent, lines;
     const char *end_reason;
@@ -229,11 +234,14 @@ static void stream_log_end(stream_t *s)
         (double)(now.tv_sec - s->started.tv_sec) + (double)(now.tv_nsec - s->started.tv_nsec) / 1e9;
     char user[300];
     gw_info("stream", "stream ended",
-            "conn=s%llu user=%s buckets=%zu ops=%llu bytes=%llu lines=%llu duration_s=%.3f "
-            "reason=%s",
+            "conn=s%llu user=%s buckets=%zu ops=%llu bytes=%llu lines=%llu encoding=%s "
+            "wire_bytes=%llu duration_s=%.3f reason=%s",
             (unsigned long long)s->id, gw_log_qs(s->sub, user, sizeof(user)), s->nb,
             (unsigned long long)s->ops_sent, (unsigned long long)s->bytes_sent,
-            (unsigned long long)s->lines, secs, s->end_reason ? s->end_reason : "client closed");
+            (unsigned long long)s->lines,
+            s->cz.enc != GW_ENC_IDENTITY ? gw_compress_token(s->cz.enc) : "identity",
+            (unsigned long long)(s->cz.enc != GW_ENC_IDENTITY ? s->cz.out : s->bytes_sent), secs,
+            s->end_reason ? s->end_reason : "client closed");
 }
 
 static void user_unregister(gw_streams_t *g, const char *sub, size_t thread, uint64_t id);
@@ -260,6 +268,7 @@ static void stream_dispose(void *p)
     gw_map_free(&s->lookup_keys);
     gw_buf_free(&s->pending);
     gw_buf_free(&s->inflight);
+    gw_buf_free(&s->wire);
     free(s->sub);
     free(s->client_id);
     free(s->user_key);
@@ -275,15 +284,49 @@ static void line_end(stream_t *s)
     s->lines++;
 }
 
+/*
+ * With a Content-Encoding, compress the batch in s->inflight into s->wire (the whole batch, and
+ * the end of the encoding when final) and return what to send; identity sends inflight itself.
+ * A compressor failure ends the stream (the client reconnects) rather than send a broken one.
+ */
+static h2o_iovec_t encode(stream_t *s, int final, int *failed)
+{
+    *failed = 0;
+    if (s->cz.enc == GW_ENC_IDENTITY) return h2o_iovec_init(s->inflight.data, s->inflight.len);
+    gw_streams_t *g = s->th->owner;
+    uint64_t out_before = s->cz.out;
+    gw_buf_reset(&s->wire);
+    if (gw_compress_batch(s->th->cz, &s->cz, s->inflight.data, s->inflight.len, final, &s->wire) !=
+        0) {
+        gw_error("stream", "could not compress the stream; ending it", "conn=s%llu encoding=%s",
+                 (unsigned long long)s->id, gw_compress_token(s->cz.enc));
+        *failed = 1;
+        return h2o_iovec_init(NULL, 0);
+    }
+    atomic_fetch_add(&g->enc_in[s->cz.enc], s->inflight.len);
+    atomic_fetch_add(&g->enc_out[s->cz.enc], s->cz.out - out_before);
+    return h2o_iovec_init(s->wire.data, s->wire.len);
+}
+
 static void flush(stream_t *s)
 {
     if (s->closed || s->busy || s->final_sent) return;
+    int failed;
     if (s->pending.len == 0) {
         if (s->finishing) {
             s->final_sent = 1;
-            h2o_send(s->req, NULL, 0, H2O_SEND_STATE_FINAL);
-        } else if (s->inflight.cap > 65536) {
-            gw_buf_free(&s->inflight); /* idle: do not keep a big buffer */
+            gw_buf_reset(&s->inflight);
+            h2o_iovec_t iov = encode(s, 1, &failed);
+            if (iov.len > 0) {
+                s->busy = 1;
+                h2o_send(s->req, &iov, 1, H2O_SEND_STATE_FINAL);
+            } else {
+                h2o_send(s->req, NULL, 0, failed ? H2O_SEND_STATE_ERROR : H2O_SEND_STATE_FINAL);
+            }
+        } else {
+            /* idle: do not keep big buffers */
+            if (s->inflight.cap > 65536) gw_buf_free(&s->inflight);
+            if (s->wire.cap > 65536) gw_buf_free(&s->wire);
         }
         return;
     }
@@ -294,9 +337,14 @@ static void flush(stream_t *s)
     s->busy = 1;
     s->bytes_sent += s->inflight.len;
     atomic_fetch_add(&s->th->owner->bytes_sent, s->inflight.len);
-    h2o_iovec_t iov = h2o_iovec_init(s->inflight.data, s->inflight.len);
     int final = s->finishing && !s->in_round;
     if (final) s->final_sent = 1;
+    h2o_iovec_t iov = encode(s, final, &failed);
+    if (failed) {
+        s->final_sent = 1;
+        h2o_send(s->req, NULL, 0, H2O_SEND_STATE_ERROR);
+        return;
+    }
     h2o_send(s->req, &iov, 1, final ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
 }
 
@@ -1188,6 +1236,23 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
                    H2O_STRLIT("application/x-ndjson"));
+    /* a proxy must pass every batch on at once (nginx buffers unless told) */
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-accel-buffering"), 0, NULL,
+                          H2O_STRLIT("no"));
+    const gw_config_t *cfg = app->cfg;
+    if (cfg->http.compression.enabled && s->th->cz != NULL) {
+        ssize_t ae = h2o_find_header(&req->headers, H2O_TOKEN_ACCEPT_ENCODING, -1);
+        s->cz.enc = ae < 0 ? GW_ENC_IDENTITY
+                           : gw_compress_negotiate(req->headers.entries[ae].value.base,
+                                                   req->headers.entries[ae].value.len, 1, 1);
+    }
+    const char *token = gw_compress_token(s->cz.enc);
+    if (token != NULL)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_ENCODING, NULL, token,
+                       strlen(token));
+    if (cfg->http.compression.enabled)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_VARY, NULL,
+                       H2O_STRLIT("Accept-Encoding"));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
                    H2O_STRLIT("no-store"));
     h2o_start_response(req, &s->gen);
@@ -1215,6 +1280,10 @@ static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
     th->rx_registered = 1;
     if (++g->nregistered == g->nthreads) g->attached = 1;
     pthread_mutex_unlock(&g->lock);
+    const gw_config_t *cfg = g->app->cfg;
+    if (cfg->http.compression.enabled)
+        th->cz = gw_compress_ctx_new((int)cfg->http.compression.zstd_level,
+                                     (int)cfg->http.compression.gzip_level);
     h2o_timeout_init(ctx->loop, &th->tick, 1000);
     th->tick_entry.cb = on_tick;
     h2o_timeout_link(ctx->loop, &th->tick, &th->tick_entry);
@@ -1228,6 +1297,8 @@ static void on_thread_stop(h2o_context_t *ctx, size_t index, void *ud)
     sthread_t *th = &g->threads[index];
     (void)ctx;
     gw__cks_free();
+    gw_compress_ctx_free(th->cz);
+    th->cz = NULL;
     pthread_mutex_lock(&g->lock);
     g->attached = 0;
     if (th->rx_registered) {
@@ -1358,6 +1429,19 @@ void gw_stream_metrics(gw_buf_t *out, void *ud)
     gw_buf_puts(out, "# TYPE ferry_stream_bytes_sent_total counter\n");
     gw_buf_printf(out, "ferry_stream_bytes_sent_total %llu\n",
                   (unsigned long long)atomic_load(&g->bytes_sent));
+    gw_buf_puts(out,
+                "# HELP ferry_stream_encoded_bytes_in_total Stream bytes before compression, by "
+                "Content-Encoding.\n# TYPE ferry_stream_encoded_bytes_in_total counter\n");
+    for (int e = GW_ENC_ZSTD; e <= GW_ENC_GZIP; e++)
+        gw_buf_printf(out, "ferry_stream_encoded_bytes_in_total{encoding=\"%s\"} %llu\n",
+                      gw_compress_token((gw_encoding_t)e),
+                      (unsigned long long)atomic_load(&g->enc_in[e]));
+    gw_buf_puts(out, "# HELP ferry_stream_encoded_bytes_out_total Stream bytes after compression, "
+                     "by Content-Encoding.\n# TYPE ferry_stream_encoded_bytes_out_total counter\n");
+    for (int e = GW_ENC_ZSTD; e <= GW_ENC_GZIP; e++)
+        gw_buf_printf(out, "ferry_stream_encoded_bytes_out_total{encoding=\"%s\"} %llu\n",
+                      gw_compress_token((gw_encoding_t)e),
+                      (unsigned long long)atomic_load(&g->enc_out[e]));
     gw_buf_puts(out, "# TYPE ferry_stream_checkpoints_sent_total counter\n");
     gw_buf_printf(out, "ferry_stream_checkpoints_sent_total %llu\n",
                   (unsigned long long)atomic_load(&g->checkpoints_sent));

@@ -17,6 +17,18 @@ static void reserve(gw_buf_t *b, size_t extra)
     b->cap = cap;
 }
 
+char *gw_buf_space(gw_buf_t *b, size_t n)
+{
+    reserve(b, n);
+    return b->data + b->len;
+}
+
+void gw_buf_added(gw_buf_t *b, size_t n)
+{
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
 void gw_buf_append(gw_buf_t *b, const void *p, size_t len)
 {
     reserve(b, len);

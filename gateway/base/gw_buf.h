@@ -19,6 +19,15 @@ typedef struct gw_buf {
         NULL, 0, 0                                                                                 \
     }
 
+/**
+ * Room for n more bytes at the end: returns b->data + b->len, valid until the next change of b.
+ * Write there, then gw_buf_added(b, written) with written <= n.
+ */
+char *gw_buf_space(gw_buf_t *b, size_t n);
+
+/** Count n bytes written into the room gw_buf_space() gave as part of b. */
+void gw_buf_added(gw_buf_t *b, size_t n);
+
 /** Append len bytes. */
 void gw_buf_append(gw_buf_t *b, const void *p, size_t len);
 

@@ -24,6 +24,7 @@ typedef enum cfg_type {
     CT_PATH,    /* char *, resolved against the config folder */
     CT_INT,     /* long, within [min, max] */
     CT_LEVEL,   /* gw_log_level_t */
+    CT_BOOL,    /* int: true/false (also yes/no, on/off) */
     CT_STRLIST, /* char ** at offset, size_t count at offset2; a string or a list of strings */
     CT_KEYLIST, /* gw_auth_key_cfg_t * at offset, size_t count at offset2 */
 } cfg_type_t;
@@ -85,6 +86,55 @@ static const char *check_admin_listen(const char *v)
     return strcmp(v, "off") == 0 ? NULL : check_listen(v) ? "\"host:port\" or \"off\"" : NULL;
 }
 
+/* One entry of http.cors.allowed_origins: "*", or an origin as a browser sends it in Origin:
+ * scheme://host[:port], with no path, no trailing "/", no wildcard inside. */
+static const char *check_origin(const char *v)
+{
+    static const char *what = "\"*\" or an origin \"scheme://host[:port]\" (no path)";
+    if (strcmp(v, "*") == 0) return NULL;
+    const char *sep = strstr(v, "://");
+    if (sep == NULL || sep == v) return what;
+    for (const char *p = v; p < sep; p++)
+        if (!isalpha((unsigned char)*p) && *p != '+' && *p != '-' && *p != '.') return what;
+    const char *host = sep + 3;
+    if (host[0] == '\0') return what;
+    for (const char *p = host; *p != '\0'; p++)
+        if (*p == '/' || *p == '*' || *p == '?' || *p == '#' || *p == ' ' || *p == ',' ||
+            (unsigned char)*p < 0x21)
+            return what;
+    return NULL;
+}
+
+/* One entry of http.cors.allowed_headers: an HTTP header name (a token). */
+static const char *check_header_name(const char *v)
+{
+    if (v[0] == '\0') return "a header name";
+    for (const char *p = v; *p != '\0'; p++)
+        if (!isalnum((unsigned char)*p) && strchr("!#$%&'*+-.^_`|~", *p) == NULL)
+            return "a header name (letters, digits and -)";
+    return NULL;
+}
+
+static const cfg_field_t cors_fields[] = {
+    {.name = "allowed_origins",
+     .type = CT_STRLIST,
+     .offset = offsetof(gw_config_t, http.cors.allowed_origins),
+     .offset2 = offsetof(gw_config_t, http.cors.n_allowed_origins),
+     .check = check_origin},
+    {.name = "allowed_headers",
+     .type = CT_STRLIST,
+     .offset = offsetof(gw_config_t, http.cors.allowed_headers),
+     .offset2 = offsetof(gw_config_t, http.cors.n_allowed_headers),
+     .check = check_header_name},
+    F_END,
+};
+static const cfg_field_t compression_fields[] = {
+    {.name = "enabled", .type = CT_BOOL, .offset = offsetof(gw_config_t, http.compression.enabled)},
+    F_INT("zstd_level", http.compression.zstd_level, 1, 19),
+    F_INT("gzip_level", http.compression.gzip_level, 1, 9),
+    F_END,
+};
+
 static const cfg_field_t http_fields[] = {
     {.name = "listen",
      .type = CT_STR,
@@ -96,6 +146,8 @@ static const cfg_field_t http_fields[] = {
      .check = check_admin_listen},
     F_INT("threads", http.threads, 0, 256),
     F_INT("max_request_body", http.max_request_body, 1024, 1L << 30),
+    F_MAP("cors", cors_fields),
+    F_MAP("compression", compression_fields),
     F_END,
 };
 static const cfg_field_t postgres_fields[] = {
@@ -452,6 +504,25 @@ static int set_field(ctx_t *c, const cfg_field_t *f, const yaml_node_t *v, void 
         *(gw_log_level_t *)dst = lvl;
         return 0;
     }
+    case CT_BOOL: {
+        char *s = scalar_text(c, v, dotted, "true or false");
+        if (s == NULL) return GW_ECONFIG;
+        static const char *yes[] = {"true", "True", "TRUE", "yes", "Yes", "on", "On"};
+        static const char *no[] = {"false", "False", "FALSE", "no", "No", "off", "Off"};
+        int val = -1;
+        for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+            if (strcmp(s, yes[i]) == 0) val = 1;
+            if (strcmp(s, no[i]) == 0) val = 0;
+        }
+        if (val < 0) {
+            fail_at(c, v->start_mark, "\"%s\" must be true or false (got \"%s\")", dotted, s);
+            free(s);
+            return GW_ECONFIG;
+        }
+        free(s);
+        *(int *)dst = val;
+        return 0;
+    }
     case CT_STRLIST: {
         char ***list = (char ***)dst;
         size_t *count = (size_t *)((char *)base + f->offset2);
@@ -463,6 +534,12 @@ static int set_field(ctx_t *c, const cfg_field_t *f, const yaml_node_t *v, void 
         if (v->type == YAML_SCALAR_NODE) {
             char *s = scalar_text(c, v, dotted, "a string or a list of strings");
             if (s == NULL) return GW_ECONFIG;
+            const char *bad = f->check != NULL ? f->check(s) : NULL;
+            if (bad != NULL) {
+                fail_at(c, v->start_mark, "\"%s\" must be %s (got \"%s\")", dotted, bad, s);
+                free(s);
+                return GW_ECONFIG;
+            }
             *list = gw_xcalloc(1, sizeof(char *));
             (*list)[0] = s;
             *count = 1;
@@ -477,6 +554,13 @@ static int set_field(ctx_t *c, const cfg_field_t *f, const yaml_node_t *v, void 
             yaml_node_t *item = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
             char *s = scalar_text(c, item, dotted, "a list of strings");
             if (s == NULL) return GW_ECONFIG;
+            const char *bad = f->check != NULL ? f->check(s) : NULL;
+            if (bad != NULL) {
+                fail_at(c, item->start_mark, "\"%s\" entries must be %s (got \"%s\")", dotted, bad,
+                        s);
+                free(s);
+                return GW_ECONFIG;
+            }
             (*list)[(*count)++] = s;
         }
         return 0;
@@ -580,6 +664,12 @@ void gw_config_defaults(gw_config_t *cfg)
     cfg->http.listen = gw_xstrdup("127.0.0.1:8080");
     cfg->http.threads = 0;
     cfg->http.max_request_body = 1048576;
+    cfg->http.cors.allowed_origins = gw_xcalloc(1, sizeof(char *));
+    cfg->http.cors.allowed_origins[0] = gw_xstrdup("*");
+    cfg->http.cors.n_allowed_origins = 1;
+    cfg->http.compression.enabled = 1;
+    cfg->http.compression.zstd_level = 1;
+    cfg->http.compression.gzip_level = 1;
     cfg->postgres.pool_size = 4;
     cfg->postgres.timeout = 10;
     cfg->replication.publication = gw_xstrdup("ferry");

@@ -37,6 +37,17 @@ typedef struct gw_config {
         char *admin_listen; /* probes, metrics, admin API; NULL: 127.0.0.1:<listen port + 1> */
         long threads;       /* 0: number of CPUs */
         long max_request_body;
+        struct {
+            char **allowed_origins; /* "*" or "scheme://host[:port]"; default ["*"]; [] none */
+            size_t n_allowed_origins;
+            char **allowed_headers; /* request headers allowed beyond the built-in ones */
+            size_t n_allowed_headers;
+        } cors;
+        struct {
+            int enabled;     /* compress /sync/stream when the client accepts it (1) */
+            long zstd_level; /* 1..19 (1) */
+            long gzip_level; /* 1..9 (1) */
+        } compression;
     } http;
     struct {
         char *uri;

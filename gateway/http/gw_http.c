@@ -27,11 +27,23 @@
  *   - no encoded "/" or "\" in the path: 400. Routing uses h2o's normalized path (percent-
  *     decoded, dot segments resolved), so "/%6detrics" is "/metrics"; a proxy ACL must match on
  *     the normalized path too (deploy/README.md, "Behind a proxy").
+ *   - a CORS preflight (OPTIONS) on a route is answered here, before any authentication: 204
+ *     with the allowed methods and headers for an allowed origin, 403 (and a rate-limited log
+ *     line naming the origin) for another one.
+ *   - a WebSocket upgrade on a route is answered 400 with a JSON error that says to use HTTP
+ *     streaming (PowerSync's RSocket transport is not implemented), with a rate-limited warning.
+ *   - a method the route does not take is answered 405 and logged at info (rate-limited).
+ *
+ * CORS headers (http.cors): a filter on every path of the client listener adds
+ * Access-Control-Allow-Origin (and Vary: Origin unless every origin is allowed) to every
+ * response, the stream and the errors included, also those h2o makes itself (413), so a web app
+ * can read why a request failed. The admin listener sends none: a page must not read /metrics.
  */
 #include "http/gw_http.h"
 #include "base/gw_log.h"
 #include "base/gw_metrics.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -47,10 +59,18 @@
 #define MAX_ROUTES 32
 #define MAX_HOOKS  8
 
+/* Request headers a preflight may ask for without configuration: what the PowerSync web SDK and
+ * fetch() send (authorization, content-type, x-user-agent; some SDK versions cache-control and
+ * pragma), and user-agent, which browsers may let a script set. */
+#define CORS_BASE_HEADERS                                                                          \
+    "authorization, content-type, x-user-agent, user-agent, accept, cache-control, pragma"
+#define CORS_MAX_AGE "3600"
+
 typedef struct route {
     char path[128];
     unsigned methods;
-    int admin; /* also served on the admin listener */
+    int admin;   /* also served on the admin listener */
+    int no_cors; /* operator routes (/metrics, the admin API): no CORS headers, no preflight */
     int metric;
     gw_http_handler_fn fn;
     void *ud;
@@ -59,6 +79,7 @@ typedef struct route {
 typedef struct route_handler {
     h2o_handler_t super;
     route_t *route; /* NULL: the catch-all 404 */
+    struct gw_http *srv;
 } route_handler_t;
 
 typedef struct route_logger {
@@ -126,7 +147,18 @@ struct gw_http {
     unsigned grace_ms;
     int metric_not_found;
     int metric_other;
+    /* CORS (http.cors); the strings belong to the config, which outlives the server */
+    int cors_any;         /* "*" is among the allowed origins */
+    char **cors_origins;  /* the allowed origins */
+    size_t cors_norigins; /* 0 and !cors_any: no origin is allowed */
+    char *cors_headers;   /* Access-Control-Allow-Headers value (owned) */
 };
+
+typedef struct cors_filter {
+    h2o_filter_t super;
+    gw_http_t *srv;
+    route_t *route; /* NULL: the catch-all 404 and h2o's own errors */
+} cors_filter_t;
 
 /* ---- responses ---- */
 
@@ -354,6 +386,136 @@ static int encoded_slash(h2o_req_t *req)
     return 0;
 }
 
+/* ---- CORS ---- */
+
+static h2o_iovec_t req_header(h2o_req_t *req, const char *name, size_t len)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, name, len, -1);
+    return i < 0 ? h2o_iovec_init(NULL, 0) : req->headers.entries[i].value;
+}
+
+/* 1 when origin (as the request sent it) is one of http.cors.allowed_origins. */
+static int origin_allowed(const gw_http_t *h, h2o_iovec_t origin)
+{
+    if (h->cors_any) return 1;
+    for (size_t i = 0; i < h->cors_norigins; i++) {
+        const char *o = h->cors_origins[i];
+        size_t n = strlen(o);
+        /* schemes and host names compare without case, as browsers send them lowercased */
+        if (origin.len == n && strncasecmp(origin.base, o, n) == 0) return 1;
+    }
+    return 0;
+}
+
+/* The CORS response headers of req: Access-Control-Allow-Origin for an allowed origin (or "*"),
+ * Vary: Origin whenever the answer depends on the origin. None on the admin listener. */
+static void cors_response_headers(gw_http_t *h, h2o_req_t *req);
+
+static void cors_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    cors_filter_t *f = (cors_filter_t *)self;
+    if (f->route == NULL || !f->route->no_cors) cors_response_headers(f->srv, req);
+    h2o_setup_next_ostream(req, slot);
+}
+
+static void send_no_content(h2o_req_t *req)
+{
+    req->res.status = 204;
+    req->res.reason = "No Content";
+    req->res.content_length = 0;
+    h2o_send_inline(req, "", 0);
+}
+
+static void methods_text(unsigned methods, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s%s%s", (methods & GW_HTTP_GET) ? "GET, " : "",
+             (methods & GW_HTTP_HEAD) ? "HEAD, " : "", (methods & GW_HTTP_POST) ? "POST, " : "");
+    size_t n = strlen(buf);
+    if (n >= 2) buf[n - 2] = '\0';
+}
+
+/* OPTIONS on route r: a CORS preflight (204 or 403), or a plain OPTIONS (204 with Allow). */
+static int answer_options(gw_http_t *h, route_t *r, h2o_req_t *req)
+{
+    h2o_iovec_t origin = req_header(req, H2O_STRLIT("origin"));
+    if (origin.base == NULL) {
+        char allow[64];
+        methods_text(r->methods, allow, sizeof(allow));
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, allow, strlen(allow));
+        send_no_content(req);
+        return 0;
+    }
+    if (!origin_allowed(h, origin)) {
+        static gw_log_limit_t limit = GW_LOG_LIMIT_INIT(10000);
+        unsigned long long suppressed;
+        if (gw_log_limit_take(&limit, &suppressed)) {
+            char qo[300];
+            gw_warn(
+                "http", "CORS preflight from an origin that is not allowed",
+                "route=%s origin=%s suppressed=%llu hint=\"add it to http.cors.allowed_origins\"",
+                r->path,
+                gw_log_qsn(origin.base, origin.len > 200 ? 200 : origin.len, qo, sizeof(qo)),
+                suppressed);
+        }
+        gw_http_send_error(req, 403, "origin_not_allowed",
+                           "the origin is not in http.cors.allowed_origins");
+        return 0;
+    }
+    /* GET and POST, as the PowerSync service answers: the browser checks the method it wants */
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-methods"),
+                          0, NULL, H2O_STRLIT("GET, POST"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-allow-headers"),
+                          0, NULL, h->cors_headers, strlen(h->cors_headers));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-max-age"), 0,
+                          NULL, H2O_STRLIT(CORS_MAX_AGE));
+    send_no_content(req);
+    return 0;
+}
+
+/* 1 when req asks to switch to WebSocket (Upgrade: websocket). */
+static int websocket_upgrade(h2o_req_t *req)
+{
+    h2o_iovec_t u = req->upgrade;
+    if (u.base == NULL) u = req_header(req, H2O_STRLIT("upgrade"));
+    return u.base != NULL && u.len >= 9 && strncasecmp(u.base, "websocket", 9) == 0;
+}
+
+static int answer_websocket(route_t *r, h2o_req_t *req)
+{
+    static gw_log_limit_t limit = GW_LOG_LIMIT_INIT(10000);
+    unsigned long long suppressed;
+    if (gw_log_limit_take(&limit, &suppressed)) {
+        h2o_iovec_t ua = req_header(req, H2O_STRLIT("x-user-agent"));
+        char qa[300];
+        gw_warn(
+            "http",
+            "WebSocket upgrade refused: Ferry speaks HTTP streaming only; set the client's "
+            "connectionMethod to SyncStreamConnectionMethod.HTTP",
+            "route=%s x_user_agent=%s suppressed=%llu", r->path,
+            gw_log_qsn(ua.base != NULL ? ua.base : "", ua.len > 200 ? 200 : ua.len, qa, sizeof(qa)),
+            suppressed);
+    }
+    req->http1_is_persistent = 0;
+    gw_http_send_error(req, 400, "websocket_not_supported",
+                       "Ferry does not speak WebSocket (RSocket); connect with HTTP streaming: "
+                       "connectionMethod: SyncStreamConnectionMethod.HTTP");
+    return 0;
+}
+
+static void log_wrong_method(route_t *r, h2o_req_t *req)
+{
+    static gw_log_limit_t limit = GW_LOG_LIMIT_INIT(10000);
+    unsigned long long suppressed;
+    if (!gw_log_limit_take(&limit, &suppressed)) return;
+    char qm[80], allow[64];
+    methods_text(r->methods, allow, sizeof(allow));
+    gw_info(
+        "http", "method not allowed on this route",
+        "route=%s method=%s allowed=\"%s\" suppressed=%llu", r->path,
+        gw_log_qsn(req->method.base, req->method.len > 16 ? 16 : req->method.len, qm, sizeof(qm)),
+        allow, suppressed);
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     route_t *r = ((route_handler_t *)self)->route;
@@ -378,7 +540,12 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
                            req->path_normalized.base);
         return 0;
     }
+    gw_http_t *h = ((route_handler_t *)self)->srv;
+    if (websocket_upgrade(req)) return answer_websocket(r, req);
+    if (!r->no_cors && h2o_memis(req->method.base, req->method.len, H2O_STRLIT("OPTIONS")))
+        return answer_options(h, r, req);
     if ((method_bit(req) & (int)r->methods) == 0) {
+        log_wrong_method(r, req);
         gw_http_send_error(req, 405, "method_not_allowed", "%s does not accept %.*s", r->path,
                            (int)(req->method.len > 16 ? 16 : req->method.len), req->method.base);
         return 0;
@@ -657,13 +824,39 @@ static int bind_listener(const char *key, const char *addr, int *out, gw_err_t *
     return 0;
 }
 
+static void cors_response_headers(gw_http_t *h, h2o_req_t *req)
+{
+    tracked_sock_t *ts = req_sock(req);
+    if (ts != NULL && ts->admin) return;
+    if (h->cors_any) {
+        h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCESS_CONTROL_ALLOW_ORIGIN,
+                       H2O_STRLIT("*"), 1);
+        return;
+    }
+    h2o_set_header_token(&req->pool, &req->res.headers, H2O_TOKEN_VARY, H2O_STRLIT("Origin"));
+    h2o_iovec_t origin = req_header(req, H2O_STRLIT("origin"));
+    if (origin.base != NULL && origin_allowed(h, origin))
+        h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCESS_CONTROL_ALLOW_ORIGIN,
+                       origin.base, origin.len, 1);
+}
+
+static void add_cors_filter(gw_http_t *h, h2o_pathconf_t *pc, route_t *r)
+{
+    cors_filter_t *f = (cors_filter_t *)h2o_create_filter(pc, sizeof(*f));
+    f->super.on_setup_ostream = cors_setup;
+    f->srv = h;
+    f->route = r;
+}
+
 static h2o_pathconf_t *register_path(gw_http_t *h, const char *path, route_t *r)
 {
     h2o_pathconf_t *pc = h2o_config_register_path(h->hostconf, path, 0);
     route_handler_t *hd = (route_handler_t *)h2o_create_handler(pc, sizeof(*hd));
     hd->super.on_req = on_req;
     hd->route = r;
+    hd->srv = h;
     add_logger(pc, r);
+    add_cors_filter(h, pc, r);
     return pc;
 }
 
@@ -683,6 +876,25 @@ static int admin_address(const gw_config_t *cfg, char *buf, size_t len)
     gw_config_parse_listen(cfg->http.listen, host, sizeof(host), &port);
     snprintf(buf, len, "127.0.0.1:%d", port < 65535 ? port + 1 : 65534);
     return 1;
+}
+
+static void cors_configure(gw_http_t *h, const gw_config_t *cfg)
+{
+    h->cors_origins = cfg->http.cors.allowed_origins;
+    h->cors_norigins = cfg->http.cors.n_allowed_origins;
+    for (size_t i = 0; i < h->cors_norigins; i++)
+        if (strcmp(h->cors_origins[i], "*") == 0) h->cors_any = 1;
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_puts(&b, CORS_BASE_HEADERS);
+    for (size_t i = 0; i < cfg->http.cors.n_allowed_headers; i++) {
+        gw_buf_puts(&b, ", ");
+        for (const char *p = cfg->http.cors.allowed_headers[i]; *p != '\0'; p++) {
+            char c = (char)tolower((unsigned char)*p);
+            gw_buf_append(&b, &c, 1);
+        }
+    }
+    h->cors_headers = gw_xstrdup(b.len > 0 ? b.data : "");
+    gw_buf_free(&b);
 }
 
 int gw_http_create(gw_http_t **out, const gw_config_t *cfg, gw_err_t *err)
@@ -738,6 +950,8 @@ int gw_http_create(gw_http_t **out, const gw_config_t *cfg, gw_err_t *err)
     h2o_filter_t *f = h2o_create_filter(fb, sizeof(*f));
     f->on_setup_ostream = json_error_setup;
     add_logger(fb, NULL);
+    add_cors_filter(h, fb, NULL);
+    cors_configure(h, cfg);
     h->metric_not_found = gw_metrics_route("not_found");
     h->metric_other = gw_metrics_route("other");
     *out = h;
@@ -755,6 +969,7 @@ static void add_route(gw_http_t *h, const char *path, const char *metric, unsign
     snprintf(r->path, sizeof(r->path), "%s", path);
     r->methods = methods;
     r->admin = admin;
+    r->no_cors = admin && strncmp(path, "/probes/", 8) != 0;
     r->metric = gw_metrics_route(metric);
     r->fn = fn;
     r->ud = ud;
@@ -882,6 +1097,7 @@ void gw_http_destroy(gw_http_t *h)
         free(h->threads);
     }
     h2o_config_dispose(&h->config);
+    free(h->cors_headers);
     if (h->listen_fd >= 0) close(h->listen_fd);
     if (h->admin_fd >= 0) close(h->admin_fd);
     free(h);

@@ -49,6 +49,15 @@ check_all() { # check_all LABEL: every replica equals its user's oracle
 # 1. first sync
 for c in a1 a2 b1; do todo $c sync --wait >"$T_TMP/$c.sync" 2>&1 || { fail "first sync of $c" "$(cat "$T_TMP/$c.sync")"; }; done
 check_all "first sync"
+# libferry asks for compressed streams (CURLOPT_ACCEPT_ENCODING): every byte those streams sent
+# went through zstd, the encoding ferry prefers
+m=$(curl -s "$W_URL/metrics")
+all=$(echo "$m" | sed -n 's/^ferry_stream_bytes_sent_total //p')
+zin=$(echo "$m" | sed -n 's/^ferry_stream_encoded_bytes_in_total{encoding="zstd"} //p')
+zout=$(echo "$m" | sed -n 's/^ferry_stream_encoded_bytes_out_total{encoding="zstd"} //p')
+[ "${all:-0}" -gt 0 ] && [ "$all" = "$zin" ] && [ "${zout:-0}" -gt 0 ] && [ "$zout" -lt "$zin" ] &&
+  pass "the SDK's streams were zstd-compressed (lines $zin bytes, wire $zout bytes)" ||
+  fail "the SDK's streams were zstd-compressed" "bytes_sent=$all zstd_in=$zin zstd_out=$zout"
 expect_eq "lists arrive too" "l-acme|l-alice" "$(sqlite3 "$T_TMP/a1.db" "SELECT group_concat(id, '|') FROM (SELECT id FROM lists ORDER BY id)")"
 
 # 2. offline edits on all three clients while ferry is stopped

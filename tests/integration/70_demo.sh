@@ -61,6 +61,12 @@ expect_match "it shows the endpoint" "endpoint: +http://127.0.0.1:$DEMO_PORT" "$
 expect_match "it shows how to connect" 'connect: +build/ferry-todo' "$plain"
 tok=$(sed -n 's/^ *token: *\([^ ]*\)$/\1/p' <<<"$plain" | head -1)
 expect_eq "the printed token opens a sync stream" "200" "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 -X POST "http://127.0.0.1:$DEMO_PORT/sync/stream" -H "Authorization: Token $tok" -H 'content-type: application/json' -d '{"buckets":[]}' || true)"
+web=$(sed -n 's/^ *web app: *\(http[^ ]*\)$/\1/p' <<<"$plain" | head -1)
+expect_match "it prints the web app's URL" '^http://127\.0\.0\.1:[0-9]+/$' "$web"
+expect_eq "the web app serves its page" "200" "$(curl -s -o /dev/null -w '%{http_code}' "$web" || true)"
+expect_match "and names ferry as its (other) endpoint" "\"endpoint\":\"http://127.0.0.1:$DEMO_PORT\"" "$(curl -s "${web}config.json" || true)"
+expect_match "its demo tokens open a sync stream" '^200$' "$(curl -s --max-time 1 -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$DEMO_PORT/sync/stream" -H "Authorization: Token $(curl -s "${web}token?user=bob" | sed 's/.*"token":"\([^"]*\)".*/\1/')" -H 'content-type: application/json' -d '{"buckets":[]}' || true)"
+webpid1=$(cat "$DEMO_VAR/web.pid" 2>/dev/null)
 expect_eq "no client process is left running" "" "$(pgrep -f "$DEMO_VAR/(powersync|alice|bob)" || true)"
 
 out=$("$T_ROOT/deploy/demo.sh" start 2>&1); rc=$?
@@ -80,6 +86,7 @@ out=$("$T_ROOT/deploy/demo.sh" stop 2>&1)
 expect_match "demo-stop stops clients, ferry and postgres" "stopped sleep.*stopped ferry.*stopped postgres" "$(echo $out)"
 sleep 0.1
 kill -0 "$pid2" 2>/dev/null && fail "no ferry is left" "pid $pid2 runs" || pass "no ferry is left"
+kill -0 "${webpid1:-0}" 2>/dev/null && fail "no web demo server is left" "pid $webpid1 runs" || pass "no web demo server is left"
 kill -0 "$straggler" 2>/dev/null && fail "no client is left" "pid $straggler runs" || pass "no client is left"
 [ -d "$pg2" ] && fail "no postgres directory is left" "$pg2" || pass "no postgres directory is left"
 expect_eq "no process of the demo is left" "" "$(pgrep -f "$DEMO_VAR" || true; pgrep -f "$pg2" || true)"

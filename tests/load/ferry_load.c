@@ -76,6 +76,7 @@ typedef struct opts {
     int scenario;
     const char *url, *token, *secret, *kid, *aud, *iss, *user_prefix, *params;
     const char *json, *plot, *save, *cat, *pg, *table, *stamp_col, *owner_col;
+    const char *encoding; /* Accept-Encoding of the streams (NULL: none, identity) */
     long clients, procs, users, ramp, ttl, cycles, writers, batch, rounds;
     long retry_503; /* ms before a stream refused with 503 connects again; 0: a failure */
     double timeout, seconds, rate, hold, drain, write_rate;
@@ -298,11 +299,13 @@ static void conn_writable(worker_t *w, conn_t *c)
     int bl =
         snprintf(body, sizeof body, "{\"buckets\":[],\"client_id\":\"load-%u\",\"parameters\":%s}",
                  c->idx, O.params);
+    char ae[64] = "";
+    if (O.encoding != NULL) snprintf(ae, sizeof ae, "Accept-Encoding: %s\r\n", O.encoding);
     int rl = snprintf(req, sizeof req,
                       "POST %s/sync/stream HTTP/1.1\r\nHost: %s\r\nAuthorization: Token %s\r\n"
-                      "Content-Type: application/json\r\nAccept: application/x-ndjson\r\n"
+                      "Content-Type: application/json\r\nAccept: application/x-ndjson\r\n%s"
                       "Content-Length: %d\r\n\r\n%s",
-                      O.path, O.host, tok, bl, body);
+                      O.path, O.host, tok, ae, bl, body);
     if (bl < 0 || rl < 0 || (size_t)rl >= sizeof req) {
         conn_fail(w, c, "the request is too long");
         return;
@@ -1013,6 +1016,7 @@ static void usage(void)
         "  --token T                      one token for every client instead\n"
         "  --users N (distinct users, default = clients)  --user-prefix P (default u)\n"
         "  --params JSON                  request parameters (default {})\n"
+        "  --encoding zstd|gzip           ask for a compressed stream (Accept-Encoding)\n"
         "  --timeout S (overall bound, default 120)  --json FILE  --plot PREFIX  --quiet\n"
         "  --ferry-pid PID                sample ferry's RSS (/proc/PID/status)\n"
         "initial: --save FILE (the first stream's bytes)  --cat FILE (replay FILE from loopback)\n"
@@ -1076,6 +1080,7 @@ static void parse_args(int argc, char **argv)
         S("--iss", iss);
         S("--user-prefix", user_prefix);
         S("--params", params);
+        S("--encoding", encoding);
         S("--json", json);
         S("--plot", plot);
         S("--save", save);
@@ -1493,12 +1498,12 @@ int main(int argc, char **argv)
         fprintf(f,
                 "  \"received\": {\"ops\": %llu, \"bytes\": %llu, \"lines\": %llu, \"data_lines\": "
                 "%llu, \"checkpoints\": %llu, \"diffs\": %llu, \"keepalives\": %llu, "
-                "\"completes\": %llu, \"protocol_errors\": %llu},\n",
+                "\"completes\": %llu, \"protocol_errors\": %llu, \"decoded_bytes\": %llu},\n",
                 (unsigned long long)t.st.ops, (unsigned long long)t.st.bytes,
                 (unsigned long long)t.st.lines, (unsigned long long)t.st.data_lines,
                 (unsigned long long)t.st.checkpoints, (unsigned long long)t.st.diffs,
                 (unsigned long long)t.st.keepalives, (unsigned long long)t.st.completes,
-                (unsigned long long)t.st.protocol_errors);
+                (unsigned long long)t.st.protocol_errors, (unsigned long long)t.st.decoded_bytes);
         fprintf(f, "  \"checksums\": {\"ok\": %llu, \"failures\": %llu},\n",
                 (unsigned long long)t.st.checksum_ok, (unsigned long long)t.st.checksum_fail);
         fprintf(f,

@@ -3,7 +3,9 @@
  * See load_proto.h. Body bytes go through three layers, each a small state machine:
  *
  *   LOAD_P_HEADERS --"\r\n\r\n"--> LOAD_P_BODY --final chunk / length reached--> LOAD_P_END
- *        (head_done)                  (feed_body: chunk sizes, then split_lines)
+ *        (head_done)                  (feed_body: chunk sizes, then decode (Content-Encoding
+ *                                      zstd or gzip, when the response has one), then
+ *                                      split_lines)
  *   any state --malformed / non-200 / oversized line--> LOAD_P_ERROR
  *
  * A line is handled in place when it lies whole in the bytes read; only a line that spans reads
@@ -15,6 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#define DBUF_SIZE (256u << 10)
 
 #define MAX_LINE   (64u << 20)
 #define CARRY_KEEP (64u << 10)
@@ -42,6 +48,12 @@ void load_proto_init(load_proto_t *p)
 
 void load_proto_free(load_proto_t *p)
 {
+    if (p->enc == 1 && p->dec != NULL) ZSTD_freeDStream(p->dec);
+    if (p->enc == 2 && p->dec != NULL) {
+        inflateEnd(p->dec);
+        free(p->dec);
+    }
+    p->dec = NULL;
     free(p->carry);
     free(p->bk);
     p->carry = NULL;
@@ -372,12 +384,52 @@ static int split_lines(load_proto_t *p, const char *d, size_t n, load_stats_t *s
     return 0;
 }
 
+/* Undo the Content-Encoding of n body bytes and hand the result to split_lines. */
+static int decode(load_proto_t *p, const char *d, size_t n, load_stats_t *st,
+                  const load_proto_cb_t *cb)
+{
+    if (p->enc == 0) {
+        st->decoded_bytes += n;
+        return split_lines(p, d, n, st, cb);
+    }
+    /* one decode buffer per thread, not per stream: thousands of streams decode in one loop */
+    static __thread char dbuf[DBUF_SIZE];
+    if (p->enc == 1) { /* a zstd stream of one or more frames */
+        ZSTD_inBuffer in = {d, n, 0};
+        while (in.pos < in.size) {
+            ZSTD_outBuffer out = {dbuf, DBUF_SIZE, 0};
+            size_t r = ZSTD_decompressStream(p->dec, &out, &in);
+            if (ZSTD_isError(r)) return fail(p, "the zstd body does not decode");
+            st->decoded_bytes += out.pos;
+            int rc = split_lines(p, dbuf, out.pos, st, cb);
+            if (rc != 0) return rc;
+        }
+        return 0;
+    }
+    z_stream *z = p->dec;
+    z->next_in = (Bytef *)d;
+    z->avail_in = (uInt)n;
+    while (z->avail_in > 0) {
+        z->next_out = (Bytef *)dbuf;
+        z->avail_out = DBUF_SIZE;
+        int r = inflate(z, Z_SYNC_FLUSH);
+        if (r != Z_OK && r != Z_STREAM_END && r != Z_BUF_ERROR)
+            return fail(p, "the gzip body does not decode");
+        size_t got = DBUF_SIZE - z->avail_out;
+        st->decoded_bytes += got;
+        int rc = split_lines(p, dbuf, got, st, cb);
+        if (rc != 0) return rc;
+        if (r == Z_STREAM_END || (r == Z_BUF_ERROR && got == 0)) break;
+    }
+    return 0;
+}
+
 static int feed_body(load_proto_t *p, const char *d, size_t n, load_stats_t *st,
                      const load_proto_cb_t *cb)
 {
     if (!p->chunked) {
         if (p->body_left >= 0 && (int64_t)n > p->body_left) n = (size_t)p->body_left;
-        int rc = split_lines(p, d, n, st, cb);
+        int rc = decode(p, d, n, st, cb);
         if (rc != 0) return rc;
         if (p->body_left >= 0) {
             p->body_left -= (int64_t)n;
@@ -410,7 +462,7 @@ static int feed_body(load_proto_t *p, const char *d, size_t n, load_stats_t *st,
             break;
         case CH_DATA: {
             size_t take = n < p->ch_left ? n : (size_t)p->ch_left;
-            int rc = split_lines(p, d, take, st, cb);
+            int rc = decode(p, d, take, st, cb);
             p->ch_left -= take;
             d += take;
             n -= take;
@@ -445,6 +497,14 @@ static int head_done(load_proto_t *p, const char *h, size_t n)
         if (rest > 18 && strncasecmp(s, "transfer-encoding:", 18) == 0) {
             const char *e = memchr(s, '\n', rest);
             p->chunked = find(s, e ? e : h + n, "chunked", 7) != NULL;
+        } else if (rest > 17 && strncasecmp(s, "content-encoding:", 17) == 0) {
+            const char *e = memchr(s, '\n', rest);
+            if (find(s, e ? e : h + n, "zstd", 4) != NULL)
+                p->enc = 1;
+            else if (find(s, e ? e : h + n, "gzip", 4) != NULL)
+                p->enc = 2;
+            else
+                return fail(p, "the response has a Content-Encoding this reader does not know");
         } else if (rest > 15 && strncasecmp(s, "content-length:", 15) == 0) {
             const char *v = s + 15;
             while (*v == ' ')
@@ -453,6 +513,19 @@ static int head_done(load_proto_t *p, const char *h, size_t n)
         }
     }
     if (p->status != 200) return fail(p, "the server answered a status other than 200");
+    if (p->enc == 1) {
+        p->dec = ZSTD_createDStream();
+        if (p->dec == NULL || ZSTD_isError(ZSTD_initDStream(p->dec)))
+            return fail(p, "out of memory");
+    } else if (p->enc == 2) {
+        z_stream *z = calloc(1, sizeof(*z));
+        if (z == NULL || inflateInit2(z, 16 + 15) != Z_OK) {
+            free(z);
+            p->enc = 0;
+            return fail(p, "out of memory");
+        }
+        p->dec = z;
+    }
     p->phase = LOAD_P_BODY;
     return 0;
 }

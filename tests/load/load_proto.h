@@ -21,6 +21,7 @@
 typedef struct load_stats {
     uint64_t bytes, lines, ops, data_lines, checkpoints, diffs, keepalives, completes;
     uint64_t checksum_ok, checksum_fail, protocol_errors, stamped_ops;
+    uint64_t decoded_bytes; /* body bytes after Content-Encoding (zstd, gzip) is undone */
 } load_stats_t;
 
 typedef struct load_bucket {
@@ -44,6 +45,8 @@ typedef struct load_proto {
     uint32_t completes;        /* checkpoint_complete lines seen */
     uint64_t write_checkpoint; /* the latest write_checkpoint a checkpoint(_diff) line carried */
     const char *err;           /* static text when phase == LOAD_P_ERROR */
+    int enc;                   /* Content-Encoding: 0 none, 1 zstd, 2 gzip */
+    void *dec;                 /* the decoder of enc (ZSTD_DStream or z_stream), owned */
 } load_proto_t;
 
 /* What the reader tells its caller while it feeds lines. */
