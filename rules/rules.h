@@ -346,12 +346,45 @@ typedef struct rules_pg_stmt {
 #define RULES_OP_UPDATE 2
 #define RULES_OP_DELETE 4
 
+/** How write-back merges a sent column with the stored row (a write rule's `merge:`). */
+typedef enum rules_merge {
+    RULES_MERGE_CLIENT_WINS = 0,        /* the sent value is written (the default) */
+    RULES_MERGE_SERVER_WINS_IF_CHANGED, /* written only if the stored value still equals `old` */
+    RULES_MERGE_LWW,                    /* the later of the op's and the column's timestamps */
+    RULES_MERGE_ADD,                    /* stored + (sent - old): counters */
+    RULES_MERGE_MAX,                    /* the greater of stored and sent */
+    RULES_MERGE_MIN,                    /* the smaller of stored and sent */
+    RULES_MERGE_N
+} rules_merge_t;
+
+/** The name of strategy m as written in the rules ("client_wins", …); "?" when out of range. */
+const char *rules_merge_name(rules_merge_t m);
+
+/** Where the op timestamp of `lww` columns comes from (a write rule's `lww_timestamp:`). */
+typedef enum rules_ts_source {
+    RULES_TS_NONE = 0,
+    RULES_TS_METADATA, /* a field of the op's `metadata` string parsed as a JSON object */
+    RULES_TS_COLUMN,   /* a column of the op's data (compared in that column's type) */
+} rules_ts_source_t;
+
+/** What write-back does with a sent column the write rule does not list. */
+typedef enum rules_unknown_columns {
+    RULES_UNKNOWN_REJECT = 0, /* the op is rejected, naming the column (the default) */
+    RULES_UNKNOWN_IGNORE,     /* the column is dropped from the op, the rest applies */
+} rules_unknown_columns_t;
+
 /** The write rules of one table; owned by the set. check/check_old have sql NULL if absent. */
 typedef struct rules_write_rule {
     const char *schema, *table;
     int operations;             /* RULES_OP_* bits */
     const char *const *columns; /* writable columns (always includes "id") */
     size_t ncolumns;
+    const rules_merge_t
+        *merge;    /* strategy per column (parallel to columns); NULL: all client_wins */
+    int merge_lww; /* some column uses lww */
+    rules_ts_source_t ts_source; /* lww_timestamp: where an op's timestamp comes from */
+    const char *ts_name;         /* the metadata field or column; NULL when ts_source is NONE */
+    rules_unknown_columns_t unknown_columns;
     const char *lww_column;    /* NULL when absent */
     rules_pg_stmt_t check;     /* "allowed?" over the new row: insert and update */
     rules_pg_stmt_t check_old; /* "allowed?" over the stored row: update and delete */

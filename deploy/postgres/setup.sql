@@ -62,6 +62,35 @@ CREATE TABLE IF NOT EXISTS ferry_violations (
 );
 CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id);
 
+-- the lww merge strategy: per row and column, the time of its last write through write-back
+CREATE TABLE IF NOT EXISTS ferry_write_times (
+  table_name text NOT NULL,
+  row_id text NOT NULL,
+  column_name text NOT NULL,
+  ts text NOT NULL,
+  PRIMARY KEY (table_name, row_id, column_name)
+);
+
+-- columns a merge strategy decided otherwise than the client sent; sync rules may send each
+-- user their own
+CREATE TABLE IF NOT EXISTS ferry_write_conflicts (
+  id text PRIMARY KEY DEFAULT gen_random_uuid()::text,
+  table_name text NOT NULL,
+  row_id text NOT NULL,
+  column_name text NOT NULL,
+  user_id text NOT NULL,
+  client_id text NOT NULL,
+  op_id bigint NOT NULL,
+  strategy text NOT NULL,
+  resolution text NOT NULL,
+  sent jsonb,
+  old jsonb,
+  stored jsonb,
+  result jsonb,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS ferry_write_conflicts_user_id ON ferry_write_conflicts (user_id);
+
 -- grants. Reading: the snapshot reads every table the sync rules use. Writing: write-back
 -- inserts, updates and deletes the tables that have write rules; narrow the second GRANT to
 -- those tables (GRANT INSERT, UPDATE, DELETE ON todos, bookings TO ferry) if you prefer.
@@ -76,6 +105,8 @@ GRANT USAGE ON SCHEMA public TO ferry;
 GRANT CREATE ON SCHEMA public TO ferry;
 ALTER TABLE ferry_write_log OWNER TO ferry;
 ALTER TABLE ferry_violations OWNER TO ferry;
+ALTER TABLE ferry_write_times OWNER TO ferry;
+ALTER TABLE ferry_write_conflicts OWNER TO ferry;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO ferry;
 GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ferry;
 -- tables created later by the same owner are readable (and writable) by ferry too

@@ -1,12 +1,12 @@
 /* gw_write.c -- write-back: POST /api/write applies a client's queued writes to Postgres
  *
  * The body is the PowerSync CRUD batch: {"client_id":…,"batch":[{"op_id","op","type","id",
- * "data"},…]}. The loop thread only authenticates, copies the body as sent (compact: a queued
- * batch costs its size, not a parsed tree) and admits it to the scheduler below. A worker
- * (gw_worker.h) parses it and checks the shape (400 when it is not a batch, 413 past
- * write_back.max_ops_per_batch ops), applies it in one Postgres transaction and builds the
- * per-op results; done() answers on the request's loop thread. So a loop thread never spends
- * more than a memcpy on a batch, whatever its size.
+ * "data","old","metadata"},…]} ("old" and "metadata" feed the merge strategies). The loop thread
+ * only authenticates, copies the body as sent (compact: a queued batch costs its size, not a parsed
+ * tree) and admits it to the scheduler below. A worker (gw_worker.h) parses it and checks the shape
+ * (400 when it is not a batch, 413 past write_back.max_ops_per_batch ops), applies it in one
+ * Postgres transaction and builds the per-op results; done() answers on the request's loop thread.
+ * So a loop thread never spends more than a memcpy on a batch, whatever its size.
  *
  * (gw_write_batch.c applies a batch: its machine is drawn there; gw_write_stmt.c prepares the
  * statements each worker connection needs.)
@@ -76,6 +76,8 @@ static void batch_free(wbatch_t *b)
     free(b->jwt);
     free(b->params);
     gw_buf_free(&b->out);
+    for (size_t i = 0; b->ops != NULL && i < b->nops; i++)
+        json_decref(b->ops[i].outcome);
     free(b->ops);
     free(b);
 }
@@ -359,6 +361,19 @@ static int parse_op(const rules_set_t *rules, json_t *e, size_t i, wop_t *op, ch
         return 0;
     }
     if (op->kind != OP_DELETE && json_is_object(data)) op->data = data;
+    json_t *old = json_object_get(e, "old"), *meta = json_object_get(e, "metadata");
+    if (old != NULL && !json_is_null(old) && !json_is_object(old)) {
+        op->kind = 0;
+        gw__write_op_reject(op, "invalid_op", "\"old\" must be an object");
+        return 0;
+    }
+    if (meta != NULL && !json_is_null(meta) && !json_is_string(meta)) {
+        op->kind = 0;
+        gw__write_op_reject(op, "invalid_op", "\"metadata\" must be a string");
+        return 0;
+    }
+    if (json_is_object(old)) op->old = old;
+    if (json_is_string(meta)) op->metadata = json_string_value(meta);
     /* the table: exact match against the compiled rules only ("schema.table" or "table") */
     const char *dot = strchr(op->type, '.');
     if (dot != NULL) {
@@ -624,6 +639,11 @@ static void collect(gw_buf_t *out, void *ud)
                      "# TYPE ferry_write_violations_total counter\n");
     gw_buf_printf(out, "ferry_write_violations_total %llu\n",
                   (unsigned long long)atomic_load(&gw__write_mod.violations));
+    gw_buf_puts(out, "# HELP ferry_write_conflicts_total Columns a merge strategy decided against "
+                     "or combined with the sent value (rows of ferry_write_conflicts).\n"
+                     "# TYPE ferry_write_conflicts_total counter\n");
+    gw_buf_printf(out, "ferry_write_conflicts_total %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.conflicts));
     gw_buf_puts(out, "# HELP ferry_write_batch_duration_seconds Time from request to response "
                      "of a write-back batch.\n"
                      "# TYPE ferry_write_batch_duration_seconds histogram\n");

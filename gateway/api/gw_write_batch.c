@@ -6,14 +6,19 @@
  *   for each op, inside a SAVEPOINT: op_id <= the highest id seen -> "duplicate"; otherwise
  *     table with write rules?  operation allowed?  only listed columns?     -> else "rejected"
  *     SELECT the stored row FOR UPDATE, the sent data merged over it, and lww "older?"
- *     check_old over the stored row (update, delete), check over the new row (insert, update)
+ *     check_old over the stored row (update, delete)
+ *     merge strategies (a rule's merge:, updates only): fw_mrg decides each merged column from
+ *       the stored row, the op's "old" and its time -> the data to write (kept columns leave it)
+ *     check over the new row (insert, update)
  *     lww_column older than the stored value                               -> "stale"
  *     apply: INSERT of the given columns | UPDATE of the given columns | DELETE by id
  *     each constraint of the table over the stored result; rows found -> ferry_violations
+ *     merged columns: lww times -> ferry_write_times, decided columns -> ferry_write_conflicts
  *     a statement that fails rolls back to the savepoint: that op alone is "rejected"
  *   UPDATE ferry_write_log SET last_op_id; COMMIT.
  *
- * Batches in which nothing is rejected, stale or flagged go the same way but pipelined first
+ * Batches in which nothing is rejected, stale or flagged (and no table merges) go the same way
+ * but pipelined first
  * (run_pipelined): the statements of many ops are sent without waiting, in op order, and every
  * result is checked before COMMIT is sent. The first result that is not the plain one rolls the
  * whole attempt back and the batch runs again on the careful path, which decides every op.
@@ -333,6 +338,230 @@ static int check_columns(wop_t *op, uint64_t *mask, int *wide)
     return 0;
 }
 
+/* ---- merge strategies (a write rule's merge:) ------------------------------------------------ */
+
+/* Whether op sends a column whose strategy is m. */
+static int sends_merge(const wop_t *op, rules_merge_t m)
+{
+    const rules_write_rule_t *r = op->rule;
+    if (r->merge == NULL || op->data == NULL) return 0;
+    for (size_t k = 0; k < r->ncolumns; k++)
+        if (r->merge[k] == m && json_object_get(op->data, r->columns[k]) != NULL) return 1;
+    return 0;
+}
+
+/* The first column op sends whose strategy is m ("" when none). */
+static const char *first_merge_column(const wop_t *op, rules_merge_t m)
+{
+    const rules_write_rule_t *r = op->rule;
+    for (size_t k = 0; r->merge != NULL && op->data != NULL && k < r->ncolumns; k++)
+        if (r->merge[k] == m && json_object_get(op->data, r->columns[k]) != NULL)
+            return r->columns[k];
+    return "";
+}
+
+/* A JSON scalar as text into buf (strings as they are, numbers printed); -1 for other kinds. */
+static int scalar_text(json_t *v, char *buf, size_t len)
+{
+    if (json_is_string(v))
+        snprintf(buf, len, "%s", json_string_value(v));
+    else if (json_is_integer(v))
+        snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+    else if (json_is_real(v))
+        snprintf(buf, len, "%.17g", json_real_value(v));
+    else
+        return -1;
+    return buf[0] != '\0' ? 0 : -1;
+}
+
+/* The op's timestamp for its lww columns (lww_timestamp of the rule), as text into buf; 0, or
+ * -1 with the op rejected saying what it lacks. */
+static int op_timestamp(wop_t *op, char *buf, size_t len)
+{
+    const rules_write_rule_t *r = op->rule;
+    char label[256];
+    gw__write_table_label(r, label, sizeof(label));
+    const char *col = first_merge_column(op, RULES_MERGE_LWW);
+    if (r->ts_source == RULES_TS_COLUMN) {
+        if (scalar_text(json_object_get(op->data, r->ts_name), buf, len) == 0) return 0;
+        gw__write_op_reject(op, "timestamp_required",
+                            "column \"%s\" of table \"%s\" merges with \"lww\", which needs "
+                            "the op's time: send column \"%s\" with it",
+                            col, label, r->ts_name);
+        return -1;
+    }
+    json_t *m = op->metadata != NULL ? json_loads(op->metadata, 0, NULL) : NULL;
+    int rc = json_is_object(m) ? scalar_text(json_object_get(m, r->ts_name), buf, len) : -1;
+    json_decref(m);
+    if (rc == 0) return 0;
+    gw__write_op_reject(op, "timestamp_required",
+                        "column \"%s\" of table \"%s\" merges with \"lww\", which needs the "
+                        "op's time: field \"%s\" of its \"metadata\" (a JSON object; enable "
+                        "trackMetadata for the table in the client schema)",
+                        col, label, r->ts_name);
+    return -1;
+}
+
+static char *dumps(json_t *v)
+{
+    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (s == NULL) abort(); /* out of memory: the gateway's policy */
+    return s;
+}
+
+/* What a merged update writes: the data to send to fw_upd, the new row for check, and the
+ * columns to record. Owned by the caller (merge_free). */
+typedef struct merge_out {
+    char *data;      /* NULL: write the op's data as sent */
+    char *row;       /* NULL: the sent data merged over the stored row (fw_sel's answer) */
+    json_t *lww;     /* columns whose lww time to record (array), or NULL */
+    json_t *records; /* conflicts to record: [{column, strategy, resolution, sent, stored,
+                        result}] or NULL */
+} merge_out_t;
+
+static void merge_free(merge_out_t *m)
+{
+    free(m->data);
+    free(m->row);
+    json_decref(m->lww);
+    json_decref(m->records);
+}
+
+/* Note op's outcome for column col (a resolution other than "applied"), for its result. */
+static void note_outcome(wop_t *op, const char *col, const char *resolution)
+{
+    if (op->outcome == NULL) op->outcome = json_object();
+    json_object_set_new(op->outcome, col, json_string(resolution));
+}
+
+/*
+ * The merge decisions for an update of the stored row old_row by op (data: the op's data as
+ * JSON text): runs fw_mrg_<i> and fills out. SQL_OK (op->code set when the op is rejected),
+ * SQL_OP, SQL_FATAL.
+ */
+static int merge_update(wctx_t *c, wop_t *op, const char *data, const char *old_row, const char *ts,
+                        merge_out_t *out)
+{
+    const rules_write_rule_t *r = op->rule;
+    char label[256], name[64];
+    gw__write_table_label(r, label, sizeof(label));
+    char *old = op->old != NULL ? dumps(op->old) : NULL;
+    const char *v[5] = {op->id, data, old, ts, label};
+    snprintf(name, sizeof(name), "fw_mrg_%zu", op->rule_index);
+    int how;
+    PGresult *res = exec_prepared(c, name, 5, v, &how);
+    free(old);
+    if (res == NULL) return how;
+    json_t *dec = PQntuples(res) == 1 ? json_loads(PQgetvalue(res, 0, 0), 0, NULL) : NULL;
+    PQclear(res);
+    json_t *d = json_loads(data, 0, NULL), *row = json_loads(old_row, 0, NULL);
+    const char *col;
+    json_t *e;
+    json_object_foreach(dec, col, e)
+    {
+        size_t k = 0;
+        while (k < r->ncolumns && strcmp(r->columns[k], col) != 0)
+            k++;
+        if (k == r->ncolumns || json_is_null(e)) continue;
+        rules_merge_t m = r->merge[k];
+        if (json_is_string(e)) { /* "no_old" ("no_ts" is caught before) */
+            gw__write_op_reject(op, "old_required",
+                                "column \"%s\" of table \"%s\" merges with \"%s\", which needs "
+                                "its previous value in the op's \"old\": enable trackPrevious "
+                                "for the table in the client schema",
+                                col, label, rules_merge_name(m));
+            break;
+        }
+        const char *resolution = json_string_value(json_array_get(e, 0));
+        json_t *value = json_array_get(e, 1);
+        if (resolution == NULL) continue;
+        json_t *sent = json_object_get(d, col);
+        if (strcmp(resolution, "applied") != 0) {
+            if (out->records == NULL) out->records = json_array();
+            json_t *rec = json_object();
+            json_object_set_new(rec, "column", json_string(col));
+            json_object_set_new(rec, "strategy", json_string(rules_merge_name(m)));
+            json_object_set_new(rec, "resolution", json_string(resolution));
+            json_object_set(rec, "sent", sent != NULL ? sent : json_null());
+            json_object_set(rec, "stored",
+                            json_object_get(row, col) != NULL ? json_object_get(row, col)
+                                                              : json_null());
+            json_object_set(rec, "result", value != NULL ? value : json_null());
+            json_array_append_new(out->records, rec);
+            note_outcome(op, col, resolution);
+        }
+        if (strcmp(resolution, "kept") == 0) {
+            json_object_del(d, col);
+            continue;
+        }
+        if (value != NULL) json_object_set(d, col, value);
+        if (m == RULES_MERGE_LWW) {
+            if (out->lww == NULL) out->lww = json_array();
+            json_array_append_new(out->lww, json_string(col));
+        }
+    }
+    if (op->code == NULL && d != NULL && row != NULL) {
+        out->data = dumps(d);
+        json_object_update(row, d);
+        out->row = dumps(row);
+    }
+    json_decref(dec);
+    json_decref(d);
+    json_decref(row);
+    return SQL_OK;
+}
+
+/* After op's write: record the lww times and the conflicts of out. */
+static int merge_record(wctx_t *c, wop_t *op, const char *ts, const merge_out_t *out)
+{
+    char label[256];
+    gw__write_table_label(op->rule, label, sizeof(label));
+    int how = SQL_OK;
+    if (out->lww != NULL && json_array_size(out->lww) > 0 && ts != NULL) {
+        char *cols = dumps(out->lww);
+        const char *v[4] = {label, op->id, cols, ts};
+        PGresult *res = exec_prepared(c, "fw_tms", 4, v, &how);
+        free(cols);
+        if (res == NULL) return how;
+        PQclear(res);
+    }
+    char opid[32];
+    snprintf(opid, sizeof(opid), "%lld", op->op_id);
+    char *old;
+    size_t i;
+    json_t *rec;
+    json_array_foreach(out->records, i, rec)
+    {
+        const char *col = json_string_value(json_object_get(rec, "column"));
+        char *sent = dumps(json_object_get(rec, "sent"));
+        char *stored = dumps(json_object_get(rec, "stored"));
+        char *result = dumps(json_object_get(rec, "result"));
+        json_t *o = op->old != NULL ? json_object_get(op->old, col) : NULL;
+        old = o != NULL ? dumps(o) : NULL;
+        const char *v[12] = {label,
+                             op->id,
+                             col,
+                             c->b->user,
+                             c->b->client_id,
+                             opid,
+                             json_string_value(json_object_get(rec, "strategy")),
+                             json_string_value(json_object_get(rec, "resolution")),
+                             sent,
+                             old,
+                             stored,
+                             result};
+        PGresult *res = exec_prepared(c, "fw_cfl", 12, v, &how);
+        free(sent);
+        free(stored);
+        free(result);
+        free(old);
+        if (res == NULL) return how;
+        PQclear(res);
+        atomic_fetch_add(&gw__write_mod.conflicts, 1);
+    }
+    return SQL_OK;
+}
+
 /* Apply one op (its rule and shape were checked). Returns SQL_OK with op->status set, SQL_OP
  * when a statement failed (c->failed), SQL_FATAL. */
 static int apply_op(wctx_t *c, wop_t *op)
@@ -356,7 +585,9 @@ static int apply_op(wctx_t *c, wop_t *op)
     if (check_columns(op, &mask, &wide) != 0) return SQL_OK;
     char *data = data_json(op);
     int how = SQL_OK;
-    char name[64];
+    char name[64], ts[128];
+    int have_ts = 0;
+    merge_out_t mo = {0};
     PGresult *sel = NULL, *res = NULL;
     snprintf(name, sizeof(name), "fw_sel_%zu", ti);
     const char *sv[2] = {op->id, data};
@@ -401,6 +632,24 @@ static int apply_op(wctx_t *c, wop_t *op)
         if (!ok) {
             gw__write_op_reject(op, "check_old_failed", CHECK_OLD_MESSAGE, label);
             goto out;
+        }
+    }
+    if (r->merge != NULL && action != OP_DELETE) {
+        if (sends_merge(op, RULES_MERGE_LWW)) {
+            if (op_timestamp(op, ts, sizeof(ts)) != 0) goto out;
+            have_ts = 1;
+        }
+        if (action == OP_PATCH) {
+            how = merge_update(c, op, data, old_row, have_ts ? ts : NULL, &mo);
+            if (how != SQL_OK || op->code != NULL) goto out;
+            if (mo.row != NULL) merged = mo.row;
+            if (mo.data != NULL) sv[1] = mo.data;
+        } else {
+            for (size_t k = 0; k < r->ncolumns; k++)
+                if (r->merge[k] == RULES_MERGE_LWW && json_object_get(op->data, r->columns[k])) {
+                    if (mo.lww == NULL) mo.lww = json_array();
+                    json_array_append_new(mo.lww, json_string(r->columns[k]));
+                }
         }
     }
     if (action != OP_DELETE && r->check.sql != NULL) {
@@ -449,10 +698,17 @@ static int apply_op(wctx_t *c, wop_t *op)
     if (res == NULL) goto out;
     if (action != OP_DELETE && PQntuples(res) > 0)
         how = run_constraints(c, op, PQgetvalue(res, 0, 0));
+    if (how == SQL_OK && r->merge != NULL && action != OP_DELETE)
+        how = merge_record(c, op, have_ts ? ts : NULL, &mo);
+    if (how == SQL_OK && action == OP_DELETE && r->merge_lww) {
+        PGresult *t = exec_prepared(c, "fw_tmd", 2, (const char *[2]){label, op->id}, &how);
+        PQclear(t);
+    }
     if (how == SQL_OK) op->status = ST_APPLIED;
 out:
     PQclear(res);
     PQclear(sel);
+    merge_free(&mo);
     free(data);
     return how;
 }
@@ -687,6 +943,8 @@ static int run_pipelined(wctx_t *c)
 {
     wbatch_t *b = c->b;
     pq_state_t q = {0};
+    for (size_t i = 0; i < b->nops; i++) /* merge strategies are decided on the careful path */
+        if (b->ops[i].rule != NULL && b->ops[i].rule->merge != NULL) return SQL_OP;
     char **datas = gw_xcalloc(b->nops > 0 ? b->nops : 1, sizeof(char *));
     int rc = SQL_OP;
     if (!PQenterPipelineMode(c->conn)) {
@@ -868,6 +1126,8 @@ static int run_attempt(wctx_t *c)
         }
         op->code = NULL;
         op->message[0] = '\0';
+        json_decref(op->outcome);
+        op->outcome = NULL;
         if (c->savepoints && exec_simple(c->conn, "SAVEPOINT w") != SQL_OK) return SQL_FATAL;
         how = apply_op(c, op);
         if (how == SQL_FATAL) return SQL_FATAL;
@@ -876,6 +1136,8 @@ static int run_attempt(wctx_t *c)
             return SQL_OP;
         }
         if (how == SQL_OP) {
+            json_decref(op->outcome); /* rolled back with the op */
+            op->outcome = NULL;
             op_reject_pg(op, c->failed);
             if (exec_simple(c->conn, "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w") != SQL_OK)
                 return SQL_FATAL;
@@ -926,6 +1188,12 @@ void gw__write_batch_results(wbatch_t *b)
             gw_buf_json_str(&b->out, op->code != NULL ? op->code : "rejected");
             gw_buf_puts(&b->out, ",\"message\":");
             gw_buf_json_str(&b->out, op->message);
+        }
+        if (op->status == ST_APPLIED && op->outcome != NULL) { /* columns a strategy decided */
+            char *cols = json_dumps(op->outcome, JSON_COMPACT);
+            if (cols == NULL) abort(); /* out of memory: the gateway's policy */
+            gw_buf_printf(&b->out, ",\"columns\":%s", cols);
+            free(cols);
         }
         gw_buf_puts(&b->out, "}");
     }

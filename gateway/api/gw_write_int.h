@@ -38,6 +38,7 @@ typedef struct write_mod {
     /* metrics */
     atomic_uint_fast64_t ops[ST_N];
     atomic_uint_fast64_t batches_ok, batches_bad, batches_unavail, violations;
+    atomic_uint_fast64_t conflicts; /* rows of ferry_write_conflicts written */
     atomic_uint_fast64_t batches_too_large, batches_limited; /* 413 (ops), 429 (per user) */
     atomic_uint_fast64_t hist[HIST_N + 1];
     atomic_uint_fast64_t hist_sum_us;
@@ -71,7 +72,10 @@ typedef struct wop {
     size_t rule_index;
     const char *type;
     char id[256];
-    json_t *data; /* borrowed from the body; NULL for DELETE */
+    json_t *data;         /* borrowed from the body; NULL for DELETE */
+    json_t *old;          /* the CRUD entry's "old" (previous values), borrowed; NULL if absent */
+    const char *metadata; /* the CRUD entry's "metadata" string, borrowed; NULL if absent */
+    json_t *outcome;      /* per column merge outcome {"col":"kept"|…}, owned; NULL: none */
     /* result */
     int status;
     const char *code;

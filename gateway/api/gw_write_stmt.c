@@ -19,8 +19,6 @@
 
 /* ---- ferry's own tables ---------------------------------------------------------------- */
 
-/* ---- ferry's own tables ---------------------------------------------------------------- */
-
 /* Keep in step with deploy/postgres/setup.sql. */
 static const char SETUP_SQL[] =
     "CREATE TABLE IF NOT EXISTS ferry_write_log ("
@@ -38,7 +36,29 @@ static const char SETUP_SQL[] =
     " conflicting_ids jsonb NOT NULL DEFAULT '[]',"
     " message text NOT NULL,"
     " created_at timestamptz NOT NULL DEFAULT now());"
-    "CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id)";
+    "CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id);"
+    "CREATE TABLE IF NOT EXISTS ferry_write_times ("
+    " table_name text NOT NULL,"
+    " row_id text NOT NULL,"
+    " column_name text NOT NULL,"
+    " ts text NOT NULL,"
+    " PRIMARY KEY (table_name, row_id, column_name));"
+    "CREATE TABLE IF NOT EXISTS ferry_write_conflicts ("
+    " id text PRIMARY KEY DEFAULT gen_random_uuid()::text,"
+    " table_name text NOT NULL,"
+    " row_id text NOT NULL,"
+    " column_name text NOT NULL,"
+    " user_id text NOT NULL,"
+    " client_id text NOT NULL,"
+    " op_id bigint NOT NULL,"
+    " strategy text NOT NULL,"
+    " resolution text NOT NULL,"
+    " sent jsonb,"
+    " old jsonb,"
+    " stored jsonb,"
+    " result jsonb,"
+    " created_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE INDEX IF NOT EXISTS ferry_write_conflicts_user_id ON ferry_write_conflicts (user_id)";
 
 static const char LOG_GET_SQL[] =
     "INSERT INTO ferry_write_log AS w (user_id, client_id, last_op_id) VALUES ($1, $2, 0) "
@@ -51,6 +71,20 @@ static const char LOG_SET_SQL[] = "UPDATE ferry_write_log SET last_op_id = $3, u
 static const char VIOLATION_SQL[] =
     "INSERT INTO ferry_violations (constraint_name, table_name, row_id, user_id, "
     "conflicting_ids, message) VALUES ($1, $2, $3, $4, $5::jsonb, $6)";
+
+/* lww: the columns in $3 (a JSON array) of row $2 of table $1 were written at $4 */
+static const char TIMES_SET_SQL[] =
+    "INSERT INTO ferry_write_times AS w (table_name, row_id, column_name, ts) "
+    "SELECT $1, $2, c, $4 FROM jsonb_array_elements_text($3::jsonb) AS c "
+    "ON CONFLICT (table_name, row_id, column_name) DO UPDATE SET ts = EXCLUDED.ts";
+
+static const char TIMES_DEL_SQL[] =
+    "DELETE FROM ferry_write_times WHERE table_name = $1 AND row_id = $2";
+
+static const char CONFLICT_SQL[] =
+    "INSERT INTO ferry_write_conflicts (table_name, row_id, column_name, user_id, client_id, "
+    "op_id, strategy, resolution, sent, old, stored, result) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+    "$8, $9::jsonb, $10::jsonb, $11::jsonb, $12::jsonb)";
 
 /* ---- per-connection statements (worker threads) ----------------------------------------- */
 
@@ -191,6 +225,142 @@ static void set_rule_err(gw_err_t *err, int line, int col, const char *fmt, cons
     gw_err_set(err, GW_ERULES, where, fmt, what, pgmsg);
 }
 
+/* One column's merge decision as a jsonb expression over t (stored), n (sent merged over
+ * stored) and o (the op's old values): NULL when the op does not send the column, "no_old" or
+ * "no_ts" when the strategy lacks what it needs, else [resolution, value to write or keep]. */
+static void merge_expr(gw_buf_t *b, PGconn *conn, const rules_write_rule_t *r, size_t col,
+                       const char *qt)
+{
+    char *qc = gw_pg_ident(conn, r->columns[col]);
+    char *lit = PQescapeLiteral(conn, r->columns[col], strlen(r->columns[col]));
+    gw_buf_printf(b, "%s, CASE WHEN NOT ($2::jsonb ? %s) THEN NULL ", lit, lit);
+    const char *has_old = "COALESCE($3::jsonb, '{}') ?";
+    switch (r->merge[col]) {
+    case RULES_MERGE_SERVER_WINS_IF_CHANGED:
+        gw_buf_printf(b,
+                      "WHEN t.%s IS NOT DISTINCT FROM n.%s THEN jsonb_build_array('applied', "
+                      "to_jsonb(n.%s)) WHEN NOT (%s %s) THEN '\"no_old\"'::jsonb "
+                      "WHEN t.%s IS NOT DISTINCT FROM o.%s THEN jsonb_build_array('applied', "
+                      "to_jsonb(n.%s)) ELSE jsonb_build_array('kept', to_jsonb(t.%s)) END",
+                      qc, qc, qc, has_old, lit, qc, qc, qc, qc);
+        break;
+    case RULES_MERGE_ADD:
+        gw_buf_printf(b,
+                      "WHEN NOT (%s %s) THEN '\"no_old\"'::jsonb ELSE jsonb_build_array(CASE WHEN "
+                      "t.%s IS NOT DISTINCT FROM o.%s THEN 'applied' ELSE 'merged' END, "
+                      "to_jsonb(COALESCE(t.%s, 0) + (COALESCE(n.%s, 0) - COALESCE(o.%s, 0)))) END",
+                      has_old, lit, qc, qc, qc, qc, qc);
+        break;
+    case RULES_MERGE_MAX:
+    case RULES_MERGE_MIN: {
+        const char *f = r->merge[col] == RULES_MERGE_MAX ? "GREATEST" : "LEAST";
+        gw_buf_printf(b,
+                      "ELSE jsonb_build_array(CASE WHEN n.%s IS NOT DISTINCT FROM %s(t.%s, n.%s) "
+                      "THEN 'applied' ELSE 'kept' END, to_jsonb(%s(t.%s, n.%s))) END",
+                      qc, f, qc, qc, f, qc, qc);
+        break;
+    }
+    case RULES_MERGE_LWW: {
+        /* the op's time ($4) against the column's last write-back time, in the time's type */
+        gw_buf_t newer = GW_BUF_INIT;
+        if (r->ts_source == RULES_TS_COLUMN) {
+            char *tc = gw_pg_ident(conn, r->ts_name);
+            char *tl = PQescapeLiteral(conn, r->ts_name, strlen(r->ts_name));
+            gw_buf_printf(&newer,
+                          "(jsonb_populate_record(NULL::%s, jsonb_build_object(%s, $4::text))).%s "
+                          ">= (jsonb_populate_record(NULL::%s, jsonb_build_object(%s, "
+                          "lw.m->>%s))).%s",
+                          qt, tl, tc, qt, tl, lit, tc);
+            PQfreemem(tl);
+            free(tc);
+        } else {
+            gw_buf_printf(&newer, "$4::timestamptz >= (lw.m->>%s)::timestamptz", lit);
+        }
+        gw_buf_printf(b,
+                      "WHEN $4::text IS NULL THEN '\"no_ts\"'::jsonb "
+                      "WHEN lw.m->>%s IS NULL OR %.*s THEN jsonb_build_array(CASE WHEN (%s %s) "
+                      "AND t.%s IS DISTINCT FROM o.%s AND t.%s IS DISTINCT FROM n.%s THEN "
+                      "'overwritten' ELSE 'applied' END, to_jsonb(n.%s)) "
+                      "ELSE jsonb_build_array('kept', to_jsonb(t.%s)) END",
+                      lit, (int)newer.len, newer.data, has_old, lit, qc, qc, qc, qc, qc, qc);
+        gw_buf_free(&newer);
+        break;
+    }
+    default:
+        gw_buf_puts(b, "ELSE NULL END");
+    }
+    PQfreemem(lit);
+    free(qc);
+}
+
+/*
+ * fw_mrg_<i>: the merge decisions of write rule r for an update of a stored (locked) row:
+ * $1 id, $2 the sent data (with id), $3 the op's "old" (or NULL), $4 the op's timestamp (text,
+ * or NULL), $5 the table's label (for ferry_write_times). Returns the decisions as one JSON
+ * object {column: decision} (see merge_expr). Also checks that "add" columns are numeric.
+ */
+static int prepare_merge(PGconn *conn, const rules_write_rule_t *r, size_t i, const char *label,
+                         gw_err_t *err)
+{
+    char *qt = gw__write_qualified(conn, r);
+    char msg[512], name[64];
+    int line, col;
+    rule_pos(r, &line, &col);
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (r->merge[c] != RULES_MERGE_ADD) continue;
+        const char *v[2] = {qt, r->columns[c]};
+        PGresult *res = gw_pg_query_params(
+            conn,
+            "SELECT t.typcategory, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = $1::regclass AND "
+            "a.attname = $2 AND NOT a.attisdropped",
+            2, v, NULL);
+        int numeric = res != NULL && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 'N';
+        char type[128];
+        snprintf(type, sizeof(type), "%s",
+                 res != NULL && PQntuples(res) == 1 ? PQgetvalue(res, 0, 1) : "missing");
+        PQclear(res);
+        if (!numeric) {
+            free(qt);
+            set_rule_err(err, line, col,
+                         "merge strategy \"add\" of table \"%s\" needs numeric columns: %s", label,
+                         type);
+            gw_err_detail(err, "Column \"%s\" is not numeric.", r->columns[c]);
+            return GW_ERULES;
+        }
+    }
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_puts(&b, "SELECT (jsonb_build_object(");
+    size_t n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (r->merge[c] == RULES_MERGE_CLIENT_WINS) continue;
+        if (n > 0 && n % 40 == 0)
+            gw_buf_puts(&b, ") || jsonb_build_object(");
+        else if (n > 0)
+            gw_buf_puts(&b, ", ");
+        merge_expr(&b, conn, r, c, qt);
+        n++;
+    }
+    gw_buf_printf(&b,
+                  "))::text FROM %s AS t, LATERAL jsonb_populate_record(t, $2::jsonb) AS n, "
+                  "LATERAL jsonb_populate_record(NULL::%s, COALESCE($3::jsonb, '{}')) AS o, "
+                  "LATERAL (SELECT jsonb_object_agg(w.column_name, w.ts) AS m FROM "
+                  "ferry_write_times w WHERE w.table_name = $5::text AND w.row_id = $1 AND "
+                  "$4::text IS NOT NULL) AS lw WHERE t.\"id\" = $1",
+                  qt, qt);
+    gw_buf_append(&b, "", 1);
+    snprintf(name, sizeof(name), "fw_mrg_%zu", i);
+    int rc = prepare(conn, name, b.data, msg, sizeof(msg));
+    gw_buf_free(&b);
+    free(qt);
+    if (rc != 0) {
+        set_rule_err(err, line, col, "\"merge\" of table \"%s\" rejected by postgres: %s", label,
+                     msg);
+        return GW_ERULES;
+    }
+    return 0;
+}
+
 /* Create ferry's tables when missing (once per process; serialized). */
 static int ensure_tables(PGconn *conn, gw_err_t *err)
 {
@@ -203,7 +373,8 @@ static int ensure_tables(PGconn *conn, gw_err_t *err)
         /* two first-time creators can race on the catalog; the loser retries once */
         if (gw_pg_exec(conn, SETUP_SQL, &e) != 0) {
             gw_err_set(err, GW_EPG, "postgres",
-                       "could not create ferry's tables (ferry_write_log, ferry_violations): %s",
+                       "could not create ferry's tables (ferry_write_log, ferry_violations, "
+                       "ferry_write_times, ferry_write_conflicts): %s",
                        e.message);
             gw_err_detail(err, "Run deploy/postgres/setup.sql as an owner of the database.");
             return GW_EPG;
@@ -237,7 +408,10 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
     char msg[512], name[64];
     if (prepare(conn, "fw_log_get", LOG_GET_SQL, msg, sizeof(msg)) != 0 ||
         prepare(conn, "fw_log_set", LOG_SET_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0) {
+        prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_tms", TIMES_SET_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_tmd", TIMES_DEL_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_cfl", CONFLICT_SQL, msg, sizeof(msg)) != 0) {
         /* the tables may have gone since they were made (a restored database): make them
          * again on the next try */
         pthread_mutex_lock(&gw__write_mod.lock);
@@ -324,6 +498,10 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
                              "\"check\" of table \"%s\" rejected by postgres: %s", label, msg);
                 return GW_ERULES;
             }
+        }
+        if (r->merge != NULL) {
+            rc = prepare_merge(conn, r, i, label, err);
+            if (rc != 0) return rc;
         }
         if (r->check_old.sql != NULL) {
             snprintf(name, sizeof(name), "fw_cko_%zu", i);
