@@ -600,6 +600,58 @@ static void on_shutdown(h2o_context_t *ctx, size_t index, void *ud)
 
 /* ---- metrics ---------------------------------------------------------------------------- */
 
+/* ferry_write_unknown_columns_total: "table\tcolumn" -> uint64_t* (bounded by the schema:
+ * columns the table does not have are one series per table) */
+static struct {
+    pthread_mutex_t lock;
+    gw_map_t counts;
+    int init;
+} unknown_cols = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+void gw__write_unknown_column(const char *table, const char *column)
+{
+    char key[600];
+    snprintf(key, sizeof(key), "%s\t%s", table, column != NULL ? column : "(unknown)");
+    pthread_mutex_lock(&unknown_cols.lock);
+    if (!unknown_cols.init) {
+        gw_map_init(&unknown_cols.counts);
+        unknown_cols.init = 1;
+    }
+    uint64_t *n = gw_map_get(&unknown_cols.counts, key);
+    if (n == NULL) {
+        n = gw_xcalloc(1, sizeof(*n));
+        gw_map_put(&unknown_cols.counts, key, n);
+    }
+    (*n)++;
+    pthread_mutex_unlock(&unknown_cols.lock);
+}
+
+/* n bytes of s as a quoted Prometheus label value (\\, \" and \n escaped). */
+static void label_value(gw_buf_t *out, const char *s, size_t n)
+{
+    gw_buf_puts(out, "\"");
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\\' || s[i] == '"')
+            gw_buf_printf(out, "\\%c", s[i]);
+        else if (s[i] == '\n')
+            gw_buf_puts(out, "\\n");
+        else
+            gw_buf_append(out, s + i, 1);
+    }
+    gw_buf_puts(out, "\"");
+}
+
+static void render_unknown(const char *key, void *value, void *ud)
+{
+    const char *tab = strchr(key, '\t');
+    gw_buf_t *out = ud;
+    gw_buf_puts(out, "ferry_write_unknown_columns_total{table=");
+    label_value(out, key, (size_t)(tab - key));
+    gw_buf_puts(out, ",column=");
+    label_value(out, tab + 1, strlen(tab + 1));
+    gw_buf_printf(out, "} %llu\n", (unsigned long long)*(uint64_t *)value);
+}
+
 static void collect(gw_buf_t *out, void *ud)
 {
     (void)ud;
@@ -644,6 +696,13 @@ static void collect(gw_buf_t *out, void *ud)
                      "# TYPE ferry_write_conflicts_total counter\n");
     gw_buf_printf(out, "ferry_write_conflicts_total %llu\n",
                   (unsigned long long)atomic_load(&gw__write_mod.conflicts));
+    gw_buf_puts(out, "# HELP ferry_write_unknown_columns_total Sent columns the write rules do "
+                     "not list, by table and column (\"(unknown)\": the table has no such "
+                     "column).\n"
+                     "# TYPE ferry_write_unknown_columns_total counter\n");
+    pthread_mutex_lock(&unknown_cols.lock);
+    if (unknown_cols.init) gw_map_each(&unknown_cols.counts, render_unknown, out);
+    pthread_mutex_unlock(&unknown_cols.lock);
     gw_buf_puts(out, "# HELP ferry_write_batch_duration_seconds Time from request to response "
                      "of a write-back batch.\n"
                      "# TYPE ferry_write_batch_duration_seconds histogram\n");

@@ -298,19 +298,61 @@ static char *data_json(const wop_t *op)
     return s;
 }
 
+/* Whether the table of rule r has a column named col (a catalog lookup in the batch's
+ * transaction; only for columns the rules do not list, which are rare). */
+static int table_has_column(wctx_t *c, const rules_write_rule_t *r, const char *col)
+{
+    char *qt = gw__write_qualified(c->conn, r);
+    const char *v[2] = {qt, col};
+    PGresult *res = PQexecParams(c->conn,
+                                 "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+                                 "$1::regclass AND attname = $2 AND attnum > 0 AND NOT "
+                                 "attisdropped)",
+                                 2, NULL, v, NULL, NULL, 0);
+    int has = res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+              PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    free(qt);
+    return has;
+}
+
+/* Count and log (rate-limited) a sent column that the rules do not list. */
+static void unknown_column(wctx_t *c, wop_t *op, const char *col, const char *label)
+{
+    int has = table_has_column(c, op->rule, col);
+    gw__write_unknown_column(label, has ? col : NULL);
+    static gw_log_limit_t limit = GW_LOG_LIMIT_INIT(10000);
+    unsigned long long suppressed;
+    if (gw_log_limit_take(&limit, &suppressed)) {
+        char qc[200], qu[300], qcl[300];
+        gw_warn("write",
+                has ? "a client wrote a column the write rules do not list"
+                    : "a client wrote a column the table does not have",
+                "table=%s column=%s user=%s client=%s action=%s suppressed=%llu", label,
+                gw_log_qs(col, qc, sizeof(qc)), gw_log_qs(c->b->user, qu, sizeof(qu)),
+                gw_log_qs(c->b->client_id, qcl, sizeof(qcl)),
+                op->rule->unknown_columns == RULES_UNKNOWN_IGNORE ? "ignored" : "rejected",
+                suppressed);
+    }
+}
+
 /* Every key of the op's data must be a listed column; returns 0 and the column mask, or -1 with
- * the op rejected. wide = 1 when a listed column is past the 64 a mask can name. */
-static int check_columns(wop_t *op, uint64_t *mask, int *wide)
+ * the op rejected. wide = 1 when a listed column is past the 64 a mask can name. A column the
+ * rule does not list rejects the op, or with unknown_columns: ignore is dropped from its data;
+ * both are counted and logged when c is given (the careful path); without c (the pipelined
+ * path) such an op only returns -1, and the careful path decides it. */
+static int check_columns(wctx_t *c, wop_t *op, uint64_t *mask, int *wide)
 {
     const rules_write_rule_t *r = op->rule;
     *mask = 0;
     *wide = r->ncolumns > 64;
-    for (size_t c = 0; c < r->ncolumns && c < 64; c++)
-        if (strcmp(r->columns[c], "id") == 0) *mask |= UINT64_C(1) << c;
+    for (size_t col = 0; col < r->ncolumns && col < 64; col++)
+        if (strcmp(r->columns[col], "id") == 0) *mask |= UINT64_C(1) << col;
     if (op->data == NULL) return 0;
     const char *k;
     json_t *v;
-    json_object_foreach(op->data, k, v)
+    void *tmp;
+    json_object_foreach_safe(op->data, tmp, k, v)
     {
         if (strcmp(k, "id") == 0) {
             const char *s = json_is_string(v) ? json_string_value(v) : NULL;
@@ -323,17 +365,23 @@ static int check_columns(wop_t *op, uint64_t *mask, int *wide)
             }
             continue;
         }
-        size_t c = 0;
-        while (c < r->ncolumns && strcmp(r->columns[c], k) != 0)
-            c++;
-        if (c == r->ncolumns) {
+        size_t col = 0;
+        while (col < r->ncolumns && strcmp(r->columns[col], k) != 0)
+            col++;
+        if (col == r->ncolumns) {
             char label[256];
+            gw__write_table_label(r, label, sizeof(label));
+            if (c == NULL) return -1;
+            unknown_column(c, op, k, label);
+            if (r->unknown_columns == RULES_UNKNOWN_IGNORE) {
+                json_object_del(op->data, k);
+                continue;
+            }
             gw__write_op_reject(op, "column_not_allowed",
-                                "column \"%.64s\" of table \"%s\" is not writable", k,
-                                gw__write_table_label(r, label, sizeof(label)));
+                                "column \"%.64s\" of table \"%s\" is not writable", k, label);
             return -1;
         }
-        if (c < 64) *mask |= UINT64_C(1) << c;
+        if (col < 64) *mask |= UINT64_C(1) << col;
     }
     return 0;
 }
@@ -582,7 +630,7 @@ static int apply_op(wctx_t *c, wop_t *op)
     }
     uint64_t mask;
     int wide;
-    if (check_columns(op, &mask, &wide) != 0) return SQL_OK;
+    if (check_columns(c, op, &mask, &wide) != 0) return SQL_OK;
     char *data = data_json(op);
     int how = SQL_OK;
     char name[64], ts[128];
@@ -980,7 +1028,7 @@ static int run_pipelined(wctx_t *c)
         int need = op->kind == OP_PUT     ? RULES_OP_INSERT
                    : op->kind == OP_PATCH ? RULES_OP_UPDATE
                                           : RULES_OP_DELETE;
-        if (!(r->operations & need) || check_columns(op, &mask, &wide) != 0)
+        if (!(r->operations & need) || check_columns(NULL, op, &mask, &wide) != 0)
             goto fail; /* a rejection: the careful path words it */
         datas[i] = data_json(op);
         const char *sv[2] = {op->id, datas[i]};

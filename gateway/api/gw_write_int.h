@@ -129,6 +129,10 @@ extern write_mod_t gw__write_mod;
 /** The names of the outcomes ("applied", …), by ST_*. */
 extern const char *const gw__write_status_names[ST_N];
 
+/** Count a sent column of table (a label) the rules do not list: column, or NULL when the table
+ * does not have it (counted as "(unknown)", so clients cannot create series). */
+void gw__write_unknown_column(const char *table, const char *column);
+
 /* ---- gw_write_stmt.c ---- */
 
 /** What this worker thread's connection has prepared. */
