@@ -1,7 +1,7 @@
 /* main.c -- the ferry command line: dispatch to subcommands
  *
  *   ferry serve --config FILE        run the gateway
- *   ferry rules check FILE           compile sync rules, print errors and warnings
+ *   ferry rules check FILE [--db URI] compile sync rules, print errors and warnings
  *   ferry rules explain FILE ...     which buckets a token gets, and why
  *   ferry token --config FILE ...    mint a development token
  *   ferry debug dump|oracle ...      inspect bucket storage / what the rules select now
@@ -34,7 +34,8 @@ static void usage(FILE *out)
             "\n"
             "commands:\n"
             "  serve --config FILE          run the sync gateway (config also from $FERRY_CONFIG)\n"
-            "  rules check FILE             check a sync-rules file\n"
+            "  rules check FILE [--db URI]  check a sync-rules file (with --db: against the "
+            "tables)\n"
             "  rules explain FILE --token JWT [--params JSON] [--db URI] [--config FILE]\n"
             "                               show which buckets a token gets, and why\n"
             "  token --config FILE --sub USER [--claim k=v]... [--ttl S] [--kid KID]\n"

@@ -137,6 +137,17 @@ size_t rules_table_count(const rules_set_t *set);
 /** Table i (0 <= i < rules_table_count()); the pointer lives as long as the set. */
 const rules_table_t *rules_table_at(const rules_set_t *set, size_t i);
 
+/** What rules_each_column() reports: a column of schema.table that `where` names. */
+typedef void (*rules_column_fn)(void *ud, const char *schema, const char *table, const char *column,
+                                const char *where);
+
+/**
+ * Call fn for every column the set names of a table: data and table-lookup parameter queries of
+ * bucket definitions (not prefix patterns, not Sync Streams) and write rules; a column may be
+ * reported more than once. For `ferry rules check --db`.
+ */
+void rules_each_column(const rules_set_t *set, rules_column_fn fn, void *ud);
+
 /* ---- evaluating rows -------------------------------------------------------------------- */
 
 /**

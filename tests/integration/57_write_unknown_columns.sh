@@ -48,4 +48,22 @@ expect_match "metric: a column the table has but the rules do not list" 'ferry_w
 expect_match "metric: columns the table does not have are \"(unknown)\"" 'ferry_write_unknown_columns_total\{table="docs",column="\(unknown\)"\} 1' "$metrics"
 expect_match "metric: the dropped column, ignored, counted" 'ferry_write_unknown_columns_total\{table="items",column="\(unknown\)"\} 2' "$metrics"
 expect_match "a warning names the table, the column and the client" 'level=warn mod=write msg="a client wrote a column the write rules do not list" table=docs column="secret" user="ann" client="old-app" action=rejected' "$(cat "$FERRY_LOG")"
+
+# ferry rules check --db: columns the rules name that Postgres does not have
+cat >"$T_TMP/stale-rules.yaml" <<'YAML'
+bucket_definitions:
+  all:
+    data:
+      - SELECT id, title, legacy FROM items
+write_rules:
+  items:
+    operations: [update]
+    columns: [id, title, legacy]
+YAML
+out=$("$FERRY_BIN" rules check "$T_TMP/stale-rules.yaml" --db "$W_DB" 2>&1)
+expect_match "rules check --db warns about a data query's dropped column" 'warning: column "legacy" of table "public.items" does not exist in Postgres \(named by a data query of bucket definition "all"\)' "$out"
+expect_match "and about the write rules'" 'warning: column "legacy" of table "public.items" does not exist in Postgres \(named by the write rules\)' "$out"
+expect_match "the summary counts them" 'ok \(.*2 warnings\)' "$out"
+out=$("$FERRY_BIN" rules check "$T_TMP/stale-rules.yaml" 2>&1)
+expect_match "without --db: no such warnings" 'ok \(.*0 warnings\)' "$out"
 write_finish
