@@ -4,7 +4,8 @@
  *   ferry rules check FILE [--db URI] compile sync rules, print errors and warnings
  *   ferry rules explain FILE ...     which buckets a token gets, and why
  *   ferry token --config FILE ...    mint a development token
- *   ferry debug dump|oracle ...      inspect bucket storage / what the rules select now
+ *   ferry debug dump|oracle|history  inspect bucket storage / what the rules select now / a row's
+ *                                    replication ops and write-back history
  *   ferry config keys                list every accepted configuration key
  *   ferry config check --config FILE validate a configuration file
  *   ferry version | help
@@ -44,6 +45,8 @@ static void usage(FILE *out)
             "  debug dump --config FILE [--bucket B] [--checksums]\n"
             "                               print the rows stored in each bucket\n"
             "  debug oracle --config FILE   print what the rules select from postgres now\n"
+            "  debug history --config FILE TABLE ID\n"
+            "                               print a row's replication ops and write-back history\n"
             "  config keys                  list every configuration key\n"
             "  config check --config FILE   validate a configuration file\n"
             "  version                      print the version\n"

@@ -404,6 +404,7 @@ typedef struct rules_write_rule {
 /** A named constraint: stmt returns true when the new row violates it. Owned by the set. */
 typedef struct rules_constraint {
     const char *name, *schema, *table, *message;
+    long expire_after; /* seconds after which an open violation expires; 0: never */
     rules_pg_stmt_t stmt;
 } rules_constraint_t;
 

@@ -699,7 +699,7 @@ void rwrite_compile_constraints(rules_set_t *set, rules_diags_t *d, const char *
             werr(&w, v, "constraint \"%s\" must be a mapping", name);
             continue;
         }
-        yaml_node_t *tn = NULL, *qn = NULL, *mn = NULL;
+        yaml_node_t *tn = NULL, *qn = NULL, *mn = NULL, *en = NULL;
         int bad = 0;
         for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top;
              q++) {
@@ -711,8 +711,12 @@ void rwrite_compile_constraints(rules_set_t *set, rules_diags_t *d, const char *
                 qn = vv;
             else if (key && strcmp(key, "message") == 0)
                 mn = vv;
+            else if (key && strcmp(key, "expire_after") == 0)
+                en = vv;
             else {
-                werr(&w, kk, "unknown key \"%s\" in a constraint (expected table, query, message)",
+                werr(&w, kk,
+                     "unknown key \"%s\" in a constraint (expected table, query, message, "
+                     "expire_after)",
                      key ? key : "?");
                 bad = 1;
             }
@@ -725,6 +729,16 @@ void rwrite_compile_constraints(rules_set_t *set, rules_diags_t *d, const char *
         c->name = rset_own(set, rx_strdup(name));
         split_table(set, ys(tn), &c->schema, &c->table);
         c->message = rset_own(set, rx_strdup(ys(mn)));
+        if (en) {
+            const char *e = ys(en);
+            char *end = NULL;
+            long secs = e ? strtol(e, &end, 10) : 0;
+            if (!e || !*e || *end != '\0' || secs <= 0 || secs > 10L * 366 * 86400) {
+                werr(&w, en, "\"expire_after\" must be a number of seconds (1 to 316224000)");
+                continue;
+            }
+            c->expire_after = secs;
+        }
         const rules_write_rule_t *wr = rules_write_find(set, c->schema, c->table);
         if (!wr) {
             werr(&w, tn, "constraint \"%s\" is on table \"%s\", which has no write rules", name,

@@ -61,6 +61,12 @@ CREATE TABLE IF NOT EXISTS ferry_violations (
   created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id);
+-- a violation is resolved when a re-check finds the constraint satisfied, expired after its
+-- constraint's expire_after (both added here for databases set up by an earlier release)
+ALTER TABLE ferry_violations ADD COLUMN IF NOT EXISTS resolved_at timestamptz,
+  ADD COLUMN IF NOT EXISTS expired_at timestamptz;
+CREATE INDEX IF NOT EXISTS ferry_violations_open ON ferry_violations (table_name)
+  WHERE resolved_at IS NULL AND expired_at IS NULL;
 
 -- the lww merge strategy: per row and column, the time of its last write through write-back
 CREATE TABLE IF NOT EXISTS ferry_write_times (
@@ -91,6 +97,27 @@ CREATE TABLE IF NOT EXISTS ferry_write_conflicts (
 );
 CREATE INDEX IF NOT EXISTS ferry_write_conflicts_user_id ON ferry_write_conflicts (user_id);
 
+-- the sync history: every op of every write-back batch with its outcome, kept
+-- write_back.history.keep seconds (`ferry debug history TABLE ID`); not meant to be replicated
+-- (with a publication FOR ALL TABLES, ferry warns that it is)
+CREATE TABLE IF NOT EXISTS ferry_write_history (
+  id bigserial PRIMARY KEY,
+  at timestamptz NOT NULL DEFAULT now(),
+  user_id text NOT NULL,
+  client_id text NOT NULL,
+  op_id bigint NOT NULL,
+  op text NOT NULL,
+  table_name text NOT NULL,
+  row_id text NOT NULL,
+  status text NOT NULL,
+  code text,
+  message text,
+  columns jsonb,
+  violations jsonb
+);
+CREATE INDEX IF NOT EXISTS ferry_write_history_row ON ferry_write_history (table_name, row_id);
+CREATE INDEX IF NOT EXISTS ferry_write_history_at ON ferry_write_history (at);
+
 -- grants. Reading: the snapshot reads every table the sync rules use. Writing: write-back
 -- inserts, updates and deletes the tables that have write rules; narrow the second GRANT to
 -- those tables (GRANT INSERT, UPDATE, DELETE ON todos, bookings TO ferry) if you prefer.
@@ -107,6 +134,7 @@ ALTER TABLE ferry_write_log OWNER TO ferry;
 ALTER TABLE ferry_violations OWNER TO ferry;
 ALTER TABLE ferry_write_times OWNER TO ferry;
 ALTER TABLE ferry_write_conflicts OWNER TO ferry;
+ALTER TABLE ferry_write_history OWNER TO ferry;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO ferry;
 GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ferry;
 -- tables created later by the same owner are readable (and writable) by ferry too

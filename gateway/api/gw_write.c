@@ -77,7 +77,7 @@ static void batch_free(wbatch_t *b)
     free(b->params);
     gw_buf_free(&b->out);
     for (size_t i = 0; b->ops != NULL && i < b->nops; i++)
-        json_decref(b->ops[i].outcome);
+        gw__write_op_reset(&b->ops[i]);
     free(b->ops);
     free(b);
 }
@@ -516,8 +516,15 @@ static int on_write(h2o_req_t *req, void *ud)
 
 static gw_job_t g_startup;
 
-/* Wait up to secs unless shutdown begins; returns 1 when stopping. */
-static int wait_or_stop(int secs)
+int gw__write_stopping(void)
+{
+    pthread_mutex_lock(&gw__write_mod.lock);
+    int stop = gw__write_mod.stopping;
+    pthread_mutex_unlock(&gw__write_mod.lock);
+    return stop;
+}
+
+int gw__write_wait(long secs)
 {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
@@ -563,7 +570,7 @@ static void startup_run(gw_job_t *job, PGconn *conn)
                      gw_log_qs(err.detail[0] != '\0' ? err.detail : "retrying every 5 s",
                                (char[600]){0}, 600));
     }
-    job->ud = wait_or_stop(rc == GW_EUNAVAIL ? 1 : 5) ? NULL : job;
+    job->ud = gw__write_wait(rc == GW_EUNAVAIL ? 1 : 5) ? NULL : job;
 }
 
 static void startup_done(gw_job_t *job)
@@ -691,6 +698,26 @@ static void collect(gw_buf_t *out, void *ud)
                      "# TYPE ferry_write_violations_total counter\n");
     gw_buf_printf(out, "ferry_write_violations_total %llu\n",
                   (unsigned long long)atomic_load(&gw__write_mod.violations));
+    gw_buf_puts(out, "# HELP ferry_write_violations_open Constraint violations neither resolved "
+                     "nor expired (at the last background pass).\n"
+                     "# TYPE ferry_write_violations_open gauge\n");
+    gw_buf_printf(out, "ferry_write_violations_open %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.violations_open));
+    gw_buf_puts(out, "# HELP ferry_write_violations_resolved_total Violations resolved by a "
+                     "re-check (a later write, or the background pass).\n"
+                     "# TYPE ferry_write_violations_resolved_total counter\n");
+    gw_buf_printf(out, "ferry_write_violations_resolved_total %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.violations_resolved));
+    gw_buf_puts(out, "# HELP ferry_write_violations_expired_total Violations expired "
+                     "(constraints.<name>.expire_after).\n"
+                     "# TYPE ferry_write_violations_expired_total counter\n");
+    gw_buf_printf(out, "ferry_write_violations_expired_total %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.violations_expired));
+    gw_buf_puts(out, "# HELP ferry_write_history_trimmed_total Entries of ferry_write_history "
+                     "older than write_back.history.keep, deleted.\n"
+                     "# TYPE ferry_write_history_trimmed_total counter\n");
+    gw_buf_printf(out, "ferry_write_history_trimmed_total %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.history_trimmed));
     gw_buf_puts(out, "# HELP ferry_write_conflicts_total Columns a merge strategy decided against "
                      "or combined with the sent value (rows of ferry_write_conflicts).\n"
                      "# TYPE ferry_write_conflicts_total counter\n");
@@ -736,5 +763,6 @@ void gw_write_register(gw_app_t *app)
             gw_ready_register("write rules", "write rules not yet prepared in postgres");
         gw_http_on_thread_start(app->http, on_thread_start, NULL);
         gw_http_on_shutdown(app->http, on_shutdown, NULL);
+        gw__write_janitor_start();
     }
 }

@@ -86,6 +86,8 @@ void gw__write_op_reject(wop_t *op, const char *code, const char *fmt, ...)
     va_end(ap);
 }
 
+static int table_has_constraints(const rules_set_t *set, const rules_write_rule_t *r);
+
 /* What a user hears when check_old refuses, or when there is no row to check (invariant 6). */
 #define CHECK_OLD_MESSAGE "no row with this id that \"check_old\" of table \"%s\" lets you change"
 
@@ -273,6 +275,8 @@ static int run_constraints(wctx_t *c, wop_t *op, const char *new_row)
             }
             PQclear(ins);
             atomic_fetch_add(&gw__write_mod.violations, 1);
+            if (op->violations == NULL) op->violations = json_array();
+            json_array_append_new(op->violations, json_string(con->name));
         }
         PQclear(res);
     }
@@ -386,6 +390,82 @@ static int check_columns(wctx_t *c, wop_t *op, uint64_t *mask, int *wide)
     return 0;
 }
 
+/* ---- the sync history (ferry_write_history) ------------------------------------------------ */
+
+/* Whether ops are recorded (write_back.history.keep > 0). */
+static int history_on(void)
+{
+    return gw__write_mod.app->cfg->write_back.history.keep > 0;
+}
+
+/* op's entry of the history: what was sent and decided, per column (see HISTORY_SQL). */
+static json_t *history_entry(const wop_t *op)
+{
+    static const char *const kinds[] = {"invalid", "PUT", "PATCH", "DELETE"};
+    json_t *e = json_object();
+    char label[256];
+    json_object_set_new(e, "op_id", json_integer(op->op_id));
+    json_object_set_new(e, "op", json_string(kinds[op->kind >= 0 && op->kind <= 3 ? op->kind : 0]));
+    json_object_set_new(e, "t",
+                        json_string(op->rule != NULL
+                                        ? gw__write_table_label(op->rule, label, sizeof(label))
+                                    : op->type != NULL ? op->type
+                                                       : ""));
+    json_object_set_new(e, "r", json_string(op->id));
+    json_object_set_new(e, "s", json_string(gw__write_status_names[op->status]));
+    if (op->code != NULL && (op->status == ST_REJECTED || op->status == ST_STALE)) {
+        json_object_set_new(e, "c", json_string(op->code));
+        json_object_set_new(e, "m", json_string(op->message));
+    }
+    if (op->violations != NULL) json_object_set(e, "v", op->violations);
+    if (op->data == NULL || op->status == ST_DUPLICATE) return e;
+    json_t *before = op->before != NULL ? json_loads(op->before, 0, NULL) : NULL;
+    json_t *cols = json_object();
+    const char *k;
+    json_t *v;
+    json_object_foreach(op->data, k, v)
+    {
+        if (strcmp(k, "id") == 0) continue;
+        json_t *cc = json_object();
+        json_object_set(cc, "sent", v);
+        json_t *o = op->old != NULL ? json_object_get(op->old, k) : NULL;
+        if (o != NULL) json_object_set(cc, "old", o);
+        json_t *st = before != NULL ? json_object_get(before, k) : NULL;
+        if (st != NULL) json_object_set(cc, "stored", st);
+        const rules_write_rule_t *r = op->rule;
+        for (size_t x = 0; r != NULL && x < r->ncolumns; x++)
+            if (strcmp(r->columns[x], k) == 0)
+                json_object_set_new(cc, "strategy",
+                                    json_string(rules_merge_name(
+                                        r->merge != NULL ? r->merge[x] : RULES_MERGE_CLIENT_WINS)));
+        json_t *res = op->results != NULL ? json_object_get(op->results, k) : NULL;
+        json_t *how = op->outcome != NULL ? json_object_get(op->outcome, k) : NULL;
+        if (op->status == ST_APPLIED) {
+            json_object_set(cc, "result", res != NULL ? res : v);
+            if (how != NULL)
+                json_object_set(cc, "resolution", how);
+            else
+                json_object_set_new(cc, "resolution", json_string("applied"));
+        }
+        json_object_set_new(cols, k, cc);
+    }
+    json_decref(before);
+    json_object_set_new(e, "cols", cols);
+    return e;
+}
+
+/* The history entries of b's ops as one JSON array (malloc'd text; the caller frees). */
+static char *history_json(const wbatch_t *b)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < b->nops; i++)
+        json_array_append_new(a, history_entry(&b->ops[i]));
+    char *s = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    if (s == NULL) abort(); /* out of memory: the gateway's policy */
+    return s;
+}
+
 /* ---- merge strategies (a write rule's merge:) ------------------------------------------------ */
 
 /* Whether op sends a column whose strategy is m. */
@@ -475,11 +555,25 @@ static void merge_free(merge_out_t *m)
     json_decref(m->records);
 }
 
-/* Note op's outcome for column col (a resolution other than "applied"), for its result. */
-static void note_outcome(wop_t *op, const char *col, const char *resolution)
+/* Note what a strategy decided for column col of op: the value (for the history) and, when
+ * other than "applied", the resolution (for its result). */
+static void note_outcome(wop_t *op, const char *col, const char *resolution, json_t *value)
 {
+    if (op->results == NULL) op->results = json_object();
+    json_object_set(op->results, col, value != NULL ? value : json_null());
+    if (strcmp(resolution, "applied") == 0) return;
     if (op->outcome == NULL) op->outcome = json_object();
     json_object_set_new(op->outcome, col, json_string(resolution));
+}
+
+void gw__write_op_reset(wop_t *op)
+{
+    json_decref(op->outcome);
+    json_decref(op->results);
+    json_decref(op->violations);
+    free(op->before);
+    op->outcome = op->results = op->violations = NULL;
+    op->before = NULL;
 }
 
 /*
@@ -536,8 +630,8 @@ static int merge_update(wctx_t *c, wop_t *op, const char *data, const char *old_
                                                               : json_null());
             json_object_set(rec, "result", value != NULL ? value : json_null());
             json_array_append_new(out->records, rec);
-            note_outcome(op, col, resolution);
         }
+        note_outcome(op, col, resolution, value);
         if (strcmp(resolution, "kept") == 0) {
             json_object_del(d, col);
             continue;
@@ -643,6 +737,7 @@ static int apply_op(wctx_t *c, wop_t *op)
     if (sel == NULL) goto out;
     int exists = PQntuples(sel) > 0;
     const char *old_row = exists ? PQgetvalue(sel, 0, 0) : NULL;
+    if (old_row != NULL && history_on()) op->before = gw_xstrdup(old_row);
     const char *merged = exists ? PQgetvalue(sel, 0, 1) : NULL;
     int stale = exists && PQgetvalue(sel, 0, 2)[0] == 't';
     int action = op->kind == OP_DELETE ? OP_DELETE : exists ? OP_PATCH : OP_PUT;
@@ -744,6 +839,17 @@ static int apply_op(wctx_t *c, wop_t *op)
         gw_buf_free(&sql);
     }
     if (res == NULL) goto out;
+    if (table_has_constraints(c->b->rules, r)) { /* violations this row is part of: again */
+        size_t resolved = 0;
+        PGresult *failed = NULL;
+        if (gw__write_recheck(c->conn, c->b->rules, label, op->id, &resolved, &failed) != 0) {
+            how = classify(c->conn, failed);
+            if (how == SQL_FATAL) note_fatal(c, failed);
+            PQclear(c->failed);
+            c->failed = failed;
+            goto out;
+        }
+    }
     if (action != OP_DELETE && PQntuples(res) > 0)
         how = run_constraints(c, op, PQgetvalue(res, 0, 0));
     if (how == SQL_OK && r->merge != NULL && action != OP_DELETE)
@@ -795,7 +901,9 @@ enum {
     PQ_APPLY,
     PQ_APPLY_ROW,
     PQ_CON,
+    PQ_VIO_OPEN,
     PQ_LOG_SET,
+    PQ_HIST,
     PQ_COMMIT
 };
 
@@ -843,6 +951,14 @@ static int pq_send_rule(wctx_t *c, pq_state_t *q, int kind, size_t op, const cha
     return pq_send(c, q, kind, op, name, n, values);
 }
 
+/* Keep the stored row op i found, for the history. */
+static void keep_before(wctx_t *c, size_t i, const char *row)
+{
+    if (!history_on()) return;
+    free(c->b->ops[i].before);
+    c->b->ops[i].before = gw_xstrdup(row);
+}
+
 /* Sync and read every queued result; sets q->deviated / q->fatal. 0 when all were normal. */
 static int pq_sync(wctx_t *c, pq_state_t *q)
 {
@@ -881,6 +997,7 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
                 if (rows != 1 || PQgetvalue(res, 0, 2)[0] == 't') {
                     q->deviated = 1;
                 } else {
+                    keep_before(c, it->op, PQgetvalue(res, 0, 0));
                     free(q->old_row);
                     free(q->merged);
                     q->old_row = gw_xstrdup(PQgetvalue(res, 0, 0));
@@ -889,6 +1006,7 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
                 break;
             case PQ_SEL_LOCK: /* a PATCH/DELETE must find its row, not stale */
                 q->deviated = rows != 1 || PQgetvalue(res, 0, 2)[0] == 't';
+                if (!q->deviated) keep_before(c, it->op, PQgetvalue(res, 0, 0));
                 break;
             case PQ_CHECK:
                 q->deviated = !rule_says_true(res);
@@ -900,6 +1018,9 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
                     free(q->new_row);
                     q->new_row = gw_xstrdup(PQgetvalue(res, 0, 0));
                 }
+                break;
+            case PQ_VIO_OPEN: /* open violations to re-check: the careful path does it */
+                q->deviated = rows > 0;
                 break;
             case PQ_CON: /* a violation is recorded by the careful path */
                 if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0) &&
@@ -994,6 +1115,7 @@ static int run_pipelined(wctx_t *c)
     for (size_t i = 0; i < b->nops; i++) /* merge strategies are decided on the careful path */
         if (b->ops[i].rule != NULL && b->ops[i].rule->merge != NULL) return SQL_OP;
     char **datas = gw_xcalloc(b->nops > 0 ? b->nops : 1, sizeof(char *));
+    char *history = NULL;
     int rc = SQL_OP;
     if (!PQenterPipelineMode(c->conn)) {
         free(datas);
@@ -1021,6 +1143,7 @@ static int run_pipelined(wctx_t *c)
         if (op->kind == 0 || op->rule == NULL) continue; /* rejected when parsed */
         const rules_write_rule_t *r = op->rule;
         size_t ti = op->rule_index;
+        gw__write_op_reset(op);
         op->code = NULL;
         op->message[0] = '\0';
         uint64_t mask;
@@ -1105,6 +1228,11 @@ static int run_pipelined(wctx_t *c)
         if (constraints) {
             if (pq_sync(c, &q) != 0 || pq_send_constraints(c, &q, i) != 0) goto fail;
         }
+        if (table_has_constraints(c->b->rules, r)) {
+            char label[256];
+            const char *vv[2] = {gw__write_table_label(r, label, sizeof(label)), op->id};
+            if (pq_send(c, &q, PQ_VIO_OPEN, i, "fw_vop", 2, vv) != 0) goto fail;
+        }
         op->status = ST_APPLIED; /* provisional: any deviation later reruns the batch */
     }
     if (high > q.last) {
@@ -1115,6 +1243,11 @@ static int run_pipelined(wctx_t *c)
     }
     if (pq_sync(c, &q) != 0) /* every result checked before COMMIT is even sent */
         goto fail;
+    if (history_on() && b->nops > 0) { /* every op's outcome is known now */
+        history = history_json(b);
+        const char *hv[3] = {b->user, b->client_id, history};
+        if (pq_send(c, &q, PQ_HIST, 0, "fw_hist", 3, hv) != 0) goto fail;
+    }
     if (!PQsendQueryParams(c->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0)) goto fail;
     pq_push(&q, PQ_COMMIT, 0);
     if (pq_sync(c, &q) == 0) rc = SQL_OK;
@@ -1128,6 +1261,7 @@ fail:
     for (size_t i = 0; i < b->nops; i++)
         free(datas[i]);
     free(datas);
+    free(history);
     free(q.items);
     free(q.old_row);
     free(q.merged);
@@ -1174,8 +1308,7 @@ static int run_attempt(wctx_t *c)
         }
         op->code = NULL;
         op->message[0] = '\0';
-        json_decref(op->outcome);
-        op->outcome = NULL;
+        gw__write_op_reset(op);
         if (c->savepoints && exec_simple(c->conn, "SAVEPOINT w") != SQL_OK) return SQL_FATAL;
         how = apply_op(c, op);
         if (how == SQL_FATAL) return SQL_FATAL;
@@ -1184,14 +1317,27 @@ static int run_attempt(wctx_t *c)
             return SQL_OP;
         }
         if (how == SQL_OP) {
-            json_decref(op->outcome); /* rolled back with the op */
-            op->outcome = NULL;
+            char *before = op->before; /* the decisions were rolled back with the op */
+            op->before = NULL;
+            gw__write_op_reset(op);
+            op->before = before;
             op_reject_pg(op, c->failed);
             if (exec_simple(c->conn, "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w") != SQL_OK)
                 return SQL_FATAL;
         } else if (c->savepoints && exec_simple(c->conn, "RELEASE SAVEPOINT w") != SQL_OK) {
             return SQL_FATAL;
         }
+    }
+    if (history_on() && b->nops > 0) {
+        char *h = history_json(b);
+        const char *hv[3] = {b->user, b->client_id, h};
+        res = exec_prepared(c, "fw_hist", 3, hv, &how);
+        free(h);
+        if (res == NULL) {
+            exec_simple(c->conn, "ROLLBACK");
+            return SQL_FATAL;
+        }
+        PQclear(res);
     }
     if (high > last) {
         char hs[32];

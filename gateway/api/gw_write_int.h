@@ -5,6 +5,8 @@
  *                     worker), answers, start-up, metrics
  *   gw_write_stmt.c   per-connection statements on the worker threads, ferry's own tables
  *   gw_write_batch.c  applying a batch in one Postgres transaction (pipelined, then careful)
+ *   gw_write_janitor.c the background pass (history retention, violations re-checked and
+ *                     expired) and the re-check of violations a write touches
  */
 #ifndef GW_WRITE_INT_H
 #define GW_WRITE_INT_H
@@ -39,6 +41,8 @@ typedef struct write_mod {
     atomic_uint_fast64_t ops[ST_N];
     atomic_uint_fast64_t batches_ok, batches_bad, batches_unavail, violations;
     atomic_uint_fast64_t conflicts; /* rows of ferry_write_conflicts written */
+    atomic_uint_fast64_t violations_resolved, violations_expired, history_trimmed;
+    atomic_uint_fast64_t violations_open;                    /* open at the last background pass */
     atomic_uint_fast64_t batches_too_large, batches_limited; /* 413 (ops), 429 (per user) */
     atomic_uint_fast64_t hist[HIST_N + 1];
     atomic_uint_fast64_t hist_sum_us;
@@ -76,6 +80,9 @@ typedef struct wop {
     json_t *old;          /* the CRUD entry's "old" (previous values), borrowed; NULL if absent */
     const char *metadata; /* the CRUD entry's "metadata" string, borrowed; NULL if absent */
     json_t *outcome;      /* per column merge outcome {"col":"kept"|…}, owned; NULL: none */
+    json_t *results;      /* the values a strategy decided {"col": value}, owned; NULL: none */
+    json_t *violations;   /* names of the constraints this op violated (array), owned; or NULL */
+    char *before;         /* the stored row before the op (JSON text) for the history, owned */
     /* result */
     int status;
     const char *code;
@@ -133,6 +140,27 @@ extern const char *const gw__write_status_names[ST_N];
  * does not have it (counted as "(unknown)", so clients cannot create series). */
 void gw__write_unknown_column(const char *table, const char *column);
 
+/** Wait up to secs seconds unless the server stops; returns 1 when it is stopping. */
+int gw__write_wait(long secs);
+
+/** Whether the server is stopping. */
+int gw__write_stopping(void);
+
+/* ---- gw_write_janitor.c ---- */
+
+/**
+ * Re-check the open violations of table label whose row or conflicting ids include row id (id
+ * NULL: every open violation, oldest first, at most 1,000), over the rows as stored now; set
+ * resolved_at on those whose constraint no longer finds rows (or whose row is gone), counting
+ * them in *resolved. 0, or -1 with *failed the result of the statement that failed (the caller
+ * PQclears it).
+ */
+int gw__write_recheck(PGconn *conn, const rules_set_t *set, const char *label, const char *id,
+                      size_t *resolved, PGresult **failed);
+
+/** Start the background pass (a detached thread with its own connection). */
+void gw__write_janitor_start(void);
+
 /* ---- gw_write_stmt.c ---- */
 
 /** What this worker thread's connection has prepared. */
@@ -162,6 +190,9 @@ void gw__write_batch_results(wbatch_t *b);
 
 /** Set b's answer to status with {"error":{"code":code,"description":msg}}. */
 void gw__write_batch_fail(wbatch_t *b, int status, const char *code, const char *msg);
+
+/** Forget what an attempt decided for op (its outcome, results, violations, stored row). */
+void gw__write_op_reset(wop_t *op);
 
 /** Apply the batch in job (a wbatch_t) on a worker thread: b->http_status and b->out are set. */
 void gw__write_batch_run(gw_job_t *job, PGconn *conn);

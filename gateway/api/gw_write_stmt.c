@@ -37,6 +37,10 @@ static const char SETUP_SQL[] =
     " message text NOT NULL,"
     " created_at timestamptz NOT NULL DEFAULT now());"
     "CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id);"
+    "ALTER TABLE ferry_violations ADD COLUMN IF NOT EXISTS resolved_at timestamptz,"
+    " ADD COLUMN IF NOT EXISTS expired_at timestamptz;"
+    "CREATE INDEX IF NOT EXISTS ferry_violations_open ON ferry_violations (table_name)"
+    " WHERE resolved_at IS NULL AND expired_at IS NULL;"
     "CREATE TABLE IF NOT EXISTS ferry_write_times ("
     " table_name text NOT NULL,"
     " row_id text NOT NULL,"
@@ -58,7 +62,24 @@ static const char SETUP_SQL[] =
     " stored jsonb,"
     " result jsonb,"
     " created_at timestamptz NOT NULL DEFAULT now());"
-    "CREATE INDEX IF NOT EXISTS ferry_write_conflicts_user_id ON ferry_write_conflicts (user_id)";
+    "CREATE INDEX IF NOT EXISTS ferry_write_conflicts_user_id ON ferry_write_conflicts (user_id);"
+    "CREATE TABLE IF NOT EXISTS ferry_write_history ("
+    " id bigserial PRIMARY KEY,"
+    " at timestamptz NOT NULL DEFAULT now(),"
+    " user_id text NOT NULL,"
+    " client_id text NOT NULL,"
+    " op_id bigint NOT NULL,"
+    " op text NOT NULL,"
+    " table_name text NOT NULL,"
+    " row_id text NOT NULL,"
+    " status text NOT NULL,"
+    " code text,"
+    " message text,"
+    " columns jsonb,"
+    " violations jsonb);"
+    "CREATE INDEX IF NOT EXISTS ferry_write_history_row ON ferry_write_history (table_name, "
+    "row_id);"
+    "CREATE INDEX IF NOT EXISTS ferry_write_history_at ON ferry_write_history (at)";
 
 static const char LOG_GET_SQL[] =
     "INSERT INTO ferry_write_log AS w (user_id, client_id, last_op_id) VALUES ($1, $2, 0) "
@@ -85,6 +106,18 @@ static const char CONFLICT_SQL[] =
     "INSERT INTO ferry_write_conflicts (table_name, row_id, column_name, user_id, client_id, "
     "op_id, strategy, resolution, sent, old, stored, result) VALUES ($1, $2, $3, $4, $5, $6, $7, "
     "$8, $9::jsonb, $10::jsonb, $11::jsonb, $12::jsonb)";
+
+/* whether row $2 of table $1 is part of an open violation (its row or a conflicting id) */
+static const char VIOLATION_OPEN_SQL[] =
+    "SELECT 1 FROM ferry_violations WHERE resolved_at IS NULL AND expired_at IS NULL AND "
+    "table_name = $1 AND (row_id = $2 OR conflicting_ids ? $2) LIMIT 1";
+
+/* the history of one batch: $1 user, $2 client, $3 a JSON array of its ops' entries */
+static const char HISTORY_SQL[] =
+    "INSERT INTO ferry_write_history (user_id, client_id, op_id, op, table_name, row_id, status, "
+    "code, message, columns, violations) SELECT $1, $2, x.op_id, x.op, x.t, x.r, x.s, x.c, x.m, "
+    "x.cols, x.v FROM jsonb_to_recordset($3::jsonb) AS x(op_id bigint, op text, t text, r text, "
+    "s text, c text, m text, cols jsonb, v jsonb)";
 
 /* ---- per-connection statements (worker threads) ----------------------------------------- */
 
@@ -374,7 +407,7 @@ static int ensure_tables(PGconn *conn, gw_err_t *err)
         if (gw_pg_exec(conn, SETUP_SQL, &e) != 0) {
             gw_err_set(err, GW_EPG, "postgres",
                        "could not create ferry's tables (ferry_write_log, ferry_violations, "
-                       "ferry_write_times, ferry_write_conflicts): %s",
+                       "ferry_write_times, ferry_write_conflicts, ferry_write_history): %s",
                        e.message);
             gw_err_detail(err, "Run deploy/postgres/setup.sql as an owner of the database.");
             return GW_EPG;
@@ -411,7 +444,9 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
         prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0 ||
         prepare(conn, "fw_tms", TIMES_SET_SQL, msg, sizeof(msg)) != 0 ||
         prepare(conn, "fw_tmd", TIMES_DEL_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_cfl", CONFLICT_SQL, msg, sizeof(msg)) != 0) {
+        prepare(conn, "fw_cfl", CONFLICT_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_hist", HISTORY_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_vop", VIOLATION_OPEN_SQL, msg, sizeof(msg)) != 0) {
         /* the tables may have gone since they were made (a restored database): make them
          * again on the next try */
         pthread_mutex_lock(&gw__write_mod.lock);
