@@ -273,8 +273,8 @@ static int run_constraints(wctx_t *c, wop_t *op, const char *new_row)
                 PQclear(res);
                 return how;
             }
+            if (atoi(PQcmdTuples(ins)) > 0) atomic_fetch_add(&gw__write_mod.violations, 1);
             PQclear(ins);
-            atomic_fetch_add(&gw__write_mod.violations, 1);
             if (op->violations == NULL) op->violations = json_array();
             json_array_append_new(op->violations, json_string(con->name));
         }

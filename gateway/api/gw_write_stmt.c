@@ -89,9 +89,15 @@ static const char LOG_GET_SQL[] =
 static const char LOG_SET_SQL[] = "UPDATE ferry_write_log SET last_op_id = $3, updated_at = now() "
                                   "WHERE user_id = $1 AND client_id = $2";
 
+/* a violation: a new row, unless the row's violation of this constraint is still open (then
+ * its conflicting ids are brought up to date) */
 static const char VIOLATION_SQL[] =
+    "WITH open AS (UPDATE ferry_violations SET conflicting_ids = $5::jsonb, message = $6 "
+    "WHERE constraint_name = $1 AND table_name = $2 AND row_id = $3 AND resolved_at IS NULL AND "
+    "expired_at IS NULL RETURNING 1) "
     "INSERT INTO ferry_violations (constraint_name, table_name, row_id, user_id, "
-    "conflicting_ids, message) VALUES ($1, $2, $3, $4, $5::jsonb, $6)";
+    "conflicting_ids, message) SELECT $1, $2, $3, $4, $5::jsonb, $6 "
+    "WHERE NOT EXISTS (SELECT 1 FROM open)";
 
 /* lww: the columns in $3 (a JSON array) of row $2 of table $1 were written at $4 */
 static const char TIMES_SET_SQL[] =
