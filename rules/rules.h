@@ -399,6 +399,11 @@ typedef struct rules_write_rule {
     const char *lww_column;    /* NULL when absent */
     rules_pg_stmt_t check;     /* "allowed?" over the new row: insert and update */
     rules_pg_stmt_t check_old; /* "allowed?" over the stored row: update and delete */
+    /* check and check_old as bare expressions for a caller's own statement: rows "new" and
+     * "old" are the caller's aliases, and request values fixed parameters: $3 the user id
+     * (text), $4 the claims (jsonb), $5 the client parameters (jsonb); $1 and $2 are the
+     * caller's. NULL when absent. */
+    const char *check_expr, *check_old_expr;
 } rules_write_rule_t;
 
 /** A named constraint: stmt returns true when the new row violates it. Owned by the set. */

@@ -333,6 +333,27 @@ static void qualified(rbuf_t *b, const char *schema, const char *table)
     put_qident(b, table, strlen(table));
 }
 
+/* The fragment of a check (kind 0) or check_old (kind 1) as a bare expression with the fixed
+ * parameters of rules_write_rule_t.check_expr; NULL when it does not compile (compile_stmt
+ * reports why). Owned by the set. */
+static const char *compile_expr(wc_t *w, const char *sql, const char *const *cols, size_t ncols,
+                                int kind)
+{
+    /* $1 and $2 are the caller's: two kinds no reference asks for hold their places */
+    rules_bind_kind_t kinds[8] = {(rules_bind_kind_t)100, (rules_bind_kind_t)101,
+                                  RULES_BIND_USER_ID, RULES_BIND_JWT_JSONB,
+                                  RULES_BIND_PARAMS_JSONB};
+    int nk = 5, used_new = 0, used_old = 0, off = 0;
+    char err[512];
+    char *body = rwrite_rewrite(sql, cols, ncols, kind != 1, kind == 1, kinds, &nk, &used_new,
+                                &used_old, &off, err, sizeof err);
+    if (!body || nk != 5) {
+        free(body);
+        return NULL;
+    }
+    return rset_own(w->set, body);
+}
+
 /* Compile one fragment into stmt. kind 0: check (new), 1: check_old (old), 2: constraint. */
 static int compile_stmt(wc_t *w, yaml_node_t *node, const char *schema, const char *table,
                         const char *const *cols, size_t ncols, int kind, rules_pg_stmt_t *stmt)
@@ -657,6 +678,8 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
         } else if (check && cl &&
                    compile_stmt(&w, check, r->schema, r->table, cl, ncl, 0, &r->check) != 0)
             bad = 1;
+        else if (check && cl)
+            r->check_expr = compile_expr(&w, ys(check), cl, ncl, 0);
         if (check_old && !(r->operations & (RULES_OP_UPDATE | RULES_OP_DELETE))) {
             werr(&w, check_old,
                  "\"check_old\" applies to update and delete, and \"operations\" "
@@ -665,6 +688,8 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
         } else if (check_old && cl &&
                    compile_stmt(&w, check_old, r->schema, r->table, cl, ncl, 1, &r->check_old) != 0)
             bad = 1;
+        else if (check_old && cl)
+            r->check_old_expr = compile_expr(&w, ys(check_old), cl, ncl, 1);
         if (bad) continue;
         table_use_write(set, r->schema, r->table);
         set->nwrites++;

@@ -546,13 +546,15 @@ static void startup_run(gw_job_t *job, PGconn *conn)
                  : gw__write_prepare_conn(conn, gw_app_active(gw__write_mod.app)->rules, &err);
     if (rc == 0) {
         gw_ready_set(gw__write_mod.ready_id, 1, NULL);
-        int self = 0;
-        for (size_t i = 0; i < 256; i++)
+        int self = 0, fast = 0;
+        for (size_t i = 0; i < 256; i++) {
             self += gw__write_conn.self_cko[i] + gw__write_conn.self_chk[i];
+            fast += gw__write_conn.fast_upd[i] + gw__write_conn.fast_del[i];
+        }
         gw_info("write", "write rules prepared",
-                "tables=%zu constraints=%zu self_reading_checks=%d",
+                "tables=%zu constraints=%zu self_reading_checks=%d one_statement_writes=%d",
                 rules_write_count(gw_app_active(gw__write_mod.app)->rules),
-                rules_constraint_count(gw_app_active(gw__write_mod.app)->rules), self);
+                rules_constraint_count(gw_app_active(gw__write_mod.app)->rules), self, fast);
         job->ud = NULL;
         return;
     }

@@ -60,6 +60,7 @@ typedef struct conn_state {
     int con_ids[256];         /* constraint i prepared in the "conflicting ids" form */
     unsigned char self_cko[256], self_chk[256]; /* table i has the self-reading forms */
     unsigned char id_unique[256]; /* table i has an immediate unique index on ("id") alone */
+    unsigned char fast_upd[256], fast_del[256]; /* table i has fw_upf_i / fw_delf_i */
     size_t nins;
     struct {
         size_t table;

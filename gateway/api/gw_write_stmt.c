@@ -400,6 +400,92 @@ static int prepare_merge(PGconn *conn, const rules_write_rule_t *r, size_t i, co
     return 0;
 }
 
+/*
+ * The one-statement forms of the pipelined path, for a PATCH (fw_upf_<i>) and a DELETE
+ * (fw_delf_<i>) of table i: lock the stored row, run check_old over it and check over the sent
+ * data merged over it, the lww_column comparison, and write, all in one statement that changes
+ * one row exactly when the four-statement path (fw_sel, check_old, check, fw_upd/fw_del) would
+ * have applied the op plainly; otherwise it changes nothing and the careful path decides the op.
+ * $1 id, $2 the data (jsonb), $3 user id, $4 claims, $5 client parameters (rules_write_rule_t's
+ * check_expr numbering). Returns the row after the write (UPDATE) and the stored row before.
+ */
+static void prepare_fast(PGconn *conn, conn_state_t *cs, const rules_write_rule_t *r, size_t i,
+                         const char *qt)
+{
+    if (i >= 256 || (r->check.sql != NULL && r->check_expr == NULL) ||
+        (r->check_old.sql != NULL && r->check_old_expr == NULL))
+        return;
+    /* the types of $3..$5 (text; the expressions cast them), $1 and $2 inferred */
+    static const Oid types[5] = {0, 0, 25, 25, 25};
+    gw_buf_t cond = GW_BUF_INIT, b = GW_BUF_INIT;
+    if (r->check_old_expr != NULL)
+        gw_buf_printf(&cond,
+                      " AND (SELECT COALESCE((%s)::boolean, false) FROM "
+                      "jsonb_populate_record(NULL::%s, to_jsonb(o.row)) AS \"old\")",
+                      r->check_old_expr, qt);
+    gw_buf_t dcond = GW_BUF_INIT;
+    gw_buf_append(&dcond, cond.data != NULL ? cond.data : "", cond.len);
+    gw_buf_append(&dcond, "", 1);
+    if (r->check_expr != NULL)
+        gw_buf_printf(&cond,
+                      " AND (SELECT COALESCE((%s)::boolean, false) FROM "
+                      "jsonb_populate_record(o.row, $2::jsonb) AS \"new\")",
+                      r->check_expr);
+    if (r->lww_column != NULL) {
+        char *lc = gw_pg_ident(conn, r->lww_column);
+        gw_buf_printf(
+            &cond,
+            " AND NOT COALESCE((jsonb_populate_record(o.row, $2::jsonb)).%s < (o.row).%s, "
+            "false)",
+            lc, lc);
+        free(lc);
+    }
+    gw_buf_append(&cond, "", 1);
+    gw_buf_printf(&b,
+                  "WITH o AS (SELECT x AS row FROM %s AS x WHERE x.\"id\" = $1 FOR UPDATE) "
+                  "UPDATE %s AS t SET (",
+                  qt, qt);
+    size_t n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (strcmp(r->columns[c], "id") == 0) continue;
+        char *qc = gw_pg_ident(conn, r->columns[c]);
+        gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", qc);
+        free(qc);
+    }
+    gw_buf_puts(&b, ") = (SELECT ");
+    n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (strcmp(r->columns[c], "id") == 0) continue;
+        char *qc = gw_pg_ident(conn, r->columns[c]);
+        gw_buf_printf(&b, "%s\"new\".%s", n++ > 0 ? ", " : "", qc);
+        free(qc);
+    }
+    gw_buf_printf(&b,
+                  " FROM jsonb_populate_record(o.row, $2::jsonb) AS \"new\") FROM o WHERE "
+                  "t.\"id\" = $1%s RETURNING to_jsonb(t)::text, to_jsonb(o.row)::text",
+                  cond.data);
+    gw_buf_append(&b, "", 1);
+    char name[64];
+    snprintf(name, sizeof(name), "fw_upf_%zu", i);
+    PGresult *res = n > 0 ? PQprepare(conn, name, b.data, 5, types) : NULL;
+    cs->fast_upd[i] = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    gw_buf_reset(&b);
+    gw_buf_printf(&b,
+                  "WITH o AS (SELECT x AS row FROM %s AS x WHERE x.\"id\" = $1 FOR UPDATE) "
+                  "DELETE FROM %s AS t USING o WHERE t.\"id\" = $1 AND $2::jsonb IS NOT NULL%s "
+                  "RETURNING NULL::text, to_jsonb(o.row)::text",
+                  qt, qt, dcond.data);
+    gw_buf_append(&b, "", 1);
+    snprintf(name, sizeof(name), "fw_delf_%zu", i);
+    res = PQprepare(conn, name, b.data, 5, types);
+    cs->fast_del[i] = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    gw_buf_free(&b);
+    gw_buf_free(&cond);
+    gw_buf_free(&dcond);
+}
+
 /* Create ferry's tables when missing (once per process; serialized). */
 static int ensure_tables(PGconn *conn, gw_err_t *err)
 {
@@ -571,6 +657,7 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
             1, qv, NULL);
         cs->id_unique[i] = u != NULL && PQntuples(u) == 1 && PQgetvalue(u, 0, 0)[0] == 't';
         PQclear(u);
+        prepare_fast(conn, cs, r, i, qt);
         snprintf(name, sizeof(name), "fw_ckos_%zu", i);
         cs->self_cko[i] = so != NULL && prepare(conn, name, so, msg, sizeof(msg)) == 0;
         snprintf(name, sizeof(name), "fw_chks_%zu", i);

@@ -54,6 +54,7 @@ expect_match "ann's op: sent, old, stored, result" 'ann phone-ann 1 PATCH applie
 expect_match "ben's op: kept, the stored value stays" 'ben phone-ben 7 PATCH applied \{"title": \{"old": "Buy milk", "sent": "Buy milk x2", "result": "Buy oat milk", "stored": "Buy oat milk", "strategy": "server_wins_if_changed", "resolution": "kept"\}\}' "$hist"
 expect_match "the rejected op and its reason" 'ben phone-ben 8 PATCH rejected check_failed \{"owner": \{"sent": "ben", "stored": "team", "strategy": "client_wins"\}\}' "$hist"
 expect_match "the duplicate" 'ben phone-ben 7 PATCH duplicate' "$hist"
+expect_match "the plain batch took the pipelined path, history and all" 'client="?phone-ann"? status=200 ops=1 applied=1 .*path=pipelined' "$(grep 'msg="batch"' "$FERRY_LOG" | tail -1)"
 expect_match "pipelined path: the stored value before" 'ann phone-ann 2 PATCH applied \{"body": \{"sent": "v1", "result": "v1", "stored": "v0"' "$(h n1)"
 
 # ferry debug history: the replication ops and the write-back lines, in order
