@@ -881,12 +881,16 @@ static int exec_simple(PGconn *conn, const char *sql)
  * Most batches are all "normal": PUTs of new rows, PATCHes and DELETEs of existing rows, every
  * check passing. run_pipelined() sends such a batch with libpq's pipeline mode, so a run of PUTs
  * costs one round trip in all instead of three per op: [SELECT FOR UPDATE, check, INSERT] per op
- * are queued without waiting. PATCH and DELETE need the stored row before their checks, so the
- * pipeline is synced there (one round trip per such op). The first result that is not the
- * normal one (an error, a check saying no, a PUT finding a row, a stale write, a violation to
- * record) makes it give up: roll back, and the caller runs the batch again the careful way
- * (run_attempt with savepoints), which decides every op from scratch. So the fast path never
- * decides a rejection; it only applies batches in which nothing is rejected.
+ * are queued without waiting. A PATCH or DELETE is one statement (fw_upf_<i> / fw_delf_<i>,
+ * gw_write_stmt.c: lock, check_old, check, lww_column and the write in one WITH … UPDATE|DELETE
+ * … RETURNING) that changes its row exactly when the careful path would have applied the op
+ * plainly; no changed row is a deviation like any other. Without that form (a rule Postgres
+ * would not prepare it for) the older sequence below is used. PATCH and DELETE need the stored row
+ * before their checks, so the pipeline is synced there (one round trip per such op). The first
+ * result that is not the normal one (an error, a check saying no, a PUT finding a row, a stale
+ * write, a violation to record) makes it give up: roll back, and the caller runs the batch again
+ * the careful way (run_attempt with savepoints), which decides every op from scratch. So the fast
+ * path never decides a rejection; it only applies batches in which nothing is rejected.
  */
 
 enum {

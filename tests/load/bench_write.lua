@@ -33,9 +33,12 @@ function request()
     local op = next_op
     next_op = next_op + 1
     if mode == "patch_lww" then
+      -- old: what this thread wrote to the row 1000 ops before (each thread owns its rows)
+      local prev_label, prev_n = "seed", 0
+      if op > 1000 then prev_label, prev_n = "v" .. (op - 1000), op - 1000 end
       parts[i] = string.format(
-        '{"op_id":%d,"op":"PATCH","type":"bench_lww","id":"q%d-%d","data":{"label":"v%d","n":%d},"old":{"label":"seed","n":0},"metadata":"{\\"ts\\":\\"2026-01-01T00:00:00.%06dZ\\"}"}',
-        op, tid, op % 1000, op, op, op % 1000000)
+        '{"op_id":%d,"op":"PATCH","type":"bench_lww","id":"q%d-%d","data":{"label":"v%d","n":%d},"old":{"label":"%s","n":%d},"metadata":"{\\"ts\\":\\"2026-01-01T00:00:00.%06dZ\\"}"}',
+        op, tid, op % 1000, op, op, prev_label, prev_n, op % 1000000)
     elseif mode == "patch" then
       parts[i] = string.format(
         '{"op_id":%d,"op":"PATCH","type":"bench","id":"p%d-%d","data":{"label":"v%d","n":%d}}',
