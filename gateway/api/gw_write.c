@@ -549,7 +549,8 @@ static void startup_run(gw_job_t *job, PGconn *conn)
         int self = 0, fast = 0;
         for (size_t i = 0; i < 256; i++) {
             self += gw__write_conn.self_cko[i] + gw__write_conn.self_chk[i];
-            fast += gw__write_conn.fast_upd[i] + gw__write_conn.fast_del[i];
+            fast += gw__write_conn.fast_upd[i] + gw__write_conn.fast_del[i] +
+                    gw__write_conn.fast_mrg[i];
         }
         gw_info("write", "write rules prepared",
                 "tables=%zu constraints=%zu self_reading_checks=%d one_statement_writes=%d",

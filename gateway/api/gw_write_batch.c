@@ -699,7 +699,6 @@ static int merge_record(wctx_t *c, wop_t *op, const char *ts, const merge_out_t 
         free(old);
         if (res == NULL) return how;
         PQclear(res);
-        atomic_fetch_add(&gw__write_mod.conflicts, 1);
     }
     return SQL_OK;
 }
@@ -905,6 +904,8 @@ enum {
     PQ_APPLY,
     PQ_APPLY_ROW,
     PQ_FAST,
+    PQ_MERGE,
+    PQ_TIMES,
     PQ_CON,
     PQ_VIO_OPEN,
     PQ_LOG_SET,
@@ -954,6 +955,22 @@ static int pq_send_rule(wctx_t *c, pq_state_t *q, int kind, size_t op, const cha
     int n;
     rule_values(c, stmt, new_row, old_row, values, &n);
     return pq_send(c, q, kind, op, name, n, values);
+}
+
+/* The decisions fw_mrf_<i> made for op (a JSON object {column: [resolution, value]}): its
+ * outcome and results, as merge_update would have noted them. */
+static void take_decisions(wop_t *op, const char *text)
+{
+    json_t *dec = json_loads(text, 0, NULL);
+    const char *col;
+    json_t *e;
+    json_object_foreach(dec, col, e)
+    {
+        const char *resolution = json_string_value(json_array_get(e, 0));
+        if (resolution == NULL) continue;
+        note_outcome(op, col, resolution, json_array_get(e, 1));
+    }
+    json_decref(dec);
 }
 
 /* Keep the stored row op i found, for the history. */
@@ -1023,6 +1040,16 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
                     keep_before(c, it->op, PQgetvalue(res, 0, 1));
                     free(q->new_row);
                     q->new_row = PQgetisnull(res, 0, 0) ? NULL : gw_xstrdup(PQgetvalue(res, 0, 0));
+                }
+                break;
+            case PQ_MERGE: /* one row changed: decided, checked, written */
+                if (rows != 1) {
+                    q->deviated = 1;
+                } else {
+                    keep_before(c, it->op, PQgetvalue(res, 0, 1));
+                    take_decisions(&c->b->ops[it->op], PQgetvalue(res, 0, 2));
+                    free(q->new_row);
+                    q->new_row = gw_xstrdup(PQgetvalue(res, 0, 0));
                 }
                 break;
             case PQ_APPLY_ROW:
@@ -1126,8 +1153,6 @@ static int run_pipelined(wctx_t *c)
 {
     wbatch_t *b = c->b;
     pq_state_t q = {0};
-    for (size_t i = 0; i < b->nops; i++) /* merge strategies are decided on the careful path */
-        if (b->ops[i].rule != NULL && b->ops[i].rule->merge != NULL) return SQL_OP;
     char **datas = gw_xcalloc(b->nops > 0 ? b->nops : 1, sizeof(char *));
     char *history = NULL;
     int rc = SQL_OP;
@@ -1171,7 +1196,34 @@ static int run_pipelined(wctx_t *c)
         const char *sv[2] = {op->id, datas[i]};
         snprintf(name, sizeof(name), "fw_sel_%zu", ti);
         int constraints = op->kind != OP_DELETE && table_has_constraints(c->b->rules, r);
-        if (op->kind == OP_PUT) {
+        if (r->merge != NULL && op->kind == OP_PUT && sends_merge(op, RULES_MERGE_LWW))
+            goto fail; /* its lww times are recorded by the careful path */
+        if (r->merge != NULL && op->kind == OP_PATCH) {
+            /* one statement: lock, the merge decisions, checks, write, times, conflicts */
+            if (ti >= 256 || !gw__write_conn.fast_mrg[ti]) goto fail;
+            char ts[128], label[256], opid[32];
+            int have_ts = 0;
+            if (sends_merge(op, RULES_MERGE_LWW)) {
+                if (op_timestamp(op, ts, sizeof(ts)) != 0) goto fail; /* careful: rejects */
+                have_ts = 1;
+            }
+            char *old = op->old != NULL ? dumps(op->old) : NULL;
+            snprintf(opid, sizeof(opid), "%lld", op->op_id);
+            const char *mv[10] = {op->id,
+                                  datas[i],
+                                  b->user,
+                                  b->jwt,
+                                  b->params,
+                                  old,
+                                  have_ts ? ts : NULL,
+                                  gw__write_table_label(r, label, sizeof(label)),
+                                  b->client_id,
+                                  opid};
+            snprintf(name, sizeof(name), "fw_mrf_%zu", ti);
+            int sent = pq_send(c, &q, PQ_MERGE, i, name, 10, mv);
+            free(old);
+            if (sent != 0) goto fail;
+        } else if (op->kind == OP_PUT) {
             /* taken as an insert; if the row exists after all, the INSERT fails on the unique
              * index of "id" and the careful path makes it the update it is (without such an
              * index, the SELECT must say the row is new) */
@@ -1205,6 +1257,11 @@ static int run_pipelined(wctx_t *c)
             const char *fv[5] = {op->id, datas[i], b->user, b->jwt, b->params};
             snprintf(name, sizeof(name), op->kind == OP_PATCH ? "fw_upf_%zu" : "fw_delf_%zu", ti);
             if (pq_send(c, &q, PQ_FAST, i, name, 5, fv) != 0) goto fail;
+            if (op->kind == OP_DELETE && r->merge_lww) { /* the row's lww times go with it */
+                char label[256];
+                const char *tv[2] = {gw__write_table_label(r, label, sizeof(label)), op->id};
+                if (pq_send(c, &q, PQ_TIMES, i, "fw_tmd", 2, tv) != 0) goto fail;
+            }
         } else if (ti < 256 && (r->check_old.sql == NULL || gw__write_conn.self_cko[ti]) &&
                    (op->kind == OP_DELETE || r->check.sql == NULL || gw__write_conn.self_chk[ti])) {
             /* the checks read the row themselves: no wait for the SELECT */
@@ -1404,6 +1461,8 @@ void gw__write_batch_results(wbatch_t *b)
             gw_buf_json_str(&b->out, op->message);
         }
         if (op->status == ST_APPLIED && op->outcome != NULL) { /* columns a strategy decided */
+            /* each is a row of ferry_write_conflicts, committed with the batch */
+            atomic_fetch_add(&gw__write_mod.conflicts, json_object_size(op->outcome));
             char *cols = json_dumps(op->outcome, JSON_COMPACT);
             if (cols == NULL) abort(); /* out of memory: the gateway's policy */
             gw_buf_printf(&b->out, ",\"columns\":%s", cols);

@@ -61,6 +61,7 @@ typedef struct conn_state {
     unsigned char self_cko[256], self_chk[256]; /* table i has the self-reading forms */
     unsigned char id_unique[256]; /* table i has an immediate unique index on ("id") alone */
     unsigned char fast_upd[256], fast_del[256]; /* table i has fw_upf_i / fw_delf_i */
+    unsigned char fast_mrg[256];                /* table i has fw_mrf_i (merge: tables) */
     size_t nins;
     struct {
         size_t table;

@@ -264,16 +264,23 @@ static void set_rule_err(gw_err_t *err, int line, int col, const char *fmt, cons
     gw_err_set(err, GW_ERULES, where, fmt, what, pgmsg);
 }
 
+/* The parameters a merge decision reads: the sent data, the op's old values, its time (text). */
+typedef struct merge_params {
+    const char *data, *old, *ts;
+} merge_params_t;
+
 /* One column's merge decision as a jsonb expression over t (stored), n (sent merged over
- * stored) and o (the op's old values): NULL when the op does not send the column, "no_old" or
- * "no_ts" when the strategy lacks what it needs, else [resolution, value to write or keep]. */
+ * stored), o (the op's old values) and lw.m (the row's lww times): NULL when the op does not
+ * send the column, "no_old" or "no_ts" when the strategy lacks what it needs, else [resolution,
+ * value to write or keep]. */
 static void merge_expr(gw_buf_t *b, PGconn *conn, const rules_write_rule_t *r, size_t col,
-                       const char *qt)
+                       const char *qt, const merge_params_t *p)
 {
     char *qc = gw_pg_ident(conn, r->columns[col]);
     char *lit = PQescapeLiteral(conn, r->columns[col], strlen(r->columns[col]));
-    gw_buf_printf(b, "%s, CASE WHEN NOT ($2::jsonb ? %s) THEN NULL ", lit, lit);
-    const char *has_old = "COALESCE($3::jsonb, '{}') ?";
+    gw_buf_printf(b, "%s, CASE WHEN NOT (%s::jsonb ? %s) THEN NULL ", lit, p->data, lit);
+    char has_old[64];
+    snprintf(has_old, sizeof(has_old), "COALESCE(%s::jsonb, '{}') ?", p->old);
     switch (r->merge[col]) {
     case RULES_MERGE_SERVER_WINS_IF_CHANGED:
         gw_buf_printf(b,
@@ -300,28 +307,28 @@ static void merge_expr(gw_buf_t *b, PGconn *conn, const rules_write_rule_t *r, s
         break;
     }
     case RULES_MERGE_LWW: {
-        /* the op's time ($4) against the column's last write-back time, in the time's type */
+        /* the op's time against the column's last write-back time, in the time's type */
         gw_buf_t newer = GW_BUF_INIT;
         if (r->ts_source == RULES_TS_COLUMN) {
             char *tc = gw_pg_ident(conn, r->ts_name);
             char *tl = PQescapeLiteral(conn, r->ts_name, strlen(r->ts_name));
             gw_buf_printf(&newer,
-                          "(jsonb_populate_record(NULL::%s, jsonb_build_object(%s, $4::text))).%s "
+                          "(jsonb_populate_record(NULL::%s, jsonb_build_object(%s, %s::text))).%s "
                           ">= (jsonb_populate_record(NULL::%s, jsonb_build_object(%s, "
                           "lw.m->>%s))).%s",
-                          qt, tl, tc, qt, tl, lit, tc);
+                          qt, tl, p->ts, tc, qt, tl, lit, tc);
             PQfreemem(tl);
             free(tc);
         } else {
-            gw_buf_printf(&newer, "$4::timestamptz >= (lw.m->>%s)::timestamptz", lit);
+            gw_buf_printf(&newer, "%s::timestamptz >= (lw.m->>%s)::timestamptz", p->ts, lit);
         }
         gw_buf_printf(b,
-                      "WHEN $4::text IS NULL THEN '\"no_ts\"'::jsonb "
+                      "WHEN %s::text IS NULL THEN '\"no_ts\"'::jsonb "
                       "WHEN lw.m->>%s IS NULL OR %.*s THEN jsonb_build_array(CASE WHEN (%s %s) "
                       "AND t.%s IS DISTINCT FROM o.%s AND t.%s IS DISTINCT FROM n.%s THEN "
                       "'overwritten' ELSE 'applied' END, to_jsonb(n.%s)) "
                       "ELSE jsonb_build_array('kept', to_jsonb(t.%s)) END",
-                      lit, (int)newer.len, newer.data, has_old, lit, qc, qc, qc, qc, qc, qc);
+                      p->ts, lit, (int)newer.len, newer.data, has_old, lit, qc, qc, qc, qc, qc, qc);
         gw_buf_free(&newer);
         break;
     }
@@ -330,6 +337,131 @@ static void merge_expr(gw_buf_t *b, PGconn *conn, const rules_write_rule_t *r, s
     }
     PQfreemem(lit);
     free(qc);
+}
+
+/* Every merged column's decision as one jsonb object (see merge_expr). */
+static void merge_object(gw_buf_t *b, PGconn *conn, const rules_write_rule_t *r, const char *qt,
+                         const merge_params_t *p)
+{
+    gw_buf_puts(b, "(jsonb_build_object(");
+    size_t n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (r->merge[c] == RULES_MERGE_CLIENT_WINS) continue;
+        if (n > 0 && n % 40 == 0) /* at most 100 arguments a call */
+            gw_buf_puts(b, ") || jsonb_build_object(");
+        else if (n > 0)
+            gw_buf_puts(b, ", ");
+        merge_expr(b, conn, r, c, qt, p);
+        n++;
+    }
+    gw_buf_puts(b, "))");
+}
+
+/*
+ * fw_mrf_<i>: a whole merged update in one statement, for the pipelined path: lock the row, the
+ * decisions (as fw_mrg), the data they leave to write (kept columns out, decided values in),
+ * check_old and check, the write, the lww times and the conflicts. Parameters: $1 id, $2 data,
+ * $3 user id, $4 claims, $5 client parameters (check_expr's numbering), $6 old, $7 the op's
+ * time, $8 the table's label, $9 client id, $10 op id. Changes the row (and returns it, the row
+ * before and the decisions) exactly when the careful path would have applied the op; an op a
+ * decision rejects ("no_old", "no_ts"), a failing check or a missing row change nothing.
+ */
+static void prepare_merge_fast(PGconn *conn, conn_state_t *cs, const rules_write_rule_t *r,
+                               size_t i, const char *qt)
+{
+    if (i >= 256 || (r->check.sql != NULL && r->check_expr == NULL) ||
+        (r->check_old.sql != NULL && r->check_old_expr == NULL))
+        return;
+    static const merge_params_t fp = {"$2", "$6", "$7"};
+    static const Oid types[10] = {0, 0, 25, 25, 25, 0, 25, 25, 25, 20};
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_printf(&b,
+                  "WITH lk AS (SELECT x AS row FROM %s AS x WHERE x.\"id\" = $1 FOR UPDATE), "
+                  "d AS (SELECT ",
+                  qt);
+    merge_object(&b, conn, r, qt, &fp);
+    gw_buf_printf(&b,
+                  " AS dec FROM lk, LATERAL (SELECT (lk.row).*) AS t, "
+                  "LATERAL jsonb_populate_record(lk.row, $2::jsonb) AS n, "
+                  "LATERAL jsonb_populate_record(NULL::%s, COALESCE($6::jsonb, '{}')) AS o, "
+                  "LATERAL (SELECT jsonb_object_agg(w.column_name, w.ts) AS m FROM "
+                  "ferry_write_times w WHERE w.table_name = $8::text AND w.row_id = $1::text AND "
+                  "$7::text IS NOT NULL) AS lw), "
+                  "nd AS (SELECT ($2::jsonb - COALESCE((SELECT array_agg(e.key) FROM "
+                  "jsonb_each(d.dec) e WHERE jsonb_typeof(e.value) = 'array' AND e.value->>0 = "
+                  "'kept'), '{}')) || COALESCE((SELECT jsonb_object_agg(e.key, e.value->1) FROM "
+                  "jsonb_each(d.dec) e WHERE jsonb_typeof(e.value) = 'array' AND e.value->>0 <> "
+                  "'kept'), '{}') AS data, d.dec FROM d WHERE NOT EXISTS (SELECT 1 FROM "
+                  "jsonb_each(d.dec) e WHERE jsonb_typeof(e.value) = 'string')), "
+                  "u AS (UPDATE %s AS t SET (",
+                  qt, qt);
+    size_t n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (strcmp(r->columns[c], "id") == 0) continue;
+        char *qc = gw_pg_ident(conn, r->columns[c]);
+        gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", qc);
+        free(qc);
+    }
+    gw_buf_puts(&b, ") = (SELECT ");
+    n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (strcmp(r->columns[c], "id") == 0) continue;
+        char *qc = gw_pg_ident(conn, r->columns[c]);
+        gw_buf_printf(&b, "%s\"new\".%s", n++ > 0 ? ", " : "", qc);
+        free(qc);
+    }
+    gw_buf_puts(&b, " FROM jsonb_populate_record(lk.row, nd.data) AS \"new\") FROM lk, nd WHERE "
+                    "t.\"id\" = $1");
+    if (r->check_old_expr != NULL)
+        gw_buf_printf(&b,
+                      " AND (SELECT COALESCE((%s)::boolean, false) FROM "
+                      "jsonb_populate_record(NULL::%s, to_jsonb(lk.row)) AS \"old\")",
+                      r->check_old_expr, qt);
+    if (r->check_expr != NULL)
+        gw_buf_printf(&b,
+                      " AND (SELECT COALESCE((%s)::boolean, false) FROM "
+                      "jsonb_populate_record(lk.row, nd.data) AS \"new\")",
+                      r->check_expr);
+    gw_buf_puts(&b, " RETURNING to_jsonb(t)::text AS after, to_jsonb(lk.row) AS before, nd.dec), ");
+    /* the lww times of the columns written, the conflicts of the columns decided otherwise */
+    gw_buf_puts(&b, "tm AS (INSERT INTO ferry_write_times AS w (table_name, row_id, column_name, "
+                    "ts) SELECT $8, $1, e.key, $7 FROM u, jsonb_each(u.dec) e WHERE "
+                    "jsonb_typeof(e.value) = 'array' AND e.value->>0 <> 'kept' AND e.key IN (");
+    n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (r->merge[c] != RULES_MERGE_LWW) continue;
+        char *lit = PQescapeLiteral(conn, r->columns[c], strlen(r->columns[c]));
+        gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", lit);
+        PQfreemem(lit);
+    }
+    if (n == 0) gw_buf_puts(&b, "NULL");
+    gw_buf_puts(&b, ") ON CONFLICT (table_name, row_id, column_name) DO UPDATE SET ts = "
+                    "EXCLUDED.ts), cf AS (INSERT INTO ferry_write_conflicts (table_name, row_id, "
+                    "column_name, user_id, client_id, op_id, strategy, resolution, sent, old, "
+                    "stored, result) SELECT $8, $1, e.key, $3, $9, $10, CASE e.key");
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (r->merge[c] == RULES_MERGE_CLIENT_WINS) continue;
+        char *lit = PQescapeLiteral(conn, r->columns[c], strlen(r->columns[c]));
+        gw_buf_printf(&b, " WHEN %s THEN '%s'", lit, rules_merge_name(r->merge[c]));
+        PQfreemem(lit);
+    }
+    gw_buf_puts(&b, " END, e.value->>0, $2::jsonb->e.key, $6::jsonb->e.key, u.before->e.key, "
+                    "e.value->1 FROM u, jsonb_each(u.dec) e WHERE jsonb_typeof(e.value) = "
+                    "'array' AND e.value->>0 <> 'applied') "
+                    "SELECT u.after, u.before::text, u.dec::text FROM u");
+    gw_buf_append(&b, "", 1);
+    char name[64];
+    snprintf(name, sizeof(name), "fw_mrf_%zu", i);
+    PGresult *res = PQprepare(conn, name, b.data, 10, types);
+    cs->fast_mrg[i] = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!cs->fast_mrg[i]) {
+        char pg[512];
+        const char *m = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+        gw_debug("write", "no one-statement merge", "table=%s error=%s", r->table,
+                 gw_log_qs(m != NULL ? m : gw_pg_error(conn, pg, sizeof(pg)), (char[600]){0}, 600));
+    }
+    PQclear(res);
+    gw_buf_free(&b);
 }
 
 /*
@@ -369,19 +501,11 @@ static int prepare_merge(PGconn *conn, const rules_write_rule_t *r, size_t i, co
         }
     }
     gw_buf_t b = GW_BUF_INIT;
-    gw_buf_puts(&b, "SELECT (jsonb_build_object(");
-    size_t n = 0;
-    for (size_t c = 0; c < r->ncolumns; c++) {
-        if (r->merge[c] == RULES_MERGE_CLIENT_WINS) continue;
-        if (n > 0 && n % 40 == 0)
-            gw_buf_puts(&b, ") || jsonb_build_object(");
-        else if (n > 0)
-            gw_buf_puts(&b, ", ");
-        merge_expr(&b, conn, r, c, qt);
-        n++;
-    }
+    static const merge_params_t mp = {"$2", "$3", "$4"};
+    gw_buf_puts(&b, "SELECT ");
+    merge_object(&b, conn, r, qt, &mp);
     gw_buf_printf(&b,
-                  "))::text FROM %s AS t, LATERAL jsonb_populate_record(t, $2::jsonb) AS n, "
+                  "::text FROM %s AS t, LATERAL jsonb_populate_record(t, $2::jsonb) AS n, "
                   "LATERAL jsonb_populate_record(NULL::%s, COALESCE($3::jsonb, '{}')) AS o, "
                   "LATERAL (SELECT jsonb_object_agg(w.column_name, w.ts) AS m FROM "
                   "ferry_write_times w WHERE w.table_name = $5::text AND w.row_id = $1 AND "
@@ -391,12 +515,14 @@ static int prepare_merge(PGconn *conn, const rules_write_rule_t *r, size_t i, co
     snprintf(name, sizeof(name), "fw_mrg_%zu", i);
     int rc = prepare(conn, name, b.data, msg, sizeof(msg));
     gw_buf_free(&b);
-    free(qt);
     if (rc != 0) {
+        free(qt);
         set_rule_err(err, line, col, "\"merge\" of table \"%s\" rejected by postgres: %s", label,
                      msg);
         return GW_ERULES;
     }
+    prepare_merge_fast(conn, &gw__write_conn, r, i, qt);
+    free(qt);
     return 0;
 }
 

@@ -99,6 +99,11 @@ expect_eq "a deleted row's times go with it" "0" "$(sql "SELECT count(*) FROM fe
 expect_eq "conflicts recorded: title kept, likes merged twice (ben was behind both times), best kept, note title kept, overwritten" \
   "server_wins_if_changed kept,add merged,add merged,max kept,lww kept,lww overwritten" \
   "$(sql "SELECT string_agg(strategy || ' ' || resolution, ',' ORDER BY created_at, op_id) FROM ferry_write_conflicts")"
+batches=$(grep 'msg="batch"' "$FERRY_LOG" | tr '\n' ' ')
+expect_match "merged PATCHes take the pipelined path (one statement each), kept columns and all" \
+  'client="?ca"? status=200 ops=1 applied=1 .*path=pipelined.*client="?cb"? status=200 ops=1 applied=1 .*path=pipelined' "$batches"
+expect_match "an op a strategy rejects goes the careful way" 'client="?cb"? status=200 ops=1 applied=0 duplicate=0 rejected=1 .*path=careful' "$batches"
+expect_match "tables with merge: have their one-statement form" 'msg="write rules prepared" .*one_statement_writes=6' "$(cat "$FERRY_LOG")"
 metrics=$(curl -s "$W_URL/metrics")
 expect_match "metrics count the conflicts" 'ferry_write_conflicts_total 6' "$metrics"
 write_finish
