@@ -167,6 +167,7 @@ start_ferry "$T_TMP/ferry.yaml"
 wait_ready "$port" 60 || { echo "ferry not ready: $(curl -s "$url/probes/readiness")"; exit 1; }
 throughput insert write_insert_no_history_ops_per_second
 throughput patch write_patch_no_history_ops_per_second
+throughput patch_lww write_patch_lww_no_history_ops_per_second
 stop_pid "$FERRY_PID" 5
 cost() { awk -v on="${rates[$1]}" -v off="${rates[$2]}" 'BEGIN {printf "%.1f", (off > 0 ? (1 - on / off) * 100 : 0)}'; }
 echo "BENCH write_history_cost_insert_percent $(cost write_insert_ops_per_second write_insert_no_history_ops_per_second) % throughput lost to recording every op (inserts: ${rates[write_insert_ops_per_second]} with, ${rates[write_insert_no_history_ops_per_second]} without), goal <= 15"
