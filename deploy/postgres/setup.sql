@@ -105,18 +105,17 @@ CREATE TABLE IF NOT EXISTS ferry_write_history (
   at timestamptz NOT NULL DEFAULT now(),
   user_id text NOT NULL,
   client_id text NOT NULL,
-  op_id bigint NOT NULL,
-  op text NOT NULL,
-  table_name text NOT NULL,
-  row_id text NOT NULL,
-  status text NOT NULL,
-  code text,
-  message text,
-  columns jsonb,
-  violations jsonb
+  ops text NOT NULL,  -- one batch: a JSON array with an entry per op
+  rows text NOT NULL  -- the rows its ops name, one ["table","id"] per line (for lookups)
 );
-CREATE INDEX IF NOT EXISTS ferry_write_history_row ON ferry_write_history (table_name, row_id);
-CREATE INDEX IF NOT EXISTS ferry_write_history_at ON ferry_write_history (at);
+CREATE INDEX IF NOT EXISTS ferry_write_history_at ON ferry_write_history USING brin (at);
+-- the history one op a row
+CREATE OR REPLACE VIEW ferry_write_history_ops AS SELECT h.id AS batch_id, h.at, h.user_id,
+  h.client_id, (e->>'op_id')::bigint AS op_id, e->>'op' AS op, e->>'t' AS table_name,
+  e->>'r' AS row_id, e->>'s' AS status, e->>'c' AS code, e->>'m' AS message,
+  e->'sent' AS sent, e->'old' AS old, e->'stored' AS stored, e->'decided' AS decided,
+  e->'v' AS violations
+  FROM ferry_write_history h, jsonb_array_elements(h.ops::jsonb) AS e;
 
 -- grants. Reading: the snapshot reads every table the sync rules use. Writing: write-back
 -- inserts, updates and deletes the tables that have write rules; narrow the second GRANT to
@@ -135,6 +134,7 @@ ALTER TABLE ferry_violations OWNER TO ferry;
 ALTER TABLE ferry_write_times OWNER TO ferry;
 ALTER TABLE ferry_write_conflicts OWNER TO ferry;
 ALTER TABLE ferry_write_history OWNER TO ferry;
+ALTER VIEW ferry_write_history_ops OWNER TO ferry;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO ferry;
 GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ferry;
 -- tables created later by the same owner are readable (and writable) by ferry too

@@ -398,72 +398,124 @@ static int history_on(void)
     return gw__write_mod.app->cfg->write_back.history.keep > 0;
 }
 
-/* op's entry of the history: what was sent and decided, per column (see HISTORY_SQL). */
-static json_t *history_entry(const wop_t *op)
+/* Append v as compact JSON to out. */
+static void put_json(gw_buf_t *out, json_t *v)
 {
-    static const char *const kinds[] = {"invalid", "PUT", "PATCH", "DELETE"};
-    json_t *e = json_object();
-    char label[256];
-    json_object_set_new(e, "op_id", json_integer(op->op_id));
-    json_object_set_new(e, "op", json_string(kinds[op->kind >= 0 && op->kind <= 3 ? op->kind : 0]));
-    json_object_set_new(e, "t",
-                        json_string(op->rule != NULL
-                                        ? gw__write_table_label(op->rule, label, sizeof(label))
-                                    : op->type != NULL ? op->type
-                                                       : ""));
-    json_object_set_new(e, "r", json_string(op->id));
-    json_object_set_new(e, "s", json_string(gw__write_status_names[op->status]));
-    if (op->code != NULL && (op->status == ST_REJECTED || op->status == ST_STALE)) {
-        json_object_set_new(e, "c", json_string(op->code));
-        json_object_set_new(e, "m", json_string(op->message));
-    }
-    if (op->violations != NULL) json_object_set(e, "v", op->violations);
-    if (op->data == NULL || op->status == ST_DUPLICATE) return e;
-    json_t *before = op->before != NULL ? json_loads(op->before, 0, NULL) : NULL;
-    json_t *cols = json_object();
-    const char *k;
-    json_t *v;
-    json_object_foreach(op->data, k, v)
-    {
-        if (strcmp(k, "id") == 0) continue;
-        json_t *cc = json_object();
-        json_object_set(cc, "sent", v);
-        json_t *o = op->old != NULL ? json_object_get(op->old, k) : NULL;
-        if (o != NULL) json_object_set(cc, "old", o);
-        json_t *st = before != NULL ? json_object_get(before, k) : NULL;
-        if (st != NULL) json_object_set(cc, "stored", st);
-        const rules_write_rule_t *r = op->rule;
-        for (size_t x = 0; r != NULL && x < r->ncolumns; x++)
-            if (strcmp(r->columns[x], k) == 0)
-                json_object_set_new(cc, "strategy",
-                                    json_string(rules_merge_name(
-                                        r->merge != NULL ? r->merge[x] : RULES_MERGE_CLIENT_WINS)));
-        json_t *res = op->results != NULL ? json_object_get(op->results, k) : NULL;
-        json_t *how = op->outcome != NULL ? json_object_get(op->outcome, k) : NULL;
-        if (op->status == ST_APPLIED) {
-            json_object_set(cc, "result", res != NULL ? res : v);
-            if (how != NULL)
-                json_object_set(cc, "resolution", how);
-            else
-                json_object_set_new(cc, "resolution", json_string("applied"));
-        }
-        json_object_set_new(cols, k, cc);
-    }
-    json_decref(before);
-    json_object_set_new(e, "cols", cols);
-    return e;
+    char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (t == NULL) abort(); /* out of memory: the gateway's policy */
+    gw_buf_puts(out, t);
+    free(t);
 }
 
-/* The history entries of b's ops as one JSON array (malloc'd text; the caller frees). */
-static char *history_json(const wbatch_t *b)
+/*
+ * op's entry of the history, appended to out as one JSON object: "op_id", "op", "t" (table),
+ * "r" (row id), "s" (status), "c"/"m" (a rejection's code and message), "sent" (the data as
+ * sent), "old" (the client's previous values), "stored" (the stored values of the sent columns
+ * before the op; the whole row for a DELETE), "decided" ({column: {"strategy", "resolution",
+ * "result"}} for the columns a merge strategy decided; every other sent column of an applied
+ * op was written as sent, by client_wins), "v" (the constraints it violated). Written as text,
+ * not built as a tree: this runs for every op of every batch.
+ */
+static void history_entry(gw_buf_t *out, const wop_t *op, char *label, size_t llen)
 {
-    json_t *a = json_array();
-    for (size_t i = 0; i < b->nops; i++)
-        json_array_append_new(a, history_entry(&b->ops[i]));
-    char *s = json_dumps(a, JSON_COMPACT);
-    json_decref(a);
-    if (s == NULL) abort(); /* out of memory: the gateway's policy */
-    return s;
+    static const char *const kinds[] = {"invalid", "PUT", "PATCH", "DELETE"};
+    const char *t = op->rule != NULL   ? gw__write_table_label(op->rule, label, llen)
+                    : op->type != NULL ? op->type
+                                       : "";
+    if (t != label) snprintf(label, llen, "%s", t);
+    gw_buf_printf(out, "{\"op_id\":%lld,\"op\":\"%s\",\"t\":", op->op_id,
+                  kinds[op->kind >= 0 && op->kind <= 3 ? op->kind : 0]);
+    gw_buf_json_str(out, label);
+    gw_buf_puts(out, ",\"r\":");
+    gw_buf_json_str(out, op->id);
+    gw_buf_printf(out, ",\"s\":\"%s\"", gw__write_status_names[op->status]);
+    if (op->code != NULL && (op->status == ST_REJECTED || op->status == ST_STALE)) {
+        gw_buf_puts(out, ",\"c\":");
+        gw_buf_json_str(out, op->code);
+        gw_buf_puts(out, ",\"m\":");
+        gw_buf_json_str(out, op->message);
+    }
+    if (op->status != ST_DUPLICATE) {
+        if (op->data != NULL) {
+            gw_buf_puts(out, ",\"sent\":");
+            put_json(out, op->data);
+        }
+        if (op->old != NULL) {
+            gw_buf_puts(out, ",\"old\":");
+            put_json(out, op->old);
+        }
+        if (op->before != NULL && op->kind == OP_DELETE) {
+            gw_buf_printf(out, ",\"stored\":%s", op->before);
+        } else if (op->before != NULL && op->data != NULL) {
+            json_t *before = json_loads(op->before, 0, NULL), *st = json_object();
+            const char *k;
+            json_t *v;
+            json_object_foreach(op->data, k, v)
+            {
+                json_t *b = json_object_get(before, k);
+                if (b != NULL && strcmp(k, "id") != 0) json_object_set(st, k, b);
+            }
+            gw_buf_puts(out, ",\"stored\":");
+            put_json(out, st);
+            json_decref(st);
+            json_decref(before);
+        }
+        if (op->results != NULL && op->status == ST_APPLIED) {
+            gw_buf_puts(out, ",\"decided\":{");
+            const char *k;
+            json_t *v;
+            int n = 0;
+            json_object_foreach(op->results, k, v)
+            {
+                const char *how =
+                    op->outcome != NULL ? json_string_value(json_object_get(op->outcome, k)) : NULL;
+                const char *strategy = "client_wins";
+                for (size_t x = 0; op->rule->merge != NULL && x < op->rule->ncolumns; x++)
+                    if (strcmp(op->rule->columns[x], k) == 0)
+                        strategy = rules_merge_name(op->rule->merge[x]);
+                gw_buf_puts(out, n++ > 0 ? "," : "");
+                gw_buf_json_str(out, k);
+                gw_buf_printf(out,
+                              ":{\"strategy\":\"%s\",\"resolution\":\"%s\",\"result\":", strategy,
+                              how != NULL ? how : "applied");
+                put_json(out, v);
+                gw_buf_puts(out, "}");
+            }
+            gw_buf_puts(out, "}");
+        }
+    }
+    if (op->violations != NULL) {
+        gw_buf_puts(out, ",\"v\":");
+        put_json(out, op->violations);
+    }
+    gw_buf_puts(out, "}");
+}
+
+/*
+ * The history of b: its ops' entries as one JSON array, and *rows the keys of the rows they
+ * name, one per line, each the compact JSON array ["table","id"] (what `ferry debug history`
+ * looks for, so one row per batch is found without an index per op). Both malloc'd text; the
+ * caller frees them.
+ */
+static char *history_json(const wbatch_t *b, char **rows)
+{
+    gw_buf_t a = GW_BUF_INIT, keys = GW_BUF_INIT;
+    char label[256];
+    gw_buf_puts(&a, "[");
+    for (size_t i = 0; i < b->nops; i++) {
+        if (i > 0) gw_buf_puts(&a, ",");
+        history_entry(&a, &b->ops[i], label, sizeof(label));
+        gw_buf_puts(&keys, "[");
+        gw_buf_json_str(&keys, label);
+        gw_buf_puts(&keys, ",");
+        gw_buf_json_str(&keys, b->ops[i].id);
+        gw_buf_puts(&keys, "]\n");
+    }
+    gw_buf_puts(&a, "]");
+    gw_buf_append(&a, "", 1);
+    gw_buf_append(&keys, "", 1);
+    *rows = keys.data;
+    return a.data;
 }
 
 /* ---- merge strategies (a write rule's merge:) ------------------------------------------------ */
@@ -1154,7 +1206,7 @@ static int run_pipelined(wctx_t *c)
     wbatch_t *b = c->b;
     pq_state_t q = {0};
     char **datas = gw_xcalloc(b->nops > 0 ? b->nops : 1, sizeof(char *));
-    char *history = NULL;
+    char *history = NULL, *history_rows = NULL;
     int rc = SQL_OP;
     if (!PQenterPipelineMode(c->conn)) {
         free(datas);
@@ -1321,9 +1373,9 @@ static int run_pipelined(wctx_t *c)
     if (pq_sync(c, &q) != 0) /* every result checked before COMMIT is even sent */
         goto fail;
     if (history_on() && b->nops > 0) { /* every op's outcome is known now */
-        history = history_json(b);
-        const char *hv[3] = {b->user, b->client_id, history};
-        if (pq_send(c, &q, PQ_HIST, 0, "fw_hist", 3, hv) != 0) goto fail;
+        history = history_json(b, &history_rows);
+        const char *hv[4] = {b->user, b->client_id, history, history_rows};
+        if (pq_send(c, &q, PQ_HIST, 0, "fw_hist", 4, hv) != 0) goto fail;
     }
     if (!PQsendQueryParams(c->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0)) goto fail;
     pq_push(&q, PQ_COMMIT, 0);
@@ -1339,6 +1391,7 @@ fail:
         free(datas[i]);
     free(datas);
     free(history);
+    free(history_rows);
     free(q.items);
     free(q.old_row);
     free(q.merged);
@@ -1406,10 +1459,12 @@ static int run_attempt(wctx_t *c)
         }
     }
     if (history_on() && b->nops > 0) {
-        char *h = history_json(b);
-        const char *hv[3] = {b->user, b->client_id, h};
-        res = exec_prepared(c, "fw_hist", 3, hv, &how);
+        char *rows;
+        char *h = history_json(b, &rows);
+        const char *hv[4] = {b->user, b->client_id, h, rows};
+        res = exec_prepared(c, "fw_hist", 4, hv, &how);
         free(h);
+        free(rows);
         if (res == NULL) {
             exec_simple(c->conn, "ROLLBACK");
             return SQL_FATAL;

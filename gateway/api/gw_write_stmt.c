@@ -68,18 +68,15 @@ static const char SETUP_SQL[] =
     " at timestamptz NOT NULL DEFAULT now(),"
     " user_id text NOT NULL,"
     " client_id text NOT NULL,"
-    " op_id bigint NOT NULL,"
-    " op text NOT NULL,"
-    " table_name text NOT NULL,"
-    " row_id text NOT NULL,"
-    " status text NOT NULL,"
-    " code text,"
-    " message text,"
-    " columns jsonb,"
-    " violations jsonb);"
-    "CREATE INDEX IF NOT EXISTS ferry_write_history_row ON ferry_write_history (table_name, "
-    "row_id);"
-    "CREATE INDEX IF NOT EXISTS ferry_write_history_at ON ferry_write_history (at)";
+    " ops text NOT NULL,"
+    " rows text NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS ferry_write_history_at ON ferry_write_history USING brin (at);"
+    "CREATE OR REPLACE VIEW ferry_write_history_ops AS SELECT h.id AS batch_id, h.at, h.user_id,"
+    " h.client_id, (e->>'op_id')::bigint AS op_id, e->>'op' AS op, e->>'t' AS table_name,"
+    " e->>'r' AS row_id, e->>'s' AS status, e->>'c' AS code, e->>'m' AS message,"
+    " e->'sent' AS sent, e->'old' AS old, e->'stored' AS stored, e->'decided' AS decided,"
+    " e->'v' AS violations"
+    " FROM ferry_write_history h, jsonb_array_elements(h.ops::jsonb) AS e";
 
 static const char LOG_GET_SQL[] =
     "INSERT INTO ferry_write_log AS w (user_id, client_id, last_op_id) VALUES ($1, $2, 0) "
@@ -118,12 +115,11 @@ static const char VIOLATION_OPEN_SQL[] =
     "SELECT 1 FROM ferry_violations WHERE resolved_at IS NULL AND expired_at IS NULL AND "
     "table_name = $1 AND (row_id = $2 OR conflicting_ids ? $2) LIMIT 1";
 
-/* the history of one batch: $1 user, $2 client, $3 a JSON array of its ops' entries */
+/* the history of one batch: $1 user, $2 client, $3 its ops' entries (a JSON array, kept as
+ * text: one row per batch, nothing parsed), $4 the keys of the rows they wrote (see
+ * gw_write_batch.c, history_json) */
 static const char HISTORY_SQL[] =
-    "INSERT INTO ferry_write_history (user_id, client_id, op_id, op, table_name, row_id, status, "
-    "code, message, columns, violations) SELECT $1, $2, x.op_id, x.op, x.t, x.r, x.s, x.c, x.m, "
-    "x.cols, x.v FROM jsonb_to_recordset($3::jsonb) AS x(op_id bigint, op text, t text, r text, "
-    "s text, c text, m text, cols jsonb, v jsonb)";
+    "INSERT INTO ferry_write_history (user_id, client_id, ops, rows) VALUES ($1, $2, $3, $4)";
 
 /* ---- per-connection statements (worker threads) ----------------------------------------- */
 

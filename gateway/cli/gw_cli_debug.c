@@ -364,28 +364,33 @@ static int hist_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t
     return 0;
 }
 
-/* One column of a history entry: `col: sent V old V stored V -> V (strategy, resolution)`. */
-static void hist_column(gw_buf_t *b, const char *col, json_t *c)
+/* One sent column of history entry e: `col: sent V old V stored V -> V (strategy, resolution)`;
+ * a column no strategy decided was written as sent when the op applied (client_wins). */
+static void hist_column(gw_buf_t *b, const char *col, json_t *e, int applied)
 {
     static const char *const parts[] = {"sent", "old", "stored"};
     gw_buf_printf(b, "\n      %s:", col);
     for (size_t i = 0; i < 3; i++) {
-        json_t *v = json_object_get(c, parts[i]);
+        json_t *v = json_object_get(json_object_get(e, parts[i]), col);
         if (v == NULL) continue;
         char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
         gw_buf_printf(b, " %s %s", parts[i], t ? t : "?");
         free(t);
     }
-    json_t *res = json_object_get(c, "result");
+    json_t *d = json_object_get(json_object_get(e, "decided"), col);
+    json_t *res = d != NULL ? json_object_get(d, "result")
+                  : applied ? json_object_get(json_object_get(e, "sent"), col)
+                            : NULL;
     if (res != NULL) {
         char *t = json_dumps(res, JSON_COMPACT | JSON_ENCODE_ANY);
         gw_buf_printf(b, " -> %s", t ? t : "?");
         free(t);
     }
-    const char *st = json_string_value(json_object_get(c, "strategy"));
-    const char *how = json_string_value(json_object_get(c, "resolution"));
-    if (st != NULL || how != NULL)
-        gw_buf_printf(b, " (%s%s%s)", st ? st : "", st && how ? ", " : "", how ? how : "");
+    const char *st = d != NULL ? json_string_value(json_object_get(d, "strategy")) : "client_wins";
+    const char *how = d != NULL ? json_string_value(json_object_get(d, "resolution"))
+                      : applied ? "applied"
+                                : NULL;
+    gw_buf_printf(b, " (%s%s%s)", st ? st : "", st && how ? ", " : "", how ? how : "");
 }
 
 /* ferry debug history: the row's replication ops from storage (op-id order) and its write-back
@@ -430,14 +435,25 @@ static int cmd_history(gw_config_t *cfg, const char *table, const char *id)
         fprintf(stderr, "ferry debug history: %s\n", gw_err_format(&err, msg, sizeof(msg)));
         return 1;
     }
-    const char *v[2] = {label, id};
+    /* the batches that name the row (their key, as write-back wrote it), then its ops in them */
+    gw_buf_t kb = GW_BUF_INIT; /* written as write-back writes it (gw_write_batch.c) */
+    gw_buf_puts(&kb, "[");
+    gw_buf_json_str(&kb, label);
+    gw_buf_puts(&kb, ",");
+    gw_buf_json_str(&kb, id);
+    gw_buf_puts(&kb, "]");
+    gw_buf_append(&kb, "", 1);
+    char *key = kb.data;
+    const char *v[3] = {label, id, key};
     PGresult *res = gw_pg_query_params(
         conn,
-        "SELECT to_char(at, 'YYYY-MM-DD HH24:MI:SS.US'), user_id, client_id, op_id, op, status, "
-        "COALESCE(code, ''), COALESCE(message, ''), COALESCE(columns::text, ''), "
-        "COALESCE(violations::text, '') FROM ferry_write_history WHERE table_name = $1 AND "
-        "row_id = $2 ORDER BY at, id",
-        2, v, &err);
+        "SELECT to_char(h.at, 'YYYY-MM-DD HH24:MI:SS.US'), h.user_id, h.client_id, e->>'op_id', "
+        "e->>'op', e->>'s', COALESCE(e->>'c', ''), COALESCE(e->>'m', ''), "
+        "COALESCE(e::text, ''), COALESCE((e->'v')::text, '') FROM ferry_write_history "
+        "h, jsonb_array_elements(h.ops::jsonb) WITH ORDINALITY AS x(e, n) WHERE "
+        "strpos(h.rows, $3) > 0 AND e->>'t' = $1 AND e->>'r' = $2 ORDER BY h.at, h.id, x.n",
+        3, v, &err);
+    free(key);
     if (res == NULL) {
         fprintf(stderr, "ferry debug history: %s\n", gw_err_format(&err, msg, sizeof(msg)));
         PQfinish(conn);
@@ -453,11 +469,15 @@ static int cmd_history(gw_config_t *cfg, const char *table, const char *id)
                       PQgetvalue(res, i, 4), PQgetvalue(res, i, 5));
         if (PQgetvalue(res, i, 6)[0] != '\0')
             gw_buf_printf(&b, " %s: %s", PQgetvalue(res, i, 6), PQgetvalue(res, i, 7));
-        json_t *cols = json_loads(PQgetvalue(res, i, 8), 0, NULL);
+        json_t *e = json_loads(PQgetvalue(res, i, 8), 0, NULL);
+        int applied = strcmp(PQgetvalue(res, i, 5), "applied") == 0;
         const char *col;
-        json_t *c;
-        json_object_foreach(cols, col, c) hist_column(&b, col, c);
-        json_decref(cols);
+        json_t *sent;
+        json_object_foreach(json_object_get(e, "sent"), col, sent)
+        {
+            if (strcmp(col, "id") != 0) hist_column(&b, col, e, applied);
+        }
+        json_decref(e);
         if (PQgetvalue(res, i, 9)[0] != '\0')
             gw_buf_printf(&b, "\n      violations: %s", PQgetvalue(res, i, 9));
         puts(b.data);

@@ -48,14 +48,14 @@ expect_match "a resent op is a duplicate" '"op_id":7,"status":"duplicate"' "$r"
 r=$(write_post "$a" '{"client_id":"phone-ann","batch":[{"op_id":2,"op":"PATCH","type":"notes","id":"n1","data":{"body":"v1"}}]}')
 expect_match "note edited" '"op_id":2,"status":"applied"}' "$r"
 
-h() { sql "SELECT concat_ws(' ', user_id, client_id, op_id, op, status, code, columns::text) FROM ferry_write_history WHERE row_id = '$1' ORDER BY id"; }
+h() { sql "SELECT concat_ws(' | ', user_id, client_id, op_id, op, status, code, 'sent ' || sent::text, 'old ' || old::text, 'stored ' || stored::text, 'decided ' || decided::text) FROM ferry_write_history_ops WHERE row_id = '$1' ORDER BY batch_id, op_id"; }
 hist=$(h t1)
-expect_match "ann's op: sent, old, stored, result" 'ann phone-ann 1 PATCH applied \{"done": \{"old": 0, "sent": 1, "result": 1, "stored": false, "strategy": "client_wins", "resolution": "applied"\}, "title": \{"old": "Buy milk", "sent": "Buy oat milk", "result": "Buy oat milk", "stored": "Buy milk", "strategy": "server_wins_if_changed", "resolution": "applied"\}\}' "$hist"
-expect_match "ben's op: kept, the stored value stays" 'ben phone-ben 7 PATCH applied \{"title": \{"old": "Buy milk", "sent": "Buy milk x2", "result": "Buy oat milk", "stored": "Buy oat milk", "strategy": "server_wins_if_changed", "resolution": "kept"\}\}' "$hist"
-expect_match "the rejected op and its reason" 'ben phone-ben 8 PATCH rejected check_failed \{"owner": \{"sent": "ben", "stored": "team", "strategy": "client_wins"\}\}' "$hist"
-expect_match "the duplicate" 'ben phone-ben 7 PATCH duplicate' "$hist"
+expect_match "ann's op: sent, old, stored, and what the strategy decided" 'ann \| phone-ann \| 1 \| PATCH \| applied \| sent \{"done": 1, "title": "Buy oat milk"\} \| old \{"done": 0, "title": "Buy milk"\} \| stored \{"done": false, "title": "Buy milk"\} \| decided \{"title": \{"result": "Buy oat milk", "strategy": "server_wins_if_changed", "resolution": "applied"\}\}' "$hist"
+expect_match "ben's op: kept, the stored value stays" 'ben \| phone-ben \| 7 \| PATCH \| applied \| sent \{"title": "Buy milk x2"\} \| old \{"title": "Buy milk"\} \| stored \{"title": "Buy oat milk"\} \| decided \{"title": \{"result": "Buy oat milk", "strategy": "server_wins_if_changed", "resolution": "kept"\}\}' "$hist"
+expect_match "the rejected op and its reason" 'ben \| phone-ben \| 8 \| PATCH \| rejected \| check_failed \| sent \{"owner": "ben"\} \| stored \{"owner": "team"\}' "$hist"
+expect_match "the duplicate" 'ben \| phone-ben \| 7 \| PATCH \| duplicate' "$hist"
 expect_match "the plain batch took the pipelined path, history and all" 'client="?phone-ann"? status=200 ops=1 applied=1 .*path=pipelined' "$(grep 'msg="batch"' "$FERRY_LOG" | tail -1)"
-expect_match "pipelined path: the stored value before" 'ann phone-ann 2 PATCH applied \{"body": \{"sent": "v1", "result": "v1", "stored": "v0"' "$(h n1)"
+expect_eq "pipelined path: the stored value before" 'ann | phone-ann | 2 | PATCH | applied | sent {"body": "v1"} | stored {"body": "v0"}' "$(h n1)"
 
 # ferry debug history: the replication ops and the write-back lines, in order
 for ((i = 0; i < 100; i++)); do
@@ -75,12 +75,13 @@ w1=$(grep -n 'op 1 PATCH' <<<"$out" | cut -d: -f1); w7=$(grep -n 'op 7 PATCH: ap
 [ -n "$w1" ] && [ -n "$w7" ] && [ "$w1" -lt "$w7" ] && pass "debug history: in time order" || fail "debug history: in time order" "$out"
 
 # retention: an entry older than write_back.history.keep goes, the others stay
-sql "INSERT INTO ferry_write_history (at, user_id, client_id, op_id, op, table_name, row_id, status) VALUES (now() - interval '2 hours', 'old', 'c', 1, 'PUT', 'tasks', 'gone', 'applied')" >/dev/null
+sql "INSERT INTO ferry_write_history (at, user_id, client_id, ops, rows) VALUES (now() - interval '2 hours', 'old', 'c', '[{\"op_id\":1,\"op\":\"PUT\",\"t\":\"tasks\",\"r\":\"gone\",\"s\":\"applied\"}]', '[\"tasks\",\"gone\"]')" >/dev/null
+expect_eq "an old batch is there" "1" "$(sql "SELECT count(*) FROM ferry_write_history_ops WHERE row_id = 'gone'")"
 for ((i = 0; i < 300; i++)); do
-  [ "$(sql "SELECT count(*) FROM ferry_write_history WHERE row_id = 'gone'")" = 0 ] && break
+  [ "$(sql "SELECT count(*) FROM ferry_write_history_ops WHERE row_id = 'gone'")" = 0 ] && break
   sleep 0.1
 done
-expect_eq "the old entry was trimmed" "0" "$(sql "SELECT count(*) FROM ferry_write_history WHERE row_id = 'gone'")"
-expect_eq "the recent ones stay" "5" "$(sql "SELECT count(*) FROM ferry_write_history")"
+expect_eq "the old entry was trimmed" "0" "$(sql "SELECT count(*) FROM ferry_write_history_ops WHERE row_id = 'gone'")"
+expect_eq "the recent ones stay (one row per batch, one entry per op)" "4 5" "$(sql "SELECT count(*) FROM ferry_write_history") $(sql "SELECT count(*) FROM ferry_write_history_ops")"
 expect_match "metrics count the trimmed entries" 'ferry_write_history_trimmed_total 1' "$(curl -s "$W_URL/metrics")"
 write_finish
