@@ -17,7 +17,11 @@
 #     BENCH_CHECKPOINTS (default 20) rounds.
 # The limit in the same run: the same inserts as one psql transaction per 100 rows with
 # pgbench-style prepared INSERTs (no rules, no HTTP) give the Postgres-only rate on this machine.
-# POOL: postgres.pool_size (default 8).
+# POOL: postgres.pool_size (default 8). Experiments: BENCH_PUBLICATION=tables publishes the
+# bench tables by name instead of setup.sql's FOR ALL TABLES (ferry's own tables, the history
+# among them, then do not travel the replication stream); BENCH_HISTORY_SQL is run on the
+# database before ferry starts (e.g. another storage setting for ferry_write_history). The
+# history runs come first, the runs without it second: on a busy machine compare several runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 source "$root/tests/lib/testlib.sh"
