@@ -64,6 +64,7 @@ GW_API_SRCS := \
 	gateway/api/gw_write.c \
 	gateway/api/gw_write_stmt.c \
 	gateway/api/gw_write_batch.c \
+	gateway/api/gw_write_janitor.c \
 	gateway/api/gw_admin.c
 
 GATEWAY_SRCS += $(GW_BASE_SRCS) $(GW_CONFIG_SRCS) $(GW_PG_SRCS) $(GW_STORAGE_SRCS) \

@@ -1,10 +1,11 @@
 /* main.c -- the ferry command line: dispatch to subcommands
  *
  *   ferry serve --config FILE        run the gateway
- *   ferry rules check FILE           compile sync rules, print errors and warnings
+ *   ferry rules check FILE [--db URI] compile sync rules, print errors and warnings
  *   ferry rules explain FILE ...     which buckets a token gets, and why
  *   ferry token --config FILE ...    mint a development token
- *   ferry debug dump|oracle ...      inspect bucket storage / what the rules select now
+ *   ferry debug dump|oracle|history  inspect bucket storage / what the rules select now / a row's
+ *                                    replication ops and write-back history
  *   ferry config keys                list every accepted configuration key
  *   ferry config check --config FILE validate a configuration file
  *   ferry version | help
@@ -34,7 +35,8 @@ static void usage(FILE *out)
             "\n"
             "commands:\n"
             "  serve --config FILE          run the sync gateway (config also from $FERRY_CONFIG)\n"
-            "  rules check FILE             check a sync-rules file\n"
+            "  rules check FILE [--db URI]  check a sync-rules file (with --db: against the "
+            "tables)\n"
             "  rules explain FILE --token JWT [--params JSON] [--db URI] [--config FILE]\n"
             "                               show which buckets a token gets, and why\n"
             "  token --config FILE --sub USER [--claim k=v]... [--ttl S] [--kid KID]\n"
@@ -43,6 +45,8 @@ static void usage(FILE *out)
             "  debug dump --config FILE [--bucket B] [--checksums]\n"
             "                               print the rows stored in each bucket\n"
             "  debug oracle --config FILE   print what the rules select from postgres now\n"
+            "  debug history --config FILE TABLE ID\n"
+            "                               print a row's replication ops and write-back history\n"
             "  config keys                  list every configuration key\n"
             "  config check --config FILE   validate a configuration file\n"
             "  version                      print the version\n"

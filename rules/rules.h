@@ -137,6 +137,17 @@ size_t rules_table_count(const rules_set_t *set);
 /** Table i (0 <= i < rules_table_count()); the pointer lives as long as the set. */
 const rules_table_t *rules_table_at(const rules_set_t *set, size_t i);
 
+/** What rules_each_column() reports: a column of schema.table that `where` names. */
+typedef void (*rules_column_fn)(void *ud, const char *schema, const char *table, const char *column,
+                                const char *where);
+
+/**
+ * Call fn for every column the set names of a table: data and table-lookup parameter queries of
+ * bucket definitions (not prefix patterns, not Sync Streams) and write rules; a column may be
+ * reported more than once. For `ferry rules check --db`.
+ */
+void rules_each_column(const rules_set_t *set, rules_column_fn fn, void *ud);
+
 /* ---- evaluating rows -------------------------------------------------------------------- */
 
 /**
@@ -346,20 +357,59 @@ typedef struct rules_pg_stmt {
 #define RULES_OP_UPDATE 2
 #define RULES_OP_DELETE 4
 
+/** How write-back merges a sent column with the stored row (a write rule's `merge:`). */
+typedef enum rules_merge {
+    RULES_MERGE_CLIENT_WINS = 0,        /* the sent value is written (the default) */
+    RULES_MERGE_SERVER_WINS_IF_CHANGED, /* written only if the stored value still equals `old` */
+    RULES_MERGE_LWW,                    /* the later of the op's and the column's timestamps */
+    RULES_MERGE_ADD,                    /* stored + (sent - old): counters */
+    RULES_MERGE_MAX,                    /* the greater of stored and sent */
+    RULES_MERGE_MIN,                    /* the smaller of stored and sent */
+    RULES_MERGE_N
+} rules_merge_t;
+
+/** The name of strategy m as written in the rules ("client_wins", …); "?" when out of range. */
+const char *rules_merge_name(rules_merge_t m);
+
+/** Where the op timestamp of `lww` columns comes from (a write rule's `lww_timestamp:`). */
+typedef enum rules_ts_source {
+    RULES_TS_NONE = 0,
+    RULES_TS_METADATA, /* a field of the op's `metadata` string parsed as a JSON object */
+    RULES_TS_COLUMN,   /* a column of the op's data (compared in that column's type) */
+} rules_ts_source_t;
+
+/** What write-back does with a sent column the write rule does not list. */
+typedef enum rules_unknown_columns {
+    RULES_UNKNOWN_REJECT = 0, /* the op is rejected, naming the column (the default) */
+    RULES_UNKNOWN_IGNORE,     /* the column is dropped from the op, the rest applies */
+} rules_unknown_columns_t;
+
 /** The write rules of one table; owned by the set. check/check_old have sql NULL if absent. */
 typedef struct rules_write_rule {
     const char *schema, *table;
     int operations;             /* RULES_OP_* bits */
     const char *const *columns; /* writable columns (always includes "id") */
     size_t ncolumns;
+    const rules_merge_t
+        *merge;    /* strategy per column (parallel to columns); NULL: all client_wins */
+    int merge_lww; /* some column uses lww */
+    rules_ts_source_t ts_source; /* lww_timestamp: where an op's timestamp comes from */
+    const char *ts_name;         /* the metadata field or column; NULL when ts_source is NONE */
+    rules_unknown_columns_t unknown_columns;
     const char *lww_column;    /* NULL when absent */
     rules_pg_stmt_t check;     /* "allowed?" over the new row: insert and update */
     rules_pg_stmt_t check_old; /* "allowed?" over the stored row: update and delete */
+    /* check and check_old as bare expressions for a caller's own statement: rows "new" and
+     * "old" are the caller's aliases, and request values fixed parameters: $3 the user id
+     * (text), $4 the claims (jsonb), $5 the client parameters (jsonb); $1 and $2 are the
+     * caller's. NULL when absent. */
+    const char *check_expr, *check_old_expr;
 } rules_write_rule_t;
 
 /** A named constraint: stmt returns true when the new row violates it. Owned by the set. */
 typedef struct rules_constraint {
     const char *name, *schema, *table, *message;
+    long expire_after; /* seconds after which an open violation expires; 0: never */
     rules_pg_stmt_t stmt;
 } rules_constraint_t;
 

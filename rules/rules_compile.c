@@ -1940,6 +1940,32 @@ const rules_table_t *rules_table_at(const rules_set_t *set, size_t i)
     return i < set->ntables ? &set->tables[i] : NULL;
 }
 
+void rules_each_column(const rules_set_t *set, rules_column_fn fn, void *ud)
+{
+    char where[300];
+    for (int i = 0; i < set->ndqs; i++) {
+        const rrowq_t *r = &set->dqs[i]->r;
+        if (r->prefix) continue;
+        snprintf(where, sizeof where, "a data query of bucket definition \"%s\"",
+                 set->dqs[i]->def->name);
+        for (int c = 0; c < r->ncols; c++)
+            fn(ud, r->schema, r->table, r->cols[c], where);
+    }
+    for (int i = 0; i < set->nlqs; i++) {
+        const rrowq_t *r = &set->lqs[i]->r;
+        if (r->prefix) continue;
+        snprintf(where, sizeof where, "a parameter query of bucket definition \"%s\"",
+                 set->lqs[i]->def->name);
+        for (int c = 0; c < r->ncols; c++)
+            fn(ud, r->schema, r->table, r->cols[c], where);
+    }
+    for (size_t i = 0; i < set->nwrites; i++) {
+        const rules_write_rule_t *w = &set->writes[i];
+        for (size_t c = 0; c < w->ncolumns; c++)
+            fn(ud, w->schema, w->table, w->columns[c], "the write rules");
+    }
+}
+
 size_t rules_definition_count(const rules_set_t *set)
 {
     return (size_t)set->ndefs + rules_stream_count(set);

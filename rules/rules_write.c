@@ -333,6 +333,27 @@ static void qualified(rbuf_t *b, const char *schema, const char *table)
     put_qident(b, table, strlen(table));
 }
 
+/* The fragment of a check (kind 0) or check_old (kind 1) as a bare expression with the fixed
+ * parameters of rules_write_rule_t.check_expr; NULL when it does not compile (compile_stmt
+ * reports why). Owned by the set. */
+static const char *compile_expr(wc_t *w, const char *sql, const char *const *cols, size_t ncols,
+                                int kind)
+{
+    /* $1 and $2 are the caller's: two kinds no reference asks for hold their places */
+    rules_bind_kind_t kinds[8] = {(rules_bind_kind_t)100, (rules_bind_kind_t)101,
+                                  RULES_BIND_USER_ID, RULES_BIND_JWT_JSONB,
+                                  RULES_BIND_PARAMS_JSONB};
+    int nk = 5, used_new = 0, used_old = 0, off = 0;
+    char err[512];
+    char *body = rwrite_rewrite(sql, cols, ncols, kind != 1, kind == 1, kinds, &nk, &used_new,
+                                &used_old, &off, err, sizeof err);
+    if (!body || nk != 5) {
+        free(body);
+        return NULL;
+    }
+    return rset_own(w->set, body);
+}
+
 /* Compile one fragment into stmt. kind 0: check (new), 1: check_old (old), 2: constraint. */
 static int compile_stmt(wc_t *w, yaml_node_t *node, const char *schema, const char *table,
                         const char *const *cols, size_t ncols, int kind, rules_pg_stmt_t *stmt)
@@ -376,6 +397,113 @@ static int compile_stmt(wc_t *w, yaml_node_t *node, const char *schema, const ch
 
 void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, size_t len,
                           yaml_document_t *doc, yaml_node_t *m);
+
+static const char *const MERGE_NAMES[RULES_MERGE_N] = {
+    "client_wins", "server_wins_if_changed", "lww", "add", "max", "min"};
+
+const char *rules_merge_name(rules_merge_t m)
+{
+    return (unsigned)m < RULES_MERGE_N ? MERGE_NAMES[m] : "?";
+}
+
+static int merge_of(const char *s, rules_merge_t *out)
+{
+    for (int i = 0; s && i < RULES_MERGE_N; i++)
+        if (strcmp(s, MERGE_NAMES[i]) == 0) {
+            *out = (rules_merge_t)i;
+            return 0;
+        }
+    return -1;
+}
+
+static int column_index(const rules_write_rule_t *r, const char *s)
+{
+    for (size_t x = 0; s && x < r->ncolumns; x++)
+        if (strcmp(r->columns[x], s) == 0) return (int)x;
+    return -1;
+}
+
+/* `merge: {col: strategy, default: strategy}` and `lww_timestamp: {metadata|column: name}` of
+ * write rule r (its columns known). 0, or -1 with errors reported. */
+static int compile_merge(wc_t *w, rules_write_rule_t *r, yaml_node_t *merge, yaml_node_t *ts)
+{
+    int bad = 0;
+    if (ts) {
+        yaml_node_pair_t *q = ts->type == YAML_MAPPING_NODE ? ts->data.mapping.pairs.start : NULL;
+        const char *key = q ? ys(wnode(w, q->key)) : NULL, *val = q ? ys(wnode(w, q->value)) : NULL;
+        if (!q || ts->data.mapping.pairs.top - q != 1 || !key || !val || !*val ||
+            (strcmp(key, "metadata") != 0 && strcmp(key, "column") != 0)) {
+            werr(w, ts,
+                 "\"lww_timestamp\" must be {metadata: FIELD} (a field of the op's metadata) or "
+                 "{column: COLUMN} (a column the op sends)");
+            return -1;
+        }
+        r->ts_source = strcmp(key, "metadata") == 0 ? RULES_TS_METADATA : RULES_TS_COLUMN;
+        if (r->ts_source == RULES_TS_COLUMN && column_index(r, val) < 0) {
+            werr(w, wnode(w, q->value),
+                 "\"lww_timestamp\" column \"%s\" is not listed in \"columns\"", val);
+            return -1;
+        }
+        r->ts_name = rset_own(w->set, rx_strdup(val));
+    }
+    if (!merge) return 0;
+    if (merge->type != YAML_MAPPING_NODE) {
+        werr(w, merge, "\"merge\" must be a mapping of columns (or \"default\") to strategies");
+        return -1;
+    }
+    rules_merge_t *m = rset_own(w->set, rx_calloc(r->ncolumns + 1, sizeof(rules_merge_t)));
+    for (int pass = 0; pass < 2; pass++) { /* default first, so columns override it */
+        for (yaml_node_pair_t *q = merge->data.mapping.pairs.start;
+             q < merge->data.mapping.pairs.top; q++) {
+            yaml_node_t *kk = wnode(w, q->key), *vv = wnode(w, q->value);
+            const char *col = ys(kk), *strat = ys(vv);
+            int is_default = col && strcmp(col, "default") == 0;
+            if (is_default != (pass == 0)) continue;
+            rules_merge_t how;
+            if (merge_of(strat, &how) != 0) {
+                werr(w, vv,
+                     "unknown merge strategy \"%s\" (expected client_wins, "
+                     "server_wins_if_changed, lww, add, max or min)",
+                     strat ? strat : "?");
+                bad = 1;
+                continue;
+            }
+            if (is_default) {
+                for (size_t x = 0; x < r->ncolumns; x++)
+                    m[x] = how;
+                continue;
+            }
+            int x = column_index(r, col);
+            if (x < 0) {
+                werr(w, kk, "merge column \"%s\" is not listed in \"columns\"", col ? col : "?");
+                bad = 1;
+                continue;
+            }
+            m[x] = how;
+        }
+    }
+    int id = column_index(r, "id");
+    if (id >= 0) m[id] = RULES_MERGE_CLIENT_WINS; /* the key is never merged */
+    int any = 0;
+    for (size_t x = 0; x < r->ncolumns; x++) {
+        if (m[x] == RULES_MERGE_LWW) r->merge_lww = 1;
+        if (m[x] != RULES_MERGE_CLIENT_WINS) any = 1;
+    }
+    if (!bad && r->merge_lww && r->ts_source == RULES_TS_NONE) {
+        werr(w, merge,
+             "merge strategy \"lww\" needs \"lww_timestamp\" ({metadata: FIELD} or "
+             "{column: COLUMN}): where an op's timestamp comes from");
+        bad = 1;
+    }
+    if (!bad && r->lww_column && any) {
+        werr(w, merge, "\"merge\" and \"lww_column\" cannot be combined; use \"lww\" per column");
+        bad = 1;
+    }
+    if (bad) return -1;
+    r->merge = any ? m : NULL;
+    return 0;
+}
+
 void rwrite_compile_constraints(rules_set_t *set, rules_diags_t *d, const char *text, size_t len,
                                 yaml_document_t *doc, yaml_node_t *m);
 
@@ -424,6 +552,7 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
             continue;
         }
         yaml_node_t *ops = NULL, *cols = NULL, *check = NULL, *check_old = NULL, *lww = NULL;
+        yaml_node_t *merge = NULL, *lww_ts = NULL, *unknown = NULL;
         int bad = 0;
         for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top;
              q++) {
@@ -442,10 +571,16 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
                 check_old = vv;
             else if (strcmp(key, "lww_column") == 0)
                 lww = vv;
+            else if (strcmp(key, "merge") == 0)
+                merge = vv;
+            else if (strcmp(key, "lww_timestamp") == 0)
+                lww_ts = vv;
+            else if (strcmp(key, "unknown_columns") == 0)
+                unknown = vv;
             else {
                 werr(&w, kk,
                      "unknown key \"%s\" in a write rule (expected operations, columns, check, "
-                     "check_old, lww_column)",
+                     "check_old, lww_column, merge, lww_timestamp, unknown_columns)",
                      key);
                 bad = 1;
             }
@@ -523,6 +658,18 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
             } else
                 r->lww_column = rset_own(set, rx_strdup(s));
         }
+        if (cl && compile_merge(&w, r, merge, lww_ts) != 0) bad = 1;
+        if (unknown) {
+            const char *s = ys(unknown);
+            if (s && strcmp(s, "reject") == 0)
+                r->unknown_columns = RULES_UNKNOWN_REJECT;
+            else if (s && strcmp(s, "ignore") == 0)
+                r->unknown_columns = RULES_UNKNOWN_IGNORE;
+            else {
+                werr(&w, unknown, "\"unknown_columns\" must be \"reject\" or \"ignore\"");
+                bad = 1;
+            }
+        }
         if (check && !(r->operations & (RULES_OP_INSERT | RULES_OP_UPDATE))) {
             werr(&w, check,
                  "\"check\" applies to insert and update, and \"operations\" allows "
@@ -531,6 +678,8 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
         } else if (check && cl &&
                    compile_stmt(&w, check, r->schema, r->table, cl, ncl, 0, &r->check) != 0)
             bad = 1;
+        else if (check && cl)
+            r->check_expr = compile_expr(&w, ys(check), cl, ncl, 0);
         if (check_old && !(r->operations & (RULES_OP_UPDATE | RULES_OP_DELETE))) {
             werr(&w, check_old,
                  "\"check_old\" applies to update and delete, and \"operations\" "
@@ -539,6 +688,8 @@ void rwrite_compile_rules(rules_set_t *set, rules_diags_t *d, const char *text, 
         } else if (check_old && cl &&
                    compile_stmt(&w, check_old, r->schema, r->table, cl, ncl, 1, &r->check_old) != 0)
             bad = 1;
+        else if (check_old && cl)
+            r->check_old_expr = compile_expr(&w, ys(check_old), cl, ncl, 1);
         if (bad) continue;
         table_use_write(set, r->schema, r->table);
         set->nwrites++;
@@ -573,7 +724,7 @@ void rwrite_compile_constraints(rules_set_t *set, rules_diags_t *d, const char *
             werr(&w, v, "constraint \"%s\" must be a mapping", name);
             continue;
         }
-        yaml_node_t *tn = NULL, *qn = NULL, *mn = NULL;
+        yaml_node_t *tn = NULL, *qn = NULL, *mn = NULL, *en = NULL;
         int bad = 0;
         for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top;
              q++) {
@@ -585,8 +736,12 @@ void rwrite_compile_constraints(rules_set_t *set, rules_diags_t *d, const char *
                 qn = vv;
             else if (key && strcmp(key, "message") == 0)
                 mn = vv;
+            else if (key && strcmp(key, "expire_after") == 0)
+                en = vv;
             else {
-                werr(&w, kk, "unknown key \"%s\" in a constraint (expected table, query, message)",
+                werr(&w, kk,
+                     "unknown key \"%s\" in a constraint (expected table, query, message, "
+                     "expire_after)",
                      key ? key : "?");
                 bad = 1;
             }
@@ -599,6 +754,16 @@ void rwrite_compile_constraints(rules_set_t *set, rules_diags_t *d, const char *
         c->name = rset_own(set, rx_strdup(name));
         split_table(set, ys(tn), &c->schema, &c->table);
         c->message = rset_own(set, rx_strdup(ys(mn)));
+        if (en) {
+            const char *e = ys(en);
+            char *end = NULL;
+            long secs = e ? strtol(e, &end, 10) : 0;
+            if (!e || !*e || *end != '\0' || secs <= 0 || secs > 10L * 366 * 86400) {
+                werr(&w, en, "\"expire_after\" must be a number of seconds (1 to 316224000)");
+                continue;
+            }
+            c->expire_after = secs;
+        }
         const rules_write_rule_t *wr = rules_write_find(set, c->schema, c->table);
         if (!wr) {
             werr(&w, tn, "constraint \"%s\" is on table \"%s\", which has no write rules", name,

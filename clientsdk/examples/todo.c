@@ -10,6 +10,8 @@
  *     sync [--wait]          upload queued writes and download changes; with --wait, wait until
  *                            fully caught up (exit 1 after FERRY_TODO_TIMEOUT seconds, default 30)
  *     status                 print the upload queue length and the last sync time
+ *     conflicts              print the write conflicts the server's merge strategies recorded
+ *                            for the user (when the sync rules send ferry_write_conflicts)
  *     open LIST              open a list: subscribe to the Sync Stream "list_todos" with
  *                            {"list_id": LIST} (kept in the replica, sent by every later sync),
  *                            sync until that subscription's data is in, print its todos
@@ -19,8 +21,9 @@
  *     subscriptions          print the subscriptions: stream, parameters, synced, server error
  *
  * add, done and rm only write the local replica: they work offline, and the next sync uploads
- * them. Schema: the demo's lists and todos (deploy/demo/schema.sql, sync-rules.yaml). The user
- * id (created_by) is the token's "sub" claim.
+ * them. Schema: the demo's lists and todos (deploy/demo/schema.sql, sync-rules.yaml); todos
+ * tracks previous values, so an edit uploads the description it replaced (for merge strategies
+ * such as server_wins_if_changed). The user id (created_by) is the token's "sub" claim.
  */
 #include <ferry.h>
 
@@ -35,8 +38,9 @@ static const ferry_column_t TODO_COLS[] = {
     {"list_id", FERRY_TEXT},      {"org_id", FERRY_TEXT},     {"description", FERRY_TEXT},
     {"completed", FERRY_INTEGER}, {"created_by", FERRY_TEXT}, {NULL, 0}};
 static const ferry_index_t TODO_IDX[] = {{"list", {"list_id", NULL}}, {NULL, {NULL}}};
-static const ferry_table_t TABLES[] = {
-    {"lists", LIST_COLS, NULL, 0}, {"todos", TODO_COLS, TODO_IDX, 0}, {NULL, NULL, NULL, 0}};
+static const ferry_table_t TABLES[] = {{"lists", LIST_COLS, NULL, 0, 0, 0},
+                                       {"todos", TODO_COLS, TODO_IDX, 0, 1, 0},
+                                       {NULL, NULL, NULL, 0, 0, 0}};
 static const ferry_schema_t SCHEMA = {TABLES};
 
 static const char *g_token;
@@ -95,7 +99,8 @@ static int usage(void)
         stderr,
         "usage: ferry-todo --db FILE [--endpoint URL] [--token TOKEN] "
         "(add TEXT [--list ID] | list | lists | done ID | rm ID | edit ID TEXT | sync [--wait] | "
-        "status | open LIST | close LIST | subscribe STREAM [JSON] | unsubscribe STREAM [JSON] | "
+        "status | conflicts | open LIST | close LIST | subscribe STREAM [JSON] | unsubscribe "
+        "STREAM [JSON] | "
         "subscriptions)\n");
     return 2;
 }
@@ -333,6 +338,11 @@ int main(int argc, char **argv)
         rc = rc ? 1 : 0;
     } else if (strcmp(cmd, "subscriptions") == 0 && nargs == 1) {
         rc = cmd_subscriptions(db);
+    } else if (strcmp(cmd, "conflicts") == 0 && nargs == 1) {
+        char *json = NULL;
+        rc = ferry_write_conflicts(db, &json) == 0 ? 0 : 1;
+        if (json) printf("%s\n", json);
+        free(json);
     } else if (strcmp(cmd, "status") == 0 && nargs == 1) {
         ferry_status_t st;
         ferry_get_status(db, &st);

@@ -71,12 +71,21 @@ typedef struct ferry_index {
     const char *columns[16];
 } ferry_index_t;
 
-/** A table: synced (default) or local-only (never uploaded, never touched by sync). */
+/**
+ * A table: synced (default) or local-only (never uploaded, never touched by sync).
+ * track_previous: an update's queued write carries the previous values of the columns it changes
+ * ("old", as PowerSync's trackPrevious), which the server's merge strategies server_wins_if_changed
+ * and add need. track_metadata: the table gets a local column "_metadata" (TEXT, never synced);
+ * what an insert or update writes there is sent as the write's "metadata" (as PowerSync's
+ * trackMetadata), e.g. '{"ts":"2026-03-01T10:00:00Z"}' for the server's lww strategy.
+ */
 typedef struct ferry_table {
     const char *name;
     const ferry_column_t *columns; /* ends with {NULL} */
     const ferry_index_t *indexes;  /* may be NULL; else ends with {NULL} */
     int local_only;
+    int track_previous;
+    int track_metadata;
 } ferry_table_t;
 
 /** A schema: tables, ending with an entry whose name is NULL. */
@@ -142,12 +151,15 @@ void ferry_unwatch(ferry_db_t *db, int id);
 
 /** One queued local write. Strings are owned by the entry (free with ferry_crud_free). */
 typedef struct ferry_crud {
-    int64_t op_id; /* increasing; the server acknowledges by this id */
-    int64_t tx_id; /* the same for every write of one local transaction */
-    char op[8];    /* "PUT", "PATCH" or "DELETE" */
-    char *type;    /* the table */
-    char *id;      /* the row id */
-    char *data;    /* JSON object text: all columns (PUT), changed ones (PATCH), NULL (DELETE) */
+    int64_t op_id;  /* increasing; the server acknowledges by this id */
+    int64_t tx_id;  /* the same for every write of one local transaction */
+    char op[8];     /* "PUT", "PATCH" or "DELETE" */
+    char *type;     /* the table */
+    char *id;       /* the row id */
+    char *data;     /* JSON object text: all columns (PUT), changed ones (PATCH), NULL (DELETE) */
+    char *old;      /* JSON object text: the changed columns' previous values (PATCH of a table
+                       with track_previous), else NULL */
+    char *metadata; /* what the write put in "_metadata" (tables with track_metadata), or NULL */
 } ferry_crud_t;
 
 /** Number of queued writes, or a negative FERRY_E* code. Any thread (uses a short-lived read). */
@@ -159,6 +171,16 @@ int ferry_queue_peek(ferry_db_t *db, size_t max, ferry_crud_t **out, size_t *n);
 
 /** Frees an array from ferry_queue_peek. */
 void ferry_crud_free(ferry_crud_t *entries, size_t n);
+
+/**
+ * This user's write conflicts, when the sync rules send them: the rows of the server's
+ * ferry_write_conflicts table (a column a merge strategy kept, merged or overwrote; selected by
+ * the rules under that name) that arrived with synced data, as JSON text of an array of row
+ * objects ordered by their "created_at" column (when selected), into *json (malloc'd; free()).
+ * They are synced data, not a schema table (ferry_* names are Ferry's). Returns 0, FERRY_EINVAL,
+ * FERRY_ESQLITE or FERRY_ENOMEM. App thread.
+ */
+int ferry_write_conflicts(ferry_db_t *db, char **json);
 
 /* ---- connection -------------------------------------------------------------------------- */
 

@@ -299,7 +299,7 @@ static const char OWN_TABLES[] =
     "CREATE TABLE IF NOT EXISTS ferry_kv(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS ferry_crud(id INTEGER PRIMARY KEY AUTOINCREMENT,"
     " tx_id INTEGER NOT NULL, op TEXT NOT NULL, type TEXT NOT NULL, row_id TEXT NOT NULL,"
-    " data TEXT);"
+    " data TEXT, old TEXT, metadata TEXT);"
     "CREATE TABLE IF NOT EXISTS ferry_buckets(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
     " last_op INTEGER NOT NULL DEFAULT 0, add_checksum INTEGER NOT NULL DEFAULT 0,"
     " op_checksum INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0,"
@@ -391,6 +391,26 @@ static int enable_subkey_prefixes(sqlite3 *c, ferry_error_t *err)
                     err, "create Ferry's tables");
 }
 
+/* A queue made by an earlier release gets the columns "old" and "metadata". */
+static int migrate_crud(sqlite3 *c, ferry_error_t *err)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(
+            c, "SELECT count(*) FROM pragma_table_info('ferry_crud') WHERE name = 'old'", -1, &st,
+            NULL) != SQLITE_OK) {
+        ferry__seterr(err, FERRY_ESQLITE, "could not inspect the upload queue: %s",
+                      sqlite3_errmsg(c));
+        return FERRY_ESQLITE;
+    }
+    int has = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) > 0;
+    sqlite3_finalize(st);
+    if (has) return 0;
+    return exec_sql(c,
+                    "ALTER TABLE ferry_crud ADD COLUMN old TEXT;"
+                    "ALTER TABLE ferry_crud ADD COLUMN metadata TEXT;",
+                    err, "add old and metadata to the upload queue");
+}
+
 /* Creates or migrates one table and its triggers; *added is set when rows must be filled from
  * the oplog (the table or a column is new). */
 static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_table_t *src,
@@ -411,7 +431,7 @@ static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_tabl
                       sqlite3_errmsg(c));
         return FERRY_ESQLITE;
     }
-    int exists = 0;
+    int exists = 0, have_meta = 0;
     char *have = calloc((size_t)t->ncols + 1, 1);
     if (!have) {
         sqlite3_finalize(st);
@@ -422,12 +442,14 @@ static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_tabl
         exists = 1;
         for (int i = 0; i < t->ncols; i++)
             if (n && strcmp(n, t->cols[i]) == 0) have[i] = 1;
+        if (n && strcmp(n, "_metadata") == 0) have_meta = 1;
     }
     sqlite3_finalize(st);
     if (!exists) {
         sb_add(&b, "CREATE TABLE \"%w\"(id TEXT PRIMARY KEY NOT NULL", t->name);
         for (int i = 0; i < t->ncols; i++)
             sb_add(&b, ", \"%w\" %s", t->cols[i], TYPE_SQL[t->types[i]]);
+        if (t->track_metadata) sb_add(&b, ", _metadata TEXT");
         sb_add(&b, ");");
         *added = 1;
     } else {
@@ -437,6 +459,8 @@ static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_tabl
                        TYPE_SQL[t->types[i]]);
                 *added = 1;
             }
+        if (t->track_metadata && !have_meta)
+            sb_add(&b, "ALTER TABLE \"%w\" ADD COLUMN _metadata TEXT;", t->name);
     }
     free(have);
     if (src->indexes)
@@ -465,9 +489,9 @@ static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_tabl
          * so columns go in groups merged with json_patch, which also drops NULLs) */
         sb_add(&b,
                "CREATE TRIGGER \"ferry_ins_%w\" AFTER INSERT ON \"%w\" WHEN NOT "
-               "ferry_applying() BEGIN INSERT INTO ferry_crud(tx_id, op, type, row_id, data) "
-               "VALUES (ferry_txid(), 'PUT', %Q, NEW.id, ",
-               t->name, t->name, t->name);
+               "ferry_applying() BEGIN INSERT INTO ferry_crud(tx_id, op, type, row_id, metadata, "
+               "data) VALUES (ferry_txid(), 'PUT', %Q, NEW.id, %s, ",
+               t->name, t->name, t->name, t->track_metadata ? "NEW._metadata" : "NULL");
         int groups = (t->ncols + 49) / 50;
         for (int g = 0; g < groups; g++)
             sb_add(&b, "json_patch(");
@@ -497,13 +521,24 @@ static int migrate_table(ferry_db_t *db, const ferry_tdef_t *t, const ferry_tabl
                 sb_add(&b, "%sNEW.\"%w\" IS NOT OLD.\"%w\"", i ? " OR " : "", t->cols[i],
                        t->cols[i]);
             sb_add(&b,
-                   ") BEGIN INSERT INTO ferry_crud(tx_id, op, type, row_id, data) VALUES "
-                   "(ferry_txid(), 'PATCH', %Q, NEW.id, (SELECT json_group_object(k, v) FROM (",
-                   t->name);
-            for (int i = 0; i < t->ncols; i++)
-                sb_add(&b, "%sSELECT %Q AS k, NEW.\"%w\" AS v WHERE NEW.\"%w\" IS NOT OLD.\"%w\"",
-                       i ? " UNION ALL " : "", t->cols[i], t->cols[i], t->cols[i], t->cols[i]);
-            sb_add(&b, "))); ");
+                   ") BEGIN INSERT INTO ferry_crud(tx_id, op, type, row_id, metadata, old, data) "
+                   "VALUES (ferry_txid(), 'PATCH', %Q, NEW.id, %s, ",
+                   t->name, t->track_metadata ? "NEW._metadata" : "NULL");
+            /* old: the changed columns' previous values (track_previous, else NULL); data: their
+             * new values */
+            if (!t->track_previous) sb_add(&b, "NULL, ");
+            for (int pass = t->track_previous ? 0 : 1; pass < 2; pass++) {
+                const char *row = pass == 0 ? "OLD" : "NEW";
+                sb_add(&b, "%s(SELECT json_group_object(k, v) FROM (",
+                       pass == 1 && t->track_previous ? ", " : "");
+                for (int i = 0; i < t->ncols; i++)
+                    sb_add(&b,
+                           "%sSELECT %Q AS k, %s.\"%w\" AS v WHERE NEW.\"%w\" IS NOT OLD.\"%w\"",
+                           i ? " UNION ALL " : "", t->cols[i], row, t->cols[i], t->cols[i],
+                           t->cols[i]);
+                sb_add(&b, "))");
+            }
+            sb_add(&b, "); ");
             sb_add(&b, mark, t->name, "NEW");
             sb_add(&b, " END;");
         }
@@ -564,6 +599,8 @@ static int copy_schema(ferry_db_t *db, const ferry_schema_t *schema, ferry_error
         t->cols = calloc((size_t)n + 1, sizeof *t->cols);
         t->types = calloc((size_t)n + 1, sizeof *t->types);
         t->local_only = src->local_only;
+        t->track_previous = src->track_previous && !src->local_only;
+        t->track_metadata = src->track_metadata && !src->local_only;
         if (!t->name || !t->cols || !t->types) return FERRY_ENOMEM;
         for (int i = 0; i < n; i++) {
             const ferry_column_t *col = &src->columns[i];
@@ -729,6 +766,7 @@ int ferry_open(const char *path, const ferry_schema_t *schema, ferry_db_t **out,
         goto fail;
     if ((rc = migrate_oplog(db->app, err)) != 0) goto rollback;
     if ((rc = exec_sql(db->app, OWN_TABLES, err, "create Ferry's tables")) != 0) goto rollback;
+    if ((rc = migrate_crud(db->app, err)) != 0) goto rollback;
     if ((rc = enable_subkey_prefixes(db->app, err)) != 0) goto rollback;
     /* the key index (made again here when a first sync without it was interrupted) */
     if (ferry__oplog_index(db->app) != SQLITE_OK) {
@@ -888,10 +926,11 @@ int ferry_queue_peek(ferry_db_t *db, size_t max, ferry_crud_t **out, size_t *n)
     *n = 0;
     if (max == 0) return 0;
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(db->app,
-                           "SELECT id, tx_id, op, type, row_id, data FROM ferry_crud ORDER BY id "
-                           "LIMIT ?",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(
+            db->app,
+            "SELECT id, tx_id, op, type, row_id, data, old, metadata FROM ferry_crud "
+            "ORDER BY id LIMIT ?",
+            -1, &st, NULL) != SQLITE_OK)
         return FERRY_ESQLITE;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)(max > INT64_MAX ? INT64_MAX : max));
     ferry_crud_t *v = NULL;
@@ -915,8 +954,12 @@ int ferry_queue_peek(ferry_db_t *db, size_t max, ferry_crud_t **out, size_t *n)
         e->type = dup_col(st, 3);
         e->id = dup_col(st, 4);
         e->data = dup_col(st, 5);
+        e->old = dup_col(st, 6);
+        e->metadata = dup_col(st, 7);
         cnt++;
-        if (!e->type || !e->id || (!e->data && sqlite3_column_type(st, 5) != SQLITE_NULL)) {
+        if (!e->type || !e->id || (!e->data && sqlite3_column_type(st, 5) != SQLITE_NULL) ||
+            (!e->old && sqlite3_column_type(st, 6) != SQLITE_NULL) ||
+            (!e->metadata && sqlite3_column_type(st, 7) != SQLITE_NULL)) {
             rc = FERRY_ENOMEM;
             break;
         }
@@ -932,6 +975,29 @@ int ferry_queue_peek(ferry_db_t *db, size_t max, ferry_crud_t **out, size_t *n)
     return 0;
 }
 
+int ferry_write_conflicts(ferry_db_t *db, char **json)
+{
+    if (!db || !json) return FERRY_EINVAL;
+    *json = NULL;
+    sqlite3_stmt *st;
+    /* the newest op of each conflict row (a row may be in several buckets) */
+    if (sqlite3_prepare_v2(
+            db->app,
+            "SELECT json_group_array(json(data)) FROM (SELECT data, max(op_id) FROM "
+            "ferry_oplog WHERE row_type = 'ferry_write_conflicts' AND data IS NOT "
+            "NULL GROUP BY row_id ORDER BY json_extract(data, '$.created_at'), row_id)",
+            -1, &st, NULL) != SQLITE_OK)
+        return FERRY_ESQLITE;
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : FERRY_ESQLITE;
+    if (!rc) {
+        const char *s = (const char *)sqlite3_column_text(st, 0);
+        *json = strdup(s ? s : "[]");
+        if (!*json) rc = FERRY_ENOMEM;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
 void ferry_crud_free(ferry_crud_t *entries, size_t n)
 {
     if (!entries) return;
@@ -939,6 +1005,8 @@ void ferry_crud_free(ferry_crud_t *entries, size_t n)
         free(entries[i].type);
         free(entries[i].id);
         free(entries[i].data);
+        free(entries[i].old);
+        free(entries[i].metadata);
     }
     free(entries);
 }

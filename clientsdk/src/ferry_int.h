@@ -32,6 +32,7 @@ typedef struct ferry_tdef {
     int *types;
     int ncols;
     int local_only;
+    int track_previous, track_metadata;
 } ferry_tdef_t;
 
 /* One bucket of the checkpoint being downloaded. */

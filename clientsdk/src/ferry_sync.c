@@ -693,8 +693,8 @@ static int upload_batch(ferry_db_t *db, sqlite3 *c, int batch, char *msg, size_t
 {
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(c,
-                           "SELECT id, tx_id, op, type, row_id, data FROM ferry_crud "
-                           "ORDER BY id LIMIT ?",
+                           "SELECT id, tx_id, op, type, row_id, data, old, metadata FROM "
+                           "ferry_crud ORDER BY id LIMIT ?",
                            -1, &st, NULL) != SQLITE_OK) {
         snprintf(msg, msgcap, "could not read the upload queue: %s", sqlite3_errmsg(c));
         return FERRY_ESQLITE;
@@ -710,6 +710,14 @@ static int upload_batch(ferry_db_t *db, sqlite3 *c, int batch, char *msg, size_t
                       "op", (const char *)sqlite3_column_text(st, 2), "type",
                       (const char *)sqlite3_column_text(st, 3), "id",
                       (const char *)sqlite3_column_text(st, 4), "data", d ? d : json_null());
+        const char *old = (const char *)sqlite3_column_text(st, 6);
+        const char *meta = (const char *)sqlite3_column_text(st, 7);
+        if (e && old) { /* "old" and "metadata" feed the server's merge strategies */
+            json_t *o = json_loads(old, 0, NULL);
+            if (json_is_object(o)) json_object_set(e, "old", o);
+            json_decref(o);
+        }
+        if (e && meta) json_object_set_new(e, "metadata", json_string(meta));
         if (!e || json_array_append_new(arr, e)) {
             json_decref(arr);
             arr = NULL;

@@ -61,6 +61,61 @@ CREATE TABLE IF NOT EXISTS ferry_violations (
   created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id);
+-- a violation is resolved when a re-check finds the constraint satisfied, expired after its
+-- constraint's expire_after (both added here for databases set up by an earlier release)
+ALTER TABLE ferry_violations ADD COLUMN IF NOT EXISTS resolved_at timestamptz,
+  ADD COLUMN IF NOT EXISTS expired_at timestamptz;
+CREATE INDEX IF NOT EXISTS ferry_violations_open ON ferry_violations (table_name)
+  WHERE resolved_at IS NULL AND expired_at IS NULL;
+
+-- the lww merge strategy: per row and column, the time of its last write through write-back
+CREATE TABLE IF NOT EXISTS ferry_write_times (
+  table_name text NOT NULL,
+  row_id text NOT NULL,
+  column_name text NOT NULL,
+  ts text NOT NULL,
+  PRIMARY KEY (table_name, row_id, column_name)
+);
+
+-- columns a merge strategy decided otherwise than the client sent; sync rules may send each
+-- user their own
+CREATE TABLE IF NOT EXISTS ferry_write_conflicts (
+  id text PRIMARY KEY DEFAULT gen_random_uuid()::text,
+  table_name text NOT NULL,
+  row_id text NOT NULL,
+  column_name text NOT NULL,
+  user_id text NOT NULL,
+  client_id text NOT NULL,
+  op_id bigint NOT NULL,
+  strategy text NOT NULL,
+  resolution text NOT NULL,
+  sent jsonb,
+  old jsonb,
+  stored jsonb,
+  result jsonb,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS ferry_write_conflicts_user_id ON ferry_write_conflicts (user_id);
+
+-- the sync history: every op of every write-back batch with its outcome, kept
+-- write_back.history.keep seconds (`ferry debug history TABLE ID`); not meant to be replicated
+-- (with a publication FOR ALL TABLES, ferry warns that it is)
+CREATE TABLE IF NOT EXISTS ferry_write_history (
+  id bigserial PRIMARY KEY,
+  at timestamptz NOT NULL DEFAULT now(),
+  user_id text NOT NULL,
+  client_id text NOT NULL,
+  ops text NOT NULL,  -- one batch: a JSON array with an entry per op
+  rows text NOT NULL  -- the rows its ops name, one ["table","id"] per line (for lookups)
+);
+CREATE INDEX IF NOT EXISTS ferry_write_history_at ON ferry_write_history USING brin (at);
+-- the history one op a row
+CREATE OR REPLACE VIEW ferry_write_history_ops AS SELECT h.id AS batch_id, h.at, h.user_id,
+  h.client_id, (e->>'op_id')::bigint AS op_id, e->>'op' AS op, e->>'t' AS table_name,
+  e->>'r' AS row_id, e->>'s' AS status, e->>'c' AS code, e->>'m' AS message,
+  e->'sent' AS sent, e->'old' AS old, e->'stored' AS stored, e->'decided' AS decided,
+  e->'v' AS violations
+  FROM ferry_write_history h, jsonb_array_elements(h.ops::jsonb) AS e;
 
 -- grants. Reading: the snapshot reads every table the sync rules use. Writing: write-back
 -- inserts, updates and deletes the tables that have write rules; narrow the second GRANT to
@@ -76,6 +131,10 @@ GRANT USAGE ON SCHEMA public TO ferry;
 GRANT CREATE ON SCHEMA public TO ferry;
 ALTER TABLE ferry_write_log OWNER TO ferry;
 ALTER TABLE ferry_violations OWNER TO ferry;
+ALTER TABLE ferry_write_times OWNER TO ferry;
+ALTER TABLE ferry_write_conflicts OWNER TO ferry;
+ALTER TABLE ferry_write_history OWNER TO ferry;
+ALTER VIEW ferry_write_history_ops OWNER TO ferry;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO ferry;
 GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ferry;
 -- tables created later by the same owner are readable (and writable) by ferry too

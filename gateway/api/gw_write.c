@@ -1,12 +1,12 @@
 /* gw_write.c -- write-back: POST /api/write applies a client's queued writes to Postgres
  *
  * The body is the PowerSync CRUD batch: {"client_id":…,"batch":[{"op_id","op","type","id",
- * "data"},…]}. The loop thread only authenticates, copies the body as sent (compact: a queued
- * batch costs its size, not a parsed tree) and admits it to the scheduler below. A worker
- * (gw_worker.h) parses it and checks the shape (400 when it is not a batch, 413 past
- * write_back.max_ops_per_batch ops), applies it in one Postgres transaction and builds the
- * per-op results; done() answers on the request's loop thread. So a loop thread never spends
- * more than a memcpy on a batch, whatever its size.
+ * "data","old","metadata"},…]} ("old" and "metadata" feed the merge strategies). The loop thread
+ * only authenticates, copies the body as sent (compact: a queued batch costs its size, not a parsed
+ * tree) and admits it to the scheduler below. A worker (gw_worker.h) parses it and checks the shape
+ * (400 when it is not a batch, 413 past write_back.max_ops_per_batch ops), applies it in one
+ * Postgres transaction and builds the per-op results; done() answers on the request's loop thread.
+ * So a loop thread never spends more than a memcpy on a batch, whatever its size.
  *
  * (gw_write_batch.c applies a batch: its machine is drawn there; gw_write_stmt.c prepares the
  * statements each worker connection needs.)
@@ -76,6 +76,8 @@ static void batch_free(wbatch_t *b)
     free(b->jwt);
     free(b->params);
     gw_buf_free(&b->out);
+    for (size_t i = 0; b->ops != NULL && i < b->nops; i++)
+        gw__write_op_reset(&b->ops[i]);
     free(b->ops);
     free(b);
 }
@@ -359,6 +361,19 @@ static int parse_op(const rules_set_t *rules, json_t *e, size_t i, wop_t *op, ch
         return 0;
     }
     if (op->kind != OP_DELETE && json_is_object(data)) op->data = data;
+    json_t *old = json_object_get(e, "old"), *meta = json_object_get(e, "metadata");
+    if (old != NULL && !json_is_null(old) && !json_is_object(old)) {
+        op->kind = 0;
+        gw__write_op_reject(op, "invalid_op", "\"old\" must be an object");
+        return 0;
+    }
+    if (meta != NULL && !json_is_null(meta) && !json_is_string(meta)) {
+        op->kind = 0;
+        gw__write_op_reject(op, "invalid_op", "\"metadata\" must be a string");
+        return 0;
+    }
+    if (json_is_object(old)) op->old = old;
+    if (json_is_string(meta)) op->metadata = json_string_value(meta);
     /* the table: exact match against the compiled rules only ("schema.table" or "table") */
     const char *dot = strchr(op->type, '.');
     if (dot != NULL) {
@@ -501,8 +516,15 @@ static int on_write(h2o_req_t *req, void *ud)
 
 static gw_job_t g_startup;
 
-/* Wait up to secs unless shutdown begins; returns 1 when stopping. */
-static int wait_or_stop(int secs)
+int gw__write_stopping(void)
+{
+    pthread_mutex_lock(&gw__write_mod.lock);
+    int stop = gw__write_mod.stopping;
+    pthread_mutex_unlock(&gw__write_mod.lock);
+    return stop;
+}
+
+int gw__write_wait(long secs)
 {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
@@ -524,13 +546,16 @@ static void startup_run(gw_job_t *job, PGconn *conn)
                  : gw__write_prepare_conn(conn, gw_app_active(gw__write_mod.app)->rules, &err);
     if (rc == 0) {
         gw_ready_set(gw__write_mod.ready_id, 1, NULL);
-        int self = 0;
-        for (size_t i = 0; i < 256; i++)
+        int self = 0, fast = 0;
+        for (size_t i = 0; i < 256; i++) {
             self += gw__write_conn.self_cko[i] + gw__write_conn.self_chk[i];
+            fast += gw__write_conn.fast_upd[i] + gw__write_conn.fast_del[i] +
+                    gw__write_conn.fast_mrg[i];
+        }
         gw_info("write", "write rules prepared",
-                "tables=%zu constraints=%zu self_reading_checks=%d",
+                "tables=%zu constraints=%zu self_reading_checks=%d one_statement_writes=%d",
                 rules_write_count(gw_app_active(gw__write_mod.app)->rules),
-                rules_constraint_count(gw_app_active(gw__write_mod.app)->rules), self);
+                rules_constraint_count(gw_app_active(gw__write_mod.app)->rules), self, fast);
         job->ud = NULL;
         return;
     }
@@ -548,7 +573,7 @@ static void startup_run(gw_job_t *job, PGconn *conn)
                      gw_log_qs(err.detail[0] != '\0' ? err.detail : "retrying every 5 s",
                                (char[600]){0}, 600));
     }
-    job->ud = wait_or_stop(rc == GW_EUNAVAIL ? 1 : 5) ? NULL : job;
+    job->ud = gw__write_wait(rc == GW_EUNAVAIL ? 1 : 5) ? NULL : job;
 }
 
 static void startup_done(gw_job_t *job)
@@ -584,6 +609,58 @@ static void on_shutdown(h2o_context_t *ctx, size_t index, void *ud)
 }
 
 /* ---- metrics ---------------------------------------------------------------------------- */
+
+/* ferry_write_unknown_columns_total: "table\tcolumn" -> uint64_t* (bounded by the schema:
+ * columns the table does not have are one series per table) */
+static struct {
+    pthread_mutex_t lock;
+    gw_map_t counts;
+    int init;
+} unknown_cols = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+void gw__write_unknown_column(const char *table, const char *column)
+{
+    char key[600];
+    snprintf(key, sizeof(key), "%s\t%s", table, column != NULL ? column : "(unknown)");
+    pthread_mutex_lock(&unknown_cols.lock);
+    if (!unknown_cols.init) {
+        gw_map_init(&unknown_cols.counts);
+        unknown_cols.init = 1;
+    }
+    uint64_t *n = gw_map_get(&unknown_cols.counts, key);
+    if (n == NULL) {
+        n = gw_xcalloc(1, sizeof(*n));
+        gw_map_put(&unknown_cols.counts, key, n);
+    }
+    (*n)++;
+    pthread_mutex_unlock(&unknown_cols.lock);
+}
+
+/* n bytes of s as a quoted Prometheus label value (\\, \" and \n escaped). */
+static void label_value(gw_buf_t *out, const char *s, size_t n)
+{
+    gw_buf_puts(out, "\"");
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\\' || s[i] == '"')
+            gw_buf_printf(out, "\\%c", s[i]);
+        else if (s[i] == '\n')
+            gw_buf_puts(out, "\\n");
+        else
+            gw_buf_append(out, s + i, 1);
+    }
+    gw_buf_puts(out, "\"");
+}
+
+static void render_unknown(const char *key, void *value, void *ud)
+{
+    const char *tab = strchr(key, '\t');
+    gw_buf_t *out = ud;
+    gw_buf_puts(out, "ferry_write_unknown_columns_total{table=");
+    label_value(out, key, (size_t)(tab - key));
+    gw_buf_puts(out, ",column=");
+    label_value(out, tab + 1, strlen(tab + 1));
+    gw_buf_printf(out, "} %llu\n", (unsigned long long)*(uint64_t *)value);
+}
 
 static void collect(gw_buf_t *out, void *ud)
 {
@@ -624,6 +701,38 @@ static void collect(gw_buf_t *out, void *ud)
                      "# TYPE ferry_write_violations_total counter\n");
     gw_buf_printf(out, "ferry_write_violations_total %llu\n",
                   (unsigned long long)atomic_load(&gw__write_mod.violations));
+    gw_buf_puts(out, "# HELP ferry_write_violations_open Constraint violations neither resolved "
+                     "nor expired (at the last background pass).\n"
+                     "# TYPE ferry_write_violations_open gauge\n");
+    gw_buf_printf(out, "ferry_write_violations_open %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.violations_open));
+    gw_buf_puts(out, "# HELP ferry_write_violations_resolved_total Violations resolved by a "
+                     "re-check (a later write, or the background pass).\n"
+                     "# TYPE ferry_write_violations_resolved_total counter\n");
+    gw_buf_printf(out, "ferry_write_violations_resolved_total %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.violations_resolved));
+    gw_buf_puts(out, "# HELP ferry_write_violations_expired_total Violations expired "
+                     "(constraints.<name>.expire_after).\n"
+                     "# TYPE ferry_write_violations_expired_total counter\n");
+    gw_buf_printf(out, "ferry_write_violations_expired_total %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.violations_expired));
+    gw_buf_puts(out, "# HELP ferry_write_history_trimmed_total Entries of ferry_write_history "
+                     "older than write_back.history.keep, deleted.\n"
+                     "# TYPE ferry_write_history_trimmed_total counter\n");
+    gw_buf_printf(out, "ferry_write_history_trimmed_total %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.history_trimmed));
+    gw_buf_puts(out, "# HELP ferry_write_conflicts_total Columns a merge strategy decided against "
+                     "or combined with the sent value (rows of ferry_write_conflicts).\n"
+                     "# TYPE ferry_write_conflicts_total counter\n");
+    gw_buf_printf(out, "ferry_write_conflicts_total %llu\n",
+                  (unsigned long long)atomic_load(&gw__write_mod.conflicts));
+    gw_buf_puts(out, "# HELP ferry_write_unknown_columns_total Sent columns the write rules do "
+                     "not list, by table and column (\"(unknown)\": the table has no such "
+                     "column).\n"
+                     "# TYPE ferry_write_unknown_columns_total counter\n");
+    pthread_mutex_lock(&unknown_cols.lock);
+    if (unknown_cols.init) gw_map_each(&unknown_cols.counts, render_unknown, out);
+    pthread_mutex_unlock(&unknown_cols.lock);
     gw_buf_puts(out, "# HELP ferry_write_batch_duration_seconds Time from request to response "
                      "of a write-back batch.\n"
                      "# TYPE ferry_write_batch_duration_seconds histogram\n");
@@ -657,5 +766,6 @@ void gw_write_register(gw_app_t *app)
             gw_ready_register("write rules", "write rules not yet prepared in postgres");
         gw_http_on_thread_start(app->http, on_thread_start, NULL);
         gw_http_on_shutdown(app->http, on_shutdown, NULL);
+        gw__write_janitor_start();
     }
 }

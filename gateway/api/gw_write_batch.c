@@ -6,14 +6,19 @@
  *   for each op, inside a SAVEPOINT: op_id <= the highest id seen -> "duplicate"; otherwise
  *     table with write rules?  operation allowed?  only listed columns?     -> else "rejected"
  *     SELECT the stored row FOR UPDATE, the sent data merged over it, and lww "older?"
- *     check_old over the stored row (update, delete), check over the new row (insert, update)
+ *     check_old over the stored row (update, delete)
+ *     merge strategies (a rule's merge:, updates only): fw_mrg decides each merged column from
+ *       the stored row, the op's "old" and its time -> the data to write (kept columns leave it)
+ *     check over the new row (insert, update)
  *     lww_column older than the stored value                               -> "stale"
  *     apply: INSERT of the given columns | UPDATE of the given columns | DELETE by id
  *     each constraint of the table over the stored result; rows found -> ferry_violations
+ *     merged columns: lww times -> ferry_write_times, decided columns -> ferry_write_conflicts
  *     a statement that fails rolls back to the savepoint: that op alone is "rejected"
  *   UPDATE ferry_write_log SET last_op_id; COMMIT.
  *
- * Batches in which nothing is rejected, stale or flagged go the same way but pipelined first
+ * Batches in which nothing is rejected, stale or flagged (and no table merges) go the same way
+ * but pipelined first
  * (run_pipelined): the statements of many ops are sent without waiting, in op order, and every
  * result is checked before COMMIT is sent. The first result that is not the plain one rolls the
  * whole attempt back and the batch runs again on the careful path, which decides every op.
@@ -80,6 +85,8 @@ void gw__write_op_reject(wop_t *op, const char *code, const char *fmt, ...)
     vsnprintf(op->message, sizeof(op->message), fmt, ap);
     va_end(ap);
 }
+
+static int table_has_constraints(const rules_set_t *set, const rules_write_rule_t *r);
 
 /* What a user hears when check_old refuses, or when there is no row to check (invariant 6). */
 #define CHECK_OLD_MESSAGE "no row with this id that \"check_old\" of table \"%s\" lets you change"
@@ -266,8 +273,10 @@ static int run_constraints(wctx_t *c, wop_t *op, const char *new_row)
                 PQclear(res);
                 return how;
             }
+            if (atoi(PQcmdTuples(ins)) > 0) atomic_fetch_add(&gw__write_mod.violations, 1);
             PQclear(ins);
-            atomic_fetch_add(&gw__write_mod.violations, 1);
+            if (op->violations == NULL) op->violations = json_array();
+            json_array_append_new(op->violations, json_string(con->name));
         }
         PQclear(res);
     }
@@ -293,19 +302,61 @@ static char *data_json(const wop_t *op)
     return s;
 }
 
+/* Whether the table of rule r has a column named col (a catalog lookup in the batch's
+ * transaction; only for columns the rules do not list, which are rare). */
+static int table_has_column(wctx_t *c, const rules_write_rule_t *r, const char *col)
+{
+    char *qt = gw__write_qualified(c->conn, r);
+    const char *v[2] = {qt, col};
+    PGresult *res = PQexecParams(c->conn,
+                                 "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+                                 "$1::regclass AND attname = $2 AND attnum > 0 AND NOT "
+                                 "attisdropped)",
+                                 2, NULL, v, NULL, NULL, 0);
+    int has = res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+              PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    free(qt);
+    return has;
+}
+
+/* Count and log (rate-limited) a sent column that the rules do not list. */
+static void unknown_column(wctx_t *c, wop_t *op, const char *col, const char *label)
+{
+    int has = table_has_column(c, op->rule, col);
+    gw__write_unknown_column(label, has ? col : NULL);
+    static gw_log_limit_t limit = GW_LOG_LIMIT_INIT(10000);
+    unsigned long long suppressed;
+    if (gw_log_limit_take(&limit, &suppressed)) {
+        char qc[200], qu[300], qcl[300];
+        gw_warn("write",
+                has ? "a client wrote a column the write rules do not list"
+                    : "a client wrote a column the table does not have",
+                "table=%s column=%s user=%s client=%s action=%s suppressed=%llu", label,
+                gw_log_qs(col, qc, sizeof(qc)), gw_log_qs(c->b->user, qu, sizeof(qu)),
+                gw_log_qs(c->b->client_id, qcl, sizeof(qcl)),
+                op->rule->unknown_columns == RULES_UNKNOWN_IGNORE ? "ignored" : "rejected",
+                suppressed);
+    }
+}
+
 /* Every key of the op's data must be a listed column; returns 0 and the column mask, or -1 with
- * the op rejected. wide = 1 when a listed column is past the 64 a mask can name. */
-static int check_columns(wop_t *op, uint64_t *mask, int *wide)
+ * the op rejected. wide = 1 when a listed column is past the 64 a mask can name. A column the
+ * rule does not list rejects the op, or with unknown_columns: ignore is dropped from its data;
+ * both are counted and logged when c is given (the careful path); without c (the pipelined
+ * path) such an op only returns -1, and the careful path decides it. */
+static int check_columns(wctx_t *c, wop_t *op, uint64_t *mask, int *wide)
 {
     const rules_write_rule_t *r = op->rule;
     *mask = 0;
     *wide = r->ncolumns > 64;
-    for (size_t c = 0; c < r->ncolumns && c < 64; c++)
-        if (strcmp(r->columns[c], "id") == 0) *mask |= UINT64_C(1) << c;
+    for (size_t col = 0; col < r->ncolumns && col < 64; col++)
+        if (strcmp(r->columns[col], "id") == 0) *mask |= UINT64_C(1) << col;
     if (op->data == NULL) return 0;
     const char *k;
     json_t *v;
-    json_object_foreach(op->data, k, v)
+    void *tmp;
+    json_object_foreach_safe(op->data, tmp, k, v)
     {
         if (strcmp(k, "id") == 0) {
             const char *s = json_is_string(v) ? json_string_value(v) : NULL;
@@ -318,19 +369,390 @@ static int check_columns(wop_t *op, uint64_t *mask, int *wide)
             }
             continue;
         }
-        size_t c = 0;
-        while (c < r->ncolumns && strcmp(r->columns[c], k) != 0)
-            c++;
-        if (c == r->ncolumns) {
+        size_t col = 0;
+        while (col < r->ncolumns && strcmp(r->columns[col], k) != 0)
+            col++;
+        if (col == r->ncolumns) {
             char label[256];
+            gw__write_table_label(r, label, sizeof(label));
+            if (c == NULL) return -1;
+            unknown_column(c, op, k, label);
+            if (r->unknown_columns == RULES_UNKNOWN_IGNORE) {
+                json_object_del(op->data, k);
+                continue;
+            }
             gw__write_op_reject(op, "column_not_allowed",
-                                "column \"%.64s\" of table \"%s\" is not writable", k,
-                                gw__write_table_label(r, label, sizeof(label)));
+                                "column \"%.64s\" of table \"%s\" is not writable", k, label);
             return -1;
         }
-        if (c < 64) *mask |= UINT64_C(1) << c;
+        if (col < 64) *mask |= UINT64_C(1) << col;
     }
     return 0;
+}
+
+/* ---- the sync history (ferry_write_history) ------------------------------------------------ */
+
+/* Whether ops are recorded (write_back.history.keep > 0). */
+static int history_on(void)
+{
+    return gw__write_mod.app->cfg->write_back.history.keep > 0;
+}
+
+/* Append v as compact JSON to out. */
+static void put_json(gw_buf_t *out, json_t *v)
+{
+    char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (t == NULL) abort(); /* out of memory: the gateway's policy */
+    gw_buf_puts(out, t);
+    free(t);
+}
+
+/*
+ * op's entry of the history, appended to out as one JSON object: "op_id", "op", "t" (table),
+ * "r" (row id), "s" (status), "c"/"m" (a rejection's code and message), "sent" (the data as
+ * sent), "old" (the client's previous values), "stored" (the stored values of the sent columns
+ * before the op; the whole row for a DELETE), "decided" ({column: {"strategy", "resolution",
+ * "result"}} for the columns a merge strategy decided; every other sent column of an applied
+ * op was written as sent, by client_wins), "v" (the constraints it violated). Written as text,
+ * not built as a tree: this runs for every op of every batch.
+ */
+static void history_entry(gw_buf_t *out, const wop_t *op, char *label, size_t llen)
+{
+    static const char *const kinds[] = {"invalid", "PUT", "PATCH", "DELETE"};
+    const char *t = op->rule != NULL   ? gw__write_table_label(op->rule, label, llen)
+                    : op->type != NULL ? op->type
+                                       : "";
+    if (t != label) snprintf(label, llen, "%s", t);
+    gw_buf_printf(out, "{\"op_id\":%lld,\"op\":\"%s\",\"t\":", op->op_id,
+                  kinds[op->kind >= 0 && op->kind <= 3 ? op->kind : 0]);
+    gw_buf_json_str(out, label);
+    gw_buf_puts(out, ",\"r\":");
+    gw_buf_json_str(out, op->id);
+    gw_buf_printf(out, ",\"s\":\"%s\"", gw__write_status_names[op->status]);
+    if (op->code != NULL && (op->status == ST_REJECTED || op->status == ST_STALE)) {
+        gw_buf_puts(out, ",\"c\":");
+        gw_buf_json_str(out, op->code);
+        gw_buf_puts(out, ",\"m\":");
+        gw_buf_json_str(out, op->message);
+    }
+    if (op->status != ST_DUPLICATE) {
+        if (op->data != NULL) {
+            gw_buf_puts(out, ",\"sent\":");
+            put_json(out, op->data);
+        }
+        if (op->old != NULL) {
+            gw_buf_puts(out, ",\"old\":");
+            put_json(out, op->old);
+        }
+        if (op->before != NULL && op->kind == OP_DELETE) {
+            gw_buf_printf(out, ",\"stored\":%s", op->before);
+        } else if (op->before != NULL && op->data != NULL) {
+            json_t *before = json_loads(op->before, 0, NULL), *st = json_object();
+            const char *k;
+            json_t *v;
+            json_object_foreach(op->data, k, v)
+            {
+                json_t *b = json_object_get(before, k);
+                if (b != NULL && strcmp(k, "id") != 0) json_object_set(st, k, b);
+            }
+            gw_buf_puts(out, ",\"stored\":");
+            put_json(out, st);
+            json_decref(st);
+            json_decref(before);
+        }
+        if (op->results != NULL && op->status == ST_APPLIED) {
+            gw_buf_puts(out, ",\"decided\":{");
+            const char *k;
+            json_t *v;
+            int n = 0;
+            json_object_foreach(op->results, k, v)
+            {
+                const char *how =
+                    op->outcome != NULL ? json_string_value(json_object_get(op->outcome, k)) : NULL;
+                const char *strategy = "client_wins";
+                for (size_t x = 0; op->rule->merge != NULL && x < op->rule->ncolumns; x++)
+                    if (strcmp(op->rule->columns[x], k) == 0)
+                        strategy = rules_merge_name(op->rule->merge[x]);
+                gw_buf_puts(out, n++ > 0 ? "," : "");
+                gw_buf_json_str(out, k);
+                gw_buf_printf(out,
+                              ":{\"strategy\":\"%s\",\"resolution\":\"%s\",\"result\":", strategy,
+                              how != NULL ? how : "applied");
+                put_json(out, v);
+                gw_buf_puts(out, "}");
+            }
+            gw_buf_puts(out, "}");
+        }
+    }
+    if (op->violations != NULL) {
+        gw_buf_puts(out, ",\"v\":");
+        put_json(out, op->violations);
+    }
+    gw_buf_puts(out, "}");
+}
+
+/*
+ * The history of b: its ops' entries as one JSON array, and *rows the keys of the rows they
+ * name, one per line, each the compact JSON array ["table","id"] (what `ferry debug history`
+ * looks for, so one row per batch is found without an index per op). Both malloc'd text; the
+ * caller frees them.
+ */
+static char *history_json(const wbatch_t *b, char **rows)
+{
+    gw_buf_t a = GW_BUF_INIT, keys = GW_BUF_INIT;
+    char label[256];
+    gw_buf_puts(&a, "[");
+    for (size_t i = 0; i < b->nops; i++) {
+        if (i > 0) gw_buf_puts(&a, ",");
+        history_entry(&a, &b->ops[i], label, sizeof(label));
+        gw_buf_puts(&keys, "[");
+        gw_buf_json_str(&keys, label);
+        gw_buf_puts(&keys, ",");
+        gw_buf_json_str(&keys, b->ops[i].id);
+        gw_buf_puts(&keys, "]\n");
+    }
+    gw_buf_puts(&a, "]");
+    gw_buf_append(&a, "", 1);
+    gw_buf_append(&keys, "", 1);
+    *rows = keys.data;
+    return a.data;
+}
+
+/* ---- merge strategies (a write rule's merge:) ------------------------------------------------ */
+
+/* Whether op sends a column whose strategy is m. */
+static int sends_merge(const wop_t *op, rules_merge_t m)
+{
+    const rules_write_rule_t *r = op->rule;
+    if (r->merge == NULL || op->data == NULL) return 0;
+    for (size_t k = 0; k < r->ncolumns; k++)
+        if (r->merge[k] == m && json_object_get(op->data, r->columns[k]) != NULL) return 1;
+    return 0;
+}
+
+/* The first column op sends whose strategy is m ("" when none). */
+static const char *first_merge_column(const wop_t *op, rules_merge_t m)
+{
+    const rules_write_rule_t *r = op->rule;
+    for (size_t k = 0; r->merge != NULL && op->data != NULL && k < r->ncolumns; k++)
+        if (r->merge[k] == m && json_object_get(op->data, r->columns[k]) != NULL)
+            return r->columns[k];
+    return "";
+}
+
+/* A JSON scalar as text into buf (strings as they are, numbers printed); -1 for other kinds. */
+static int scalar_text(json_t *v, char *buf, size_t len)
+{
+    if (json_is_string(v))
+        snprintf(buf, len, "%s", json_string_value(v));
+    else if (json_is_integer(v))
+        snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+    else if (json_is_real(v))
+        snprintf(buf, len, "%.17g", json_real_value(v));
+    else
+        return -1;
+    return buf[0] != '\0' ? 0 : -1;
+}
+
+/* The op's timestamp for its lww columns (lww_timestamp of the rule), as text into buf; 0, or
+ * -1 with the op rejected saying what it lacks. */
+static int op_timestamp(wop_t *op, char *buf, size_t len)
+{
+    const rules_write_rule_t *r = op->rule;
+    char label[256];
+    gw__write_table_label(r, label, sizeof(label));
+    const char *col = first_merge_column(op, RULES_MERGE_LWW);
+    if (r->ts_source == RULES_TS_COLUMN) {
+        if (scalar_text(json_object_get(op->data, r->ts_name), buf, len) == 0) return 0;
+        gw__write_op_reject(op, "timestamp_required",
+                            "column \"%s\" of table \"%s\" merges with \"lww\", which needs "
+                            "the op's time: send column \"%s\" with it",
+                            col, label, r->ts_name);
+        return -1;
+    }
+    json_t *m = op->metadata != NULL ? json_loads(op->metadata, 0, NULL) : NULL;
+    int rc = json_is_object(m) ? scalar_text(json_object_get(m, r->ts_name), buf, len) : -1;
+    json_decref(m);
+    if (rc == 0) return 0;
+    gw__write_op_reject(op, "timestamp_required",
+                        "column \"%s\" of table \"%s\" merges with \"lww\", which needs the "
+                        "op's time: field \"%s\" of its \"metadata\" (a JSON object; enable "
+                        "trackMetadata for the table in the client schema)",
+                        col, label, r->ts_name);
+    return -1;
+}
+
+static char *dumps(json_t *v)
+{
+    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (s == NULL) abort(); /* out of memory: the gateway's policy */
+    return s;
+}
+
+/* What a merged update writes: the data to send to fw_upd, the new row for check, and the
+ * columns to record. Owned by the caller (merge_free). */
+typedef struct merge_out {
+    char *data;      /* NULL: write the op's data as sent */
+    char *row;       /* NULL: the sent data merged over the stored row (fw_sel's answer) */
+    json_t *lww;     /* columns whose lww time to record (array), or NULL */
+    json_t *records; /* conflicts to record: [{column, strategy, resolution, sent, stored,
+                        result}] or NULL */
+} merge_out_t;
+
+static void merge_free(merge_out_t *m)
+{
+    free(m->data);
+    free(m->row);
+    json_decref(m->lww);
+    json_decref(m->records);
+}
+
+/* Note what a strategy decided for column col of op: the value (for the history) and, when
+ * other than "applied", the resolution (for its result). */
+static void note_outcome(wop_t *op, const char *col, const char *resolution, json_t *value)
+{
+    if (op->results == NULL) op->results = json_object();
+    json_object_set(op->results, col, value != NULL ? value : json_null());
+    if (strcmp(resolution, "applied") == 0) return;
+    if (op->outcome == NULL) op->outcome = json_object();
+    json_object_set_new(op->outcome, col, json_string(resolution));
+}
+
+void gw__write_op_reset(wop_t *op)
+{
+    json_decref(op->outcome);
+    json_decref(op->results);
+    json_decref(op->violations);
+    free(op->before);
+    op->outcome = op->results = op->violations = NULL;
+    op->before = NULL;
+}
+
+/*
+ * The merge decisions for an update of the stored row old_row by op (data: the op's data as
+ * JSON text): runs fw_mrg_<i> and fills out. SQL_OK (op->code set when the op is rejected),
+ * SQL_OP, SQL_FATAL.
+ */
+static int merge_update(wctx_t *c, wop_t *op, const char *data, const char *old_row, const char *ts,
+                        merge_out_t *out)
+{
+    const rules_write_rule_t *r = op->rule;
+    char label[256], name[64];
+    gw__write_table_label(r, label, sizeof(label));
+    char *old = op->old != NULL ? dumps(op->old) : NULL;
+    const char *v[5] = {op->id, data, old, ts, label};
+    snprintf(name, sizeof(name), "fw_mrg_%zu", op->rule_index);
+    int how;
+    PGresult *res = exec_prepared(c, name, 5, v, &how);
+    free(old);
+    if (res == NULL) return how;
+    json_t *dec = PQntuples(res) == 1 ? json_loads(PQgetvalue(res, 0, 0), 0, NULL) : NULL;
+    PQclear(res);
+    json_t *d = json_loads(data, 0, NULL), *row = json_loads(old_row, 0, NULL);
+    const char *col;
+    json_t *e;
+    json_object_foreach(dec, col, e)
+    {
+        size_t k = 0;
+        while (k < r->ncolumns && strcmp(r->columns[k], col) != 0)
+            k++;
+        if (k == r->ncolumns || json_is_null(e)) continue;
+        rules_merge_t m = r->merge[k];
+        if (json_is_string(e)) { /* "no_old" ("no_ts" is caught before) */
+            gw__write_op_reject(op, "old_required",
+                                "column \"%s\" of table \"%s\" merges with \"%s\", which needs "
+                                "its previous value in the op's \"old\": enable trackPrevious "
+                                "for the table in the client schema",
+                                col, label, rules_merge_name(m));
+            break;
+        }
+        const char *resolution = json_string_value(json_array_get(e, 0));
+        json_t *value = json_array_get(e, 1);
+        if (resolution == NULL) continue;
+        json_t *sent = json_object_get(d, col);
+        if (strcmp(resolution, "applied") != 0) {
+            if (out->records == NULL) out->records = json_array();
+            json_t *rec = json_object();
+            json_object_set_new(rec, "column", json_string(col));
+            json_object_set_new(rec, "strategy", json_string(rules_merge_name(m)));
+            json_object_set_new(rec, "resolution", json_string(resolution));
+            json_object_set(rec, "sent", sent != NULL ? sent : json_null());
+            json_object_set(rec, "stored",
+                            json_object_get(row, col) != NULL ? json_object_get(row, col)
+                                                              : json_null());
+            json_object_set(rec, "result", value != NULL ? value : json_null());
+            json_array_append_new(out->records, rec);
+        }
+        note_outcome(op, col, resolution, value);
+        if (strcmp(resolution, "kept") == 0) {
+            json_object_del(d, col);
+            continue;
+        }
+        if (value != NULL) json_object_set(d, col, value);
+        if (m == RULES_MERGE_LWW) {
+            if (out->lww == NULL) out->lww = json_array();
+            json_array_append_new(out->lww, json_string(col));
+        }
+    }
+    if (op->code == NULL && d != NULL && row != NULL) {
+        out->data = dumps(d);
+        json_object_update(row, d);
+        out->row = dumps(row);
+    }
+    json_decref(dec);
+    json_decref(d);
+    json_decref(row);
+    return SQL_OK;
+}
+
+/* After op's write: record the lww times and the conflicts of out. */
+static int merge_record(wctx_t *c, wop_t *op, const char *ts, const merge_out_t *out)
+{
+    char label[256];
+    gw__write_table_label(op->rule, label, sizeof(label));
+    int how = SQL_OK;
+    if (out->lww != NULL && json_array_size(out->lww) > 0 && ts != NULL) {
+        char *cols = dumps(out->lww);
+        const char *v[4] = {label, op->id, cols, ts};
+        PGresult *res = exec_prepared(c, "fw_tms", 4, v, &how);
+        free(cols);
+        if (res == NULL) return how;
+        PQclear(res);
+    }
+    char opid[32];
+    snprintf(opid, sizeof(opid), "%lld", op->op_id);
+    char *old;
+    size_t i;
+    json_t *rec;
+    json_array_foreach(out->records, i, rec)
+    {
+        const char *col = json_string_value(json_object_get(rec, "column"));
+        char *sent = dumps(json_object_get(rec, "sent"));
+        char *stored = dumps(json_object_get(rec, "stored"));
+        char *result = dumps(json_object_get(rec, "result"));
+        json_t *o = op->old != NULL ? json_object_get(op->old, col) : NULL;
+        old = o != NULL ? dumps(o) : NULL;
+        const char *v[12] = {label,
+                             op->id,
+                             col,
+                             c->b->user,
+                             c->b->client_id,
+                             opid,
+                             json_string_value(json_object_get(rec, "strategy")),
+                             json_string_value(json_object_get(rec, "resolution")),
+                             sent,
+                             old,
+                             stored,
+                             result};
+        PGresult *res = exec_prepared(c, "fw_cfl", 12, v, &how);
+        free(sent);
+        free(stored);
+        free(result);
+        free(old);
+        if (res == NULL) return how;
+        PQclear(res);
+    }
+    return SQL_OK;
 }
 
 /* Apply one op (its rule and shape were checked). Returns SQL_OK with op->status set, SQL_OP
@@ -353,10 +775,12 @@ static int apply_op(wctx_t *c, wop_t *op)
     }
     uint64_t mask;
     int wide;
-    if (check_columns(op, &mask, &wide) != 0) return SQL_OK;
+    if (check_columns(c, op, &mask, &wide) != 0) return SQL_OK;
     char *data = data_json(op);
     int how = SQL_OK;
-    char name[64];
+    char name[64], ts[128];
+    int have_ts = 0;
+    merge_out_t mo = {0};
     PGresult *sel = NULL, *res = NULL;
     snprintf(name, sizeof(name), "fw_sel_%zu", ti);
     const char *sv[2] = {op->id, data};
@@ -364,6 +788,7 @@ static int apply_op(wctx_t *c, wop_t *op)
     if (sel == NULL) goto out;
     int exists = PQntuples(sel) > 0;
     const char *old_row = exists ? PQgetvalue(sel, 0, 0) : NULL;
+    if (old_row != NULL && history_on()) op->before = gw_xstrdup(old_row);
     const char *merged = exists ? PQgetvalue(sel, 0, 1) : NULL;
     int stale = exists && PQgetvalue(sel, 0, 2)[0] == 't';
     int action = op->kind == OP_DELETE ? OP_DELETE : exists ? OP_PATCH : OP_PUT;
@@ -401,6 +826,24 @@ static int apply_op(wctx_t *c, wop_t *op)
         if (!ok) {
             gw__write_op_reject(op, "check_old_failed", CHECK_OLD_MESSAGE, label);
             goto out;
+        }
+    }
+    if (r->merge != NULL && action != OP_DELETE) {
+        if (sends_merge(op, RULES_MERGE_LWW)) {
+            if (op_timestamp(op, ts, sizeof(ts)) != 0) goto out;
+            have_ts = 1;
+        }
+        if (action == OP_PATCH) {
+            how = merge_update(c, op, data, old_row, have_ts ? ts : NULL, &mo);
+            if (how != SQL_OK || op->code != NULL) goto out;
+            if (mo.row != NULL) merged = mo.row;
+            if (mo.data != NULL) sv[1] = mo.data;
+        } else {
+            for (size_t k = 0; k < r->ncolumns; k++)
+                if (r->merge[k] == RULES_MERGE_LWW && json_object_get(op->data, r->columns[k])) {
+                    if (mo.lww == NULL) mo.lww = json_array();
+                    json_array_append_new(mo.lww, json_string(r->columns[k]));
+                }
         }
     }
     if (action != OP_DELETE && r->check.sql != NULL) {
@@ -447,12 +890,30 @@ static int apply_op(wctx_t *c, wop_t *op)
         gw_buf_free(&sql);
     }
     if (res == NULL) goto out;
+    if (table_has_constraints(c->b->rules, r)) { /* violations this row is part of: again */
+        size_t resolved = 0;
+        PGresult *failed = NULL;
+        if (gw__write_recheck(c->conn, c->b->rules, label, op->id, &resolved, &failed) != 0) {
+            how = classify(c->conn, failed);
+            if (how == SQL_FATAL) note_fatal(c, failed);
+            PQclear(c->failed);
+            c->failed = failed;
+            goto out;
+        }
+    }
     if (action != OP_DELETE && PQntuples(res) > 0)
         how = run_constraints(c, op, PQgetvalue(res, 0, 0));
+    if (how == SQL_OK && r->merge != NULL && action != OP_DELETE)
+        how = merge_record(c, op, have_ts ? ts : NULL, &mo);
+    if (how == SQL_OK && action == OP_DELETE && r->merge_lww) {
+        PGresult *t = exec_prepared(c, "fw_tmd", 2, (const char *[2]){label, op->id}, &how);
+        PQclear(t);
+    }
     if (how == SQL_OK) op->status = ST_APPLIED;
 out:
     PQclear(res);
     PQclear(sel);
+    merge_free(&mo);
     free(data);
     return how;
 }
@@ -471,12 +932,16 @@ static int exec_simple(PGconn *conn, const char *sql)
  * Most batches are all "normal": PUTs of new rows, PATCHes and DELETEs of existing rows, every
  * check passing. run_pipelined() sends such a batch with libpq's pipeline mode, so a run of PUTs
  * costs one round trip in all instead of three per op: [SELECT FOR UPDATE, check, INSERT] per op
- * are queued without waiting. PATCH and DELETE need the stored row before their checks, so the
- * pipeline is synced there (one round trip per such op). The first result that is not the
- * normal one (an error, a check saying no, a PUT finding a row, a stale write, a violation to
- * record) makes it give up: roll back, and the caller runs the batch again the careful way
- * (run_attempt with savepoints), which decides every op from scratch. So the fast path never
- * decides a rejection; it only applies batches in which nothing is rejected.
+ * are queued without waiting. A PATCH or DELETE is one statement (fw_upf_<i> / fw_delf_<i>,
+ * gw_write_stmt.c: lock, check_old, check, lww_column and the write in one WITH … UPDATE|DELETE
+ * … RETURNING) that changes its row exactly when the careful path would have applied the op
+ * plainly; no changed row is a deviation like any other. Without that form (a rule Postgres
+ * would not prepare it for) the older sequence below is used. PATCH and DELETE need the stored row
+ * before their checks, so the pipeline is synced there (one round trip per such op). The first
+ * result that is not the normal one (an error, a check saying no, a PUT finding a row, a stale
+ * write, a violation to record) makes it give up: roll back, and the caller runs the batch again
+ * the careful way (run_attempt with savepoints), which decides every op from scratch. So the fast
+ * path never decides a rejection; it only applies batches in which nothing is rejected.
  */
 
 enum {
@@ -490,8 +955,13 @@ enum {
     PQ_CHECK,
     PQ_APPLY,
     PQ_APPLY_ROW,
+    PQ_FAST,
+    PQ_MERGE,
+    PQ_TIMES,
     PQ_CON,
+    PQ_VIO_OPEN,
     PQ_LOG_SET,
+    PQ_HIST,
     PQ_COMMIT
 };
 
@@ -539,6 +1009,30 @@ static int pq_send_rule(wctx_t *c, pq_state_t *q, int kind, size_t op, const cha
     return pq_send(c, q, kind, op, name, n, values);
 }
 
+/* The decisions fw_mrf_<i> made for op (a JSON object {column: [resolution, value]}): its
+ * outcome and results, as merge_update would have noted them. */
+static void take_decisions(wop_t *op, const char *text)
+{
+    json_t *dec = json_loads(text, 0, NULL);
+    const char *col;
+    json_t *e;
+    json_object_foreach(dec, col, e)
+    {
+        const char *resolution = json_string_value(json_array_get(e, 0));
+        if (resolution == NULL) continue;
+        note_outcome(op, col, resolution, json_array_get(e, 1));
+    }
+    json_decref(dec);
+}
+
+/* Keep the stored row op i found, for the history. */
+static void keep_before(wctx_t *c, size_t i, const char *row)
+{
+    if (!history_on()) return;
+    free(c->b->ops[i].before);
+    c->b->ops[i].before = gw_xstrdup(row);
+}
+
 /* Sync and read every queued result; sets q->deviated / q->fatal. 0 when all were normal. */
 static int pq_sync(wctx_t *c, pq_state_t *q)
 {
@@ -577,6 +1071,7 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
                 if (rows != 1 || PQgetvalue(res, 0, 2)[0] == 't') {
                     q->deviated = 1;
                 } else {
+                    keep_before(c, it->op, PQgetvalue(res, 0, 0));
                     free(q->old_row);
                     free(q->merged);
                     q->old_row = gw_xstrdup(PQgetvalue(res, 0, 0));
@@ -585,9 +1080,29 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
                 break;
             case PQ_SEL_LOCK: /* a PATCH/DELETE must find its row, not stale */
                 q->deviated = rows != 1 || PQgetvalue(res, 0, 2)[0] == 't';
+                if (!q->deviated) keep_before(c, it->op, PQgetvalue(res, 0, 0));
                 break;
             case PQ_CHECK:
                 q->deviated = !rule_says_true(res);
+                break;
+            case PQ_FAST: /* one row changed: every check passed (else the careful path) */
+                if (rows != 1) {
+                    q->deviated = 1;
+                } else {
+                    keep_before(c, it->op, PQgetvalue(res, 0, 1));
+                    free(q->new_row);
+                    q->new_row = PQgetisnull(res, 0, 0) ? NULL : gw_xstrdup(PQgetvalue(res, 0, 0));
+                }
+                break;
+            case PQ_MERGE: /* one row changed: decided, checked, written */
+                if (rows != 1) {
+                    q->deviated = 1;
+                } else {
+                    keep_before(c, it->op, PQgetvalue(res, 0, 1));
+                    take_decisions(&c->b->ops[it->op], PQgetvalue(res, 0, 2));
+                    free(q->new_row);
+                    q->new_row = gw_xstrdup(PQgetvalue(res, 0, 0));
+                }
                 break;
             case PQ_APPLY_ROW:
                 if (rows != 1) {
@@ -596,6 +1111,9 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
                     free(q->new_row);
                     q->new_row = gw_xstrdup(PQgetvalue(res, 0, 0));
                 }
+                break;
+            case PQ_VIO_OPEN: /* open violations to re-check: the careful path does it */
+                q->deviated = rows > 0;
                 break;
             case PQ_CON: /* a violation is recorded by the careful path */
                 if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0) &&
@@ -688,6 +1206,7 @@ static int run_pipelined(wctx_t *c)
     wbatch_t *b = c->b;
     pq_state_t q = {0};
     char **datas = gw_xcalloc(b->nops > 0 ? b->nops : 1, sizeof(char *));
+    char *history = NULL, *history_rows = NULL;
     int rc = SQL_OP;
     if (!PQenterPipelineMode(c->conn)) {
         free(datas);
@@ -715,6 +1234,7 @@ static int run_pipelined(wctx_t *c)
         if (op->kind == 0 || op->rule == NULL) continue; /* rejected when parsed */
         const rules_write_rule_t *r = op->rule;
         size_t ti = op->rule_index;
+        gw__write_op_reset(op);
         op->code = NULL;
         op->message[0] = '\0';
         uint64_t mask;
@@ -722,13 +1242,40 @@ static int run_pipelined(wctx_t *c)
         int need = op->kind == OP_PUT     ? RULES_OP_INSERT
                    : op->kind == OP_PATCH ? RULES_OP_UPDATE
                                           : RULES_OP_DELETE;
-        if (!(r->operations & need) || check_columns(op, &mask, &wide) != 0)
+        if (!(r->operations & need) || check_columns(NULL, op, &mask, &wide) != 0)
             goto fail; /* a rejection: the careful path words it */
         datas[i] = data_json(op);
         const char *sv[2] = {op->id, datas[i]};
         snprintf(name, sizeof(name), "fw_sel_%zu", ti);
         int constraints = op->kind != OP_DELETE && table_has_constraints(c->b->rules, r);
-        if (op->kind == OP_PUT) {
+        if (r->merge != NULL && op->kind == OP_PUT && sends_merge(op, RULES_MERGE_LWW))
+            goto fail; /* its lww times are recorded by the careful path */
+        if (r->merge != NULL && op->kind == OP_PATCH) {
+            /* one statement: lock, the merge decisions, checks, write, times, conflicts */
+            if (ti >= 256 || !gw__write_conn.fast_mrg[ti]) goto fail;
+            char ts[128], label[256], opid[32];
+            int have_ts = 0;
+            if (sends_merge(op, RULES_MERGE_LWW)) {
+                if (op_timestamp(op, ts, sizeof(ts)) != 0) goto fail; /* careful: rejects */
+                have_ts = 1;
+            }
+            char *old = op->old != NULL ? dumps(op->old) : NULL;
+            snprintf(opid, sizeof(opid), "%lld", op->op_id);
+            const char *mv[10] = {op->id,
+                                  datas[i],
+                                  b->user,
+                                  b->jwt,
+                                  b->params,
+                                  old,
+                                  have_ts ? ts : NULL,
+                                  gw__write_table_label(r, label, sizeof(label)),
+                                  b->client_id,
+                                  opid};
+            snprintf(name, sizeof(name), "fw_mrf_%zu", ti);
+            int sent = pq_send(c, &q, PQ_MERGE, i, name, 10, mv);
+            free(old);
+            if (sent != 0) goto fail;
+        } else if (op->kind == OP_PUT) {
             /* taken as an insert; if the row exists after all, the INSERT fails on the unique
              * index of "id" and the careful path makes it the update it is (without such an
              * index, the SELECT must say the row is new) */
@@ -756,6 +1303,17 @@ static int run_pipelined(wctx_t *c)
             const char *iv[1] = {datas[i]};
             if (pq_send(c, &q, constraints ? PQ_APPLY_ROW : PQ_APPLY, i, name, 1, iv) != 0)
                 goto fail;
+        } else if (ti < 256 && (op->kind == OP_PATCH ? gw__write_conn.fast_upd[ti]
+                                                     : gw__write_conn.fast_del[ti])) {
+            /* one statement: lock, check_old, check, lww_column and the write */
+            const char *fv[5] = {op->id, datas[i], b->user, b->jwt, b->params};
+            snprintf(name, sizeof(name), op->kind == OP_PATCH ? "fw_upf_%zu" : "fw_delf_%zu", ti);
+            if (pq_send(c, &q, PQ_FAST, i, name, 5, fv) != 0) goto fail;
+            if (op->kind == OP_DELETE && r->merge_lww) { /* the row's lww times go with it */
+                char label[256];
+                const char *tv[2] = {gw__write_table_label(r, label, sizeof(label)), op->id};
+                if (pq_send(c, &q, PQ_TIMES, i, "fw_tmd", 2, tv) != 0) goto fail;
+            }
         } else if (ti < 256 && (r->check_old.sql == NULL || gw__write_conn.self_cko[ti]) &&
                    (op->kind == OP_DELETE || r->check.sql == NULL || gw__write_conn.self_chk[ti])) {
             /* the checks read the row themselves: no wait for the SELECT */
@@ -799,6 +1357,11 @@ static int run_pipelined(wctx_t *c)
         if (constraints) {
             if (pq_sync(c, &q) != 0 || pq_send_constraints(c, &q, i) != 0) goto fail;
         }
+        if (table_has_constraints(c->b->rules, r)) {
+            char label[256];
+            const char *vv[2] = {gw__write_table_label(r, label, sizeof(label)), op->id};
+            if (pq_send(c, &q, PQ_VIO_OPEN, i, "fw_vop", 2, vv) != 0) goto fail;
+        }
         op->status = ST_APPLIED; /* provisional: any deviation later reruns the batch */
     }
     if (high > q.last) {
@@ -809,6 +1372,11 @@ static int run_pipelined(wctx_t *c)
     }
     if (pq_sync(c, &q) != 0) /* every result checked before COMMIT is even sent */
         goto fail;
+    if (history_on() && b->nops > 0) { /* every op's outcome is known now */
+        history = history_json(b, &history_rows);
+        const char *hv[4] = {b->user, b->client_id, history, history_rows};
+        if (pq_send(c, &q, PQ_HIST, 0, "fw_hist", 4, hv) != 0) goto fail;
+    }
     if (!PQsendQueryParams(c->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0)) goto fail;
     pq_push(&q, PQ_COMMIT, 0);
     if (pq_sync(c, &q) == 0) rc = SQL_OK;
@@ -822,6 +1390,8 @@ fail:
     for (size_t i = 0; i < b->nops; i++)
         free(datas[i]);
     free(datas);
+    free(history);
+    free(history_rows);
     free(q.items);
     free(q.old_row);
     free(q.merged);
@@ -868,6 +1438,7 @@ static int run_attempt(wctx_t *c)
         }
         op->code = NULL;
         op->message[0] = '\0';
+        gw__write_op_reset(op);
         if (c->savepoints && exec_simple(c->conn, "SAVEPOINT w") != SQL_OK) return SQL_FATAL;
         how = apply_op(c, op);
         if (how == SQL_FATAL) return SQL_FATAL;
@@ -876,12 +1447,29 @@ static int run_attempt(wctx_t *c)
             return SQL_OP;
         }
         if (how == SQL_OP) {
+            char *before = op->before; /* the decisions were rolled back with the op */
+            op->before = NULL;
+            gw__write_op_reset(op);
+            op->before = before;
             op_reject_pg(op, c->failed);
             if (exec_simple(c->conn, "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w") != SQL_OK)
                 return SQL_FATAL;
         } else if (c->savepoints && exec_simple(c->conn, "RELEASE SAVEPOINT w") != SQL_OK) {
             return SQL_FATAL;
         }
+    }
+    if (history_on() && b->nops > 0) {
+        char *rows;
+        char *h = history_json(b, &rows);
+        const char *hv[4] = {b->user, b->client_id, h, rows};
+        res = exec_prepared(c, "fw_hist", 4, hv, &how);
+        free(h);
+        free(rows);
+        if (res == NULL) {
+            exec_simple(c->conn, "ROLLBACK");
+            return SQL_FATAL;
+        }
+        PQclear(res);
     }
     if (high > last) {
         char hs[32];
@@ -926,6 +1514,14 @@ void gw__write_batch_results(wbatch_t *b)
             gw_buf_json_str(&b->out, op->code != NULL ? op->code : "rejected");
             gw_buf_puts(&b->out, ",\"message\":");
             gw_buf_json_str(&b->out, op->message);
+        }
+        if (op->status == ST_APPLIED && op->outcome != NULL) { /* columns a strategy decided */
+            /* each is a row of ferry_write_conflicts, committed with the batch */
+            atomic_fetch_add(&gw__write_mod.conflicts, json_object_size(op->outcome));
+            char *cols = json_dumps(op->outcome, JSON_COMPACT);
+            if (cols == NULL) abort(); /* out of memory: the gateway's policy */
+            gw_buf_printf(&b->out, ",\"columns\":%s", cols);
+            free(cols);
         }
         gw_buf_puts(&b->out, "}");
     }

@@ -5,6 +5,8 @@
  *                     worker), answers, start-up, metrics
  *   gw_write_stmt.c   per-connection statements on the worker threads, ferry's own tables
  *   gw_write_batch.c  applying a batch in one Postgres transaction (pipelined, then careful)
+ *   gw_write_janitor.c the background pass (history retention, violations re-checked and
+ *                     expired) and the re-check of violations a write touches
  */
 #ifndef GW_WRITE_INT_H
 #define GW_WRITE_INT_H
@@ -38,6 +40,9 @@ typedef struct write_mod {
     /* metrics */
     atomic_uint_fast64_t ops[ST_N];
     atomic_uint_fast64_t batches_ok, batches_bad, batches_unavail, violations;
+    atomic_uint_fast64_t conflicts; /* rows of ferry_write_conflicts written */
+    atomic_uint_fast64_t violations_resolved, violations_expired, history_trimmed;
+    atomic_uint_fast64_t violations_open;                    /* open at the last background pass */
     atomic_uint_fast64_t batches_too_large, batches_limited; /* 413 (ops), 429 (per user) */
     atomic_uint_fast64_t hist[HIST_N + 1];
     atomic_uint_fast64_t hist_sum_us;
@@ -55,6 +60,8 @@ typedef struct conn_state {
     int con_ids[256];         /* constraint i prepared in the "conflicting ids" form */
     unsigned char self_cko[256], self_chk[256]; /* table i has the self-reading forms */
     unsigned char id_unique[256]; /* table i has an immediate unique index on ("id") alone */
+    unsigned char fast_upd[256], fast_del[256]; /* table i has fw_upf_i / fw_delf_i */
+    unsigned char fast_mrg[256];                /* table i has fw_mrf_i (merge: tables) */
     size_t nins;
     struct {
         size_t table;
@@ -71,7 +78,13 @@ typedef struct wop {
     size_t rule_index;
     const char *type;
     char id[256];
-    json_t *data; /* borrowed from the body; NULL for DELETE */
+    json_t *data;         /* borrowed from the body; NULL for DELETE */
+    json_t *old;          /* the CRUD entry's "old" (previous values), borrowed; NULL if absent */
+    const char *metadata; /* the CRUD entry's "metadata" string, borrowed; NULL if absent */
+    json_t *outcome;      /* per column merge outcome {"col":"kept"|…}, owned; NULL: none */
+    json_t *results;      /* the values a strategy decided {"col": value}, owned; NULL: none */
+    json_t *violations;   /* names of the constraints this op violated (array), owned; or NULL */
+    char *before;         /* the stored row before the op (JSON text) for the history, owned */
     /* result */
     int status;
     const char *code;
@@ -125,6 +138,31 @@ extern write_mod_t gw__write_mod;
 /** The names of the outcomes ("applied", …), by ST_*. */
 extern const char *const gw__write_status_names[ST_N];
 
+/** Count a sent column of table (a label) the rules do not list: column, or NULL when the table
+ * does not have it (counted as "(unknown)", so clients cannot create series). */
+void gw__write_unknown_column(const char *table, const char *column);
+
+/** Wait up to secs seconds unless the server stops; returns 1 when it is stopping. */
+int gw__write_wait(long secs);
+
+/** Whether the server is stopping. */
+int gw__write_stopping(void);
+
+/* ---- gw_write_janitor.c ---- */
+
+/**
+ * Re-check the open violations of table label whose row or conflicting ids include row id (id
+ * NULL: every open violation, oldest first, at most 1,000), over the rows as stored now; set
+ * resolved_at on those whose constraint no longer finds rows (or whose row is gone), counting
+ * them in *resolved. 0, or -1 with *failed the result of the statement that failed (the caller
+ * PQclears it).
+ */
+int gw__write_recheck(PGconn *conn, const rules_set_t *set, const char *label, const char *id,
+                      size_t *resolved, PGresult **failed);
+
+/** Start the background pass (a detached thread with its own connection). */
+void gw__write_janitor_start(void);
+
 /* ---- gw_write_stmt.c ---- */
 
 /** What this worker thread's connection has prepared. */
@@ -154,6 +192,9 @@ void gw__write_batch_results(wbatch_t *b);
 
 /** Set b's answer to status with {"error":{"code":code,"description":msg}}. */
 void gw__write_batch_fail(wbatch_t *b, int status, const char *code, const char *msg);
+
+/** Forget what an attempt decided for op (its outcome, results, violations, stored row). */
+void gw__write_op_reset(wop_t *op);
 
 /** Apply the batch in job (a wbatch_t) on a worker thread: b->http_status and b->out are set. */
 void gw__write_batch_run(gw_job_t *job, PGconn *conn);

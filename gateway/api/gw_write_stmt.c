@@ -19,8 +19,6 @@
 
 /* ---- ferry's own tables ---------------------------------------------------------------- */
 
-/* ---- ferry's own tables ---------------------------------------------------------------- */
-
 /* Keep in step with deploy/postgres/setup.sql. */
 static const char SETUP_SQL[] =
     "CREATE TABLE IF NOT EXISTS ferry_write_log ("
@@ -38,7 +36,47 @@ static const char SETUP_SQL[] =
     " conflicting_ids jsonb NOT NULL DEFAULT '[]',"
     " message text NOT NULL,"
     " created_at timestamptz NOT NULL DEFAULT now());"
-    "CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id)";
+    "CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id);"
+    "ALTER TABLE ferry_violations ADD COLUMN IF NOT EXISTS resolved_at timestamptz,"
+    " ADD COLUMN IF NOT EXISTS expired_at timestamptz;"
+    "CREATE INDEX IF NOT EXISTS ferry_violations_open ON ferry_violations (table_name)"
+    " WHERE resolved_at IS NULL AND expired_at IS NULL;"
+    "CREATE TABLE IF NOT EXISTS ferry_write_times ("
+    " table_name text NOT NULL,"
+    " row_id text NOT NULL,"
+    " column_name text NOT NULL,"
+    " ts text NOT NULL,"
+    " PRIMARY KEY (table_name, row_id, column_name));"
+    "CREATE TABLE IF NOT EXISTS ferry_write_conflicts ("
+    " id text PRIMARY KEY DEFAULT gen_random_uuid()::text,"
+    " table_name text NOT NULL,"
+    " row_id text NOT NULL,"
+    " column_name text NOT NULL,"
+    " user_id text NOT NULL,"
+    " client_id text NOT NULL,"
+    " op_id bigint NOT NULL,"
+    " strategy text NOT NULL,"
+    " resolution text NOT NULL,"
+    " sent jsonb,"
+    " old jsonb,"
+    " stored jsonb,"
+    " result jsonb,"
+    " created_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE INDEX IF NOT EXISTS ferry_write_conflicts_user_id ON ferry_write_conflicts (user_id);"
+    "CREATE TABLE IF NOT EXISTS ferry_write_history ("
+    " id bigserial PRIMARY KEY,"
+    " at timestamptz NOT NULL DEFAULT now(),"
+    " user_id text NOT NULL,"
+    " client_id text NOT NULL,"
+    " ops text NOT NULL,"
+    " rows text NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS ferry_write_history_at ON ferry_write_history USING brin (at);"
+    "CREATE OR REPLACE VIEW ferry_write_history_ops AS SELECT h.id AS batch_id, h.at, h.user_id,"
+    " h.client_id, (e->>'op_id')::bigint AS op_id, e->>'op' AS op, e->>'t' AS table_name,"
+    " e->>'r' AS row_id, e->>'s' AS status, e->>'c' AS code, e->>'m' AS message,"
+    " e->'sent' AS sent, e->'old' AS old, e->'stored' AS stored, e->'decided' AS decided,"
+    " e->'v' AS violations"
+    " FROM ferry_write_history h, jsonb_array_elements(h.ops::jsonb) AS e";
 
 static const char LOG_GET_SQL[] =
     "INSERT INTO ferry_write_log AS w (user_id, client_id, last_op_id) VALUES ($1, $2, 0) "
@@ -48,9 +86,40 @@ static const char LOG_GET_SQL[] =
 static const char LOG_SET_SQL[] = "UPDATE ferry_write_log SET last_op_id = $3, updated_at = now() "
                                   "WHERE user_id = $1 AND client_id = $2";
 
+/* a violation: a new row, unless the row's violation of this constraint is still open (then
+ * its conflicting ids are brought up to date) */
 static const char VIOLATION_SQL[] =
+    "WITH open AS (UPDATE ferry_violations SET conflicting_ids = $5::jsonb, message = $6 "
+    "WHERE constraint_name = $1 AND table_name = $2 AND row_id = $3 AND resolved_at IS NULL AND "
+    "expired_at IS NULL RETURNING 1) "
     "INSERT INTO ferry_violations (constraint_name, table_name, row_id, user_id, "
-    "conflicting_ids, message) VALUES ($1, $2, $3, $4, $5::jsonb, $6)";
+    "conflicting_ids, message) SELECT $1, $2, $3, $4, $5::jsonb, $6 "
+    "WHERE NOT EXISTS (SELECT 1 FROM open)";
+
+/* lww: the columns in $3 (a JSON array) of row $2 of table $1 were written at $4 */
+static const char TIMES_SET_SQL[] =
+    "INSERT INTO ferry_write_times AS w (table_name, row_id, column_name, ts) "
+    "SELECT $1, $2, c, $4 FROM jsonb_array_elements_text($3::jsonb) AS c "
+    "ON CONFLICT (table_name, row_id, column_name) DO UPDATE SET ts = EXCLUDED.ts";
+
+static const char TIMES_DEL_SQL[] =
+    "DELETE FROM ferry_write_times WHERE table_name = $1 AND row_id = $2";
+
+static const char CONFLICT_SQL[] =
+    "INSERT INTO ferry_write_conflicts (table_name, row_id, column_name, user_id, client_id, "
+    "op_id, strategy, resolution, sent, old, stored, result) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+    "$8, $9::jsonb, $10::jsonb, $11::jsonb, $12::jsonb)";
+
+/* whether row $2 of table $1 is part of an open violation (its row or a conflicting id) */
+static const char VIOLATION_OPEN_SQL[] =
+    "SELECT 1 FROM ferry_violations WHERE resolved_at IS NULL AND expired_at IS NULL AND "
+    "table_name = $1 AND (row_id = $2 OR conflicting_ids ? $2) LIMIT 1";
+
+/* the history of one batch: $1 user, $2 client, $3 its ops' entries (a JSON array, kept as
+ * text: one row per batch, nothing parsed), $4 the keys of the rows they wrote (see
+ * gw_write_batch.c, history_json) */
+static const char HISTORY_SQL[] =
+    "INSERT INTO ferry_write_history (user_id, client_id, ops, rows) VALUES ($1, $2, $3, $4)";
 
 /* ---- per-connection statements (worker threads) ----------------------------------------- */
 
@@ -191,6 +260,354 @@ static void set_rule_err(gw_err_t *err, int line, int col, const char *fmt, cons
     gw_err_set(err, GW_ERULES, where, fmt, what, pgmsg);
 }
 
+/* The parameters a merge decision reads: the sent data, the op's old values, its time (text). */
+typedef struct merge_params {
+    const char *data, *old, *ts;
+} merge_params_t;
+
+/* One column's merge decision as a jsonb expression over t (stored), n (sent merged over
+ * stored), o (the op's old values) and lw.m (the row's lww times): NULL when the op does not
+ * send the column, "no_old" or "no_ts" when the strategy lacks what it needs, else [resolution,
+ * value to write or keep]. */
+static void merge_expr(gw_buf_t *b, PGconn *conn, const rules_write_rule_t *r, size_t col,
+                       const char *qt, const merge_params_t *p)
+{
+    char *qc = gw_pg_ident(conn, r->columns[col]);
+    char *lit = PQescapeLiteral(conn, r->columns[col], strlen(r->columns[col]));
+    gw_buf_printf(b, "%s, CASE WHEN NOT (%s::jsonb ? %s) THEN NULL ", lit, p->data, lit);
+    char has_old[64];
+    snprintf(has_old, sizeof(has_old), "COALESCE(%s::jsonb, '{}') ?", p->old);
+    switch (r->merge[col]) {
+    case RULES_MERGE_SERVER_WINS_IF_CHANGED:
+        gw_buf_printf(b,
+                      "WHEN t.%s IS NOT DISTINCT FROM n.%s THEN jsonb_build_array('applied', "
+                      "to_jsonb(n.%s)) WHEN NOT (%s %s) THEN '\"no_old\"'::jsonb "
+                      "WHEN t.%s IS NOT DISTINCT FROM o.%s THEN jsonb_build_array('applied', "
+                      "to_jsonb(n.%s)) ELSE jsonb_build_array('kept', to_jsonb(t.%s)) END",
+                      qc, qc, qc, has_old, lit, qc, qc, qc, qc);
+        break;
+    case RULES_MERGE_ADD:
+        gw_buf_printf(b,
+                      "WHEN NOT (%s %s) THEN '\"no_old\"'::jsonb ELSE jsonb_build_array(CASE WHEN "
+                      "t.%s IS NOT DISTINCT FROM o.%s THEN 'applied' ELSE 'merged' END, "
+                      "to_jsonb(COALESCE(t.%s, 0) + (COALESCE(n.%s, 0) - COALESCE(o.%s, 0)))) END",
+                      has_old, lit, qc, qc, qc, qc, qc);
+        break;
+    case RULES_MERGE_MAX:
+    case RULES_MERGE_MIN: {
+        const char *f = r->merge[col] == RULES_MERGE_MAX ? "GREATEST" : "LEAST";
+        gw_buf_printf(b,
+                      "ELSE jsonb_build_array(CASE WHEN n.%s IS NOT DISTINCT FROM %s(t.%s, n.%s) "
+                      "THEN 'applied' ELSE 'kept' END, to_jsonb(%s(t.%s, n.%s))) END",
+                      qc, f, qc, qc, f, qc, qc);
+        break;
+    }
+    case RULES_MERGE_LWW: {
+        /* the op's time against the column's last write-back time, in the time's type */
+        gw_buf_t newer = GW_BUF_INIT;
+        if (r->ts_source == RULES_TS_COLUMN) {
+            char *tc = gw_pg_ident(conn, r->ts_name);
+            char *tl = PQescapeLiteral(conn, r->ts_name, strlen(r->ts_name));
+            gw_buf_printf(&newer,
+                          "(jsonb_populate_record(NULL::%s, jsonb_build_object(%s, %s::text))).%s "
+                          ">= (jsonb_populate_record(NULL::%s, jsonb_build_object(%s, "
+                          "lw.m->>%s))).%s",
+                          qt, tl, p->ts, tc, qt, tl, lit, tc);
+            PQfreemem(tl);
+            free(tc);
+        } else {
+            gw_buf_printf(&newer, "%s::timestamptz >= (lw.m->>%s)::timestamptz", p->ts, lit);
+        }
+        gw_buf_printf(b,
+                      "WHEN %s::text IS NULL THEN '\"no_ts\"'::jsonb "
+                      "WHEN lw.m->>%s IS NULL OR %.*s THEN jsonb_build_array(CASE WHEN (%s %s) "
+                      "AND t.%s IS DISTINCT FROM o.%s AND t.%s IS DISTINCT FROM n.%s THEN "
+                      "'overwritten' ELSE 'applied' END, to_jsonb(n.%s)) "
+                      "ELSE jsonb_build_array('kept', to_jsonb(t.%s)) END",
+                      p->ts, lit, (int)newer.len, newer.data, has_old, lit, qc, qc, qc, qc, qc, qc);
+        gw_buf_free(&newer);
+        break;
+    }
+    default:
+        gw_buf_puts(b, "ELSE NULL END");
+    }
+    PQfreemem(lit);
+    free(qc);
+}
+
+/* Every merged column's decision as one jsonb object (see merge_expr). */
+static void merge_object(gw_buf_t *b, PGconn *conn, const rules_write_rule_t *r, const char *qt,
+                         const merge_params_t *p)
+{
+    gw_buf_puts(b, "(jsonb_build_object(");
+    size_t n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (r->merge[c] == RULES_MERGE_CLIENT_WINS) continue;
+        if (n > 0 && n % 40 == 0) /* at most 100 arguments a call */
+            gw_buf_puts(b, ") || jsonb_build_object(");
+        else if (n > 0)
+            gw_buf_puts(b, ", ");
+        merge_expr(b, conn, r, c, qt, p);
+        n++;
+    }
+    gw_buf_puts(b, "))");
+}
+
+/*
+ * fw_mrf_<i>: a whole merged update in one statement, for the pipelined path: lock the row, the
+ * decisions (as fw_mrg), the data they leave to write (kept columns out, decided values in),
+ * check_old and check, the write, the lww times and the conflicts. Parameters: $1 id, $2 data,
+ * $3 user id, $4 claims, $5 client parameters (check_expr's numbering), $6 old, $7 the op's
+ * time, $8 the table's label, $9 client id, $10 op id. Changes the row (and returns it, the row
+ * before and the decisions) exactly when the careful path would have applied the op; an op a
+ * decision rejects ("no_old", "no_ts"), a failing check or a missing row change nothing.
+ */
+static void prepare_merge_fast(PGconn *conn, conn_state_t *cs, const rules_write_rule_t *r,
+                               size_t i, const char *qt)
+{
+    if (i >= 256 || (r->check.sql != NULL && r->check_expr == NULL) ||
+        (r->check_old.sql != NULL && r->check_old_expr == NULL))
+        return;
+    static const merge_params_t fp = {"$2", "$6", "$7"};
+    static const Oid types[10] = {0, 0, 25, 25, 25, 0, 25, 25, 25, 20};
+    gw_buf_t b = GW_BUF_INIT;
+    gw_buf_printf(&b,
+                  "WITH lk AS (SELECT x AS row FROM %s AS x WHERE x.\"id\" = $1 FOR UPDATE), "
+                  "d AS (SELECT ",
+                  qt);
+    merge_object(&b, conn, r, qt, &fp);
+    gw_buf_printf(&b,
+                  " AS dec FROM lk, LATERAL (SELECT (lk.row).*) AS t, "
+                  "LATERAL jsonb_populate_record(lk.row, $2::jsonb) AS n, "
+                  "LATERAL jsonb_populate_record(NULL::%s, COALESCE($6::jsonb, '{}')) AS o, "
+                  "LATERAL (SELECT jsonb_object_agg(w.column_name, w.ts) AS m FROM "
+                  "ferry_write_times w WHERE w.table_name = $8::text AND w.row_id = $1::text AND "
+                  "$7::text IS NOT NULL) AS lw), "
+                  "nd AS (SELECT ($2::jsonb - COALESCE((SELECT array_agg(e.key) FROM "
+                  "jsonb_each(d.dec) e WHERE jsonb_typeof(e.value) = 'array' AND e.value->>0 = "
+                  "'kept'), '{}')) || COALESCE((SELECT jsonb_object_agg(e.key, e.value->1) FROM "
+                  "jsonb_each(d.dec) e WHERE jsonb_typeof(e.value) = 'array' AND e.value->>0 <> "
+                  "'kept'), '{}') AS data, d.dec FROM d WHERE NOT EXISTS (SELECT 1 FROM "
+                  "jsonb_each(d.dec) e WHERE jsonb_typeof(e.value) = 'string')), "
+                  "u AS (UPDATE %s AS t SET (",
+                  qt, qt);
+    size_t n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (strcmp(r->columns[c], "id") == 0) continue;
+        char *qc = gw_pg_ident(conn, r->columns[c]);
+        gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", qc);
+        free(qc);
+    }
+    gw_buf_puts(&b, ") = (SELECT ");
+    n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (strcmp(r->columns[c], "id") == 0) continue;
+        char *qc = gw_pg_ident(conn, r->columns[c]);
+        gw_buf_printf(&b, "%s\"new\".%s", n++ > 0 ? ", " : "", qc);
+        free(qc);
+    }
+    gw_buf_puts(&b, " FROM jsonb_populate_record(lk.row, nd.data) AS \"new\") FROM lk, nd WHERE "
+                    "t.\"id\" = $1");
+    if (r->check_old_expr != NULL)
+        gw_buf_printf(&b,
+                      " AND (SELECT COALESCE((%s)::boolean, false) FROM "
+                      "jsonb_populate_record(NULL::%s, to_jsonb(lk.row)) AS \"old\")",
+                      r->check_old_expr, qt);
+    if (r->check_expr != NULL)
+        gw_buf_printf(&b,
+                      " AND (SELECT COALESCE((%s)::boolean, false) FROM "
+                      "jsonb_populate_record(lk.row, nd.data) AS \"new\")",
+                      r->check_expr);
+    gw_buf_puts(&b, " RETURNING to_jsonb(t)::text AS after, to_jsonb(lk.row) AS before, nd.dec), ");
+    /* the lww times of the columns written, the conflicts of the columns decided otherwise */
+    gw_buf_puts(&b, "tm AS (INSERT INTO ferry_write_times AS w (table_name, row_id, column_name, "
+                    "ts) SELECT $8, $1, e.key, $7 FROM u, jsonb_each(u.dec) e WHERE "
+                    "jsonb_typeof(e.value) = 'array' AND e.value->>0 <> 'kept' AND e.key IN (");
+    n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (r->merge[c] != RULES_MERGE_LWW) continue;
+        char *lit = PQescapeLiteral(conn, r->columns[c], strlen(r->columns[c]));
+        gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", lit);
+        PQfreemem(lit);
+    }
+    if (n == 0) gw_buf_puts(&b, "NULL");
+    gw_buf_puts(&b, ") ON CONFLICT (table_name, row_id, column_name) DO UPDATE SET ts = "
+                    "EXCLUDED.ts), cf AS (INSERT INTO ferry_write_conflicts (table_name, row_id, "
+                    "column_name, user_id, client_id, op_id, strategy, resolution, sent, old, "
+                    "stored, result) SELECT $8, $1, e.key, $3, $9, $10, CASE e.key");
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (r->merge[c] == RULES_MERGE_CLIENT_WINS) continue;
+        char *lit = PQescapeLiteral(conn, r->columns[c], strlen(r->columns[c]));
+        gw_buf_printf(&b, " WHEN %s THEN '%s'", lit, rules_merge_name(r->merge[c]));
+        PQfreemem(lit);
+    }
+    gw_buf_puts(&b, " END, e.value->>0, $2::jsonb->e.key, $6::jsonb->e.key, u.before->e.key, "
+                    "e.value->1 FROM u, jsonb_each(u.dec) e WHERE jsonb_typeof(e.value) = "
+                    "'array' AND e.value->>0 <> 'applied') "
+                    "SELECT u.after, u.before::text, u.dec::text FROM u");
+    gw_buf_append(&b, "", 1);
+    char name[64];
+    snprintf(name, sizeof(name), "fw_mrf_%zu", i);
+    PGresult *res = PQprepare(conn, name, b.data, 10, types);
+    cs->fast_mrg[i] = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!cs->fast_mrg[i]) {
+        char pg[512];
+        const char *m = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+        gw_debug("write", "no one-statement merge", "table=%s error=%s", r->table,
+                 gw_log_qs(m != NULL ? m : gw_pg_error(conn, pg, sizeof(pg)), (char[600]){0}, 600));
+    }
+    PQclear(res);
+    gw_buf_free(&b);
+}
+
+/*
+ * fw_mrg_<i>: the merge decisions of write rule r for an update of a stored (locked) row:
+ * $1 id, $2 the sent data (with id), $3 the op's "old" (or NULL), $4 the op's timestamp (text,
+ * or NULL), $5 the table's label (for ferry_write_times). Returns the decisions as one JSON
+ * object {column: decision} (see merge_expr). Also checks that "add" columns are numeric.
+ */
+static int prepare_merge(PGconn *conn, const rules_write_rule_t *r, size_t i, const char *label,
+                         gw_err_t *err)
+{
+    char *qt = gw__write_qualified(conn, r);
+    char msg[512], name[64];
+    int line, col;
+    rule_pos(r, &line, &col);
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (r->merge[c] != RULES_MERGE_ADD) continue;
+        const char *v[2] = {qt, r->columns[c]};
+        PGresult *res = gw_pg_query_params(
+            conn,
+            "SELECT t.typcategory, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = $1::regclass AND "
+            "a.attname = $2 AND NOT a.attisdropped",
+            2, v, NULL);
+        int numeric = res != NULL && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 'N';
+        char type[128];
+        snprintf(type, sizeof(type), "%s",
+                 res != NULL && PQntuples(res) == 1 ? PQgetvalue(res, 0, 1) : "missing");
+        PQclear(res);
+        if (!numeric) {
+            free(qt);
+            set_rule_err(err, line, col,
+                         "merge strategy \"add\" of table \"%s\" needs numeric columns: %s", label,
+                         type);
+            gw_err_detail(err, "Column \"%s\" is not numeric.", r->columns[c]);
+            return GW_ERULES;
+        }
+    }
+    gw_buf_t b = GW_BUF_INIT;
+    static const merge_params_t mp = {"$2", "$3", "$4"};
+    gw_buf_puts(&b, "SELECT ");
+    merge_object(&b, conn, r, qt, &mp);
+    gw_buf_printf(&b,
+                  "::text FROM %s AS t, LATERAL jsonb_populate_record(t, $2::jsonb) AS n, "
+                  "LATERAL jsonb_populate_record(NULL::%s, COALESCE($3::jsonb, '{}')) AS o, "
+                  "LATERAL (SELECT jsonb_object_agg(w.column_name, w.ts) AS m FROM "
+                  "ferry_write_times w WHERE w.table_name = $5::text AND w.row_id = $1 AND "
+                  "$4::text IS NOT NULL) AS lw WHERE t.\"id\" = $1",
+                  qt, qt);
+    gw_buf_append(&b, "", 1);
+    snprintf(name, sizeof(name), "fw_mrg_%zu", i);
+    int rc = prepare(conn, name, b.data, msg, sizeof(msg));
+    gw_buf_free(&b);
+    if (rc != 0) {
+        free(qt);
+        set_rule_err(err, line, col, "\"merge\" of table \"%s\" rejected by postgres: %s", label,
+                     msg);
+        return GW_ERULES;
+    }
+    prepare_merge_fast(conn, &gw__write_conn, r, i, qt);
+    free(qt);
+    return 0;
+}
+
+/*
+ * The one-statement forms of the pipelined path, for a PATCH (fw_upf_<i>) and a DELETE
+ * (fw_delf_<i>) of table i: lock the stored row, run check_old over it and check over the sent
+ * data merged over it, the lww_column comparison, and write, all in one statement that changes
+ * one row exactly when the four-statement path (fw_sel, check_old, check, fw_upd/fw_del) would
+ * have applied the op plainly; otherwise it changes nothing and the careful path decides the op.
+ * $1 id, $2 the data (jsonb), $3 user id, $4 claims, $5 client parameters (rules_write_rule_t's
+ * check_expr numbering). Returns the row after the write (UPDATE) and the stored row before.
+ */
+static void prepare_fast(PGconn *conn, conn_state_t *cs, const rules_write_rule_t *r, size_t i,
+                         const char *qt)
+{
+    if (i >= 256 || (r->check.sql != NULL && r->check_expr == NULL) ||
+        (r->check_old.sql != NULL && r->check_old_expr == NULL))
+        return;
+    /* the types of $3..$5 (text; the expressions cast them), $1 and $2 inferred */
+    static const Oid types[5] = {0, 0, 25, 25, 25};
+    gw_buf_t cond = GW_BUF_INIT, b = GW_BUF_INIT;
+    if (r->check_old_expr != NULL)
+        gw_buf_printf(&cond,
+                      " AND (SELECT COALESCE((%s)::boolean, false) FROM "
+                      "jsonb_populate_record(NULL::%s, to_jsonb(o.row)) AS \"old\")",
+                      r->check_old_expr, qt);
+    gw_buf_t dcond = GW_BUF_INIT;
+    gw_buf_append(&dcond, cond.data != NULL ? cond.data : "", cond.len);
+    gw_buf_append(&dcond, "", 1);
+    if (r->check_expr != NULL)
+        gw_buf_printf(&cond,
+                      " AND (SELECT COALESCE((%s)::boolean, false) FROM "
+                      "jsonb_populate_record(o.row, $2::jsonb) AS \"new\")",
+                      r->check_expr);
+    if (r->lww_column != NULL) {
+        char *lc = gw_pg_ident(conn, r->lww_column);
+        gw_buf_printf(
+            &cond,
+            " AND NOT COALESCE((jsonb_populate_record(o.row, $2::jsonb)).%s < (o.row).%s, "
+            "false)",
+            lc, lc);
+        free(lc);
+    }
+    gw_buf_append(&cond, "", 1);
+    gw_buf_printf(&b,
+                  "WITH o AS (SELECT x AS row FROM %s AS x WHERE x.\"id\" = $1 FOR UPDATE) "
+                  "UPDATE %s AS t SET (",
+                  qt, qt);
+    size_t n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (strcmp(r->columns[c], "id") == 0) continue;
+        char *qc = gw_pg_ident(conn, r->columns[c]);
+        gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", qc);
+        free(qc);
+    }
+    gw_buf_puts(&b, ") = (SELECT ");
+    n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (strcmp(r->columns[c], "id") == 0) continue;
+        char *qc = gw_pg_ident(conn, r->columns[c]);
+        gw_buf_printf(&b, "%s\"new\".%s", n++ > 0 ? ", " : "", qc);
+        free(qc);
+    }
+    gw_buf_printf(&b,
+                  " FROM jsonb_populate_record(o.row, $2::jsonb) AS \"new\") FROM o WHERE "
+                  "t.\"id\" = $1%s RETURNING to_jsonb(t)::text, to_jsonb(o.row)::text",
+                  cond.data);
+    gw_buf_append(&b, "", 1);
+    char name[64];
+    snprintf(name, sizeof(name), "fw_upf_%zu", i);
+    PGresult *res = n > 0 ? PQprepare(conn, name, b.data, 5, types) : NULL;
+    cs->fast_upd[i] = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    gw_buf_reset(&b);
+    gw_buf_printf(&b,
+                  "WITH o AS (SELECT x AS row FROM %s AS x WHERE x.\"id\" = $1 FOR UPDATE) "
+                  "DELETE FROM %s AS t USING o WHERE t.\"id\" = $1 AND $2::jsonb IS NOT NULL%s "
+                  "RETURNING NULL::text, to_jsonb(o.row)::text",
+                  qt, qt, dcond.data);
+    gw_buf_append(&b, "", 1);
+    snprintf(name, sizeof(name), "fw_delf_%zu", i);
+    res = PQprepare(conn, name, b.data, 5, types);
+    cs->fast_del[i] = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    gw_buf_free(&b);
+    gw_buf_free(&cond);
+    gw_buf_free(&dcond);
+}
+
 /* Create ferry's tables when missing (once per process; serialized). */
 static int ensure_tables(PGconn *conn, gw_err_t *err)
 {
@@ -203,7 +620,8 @@ static int ensure_tables(PGconn *conn, gw_err_t *err)
         /* two first-time creators can race on the catalog; the loser retries once */
         if (gw_pg_exec(conn, SETUP_SQL, &e) != 0) {
             gw_err_set(err, GW_EPG, "postgres",
-                       "could not create ferry's tables (ferry_write_log, ferry_violations): %s",
+                       "could not create ferry's tables (ferry_write_log, ferry_violations, "
+                       "ferry_write_times, ferry_write_conflicts, ferry_write_history): %s",
                        e.message);
             gw_err_detail(err, "Run deploy/postgres/setup.sql as an owner of the database.");
             return GW_EPG;
@@ -229,15 +647,24 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
     gw_err_t e;
     /* a 200 lets the client drop its queue: the commit must be durable before we answer, even
      * where the server's default is synchronous_commit=off; so must ferry's own tables be */
+    /* generic plans: the statements are keyed by id, and a custom plan of the one-statement
+     * forms costs more to make than to run (a merged PATCH: 2.4 ms of planning, 0.5 ms of
+     * execution, measured with EXPLAIN ANALYZE); Postgres would re-plan them on every call */
     if (gw_pg_exec(conn, "DEALLOCATE ALL", &e) != 0 ||
-        gw_pg_exec(conn, "SET synchronous_commit = on", &e) != 0)
+        gw_pg_exec(conn, "SET synchronous_commit = on", &e) != 0 ||
+        gw_pg_exec(conn, "SET plan_cache_mode = force_generic_plan", &e) != 0)
         return gw_err_set(err, GW_EPG, "postgres", "%s", e.message);
     int rc = ensure_tables(conn, err);
     if (rc != 0) return rc;
     char msg[512], name[64];
     if (prepare(conn, "fw_log_get", LOG_GET_SQL, msg, sizeof(msg)) != 0 ||
         prepare(conn, "fw_log_set", LOG_SET_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0) {
+        prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_tms", TIMES_SET_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_tmd", TIMES_DEL_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_cfl", CONFLICT_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_hist", HISTORY_SQL, msg, sizeof(msg)) != 0 ||
+        prepare(conn, "fw_vop", VIOLATION_OPEN_SQL, msg, sizeof(msg)) != 0) {
         /* the tables may have gone since they were made (a restored database): make them
          * again on the next try */
         pthread_mutex_lock(&gw__write_mod.lock);
@@ -325,6 +752,10 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
                 return GW_ERULES;
             }
         }
+        if (r->merge != NULL) {
+            rc = prepare_merge(conn, r, i, label, err);
+            if (rc != 0) return rc;
+        }
         if (r->check_old.sql != NULL) {
             snprintf(name, sizeof(name), "fw_cko_%zu", i);
             if (prepare(conn, name, r->check_old.sql, msg, sizeof(msg)) != 0) {
@@ -352,6 +783,7 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
             1, qv, NULL);
         cs->id_unique[i] = u != NULL && PQntuples(u) == 1 && PQgetvalue(u, 0, 0)[0] == 't';
         PQclear(u);
+        prepare_fast(conn, cs, r, i, qt);
         snprintf(name, sizeof(name), "fw_ckos_%zu", i);
         cs->self_cko[i] = so != NULL && prepare(conn, name, so, msg, sizeof(msg)) == 0;
         snprintf(name, sizeof(name), "fw_chks_%zu", i);

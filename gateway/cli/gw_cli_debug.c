@@ -15,8 +15,15 @@
  *       Postgres now and evaluated with the rules of the version the storage serves (the rules
  *       it stored for that version; the rules file for a storage without them)
  *
- * Lines are sorted, so `diff <(ferry debug dump …) <(ferry debug oracle …)` compares storage with
- * what the rules select. Reads the storage file read-only; safe while ferry serve runs.
+ *   ferry debug history --config FILE TABLE ID
+ *       one row's timeline: its replication ops in the storage (op id, kind, bucket, data; op-id
+ *       order) and its write-back history from ferry_write_history (time, user, client, op,
+ *       outcome, and per column what was sent, the client's old value, the stored value and
+ *       the result, with the strategy that decided)
+ *
+ * dump and oracle lines are sorted, so `diff <(ferry debug dump …) <(ferry debug oracle …)`
+ * compares storage with what the rules select. Reads the storage file read-only; safe while ferry
+ * serve runs.
  */
 #include "base/gw_buf.h"
 #include "cli/gw_cli.h"
@@ -298,16 +305,201 @@ static int cmd_oracle(gw_config_t *cfg)
     return rc;
 }
 
+/* ---- history ------------------------------------------------------------------------------ */
+
+typedef struct hist_ctx {
+    gw_storage_reader_t *r;
+    uint64_t as_of;
+    const char *ns;
+    const char *type, *id;
+    lines_t out; /* "<op id, 20 digits>\t<line>", sorted by op id */
+    int failed;
+} hist_ctx_t;
+
+/* The ops of one bucket whose object is the row: PUT, REMOVE, with the bucket. */
+static int hist_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t count)
+{
+    (void)checksum;
+    (void)count;
+    hist_ctx_t *h = ud;
+    if (h->ns != NULL && strncmp(bucket, h->ns, strlen(h->ns)) != 0) return 0;
+    uint64_t after = 0;
+    gw_buf_t chunk = GW_BUF_INIT, line = GW_BUF_INIT;
+    for (;;) {
+        gw_buf_reset(&chunk);
+        gw_buf_puts(&chunk, "[");
+        uint64_t last;
+        int more;
+        size_t n;
+        if (gw_storage_read_ops(h->r, bucket, after, h->as_of, 1000, 1 << 20, &chunk, &last, &more,
+                                &n) != 0) {
+            h->failed = 1;
+            break;
+        }
+        gw_buf_puts(&chunk, "]");
+        json_t *arr = json_loads(chunk.data, 0, NULL);
+        size_t i;
+        json_t *op;
+        json_array_foreach(arr, i, op)
+        {
+            const char *type = json_string_value(json_object_get(op, "object_type"));
+            const char *id = json_string_value(json_object_get(op, "object_id"));
+            if (type == NULL || id == NULL || strcmp(type, h->type) != 0 || strcmp(id, h->id) != 0)
+                continue;
+            const char *opid = json_string_value(json_object_get(op, "op_id"));
+            const char *data = json_string_value(json_object_get(op, "data"));
+            gw_buf_reset(&line);
+            gw_buf_printf(&line, "%020llu\t  op %s %s bucket %s",
+                          opid ? strtoull(opid, NULL, 10) : 0ULL, opid ? opid : "?",
+                          json_string_value(json_object_get(op, "op")), bucket);
+            if (data != NULL) gw_buf_printf(&line, " data %s", data);
+            lines_add(&h->out, line.data);
+        }
+        json_decref(arr);
+        after = last;
+        if (!more || n == 0) break;
+    }
+    gw_buf_free(&chunk);
+    gw_buf_free(&line);
+    return 0;
+}
+
+/* One sent column of history entry e: `col: sent V old V stored V -> V (strategy, resolution)`;
+ * a column no strategy decided was written as sent when the op applied (client_wins). */
+static void hist_column(gw_buf_t *b, const char *col, json_t *e, int applied)
+{
+    static const char *const parts[] = {"sent", "old", "stored"};
+    gw_buf_printf(b, "\n      %s:", col);
+    for (size_t i = 0; i < 3; i++) {
+        json_t *v = json_object_get(json_object_get(e, parts[i]), col);
+        if (v == NULL) continue;
+        char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        gw_buf_printf(b, " %s %s", parts[i], t ? t : "?");
+        free(t);
+    }
+    json_t *d = json_object_get(json_object_get(e, "decided"), col);
+    json_t *res = d != NULL ? json_object_get(d, "result")
+                  : applied ? json_object_get(json_object_get(e, "sent"), col)
+                            : NULL;
+    if (res != NULL) {
+        char *t = json_dumps(res, JSON_COMPACT | JSON_ENCODE_ANY);
+        gw_buf_printf(b, " -> %s", t ? t : "?");
+        free(t);
+    }
+    const char *st = d != NULL ? json_string_value(json_object_get(d, "strategy")) : "client_wins";
+    const char *how = d != NULL ? json_string_value(json_object_get(d, "resolution"))
+                      : applied ? "applied"
+                                : NULL;
+    gw_buf_printf(b, " (%s%s%s)", st ? st : "", st && how ? ", " : "", how ? how : "");
+}
+
+/* ferry debug history: the row's replication ops from storage (op-id order) and its write-back
+ * history from ferry_write_history (time order). */
+static int cmd_history(gw_config_t *cfg, const char *table, const char *id)
+{
+    gw_err_t err;
+    char msg[1024];
+    const char *dot = strchr(table, '.');
+    const char *type = dot != NULL ? dot + 1 : table;
+    char label[512];
+    snprintf(label, sizeof(label), "%s",
+             dot != NULL && strncmp(table, "public.", 7) == 0 ? table + 7 : table);
+    printf("row %s %s\n", label, id);
+
+    gw_storage_reader_t *r;
+    gw_storage_opts_t sopts = gw_cli_storage_opts(cfg, NULL);
+    if (gw_storage_reader_open(&sopts, &r, &err) != 0) {
+        fprintf(stderr, "ferry debug history: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        return 1;
+    }
+    uint64_t last_op, lsn;
+    int consistent;
+    gw_storage_read_checkpoint(r, &last_op, &lsn, &consistent);
+    hist_ctx_t h = {
+        .r = r, .as_of = last_op, .ns = gw_storage_reader_version(r), .type = type, .id = id};
+    int rc = gw_storage_each_bucket(r, last_op, hist_bucket, &h);
+    gw_storage_reader_close(r);
+    printf("replication ops (storage, op-id order; checkpoint %llu):\n",
+           (unsigned long long)last_op);
+    if (h.out.n == 0) printf("  (none)\n");
+    if (h.out.n > 0) qsort(h.out.v, h.out.n, sizeof(char *), cmp_str);
+    for (size_t i = 0; i < h.out.n; i++) {
+        puts(strchr(h.out.v[i], '\t') + 1);
+        free(h.out.v[i]);
+    }
+    free(h.out.v);
+    if (rc != 0 || h.failed) return 1;
+
+    PGconn *conn = gw_pg_connect(cfg->postgres.uri, 0, "ferry debug", &err);
+    if (conn == NULL) {
+        fprintf(stderr, "ferry debug history: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        return 1;
+    }
+    /* the batches that name the row (their key, as write-back wrote it), then its ops in them */
+    gw_buf_t kb = GW_BUF_INIT; /* written as write-back writes it (gw_write_batch.c) */
+    gw_buf_puts(&kb, "[");
+    gw_buf_json_str(&kb, label);
+    gw_buf_puts(&kb, ",");
+    gw_buf_json_str(&kb, id);
+    gw_buf_puts(&kb, "]");
+    gw_buf_append(&kb, "", 1);
+    char *key = kb.data;
+    const char *v[3] = {label, id, key};
+    PGresult *res = gw_pg_query_params(
+        conn,
+        "SELECT to_char(h.at, 'YYYY-MM-DD HH24:MI:SS.US'), h.user_id, h.client_id, e->>'op_id', "
+        "e->>'op', e->>'s', COALESCE(e->>'c', ''), COALESCE(e->>'m', ''), "
+        "COALESCE(e::text, ''), COALESCE((e->'v')::text, '') FROM ferry_write_history "
+        "h, jsonb_array_elements(h.ops::jsonb) WITH ORDINALITY AS x(e, n) WHERE "
+        "strpos(h.rows, $3) > 0 AND e->>'t' = $1 AND e->>'r' = $2 ORDER BY h.at, h.id, x.n",
+        3, v, &err);
+    free(key);
+    if (res == NULL) {
+        fprintf(stderr, "ferry debug history: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        PQfinish(conn);
+        return 1;
+    }
+    printf("write-back (ferry_write_history, time order, UTC):\n");
+    if (PQntuples(res) == 0) printf("  (none)\n");
+    gw_buf_t b = GW_BUF_INIT;
+    for (int i = 0; i < PQntuples(res); i++) {
+        gw_buf_reset(&b);
+        gw_buf_printf(&b, "  %s user %s client %s op %s %s: %s", PQgetvalue(res, i, 0),
+                      PQgetvalue(res, i, 1), PQgetvalue(res, i, 2), PQgetvalue(res, i, 3),
+                      PQgetvalue(res, i, 4), PQgetvalue(res, i, 5));
+        if (PQgetvalue(res, i, 6)[0] != '\0')
+            gw_buf_printf(&b, " %s: %s", PQgetvalue(res, i, 6), PQgetvalue(res, i, 7));
+        json_t *e = json_loads(PQgetvalue(res, i, 8), 0, NULL);
+        int applied = strcmp(PQgetvalue(res, i, 5), "applied") == 0;
+        const char *col;
+        json_t *sent;
+        json_object_foreach(json_object_get(e, "sent"), col, sent)
+        {
+            if (strcmp(col, "id") != 0) hist_column(&b, col, e, applied);
+        }
+        json_decref(e);
+        if (PQgetvalue(res, i, 9)[0] != '\0')
+            gw_buf_printf(&b, "\n      violations: %s", PQgetvalue(res, i, 9));
+        puts(b.data);
+    }
+    gw_buf_free(&b);
+    PQclear(res);
+    PQfinish(conn);
+    return 0;
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: ferry debug dump --config FILE [--bucket B] [--all-versions] "
                  "[--checksums | --ops]\n"
-                 "       ferry debug oracle --config FILE\n");
+                 "       ferry debug oracle --config FILE\n"
+                 "       ferry debug history --config FILE TABLE ID\n");
 }
 
 int gw_cli_debug(int argc, char **argv)
 {
-    if (argc < 2 || (strcmp(argv[1], "dump") != 0 && strcmp(argv[1], "oracle") != 0)) {
+    if (argc < 2 || (strcmp(argv[1], "dump") != 0 && strcmp(argv[1], "oracle") != 0 &&
+                     strcmp(argv[1], "history") != 0)) {
         usage(stderr);
         return 2;
     }
@@ -342,7 +534,8 @@ int gw_cli_debug(int argc, char **argv)
         }
     }
     const char *path = gw_cli_config_path(config);
-    if (path == NULL || optind < argc || (checksums && ops)) {
+    int history = strcmp(what, "history") == 0;
+    if (path == NULL || (history ? optind + 2 != argc : optind < argc) || (checksums && ops)) {
         usage(stderr);
         return 2;
     }
@@ -353,8 +546,9 @@ int gw_cli_debug(int argc, char **argv)
         fprintf(stderr, "%s\n", gw_err_format(&err, msg, sizeof(msg)));
         return 1;
     }
-    int rc =
-        strcmp(what, "dump") == 0 ? cmd_dump(&cfg, bucket, all, checksums, ops) : cmd_oracle(&cfg);
+    int rc = history                     ? cmd_history(&cfg, argv[optind], argv[optind + 1])
+             : strcmp(what, "dump") == 0 ? cmd_dump(&cfg, bucket, all, checksums, ops)
+                                         : cmd_oracle(&cfg);
     gw_config_free(&cfg);
     return rc;
 }

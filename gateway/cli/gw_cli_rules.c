@@ -2,17 +2,18 @@
  *
  * check compiles a rules file and prints every diagnostic as "file:line:col: message"
  * (warnings prefixed "warning: "; rules_lint's warnings about writable columns that decide
- * buckets come after the compiler's), then each Sync Stream with its bucket kinds and what they
- * are keyed by, then a one-line summary; exit 1 when there are errors.
- * explain is a development tool: it computes the buckets a token would get, with priority and
- * the definition and parameter query that produced each; with Sync Streams, per default stream
- * and per --subscribe 'STREAM:{"k":"v"}' subscription, its buckets and the bucket kind each
- * comes from (or the subscription's error, as the client would see it). It reads the token's claims
- * without verifying the signature unless --config names a ferry.yaml whose auth keys verify it, and
- * says which it did. Table-lookup parameter queries are answered from Postgres with --db (the
- * lookup tables are read once and evaluated with rules_eval_lookups(), so the answers follow
- * exactly the rules the replicator applies); without --db they are listed as unresolved.
- * Exit codes follow gw_cli.h: 0 success, 1 failure, 2 usage.
+ * buckets come after the compiler's; with --db, columns the rules name that the tables in
+ * Postgres do not have, e.g. after a schema change), then each Sync Stream with its bucket kinds
+ * and what they are keyed by, then a one-line summary; exit 1 when there are errors. explain is a
+ * development tool: it computes the buckets a token would get, with priority and the definition and
+ * parameter query that produced each; with Sync Streams, per default stream and per --subscribe
+ * 'STREAM:{"k":"v"}' subscription, its buckets and the bucket kind each comes from (or the
+ * subscription's error, as the client would see it). It reads the token's claims without verifying
+ * the signature unless --config names a ferry.yaml whose auth keys verify it, and says which it
+ * did. Table-lookup parameter queries are answered from Postgres with --db (the lookup tables are
+ * read once and evaluated with rules_eval_lookups(), so the answers follow exactly the rules the
+ * replicator applies); without --db they are listed as unresolved. Exit codes follow gw_cli.h: 0
+ * success, 1 failure, 2 usage.
  */
 #include "http/gw_auth.h"
 #include "cli/gw_cli.h"
@@ -27,7 +28,7 @@
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: ferry rules check FILE\n"
+    fprintf(stderr, "usage: ferry rules check FILE [--db URI]\n"
                     "       ferry rules explain FILE --token JWT [--params JSON] [--db URI]\n"
                     "                                [--subscribe STREAM[:PARAMS_JSON]]... "
                     "[--no-defaults]\n"
@@ -75,14 +76,84 @@ static void print_streams(const rules_set_t *set)
     }
 }
 
+/* --db: columns the rules name that Postgres does not have (one warning per table, column and
+ * place; the connection's last error is kept to report once). */
+typedef struct colcheck {
+    PGconn *conn;
+    const char *file;
+    size_t warnings;
+    char seen[64][200];
+    size_t nseen;
+} colcheck_t;
+
+static void check_column(void *ud, const char *schema, const char *table, const char *column,
+                         const char *where)
+{
+    colcheck_t *cc = ud;
+    char key[200];
+    snprintf(key, sizeof key, "%s.%s.%s|%s", schema, table, column, where);
+    for (size_t i = 0; i < cc->nseen; i++)
+        if (strcmp(cc->seen[i], key) == 0) return;
+    if (cc->nseen < sizeof cc->seen / sizeof cc->seen[0])
+        snprintf(cc->seen[cc->nseen++], sizeof cc->seen[0], "%s", key);
+    const char *v[3] = {schema, table, column};
+    PGresult *res = gw_pg_query_params(
+        cc->conn,
+        "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relname = $2), (SELECT count(*) FROM pg_attribute a JOIN "
+        "pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE "
+        "n.nspname = $1 AND c.relname = $2 AND a.attname = $3 AND a.attnum > 0 AND NOT "
+        "a.attisdropped)",
+        3, v, NULL);
+    if (res != NULL && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "0") != 0 &&
+        strcmp(PQgetvalue(res, 0, 1), "0") == 0) {
+        printf("%s: warning: column \"%s\" of table \"%s.%s\" does not exist in Postgres "
+               "(named by %s)\n",
+               cc->file, column, schema, table, where);
+        cc->warnings++;
+    }
+    PQclear(res);
+}
+
+/* Warn about columns the rules name that Postgres does not have; -1 when it cannot connect. */
+static int check_db(const rules_set_t *set, const char *file, const char *uri, size_t *warnings)
+{
+    gw_err_t err;
+    PGconn *conn = gw_pg_connect(uri, 0, "ferry rules check", &err);
+    if (!conn) {
+        fprintf(stderr, "ferry rules check: could not connect to the database: %s\n", err.message);
+        return -1;
+    }
+    colcheck_t *cc = calloc(1, sizeof(*cc));
+    if (cc == NULL) abort();
+    cc->conn = conn;
+    cc->file = file;
+    rules_each_column(set, check_column, cc);
+    *warnings = cc->warnings;
+    free(cc);
+    PQfinish(conn);
+    return 0;
+}
+
 static int cmd_check(int argc, char **argv)
 {
-    if (argc != 3) return usage();
+    const char *db = NULL;
+    if (argc == 5 && strcmp(argv[3], "--db") == 0)
+        db = argv[4];
+    else if (argc != 3)
+        return usage();
     rules_set_t *set = NULL;
     rules_diags_t d;
     int rc = rules_compile_file(argv[2], &set, &d);
     if (rc == 0) rules_lint(set, &d);
     print_diags(&d, stdout);
+    size_t dbwarn = 0;
+    if (rc == 0 && db != NULL && check_db(set, argv[2], db, &dbwarn) != 0) {
+        rules_diags_free(&d);
+        rules_unref(set);
+        return 1;
+    }
+    d.nwarnings += dbwarn;
     if (rc != 0) {
         printf("%s: %zu error%s, %zu warning%s\n", argv[2], d.nerrors, d.nerrors == 1 ? "" : "s",
                d.nwarnings, d.nwarnings == 1 ? "" : "s");

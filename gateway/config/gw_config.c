@@ -240,11 +240,17 @@ static const cfg_field_t limits_fields[] = {
     F_INT("max_subscription_parameter_bytes", limits.max_subscription_parameter_bytes, 2, 1L << 20),
     F_END,
 };
+static const cfg_field_t history_fields[] = {
+    F_INT("keep", write_back.history.keep, 0, 10L * 366 * 86400),
+    F_END,
+};
 static const cfg_field_t write_back_fields[] = {
     F_INT("max_ops_per_batch", write_back.max_ops_per_batch, 1, 1000000),
     F_INT("max_batches_per_user", write_back.max_batches_per_user, 1, 10000),
     F_INT("statement_timeout", write_back.statement_timeout, 0, 86400),
     F_INT("checkpoint_retention", write_back.checkpoint_retention, 60, 10L * 366 * 86400),
+    F_INT("recheck_interval", write_back.recheck_interval, 1, 86400),
+    F_MAP("history", history_fields),
     F_END,
 };
 static const cfg_field_t admin_fields[] = {
@@ -696,6 +702,8 @@ void gw_config_defaults(gw_config_t *cfg)
     cfg->write_back.max_batches_per_user = 4;
     cfg->write_back.statement_timeout = 30;
     cfg->write_back.checkpoint_retention = 90L * 86400;
+    cfg->write_back.recheck_interval = 60;
+    cfg->write_back.history.keep = 7L * 86400;
     cfg->limits.max_subscriptions_per_connection = 100;
     cfg->limits.max_subscription_parameter_bytes = 4096;
 }

@@ -101,6 +101,11 @@ typedef struct gw_config {
         long max_batches_per_user; /* queued or running per user; past it 429 */
         long statement_timeout;    /* seconds per statement of a batch; 0: none */
         long checkpoint_retention; /* seconds a client's write checkpoint outlives its use */
+        long recheck_interval;     /* seconds between background passes: history trimming,
+                                      violations re-checked and expired */
+        struct {
+            long keep; /* seconds ferry_write_history keeps an op; 0: no history */
+        } history;
     } write_back;
 } gw_config_t;
 

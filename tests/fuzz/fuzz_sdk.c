@@ -22,8 +22,9 @@
 static const ferry_column_t T_COLS[] = {
     {"description", FERRY_TEXT}, {"done", FERRY_INTEGER}, {"score", FERRY_REAL}, {NULL, 0}};
 static const ferry_column_t L_COLS[] = {{"name", FERRY_TEXT}, {NULL, 0}};
-static const ferry_table_t TABLES[] = {
-    {"todos", T_COLS, NULL, 0}, {"lists", L_COLS, NULL, 0}, {NULL, NULL, NULL, 0}};
+static const ferry_table_t TABLES[] = {{"todos", T_COLS, NULL, 0, 0, 0},
+                                       {"lists", L_COLS, NULL, 0, 0, 0},
+                                       {NULL, NULL, NULL, 0, 0, 0}};
 static const ferry_schema_t SCHEMA = {TABLES};
 
 static ferry_db_t *g_db;

@@ -128,6 +128,8 @@ expect_match "item into someone else's list rejected, moving one there too" \
 expect_eq "only the allowed item added" "I1|L1;I3|L1" "$(sql "SELECT string_agg(id || '|' || list_id, ';' ORDER BY id) FROM items")"
 expect_match "a normal batch takes the pipelined path, one with rejections the careful one" \
   'client="?c4"? status=200 ops=5 applied=5 .*path=pipelined.*client="?c4"? status=200 ops=3 applied=1 .*path=careful' "$(grep 'msg="batch"' "$FERRY_LOG" | tr '\n' ' ')"
+expect_match "PATCH and DELETE of every table have their one-statement form (lock, checks, write)" \
+  'msg="write rules prepared" tables=4 constraints=0 .*one_statement_writes=8' "$(cat "$FERRY_LOG")"
 
 # forbidden writes alone in their batch (nothing else would send the batch the careful way):
 # the pipelined path must notice them itself

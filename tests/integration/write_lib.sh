@@ -3,6 +3,7 @@
 #   write_setup NAME SCHEMA_SQL RULES_YAML [URI]
 #                            create database NAME (or use URI), load SCHEMA_SQL, write the rules,
 #                            start ferry and wait until ready; sets W_DB, W_CFG, W_PORT, W_URL
+#                            (W_EXTRA_CONFIG, when set, is appended to the generated ferry.yaml)
 #   write_token SUB          a development token for SUB
 #   write_post TOKEN BODY    POST BODY to /api/write; prints "STATUS BODY"
 #   sql QUERY                one value from the test database (psql -At)
@@ -19,6 +20,7 @@ write_setup() {
   W_PORT=$(free_port)
   W_CFG=$T_TMP/ferry.yaml
   SLOT_PREFIX=${SLOT_PREFIX:-w$RANDOM} replication_config "$W_CFG" "$W_PORT" "$W_DB"
+  [ -n "${W_EXTRA_CONFIG:-}" ] && printf '%s\n' "$W_EXTRA_CONFIG" >>"$W_CFG"
   W_URL=http://127.0.0.1:$W_PORT
   start_ferry "$W_CFG" || exit 1
   if ! wait_ready "$W_PORT" 60; then

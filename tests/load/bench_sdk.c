@@ -20,7 +20,7 @@
 
 static const ferry_column_t COLS[] = {
     {"owner", FERRY_TEXT}, {"body", FERRY_TEXT}, {"n", FERRY_INTEGER}, {NULL, 0}};
-static const ferry_table_t TABLES[] = {{"items", COLS, NULL, 0}, {NULL, NULL, NULL, 0}};
+static const ferry_table_t TABLES[] = {{"items", COLS, NULL, 0, 0, 0}, {NULL, NULL, NULL, 0, 0, 0}};
 static const ferry_schema_t SCHEMA = {TABLES};
 
 static char *tok(void *ud, int expired)

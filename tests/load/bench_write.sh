@@ -5,9 +5,11 @@
 # with write rules that have a check and a check_old (owner = user):
 #   - throughput: 8 concurrent clients (wrk -t8 -c8, one connection and client_id per thread,
 #     tests/load/bench_write.lua) posting batches of 100 ops for BENCH_SECONDS (default 10):
-#     PUTs of new rows, then PATCHes of existing rows; applied ops/s from ferry's /metrics
+#     PUTs of new rows, then PATCHes of existing rows, then PATCHes of a table whose two columns
+#     merge with lww (old and metadata timestamps sent); applied ops/s from ferry's /metrics
 #     (ferry_write_ops_total{status="applied"}), checked to be every op sent (issue goal:
-#     >= 20,000 ops/s);
+#     >= 20,000 ops/s); then ferry again with the sync history off (write_back.history.keep: 0)
+#     for the inserts and PATCHes: what recording every op costs (issue #22: at most 15 %);
 #   - single-op round trip (POST to 200, one client, one op per batch, BENCH_SINGLE requests one
 #     after the other on a keep-alive connection with curl): p50 and p99;
 #   - write to own checkpoint: POST one op, GET /write-checkpoint2.json, then poll `ferry debug
@@ -15,7 +17,11 @@
 #     BENCH_CHECKPOINTS (default 20) rounds.
 # The limit in the same run: the same inserts as one psql transaction per 100 rows with
 # pgbench-style prepared INSERTs (no rules, no HTTP) give the Postgres-only rate on this machine.
-# POOL: postgres.pool_size (default 8).
+# POOL: postgres.pool_size (default 8). Experiments: BENCH_PUBLICATION=tables publishes the
+# bench tables by name instead of setup.sql's FOR ALL TABLES (ferry's own tables, the history
+# among them, then do not travel the replication stream); BENCH_HISTORY_SQL is run on the
+# database before ferry starts (e.g. another storage setting for ferry_write_history). The
+# history runs come first, the runs without it second: on a busy machine compare several runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 source "$root/tests/lib/testlib.sh"
@@ -34,7 +40,17 @@ CREATE TABLE bench (id text PRIMARY KEY, label text, owner text NOT NULL, n int,
 CREATE TABLE plain (id text PRIMARY KEY, label text, owner text NOT NULL, n int);
 INSERT INTO bench (id, label, owner, n) SELECT 'p' || t || '-' || k, 'seed', 'bench', 0
   FROM generate_series(1, 8) t, generate_series(0, 999) k;
+CREATE TABLE bench_lww (id text PRIMARY KEY, label text, owner text NOT NULL, n int);
+INSERT INTO bench_lww (id, label, owner, n) SELECT 'q' || t || '-' || k, 'seed', 'bench', 0
+  FROM generate_series(1, 8) t, generate_series(0, 999) k;
 SQL
+# BENCH_PUBLICATION=tables: publish the app's tables by name instead of setup.sql's FOR ALL
+# TABLES (then ferry's own tables, the sync history among them, are not replicated)
+[ -n "${BENCH_HISTORY_SQL:-}" ] && psql -q -v ON_ERROR_STOP=1 "$db" -c "$BENCH_HISTORY_SQL"
+if [ "${BENCH_PUBLICATION:-all}" = tables ]; then
+  psql -q -v ON_ERROR_STOP=1 "$db" -c "DROP PUBLICATION ferry" \
+    -c "CREATE PUBLICATION ferry FOR TABLE bench, bench_lww, plain, ferry_violations"
+fi
 cat >"$T_TMP/sync-rules.yaml" <<'YAML'
 bucket_definitions:
   mine:
@@ -47,6 +63,13 @@ write_rules:
     columns: [id, label, owner, n]
     check: "new.owner = request.user_id()"
     check_old: "old.owner = request.user_id()"
+  bench_lww:
+    operations: [insert, update, delete]
+    columns: [id, label, owner, n]
+    check: "new.owner = request.user_id()"
+    check_old: "old.owner = request.user_id()"
+    merge: {label: lww, n: lww}
+    lww_timestamp: {metadata: ts}
 YAML
 port=$(free_port)
 replication_config "$T_TMP/ferry.yaml" "$port" "$db"
@@ -63,6 +86,7 @@ applied() { curl -s "$url/metrics" | awk '/^ferry_write_ops_total\{status="appli
 notapplied() { curl -s "$url/metrics" | awk '/^ferry_write_ops_total\{status="(rejected|stale|duplicate)"\}/ {s += $2} END {print s + 0}'; }
 
 alive() { kill -0 "$FERRY_PID" 2>/dev/null || { echo "ferry died; its log ends:" >&2; grep -B2 -A40 "ERROR: AddressSanitizer" "$FERRY_LOG" | head -80 >&2 || tail -20 "$FERRY_LOG" >&2; exit 1; }; }
+declare -A rates
 throughput() { # throughput MODE NAME
   local a0 a1 t0 t1 rate
   a0=$(applied); t0=$(date +%s.%N)
@@ -71,6 +95,7 @@ throughput() { # throughput MODE NAME
   t1=$(date +%s.%N); a1=$(applied)
   rate=$(awk -v a="$((a1 - a0))" -v t0="$t0" -v t1="$t1" 'BEGIN {printf "%.0f", a / (t1 - t0)}')
   local p50; p50=$(awk '$1=="50%" {print $2}' "$T_TMP/wrk.$1")
+  rates[$2]=$rate
   echo "BENCH $2 $rate ops/s 8 clients x 100-op batches, pool_size $pool, $((a1 - a0)) ops in ${secs}s, batch p50 ${p50:-?}, goal >= 20000"
 }
 # write to own checkpoint
@@ -102,6 +127,7 @@ echo "BENCH write_to_own_checkpoint_p50 $(awk '{print $3}' "$T_TMP/cp.txt" | p50
 
 throughput insert write_insert_ops_per_second
 throughput patch write_patch_ops_per_second
+throughput patch_lww write_patch_lww_ops_per_second
 bad=$(notapplied)
 [ "$bad" = 0 ] || echo "warning: $bad ops were not applied (see $T_TMP)" >&2
 head -3 "$T_TMP/wrk.insert.err" >&2 || true
@@ -137,3 +163,16 @@ if command -v pgbench >/dev/null || [ -x /usr/lib/postgresql/15/bin/pgbench ]; t
   echo "BENCH write_postgres_only_rows_per_second $(awk -v t="$tps" 'BEGIN {printf "%.0f", t * 100}') rows/s limit: pgbench, 8 clients, one INSERT ... SELECT of 100 rows per transaction (no rules, no HTTP)"
 fi
 stop_pid "$FERRY_PID" 5
+
+# the cost of the sync history: the same inserts and PATCHes with write_back.history.keep: 0
+# (same Postgres, same rows; fresh client ids)
+printf '  history:\n    keep: 0\n' >>"$T_TMP/ferry.yaml"
+start_ferry "$T_TMP/ferry.yaml"
+wait_ready "$port" 60 || { echo "ferry not ready: $(curl -s "$url/probes/readiness")"; exit 1; }
+throughput insert write_insert_no_history_ops_per_second
+throughput patch write_patch_no_history_ops_per_second
+throughput patch_lww write_patch_lww_no_history_ops_per_second
+stop_pid "$FERRY_PID" 5
+cost() { awk -v on="${rates[$1]}" -v off="${rates[$2]}" 'BEGIN {printf "%.1f", (off > 0 ? (1 - on / off) * 100 : 0)}'; }
+echo "BENCH write_history_cost_insert_percent $(cost write_insert_ops_per_second write_insert_no_history_ops_per_second) % throughput lost to recording every op (inserts: ${rates[write_insert_ops_per_second]} with, ${rates[write_insert_no_history_ops_per_second]} without), goal <= 15"
+echo "BENCH write_history_cost_patch_percent $(cost write_patch_ops_per_second write_patch_no_history_ops_per_second) % throughput lost to recording every op (PATCHes: ${rates[write_patch_ops_per_second]} with, ${rates[write_patch_no_history_ops_per_second]} without), goal <= 15"

@@ -124,10 +124,10 @@ static void parse_schema(char *spec)
             COLS[NTABLES][n++] = (ferry_column_t){c, ty};
         }
         COLS[NTABLES][n] = (ferry_column_t){NULL, 0};
-        TABLES[NTABLES] = (ferry_table_t){t, COLS[NTABLES], NULL, 0};
+        TABLES[NTABLES] = (ferry_table_t){t, COLS[NTABLES], NULL, 0, 0, 0};
         NTABLES++;
     }
-    TABLES[NTABLES] = (ferry_table_t){NULL, NULL, NULL, 0};
+    TABLES[NTABLES] = (ferry_table_t){NULL, NULL, NULL, 0, 0, 0};
     if (NTABLES == 0) die("--schema names no table");
 }
 

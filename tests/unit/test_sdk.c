@@ -16,8 +16,9 @@
 static const ferry_column_t T_COLS[] = {
     {"description", FERRY_TEXT}, {"done", FERRY_INTEGER}, {"score", FERRY_REAL}, {NULL, 0}};
 static const ferry_column_t L_COLS[] = {{"name", FERRY_TEXT}, {NULL, 0}};
-static const ferry_table_t TABLES[] = {
-    {"todos", T_COLS, NULL, 0}, {"drafts", L_COLS, NULL, 1}, {NULL, NULL, NULL, 0}};
+static const ferry_table_t TABLES[] = {{"todos", T_COLS, NULL, 0, 0, 0},
+                                       {"drafts", L_COLS, NULL, 1, 0, 0},
+                                       {NULL, NULL, NULL, 0, 0, 0}};
 static const ferry_schema_t SCHEMA = {TABLES};
 
 static char path[64];
@@ -1454,6 +1455,47 @@ START_TEST(test_sdk_triggers_record_put_patch_delete)
 }
 END_TEST
 
+START_TEST(test_sdk_triggers_record_old_and_metadata)
+{
+    /* the same file opened with todos tracking previous values and metadata */
+    close_replica();
+    static const ferry_table_t TP[] = {{"todos", T_COLS, NULL, 0, 1, 1},
+                                       {"drafts", L_COLS, NULL, 1, 0, 0},
+                                       {NULL, NULL, NULL, 0, 0, 0}};
+    static const ferry_schema_t SP = {TP};
+    ferry_error_t err;
+    ck_assert_msg(ferry_open(path, &SP, &db, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(ferry__open_conn(path, &sconn, NULL, &err), 0);
+    ck_assert_int_eq(ferry__oplog_init(db, &db->sync, sconn), 0);
+    sqlite3 *a = ferry_sqlite(db);
+    ck_assert_int_eq(
+        sqlite3_exec(a,
+                     "INSERT INTO todos(id, description, done, _metadata) VALUES ('t1', 'milk', "
+                     "0, '{\"ts\":1}');"
+                     "UPDATE todos SET done = 1, score = 2.5, _metadata = '{\"ts\":2}' WHERE id = "
+                     "'t1';"
+                     "UPDATE todos SET _metadata = 'only this' WHERE id = 't1';" /* no write */
+                     "UPDATE todos SET description = 'oat milk' WHERE id = 't1'",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    ck_assert_str_eq(q("SELECT op || ' ' || ifnull(data, '-') || ' old ' || ifnull(old, '-') || "
+                       "' meta ' || ifnull(metadata, '-') FROM ferry_crud ORDER BY id"),
+                     "PUT {\"description\":\"milk\",\"done\":0} old - meta {\"ts\":1},"
+                     "PATCH {\"done\":1,\"score\":2.5} old {\"done\":0,\"score\":null} meta "
+                     "{\"ts\":2},"
+                     "PATCH {\"description\":\"oat milk\"} old {\"description\":\"milk\"} meta "
+                     "only this");
+    ferry_crud_t *e;
+    size_t n;
+    ck_assert_int_eq(ferry_queue_peek(db, 10, &e, &n), 0);
+    ck_assert_int_eq((int)n, 3);
+    ck_assert_ptr_null(e[0].old);
+    ck_assert_str_eq(e[1].old, "{\"done\":0,\"score\":null}");
+    ck_assert_str_eq(e[1].metadata, "{\"ts\":2}");
+    ferry_crud_free(e, n);
+}
+END_TEST
+
 static int watch_calls;
 static char watch_seen[256];
 static void on_watch(void *ud, const char *const *tables, size_t n)
@@ -1516,10 +1558,10 @@ START_TEST(test_sdk_migration_adds_columns_and_fills_them)
     static const ferry_column_t G2[] = {{"label", FERRY_TEXT}, {NULL, 0}};
     static const ferry_index_t IX[] = {{"by_color", {"color", "description DESC", NULL}},
                                        {NULL, {NULL}}};
-    static const ferry_table_t TB2[] = {{"todos", T2, IX, 0},
-                                        {"tags", G2, NULL, 0},
-                                        {"drafts", L_COLS, NULL, 1},
-                                        {NULL, NULL, NULL, 0}};
+    static const ferry_table_t TB2[] = {{"todos", T2, IX, 0, 0, 0},
+                                        {"tags", G2, NULL, 0, 0, 0},
+                                        {"drafts", L_COLS, NULL, 1, 0, 0},
+                                        {NULL, NULL, NULL, 0, 0, 0}};
     static const ferry_schema_t S2 = {TB2};
     ferry_error_t err;
     ck_assert_msg(ferry_open(path, &S2, &db, &err) == 0, "%s", err.message);
@@ -1537,7 +1579,7 @@ START_TEST(test_sdk_open_errors)
     ferry_db_t *d2 = NULL;
     ferry_error_t err;
     static const ferry_column_t BAD[] = {{"id", FERRY_TEXT}, {NULL, 0}};
-    static const ferry_table_t TB[] = {{"x", BAD, NULL, 0}, {NULL, NULL, NULL, 0}};
+    static const ferry_table_t TB[] = {{"x", BAD, NULL, 0, 0, 0}, {NULL, NULL, NULL, 0, 0, 0}};
     static const ferry_schema_t S = {TB};
     ck_assert_int_eq(ferry_open(path, &S, &d2, &err), FERRY_EINVAL);
     ck_assert_str_eq(err.message, "invalid column \"id\" in table \"x\"");
@@ -1556,6 +1598,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_sdk_ck_parse_signed_and_unsigned);
+    tcase_add_test(tc, test_sdk_triggers_record_old_and_metadata);
     tcase_add_test(tc, test_sdk_ck_add_wraps);
     tcase_add_test(tc, test_sdk_parse_id_strings_only);
     tcase_add_test(tc, test_sdk_line_unknown_ignored_and_shape_checked);

@@ -54,20 +54,23 @@ export const schema = new Schema({
 
 // Open a client for user sub. Problems the SDK logs at warn or above are collected in
 // client.problems (a checksum failure lands there).
-export async function openClient(sub, { ttl = 3600, params = undefined, checkpointMode = undefined } = {}) {
+// With crudJson, the connector sends each CRUD entry as CrudEntry.toJSON() gives it (with "old"
+// and "metadata" for tables with trackPrevious / trackMetadata); db schema: clientSchema.
+export async function openClient(sub, { ttl = 3600, params = undefined, checkpointMode = undefined, clientSchema = schema, crudJson = false } = {}) {
   // the SDK serialises sync per database file name, so every client gets its own name
   const dir = mkdtempSync(join(env.CONFORMANCE_TMP, `client-${sub}-`));
   const problems = [];
   const logger = { log(r) { if (r.level >= 40) problems.push(String(r.message) + (r.error ? ` ${r.error}` : '')); } };
-  const db = new PowerSyncDatabase({ schema, database: { dbFilename: `${dir.split('/').pop()}.db`, dbLocation: dir }, logger });
+  const db = new PowerSyncDatabase({ schema: clientSchema, database: { dbFilename: `${dir.split('/').pop()}.db`, dbLocation: dir }, logger });
   await db.init();
   const client = { db, sub, problems, credentialFetches: 0, uploads: [] };
-  await db.connect({
+  client.connector = {
     fetchCredentials: async () => { client.credentialFetches++; return { endpoint, token: token(sub, ttl) }; },
     uploadData: async (database) => {
       const tx = await database.getNextCrudTransaction();
       if (!tx) return;
-      const batch = tx.crud.map((e) => ({ op_id: e.clientId, op: e.op, type: e.table, id: e.id, data: e.opData }));
+      const batch = tx.crud.map((e) => (crudJson ? e.toJSON()
+        : { op_id: e.clientId, op: e.op, type: e.table, id: e.id, data: e.opData }));
       const res = await fetch(`${endpoint}/api/write`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', authorization: `Token ${token(sub)}` },
@@ -77,7 +80,10 @@ export async function openClient(sub, { ttl = 3600, params = undefined, checkpoi
       client.uploads.push(await res.json());
       await tx.complete();
     },
-  }, { connectionMethod: SyncStreamConnectionMethod.HTTP, params, ...(checkpointMode ? { checkpointMode } : {}) });
+  };
+  // kept on the client, so a test can disconnect and connect again
+  client.options = { connectionMethod: SyncStreamConnectionMethod.HTTP, params, ...(checkpointMode ? { checkpointMode } : {}) };
+  await db.connect(client.connector, client.options);
   return client;
 }
 
