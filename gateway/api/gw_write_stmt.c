@@ -169,6 +169,57 @@ static int prepare(PGconn *conn, const char *name, const char *sql, char *msg, s
     return ok ? 0 : -1;
 }
 
+/* Prepare n statements (no parameter types) in one round trip (libpq's pipeline mode): 0, or -1
+ * with the first failure's message in msg. Ferry's own statements, prepared on every new
+ * connection: one by one they cost a round trip each. */
+static int prepare_pipelined(PGconn *conn, const char *const *names, const char *const *sqls,
+                             size_t n, char *msg, size_t len)
+{
+    msg[0] = '\0';
+    if (PQenterPipelineMode(conn) != 1) {
+        for (size_t i = 0; i < n; i++)
+            if (prepare(conn, names[i], sqls[i], msg, len) != 0) return -1;
+        return 0;
+    }
+    int sent = 1;
+    for (size_t i = 0; i < n && sent; i++)
+        sent = PQsendPrepare(conn, names[i], sqls[i], 0, NULL) == 1;
+    sent = sent && PQpipelineSync(conn) == 1;
+    int failed = !sent;
+    if (!sent) {
+        char buf[512];
+        snprintf(msg, len, "%s", gw_pg_error(conn, buf, sizeof(buf)));
+    }
+    /* every result, then the sync point */
+    for (int done = !sent; !done;) {
+        PGresult *res = PQgetResult(conn);
+        if (res == NULL) {
+            if (PQstatus(conn) != CONNECTION_OK) break;
+            continue; /* the end of one statement's results */
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_PIPELINE_SYNC) {
+            done = 1;
+        } else if (st != PGRES_COMMAND_OK && !failed) {
+            failed = 1;
+            const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+            snprintf(msg, len, "%s", m != NULL && m[0] ? m : "the pipeline was aborted");
+        }
+        PQclear(res);
+        if (PQstatus(conn) != CONNECTION_OK) {
+            if (!failed) snprintf(msg, len, "the connection to postgres broke");
+            failed = 1;
+            break;
+        }
+    }
+    if (PQexitPipelineMode(conn) != 1 && !failed) {
+        char buf[512];
+        snprintf(msg, len, "%s", gw_pg_error(conn, buf, sizeof(buf)));
+        failed = 1;
+    }
+    return failed ? -1 : 0;
+}
+
 /*
  * The constraint query in a form that returns the conflicting ids as a JSON array (NULL when
  * none): the rules library compiles `SELECT EXISTS (<query>)[ FROM jsonb_populate_record(…) AS
@@ -650,21 +701,22 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
     /* generic plans: the statements are keyed by id, and a custom plan of the one-statement
      * forms costs more to make than to run (a merged PATCH: 2.4 ms of planning, 0.5 ms of
      * execution, measured with EXPLAIN ANALYZE); Postgres would re-plan them on every call */
-    if (gw_pg_exec(conn, "DEALLOCATE ALL", &e) != 0 ||
-        gw_pg_exec(conn, "SET synchronous_commit = on", &e) != 0 ||
-        gw_pg_exec(conn, "SET plan_cache_mode = force_generic_plan", &e) != 0)
+    /* one round trip for the three (a simple query may hold several statements): behind a
+     * distant database every round trip of a new connection counts against postgres.timeout */
+    if (gw_pg_exec(conn,
+                   "DEALLOCATE ALL; SET synchronous_commit = on; SET plan_cache_mode = "
+                   "force_generic_plan",
+                   &e) != 0)
         return gw_err_set(err, GW_EPG, "postgres", "%s", e.message);
     int rc = ensure_tables(conn, err);
     if (rc != 0) return rc;
     char msg[512], name[64];
-    if (prepare(conn, "fw_log_get", LOG_GET_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_log_set", LOG_SET_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_vio", VIOLATION_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_tms", TIMES_SET_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_tmd", TIMES_DEL_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_cfl", CONFLICT_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_hist", HISTORY_SQL, msg, sizeof(msg)) != 0 ||
-        prepare(conn, "fw_vop", VIOLATION_OPEN_SQL, msg, sizeof(msg)) != 0) {
+    static const char *const fixed_names[] = {"fw_log_get", "fw_log_set", "fw_vio",  "fw_tms",
+                                              "fw_tmd",     "fw_cfl",     "fw_hist", "fw_vop"};
+    const char *const fixed_sql[] = {LOG_GET_SQL,   LOG_SET_SQL,       VIOLATION_SQL,
+                                     TIMES_SET_SQL, TIMES_DEL_SQL,     CONFLICT_SQL,
+                                     HISTORY_SQL,   VIOLATION_OPEN_SQL};
+    if (prepare_pipelined(conn, fixed_names, fixed_sql, 8, msg, sizeof(msg)) != 0) {
         /* the tables may have gone since they were made (a restored database): make them
          * again on the next try */
         pthread_mutex_lock(&gw__write_mod.lock);
@@ -695,10 +747,10 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
                           qt);
         free(lww);
         gw_buf_append(&b, "", 1);
-        snprintf(name, sizeof(name), "fw_sel_%zu", i);
-        rc = prepare(conn, name, b.data, msg, sizeof(msg));
-        gw_buf_reset(&b);
-        if (rc == 0) {
+        /* the select, the update and the delete: prepared together, in one round trip */
+        gw_buf_t bsel = b, bd = GW_BUF_INIT;
+        b = (gw_buf_t)GW_BUF_INIT; /* b: the update, built next */
+        {
             /* UPDATE of every writable column, each from the sent data or else itself */
             gw_buf_printf(&b, "UPDATE %s AS t SET (", qt);
             size_t n = 0;
@@ -719,7 +771,6 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
             gw_buf_puts(&b, " FROM jsonb_populate_record(t, $2::jsonb) AS r) WHERE t.\"id\" = $1 "
                             "RETURNING to_jsonb(t)::text");
             gw_buf_append(&b, "", 1);
-            snprintf(name, sizeof(name), "fw_upd_%zu", i);
             if (n == 0) { /* only "id" is writable: an update changes nothing */
                 gw_buf_reset(&b);
                 gw_buf_printf(&b,
@@ -728,15 +779,18 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
                               qt);
                 gw_buf_append(&b, "", 1);
             }
-            rc = prepare(conn, name, b.data, msg, sizeof(msg));
-            gw_buf_reset(&b);
         }
-        if (rc == 0) {
-            gw_buf_printf(&b, "DELETE FROM %s WHERE \"id\" = $1", qt);
-            gw_buf_append(&b, "", 1);
-            snprintf(name, sizeof(name), "fw_del_%zu", i);
-            rc = prepare(conn, name, b.data, msg, sizeof(msg));
-        }
+        gw_buf_printf(&bd, "DELETE FROM %s WHERE \"id\" = $1", qt);
+        gw_buf_append(&bd, "", 1);
+        char n_sel[64], n_upd[64], n_del[64];
+        snprintf(n_sel, sizeof(n_sel), "fw_sel_%zu", i);
+        snprintf(n_upd, sizeof(n_upd), "fw_upd_%zu", i);
+        snprintf(n_del, sizeof(n_del), "fw_del_%zu", i);
+        const char *const trio_names[3] = {n_sel, n_upd, n_del};
+        const char *const trio_sql[3] = {bsel.data, b.data, bd.data};
+        rc = prepare_pipelined(conn, trio_names, trio_sql, 3, msg, sizeof(msg));
+        gw_buf_free(&bsel);
+        gw_buf_free(&bd);
         gw_buf_free(&b);
         free(qt);
         if (rc != 0) {
