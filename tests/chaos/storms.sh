@@ -148,8 +148,10 @@ config "$excess_m"
 start_ferry "$CHAOS_CFG" || exit 1
 wait_ready "$CHAOS_PORT" 60 || fail "ready again" "$(curl -s "$base/probes/readiness")"
 extra=100
+probe_tok=$(mint u5) # before the connections are taken: nothing slow between the 503 and the probe
+# the load holds its connections 15 s: on a loaded machine the probe below must still find them
 "$(dirname "$FERRY_BIN")/ferry-load" idle "${load[@]}" --clients $((excess_m + extra)) --users 1000 \
-  --hold 3 --timeout 300 --json "$T_TMP/excess.json" >"$T_TMP/excess.txt" 2>&1 &
+  --hold 15 --timeout 300 --json "$T_TMP/excess.json" >"$T_TMP/excess.txt" 2>&1 &
 lp=$!
 T_PIDS+=("$lp")
 # every connection the limit allows is taken (the load's and the two test clients'): then even
@@ -158,7 +160,7 @@ for ((i = 0; i < 600; i++)); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/probes/liveness")" = 503 ] && break
   sleep 0.1
 done
-hdr=$(curl -s -i -X POST "$base/sync/stream" -H "Authorization: Token $(mint u5)" -d '{}' --max-time 5 | tr -d '\r')
+hdr=$(curl -s -i -X POST "$base/sync/stream" -H "Authorization: Token $probe_tok" -d '{}' --max-time 5 | tr -d '\r')
 expect_match "over limits.max_connections a client gets 503 with Retry-After" '503 Service Unavailable.*Retry-After: [0-9]+' "$(echo $hdr)"
 wait "$lp"
 failed=$(jq -r '.streams.failed // 0' "$T_TMP/excess.json" 2>/dev/null)
