@@ -485,7 +485,15 @@ static int catch_up(listener_t *l)
     }
     gw_storage_cp_t cp = {0};
     const char *serving = PQgetvalue(res, 0, 0);
-    if (serving[0] != '\0') snprintf(cp.ns, sizeof(cp.ns), "%s#", serving);
+    if (serving[0] == '\0') {
+        /* no version recorded as served (a storage being set up, or a writer that names its
+         * version itself): nothing to relay; an empty namespace published here would replace
+         * the real one under this process's readers */
+        PQclear(res);
+        l->poll_ms = gw__pgs_now_ms();
+        return 0;
+    }
+    snprintf(cp.ns, sizeof(cp.ns), "%s#", serving);
     cp.last_op = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
     cp.lsn = strtoull(PQgetvalue(res, 0, 2), NULL, 10);
     cp.consistent = PQgetvalue(res, 0, 3)[0] == '1';
