@@ -2335,8 +2335,16 @@ static void materialize(spath_t *p, sstage_t *stage, sresolver_t *r)
     if (!stage->lookups.n) return;
     rarena_t *a = p->b->a;
     int si = r->nstages++;
-    r->stages = rx_realloc(r->stages, sizeof(sstagelk_t **) * (size_t)r->nstages);
-    r->nstage = rx_realloc(r->nstage, sizeof(int) * (size_t)r->nstages);
+    /* in the arena, like the rest of the resolver: a resolver dropped on an error (or merged
+     * into another) leaves nothing to free (the malloc'd arrays leaked then: found by fuzzing) */
+    sstagelk_t ***stages = ra_alloc(a, sizeof(sstagelk_t **) * (size_t)r->nstages);
+    int *nstage = ra_alloc(a, sizeof(int) * (size_t)r->nstages);
+    if (si > 0) {
+        memcpy(stages, r->stages, sizeof(sstagelk_t **) * (size_t)si);
+        memcpy(nstage, r->nstage, sizeof(int) * (size_t)si);
+    }
+    r->stages = stages;
+    r->nstage = nstage;
     sstagelk_t **list = ra_alloc(a, sizeof(sstagelk_t *) * (size_t)(stage->lookups.n + 1));
     for (int i = 0; i < stage->lookups.n; i++) {
         splook_t *pl = stage->lookups.v[i];
@@ -2899,9 +2907,7 @@ void sc_end(sbuilder_t *b)
                 q->stages[k] = r->stages[k];
                 q->nstage[k] = r->nstage[k];
             }
-            free(r->stages);
-            free(r->nstage);
-            r->stages = NULL;
+            r->stages = NULL; /* the querier's copies, in the arena, are the ones used */
             r->nstage = NULL;
             q->bucket = bk;
             q->inst = r->inst;
@@ -3214,6 +3220,15 @@ static int se_stmt(sbuilder_t *bd, char *sql, const ssrc_t *src, int off)
     return rset_add_stmt(bd->c->set, sql);
 }
 
+/* se_stmt when the SQL was built without a failure; the SQL is freed otherwise (the callers'
+ * "failed ? -1 : se_stmt" leaked it: found by fuzzing). Takes sql. */
+static int se_stmt_if(sbuilder_t *bd, const sectx_t *x, char *sql, const ssrc_t *src, int off)
+{
+    if (!x->failed) return se_stmt(bd, sql, src, off);
+    free(sql);
+    return -1;
+}
+
 static int plain_column(const sexpr_t *e, const srs_t *row)
 {
     return e->k == E_DATA && e->ref->rs == row;
@@ -3267,7 +3282,7 @@ static void prepare_value(sbuilder_t *bd, sval_t *v)
         x.c = bd->c;
         char *sql = se_select(&x, &v->expr, 1, NULL, 0, NULL, 0, NULL, NULL, NULL, 0);
         v->sql = ra_strdup(bd->a, sql);
-        v->stmt = x.failed ? -1 : se_stmt(bd, sql, v->expr->src, v->expr->off);
+        v->stmt = se_stmt_if(bd, &x, sql, v->expr->src, v->expr->off);
     } else if (v->kind == SV_INTERSECTION) {
         for (int i = 0; i < v->ninner; i++)
             prepare_value(bd, v->inner[i]);
@@ -3302,7 +3317,7 @@ static void prepare_statements(sbuilder_t *b)
                                       NULL, NULL, 0);
                 q->filter_sql = ra_strdup(b->a, sql);
                 q->filter_stmt =
-                    x.failed ? -1 : se_stmt(b, sql, q->req_filters[0]->src, q->req_filters[0]->off);
+                    se_stmt_if(b, &x, sql, q->req_filters[0]->src, q->req_filters[0]->off);
             } else {
                 q->filter_stmt = -1;
             }
@@ -3321,7 +3336,7 @@ static void prepare_statements(sbuilder_t *b)
                         char *sql = se_select(&x, l->outs, l->nouts, l->filters, l->nfilters, NULL,
                                               0, l->rs, l->fn, l->fn_inputs, l->nfn_inputs);
                         l->sql = ra_strdup(b->a, sql);
-                        l->stmt = x.failed ? -1 : se_stmt(b, sql, l->rs->src, l->rs->off);
+                        l->stmt = se_stmt_if(b, &x, sql, l->rs->src, l->rs->off);
                     }
                 }
         }
