@@ -107,17 +107,27 @@ typedef void (*row_cb)(void *arg, const rval_t *vals, int n);
 static int proc_run(rules_set_t *set, rctx_t *c, const rules_row_t *row, const sproc_t *p,
                     sexpr_t **exprs, int n, row_cb cb, void *arg, rules_error_t *err)
 {
-    rval_t vals[64];
-    if (n > 64) n = 64;
+    /* the callbacks read all n values (outputs, then partition values): a query with more than
+     * fit on the stack gets them on the heap (capping n made them read past the array: found by
+     * fuzzing with a query of hundreds of outputs) */
+    rval_t small[64];
+    rval_t *vals = n <= 64 ? small : rx_malloc(sizeof(rval_t) * (size_t)n);
     if (p->stmt < 0) {
-        if (p->sql) return -1; /* could not be compiled */
+        if (p->sql) { /* could not be compiled */
+            if (vals != small) free(vals);
+            return -1;
+        }
         for (int i = 0; i < n; i++)
             vals[i] = *col_val(c, row, exprs[i]->ref->column);
         cb(arg, vals, n);
+        if (vals != small) free(vals);
         return 0;
     }
     sqlite3_stmt *st = rctx_stmt(set, c, p->stmt, err);
-    if (!st) return -1;
+    if (!st) {
+        if (vals != small) free(vals);
+        return -1;
+    }
     for (int i = 0; i < p->ncols; i++)
         rv_bind(st, i + 1, col_val(c, row, p->cols[i]));
     int rc;
@@ -132,6 +142,7 @@ static int proc_run(rules_set_t *set, rctx_t *c, const rules_row_t *row, const s
                     row->table, sqlite3_errmsg(c->db));
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
+    if (vals != small) free(vals);
     return bad ? -1 : 0;
 }
 
@@ -256,12 +267,15 @@ static void data_row(void *arg, const rval_t *vals, int n)
 static void eval_data(rules_set_t *set, rctx_t *c, const rules_row_t *row, const sdata_t *d,
                       sresults_t *out, rules_error_t *err)
 {
-    sexpr_t *exprs[64];
+    /* every output and partition value (data_row reads them all): no cap at a fixed size */
+    sexpr_t *small[64];
+    size_t cap = (size_t)d->nouts + (size_t)d->p.nparts;
+    sexpr_t **exprs = cap <= 64 ? small : rx_malloc(sizeof(sexpr_t *) * cap);
     int n = 0;
-    for (int i = 0; i < d->nouts && n < 64; i++)
+    for (int i = 0; i < d->nouts; i++)
         if (d->outs[i].kind == SOUT_EXPR) exprs[n++] = d->outs[i].expr;
     int nexpr = n;
-    for (int i = 0; i < d->p.nparts && n < 64; i++)
+    for (int i = 0; i < d->p.nparts; i++)
         exprs[n++] = d->p.parts[i];
     datactx_t x = {c, row, d, nexpr, out};
     if (proc_run(set, c, row, &d->p, exprs, n, data_row, &x, err) < 0) {
@@ -270,6 +284,7 @@ static void eval_data(rules_set_t *set, rctx_t *c, const rules_row_t *row, const
             free(out->v[i].blk);
         out->n = 0;
     }
+    if (exprs != small) free(exprs);
     out->done = 1;
 }
 
@@ -399,11 +414,13 @@ void sv_eval_lookups(rules_set_t *set, rctx_t *c, const rules_row_t *row, rules_
     for (int i = 0; i < p->nlookups; i++) {
         const slookup_t *l = p->lookups[i];
         if (!table_match(&l->p, row)) continue;
-        sexpr_t *exprs[64];
+        sexpr_t *small[64];
+        size_t cap = (size_t)l->nouts + (size_t)l->p.nparts;
+        sexpr_t **exprs = cap <= 64 ? small : rx_malloc(sizeof(sexpr_t *) * cap);
         int n = 0;
-        for (int k = 0; k < l->nouts && n < 64; k++)
+        for (int k = 0; k < l->nouts; k++)
             exprs[n++] = l->outs[k];
-        for (int k = 0; k < l->p.nparts && n < 64; k++)
+        for (int k = 0; k < l->p.nparts; k++)
             exprs[n++] = l->p.parts[k];
         size_t before = out->n;
         lkctx_t x = {l, out};
@@ -414,6 +431,7 @@ void sv_eval_lookups(rules_set_t *set, rctx_t *c, const rules_row_t *row, rules_
             }
             out->n = before;
         }
+        if (exprs != small) free(exprs);
     }
 }
 
