@@ -152,6 +152,22 @@ char *gw__write_qualified(PGconn *conn, const rules_write_rule_t *r)
     return b.data;
 }
 
+/* Append r's writable columns but "id", each quoted and after prefix ("", "r.", "\"new\"."),
+ * separated by ", " (the two lists of an UPDATE ... SET (cols) = (SELECT values)); returns how
+ * many. */
+static size_t put_set_columns(PGconn *conn, gw_buf_t *b, const rules_write_rule_t *r,
+                              const char *prefix)
+{
+    size_t n = 0;
+    for (size_t c = 0; c < r->ncolumns; c++) {
+        if (strcmp(r->columns[c], "id") == 0) continue;
+        char *qc = gw_pg_ident(conn, r->columns[c]);
+        gw_buf_printf(b, "%s%s%s", n++ > 0 ? ", " : "", prefix, qc);
+        free(qc);
+    }
+    return n;
+}
+
 static int prepare(PGconn *conn, const char *name, const char *sql, char *msg, size_t len)
 {
     PGresult *res = PQprepare(conn, name, sql, 0, NULL);
@@ -442,21 +458,9 @@ static void prepare_merge_fast(PGconn *conn, conn_state_t *cs, const rules_write
                   "jsonb_each(d.dec) e WHERE jsonb_typeof(e.value) = 'string')), "
                   "u AS (UPDATE %s AS t SET (",
                   qt, qt);
-    size_t n = 0;
-    for (size_t c = 0; c < r->ncolumns; c++) {
-        if (strcmp(r->columns[c], "id") == 0) continue;
-        char *qc = gw_pg_ident(conn, r->columns[c]);
-        gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", qc);
-        free(qc);
-    }
+    put_set_columns(conn, &b, r, "");
     gw_buf_puts(&b, ") = (SELECT ");
-    n = 0;
-    for (size_t c = 0; c < r->ncolumns; c++) {
-        if (strcmp(r->columns[c], "id") == 0) continue;
-        char *qc = gw_pg_ident(conn, r->columns[c]);
-        gw_buf_printf(&b, "%s\"new\".%s", n++ > 0 ? ", " : "", qc);
-        free(qc);
-    }
+    size_t n = put_set_columns(conn, &b, r, "\"new\".");
     gw_buf_puts(&b, " FROM jsonb_populate_record(lk.row, nd.data) AS \"new\") FROM lk, nd WHERE "
                     "t.\"id\" = $1");
     if (r->check_old_expr != NULL)
@@ -618,21 +622,9 @@ static void prepare_fast(PGconn *conn, conn_state_t *cs, const rules_write_rule_
                   "WITH o AS (SELECT x AS row FROM %s AS x WHERE x.\"id\" = $1 FOR UPDATE) "
                   "UPDATE %s AS t SET (",
                   qt, qt);
-    size_t n = 0;
-    for (size_t c = 0; c < r->ncolumns; c++) {
-        if (strcmp(r->columns[c], "id") == 0) continue;
-        char *qc = gw_pg_ident(conn, r->columns[c]);
-        gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", qc);
-        free(qc);
-    }
+    put_set_columns(conn, &b, r, "");
     gw_buf_puts(&b, ") = (SELECT ");
-    n = 0;
-    for (size_t c = 0; c < r->ncolumns; c++) {
-        if (strcmp(r->columns[c], "id") == 0) continue;
-        char *qc = gw_pg_ident(conn, r->columns[c]);
-        gw_buf_printf(&b, "%s\"new\".%s", n++ > 0 ? ", " : "", qc);
-        free(qc);
-    }
+    size_t n = put_set_columns(conn, &b, r, "\"new\".");
     gw_buf_printf(&b,
                   " FROM jsonb_populate_record(o.row, $2::jsonb) AS \"new\") FROM o WHERE "
                   "t.\"id\" = $1%s RETURNING to_jsonb(t)::text, to_jsonb(o.row)::text",
@@ -753,21 +745,9 @@ int gw__write_prepare_conn(PGconn *conn, const rules_set_t *set, gw_err_t *err)
         {
             /* UPDATE of every writable column, each from the sent data or else itself */
             gw_buf_printf(&b, "UPDATE %s AS t SET (", qt);
-            size_t n = 0;
-            for (size_t c = 0; c < r->ncolumns; c++) {
-                if (strcmp(r->columns[c], "id") == 0) continue;
-                char *qc = gw_pg_ident(conn, r->columns[c]);
-                gw_buf_printf(&b, "%s%s", n++ > 0 ? ", " : "", qc);
-                free(qc);
-            }
+            put_set_columns(conn, &b, r, "");
             gw_buf_puts(&b, ") = (SELECT ");
-            n = 0;
-            for (size_t c = 0; c < r->ncolumns; c++) {
-                if (strcmp(r->columns[c], "id") == 0) continue;
-                char *qc = gw_pg_ident(conn, r->columns[c]);
-                gw_buf_printf(&b, "%sr.%s", n++ > 0 ? ", " : "", qc);
-                free(qc);
-            }
+            size_t n = put_set_columns(conn, &b, r, "r.");
             gw_buf_puts(&b, " FROM jsonb_populate_record(t, $2::jsonb) AS r) WHERE t.\"id\" = $1 "
                             "RETURNING to_jsonb(t)::text");
             gw_buf_append(&b, "", 1);
