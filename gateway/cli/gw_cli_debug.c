@@ -84,6 +84,38 @@ static void row_line(gw_buf_t *b, const char *bucket, const char *type, const ch
     gw_buf_puts(b, "}");
 }
 
+/* Call fn(ud, op) for every op of bucket as of as_of, in op order (chunks of 1,000 read as one
+ * JSON array each). 0, or -1 when storage could not be read. */
+static int each_op(gw_storage_reader_t *r, const char *bucket, uint64_t as_of,
+                   void (*fn)(void *ud, json_t *op), void *ud)
+{
+    uint64_t after = 0;
+    int rc = 0;
+    gw_buf_t chunk = GW_BUF_INIT;
+    for (;;) {
+        gw_buf_reset(&chunk);
+        gw_buf_puts(&chunk, "[");
+        uint64_t last;
+        int more;
+        size_t n;
+        if (gw_storage_read_ops(r, bucket, after, as_of, 1000, 1 << 20, &chunk, &last, &more, &n) !=
+            0) {
+            rc = -1;
+            break;
+        }
+        gw_buf_puts(&chunk, "]");
+        json_t *arr = json_loads(chunk.data, 0, NULL);
+        size_t i;
+        json_t *op;
+        json_array_foreach(arr, i, op) fn(ud, op);
+        json_decref(arr);
+        after = last;
+        if (!more || n == 0) break;
+    }
+    gw_buf_free(&chunk);
+    return rc;
+}
+
 typedef struct dump_ctx {
     gw_storage_reader_t *r;
     uint64_t as_of;
@@ -95,63 +127,54 @@ typedef struct dump_ctx {
     int failed;
 } dump_ctx_t;
 
+/* One bucket being dumped: the rows its ops leave, their count and checksum sum. */
+typedef struct dump_bucket {
+    dump_ctx_t *d;
+    const char *bucket;
+    json_t *rows; /* "type\x1fid\x1fsubkey" -> data string */
+    uint64_t nops;
+    uint32_t sum;
+} dump_bucket_t;
+
+static void dump_op(void *ud, json_t *op)
+{
+    dump_bucket_t *b = ud;
+    const char *kind = json_string_value(json_object_get(op, "op"));
+    const char *type = json_string_value(json_object_get(op, "object_type"));
+    const char *id = json_string_value(json_object_get(op, "object_id"));
+    const char *sub = json_string_value(json_object_get(op, "subkey"));
+    b->sum += (uint32_t)json_integer_value(json_object_get(op, "checksum"));
+    b->nops++;
+    if (b->d->ops) {
+        char *text = json_dumps(op, JSON_COMPACT);
+        gw_buf_t l = GW_BUF_INIT;
+        gw_buf_puts(&l, "{\"bucket\":");
+        gw_buf_json_str(&l, b->bucket);
+        gw_buf_printf(&l, ",\"op\":%s}", text != NULL ? text : "null");
+        puts(l.data);
+        gw_buf_free(&l);
+        free(text);
+    }
+    char key[4096];
+    snprintf(key, sizeof(key), "%s\x1f%s\x1f%s", type ? type : "", id ? id : "", sub ? sub : "");
+    if (kind != NULL && strcmp(kind, "PUT") == 0)
+        json_object_set(b->rows, key, json_object_get(op, "data"));
+    else if (kind != NULL && strcmp(kind, "REMOVE") == 0)
+        json_object_del(b->rows, key);
+    else if (kind != NULL && strcmp(kind, "CLEAR") == 0)
+        json_object_clear(b->rows); /* the bucket is reset; MOVE changes no row */
+}
+
 static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t count)
 {
     dump_ctx_t *d = ud;
     if (d->only != NULL && strcmp(d->only, bucket) != 0) return 0;
     if (d->only == NULL && d->ns != NULL && strncmp(bucket, d->ns, strlen(d->ns)) != 0) return 0;
-    json_t *rows = json_object(); /* "type\x1fid\x1fsubkey" -> data string */
-    uint64_t after = 0, nops = 0;
-    uint32_t sum = 0;
-    gw_buf_t chunk = GW_BUF_INIT;
-    for (;;) {
-        gw_buf_reset(&chunk);
-        gw_buf_puts(&chunk, "[");
-        uint64_t last;
-        int more;
-        size_t n;
-        if (gw_storage_read_ops(d->r, bucket, after, d->as_of, 1000, 1 << 20, &chunk, &last, &more,
-                                &n) != 0) {
-            d->failed = 1;
-            break;
-        }
-        gw_buf_puts(&chunk, "]");
-        json_error_t jerr;
-        json_t *arr = json_loads(chunk.data, 0, &jerr);
-        size_t i;
-        json_t *op;
-        json_array_foreach(arr, i, op)
-        {
-            const char *kind = json_string_value(json_object_get(op, "op"));
-            const char *type = json_string_value(json_object_get(op, "object_type"));
-            const char *id = json_string_value(json_object_get(op, "object_id"));
-            const char *sub = json_string_value(json_object_get(op, "subkey"));
-            sum += (uint32_t)json_integer_value(json_object_get(op, "checksum"));
-            nops++;
-            if (d->ops) {
-                char *text = json_dumps(op, JSON_COMPACT);
-                gw_buf_t l = GW_BUF_INIT;
-                gw_buf_puts(&l, "{\"bucket\":");
-                gw_buf_json_str(&l, bucket);
-                gw_buf_printf(&l, ",\"op\":%s}", text != NULL ? text : "null");
-                puts(l.data);
-                gw_buf_free(&l);
-                free(text);
-            }
-            char key[4096];
-            snprintf(key, sizeof(key), "%s\x1f%s\x1f%s", type ? type : "", id ? id : "",
-                     sub ? sub : "");
-            if (kind != NULL && strcmp(kind, "PUT") == 0)
-                json_object_set(rows, key, json_object_get(op, "data"));
-            else if (kind != NULL && strcmp(kind, "REMOVE") == 0)
-                json_object_del(rows, key);
-            else if (kind != NULL && strcmp(kind, "CLEAR") == 0)
-                json_object_clear(rows); /* the bucket is reset; MOVE changes no row */
-        }
-        json_decref(arr);
-        after = last;
-        if (!more || n == 0) break;
-    }
+    dump_bucket_t b = {d, bucket, json_object(), 0, 0};
+    if (each_op(d->r, bucket, d->as_of, dump_op, &b) != 0) d->failed = 1;
+    json_t *rows = b.rows;
+    uint64_t nops = b.nops;
+    uint32_t sum = b.sum;
     gw_buf_t line = GW_BUF_INIT;
     if (d->ops) {
         /* printed above */
@@ -177,7 +200,6 @@ static int dump_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t
         }
     }
     gw_buf_free(&line);
-    gw_buf_free(&chunk);
     json_decref(rows);
     return 0;
 }
@@ -317,50 +339,39 @@ typedef struct hist_ctx {
 } hist_ctx_t;
 
 /* The ops of one bucket whose object is the row: PUT, REMOVE, with the bucket. */
+/* One bucket's ops seen by the history: those of the row, as timeline lines. */
+typedef struct hist_bucket {
+    hist_ctx_t *h;
+    const char *bucket;
+    gw_buf_t line;
+} hist_bucket_t;
+
+static void hist_op(void *ud, json_t *op)
+{
+    hist_bucket_t *b = ud;
+    const char *type = json_string_value(json_object_get(op, "object_type"));
+    const char *id = json_string_value(json_object_get(op, "object_id"));
+    if (type == NULL || id == NULL || strcmp(type, b->h->type) != 0 || strcmp(id, b->h->id) != 0)
+        return;
+    const char *opid = json_string_value(json_object_get(op, "op_id"));
+    const char *kind = json_string_value(json_object_get(op, "op"));
+    const char *data = json_string_value(json_object_get(op, "data"));
+    gw_buf_reset(&b->line);
+    gw_buf_printf(&b->line, "%020llu\t  op %s %s bucket %s", opid ? strtoull(opid, NULL, 10) : 0ULL,
+                  opid ? opid : "?", kind ? kind : "?", b->bucket);
+    if (data != NULL) gw_buf_printf(&b->line, " data %s", data);
+    lines_add(&b->h->out, b->line.data);
+}
+
 static int hist_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t count)
 {
     (void)checksum;
     (void)count;
     hist_ctx_t *h = ud;
     if (h->ns != NULL && strncmp(bucket, h->ns, strlen(h->ns)) != 0) return 0;
-    uint64_t after = 0;
-    gw_buf_t chunk = GW_BUF_INIT, line = GW_BUF_INIT;
-    for (;;) {
-        gw_buf_reset(&chunk);
-        gw_buf_puts(&chunk, "[");
-        uint64_t last;
-        int more;
-        size_t n;
-        if (gw_storage_read_ops(h->r, bucket, after, h->as_of, 1000, 1 << 20, &chunk, &last, &more,
-                                &n) != 0) {
-            h->failed = 1;
-            break;
-        }
-        gw_buf_puts(&chunk, "]");
-        json_t *arr = json_loads(chunk.data, 0, NULL);
-        size_t i;
-        json_t *op;
-        json_array_foreach(arr, i, op)
-        {
-            const char *type = json_string_value(json_object_get(op, "object_type"));
-            const char *id = json_string_value(json_object_get(op, "object_id"));
-            if (type == NULL || id == NULL || strcmp(type, h->type) != 0 || strcmp(id, h->id) != 0)
-                continue;
-            const char *opid = json_string_value(json_object_get(op, "op_id"));
-            const char *data = json_string_value(json_object_get(op, "data"));
-            gw_buf_reset(&line);
-            gw_buf_printf(&line, "%020llu\t  op %s %s bucket %s",
-                          opid ? strtoull(opid, NULL, 10) : 0ULL, opid ? opid : "?",
-                          json_string_value(json_object_get(op, "op")), bucket);
-            if (data != NULL) gw_buf_printf(&line, " data %s", data);
-            lines_add(&h->out, line.data);
-        }
-        json_decref(arr);
-        after = last;
-        if (!more || n == 0) break;
-    }
-    gw_buf_free(&chunk);
-    gw_buf_free(&line);
+    hist_bucket_t b = {h, bucket, GW_BUF_INIT};
+    if (each_op(h->r, bucket, h->as_of, hist_op, &b) != 0) h->failed = 1;
+    gw_buf_free(&b.line);
     return 0;
 }
 
