@@ -43,9 +43,12 @@ T_DROP_DBS=()
 # PID whose process ended may already belong to another program (pid_max can be 32,768, and
 # other tests run beside this one): such a PID is never signalled.
 t_mine() {
-  local p=$1 i pp
+  local p=$1 i pp k v
   for ((i = 0; i < 16; i++)); do
-    pp=$(awk '/^PPid:/ {print $2}' "/proc/$p/status" 2>/dev/null) || return 1
+    pp=
+    [ -r "/proc/$p/status" ] || return 1
+    # the builtin read, not a process per step: stop_pid asks this every 50 ms
+    { while read -r k v; do [ "$k" = PPid: ] && { pp=$v; break; }; done <"/proc/$p/status"; } 2>/dev/null
     [ -n "$pp" ] || return 1
     [ "$pp" = "$$" ] && return 0
     [ "$pp" -le 1 ] && return 1
