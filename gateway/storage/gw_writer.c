@@ -635,3 +635,19 @@ int gw_writer_delete_row(gw_writer_t *w, const gw_row_ref_t *ref, gw_err_t *err)
     gw_buf_free(&old_lookups);
     return rc;
 }
+
+int gw_writer_load_state(gw_writer_t *w, gw_storage_t *st)
+{
+    char nb[32], lb[32], sb[32], cb[8];
+    int gn = gw_storage_state_get(st, "next_op", nb, sizeof(nb));
+    int gl = gw_storage_state_get(st, "last_op", lb, sizeof(lb));
+    int gs = gw_storage_state_get(st, "lsn", sb, sizeof(sb));
+    int gc = gw_storage_state_get(st, "consistent", cb, sizeof(cb));
+    if (gn < 0 || gl < 0 || gs < 0 || gc < 0) return -1;
+    w->next_op = gn ? strtoull(nb, NULL, 10) : 1;
+    w->last_op = gl ? strtoull(lb, NULL, 10) : 0;
+    w->lsn = gs ? strtoull(sb, NULL, 10) : 0;
+    w->consistent = gc && cb[0] == '1';
+    if (w->next_op <= w->last_op) w->next_op = w->last_op + 1;
+    return 0;
+}

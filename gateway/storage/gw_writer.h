@@ -162,6 +162,11 @@ void gw_writer_forget_version(gw_writer_t *w, const char *ns);
  *  same storage may have moved it), 0 when unknown. */
 void gw_writer_begin(gw_writer_t *w, uint64_t stored_next_op);
 
+/** Load w's op ids, LSN and consistency from st's state (through st's state_get, so a backend
+ * may call it while loading its cache): 0, or -1 when a value could not be read (never a default
+ * then: op ids from 1 and LSN 0 would reuse ids and replay the source). */
+int gw_writer_load_state(gw_writer_t *w, gw_storage_t *st);
+
 /** Write every queued op as chunks (io->chunk_insert) and empty the queue. 0 or an error. */
 int gw_writer_flush_pending(gw_writer_t *w, gw_err_t *err);
 

@@ -262,19 +262,8 @@ int gw__pgs_load_cache(gw_pgs_t *s, gw_err_t *err)
     }
     atomic_store(&w->n_rows, (uint64_t)gw__pgs_get_i64(res, 0, 0));
     PQclear(res);
-    /* an unreadable value is an error, never a default (op ids from 1, LSN 0) */
-    char nb[32], lb[32], sb[32], cb[8];
-    int gn = gw__pgs_state_get(&s->base, "next_op", nb, sizeof(nb));
-    int gl = gw__pgs_state_get(&s->base, "last_op", lb, sizeof(lb));
-    int gs = gw__pgs_state_get(&s->base, "lsn", sb, sizeof(sb));
-    int gc = gw__pgs_state_get(&s->base, "consistent", cb, sizeof(cb));
-    if (gn < 0 || gl < 0 || gs < 0 || gc < 0)
+    if (gw_writer_load_state(w, &s->base) != 0)
         return gw__pgs_err(s->conn, err, "read the replication state from storage");
-    w->next_op = gn ? strtoull(nb, NULL, 10) : 1;
-    w->last_op = gl ? strtoull(lb, NULL, 10) : 0;
-    w->lsn = gs ? strtoull(sb, NULL, 10) : 0;
-    w->consistent = gc && cb[0] == '1';
-    if (w->next_op <= w->last_op) w->next_op = w->last_op + 1;
     return 0;
 }
 
