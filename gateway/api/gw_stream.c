@@ -102,7 +102,9 @@ typedef struct sthread {
     h2o_timeout_entry_t tick_entry;
     int tick_on;
     uint64_t ticks;
-    gw_compress_ctx_t *cz; /* this thread's compressors (http.compression) */
+    gw_compress_ctx_t *cz;            /* this thread's compressors (http.compression) */
+    gw_compress_worker_t *czw;        /* compresses this thread's big batches (NULL: here) */
+    h2o_multithread_receiver_t cz_rx; /* gw_compress_job_t done by czw: stream_t.job */
 } sthread_t;
 
 /* The streams of one user, oldest first (the per-user registry). */
@@ -136,6 +138,7 @@ struct gw_streams {
     _Atomic int64_t open;
     _Atomic uint64_t started, ops_sent, bytes_sent, checkpoints_sent, rejected, evicted;
     _Atomic uint64_t enc_in[3], enc_out[3]; /* by gw_encoding_t: bytes before / after */
+    _Atomic uint64_t cz_batches[2];         /* compressed batches: [0] on the loop, [1] worker */
     gw_hist_t latency;                      /* storage commit to checkpoint_complete */
 };
 
@@ -206,6 +209,8 @@ struct stream {
     gw_buf_t pending, inflight;
     gw_buf_t wire;           /* inflight compressed (an encoding other than identity) */
     gw_compress_stream_t cz; /* the response's Content-Encoding and its state */
+    gw_compress_job_t job;   /* inflight -> wire on the thread's worker (while job_busy) */
+    int job_busy, job_final; /* a job is in flight (the stream holds a reference); its batch ends */
     int busy, closed, finishing, final_sent;
     uint64_t ops_sent, bytes_sent, lines;
     const char *end_reason;
@@ -225,6 +230,7 @@ static void record_latency(gw_streams_t *g, const struct timespec *since)
 
 static void flush(stream_t *s);
 static int pump(stream_t *s);
+static h2o_iovec_t encoded(stream_t *s, int rc, int *failed);
 
 static void stream_log_end(stream_t *s)
 {
@@ -293,20 +299,45 @@ static h2o_iovec_t encode(stream_t *s, int final, int *failed)
 {
     *failed = 0;
     if (s->cz.enc == GW_ENC_IDENTITY) return h2o_iovec_init(s->inflight.data, s->inflight.len);
-    gw_streams_t *g = s->th->owner;
-    uint64_t out_before = s->cz.out;
     gw_buf_reset(&s->wire);
-    if (gw_compress_batch(s->th->cz, &s->cz, s->inflight.data, s->inflight.len, final, &s->wire) !=
-        0) {
+    int rc =
+        gw_compress_batch(s->th->cz, &s->cz, s->inflight.data, s->inflight.len, final, &s->wire);
+    return encoded(s, rc, failed);
+}
+
+/* The result of compressing s->inflight into s->wire (rc: gw_compress_batch's), counted. */
+static h2o_iovec_t encoded(stream_t *s, int rc, int *failed)
+{
+    *failed = rc != 0;
+    if (rc != 0) {
         gw_error("stream", "could not compress the stream; ending it", "conn=s%llu encoding=%s",
                  (unsigned long long)s->id, gw_compress_token(s->cz.enc));
-        *failed = 1;
         return h2o_iovec_init(NULL, 0);
     }
+    gw_streams_t *g = s->th->owner;
     atomic_fetch_add(&g->enc_in[s->cz.enc], s->inflight.len);
-    atomic_fetch_add(&g->enc_out[s->cz.enc], s->cz.out - out_before);
+    atomic_fetch_add(&g->enc_out[s->cz.enc], s->wire.len);
+    atomic_fetch_add(&g->cz_batches[s->job_busy], 1);
     return h2o_iovec_init(s->wire.data, s->wire.len);
 }
+
+/* Send one encoded batch (s->busy is set: on_proceed follows), or end a failed stream. */
+static void send_batch(stream_t *s, h2o_iovec_t iov, int final, int failed)
+{
+    if (failed) {
+        s->final_sent = 1;
+        h2o_send(s->req, NULL, 0, H2O_SEND_STATE_ERROR);
+        return;
+    }
+    h2o_send(s->req, &iov, 1, final ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+}
+
+/*
+ * A compressed batch this big goes to the thread's worker; the loop thread encodes the next one
+ * meanwhile. Smaller ones (a live change, a keepalive) are compressed in place: the hop to the
+ * worker and back would only add to their latency.
+ */
+#define OFFLOAD_MIN_BYTES (32 * 1024)
 
 static void flush(stream_t *s)
 {
@@ -339,13 +370,45 @@ static void flush(stream_t *s)
     atomic_fetch_add(&s->th->owner->bytes_sent, s->inflight.len);
     int final = s->finishing && !s->in_round;
     if (final) s->final_sent = 1;
-    h2o_iovec_t iov = encode(s, final, &failed);
-    if (failed) {
-        s->final_sent = 1;
-        h2o_send(s->req, NULL, 0, H2O_SEND_STATE_ERROR);
+    if (s->cz.enc != GW_ENC_IDENTITY && s->th->czw != NULL &&
+        s->inflight.len >= OFFLOAD_MIN_BYTES) {
+        /* the stream stays alive until the done message, even if the client goes meanwhile */
+        h2o_mem_addref_shared(s);
+        gw_buf_reset(&s->wire);
+        s->job = (gw_compress_job_t){.done_rx = &s->th->cz_rx,
+                                     .st = &s->cz,
+                                     .in = s->inflight.data,
+                                     .n = s->inflight.len,
+                                     .last = final,
+                                     .out = &s->wire};
+        s->job_busy = 1;
+        s->job_final = final;
+        gw_compress_worker_post(s->th->czw, &s->job);
+        pump(s); /* the next batch, while this one is compressed */
         return;
     }
-    h2o_send(s->req, &iov, 1, final ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+    h2o_iovec_t iov = encode(s, final, &failed);
+    send_batch(s, iov, final, failed);
+}
+
+/* Batches the worker compressed: send each (s->busy is still set), unless its client left. */
+static void on_compressed(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages)
+{
+    (void)rx;
+    while (!h2o_linklist_is_empty(messages)) {
+        gw_compress_job_t *job =
+            H2O_STRUCT_FROM_MEMBER(gw_compress_job_t, super.link, messages->next);
+        h2o_linklist_unlink(&job->super.link);
+        stream_t *s = H2O_STRUCT_FROM_MEMBER(stream_t, job, job);
+        if (!s->closed) {
+            int failed;
+            h2o_iovec_t iov = encoded(s, job->rc, &failed); /* counted while job_busy: a worker's */
+            s->job_busy = 0;
+            send_batch(s, iov, s->job_final, failed);
+        }
+        s->job_busy = 0;
+        h2o_mem_release_shared(s); /* disposes a stream whose client left meanwhile */
+    }
 }
 
 static void on_proceed(h2o_generator_t *gen, h2o_req_t *req)
@@ -1281,9 +1344,17 @@ static void on_thread_start(h2o_context_t *ctx, size_t index, void *ud)
     if (++g->nregistered == g->nthreads) g->attached = 1;
     pthread_mutex_unlock(&g->lock);
     const gw_config_t *cfg = g->app->cfg;
-    if (cfg->http.compression.enabled)
-        th->cz = gw_compress_ctx_new((int)cfg->http.compression.zstd_level,
-                                     (int)cfg->http.compression.gzip_level);
+    if (cfg->http.compression.enabled) {
+        int zl = (int)cfg->http.compression.zstd_level, gl = (int)cfg->http.compression.gzip_level;
+        th->cz = gw_compress_ctx_new(zl, gl);
+        h2o_multithread_register_receiver(ctx->queue, &th->cz_rx, on_compressed);
+        th->czw = gw_compress_worker_start(zl, gl, &err);
+        if (th->czw == NULL) { /* batches are then compressed on this thread: slower, still right */
+            char msg[1024];
+            gw_warn("stream", "compressing streams on the loop thread", "error=\"%s\"",
+                    gw_err_format(&err, msg, sizeof(msg)));
+        }
+    }
     h2o_timeout_init(ctx->loop, &th->tick, 1000);
     th->tick_entry.cb = on_tick;
     h2o_timeout_link(ctx->loop, &th->tick, &th->tick_entry);
@@ -1297,6 +1368,20 @@ static void on_thread_stop(h2o_context_t *ctx, size_t index, void *ud)
     sthread_t *th = &g->threads[index];
     (void)ctx;
     gw__cks_free();
+    if (th->cz != NULL) {
+        /* every job gets its done message; a stream still waiting for one is released here */
+        gw_compress_worker_stop(th->czw);
+        th->czw = NULL;
+        while (!h2o_linklist_is_empty(&th->cz_rx._messages)) {
+            gw_compress_job_t *job =
+                H2O_STRUCT_FROM_MEMBER(gw_compress_job_t, super.link, th->cz_rx._messages.next);
+            h2o_linklist_unlink(&job->super.link);
+            stream_t *s = H2O_STRUCT_FROM_MEMBER(stream_t, job, job);
+            s->job_busy = 0;
+            h2o_mem_release_shared(s);
+        }
+        h2o_multithread_unregister_receiver(th->cz_rx.queue, &th->cz_rx);
+    }
     gw_compress_ctx_free(th->cz);
     th->cz = NULL;
     pthread_mutex_lock(&g->lock);
@@ -1442,6 +1527,13 @@ void gw_stream_metrics(gw_buf_t *out, void *ud)
         gw_buf_printf(out, "ferry_stream_encoded_bytes_out_total{encoding=\"%s\"} %llu\n",
                       gw_compress_token((gw_encoding_t)e),
                       (unsigned long long)atomic_load(&g->enc_out[e]));
+    gw_buf_puts(out, "# HELP ferry_stream_compressed_batches_total Compressed stream batches, by "
+                     "thread: the loop thread's own (small) or its compression worker (big).\n"
+                     "# TYPE ferry_stream_compressed_batches_total counter\n");
+    gw_buf_printf(out, "ferry_stream_compressed_batches_total{thread=\"loop\"} %llu\n",
+                  (unsigned long long)atomic_load(&g->cz_batches[0]));
+    gw_buf_printf(out, "ferry_stream_compressed_batches_total{thread=\"worker\"} %llu\n",
+                  (unsigned long long)atomic_load(&g->cz_batches[1]));
     gw_buf_puts(out, "# TYPE ferry_stream_checkpoints_sent_total counter\n");
     gw_buf_printf(out, "ferry_stream_checkpoints_sent_total %llu\n",
                   (unsigned long long)atomic_load(&g->checkpoints_sent));

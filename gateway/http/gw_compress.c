@@ -1,15 +1,20 @@
 /* gw_compress.c -- zstd and gzip content-coding of streams, batch by batch (see gw_compress.h)
  *
  * Callers: api/gw_stream.c compresses each batch of a /sync/stream response here just before
- * h2o_send, with the context of its loop thread. Invariant: after gw_compress_batch() returns,
- * out decodes (together with what went before) to exactly the input so far, line for line.
+ * h2o_send: a small one on its loop thread with the thread's context, a big one on the loop
+ * thread's worker (gw_compress_worker_*, the end of this file). Invariant: after
+ * gw_compress_batch() returns, out decodes (together with what went before) to exactly the input so
+ * far, line for line.
  */
 #include "http/gw_compress.h"
 #include "base/gw_err.h"
+#include "base/gw_log.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 #include <zlib.h>
 #include <zstd.h>
 
@@ -193,4 +198,100 @@ int gw_compress_batch(gw_compress_ctx_t *c, gw_compress_stream_t *st, const void
         st->out += out->len - before;
     }
     return rc;
+}
+
+/* ---- workers ---- */
+
+struct gw_compress_worker {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    gw_compress_job_t *head, *tail; /* queued jobs, guarded by lock */
+    int stopping;                   /* guarded by lock */
+    gw_compress_ctx_t *ctx;         /* the worker thread's own */
+    const char *hold;               /* FERRY_TEST_COMPRESS_HOLD, or NULL */
+};
+
+/* Fault injection for tests: while the file FERRY_TEST_COMPRESS_HOLD names exists, a job waits
+ * before it is compressed (until the worker is stopped), so a test acts at a point it chooses
+ * while a batch is on the worker: a client hanging up, ferry shutting down. */
+static void test_hold(gw_compress_worker_t *w)
+{
+    if (w->hold == NULL || access(w->hold, F_OK) != 0) return;
+    gw_info("http", "test hold: compression paused", "file=%s", w->hold);
+    for (;;) {
+        pthread_mutex_lock(&w->lock);
+        int stopping = w->stopping;
+        pthread_mutex_unlock(&w->lock);
+        if (stopping || access(w->hold, F_OK) != 0) return;
+        usleep(50000);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    gw_compress_worker_t *w = arg;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (w->head == NULL && !w->stopping)
+            pthread_cond_wait(&w->wake, &w->lock);
+        gw_compress_job_t *job = w->head;
+        if (job == NULL) break; /* stopping, and nothing left */
+        w->head = job->next;
+        if (w->head == NULL) w->tail = NULL;
+        pthread_mutex_unlock(&w->lock);
+        test_hold(w);
+        job->rc = gw_compress_batch(w->ctx, job->st, job->in, job->n, job->last, job->out);
+        h2o_multithread_send_message(job->done_rx, &job->super);
+        pthread_mutex_lock(&w->lock);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+gw_compress_worker_t *gw_compress_worker_start(int zstd_level, int gzip_level, gw_err_t *err)
+{
+    gw_compress_worker_t *w = gw_xcalloc(1, sizeof(*w));
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->wake, NULL);
+    w->ctx = gw_compress_ctx_new(zstd_level, gzip_level);
+    w->hold = getenv("FERRY_TEST_COMPRESS_HOLD");
+    int rc = pthread_create(&w->thread, NULL, worker_main, w);
+    if (rc != 0) {
+        gw_err_set(err, GW_EIO, "http.compression", "could not start a compression thread: %s",
+                   strerror(rc));
+        gw_compress_ctx_free(w->ctx);
+        pthread_cond_destroy(&w->wake);
+        pthread_mutex_destroy(&w->lock);
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void gw_compress_worker_post(gw_compress_worker_t *w, gw_compress_job_t *job)
+{
+    job->next = NULL;
+    pthread_mutex_lock(&w->lock);
+    if (w->tail != NULL)
+        w->tail->next = job;
+    else
+        w->head = job;
+    w->tail = job;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+}
+
+void gw_compress_worker_stop(gw_compress_worker_t *w)
+{
+    if (w == NULL) return;
+    pthread_mutex_lock(&w->lock);
+    w->stopping = 1;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->thread, NULL);
+    gw_compress_ctx_free(w->ctx);
+    pthread_cond_destroy(&w->wake);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
 }

@@ -2,7 +2,8 @@
 # 49_stream_compression.sh -- POST /sync/stream with Content-Encoding over raw HTTP: zstd and gzip
 # streams decode to exactly the identity stream's lines; nothing waits in the compressor (after
 # every HTTP chunk the decoded output ends at a line boundary, for the first sync and for a live
-# change); negotiation (zstd first, then gzip, q=0, no header); headers (X-Accel-Buffering,
+# change); big batches on the worker, small ones on the loop thread, hang-ups and a shutdown
+# with a batch on the worker; negotiation (zstd first, then gzip, q=0, no header); headers (X-Accel-Buffering,
 # Vary, CORS); metrics before and after; http.compression.enabled: false
 source "$(dirname "$0")/../lib/testlib.sh"
 
@@ -143,6 +144,39 @@ idb=$(wc -c <"$T_TMP/identity.lines")
   pass "metrics: zstd bytes before ($zin) and after ($zout) compression" || fail "zstd metrics" "in=$zin out=$zout lines=$idb"
 [ "${gin:-0}" -ge "$idb" ] && [ "${gout:-0}" -gt 0 ] && [ "$gout" -lt "$((gin / 3))" ] &&
   pass "metrics: gzip bytes before ($gin) and after ($gout) compression" || fail "gzip metrics" "in=$gin out=$gout"
+# big batches (the first sync) are compressed on the loop thread's worker, small ones (the live
+# change) on the loop thread itself; the decoded equality above covers both
+bw=$(echo "$m" | sed -n 's/^ferry_stream_compressed_batches_total{thread="worker"} //p')
+bl=$(echo "$m" | sed -n 's/^ferry_stream_compressed_batches_total{thread="loop"} //p')
+[ "${bw:-0}" -ge 2 ] && pass "the first sync's batches were compressed on the worker ($bw)" ||
+  fail "worker batches" "worker=$bw loop=$bl"
+[ "${bl:-0}" -ge 2 ] && pass "the live change's batches were compressed on the loop thread ($bl)" ||
+  fail "loop batches" "worker=$bw loop=$bl"
+
+# clients that hang up in the middle of a compressed first sync, while a batch may be on the
+# worker: every stream ends (the gauge returns to 0) and ferry goes on serving
+cat >"$T_TMP/hangup.py" <<'PY'
+import socket, sys
+port, token = int(sys.argv[1]), sys.argv[2]
+socks = []
+for i in range(30):
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    body = b'{"buckets":[],"client_id":"hang-%d"}' % i
+    s.sendall(("POST /sync/stream HTTP/1.1\r\nHost: t\r\nAuthorization: Token %s\r\n"
+               "Content-Type: application/json\r\nAccept-Encoding: %s\r\n"
+               "Content-Length: %d\r\n\r\n" % (token, "zstd" if i % 2 else "gzip", len(body))).encode() + body)
+    socks.append(s)
+for s in socks:
+    s.recv(4096)  # the headers and the first bytes: the sync is under way
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()     # a reset, with the rest of the sync unsent
+PY
+t_in_ns $PY "$T_TMP/hangup.py" "$port" "$TOKEN" || fail "hang-up clients" "hangup.py failed"
+wait_match "http://127.0.0.1:$port/metrics" $'\nferry_streams_open 0\n' 60 >/dev/null &&
+  pass "streams whose clients hung up mid-sync all ended" ||
+  fail "streams ended" "$(curl -s "http://127.0.0.1:$port/metrics" | grep '^ferry_streams_open')"
+n=$(stream_once "http://127.0.0.1:$port" "$TOKEN" '{"buckets":[]}' | grep -c '"data"')
+[ "$n" -ge 1 ] && pass "and ferry still serves a new stream ($n data lines)" || fail "serving after hang-ups" "$n"
 
 # negotiation edge cases, by the response header alone
 enc() { # the Content-Encoding answered to Accept-Encoding $1 (headers only, then hang up)
@@ -175,8 +209,74 @@ for e in zstd gzip; do
     pass "  with every line up to the last one" || fail "$e lines" "$(tail -c 200 "$T_TMP/curl-$e.ndjson")"
 done
 
+# ferry stopped in the middle of 20 compressed first syncs that read as fast as they can (batches
+# on the worker at that moment): it ends every stream and exits cleanly
+cat >"$T_TMP/shutdown.py" <<'PY'
+import socket, sys, threading
+port, token, ready = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ended = []
+def read(i):
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    body = b'{"buckets":[],"client_id":"stop-%d"}' % i
+    s.sendall(("POST /sync/stream HTTP/1.1\r\nHost: t\r\nAuthorization: Token %s\r\n"
+               "Content-Type: application/json\r\nAccept-Encoding: %s\r\n"
+               "Content-Length: %d\r\n\r\n" % (token, "zstd" if i % 2 else "gzip", len(body))).encode() + body)
+    got = 0
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += len(b)
+            if got > 8192 and i == 0:
+                open(ready, "w").close()
+    except OSError:
+        pass
+    ended.append(got)
+ts = [threading.Thread(target=read, args=(i,)) for i in range(20)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(len(ended))
+PY
+rm -f "$T_TMP/syncing"
+t_in_ns $PY "$T_TMP/shutdown.py" "$port" "$TOKEN" "$T_TMP/syncing" >"$T_TMP/shutdown.out" &
+spy=$!
+for ((i = 0; i < 600; i++)); do [ -e "$T_TMP/syncing" ] && break; sleep 0.1; done
+stop_pid "$FERRY_PID" 60
+expect_eq "ferry stopped during 20 compressed first syncs exits cleanly" 0 "$STOP_RC"
+wait "$spy"
+expect_eq "and every one of those streams ended" 20 "$(cat "$T_TMP/shutdown.out")"
+
+# ferry told to stop while a batch is on the worker (a test hold: the job waits while a file
+# exists, released once ferry is draining): the batch is sent, the stream ends, ferry exits 0
+touch "$T_TMP/hold"
+FERRY_TEST_COMPRESS_HOLD=$T_TMP/hold start_ferry "$T_TMP/ferry.yaml" || exit 1
+wait_ready "$port" 60 || { fail "ready (hold)" "not ready"; exit 1; }
+t_in_ns curl -s --max-time 120 -X POST -H "Authorization: Token $TOKEN" -H "Accept-Encoding: zstd" \
+  -H 'Content-Type: application/json' --data '{"buckets":[],"client_id":"c-held"}' \
+  -o "$T_TMP/held.zst" -w '%{http_code}' "http://127.0.0.1:$port/sync/stream" >"$T_TMP/held.code" &
+cpid=$!
+for ((i = 0; i < 600; i++)); do grep -q 'test hold: compression paused' "$FERRY_LOG" && break; sleep 0.1; done
+grep -q 'test hold: compression paused' "$FERRY_LOG" && pass "a first-sync batch is held on the worker" ||
+  fail "held batch" "no hold in the log"
+t_mine "$FERRY_PID" && kill -TERM "$FERRY_PID"
+for ((i = 0; i < 600; i++)); do grep -q 'msg="shutting down"' "$FERRY_LOG" && break; sleep 0.1; done
+rm -f "$T_TMP/hold"
+stop_pid "$FERRY_PID" 60
+expect_eq "ferry stopped with a batch on the worker exits cleanly" 0 "$STOP_RC"
+grep -q 'stream ended.*reason=server_shutdown' "$FERRY_LOG" &&
+  pass "the held stream ended with the shutdown" || fail "held stream ended" "$(grep 'stream ended' "$FERRY_LOG")"
+wait "$cpid"
+expect_eq "its client got a whole response" 200 "$(cat "$T_TMP/held.code")"
+n=$($PY -c 'import sys, zstandard; d = zstandard.ZstdDecompressor().decompressobj(); t = b""
+data = open(sys.argv[1], "rb").read()
+while data:
+    t += d.decompress(data); data = d.unused_data; d = zstandard.ZstdDecompressor().decompressobj() if data else d
+print(t.count(b"\n"))' "$T_TMP/held.zst" 2>&1)
+[[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 2 ] && pass "which decodes to whole lines, the held batch included ($n lines)" ||
+  fail "held stream decoded" "$n"
+
 # http.compression.enabled: false
-stop_pid "$FERRY_PID"
 printf 'http:\n  listen: "127.0.0.1:%s"\n  threads: 2\n  compression:\n    enabled: false\n' "$port" >"$T_TMP/off.yaml"
 sed '1,/^  threads: 2$/d' "$T_TMP/ferry.yaml" | grep -v '^log_level' >>"$T_TMP/off.yaml"
 start_ferry "$T_TMP/off.yaml" || exit 1

@@ -6,6 +6,10 @@ latency: every chunk read from one side is written to the other DELAY_MS later, 
 a close travels the same way. The delay is read from DELAY_FILE (milliseconds) when one is
 given, at each chunk, so a test can change it while connections stay open.
 
+With RELAY_DOWN_LIMIT=BYTES in the environment it forwards at most BYTES from the target to
+the clients, over all connections, and holds the rest: a download stalled at a point the test
+chooses by size, whatever the machine's speed.
+
 Usage: delay_relay.py LISTEN_HOST:PORT TARGET_HOST:PORT DELAY_MS [DELAY_FILE]
 Prints "listening" once it accepts connections; runs until killed.
 """
@@ -25,8 +29,11 @@ def delay_s(default_ms, path):
     return default_ms / 1000.0
 
 
-async def pump(reader, writer, default_ms, path):
-    """Copy reader to writer, each chunk DELAY later than it arrived."""
+down_left = int(os.environ["RELAY_DOWN_LIMIT"]) if os.environ.get("RELAY_DOWN_LIMIT") else None
+
+
+async def pump(reader, writer, default_ms, path, down=False):
+    """Copy reader to writer, each chunk DELAY later than it arrived (down: within the limit)."""
     queue = asyncio.Queue()
 
     async def read_side():
@@ -40,6 +47,7 @@ async def pump(reader, writer, default_ms, path):
                 return
 
     async def write_side():
+        global down_left
         while True:
             due, data = await queue.get()
             wait = due - time.monotonic()
@@ -51,6 +59,11 @@ async def pump(reader, writer, default_ms, path):
                 except (OSError, RuntimeError):
                     pass
                 return
+            if down and down_left is not None:
+                if down_left <= 0:
+                    await asyncio.Event().wait()  # held until killed
+                data = data[:down_left]
+                down_left -= len(data)
             try:
                 writer.write(data)
                 await writer.drain()
@@ -69,7 +82,7 @@ async def handle(creader, cwriter, target, default_ms, path):
         return
     try:
         await asyncio.gather(pump(creader, swriter, default_ms, path),
-                             pump(sreader, cwriter, default_ms, path))
+                             pump(sreader, cwriter, default_ms, path, down=True))
     finally:
         for w in (cwriter, swriter):
             try:
