@@ -960,7 +960,7 @@ static sexpr_t *translate(spq_t *q, const sx_t *x)
         if (x->call_extra)
             return invalid(q, x,
                            "DISTINCT, ORDER BY, FILTER, OVER and \"*\" are not supported in "
-                           "function calls");
+                           "function calls; sync the rows and aggregate on the client");
         if (strcmp(x->name, "random") == 0 || strcmp(x->name, "randomblob") == 0)
             return invalid(q, x,
                            "function \"%s\" is not allowed: sync rules must be "
@@ -1633,13 +1633,17 @@ static sde_t must_single(spq_t *q, sexpr_t *e)
 static void process_result_columns(spq_t *q, const ssel_t *s)
 {
     const char *seen_alias = NULL;
+    int star_err = 0; /* a "*" that named no table has its own error; add no second one */
     for (int i = 0; i < s->ncols; i++) {
         const scol_t *c = &s->cols[i];
         const sx_t *x = c->expr;
         if (x->k == SX_REF && strcmp(x->name, "*") == 0) {
             srs_t *rs;
             ssubq_t *sq;
-            if (resolve_table(q, x, x->qual, &rs, &sq) < 0) continue;
+            if (resolve_table(q, x, x->qual, &rs, &sq) < 0) {
+                star_err = 1;
+                continue;
+            }
             if (rs) {
                 if (rs->kind != RS_PHYS) {
                     err(q, x->src, x->off,
@@ -1726,7 +1730,7 @@ static void process_result_columns(spq_t *q, const ssel_t *s)
         scolsrc_t cs = {0, d, name};
         VPUSH(q->b->a, q->cols, cs);
     }
-    if (!q->primary)
+    if (!q->primary && !star_err)
         err(q, s->src, s->off,
             "the query must select columns of a table (for example \"SELECT * FROM todos\")");
 }

@@ -14,7 +14,9 @@
  *                            for the user (when the sync rules send ferry_write_conflicts)
  *     open LIST              open a list: subscribe to the Sync Stream "list_todos" with
  *                            {"list_id": LIST} (kept in the replica, sent by every later sync),
- *                            sync until that subscription's data is in, print its todos
+ *                            sync until that subscription's data is in, print its todos; the
+ *                            rules must define that stream (the demo's do not: see
+ *                            clientsdk/README.md)
  *     close LIST             unsubscribe from it; the next sync removes its todos
  *     subscribe STREAM [JSON] / unsubscribe STREAM [JSON]
  *                            any other subscription (parameters a JSON object)

@@ -2,11 +2,13 @@
 # 42_streams_rules_change.sh -- rule version builds and switches with Sync Streams files
 #
 # 1. ferry serves bucket definitions (edition 1); a live stream subscribes to a stream those rules
-#    do not have (its `streams` lists the error). The file changes to edition 3 streams (a
-#    subquery stream, a JOIN stream, a default stream) while rows are written: version 2 is built
-#    beside version 1 and takes over; storage equals the oracle of the new rules; the live stream
-#    gets a full `checkpoint` with the new `streams` (the subscription now resolves, without
-#    error) and the subscribed list's rows, its checkpoint ids never decreasing.
+#    do not have (its `streams` lists the error); a request with `"include_defaults": false` gets
+#    none of the legacy buckets, the same request without it gets them. The file changes to
+#    edition 3 streams (a subquery stream, a JOIN stream, a default stream) while rows are
+#    written: version 2 is built beside version 1 and takes over; storage equals the oracle of
+#    the new rules; the live stream gets a full `checkpoint` with the new `streams` (the
+#    subscription now resolves, without error) and the subscribed list's rows, its checkpoint ids
+#    never decreasing.
 # 2. The parameter lookups of version 2 follow changes: a new membership row adds the JOIN
 #    stream's bucket to the live stream, a list moved to another owner takes the subscription's
 #    bucket away.
@@ -86,6 +88,16 @@ wait_line "$T_TMP/live.ndjson" checkpoint_complete 20 || fail "first checkpoint"
 expect_eq "version 1: the legacy definition is a default stream; the subscription to a stream those rules lack is an error" \
   '{"kind":"checkpoint","buckets":[{"bucket":"1#user_lists[\"l1\"]","priority":3,"subscriptions":[{"default":0}]},{"bucket":"1#user_lists[\"l2\"]","priority":3,"subscriptions":[{"default":0}]}],"streams":[{"name":"user_lists","is_default":true,"errors":[]},{"name":"list_todos","is_default":false,"errors":[{"subscription":0,"message":"stream \"list_todos\" is not defined in the sync rules"}]}]}' \
   "$(checkpoints "$T_TMP/live.ndjson" | head -1)"
+# the legacy definitions are default streams: "include_defaults": false drops them, and the same
+# request without that key gets them
+stream_once "$base" "$tok" '{"buckets":[],"client_id":"c2","streams":{"include_defaults":false,"subscriptions":[]}}' >"$T_TMP/nodefaults.ndjson"
+expect_eq "version 1: include_defaults false gets none of the legacy buckets" \
+  '{"kind":"checkpoint","buckets":[],"streams":[]}' \
+  "$(checkpoints "$T_TMP/nodefaults.ndjson" | head -1)"
+stream_once "$base" "$tok" '{"buckets":[],"client_id":"c2","streams":{"subscriptions":[]}}' >"$T_TMP/defaults.ndjson"
+expect_eq "version 1: the same request without include_defaults gets them" \
+  '{"kind":"checkpoint","buckets":[{"bucket":"1#user_lists[\"l1\"]","priority":3,"subscriptions":[{"default":0}]},{"bucket":"1#user_lists[\"l2\"]","priority":3,"subscriptions":[{"default":0}]}],"streams":[{"name":"user_lists","is_default":true,"errors":[]}]}' \
+  "$(checkpoints "$T_TMP/defaults.ndjson" | head -1)"
 put_rules <<'YAML'
 config:
   edition: 3

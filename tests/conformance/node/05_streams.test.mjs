@@ -53,6 +53,10 @@ await other.waitForFirstSync();
 check('a subscription to another user\'s list gives no rows (the rules check ownership)',
   (await bob.db.getAll('SELECT * FROM todos')).length === 0);
 
+// The error is read from the client's log (warnings collected in alice.problems), not from its
+// sync status: @powersync/common 2.3.0's SyncStreamStatus ({progress, subscription, priority}) and
+// its SyncSubscriptionDescription have no error field, so the checkpoint's streams[].errors reach
+// the app only as the core's logged warning.
 const missing = await alice.db.syncStream('no_such_stream', { x: 1 }).subscribe({ ttl: TTL });
 check('a subscription to a missing stream shows an error in the client',
   await waitFor('missing stream error', async () => alice.problems.some(expected)), alice.problems.join(' | '));

@@ -84,6 +84,8 @@ START_TEST(test_config_load_full_example)
     ck_assert_int_eq(cfg.auth.keys[0].line, line_of(example_path(), "kid: dev,"));
     ck_assert_int_eq(cfg.auth.keys[0].col, 7);
     ck_assert_int_eq(cfg.limits.max_connections, 10000);
+    ck_assert_int_eq(cfg.limits.max_subscriptions_per_connection, 100);
+    ck_assert_int_eq(cfg.limits.max_subscription_parameter_bytes, 4096);
     gw_config_free(&cfg);
     unsetenv("FERRY_DEV_SECRET");
 }
@@ -104,6 +106,9 @@ START_TEST(test_config_defaults_and_env_default)
     ck_assert_int_eq(cfg.auth.leeway, 60);
     ck_assert_int_eq(cfg.auth.max_token_bytes, 16384);
     ck_assert_int_eq(cfg.limits.max_buckets_per_connection, 1000);
+    /* Sync Streams limits: the defaults deploy/ferry.example.yaml and rules/README.md document */
+    ck_assert_int_eq(cfg.limits.max_subscriptions_per_connection, 100);
+    ck_assert_int_eq(cfg.limits.max_subscription_parameter_bytes, 4096);
     gw_config_free(&cfg);
 }
 END_TEST
