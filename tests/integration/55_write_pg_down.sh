@@ -23,6 +23,11 @@ pg_start() {
 }
 
 db=${FERRY_PG_URI%/*}/postgres
+# the saturation check below holds the admitted batches behind a lock until the rest were
+# turned away, which on a busy machine can take longer than the default 10 s deadline of a
+# queued batch or the 30 s statement timeout: both are long here, so only the limit decides
+W_POSTGRES_CONFIG="  timeout: 300"
+W_EXTRA_CONFIG=$'write_back:\n  statement_timeout: 300'
 write_setup write55 "
 CREATE TABLE items (id text PRIMARY KEY, label text);
 CREATE TABLE slow (id int PRIMARY KEY, on_id text);
@@ -122,7 +127,7 @@ curl -s --no-progress-meter --parallel --parallel-immediate --parallel-max $n --
 satpid=$!
 busy503() { curl -s "$W_URL/metrics" | awk '$1 == "ferry_write_batches_total{status=\"503\"}" {print $2}'; }
 before=$(busy503)
-for ((i = 0; i < 600; i++)); do
+for ((i = 0; i < 2400; i++)); do
   [ "$(( $(busy503) - ${before:-0} ))" -ge $((n - 64)) ] && break
   sleep 0.05
 done

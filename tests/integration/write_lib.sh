@@ -3,7 +3,8 @@
 #   write_setup NAME SCHEMA_SQL RULES_YAML [URI]
 #                            create database NAME (or use URI), load SCHEMA_SQL, write the rules,
 #                            start ferry and wait until ready; sets W_DB, W_CFG, W_PORT, W_URL
-#                            (W_EXTRA_CONFIG, when set, is appended to the generated ferry.yaml)
+#                            (W_EXTRA_CONFIG, when set, is appended to the generated ferry.yaml;
+#                            W_POSTGRES_CONFIG, indented lines, goes under its postgres: key)
 #   write_token SUB          a development token for SUB
 #   write_post TOKEN BODY    POST BODY to /api/write; prints "STATUS BODY"
 #   sql QUERY                one value from the test database (psql -At)
@@ -21,6 +22,10 @@ write_setup() {
   W_CFG=$T_TMP/ferry.yaml
   SLOT_PREFIX=${SLOT_PREFIX:-w$RANDOM} replication_config "$W_CFG" "$W_PORT" "$W_DB"
   [ -n "${W_EXTRA_CONFIG:-}" ] && printf '%s\n' "$W_EXTRA_CONFIG" >>"$W_CFG"
+  if [ -n "${W_POSTGRES_CONFIG:-}" ]; then
+    printf '%s\n' "$W_POSTGRES_CONFIG" >"$T_TMP/pg-extra.yaml"
+    sed -i "/^postgres:\$/r $T_TMP/pg-extra.yaml" "$W_CFG"
+  fi
   W_URL=http://127.0.0.1:$W_PORT
   start_ferry "$W_CFG" || exit 1
   if ! wait_ready "$W_PORT" 60; then
