@@ -1117,10 +1117,10 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
         return 0;
     }
     /* the body: {"buckets":[{"name","after"}], "client_id", "parameters", …}; positions scanned
-     * into a map (gw__req_body: a reconnect sends hundreds) */
+     * into a list (gw__req_body: a reconnect sends hundreds) */
     json_t *body = NULL;
-    gw_map_t after;
-    gw_map_init(&after);
+    gw_positions_t after;
+    memset(&after, 0, sizeof(after));
     gw_subs_t subs;
     memset(&subs, 0, sizeof(subs));
     if (req->entity.base != NULL && req->entity.len > 0) {
@@ -1129,7 +1129,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
         if (body == NULL || !json_is_object(body)) {
             auth_token_release(tok);
             json_decref(body);
-            gw_map_free(&after);
+            gw__positions_free(&after);
             gw__subs_free(&subs);
             gw_http_send_error(req, 400, "bad_request",
                                "the request body is not a JSON object (line %d, column %d: %s)",
@@ -1145,7 +1145,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
         (jclient != NULL && !json_is_string(jclient) && !json_is_null(jclient))) {
         auth_token_release(tok);
         json_decref(body);
-        gw_map_free(&after);
+        gw__positions_free(&after);
         gw__subs_free(&subs);
         gw_http_send_error(req, 400, "bad_request",
                            "\"buckets\" must be an array, \"parameters\" an object and "
@@ -1162,7 +1162,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     else if (strlen(params_json) > MAX_PARAMS_BYTES)
         snprintf(problem, sizeof(problem), "\"parameters\" is longer than %d bytes as JSON",
                  MAX_PARAMS_BYTES);
-    else if (json_array_size(jb) > max_buckets || gw_map_count(&after) > max_buckets)
+    else if (json_array_size(jb) > max_buckets || after.n > max_buckets)
         snprintf(problem, sizeof(problem),
                  "\"buckets\" lists more than %zu buckets (limits.max_buckets_per_connection)",
                  max_buckets);
@@ -1173,7 +1173,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     if (problem[0] != '\0') {
         auth_token_release(tok);
         json_decref(body);
-        gw_map_free(&after);
+        gw__positions_free(&after);
         gw__subs_free(&subs);
         free(params_json);
         atomic_fetch_add(&g->rejected, 1);
@@ -1194,7 +1194,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
         auth_token_release(tok);
         json_decref(body);
         free(params_json);
-        gw_map_free(&after);
+        gw__positions_free(&after);
         atomic_fetch_add(&g->rejected, 1);
         gw_http_send_error(req, 400, scode, "%s", smsg);
         return 0;
@@ -1252,7 +1252,7 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
                 gw_log_qs(s->sub, user, sizeof(user)), gw_log_qs(msg, qmsg, sizeof(qmsg)));
         s->th = NULL; /* not linked: dispose must not unlink */
         json_decref(body);
-        gw_map_free(&after);
+        gw__positions_free(&after);
         atomic_fetch_add(&g->rejected, 1);
         gw_http_send_error(req, 400, rc == RULES_ELIMIT ? "too_many_buckets" : "bad_request", "%s",
                            msg);
@@ -1262,9 +1262,9 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
     th->nstreams++;
     atomic_fetch_add(&g->open, 1);
     atomic_fetch_add(&g->started, 1);
-    /* positions the client already has (the scanner's, or from the tree); only the user's own
-     * buckets are looked up in them (the names are the client's: the map hashes with a
-     * per-process key, and a request lists at most limits.max_buckets_per_connection) */
+    /* positions the client already has (the scanner's, or from the tree), matched against the
+     * user's own buckets (by_name, after the first evaluation): the client's names go into no
+     * table, and a request lists at most limits.max_buckets_per_connection of them */
     size_t i;
     json_t *e;
     json_array_foreach(jb, i, e)
@@ -1276,17 +1276,17 @@ static int on_sync_stream(h2o_req_t *req, void *ud)
             a = strtoull(json_string_value(ja), NULL, 10);
         else if (json_is_integer(ja) && json_integer_value(ja) > 0)
             a = (uint64_t)json_integer_value(ja);
-        if (name != NULL) gw_map_put(&after, name, (void *)(uintptr_t)(a + 1));
+        if (name != NULL) gw__positions_add(&after, name, strlen(name), a);
     }
     json_decref(body);
     gw_http_release_body(req);
     s->reeval = 1;
     start_round(s);
-    for (size_t k = 0; k < s->nb; k++) {
-        uintptr_t a = (uintptr_t)gw_map_get(&after, s->b[k].name);
-        if (a != 0) s->b[k].pos = a - 1;
+    for (size_t k = 0; k < after.n; k++) { /* in the order sent: a repeated name's last wins */
+        uintptr_t idx = (uintptr_t)gw_map_get(&s->by_name, gw__position_name(&after, k));
+        if (idx != 0) s->b[idx - 1].pos = after.v[k].after;
     }
-    gw_map_free(&after);
+    gw__positions_free(&after);
     char user[300], client[300];
     gw_info("stream", "stream started",
             "conn=s%llu user=%s client=%s buckets=%zu subscriptions=%zu checkpoint=%llu",

@@ -64,24 +64,53 @@ void gw__subs_bucket_json(const gw_subs_t *s, const char *definition, const int 
                           size_t nreasons, gw_buf_t *out);
 
 /**
- * The bucket positions of a /sync/stream body without a JSON tree: fills positions (bucket name
- * -> after + 1, keys copied) from the top-level "buckets" array and sets [*off, *end) to that
- * array's span in body (0, 0 when there is none). Returns 0, or -1 when the scanner gives up
- * (a malformed body, an entry it does not expect): the caller then parses the body with
- * jansson as a whole and reports errors from there. The map may hold entries after -1.
+ * A request's bucket positions, in the order sent. The names are the client's and are never
+ * hashed into a table: the stream matches them against its own buckets (by_name, the rules'
+ * names), so a crafted set of names costs what any other does and holds no table of its own.
  */
-int gw__req_positions(const char *body, size_t len, gw_map_t *positions, size_t *off, size_t *end);
+typedef struct gw_position {
+    size_t name;    /* offset of the NUL-terminated name in names */
+    uint64_t after; /* the position the client holds */
+} gw_position_t;
+
+typedef struct gw_positions {
+    gw_buf_t names;
+    gw_position_t *v;
+    size_t n, cap;
+} gw_positions_t;
+
+/** Append name (len bytes, copied) at after. */
+void gw__positions_add(gw_positions_t *p, const char *name, size_t len, uint64_t after);
+
+/** Empty p, keeping nothing (zero-initialised p is empty too). */
+void gw__positions_free(gw_positions_t *p);
+
+/** The name of entry i. */
+static inline const char *gw__position_name(const gw_positions_t *p, size_t i)
+{
+    return p->names.data + p->v[i].name;
+}
 
 /**
- * Parse a /sync/stream body: the bucket positions with gw__req_positions into *positions (an
- * initialised map), the subscriptions, when they have the common shape, into *subs (zeroed by
- * the caller; subs->parsed set), and the rest with jansson, its "buckets" then an empty array and
- * its "streams" null; when the scanner gives up, the whole body with jansson (the tree then has
- * everything, and gw__subs_parse reads the subscriptions from it with its messages). Returns the
- * tree (the caller owns it) or NULL with *jerr, as json_loadb.
+ * The bucket positions of a /sync/stream body without a JSON tree: appends to positions from
+ * the top-level "buckets" array and sets [*off, *end) to that array's span in body (0, 0 when
+ * there is none). Returns 0, or -1 when the scanner gives up (a malformed body, an entry it does
+ * not expect): the caller then parses the body with jansson as a whole and reports errors from
+ * there. positions may hold entries after -1.
  */
-json_t *gw__req_body(const char *base, size_t len, const gw_config_t *cfg, gw_map_t *positions,
-                     gw_subs_t *subs, json_error_t *jerr);
+int gw__req_positions(const char *body, size_t len, gw_positions_t *positions, size_t *off,
+                      size_t *end);
+
+/**
+ * Parse a /sync/stream body: the bucket positions with gw__req_positions into *positions (zeroed
+ * by the caller), the subscriptions, when they have the common shape, into *subs (zeroed by the
+ * caller; subs->parsed set), and the rest with jansson, its "buckets" then an empty array and
+ * its "streams" null; when the scanner gives up, the whole body with jansson (positions then
+ * empty: the tree has everything, and gw__subs_parse reads the subscriptions from it with its
+ * messages). Returns the tree (the caller owns it) or NULL with *jerr, as json_loadb.
+ */
+json_t *gw__req_body(const char *base, size_t len, const gw_config_t *cfg,
+                     gw_positions_t *positions, gw_subs_t *subs, json_error_t *jerr);
 
 /* ---- gw_stream_cache.c: bucket checksums as of a checkpoint, per loop thread ---- */
 

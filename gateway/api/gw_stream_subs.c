@@ -207,7 +207,7 @@ void gw__subs_bucket_json(const gw_subs_t *s, const char *definition, const int 
  * "after"}], 200 entries are common): parsing that with jansson (an object per entry) cost
  * more than everything else of opening a stream. This scanner walks the body once: it checks
  * that the text is one JSON object (strings, escapes, nesting; numbers and literals by their
- * characters), takes the positions from the top-level "buckets" array into a map, and reports
+ * characters), takes the positions from the top-level "buckets" array into a list, and reports
  * the array's span so the caller parses the rest with jansson without it. Anything it does not
  * expect (a position that is neither digits nor a string of digits, a malformed body) makes it
  * give up, and the caller parses the whole body with jansson as before, so errors and their
@@ -385,8 +385,26 @@ static int sc_value(scan_t *s, int depth)
     return sc_scalar(s, NULL);
 }
 
-/* One {"name": "...", "after": "N" | N, ...} entry into positions (name -> N + 1). */
-static int sc_position(scan_t *s, gw_map_t *positions, gw_buf_t *name)
+void gw__positions_add(gw_positions_t *p, const char *name, size_t len, uint64_t after)
+{
+    if (p->n == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 64;
+        p->v = gw_xrealloc(p->v, p->cap * sizeof(*p->v));
+    }
+    p->v[p->n++] = (gw_position_t){.name = p->names.len, .after = after};
+    gw_buf_append(&p->names, name, len);
+    gw_buf_append(&p->names, "", 1);
+}
+
+void gw__positions_free(gw_positions_t *p)
+{
+    gw_buf_free(&p->names);
+    free(p->v);
+    memset(p, 0, sizeof(*p));
+}
+
+/* One {"name": "...", "after": "N" | N, ...} entry appended to positions. */
+static int sc_position(scan_t *s, gw_positions_t *positions, gw_buf_t *name)
 {
     sc_ws(s);
     if (s->p >= s->end || *s->p++ != '{') return -1;
@@ -429,22 +447,23 @@ static int sc_position(scan_t *s, gw_map_t *positions, gw_buf_t *name)
         break;
     }
     if (!have_name) return -1;
-    gw_map_put(positions, name->data ? name->data : "", (void *)(uintptr_t)(after + 1));
+    gw__positions_add(positions, name->data ? name->data : "", name->len, after);
     return 0;
 }
 
-static int req_scan(const char *body, size_t len, gw_map_t *positions, size_t *off, size_t *end,
-                    size_t *soff, size_t *send);
+static int req_scan(const char *body, size_t len, gw_positions_t *positions, size_t *off,
+                    size_t *end, size_t *soff, size_t *send);
 
-int gw__req_positions(const char *body, size_t len, gw_map_t *positions, size_t *off, size_t *end)
+int gw__req_positions(const char *body, size_t len, gw_positions_t *positions, size_t *off,
+                      size_t *end)
 {
     size_t so, se;
     return req_scan(body, len, positions, off, end, &so, &se);
 }
 
 /* gw__req_positions, and [*soff, *send) the span of a top-level "streams" object (0, 0: none) */
-static int req_scan(const char *body, size_t len, gw_map_t *positions, size_t *off, size_t *end,
-                    size_t *soff, size_t *send)
+static int req_scan(const char *body, size_t len, gw_positions_t *positions, size_t *off,
+                    size_t *end, size_t *soff, size_t *send)
 {
     scan_t s = {body, body + len};
     *off = *end = *soff = *send = 0;
@@ -756,13 +775,12 @@ static int subs_fast(const char *body, size_t off, size_t end, const gw_config_t
     return rc;
 }
 
-json_t *gw__req_body(const char *base, size_t len, const gw_config_t *cfg, gw_map_t *positions,
-                     gw_subs_t *subs, json_error_t *jerr)
+json_t *gw__req_body(const char *base, size_t len, const gw_config_t *cfg,
+                     gw_positions_t *positions, gw_subs_t *subs, json_error_t *jerr)
 {
     size_t off, end, soff, send;
     if (req_scan(base, len, positions, &off, &end, &soff, &send) != 0) {
-        gw_map_free(positions); /* parsed as a whole below; positions come from the tree */
-        gw_map_init(positions);
+        gw__positions_free(positions); /* parsed as a whole below; positions come from the tree */
         return json_loadb(base, len, 0, jerr);
     }
     /* the subscriptions, when they have the common shape; "streams" then reads as null */
