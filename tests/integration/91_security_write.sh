@@ -12,7 +12,10 @@
 #   - write_back.statement_timeout: a batch blocked on the lock is rolled back and answered 503
 #     with Retry-After after the timeout (not when the lock goes), and applies on retry;
 #   - write-checkpoint keys of ("bob/x", "y") and ("bob", "x/y") stay distinct; a client_id
-#     over 200 bytes is 400 on every route that takes one.
+#     over 200 bytes is 400 on every route that takes one, and so is a token subject too long
+#     for the key;
+#   - alice and bob with one client_id: separate write-checkpoint counters and checkpoint
+#     request ids, and bob's op ids never make alice's ops duplicates (ferry_write_log).
 # The time the victim waits is a benchmark figure (tests/load/bench_write_fair.sh), not asserted.
 source "$(dirname "$0")/../lib/testlib.sh"
 source "$(dirname "$0")/write_lib.sh"
@@ -166,6 +169,41 @@ expect_match "400 on the sync stream" '^\{"error":\{"code":"bad_request","descri
   "$(curl -s -m 3 -w ' %{http_code}' -X POST -H "Authorization: Bearer $bob" -d "{\"client_id\":\"$long\"}" "$W_URL/sync/stream")"
 expect_match "400 on write-back" '"client_id\\" is longer than 200 bytes"\}\} 400$' \
   "$(curl -s -w ' %{http_code}' -X POST -H "Authorization: Bearer $bob" -d "{\"client_id\":\"$long\",\"batch\":[]}" "$W_URL/api/write")"
+expect_match "400 on checkpoint requests" '"code":"bad_request","description":"expected \{\\"client_id\\": \\"...\\" \(at most 200 bytes\).* 400$' \
+  "$(curl -s -w ' %{http_code}' -X POST -H "Authorization: Bearer $bob" -d "{\"client_id\":\"$long\",\"checkpoint_request_id\":\"1\"}" "$W_URL/sync/checkpoint-request")"
+cr() { curl -s -X POST "$W_URL/sync/checkpoint-request" -H "Authorization: Bearer $1" -d "{\"client_id\":\"$2\",\"checkpoint_request_id\":\"$3\"}"; }
+expect_eq "a 200-byte one is fine there too" '{"data":{"checkpoint_request_id":"1"}}' "$(cr "$bob" "${long:1}" 1)"
+long_sub=$(write_token "$(head -c 400 /dev/zero | tr '\0' /)") # 1,200 bytes once its '/' are encoded
+expect_match "a token subject too long for the key: 400 on write checkpoints" '^\{"error":\{"code":"bad_request","description":"the token.s subject is too long"\}\} 400$' \
+  "$(curl -s -w ' %{http_code}' "$W_URL/write-checkpoint2.json?client_id=c" -H "Authorization: Bearer $long_sub")"
+expect_match "and on checkpoint requests" '^\{"error":\{"code":"bad_request","description":"the token.s subject is too long"\}\} 400$' \
+  "$(curl -s -w ' %{http_code}' -X POST "$W_URL/sync/checkpoint-request" -H "Authorization: Bearer $long_sub" -d '{"client_id":"c","checkpoint_request_id":"1"}')"
+
+# ---- two users with one client_id: nothing of one is the other's ----
+alice=$(write_token alice)
+expect_eq "alice's client \"shared\": write checkpoint 1" '{"data":{"write_checkpoint":"1"}}' "$(wcp "$alice" shared)"
+expect_eq "and 2" '{"data":{"write_checkpoint":"2"}}' "$(wcp "$alice" shared)"
+expect_eq "bob's client \"shared\" counts on its own: 1" '{"data":{"write_checkpoint":"1"}}' "$(wcp "$bob" shared)"
+expect_eq "alice's goes on from hers: 3" '{"data":{"write_checkpoint":"3"}}' "$(wcp "$alice" shared)"
+expect_eq "a checkpoint request of alice's above hers: stored" '{"data":{"checkpoint_request_id":"50"}}' "$(cr "$alice" shared 50)"
+expect_eq "bob's request 5 is not stale against alice's 50" '{"data":{"checkpoint_request_id":"5"}}' "$(cr "$bob" shared 5)"
+expect_eq "alice's request 7 is stale against her own 50" '{"data":{"checkpoint_request_id":"50"}}' "$(cr "$alice" shared 7)"
+# the write log: bob's op ids 1..5 under client "shared" are not alice's
+shared_ops() { # OWNER FROM TO
+  local i s=''
+  for ((i = $2; i <= $3; i++)); do s+="{\"op_id\":$i,\"op\":\"PUT\",\"type\":\"items\",\"id\":\"$1-s$i\",\"data\":{\"owner\":\"$1\",\"label\":\"shared\"}},"; done
+  echo "{\"client_id\":\"shared\",\"batch\":[${s%,}]}"
+}
+r=$(write_post "$bob" "$(shared_ops bob 1 5)")
+expect_eq "bob's ops 1-5 on client \"shared\" apply" "5" "$(grep -o '"status":"applied"' <<<"$r" | wc -l)"
+r=$(write_post "$alice" "$(shared_ops alice 1 3)")
+expect_eq "alice's ops 1-3 on client \"shared\" apply, not duplicates of bob's" "3" "$(grep -o '"status":"applied"' <<<"$r" | wc -l)"
+r=$(write_post "$bob" "$(shared_ops bob 5 6)")
+expect_match "bob's own op 5 again is a duplicate (so the check above can fail)" '"op_id":5,"status":"duplicate".*"op_id":6,"status":"applied"' "$r"
+r=$(write_post "$alice" "$(shared_ops alice 3 4)")
+expect_match "alice's 3 is a duplicate of hers, her 4 applies (bob's 6 is not hers)" '"op_id":3,"status":"duplicate".*"op_id":4,"status":"applied"' "$r"
+expect_eq "Postgres: alice's 4 and bob's 6 rows" "alice:4 bob:6" \
+  "$(sql "SELECT string_agg(owner || ':' || n, ' ' ORDER BY owner) FROM (SELECT owner, count(*) n FROM items WHERE label = 'shared' GROUP BY owner) x")"
 
 # ---- statement_timeout: a batch blocked longer than it is rolled back and answered 503 ----
 stop_pid "$FERRY_PID"
