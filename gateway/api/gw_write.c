@@ -23,7 +23,8 @@
  * worker: another user's queue delays it by at most the batch a worker is busy with. Admission: at
  * most write_back.max_batches_per_user batches queued or running per user (429 with Retry-After
  * past it) and max_inflight in all (16 per worker connection, at least 64; 503 with Retry-After).
- * Every statement of a batch runs under write_back.statement_timeout (gw_write_batch.c).
+ * Every statement of a batch runs under write_back.statement_timeout, the whole batch under
+ * write_back.batch_timeout (gw_write_batch.c, invariant 5).
  *
  * Start-up: statements are prepared once per worker connection (gw__write_prepare_conn;
  * per-thread state, since a worker owns its connection). A start-up job does the same on the first

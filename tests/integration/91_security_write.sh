@@ -11,6 +11,10 @@
 #   - more than write_back.max_ops_per_batch ops: 413, nothing applied;
 #   - write_back.statement_timeout: a batch blocked on the lock is rolled back and answered 503
 #     with Retry-After after the timeout (not when the lock goes), and applies on retry;
+#   - write_back.batch_timeout: a batch of ops that each sleep 0.5 s in their check (each well
+#     under statement_timeout, together over the batch's 3 s) is rolled back and answered 503
+#     with Retry-After before all its ops ran (a sequence the check advances counts them), on
+#     the pipelined and on the careful path; a batch inside the time applies;
 #   - write-checkpoint keys of ("bob/x", "y") and ("bob", "x/y") stay distinct; a client_id
 #     over 200 bytes is 400 on every route that takes one, and so is a token subject too long
 #     for the key;
@@ -25,6 +29,11 @@ drop_at_exit sec91
 psql -q -v ON_ERROR_STOP=1 "$W_DB" <<'SQL' >/dev/null
 CREATE TABLE items (id text PRIMARY KEY, owner text NOT NULL, label text,
                     seq bigserial NOT NULL);
+-- each op on "slow" sleeps 0.5 s in its check and counts itself (a sequence outlives rollbacks)
+CREATE TABLE slow (id text PRIMARY KEY, owner text NOT NULL);
+CREATE SEQUENCE slow_calls;
+CREATE FUNCTION slow_ok() RETURNS boolean LANGUAGE plpgsql AS
+  $$BEGIN PERFORM nextval('slow_calls'); PERFORM pg_sleep(0.5); RETURN true; END$$;
 CREATE PUBLICATION ferry FOR ALL TABLES;
 SQL
 cat >"$T_TMP/sync-rules.yaml" <<'YAML'
@@ -39,6 +48,10 @@ write_rules:
     columns: [id, owner, label]
     check: "new.owner = request.user_id()"
     check_old: "old.owner = request.user_id()"
+  slow:
+    operations: [insert]
+    columns: [id, owner]
+    check: "new.owner = request.user_id() AND slow_ok()"
 YAML
 W_PORT=$(free_port)
 W_CFG=$T_TMP/ferry.yaml
@@ -222,4 +235,40 @@ expect_match "the log names the timeout" 'msg="batch rolled back" error=".*state
 expect_eq "nothing of it applied" "0" "$(sql "SELECT count(*) FROM items WHERE label = 't'")"
 r=$(curl -s -w ' %{http_code}' -X POST -H "Authorization: Bearer $victim" --data-binary @"$T_TMP/t.json" "$W_URL/api/write")
 expect_match "the retry applies" '"op_id":3,"status":"applied".* 200$' "$r"
+
+# ---- batch_timeout: many ops, each under statement_timeout, together over the batch's time ----
+stop_pid "$FERRY_PID"
+sed -i 's/^  statement_timeout: 1$/  statement_timeout: 2\n  batch_timeout: 3/' "$W_CFG"
+sed -i "s|^  pool_size: 1|&\n  timeout: 60|" "$W_CFG" # the worker's own deadline stays out of it
+start_ferry "$W_CFG" || exit 1
+wait_ready "$W_PORT" 30 || { fail "ferry becomes ready with batch_timeout" "$(tail -5 "$FERRY_LOG")"; exit 1; }
+slow_ops() { # FIRST N [PREFIX_OP]: N inserts into "slow" (0.5 s each), op ids from FIRST
+  local i s=${3:+$3,}
+  for ((i = $1; i < $1 + $2; i++)); do s+="{\"op_id\":$i,\"op\":\"PUT\",\"type\":\"slow\",\"id\":\"s$i\",\"data\":{\"owner\":\"victim\"}},"; done
+  echo "{\"client_id\":\"slow\",\"batch\":[${s%,}]}"
+}
+calls() { sql "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM slow_calls"; }
+r=$(write_post "$victim" "$(slow_ops 1 2)")
+expect_match "2 slow ops (1 s) fit in batch_timeout (3 s): applied" '^200 .*"op_id":2,"status":"applied"' "$r"
+before=$(calls)
+r=$(curl -s -m 60 -D "$T_TMP/bt.h" -w ' %{http_code}' -X POST -H "Authorization: Bearer $victim" --data-binary "$(slow_ops 3 12)" "$W_URL/api/write")
+ran=$(( $(calls) - before ))
+expect_match "12 slow ops (6 s): 503 with the error shape" \
+  '^\{"error":\{"code":"unavailable","description":"the batch took longer than write_back.batch_timeout \(3 s\); nothing was applied.* 503$' "$r"
+expect_match "with Retry-After" '[Rr]etry-[Aa]fter: [0-9]+' "$(cat "$T_TMP/bt.h")"
+[ "$ran" -lt 12 ] && pass "stopped before all ops ran ($ran of 12 checks ran)" || fail "stopped before all ops ran" "$ran of 12 checks ran"
+expect_eq "nothing of it applied" "2" "$(sql "SELECT count(*) FROM slow")"
+expect_match "the log names the batch timeout (pipelined path)" \
+  'msg="batch rolled back" error="write_back.batch_timeout passed" batch_timeout_s=3 ops_started=[0-9]+ ops=12 path=pipelined' "$(cat "$FERRY_LOG")"
+# a first op the rule does not allow sends the batch down the careful path, op by op
+before=$(calls)
+r=$(curl -s -m 60 -w ' %{http_code}' -X POST -H "Authorization: Bearer $victim" \
+  --data-binary "$(slow_ops 20 12 '{"op_id":19,"op":"DELETE","type":"slow","id":"s1"}')" "$W_URL/api/write")
+ran=$(( $(calls) - before ))
+expect_match "the same on the careful path: 503" '"description":"the batch took longer than write_back.batch_timeout \(3 s\).* 503$' "$r"
+[ "$ran" -lt 12 ] && pass "careful path: stopped between ops ($ran of 12 checks ran)" || fail "careful path stops between ops" "$ran of 12 checks ran"
+expect_match "the log says careful" 'error="write_back.batch_timeout passed" batch_timeout_s=3 ops_started=[0-9]+ ops=13 path=careful' "$(cat "$FERRY_LOG")"
+expect_eq "nothing of it applied either" "2" "$(sql "SELECT count(*) FROM slow")"
+r=$(write_post "$victim" "$(slow_ops 40 1)")
+expect_match "the connection serves the next batch" '^200 .*"op_id":40,"status":"applied"' "$r"
 write_finish
