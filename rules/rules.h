@@ -111,8 +111,9 @@ int rules_edition(const rules_set_t *set);
 
 /**
  * Look for write rules that let a user write into other users' buckets (rules_lint.c): a
- * writable column that a data query matches against a bucket parameter, or that a table-lookup
- * parameter query reads, while the table's "check" does not mention new.<column>. Appends one
+ * writable column that a data query matches against a bucket parameter (or a stream partitions
+ * its rows by), or that a table-lookup parameter query (or a stream's lookup: subquery, JOIN,
+ * CTE) reads, while the table's "check" does not mention new.<column>. Appends one
  * warning per such column to *diags (which must hold the diagnostics of set's compile, or be
  * zeroed with its file set), pointing at the column in "columns". Returns how many it added.
  */

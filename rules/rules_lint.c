@@ -14,10 +14,18 @@
  * still reported; the message says what to add. Only write rules that allow insert or update are
  * looked at (a delete writes no column).
  *
+ * Sync Streams (`streams:`, rules_stream.h) are looked at the same way through their compiled
+ * plan: a column that a stream's data source partitions on (its value is matched against
+ * auth.user_id(), auth/subscription/connection parameters or the result of a lookup) decides
+ * the row's bucket, and a column that a lookup reads (the table of a subquery, JOIN or CTE that
+ * yields the bucket parameters, its keys, outputs and filters) decides which buckets a user
+ * gets.
+ *
  * Called by `ferry rules check` and when ferry loads a rules file; like the rest of librules it
  * never logs, it only appends diagnostics.
  */
 #include "rules_int.h"
+#include "rules_stream.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +107,99 @@ static const rparamq_t *lookup_query_of(const rules_set_t *set, const rules_writ
     }
     return NULL;
 }
+
+/* ---- Sync Streams --------------------------------------------------------------------------- */
+
+/* Whether a stream's row side on schema.table (NULL: default schema; table may end in '%')
+ * reads rows of r's table. */
+static int stream_same_table(const rules_write_rule_t *r, const sproc_t *p)
+{
+    size_t n = strlen(p->table);
+    int prefix = n > 0 && p->table[n - 1] == '%';
+    if (strcmp(r->schema, p->schema != NULL ? p->schema : "public") != 0) return 0;
+    return prefix ? strncmp(r->table, p->table, n - 1) == 0 : strcmp(r->table, p->table) == 0;
+}
+
+/* Whether e reads column col of p's row, directly or through a json_each() over the row. */
+static int sexpr_reads(const sexpr_t *e, const sproc_t *p, const char *col)
+{
+    if (e == NULL) return 0;
+    if (e->k == E_DATA) {
+        if (e->ref == NULL || e->ref->rs == NULL) return 0; /* request data */
+        if (e->ref->rs == p->rs) return strcmp(e->ref->column, col) == 0;
+        for (int i = 0; i < p->nfns; i++)
+            if (p->fns[i]->rs == e->ref->rs)
+                for (int k = 0; k < p->fns[i]->ninputs; k++)
+                    if (sexpr_reads(p->fns[i]->inputs[k], p, col)) return 1;
+        return 0;
+    }
+    for (int i = 0; i < e->na; i++)
+        if (sexpr_reads(e->a[i], p, col)) return 1;
+    return 0;
+}
+
+static int any_reads(sexpr_t *const *es, int n, const sproc_t *p, const char *col)
+{
+    for (int i = 0; i < n; i++)
+        if (sexpr_reads(es[i], p, col)) return 1;
+    return 0;
+}
+
+/* Whether data source d on r's table partitions its rows (picks their bucket) by col. */
+static int data_decides(const sdata_t *d, const rules_write_rule_t *r, const char *col)
+{
+    return stream_same_table(r, &d->p) && any_reads(d->p.parts, d->p.nparts, &d->p, col);
+}
+
+/* Whether lookup l reads col of r's table (as a key, an output or in a filter). */
+static int lookup_reads(const slookup_t *l, const rules_write_rule_t *r, const char *col)
+{
+    const sproc_t *p = &l->p;
+    return stream_same_table(r, p) &&
+           (any_reads(p->parts, p->nparts, p, col) || any_reads(l->outs, l->nouts, p, col) ||
+            any_reads(p->filters, p->nfilters, p, col));
+}
+
+/* The first stream (file order) one of whose buckets holds a data source on r's table that
+ * partitions by col, or NULL. */
+static const sstream_t *stream_data_of(const rules_set_t *set, const rules_write_rule_t *r,
+                                       const char *col)
+{
+    const splan_t *plan = set->splan;
+    for (int i = 0; plan != NULL && i < plan->nstreams; i++) {
+        const sstream_t *s = plan->streams[i];
+        for (int q = 0; q < s->nq; q++) {
+            const sbucket_t *b = s->q[q]->bucket;
+            for (int k = 0; b != NULL && k < b->nsources; k++)
+                if (data_decides(b->sources[k], r, col)) return s;
+        }
+    }
+    return NULL;
+}
+
+/* The first stream (file order) that resolves its buckets through a lookup reading col of
+ * r's table, or NULL. */
+static const sstream_t *stream_lookup_of(const rules_set_t *set, const rules_write_rule_t *r,
+                                         const char *col)
+{
+    const splan_t *plan = set->splan;
+    for (int i = 0; plan != NULL && i < plan->nstreams; i++) {
+        const sstream_t *s = plan->streams[i];
+        for (int q = 0; q < s->nq; q++) {
+            const squerier_t *sq = s->q[q];
+            for (int st = 0; st < sq->nstages; st++)
+                for (int k = 0; k < sq->nstage[st]; k++) {
+                    const sstagelk_t *lk = sq->stages[st][k];
+                    if (lk->kind == SL_PARAMETER && lk->lookup != NULL &&
+                        lookup_reads(lk->lookup, r, col))
+                        return s;
+                }
+        }
+    }
+    return NULL;
+}
+
+/* ---- the write rule's side ------------------------------------------------------------------ */
 
 /* Whether compiled statement sql references "new"."col" (as rules_write.c writes it). */
 static int stmt_mentions_new(const char *sql, const char *col)
@@ -189,7 +290,10 @@ size_t rules_lint(const rules_set_t *set, rules_diags_t *diags)
             if (strcmp(col, "id") == 0 || stmt_mentions_new(r->check.sql, col)) continue;
             const rdataq_t *dq = bucket_query_of(set, r, col);
             const rparamq_t *pq = dq == NULL ? lookup_query_of(set, r, col) : NULL;
-            if (dq == NULL && pq == NULL) continue;
+            const sstream_t *sd = dq == NULL && pq == NULL ? stream_data_of(set, r, col) : NULL;
+            const sstream_t *sl =
+                dq == NULL && pq == NULL && sd == NULL ? stream_lookup_of(set, r, col) : NULL;
+            if (dq == NULL && pq == NULL && sd == NULL && sl == NULL) continue;
             char table[300];
             if (strcmp(r->schema, "public") == 0)
                 snprintf(table, sizeof(table), "%s", r->table);
@@ -197,20 +301,23 @@ size_t rules_lint(const rules_set_t *set, rules_diags_t *diags)
                 snprintf(table, sizeof(table), "%s.%s", r->schema, r->table);
             int line, column;
             column_position(set, r, col, &line, &column);
-            if (dq != NULL)
+            if (dq != NULL || sd != NULL)
                 rdiag_add(diags, 1, line, column,
                           "column \"%s\" of table \"%s\" is writable and decides the buckets of "
-                          "bucket definition \"%s\", but \"check\" does not mention new.%s: a "
-                          "user can write rows into other users' buckets; constrain new.%s in "
-                          "\"check\" (and old.%s in \"check_old\")",
-                          col, table, dq->def->name, col, col, col);
+                          "%s \"%s\", but \"check\" does not mention new.%s: a user can write "
+                          "rows into other users' buckets; constrain new.%s in \"check\" (and "
+                          "old.%s in \"check_old\")",
+                          col, table, dq != NULL ? "bucket definition" : "stream",
+                          dq != NULL ? dq->def->name : sd->name, col, col, col);
             else
                 rdiag_add(diags, 1, line, column,
-                          "column \"%s\" of table \"%s\" is writable and feeds a parameter query "
-                          "of bucket definition \"%s\", but \"check\" does not mention new.%s: a "
-                          "user can give themselves other users' buckets; constrain new.%s in "
-                          "\"check\"",
-                          col, table, pq->def->name, col, col);
+                          "column \"%s\" of table \"%s\" is writable and feeds %s of %s "
+                          "\"%s\", but \"check\" does not mention new.%s: a user can give "
+                          "themselves other users' buckets; constrain new.%s in \"check\"",
+                          col, table,
+                          pq != NULL ? "a parameter query" : "a lookup (subquery or join)",
+                          pq != NULL ? "bucket definition" : "stream",
+                          pq != NULL ? pq->def->name : sl->name, col, col);
             added++;
         }
     }

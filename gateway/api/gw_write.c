@@ -3,10 +3,12 @@
  * The body is the PowerSync CRUD batch: {"client_id":…,"batch":[{"op_id","op","type","id",
  * "data","old","metadata"},…]} ("old" and "metadata" feed the merge strategies). The loop thread
  * only authenticates, copies the body as sent (compact: a queued batch costs its size, not a parsed
- * tree) and admits it to the scheduler below. A worker (gw_worker.h) parses it and checks the shape
- * (400 when it is not a batch, 413 past write_back.max_ops_per_batch ops), applies it in one
- * Postgres transaction and builds the per-op results; done() answers on the request's loop thread.
- * So a loop thread never spends more than a memcpy on a batch, whatever its size.
+ * tree) and admits it to the scheduler below; a batch that has to wait gives h2o's input buffer
+ * back at once (gw_http_release_body), so a queued batch is held once. A worker (gw_worker.h)
+ * parses it and checks the shape (400 when it is not a batch, 413 past write_back.max_ops_per_batch
+ * ops), applies it in one Postgres transaction and builds the per-op results; done() answers on the
+ * request's loop thread. So a loop thread never spends more than a memcpy on a batch, whatever its
+ * size.
  *
  * (gw_write_batch.c applies a batch: its machine is drawn there; gw_write_stmt.c prepares the
  * statements each worker connection needs.)
@@ -23,7 +25,8 @@
  * worker: another user's queue delays it by at most the batch a worker is busy with. Admission: at
  * most write_back.max_batches_per_user batches queued or running per user (429 with Retry-After
  * past it) and max_inflight in all (16 per worker connection, at least 64; 503 with Retry-After).
- * Every statement of a batch runs under write_back.statement_timeout (gw_write_batch.c).
+ * Every statement of a batch runs under write_back.statement_timeout, the whole batch under
+ * write_back.batch_timeout (gw_write_batch.c, invariant 5).
  *
  * Start-up: statements are prepared once per worker connection (gw__write_prepare_conn;
  * per-thread state, since a worker owns its connection). A start-up job does the same on the first
@@ -509,6 +512,16 @@ static int on_write(h2o_req_t *req, void *ud)
         return 0;
     }
     b->guard->b = b; /* answered later on this thread, by batch_done() */
+    /* A batch that waits in its user's queue keeps only its copy: h2o's input buffer, which
+     * still holds the body, is freed now (and the connection closes after the answer). One that
+     * started at once keeps the connection (a client's next upload reuses it); at most
+     * postgres.pool_size batches run, so what they hold twice is bounded. Safe against a worker
+     * taking the batch meanwhile: the worker reads only the copy, and the answer is sent on this
+     * thread, after we return. */
+    pthread_mutex_lock(&sched.lock);
+    int queued = b->state == BATCH_QUEUED;
+    pthread_mutex_unlock(&sched.lock);
+    if (queued) gw_http_release_body(req);
     return 0;
 }
 

@@ -44,6 +44,13 @@
  *   5. No statement of a batch runs longer than write_back.statement_timeout (SET LOCAL, so the
  *      connection's other jobs keep their own settings): a slow check or a lock held elsewhere
  *      costs one worker that long at most, then the batch is rolled back and answered 503.
+ *      The batch as a whole has write_back.batch_timeout from when its worker starts it: the
+ *      careful path looks at the clock before each op (a statement running when the time is up
+ *      ends first, at most statement_timeout later); the pipelined one waits for results at most
+ *      until then and cancels the statement Postgres runs, so the queued rest is skipped
+ *      (wait_input). Either way the batch is rolled back and answered 503, never once its COMMIT
+ *      was sent. postgres.timeout, the worker's deadline, cuts the connection if nothing else
+ *      ended the batch by then.
  *   6. A user learns nothing about rows check_old hides: where a table has check_old, an
  *      update or delete of an id that does not exist is answered exactly like one whose stored
  *      row fails check_old (code, message); ferry's debug log keeps the real reason.
@@ -51,6 +58,8 @@
 #include "api/gw_write_int.h"
 #include "base/gw_log.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,8 +123,37 @@ typedef struct wctx {
     char timeout[24]; /* statement_timeout in ms ("" when none) */
     char fatal[256];  /* Postgres's message of the result that stopped the batch, for the log */
     int savepoints;
+    int timed_out;    /* write_back.batch_timeout ended the batch */
+    size_t ops_begun; /* ops sent (pipelined) or started (careful) when it did */
     PGresult *failed; /* the result of the statement that failed (SQL_OP), owned here */
 } wctx_t;
+
+static uint64_t mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
+}
+
+/* Whether the batch's write_back.batch_timeout is up (and from now on says so: timed_out). */
+static int past_deadline(wctx_t *c)
+{
+    if (!c->timed_out && c->b->deadline_ms != 0 && mono_ms() >= c->b->deadline_ms) c->timed_out = 1;
+    return c->timed_out;
+}
+
+/* Ask Postgres to cancel what c's connection is running (the batch's time is up): the running
+ * statement fails with query_canceled and the rest of the pipeline up to its sync is skipped.
+ * A cancel that arrives while the backend waits for input is ignored by Postgres. */
+static void cancel_running(wctx_t *c)
+{
+    PGcancel *cn = PQgetCancel(c->conn);
+    char errbuf[256];
+    if (cn != NULL && !PQcancel(cn, errbuf, sizeof(errbuf)))
+        gw_warn("write", "could not cancel the statement of a batch past its deadline", "error=%s",
+                gw_log_qs(errbuf, (char[300]){0}, 300));
+    PQfreeCancel(cn);
+}
 
 /* Keep the message of a result that stops the batch (the first one), for the log. */
 static void note_fatal(wctx_t *c, PGresult *res)
@@ -979,6 +1017,7 @@ typedef struct pq_state {
     char *new_row; /* from PQ_APPLY_ROW */
     int deviated;  /* a result that is not the normal one */
     int fatal;
+    int final; /* the COMMIT is queued: write_back.batch_timeout is no longer looked at */
 } pq_state_t;
 
 static void pq_push(pq_state_t *q, int kind, size_t op)
@@ -1033,6 +1072,31 @@ static void keep_before(wctx_t *c, size_t i, const char *row)
     c->b->ops[i].before = gw_xstrdup(row);
 }
 
+/*
+ * Before a PQgetResult that would block: wait for Postgres's answer at most until the batch's
+ * write_back.batch_timeout, and past it cancel the statement it runs (once; the canceled one
+ * fails, the rest up to the sync is skipped, and those results are read as usual). Postgres
+ * sends a pipeline's results when it reaches the sync, so looking at the clock between results
+ * would only see the time once every queued statement had run.
+ */
+static void wait_input(wctx_t *c, pq_state_t *q)
+{
+    if (q->final || c->timed_out || c->b->deadline_ms == 0) return;
+    while (PQisBusy(c->conn)) {
+        uint64_t now = mono_ms();
+        if (now >= c->b->deadline_ms) {
+            c->timed_out = 1;
+            cancel_running(c);
+            return;
+        }
+        struct pollfd p = {.fd = PQsocket(c->conn), .events = POLLIN};
+        uint64_t left = c->b->deadline_ms - now;
+        int n = poll(&p, 1, left > 60000 ? 60000 : (int)left);
+        if (n < 0 && errno != EINTR) return;
+        if (n > 0 && !PQconsumeInput(c->conn)) return; /* broken: PQgetResult says so */
+    }
+}
+
 /* Sync and read every queued result; sets q->deviated / q->fatal. 0 when all were normal. */
 static int pq_sync(wctx_t *c, pq_state_t *q)
 {
@@ -1041,6 +1105,7 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
         return -1;
     }
     for (size_t i = 0; i < q->n; i++) {
+        wait_input(c, q);
         PGresult *res = PQgetResult(c->conn);
         if (res == NULL) { /* the connection broke */
             q->fatal = 1;
@@ -1137,10 +1202,12 @@ static int pq_sync(wctx_t *c, pq_state_t *q)
         }
     }
     if (!q->fatal) {
+        wait_input(c, q);
         PGresult *res = PQgetResult(c->conn);
         if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC) q->fatal = 1;
         PQclear(res);
     }
+    if (!q->final && past_deadline(c)) q->fatal = 1; /* rolled back by the caller */
     if (PQstatus(c->conn) != CONNECTION_OK) q->fatal = 1;
     q->n = 0;
     return q->fatal || q->deviated ? -1 : 0;
@@ -1225,6 +1292,12 @@ static int run_pipelined(wctx_t *c)
     char name[64];
     for (size_t i = 0; i < b->nops; i++) {
         wop_t *op = &b->ops[i];
+        c->ops_begun = i;
+        if (past_deadline(c)) { /* (sending blocked behind a slow statement) */
+            cancel_running(c);
+            pq_sync(c, &q);
+            goto fail;
+        }
         op->status = ST_REJECTED;
         if (op->op_id <= high) {
             op->status = ST_DUPLICATE;
@@ -1370,8 +1443,10 @@ static int run_pipelined(wctx_t *c)
         lv[2] = hs;
         if (pq_send(c, &q, PQ_LOG_SET, 0, "fw_log_set", 3, lv) != 0) goto fail;
     }
+    c->ops_begun = b->nops;
     if (pq_sync(c, &q) != 0) /* every result checked before COMMIT is even sent */
         goto fail;
+    q.final = 1;
     if (history_on() && b->nops > 0) { /* every op's outcome is known now */
         history = history_json(b, &history_rows);
         const char *hv[4] = {b->user, b->client_id, history, history_rows};
@@ -1424,7 +1499,13 @@ static int run_attempt(wctx_t *c)
     }
     long long last = atoll(PQgetvalue(res, 0, 0)), high = last;
     PQclear(res);
-    for (size_t i = 0; i < b->nops; i++) {
+    for (size_t i = 0; i <= b->nops; i++) {
+        c->ops_begun = i;
+        if (past_deadline(c)) { /* between ops, and before the COMMIT */
+            exec_simple(c->conn, "ROLLBACK");
+            return SQL_FATAL;
+        }
+        if (i == b->nops) break;
         wop_t *op = &b->ops[i];
         op->status = ST_REJECTED;
         if (op->op_id <= high) {
@@ -1558,6 +1639,20 @@ static int batch_try(wbatch_t *b, PGconn *conn)
     gw__write_conn.prepared = 0; /* prepare again on the next batch (statements may be gone) */
     if (PQtransactionStatus(conn) != PQTRANS_IDLE && PQstatus(conn) == CONNECTION_OK)
         exec_simple(conn, "ROLLBACK");
+    if (c.timed_out) {
+        long bt = gw__write_mod.app->cfg->write_back.batch_timeout;
+        char msg[256];
+        snprintf(msg, sizeof(msg),
+                 "the batch took longer than write_back.batch_timeout (%ld s); nothing was "
+                 "applied: send it again, or in smaller batches",
+                 bt);
+        gw__write_batch_fail(b, 503, "unavailable", msg);
+        gw_warn("write", "batch rolled back",
+                "error=\"write_back.batch_timeout passed\" batch_timeout_s=%ld ops_started=%zu "
+                "ops=%zu path=%s",
+                bt, c.ops_begun, b->nops, b->attempts == 1 ? "pipelined" : "careful");
+        return -1;
+    }
     char pg[512];
     gw__write_batch_fail(b, 503, "unavailable", "could not apply the batch; nothing was applied");
     gw_warn("write", "batch rolled back", "error=%s",
@@ -1569,6 +1664,8 @@ static int batch_try(wbatch_t *b, PGconn *conn)
 void gw__write_batch_run(gw_job_t *job, PGconn *conn)
 {
     wbatch_t *b = (wbatch_t *)job;
+    long bt = gw__write_mod.app->cfg->write_back.batch_timeout;
+    b->deadline_ms = bt > 0 ? mono_ms() + (uint64_t)bt * 1000 : 0;
     if (conn == NULL) {
         gw__write_batch_fail(b, 503, "unavailable",
                              "postgres is not reachable; nothing was applied");

@@ -123,6 +123,8 @@ struct wbatch {
     wop_t *ops;
     size_t nops;
     struct timespec started;
+    uint64_t deadline_ms; /* CLOCK_MONOTONIC ms by which write_back.batch_timeout ends the
+                             batch (between ops); 0: none */
     /* outcome */
     int http_status;
     gw_buf_t out; /* the response body */

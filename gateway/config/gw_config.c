@@ -248,6 +248,7 @@ static const cfg_field_t write_back_fields[] = {
     F_INT("max_ops_per_batch", write_back.max_ops_per_batch, 1, 1000000),
     F_INT("max_batches_per_user", write_back.max_batches_per_user, 1, 10000),
     F_INT("statement_timeout", write_back.statement_timeout, 0, 86400),
+    F_INT("batch_timeout", write_back.batch_timeout, 0, 86400),
     F_INT("checkpoint_retention", write_back.checkpoint_retention, 60, 10L * 366 * 86400),
     F_INT("recheck_interval", write_back.recheck_interval, 1, 86400),
     F_MAP("history", history_fields),

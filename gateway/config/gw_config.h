@@ -100,6 +100,8 @@ typedef struct gw_config {
         long max_ops_per_batch;    /* more in one POST /api/write: 413 */
         long max_batches_per_user; /* queued or running per user; past it 429 */
         long statement_timeout;    /* seconds per statement of a batch; 0: none */
+        long batch_timeout;        /* seconds a batch may take in all, checked between its
+                                      ops; 0: none (postgres.timeout still cuts it) */
         long checkpoint_retention; /* seconds a client's write checkpoint outlives its use */
         long recheck_interval;     /* seconds between background passes: history trimming,
                                       violations re-checked and expired */

@@ -10,7 +10,8 @@
 #     authentication; the admin API wants its token;
 #   - the JWT matrix that holds (alg none, wrong secret, HS256 signed with the RSA public key,
 #     unknown or injected kid, jku, duplicate header keys, expired, not yet valid, wrong audience,
-#     no sub) is 401 on every client route, and a good token passes (so the matrix can fail);
+#     no sub) is 401 on every client route (/sync/stream, /api/write, /write-checkpoint2.json,
+#     /sync/checkpoint-request), and a good token passes each (so the matrix can fail);
 #   - the admin listener answers probes and metrics while clients hold every connection of
 #     limits.max_connections, and serves no client route;
 #   - a client_id built to forge a log line stays one quoted value on one line;
@@ -112,16 +113,19 @@ route_code() { # TOKEN ROUTE
     stream) curl -s -o /dev/null -m 3 -w '%{http_code}' -X POST -H "Authorization: Bearer $1" -d '{"client_id":"c"}' "$base/sync/stream" ;;
     write) curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $1" -d '{"client_id":"c","batch":[]}' "$base/api/write" ;;
     wcp) curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $1" "$base/write-checkpoint2.json?client_id=c" ;;
+    cr) curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $1" -d '{"client_id":"c","checkpoint_request_id":"1"}' "$base/sync/checkpoint-request" ;;
   esac
 }
 for name in "${!forged[@]}"; do
-  for r in stream write wcp; do
+  for r in stream write wcp cr; do
     expect_eq "forged token ($name) on $r: 401" "401" "$(route_code "${forged[$name]}" $r)"
   done
 done
 good_self=$(sectools jwt '{"alg":"HS256","kid":"test"}' "$(pay)" "$secret")
 expect_eq "a well-signed token passes (stream), so the matrix can fail" "200" "$(route_code "$good_self" stream)"
 expect_eq "a well-signed token passes (write)" "200" "$(route_code "$good" write)"
+expect_eq "a well-signed token passes (write checkpoint)" "200" "$(route_code "$good" wcp)"
+expect_eq "a well-signed token passes (checkpoint request)" "200" "$(route_code "$good" cr)"
 
 # ---- rate-limited lines: unknown kids and bad admin tokens ----
 for ((i = 0; i < 30; i++)); do

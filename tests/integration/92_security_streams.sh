@@ -9,6 +9,8 @@
 #     names is a time, measured by tests/load/bench_hash_flood.sh in make bench, not here);
 #   - "buckets" past limits.max_buckets_per_connection, "parameters" past 16 KB: 400;
 #     positions are taken only for the user's own buckets;
+#   - "parameters" naming another user (her list, her id as user_id/sub/owner) give no bucket
+#     of hers through a parameter query that reads request.parameters() and the token;
 #   - streams do not keep their request bodies: 40 streams with 200 KB bodies grow ferry's
 #     resident memory by much less than the bodies' 8 MB.
 source "$(dirname "$0")/../lib/testlib.sh"
@@ -30,6 +32,10 @@ bucket_definitions:
   everything:
     data:
       - SELECT id, owner FROM lists
+  picked:
+    parameters: SELECT id AS list_id FROM lists WHERE id = request.parameters() ->> 'list' AND owner = token_parameters.user_id
+    data:
+      - SELECT id, name FROM lists WHERE id = bucket.list_id
 YAML
 port=$(free_port)
 replication_config "$T_TMP/ferry.yaml" "$port" "$db"
@@ -132,6 +138,20 @@ out=$(curl -s -N -m 2 -X POST -H "Authorization: Bearer $bob" \
 expect_eq "a position for bob's own bucket is taken (no data for it)" "" "$(grep '"data":{"bucket":"'"$ver"'#mine' <<<"$out")"
 expect_eq "naming alice's bucket gives bob nothing of it" "0" "$(grep -c 'mine\[\\"alice\\"\]' <<<"$out")"
 expect_match "bob gets the global bucket from the start" '"data":\{"bucket":"[0-9]+#everything\[\]","after":"0"' "$out"
+
+# ---- "parameters" naming another user ----
+buckets_of() { # TOKEN PARAMETERS_JSON: the bucket names of the first checkpoint
+  curl -s -N -m 2 -X POST -H "Authorization: Bearer $1" -d "{\"client_id\":\"p\",\"parameters\":$2}" "$base/sync/stream" |
+    head -1 | grep -oE '"bucket":"([^"\\]|\\.)*"' | sed -E 's/^"bucket":"[0-9]+#//; s/"$//' | sort | paste -sd' '
+}
+expect_eq "alice picking her list l1 gets it" 'everything[] mine[\"alice\"] picked[\"l1\"]' \
+  "$(buckets_of "$alice" '{"list":"l1"}')"
+expect_eq "bob picking his list l2 gets it (so the next can fail)" 'everything[] mine[\"bob\"] picked[\"l2\"]' \
+  "$(buckets_of "$bob" '{"list":"l2"}')"
+expect_eq "bob picking alice's list l1 gets no picked bucket" 'everything[] mine[\"bob\"]' \
+  "$(buckets_of "$bob" '{"list":"l1"}')"
+expect_eq "bob naming alice as user, sub and owner in parameters gets only his own" 'everything[] mine[\"bob\"]' \
+  "$(buckets_of "$bob" '{"list":"l1","user_id":"alice","sub":"alice","owner":"alice","token_parameters":{"user_id":"alice"}}')"
 
 stop_pid "$FERRY_PID"
 expect_eq "ferry exits 0 on SIGTERM" "0" "$STOP_RC"

@@ -8,7 +8,8 @@
 # alice's todo in their shared list) still apply. An update or delete of another tenant's row
 # is answered exactly like one of a row that does not exist. `ferry rules check` passes the
 # shipped rules without a warning and warns, at the column, on the unsafe pattern (a writable
-# column that decides buckets or feeds a parameter query, ignored by "check").
+# column that decides buckets or feeds a parameter query, ignored by "check"), in bucket
+# definitions and in an edition-3 file's streams alike.
 source "$(dirname "$0")/../lib/testlib.sh"
 source "$(dirname "$0")/write_lib.sh"
 
@@ -50,6 +51,33 @@ expect_match "the old demo pattern: a warning at the org_id column" \
 expect_match "a writable column a parameter query reads: a warning too" \
   "unsafe.yaml:20:19: warning: column \"org_id\" of table \"members\" is writable and feeds a parameter query of bucket definition \"org_lists\"" "$out"
 expect_match "columns the check mentions are not reported" ', 2 warnings\)$' "$out"
+# the same mistake in an edition-3 file, which has only streams: a subquery decides the bucket
+cat >"$T_TMP/unsafe3.yaml" <<'YAML'
+config:
+  edition: 3
+streams:
+  org_todos:
+    auto_subscribe: true
+    query: SELECT * FROM todos WHERE org_id IN (SELECT org_id FROM members WHERE user_id = auth.user_id())
+  my_lists:
+    query: SELECT lists.* FROM lists JOIN members ON members.org_id = lists.org_id WHERE members.user_id = auth.user_id()
+write_rules:
+  todos:
+    operations: [insert, update, delete]
+    columns: [id, list_id, org_id, description, completed, created_by]
+    check: "new.list_id IN (SELECT id FROM lists WHERE org_id IN (SELECT org_id FROM members WHERE user_id = request.user_id()))"
+  members:
+    operations: [insert]
+    columns: [id, org_id, user_id]
+    check: "new.user_id = request.user_id()"
+YAML
+out=$("$FERRY_BIN" rules check "$T_TMP/unsafe3.yaml" 2>&1); rc=$?
+expect_eq "edition 3: warnings do not fail the check" "0" "$rc"
+expect_match "edition 3: a warning at the org_id column that picks the stream's bucket" \
+  "unsafe3.yaml:12:28: warning: column \"org_id\" of table \"todos\" is writable and decides the buckets of stream \"org_todos\", but \"check\" does not mention new.org_id" "$out"
+expect_match "edition 3: a writable column a stream's lookup reads: a warning too" \
+  "unsafe3.yaml:16:19: warning: column \"org_id\" of table \"members\" is writable and feeds a lookup \(subquery or join\) of stream \"org_todos\"" "$out"
+expect_match "edition 3: columns the check mentions are not reported" ', 2 warnings\)$' "$out"
 
 # ---- bob against the demo's rules ----
 W_PORT=$(free_port)

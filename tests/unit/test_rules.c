@@ -3,7 +3,9 @@
  * Golden files live in tests/unit/rules/ (run from the repository root, or set
  * RULES_GOLDEN_DIR):
  *   errors/NAME.yaml   a rules file whose "# expect: ..." comment lines list every diagnostic
- *                      the compiler must report, in order, exactly ("# expect: ok" for none).
+ *                      the compiler must report, in order, exactly ("# expect: ok" for none),
+ *                      followed by rules_lint's warnings when it compiles (as `ferry rules
+ *                      check` and ferry's loader print them).
  *   cases/NAME.yaml    a rules file, with NAME.in (commands) and NAME.out (expected output).
  * Commands of a .in file, one per line ("#" starts a comment):
  *   version V | version -           bucket id prefix for later commands (default none)
@@ -127,6 +129,7 @@ START_TEST(test_rules_compile_errors_golden)
     rules_set_t *set = NULL;
     rules_diags_t d;
     int rc = rules_compile(text, len, fname, &set, &d);
+    if (rc == 0) rules_lint(set, &d);
     char buf[1200];
     for (size_t i = 0; i < d.n; i++)
         sb_printf(&got, "%s\n", rules_diag_format(&d, i, buf, sizeof buf));

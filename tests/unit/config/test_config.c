@@ -109,7 +109,40 @@ START_TEST(test_config_defaults_and_env_default)
     /* Sync Streams limits: the defaults deploy/ferry.example.yaml and rules/README.md document */
     ck_assert_int_eq(cfg.limits.max_subscriptions_per_connection, 100);
     ck_assert_int_eq(cfg.limits.max_subscription_parameter_bytes, 4096);
+    /* the limits one user runs into (issue 19) */
+    ck_assert_int_eq(cfg.write_back.max_ops_per_batch, 1000);
+    ck_assert_int_eq(cfg.write_back.max_batches_per_user, 4);
+    ck_assert_int_eq(cfg.write_back.statement_timeout, 30);
+    ck_assert_int_eq(cfg.write_back.batch_timeout, 0);
+    ck_assert_int_eq(cfg.write_back.checkpoint_retention, 90L * 86400);
+    ck_assert_int_eq(cfg.limits.max_streams_per_user, 10);
+    ck_assert_ptr_null(cfg.http.admin_listen); /* 127.0.0.1:<listen port + 1> */
     gw_config_free(&cfg);
+}
+END_TEST
+
+/* The security limits are read from the file, and out-of-range values are refused. */
+START_TEST(test_config_write_back_and_stream_limits)
+{
+    gw_config_t cfg;
+    gw_err_t err;
+    const char *text = MINIMAL "write_back:\n  max_ops_per_batch: 250\n  max_batches_per_user: 2\n"
+                               "  statement_timeout: 5\n  batch_timeout: 8\n"
+                               "  checkpoint_retention: 3600\n"
+                               "limits:\n  max_streams_per_user: 3\n"
+                               "http:\n  admin_listen: \"127.0.0.1:9999\"\n";
+    ck_assert_int_eq(gw_config_load_string(&cfg, text, strlen(text), "f.yaml", "/cfg", &err), 0);
+    ck_assert_int_eq(cfg.write_back.max_ops_per_batch, 250);
+    ck_assert_int_eq(cfg.write_back.max_batches_per_user, 2);
+    ck_assert_int_eq(cfg.write_back.statement_timeout, 5);
+    ck_assert_int_eq(cfg.write_back.batch_timeout, 8);
+    ck_assert_int_eq(cfg.write_back.checkpoint_retention, 3600);
+    ck_assert_int_eq(cfg.limits.max_streams_per_user, 3);
+    ck_assert_str_eq(cfg.http.admin_listen, "127.0.0.1:9999");
+    gw_config_free(&cfg);
+    ck_assert_str_ne(load_err(MINIMAL "write_back:\n  batch_timeout: -1\n"), "");
+    ck_assert_str_ne(load_err(MINIMAL "write_back:\n  max_ops_per_batch: 0\n"), "");
+    ck_assert_str_ne(load_err(MINIMAL "write_back:\n  checkpoint_retention: 59\n"), "");
 }
 END_TEST
 
@@ -251,6 +284,7 @@ static Suite *config_suite(void)
     TCase *tc = tcase_create("config");
     tcase_add_test(tc, test_config_load_full_example);
     tcase_add_test(tc, test_config_defaults_and_env_default);
+    tcase_add_test(tc, test_config_write_back_and_stream_limits);
     tcase_add_test(tc, test_config_rejects_syntax_error);
     tcase_add_test(tc, test_config_rejects_unknown_key_with_suggestion);
     tcase_add_test(tc, test_config_rejects_wrong_type);

@@ -8,7 +8,8 @@
  * that takes the lead knows the rows the previous leader stored (deleting one removes it from
  * its buckets); a transaction aborted under the writer (an error in its session it did not see)
  * never commits: nothing of it is stored or acknowledged, and the writer goes on from what
- * storage holds; a state value that cannot be read (the session is gone) is -1, not "absent".
+ * storage holds; a state value that cannot be read (the session is gone) is -1, not "absent";
+ * write checkpoints unused for longer than the retention are pruned.
  *
  * Each test uses a schema of its own in FERRY_TEST_STORAGE_URI (tests/run.sh sets it).
  */
@@ -453,6 +454,55 @@ START_TEST(test_pg_unreadable_state_is_not_absent)
 }
 END_TEST
 
+static void store_wcp(gw_storage_t *s, const char *key, uint64_t lsn)
+{
+    uint64_t counter;
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    ck_assert_int_eq(gw_storage_write_checkpoint(s, key, lsn, &counter, &err), 0);
+    ck_assert_int_eq(gw_storage_commit(s, lsn, &err), 0);
+}
+
+/* Write checkpoints not written for longer than the retention are forgotten (by a writer, when
+ * it stores another one; as test_storage_sqlite_prunes_unused_write_checkpoints); recent ones
+ * stay; a client that comes back starts again at 1. */
+START_TEST(test_pg_prunes_unused_write_checkpoints)
+{
+    opts_a.wcp_retention = 3600;
+    gw_storage_t *a = open_at(&opts_a);
+    ck_assert_int_eq(gw_storage_lead(a, &err), 1);
+    store_wcp(a, "old/x", 10);
+    store_wcp(a, "old/x", 11); /* counter 2 */
+    store_wcp(a, "recent/y", 12);
+    gw_storage_close(a);
+    /* "old/x" last used two hours ago */
+    char sql[200], b[16];
+    snprintf(sql, sizeof(sql),
+             "UPDATE %s.write_checkpoints SET seen = seen - 7200 WHERE user_key = 'old/x' "
+             "RETURNING 'x'",
+             schema);
+    ck_assert_str_eq(side_sql(sql, b, sizeof(b)), "x");
+    a = open_at(&opts_a); /* a writer prunes at its first write checkpoint, then hourly */
+    ck_assert_int_eq(gw_storage_lead(a, &err), 1);
+    store_wcp(a, "new/z", 13);
+    gw_storage_reader_t *r;
+    ck_assert_int_eq(gw_storage_reader_open(&opts_a, &r, &err), 0);
+    uint64_t got = 0;
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "old/x", 100, &got), 0);
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "recent/y", 100, &got), 1);
+    ck_assert_uint_eq(got, 1);
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "new/z", 100, &got), 1);
+    snprintf(sql, sizeof(sql), "SELECT count(*)::text FROM %s.write_checkpoints", schema);
+    ck_assert_str_eq(side_sql(sql, b, sizeof(b)), "2");
+    /* a client that comes back starts again at 1 (it was at 2) */
+    store_wcp(a, "old/x", 14);
+    ck_assert_int_eq(gw_storage_read_write_checkpoint(r, "old/x", 100, &got), 1);
+    ck_assert_uint_eq(got, 1);
+    gw_storage_reader_close(r);
+    gw_storage_close(a);
+    opts_a.wcp_retention = 0;
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("storage_postgres");
@@ -465,6 +515,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_pg_new_leader_knows_the_rows_stored_before);
     tcase_add_test(tc, test_pg_aborted_transaction_never_commits);
     tcase_add_test(tc, test_pg_unreadable_state_is_not_absent);
+    tcase_add_test(tc, test_pg_prunes_unused_write_checkpoints);
     suite_add_tcase(s, tc);
     return s;
 }
