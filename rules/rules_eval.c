@@ -325,8 +325,12 @@ static void walk(rowctx_t *rc, const rfilt_t *f, blist_t *out)
         return;
     case F_EQ:
     case F_IN_REQARR: {
+        /* "=" never matches NULL; "row IN <request array>" keeps it, giving the key [null] that
+         * a null element of the request array looks up, as the reference does */
         const rval_t *v = slot_val(rc, f->v);
-        if (v->t == SQLITE_NULL || v->t == SQLITE_BLOB || f->p < 0 || f->p >= MAX_PARAMS) return;
+        if ((v->t == SQLITE_NULL && f->kind == F_EQ) || v->t == SQLITE_BLOB || f->p < 0 ||
+            f->p >= MAX_PARAMS)
+            return;
         b.v[f->p] = *v;
         b.set = 1u << f->p;
         bl_add(out, &b);
@@ -966,11 +970,13 @@ static int run_lookup(reqctx_t *q, const rparamq_t *pq)
     }
     int rcode = 0;
     if (pq->req_pred_col >= 0 && !rv_truthy(&res[pq->req_pred_col])) goto done;
-    /* lookup keys: inputs, one expanding */
+    /* lookup keys: inputs, one expanding. A NULL request value (or a null element of the
+     * expanding array) is looked up as null, as the reference does: it finds the [null] entries
+     * of "request IN row array" and "row IN request array", never those of "=" (none exist) */
     rval_t in[32];
     for (int i = 0; i < pq->ninputs; i++) {
         in[i] = res[i];
-        if (in[i].t == SQLITE_NULL || in[i].t == SQLITE_BLOB) goto done;
+        if (in[i].t == SQLITE_BLOB) goto done;
     }
     json_t *arr = NULL;
     size_t nkeys = 1;
@@ -981,10 +987,7 @@ static int run_lookup(reqctx_t *q, const rparamq_t *pq)
     }
     rules_answer_t ans = {0};
     for (size_t k = 0; k < nkeys && !rcode; k++) {
-        if (arr) {
-            rctx_rv_from_json(c, json_array_get(arr, k), &in[pq->expand_input]);
-            if (in[pq->expand_input].t == SQLITE_NULL) continue;
-        }
+        if (arr) rctx_rv_from_json(c, json_array_get(arr, k), &in[pq->expand_input]);
         lookup_key(&c->key, pq, in, pq->ninputs);
         if (!q->req->lookup) {
             rules_buckets_t *o = q->out;

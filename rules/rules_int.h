@@ -191,7 +191,7 @@ typedef enum fkind {
     F_PRED,      /* row-only predicate: slot truthy */
     F_EQ,        /* param/key slot `p` = row value slot */
     F_IN_ROWARR, /* param/key slot `p` IN JSON array row value */
-    F_IN_REQARR, /* lookups: row value = one element of the expanding request array */
+    F_IN_REQARR, /* lookups: row value = one element of the expanding request array (NULL too) */
 } fkind_t;
 
 typedef struct rfilt rfilt_t;

@@ -99,12 +99,13 @@ function makeRows(file) {
   for (const [table, def] of Object.entries(schema.tables))
     for (let i = 0; i < def.rows; i++) rows.push(makeRow(table, def, 'text', `${def.prefix}${i + 1}`));
   // then, per table, a row with an integer id (past 2^53): the object id is the reference's
-  // String(id). No row with a NULL id: its data ops agree (object id ''), but a NULL in
-  // "col IN <request array>" of a bucket definition's parameter query is a lookup entry keyed
-  // [null] in the reference (its expanding IN keeps null, only "=" drops it) and none in Ferry,
-  // which fails e2_02_lookup_shapes (orgs.id IN request.jwt() -> 'teams'); a known difference.
-  for (const [table, def] of Object.entries(schema.tables))
+  // String(id); and a row with a NULL id: object id '', and in "id IN <request array>" of a
+  // bucket definition's parameter query a lookup entry keyed [null], which a null element of
+  // the request array finds (the reference's expanding IN keeps null; "=" drops it)
+  for (const [table, def] of Object.entries(schema.tables)) {
     rows.push(makeRow(table, def, 'int8', '9007199254740993'));
+    rows.push(makeRow(table, def, 'text', null));
+  }
   return rows;
 }
 
