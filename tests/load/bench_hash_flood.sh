@@ -3,8 +3,9 @@
 #
 # On its own Postgres cluster and one ferry: 30,000 five-byte bucket names whose unkeyed FNV-1a
 # hashes share their low 16 bits (tests/lib/sectools.py colliding), and 30,000 random names of the
-# same alphabet, each sent as the "buckets" of a /sync/stream request; the time from sending the
-# last byte to the first byte of the answer, best of five each, alternating. With slots chosen by
+# same alphabet, each sent as the "buckets" of a /sync/stream request; the time from the start of
+# sending (the same 1 MB either way) to the first byte of the answer, best of five each,
+# alternating. With slots chosen by
 # the keyed hash both cost the same (goal: ratio < 3; unkeyed FNV-1a made it ~2 s against ms).
 # Prints "BENCH name value unit note". The spread itself is asserted, without a clock, by the
 # unit test test_base_map_keyed_hash_spreads_fnv_collisions.
