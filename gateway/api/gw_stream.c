@@ -26,11 +26,15 @@
  * Memory: the stream struct lives in req->pool with a dispose callback (so every way a request
  * ends frees it once); output buffers are reused and released while idle. The request body is
  * parsed once and released at once (gw_http_release_body), not kept for the stream's life.
+ * With a Content-Encoding, a big batch is compressed on the thread's compression worker while
+ * the thread encodes the next one (flush, on_compressed); the stream holds a reference to itself
+ * until the batch is back, so it outlives its request if the client leaves meanwhile.
  *
  * Limits (what one user can take from the others): client_id at most GW_CLIENT_ID_MAX bytes,
  * "parameters" at most MAX_PARAMS_BYTES of JSON, "buckets" at most
  * limits.max_buckets_per_connection entries (400 past each); only names among the user's own
- * buckets are ever stored (the client's list is looked up, never inserted). At most
+ * buckets are ever stored (the client's list is kept in order and matched against the user's
+ * bucket map, never hashed into a table of its own). At most
  * limits.max_streams_per_user streams per token sub across all loop threads: a new stream past it
  * ends the user's oldest (the registry below; the victim's thread ends it on an evict message).
  */
