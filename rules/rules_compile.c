@@ -445,6 +445,44 @@ static void json_key_path(rbuf_t *b, const char *key, int fixed)
     rb_free(&p);
 }
 
+static void emit(qc_t *q, rnode_t *n, rbuf_t *b);
+
+/*
+ * `x -> 'key'` and `x ->> 'key'` as the reference evaluates them (rules_func.c): with
+ * fixed_json_extract, SQLite's operators, and `->` gives 'null' also where the path ends below
+ * a JSON null; without it, `->>` gives the text 'null' for a JSON null and `->` gives NULL.
+ */
+static void emit_json_arrow(qc_t *q, rnode_t *n, rbuf_t *b)
+{
+    int fixed = q->c->set->fixed_json_extract;
+    int text = strcmp(n->op, "->>") == 0;
+    if (fixed && text) {
+        rb_putc(b, '(');
+        emit(q, n->a, b);
+        rb_puts(b, " ->> ");
+        json_key_path(b, n->b->text, fixed);
+        rb_putc(b, ')');
+        return;
+    }
+    if (!fixed && !text) {
+        rb_puts(b, "NULLIF((");
+        emit(q, n->a, b);
+        rb_puts(b, " -> ");
+        json_key_path(b, n->b->text, fixed);
+        rb_puts(b, "), 'null')");
+        return;
+    }
+    rb_puts(b, "ps_jnull_text(");
+    emit(q, n->a, b);
+    rb_puts(b, ", ");
+    sql_str(b, n->b->text);
+    rb_printf(b, ", %d, (", fixed);
+    emit(q, n->a, b);
+    rb_printf(b, " %s ", n->op);
+    json_key_path(b, n->b->text, fixed);
+    rb_puts(b, "))");
+}
+
 static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
 {
     switch (n->kind) {
@@ -468,6 +506,15 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         rb_puts(b, "NULL");
         break; /* never emitted by valid queries */
     case N_JEACH:
+        if (strcmp(n->name, "value") == 0) {
+            /* a JSON null is 'null' without fixed_json_extract, objects re-serialized */
+            rb_puts(b, "ps_jvalue(");
+            sql_ident(b, n->qual);
+            rb_puts(b, ".value, ");
+            sql_ident(b, n->qual);
+            rb_printf(b, ".type, %d)", q->c->set->fixed_json_extract);
+            break;
+        }
         sql_ident(b, n->qual);
         rb_putc(b, '.');
         rb_puts(b, n->name);
@@ -529,17 +576,32 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
             rb_putc(b, ')');
             break;
         }
+        if ((strcmp(n->op, "->") == 0 || strcmp(n->op, "->>") == 0) && n->b->kind == N_STR) {
+            emit_json_arrow(q, n, b);
+            break;
+        }
         rb_putc(b, '(');
         emit(q, n->a, b);
         rb_printf(b, " %s ", n->op);
-        if ((strcmp(n->op, "->") == 0 || strcmp(n->op, "->>") == 0) && n->b->kind == N_STR)
-            json_key_path(b, n->b->text, q->c->set->fixed_json_extract);
-        else
-            emit(q, n->b, b);
+        emit(q, n->b, b);
         rb_putc(b, ')');
         break;
     case N_FUNC: {
         const struct fn *f = find_fn(n->name);
+        if (f && strcmp(f->name, "json_extract") == 0 && !q->c->set->fixed_json_extract &&
+            n->nargs == 2) {
+            /* edition 1: a JSON null is the text 'null' */
+            rb_puts(b, "ps_jnull_text(");
+            emit(q, n->args[0], b);
+            rb_puts(b, ", ");
+            emit(q, n->args[1], b);
+            rb_puts(b, ", 0, json_extract(");
+            emit(q, n->args[0], b);
+            rb_puts(b, ", ");
+            emit(q, n->args[1], b);
+            rb_puts(b, "))");
+            break;
+        }
         rb_puts(b, f ? f->name : n->name);
         rb_putc(b, '(');
         for (int i = 0; i < n->nargs; i++) {

@@ -6,11 +6,14 @@
  * The geometry functions understand points only and return NULL for anything else.
  * All functions are deterministic and return NULL for a NULL argument. Sync Streams also use
  * ps_bool, ps_not, ps_json_contains, ps_json_each_arg and ps_jnum, which give expressions the
- * reference's JavaScript semantics where SQLite's differ (see rules_stream_compile.c).
+ * reference's JavaScript semantics where SQLite's differ (see rules_stream_compile.c); both
+ * compilers use ps_jvalue/ps_jnum and ps_jnull_text for what a JSON null becomes per the
+ * fixed_json_extract switch.
  */
 #include "rules_int.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <locale.h>
 #include <jansson.h>
 #include <stdlib.h>
@@ -307,16 +310,253 @@ static void fn_ps_json_each_arg(sqlite3_context *ctx, int argc, sqlite3_value **
     sqlite3_result_value(ctx, argv[0]);
 }
 
-/* json_each().value as JavaScript's JSON.parse gives it: every number is a double */
+/* ---- JSON null and json_each() values: the fixed_json_extract switch ------------------- */
+
+/*
+ * The reference reads JSON with JavaScript, and what a JSON null becomes depends on the
+ * compatibility switch fixed_json_extract (on from edition 2): with it, `->>`, json_extract()
+ * and json_each().value give SQL NULL for a JSON null and `->` gives the text 'null', as SQLite
+ * does; without it (edition 1), `->>`, json_extract() and json_each().value give the text
+ * 'null' and `->` gives NULL. The reference walks a path one key at a time and stops at the
+ * first JSON null, so '{"a":null}' -> 'a.b' ends at a JSON null too, where SQLite finds
+ * nothing. ps_jnull_text() says where the walk ends at a JSON null; the compilers wrap SQLite's
+ * operators in it (rules_compile.c, rules_stream_compile.c).
+ */
+
+/* Splits key into the reference's path components (jsonExtractFromRecord); returns the count. */
+static int js_path(char *key, int fixed, char **comps, int max)
+{
+    int proper = key[0] == '$';
+    if (fixed && !proper) {
+        comps[0] = key;
+        return 1;
+    }
+    int n = 0;
+    for (char *s = key;;) {
+        char *dot = strchr(s, '.');
+        if (dot) *dot = 0;
+        if (n < max) comps[n++] = s;
+        if (!dot) break;
+        s = dot + 1;
+    }
+    if (proper) { /* the "$" before the first dot */
+        memmove(comps, comps + 1, sizeof(char *) * (size_t)(n - 1));
+        n--;
+    }
+    return n;
+}
+
+/* "0", "1", ... below 2^32 - 1: an array index, and a key JavaScript orders first */
+static int js_index(const char *s, unsigned long *out)
+{
+    if (!isdigit((unsigned char)s[0]) || (s[0] == '0' && s[1])) return 0;
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (*end || errno || v >= 4294967295UL) return 0;
+    *out = v;
+    return 1;
+}
+
+/* Whether the reference's walk of key over the JSON text src stops at a JSON null. */
+static int js_walk_null(const char *src, size_t n, const char *key, int fixed)
+{
+    json_t *root = json_loadb(src, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (!root)
+        root = json_loadb(src, n, JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
+    if (!root) return 0;
+    char *k = rx_strdup(key);
+    char *comps[64];
+    int nc = k ? js_path(k, fixed, comps, 64) : 0;
+    json_t *v = json_is_null(root) ? NULL : root; /* a null document gives NULL, not 'null' */
+    for (int i = 0; v && i < nc && !json_is_null(v); i++) {
+        unsigned long ix;
+        if (json_is_object(v))
+            v = json_object_get(v, comps[i]);
+        else if (json_is_array(v) && js_index(comps[i], &ix))
+            v = json_array_get(v, ix);
+        else
+            v = NULL; /* undefined: the walk ends, not at a null */
+    }
+    int r = v && json_is_null(v);
+    free(k);
+    json_decref(root);
+    return r;
+}
+
+/*
+ * ps_jnull_text(src, key, fixed, value): 'null' when the reference's walk of key (as written
+ * after `->`/`->>` or as json_extract()'s path) over src ends at a JSON null, else value (what
+ * SQLite's operator gave). Only a NULL value can be such a null (SQLite found no value, or a
+ * JSON null for `->>`), so the JSON is parsed again only then.
+ */
+static void fn_ps_jnull_text(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    if (sqlite3_value_type(argv[3]) == SQLITE_NULL && sqlite3_value_type(argv[0]) == SQLITE_TEXT &&
+        sqlite3_value_type(argv[1]) != SQLITE_NULL) {
+        const char *src = (const char *)sqlite3_value_text(argv[0]);
+        int n = sqlite3_value_bytes(argv[0]);
+        const char *key = (const char *)sqlite3_value_text(argv[1]);
+        if (key && js_walk_null(src, (size_t)n, key, sqlite3_value_int(argv[2]))) {
+            sqlite3_result_text(ctx, "null", 4, SQLITE_STATIC);
+            return;
+        }
+    }
+    sqlite3_result_value(ctx, argv[3]);
+}
+
+/* JSON.stringify's escaping of a string */
+static void js_json_str(rbuf_t *b, const char *s, size_t n)
+{
+    rb_putc(b, '"');
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        switch (c) {
+        case '"':
+            rb_puts(b, "\\\"");
+            break;
+        case '\\':
+            rb_puts(b, "\\\\");
+            break;
+        case '\b':
+            rb_puts(b, "\\b");
+            break;
+        case '\f':
+            rb_puts(b, "\\f");
+            break;
+        case '\n':
+            rb_puts(b, "\\n");
+            break;
+        case '\r':
+            rb_puts(b, "\\r");
+            break;
+        case '\t':
+            rb_puts(b, "\\t");
+            break;
+        default:
+            if (c < 0x20)
+                rb_printf(b, "\\u%04x", c);
+            else
+                rb_putc(b, (char)c);
+        }
+    }
+    rb_putc(b, '"');
+}
+
+static int js_key_cmp(const void *pa, const void *pb)
+{
+    unsigned long a = 0, b = 0;
+    js_index(*(const char *const *)pa, &a);
+    js_index(*(const char *const *)pb, &b);
+    return a < b ? -1 : a > b;
+}
+
+/*
+ * A JSON value as the reference's JSONBig.stringify writes what JSON.parse read: every number a
+ * double, integral ones with ".0"; object keys that are array indexes first, ascending, then the
+ * others in the order written.
+ */
+static void js_json(rbuf_t *b, json_t *j)
+{
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+        size_t n = json_object_size(j), ni = 0, k = 0;
+        const char **keys = rx_calloc(n + 1, sizeof(char *));
+        const char *key;
+        json_t *v;
+        unsigned long ix;
+        json_object_foreach(j, key, v)
+        {
+            if (js_index(key, &ix)) keys[ni++] = key;
+        }
+        qsort(keys, ni, sizeof(char *), js_key_cmp);
+        k = ni;
+        json_object_foreach(j, key, v)
+        {
+            if (!js_index(key, &ix)) keys[k++] = key;
+        }
+        rb_putc(b, '{');
+        for (size_t i = 0; i < k; i++) {
+            if (i) rb_putc(b, ',');
+            js_json_str(b, keys[i], strlen(keys[i]));
+            rb_putc(b, ':');
+            js_json(b, json_object_get(j, keys[i]));
+        }
+        rb_putc(b, '}');
+        free(keys);
+        break;
+    }
+    case JSON_ARRAY: {
+        rb_putc(b, '[');
+        for (size_t i = 0; i < json_array_size(j); i++) {
+            if (i) rb_putc(b, ',');
+            js_json(b, json_array_get(j, i));
+        }
+        rb_putc(b, ']');
+        break;
+    }
+    case JSON_STRING:
+        js_json_str(b, json_string_value(j), json_string_length(j));
+        break;
+    case JSON_INTEGER:
+    case JSON_REAL:
+        rj_double(b, json_number_value(j), 1);
+        break;
+    case JSON_TRUE:
+        rb_puts(b, "true");
+        break;
+    case JSON_FALSE:
+        rb_puts(b, "false");
+        break;
+    case JSON_NULL:
+        rb_puts(b, "null");
+        break;
+    }
+}
+
+/*
+ * json_each().value as the reference's json_each gives it (JSON.parse, then jsonValueToSqlite):
+ * ps_jnum(value, type, fixed) for streams, ps_jvalue(value, type, fixed) for bucket definitions
+ * (whose integers stay integers, as SQLite reads them; the reference's doubles name the same
+ * buckets). A JSON null is NULL with fixed_json_extract (fixed 1) and the text 'null' without
+ * (fixed 0); an object or an array is JSON text with its numbers as doubles ('{"a":1.0}'). fixed 2
+ * is the alpha form's `x IN <request array>`, which keeps only the values isJsonValue() accepts:
+ * nulls stay NULL, and objects, arrays and booleans become an empty BLOB, which is no valid
+ * parameter, so their rows are dropped (rules_stream_eval.c).
+ */
 static void fn_ps_jnum(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     (void)argc;
-    const unsigned char *type = sqlite3_value_text(argv[1]);
-    if (type && strcmp((const char *)type, "integer") == 0 &&
-        sqlite3_value_type(argv[0]) == SQLITE_INTEGER)
+    int doubles = sqlite3_user_data(ctx) != NULL;
+    const char *type = (const char *)sqlite3_value_text(argv[1]);
+    if (!type) type = "";
+    if (sqlite3_value_int(argv[2]) == 2 &&
+        (strcmp(type, "object") == 0 || strcmp(type, "array") == 0 || strcmp(type, "true") == 0 ||
+         strcmp(type, "false") == 0)) {
+        sqlite3_result_zeroblob(ctx, 0);
+    } else if (doubles && strcmp(type, "integer") == 0 &&
+               sqlite3_value_type(argv[0]) == SQLITE_INTEGER) {
         sqlite3_result_double(ctx, (double)sqlite3_value_int64(argv[0]));
-    else
+    } else if (strcmp(type, "null") == 0) {
+        if (!sqlite3_value_int(argv[2])) sqlite3_result_text(ctx, "null", 4, SQLITE_STATIC);
+    } else if ((strcmp(type, "object") == 0 || strcmp(type, "array") == 0) &&
+               sqlite3_value_type(argv[0]) == SQLITE_TEXT) {
+        json_t *j = json_loadb((const char *)sqlite3_value_text(argv[0]),
+                               (size_t)sqlite3_value_bytes(argv[0]),
+                               JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL, NULL);
+        if (!j) {
+            sqlite3_result_value(ctx, argv[0]);
+            return;
+        }
+        rbuf_t b = {0};
+        js_json(&b, j);
+        json_decref(j);
+        sqlite3_result_text(ctx, b.p ? b.p : "", (int)b.n, SQLITE_TRANSIENT);
+        rb_free(&b);
+    } else {
         sqlite3_result_value(ctx, argv[0]);
+    }
 }
 
 /* ---- the reference's JavaScript functions ---------------------------------------------- */
@@ -694,7 +934,9 @@ int rfunc_register(sqlite3 *db)
                                   NULL);
     rc |= sqlite3_create_function(db, "ps_json_each_arg", 1, f, NULL, fn_ps_json_each_arg, NULL,
                                   NULL);
-    rc |= sqlite3_create_function(db, "ps_jnum", 2, f, NULL, fn_ps_jnum, NULL, NULL);
+    rc |= sqlite3_create_function(db, "ps_jnum", 3, f, (void *)1, fn_ps_jnum, NULL, NULL);
+    rc |= sqlite3_create_function(db, "ps_jvalue", 3, f, NULL, fn_ps_jnum, NULL, NULL);
+    rc |= sqlite3_create_function(db, "ps_jnull_text", 4, f, NULL, fn_ps_jnull_text, NULL, NULL);
     rc |= sqlite3_create_function(db, "ps_concat", 2, f, NULL, fn_ps_concat, NULL, NULL);
     rc |= sqlite3_create_function(db, "ps_cast", 2, f, NULL, fn_ps_cast, NULL, NULL);
     /* SQLite's own versions of these differ from the reference's */

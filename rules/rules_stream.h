@@ -174,6 +174,10 @@ struct sexpr {
     sref_t *ref; /* E_DATA */
     const ssrc_t *src;
     int off, end;
+    int request_fn; /* E_FUNC "->>" of a request function, read as the reference reads it: 1
+                       for auth/subscription/connection.parameter() (as with fixed_json_extract in
+                       the alpha form of editions 1-2, per the switch in edition 3), 2 for
+                       auth.user_id() (the JWT "sub", always as with the switch) */
 };
 
 /* ---- result sets ---------------------------------------------------------------------- */
@@ -192,6 +196,9 @@ struct srs {
     int nparams;
     int attach;   /* RS_TVF: TVF_* */
     srs_t *input; /* RS_TVF attached to a physical result set (TVF_ROW) */
+    int alpha_in; /* RS_TVF of the alpha form's IN: 1 over a row array, 2 over a request
+                     array (json_each values as its IN reads them, whatever fixed_json_extract
+                     says; see ps_jnum in rules_func.c) */
     const ssrc_t *src;
     int off, end;
 };

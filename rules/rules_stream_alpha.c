@@ -508,6 +508,7 @@ static sstagelk_t *request_each(actx_t *x, sexpr_t *req, avec_t *tvfs)
     l->fn_inputs[0] = req;
     l->nfn_inputs = 1;
     l->rs = sa_tvf(x->b, req, TVF_STATIC, NULL);
+    l->rs->alpha_in = 2;
     l->outs = ra_alloc(x->a, sizeof(sexpr_t *));
     l->outs[0] = sa_column(x->b, l->rs, "value", req);
     l->nouts = 1;
@@ -527,6 +528,7 @@ static sexpr_t *row_part(actx_t *x, sproc_t *p, avec_t *fns, af_t *m)
     fn->inputs[0] = m->e;
     fn->ninputs = 1;
     fn->rs = sa_tvf(x->b, m->e, TVF_ROW, p->rs);
+    fn->rs->alpha_in = 1;
     apush(x->a, fns, fn);
     return sa_column(x->b, fn->rs, "value", m->e);
 }

@@ -874,6 +874,7 @@ static sexpr_t *request_param(spq_t *q, const sx_t *x, int req)
             return invalid(q, x, "%s.parameter() takes one argument, the name of the parameter",
                            x->qual);
         sexpr_t *f = ex_op(a, E_FUNC, "->>", 2, x->src, x->off, x->end);
+        f->request_fn = 1;
         f->a[0] = data;
         f->a[1] = translate(q, x->args[0]);
         return f;
@@ -883,6 +884,7 @@ static sexpr_t *request_param(spq_t *q, const sx_t *x, int req)
             return invalid(q, x, "%s.user_id() does not exist; use auth.user_id()", x->qual);
         if (x->nargs != 0) return invalid(q, x, "auth.user_id() takes no arguments");
         sexpr_t *f = ex_op(a, E_FUNC, "->>", 2, x->src, x->off, x->end);
+        f->request_fn = 2;
         f->a[0] = data;
         f->a[1] = ex_lit(a, E_STRING, "$.sub", x->src, x->off, x->end);
         return f;
@@ -2949,9 +2951,9 @@ void sc_end(sbuilder_t *b)
  * differ: boolean logic goes through ps_bool()/ps_not() (NULL is false and NOT NULL is true,
  * text is true when it starts with a non-zero integer), json_each() takes only text and yields
  * numbers as JavaScript doubles (ps_json_each_arg, ps_jnum), `x NOT IN <json array>` uses
- * ps_json_contains(). Row columns are bound as ?1..?n, request data as ?1 (token payload),
- * ?2 (subscription parameters), ?3 (connection parameters); a table-valued function's outputs
- * are "tbl_N"."key" / "tbl_N"."value".
+ * ps_json_contains(), and a JSON null reads per fixed_json_extract (ps_jnum, ps_jnull_text). Row
+ * columns are bound as ?1..?n, request data as ?1 (token payload), ?2 (subscription parameters), ?3
+ * (connection parameters); a table-valued function's outputs are "tbl_N"."key" / "tbl_N"."value".
  */
 typedef struct sectx {
     scompile_t *c;
@@ -2975,14 +2977,14 @@ static void se_sql_str(rbuf_t *b, const char *s)
     rb_putc(b, '\'');
 }
 
-static void se_path(sectx_t *x, const sexpr_t *k, rbuf_t *b)
+static void se_path(const sexpr_t *k, int fixed, rbuf_t *b)
 {
     rbuf_t p = {0};
     if (k->k == E_INT) {
         rb_printf(&p, "$[%s]", k->text);
     } else if (k->text[0] == '$') {
         rb_puts(&p, k->text);
-    } else if (!x->c->fixed_json_extract) {
+    } else if (!fixed) {
         rb_puts(&p, "$.");
         rb_puts(&p, k->text);
     } else {
@@ -3023,7 +3025,8 @@ static void se_data(sectx_t *x, const sref_t *r, rbuf_t *b)
         return;
     }
     if (strcmp(r->column, "value") == 0)
-        rb_printf(b, "ps_jnum(\"tbl_%d\".value, \"tbl_%d\".type)", fi, fi);
+        rb_printf(b, "ps_jnum(\"tbl_%d\".value, \"tbl_%d\".type, %d)", fi, fi,
+                  r->rs->alpha_in == 2 ? 2 : r->rs->alpha_in || x->c->fixed_json_extract);
     else if (strcmp(r->column, "key") == 0)
         rb_printf(b, "\"tbl_%d\".key", fi);
     else
@@ -3126,11 +3129,46 @@ static void se_expr(sectx_t *x, const sexpr_t *e, rbuf_t *b)
                 rb_puts(b, "NULL");
                 break;
             }
-            rb_putc(b, '(');
+            /* JSON null per fixed_json_extract, as in rules_compile.c's emit_json_arrow() */
+            int fixed = e->request_fn == 2 || (e->request_fn && x->c->edition < 3) ||
+                        x->c->fixed_json_extract;
+            int text = strcmp(e->op, "->>") == 0;
+            if (fixed && text) {
+                rb_putc(b, '(');
+                se_expr(x, e->a[0], b);
+                rb_puts(b, " ->> ");
+                se_path(k, fixed, b);
+                rb_putc(b, ')');
+            } else if (!fixed && !text) {
+                rb_puts(b, "NULLIF((");
+                se_expr(x, e->a[0], b);
+                rb_puts(b, " -> ");
+                se_path(k, fixed, b);
+                rb_puts(b, "), 'null')");
+            } else {
+                rb_puts(b, "ps_jnull_text(");
+                se_expr(x, e->a[0], b);
+                rb_puts(b, ", ");
+                se_sql_str(b, k->text);
+                rb_printf(b, ", %d, (", fixed);
+                se_expr(x, e->a[0], b);
+                rb_printf(b, " %s ", e->op);
+                se_path(k, fixed, b);
+                rb_puts(b, "))");
+            }
+            break;
+        }
+        if (strcmp(e->op, "json_extract") == 0 && e->na == 2 && !x->c->fixed_json_extract) {
+            /* edition 1: a JSON null is the text 'null' */
+            rb_puts(b, "ps_jnull_text(");
             se_expr(x, e->a[0], b);
-            rb_printf(b, " %s ", e->op);
-            se_path(x, k, b);
-            rb_putc(b, ')');
+            rb_puts(b, ", ");
+            se_expr(x, e->a[1], b);
+            rb_puts(b, ", 0, json_extract(");
+            se_expr(x, e->a[0], b);
+            rb_puts(b, ", ");
+            se_expr(x, e->a[1], b);
+            rb_puts(b, "))");
             break;
         }
         rb_puts(b, strcmp(e->op, "substring") == 0 ? "substr" : e->op);

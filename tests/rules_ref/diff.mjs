@@ -3,9 +3,10 @@
 //   node tests/rules_ref/diff.mjs DRIVER CORPUS_DIR [NAME_FILTER]
 //
 // For every file of CORPUS_DIR/valid, rows of every table of the shared schema (schema.json)
-// are generated from value pools (NULLs, unicode, numbers at the 2^53 and 2^63 edges, JSON,
-// arrays) with a fixed seed, and a set of requests (tokens x subscriptions) is built from the
-// streams the file defines. The same job goes to the reference compiler
+// are generated from value pools (NULLs, unicode, numbers at the 2^53 and 2^63 edges, JSON with
+// nulls at the top and inside, arrays) with a fixed seed, and a set of requests (tokens, whose
+// claims hold JSON nulls and objects too, x subscriptions) is built from the streams the file
+// defines. The same job goes to the reference compiler
 // (@powersync/service-sync-rules, installed by tests/conformance/node; used, never copied) and
 // to Ferry's driver (build/rules-refdriver). Compared exactly: each row's ops (bucket, object
 // type, id, data, checksum), each row's parameter-lookup entries, each request's buckets
