@@ -52,7 +52,7 @@
  * The gateway mixes it into the hash of the rules, so an upgrade that changes these outputs
  * builds the rules again as a new rule version instead of mixing old and new outputs.
  */
-#define RULES_ENGINE_VERSION 2
+#define RULES_ENGINE_VERSION 3
 
 /** Static one-line description of a RULES_E* code ("out of memory"). */
 const char *rules_strerror(int code);
