@@ -476,6 +476,17 @@ static int hist_writes(gw_config_t *cfg, hist_ctx_t *h, const char *label, const
         fprintf(stderr, "ferry debug history: %s\n", gw_err_format(&err, msg, sizeof(msg)));
         return 1;
     }
+    /* no history table (write-back never ran against this database): storage's ops only */
+    PGresult *has =
+        gw_pg_query(conn, "SELECT to_regclass('ferry_write_history') IS NOT NULL", &err);
+    int none = has != NULL && PQntuples(has) == 1 && PQgetvalue(has, 0, 0)[0] == 'f';
+    PQclear(has);
+    if (none) {
+        fprintf(stderr, "ferry debug history: no write-back history here (ferry_write_history "
+                        "does not exist); showing the replication ops only\n");
+        PQfinish(conn);
+        return 0;
+    }
     /* the batches that name the row (their key, as write-back wrote it), then its ops in them */
     gw_buf_t kb = GW_BUF_INIT; /* written as write-back writes it (gw_write_batch.c) */
     gw_buf_puts(&kb, "[");
