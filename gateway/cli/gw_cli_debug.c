@@ -16,10 +16,13 @@
  *       it stored for that version; the rules file for a storage without them)
  *
  *   ferry debug history --config FILE TABLE ID
- *       one row's timeline: its replication ops in the storage (op id, kind, bucket, data; op-id
- *       order) and its write-back history from ferry_write_history (time, user, client, op,
- *       outcome, and per column what was sent, the client's old value, the stored value and
- *       the result, with the strategy that decided)
+ *       one row's timeline, one line per event in time order (UTC): its replication ops in the
+ *       storage ("repl": op id, kind, bucket, data, the LSN of the storage commit), each at its
+ *       chunk's commit time (the source transaction's commit time, see gw_storage.h), and its
+ *       write-back history from ferry_write_history ("write": user, client, op, outcome, and
+ *       per column what was sent, the client's old value, the stored value and the result,
+ *       with the strategy that decided), each at its batch's time. Ops stored before chunks
+ *       kept a commit time come first, marked "(time unknown)".
  *
  * dump and oracle lines are sorted, so `diff <(ferry debug dump …) <(ferry debug oracle …)`
  * compares storage with what the rules select. Reads the storage file read-only; safe while ferry
@@ -29,6 +32,7 @@
 #include "cli/gw_cli.h"
 #include "cli/gw_cli_int.h"
 #include "config/gw_config.h"
+#include "pg/gw_lsn.h"
 #include "pg/gw_pg.h"
 #include "config/gw_rules.h"
 #include "storage/gw_storage.h"
@@ -38,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct lines {
     char **v;
@@ -327,22 +332,59 @@ static int cmd_oracle(gw_config_t *cfg)
     return rc;
 }
 
-/* ---- history ------------------------------------------------------------------------------ */
+/* ---- history ------------------------------------------------------------------------------
+ *
+ * One timeline of a row: its replication ops (from storage, each at the commit time of the chunk
+ * that holds it) and its write-back history (ferry_write_history, each at its batch's time),
+ * sorted by time. Ops of chunks stored before chunks kept a commit time come first, marked. */
+
+enum { HIST_REPL, HIST_WRITE };
+
+typedef struct hist_entry {
+    int64_t at_us; /* unix microseconds; 0: unknown */
+    int kind;      /* HIST_REPL, HIST_WRITE */
+    uint64_t seq;  /* the op id (replication), the history's order (write-back) */
+    uint64_t lsn;  /* replication: its storage commit's LSN, 0 unknown */
+    char *text;    /* the line after the time and the kind */
+} hist_entry_t;
 
 typedef struct hist_ctx {
     gw_storage_reader_t *r;
     uint64_t as_of;
     const char *ns;
     const char *type, *id;
-    lines_t out; /* "<op id, 20 digits>\t<line>", sorted by op id */
+    hist_entry_t *v;
+    size_t n, cap;
     int failed;
 } hist_ctx_t;
 
-/* The ops of one bucket whose object is the row: PUT, REMOVE, with the bucket. */
-/* One bucket's ops seen by the history: those of the row, as timeline lines. */
+static hist_entry_t *hist_add(hist_ctx_t *h, int kind, uint64_t seq, const char *text)
+{
+    if (h->n == h->cap) {
+        h->cap = h->cap ? h->cap * 2 : 64;
+        h->v = gw_xrealloc(h->v, h->cap * sizeof(*h->v));
+    }
+    h->v[h->n] = (hist_entry_t){.kind = kind, .seq = seq, .text = gw_xstrdup(text)};
+    return &h->v[h->n++];
+}
+
+/* Unknown times first (replication ops in op-id order), then by time; at one time a write
+ * comes before the replication op it may have caused (its batch began before its commit). */
+static int cmp_entry(const void *a, const void *b)
+{
+    const hist_entry_t *x = a, *y = b;
+    if ((x->at_us == 0) != (y->at_us == 0)) return x->at_us == 0 ? -1 : 1;
+    if (x->at_us != y->at_us) return x->at_us < y->at_us ? -1 : 1;
+    if (x->kind != y->kind) return x->kind == HIST_WRITE ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* One bucket's ops seen by the history: those of the row, as timeline entries. */
 typedef struct hist_bucket {
     hist_ctx_t *h;
     const char *bucket;
+    size_t from; /* the bucket's first entry in h->v */
+    uint64_t min_op;
     gw_buf_t line;
 } hist_bucket_t;
 
@@ -356,11 +398,26 @@ static void hist_op(void *ud, json_t *op)
     const char *opid = json_string_value(json_object_get(op, "op_id"));
     const char *kind = json_string_value(json_object_get(op, "op"));
     const char *data = json_string_value(json_object_get(op, "data"));
+    uint64_t op_id = opid ? strtoull(opid, NULL, 10) : 0;
     gw_buf_reset(&b->line);
-    gw_buf_printf(&b->line, "%020llu\t  op %s %s bucket %s", opid ? strtoull(opid, NULL, 10) : 0ULL,
-                  opid ? opid : "?", kind ? kind : "?", b->bucket);
+    gw_buf_printf(&b->line, "op %s %s bucket %s", opid ? opid : "?", kind ? kind : "?", b->bucket);
     if (data != NULL) gw_buf_printf(&b->line, " data %s", data);
-    lines_add(&b->h->out, b->line.data);
+    hist_add(b->h, HIST_REPL, op_id, b->line.data);
+    if (b->min_op == 0 || op_id < b->min_op) b->min_op = op_id;
+}
+
+/* A chunk's commit: stamp the bucket's entries whose op it holds. */
+static int hist_chunk(void *ud, const gw_storage_chunk_commit_t *c)
+{
+    hist_bucket_t *b = ud;
+    for (size_t i = b->from; i < b->h->n; i++) {
+        hist_entry_t *e = &b->h->v[i];
+        if (e->seq >= c->first_op && e->seq <= c->last_op) {
+            e->at_us = c->commit_us;
+            e->lsn = c->lsn;
+        }
+    }
+    return 0;
 }
 
 static int hist_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t count)
@@ -369,8 +426,12 @@ static int hist_bucket(void *ud, const char *bucket, uint32_t checksum, uint64_t
     (void)count;
     hist_ctx_t *h = ud;
     if (h->ns != NULL && strncmp(bucket, h->ns, strlen(h->ns)) != 0) return 0;
-    hist_bucket_t b = {h, bucket, GW_BUF_INIT};
+    hist_bucket_t b = {h, bucket, h->n, 0, GW_BUF_INIT};
     if (each_op(h->r, bucket, h->as_of, hist_op, &b) != 0) h->failed = 1;
+    /* the commits of the chunks that hold the row's ops: a read apart from the ops */
+    if (h->n > b.from &&
+        gw_storage_chunk_commits(h->r, bucket, b.min_op - 1, h->as_of, hist_chunk, &b) != 0)
+        h->failed = 1;
     gw_buf_free(&b.line);
     return 0;
 }
@@ -404,47 +465,27 @@ static void hist_column(gw_buf_t *b, const char *col, json_t *e, int applied)
     gw_buf_printf(b, " (%s%s%s)", st ? st : "", st && how ? ", " : "", how ? how : "");
 }
 
-/* ferry debug history: the row's replication ops from storage (op-id order) and its write-back
- * history from ferry_write_history (time order). */
-static int cmd_history(gw_config_t *cfg, const char *table, const char *id)
+/* The row's write-back history from ferry_write_history into h (one entry per op, with its
+ * columns on the lines below). 0, or 1 with the error printed. */
+static int hist_writes(gw_config_t *cfg, hist_ctx_t *h, const char *label, const char *id)
 {
     gw_err_t err;
     char msg[1024];
-    const char *dot = strchr(table, '.');
-    const char *type = dot != NULL ? dot + 1 : table;
-    char label[512];
-    snprintf(label, sizeof(label), "%s",
-             dot != NULL && strncmp(table, "public.", 7) == 0 ? table + 7 : table);
-    printf("row %s %s\n", label, id);
-
-    gw_storage_reader_t *r;
-    gw_storage_opts_t sopts = gw_cli_storage_opts(cfg, NULL);
-    if (gw_storage_reader_open(&sopts, &r, &err) != 0) {
-        fprintf(stderr, "ferry debug history: %s\n", gw_err_format(&err, msg, sizeof(msg)));
-        return 1;
-    }
-    uint64_t last_op, lsn;
-    int consistent;
-    gw_storage_read_checkpoint(r, &last_op, &lsn, &consistent);
-    hist_ctx_t h = {
-        .r = r, .as_of = last_op, .ns = gw_storage_reader_version(r), .type = type, .id = id};
-    int rc = gw_storage_each_bucket(r, last_op, hist_bucket, &h);
-    gw_storage_reader_close(r);
-    printf("replication ops (storage, op-id order; checkpoint %llu):\n",
-           (unsigned long long)last_op);
-    if (h.out.n == 0) printf("  (none)\n");
-    if (h.out.n > 0) qsort(h.out.v, h.out.n, sizeof(char *), cmp_str);
-    for (size_t i = 0; i < h.out.n; i++) {
-        puts(strchr(h.out.v[i], '\t') + 1);
-        free(h.out.v[i]);
-    }
-    free(h.out.v);
-    if (rc != 0 || h.failed) return 1;
-
     PGconn *conn = gw_pg_connect(cfg->postgres.uri, 0, "ferry debug", &err);
     if (conn == NULL) {
         fprintf(stderr, "ferry debug history: %s\n", gw_err_format(&err, msg, sizeof(msg)));
         return 1;
+    }
+    /* no history table (write-back never ran against this database): storage's ops only */
+    PGresult *has =
+        gw_pg_query(conn, "SELECT to_regclass('ferry_write_history') IS NOT NULL", &err);
+    int none = has != NULL && PQntuples(has) == 1 && PQgetvalue(has, 0, 0)[0] == 'f';
+    PQclear(has);
+    if (none) {
+        fprintf(stderr, "ferry debug history: no write-back history here (ferry_write_history "
+                        "does not exist); showing the replication ops only\n");
+        PQfinish(conn);
+        return 0;
     }
     /* the batches that name the row (their key, as write-back wrote it), then its ops in them */
     gw_buf_t kb = GW_BUF_INIT; /* written as write-back writes it (gw_write_batch.c) */
@@ -458,8 +499,8 @@ static int cmd_history(gw_config_t *cfg, const char *table, const char *id)
     const char *v[3] = {label, id, key};
     PGresult *res = gw_pg_query_params(
         conn,
-        "SELECT to_char(h.at, 'YYYY-MM-DD HH24:MI:SS.US'), h.user_id, h.client_id, e->>'op_id', "
-        "e->>'op', e->>'s', COALESCE(e->>'c', ''), COALESCE(e->>'m', ''), "
+        "SELECT (extract(epoch FROM h.at) * 1000000)::int8, h.user_id, h.client_id, "
+        "e->>'op_id', e->>'op', e->>'s', COALESCE(e->>'c', ''), COALESCE(e->>'m', ''), "
         "COALESCE(e::text, ''), COALESCE((e->'v')::text, '') FROM ferry_write_history "
         "h, jsonb_array_elements(h.ops::jsonb) WITH ORDINALITY AS x(e, n) WHERE "
         "strpos(h.rows, $3) > 0 AND e->>'t' = $1 AND e->>'r' = $2 ORDER BY h.at, h.id, x.n",
@@ -470,14 +511,12 @@ static int cmd_history(gw_config_t *cfg, const char *table, const char *id)
         PQfinish(conn);
         return 1;
     }
-    printf("write-back (ferry_write_history, time order, UTC):\n");
-    if (PQntuples(res) == 0) printf("  (none)\n");
     gw_buf_t b = GW_BUF_INIT;
     for (int i = 0; i < PQntuples(res); i++) {
         gw_buf_reset(&b);
-        gw_buf_printf(&b, "  %s user %s client %s op %s %s: %s", PQgetvalue(res, i, 0),
-                      PQgetvalue(res, i, 1), PQgetvalue(res, i, 2), PQgetvalue(res, i, 3),
-                      PQgetvalue(res, i, 4), PQgetvalue(res, i, 5));
+        gw_buf_printf(&b, "user %s client %s op %s %s: %s", PQgetvalue(res, i, 1),
+                      PQgetvalue(res, i, 2), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
+                      PQgetvalue(res, i, 5));
         if (PQgetvalue(res, i, 6)[0] != '\0')
             gw_buf_printf(&b, " %s: %s", PQgetvalue(res, i, 6), PQgetvalue(res, i, 7));
         json_t *e = json_loads(PQgetvalue(res, i, 8), 0, NULL);
@@ -491,12 +530,82 @@ static int cmd_history(gw_config_t *cfg, const char *table, const char *id)
         json_decref(e);
         if (PQgetvalue(res, i, 9)[0] != '\0')
             gw_buf_printf(&b, "\n      violations: %s", PQgetvalue(res, i, 9));
-        puts(b.data);
+        hist_entry_t *he = hist_add(h, HIST_WRITE, (uint64_t)i, b.data);
+        he->at_us = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+        if (he->at_us == 0) he->at_us = 1; /* 1970-01-01 exactly is a time, not "unknown" */
     }
     gw_buf_free(&b);
     PQclear(res);
     PQfinish(conn);
     return 0;
+}
+
+/* "2026-01-02 03:04:05.123456" (UTC; 26 characters), or the mark of an unknown time. */
+static const char *hist_time(int64_t us, char *buf, size_t len)
+{
+    if (us == 0) {
+        snprintf(buf, len, "%-26s", "(time unknown)");
+        return buf;
+    }
+    time_t sec = (time_t)(us / 1000000);
+    long frac = (long)(us % 1000000);
+    if (frac < 0) {
+        sec--;
+        frac += 1000000;
+    }
+    struct tm tm;
+    gmtime_r(&sec, &tm);
+    char day[32];
+    strftime(day, sizeof(day), "%Y-%m-%d %H:%M:%S", &tm);
+    snprintf(buf, len, "%s.%06ld", day, frac);
+    return buf;
+}
+
+/* ferry debug history: the row's replication ops from storage and its write-back history from
+ * ferry_write_history, one timeline in time order. */
+static int cmd_history(gw_config_t *cfg, const char *table, const char *id)
+{
+    gw_err_t err;
+    char msg[1024];
+    const char *dot = strchr(table, '.');
+    const char *type = dot != NULL ? dot + 1 : table;
+    char label[512];
+    snprintf(label, sizeof(label), "%s",
+             dot != NULL && strncmp(table, "public.", 7) == 0 ? table + 7 : table);
+
+    gw_storage_reader_t *r;
+    gw_storage_opts_t sopts = gw_cli_storage_opts(cfg, NULL);
+    if (gw_storage_reader_open(&sopts, &r, &err) != 0) {
+        fprintf(stderr, "ferry debug history: %s\n", gw_err_format(&err, msg, sizeof(msg)));
+        return 1;
+    }
+    uint64_t last_op, lsn;
+    int consistent;
+    gw_storage_read_checkpoint(r, &last_op, &lsn, &consistent);
+    hist_ctx_t h = {
+        .r = r, .as_of = last_op, .ns = gw_storage_reader_version(r), .type = type, .id = id};
+    int rc = gw_storage_each_bucket(r, last_op, hist_bucket, &h) != 0 || h.failed;
+    gw_storage_reader_close(r);
+    if (rc != 0) fprintf(stderr, "ferry debug history: could not read the storage\n");
+    if (hist_writes(cfg, &h, label, id) != 0) rc = 1;
+
+    printf("row %s %s\n", label, id);
+    printf("timeline (UTC, oldest first; storage checkpoint %llu):\n", (unsigned long long)last_op);
+    if (h.n == 0) printf("  (none)\n");
+    if (h.n > 0) qsort(h.v, h.n, sizeof(*h.v), cmp_entry);
+    for (size_t i = 0; i < h.n; i++) {
+        char t[40], l[32];
+        hist_entry_t *e = &h.v[i];
+        hist_time(e->at_us, t, sizeof(t));
+        if (e->kind == HIST_REPL)
+            printf("  %s repl  %s lsn %s\n", t, e->text,
+                   e->lsn != 0 ? gw_lsn_format(e->lsn, l, sizeof(l)) : "?");
+        else
+            printf("  %s write %s\n", t, e->text);
+        free(e->text);
+    }
+    free(h.v);
+    return rc;
 }
 
 static void usage(FILE *out)

@@ -104,17 +104,24 @@ int gw__repl_batch_begin(gw_repl_t *r, gw_err_t *err)
         r->batch_open = 1;
         r->batch_changes = 0;
         r->batch_source_us = 0;
+        r->batch_source_last_us = 0;
         clock_gettime(CLOCK_MONOTONIC, &r->batch_started);
     }
     return rc;
 }
 
+/* Postgres commit times count microseconds from 2000-01-01; storage keeps unix microseconds */
+#define PG_EPOCH_UNIX_US (INT64_C(946684800) * 1000000)
+
 /* Commit storage's open transaction (begun here when empty: an LSN-only checkpoint) at lsn;
  * with wait, return once durable. Runs on the apply thread, or on the replicator when the
- * pipeline is drained or off. source_us: Postgres commit time of the first transaction. */
-static int do_commit(gw_repl_t *r, uint64_t lsn, int wait, int64_t source_us, gw_err_t *err)
+ * pipeline is drained or off. source_us: Postgres commit time of the first transaction;
+ * last_us: of the last, which the chunks of the commit carry (0: none, a snapshot). */
+static int do_commit(gw_repl_t *r, uint64_t lsn, int wait, int64_t source_us, int64_t last_us,
+                     gw_err_t *err)
 {
     if (gw_storage_begin(r->st, err) != 0) return GW_EIO;
+    if (last_us != 0) gw_storage_set_commit_time(r->st, last_us + PG_EPOCH_UNIX_US);
     if (!gw_storage_consistent(r->st) && lsn >= r->nocp_lsn && lsn > 0) {
         if (gw_storage_set_consistent(r->st, 1, err) != 0) return GW_EIO;
         char t[32];
@@ -180,6 +187,7 @@ typedef struct item {
     size_t copy, copy_len;    /* copy_len 0: none */
     uint64_t lsn;             /* IT_COMMIT */
     int64_t source_us;        /* IT_COMMIT */
+    int64_t last_us;          /* IT_COMMIT */
 } item_t;
 
 typedef struct seg {
@@ -218,7 +226,7 @@ typedef struct apply_scratch {
 static int apply_item(gw_repl_t *r, const seg_t *sg, const item_t *it, apply_scratch_t *x,
                       gw_err_t *err)
 {
-    if (it->kind == IT_COMMIT) return do_commit(r, it->lsn, 0, it->source_us, err);
+    if (it->kind == IT_COMMIT) return do_commit(r, it->lsn, 0, it->source_us, it->last_us, err);
     if (gw_storage_begin(r->st, err) != 0) return GW_EIO;
     const char *mem = sg->mem.data;
     gw_row_ref_t ref = {.table = it->table, .key = mem + it->key};
@@ -520,7 +528,7 @@ int gw__repl_flush_batch_mode(gw_repl_t *r, int wait, gw_err_t *err)
 {
     if (!r->batch_open) return 0;
     uint64_t lsn = r->batch_lsn;
-    int64_t source_us = r->batch_source_us;
+    int64_t source_us = r->batch_source_us, last_us = r->batch_source_last_us;
     r->batch_open = 0;
     if (lsn > r->pos_lsn) r->pos_lsn = lsn;
     int rc = 0;
@@ -530,11 +538,12 @@ int gw__repl_flush_batch_mode(gw_repl_t *r, int wait, gw_err_t *err)
             it->kind = IT_COMMIT;
             it->lsn = lsn;
             it->source_us = source_us;
+            it->last_us = last_us;
             rc = pipe_hand(r, err); /* never hold a commit back */
         }
     } else {
         rc = gw__repl_pipe_drain(r, err);
-        if (rc == 0) rc = do_commit(r, lsn, wait, source_us, err);
+        if (rc == 0) rc = do_commit(r, lsn, wait, source_us, last_us, err);
     }
     if (rc == 0) rc = gw__repl_maybe_ack(r, err);
     return rc;

@@ -143,6 +143,7 @@ struct gw_repl {
     size_t batch_changes;
     struct timespec batch_started;
     int64_t batch_source_us; /* Postgres commit time of the batch's first transaction (0: none) */
+    int64_t batch_source_last_us; /* … and of its last: the chunks' commit time (0: none) */
     uint64_t acked_lsn;
     _Atomic uint64_t durable_lsn; /* highest LSN whose storage commit is on disk */
     int test_replay; /* FERRY_TEST_REPLAY=1: start from the slot, ack nothing new (tests only) */

@@ -306,6 +306,7 @@ static int on_xlogdata(gw_repl_t *r, const gw_pgo_frame_t *f, gw_err_t *err)
             r->batch_lsn = m.u.commit.end_lsn;
         if (!r->skip_txn && r->batch_open && r->batch_source_us == 0)
             r->batch_source_us = m.u.commit.commit_time;
+        if (!r->skip_txn && r->batch_open) r->batch_source_last_us = m.u.commit.commit_time;
         r->skip_txn = 0;
         return 0;
     case GW_PGO_RELATION:

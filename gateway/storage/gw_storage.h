@@ -42,6 +42,15 @@
  * REMOVE everything. Each op's wire JSON is encoded once (gw_oprec.h) and stored ready to send.
  * subkey = "<schema>.<table>/<row key>", identical on every op of a row.
  *
+ * Commit times. Every stored chunk of ops (one bucket's run of one commit) carries the commit
+ * it came with: a wall-clock time (unix microseconds) and the LSN of that storage commit. The
+ * time is the source transaction's commit time when the writer was told it
+ * (gw_storage_set_commit_time: the replicator passes the Postgres commit time of the last source
+ * transaction the storage commit holds), else the storage's clock when the chunk is written
+ * (snapshots; ops of a transaction so large that they are written before its commit). Chunks
+ * stored before Ferry kept these read as unknown (0). They are read apart from the ops
+ * (gw_storage_chunk_commits), so the streams' reads do no more work for them.
+ *
  * Threads: a writer is used by one thread at a time (the replicator, or its apply thread while
  * the pipeline runs); gw_storage_stats() may be called from any thread. A reader belongs to one
  * thread. The hook and the durable callback run on the backend's own thread.
@@ -182,6 +191,13 @@ typedef struct gw_storage_stats {
     uint64_t ops;     /* ops stored (after compaction) */
 } gw_storage_stats_t;
 
+/** One stored chunk's commit (gw_storage_chunk_commits). */
+typedef struct gw_storage_chunk_commit {
+    uint64_t first_op, last_op; /* the chunk's ops are within [first_op, last_op] */
+    int64_t commit_us;          /* unix microseconds of its commit; 0: unknown (older chunk) */
+    uint64_t lsn;               /* the LSN of its storage commit; 0: unknown */
+} gw_storage_chunk_commit_t;
+
 /** What one compaction did. */
 typedef struct gw_storage_compact_stats {
     uint64_t buckets;    /* buckets looked at */
@@ -258,6 +274,7 @@ struct gw_storage_type {
     int (*delete_row)(gw_storage_t *s, const gw_row_ref_t *ref, gw_err_t *err);
     int (*truncate)(gw_storage_t *s, const char *table, gw_err_t *err);
     int (*row_copy)(gw_storage_t *s, const gw_row_ref_t *ref, void **out, size_t *len);
+    void (*set_commit_time)(gw_storage_t *s, int64_t unix_us);
     /* reader */
     int (*reader_open)(const gw_storage_opts_t *opts, gw_storage_reader_t **out, gw_err_t *err);
     void (*reader_close)(gw_storage_reader_t *r);
@@ -277,6 +294,8 @@ struct gw_storage_type {
     int (*each_bucket)(gw_storage_reader_t *r, uint64_t as_of,
                        int (*fn)(void *ud, const char *bucket, uint32_t checksum, uint64_t count),
                        void *ud);
+    int (*chunk_commits)(gw_storage_reader_t *r, const char *bucket, uint64_t after, uint64_t upto,
+                         int (*fn)(void *ud, const gw_storage_chunk_commit_t *c), void *ud);
     /* optional (NULL: every read stays its own transaction) */
     int (*read_hold)(gw_storage_reader_t *r);
     void (*read_release)(gw_storage_reader_t *r);
@@ -578,6 +597,16 @@ static inline int gw_storage_row_copy(gw_storage_t *s, const gw_row_ref_t *ref, 
     return s->type->row_copy(s, ref, out, len);
 }
 
+/**
+ * The wall-clock commit time (unix microseconds) to stamp on the chunks this transaction's
+ * commit writes: the source transaction's commit time. Inside a txn, before gw_storage_commit;
+ * the transaction's commit forgets it. Without it chunks get the storage's clock at commit.
+ */
+static inline void gw_storage_set_commit_time(gw_storage_t *s, int64_t unix_us)
+{
+    s->type->set_commit_time(s, unix_us);
+}
+
 /* ---- readers (any thread; one reader per thread) ---- */
 
 /** The namespace of the version served as of the last checkpoint read ("2#"; "" for none). */
@@ -663,6 +692,20 @@ static inline int gw_storage_lookup(gw_storage_reader_t *r, const char *version,
                                     void *ud)
 {
     return r->type->lookup(r, version, key, as_of, fn, ud);
+}
+
+/**
+ * Call fn for each stored chunk of bucket holding ops in (after, upto], in op order, with the
+ * commit it was stored with (see "Commit times" above; for `ferry debug history`). A read of
+ * its own, apart from gw_storage_read_ops. fn returning non-zero stops the walk with that value.
+ * 0 (also for an unknown bucket) or GW_EIO / GW_EUNAVAIL.
+ */
+static inline int gw_storage_chunk_commits(gw_storage_reader_t *r, const char *bucket,
+                                           uint64_t after, uint64_t upto,
+                                           int (*fn)(void *ud, const gw_storage_chunk_commit_t *c),
+                                           void *ud)
+{
+    return r->type->chunk_commits(r, bucket, after, upto, fn, ud);
 }
 
 /** Every bucket name with ops, with its checksum/count as of as_of (for `ferry debug dump`). */

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Each queued op is a record behind a 4-byte link to the next op of its bucket. */
 enum { PEND_LINK = 4 };
@@ -202,12 +203,34 @@ void gw_writer_begin(gw_writer_t *w, uint64_t stored_next_op)
         free(w->lookup_keys[i]);
     w->nlookup_keys = 0;
     w->txn_last_op = w->last_op;
+    w->commit_us = 0;
+    w->commit_lsn = 0;
+}
+
+void gw_writer_set_commit_time(gw_writer_t *w, int64_t unix_us)
+{
+    w->commit_us = unix_us;
+}
+
+int64_t gw_writer_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void gw_writer_stamp(gw_writer_t *w, uint64_t lsn)
+{
+    w->commit_lsn = lsn;
+    if (w->commit_us == 0) w->commit_us = gw_writer_now_us();
 }
 
 int gw_writer_flush_pending(gw_writer_t *w, gw_err_t *err)
 {
     int rc = 0;
     gw_buf_t *c = &w->chunk;
+    /* before its commit (a large transaction's ops): the clock now, the LSN unknown */
+    int64_t stamp = w->commit_us != 0 || w->npend_buckets == 0 ? w->commit_us : gw_writer_now_us();
     for (size_t i = 0; i < w->npend_buckets && rc == 0; i++) {
         gw_wbucket_t *b = w->pend_buckets[i];
         size_t at = b->pend_head;
@@ -227,7 +250,8 @@ int gw_writer_flush_pending(gw_writer_t *w, gw_err_t *err)
                 sum += r.checksum;
                 at = next;
             }
-            rc = w->io->chunk_insert(w->ud, b->id, first, last, n, sum, c, err);
+            rc = w->io->chunk_insert(w->ud, b->id, first, last, n, sum, c, stamp, w->commit_lsn,
+                                     err);
         }
         b->pend_head = b->pend_tail = 0;
     }

@@ -75,9 +75,11 @@ typedef struct gw_writer_io {
                          const char *params, uint64_t op_id, gw_err_t *err);
     /* Create bucket name (no ops yet): 0 and *id, or a negative code. */
     int (*bucket_create)(void *ud, const char *name, int64_t *id, gw_err_t *err);
-    /* Insert one chunk of bucket_id holding the records in ops. */
+    /* Insert one chunk of bucket_id holding the records in ops, committed at commit_us (unix
+     * microseconds) with lsn (either 0: unknown, stored as such). */
     int (*chunk_insert)(void *ud, int64_t bucket_id, uint64_t first, uint64_t last, uint64_t n,
-                        uint32_t checksum, const gw_buf_t *ops, gw_err_t *err);
+                        uint32_t checksum, const gw_buf_t *ops, int64_t commit_us, uint64_t lsn,
+                        gw_err_t *err);
     /* Rebuild the row filter for about rows rows (gw_writer_filter_reset, then add each stored
      * row); NULL: a full filter is turned off instead. */
     void (*filter_rebuild)(void *ud, uint64_t rows);
@@ -95,6 +97,11 @@ typedef struct gw_writer {
     uint64_t last_op;     /* committed checkpoint */
     uint64_t lsn;         /* its source position */
     uint64_t txn_last_op; /* highest op written in the open transaction */
+    /* the commit the open transaction's chunks are stamped with (gw_storage.h, "Commit times"):
+     * commit_us from gw_writer_set_commit_time (0: the clock when a chunk is written),
+     * commit_lsn from gw_writer_stamp at commit (0 before: unknown) */
+    int64_t commit_us;
+    uint64_t commit_lsn;
     _Atomic int consistent;
     _Atomic uint64_t n_rows, n_ops, n_buckets; /* totals of the writer's version, any thread */
     uint64_t gen;
@@ -166,6 +173,16 @@ void gw_writer_begin(gw_writer_t *w, uint64_t stored_next_op);
  * may call it while loading its cache): 0, or -1 when a value could not be read (never a default
  * then: op ids from 1 and LSN 0 would reuse ids and replay the source). */
 int gw_writer_load_state(gw_writer_t *w, gw_storage_t *st);
+
+/** The source commit time of the open transaction (gw_storage_set_commit_time). */
+void gw_writer_set_commit_time(gw_writer_t *w, int64_t unix_us);
+
+/** At commit, before the last gw_writer_flush_pending: the chunks it writes carry lsn, and the
+ *  clock now unless a commit time was set. */
+void gw_writer_stamp(gw_writer_t *w, uint64_t lsn);
+
+/** The wall clock in unix microseconds. */
+int64_t gw_writer_now_us(void);
 
 /** Write every queued op as chunks (io->chunk_insert) and empty the queue. 0 or an error. */
 int gw_writer_flush_pending(gw_writer_t *w, gw_err_t *err);

@@ -5,8 +5,12 @@
 # its title with server_wins_if_changed. Every op of every batch is recorded with its outcome:
 # who, which client, per column what was sent, the client's old value, the stored value and the
 # result, with the strategy; rejections with their reason; duplicates. `ferry debug history`
-# prints the row's replication ops and this history, so the loser's line says why. Entries
+# prints the row's replication ops and this history as one timeline in time order (each op at
+# its storage chunk's commit time, the source transaction's), so the loser's line says why, a
+# write comes before the op it caused and a later plain-SQL change's op after both; ops of
+# chunks without a commit time (stored before chunks kept one) come first, marked. Entries
 # older than write_back.history.keep are trimmed by the background pass.
+# storage: both
 source "$(dirname "$0")/../lib/testlib.sh"
 source "$(dirname "$0")/write_lib.sh"
 
@@ -57,14 +61,29 @@ expect_match "the duplicate" 'ben \| phone-ben \| 7 \| PATCH \| duplicate' "$his
 expect_match "the plain batch took the pipelined path, history and all" 'client="?phone-ann"? status=200 ops=1 applied=1 .*path=pipelined' "$(grep 'msg="batch"' "$FERRY_LOG" | tail -1)"
 expect_eq "pipelined path: the stored value before" 'ann | phone-ann | 2 | PATCH | applied | sent {"body": "v1"} | stored {"body": "v0"}' "$(h n1)"
 
-# ferry debug history: the replication ops and the write-back lines, in order
+# a later change in plain SQL, outside write-back
+sql "UPDATE tasks SET title = 'Buy milk (plain SQL)' WHERE id = 't1'" >/dev/null
+
+# ferry debug history: the replication ops and the write-back lines, one timeline in time order
 for ((i = 0; i < 100; i++)); do
   out=$("$FERRY_BIN" debug history --config "$W_CFG" tasks t1 2>&1)
-  [[ "$out" == *'Buy oat milk'*'op '*'PUT'* ]] && grep -q 'data .*Buy oat milk' <<<"$out" && break
+  grep -q 'repl .*data .*Buy oat milk' <<<"$out" && grep -q 'repl .*data .*plain SQL' <<<"$out" && break
   sleep 0.1
 done
 expect_match "debug history names the row" '^row tasks t1' "$out"
-expect_match "debug history: the replication ops, with bucket and data" 'op [0-9]+ PUT bucket [^ ]*all\[\] data \{"id":"t1","title":"Buy oat milk","done":1\}' "$out"
+expect_match "debug history: one timeline" $'\n''timeline \(UTC, oldest first; storage checkpoint [0-9]+\):' "$out"
+expect_match "debug history: the replication ops, with time, bucket, data and LSN" '  [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8}\.[0-9]{6} repl  op [0-9]+ PUT bucket [^ ]*all\[\] data \{"id":"t1","title":"Buy oat milk","done":1\} lsn [0-9A-F]+/[0-9A-F]+' "$out"
+expect_match "debug history: the write-back lines, with time" '  [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8}\.[0-9]{6} write user ann client phone-ann op 1 PATCH: applied' "$out"
+# line numbers: ann's write, the op it caused, ben's writes, the plain-SQL change's op
+ln() { grep -n -- "$1" <<<"$out" | head -1 | cut -d: -f1; }
+l_ann=$(ln 'write user ann client phone-ann op 1 PATCH'); l_op=$(ln 'repl .*"title":"Buy oat milk"')
+l_ben=$(ln 'write user ben client phone-ben op 7 PATCH: applied'); l_sql=$(ln 'repl .*"title":"Buy milk (plain SQL)"')
+[ -n "$l_ann" ] && [ -n "$l_op" ] && [ "$l_ann" -lt "$l_op" ] && pass "debug history: ann's write comes before the op it caused" || fail "debug history: ann's write comes before the op it caused" "$out"
+[ -n "$l_ben" ] && [ "$l_op" -lt "$l_ben" ] && pass "debug history: ann's op comes before ben's later write" || fail "debug history: ann's op comes before ben's later write" "$out"
+[ -n "$l_sql" ] && [ "$l_ben" -lt "$l_sql" ] && pass "debug history: the plain-SQL change's op comes after the writes" || fail "debug history: the plain-SQL change's op comes after the writes" "$out"
+times=$(grep -oE '^  [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8}\.[0-9]{6}' <<<"$out")
+expect_eq "debug history: every line has a time, in order" "$(sort <<<"$times")" "$times"
+expect_eq "debug history: none is unknown" "" "$(grep 'time unknown' <<<"$out")"
 expect_match "debug history: ann's write and what it did" 'user ann client phone-ann op 1 PATCH: applied
       done: sent 1 old 0 stored false -> 1 \(client_wins, applied\)
       title: sent "Buy oat milk" old "Buy milk" stored "Buy milk" -> "Buy oat milk" \(server_wins_if_changed, applied\)' "$out"
@@ -75,8 +94,9 @@ w1=$(grep -n 'op 1 PATCH' <<<"$out" | cut -d: -f1); w7=$(grep -n 'op 7 PATCH: ap
 [ -n "$w1" ] && [ -n "$w7" ] && [ "$w1" -lt "$w7" ] && pass "debug history: in time order" || fail "debug history: in time order" "$out"
 
 # retention: an entry older than write_back.history.keep goes, the others stay
-sql "INSERT INTO ferry_write_history (at, user_id, client_id, ops, rows) VALUES (now() - interval '2 hours', 'old', 'c', '[{\"op_id\":1,\"op\":\"PUT\",\"t\":\"tasks\",\"r\":\"gone\",\"s\":\"applied\"}]', '[\"tasks\",\"gone\"]')" >/dev/null
-expect_eq "an old batch is there" "1" "$(sql "SELECT count(*) FROM ferry_write_history_ops WHERE row_id = 'gone'")"
+# counted in the statement that inserts it: the background pass (every second) may trim it
+# before a later query
+expect_eq "an old batch is there" "1" "$(sql "WITH i AS (INSERT INTO ferry_write_history (at, user_id, client_id, ops, rows) VALUES (now() - interval '2 hours', 'old', 'c', '[{\"op_id\":1,\"op\":\"PUT\",\"t\":\"tasks\",\"r\":\"gone\",\"s\":\"applied\"}]', '[\"tasks\",\"gone\"]') RETURNING 1) SELECT count(*) FROM i")"
 for ((i = 0; i < 300; i++)); do
   [ "$(sql "SELECT count(*) FROM ferry_write_history_ops WHERE row_id = 'gone'")" = 0 ] && break
   sleep 0.1
@@ -85,3 +105,10 @@ expect_eq "the old entry was trimmed" "0" "$(sql "SELECT count(*) FROM ferry_wri
 expect_eq "the recent ones stay (one row per batch, one entry per op)" "4 5" "$(sql "SELECT count(*) FROM ferry_write_history") $(sql "SELECT count(*) FROM ferry_write_history_ops")"
 expect_match "metrics count the trimmed entries" 'ferry_write_history_trimmed_total 1' "$(curl -s "$W_URL/metrics")"
 write_finish
+
+# chunks stored before chunks kept a commit time (their commit_us is NULL): first, marked
+storage_query "UPDATE op_chunks SET commit_us = NULL, commit_lsn = NULL WHERE last_op < (SELECT max(last_op) FROM op_chunks)" >/dev/null
+out=$("$FERRY_BIN" debug history --config "$W_CFG" tasks t1 2>&1)
+first=$(sed -n 3p <<<"$out")
+expect_match "debug history: an op of an older chunk comes first, marked" '^  \(time unknown\) +repl  op [0-9]+ PUT .* lsn \?$' "$first"
+expect_match "debug history: the newest op keeps its time" '^  [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8}\.[0-9]{6} repl .*plain SQL' "$(tail -1 <<<"$out")"

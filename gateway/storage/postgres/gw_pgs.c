@@ -4,11 +4,16 @@
  *   state(k, v)                              replication state, as in the SQLite layout, plus
  *                                            "epoch" (the leader epoch) and "storage_id"
  *   buckets(id, name, checksum, count, last_op)  running totals at the latest checkpoint
- *   op_chunks(bucket_id, last_op, first_op, n, checksum, ops)
+ *   op_chunks(bucket_id, last_op, first_op, n, checksum, ops, commit_us, commit_lsn)
  *                                            a bucket's ops in runs of op records (gw_oprec.h),
  *                                            one row per bucket per commit, keyed by
  *                                            (bucket_id, last_op): readers seek the first chunk
- *                                            above their position in the primary key
+ *                                            above their position in the primary key;
+ *                                            commit_us (unix microseconds) and commit_lsn: the
+ *                                            commit that wrote it (gw_storage.h, "Commit
+ *                                            times"); NULL in schemas from before they were
+ *                                            kept (added in place at the writer's open, layout 1
+ *                                            still: older ferry versions leave them NULL)
  *   rows(tbl, key, members, lookups, copy)  per source row: memberships, lookups, copy
  *   lookups(key, tbl, rkey, params, from_op, to_op)  parameter-lookup entries
  *   write_checkpoints(user_key, counter, lsn, seen, seq)
@@ -154,7 +159,7 @@ static const char schema_sql[] =
     "CREATE SEQUENCE IF NOT EXISTS %1$s.bucket_ids;"
     "CREATE TABLE IF NOT EXISTS %1$s.op_chunks (bucket_id int8 NOT NULL, last_op int8 NOT NULL,"
     "  first_op int8 NOT NULL, n int8 NOT NULL, checksum int8 NOT NULL, ops bytea NOT NULL,"
-    "  PRIMARY KEY (bucket_id, last_op));"
+    "  commit_us int8, commit_lsn int8, PRIMARY KEY (bucket_id, last_op));"
     "CREATE TABLE IF NOT EXISTS %1$s.rows (tbl text COLLATE \"C\" NOT NULL,"
     "  key text COLLATE \"C\" NOT NULL,"
     "  members bytea, lookups text NOT NULL DEFAULT '', copy bytea, PRIMARY KEY (tbl, key))"
@@ -219,6 +224,37 @@ static int inspect(PGconn *c, const char *schema, int *tables, int *layout, gw_e
     return 0;
 }
 
+/* A schema from before chunks kept their commit: add op_chunks.commit_us and commit_lsn (NULL,
+ * "unknown", for the stored chunks; no rewrite). Only when missing: ALTER TABLE locks the table
+ * against every reader. 0 or GW_EPG. */
+static int add_chunk_commit(PGconn *c, const char *schema, const char *schema_q, gw_err_t *err)
+{
+    const char *pv[1] = {schema};
+    PGresult *res = PQexecParams(c,
+                                 "SELECT 1 FROM pg_attribute a JOIN pg_class k ON k.oid = "
+                                 "a.attrelid JOIN pg_namespace n ON n.oid = k.relnamespace "
+                                 "WHERE n.nspname = $1 AND k.relname = 'op_chunks' AND "
+                                 "a.attname = 'commit_us' AND NOT a.attisdropped",
+                                 1, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        PQclear(res);
+        return gw__pgs_err(c, err, "look at the storage schema");
+    }
+    int has = PQntuples(res) > 0;
+    PQclear(res);
+    if (has) return 0;
+    gw_buf_t sql = GW_BUF_INIT;
+    gw_buf_printf(&sql,
+                  "ALTER TABLE %1$s.op_chunks ADD COLUMN IF NOT EXISTS commit_us int8, "
+                  "ADD COLUMN IF NOT EXISTS commit_lsn int8",
+                  schema_q);
+    int rc = exec(c, sql.data, "add the commit time to the stored chunks", err);
+    gw_buf_free(&sql);
+    if (rc == 0)
+        gw_info("storage", "added the commit time to the stored chunks", "schema=%s", schema);
+    return rc;
+}
+
 /* Create or check the schema in one transaction (instances starting together take turns). */
 static int init_schema(PGconn *c, const char *schema, const char *schema_q, gw_err_t *err)
 {
@@ -256,6 +292,7 @@ static int init_schema(PGconn *c, const char *schema, const char *schema_q, gw_e
             gw_err_detail(err, "The storage role needs CREATE on the database (or create the "
                                "schema for it: CREATE SCHEMA <schema> AUTHORIZATION <role>).");
     }
+    if (rc == 0 && layout > 0) rc = add_chunk_commit(c, schema, schema_q, err);
     if (rc == 0 && layout < 0) {
         /* smaller and faster to decompress than pglz where the server has lz4 */
         gw_buf_t sql = GW_BUF_INIT;
@@ -409,7 +446,7 @@ void gw__pgs_close(gw_storage_t *st)
     gw_map_free(&s->rows);
     gw_map_free(&s->closed);
     free(s->lk);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 8; i++)
         gw_buf_free(&s->chunks[i]);
     gw_writer_free(&s->w);
     pthread_mutex_destroy(&s->info_lock);
@@ -697,6 +734,7 @@ const gw_storage_type_t gw_pgs_type = {
     .delete_row = gw__pgs_delete_row,
     .truncate = gw__pgs_truncate,
     .row_copy = gw__pgs_row_copy,
+    .set_commit_time = gw__pgs_set_commit_time,
     .reader_open = gw__pgs_reader_open,
     .reader_close = gw__pgs_reader_close,
     .reader_version = gw__pgs_reader_version,
@@ -709,4 +747,5 @@ const gw_storage_type_t gw_pgs_type = {
     .read_release = gw__pgs_read_release,
     .lookup = gw__pgs_lookup,
     .each_bucket = gw__pgs_each_bucket,
+    .chunk_commits = gw__pgs_chunk_commits,
 };

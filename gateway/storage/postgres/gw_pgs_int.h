@@ -104,7 +104,8 @@ struct gw_pgs {
     pgs_lookup_t *lk; /* lookups opened */
     size_t nlk, cap_lk;
     gw_map_t closed;    /* "<tbl>\x1f<rkey>" -> (void *)op: open entries closed in the storage */
-    gw_buf_t chunks[6]; /* chunk columns, binary array elements: bucket, first, last, n, sum, ops */
+    gw_buf_t chunks[8]; /* chunk columns, binary array elements: bucket, first, last, n, sum, ops,
+                           commit_us, commit_lsn */
     size_t nchunks;
     int64_t ids[64];        /* bucket ids taken from the sequence, unused */
     int64_t wcp_next_prune; /* unix seconds: forget unused write checkpoints from then on */
@@ -191,7 +192,11 @@ int gw__pgs_flush_chunks(gw_pgs_t *s, gw_err_t *err);
 
 /** The writer's chunk insert (compaction inserts through it too). */
 int gw__pgs_chunk_insert(void *ud, int64_t bucket_id, uint64_t first, uint64_t last, uint64_t n,
-                         uint32_t checksum, const gw_buf_t *ops, gw_err_t *err);
+                         uint32_t checksum, const gw_buf_t *ops, int64_t commit_us, uint64_t lsn,
+                         gw_err_t *err);
+
+/** gw_storage_set_commit_time. */
+void gw__pgs_set_commit_time(gw_storage_t *st, int64_t unix_us);
 
 /* ---- gw_pgs_notify.c ---- */
 
@@ -304,5 +309,8 @@ int gw__pgs_lookup(gw_storage_reader_t *rd, const char *version, const char *key
 int gw__pgs_each_bucket(gw_storage_reader_t *rd, uint64_t as_of,
                         int (*fn)(void *ud, const char *bucket, uint32_t checksum, uint64_t count),
                         void *ud);
+int gw__pgs_chunk_commits(gw_storage_reader_t *rd, const char *bucket, uint64_t after,
+                          uint64_t upto, int (*fn)(void *ud, const gw_storage_chunk_commit_t *c),
+                          void *ud);
 
 #endif

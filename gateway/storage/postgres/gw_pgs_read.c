@@ -458,3 +458,51 @@ int gw__pgs_each_bucket(gw_storage_reader_t *rd, uint64_t as_of,
     free(names);
     return rc;
 }
+
+/* The chunks' commits: a statement of its own, not one of the reader's prepared ones (a schema
+ * no writer of this version has opened yet lacks the columns: its chunks read as unknown). */
+int gw__pgs_chunk_commits(gw_storage_reader_t *rd, const char *bucket, uint64_t after,
+                          uint64_t upto, int (*fn)(void *ud, const gw_storage_chunk_commit_t *c),
+                          void *ud)
+{
+    reader_t *r = (reader_t *)rd;
+    gw_err_t err;
+    if (connect_reader(r, &err) != 0) return GW_EUNAVAIL;
+    static const char *const sql[2] = {
+        "SELECT c.first_op, c.last_op, coalesce(c.commit_us, 0), coalesce(c.commit_lsn, 0) FROM "
+        "%1$s.op_chunks c JOIN %1$s.buckets b ON b.id = c.bucket_id WHERE b.name = $1 AND "
+        "c.last_op > $2 AND c.first_op <= $3 ORDER BY c.last_op",
+        "SELECT c.first_op, c.last_op, 0, 0 FROM %1$s.op_chunks c JOIN %1$s.buckets b ON b.id = "
+        "c.bucket_id WHERE b.name = $1 AND c.last_op > $2 AND c.first_op <= $3 ORDER BY "
+        "c.last_op"};
+    char a[24], u[24];
+    snprintf(a, sizeof(a), "%llu", (unsigned long long)after);
+    snprintf(u, sizeof(u), "%llu", (unsigned long long)upto);
+    const char *pv[3] = {bucket, a, u};
+    PGresult *res = NULL;
+    for (int i = 0; i < 2; i++) {
+        gw_buf_t q = GW_BUF_INIT;
+        gw_buf_printf(&q, sql[i], r->schema_q);
+        res = PQexecParams(r->conn, q.data, 3, NULL, pv, NULL, NULL, 0);
+        gw_buf_free(&q);
+        if (PQresultStatus(res) == PGRES_TUPLES_OK) break;
+        PQclear(res);
+        res = NULL;
+        if (PQstatus(r->conn) != CONNECTION_OK) {
+            disconnect(r);
+            return GW_EUNAVAIL;
+        }
+        if (r->in_txn) return GW_EIO; /* the held transaction is aborted */
+    }
+    if (res == NULL) return GW_EIO;
+    int rc = 0;
+    for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
+        gw_storage_chunk_commit_t c = {.first_op = strtoull(PQgetvalue(res, i, 0), NULL, 10),
+                                       .last_op = strtoull(PQgetvalue(res, i, 1), NULL, 10),
+                                       .commit_us = strtoll(PQgetvalue(res, i, 2), NULL, 10),
+                                       .lsn = strtoull(PQgetvalue(res, i, 3), NULL, 10)};
+        rc = fn(ud, &c);
+    }
+    PQclear(res);
+    return rc;
+}

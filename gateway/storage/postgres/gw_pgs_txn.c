@@ -58,9 +58,9 @@ static const char *const ps_sql[PS_COUNT] = {
         "INSERT INTO %1$s.lookups (key, tbl, rkey, params, from_op, to_op) SELECT * FROM "
         "unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::int8[], $16::int8[])",
     [PS_COMMIT] =
-        "WITH c AS (INSERT INTO %1$s.op_chunks (bucket_id, first_op, last_op, n, checksum, ops) "
-        "SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], "
-        "$6::bytea[])), "
+        "WITH c AS (INSERT INTO %1$s.op_chunks (bucket_id, first_op, last_op, n, checksum, ops, "
+        "commit_us, commit_lsn) SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], "
+        "$4::int8[], $5::int8[], $6::bytea[], $22::int8[], $23::int8[])), "
         "b AS (INSERT INTO %1$s.buckets (id, name, checksum, count, last_op) SELECT * FROM "
         "unnest($7::int8[], $8::text[], $9::int8[], $10::int8[], $11::int8[]) ON CONFLICT (id) "
         "DO UPDATE SET checksum = excluded.checksum, count = excluded.count, last_op = "
@@ -371,7 +371,7 @@ void gw__pgs_clear_txn(gw_pgs_t *s)
     s->nlk = 0;
     gw_map_free(&s->closed);
     gw_map_init(&s->closed);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 8; i++)
         gw_buf_reset(&s->chunks[i]);
     s->nchunks = 0;
 }
@@ -615,7 +615,8 @@ static int bucket_create(void *ud, const char *name, int64_t *id, gw_err_t *err)
 }
 
 int gw__pgs_chunk_insert(void *ud, int64_t bucket_id, uint64_t first, uint64_t last, uint64_t n,
-                         uint32_t checksum, const gw_buf_t *ops, gw_err_t *err)
+                         uint32_t checksum, const gw_buf_t *ops, int64_t commit_us, uint64_t lsn,
+                         gw_err_t *err)
 {
     gw_pgs_t *s = ud;
     gw__pgs_elem_i64(&s->chunks[0], bucket_id);
@@ -624,6 +625,14 @@ int gw__pgs_chunk_insert(void *ud, int64_t bucket_id, uint64_t first, uint64_t l
     gw__pgs_elem_i64(&s->chunks[3], (int64_t)n);
     gw__pgs_elem_i64(&s->chunks[4], (int64_t)checksum);
     gw__pgs_elem_bytes(&s->chunks[5], ops->data, ops->len);
+    if (commit_us != 0)
+        gw__pgs_elem_i64(&s->chunks[6], commit_us);
+    else
+        gw__pgs_elem_null(&s->chunks[6]);
+    if (lsn != 0)
+        gw__pgs_elem_i64(&s->chunks[7], (int64_t)lsn);
+    else
+        gw__pgs_elem_null(&s->chunks[7]);
     s->nchunks++;
     return s->chunks[5].len >= CHUNK_BATCH_BYTES ? gw__pgs_flush_chunks(s, err) : 0;
 }
@@ -673,17 +682,17 @@ const gw_writer_io_t gw__pgs_writer_io = {
 
 /* The commit statement's parameters: chunks, dirty buckets, state, notification. */
 typedef struct commit_params {
-    gw_buf_t arr[17], be[9], se[2];
-    const char *values[21];
-    int lengths[21], formats[21];
+    gw_buf_t arr[19], be[9], se[2];
+    const char *values[23];
+    int lengths[23], formats[23];
     char last_op[24];
 } commit_params_t;
 
-enum { COMMIT_PARAMS = 21 };
+enum { COMMIT_PARAMS = 23 };
 
 static void commit_params_free(commit_params_t *p)
 {
-    for (int i = 0; i < 17; i++)
+    for (int i = 0; i < 19; i++)
         gw_buf_free(&p->arr[i]);
     for (int i = 0; i < 9; i++)
         gw_buf_free(&p->be[i]);
@@ -745,6 +754,13 @@ static void commit_params(gw_pgs_t *s, commit_params_t *p, gw_wbucket_t **bucket
         p->lengths[17 + i] = (int)p->arr[13 + i].len;
         p->formats[17 + i] = 1;
     }
+    /* the chunks' commits: $22, $23 */
+    for (int i = 0; i < 2; i++) {
+        gw__pgs_array(&p->arr[17 + i], OID_INT8, s->nchunks, &s->chunks[6 + i]);
+        p->values[21 + i] = p->arr[17 + i].data;
+        p->lengths[21 + i] = (int)p->arr[17 + i].len;
+        p->formats[21 + i] = 1;
+    }
 }
 
 int gw__pgs_flush_chunks(gw_pgs_t *s, gw_err_t *err)
@@ -757,7 +773,7 @@ int gw__pgs_flush_chunks(gw_pgs_t *s, gw_err_t *err)
     int rc = res != NULL ? 0 : GW_EPG;
     PQclear(res);
     commit_params_free(&p);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 8; i++)
         gw_buf_reset(&s->chunks[i]);
     s->nchunks = 0;
     return rc;
@@ -862,6 +878,7 @@ int gw__pgs_commit(gw_storage_t *st, uint64_t lsn, int wait, gw_err_t *err)
         return rc != 0 ? GW_EUNAVAIL : 0;
     }
     gw_writer_t *w = &s->w;
+    gw_writer_stamp(w, lsn < w->lsn ? w->lsn : lsn);
     int rc = gw_writer_flush_pending(w, err);
     if (rc == 0) rc = gw__pgs_flush_rows(s, err);
     if (rc != 0) {
@@ -928,6 +945,11 @@ int gw__pgs_commit(gw_storage_t *st, uint64_t lsn, int wait, gw_err_t *err)
     gw__pgs_gate_commit(s, &cp, w->touched, w->ntouched, (const char *const *)w->lookup_keys,
                         w->nlookup_keys, GW_PGS_OWN | (wait ? GW_PGS_WAIT : 0));
     return 0;
+}
+
+void gw__pgs_set_commit_time(gw_storage_t *st, int64_t unix_us)
+{
+    gw_writer_set_commit_time(&((gw_pgs_t *)st)->w, unix_us);
 }
 
 void gw__pgs_rollback(gw_storage_t *st)

@@ -193,7 +193,8 @@ static int chunk_insert(void *ud, int64_t bucket_id, uint64_t first, uint64_t la
                         uint32_t sum, const gw_buf_t *ops, gw_err_t *err)
 {
     compact_ctx_t *c = ud;
-    int rc = gw__pgs_chunk_insert(c->s, bucket_id, first, last, n, sum, ops, err);
+    /* a CLEAR op of its own: no commit of the source */
+    int rc = gw__pgs_chunk_insert(c->s, bucket_id, first, last, n, sum, ops, 0, 0, err);
     return rc == 0 ? gw__pgs_flush_chunks(c->s, err) : rc;
 }
 

@@ -4,10 +4,14 @@
  * served or acknowledged, see gw_sqlite_sync.c):
  *   state(k, v)                                replication state: next_op, last_op, lsn, …
  *   buckets(id, name, checksum, count, last_op) running totals at the latest checkpoint
- *   op_chunks(id, bucket_id, first_op, last_op, n, checksum, ops)
+ *   op_chunks(id, bucket_id, first_op, last_op, n, checksum, ops, commit_us, commit_lsn)
  *                                               a bucket's ops in runs: ops is a blob of records
  *                                               (gw_oprec.h), at most CHUNK_MAX_OPS per chunk,
- *                                               found by op_chunks_by_bucket(bucket_id, last_op)
+ *                                               found by op_chunks_by_bucket(bucket_id, last_op);
+ *                                               commit_us (unix microseconds) and commit_lsn:
+ *                                               the commit that wrote it (gw_storage.h, "Commit
+ *                                               times"), NULL in files from before they were
+ *                                               kept (added in place at open)
  *   rows(tbl, key, members, lookups, copy)      per source row: memberships, lookup text, copy
  *   lookups(key, tbl, rkey, params, from_op, to_op)
  *                                               parameter-lookup entries valid in [from_op, to_op)
@@ -87,8 +91,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                      "excluded.v",
     [ST_BUCKET_INSERT] = "INSERT INTO buckets(name, checksum, count, last_op) VALUES (?1, 0, 0, 0)",
     [ST_BUCKET_UPDATE] = "UPDATE buckets SET checksum = ?2, count = ?3, last_op = ?4 WHERE id = ?1",
-    [ST_CHUNK_INSERT] = "INSERT INTO op_chunks(bucket_id, first_op, last_op, n, checksum, ops) "
-                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_CHUNK_INSERT] = "INSERT INTO op_chunks(bucket_id, first_op, last_op, n, checksum, ops, "
+                        "commit_us, commit_lsn) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     /* tables (?1 of the row and lookup statements) and lookup keys are bound in the writer's
      * namespace, "2#public.todos" (ns_table, ns_key) */
     [ST_ROW_GET] = "SELECT members, lookups, copy FROM rows WHERE tbl = ?1 AND key = ?2",
@@ -120,7 +124,7 @@ static const char schema_sql[] =
     "  checksum INTEGER NOT NULL, count INTEGER NOT NULL, last_op INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS op_chunks(id INTEGER PRIMARY KEY, bucket_id INTEGER NOT NULL,"
     "  first_op INTEGER NOT NULL, last_op INTEGER NOT NULL, n INTEGER NOT NULL,"
-    "  checksum INTEGER NOT NULL, ops BLOB NOT NULL);"
+    "  checksum INTEGER NOT NULL, ops BLOB NOT NULL, commit_us INTEGER, commit_lsn INTEGER);"
     "CREATE INDEX IF NOT EXISTS op_chunks_by_bucket ON op_chunks(bucket_id, last_op);"
     "CREATE TABLE IF NOT EXISTS rows(tbl TEXT NOT NULL, key TEXT NOT NULL, members BLOB,"
     "  lookups TEXT, copy BLOB, PRIMARY KEY(tbl, key)) WITHOUT ROWID;"
@@ -151,6 +155,26 @@ static int add_wcp_seen(sqlite3 *db, gw_err_t *err)
                            "ALTER TABLE write_checkpoints ADD COLUMN seen INTEGER NOT NULL "
                            "DEFAULT 0",
                            err, "add \"seen\" to write_checkpoints");
+}
+
+/* Files written before chunks kept their commit lack op_chunks.commit_us and commit_lsn: add
+ * them (NULL, "unknown", for the chunks already stored). Older ferry versions still read and
+ * write such a file (they leave the columns NULL). */
+static int add_chunk_commit(sqlite3 *db, gw_err_t *err)
+{
+    sqlite3_stmt *q;
+    int has = 0;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT 1 FROM pragma_table_info('op_chunks') WHERE name = 'commit_us'",
+                           -1, &q, NULL) == SQLITE_OK) {
+        has = sqlite3_step(q) == SQLITE_ROW;
+        sqlite3_finalize(q);
+    }
+    if (has) return 0;
+    return gw__sqlite_exec(db,
+                           "ALTER TABLE op_chunks ADD COLUMN commit_us INTEGER;"
+                           "ALTER TABLE op_chunks ADD COLUMN commit_lsn INTEGER",
+                           err, "add the commit time to op_chunks");
 }
 
 /* The layout this code writes (state "layout"). Layout 3 (rows, lookups and state of a single
@@ -268,7 +292,7 @@ int gw__sqlite_open(const gw_storage_opts_t *opts, const char *version, gw_stora
             "PRAGMA cache_size=-32768; PRAGMA wal_autocheckpoint=0; PRAGMA temp_store=MEMORY;",
             err, "set up the storage file") != 0 ||
         gw__sqlite_exec(s->db, schema_sql, err, "create the storage schema") != 0 ||
-        add_wcp_seen(s->db, err) != 0) {
+        add_wcp_seen(s->db, err) != 0 || add_chunk_commit(s->db, err) != 0) {
         gw__sqlite_close(&s->base);
         return GW_EIO;
     }
@@ -416,6 +440,7 @@ const gw_storage_type_t gw_sqlite_type = {
     .delete_row = gw__sqlite_delete_row,
     .truncate = gw__sqlite_truncate,
     .row_copy = gw__sqlite_row_copy,
+    .set_commit_time = gw__sqlite_set_commit_time,
     .reader_open = gw__sqlite_reader_open,
     .reader_close = gw__sqlite_reader_close,
     .reader_version = gw__sqlite_reader_version,
@@ -426,6 +451,7 @@ const gw_storage_type_t gw_sqlite_type = {
     .read_write_checkpoint = gw__sqlite_read_write_checkpoint,
     .lookup = gw__sqlite_lookup,
     .each_bucket = gw__sqlite_each_bucket,
+    .chunk_commits = gw__sqlite_chunk_commits,
     .read_hold = gw__sqlite_read_hold,
     .read_release = gw__sqlite_read_release,
 };

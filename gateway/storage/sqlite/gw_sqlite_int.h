@@ -185,5 +185,9 @@ int gw__sqlite_each_bucket(gw_storage_reader_t *rd, uint64_t as_of,
                            int (*fn)(void *ud, const char *bucket, uint32_t checksum,
                                      uint64_t count),
                            void *ud);
+int gw__sqlite_chunk_commits(gw_storage_reader_t *rd, const char *bucket, uint64_t after,
+                             uint64_t upto, int (*fn)(void *ud, const gw_storage_chunk_commit_t *c),
+                             void *ud);
+void gw__sqlite_set_commit_time(gw_storage_t *st, int64_t unix_us);
 
 #endif

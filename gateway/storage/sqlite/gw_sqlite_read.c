@@ -354,3 +354,46 @@ int gw__sqlite_each_bucket(gw_storage_reader_t *rd, uint64_t as_of,
     free(names);
     return rc;
 }
+
+/* The chunks' commits (not a prepared statement of the reader: a file a writer of this version
+ * has not opened yet lacks the columns, and reads them as unknown). */
+int gw__sqlite_chunk_commits(gw_storage_reader_t *rd, const char *bucket, uint64_t after,
+                             uint64_t upto, int (*fn)(void *ud, const gw_storage_chunk_commit_t *c),
+                             void *ud)
+{
+    gw_sqlite_reader_t *r = (gw_sqlite_reader_t *)rd;
+    static const char *const sql[2] = {
+        "SELECT c.first_op, c.last_op, c.commit_us, c.commit_lsn FROM op_chunks c JOIN buckets b "
+        "ON b.id = c.bucket_id WHERE b.name = ?1 AND c.last_op > ?2 AND c.first_op <= ?3 "
+        "ORDER BY c.last_op",
+        "SELECT c.first_op, c.last_op, NULL, NULL FROM op_chunks c JOIN buckets b ON b.id = "
+        "c.bucket_id WHERE b.name = ?1 AND c.last_op > ?2 AND c.first_op <= ?3 ORDER BY "
+        "c.last_op"};
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_prepare_v2(r->db, sql[0], -1, &q, NULL) != SQLITE_OK &&
+        sqlite3_prepare_v2(r->db, sql[1], -1, &q, NULL) != SQLITE_OK)
+        return GW_EIO;
+    sqlite3_bind_text(q, 1, bucket, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, (sqlite3_int64)after);
+    sqlite3_bind_int64(q, 3, (sqlite3_int64)upto);
+    gw_storage_chunk_commit_t *v = NULL;
+    size_t n = 0, cap = 0;
+    int step;
+    while ((step = sqlite3_step(q)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            v = gw_xrealloc(v, cap * sizeof(*v));
+        }
+        v[n++] = (gw_storage_chunk_commit_t){.first_op = (uint64_t)sqlite3_column_int64(q, 0),
+                                             .last_op = (uint64_t)sqlite3_column_int64(q, 1),
+                                             .commit_us =
+                                                 sqlite3_column_int64(q, 2), /* NULL reads as 0 */
+                                             .lsn = (uint64_t)sqlite3_column_int64(q, 3)};
+    }
+    int rc = step == SQLITE_DONE ? 0 : GW_EIO;
+    sqlite3_finalize(q);
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = fn(ud, &v[i]);
+    free(v);
+    return rc;
+}

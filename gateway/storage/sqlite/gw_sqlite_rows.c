@@ -181,7 +181,8 @@ static int bucket_create(void *ud, const char *name, int64_t *id, gw_err_t *err)
 }
 
 static int chunk_insert(void *ud, int64_t bucket_id, uint64_t first, uint64_t last, uint64_t n,
-                        uint32_t checksum, const gw_buf_t *ops, gw_err_t *err)
+                        uint32_t checksum, const gw_buf_t *ops, int64_t commit_us, uint64_t lsn,
+                        gw_err_t *err)
 {
     gw_sqlite_t *s = ud;
     sqlite3_stmt *q = s->st[ST_CHUNK_INSERT];
@@ -191,6 +192,14 @@ static int chunk_insert(void *ud, int64_t bucket_id, uint64_t first, uint64_t la
     sqlite3_bind_int64(q, 4, (sqlite3_int64)n);
     sqlite3_bind_int64(q, 5, checksum);
     sqlite3_bind_blob(q, 6, ops->data, (int)ops->len, SQLITE_STATIC);
+    if (commit_us != 0)
+        sqlite3_bind_int64(q, 7, commit_us);
+    else
+        sqlite3_bind_null(q, 7);
+    if (lsn != 0)
+        sqlite3_bind_int64(q, 8, (sqlite3_int64)lsn);
+    else
+        sqlite3_bind_null(q, 8);
     int rc = sqlite3_step(q);
     sqlite3_reset(q);
     return rc == SQLITE_DONE ? 0 : gw__sqlite_err(s->db, err, "write ops");

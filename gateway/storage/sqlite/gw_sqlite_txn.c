@@ -80,6 +80,7 @@ int gw__sqlite_commit(gw_storage_t *st, uint64_t lsn, int wait, gw_err_t *err)
     gw_sqlite_t *s = (gw_sqlite_t *)st;
     if (!s->in_txn) return gw_err_set(err, GW_EINVAL, "storage", "commit without a transaction");
     gw_writer_t *w = &s->w;
+    gw_writer_stamp(w, lsn < w->lsn ? w->lsn : lsn);
     if (gw_writer_flush_pending(w, err) != 0) return GW_EIO;
     for (size_t i = 0; i < w->ntouched; i++) {
         gw_wbucket_t *b = gw_writer_bucket(w, w->touched[i]);
@@ -116,6 +117,11 @@ int gw__sqlite_commit(gw_storage_t *st, uint64_t lsn, int wait, gw_err_t *err)
     gw_publisher_commit(s->publisher, &cp, w->touched, w->ntouched,
                         (const char *const *)w->lookup_keys, w->nlookup_keys, 1, wait);
     return 0;
+}
+
+void gw__sqlite_set_commit_time(gw_storage_t *st, int64_t unix_us)
+{
+    gw_writer_set_commit_time(&((gw_sqlite_t *)st)->w, unix_us);
 }
 
 void gw__sqlite_rollback(gw_storage_t *st)

@@ -172,7 +172,8 @@ static int chunk_insert(void *ud, int64_t bucket_id, uint64_t first, uint64_t la
                         uint32_t sum, const gw_buf_t *ops, gw_err_t *err)
 {
     compact_ctx_t *c = ud;
-    return gw__sqlite_writer_io.chunk_insert(c->s, bucket_id, first, last, n, sum, ops, err);
+    /* a CLEAR op of its own: no commit of the source */
+    return gw__sqlite_writer_io.chunk_insert(c->s, bucket_id, first, last, n, sum, ops, 0, 0, err);
 }
 
 static int bucket_flush(void *ud, gw_wbucket_t *b, gw_err_t *err)

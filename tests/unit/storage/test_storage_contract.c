@@ -11,7 +11,7 @@
  * parameter lookups as of a checkpoint; write checkpoints (visible with the LSN they wait for);
  * what the hook and the durable callback report; the published checkpoint and readers without
  * one; replication state and its shared keys; rollback; two rule versions side by side, the
- * switch and the drop; compaction keeping checksums.
+ * switch and the drop; compaction keeping checksums; the commit time and LSN of every chunk.
  */
 #include "base/gw_buf.h"
 #include "base/gw_err.h"
@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- fixtures: a fresh storage per test, per backend ---- */
@@ -361,6 +362,90 @@ START_TEST(test_storage_ops_across_chunks_and_checkpoints)
     ck_assert_uint_eq(st.rows, 2510);
     ck_assert_uint_eq(st.ops, 2510);
     ck_assert_uint_eq(st.buckets, 1);
+    gw_storage_reader_close(r);
+    gw_storage_close(s);
+}
+END_TEST
+
+/* Wall clock in unix microseconds. */
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+typedef struct commits {
+    gw_storage_chunk_commit_t v[16];
+    size_t n;
+} commits_t;
+
+static int collect_commit(void *ud, const gw_storage_chunk_commit_t *c)
+{
+    commits_t *cs = ud;
+    ck_assert_uint_lt(cs->n, 16);
+    cs->v[cs->n++] = *c;
+    return 0;
+}
+
+/* Every chunk carries its commit: the storage's clock at commit (within the test's bounds)
+ * unless a commit time was given (the source transaction's), and the commit's LSN; read apart
+ * from the ops, in op order, only the chunks holding ops in (after, upto]. */
+START_TEST(test_storage_chunks_carry_their_commit_time)
+{
+    up(_i);
+    gw_storage_t *s = writer();
+    int64_t t0 = now_us();
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    put(s, "1#b", "a", 1);
+    put(s, "1#b", "b", 2);
+    ck_assert_int_eq(gw_storage_commit(s, 100, &err), 0);
+    int64_t t1 = now_us();
+    uint64_t cp1 = checkpoint(s);
+    /* a commit told its source time (one hour ago, as Postgres committed it) */
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    put(s, "1#b", "c", 3);
+    put(s, "1#other", "d", 4);
+    int64_t source = t0 - 3600 * INT64_C(1000000);
+    gw_storage_set_commit_time(s, source);
+    ck_assert_int_eq(gw_storage_commit(s, 200, &err), 0);
+    uint64_t cp2 = checkpoint(s);
+    /* the next commit is not told one: the clock again, not the last source time */
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    put(s, "1#b", "e", 5);
+    ck_assert_int_eq(gw_storage_commit(s, 300, &err), 0);
+    int64_t t3 = now_us();
+    uint64_t cp3 = checkpoint(s);
+
+    gw_storage_reader_t *r = reader(&bare);
+    commits_t c = {0};
+    ck_assert_int_eq(gw_storage_chunk_commits(r, "1#b", 0, cp3, collect_commit, &c), 0);
+    ck_assert_uint_eq(c.n, 3);
+    ck_assert_uint_eq(c.v[0].first_op, cp1 - 1);
+    ck_assert_uint_eq(c.v[0].last_op, cp1);
+    ck_assert_int_ge(c.v[0].commit_us, t0);
+    ck_assert_int_le(c.v[0].commit_us, t1);
+    ck_assert_uint_eq(c.v[0].lsn, 100);
+    ck_assert_uint_eq(c.v[1].last_op, cp2 - 1); /* "c"; "d" is in the other bucket */
+    ck_assert_int_eq(c.v[1].commit_us, source);
+    ck_assert_uint_eq(c.v[1].lsn, 200);
+    ck_assert_uint_eq(c.v[2].last_op, cp3);
+    ck_assert_int_ge(c.v[2].commit_us, t1);
+    ck_assert_int_le(c.v[2].commit_us, t3);
+    ck_assert_uint_eq(c.v[2].lsn, 300);
+    /* only the chunks with ops in (after, upto]; an unknown bucket has none */
+    c.n = 0;
+    ck_assert_int_eq(gw_storage_chunk_commits(r, "1#b", cp1, cp2, collect_commit, &c), 0);
+    ck_assert_uint_eq(c.n, 1);
+    ck_assert_int_eq(c.v[0].commit_us, source);
+    c.n = 0;
+    ck_assert_int_eq(gw_storage_chunk_commits(r, "1#other", 0, cp3, collect_commit, &c), 0);
+    ck_assert_uint_eq(c.n, 1);
+    ck_assert_uint_eq(c.v[0].first_op, cp2);
+    ck_assert_int_eq(c.v[0].commit_us, source);
+    c.n = 0;
+    ck_assert_int_eq(gw_storage_chunk_commits(r, "1#nope", 0, cp3, collect_commit, &c), 0);
+    ck_assert_uint_eq(c.n, 0);
     gw_storage_reader_close(r);
     gw_storage_close(s);
 }
@@ -1054,6 +1139,7 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_loop_test(tc, test_storage_every_backend_has_a_fixture, 0, 1);
     tcase_add_loop_test(tc, test_storage_ops_across_chunks_and_checkpoints, 0, NBACKENDS);
+    tcase_add_loop_test(tc, test_storage_chunks_carry_their_commit_time, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_storage_read_hold_is_one_snapshot, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_storage_removes_when_rows_leave, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_storage_row_copies, 0, NBACKENDS);

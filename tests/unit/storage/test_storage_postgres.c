@@ -9,7 +9,8 @@
  * its buckets); a transaction aborted under the writer (an error in its session it did not see)
  * never commits: nothing of it is stored or acknowledged, and the writer goes on from what
  * storage holds; a state value that cannot be read (the session is gone) is -1, not "absent";
- * write checkpoints unused for longer than the retention are pruned.
+ * write checkpoints unused for longer than the retention are pruned; a schema from before
+ * chunks kept their commit gets the columns in place.
  *
  * Each test uses a schema of its own in FERRY_TEST_STORAGE_URI (tests/run.sh sets it).
  */
@@ -503,6 +504,61 @@ START_TEST(test_pg_prunes_unused_write_checkpoints)
 }
 END_TEST
 
+static int collect_commit(void *ud, const gw_storage_chunk_commit_t *c)
+{
+    gw_storage_chunk_commit_t *v = ud;
+    v[v[0].first_op == 0 ? 0 : 1] = *c;
+    return 0;
+}
+
+/* A schema from before chunks kept their commit gets the columns when a writer opens it (layout
+ * 1 still); its chunks read as "unknown", new ones carry their commit. A reader of a schema not
+ * yet migrated reads every chunk as unknown. */
+START_TEST(test_pg_adds_chunk_commit_times)
+{
+    gw_storage_t *a = open_at(&opts_a);
+    ck_assert_int_eq(gw_storage_lead(a, &err), 1);
+    ck_assert_int_eq(gw_storage_begin(a, &err), 0);
+    put(a, "1#b", "a", 1);
+    ck_assert_int_eq(gw_storage_commit(a, 10, &err), 0);
+    gw_storage_close(a);
+    char sql[320], b[16];
+    snprintf(sql, sizeof(sql),
+             "ALTER TABLE %s.op_chunks DROP COLUMN commit_us, DROP COLUMN commit_lsn; SELECT 'x'",
+             schema);
+    ck_assert_str_eq(side_sql(sql, b, sizeof(b)), "x");
+    gw_storage_reader_t *r;
+    ck_assert_int_eq(gw_storage_reader_open(&opts_a, &r, &err), 0);
+    gw_storage_chunk_commit_t v[2] = {{0}};
+    ck_assert_int_eq(gw_storage_chunk_commits(r, "1#b", 0, 100, collect_commit, v), 0);
+    ck_assert_uint_eq(v[0].first_op, 1);
+    ck_assert_int_eq(v[0].commit_us, 0);
+    gw_storage_reader_close(r);
+
+    a = open_at(&opts_a);
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*)::text FROM information_schema.columns WHERE table_schema = '%s' "
+             "AND table_name = 'op_chunks' AND column_name IN ('commit_us', 'commit_lsn')",
+             schema);
+    ck_assert_str_eq(side_sql(sql, b, sizeof(b)), "2");
+    ck_assert_int_eq(gw_storage_lead(a, &err), 1);
+    ck_assert_int_eq(gw_storage_begin(a, &err), 0);
+    put(a, "1#b", "b", 2);
+    gw_storage_set_commit_time(a, 1234567);
+    ck_assert_int_eq(gw_storage_commit(a, 20, &err), 0);
+    ck_assert_int_eq(gw_storage_reader_open(&opts_a, &r, &err), 0);
+    memset(v, 0, sizeof(v));
+    ck_assert_int_eq(gw_storage_chunk_commits(r, "1#b", 0, 100, collect_commit, v), 0);
+    ck_assert_int_eq(v[0].commit_us, 0); /* the older chunk: unknown */
+    ck_assert_uint_eq(v[0].lsn, 0);
+    ck_assert_uint_eq(v[1].first_op, 2);
+    ck_assert_int_eq(v[1].commit_us, 1234567);
+    ck_assert_uint_eq(v[1].lsn, 20);
+    gw_storage_reader_close(r);
+    gw_storage_close(a);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("storage_postgres");
@@ -516,6 +572,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_pg_aborted_transaction_never_commits);
     tcase_add_test(tc, test_pg_unreadable_state_is_not_absent);
     tcase_add_test(tc, test_pg_prunes_unused_write_checkpoints);
+    tcase_add_test(tc, test_pg_adds_chunk_commit_times);
     suite_add_tcase(s, tc);
     return s;
 }

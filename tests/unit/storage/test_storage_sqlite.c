@@ -2,7 +2,8 @@
  *
  * The contract every backend keeps is test_storage_contract.c; here: the WAL stays bounded under
  * a long run of writes, files of other layouts are refused and layout 3 is migrated in place,
- * rule versions' namespaces as they lie in the file, and the size on disk.
+ * rule versions' namespaces as they lie in the file, the size on disk, and the chunks' commit
+ * columns added in place to an older file.
  *
  * Each test opens a storage file in its own temporary directory and removes it afterwards.
  */
@@ -306,6 +307,60 @@ START_TEST(test_storage_sqlite_prunes_unused_write_checkpoints)
 }
 END_TEST
 
+static int collect_commit(void *ud, const gw_storage_chunk_commit_t *c)
+{
+    gw_storage_chunk_commit_t *v = ud;
+    v[v[0].first_op == 0 ? 0 : 1] = *c;
+    return 0;
+}
+
+/* A file from before chunks kept their commit gets the columns at open, in place: its chunks
+ * read as "unknown", new ones carry their commit. A reader of a file not yet migrated reads
+ * every chunk as unknown. */
+START_TEST(test_storage_sqlite_adds_chunk_commit_times)
+{
+    gw_storage_t *s;
+    gw_err_t err;
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
+    ck_assert_int_eq(gw_storage_set_version(s, "1", &err), 0);
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    put(s, "1#b", "a", 10, 1);
+    ck_assert_int_eq(gw_storage_commit(s, 10, &err), 0);
+    gw_storage_close(s);
+    exec_on_file("ALTER TABLE op_chunks DROP COLUMN commit_us;"
+                 "ALTER TABLE op_chunks DROP COLUMN commit_lsn");
+    gw_storage_opts_t ro = opts;
+    ro.pub = NULL;
+    gw_storage_reader_t *r;
+    ck_assert_int_eq(gw_storage_reader_open(&ro, &r, &err), 0);
+    gw_storage_chunk_commit_t v[2] = {{0}};
+    ck_assert_int_eq(gw_storage_chunk_commits(r, "1#b", 0, 100, collect_commit, v), 0);
+    ck_assert_uint_eq(v[0].first_op, 1);
+    ck_assert_int_eq(v[0].commit_us, 0);
+    gw_storage_reader_close(r);
+
+    ck_assert_int_eq(gw_storage_open(&opts, &s, &err), 0);
+    ck_assert_int_eq(count_sql("SELECT count(*) FROM pragma_table_info('op_chunks') WHERE name IN "
+                               "('commit_us', 'commit_lsn')"),
+                     2);
+    ck_assert_int_eq(gw_storage_set_version(s, "1", &err), 0);
+    ck_assert_int_eq(gw_storage_begin(s, &err), 0);
+    put(s, "1#b", "b", 10, 2);
+    gw_storage_set_commit_time(s, 1234567);
+    ck_assert_int_eq(gw_storage_commit(s, 20, &err), 0);
+    ck_assert_int_eq(gw_storage_reader_open(&ro, &r, &err), 0);
+    memset(v, 0, sizeof(v));
+    ck_assert_int_eq(gw_storage_chunk_commits(r, "1#b", 0, 100, collect_commit, v), 0);
+    ck_assert_int_eq(v[0].commit_us, 0); /* the older chunk: unknown */
+    ck_assert_uint_eq(v[0].lsn, 0);
+    ck_assert_uint_eq(v[1].first_op, 2);
+    ck_assert_int_eq(v[1].commit_us, 1234567);
+    ck_assert_uint_eq(v[1].lsn, 20);
+    gw_storage_reader_close(r);
+    gw_storage_close(s);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("storage_sqlite");
@@ -318,6 +373,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_storage_sqlite_size_is_the_file_and_its_wal);
     tcase_add_test(tc, test_storage_sqlite_migrates_layout3);
     tcase_add_test(tc, test_storage_sqlite_prunes_unused_write_checkpoints);
+    tcase_add_test(tc, test_storage_sqlite_adds_chunk_commit_times);
     suite_add_tcase(s, tc);
     return s;
 }
