@@ -114,7 +114,7 @@ CREATE OR REPLACE VIEW ferry_write_history_ops AS SELECT h.id AS batch_id, h.at,
   h.client_id, (e->>'op_id')::bigint AS op_id, e->>'op' AS op, e->>'t' AS table_name,
   e->>'r' AS row_id, e->>'s' AS status, e->>'c' AS code, e->>'m' AS message,
   e->'sent' AS sent, e->'old' AS old, e->'stored' AS stored, e->'decided' AS decided,
-  e->'v' AS violations
+  e->'v' AS violations, e->'ignored' AS ignored
   FROM ferry_write_history h, jsonb_array_elements(h.ops::jsonb) AS e;
 
 -- grants. Reading: the snapshot reads every table the sync rules use. Writing: write-back

@@ -79,8 +79,10 @@ static void batch_free(wbatch_t *b)
     free(b->jwt);
     free(b->params);
     gw_buf_free(&b->out);
-    for (size_t i = 0; b->ops != NULL && i < b->nops; i++)
+    for (size_t i = 0; b->ops != NULL && i < b->nops; i++) {
         gw__write_op_reset(&b->ops[i]);
+        json_decref(b->ops[i].ignored);
+    }
     free(b->ops);
     free(b);
 }

@@ -416,6 +416,8 @@ static int check_columns(wctx_t *c, wop_t *op, uint64_t *mask, int *wide)
             if (c == NULL) return -1;
             unknown_column(c, op, k, label);
             if (r->unknown_columns == RULES_UNKNOWN_IGNORE) {
+                if (op->ignored == NULL) op->ignored = json_object(); /* for the history */
+                json_object_set(op->ignored, k, v);
                 json_object_del(op->data, k);
                 continue;
             }
@@ -448,7 +450,8 @@ static void put_json(gw_buf_t *out, json_t *v)
 /*
  * op's entry of the history, appended to out as one JSON object: "op_id", "op", "t" (table),
  * "r" (row id), "s" (status), "c"/"m" (a rejection's code and message), "sent" (the data as
- * sent), "old" (the client's previous values), "stored" (the stored values of the sent columns
+ * sent), "old" (the client's previous values), "ignored" (sent columns unknown_columns: ignore
+ * dropped, with their values), "stored" (the stored values of the sent columns
  * before the op; the whole row for a DELETE), "decided" ({column: {"strategy", "resolution",
  * "result"}} for the columns a merge strategy decided; every other sent column of an applied
  * op was written as sent, by client_wins), "v" (the constraints it violated). Written as text,
@@ -481,6 +484,10 @@ static void history_entry(gw_buf_t *out, const wop_t *op, char *label, size_t ll
         if (op->old != NULL) {
             gw_buf_puts(out, ",\"old\":");
             put_json(out, op->old);
+        }
+        if (op->ignored != NULL) {
+            gw_buf_puts(out, ",\"ignored\":");
+            put_json(out, op->ignored);
         }
         if (op->before != NULL && op->kind == OP_DELETE) {
             gw_buf_printf(out, ",\"stored\":%s", op->before);

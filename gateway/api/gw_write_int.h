@@ -85,6 +85,7 @@ typedef struct wop {
     json_t *results;      /* the values a strategy decided {"col": value}, owned; NULL: none */
     json_t *violations;   /* names of the constraints this op violated (array), owned; or NULL */
     char *before;         /* the stored row before the op (JSON text) for the history, owned */
+    json_t *ignored;      /* columns unknown_columns: ignore dropped, with the values sent, owned */
     /* result */
     int status;
     const char *code;

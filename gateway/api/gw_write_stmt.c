@@ -75,7 +75,7 @@ static const char SETUP_SQL[] =
     " h.client_id, (e->>'op_id')::bigint AS op_id, e->>'op' AS op, e->>'t' AS table_name,"
     " e->>'r' AS row_id, e->>'s' AS status, e->>'c' AS code, e->>'m' AS message,"
     " e->'sent' AS sent, e->'old' AS old, e->'stored' AS stored, e->'decided' AS decided,"
-    " e->'v' AS violations"
+    " e->'v' AS violations, e->'ignored' AS ignored"
     " FROM ferry_write_history h, jsonb_array_elements(h.ops::jsonb) AS e";
 
 static const char LOG_GET_SQL[] =

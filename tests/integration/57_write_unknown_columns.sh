@@ -42,6 +42,10 @@ r=$(write_post "$a" '{"client_id":"old-app","batch":[{"op_id":4,"op":"PATCH","ty
 expect_match "ignore: the update applies without the dropped column" '"op_id":4,"status":"applied"' "$r"
 expect_match "ignore: the insert too" '"op_id":5,"status":"applied"' "$r"
 expect_eq "the other columns were written" "i1 I1|i2 new" "$(sql "SELECT string_agg(id || ' ' || title, '|' ORDER BY id) FROM items")"
+expect_eq "the history keeps what ignore dropped, with the values sent" '4 {"legacy": "l1"}|5 {"legacy": "l2"}' \
+  "$(sql "SELECT string_agg(op_id || ' ' || ignored::text, '|' ORDER BY op_id) FROM ferry_write_history_ops WHERE table_name = 'items'")"
+expect_eq "and no ignored entry for an op that dropped nothing" "" \
+  "$(sql "SELECT string_agg(op_id::text, ',') FROM ferry_write_history_ops WHERE table_name = 'docs' AND ignored IS NOT NULL")"
 
 metrics=$(curl -s "$W_URL/metrics")
 expect_match "metric: a column the table has but the rules do not list" 'ferry_write_unknown_columns_total\{table="docs",column="secret"\} 1' "$metrics"
