@@ -65,6 +65,10 @@ CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id
 -- constraint's expire_after (both added here for databases set up by an earlier release)
 ALTER TABLE ferry_violations ADD COLUMN IF NOT EXISTS resolved_at timestamptz,
   ADD COLUMN IF NOT EXISTS expired_at timestamptz;
+-- the writer's token claims and client parameters, kept only for a constraint that reads them
+-- (request.jwt(), request.parameters()), so a re-check sees what the write saw; publish named
+-- columns of this table, not this one
+ALTER TABLE ferry_violations ADD COLUMN IF NOT EXISTS request jsonb;
 CREATE INDEX IF NOT EXISTS ferry_violations_open ON ferry_violations (table_name)
   WHERE resolved_at IS NULL AND expired_at IS NULL;
 

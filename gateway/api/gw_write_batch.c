@@ -303,10 +303,23 @@ static int run_constraints(wctx_t *c, wop_t *op, const char *new_row)
         if (violated) {
             char label[256];
             gw__write_table_label(op->rule, label, sizeof(label));
-            const char *v[6] = {
-                con->name,   label, op->id, c->b->user, conflicting != NULL ? conflicting : "[]",
-                con->message};
-            PGresult *ins = exec_prepared(c, "fw_vio", 6, v, &how);
+            /* what a re-check needs of this request: the claims and parameters, when read */
+            gw_buf_t req = GW_BUF_INIT;
+            for (int i = 0; i < con->stmt.nbinds && req.len == 0; i++)
+                if (con->stmt.binds[i] == RULES_BIND_JWT_JSONB ||
+                    con->stmt.binds[i] == RULES_BIND_PARAMS_JSONB)
+                    gw_buf_printf(&req, "{\"jwt\":%s,\"parameters\":%s}",
+                                  c->b->jwt != NULL ? c->b->jwt : "{}",
+                                  c->b->params != NULL ? c->b->params : "{}");
+            const char *v[7] = {con->name,
+                                label,
+                                op->id,
+                                c->b->user,
+                                conflicting != NULL ? conflicting : "[]",
+                                con->message,
+                                req.len > 0 ? req.data : NULL};
+            PGresult *ins = exec_prepared(c, "fw_vio", 7, v, &how);
+            gw_buf_free(&req);
             if (ins == NULL) {
                 PQclear(res);
                 return how;

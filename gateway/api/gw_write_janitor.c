@@ -59,10 +59,12 @@ static int ok_result(PGresult *res)
     return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
 }
 
-/* Whether constraint con still finds rows for the stored row of violation (row_id, user);
+/* Whether constraint con still finds rows for the stored row of violation (row_id, user, and
+ * jwt/params: the writer's claims and client parameters as recorded, NULL when not kept: "{}");
  * 1 yes, 0 no (also when the row is gone), -1 failed (*failed set). */
 static int still_violated(PGconn *conn, const rules_write_rule_t *r, const rules_constraint_t *con,
-                          const char *row_id, const char *user, PGresult **failed)
+                          const char *row_id, const char *user, const char *jwt, const char *params,
+                          PGresult **failed)
 {
     char *qt = gw__write_qualified(conn, r);
     gw_buf_t sql = GW_BUF_INIT;
@@ -90,9 +92,11 @@ static int still_violated(PGconn *conn, const rules_write_rule_t *r, const rules
         case RULES_BIND_USER_ID: /* the writer the violation was recorded for */
             values[i] = user;
             break;
-        case RULES_BIND_JWT_JSONB: /* not kept: a re-check runs without the writer's request */
+        case RULES_BIND_JWT_JSONB: /* as the write that raised it saw them */
+            values[i] = jwt != NULL ? jwt : "{}";
+            break;
         case RULES_BIND_PARAMS_JSONB:
-            values[i] = "{}";
+            values[i] = params != NULL ? params : "{}";
             break;
         default:
             values[i] = NULL;
@@ -116,7 +120,8 @@ int gw__write_recheck(PGconn *conn, const rules_set_t *set, const char *label, c
     const char *v[2] = {label, id};
     PGresult *open = PQexecParams(
         conn,
-        "SELECT id, constraint_name, table_name, row_id, user_id FROM ferry_violations WHERE "
+        "SELECT id, constraint_name, table_name, row_id, user_id, (request->'jwt')::text, "
+        "(request->'parameters')::text FROM ferry_violations WHERE "
         "resolved_at IS NULL AND expired_at IS NULL AND ($2::text IS NULL OR (table_name = $1 "
         "AND (row_id = $2 OR conflicting_ids ? $2))) ORDER BY created_at LIMIT 1000",
         2, NULL, v, NULL, NULL, 0);
@@ -128,8 +133,9 @@ int gw__write_recheck(PGconn *conn, const rules_set_t *set, const char *label, c
         const rules_constraint_t *con = constraint_of(set, PQgetvalue(open, i, 1));
         const rules_write_rule_t *r = rule_of(set, PQgetvalue(open, i, 2));
         if (con == NULL || r == NULL) continue; /* no longer in the rules: left as it is */
-        int still =
-            still_violated(conn, r, con, PQgetvalue(open, i, 3), PQgetvalue(open, i, 4), failed);
+        int still = still_violated(conn, r, con, PQgetvalue(open, i, 3), PQgetvalue(open, i, 4),
+                                   PQgetisnull(open, i, 5) ? NULL : PQgetvalue(open, i, 5),
+                                   PQgetisnull(open, i, 6) ? NULL : PQgetvalue(open, i, 6), failed);
         if (still < 0) {
             PQclear(open);
             return -1;

@@ -38,7 +38,7 @@ static const char SETUP_SQL[] =
     " created_at timestamptz NOT NULL DEFAULT now());"
     "CREATE INDEX IF NOT EXISTS ferry_violations_user_id ON ferry_violations (user_id);"
     "ALTER TABLE ferry_violations ADD COLUMN IF NOT EXISTS resolved_at timestamptz,"
-    " ADD COLUMN IF NOT EXISTS expired_at timestamptz;"
+    " ADD COLUMN IF NOT EXISTS expired_at timestamptz, ADD COLUMN IF NOT EXISTS request jsonb;"
     "CREATE INDEX IF NOT EXISTS ferry_violations_open ON ferry_violations (table_name)"
     " WHERE resolved_at IS NULL AND expired_at IS NULL;"
     "CREATE TABLE IF NOT EXISTS ferry_write_times ("
@@ -87,13 +87,14 @@ static const char LOG_SET_SQL[] = "UPDATE ferry_write_log SET last_op_id = $3, u
                                   "WHERE user_id = $1 AND client_id = $2";
 
 /* a violation: a new row, unless the row's violation of this constraint is still open (then
- * its conflicting ids are brought up to date) */
+ * its conflicting ids are brought up to date); $7 the writer's {"jwt", "parameters"} when the
+ * constraint reads them (a re-check runs with them), else NULL */
 static const char VIOLATION_SQL[] =
-    "WITH open AS (UPDATE ferry_violations SET conflicting_ids = $5::jsonb, message = $6 "
-    "WHERE constraint_name = $1 AND table_name = $2 AND row_id = $3 AND resolved_at IS NULL AND "
-    "expired_at IS NULL RETURNING 1) "
+    "WITH open AS (UPDATE ferry_violations SET conflicting_ids = $5::jsonb, message = $6, "
+    "request = $7::jsonb WHERE constraint_name = $1 AND table_name = $2 AND row_id = $3 AND "
+    "resolved_at IS NULL AND expired_at IS NULL RETURNING 1) "
     "INSERT INTO ferry_violations (constraint_name, table_name, row_id, user_id, "
-    "conflicting_ids, message) SELECT $1, $2, $3, $4, $5::jsonb, $6 "
+    "conflicting_ids, message, request) SELECT $1, $2, $3, $4, $5::jsonb, $6, $7::jsonb "
     "WHERE NOT EXISTS (SELECT 1 FROM open)";
 
 /* lww: the columns in $3 (a JSON array) of row $2 of table $1 were written at $4 */

@@ -14,6 +14,7 @@ W_EXTRA_CONFIG="write_back:
   recheck_interval: 1" write_setup write59 "
 CREATE TABLE bookings (id text PRIMARY KEY, room_id text NOT NULL, starts_at timestamptz NOT NULL,
                        ends_at timestamptz NOT NULL, booked_by text NOT NULL);
+CREATE TABLE holds (id text PRIMARY KEY, owner text NOT NULL);
 CREATE PUBLICATION ferry FOR ALL TABLES;
 " "
 bucket_definitions:
@@ -27,6 +28,10 @@ write_rules:
     operations: [insert, update, delete]
     columns: [id, room_id, starts_at, ends_at, booked_by]
     check: \"new.booked_by = request.user_id()\"
+  holds:
+    operations: [insert]
+    columns: [id, owner]
+    check: \"new.owner = request.user_id()\"
 constraints:
   no_double_booking:
     table: bookings
@@ -34,6 +39,11 @@ constraints:
             AND b.starts_at < new.ends_at AND b.ends_at > new.starts_at\"
     message: \"overlaps another booking in the same room\"
     expire_after: 3600
+  within_quota:
+    table: holds
+    query: \"SELECT h.id FROM holds h WHERE h.owner = new.owner AND h.id <> new.id
+            AND (SELECT count(*) FROM holds x WHERE x.owner = new.owner) > (request.jwt() ->> 'quota')::int\"
+    message: \"more holds than the token's quota\"
 "
 ann=$(write_token ann)
 ben=$(write_token ben)
@@ -96,5 +106,23 @@ done
 expect_match "metrics: resolved" 'ferry_write_violations_resolved_total 3' "$metrics"
 expect_match "metrics: expired" 'ferry_write_violations_expired_total 1' "$metrics"
 expect_match "metrics: none open" 'ferry_write_violations_open 0' "$metrics"
+# 5. a constraint that reads the token: a re-check sees the claims of the write that raised it
+# (before, request.jwt() was {} there, so the quota read as NULL and the background pass took
+# the violation for resolved at once)
+cara=$("$FERRY_BIN" token --config "$W_CFG" --sub cara --claim quota=1)
+write_post "$cara" '{"client_id":"c","batch":[{"op_id":1,"op":"PUT","type":"holds","id":"h1","data":{"owner":"cara"}},{"op_id":2,"op":"PUT","type":"holds","id":"h2","data":{"owner":"cara"}}]}' >/dev/null
+expect_eq "the second hold is over cara's quota of 1" "open" "$(state h2)"
+expect_eq "the violation keeps the claims a re-check needs" "1" "$(sql "SELECT request->'jwt'->>'quota' FROM ferry_violations WHERE row_id = 'h2'")"
+expect_eq "and only for a constraint that reads them" "" "$(sql "SELECT string_agg(row_id, ',') FROM ferry_violations WHERE request IS NOT NULL AND row_id <> 'h2'")"
+# a sentinel the next background pass resolves: that pass re-checks h2 too (older, checked first)
+book "$ann" a 7 b9 r9 10:00 11:00 ann >/dev/null
+book "$ben" b 7 b10 r9 10:30 12:00 ben >/dev/null
+sql "DELETE FROM bookings WHERE id = 'b9'" >/dev/null
+for ((i = 0; i < 300; i++)); do [ "$(state b10)" = resolved ] && break; sleep 0.1; done
+expect_eq "a background pass ran (the sentinel is resolved)" "resolved" "$(state b10)"
+expect_eq "and its re-check with cara's claims left h2 open" "open" "$(state h2)"
+sql "DELETE FROM holds WHERE id = 'h1'" >/dev/null
+for ((i = 0; i < 300; i++)); do [ "$(state h2)" = resolved ] && break; sleep 0.1; done
+expect_eq "back within the quota (a plain-SQL delete), the re-check resolves it" "resolved" "$(state h2)"
 expect_match "the publication carries the history: warned" 'level=warn mod=write msg="the publication includes ferry_write_history' "$(cat "$FERRY_LOG")"
 write_finish
