@@ -404,13 +404,11 @@ static void on_compressed(h2o_multithread_receiver_t *rx, h2o_linklist_t *messag
             H2O_STRUCT_FROM_MEMBER(gw_compress_job_t, super.link, messages->next);
         h2o_linklist_unlink(&job->super.link);
         stream_t *s = H2O_STRUCT_FROM_MEMBER(stream_t, job, job);
-        if (!s->closed) {
-            int failed;
-            h2o_iovec_t iov = encoded(s, job->rc, &failed); /* counted while job_busy: a worker's */
-            s->job_busy = 0;
-            send_batch(s, iov, s->job_final, failed);
-        }
-        s->job_busy = 0;
+        int failed = 0;
+        h2o_iovec_t iov = {NULL, 0};
+        if (!s->closed) iov = encoded(s, job->rc, &failed); /* counted while job_busy: a worker's */
+        s->job_busy = 0; /* s->job is free again before anything can post the next batch */
+        if (!s->closed) send_batch(s, iov, s->job_final, failed);
         h2o_mem_release_shared(s); /* disposes a stream whose client left meanwhile */
     }
 }
