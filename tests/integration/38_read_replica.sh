@@ -62,6 +62,16 @@ YAML
 start_ferry "$T_TMP/ferry.yaml" || exit 1
 wait_ready "$port" 60 || { fail "ready" "$(curl -s "http://127.0.0.1:$port/probes/readiness")"; exit 1; }
 pass "ferry serves with readers on the standby"
+# the standby's replayed checkpoint, and the newest one the primary holds
+standby_cp() { psql -tAqX "$replica" -c "SELECT v FROM ferry.state WHERE k = (SELECT v FROM ferry.state WHERE k = 'serving') || '#last_op'" 2>/dev/null; }
+primary_cp() { psql -tAqX "$st_db" -c "SELECT v FROM ferry.state WHERE k = (SELECT v FROM ferry.state WHERE k = 'serving') || '#last_op'"; }
+# the stream opens once the standby has replayed the storage's schema and checkpoint: on a
+# loaded machine its replay lagged the primary's readiness, the reader could not prepare yet, and
+# the stream ended with "could not read bucket checksums"; what this test checks starts after
+for ((i = 0; i < 600; i++)); do
+  [ -n "$(standby_cp)" ] && [ "$(standby_cp)" = "$(primary_cp)" ] && break
+  sleep 0.1
+done
 
 tok=$("$FERRY_BIN" token --config "$T_TMP/ferry.yaml" --sub u1)
 curl -sN -X POST "http://127.0.0.1:$port/sync/stream" -H "Authorization: Token $tok" -H 'Content-Type: application/json' \
@@ -70,9 +80,7 @@ T_PIDS+=($!)
 for ((i = 0; i < 100; i++)); do grep -q checkpoint_complete "$T_TMP/stream.out" && break; sleep 0.1; done
 expect_eq "the stream delivered the first checkpoint" 20 "$(grep -o '"op":"PUT"' "$T_TMP/stream.out" | wc -l)"
 
-# the standby's replayed checkpoint, and the newest one the stream was sent
-standby_cp() { psql -tAqX "$replica" -c "SELECT v FROM ferry.state WHERE k = (SELECT v FROM ferry.state WHERE k = 'serving') || '#last_op'"; }
-primary_cp() { psql -tAqX "$st_db" -c "SELECT v FROM ferry.state WHERE k = (SELECT v FROM ferry.state WHERE k = 'serving') || '#last_op'"; }
+# the newest checkpoint the stream was sent
 stream_cp() { grep -o '"checkpoint_complete":{"last_op_id":"[0-9]*"' "$T_TMP/stream.out" | grep -o '[0-9]*' | sort -n | tail -1; }
 
 psql -tAqX "$replica" -c "SELECT pg_wal_replay_pause()" >/dev/null
