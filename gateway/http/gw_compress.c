@@ -117,6 +117,12 @@ static int zstd_batch(gw_compress_ctx_t *c, const void *in, size_t n, gw_buf_t *
         if (c->zstd == NULL) return GW_ENOMEM;
         ZSTD_CCtx_setParameter(c->zstd, ZSTD_c_compressionLevel, c->zstd_level);
         ZSTD_CCtx_setParameter(c->zstd, ZSTD_c_checksumFlag, 0);
+        /* At level 1 and below (the fast strategy), a 1 KiB-entry hash table instead of the
+         * level's 16K: every batch is its own frame, so the table is cleared for each one, and
+         * the small one stays in L1. On batches of sync lines this compressed 1.5x faster and
+         * smaller too (6.09x against 5.76x on 64 KiB batches, 6.08x against 5.68x on 1 MiB):
+         * the lines repeat their keys at short distance. */
+        if (c->zstd_level <= 1) ZSTD_CCtx_setParameter(c->zstd, ZSTD_c_hashLog, 10);
     }
     size_t bound = ZSTD_compressBound(n);
     char *dst = gw_buf_space(out, bound);
