@@ -404,16 +404,6 @@ static int row_col(rrowq_t *r, const char *name)
     return r->ncols++;
 }
 
-static void sql_str(rbuf_t *b, const char *s)
-{
-    rb_putc(b, '\'');
-    for (; *s; s++) {
-        if (*s == '\'') rb_putc(b, '\'');
-        rb_putc(b, *s);
-    }
-    rb_putc(b, '\'');
-}
-
 static void sql_ident(rbuf_t *b, const char *s)
 {
     rb_putc(b, '"');
@@ -422,27 +412,6 @@ static void sql_ident(rbuf_t *b, const char *s)
         rb_putc(b, *s);
     }
     rb_putc(b, '"');
-}
-
-/* JSON path for `->`/`->>` with a literal key, per edition (spec §4.5). */
-static void json_key_path(rbuf_t *b, const char *key, int fixed)
-{
-    rbuf_t p = {0};
-    if (key[0] == '$')
-        rb_puts(&p, key);
-    else if (!fixed) {
-        rb_puts(&p, "$.");
-        rb_puts(&p, key);
-    } else {
-        rb_puts(&p, "$.\"");
-        for (const char *s = key; *s; s++) {
-            if (*s == '"' || *s == '\\') rb_putc(&p, '\\');
-            rb_putc(&p, *s);
-        }
-        rb_putc(&p, '"');
-    }
-    sql_str(b, p.p);
-    rb_free(&p);
 }
 
 static void emit(qc_t *q, rnode_t *n, rbuf_t *b);
@@ -460,7 +429,7 @@ static void emit_json_arrow(qc_t *q, rnode_t *n, rbuf_t *b)
         rb_putc(b, '(');
         emit(q, n->a, b);
         rb_puts(b, " ->> ");
-        json_key_path(b, n->b->text, fixed);
+        rb_sql_json_path(b, n->b->text, fixed);
         rb_putc(b, ')');
         return;
     }
@@ -468,18 +437,18 @@ static void emit_json_arrow(qc_t *q, rnode_t *n, rbuf_t *b)
         rb_puts(b, "NULLIF((");
         emit(q, n->a, b);
         rb_puts(b, " -> ");
-        json_key_path(b, n->b->text, fixed);
+        rb_sql_json_path(b, n->b->text, fixed);
         rb_puts(b, "), 'null')");
         return;
     }
     rb_puts(b, "ps_jnull_text(");
     emit(q, n->a, b);
     rb_puts(b, ", ");
-    sql_str(b, n->b->text);
+    rb_sql_str(b, n->b->text);
     rb_printf(b, ", %d, (", fixed);
     emit(q, n->a, b);
     rb_printf(b, " %s ", n->op);
-    json_key_path(b, n->b->text, fixed);
+    rb_sql_json_path(b, n->b->text, fixed);
     rb_puts(b, "))");
 }
 
@@ -491,7 +460,7 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
         rb_puts(b, n->text);
         break;
     case N_STR:
-        sql_str(b, n->text);
+        rb_sql_str(b, n->text);
         break;
     case N_NULL:
         rb_puts(b, "NULL");
@@ -534,14 +503,14 @@ static void emit(qc_t *q, rnode_t *n, rbuf_t *b)
             }
             rb_putc(&p, '"');
             rb_puts(b, "json_extract(?2, ");
-            sql_str(b, p.p);
+            rb_sql_str(b, p.p);
             rb_putc(b, ')');
             rb_free(&p);
         }
         break;
     case N_USERPARAM: {
         rb_puts(b, "json_extract(?3, ");
-        json_key_path(b, n->name, 1);
+        rb_sql_json_path(b, n->name, 1);
         rb_putc(b, ')');
         break;
     }

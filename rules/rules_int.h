@@ -35,6 +35,15 @@ static inline void rb_putc(rbuf_t *b, char c)
 }
 void rb_printf(rbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void rb_free(rbuf_t *b);
+/** Append s as an SQL string literal ('…', quotes doubled). */
+void rb_sql_str(rbuf_t *b, const char *s);
+/**
+ * Append, as an SQL string literal, the JSON path of `x -> 'key'` / `x ->> 'key'` with a literal
+ * key, as the reference reads it: a key starting with '$' is a path already; otherwise "$.key"
+ * without fixed_json_extract (a dotted key walks), "$.\"key\"" with it (one key, escaped).
+ * Both compilers use it (rules_compile.c, rules_stream_compile.c).
+ */
+void rb_sql_json_path(rbuf_t *b, const char *key, int fixed);
 /** Append the decimal digits of v. */
 void rb_int(rbuf_t *b, int64_t v);
 /** NUL-terminated copy of the buffer (malloc'd). */

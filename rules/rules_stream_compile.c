@@ -2967,35 +2967,15 @@ typedef struct sectx {
 
 static void se_expr(sectx_t *x, const sexpr_t *e, rbuf_t *b);
 
-static void se_sql_str(rbuf_t *b, const char *s)
-{
-    rb_putc(b, '\'');
-    for (; *s; s++) {
-        if (*s == '\'') rb_putc(b, '\'');
-        rb_putc(b, *s);
-    }
-    rb_putc(b, '\'');
-}
-
 static void se_path(const sexpr_t *k, int fixed, rbuf_t *b)
 {
-    rbuf_t p = {0};
-    if (k->k == E_INT) {
-        rb_printf(&p, "$[%s]", k->text);
-    } else if (k->text[0] == '$') {
-        rb_puts(&p, k->text);
-    } else if (!fixed) {
-        rb_puts(&p, "$.");
-        rb_puts(&p, k->text);
-    } else {
-        rb_puts(&p, "$.\"");
-        for (const char *s = k->text; *s; s++) {
-            if (*s == '"' || *s == '\\') rb_putc(&p, '\\');
-            rb_putc(&p, *s);
-        }
-        rb_putc(&p, '"');
+    if (k->k != E_INT) {
+        rb_sql_json_path(b, k->text, fixed);
+        return;
     }
-    se_sql_str(b, p.p);
+    rbuf_t p = {0};
+    rb_printf(&p, "$[%s]", k->text);
+    rb_sql_str(b, p.p);
     rb_free(&p);
 }
 
@@ -3149,7 +3129,7 @@ static void se_expr(sectx_t *x, const sexpr_t *e, rbuf_t *b)
                 rb_puts(b, "ps_jnull_text(");
                 se_expr(x, e->a[0], b);
                 rb_puts(b, ", ");
-                se_sql_str(b, k->text);
+                rb_sql_str(b, k->text);
                 rb_printf(b, ", %d, (", fixed);
                 se_expr(x, e->a[0], b);
                 rb_printf(b, " %s ", e->op);
@@ -3193,7 +3173,7 @@ static void se_expr(sectx_t *x, const sexpr_t *e, rbuf_t *b)
         break;
     }
     case E_STRING:
-        se_sql_str(b, e->text);
+        rb_sql_str(b, e->text);
         break;
     }
 }

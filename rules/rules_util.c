@@ -409,3 +409,33 @@ const char *rules_strerror(int code)
         return "unknown error";
     }
 }
+
+void rb_sql_str(rbuf_t *b, const char *s)
+{
+    rb_putc(b, '\'');
+    for (; *s; s++) {
+        if (*s == '\'') rb_putc(b, '\'');
+        rb_putc(b, *s);
+    }
+    rb_putc(b, '\'');
+}
+
+void rb_sql_json_path(rbuf_t *b, const char *key, int fixed)
+{
+    rbuf_t p = {0};
+    if (key[0] == '$') {
+        rb_puts(&p, key);
+    } else if (!fixed) {
+        rb_puts(&p, "$.");
+        rb_puts(&p, key);
+    } else {
+        rb_puts(&p, "$.\"");
+        for (const char *s = key; *s; s++) {
+            if (*s == '"' || *s == '\\') rb_putc(&p, '\\');
+            rb_putc(&p, *s);
+        }
+        rb_putc(&p, '"');
+    }
+    rb_sql_str(b, p.p != NULL ? p.p : "");
+    rb_free(&p);
+}
